@@ -1,0 +1,31 @@
+"""Fail CI when the test run executed nothing or skipped the PostgreSQL tests."""
+
+import sys
+import xml.etree.ElementTree as ET  # noqa: S405 - parses our own pytest report, not untrusted input
+
+
+def main(path: str) -> int:
+    root = ET.parse(path).getroot()  # noqa: S314 - our own report
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    tests = sum(int(s.get("tests", "0")) for s in suites)
+    skipped = sum(int(s.get("skipped", "0")) for s in suites)
+    if tests - skipped <= 0:
+        print(f"CI: the suite ran no test ({tests} collected, {skipped} skipped)", file=sys.stderr)
+        return 1
+    pg_skips = []
+    for case in root.iter("testcase"):
+        for skip in case.findall("skipped"):
+            text = f"{skip.get('message', '')} {skip.text or ''}".lower()
+            if "postgres" in text:
+                pg_skips.append(f"{case.get('classname')}::{case.get('name')}")
+    if pg_skips:
+        print("CI: PostgreSQL tests were skipped while CI=true:", file=sys.stderr)
+        for name in pg_skips:
+            print(f"  {name}", file=sys.stderr)
+        return 1
+    print(f"CI: {tests - skipped} tests ran, {skipped} skipped, none of them PostgreSQL tests")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

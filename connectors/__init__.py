@@ -1,0 +1,1 @@
+"""Connectors: one module per data source, all streaming Arrow record batches behind one `Connector`."""

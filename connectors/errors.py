@@ -1,0 +1,63 @@
+"""Connector errors: each names the source, and where known the line or row and the column.
+
+ConnectorError
+├── SourceNotFound        the file, database or table does not exist or cannot be reached
+├── EmptySource           the source holds no header or no rows
+├── EncodingError         bytes that are not valid UTF-8
+├── MalformedRecord       a row that does not parse (wrong field count, broken quoting, bad JSON)
+├── MissingColumn         a column the caller asked for is not in the source
+└── TypeParseError        a value that does not parse as its column's declared type
+"""
+
+from __future__ import annotations
+
+
+class ConnectorError(Exception):
+    """A source could not be read. Carries `source`, and `line`/`row`/`column` where they are known."""
+
+    def __init__(
+        self,
+        source: str,
+        message: str,
+        *,
+        line: int | None = None,
+        row: int | None = None,
+        column: str | None = None,
+    ) -> None:
+        self.source = source
+        self.line = line
+        self.row = row
+        self.column = column
+        self.reason = message
+        where = [source]
+        if line is not None:
+            where.append(f"line {line}")
+        if row is not None:
+            where.append(f"row {row}")
+        if column is not None:
+            where.append(f"column {column!r}")
+        super().__init__(f"{', '.join(where)}: {message}")
+
+
+class SourceNotFound(ConnectorError):
+    """The file, database or table does not exist or cannot be reached."""
+
+
+class EmptySource(ConnectorError):
+    """The source holds no header or no rows."""
+
+
+class EncodingError(ConnectorError):
+    """The source holds bytes that are not valid UTF-8."""
+
+
+class MalformedRecord(ConnectorError):
+    """A record does not parse: wrong number of fields, broken quoting, invalid JSON."""
+
+
+class MissingColumn(ConnectorError):
+    """A column the caller asked for is not in the source."""
+
+
+class TypeParseError(ConnectorError):
+    """A value does not parse as the type its column declares."""

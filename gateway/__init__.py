@@ -1,0 +1,1 @@
+"""fedgate gateway: the site's HTTP API, settings, request pipeline, federation and the CLI."""

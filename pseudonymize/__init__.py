@@ -1,0 +1,1 @@
+"""Local pseudonymization: keyed pseudonyms, date shifting, generalization, risk report, the store."""

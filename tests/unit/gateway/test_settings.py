@@ -1,0 +1,74 @@
+"""Site settings: TOML plus environment, and errors that name the file, key and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import ConfigError, load_settings
+
+GOOD = """\
+site_id = "site-de"
+jurisdiction = "DE"
+store_url = "duckdb:///store.duckdb"
+audit_url = "sqlite:///audit.db"
+policy_dir = "policies"
+master_key_file = "keys/master.key"
+log_key_file = "keys/log.key"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "site.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_loads_and_resolves_relative_paths(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, GOOD))
+    assert s.site_id == "site-de"
+    assert s.jurisdiction == "DE"
+    assert s.policy_dir == tmp_path / "policies"
+    assert s.master_key_file == tmp_path / "keys/master.key"
+    assert s.store_url == f"duckdb:///{tmp_path}/store.duckdb"
+    assert s.audit_url == f"sqlite:///{tmp_path}/audit.db"
+    assert s.audit_origin == "fedgate.example/site-de"
+
+
+def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDGATE_JURISDICTION", "FR")
+    assert load_settings(write(tmp_path, GOOD)).jurisdiction == "FR"
+
+
+def test_unknown_key_names_key_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + 'stor_url = "x"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert err.value.key == "stor_url"
+    assert err.value.line == 8
+    assert str(path) in str(err.value) and "unknown key" in str(err.value)
+
+
+def test_missing_required_key_is_named(tmp_path: Path) -> None:
+    text = "\n".join(line for line in GOOD.splitlines() if not line.startswith("audit_url"))
+    with pytest.raises(ConfigError, match="audit_url: required key is missing") as err:
+        load_settings(write(tmp_path, text))
+    assert err.value.path.name == "site.toml"
+
+
+def test_bad_country_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"site.toml:2: jurisdiction: .*'XX' is not an ISO 3166-1"):
+        load_settings(write(tmp_path, GOOD.replace('"DE"', '"XX"')))
+
+
+def test_exactly_one_master_key_source(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="exactly one of master_key_file and master_key_env"):
+        load_settings(write(tmp_path, GOOD + 'master_key_env = "FEDGATE_KEY"\n'))
+
+
+def test_malformed_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "site_id = \n"))
+    with pytest.raises(ConfigError, match="file not found"):
+        load_settings(tmp_path / "nope.toml")
