@@ -21,7 +21,8 @@ def pg_server_url() -> str:
         with engine.connect() as conn:
             conn.execute(sa.text("select 1"))
     except sa.exc.OperationalError as exc:
-        reason = f"PostgreSQL not reachable at {PG_URL} ({type(exc.orig).__name__}); set FEDGATE_TEST_PG_URL"
+        cause = type(exc.orig).__name__
+        reason = f"PostgreSQL not reachable at {PG_URL} ({cause}); set FEDGATE_TEST_PG_URL"
         if IN_CI:
             pytest.fail(f"CI=true but {reason}")
         pytest.skip(reason)
@@ -32,7 +33,7 @@ def pg_server_url() -> str:
 
 @pytest.fixture
 def pg_url(pg_server_url: str) -> Iterator[str]:
-    """A URL whose search_path is a fresh schema, dropped afterwards, so tests never see each other's tables."""
+    """A URL whose search_path is a fresh schema, dropped afterwards: tests never share tables."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(pg_server_url)
     with admin.begin() as conn:
