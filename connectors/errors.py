@@ -4,9 +4,15 @@ ConnectorError
 ├── SourceNotFound        the file, database or table does not exist or cannot be reached
 ├── EmptySource           the source holds no header or no rows
 ├── EncodingError         bytes that are not valid UTF-8
+├── FormatError           the source is not in the format its connector reads (not Parquet, not a table)
+├── InvalidOption         the connector was configured wrongly (unknown type name, unknown source kind)
 ├── MalformedRecord       a row that does not parse (wrong field count, broken quoting, bad JSON)
+│   └── WrongResourceType a FHIR line holds another resource type than the file's
 ├── MissingColumn         a column the caller asked for is not in the source
 └── TypeParseError        a value that does not parse as its column's declared type
+
+Messages never quote a source value: a value may be an identifier. They name where (line, row, column)
+and what was expected (the type).
 """
 
 from __future__ import annotations
@@ -51,8 +57,20 @@ class EncodingError(ConnectorError):
     """The source holds bytes that are not valid UTF-8."""
 
 
+class FormatError(ConnectorError):
+    """The source is not in the format its connector reads (a text file given as Parquet, a corrupt file)."""
+
+
+class InvalidOption(ConnectorError):
+    """The connector was configured wrongly: an unknown type name, resource type or kind of source."""
+
+
 class MalformedRecord(ConnectorError):
     """A record does not parse: wrong number of fields, broken quoting, invalid JSON."""
+
+
+class WrongResourceType(MalformedRecord):
+    """A FHIR NDJSON line holds a resource of another type than the one being read."""
 
 
 class MissingColumn(ConnectorError):
