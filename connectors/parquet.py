@@ -1,0 +1,96 @@
+"""Parquet files, streamed batch by batch (one row group in memory at a time)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from connectors.base import DEFAULT_BATCH_ROWS, Connector
+from connectors.errors import (
+    EmptySource,
+    EncodingError,
+    FormatError,
+    InvalidOption,
+    MissingColumn,
+    SourceNotFound,
+)
+
+
+class ParquetConnector(Connector):
+    """A Parquet file; `columns` selects and orders the columns read (all of them by default)."""
+
+    def __init__(self, path: str | os.PathLike[str], columns: Sequence[str] | None = None) -> None:
+        self.path = Path(path)
+        self.source = str(self.path)
+        self.columns = list(columns) if columns is not None else None
+        self._schema: pa.Schema | None = None
+
+    def schema(self) -> pa.Schema:
+        if self._schema is None:
+            file = self._open()
+            self._schema = file.schema_arrow if self.columns is None else self._select(file.schema_arrow)
+            if file.metadata.num_rows == 0:
+                raise EmptySource(self.source, "the file holds no rows")
+        return self._schema
+
+    def batches(self, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        if batch_rows < 1:
+            raise InvalidOption(self.source, "batch_rows must be at least 1")
+        schema = self.schema()
+        file = self._open()
+        strings = [i for i, field in enumerate(schema) if pa.types.is_string(field.type)]
+        row = 0
+        try:
+            for batch in file.iter_batches(batch_size=batch_rows, columns=schema.names, use_threads=True):
+                # Parquet writers should write valid UTF-8 but readers do not check; the store must not
+                # receive bytes that later break a query.
+                for index in strings:
+                    self._check_utf8(batch.column(index), schema.field(index).name, row)
+                row += batch.num_rows
+                yield batch
+        except (OSError, pa.ArrowException) as exc:
+            raise FormatError(
+                self.source, f"the file is corrupt past row {row} ({type(exc).__name__})"
+            ) from None
+        finally:
+            file.close()
+
+    def _open(self) -> pq.ParquetFile:
+        if not self.path.exists():
+            raise SourceNotFound(self.source, "the file does not exist")
+        if not self.path.is_file():
+            raise FormatError(self.source, "not a regular file")
+        try:
+            return pq.ParquetFile(self.path)
+        except (OSError, pa.ArrowException):
+            raise FormatError(self.source, "not a Parquet file (no valid footer)") from None
+
+    def _select(self, schema: pa.Schema) -> pa.Schema:
+        assert self.columns is not None
+        for name in self.columns:
+            if schema.get_field_index(name) < 0:
+                raise MissingColumn(self.source, "the file has no such column", column=name)
+        return pa.schema([schema.field(name) for name in self.columns])
+
+    def _check_utf8(self, array: pa.Array, column: str, row: int) -> None:
+        try:
+            array.validate(full=True)
+        except pa.ArrowInvalid:
+            for offset, value in enumerate(array.cast(pa.binary()).to_pylist()):
+                if value is not None and not _is_utf8(value):
+                    raise EncodingError(
+                        self.source, "bytes are not valid UTF-8", row=row + offset + 1, column=column
+                    ) from None
+            raise
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

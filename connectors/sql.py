@@ -1,0 +1,176 @@
+"""Tables in any SQLAlchemy database (PostgreSQL, SQLite, DuckDB, ...), streamed with server-side cursors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection, Engine
+
+from connectors.base import DEFAULT_BATCH_ROWS, Connector
+from connectors.errors import InvalidOption, MissingColumn, SourceNotFound, TypeParseError
+from connectors.sql_types import ColumnMapping, column_array, first_unconvertible, map_column
+
+# File databases that create a missing file on connect: reading must never leave an empty database behind.
+_FILE_DIALECTS = frozenset({"sqlite", "duckdb"})
+
+
+class SqlConnector(Connector):
+    """One table (or view) of a database named by a SQLAlchemy URL; `columns` selects and orders columns.
+
+    Types come from the reflected column types (see `connectors.sql_types`); DuckDB hands over Arrow
+    batches itself. Rows stream in primary-key order when the table has one.
+    """
+
+    def __init__(
+        self,
+        url: str | URL,
+        table: str,
+        *,
+        schema: str | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> None:
+        try:
+            self.url = sa.engine.make_url(url)
+        except sa.exc.ArgumentError:
+            # The text may hold a password, so it is not repeated.
+            raise InvalidOption("<database URL>", "not a valid SQLAlchemy database URL") from None
+        self.table = table
+        self.db_schema = schema
+        self.columns = list(columns) if columns is not None else None
+        qualified = f"{schema}.{table}" if schema else table
+        self.source = f"{self.url.render_as_string(hide_password=True)} table {qualified}"
+        self._schema: pa.Schema | None = None
+        self._mappings: list[ColumnMapping] = []
+        self._order_by: list[str] = []
+
+    def schema(self) -> pa.Schema:
+        if self._schema is None:
+            engine = self._engine()
+            try:
+                with self._connect(engine) as conn:
+                    self._schema = self._inspect(conn)
+            finally:
+                engine.dispose()
+        return self._schema
+
+    def batches(self, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        if batch_rows < 1:
+            raise InvalidOption(self.source, "batch_rows must be at least 1")
+        schema = self.schema()
+        engine = self._engine()
+        try:
+            with self._connect(engine) as conn:
+                if self.url.get_backend_name() == "duckdb":
+                    yield from self._duckdb_batches(conn, schema, batch_rows)
+                else:
+                    yield from self._row_batches(conn, schema, batch_rows)
+        except sa.exc.DBAPIError as exc:
+            raise SourceNotFound(self.source, f"reading failed: {_driver_message(exc)}") from None
+        finally:
+            engine.dispose()
+
+    def _engine(self) -> Engine:
+        backend = self.url.get_backend_name()
+        database = self.url.database or ""
+        on_disk = (
+            backend in _FILE_DIALECTS and database != "" and not database.startswith((":memory:", "file:"))
+        )
+        if on_disk and not Path(database).is_file():
+            raise SourceNotFound(self.source, "the database file does not exist")
+        try:
+            return sa.create_engine(self.url)
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+            raise InvalidOption(self.source, f"no usable SQLAlchemy dialect ({type(exc).__name__})") from None
+
+    def _connect(self, engine: Engine) -> Connection:
+        try:
+            return engine.connect()
+        except sa.exc.DBAPIError as exc:
+            raise SourceNotFound(
+                self.source, f"cannot connect to the database: {_driver_message(exc)}"
+            ) from None
+
+    def _inspect(self, conn: Connection) -> pa.Schema:
+        if self.url.get_backend_name() == "duckdb":
+            found = self._duckdb_schema(conn)
+        else:
+            if not sa.inspect(conn).has_table(self.table, schema=self.db_schema):
+                raise SourceNotFound(self.source, "the table does not exist")
+            table = sa.Table(self.table, sa.MetaData(), schema=self.db_schema, autoload_with=conn)
+            self._mappings = [map_column(column) for column in table.columns]
+            self._order_by = [column.name for column in table.primary_key.columns]
+            found = pa.schema([pa.field(m.name, m.arrow_type) for m in self._mappings])
+        if self.columns is None:
+            return found
+        for name in self.columns:
+            if found.get_field_index(name) < 0:
+                raise MissingColumn(self.source, "the table has no such column", column=name)
+        by_name = {m.name: m for m in self._mappings}
+        self._mappings = [by_name[name] for name in self.columns if name in by_name]
+        return pa.schema([found.field(name) for name in self.columns])
+
+    def _duckdb_schema(self, conn: Connection) -> pa.Schema:
+        """DuckDB states Arrow types itself; duckdb-engine's reflection breaks on SQLAlchemy 2.1."""
+        try:
+            return _duckdb_relation(conn, self._quoted_table(conn), None).limit(0).to_arrow_table().schema
+        except duckdb.CatalogException:
+            raise SourceNotFound(self.source, "the table does not exist") from None
+
+    def _quoted_table(self, conn: Connection) -> str:
+        quote = conn.dialect.identifier_preparer
+        table = quote.quote(self.table)
+        return f"{quote.quote_schema(self.db_schema)}.{table}" if self.db_schema else table
+
+    def _row_batches(self, conn: Connection, schema: pa.Schema, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        table = sa.table(self.table, schema=self.db_schema)
+        query = sa.select(*[sa.column(m.name, m.select_type) for m in self._mappings]).select_from(table)
+        query = query.order_by(*[sa.column(name) for name in self._order_by])
+        # stream_results asks for a server-side cursor (PostgreSQL); yield_per bounds what each fetch holds.
+        result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(query)
+        delivered = 0
+        for rows in result.partitions(batch_rows):
+            columns = list(zip(*rows, strict=True))
+            arrays = [
+                self._array(values, m, delivered) for values, m in zip(columns, self._mappings, strict=True)
+            ]
+            delivered += len(rows)
+            yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+    def _array(self, values: tuple[Any, ...], mapping: ColumnMapping, delivered: int) -> pa.Array:
+        try:
+            return column_array(values, mapping)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            index = first_unconvertible(values, mapping)
+            row = None if index is None else delivered + index + 1
+            raise TypeParseError(
+                self.source, f"value does not convert to {mapping.arrow_type}", row=row, column=mapping.name
+            ) from None
+
+    def _duckdb_batches(
+        self, conn: Connection, schema: pa.Schema, batch_rows: int
+    ) -> Iterator[pa.RecordBatch]:
+        reader = _duckdb_relation(conn, self._quoted_table(conn), schema.names).to_arrow_reader(batch_rows)
+        for batch in reader:
+            for start in range(0, batch.num_rows, batch_rows):
+                yield batch.slice(start, batch_rows)
+
+
+def _duckdb_relation(conn: Connection, quoted_table: str, names: list[str] | None) -> Any:
+    """A DuckDB relation over the table, read through the engine's own connection."""
+    quote = conn.dialect.identifier_preparer.quote
+    selected = "*" if names is None else ", ".join(quote(name) for name in names)
+    duck = conn.connection.driver_connection
+    assert duck is not None  # an open connection always has its driver connection
+    # Identifiers are quoted by the dialect; the statement has no values in it.
+    return duck.sql(f"SELECT {selected} FROM {quoted_table}")  # noqa: S608
+
+
+def _driver_message(exc: sa.exc.DBAPIError) -> str:
+    """The driver's own first line (never SQLAlchemy's, which repeats the statement and its parameters)."""
+    text = str(exc.orig).strip().splitlines()
+    return f"{type(exc.orig).__name__}: {text[0] if text else 'no detail'}"
