@@ -1,0 +1,117 @@
+"""The policy bundle: the Rego sources and validated data a decision is made with, and their digest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import rfc8785
+
+from gateway.decision.errors import PolicySourceError
+from gateway.decision.policy_data import read_data_files, validate_policy_data
+
+DATA_ROOT = "fedgate_data"
+DECISION_PACKAGE = "fedgate.decision"
+DECISION_RULE = "result"
+
+
+@dataclass(frozen=True)
+class PolicyBundle:
+    """Policies (relative path → source) and the data document placed at `data.fedgate_data`."""
+
+    root: Path
+    site_jurisdiction: str
+    policies: tuple[tuple[str, str], ...]
+    data: Mapping[str, Any] = field(repr=False)
+    digest: str
+
+    @property
+    def short_digest(self) -> str:
+        """The first 12 hex digits, for messages."""
+        return self.digest[:12]
+
+    def data_document(self) -> dict[str, Any]:
+        """The data both engines load at `data.fedgate_data`, carrying the bundle digest as `meta`."""
+        return {**self.data, "meta": {"bundle_digest": self.digest}}
+
+
+def is_test_file(path: Path | str) -> bool:
+    """Rego test twins end in `_test.rego`; the gateway never loads them for decisions."""
+    return str(path).endswith("_test.rego")
+
+
+def bundle_digest(policies: tuple[tuple[str, str], ...], data: Mapping[str, Any]) -> str:
+    """SHA-256 over RFC 8785 JSON of {policies: {path: sha256(source)}, data}; sorted by JCS itself."""
+    document = {
+        "policies": {path: hashlib.sha256(source.encode("utf-8")).hexdigest() for path, source in policies},
+        "data": data,
+    }
+    return hashlib.sha256(rfc8785.dumps(document)).hexdigest()
+
+
+def read_policies(policy_dir: Path, *, include_tests: bool) -> tuple[tuple[str, str], ...]:
+    """Every .rego file under `policy_dir` (sorted by relative path), optionally with the test twins."""
+    if not policy_dir.is_dir():
+        raise PolicySourceError(policy_dir, "policy folder not found")
+    out = []
+    for path in sorted(policy_dir.rglob("*.rego")):
+        if is_test_file(path) and not include_tests:
+            continue
+        rel = path.relative_to(policy_dir).as_posix()
+        try:
+            out.append((rel, path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PolicySourceError(path, f"cannot read: {exc}") from None
+    if not any(not is_test_file(rel) for rel, _ in out):
+        raise PolicySourceError(policy_dir, "no .rego policy files found")
+    return tuple(out)
+
+
+def load_bundle(policy_dir: Path | str, site_jurisdiction: str, *, include_tests: bool = False) -> PolicyBundle:
+    """Read and validate the policies and data under `policy_dir` for a site in `site_jurisdiction`.
+
+    Raises PolicyDataError (naming file and field) or PolicySourceError; then checks that the policies
+    parse and produce a decision on the embedded engine, so a broken bundle never reaches a request.
+    """
+    policy_dir = Path(policy_dir)
+    policies = read_policies(policy_dir, include_tests=include_tests)
+    data_dir = policy_dir / "data"
+    raw = read_data_files(data_dir)
+    validate_policy_data(data_dir, raw, site_jurisdiction)
+    # The site's jurisdiction comes from settings, not from a file, so one policy folder serves many sites.
+    data = json.loads(json.dumps(raw))
+    data["site"]["jurisdiction"] = site_jurisdiction
+    decision_policies = tuple(p for p in policies if not is_test_file(p[0]))
+    digest = bundle_digest(decision_policies, data)
+    bundle = PolicyBundle(policy_dir, site_jurisdiction, policies, data, digest)
+    _self_check(bundle)
+    return bundle
+
+
+def _self_check(bundle: PolicyBundle) -> None:
+    # Imported here: the embedded engine module imports this one.
+    from gateway.decision.embedded import build_engine, evaluate_rule
+
+    engine = build_engine(bundle)
+    try:
+        engine.set_input({})
+        result = evaluate_rule(engine)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 — regorus panics are BaseException; all mean "unusable"
+        raise PolicySourceError(bundle.root, f"policies do not evaluate: {first_line(exc)}") from None
+    if not isinstance(result, dict) or result.get("decision") != "deny":
+        raise PolicySourceError(
+            bundle.root, f"data.{DECISION_PACKAGE}.{DECISION_RULE} must deny an empty request, got {result!r}"
+        )
+
+
+def first_line(exc: BaseException) -> str:
+    """An engine error without the Rust backtrace the embedded engine appends."""
+    text = str(exc).split("Stack backtrace:")[0].strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(lines)[:300] or type(exc).__name__

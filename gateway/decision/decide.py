@@ -1,0 +1,38 @@
+"""Fail-closed decisions: whatever an engine does, the caller gets a Decision, and every failure denies."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from gateway.decision.bundle import first_line
+from gateway.decision.engine import PolicyEngine
+from gateway.decision.errors import MalformedDecision
+from gateway.decision.models import Decision, DecisionInput
+
+
+def parse_decision(result: object, expected_digest: str) -> Decision:
+    """Check an engine's raw result against the decision schema and the bundle it should come from."""
+    if not isinstance(result, dict):
+        raise MalformedDecision(f"the policy answered a {type(result).__name__}, not a decision object")
+    digest = result.get("bundle_digest")
+    if digest != expected_digest:
+        shown = digest[:12] if isinstance(digest, str) and digest else "no bundle"
+        raise MalformedDecision(f"the engine ran bundle {shown}, not the loaded bundle {expected_digest[:12]}")
+    try:
+        return Decision.model_validate(result)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "result"
+        raise MalformedDecision(f"the decision's {where} is malformed: {first['msg']}") from None
+
+
+def decide(engine: PolicyEngine, request: DecisionInput) -> Decision:
+    """The policy's decision for `request`; never raises: any failure is a deny naming what failed."""
+    expected = ""
+    try:
+        expected = engine.bundle_digest
+        return parse_decision(engine.evaluate(request.to_policy_input()), expected)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 — engine panics are BaseException, and every failure must deny
+        return Decision.failed(first_line(exc), expected)

@@ -1,0 +1,83 @@
+"""The OPA-server engine: a real OPA (next to the gateway) asked over its Data API by opa-python-client."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from opa_client import OpaClient
+
+from gateway.decision.bundle import DATA_ROOT, DECISION_PACKAGE, DECISION_RULE, PolicyBundle, is_test_file
+from gateway.decision.errors import MalformedDecision, PolicyEngineUnavailable, PolicyError
+
+
+def _client_for(url: str, timeout_s: float) -> OpaClient:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PolicyError(f"opa_url must be http(s)://host[:port], got {url!r}")
+    if parts.path not in ("", "/") or parts.query:
+        raise PolicyError(f"opa_url must not carry a path or query (the client adds /v1/…), got {url!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    # No retries: the timeout is the whole budget for a decision, and a failure denies anyway.
+    return OpaClient(host=parts.hostname, port=port, ssl=parts.scheme == "https", timeout=timeout_s, retries=0)
+
+
+class OpaServerEngine:
+    """Asks OPA for `data.fedgate.decision.result`; every client failure becomes a typed error."""
+
+    name = "opa"
+
+    def __init__(self, url: str, timeout_s: float, bundle: PolicyBundle, *, publish: bool = True) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self._client = _client_for(url, timeout_s)
+        self._bundle = bundle
+        if publish:
+            self.publish(bundle)
+
+    @property
+    def bundle_digest(self) -> str:
+        return self._bundle.digest
+
+    def publish(self, bundle: PolicyBundle) -> None:
+        """Upload the bundle's data and policies, so OPA decides with exactly what the gateway validated.
+
+        Data goes first because it carries the bundle digest: if a policy upload then fails, OPA answers
+        with a digest the gateway does not expect, and every decision denies until a reload succeeds.
+        """
+        try:
+            self._client.update_or_create_data(bundle.data_document(), DATA_ROOT)
+            for path, source in bundle.policies:
+                if not is_test_file(path):
+                    self._client.update_policy_from_string(source, f"fedgate/{path}", rego_compat=False)
+        except requests.RequestException as exc:
+            raise PolicyEngineUnavailable(f"cannot publish policies to the OPA server at {self.url}: {exc}") from None
+        except Exception as exc:
+            # opa-python-client raises its own untyped errors (RegoParseError, TypeException, …).
+            raise PolicyEngineUnavailable(f"the OPA server at {self.url} rejected the bundle: {exc}") from None
+
+    def replace_bundle(self, bundle: PolicyBundle) -> None:
+        self.publish(bundle)
+        self._bundle = bundle
+
+    def evaluate(self, policy_input: Mapping[str, Any]) -> object:
+        try:
+            answer = self._client.query_rule(dict(policy_input), DECISION_PACKAGE, DECISION_RULE)
+        except requests.Timeout:
+            raise PolicyEngineUnavailable(f"the OPA server did not answer within {self.timeout_s} s") from None
+        except requests.ConnectionError:
+            raise PolicyEngineUnavailable(f"the OPA server at {self.url} is unreachable") from None
+        except requests.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else "?"
+            raise PolicyEngineUnavailable(f"the OPA server answered HTTP {status}") from None
+        except ValueError:
+            raise MalformedDecision("the OPA server answered with something that is not JSON") from None
+        if not isinstance(answer, dict):
+            raise MalformedDecision("the OPA server's answer is not a JSON object")
+        if "result" not in answer:
+            raise MalformedDecision(
+                f"the OPA server has no data.{DECISION_PACKAGE}.{DECISION_RULE} for this input"
+            )
+        return answer["result"]

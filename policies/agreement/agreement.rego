@@ -1,0 +1,144 @@
+# Data-sharing agreement (DSA) terms: parties, purposes, datasets and columns, analysis kinds, validity,
+# approval, and the disclosure thresholds a DSA may only tighten.
+package fedgate.agreement
+
+import rego.v1
+
+import data.fedgate.lib
+
+_dsa := lib.dsa
+
+_id := input.dsa
+
+_entry := _dsa.datasets[input.dataset.id]
+
+deny contains msg if {
+	not _dsa
+	msg := sprintf("this site has no data-sharing agreement named %v", [_id])
+}
+
+deny contains msg if {
+	_dsa.suspended == true
+	msg := sprintf("%s is suspended", [_id])
+}
+
+deny contains msg if {
+	lib.before_day(_dsa.not_before)
+	msg := sprintf("%s is not in force before %s", [_id, _dsa.not_before])
+}
+
+deny contains msg if {
+	lib.after_day(_dsa.not_after)
+	msg := sprintf("%s expired on %s", [_id, _dsa.not_after])
+}
+
+deny contains msg if {
+	_dsa
+	not input.requester.org in _dsa.parties
+	msg := sprintf("organisation %v is not a party to %s", [input.requester.org, _id])
+}
+
+# The agreement must permit every purpose code of the request.
+_permits_purpose(p) if {
+	some q in _dsa.purposes
+	lib.permits(q, object.get(_dsa, "diseases", []), p, object.get(input, ["purpose", "disease"], null))
+}
+
+deny contains msg if {
+	_dsa
+	some p in lib.strings_of(object.get(input, ["purpose", "duo"], []))
+	not _permits_purpose(p)
+	msg := sprintf("%s does not permit the purpose %s", [_id, lib.duo_label(p)])
+}
+
+deny contains msg if {
+	_dsa
+	not _entry
+	msg := sprintf("%s does not cover dataset %v", [_id, input.dataset.id])
+}
+
+# Every column the query touches: selected, grouped by, or named anywhere in the filter tree.
+used_columns contains c if {
+	some c in object.get(input, ["query", "columns"], [])
+}
+
+used_columns contains c if {
+	some c in object.get(input, ["query", "group_by"], [])
+}
+
+used_columns contains c if {
+	walk(object.get(input, ["query", "filters"], null), [path, c])
+	count(path) > 0
+	path[count(path) - 1] == "column"
+}
+
+_forbidden_columns := {c | some c in used_columns; not c in _entry.columns}
+
+deny contains msg if {
+	count(_forbidden_columns) > 0
+	msg := sprintf("%s does not allow the columns %s of dataset %s", [_id, concat(", ", sort(_forbidden_columns)), input.dataset.id])
+}
+
+deny contains msg if {
+	_dsa
+	not input.query.kind in _dsa.query_kinds
+	msg := sprintf("%s does not allow %v queries", [_id, input.query.kind])
+}
+
+_has_visa(required) if {
+	some visa in input.requester.visas
+	visa.type == required.type
+	visa.value == required.value
+}
+
+deny contains msg if {
+	required := _dsa.visa
+	not _has_visa(required)
+	msg := sprintf("%s requires a %s visa for %s", [_id, required.type, required.value])
+}
+
+needs_approval contains msg if {
+	input.query.kind in object.get(_dsa, "approval_kinds", [])
+	msg := sprintf("%s requires a steward's approval for %s queries", [_id, input.query.kind])
+}
+
+allow contains msg if {
+	_entry
+	msg := sprintf("%s lets %s run %v queries on dataset %s", [_id, input.requester.org, input.query.kind, input.dataset.id])
+}
+
+# --- thresholds: the tighter of the site default and the agreement ---------------------------------------
+
+_defaults := lib.site.defaults
+
+_terms := object.get(_dsa, "thresholds", {})
+
+min_cell_count := max({_defaults.min_cell_count, object.get(_terms, "min_cell_count", 0)})
+
+round_to := max({_defaults.round_to, object.get(_terms, "round_to", 1)})
+
+keep_zero_cells := object.get(_terms, "keep_zero_cells", false)
+
+max_identical_queries := min({_defaults.max_identical_queries, object.get(_terms, "max_identical_queries", _defaults.max_identical_queries)})
+
+glm_min_rows := max({_defaults.glm_min_rows, object.get(_terms, "glm_min_rows", 0)})
+
+glm_max_parameter_ratio := min({_defaults.glm_max_parameter_ratio, object.get(_terms, "glm_max_parameter_ratio", 1)})
+
+_dsa_dp := object.get(_dsa, "dp", null)
+
+_site_dp := object.get(_defaults, "dp", null)
+
+_dp_terms := [t | some t in [_site_dp, _dsa_dp]; is_object(t)]
+
+dp := {
+	"epsilon": min({t.epsilon | some t in _dp_terms}),
+	"budget": min({t.budget | some t in _dp_terms}),
+} if count(_dp_terms) > 0
+
+else := null
+
+allowed_columns := sorted_columns if {
+	dataset_columns := object.get(input, ["dataset", "columns"], _entry.columns)
+	sorted_columns := sort({c | some c in _entry.columns; c in dataset_columns})
+}

@@ -1,0 +1,54 @@
+package fedgate.lib_test
+
+import rego.v1
+
+import data.fedgate.lib
+
+_duo := {"terms": {
+	"DUO:0000004": {"kind": "permission", "label": "no restriction", "parents": []},
+	"DUO:0000042": {"kind": "permission", "label": "general research use", "parents": ["DUO:0000004"]},
+	"DUO:0000006": {"kind": "permission", "label": "health or medical or biomedical research", "parents": ["DUO:0000042"]},
+	"DUO:0000007": {"kind": "permission", "label": "disease specific research", "parents": ["DUO:0000006"]},
+	"DUO:0000011": {"kind": "permission", "label": "population origins or ancestry research only", "parents": ["DUO:0000042"]},
+	"DUO:0000021": {"kind": "modifier", "label": "ethics approval required", "parents": []},
+}, "diseases": {
+	"MONDO:0005015": {"label": "diabetes mellitus", "parents": []},
+	"MONDO:0005148": {"label": "type 2 diabetes mellitus", "parents": ["MONDO:0005015"]},
+	"MONDO:0007254": {"label": "breast cancer", "parents": []},
+}}
+
+test_general_research_covers_disease_specific if {
+	lib.duo_covers("DUO:0000042", "DUO:0000007") with data.fedgate_data.duo as _duo
+}
+
+test_disease_specific_does_not_cover_general_research if {
+	not lib.duo_covers("DUO:0000007", "DUO:0000042") with data.fedgate_data.duo as _duo
+}
+
+test_ancestry_research_is_not_medical_research if {
+	not lib.duo_covers("DUO:0000006", "DUO:0000011") with data.fedgate_data.duo as _duo
+}
+
+test_disease_consent_covers_narrower_disease if {
+	lib.permits("DUO:0000007", ["MONDO:0005015"], "DUO:0000007", "MONDO:0005148") with data.fedgate_data.duo as _duo
+}
+
+test_disease_consent_does_not_cover_other_disease if {
+	not lib.permits("DUO:0000007", ["MONDO:0005015"], "DUO:0000007", "MONDO:0007254") with data.fedgate_data.duo as _duo
+}
+
+test_expired_after_last_day if {
+	lib.after_day("2026-06-30") with input.now as "2026-07-01T00:00:00Z"
+}
+
+test_not_expired_on_last_day if {
+	not lib.after_day("2026-06-30") with input.now as "2026-06-30T23:59:59Z"
+}
+
+test_malformed_now_has_no_time if {
+	not lib.now_ns with input.now as "yesterday"
+}
+
+test_before_first_day if {
+	lib.before_day("2026-01-01") with input.now as "2025-12-31T23:00:00+00:00"
+}

@@ -1,0 +1,122 @@
+# Cross-border transfer: the site's jurisdiction against the requester's and the destination's (EEA,
+# adequacy decisions, standard contractual clauses named in the agreement, blocked countries, export control).
+package fedgate.transfer
+
+import rego.v1
+
+import data.fedgate.lib
+
+_rules := data.fedgate_data.transfer
+
+_site := lib.site.jurisdiction
+
+_eea := {c | some c in _rules.eea}
+
+_regime(c) := "EEA" if c in _eea
+
+else := c
+
+# Who receives the answer: the requester's country and the declared destination are both checked.
+_recipients := {"requester": input.requester.country, "destination": input.destination.country}
+
+_sccs(c) := [s.id | some s in object.get(lib.dsa, "standard_contractual_clauses", []); c in s.countries]
+
+# The first legal basis that applies, in the order a steward would cite them.
+basis(c) := "the site's own jurisdiction" if c == _site
+
+else := "the EEA, which also holds the site" if {
+	c in _eea
+	_site in _eea
+}
+
+else := sprintf("an adequacy decision (%s)", [decision]) if {
+	decision := _rules.adequacy[_regime(_site)][c]
+}
+
+else := sprintf("standard contractual clauses %s in %s", [ids[0], input.dsa]) if {
+	ids := _sccs(c)
+	count(ids) > 0
+}
+
+_blocked(c) if c in _rules.blocked
+
+deny contains msg if {
+	some role, c in _recipients
+	_blocked(c)
+	msg := sprintf("transfers to %s (the %s's country) are blocked by this site", [c, role])
+}
+
+deny contains msg if {
+	some role, c in _recipients
+	is_string(c)
+	not _blocked(c)
+	not basis(c)
+	msg := sprintf(
+		"no legal basis to transfer data from %s to %s (the %s's country): no adequacy decision, and %s names no standard contractual clauses for %s",
+		[_site, c, role, input.dsa, c],
+	)
+}
+
+allow contains msg if {
+	some role, c in _recipients
+	b := basis(c)
+	msg := sprintf("transfer to %s (the %s's country) rests on %s", [c, role, b])
+}
+
+# --- export control --------------------------------------------------------------------------------------
+
+_export := data.fedgate_data.export_control
+
+_class := _export.classified_datasets[input.dataset.id]
+
+_candidates := {l | some l in object.get(lib.dsa, "export_licences", []); _export.licences[l].class == _class}
+
+_licence_problems(l) := ((_not_yet_valid(l) | _expired(l)) | _wrong_destinations(l)) | _re_export(l)
+
+_not_yet_valid(l) := {msg |
+	lib.before_day(_export.licences[l].not_before)
+	msg := sprintf("export licence %s is not valid before %s", [l, _export.licences[l].not_before])
+}
+
+_expired(l) := {msg |
+	lib.after_day(_export.licences[l].not_after)
+	msg := sprintf("export licence %s expired on %s", [l, _export.licences[l].not_after])
+}
+
+_wrong_destinations(l) := {msg |
+	some role, c in _recipients
+	not c in _export.licences[l].destinations
+	msg := sprintf("export licence %s does not permit %s (the %s's country) as a destination", [l, c, role])
+}
+
+_re_export(l) := {msg |
+	_export.licences[l].re_export == false
+	input.destination.country != input.requester.country
+	msg := sprintf(
+		"export licence %s forbids re-export from %s to %s",
+		[l, input.requester.country, input.destination.country],
+	)
+}
+
+_licensed if {
+	some l in _candidates
+	count(_licence_problems(l)) == 0
+}
+
+deny contains msg if {
+	_class
+	count(_candidates) == 0
+	msg := sprintf("dataset %s is export-controlled (class %s) and %s names no export licence for that class", [input.dataset.id, _class, input.dsa])
+}
+
+deny contains msg if {
+	_class
+	not _licensed
+	some l in _candidates
+	some msg in _licence_problems(l)
+}
+
+allow contains msg if {
+	_licensed
+	msg := sprintf("dataset %s is export-controlled (class %s) and covered by a valid export licence", [input.dataset.id, _class])
+}
