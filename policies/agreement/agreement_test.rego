@@ -1,0 +1,174 @@
+package fedgate.agreement_test
+
+import rego.v1
+
+import data.fedgate.agreement
+import data.fedgate.fixtures_test as fx
+
+_deny(req, d) := reasons if {
+	reasons := agreement.deny with input as req with data.fedgate_data as d
+}
+
+_denied(req, d, fragment) if {
+	some reason in _deny(req, d)
+	contains(reason, fragment)
+}
+
+_approval(req, d) := reasons if {
+	reasons := agreement.needs_approval with input as req with data.fedgate_data as d
+}
+
+_at(now) := fx.request_with({"now": now})
+
+test_allow_when_every_term_is_met if {
+	count(_deny(fx.request, fx.policy_data)) == 0
+	count(_approval(fx.request, fx.policy_data)) == 0
+}
+
+test_deny_unknown_agreement if {
+	"this site has no data-sharing agreement named DSA-NOPE" in _deny(fx.request_with({"dsa": "DSA-NOPE"}), fx.policy_data)
+}
+
+test_deny_suspended_agreement if {
+	"DSA-T-1 is suspended" in _deny(fx.request, fx.dsa_with({"suspended": true}))
+}
+
+test_deny_when_dsa_expired if {
+	"DSA-T-1 expired on 2026-06-30" in _deny(_at("2026-07-01T00:00:00Z"), fx.policy_data)
+}
+
+test_allow_on_last_day_of_dsa if {
+	count(_deny(_at("2026-06-30T23:59:59Z"), fx.policy_data)) == 0
+}
+
+test_deny_before_dsa_is_in_force if {
+	"DSA-T-1 is not in force before 2026-01-01" in _deny(_at("2025-12-31T23:59:59Z"), fx.policy_data)
+}
+
+test_expiry_respects_time_zone_offset if {
+	# 01:00 on 1 July in Paris is still 30 June in UTC.
+	count(_deny(_at("2026-07-01T01:00:00+02:00"), fx.policy_data)) == 0
+}
+
+test_deny_organisation_that_is_not_a_party if {
+	req := fx.request_with({"requester": {"org": "org-x"}})
+	"organisation org-x is not a party to DSA-T-1" in _deny(req, fx.policy_data)
+}
+
+test_deny_purpose_the_dsa_does_not_permit if {
+	req := fx.request_with({"purpose": {"duo": ["DUO:0000011"]}})
+	"DSA-T-1 does not permit the purpose DUO:0000011 (population origins or ancestry research only)" in _deny(req, fx.policy_data)
+}
+
+test_allow_narrower_purpose_than_dsa_permits if {
+	req := fx.request_with({"purpose": {"duo": ["DUO:0000007"], "disease": "MONDO:0005148"}})
+	count(_deny(req, fx.policy_data)) == 0
+}
+
+test_deny_disease_outside_disease_specific_dsa if {
+	d := fx.dsa_with({"purposes": ["DUO:0000007"], "diseases": ["MONDO:0007254"]})
+	req := fx.request_with({"purpose": {"duo": ["DUO:0000007"], "disease": "MONDO:0005148"}})
+	_denied(req, d, "does not permit the purpose DUO:0000007")
+}
+
+test_allow_disease_inside_disease_specific_dsa if {
+	d := fx.dsa_with({"purposes": ["DUO:0000007"], "diseases": ["MONDO:0005015"]})
+	req := fx.request_with({"purpose": {"duo": ["DUO:0000007"], "disease": "MONDO:0005148"}})
+	count(_deny(req, d)) == 0
+}
+
+test_deny_dataset_outside_dsa if {
+	"DSA-T-1 does not cover dataset ds-other" in _deny(fx.request_with({"dataset": {"id": "ds-other"}}), fx.policy_data)
+}
+
+test_deny_selected_column_outside_dsa if {
+	req := fx.request_with({"query": {"columns": ["sex", "name_hash"]}})
+	"DSA-T-1 does not allow the columns name_hash of dataset ds-1" in _deny(req, fx.policy_data)
+}
+
+test_deny_filter_column_outside_dsa if {
+	req := fx.request_with({"query": {"filters": {"op": "or", "args": [
+		{"column": "age", "op": ">", "value": 3},
+		{"op": "not", "arg": {"column": "zip", "op": "=", "value": "10115"}},
+	]}}})
+	"DSA-T-1 does not allow the columns zip of dataset ds-1" in _deny(req, fx.policy_data)
+}
+
+test_deny_group_by_column_outside_dsa if {
+	req := fx.request_with({"query": {"group_by": ["sex", "birth_date"]}})
+	_denied(req, fx.policy_data, "does not allow the columns birth_date")
+}
+
+test_deny_analysis_kind_outside_dsa if {
+	"DSA-T-1 does not allow crosstab queries" in _deny(fx.request_with({"query": {"kind": "crosstab"}}), fx.policy_data)
+}
+
+test_needs_approval_for_kind_the_dsa_names if {
+	req := fx.request_with({"query": {"kind": "glm"}})
+	count(_deny(req, fx.policy_data)) == 0
+	"DSA-T-1 requires a steward's approval for glm queries" in _approval(req, fx.policy_data)
+}
+
+test_no_approval_for_other_kinds if {
+	count(_approval(fx.request_with({"query": {"kind": "summary"}}), fx.policy_data)) == 0
+}
+
+test_deny_without_required_visa if {
+	d := fx.dsa_with({"visa": {"type": "ControlledAccessGrants", "value": "https://ega.example/DSA-T-1"}})
+	"DSA-T-1 requires a ControlledAccessGrants visa for https://ega.example/DSA-T-1" in _deny(fx.request, d)
+}
+
+test_allow_with_required_visa if {
+	d := fx.dsa_with({"visa": {"type": "ControlledAccessGrants", "value": "https://ega.example/DSA-T-1"}})
+	req := fx.request_with({"requester": {"visas": [{"type": "ControlledAccessGrants", "value": "https://ega.example/DSA-T-1"}]}})
+	count(_deny(req, d)) == 0
+}
+
+# --- thresholds ------------------------------------------------------------------------------------------
+
+_obligation(name, d) := value if {
+	value := agreement[name] with input as fx.request with data.fedgate_data as d
+}
+
+test_dsa_tightens_min_cell_count if {
+	_obligation("min_cell_count", fx.policy_data) == 20
+}
+
+test_dsa_cannot_loosen_min_cell_count if {
+	_obligation("min_cell_count", fx.dsa_with({"thresholds": {"min_cell_count": 3}})) == 10
+}
+
+test_dsa_tightens_identical_query_limit if {
+	_obligation("max_identical_queries", fx.policy_data) == 8
+}
+
+test_dsa_cannot_loosen_identical_query_limit if {
+	_obligation("max_identical_queries", fx.dsa_with({"thresholds": {"max_identical_queries": 500}})) == 20
+}
+
+test_site_defaults_apply_without_dsa_thresholds if {
+	d := fx.data_with({"agreements": {"DSA-T-1": {"thresholds": {}}}})
+	d2 := json.patch(d, [{"op": "remove", "path": "/agreements/DSA-T-1/thresholds"}])
+	_obligation("min_cell_count", d2) == 10
+	_obligation("round_to", d2) == 1
+}
+
+test_no_differential_privacy_unless_required if {
+	_obligation("dp", fx.policy_data) == null
+}
+
+test_dsa_requires_differential_privacy if {
+	_obligation("dp", fx.dsa_with({"dp": {"epsilon": 0.5, "budget": 4}})) == {"epsilon": 0.5, "budget": 4}
+}
+
+test_site_dp_budget_caps_dsa_dp if {
+	d := fx.data_with({
+		"site": {"defaults": {"dp": {"epsilon": 1, "budget": 3}}},
+		"agreements": {"DSA-T-1": {"dp": {"epsilon": 2, "budget": 10}}},
+	})
+	_obligation("dp", d) == {"epsilon": 1, "budget": 3}
+}
+
+test_allowed_columns_are_dsa_columns_the_dataset_has if {
+	_obligation("allowed_columns", fx.policy_data) == ["age", "bmi", "outcome", "sex"]
+}
