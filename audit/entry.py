@@ -1,0 +1,114 @@
+"""Audit entries as RFC 8785 canonical JSON: validation, canonicalization and the exact stored bytes.
+
+An entry is the object {actor, index, origin, payload, prev, request_id, time, type}. Every value is
+canonicalized by the `rfc8785` package; because RFC 8785 sorts keys and serializes each member's value
+independently of its neighbours, the entry's bytes are the fixed, sorted key sequence with those
+canonical values, which lets the writer canonicalize the payload before taking the log lock and only
+splice in index, prev and time under it. A test checks the result equals `rfc8785.dumps(entry)`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import rfc8785
+
+from audit.errors import EntryError
+from audit.events import validate_payload
+from audit.notes import b64
+
+GENESIS_PREV = bytes(32)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_TOKEN_LIKE = re.compile(r"(?i)eyJ[A-Za-z0-9_-]{4,}\.|\bbearer\b|[A-Za-z0-9_+/=]{48,}")
+_ACTOR_FIELD = re.compile(r"^[^\s\x00-\x1f\x7f]{1,256}$")
+
+
+def canonical(value: Any) -> bytes:
+    """RFC 8785 bytes of a JSON value; NaN, ±inf, integers beyond ±(2^53−1) and non-string keys fail."""
+    try:
+        return rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError as exc:
+        raise EntryError(f"value cannot be canonicalized (RFC 8785): {exc}") from None
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who caused the event: the authenticated subject and their organisation — never a token."""
+
+    sub: str
+    org: str
+
+    def __post_init__(self) -> None:
+        for name in ("sub", "org"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not _ACTOR_FIELD.match(value):
+                raise EntryError(f"actor.{name} must be 1-256 printable characters without spaces")
+            if _TOKEN_LIKE.search(value):
+                raise EntryError(f"actor.{name} looks like a token; record the subject, never a credential")
+
+    def as_json(self) -> dict[str, str]:
+        return {"org": self.org, "sub": self.sub}
+
+
+@dataclass(frozen=True)
+class PreparedEvent:
+    """An event validated and canonicalized outside the log lock; only index, prev and time are missing."""
+
+    event_type: str
+    type_json: bytes
+    actor_json: bytes
+    request_id_json: bytes
+    payload_json: bytes
+
+
+def prepare_event(
+    event_type: str, actor: Actor | None, request_id: str | None, payload: Mapping[str, Any]
+) -> PreparedEvent:
+    """Validate an event against the registry and canonicalize its parts."""
+    validate_payload(event_type, payload)
+    if request_id is not None and (
+        not isinstance(request_id, str) or not _REQUEST_ID.match(request_id) or _TOKEN_LIKE.search(request_id)
+    ):
+        raise EntryError("request_id must be 1-64 letters, digits and . _ : - (and not a token)")
+    if actor is not None and not isinstance(actor, Actor):
+        raise EntryError("actor must be an Actor or None")
+    return PreparedEvent(
+        event_type=event_type,
+        type_json=canonical(event_type),
+        actor_json=canonical(actor.as_json() if actor else None),
+        request_id_json=canonical(request_id),
+        payload_json=canonical(dict(payload)),
+    )
+
+
+def format_time(ts: float) -> str:
+    """UTC RFC 3339 with microseconds, e.g. 2026-11-23T17:55:25.123456Z."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def entry_bytes(event: PreparedEvent, *, index: int, origin_json: bytes, prev: bytes, time: str) -> bytes:
+    """The canonical bytes of the complete entry (keys in RFC 8785 order)."""
+    return b"".join((
+        b'{"actor":', event.actor_json,
+        b',"index":', str(index).encode(),
+        b',"origin":', origin_json,
+        b',"payload":', event.payload_json,
+        b',"prev":"', b64(prev).encode(),
+        b'","request_id":', event.request_id_json,
+        b',"time":"', time.encode(),
+        b'","type":', event.type_json,
+        b"}",
+    ))  # fmt: skip
+
+
+def parse_entry(data: bytes) -> dict[str, Any]:
+    """The entry's JSON object (for readers; the stored bytes stay authoritative)."""
+    value = json.loads(data)
+    if not isinstance(value, dict):
+        raise EntryError("entry is not a JSON object")
+    return value

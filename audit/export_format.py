@@ -1,0 +1,34 @@
+"""The export file format (pure; shared by the writer's `export` and the offline verifier).
+
+    fedgate-audit-export/v1\\n
+    origin <log name>\\n
+    size <n>\\n
+    <entry 0 stored bytes>\\n            (RFC 8785 JSON never contains a raw newline)
+    …
+    <entry n-1 stored bytes>\\n
+    <signed checkpoint note of size n, with the log's signature and any witness cosignature lines>
+
+The entries are exactly the bytes that were hashed; the note runs to the end of the file.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAGIC = b"fedgate-audit-export/v1\n"
+ORIGIN_PREFIX = b"origin "
+SIZE_PREFIX = b"size "
+_SIZE = re.compile(rb"^(0|[1-9][0-9]{0,18})$")
+
+
+def header(origin: str, size: int) -> bytes:
+    """The three header lines."""
+    return MAGIC + ORIGIN_PREFIX + origin.encode() + b"\n" + SIZE_PREFIX + str(size).encode() + b"\n"
+
+
+def parse_size(line: bytes) -> int | None:
+    """The entry count from a `size <n>` line (without its newline), or None when malformed."""
+    if not line.startswith(SIZE_PREFIX):
+        return None
+    digits = line[len(SIZE_PREFIX) :]
+    return int(digits) if _SIZE.match(digits) else None

@@ -1,0 +1,435 @@
+"""The log writer: durable group-committed appends, signed checkpoints, proofs, cosignatures and export.
+
+Group commit: an appender queues its prepared event, then takes the process's commit lock; whoever holds
+it drains the whole queue into one database transaction (one fsync), so concurrent appenders share a
+commit. Across processes, each transaction reads and writes the head row under the database's write lock
+(see `audit.storage`), which keeps one linear history. An append returns only after its commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.engine import Connection
+
+from audit import export_format, storage
+from audit.checkpoint import Checkpoint, sign_checkpoint, verify_cosignatures
+from audit.entry import GENESIS_PREV, Actor, PreparedEvent, canonical, entry_bytes, format_time, prepare_event
+from audit.errors import AuditError, NoteError, ProofError, StorageError
+from audit.merkle import (
+    EMPTY_ROOT,
+    CompactRange,
+    consistency_ranges,
+    hash_range,
+    inclusion_ranges,
+    leaf_hash,
+    perfect_subtrees,
+    verify_consistency,
+)
+from audit.notes import VerifierKey, parse_note, parse_verifier_key, verifier_key_text
+
+log = logging.getLogger(__name__)
+_EXPORT_BATCH = 10_000
+
+
+@dataclass(frozen=True)
+class AppendReceipt:
+    """Where an appended entry landed; durable when returned."""
+
+    index: int
+    leaf_hash: bytes
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """An entry's stored (hashed) bytes and leaf hash."""
+
+    index: int
+    data: bytes
+    leaf_hash: bytes
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event to append with `append_many`."""
+
+    event_type: str
+    payload: Mapping[str, Any]
+    actor: Actor | None = None
+    request_id: str | None = None
+
+
+@dataclass
+class _Pending:
+    event: PreparedEvent
+    receipt: AppendReceipt | None = None
+    error: AuditError | None = None
+    done: bool = False
+
+
+@dataclass
+class _Queue:
+    items: list[_Pending] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class AuditLog:
+    """One site's append-only audit log on a SQLAlchemy database."""
+
+    def __init__(
+        self,
+        engines: storage.Engines,
+        origin: str,
+        signing_key: Ed25519PrivateKey | None,
+        checkpoint_interval_s: float | None,
+    ) -> None:
+        self._engines = engines
+        self.origin = origin
+        self._origin_json = canonical(origin)
+        self._key = signing_key
+        self._queue = _Queue()
+        self._commit_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._checkpointer: threading.Thread | None = None
+        if checkpoint_interval_s is not None and signing_key is not None:
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, args=(checkpoint_interval_s,), daemon=True, name="audit-ckpt"
+            )
+            self._checkpointer.start()
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        origin: str,
+        signing_key: Ed25519PrivateKey | None = None,
+        *,
+        checkpoint_interval_s: float | None = 0.5,
+    ) -> AuditLog:
+        """Open (creating if needed) the log at `url`. With a signing key, a background thread signs a
+        checkpoint every `checkpoint_interval_s` seconds while the log grows (None: only on request)."""
+        if not origin or any(c.isspace() or c == "+" for c in origin):
+            raise StorageError(f"origin {origin!r} must be a non-empty log name without spaces or '+'")
+        engines = storage.make_engines(url)
+
+        def initialize(conn: Connection) -> None:
+            exists = conn.execute(sa.select(storage.head.c.origin)).first()
+            if exists is None:
+                conn.execute(
+                    storage.head.insert().values(
+                        id=storage.HEAD_ID, origin=origin, size=0, last_leaf=GENESIS_PREV, frontier=b""
+                    )
+                )
+            elif exists.origin != origin:
+                raise StorageError(f"this store holds the log {exists.origin!r}, not {origin!r}")
+
+        try:
+            storage.create_schema(engines.writer, storage.metadata, initialize)
+        except (StorageError, sa.exc.SQLAlchemyError):
+            engines.dispose()
+            raise
+        return cls(engines, origin, signing_key, checkpoint_interval_s)
+
+    def close(self) -> None:
+        """Stop the checkpoint thread and release the database connections."""
+        self._stop.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
+        self._engines.dispose()
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- appending -----------------------------------------------------------------------------------
+
+    def append(
+        self,
+        event_type: str,
+        *,
+        actor: Actor | None = None,
+        request_id: str | None = None,
+        payload: Mapping[str, Any],
+    ) -> AppendReceipt:
+        """Validate and append one event; returns once it is committed to disk."""
+        pending = _Pending(prepare_event(event_type, actor, request_id, payload))
+        with self._queue.lock:
+            self._queue.items.append(pending)
+        with self._commit_lock:
+            if not pending.done:
+                with self._queue.lock:
+                    batch, self._queue.items = self._queue.items, []
+                self._commit(batch)
+        if pending.error is not None:
+            raise pending.error
+        assert pending.receipt is not None
+        return pending.receipt
+
+    def append_many(self, events: Iterable[Event]) -> list[AppendReceipt]:
+        """Append a batch of events in one transaction (all or nothing)."""
+        batch = [_Pending(prepare_event(e.event_type, e.actor, e.request_id, e.payload)) for e in events]
+        with self._commit_lock:
+            self._commit(batch)
+        for p in batch:
+            if p.error is not None:
+                raise p.error
+        return [p.receipt for p in batch if p.receipt is not None]
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        if not batch:
+            return
+        receipts: list[AppendReceipt] = []
+        try:
+            with self._engines.writer.begin() as conn:
+                row = storage.lock_head(conn)
+                cr = CompactRange.from_state(int(row.size), bytes(row.frontier))
+                prev = bytes(row.last_leaf)
+                stamp = format_time(time.time())
+                entry_rows: list[Mapping[str, Any]] = []
+                node_rows: list[Mapping[str, Any]] = []
+                for p in batch:
+                    index = cr.size
+                    data = entry_bytes(
+                        p.event, index=index, origin_json=self._origin_json, prev=prev, time=stamp
+                    )
+                    leaf = leaf_hash(data)
+                    for level, i, h in cr.append(leaf):
+                        node_rows.append({"level": level, "idx": i, "hash": h})
+                    entry_rows.append({"idx": index, "leaf": leaf, "body": data})
+                    receipts.append(AppendReceipt(index, leaf))
+                    prev = leaf
+                storage.insert_rows(conn, storage.entries, entry_rows)
+                storage.insert_rows(conn, storage.nodes, node_rows)
+                conn.execute(
+                    storage.head.update()
+                    .where(storage.head.c.id == storage.HEAD_ID)
+                    .values(size=cr.size, last_leaf=prev, frontier=cr.pack())
+                )
+        except sa.exc.SQLAlchemyError as exc:
+            error = StorageError(f"append failed, nothing was written: {type(exc).__name__}: {exc}")
+            for p in batch:
+                p.error, p.done = error, True
+            return
+        for p, receipt in zip(batch, receipts, strict=True):
+            p.receipt, p.done = receipt, True
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """The number of committed entries."""
+        with self._engines.reader.connect() as conn:
+            return int(storage.read_head(conn).size)
+
+    def entries(self, start: int, end: int) -> list[StoredEntry]:
+        """Stored entries with start ≤ index < end."""
+        t = storage.entries
+        with self._engines.reader.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.c.idx, t.c.body, t.c.leaf)
+                .where(t.c.idx >= start, t.c.idx < end)
+                .order_by(t.c.idx)
+            )
+            return [StoredEntry(int(r.idx), bytes(r.body), bytes(r.leaf)) for r in rows]
+
+    def _checked_size(self, conn: Connection, size: int) -> None:
+        current = int(storage.read_head(conn).size)
+        if not 0 <= size <= current:
+            raise StorageError(f"tree size {size} is beyond the log's size {current}")
+
+    def root(self, size: int) -> bytes:
+        """The Merkle root of the first `size` entries."""
+        with self._engines.reader.connect() as conn:
+            self._checked_size(conn, size)
+            return _root(conn, size)
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """RFC 9162 inclusion proof of entry `index` in the tree of `size` (O(log n) reads)."""
+        if not 0 <= index < size:
+            raise StorageError(f"index {index} is not below size {size}")
+        with self._engines.reader.connect() as conn:
+            self._checked_size(conn, size)
+            return _proof(conn, inclusion_ranges(index, size))
+
+    def consistency_proof(self, old: int, new: int) -> list[bytes]:
+        """RFC 9162 consistency proof from size `old` to size `new` (empty when old is 0 or equals new)."""
+        if not 0 <= old <= new:
+            raise StorageError(f"no consistency proof from size {old} to {new}")
+        with self._engines.reader.connect() as conn:
+            self._checked_size(conn, new)
+            return _consistency(conn, old, new)
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+
+    def checkpoint(self) -> str:
+        """Sign a checkpoint of the current size (or return the latest if nothing was appended).
+
+        Before signing, the new tree is proven consistent with the last signed checkpoint; a store that
+        fails that is refused (StorageError) rather than signed, so the log never signs a fork.
+        """
+        if self._key is None:
+            raise StorageError("this log was opened without a signing key")
+        with self._commit_lock, self._engines.writer.begin() as conn:
+            head_row = storage.lock_head(conn)
+            size = int(head_row.size)
+            root = CompactRange.from_state(size, bytes(head_row.frontier)).root()
+            last = _latest_checkpoint_row(conn)
+            if last is not None:
+                last_size, last_root = int(last.size), bytes(last.root)
+                if last_size > size:
+                    raise StorageError(f"store has {size} entries but checkpoint {last_size} was signed")
+                try:
+                    proof = _consistency(conn, last_size, size)
+                    if last_size > 0:
+                        verify_consistency(last_size, size, proof, last_root, root)
+                except ProofError as exc:
+                    raise StorageError(
+                        f"refusing to sign: not consistent with checkpoint {last_size}: {exc}"
+                    ) from None
+                if last_size == size:
+                    return str(last.note)
+            note = sign_checkpoint(Checkpoint(self.origin, size, root), self._key)
+            conn.execute(
+                storage.checkpoints.insert().values(size=size, root=root, note=note, signed_at=time.time())
+            )
+            return note
+
+    def latest_checkpoint(self) -> str | None:
+        """The latest signed checkpoint note (without cosignatures), or None."""
+        with self._engines.reader.connect() as conn:
+            row = _latest_checkpoint_row(conn)
+            return None if row is None else str(row.note)
+
+    def checkpoint_note(self, size: int) -> str | None:
+        """The signed checkpoint of exactly `size` with its collected cosignature lines, or None."""
+        with self._engines.reader.connect() as conn:
+            return _note_with_cosignatures(conn, size)
+
+    def add_cosignature(self, size: int, line: str, witness_key: str | VerifierKey) -> None:
+        """Store a witness's cosignature line for the checkpoint of `size` after verifying it."""
+        key = parse_verifier_key(witness_key) if isinstance(witness_key, str) else witness_key
+        with self._engines.writer.begin() as conn:
+            row = conn.execute(
+                sa.select(storage.checkpoints.c.note).where(storage.checkpoints.c.size == size)
+            ).first()
+            if row is None:
+                raise StorageError(f"no checkpoint of size {size} was signed")
+            note = parse_note(str(row.note) + (line if line.endswith("\n") else line + "\n"))
+            if not verify_cosignatures(note, [key]):
+                raise NoteError(f"the line is not a cosignature by {key.name}")
+            conn.execute(
+                sa.delete(storage.cosignatures).where(
+                    storage.cosignatures.c.size == size, storage.cosignatures.c.witness == key.name
+                )
+            )
+            conn.execute(
+                storage.cosignatures.insert().values(
+                    size=size, witness=key.name, line=note.signatures[-1].line()
+                )
+            )
+
+    def verifier_key(self) -> str:
+        """The log key's verifier-key text (name = origin) for auditors and witnesses."""
+        if self._key is None:
+            raise StorageError("this log was opened without a signing key")
+        return verifier_key_text(self.origin, self._key.public_key())
+
+    def _checkpoint_loop(self, interval: float) -> None:
+        signed = -1
+        while not self._stop.wait(interval):
+            try:
+                if self.size != signed:
+                    note = self.checkpoint()
+                    signed = int(note.split("\n", 2)[1])
+            except (AuditError, sa.exc.SQLAlchemyError) as exc:
+                # The next tick retries; appends never depend on this thread.
+                log.warning("audit checkpoint failed: %s", exc)
+
+    # -- export --------------------------------------------------------------------------------------
+
+    def export(self, out: Path | str | IO[bytes]) -> Checkpoint:
+        """Write every entry up to the latest signed checkpoint, that checkpoint and its cosignatures."""
+        if isinstance(out, Path | str):
+            with Path(out).open("wb") as f:
+                return self.export(f)
+        with self._engines.reader.connect() as conn:
+            row = _latest_checkpoint_row(conn)
+            if row is None:
+                raise StorageError("no checkpoint has been signed yet; sign one before exporting")
+            size = int(row.size)
+            note = _note_with_cosignatures(conn, size)
+            assert note is not None
+            out.write(export_format.header(self.origin, size))
+            for chunk in _stream_bodies(conn, size):
+                out.write(b"\n".join(chunk) + b"\n")
+            out.write(note.encode())
+            out.flush()
+            return Checkpoint(self.origin, size, bytes(row.root))
+
+
+def _stream_bodies(conn: Connection, size: int) -> Iterator[list[bytes]]:
+    t = storage.entries
+    start = 0
+    while start < size:
+        end = min(size, start + _EXPORT_BATCH)
+        rows = conn.execute(
+            sa.select(t.c.body).where(t.c.idx >= start, t.c.idx < end).order_by(t.c.idx)
+        ).all()
+        if len(rows) != end - start:
+            raise StorageError(f"entries {start}..{end - 1} are incomplete in the store")
+        yield [bytes(r.body) for r in rows]
+        start = end
+
+
+def _latest_checkpoint_row(conn: Connection) -> Any:
+    t = storage.checkpoints
+    return conn.execute(sa.select(t.c.size, t.c.root, t.c.note).order_by(t.c.size.desc()).limit(1)).first()
+
+
+def _note_with_cosignatures(conn: Connection, size: int) -> str | None:
+    row = conn.execute(
+        sa.select(storage.checkpoints.c.note).where(storage.checkpoints.c.size == size)
+    ).first()
+    if row is None:
+        return None
+    lines = conn.execute(
+        sa.select(storage.cosignatures.c.line)
+        .where(storage.cosignatures.c.size == size)
+        .order_by(storage.cosignatures.c.witness)
+    ).scalars()
+    return str(row.note) + "".join(str(line) for line in lines)
+
+
+def _root(conn: Connection, size: int) -> bytes:
+    if size == 0:
+        return EMPTY_ROOT
+    nodes = storage.fetch_nodes(conn, perfect_subtrees(0, size))
+    return hash_range(0, size, nodes)
+
+
+def _proof(conn: Connection, ranges: list[tuple[int, int]]) -> list[bytes]:
+    keys = [k for start, end in ranges for k in perfect_subtrees(start, end)]
+    nodes = storage.fetch_nodes(conn, keys)
+    missing = [k for k in keys if k not in nodes]
+    if missing:
+        raise StorageError(f"the store is missing tree nodes {missing[:3]}")
+    return [hash_range(start, end, nodes) for start, end in ranges]
+
+
+def _consistency(conn: Connection, old: int, new: int) -> list[bytes]:
+    if old == 0 or old == new:
+        return []
+    return _proof(conn, consistency_ranges(old, new))

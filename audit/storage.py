@@ -1,0 +1,168 @@
+"""SQLAlchemy storage of the log: tables, engines, and the database-level lock every append takes.
+
+SQLite runs in WAL mode with `synchronous=FULL` (a commit is on disk when it returns); writers open their
+transactions with `BEGIN IMMEDIATE`, so the head row is read and written under the database's write lock.
+PostgreSQL writers lock the head row with `SELECT … FOR UPDATE`. Readers never take the write lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import StaticPool
+
+from audit.merkle import NodeKey
+
+metadata = sa.MetaData()
+
+entries = sa.Table(
+    "audit_entry",
+    metadata,
+    sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("leaf", sa.LargeBinary(32), nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+)
+# Inner nodes (level ≥ 1) of every complete perfect subtree: proofs read O(log n) of them.
+nodes = sa.Table(
+    "audit_node",
+    metadata,
+    sa.Column("level", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.LargeBinary(32), nullable=False),
+)
+# One row: the log's size, last leaf hash and compact range; its lock serializes writers.
+head = sa.Table(
+    "audit_head",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("origin", sa.String(255), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("last_leaf", sa.LargeBinary(32), nullable=False),
+    sa.Column("frontier", sa.LargeBinary, nullable=False),
+)
+checkpoints = sa.Table(
+    "audit_checkpoint",
+    metadata,
+    sa.Column("size", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("root", sa.LargeBinary(32), nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("signed_at", sa.Float, nullable=False),
+)
+cosignatures = sa.Table(
+    "audit_cosignature",
+    metadata,
+    sa.Column("size", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("witness", sa.String(255), primary_key=True),
+    sa.Column("line", sa.Text, nullable=False),
+)
+
+HEAD_ID = 1
+# Key of the PostgreSQL advisory lock that serializes schema creation between processes.
+_SCHEMA_LOCK = 0x66656467617465
+
+
+@dataclass(frozen=True)
+class Engines:
+    """A writer engine (its transactions lock the database) and a reader engine (they never do)."""
+
+    writer: Engine
+    reader: Engine
+
+    def dispose(self) -> None:
+        self.writer.dispose()
+        if self.reader is not self.writer:
+            self.reader.dispose()
+
+
+def _sqlite_engine(url: sa.URL, begin: str) -> Engine:
+    memory = url.database in (None, "", ":memory:")
+    kwargs: dict[str, Any] = {"connect_args": {"timeout": 60, "check_same_thread": False}}
+    if memory:
+        kwargs["poolclass"] = StaticPool
+    engine = sa.create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from the driver so that BEGIN IMMEDIATE below is what really runs.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout = 60000")
+        if not memory:
+            cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = FULL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+def make_engines(url: str) -> Engines:
+    """Engines for a SQLAlchemy URL (sqlite:///…, postgresql+psycopg://…)."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        writer = _sqlite_engine(parsed, "BEGIN IMMEDIATE")
+        if parsed.database in (None, "", ":memory:"):
+            return Engines(writer, writer)
+        return Engines(writer, _sqlite_engine(parsed, "BEGIN"))
+    engine = sa.create_engine(parsed, pool_pre_ping=True)
+    return Engines(engine, engine)
+
+
+def create_schema(
+    engine: Engine, meta: sa.MetaData, initialize: Callable[[Connection], None] | None = None
+) -> None:
+    """Create tables (and initial rows) once, even when several processes start together."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
+        meta.create_all(conn)
+        if initialize is not None:
+            initialize(conn)
+
+
+def lock_head(conn: Connection) -> Any:
+    """Read the head row under the writers' lock (SQLite already holds it since BEGIN IMMEDIATE)."""
+    stmt = (
+        sa.select(head.c.origin, head.c.size, head.c.last_leaf, head.c.frontier)
+        .where(head.c.id == HEAD_ID)
+        .with_for_update()
+    )
+    return conn.execute(stmt).one()
+
+
+def read_head(conn: Connection) -> Any:
+    """Read the head row without locking."""
+    stmt = sa.select(head.c.origin, head.c.size, head.c.last_leaf, head.c.frontier).where(
+        head.c.id == HEAD_ID
+    )
+    return conn.execute(stmt).one()
+
+
+def fetch_nodes(conn: Connection, keys: Iterable[NodeKey]) -> dict[NodeKey, bytes]:
+    """Hashes of the given perfect subtrees: leaves from the entry table, inner nodes from the node table."""
+    wanted = set(keys)
+    leaves = sorted(i for level, i in wanted if level == 0)
+    inner = sorted((level, i) for level, i in wanted if level > 0)
+    found: dict[NodeKey, bytes] = {}
+    if leaves:
+        rows = conn.execute(sa.select(entries.c.idx, entries.c.leaf).where(entries.c.idx.in_(leaves)))
+        found.update({(0, int(r.idx)): bytes(r.leaf) for r in rows})
+    if inner:
+        cond = sa.or_(*(sa.and_(nodes.c.level == level, nodes.c.idx == i) for level, i in inner))
+        rows = conn.execute(sa.select(nodes.c.level, nodes.c.idx, nodes.c.hash).where(cond))
+        found.update({(int(r.level), int(r.idx)): bytes(r.hash) for r in rows})
+    return found
+
+
+def insert_rows(conn: Connection, table: sa.Table, rows: list[Mapping[str, Any]]) -> None:
+    """executemany insert, skipping empty batches."""
+    if rows:
+        conn.execute(table.insert(), rows)

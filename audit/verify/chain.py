@@ -1,0 +1,156 @@
+"""Entry-by-entry checks of an export: re-hash each entry, check its index, origin and `prev` link.
+
+The fast path handles a chunk in a tight loop; the first anomaly goes to `_diagnose`, which looks at the
+neighbouring entries to name what happened (an entry altered, missing, duplicated, inserted, reordered).
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from audit.errors import AuditIntegrityError
+from audit.notes import b64
+
+# The C scanner behind json.loads, called on each line directly: about twice as fast as json.loads.
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+@dataclass
+class ChainState:
+    """What the check of entry i needs from entries before it."""
+
+    origin: str
+    index: int = 0
+    prev_leaf: bytes = bytes(32)
+    prev_line: bytes | None = None
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    try:
+        text = line.decode("utf-8")
+        obj, end = _scan(text, 0)
+    except (UnicodeDecodeError, ValueError, StopIteration):
+        return None
+    if end != len(text) or type(obj) is not dict:
+        return None
+    return obj
+
+
+def check_chunk(state: ChainState, lines: list[bytes], peek: Callable[[], bytes | None]) -> list[bytes]:
+    """Check a chunk of entry lines following `state`; returns their leaf hashes, or raises at the first
+    bad entry. `peek` yields the line after the chunk (for the diagnosis of the last one)."""
+    sha = hashlib.sha256
+    b2a = binascii.b2a_base64
+    leaves = [sha(b"\x00" + line).digest() for line in lines]
+    origin = state.origin
+    i = state.index
+    prev = b2a(state.prev_leaf, newline=False).decode()
+    for j, line in enumerate(lines):
+        obj = _parse(line)
+        if obj is None:
+            raise AuditIntegrityError(
+                "malformed_entry", f"entry {i} is not a JSON object on one line", index=i
+            )
+        idx = obj.get("index")
+        if idx != i or type(idx) is not int or obj.get("prev") != prev or obj.get("origin") != origin:
+            prev_line = lines[j - 1] if j else state.prev_line
+            nxt = lines[j + 1] if j + 1 < len(lines) else peek()
+            _diagnose(i, obj, line, prev_line, prev, origin, nxt)
+        prev = b2a(leaves[j], newline=False).decode()
+        i += 1
+    state.index = i
+    state.prev_leaf = leaves[-1]
+    state.prev_line = lines[-1]
+    return leaves
+
+
+def _diagnose(
+    i: int,
+    obj: dict[str, Any],
+    line: bytes,
+    prev_line: bytes | None,
+    expected_prev: str,
+    origin: str,
+    next_line: bytes | None,
+) -> None:
+    nxt = _parse(next_line.rstrip(b"\n")) if next_line is not None else None
+    next_index = nxt.get("index") if nxt is not None else None
+    found = obj.get("index")
+    if found != i or type(found) is not int:
+        if not isinstance(found, int) or isinstance(found, bool):
+            raise AuditIntegrityError(
+                "malformed_entry",
+                f"entry {i} has no integer index",
+                index=i,
+                expected=str(i),
+                found=repr(found),
+            )
+        if found == i + 1 and next_index == i:
+            raise AuditIntegrityError(
+                "reordered",
+                f"entries {i} and {i + 1} are out of order",
+                index=i,
+                expected=str(i),
+                found=str(found),
+            )
+        if next_index == i + 1:
+            raise AuditIntegrityError(
+                "altered",
+                f"entry {i} was altered: its index field reads {found}",
+                index=i,
+                expected=str(i),
+                found=str(found),
+            )
+        if found > i:
+            raise AuditIntegrityError(
+                "missing",
+                f"entry {i} is missing (the next entry present is {found})",
+                index=i,
+                expected=str(i),
+                found=str(found),
+            )
+        if line == prev_line:
+            raise AuditIntegrityError(
+                "duplicate",
+                f"entry {found} appears twice (again at position {i})",
+                index=i,
+                expected=str(i),
+                found=str(found),
+            )
+        raise AuditIntegrityError(
+            "inserted",
+            f"an extra entry was inserted: a second, different entry claims index {found}",
+            index=i,
+            expected=str(i),
+            found=str(found),
+        )
+    if obj.get("origin") != origin:
+        raise AuditIntegrityError(
+            "altered", f"entry {i} names another log", index=i, expected=origin, found=str(obj.get("origin"))
+        )
+    recorded = obj.get("prev")
+    # The link between entries i-1 and i is broken. If entry i still matches what entry i+1 recorded,
+    # entry i is intact and entry i-1 changed; otherwise entry i itself (its prev field) changed.
+    if i > 0 and (
+        next_line is None
+        or (nxt is not None and nxt.get("prev") == b64(hashlib.sha256(b"\x00" + line).digest()))
+    ):
+        raise AuditIntegrityError(
+            "altered",
+            f"entry {i - 1} was altered: its hash differs from the prev that entry {i} recorded",
+            index=i - 1,
+            expected=str(recorded),
+            found=expected_prev,
+        )
+    raise AuditIntegrityError(
+        "altered",
+        f"entry {i} was altered: its prev does not match entry {i - 1}'s hash",
+        index=i,
+        expected=expected_prev,
+        found=str(recorded),
+    )

@@ -1,0 +1,72 @@
+"""Reading an export file: header, entry lines in chunks (with one-line lookahead), then the checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import IO
+
+from audit import export_format
+from audit.errors import AuditIntegrityError
+
+CHUNK = 1 << 14
+
+
+class ExportReader:
+    """Streams an export from any binary reader; the verifier never needs the whole file in memory."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._pushback: list[bytes] = []
+        self.origin, self.size = self._header()
+
+    def _header(self) -> tuple[str, int]:
+        magic = self._stream.readline()
+        if magic != export_format.MAGIC:
+            raise AuditIntegrityError("malformed_export", "not a fedgate audit export (bad first line)")
+        origin_line = self._stream.readline()
+        if not origin_line.startswith(export_format.ORIGIN_PREFIX) or not origin_line.endswith(b"\n"):
+            raise AuditIntegrityError("malformed_export", "export has no 'origin' line")
+        try:
+            origin = origin_line[len(export_format.ORIGIN_PREFIX) : -1].decode("utf-8")
+        except UnicodeDecodeError:
+            raise AuditIntegrityError("malformed_export", "export origin is not UTF-8") from None
+        size_line = self._stream.readline()
+        size = export_format.parse_size(size_line.rstrip(b"\n")) if size_line.endswith(b"\n") else None
+        if size is None or not origin:
+            raise AuditIntegrityError("malformed_export", "export has no valid 'size' line")
+        return origin, size
+
+    def _next_line(self) -> bytes | None:
+        if self._pushback:
+            return self._pushback.pop()
+        line = self._stream.readline()
+        return line or None
+
+    def peek(self) -> bytes | None:
+        """The next raw line (with its newline) without consuming it."""
+        line = self._next_line()
+        if line is not None:
+            self._pushback.append(line)
+        return line
+
+    def entry_chunks(self) -> Iterator[list[bytes]]:
+        """The `size` entry lines without their newlines, in chunks; a short file ends early."""
+        remaining = self.size
+        while remaining:
+            chunk: list[bytes] = []
+            while remaining and len(chunk) < CHUNK:
+                line = self._next_line()
+                if line is None:
+                    break
+                chunk.append(line[:-1] if line.endswith(b"\n") else line)
+                remaining -= 1
+            if chunk:
+                yield chunk
+            if len(chunk) < CHUNK and remaining:
+                return
+
+    def rest(self) -> bytes:
+        """Everything after the entries: the signed checkpoint note."""
+        head = b"".join(reversed(self._pushback))
+        self._pushback.clear()
+        return head + self._stream.read()

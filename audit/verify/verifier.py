@@ -1,0 +1,204 @@
+"""`verify_export`: every check an auditor runs on an export, raising one AuditIntegrityError on failure."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from audit.checkpoint import Checkpoint, OpenedCheckpoint, open_checkpoint, verify_cosignatures
+from audit.errors import AuditIntegrityError, ForkEvidence, NoteError, SignatureError
+from audit.merkle import CompactRange
+from audit.notes import VerifierKey, parse_note, parse_verifier_key
+from audit.verify.chain import ChainState, check_chunk
+from audit.verify.reader import ExportReader
+
+# Cosignature timestamps further ahead than this are rejected (C2SP lets verifiers reject future ones).
+MAX_CLOCK_SKEW_S = 600
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class VerificationSummary:
+    """What held: log, size, root, log key, the witnesses that cosigned, and the kept checkpoint."""
+
+    origin: str
+    size: int
+    root: bytes
+    log_key: str
+    witnesses: tuple[str, ...]
+    since_size: int | None
+    checkpoint: str
+
+
+def _key(key: str | VerifierKey) -> VerifierKey:
+    return parse_verifier_key(key) if isinstance(key, str) else key
+
+
+def _open(note: bytes | str, key: VerifierKey, what: str) -> OpenedCheckpoint:
+    try:
+        return open_checkpoint(note, [key])
+    except SignatureError as exc:
+        raise AuditIntegrityError(f"{what}_signature", f"{what} signature check failed: {exc}") from None
+    except NoteError as exc:
+        raise AuditIntegrityError(f"malformed_{what}", f"{what} is malformed: {exc}") from None
+
+
+def verify_export(
+    source: Path | str | IO[bytes],
+    log_key: str | VerifierKey,
+    witness_keys: Sequence[str | VerifierKey] = (),
+    min_witnesses: int = 0,
+    since: str | bytes | None = None,
+    *,
+    progress: Progress | None = None,
+    now: float | None = None,
+) -> VerificationSummary:
+    """Verify an export: entries, chain, Merkle root, checkpoint signature, cosignatures, and (with
+    `since`, a checkpoint kept earlier) that the log only grew. Raises AuditIntegrityError."""
+    if isinstance(source, Path | str):
+        with Path(source).open("rb") as f:
+            return verify_export(f, log_key, witness_keys, min_witnesses, since, progress=progress, now=now)
+    lkey = _key(log_key)
+    wkeys = [_key(k) for k in witness_keys]
+    kept = _open(since, lkey, "since_checkpoint") if since is not None else None
+    reader = ExportReader(source)
+    if kept is not None and kept.checkpoint.origin != reader.origin:
+        raise AuditIntegrityError(
+            "since_checkpoint_origin",
+            "the kept checkpoint is of another log",
+            expected=reader.origin,
+            found=kept.checkpoint.origin,
+        )
+    size, snapshot_at = reader.size, kept.checkpoint.size if kept else None
+    tree, snapshot = CompactRange(), None
+    state = ChainState(reader.origin)
+    for chunk in reader.entry_chunks():
+        start = state.index
+        more = start + len(chunk) < size
+        leaves = check_chunk(state, chunk, reader.peek if more else lambda: None)
+        if snapshot_at is not None and start <= snapshot_at < start + len(leaves):
+            cut = snapshot_at - start
+            tree.extend(leaves[:cut])
+            snapshot = tree.root()
+            tree.extend(leaves[cut:])
+        else:
+            tree.extend(leaves)
+        if progress is not None:
+            progress(state.index, size)
+    if snapshot_at is not None and snapshot is None and snapshot_at == tree.size:
+        snapshot = tree.root()
+    if state.index < size:
+        raise AuditIntegrityError(
+            "truncated",
+            f"the export announces {size} entries but holds {state.index}",
+            index=state.index,
+            expected=str(size),
+            found=str(state.index),
+        )
+    note = reader.rest()
+    current = _open(note, lkey, "checkpoint")
+    cp = current.checkpoint
+    _check_checkpoint(cp, reader.origin, size, tree.root())
+    if kept is not None:
+        _check_grew(kept, current, snapshot)
+    witnesses = _check_witnesses(note, wkeys, min_witnesses, now)
+    return VerificationSummary(
+        origin=cp.origin,
+        size=cp.size,
+        root=cp.root,
+        log_key=lkey.text(),
+        witnesses=witnesses,
+        since_size=kept.checkpoint.size if kept else None,
+        checkpoint=current.text,
+    )
+
+
+def _check_checkpoint(cp: Checkpoint, origin: str, size: int, root: bytes) -> None:
+    if cp.origin != origin:
+        raise AuditIntegrityError(
+            "checkpoint_origin", "checkpoint is of another log", expected=origin, found=cp.origin
+        )
+    if cp.size != size:
+        reason = "truncated" if size < cp.size else "size_mismatch"
+        raise AuditIntegrityError(
+            reason,
+            f"the signed checkpoint covers {cp.size} entries but the export holds {size}",
+            index=min(size, cp.size),
+            expected=str(cp.size),
+            found=str(size),
+        )
+    if cp.root != root:
+        raise AuditIntegrityError(
+            "root_mismatch",
+            "the entries do not hash to the signed root (an entry was changed, possibly with every later "
+            "hash recomputed)",
+            expected=cp.root.hex(),
+            found=root.hex(),
+        )
+
+
+def _check_grew(kept: OpenedCheckpoint, current: OpenedCheckpoint, snapshot: bytes | None) -> None:
+    old, new = kept.checkpoint, current.checkpoint
+    if old.size > new.size:
+        raise AuditIntegrityError(
+            "rollback",
+            f"the log was rolled back below the kept checkpoint of size {old.size}",
+            index=new.size,
+            expected=f"size >= {old.size}",
+            found=str(new.size),
+        )
+    if snapshot != old.root:
+        raise AuditIntegrityError(
+            "fork",
+            f"the export's first {old.size} entries do not match the kept signed checkpoint: the log "
+            "signed two histories",
+            index=None,
+            expected=old.root.hex(),
+            found=snapshot.hex() if snapshot else None,
+            fork=ForkEvidence(kept.text, current.text),
+        )
+
+
+def _check_witnesses(
+    note: bytes, keys: list[VerifierKey], min_witnesses: int, now: float | None
+) -> tuple[str, ...]:
+    if not keys and min_witnesses <= 0:
+        return ()
+    parsed = parse_note(note)
+    try:
+        verified = verify_cosignatures(parsed, keys)
+    except SignatureError as exc:
+        raise AuditIntegrityError("cosignature", f"witness cosignature check failed: {exc}") from None
+    limit = (time.time() if now is None else now) + MAX_CLOCK_SKEW_S
+    for key in verified:
+        for sig in parsed.signatures:
+            if (sig.name, sig.key_id) == (key.name, key.key_id):
+                stamp = int.from_bytes(sig.signature[:8], "big")
+                if stamp > limit:
+                    raise AuditIntegrityError(
+                        "cosignature", f"cosignature by {key.name} is dated in the future ({stamp})"
+                    )
+    names = tuple(sorted({k.name for k in verified}))
+    if len(names) < min_witnesses:
+        raise AuditIntegrityError(
+            "witnesses",
+            f"{len(names)} known witness(es) cosigned, {min_witnesses} required",
+            expected=str(min_witnesses),
+            found=str(len(names)),
+        )
+    return names
+
+
+def find_fork(first: str | bytes, second: str | bytes, log_key: str | VerifierKey) -> ForkEvidence | None:
+    """Fork evidence when both notes are validly signed checkpoints of one size with different roots."""
+    key = _key(log_key)
+    a = _open(first, key, "checkpoint").checkpoint
+    b = _open(second, key, "checkpoint").checkpoint
+    if a.origin == b.origin and a.size == b.size and a.root != b.root:
+        as_text = [x.decode() if isinstance(x, bytes) else x for x in (first, second)]
+        return ForkEvidence(as_text[0], as_text[1])
+    return None
