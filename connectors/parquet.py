@@ -65,7 +65,8 @@ class ParquetConnector(Connector):
         if not self.path.is_file():
             raise FormatError(self.source, "not a regular file")
         try:
-            return pq.ParquetFile(self.path)
+            # pre_buffer would fetch the column chunks of every row group up front: the whole file.
+            return pq.ParquetFile(self.path, pre_buffer=False)
         except (OSError, pa.ArrowException):
             raise FormatError(self.source, "not a Parquet file (no valid footer)") from None
 

@@ -1,0 +1,108 @@
+"""ParquetConnector: column selection, bounded streaming and typed errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from connectors import (
+    Connector,
+    EmptySource,
+    EncodingError,
+    FormatError,
+    MissingColumn,
+    ParquetConnector,
+    SourceNotFound,
+)
+
+Drain = Callable[[Connector, int], pa.Table]
+NamedCheck = Callable[..., None]
+
+COHORT = pa.table(
+    {
+        "mrn": pa.array([f"P{i:05d}" for i in range(50)]),
+        "age": pa.array(range(50), pa.int16()),
+        "hba1c": pa.array([5.0 + i / 10 for i in range(50)]),
+    }
+)
+
+
+def write(tmp_path: Path, table: pa.Table, **options: object) -> Path:
+    path = tmp_path / "cohort.parquet"
+    pq.write_table(table, path, **options)
+    return path
+
+
+def test_reads_every_column_with_its_type(tmp_path: Path, drain: Drain) -> None:
+    table = drain(ParquetConnector(write(tmp_path, COHORT)), 7)
+    assert table.equals(COHORT)
+
+
+def test_columns_select_and_order(tmp_path: Path, drain: Drain) -> None:
+    connector = ParquetConnector(write(tmp_path, COHORT), columns=["hba1c", "mrn"])
+    assert connector.schema().names == ["hba1c", "mrn"]
+    assert drain(connector, 100).equals(COHORT.select(["hba1c", "mrn"]))
+
+
+def test_streams_bounded_batches_without_loading_the_file(tmp_path: Path) -> None:
+    count = 2_000_000
+    big = pa.table({"id": np.arange(count, dtype=np.int64), "value": np.arange(count, dtype=np.float64)})
+    path = write(tmp_path, big, row_group_size=100_000)
+    in_memory = big.nbytes
+    del big
+    connector = ParquetConnector(path)
+    seen = 0
+    peak = 0
+    for batch in connector.batches(10_000):
+        assert batch.num_rows <= 10_000
+        seen += batch.num_rows
+        peak = max(peak, pa.total_allocated_bytes())
+        del batch
+    assert seen == count
+    # One row group (1.6 MB decoded) at a time, not the 32 MB table.
+    assert peak < in_memory / 4
+
+
+def test_missing_file(tmp_path: Path, assert_named: NamedCheck) -> None:
+    path = tmp_path / "absent.parquet"
+    with pytest.raises(SourceNotFound) as caught:
+        ParquetConnector(path).schema()
+    assert_named(caught.value, source=str(path))
+
+
+@pytest.mark.parametrize("data", [b"", b"mrn,age\nP1,34\n" * 10], ids=["zero-bytes", "csv-text"])
+def test_not_a_parquet_file(tmp_path: Path, data: bytes, assert_named: NamedCheck) -> None:
+    path = tmp_path / "cohort.parquet"
+    path.write_bytes(data)
+    with pytest.raises(FormatError) as caught:
+        list(ParquetConnector(path).batches())
+    assert_named(caught.value, source=str(path))
+
+
+def test_missing_column(tmp_path: Path, assert_named: NamedCheck) -> None:
+    path = write(tmp_path, COHORT)
+    with pytest.raises(MissingColumn) as caught:
+        ParquetConnector(path, columns=["mrn", "smoking"]).schema()
+    assert_named(caught.value, source=str(path), column="smoking")
+
+
+def test_file_without_rows(tmp_path: Path, assert_named: NamedCheck) -> None:
+    path = write(tmp_path, COHORT.slice(0, 0))
+    with pytest.raises(EmptySource) as caught:
+        list(ParquetConnector(path).batches())
+    assert_named(caught.value, source=str(path))
+
+
+def test_string_column_with_non_utf8_bytes(tmp_path: Path, assert_named: NamedCheck) -> None:
+    # Writers do not validate string columns, so a broken writer can store raw bytes in one.
+    raw = pa.array([b"P1", b"P2", b"M\xfcller"], pa.binary())
+    broken = pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())
+    path = write(tmp_path, pa.table({"name": broken, "age": [1, 2, 3]}))
+    with pytest.raises(EncodingError) as caught:
+        list(ParquetConnector(path).batches(2))
+    assert_named(caught.value, source=str(path), row=3, column="name")
