@@ -2,6 +2,107 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from gateway.countries import is_country
+from gateway.decision.errors import PolicyError
+from gateway.decision.models import Decision, DecisionInput
+from gateway.decision.point import PolicyDecisionPoint
+from gateway.decision.rego_tests import format_report, run_policy_tests
+from gateway.settings import ConfigError, load_settings
 
 app = typer.Typer(help="Test policies and explain decisions.", no_args_is_help=True)
+
+_out = Console(highlight=False, soft_wrap=True)
+_err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    _err.print(f"error: {message}", markup=False)
+    return typer.Exit(code=2)
+
+
+@app.command("test")
+def test(
+    policy_dir: Annotated[Path, typer.Argument(help="policy folder")] = Path("policies"),
+    coverage: Annotated[bool, typer.Option("--coverage", help="print the engine's coverage report")] = False,
+    jurisdiction: Annotated[
+        str, typer.Option(help="site jurisdiction the example data is loaded for")
+    ] = "DE",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print failures and the summary only")] = False,
+) -> None:
+    """Run every test_* rule of every *_test.rego on the embedded engine; exit 1 when any fails."""
+    if not is_country(jurisdiction):
+        raise _fail(f"--jurisdiction: {jurisdiction!r} is not an ISO 3166-1 alpha-2 country code")
+    try:
+        report = run_policy_tests(policy_dir, jurisdiction, coverage=coverage)
+    except PolicyError as exc:
+        raise _fail(str(exc)) from None
+    for line in format_report(report, verbose=not quiet):
+        _out.print(line, markup=False)
+    if coverage and report.coverage is not None:
+        _out.print(report.coverage, markup=False)
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+def _read_input(path: Path) -> DecisionInput:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _fail(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _fail(f"{path}: cannot read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise _fail(f"{path}: not valid JSON (line {exc.lineno}): {exc.msg}") from None
+    try:
+        return DecisionInput.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "input"
+        raise _fail(f"{path}: {field}: {first['msg']}") from None
+
+
+def _print_decision(decision: Decision) -> None:
+    colour = {"allow": "green", "deny": "red", "needs_approval": "yellow"}[decision.decision]
+    _out.print(f"decision: [bold {colour}]{decision.decision}[/]")
+    _out.print(f"bundle:   {decision.bundle_digest}", markup=False)
+    _out.print("reasons:")
+    for reason in decision.reasons:
+        _out.print(f"  - {reason}", markup=False)
+    _out.print("obligations:")
+    if decision.obligations is None:
+        _out.print("  none (denied)")
+    else:
+        text = json.dumps(decision.obligations.model_dump(mode="json"), indent=2)
+        for line in text.splitlines():
+            _out.print(f"  {line}", markup=False)
+
+
+@app.command("explain")
+def explain(
+    config: Annotated[Path, typer.Option("--config", help="the site's TOML config")],
+    input_file: Annotated[Path, typer.Option("--input", help="a decision input as JSON")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the decision as JSON")] = False,
+) -> None:
+    """Decide one request with the site's policies and print the decision, every reason and the obligations."""
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    request = _read_input(input_file)
+    try:
+        point = PolicyDecisionPoint(settings)
+    except PolicyError as exc:
+        raise _fail(str(exc)) from None
+    decision = point.decide(request)
+    if as_json:
+        _out.print(decision.model_dump_json(indent=2), markup=False)
+    else:
+        _print_decision(decision)

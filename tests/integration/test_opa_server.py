@@ -1,0 +1,144 @@
+"""The OPA-server engine over real HTTP: same answers as the embedded engine, and every failure denies.
+
+Runs against `OpaDataApiStandIn` (a stand-in, not OPA) always, and also against a real OPA when
+FEDGATE_TEST_OPA_URL is set (e.g. http://127.0.0.1:8181 from `opa run --server`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from decision_corpus import corpus
+from opa_standin import OpaDataApiStandIn
+
+from gateway.decision import (
+    Decision,
+    PolicyBundle,
+    PolicyDecisionPoint,
+    PolicyEngineUnavailable,
+    decide,
+    load_bundle,
+)
+from gateway.decision.embedded import EmbeddedEngine
+from gateway.decision.opa_server import OpaServerEngine
+from gateway.settings import SiteSettings
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+REAL_OPA = os.environ.get("FEDGATE_TEST_OPA_URL")
+
+
+@pytest.fixture(scope="module")
+def bundle() -> PolicyBundle:
+    return load_bundle(POLICIES, "DE")
+
+
+@pytest.fixture
+def standin() -> Iterator[OpaDataApiStandIn]:
+    with OpaDataApiStandIn(slow_s=1.0) as server:
+        yield server
+
+
+@pytest.fixture(params=["stand-in", "real OPA"])
+def opa_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "real OPA":
+        if not REAL_OPA:
+            pytest.skip("set FEDGATE_TEST_OPA_URL to the URL of a running OPA server to run against it")
+        yield REAL_OPA
+        return
+    with OpaDataApiStandIn() as server:
+        yield server.url
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_opa_engine_decides_like_the_embedded_engine_on_the_corpus(opa_url: str, bundle: PolicyBundle) -> None:
+    opa = OpaServerEngine(opa_url, 5.0, bundle)
+    embedded = EmbeddedEngine(bundle)
+    inputs = corpus(250)
+    answers = [(decide(embedded, i), decide(opa, i)) for i in inputs]
+    for request, (local, remote) in zip(inputs, answers, strict=True):
+        assert remote == local, request.model_dump_json()
+    kinds = {local.decision for local, _ in answers}
+    assert kinds == {"allow", "deny", "needs_approval"}
+    assert not any(r.startswith("policy evaluation failed") for local, _ in answers for r in local.reasons)
+
+
+def test_opa_engine_reports_the_bundle_digest(opa_url: str, bundle: PolicyBundle) -> None:
+    decision = decide(OpaServerEngine(opa_url, 5.0, bundle), corpus(1)[0])
+    assert decision.bundle_digest == bundle.digest
+
+
+def _assert_failed_closed(decision: Decision, fragment: str) -> None:
+    assert decision.decision == "deny"
+    assert decision.obligations is None
+    assert len(decision.reasons) == 1
+    assert decision.reasons[0].startswith("policy evaluation failed: ")
+    assert fragment in decision.reasons[0]
+
+
+def test_connection_refused_denies(bundle: PolicyBundle) -> None:
+    engine = OpaServerEngine(f"http://127.0.0.1:{_free_port()}", 1.0, bundle, publish=False)
+    _assert_failed_closed(decide(engine, corpus(1)[0]), "is unreachable")
+
+
+def test_publishing_to_an_unreachable_server_raises(bundle: PolicyBundle) -> None:
+    with pytest.raises(PolicyEngineUnavailable, match="cannot publish"):
+        OpaServerEngine(f"http://127.0.0.1:{_free_port()}", 1.0, bundle)
+
+
+def test_timeout_denies(standin: OpaDataApiStandIn, bundle: PolicyBundle) -> None:
+    engine = OpaServerEngine(standin.url, 0.2, bundle)
+    standin.fault = "slow"
+    _assert_failed_closed(decide(engine, corpus(1)[0]), "did not answer within 0.2 s")
+
+
+@pytest.mark.parametrize(
+    ("fault", "fragment"),
+    [
+        ("http_500", "answered HTTP 500"),
+        ("missing_result", "has no data.fedgate.decision.result"),
+        ("wrong_shape", "answered a list, not a decision object"),
+        ("not_json", "not JSON"),
+    ],
+)
+def test_server_failures_deny(standin: OpaDataApiStandIn, bundle: PolicyBundle, fault: str, fragment: str) -> None:
+    engine = OpaServerEngine(standin.url, 2.0, bundle)
+    allowed = next(i for i in corpus(200) if decide(engine, i).decision == "allow")
+    standin.fault = fault  # type: ignore[assignment]
+    _assert_failed_closed(decide(engine, allowed), fragment)
+
+
+def test_server_running_another_bundle_denies(standin: OpaDataApiStandIn, bundle: PolicyBundle) -> None:
+    OpaServerEngine(standin.url, 2.0, bundle)
+    other = load_bundle(POLICIES, "FR")
+    stale = OpaServerEngine(standin.url, 2.0, other, publish=False)
+    _assert_failed_closed(decide(stale, corpus(1)[0]), f"not the loaded bundle {other.digest[:12]}")
+
+
+def test_decision_point_uses_the_opa_server_from_settings(standin: OpaDataApiStandIn, tmp_path: Path) -> None:
+    settings = SiteSettings(
+        site_id="site-de",
+        jurisdiction="DE",
+        store_url="duckdb:///:memory:",
+        audit_url="sqlite:///:memory:",
+        policy_dir=POLICIES,
+        master_key_env="FEDGATE_TEST_UNUSED_KEY",
+        log_key_file=tmp_path / "log.key",
+        policy_engine="opa",
+        opa_url=standin.url,
+        opa_timeout_s=2.0,
+    )
+    point = PolicyDecisionPoint(settings)
+    assert point.engine.name == "opa"
+    before = standin.requests
+    decisions = [point.decide(i) for i in corpus(20)]
+    assert standin.requests == before + 20
+    assert all(d.bundle_digest == point.bundle.digest for d in decisions)
