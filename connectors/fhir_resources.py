@@ -130,11 +130,12 @@ def _reference_id(value: Any, column: str) -> str | None:
 
 
 def _coding(value: Any, column: str, preferred: tuple[str, ...]) -> tuple[str | None, str | None, str | None]:
-    """(system, code, display) of the first coding in a preferred system, else of the first coding."""
+    """(system, code, display) of the coding in the most preferred system present, else of the first one."""
     codings = _objects(_object(value, column).get("coding"), column)
     if not codings:
         return None, None, None
-    chosen = next((c for c in codings if c.get("system") in preferred), codings[0])
+    ranked = [c for system in preferred for c in codings if c.get("system") == system]
+    chosen = ranked[0] if ranked else codings[0]
     return (
         _text(chosen.get("system"), column),
         _text(chosen.get("code"), column),
