@@ -91,7 +91,7 @@ def explain(
     input_file: Annotated[Path, typer.Option("--input", help="a decision input as JSON")],
     as_json: Annotated[bool, typer.Option("--json", help="print the decision as JSON")] = False,
 ) -> None:
-    """Decide one request with the site's policies and print the decision, every reason and the obligations."""
+    """Decide one request with the site's policies; print the decision, every reason and the obligations."""
     try:
         settings = load_settings(config)
     except ConfigError as exc:

@@ -71,7 +71,9 @@ def read_policies(policy_dir: Path, *, include_tests: bool) -> tuple[tuple[str, 
     return tuple(out)
 
 
-def load_bundle(policy_dir: Path | str, site_jurisdiction: str, *, include_tests: bool = False) -> PolicyBundle:
+def load_bundle(
+    policy_dir: Path | str, site_jurisdiction: str, *, include_tests: bool = False
+) -> PolicyBundle:
     """Read and validate the policies and data under `policy_dir` for a site in `site_jurisdiction`.
 
     Raises PolicyDataError (naming file and field) or PolicySourceError; then checks that the policies

@@ -17,7 +17,9 @@ def parse_decision(result: object, expected_digest: str) -> Decision:
     digest = result.get("bundle_digest")
     if digest != expected_digest:
         shown = digest[:12] if isinstance(digest, str) and digest else "no bundle"
-        raise MalformedDecision(f"the engine ran bundle {shown}, not the loaded bundle {expected_digest[:12]}")
+        raise MalformedDecision(
+            f"the engine ran bundle {shown}, not the loaded bundle {expected_digest[:12]}"
+        )
     try:
         return Decision.model_validate(result)
     except ValidationError as exc:

@@ -30,7 +30,7 @@ def build_engine(bundle: PolicyBundle) -> regorus.Engine:
 
 
 def evaluate_rule(engine: regorus.Engine, rule: str = _RULE_PATH) -> object:
-    """Evaluate a rule as JSON (eval_rule chokes on sets of arrays); raises MalformedDecision when undefined."""
+    """Evaluate a rule as JSON (eval_rule fails on sets of arrays); MalformedDecision when undefined."""
     value = json.loads(engine.eval_rule_as_json(rule))
     if value == _UNDEFINED:
         raise MalformedDecision(f"{rule} is undefined for this input")

@@ -1,13 +1,13 @@
 """Errors of the decision component.
 
-    PolicyError
-    ├── PolicyLoadError              the policy bundle cannot be used; a gateway refuses to start on it,
-    │   │                            and a reload that raises it keeps the last good bundle
-    │   ├── PolicySourceError        a .rego file does not parse or the policies do not evaluate
-    │   └── PolicyDataError          a policy data file is invalid (names the file and the field)
-    └── PolicyEvaluationError        one evaluation failed; `decide` turns it into a deny
-        ├── PolicyEngineUnavailable  the OPA server is unreachable, too slow, or answered an HTTP error
-        └── MalformedDecision        the engine answered something that is not a decision
+PolicyError
+├── PolicyLoadError              the policy bundle cannot be used; a gateway refuses to start on it,
+│   │                            and a reload that raises it keeps the last good bundle
+│   ├── PolicySourceError        a .rego file does not parse or the policies do not evaluate
+│   └── PolicyDataError          a policy data file is invalid (names the file and the field)
+└── PolicyEvaluationError        one evaluation failed; `decide` turns it into a deny
+    ├── PolicyEngineUnavailable  the OPA server is unreachable, too slow, or answered an HTTP error
+    └── MalformedDecision        the engine answered something that is not a decision
 """
 
 from __future__ import annotations

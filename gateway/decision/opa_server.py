@@ -21,7 +21,9 @@ def _client_for(url: str, timeout_s: float) -> OpaClient:
         raise PolicyError(f"opa_url must not carry a path or query (the client adds /v1/…), got {url!r}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     # No retries: the timeout is the whole budget for a decision, and a failure denies anyway.
-    return OpaClient(host=parts.hostname, port=port, ssl=parts.scheme == "https", timeout=timeout_s, retries=0)
+    return OpaClient(
+        host=parts.hostname, port=port, ssl=parts.scheme == "https", timeout=timeout_s, retries=0
+    )
 
 
 class OpaServerEngine:
@@ -53,10 +55,14 @@ class OpaServerEngine:
                 if not is_test_file(path):
                     self._client.update_policy_from_string(source, f"fedgate/{path}", rego_compat=False)
         except requests.RequestException as exc:
-            raise PolicyEngineUnavailable(f"cannot publish policies to the OPA server at {self.url}: {exc}") from None
-        except Exception as exc:
+            raise PolicyEngineUnavailable(
+                f"cannot publish policies to the OPA server at {self.url}: {exc}"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 — the client raises untyped errors; all mean "rejected"
             # opa-python-client raises its own untyped errors (RegoParseError, TypeException, …).
-            raise PolicyEngineUnavailable(f"the OPA server at {self.url} rejected the bundle: {exc}") from None
+            raise PolicyEngineUnavailable(
+                f"the OPA server at {self.url} rejected the bundle: {exc}"
+            ) from None
 
     def replace_bundle(self, bundle: PolicyBundle) -> None:
         self.publish(bundle)
@@ -66,7 +72,9 @@ class OpaServerEngine:
         try:
             answer = self._client.query_rule(dict(policy_input), DECISION_PACKAGE, DECISION_RULE)
         except requests.Timeout:
-            raise PolicyEngineUnavailable(f"the OPA server did not answer within {self.timeout_s} s") from None
+            raise PolicyEngineUnavailable(
+                f"the OPA server did not answer within {self.timeout_s} s"
+            ) from None
         except requests.ConnectionError:
             raise PolicyEngineUnavailable(f"the OPA server at {self.url} is unreachable") from None
         except requests.HTTPError as exc:

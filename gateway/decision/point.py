@@ -1,4 +1,4 @@
-"""The site's policy decision point: the current bundle and engine, with reload that keeps the last good one."""
+"""The site's policy decision point: current bundle and engine; a failed reload keeps the last good one."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Validation of the policy data a steward edits (policies/data/*.json); errors name the file and the field."""
+"""Validation of the policy data a steward edits (policies/data/*.json); errors name file and field."""
 
 from __future__ import annotations
 
@@ -187,7 +187,9 @@ def read_data_files(data_dir: Path) -> dict[str, Any]:
     found = {p.stem: p for p in sorted(data_dir.glob("*.json"))}
     for stem, path in found.items():
         if stem not in DATA_FILES:
-            raise PolicyDataError(path, None, f"unknown policy data file (expected one of {', '.join(DATA_FILES)})")
+            raise PolicyDataError(
+                path, None, f"unknown policy data file (expected one of {', '.join(DATA_FILES)})"
+            )
     raw: dict[str, Any] = {}
     for stem in DATA_FILES:
         path = data_dir / f"{stem}.json"
@@ -223,7 +225,9 @@ def _check_duo(path: Path, duo: DuoData) -> None:
     for code, disease in duo.diseases.items():
         for parent in disease.parents:
             if parent not in duo.diseases:
-                raise PolicyDataError(path, f"diseases.{code}.parents", f"{parent} is not a disease of this file")
+                raise PolicyDataError(
+                    path, f"diseases.{code}.parents", f"{parent} is not a disease of this file"
+                )
 
 
 def _check_site(path: Path, site: SiteData) -> None:
@@ -286,7 +290,7 @@ def _check_agreement(path: Path, dsa_id: str, dsa: Agreement, parsed: Mapping[st
 def _check_tightens(dsa: Agreement, defaults: SiteDefaults, fail: Any) -> None:
     """A DSA may only tighten the site's disclosure defaults, never loosen them."""
     t = dsa.thresholds
-    at_least = {
+    at_least: dict[str, tuple[float | None, float]] = {
         "min_cell_count": (t.min_cell_count, defaults.min_cell_count),
         "round_to": (t.round_to, defaults.round_to),
         "glm_min_rows": (t.glm_min_rows, defaults.glm_min_rows),
@@ -303,6 +307,8 @@ def _check_tightens(dsa: Agreement, defaults: SiteDefaults, fail: Any) -> None:
             raise fail(f"thresholds.{name}", f"{value} is looser than the site default {ceiling}")
     if dsa.dp is not None and defaults.dp is not None:
         if dsa.dp.epsilon > defaults.dp.epsilon:
-            raise fail("dp.epsilon", f"{dsa.dp.epsilon} is looser than the site default {defaults.dp.epsilon}")
+            raise fail(
+                "dp.epsilon", f"{dsa.dp.epsilon} is looser than the site default {defaults.dp.epsilon}"
+            )
         if dsa.dp.budget > defaults.dp.budget:
             raise fail("dp.budget", f"{dsa.dp.budget} is looser than the site default {defaults.dp.budget}")

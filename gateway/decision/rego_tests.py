@@ -111,7 +111,9 @@ def run_bundle_tests(bundle: PolicyBundle, *, coverage: bool = False) -> RegoTes
     return RegoTestReport(results, report)
 
 
-def run_policy_tests(policy_dir: Path | str, site_jurisdiction: str, *, coverage: bool = False) -> RegoTestReport:
+def run_policy_tests(
+    policy_dir: Path | str, site_jurisdiction: str, *, coverage: bool = False
+) -> RegoTestReport:
     """Load `policy_dir` with its tests (validating its data) and run them."""
     bundle = load_bundle(policy_dir, site_jurisdiction, include_tests=True)
     return run_bundle_tests(bundle, coverage=coverage)
@@ -140,4 +142,3 @@ def format_report(report: RegoTestReport, *, verbose: bool = True) -> Sequence[s
     else:
         lines.append(f"PASS: {total}/{total}")
     return lines
-

@@ -103,6 +103,9 @@ def corpus(size: int, seed: int = 2026) -> list[DecisionInput]:
         if rng.random() < 0.05:
             doc["requester"]["roles"] = ["steward"]
         doc["dataset"] = {**doc["dataset"], "jurisdiction": "DE", "columns": _COLUMNS[:7]}
-        doc["query"]["filters"] = {"op": "and", "args": [{"column": rng.choice(_COLUMNS[:5]), "op": ">=", "value": 1}]}
+        doc["query"]["filters"] = {
+            "op": "and",
+            "args": [{"column": rng.choice(_COLUMNS[:5]), "op": ">=", "value": 1}],
+        }
         out.append(DecisionInput.model_validate(doc))
     return out

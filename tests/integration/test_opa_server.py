@@ -59,7 +59,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_opa_engine_decides_like_the_embedded_engine_on_the_corpus(opa_url: str, bundle: PolicyBundle) -> None:
+def test_opa_engine_decides_like_the_embedded_engine_on_the_corpus(
+    opa_url: str, bundle: PolicyBundle
+) -> None:
     opa = OpaServerEngine(opa_url, 5.0, bundle)
     embedded = EmbeddedEngine(bundle)
     inputs = corpus(250)
@@ -109,7 +111,9 @@ def test_timeout_denies(standin: OpaDataApiStandIn, bundle: PolicyBundle) -> Non
         ("not_json", "not JSON"),
     ],
 )
-def test_server_failures_deny(standin: OpaDataApiStandIn, bundle: PolicyBundle, fault: str, fragment: str) -> None:
+def test_server_failures_deny(
+    standin: OpaDataApiStandIn, bundle: PolicyBundle, fault: str, fragment: str
+) -> None:
     engine = OpaServerEngine(standin.url, 2.0, bundle)
     allowed = next(i for i in corpus(200) if decide(engine, i).decision == "allow")
     standin.fault = fault  # type: ignore[assignment]
