@@ -1,0 +1,84 @@
+"""open_source: the connector chosen for each kind of source, and errors for what it cannot choose."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+
+from connectors import (
+    CsvConnector,
+    FhirNdjsonConnector,
+    InvalidOption,
+    ParquetConnector,
+    SourceNotFound,
+    SqlConnector,
+    open_source,
+)
+
+
+def test_csv_and_tsv(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("x,y\n1,2\n")
+    (tmp_path / "a.TSV").write_text("x\ty\n1\t2\n")
+    csv = open_source(str(tmp_path / "a.csv"), columns={"x": "int32"})
+    assert isinstance(csv, CsvConnector)
+    assert csv.schema().field("x").type == pa.int32()
+    tsv = open_source(str(tmp_path / "a.TSV"))
+    assert isinstance(tsv, CsvConnector)
+    assert tsv.schema().names == ["x", "y"]
+
+
+def test_parquet(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"x": [1], "y": ["a"]}), tmp_path / "a.parquet")
+    connector = open_source(str(tmp_path / "a.parquet"), columns=["y"])
+    assert isinstance(connector, ParquetConnector)
+    assert connector.schema().names == ["y"]
+
+
+def test_ndjson_file_named_after_its_type(tmp_path: Path) -> None:
+    (tmp_path / "Observation.000.ndjson").write_text('{"resourceType": "Observation", "id": "o1"}\n')
+    connector = open_source(str(tmp_path / "Observation.000.ndjson"))
+    assert isinstance(connector, FhirNdjsonConnector)
+    assert connector.resource_type == "Observation"
+
+
+def test_ndjson_folder_needs_a_resource_type(tmp_path: Path) -> None:
+    (tmp_path / "Patient.ndjson").write_text('{"resourceType": "Patient", "id": "p1"}\n')
+    connector = open_source(str(tmp_path), resource_type="Patient")
+    assert isinstance(connector, FhirNdjsonConnector)
+    with pytest.raises(InvalidOption) as caught:
+        open_source(str(tmp_path))
+    assert "resource_type" in str(caught.value)
+
+
+def test_database_url_needs_a_table(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'site.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("create table patients (mrn text)"))
+    engine.dispose()
+    connector = open_source(url, table="patients")
+    assert isinstance(connector, SqlConnector)
+    assert connector.schema().names == ["mrn"]
+    with pytest.raises(InvalidOption) as caught:
+        open_source("postgresql+psycopg://u:s3cret-pw@db/clinic")
+    assert "table" in str(caught.value)
+    assert "s3cret-pw" not in str(caught.value)
+
+
+def test_unknown_option_is_named(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("x\n1\n")
+    with pytest.raises(InvalidOption) as caught:
+        open_source(str(tmp_path / "a.csv"), table="patients")
+    assert "'table'" in str(caught.value)
+
+
+def test_unknown_kind_of_source(tmp_path: Path) -> None:
+    (tmp_path / "a.xlsx").write_bytes(b"PK")
+    with pytest.raises(InvalidOption):
+        open_source(str(tmp_path / "a.xlsx"))
+    with pytest.raises(SourceNotFound):
+        open_source(str(tmp_path / "absent"))
