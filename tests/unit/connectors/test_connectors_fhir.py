@@ -48,7 +48,7 @@ def patient(index: int, **extra: Any) -> dict[str, Any]:
     }
 
 
-CONDITION = {
+CONDITION: dict[str, Any] = {
     "resourceType": "Condition",
     "id": "cond-1",
     "subject": {"reference": "Patient/pat-1"},
@@ -64,7 +64,7 @@ CONDITION = {
     "recordedDate": "2019-03-05",
 }
 
-OBSERVATION = {
+OBSERVATION: dict[str, Any] = {
     "resourceType": "Observation",
     "id": "obs-1",
     "status": "final",
