@@ -92,6 +92,7 @@ class AuditIntegrityError(AuditError):
         fork: ForkEvidence | None = None,
     ) -> None:
         self.reason = reason
+        self.message = message
         self.index = index
         self.expected = expected
         self.found = found
