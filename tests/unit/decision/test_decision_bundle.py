@@ -1,0 +1,213 @@
+"""Loading a policy bundle: digest, data validation naming file and field, broken policies refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.decision import PolicyDataError, PolicySourceError, load_bundle
+
+POLICIES = Path(__file__).resolve().parents[3] / "policies"
+
+
+@pytest.fixture
+def policy_copy(tmp_path: Path) -> Path:
+    target = tmp_path / "policies"
+    shutil.copytree(POLICIES, target)
+    return target
+
+
+def _edit(folder: Path, name: str, change: Callable[[Any], None]) -> None:
+    path = folder / "data" / f"{name}.json"
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+
+
+def test_bundle_excludes_tests_and_carries_site_jurisdiction() -> None:
+    bundle = load_bundle(POLICIES, "DE")
+    assert bundle.policies and not any(p.endswith("_test.rego") for p, _ in bundle.policies)
+    assert bundle.data["site"]["jurisdiction"] == "DE"
+    assert bundle.data_document()["meta"] == {"bundle_digest": bundle.digest}
+    assert len(bundle.digest) == 64
+
+
+def test_digest_is_stable_and_tracks_policy_data_and_jurisdiction(policy_copy: Path) -> None:
+    first = load_bundle(policy_copy, "DE").digest
+    assert load_bundle(policy_copy, "DE").digest == first
+    assert load_bundle(policy_copy, "FR").digest != first
+    _edit(policy_copy, "site", lambda d: d["defaults"].update(min_cell_count=11))
+    changed_data = load_bundle(policy_copy, "DE").digest
+    assert changed_data != first
+    rego = policy_copy / "agreement" / "agreement.rego"
+    rego.write_text(rego.read_text() + "\n# a steward's note\n")
+    assert load_bundle(policy_copy, "DE").digest not in (first, changed_data)
+
+
+def test_test_files_do_not_change_the_digest(policy_copy: Path) -> None:
+    first = load_bundle(policy_copy, "DE").digest
+    twin = policy_copy / "agreement" / "agreement_test.rego"
+    twin.write_text(twin.read_text() + "\n")
+    assert load_bundle(policy_copy, "DE").digest == first
+
+
+def _set_dsa(field: str, value: Any) -> Callable[[Any], None]:
+    return lambda d: d["DSA-2026-014"].__setitem__(field, value)
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "file", "field", "message"),
+    [
+        (
+            "agreements",
+            _set_dsa("not_after", "2026-02-30"),
+            "agreements.json",
+            "DSA-2026-014.not_after",
+            "2026-02-30",
+        ),
+        (
+            "agreements",
+            _set_dsa("not_after", "2025-12-31"),
+            "agreements.json",
+            "DSA-2026-014.not_after",
+            "before",
+        ),
+        (
+            "agreements",
+            _set_dsa("purposes", ["DUO:0009999"]),
+            "agreements.json",
+            "DSA-2026-014.purposes.0",
+            "DUO",
+        ),
+        (
+            "agreements",
+            _set_dsa("purposes", ["DUO:0000021"]),
+            "agreements.json",
+            "DSA-2026-014.purposes.0",
+            "modifier",
+        ),
+        (
+            "agreements",
+            _set_dsa("standard_contractual_clauses", [{"id": "x", "countries": ["XX"]}]),
+            "agreements.json",
+            "DSA-2026-014.standard_contractual_clauses.0.countries.0",
+            "country",
+        ),
+        (
+            "agreements",
+            _set_dsa("thresholds", {"min_cell_count": 5}),
+            "agreements.json",
+            "DSA-2026-014.thresholds.min_cell_count",
+            "looser than the site default 10",
+        ),
+        (
+            "agreements",
+            _set_dsa("thresholds", {"max_identical_queries": 50}),
+            "agreements.json",
+            "DSA-2026-014.thresholds.max_identical_queries",
+            "looser",
+        ),
+        (
+            "agreements",
+            _set_dsa("parties", ["org-nobody"]),
+            "agreements.json",
+            "DSA-2026-014.parties.0",
+            "org",
+        ),
+        (
+            "agreements",
+            _set_dsa("query_kinds", ["sql"]),
+            "agreements.json",
+            "DSA-2026-014.query_kinds.0",
+            "sql",
+        ),
+        ("agreements", _set_dsa("colour", "blue"), "agreements.json", "DSA-2026-014.colour", "unknown field"),
+        (
+            "agreements",
+            _set_dsa("export_licences", ["EXL-X"]),
+            "agreements.json",
+            "DSA-2026-014.export_licences.0",
+            "",
+        ),
+        (
+            "organisations",
+            lambda d: d["org-aphp"].update(country="France"),
+            "organisations.json",
+            "org-aphp.country",
+            "",
+        ),
+        ("transfer", lambda d: d["blocked"].append("ZZ"), "transfer.json", "blocked.5", "country"),
+        (
+            "duo",
+            lambda d: d["terms"]["DUO:0000006"].update(parents=["DUO:1"]),
+            "duo.json",
+            "terms.DUO:0000006.parents",
+            "",
+        ),
+        (
+            "export_control",
+            lambda d: d["licences"]["EXL-2026-003"].update(not_before="2028-01-01"),
+            "export_control.json",
+            "licences.EXL-2026-003.not_after",
+            "before",
+        ),
+        (
+            "site",
+            lambda d: d["defaults"].update(min_cell_count=0),
+            "site.json",
+            "defaults.min_cell_count",
+            "",
+        ),
+    ],
+)
+def test_invalid_policy_data_names_file_and_field(
+    policy_copy: Path, name: str, change: Callable[[Any], None], file: str, field: str, message: str
+) -> None:
+    _edit(policy_copy, name, change)
+    with pytest.raises(PolicyDataError) as caught:
+        load_bundle(policy_copy, "DE")
+    assert caught.value.path.name == file
+    assert caught.value.field == field
+    assert message in caught.value.message
+
+
+def test_malformed_json_names_the_line(policy_copy: Path) -> None:
+    (policy_copy / "data" / "site.json").write_text('{\n  "defaults": ,\n}')
+    with pytest.raises(PolicyDataError, match=r"site.json: not valid JSON \(line 2\)"):
+        load_bundle(policy_copy, "DE")
+
+
+def test_missing_and_unknown_data_files_are_refused(policy_copy: Path) -> None:
+    (policy_copy / "data" / "extra.json").write_text("{}")
+    with pytest.raises(PolicyDataError, match="unknown policy data file"):
+        load_bundle(policy_copy, "DE")
+    (policy_copy / "data" / "extra.json").unlink()
+    (policy_copy / "data" / "duo.json").unlink()
+    with pytest.raises(PolicyDataError, match="required policy data file is missing"):
+        load_bundle(policy_copy, "DE")
+
+
+def test_unknown_site_jurisdiction_is_refused() -> None:
+    with pytest.raises(PolicyDataError, match="site.jurisdiction"):
+        load_bundle(POLICIES, "EU")
+
+
+def test_rego_syntax_error_names_the_file(policy_copy: Path) -> None:
+    (policy_copy / "consent" / "consent.rego").write_text("package fedgate.consent\n\ndeny contains if {\n")
+    with pytest.raises(PolicySourceError) as caught:
+        load_bundle(policy_copy, "DE")
+    assert caught.value.path.name == "consent.rego"
+
+
+def test_policies_that_fail_to_evaluate_are_refused(policy_copy: Path) -> None:
+    (policy_copy / "decision" / "loop.rego").write_text(
+        "package fedgate.decision\n\nimport rego.v1\n\ndeny_loop := x if { x := deny_loop }\n"
+        "input_problems contains deny_loop if true\n"
+    )
+    with pytest.raises(PolicySourceError, match="policies do not evaluate"):
+        load_bundle(policy_copy, "DE")

@@ -1,0 +1,284 @@
+"""decide(): typed answers from the embedded engine, and a deny for every way evaluation can fail."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.decision import (
+    ConsentFilter,
+    Decision,
+    DecisionInput,
+    PolicyBundle,
+    PolicyDataError,
+    PolicyDecisionPoint,
+    decide,
+    load_bundle,
+)
+from gateway.decision.embedded import EmbeddedEngine, build_engine, evaluate_rule
+from gateway.settings import SiteSettings
+
+POLICIES = Path(__file__).resolve().parents[3] / "policies"
+
+REQUEST: dict[str, Any] = {
+    "requester": {"sub": "r-1", "org": "org-aphp", "country": "FR", "roles": ["researcher"]},
+    "purpose": {"duo": ["DUO:0000006"], "ethics_approval_id": "EC-2026-077"},
+    "dsa": "DSA-2026-014",
+    "dataset": {
+        "id": "ds-diabetes-de",
+        "jurisdiction": "DE",
+        "duo": ["DUO:0000042"],
+        "columns": ["age_band", "sex", "bmi", "hba1c", "outcome"],
+    },
+    "query": {"kind": "count", "columns": ["sex"], "group_by": ["age_band"]},
+    "destination": {"country": "FR"},
+    "now": "2026-05-01T10:00:00Z",
+}
+
+
+def _request(**changes: Any) -> DecisionInput:
+    doc = json.loads(json.dumps(REQUEST))
+    for key, value in changes.items():
+        doc[key] = {**doc[key], **value} if isinstance(value, dict) else value
+    return DecisionInput.model_validate(doc)
+
+
+@pytest.fixture(scope="module")
+def bundle() -> PolicyBundle:
+    return load_bundle(POLICIES, "DE")
+
+
+@pytest.fixture(scope="module")
+def engine(bundle: PolicyBundle) -> EmbeddedEngine:
+    return EmbeddedEngine(bundle)
+
+
+def test_allow_with_typed_obligations(engine: EmbeddedEngine, bundle: PolicyBundle) -> None:
+    decision = decide(engine, _request())
+    assert decision.decision == "allow" and decision.allowed
+    assert decision.bundle_digest == bundle.digest
+    ob = decision.obligations
+    assert ob is not None
+    assert (ob.min_cell_count, ob.round_to, ob.max_identical_queries, ob.dp) == (20, 5, 10, None)
+    assert ob.allowed_columns == ("age_band", "bmi", "hba1c", "outcome", "sex")
+    assert ob.consent_filter.require_any_of == (("DUO:0000004", "DUO:0000006", "DUO:0000042"),)
+
+
+def test_expired_agreement_is_denied_in_the_stewards_words(engine: EmbeddedEngine) -> None:
+    decision = decide(engine, _request(now="2026-07-01T00:00:00Z"))
+    assert decision.decision == "deny"
+    assert decision.reasons == ("DSA-2026-014 expired on 2026-06-30",)
+    assert decision.obligations is None
+
+
+def test_glm_needs_a_stewards_approval(engine: EmbeddedEngine) -> None:
+    decision = decide(engine, _request(query={"kind": "glm"}))
+    assert decision.decision == "needs_approval" and not decision.allowed
+    assert decision.reasons == ("DSA-2026-014 requires a steward's approval for glm queries",)
+
+
+def test_dp_agreement_gives_dp_obligation(engine: EmbeddedEngine) -> None:
+    request = _request(
+        requester={"org": "org-pharmaco", "country": "DE"},
+        purpose={"duo": ["DUO:0000007"], "disease": "MONDO:0007254", "ethics_approval_id": None},
+        dsa="DSA-2026-021",
+        dataset={
+            "id": "ds-oncology-de",
+            "duo": ["DUO:0000007"],
+            "diseases": ["MONDO:0004992"],
+            "columns": ["stage", "survival_days", "event"],
+        },
+        query={"kind": "kaplan_meier", "columns": ["survival_days"], "group_by": ["stage"]},
+        destination={"country": "DE"},
+    )
+    decision = decide(engine, request)
+    assert decision.decision == "allow", decision.reasons
+    assert decision.obligations is not None and decision.obligations.dp is not None
+    assert decision.obligations.dp.epsilon == 0.5
+    assert decision.obligations.min_cell_count == 15
+
+
+class _Raising:
+    name = "broken"
+    bundle_digest = "d" * 64
+
+    def __init__(self, error: BaseException | None = None, result: object = None) -> None:
+        self.error, self.result = error, result
+
+    def evaluate(self, policy_input: Mapping[str, Any]) -> object:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def replace_bundle(self, bundle: PolicyBundle) -> None:
+        raise NotImplementedError
+
+
+class _Panic(BaseException):
+    """Stands for pyo3_runtime.PanicException, which derives from BaseException."""
+
+
+_ALLOW = {
+    "decision": "allow",
+    "reasons": ["ok"],
+    "obligations": None,
+    "bundle_digest": "d" * 64,
+}
+
+
+@pytest.mark.parametrize(
+    ("engine_under_test", "fragment"),
+    [
+        (_Raising(RuntimeError("engine exploded\n\nStack backtrace:\n 0: x")), "engine exploded"),
+        (_Raising(_Panic("rust panicked")), "rust panicked"),
+        (_Raising(result="<undefined>"), "not a decision object"),
+        (_Raising(result=["allow"]), "a list, not a decision object"),
+        (_Raising(result={"decision": "allow", "bundle_digest": "d" * 64}), "reasons"),
+        (_Raising(result={**_ALLOW, "decision": "yes"}), "decision"),
+        (_Raising(result=_ALLOW), "allow must carry obligations"),
+        (_Raising(result={**_ALLOW, "bundle_digest": "e" * 64}), "not the loaded bundle dddddddddddd"),
+        (_Raising(result={**_ALLOW, "decision": "deny", "reasons": []}), "must carry the clause"),
+    ],
+)
+def test_every_failure_denies(engine_under_test: _Raising, fragment: str) -> None:
+    decision = decide(engine_under_test, _request())
+    assert decision.decision == "deny"
+    assert decision.obligations is None
+    assert decision.reasons[0].startswith("policy evaluation failed: ")
+    assert fragment in decision.reasons[0]
+    assert "Stack backtrace" not in decision.reasons[0]
+
+
+def test_keyboard_interrupt_is_not_swallowed() -> None:
+    with pytest.raises(KeyboardInterrupt):
+        decide(_Raising(KeyboardInterrupt()), _request())
+
+
+class _SharedAcrossThreads:
+    """Misuses one regorus engine from another thread, which makes regorus panic (a BaseException)."""
+
+    name = "misused"
+
+    def __init__(self, bundle: PolicyBundle) -> None:
+        self.bundle_digest = bundle.digest
+        self._engine = build_engine(bundle)
+
+    def evaluate(self, policy_input: Mapping[str, Any]) -> object:
+        self._engine.set_input(dict(policy_input))
+        return evaluate_rule(self._engine)
+
+    def replace_bundle(self, bundle: PolicyBundle) -> None:
+        raise NotImplementedError
+
+
+def test_real_engine_panic_denies(bundle: PolicyBundle) -> None:
+    misused = _SharedAcrossThreads(bundle)
+    out: list[Decision] = []
+    thread = threading.Thread(target=lambda: out.append(decide(misused, _request())))
+    thread.start()
+    thread.join()
+    assert out[0].decision == "deny"
+    assert "unsendable" in out[0].reasons[0]
+
+
+def test_engines_are_per_thread_and_agree(engine: EmbeddedEngine) -> None:
+    requests = [_request(), _request(now="2026-07-01T00:00:00Z"), _request(query={"kind": "glm"})]
+    expected = [decide(engine, r) for r in requests]
+    results: dict[int, list[Decision]] = {}
+
+    def work(n: int) -> None:
+        results[n] = [decide(engine, r) for r in requests * 5]
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r == expected * 5 for r in results.values())
+
+
+def test_input_model_names_bad_fields() -> None:
+    doc = json.loads(json.dumps(REQUEST))
+    doc["destination"]["country"] = "Germany"
+    with pytest.raises(ValidationError, match="destination.country"):
+        DecisionInput.model_validate(doc)
+    doc = json.loads(json.dumps(REQUEST))
+    doc["now"] = "2026-05-01T10:00:00"
+    with pytest.raises(ValidationError, match="now"):
+        DecisionInput.model_validate(doc)
+
+
+@pytest.mark.parametrize(
+    ("codes", "withdrawn", "admitted"),
+    [
+        ("DUO:0000042", False, True),
+        ("DUO:0000006 DUO:0000045", False, True),
+        ("DUO:0000042", True, False),
+        ("DUO:0000042", None, False),
+        (None, False, False),
+        ("", False, False),
+        ("DUO:0000011", False, False),
+        ("DUO:0000042 DUO:0000029", False, False),
+        ("DUO:0000042 DUO:9999999", False, False),
+    ],
+)
+def test_consent_filter_reference_semantics(
+    codes: str | None, withdrawn: bool | None, admitted: bool
+) -> None:
+    f = ConsentFilter(
+        withdrawn_column="consent_withdrawn",
+        consent_column="consent_duo",
+        separator=" ",
+        require_any_of=(("DUO:0000004", "DUO:0000006", "DUO:0000042"),),
+        allowed_codes=("DUO:0000004", "DUO:0000006", "DUO:0000042", "DUO:0000011", "DUO:0000045"),
+    )
+    assert f.admits(codes, withdrawn) is admitted
+
+
+def _settings(policy_dir: Path, tmp_path: Path) -> SiteSettings:
+    return SiteSettings(
+        site_id="site-de",
+        jurisdiction="DE",
+        store_url="duckdb:///:memory:",
+        audit_url="sqlite:///:memory:",
+        policy_dir=policy_dir,
+        master_key_env="FEDGATE_TEST_UNUSED_KEY",
+        log_key_file=tmp_path / "log.key",
+    )
+
+
+def test_reload_keeps_the_last_good_bundle(tmp_path: Path) -> None:
+    folder = tmp_path / "policies"
+    shutil.copytree(POLICIES, folder)
+    point = PolicyDecisionPoint(_settings(folder, tmp_path))
+    good = point.bundle.digest
+    agreements = folder / "data" / "agreements.json"
+    doc = json.loads(agreements.read_text())
+    doc["DSA-2026-014"]["not_after"] = "2026-13-01"
+    agreements.write_text(json.dumps(doc))
+    with pytest.raises(PolicyDataError, match="DSA-2026-014.not_after"):
+        point.reload()
+    assert point.bundle.digest == good
+    assert point.decide(_request()).decision == "allow"
+
+    doc["DSA-2026-014"]["not_after"] = "2026-04-30"
+    agreements.write_text(json.dumps(doc))
+    assert point.reload().digest != good
+    decision = point.decide(_request())
+    assert decision.reasons == ("DSA-2026-014 expired on 2026-04-30",)
+    assert decision.bundle_digest == point.bundle.digest
+
+
+def test_gateway_refuses_to_start_on_invalid_policies(tmp_path: Path) -> None:
+    folder = tmp_path / "policies"
+    shutil.copytree(POLICIES, folder)
+    (folder / "data" / "organisations.json").write_text('{"org-x": {"name": "X", "country": "XX"}}')
+    with pytest.raises(PolicyDataError, match="organisations.json"):
+        PolicyDecisionPoint(_settings(folder, tmp_path))
