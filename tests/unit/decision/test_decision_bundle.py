@@ -193,7 +193,7 @@ def test_missing_and_unknown_data_files_are_refused(policy_copy: Path) -> None:
 
 
 def test_unknown_site_jurisdiction_is_refused() -> None:
-    with pytest.raises(PolicyDataError, match="site.jurisdiction"):
+    with pytest.raises(PolicyDataError, match=r"site\.jurisdiction"):
         load_bundle(POLICIES, "EU")
 
 

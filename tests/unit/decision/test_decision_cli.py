@@ -1,4 +1,4 @@
-"""`fedgate policy explain`: prints the decision, every reason and the obligations; bad input is a clear error."""
+"""`fedgate policy explain`: the decision, every reason and the obligations; bad input is a clear error."""
 
 from __future__ import annotations
 

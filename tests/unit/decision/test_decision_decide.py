@@ -207,7 +207,7 @@ def test_engines_are_per_thread_and_agree(engine: EmbeddedEngine) -> None:
 def test_input_model_names_bad_fields() -> None:
     doc = json.loads(json.dumps(REQUEST))
     doc["destination"]["country"] = "Germany"
-    with pytest.raises(ValidationError, match="destination.country"):
+    with pytest.raises(ValidationError, match=r"destination\.country"):
         DecisionInput.model_validate(doc)
     doc = json.loads(json.dumps(REQUEST))
     doc["now"] = "2026-05-01T10:00:00"
@@ -263,7 +263,7 @@ def test_reload_keeps_the_last_good_bundle(tmp_path: Path) -> None:
     doc = json.loads(agreements.read_text())
     doc["DSA-2026-014"]["not_after"] = "2026-13-01"
     agreements.write_text(json.dumps(doc))
-    with pytest.raises(PolicyDataError, match="DSA-2026-014.not_after"):
+    with pytest.raises(PolicyDataError, match=r"DSA-2026-014\.not_after"):
         point.reload()
     assert point.bundle.digest == good
     assert point.decide(_request()).decision == "allow"
@@ -280,5 +280,5 @@ def test_gateway_refuses_to_start_on_invalid_policies(tmp_path: Path) -> None:
     folder = tmp_path / "policies"
     shutil.copytree(POLICIES, folder)
     (folder / "data" / "organisations.json").write_text('{"org-x": {"name": "X", "country": "XX"}}')
-    with pytest.raises(PolicyDataError, match="organisations.json"):
+    with pytest.raises(PolicyDataError, match=r"organisations\.json"):
         PolicyDecisionPoint(_settings(folder, tmp_path))
