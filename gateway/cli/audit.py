@@ -1,7 +1,171 @@
-"""`fedgate audit …`: export a site's log and verify an export offline."""
+"""`fedgate audit …`: create the log key, export a site's log and verify an export offline.
+
+Exit codes of `fedgate audit verify` (also in docs/audit.md): 0 every check holds; 1 the log is not
+intact (the message names the first bad entry or signature); 2 bad usage or an unusable key or config;
+3 the log is intact but fewer known witnesses cosigned than --min-witnesses; 4 a file cannot be read.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+from audit.errors import AuditError, AuditIntegrityError, LogKeyError, NoteError
+from audit.keys import generate_log_key, load_log_key
+from audit.log import AuditLog
+from audit.notes import parse_verifier_key, verifier_key_text
+from audit.verify import verify_export
+from gateway.settings import ConfigError, SiteSettings, load_settings
 
 app = typer.Typer(help="Export and verify the tamper-evident audit log.", no_args_is_help=True)
+
+EXIT_OK = 0
+EXIT_NOT_INTACT = 1
+EXIT_USAGE = 2
+EXIT_TOO_FEW_WITNESSES = 3
+EXIT_UNREADABLE = 4
+# Below this many entries verification is quick enough that a progress bar is only noise.
+PROGRESS_MIN_ENTRIES = 100_000
+
+_err = Console(stderr=True, highlight=False)
+_out = Console(highlight=False)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", help="the site's TOML config file")]
+
+
+def _settings(config: Path) -> SiteSettings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        _err.print(f"error: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def _key_text(value: str, what: str) -> str:
+    """A verifier key given inline or as the path of a file holding it."""
+    path = Path(value)
+    text = value
+    if "+" not in value or path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            _err.print(f"error: cannot read {what} {value}: {exc.strerror}")
+            raise typer.Exit(EXIT_USAGE) from None
+    try:
+        parse_verifier_key(text)
+    except NoteError as exc:
+        _err.print(f"error: {what} is not a valid verifier key: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    return text
+
+
+@app.command("keygen")
+def keygen(config: ConfigOpt) -> None:
+    """Create the site's Ed25519 log key at log_key_file (0600) and print its verifier key."""
+    settings = _settings(config)
+    try:
+        key = generate_log_key(settings.log_key_file)
+    except LogKeyError as exc:
+        _err.print(f"error: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    _err.print(f"created {settings.log_key_file}; give auditors and witnesses this verifier key:")
+    _out.print(verifier_key_text(settings.audit_origin, key.public_key()), soft_wrap=True)
+
+
+@app.command("export")
+def export(
+    config: ConfigOpt,
+    out: Annotated[Path, typer.Option("--out", help="file to write the export to")],
+    checkpoint: Annotated[
+        bool, typer.Option("--checkpoint/--no-checkpoint", help="sign a checkpoint of the whole log first")
+    ] = True,
+) -> None:
+    """Write every entry, the latest signed checkpoint and its cosignatures to --out."""
+    settings = _settings(config)
+    try:
+        key = load_log_key(settings.log_key_file)
+        with AuditLog.open(settings.audit_url, settings.audit_origin, key, checkpoint_interval_s=None) as log:
+            if checkpoint:
+                log.checkpoint()
+            cp = log.export(out)
+    except OSError as exc:
+        _err.print(f"error: cannot write {out}: {exc.strerror}")
+        raise typer.Exit(EXIT_UNREADABLE) from None
+    except AuditError as exc:
+        _err.print(f"error: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    _out.print(f"exported {cp.size} entries of {cp.origin} (root {cp.root.hex()}) to {out}")
+
+
+@app.command("verify")
+def verify(
+    file: Annotated[Path, typer.Argument(help="an export written by `fedgate audit export`")],
+    key: Annotated[str, typer.Option("--key", help="the log's verifier key (text or a file)")],
+    witness: Annotated[
+        list[str] | None,
+        typer.Option("--witness", help="a witness's verifier key (text or file); repeatable"),
+    ] = None,
+    min_witnesses: Annotated[int, typer.Option("--min-witnesses", min=0, help="cosignatures required")] = 0,
+    since: Annotated[
+        Path | None, typer.Option("--since", help="a signed checkpoint kept earlier: prove the log only grew")
+    ] = None,
+) -> None:
+    """Verify an export offline; exit 0 only when every check holds."""
+    log_key = _key_text(key, "--key")
+    witness_keys = [_key_text(w, "--witness") for w in witness or []]
+    kept: str | None = None
+    if since is not None:
+        try:
+            kept = since.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            _err.print(f"error: cannot read --since {since}: {exc}")
+            raise typer.Exit(EXIT_UNREADABLE) from None
+    progress = Progress(
+        TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=_err, transient=True,
+    )  # fmt: skip
+    task: list[TaskID] = []
+
+    def tick(done: int, total: int) -> None:
+        if total < PROGRESS_MIN_ENTRIES:
+            return
+        if not task:
+            progress.start()
+            task.append(progress.add_task("verify", total=total))
+        progress.update(task[0], completed=done)
+
+    try:
+        summary = verify_export(file, log_key, witness_keys, min_witnesses, kept, progress=tick)
+    except AuditIntegrityError as exc:
+        progress.stop()
+        _report_failure(exc)
+        code = EXIT_TOO_FEW_WITNESSES if exc.reason == "witnesses" else EXIT_NOT_INTACT
+        raise typer.Exit(code) from None
+    except OSError as exc:
+        progress.stop()
+        _err.print(f"error: cannot read {file}: {exc.strerror}")
+        raise typer.Exit(EXIT_UNREADABLE) from None
+    progress.stop()
+    _out.print(f"OK {summary.origin}: {summary.size} entries, root {summary.root.hex()}")
+    _out.print(f"   checkpoint signed by {summary.log_key.split('+')[0]}")
+    if summary.witnesses:
+        _out.print(f"   cosigned by {len(summary.witnesses)} witness(es): {', '.join(summary.witnesses)}")
+    if summary.since_size is not None:
+        _out.print(f"   consistent with the kept checkpoint of size {summary.since_size} (the log only grew)")
+
+
+def _report_failure(exc: AuditIntegrityError) -> None:
+    where = f" at entry {exc.index}" if exc.index is not None else ""
+    _err.print(f"FAILED ({exc.reason}){where}: {exc.message}", markup=False)
+    if exc.expected is not None:
+        _err.print(f"   expected: {exc.expected}")
+    if exc.found is not None:
+        _err.print(f"   found:    {exc.found}")
+    if exc.fork is not None:
+        _err.print("   fork evidence — two signed checkpoints no consistency proof can join:")
+        _err.print(exc.fork.first, markup=False)
+        _err.print(exc.fork.second, markup=False)

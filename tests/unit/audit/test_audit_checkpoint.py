@@ -35,7 +35,7 @@ def test_body_is_three_lines() -> None:
         f"{ORIGIN}\n12\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHg==\n",
         f"{ORIGIN}\n12\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\nextension\n",
         f"{ORIGIN}\n12\n",
-        f"\n12\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n",
+        "\n12\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n",
         f"{ORIGIN}\n12\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
     ],
 )
@@ -65,7 +65,9 @@ def test_cosignatures_count_only_known_witnesses_and_reject_bad_ones() -> None:
     w1, w2 = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     k1 = parse_verifier_key(verifier_key_text("w1.example", w1.public_key(), ALG_COSIGNATURE_V1))
     k2 = parse_verifier_key(verifier_key_text("w2.example", w2.public_key(), ALG_COSIGNATURE_V1))
-    with_cosigs = note + cosign_checkpoint(cp, "w1.example", w1, 100) + cosign_checkpoint(cp, "w2.example", w2, 100)
+    with_cosigs = (
+        note + cosign_checkpoint(cp, "w1.example", w1, 100) + cosign_checkpoint(cp, "w2.example", w2, 100)
+    )
     assert {k.name for k in verify_cosignatures(with_cosigs, [k1, k2])} == {"w1.example", "w2.example"}
     assert verify_cosignatures(note, [k1]) == ()
     other = Checkpoint(ORIGIN, 4, EMPTY_ROOT)

@@ -29,7 +29,10 @@ def test_spliced_entry_bytes_equal_rfc8785_of_the_whole_entry() -> None:
     entry = json.loads(data)
     assert data == rfc8785.dumps(entry)
     assert entry["prev"] == b64(b"\x01" * 32)
-    assert entry["index"] == 7 and entry["actor"] == {"org": "uni-\u6771\u4eac", "sub": "r\u00e9searcher-\u00fc"}
+    assert entry["index"] == 7 and entry["actor"] == {
+        "org": "uni-\u6771\u4eac",
+        "sub": "r\u00e9searcher-\u00fc",
+    }
     assert b"\n" not in data
     assert leaf_hash(data) != leaf_hash(data + b" ")
 

@@ -79,7 +79,13 @@ def test_identifier_like_or_ill_typed_values_are_rejected(field: str, value: obj
 
 @pytest.mark.parametrize(
     "reason",
-    ["patient 1234567 was excluded", "contact jane.doe@example.org", "Bearer abc.def", "token " + "Zx9" * 12, ""],
+    [
+        "patient 1234567 was excluded",
+        "contact jane.doe@example.org",
+        "Bearer abc.def",
+        "token " + "Zx9" * 12,
+        "",
+    ],
 )
 def test_reasons_cannot_carry_identifiers(reason: str) -> None:
     with pytest.raises(PayloadError):
@@ -91,7 +97,9 @@ def test_harmless_text_passes_the_identifier_check() -> None:
         assert identifier_problem(text) is None
 
 
-@pytest.mark.parametrize(("field", "value"), [("rows", -1), ("rows", True), ("rows", 1.5), ("duration_ms", "3")])
+@pytest.mark.parametrize(
+    ("field", "value"), [("rows", -1), ("rows", True), ("rows", 1.5), ("duration_ms", "3")]
+)
 def test_numbers_are_typed(field: str, value: object) -> None:
     with pytest.raises(PayloadError):
         validate_payload("query.executed", {**VALID["query.executed"], field: value})

@@ -152,7 +152,9 @@ def test_every_corruption_of_an_inclusion_proof_is_rejected(index: int, size: in
             verify_inclusion(*args)
 
 
-@pytest.mark.parametrize(("old", "new"), [(1, 2), (1, 8), (3, 7), (4, 8), (6, 8), (7, 13), (33, 70), (64, 70)])
+@pytest.mark.parametrize(
+    ("old", "new"), [(1, 2), (1, 8), (3, 7), (4, 8), (6, 8), (7, 13), (33, 70), (64, 70)]
+)
 def test_every_corruption_of_a_consistency_proof_is_rejected(old: int, new: int) -> None:
     r1, r2 = mth(LEAVES[:old]), mth(LEAVES[:new])
     proof = subproof(old, LEAVES[:new], True)

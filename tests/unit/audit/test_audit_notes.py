@@ -22,7 +22,8 @@ from audit.notes import (
 EXAMPLE_KEY = "example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k"
 EXAMPLE_NOTE = (
     "This is an example message.\n\n"
-    "— example.com/foo Uw2QOkn8srV1yJGh2VYRlL1Tnagv1YEq6TfXppzi2ONncAlTgK7Ztg1ERYNZXsYjOBH3mFXmRKuwHjG1Yu72IneyaQM=\n"
+    "— example.com/foo "
+    "Uw2QOkn8srV1yJGh2VYRlL1Tnagv1YEq6TfXppzi2ONncAlTgK7Ztg1ERYNZXsYjOBH3mFXmRKuwHjG1Yu72IneyaQM=\n"
 )
 
 
@@ -46,7 +47,9 @@ def test_known_answer_from_the_spec() -> None:
 
 def test_known_answer_fails_when_the_text_changes() -> None:
     with pytest.raises(SignatureError, match="does not verify"):
-        verify_note(EXAMPLE_NOTE.replace("example message", "example massage"), [parse_verifier_key(EXAMPLE_KEY)])
+        verify_note(
+            EXAMPLE_NOTE.replace("example message", "example massage"), [parse_verifier_key(EXAMPLE_KEY)]
+        )
 
 
 def test_unknown_keys_are_ignored_but_a_known_one_must_verify() -> None:

@@ -1,0 +1,37 @@
+"""Helpers shared by the audit unit tests: sample events and digests."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from audit.entry import Actor
+from audit.log import AuditLog
+
+ORIGIN = "fedgate.example/site-test"
+
+
+def digest(text: str) -> str:
+    """A well-formed payload digest of some text."""
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def sample(i: int) -> dict[str, Any]:
+    """A varied, valid payload for entry number i."""
+    if i % 3 == 0:
+        return {"query_hash": digest(f"q{i}"), "decision": "allow", "reasons": [f"dsa clause {i % 7} allows"],
+                "policy_bundle": digest("bundle")}  # fmt: skip
+    if i % 3 == 1:
+        return {"query_hash": digest(f"q{i}"), "dataset_digest": digest("ds"), "rows": i}
+    return {"query_hash": digest(f"q{i}"), "result_hash": digest(f"r{i}"), "cells": i % 50}
+
+
+def sample_type(i: int) -> str:
+    return ("query.decided", "query.executed", "query.released")[i % 3]
+
+
+def append_samples(log: AuditLog, n: int) -> None:
+    """Append n varied events."""
+    actor = Actor("researcher-1", "uni-example")
+    for i in range(n):
+        log.append(sample_type(i), actor=actor, request_id=f"req-{i}", payload=sample(i))

@@ -1,0 +1,205 @@
+"""The log writer: appends and receipts, group commit, checkpoints that never fork, proofs, cosignatures."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from audit_helpers import ORIGIN, append_samples, digest, sample, sample_type
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from audit import storage
+from audit.checkpoint import cosign_checkpoint, open_checkpoint, parse_checkpoint_body
+from audit.entry import GENESIS_PREV, Actor
+from audit.errors import EntryError, NoteError, PayloadError, StorageError
+from audit.log import AuditLog, Event
+from audit.merkle import leaf_hash, root_of, verify_consistency, verify_inclusion
+from audit.notes import ALG_COSIGNATURE_V1, b64, parse_note, parse_verifier_key, verifier_key_text
+from audit.verify import verify_export
+
+
+def test_append_returns_index_and_leaf_hash_of_the_stored_bytes(log: AuditLog) -> None:
+    r0 = log.append("auth.failed", payload={"reason": "expired"})
+    payload = {"query_hash": digest("q"), "kind": "count", "dataset": "d1", "dsa": "dsa-1"}
+    r1 = log.append("query.received", actor=Actor("alice", "uni-a"), request_id="req-9", payload=payload)
+    assert (r0.index, r1.index) == (0, 1)
+    stored = log.entries(0, 2)
+    assert [e.leaf_hash for e in stored] == [r0.leaf_hash, r1.leaf_hash]
+    assert all(leaf_hash(e.data) == e.leaf_hash for e in stored)
+    first, second = (json.loads(e.data) for e in stored)
+    assert first["prev"] == b64(GENESIS_PREV) and second["prev"] == b64(r0.leaf_hash)
+    assert second["origin"] == ORIGIN and second["type"] == "query.received"
+    assert second["actor"] == {"org": "uni-a", "sub": "alice"} and second["request_id"] == "req-9"
+    assert log.size == 2
+
+
+def test_invalid_events_write_nothing(log: AuditLog) -> None:
+    with pytest.raises(PayloadError):
+        log.append("auth.failed", payload={"reason": "expired", "password": "x"})
+    with pytest.raises(EntryError):
+        log.append("auth.failed", request_id="bad id", payload={"reason": "expired"})
+    assert log.size == 0
+
+
+def test_append_many_is_one_transaction(log: AuditLog) -> None:
+    receipts = log.append_many(Event(sample_type(i), sample(i)) for i in range(100))
+    assert [r.index for r in receipts] == list(range(100))
+    with pytest.raises(PayloadError):
+        log.append_many([Event("auth.failed", {"reason": "x"}), Event("auth.failed", {"nope": 1})])
+    assert log.size == 100
+
+
+def test_concurrent_appenders_share_commits(log: AuditLog) -> None:
+    commits = 0
+
+    @sa.event.listens_for(log._engines.writer, "commit")
+    def count(_conn: Any) -> None:
+        nonlocal commits
+        commits += 1
+
+    def worker() -> None:
+        for i in range(50):
+            log.append("auth.failed", payload={"reason": f"r{i}"})
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert log.size == 400
+    assert commits < 400, "group commit should batch concurrent appends"
+    entries = log.entries(0, 400)
+    assert [json.loads(e.data)["index"] for e in entries] == list(range(400))
+    for a, b in itertools.pairwise(entries):
+        assert json.loads(b.data)["prev"] == b64(a.leaf_hash)
+
+
+def test_proofs_from_stored_nodes_verify(log: AuditLog) -> None:
+    append_samples(log, 37)
+    leaves = [e.leaf_hash for e in log.entries(0, 37)]
+    for size in (1, 2, 5, 16, 37):
+        root = log.root(size)
+        assert root == root_of(leaves[:size])
+        for index in {0, size // 2, size - 1}:
+            verify_inclusion(index, size, leaves[index], log.inclusion_proof(index, size), root)
+        for old in sorted({1, min(3, size), size}):
+            verify_consistency(old, size, log.consistency_proof(old, size), log.root(old), root)
+    assert log.consistency_proof(0, 5) == []
+    with pytest.raises(StorageError):
+        log.inclusion_proof(3, 38)
+    with pytest.raises(StorageError):
+        log.inclusion_proof(5, 5)
+
+
+def test_checkpoints_are_signed_consistent_and_not_repeated(
+    log: AuditLog, log_key: Ed25519PrivateKey
+) -> None:
+    vkey = parse_verifier_key(log.verifier_key())
+    assert vkey.name == ORIGIN
+    empty = open_checkpoint(log.checkpoint(), [vkey], ORIGIN).checkpoint
+    assert empty.size == 0
+    append_samples(log, 10)
+    first = log.checkpoint()
+    assert log.checkpoint() == first  # nothing appended: the same checkpoint, not a new signature
+    cp = open_checkpoint(first, [vkey], ORIGIN).checkpoint
+    assert (cp.size, cp.root) == (10, log.root(10))
+    append_samples(log, 3)
+    second = open_checkpoint(log.checkpoint(), [vkey]).checkpoint
+    verify_consistency(10, 13, log.consistency_proof(10, 13), cp.root, second.root)
+    assert log.latest_checkpoint() is not None and "\n13\n" in (log.latest_checkpoint() or "")
+
+
+def test_the_writer_refuses_to_sign_a_rewritten_history(log: AuditLog) -> None:
+    append_samples(log, 12)
+    log.checkpoint()
+    # Someone with database access rewrites entry 3's leaf hash and everything derived from it.
+    with log._engines.writer.begin() as conn:
+        conn.execute(storage.entries.update().where(storage.entries.c.idx == 3).values(leaf=b"\x07" * 32))
+        conn.execute(sa.delete(storage.nodes))
+        leaves = [
+            bytes(r.leaf)
+            for r in conn.execute(sa.select(storage.entries.c.leaf).order_by(storage.entries.c.idx))
+        ]
+        from audit.merkle import CompactRange
+
+        cr = CompactRange()
+        rows = [{"level": lv, "idx": i, "hash": h} for leaf in leaves for lv, i, h in cr.append(leaf)]
+        conn.execute(storage.nodes.insert(), rows)
+        conn.execute(storage.head.update().values(frontier=cr.pack()))
+    append_samples(log, 1)
+    with pytest.raises(StorageError, match="not consistent"):
+        log.checkpoint()
+
+
+def test_the_writer_refuses_to_sign_after_a_rollback(log: AuditLog) -> None:
+    append_samples(log, 5)
+    log.checkpoint()
+    with log._engines.writer.begin() as conn:
+        conn.execute(storage.head.update().values(size=4))
+    with pytest.raises((StorageError, ValueError)):
+        log.checkpoint()
+
+
+def test_background_checkpoints_follow_appends_within_a_second(
+    tmp_path: Path, log_key: Ed25519PrivateKey
+) -> None:
+    with AuditLog.open(f"sqlite:///{tmp_path / 'a.db'}", ORIGIN, log_key, checkpoint_interval_s=0.2) as log:
+        append_samples(log, 5)
+        acked = time.monotonic()
+        while True:
+            note = log.latest_checkpoint()
+            if note and parse_checkpoint_body(parse_note(note).text).size >= 5:
+                break
+            assert time.monotonic() - acked < 1.0, "no checkpoint within a second of the append"
+            time.sleep(0.02)
+
+
+def test_cosignatures_are_verified_before_they_are_stored(log: AuditLog) -> None:
+    append_samples(log, 4)
+    note = log.checkpoint()
+    cp = parse_checkpoint_body(parse_note(note).text)
+    w = Ed25519PrivateKey.generate()
+    wkey = verifier_key_text("witness.example/w", w.public_key(), ALG_COSIGNATURE_V1)
+    log.add_cosignature(4, cosign_checkpoint(cp, "witness.example/w", w, int(time.time())), wkey)
+    stored = log.checkpoint_note(4) or ""
+    assert stored.startswith(note) and stored.count("\u2014") == 2
+    other = Ed25519PrivateKey.generate()
+    with pytest.raises(NoteError):
+        log.add_cosignature(4, cosign_checkpoint(cp, "witness.example/w", other, 1), wkey)
+    with pytest.raises(StorageError):
+        log.add_cosignature(99, cosign_checkpoint(cp, "witness.example/w", w, 1), wkey)
+
+
+def test_export_round_trip(log: AuditLog, tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="no checkpoint"):
+        log.export(tmp_path / "none.export")
+    append_samples(log, 20)
+    log.checkpoint()
+    append_samples(log, 2)  # not yet covered by a checkpoint: not exported
+    cp = log.export(tmp_path / "log.export")
+    assert cp.size == 20
+    summary = verify_export(tmp_path / "log.export", log.verifier_key())
+    assert (summary.size, summary.root) == (20, log.root(20))
+
+
+def test_one_store_holds_one_log(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    AuditLog.open(url, ORIGIN, checkpoint_interval_s=None).close()
+    with pytest.raises(StorageError, match="holds the log"):
+        AuditLog.open(url, "fedgate.example/other", checkpoint_interval_s=None)
+    with pytest.raises(StorageError):
+        AuditLog.open(url, "bad origin", checkpoint_interval_s=None)
+    with AuditLog.open(url, ORIGIN, checkpoint_interval_s=None) as log, pytest.raises(StorageError):
+        log.checkpoint()
+
+
+def test_sqlite_is_durable_wal(log: AuditLog) -> None:
+    with log._engines.writer.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
