@@ -14,6 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("synth")(synth.synth)
+app.command("keygen")(site.keygen)
 app.command("ingest")(site.ingest)
 app.command("catalog")(site.catalog)
 app.add_typer(policy.app, name="policy")

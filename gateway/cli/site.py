@@ -1,11 +1,165 @@
-"""`fedgate ingest` and `fedgate catalog`: the steward's ingest path, from a source to the store."""
+"""`fedgate keygen`, `fedgate ingest` and `fedgate catalog`: the steward's ingest path into the store."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
 
-def ingest() -> None:
-    """Pseudonymize a source into the site's store."""
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from connectors import ConnectorError, open_source
+from gateway.cli.output import EXIT_FAILED, EXIT_RISK, console, fail
+from gateway.keyring import create_master_key, load_master_key
+from gateway.settings import ConfigError, SiteSettings, load_settings
+from pseudonymize.errors import KeyMaterialError, PseudonymizeError, RiskThresholdError, SpecError, StoreError
+from pseudonymize.ingest import ingest as run_ingest
+from pseudonymize.keys import SecretKey
+from pseudonymize.spec import load_spec
+from pseudonymize.store import CatalogEntry, Store
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="the site's TOML config file")]
 
 
-def catalog() -> None:
-    """List the datasets in the site's store."""
+def _settings(config: Path) -> SiteSettings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def keygen(config: ConfigOption) -> None:
+    """Create the site master key file named by the config (mode 0600; never overwrites)."""
+    settings = _settings(config)
+    try:
+        key = create_master_key(settings)
+    except KeyMaterialError as exc:
+        fail(str(exc))
+    console.print(f"master key written to {settings.master_key_file} (key id {key.key_id})")
+
+
+def ingest(
+    config: ConfigOption,
+    dataset: Annotated[str, typer.Option(help="dataset id; must equal the spec's `dataset`")],
+    spec: Annotated[Path, typer.Option(help="pseudonymization spec (YAML or TOML)")],
+    source: Annotated[
+        str, typer.Option(help="a .csv/.parquet/.ndjson file, an NDJSON folder, or a database URL")
+    ],
+    table: Annotated[str | None, typer.Option(help="table to read from a database URL")] = None,
+    resource_type: Annotated[str | None, typer.Option(help="FHIR resource type of NDJSON input")] = None,
+    override_k: Annotated[
+        bool, typer.Option("--override-k", help="publish even when k-anonymity is below the spec's threshold")
+    ] = False,
+    linkage_key: Annotated[
+        Path | None, typer.Option(help="shared linkage key file, when an agreement grants cross-site linkage")
+    ] = None,
+) -> None:
+    """Pseudonymize a source into the site's store and publish it as the dataset's next version."""
+    settings = _settings(config)
+    try:
+        parsed = load_spec(spec)
+        if parsed.dataset != dataset:
+            raise SpecError(spec, "dataset", f"the spec is for {parsed.dataset!r}, not --dataset {dataset!r}")
+        master = load_master_key(settings)
+        linkage = SecretKey.from_file(linkage_key) if linkage_key is not None else None
+        options = {k: v for k, v in (("table", table), ("resource_type", resource_type)) if v is not None}
+        connector = open_source(source, **options)
+        with Store(settings.store_url) as store, _progress() as progress:
+            task = progress.add_task(f"ingest {dataset}", total=None)
+            result = run_ingest(
+                connector,
+                parsed,
+                str(spec),
+                master,
+                store,
+                jurisdiction=settings.jurisdiction,
+                override_k=override_k,
+                linkage_key=linkage,
+                on_rows=lambda n: progress.advance(task, n),
+            )
+    except RiskThresholdError as exc:
+        _print_risk(exc.report.to_dict())
+        fail(str(exc), EXIT_RISK)
+    except StoreError as exc:
+        fail(str(exc), EXIT_FAILED)
+    except (ConnectorError, PseudonymizeError) as exc:
+        fail(str(exc))
+    entry = result.entry
+    console.print(
+        f"[green]published[/] {entry.dataset} v{entry.version}: {entry.row_count:,} rows, "
+        f"{len(entry.columns)} columns, digest {entry.content_digest[:16]}…, key {entry.key_id}"
+    )
+    _print_risk(entry.risk_report)
+    if entry.k_override:
+        console.print("[yellow]published with --override-k: k-anonymity is below the spec's threshold[/]")
+
+
+def catalog(
+    config: ConfigOption,
+    dataset: Annotated[str | None, typer.Option(help="only this dataset")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """List the published dataset versions with their digests and risk reports."""
+    settings = _settings(config)
+    try:
+        with Store(settings.store_url) as store:
+            entries = store.catalog(dataset)
+    except StoreError as exc:
+        fail(str(exc), EXIT_FAILED)
+    if as_json:
+        console.print_json(json.dumps([e.row() | _decoded(e) for e in entries]))
+        return
+    table = Table(title=f"catalog of {settings.site_id}")
+    for col in ("dataset", "version", "rows", "columns", "k (min class)", "DUO", "digest", "published"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(
+            e.dataset,
+            str(e.version),
+            f"{e.row_count:,}",
+            str(len(e.columns)),
+            f"{e.risk_report.get('smallest_class')} (k≥{e.risk_report.get('k_threshold')})",
+            " ".join(e.duo),
+            e.content_digest[:16] + "…",
+            e.published_at,
+        )
+    console.print(table)
+
+
+def _decoded(entry: CatalogEntry) -> dict[str, object]:
+    return {"columns": entry.columns, "duo": entry.duo, "risk_report": entry.risk_report}
+
+
+def _print_risk(report: dict[str, object]) -> None:
+    table = Table(title="re-identification risk (k-anonymity)")
+    table.add_column("quasi-identifiers")
+    table.add_column("k threshold")
+    table.add_column("smallest class")
+    table.add_column("classes")
+    table.add_column("records below k")
+    table.add_column("verdict")
+    qi = report.get("quasi_identifiers") or []
+    share = float(report.get("share_below_k", 0.0))  # type: ignore[arg-type]
+    table.add_row(
+        ", ".join(str(q) for q in qi) if isinstance(qi, list) else str(qi),
+        str(report.get("k_threshold")),
+        str(report.get("smallest_class")),
+        str(report.get("classes")),
+        f"{report.get('records_below_k')} ({share:.2%})",
+        "[green]passes[/]" if report.get("passes") else "[red]below threshold[/]",
+    )
+    console.print(table)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )

@@ -1,0 +1,50 @@
+"""Re-identification risk at ingest: k-anonymity over the spec's quasi-identifiers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import duckdb
+
+from pseudonymize.generalize import quote_ident
+
+
+@dataclass(frozen=True)
+class RiskReport:
+    """The equivalence classes over the quasi-identifiers: the smallest, and how many records fall below k."""
+
+    quasi_identifiers: list[str]
+    k_threshold: int
+    records: int
+    classes: int
+    smallest_class: int
+    records_below_k: int
+    share_below_k: float
+
+    @property
+    def passes(self) -> bool:
+        """True when every record sits in a class of at least k records."""
+        return self.records_below_k == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data, with its verdict."""
+        return {**asdict(self), "passes": self.passes}
+
+
+def k_anonymity(
+    con: duckdb.DuckDBPyConnection, table: str, quasi_identifiers: list[str], k: int
+) -> RiskReport:
+    """Group the table by its quasi-identifiers and measure the classes below k."""
+    n = int(con.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchall()[0][0])
+    if not quasi_identifiers or n == 0:
+        below = n if 0 < n < k else 0
+        return RiskReport(list(quasi_identifiers), k, n, 1 if n else 0, n, below, below / n if n else 0.0)
+    cols = ", ".join(quote_ident(c) for c in quasi_identifiers)
+    row = con.execute(
+        f"SELECT count(*), min(c), coalesce(sum(c) FILTER (WHERE c < ?), 0) "
+        f"FROM (SELECT count(*) AS c FROM {quote_ident(table)} GROUP BY {cols})",
+        [k],
+    ).fetchall()[0]
+    classes, smallest, below = int(row[0]), int(row[1]), int(row[2])
+    return RiskReport(list(quasi_identifiers), k, n, classes, smallest, below, below / n)

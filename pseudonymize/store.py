@@ -1,0 +1,299 @@
+"""The pseudonymized store that queries read: versioned dataset tables plus a catalog, published atomically.
+
+A DuckDB file is the default; any SQLAlchemy URL works too (PostgreSQL is tested). Each published version
+is a table `ds_<dataset>__v<n>`; the view `ds_<dataset>` points at the newest one; the table
+`fedgate_catalog` records per version its row count, columns and types, content digest, spec digest,
+key id (never a key), consent codes, jurisdiction and re-identification risk report. Publishing renames
+or creates the version table, inserts the catalog row and repoints the view in one transaction, so a
+failed ingest leaves the previous version exactly as it was.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import sqlalchemy as sa
+
+from pseudonymize.errors import StoreError
+from pseudonymize.generalize import quote_ident
+
+CATALOG = "fedgate_catalog"
+_CATALOG_COLUMNS = (
+    "dataset", "version", "table_name", "published_at", "row_count", "columns", "content_digest",
+    "spec_digest", "key_id", "key_context", "duo", "jurisdiction", "risk_report", "source", "k_override",
+)  # fmt: skip
+_JSON_FIELDS = ("columns", "duo", "risk_report")
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One published version of a dataset, as the catalog records it."""
+
+    dataset: str
+    version: int
+    table_name: str
+    published_at: str
+    row_count: int
+    columns: list[dict[str, str]]
+    content_digest: str
+    spec_digest: str
+    key_id: str
+    key_context: str
+    duo: list[str]
+    jurisdiction: str
+    risk_report: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+    k_override: bool = False
+
+    def row(self) -> dict[str, Any]:
+        """The entry as a catalog row, JSON fields serialized."""
+        out: dict[str, Any] = {c: getattr(self, c) for c in _CATALOG_COLUMNS}
+        for f in _JSON_FIELDS:
+            out[f] = json.dumps(out[f], sort_keys=True)
+        return out
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> CatalogEntry:
+        """Rebuild an entry from a catalog row."""
+        data = dict(row)
+        for f in _JSON_FIELDS:
+            data[f] = json.loads(data[f])
+        data["published_at"] = str(data["published_at"])
+        data["k_override"] = bool(data["k_override"])
+        return cls(**data)
+
+
+def version_table(dataset: str, version: int) -> str:
+    """The name of the table that holds one version of a dataset."""
+    return f"ds_{dataset}__v{version}"
+
+
+def dataset_view(dataset: str) -> str:
+    """The view that always shows the newest published version of a dataset."""
+    return f"ds_{dataset}"
+
+
+def now_utc() -> str:
+    """The publication timestamp format of the catalog (RFC 3339, UTC, seconds)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_CATALOG_DDL = f"""CREATE TABLE IF NOT EXISTS {CATALOG} (
+    dataset VARCHAR NOT NULL, version INTEGER NOT NULL, table_name VARCHAR NOT NULL,
+    published_at VARCHAR NOT NULL, row_count BIGINT NOT NULL, columns VARCHAR NOT NULL,
+    content_digest VARCHAR NOT NULL, spec_digest VARCHAR NOT NULL, key_id VARCHAR NOT NULL,
+    key_context VARCHAR NOT NULL, duo VARCHAR NOT NULL, jurisdiction VARCHAR NOT NULL,
+    risk_report VARCHAR NOT NULL, source VARCHAR NOT NULL, k_override BOOLEAN NOT NULL,
+    PRIMARY KEY (dataset, version))"""
+
+
+def _sa_type(t: pa.DataType) -> sa.types.TypeEngine[Any]:
+    if pa.types.is_boolean(t):
+        return sa.Boolean()
+    if pa.types.is_integer(t):
+        return sa.BigInteger() if t.bit_width > 32 else sa.Integer()
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return sa.Float(precision=53)
+    if pa.types.is_date(t):
+        return sa.Date()
+    if pa.types.is_timestamp(t):
+        return sa.DateTime()
+    return sa.Text()
+
+
+class Store:
+    """A pseudonymized store at a URL: `duckdb:///path` (default) or any SQLAlchemy URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._duck: duckdb.DuckDBPyConnection | None = None
+        self._engine: sa.Engine | None = None
+        try:
+            if url.startswith("duckdb:///"):
+                path = url.removeprefix("duckdb:///")
+                if path != ":memory:":
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                self._duck = duckdb.connect(path)
+                self._duck.execute(_CATALOG_DDL).fetchall()
+            else:
+                self._engine = sa.create_engine(url)
+                with self._engine.begin() as conn:
+                    conn.execute(sa.text(_CATALOG_DDL.replace("VARCHAR", "TEXT")))
+        except (duckdb.Error, sa.exc.SQLAlchemyError) as exc:
+            raise StoreError(f"cannot open the store at {self.display_url}: {type(exc).__name__}") from None
+
+    @property
+    def display_url(self) -> str:
+        """The URL without any password, for messages."""
+        if self._duck is not None or self.url.startswith("duckdb:"):
+            return self.url
+        return sa.make_url(self.url).render_as_string(hide_password=True)
+
+    @property
+    def is_duckdb(self) -> bool:
+        """True for the embedded DuckDB store."""
+        return self._duck is not None
+
+    @property
+    def duckdb(self) -> duckdb.DuckDBPyConnection:
+        """The DuckDB connection of an embedded store."""
+        if self._duck is None:
+            raise StoreError("this store is not a DuckDB store")
+        return self._duck
+
+    def close(self) -> None:
+        """Release the connection(s)."""
+        if self._duck is not None:
+            self._duck.close()
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading the catalog -------------------------------------------------------------------------------
+
+    def catalog(self, dataset: str | None = None) -> list[CatalogEntry]:
+        """Every published version, oldest first (of one dataset when named)."""
+        cols = ", ".join(_CATALOG_COLUMNS)
+        where = " WHERE dataset = :d" if dataset is not None else ""
+        sql = f"SELECT {cols} FROM {CATALOG}{where} ORDER BY dataset, version"
+        try:
+            if self._duck is not None:
+                cur = self._duck.execute(sql.replace(":d", "$d"), {"d": dataset} if dataset else {})
+                rows = [dict(zip(_CATALOG_COLUMNS, r, strict=True)) for r in cur.fetchall()]
+            else:
+                assert self._engine is not None
+                with self._engine.connect() as conn:
+                    result = conn.execute(sa.text(sql), {"d": dataset} if dataset else {})
+                    rows = [dict(r._mapping) for r in result]
+        except (duckdb.Error, sa.exc.SQLAlchemyError) as exc:
+            raise StoreError(f"cannot read the catalog of {self.display_url}: {type(exc).__name__}") from None
+        return [CatalogEntry.from_row(r) for r in rows]
+
+    def latest(self, dataset: str) -> CatalogEntry | None:
+        """The newest published version of a dataset, or None."""
+        entries = self.catalog(dataset)
+        return entries[-1] if entries else None
+
+    def _next_version(self, dataset: str) -> int:
+        entries = self.catalog(dataset)
+        return entries[-1].version + 1 if entries else 1
+
+    # -- publishing ----------------------------------------------------------------------------------------
+
+    def publish_duckdb_table(self, staging: str, entry: CatalogEntry) -> CatalogEntry:
+        """Publish a staging table of this DuckDB store as the dataset's next version, atomically."""
+        con = self.duckdb
+        con.execute("BEGIN TRANSACTION").fetchall()
+        try:
+            version = self._next_version(entry.dataset)
+            table = version_table(entry.dataset, version)
+            final = _with(entry, version=version, table_name=table)
+            con.execute(f"ALTER TABLE {quote_ident(staging)} RENAME TO {quote_ident(table)}").fetchall()
+            self._insert_catalog_duck(final)
+            view = quote_ident(dataset_view(entry.dataset))
+            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {quote_ident(table)}").fetchall()
+            con.execute("COMMIT").fetchall()
+        except BaseException:
+            con.execute("ROLLBACK").fetchall()
+            raise
+        return final
+
+    def _insert_catalog_duck(self, entry: CatalogEntry) -> None:
+        row = entry.row()
+        marks = ", ".join(f"${c}" for c in _CATALOG_COLUMNS)
+        self.duckdb.execute(
+            f"INSERT INTO {CATALOG} ({', '.join(_CATALOG_COLUMNS)}) VALUES ({marks})", row
+        ).fetchall()
+
+    def publish_batches(
+        self, schema: pa.Schema, batches: Iterator[pa.RecordBatch], entry: CatalogEntry
+    ) -> CatalogEntry:
+        """Publish a stream of pseudonymized batches into a SQLAlchemy store, atomically."""
+        assert self._engine is not None, "DuckDB stores publish their staging table in place"
+        with self._engine.begin() as conn:
+            version = self._next_version_in(conn, entry.dataset)
+            table_name = version_table(entry.dataset, version)
+            final = _with(entry, version=version, table_name=table_name)
+            table = sa.Table(
+                table_name, sa.MetaData(), *(sa.Column(f.name, _sa_type(f.type)) for f in schema)
+            )
+            table.create(conn)
+            if conn.dialect.name == "postgresql":
+                _copy_postgres(conn, table_name, schema, batches)
+            else:
+                for batch in batches:
+                    if batch.num_rows:
+                        conn.execute(table.insert(), batch.to_pylist())
+            conn.execute(
+                sa.text(f"INSERT INTO {CATALOG} ({', '.join(_CATALOG_COLUMNS)}) "
+                        f"VALUES ({', '.join(':' + c for c in _CATALOG_COLUMNS)})"),
+                final.row(),
+            )  # fmt: skip
+            view = quote_ident(dataset_view(entry.dataset))
+            if conn.dialect.name == "postgresql":
+                conn.execute(
+                    sa.text(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {quote_ident(table_name)}")
+                )
+            else:
+                conn.execute(sa.text(f"DROP VIEW IF EXISTS {view}"))
+                conn.execute(sa.text(f"CREATE VIEW {view} AS SELECT * FROM {quote_ident(table_name)}"))
+        return final
+
+    @staticmethod
+    def _next_version_in(conn: sa.Connection, dataset: str) -> int:
+        # Lock the catalog so two concurrent ingests of one dataset cannot take the same version number.
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text(f"LOCK TABLE {CATALOG} IN SHARE ROW EXCLUSIVE MODE"))
+        found = conn.execute(
+            sa.text(f"SELECT max(version) FROM {CATALOG} WHERE dataset = :d"), {"d": dataset}
+        )
+        current = found.scalar()
+        return int(current) + 1 if current is not None else 1
+
+    def read_table(self, entry: CatalogEntry, batch_rows: int = 256_000) -> Iterator[pa.RecordBatch]:
+        """Stream a published version (DuckDB: in stored order)."""
+        sql = f"SELECT * FROM {quote_ident(entry.table_name)}"
+        if self._duck is not None:
+            cursor = self._duck.cursor()
+            yield from cursor.sql(sql).to_arrow_reader(batch_rows)
+            return
+        assert self._engine is not None
+        with self._engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(sa.text(sql))
+            for part in result.mappings().partitions():
+                yield pa.RecordBatch.from_pylist([dict(r) for r in part])
+
+
+def _with(entry: CatalogEntry, **changes: Any) -> CatalogEntry:
+    data = {c: getattr(entry, c) for c in _CATALOG_COLUMNS}
+    data.update(changes)
+    return CatalogEntry(**data)
+
+
+def _copy_postgres(
+    conn: sa.Connection, table: str, schema: pa.Schema, batches: Iterator[pa.RecordBatch]
+) -> None:
+    raw = conn.connection.driver_connection
+    assert raw is not None, "a live PostgreSQL connection"
+    cols = ", ".join(quote_ident(f.name) for f in schema)
+    with raw.cursor() as cur, cur.copy(f"COPY {quote_ident(table)} ({cols}) FROM STDIN (FORMAT csv)") as copy:
+        for batch in batches:
+            if not batch.num_rows:
+                continue
+            buf = io.BytesIO()
+            pacsv.write_csv(pa.Table.from_batches([batch]), buf, pacsv.WriteOptions(include_header=False))
+            copy.write(buf.getvalue())
