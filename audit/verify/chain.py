@@ -69,6 +69,14 @@ def check_chunk(state: ChainState, lines: list[bytes], peek: Callable[[], bytes 
     return leaves
 
 
+def _b64_leaf(line: bytes) -> str:
+    return b64(hashlib.sha256(b"\x00" + line).digest())
+
+
+def _fail(reason: str, message: str, index: int, expected: object, found: object) -> AuditIntegrityError:
+    return AuditIntegrityError(reason, message, index=index, expected=str(expected), found=str(found))
+
+
 def _diagnose(
     i: int,
     obj: dict[str, Any],
@@ -80,77 +88,33 @@ def _diagnose(
 ) -> None:
     nxt = _parse(next_line.rstrip(b"\n")) if next_line is not None else None
     next_index = nxt.get("index") if nxt is not None else None
+    next_links_here = nxt is not None and nxt.get("prev") == _b64_leaf(line)
     found = obj.get("index")
-    if found != i or type(found) is not int:
-        if not isinstance(found, int) or isinstance(found, bool):
-            raise AuditIntegrityError(
-                "malformed_entry",
-                f"entry {i} has no integer index",
-                index=i,
-                expected=str(i),
-                found=repr(found),
-            )
+    if not isinstance(found, int) or isinstance(found, bool):
+        raise _fail("malformed_entry", f"entry {i} has no integer index", i, i, repr(found))
+    if found != i:
         if found == i + 1 and next_index == i:
-            raise AuditIntegrityError(
-                "reordered",
-                f"entries {i} and {i + 1} are out of order",
-                index=i,
-                expected=str(i),
-                found=str(found),
-            )
+            raise _fail("reordered", f"entries {i} and {i + 1} are out of order", i, i, found)
         if next_index == i + 1:
-            raise AuditIntegrityError(
-                "altered",
-                f"entry {i} was altered: its index field reads {found}",
-                index=i,
-                expected=str(i),
-                found=str(found),
-            )
+            raise _fail("altered", f"entry {i} was altered: its index field reads {found}", i, i, found)
         if found > i:
-            raise AuditIntegrityError(
-                "missing",
-                f"entry {i} is missing (the next entry present is {found})",
-                index=i,
-                expected=str(i),
-                found=str(found),
-            )
+            raise _fail("missing", f"entry {i} is missing (the next entry present is {found})", i, i, found)
         if line == prev_line:
-            raise AuditIntegrityError(
-                "duplicate",
-                f"entry {found} appears twice (again at position {i})",
-                index=i,
-                expected=str(i),
-                found=str(found),
-            )
-        raise AuditIntegrityError(
-            "inserted",
-            f"an extra entry was inserted: a second, different entry claims index {found}",
-            index=i,
-            expected=str(i),
-            found=str(found),
+            raise _fail("duplicate", f"entry {found} appears twice (again at position {i})", i, i, found)
+        if found == i - 1 and next_links_here:
+            # The next entry chains to this one, so the other claimant of index i-1 is the intruder.
+            raise _fail("inserted", f"an entry outside the chain was inserted at position {i - 1}", i - 1,
+                        i - 1, found)  # fmt: skip
+        raise _fail(
+            "inserted", f"an extra entry was inserted: another entry claims index {found}", i, i, found
         )
     if obj.get("origin") != origin:
-        raise AuditIntegrityError(
-            "altered", f"entry {i} names another log", index=i, expected=origin, found=str(obj.get("origin"))
-        )
+        raise _fail("altered", f"entry {i} names another log", i, origin, obj.get("origin"))
     recorded = obj.get("prev")
     # The link between entries i-1 and i is broken. If entry i still matches what entry i+1 recorded,
     # entry i is intact and entry i-1 changed; otherwise entry i itself (its prev field) changed.
-    if i > 0 and (
-        next_line is None
-        or (nxt is not None and nxt.get("prev") == b64(hashlib.sha256(b"\x00" + line).digest()))
-    ):
-        raise AuditIntegrityError(
-            "altered",
-            f"entry {i - 1} was altered: its hash differs from the prev that entry {i} recorded",
-            index=i - 1,
-            expected=str(recorded),
-            found=expected_prev,
-        )
-    raise AuditIntegrityError(
-        "altered",
-        f"entry {i} was altered: its prev does not match entry {i - 1}'s hash",
-        index=i,
-        expected=expected_prev,
-        found=str(recorded),
-    )
+    if i > 0 and (next_line is None or next_links_here):
+        raise _fail("altered", f"entry {i - 1} was altered: its hash is not the prev entry {i} recorded",
+                    i - 1, recorded, expected_prev)  # fmt: skip
+    raise _fail("altered", f"entry {i} was altered: its prev does not match entry {i - 1}'s hash", i,
+                expected_prev, recorded)  # fmt: skip
