@@ -1,0 +1,122 @@
+"""`fedgate audit keygen | export | verify`: what an operator and an auditor type, and the exit codes."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from audit_helpers import append_samples
+from typer.testing import CliRunner
+
+from audit.keys import load_log_key
+from audit.log import AuditLog
+from gateway.cli import app
+from gateway.settings import load_settings
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    (tmp_path / "policies").mkdir()
+    path = tmp_path / "site.toml"
+    path.write_text(
+        'site_id = "site-de"\njurisdiction = "DE"\nstore_url = "duckdb:///store.duckdb"\n'
+        'audit_url = "sqlite:///audit.db"\npolicy_dir = "policies"\nmaster_key_env = "FEDGATE_TEST_MASTER"\n'
+        'log_key_file = "keys/log.pem"\naudit_origin = "fedgate.example/site-de"\n'
+    )
+    (tmp_path / "keys").mkdir()
+    return path
+
+
+def keygen(config: Path) -> str:
+    result = runner.invoke(app, ["audit", "keygen", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    return result.stdout.strip().splitlines()[-1]
+
+
+def populate(config: Path, n: int = 12) -> None:
+    s = load_settings(config)
+    with AuditLog.open(
+        s.audit_url, s.audit_origin, load_log_key(s.log_key_file), checkpoint_interval_s=None
+    ) as log:
+        append_samples(log, n)
+
+
+def test_keygen_creates_a_private_key_file_and_prints_the_verifier_key(config: Path) -> None:
+    vkey = keygen(config)
+    key_file = config.parent / "keys" / "log.pem"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert vkey.startswith("fedgate.example/site-de+")
+    assert "PRIVATE" not in vkey
+    again = runner.invoke(app, ["audit", "keygen", "--config", str(config)])
+    assert again.exit_code == 2 and "refusing to overwrite" in again.output
+
+
+def test_export_then_verify(config: Path, tmp_path: Path) -> None:
+    vkey = keygen(config)
+    populate(config)
+    out = tmp_path / "log.export"
+    result = runner.invoke(app, ["audit", "export", "--config", str(config), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "exported 12 entries" in result.stdout
+    result = runner.invoke(app, ["audit", "verify", str(out), "--key", vkey])
+    assert result.exit_code == 0, result.output
+    assert "OK fedgate.example/site-de: 12 entries" in result.stdout
+    key_file = tmp_path / "site.vkey"
+    key_file.write_text(vkey + "\n")
+    assert runner.invoke(app, ["audit", "verify", str(out), "--key", str(key_file)]).exit_code == 0
+
+
+def test_verify_names_the_bad_entry_and_exits_1(config: Path, tmp_path: Path) -> None:
+    vkey = keygen(config)
+    populate(config)
+    out = tmp_path / "log.export"
+    runner.invoke(app, ["audit", "export", "--config", str(config), "--out", str(out)])
+    lines = out.read_bytes().split(b"\n")
+    lines[3 + 4] = lines[3 + 4].replace(b'"rows":4', b'"rows":5')
+    out.write_bytes(b"\n".join(lines))
+    result = runner.invoke(app, ["audit", "verify", str(out), "--key", vkey])
+    assert result.exit_code == 1
+    assert "FAILED (altered) at entry 4" in result.stderr
+    assert "expected:" in result.stderr and "found:" in result.stderr
+
+
+def test_verify_since_a_kept_checkpoint(config: Path, tmp_path: Path) -> None:
+    vkey = keygen(config)
+    populate(config, 5)
+    first = tmp_path / "first.export"
+    runner.invoke(app, ["audit", "export", "--config", str(config), "--out", str(first)])
+    kept = tmp_path / "kept.checkpoint"
+    kept.write_bytes(first.read_bytes().split(b"\n", 8)[-1])  # the note after 5 entries and 3 header lines
+    populate(config, 5)
+    second = tmp_path / "second.export"
+    runner.invoke(app, ["audit", "export", "--config", str(config), "--out", str(second)])
+    ok = runner.invoke(app, ["audit", "verify", str(second), "--key", vkey, "--since", str(kept)])
+    assert ok.exit_code == 0, ok.output
+    assert "only grew" in ok.stdout
+    newer = tmp_path / "newer.checkpoint"
+    newer.write_bytes(second.read_bytes().split(b"\n", 13)[-1])
+    rolled = runner.invoke(app, ["audit", "verify", str(first), "--key", vkey, "--since", str(newer)])
+    assert rolled.exit_code == 1 and "rollback" in rolled.stderr
+
+
+def test_too_few_witnesses_exits_3(config: Path, tmp_path: Path) -> None:
+    vkey = keygen(config)
+    populate(config, 3)
+    out = tmp_path / "log.export"
+    runner.invoke(app, ["audit", "export", "--config", str(config), "--out", str(out)])
+    result = runner.invoke(app, ["audit", "verify", str(out), "--key", vkey, "--min-witnesses", "1"])
+    assert result.exit_code == 3 and "FAILED (witnesses)" in result.stderr
+
+
+def test_usage_and_unreadable_files(config: Path, tmp_path: Path) -> None:
+    vkey = keygen(config)
+    assert runner.invoke(app, ["audit", "verify", str(tmp_path / "missing"), "--key", vkey]).exit_code == 4
+    assert runner.invoke(app, ["audit", "verify", str(config), "--key", "not-a-key+00+AA"]).exit_code == 2
+    assert runner.invoke(app, ["audit", "export", "--config", str(tmp_path / "nope.toml"),
+                               "--out", str(tmp_path / "x")]).exit_code == 2  # fmt: skip
+    not_export = tmp_path / "junk"
+    not_export.write_text("hello\n")
+    assert runner.invoke(app, ["audit", "verify", str(not_export), "--key", vkey]).exit_code == 1
