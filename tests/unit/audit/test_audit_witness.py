@@ -144,10 +144,12 @@ def test_request_body_round_trip_and_malformed_bodies(site: AuditLog, witness: W
     req = parse_add_checkpoint_body(body)
     assert req.old_size == 3 and req.checkpoint == note
     assert witness.add_checkpoint_request(body).startswith("\u2014 " + WITNESS + " ")
-    for bad in [b"old x\n\n" + note.encode(), b"old 3\n" + note.encode(), b"new 3\n\n" + note.encode(),
-                b"old 03\n\n" + note.encode(), b"old 3\nnot base64!\n\n" + note.encode(),
-                b"old 3\n" + b"AAAA\n" + b"\n" + note.encode(),
-                b"old 3\n" + b"".join([b"A" * 43 + b"=\n"] * 64) + b"\n" + note.encode(), b"\xff"]:  # fmt: skip
+    text = note.encode()
+    too_long = b"".join([b"A" * 43 + b"=\n"] * 64)
+    bads = [b"old x\n\n" + text, b"old 3\n" + text, b"new 3\n\n" + text, b"old 03\n\n" + text,
+            b"old 3\nnot base64!\n\n" + text, b"old 3\nAAAA\n\n" + text, b"old 3\n" + too_long + b"\n" + text,
+            b"\xff"]  # fmt: skip
+    for bad in bads:
         with pytest.raises(MalformedRequest):
             witness.add_checkpoint_request(bad)
 
