@@ -82,6 +82,12 @@ class AgeRule(_Rule):
     top: int = Field(default=90, ge=1, le=120)
     bottom: int = Field(default=0, ge=0, le=120)
 
+    @field_validator("at", mode="before")
+    @classmethod
+    def _date_as_text(cls, value: Any) -> Any:
+        # YAML reads an unquoted 2020-01-01 as a date; the rule keeps its ISO text.
+        return value.isoformat() if isinstance(value, date) else value
+
     @model_validator(mode="after")
     def _bottom_below_top(self) -> AgeRule:
         if self.bottom >= self.top:

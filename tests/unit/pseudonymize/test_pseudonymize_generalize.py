@@ -1,0 +1,77 @@
+"""Generalization SQL on DuckDB: bands, top and bottom coding, prefixes, coarse dates, numeric bins."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import duckdb
+import pytest
+
+from pseudonymize import generalize as g
+from pseudonymize.spec import AgeRule, DateRule, NumericRule, PostcodeRule
+
+
+def run(expr: str, **params: Any) -> Any:
+    return duckdb.connect().execute(f"SELECT {expr}", params).fetchall()[0][0]
+
+
+def age_rule(**kw: Any) -> AgeRule:
+    return AgeRule(action="generalize", method="age", at="2020-06-15", **kw)
+
+
+@pytest.mark.parametrize(
+    ("birth", "band", "bottom", "top", "expected"),
+    [
+        (date(1950, 6, 16), 5, 0, 90, "65-69"),  # 69 full years: the birthday is a day away
+        (date(1950, 6, 15), 5, 0, 90, "70-74"),
+        (date(1920, 1, 1), 5, 0, 90, "90+"),
+        (date(1935, 1, 1), 10, 0, 90, "80-89"),
+        (date(2010, 1, 1), 10, 40, 80, "<40"),
+        (date(1978, 1, 1), 10, 40, 80, "40-49"),
+        (date(1940, 1, 1), 10, 40, 80, "80+"),
+        (date(1920, 1, 1), 1, 0, 90, 90),
+        (date(2015, 1, 1), 1, 18, 90, 18),
+        (date(2030, 1, 1), 5, 0, 90, None),  # born after the reference date: not an age
+    ],
+)
+def test_age(birth: date, band: int, bottom: int, top: int, expected: object) -> None:
+    rule = age_rule(band=band, bottom=bottom, top=top)
+    assert run(g.age(rule, "$b", "DATE '2020-06-15'"), b=birth) == expected
+
+
+def test_age_band_never_crosses_top() -> None:
+    rule = age_rule(band=10, top=85)
+    assert run(g.age(rule, "$b", "DATE '2020-06-15'"), b=date(1938, 1, 1)) == "80-84"
+
+
+def test_postcode_prefix_and_rare_suppression() -> None:
+    rule = PostcodeRule(action="generalize", method="postcode", keep=3, min_count=2)
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t (pc VARCHAR)")
+    con.execute("INSERT INTO t VALUES ('10115'), ('10117'), (' 10999 '), ('80331'), (NULL), ('sw1a 1aa')")
+    con.execute(f"CREATE TABLE u AS SELECT {g.postcode(rule, 'pc')} AS pc FROM t")
+    con.execute(g.suppress_rare_prefixes_sql("u", "pc", rule.min_count))
+    assert [r[0] for r in con.execute("SELECT pc FROM u").fetchall()] == ["101", "101", "*", "*", None, "*"]
+    con.execute("UPDATE u SET pc = NULL")
+    zero = PostcodeRule(action="generalize", method="postcode", keep=0)
+    assert run(g.postcode(zero, "'10115'")) == "*"
+
+
+def test_coarse_dates() -> None:
+    month = DateRule(action="generalize", method="date", to="month")
+    year = DateRule(action="generalize", method="date", to="year")
+    assert run(g.coarse_date(month, "DATE '2021-03-17'")) == date(2021, 3, 1)
+    assert run(g.coarse_date(year, "DATE '2021-03-17'")) == 2021
+    assert run(g.coarse_date(month, "CAST(NULL AS DATE)")) is None
+
+
+def test_numeric_bins() -> None:
+    width = NumericRule(action="generalize", method="numeric", width=2.5)
+    assert run(g.numeric_bin(width, "23.7")) == "[22.5, 25)"
+    assert run(g.numeric_bin(width, "-0.1")) == "[-2.5, 0)"
+    assert run(g.numeric_bin(width, "CAST('nan' AS DOUBLE)")) is None
+    edges = NumericRule(action="generalize", method="numeric", edges=[18.5, 25, 30])
+    got = [run(g.numeric_bin(edges, str(v))) for v in (10, 18.5, 27, 30, 45)]
+    assert got == ["< 18.5", "[18.5, 25)", "[25, 30)", ">= 30", ">= 30"]
+    assert run(g.numeric_bin(edges, "NULL")) is None

@@ -1,0 +1,223 @@
+"""Ingest end to end: no raw identifier in the store, stable pseudonyms, atomic publish, risk threshold."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pytest
+import sqlalchemy as sa
+
+from connectors import CsvConnector, MalformedRecord, ParquetConnector
+from pseudonymize.errors import IngestError, RiskThresholdError
+from pseudonymize.ingest import ingest, pseudonym_key
+from pseudonymize.keys import SecretKey
+from pseudonymize.pseudonym import pseudonym
+from pseudonymize.spec import load_spec
+from pseudonymize.store import Store
+
+
+def run(source: Path, spec_path: Path, master: SecretKey, store: Store, **kw: object):  # type: ignore[no-untyped-def]
+    return ingest(
+        ParquetConnector(source), load_spec(spec_path), str(spec_path), master, store, jurisdiction="DE", **kw
+    )
+
+
+def all_cells(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], list[object]]:
+    """Every column of every table and view in the store, with its values."""
+    out: dict[tuple[str, str], list[object]] = {}
+    for (table,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall():
+        result = con.execute(f'SELECT * FROM "{table}"')
+        names = [d[0] for d in result.description]
+        rows = result.fetchall()
+        for i, name in enumerate(names):
+            out[(table, name)] = [r[i] for r in rows]
+    return out
+
+
+def test_store_holds_no_raw_identifier(
+    tmp_path: Path, cohort_parquet: Path, cohort_table: pa.Table, spec_path: Path, master: SecretKey
+) -> None:
+    store_file = tmp_path / "store.duckdb"
+    with Store(f"duckdb:///{store_file}") as store:
+        result = run(cohort_parquet, spec_path, master, store)
+        cells = all_cells(store.duckdb)
+    mrns = set(cohort_table["patient_id"].to_pylist())
+    names = set(cohort_table["name"].to_pylist())
+    dobs = cohort_table["birth_date"].to_pylist()
+    raw_text = mrns | names | {d.isoformat() for d in dobs}
+    for (table, column), values in cells.items():
+        assert not raw_text & {str(v) for v in values}, f"raw identifier in {table}.{column}"
+        if values and len(values) == len(dobs):
+            # Rows keep their order: no column holds any patient's own date of birth.
+            assert not any(v == d for v, d in zip(values, dobs, strict=True)), f"{table}.{column}"
+    assert ("ds_cohort", "name") not in cells and ("ds_cohort", "birth_date") not in cells
+    # The file's bytes do not hold the identifiers in the clear either, nor any key material.
+    blob = store_file.read_bytes()
+    for text in list(mrns)[:300] + list(names)[:300]:
+        assert text.encode() not in blob
+    key = pseudonym_key(master, load_spec(spec_path))
+    assert key.hex().encode() not in blob and base64.b64encode(key) not in blob
+    assert result.entry.key_id == master.key_id
+
+
+def test_pseudonyms_are_stable_and_unlinkable_across_agreements(
+    tmp_path: Path, cohort_parquet: Path, spec_path: Path, master: SecretKey
+) -> None:
+    other = tmp_path / "other.spec.yaml"
+    other.write_text(spec_path.read_text().replace("DSA-2026-014", "DSA-2026-099"))
+    with Store(f"duckdb:///{tmp_path / 's.duckdb'}") as store:
+        first = run(cohort_parquet, spec_path, master, store).entry
+        second = run(cohort_parquet, spec_path, master, store).entry
+        third = run(cohort_parquet, other, master, store).entry
+        tokens = {
+            e.version: store.duckdb.execute(f'SELECT patient_id FROM "{e.table_name}"').fetchall()
+            for e in (first, second, third)
+        }
+    assert (first.version, second.version, third.version) == (1, 2, 3)
+    assert tokens[1] == tokens[2] and first.content_digest == second.content_digest
+    assert not {t for (t,) in tokens[1]} & {t for (t,) in tokens[3]}
+    assert first.content_digest != third.content_digest
+
+
+def test_python_pseudonym_finds_the_stored_patient(
+    tmp_path: Path, cohort_parquet: Path, cohort_table: pa.Table, spec_path: Path, master: SecretKey
+) -> None:
+    with Store(f"duckdb:///{tmp_path / 's.duckdb'}") as store:
+        run(cohort_parquet, spec_path, master, store)
+        stored = store.duckdb.execute("SELECT patient_id FROM ds_cohort").fetchall()
+    key = pseudonym_key(master, load_spec(spec_path))
+    mrn = cohort_table["patient_id"][42].as_py()
+    assert (pseudonym(key, mrn),) == stored[42]
+
+
+def test_date_shift_preserves_every_interval(
+    tmp_path: Path, cohort_parquet: Path, cohort_table: pa.Table, spec_path: Path, master: SecretKey
+) -> None:
+    with Store(f"duckdb:///{tmp_path / 's.duckdb'}") as store:
+        run(cohort_parquet, spec_path, master, store)
+        rows = store.duckdb.execute("SELECT admission_date, discharge_date FROM ds_cohort").fetchall()
+    adm = cohort_table["admission_date"].to_pylist()
+    dis = cohort_table["discharge_date"].to_pylist()
+    shifts = [(a2 - a1).days for (a2, _), a1 in zip(rows, adm, strict=True)]
+    assert all(abs(s) <= 180 for s in shifts) and len(set(shifts)) > 50
+    assert [(d2 - a2) for a2, d2 in rows] == [(d1 - a1) for a1, d1 in zip(adm, dis, strict=True)]
+
+
+def test_catalog_records_what_was_published(
+    tmp_path: Path, cohort_parquet: Path, spec_path: Path, master: SecretKey
+) -> None:
+    with Store(f"duckdb:///{tmp_path / 's.duckdb'}") as store:
+        entry = run(cohort_parquet, spec_path, master, store).entry
+        (latest,) = store.catalog("cohort")
+        count = store.duckdb.execute("SELECT count(*) FROM ds_cohort").fetchall()[0][0]
+    assert latest == entry
+    assert entry.row_count == count == 3000
+    assert entry.table_name == "ds_cohort__v1" and entry.dataset == "cohort"
+    assert {"name": "age_band", "type": "string"} in entry.columns
+    assert entry.spec_digest == load_spec(spec_path).digest
+    assert entry.duo == ["DUO:0000042"] and entry.jurisdiction == "DE"
+    assert entry.risk_report["quasi_identifiers"] == ["age_band", "sex", "postcode_area"]
+    assert entry.risk_report["passes"] is True and entry.k_override is False
+    assert len(entry.content_digest) == 64
+
+
+def test_risk_below_threshold_refuses_unless_overridden(
+    tmp_path: Path, cohort_parquet: Path, spec_path: Path, master: SecretKey
+) -> None:
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(spec_path.read_text().replace("k: 5", "k: 1000"))
+    with Store(f"duckdb:///{tmp_path / 's.duckdb'}") as store:
+        with pytest.raises(RiskThresholdError) as err:
+            run(cohort_parquet, strict, master, store)
+        assert err.value.report.k_threshold == 1000 and not err.value.report.passes
+        assert "below the threshold k=1000" in str(err.value)
+        assert store.catalog() == []
+        assert _staging_tables(store) == []
+        entry = run(cohort_parquet, strict, master, store, override_k=True).entry
+    assert entry.k_override is True and entry.risk_report["passes"] is False
+
+
+def test_failed_ingest_keeps_the_previous_version(
+    tmp_path: Path, cohort_table: pa.Table, spec_path: Path, master: SecretKey
+) -> None:
+    good = tmp_path / "good.csv"
+    pacsv.write_csv(cohort_table, good)
+    lines = good.read_text().splitlines(keepends=True)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("".join(lines[:2500]) + "MRN-X,too,few,fields\n" + "".join(lines[2500:]))
+    types = {"birth_date": "date32", "admission_date": "date32", "discharge_date": "date32"}
+    spec = load_spec(spec_path)
+    with Store(f"duckdb:///{tmp_path / 's.duckdb'}") as store:
+        first = ingest(
+            CsvConnector(good, columns=types), spec, str(spec_path), master, store, jurisdiction="DE"
+        ).entry
+        before = store.duckdb.execute("SELECT * FROM ds_cohort").fetchall()
+        with pytest.raises(MalformedRecord) as err:
+            connector = CsvConnector(bad, columns=types)
+            ingest(connector, spec, str(spec_path), master, store, jurisdiction="DE")
+        assert err.value.line == 2501
+        assert store.catalog("cohort") == [first]
+        assert store.duckdb.execute("SELECT * FROM ds_cohort").fetchall() == before
+        assert _staging_tables(store) == []
+
+
+def test_unparsable_date_text_is_named_without_its_value(
+    tmp_path: Path, cohort_table: pa.Table, spec_path: Path, master: SecretKey
+) -> None:
+    table = cohort_table.set_column(
+        cohort_table.schema.get_field_index("admission_date"),
+        "admission_date",
+        pc.if_else(
+            pc.equal(pa.array(range(len(cohort_table))), 7),
+            "31/02/2021",
+            pc.cast(cohort_table["admission_date"], pa.string()),
+        ),
+    )
+    source = tmp_path / "text_dates.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, source)
+    with Store(f"duckdb:///{tmp_path / 's.duckdb'}") as store:
+        with pytest.raises(IngestError) as err:
+            run(source, spec_path, master, store)
+        assert store.catalog() == [] and _staging_tables(store) == []
+    assert "column 'admission_date' holds a value that is not a date" in str(err.value)
+    assert "31/02/2021" not in str(err.value)
+
+
+def test_sqlite_store(tmp_path: Path, cohort_parquet: Path, spec_path: Path, master: SecretKey) -> None:
+    with Store(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        entry = run(cohort_parquet, spec_path, master, store).entry
+        assert store.catalog("cohort") == [entry]
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM ds_cohort")).scalar() == 3000
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgresql_store(pg_url: str, cohort_parquet: Path, spec_path: Path, master: SecretKey) -> None:
+    with Store(pg_url) as store:
+        first = run(cohort_parquet, spec_path, master, store).entry
+        second = run(cohort_parquet, spec_path, master, store).entry
+        assert store.catalog("cohort") == [first, second]
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM ds_cohort")).scalar() == 3000
+        withdrawn = conn.execute(sa.text("SELECT count(*) FROM ds_cohort WHERE consent_withdrawn")).scalar()
+        ages = {r[0] for r in conn.execute(sa.text("SELECT DISTINCT age_band FROM ds_cohort__v2"))}
+    engine.dispose()
+    assert second.version == 2 and first.content_digest == second.content_digest
+    assert 0 < int(withdrawn or 0) < 3000 and "<40" in ages
+
+
+def _staging_tables(store: Store) -> list[str]:
+    rows = store.duckdb.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'staging_%'"
+    ).fetchall()
+    return [r[0] for r in rows]

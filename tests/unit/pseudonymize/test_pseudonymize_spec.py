@@ -1,0 +1,128 @@
+"""Spec files: every bad input names the file, the field and, where it can, the line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from pseudonymize.errors import SpecError
+from pseudonymize.spec import AgeRule, Keep, Pseudonym, load_spec
+from pseudonymize.transform import compile_transform
+
+HEAD = "dataset: cohort\nagreement: DSA-1\npatient_key: pid\ncolumns:\n  pid: {action: pseudonym, identifier: direct}\n"
+
+
+def spec(tmp_path: Path, body: str, name: str = "s.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(body)
+    return path
+
+
+def error(path: Path) -> SpecError:
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    return err.value
+
+
+def test_example_spec_loads(tmp_path: Path) -> None:
+    s = load_spec(
+        spec(tmp_path, HEAD + "  sex: keep\n  dob: {action: generalize, method: age, at: 2020-01-01}\n")
+    )
+    assert isinstance(s.columns["pid"], Pseudonym)
+    assert isinstance(s.columns["sex"], Keep)
+    assert isinstance(s.columns["dob"], AgeRule)
+    assert len(s.digest) == 64 and s.key_context == "DSA-1"
+
+
+def test_unknown_action_names_column_and_line(tmp_path: Path) -> None:
+    err = error(spec(tmp_path, HEAD + "  sex: {action: scramble}\n"))
+    assert err.field == "columns.sex" and err.line == 6 and "unknown action 'scramble'" in str(err)
+
+
+def test_unknown_generalize_method_and_unknown_option(tmp_path: Path) -> None:
+    err = error(spec(tmp_path, HEAD + "  dob: {action: generalize, method: blur}\n"))
+    assert err.field == "columns.dob" and "unknown generalize method 'blur'" in str(err)
+    err = error(spec(tmp_path, HEAD + "  dob: {action: generalize, method: age, at: 2020-01-01, bands: 5}\n"))
+    assert err.field == "columns.dob.bands" and "unknown key" in str(err)
+
+
+def test_direct_identifier_can_never_be_kept(tmp_path: Path) -> None:
+    err = error(spec(tmp_path, HEAD + "  name: {action: keep, identifier: direct}\n"))
+    assert err.field == "columns.name" and err.line == 6
+    assert "may only be pseudonymized or dropped, not keep" in str(err)
+    err = error(spec(tmp_path, HEAD + "  zip: {action: generalize, method: postcode, identifier: direct}\n"))
+    assert "not generalize" in str(err)
+
+
+def test_date_shift_needs_patient_key(tmp_path: Path) -> None:
+    body = "dataset: cohort\nagreement: DSA-1\ncolumns:\n  adm: date_shift\n"
+    assert "required when a column is date_shift" in str(error(spec(tmp_path, body)))
+
+
+def test_exactly_one_key_context(tmp_path: Path) -> None:
+    neither = HEAD.replace("agreement: DSA-1\n", "")
+    assert "exactly one of agreement and project" in str(error(spec(tmp_path, neither)))
+    both = HEAD.replace("agreement: DSA-1\n", "agreement: DSA-1\nproject: P\n")
+    assert "exactly one of agreement and project" in str(error(spec(tmp_path, both)))
+
+
+def test_bad_values(tmp_path: Path) -> None:
+    assert error(spec(tmp_path, HEAD.replace("cohort", "Cohort!"))).field == "dataset"
+    err = error(spec(tmp_path, HEAD + "duo: [DUO-42]\n"))
+    assert err.field == "duo" and "DUO CURIE" in str(err)
+    err = error(spec(tmp_path, HEAD + "  bmi: {action: generalize, method: numeric, edges: [30, 20]}\n"))
+    assert "strictly increasing" in str(err)
+    err = error(
+        spec(tmp_path, HEAD + "  dob: {action: generalize, method: age, at: 2020-01-01, bottom: 95}\n")
+    )
+    assert "bottom must be below top" in str(err)
+    err = error(spec(tmp_path, HEAD + "  dob: {action: generalize, method: age, at: yesterday}\n"))
+    assert err.field == "columns.dob.at"
+
+
+def test_toml_errors_carry_lines(tmp_path: Path) -> None:
+    body = 'dataset = "cohort"\nagreement = "DSA-1"\n[columns]\nsex = "keep"\nname = { action = "keep", identifier = "direct" }\n'
+    err = error(spec(tmp_path, body, "s.toml"))
+    assert err.field == "columns.name" and err.line == 5 and str(err).startswith(f"{tmp_path}/s.toml:5:")
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    assert "spec file not found" in str(error(tmp_path / "nope.yaml"))
+    assert "not valid YAML" in str(error(spec(tmp_path, "columns: [unclosed\n")))
+    assert "must be a mapping" in str(error(spec(tmp_path, "- a\n- b\n")))
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(b"dataset: caf\xe9\n")
+    assert "cannot read spec file" in str(error(bad))
+
+
+def test_every_source_column_needs_a_rule(tmp_path: Path) -> None:
+    s = load_spec(spec(tmp_path, HEAD + "  sex: keep\n"))
+    schema = pa.schema([("pid", pa.string()), ("sex", pa.string()), ("ssn", pa.string())])
+    with pytest.raises(SpecError, match=r"columns.ssn: this source column has no rule"):
+        compile_transform(s, schema, bytes(32), "s.yaml")
+
+
+def test_rule_for_a_column_the_source_lacks(tmp_path: Path) -> None:
+    s = load_spec(spec(tmp_path, HEAD + "  sex: keep\n"))
+    with pytest.raises(SpecError, match=r"columns.sex: the source has no such column"):
+        compile_transform(s, pa.schema([("pid", pa.string())]), bytes(32), "s.yaml")
+
+
+def test_actions_check_column_types(tmp_path: Path) -> None:
+    s = load_spec(spec(tmp_path, HEAD + "  adm: date_shift\n"))
+    schema = pa.schema([("pid", pa.string()), ("adm", pa.int64())])
+    with pytest.raises(
+        SpecError, match=r"columns.adm: date_shift: the source column is of type int64, not a date"
+    ):
+        compile_transform(s, schema, bytes(32), "s.yaml")
+    s = load_spec(spec(tmp_path, HEAD + "  bmi: {action: generalize, method: numeric, width: 5}\n"))
+    schema = pa.schema([("pid", pa.string()), ("bmi", pa.string())])
+    with pytest.raises(SpecError, match=r"not a number"):
+        compile_transform(s, schema, bytes(32), "s.yaml")
+
+
+def test_duplicate_output_names(tmp_path: Path) -> None:
+    err = error(spec(tmp_path, HEAD + "  a: keep\n  b: {action: keep, as: a}\n"))
+    assert "also written by 'a'" in str(err)
