@@ -11,7 +11,10 @@ from pseudonymize.errors import SpecError
 from pseudonymize.spec import AgeRule, Keep, Pseudonym, load_spec
 from pseudonymize.transform import compile_transform
 
-HEAD = "dataset: cohort\nagreement: DSA-1\npatient_key: pid\ncolumns:\n  pid: {action: pseudonym, identifier: direct}\n"
+HEAD = (
+    "dataset: cohort\nagreement: DSA-1\npatient_key: pid\ncolumns:\n"
+    "  pid: {action: pseudonym, identifier: direct}\n"
+)
 
 
 def spec(tmp_path: Path, body: str, name: str = "s.yaml") -> Path:
@@ -83,7 +86,10 @@ def test_bad_values(tmp_path: Path) -> None:
 
 
 def test_toml_errors_carry_lines(tmp_path: Path) -> None:
-    body = 'dataset = "cohort"\nagreement = "DSA-1"\n[columns]\nsex = "keep"\nname = { action = "keep", identifier = "direct" }\n'
+    body = (
+        'dataset = "cohort"\nagreement = "DSA-1"\n[columns]\nsex = "keep"\n'
+        'name = { action = "keep", identifier = "direct" }\n'
+    )
     err = error(spec(tmp_path, body, "s.toml"))
     assert err.field == "columns.name" and err.line == 5 and str(err).startswith(f"{tmp_path}/s.toml:5:")
 
