@@ -13,7 +13,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from gateway.synth import InvalidSynthArgument, OutputNotWritable, Site, SiteCohort, write_cohorts
+from gateway.synth import (
+    InvalidSynthArgument,
+    OutputNotWritable,
+    Site,
+    SiteCohort,
+    check_arguments,
+    check_output,
+    write_cohorts,
+)
 
 
 class OutputFormat(StrEnum):
@@ -35,6 +43,9 @@ def synth(
     errors = Console(stderr=True)
     started = time.perf_counter()
     try:
+        # Check before the progress bar starts, so a refusal prints only the error.
+        check_arguments(sites, rows, seed, fmt.value)
+        check_output(out)
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -44,7 +55,7 @@ def synth(
             console=console,
             transient=True,
         ) as progress:
-            task = progress.add_task("generating", total=rows if rows > 0 else None)
+            task = progress.add_task("generating", total=rows)
             done: dict[str, int] = {}
 
             def report(site: Site, written: int, site_rows: int) -> None:
@@ -57,15 +68,18 @@ def synth(
 
             cohorts = write_cohorts(out, sites, rows, seed, fmt.value, progress=report)
     except InvalidSynthArgument as exc:
-        errors.print(f"[red]error:[/red] --{exc}", highlight=False)
+        errors.print(f"[red]error:[/red] --{exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
     except OutputNotWritable as exc:
-        errors.print(f"[red]error:[/red] --out {exc}", highlight=False)
+        errors.print(f"[red]error:[/red] --out {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
     console.print(_summary(cohorts))
     elapsed = time.perf_counter() - started
     files = f"{out}/<site>/{cohorts[0].path.name}"
-    console.print(f"{rows:,} rows for {sites} site(s) in {elapsed:.1f} s: {files}", highlight=False)
+    # soft_wrap: a path broken over two lines cannot be copied.
+    console.print(
+        f"{rows:,} rows for {sites} site(s) in {elapsed:.1f} s: {files}", highlight=False, soft_wrap=True
+    )
 
 
 def _summary(cohorts: list[SiteCohort]) -> Table:

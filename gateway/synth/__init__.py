@@ -12,7 +12,14 @@ from gateway.synth.cohort import CHUNK_ROWS, MAX_SITE_ROWS, SCHEMA, CaseMix, sit
 from gateway.synth.errors import InvalidSynthArgument, OutputNotWritable, SynthError
 from gateway.synth.sites import COUNTRY_ORDER, Site, SiteProfile, site_for_index, split_rows
 from gateway.synth.vocab import CONSENTS, DIAGNOSIS_CODES, DUO_TERMS
-from gateway.synth.writer import FORMATS, SiteCohort, SynthProgress, check_arguments, write_cohorts
+from gateway.synth.writer import (
+    FORMATS,
+    SiteCohort,
+    SynthProgress,
+    check_arguments,
+    check_output,
+    write_cohorts,
+)
 
 __all__ = [
     "CHUNK_ROWS",
@@ -32,6 +39,7 @@ __all__ = [
     "SynthError",
     "SynthProgress",
     "check_arguments",
+    "check_output",
     "generate_site",
     "site_for_index",
     "split_rows",

@@ -63,6 +63,12 @@ def check_arguments(sites: int, rows: int, seed: int, fmt: str) -> list[int]:
     return per_site
 
 
+def check_output(out: Path) -> None:
+    """Refuse an output location that exists and is not a folder."""
+    if out.exists() and not out.is_dir():
+        raise OutputNotWritable(out, "exists and is not a folder")
+
+
 def write_cohorts(
     out: Path,
     sites: int,
@@ -78,8 +84,7 @@ def write_cohorts(
     per_site = check_arguments(sites, rows, seed, fmt)
     if chunk_rows < 1:
         raise InvalidSynthArgument("chunk_rows", chunk_rows, "must be at least 1")
-    if out.exists() and not out.is_dir():
-        raise OutputNotWritable(out, "exists and is not a folder")
+    check_output(out)
     written = []
     for index, site_rows in enumerate(per_site):
         site = site_for_index(index)
