@@ -1,0 +1,107 @@
+"""Ingest throughput: synthetic rows from Parquet through a 10-column spec into the DuckDB store.
+
+    python bench/ingest.py [--rows N] [--keep DIR]
+
+The source is generated first in a child process, so the peak memory reported is the ingest's own.
+Prints progress lines, then one JSON object as the last line: {"rows", "rows_per_s", "peak_rss_mb", ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SPEC = """\
+dataset: bench
+agreement: DSA-BENCH
+patient_key: patient_id
+duo: [DUO:0000042]
+k_anonymity: {k: 5}
+columns:
+  patient_id: {action: pseudonym, identifier: direct}
+  name: {action: drop, identifier: direct}
+  birth_date: {action: generalize, method: age, at: admission_date, band: 10, bottom: 40, top: 80,
+               as: age_band, identifier: quasi}
+  sex: {action: keep, identifier: quasi}
+  postcode: {action: generalize, method: postcode, keep: 1, min_count: 200, identifier: quasi}
+  admission_date: date_shift
+  discharge_date: date_shift
+  icd10: keep
+  bmi: keep
+  smoking: keep
+"""
+COLUMNS = ["patient_id", "name", "birth_date", "sex", "postcode", "admission_date", "discharge_date",
+           "icd10", "bmi", "smoking"]  # fmt: skip
+
+GENERATE = """
+import sys, pyarrow.parquet as pq
+from gateway.synth import site_for_index
+from gateway.synth.cohort import site_batches
+rows, out, cols = int(sys.argv[1]), sys.argv[2], sys.argv[3].split(",")
+writer = None
+for table, _ in site_batches(site_for_index(0), rows, 2026):
+    table = table.select(cols)
+    writer = writer or pq.ParquetWriter(out, table.schema)
+    writer.write_table(table, row_group_size=1_000_000)
+writer.close()
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--keep", type=Path, help="keep the work folder here instead of a temporary one")
+    args = parser.parse_args()
+
+    from connectors import ParquetConnector
+    from pseudonymize.ingest import ingest
+    from pseudonymize.keys import SecretKey
+    from pseudonymize.spec import load_spec
+    from pseudonymize.store import Store
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="fedgate-bench-ingest-"))
+    work.mkdir(parents=True, exist_ok=True)
+    source = work / "source.parquet"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", GENERATE, str(args.rows), str(source), ",".join(COLUMNS)], check=True)
+    print(f"generated {args.rows:,} rows in {time.perf_counter() - t0:.1f}s -> {source}", flush=True)
+
+    spec_path = work / "bench.spec.yaml"
+    spec_path.write_text(SPEC)
+    master = SecretKey(base64.b64decode(base64.b64encode(os.urandom(32))))
+    store_file = work / "store.duckdb"
+    store_file.unlink(missing_ok=True)
+    with Store(f"duckdb:///{store_file}") as store:
+        start = time.perf_counter()
+        result = ingest(
+            ParquetConnector(source), load_spec(spec_path), str(spec_path), master, store, jurisdiction="DE",
+            override_k=True,
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    entry = result.entry
+    print(f"ingested {entry.row_count:,} rows in {seconds:.2f}s; k={entry.risk_report['smallest_class']}", flush=True)
+    figures = {
+        "rows": entry.row_count,
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(entry.row_count / seconds),
+        "peak_rss_mb": round(peak_mb, 1),
+        "cpus": os.cpu_count(),
+    }
+    if args.keep is None:
+        for path in work.iterdir():
+            path.unlink()
+        work.rmdir()
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
