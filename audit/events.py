@@ -119,7 +119,8 @@ class Number(FieldKind):
             return "must be a number"
         if isinstance(value, float) and not math.isfinite(value):
             return "must be finite"
-        if isinstance(value, int) and abs(value) > _MAX_SAFE_INT:
+        if abs(value) > _MAX_SAFE_INT:
+            # Larger floats serialize as integer digits that a reader cannot hold exactly.
             return "must be within ±(2^53−1)"
         return None
 
