@@ -44,6 +44,17 @@ def is_test_file(path: Path | str) -> bool:
     return str(path).endswith("_test.rego")
 
 
+def derive(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Lookup tables computed once from the data, so the policies need not rebuild them per decision."""
+    duo = data["duo"]
+    return {
+        # graph.reachable wants every node as a key, roots included, in both engines.
+        "duo_parents": {code: term.get("parents", []) for code, term in duo["terms"].items()},
+        "disease_parents": {code: term.get("parents", []) for code, term in duo.get("diseases", {}).items()},
+        "permission_codes": sorted(c for c, term in duo["terms"].items() if term["kind"] == "permission"),
+    }
+
+
 def bundle_digest(policies: tuple[tuple[str, str], ...], data: Mapping[str, Any]) -> str:
     """SHA-256 over RFC 8785 JSON of {policies: {path: sha256(source)}, data}; sorted by JCS itself."""
     document = {
@@ -87,6 +98,7 @@ def load_bundle(
     # The site's jurisdiction comes from settings, not from a file, so one policy folder serves many sites.
     data = json.loads(json.dumps(raw))
     data["site"]["jurisdiction"] = site_jurisdiction
+    data["derived"] = derive(data)
     decision_policies = tuple(p for p in policies if not is_test_file(p[0]))
     digest = bundle_digest(decision_policies, data)
     bundle = PolicyBundle(policy_dir, site_jurisdiction, policies, data, digest)

@@ -4,9 +4,10 @@ package fedgate.agreement
 
 import rego.v1
 
+# Functions come through the alias; rules by full path (see decision.rego for why).
 import data.fedgate.lib
 
-_dsa := lib.dsa
+_dsa := data.fedgate.lib.dsa
 
 _id := input.dsa
 
@@ -109,7 +110,7 @@ allow contains msg if {
 
 # --- thresholds: the tighter of the site default and the agreement ---------------------------------------
 
-_defaults := lib.site.defaults
+_defaults := data.fedgate.lib.site.defaults
 
 _terms := object.get(_dsa, "thresholds", {})
 

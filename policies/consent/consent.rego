@@ -4,33 +4,29 @@ package fedgate.consent
 
 import rego.v1
 
+# Functions come through the alias; rules are read by full path (see decision.rego for why).
 import data.fedgate.lib
 
-npu := "DUO:0000045"
+# DUO modifiers checked against the request from this table, and what each demands. GS, MOR and TS have
+# their own rules (they carry an area or a date). Any other modifier denies (dataset) or excludes the
+# patient (patient consent): a restriction the policy cannot check must not be ignored.
+_demands := {
+	"DUO:0000045": "is for not-for-profit organisations only (DUO:0000045) and the requester's organisation is not registered as one",
+	"DUO:0000046": "is for non-commercial use only (DUO:0000046) and the agreement does not exclude commercial use",
+	"DUO:0000018": "is for not-for-profit, non-commercial use only (DUO:0000018)",
+	"DUO:0000021": "requires ethics approval (DUO:0000021) and the purpose carries no approval id",
+	"DUO:0000020": "requires collaboration with the data holder (DUO:0000020) and the agreement names none",
+	"DUO:0000029": "requires return of results (DUO:0000029) and the agreement does not provide for it",
+	"DUO:0000044": "prohibits population origins or ancestry research (DUO:0000044)",
+}
 
-ncu := "DUO:0000046"
+_dated_or_located := {"DUO:0000022", "DUO:0000024", "DUO:0000025"}
 
-npuncu := "DUO:0000018"
+_terms := data.fedgate_data.duo.terms
 
-irb := "DUO:0000021"
+_dsa := data.fedgate_data.agreements[input.dsa]
 
-gs := "DUO:0000022"
-
-mor := "DUO:0000024"
-
-ts := "DUO:0000025"
-
-col := "DUO:0000020"
-
-rtn := "DUO:0000029"
-
-npoa := "DUO:0000044"
-
-poa := "DUO:0000011"
-
-# Modifiers this policy knows how to check against a request; any other modifier denies (dataset) or
-# excludes the patient (patient consent), because an unchecked restriction must not be ignored.
-handled_modifiers := {npu, ncu, npuncu, irb, gs, mor, ts, col, rtn, npoa}
+_organisation := data.fedgate_data.organisations[input.requester.org]
 
 _dataset_id := input.dataset.id
 
@@ -38,62 +34,48 @@ dataset_codes := lib.strings_of(object.get(input, ["dataset", "duo"], []))
 
 _dataset_diseases := lib.strings_of(object.get(input, ["dataset", "diseases"], []))
 
-purpose_codes := lib.strings_of(object.get(input, ["purpose", "duo"], []))
+purpose_codes := data.fedgate.lib.purpose_codes
 
 _disease := object.get(input, ["purpose", "disease"], null)
 
-_countries := {c | some c in [input.requester.country, input.destination.country]}
+_countries := {input.requester.country, input.destination.country}
 
 _geographic_area := lib.strings_of(input.dataset.geographic_area) if is_array(input.dataset.geographic_area)
 
-else := {lib.site.jurisdiction}
+else := {data.fedgate_data.site.jurisdiction}
 
+# Ancestry research is any purpose at or below DUO:0000011 (POA).
 _ancestry_research if {
 	some p in purpose_codes
-	lib.duo_covers(poa, p)
+	"DUO:0000011" in lib.duo_ancestors(p)
 }
 
 # Modifiers the request satisfies; the same set decides dataset consent and patient consent.
-_non_profit if lib.organisation.non_profit == true
+satisfied contains "DUO:0000045" if _organisation.non_profit == true
 
-_non_commercial if lib.dsa.commercial_use == false
+satisfied contains "DUO:0000046" if _dsa.commercial_use == false
 
-satisfied contains npu if _non_profit
-
-satisfied contains ncu if _non_commercial
-
-satisfied contains npuncu if {
-	_non_profit
-	_non_commercial
+satisfied contains "DUO:0000018" if {
+	_organisation.non_profit == true
+	_dsa.commercial_use == false
 }
 
-satisfied contains irb if {
+satisfied contains "DUO:0000021" if {
 	is_string(input.purpose.ethics_approval_id)
 	input.purpose.ethics_approval_id != ""
 }
 
-satisfied contains gs if {
-	count(_countries) > 0
+satisfied contains "DUO:0000022" if {
 	every c in _countries {
 		c in _geographic_area
 	}
 }
 
-satisfied contains col if lib.dsa.collaboration == true
+satisfied contains "DUO:0000020" if _dsa.collaboration == true
 
-satisfied contains rtn if lib.dsa.return_of_results == true
+satisfied contains "DUO:0000029" if _dsa.return_of_results == true
 
-satisfied contains npoa if not _ancestry_research
-
-# The dated modifiers can be checked only for a dataset, which carries the dates.
-_dataset_satisfied := satisfied | _dated_modifiers_met
-
-_dated_modifiers_met contains mor if lib.valid_date(input.dataset.moratorium_until)
-
-_dated_modifiers_met contains ts if {
-	lib.valid_date(input.dataset.use_until)
-	not lib.after_day(input.dataset.use_until)
-}
+satisfied contains "DUO:0000044" if not _ancestry_research
 
 # --- the purpose -----------------------------------------------------------------------------------------
 
@@ -101,12 +83,12 @@ deny contains "the purpose names no DUO research purpose code" if count(purpose_
 
 deny contains msg if {
 	some p in purpose_codes
-	not lib.is_permission(p)
+	not _terms[p].kind == "permission"
 	msg := sprintf("%s is not a DUO research purpose code", [p])
 }
 
 deny contains msg if {
-	lib.disease_specific in purpose_codes
+	"DUO:0000007" in purpose_codes
 	not is_string(_disease)
 	msg := "disease-specific research (DUO:0000007) needs a disease term in the purpose"
 }
@@ -115,118 +97,84 @@ deny contains msg if {
 
 _dataset_permits(p) if {
 	some c in dataset_codes
-	lib.is_permission(c)
+	_terms[c].kind == "permission"
 	lib.permits(c, _dataset_diseases, p, _disease)
 }
 
+_uncovered := {p | some p in purpose_codes; _terms[p].kind == "permission"; not _dataset_permits(p)}
+
 deny contains msg if {
-	some p in purpose_codes
-	lib.is_permission(p)
-	not _dataset_permits(p)
+	some p in _uncovered
 	msg := sprintf("the consent of dataset %s does not cover the purpose %s", [_dataset_id, lib.duo_label(p)])
 }
 
 deny contains msg if {
 	some c in dataset_codes
-	not lib.duo_terms[c]
+	not _terms[c]
 	msg := sprintf("dataset %s carries %s, which is not a DUO code this site knows", [_dataset_id, c])
 }
 
 deny contains msg if {
 	some c in dataset_codes
-	lib.is_modifier(c)
-	not c in handled_modifiers
+	_terms[c].kind == "modifier"
+	not _demands[c]
+	not c in _dated_or_located
 	msg := sprintf("dataset %s carries the DUO modifier %s, which this site's policy cannot check", [_dataset_id, lib.duo_label(c)])
 }
 
 deny contains msg if {
-	npu in dataset_codes
-	not npu in satisfied
-	msg := sprintf("dataset %s is for not-for-profit organisations only (DUO:0000045) and %s is not registered as one", [_dataset_id, input.requester.org])
+	some c in dataset_codes
+	demand := _demands[c]
+	not c in satisfied
+	msg := sprintf("dataset %s %s", [_dataset_id, demand])
 }
 
 deny contains msg if {
-	ncu in dataset_codes
-	not ncu in satisfied
-	msg := sprintf("dataset %s is for non-commercial use only (DUO:0000046) and %s does not exclude commercial use", [_dataset_id, input.dsa])
-}
-
-deny contains msg if {
-	npuncu in dataset_codes
-	not npuncu in satisfied
-	msg := sprintf("dataset %s is for not-for-profit, non-commercial use only (DUO:0000018)", [_dataset_id])
-}
-
-deny contains msg if {
-	irb in dataset_codes
-	not irb in satisfied
-	msg := sprintf("dataset %s requires ethics approval (DUO:0000021) and the purpose carries no approval id", [_dataset_id])
-}
-
-deny contains msg if {
-	gs in dataset_codes
-	not gs in satisfied
+	"DUO:0000022" in dataset_codes
+	not "DUO:0000022" in satisfied
 	msg := sprintf("dataset %s may be used only in %s (DUO:0000022)", [_dataset_id, concat(", ", sort(_geographic_area))])
 }
 
 deny contains msg if {
-	mor in dataset_codes
-	not mor in _dataset_satisfied
+	"DUO:0000024" in dataset_codes
+	not lib.valid_date(input.dataset.moratorium_until)
 	msg := sprintf("dataset %s carries a publication moratorium (DUO:0000024) without a valid end date", [_dataset_id])
 }
 
 deny contains msg if {
-	ts in dataset_codes
+	"DUO:0000025" in dataset_codes
 	not lib.valid_date(input.dataset.use_until)
 	msg := sprintf("dataset %s carries a time limit on use (DUO:0000025) without a valid end date", [_dataset_id])
 }
 
 deny contains msg if {
-	ts in dataset_codes
+	"DUO:0000025" in dataset_codes
 	lib.after_day(input.dataset.use_until)
 	msg := sprintf("the time limit on use of dataset %s (DUO:0000025) ended on %s", [_dataset_id, input.dataset.use_until])
 }
 
-deny contains msg if {
-	col in dataset_codes
-	not col in satisfied
-	msg := sprintf("dataset %s requires collaboration with the data holder (DUO:0000020) and %s names none", [_dataset_id, input.dsa])
-}
-
-deny contains msg if {
-	rtn in dataset_codes
-	not rtn in satisfied
-	msg := sprintf("dataset %s requires return of results (DUO:0000029) and %s does not provide for it", [_dataset_id, input.dsa])
-}
-
-deny contains msg if {
-	npoa in dataset_codes
-	not npoa in satisfied
-	msg := sprintf("dataset %s prohibits population origins or ancestry research (DUO:0000044)", [_dataset_id])
-}
-
 allow contains msg if {
 	count(purpose_codes) > 0
-	every p in purpose_codes {
-		_dataset_permits(p)
-	}
+	count(_uncovered) == 0
 	msg := sprintf("the consent of dataset %s covers the purpose %s", [_dataset_id, concat(", ", sort(purpose_codes))])
 }
 
 # An open moratorium does not stop the query; the answer carries the date before which it must not be published.
 publication_moratorium_until := input.dataset.moratorium_until if {
-	mor in dataset_codes
+	"DUO:0000024" in dataset_codes
 	lib.before_day(input.dataset.moratorium_until)
 }
 
 # --- patient consent -------------------------------------------------------------------------------------
 
-_permission_codes := {c | some c, term in lib.duo_terms; term.kind == "permission"}
+_permission_codes := {c | some c in data.fedgate_data.derived.permission_codes} if {
+	data.fedgate_data.derived.permission_codes
+} else := {c | some c, term in _terms; term.kind == "permission"}
 
 # Per-patient disease terms are not stored, so a patient's disease-specific consent never matches a purpose.
-_patient_group(p) := sort({c | some c in _permission_codes; c != lib.disease_specific; lib.duo_covers(c, p)})
+_patient_group(p) := sort({c | some c in lib.duo_ancestors(p); c in _permission_codes; c != "DUO:0000007"})
 
-_patient_consent := object.get(lib.site, "patient_consent", {})
+_patient_consent := object.get(data.fedgate_data.site, "patient_consent", {})
 
 # A patient stays in the query when not withdrawn, holding one code of every group in require_any_of, and
 # holding no code outside allowed_codes (unknown and unmet restrictions exclude).

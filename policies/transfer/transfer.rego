@@ -4,11 +4,12 @@ package fedgate.transfer
 
 import rego.v1
 
+# Functions come through the alias; rules by full path (see decision.rego for why).
 import data.fedgate.lib
 
 _rules := data.fedgate_data.transfer
 
-_site := lib.site.jurisdiction
+_site := data.fedgate.lib.site.jurisdiction
 
 _eea := {c | some c in _rules.eea}
 
@@ -19,7 +20,7 @@ else := c
 # Who receives the answer: the requester's country and the declared destination are both checked.
 _recipients := {"requester": input.requester.country, "destination": input.destination.country}
 
-_sccs(c) := [s.id | some s in object.get(lib.dsa, "standard_contractual_clauses", []); c in s.countries]
+_sccs(c) := [s.id | some s in object.get(data.fedgate.lib.dsa, "standard_contractual_clauses", []); c in s.countries]
 
 # The first legal basis that applies, in the order a steward would cite them.
 basis(c) := "the site's own jurisdiction" if c == _site
@@ -46,11 +47,13 @@ deny contains msg if {
 	msg := sprintf("transfers to %s (the %s's country) are blocked by this site", [c, role])
 }
 
+_bases := {role: b | some role, c in _recipients; b := basis(c)}
+
 deny contains msg if {
 	some role, c in _recipients
 	is_string(c)
 	not _blocked(c)
-	not basis(c)
+	not _bases[role]
 	msg := sprintf(
 		"no legal basis to transfer data from %s to %s (the %s's country): no adequacy decision, and %s names no standard contractual clauses for %s",
 		[_site, c, role, input.dsa, c],
@@ -58,8 +61,8 @@ deny contains msg if {
 }
 
 allow contains msg if {
-	some role, c in _recipients
-	b := basis(c)
+	some role, b in _bases
+	c := _recipients[role]
 	msg := sprintf("transfer to %s (the %s's country) rests on %s", [c, role, b])
 }
 
@@ -69,7 +72,7 @@ _export := data.fedgate_data.export_control
 
 _class := _export.classified_datasets[input.dataset.id]
 
-_candidates := {l | some l in object.get(lib.dsa, "export_licences", []); _export.licences[l].class == _class}
+_candidates := {l | some l in object.get(data.fedgate.lib.dsa, "export_licences", []); _export.licences[l].class == _class}
 
 _licence_problems(l) := ((_not_yet_valid(l) | _expired(l)) | _wrong_destinations(l)) | _re_export(l)
 

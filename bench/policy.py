@@ -1,0 +1,158 @@
+"""Decision latency on the embedded engine with 1,000 datasets and 200 agreements loaded.
+
+Each timed call builds the DecisionInput from a request-shaped dict (as the gateway does) and runs the
+fail-closed decide(). Last line: {"p50_us": …, "p99_us": …}. Targets: p50 ≤ 250 µs, p99 ≤ 1 ms.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.decision import DecisionInput, decide, load_bundle
+from gateway.decision.embedded import EmbeddedEngine
+
+ROOT = Path(__file__).resolve().parents[1]
+N_AGREEMENTS = 200
+DATASETS_PER_AGREEMENT = 5
+N_ORGS = 60
+WARMUP = 300
+ITERATIONS = 5000
+COLUMNS = ["age_band", "sex", "bmi", "hba1c", "ldl", "sbp", "diagnosis_year", "insulin", "outcome", "stage"]
+
+
+def _write_data(folder: Path, rng: random.Random) -> list[dict[str, Any]]:
+    """Copy the shipped policies and example vocabularies, then generate a large agreement set."""
+    shutil.copytree(ROOT / "policies", folder, ignore=shutil.ignore_patterns("*_test.rego"))
+    data = folder / "data"
+    countries = ["DE", "FR", "NL", "AT", "JP", "US", "GB", "CH"]
+    orgs = {
+        f"org-{i:03d}": {
+            "name": f"Hospital {i}",
+            "country": countries[i % len(countries)],
+            "non_profit": i % 7 != 0,
+        }
+        for i in range(N_ORGS)
+    }
+    (data / "organisations.json").write_text(json.dumps(orgs))
+    agreements: dict[str, Any] = {}
+    classified: dict[str, str] = {}
+    requests: list[dict[str, Any]] = []
+    for a in range(N_AGREEMENTS):
+        dsa_id = f"DSA-2026-{a:04d}"
+        parties = rng.sample(sorted(orgs), 4)
+        datasets = {}
+        for d in range(DATASETS_PER_AGREEMENT):
+            ds_id = f"ds-{a:04d}-{d}"
+            datasets[ds_id] = {"columns": rng.sample(COLUMNS, 7)}
+            if rng.random() < 0.1:
+                classified[ds_id] = "GEN-SEQ-1"
+        agreements[dsa_id] = {
+            "title": f"Agreement {a}",
+            "parties": parties,
+            "purposes": [rng.choice(["DUO:0000042", "DUO:0000006"])],
+            "commercial_use": False,
+            "collaboration": True,
+            "return_of_results": True,
+            "datasets": datasets,
+            "query_kinds": ["count", "crosstab", "summary", "histogram", "glm", "kaplan_meier"],
+            "approval_kinds": ["glm"],
+            "not_before": "2026-01-01",
+            "not_after": "2027-12-31",
+            "thresholds": {
+                "min_cell_count": rng.choice([10, 15, 20]),
+                "round_to": 5,
+                "max_identical_queries": 10,
+            },
+            "dp": {"epsilon": 0.5, "budget": 5.0} if rng.random() < 0.2 else None,
+            "standard_contractual_clauses": [
+                {"id": f"{dsa_id} schedule 3", "countries": ["US", "JP", "DE", "FR"]}
+            ],
+            "export_licences": ["EXL-2026-003"],
+        }
+        for ds_id, terms in datasets.items():
+            org = parties[0]
+            country = orgs[org]["country"]
+            requests.append(
+                {
+                    "requester": {
+                        "sub": f"researcher-{a}",
+                        "org": org,
+                        "country": country,
+                        "roles": ["researcher"],
+                        "visas": [],
+                    },
+                    "purpose": {"duo": ["DUO:0000006"], "ethics_approval_id": "EC-2026-077"},
+                    "dsa": dsa_id,
+                    "dataset": {
+                        "id": ds_id,
+                        "jurisdiction": "DE",
+                        "duo": ["DUO:0000042", "DUO:0000021", "DUO:0000045"],
+                        "columns": terms["columns"] + ["zip_code"],
+                    },
+                    "query": {
+                        "kind": rng.choice(["count", "crosstab", "summary", "glm"]),
+                        "columns": terms["columns"][:1],
+                        "filters": {
+                            "op": "and",
+                            "args": [
+                                {"column": terms["columns"][1], "op": ">=", "value": 40},
+                                {"column": terms["columns"][2], "op": "=", "value": "F"},
+                            ],
+                        },
+                        "group_by": terms["columns"][3:5],
+                    },
+                    "destination": {"country": country},
+                    "now": "2026-05-01T10:00:00Z",
+                }
+            )
+    (data / "agreements.json").write_text(json.dumps(agreements))
+    export = json.loads((data / "export_control.json").read_text())
+    export["classified_datasets"] = classified
+    (data / "export_control.json").write_text(json.dumps(export))
+    return requests
+
+
+def main() -> None:
+    rng = random.Random(7)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "policies"
+        requests = _write_data(folder, rng)
+        bundle = load_bundle(folder, "DE")
+    engine = EmbeddedEngine(bundle)
+    n_datasets = sum(len(a["datasets"]) for a in bundle.data["agreements"].values())
+    print(
+        f"loaded {len(bundle.data['agreements'])} agreements, {n_datasets} datasets;",
+        f"bundle {bundle.short_digest}",
+    )
+
+    outcomes: dict[str, int] = {}
+    for i in range(WARMUP):
+        decision = decide(engine, DecisionInput.model_validate(requests[i % len(requests)]))
+        outcomes[decision.decision] = outcomes.get(decision.decision, 0) + 1
+    if any(r.startswith("policy evaluation failed") for r in decision.reasons):
+        sys.exit(f"benchmark input does not evaluate: {decision.reasons}")
+
+    samples = []
+    for _ in range(ITERATIONS):
+        raw = requests[rng.randrange(len(requests))]
+        start = time.perf_counter_ns()
+        decide(engine, DecisionInput.model_validate(raw))
+        samples.append((time.perf_counter_ns() - start) / 1000)
+    samples.sort()
+    p50 = statistics.median(samples)
+    p99 = samples[int(len(samples) * 0.99) - 1]
+    print(f"warm-up outcomes: {outcomes}")
+    print(f"{ITERATIONS} decisions: p50 {p50:.0f} µs, p99 {p99:.0f} µs, max {samples[-1]:.0f} µs")
+    print(json.dumps({"p50_us": round(p50, 1), "p99_us": round(p99, 1)}))
+
+
+if __name__ == "__main__":
+    main()
