@@ -1,7 +1,8 @@
 """Synthetic clinical cohorts for the demo, the tests and the benchmarks (`fedgate synth`).
 
-Public API: `generate_site` for one site's table in memory, `write_cohorts` for a federation on disk,
-`site_for_index` for which site sits at a position, `SCHEMA` for the exact columns and types.
+Public API: `generate_site` for one site's table in memory, `site_batches` for the same rows as a stream
+of chunks, `write_cohorts` for a federation on disk, `site_for_index` for which site sits at a position,
+`SCHEMA` for the exact columns and types.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ __all__ = [
     "check_arguments",
     "check_output",
     "generate_site",
+    "site_batches",
     "site_for_index",
     "split_rows",
     "write_cohorts",

@@ -24,6 +24,8 @@ from gateway.synth.sites import Site, site_for_index, split_rows
 Format = Literal["parquet", "csv"]
 FORMATS: tuple[str, ...] = get_args(Format)
 FILE_STEM = "patients"
+# A guard against a typo creating a million folders; far above any federation the demo or benchmarks need.
+MAX_SITES = 1_000
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,8 @@ class SynthProgress(Protocol):
 
 def check_arguments(sites: int, rows: int, seed: int, fmt: str) -> list[int]:
     """Validate the arguments of a run and return the rows each site gets."""
-    if sites < 1:
-        raise InvalidSynthArgument("sites", sites, "must be at least 1")
+    if not 1 <= sites <= MAX_SITES:
+        raise InvalidSynthArgument("sites", sites, f"must be between 1 and {MAX_SITES:,}")
     if rows < 1:
         raise InvalidSynthArgument("rows", rows, "must be at least 1")
     if rows < sites:

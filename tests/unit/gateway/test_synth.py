@@ -13,6 +13,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import statsmodels.formula.api as smf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from statsmodels.duration.hazard_regression import PHReg
 from typer.testing import CliRunner
 
@@ -131,6 +133,27 @@ def test_mrns_are_a_permutation_of_eight_digit_numbers() -> None:
     # A keyed shuffle, not a counter: neighbouring rows get unrelated numbers.
     assert len(np.unique(np.diff(mrns[:1_000]))) > 990
     assert (permutation(rows[:10]) == mrns[:10]).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    site_index=st.integers(0, 25),
+    rows=st.integers(1, 150),
+    seed=st.integers(0, 2**63),
+    chunk_rows=st.integers(1, 200),
+)
+def test_any_small_cohort_is_well_formed_and_reproducible(
+    site_index: int, rows: int, seed: int, chunk_rows: int
+) -> None:
+    table = generate_site(site_index, rows, seed, chunk_rows=chunk_rows)
+    assert table.schema == SCHEMA
+    assert table.num_rows == rows
+    assert table.equals(generate_site(site_index, rows, seed, chunk_rows=chunk_rows))
+    df = table.to_pandas()
+    assert df.patient_id.is_unique
+    assert (df.discharge_date >= df.admission_date).all()
+    assert set(df.sex) <= {"F", "M"}
+    assert (df.event == (df.outcome == "died")).all()
 
 
 # --- value domains ----------------------------------------------------------------------------------------
@@ -347,6 +370,18 @@ def test_output_that_is_a_file_is_refused(tmp_path: Path) -> None:
     assert caught.value.path == target
 
 
+def test_output_below_a_file_is_refused_without_a_traceback(tmp_path: Path) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(OutputNotWritable) as caught:
+        write_cohorts(blocker / "cohorts", 1, 10, 1)
+    assert caught.value.path == blocker / "cohorts" / "site-de"
+    result = CliRunner().invoke(app, ["synth", "--out", str(blocker / "cohorts"), "--rows", "10"])
+    assert result.exit_code == 1
+    assert f"--out {blocker}/cohorts/site-de: " in result.stderr
+    assert "Traceback" not in result.output
+
+
 def test_generate_site_refuses_bad_arguments() -> None:
     for kwargs, argument in [
         ({"site_index": -1, "rows": 10, "seed": 1}, "site_index"),
@@ -397,7 +432,8 @@ def test_cli_writes_csv_on_request(tmp_path: Path) -> None:
     [
         (["--rows", "0"], "--rows must be at least 1"),
         (["--rows", "-10"], "--rows must be at least 1"),
-        (["--sites", "0"], "--sites must be at least 1"),
+        (["--sites", "0"], "--sites must be between 1 and 1,000"),
+        (["--sites", "5000", "--rows", "10000"], "--sites must be between 1 and 1,000"),
         (["--sites", "4", "--rows", "3"], "--rows must be at least the number of sites"),
         (["--seed", "-1"], "--seed must be 0 or more"),
         (["--format", "xml"], "Invalid value for '--format'"),
