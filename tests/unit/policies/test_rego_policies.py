@@ -37,8 +37,10 @@ def test_a_broken_clause_fails_its_tests(tmp_path: Path) -> None:
     policies = tmp_path / "policies"
     shutil.copytree(ROOT / "policies", policies)
     lib = policies / "lib" / "lib.rego"
-    # Off-by-one-day expiry: the kind of slip the test twins exist to catch.
-    lib.write_text(lib.read_text().replace("day_start_ns(d) + _day_ns", "day_start_ns(d) + (2 * _day_ns)"))
+    # An expiry check that can never fire: the kind of slip the test twins exist to catch.
+    source = lib.read_text()
+    assert "\ttoday > d\n" in source
+    lib.write_text(source.replace("\ttoday > d\n", '\ttoday > "9999-12-31"\n'))
     run = _policy_test(str(policies), "--quiet")
     assert run.returncode == 1
     assert "data.fedgate.agreement_test.test_deny_when_dsa_expired: FAIL" in run.stdout
