@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pseudonymize.errors import SpecError
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_DATASET = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+_DATASET = re.compile(r"^[a-z][a-z0-9_-]{0,47}$")
 _DUO = re.compile(r"^DUO:\d{7}$")
 Identifier = Literal["direct", "quasi", "none"]
 
@@ -176,8 +176,9 @@ class PseudonymizationSpec(BaseModel):
     @field_validator("dataset")
     @classmethod
     def _dataset_id(cls, value: str) -> str:
-        if not _DATASET.match(value):
-            raise ValueError("must be lower-case letters, digits and '_', starting with a letter")
+        # "__" separates a dataset from its version in table names (ds_<dataset>__v<n>).
+        if not _DATASET.match(value) or "__" in value:
+            raise ValueError("must be lower-case letters, digits, '-' and single '_', starting with a letter")
         return value
 
     @field_validator("duo")

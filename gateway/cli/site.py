@@ -10,11 +10,14 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from audit.errors import AuditError
 from connectors import ConnectorError, open_source
 from gateway.cli.output import EXIT_FAILED, EXIT_RISK, console, fail
 from gateway.keyring import create_master_key, load_master_key
 from gateway.settings import ConfigError, SiteSettings, load_settings
+from gateway.site_log import local_steward, open_site_log
 from pseudonymize.errors import KeyMaterialError, PseudonymizeError, RiskThresholdError, SpecError, StoreError
+from pseudonymize.ingest import IngestResult
 from pseudonymize.ingest import ingest as run_ingest
 from pseudonymize.keys import SecretKey
 from pseudonymize.spec import load_spec
@@ -56,29 +59,35 @@ def ingest(
         Path | None, typer.Option(help="shared linkage key file, when an agreement grants cross-site linkage")
     ] = None,
 ) -> None:
-    """Pseudonymize a source into the site's store and publish it as the dataset's next version."""
+    """Pseudonymize a source into the site's store and publish it as the dataset's next version.
+
+    Both outcomes are audited: `ingest.published` with the dataset digest, or `ingest.refused` with the
+    reason. The audit log must be usable before any data is read.
+    """
     settings = _settings(config)
     try:
-        parsed = load_spec(spec)
-        if parsed.dataset != dataset:
-            raise SpecError(spec, "dataset", f"the spec is for {parsed.dataset!r}, not --dataset {dataset!r}")
-        master = load_master_key(settings)
-        linkage = SecretKey.from_file(linkage_key) if linkage_key is not None else None
-        options = {k: v for k, v in (("table", table), ("resource_type", resource_type)) if v is not None}
-        connector = open_source(source, **options)
-        with Store(settings.store_url) as store, _progress() as progress:
-            task = progress.add_task(f"ingest {dataset}", total=None)
-            result = run_ingest(
-                connector,
-                parsed,
-                str(spec),
-                master,
-                store,
-                jurisdiction=settings.jurisdiction,
-                override_k=override_k,
-                linkage_key=linkage,
-                on_rows=lambda n: progress.advance(task, n),
-            )
+        log = open_site_log(settings)
+    except AuditError as exc:
+        fail(f"the audit log cannot record this ingest: {exc}", EXIT_FAILED)
+    actor = local_steward(settings)
+    try:
+        try:
+            result = _ingest(settings, dataset, spec, source, table, resource_type, override_k, linkage_key)
+        except (ConnectorError, PseudonymizeError) as exc:
+            log.append("ingest.refused", actor=actor, payload={"dataset": dataset, "reasons": [str(exc)]})
+            raise
+        entry = result.entry
+        log.append(
+            "ingest.published",
+            actor=actor,
+            payload={
+                "dataset": f"{entry.dataset}/v{entry.version}",
+                "dataset_digest": f"sha256:{entry.content_digest}",
+                "rows": entry.row_count,
+                "columns": len(entry.columns),
+                "min_k": int(entry.risk_report.get("smallest_class", 0)),
+            },
+        )
     except RiskThresholdError as exc:
         _print_risk(exc.report.to_dict())
         fail(str(exc), EXIT_RISK)
@@ -86,6 +95,10 @@ def ingest(
         fail(str(exc), EXIT_FAILED)
     except (ConnectorError, PseudonymizeError) as exc:
         fail(str(exc))
+    except AuditError as exc:
+        fail(f"the audit log refused the ingest record: {exc}", EXIT_FAILED)
+    finally:
+        log.close()
     entry = result.entry
     console.print(
         f"[green]published[/] {entry.dataset} v{entry.version}: {entry.row_count:,} rows, "
@@ -94,6 +107,38 @@ def ingest(
     _print_risk(entry.risk_report)
     if entry.k_override:
         console.print("[yellow]published with --override-k: k-anonymity is below the spec's threshold[/]")
+
+
+def _ingest(
+    settings: SiteSettings,
+    dataset: str,
+    spec: Path,
+    source: str,
+    table: str | None,
+    resource_type: str | None,
+    override_k: bool,
+    linkage_key: Path | None,
+) -> IngestResult:
+    parsed = load_spec(spec)
+    if parsed.dataset != dataset:
+        raise SpecError(spec, "dataset", f"the spec is for {parsed.dataset!r}, not --dataset {dataset!r}")
+    master = load_master_key(settings)
+    linkage = SecretKey.from_file(linkage_key) if linkage_key is not None else None
+    options = {k: v for k, v in (("table", table), ("resource_type", resource_type)) if v is not None}
+    connector = open_source(source, **options)
+    with Store(settings.store_url) as store, _progress() as progress:
+        task = progress.add_task(f"ingest {dataset}", total=None)
+        return run_ingest(
+            connector,
+            parsed,
+            str(spec),
+            master,
+            store,
+            jurisdiction=settings.jurisdiction,
+            override_k=override_k,
+            linkage_key=linkage,
+            on_rows=lambda n: progress.advance(task, n),
+        )
 
 
 def catalog(
