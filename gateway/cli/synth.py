@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -68,18 +69,17 @@ def synth(
 
             cohorts = write_cohorts(out, sites, rows, seed, fmt.value, progress=report)
     except InvalidSynthArgument as exc:
-        errors.print(f"[red]error:[/red] --{exc}", highlight=False, soft_wrap=True)
+        errors.print(f"[red]error:[/red] {escape(f'--{exc}')}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
     except OutputNotWritable as exc:
-        errors.print(f"[red]error:[/red] --out {exc}", highlight=False, soft_wrap=True)
+        errors.print(f"[red]error:[/red] {escape(f'--out {exc}')}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
     console.print(_summary(cohorts))
     elapsed = time.perf_counter() - started
     files = f"{out}/<site>/{cohorts[0].path.name}"
-    # soft_wrap: a path broken over two lines cannot be copied.
-    console.print(
-        f"{rows:,} rows for {sites} site(s) in {elapsed:.1f} s: {files}", highlight=False, soft_wrap=True
-    )
+    # soft_wrap: a path broken over two lines cannot be copied; markup off: a path may hold "[...]".
+    message = f"{rows:,} rows for {sites} site(s) in {elapsed:.1f} s: {files}"
+    console.print(message, highlight=False, soft_wrap=True, markup=False)
 
 
 def _summary(cohorts: list[SiteCohort]) -> Table:

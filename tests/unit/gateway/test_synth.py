@@ -453,7 +453,7 @@ def test_cli_bad_arguments_give_a_clear_error_and_no_traceback(
 
 
 def test_cli_refuses_an_output_that_is_a_file(tmp_path: Path) -> None:
-    target = tmp_path / "file.txt"
+    target = tmp_path / "[b]file.txt"  # brackets must print as they are, not as rich markup
     target.write_text("x")
     result = CliRunner().invoke(app, ["synth", "--out", str(target), "--rows", "10"])
     assert result.exit_code == 1
