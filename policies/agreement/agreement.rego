@@ -7,7 +7,7 @@ import rego.v1
 # Functions come through the alias; rules by full path (see decision.rego for why).
 import data.fedgate.lib
 
-_dsa := data.fedgate.lib.dsa
+_dsa := data.fedgate_data.agreements[input.dsa]
 
 _id := input.dsa
 
@@ -110,7 +110,7 @@ allow contains msg if {
 
 # --- thresholds: the tighter of the site default and the agreement ---------------------------------------
 
-_defaults := data.fedgate.lib.site.defaults
+_defaults := data.fedgate_data.site.defaults
 
 _terms := object.get(_dsa, "thresholds", {})
 

@@ -79,12 +79,12 @@ site_deny contains msg if {
 
 site_deny contains msg if {
 	is_string(input.query.kind)
-	not input.query.kind in data.fedgate.lib.site.query_kinds
+	not input.query.kind in data.fedgate_data.site.query_kinds
 	msg := sprintf("this site does not offer %s queries", [input.query.kind])
 }
 
 site_approval contains msg if {
-	input.query.kind in object.get(data.fedgate.lib.site, "approval_kinds", [])
+	input.query.kind in object.get(data.fedgate_data.site, "approval_kinds", [])
 	msg := sprintf("this site requires a steward's approval for %s queries", [input.query.kind])
 }
 

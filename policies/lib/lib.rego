@@ -7,13 +7,6 @@ _date_re := `^[0-9]{4}-[0-9]{2}-[0-9]{2}$`
 
 _timestamp_re := `^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$`
 
-# The agreement the request names; undefined when the site has no such agreement.
-dsa := data.fedgate_data.agreements[input.dsa] if is_string(input.dsa)
-
-site := data.fedgate_data.site
-
-organisation := data.fedgate_data.organisations[input.requester.org] if is_string(input.requester.org)
-
 # Shape checks come before the built-ins: OPA turns a built-in error into "undefined", the embedded engine
 # raises, and the two engines must agree.
 valid_timestamp(ts) if {

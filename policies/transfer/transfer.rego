@@ -9,9 +9,11 @@ import data.fedgate.lib
 
 _rules := data.fedgate_data.transfer
 
-_site := data.fedgate.lib.site.jurisdiction
+_site := data.fedgate_data.site.jurisdiction
 
-_eea := {c | some c in _rules.eea}
+_dsa := data.fedgate_data.agreements[input.dsa]
+
+_eea := _rules.eea
 
 _regime(c) := "EEA" if c in _eea
 
@@ -20,7 +22,7 @@ else := c
 # Who receives the answer: the requester's country and the declared destination are both checked.
 _recipients := {"requester": input.requester.country, "destination": input.destination.country}
 
-_sccs(c) := [s.id | some s in object.get(data.fedgate.lib.dsa, "standard_contractual_clauses", []); c in s.countries]
+_sccs(c) := [s.id | some s in object.get(_dsa, "standard_contractual_clauses", []); c in s.countries]
 
 # The first legal basis that applies, in the order a steward would cite them.
 basis(c) := "the site's own jurisdiction" if c == _site
@@ -72,7 +74,7 @@ _export := data.fedgate_data.export_control
 
 _class := _export.classified_datasets[input.dataset.id]
 
-_candidates := {l | some l in object.get(data.fedgate.lib.dsa, "export_licences", []); _export.licences[l].class == _class}
+_candidates := {l | some l in object.get(_dsa, "export_licences", []); _export.licences[l].class == _class}
 
 _licence_problems(l) := ((_not_yet_valid(l) | _expired(l)) | _wrong_destinations(l)) | _re_export(l)
 
