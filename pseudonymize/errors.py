@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 class PseudonymizeError(Exception):
     """Base of every error raised by `pseudonymize`."""
 
+    @property
+    def audit_reason(self) -> str:
+        """A reason fit for the audit log: no path, no value, no key; subclasses say more."""
+        return type(self).__name__
+
 
 class KeyMaterialError(PseudonymizeError):
     """A key is missing, unreadable, too short, or stored where others can read it."""
@@ -32,8 +37,13 @@ class SpecError(PseudonymizeError):
         self.path = Path(path)
         self.field = field
         self.line = line
+        self.message = message
         where = str(path) + (f":{line}" if line is not None else "")
         super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
+
+    @property
+    def audit_reason(self) -> str:
+        return f"spec {self.field or 'file'}: {self.message}"
 
 
 class RiskThresholdError(PseudonymizeError):
@@ -47,6 +57,10 @@ class RiskThresholdError(PseudonymizeError):
             f"({report.share_below_k:.2%}) are in smaller classes; generalize further or pass the override"
         )
 
+    @property
+    def audit_reason(self) -> str:
+        return str(self)
+
 
 class StoreError(PseudonymizeError):
     """The pseudonymized store cannot be opened, read or written."""
@@ -54,3 +68,12 @@ class StoreError(PseudonymizeError):
 
 class IngestError(PseudonymizeError):
     """An ingest failed before publishing; the previously published version is unchanged."""
+
+    def __init__(self, source: str, detail: str) -> None:
+        self.source = source
+        self.detail = detail
+        super().__init__(f"{source}: {detail}")
+
+    @property
+    def audit_reason(self) -> str:
+        return self.detail

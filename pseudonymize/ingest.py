@@ -117,8 +117,8 @@ def ingest(
             text = str(exc)
             if VALUE_ERROR_MARK in text:
                 detail = text[text.index(VALUE_ERROR_MARK) + len(VALUE_ERROR_MARK) :].strip()
-                raise IngestError(f"{connector.source}: {detail}") from None
-            raise IngestError(f"{connector.source}: pseudonymizing failed ({type(exc).__name__})") from None
+                raise IngestError(connector.source, detail) from None
+            raise IngestError(connector.source, f"pseudonymizing failed ({type(exc).__name__})") from None
         finally:
             con.unregister("source")
         for column, min_count in compiled.rare_prefix_rules:

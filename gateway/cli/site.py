@@ -74,7 +74,7 @@ def ingest(
         try:
             result = _ingest(settings, dataset, spec, source, table, resource_type, override_k, linkage_key)
         except (ConnectorError, PseudonymizeError) as exc:
-            log.append("ingest.refused", actor=actor, payload={"dataset": dataset, "reasons": [str(exc)]})
+            log.append("ingest.refused", actor=actor, payload={"dataset": dataset, "reasons": [_reason(exc)]})
             raise
         entry = result.entry
         log.append(
@@ -107,6 +107,18 @@ def ingest(
     _print_risk(entry.risk_report)
     if entry.k_override:
         console.print("[yellow]published with --override-k: k-anonymity is below the spec's threshold[/]")
+
+
+def _reason(exc: ConnectorError | PseudonymizeError) -> str:
+    """Why an ingest was refused, without the paths, values or key material its message may hold."""
+    if isinstance(exc, PseudonymizeError):
+        return exc.audit_reason
+    where = "".join(
+        f", {label} {value}"
+        for label, value in (("line", exc.line), ("row", exc.row), ("column", exc.column))
+        if value
+    )
+    return f"{type(exc).__name__}: {exc.reason}{where}"
 
 
 def _ingest(

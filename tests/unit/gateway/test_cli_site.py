@@ -1,0 +1,110 @@
+"""`fedgate keygen`, `ingest` and `catalog` through the CLI: exit codes, messages, audit entries."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from audit.log import AuditLog
+from gateway.cli import app
+from gateway.settings import load_settings
+from gateway.synth import generate_site
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    pq.write_table(generate_site(0, 3000, 5), tmp_path / "patients.parquet")
+    config = tmp_path / "examples/site-de/site.toml"
+    assert invoke("keygen", "--config", str(config)).exit_code == 0
+    assert invoke("audit", "keygen", "--config", str(config)).exit_code == 0
+    return config
+
+
+def invoke(*args: str) -> object:
+    return CliRunner().invoke(app, list(args))
+
+
+def ingest(config: Path, *extra: str, source: str | None = None, spec: str | None = None):  # type: ignore[no-untyped-def]
+    base = config.parents[1]
+    return invoke(
+        "ingest", "--config", str(config), "--dataset", "cohort",
+        "--spec", spec or str(base / "cohort.spec.yaml"),
+        "--source", source or str(config.parents[2] / "patients.parquet"), *extra,
+    )  # fmt: skip
+
+
+def audit_events(config: Path) -> list[dict[str, object]]:
+    settings = load_settings(config)
+    with AuditLog.open(settings.audit_url, settings.audit_origin, None, checkpoint_interval_s=None) as log:
+        return [json.loads(e.data) for e in log.entries(0, log.size)]
+
+
+def test_ingest_publishes_and_audits(site: Path) -> None:
+    result = ingest(site)
+    assert result.exit_code == 0, result.output
+    assert "published cohort v1: 3,000 rows" in result.output
+    listing = invoke("catalog", "--config", str(site), "--json")
+    entries = json.loads(listing.output)
+    assert [(e["dataset"], e["version"], e["row_count"]) for e in entries] == [("cohort", 1, 3000)]
+    (event,) = audit_events(site)
+    assert event["type"] == "ingest.published"
+    assert event["payload"]["dataset_digest"] == f"sha256:{entries[0]['content_digest']}"
+
+
+def test_keygen_refuses_to_overwrite(site: Path) -> None:
+    result = invoke("keygen", "--config", str(site))
+    assert result.exit_code == 2 and "refusing to overwrite" in result.output
+
+
+def test_bad_spec_is_exit_2_and_audited_as_refused(site: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(
+        (site.parents[1] / "cohort.spec.yaml")
+        .read_text()
+        .replace("  name: {action: drop", "  nme: {action: drop")
+    )
+    result = ingest(site, spec=str(spec))
+    assert result.exit_code == 2
+    assert "columns.nme: the source has no such column" in result.output or "columns.name" in result.output
+    (event,) = audit_events(site)
+    assert event["type"] == "ingest.refused"
+
+
+def test_missing_source_and_mismatched_dataset(site: Path) -> None:
+    result = ingest(site, source=str(site.parent / "absent.parquet"))
+    assert result.exit_code == 2 and "absent.parquet" in result.output, result.output
+    result = invoke(
+        "ingest", "--config", str(site), "--dataset", "other",
+        "--spec", str(site.parents[1] / "cohort.spec.yaml"), "--source", str(site.parents[2] / "patients.parquet"),
+    )  # fmt: skip
+    assert result.exit_code == 2 and "the spec is for 'cohort', not --dataset 'other'" in result.output
+
+
+def test_risk_refusal_is_exit_3_and_override_publishes(site: Path, tmp_path: Path) -> None:
+    strict = tmp_path / "strict.yaml"
+    strict.write_text((site.parents[1] / "cohort.spec.yaml").read_text().replace("k: 5", "k: 500"))
+    refused = ingest(site, spec=str(strict))
+    assert refused.exit_code == 3 and "below the threshold k=500" in refused.output
+    forced = ingest(site, "--override-k", spec=str(strict))
+    assert forced.exit_code == 0 and "--override-k" in forced.output
+    assert [e["type"] for e in audit_events(site)] == ["ingest.refused", "ingest.published"]
+
+
+def test_missing_master_key_is_refused_before_reading(site: Path) -> None:
+    (site.parent / "keys/master.key").unlink()
+    result = ingest(site)
+    assert result.exit_code == 2 and "key file not found" in result.output
+
+
+def test_missing_log_key_refuses_the_ingest(site: Path) -> None:
+    (site.parent / "keys/log.key").unlink()
+    result = ingest(site)
+    assert result.exit_code == 1 and "audit log cannot record this ingest" in result.output
