@@ -83,7 +83,8 @@ def test_missing_source_and_mismatched_dataset(site: Path) -> None:
     assert result.exit_code == 2 and "absent.parquet" in result.output, result.output
     result = invoke(
         "ingest", "--config", str(site), "--dataset", "other",
-        "--spec", str(site.parents[1] / "cohort.spec.yaml"), "--source", str(site.parents[2] / "patients.parquet"),
+        "--spec", str(site.parents[1] / "cohort.spec.yaml"),
+        "--source", str(site.parents[2] / "patients.parquet"),
     )  # fmt: skip
     assert result.exit_code == 2 and "the spec is for 'cohort', not --dataset 'other'" in result.output
 
