@@ -4,8 +4,12 @@ package fedgate.consent
 
 import rego.v1
 
-# Functions come through the alias; rules are read by full path (see decision.rego for why).
 import data.fedgate.lib
+import data.fedgate_data.agreements
+import data.fedgate_data.duo
+import data.fedgate_data.organisations
+import data.fedgate_data.site
+import input.dataset
 
 # DUO modifiers checked against the request from this table, and what each demands. GS, MOR and TS have
 # their own rules (they carry an area or a date). Any other modifier denies (dataset) or excludes the
@@ -20,44 +24,28 @@ _demands := {
 	"DUO:0000044": "prohibits population origins or ancestry research (DUO:0000044)",
 }
 
-_dated_or_located := {"DUO:0000022", "DUO:0000024", "DUO:0000025"}
+dataset_codes := lib.strings_of(dataset.duo) if is_array(dataset.duo)
 
-_terms := data.fedgate_data.duo.terms
+else := set()
 
-_dsa := data.fedgate_data.agreements[input.dsa]
+_geographic_area := lib.strings_of(dataset.geographic_area) if is_array(dataset.geographic_area)
 
-_organisation := data.fedgate_data.organisations[input.requester.org]
-
-_dataset_id := input.dataset.id
-
-dataset_codes := lib.strings_of(object.get(input, ["dataset", "duo"], []))
-
-_dataset_diseases := lib.strings_of(object.get(input, ["dataset", "diseases"], []))
-
-purpose_codes := data.fedgate.lib.purpose_codes
-
-_disease := object.get(input, ["purpose", "disease"], null)
-
-_countries := {input.requester.country, input.destination.country}
-
-_geographic_area := lib.strings_of(input.dataset.geographic_area) if is_array(input.dataset.geographic_area)
-
-else := {data.fedgate_data.site.jurisdiction}
+else := {site.jurisdiction}
 
 # Ancestry research is any purpose at or below DUO:0000011 (POA).
 _ancestry_research if {
-	some p in purpose_codes
+	some p in data.fedgate.lib.purpose_codes
 	"DUO:0000011" in lib.duo_ancestors(p)
 }
 
 # Modifiers the request satisfies; the same set decides dataset consent and patient consent.
-satisfied contains "DUO:0000045" if _organisation.non_profit == true
+satisfied contains "DUO:0000045" if organisations[input.requester.org].non_profit == true
 
-satisfied contains "DUO:0000046" if _dsa.commercial_use == false
+satisfied contains "DUO:0000046" if agreements[input.dsa].commercial_use == false
 
 satisfied contains "DUO:0000018" if {
-	_organisation.non_profit == true
-	_dsa.commercial_use == false
+	organisations[input.requester.org].non_profit == true
+	agreements[input.dsa].commercial_use == false
 }
 
 satisfied contains "DUO:0000021" if {
@@ -66,122 +54,123 @@ satisfied contains "DUO:0000021" if {
 }
 
 satisfied contains "DUO:0000022" if {
-	every c in _countries {
-		c in _geographic_area
-	}
+	input.requester.country in _geographic_area
+	input.destination.country in _geographic_area
 }
 
-satisfied contains "DUO:0000020" if _dsa.collaboration == true
+satisfied contains "DUO:0000020" if agreements[input.dsa].collaboration == true
 
-satisfied contains "DUO:0000029" if _dsa.return_of_results == true
+satisfied contains "DUO:0000029" if agreements[input.dsa].return_of_results == true
 
 satisfied contains "DUO:0000044" if not _ancestry_research
 
 # --- the purpose -----------------------------------------------------------------------------------------
 
-deny contains "the purpose names no DUO research purpose code" if count(purpose_codes) == 0
+deny contains "the purpose names no DUO research purpose code" if count(data.fedgate.lib.purpose_codes) == 0
 
 deny contains msg if {
-	some p in purpose_codes
-	not _terms[p].kind == "permission"
+	some p in data.fedgate.lib.purpose_codes
+	not duo.terms[p].kind == "permission"
 	msg := sprintf("%s is not a DUO research purpose code", [p])
 }
 
 deny contains msg if {
-	"DUO:0000007" in purpose_codes
-	not is_string(_disease)
+	"DUO:0000007" in data.fedgate.lib.purpose_codes
+	not is_string(input.purpose.disease)
 	msg := "disease-specific research (DUO:0000007) needs a disease term in the purpose"
 }
 
 # --- dataset consent -------------------------------------------------------------------------------------
 
+_dataset_diseases := lib.strings_of(dataset.diseases) if is_array(dataset.diseases)
+
+else := set()
+
 _dataset_permits(p) if {
 	some c in dataset_codes
-	_terms[c].kind == "permission"
-	lib.permits(c, _dataset_diseases, p, _disease)
+	duo.terms[c].kind == "permission"
+	lib.permits(c, _dataset_diseases, p, object.get(input.purpose, "disease", null))
 }
 
-_uncovered := {p | some p in purpose_codes; _terms[p].kind == "permission"; not _dataset_permits(p)}
+_uncovered := {p | some p in data.fedgate.lib.purpose_codes; duo.terms[p].kind == "permission"; not _dataset_permits(p)}
 
 deny contains msg if {
 	some p in _uncovered
-	msg := sprintf("the consent of dataset %s does not cover the purpose %s", [_dataset_id, lib.duo_label(p)])
+	msg := sprintf("the consent of dataset %s does not cover the purpose %s", [dataset.id, lib.duo_label(p)])
 }
 
 deny contains msg if {
 	some c in dataset_codes
-	not _terms[c]
-	msg := sprintf("dataset %s carries %s, which is not a DUO code this site knows", [_dataset_id, c])
+	not duo.terms[c]
+	msg := sprintf("dataset %s carries %s, which is not a DUO code this site knows", [dataset.id, c])
 }
 
 deny contains msg if {
 	some c in dataset_codes
-	_terms[c].kind == "modifier"
+	duo.terms[c].kind == "modifier"
 	not _demands[c]
-	not c in _dated_or_located
-	msg := sprintf("dataset %s carries the DUO modifier %s, which this site's policy cannot check", [_dataset_id, lib.duo_label(c)])
+	not c in {"DUO:0000022", "DUO:0000024", "DUO:0000025"}
+	msg := sprintf("dataset %s carries the DUO modifier %s, which this site's policy cannot check", [dataset.id, lib.duo_label(c)])
 }
 
 deny contains msg if {
 	some c in dataset_codes
 	demand := _demands[c]
 	not c in satisfied
-	msg := sprintf("dataset %s %s", [_dataset_id, demand])
+	msg := sprintf("dataset %s %s", [dataset.id, demand])
 }
 
 deny contains msg if {
 	"DUO:0000022" in dataset_codes
 	not "DUO:0000022" in satisfied
-	msg := sprintf("dataset %s may be used only in %s (DUO:0000022)", [_dataset_id, concat(", ", sort(_geographic_area))])
+	msg := sprintf("dataset %s may be used only in %s (DUO:0000022)", [dataset.id, concat(", ", sort(_geographic_area))])
 }
 
 deny contains msg if {
 	"DUO:0000024" in dataset_codes
-	not lib.valid_date(input.dataset.moratorium_until)
-	msg := sprintf("dataset %s carries a publication moratorium (DUO:0000024) without a valid end date", [_dataset_id])
+	not lib.valid_date(dataset.moratorium_until)
+	msg := sprintf("dataset %s carries a publication moratorium (DUO:0000024) without a valid end date", [dataset.id])
 }
 
 deny contains msg if {
 	"DUO:0000025" in dataset_codes
-	not lib.valid_date(input.dataset.use_until)
-	msg := sprintf("dataset %s carries a time limit on use (DUO:0000025) without a valid end date", [_dataset_id])
+	not lib.valid_date(dataset.use_until)
+	msg := sprintf("dataset %s carries a time limit on use (DUO:0000025) without a valid end date", [dataset.id])
 }
 
 deny contains msg if {
 	"DUO:0000025" in dataset_codes
-	lib.after_day(input.dataset.use_until)
-	msg := sprintf("the time limit on use of dataset %s (DUO:0000025) ended on %s", [_dataset_id, input.dataset.use_until])
+	lib.after_day(dataset.use_until)
+	msg := sprintf("the time limit on use of dataset %s (DUO:0000025) ended on %s", [dataset.id, dataset.use_until])
 }
 
 allow contains msg if {
-	count(purpose_codes) > 0
+	count(data.fedgate.lib.purpose_codes) > 0
 	count(_uncovered) == 0
-	msg := sprintf("the consent of dataset %s covers the purpose %s", [_dataset_id, concat(", ", sort(purpose_codes))])
+	msg := sprintf("the consent of dataset %s covers the purpose %s", [dataset.id, concat(", ", sort(data.fedgate.lib.purpose_codes))])
 }
 
 # An open moratorium does not stop the query; the answer carries the date before which it must not be published.
-publication_moratorium_until := input.dataset.moratorium_until if {
+publication_moratorium_until := dataset.moratorium_until if {
 	"DUO:0000024" in dataset_codes
-	lib.before_day(input.dataset.moratorium_until)
+	lib.before_day(dataset.moratorium_until)
 }
 
 # --- patient consent -------------------------------------------------------------------------------------
 
-_permission_codes := {c | some c in data.fedgate_data.derived.permission_codes} if {
-	data.fedgate_data.derived.permission_codes
-} else := {c | some c, term in _terms; term.kind == "permission"}
+_permission_codes := {c | some c in data.fedgate_data.derived.permission_codes} if data.fedgate_data.derived.permission_codes
+
+else := {c | some c, term in duo.terms; term.kind == "permission"}
 
 # Per-patient disease terms are not stored, so a patient's disease-specific consent never matches a purpose.
 _patient_group(p) := sort({c | some c in lib.duo_ancestors(p); c in _permission_codes; c != "DUO:0000007"})
 
-_patient_consent := object.get(data.fedgate_data.site, "patient_consent", {})
-
 # A patient stays in the query when not withdrawn, holding one code of every group in require_any_of, and
 # holding no code outside allowed_codes (unknown and unmet restrictions exclude).
 consent_filter := {
-	"withdrawn_column": object.get(_patient_consent, "withdrawn_column", "consent_withdrawn"),
-	"consent_column": object.get(_patient_consent, "consent_column", "consent_duo"),
+	"withdrawn_column": object.get(site, ["patient_consent", "withdrawn_column"], "consent_withdrawn"),
+	"consent_column": object.get(site, ["patient_consent", "consent_column"], "consent_duo"),
 	"separator": " ",
-	"require_any_of": [_patient_group(p) | some p in sort(purpose_codes)],
+	"require_any_of": [_patient_group(p) | some p in sort(data.fedgate.lib.purpose_codes)],
 	"allowed_codes": sort(_permission_codes | satisfied),
 }
