@@ -13,7 +13,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from ipaddress import ip_address
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.countries import is_country
@@ -36,10 +39,67 @@ class ConfigError(Exception):
         super().__init__(f"{where}: {what}")
 
 
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return host is not None and ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+JwtAlgorithm = Literal["RS256", "ES256", "EdDSA"]
+
+
+class OidcSettings(BaseModel):
+    """The identity provider whose bearer tokens the gateway accepts (table `[oidc]`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: str = Field(description="the issuer URL; discovery is <issuer>/.well-known/openid-configuration")
+    audience: str = Field(min_length=1, description="the `aud` this gateway's tokens must carry")
+    roles_claim: str = Field(default="roles", description="claim (dotted path) holding the roles")
+    org_claim: str = Field(default="org", description="claim holding the requester's organisation")
+    country_claim: str = Field(default="country", description="claim holding the requester's country")
+    visas_claim: str = Field(default="ga4gh_passport_v1", description="claim holding GA4GH visa JWTs")
+    trusted_visa_issuers: tuple[str, ...] = Field(default=(), description="issuers whose visas are accepted")
+    algorithms: tuple[JwtAlgorithm, ...] = Field(default=("RS256", "ES256", "EdDSA"), min_length=1)
+    leeway_s: int = Field(default=60, ge=0, le=600, description="clock skew allowed on exp/nbf/iat")
+    max_token_age_s: int = Field(default=86_400, ge=60, description="reject tokens issued longer ago")
+    jwks_min_refresh_s: float = Field(default=30.0, ge=0, description="at most one JWKS refetch per interval")
+    http_timeout_s: float = Field(default=5.0, gt=0, le=60)
+
+    @field_validator("issuer")
+    @classmethod
+    def _https_unless_loopback(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname)):
+            return value.rstrip("/")
+        raise ValueError("must be an https:// URL (plain http only on a loopback address)")
+
+
+class ServerSettings(BaseModel):
+    """Where `fedgate serve` listens (table `[server]`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    public_url: str | None = Field(default=None, description="the URL peers and clients use for this gateway")
+
+    @property
+    def is_loopback(self) -> bool:
+        """True when the gateway only listens on this machine."""
+        return _is_loopback(self.host)
+
+
 class SiteSettings(BaseSettings):
     """Everything one site's gateway and CLI need to know about where things are."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
 
     site_id: str = Field(description="short lower-case name of this site, e.g. 'site-de'")
     jurisdiction: str = Field(description="ISO 3166-1 alpha-2 country whose law governs this site's data")
@@ -47,6 +107,11 @@ class SiteSettings(BaseSettings):
         description="SQLAlchemy URL of the pseudonymized store (duckdb:///…, postgresql://…)"
     )
     audit_url: str = Field(description="SQLAlchemy URL of the audit log store (sqlite:///…, postgresql://…)")
+    state_url: str = Field(
+        default="",
+        description="SQLAlchemy URL of the gateway's own state (approvals, query counts); "
+        "default: state.db beside a SQLite audit log",
+    )
     policy_dir: Path = Field(description="folder holding the Rego policies and their data/")
     master_key_file: Path | None = Field(default=None, description="file holding the site master key")
     master_key_env: str | None = Field(
@@ -60,6 +125,8 @@ class SiteSettings(BaseSettings):
     opa_url: str | None = None
     opa_timeout_s: float = Field(default=2.0, gt=0, le=60)
     dev_mode: bool = False
+    oidc: OidcSettings | None = None
+    server: ServerSettings = ServerSettings()
 
     @field_validator("site_id")
     @classmethod
@@ -83,6 +150,11 @@ class SiteSettings(BaseSettings):
             raise ValueError("policy_engine = 'opa' needs opa_url")
         if not self.audit_origin:
             object.__setattr__(self, "audit_origin", f"fedgate.example/{self.site_id}")
+        if not self.state_url:
+            if not self.audit_url.startswith("sqlite:///"):
+                raise ValueError("state_url: required when the audit log is not a SQLite file")
+            audit_file = Path(self.audit_url.removeprefix("sqlite:///").split("?")[0])
+            object.__setattr__(self, "state_url", f"sqlite:///{audit_file.parent / 'state.db'}")
         return self
 
     @classmethod
@@ -108,7 +180,7 @@ def _resolve(base: Path, data: dict[str, Any]) -> dict[str, Any]:
     for key in _PATH_KEYS:
         if isinstance(out.get(key), str) and not Path(out[key]).is_absolute():
             out[key] = str(base / out[key])
-    for key in ("store_url", "audit_url"):
+    for key in ("store_url", "audit_url", "state_url"):
         value = out.get(key)
         if isinstance(value, str):
             m = _URL_PATH.match(value)
@@ -147,7 +219,10 @@ def load_settings(path: Path | str) -> SiteSettings:
             message = "required key is missing"
         else:
             message = first["msg"]
-        line = _line_of(text, key.split(".")[0]) if key else None
+        line = None
+        if key:
+            parts = key.split(".")
+            line = _line_of(text, parts[-1]) or _line_of(text, parts[0])
         raise ConfigError(path, key, message, line) from None
 
 

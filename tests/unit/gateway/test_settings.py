@@ -72,3 +72,36 @@ def test_malformed_toml_and_missing_file(tmp_path: Path) -> None:
         load_settings(write(tmp_path, "site_id = \n"))
     with pytest.raises(ConfigError, match="file not found"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_oidc_and_server_tables(tmp_path: Path) -> None:
+    text = (
+        GOOD
+        + '[oidc]\nissuer = "https://idp.example.org/realms/x/"\naudience = "site-de"\n[server]\nport = 9001\n'
+    )
+    s = load_settings(write(tmp_path, text))
+    assert s.oidc is not None and s.oidc.issuer == "https://idp.example.org/realms/x"
+    assert s.oidc.algorithms == ("RS256", "ES256", "EdDSA")
+    assert s.server.port == 9001 and s.server.is_loopback
+    assert s.state_url == f"sqlite:///{tmp_path}/state.db"
+
+
+def test_oidc_issuer_must_be_https_unless_loopback(tmp_path: Path) -> None:
+    text = GOOD + '[oidc]\nissuer = "http://idp.example.org"\naudience = "a"\n'
+    with pytest.raises(ConfigError, match=r"site.toml:9: oidc.issuer: .*https://") as err:
+        load_settings(write(tmp_path, text))
+    assert err.value.key == "oidc.issuer"
+    ok = GOOD + '[oidc]\nissuer = "http://127.0.0.1:8999"\naudience = "a"\n'
+    assert load_settings(write(tmp_path, ok)).oidc is not None
+
+
+def test_oidc_algorithm_allow_list_rejects_hmac_and_none(tmp_path: Path) -> None:
+    for alg in ("HS256", "none"):
+        text = GOOD + f'[oidc]\nissuer = "https://idp"\naudience = "a"\nalgorithms = ["{alg}"]\n'
+        with pytest.raises(ConfigError, match="oidc.algorithms"):
+            load_settings(write(tmp_path, text))
+
+
+def test_nested_environment_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDGATE_SERVER__PORT", "9100")
+    assert load_settings(write(tmp_path, GOOD)).server.port == 9100
