@@ -10,10 +10,9 @@ from __future__ import annotations
 import re
 import tomllib
 from functools import lru_cache
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, Literal
-
-from ipaddress import ip_address
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator

@@ -98,7 +98,7 @@ def test_oidc_issuer_must_be_https_unless_loopback(tmp_path: Path) -> None:
 def test_oidc_algorithm_allow_list_rejects_hmac_and_none(tmp_path: Path) -> None:
     for alg in ("HS256", "none"):
         text = GOOD + f'[oidc]\nissuer = "https://idp"\naudience = "a"\nalgorithms = ["{alg}"]\n'
-        with pytest.raises(ConfigError, match="oidc.algorithms"):
+        with pytest.raises(ConfigError, match=r"oidc\.algorithms"):
             load_settings(write(tmp_path, text))
 
 
