@@ -77,7 +77,8 @@ def test_malformed_toml_and_missing_file(tmp_path: Path) -> None:
 def test_oidc_and_server_tables(tmp_path: Path) -> None:
     text = (
         GOOD
-        + '[oidc]\nissuer = "https://idp.example.org/realms/x/"\naudience = "site-de"\n[server]\nport = 9001\n'
+        + '[oidc]\nissuer = "https://idp.example.org/realms/x/"\naudience = "site-de"\n'
+        + "[server]\nport = 9001\n"
     )
     s = load_settings(write(tmp_path, text))
     assert s.oidc is not None and s.oidc.issuer == "https://idp.example.org/realms/x"
