@@ -116,9 +116,8 @@ class ConsentFilter(_Frozen):
         """The reference semantics of the predicate for one row; the query compiler must agree with it."""
         if withdrawn is not False or consent_codes is None:
             return False
-        codes = {c for c in consent_codes.split(self.separator) if c}
-        if not codes:
-            return False
+        # An empty value or an empty piece (a doubled or stray separator) is malformed: it excludes.
+        codes = set(consent_codes.split(self.separator))
         if not codes.issubset(self.allowed_codes):
             return False
         return all(codes.intersection(group) for group in self.require_any_of)
