@@ -36,7 +36,12 @@ class PolicyDecisionPoint:
         return decide(self._engine, request)
 
     def reload(self) -> PolicyBundle:
-        """Load the policy folder again; on any error raise it and keep deciding with the last good bundle."""
+        """Load the policy folder again and switch to it; return the bundle now in use.
+
+        An invalid bundle raises PolicyLoadError; an OPA server that refuses the upload raises
+        PolicyEngineUnavailable. Either way this point keeps its last good bundle (an OPA server left
+        half-updated answers with a digest this point does not expect, so its decisions deny).
+        """
         with self._lock:
             bundle = load_bundle(self._settings.policy_dir, self._settings.jurisdiction)
             if bundle.digest != self._bundle.digest:
