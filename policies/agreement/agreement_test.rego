@@ -127,7 +127,7 @@ test_allow_with_required_visa if {
 # --- thresholds ------------------------------------------------------------------------------------------
 
 _obligation(name, d) := value if {
-	value := agreement[name] with input as fx.request with data.fedgate_data as d
+	value := agreement.thresholds[name] with input as fx.request with data.fedgate_data as d
 }
 
 test_dsa_tightens_min_cell_count if {

@@ -32,37 +32,24 @@ _geographic_area := lib.strings_of(dataset.geographic_area) if is_array(dataset.
 
 else := {site.jurisdiction}
 
-# Ancestry research is any purpose at or below DUO:0000011 (POA).
-_ancestry_research if {
-	some p in data.fedgate.lib.purpose_codes
-	"DUO:0000011" in lib.duo_ancestors(p)
-}
-
 # Modifiers the request satisfies; the same set decides dataset consent and patient consent.
-satisfied contains "DUO:0000045" if organisations[input.requester.org].non_profit == true
-
-satisfied contains "DUO:0000046" if agreements[input.dsa].commercial_use == false
-
-satisfied contains "DUO:0000018" if {
-	organisations[input.requester.org].non_profit == true
-	agreements[input.dsa].commercial_use == false
+satisfied := {code |
+	non_profit := object.get(organisations, [input.requester.org, "non_profit"], false) == true
+	non_commercial := object.get(agreements, [input.dsa, "commercial_use"], true) == false
+	approval := object.get(input.purpose, "ethics_approval_id", "")
+	ancestry := count({p | some p in data.fedgate.lib.purpose_codes; "DUO:0000011" in lib.duo_ancestors(p)}) > 0
+	some code, met in {
+		"DUO:0000045": non_profit,
+		"DUO:0000046": non_commercial,
+		"DUO:0000018": {non_profit, non_commercial} == {true},
+		"DUO:0000021": {is_string(approval), approval != ""} == {true},
+		"DUO:0000022": {input.requester.country in _geographic_area, input.destination.country in _geographic_area} == {true},
+		"DUO:0000020": object.get(agreements, [input.dsa, "collaboration"], false) == true,
+		"DUO:0000029": object.get(agreements, [input.dsa, "return_of_results"], false) == true,
+		"DUO:0000044": ancestry == false,
+	}
+	met == true
 }
-
-satisfied contains "DUO:0000021" if {
-	is_string(input.purpose.ethics_approval_id)
-	input.purpose.ethics_approval_id != ""
-}
-
-satisfied contains "DUO:0000022" if {
-	input.requester.country in _geographic_area
-	input.destination.country in _geographic_area
-}
-
-satisfied contains "DUO:0000020" if agreements[input.dsa].collaboration == true
-
-satisfied contains "DUO:0000029" if agreements[input.dsa].return_of_results == true
-
-satisfied contains "DUO:0000044" if not _ancestry_research
 
 # --- the purpose -----------------------------------------------------------------------------------------
 

@@ -117,18 +117,10 @@ _moratorium := m if {
 
 obligations := null if decision == "deny"
 
-else := {
-	"min_cell_count": data.fedgate.agreement.min_cell_count,
-	"round_to": data.fedgate.agreement.round_to,
-	"keep_zero_cells": data.fedgate.agreement.keep_zero_cells,
-	"allowed_columns": data.fedgate.agreement.allowed_columns,
+else := object.union(data.fedgate.agreement.thresholds, {
 	"consent_filter": data.fedgate.consent.consent_filter,
-	"dp": data.fedgate.agreement.dp,
-	"max_identical_queries": data.fedgate.agreement.max_identical_queries,
-	"glm_min_rows": data.fedgate.agreement.glm_min_rows,
-	"glm_max_parameter_ratio": data.fedgate.agreement.glm_max_parameter_ratio,
 	"publication_moratorium_until": _moratorium,
-}
+})
 
 result := {
 	"decision": decision,
