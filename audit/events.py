@@ -30,13 +30,14 @@ _IDENTIFIER_LIKE = (
 
 
 # Ontology terms (consent codes, diseases) carry long digit runs but identify no one.
-_ONTOLOGY_TERM = re.compile(r"^(DUO|MONDO|HP|OMIM|ORPHA|NCIT|EFO|DOID|SNOMEDCT|ICD10|ICD11):[0-9A-Z.]{1,16}$")
+_ONTOLOGY_TERM = re.compile(
+    r"\b(DUO|MONDO|HP|OMIM|ORPHA|NCIT|EFO|DOID|SNOMEDCT|ICD10|ICD11):[0-9A-Z.]{1,16}\b"
+)
 
 
 def identifier_problem(value: str) -> str | None:
     """What identifier or secret `value` looks like, or None when it looks harmless."""
-    if _ONTOLOGY_TERM.match(value):
-        return None
+    value = _ONTOLOGY_TERM.sub(" ", value)
     for pattern, what in _IDENTIFIER_LIKE:
         if pattern.search(value):
             return f"looks like {what}"

@@ -98,6 +98,7 @@ class AuditLog:
         self._key = signing_key
         self._queue = _Queue()
         self._commit_lock = threading.Lock()
+        self._known_size = 0
         self._stop = threading.Event()
         self._checkpointer: threading.Thread | None = None
         if checkpoint_interval_s is not None and signing_key is not None:
@@ -194,35 +195,29 @@ class AuditLog:
         receipts: list[AppendReceipt] = []
         try:
             with self._engines.writer.begin() as conn:
-                row = storage.lock_head(conn)
-                cr = CompactRange.from_state(int(row.size), bytes(row.frontier))
-                prev = bytes(row.last_leaf)
+                head = storage.lock_head_fast(conn)
+                cr = CompactRange.from_state(head.size, head.frontier)
+                prev = head.last_leaf
                 stamp = format_time(time.time())
-                entry_rows: list[Mapping[str, Any]] = []
-                node_rows: list[Mapping[str, Any]] = []
+                entry_rows: list[tuple[int, bytes, bytes]] = []
+                node_rows: list[tuple[int, int, bytes]] = []
                 for p in batch:
                     index = cr.size
                     data = entry_bytes(
                         p.event, index=index, origin_json=self._origin_json, prev=prev, time=stamp
                     )
                     leaf = leaf_hash(data)
-                    for level, i, h in cr.append(leaf):
-                        node_rows.append({"level": level, "idx": i, "hash": h})
-                    entry_rows.append({"idx": index, "leaf": leaf, "body": data})
+                    node_rows.extend(cr.append(leaf))
+                    entry_rows.append((index, leaf, data))
                     receipts.append(AppendReceipt(index, leaf))
                     prev = leaf
-                storage.insert_rows(conn, storage.entries, entry_rows)
-                storage.insert_rows(conn, storage.nodes, node_rows)
-                conn.execute(
-                    storage.head.update()
-                    .where(storage.head.c.id == storage.HEAD_ID)
-                    .values(size=cr.size, last_leaf=prev, frontier=cr.pack())
-                )
+                storage.write_batch(conn, entry_rows, node_rows, storage.HeadState(cr.size, prev, cr.pack()))
         except sa.exc.SQLAlchemyError as exc:
             error = StorageError(f"append failed, nothing was written: {type(exc).__name__}: {exc}")
             for p in batch:
                 p.error, p.done = error, True
             return
+        self._known_size = max(self._known_size, cr.size)
         for p, receipt in zip(batch, receipts, strict=True):
             p.receipt, p.done = receipt, True
 
@@ -246,7 +241,11 @@ class AuditLog:
             return [StoredEntry(int(r.idx), bytes(r.body), bytes(r.leaf)) for r in rows]
 
     def _checked_size(self, conn: Connection, size: int) -> None:
+        # The log only grows, so a size seen once stays valid; only larger sizes need the head row.
+        if 0 <= size <= self._known_size:
+            return
         current = int(storage.read_head(conn).size)
+        self._known_size = max(self._known_size, current)
         if not 0 <= size <= current:
             raise StorageError(f"tree size {size} is beyond the log's size {current}")
 

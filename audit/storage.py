@@ -79,7 +79,7 @@ class Engines:
             self.reader.dispose()
 
 
-def _sqlite_engine(url: sa.URL, begin: str) -> Engine:
+def _sqlite_engine(url: sa.URL, begin: str | None) -> Engine:
     memory = url.database in (None, "", ":memory:")
     kwargs: dict[str, Any] = {"connect_args": {"timeout": 60, "check_same_thread": False}}
     if memory:
@@ -97,9 +97,11 @@ def _sqlite_engine(url: sa.URL, begin: str) -> Engine:
         cur.execute("PRAGMA synchronous = FULL")
         cur.close()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql(begin)
+    if begin is not None:
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql(begin)
 
     return engine
 
@@ -111,7 +113,9 @@ def make_engines(url: str) -> Engines:
         writer = _sqlite_engine(parsed, "BEGIN IMMEDIATE")
         if parsed.database in (None, "", ":memory:"):
             return Engines(writer, writer)
-        return Engines(writer, _sqlite_engine(parsed, "BEGIN"))
+        # Readers run each statement on its own (autocommit): every row they read is immutable once
+        # written, so they need no snapshot and never hold up a writer.
+        return Engines(writer, _sqlite_engine(parsed, None))
     engine = sa.create_engine(parsed, pool_pre_ping=True)
     return Engines(engine, engine)
 
@@ -146,20 +150,70 @@ def read_head(conn: Connection) -> Any:
     return conn.execute(stmt).one()
 
 
+def _marks(conn: Connection, n: int) -> str:
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    return ", ".join([mark] * n)
+
+
 def fetch_nodes(conn: Connection, keys: Iterable[NodeKey]) -> dict[NodeKey, bytes]:
-    """Hashes of the given perfect subtrees: leaves from the entry table, inner nodes from the node table."""
+    """Hashes of the given perfect subtrees in one query: leaves from the entry table, inner nodes from
+    the node table. Plain driver SQL: at a few dozen keys, building SQLAlchemy expressions would cost
+    more than the database does."""
     wanted = set(keys)
     leaves = sorted(i for level, i in wanted if level == 0)
     inner = sorted((level, i) for level, i in wanted if level > 0)
-    found: dict[NodeKey, bytes] = {}
-    if leaves:
-        rows = conn.execute(sa.select(entries.c.idx, entries.c.leaf).where(entries.c.idx.in_(leaves)))
-        found.update({(0, int(r.idx)): bytes(r.leaf) for r in rows})
+    parts: list[str] = []
+    params: list[int] = []
     if inner:
-        cond = sa.or_(*(sa.and_(nodes.c.level == level, nodes.c.idx == i) for level, i in inner))
-        rows = conn.execute(sa.select(nodes.c.level, nodes.c.idx, nodes.c.hash).where(cond))
-        found.update({(int(r.level), int(r.idx)): bytes(r.hash) for r in rows})
-    return found
+        pair = (
+            "(level = ? AND idx = ?)" if conn.dialect.paramstyle == "qmark" else "(level = %s AND idx = %s)"
+        )
+        parts.append(f"SELECT level, idx, hash FROM {nodes.name} WHERE " + " OR ".join([pair] * len(inner)))
+        params.extend(v for key in inner for v in key)
+    if leaves:
+        parts.append(f"SELECT 0, idx, leaf FROM {entries.name} WHERE idx IN ({_marks(conn, len(leaves))})")
+        params.extend(leaves)
+    if not parts:
+        return {}
+    rows = conn.exec_driver_sql(" UNION ALL ".join(parts), tuple(params))
+    return {(int(level), int(idx)): bytes(h) for level, idx, h in rows}
+
+
+@dataclass(frozen=True)
+class HeadState:
+    size: int
+    last_leaf: bytes
+    frontier: bytes
+
+
+def lock_head_fast(conn: Connection) -> HeadState:
+    """`lock_head` in driver SQL, for the append hot path."""
+    lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE"
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = f"SELECT size, last_leaf, frontier FROM {head.name} WHERE id = {mark}{lock}"
+    size, last_leaf, frontier = conn.exec_driver_sql(sql, (HEAD_ID,)).one()
+    return HeadState(int(size), bytes(last_leaf), bytes(frontier))
+
+
+def write_batch(
+    conn: Connection,
+    entry_rows: list[tuple[int, bytes, bytes]],
+    node_rows: list[tuple[int, int, bytes]],
+    new_head: HeadState,
+) -> None:
+    """Insert entries and inner nodes and move the head, as driver-level executemany calls."""
+    conn.exec_driver_sql(
+        f"INSERT INTO {entries.name} (idx, leaf, body) VALUES ({_marks(conn, 3)})", entry_rows
+    )
+    if node_rows:
+        conn.exec_driver_sql(
+            f"INSERT INTO {nodes.name} (level, idx, hash) VALUES ({_marks(conn, 3)})", node_rows
+        )
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    conn.exec_driver_sql(
+        f"UPDATE {head.name} SET size = {mark}, last_leaf = {mark}, frontier = {mark} WHERE id = {mark}",
+        (new_head.size, new_head.last_leaf, new_head.frontier, HEAD_ID),
+    )
 
 
 def insert_rows(conn: Connection, table: sa.Table, rows: list[Mapping[str, Any]]) -> None:

@@ -47,11 +47,30 @@ def check_chunk(state: ChainState, lines: list[bytes], peek: Callable[[], bytes 
     sha = hashlib.sha256
     b2a = binascii.b2a_base64
     leaves = [sha(b"\x00" + line).digest() for line in lines]
+    try:
+        # One decode per chunk; each entry is then scanned where its line starts. A scan that runs past
+        # the line's end (a raw newline inside a value) is caught by comparing with the next newline.
+        text = b"\n".join(lines).decode("utf-8") + "\n"
+    except UnicodeDecodeError:
+        text = None
     origin = state.origin
     i = state.index
     prev = b2a(state.prev_leaf, newline=False).decode()
+    pos = 0
+    scan, find = _scan, (text or "").find
     for j, line in enumerate(lines):
-        obj = _parse(line)
+        obj: Any = None
+        if text is not None:
+            nl = find("\n", pos)
+            try:
+                obj, end = scan(text, pos)
+            except (ValueError, StopIteration):
+                obj, end = None, -1
+            if end != nl or type(obj) is not dict:
+                obj = None
+            pos = nl + 1
+        else:
+            obj = _parse(line)
         if obj is None:
             raise AuditIntegrityError(
                 "malformed_entry", f"entry {i} is not a JSON object on one line", index=i

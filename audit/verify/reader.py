@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import islice
 from typing import IO
 
 from audit import export_format
@@ -17,6 +18,7 @@ class ExportReader:
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
         self._pushback: list[bytes] = []
+        self.consumed = 0  # entry lines handed out so far
         self.origin, self.size = self._header()
 
     def _header(self) -> tuple[str, int]:
@@ -53,16 +55,16 @@ class ExportReader:
         """The `size` entry lines without their newlines, in chunks; a short file ends early."""
         remaining = self.size
         while remaining:
-            chunk: list[bytes] = []
-            while remaining and len(chunk) < CHUNK:
-                line = self._next_line()
-                if line is None:
-                    break
-                chunk.append(line[:-1] if line.endswith(b"\n") else line)
-                remaining -= 1
-            if chunk:
-                yield chunk
-            if len(chunk) < CHUNK and remaining:
+            want = min(CHUNK, remaining)
+            raw = [self._pushback.pop() for _ in range(min(want, len(self._pushback)))]
+            raw.extend(islice(self._stream, want - len(raw)))
+            if not raw:
+                return
+            remaining -= len(raw)
+            self.consumed += len(raw)
+            # A last line without its newline is kept whole; the checkpoint that should follow is missing.
+            yield [line[:-1] if line[-1:] == b"\n" else line for line in raw]
+            if len(raw) < want:
                 return
 
     def rest(self) -> bytes:

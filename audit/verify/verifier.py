@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -11,10 +12,14 @@ from typing import IO
 from audit.checkpoint import Checkpoint, OpenedCheckpoint, open_checkpoint, verify_cosignatures
 from audit.errors import AuditIntegrityError, ForkEvidence, NoteError, SignatureError
 from audit.merkle import CompactRange
-from audit.notes import VerifierKey, parse_note, parse_verifier_key
+from audit.notes import VerifierKey, b64, parse_note, parse_verifier_key
 from audit.verify.chain import ChainState, check_chunk
+from audit.verify.parallel import scan_in_workers
 from audit.verify.reader import ExportReader
 
+# Below this many entries, starting worker processes costs more than it saves.
+PARALLEL_MIN_ENTRIES = 200_000
+MAX_WORKERS = 4
 # Cosignature timestamps further ahead than this are rejected (C2SP lets verifiers reject future ones).
 MAX_CLOCK_SKEW_S = 600
 
@@ -56,12 +61,20 @@ def verify_export(
     *,
     progress: Progress | None = None,
     now: float | None = None,
+    workers: int = 1,
 ) -> VerificationSummary:
     """Verify an export: entries, chain, Merkle root, checkpoint signature, cosignatures, and (with
-    `since`, a checkpoint kept earlier) that the log only grew. Raises AuditIntegrityError."""
+    `since`, a checkpoint kept earlier) that the log only grew. Raises AuditIntegrityError.
+
+    `workers`: processes that hash and parse entries (1: in this process; 0: every core on exports of
+    PARALLEL_MIN_ENTRIES or more). Worker processes are spawned, so a script that passes anything but 1
+    must guard its entry point with `if __name__ == "__main__":`, as multiprocessing requires.
+    """
     if isinstance(source, Path | str):
         with Path(source).open("rb") as f:
-            return verify_export(f, log_key, witness_keys, min_witnesses, since, progress=progress, now=now)
+            return verify_export(
+                f, log_key, witness_keys, min_witnesses, since, progress=progress, now=now, workers=workers
+            )
     lkey = _key(log_key)
     wkeys = [_key(k) for k in witness_keys]
     kept = _open(since, lkey, "since_checkpoint") if since is not None else None
@@ -76,15 +89,20 @@ def verify_export(
     size, snapshot_at = reader.size, kept.checkpoint.size if kept else None
     tree, snapshot = CompactRange(), None
     state = ChainState(reader.origin)
-    for chunk in reader.entry_chunks():
-        start = state.index
-        more = start + len(chunk) < size
-        leaves = check_chunk(state, chunk, reader.peek if more else lambda: None)
+
+    def peek_more() -> bytes | None:
+        return reader.peek() if reader.consumed < size else None
+
+    if workers <= 0:
+        workers = _workers() if size >= PARALLEL_MIN_ENTRIES else 1
+    for start, leaves, root in _checked_chunks(reader, state, workers, peek_more):
         if snapshot_at is not None and start <= snapshot_at < start + len(leaves):
             cut = snapshot_at - start
             tree.extend(leaves[:cut])
             snapshot = tree.root()
             tree.extend(leaves[cut:])
+        elif root is not None and tree.size % len(leaves) == 0:
+            tree.push_subtree(len(leaves).bit_length() - 1, root)
         else:
             tree.extend(leaves)
         if progress is not None:
@@ -115,6 +133,33 @@ def verify_export(
         since_size=kept.checkpoint.size if kept else None,
         checkpoint=current.text,
     )
+
+
+def _workers() -> int:
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
+
+def _checked_chunks(
+    reader: ExportReader, state: ChainState, workers: int, peek_more: Callable[[], bytes | None]
+) -> Iterator[tuple[int, list[bytes], bytes | None]]:
+    """(start, leaf hashes, perfect root or None) per chunk, after the chain checks passed."""
+    if workers <= 1:
+        for lines in reader.entry_chunks():
+            start = state.index
+            more = state.index + len(lines) < reader.size
+            yield start, check_chunk(state, lines, peek_more if more else lambda: None), None
+        return
+    for scanned in scan_in_workers(reader.entry_chunks(), state.origin, workers, peek_more):
+        result, lines = scanned.result, scanned.lines
+        if not result.ok or result.first_prev != b64(state.prev_leaf):
+            # Something is wrong in this chunk: the sequential check names the entry and the reason.
+            more = state.index + len(lines) < reader.size
+            check_chunk(state, lines, scanned.next_line if more else lambda: None)
+        else:
+            state.index += len(lines)
+            state.prev_leaf = result.leaves[-1]
+            state.prev_line = lines[-1]
+        yield scanned.start, result.leaves, result.root
 
 
 def _check_checkpoint(cp: Checkpoint, origin: str, size: int, root: bytes) -> None:

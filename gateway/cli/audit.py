@@ -113,6 +113,9 @@ def verify(
     since: Annotated[
         Path | None, typer.Option("--since", help="a signed checkpoint kept earlier: prove the log only grew")
     ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=0, help="processes hashing entries (0: all cores on large logs)")
+    ] = 0,
 ) -> None:
     """Verify an export offline; exit 0 only when every check holds."""
     log_key = _key_text(key, "--key")
@@ -139,7 +142,9 @@ def verify(
         progress.update(task[0], completed=done)
 
     try:
-        summary = verify_export(file, log_key, witness_keys, min_witnesses, kept, progress=tick)
+        summary = verify_export(
+            file, log_key, witness_keys, min_witnesses, kept, progress=tick, workers=workers
+        )
     except AuditIntegrityError as exc:
         progress.stop()
         _report_failure(exc)
