@@ -140,18 +140,25 @@ def main() -> None:
     if any(r.startswith("policy evaluation failed") for r in decision.reasons):
         sys.exit(f"benchmark input does not evaluate: {decision.reasons}")
 
-    samples = []
+    wall, cpu = [], []
     for _ in range(ITERATIONS):
         raw = requests[rng.randrange(len(requests))]
-        start = time.perf_counter_ns()
+        start, start_cpu = time.perf_counter_ns(), time.thread_time_ns()
         decide(engine, DecisionInput.model_validate(raw))
-        samples.append((time.perf_counter_ns() - start) / 1000)
-    samples.sort()
-    p50 = statistics.median(samples)
-    p99 = samples[int(len(samples) * 0.99) - 1]
+        cpu.append((time.thread_time_ns() - start_cpu) / 1000)
+        wall.append((time.perf_counter_ns() - start) / 1000)
     print(f"warm-up outcomes: {outcomes}")
-    print(f"{ITERATIONS} decisions: p50 {p50:.0f} µs, p99 {p99:.0f} µs, max {samples[-1]:.0f} µs")
+    # CPU time of this thread shows the engine's own cost when other processes share the cores.
+    cpu_p50, cpu_p99 = _percentiles(cpu)
+    print(f"{ITERATIONS} decisions, thread CPU time: p50 {cpu_p50:.0f} µs, p99 {cpu_p99:.0f} µs")
+    p50, p99 = _percentiles(wall)
+    print(f"{ITERATIONS} decisions, wall clock: p50 {p50:.0f} µs, p99 {p99:.0f} µs, max {max(wall):.0f} µs")
     print(json.dumps({"p50_us": round(p50, 1), "p99_us": round(p99, 1)}))
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[int(len(ordered) * 0.99) - 1]
 
 
 if __name__ == "__main__":
