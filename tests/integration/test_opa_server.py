@@ -7,6 +7,7 @@ FEDGATE_TEST_OPA_URL is set (e.g. http://127.0.0.1:8181 from `opa run --server`)
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,22 +128,45 @@ def test_server_running_another_bundle_denies(standin: OpaDataApiStandIn, bundle
     _assert_failed_closed(decide(stale, corpus(1)[0]), f"not the loaded bundle {other.digest[:12]}")
 
 
-def test_decision_point_uses_the_opa_server_from_settings(standin: OpaDataApiStandIn, tmp_path: Path) -> None:
-    settings = SiteSettings(
+def _opa_settings(url: str, tmp_path: Path, policy_dir: Path = POLICIES) -> SiteSettings:
+    return SiteSettings(
         site_id="site-de",
         jurisdiction="DE",
         store_url="duckdb:///:memory:",
         audit_url="sqlite:///:memory:",
-        policy_dir=POLICIES,
+        policy_dir=policy_dir,
         master_key_env="FEDGATE_TEST_UNUSED_KEY",
         log_key_file=tmp_path / "log.key",
         policy_engine="opa",
-        opa_url=standin.url,
+        opa_url=url,
         opa_timeout_s=2.0,
     )
+
+
+def test_decision_point_uses_the_opa_server_from_settings(standin: OpaDataApiStandIn, tmp_path: Path) -> None:
+    settings = _opa_settings(standin.url, tmp_path)
     point = PolicyDecisionPoint(settings)
     assert point.engine.name == "opa"
     before = standin.requests
     decisions = [point.decide(i) for i in corpus(20)]
     assert standin.requests == before + 20
     assert all(d.bundle_digest == point.bundle.digest for d in decisions)
+
+
+def test_reload_the_server_cannot_take_keeps_the_last_good_bundle(tmp_path: Path) -> None:
+    folder = tmp_path / "policies"
+    shutil.copytree(POLICIES, folder)
+    request = corpus(1)[0]
+    with OpaDataApiStandIn() as server:
+        point = PolicyDecisionPoint(_opa_settings(server.url, tmp_path, folder))
+        good = point.bundle.digest
+        assert point.decide(request).bundle_digest == good
+    lib = folder / "lib" / "lib.rego"
+    lib.write_text(lib.read_text() + "\n# a steward's note\n")
+    # The server is gone: publishing the new bundle fails, and the point keeps the bundle it had.
+    with pytest.raises(PolicyEngineUnavailable, match="cannot publish"):
+        point.reload()
+    assert point.bundle.digest == good
+    failed = point.decide(request)
+    assert failed.decision == "deny"
+    assert failed.reasons[0].startswith("policy evaluation failed: ")
