@@ -36,17 +36,22 @@ else := {site.jurisdiction}
 satisfied := {code |
 	non_profit := object.get(organisations, [input.requester.org, "non_profit"], false) == true
 	non_commercial := object.get(agreements, [input.dsa, "commercial_use"], true) == false
-	approval := object.get(input.purpose, "ethics_approval_id", "")
-	ancestry := count({p | some p in data.fedgate.lib.purpose_codes; "DUO:0000011" in lib.duo_ancestors(p)}) > 0
+	has_approval := lib.is_non_empty_string(object.get(input.purpose, "ethics_approval_id", null))
+	outside_area := {input.requester.country, input.destination.country} - _geographic_area
+	within_area := count(outside_area) == 0
+	collaboration := object.get(agreements, [input.dsa, "collaboration"], false) == true
+	return_of_results := object.get(agreements, [input.dsa, "return_of_results"], false) == true
+	ancestry := {p | some p in data.fedgate.lib.purpose_codes; "DUO:0000011" in lib.duo_ancestors(p)}
+	no_ancestry := count(ancestry) == 0
 	some code, met in {
 		"DUO:0000045": non_profit,
 		"DUO:0000046": non_commercial,
 		"DUO:0000018": {non_profit, non_commercial} == {true},
-		"DUO:0000021": {is_string(approval), approval != ""} == {true},
-		"DUO:0000022": {input.requester.country in _geographic_area, input.destination.country in _geographic_area} == {true},
-		"DUO:0000020": object.get(agreements, [input.dsa, "collaboration"], false) == true,
-		"DUO:0000029": object.get(agreements, [input.dsa, "return_of_results"], false) == true,
-		"DUO:0000044": ancestry == false,
+		"DUO:0000021": has_approval,
+		"DUO:0000022": within_area,
+		"DUO:0000020": collaboration,
+		"DUO:0000029": return_of_results,
+		"DUO:0000044": no_ancestry,
 	}
 	met == true
 }

@@ -58,6 +58,12 @@ else := code
 
 strings_of(xs) := {x | some x in xs; is_string(x)}
 
+# true or false, never undefined, so it can be a value in an object.
+is_non_empty_string(v) := true if {
+	is_string(v)
+	v != ""
+} else := false
+
 purpose_codes := strings_of(input.purpose.duo) if is_array(input.purpose.duo)
 
 else := set()
