@@ -72,6 +72,11 @@ def check_chunk(state: ChainState, lines: list[bytes], peek: Callable[[], bytes 
         else:
             obj = _parse(line)
         if obj is None:
+            if line == origin.encode():
+                # The checkpoint note (it starts with the origin) sits where entry i should be.
+                raise _fail(
+                    "truncated", f"the entries end before entry {i}", i, f"entry {i}", "the checkpoint"
+                )
             raise AuditIntegrityError(
                 "malformed_entry", f"entry {i} is not a JSON object on one line", index=i
             )

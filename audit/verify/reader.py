@@ -67,6 +67,11 @@ class ExportReader:
             if len(raw) < want:
                 return
 
+    def skip_to_rest(self) -> None:
+        """The caller read the entries itself and left the stream at the checkpoint."""
+        self._pushback.clear()
+        self.consumed = self.size
+
     def rest(self) -> bytes:
         """Everything after the entries: the signed checkpoint note."""
         head = b"".join(reversed(self._pushback))

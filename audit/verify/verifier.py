@@ -13,8 +13,9 @@ from audit.checkpoint import Checkpoint, OpenedCheckpoint, open_checkpoint, veri
 from audit.errors import AuditIntegrityError, ForkEvidence, NoteError, SignatureError
 from audit.merkle import CompactRange
 from audit.notes import VerifierKey, b64, parse_note, parse_verifier_key
+from audit.verify import reader as export_reader
 from audit.verify.chain import ChainState, check_chunk
-from audit.verify.parallel import scan_in_workers
+from audit.verify.parallel import Chunk, chunk_table, read_lines, scan_in_workers
 from audit.verify.reader import ExportReader
 
 # Below this many entries, starting worker processes costs more than it saves.
@@ -72,37 +73,49 @@ def verify_export(
     """
     if isinstance(source, Path | str):
         with Path(source).open("rb") as f:
-            return verify_export(
-                f, log_key, witness_keys, min_witnesses, since, progress=progress, now=now, workers=workers
+            return _verify(
+                f, str(source), log_key, witness_keys, min_witnesses, since, progress, now, workers
             )
+    return _verify(source, None, log_key, witness_keys, min_witnesses, since, progress, now, workers)
+
+
+def _verify(
+    source: IO[bytes],
+    path: str | None,
+    log_key: str | VerifierKey,
+    witness_keys: Sequence[str | VerifierKey],
+    min_witnesses: int,
+    since: str | bytes | None,
+    progress: Progress | None,
+    now: float | None,
+    workers: int,
+) -> VerificationSummary:
     lkey = _key(log_key)
     wkeys = [_key(k) for k in witness_keys]
     kept = _open(since, lkey, "since_checkpoint") if since is not None else None
     reader = ExportReader(source)
     if kept is not None and kept.checkpoint.origin != reader.origin:
         raise AuditIntegrityError(
-            "since_checkpoint_origin",
-            "the kept checkpoint is of another log",
-            expected=reader.origin,
-            found=kept.checkpoint.origin,
-        )
+            "since_checkpoint_origin", "the kept checkpoint is of another log",
+            expected=reader.origin, found=kept.checkpoint.origin,
+        )  # fmt: skip
     size, snapshot_at = reader.size, kept.checkpoint.size if kept else None
     tree, snapshot = CompactRange(), None
     state = ChainState(reader.origin)
-
-    def peek_more() -> bytes | None:
-        return reader.peek() if reader.consumed < size else None
-
     if workers <= 0:
         workers = _workers() if size >= PARALLEL_MIN_ENTRIES else 1
-    for start, leaves, root in _checked_chunks(reader, state, workers, peek_more):
-        if snapshot_at is not None and start <= snapshot_at < start + len(leaves):
+    if workers > 1 and path is not None:
+        chunks = _checked_in_workers(source, path, reader, state, workers, snapshot_at)
+    else:
+        chunks = _checked_here(reader, state)
+    for start, count, leaves, root in chunks:
+        if snapshot_at is not None and start <= snapshot_at < start + count:
             cut = snapshot_at - start
             tree.extend(leaves[:cut])
             snapshot = tree.root()
             tree.extend(leaves[cut:])
-        elif root is not None and tree.size % len(leaves) == 0:
-            tree.push_subtree(len(leaves).bit_length() - 1, root)
+        elif not leaves and root is not None:
+            tree.push_subtree(count.bit_length() - 1, root)
         else:
             tree.extend(leaves)
         if progress is not None:
@@ -111,12 +124,9 @@ def verify_export(
         snapshot = tree.root()
     if state.index < size:
         raise AuditIntegrityError(
-            "truncated",
-            f"the export announces {size} entries but holds {state.index}",
-            index=state.index,
-            expected=str(size),
-            found=str(state.index),
-        )
+            "truncated", f"the export announces {size} entries but holds {state.index}",
+            index=state.index, expected=str(size), found=str(state.index),
+        )  # fmt: skip
     note = reader.rest()
     current = _open(note, lkey, "checkpoint")
     cp = current.checkpoint
@@ -125,41 +135,66 @@ def verify_export(
         _check_grew(kept, current, snapshot)
     witnesses = _check_witnesses(note, wkeys, min_witnesses, now)
     return VerificationSummary(
-        origin=cp.origin,
-        size=cp.size,
-        root=cp.root,
-        log_key=lkey.text(),
-        witnesses=witnesses,
-        since_size=kept.checkpoint.size if kept else None,
-        checkpoint=current.text,
-    )
+        origin=cp.origin, size=cp.size, root=cp.root, log_key=lkey.text(), witnesses=witnesses,
+        since_size=kept.checkpoint.size if kept else None, checkpoint=current.text,
+    )  # fmt: skip
 
 
 def _workers() -> int:
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 
-def _checked_chunks(
-    reader: ExportReader, state: ChainState, workers: int, peek_more: Callable[[], bytes | None]
-) -> Iterator[tuple[int, list[bytes], bytes | None]]:
-    """(start, leaf hashes, perfect root or None) per chunk, after the chain checks passed."""
-    if workers <= 1:
-        for lines in reader.entry_chunks():
-            start = state.index
-            more = state.index + len(lines) < reader.size
-            yield start, check_chunk(state, lines, peek_more if more else lambda: None), None
-        return
-    for scanned in scan_in_workers(reader.entry_chunks(), state.origin, workers, peek_more):
-        result, lines = scanned.result, scanned.lines
-        if not result.ok or result.first_prev != b64(state.prev_leaf):
-            # Something is wrong in this chunk: the sequential check names the entry and the reason.
-            more = state.index + len(lines) < reader.size
-            check_chunk(state, lines, scanned.next_line if more else lambda: None)
-        else:
-            state.index += len(lines)
-            state.prev_leaf = result.leaves[-1]
-            state.prev_line = lines[-1]
-        yield scanned.start, result.leaves, result.root
+Checked = Iterator[tuple[int, int, list[bytes], bytes | None]]  # start, count, leaves, perfect root
+
+
+def _checked_here(reader: ExportReader, state: ChainState) -> Checked:
+    """Chunks checked in this process."""
+
+    def peek_more() -> bytes | None:
+        return reader.peek() if reader.consumed < reader.size else None
+
+    for lines in reader.entry_chunks():
+        start = state.index
+        more = state.index + len(lines) < reader.size
+        leaves = check_chunk(state, lines, peek_more if more else lambda: None)
+        yield start, len(lines), leaves, None
+
+
+def _checked_in_workers(
+    source: IO[bytes],
+    path: str,
+    reader: ExportReader,
+    state: ChainState,
+    workers: int,
+    snapshot_at: int | None,
+) -> Checked:
+    """Chunks checked by worker processes that read the file themselves."""
+    size = export_reader.CHUNK
+    table, end = chunk_table(source, source.tell(), reader.size, size)
+
+    def want_leaves(chunk: Chunk) -> bool:
+        partial = chunk.count != size
+        return partial or (snapshot_at is not None and chunk.start <= snapshot_at < chunk.start + chunk.count)
+
+    for k, (chunk, result) in enumerate(scan_in_workers(path, table, state.origin, workers, want_leaves)):
+        if result.ok and result.first_prev == b64(state.prev_leaf):
+            state.index += chunk.count
+            state.prev_leaf, state.prev_line = result.last_leaf, None
+            yield chunk.start, chunk.count, result.leaves, result.root
+            continue
+        # Something is wrong in this chunk: the sequential check names the entry and the reason.
+        if k > 0:
+            state.prev_line = read_lines(path, table[k - 1])[-1]
+        following = table[k + 1] if k + 1 < len(table) else None
+        lines = read_lines(path, chunk)
+
+        def peek(nxt: Chunk | None = following) -> bytes | None:
+            return read_lines(path, nxt)[0] if nxt else None
+
+        leaves = check_chunk(state, lines, peek)
+        yield chunk.start, len(lines), leaves, None
+    source.seek(end)
+    reader.skip_to_rest()
 
 
 def _check_checkpoint(cp: Checkpoint, origin: str, size: int, root: bytes) -> None:

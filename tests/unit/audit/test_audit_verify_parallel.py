@@ -64,6 +64,7 @@ def test_chunked_verification(exported: tuple[list[bytes], str, str], tmp_path: 
     swapped[15], swapped[16] = swapped[16], swapped[15]
     cases.append((swapped, "reordered", 15))
     cases.append(([*entries[:8], entries[7], *entries[8:]], "duplicate", 8))
+    cases.append((entries[:30], "truncated", 30))
     for i, (bad, reason, index) in enumerate(cases):
         with pytest.raises(AuditIntegrityError) as err:
             verify_export(write(tmp_path / f"bad{i}", bad, note), vkey, workers=workers)
