@@ -148,6 +148,7 @@ def ingest(
             risk_report=risk.to_dict(),
             source=connector.source,
             k_override=override_k and not risk.passes,
+            patient_column=spec.output_column(spec.patient_key) if spec.patient_key else None,
         )
         if store.is_duckdb:
             published = store.publish_duckdb_table(staging, entry)

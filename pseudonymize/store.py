@@ -30,6 +30,7 @@ CATALOG = "fedgate_catalog"
 _CATALOG_COLUMNS = (
     "dataset", "version", "table_name", "published_at", "row_count", "columns", "content_digest",
     "spec_digest", "key_id", "key_context", "duo", "jurisdiction", "risk_report", "source", "k_override",
+    "patient_column",
 )  # fmt: skip
 _JSON_FIELDS = ("columns", "duo", "risk_report")
 
@@ -53,6 +54,8 @@ class CatalogEntry:
     risk_report: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     k_override: bool = False
+    #: the stored column holding the patient pseudonym (for consent withdrawals), when the spec names one
+    patient_column: str | None = None
 
     def row(self) -> dict[str, Any]:
         """The entry as a catalog row, JSON fields serialized."""
@@ -93,7 +96,7 @@ _CATALOG_DDL = f"""CREATE TABLE IF NOT EXISTS {CATALOG} (
     content_digest VARCHAR NOT NULL, spec_digest VARCHAR NOT NULL, key_id VARCHAR NOT NULL,
     key_context VARCHAR NOT NULL, duo VARCHAR NOT NULL, jurisdiction VARCHAR NOT NULL,
     risk_report VARCHAR NOT NULL, source VARCHAR NOT NULL, k_override BOOLEAN NOT NULL,
-    PRIMARY KEY (dataset, version))"""
+    patient_column VARCHAR, PRIMARY KEY (dataset, version))"""
 
 
 def _sa_type(t: pa.DataType) -> sa.types.TypeEngine[Any]:

@@ -121,6 +121,7 @@ def test_catalog_records_what_was_published(
     assert {"name": "age_band", "type": "string"} in entry.columns
     assert entry.spec_digest == load_spec(spec_path).digest
     assert entry.duo == ["DUO:0000042"] and entry.jurisdiction == "DE"
+    assert entry.patient_column == "patient_id" and entry.key_context == "DSA-2026-014"
     assert entry.risk_report["quasi_identifiers"] == ["age_band", "sex", "postcode_area"]
     assert entry.risk_report["passes"] is True and entry.k_override is False
     assert len(entry.content_digest) == 64
