@@ -1,0 +1,56 @@
+"""Errors of output disclosure control; a message names the rule and threshold, never a hidden value.
+
+PseudonymizeError                   (pseudonymize.errors)
+└── DisclosureError                 an answer cannot be released as asked
+    ├── QuerySetTooSmall            the filtered set has fewer rows than min_cell_count
+    ├── ComplementTooSmall          the filter leaves out between 1 and min_cell_count - 1 rows (a tracker)
+    ├── InvalidRules                thresholds that cannot be applied (min_cell_count or round_to below 1)
+    └── InvalidAggregate            the executor's table lacks the shape disclosure control needs
+"""
+
+from __future__ import annotations
+
+from pseudonymize.errors import PseudonymizeError
+
+
+class DisclosureError(PseudonymizeError):
+    """Base of every refusal by disclosure control; `reason` is written for the researcher."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+    @property
+    def audit_reason(self) -> str:
+        return self.reason
+
+
+class QuerySetTooSmall(DisclosureError):
+    """The rows a query selects are fewer than the minimum cell count."""
+
+    def __init__(self, min_cell_count: int) -> None:
+        self.min_cell_count = min_cell_count
+        super().__init__(
+            f"the query selects fewer than {min_cell_count} rows; an answer must rest on at least "
+            f"{min_cell_count} rows (min_cell_count)"
+        )
+
+
+class ComplementTooSmall(DisclosureError):
+    """The filter leaves out a group so small that comparing with the unfiltered answer would isolate it."""
+
+    def __init__(self, min_cell_count: int) -> None:
+        self.min_cell_count = min_cell_count
+        super().__init__(
+            f"the filter leaves out fewer than {min_cell_count} rows of the dataset; comparing its answer "
+            f"with the unfiltered one would reveal that small group, so a filter must leave out none or at "
+            f"least {min_cell_count} rows (min_cell_count)"
+        )
+
+
+class InvalidRules(DisclosureError):
+    """Thresholds that cannot be applied; the gateway must refuse rather than release unprotected."""
+
+
+class InvalidAggregate(DisclosureError):
+    """The aggregate table handed to disclosure control is malformed (missing column, negative count...)."""

@@ -1,0 +1,101 @@
+"""What disclosure control released and why: the protected table, its report, JSON-ready records."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+import numpy as np
+import pandas as pd
+
+from pseudonymize.disclosure.rules import DisclosureRules
+from pseudonymize.disclosure.suppression import Status
+
+# Stable values of the `suppression_reason` column; the report says the same in sentences.
+REASON_BELOW_MIN: Final = "below min_cell_count"
+REASON_COMPLEMENTARY: Final = "complementary"
+REASON_FOR: Final = {
+    Status.RELEASED: None,
+    Status.PRIMARY: REASON_BELOW_MIN,
+    Status.COMPLEMENTARY: REASON_COMPLEMENTARY,
+}
+
+
+@dataclass(frozen=True)
+class DisclosureReport:
+    """Counts of what was hidden, the thresholds applied, and the reasons as a researcher reads them."""
+
+    kind: str
+    cells: int
+    margins: int
+    suppressed_primary: int
+    suppressed_complementary: int
+    min_cell_count: int
+    round_to: int
+    reasons: tuple[str, ...]
+
+    @property
+    def suppressed(self) -> int:
+        return self.suppressed_primary + self.suppressed_complementary
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "reasons": list(self.reasons), "suppressed": self.suppressed}
+
+
+def explain(
+    unit: str,
+    primary: int,
+    complementary: int,
+    rules: DisclosureRules,
+    *,
+    hidden_part: str,
+    rounded: str | None,
+) -> tuple[str, ...]:
+    """Sentences such as "3 cells below the minimum of 10 suppressed; 2 more ...", no value ever named."""
+    m = rules.min_cell_count
+    reasons: list[str] = []
+    if primary:
+        plural = unit if primary == 1 else unit + "s"
+        reasons.append(f"{primary} {plural} below the minimum of {m} suppressed{hidden_part}")
+    else:
+        reasons.append(f"no {unit} below the minimum of {m}; nothing suppressed for size")
+    if complementary:
+        reasons.append(
+            f"{complementary} more suppressed so that the suppressed ones cannot be recovered from the totals"
+        )
+    if rules.keep_zero_cells:
+        reasons.append("zero counts are shown as zero, as the agreement allows")
+    if rounded and rules.round_to > 1:
+        reasons.append(f"{rounded} rounded to the nearest multiple of {rules.round_to}")
+    return tuple(reasons)
+
+
+def _json_value(value: Any) -> Any:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@dataclass(frozen=True)
+class ProtectedTable:
+    """The releasable table (hidden values are NA, never the number) and its disclosure report."""
+
+    frame: pd.DataFrame
+    report: DisclosureReport
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """Rows as JSON-ready dicts: Python scalars, None for every suppressed or undefined value."""
+        columns = list(self.frame.columns)
+        return [
+            {col: _json_value(v) for col, v in zip(columns, row, strict=True)}
+            for row in self.frame.itertuples(index=False, name=None)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole answer as JSON-ready data: its rows and what disclosure control did."""
+        return {"rows": self.to_records(), "disclosure": self.report.to_dict()}
