@@ -1,0 +1,74 @@
+"""Stewards replace policy data (agreements, country lists, …) through the API: validated, atomic, audited.
+
+A new document is checked as part of a whole bundle in a scratch copy of the policy folder first; only a
+bundle that loads is written (to a temporary file, then renamed over the old one) and reloaded. On any
+error the files and the running bundle stay as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gateway.decision import PolicyBundle, PolicyDecisionPoint, load_bundle
+from gateway.decision.errors import PolicyDataError, PolicyLoadError, PolicySourceError
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+class PolicyDataRejected(Exception):
+    """A replacement document was refused; `field` names where inside it, when known."""
+
+    def __init__(self, name: str, field: str | None, message: str) -> None:
+        self.name = name
+        self.field = field
+        self.message = message
+        super().__init__(f"{name}.json: {field}: {message}" if field else f"{name}.json: {message}")
+
+
+def data_names(policy_dir: Path) -> list[str]:
+    """The policy data documents a steward may read and replace."""
+    return sorted(p.stem for p in (policy_dir / "data").glob("*.json"))
+
+
+def read_data(policy_dir: Path, name: str) -> Any:
+    """One policy data document, or KeyError when there is no such document."""
+    if not _NAME.match(name) or name not in data_names(policy_dir):
+        raise KeyError(name)
+    return json.loads((policy_dir / "data" / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def replace_data(point: PolicyDecisionPoint, policy_dir: Path, name: str, document: Any) -> PolicyBundle:
+    """Validate `document` as the new `<name>.json` within the whole bundle, then install and reload it."""
+    if not _NAME.match(name) or name not in data_names(policy_dir):
+        raise KeyError(name)
+    text = json.dumps(document, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+    with tempfile.TemporaryDirectory(prefix="fedgate-policy-") as scratch:
+        trial = Path(scratch) / "policies"
+        shutil.copytree(policy_dir, trial)
+        (trial / "data" / f"{name}.json").write_text(text, encoding="utf-8")
+        try:
+            load_bundle(trial, point.bundle.site_jurisdiction)
+        except PolicyDataError as exc:
+            raise PolicyDataRejected(exc.path.stem, exc.field, exc.message) from None
+        except PolicySourceError as exc:
+            raise PolicyDataRejected(name, None, exc.message) from None
+        except PolicyLoadError as exc:
+            raise PolicyDataRejected(name, None, str(exc).replace(str(trial), "policies")) from None
+    target = policy_dir / "data" / f"{name}.json"
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".json", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        Path(tmp).replace(target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return point.reload()

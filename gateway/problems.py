@@ -1,0 +1,86 @@
+"""RFC 9457 problem responses: the one module that knows HTTP status codes.
+
+Domain packages raise their own errors; the pipeline turns them into `Refusal`s (auditing each), and the
+handlers here render those, authentication failures and request-validation errors as
+`application/problem+json` bodies that name the field. Nothing the gateway does on purpose is a 500.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from gateway.refusal import Refusal, RefusalKind
+
+PROBLEM_JSON = "application/problem+json"
+
+STATUS: dict[RefusalKind, HTTPStatus] = {
+    "bad_request": HTTPStatus.UNPROCESSABLE_ENTITY,
+    "unauthenticated": HTTPStatus.UNAUTHORIZED,
+    "forbidden": HTTPStatus.FORBIDDEN,
+    "not_found": HTTPStatus.NOT_FOUND,
+    "conflict": HTTPStatus.CONFLICT,
+    "limit": HTTPStatus.TOO_MANY_REQUESTS,
+    "unavailable": HTTPStatus.SERVICE_UNAVAILABLE,
+}
+OK = HTTPStatus.OK
+ACCEPTED = HTTPStatus.ACCEPTED
+
+
+def problem(status: HTTPStatus, title: str, *, detail: str | None = None, **extensions: Any) -> JSONResponse:
+    """A problem+json response."""
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": int(status)}
+    if detail:
+        body["detail"] = detail
+    body.update({k: v for k, v in extensions.items() if v is not None})
+    headers = {"WWW-Authenticate": 'Bearer realm="fedgate"'} if status == HTTPStatus.UNAUTHORIZED else None
+    return JSONResponse(body, status_code=int(status), media_type=PROBLEM_JSON, headers=headers)
+
+
+def refusal_response(refusal: Refusal) -> JSONResponse:
+    """Render a refusal."""
+    return problem(
+        STATUS[refusal.kind],
+        refusal.title,
+        detail="; ".join(refusal.reasons) or None,
+        reasons=refusal.reasons or None,
+        field=refusal.field,
+        request_id=refusal.request_id,
+    )
+
+
+def _validation_response(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        # Pydantic's message may quote the offending input; the field and the rule are enough.
+        errors.append({"field": ".".join(loc) or "body", "message": str(err.get("msg", "invalid"))})
+    first = errors[0] if errors else {"field": "body", "message": "invalid"}
+    return problem(
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        "The request body is not a valid query",
+        detail=f"{first['field']}: {first['message']}",
+        errors=errors,
+        field=first["field"],
+    )
+
+
+async def _refusal_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Refusal)
+    return refusal_response(exc)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on an app."""
+    app.add_exception_handler(Refusal, _refusal_handler)
+    app.add_exception_handler(RequestValidationError, _validation_response)
+
+
+def not_found_response() -> JSONResponse:
+    """Unknown route."""
+    return problem(HTTPStatus.NOT_FOUND, "Not found")

@@ -1,0 +1,36 @@
+"""Why the gateway did not answer: one exception the pipeline raises after auditing the refusal.
+
+The pipeline translates every package's errors into a `Refusal` with a kind; `gateway.problems` alone
+turns kinds into HTTP status codes. Reasons are written for the researcher and never hold a hidden value,
+a token or a raw identifier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+RefusalKind = Literal[
+    "bad_request",  # the spec or body is wrong; `field` names where
+    "unauthenticated",  # no valid token
+    "forbidden",  # the token lacks the role, or the policy denied
+    "not_found",  # no such dataset, request or entry
+    "conflict",  # the state changed under the request (e.g. an approval already decided)
+    "limit",  # the agreement's limit on identical queries is reached
+    "unavailable",  # a component the answer needs is down; nothing was released
+]
+
+
+@dataclass
+class Refusal(Exception):
+    """The gateway refuses; `reasons` say why in words a researcher understands."""
+
+    kind: RefusalKind
+    title: str
+    reasons: list[str] = field(default_factory=list)
+    stage: str = "validate"
+    field: str | None = None
+    request_id: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.title}: {'; '.join(self.reasons)}" if self.reasons else self.title
