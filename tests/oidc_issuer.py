@@ -19,7 +19,7 @@ GA4GH visas with its own keys, generated at start (nothing is committed):
 
 Keys: one RSA-2048 (RS256), one EC P-256 (ES256) and one Ed25519 (EdDSA) key, each with its own kid
 (`idp.kid(alg)`). `roles_claim` (a dotted path) says where `token()` puts the roles, as the gateway's
-`[oidc] roles_claim` would read them. `sign(claims, alg=..., kid=..., header=...)` signs any claims as-is.
+`[oidc] roles_claim` would read them. `sign(claims, alg=..., kid=..., header=...)` signs any claims as-is (header={"kid": None}: no kid).
 Use it as a context manager, or call `stop()`; `discovery_overrides` replaces fields of the discovery
 document (e.g. a different `issuer`) to test a misconfigured provider.
 """
@@ -169,9 +169,11 @@ class LoopbackTestIssuer:
         kid: str | None = None,
         header: Mapping[str, Any] | None = None,
     ) -> str:
-        """Sign `claims` exactly as given with the current `alg` key; `kid` replaces the header's kid."""
+        """Sign `claims` as given with the current `alg` key; `kid` replaces the header's kid, `header`
+        adds entries (an entry set to None is removed: header={"kid": None} signs without a kid)."""
         key = self._signing[alg]
         protected = {"alg": alg, "kid": kid or key.kid, **(header or {})}
+        protected = {name: value for name, value in protected.items() if value is not None}
         return jwt.encode(protected, dict(claims), key, registry=registry_for(alg))
 
     def token(

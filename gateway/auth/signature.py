@@ -81,8 +81,6 @@ def parse_token(token: str) -> UnverifiedToken:
         raise MalformedToken("the token is not a compact JWS (three dot-separated parts)")
     header = _segment_json(parts[0], "header")
     claims = _segment_json(parts[1], "payload")
-    if not parts[2]:
-        raise MalformedToken("the token has no signature")
     if not isinstance(header.get("alg"), str):
         raise MalformedToken("the token header has no 'alg'")
     if "kid" in header and not isinstance(header["kid"], str):
