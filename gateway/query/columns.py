@@ -1,0 +1,114 @@
+"""Dataset columns as the query compiler sees them: Arrow type names from the catalog, mapped to classes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import sqlalchemy as sa
+
+TypeClass = Literal["bool", "int", "float", "string", "date", "timestamp", "other"]
+
+_INT = re.compile(r"^u?int(8|16|32|64)$")
+_FLOAT = {"halffloat", "float", "double", "float16", "float32", "float64"}
+_STRING = {"string", "large_string", "utf8", "large_utf8", "string_view"}
+
+
+def type_class(arrow_type: str) -> TypeClass:
+    """The class of an Arrow type name as the catalog writes it ('int32', 'date32[day]', …)."""
+    if arrow_type == "bool":
+        return "bool"
+    if _INT.match(arrow_type):
+        return "int"
+    if arrow_type in _FLOAT or arrow_type.startswith("decimal"):
+        return "float"
+    if arrow_type in _STRING:
+        return "string"
+    if arrow_type.startswith(("date32", "date64")):
+        return "date"
+    if arrow_type.startswith("timestamp"):
+        return "timestamp"
+    return "other"
+
+
+@dataclass(frozen=True)
+class DatasetColumn:
+    """One catalog column: its name, Arrow type name and class."""
+
+    name: str
+    arrow_type: str
+
+    @property
+    def type_class(self) -> TypeClass:
+        """bool, int, float, string, date, timestamp or other."""
+        return type_class(self.arrow_type)
+
+    @property
+    def numeric(self) -> bool:
+        """True for the columns summaries, histograms and quantiles can read."""
+        return self.type_class in ("int", "float")
+
+    @property
+    def has_timezone(self) -> bool:
+        """True for a timestamp column with a time zone."""
+        return "tz=" in self.arrow_type
+
+    def sa_type(self) -> sa.types.TypeEngine[Any]:
+        """The SQLAlchemy type bound values of this column take."""
+        types: dict[str, sa.types.TypeEngine[Any]] = {
+            "bool": sa.Boolean(),
+            "int": sa.BigInteger(),
+            "float": sa.Double(),
+            "string": sa.Text(),
+            "date": sa.Date(),
+            "timestamp": sa.DateTime(timezone=self.has_timezone),
+        }
+        return types.get(self.type_class, sa.Text())
+
+    def pandas_dtype(self) -> str:
+        """The dtype of this column in a result frame (nullable: a group may be missing)."""
+        return {
+            "bool": "boolean",
+            "int": "Int64",
+            "float": "float64",
+            "string": "string",
+            "date": "datetime64[s]",
+            "timestamp": "datetime64[us, UTC]" if self.has_timezone else "datetime64[us]",
+        }.get(self.type_class, "object")
+
+
+def python_value(column: DatasetColumn, value: object) -> object:
+    """A spec value coerced to this column's type; ValueError says what was expected."""
+    kind = column.type_class
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"must be true or false for boolean column {column.name!r}")
+    if kind in ("int", "float"):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value) if kind == "float" else value
+        raise ValueError(f"must be a number for numeric column {column.name!r}")
+    if kind == "string":
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"must be a string for text column {column.name!r}")
+    if kind == "date":
+        if isinstance(value, str):
+            try:
+                return dt.date.fromisoformat(value)
+            except ValueError:
+                pass
+        raise ValueError(f"must be a date 'YYYY-MM-DD' for date column {column.name!r}")
+    if kind == "timestamp":
+        if isinstance(value, str):
+            try:
+                stamp = dt.datetime.fromisoformat(value)
+            except ValueError:
+                stamp = None
+            if stamp is not None and (stamp.tzinfo is not None) == column.has_timezone:
+                return stamp
+        zone = "with" if column.has_timezone else "without"
+        raise ValueError(f"must be an ISO 8601 timestamp {zone} a UTC offset for column {column.name!r}")
+    raise ValueError(f"column {column.name!r} has type {column.arrow_type}, which queries cannot compare")

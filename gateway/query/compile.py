@@ -1,0 +1,246 @@
+"""Compile a checked query spec to SQLAlchemy Core selects over one dataset table, obligations applied.
+
+`main` answers the question; `selected` counts the rows the filters and the consent filter keep and
+`population` the rows the consent filter keeps (both for the query-set-size rule); `sizes` gives both in
+one scan. Column names come only from the catalog, values only as bound parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from gateway.decision.models import Obligations
+from gateway.query.columns import DatasetColumn, python_value
+from gateway.query.consent import consent_predicate
+from gateway.query.errors import ColumnNotAllowed, QueryError, QuerySpecError, UnknownColumn
+from gateway.query.spec import (
+    And,
+    Condition,
+    Filter,
+    HistogramQuery,
+    Not,
+    Or,
+    QuantilesQuery,
+    QuerySpec,
+    SummaryQuery,
+)
+
+AnySelect = sa.Select[*tuple[Any, ...]]
+# Result columns the kinds add after the group columns; a group column may not take one of these names.
+RESERVED_NAMES = ("n", "sum", "sum_sq", "bin", "lower", "upper")
+_ORDERED_OPS = ("<", "<=", ">", ">=", "between")
+
+
+@dataclass(frozen=True)
+class CompiledQuery:
+    """The selects of one query and what `execute` needs to shape the result."""
+
+    kind: str
+    main: AnySelect
+    selected: AnySelect
+    population: AnySelect
+    sizes: AnySelect
+    group_by: tuple[str, ...]
+    output: tuple[tuple[str, str], ...]
+    """(name, pandas dtype) of each column of `main`, in order."""
+    bins: tuple[tuple[float | None, float | None], ...] = ()
+    """Histogram only: (lower, upper) of each bin index; None is an open end."""
+
+
+def quantile_name(prob: float) -> str:
+    """The result column of one quantile: 0.25 -> 'q0.25'."""
+    return f"q{prob:g}"
+
+
+def compile_query(
+    spec: QuerySpec,
+    dataset_table: str,
+    columns: Sequence[tuple[str, str]],
+    obligations: Obligations,
+    dialect_name: str,
+) -> CompiledQuery:
+    """Check `spec` against the dataset's catalog columns (name, Arrow type name) and the obligations,
+    and build its selects for `dialect_name` ('duckdb' or 'postgresql')."""
+    catalog = {name: DatasetColumn(name, arrow) for name, arrow in columns}
+    table = sa.table(dataset_table, *(sa.column(c.name, c.sa_type()) for c in catalog.values()))
+    resolve = _Resolver(catalog, set(obligations.allowed_columns), table, dialect_name)
+
+    rule = obligations.consent_filter
+    consent = consent_predicate(
+        rule,
+        resolve.consent(rule.consent_column, "string", "obligations.consent_filter.consent_column"),
+        resolve.consent(rule.withdrawn_column, "bool", "obligations.consent_filter.withdrawn_column"),
+        dialect_name,
+    )
+    keep = _filter(spec.filters, "filters", resolve, negated=False) if spec.filters is not None else None
+    where = sa.and_(consent, keep) if keep is not None else consent
+
+    groups = [resolve.grouping(name, f"group_by[{i}]") for i, name in enumerate(spec.group_by)]
+    group_cols = [table.c[c.name].label(f"g{i}") for i, c in enumerate(groups)]
+    group_out = tuple((c.name, c.pandas_dtype()) for c in groups)
+
+    n_rows = sa.func.count().label("n")
+    selected = sa.select(sa.func.count().label("selected")).select_from(table).where(where)
+    population = sa.select(sa.func.count().label("population")).select_from(table).where(consent)
+    filtered_count = sa.func.count().filter(keep) if keep is not None else sa.func.count()
+    sizes = sa.select(filtered_count.label("selected"), sa.func.count().label("population"))
+    sizes = sizes.select_from(table).where(consent)
+
+    def compiled(
+        main: AnySelect, output: tuple[tuple[str, str], ...], bins: tuple[Any, ...] = ()
+    ) -> CompiledQuery:
+        return CompiledQuery(spec.kind, main, selected, population, sizes, spec.group_by, output, bins)
+
+    if not isinstance(spec, SummaryQuery | HistogramQuery | QuantilesQuery):
+        main = sa.select(*group_cols, n_rows).select_from(table).where(where).group_by(*group_cols)
+        return compiled(main, (*group_out, ("n", "int64")))
+
+    target = resolve.analysed(spec.params.column)
+    value: sa.ColumnElement[float] = sa.cast(table.c[target.name], sa.Double())
+    present = sa.and_(where, table.c[target.name].is_not(None))
+
+    if isinstance(spec, SummaryQuery):
+        main = sa.select(
+            *group_cols,
+            n_rows,
+            sa.func.sum(value).label("sum"),
+            sa.func.sum(value * value).label("sum_sq"),
+        )
+        main = main.select_from(table).where(present).group_by(*group_cols)
+        output = (*group_out, ("n", "int64"), ("sum", "float64"), ("sum_sq", "float64"))
+        return compiled(main, output)
+
+    if isinstance(spec, QuantilesQuery):
+        quantiles = [
+            sa.func.percentile_cont(sa.literal(p, sa.Double()), type_=sa.Double())
+            .within_group(value)
+            .label(f"q{i}")
+            for i, p in enumerate(spec.params.probs)
+        ]
+        main = sa.select(*group_cols, n_rows, *quantiles)
+        main = main.select_from(table).where(present).group_by(*group_cols)
+        output = (*group_out, ("n", "int64"), *((quantile_name(p), "float64") for p in spec.params.probs))
+        return compiled(main, output)
+
+    edges = spec.params.edges
+    # Bin 0 is (-inf, e0), bin i is [e(i-1), e(i)), the last bin [e(k-1), +inf): every present value
+    # falls in exactly one bin, so the bins add up to the summary's n and hide no tail.
+    binned = sa.case(
+        *((value < sa.literal(e, sa.Double()), i) for i, e in enumerate(edges)), else_=len(edges)
+    ).label("bin")
+    rows = sa.select(*group_cols, binned).select_from(table).where(present).subquery("binned")
+    outer_groups = [rows.c[f"g{i}"] for i in range(len(groups))]
+    main = sa.select(*outer_groups, rows.c.bin, n_rows).group_by(*outer_groups, rows.c.bin)
+    bounds: list[float | None] = [None, *edges, None]
+    bins = tuple((bounds[i], bounds[i + 1]) for i in range(len(edges) + 1))
+    output = (*group_out, ("bin", "int64"), ("n", "int64"))
+    return compiled(main, output, bins)
+
+
+class _Resolver:
+    """Checks every column the spec names against the obligations and the catalog."""
+
+    def __init__(
+        self, catalog: dict[str, DatasetColumn], allowed: set[str], table: sa.TableClause, dialect: str
+    ) -> None:
+        self.catalog = catalog
+        self.allowed = allowed
+        self.table = table
+        self.dialect = dialect
+
+    def column(self, name: str, field: str) -> DatasetColumn:
+        # Allowed first: whether a column the agreement does not grant exists is not the requester's business.
+        if name not in self.allowed:
+            raise ColumnNotAllowed(name, field)
+        if name not in self.catalog:
+            raise UnknownColumn(name, field)
+        return self.catalog[name]
+
+    def consent(self, name: str, type_class: str, field: str) -> sa.ColumnElement[Any]:
+        if name not in self.catalog:
+            raise UnknownColumn(name, field)
+        column = self.catalog[name]
+        if column.type_class != type_class:
+            raise QueryError(f"consent column {name!r} has type {column.arrow_type}, not {type_class}", field)
+        return self.table.c[name]
+
+    def grouping(self, name: str, field: str) -> DatasetColumn:
+        column = self.column(name, field)
+        if name in RESERVED_NAMES:
+            raise QuerySpecError(f"cannot group by {name!r}: the result uses that name", field)
+        if column.type_class == "other":
+            raise QuerySpecError(
+                f"column {name!r} has type {column.arrow_type}, which cannot be grouped", field
+            )
+        return column
+
+    def analysed(self, name: str) -> DatasetColumn:
+        column = self.column(name, "params.column")
+        if not column.numeric:
+            raise QuerySpecError(f"column {name!r} is {column.arrow_type}, not numeric", "params.column")
+        return column
+
+
+def _filter(node: Filter, path: str, resolve: _Resolver, negated: bool) -> sa.ColumnElement[bool]:
+    if isinstance(node, And):
+        return sa.and_(*(_filter(c, f"{path}.and[{i}]", resolve, negated) for i, c in enumerate(node.and_)))
+    if isinstance(node, Or):
+        return sa.or_(*(_filter(c, f"{path}.or[{i}]", resolve, negated) for i, c in enumerate(node.or_)))
+    if isinstance(node, Not):
+        return sa.not_(_filter(node.not_, f"{path}.not", resolve, not negated))
+    return _condition(node, path, resolve, negated)
+
+
+def _condition(leaf: Condition, path: str, resolve: _Resolver, negated: bool) -> sa.ColumnElement[bool]:
+    column = resolve.column(leaf.column, f"{path}.column")
+    col: sa.ColumnElement[Any] = resolve.table.c[column.name]
+    if leaf.op == "is_null":
+        return col.is_(None) if leaf.value is None else col.is_not(None)
+    if column.type_class == "bool" and leaf.op in _ORDERED_OPS:
+        raise QuerySpecError(f"{leaf.op!r} does not apply to boolean column {column.name!r}", f"{path}.op")
+    if column.type_class == "other":
+        raise QuerySpecError(
+            f"column {column.name!r} has type {column.arrow_type}, which filters cannot compare",
+            f"{path}.column",
+        )
+    if column.type_class == "string" and leaf.op in _ORDERED_OPS:
+        # Byte order everywhere: PostgreSQL's locale collation would order text differently from DuckDB.
+        col = col.collate("C") if resolve.dialect == "postgresql" else col
+
+    def coerced(value: object, where: str) -> Any:
+        try:
+            return python_value(column, value)
+        except ValueError as exc:
+            raise QuerySpecError(str(exc), where) from None
+
+    def bound(value: object) -> sa.BindParameter[Any]:
+        return sa.literal(value, column.sa_type())
+
+    predicate: sa.ColumnElement[bool]
+    if leaf.op == "in":
+        assert isinstance(leaf.value, list)
+        items = [coerced(v, f"{path}.value[{i}]") for i, v in enumerate(leaf.value)]
+        predicate = col.in_([bound(v) for v in items])
+    elif leaf.op == "between":
+        assert isinstance(leaf.value, list)
+        low, high = (coerced(v, f"{path}.value[{i}]") for i, v in enumerate(leaf.value))
+        if low > high:
+            raise QuerySpecError("between needs low <= high", f"{path}.value")
+        predicate = col.between(bound(low), bound(high))
+    else:
+        value = bound(coerced(leaf.value, f"{path}.value"))
+        predicate = {
+            "=": col == value,
+            "!=": col != value,
+            "<": col < value,
+            "<=": col <= value,
+            ">": col > value,
+            ">=": col >= value,
+        }[leaf.op]
+    # A comparison with a missing value is unknown; under a `not` unknown would stay unknown and drop the
+    # row, so it is made false there: `not F` then selects exactly the rows `F` does not.
+    return sa.and_(col.is_not(None), predicate) if negated else predicate

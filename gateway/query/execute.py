@@ -1,0 +1,97 @@
+"""Run a compiled query on the store and shape its answer as a typed pandas DataFrame.
+
+`store_engine` opens the store for queries. A DuckDB file is opened read-only, so several gateway
+processes (uvicorn workers) can read it at once. DuckDB locks a file per process: while any process holds
+it open, even read-only, no other process can open it for writing, and inside one process a read-only
+and a read-write connection to one file cannot coexist. `hold_open=True` (the default) pools
+connections: ~1 ms per query, but an ingest into the same file must wait until the engine is disposed.
+`hold_open=False` opens the file for each query and closes it after (~20 ms more per query), so an
+ingest in another process only waits for the queries running at that moment; a query that finds an
+ingest holding the file fails with ExecutionError ("store unavailable") and should be retried or refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pandas as pd
+import sqlalchemy as sa
+from pandas.api.types import pandas_dtype
+
+from gateway.query.compile import CompiledQuery
+from gateway.query.errors import ExecutionError
+
+
+@dataclass(frozen=True)
+class QueryOutcome:
+    """The main result (group columns first, then the kind's statistics) and the query-set sizes."""
+
+    frame: pd.DataFrame
+    selected: int
+    """Rows the filters and the consent filter keep."""
+    population: int
+    """Rows the consent filter keeps: `population - selected` is the complement of the query set."""
+
+
+def store_engine(store_url: str, *, hold_open: bool = True) -> sa.Engine:
+    """An engine for querying the store at `store_url` (`duckdb:///path` or any SQLAlchemy URL)."""
+    pool: dict[str, Any] = {} if hold_open else {"poolclass": sa.pool.NullPool}
+    try:
+        if store_url.startswith("duckdb:///"):
+            path = store_url.removeprefix("duckdb:///")
+            read_only = {"read_only": True} if path not in ("", ":memory:") else {}
+            return sa.create_engine(store_url, connect_args=read_only, **pool)
+        engine = sa.create_engine(store_url, pool_pre_ping=hold_open, **pool)
+    except (sa.exc.ArgumentError, ImportError) as exc:
+        raise ExecutionError(f"cannot use the store URL: {type(exc).__name__}") from None
+    if engine.dialect.name == "postgresql":
+        # Queries only read; a read-only transaction makes that the database's rule too.
+        return engine.execution_options(postgresql_readonly=True)
+    return engine
+
+
+def execute(engine: sa.Engine, compiled: CompiledQuery) -> QueryOutcome:
+    """Run `compiled` and its query-set-size count; ExecutionError (without SQL values) on any failure.
+
+    Version tables never change after publication, so the two statements see the same rows."""
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(compiled.main).all()
+            selected, population = conn.execute(compiled.sizes).one()
+    except (sa.exc.SQLAlchemyError, duckdb.Error) as exc:
+        raise ExecutionError(_describe(exc)) from None
+    return QueryOutcome(_frame(compiled, rows), int(selected), int(population))
+
+
+def _describe(exc: BaseException) -> str:
+    # Driver messages can quote bound values and file paths: only class names leave this function.
+    cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or isinstance(
+        cause, duckdb.IOException | duckdb.ConnectionException
+    ):
+        return f"store unavailable ({type(cause).__name__})"
+    if isinstance(exc, sa.exc.TimeoutError):
+        return "store unavailable (connection pool exhausted)"
+    return f"the store could not run the query ({type(cause).__name__})"
+
+
+def _frame(compiled: CompiledQuery, rows: Sequence[sa.Row[Any]]) -> pd.DataFrame:
+    names = [name for name, _ in compiled.output]
+    frame = pd.DataFrame([tuple(r) for r in rows], columns=names)
+    for name, dtype in compiled.output:
+        if dtype.startswith("datetime"):
+            frame[name] = pd.to_datetime(frame[name], utc="UTC" in dtype)
+        frame[name] = frame[name].astype(pandas_dtype(dtype))
+    if compiled.bins:
+        lower = {i: lo for i, (lo, _) in enumerate(compiled.bins)}
+        upper = {i: hi for i, (_, hi) in enumerate(compiled.bins)}
+        at = names.index("bin") + 1
+        frame.insert(at, "lower", frame["bin"].map(lower).astype("float64"))
+        frame.insert(at + 1, "upper", frame["bin"].map(upper).astype("float64"))
+    order = [*compiled.group_by, *(["bin"] if compiled.bins else [])]
+    if order and len(frame):
+        frame = frame.sort_values(order, na_position="last", kind="stable", ignore_index=True)
+    return frame

@@ -1,0 +1,402 @@
+"""The typed query spec researchers send (the HTTP body): dataset, agreement, purpose, kind, filters, groups.
+
+A spec is one of five models told apart by `kind` (an explicit allow-list; glm and kaplan_meier will join
+it). Filters are a small boolean tree: a leaf `{"column", "op", "value"}` or a node `{"and": [...]}`,
+`{"or": [...]}`, `{"not": node}`, at most 5 levels deep with at most 32 leaves. Nothing here knows the
+dataset's columns or types: `gateway.query.compile` checks those against the catalog and the obligations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from typing import Annotated, Any, ClassVar, Literal
+
+import rfc8785
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from gateway.decision.models import CountryCode, Purpose, QueryFacts
+from gateway.query.errors import FieldProblem, QuerySpecError
+
+KINDS = ("count", "crosstab", "summary", "histogram", "quantiles")
+OPS = ("=", "!=", "<", "<=", ">", ">=", "in", "between", "is_null")
+MAX_DEPTH = 5
+MAX_LEAVES = 32
+MAX_IN_VALUES = 100
+MAX_GROUP_BY = 4
+MIN_PROB, MAX_PROB = 0.05, 0.95
+# RFC 8785 numbers are IEEE doubles: larger integers would not hash the same everywhere.
+_SAFE_INT = 2**53
+_MAX_TEXT = 256
+
+Kind = Literal["count", "crosstab", "summary", "histogram", "quantiles"]
+Op = Literal["=", "!=", "<", "<=", ">", ">=", "in", "between", "is_null"]
+ColumnName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", description="a dataset column")]
+DatasetId = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$", description="a catalog dataset id")]
+AgreementId = Annotated[str, Field(min_length=1, max_length=256, description="the data-sharing agreement")]
+Scalar = (
+    StrictBool
+    | Annotated[int, Field(strict=True, ge=-_SAFE_INT, le=_SAFE_INT)]
+    | Annotated[float, Field(strict=True, allow_inf_nan=False)]
+    | Annotated[str, Field(max_length=_MAX_TEXT)]
+)
+Number = Annotated[float, Field(allow_inf_nan=False)]
+Prob = Annotated[float, Field(ge=MIN_PROB, le=MAX_PROB, allow_inf_nan=False)]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Condition(_Spec):
+    """A leaf: `column op value`. `in` takes 1..100 values, `between` [low, high] (inclusive), `is_null`
+    true (missing) or false (present); the others one scalar. A condition on a missing value is false."""
+
+    column: ColumnName
+    op: Op
+    value: Scalar | list[Scalar] | None = Field(default=None, validate_default=True)
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _json_scalars(cls, value: Any) -> Any:
+        # One clear message instead of one per member of the value's union type.
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            where = f"value[{i}]" if isinstance(value, list) else "value"
+            if isinstance(item, bool) or (item is None and not isinstance(value, list)):
+                continue
+            if isinstance(item, int):
+                if abs(item) > _SAFE_INT:
+                    raise ValueError(f"{where} is an integer beyond 2**53")
+            elif isinstance(item, float):
+                if not math.isfinite(item):
+                    raise ValueError(f"{where} is not a finite number")
+            elif isinstance(item, str):
+                if len(item) > _MAX_TEXT:
+                    raise ValueError(f"{where} is longer than {_MAX_TEXT} characters")
+            else:
+                raise ValueError(f"{where} must be a string, number or boolean")
+        return value
+
+    @field_validator("value")
+    @classmethod
+    def _shape_for_op(cls, value: Any, info: ValidationInfo) -> Any:
+        op = info.data.get("op")
+        if op is None:  # the op itself is wrong; that error is already reported
+            return value
+        if op == "is_null":
+            if value is None or value is True:
+                return None  # `{"op": "is_null"}` and `"value": true` are one question
+            if value is False:
+                return False
+            raise ValueError("is_null takes no value, or true (missing) or false (present)")
+        if op == "in":
+            if not isinstance(value, list) or not 1 <= len(value) <= MAX_IN_VALUES:
+                raise ValueError(f"'in' needs a list of 1 to {MAX_IN_VALUES} values")
+            return value
+        if op == "between":
+            if not isinstance(value, list) or len(value) != 2:
+                raise ValueError("'between' needs a list of two values [low, high]")
+            return value
+        if value is None or isinstance(value, list):
+            raise ValueError(f"{op!r} needs one string, number or boolean")
+        return value
+
+
+class And(_Spec):
+    """Every child holds."""
+
+    and_: list[Filter] = Field(alias="and", min_length=1)
+
+
+class Or(_Spec):
+    """At least one child holds."""
+
+    or_: list[Filter] = Field(alias="or", min_length=1)
+
+
+class Not(_Spec):
+    """The child does not hold (a row with a missing value in it is selected)."""
+
+    not_: Filter = Field(alias="not")
+
+
+def _filter_tag(value: Any) -> str:
+    if isinstance(value, dict):
+        for key in ("and", "or", "not"):
+            if key in value:
+                return key
+        return "condition"
+    tags: dict[type[BaseModel], str] = {And: "and", Or: "or", Not: "not"}
+    return tags.get(type(value), "condition")
+
+
+Filter = Annotated[
+    Annotated[Condition, Tag("condition")]
+    | Annotated[And, Tag("and")]
+    | Annotated[Or, Tag("or")]
+    | Annotated[Not, Tag("not")],
+    Discriminator(_filter_tag),
+]
+
+
+def iter_conditions(node: Filter, path: str = "filters") -> Iterator[tuple[str, Condition]]:
+    """Every leaf of a filter tree with its path in the spec ("filters.and[1]"), depth first."""
+    if isinstance(node, Condition):
+        yield path, node
+    elif isinstance(node, And):
+        for i, child in enumerate(node.and_):
+            yield from iter_conditions(child, f"{path}.and[{i}]")
+    elif isinstance(node, Or):
+        for i, child in enumerate(node.or_):
+            yield from iter_conditions(child, f"{path}.or[{i}]")
+    else:
+        yield from iter_conditions(node.not_, f"{path}.not")
+
+
+def _depth(node: Filter) -> int:
+    if isinstance(node, Condition):
+        return 1
+    if isinstance(node, Not):
+        return 1 + _depth(node.not_)
+    children = node.and_ if isinstance(node, And) else node.or_
+    return 1 + max(_depth(c) for c in children)
+
+
+def _raw_depth(value: Any) -> int:
+    """Container nesting of raw JSON, iteratively, so absurd nesting is refused before recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            deepest = max(deepest, level)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((c, level + 1) for c in children)
+    return deepest
+
+
+class ColumnParams(_Spec):
+    """Parameters of `summary`: the numeric column whose n, sum and sum of squares are computed."""
+
+    column: ColumnName
+
+
+class HistogramParams(_Spec):
+    """Parameters of `histogram`: a numeric column and 2..101 strictly increasing bin edges."""
+
+    column: ColumnName
+    edges: list[Number] = Field(min_length=2, max_length=101)
+
+    @field_validator("edges")
+    @classmethod
+    def _increasing(cls, edges: list[float]) -> list[float]:
+        for i in range(1, len(edges)):
+            if not edges[i] > edges[i - 1]:
+                raise ValueError(f"edges must increase strictly: edges[{i}] is not above edges[{i - 1}]")
+        return edges
+
+
+class QuantilesParams(_Spec):
+    """Parameters of `quantiles`: a numeric column and 1..19 distinct probabilities in [0.05, 0.95]
+    (closer to 0 or 1 a quantile is one patient's value)."""
+
+    column: ColumnName
+    probs: list[Prob] = Field(min_length=1, max_length=19)
+
+    @field_validator("probs")
+    @classmethod
+    def _distinct(cls, probs: list[float]) -> list[float]:
+        if len(set(probs)) != len(probs):
+            raise ValueError("probs must be distinct")
+        return probs
+
+
+class BaseQuery(_Spec):
+    """What every kind shares. `destination` is the ISO 3166-1 alpha-2 country the answer goes to; the
+    pipeline takes the requester's country when it is absent."""
+
+    dataset: DatasetId
+    agreement: AgreementId
+    purpose: Purpose
+    destination: CountryCode | None = None
+    filters: Filter | None = None
+    group_by: tuple[ColumnName, ...] = Field(default=(), max_length=MAX_GROUP_BY, validate_default=True)
+
+    kind: Kind
+    min_group_by: ClassVar[int] = 0
+    max_group_by: ClassVar[int] = MAX_GROUP_BY
+
+    @field_validator("filters", mode="before")
+    @classmethod
+    def _not_absurdly_nested(cls, value: Any) -> Any:
+        # Each filter level is at most two JSON containers (a node object and its list).
+        if _raw_depth(value) > 2 * MAX_DEPTH + 1:
+            raise ValueError(f"filters nest deeper than {MAX_DEPTH} levels")
+        return value
+
+    @field_validator("filters")
+    @classmethod
+    def _within_limits(cls, value: Filter | None) -> Filter | None:
+        if value is None:
+            return None
+        if _depth(value) > MAX_DEPTH:
+            raise ValueError(f"filters nest deeper than {MAX_DEPTH} levels")
+        leaves = sum(1 for _ in iter_conditions(value))
+        if leaves > MAX_LEAVES:
+            raise ValueError(f"filters have {leaves} conditions; at most {MAX_LEAVES} are allowed")
+        return value
+
+    @field_validator("group_by")
+    @classmethod
+    def _group_by(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("group_by names a column twice")
+        if not cls.min_group_by <= len(value) <= cls.max_group_by:
+            raise ValueError(f"needs {cls.min_group_by} to {cls.max_group_by} group_by columns")
+        return value
+
+    @property
+    def params_column(self) -> str | None:
+        """The column a kind's parameters analyse, if any."""
+        params = getattr(self, "params", None)
+        return params.column if params is not None else None
+
+    def conditions(self) -> list[tuple[str, Condition]]:
+        """Every filter leaf with its path in the spec."""
+        return list(iter_conditions(self.filters)) if self.filters is not None else []
+
+    def columns_touched(self) -> tuple[str, ...]:
+        """Every column the query reads (filters, group_by, the analysed column), sorted, for the policy."""
+        names = {c.column for _, c in self.conditions()} | set(self.group_by)
+        if self.params_column is not None:
+            names.add(self.params_column)
+        return tuple(sorted(names))
+
+    def query_facts(self) -> QueryFacts:
+        """The `query` part of the policy input."""
+        dumped = self.model_dump(mode="json", by_alias=True)
+        return QueryFacts(
+            kind=self.kind,
+            columns=self.columns_touched(),
+            filters=dumped["filters"],
+            group_by=self.group_by,
+        )
+
+    def canonical_json(self) -> bytes:
+        """RFC 8785 bytes of the spec: key order, whitespace, defaults and `in`-list order do not matter."""
+        dumped = self.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+        return bytes(rfc8785.dumps(_normalize(dumped)))
+
+    def query_hash(self) -> str:
+        """SHA-256 hex of `canonical_json()`: equal for the same question however it was written."""
+        return hashlib.sha256(self.canonical_json()).hexdigest()
+
+
+def _normalize(value: Any) -> Any:
+    if isinstance(value, dict):
+        out = {k: _normalize(v) for k, v in value.items()}
+        if out.get("op") == "in" and isinstance(out.get("value"), list):
+            unique = {bytes(rfc8785.dumps(v)): v for v in out["value"]}
+            out["value"] = [unique[k] for k in sorted(unique)]
+        return out
+    if isinstance(value, list):
+        return [_normalize(v) for v in value]
+    return value
+
+
+class CountQuery(BaseQuery):
+    """The number of rows, optionally per group (0..4 group_by columns)."""
+
+    kind: Literal["count"]
+
+
+class CrosstabQuery(BaseQuery):
+    """Counts per combination of 1..3 group_by columns (margins are the disclosure step's job)."""
+
+    kind: Literal["crosstab"]
+    min_group_by: ClassVar[int] = 1
+    max_group_by: ClassVar[int] = 3
+
+
+class SummaryQuery(BaseQuery):
+    """n, sum and sum of squares of a numeric column's present values, optionally per group."""
+
+    kind: Literal["summary"]
+    params: ColumnParams
+
+
+class HistogramQuery(BaseQuery):
+    """Counts of a numeric column's present values per bin, optionally per group."""
+
+    kind: Literal["histogram"]
+    params: HistogramParams
+
+
+class QuantilesQuery(BaseQuery):
+    """Continuous quantiles (percentile_cont) of a numeric column's present values, optionally per group."""
+
+    kind: Literal["quantiles"]
+    params: QuantilesParams
+
+
+QuerySpec = Annotated[
+    CountQuery | CrosstabQuery | SummaryQuery | HistogramQuery | QuantilesQuery,
+    Field(discriminator="kind"),
+]
+QUERY_SPEC: TypeAdapter[QuerySpec] = TypeAdapter(QuerySpec)
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as a spec path ("filters.and[1].value"), union tags removed."""
+    items = list(loc)
+    if items and items[0] in KINDS:  # the spec's own tag
+        items = items[1:]
+    parts: list[str] = []
+    for i, item in enumerate(items):
+        if isinstance(item, int):
+            parts[-1:] = [f"{parts[-1]}[{item}]" if parts else f"[{item}]"]
+        # A filter node's tag precedes its field of the same name; a leaf's tag is "condition".
+        elif item == "condition" or (
+            item in ("and", "or", "not") and i + 1 < len(items) and items[i + 1] == item
+        ):
+            continue
+        else:
+            parts.append(item)
+    return ".".join(parts)
+
+
+_TAG_ERRORS = ("union_tag_invalid", "union_tag_not_found")
+
+
+def parse_query_spec(data: Any) -> QuerySpec:
+    """Validate a JSON document (already parsed) as a spec; QuerySpecError names every bad field."""
+    try:
+        return QUERY_SPEC.validate_python(data)
+    except ValidationError as exc:
+        problems = [
+            FieldProblem("kind" if e["type"] in _TAG_ERRORS else field_path(e["loc"]), _message(e))
+            for e in exc.errors(include_url=False)
+        ]
+        first = problems[0]
+        raise QuerySpecError(first.message, first.field, problems) from None
+
+
+def _message(error: Any) -> str:
+    if error["type"] == "union_tag_not_found":
+        return f"kind is required: one of {', '.join(KINDS)}"
+    if error["type"] == "union_tag_invalid":
+        return f"unknown kind {error['ctx']['tag']!r}: expected one of {', '.join(KINDS)}"
+    message: str = error["msg"]
+    return message.removeprefix("Value error, ")

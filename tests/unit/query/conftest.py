@@ -1,0 +1,108 @@
+"""Fixtures for the query tests: one pseudonymized cohort, copied with missing values into DuckDB and
+PostgreSQL."""
+
+from __future__ import annotations
+
+import base64
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+from query_helpers import EXAMPLE_SPEC, TABLE, write_postgres
+
+from connectors import ParquetConnector
+from gateway.synth import generate_site
+from pseudonymize.ingest import ingest
+from pseudonymize.keys import SecretKey
+from pseudonymize.spec import load_spec
+from pseudonymize.store import Store
+
+
+@pytest.fixture(scope="session")
+def cohort_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Any]:
+    """900 synthetic patients pseudonymized by the real ingest into a DuckDB store: (url, catalog entry)."""
+    folder = tmp_path_factory.mktemp("store")
+    source = folder / "patients.parquet"
+    pq.write_table(generate_site(0, 900, 5), source)
+    key_file = folder / "master.key"
+    key_file.write_text(base64.b64encode(os.urandom(32)).decode())
+    key_file.chmod(0o600)
+    url = f"duckdb:///{folder / 'store.duckdb'}"
+    with Store(url) as store:
+        result = ingest(
+            ParquetConnector(source),
+            load_spec(EXAMPLE_SPEC),
+            str(EXAMPLE_SPEC),
+            SecretKey.from_file(key_file),
+            store,
+            jurisdiction="DE",
+            override_k=True,
+        )
+    return url, result.entry
+
+
+@pytest.fixture(scope="session")
+def mixed_table(cohort_store: tuple[str, Any]) -> pa.Table:
+    """The ingested cohort with missing values planted in group, filter and analysed columns."""
+    url, entry = cohort_store
+    con = duckdb.connect(url.removeprefix("duckdb:///"), read_only=True)
+    try:
+        table = con.sql(f'SELECT * FROM "{entry.table_name}"').to_arrow_table()
+    finally:
+        con.close()
+    rng = np.random.default_rng(3)
+    for name in ("sex", "smoking", "bmi", "systolic_bp", "admission_date", "icd10"):
+        i = table.schema.get_field_index(name)
+        mask = pa.array(rng.random(table.num_rows) < 0.04)
+        column = pc.if_else(mask, pa.scalar(None, table.schema.field(i).type), table.column(i))
+        table = table.set_column(i, pa.field(name, table.schema.field(i).type), column)
+    return table
+
+
+@pytest.fixture(scope="session")
+def mixed_columns(mixed_table: pa.Table) -> list[tuple[str, str]]:
+    return [(f.name, str(f.type)) for f in mixed_table.schema]
+
+
+@pytest.fixture(scope="session")
+def mixed_frame(mixed_table: pa.Table) -> pd.DataFrame:
+    return mixed_table.to_pandas()
+
+
+@pytest.fixture(scope="session")
+def duck_url(tmp_path_factory: pytest.TempPathFactory, mixed_table: pa.Table) -> str:
+    path = tmp_path_factory.mktemp("duck") / "mixed.duckdb"
+    con = duckdb.connect(str(path))
+    try:
+        con.register("src", mixed_table)
+        con.execute(f'CREATE TABLE "{TABLE}" AS SELECT * FROM src').fetchall()
+    finally:
+        con.close()
+    return f"duckdb:///{path}"
+
+
+@pytest.fixture(scope="session")
+def pg_mixed_url(pg_server_url: str, mixed_table: pa.Table) -> Iterator[str]:
+    """A schema of its own holding the mixed table, for the whole session (writing it once is enough)."""
+    schema = f"q_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(pg_server_url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'create schema "{schema}"'))
+    sep = "&" if "?" in pg_server_url else "?"
+    url = f"{pg_server_url}{sep}options=-csearch_path%3D{schema}"
+    try:
+        write_postgres(url, mixed_table)
+        yield url
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'drop schema "{schema}" cascade'))
+        admin.dispose()

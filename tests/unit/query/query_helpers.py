@@ -1,0 +1,117 @@
+"""Helpers for the query tests: the obligations a decision would carry, a PostgreSQL table writer, and an
+independent pandas reference of the filter and consent semantics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import sqlalchemy as sa
+
+from gateway.decision.models import ConsentFilter, Obligations
+
+EXAMPLE_SPEC = Path(__file__).resolve().parents[3] / "examples" / "cohort.spec.yaml"
+TABLE = "ds_mixed__v1"
+
+CONSENT = ConsentFilter(
+    withdrawn_column="consent_withdrawn",
+    consent_column="consent_duo",
+    separator=" ",
+    require_any_of=(("DUO:0000004", "DUO:0000006", "DUO:0000042"),),
+    allowed_codes=("DUO:0000004", "DUO:0000006", "DUO:0000042", "DUO:0000045", "DUO:0000046"),
+)
+
+
+def obligations(allowed: tuple[str, ...], consent: ConsentFilter = CONSENT) -> Obligations:
+    return Obligations(
+        min_cell_count=10,
+        round_to=1,
+        keep_zero_cells=False,
+        allowed_columns=allowed,
+        consent_filter=consent,
+        dp=None,
+        max_identical_queries=10,
+        glm_min_rows=10,
+        glm_max_parameter_ratio=0.1,
+        publication_moratorium_until=None,
+    )
+
+
+def write_postgres(url: str, table: pa.Table, name: str = TABLE) -> None:
+    """Create `name` in the URL's schema with types matching the Arrow schema, and copy the rows in."""
+    types = {
+        "bool": sa.Boolean(),
+        "int32": sa.Integer(),
+        "int64": sa.BigInteger(),
+        "double": sa.Double(),
+        "date32[day]": sa.Date(),
+    }
+    engine = sa.create_engine(url)
+    try:
+        meta = sa.MetaData()
+        target = sa.Table(
+            name, meta, *(sa.Column(f.name, types.get(str(f.type), sa.Text())) for f in table.schema)
+        )
+        with engine.begin() as conn:
+            target.create(conn)
+            conn.execute(target.insert(), table.to_pylist())
+    finally:
+        engine.dispose()
+
+
+# -- the independent reference: the same semantics, written with pandas ---------------------------------
+
+
+def admitted(frame: pd.DataFrame, rule: ConsentFilter = CONSENT) -> pd.Series:
+    codes = frame[rule.consent_column].astype(object).where(frame[rule.consent_column].notna(), None)
+    withdrawn = frame[rule.withdrawn_column].astype(object).where(frame[rule.withdrawn_column].notna(), None)
+    return pd.Series([rule.admits(c, w) for c, w in zip(codes, withdrawn, strict=True)], index=frame.index)
+
+
+def _typed(series: pd.Series, value: Any) -> Any:
+    if pd.api.types.is_datetime64_any_dtype(series) or (
+        series.dtype == object and len(series.dropna()) and hasattr(series.dropna().iloc[0], "isoformat")
+    ):
+        return pd.Timestamp(value).date() if series.dtype == object else pd.Timestamp(value)
+    return value
+
+
+def reference_mask(frame: pd.DataFrame, node: dict[str, Any]) -> pd.Series:
+    """Rows a filter tree selects: a condition on a missing value is false, also under `not`."""
+    if "and" in node:
+        out = pd.Series(True, index=frame.index)
+        for child in node["and"]:
+            out &= reference_mask(frame, child)
+        return out
+    if "or" in node:
+        out = pd.Series(False, index=frame.index)
+        for child in node["or"]:
+            out |= reference_mask(frame, child)
+        return out
+    if "not" in node:
+        return ~reference_mask(frame, node["not"])
+    col, op, value = frame[node["column"]], node["op"], node.get("value")
+    present = col.notna()
+    if op == "is_null":
+        return ~present if value in (None, True) else present
+    values = col.where(present, None).astype(object)
+    if op == "in":
+        wanted = {_typed(col, v) for v in value}
+        hit = values.map(lambda x: x in wanted)
+    elif op == "between":
+        lo, hi = (_typed(col, v) for v in value)
+        hit = values.map(lambda x: x is not None and lo <= x <= hi)
+    else:
+        v = _typed(col, value)
+        compare = {
+            "=": lambda x: x == v,
+            "!=": lambda x: x != v,
+            "<": lambda x: x < v,
+            "<=": lambda x: x <= v,
+            ">": lambda x: x > v,
+            ">=": lambda x: x >= v,
+        }[op]
+        hit = values.map(lambda x: x is not None and bool(compare(x)))
+    return hit.astype(bool) & present

@@ -1,0 +1,262 @@
+"""Every kind under every filter op, on DuckDB and PostgreSQL, against pandas on the same rows."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from query_helpers import TABLE, admitted, obligations, reference_mask
+
+from gateway.query import (
+    ExecutionError,
+    QueryOutcome,
+    compile_query,
+    execute,
+    parse_query_spec,
+    quantile_name,
+    store_engine,
+)
+
+FILTERS: dict[str, dict[str, Any]] = {
+    "=": {"column": "sex", "op": "=", "value": "F"},
+    "!=": {"column": "smoking", "op": "!=", "value": "never"},
+    "<": {"column": "bmi", "op": "<", "value": 27.5},
+    "<=": {"column": "systolic_bp", "op": "<=", "value": 140},
+    ">": {"column": "admission_date", "op": ">", "value": "2018-01-01"},
+    ">=": {"column": "icd10", "op": ">=", "value": "E11"},
+    "in": {"column": "icd10", "op": "in", "value": ["I10", "E11.9", "C18.9", "J44.9", "nothing"]},
+    "between": {"column": "survival_days", "op": "between", "value": [100, 2000]},
+    "is_null": {"column": "hba1c", "op": "is_null"},
+    "is_not_null": {"column": "hba1c", "op": "is_null", "value": False},
+    "tree": {
+        "and": [
+            {
+                "not": {
+                    "or": [
+                        {"column": "sex", "op": "=", "value": "M"},
+                        {"column": "bmi", "op": ">", "value": 30},
+                    ]
+                }
+            },
+            {"not": {"column": "event", "op": "=", "value": True}},
+        ]
+    },
+}
+KINDS: dict[str, dict[str, Any]] = {
+    "count": {"group_by": []},
+    "crosstab": {"group_by": ["sex", "smoking"]},
+    "summary": {"group_by": ["outcome"], "params": {"column": "bmi"}},
+    "histogram": {"group_by": ["sex"], "params": {"column": "bmi", "edges": [20, 25, 30, 35]}},
+    "quantiles": {"group_by": ["event"], "params": {"column": "systolic_bp", "probs": [0.25, 0.5, 0.9]}},
+}
+
+
+def spec_for(kind: str, node: dict[str, Any] | None) -> Any:
+    return parse_query_spec(
+        {
+            "dataset": "mixed",
+            "agreement": "DSA-2026-014",
+            "purpose": {"duo": ["DUO:0000042"]},
+            "kind": kind,
+            "filters": node,
+            **KINDS[kind],
+        }
+    )
+
+
+def run(url: str, spec: Any, columns: list[tuple[str, str]]) -> QueryOutcome:
+    engine = store_engine(url)
+    try:
+        allowed = tuple(name for name, _ in columns)
+        return execute(engine, compile_query(spec, TABLE, columns, obligations(allowed), engine.dialect.name))
+    finally:
+        engine.dispose()
+
+
+def _key(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    out = []
+    for v in values:
+        if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+            out.append(None)
+        else:
+            out.append(v.item() if isinstance(v, np.generic) else v)
+    return tuple(out)
+
+
+def reference(frame: pd.DataFrame, kind: str, node: dict[str, Any] | None) -> tuple[dict[Any, Any], int, int]:
+    """Expected cells keyed by group values (and bin), plus selected and population, from pandas."""
+    consented = frame[admitted(frame)]
+    chosen = consented[reference_mask(consented, node)] if node is not None else consented
+    groups = KINDS[kind]["group_by"]
+    params = KINDS[kind].get("params", {})
+    rows = chosen
+    if "column" in params:
+        rows = chosen[chosen[params["column"]].notna()].copy()
+    if kind == "histogram":
+        rows["bin"] = np.searchsorted(
+            np.asarray(params["edges"], float), rows["bmi"].to_numpy(float), "right"
+        )
+        groups = [*groups, "bin"]
+    cells: dict[Any, Any] = {}
+    parts = rows.groupby(groups, dropna=False) if groups else [((), rows)]
+    for key, part in parts:
+        key = _key(key if isinstance(key, tuple) else (key,))
+        x = part[params["column"]].astype(float) if "column" in params else None
+        if kind == "summary":
+            assert x is not None
+            cells[key] = (len(part), x.sum(), (x * x).sum())
+        elif kind == "quantiles":
+            assert x is not None
+            cells[key] = (len(part), *(x.quantile(p) for p in params["probs"]))
+        else:
+            cells[key] = (len(part),)
+    if not groups:
+        cells.setdefault((), (0,))
+    return cells, len(chosen), len(consented)
+
+
+def observed(outcome: QueryOutcome, kind: str) -> dict[Any, Any]:
+    frame = outcome.frame
+    groups = list(KINDS[kind]["group_by"]) + (["bin"] if kind == "histogram" else [])
+    stats = ["n"]
+    if kind == "summary":
+        stats = ["n", "sum", "sum_sq"]
+    if kind == "quantiles":
+        stats = ["n", *(quantile_name(p) for p in KINDS[kind]["params"]["probs"])]
+    return {
+        _key(tuple(row[g] for g in groups)): tuple(row[s] for s in stats)
+        for row in frame.astype(object).to_dict("records")
+    }
+
+
+def check(outcome: QueryOutcome, frame: pd.DataFrame, kind: str, node: dict[str, Any] | None) -> None:
+    cells, selected, population = reference(frame, kind, node)
+    got = observed(outcome, kind)
+    assert set(got) == set(cells)
+    for key, want in cells.items():
+        assert got[key][0] == want[0], key
+        assert np.allclose(got[key][1:], want[1:], rtol=1e-9, atol=1e-9), key
+    assert (outcome.selected, outcome.population) == (selected, population)
+
+
+CASES = [(kind, op) for kind in KINDS for op in [*FILTERS, "none"]]
+
+
+@pytest.mark.parametrize(("kind", "op"), CASES)
+def test_duckdb_matches_pandas(
+    duck_url: str, mixed_columns: list[tuple[str, str]], mixed_frame: pd.DataFrame, kind: str, op: str
+) -> None:
+    node = FILTERS.get(op)
+    check(run(duck_url, spec_for(kind, node), mixed_columns), mixed_frame, kind, node)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("kind", "op"), CASES)
+def test_postgres_matches_pandas(
+    pg_mixed_url: str, mixed_columns: list[tuple[str, str]], mixed_frame: pd.DataFrame, kind: str, op: str
+) -> None:
+    node = FILTERS.get(op)
+    check(run(pg_mixed_url, spec_for(kind, node), mixed_columns), mixed_frame, kind, node)
+
+
+def test_result_frame_has_typed_columns(duck_url: str, mixed_columns: list[tuple[str, str]]) -> None:
+    crosstab = run(duck_url, spec_for("crosstab", None), mixed_columns).frame
+    assert list(crosstab.columns) == ["sex", "smoking", "n"]
+    assert str(crosstab["sex"].dtype) == "string" and crosstab["n"].dtype == np.int64
+    assert crosstab["sex"].isna().any(), "missing values form their own group"
+    hist = run(duck_url, spec_for("histogram", None), mixed_columns).frame
+    assert list(hist.columns) == ["sex", "bin", "lower", "upper", "n"]
+    edges = KINDS["histogram"]["params"]["edges"]
+    first, last = hist[hist["bin"] == 0].iloc[0], hist[hist["bin"] == len(edges)].iloc[0]
+    assert math.isnan(first["lower"]) and first["upper"] == edges[0]
+    assert last["lower"] == edges[-1] and math.isnan(last["upper"])
+    quant = run(duck_url, spec_for("quantiles", None), mixed_columns).frame
+    assert list(quant.columns) == ["event", "n", "q0.25", "q0.5", "q0.9"]
+    assert str(quant["event"].dtype) == "boolean"
+    grouped_by_date = parse_query_spec(
+        {**spec_for("count", None).model_dump(by_alias=True), "group_by": ["admission_date"]}
+    )
+    dated = run(duck_url, grouped_by_date, mixed_columns).frame
+    assert str(dated["admission_date"].dtype).startswith("datetime64")
+
+
+def test_withdrawn_patient_is_excluded_and_withdrawal_applies_to_the_next_query(
+    duck_url: str, mixed_columns: list[tuple[str, str]], mixed_frame: pd.DataFrame, pg_url: str
+) -> None:
+    ok = admitted(mixed_frame)
+    withdrawn = mixed_frame[mixed_frame["consent_withdrawn"]]["patient_id"].iloc[0]
+    present = mixed_frame[ok]["patient_id"].iloc[0]
+
+    def count_of(url: str, patient: str) -> QueryOutcome:
+        node = {"column": "patient_id", "op": "=", "value": patient}
+        return run(url, spec_for("count", node), mixed_columns)
+
+    assert count_of(duck_url, withdrawn).frame["n"].tolist() == [0]
+    assert count_of(duck_url, present).frame["n"].tolist() == [1]
+    import pyarrow as pa
+    from query_helpers import write_postgres
+
+    write_postgres(pg_url, pa.Table.from_pandas(mixed_frame, preserve_index=False))
+    before = count_of(pg_url, present)
+    assert before.frame["n"].tolist() == [1]
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(f'UPDATE "{TABLE}" SET consent_withdrawn = TRUE WHERE patient_id = :p'), {"p": present}
+        )
+    engine.dispose()
+    after = count_of(pg_url, present)
+    assert after.frame["n"].tolist() == [0]
+    assert after.population == before.population - 1
+
+
+def test_duckdb_store_is_opened_read_only(duck_url: str) -> None:
+    engine = store_engine(duck_url)
+    try:
+        with pytest.raises(sa.exc.DBAPIError), engine.connect() as conn:
+            conn.exec_driver_sql(f'DELETE FROM "{TABLE}"')
+    finally:
+        engine.dispose()
+
+
+def test_postgres_store_is_opened_read_only(pg_mixed_url: str) -> None:
+    engine = store_engine(pg_mixed_url)
+    try:
+        with pytest.raises(sa.exc.DBAPIError, match="read-only"), engine.connect() as conn:
+            conn.exec_driver_sql(f'DELETE FROM "{TABLE}"')
+    finally:
+        engine.dispose()
+
+
+def test_database_errors_become_execution_errors_without_values(
+    duck_url: str, pg_mixed_url: str, mixed_columns: list[tuple[str, str]]
+) -> None:
+    node = {"column": "icd10", "op": "=", "value": "SECRET-VALUE-42"}
+    spec = spec_for("count", node)
+    allowed = tuple(name for name, _ in mixed_columns)
+    for url in (duck_url, pg_mixed_url):
+        engine = store_engine(url)
+        try:
+            compiled = compile_query(
+                spec, "ds_missing__v9", mixed_columns, obligations(allowed), engine.dialect.name
+            )
+            with pytest.raises(ExecutionError) as caught:
+                execute(engine, compiled)
+        finally:
+            engine.dispose()
+        assert "SECRET-VALUE-42" not in str(caught.value)
+        assert "ds_missing" not in str(caught.value)
+
+
+def test_unreachable_store_is_an_execution_error(tmp_path: Any, mixed_columns: list[tuple[str, str]]) -> None:
+    engine = store_engine("postgresql+psycopg://nobody@127.0.0.1:1/none", hold_open=False)
+    allowed = tuple(name for name, _ in mixed_columns)
+    compiled = compile_query(
+        spec_for("count", None), TABLE, mixed_columns, obligations(allowed), "postgresql"
+    )
+    with pytest.raises(ExecutionError, match="store unavailable"):
+        execute(engine, compiled)
