@@ -78,8 +78,11 @@ class _Pending:
 
 @dataclass
 class _Queue:
+    """Appends waiting for a commit; `leading` while one appender is committing a batch."""
+
     items: list[_Pending] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+    leading: bool = False
 
 
 class AuditLog:
@@ -167,13 +170,28 @@ class AuditLog:
     ) -> AppendReceipt:
         """Validate and append one event; returns once it is committed to disk."""
         pending = _Pending(prepare_event(event_type, actor, request_id, payload))
-        with self._queue.lock:
-            self._queue.items.append(pending)
-        with self._commit_lock:
-            if not pending.done:
-                with self._queue.lock:
-                    batch, self._queue.items = self._queue.items, []
-                self._commit(batch)
+        queue = self._queue
+        with queue.changed:
+            queue.items.append(pending)
+            # Followers sleep on the condition, not on a lock, so a finished batch releases them all at
+            # once; the first appender that finds no leader commits everything queued so far.
+            while not pending.done and queue.leading:
+                queue.changed.wait()
+            lead = not pending.done
+            if lead:
+                queue.leading = True
+        if lead:
+            # Let appenders that are already running reach the queue, so that they share this commit.
+            time.sleep(0)
+            with queue.changed:
+                batch, queue.items = queue.items, []
+            try:
+                with self._commit_lock:
+                    self._commit(batch)
+            finally:
+                with queue.changed:
+                    queue.leading = False
+                    queue.changed.notify_all()
         if pending.error is not None:
             raise pending.error
         assert pending.receipt is not None
