@@ -1,0 +1,142 @@
+"""Compilation: obligations enforced, values checked against column types, no value ever in the SQL text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from query_helpers import CONSENT, TABLE, obligations
+from sqlalchemy.dialects import postgresql
+
+from gateway.query import (
+    ColumnNotAllowed,
+    QueryError,
+    QuerySpecError,
+    UnknownColumn,
+    UnsupportedStore,
+    compile_query,
+    parse_query_spec,
+)
+
+COLUMNS = [
+    ("patient_id", "string"),
+    ("sex", "string"),
+    ("bmi", "double"),
+    ("systolic_bp", "int32"),
+    ("admission_date", "date32[day]"),
+    ("seen_at", "timestamp[us, tz=UTC]"),
+    ("event", "bool"),
+    ("blob", "binary"),
+    ("n", "int64"),
+    ("consent_duo", "string"),
+    ("consent_withdrawn", "bool"),
+]
+ALLOWED = ("sex", "bmi", "systolic_bp", "admission_date", "seen_at", "event", "blob", "n", "ghost")
+
+
+def query(**changes: Any) -> Any:
+    base = {"dataset": "mixed", "agreement": "DSA-1", "purpose": {"duo": ["DUO:0000042"]}, "kind": "count"}
+    return parse_query_spec({**base, **changes})
+
+
+def compile_(spec: Any, dialect: str = "duckdb", columns: list[tuple[str, str]] = COLUMNS, **kw: Any) -> Any:
+    return compile_query(spec, TABLE, columns, obligations(ALLOWED, **kw), dialect)
+
+
+def leaf(column: str, op: str, value: Any = None) -> dict[str, Any]:
+    return {"column": column, "op": op, "value": value}
+
+
+@pytest.mark.parametrize(
+    ("spec", "error", "field"),
+    [
+        (query(group_by=["patient_id"]), ColumnNotAllowed, "group_by[0]"),
+        (query(filters={"and": [leaf("bmi", ">", 1), leaf("patient_id", "=", "x")]}), ColumnNotAllowed,
+         "filters.and[1].column"),
+        (query(kind="summary", params={"column": "consent_duo"}), ColumnNotAllowed, "params.column"),
+        (query(filters={"not": leaf("ghost", "=", 1)}), UnknownColumn, "filters.not.column"),
+        (query(filters={"or": [leaf("bmi", "<", 1), leaf("bmi", ">", "high")]}), QuerySpecError,
+         "filters.or[1].value"),
+        (query(filters=leaf("bmi", "in", [1, 2, "x"])), QuerySpecError, "filters.value[2]"),
+        (query(filters=leaf("sex", "=", 1)), QuerySpecError, "filters.value"),
+        (query(filters=leaf("event", "=", 1)), QuerySpecError, "filters.value"),
+        (query(filters=leaf("event", "<", True)), QuerySpecError, "filters.op"),
+        (query(filters=leaf("admission_date", ">", "01/02/2020")), QuerySpecError, "filters.value"),
+        (query(filters=leaf("seen_at", ">", "2020-01-01T00:00:00")), QuerySpecError, "filters.value"),
+        (query(filters=leaf("bmi", "between", [30, 20])), QuerySpecError, "filters.value"),
+        (query(filters=leaf("blob", "=", "x")), QuerySpecError, "filters.column"),
+        (query(group_by=["blob"]), QuerySpecError, "group_by[0]"),
+        (query(group_by=["sex", "n"]), QuerySpecError, "group_by[1]"),
+        (query(kind="summary", params={"column": "sex"}), QuerySpecError, "params.column"),
+        (query(kind="quantiles", params={"column": "admission_date", "probs": [0.5]}), QuerySpecError,
+         "params.column"),
+        (query(kind="histogram", params={"column": "event", "edges": [0, 1]}), QuerySpecError,
+         "params.column"),
+    ],
+)  # fmt: skip
+def test_bad_query_names_its_field(spec: Any, error: type[QueryError], field: str) -> None:
+    with pytest.raises(error) as caught:
+        compile_(spec)
+    assert type(caught.value) is error
+    assert caught.value.field == field
+
+
+def test_an_unsupported_dialect_is_refused() -> None:
+    with pytest.raises(UnsupportedStore):
+        compile_(query(), dialect="sqlite")
+
+
+def test_missing_or_mistyped_consent_columns_fail_closed() -> None:
+    without = [c for c in COLUMNS if c[0] != "consent_withdrawn"]
+    with pytest.raises(UnknownColumn) as caught:
+        compile_(query(), columns=without)
+    assert caught.value.field == "obligations.consent_filter.withdrawn_column"
+    mistyped = [(n, "string" if n == "consent_withdrawn" else t) for n, t in COLUMNS]
+    with pytest.raises(QueryError) as caught:
+        compile_(query(), columns=mistyped)
+    assert caught.value.field == "obligations.consent_filter.withdrawn_column"
+
+
+def test_valid_values_of_every_type_compile() -> None:
+    node = {
+        "and": [
+            leaf("admission_date", "between", ["2019-01-01", "2020-12-31"]),
+            leaf("seen_at", "<", "2021-01-01T00:00:00+00:00"),
+            leaf("event", "in", [True]),
+            leaf("systolic_bp", ">=", 120.5),
+            leaf("bmi", "!=", 25),
+            leaf("sex", "is_null", False),
+        ]
+    }
+    for dialect in ("duckdb", "postgresql"):
+        compile_(query(filters=node, group_by=["sex", "event", "admission_date"]), dialect)
+
+
+SECRET_VALUES = ["Zq-SECRET-1", 987654.321, "1999-12-31", 4242, "DUO:0000045", "DUO:0000046"]
+
+
+@pytest.mark.parametrize("dialect", ["duckdb", "postgresql"])
+@pytest.mark.parametrize("kind", ["count", "summary", "histogram", "quantiles"])
+def test_values_are_bound_never_written_into_sql(dialect: str, kind: str) -> None:
+    params = {
+        "count": None,
+        "summary": {"column": "bmi"},
+        "histogram": {"column": "bmi", "edges": [4242.5, 987654.321]},
+        "quantiles": {"column": "bmi", "probs": [0.4242]},
+    }[kind]
+    node = {
+        "or": [
+            leaf("sex", "in", ["Zq-SECRET-1", "Zq-SECRET-1b"]),
+            leaf("bmi", "=", 987654.321),
+            {"not": leaf("admission_date", "=", "1999-12-31")},
+            leaf("systolic_bp", "between", [4242, 4243]),
+        ]
+    }
+    extra = {"params": params} if params else {}
+    compiled = compile_(query(kind=kind, filters=node, group_by=["sex"], **extra), dialect)
+    sql_dialect = postgresql.dialect() if dialect == "postgresql" else None
+    for select in (compiled.main, compiled.sizes, compiled.selected, compiled.population):
+        text = str(select.compile(dialect=sql_dialect)) if sql_dialect else str(select)
+        for value in [*SECRET_VALUES, "4242.5", "0.4242", *CONSENT.allowed_codes]:
+            assert str(value) not in text
+        assert TABLE in text
