@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
-from query_helpers import TABLE, admitted, obligations, reference_mask
+from query_helpers import TABLE, admitted, obligations, reference_mask, write_postgres
 
 from gateway.query import (
     ExecutionError,
@@ -197,8 +199,6 @@ def test_withdrawn_patient_is_excluded_and_withdrawal_applies_to_the_next_query(
 
     assert count_of(duck_url, withdrawn).frame["n"].tolist() == [0]
     assert count_of(duck_url, present).frame["n"].tolist() == [1]
-    import pyarrow as pa
-    from query_helpers import write_postgres
 
     write_postgres(pg_url, pa.Table.from_pandas(mixed_frame, preserve_index=False))
     before = count_of(pg_url, present)
@@ -260,3 +260,22 @@ def test_unreachable_store_is_an_execution_error(tmp_path: Any, mixed_columns: l
     )
     with pytest.raises(ExecutionError, match="store unavailable"):
         execute(engine, compiled)
+
+
+def test_duckdb_file_held_by_a_writer_is_unavailable(
+    tmp_path: Any, mixed_columns: list[tuple[str, str]], duck_url: str
+) -> None:
+
+    path = tmp_path / "busy.duckdb"
+    writer = duckdb.connect(str(path))  # as an ingest in this process would hold it
+    try:
+        writer.execute(f'CREATE TABLE "{TABLE}" (x INTEGER)').fetchall()
+        engine = store_engine(f"duckdb:///{path}", hold_open=False)
+        allowed = tuple(name for name, _ in mixed_columns)
+        spec = spec_for("count", None)
+        compiled = compile_query(spec, TABLE, mixed_columns, obligations(allowed), "duckdb")
+        with pytest.raises(ExecutionError, match="store unavailable") as caught:
+            execute(engine, compiled)
+        assert str(path) not in str(caught.value)
+    finally:
+        writer.close()
