@@ -285,3 +285,25 @@ def test_postgres_missing_column(pg_url: str, assert_named: NamedCheck) -> None:
     with pytest.raises(MissingColumn) as caught:
         connector.schema()
     assert_named(caught.value, source=connector.source, column="postcode")
+
+
+@pytest.mark.postgres
+def test_postgres_reads_through_a_server_side_cursor(pg_url: str) -> None:
+    execute(pg_url, "create table labs as select i as id from generate_series(1, 3000) i")
+    batches = SqlConnector(pg_url, "labs").batches(1_000)
+    observer = sa.create_engine(pg_url)
+    try:
+        first = next(batches)
+        with observer.connect() as conn:
+            fetching = conn.execute(
+                sa.text(
+                    "select count(*) from pg_stat_activity"
+                    " where pid <> pg_backend_pid() and query ilike 'fetch forward % from %'"
+                )
+            ).scalar_one()
+        # the rows not yet read stay in the server; the client holds one batch
+        assert fetching == 1
+        assert first.num_rows + sum(batch.num_rows for batch in batches) == 3_000
+    finally:
+        batches.close()  # an open cursor would block dropping the test schema
+        observer.dispose()
