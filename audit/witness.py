@@ -139,6 +139,12 @@ class Witness:
     def close(self) -> None:
         self._engines.dispose()
 
+    def __enter__(self) -> Witness:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def cosigned(self, origin: str) -> tuple[int, bytes]:
         """The size and root this witness last cosigned for `origin` (0 and the empty root at first)."""
         if origin not in self._logs:

@@ -129,12 +129,9 @@ def test_equal_sizes_with_different_roots(
 
 def test_state_survives_a_restart(tmp_path: Path, site: AuditLog, witness: Witness) -> None:
     witness.add_checkpoint(0, [], grow(site, 4))
-    again = Witness(f"sqlite:///{tmp_path / 'witness.db'}", WITNESS, Ed25519PrivateKey.generate(),
-                    {ORIGIN: site.verifier_key()})  # fmt: skip
-    try:
+    store = f"sqlite:///{tmp_path / 'witness.db'}"
+    with Witness(store, WITNESS, Ed25519PrivateKey.generate(), {ORIGIN: site.verifier_key()}) as again:
         assert again.cosigned(ORIGIN)[0] == 4
-    finally:
-        again.close()
 
 
 def test_request_body_round_trip_and_malformed_bodies(site: AuditLog, witness: Witness) -> None:
