@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from decimal import Decimal
 from pathlib import Path
 
@@ -291,6 +291,7 @@ def test_postgres_missing_column(pg_url: str, assert_named: NamedCheck) -> None:
 def test_postgres_reads_through_a_server_side_cursor(pg_url: str) -> None:
     execute(pg_url, "create table labs as select i as id from generate_series(1, 3000) i")
     batches = SqlConnector(pg_url, "labs").batches(1_000)
+    assert isinstance(batches, Generator)
     observer = sa.create_engine(pg_url)
     try:
         first = next(batches)
