@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from gateway.decision.models import Obligations
 from gateway.query.columns import DatasetColumn, python_value
-from gateway.query.consent import consent_predicate
+from gateway.query.consent import consent_predicate, not_withdrawn
 from gateway.query.errors import ColumnNotAllowed, QueryError, QuerySpecError, UnknownColumn
 from gateway.query.spec import (
     And,
@@ -62,9 +62,15 @@ def compile_query(
     columns: Sequence[tuple[str, str]],
     obligations: Obligations,
     dialect_name: str,
+    *,
+    patient_column: str | None = None,
+    withdrawn: Sequence[str] = (),
 ) -> CompiledQuery:
     """Check `spec` against the dataset's catalog columns (name, Arrow type name) and the obligations,
-    and build its selects for `dialect_name` ('duckdb' or 'postgresql')."""
+    and build its selects for `dialect_name` ('duckdb' or 'postgresql').
+
+    `withdrawn` are pseudonyms of patients who withdrew consent after ingest (in `patient_column`, the
+    catalog entry's `patient_column`); their rows are excluded like the consent filter excludes rows."""
     catalog = {name: DatasetColumn(name, arrow) for name, arrow in columns}
     table = sa.table(dataset_table, *(sa.column(c.name, c.sa_type()) for c in catalog.values()))
     resolve = _Resolver(catalog, set(obligations.allowed_columns), table, dialect_name)
@@ -76,6 +82,13 @@ def compile_query(
         resolve.consent(rule.withdrawn_column, "bool", "obligations.consent_filter.withdrawn_column"),
         dialect_name,
     )
+    if withdrawn:
+        if patient_column is None:
+            raise QueryError(
+                "withdrawals cannot be applied: the dataset names no patient column", "patient_column"
+            )
+        patient = resolve.consent(patient_column, "string", "patient_column")
+        consent = sa.and_(consent, not_withdrawn(patient, withdrawn, dialect_name))
     keep = _filter(spec.filters, "filters", resolve, negated=False) if spec.filters is not None else None
     where = sa.and_(consent, keep) if keep is not None else consent
 

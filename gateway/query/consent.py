@@ -8,6 +8,7 @@ so such a row is excluded, as in the reference. Codes are bound parameters, neve
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -51,3 +52,21 @@ def consent_predicate(
             for group in rule.require_any_of
         ]
     return sa.and_(*parts)
+
+
+def not_withdrawn(
+    patient: sa.ColumnElement[Any], tokens: Sequence[str], dialect_name: str
+) -> sa.ColumnElement[bool]:
+    """Rows whose patient pseudonym is not among `tokens` (withdrawals recorded after the data was ingested).
+
+    The tokens travel as one array parameter, so thousands of withdrawals cost one bind, not thousands."""
+    if dialect_name not in DIALECTS:
+        raise UnsupportedStore(f"the store's SQL dialect {dialect_name!r} cannot exclude withdrawn patients")
+    if dialect_name == "postgresql":
+        listed = patient == sa.any_(sa.literal(list(tokens), _TEXT_ARRAY))
+    else:
+        listed = sa.func.list_contains(
+            sa.literal(list(tokens), sa.ARRAY(sa.Text())), patient, type_=sa.Boolean()
+        )
+    # A row without a pseudonym cannot be checked against the list: it is excluded (fail closed).
+    return sa.and_(patient.is_not(None), sa.not_(listed))

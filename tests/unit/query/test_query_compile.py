@@ -140,3 +140,24 @@ def test_values_are_bound_never_written_into_sql(dialect: str, kind: str) -> Non
         for value in [*SECRET_VALUES, "4242.5", "0.4242", *CONSENT.allowed_codes]:
             assert str(value) not in text
         assert TABLE in text
+
+
+def test_withdrawals_need_a_known_patient_column() -> None:
+    with pytest.raises(QueryError) as caught:
+        compile_query(query(), TABLE, COLUMNS, obligations(ALLOWED), "duckdb", withdrawn=["tok"])
+    assert caught.value.field == "patient_column"
+    with pytest.raises(UnknownColumn) as caught:
+        compile_query(
+            query(), TABLE, COLUMNS, obligations(ALLOWED), "duckdb", patient_column="pid", withdrawn=["t"]
+        )
+    assert caught.value.field == "patient_column"
+    with pytest.raises(UnsupportedStore):
+        compile_query(
+            query(),
+            TABLE,
+            COLUMNS,
+            obligations(ALLOWED),
+            "sqlite",
+            patient_column="patient_id",
+            withdrawn=["t"],
+        )

@@ -279,3 +279,39 @@ def test_duckdb_file_held_by_a_writer_is_unavailable(
         assert str(path) not in str(caught.value)
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("store", ["duck_url", "pg_mixed_url"])
+def test_withdrawals_recorded_after_ingest_are_excluded(
+    store: str,
+    request: pytest.FixtureRequest,
+    mixed_columns: list[tuple[str, str]],
+    mixed_frame: pd.DataFrame,
+) -> None:
+    url = request.getfixturevalue(store)
+    admitted_ids = mixed_frame[admitted(mixed_frame)]["patient_id"].tolist()
+    gone = admitted_ids[:3]
+    tokens = [*gone, *(f"unknown-{i}" for i in range(2000))]
+    allowed = tuple(name for name, _ in mixed_columns)
+    spec = spec_for("crosstab", None)
+    engine = store_engine(url)
+    try:
+        base = execute(
+            engine, compile_query(spec, TABLE, mixed_columns, obligations(allowed), engine.dialect.name)
+        )
+        compiled = compile_query(
+            spec,
+            TABLE,
+            mixed_columns,
+            obligations(allowed),
+            engine.dialect.name,
+            patient_column="patient_id",
+            withdrawn=tokens,
+        )
+        after = execute(engine, compiled)
+    finally:
+        engine.dispose()
+    assert after.population == base.population - 3
+    assert after.selected == base.selected - 3
+    assert int(after.frame["n"].sum()) == int(base.frame["n"].sum()) - 3
+    assert "unknown-7" not in str(compiled.main.compile())
