@@ -213,7 +213,7 @@ class AuditLog:
         receipts: list[AppendReceipt] = []
         try:
             with self._engines.writer.begin() as conn:
-                head = storage.lock_head_fast(conn)
+                head = storage.lock_head(conn)
                 cr = CompactRange.from_state(head.size, head.frontier)
                 prev = head.last_leaf
                 stamp = format_time(time.time())
@@ -300,9 +300,9 @@ class AuditLog:
         if self._key is None:
             raise StorageError("this log was opened without a signing key")
         with self._commit_lock, self._engines.writer.begin() as conn:
-            head_row = storage.lock_head(conn)
-            size = int(head_row.size)
-            root = CompactRange.from_state(size, bytes(head_row.frontier)).root()
+            head = storage.lock_head(conn)
+            size = head.size
+            root = CompactRange.from_state(size, head.frontier).root()
             last = _latest_checkpoint_row(conn)
             if last is not None:
                 last_size, last_root = int(last.size), bytes(last.root)

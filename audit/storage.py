@@ -7,7 +7,7 @@ PostgreSQL writers lock the head row with `SELECT … FOR UPDATE`. Readers never
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,16 +132,6 @@ def create_schema(
             initialize(conn)
 
 
-def lock_head(conn: Connection) -> Any:
-    """Read the head row under the writers' lock (SQLite already holds it since BEGIN IMMEDIATE)."""
-    stmt = (
-        sa.select(head.c.origin, head.c.size, head.c.last_leaf, head.c.frontier)
-        .where(head.c.id == HEAD_ID)
-        .with_for_update()
-    )
-    return conn.execute(stmt).one()
-
-
 def read_head(conn: Connection) -> Any:
     """Read the head row without locking."""
     stmt = sa.select(head.c.origin, head.c.size, head.c.last_leaf, head.c.frontier).where(
@@ -181,13 +171,15 @@ def fetch_nodes(conn: Connection, keys: Iterable[NodeKey]) -> dict[NodeKey, byte
 
 @dataclass(frozen=True)
 class HeadState:
+    """The head row: size, last leaf hash and the packed compact range."""
+
     size: int
     last_leaf: bytes
     frontier: bytes
 
 
-def lock_head_fast(conn: Connection) -> HeadState:
-    """`lock_head` in driver SQL, for the append hot path."""
+def lock_head(conn: Connection) -> HeadState:
+    """Read the head row under the writers' lock (SQLite already holds it since BEGIN IMMEDIATE)."""
     lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE"
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     sql = f"SELECT size, last_leaf, frontier FROM {head.name} WHERE id = {mark}{lock}"
@@ -214,9 +206,3 @@ def write_batch(
         f"UPDATE {head.name} SET size = {mark}, last_leaf = {mark}, frontier = {mark} WHERE id = {mark}",
         (new_head.size, new_head.last_leaf, new_head.frontier, HEAD_ID),
     )
-
-
-def insert_rows(conn: Connection, table: sa.Table, rows: list[Mapping[str, Any]]) -> None:
-    """executemany insert, skipping empty batches."""
-    if rows:
-        conn.execute(table.insert(), rows)
