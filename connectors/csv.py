@@ -99,6 +99,8 @@ class CsvConnector(Connector):
         if header is None:
             raise EmptySource(self.source, "the file is empty: no header line")
         line, names = header
+        if names is None:
+            raise MalformedRecord(self.source, "a quoted header name is not closed on its line", line=line)
         self._header = names
         seen: set[str] = set()
         for name in names:
@@ -159,13 +161,8 @@ class CsvConnector(Connector):
                 return MalformedRecord(
                     self.source, f"a record past row {delivered} does not have {expected} fields"
                 )
-            position, count = found
-            return MalformedRecord(
-                self.source,
-                f"expected {expected} fields, found {count}",
-                line=position.line,
-                row=position.row,
-            )
+            position, problem = found
+            return MalformedRecord(self.source, problem, line=position.line, row=position.row)
         if "Empty CSV file" in message:
             return EmptySource(self.source, "the file is empty: no header line")
         return MalformedRecord(
@@ -174,9 +171,13 @@ class CsvConnector(Connector):
 
     def _unparsable(self, index: int, delivered: int) -> TypeParseError:
         column = self._header[index] if index < len(self._header) else f"#{index}"
-        declared = column in self._declared
-        arrow_type = self._declared[column] if declared else self.schema().field(column).type
-        how = "" if declared else " (inferred from the first rows; declare the column's type to change it)"
+        if column in self._declared:
+            arrow_type, how = self._declared[column], ""
+        elif self._schema is not None and self._schema.get_field_index(column) >= 0:
+            arrow_type = self._schema.field(column).type
+            how = " (inferred from the first rows; declare the column's type to change it)"
+        else:
+            return TypeParseError(self.source, "a value does not parse as its column's type", column=column)
         position = find_unparsable(self.path, self.source, self.delimiter, index, arrow_type, delivered)
         if position is None:
             return TypeParseError(

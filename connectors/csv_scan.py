@@ -50,8 +50,8 @@ def line_at_offset(path: Path, offset: int) -> int:
     return number
 
 
-def records(path: Path, source: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
-    """(line number, fields) of every non-empty line; the header is the first."""
+def records(path: Path, source: str, delimiter: str) -> Iterator[tuple[int, list[str] | None]]:
+    """(line number, fields) of every non-empty line, the header first; None for an unclosed quote."""
     for number, _, raw in physical_lines(path):
         content = raw.rstrip(b"\r\n")
         if not content:
@@ -60,17 +60,28 @@ def records(path: Path, source: str, delimiter: str) -> Iterator[tuple[int, list
             text = content.decode("utf-8")
         except UnicodeDecodeError:
             raise EncodingError(source, "bytes are not valid UTF-8", line=number) from None
-        yield number, next(csv.reader([text], delimiter=delimiter))
+        yield number, _fields(text, delimiter)
 
 
-def read_header(path: Path, source: str, delimiter: str) -> tuple[int, list[str]] | None:
-    """The header line's number and names, or None when the file holds no non-empty line."""
+def _fields(text: str, delimiter: str) -> list[str] | None:
+    """The fields of one line, or None when a quoted value runs past its end (pyarrow rejects it too)."""
+    try:
+        return next(csv.reader([text], delimiter=delimiter, strict=True))
+    except csv.Error as exc:
+        if "unexpected end of data" in str(exc):
+            return None
+    # Strict mode also rejects text after a closing quote, which pyarrow (and lenient mode) accept.
+    return next(csv.reader([text], delimiter=delimiter))
+
+
+def read_header(path: Path, source: str, delimiter: str) -> tuple[int, list[str] | None] | None:
+    """The header line's number and names (None if a quote is unclosed), or None for a file without lines."""
     return next(records(path, source, delimiter), None)
 
 
 def _data_rows(
     path: Path, source: str, delimiter: str, after_rows: int
-) -> Iterator[tuple[Position, list[str]]]:
+) -> Iterator[tuple[Position, list[str] | None]]:
     """Data records past the first `after_rows` (rows the fast reader already delivered)."""
     rows = records(path, source, delimiter)
     next(rows, None)  # the header
@@ -81,11 +92,13 @@ def _data_rows(
 
 def find_malformed(
     path: Path, source: str, delimiter: str, expected: int, after_rows: int
-) -> tuple[Position, int] | None:
-    """The first record past `after_rows` whose field count is not `expected`, and its count."""
+) -> tuple[Position, str] | None:
+    """The first record past `after_rows` that does not split into `expected` fields, and what is wrong."""
     for position, fields in _data_rows(path, source, delimiter, after_rows):
+        if fields is None:
+            return position, "a quoted value is not closed on its line (values may not hold line breaks)"
         if len(fields) != expected:
-            return position, len(fields)
+            return position, f"expected {expected} fields, found {len(fields)}"
     return None
 
 
@@ -95,7 +108,7 @@ def find_unparsable(
     """The first record past `after_rows` whose field `index` pyarrow cannot convert to `arrow_type`."""
     chunk: list[tuple[Position, str]] = []
     for position, fields in _data_rows(path, source, delimiter, after_rows):
-        if index < len(fields):
+        if fields is not None and index < len(fields):
             chunk.append((position, fields[index]))
         if len(chunk) == _CHUNK_ROWS:
             if (found := _first_unparsable(chunk, arrow_type)) is not None:

@@ -241,3 +241,16 @@ def test_type_names(
 ) -> None:
     path = write(tmp_path, b"v\n" + value + b"\n")
     assert drain(CsvConnector(path, columns={"v": spec}), 10).schema.field("v").type == expected
+
+
+def test_quoted_value_not_closed_on_its_line(tmp_path: Path, assert_named: NamedCheck) -> None:
+    path = write(tmp_path, b'mrn,note\nP1,ok\nP2,"' + SECRET.encode() + b'\nstill the note",x\nP3,ok\n')
+    with pytest.raises(MalformedRecord) as caught:
+        list(CsvConnector(path).batches())
+    assert_named(caught.value, source=str(path), line=3, row=2, secret=SECRET)
+    assert "not closed" in str(caught.value)
+
+
+def test_text_after_a_closing_quote_is_read_as_pyarrow_reads_it(tmp_path: Path, drain: Drain) -> None:
+    path = write(tmp_path, b'mrn,age\n"P"1,34\n')
+    assert drain(CsvConnector(path), 10).to_pylist() == [{"mrn": "P1", "age": 34}]
