@@ -7,6 +7,7 @@ reads with `newlines_in_values=False`, so every non-empty physical line is one r
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from collections.abc import Iterator
@@ -54,6 +55,8 @@ def records(path: Path, source: str, delimiter: str) -> Iterator[tuple[int, list
     """(line number, fields) of every non-empty line, the header first; None for an unclosed quote."""
     for number, _, raw in physical_lines(path):
         content = raw.rstrip(b"\r\n")
+        if number == 1:
+            content = content.removeprefix(codecs.BOM_UTF8)  # spreadsheet exports start so; pyarrow skips it
         if not content:
             continue  # pyarrow skips empty lines, so they are not rows
         try:

@@ -32,9 +32,13 @@ class ParquetConnector(Connector):
     def schema(self) -> pa.Schema:
         if self._schema is None:
             file = self._open()
-            self._schema = file.schema_arrow if self.columns is None else self._select(file.schema_arrow)
-            if file.metadata.num_rows == 0:
-                raise EmptySource(self.source, "the file holds no rows")
+            try:
+                schema = file.schema_arrow if self.columns is None else self._select(file.schema_arrow)
+                if file.metadata.num_rows == 0:
+                    raise EmptySource(self.source, "the file holds no rows")
+            finally:
+                file.close()
+            self._schema = schema
         return self._schema
 
     def batches(self, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
 from connectors.base import DEFAULT_BATCH_ROWS, Connector
-from connectors.errors import InvalidOption, MissingColumn, SourceNotFound, TypeParseError
+from connectors.errors import EmptySource, InvalidOption, MissingColumn, SourceNotFound, TypeParseError
 from connectors.sql_types import ColumnMapping, column_array, first_unconvertible, map_column
 
 # File databases that create a missing file on connect: reading must never leave an empty database behind.
@@ -66,9 +66,15 @@ class SqlConnector(Connector):
         try:
             with self._connect(engine) as conn:
                 if self.url.get_backend_name() == "duckdb":
-                    yield from self._duckdb_batches(conn, schema, batch_rows)
+                    stream = self._duckdb_batches(conn, schema, batch_rows)
                 else:
-                    yield from self._row_batches(conn, schema, batch_rows)
+                    stream = self._row_batches(conn, schema, batch_rows)
+                delivered = 0
+                for batch in stream:
+                    delivered += batch.num_rows
+                    yield batch
+                if delivered == 0:
+                    raise EmptySource(self.source, "the table holds no rows")
         except sa.exc.DBAPIError as exc:
             raise SourceNotFound(self.source, f"reading failed: {_driver_message(exc)}") from None
         finally:

@@ -254,3 +254,11 @@ def test_quoted_value_not_closed_on_its_line(tmp_path: Path, assert_named: Named
 def test_text_after_a_closing_quote_is_read_as_pyarrow_reads_it(tmp_path: Path, drain: Drain) -> None:
     path = write(tmp_path, b'mrn,age\n"P"1,34\n')
     assert drain(CsvConnector(path), 10).to_pylist() == [{"mrn": "P1", "age": 34}]
+
+
+def test_byte_order_mark_of_spreadsheet_exports(tmp_path: Path, drain: Drain) -> None:
+    path = write(tmp_path, b"\xef\xbb\xbfmrn,age\nP1,34\nP2,x\n")
+    assert drain(CsvConnector(path, columns={"mrn": "string"}), 10).schema.names == ["mrn", "age"]
+    with pytest.raises(TypeParseError) as caught:
+        CsvConnector(path, columns={"age": "int64"}).schema()
+    assert (caught.value.line, caught.value.column) == (3, "age")

@@ -93,9 +93,12 @@ def test_missing_column(tmp_path: Path, assert_named: NamedCheck) -> None:
 
 def test_file_without_rows(tmp_path: Path, assert_named: NamedCheck) -> None:
     path = write(tmp_path, COHORT.slice(0, 0))
+    connector = ParquetConnector(path)
     with pytest.raises(EmptySource) as caught:
-        list(ParquetConnector(path).batches())
+        list(connector.batches())
     assert_named(caught.value, source=str(path))
+    with pytest.raises(EmptySource):
+        connector.schema()  # asking again must not find a schema cached by the first attempt
 
 
 def test_string_column_with_non_utf8_bytes(tmp_path: Path, assert_named: NamedCheck) -> None:

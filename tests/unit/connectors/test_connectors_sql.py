@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from connectors import (
     Connector,
+    EmptySource,
     InvalidOption,
     MissingColumn,
     SourceNotFound,
@@ -308,3 +309,18 @@ def test_postgres_reads_through_a_server_side_cursor(pg_url: str) -> None:
     finally:
         batches.close()  # an open cursor would block dropping the test schema
         observer.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "duckdb"])
+def test_table_without_rows(tmp_path: Path, kind: str, assert_named: NamedCheck) -> None:
+    path = tmp_path / f"site.{kind}"
+    if kind == "duckdb":
+        with duckdb.connect(str(path)) as conn:
+            conn.execute("create table patients (mrn varchar)")
+    else:
+        execute(f"sqlite:///{path}", "create table patients (mrn text)")
+    connector = SqlConnector(f"{kind}:///{path}", "patients")
+    assert connector.schema().names == ["mrn"]
+    with pytest.raises(EmptySource) as caught:
+        list(connector.batches())
+    assert_named(caught.value, source=connector.source)
