@@ -19,9 +19,10 @@ GA4GH visas with its own keys, generated at start (nothing is committed):
 
 Keys: one RSA-2048 (RS256), one EC P-256 (ES256) and one Ed25519 (EdDSA) key, each with its own kid
 (`idp.kid(alg)`). `roles_claim` (a dotted path) says where `token()` puts the roles, as the gateway's
-`[oidc] roles_claim` would read them. `sign(claims, alg=..., kid=..., header=...)` signs any claims as-is (header={"kid": None}: no kid).
-Use it as a context manager, or call `stop()`; `discovery_overrides` replaces fields of the discovery
-document (e.g. a different `issuer`) to test a misconfigured provider.
+`[oidc] roles_claim` would read them. `sign(claims, alg=..., kid=..., header=...)` signs any claims
+as-is; header={"kid": None} signs without a kid. Use it as a context manager, or call `stop()`;
+`discovery_overrides` replaces fields of the discovery document (e.g. a different `issuer`) to test a
+misconfigured provider.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from joserfc import jwt
-from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
+from joserfc.jwk import ECKey, Key, KeyParameters, OKPKey, RSAKey
 
 from gateway.auth.signature import registry_for
 
@@ -44,7 +45,7 @@ ALGORITHMS = ("RS256", "ES256", "EdDSA")
 
 def _new_key(alg: str) -> Key:
     kid = f"{alg.lower()}-{uuid.uuid4().hex[:12]}"
-    params = {"kid": kid, "use": "sig", "alg": alg}
+    params: KeyParameters = {"kid": kid, "use": "sig", "alg": alg}
     if alg == "RS256":
         return RSAKey.generate_key(2048, parameters=params)
     if alg == "ES256":
@@ -214,7 +215,7 @@ class LoopbackTestIssuer:
 
     def visa(
         self,
-        type: str,  # noqa: A002 - the GA4GH field is called `type`
+        type: str,
         value: str,
         *,
         source: str = "https://dac.example.org",
@@ -230,7 +231,12 @@ class LoopbackTestIssuer:
     ) -> str:
         """A signed GA4GH Passport v1 visa (`ga4gh_visa_v1` = {type, value, source, by, asserted})."""
         now = int(time.time())
-        body: dict[str, Any] = {"type": type, "value": value, "source": source, "asserted": asserted or now - 60}
+        body: dict[str, Any] = {
+            "type": type,
+            "value": value,
+            "source": source,
+            "asserted": asserted or now - 60,
+        }
         if by is not None:
             body["by"] = by
         if conditions is not None:
@@ -267,7 +273,7 @@ class LoopbackTestIssuer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            def do_GET(self) -> None:
                 status, body = owner._answer(self.path.split("?")[0])
                 data = json.dumps(body).encode()
                 self.send_response(status)
@@ -276,7 +282,7 @@ class LoopbackTestIssuer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 # Tests read their own output; the access log would only bury it.
                 pass
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, Key, KeySet, OKPKey, RSAKey, import_key
+from joserfc.jwk import ECKey, Key, OKPKey, RSAKey, import_key
 
 from gateway.auth.errors import IdentityProviderUnavailable, UnknownSigningKey
 from gateway.auth.signature import key_fits
@@ -89,7 +89,9 @@ def keys_from_jwks(document: Mapping[str, Any]) -> list[Key]:
 
 def _find(keys: Iterable[Key], kid: str | None, alg: str) -> Key | None:
     if kid is not None:
-        return next((k for k in keys if k.kid == kid), None)
+        named = [k for k in keys if k.kid == kid]
+        # Some providers reuse a kid across key types; the one that fits alg wins, else the mismatch shows.
+        return next((k for k in named if key_fits(alg, k)), named[0] if named else None)
     # Without a kid the choice must be unambiguous; trying every key would let one kid-less token probe all.
     fitting = [k for k in keys if key_fits(alg, k)]
     return fitting[0] if len(fitting) == 1 else None
@@ -109,10 +111,6 @@ class StaticKeys:
     audience: str
     keys: tuple[Key, ...]
     dev: bool = False
-
-    @classmethod
-    def from_key_set(cls, issuer: str, audience: str, key_set: KeySet, *, dev: bool = False) -> StaticKeys:
-        return cls(issuer=issuer, audience=audience, keys=tuple(key_set.keys), dev=dev)
 
     async def key(self, kid: str | None, alg: str) -> Key:
         found = _find(self.keys, kid, alg)

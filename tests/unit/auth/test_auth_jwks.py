@@ -106,7 +106,9 @@ def test_unknown_kid_refetch_is_rate_limited(fresh_idp: LoopbackTestIssuer) -> N
     run(scenario())
 
 
-def test_keys_are_reread_after_their_ttl_so_withdrawn_keys_stop_working(fresh_idp: LoopbackTestIssuer) -> None:
+def test_keys_are_reread_after_their_ttl_so_withdrawn_keys_stop_working(
+    fresh_idp: LoopbackTestIssuer,
+) -> None:
     clock = Clock()
 
     async def scenario() -> None:
