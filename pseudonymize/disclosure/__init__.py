@@ -11,6 +11,7 @@ from pseudonymize.disclosure.errors import (
     InvalidAggregate,
     InvalidRules,
     QuerySetTooSmall,
+    UnprotectableTable,
 )
 from pseudonymize.disclosure.groups import protect_quantiles, protect_summary
 from pseudonymize.disclosure.query_set import check_query_set
@@ -43,6 +44,7 @@ __all__ = [
     "ProtectedTable",
     "QuerySetTooSmall",
     "ThresholdObligations",
+    "UnprotectableTable",
     "check_query_set",
     "protect_counts",
     "protect_histogram",

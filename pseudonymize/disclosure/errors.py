@@ -4,6 +4,7 @@ PseudonymizeError                   (pseudonymize.errors)
 └── DisclosureError                 an answer cannot be released as asked
     ├── QuerySetTooSmall            the filtered set has fewer rows than min_cell_count
     ├── ComplementTooSmall          the filter leaves out between 1 and min_cell_count - 1 rows (a tracker)
+    ├── UnprotectableTable          every cell that could be hidden is, and a small cell is still determined
     ├── InvalidRules                thresholds that cannot be applied (min_cell_count or round_to below 1)
     └── InvalidAggregate            the executor's table lacks the shape disclosure control needs
 """
@@ -45,6 +46,18 @@ class ComplementTooSmall(DisclosureError):
             f"the filter leaves out fewer than {min_cell_count} rows of the dataset; comparing its answer "
             f"with the unfiltered one would reveal that small group, so a filter must leave out none or at "
             f"least {min_cell_count} rows (min_cell_count)"
+        )
+
+
+class UnprotectableTable(DisclosureError):
+    """So few rows over so many cells that the totals and labels pin a small cell whatever else is hidden."""
+
+    def __init__(self, min_cell_count: int) -> None:
+        self.min_cell_count = min_cell_count
+        super().__init__(
+            f"this table cannot be released: its rows are spread so thinly that the totals would reveal a "
+            f"cell below the minimum of {min_cell_count} whatever else were hidden; group by fewer "
+            f"columns or coarser levels"
         )
 
 

@@ -4,10 +4,11 @@ A table and its totals are *entries*; a *line* says that its entries, with coeff
 (the total), sum to zero: one line for a 1-D table (cells and total), a row line and a column line per level
 plus the two margin lines for a 2-D table. Each entry sits on one or two lines.
 
-The researcher (the attacker we defend against) knows every released entry, the label of every hidden one
-and what the label implies: a cell hidden for being small lies in [0 or 1, min_cell_count - 1]; a cell
-hidden as a complement is at least min_cell_count and, because complements are always the smallest
-candidate of some line, at most the largest of "smallest released candidate" over its lines. We release a
+The researcher (the attacker we defend against) knows every released entry, the grand total (a query
+without group-by gives it), the label of every hidden one and what the label implies: a cell hidden for
+being small lies in [0 or 1, min_cell_count - 1]; a cell hidden as a complement is at least min_cell_count
+(0 when zeros may show) and, because complements are always the smallest released entry of one of their
+lines, at most the largest of the released minima of its lines. We release a
 table only when every hidden entry can still take two values consistent with all that: a hidden entry is
 pinned exactly when no feasible direction moves it, and feasible directions of these line systems are
 alternating walks through hidden entries (the constraint matrix is a network matrix, so a real move implies
@@ -18,11 +19,12 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from enum import IntEnum
 
 import numpy as np
 
+from pseudonymize.disclosure.errors import QuerySetTooSmall, UnprotectableTable
 from pseudonymize.disclosure.rules import DisclosureRules
 
 _FREE = -1  # the open end of an entry that sits on one line only: no constraint there
@@ -97,41 +99,32 @@ class LineSystem:
 
 
 def suppress(system: LineSystem, rules: DisclosureRules) -> list[Status]:
-    """Hide small entries, then complements until no line betrays one and no hidden entry is pinned."""
+    """Hide small entries, then complements until no line betrays one and no hidden entry is pinned.
+
+    The grand total is what the same query without group-by answers, so it is never hidden: a table
+    resting on fewer than min_cell_count rows is refused whole (as `check_query_set` refuses the filtered
+    set), and a table whose hidden entries stay pinned once every other entry is hidden is refused too.
+    """
+    grand = system.grand_total
+    if grand is not None and system.values[grand] < rules.min_cell_count:
+        raise QuerySetTooSmall(rules.min_cell_count)
     status = [Status.PRIMARY if rules.is_small(v) else Status.RELEASED for v in system.values]
     while True:
         if _second_suppressions(system, status):
             continue
         pinned = pinned_entries(system, status, rules)
-        if not pinned or not _unpin(system, status, pinned):
+        if not pinned:
             return status
+        if not _unpin(system, status, pinned):
+            raise UnprotectableTable(rules.min_cell_count)
 
 
-def _candidate_key(system: LineSystem, status: list[Status], entry: int) -> tuple[int, int] | None:
-    """Order of preference for a complement: smallest value first; released zeros and the grand total never.
-
-    A released zero the DSA lets show stays zero (hiding it as a complement would mislabel a cell the
-    researcher can bound below by min_cell_count); the grand total is what a query without group-by answers.
-    """
-    if status[entry] != Status.RELEASED or system.values[entry] == 0 or entry == system.grand_total:
-        return None
-    return (system.values[entry], entry)
-
-
-def _smallest_in(system: LineSystem, status: list[Status], entries: Sequence[int]) -> int | None:
-    keys = [k for k in (_candidate_key(system, status, e) for e in entries) if k is not None]
+def _smallest_in(system: LineSystem, status: list[Status], entries: Iterable[int]) -> int | None:
+    """The complement to hide next: the smallest released entry, never the grand total."""
+    keys = [
+        (system.values[e], e) for e in entries if status[e] == Status.RELEASED and e != system.grand_total
+    ]
     return min(keys)[1] if keys else None
-
-
-def _fallback(system: LineSystem, status: list[Status]) -> int | None:
-    """The globally smallest candidate (also the smallest of each of its lines), else the grand total."""
-    best = _smallest_in(system, status, range(len(system.values)))
-    if best is not None:
-        return best
-    grand = system.grand_total
-    if grand is not None and status[grand] == Status.RELEASED:
-        return grand
-    return None
 
 
 def _second_suppressions(system: LineSystem, status: list[Status]) -> bool:
@@ -141,9 +134,11 @@ def _second_suppressions(system: LineSystem, status: list[Status]) -> bool:
         hidden = [e for e, _ in line if status[e] != Status.RELEASED]
         if len(hidden) != 1:
             continue
+        # The globally smallest candidate is also the smallest of each line it sits on, so the bound an
+        # attacker draws from "a complement is the smallest of one of its lines" still holds.
         choice = _smallest_in(system, status, [e for e, _ in line])
         if choice is None:
-            choice = _fallback(system, status)
+            choice = _smallest_in(system, status, range(len(system.values)))
         if choice is not None:
             status[choice] = Status.COMPLEMENTARY
             changed = True
@@ -158,10 +153,9 @@ def _unpin(system: LineSystem, status: list[Status], pinned: list[int]) -> bool:
         lines = [index for index, _ in system.memberships[entry]]
         if touched.intersection(lines):
             continue  # that line already gained a hidden entry this round; audit again first
-        entries = [e for index in lines for e, _ in system.lines[index]]
-        choice = _smallest_in(system, status, entries)
+        choice = _smallest_in(system, status, [e for index in lines for e, _ in system.lines[index]])
         if choice is None:
-            choice = _fallback(system, status)
+            choice = _smallest_in(system, status, range(len(system.values)))
         if choice is None:
             continue
         status[choice] = Status.COMPLEMENTARY
@@ -186,21 +180,22 @@ def attacker_bounds(
             lo.append(small_floor)
             hi.append(rules.min_cell_count - 1)
         else:
-            lo.append(rules.min_cell_count)
+            # A complement passed the cell rule, unless it is a zero the DSA lets show.
+            lo.append(0 if rules.keep_zero_cells else rules.min_cell_count)
             hi.append(_complement_ceiling(system, status, entry))
     return lo, hi
 
 
 def _complement_ceiling(system: LineSystem, status: Sequence[Status], entry: int) -> float:
     """A complement is the smallest candidate of one of its lines: at most the largest such minimum."""
-    if entry == system.grand_total or not system.memberships[entry]:
+    if not system.memberships[entry]:
         return math.inf
     ceiling = -math.inf
     for index, _ in system.memberships[entry]:
         released = [
             system.values[e]
             for e, _ in system.lines[index]
-            if status[e] == Status.RELEASED and system.values[e] != 0 and e != system.grand_total
+            if status[e] == Status.RELEASED and e != system.grand_total
         ]
         ceiling = max(ceiling, min(released) if released else math.inf)
     return ceiling
