@@ -13,7 +13,8 @@ Public API (import from `audit`):
   raising `AuditIntegrityError`; `verify_inclusion`, `verify_consistency`
 - events: `Actor`, `register(EventType(...))`, `REGISTRY`
 
-Writer-side names are imported lazily so that `import audit.verify` never loads the writer or SQLAlchemy.
+Every name is imported on first use: `import audit.verify` never loads the writer or SQLAlchemy, and the
+verifier's worker processes start without loading what they do not use.
 """
 
 from __future__ import annotations
@@ -21,43 +22,78 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from audit.checkpoint import Checkpoint, cosign_checkpoint, open_checkpoint, sign_checkpoint
-from audit.entry import Actor
-from audit.errors import (
-    AuditError,
-    AuditIntegrityError,
-    BadConsistencyProof,
-    BadLogSignature,
-    EntryError,
-    ForkEvidence,
-    LogKeyError,
-    MalformedRequest,
-    MissingLogSignature,
-    NonEmptyProofFromZero,
-    NoteError,
-    OldSizeMismatch,
-    OldSizeTooLarge,
-    PayloadError,
-    ProofError,
-    ProofRejected,
-    RootMismatchAtEqualSize,
-    SignatureError,
-    StorageError,
-    UnknownOrigin,
-    UntrustedCheckpoint,
-    WitnessError,
-)
-from audit.events import REGISTRY, EventType, register
-from audit.merkle import leaf_hash, node_hash, verify_consistency, verify_inclusion
-from audit.notes import parse_verifier_key, verifier_key_text
-
 if TYPE_CHECKING:
+    from audit.checkpoint import Checkpoint, cosign_checkpoint, open_checkpoint, sign_checkpoint
+    from audit.entry import Actor
+    from audit.errors import (
+        AuditError,
+        AuditIntegrityError,
+        BadConsistencyProof,
+        BadLogSignature,
+        EntryError,
+        ForkEvidence,
+        LogKeyError,
+        MalformedRequest,
+        MissingLogSignature,
+        NonEmptyProofFromZero,
+        NoteError,
+        OldSizeMismatch,
+        OldSizeTooLarge,
+        PayloadError,
+        ProofError,
+        ProofRejected,
+        RootMismatchAtEqualSize,
+        SignatureError,
+        StorageError,
+        UnknownOrigin,
+        UntrustedCheckpoint,
+        WitnessError,
+    )
+    from audit.events import REGISTRY, EventType, register
     from audit.keys import generate_log_key, load_log_key
     from audit.log import AppendReceipt, AuditLog, Event, StoredEntry
+    from audit.merkle import leaf_hash, node_hash, verify_consistency, verify_inclusion
+    from audit.notes import parse_verifier_key, verifier_key_text
     from audit.verify import VerificationSummary, find_fork, verify_export
     from audit.witness import Witness, format_add_checkpoint_body, parse_add_checkpoint_body
 
 _LAZY = {
+    "Checkpoint": "audit.checkpoint",
+    "cosign_checkpoint": "audit.checkpoint",
+    "open_checkpoint": "audit.checkpoint",
+    "sign_checkpoint": "audit.checkpoint",
+    "Actor": "audit.entry",
+    "AuditError": "audit.errors",
+    "AuditIntegrityError": "audit.errors",
+    "BadConsistencyProof": "audit.errors",
+    "BadLogSignature": "audit.errors",
+    "EntryError": "audit.errors",
+    "ForkEvidence": "audit.errors",
+    "LogKeyError": "audit.errors",
+    "MalformedRequest": "audit.errors",
+    "MissingLogSignature": "audit.errors",
+    "NonEmptyProofFromZero": "audit.errors",
+    "NoteError": "audit.errors",
+    "OldSizeMismatch": "audit.errors",
+    "OldSizeTooLarge": "audit.errors",
+    "PayloadError": "audit.errors",
+    "ProofError": "audit.errors",
+    "ProofRejected": "audit.errors",
+    "RootMismatchAtEqualSize": "audit.errors",
+    "SignatureError": "audit.errors",
+    "StorageError": "audit.errors",
+    "UnknownOrigin": "audit.errors",
+    "UntrustedCheckpoint": "audit.errors",
+    "WitnessError": "audit.errors",
+    "REGISTRY": "audit.events",
+    "EventType": "audit.events",
+    "register": "audit.events",
+    "leaf_hash": "audit.merkle",
+    "node_hash": "audit.merkle",
+    "verify_consistency": "audit.merkle",
+    "verify_inclusion": "audit.merkle",
+    "parse_verifier_key": "audit.notes",
+    "verifier_key_text": "audit.notes",
     "AuditLog": "audit.log",
     "AppendReceipt": "audit.log",
     "Event": "audit.log",

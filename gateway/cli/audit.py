@@ -31,8 +31,8 @@ EXIT_UNREADABLE = 4
 # Below this many entries verification is quick enough that a progress bar is only noise.
 PROGRESS_MIN_ENTRIES = 100_000
 
-_err = Console(stderr=True, highlight=False)
-_out = Console(highlight=False)
+_err = Console(stderr=True, highlight=False, soft_wrap=True)
+_out = Console(highlight=False, soft_wrap=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", help="the site's TOML config file")]
 
