@@ -17,6 +17,7 @@ from gateway.query.errors import (
     UnsupportedStore,
 )
 from gateway.query.execute import QueryOutcome, execute, store_engine
+from gateway.query.population import PopulationCache
 from gateway.query.spec import (
     KINDS,
     OPS,
@@ -59,6 +60,7 @@ __all__ = [
     "HistogramQuery",
     "Not",
     "Or",
+    "PopulationCache",
     "QuantilesParams",
     "QuantilesQuery",
     "QueryError",

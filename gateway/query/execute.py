@@ -23,6 +23,7 @@ from pandas.api.types import pandas_dtype
 
 from gateway.query.compile import CompiledQuery
 from gateway.query.errors import ExecutionError
+from gateway.query.population import PopulationCache
 
 
 @dataclass(frozen=True)
@@ -53,17 +54,32 @@ def store_engine(store_url: str, *, hold_open: bool = True) -> sa.Engine:
     return engine
 
 
-def execute(engine: sa.Engine, compiled: CompiledQuery) -> QueryOutcome:
-    """Run `compiled` and its query-set-size count; ExecutionError (without SQL values) on any failure.
+def execute(
+    engine: sa.Engine, compiled: CompiledQuery, *, populations: PopulationCache | None = None
+) -> QueryOutcome:
+    """Run `compiled` and its query-set-size counts; ExecutionError (without SQL values) on any failure.
 
-    Version tables never change after publication, so the two statements see the same rows."""
+    Without a cache: the main statement, then `sizes` (selected and population in one scan). With a
+    cache that knows the population: count and crosstab take `selected` from their own cells (every
+    selected row is in exactly one cell, missing values included) and run one statement; the other kinds
+    run `selected` beside the main statement. Version tables never change after publication, so the
+    statements see the same rows."""
+    key = PopulationCache.key(engine, compiled.population) if populations is not None else None
+    population = populations.get(key) if populations is not None and key is not None else None
     try:
         with engine.connect() as conn:
             rows = conn.execute(compiled.main).all()
-            selected, population = conn.execute(compiled.sizes).one()
+            if population is None:
+                selected, population = (int(v) for v in conn.execute(compiled.sizes).one())
+                if populations is not None and key is not None:
+                    populations.put(key, population)
+            elif compiled.kind in ("count", "crosstab"):
+                selected = sum(int(r[-1]) for r in rows)
+            else:
+                selected = int(conn.execute(compiled.selected).scalar_one())
     except (sa.exc.SQLAlchemyError, duckdb.Error) as exc:
         raise ExecutionError(_describe(exc)) from None
-    return QueryOutcome(_frame(compiled, rows), int(selected), int(population))
+    return QueryOutcome(_frame(compiled, rows), selected, population)
 
 
 def _describe(exc: BaseException) -> str:

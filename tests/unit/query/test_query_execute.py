@@ -15,6 +15,7 @@ from query_helpers import TABLE, admitted, obligations, reference_mask, write_po
 
 from gateway.query import (
     ExecutionError,
+    PopulationCache,
     QueryOutcome,
     compile_query,
     execute,
@@ -70,13 +71,24 @@ def spec_for(kind: str, node: dict[str, Any] | None) -> Any:
     )
 
 
-def run(url: str, spec: Any, columns: list[tuple[str, str]]) -> QueryOutcome:
+def run(
+    url: str, spec: Any, columns: list[tuple[str, str]], populations: PopulationCache | None = None
+) -> QueryOutcome:
     engine = store_engine(url)
     try:
         allowed = tuple(name for name, _ in columns)
-        return execute(engine, compile_query(spec, TABLE, columns, obligations(allowed), engine.dialect.name))
+        compiled = compile_query(spec, TABLE, columns, obligations(allowed), engine.dialect.name)
+        return execute(engine, compiled, populations=populations)
     finally:
         engine.dispose()
+
+
+def run_both_ways(url: str, spec: Any, columns: list[tuple[str, str]]) -> list[QueryOutcome]:
+    """Without a population cache, then with one (cold, then warm): all three must agree with pandas."""
+    cache = PopulationCache()
+    outcomes = [run(url, spec, columns), run(url, spec, columns, cache), run(url, spec, columns, cache)]
+    assert len(cache) == 1
+    return outcomes
 
 
 def _key(values: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -153,7 +165,8 @@ def test_duckdb_matches_pandas(
     duck_url: str, mixed_columns: list[tuple[str, str]], mixed_frame: pd.DataFrame, kind: str, op: str
 ) -> None:
     node = FILTERS.get(op)
-    check(run(duck_url, spec_for(kind, node), mixed_columns), mixed_frame, kind, node)
+    for outcome in run_both_ways(duck_url, spec_for(kind, node), mixed_columns):
+        check(outcome, mixed_frame, kind, node)
 
 
 @pytest.mark.postgres
@@ -162,7 +175,8 @@ def test_postgres_matches_pandas(
     pg_mixed_url: str, mixed_columns: list[tuple[str, str]], mixed_frame: pd.DataFrame, kind: str, op: str
 ) -> None:
     node = FILTERS.get(op)
-    check(run(pg_mixed_url, spec_for(kind, node), mixed_columns), mixed_frame, kind, node)
+    for outcome in run_both_ways(pg_mixed_url, spec_for(kind, node), mixed_columns):
+        check(outcome, mixed_frame, kind, node)
 
 
 def test_result_frame_has_typed_columns(duck_url: str, mixed_columns: list[tuple[str, str]]) -> None:
@@ -294,11 +308,11 @@ def test_withdrawals_recorded_after_ingest_are_excluded(
     tokens = [*gone, *(f"unknown-{i}" for i in range(2000))]
     allowed = tuple(name for name, _ in mixed_columns)
     spec = spec_for("crosstab", None)
+    cache = PopulationCache()  # a withdrawal must not reuse the population counted before it
     engine = store_engine(url)
     try:
-        base = execute(
-            engine, compile_query(spec, TABLE, mixed_columns, obligations(allowed), engine.dialect.name)
-        )
+        first = compile_query(spec, TABLE, mixed_columns, obligations(allowed), engine.dialect.name)
+        base = execute(engine, first, populations=cache)
         compiled = compile_query(
             spec,
             TABLE,
@@ -308,7 +322,7 @@ def test_withdrawals_recorded_after_ingest_are_excluded(
             patient_column="patient_id",
             withdrawn=tokens,
         )
-        after = execute(engine, compiled)
+        after = execute(engine, compiled, populations=cache)
     finally:
         engine.dispose()
     assert after.population == base.population - 3

@@ -1,0 +1,55 @@
+"""A cache of query-set populations: the consented row count of a dataset version under one consent rule.
+
+The population depends only on the version table, the consent filter and the withdrawn pseudonyms, and
+published version tables never change, so the count can be reused by every query under the same rule:
+it saves a full scan per query. The key is the compiled statement with its bound values, so a new
+version, another consent rule or one more withdrawal is a new key. Do not use it on a store whose tables
+are edited in place.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import sqlalchemy as sa
+
+
+class PopulationCache:
+    """A bounded, thread-safe map from a population statement to its count."""
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self.max_entries = max_entries
+        self._counts: OrderedDict[tuple[str, str, tuple[tuple[str, Any], ...]], int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(engine: sa.Engine, statement: sa.Select[Any]) -> tuple[str, str, tuple[tuple[str, Any], ...]]:
+        """The store and the statement with its bound values (lists made hashable)."""
+        compiled = statement.compile(dialect=engine.dialect)
+        params = tuple(
+            (name, tuple(value) if isinstance(value, list) else value)
+            for name, value in sorted(compiled.params.items())
+        )
+        return engine.url.render_as_string(hide_password=True), str(compiled), params
+
+    def get(self, key: tuple[str, str, tuple[tuple[str, Any], ...]]) -> int | None:
+        """The cached count, or None."""
+        with self._lock:
+            count = self._counts.get(key)
+            if count is not None:
+                self._counts.move_to_end(key)
+            return count
+
+    def put(self, key: tuple[str, str, tuple[tuple[str, Any], ...]], count: int) -> None:
+        """Remember a count, forgetting the least recently used beyond `max_entries`."""
+        with self._lock:
+            self._counts[key] = count
+            self._counts.move_to_end(key)
+            while len(self._counts) > self.max_entries:
+                self._counts.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._counts)

@@ -1,0 +1,26 @@
+"""The population cache: keyed by statement and bound values, bounded, least recently used evicted."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from gateway.query import PopulationCache
+
+
+def test_key_holds_bound_values_and_lru_eviction() -> None:
+    engine = sa.create_engine("duckdb:///:memory:")
+    table = sa.table("ds_x__v1", sa.column("c", sa.Text()))
+    one = PopulationCache.key(engine, sa.select(sa.func.count()).select_from(table).where(table.c.c == "a"))
+    two = PopulationCache.key(engine, sa.select(sa.func.count()).select_from(table).where(table.c.c == "b"))
+    listed = sa.literal(["a", "b"], sa.ARRAY(sa.Text()))
+    three = PopulationCache.key(
+        engine, sa.select(sa.func.count()).select_from(table).where(sa.func.list_contains(listed, table.c.c))
+    )
+    assert one != two and one[1] == two[1], "same SQL text, different bound values"
+    cache = PopulationCache(max_entries=2)
+    cache.put(one, 1)
+    cache.put(two, 2)
+    assert cache.get(one) == 1  # one is now the most recently used
+    cache.put(three, 3)
+    assert (cache.get(one), cache.get(two), cache.get(three), len(cache)) == (1, None, 3, 2)
+    engine.dispose()
