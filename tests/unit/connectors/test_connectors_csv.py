@@ -262,3 +262,11 @@ def test_byte_order_mark_of_spreadsheet_exports(tmp_path: Path, drain: Drain) ->
     with pytest.raises(TypeParseError) as caught:
         CsvConnector(path, columns={"age": "int64"}).schema()
     assert (caught.value.line, caught.value.column) == (3, "age")
+
+
+def test_missing_values_are_null_except_in_text(tmp_path: Path, drain: Drain) -> None:
+    path = write(tmp_path, b"country,age,note\nNA,NA,\nCH,34,seen\n")
+    assert drain(CsvConnector(path, columns={"age": "int64"}), 10).to_pylist() == [
+        {"country": "NA", "age": None, "note": ""},
+        {"country": "CH", "age": 34, "note": "seen"},
+    ]
