@@ -76,7 +76,10 @@ class SqlConnector(Connector):
                 if delivered == 0:
                     raise EmptySource(self.source, "the table holds no rows")
         except sa.exc.DBAPIError as exc:
-            raise SourceNotFound(self.source, f"reading failed: {_driver_message(exc)}") from None
+            # Only the error's kind: a driver message about a fetched row may quote the row.
+            raise SourceNotFound(self.source, f"reading failed: {_error_kind(exc.orig)}") from None
+        except duckdb.Error as exc:
+            raise SourceNotFound(self.source, f"reading failed: {_error_kind(exc)}") from None
         finally:
             engine.dispose()
 
@@ -98,8 +101,10 @@ class SqlConnector(Connector):
             return engine.connect()
         except sa.exc.DBAPIError as exc:
             raise SourceNotFound(
-                self.source, f"cannot connect to the database: {_driver_message(exc)}"
+                self.source, f"cannot connect to the database: {_driver_message(exc.orig)}"
             ) from None
+        except duckdb.Error as exc:
+            raise SourceNotFound(self.source, f"cannot open the database: {_driver_message(exc)}") from None
 
     def _inspect(self, conn: Connection) -> pa.Schema:
         if self.url.get_backend_name() == "duckdb":
@@ -176,7 +181,13 @@ def _duckdb_relation(conn: Connection, quoted_table: str, names: list[str] | Non
     return duck.sql(f"SELECT {selected} FROM {quoted_table}")
 
 
-def _driver_message(exc: sa.exc.DBAPIError) -> str:
-    """The driver's own first line (never SQLAlchemy's, which repeats the statement and its parameters)."""
-    text = str(exc.orig).strip().splitlines()
-    return f"{type(exc.orig).__name__}: {text[0] if text else 'no detail'}"
+def _driver_message(error: BaseException | None) -> str:
+    """The driver's own first line about a connection (never SQLAlchemy's, which repeats the statement)."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else 'no detail'}"
+
+
+def _error_kind(error: BaseException | None) -> str:
+    """The driver error's class and SQLSTATE, which say what failed without quoting data."""
+    state = getattr(error, "sqlstate", None)
+    return f"{type(error).__name__}" + (f" (SQLSTATE {state})" if state else "")
