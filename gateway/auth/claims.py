@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,7 +38,8 @@ def _time(claims: Mapping[str, Any], name: str, required: bool) -> float | None:
         if required:
             raise MissingClaim(name)
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+    # Python's JSON parser reads NaN and Infinity; an `exp` of Infinity would never expire.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise BadClaim(name, "a NumericDate (seconds since the epoch)")
     return float(value)
 

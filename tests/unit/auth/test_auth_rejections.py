@@ -118,6 +118,8 @@ CASES: list[Case] = [
     ("no iat", lambda i: i.token(sub=SUB, omit=["iat"]), MissingClaim, {}),
     ("exp not a number", lambda i: i.token(sub=SUB, exp="tomorrow"), BadClaim, {}),
     ("exp a boolean", lambda i: i.token(sub=SUB, exp=True), BadClaim, {}),
+    ("exp Infinity", lambda i: i.token(sub=SUB, exp=float("inf")), BadClaim, {}),
+    ("iat NaN", lambda i: i.token(sub=SUB, iat=float("nan")), BadClaim, {}),
     ("no sub", lambda i: i.token(omit=["sub"]), MissingClaim, {}),
     ("empty sub", lambda i: i.token(sub=" "), BadClaim, {}),
     ("sub too long", lambda i: i.token(sub="s" * 300), BadClaim, {}),
