@@ -17,7 +17,7 @@ from audit.checkpoint import parse_checkpoint_body
 from audit.errors import OldSizeMismatch
 from audit.keys import generate_log_key
 from audit.log import AuditLog
-from audit.merkle import leaf_hash
+from audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from audit.notes import b64, parse_note
 from audit.verify import verify_export
 from audit.witness import Witness
@@ -71,6 +71,14 @@ def check_one_linear_history(url: str, key: Ed25519PrivateKey, expected: int, tm
         for note in notes:
             cp = parse_checkpoint_body(parse_note(note).text)
             assert cp.root == log.root(cp.size)
+        # Proofs come from the stored nodes the concurrent writers left behind.
+        root = log.root(expected)
+        for index in (0, expected // 3, expected - 1):
+            verify_inclusion(
+                index, expected, entries[index].leaf_hash, log.inclusion_proof(index, expected), root
+            )
+        old = expected // 2 + 1
+        verify_consistency(old, expected, log.consistency_proof(old, expected), log.root(old), root)
         log.checkpoint()
         log.export(tmp_path / "log.export")
         vkey = log.verifier_key()

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 from audit_helpers import append_samples
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
 from audit.keys import load_log_key
 from audit.log import AuditLog
+from audit.witness import Witness
 from gateway.cli import app
 from gateway.settings import load_settings
 
@@ -120,3 +122,24 @@ def test_usage_and_unreadable_files(config: Path, tmp_path: Path) -> None:
     not_export = tmp_path / "junk"
     not_export.write_text("hello\n")
     assert runner.invoke(app, ["audit", "verify", str(not_export), "--key", vkey]).exit_code == 1
+
+
+def test_verify_with_a_witness_cosignature(config: Path, tmp_path: Path) -> None:
+    vkey = keygen(config)
+    populate(config, 4)
+    s = load_settings(config)
+    with AuditLog.open(
+        s.audit_url, s.audit_origin, load_log_key(s.log_key_file), checkpoint_interval_s=None
+    ) as log:
+        note = log.checkpoint()
+        with Witness(f"sqlite:///{tmp_path / 'w.db'}", "witness.example/w", Ed25519PrivateKey.generate(),
+                     {s.audit_origin: vkey}) as witness:  # fmt: skip
+            log.add_cosignature(4, witness.add_checkpoint(0, [], note), witness.verifier_key)
+            wkey = witness.verifier_key
+    out = tmp_path / "log.export"
+    assert runner.invoke(app, ["audit", "export", "--config", str(config), "--out", str(out)]).exit_code == 0
+    result = runner.invoke(
+        app, ["audit", "verify", str(out), "--key", vkey, "--witness", wkey, "--min-witnesses", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "cosigned by 1 witness(es): witness.example/w" in result.stdout
