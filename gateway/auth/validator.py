@@ -71,8 +71,9 @@ class TokenValidator:
                 log.warning("ignoring trusted visa issuer %s: its keys would travel without https", issuer)
                 continue
             name = normalize_issuer(issuer)
-            same = self._idp is not None and self._idp.issuer == name
-            self._visa_sources[name] = self._idp if same and self._idp else self._discovered(name)
+            # The provider may sign visas too; one key cache per issuer, so one fetch serves both.
+            shared = self._idp is not None and self._idp.issuer == name
+            self._visa_sources[name] = self._idp if shared and self._idp else self._discovered(name)
 
     @classmethod
     def for_site(

@@ -160,3 +160,10 @@ def test_trusted_visa_issuer_over_plain_http_off_loopback_is_ignored(
     principal = validate(idp, idp.token(visas=[visa]), trusted=("http://visas.example.org",))
     assert principal.dropped_visas == 1
     assert "without https" in caplog.text
+
+
+def test_provider_signing_its_own_visas_is_fetched_once(fresh_idp: LoopbackTestIssuer) -> None:
+    visa = fresh_idp.visa("ResearcherStatus", "https://doi.org/10.1/x")
+    principal = validate(fresh_idp, fresh_idp.token(visas=[visa]), trusted=(fresh_idp.issuer_url,))
+    assert len(principal.visas) == 1
+    assert (fresh_idp.discovery_fetches, fresh_idp.jwks_fetches) == (1, 1)
