@@ -1,9 +1,10 @@
 """The log writer: durable group-committed appends, signed checkpoints, proofs, cosignatures and export.
 
-Group commit: an appender queues its prepared event, then takes the process's commit lock; whoever holds
-it drains the whole queue into one database transaction (one fsync), so concurrent appenders share a
-commit. Across processes, each transaction reads and writes the head row under the database's write lock
-(see `audit.storage`), which keeps one linear history. An append returns only after its commit.
+Group commit: an appender validates and canonicalizes its event, queues it, and waits; the first appender
+that finds no commit in progress becomes the leader and writes everything queued into one database
+transaction (one fsync), so concurrent appenders share a commit. Across processes, each transaction reads
+and writes the head row under the database's write lock (see `audit.storage`), which keeps one linear
+history. An append returns only after its commit.
 """
 
 from __future__ import annotations
@@ -188,6 +189,13 @@ class AuditLog:
             try:
                 with self._commit_lock:
                     self._commit(batch)
+            except BaseException as exc:
+                # Whatever went wrong, no appender may be left waiting for a commit that will not come.
+                error = StorageError(f"append failed, nothing was written: {exc!r}")
+                for p in batch:
+                    if not p.done:
+                        p.error, p.done = error, True
+                raise
             finally:
                 with queue.changed:
                     queue.leading = False
@@ -214,7 +222,7 @@ class AuditLog:
         try:
             with self._engines.writer.begin() as conn:
                 head = storage.lock_head(conn)
-                cr = CompactRange.from_state(head.size, head.frontier)
+                cr = _tree(head)
                 prev = head.last_leaf
                 stamp = format_time(time.time())
                 entry_rows: list[tuple[int, bytes, bytes]] = []
@@ -302,7 +310,7 @@ class AuditLog:
         with self._commit_lock, self._engines.writer.begin() as conn:
             head = storage.lock_head(conn)
             size = head.size
-            root = CompactRange.from_state(size, head.frontier).root()
+            root = _tree(head).root()
             last = _latest_checkpoint_row(conn)
             if last is not None:
                 last_size, last_root = int(last.size), bytes(last.root)
@@ -395,6 +403,13 @@ class AuditLog:
             out.write(note.encode())
             out.flush()
             return Checkpoint(self.origin, size, bytes(row.root))
+
+
+def _tree(head: storage.HeadState) -> CompactRange:
+    try:
+        return CompactRange.from_state(head.size, head.frontier)
+    except ValueError:
+        raise StorageError(f"the head row is corrupt: size {head.size} does not match its subtrees") from None
 
 
 def _stream_bodies(conn: Connection, size: int) -> Iterator[list[bytes]]:

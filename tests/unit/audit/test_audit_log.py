@@ -142,8 +142,10 @@ def test_the_writer_refuses_to_sign_after_a_rollback(log: AuditLog) -> None:
     log.checkpoint()
     with log._engines.writer.begin() as conn:
         conn.execute(storage.head.update().values(size=4))
-    with pytest.raises((StorageError, ValueError)):
+    with pytest.raises(StorageError, match="corrupt"):
         log.checkpoint()
+    with pytest.raises(StorageError, match="corrupt"):
+        log.append("auth.failed", payload={"reason": "after-rollback"})
 
 
 def test_background_checkpoints_follow_appends_within_a_second(
