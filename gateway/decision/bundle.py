@@ -48,11 +48,28 @@ def derive(data: Mapping[str, Any]) -> dict[str, Any]:
     """Lookup tables computed once from the data, so the policies need not rebuild them per decision."""
     duo = data["duo"]
     return {
-        # graph.reachable wants every node as a key, roots included, in both engines.
-        "duo_parents": {code: term.get("parents", []) for code, term in duo["terms"].items()},
-        "disease_parents": {code: term.get("parents", []) for code, term in duo.get("diseases", {}).items()},
+        # Each term's ancestors, itself included: what graph.reachable answers, as a sorted list.
+        "duo_ancestors": _ancestors({code: term.get("parents", []) for code, term in duo["terms"].items()}),
+        "disease_ancestors": _ancestors(
+            {code: term.get("parents", []) for code, term in duo.get("diseases", {}).items()}
+        ),
         "permission_codes": sorted(c for c, term in duo["terms"].items() if term["kind"] == "permission"),
     }
+
+
+def _ancestors(parents: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    """Every node with the nodes reachable from it over `parents` (itself included), each sorted."""
+    out = {}
+    for node in parents:
+        seen = {node}
+        todo = [node]
+        while todo:
+            for parent in parents.get(todo.pop(), []):
+                if parent not in seen:
+                    seen.add(parent)
+                    todo.append(parent)
+        out[node] = sorted(seen)
+    return out
 
 
 def bundle_digest(policies: tuple[tuple[str, str], ...], data: Mapping[str, Any]) -> str:

@@ -58,19 +58,12 @@ deny contains msg if {
 	msg := sprintf("%s does not cover dataset %v", [_id, input.dataset.id])
 }
 
-# Every column the query touches: selected, grouped by, or named anywhere in the filter tree.
-used_columns contains c if {
-	some c in object.get(input, ["query", "columns"], [])
-}
-
-used_columns contains c if {
-	some c in object.get(input, ["query", "group_by"], [])
-}
-
-used_columns contains c if {
-	walk(object.get(input, ["query", "filters"], null), [path, c])
-	count(path) > 0
-	path[count(path) - 1] == "column"
+# Every column the query touches: selected, grouped by, or named anywhere in the filter tree (the value of
+# any "column" key at any depth). One rule rather than a partial set of three bodies, and the filter walk
+# keeps only the nodes, not their paths: both cost the engine less.
+used_columns := ({c | some c in object.get(input, ["query", "columns"], [])} | {c | some c in object.get(input, ["query", "group_by"], [])}) | {c |
+	walk(object.get(input, ["query", "filters"], null), [_, node])
+	c := node.column
 }
 
 _forbidden_columns := {c | some c in used_columns; not c in _entry.columns}

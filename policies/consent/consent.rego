@@ -24,11 +24,12 @@ _demands := {
 	"DUO:0000044": "prohibits population origins or ancestry research (DUO:0000044)",
 }
 
-dataset_codes := lib.strings_of(dataset.duo) if is_array(dataset.duo)
+# Comprehensions are written out rather than through lib.strings_of: see lib.rego on the cost of calls.
+dataset_codes := {c | some c in dataset.duo; is_string(c)} if is_array(dataset.duo)
 
 else := set()
 
-_geographic_area := lib.strings_of(dataset.geographic_area) if is_array(dataset.geographic_area)
+_geographic_area := {c | some c in dataset.geographic_area; is_string(c)} if is_array(dataset.geographic_area)
 
 else := {site.jurisdiction}
 
@@ -36,12 +37,13 @@ else := {site.jurisdiction}
 satisfied := {code |
 	non_profit := object.get(organisations, [input.requester.org, "non_profit"], false) == true
 	non_commercial := object.get(agreements, [input.dsa, "commercial_use"], true) == false
-	has_approval := lib.is_non_empty_string(object.get(input.purpose, "ethics_approval_id", null))
+	approval_id := object.get(input.purpose, "ethics_approval_id", null)
+	has_approval := {is_string(approval_id), approval_id != ""} == {true}
 	outside_area := {input.requester.country, input.destination.country} - _geographic_area
 	within_area := count(outside_area) == 0
 	collaboration := object.get(agreements, [input.dsa, "collaboration"], false) == true
 	return_of_results := object.get(agreements, [input.dsa, "return_of_results"], false) == true
-	ancestry := {p | some p in data.fedgate.lib.purpose_codes; "DUO:0000011" in lib.duo_ancestors(p)}
+	ancestry := {p | some p in data.fedgate.lib.purpose_codes; "DUO:0000011" in object.get(data.fedgate.lib.duo_ancestors, p, [p])}
 	no_ancestry := count(ancestry) == 0
 	some code, met in {
 		"DUO:0000045": non_profit,
@@ -74,7 +76,7 @@ deny contains msg if {
 
 # --- dataset consent -------------------------------------------------------------------------------------
 
-_dataset_diseases := lib.strings_of(dataset.diseases) if is_array(dataset.diseases)
+_dataset_diseases := {d | some d in dataset.diseases; is_string(d)} if is_array(dataset.diseases)
 
 else := set()
 
@@ -155,7 +157,7 @@ _permission_codes := {c | some c in data.fedgate_data.derived.permission_codes} 
 else := {c | some c, term in duo.terms; term.kind == "permission"}
 
 # Per-patient disease terms are not stored, so a patient's disease-specific consent never matches a purpose.
-_patient_group(p) := sort({c | some c in lib.duo_ancestors(p); c in _permission_codes; c != "DUO:0000007"})
+_patient_group(p) := sort({c | some c in object.get(data.fedgate.lib.duo_ancestors, p, [p]); c in _permission_codes; c != "DUO:0000007"})
 
 # A patient stays in the query when not withdrawn, holding one code of every group in require_any_of, and
 # holding no code outside allowed_codes (unknown and unmet restrictions exclude).

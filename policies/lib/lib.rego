@@ -25,9 +25,14 @@ valid_date(d) if {
 
 now_ns := time.parse_rfc3339_ns(input.now) if valid_timestamp(input.now)
 
-# Today's date in UTC, as YYYY-MM-DD. Dates in data and input are YYYY-MM-DD too (the loader and the
-# input model check that), so comparing them is comparing strings: far cheaper than parsing each one.
-today := sprintf("%04d-%02d-%02d", time.date(now_ns))
+# Today's date in UTC, as YYYY-MM-DD, or undefined when input.now is not an RFC 3339 timestamp. Dates in data
+# and input are YYYY-MM-DD too (the loader and the input model check that), so comparing them is comparing
+# strings: far cheaper than parsing each one. The regular expression is written out rather than called
+# through valid_timestamp, and the time read without now_ns: this rule runs on every request.
+today := sprintf("%04d-%02d-%02d", time.date(time.parse_rfc3339_ns(input.now))) if {
+	is_string(input.now)
+	regex.match(`^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$`, input.now)
+}
 
 # A date "YYYY-MM-DD" is a whole UTC day: before_day is true until it starts, after_day once it has ended.
 before_day(d) if {
@@ -40,15 +45,20 @@ after_day(d) if {
 	today > d
 }
 
-# The bundle loader derives these graphs from duo.json (data.fedgate_data.derived); building them here is
-# only the fallback for hand-made data such as the test fixtures.
-_duo_parents := derived.duo_parents if derived.duo_parents
+# Every DUO term and disease with its ancestors, itself included. The bundle loader derives these tables
+# once (data.fedgate_data.derived); walking the graphs here is only the fallback for hand-made data such as
+# the test fixtures. Rules read them by key, so a coverage question is a lookup, not a graph walk.
+duo_ancestors := derived.duo_ancestors if derived.duo_ancestors
 
-else := {code: object.get(term, "parents", []) | some code, term in duo.terms}
+else := {code: graph.reachable(_duo_parents, {code}) | some code, _ in duo.terms}
 
-_disease_parents := derived.disease_parents if derived.disease_parents
+disease_ancestors := derived.disease_ancestors if derived.disease_ancestors
 
-else := {code: object.get(term, "parents", []) | some code, term in object.get(duo, "diseases", {})}
+else := {code: graph.reachable(_disease_parents, {code}) | some code, _ in object.get(duo, "diseases", {})}
+
+_duo_parents := {code: object.get(term, "parents", []) | some code, term in duo.terms}
+
+_disease_parents := {code: object.get(term, "parents", []) | some code, term in object.get(duo, "diseases", {})}
 
 is_permission(code) if duo.terms[code].kind == "permission"
 
@@ -64,36 +74,24 @@ is_non_empty_string(v) := true if {
 	v != ""
 } else := false
 
-purpose_codes := strings_of(input.purpose.duo) if is_array(input.purpose.duo)
+# Written out rather than through strings_of: a function call costs more than the comprehension.
+purpose_codes := {x | some x in input.purpose.duo; is_string(x)} if is_array(input.purpose.duo)
 
 else := set()
 
-# Ancestors of the request's purpose codes and disease, computed once per evaluation: every coverage
-# question the policies ask is about them, and the engine does not cache function results.
-_purpose_ancestors := {p: graph.reachable(_duo_parents, {p}) | some p in purpose_codes}
-
-_disease_ancestors := graph.reachable(_disease_parents, {input.purpose.disease}) if is_string(input.purpose.disease)
-
-duo_ancestors(code) := _purpose_ancestors[code] if _purpose_ancestors[code]
-
-else := graph.reachable(_duo_parents, {code})
-
-_disease_ancestors_of(code) := _disease_ancestors if code == input.purpose.disease
-
-else := graph.reachable(_disease_parents, {code})
-
-# A permission code covers a purpose when it is the purpose or one of its ancestors in DUO.
-duo_covers(permission, purpose) if permission in duo_ancestors(purpose)
+# A permission code covers a purpose when it is the purpose or one of its ancestors in DUO. An unknown
+# purpose is covered by nothing.
+duo_covers(permission, purpose) if permission in duo_ancestors[purpose]
 
 # A permission code (with its disease terms, if disease-specific research, DUO:0000007) covers a purpose
 # code and disease; disease-specific consent covers only diseases at or below one of its terms.
 permits(permission, diseases, purpose, disease) if {
 	permission != "DUO:0000007"
-	permission in duo_ancestors(purpose)
+	permission in duo_ancestors[purpose]
 }
 
 permits("DUO:0000007", diseases, purpose, disease) if {
-	"DUO:0000007" in duo_ancestors(purpose)
+	"DUO:0000007" in duo_ancestors[purpose]
 	some consented in diseases
-	consented in _disease_ancestors_of(disease)
+	consented in disease_ancestors[disease]
 }
