@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from gateway.cli import audit, policy, site, synth
+from gateway.cli import audit, dev, policy, serve, site, synth
 
 app = typer.Typer(
     name="fedgate",
@@ -17,6 +17,8 @@ app.command("synth")(synth.synth)
 app.command("keygen")(site.keygen)
 app.command("ingest")(site.ingest)
 app.command("catalog")(site.catalog)
+app.command("serve")(serve.serve)
+app.command("dev-token")(dev.dev_token)
 app.add_typer(policy.app, name="policy")
 app.add_typer(audit.app, name="audit")
 

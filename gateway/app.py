@@ -1,0 +1,56 @@
+"""The site gateway's FastAPI application: routes, problem handlers and the runtime's lifespan."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from gateway import problems
+from gateway.auth import TokenValidator
+from gateway.routes import audit, queries, steward
+from gateway.runtime import SiteRuntime
+from gateway.settings import SiteSettings, load_settings
+
+CONFIG_ENV = "FEDGATE_CONFIG"
+
+
+def create_app(settings: SiteSettings, *, tokens: TokenValidator | None = None) -> FastAPI:
+    """An app for one site. The runtime starts in the lifespan, so a bad policy or key stops start-up."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = SiteRuntime.start(settings, tokens=tokens)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.aclose()
+
+    app = FastAPI(
+        title=f"fedgate gateway — {settings.site_id}",
+        version="0.1.0",
+        description="Aggregate queries under this site's policy; steward and auditor APIs. Errors are "
+        "RFC 9457 problem documents that name the field or cite the clause that decided.",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    app.include_router(queries.router)
+    app.include_router(steward.router)
+    app.include_router(audit.router)
+
+    @app.get("/healthz", tags=["health"], summary="Liveness: the site id and the running policy bundle")
+    async def healthz() -> dict[str, Any]:
+        runtime: SiteRuntime = app.state.runtime
+        return {"site": settings.site_id, "jurisdiction": settings.jurisdiction,
+                "policy_bundle": runtime.policy.bundle.digest}  # fmt: skip
+
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """Factory for `uvicorn --factory` and multi-worker serving: the config path is in $FEDGATE_CONFIG."""
+    return create_app(load_settings(os.environ[CONFIG_ENV]))

@@ -1,0 +1,36 @@
+"""`fedgate serve`: run the site gateway with uvicorn."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from gateway.app import CONFIG_ENV
+from gateway.cli.output import fail
+from gateway.settings import ConfigError, load_settings
+
+
+def serve(
+    config: Annotated[Path, typer.Option("--config", "-c", help="the site's TOML config file")],
+) -> None:
+    """Serve the site's HTTP API on the host, port and workers of the config's server table."""
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        fail(str(exc))
+    if settings.dev_mode and not settings.server.is_loopback:
+        fail(f"dev_mode is on: refusing to listen on the non-loopback address {settings.server.host}")
+    os.environ[CONFIG_ENV] = str(config.resolve())
+    uvicorn.run(
+        "gateway.app:app_from_environment",
+        factory=True,
+        host=settings.server.host,
+        port=settings.server.port,
+        workers=settings.server.workers,
+        log_level="info",
+        access_log=False,
+    )

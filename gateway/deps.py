@@ -1,0 +1,80 @@
+"""Dependency providers for the routes, as `Annotated` aliases (one place to override in tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Literal
+
+from fastapi import Depends, Request
+
+from gateway.auth import (
+    AuthError,
+    Forbidden,
+    IdentityProviderUnavailable,
+    Principal,
+    bearer_token,
+    require_role,
+    token_digest,
+)
+from gateway.pipeline import QueryPipeline
+from gateway.refusal import Refusal
+from gateway.runtime import SiteRuntime
+
+Role = Literal["researcher", "steward", "auditor"]
+
+
+def get_runtime(request: Request) -> SiteRuntime:
+    """The site's runtime, built by the app's lifespan."""
+    runtime: SiteRuntime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[SiteRuntime, Depends(get_runtime)]
+
+
+def get_pipeline(runtime: RuntimeDep) -> QueryPipeline:
+    """The query pipeline over the runtime."""
+    return QueryPipeline(runtime)
+
+
+PipelineDep = Annotated[QueryPipeline, Depends(get_pipeline)]
+
+
+async def authenticate(request: Request, runtime: RuntimeDep) -> Principal:
+    """The verified principal of the bearer token; every failure is audited without the token."""
+    header = request.headers.get("authorization")
+    try:
+        token = bearer_token(header)
+        return await runtime.tokens.validate(token)
+    except AuthError as exc:
+        payload: dict[str, str] = {"reason": exc.code, "route": request.url.path}
+        if header:
+            payload["token_digest"] = token_digest(header.removeprefix("Bearer ").strip())
+        await runtime.record("auth.failed", payload)
+        if isinstance(exc, IdentityProviderUnavailable):
+            raise Refusal(
+                "unavailable", "Identity provider unavailable", [exc.reason], stage="authorize"
+            ) from None
+        raise Refusal("unauthenticated", "Authentication failed", [exc.reason], stage="authorize") from None
+
+
+def requires(role: Role) -> Callable[..., Awaitable[Principal]]:
+    """A dependency admitting only principals holding `role`; a refusal is audited."""
+
+    async def check(request: Request, runtime: RuntimeDep) -> Principal:
+        principal = await authenticate(request, runtime)
+        try:
+            require_role(principal, role)
+        except Forbidden as exc:
+            await runtime.record(
+                "auth.failed", {"reason": "Forbidden", "route": request.url.path, "role": role}
+            )
+            raise Refusal("forbidden", "Role required", [exc.reason], stage="authorize") from None
+        return principal
+
+    return check
+
+
+ResearcherDep = Annotated[Principal, Depends(requires("researcher"))]
+StewardDep = Annotated[Principal, Depends(requires("steward"))]
+AuditorDep = Annotated[Principal, Depends(requires("auditor"))]

@@ -1,0 +1,389 @@
+"""The one-way query flow: received → decided → (approval) → compiled → executed → disclosure → released.
+
+Every step appends to the audit log before the next begins; every failure on the way ends as an audited
+refusal (`Refusal`), never as an answer. Nothing here knows HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import rfc8785
+
+from gateway.auth import Principal
+from gateway.decision import DatasetFacts, Decision, DecisionInput, Destination
+from gateway.query import (
+    ColumnNotAllowed,
+    ExecutionError,
+    QueryError,
+    QuerySpec,
+    compile_query,
+    execute,
+    parse_query_spec,
+)
+from gateway.refusal import Refusal
+from gateway.release import protect
+from gateway.runtime import SiteRuntime
+from gateway.state import new_request
+from pseudonymize.disclosure import DisclosureError
+from pseudonymize.store import CatalogEntry
+
+
+def sha256_label(hex_digest: str) -> str:
+    """The audit log's digest form."""
+    return f"sha256:{hex_digest}"
+
+
+def new_request_id() -> str:
+    """A random request id (no information about the requester)."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the pipeline produced: a released result, or a request waiting for a steward."""
+
+    status: Literal["released", "pending_approval"]
+    body: dict[str, Any]
+
+
+class QueryPipeline:
+    """Runs queries for one site under its policy."""
+
+    def __init__(self, runtime: SiteRuntime) -> None:
+        self.rt = runtime
+
+    async def submit(self, principal: Principal, spec: QuerySpec, request_id: str) -> Answer:
+        """The researcher's path: decide, then release or queue for approval."""
+        query_hash = spec.query_hash()
+        await self.rt.record(
+            "query.received",
+            {
+                "query_hash": sha256_label(query_hash),
+                "kind": spec.kind,
+                "dataset": spec.dataset,
+                "dsa": spec.agreement,
+                "purpose": list(spec.purpose.duo),
+            },
+            principal=principal,
+            request_id=request_id,
+        )
+        try:
+            entry = self._dataset(spec)
+            decision = await self._decide(principal, spec, entry, request_id, query_hash)
+            if decision.decision == "needs_approval":
+                stored = new_request(
+                    request_id, _principal_json(principal), spec.model_dump(mode="json"), query_hash,
+                    list(decision.reasons),
+                )  # fmt: skip
+                await asyncio.to_thread(self.rt.state.save_request, stored)
+                await self._outcome(principal, spec, request_id, "pending_approval")
+                return Answer("pending_approval", _pending_body(request_id, decision))
+            assert decision.obligations is not None
+            body = await self._release(principal, spec, entry, decision, request_id, query_hash)
+            return Answer("released", body)
+        except Refusal as refusal:
+            refusal.request_id = request_id
+            await self._refused(refusal, principal, request_id, query_hash)
+            await self._outcome(principal, spec, request_id, "refused", stage=refusal.stage)
+            raise
+
+    async def decide_approval(
+        self, steward: Principal, request_id: str, *, approve: bool, reason: str
+    ) -> dict[str, Any]:
+        """A steward's decision on a queued query; an approved query is decided again, run and released."""
+        stored = await asyncio.to_thread(self.rt.state.get_request, request_id)
+        if stored is None:
+            raise Refusal("not_found", "No such request", [f"no request {request_id}"], stage="approval")
+        if stored.status != "pending_approval":
+            raise Refusal(
+                "conflict", "Already decided", [f"the request is {stored.status}"], stage="approval"
+            )
+        query_hash = stored.query_hash
+        reasons = [reason] if reason else []
+        await self.rt.record(
+            "approval.decided",
+            {
+                "query_hash": sha256_label(query_hash),
+                "decision": "approved" if approve else "rejected",
+                "reasons": reasons,
+            },
+            principal=steward,
+            request_id=request_id,
+        )
+        if not approve:
+            await self._finish(
+                stored.request_id, "rejected", [f"a steward rejected the query: {reason}"], None, steward
+            )
+            return {"request_id": request_id, "status": "rejected", "reasons": reasons}
+        researcher = _principal_from_json(stored.principal)
+        spec = parse_query_spec(stored.spec)
+        try:
+            entry = self._dataset(spec)
+            decision = await self._decide(researcher, spec, entry, request_id, query_hash, approved=True)
+            body = await self._release(researcher, spec, entry, decision, request_id, query_hash)
+        except Refusal as refusal:
+            refusal.request_id = request_id
+            await self._refused(refusal, researcher, request_id, query_hash)
+            await self._outcome(researcher, spec, request_id, "refused", stage=refusal.stage)
+            await self._finish(request_id, "refused", refusal.reasons, None, steward)
+            return {"request_id": request_id, "status": "refused", "reasons": refusal.reasons}
+        await self._finish(request_id, "released", [], body, steward)
+        return body
+
+    # -- steps ---------------------------------------------------------------------------------------------
+
+    def _dataset(self, spec: QuerySpec) -> CatalogEntry:
+        entry = self.rt.catalog.latest(spec.dataset)
+        if entry is None:
+            raise Refusal("not_found", "Unknown dataset", [f"this site has no dataset {spec.dataset!r}"],
+                          field="dataset")  # fmt: skip
+        return entry
+
+    async def _decide(
+        self,
+        principal: Principal,
+        spec: QuerySpec,
+        entry: CatalogEntry,
+        request_id: str,
+        query_hash: str,
+        *,
+        approved: bool = False,
+    ) -> Decision:
+        request = DecisionInput(
+            requester=principal.to_requester(),
+            purpose=spec.purpose,
+            dsa=spec.agreement,
+            dataset=DatasetFacts(
+                id=entry.dataset,
+                jurisdiction=entry.jurisdiction,
+                duo=tuple(entry.duo),
+                columns=tuple(c["name"] for c in entry.columns),
+            ),
+            query=spec.query_facts(),
+            destination=Destination(country=spec.destination or principal.country),
+            now=datetime.now(UTC),
+        )
+        # The embedded engine answers in about a millisecond; a thread hop would cost as much.
+        decision = self.rt.policy.decide(request)
+        await self.rt.record(
+            "query.decided",
+            {
+                "query_hash": sha256_label(query_hash),
+                "decision": decision.decision,
+                "reasons": list(decision.reasons),
+                "policy_bundle": sha256_label(decision.bundle_digest),
+                "engine": self.rt.settings.policy_engine,
+            },
+            principal=principal,
+            request_id=request_id,
+        )
+        if decision.decision == "deny":
+            raise Refusal("forbidden", "Denied by policy", list(decision.reasons), stage="decide")
+        if decision.decision == "needs_approval" and approved:
+            decision = decision.model_copy(update={"decision": "allow"})
+        return decision
+
+    async def _release(
+        self,
+        principal: Principal,
+        spec: QuerySpec,
+        entry: CatalogEntry,
+        decision: Decision,
+        request_id: str,
+        query_hash: str,
+    ) -> dict[str, Any]:
+        obligations = decision.obligations
+        assert obligations is not None
+        if obligations.dp is not None:
+            raise Refusal(
+                "forbidden",
+                "Differential privacy required",
+                [
+                    f"{spec.agreement} requires differential privacy "
+                    f"(epsilon {obligations.dp.epsilon} per query); "
+                    "this gateway does not release noisy answers, so the query is refused"
+                ],
+                stage="decide",
+            )
+        asked = await asyncio.to_thread(self.rt.state.count_query, principal.sub, spec.agreement, query_hash)
+        if asked > obligations.max_identical_queries:
+            raise Refusal(
+                "limit",
+                "Repeated query limit reached",
+                [f"{spec.agreement} allows this exact query {obligations.max_identical_queries} times; "
+                 f"this is time {asked}"],
+                stage="limit",
+            )  # fmt: skip
+        withdrawn: list[str] = []
+        if entry.patient_column is not None:
+            withdrawn = await asyncio.to_thread(self.rt.state.withdrawn, entry.dataset, entry.key_context)
+        try:
+            compiled = compile_query(
+                spec,
+                entry.table_name,
+                [(c["name"], c["type"]) for c in entry.columns],
+                obligations,
+                self.rt.store.dialect.name,
+                patient_column=entry.patient_column,
+                withdrawn=withdrawn,
+            )  # fmt: skip
+        except ColumnNotAllowed as exc:
+            raise Refusal(
+                "forbidden", "Column not allowed", [str(exc)], stage="plan", field=exc.field
+            ) from None
+        except QueryError as exc:
+            raise Refusal("bad_request", "Invalid query", [str(exc)], stage="plan",
+                          field=getattr(exc, "field", None)) from None  # fmt: skip
+        started = time.perf_counter()
+        try:
+            outcome = await asyncio.to_thread(
+                execute, self.rt.store, compiled, populations=self.rt.populations
+            )
+        except ExecutionError as exc:
+            raise Refusal("unavailable", "The store could not answer", [str(exc)], stage="execute") from None
+        await self.rt.record(
+            "query.executed",
+            {
+                "query_hash": sha256_label(query_hash),
+                "dataset_digest": sha256_label(entry.content_digest),
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            },
+            principal=principal,
+            request_id=request_id,
+        )
+        try:
+            released = protect(spec, outcome, obligations)
+        except DisclosureError as exc:
+            raise Refusal(
+                "forbidden", "Refused by disclosure control", [str(exc)], stage="disclosure"
+            ) from None
+        body = {
+            "request_id": request_id,
+            "status": "released",
+            "dataset": entry.dataset,
+            "dataset_version": entry.version,
+            "kind": spec.kind,
+            **released.body,
+            "policy": {
+                "decision": "allow",
+                "reasons": list(decision.reasons),
+                "bundle_digest": decision.bundle_digest,
+            },
+        }
+        result_hash = hashlib.sha256(rfc8785.dumps(released.body)).hexdigest()
+        body["result_hash"] = sha256_label(result_hash)
+        await self.rt.record(
+            "query.released",
+            {
+                "query_hash": sha256_label(query_hash),
+                "result_hash": sha256_label(result_hash),
+                "cells": released.cells,
+                "suppressed": released.suppressed,
+                "rounded_to": obligations.round_to,
+            },
+            principal=principal,
+            request_id=request_id,
+        )
+        await self._outcome(
+            principal, spec, request_id, "released", cells=released.cells, suppressed=released.suppressed
+        )
+        return body
+
+    async def _outcome(
+        self,
+        principal: Principal,
+        spec: QuerySpec,
+        request_id: str,
+        outcome: Literal["released", "refused", "pending_approval"],
+        *,
+        stage: str | None = None,
+        cells: int | None = None,
+        suppressed: int | None = None,
+    ) -> None:
+        await asyncio.to_thread(
+            self.rt.state.record_outcome,
+            request_id,
+            subject=principal.sub,
+            org=principal.org,
+            agreement=spec.agreement,
+            dataset=spec.dataset,
+            kind=spec.kind,
+            outcome=outcome,
+            stage=stage,
+            cells=cells,
+            suppressed=suppressed,
+        )
+
+    async def _refused(
+        self, refusal: Refusal, principal: Principal, request_id: str, query_hash: str
+    ) -> None:
+        await self.rt.record(
+            "query.refused",
+            {"stage": refusal.stage, "reasons": refusal.reasons or [refusal.title],
+             "query_hash": sha256_label(query_hash)},
+            principal=principal,
+            request_id=request_id,
+        )  # fmt: skip
+
+    async def _finish(
+        self,
+        request_id: str,
+        status: Literal["released", "refused", "rejected"],
+        reasons: list[str],
+        result: dict[str, Any] | None,
+        steward: Principal,
+    ) -> None:
+        done = await asyncio.to_thread(
+            self.rt.state.update_request,
+            request_id,
+            expect="pending_approval",
+            status=status,
+            reasons=reasons,
+            result=result,
+            decided_by=steward.sub,
+        )
+        if not done:
+            raise Refusal("conflict", "Already decided", ["another steward decided this request first"],
+                          stage="approval")  # fmt: skip
+
+
+def _pending_body(request_id: str, decision: Decision) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "status": "pending_approval",
+        "reasons": list(decision.reasons),
+        "poll": f"/v1/queries/{request_id}",
+    }
+
+
+def _principal_json(p: Principal) -> dict[str, Any]:
+    return {
+        "sub": p.sub,
+        "org": p.org,
+        "country": p.country,
+        "roles": sorted(p.roles),
+        "visas": [v.model_dump(mode="json") for v in p.visas],
+        "issuer": p.issuer,
+        "dev": p.dev,
+    }
+
+
+def _principal_from_json(data: dict[str, Any]) -> Principal:
+    from gateway.decision import Visa
+
+    return Principal(
+        sub=data["sub"],
+        org=data["org"],
+        country=data["country"],
+        roles=frozenset(data["roles"]),
+        visas=tuple(Visa.model_validate(v) for v in data["visas"]),
+        issuer=data["issuer"],
+        dev=bool(data["dev"]),
+    )

@@ -1,0 +1,152 @@
+"""`/v1/steward`: the site data steward's catalog, policy data, approval queue and activity summary."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.consent import WithdrawalUnsupported, withdraw
+from gateway.deps import PipelineDep, RuntimeDep, StewardDep
+from gateway.policy_admin import PolicyDataRejected, data_names, read_data, replace_data
+from gateway.refusal import Refusal
+from pseudonymize.errors import KeyMaterialError
+
+router = APIRouter(prefix="/v1/steward", tags=["steward"])
+
+
+@router.get("/datasets", summary="Published datasets: versions, digests, consent codes, risk reports")
+async def datasets(_: StewardDep, runtime: RuntimeDep) -> list[dict[str, Any]]:
+    entries = await asyncio.to_thread(runtime.catalog.refresh)
+    return [
+        {**e.row(), "columns": e.columns, "duo": e.duo, "risk_report": e.risk_report, "key_id": e.key_id}
+        for e in entries
+    ]
+
+
+class Withdrawal(BaseModel):
+    """Patients, by their source identifier (e.g. MRN), who withdrew consent for research use."""
+
+    model_config = ConfigDict(extra="forbid")
+    patients: list[str] = Field(min_length=1, max_length=10_000)
+
+
+@router.post(
+    "/datasets/{dataset}/withdrawals",
+    summary="Record consent withdrawals; the next query of the dataset excludes these patients",
+)
+async def withdraw_consent(
+    dataset: str, body: Withdrawal, steward: StewardDep, runtime: RuntimeDep
+) -> dict[str, Any]:
+    entry = await asyncio.to_thread(runtime.catalog.latest, dataset)
+    if entry is None:
+        raise Refusal(
+            "not_found", "Unknown dataset", [f"this site has no dataset {dataset!r}"], field="dataset"
+        )
+    try:
+        new = await asyncio.to_thread(withdraw, runtime.settings, runtime.state, entry, body.patients)
+    except WithdrawalUnsupported as exc:
+        raise Refusal("conflict", "Cannot record the withdrawal here", [str(exc)]) from None
+    except KeyMaterialError as exc:
+        raise Refusal("unavailable", "The site master key is not usable", [str(exc)]) from None
+    await runtime.record(
+        "consent.withdrawn",
+        {"dataset": dataset, "patients": len(body.patients), "new": new},
+        principal=steward,
+    )
+    # Identifiers are not echoed back: the response holds counts only.
+    return {"dataset": dataset, "patients": len(body.patients), "new": new}
+
+
+@router.get("/policy-data", summary="The policy data documents and the running bundle's digest")
+async def policy_documents(_: StewardDep, runtime: RuntimeDep) -> dict[str, Any]:
+    return {
+        "documents": data_names(runtime.settings.policy_dir),
+        "bundle_digest": runtime.policy.bundle.digest,
+    }
+
+
+@router.get("/policy-data/{name}", summary="One policy data document (agreements, organisations, …)")
+async def policy_document(name: str, _: StewardDep, runtime: RuntimeDep) -> Any:
+    try:
+        return read_data(runtime.settings.policy_dir, name)
+    except KeyError:
+        raise Refusal(
+            "not_found", "No such policy data", [f"there is no policy data document {name!r}"]
+        ) from None
+
+
+@router.put("/policy-data/{name}", summary="Replace one policy data document (validated, atomic, audited)")
+async def replace_policy_document(
+    name: str, steward: StewardDep, runtime: RuntimeDep, document: Annotated[Any, Body()]
+) -> dict[str, Any]:
+    previous = runtime.policy.bundle.digest
+    try:
+        bundle = await asyncio.to_thread(
+            replace_data, runtime.policy, runtime.settings.policy_dir, name, document
+        )
+    except KeyError:
+        raise Refusal(
+            "not_found", "No such policy data", [f"there is no policy data document {name!r}"]
+        ) from None
+    except PolicyDataRejected as exc:
+        raise Refusal(
+            "bad_request", "Invalid policy data", [str(exc)], field=exc.field, stage="validate"
+        ) from None
+    await runtime.record(
+        "policy.changed",
+        {
+            "bundle_digest": f"sha256:{bundle.digest}",
+            "previous_digest": f"sha256:{previous}",
+            "change": "dsa" if name == "agreements" else "data",
+            "name": name,
+        },
+        principal=steward,
+    )
+    return {"name": name, "bundle_digest": bundle.digest, "previous_digest": previous}
+
+
+@router.get("/approvals", summary="Queries that policy sent to a human, oldest decisions last")
+async def approvals(_: StewardDep, runtime: RuntimeDep) -> list[dict[str, Any]]:
+    pending = await asyncio.to_thread(runtime.state.list_requests, "pending_approval")
+    return [
+        {
+            "request_id": r.request_id,
+            "requester": {k: r.principal[k] for k in ("sub", "org", "country")},
+            "agreement": r.agreement,
+            "dataset": r.dataset,
+            "kind": r.kind,
+            "spec": r.spec,
+            "reasons": r.reasons,
+            "created_at": r.created_at,
+        }
+        for r in pending
+    ]
+
+
+class ApprovalDecision(BaseModel):
+    """A steward's answer to a queued query."""
+
+    model_config = ConfigDict(extra="forbid")
+    approve: bool
+    reason: str = Field(default="", max_length=500, description="why; recorded in the audit log")
+
+
+@router.post("/approvals/{request_id}", summary="Approve (the query runs and is released) or reject")
+async def decide(
+    request_id: str, decision: ApprovalDecision, steward: StewardDep, pipeline: PipelineDep
+) -> dict[str, Any]:
+    return await pipeline.decide_approval(
+        steward, request_id, approve=decision.approve, reason=decision.reason
+    )
+
+
+@router.get("/activity", summary="What was released and refused lately, and who was refused most")
+async def activity(_: StewardDep, runtime: RuntimeDep, hours: int = 24) -> dict[str, Any]:
+    if not 1 <= hours <= 24 * 366:
+        raise Refusal("bad_request", "Invalid window", ["hours must be between 1 and 8784"], field="hours")
+    since = (datetime.now(UTC) - timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return await asyncio.to_thread(runtime.state.activity, since)

@@ -1,0 +1,163 @@
+"""A whole site for end-to-end tests: policies, keys, a pseudonymized store, and a gateway on loopback.
+
+    site = build_site(tmp_path, issuer_url)      # folders, config, keys, ingested cohort
+    with running_gateway(site.settings) as url:  # uvicorn on a free 127.0.0.1 port, in a thread
+        httpx.post(f"{url}/v1/queries", ...)
+
+The test agreements (added to a copy of the shipped policy data) cover the dataset `cohort`:
+DSA-TEST-OPEN (every kind, min cell 10, 3 identical queries), DSA-TEST-APPROVAL (summaries need a
+steward), DSA-TEST-EXPIRED (ended 2026-06-30) and DSA-TEST-DP (requires differential privacy).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import uvicorn
+
+from audit.keys import generate_log_key
+from connectors import ParquetConnector
+from gateway.app import create_app
+from gateway.settings import SiteSettings, load_settings
+from gateway.synth import generate_site
+from pseudonymize.ingest import ingest
+from pseudonymize.keys import SecretKey
+from pseudonymize.spec import load_spec
+from pseudonymize.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+AUDIENCE = "fedgate-site-de"
+COLUMNS = ["age_band", "sex", "postcode_area", "country", "icd10", "hba1c", "bmi", "systolic_bp", "smoking",
+           "outcome", "survival_days", "event", "admission_date"]  # fmt: skip
+KINDS = ["count", "crosstab", "summary", "histogram", "quantiles"]
+
+
+def _agreement(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "title": "Test agreement",
+        "parties": ["org-charite", "org-aphp"],
+        "purposes": ["DUO:0000006"],
+        "commercial_use": False,
+        "collaboration": True,
+        "return_of_results": True,
+        "datasets": {"cohort": {"columns": COLUMNS}},
+        "query_kinds": KINDS,
+        "approval_kinds": [],
+        "not_before": "2026-01-01",
+        "not_after": "2027-12-31",
+        "thresholds": {"min_cell_count": 10, "max_identical_queries": 3},
+        "dp": None,
+        "standard_contractual_clauses": [],
+        "export_licences": [],
+    }
+    base.update(overrides)
+    return base
+
+
+TEST_AGREEMENTS = {
+    "DSA-TEST-OPEN": _agreement(),
+    "DSA-TEST-APPROVAL": _agreement(approval_kinds=["summary"]),
+    "DSA-TEST-EXPIRED": _agreement(not_before="2025-01-01", not_after="2026-06-30"),
+    "DSA-TEST-DP": _agreement(dp={"epsilon": 0.5, "budget": 5.0}),
+}
+
+
+@dataclass(frozen=True)
+class Site:
+    root: Path
+    config: Path
+    settings: SiteSettings
+    source: pa.Table
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def build_site(
+    tmp: Path,
+    issuer_url: str,
+    *,
+    rows: int = 3000,
+    store_url: str | None = None,
+    site_id: str = "site-de",
+    jurisdiction: str = "DE",
+    seed: int = 3,
+) -> Site:
+    """Lay out a site folder, add the test agreements, create keys, and ingest a synthetic cohort."""
+    root = tmp / site_id
+    (root / "keys").mkdir(parents=True)
+    shutil.copytree(ROOT / "policies", root / "policies", ignore=shutil.ignore_patterns("*_test.rego"))
+    agreements_file = root / "policies/data/agreements.json"
+    agreements = json.loads(agreements_file.read_text())
+    agreements.update(TEST_AGREEMENTS)
+    agreements_file.write_text(json.dumps(agreements, indent=2))
+    master = root / "keys/master.key"
+    master.write_text(base64.b64encode(os.urandom(32)).decode())
+    master.chmod(0o600)
+    generate_log_key(root / "keys/log.key")
+    store_url = store_url or "duckdb:///var/store.duckdb"
+    config = root / "site.toml"
+    config.write_text(
+        f'site_id = "{site_id}"\njurisdiction = "{jurisdiction}"\nstore_url = "{store_url}"\n'
+        'audit_url = "sqlite:///var/audit.db"\npolicy_dir = "policies"\n'
+        'master_key_file = "keys/master.key"\nlog_key_file = "keys/log.key"\n'
+        f'[oidc]\nissuer = "{issuer_url}"\naudience = "{AUDIENCE}"\n'
+    )
+    settings = load_settings(config)
+    (root / "var").mkdir(exist_ok=True)
+    table = generate_site(0, rows, seed)
+    source = root / "patients.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, source)
+    spec_path = ROOT / "examples/cohort.spec.yaml"
+    with Store(settings.store_url) as store:
+        key = SecretKey.from_file(master)
+        spec = load_spec(spec_path)
+        ingest(
+            ParquetConnector(source),
+            spec,
+            str(spec_path),
+            key,
+            store,
+            jurisdiction=jurisdiction,
+            override_k=True,
+        )
+    return Site(root, config, settings, table)
+
+
+@contextlib.contextmanager
+def running_gateway(settings: SiteSettings, **app_options: Any) -> Iterator[str]:
+    """Serve the site's app with uvicorn on a free loopback port; yield its base URL."""
+    port = free_port()
+    app = create_app(settings, **app_options)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the gateway did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)

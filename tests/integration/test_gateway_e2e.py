@@ -1,0 +1,304 @@
+"""The site gateway end to end over real HTTP: roles, every kind, disclosure rules and their attacks,
+consent withdrawal, agreement terms, approvals, fail-closed policy, and an audit log that verifies."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import httpx
+import pyarrow.compute as pc
+import pytest
+from conftest import bearer
+from gateway_site import Site, running_gateway
+from oidc_issuer import LoopbackTestIssuer
+
+PURPOSE = {"duo": ["DUO:0000006"]}
+
+
+def spec(kind: str, agreement: str = "DSA-TEST-OPEN", **extra: Any) -> dict[str, Any]:
+    return {"dataset": "cohort", "agreement": agreement, "purpose": PURPOSE, "kind": kind, **extra}
+
+
+def ask(
+    http: httpx.Client, idp: LoopbackTestIssuer, body: dict[str, Any], sub: str = "researcher-1"
+) -> httpx.Response:
+    return http.post("/v1/queries", json=body, headers=bearer(idp, "researcher", sub=sub))
+
+
+# -- identity and roles --------------------------------------------------------------------------------------
+
+
+def test_every_endpoint_checks_its_role(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
+    assert http.post("/v1/queries", json=spec("count")).status_code == 401
+    bad = http.post("/v1/queries", json=spec("count"), headers={"Authorization": "Bearer not.a.token"})
+    assert bad.status_code == 401 and bad.headers["content-type"].startswith("application/problem+json")
+    assert "not.a.token" not in bad.text
+    assert http.post("/v1/queries", json=spec("count"), headers=bearer(idp, "steward")).status_code == 403
+    assert http.get("/v1/steward/datasets", headers=bearer(idp, "researcher")).status_code == 403
+    assert http.get("/v1/audit/checkpoint", headers=bearer(idp, "researcher")).status_code == 403
+    assert http.get("/v1/steward/datasets", headers=bearer(idp, "steward")).status_code == 200
+    assert http.get("/v1/audit/checkpoint", headers=bearer(idp, "auditor")).status_code == 200
+    expired = idp.token(sub="r", org="org-aphp", country="FR", roles=["researcher"], exp=1)
+    response = http.post("/v1/queries", json=spec("count"), headers={"Authorization": f"Bearer {expired}"})
+    assert response.status_code == 401 and expired not in response.text
+
+
+def test_invalid_spec_is_a_422_naming_the_field(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
+    body = spec("count", filters={"column": "bmi", "op": "~=", "value": 3})
+    response = ask(http, idp, body)
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["status"] == 422 and "filters" in problem["field"]
+    unknown = ask(http, idp, spec("histogram", params={"column": "bmi", "edges": [30, 20]}))
+    assert unknown.status_code == 422 and "edges" in unknown.json()["detail"]
+    missing = ask(http, idp, {**spec("count"), "dataset": "nope"})
+    assert missing.status_code == 404
+
+
+# -- the five kinds ------------------------------------------------------------------------------------------
+
+
+def _frame_total(rows: list[dict[str, Any]]) -> int:
+    return sum(int(r["count"]) for r in rows if r.get("margin") is None and r["count"] is not None)
+
+
+def test_count_and_crosstab_release_protected_tables(
+    http: httpx.Client, idp: LoopbackTestIssuer, site: Site
+) -> None:
+    total = ask(http, idp, spec("count"))
+    assert total.status_code == 200, total.text
+    body = total.json()
+    assert body["status"] == "released" and body["result_hash"].startswith("sha256:")
+    (row,) = body["rows"]
+    admitted = row["count"]
+    assert (
+        0 < admitted < site.source.num_rows
+    )  # the consent filter removed withdrawn and out-of-scope patients
+    cross = ask(http, idp, spec("crosstab", group_by=["sex", "smoking"])).json()
+    cells = [r for r in cross["rows"] if r["margin"] is None]
+    assert {r["sex"] for r in cells} == {"F", "M"} and len(cells) == 6
+    grand = [r for r in cross["rows"] if r["margin"] == "total"]
+    assert grand and grand[0]["count"] == admitted
+    assert cross["disclosure"]["min_cell_count"] == 10
+
+
+def test_summary_histogram_and_quantiles(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
+    summary = ask(http, idp, spec("summary", group_by=["sex"], params={"column": "bmi"})).json()
+    for row in summary["rows"]:
+        assert row["n"] >= 10 and 15 < row["mean"] < 45 and row["variance"] > 0
+    hist = ask(http, idp, spec("histogram", params={"column": "bmi", "edges": [20, 25, 30, 35]})).json()
+    assert [r["bin"] for r in hist["rows"]] == [0, 1, 2, 3, 4]
+    assert hist["rows"][0]["lower"] is None and hist["rows"][1]["lower"] == 20
+    quant = ask(http, idp, spec("quantiles", params={"column": "bmi", "probs": [0.25, 0.5, 0.75]})).json()
+    (row,) = quant["rows"]
+    assert row["q0.25"] <= row["q0.5"] <= row["q0.75"]
+
+
+# -- disclosure control and its attacks ----------------------------------------------------------------------
+
+
+def test_group_by_isolating_a_patient_is_suppressed(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
+    body = ask(http, idp, spec("crosstab", group_by=["icd10", "age_band", "sex"])).json()
+    small = [r for r in body["rows"] if r["suppressed"]]
+    assert small, "a fine three-way table must have small cells"
+    for r in small:
+        assert r["count"] is None and r["suppression_reason"] in ("below min_cell_count", "complementary")
+    assert all(r["count"] is None or r["count"] >= 10 or r["count"] == 0 for r in body["rows"])
+    assert body["disclosure"]["suppressed"] == len(small)
+
+
+def test_suppressed_cell_cannot_be_recovered_from_margins(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    body = ask(http, idp, spec("crosstab", group_by=["icd10", "sex"])).json()
+    rows = body["rows"]
+    for dim, other in (("icd10", "sex"), ("sex", "icd10")):
+        for level in {r[dim] for r in rows if r["margin"] is None}:
+            line = [r for r in rows if r["margin"] is None and r[dim] == level]
+            hidden = [r for r in line if r["suppressed"]]
+            margin = [r for r in rows if r["margin"] is not None and r[dim] == level and r[other] is None]
+            if hidden and margin and margin[0]["count"] is not None:
+                assert len(hidden) >= 2, f"a lone suppressed cell in {dim}={level} is recoverable"
+
+
+def test_filter_with_tiny_complement_is_refused(
+    http: httpx.Client, idp: LoopbackTestIssuer, site: Site
+) -> None:
+    body = spec("count", filters={"column": "bmi", "op": "<", "value": 1000})
+    assert ask(http, idp, body).status_code == 200  # excludes nobody: the same as the unfiltered count
+    # A threshold leaving out only the five heaviest patients (all of them surely in the query population).
+    bmi = sorted(site.source["bmi"].to_pylist(), reverse=True)
+    cut = (bmi[4] + bmi[5]) / 2
+    tracker = spec("count", filters={"column": "bmi", "op": "<", "value": cut})
+    response = ask(http, idp, tracker)
+    assert response.status_code == 403, response.text
+    assert "leaves out fewer than 10 rows" in response.json()["detail"]
+
+
+def test_differencing_pair_cannot_isolate_one_patient(
+    http: httpx.Client, idp: LoopbackTestIssuer, site: Site
+) -> None:
+    # count(everyone) - count(everyone but the heaviest patient) would be that one patient.
+    everyone = ask(http, idp, spec("count", filters={"column": "sex", "op": "in", "value": ["F", "M"]}))
+    assert everyone.status_code == 200
+    bmi = sorted(site.source["bmi"].to_pylist(), reverse=True)
+    all_but_one = spec("count", filters={"not": {"column": "bmi", "op": ">", "value": (bmi[0] + bmi[1]) / 2}})
+    refused = ask(http, idp, all_but_one)
+    assert refused.status_code == 403 and "leaves out fewer than 10 rows" in refused.json()["detail"]
+
+
+def test_identical_query_limit(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
+    body = spec("count", group_by=["smoking"])
+    for _ in range(3):
+        assert ask(http, idp, body, sub="repeater").status_code == 200
+    limited = ask(http, idp, body, sub="repeater")
+    assert (
+        limited.status_code == 429
+        and "DSA-TEST-OPEN allows this exact query 3 times" in limited.json()["detail"]
+    )
+    assert ask(http, idp, body, sub="someone-else").status_code == 200
+
+
+# -- agreement terms, differential privacy, approval ---------------------------------------------------------
+
+
+def test_expired_agreement_and_dp_requirement_are_refused_with_reasons(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    expired = ask(http, idp, spec("count", agreement="DSA-TEST-EXPIRED"))
+    assert (
+        expired.status_code == 403 and "DSA-TEST-EXPIRED expired on 2026-06-30" in expired.json()["reasons"]
+    )
+    dp = ask(http, idp, spec("count", agreement="DSA-TEST-DP"))
+    assert dp.status_code == 403 and "differential privacy" in dp.json()["detail"]
+    not_allowed = ask(http, idp, spec("count", group_by=["postcode_area", "patient_id"]))
+    assert not_allowed.status_code == 403
+
+
+def test_approval_flow(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
+    body = spec("summary", agreement="DSA-TEST-APPROVAL", params={"column": "hba1c"})
+    pending = ask(http, idp, body, sub="patient-researcher")
+    assert pending.status_code == 202
+    request_id = pending.json()["request_id"]
+    poll = http.get(f"/v1/queries/{request_id}", headers=bearer(idp, "researcher", sub="patient-researcher"))
+    assert poll.json()["status"] == "pending_approval"
+    other = http.get(f"/v1/queries/{request_id}", headers=bearer(idp, "researcher", sub="someone-else"))
+    assert other.status_code == 404
+    queue = http.get("/v1/steward/approvals", headers=bearer(idp, "steward", sub="steward-1")).json()
+    assert request_id in [q["request_id"] for q in queue]
+    decided = http.post(f"/v1/steward/approvals/{request_id}", json={"approve": True, "reason": "ethics ok"},
+                        headers=bearer(idp, "steward", sub="steward-1"))  # fmt: skip
+    assert decided.status_code == 200 and decided.json()["status"] == "released"
+    again = http.post(f"/v1/steward/approvals/{request_id}", json={"approve": False},
+                      headers=bearer(idp, "steward", sub="steward-1"))  # fmt: skip
+    assert again.status_code == 409
+    released = http.get(
+        f"/v1/queries/{request_id}", headers=bearer(idp, "researcher", sub="patient-researcher")
+    )
+    assert released.json()["status"] == "released" and released.json()["rows"][0]["n"] >= 10
+
+
+# -- consent withdrawal --------------------------------------------------------------------------------------
+
+
+def test_consent_withdrawal_takes_effect_on_the_next_query(tmp_site: Site, idp: LoopbackTestIssuer) -> None:
+    table = tmp_site.source
+    admitted = pc.and_(pc.invert(table["consent_withdrawn"]), pc.equal(table["consent_duo"], "DUO:0000042"))
+    mrns = table.filter(admitted)["patient_id"].to_pylist()[:25]
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url) as http:
+        before = ask(http, idp, spec("count")).json()["rows"][0]["count"]
+        steward = bearer(idp, "steward", sub="steward-1")
+        done = http.post("/v1/steward/datasets/cohort/withdrawals", json={"patients": mrns}, headers=steward)
+        assert done.status_code == 200 and done.json() == {"dataset": "cohort", "patients": 25, "new": 25}
+        assert not any(m in done.text for m in mrns)
+        after = ask(http, idp, spec("count")).json()["rows"][0]["count"]
+    assert after == before - 25
+
+
+# -- fail closed ---------------------------------------------------------------------------------------------
+
+
+class _PanickingEngine:
+    name = "embedded"
+    bundle_digest = "0" * 64
+
+    def evaluate(self, policy_input: object) -> object:
+        raise BaseException("engine panic")
+
+    def replace_bundle(self, bundle: object) -> None:
+        return None
+
+
+def test_policy_engine_failure_is_an_audited_403(
+    tmp_site: Site, idp: LoopbackTestIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.decision import PolicyDecisionPoint
+
+    original = PolicyDecisionPoint.__init__
+
+    def broken(self: PolicyDecisionPoint, settings: Any, engine: Any = None) -> None:
+        original(self, settings, engine=_PanickingEngine())  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PolicyDecisionPoint, "__init__", broken)
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url) as http:
+        response = ask(http, idp, spec("count"))
+        assert response.status_code == 403
+        assert response.json()["reasons"][0].startswith("policy evaluation failed")
+        export = http.get("/v1/audit/export", headers=bearer(idp, "auditor")).content
+    assert b"policy evaluation failed" in export and b'"query.refused"' in export
+
+
+# -- audit of a whole session --------------------------------------------------------------------------------
+
+
+def test_session_audit_log_verifies_and_holds_no_identifier_or_token(
+    tmp_site: Site, idp: LoopbackTestIssuer, tmp_path: Any
+) -> None:
+    from typer.testing import CliRunner
+
+    from audit.keys import load_log_key
+    from audit.notes import verifier_key_text
+    from gateway.cli import app
+
+    tokens = []
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url) as http:
+        for body in (
+            spec("count"),
+            spec("crosstab", group_by=["sex"]),
+            spec("count", agreement="DSA-TEST-EXPIRED"),
+        ):
+            header = bearer(idp, "researcher")
+            tokens.append(header["Authorization"].split()[1])
+            http.post("/v1/queries", json=body, headers=header)
+        http.post("/v1/queries", json=spec("count"), headers={"Authorization": "Bearer forged.token.value"})
+        export = http.get("/v1/audit/export", headers=bearer(idp, "auditor"))
+    assert export.status_code == 200
+    path = tmp_path / "site.audit"
+    path.write_bytes(export.content)
+    key = load_log_key(tmp_site.settings.log_key_file)
+    vkey = verifier_key_text(tmp_site.settings.audit_origin, key.public_key())
+    result = CliRunner().invoke(app, ["audit", "verify", str(path), "--key", vkey])
+    assert result.exit_code == 0, result.output
+    text = export.content.decode("utf-8", "replace")
+    for token in [*tokens, "forged.token.value"]:
+        assert token not in text
+    for mrn in tmp_site.source["patient_id"].to_pylist()[:200]:
+        assert mrn not in text
+    for kind in (
+        "query.received",
+        "query.decided",
+        "query.executed",
+        "query.released",
+        "query.refused",
+        "auth.failed",
+    ):
+        assert f'"{kind}"' in text
+
+
+def test_openapi_is_served(http: httpx.Client) -> None:
+    doc = http.get("/openapi.json").json()
+    assert "/v1/queries" in doc["paths"] and "/v1/steward/approvals/{request_id}" in doc["paths"]
+    assert base64
+    assert json
