@@ -115,12 +115,40 @@ def load_bundle(
     # The site's jurisdiction comes from settings, not from a file, so one policy folder serves many sites.
     data = json.loads(json.dumps(raw))
     data["site"]["jurisdiction"] = site_jurisdiction
-    data["derived"] = derive(data)
     decision_policies = tuple(p for p in policies if not is_test_file(p[0]))
+    data["derived"] = derive(data)
+    data["derived"].update(_policy_tables(policy_dir, decision_policies, data))
     digest = bundle_digest(decision_policies, data)
     bundle = PolicyBundle(policy_dir, site_jurisdiction, policies, data, digest)
     _self_check(bundle)
     return bundle
+
+
+# Tables the policies define over the data alone (no input), evaluated once here and stored under
+# data.fedgate_data.derived, where the rules that need them look first: each is a rule a decision would
+# otherwise evaluate per request. The policies compute the same value themselves when the table is absent.
+POLICY_TABLES = {"agreement_limits": "data.fedgate.agreement.agreement_limits"}
+
+
+def _policy_tables(
+    root: Path, policies: tuple[tuple[str, str], ...], data: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Evaluate POLICY_TABLES on the embedded engine with the data as it will be loaded."""
+    # Imported here: the embedded engine module imports this one.
+    from gateway.decision.embedded import build_engine, evaluate_rule
+
+    probe = PolicyBundle(root, data["site"]["jurisdiction"], policies, data, "")
+    engine = build_engine(probe)
+    tables = {}
+    for name, rule in POLICY_TABLES.items():
+        try:
+            engine.set_input({})
+            tables[name] = evaluate_rule(engine, rule)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 — regorus panics are BaseException; all mean "unusable"
+            raise PolicySourceError(root, f"{rule} does not evaluate: {first_line(exc)}") from None
+    return tables
 
 
 def _self_check(bundle: PolicyBundle) -> None:

@@ -6,6 +6,8 @@ import rego.v1
 
 # Functions come through the alias; rules by full path (see decision.rego for why).
 import data.fedgate.lib
+import data.fedgate_data.derived
+import data.fedgate_data.site.defaults
 
 _dsa := data.fedgate_data.agreements[input.dsa]
 
@@ -47,7 +49,7 @@ _permits_purpose(p) if {
 
 deny contains msg if {
 	_dsa
-	some p in lib.strings_of(object.get(input, ["purpose", "duo"], []))
+	some p in data.fedgate.lib.purpose_codes
 	not _permits_purpose(p)
 	msg := sprintf("%s does not permit the purpose %s", [_id, lib.duo_label(p)])
 }
@@ -103,19 +105,30 @@ allow contains msg if {
 
 # --- thresholds: the tighter of the site default and the agreement ---------------------------------------
 
-# One rule, so one evaluation, for all of them (see lib.rego on the engine's cost per rule).
-thresholds := {
+thresholds := object.union(_agreement_limits, {"allowed_columns": sort({c | some c in _entry.columns; c in requested})}) if {
+	requested := object.get(input.dataset, "columns", _entry.columns)
+}
+
+# The agreement's limits depend on the data alone, so the bundle loader computes them once for every
+# agreement (agreement_limits, stored as data.fedgate_data.derived.agreement_limits) and a decision reads
+# one entry instead of evaluating a dozen built-ins. Data without that table, such as the test fixtures,
+# gets them computed here by the same function.
+_agreement_limits := derived.agreement_limits[input.dsa] if derived.agreement_limits
+
+else := limits(_dsa)
+
+agreement_limits := {id: limits(dsa) | some id, dsa in data.fedgate_data.agreements}
+
+limits(dsa) := {
 	"min_cell_count": max({defaults.min_cell_count, object.get(terms, "min_cell_count", 0)}),
 	"round_to": max({defaults.round_to, object.get(terms, "round_to", 1)}),
 	"keep_zero_cells": object.get(terms, "keep_zero_cells", false),
 	"max_identical_queries": min({defaults.max_identical_queries, object.get(terms, "max_identical_queries", defaults.max_identical_queries)}),
 	"glm_min_rows": max({defaults.glm_min_rows, object.get(terms, "glm_min_rows", 0)}),
 	"glm_max_parameter_ratio": min({defaults.glm_max_parameter_ratio, object.get(terms, "glm_max_parameter_ratio", 1)}),
-	"dp": _dp(object.get(defaults, "dp", null), object.get(_dsa, "dp", null)),
-	"allowed_columns": sort({c | some c in _entry.columns; c in object.get(input.dataset, "columns", _entry.columns)}),
+	"dp": _dp(object.get(defaults, "dp", null), object.get(dsa, "dp", null)),
 } if {
-	defaults := data.fedgate_data.site.defaults
-	terms := object.get(_dsa, "thresholds", {})
+	terms := object.get(dsa, "thresholds", {})
 }
 
 # Differential privacy is required when the site or the agreement asks for it, with the smaller epsilon
