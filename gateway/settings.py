@@ -93,6 +93,35 @@ class ServerSettings(BaseModel):
         return _is_loopback(self.host)
 
 
+class PeerSettings(BaseModel):
+    """One peer gateway of the federation (an entry of `[[peers]]`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(description="the peer's site_id")
+    url: str = Field(description="the peer's base URL")
+    request_key: str = Field(description="base64 of the peer's Ed25519 request-signing public key (32 bytes)")
+    log_key: str = Field(description="the peer's audit-log verifier key (C2SP note verifier key text)")
+    witness_key: str | None = Field(
+        default=None, description="the peer's witness verifier key, to check the cosignatures it returns"
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _peer_id(cls, value: str) -> str:
+        if not _SITE_ID.match(value):
+            raise ValueError("must be a site id: lower-case letters, digits and '-'")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _peer_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname)):
+            return value.rstrip("/")
+        raise ValueError("must be an https:// URL (plain http only on a loopback address)")
+
+
 class SiteSettings(BaseSettings):
     """Everything one site's gateway and CLI need to know about where things are."""
 
@@ -126,6 +155,13 @@ class SiteSettings(BaseSettings):
     dev_mode: bool = False
     oidc: OidcSettings | None = None
     server: ServerSettings = ServerSettings()
+    peer_key_file: Path | None = Field(
+        default=None, description="Ed25519 key this gateway signs its requests to peers with"
+    )
+    witness_key_file: Path | None = Field(
+        default=None, description="Ed25519 key this gateway cosigns its peers' checkpoints with"
+    )
+    peers: tuple[PeerSettings, ...] = ()
 
     @field_validator("site_id")
     @classmethod
@@ -149,6 +185,11 @@ class SiteSettings(BaseSettings):
             raise ValueError("policy_engine = 'opa' needs opa_url")
         if not self.audit_origin:
             object.__setattr__(self, "audit_origin", f"fedgate.example/{self.site_id}")
+        ids = [p.id for p in self.peers]
+        if len(set(ids)) != len(ids) or self.site_id in ids:
+            raise ValueError("peers: every peer id must be unique and differ from site_id")
+        if self.peers and self.peer_key_file is None:
+            raise ValueError("peer_key_file: required when peers are configured")
         if not self.state_url:
             if not self.audit_url.startswith("sqlite:///"):
                 raise ValueError("state_url: required when the audit log is not a SQLite file")
@@ -169,7 +210,7 @@ class SiteSettings(BaseSettings):
         return (env_settings, init_settings)
 
 
-_PATH_KEYS = ("policy_dir", "master_key_file", "log_key_file")
+_PATH_KEYS = ("policy_dir", "master_key_file", "log_key_file", "peer_key_file", "witness_key_file")
 _URL_PATH = re.compile(r"^(?P<scheme>duckdb|sqlite)(?P<sep>:///)(?P<path>[^/:][^?]*)(?P<rest>\?.*)?$")
 
 

@@ -106,3 +106,24 @@ def test_oidc_algorithm_allow_list_rejects_hmac_and_none(tmp_path: Path) -> None
 def test_nested_environment_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEDGATE_SERVER__PORT", "9100")
     assert load_settings(write(tmp_path, GOOD)).server.port == 9100
+
+
+PEER = '[[peers]]\nid = "site-fr"\nurl = "http://127.0.0.1:8102"\nrequest_key = "AAAA"\nlog_key = "x+1+A"\n'
+
+
+def test_peers_registry(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, GOOD + 'peer_key_file = "keys/peer.key"\n' + PEER))
+    (peer,) = s.peers
+    assert peer.id == "site-fr" and peer.url == "http://127.0.0.1:8102"
+    assert s.peer_key_file == tmp_path / "keys/peer.key"
+
+
+def test_peers_need_a_signing_key_and_unique_ids(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="peer_key_file: required"):
+        load_settings(write(tmp_path, GOOD + PEER))
+    twice = GOOD + 'peer_key_file = "k"\n' + PEER + PEER
+    with pytest.raises(ConfigError, match="unique"):
+        load_settings(write(tmp_path, twice))
+    remote = GOOD + 'peer_key_file = "k"\n' + PEER.replace("http://127.0.0.1:8102", "http://10.0.0.7")
+    with pytest.raises(ConfigError, match=r"peers\.0\.url"):
+        load_settings(write(tmp_path, remote))
