@@ -340,3 +340,6 @@ register(
         optional={"parameters_digest": DIGEST, "rows": COUNT, "converged": FLAG},
     )
 )
+
+# The types declared above; other packages register their own (e.g. the gateway's consent events).
+CORE_EVENT_TYPES = frozenset(REGISTRY)

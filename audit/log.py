@@ -220,7 +220,7 @@ class AuditLog:
             return
         receipts: list[AppendReceipt] = []
         try:
-            with self._engines.writer.begin() as conn:
+            with self._engines.exclusive(), self._engines.writer.begin() as conn:
                 head = storage.lock_head(conn)
                 cr = _tree(head)
                 prev = head.last_leaf
@@ -307,7 +307,7 @@ class AuditLog:
         """
         if self._key is None:
             raise StorageError("this log was opened without a signing key")
-        with self._commit_lock, self._engines.writer.begin() as conn:
+        with self._commit_lock, self._engines.exclusive(), self._engines.writer.begin() as conn:
             head = storage.lock_head(conn)
             size = head.size
             root = _tree(head).root()

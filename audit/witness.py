@@ -173,7 +173,7 @@ class Witness:
         self._check_signature(note, keys)
         if old_size > cp.size:
             raise OldSizeTooLarge(f"old size {old_size} is larger than the checkpoint size {cp.size}")
-        with self._engines.writer.begin() as conn:
+        with self._engines.exclusive(), self._engines.writer.begin() as conn:
             row = conn.execute(
                 sa.select(witness_state.c.size, witness_state.c.root)
                 .where(witness_state.c.origin == cp.origin)
