@@ -110,7 +110,7 @@ def suppress(system: LineSystem, rules: DisclosureRules) -> list[Status]:
         raise QuerySetTooSmall(rules.min_cell_count)
     status = [Status.PRIMARY if rules.is_small(v) else Status.RELEASED for v in system.values]
     while True:
-        if _second_suppressions(system, status):
+        if _second_suppressions(system, status) or _small_hidden_unions(system, status, rules):
             continue
         pinned = pinned_entries(system, status, rules)
         if not pinned:
@@ -142,6 +142,26 @@ def _second_suppressions(system: LineSystem, status: list[Status]) -> bool:
         if choice is not None:
             status[choice] = Status.COMPLEMENTARY
             changed = True
+    return changed
+
+
+def _small_hidden_unions(system: LineSystem, status: list[Status], rules: DisclosureRules) -> bool:
+    """Hide one more entry on every line whose hidden parts together would make a small group.
+
+    When a line's total is released, its total minus its released parts is the count of the union of its
+    hidden parts: a number released in all but name, so it must pass the cell rule like any other.
+    """
+    changed = False
+    for line in system.lines:
+        parts_hidden = [e for e, coef in line if coef > 0 and status[e] != Status.RELEASED]
+        total_released = all(status[e] == Status.RELEASED for e, coef in line if coef < 0)
+        if not parts_hidden or not total_released:
+            continue
+        if rules.is_small(sum(system.values[e] for e in parts_hidden)):
+            choice = _smallest_in(system, status, [e for e, coef in line if coef > 0])
+            if choice is not None:
+                status[choice] = Status.COMPLEMENTARY
+                changed = True
     return changed
 
 

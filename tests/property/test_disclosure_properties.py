@@ -136,6 +136,11 @@ def assert_protected(
     for line in lines:
         hidden = sum(1 for j, _ in line if entries[j]["suppressed"])
         assert hidden != 1
+        # Its released total minus its released parts counts the hidden parts together: a small group too.
+        (total,) = [j for j, coef in line if coef < 0]
+        parts = [entries[j]["true"] for j, coef in line if coef > 0 and entries[j]["suppressed"]]
+        if parts and not entries[total]["suppressed"]:
+            assert sum(parts) >= rules.min_cell_count
     for i, (low, high) in attacker_ranges(entries, lines, rules, grand).items():
         assert high - low > 0.5, f"entry {i} is pinned to {low}..{high}"
 
