@@ -146,7 +146,7 @@ def build_log(workdir: Path, entries: int) -> tuple[AuditLog, Path]:
 
 def bench_verify(log: AuditLog, path: Path) -> float:
     start = time.monotonic()
-    summary = verify_export(path, log.verifier_key(), workers=0)  # all cores, as `fedgate audit verify`
+    summary = verify_export(path, log.verifier_key(), workers=0)  # idle cores, as `fedgate audit verify`
     elapsed = time.monotonic() - start
     rate = summary.size / elapsed
     say(f"verify: {summary.size:,} entries in {elapsed:.2f}s = {rate:,.0f} entries/s")

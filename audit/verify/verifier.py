@@ -67,8 +67,8 @@ def verify_export(
     """Verify an export: entries, chain, Merkle root, checkpoint signature, cosignatures, and (with
     `since`, a checkpoint kept earlier) that the log only grew. Raises AuditIntegrityError.
 
-    `workers`: processes that hash and parse entries (1: in this process; 0: every core on exports of
-    PARALLEL_MIN_ENTRIES or more). Worker processes are spawned, so a script that passes anything but 1
+    `workers`: processes that hash and parse entries (1: in this process; 0: the idle cores, on exports
+    of PARALLEL_MIN_ENTRIES or more). Worker processes are spawned, so a script that passes anything but 1
     must guard its entry point with `if __name__ == "__main__":`, as multiprocessing requires.
     """
     if isinstance(source, Path | str):
@@ -141,7 +141,13 @@ def _verify(
 
 
 def _workers() -> int:
-    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+    """Worker processes for the cores that are idle: on a busy machine, workers only add overhead."""
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:  # no load average on this platform
+        busy = 0.0
+    return max(1, min(MAX_WORKERS, cores, round(cores - busy)))
 
 
 Checked = Iterator[tuple[int, int, list[bytes], bytes | None]]  # start, count, leaves, perfect root

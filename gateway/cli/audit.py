@@ -114,7 +114,8 @@ def verify(
         Path | None, typer.Option("--since", help="a signed checkpoint kept earlier: prove the log only grew")
     ] = None,
     workers: Annotated[
-        int, typer.Option("--workers", min=0, help="processes hashing entries (0: all cores on large logs)")
+        int,
+        typer.Option("--workers", min=0, help="processes hashing entries (0: the idle cores, on large logs)"),
     ] = 0,
 ) -> None:
     """Verify an export offline; exit 0 only when every check holds."""
