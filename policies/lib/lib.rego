@@ -60,6 +60,14 @@ _duo_parents := {code: object.get(term, "parents", []) | some code, term in duo.
 
 _disease_parents := {code: object.get(term, "parents", []) | some code, term in object.get(duo, "diseases", {})}
 
+# For every DUO term, the permission codes other than disease-specific research (DUO:0000007) that cover it:
+# the term itself and its ancestors, when they are permissions. Consent or an agreement holding one of them
+# permits the purpose outright, and a patient needs one of them (patient consent names no diseases). The
+# bundle loader evaluates this once into data.fedgate_data.derived; without it the rule computes the table.
+covering_permissions := derived.covering_permissions if derived.covering_permissions
+
+else := {p: sort({c | some c in duo_ancestors[p]; duo.terms[c].kind == "permission"; c != "DUO:0000007"}) | some p, _ in duo.terms}
+
 is_permission(code) if duo.terms[code].kind == "permission"
 
 duo_label(code) := sprintf("%s (%s)", [code, duo.terms[code].label]) if duo.terms[code]
