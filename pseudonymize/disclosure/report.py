@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import asdict, dataclass
+from decimal import Decimal
 from typing import Any, Final
 
 import numpy as np
@@ -72,12 +74,17 @@ def explain(
 
 
 def _json_value(value: Any) -> Any:
+    """A cell as JSON sees it: None for any missing value, ISO text for dates, numbers for decimals."""
     if value is None or value is pd.NA or value is pd.NaT:
         return None
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, dt.date | dt.time):  # pd.Timestamp is a datetime, a datetime is a date
+        return value.isoformat()
+    if isinstance(value, Decimal):  # PostgreSQL numerics arrive as Decimal
+        return int(value) if value == value.to_integral_value() else float(value)
     return value
 
 

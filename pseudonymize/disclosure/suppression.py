@@ -228,13 +228,16 @@ def pinned_entries(system: LineSystem, status: Sequence[Status], rules: Disclosu
     complement can help it, and the policy never allows such thresholds below the site default.
     """
     lo, hi = attacker_bounds(system, status, rules)
+    loose_ends = [
+        e for e, state in enumerate(status) if state != Status.RELEASED and len(system.memberships[e]) == 1
+    ]
     pinned = []
     for entry, state in enumerate(status):
         if state == Status.RELEASED:
             continue
         if state == Status.PRIMARY and lo[entry] == hi[entry]:
             continue
-        if not (_movable(system, status, lo, hi, entry, 1) or _movable(system, status, lo, hi, entry, -1)):
+        if not any(_movable(system, status, lo, hi, loose_ends, entry, sign) for sign in (1, -1)):
             pinned.append(entry)
     return pinned
 
@@ -248,6 +251,7 @@ def _movable(
     status: Sequence[Status],
     lo: Sequence[float],
     hi: Sequence[float],
+    loose_ends: Sequence[int],
     start: int,
     sign: int,
 ) -> bool:
@@ -271,14 +275,12 @@ def _movable(
         goal_contribution = -goal_coef * sign
     else:
         goal_line, goal_contribution = _FREE, 0
-    hidden = [e for e, state in enumerate(status) if state != Status.RELEASED and e != start]
-    loose_ends = [e for e in hidden if len(system.memberships[e]) == 1]
     seen = {(first_line, first_coef * sign)}
     queue = deque(seen)
     while queue:
         node, residual = queue.popleft()
         if node == _FREE:
-            steps = [(e, s) for e in loose_ends for s in (1, -1)]
+            steps = [(e, s) for e in loose_ends if e != start for s in (1, -1)]
         else:
             steps = [
                 (e, -residual * coef)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
+from decimal import Decimal
 from typing import Any
 
 import duckdb
@@ -173,6 +175,22 @@ def test_records_are_plain_json() -> None:
     assert all(r["count"] is None for r in back["rows"] if r["suppressed"])
 
 
+def test_dates_and_decimals_from_the_store_become_json() -> None:
+    """PostgreSQL hands back Decimal numerics and dates; the records stay plain JSON."""
+    months = pd.DataFrame(
+        {
+            "month": [dt.date(2024, 1, 1), dt.date(2024, 2, 1), pd.Timestamp("2024-03-01")],
+            "count": [Decimal(30), Decimal(40), Decimal(50)],
+        }
+    )
+    rows = protect_counts(months, ["month"], RULES, margins=False).to_records()
+    json.dumps(rows)
+    assert [(r["month"], r["count"]) for r in rows][:2] == [("2024-01-01", 30), ("2024-02-01", 40)]
+    codes = pd.DataFrame({"code": [Decimal("1"), Decimal("2.5")], "count": [30, 40]})
+    rows = protect_counts(codes, ["code"], RULES, margins=False).to_records()
+    assert [r["code"] for r in rows] == [1, 2.5]
+
+
 def test_the_frame_uses_nullable_integers() -> None:
     table = protect_counts(frame([("F", 2), ("M", 30), ("X", 15)], ["sex"]), ["sex"], RULES, margins=False)
     assert str(table.frame["count"].dtype) == "Int64"
@@ -219,7 +237,9 @@ def test_a_table_resting_on_fewer_rows_than_the_minimum_is_refused_whole() -> No
 # --- attacks -----------------------------------------------------------------------------------------
 
 
-def consistent_values(table: ProtectedTable, rules: DisclosureRules, group_cols: list[str]) -> list[dict]:
+def consistent_values(
+    table: ProtectedTable, rules: DisclosureRules, group_cols: list[str]
+) -> list[dict[int, int]]:
     """Brute force: every integer completion of the hidden cells consistent with what was released.
 
     The attacker knows the released counts (exactly: rounding is 1 here), the grand total, and what the
@@ -235,11 +255,11 @@ def consistent_values(table: ProtectedTable, rules: DisclosureRules, group_cols:
         return next(r for r in rows if r["margin"] == kind and r[col] == level)
 
     def ceiling(i: int) -> int:
-        top = total
+        top = int(total)
         if len(group_cols) == 2:
             for kind, col in (("row", group_cols[0]), ("column", group_cols[1])):
                 m = margin_of(kind, col, rows[i][col])
-                top = min(top, m["count"] if m["count"] is not None else total)
+                top = min(top, int(m["count"]) if m["count"] is not None else top)
         return top
 
     ranges = []
@@ -257,7 +277,7 @@ def consistent_values(table: ProtectedTable, rules: DisclosureRules, group_cols:
 
 
 def _margins_hold(
-    rows: list[dict], values: dict[int, int], group_cols: list[str], rules: DisclosureRules
+    rows: list[dict[str, Any]], values: dict[int, int], group_cols: list[str], rules: DisclosureRules
 ) -> bool:
     if len(group_cols) != 2:
         return True
