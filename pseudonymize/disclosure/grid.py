@@ -42,8 +42,8 @@ def _ordered_levels(observed: Sequence[Any], known: Sequence[Any] | None) -> lis
     has_null = len(present) < len(observed)
     if known is not None:
         levels = list(dict.fromkeys(known))
-        extra = [v for v in present if v not in set(levels)]
-        levels += extra
+        listed = set(levels)
+        levels += [v for v in present if v not in listed]
     else:
         try:
             levels = sorted(present)
@@ -82,11 +82,14 @@ def build_grid(
     codes: list[np.ndarray] = []
     for col in group_cols:
         column = [_native(v) for v in df[col].tolist()]
-        observed = list(dict.fromkeys(column))
         known = known_levels.get(col)
-        lv = _ordered_levels(observed, [_native(v) for v in known] if known is not None else None)
-        position = {v: i for i, v in enumerate(lv)}
-        codes.append(np.array([position[v] for v in column], dtype=np.int64))
+        try:
+            observed = list(dict.fromkeys(column))
+            lv = _ordered_levels(observed, [_native(v) for v in known] if known is not None else None)
+            position = {v: i for i, v in enumerate(lv)}
+            codes.append(np.array([position[v] for v in column], dtype=np.int64))
+        except TypeError as exc:  # unhashable group values (lists, dicts) are no group labels
+            raise InvalidAggregate(f"group column {col!r} holds values that cannot label a group") from exc
         levels.append(lv)
     shape = tuple(len(lv) for lv in levels)
     if group_cols:

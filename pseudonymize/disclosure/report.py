@@ -39,10 +39,22 @@ class DisclosureReport:
 
     @property
     def suppressed(self) -> int:
+        """Every hidden entry, whatever the reason."""
         return self.suppressed_primary + self.suppressed_complementary
 
+    @property
+    def rounded(self) -> bool:
+        """Whether released counts were rounded (round_to above 1)."""
+        return self.round_to > 1
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "reasons": list(self.reasons), "suppressed": self.suppressed}
+        """The report as JSON-ready data, with its totals."""
+        return {
+            **asdict(self),
+            "reasons": list(self.reasons),
+            "suppressed": self.suppressed,
+            "rounded": self.rounded,
+        }
 
 
 def explain(

@@ -163,7 +163,7 @@ def test_rounding_applies_to_released_values_only() -> None:
         if not rows[key]["suppressed"]:
             assert rows[key]["count"] == released
     assert "released counts rounded to the nearest multiple of 5" in table.report.reasons
-    assert table.report.round_to == 5
+    assert table.report.round_to == 5 and table.report.to_dict()["rounded"] is True
 
 
 def test_records_are_plain_json() -> None:
@@ -219,6 +219,7 @@ def test_duckdb_executor_output_is_accepted_as_is() -> None:
         (pd.DataFrame({"g": ["a", "b"], "count": [3, None]}), "missing value"),
         (pd.DataFrame({"g": ["a", "a"], "count": [30, 20]}), "same group twice"),
         (pd.DataFrame({"g": ["a", "b"], "count": ["x", "y"]}), "numeric"),
+        (pd.DataFrame({"g": [["a"], ["b"]], "count": [30, 20]}), "cannot label a group"),
     ],
 )
 def test_malformed_aggregates_are_refused_without_their_values(df: pd.DataFrame, message: str) -> None:
