@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -11,7 +13,7 @@ from fastapi import FastAPI
 
 from gateway import problems
 from gateway.auth import TokenValidator
-from gateway.routes import audit, queries, steward
+from gateway.routes import audit, queries, steward, witness
 from gateway.runtime import SiteRuntime
 from gateway.settings import SiteSettings, load_settings
 
@@ -23,6 +25,11 @@ def create_app(settings: SiteSettings, *, tokens: TokenValidator | None = None) 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Audit appends and store reads run in threads; a pool as wide as the expected concurrency lets
+        # the audit log group-commit many requests' entries into one sync instead of queueing them.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=64, thread_name_prefix="fedgate")
+        )
         runtime = SiteRuntime.start(settings, tokens=tokens)
         app.state.runtime = runtime
         try:
@@ -41,6 +48,7 @@ def create_app(settings: SiteSettings, *, tokens: TokenValidator | None = None) 
     app.include_router(queries.router)
     app.include_router(steward.router)
     app.include_router(audit.router)
+    app.include_router(witness.router)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the site id and the running policy bundle")
     async def healthz() -> dict[str, Any]:

@@ -1,0 +1,235 @@
+"""Query latency and throughput of one site gateway over real HTTP, with the audit log on.
+
+    python bench/query.py [--rows N] [--seconds S] [--clients C]
+
+1. A filtered count grouped by two columns on an N-row pseudonymized dataset (default 10M): p50 of the
+   gateway's end-to-end latency against raw DuckDB running the same aggregate in the same run.
+2. Small queries (a count by one column on a 20,000-row dataset) from C concurrent clients (default 64)
+   for S seconds: requests per second and p99 latency.
+The gateway runs as `fedgate serve` in its own process; the load comes from this one. Prints progress,
+then one JSON object as the last line: {"ratio_to_duckdb", "p50_ms", "duckdb_p50_ms", "rps", "p99_ms"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+
+# bench/audit.py would shadow the `audit` package for a script run from this folder.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+ROOT = Path(__file__).resolve().parents[1]
+AUDIENCE = "fedgate-bench"
+COLUMNS = ["age_band", "sex", "postcode_area", "country", "icd10", "hba1c", "bmi", "systolic_bp", "smoking",
+           "outcome", "survival_days", "event"]  # fmt: skip
+GENERATE = """
+import sys, pyarrow.parquet as pq
+from gateway.synth import site_for_index
+from gateway.synth.cohort import site_batches
+rows, out = int(sys.argv[1]), sys.argv[2]
+writer = None
+for table, _ in site_batches(site_for_index(0), rows, 2026):
+    writer = writer or pq.ParquetWriter(out, table.schema)
+    writer.write_table(table, row_group_size=1_000_000)
+writer.close()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def build_site(work: Path, rows: int, issuer: str, port: int) -> Path:
+    """A site folder with a bench agreement, keys, and two ingested datasets: `big` and `small`."""
+    from audit.keys import generate_log_key
+    from connectors import ParquetConnector
+    from pseudonymize.ingest import ingest
+    from pseudonymize.keys import SecretKey
+    from pseudonymize.spec import load_spec
+    from pseudonymize.store import Store
+
+    shutil.copytree(ROOT / "policies", work / "policies", ignore=shutil.ignore_patterns("*_test.rego"))
+    agreements = json.loads((work / "policies/data/agreements.json").read_text())
+    agreements["DSA-BENCH"] = {
+        "title": "Benchmark", "parties": ["org-charite", "org-aphp"], "purposes": ["DUO:0000006"],
+        "commercial_use": False, "collaboration": True, "return_of_results": True,
+        "datasets": {"big": {"columns": COLUMNS}, "small": {"columns": COLUMNS}},
+        "query_kinds": ["count", "crosstab"], "approval_kinds": [], "not_before": "2026-01-01",
+        "not_after": "2030-12-31", "thresholds": {"min_cell_count": 10}, "dp": None,
+        "standard_contractual_clauses": [], "export_licences": [],
+    }  # fmt: skip
+    (work / "policies/data/agreements.json").write_text(json.dumps(agreements))
+    (work / "keys").mkdir()
+    master = work / "keys/master.key"
+    master.write_text(base64.b64encode(os.urandom(32)).decode())
+    master.chmod(0o600)
+    generate_log_key(work / "keys/log.key")
+    config = work / "site.toml"
+    config.write_text(
+        'site_id = "site-bench"\njurisdiction = "DE"\nstore_url = "duckdb:///var/store.duckdb"\n'
+        'audit_url = "sqlite:///var/audit.db"\npolicy_dir = "policies"\nmaster_key_file = "keys/master.key"\n'
+        f'log_key_file = "keys/log.key"\n[oidc]\nissuer = "{issuer}"\naudience = "{AUDIENCE}"\n'
+        f"[server]\nport = {port}\n"
+    )
+    spec_text = (ROOT / "examples/cohort.spec.yaml").read_text()
+    (work / "var").mkdir()
+    with Store(f"duckdb:///{work / 'var/store.duckdb'}") as store:
+        for name, n in (("big", rows), ("small", 20_000)):
+            source = work / f"{name}.parquet"
+            subprocess.run([sys.executable, "-c", GENERATE, str(n), str(source)], check=True)
+            spec_path = work / f"{name}.spec.yaml"
+            spec_path.write_text(spec_text.replace("dataset: cohort", f"dataset: {name}"))
+            started = time.perf_counter()
+            key = SecretKey.from_file(master)
+            spec = load_spec(spec_path)
+            connector = ParquetConnector(source)
+            entry = ingest(
+                connector, spec, str(spec_path), key, store, jurisdiction="DE", override_k=True
+            ).entry
+            print(
+                f"ingested {name}: {entry.row_count:,} rows in {time.perf_counter() - started:.1f}s",
+                flush=True,
+            )
+            source.unlink()
+    return config
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def body(dataset: str, threshold: float, group_by: list[str]) -> dict[str, Any]:
+    # A different threshold each time: identical queries are limited per agreement, and that is not measured.
+    return {
+        "dataset": dataset,
+        "agreement": "DSA-BENCH",
+        "purpose": {"duo": ["DUO:0000006"]},
+        "kind": "crosstab",
+        "filters": {"column": "bmi", "op": ">", "value": threshold},
+        "group_by": group_by,
+    }
+
+
+def latency(url: str, token: str, store: Path, rounds: int) -> tuple[float, float]:
+    headers = {"Authorization": f"Bearer {token}"}
+    gateway: list[float] = []
+    with httpx.Client(base_url=url, headers=headers, timeout=120) as http:
+        for i in range(rounds + 3):
+            start = time.perf_counter()
+            response = http.post("/v1/queries", json=body("big", 18.0 + i / 1000, ["sex", "smoking"]))
+            elapsed = time.perf_counter() - start
+            response.raise_for_status()
+            if i >= 3:
+                gateway.append(elapsed)
+    raw: list[float] = []
+    con = duckdb.connect(str(store), read_only=True)
+    sql = (
+        "SELECT sex, smoking, count(*) FROM ds_big WHERE bmi > ? AND consent_withdrawn = false "
+        "AND list_has_all(?, string_split(consent_duo, ' ')) GROUP BY sex, smoking"
+    )
+    allowed = ["DUO:0000042", "DUO:0000006", "DUO:0000046", "DUO:0000045", "DUO:0000021", "DUO:0000019"]
+    for i in range(rounds + 3):
+        start = time.perf_counter()
+        con.execute(sql, [18.0 + i / 1000, allowed]).fetchall()
+        if i >= 3:
+            raw.append(time.perf_counter() - start)
+    con.close()
+    return statistics.median(gateway) * 1000, statistics.median(raw) * 1000
+
+
+async def load(url: str, tokens: list[str], seconds: float, clients: int) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+    counter = 0
+
+    async def client(i: int) -> None:
+        nonlocal counter
+        headers = {"Authorization": f"Bearer {tokens[i % len(tokens)]}"}
+        async with httpx.AsyncClient(base_url=url, timeout=60, headers=headers) as http:
+            while time.perf_counter() < stop:
+                counter += 1
+                start = time.perf_counter()
+                response = await http.post("/v1/queries", json=body("small", 10 + counter / 1e6, ["sex"]))
+                latencies.append(time.perf_counter() - start)
+                response.raise_for_status()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return len(latencies) / (time.perf_counter() - started), latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=30)
+    args = parser.parse_args()
+    from gateway.auth.local_idp import UnsafeLocalIdentityProvider
+
+    work = Path(tempfile.mkdtemp(prefix="fedgate-bench-query-"))
+    port = free_port()
+    with UnsafeLocalIdentityProvider(audience=AUDIENCE) as idp:
+        config = build_site(work, args.rows, idp.issuer_url, port)
+        server = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"the gateway did not start: {server.stderr.read().decode()[-2000:]}")
+                time.sleep(0.2)
+            tokens = [
+                idp.token(sub=f"bench-{i}", org="org-aphp", country="FR", roles=["researcher"], ttl_s=3600)
+                for i in range(args.clients)
+            ]
+            p50, raw_p50 = latency(url, tokens[0], work / "var/store.duckdb", args.rounds)
+            print(
+                f"filtered 2-way count on {args.rows:,} rows: gateway p50 {p50:.1f} ms, "
+                f"DuckDB p50 {raw_p50:.1f} ms"
+            )
+            rps, lat = asyncio.run(load(url, tokens, args.seconds, args.clients))
+            p99 = percentile(lat, 99) * 1000
+            print(
+                f"{args.clients} clients, small queries: {rps:.0f} requests/s, p99 {p99:.1f} ms", flush=True
+            )
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    shutil.rmtree(work, ignore_errors=True)
+    figures = {
+        "ratio_to_duckdb": round(p50 / raw_p50, 2),
+        "p50_ms": round(p50, 2),
+        "duckdb_p50_ms": round(raw_p50, 2),
+        "rps": round(rps, 1),
+        "p99_ms": round(p99, 1),
+    }
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
