@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -144,12 +146,23 @@ def build_log(workdir: Path, entries: int) -> tuple[AuditLog, Path]:
     return log, path
 
 
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def bench_verify(log: AuditLog, path: Path) -> float:
-    start = time.monotonic()
+    load = os.getloadavg()[0]
+    cpu, start = _cpu_seconds(), time.monotonic()
     summary = verify_export(path, log.verifier_key(), workers=0)  # idle cores, as `fedgate audit verify`
-    elapsed = time.monotonic() - start
+    elapsed, cpu = time.monotonic() - start, _cpu_seconds() - cpu
     rate = summary.size / elapsed
+    per_cpu = summary.size / cpu
     say(f"verify: {summary.size:,} entries in {elapsed:.2f}s = {rate:,.0f} entries/s")
+    cores = os.cpu_count()
+    say(
+        f"  {cpu:.2f} CPU-s = {per_cpu:,.0f} entries per CPU-second; load average {load:.1f} on {cores} cores"
+    )
     return rate
 
 

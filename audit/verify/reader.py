@@ -9,7 +9,8 @@ from typing import IO
 from audit import export_format
 from audit.errors import AuditIntegrityError
 
-CHUNK = 1 << 14
+# Entry lines per chunk: a chunk's text (about 2 MB) stays in the CPU cache while it is hashed and parsed.
+CHUNK = 1 << 12
 
 
 class ExportReader:
