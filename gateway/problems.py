@@ -12,8 +12,17 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from audit.errors import (
+    MalformedRequest,
+    OldSizeMismatch,
+    OldSizeTooLarge,
+    ProofRejected,
+    UnknownOrigin,
+    UntrustedCheckpoint,
+    WitnessError,
+)
 from gateway.refusal import Refusal, RefusalKind
 
 PROBLEM_JSON = "application/problem+json"
@@ -30,6 +39,19 @@ STATUS: dict[RefusalKind, HTTPStatus] = {
 OK = HTTPStatus.OK
 ACCEPTED = HTTPStatus.ACCEPTED
 
+# C2SP tlog-witness prescribes its own statuses and text/plain bodies (not problem+json): peers' witness
+# clients read the status, and a 409 carries the witness's size as `text/x.tlog.size`. The submitter in
+# gateway/federation/witnessing.py reads the same table, so both sides agree on the codes.
+WITNESS_STATUS: dict[type[WitnessError], HTTPStatus] = {
+    UnknownOrigin: HTTPStatus.NOT_FOUND,
+    UntrustedCheckpoint: HTTPStatus.FORBIDDEN,
+    MalformedRequest: HTTPStatus.BAD_REQUEST,
+    OldSizeTooLarge: HTTPStatus.BAD_REQUEST,
+    OldSizeMismatch: HTTPStatus.CONFLICT,
+    ProofRejected: HTTPStatus.UNPROCESSABLE_ENTITY,
+}
+TLOG_SIZE = "text/x.tlog.size"
+
 
 def problem(status: HTTPStatus, title: str, *, detail: str | None = None, **extensions: Any) -> JSONResponse:
     """A problem+json response."""
@@ -39,6 +61,15 @@ def problem(status: HTTPStatus, title: str, *, detail: str | None = None, **exte
     body.update({k: v for k, v in extensions.items() if v is not None})
     headers = {"WWW-Authenticate": 'Bearer realm="fedgate"'} if status == HTTPStatus.UNAUTHORIZED else None
     return JSONResponse(body, status_code=int(status), media_type=PROBLEM_JSON, headers=headers)
+
+
+def witness_response(exc: WitnessError) -> Response:
+    """A witness refusal as tlog-witness prescribes: its status, and the witness's size on a 409."""
+    status = next(WITNESS_STATUS[c] for c in type(exc).__mro__ if c in WITNESS_STATUS)
+    if isinstance(exc, OldSizeMismatch):
+        # Set the header by hand: a text/* media type would get a charset parameter appended.
+        return Response(f"{exc.size}\n", status_code=int(status), headers={"Content-Type": TLOG_SIZE})
+    return PlainTextResponse(f"{exc}\n", status_code=int(status))
 
 
 def refusal_response(refusal: Refusal) -> JSONResponse:

@@ -14,6 +14,7 @@ from audit.log import AppendReceipt, AuditLog
 from gateway.auth import Principal, TokenValidator
 from gateway.catalog import CatalogView
 from gateway.decision import PolicyDecisionPoint
+from gateway.federation.witnessing import Witnessing
 from gateway.query import PopulationCache, store_engine
 from gateway.settings import SiteSettings
 from gateway.site_log import open_site_log
@@ -36,6 +37,7 @@ class SiteRuntime:
     catalog: CatalogView
     tokens: TokenValidator
     populations: PopulationCache
+    witnessing: Witnessing
 
     @classmethod
     def start(cls, settings: SiteSettings, *, tokens: TokenValidator | None = None) -> SiteRuntime:
@@ -50,10 +52,15 @@ class SiteRuntime:
         audit = open_site_log(settings, checkpoint_interval_s=1.0)
         state = GatewayState(settings.state_url)
         store = store_engine(settings.store_url)
-        return cls(settings, policy, audit, state, store, CatalogView(store), tokens, PopulationCache())
+        witnessing = Witnessing(settings, audit)  # WitnessKeyError: a configured witness key must load
+        witnessing.start()
+        return cls(
+            settings, policy, audit, state, store, CatalogView(store), tokens, PopulationCache(), witnessing
+        )
 
     async def aclose(self) -> None:
         """Close what start() opened."""
+        await self.witnessing.aclose()
         await self.tokens.aclose()
         self.audit.close()
         self.state.close()

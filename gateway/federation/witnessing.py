@@ -1,0 +1,384 @@
+"""Witnessing between peers: cosign the peers' checkpoints, and have them cosign this site's own.
+
+Two halves share this module. The witness half wraps `audit.witness.Witness` with this site's witness key
+and the log keys of its registered peers; `gateway/routes/witness.py` feeds it the C2SP tlog-witness
+`add-checkpoint` bodies. The submitter half is a background task that sends each new checkpoint of the
+site's own log to every peer that has a `witness_key`, with the consistency proof from the size that peer
+last cosigned, and stores the cosignatures it gets back (verified) with `AuditLog.add_cosignature`.
+
+Neither half writes to the site's own audit log on success: every entry makes a new checkpoint, which
+would be submitted to the peers, whose cosigning would make entries of their own — a ping-pong that never
+ends. Only a refused checkpoint that was validly signed by the peer's log key (fork evidence) is audited.
+
+Exception tree::
+
+    WitnessingError                 witnessing cannot run or a submission failed
+    ├── WitnessKeyError                 the witness key file is missing, unreadable or too open
+    └── SubmissionError                 a peer did not cosign (unreachable, refused, bad cosignature)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from audit.checkpoint import parse_checkpoint_body
+from audit.errors import (
+    AuditError,
+    BadConsistencyProof,
+    LogKeyError,
+    MalformedRequest,
+    NonEmptyProofFromZero,
+    OldSizeMismatch,
+    ProofRejected,
+    RootMismatchAtEqualSize,
+    UnknownOrigin,
+)
+from audit.events import COUNT, DIGEST, LABEL, Enum, EventType, register
+from audit.keys import generate_log_key, load_log_key
+from audit.log import AuditLog
+from audit.notes import ALG_COSIGNATURE_V1, parse_note, parse_verifier_key, verifier_key_text
+from audit.witness import Witness, format_add_checkpoint_body, parse_add_checkpoint_body
+from gateway import problems
+from gateway.settings import PeerSettings, SiteSettings
+
+log = logging.getLogger(__name__)
+
+ADD_CHECKPOINT_PATH = "/v1/witness/add-checkpoint"
+WITNESS_DB = "witness.db"
+# A checkpoint note is a few hundred bytes; 63 proof lines add under 3 KiB. Anything far larger is abuse.
+MAX_BODY_BYTES = 64 * 1024
+
+WITNESS_REFUSED = register(
+    EventType(
+        "witness.refused",
+        "a peer's validly signed checkpoint was refused: it does not extend what this site cosigned",
+        required={
+            "origin": LABEL,
+            "reason": Enum(
+                "root_mismatch_at_equal_size", "bad_consistency_proof", "non_empty_proof_from_zero"
+            ),
+            "old_size": COUNT,
+            "size": COUNT,
+        },
+        optional={"checkpoint_digest": DIGEST, "cosigned_size": COUNT},
+    )
+)
+
+
+class WitnessingError(Exception):
+    """Witnessing cannot run, or a submission to a peer failed."""
+
+
+class WitnessKeyError(WitnessingError):
+    """The site's witness key file cannot be used."""
+
+
+class SubmissionError(WitnessingError):
+    """A peer did not return a cosignature this site could store."""
+
+
+def witness_name(settings: SiteSettings) -> str:
+    """The name of this site's witness key: its log origin with `/witness` appended."""
+    return f"{settings.audit_origin}/witness"
+
+
+def witness_store_url(settings: SiteSettings) -> str:
+    """Where the witness keeps what it cosigned: `witness.db` beside a SQLite state database, else the
+    state database itself (its own table)."""
+    url = sa.make_url(settings.state_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        return str(url.set(database=str(Path(str(url.database)).parent / WITNESS_DB)))
+    return settings.state_url
+
+
+def create_witness_key(settings: SiteSettings) -> str:
+    """Create the witness key file (0600, never overwritten); return its verifier key text."""
+    if settings.witness_key_file is None:
+        raise WitnessKeyError("witness_key_file is not set in the site config")
+    try:
+        key = generate_log_key(settings.witness_key_file)
+    except LogKeyError as exc:
+        raise WitnessKeyError(str(exc)) from None
+    return verifier_key_text(witness_name(settings), key.public_key(), ALG_COSIGNATURE_V1)
+
+
+def load_witness_key(settings: SiteSettings) -> Ed25519PrivateKey | None:
+    """The witness signing key, or None when the site is not configured as a witness."""
+    path = settings.witness_key_file
+    if path is None:
+        return None
+    if not path.exists():
+        raise WitnessKeyError(f"{path}: witness key file not found (create it with `fedgate witness keygen`)")
+    try:
+        return load_log_key(path)
+    except LogKeyError as exc:
+        raise WitnessKeyError(str(exc)) from None
+
+
+def open_witness(settings: SiteSettings) -> Witness | None:
+    """This site's witness for the logs of its peers, or None without a witness key."""
+    key = load_witness_key(settings)
+    if key is None:
+        return None
+    known: dict[str, list[str]] = {}
+    for peer in settings.peers:
+        known.setdefault(parse_verifier_key(peer.log_key).name, []).append(peer.log_key)
+    url = witness_store_url(settings)
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return Witness(url, witness_name(settings), key, known)
+
+
+@dataclass
+class PeerProgress:
+    """What this site knows about one peer's witnessing of its log."""
+
+    peer: str
+    cosigned_size: int = 0
+    failures: int = 0
+    next_attempt: float = 0.0
+    last_error: str | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"peer": self.peer, "cosigned_size": self.cosigned_size, "failures": self.failures,
+                "last_error": self.last_error}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SubmissionOutcome:
+    """The result of offering one checkpoint to one peer."""
+
+    peer: str
+    size: int
+    cosigned: bool
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"peer": self.peer, "size": self.size, "cosigned": self.cosigned, "error": self.error}
+
+
+class Witnessing:
+    """This site's witness (may be None) and the background submitter of its own checkpoints."""
+
+    def __init__(
+        self,
+        settings: SiteSettings,
+        audit: AuditLog,
+        *,
+        interval_s: float = 2.0,
+        timeout_s: float = 5.0,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 300.0,
+    ) -> None:
+        self.settings = settings
+        self.audit = audit
+        self.witness = open_witness(settings)
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.peers: dict[str, PeerSettings] = {p.id: p for p in settings.peers if p.witness_key}
+        self.progress = {peer_id: PeerProgress(peer_id) for peer_id in self.peers}
+        self._client: httpx.AsyncClient | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background submitter on the running event loop.
+
+        A no-op without witnessing peers, or outside an event loop (a CLI opening the runtime); there
+        `submit_now()` still works when awaited.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._task is None and self.peers:
+            self._task = loop.create_task(self._run(), name="witness-submitter")
+
+    async def aclose(self) -> None:
+        """Stop the submitter and release the witness store and HTTP connections."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        if self.witness is not None:
+            self.witness.close()
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout_s)
+        return self._client
+
+    # -- submitting ----------------------------------------------------------------------------------
+
+    async def submit_now(self, *, sign: bool = True) -> list[SubmissionOutcome]:
+        """Offer the latest checkpoint to every witnessing peer now, ignoring back-off.
+
+        With `sign`, first sign a checkpoint covering every entry so far (the latest one is reused when
+        nothing was appended). Returns one outcome per peer; failures are reported, not raised.
+        """
+        note = await asyncio.to_thread(self.audit.checkpoint if sign else self.audit.latest_checkpoint)
+        if note is None:
+            return []
+        return list(await asyncio.gather(*(self._offer(peer_id, note) for peer_id in self.peers)))
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                note = await asyncio.to_thread(self.audit.latest_checkpoint)
+            except (AuditError, sa.exc.SQLAlchemyError) as exc:
+                log.warning("witnessing: cannot read the latest checkpoint: %s", exc)
+                continue
+            if note is None:
+                continue
+            size = _size_of(note)
+            now = time.monotonic()
+            due = [
+                p for p, st in self.progress.items() if st.cosigned_size != size and st.next_attempt <= now
+            ]
+            if due:
+                await asyncio.gather(*(self._offer(peer_id, note) for peer_id in due))
+
+    async def _offer(self, peer_id: str, note: str) -> SubmissionOutcome:
+        state = self.progress[peer_id]
+        size = _size_of(note)
+        async with state.lock:
+            if state.cosigned_size == size:
+                return SubmissionOutcome(peer_id, size, True)
+            try:
+                await self._submit(self.peers[peer_id], state, note, size)
+            except SubmissionError as exc:
+                state.failures += 1
+                delay = min(self.max_backoff_s, self.backoff_s * 2 ** (state.failures - 1))
+                # Jitter keeps the sites of a federation from retrying a recovered peer in lockstep.
+                state.next_attempt = time.monotonic() + delay * random.uniform(0.5, 1.0)  # noqa: S311 (not a secret)
+                state.last_error = str(exc)
+                log.warning("witnessing: peer %s did not cosign size %d: %s", peer_id, size, exc)
+                return SubmissionOutcome(peer_id, size, False, str(exc))
+            state.failures = 0
+            state.next_attempt = 0.0
+            state.last_error = None
+            return SubmissionOutcome(peer_id, size, True)
+
+    async def _submit(self, peer: PeerSettings, state: PeerProgress, note: str, size: int) -> None:
+        """Send add-checkpoint from the peer's last cosigned size; on 409 learn its size and retry once."""
+        old = state.cosigned_size
+        for attempt in range(2):
+            if old > size:
+                # The peer cosigned a later checkpoint than this one (another worker got there first).
+                state.cosigned_size = old
+                return
+            try:
+                proof = await asyncio.to_thread(self.audit.consistency_proof, old, size)
+            except AuditError as exc:
+                raise SubmissionError(f"no consistency proof from the peer's size {old}: {exc}") from None
+            body = format_add_checkpoint_body(old, proof, note)
+            try:
+                response = await self._http().post(
+                    f"{peer.url}{ADD_CHECKPOINT_PATH}", content=body, headers={"Content-Type": "text/plain"}
+                )
+            except httpx.HTTPError as exc:
+                raise SubmissionError(f"unreachable: {type(exc).__name__}") from None
+            if response.status_code == problems.WITNESS_STATUS[OldSizeMismatch] and attempt == 0:
+                old = _parse_size_body(response)
+                continue
+            if response.status_code != problems.OK:
+                raise SubmissionError(f"refused with {response.status_code}: {response.text.strip()[:200]}")
+            self._store(peer, size, response.text)
+            state.cosigned_size = size
+            return
+        raise SubmissionError("the peer's size changed again after a 409")
+
+    def _store(self, peer: PeerSettings, size: int, lines: str) -> None:
+        assert peer.witness_key is not None
+        key = parse_verifier_key(peer.witness_key)
+        for line in lines.splitlines():
+            if not line.startswith("— ") or line.split(" ")[1:2] != [key.name]:
+                continue
+            try:
+                self.audit.add_cosignature(size, line, key)
+            except (AuditError, sa.exc.SQLAlchemyError) as exc:
+                raise SubmissionError(f"its cosignature was not stored: {exc}") from None
+            return
+        raise SubmissionError(f"the answer holds no cosignature by {key.name}")
+
+    def status(self) -> list[dict[str, Any]]:
+        """What each witnessing peer last cosigned and its current failure streak."""
+        return [st.as_dict() for st in self.progress.values()]
+
+    # -- witnessing ----------------------------------------------------------------------------------
+
+    async def add_checkpoint(self, body: bytes) -> str:
+        """Handle a tlog-witness add-checkpoint body: this site's cosignature line(s).
+
+        Raises the `audit.errors.WitnessError` subclass of the rule that failed (the route maps it to
+        its status). A refusal of a checkpoint that the peer's log key signed is audited: it is
+        evidence that the peer showed this site a history that does not extend the one it cosigned.
+        """
+        if self.witness is None:
+            raise UnknownOrigin("this gateway is not a witness (witness_key_file is not set)")
+        if len(body) > MAX_BODY_BYTES:
+            raise MalformedRequest(f"body is larger than {MAX_BODY_BYTES} bytes")
+        witness = self.witness
+        try:
+            return await asyncio.to_thread(witness.add_checkpoint_request, body)
+        except ProofRejected as exc:
+            await asyncio.to_thread(self._record_refusal, witness, body, exc)
+            raise
+
+    def _record_refusal(self, witness: Witness, body: bytes, exc: ProofRejected) -> None:
+        request = parse_add_checkpoint_body(body)
+        note = parse_note(request.checkpoint)
+        cp = parse_checkpoint_body(note.text)
+        cosigned_size, _ = witness.cosigned(cp.origin)
+        payload = {
+            "origin": cp.origin,
+            "reason": _REFUSAL_REASONS.get(type(exc), "bad_consistency_proof"),
+            "old_size": request.old_size,
+            "size": cp.size,
+            "cosigned_size": cosigned_size,
+            # The note's digest cites the evidence; its root is a long opaque string the log refuses.
+            "checkpoint_digest": "sha256:" + hashlib.sha256(note.render().encode()).hexdigest(),
+        }
+        try:
+            self.audit.append(WITNESS_REFUSED.name, payload=payload)
+        except (AuditError, sa.exc.SQLAlchemyError) as audit_exc:
+            log.error("witnessing: cannot audit a refused checkpoint of %s: %s", cp.origin, audit_exc)
+
+
+_REFUSAL_REASONS: dict[type[ProofRejected], str] = {
+    RootMismatchAtEqualSize: "root_mismatch_at_equal_size",
+    BadConsistencyProof: "bad_consistency_proof",
+    NonEmptyProofFromZero: "non_empty_proof_from_zero",
+}
+
+
+def _size_of(note: str) -> int:
+    return parse_checkpoint_body(parse_note(note).text).size
+
+
+def _parse_size_body(response: httpx.Response) -> int:
+    text = response.text
+    if not text.endswith("\n") or not text[:-1].isdigit():
+        raise SubmissionError("409 without a size body")
+    return int(text[:-1])

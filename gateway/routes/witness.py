@@ -1,0 +1,55 @@
+"""`/v1/witness`: the C2SP tlog-witness `add-checkpoint` endpoint for peers' logs, and a steward's trigger.
+
+`add-checkpoint` takes no bearer token: the witness cosigns only checkpoints its registered peers' log
+keys signed and that extend what it cosigned before, so a stranger can at most ask it to repeat a
+cosignature the log could ask for anyway. Answers are the protocol's text/plain bodies, never
+problem+json.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse, Response
+
+from audit.errors import MalformedRequest, WitnessError
+from gateway import problems
+from gateway.deps import RuntimeDep, StewardDep
+from gateway.federation.witnessing import MAX_BODY_BYTES
+
+router = APIRouter(prefix="/v1/witness", tags=["witness"])
+
+
+async def _bounded_body(request: Request) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise MalformedRequest(f"body is larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "/add-checkpoint",
+    summary="C2SP tlog-witness add-checkpoint: cosign a peer's checkpoint that extends the last one cosigned",
+    response_class=PlainTextResponse,
+)
+async def add_checkpoint(request: Request, runtime: RuntimeDep) -> Response:
+    try:
+        body = await _bounded_body(request)
+        lines = await runtime.witnessing.add_checkpoint(body)
+    except WitnessError as exc:
+        return problems.witness_response(exc)
+    return PlainTextResponse(lines, status_code=int(problems.OK))
+
+
+@router.post(
+    "/submissions",
+    summary="Sign a checkpoint now and offer it to every peer witness; the per-peer outcome",
+)
+async def submit(_: StewardDep, runtime: RuntimeDep) -> dict[str, Any]:
+    outcomes = await runtime.witnessing.submit_now()
+    return {"outcomes": [o.as_dict() for o in outcomes], "peers": runtime.witnessing.status()}

@@ -1,0 +1,224 @@
+"""Witnessing over real HTTP between three gateways: each cosigns its peers' checkpoints, the auditor's
+export of one site then verifies with two peer witnesses, and forks, strangers and bad bodies are refused
+with the C2SP tlog-witness statuses."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from conftest import bearer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from gateway_site import Site, build_site, free_port
+from oidc_issuer import LoopbackTestIssuer
+from typer.testing import CliRunner
+
+from audit.checkpoint import Checkpoint, parse_checkpoint_body, sign_checkpoint
+from audit.keys import generate_log_key, load_log_key
+from audit.notes import (
+    ALG_COSIGNATURE_V1,
+    parse_note,
+    parse_verifier_key,
+    public_key_bytes,
+    verifier_key_text,
+)
+from audit.witness import format_add_checkpoint_body
+from gateway.app import create_app
+from gateway.cli import app as cli
+from gateway.settings import SiteSettings, load_settings
+
+SITES = (("site-de", "DE", 11), ("site-fr", "FR", 12), ("site-us", "US", 13))
+ADD = "/v1/witness/add-checkpoint"
+COUNT = {"dataset": "cohort", "agreement": "DSA-TEST-OPEN", "purpose": {"duo": ["DUO:0000006"]},
+         "kind": "count"}  # fmt: skip
+runner = CliRunner()
+
+
+@dataclass(frozen=True)
+class Member:
+    site: Site
+    settings: SiteSettings
+    url: str
+    log_key: str
+    witness_key: str
+
+
+def _witness_keygen(config: Path) -> str:
+    result = runner.invoke(cli, ["witness", "keygen", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    return result.stdout.strip()
+
+
+def _federate(tmp: Path, issuer_url: str) -> list[tuple[Site, int, str, str]]:
+    """Build three sites, give each a witness and a peer key, and list every other site as its peer."""
+    built = []
+    for site_id, country, seed in SITES:
+        site = build_site(tmp, issuer_url, rows=400, site_id=site_id, jurisdiction=country, seed=seed)
+        # Top-level keys must come before the config's [oidc] table.
+        text = site.config.read_text()
+        site.config.write_text(
+            'witness_key_file = "keys/witness.key"\npeer_key_file = "keys/peer.key"\n' + text
+        )
+        generate_log_key(site.root / "keys/peer.key")
+        witness_key = _witness_keygen(site.config)
+        log_key = verifier_key_text(
+            site.settings.audit_origin, load_log_key(site.settings.log_key_file).public_key()
+        )
+        built.append((site, free_port(), log_key, witness_key))
+    for site, port, _, _ in built:
+        tables = [f'[server]\nport = {port}\npublic_url = "http://127.0.0.1:{port}"\n']
+        for other, other_port, log_key, witness_key in built:
+            if other is site:
+                continue
+            request_key = base64.b64encode(
+                public_key_bytes(load_log_key(other.root / "keys/peer.key").public_key())
+            ).decode()
+            tables.append(
+                f'[[peers]]\nid = "{other.settings.site_id}"\nurl = "http://127.0.0.1:{other_port}"\n'
+                f'request_key = "{request_key}"\nlog_key = "{log_key}"\nwitness_key = "{witness_key}"\n'
+            )
+        with site.config.open("a") as f:
+            f.write("\n".join(tables))
+    return built
+
+
+@contextlib.contextmanager
+def _serve(settings: SiteSettings, port: int) -> Iterator[str]:
+    """Like gateway_site.running_gateway, on a port chosen before the peers' configs were written."""
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the gateway did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory, idp: LoopbackTestIssuer) -> Iterator[list[Member]]:
+    built = _federate(tmp_path_factory.mktemp("witnessing"), idp.issuer_url)
+    with contextlib.ExitStack() as stack:
+        members = []
+        for site, port, log_key, witness_key in built:
+            settings = load_settings(site.config)
+            url = stack.enter_context(_serve(settings, port))
+            members.append(Member(site, settings, url, log_key, witness_key))
+        yield members
+
+
+def _note(url: str, idp: LoopbackTestIssuer) -> str:
+    response = httpx.get(f"{url}/v1/audit/checkpoint", headers=bearer(idp, "auditor"), timeout=30)
+    assert response.status_code == 200
+    return response.text
+
+
+def _submit(member: Member, idp: LoopbackTestIssuer) -> dict[str, object]:
+    response = httpx.post(
+        f"{member.url}/v1/witness/submissions", headers=bearer(idp, "steward", sub="steward-1"), timeout=30
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+def _verify(export: Path, member: Member, witnesses: list[str], k: int) -> int:
+    args = ["audit", "verify", str(export), "--key", member.log_key, "--min-witnesses", str(k)]
+    for w in witnesses:
+        args += ["--witness", w]
+    return runner.invoke(cli, args).exit_code
+
+
+def test_keygen_creates_an_owner_only_key_and_refuses_to_overwrite(federation: list[Member]) -> None:
+    member = federation[0]
+    assert member.settings.witness_key_file is not None
+    assert member.settings.witness_key_file.stat().st_mode & 0o777 == 0o600
+    key = parse_verifier_key(member.witness_key)
+    assert key.alg == ALG_COSIGNATURE_V1 and key.name == "fedgate.example/site-de/witness"
+    again = runner.invoke(cli, ["witness", "keygen", "--config", str(member.site.config)])
+    assert again.exit_code == 2 and "refusing to overwrite" in again.stderr
+
+
+def test_exports_verify_with_two_peer_witnesses(
+    federation: list[Member], idp: LoopbackTestIssuer, tmp_path: Path
+) -> None:
+    researcher = bearer(idp, "researcher")
+    for member in federation:
+        response = httpx.post(f"{member.url}/v1/queries", json=COUNT, headers=researcher, timeout=30)
+        # The US site refuses the transfer to a French researcher; answered or refused, it is audited.
+        assert response.status_code in (200, 403), response.text
+    for member in federation:
+        outcomes = _submit(member, idp)["outcomes"]
+        assert isinstance(outcomes, list) and len(outcomes) == 2
+        assert all(o["cosigned"] for o in outcomes), outcomes
+    for member in federation:
+        export = tmp_path / f"{member.settings.site_id}.export"
+        response = httpx.get(f"{member.url}/v1/audit/export", headers=bearer(idp, "auditor"), timeout=30)
+        export.write_bytes(response.content)
+        peers = [m.witness_key for m in federation if m is not member]
+        assert _verify(export, member, peers, 2) == 0
+        # The site's own witness key never cosigns its own log: three witnesses cannot be found.
+        assert _verify(export, member, [*peers, member.witness_key], 3) == 3
+        assert _verify(export, member, peers[:1], 2) == 3
+
+
+def test_a_fork_is_refused_with_422_audited_and_leaves_the_witness_unchanged(
+    federation: list[Member], idp: LoopbackTestIssuer
+) -> None:
+    de, fr = federation[0], federation[1]
+    httpx.post(f"{fr.url}/v1/queries", json=COUNT, headers=bearer(idp, "researcher"), timeout=30)
+    _submit(fr, idp)
+    genuine = _note(fr.url, idp)  # with the peers' cosignatures, which a witness ignores
+    cp = parse_checkpoint_body(parse_note(genuine).text)
+    fr_log_key = load_log_key(fr.settings.log_key_file)
+    forked = sign_checkpoint(Checkpoint(cp.origin, cp.size, bytes(32)), fr_log_key)
+    refused = httpx.post(f"{de.url}{ADD}", content=format_add_checkpoint_body(cp.size, [], forked))
+    assert refused.status_code == 422 and refused.headers["content-type"].startswith("text/plain")
+    # The witness still holds the genuine checkpoint: its size, and the same root cosigns again.
+    mismatch = httpx.post(f"{de.url}{ADD}", content=format_add_checkpoint_body(0, [], genuine))
+    assert mismatch.status_code == 409
+    assert mismatch.headers["content-type"] == "text/x.tlog.size" and mismatch.text == f"{cp.size}\n"
+    again = httpx.post(f"{de.url}{ADD}", content=format_add_checkpoint_body(cp.size, [], genuine))
+    assert again.status_code == 200 and again.text.startswith("— fedgate.example/site-de/witness ")
+    # The refusal is evidence against the peer: it is in the witness's own audit log.
+    entries = httpx.get(f"{de.url}/v1/audit/entries", headers=bearer(idp, "auditor"), timeout=30).json()
+    events = [json.loads(base64.b64decode(e["entry"])) for e in entries["entries"]]
+    refusals = [e for e in events if e["type"] == "witness.refused"]
+    assert refusals and refusals[-1]["payload"]["reason"] == "root_mismatch_at_equal_size"
+    assert refusals[-1]["payload"]["origin"] == cp.origin and refusals[-1]["payload"]["size"] == cp.size
+
+
+def test_unknown_untrusted_and_malformed_submissions(
+    federation: list[Member], idp: LoopbackTestIssuer
+) -> None:
+    de, fr = federation[0], federation[1]
+    stranger = Ed25519PrivateKey.generate()
+    unknown = sign_checkpoint(Checkpoint("fedgate.example/site-zz", 1, bytes(32)), stranger)
+    response = httpx.post(f"{de.url}{ADD}", content=format_add_checkpoint_body(0, [], unknown))
+    assert response.status_code == 404 and response.headers["content-type"].startswith("text/plain")
+    cp = parse_checkpoint_body(parse_note(_note(fr.url, idp)).text)
+    impostor = sign_checkpoint(Checkpoint(cp.origin, cp.size + 1, bytes(32)), stranger)
+    assert (
+        httpx.post(f"{de.url}{ADD}", content=format_add_checkpoint_body(0, [], impostor)).status_code == 403
+    )
+    signed = sign_checkpoint(cp, load_log_key(fr.settings.log_key_file))
+    too_large = format_add_checkpoint_body(cp.size + 1, [], signed)
+    assert httpx.post(f"{de.url}{ADD}", content=too_large).status_code == 400
+    assert httpx.post(f"{de.url}{ADD}", content=b"old x\n\n" + signed.encode()).status_code == 400
+    assert httpx.post(f"{de.url}{ADD}", content=b"old 0\n" * 20_000).status_code == 400
