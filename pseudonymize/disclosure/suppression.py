@@ -8,11 +8,15 @@ The researcher (the attacker we defend against) knows every released entry, the 
 without group-by gives it), the label of every hidden one and what the label implies: a cell hidden for
 being small lies in [0 or 1, min_cell_count - 1]; a cell hidden as a complement is at least min_cell_count
 (0 when zeros may show) and, because complements are always the smallest released entry of one of their
-lines, at most the largest of the released minima of its lines. We release a
-table only when every hidden entry can still take two values consistent with all that: a hidden entry is
-pinned exactly when no feasible direction moves it, and feasible directions of these line systems are
-alternating walks through hidden entries (the constraint matrix is a network matrix, so a real move implies
-an integer one).
+lines, at most the largest of the released minima of its lines. We release a table only when
+
+- no line holds exactly one hidden entry (the brief's rule, and the cheap first pass);
+- no line with a released total has hidden parts adding up to a small count (total minus the released
+  parts would be that count);
+- every hidden entry can still take two values consistent with all of the above. A hidden entry is pinned
+  exactly when no feasible direction moves it, and feasible directions of these line systems are
+  alternating walks through hidden entries (the constraint matrix is a network matrix, so a real move
+  implies an integer one).
 """
 
 from __future__ import annotations
