@@ -1,0 +1,168 @@
+"""Steward and auditor APIs, the Python client, the PostgreSQL store, dev tokens, and clean logs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import bearer
+from gateway_site import Site, build_site, running_gateway
+from oidc_issuer import LoopbackTestIssuer
+
+from audit.merkle import leaf_hash, verify_consistency, verify_inclusion
+from gateway.client import ApprovalPending, Gateway, QueryDenied, QueryInvalid
+
+PURPOSE = "DUO:0000006"
+COUNT = {"dataset": "cohort", "agreement": "DSA-TEST-OPEN", "purpose": {"duo": [PURPOSE]}, "kind": "count"}
+DEV_TOKEN = ["--sub", "dev", "--org", "org-aphp", "--country", "FR", "--role", "researcher"]
+
+
+def test_steward_reads_catalog_and_replaces_policy_data(tmp_site: Site, idp: LoopbackTestIssuer) -> None:
+    steward = bearer(idp, "steward", sub="steward-1")
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url) as http:
+        (dataset,) = http.get("/v1/steward/datasets", headers=steward).json()
+        assert dataset["dataset"] == "cohort" and dataset["risk_report"]["k_threshold"] == 5
+        assert "master" not in json.dumps(dataset) or dataset["key_id"].startswith("fp:")
+        listing = http.get("/v1/steward/policy-data", headers=steward).json()
+        assert "agreements" in listing["documents"]
+        agreements = http.get("/v1/steward/policy-data/agreements", headers=steward).json()
+
+        bad = json.loads(json.dumps(agreements))
+        bad["DSA-TEST-OPEN"]["not_after"] = "2025-13-40"
+        refused = http.put("/v1/steward/policy-data/agreements", json=bad, headers=steward)
+        assert refused.status_code == 422
+        assert "DSA-TEST-OPEN.not_after" in refused.json()["detail"]
+        assert (
+            http.get("/healthz").json()["policy_bundle"] == listing["bundle_digest"]
+        )  # last good bundle stays
+
+        agreements["DSA-TEST-OPEN"]["suspended"] = True
+        changed = http.put("/v1/steward/policy-data/agreements", json=agreements, headers=steward)
+        assert changed.status_code == 200 and changed.json()["previous_digest"] == listing["bundle_digest"]
+        body = {
+            "dataset": "cohort",
+            "agreement": "DSA-TEST-OPEN",
+            "purpose": {"duo": [PURPOSE]},
+            "kind": "count",
+        }
+        denied = http.post("/v1/queries", json=body, headers=bearer(idp, "researcher"))
+        assert denied.status_code == 403 and "suspended" in denied.json()["detail"]
+        activity = http.get("/v1/steward/activity", headers=steward).json()
+        assert any(r["outcome"] == "refused" for r in activity["by_agreement"])
+        assert http.get("/v1/steward/policy-data/../../etc", headers=steward).status_code == 404
+        export = http.get("/v1/audit/export", headers=bearer(idp, "auditor")).content
+    assert b'"policy.changed"' in export and changed.json()["bundle_digest"].encode() in export
+
+
+def test_auditor_gets_entries_and_proofs_that_verify(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
+    http.post("/v1/queries", headers=bearer(idp, "researcher"), json=COUNT)
+    auditor = bearer(idp, "auditor")
+    page = http.get("/v1/audit/entries", params={"start": 0}, headers=auditor).json()
+    size = page["size"]
+    assert size >= 4 and len(page["entries"]) == size
+    entry = page["entries"][2]
+    proof = http.get("/v1/audit/proofs/inclusion", params={"index": 2, "size": size}, headers=auditor).json()
+    root = base64.b64decode(proof["root"])
+    verify_inclusion(
+        2,
+        size,
+        leaf_hash(base64.b64decode(entry["entry"])),
+        [base64.b64decode(p) for p in proof["proof"]],
+        root,
+    )
+    old = http.get("/v1/audit/proofs/inclusion", params={"index": 0, "size": 2}, headers=auditor).json()
+    cons = http.get("/v1/audit/proofs/consistency", params={"old": 2, "new": size}, headers=auditor).json()
+    verify_consistency(
+        2, size, [base64.b64decode(p) for p in cons["proof"]], base64.b64decode(old["root"]), root
+    )
+    bad = http.get("/v1/audit/proofs/inclusion", params={"index": size + 5, "size": size}, headers=auditor)
+    assert bad.status_code == 422
+    assert (
+        http.get("/v1/audit/entries", params={"start": 0, "end": size + 1}, headers=auditor).status_code
+        == 422
+    )
+    note = http.get("/v1/audit/checkpoint", headers=auditor).text
+    assert note.startswith("fedgate.example/site-de\n")
+
+
+def test_python_client(gateway_url: str, idp: LoopbackTestIssuer) -> None:
+    token = idp.token(sub="client-user", org="org-aphp", country="FR", roles=["researcher"])
+    with Gateway(gateway_url, token) as site:
+        table = site.crosstab("cohort", "DSA-TEST-OPEN", PURPOSE, group_by=["sex", "smoking"])
+        assert {"sex", "smoking", "count", "suppressed"} <= set(table.columns)
+        assert table["count"].notna().all() and not table["suppressed"].any()
+        summary = site.summary("cohort", "DSA-TEST-OPEN", PURPOSE, column="bmi", group_by=["sex"])
+        assert set(summary["sex"]) == {"F", "M"} and (summary["mean"] > 15).all()
+        with pytest.raises(QueryDenied) as denied:
+            site.count("cohort", "DSA-TEST-EXPIRED", PURPOSE)
+        assert "DSA-TEST-EXPIRED expired on 2026-06-30" in denied.value.reasons
+        with pytest.raises(QueryInvalid) as invalid:
+            site.histogram("cohort", "DSA-TEST-OPEN", PURPOSE, column="bmi", edges=[30, 20])
+        assert "edges" in (invalid.value.field or "")
+        with pytest.raises(ApprovalPending) as pending:
+            site.summary("cohort", "DSA-TEST-APPROVAL", PURPOSE, column="hba1c")
+        assert site.result(pending.value.request_id)["status"] == "pending_approval"
+
+
+@pytest.mark.postgres
+def test_postgresql_store(tmp_path: Path, idp: LoopbackTestIssuer, pg_url: str) -> None:
+    site = build_site(tmp_path, idp.issuer_url, store_url=pg_url)
+    body = {
+        **COUNT,
+        "kind": "crosstab",
+        "group_by": ["sex"],
+        "filters": {"column": "bmi", "op": ">", "value": 25},
+    }
+    with running_gateway(site.settings) as url, httpx.Client(base_url=url) as http:
+        response = http.post("/v1/queries", json=body, headers=bearer(idp, "researcher"))
+        median = {**body, "kind": "quantiles", "group_by": [], "params": {"column": "bmi", "probs": [0.5]}}
+        quant = http.post("/v1/queries", headers=bearer(idp, "researcher"), json=median)
+    assert response.status_code == 200, response.text
+    cells = [r for r in response.json()["rows"] if r["margin"] is None]
+    assert {r["sex"] for r in cells} == {"F", "M"} and all(r["count"] >= 10 for r in cells)
+    assert quant.status_code == 200 and quant.json()["rows"][0]["q0.5"] > 25
+
+
+def test_dev_tokens_work_only_in_dev_mode_on_loopback(tmp_site: Site, idp: LoopbackTestIssuer) -> None:
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+    from gateway.settings import load_settings
+
+    config = tmp_site.config
+    refused = CliRunner().invoke(app, ["dev-token", "--config", str(config), *DEV_TOKEN])
+    assert refused.exit_code == 2
+    config.write_text("dev_mode = true\n" + config.read_text())
+    issued = CliRunner().invoke(app, ["dev-token", "--config", str(config), *DEV_TOKEN])
+    assert issued.exit_code == 0, issued.output
+    token = issued.stdout.strip().splitlines()[-1]
+    with running_gateway(load_settings(config)) as url:
+        response = httpx.post(f"{url}/v1/queries", json=COUNT, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.text
+
+
+def test_no_token_or_identifier_reaches_the_logs(
+    tmp_site: Site, idp: LoopbackTestIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    token = idp.token(sub="log-user", org="org-aphp", country="FR", roles=["researcher"])
+    mrns = tmp_site.source["patient_id"].to_pylist()[:5]
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url) as http:
+        body = {
+            "dataset": "cohort",
+            "agreement": "DSA-TEST-OPEN",
+            "purpose": {"duo": [PURPOSE]},
+            "kind": "count",
+        }
+        http.post("/v1/queries", json=body, headers={"Authorization": f"Bearer {token}"})
+        http.post("/v1/queries", json=body, headers={"Authorization": f"Bearer {token}x"})
+        http.post("/v1/steward/datasets/cohort/withdrawals", json={"patients": mrns},
+                  headers=bearer(idp, "steward"))  # fmt: skip
+    logged = caplog.text
+    assert token not in logged and token[:40] not in logged
+    for mrn in mrns:
+        assert mrn not in logged
