@@ -75,7 +75,7 @@ used_columns := ({c | some c in object.get(input, ["query", "columns"], [])} | {
 	c := node.column
 }
 
-_forbidden_columns := {c | some c in used_columns; not c in _entry.columns}
+_forbidden_columns := used_columns - {c | some c in _entry.columns}
 
 deny contains msg if {
 	count(_forbidden_columns) > 0

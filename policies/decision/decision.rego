@@ -109,13 +109,12 @@ approval_reasons := site_approval | data.fedgate.agreement.needs_approval
 allow_reasons := (data.fedgate.agreement.allow | data.fedgate.consent.allow) | data.fedgate.transfer.allow
 
 # Written so that anything undefined ends in a deny: allow needs a defined, empty set of deny reasons.
-decision := "deny" if not _no_deny_reasons
+# (`not count(deny_reasons) == 0` holds when deny_reasons is undefined too.)
+decision := "deny" if not count(deny_reasons) == 0
 
 else := "needs_approval" if count(approval_reasons) > 0
 
 else := "allow"
-
-_no_deny_reasons if count(deny_reasons) == 0
 
 reasons := sort(deny_reasons) if decision == "deny"
 
