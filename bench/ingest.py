@@ -71,7 +71,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     source = work / "source.parquet"
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", GENERATE, str(args.rows), str(source), ",".join(COLUMNS)], check=True)
+    subprocess.run(
+        [sys.executable, "-c", GENERATE, str(args.rows), str(source), ",".join(COLUMNS)], check=True
+    )
     print(f"generated {args.rows:,} rows in {time.perf_counter() - t0:.1f}s -> {source}", flush=True)
 
     spec_path = work / "bench.spec.yaml"
@@ -88,7 +90,10 @@ def main() -> None:
         seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     entry = result.entry
-    print(f"ingested {entry.row_count:,} rows in {seconds:.2f}s; k={entry.risk_report['smallest_class']}", flush=True)
+    print(
+        f"ingested {entry.row_count:,} rows in {seconds:.2f}s; k={entry.risk_report['smallest_class']}",
+        flush=True,
+    )
     figures = {
         "rows": entry.row_count,
         "seconds": round(seconds, 3),

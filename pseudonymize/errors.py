@@ -5,7 +5,8 @@ PseudonymizeError
 ├── SpecError             a pseudonymization spec that cannot be used (names the file, field and line)
 ├── RiskThresholdError    k-anonymity below the spec's threshold and no override (carries the report)
 ├── StoreError            the pseudonymized store cannot be opened, read or written
-└── IngestError           an ingest failed; nothing was published, the previous version stays
+├── IngestError           an ingest failed; nothing was published, the previous version stays
+└── DisclosureError       output disclosure control refused (tree in pseudonymize/disclosure/errors.py)
 """
 
 from __future__ import annotations

@@ -69,9 +69,14 @@ class _Stream:
         return pa.RecordBatchReader.from_batches(self.schema, self.batches())
 
 
+def derive_pseudonym_key(key: SecretKey, key_context: str) -> bytes:
+    """The HMAC key for one agreement or project, derived from the master (or a shared linkage) key."""
+    return key.derive("pseudonym", key_context)
+
+
 def pseudonym_key(master: SecretKey, spec: PseudonymizationSpec, linkage: SecretKey | None = None) -> bytes:
     """The HMAC key of a dataset: from the site master key, or a shared linkage key an agreement grants."""
-    return (linkage or master).derive("pseudonym", spec.key_context)
+    return derive_pseudonym_key(linkage or master, spec.key_context)
 
 
 def ingest(
