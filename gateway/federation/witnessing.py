@@ -182,6 +182,7 @@ class Witnessing:
         timeout_s: float = 5.0,
         backoff_s: float = 1.0,
         max_backoff_s: float = 300.0,
+        http: httpx.AsyncClient | None = None,
     ) -> None:
         self.settings = settings
         self.audit = audit
@@ -192,7 +193,7 @@ class Witnessing:
         self.max_backoff_s = max_backoff_s
         self.peers: dict[str, PeerSettings] = {p.id: p for p in settings.peers if p.witness_key}
         self.progress = {peer_id: PeerProgress(peer_id) for peer_id in self.peers}
-        self._client: httpx.AsyncClient | None = None
+        self._client = http
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------

@@ -1,0 +1,276 @@
+"""Witnessing between two sites in one process: the submitter's 409 learning, back-off and cosignature
+checks against a real witness behind an in-memory transport, and the witness's atomic state."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from audit.checkpoint import Checkpoint, parse_checkpoint_body, sign_checkpoint
+from audit.errors import (
+    BadConsistencyProof,
+    MalformedRequest,
+    NonEmptyProofFromZero,
+    OldSizeMismatch,
+    OldSizeTooLarge,
+    RootMismatchAtEqualSize,
+    UnknownOrigin,
+    WitnessError,
+)
+from audit.keys import generate_log_key
+from audit.log import AuditLog
+from audit.notes import parse_note, verifier_key_text
+from audit.witness import format_add_checkpoint_body
+from gateway import problems
+from gateway.federation.witnessing import (
+    SubmissionError,
+    Witnessing,
+    WitnessKeyError,
+    create_witness_key,
+    witness_store_url,
+)
+from gateway.settings import PeerSettings, SiteSettings
+
+Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
+
+
+def _settings(
+    tmp: Path, site_id: str, peers: tuple[PeerSettings, ...] = (), witness: bool = True
+) -> SiteSettings:
+    folder = tmp / site_id
+    folder.mkdir(exist_ok=True)
+    return SiteSettings(
+        site_id=site_id, jurisdiction="DE", store_url="duckdb:///:memory:",
+        audit_url=f"sqlite:///{folder}/audit.db", policy_dir=folder, master_key_env="UNUSED",
+        log_key_file=folder / "log.key", witness_key_file=folder / "witness.key" if witness else None,
+        peer_key_file=folder / "peer.key", peers=peers,
+    )  # fmt: skip
+
+
+class Pair:
+    """Site `a` keeps a log; site `b` witnesses it and answers a's submissions in-process."""
+
+    def __init__(self, tmp: Path) -> None:
+        a0 = _settings(tmp, "site-a")
+        a_key = generate_log_key(a0.log_key_file)
+        self.a_log_key = verifier_key_text(a0.audit_origin, a_key.public_key())
+        b0 = _settings(tmp, "site-b")
+        self.b_witness_key = create_witness_key(b0)
+        a_peer = PeerSettings(
+            id="site-a", url="https://site-a.test", request_key="AA==", log_key=self.a_log_key
+        )
+        self.b = Witnessing(_settings(tmp, "site-b", (a_peer,)), _null_log(tmp))
+        b_peer = PeerSettings(id="site-b", url="https://site-b.test", request_key="AA==",
+                              log_key=self.a_log_key, witness_key=self.b_witness_key)  # fmt: skip
+        self.a_settings = _settings(tmp, "site-a", (b_peer,), witness=False)
+        self.log = AuditLog.open(self.a_settings.audit_url, self.a_settings.audit_origin, a_key,
+                                 checkpoint_interval_s=None)  # fmt: skip
+        self.a_key = a_key
+        self.requests: list[bytes] = []
+        self.handler: Handler = self.witness_handler
+        transport = httpx.MockTransport(self._dispatch)
+        self.a = Witnessing(self.a_settings, self.log, http=httpx.AsyncClient(transport=transport),
+                            backoff_s=30.0)  # fmt: skip
+
+    async def _dispatch(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request.content)
+        return await self.handler(request)
+
+    async def witness_handler(self, request: httpx.Request) -> httpx.Response:
+        try:
+            lines = await self.b.add_checkpoint(request.content)
+        except WitnessError as exc:
+            answer = problems.witness_response(exc)
+            return httpx.Response(
+                answer.status_code, content=bytes(answer.body), headers=dict(answer.headers)
+            )
+        return httpx.Response(int(problems.OK), text=lines)
+
+    def grow(self, n: int) -> None:
+        for i in range(n):
+            self.log.append("auth.failed", payload={"reason": f"test-{i}"})
+
+    async def close(self) -> None:
+        await self.a.aclose()
+        await self.b.aclose()
+        self.log.close()
+
+
+def _null_log(tmp: Path) -> AuditLog:
+    # The witness site's own log: only refusals of forged checkpoints are written to it.
+    (tmp / "site-b").mkdir(exist_ok=True)
+    key = generate_log_key(tmp / "site-b" / "log.key")
+    return AuditLog.open(
+        f"sqlite:///{tmp}/site-b/audit.db", "fedgate.example/site-b", key, checkpoint_interval_s=None
+    )
+
+
+def _run(tmp: Path, body: Callable[[Pair], Awaitable[None]]) -> None:
+    async def main() -> None:
+        pair = Pair(tmp)
+        try:
+            await body(pair)
+        finally:
+            await pair.close()
+
+    asyncio.run(main())
+
+
+def test_submission_is_cosigned_stored_and_then_extended_with_a_proof(tmp_path: Path) -> None:
+    async def body(p: Pair) -> None:
+        p.grow(3)
+        [first] = await p.a.submit_now()
+        assert first.cosigned and first.size == 3
+        note = p.log.checkpoint_note(3)
+        assert note is not None and "— fedgate.example/site-b/witness " in note
+        p.grow(5)
+        [second] = await p.a.submit_now()
+        assert second.cosigned and second.size == 8
+        # The second request carried the consistency proof from 3, the size b last cosigned.
+        assert p.requests[-1].startswith(b"old 3\n") and p.requests[-1].count(b"\n") > 3
+        assert p.b.witness is not None and p.b.witness.cosigned(p.a_settings.audit_origin)[0] == 8
+
+    _run(tmp_path, body)
+
+
+def test_a_409_teaches_the_peers_size_and_is_retried_once(tmp_path: Path) -> None:
+    async def body(p: Pair) -> None:
+        p.grow(2)
+        assert (await p.a.submit_now())[0].cosigned
+        p.a.progress["site-b"].cosigned_size = 0  # as after a restart: the submitter forgot
+        p.grow(2)
+        [outcome] = await p.a.submit_now()
+        assert outcome.cosigned and outcome.size == 4
+        assert [r.split(b"\n", 1)[0] for r in p.requests[-2:]] == [b"old 0", b"old 2"]
+
+    _run(tmp_path, body)
+
+
+def test_failures_back_off_and_are_reported_not_raised(tmp_path: Path) -> None:
+    async def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    async def body(p: Pair) -> None:
+        p.handler = down
+        p.grow(1)
+        [outcome] = await p.a.submit_now()
+        assert not outcome.cosigned and outcome.error is not None and "unreachable" in outcome.error
+        state = p.a.progress["site-b"]
+        assert state.failures == 1 and state.next_attempt > asyncio.get_running_loop().time() + 10
+        p.handler = p.witness_handler
+        assert (await p.a.submit_now())[0].cosigned and p.a.progress["site-b"].failures == 0
+
+    _run(tmp_path, body)
+
+
+def test_a_cosignature_by_another_key_is_not_stored(tmp_path: Path) -> None:
+    async def impostor(request: httpx.Request) -> httpx.Response:
+        real = await Pair.witness_handler(p_ref[0], request)
+        forged = real.text.replace("site-b/witness", "site-x/witness")
+        return httpx.Response(200, text=forged)
+
+    p_ref: list[Pair] = []
+
+    async def body(p: Pair) -> None:
+        p_ref.append(p)
+        p.handler = impostor
+        p.grow(1)
+        [outcome] = await p.a.submit_now()
+        assert not outcome.cosigned and outcome.error is not None and "no cosignature by" in outcome.error
+        note = p.log.checkpoint_note(1)
+        assert note is not None and "witness" not in note
+
+    _run(tmp_path, body)
+
+
+def test_the_background_task_submits_new_checkpoints(tmp_path: Path) -> None:
+    async def body(p: Pair) -> None:
+        p.a.interval_s = 0.05
+        p.a.start()
+        p.grow(2)
+        p.log.checkpoint()
+        for _ in range(100):
+            if p.a.progress["site-b"].cosigned_size == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert p.a.progress["site-b"].cosigned_size == 2
+        assert p.a.status() == [{"peer": "site-b", "cosigned_size": 2, "failures": 0, "last_error": None}]
+
+    _run(tmp_path, body)
+
+
+def test_concurrent_submissions_cannot_roll_the_witness_back(tmp_path: Path) -> None:
+    async def body(p: Pair) -> None:
+        assert p.b.witness is not None
+        notes = []
+        for _ in range(6):
+            p.grow(1)
+            notes.append(p.log.checkpoint())
+        results = await asyncio.gather(
+            *(p.b.add_checkpoint(format_add_checkpoint_body(0, [], n)) for n in notes), return_exceptions=True
+        )
+        won = [n for n, r in zip(notes, results, strict=True) if isinstance(r, str)]
+        assert len(won) == 1 and all(isinstance(r, OldSizeMismatch | str) for r in results)
+        size = parse_checkpoint_body(parse_note(won[0]).text).size
+        assert p.b.witness.cosigned(p.a_settings.audit_origin)[0] == size
+        smaller = [n for n in notes if parse_checkpoint_body(parse_note(n).text).size < size]
+        for n in smaller:
+            with pytest.raises(OldSizeTooLarge):
+                await p.b.add_checkpoint(format_add_checkpoint_body(size, [], n))
+        assert p.b.witness.cosigned(p.a_settings.audit_origin)[0] == size
+
+    _run(tmp_path, body)
+
+
+def test_witness_rules_and_their_statuses(tmp_path: Path) -> None:
+    async def body(p: Pair) -> None:
+        p.grow(4)
+        note = p.log.checkpoint()
+        with pytest.raises(NonEmptyProofFromZero):
+            await p.b.add_checkpoint(format_add_checkpoint_body(0, [bytes(32)], note))
+        await p.b.add_checkpoint(format_add_checkpoint_body(0, [], note))
+        p.grow(3)
+        later = p.log.checkpoint()
+        with pytest.raises(BadConsistencyProof):
+            await p.b.add_checkpoint(format_add_checkpoint_body(4, [bytes(32)] * 3, later))
+        fork = sign_checkpoint(Checkpoint(p.a_settings.audit_origin, 4, bytes(32)), p.a_key)
+        with pytest.raises(RootMismatchAtEqualSize):
+            await p.b.add_checkpoint(format_add_checkpoint_body(4, [], fork))
+        with pytest.raises(MalformedRequest):
+            await p.b.add_checkpoint(b"old 0\n" * 20_000)
+        # Three refusals of checkpoints a's key signed: each is evidence in b's own log.
+        assert p.b.audit.size == 3
+        statuses = {404: UnknownOrigin("x"), 409: OldSizeMismatch(7, 0), 400: OldSizeTooLarge("x"),
+                    422: RootMismatchAtEqualSize("x")}  # fmt: skip
+        for status, exc in statuses.items():
+            assert problems.witness_response(exc).status_code == status
+        conflict = problems.witness_response(OldSizeMismatch(7, 0))
+        assert conflict.body == b"7\n" and conflict.headers["content-type"] == "text/x.tlog.size"
+
+    _run(tmp_path, body)
+
+
+def test_a_site_without_a_witness_key_answers_unknown_origin(tmp_path: Path) -> None:
+    async def body(p: Pair) -> None:
+        assert p.a.witness is None
+        with pytest.raises(UnknownOrigin):
+            await p.a.add_checkpoint(b"old 0\n\n")
+
+    _run(tmp_path, body)
+
+
+def test_witness_key_errors_and_store_location(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, "site-c")
+    with pytest.raises(WitnessKeyError, match="fedgate witness keygen"):
+        Witnessing(settings, _null_log(tmp_path))
+    create_witness_key(settings)
+    with pytest.raises(WitnessKeyError, match="refusing to overwrite"):
+        create_witness_key(settings)
+    assert witness_store_url(settings) == f"sqlite:///{tmp_path}/site-c/witness.db"
+    pg = settings.model_copy(update={"state_url": "postgresql+psycopg://db/state"})
+    assert witness_store_url(pg) == "postgresql+psycopg://db/state"
+    assert issubclass(SubmissionError, Exception)
