@@ -5,8 +5,8 @@ package fedgate.decision
 import rego.v1
 
 # Rules of other packages are read by full path (data.fedgate.x.rule), not through `import data.fedgate.x`:
-# the embedded engine evaluates a whole package when one of its rules is read through the package alias,
-# which costs about 100 µs per package and reference. lib.rego has the other notes on speed.
+# the embedded engine evaluates a whole package when one of its rules is read through the package alias.
+# lib.rego has the other notes on speed.
 
 # --- the request must be well formed before any rule can be trusted --------------------------------------
 
