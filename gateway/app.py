@@ -13,7 +13,8 @@ from fastapi import FastAPI
 
 from gateway import problems
 from gateway.auth import TokenValidator
-from gateway.routes import audit, queries, steward, witness
+from gateway.federation import peers
+from gateway.routes import audit, federation, queries, steward, witness
 from gateway.runtime import SiteRuntime
 from gateway.settings import SiteSettings, load_settings
 
@@ -32,9 +33,11 @@ def create_app(settings: SiteSettings, *, tokens: TokenValidator | None = None) 
         )
         runtime = SiteRuntime.start(settings, tokens=tokens)
         app.state.runtime = runtime
+        app.state.peers = peers.PeerLink(settings)
         try:
             yield
         finally:
+            await app.state.peers.aclose()
             await runtime.aclose()
 
     app = FastAPI(
@@ -48,6 +51,8 @@ def create_app(settings: SiteSettings, *, tokens: TokenValidator | None = None) 
     app.include_router(queries.router)
     app.include_router(steward.router)
     app.include_router(audit.router)
+    app.include_router(federation.router)
+    peers.install(app)
     app.include_router(witness.router)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the site id and the running policy bundle")

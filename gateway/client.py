@@ -242,3 +242,8 @@ def _result(body: dict[str, Any]) -> QueryResult:
         result_hash=str(body.get("result_hash")),
         raw=body,
     )
+
+
+# Re-exported last: the federation client builds on the names above.
+from gateway.client_federation import FederatedResult as FederatedResult  # noqa: E402
+from gateway.client_federation import Federation as Federation  # noqa: E402

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from gateway.cli import audit, dev, policy, serve, site, synth, witness
+from gateway.cli import audit, dev, peer, policy, serve, site, synth, witness
 
 app = typer.Typer(
     name="fedgate",
@@ -21,6 +21,7 @@ app.command("serve")(serve.serve)
 app.command("dev-token")(dev.dev_token)
 app.add_typer(policy.app, name="policy")
 app.add_typer(audit.app, name="audit")
+app.add_typer(peer.app, name="peer")
 app.add_typer(witness.app, name="witness")
 
 

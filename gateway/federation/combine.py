@@ -1,0 +1,173 @@
+"""Pool what sites released: counts, cross-tabs and histograms summed, summaries from (n, Σx, Σx²).
+
+Conservative semantics (the pooled table is a function of the site answers, so it tells nothing they
+did not): a pooled entry — cell, margin, bin or group — is released only when *every* covered site
+released it (a level a site does not have is a known zero there); an entry any site hid stays hidden in
+the pool. Disclosure control is then applied again with the strictest `min_cell_count` of the answering
+sites: a pooled count below it (possible only when sites with laxer rules released small numbers or zeros)
+is hidden too. A site answer that breaks its own declared rules is refused as invalid, never pooled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+PoolKind = Literal["count", "crosstab", "summary", "histogram"]
+REASON_AT_SITE = "suppressed at a site"
+REASON_POOLED_MIN = "below the federation's min_cell_count"
+_VALUE_COLS: dict[str, tuple[str, ...]] = {
+    "count": ("count",),
+    "crosstab": ("count",),
+    "histogram": ("count",),
+    "summary": ("n", "sum", "sum_sq"),
+}
+_INTEGER_COLS = frozenset({"count", "n"})
+
+
+class CombineError(Exception):
+    """Site answers cannot be pooled."""
+
+
+class InvalidSiteAnswer(CombineError):
+    """A site's released body is malformed or breaks its own disclosure rules; the site is not pooled."""
+
+    def __init__(self, site: str, message: str) -> None:
+        super().__init__(f"{site}: {message}")
+        self.site = site
+
+
+@dataclass(frozen=True)
+class SiteTable:
+    """One site's released answer, checked: its rows and the thresholds it declared."""
+
+    site: str
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    min_cell_count: int
+    round_to: int
+
+    @classmethod
+    def from_body(cls, site: str, body: Any, kind: str, group_by: Sequence[str]) -> SiteTable:
+        """Validate a released body (InvalidSiteAnswer when it does not hold together)."""
+        if not isinstance(body, dict) or body.get("kind") != kind:
+            raise InvalidSiteAnswer(site, f"the answer is not a released {kind}")
+        rows, columns, report = body.get("rows"), body.get("columns"), body.get("disclosure")
+        if not isinstance(rows, list) or not isinstance(columns, list) or not isinstance(report, dict):
+            raise InvalidSiteAnswer(site, "the answer lacks rows, columns or its disclosure report")
+        minimum, round_to = report.get("min_cell_count"), report.get("round_to")
+        if not isinstance(minimum, int) or minimum < 1 or not isinstance(round_to, int) or round_to < 1:
+            raise InvalidSiteAnswer(site, "the disclosure report has no valid min_cell_count/round_to")
+        needed = {*group_by, *_VALUE_COLS[kind], "suppressed"}
+        if not needed <= set(columns):
+            raise InvalidSiteAnswer(site, f"the answer lacks columns {sorted(needed - set(columns))}")
+        for row in rows:
+            if not isinstance(row, dict) or not needed <= set(row) or not isinstance(row["suppressed"], bool):
+                raise InvalidSiteAnswer(site, "a row lacks a column or its suppressed flag")
+            for col in _VALUE_COLS[kind]:
+                value = row[col]
+                if row["suppressed"]:
+                    if value is not None:
+                        raise InvalidSiteAnswer(site, "a suppressed row carries a value")
+                    continue
+                if col in _INTEGER_COLS:
+                    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                        raise InvalidSiteAnswer(site, f"{col} is not a non-negative integer")
+                    if 0 < value < minimum:
+                        raise InvalidSiteAnswer(site, f"{col} below the site's own min_cell_count")
+                elif isinstance(value, bool) or not isinstance(value, int | float):
+                    raise InvalidSiteAnswer(site, f"{col} is not a number")
+        return cls(site, [str(c) for c in columns], rows, minimum, round_to)
+
+
+@dataclass(frozen=True)
+class PooledTable:
+    """The pooled rows, in the sites' column layout, and what the pooling hid."""
+
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    min_cell_count: int
+    suppressed: int
+    reasons: list[str] = field(default_factory=list)
+
+    def disclosure(self) -> dict[str, Any]:
+        """The pooled table's disclosure report."""
+        return {"min_cell_count": self.min_cell_count, "suppressed": self.suppressed, "reasons": self.reasons}
+
+
+def key_columns(kind: str, group_by: Sequence[str]) -> list[str]:
+    """The columns that identify one entry of a kind's table."""
+    if kind == "histogram":
+        return [*group_by, "bin"]
+    if kind in ("count", "crosstab"):
+        return [*group_by, "margin"]
+    return list(group_by)
+
+
+def combine(kind: PoolKind, group_by: Sequence[str], tables: Sequence[SiteTable]) -> PooledTable:
+    """Pool released tables of one kind under the conservative semantics above."""
+    if not tables:
+        raise CombineError("no site answered; there is nothing to pool")
+    keys = key_columns(kind, group_by)
+    values = _VALUE_COLS[kind]
+    minimum = max(t.min_cell_count for t in tables)
+    indexed = [{tuple(r.get(k) for k in keys): r for r in t.rows} for t in tables]
+    order: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for index in indexed:
+        for key, row in index.items():
+            order.setdefault(key, row)
+    columns = tables[0].columns
+    rows: list[dict[str, Any]] = []
+    hidden_at_site = hidden_small = 0
+    for key, template in order.items():
+        row = {c: template.get(c) for c in columns}
+        sums = dict.fromkeys(values, 0.0)
+        hidden = False
+        for index in indexed:
+            part = index.get(key)
+            if part is None:
+                continue  # a level this site does not have: a known zero there
+            if part["suppressed"]:
+                hidden = True
+                break
+            for col in values:
+                sums[col] += part[col]
+        size_col = values[0]
+        small = not hidden and 0 < sums[size_col] < minimum
+        if hidden or small:
+            hidden_at_site += hidden
+            hidden_small += small
+            row.update(dict.fromkeys(set(columns) - set(keys) - {"lower", "upper"}, None))
+            row["suppressed"] = True
+            row["suppression_reason"] = REASON_AT_SITE if hidden else REASON_POOLED_MIN
+        else:
+            row.update({c: int(v) if c in _INTEGER_COLS else v for c, v in sums.items()})
+            if kind == "summary":
+                row.update(_moments(int(sums["n"]), sums["sum"], sums["sum_sq"]))
+            row["suppressed"] = False
+            row["suppression_reason"] = None
+        rows.append(row)
+    return PooledTable(columns, rows, minimum, hidden_at_site + hidden_small,
+                       _reasons(kind, hidden_at_site, hidden_small, minimum, tables))  # fmt: skip
+
+
+def _moments(n: int, total: float, total_sq: float) -> dict[str, float | None]:
+    mean = total / n if n else None
+    # Clamped at 0 as at a site: Σx² − (Σx)²/n can dip below zero by rounding for near-constant groups.
+    spread = max(total_sq - total * total / n, 0.0) if n else 0.0
+    return {"mean": mean, "variance": spread / (n - 1) if n > 1 else None}
+
+
+def _reasons(kind: str, at_site: int, small: int, minimum: int, tables: Sequence[SiteTable]) -> list[str]:
+    unit = "group" if kind == "summary" else "entry"
+    reasons = [
+        f"{at_site} pooled {unit}(s) hidden because a site suppressed them" if at_site
+        else "no site suppressed an entry of the pooled table",
+        f"{small} pooled {unit}(s) below the federation's minimum of {minimum} hidden" if small
+        else f"every released pooled count passes the federation's minimum of {minimum}",
+    ]  # fmt: skip
+    rounded = sorted({t.round_to for t in tables if t.round_to > 1})
+    if rounded:
+        reasons.append(f"pooled from counts that sites rounded to multiples of {rounded}")
+    return reasons

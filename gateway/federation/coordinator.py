@@ -1,0 +1,327 @@
+"""The coordinator: fan a researcher's query out to peers and itself, and pool what each released.
+
+Each peer gets the researcher's own bearer token unchanged plus this site's signed peer assertion, and runs
+the whole single-site flow under its own policy. The coordinator never drops a site silently: every target
+ends with one status (answered, denied, suppressed, approval_pending, unreachable, timed_out,
+invalid_answer), and the pooled answer names the sites it covers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+import rfc8785
+
+from audit import EventType, register
+from audit.events import COUNT, DIGEST, LABEL, REGISTRY
+from gateway.auth import Principal
+from gateway.federation.combine import (
+    CombineError,
+    InvalidSiteAnswer,
+    PooledTable,
+    SiteTable,
+    combine,
+)
+from gateway.federation.peers import CoordinatedRuntime, PeerLink
+from gateway.federation.quantiles import SiteQuantiles, plan_edges, pool_quantiles
+from gateway.federation.signing import HEADER
+from gateway.pipeline import QueryPipeline, new_request_id, sha256_label
+from gateway.problems import ACCEPTED, OK, STATUS
+from gateway.query import HistogramQuery, QuantilesQuery, QuerySpec, parse_query_spec, quantile_name
+from gateway.refusal import Refusal
+from gateway.runtime import SiteRuntime
+
+SiteStatus = Literal[
+    "answered", "denied", "suppressed", "approval_pending", "unreachable", "timed_out", "invalid_answer"
+]
+STATUSES: tuple[SiteStatus, ...] = (
+    "answered", "denied", "suppressed", "approval_pending", "unreachable", "timed_out", "invalid_answer"
+)  # fmt: skip
+DEFAULT_TIMEOUT_S = 10.0
+POOLED_KINDS = ("count", "crosstab", "summary", "histogram", "quantiles")
+QUERIES_PATH = "/v1/queries"
+# A peer's problem responses carry no stage; its disclosure refusals have this title (gateway.pipeline).
+DISCLOSURE_TITLE = "Refused by disclosure control"
+_REFUSAL_KIND = {int(status): kind for kind, status in STATUS.items()}
+
+for _event in (
+    EventType(
+        "federation.received",
+        "a federated query arrived at this coordinator",
+        required={"query_hash": DIGEST, "kind": LABEL, "dataset": LABEL, "dsa": LABEL, "sites": COUNT},
+    ),
+    EventType(
+        "federation.released",
+        "the coordinator pooled and released a federated answer; per-site statuses as counts",
+        required={"query_hash": DIGEST, "result_hash": DIGEST, "covered": COUNT},
+        optional=dict.fromkeys(STATUSES, COUNT),
+    ),
+):
+    if _event.name not in REGISTRY:
+        register(_event)
+
+
+@dataclass
+class SiteOutcome:
+    """How one target site ended."""
+
+    site: str
+    status: SiteStatus
+    reasons: list[str] = field(default_factory=list)
+    request_id: str | None = None
+    duration_ms: float = 0.0
+    body: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"site": self.site, "status": self.status, "reasons": self.reasons,
+                "request_id": self.request_id, "duration_ms": round(self.duration_ms, 3)}  # fmt: skip
+
+
+def parse_federated(body: Any) -> tuple[QuerySpec, list[str] | None, float]:
+    """Split a federated request body into the single-site spec, the target sites and the timeout."""
+    if not isinstance(body, dict):
+        raise Refusal(
+            "bad_request", "Invalid federated query", ["the body must be a JSON object"], field="body"
+        )
+    rest = dict(body)
+    sites = rest.pop("sites", None)
+    timeout = rest.pop("timeout_s", DEFAULT_TIMEOUT_S)
+    if sites is not None and (
+        not isinstance(sites, list) or not sites or not all(isinstance(s, str) for s in sites)
+        or len(set(sites)) != len(sites)
+    ):  # fmt: skip
+        raise Refusal("bad_request", "Invalid federated query", ["sites must be a non-empty list of distinct "
+                      "site ids"], field="sites")  # fmt: skip
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0.1 <= timeout <= 60:
+        raise Refusal("bad_request", "Invalid federated query", ["timeout_s must be between 0.1 and 60"],
+                      field="timeout_s")  # fmt: skip
+    from gateway.query import QuerySpecError
+
+    try:
+        spec = parse_query_spec(rest)
+    except QuerySpecError as exc:
+        raise Refusal("bad_request", "Invalid federated query", [str(exc)], field=exc.field) from None
+    if spec.kind not in POOLED_KINDS:
+        raise Refusal("bad_request", "Not a federated kind", [f"{spec.kind} has its own federated endpoint"],
+                      field="kind")  # fmt: skip
+    return spec, sites, float(timeout)
+
+
+class Coordinator:
+    """Runs one federated query for a researcher."""
+
+    def __init__(self, runtime: SiteRuntime, link: PeerLink) -> None:
+        self.rt = runtime
+        self.link = link
+
+    def targets(self, spec: QuerySpec, sites: list[str] | None) -> list[str]:
+        """The sites to ask: as named, or every peer plus this site when it holds the dataset."""
+        own = self.rt.settings.site_id
+        if sites is None:
+            mine = [own] if self.rt.catalog.latest(spec.dataset) is not None else []
+            return mine + sorted(self.link.peers)
+        unknown = [s for s in sites if s != own and s not in self.link.peers]
+        if unknown:
+            raise Refusal("bad_request", "Unknown site", [f"{', '.join(unknown)}: not a peer of this site"],
+                          field="sites")  # fmt: skip
+        return sites
+
+    async def run(
+        self, principal: Principal, token: str, spec: QuerySpec, sites: list[str] | None, timeout_s: float
+    ) -> dict[str, Any]:
+        """Fan out, pool, audit; the body the researcher receives."""
+        request_id = new_request_id()
+        targets = self.targets(spec, sites)
+        if any(t != self.rt.settings.site_id for t in targets) and self.link.signer is None:
+            raise Refusal("unavailable", "No peer signing key", ["this site has no peer_key_file to sign "
+                          "requests to its peers with"], stage="federate")  # fmt: skip
+        query_hash = spec.query_hash()
+        await self.rt.record(
+            "federation.received",
+            {"query_hash": sha256_label(query_hash), "kind": spec.kind, "dataset": spec.dataset,
+             "dsa": spec.agreement, "sites": len(targets)},
+            principal=principal, request_id=request_id,
+        )  # fmt: skip
+        outcomes, pooled = await self._gather(principal, token, spec, targets, timeout_s)
+        covered = [o.site for o in outcomes if o.status == "answered"]
+        result: dict[str, Any] = {"columns": [], "rows": [], "disclosure": {"reasons": ["no site answered"]}}
+        if pooled is not None:
+            result = {"columns": pooled.columns, "rows": pooled.rows, "disclosure": pooled.disclosure()}
+        result_hash = hashlib.sha256(rfc8785.dumps({**result, "covered": covered})).hexdigest()
+        counts = {s: sum(1 for o in outcomes if o.status == s) for s in STATUSES}
+        await self.rt.record(
+            "federation.released",
+            {"query_hash": sha256_label(query_hash), "result_hash": sha256_label(result_hash),
+             "covered": len(covered), **{k: v for k, v in counts.items() if v}},
+            principal=principal, request_id=request_id,
+        )  # fmt: skip
+        return {
+            "request_id": request_id,
+            "status": "released" if covered else "no_site_answered",
+            "kind": spec.kind,
+            "dataset": spec.dataset,
+            "covered": covered,
+            **result,
+            "sites": [o.to_json() for o in outcomes],
+            "result_hash": sha256_label(result_hash),
+        }
+
+    async def _gather(
+        self, principal: Principal, token: str, spec: QuerySpec, targets: list[str], timeout_s: float
+    ) -> tuple[list[SiteOutcome], PooledTable | None]:
+        if isinstance(spec, QuantilesQuery):
+            return await self._quantiles(principal, token, spec, targets, timeout_s)
+        outcomes = await self._ask_all(principal, token, spec, targets, timeout_s)
+        tables = self._tables(outcomes, spec)
+        kind = spec.kind
+        if not tables or kind not in ("count", "crosstab", "summary", "histogram"):
+            return outcomes, None
+        try:
+            return outcomes, combine(kind, spec.group_by, tables)
+        except CombineError:
+            return outcomes, None
+
+    def _tables(self, outcomes: list[SiteOutcome], spec: QuerySpec) -> list[SiteTable]:
+        tables = []
+        for o in outcomes:
+            if o.status != "answered":
+                continue
+            try:
+                tables.append(SiteTable.from_body(o.site, o.body, spec.kind, spec.group_by))
+            except InvalidSiteAnswer as exc:
+                o.status, o.reasons = "invalid_answer", [str(exc)]
+        return tables
+
+    async def _quantiles(
+        self, principal: Principal, token: str, spec: QuantilesQuery, targets: list[str], timeout_s: float
+    ) -> tuple[list[SiteOutcome], PooledTable | None]:
+        probs = list(spec.params.probs)
+        names = [quantile_name(p) for p in probs]
+        first = await self._ask_all(principal, token, spec, targets, timeout_s)
+        round1: list[SiteQuantiles] = []
+        for o in first:
+            if o.status == "answered":
+                try:
+                    round1.append(SiteQuantiles.from_body(o.site, o.body, spec.group_by, names))
+                except InvalidSiteAnswer as exc:
+                    o.status, o.reasons = "invalid_answer", [str(exc)]
+        edges = plan_edges(round1, quantile_name(min(probs)), quantile_name(max(probs)))
+        if not edges:
+            return first, None
+        dumped = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+        dumped.update(kind="histogram", params={"column": spec.params.column, "edges": edges})
+        histogram = parse_query_spec(dumped)
+        assert isinstance(histogram, HistogramQuery)
+        second = await self._ask_all(principal, token, histogram, [s.site for s in round1], timeout_s)
+        by_site = {o.site: o for o in second}
+        for o in first:
+            if o.site in by_site:
+                later = by_site[o.site]
+                if later.status != "answered":
+                    o.status, o.reasons = later.status, later.reasons
+                o.duration_ms += later.duration_ms
+        tables = {t.site: t for t in self._tables([by_site[s.site] for s in round1], histogram)}
+        for o in first:
+            if o.site in by_site and by_site[o.site].status == "invalid_answer":
+                o.status, o.reasons = "invalid_answer", by_site[o.site].reasons
+        if not tables:
+            return first, None
+        return first, pool_quantiles(round1, tables, spec.group_by, probs, names, edges)
+
+    async def _ask_all(
+        self, principal: Principal, token: str, spec: QuerySpec, targets: list[str], timeout_s: float
+    ) -> list[SiteOutcome]:
+        body = json.dumps(spec.model_dump(mode="json", by_alias=True, exclude_none=True)).encode()
+        own = self.rt.settings.site_id
+        jobs = [
+            self._ask_self(principal, spec, timeout_s)
+            if site == own
+            else self._ask_peer(site, token, body, timeout_s)
+            for site in targets
+        ]
+        return list(await asyncio.gather(*jobs))
+
+    async def _ask_self(self, principal: Principal, spec: QuerySpec, timeout_s: float) -> SiteOutcome:
+        site = self.rt.settings.site_id
+        started = time.perf_counter()
+        pipeline = QueryPipeline(CoordinatedRuntime.of(self.rt, site))
+        request_id = new_request_id()
+        try:
+            answer = await asyncio.wait_for(pipeline.submit(principal, spec, request_id), timeout_s)
+        except TimeoutError:
+            return SiteOutcome(site, "timed_out", [f"no answer within {timeout_s} s"], request_id,
+                               _ms(started))  # fmt: skip
+        except Refusal as refusal:
+            status: SiteStatus = "suppressed" if refusal.stage == "disclosure" else "denied"
+            return SiteOutcome(site, status, refusal.reasons or [refusal.title], request_id, _ms(started))
+        if answer.status == "pending_approval":
+            return SiteOutcome(site, "approval_pending", list(answer.body.get("reasons", [])), request_id,
+                               _ms(started))  # fmt: skip
+        return _answered(site, answer.body, _ms(started))
+
+    async def _ask_peer(self, site: str, token: str, body: bytes, timeout_s: float) -> SiteOutcome:
+        peer = self.link.peers[site]
+        assert self.link.signer is not None
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            HEADER: self.link.signer.assertion(site, "POST", QUERIES_PATH, body),
+        }
+        started = time.perf_counter()
+        try:
+            response = await self.link.http.post(
+                f"{peer.url}{QUERIES_PATH}", content=body, headers=headers, timeout=timeout_s
+            )
+        except httpx.TimeoutException:
+            return SiteOutcome(
+                site, "timed_out", [f"no answer within {timeout_s} s"], duration_ms=_ms(started)
+            )
+        except httpx.TransportError as exc:
+            return SiteOutcome(site, "unreachable", [f"cannot reach {peer.url}: {type(exc).__name__}"],
+                               duration_ms=_ms(started))  # fmt: skip
+        elapsed = _ms(started)
+        try:
+            data = response.json()
+        except ValueError:
+            return SiteOutcome(site, "invalid_answer", [f"HTTP {response.status_code} without a JSON body"],
+                               duration_ms=elapsed)  # fmt: skip
+        if not isinstance(data, dict):
+            return SiteOutcome(
+                site, "invalid_answer", ["the answer is not a JSON object"], duration_ms=elapsed
+            )
+        request_id = data.get("request_id") if isinstance(data.get("request_id"), str) else None
+        reasons = [str(r) for r in data.get("reasons") or [data.get("title", "refused")]][:20]
+        if response.status_code == OK:
+            return _answered(site, data, elapsed)
+        if response.status_code == ACCEPTED:
+            return SiteOutcome(site, "approval_pending", reasons, request_id, elapsed)
+        if response.status_code in _REFUSAL_KIND:
+            # Every refusal a site renders (policy, role, token, limits, a component down) is its "no".
+            status: SiteStatus = "suppressed" if data.get("title") == DISCLOSURE_TITLE else "denied"
+            return SiteOutcome(site, status, reasons, request_id, elapsed)
+        return SiteOutcome(
+            site, "invalid_answer", [f"unexpected HTTP {response.status_code}"], request_id, elapsed
+        )
+
+
+def _answered(site: str, body: dict[str, Any], elapsed: float) -> SiteOutcome:
+    rows = body.get("rows")
+    request_id = body.get("request_id") if isinstance(body.get("request_id"), str) else None
+    if (
+        isinstance(rows, list)
+        and rows
+        and all(isinstance(r, dict) and r.get("suppressed") is True for r in rows)
+    ):
+        hidden = ["every entry of this site's answer was suppressed"]
+        return SiteOutcome(site, "suppressed", hidden, request_id, elapsed, body)
+    return SiteOutcome(site, "answered", [], request_id, elapsed, body)
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

@@ -1,0 +1,217 @@
+"""Federated quantiles from fine histograms, with a guaranteed bracket around each pooled quantile.
+
+Round 1 asks every site for its own quantiles of the requested probabilities; the pooled quantile at p lies
+between the smallest and the largest site quantile at p (the pooled distribution function is a mixture of
+the sites'), so [min over sites of q(p_min), max over sites of q(p_max)], widened by one bin each side, is
+cut into `BINS` equal bins. Round 2 asks every site for a histogram over those agreed edges. For the rank
+k = p(N−1) that `percentile_cont` interpolates at, the released bins bound the pooled count below every
+edge; the pooled quantile then provably lies in [lower, upper]: the highest edge with at most ⌊k⌋ values
+below it, and the lowest edge with more than ⌈k⌉ values below it. Where every site released the bins
+around the quantile, upper − lower is one bin width (two when ranks ⌊k⌋ and ⌈k⌉ sit in adjacent bins); bins
+a site suppressed or rounded widen the bracket, never falsify it. The estimate interpolates linearly
+inside the bin and is clamped to the bracket, so |estimate − true| ≤ upper − lower, always.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.federation.combine import REASON_AT_SITE, InvalidSiteAnswer, PooledTable, SiteTable
+
+BINS = 100
+
+
+@dataclass(frozen=True)
+class SiteQuantiles:
+    """One site's round-1 answer: per group, its released n (None when hidden) and quantile values."""
+
+    site: str
+    n: dict[tuple[Any, ...], int | None]
+    values: dict[tuple[Any, ...], dict[str, float | None]]
+    round_to: int
+
+    @classmethod
+    def from_body(cls, site: str, body: Any, group_by: Sequence[str], names: Sequence[str]) -> SiteQuantiles:
+        """Validate a released quantiles body (InvalidSiteAnswer when it does not hold together)."""
+        if (
+            not isinstance(body, dict)
+            or body.get("kind") != "quantiles"
+            or not isinstance(body.get("rows"), list)
+        ):
+            raise InvalidSiteAnswer(site, "the answer is not a released quantiles table")
+        report = body.get("disclosure")
+        round_to = report.get("round_to") if isinstance(report, dict) else None
+        if not isinstance(round_to, int) or round_to < 1:
+            raise InvalidSiteAnswer(site, "the disclosure report has no valid round_to")
+        n: dict[tuple[Any, ...], int | None] = {}
+        values: dict[tuple[Any, ...], dict[str, float | None]] = {}
+        for row in body["rows"]:
+            if not isinstance(row, dict) or not {*group_by, "n", *names} <= set(row):
+                raise InvalidSiteAnswer(site, "a quantiles row lacks a column")
+            key = tuple(row[g] for g in group_by)
+            size = row["n"]
+            if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+                raise InvalidSiteAnswer(site, "n is not a non-negative integer")
+            for name in names:
+                v = row[name]
+                if v is not None and (
+                    isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+                ):
+                    raise InvalidSiteAnswer(site, f"{name} is not a finite number")
+            n[key] = size
+            values[key] = {name: (float(row[name]) if row[name] is not None else None) for name in names}
+        return cls(site, n, values, round_to)
+
+
+def plan_edges(sites: Sequence[SiteQuantiles], low_name: str, high_name: str) -> list[float]:
+    """BINS + 1 equal-width edges covering every site's [q(p_min), q(p_max)] plus one bin each side."""
+    lows = [x for s in sites for v in s.values.values() if (x := v[low_name]) is not None]
+    highs = [x for s in sites for v in s.values.values() if (x := v[high_name]) is not None]
+    if not lows or not highs:
+        return []
+    low, high = min(lows), max(highs)
+    if not high > low:
+        high = low + 1.0
+    width = (high - low) / (BINS - 2)
+    start = low - width
+    return [start + i * width for i in range(BINS + 1)]
+
+
+def _count_range(value: int, round_to: int) -> tuple[int, int]:
+    """The true counts a released count rounded half up to a multiple of `round_to` can stand for."""
+    if round_to == 1:
+        return value, value
+    low = max(value - round_to // 2, 0)
+    return low, value - round_to // 2 + round_to - 1
+
+
+@dataclass(frozen=True)
+class Bracket:
+    """Where a pooled quantile provably lies, and the estimate inside."""
+
+    estimate: float | None
+    lower: float | None
+    upper: float | None
+
+
+def bracket(
+    cum_lo: Sequence[float],
+    cum_hi: Sequence[float],
+    exact: Sequence[int | None],
+    edges: Sequence[float],
+    n_lo: int,
+    n_hi: int,
+    prob: float,
+) -> Bracket:
+    """The bracket of one quantile from bounds on the pooled count below each edge.
+
+    `exact[j]` is the pooled count of bin j ([e(j-1), e(j)), bin 0 open below) when every site released
+    it, else None.
+    """
+    if n_lo < 1:
+        return Bracket(None, None, None)
+    floor_rank = math.floor(prob * (n_lo - 1))
+    ceil_rank = math.ceil(prob * (n_hi - 1))
+    below = [e for e, hi in zip(edges, cum_hi, strict=True) if hi <= floor_rank]
+    above = [e for e, lo in zip(edges, cum_lo, strict=True) if lo >= ceil_rank + 1]
+    lower = max(below) if below else None
+    upper = min(above) if above else None
+    if lower is None or upper is None:
+        return Bracket(None, lower, upper)
+    estimate = (lower + upper) / 2
+    if n_lo == n_hi:
+        rank = prob * (n_lo - 1)
+        for j in range(1, len(edges)):
+            count = exact[j]
+            start = cum_lo[j - 1]
+            if count and cum_lo[j - 1] == cum_hi[j - 1] and start <= rank < start + count:
+                width = edges[j] - edges[j - 1]
+                estimate = edges[j - 1] + (rank - start + 0.5) / count * width
+                break
+    return Bracket(min(max(estimate, lower), upper), lower, upper)
+
+
+def _site_bounds(
+    table: SiteTable, key: tuple[Any, ...], group_by: Sequence[str], n_range: tuple[int, int], n_bins: int
+) -> tuple[list[float], list[float], list[int | None]]:
+    """Bounds on this site's count below each edge, and its exact bin counts (None where unknown)."""
+    known: list[tuple[int, int] | None] = [None] * n_bins
+    for row in table.rows:
+        if tuple(row.get(g) for g in group_by) != key:
+            continue
+        b = row.get("bin")
+        if isinstance(b, int) and 0 <= b < n_bins and not row["suppressed"]:
+            known[b] = _count_range(int(row["count"]), table.round_to)
+    exact = [k[0] if k is not None and k[0] == k[1] else None for k in known]
+    n_lo, n_hi = n_range
+    cum_lo: list[float] = []
+    cum_hi: list[float] = []
+    for j in range(n_bins - 1):  # the count below edge j covers bins 0..j
+        inside, outside = known[: j + 1], known[j + 1 :]
+        lo = max(
+            float(sum(k[0] for k in inside if k is not None)),
+            n_lo - sum(k[1] if k is not None else math.inf for k in outside),
+        )
+        hi = min(n_hi - sum(k[0] for k in outside if k is not None),
+                 sum(k[1] if k is not None else math.inf for k in inside))  # fmt: skip
+        cum_lo.append(lo)
+        cum_hi.append(hi)
+    return cum_lo, cum_hi, exact
+
+
+def pool_quantiles(
+    round1: Sequence[SiteQuantiles],
+    histograms: Mapping[str, SiteTable],
+    group_by: Sequence[str],
+    probs: Sequence[float],
+    names: Sequence[str],
+    edges: Sequence[float],
+) -> PooledTable:
+    """Pooled quantiles per group with their brackets; a group any covered site hid stays hidden."""
+    sites = [s for s in round1 if s.site in histograms]
+    keys: dict[tuple[Any, ...], None] = {}
+    for s in sites:
+        keys.update(dict.fromkeys(s.n))
+    n_bins = len(edges) + 1
+    columns = [*group_by, "n", *names, *(f"{n}_lower" for n in names), *(f"{n}_upper" for n in names),
+               "bin_width", "suppressed", "suppression_reason"]  # fmt: skip
+    minimum = max((histograms[s.site].min_cell_count for s in sites), default=1)
+    rows: list[dict[str, Any]] = []
+    hidden = 0
+    width = edges[1] - edges[0] if len(edges) > 1 else None
+    for key in keys:
+        row: dict[str, Any] = dict(zip(group_by, key, strict=True))
+        sizes = [s.n.get(key, 0) for s in sites]
+        if any(size is None for size in sizes):
+            hidden += 1
+            row.update({c: None for c in columns if c not in row})
+            row.update(suppressed=True, suppression_reason=REASON_AT_SITE)
+            rows.append(row)
+            continue
+        cum_lo = [0.0] * (n_bins - 1)
+        cum_hi = [0.0] * (n_bins - 1)
+        exact: list[int | None] = [0] * n_bins
+        n_lo = n_hi = 0
+        for s, size in zip(sites, sizes, strict=True):
+            assert size is not None
+            n_range = _count_range(size, s.round_to)
+            n_lo, n_hi = n_lo + n_range[0], n_hi + n_range[1]
+            lo, hi, ex = _site_bounds(histograms[s.site], key, group_by, n_range, n_bins)
+            cum_lo = [a + b for a, b in zip(cum_lo, lo, strict=True)]
+            cum_hi = [a + b for a, b in zip(cum_hi, hi, strict=True)]
+            exact = [None if a is None or b is None else a + b for a, b in zip(exact, ex, strict=True)]
+        row["n"] = n_lo if n_lo == n_hi else (n_lo + n_hi) // 2
+        for prob, name in zip(probs, names, strict=True):
+            got = bracket(cum_lo, cum_hi, exact, edges, n_lo, n_hi, prob)
+            row[name], row[f"{name}_lower"], row[f"{name}_upper"] = got.estimate, got.lower, got.upper
+        row.update(bin_width=width, suppressed=False, suppression_reason=None)
+        rows.append({c: row.get(c) for c in columns})
+    reasons = [
+        f"quantiles from {len(edges) + 1} histogram bins of width {width:.6g}; each lies in its "
+        "[lower, upper] bracket" if width is not None else "no site released a quantile to plan bins from",
+        f"{hidden} group(s) hidden because a site suppressed them" if hidden else "no group suppressed",
+    ]  # fmt: skip
+    return PooledTable(columns, [{c: r.get(c) for c in columns} for r in rows], minimum, hidden, reasons)

@@ -1,0 +1,43 @@
+"""`/v1/federated-queries`: a researcher's query fanned out to the federation and pooled here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, Request
+
+from gateway.auth import bearer_token
+from gateway.deps import ResearcherDep, RuntimeDep
+from gateway.federation.coordinator import Coordinator, parse_federated
+from gateway.federation.peers import PeerLink
+
+router = APIRouter(prefix="/v1/federated-queries", tags=["federation"])
+
+_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+
+
+@router.post(
+    "",
+    summary="Submit a query to several sites and receive the pooled answer with every site's status",
+    responses={
+        200: {"description": "the pooled answer, the sites it covers and one status per target site"},
+        401: {"description": "no valid bearer token", **_PROBLEM},
+        403: {"description": "the token lacks the researcher role", **_PROBLEM},
+        422: {"description": "the spec, `sites` or `timeout_s` is invalid; `field` names where", **_PROBLEM},
+    },
+)
+async def submit(
+    request: Request,
+    principal: ResearcherDep,
+    runtime: RuntimeDep,
+    body: dict[str, Any] = Body(  # noqa: B008 - FastAPI's way to document a free-form JSON body
+        description="a query spec of /v1/queries plus optional `sites` (site ids; default: every peer and "
+        "this site when it holds the dataset) and `timeout_s` per site (default 10)"
+    ),
+) -> dict[str, Any]:
+    """Each site re-validates the researcher's own token and answers under its own policy."""
+    spec, sites, timeout_s = parse_federated(body)
+    link: PeerLink = request.app.state.peers
+    # The token was just validated by ResearcherDep; it goes to each peer unchanged.
+    token = bearer_token(request.headers.get("authorization"))
+    return await Coordinator(runtime, link).run(principal, token, spec, sites, timeout_s)

@@ -1,0 +1,132 @@
+"""Several sites of one federation on loopback: peer keys, `[[peers]]` tables and running gateways.
+
+    fed = build_federation(tmp, idp.issuer_url, ["site-de", "site-fr", "site-nl"])
+    with running_federation(fed) as urls:        # every gateway on its pre-chosen port
+        httpx.post(f"{urls['site-de']}/v1/federated-queries", json={...}, headers=bearer(...))
+
+Ports are picked before the configs are written (each site lists its peers' URLs), and the gateways are
+started after. `running_federation(fed, skip={"site-nl"})` leaves a site down while the others list it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from gateway_site import Site, build_site, free_port
+
+from audit.keys import load_log_key
+from audit.notes import verifier_key_text
+from gateway.app import create_app
+from gateway.federation.signing import generate_peer_key, public_key_b64
+from gateway.settings import SiteSettings, load_settings
+
+JURISDICTIONS = ("DE", "FR", "NL", "BE", "AT", "IT", "ES", "SE", "DK", "FI", "IE", "PT", "PL", "CZ",
+                 "LU", "SI", "SK", "HU", "EE", "LV", "LT", "GR", "HR", "RO", "BG", "CY", "MT")  # fmt: skip
+
+
+@dataclass
+class Federation:
+    """The sites of a test federation and the ports their gateways will listen on."""
+
+    sites: dict[str, Site]
+    ports: dict[str, int]
+
+    @property
+    def urls(self) -> dict[str, str]:
+        return {sid: f"http://127.0.0.1:{port}" for sid, port in self.ports.items()}
+
+    def settings(self, site_id: str) -> SiteSettings:
+        return load_settings(self.sites[site_id].config)
+
+    def peer_key_path(self, site_id: str) -> Path:
+        return self.sites[site_id].root / "keys/peer.key"
+
+
+def _add_peers(site: Site, peers: list[dict[str, str]]) -> None:
+    text = site.config.read_text()
+    first, rest = text.split("\n", 1)
+    lines = [first, 'peer_key_file = "keys/peer.key"', rest.rstrip("\n")]
+    for peer in peers:
+        lines += ["", "[[peers]]", *(f"{k} = {json.dumps(v)}" for k, v in peer.items())]
+    site.config.write_text("\n".join(lines) + "\n")
+
+
+def build_federation(
+    tmp: Path, issuer_url: str, site_ids: Iterable[str], *, rows: int = 3000, seed: int = 11
+) -> Federation:
+    """Build each site, give it a peer key, and list every other site as its peer."""
+    ids = list(site_ids)
+    sites: dict[str, Site] = {}
+    public: dict[str, str] = {}
+    for i, sid in enumerate(ids):
+        sites[sid] = build_site(tmp, issuer_url, rows=rows, site_id=sid,
+                                jurisdiction=JURISDICTIONS[i % len(JURISDICTIONS)], seed=seed + i)  # fmt: skip
+        public[sid] = public_key_b64(generate_peer_key(sites[sid].root / "keys/peer.key").public_key())
+    ports = {sid: free_port() for sid in ids}
+    for sid in ids:
+        peers = []
+        for other in ids:
+            if other == sid:
+                continue
+            other_settings = sites[other].settings
+            log_key = load_log_key(other_settings.log_key_file).public_key()
+            peers.append({
+                "id": other,
+                "url": f"http://127.0.0.1:{ports[other]}",
+                "request_key": public[other],
+                "log_key": verifier_key_text(other_settings.audit_origin, log_key),
+            })  # fmt: skip
+        _add_peers(sites[sid], peers)
+    fed = Federation(sites, ports)
+    for sid in ids:
+        sites[sid] = Site(sites[sid].root, sites[sid].config, fed.settings(sid), sites[sid].source)
+    return fed
+
+
+def set_agreement(site: Site, agreement: str, **terms: Any) -> None:
+    """Change one agreement's terms at a site (before its gateway starts)."""
+    path = site.root / "policies/data/agreements.json"
+    data = json.loads(path.read_text())
+    data[agreement].update(terms)
+    path.write_text(json.dumps(data, indent=2))
+
+
+@contextlib.contextmanager
+def serve_on(settings: SiteSettings, port: int) -> Iterator[str]:
+    """Serve one site's app on a given loopback port; yield its base URL."""
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the gateway of {settings.site_id} did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+@contextlib.contextmanager
+def running_federation(fed: Federation, *, skip: Iterable[str] = ()) -> Iterator[dict[str, str]]:
+    """Every site's gateway (but those in `skip`) on its port; yields site id -> base URL."""
+    skipped = set(skip)
+    with contextlib.ExitStack() as stack:
+        urls = {
+            sid: stack.enter_context(serve_on(site.settings, fed.ports[sid]))
+            for sid, site in fed.sites.items()
+            if sid not in skipped
+        }
+        yield urls
