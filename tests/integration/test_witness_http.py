@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -145,8 +146,18 @@ def _verify(export: Path, member: Member, witnesses: list[str], k: int) -> int:
     return runner.invoke(cli, args).exit_code
 
 
-def test_keygen_creates_an_owner_only_key_and_refuses_to_overwrite(federation: list[Member]) -> None:
+def _events(member: Member, idp: LoopbackTestIssuer) -> list[dict[str, Any]]:
+    entries = httpx.get(f"{member.url}/v1/audit/entries", headers=bearer(idp, "auditor"), timeout=30).json()
+    return [json.loads(base64.b64decode(e["entry"])) for e in entries["entries"]]
+
+
+def test_keygen_creates_an_owner_only_audited_key_and_refuses_to_overwrite(
+    federation: list[Member], idp: LoopbackTestIssuer
+) -> None:
     member = federation[0]
+    created = [e["payload"] for e in _events(member, idp) if e["type"] == "key.changed"]
+    assert created == [{"key": "witness", "action": "created", "fingerprint": created[0]["fingerprint"],
+                        "name": "fedgate.example/site-de/witness"}]  # fmt: skip
     assert member.settings.witness_key_file is not None
     assert member.settings.witness_key_file.stat().st_mode & 0o777 == 0o600
     key = parse_verifier_key(member.witness_key)
@@ -197,9 +208,7 @@ def test_a_fork_is_refused_with_422_audited_and_leaves_the_witness_unchanged(
     again = httpx.post(f"{de.url}{ADD}", content=format_add_checkpoint_body(cp.size, [], genuine))
     assert again.status_code == 200 and again.text.startswith("— fedgate.example/site-de/witness ")
     # The refusal is evidence against the peer: it is in the witness's own audit log.
-    entries = httpx.get(f"{de.url}/v1/audit/entries", headers=bearer(idp, "auditor"), timeout=30).json()
-    events = [json.loads(base64.b64decode(e["entry"])) for e in entries["entries"]]
-    refusals = [e for e in events if e["type"] == "witness.refused"]
+    refusals = [e for e in _events(de, idp) if e["type"] == "witness.refused"]
     assert refusals and refusals[-1]["payload"]["reason"] == "root_mismatch_at_equal_size"
     assert refusals[-1]["payload"]["origin"] == cp.origin and refusals[-1]["payload"]["size"] == cp.size
 
