@@ -12,12 +12,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import rfc8785
 
 from gateway.auth import Principal
 from gateway.decision import DatasetFacts, Decision, DecisionInput, Destination
+from gateway.decision.models import Purpose, QueryFacts
 from gateway.query import (
     ColumnNotAllowed,
     ExecutionError,
@@ -43,6 +44,21 @@ def sha256_label(hex_digest: str) -> str:
 def new_request_id() -> str:
     """A random request id (no information about the requester)."""
     return uuid.uuid4().hex
+
+
+class Decidable(Protocol):
+    """What the policy needs to know about a request: a query spec, or e.g. a GLM session request."""
+
+    @property
+    def agreement(self) -> str: ...
+
+    @property
+    def purpose(self) -> Purpose: ...
+
+    @property
+    def destination(self) -> str | None: ...
+
+    def query_facts(self) -> QueryFacts: ...
 
 
 @dataclass(frozen=True)
@@ -137,6 +153,13 @@ class QueryPipeline:
         await self._finish(request_id, "released", [], body, steward)
         return body
 
+    async def decide_only(
+        self, principal: Principal, subject: Decidable, entry: CatalogEntry, request_id: str, query_hash: str
+    ) -> Decision:
+        """The policy decision for a request that is not a query spec (a GLM session), audited as
+        `query.decided`; a deny raises Refusal. `needs_approval` is returned for the caller to handle."""
+        return await self._decide(principal, subject, entry, request_id, query_hash)
+
     # -- steps ---------------------------------------------------------------------------------------------
 
     def _dataset(self, spec: QuerySpec) -> CatalogEntry:
@@ -149,7 +172,7 @@ class QueryPipeline:
     async def _decide(
         self,
         principal: Principal,
-        spec: QuerySpec,
+        spec: Decidable,
         entry: CatalogEntry,
         request_id: str,
         query_hash: str,

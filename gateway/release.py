@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.decision import Obligations
-from gateway.query import HistogramQuery, QueryOutcome, QuerySpec
+from gateway.query import HistogramQuery, KaplanMeierQuery, QueryOutcome, QuerySpec
 from pseudonymize.disclosure import (
     DisclosureRules,
     ProtectedTable,
@@ -20,6 +20,7 @@ from pseudonymize.disclosure import (
     protect_quantiles,
     protect_summary,
 )
+from pseudonymize.disclosure.km_bins import protect_survival
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ def protect(spec: QuerySpec, outcome: QueryOutcome, obligations: Obligations) ->
         table = protect_counts(frame, groups, rules, margins=True, count_col="n")
     elif spec.kind == "summary":
         table = protect_summary(frame, groups, rules)
+    elif isinstance(spec, KaplanMeierQuery):
+        table = protect_survival(spec.params.edges, frame, rules)
     elif spec.kind == "quantiles":
         quantile_cols = [c for c in frame.columns if c not in set(groups) and c != "n"]
         table = protect_quantiles(frame, groups, rules, value_cols=quantile_cols)

@@ -22,6 +22,7 @@ from gateway.query.spec import (
     Condition,
     Filter,
     HistogramQuery,
+    KaplanMeierQuery,
     Not,
     Or,
     QuantilesQuery,
@@ -31,7 +32,7 @@ from gateway.query.spec import (
 
 AnySelect = sa.Select[*tuple[Any, ...]]
 # Result columns the kinds add after the group columns; a group column may not take one of these names.
-RESERVED_NAMES = ("n", "sum", "sum_sq", "bin", "lower", "upper")
+RESERVED_NAMES = ("n", "sum", "sum_sq", "bin", "lower", "upper", "events")
 _ORDERED_OPS = ("<", "<=", ">", ">=", "between")
 
 
@@ -108,6 +109,9 @@ def compile_query(
     ) -> CompiledQuery:
         return CompiledQuery(spec.kind, main, selected, population, sizes, spec.group_by, output, bins)
 
+    if isinstance(spec, KaplanMeierQuery):
+        return compiled(*_kaplan_meier(spec, table, resolve, where))
+
     if not isinstance(spec, SummaryQuery | HistogramQuery | QuantilesQuery):
         main = sa.select(*group_cols, n_rows).select_from(table).where(where).group_by(*group_cols)
         return compiled(main, (*group_out, ("n", "int64")))
@@ -154,6 +158,34 @@ def compile_query(
     return compiled(main, output, bins)
 
 
+def _kaplan_meier(
+    spec: KaplanMeierQuery, table: sa.TableClause, resolve: _Resolver, where: sa.ColumnElement[bool]
+) -> tuple[AnySelect, tuple[tuple[str, str], ...]]:
+    """Rows and events per time bin: bin j < k holds times in (e(j-1), e(j)], bin 0 from −∞, bin k beyond
+    the last edge. Rows with a missing time or event are left out."""
+    time = resolve.analysed(spec.params.time, "params.time")
+    event = resolve.column(spec.params.event, "params.event")
+    if event.type_class not in ("bool", "int", "float"):
+        raise QuerySpecError(
+            f"column {event.name!r} is {event.arrow_type}, not boolean or numeric", "params.event"
+        )
+    value: sa.ColumnElement[float] = sa.cast(table.c[time.name], sa.Double())
+    happened: sa.ColumnElement[bool] = (
+        table.c[event.name].is_(sa.true()) if event.type_class == "bool" else table.c[event.name] != 0
+    )
+    edges = spec.params.edges
+    binned = sa.case(
+        *((value <= sa.literal(e, sa.Double()), i) for i, e in enumerate(edges)), else_=len(edges)
+    ).label("bin")
+    flag = sa.case((happened, 1), else_=0).label("happened")
+    present = sa.and_(where, table.c[time.name].is_not(None), table.c[event.name].is_not(None))
+    rows = sa.select(binned, flag).select_from(table).where(present).subquery("binned")
+    main = sa.select(
+        rows.c.bin, sa.func.count().label("n"), sa.func.sum(rows.c.happened).label("events")
+    ).group_by(rows.c.bin)
+    return main, (("bin", "int64"), ("n", "int64"), ("events", "int64"))
+
+
 class _Resolver:
     """Checks every column the spec names against the obligations and the catalog."""
 
@@ -191,10 +223,10 @@ class _Resolver:
             )
         return column
 
-    def analysed(self, name: str) -> DatasetColumn:
-        column = self.column(name, "params.column")
+    def analysed(self, name: str, field: str = "params.column") -> DatasetColumn:
+        column = self.column(name, field)
         if not column.numeric:
-            raise QuerySpecError(f"column {name!r} is {column.arrow_type}, not numeric", "params.column")
+            raise QuerySpecError(f"column {name!r} is {column.arrow_type}, not numeric", field)
         return column
 
 

@@ -1,7 +1,7 @@
 """The typed query spec researchers send (the HTTP body): dataset, agreement, purpose, kind, filters, groups.
 
-A spec is one of five models told apart by `kind` (an explicit allow-list; glm and kaplan_meier will join
-it). Filters are a small boolean tree: a leaf `{"column", "op", "value"}` or a node `{"and": [...]}`,
+A spec is one of six models told apart by `kind` (an explicit allow-list; a federated GLM is not a query
+spec but a session, see gateway.federation.glm_site). Filters are a small boolean tree: a leaf `{"column", "op", "value"}` or a node `{"and": [...]}`,
 `{"or": [...]}`, `{"not": node}`, at most 5 levels deep with at most 32 leaves. Nothing here knows the
 dataset's columns or types: `gateway.query.compile` checks those against the catalog and the obligations.
 """
@@ -30,7 +30,7 @@ from pydantic import (
 from gateway.decision.models import CountryCode, Purpose, QueryFacts
 from gateway.query.errors import FieldProblem, QuerySpecError
 
-KINDS = ("count", "crosstab", "summary", "histogram", "quantiles")
+KINDS = ("count", "crosstab", "summary", "histogram", "quantiles", "kaplan_meier")
 OPS = ("=", "!=", "<", "<=", ">", ">=", "in", "between", "is_null")
 MAX_DEPTH = 5
 MAX_LEAVES = 32
@@ -41,7 +41,7 @@ MIN_PROB, MAX_PROB = 0.05, 0.95
 _SAFE_INT = 2**53
 _MAX_TEXT = 256
 
-Kind = Literal["count", "crosstab", "summary", "histogram", "quantiles"]
+Kind = Literal["count", "crosstab", "summary", "histogram", "quantiles", "kaplan_meier"]
 Op = Literal["=", "!=", "<", "<=", ">", ">=", "in", "between", "is_null"]
 ColumnName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", description="a dataset column")]
 DatasetId = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$", description="a catalog dataset id")]
@@ -223,6 +223,25 @@ class QuantilesParams(_Spec):
         return probs
 
 
+class KaplanMeierParams(_Spec):
+    """Parameters of `kaplan_meier`: a numeric time column, an event column (boolean, or numeric with 0 for
+    censored) and 1..100 strictly increasing bin edges above 0: bins (−∞, e₁], (e₁, e₂], …, (eₖ₋₁, eₖ]."""
+
+    time: ColumnName
+    event: ColumnName
+    edges: list[Number] = Field(min_length=1, max_length=100)
+
+    @field_validator("edges")
+    @classmethod
+    def _increasing(cls, edges: list[float]) -> list[float]:
+        if not edges[0] > 0:
+            raise ValueError("edges must start above 0")
+        for i in range(1, len(edges)):
+            if not edges[i] > edges[i - 1]:
+                raise ValueError(f"edges must increase strictly: edges[{i}] is not above edges[{i - 1}]")
+        return edges
+
+
 class BaseQuery(_Spec):
     """What every kind shares. `destination` is the ISO 3166-1 alpha-2 country the answer goes to; the
     pipeline takes the requester's country when it is absent."""
@@ -351,8 +370,26 @@ class QuantilesQuery(BaseQuery):
     params: QuantilesParams
 
 
+class KaplanMeierQuery(BaseQuery):
+    """Events, censorings and rows at risk per time bin of the present (time, event) pairs; no groups
+    (merging bins per group would leak through the differences)."""
+
+    kind: Literal["kaplan_meier"]
+    params: KaplanMeierParams
+    max_group_by: ClassVar[int] = 0
+
+    @property
+    def params_column(self) -> str | None:
+        """The time column."""
+        return self.params.time
+
+    def columns_touched(self) -> tuple[str, ...]:
+        """Filters' columns, the time and the event column."""
+        return tuple(sorted({*super().columns_touched(), self.params.event}))
+
+
 QuerySpec = Annotated[
-    CountQuery | CrosstabQuery | SummaryQuery | HistogramQuery | QuantilesQuery,
+    CountQuery | CrosstabQuery | SummaryQuery | HistogramQuery | QuantilesQuery | KaplanMeierQuery,
     Field(discriminator="kind"),
 ]
 QUERY_SPEC: TypeAdapter[QuerySpec] = TypeAdapter(QuerySpec)

@@ -139,6 +139,7 @@ def test_openapi_schema_has_one_model_per_kind() -> None:
         "summary",
         "histogram",
         "quantiles",
+        "kaplan_meier",
     }
 
 

@@ -1,0 +1,620 @@
+"""A site's side of a federated GLM: the model spec, the design matrix, sessions and one iteration's sums.
+
+A researcher (through the coordinator, with their own token) opens a session at a site for one dataset,
+agreement, purpose and model. The site asks its policy (query kind "glm"), applies the consent filter and
+recorded withdrawals exactly as a query does, and loads the model's complete rows into memory here, at the
+site. Every site builds the same design matrix from the spec: an intercept, the numeric columns in order,
+then one dummy per non-reference level of each categorical column (the first listed level is the
+reference). Rows with a missing model value, a category outside the listed levels, or a prior weight that
+is missing or not above 0 are left out (as glm's na.omit; zero weights would not count in N anyway).
+
+Each iteration the session (only its opener's `sub`, only under its agreement) takes β, re-applies
+withdrawals recorded since it opened, re-runs the disclosure checks, audits `glm.iteration` and returns
+XᵀWX, XᵀWz, the deviance, the Pearson χ² and n (see gateway.federation.glm_fit). A session ends at its
+iteration cap, after `IDLE_SECONDS` without use, on DELETE, or at the first failed check.
+
+Policy `needs_approval` for a GLM is answered "approval pending" and opens nothing: a fit is a dialogue
+of many releases, and this gateway has no steward queue for sessions yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import secrets
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import rfc8785
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+
+from audit import EventType, register
+from audit.events import COUNT, DIGEST, LABEL, REASONS
+from gateway.auth import Principal
+from gateway.decision import Decision, Obligations
+from gateway.decision.models import CountryCode, Purpose, QueryFacts
+from gateway.federation.glm_fit import Family, SiteStatistics, SiteStopped
+from gateway.pipeline import QueryPipeline, sha256_label
+from gateway.query.columns import DatasetColumn, python_value
+from gateway.query.consent import consent_predicate, not_withdrawn
+from gateway.query.spec import AgreementId, ColumnName, DatasetId
+from gateway.refusal import Refusal
+from gateway.runtime import SiteRuntime
+from pseudonymize.disclosure import DisclosureRules
+from pseudonymize.disclosure.glm_checks import GlmDisclosureError, check_glm_release
+from pseudonymize.store import CatalogEntry
+
+MAX_ITERATIONS = 50
+IDLE_SECONDS = 900.0
+MAX_PARAMETERS = 100
+INTERCEPT = "(Intercept)"
+_EPS = 1e-10
+
+register(
+    EventType(
+        "glm.session_opened",
+        "a researcher opened a federated GLM session at this site",
+        required={"query_hash": DIGEST, "session": LABEL, "parameters": COUNT},
+        optional={"rows": COUNT},
+    )
+)
+register(
+    EventType(
+        "glm.session_closed",
+        "a federated GLM session ended",
+        required={"query_hash": DIGEST, "session": LABEL, "iterations": COUNT, "reason": LABEL},
+    )
+)
+register(
+    EventType(
+        "glm.refused",
+        "a GLM session was not opened, or an iteration was refused (no session, a failed check, the cap)",
+        required={"stage": LABEL, "reasons": REASONS},
+        optional={"query_hash": DIGEST, "session": LABEL, "iteration": COUNT},
+    )
+)
+
+Level = StrictBool | int | str
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CategoricalCovariate(_Model):
+    """A categorical column and its levels; the first is the reference, the others get one dummy each."""
+
+    column: ColumnName
+    levels: list[Level] = Field(min_length=2, max_length=50)
+
+    @field_validator("levels")
+    @classmethod
+    def _distinct(cls, levels: list[Level]) -> list[Level]:
+        if len({(type(v), v) for v in levels}) != len(levels):
+            raise ValueError("levels must be distinct")
+        return levels
+
+
+class GlmModel(_Model):
+    """The model every site builds identically: outcome, family, covariates, optional offset and weights."""
+
+    outcome: ColumnName
+    family: Family
+    numeric: list[ColumnName] = Field(default_factory=list, max_length=MAX_PARAMETERS)
+    categorical: list[CategoricalCovariate] = Field(default_factory=list, max_length=20)
+    offset: ColumnName | None = None
+    weights: ColumnName | None = None
+    intercept: bool = True
+
+    @model_validator(mode="after")
+    def _columns_once(self) -> GlmModel:
+        named = self.columns()
+        if len(set(named)) != len(named):
+            raise ValueError("a column appears twice in the model")
+        if not self.parameter_names():
+            raise ValueError("the model has no parameter")
+        if len(self.parameter_names()) > MAX_PARAMETERS:
+            raise ValueError(f"the model has more than {MAX_PARAMETERS} parameters")
+        return self
+
+    def columns(self) -> list[str]:
+        """Every column the model reads."""
+        extra = [c for c in (self.offset, self.weights) if c is not None]
+        return [self.outcome, *self.numeric, *(c.column for c in self.categorical), *extra]
+
+    def parameter_names(self) -> list[str]:
+        """(Intercept), numeric columns, then `column[level]` per non-reference level."""
+        names = [INTERCEPT] if self.intercept else []
+        names += list(self.numeric)
+        names += [f"{c.column}[{level}]" for c in self.categorical for level in c.levels[1:]]
+        return names
+
+
+class GlmSessionRequest(_Model):
+    """The body that opens a session at one site."""
+
+    dataset: DatasetId
+    agreement: AgreementId
+    purpose: Purpose
+    destination: CountryCode | None = None
+    model: GlmModel
+
+    def query_facts(self) -> QueryFacts:
+        """The `query` part of the policy input: kind glm and the model's columns."""
+        return QueryFacts(kind="glm", columns=tuple(sorted(self.model.columns())), filters=None, group_by=())
+
+    def query_hash(self) -> str:
+        """SHA-256 of the RFC 8785 form of the request."""
+        return hashlib.sha256(rfc8785.dumps(self.model_dump(mode="json"))).hexdigest()
+
+
+class IterationRequest(_Model):
+    """One iteration: the agreement the session was opened under and β (one number per parameter)."""
+
+    agreement: AgreementId
+    beta: list[float] = Field(min_length=1, max_length=MAX_PARAMETERS)
+
+    @field_validator("beta")
+    @classmethod
+    def _finite(cls, beta: list[float]) -> list[float]:
+        if not all(math.isfinite(b) for b in beta):
+            raise ValueError("beta must hold finite numbers")
+        return beta
+
+
+@dataclass
+class GlmArrays:
+    """The in-memory design at a site: X, y, offset, prior weights and (for withdrawals) patient pseudonyms."""
+
+    x: np.ndarray
+    y: np.ndarray
+    offset: np.ndarray
+    weights: np.ndarray
+    patients: np.ndarray | None = None
+
+    @property
+    def rows(self) -> int:
+        return int(self.x.shape[0])
+
+    def without(self, withdrawn: set[str]) -> GlmArrays:
+        """The rows whose patient did not withdraw."""
+        if self.patients is None or not withdrawn:
+            return self
+        keep = ~np.isin(self.patients, list(withdrawn))
+        return GlmArrays(self.x[keep], self.y[keep], self.offset[keep], self.weights[keep], self.patients[keep])
+
+
+def iteration_statistics(data: GlmArrays, beta: np.ndarray, family: Family) -> SiteStatistics:
+    """One IRLS step's sums at β (glm.fit's formulas; see gateway.federation.glm_fit)."""
+    eta = data.x @ beta + data.offset
+    y, w = data.y, data.weights
+    if family == "gaussian":
+        mu, dmu, var = eta, np.ones_like(eta), np.ones_like(eta)
+        deviance = float(np.sum(w * (y - mu) ** 2))
+    elif family == "binomial":
+        mu = np.clip(1.0 / (1.0 + np.exp(-eta)), _EPS, 1 - _EPS)
+        dmu = var = mu * (1 - mu)
+        deviance = float(-2.0 * np.sum(w * (y * np.log(mu) + (1 - y) * np.log1p(-mu))))
+    else:
+        mu = np.exp(np.minimum(eta, 700.0))
+        dmu = var = mu
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ylogy = np.where(y > 0, y * np.log(y / mu), 0.0)
+        deviance = float(2.0 * np.sum(w * (ylogy - (y - mu))))
+    working_weights = w * dmu * dmu / var
+    z = (eta - data.offset) + (y - mu) / dmu
+    weighted = data.x * working_weights[:, None]
+    return SiteStatistics(
+        xtwx=weighted.T @ data.x,
+        xtwz=weighted.T @ z,
+        deviance=deviance,
+        pearson_chi2=float(np.sum(w * (y - mu) ** 2 / var)),
+        n=data.rows,
+    )
+
+
+def binary_cells(data: GlmArrays, model: GlmModel) -> dict[str, int]:
+    """Rows per category of every binary column of the design and of a binomial outcome."""
+    cells: dict[str, int] = {}
+    names = model.parameter_names()
+    n = data.rows
+    for cov in model.categorical:
+        dummies = [names.index(f"{cov.column}[{level}]") for level in cov.levels[1:]]
+        in_levels = data.x[:, dummies].sum(axis=0) if n else np.zeros(len(dummies))
+        for level, count in zip(cov.levels[1:], in_levels, strict=True):
+            cells[f"{cov.column}={level}"] = int(count)
+            cells[f"{cov.column}!={level}"] = n - int(count)
+        cells[f"{cov.column}={cov.levels[0]} (reference)"] = n - int(in_levels.sum())
+    for column in model.numeric:
+        values = data.x[:, names.index(column)]
+        distinct = np.unique(values)
+        if len(distinct) == 2:
+            for v in distinct:
+                cells[f"{column}={v:g}"] = int(np.sum(values == v))
+    if model.family == "binomial":
+        events = int(np.sum(data.y == 1))
+        cells[f"{model.outcome}=1"] = events
+        cells[f"{model.outcome}=0"] = n - events
+    return cells
+
+
+def check_release(data: GlmArrays, model: GlmModel, obligations: Obligations) -> None:
+    """The per-iteration disclosure checks; GlmDisclosureError names the failing rule."""
+    check_glm_release(
+        data.rows,
+        len(model.parameter_names()),
+        binary_cells(data, model),
+        DisclosureRules.from_obligations(obligations),
+        min_rows=obligations.glm_min_rows,
+        max_parameter_ratio=obligations.glm_max_parameter_ratio,
+    )
+
+
+class GlmDataError(ValueError):
+    """The site's rows do not fit the model (an outcome outside the family's range); `field` names it."""
+
+    def __init__(self, message: str, field: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+def design(frame: pd.DataFrame, model: GlmModel, patient_column: str | None = None) -> GlmArrays:
+    """The design matrix of the model's complete rows of `frame` (columns already typed by the store)."""
+    keep = pd.Series(True, index=frame.index)
+    for column in model.columns():
+        keep &= frame[column].notna()
+    for cov in model.categorical:
+        keep &= frame[cov.column].isin(cov.levels)
+    if model.weights is not None:
+        keep &= pd.to_numeric(frame[model.weights], errors="coerce").fillna(0) > 0
+    rows = frame[keep.to_numpy(dtype=bool)]
+    n = len(rows)
+    parts: list[np.ndarray] = [np.ones(n)] if model.intercept else []
+    parts += [rows[c].to_numpy(dtype=float) for c in model.numeric]
+    for cov in model.categorical:
+        values = rows[cov.column].to_numpy(dtype=object)
+        parts += [(values == level).astype(float) for level in cov.levels[1:]]
+    x = np.column_stack(parts) if n else np.zeros((0, len(model.parameter_names())))
+    y = rows[model.outcome].to_numpy(dtype=float)
+    if model.family == "binomial" and not np.isin(y, (0.0, 1.0)).all():
+        raise GlmDataError(f"binomial outcome {model.outcome!r} must be 0/1 or boolean", "model.outcome")
+    if model.family == "poisson" and (y < 0).any():
+        raise GlmDataError(f"poisson outcome {model.outcome!r} must not be negative", "model.outcome")
+    offset = rows[model.offset].to_numpy(dtype=float) if model.offset else np.zeros(n)
+    weights = rows[model.weights].to_numpy(dtype=float) if model.weights else np.ones(n)
+    patients = rows[patient_column].to_numpy(dtype=object) if patient_column else None
+    return GlmArrays(x, y, offset, weights, patients)
+
+
+@dataclass
+class GlmSession:
+    """One open session at this site."""
+
+    id: str
+    sub: str
+    request: GlmSessionRequest
+    query_hash: str
+    obligations: Obligations
+    entry: CatalogEntry
+    data: GlmArrays
+    withdrawn: set[str]
+    iterations: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class GlmSessions:
+    """The sessions open in this gateway process (a fit's iterations must reach the same process)."""
+
+    def __init__(self, *, max_iterations: int = MAX_ITERATIONS, idle_seconds: float = IDLE_SECONDS) -> None:
+        self.max_iterations = max_iterations
+        self.idle_seconds = idle_seconds
+        self._open: dict[str, GlmSession] = {}
+
+    def add(self, session: GlmSession) -> None:
+        self._expire()
+        self._open[session.id] = session
+
+    def get(self, session_id: str, sub: str, agreement: str) -> GlmSession | None:
+        """The session if it is open, belongs to `sub` and was opened under `agreement`."""
+        self._expire()
+        session = self._open.get(session_id)
+        if session is None or not secrets.compare_digest(session.sub, sub) or session.request.agreement != agreement:
+            return None
+        return session
+
+    def owned(self, session_id: str, sub: str) -> GlmSession | None:
+        """The session if it is open and belongs to `sub` (any agreement)."""
+        session = self._open.get(session_id)
+        return session if session is not None and secrets.compare_digest(session.sub, sub) else None
+
+    def remove(self, session_id: str) -> None:
+        self._open.pop(session_id, None)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for sid in [s.id for s in self._open.values() if now - s.last_used > self.idle_seconds]:
+            del self._open[sid]
+
+
+class GlmSiteService:
+    """Opens sessions, runs iterations and closes sessions for one site; every step audited."""
+
+    def __init__(self, runtime: SiteRuntime, sessions: GlmSessions) -> None:
+        self.rt = runtime
+        self.sessions = sessions
+        self.pipeline = QueryPipeline(runtime)
+
+    async def open(self, principal: Principal, request: GlmSessionRequest, request_id: str) -> dict[str, Any]:
+        """Decide, load the model's rows, check them; a session id, or `pending_approval` (nothing opened)."""
+        query_hash = request.query_hash()
+        try:
+            entry = self.rt.catalog.latest(request.dataset)
+            if entry is None:
+                raise Refusal("not_found", "Unknown dataset",
+                              [f"this site has no dataset {request.dataset!r}"], field="dataset")  # fmt: skip
+            decision = await self.pipeline.decide_only(principal, request, entry, request_id, query_hash)
+            if decision.decision == "needs_approval":
+                await self._refused(principal, request_id, "approval", list(decision.reasons), query_hash)
+                return {"status": "pending_approval", "reasons": list(decision.reasons)}
+            session = await self._session(principal, request, entry, decision, query_hash)
+        except Refusal as refusal:
+            refusal.request_id = request_id
+            await self._refused(principal, request_id, refusal.stage, refusal.reasons or [refusal.title],
+                                query_hash)  # fmt: skip
+            raise
+        self.sessions.add(session)
+        await self.rt.record(
+            "glm.session_opened",
+            {"query_hash": sha256_label(query_hash), "session": session.id,
+             "parameters": len(request.model.parameter_names()), "rows": session.data.rows},
+            principal=principal, request_id=request_id,
+        )  # fmt: skip
+        return {
+            "status": "open",
+            "session": session.id,
+            "parameters": request.model.parameter_names(),
+            "max_iterations": self.sessions.max_iterations,
+        }
+
+    async def iterate(
+        self, principal: Principal, session_id: str, body: IterationRequest, request_id: str
+    ) -> dict[str, Any]:
+        """One iteration at β within an open session of this researcher and agreement."""
+        session = self.sessions.get(session_id, principal.sub, body.agreement)
+        if session is None:
+            reasons = ["no open GLM session with this id for you under this agreement; β is only accepted "
+                       "within a session you opened"]  # fmt: skip
+            await self._refused(principal, request_id, "session", reasons, None)
+            raise Refusal("not_found", "No such GLM session", reasons, stage="session")
+        async with session.lock:
+            session.last_used = time.monotonic()
+            number = session.iterations + 1
+            try:
+                if number > self.sessions.max_iterations:
+                    raise Refusal("limit", "GLM iteration limit reached",
+                                  [f"a session allows {self.sessions.max_iterations} iterations"],
+                                  stage="limit")  # fmt: skip
+                names = session.request.model.parameter_names()
+                if len(body.beta) != len(names):
+                    raise Refusal("bad_request", "Wrong number of coefficients",
+                                  [f"beta needs {len(names)} numbers, one per parameter"],
+                                  stage="validate", field="beta")  # fmt: skip
+                await self._apply_withdrawals(session)
+                try:
+                    check_release(session.data, session.request.model, session.obligations)
+                except GlmDisclosureError as exc:
+                    raise Refusal("forbidden", "Refused by disclosure control", [exc.reason],
+                                  stage="disclosure") from None  # fmt: skip
+                beta = np.asarray(body.beta, dtype=float)
+                stats = await asyncio.to_thread(
+                    iteration_statistics, session.data, beta, session.request.model.family
+                )
+            except Refusal as refusal:
+                refusal.request_id = request_id
+                await self._refused(principal, request_id, refusal.stage, refusal.reasons, session.query_hash,
+                                    session=session.id, iteration=number)  # fmt: skip
+                if refusal.kind != "bad_request":
+                    await self._close(principal, session, f"refused-{refusal.stage}", request_id)
+                raise
+            session.iterations = number
+            digest = hashlib.sha256(rfc8785.dumps(body.beta)).hexdigest()
+            await self.rt.record(
+                "glm.iteration",
+                {"query_hash": sha256_label(session.query_hash), "iteration": number,
+                 "family": session.request.model.family, "parameters_digest": sha256_label(digest),
+                 "rows": stats.n},
+                principal=principal, request_id=request_id,
+            )  # fmt: skip
+        return {"session": session.id, "iteration": number, **stats.to_dict()}
+
+    async def close(self, principal: Principal, session_id: str, request_id: str) -> bool:
+        """End the researcher's session; False when there is none."""
+        session = self.sessions.owned(session_id, principal.sub)
+        if session is None:
+            return False
+        await self._close(principal, session, "closed", request_id)
+        return True
+
+    # -- steps ---------------------------------------------------------------------------------------------
+
+    async def _session(self, principal: Principal, request: GlmSessionRequest, entry: CatalogEntry,
+                       decision: Decision, query_hash: str) -> GlmSession:  # fmt: skip
+        obligations = decision.obligations
+        assert obligations is not None
+        if obligations.dp is not None:
+            raise Refusal("forbidden", "Differential privacy required",
+                          [f"{request.agreement} requires differential privacy; this gateway does not fit "
+                           "noisy models, so the GLM is refused"], stage="decide")  # fmt: skip
+        allowed = set(obligations.allowed_columns)
+        for i, column in enumerate(request.model.columns()):
+            if column not in allowed:
+                raise Refusal("forbidden", "Column not allowed",
+                              [f"the agreement does not grant column {column!r}"], stage="plan",
+                              field=f"model.columns[{i}]")  # fmt: skip
+        withdrawn = set()
+        if entry.patient_column is not None:
+            withdrawn = set(await asyncio.to_thread(self.rt.state.withdrawn, entry.dataset, entry.key_context))
+        frame = await asyncio.to_thread(self._load, request, entry, obligations, sorted(withdrawn))
+        try:
+            data = design(frame, request.model, entry.patient_column)
+        except GlmDataError as exc:
+            raise Refusal("bad_request", "The data do not fit the model", [str(exc)], stage="plan",
+                          field=exc.field) from None  # fmt: skip
+        try:
+            check_release(data, request.model, obligations)
+        except GlmDisclosureError as exc:
+            raise Refusal("forbidden", "Refused by disclosure control", [exc.reason], stage="disclosure") from None
+        return GlmSession(uuid.uuid4().hex, principal.sub, request, query_hash, obligations, entry, data, withdrawn)
+
+    def _load(self, request: GlmSessionRequest, entry: CatalogEntry, obligations: Obligations,
+              withdrawn: Sequence[str]) -> pd.DataFrame:  # fmt: skip
+        catalog = {c["name"]: DatasetColumn(c["name"], c["type"]) for c in entry.columns}
+        model = request.model
+        for i, column in enumerate(model.columns()):
+            if column not in catalog:
+                raise Refusal("bad_request", "Unknown column", [f"the dataset has no column {column!r}"],
+                              stage="plan", field=f"model.columns[{i}]")  # fmt: skip
+            numeric_role = column != model.outcome or model.family != "binomial"
+            is_categorical = any(c.column == column for c in model.categorical)
+            if numeric_role and not is_categorical and catalog[column].type_class not in ("int", "float", "bool"):
+                raise Refusal("bad_request", "Column is not numeric",
+                              [f"column {column!r} is {catalog[column].arrow_type}, not numeric"],
+                              stage="plan", field=f"model.columns[{i}]")  # fmt: skip
+        for i, cov in enumerate(model.categorical):
+            for level in cov.levels:
+                try:
+                    python_value(catalog[cov.column], level)
+                except ValueError as exc:
+                    raise Refusal("bad_request", "Invalid level", [str(exc)], stage="plan",
+                                  field=f"model.categorical[{i}].levels") from None  # fmt: skip
+        table = sa.table(entry.table_name, *(sa.column(c.name, c.sa_type()) for c in catalog.values()))
+        rule = obligations.consent_filter
+        dialect = self.rt.store.dialect.name
+        for name in (rule.consent_column, rule.withdrawn_column):
+            if name not in catalog:
+                raise Refusal("unavailable", "Consent columns missing",
+                              [f"the dataset lacks consent column {name!r}"], stage="plan")  # fmt: skip
+        where = consent_predicate(rule, table.c[rule.consent_column], table.c[rule.withdrawn_column], dialect)
+        if withdrawn and entry.patient_column is not None:
+            where = sa.and_(where, not_withdrawn(table.c[entry.patient_column], withdrawn, dialect))
+        wanted = list(dict.fromkeys([*model.columns(), *([entry.patient_column] if entry.patient_column else [])]))
+        query = sa.select(*(table.c[c] for c in wanted)).where(where)
+        try:
+            with self.rt.store.connect() as conn:
+                rows = conn.execute(query).all()
+        except sa.exc.SQLAlchemyError as exc:
+            raise Refusal("unavailable", "The store could not answer", [type(exc).__name__], stage="execute") from None
+        frame = pd.DataFrame([tuple(r) for r in rows], columns=wanted)
+        for cov in model.categorical:
+            # Levels arrive as JSON scalars; compare them with the column's own Python values.
+            frame[cov.column] = frame[cov.column].astype(object)
+        return frame
+
+    async def _apply_withdrawals(self, session: GlmSession) -> None:
+        entry = session.entry
+        if entry.patient_column is None:
+            return
+        now = set(await asyncio.to_thread(self.rt.state.withdrawn, entry.dataset, entry.key_context))
+        new = now - session.withdrawn
+        if new:
+            session.data = session.data.without(new)
+            session.withdrawn = now
+
+    async def _close(self, principal: Principal, session: GlmSession, reason: str, request_id: str) -> None:
+        self.sessions.remove(session.id)
+        await self.rt.record(
+            "glm.session_closed",
+            {"query_hash": sha256_label(session.query_hash), "session": session.id,
+             "iterations": session.iterations, "reason": reason},
+            principal=principal, request_id=request_id,
+        )  # fmt: skip
+
+    async def _refused(self, principal: Principal, request_id: str, stage: str, reasons: list[str],
+                       query_hash: str | None, *, session: str | None = None,
+                       iteration: int | None = None) -> None:  # fmt: skip
+        payload: dict[str, Any] = {"stage": stage, "reasons": reasons or ["refused"]}
+        if query_hash is not None:
+            payload["query_hash"] = sha256_label(query_hash)
+        if session is not None:
+            payload["session"] = session
+        if iteration is not None:
+            payload["iteration"] = iteration
+        await self.rt.record("glm.refused", payload, principal=principal, request_id=request_id)
+
+
+class InMemoryGlmSite:
+    """A site over arrays already in memory (benchmarks and unit tests): the same sums, no policy."""
+
+    def __init__(self, site: str, names: list[str], data: GlmArrays, family: Family) -> None:
+        self.site = site
+        self.names = names
+        self.data = data
+        self.family: Family = family
+
+    async def open(self) -> list[str]:
+        return list(self.names)
+
+    async def iterate(self, beta: Sequence[float], iteration: int) -> SiteStatistics:
+        return await asyncio.to_thread(
+            iteration_statistics, self.data, np.asarray(beta, dtype=float), self.family
+        )
+
+    async def close(self) -> None:
+        return None
+
+
+class LocalGlmSite:
+    """The coordinator's own site, driven in-process through the same service its HTTP routes use."""
+
+    def __init__(self, service: GlmSiteService, principal: Principal, request: GlmSessionRequest,
+                 request_id: str) -> None:  # fmt: skip
+        self.site = service.rt.settings.site_id
+        self.service = service
+        self.principal = principal
+        self.request = request
+        self.request_id = request_id
+        self.session: str | None = None
+
+    async def open(self) -> list[str]:
+        try:
+            body = await self.service.open(self.principal, self.request, self.request_id)
+        except Refusal as refusal:
+            raise SiteStopped(self.site, _state(refusal), refusal.reasons or [refusal.title], 0) from None
+        if body["status"] == "pending_approval":
+            raise SiteStopped(self.site, "approval pending", body["reasons"], 0)
+        self.session = str(body["session"])
+        return list(body["parameters"])
+
+    async def iterate(self, beta: Sequence[float], iteration: int) -> SiteStatistics:
+        assert self.session is not None
+        body = IterationRequest(agreement=self.request.agreement, beta=list(beta))
+        try:
+            answer = await self.service.iterate(self.principal, self.session, body, self.request_id)
+        except Refusal as refusal:
+            self.session = None
+            raise SiteStopped(self.site, _state(refusal), refusal.reasons or [refusal.title], iteration) from None
+        return SiteStatistics.from_dict(answer, len(beta))
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.service.close(self.principal, self.session, self.request_id)
+            self.session = None
+
+
+def _state(refusal: Refusal) -> Any:
+    if refusal.kind == "forbidden" and refusal.stage == "decide":
+        return "denied"
+    if refusal.kind == "unavailable":
+        return "unreachable"
+    return "stopped" if refusal.stage in ("disclosure", "limit") else "refused"

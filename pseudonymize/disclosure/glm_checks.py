@@ -1,0 +1,49 @@
+"""Disclosure checks a site runs before every federated GLM iteration releases XᵀWX and XᵀWz.
+
+The information matrix of a model with a binary column holds that column's count on its diagonal (for a
+gaussian model exactly, for the others weighted), so a binary covariate or outcome category is a released
+cell and passes the cell rule. Few rows or many parameters let the matrix and score pin single rows, so
+the site also needs `glm_min_rows` rows and at most `glm_max_parameter_ratio × rows` parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pseudonymize.disclosure.errors import DisclosureError
+from pseudonymize.disclosure.rules import DisclosureRules
+
+
+class GlmDisclosureError(DisclosureError):
+    """A GLM iteration may not be released at this site; the reason names the rule, never a count."""
+
+
+def check_glm_release(
+    rows: int,
+    parameters: int,
+    binary_cells: Mapping[str, int],
+    rules: DisclosureRules,
+    *,
+    min_rows: int,
+    max_parameter_ratio: float,
+) -> None:
+    """Raise GlmDisclosureError unless a GLM iteration over `rows` rows may be released.
+
+    `binary_cells` maps a label ("sex=F", "outcome=1", "grade=II (reference)") to the number of rows in
+    that category of a binary covariate (a dummy or a two-valued column) or of the binomial outcome; both
+    sides of every binary column must be listed by the caller."""
+    if rows < min_rows:
+        raise GlmDisclosureError(
+            f"the model rests on fewer than {min_rows} rows at this site (glm_min_rows)"
+        )
+    if parameters > max_parameter_ratio * rows:
+        raise GlmDisclosureError(
+            f"the model has {parameters} parameters, more than {max_parameter_ratio:g} × the rows at this "
+            f"site allow (glm_max_parameter_ratio)"
+        )
+    small = sorted(label for label, count in binary_cells.items() if rules.is_small(count))
+    if small:
+        raise GlmDisclosureError(
+            f"{', '.join(small)}: fewer than {rules.min_cell_count} rows at this site in that category "
+            f"(min_cell_count); merge levels or drop the covariate"
+        )

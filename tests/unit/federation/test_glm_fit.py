@@ -1,0 +1,166 @@
+"""Federated Fisher scoring over in-memory sites equals statsmodels' pooled GLM on real clinical data."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+from lifelines.datasets import load_gbsg2
+
+from gateway.federation.glm_fit import (
+    FitStopped,
+    GlmFit,
+    GlmFitError,
+    SiteStatistics,
+    SiteStopped,
+    fit_federated_glm,
+)
+from gateway.federation.glm_site import (
+    CategoricalCovariate,
+    GlmModel,
+    InMemoryGlmSite,
+    binary_cells,
+    design,
+    iteration_statistics,
+)
+
+FAMILIES = {
+    "gaussian": sm.families.Gaussian(),
+    "binomial": sm.families.Binomial(),
+    "poisson": sm.families.Poisson(),
+}
+
+
+def gbsg2() -> pd.DataFrame:
+    """German Breast Cancer Study Group 2 (686 patients), shipped with lifelines."""
+    frame = load_gbsg2()
+    frame["log_time"] = np.log(frame["time"].astype(float))
+    frame["exposure"] = np.log(frame["time"].astype(float) / 365.25)
+    frame["weight"] = 1.0 + (frame["age"] % 3)
+    return frame
+
+
+def fit_in_memory(frame: pd.DataFrame, model: GlmModel, parts: int = 3) -> GlmFit:
+    names = model.parameter_names()
+    chunks = np.array_split(np.arange(len(frame)), parts)
+    sites = [
+        InMemoryGlmSite(f"site-{i}", names, design(frame.iloc[idx], model), model.family)
+        for i, idx in enumerate(chunks)
+    ]
+    return asyncio.run(fit_federated_glm(sites, model.family))
+
+
+def reference(frame: pd.DataFrame, model: GlmModel) -> sm.regression.linear_model.RegressionResults:
+    data = design(frame, model)
+    return sm.GLM(
+        data.y, data.x, family=FAMILIES[model.family], offset=data.offset, var_weights=data.weights
+    ).fit(tol=1e-12)
+
+
+MODELS = [
+    GlmModel(outcome="cens", family="binomial", numeric=["age", "tsize", "pnodes"],
+             categorical=[CategoricalCovariate(column="tgrade", levels=["I", "II", "III"]),
+                          CategoricalCovariate(column="horTh", levels=["no", "yes"])]),
+    GlmModel(outcome="log_time", family="gaussian", numeric=["age", "pnodes"],
+             categorical=[CategoricalCovariate(column="menostat", levels=["Pre", "Post"])], weights="weight"),
+    GlmModel(outcome="pnodes", family="poisson", numeric=["age", "tsize"], offset="exposure",
+             categorical=[CategoricalCovariate(column="tgrade", levels=["II", "I", "III"])]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.family)
+def test_federated_fit_equals_statsmodels_pooled_fit(model: GlmModel) -> None:
+    frame = gbsg2()
+    fit = fit_in_memory(frame, model)
+    ref = reference(frame, model)
+    assert fit.converged
+    np.testing.assert_allclose(fit.params.to_numpy(), ref.params, rtol=1e-6)
+    np.testing.assert_allclose(fit.bse.to_numpy(), ref.bse, rtol=1e-6)
+    np.testing.assert_allclose(fit.conf_int().to_numpy(), ref.conf_int(), rtol=1e-6)
+    np.testing.assert_allclose(fit.pvalues.to_numpy(), ref.pvalues, rtol=1e-5, atol=1e-12)
+    assert fit.deviance == pytest.approx(ref.deviance, rel=1e-9)
+    assert fit.scale == pytest.approx(ref.scale, rel=1e-9)
+    assert fit.nobs == len(frame)
+    assert list(fit.summary().columns) == ["coef", "std_err", "z", "p", "ci_lower", "ci_upper"]
+
+
+def test_fit_round_trips_through_json() -> None:
+    fit = fit_in_memory(gbsg2(), MODELS[0])
+    again = GlmFit.from_dict(fit.to_dict())
+    pd.testing.assert_series_equal(again.params, fit.params)
+    pd.testing.assert_series_equal(again.bse, fit.bse)
+
+
+def test_statistics_are_the_working_response_sums() -> None:
+    frame = gbsg2()
+    data = design(frame, MODELS[0])
+    beta = np.full(data.x.shape[1], 0.01)
+    stats = iteration_statistics(data, beta, "binomial")
+    eta = data.x @ beta
+    mu = 1 / (1 + np.exp(-eta))
+    w = mu * (1 - mu)
+    z = eta + (data.y - mu) / w
+    np.testing.assert_allclose(stats.xtwz, data.x.T @ (w * z))
+    np.testing.assert_allclose(stats.xtwx, data.x.T @ (data.x * w[:, None]))
+    assert stats.n == len(frame)
+
+
+def test_design_is_identical_whatever_levels_a_site_holds() -> None:
+    frame = gbsg2()
+    only_grade_two = frame[frame["tgrade"] == "II"]
+    data = design(only_grade_two, MODELS[0])
+    names = MODELS[0].parameter_names()
+    assert data.x.shape[1] == len(names)
+    assert names.index("tgrade[II]") == 4
+    assert data.x[:, names.index("tgrade[II]")].all() and not data.x[:, names.index("tgrade[III]")].any()
+    cells = binary_cells(data, MODELS[0])
+    assert cells["tgrade=III"] == 0 and cells["tgrade=I (reference)"] == 0
+
+
+class _Refusing(InMemoryGlmSite):
+    async def iterate(self, beta: object, iteration: int) -> SiteStatistics:
+        if iteration == 3:
+            raise SiteStopped(self.site, "stopped", ["fewer than 10 rows in that category"], iteration)
+        return await super().iterate(beta, iteration)  # type: ignore[arg-type]
+
+
+def test_a_site_refusing_at_iteration_three_stops_the_fit_with_its_reason() -> None:
+    frame = gbsg2()
+    model = MODELS[0]
+    names = model.parameter_names()
+    sites = [InMemoryGlmSite("a", names, design(frame.iloc[:300], model), "binomial"),
+             _Refusing("b", names, design(frame.iloc[300:], model), "binomial")]  # fmt: skip
+    with pytest.raises(FitStopped) as stopped:
+        asyncio.run(fit_federated_glm(sites, "binomial"))
+    assert stopped.value.iteration == 3
+    table = {row["site"]: row for row in stopped.value.sites}
+    assert table["a"]["status"] == "answered"
+    assert table["b"] == {"site": "b", "status": "stopped", "iteration": 3,
+                          "reasons": ["fewer than 10 rows in that category"]}  # fmt: skip
+
+
+def test_collinear_covariates_are_a_clear_error() -> None:
+    frame = gbsg2()
+    frame["age_again"] = frame["age"] * 2.0
+    model = GlmModel(outcome="cens", family="binomial", numeric=["age", "age_again"])
+    with pytest.raises(GlmFitError, match="singular"):
+        fit_in_memory(frame, model)
+
+
+def test_iteration_cap_reports_not_converged() -> None:
+    frame = gbsg2()
+    names = MODELS[0].parameter_names()
+    site = InMemoryGlmSite("a", names, design(frame, MODELS[0]), "binomial")
+    fit = asyncio.run(fit_federated_glm([site], "binomial", max_iterations=2))
+    assert not fit.converged and fit.iterations == 2
+
+
+def test_malformed_site_answers_are_refused() -> None:
+    with pytest.raises(GlmFitError, match="wrong number"):
+        SiteStatistics.from_dict({"xtwx": [[1.0]], "xtwz": [1.0, 2.0], "deviance": 1, "pearson_chi2": 1,
+                                  "n": 3}, 2)  # fmt: skip
+    with pytest.raises(GlmFitError, match="malformed"):
+        SiteStatistics.from_dict({"xtwx": [[1.0]]}, 1)
