@@ -146,7 +146,7 @@ class PeerProgress:
     """What this site knows about one peer's witnessing of its log."""
 
     peer: str
-    cosigned_size: int = 0
+    cosigned_size: int | None = None  # unknown until the peer cosigns or its 409 says
     failures: int = 0
     next_attempt: float = 0.0
     last_error: str | None = None
@@ -210,6 +210,7 @@ class Witnessing:
             return
         if self._task is None and self.peers:
             self._task = loop.create_task(self._run(), name="witness-submitter")
+            self._task.add_done_callback(_report_crash)
 
     async def aclose(self) -> None:
         """Stop the submitter and release the witness store and HTTP connections."""
@@ -283,15 +284,17 @@ class Witnessing:
 
     async def _submit(self, peer: PeerSettings, state: PeerProgress, note: str, size: int) -> None:
         """Send add-checkpoint from the peer's last cosigned size; on 409 learn its size and retry once."""
-        old = state.cosigned_size
+        old = state.cosigned_size or 0
         for attempt in range(2):
             if old > size:
+                if old > await asyncio.to_thread(lambda: self.audit.size):
+                    raise SubmissionError(f"the peer claims to have cosigned size {old}, beyond this log")
                 # The peer cosigned a later checkpoint than this one (another worker got there first).
                 state.cosigned_size = old
                 return
             try:
                 proof = await asyncio.to_thread(self.audit.consistency_proof, old, size)
-            except AuditError as exc:
+            except (AuditError, sa.exc.SQLAlchemyError) as exc:
                 raise SubmissionError(f"no consistency proof from the peer's size {old}: {exc}") from None
             body = format_add_checkpoint_body(old, proof, note)
             try:
@@ -372,6 +375,11 @@ _REFUSAL_REASONS: dict[type[ProofRejected], str] = {
     BadConsistencyProof: "bad_consistency_proof",
     NonEmptyProofFromZero: "non_empty_proof_from_zero",
 }
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("witnessing: the submitter stopped", exc_info=task.exception())
 
 
 def _size_of(note: str) -> int:

@@ -141,7 +141,7 @@ def test_a_409_teaches_the_peers_size_and_is_retried_once(tmp_path: Path) -> Non
     async def body(p: Pair) -> None:
         p.grow(2)
         assert (await p.a.submit_now())[0].cosigned
-        p.a.progress["site-b"].cosigned_size = 0  # as after a restart: the submitter forgot
+        p.a.progress["site-b"].cosigned_size = None  # as after a restart: the submitter forgot
         p.grow(2)
         [outcome] = await p.a.submit_now()
         assert outcome.cosigned and outcome.size == 4
@@ -274,3 +274,27 @@ def test_witness_key_errors_and_store_location(tmp_path: Path) -> None:
     pg = settings.model_copy(update={"state_url": "postgresql+psycopg://db/state"})
     assert witness_store_url(pg) == "postgresql+psycopg://db/state"
     assert issubclass(SubmissionError, Exception)
+
+
+def test_a_peer_claiming_a_size_beyond_the_log_is_a_failure(tmp_path: Path) -> None:
+    async def liar(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(409, content=b"1000\n", headers={"Content-Type": problems.TLOG_SIZE})
+
+    async def body(p: Pair) -> None:
+        p.handler = liar
+        p.grow(2)
+        [outcome] = await p.a.submit_now()
+        assert not outcome.cosigned and outcome.error is not None and "beyond this log" in outcome.error
+        assert p.a.progress["site-b"].cosigned_size is None
+
+    _run(tmp_path, body)
+
+
+def test_even_the_empty_log_is_offered(tmp_path: Path) -> None:
+    async def body(p: Pair) -> None:
+        [outcome] = await p.a.submit_now()
+        assert outcome.cosigned and outcome.size == 0 and len(p.requests) == 1
+        note = p.log.checkpoint_note(0)
+        assert note is not None and "site-b/witness" in note
+
+    _run(tmp_path, body)
