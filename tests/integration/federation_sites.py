@@ -14,12 +14,13 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import uvicorn
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway_site import Site, build_site, free_port
 
 from audit.keys import load_log_key
@@ -38,6 +39,7 @@ class Federation:
 
     sites: dict[str, Site]
     ports: dict[str, int]
+    extra_keys: dict[str, Path]
 
     @property
     def urls(self) -> dict[str, str]:
@@ -60,15 +62,35 @@ def _add_peers(site: Site, peers: list[dict[str, str]]) -> None:
 
 
 def build_federation(
-    tmp: Path, issuer_url: str, site_ids: Iterable[str], *, rows: int = 3000, seed: int = 11
+    tmp: Path,
+    issuer_url: str,
+    site_ids: Iterable[str],
+    *,
+    rows: int = 3000,
+    seed: int = 11,
+    extra_peers: Mapping[str, int] | None = None,
 ) -> Federation:
-    """Build each site, give it a peer key, and list every other site as its peer."""
+    """Build each site, give it a peer key, and list every other site as its peer.
+
+    `extra_peers` (id -> loopback port) are listed by every site too, with keys of their own kept in
+    `Federation.extra_keys`: stand-ins for peers that are down, slow or misbehaving.
+    """
     ids = list(site_ids)
+    extra = dict(extra_peers or {})
+    extra_keys: dict[str, Path] = {}
+    (tmp / "extra-peers").mkdir(exist_ok=True)
+    extra_entries = []
+    for pid, port in extra.items():
+        extra_keys[pid] = tmp / "extra-peers" / f"{pid}.key"
+        key = generate_peer_key(extra_keys[pid]).public_key()
+        log_key = verifier_key_text(f"fedgate.example/{pid}", Ed25519PrivateKey.generate().public_key())
+        extra_entries.append({"id": pid, "url": f"http://127.0.0.1:{port}",
+                              "request_key": public_key_b64(key), "log_key": log_key})  # fmt: skip
     sites: dict[str, Site] = {}
     public: dict[str, str] = {}
     for i, sid in enumerate(ids):
-        sites[sid] = build_site(tmp, issuer_url, rows=rows, site_id=sid,
-                                jurisdiction=JURISDICTIONS[i % len(JURISDICTIONS)], seed=seed + i)  # fmt: skip
+        country = JURISDICTIONS[i % len(JURISDICTIONS)]
+        sites[sid] = build_site(tmp, issuer_url, rows=rows, site_id=sid, jurisdiction=country, seed=seed + i)
         public[sid] = public_key_b64(generate_peer_key(sites[sid].root / "keys/peer.key").public_key())
     ports = {sid: free_port() for sid in ids}
     for sid in ids:
@@ -84,8 +106,8 @@ def build_federation(
                 "request_key": public[other],
                 "log_key": verifier_key_text(other_settings.audit_origin, log_key),
             })  # fmt: skip
-        _add_peers(sites[sid], peers)
-    fed = Federation(sites, ports)
+        _add_peers(sites[sid], peers + extra_entries)
+    fed = Federation(sites, ports, extra_keys)
     for sid in ids:
         sites[sid] = Site(sites[sid].root, sites[sid].config, fed.settings(sid), sites[sid].source)
     return fed
