@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from gateway import problems
 from gateway.auth import TokenValidator
 from gateway.federation import peers
-from gateway.routes import audit, federation, queries, steward, witness
+from gateway.routes import audit, federation, glm, queries, steward, witness
 from gateway.runtime import SiteRuntime
 from gateway.settings import SiteSettings, load_settings
 
@@ -52,6 +52,7 @@ def create_app(settings: SiteSettings, *, tokens: TokenValidator | None = None) 
     app.include_router(steward.router)
     app.include_router(audit.router)
     app.include_router(federation.router)
+    app.include_router(glm.router)
     peers.install(app)
     app.include_router(witness.router)
 

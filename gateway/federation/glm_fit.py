@@ -20,9 +20,10 @@ A site that refuses (policy, disclosure at any iteration, the iteration cap) sto
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any, Literal, Protocol
@@ -33,8 +34,14 @@ import pandas as pd
 Family = Literal["gaussian", "binomial", "poisson"]
 FAMILIES: tuple[Family, ...] = ("gaussian", "binomial", "poisson")
 TOLERANCE = 1e-8
+DISCLOSURE_TITLE = "Refused by disclosure control"
+Signer = Callable[[str, str, bytes], Mapping[str, str]]
+"""(method, path, body) → the peer-authentication headers of one request."""
 DEFAULT_MAX_ITERATIONS = 25
-SiteState = Literal["answered", "denied", "stopped", "approval pending", "unreachable", "timed out", "refused"]
+# The federation's per-site states (gateway.federation.coordinator), "refused" for any other refusal.
+SiteState = Literal[
+    "answered", "denied", "suppressed", "approval_pending", "unreachable", "timed_out", "refused"
+]
 
 
 class GlmFitError(Exception):
@@ -42,7 +49,7 @@ class GlmFitError(Exception):
 
 
 class SiteStopped(GlmFitError):
-    """One site refused to continue; `status` is its state in the per-site table."""
+    """One site refused to continue; `status` is its state in the per-site table (as the federation's)."""
 
     def __init__(self, site: str, status: SiteState, reasons: Sequence[str], iteration: int) -> None:
         self.site = site
@@ -341,3 +348,81 @@ def time_federated_glm(rows_per_site: int = 1_000_000, sites: int = 3, parameter
         raise GlmFitError("the federated fit differs from statsmodels' pooled fit")
     return {"glm_seconds": round(glm_seconds, 3), "statsmodels_seconds": round(statsmodels_seconds, 3),
             "iterations": fit.iterations}  # fmt: skip
+
+
+class HttpGlmSite:
+    """A peer site driven over HTTP with the researcher's own token (each peer re-validates it)."""
+
+    def __init__(self, site: str, base_url: str, authorization: str, session_request: Mapping[str, Any],
+                 client: Any, *, sign: Signer | None = None, timeout: float = 30.0) -> None:  # fmt: skip
+        self.site = site
+        self.base_url = base_url.rstrip("/")
+        self.authorization = authorization
+        self.body = dict(session_request)
+        self.client = client  # an httpx.AsyncClient shared by the fit
+        self.sign = sign
+        self.timeout = timeout
+        self.session: str | None = None
+
+    async def open(self) -> list[str]:
+        data = await self._call("POST", "/v1/glm/sessions", 0, self.body)
+        if data.get("status") == "pending_approval":
+            raise SiteStopped(self.site, "approval_pending", list(data.get("reasons") or []), 0)
+        self.session = str(data["session"])
+        return [str(n) for n in data["parameters"]]
+
+    async def iterate(self, beta: Sequence[float], iteration: int) -> SiteStatistics:
+        body = {"agreement": self.body["agreement"], "beta": list(beta)}
+        try:
+            data = await self._call("POST", f"/v1/glm/sessions/{self.session}/iterations", iteration, body)
+        except SiteStopped:
+            self.session = None  # a refusing site has closed the session itself
+            raise
+        return SiteStatistics.from_dict(data, len(beta))
+
+    async def close(self) -> None:
+        if self.session is None:
+            return
+        session, self.session = self.session, None
+        import httpx
+
+        path = f"/v1/glm/sessions/{session}"
+        try:
+            await self.client.delete(f"{self.base_url}{path}", headers=self._headers("DELETE", path, b""),
+                                     timeout=self.timeout)  # fmt: skip
+        except httpx.HTTPError:
+            return  # the peer expires idle sessions itself
+
+    def _headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
+        headers = {"Authorization": self.authorization, "Content-Type": "application/json"}
+        if self.sign is not None:
+            headers.update(self.sign(method, path, body))
+        return headers
+
+    async def _call(self, method: str, path: str, iteration: int, payload: Any) -> dict[str, Any]:
+        import httpx
+
+        body = json.dumps(payload).encode()
+        try:
+            response = await self.client.request(method, f"{self.base_url}{path}", content=body,
+                                                 headers=self._headers(method, path, body),
+                                                 timeout=self.timeout)  # fmt: skip
+        except httpx.TimeoutException:
+            raise SiteStopped(self.site, "timed_out", [f"no answer within {self.timeout:g} s"], iteration) from None
+        except httpx.HTTPError as exc:
+            raise SiteStopped(self.site, "unreachable", [type(exc).__name__], iteration) from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = {}
+        if response.status_code >= 400:
+            reasons = [str(r) for r in data.get("reasons") or []] or [str(data.get("title") or response.status_code)]
+            status: SiteState = "refused"
+            if response.status_code == 403:
+                status = "suppressed" if data.get("title") == DISCLOSURE_TITLE else "denied"
+            elif response.status_code in (502, 503, 504):
+                status = "unreachable"
+            raise SiteStopped(self.site, status, reasons, iteration)
+        if not isinstance(data, dict):
+            raise GlmFitError(f"{self.site} answered with a malformed body")
+        return data

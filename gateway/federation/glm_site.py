@@ -40,7 +40,7 @@ from audit.events import COUNT, DIGEST, LABEL, REASONS
 from gateway.auth import Principal
 from gateway.decision import Decision, Obligations
 from gateway.decision.models import CountryCode, Purpose, QueryFacts
-from gateway.federation.glm_fit import Family, SiteStatistics, SiteStopped
+from gateway.federation.glm_fit import DISCLOSURE_TITLE, Family, SiteStatistics, SiteStopped
 from gateway.pipeline import QueryPipeline, sha256_label
 from gateway.query.columns import DatasetColumn, python_value
 from gateway.query.consent import consent_predicate, not_withdrawn
@@ -414,8 +414,7 @@ class GlmSiteService:
                 try:
                     check_release(session.data, session.request.model, session.obligations)
                 except GlmDisclosureError as exc:
-                    raise Refusal("forbidden", "Refused by disclosure control", [exc.reason],
-                                  stage="disclosure") from None  # fmt: skip
+                    raise Refusal("forbidden", DISCLOSURE_TITLE, [exc.reason], stage="disclosure") from None
                 beta = np.asarray(body.beta, dtype=float)
                 stats = await asyncio.to_thread(
                     iteration_statistics, session.data, beta, session.request.model.family
@@ -474,7 +473,7 @@ class GlmSiteService:
         try:
             check_release(data, request.model, obligations)
         except GlmDisclosureError as exc:
-            raise Refusal("forbidden", "Refused by disclosure control", [exc.reason], stage="disclosure") from None
+            raise Refusal("forbidden", DISCLOSURE_TITLE, [exc.reason], stage="disclosure") from None
         return GlmSession(uuid.uuid4().hex, principal.sub, request, query_hash, obligations, entry, data, withdrawn)
 
     def _load(self, request: GlmSessionRequest, entry: CatalogEntry, obligations: Obligations,
@@ -592,7 +591,7 @@ class LocalGlmSite:
         except Refusal as refusal:
             raise SiteStopped(self.site, _state(refusal), refusal.reasons or [refusal.title], 0) from None
         if body["status"] == "pending_approval":
-            raise SiteStopped(self.site, "approval pending", body["reasons"], 0)
+            raise SiteStopped(self.site, "approval_pending", body["reasons"], 0)
         self.session = str(body["session"])
         return list(body["parameters"])
 
@@ -613,8 +612,8 @@ class LocalGlmSite:
 
 
 def _state(refusal: Refusal) -> Any:
-    if refusal.kind == "forbidden" and refusal.stage == "decide":
+    if refusal.stage == "disclosure":
+        return "suppressed"
+    if refusal.kind == "forbidden":
         return "denied"
-    if refusal.kind == "unavailable":
-        return "unreachable"
-    return "stopped" if refusal.stage in ("disclosure", "limit") else "refused"
+    return "unreachable" if refusal.kind == "unavailable" else "refused"

@@ -1,0 +1,140 @@
+"""Federated GLM over HTTP: a site's session endpoints, and the coordinator endpoint that drives a fit.
+
+Site side (the coordinator calls these with the researcher's own token):
+    POST   /v1/glm/sessions                     open a session (policy kind "glm"); 202 when approval is due
+    POST   /v1/glm/sessions/{id}/iterations     one iteration at β: XᵀWX, XᵀWz, deviance, Pearson χ², n
+    DELETE /v1/glm/sessions/{id}                end the session
+Coordinator side (researcher role):
+    POST   /v1/federated-glm                    fit over this site and its peers; the coefficients, standard
+                                                errors, z, p and intervals, or "stopped" with each site's reason
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import Field
+
+from gateway.deps import ResearcherDep, RuntimeDep
+from gateway.federation.glm_fit import (
+    DEFAULT_MAX_ITERATIONS,
+    FitStopped,
+    GlmFitError,
+    GlmSite,
+    HttpGlmSite,
+    Signer,
+    fit_federated_glm,
+)
+from gateway.federation.glm_site import (
+    MAX_ITERATIONS,
+    GlmSessionRequest,
+    GlmSessions,
+    GlmSiteService,
+    IterationRequest,
+    LocalGlmSite,
+)
+from gateway.federation.peers import PeerLink
+from gateway.federation.signing import HEADER, PeerSigner
+from gateway.pipeline import new_request_id
+from gateway.problems import ACCEPTED, OK
+from gateway.refusal import Refusal
+from gateway.runtime import SiteRuntime
+
+router = APIRouter(tags=["federated glm"])
+_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+
+
+class FederatedGlmRequest(GlmSessionRequest):
+    """A session request plus the sites to fit over (default: this site and every peer) and the cap."""
+
+    sites: list[str] | None = Field(default=None, min_length=1, max_length=50)
+    max_iterations: int = Field(default=DEFAULT_MAX_ITERATIONS, ge=1, le=MAX_ITERATIONS)
+
+
+def glm_service(request: Request, runtime: SiteRuntime) -> GlmSiteService:
+    """The site's GLM service; sessions live in this process for the app's lifetime."""
+    state = request.app.state
+    if getattr(state, "glm_sessions", None) is None:
+        state.glm_sessions = GlmSessions()
+    return GlmSiteService(runtime, state.glm_sessions)
+
+
+@router.post(
+    "/v1/glm/sessions",
+    summary="Open a GLM session at this site",
+    responses={202: {"description": "policy wants a steward's approval; nothing was opened"},
+               403: {"description": "denied by policy or disclosure control", **_PROBLEM}},
+)  # fmt: skip
+async def open_session(body: GlmSessionRequest, principal: ResearcherDep, runtime: RuntimeDep,
+                       request: Request) -> JSONResponse:  # fmt: skip
+    """Decide under this site's policy, load the consented rows here, check them, and open a session."""
+    answer = await glm_service(request, runtime).open(principal, body, new_request_id())
+    status = ACCEPTED if answer["status"] == "pending_approval" else OK
+    return JSONResponse(answer, status_code=int(status))
+
+
+@router.post(
+    "/v1/glm/sessions/{session_id}/iterations",
+    summary="One Fisher-scoring iteration at β within an open session",
+    responses={403: {"description": "a disclosure check failed; the session is closed", **_PROBLEM},
+               404: {"description": "no such session of yours under this agreement", **_PROBLEM},
+               429: {"description": "the session's iteration cap is reached", **_PROBLEM}},
+)  # fmt: skip
+async def iterate(session_id: str, body: IterationRequest, principal: ResearcherDep, runtime: RuntimeDep,
+                  request: Request) -> dict[str, Any]:  # fmt: skip
+    """Sums only: residuals and linear predictors stay here."""
+    return await glm_service(request, runtime).iterate(principal, session_id, body, new_request_id())
+
+
+@router.delete("/v1/glm/sessions/{session_id}", summary="End a GLM session")
+async def close_session(session_id: str, principal: ResearcherDep, runtime: RuntimeDep,
+                        request: Request) -> dict[str, Any]:  # fmt: skip
+    if not await glm_service(request, runtime).close(principal, session_id, new_request_id()):
+        raise Refusal("not_found", "No such GLM session", ["no open GLM session with this id for you"])
+    return {"session": session_id, "status": "closed"}
+
+
+@router.post("/v1/federated-glm", summary="Fit a GLM over this site and its peers")
+async def federated_glm(body: FederatedGlmRequest, principal: ResearcherDep, runtime: RuntimeDep,
+                        request: Request) -> dict[str, Any]:  # fmt: skip
+    """Fisher scoring as DataSHIELD's ds.glm; a site that refuses stops the fit and is named with its reason."""
+    settings = runtime.settings
+    peers = {p.id: p for p in settings.peers}
+    wanted = body.sites or [settings.site_id, *peers]
+    unknown = [s for s in wanted if s != settings.site_id and s not in peers]
+    if unknown:
+        raise Refusal("bad_request", "Unknown site", [f"{s!r} is not a peer of this gateway" for s in unknown],
+                      field="sites")  # fmt: skip
+    session_request = GlmSessionRequest.model_validate(
+        body.model_dump(exclude={"sites", "max_iterations"})
+    )
+    request_id = new_request_id()
+    authorization = request.headers.get("authorization", "")
+    link: PeerLink | None = getattr(request.app.state, "peers", None)
+    sites: list[GlmSite] = []
+    for site in dict.fromkeys(wanted):
+        if site == settings.site_id:
+            sites.append(LocalGlmSite(glm_service(request, runtime), principal, session_request, request_id))
+            continue
+        if link is None or link.signer is None:
+            raise Refusal("unavailable", "This gateway cannot reach its peers",
+                          ["no peer signing key is configured (peer_key_file)"], stage="plan")  # fmt: skip
+        sites.append(HttpGlmSite(site, peers[site].url, authorization, session_request.model_dump(mode="json"),
+                                 link.http, sign=_signer(link.signer, site)))  # fmt: skip
+    try:
+        fit = await fit_federated_glm(sites, body.model.family, max_iterations=body.max_iterations)
+    except FitStopped as stopped:
+        return {"status": "stopped", "iteration": stopped.iteration, "reasons": [str(stopped)],
+                "sites": stopped.sites}  # fmt: skip
+    except GlmFitError as exc:
+        raise Refusal("bad_request", "The federated fit failed", [str(exc)], stage="combine") from None
+    return fit.to_dict()
+
+
+def _signer(signer: PeerSigner, audience: str) -> Signer:
+    def sign(method: str, path: str, body: bytes) -> dict[str, str]:
+        return {HEADER: signer.assertion(audience, method, path, body)}
+
+    return sign
