@@ -69,3 +69,14 @@ def test_chunked_verification(exported: tuple[list[bytes], str, str], tmp_path: 
         with pytest.raises(AuditIntegrityError) as err:
             verify_export(write(tmp_path / f"bad{i}", bad, note), vkey, workers=workers)
         assert (err.value.reason, err.value.index) == (reason, index)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress_is_reported_per_chunk(
+    exported: tuple[list[bytes], str, str], tmp_path: Path, workers: int
+) -> None:
+    entries, note, keys = exported
+    seen: list[tuple[int, int]] = []
+    verify_export(write(tmp_path / "ok", entries, note), keys.split("\n", 1)[0], workers=workers,
+                  progress=lambda done, total: seen.append((done, total)))  # fmt: skip
+    assert seen == [(min(k, N), N) for k in range(8, N + 8, 8)]
