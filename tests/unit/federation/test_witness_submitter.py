@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from audit.checkpoint import Checkpoint, parse_checkpoint_body, sign_checkpoint
 from audit.errors import (
@@ -39,7 +40,7 @@ Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
 
 
 def _settings(
-    tmp: Path, site_id: str, peers: tuple[PeerSettings, ...] = (), witness: bool = True
+    tmp: Path, site_id: str, peers: tuple[PeerSettings, ...] = (), witness: bool = True, state_url: str = ""
 ) -> SiteSettings:
     folder = tmp / site_id
     folder.mkdir(exist_ok=True)
@@ -47,14 +48,14 @@ def _settings(
         site_id=site_id, jurisdiction="DE", store_url="duckdb:///:memory:",
         audit_url=f"sqlite:///{folder}/audit.db", policy_dir=folder, master_key_env="UNUSED",
         log_key_file=folder / "log.key", witness_key_file=folder / "witness.key" if witness else None,
-        peer_key_file=folder / "peer.key", peers=peers,
+        peer_key_file=folder / "peer.key", peers=peers, state_url=state_url,
     )  # fmt: skip
 
 
 class Pair:
     """Site `a` keeps a log; site `b` witnesses it and answers a's submissions in-process."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, witness_state_url: str = "") -> None:
         a0 = _settings(tmp, "site-a")
         a_key = generate_log_key(a0.log_key_file)
         self.a_log_key = verifier_key_text(a0.audit_origin, a_key.public_key())
@@ -63,7 +64,7 @@ class Pair:
         a_peer = PeerSettings(
             id="site-a", url="https://site-a.test", request_key="AA==", log_key=self.a_log_key
         )
-        self.b = Witnessing(_settings(tmp, "site-b", (a_peer,)), _null_log(tmp))
+        self.b = Witnessing(_settings(tmp, "site-b", (a_peer,), state_url=witness_state_url), _null_log(tmp))
         b_peer = PeerSettings(id="site-b", url="https://site-b.test", request_key="AA==",
                               log_key=self.a_log_key, witness_key=self.b_witness_key)  # fmt: skip
         self.a_settings = _settings(tmp, "site-a", (b_peer,), witness=False)
@@ -109,9 +110,9 @@ def _null_log(tmp: Path) -> AuditLog:
     )
 
 
-def _run(tmp: Path, body: Callable[[Pair], Awaitable[None]]) -> None:
+def _run(tmp: Path, body: Callable[[Pair], Awaitable[None]], witness_state_url: str = "") -> None:
     async def main() -> None:
-        pair = Pair(tmp)
+        pair = Pair(tmp, witness_state_url)
         try:
             await body(pair)
         finally:
@@ -298,3 +299,19 @@ def test_even_the_empty_log_is_offered(tmp_path: Path) -> None:
         assert note is not None and "site-b/witness" in note
 
     _run(tmp_path, body)
+
+
+@pytest.mark.postgres
+def test_a_witness_keeps_its_state_in_a_postgres_state_database(tmp_path: Path, pg_url: str) -> None:
+    async def body(p: Pair) -> None:
+        p.grow(3)
+        assert (await p.a.submit_now())[0].cosigned
+        p.grow(2)
+        assert (await p.a.submit_now())[0].cosigned
+        engine = sa.create_engine(pg_url)
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("select origin, size from witness_state")).all()
+        engine.dispose()
+        assert [tuple(r) for r in rows] == [(p.a_settings.audit_origin, 5)]
+
+    _run(tmp_path, body, pg_url)
