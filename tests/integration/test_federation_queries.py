@@ -41,13 +41,22 @@ def fed(tmp_path_factory: pytest.TempPathFactory, idp: LoopbackTestIssuer) -> Fe
 def _consent_rule(settings: SiteSettings, entry: CatalogEntry) -> ConsentFilter:
     """The consent filter the site's policy sets for this module's queries (as the pipeline asks it)."""
     spec = parse_query_spec({**BASE, "kind": "summary", "params": {"column": "bmi"}})
-    decision = PolicyDecisionPoint(settings).decide(DecisionInput(
-        requester=Requester(sub="x", org="org-aphp", country="FR", roles=("researcher",), visas=()),
-        purpose=spec.purpose, dsa=spec.agreement,
-        dataset=DatasetFacts(id=entry.dataset, jurisdiction=entry.jurisdiction, duo=tuple(entry.duo),
-                             columns=tuple(c["name"] for c in entry.columns)),
-        query=spec.query_facts(), destination=Destination(country="FR"), now=datetime.now(UTC),
-    ))  # fmt: skip
+    decision = PolicyDecisionPoint(settings).decide(
+        DecisionInput(
+            requester=Requester(sub="x", org="org-aphp", country="FR", roles=("researcher",), visas=()),
+            purpose=spec.purpose,
+            dsa=spec.agreement,
+            dataset=DatasetFacts(
+                id=entry.dataset,
+                jurisdiction=entry.jurisdiction,
+                duo=tuple(entry.duo),
+                columns=tuple(c["name"] for c in entry.columns),
+            ),
+            query=spec.query_facts(),
+            destination=Destination(country="FR"),
+            now=datetime.now(UTC),
+        )
+    )
     assert decision.obligations is not None
     return decision.obligations.consent_filter
 
@@ -80,13 +89,15 @@ def urls(fed: Federation, bmi_values: dict[str, np.ndarray]) -> Iterator[dict[st
 def ask(
     url: str, idp: LoopbackTestIssuer, body: dict[str, Any], sub: str = "researcher-fed"
 ) -> httpx.Response:
-    return httpx.post(f"{url}/v1/federated-queries", json=body, headers=bearer(idp, "researcher", sub=sub),
-                      timeout=60)  # fmt: skip
+    return httpx.post(
+        f"{url}/v1/federated-queries", json=body, headers=bearer(idp, "researcher", sub=sub), timeout=60
+    )
 
 
 def direct(url: str, idp: LoopbackTestIssuer, body: dict[str, Any]) -> dict[str, Any]:
-    response = httpx.post(f"{url}/v1/queries", json=body, headers=bearer(idp, "researcher", sub="direct"),
-                          timeout=60)  # fmt: skip
+    response = httpx.post(
+        f"{url}/v1/queries", json=body, headers=bearer(idp, "researcher", sub="direct"), timeout=60
+    )
     assert response.status_code == 200, response.text
     data: dict[str, Any] = response.json()
     return data
@@ -169,14 +180,18 @@ def test_coordinator_and_peers_audit_their_parts(urls: dict[str, str], idp: Loop
     spec = {**BASE, "kind": "count", "group_by": ["sex"]}
     body = ask(urls["site-de"], idp, spec, sub="audited-researcher").json()
     coordinator = audit_entries(urls["site-de"], idp)
-    released = [e for e in coordinator if e["type"] == "federation.released"
-                and e["request_id"] == body["request_id"]]  # fmt: skip
+    released = [
+        e for e in coordinator if e["type"] == "federation.released" and e["request_id"] == body["request_id"]
+    ]
     assert len(released) == 1
     assert released[0]["payload"]["covered"] == 3 and released[0]["payload"]["answered"] == 3
     assert released[0]["payload"]["result_hash"] == body["result_hash"]
     for sid in ("site-fr", "site-nl"):
-        received = [e for e in audit_entries(urls[sid], idp) if e["type"] == "query.received"
-                    and e["payload"].get("coordinator") == "site-de"]  # fmt: skip
+        received = [
+            e
+            for e in audit_entries(urls[sid], idp)
+            if e["type"] == "query.received" and e["payload"].get("coordinator") == "site-de"
+        ]
         assert received and received[-1]["payload"]["federated"] is True
         assert received[-1]["actor"]["sub"] == "audited-researcher"
 
@@ -192,8 +207,12 @@ def test_named_sites_and_unknown_sites(urls: dict[str, str], idp: LoopbackTestIs
 
 
 def test_only_researchers_federate(urls: dict[str, str], idp: LoopbackTestIssuer) -> None:
-    response = httpx.post(f"{urls['site-de']}/v1/federated-queries", json={**BASE, "kind": "count"},
-                          headers=bearer(idp, "steward"), timeout=30)  # fmt: skip
+    response = httpx.post(
+        f"{urls['site-de']}/v1/federated-queries",
+        json={**BASE, "kind": "count"},
+        headers=bearer(idp, "steward"),
+        timeout=30,
+    )
     assert response.status_code == 403
     response = httpx.post(
         f"{urls['site-de']}/v1/federated-queries", json={**BASE, "kind": "count"}, timeout=30
