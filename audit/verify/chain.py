@@ -44,33 +44,56 @@ def _parse(line: bytes) -> dict[str, Any] | None:
 def check_chunk(state: ChainState, lines: list[bytes], peek: Callable[[], bytes | None]) -> list[bytes]:
     """Check a chunk of entry lines following `state`; returns their leaf hashes, or raises at the first
     bad entry. `peek` yields the line after the chunk (for the diagnosis of the last one)."""
-    sha = hashlib.sha256
     b2a = binascii.b2a_base64
-    leaves = [sha(b"\x00" + line).digest() for line in lines]
+    leaves = [hashlib.sha256(b"\x00" + line).digest() for line in lines]
+    # prevs[j] is what entry j must record: the leaf hash of the entry before it.
+    prevs = [b64(state.prev_leaf), *(b2a(h, newline=False).decode() for h in leaves[:-1])]
     try:
-        # One decode per chunk; each entry is then scanned where its line starts. A scan that runs past
-        # the line's end (a raw newline inside a value) is caught by comparing with the next newline.
         text = b"\n".join(lines).decode("utf-8") + "\n"
     except UnicodeDecodeError:
-        text = None
-    origin = state.origin
-    i = state.index
-    prev = b2a(state.prev_leaf, newline=False).decode()
+        bad = 0
+    else:
+        bad = _first_bad(text, state.index, state.origin, prevs)
+    if bad >= 0:
+        _explain(state, lines, prevs, bad, peek)
+    state.index += len(lines)
+    state.prev_leaf = leaves[-1]
+    state.prev_line = lines[-1]
+    return leaves
+
+
+def _first_bad(text: str, start: int, origin: str, prevs: list[str]) -> int:
+    """The position of the first entry that is not as expected, or -1: the tight loop of verification.
+
+    The chunk is decoded once and each entry is scanned where its line starts; a scan that runs past its
+    line's end (a raw newline inside a value) shows as a mismatch with the next newline.
+    """
+    scan, find = _scan, text.find
     pos = 0
-    scan, find = _scan, (text or "").find
-    for j, line in enumerate(lines):
-        obj: Any = None
-        if text is not None:
-            nl = find("\n", pos)
-            try:
-                obj, end = scan(text, pos)
-            except (ValueError, StopIteration):
-                obj, end = None, -1
-            if end != nl or type(obj) is not dict:
-                obj = None
-            pos = nl + 1
-        else:
-            obj = _parse(line)
+    for j, prev in enumerate(prevs):
+        nl = find("\n", pos)
+        try:
+            obj, end = scan(text, pos)
+        except (ValueError, StopIteration):
+            return j
+        if end != nl or type(obj) is not dict:
+            return j
+        pos = nl + 1
+        get = obj.get
+        idx = get("index")
+        if idx != start + j or type(idx) is not int or get("prev") != prev or get("origin") != origin:
+            return j
+    return -1
+
+
+def _explain(
+    state: ChainState, lines: list[bytes], prevs: list[str], bad: int, peek: Callable[[], bytes | None]
+) -> None:
+    """Re-check entries one by one from `bad` and raise the precise error for the first bad one."""
+    origin = state.origin
+    for j in range(bad, len(lines)):
+        line, i = lines[j], state.index + j
+        obj = _parse(line)
         if obj is None:
             if line == origin.encode():
                 # The checkpoint note (it starts with the origin) sits where entry i should be.
@@ -81,16 +104,10 @@ def check_chunk(state: ChainState, lines: list[bytes], peek: Callable[[], bytes 
                 "malformed_entry", f"entry {i} is not a JSON object on one line", index=i
             )
         idx = obj.get("index")
-        if idx != i or type(idx) is not int or obj.get("prev") != prev or obj.get("origin") != origin:
+        if idx != i or type(idx) is not int or obj.get("prev") != prevs[j] or obj.get("origin") != origin:
             prev_line = lines[j - 1] if j else state.prev_line
             nxt = lines[j + 1] if j + 1 < len(lines) else peek()
-            _diagnose(i, obj, line, prev_line, prev, origin, nxt)
-        prev = b2a(leaves[j], newline=False).decode()
-        i += 1
-    state.index = i
-    state.prev_leaf = leaves[-1]
-    state.prev_line = lines[-1]
-    return leaves
+            _diagnose(i, obj, line, prev_line, prevs[j], origin, nxt)
 
 
 def _b64_leaf(line: bytes) -> str:
