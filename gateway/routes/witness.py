@@ -13,12 +13,28 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from audit.errors import MalformedRequest, WitnessError
+from audit.errors import MalformedRequest, OldSizeMismatch, WitnessError
 from gateway import problems
 from gateway.deps import RuntimeDep, StewardDep
 from gateway.federation.witnessing import MAX_BODY_BYTES
 
 router = APIRouter(prefix="/v1/witness", tags=["witness"])
+
+
+def _documented_responses() -> dict[str, dict[str, Any]]:
+    """The refusal statuses for the OpenAPI page, named by the witness rules that produce them."""
+    names: dict[str, list[str]] = {}
+    for error, status in problems.WITNESS_STATUS.items():
+        names.setdefault(str(int(status)), []).append(error.__name__)
+    responses: dict[str, dict[str, Any]] = {
+        code: {"description": " or ".join(errors)} for code, errors in names.items()
+    }
+    conflict = str(int(problems.WITNESS_STATUS[OldSizeMismatch]))
+    responses[conflict] = {
+        "description": "OldSizeMismatch: the size this witness last cosigned, then a newline",
+        "content": {problems.TLOG_SIZE: {"schema": {"type": "string"}}},
+    }
+    return responses
 
 
 async def _bounded_body(request: Request) -> bytes:
@@ -36,6 +52,15 @@ async def _bounded_body(request: Request) -> bytes:
     "/add-checkpoint",
     summary="C2SP tlog-witness add-checkpoint: cosign a peer's checkpoint that extends the last one cosigned",
     response_class=PlainTextResponse,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "`old <size>`, up to 63 base64 consistency-proof lines, an empty line, then the "
+            "peer's signed checkpoint",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        "responses": _documented_responses(),
+    },
 )
 async def add_checkpoint(request: Request, runtime: RuntimeDep) -> Response:
     try:
