@@ -12,7 +12,8 @@ ends. Only a refused checkpoint that was validly signed by the peer's log key (f
 
 Exception tree::
 
-    WitnessingError                 witnessing cannot run or a submission failed
+    WitnessingError                 witnessing cannot run (e.g. a peer's key in the config is not a
+    │                               verifier key of the right kind) or a submission failed
     ├── WitnessKeyError                 the witness key file is missing, unreadable or too open
     └── SubmissionError                 a peer did not cosign (unreachable, refused, bad cosignature)
 """
@@ -40,6 +41,7 @@ from audit.errors import (
     LogKeyError,
     MalformedRequest,
     NonEmptyProofFromZero,
+    NoteError,
     OldSizeMismatch,
     ProofRejected,
     RootMismatchAtEqualSize,
@@ -48,7 +50,14 @@ from audit.errors import (
 from audit.events import COUNT, DIGEST, LABEL, Enum, EventType, register
 from audit.keys import generate_log_key, load_log_key
 from audit.log import AuditLog
-from audit.notes import ALG_COSIGNATURE_V1, parse_note, parse_verifier_key, verifier_key_text
+from audit.notes import (
+    ALG_COSIGNATURE_V1,
+    ALG_ED25519,
+    VerifierKey,
+    parse_note,
+    parse_verifier_key,
+    verifier_key_text,
+)
 from audit.witness import Witness, format_add_checkpoint_body, parse_add_checkpoint_body
 from gateway import problems
 from gateway.settings import PeerSettings, SiteSettings
@@ -134,7 +143,7 @@ def open_witness(settings: SiteSettings) -> Witness | None:
         return None
     known: dict[str, list[str]] = {}
     for peer in settings.peers:
-        known.setdefault(parse_verifier_key(peer.log_key).name, []).append(peer.log_key)
+        known.setdefault(_peer_key(peer, "log_key", ALG_ED25519).name, []).append(peer.log_key)
     url = witness_store_url(settings)
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -192,6 +201,9 @@ class Witnessing:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.peers: dict[str, PeerSettings] = {p.id: p for p in settings.peers if p.witness_key}
+        self._witness_keys = {
+            p: _peer_key(peer, "witness_key", ALG_COSIGNATURE_V1) for p, peer in self.peers.items()
+        }
         self.progress = {peer_id: PeerProgress(peer_id) for peer_id in self.peers}
         self._client = http
         self._task: asyncio.Task[None] | None = None
@@ -314,8 +326,7 @@ class Witnessing:
         raise SubmissionError("the peer's size changed again after a 409")
 
     def _store(self, peer: PeerSettings, size: int, lines: str) -> None:
-        assert peer.witness_key is not None
-        key = parse_verifier_key(peer.witness_key)
+        key = self._witness_keys[peer.id]
         for line in lines.splitlines():
             if not line.startswith("— ") or line.split(" ")[1:2] != [key.name]:
                 continue
@@ -375,6 +386,19 @@ _REFUSAL_REASONS: dict[type[ProofRejected], str] = {
     BadConsistencyProof: "bad_consistency_proof",
     NonEmptyProofFromZero: "non_empty_proof_from_zero",
 }
+
+
+def _peer_key(peer: PeerSettings, field: str, alg: int) -> VerifierKey:
+    """A peer's verifier key from the config; a wrong one stops start-up rather than every submission."""
+    text = getattr(peer, field)
+    try:
+        key = parse_verifier_key(text)
+    except NoteError as exc:
+        raise WitnessingError(f"peers.{peer.id}.{field}: {exc}") from None
+    if key.alg != alg:
+        kind = "a witness (cosignature/v1)" if alg == ALG_COSIGNATURE_V1 else "a log (Ed25519 note)"
+        raise WitnessingError(f"peers.{peer.id}.{field}: not {kind} verifier key")
+    return key
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

@@ -30,6 +30,7 @@ from gateway import problems
 from gateway.federation.witnessing import (
     SubmissionError,
     Witnessing,
+    WitnessingError,
     WitnessKeyError,
     create_witness_key,
     witness_store_url,
@@ -315,3 +316,18 @@ def test_a_witness_keeps_its_state_in_a_postgres_state_database(tmp_path: Path, 
         assert [tuple(r) for r in rows] == [(p.a_settings.audit_origin, 5)]
 
     _run(tmp_path, body, pg_url)
+
+
+def test_a_wrong_peer_key_in_the_config_stops_start_up(tmp_path: Path) -> None:
+    log = _null_log(tmp_path)
+    log_key = log.verifier_key()
+    as_witness = PeerSettings(id="site-x", url="https://x.test", request_key="AA==", log_key=log_key,
+                              witness_key=log_key)  # fmt: skip
+    with pytest.raises(WitnessingError, match=r"peers.site-x.witness_key: not a witness"):
+        Witnessing(_settings(tmp_path, "site-c", (as_witness,), witness=False), log)
+    garbled = PeerSettings(id="site-x", url="https://x.test", request_key="AA==", log_key="not a key")
+    settings = _settings(tmp_path, "site-d", (garbled,))
+    create_witness_key(settings)
+    with pytest.raises(WitnessingError, match=r"peers.site-x.log_key"):
+        Witnessing(settings, log)
+    log.close()
