@@ -20,22 +20,15 @@ import data.fedgate_data.duo
 
 # Shape checks come before the built-ins: OPA turns a built-in error into "undefined", the embedded engine
 # raises, and the two engines must agree.
-valid_timestamp(ts) if {
-	is_string(ts)
-	regex.match(`^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$`, ts)
-}
-
 valid_date(d) if {
 	is_string(d)
 	regex.match(`^[0-9]{4}-[0-9]{2}-[0-9]{2}$`, d)
 }
 
-now_ns := time.parse_rfc3339_ns(input.now) if valid_timestamp(input.now)
-
-# Today's date in UTC, as YYYY-MM-DD, or undefined when input.now is not an RFC 3339 timestamp. Dates in data
-# and input are YYYY-MM-DD too (the loader and the input model check that), so comparing them is comparing
-# strings: far cheaper than parsing each one. The regular expression is written out rather than called
-# through valid_timestamp, and the time read without now_ns: this rule runs on every request.
+# Today's date in UTC, as YYYY-MM-DD, or undefined when input.now is not an RFC 3339 timestamp (checked
+# first, see above). Dates in data and input are YYYY-MM-DD too (the loader and the input model check
+# that), so comparing them is comparing strings: far cheaper than parsing each one. The one timestamp check
+# of a decision happens here: decision.rego's well-formedness check reads this rule.
 today := sprintf("%04d-%02d-%02d", time.date(time.parse_rfc3339_ns(input.now))) if {
 	is_string(input.now)
 	regex.match(`^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$`, input.now)

@@ -45,8 +45,10 @@ test_not_expired_on_last_day if {
 	not lib.after_day("2026-06-30") with input.now as "2026-06-30T23:59:59Z"
 }
 
-test_malformed_now_has_no_time if {
-	not lib.now_ns with input.now as "yesterday"
+test_malformed_now_has_no_today if {
+	not lib.today with input.now as "yesterday"
+	not lib.today with input.now as "2026-05-01 10:00"
+	lib.today == "2026-04-30" with input.now as "2026-05-01T01:00:00+02:00"
 }
 
 test_before_first_day if {
