@@ -1,15 +1,16 @@
 """Federated quantiles from fine histograms, with a guaranteed bracket around each pooled quantile.
 
-Round 1 asks every site for its own quantiles of the requested probabilities; the pooled quantile at p lies
-between the smallest and the largest site quantile at p (the pooled distribution function is a mixture of
-the sites'), so [min over sites of q(p_min), max over sites of q(p_max)], widened by one bin each side, is
-cut into `BINS` equal bins. Round 2 asks every site for a histogram over those agreed edges. For the rank
-k = p(N−1) that `percentile_cont` interpolates at, the released bins bound the pooled count below every
-edge; the pooled quantile then provably lies in [lower, upper]: the highest edge with at most ⌊k⌋ values
-below it, and the lowest edge with more than ⌈k⌉ values below it. Where every site released the bins
-around the quantile, upper − lower is one bin width (two when ranks ⌊k⌋ and ⌈k⌉ sit in adjacent bins); bins
-a site suppressed or rounded widen the bracket, never falsify it. The estimate interpolates linearly
-inside the bin and is clamped to the bracket, so |estimate − true| ≤ upper − lower, always.
+Round 1 asks every site for its own quantiles of the requested probabilities; the pooled quantile at p
+lies (nearly always) between the smallest and the largest site quantile at p, since the pooled
+distribution is a mixture of the sites'. So [min over sites of q(p_min), max over sites of q(p_max)],
+padded by 5% each side, is cut into `BINS` equal bins, and round 2 asks every site for a histogram over
+those agreed edges. For the rank k = p(N−1) that `percentile_cont` interpolates at, the released bins bound
+the pooled count below every edge, and the pooled quantile provably lies in [lower, upper]: the highest
+edge with at most ⌊k⌋ values below it, and the lowest edge with more than ⌈k⌉ values below it (None when no
+edge qualifies: unbounded on that side, and no estimate). Where every site released the bins around the
+quantile, upper − lower is one bin width (two when ranks ⌊k⌋ and ⌈k⌉ sit in adjacent bins); bins a site
+suppressed or rounded widen the bracket, never falsify it. The estimate interpolates linearly inside the
+bin and is clamped to the bracket, so |estimate − true| ≤ upper − lower, always.
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.federation.combine import REASON_AT_SITE, InvalidSiteAnswer, PooledTable, SiteTable
+from pseudonymize.disclosure import REASON_BELOW_MIN
 
 BINS = 100
+# Interpolated site quantiles of small samples can sit a little inside the pooled one; the padding keeps
+# the pooled quantile between two edges (an end without such an edge is reported as None: unbounded).
+PAD = 0.05
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ class SiteQuantiles:
 
 
 def plan_edges(sites: Sequence[SiteQuantiles], low_name: str, high_name: str) -> list[float]:
-    """BINS + 1 equal-width edges covering every site's [q(p_min), q(p_max)] plus one bin each side."""
+    """BINS + 1 equal-width edges covering every site's [q(p_min), q(p_max)], padded by PAD each side."""
     lows = [x for s in sites for v in s.values.values() if (x := v[low_name]) is not None]
     highs = [x for s in sites for v in s.values.values() if (x := v[high_name]) is not None]
     if not lows or not highs:
@@ -75,8 +80,8 @@ def plan_edges(sites: Sequence[SiteQuantiles], low_name: str, high_name: str) ->
     low, high = min(lows), max(highs)
     if not high > low:
         high = low + 1.0
-    width = (high - low) / (BINS - 2)
-    start = low - width
+    start = low - PAD * (high - low)
+    width = (high - low) * (1 + 2 * PAD) / BINS
     return [start + i * width for i in range(BINS + 1)]
 
 
@@ -139,13 +144,19 @@ def _site_bounds(
 ) -> tuple[list[float], list[float], list[int | None]]:
     """Bounds on this site's count below each edge, and its exact bin counts (None where unknown)."""
     known: list[tuple[int, int] | None] = [None] * n_bins
+    exact: list[int | None] = [None] * n_bins
     for row in table.rows:
         if tuple(row.get(g) for g in group_by) != key:
             continue
         b = row.get("bin")
-        if isinstance(b, int) and 0 <= b < n_bins and not row["suppressed"]:
+        if not isinstance(b, int) or not 0 <= b < n_bins:
+            continue
+        if not row["suppressed"]:
             known[b] = _count_range(int(row["count"]), table.round_to)
-    exact = [k[0] if k is not None and k[0] == k[1] else None for k in known]
+            exact[b] = int(row["count"]) if table.round_to == 1 else None
+        elif row.get("suppression_reason") == REASON_BELOW_MIN:
+            # The label says what it says: a bin hidden for being small holds fewer than the minimum.
+            known[b] = (0, table.min_cell_count - 1)
     n_lo, n_hi = n_range
     cum_lo: list[float] = []
     cum_hi: list[float] = []

@@ -172,8 +172,8 @@ def test_quantiles_lie_in_their_bracket_of_one_or_two_bins(
         assert lower <= truth <= upper
         assert lower <= row[name] <= upper
         assert abs(row[name] - truth) <= upper - lower
-        # The documented bound: the bracket is the bins a site suppressed plus at most two bins.
-        assert upper - lower <= 40 * width
+        # bmi has 0.1 resolution, finer than the bins: empty bins are suppressed and widen the bracket.
+        assert upper - lower <= 20 * width
 
 
 def test_coordinator_and_peers_audit_their_parts(urls: dict[str, str], idp: LoopbackTestIssuer) -> None:

@@ -1,0 +1,138 @@
+"""Federated quantiles: the true pooled quantile always lies in the bracket, which is narrow when bins are
+released, and suppressed or rounded bins widen it without ever falsifying it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.federation.combine import SiteTable
+from gateway.federation.quantiles import BINS, SiteQuantiles, bracket, plan_edges, pool_quantiles
+from pseudonymize.disclosure import DisclosureRules, protect_histogram
+
+PROBS = [0.05, 0.25, 0.5, 0.75, 0.95]
+NAMES = [f"q{p:g}" for p in PROBS]
+
+
+def _round1(site: str, values: np.ndarray, round_to: int = 1) -> SiteQuantiles:
+    row: dict[str, Any] = {"n": DisclosureRules(10, round_to).round(len(values))}
+    row.update({name: float(np.quantile(values, p)) for name, p in zip(NAMES, PROBS, strict=True)})
+    body = {"kind": "quantiles", "rows": [row], "disclosure": {"round_to": round_to}}
+    return SiteQuantiles.from_body(site, body, [], NAMES)
+
+
+def _histogram(site: str, values: np.ndarray, edges: list[float], rules: DisclosureRules) -> SiteTable:
+    bins = np.searchsorted(edges, values, side="right")  # bin i is [e(i-1), e(i))
+    counts = np.bincount(bins, minlength=len(edges) + 1)
+    frame = pd.DataFrame({"bin": range(len(edges) + 1), "n": counts})
+    table = protect_histogram(
+        frame, ["bin"], rules, count_col="n", levels={"bin": list(range(len(edges) + 1))}
+    )
+    body = {"kind": "histogram", "columns": list(table.frame.columns), **table.to_dict()}
+    return SiteTable.from_body(site, body, "histogram", [])
+
+
+def _pool(parts: list[np.ndarray], rules: DisclosureRules) -> dict[str, Any]:
+    round1 = [_round1(f"S{i}", v, rules.round_to) for i, v in enumerate(parts)]
+    edges = plan_edges(round1, NAMES[0], NAMES[-1])
+    assert len(edges) == BINS + 1
+    histograms = {f"S{i}": _histogram(f"S{i}", v, edges, rules) for i, v in enumerate(parts)}
+    (row,) = pool_quantiles(round1, histograms, [], PROBS, NAMES, edges).rows
+    return row
+
+
+def _check(row: dict[str, Any], parts: list[np.ndarray], *, bounded: bool = True) -> None:
+    everything = np.concatenate(parts)
+    for p, name in zip(PROBS, NAMES, strict=True):
+        truth = float(np.quantile(everything, p))
+        lower, upper = row[f"{name}_lower"], row[f"{name}_upper"]
+        if bounded:
+            assert lower is not None and upper is not None
+        # None is an open end: unbounded on that side, and then there is no estimate.
+        assert (lower if lower is not None else -np.inf) - 1e-9 <= truth
+        assert truth <= (upper if upper is not None else np.inf) + 1e-9
+        if lower is None or upper is None:
+            assert row[name] is None
+        else:
+            assert abs(row[name] - truth) <= upper - lower + 1e-9
+
+
+def test_released_bins_give_a_bracket_of_at_most_two_bins() -> None:
+    rng = np.random.default_rng(1)
+    parts = [rng.normal(50, 8, 20_000), rng.normal(55, 5, 30_000), rng.gamma(9, 6, 25_000)]
+    row = _pool(parts, DisclosureRules(1))  # no suppression: the documented bound
+    _check(row, parts)
+    for name in NAMES:
+        assert row[f"{name}_upper"] - row[f"{name}_lower"] <= 2 * row["bin_width"] + 1e-9
+        # The interpolated estimate is much closer than the bracket on smooth data.
+        assert abs(row[name] - np.quantile(np.concatenate(parts), float(name[1:]))) <= row["bin_width"]
+
+
+def test_suppressed_and_rounded_bins_widen_but_never_falsify() -> None:
+    rng = np.random.default_rng(2)
+    parts = [rng.normal(50, 8, 600), rng.exponential(10, 900) + 30, rng.normal(70, 3, 400)]
+    row = _pool(parts, DisclosureRules(10, round_to=5))
+    _check(row, parts)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(30, 400), min_size=1, max_size=4),
+    seed=st.integers(0, 2**32 - 1),
+    minimum=st.sampled_from([1, 5, 10]),
+    round_to=st.sampled_from([1, 1, 5]),
+    discrete=st.booleans(),
+)
+def test_the_bracket_always_holds_the_truth(
+    sizes: list[int], seed: int, minimum: int, round_to: int, discrete: bool
+) -> None:
+    rng = np.random.default_rng(seed)
+    parts = [rng.lognormal(3, 0.6, n) for n in sizes]
+    if discrete:  # ties and gaps: many values share one point
+        parts = [np.round(v) for v in parts]
+    _check(_pool(parts, DisclosureRules(minimum, round_to)), parts, bounded=False)
+
+
+def test_no_site_quantiles_plan_no_edges() -> None:
+    body = {"kind": "quantiles", "rows": [{"n": None, **dict.fromkeys(NAMES)}], "disclosure": {"round_to": 1}}
+    assert plan_edges([SiteQuantiles.from_body("S", body, [], NAMES)], NAMES[0], NAMES[-1]) == []
+
+
+def test_a_group_hidden_at_a_site_stays_hidden() -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0, 1, 500), rng.normal(0, 1, 500)
+    hidden = {
+        "kind": "quantiles",
+        "rows": [{"n": None, **dict.fromkeys(NAMES)}],
+        "disclosure": {"round_to": 1},
+    }
+    round1 = [_round1("A", a), SiteQuantiles.from_body("B", hidden, [], NAMES)]
+    edges = plan_edges(round1, NAMES[0], NAMES[-1])
+    rules = DisclosureRules(10)
+    pooled = pool_quantiles(
+        round1,
+        {"A": _histogram("A", a, edges, rules), "B": _histogram("B", b, edges, rules)},
+        [],
+        PROBS,
+        NAMES,
+        edges,
+    )
+    (row,) = pooled.rows
+    assert row["suppressed"] and row["n"] is None and row[NAMES[2]] is None
+
+
+def test_bracket_of_an_empty_population_is_empty() -> None:
+    assert bracket([0.0], [0.0], [0, 0], [1.0], 0, 0, 0.5).estimate is None
+
+
+@pytest.mark.parametrize("body", [None, {"kind": "count"}, {"kind": "quantiles", "rows": [{"n": 3}]}])
+def test_malformed_round_one_answers_are_refused(body: Any) -> None:
+    from gateway.federation.combine import InvalidSiteAnswer
+
+    with pytest.raises(InvalidSiteAnswer):
+        SiteQuantiles.from_body("S", body, [], NAMES)
