@@ -61,7 +61,7 @@ register(
     EventType(
         "glm.session_opened",
         "a researcher opened a federated GLM session at this site",
-        required={"query_hash": DIGEST, "session": LABEL, "parameters": COUNT},
+        required={"query_hash": DIGEST, "session": DIGEST, "parameters": COUNT},
         optional={"rows": COUNT},
     )
 )
@@ -69,7 +69,7 @@ register(
     EventType(
         "glm.session_closed",
         "a federated GLM session ended",
-        required={"query_hash": DIGEST, "session": LABEL, "iterations": COUNT, "reason": LABEL},
+        required={"query_hash": DIGEST, "session": DIGEST, "iterations": COUNT, "reason": LABEL},
     )
 )
 register(
@@ -77,11 +77,16 @@ register(
         "glm.refused",
         "a GLM session was not opened, or an iteration was refused (no session, a failed check, the cap)",
         required={"stage": LABEL, "reasons": REASONS},
-        optional={"query_hash": DIGEST, "session": LABEL, "iteration": COUNT},
+        optional={"query_hash": DIGEST, "session": DIGEST, "iteration": COUNT},
     )
 )
 
 Level = StrictBool | int | str
+
+
+def session_digest(session_id: str) -> str:
+    """How the audit log names a session: the id is a handle the researcher holds, so only its digest."""
+    return sha256_label(hashlib.sha256(session_id.encode()).hexdigest())
 
 
 class _Model(BaseModel):
@@ -376,7 +381,7 @@ class GlmSiteService:
         self.sessions.add(session)
         await self.rt.record(
             "glm.session_opened",
-            {"query_hash": sha256_label(query_hash), "session": session.id,
+            {"query_hash": sha256_label(query_hash), "session": session_digest(session.id),
              "parameters": len(request.model.parameter_names()), "rows": session.data.rows},
             principal=principal, request_id=request_id,
         )  # fmt: skip
@@ -534,7 +539,7 @@ class GlmSiteService:
         self.sessions.remove(session.id)
         await self.rt.record(
             "glm.session_closed",
-            {"query_hash": sha256_label(session.query_hash), "session": session.id,
+            {"query_hash": sha256_label(session.query_hash), "session": session_digest(session.id),
              "iterations": session.iterations, "reason": reason},
             principal=principal, request_id=request_id,
         )  # fmt: skip
@@ -546,7 +551,7 @@ class GlmSiteService:
         if query_hash is not None:
             payload["query_hash"] = sha256_label(query_hash)
         if session is not None:
-            payload["session"] = session
+            payload["session"] = session_digest(session)
         if iteration is not None:
             payload["iteration"] = iteration
         await self.rt.record("glm.refused", payload, principal=principal, request_id=request_id)
