@@ -18,8 +18,7 @@ from typing import Any, Literal
 import httpx
 import rfc8785
 
-from audit import EventType, register
-from audit.events import COUNT, DIGEST, LABEL, REGISTRY
+from audit.events import COUNT, DIGEST, LABEL, REGISTRY, EventType, register
 from gateway.auth import Principal
 from gateway.federation.combine import (
     CombineError,

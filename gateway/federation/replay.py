@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+PURGE_EVERY_S = 10
 metadata = sa.MetaData()
 
 peer_nonces = sa.Table(
@@ -41,19 +42,22 @@ class NonceLedger:
         if self._engine.dialect.name == "sqlite":
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
         metadata.create_all(self._engine)
+        self._purged_at = 0
 
     def close(self) -> None:
         """Release the connection pool."""
         self._engine.dispose()
 
     def claim(self, peer: str, jti: str, expires_at: int, *, now: float | None = None) -> bool:
-        """Record a nonce; False when it was seen before (a replay). Expired nonces are forgotten here:
-        an assertion past its expiry is refused as stale before its nonce is ever looked up."""
+        """Record a nonce; False when it was seen before (a replay). Expired nonces are forgotten here, at
+        most every PURGE_EVERY_S: an assertion past its expiry is refused as stale before its nonce is ever
+        looked up, so forgetting it cannot let a replay through."""
         now_s = int(time.time() if now is None else now)
-        with self._engine.begin() as conn:
-            conn.execute(peer_nonces.delete().where(peer_nonces.c.expires_at < now_s))
         try:
             with self._engine.begin() as conn:
+                if now_s - self._purged_at >= PURGE_EVERY_S:
+                    conn.execute(peer_nonces.delete().where(peer_nonces.c.expires_at < now_s))
+                    self._purged_at = now_s
                 conn.execute(peer_nonces.insert().values(peer=peer, jti=jti, expires_at=expires_at))
         except IntegrityError:
             return False
