@@ -163,6 +163,14 @@ class Gateway:
         params = {"column": column, "probs": list(probs)}
         return self._kind("quantiles", dataset, agreement, purpose, {**options, "params": params})
 
+    def kaplan_meier(
+        self, dataset: str, agreement: str, purpose: Any, time: str, event: str, edges: Sequence[float],
+        **options: Any,
+    ) -> pd.DataFrame:  # fmt: skip
+        """Rows at risk, events and censorings per released (merged) time bin at this site."""
+        params = {"time": time, "event": event, "edges": list(edges)}
+        return self._kind("kaplan_meier", dataset, agreement, purpose, {**options, "params": params})
+
     # -- the general calls ---------------------------------------------------------------------------------
 
     def query(

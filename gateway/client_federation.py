@@ -21,8 +21,20 @@ import httpx
 import pandas as pd
 
 from gateway.client import _ERRORS, GatewayError, GatewayUnavailable, _purpose, result_frame
+from gateway.federation.glm_fit import GlmFit
 
 SITE_COLUMNS = ["site", "status", "reasons", "request_id", "duration_ms"]
+
+
+class GlmStopped(Exception):
+    """A site refused during a federated GLM; `sites` is the per-site table (status, reasons, iteration)."""
+
+    def __init__(self, body: Mapping[str, Any]) -> None:
+        self.iteration = int(body.get("iteration") or 0)
+        self.sites = pd.DataFrame.from_records(list(body.get("sites") or []))
+        self.reasons = [str(r) for r in body.get("reasons") or []]
+        detail = "; ".join(self.reasons)
+        super().__init__(f"the federated fit stopped at iteration {self.iteration}: {detail}")
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,49 @@ class Federation:
         params = {"column": column, "probs": list(probs)}
         return self._kind("quantiles", dataset, agreement, purpose, {**options, "params": params})
 
+    def kaplan_meier(
+        self, dataset: str, agreement: str, purpose: Any, time: str, event: str, edges: Sequence[float],
+        **options: Any,
+    ) -> FederatedResult:  # fmt: skip
+        """The pooled survival curve at the bins every site released (gateway.federation.km)."""
+        params = {"time": time, "event": event, "edges": list(edges)}
+        return self._kind("kaplan_meier", dataset, agreement, purpose, {**options, "params": params})
+
+    def glm(
+        self,
+        dataset: str,
+        agreement: str,
+        purpose: Any,
+        outcome: str,
+        family: str,
+        *,
+        numeric: Sequence[str] = (),
+        categorical: Mapping[str, Sequence[Any]] | None = None,
+        offset: str | None = None,
+        weights: str | None = None,
+        intercept: bool = True,
+        max_iterations: int | None = None,
+    ) -> GlmFit:
+        """A federated GLM (gaussian, binomial, poisson) over the coordinator and its peers.
+
+        `categorical` maps a column to its levels, the first being the reference. Returns a `GlmFit`
+        (`params`, `bse`, `conf_int()`, `summary()`, `sites`); raises `GlmStopped` with the per-site
+        table when a site refused."""
+        model: dict[str, Any] = {"outcome": outcome, "family": family, "numeric": list(numeric),
+                                 "categorical": [{"column": c, "levels": list(levels)}
+                                                 for c, levels in (categorical or {}).items()],
+                                 "offset": offset, "weights": weights, "intercept": intercept}  # fmt: skip
+        body: dict[str, Any] = {"dataset": dataset, "agreement": agreement, "purpose": _purpose(purpose),
+                                "model": model}  # fmt: skip
+        if self.sites is not None:
+            body["sites"] = self.sites
+        if max_iterations is not None:
+            body["max_iterations"] = max_iterations
+        data = self._send(body, "/v1/federated-glm")
+        if data.get("status") == "stopped":
+            raise GlmStopped(data)
+        return GlmFit.from_dict(data)
+
     def query(self, spec: Mapping[str, Any]) -> FederatedResult:
         """Submit a spec (plus optional `sites` and `timeout_s`) to the coordinator."""
         body = dict(spec)
@@ -123,9 +178,9 @@ class Federation:
         spec = {"dataset": dataset, "agreement": agreement, "purpose": _purpose(purpose), "kind": kind}
         return self.query({**spec, **options})
 
-    def _send(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _send(self, body: dict[str, Any], path: str = "/v1/federated-queries") -> dict[str, Any]:
         try:
-            response = self._http.post("/v1/federated-queries", json=body)
+            response = self._http.post(path, json=body)
         except httpx.HTTPError as exc:
             raise GatewayUnavailable(
                 0, {"title": "Coordinator unreachable", "detail": type(exc).__name__}

@@ -1,4 +1,4 @@
-"""The coordinator's side of a federated GLM: Fisher scoring over sites' XᵀWX and XᵀWz, as DataSHIELD's ds.glm.
+"""The coordinator's side of a federated GLM: Fisher scoring over sites' XᵀWX and XᵀWz, as DataSHIELD's glm.
 
 The coordinator holds β (starting at 0). Each iteration every site receives β and returns, over its own
 rows (prior weights w, offset o, η = Xβ + o, μ = g⁻¹(η)):
@@ -176,9 +176,15 @@ class GlmFit:
         """One row per parameter: coef, std_err, z, p, ci_lower, ci_upper."""
         ci = self.conf_int(alpha)
         return pd.DataFrame(
-            {"coef": self.params, "std_err": self.bse, "z": self.tvalues, "p": self.pvalues,
-             "ci_lower": ci[0], "ci_upper": ci[1]}
-        )  # fmt: skip
+            {
+                "coef": self.params,
+                "std_err": self.bse,
+                "z": self.tvalues,
+                "p": self.pvalues,
+                "ci_lower": ci[0],
+                "ci_upper": ci[1],
+            }
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON body the coordinator returns."""
@@ -189,8 +195,10 @@ class GlmFit:
             "parameters": self.names,
             "coefficients": self.coefficients.tolist(),
             "covariance": self.covariance.tolist(),
-            "summary": [{"parameter": n, **{k: float(v) for k, v in row.items()}}
-                        for n, row in zip(self.names, table.to_dict("records"), strict=True)],
+            "summary": [
+                {"parameter": n, **{k: float(v) for k, v in row.items()}}
+                for n, row in zip(self.names, table.to_dict("records"), strict=True)
+            ],
             "scale": self.scale,
             "deviance": self.deviance,
             "pearson_chi2": self.pearson_chi2,
@@ -199,7 +207,7 @@ class GlmFit:
             "iterations": self.iterations,
             "converged": self.converged,
             "sites": self.sites,
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_dict(cls, body: Mapping[str, Any]) -> GlmFit:
@@ -250,7 +258,9 @@ async def fit_federated_glm(
         converged = False
         while iteration < max_iterations:
             iteration += 1
-            stats = await _gather(sites, table, iteration, [s.iterate(beta.tolist(), iteration) for s in sites])
+            stats = await _gather(
+                sites, table, iteration, [s.iterate(beta.tolist(), iteration) for s in sites]
+            )
             pooled = _pool(stats)
             if previous is not None and relative_change(pooled.deviance, previous) <= tolerance:
                 converged = True
@@ -268,8 +278,9 @@ async def fit_federated_glm(
         await asyncio.gather(*(s.close() for s in sites), return_exceptions=True)
 
 
-async def _gather(sites: Sequence[GlmSite], table: dict[str, dict[str, Any]], iteration: int,
-                  calls: Sequence[Any]) -> list[Any]:  # fmt: skip
+async def _gather(
+    sites: Sequence[GlmSite], table: dict[str, dict[str, Any]], iteration: int, calls: Sequence[Any]
+) -> list[Any]:
     results = await asyncio.gather(*calls, return_exceptions=True)
     stopped = False
     for site, result in zip(sites, results, strict=True):
@@ -305,8 +316,15 @@ def _solve(xtwx: np.ndarray, xtwz: np.ndarray) -> np.ndarray:
     return solution
 
 
-def _result(names: list[str], family: Family, beta: np.ndarray, pooled: SiteStatistics, iterations: int,
-            converged: bool, sites: list[dict[str, Any]]) -> GlmFit:  # fmt: skip
+def _result(
+    names: list[str],
+    family: Family,
+    beta: np.ndarray,
+    pooled: SiteStatistics,
+    iterations: int,
+    converged: bool,
+    sites: list[dict[str, Any]],
+) -> GlmFit:
     p = len(names)
     if pooled.n <= p:
         raise GlmFitError("the pooled fit has no residual degrees of freedom")
@@ -315,12 +333,24 @@ def _result(names: list[str], family: Family, beta: np.ndarray, pooled: SiteStat
         covariance = scale * np.linalg.inv(pooled.xtwx)
     except np.linalg.LinAlgError:
         raise GlmFitError("the pooled information matrix is singular at the estimate") from None
-    return GlmFit(names, family, beta, covariance, scale, pooled.deviance, pooled.pearson_chi2, pooled.n,
-                  iterations, converged, sites)  # fmt: skip
+    return GlmFit(
+        names,
+        family,
+        beta,
+        covariance,
+        scale,
+        pooled.deviance,
+        pooled.pearson_chi2,
+        pooled.n,
+        iterations,
+        converged,
+        sites,
+    )
 
 
-def time_federated_glm(rows_per_site: int = 1_000_000, sites: int = 3, parameters: int = 10,
-                       seed: int = 7) -> dict[str, float]:  # fmt: skip
+def time_federated_glm(
+    rows_per_site: int = 1_000_000, sites: int = 3, parameters: int = 10, seed: int = 7
+) -> dict[str, float]:
     """Benchmark a logistic fit over `sites` in-process sites (the site code path, not HTTP) against
     statsmodels' pooled fit of the same rows: {"glm_seconds", "statsmodels_seconds", "iterations"}."""
     import statsmodels.api as sm
@@ -346,15 +376,27 @@ def time_federated_glm(rows_per_site: int = 1_000_000, sites: int = 3, parameter
     statsmodels_seconds = time.perf_counter() - started
     if not np.allclose(reference.params, fit.coefficients, rtol=1e-6, atol=1e-9):
         raise GlmFitError("the federated fit differs from statsmodels' pooled fit")
-    return {"glm_seconds": round(glm_seconds, 3), "statsmodels_seconds": round(statsmodels_seconds, 3),
-            "iterations": fit.iterations}  # fmt: skip
+    return {
+        "glm_seconds": round(glm_seconds, 3),
+        "statsmodels_seconds": round(statsmodels_seconds, 3),
+        "iterations": fit.iterations,
+    }
 
 
 class HttpGlmSite:
     """A peer site driven over HTTP with the researcher's own token (each peer re-validates it)."""
 
-    def __init__(self, site: str, base_url: str, authorization: str, session_request: Mapping[str, Any],
-                 client: Any, *, sign: Signer | None = None, timeout: float = 30.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        site: str,
+        base_url: str,
+        authorization: str,
+        session_request: Mapping[str, Any],
+        client: Any,
+        *,
+        sign: Signer | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         self.site = site
         self.base_url = base_url.rstrip("/")
         self.authorization = authorization
@@ -388,8 +430,9 @@ class HttpGlmSite:
 
         path = f"/v1/glm/sessions/{session}"
         try:
-            await self.client.delete(f"{self.base_url}{path}", headers=self._headers("DELETE", path, b""),
-                                     timeout=self.timeout)  # fmt: skip
+            await self.client.delete(
+                f"{self.base_url}{path}", headers=self._headers("DELETE", path, b""), timeout=self.timeout
+            )
         except httpx.HTTPError:
             return  # the peer expires idle sessions itself
 
@@ -404,11 +447,17 @@ class HttpGlmSite:
 
         body = json.dumps(payload).encode()
         try:
-            response = await self.client.request(method, f"{self.base_url}{path}", content=body,
-                                                 headers=self._headers(method, path, body),
-                                                 timeout=self.timeout)  # fmt: skip
+            response = await self.client.request(
+                method,
+                f"{self.base_url}{path}",
+                content=body,
+                headers=self._headers(method, path, body),
+                timeout=self.timeout,
+            )
         except httpx.TimeoutException:
-            raise SiteStopped(self.site, "timed_out", [f"no answer within {self.timeout:g} s"], iteration) from None
+            raise SiteStopped(
+                self.site, "timed_out", [f"no answer within {self.timeout:g} s"], iteration
+            ) from None
         except httpx.HTTPError as exc:
             raise SiteStopped(self.site, "unreachable", [type(exc).__name__], iteration) from None
         try:
@@ -416,7 +465,9 @@ class HttpGlmSite:
         except ValueError:
             data = {}
         if response.status_code >= 400:
-            reasons = [str(r) for r in data.get("reasons") or []] or [str(data.get("title") or response.status_code)]
+            reasons = [str(r) for r in data.get("reasons") or []] or [
+                str(data.get("title") or response.status_code)
+            ]
             status: SiteState = "refused"
             if response.status_code == 403:
                 status = "suppressed" if data.get("title") == DISCLOSURE_TITLE else "denied"

@@ -176,7 +176,7 @@ class IterationRequest(_Model):
 
 @dataclass
 class GlmArrays:
-    """The in-memory design at a site: X, y, offset, prior weights and (for withdrawals) patient pseudonyms."""
+    """The in-memory design at a site: X, y, offset, prior weights and (for withdrawals) pseudonyms."""
 
     x: np.ndarray
     y: np.ndarray
@@ -193,7 +193,9 @@ class GlmArrays:
         if self.patients is None or not withdrawn:
             return self
         keep = ~np.isin(self.patients, list(withdrawn))
-        return GlmArrays(self.x[keep], self.y[keep], self.offset[keep], self.weights[keep], self.patients[keep])
+        return GlmArrays(
+            self.x[keep], self.y[keep], self.offset[keep], self.weights[keep], self.patients[keep]
+        )
 
 
 def iteration_statistics(data: GlmArrays, beta: np.ndarray, family: Family) -> SiteStatistics:
@@ -331,7 +333,11 @@ class GlmSessions:
         """The session if it is open, belongs to `sub` and was opened under `agreement`."""
         self._expire()
         session = self._open.get(session_id)
-        if session is None or not secrets.compare_digest(session.sub, sub) or session.request.agreement != agreement:
+        if (
+            session is None
+            or not secrets.compare_digest(session.sub, sub)
+            or session.request.agreement != agreement
+        ):
             return None
         return session
 
@@ -366,8 +372,12 @@ class GlmSiteService:
         try:
             entry = self.rt.catalog.latest(request.dataset)
             if entry is None:
-                raise Refusal("not_found", "Unknown dataset",
-                              [f"this site has no dataset {request.dataset!r}"], field="dataset")  # fmt: skip
+                raise Refusal(
+                    "not_found",
+                    "Unknown dataset",
+                    [f"this site has no dataset {request.dataset!r}"],
+                    field="dataset",
+                )
             decision = await self.pipeline.decide_only(principal, request, entry, request_id, query_hash)
             if decision.decision == "needs_approval":
                 await self._refused(principal, request_id, "approval", list(decision.reasons), query_hash)
@@ -375,16 +385,22 @@ class GlmSiteService:
             session = await self._session(principal, request, entry, decision, query_hash)
         except Refusal as refusal:
             refusal.request_id = request_id
-            await self._refused(principal, request_id, refusal.stage, refusal.reasons or [refusal.title],
-                                query_hash)  # fmt: skip
+            await self._refused(
+                principal, request_id, refusal.stage, refusal.reasons or [refusal.title], query_hash
+            )
             raise
         self.sessions.add(session)
         await self.rt.record(
             "glm.session_opened",
-            {"query_hash": sha256_label(query_hash), "session": session_digest(session.id),
-             "parameters": len(request.model.parameter_names()), "rows": session.data.rows},
-            principal=principal, request_id=request_id,
-        )  # fmt: skip
+            {
+                "query_hash": sha256_label(query_hash),
+                "session": session_digest(session.id),
+                "parameters": len(request.model.parameter_names()),
+                "rows": session.data.rows,
+            },
+            principal=principal,
+            request_id=request_id,
+        )
         return {
             "status": "open",
             "session": session.id,
@@ -398,8 +414,10 @@ class GlmSiteService:
         """One iteration at β within an open session of this researcher and agreement."""
         session = self.sessions.get(session_id, principal.sub, body.agreement)
         if session is None:
-            reasons = ["no open GLM session with this id for you under this agreement; β is only accepted "
-                       "within a session you opened"]  # fmt: skip
+            reasons = [
+                "no open GLM session with this id for you under this agreement; β is only accepted "
+                "within a session you opened"
+            ]
             await self._refused(principal, request_id, "session", reasons, None)
             raise Refusal("not_found", "No such GLM session", reasons, stage="session")
         async with session.lock:
@@ -407,14 +425,21 @@ class GlmSiteService:
             number = session.iterations + 1
             try:
                 if number > self.sessions.max_iterations:
-                    raise Refusal("limit", "GLM iteration limit reached",
-                                  [f"a session allows {self.sessions.max_iterations} iterations"],
-                                  stage="limit")  # fmt: skip
+                    raise Refusal(
+                        "limit",
+                        "GLM iteration limit reached",
+                        [f"a session allows {self.sessions.max_iterations} iterations"],
+                        stage="limit",
+                    )
                 names = session.request.model.parameter_names()
                 if len(body.beta) != len(names):
-                    raise Refusal("bad_request", "Wrong number of coefficients",
-                                  [f"beta needs {len(names)} numbers, one per parameter"],
-                                  stage="validate", field="beta")  # fmt: skip
+                    raise Refusal(
+                        "bad_request",
+                        "Wrong number of coefficients",
+                        [f"beta needs {len(names)} numbers, one per parameter"],
+                        stage="validate",
+                        field="beta",
+                    )
                 await self._apply_withdrawals(session)
                 try:
                     check_release(session.data, session.request.model, session.obligations)
@@ -426,8 +451,15 @@ class GlmSiteService:
                 )
             except Refusal as refusal:
                 refusal.request_id = request_id
-                await self._refused(principal, request_id, refusal.stage, refusal.reasons, session.query_hash,
-                                    session=session.id, iteration=number)  # fmt: skip
+                await self._refused(
+                    principal,
+                    request_id,
+                    refusal.stage,
+                    refusal.reasons,
+                    session.query_hash,
+                    session=session.id,
+                    iteration=number,
+                )
                 if refusal.kind != "bad_request":
                     await self._close(principal, session, f"refused-{refusal.stage}", request_id)
                 raise
@@ -435,11 +467,16 @@ class GlmSiteService:
             digest = hashlib.sha256(rfc8785.dumps(body.beta)).hexdigest()
             await self.rt.record(
                 "glm.iteration",
-                {"query_hash": sha256_label(session.query_hash), "iteration": number,
-                 "family": session.request.model.family, "parameters_digest": sha256_label(digest),
-                 "rows": stats.n},
-                principal=principal, request_id=request_id,
-            )  # fmt: skip
+                {
+                    "query_hash": sha256_label(session.query_hash),
+                    "iteration": number,
+                    "family": session.request.model.family,
+                    "parameters_digest": sha256_label(digest),
+                    "rows": stats.n,
+                },
+                principal=principal,
+                request_id=request_id,
+            )
         return {"session": session.id, "iteration": number, **stats.to_dict()}
 
     async def close(self, principal: Principal, session_id: str, request_id: str) -> bool:
@@ -452,73 +489,125 @@ class GlmSiteService:
 
     # -- steps ---------------------------------------------------------------------------------------------
 
-    async def _session(self, principal: Principal, request: GlmSessionRequest, entry: CatalogEntry,
-                       decision: Decision, query_hash: str) -> GlmSession:  # fmt: skip
+    async def _session(
+        self,
+        principal: Principal,
+        request: GlmSessionRequest,
+        entry: CatalogEntry,
+        decision: Decision,
+        query_hash: str,
+    ) -> GlmSession:
         obligations = decision.obligations
         assert obligations is not None
         if obligations.dp is not None:
-            raise Refusal("forbidden", "Differential privacy required",
-                          [f"{request.agreement} requires differential privacy; this gateway does not fit "
-                           "noisy models, so the GLM is refused"], stage="decide")  # fmt: skip
+            raise Refusal(
+                "forbidden",
+                "Differential privacy required",
+                [
+                    f"{request.agreement} requires differential privacy; this gateway does not fit "
+                    "noisy models, so the GLM is refused"
+                ],
+                stage="decide",
+            )
         allowed = set(obligations.allowed_columns)
         for i, column in enumerate(request.model.columns()):
             if column not in allowed:
-                raise Refusal("forbidden", "Column not allowed",
-                              [f"the agreement does not grant column {column!r}"], stage="plan",
-                              field=f"model.columns[{i}]")  # fmt: skip
+                raise Refusal(
+                    "forbidden",
+                    "Column not allowed",
+                    [f"the agreement does not grant column {column!r}"],
+                    stage="plan",
+                    field=f"model.columns[{i}]",
+                )
         withdrawn = set()
         if entry.patient_column is not None:
-            withdrawn = set(await asyncio.to_thread(self.rt.state.withdrawn, entry.dataset, entry.key_context))
+            withdrawn = set(
+                await asyncio.to_thread(self.rt.state.withdrawn, entry.dataset, entry.key_context)
+            )
         frame = await asyncio.to_thread(self._load, request, entry, obligations, sorted(withdrawn))
         try:
             data = design(frame, request.model, entry.patient_column)
         except GlmDataError as exc:
-            raise Refusal("bad_request", "The data do not fit the model", [str(exc)], stage="plan",
-                          field=exc.field) from None  # fmt: skip
+            raise Refusal(
+                "bad_request", "The data do not fit the model", [str(exc)], stage="plan", field=exc.field
+            ) from None
         try:
             check_release(data, request.model, obligations)
         except GlmDisclosureError as exc:
             raise Refusal("forbidden", DISCLOSURE_TITLE, [exc.reason], stage="disclosure") from None
-        return GlmSession(uuid.uuid4().hex, principal.sub, request, query_hash, obligations, entry, data, withdrawn)
+        return GlmSession(
+            uuid.uuid4().hex, principal.sub, request, query_hash, obligations, entry, data, withdrawn
+        )
 
-    def _load(self, request: GlmSessionRequest, entry: CatalogEntry, obligations: Obligations,
-              withdrawn: Sequence[str]) -> pd.DataFrame:  # fmt: skip
+    def _load(
+        self,
+        request: GlmSessionRequest,
+        entry: CatalogEntry,
+        obligations: Obligations,
+        withdrawn: Sequence[str],
+    ) -> pd.DataFrame:
         catalog = {c["name"]: DatasetColumn(c["name"], c["type"]) for c in entry.columns}
         model = request.model
         for i, column in enumerate(model.columns()):
             if column not in catalog:
-                raise Refusal("bad_request", "Unknown column", [f"the dataset has no column {column!r}"],
-                              stage="plan", field=f"model.columns[{i}]")  # fmt: skip
+                raise Refusal(
+                    "bad_request",
+                    "Unknown column",
+                    [f"the dataset has no column {column!r}"],
+                    stage="plan",
+                    field=f"model.columns[{i}]",
+                )
             numeric_role = column != model.outcome or model.family != "binomial"
             is_categorical = any(c.column == column for c in model.categorical)
-            if numeric_role and not is_categorical and catalog[column].type_class not in ("int", "float", "bool"):
-                raise Refusal("bad_request", "Column is not numeric",
-                              [f"column {column!r} is {catalog[column].arrow_type}, not numeric"],
-                              stage="plan", field=f"model.columns[{i}]")  # fmt: skip
+            if (
+                numeric_role
+                and not is_categorical
+                and catalog[column].type_class not in ("int", "float", "bool")
+            ):
+                raise Refusal(
+                    "bad_request",
+                    "Column is not numeric",
+                    [f"column {column!r} is {catalog[column].arrow_type}, not numeric"],
+                    stage="plan",
+                    field=f"model.columns[{i}]",
+                )
         for i, cov in enumerate(model.categorical):
             for level in cov.levels:
                 try:
                     python_value(catalog[cov.column], level)
                 except ValueError as exc:
-                    raise Refusal("bad_request", "Invalid level", [str(exc)], stage="plan",
-                                  field=f"model.categorical[{i}].levels") from None  # fmt: skip
+                    raise Refusal(
+                        "bad_request",
+                        "Invalid level",
+                        [str(exc)],
+                        stage="plan",
+                        field=f"model.categorical[{i}].levels",
+                    ) from None
         table = sa.table(entry.table_name, *(sa.column(c.name, c.sa_type()) for c in catalog.values()))
         rule = obligations.consent_filter
         dialect = self.rt.store.dialect.name
         for name in (rule.consent_column, rule.withdrawn_column):
             if name not in catalog:
-                raise Refusal("unavailable", "Consent columns missing",
-                              [f"the dataset lacks consent column {name!r}"], stage="plan")  # fmt: skip
+                raise Refusal(
+                    "unavailable",
+                    "Consent columns missing",
+                    [f"the dataset lacks consent column {name!r}"],
+                    stage="plan",
+                )
         where = consent_predicate(rule, table.c[rule.consent_column], table.c[rule.withdrawn_column], dialect)
         if withdrawn and entry.patient_column is not None:
             where = sa.and_(where, not_withdrawn(table.c[entry.patient_column], withdrawn, dialect))
-        wanted = list(dict.fromkeys([*model.columns(), *([entry.patient_column] if entry.patient_column else [])]))
+        wanted = list(
+            dict.fromkeys([*model.columns(), *([entry.patient_column] if entry.patient_column else [])])
+        )
         query = sa.select(*(table.c[c] for c in wanted)).where(where)
         try:
             with self.rt.store.connect() as conn:
                 rows = conn.execute(query).all()
         except sa.exc.SQLAlchemyError as exc:
-            raise Refusal("unavailable", "The store could not answer", [type(exc).__name__], stage="execute") from None
+            raise Refusal(
+                "unavailable", "The store could not answer", [type(exc).__name__], stage="execute"
+            ) from None
         frame = pd.DataFrame([tuple(r) for r in rows], columns=wanted)
         for cov in model.categorical:
             # Levels arrive as JSON scalars; compare them with the column's own Python values.
@@ -539,14 +628,27 @@ class GlmSiteService:
         self.sessions.remove(session.id)
         await self.rt.record(
             "glm.session_closed",
-            {"query_hash": sha256_label(session.query_hash), "session": session_digest(session.id),
-             "iterations": session.iterations, "reason": reason},
-            principal=principal, request_id=request_id,
-        )  # fmt: skip
+            {
+                "query_hash": sha256_label(session.query_hash),
+                "session": session_digest(session.id),
+                "iterations": session.iterations,
+                "reason": reason,
+            },
+            principal=principal,
+            request_id=request_id,
+        )
 
-    async def _refused(self, principal: Principal, request_id: str, stage: str, reasons: list[str],
-                       query_hash: str | None, *, session: str | None = None,
-                       iteration: int | None = None) -> None:  # fmt: skip
+    async def _refused(
+        self,
+        principal: Principal,
+        request_id: str,
+        stage: str,
+        reasons: list[str],
+        query_hash: str | None,
+        *,
+        session: str | None = None,
+        iteration: int | None = None,
+    ) -> None:
         payload: dict[str, Any] = {"stage": stage, "reasons": reasons or ["refused"]}
         if query_hash is not None:
             payload["query_hash"] = sha256_label(query_hash)
@@ -581,8 +683,9 @@ class InMemoryGlmSite:
 class LocalGlmSite:
     """The coordinator's own site, driven in-process through the same service its HTTP routes use."""
 
-    def __init__(self, service: GlmSiteService, principal: Principal, request: GlmSessionRequest,
-                 request_id: str) -> None:  # fmt: skip
+    def __init__(
+        self, service: GlmSiteService, principal: Principal, request: GlmSessionRequest, request_id: str
+    ) -> None:
         self.site = service.rt.settings.site_id
         self.service = service
         self.principal = principal
@@ -607,7 +710,9 @@ class LocalGlmSite:
             answer = await self.service.iterate(self.principal, self.session, body, self.request_id)
         except Refusal as refusal:
             self.session = None
-            raise SiteStopped(self.site, _state(refusal), refusal.reasons or [refusal.title], iteration) from None
+            raise SiteStopped(
+                self.site, _state(refusal), refusal.reasons or [refusal.title], iteration
+            ) from None
         return SiteStatistics.from_dict(answer, len(beta))
 
     async def close(self) -> None:

@@ -1,8 +1,9 @@
 """The typed query spec researchers send (the HTTP body): dataset, agreement, purpose, kind, filters, groups.
 
 A spec is one of six models told apart by `kind` (an explicit allow-list; a federated GLM is not a query
-spec but a session, see gateway.federation.glm_site). Filters are a small boolean tree: a leaf `{"column", "op", "value"}` or a node `{"and": [...]}`,
-`{"or": [...]}`, `{"not": node}`, at most 5 levels deep with at most 32 leaves. Nothing here knows the
+spec but a session, see gateway.federation.glm_site). Filters are a small boolean tree: a leaf
+`{"column", "op", "value"}` or a node `{"and": [...]}`, `{"or": [...]}`, `{"not": node}`, at most 5
+levels deep with at most 32 leaves. Nothing here knows the
 dataset's columns or types: `gateway.query.compile` checks those against the catalog and the obligations.
 """
 

@@ -5,8 +5,8 @@ Site side (the coordinator calls these with the researcher's own token):
     POST   /v1/glm/sessions/{id}/iterations     one iteration at β: XᵀWX, XᵀWz, deviance, Pearson χ², n
     DELETE /v1/glm/sessions/{id}                end the session
 Coordinator side (researcher role):
-    POST   /v1/federated-glm                    fit over this site and its peers; the coefficients, standard
-                                                errors, z, p and intervals, or "stopped" with each site's reason
+    POST   /v1/federated-glm                    fit over this site and its peers: coefficients, standard
+                                                errors, z, p, intervals, or "stopped" with each site's reason
 """
 
 from __future__ import annotations
@@ -64,11 +64,14 @@ def glm_service(request: Request, runtime: SiteRuntime) -> GlmSiteService:
 @router.post(
     "/v1/glm/sessions",
     summary="Open a GLM session at this site",
-    responses={202: {"description": "policy wants a steward's approval; nothing was opened"},
-               403: {"description": "denied by policy or disclosure control", **_PROBLEM}},
-)  # fmt: skip
-async def open_session(body: GlmSessionRequest, principal: ResearcherDep, runtime: RuntimeDep,
-                       request: Request) -> JSONResponse:  # fmt: skip
+    responses={
+        202: {"description": "policy wants a steward's approval; nothing was opened"},
+        403: {"description": "denied by policy or disclosure control", **_PROBLEM},
+    },
+)
+async def open_session(
+    body: GlmSessionRequest, principal: ResearcherDep, runtime: RuntimeDep, request: Request
+) -> JSONResponse:
     """Decide under this site's policy, load the consented rows here, check them, and open a session."""
     answer = await glm_service(request, runtime).open(principal, body, new_request_id())
     status = ACCEPTED if answer["status"] == "pending_approval" else OK
@@ -78,38 +81,45 @@ async def open_session(body: GlmSessionRequest, principal: ResearcherDep, runtim
 @router.post(
     "/v1/glm/sessions/{session_id}/iterations",
     summary="One Fisher-scoring iteration at β within an open session",
-    responses={403: {"description": "a disclosure check failed; the session is closed", **_PROBLEM},
-               404: {"description": "no such session of yours under this agreement", **_PROBLEM},
-               429: {"description": "the session's iteration cap is reached", **_PROBLEM}},
-)  # fmt: skip
-async def iterate(session_id: str, body: IterationRequest, principal: ResearcherDep, runtime: RuntimeDep,
-                  request: Request) -> dict[str, Any]:  # fmt: skip
+    responses={
+        403: {"description": "a disclosure check failed; the session is closed", **_PROBLEM},
+        404: {"description": "no such session of yours under this agreement", **_PROBLEM},
+        429: {"description": "the session's iteration cap is reached", **_PROBLEM},
+    },
+)
+async def iterate(
+    session_id: str, body: IterationRequest, principal: ResearcherDep, runtime: RuntimeDep, request: Request
+) -> dict[str, Any]:
     """Sums only: residuals and linear predictors stay here."""
     return await glm_service(request, runtime).iterate(principal, session_id, body, new_request_id())
 
 
 @router.delete("/v1/glm/sessions/{session_id}", summary="End a GLM session")
-async def close_session(session_id: str, principal: ResearcherDep, runtime: RuntimeDep,
-                        request: Request) -> dict[str, Any]:  # fmt: skip
+async def close_session(
+    session_id: str, principal: ResearcherDep, runtime: RuntimeDep, request: Request
+) -> dict[str, Any]:
     if not await glm_service(request, runtime).close(principal, session_id, new_request_id()):
         raise Refusal("not_found", "No such GLM session", ["no open GLM session with this id for you"])
     return {"session": session_id, "status": "closed"}
 
 
 @router.post("/v1/federated-glm", summary="Fit a GLM over this site and its peers")
-async def federated_glm(body: FederatedGlmRequest, principal: ResearcherDep, runtime: RuntimeDep,
-                        request: Request) -> dict[str, Any]:  # fmt: skip
-    """Fisher scoring as DataSHIELD's ds.glm; a site that refuses stops the fit and is named with its reason."""
+async def federated_glm(
+    body: FederatedGlmRequest, principal: ResearcherDep, runtime: RuntimeDep, request: Request
+) -> dict[str, Any]:
+    """Fisher scoring as DataSHIELD's ds.glm; a site that refuses stops the fit, named with its reason."""
     settings = runtime.settings
     peers = {p.id: p for p in settings.peers}
     wanted = body.sites or [settings.site_id, *peers]
     unknown = [s for s in wanted if s != settings.site_id and s not in peers]
     if unknown:
-        raise Refusal("bad_request", "Unknown site", [f"{s!r} is not a peer of this gateway" for s in unknown],
-                      field="sites")  # fmt: skip
-    session_request = GlmSessionRequest.model_validate(
-        body.model_dump(exclude={"sites", "max_iterations"})
-    )
+        raise Refusal(
+            "bad_request",
+            "Unknown site",
+            [f"{s!r} is not a peer of this gateway" for s in unknown],
+            field="sites",
+        )
+    session_request = GlmSessionRequest.model_validate(body.model_dump(exclude={"sites", "max_iterations"}))
     request_id = new_request_id()
     authorization = request.headers.get("authorization", "")
     link: PeerLink | None = getattr(request.app.state, "peers", None)
@@ -119,15 +129,31 @@ async def federated_glm(body: FederatedGlmRequest, principal: ResearcherDep, run
             sites.append(LocalGlmSite(glm_service(request, runtime), principal, session_request, request_id))
             continue
         if link is None or link.signer is None:
-            raise Refusal("unavailable", "This gateway cannot reach its peers",
-                          ["no peer signing key is configured (peer_key_file)"], stage="plan")  # fmt: skip
-        sites.append(HttpGlmSite(site, peers[site].url, authorization, session_request.model_dump(mode="json"),
-                                 link.http, sign=_signer(link.signer, site)))  # fmt: skip
+            raise Refusal(
+                "unavailable",
+                "This gateway cannot reach its peers",
+                ["no peer signing key is configured (peer_key_file)"],
+                stage="plan",
+            )
+        sites.append(
+            HttpGlmSite(
+                site,
+                peers[site].url,
+                authorization,
+                session_request.model_dump(mode="json"),
+                link.http,
+                sign=_signer(link.signer, site),
+            )
+        )
     try:
         fit = await fit_federated_glm(sites, body.model.family, max_iterations=body.max_iterations)
     except FitStopped as stopped:
-        return {"status": "stopped", "iteration": stopped.iteration, "reasons": [str(stopped)],
-                "sites": stopped.sites}  # fmt: skip
+        return {
+            "status": "stopped",
+            "iteration": stopped.iteration,
+            "reasons": [str(stopped)],
+            "sites": stopped.sites,
+        }
     except GlmFitError as exc:
         raise Refusal("bad_request", "The federated fit failed", [str(exc)], stage="combine") from None
     return fit.to_dict()

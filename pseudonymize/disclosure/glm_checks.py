@@ -33,9 +33,7 @@ def check_glm_release(
     that category of a binary covariate (a dummy or a two-valued column) or of the binomial outcome; both
     sides of every binary column must be listed by the caller."""
     if rows < min_rows:
-        raise GlmDisclosureError(
-            f"the model rests on fewer than {min_rows} rows at this site (glm_min_rows)"
-        )
+        raise GlmDisclosureError(f"the model rests on fewer than {min_rows} rows at this site (glm_min_rows)")
     if parameters > max_parameter_ratio * rows:
         raise GlmDisclosureError(
             f"the model has {parameters} parameters, more than {max_parameter_ratio:g} × the rows at this "

@@ -87,9 +87,7 @@ def coarsen_survival(
     return released
 
 
-def protect_survival(
-    edges: Sequence[float], counts: pd.DataFrame, rules: DisclosureRules
-) -> ProtectedTable:
+def protect_survival(edges: Sequence[float], counts: pd.DataFrame, rules: DisclosureRules) -> ProtectedTable:
     """The releasable survival table from per-bin counts (`bin` 0..k, `n`, `events`; bin k is beyond eₖ).
 
     Rows: `lower` (None for the first bin), `upper`, `at_risk`, `events`, `censored`."""

@@ -31,6 +31,9 @@ from oidc_issuer import LoopbackTestIssuer
 
 from audit.entry import parse_entry
 from connectors import ParquetConnector
+from gateway.client import Gateway
+from gateway.client_federation import Federation as FederationClient
+from gateway.client_federation import GlmStopped
 from gateway.federation.glm_fit import FitStopped, GlmFit, HttpGlmSite, SiteStatistics, fit_federated_glm
 from gateway.federation.km import pool_kaplan_meier, site_frame
 from pseudonymize.ingest import ingest
@@ -41,8 +44,19 @@ from pseudonymize.store import Store
 SITES = ["site-a", "site-b", "site-c"]
 AGREEMENT = "DSA-TEST-GBSG2"
 PURPOSE = {"duo": ["DUO:0000006"]}
-COLUMNS = ["horTh", "age", "menostat", "tsize", "tgrade", "pnodes", "progrec", "estrec", "time", "cens",
-           "log_time"]  # fmt: skip
+COLUMNS = [
+    "horTh",
+    "age",
+    "menostat",
+    "tsize",
+    "tgrade",
+    "pnodes",
+    "progrec",
+    "estrec",
+    "time",
+    "cens",
+    "log_time",
+]
 SPEC = """dataset: gbsg2
 agreement: DSA-TEST-GBSG2
 patient_key: patient_id
@@ -52,11 +66,21 @@ k_anonymity: {k: 2}
 columns:
   patient_id: {action: pseudonym, identifier: direct}
 """ + "".join(f"  {c}: keep\n" for c in [*COLUMNS, "consent_duo", "consent_withdrawn"])
-BINOMIAL = {"outcome": "cens", "family": "binomial", "numeric": ["age", "tsize", "pnodes"],
-            "categorical": [{"column": "tgrade", "levels": ["I", "II", "III"]},
-                            {"column": "horTh", "levels": ["no", "yes"]}]}  # fmt: skip
-GAUSSIAN = {"outcome": "log_time", "family": "gaussian", "numeric": ["age", "pnodes", "progrec"],
-            "categorical": [{"column": "menostat", "levels": ["Pre", "Post"]}]}  # fmt: skip
+BINOMIAL = {
+    "outcome": "cens",
+    "family": "binomial",
+    "numeric": ["age", "tsize", "pnodes"],
+    "categorical": [
+        {"column": "tgrade", "levels": ["I", "II", "III"]},
+        {"column": "horTh", "levels": ["no", "yes"]},
+    ],
+}
+GAUSSIAN = {
+    "outcome": "log_time",
+    "family": "gaussian",
+    "numeric": ["age", "pnodes", "progrec"],
+    "categorical": [{"column": "menostat", "levels": ["Pre", "Post"]}],
+}
 EDGES = [365.25 * i for i in range(1, 8)]
 
 
@@ -95,9 +119,15 @@ def add_gbsg2(fed: Federation, tmp: Path, parts: list[pd.DataFrame]) -> None:
         source = site.root / "gbsg2.parquet"
         pq.write_table(pa.Table.from_pandas(part, preserve_index=False), source)
         with Store(site.settings.store_url) as store:
-            ingest(ParquetConnector(source), load_spec(spec_path), str(spec_path),
-                   SecretKey.from_file(site.root / "keys/master.key"), store,
-                   jurisdiction=site.settings.jurisdiction, override_k=True)  # fmt: skip
+            ingest(
+                ParquetConnector(source),
+                load_spec(spec_path),
+                str(spec_path),
+                SecretKey.from_file(site.root / "keys/master.key"),
+                store,
+                jurisdiction=site.settings.jurisdiction,
+                override_k=True,
+            )
 
 
 @pytest.fixture(scope="module")
@@ -122,21 +152,24 @@ def glm_body(model: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"dataset": "gbsg2", "agreement": AGREEMENT, "purpose": PURPOSE, "model": model, **extra}
 
 
-def pooled_reference(model: dict[str, Any]) -> Any:
-    frame = gbsg2()
+def pooled_reference(model: dict[str, Any], frame: pd.DataFrame | None = None) -> Any:
+    frame = gbsg2() if frame is None else frame
     x = [np.ones(len(frame)), *(frame[c].to_numpy(dtype=float) for c in model["numeric"])]
     for cov in model["categorical"]:
         x += [(frame[cov["column"]] == level).to_numpy(dtype=float) for level in cov["levels"][1:]]
     family = {"binomial": sm.families.Binomial(), "gaussian": sm.families.Gaussian()}[model["family"]]
-    return sm.GLM(frame[model["outcome"]].to_numpy(dtype=float), np.column_stack(x), family=family).fit(tol=1e-12)
+    return sm.GLM(frame[model["outcome"]].to_numpy(dtype=float), np.column_stack(x), family=family).fit(
+        tol=1e-12
+    )
 
 
 @pytest.mark.parametrize("model", [BINOMIAL, GAUSSIAN], ids=["binomial", "gaussian"])
 def test_federated_glm_equals_statsmodels_pooled_fit(
     urls: dict[str, str], idp: LoopbackTestIssuer, model: dict[str, Any]
 ) -> None:
-    response = httpx.post(f"{urls['site-a']}/v1/federated-glm", json=glm_body(model),
-                          headers=researcher(idp), timeout=60)  # fmt: skip
+    response = httpx.post(
+        f"{urls['site-a']}/v1/federated-glm", json=glm_body(model), headers=researcher(idp), timeout=60
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "converged"
@@ -151,9 +184,16 @@ def test_federated_glm_equals_statsmodels_pooled_fit(
     assert "residual" not in response.text and "eta" not in body
 
 
-def test_kaplan_meier_equals_lifelines_at_released_bins(urls: dict[str, str], idp: LoopbackTestIssuer) -> None:
-    spec = {"dataset": "gbsg2", "agreement": AGREEMENT, "purpose": PURPOSE, "kind": "kaplan_meier",
-            "params": {"time": "time", "event": "cens", "edges": EDGES}}  # fmt: skip
+def test_kaplan_meier_equals_lifelines_at_released_bins(
+    urls: dict[str, str], idp: LoopbackTestIssuer
+) -> None:
+    spec = {
+        "dataset": "gbsg2",
+        "agreement": AGREEMENT,
+        "purpose": PURPOSE,
+        "kind": "kaplan_meier",
+        "params": {"time": "time", "event": "cens", "edges": EDGES},
+    }
     released = {}
     for site in SITES:
         response = httpx.post(f"{urls[site]}/v1/queries", json=spec, headers=researcher(idp), timeout=60)
@@ -200,8 +240,12 @@ def test_a_site_failing_disclosure_at_iteration_three_stops_the_fit(
     to_withdraw = grade_one[: len(grade_one) - 9]
 
     def withdraw() -> None:
-        response = httpx.post(f"{urls['site-c']}/v1/steward/datasets/gbsg2/withdrawals",
-                              json={"patients": to_withdraw}, headers=bearer(idp, "steward"), timeout=30)  # fmt: skip
+        response = httpx.post(
+            f"{urls['site-c']}/v1/steward/datasets/gbsg2/withdrawals",
+            json={"patients": to_withdraw},
+            headers=bearer(idp, "steward"),
+            timeout=30,
+        )
         assert response.status_code == 200, response.text
 
     body = glm_body(BINOMIAL)
@@ -210,8 +254,11 @@ def test_a_site_failing_disclosure_at_iteration_three_stops_the_fit(
     async def fit() -> None:
         async with httpx.AsyncClient() as client:
             sites = [HttpGlmSite(s, urls[s], authorization, body, client) for s in SITES[:2]]
-            sites.append(_WithdrawBeforeIteration3("site-c", urls["site-c"], authorization, body, client,
-                                                   withdraw=withdraw))  # fmt: skip
+            sites.append(
+                _WithdrawBeforeIteration3(
+                    "site-c", urls["site-c"], authorization, body, client, withdraw=withdraw
+                )
+            )
             await fit_federated_glm(sites, "binomial")
 
     with pytest.raises(FitStopped) as stopped:
@@ -229,27 +276,35 @@ def audit_events(url: str, idp: LoopbackTestIssuer) -> list[str]:
     """Event types of a site's last 1000 audit entries, read through the auditor API."""
     headers = bearer(idp, "auditor")
     size = httpx.get(f"{url}/v1/audit/entries", params={"start": 0, "end": 0}, headers=headers).json()["size"]
-    rows = httpx.get(f"{url}/v1/audit/entries", params={"start": max(0, size - 1000), "end": size},
-                     headers=headers, timeout=30).json()["entries"]  # fmt: skip
+    rows = httpx.get(
+        f"{url}/v1/audit/entries",
+        params={"start": max(0, size - 1000), "end": size},
+        headers=headers,
+        timeout=30,
+    ).json()["entries"]
     return [parse_entry(base64.b64decode(row["entry"]))["type"] for row in rows]
 
 
 def test_beta_outside_a_session_is_refused_and_audited(urls: dict[str, str], idp: LoopbackTestIssuer) -> None:
     url = urls["site-b"]
     crafted = {"agreement": AGREEMENT, "beta": [0.0] * 7}
-    response = httpx.post(f"{url}/v1/glm/sessions/{'0' * 32}/iterations", json=crafted,
-                          headers=researcher(idp), timeout=30)  # fmt: skip
+    response = httpx.post(
+        f"{url}/v1/glm/sessions/{'0' * 32}/iterations", json=crafted, headers=researcher(idp), timeout=30
+    )
     assert response.status_code == 404
     assert "within a session you opened" in response.json()["reasons"][0]
-    opened = httpx.post(f"{url}/v1/glm/sessions", json=glm_body(BINOMIAL), headers=researcher(idp), timeout=30)
+    opened = httpx.post(
+        f"{url}/v1/glm/sessions", json=glm_body(BINOMIAL), headers=researcher(idp), timeout=30
+    )
     assert opened.status_code == 200, opened.text
     session = opened.json()["session"]
     path = f"{url}/v1/glm/sessions/{session}/iterations"
     # Another researcher, or the same one under another agreement, cannot use the session.
     other = httpx.post(path, json=crafted, headers=researcher(idp, sub="researcher-2"), timeout=30)
     assert other.status_code == 404
-    wrong_agreement = httpx.post(path, json={**crafted, "agreement": "DSA-TEST-OPEN"}, headers=researcher(idp),
-                                 timeout=30)  # fmt: skip
+    wrong_agreement = httpx.post(
+        path, json={**crafted, "agreement": "DSA-TEST-OPEN"}, headers=researcher(idp), timeout=30
+    )
     assert wrong_agreement.status_code == 404
     wrong_size = httpx.post(path, json={**crafted, "beta": [0.0] * 3}, headers=researcher(idp), timeout=30)
     assert wrong_size.status_code == 422
@@ -268,9 +323,51 @@ def test_a_model_over_a_column_the_agreement_does_not_grant_is_denied(
     urls: dict[str, str], idp: LoopbackTestIssuer
 ) -> None:
     model = {**GAUSSIAN, "numeric": ["age", "consent_duo"]}
-    response = httpx.post(f"{urls['site-a']}/v1/federated-glm", json=glm_body(model, sites=["site-a", "site-b"]),
-                          headers=researcher(idp), timeout=60)  # fmt: skip
+    response = httpx.post(
+        f"{urls['site-a']}/v1/federated-glm",
+        json=glm_body(model, sites=["site-a", "site-b"]),
+        headers=researcher(idp),
+        timeout=60,
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "stopped"
     assert {s["status"] for s in body["sites"]} == {"denied"}
+
+
+def test_the_federation_client_fits_and_reports_a_stopped_fit(
+    urls: dict[str, str], idp: LoopbackTestIssuer
+) -> None:
+    token = researcher(idp)["Authorization"].removeprefix("Bearer ")
+    # Sites A and B only: the withdrawal test changes site C.
+    with FederationClient(urls["site-b"], token, sites=["site-a", "site-b"]) as client:
+        fit = client.glm(
+            "gbsg2",
+            AGREEMENT,
+            "DUO:0000006",
+            "log_time",
+            "gaussian",
+            numeric=["age", "pnodes", "progrec"],
+            categorical={"menostat": ["Pre", "Post"]},
+        )
+        ref = pooled_reference(GAUSSIAN, pd.concat(thirds(gbsg2())[:2]))
+        np.testing.assert_allclose(fit.params.to_numpy(), ref.params, rtol=1e-6)
+        np.testing.assert_allclose(fit.bse.to_numpy(), ref.bse, rtol=1e-6)
+        assert list(fit.params.index) == ["(Intercept)", "age", "pnodes", "progrec", "menostat[Post]"]
+        assert fit.summary().shape == (5, 6)
+        with pytest.raises(GlmStopped) as stopped:
+            client.glm(
+                "gbsg2",
+                AGREEMENT,
+                "DUO:0000006",
+                "cens",
+                "binomial",
+                numeric=["age", "estrec"],
+                categorical={"tgrade": ["I", "II", "III", "IV"]},
+            )
+        assert set(stopped.value.sites["status"]) == {"suppressed"}
+        assert "tgrade=IV" in stopped.value.reasons[0]
+    with Gateway(urls["site-b"], token) as site:
+        bins = site.kaplan_meier("gbsg2", AGREEMENT, "DUO:0000006", "time", "cens", EDGES)
+        assert list(bins.columns) == ["lower", "upper", "at_risk", "events", "censored"]
+        assert int(bins["at_risk"].iloc[0]) == len(thirds(gbsg2())[1])

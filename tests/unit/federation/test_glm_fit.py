@@ -61,14 +61,30 @@ def reference(frame: pd.DataFrame, model: GlmModel) -> sm.regression.linear_mode
 
 
 MODELS = [
-    GlmModel(outcome="cens", family="binomial", numeric=["age", "tsize", "pnodes"],
-             categorical=[CategoricalCovariate(column="tgrade", levels=["I", "II", "III"]),
-                          CategoricalCovariate(column="horTh", levels=["no", "yes"])]),
-    GlmModel(outcome="log_time", family="gaussian", numeric=["age", "pnodes"],
-             categorical=[CategoricalCovariate(column="menostat", levels=["Pre", "Post"])], weights="weight"),
-    GlmModel(outcome="pnodes", family="poisson", numeric=["age", "tsize"], offset="exposure",
-             categorical=[CategoricalCovariate(column="tgrade", levels=["II", "I", "III"])]),
-]  # fmt: skip
+    GlmModel(
+        outcome="cens",
+        family="binomial",
+        numeric=["age", "tsize", "pnodes"],
+        categorical=[
+            CategoricalCovariate(column="tgrade", levels=["I", "II", "III"]),
+            CategoricalCovariate(column="horTh", levels=["no", "yes"]),
+        ],
+    ),
+    GlmModel(
+        outcome="log_time",
+        family="gaussian",
+        numeric=["age", "pnodes"],
+        categorical=[CategoricalCovariate(column="menostat", levels=["Pre", "Post"])],
+        weights="weight",
+    ),
+    GlmModel(
+        outcome="pnodes",
+        family="poisson",
+        numeric=["age", "tsize"],
+        offset="exposure",
+        categorical=[CategoricalCovariate(column="tgrade", levels=["II", "I", "III"])],
+    ),
+]
 
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.family)
@@ -123,7 +139,7 @@ def test_design_is_identical_whatever_levels_a_site_holds() -> None:
 class _Refusing(InMemoryGlmSite):
     async def iterate(self, beta: object, iteration: int) -> SiteStatistics:
         if iteration == 3:
-            raise SiteStopped(self.site, "stopped", ["fewer than 10 rows in that category"], iteration)
+            raise SiteStopped(self.site, "suppressed", ["fewer than 10 rows in that category"], iteration)
         return await super().iterate(beta, iteration)  # type: ignore[arg-type]
 
 
@@ -131,15 +147,21 @@ def test_a_site_refusing_at_iteration_three_stops_the_fit_with_its_reason() -> N
     frame = gbsg2()
     model = MODELS[0]
     names = model.parameter_names()
-    sites = [InMemoryGlmSite("a", names, design(frame.iloc[:300], model), "binomial"),
-             _Refusing("b", names, design(frame.iloc[300:], model), "binomial")]  # fmt: skip
+    sites = [
+        InMemoryGlmSite("a", names, design(frame.iloc[:300], model), "binomial"),
+        _Refusing("b", names, design(frame.iloc[300:], model), "binomial"),
+    ]
     with pytest.raises(FitStopped) as stopped:
         asyncio.run(fit_federated_glm(sites, "binomial"))
     assert stopped.value.iteration == 3
     table = {row["site"]: row for row in stopped.value.sites}
     assert table["a"]["status"] == "answered"
-    assert table["b"] == {"site": "b", "status": "stopped", "iteration": 3,
-                          "reasons": ["fewer than 10 rows in that category"]}  # fmt: skip
+    assert table["b"] == {
+        "site": "b",
+        "status": "stopped",
+        "iteration": 3,
+        "reasons": ["fewer than 10 rows in that category"],
+    }
 
 
 def test_collinear_covariates_are_a_clear_error() -> None:
@@ -160,7 +182,8 @@ def test_iteration_cap_reports_not_converged() -> None:
 
 def test_malformed_site_answers_are_refused() -> None:
     with pytest.raises(GlmFitError, match="wrong number"):
-        SiteStatistics.from_dict({"xtwx": [[1.0]], "xtwz": [1.0, 2.0], "deviance": 1, "pearson_chi2": 1,
-                                  "n": 3}, 2)  # fmt: skip
+        SiteStatistics.from_dict(
+            {"xtwx": [[1.0]], "xtwz": [1.0, 2.0], "deviance": 1, "pearson_chi2": 1, "n": 3}, 2
+        )
     with pytest.raises(GlmFitError, match="malformed"):
         SiteStatistics.from_dict({"xtwx": [[1.0]]}, 1)
