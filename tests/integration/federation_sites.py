@@ -99,12 +99,12 @@ def build_federation(
             if other == sid:
                 continue
             other_settings = sites[other].settings
-            log_key = load_log_key(other_settings.log_key_file).public_key()
+            verifier = load_log_key(other_settings.log_key_file).public_key()
             peers.append({
                 "id": other,
                 "url": f"http://127.0.0.1:{ports[other]}",
                 "request_key": public[other],
-                "log_key": verifier_key_text(other_settings.audit_origin, log_key),
+                "log_key": verifier_key_text(other_settings.audit_origin, verifier),
             })  # fmt: skip
         _add_peers(sites[sid], peers + extra_entries)
     fed = Federation(sites, ports, extra_keys)
