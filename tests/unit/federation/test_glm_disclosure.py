@@ -1,0 +1,136 @@
+"""GLM disclosure checks: rows, parameters per row, binary cells — with the attacks they stop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gateway.federation.glm_site import (
+    CategoricalCovariate,
+    GlmArrays,
+    GlmDataError,
+    GlmModel,
+    GlmSessions,
+    binary_cells,
+    design,
+    iteration_statistics,
+)
+from pseudonymize.disclosure import DisclosureError, DisclosureRules
+from pseudonymize.disclosure.glm_checks import GlmDisclosureError, check_glm_release
+
+RULES = DisclosureRules(10)
+
+
+def check(
+    rows: int, parameters: int, cells: dict[str, int] | None = None, rules: DisclosureRules = RULES
+) -> None:
+    check_glm_release(rows, parameters, cells or {}, rules, min_rows=10, max_parameter_ratio=0.1)
+
+
+def test_enough_rows_few_parameters_and_large_cells_pass() -> None:
+    check(100, 10, {"sex=F": 50, "sex=M": 50})
+
+
+def test_fewer_rows_than_glm_min_rows_fail() -> None:
+    with pytest.raises(GlmDisclosureError, match="glm_min_rows"):
+        check(9, 1)
+
+
+def test_more_parameters_than_the_ratio_allows_fail() -> None:
+    # A model with a parameter per few rows is close to a lookup table of those rows.
+    with pytest.raises(GlmDisclosureError, match="glm_max_parameter_ratio"):
+        check(100, 11)
+
+
+def test_a_small_binary_cell_fails_and_is_named_without_its_count() -> None:
+    with pytest.raises(GlmDisclosureError) as refused:
+        check(100, 3, {"smoker=1": 9, "smoker=0": 91, "sex=F": 50})
+    assert "smoker=1" in refused.value.reason and "sex=F" not in refused.value.reason
+    assert "9" not in refused.value.reason.replace("min_cell_count", "")
+    assert isinstance(refused.value, DisclosureError)
+
+
+def test_a_zero_cell_passes_only_where_the_agreement_keeps_zeros() -> None:
+    with pytest.raises(GlmDisclosureError):
+        check(100, 3, {"grade=IV": 0})
+    check(100, 3, {"grade=IV": 0}, DisclosureRules(10, keep_zero_cells=True))
+
+
+def test_the_information_matrix_reveals_a_dummys_count() -> None:
+    """Why binary cells are checked: for a gaussian model XᵀX holds each dummy's row count."""
+    frame = pd.DataFrame({"y": np.arange(40.0), "grade": ["a"] * 33 + ["b"] * 7})
+    model = GlmModel(
+        outcome="y", family="gaussian", categorical=[CategoricalCovariate(column="grade", levels=["a", "b"])]
+    )
+    data = design(frame, model)
+    stats = iteration_statistics(data, np.zeros(2), "gaussian")
+    assert stats.xtwx[1, 1] == 7
+    cells = binary_cells(data, model)
+    assert cells["grade=b"] == 7 and cells["grade=a (reference)"] == 33
+    with pytest.raises(GlmDisclosureError, match="grade=b"):
+        check(40, 2, cells)
+
+
+def test_binary_cells_cover_two_valued_numeric_columns_and_the_binomial_outcome() -> None:
+    frame = pd.DataFrame({"y": [0, 1] * 20, "smoker": [0.0] * 35 + [1.0] * 5, "age": np.arange(40.0)})
+    model = GlmModel(outcome="y", family="binomial", numeric=["smoker", "age"])
+    cells = binary_cells(design(frame, model), model)
+    assert cells == {"smoker=0": 35, "smoker=1": 5, "y=1": 20, "y=0": 20}
+
+
+def test_design_leaves_out_incomplete_rows_other_levels_and_non_positive_weights() -> None:
+    frame = pd.DataFrame(
+        {
+            "y": [1.0, 2.0, None, 4.0, 5.0, 6.0],
+            "g": ["a", "b", "a", "c", "a", "b"],
+            "w": [1.0, 2.0, 1.0, 1.0, 0.0, -1.0],
+        }
+    )
+    model = GlmModel(
+        outcome="y",
+        family="gaussian",
+        categorical=[CategoricalCovariate(column="g", levels=["a", "b"])],
+        weights="w",
+    )
+    data = design(frame, model)
+    assert data.rows == 2
+    assert data.y.tolist() == [1.0, 2.0] and data.weights.tolist() == [1.0, 2.0]
+
+
+def test_outcomes_outside_the_family_are_refused() -> None:
+    frame = pd.DataFrame({"y": [0.0, 2.0, 1.0], "x": [1.0, 2.0, 3.0]})
+    with pytest.raises(GlmDataError, match="0/1"):
+        design(frame, GlmModel(outcome="y", family="binomial", numeric=["x"]))
+    with pytest.raises(GlmDataError, match="negative"):
+        design(frame.assign(y=[-1.0, 0.0, 1.0]), GlmModel(outcome="y", family="poisson", numeric=["x"]))
+
+
+def test_withdrawn_patients_leave_the_session_data() -> None:
+    data = GlmArrays(
+        np.ones((3, 1)), np.zeros(3), np.zeros(3), np.ones(3), np.array(["p1", "p2", "p3"], object)
+    )
+    left = data.without({"p2"})
+    assert left.rows == 2 and left.patients is not None and left.patients.tolist() == ["p1", "p3"]
+
+
+def test_model_spec_rejects_duplicates_and_reference_only_levels() -> None:
+    with pytest.raises(ValueError, match="twice"):
+        GlmModel(outcome="y", family="gaussian", numeric=["y"])
+    with pytest.raises(ValueError):
+        CategoricalCovariate(column="g", levels=["a"])
+    with pytest.raises(ValueError, match="distinct"):
+        CategoricalCovariate(column="g", levels=["a", "a"])
+    names = GlmModel(
+        outcome="y",
+        family="poisson",
+        numeric=["x"],
+        categorical=[CategoricalCovariate(column="g", levels=["a", "b", "c"])],
+    ).parameter_names()
+    assert names == ["(Intercept)", "x", "g[b]", "g[c]"]
+
+
+def test_sessions_belong_to_one_researcher_and_agreement_and_expire() -> None:
+    sessions = GlmSessions(idle_seconds=0.0)
+    assert sessions.get("nope", "r1", "DSA") is None
+    assert len(sessions) == 0
