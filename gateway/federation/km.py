@@ -10,8 +10,10 @@ The pooled curve is the Kaplan–Meier estimate of the pooled rows with each tim
 of its common bin: S(uⱼ) = Πᵢ≤ⱼ (1 − dᵢ/nᵢ). `std_err` is Greenwood's S·√Σ dᵢ/(nᵢ(nᵢ−dᵢ)); the interval
 is the log(−log) ("exponential Greenwood") one lifelines reports, which stays inside [0, 1].
 
-The federation-core combine step calls `pool_kaplan_meier(site_results)` with each answered site's
-released rows; `site_frame(body)` turns one site's `/v1/queries` answer into such a frame.
+The federation-core combine step calls `pool_released_answers(bodies)` with each answered site's
+`/v1/queries` body (or `pool_kaplan_meier(site_results)` with frames from `site_frame(body)`). Every pooled
+count is a sum of counts that passed the cell rule at their site, so it passes too; the pooled table is
+checked again all the same.
 """
 
 from __future__ import annotations
@@ -108,6 +110,37 @@ def pool_kaplan_meier(site_results: Mapping[str, pd.DataFrame], *, alpha: float 
         lower = upper
     pooled = pd.DataFrame(rows, columns=list(SITE_COLUMNS))
     return _curve(pooled, alpha)
+
+
+@dataclass(frozen=True)
+class PooledSurvival:
+    """The pooled curve as JSON-ready rows, with the strictest site threshold and what pooling did."""
+
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    min_cell_count: int
+    reasons: list[str]
+
+
+def pool_released_answers(bodies: Mapping[str, Mapping[str, Any]], *, alpha: float = 0.05) -> PooledSurvival:
+    """Pool sites' `kaplan_meier` answers (site → body); KaplanMeierPoolError when they cannot be pooled."""
+    frames = {site: site_frame(body) for site, body in bodies.items()}
+    curve = pool_kaplan_meier(frames, alpha=alpha)
+    minimum = max(int((body.get("disclosure") or {}).get("min_cell_count") or 1) for body in bodies.values())
+    counts = curve[["at_risk", "events", "censored"]].to_numpy()
+    # Zeros pass only where a site's agreement let them show; sums of released counts never fall below.
+    if ((counts > 0) & (counts < minimum)).any():
+        raise KaplanMeierPoolError("a pooled count fell below the cell rule")
+    finest = max(len(frame) for frame in frames.values())
+    reasons = [
+        f"pooled on the {len(curve)} bins every site released (the finest site released {finest}); "
+        f"every count is a sum of site counts of at least {minimum}"
+    ]
+    rows = [
+        {str(k): (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        for row in curve.astype(object).to_dict("records")
+    ]
+    return PooledSurvival(list(POOLED_COLUMNS), rows, minimum, reasons)
 
 
 def _curve(pooled: pd.DataFrame, alpha: float) -> pd.DataFrame:

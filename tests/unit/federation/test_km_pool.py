@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from lifelines import KaplanMeierFitter
 from lifelines.datasets import load_kidney_transplant, load_lung
 
-from gateway.federation.km import KaplanMeierPoolError, pool_kaplan_meier, site_frame
+from gateway.federation.km import KaplanMeierPoolError, pool_kaplan_meier, pool_released_answers, site_frame
 from gateway.query import KaplanMeierQuery, QuerySpecError, parse_query_spec
 from pseudonymize.disclosure import DisclosureRules
 from pseudonymize.disclosure.km_bins import (
@@ -160,3 +160,19 @@ def test_kaplan_meier_spec_validation() -> None:
         parse_query_spec({**base, "params": {"time": "t", "event": "e", "edges": [2, 1]}})
     with pytest.raises(QuerySpecError):
         parse_query_spec({**base, "group_by": ["sex"], "params": {"time": "t", "event": "e", "edges": [1]}})
+
+
+def test_pooled_answers_are_json_rows_that_pass_the_cell_rule() -> None:
+    frame = load_kidney_transplant()
+    sites = released(frame, "time", "death", [365.0 * i for i in range(1, 9)], parts=2)
+    bodies = {
+        site: {"rows": table.astype(object).where(table.notna(), None).to_dict("records"),
+               "disclosure": {"min_cell_count": 10}}
+        for site, table in sites.items()
+    }  # fmt: skip
+    pooled = pool_released_answers(bodies)
+    assert pooled.columns[:5] == ["lower", "upper", "at_risk", "events", "censored"]
+    assert pooled.rows[0]["lower"] is None and pooled.min_cell_count == 10
+    assert all(row["events"] >= 10 for row in pooled.rows)
+    expected = pool_kaplan_meier(sites)
+    assert [row["survival"] for row in pooled.rows] == expected["survival"].tolist()
