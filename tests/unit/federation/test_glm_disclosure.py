@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from gateway.decision.models import Purpose
 from gateway.federation.glm_site import (
     CategoricalCovariate,
     GlmArrays,
     GlmDataError,
     GlmModel,
+    GlmSession,
+    GlmSessionRequest,
     GlmSessions,
     binary_cells,
     design,
@@ -130,7 +135,34 @@ def test_model_spec_rejects_duplicates_and_reference_only_levels() -> None:
     assert names == ["(Intercept)", "x", "g[b]", "g[c]"]
 
 
-def test_sessions_belong_to_one_researcher_and_agreement_and_expire() -> None:
-    sessions = GlmSessions(idle_seconds=0.0)
-    assert sessions.get("nope", "r1", "DSA") is None
-    assert len(sessions) == 0
+def _session(sub: str, agreement: str) -> GlmSession:
+    request = GlmSessionRequest(
+        dataset="d",
+        agreement=agreement,
+        purpose=Purpose(duo=("DUO:0000006",)),
+        model=GlmModel(outcome="y", family="gaussian", numeric=["x"]),
+    )
+    data = GlmArrays(np.ones((20, 2)), np.zeros(20), np.zeros(20), np.ones(20))
+    return GlmSession(uuid.uuid4().hex, sub, request, "0" * 64, None, None, data, set())  # type: ignore[arg-type]
+
+
+def test_sessions_belong_to_one_researcher_and_agreement() -> None:
+    sessions = GlmSessions()
+    session = _session("researcher-1", "DSA-1")
+    sessions.add(session)
+    assert sessions.get(session.id, "researcher-1", "DSA-1") is session
+    assert sessions.get(session.id, "researcher-2", "DSA-1") is None
+    assert sessions.get(session.id, "researcher-1", "DSA-2") is None
+    assert sessions.owned(session.id, "researcher-2") is None
+    sessions.remove(session.id)
+    assert sessions.get(session.id, "researcher-1", "DSA-1") is None
+
+
+def test_idle_sessions_expire() -> None:
+    sessions = GlmSessions(idle_seconds=60)
+    stale, fresh = _session("r", "A"), _session("r", "A")
+    stale.last_used -= 61
+    sessions.add(stale)
+    sessions.add(fresh)
+    assert sessions.get(stale.id, "r", "A") is None and sessions.get(fresh.id, "r", "A") is fresh
+    assert len(sessions) == 1
