@@ -158,7 +158,7 @@ def test_a_site_refusing_at_iteration_three_stops_the_fit_with_its_reason() -> N
     assert table["a"]["status"] == "answered"
     assert table["b"] == {
         "site": "b",
-        "status": "stopped",
+        "status": "suppressed",
         "iteration": 3,
         "reasons": ["fewer than 10 rows in that category"],
     }
