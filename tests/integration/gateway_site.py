@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 AUDIENCE = "fedgate-site-de"
 COLUMNS = ["age_band", "sex", "postcode_area", "country", "icd10", "hba1c", "bmi", "systolic_bp", "smoking",
            "outcome", "survival_days", "event", "admission_date"]  # fmt: skip
-KINDS = ["count", "crosstab", "summary", "histogram", "quantiles"]
+KINDS = ["count", "crosstab", "summary", "histogram", "quantiles", "glm", "kaplan_meier"]
 
 
 def _agreement(**overrides: Any) -> dict[str, Any]:

@@ -59,3 +59,30 @@ def test_readme_walkthrough_runs(tmp_path: Path) -> None:
     assert (tmp_path / "examples/site-de/keys/master.key").stat().st_mode & 0o777 == 0o600
     store = (tmp_path / "examples/site-de/var/store.duckdb").read_bytes()
     assert b"MRN-DE-" not in store
+
+
+def readme_python_block() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Researchers: the Python client", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert block is not None
+    return block.group(1)
+
+
+def test_readme_client_example_runs_against_two_gateways(tmp_path: Path) -> None:
+    """The README's client example, pointed at two real gateways (the names and agreement swapped in)."""
+    from federation_sites import build_federation, running_federation
+    from gateway_site import AUDIENCE
+    from oidc_issuer import LoopbackTestIssuer
+
+    with LoopbackTestIssuer(audience=AUDIENCE) as idp:
+        federation = build_federation(tmp_path, idp.issuer_url, ["site-de", "site-fr"], rows=2000)
+        with running_federation(federation) as urls:
+            code = readme_python_block()
+            code = code.replace("https://fedgate.site-de.example", urls["site-de"])
+            code = code.replace("https://fedgate.site-fr.example", urls["site-fr"])
+            code = code.replace("DSA-DEMO-2026", "DSA-TEST-OPEN")
+            token = idp.token(sub="readme", org="org-aphp", country="FR", roles=["researcher"])
+            namespace: dict[str, object] = {"token": token, "print": lambda *a, **k: None}
+            exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own example
+    assert {"table", "pooled", "fit"} <= set(namespace)
