@@ -148,8 +148,13 @@ def combine(kind: PoolKind, group_by: Sequence[str], tables: Sequence[SiteTable]
             row["suppressed"] = False
             row["suppression_reason"] = None
         rows.append(row)
-    return PooledTable(columns, rows, minimum, hidden_at_site + hidden_small,
-                       _reasons(kind, hidden_at_site, hidden_small, minimum, tables))  # fmt: skip
+    return PooledTable(
+        columns,
+        rows,
+        minimum,
+        hidden_at_site + hidden_small,
+        _reasons(kind, hidden_at_site, hidden_small, minimum, tables),
+    )
 
 
 def _moments(n: int, total: float, total_sq: float) -> dict[str, float | None]:
@@ -162,11 +167,13 @@ def _moments(n: int, total: float, total_sq: float) -> dict[str, float | None]:
 def _reasons(kind: str, at_site: int, small: int, minimum: int, tables: Sequence[SiteTable]) -> list[str]:
     unit = "group" if kind == "summary" else "entry"
     reasons = [
-        f"{at_site} pooled {unit}(s) hidden because a site suppressed them" if at_site
+        f"{at_site} pooled {unit}(s) hidden because a site suppressed them"
+        if at_site
         else "no site suppressed an entry of the pooled table",
-        f"{small} pooled {unit}(s) below the federation's minimum of {minimum} hidden" if small
+        f"{small} pooled {unit}(s) below the federation's minimum of {minimum} hidden"
+        if small
         else f"every released pooled count passes the federation's minimum of {minimum}",
-    ]  # fmt: skip
+    ]
     rounded = sorted({t.round_to for t in tables if t.round_to > 1})
     if rounded:
         reasons.append(f"pooled from counts that sites rounded to multiples of {rounded}")

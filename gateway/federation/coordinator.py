@@ -32,7 +32,14 @@ from gateway.federation.quantiles import SiteQuantiles, plan_edges, pool_quantil
 from gateway.federation.signing import HEADER
 from gateway.pipeline import QueryPipeline, new_request_id, sha256_label
 from gateway.problems import ACCEPTED, OK, STATUS
-from gateway.query import HistogramQuery, QuantilesQuery, QuerySpec, parse_query_spec, quantile_name
+from gateway.query import (
+    HistogramQuery,
+    QuantilesQuery,
+    QuerySpec,
+    QuerySpecError,
+    parse_query_spec,
+    quantile_name,
+)
 from gateway.refusal import Refusal
 from gateway.runtime import SiteRuntime
 
@@ -40,8 +47,14 @@ SiteStatus = Literal[
     "answered", "denied", "suppressed", "approval_pending", "unreachable", "timed_out", "invalid_answer"
 ]
 STATUSES: tuple[SiteStatus, ...] = (
-    "answered", "denied", "suppressed", "approval_pending", "unreachable", "timed_out", "invalid_answer"
-)  # fmt: skip
+    "answered",
+    "denied",
+    "suppressed",
+    "approval_pending",
+    "unreachable",
+    "timed_out",
+    "invalid_answer",
+)
 DEFAULT_TIMEOUT_S = 10.0
 POOLED_KINDS = ("count", "crosstab", "summary", "histogram", "quantiles")
 QUERIES_PATH = "/v1/queries"
@@ -78,8 +91,13 @@ class SiteOutcome:
     body: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"site": self.site, "status": self.status, "reasons": self.reasons,
-                "request_id": self.request_id, "duration_ms": round(self.duration_ms, 3)}  # fmt: skip
+        return {
+            "site": self.site,
+            "status": self.status,
+            "reasons": self.reasons,
+            "request_id": self.request_id,
+            "duration_ms": round(self.duration_ms, 3),
+        }
 
 
 def parse_federated(body: Any) -> tuple[QuerySpec, list[str] | None, float]:
@@ -91,24 +109,22 @@ def parse_federated(body: Any) -> tuple[QuerySpec, list[str] | None, float]:
     rest = dict(body)
     sites = rest.pop("sites", None)
     timeout = rest.pop("timeout_s", DEFAULT_TIMEOUT_S)
-    if sites is not None and (
-        not isinstance(sites, list) or not sites or not all(isinstance(s, str) for s in sites)
-        or len(set(sites)) != len(sites)
-    ):  # fmt: skip
-        raise Refusal("bad_request", "Invalid federated query", ["sites must be a non-empty list of distinct "
-                      "site ids"], field="sites")  # fmt: skip
+    distinct_ids = (
+        isinstance(sites, list) and all(isinstance(s, str) for s in sites) and len(set(sites)) == len(sites)
+    )
+    if sites is not None and (not sites or not distinct_ids):
+        reason = "sites must be a non-empty list of distinct site ids"
+        raise Refusal("bad_request", "Invalid federated query", [reason], field="sites")
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0.1 <= timeout <= 60:
-        raise Refusal("bad_request", "Invalid federated query", ["timeout_s must be between 0.1 and 60"],
-                      field="timeout_s")  # fmt: skip
-    from gateway.query import QuerySpecError
-
+        reason = "timeout_s must be a number of seconds between 0.1 and 60"
+        raise Refusal("bad_request", "Invalid federated query", [reason], field="timeout_s")
     try:
         spec = parse_query_spec(rest)
     except QuerySpecError as exc:
         raise Refusal("bad_request", "Invalid federated query", [str(exc)], field=exc.field) from None
     if spec.kind not in POOLED_KINDS:
-        raise Refusal("bad_request", "Not a federated kind", [f"{spec.kind} has its own federated endpoint"],
-                      field="kind")  # fmt: skip
+        reason = f"{spec.kind} has its own federated endpoint"
+        raise Refusal("bad_request", "Not a federated kind", [reason], field="kind")
     return spec, sites, float(timeout)
 
 
@@ -127,8 +143,12 @@ class Coordinator:
             return mine + sorted(self.link.peers)
         unknown = [s for s in sites if s != own and s not in self.link.peers]
         if unknown:
-            raise Refusal("bad_request", "Unknown site", [f"{', '.join(unknown)}: not a peer of this site"],
-                          field="sites")  # fmt: skip
+            raise Refusal(
+                "bad_request",
+                "Unknown site",
+                [f"{', '.join(unknown)}: not a peer of this site"],
+                field="sites",
+            )
         return sites
 
     async def run(
@@ -138,15 +158,25 @@ class Coordinator:
         request_id = new_request_id()
         targets = self.targets(spec, sites)
         if any(t != self.rt.settings.site_id for t in targets) and self.link.signer is None:
-            raise Refusal("unavailable", "No peer signing key", ["this site has no peer_key_file to sign "
-                          "requests to its peers with"], stage="federate")  # fmt: skip
+            raise Refusal(
+                "unavailable",
+                "No peer signing key",
+                ["this site has no peer_key_file to sign requests to its peers with"],
+                stage="federate",
+            )
         query_hash = spec.query_hash()
         await self.rt.record(
             "federation.received",
-            {"query_hash": sha256_label(query_hash), "kind": spec.kind, "dataset": spec.dataset,
-             "dsa": spec.agreement, "sites": len(targets)},
-            principal=principal, request_id=request_id,
-        )  # fmt: skip
+            {
+                "query_hash": sha256_label(query_hash),
+                "kind": spec.kind,
+                "dataset": spec.dataset,
+                "dsa": spec.agreement,
+                "sites": len(targets),
+            },
+            principal=principal,
+            request_id=request_id,
+        )
         outcomes, pooled = await self._gather(principal, token, spec, targets, timeout_s)
         covered = [o.site for o in outcomes if o.status == "answered"]
         result: dict[str, Any] = {"columns": [], "rows": [], "disclosure": {"reasons": ["no site answered"]}}
@@ -156,10 +186,15 @@ class Coordinator:
         counts = {s: sum(1 for o in outcomes if o.status == s) for s in STATUSES}
         await self.rt.record(
             "federation.released",
-            {"query_hash": sha256_label(query_hash), "result_hash": sha256_label(result_hash),
-             "covered": len(covered), **{k: v for k, v in counts.items() if v}},
-            principal=principal, request_id=request_id,
-        )  # fmt: skip
+            {
+                "query_hash": sha256_label(query_hash),
+                "result_hash": sha256_label(result_hash),
+                "covered": len(covered),
+                **{k: v for k, v in counts.items() if v},
+            },
+            principal=principal,
+            request_id=request_id,
+        )
         return {
             "request_id": request_id,
             "status": "released" if covered else "no_site_answered",
@@ -254,14 +289,16 @@ class Coordinator:
         try:
             answer = await asyncio.wait_for(pipeline.submit(principal, spec, request_id), timeout_s)
         except TimeoutError:
-            return SiteOutcome(site, "timed_out", [f"no answer within {timeout_s} s"], request_id,
-                               _ms(started))  # fmt: skip
+            return SiteOutcome(
+                site, "timed_out", [f"no answer within {timeout_s} s"], request_id, _ms(started)
+            )
         except Refusal as refusal:
             status: SiteStatus = "suppressed" if refusal.stage == "disclosure" else "denied"
             return SiteOutcome(site, status, refusal.reasons or [refusal.title], request_id, _ms(started))
         if answer.status == "pending_approval":
-            return SiteOutcome(site, "approval_pending", list(answer.body.get("reasons", [])), request_id,
-                               _ms(started))  # fmt: skip
+            return SiteOutcome(
+                site, "approval_pending", list(answer.body.get("reasons", [])), request_id, _ms(started)
+            )
         return _answered(site, answer.body, _ms(started))
 
     async def _ask_peer(self, site: str, token: str, body: bytes, timeout_s: float) -> SiteOutcome:
@@ -282,14 +319,22 @@ class Coordinator:
                 site, "timed_out", [f"no answer within {timeout_s} s"], duration_ms=_ms(started)
             )
         except httpx.TransportError as exc:
-            return SiteOutcome(site, "unreachable", [f"cannot reach {peer.url}: {type(exc).__name__}"],
-                               duration_ms=_ms(started))  # fmt: skip
+            return SiteOutcome(
+                site,
+                "unreachable",
+                [f"cannot reach {peer.url}: {type(exc).__name__}"],
+                duration_ms=_ms(started),
+            )
         elapsed = _ms(started)
         try:
             data = response.json()
         except ValueError:
-            return SiteOutcome(site, "invalid_answer", [f"HTTP {response.status_code} without a JSON body"],
-                               duration_ms=elapsed)  # fmt: skip
+            return SiteOutcome(
+                site,
+                "invalid_answer",
+                [f"HTTP {response.status_code} without a JSON body"],
+                duration_ms=elapsed,
+            )
         if not isinstance(data, dict):
             return SiteOutcome(
                 site, "invalid_answer", ["the answer is not a JSON object"], duration_ms=elapsed

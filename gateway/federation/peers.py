@@ -136,9 +136,12 @@ class PeerAuthMiddleware:
         except PeerAuthError as exc:
             await runtime.record(
                 "peer.rejected",
-                {"peer": exc.peer, "reason": f"{exc.reason}: {exc}",
-                 "request_digest": f"sha256:{hashlib.sha256(body).hexdigest()}"},
-            )  # fmt: skip
+                {
+                    "peer": exc.peer,
+                    "reason": f"{exc.reason}: {exc}",
+                    "request_digest": f"sha256:{hashlib.sha256(body).hexdigest()}",
+                },
+            )
             refusal = Refusal("unauthenticated", "Peer authentication failed", [str(exc)], stage="authorize")
             await refusal_response(refusal)(scope, receive, send)
             return

@@ -166,8 +166,10 @@ def _site_bounds(
             float(sum(k[0] for k in inside if k is not None)),
             n_lo - sum(k[1] if k is not None else math.inf for k in outside),
         )
-        hi = min(n_hi - sum(k[0] for k in outside if k is not None),
-                 sum(k[1] if k is not None else math.inf for k in inside))  # fmt: skip
+        hi = min(
+            n_hi - sum(k[0] for k in outside if k is not None),
+            sum(k[1] if k is not None else math.inf for k in inside),
+        )
         cum_lo.append(lo)
         cum_hi.append(hi)
     return cum_lo, cum_hi, exact
@@ -187,8 +189,16 @@ def pool_quantiles(
     for s in sites:
         keys.update(dict.fromkeys(s.n))
     n_bins = len(edges) + 1
-    columns = [*group_by, "n", *names, *(f"{n}_lower" for n in names), *(f"{n}_upper" for n in names),
-               "bin_width", "suppressed", "suppression_reason"]  # fmt: skip
+    columns = [
+        *group_by,
+        "n",
+        *names,
+        *(f"{n}_lower" for n in names),
+        *(f"{n}_upper" for n in names),
+        "bin_width",
+        "suppressed",
+        "suppression_reason",
+    ]
     minimum = max((histograms[s.site].min_cell_count for s in sites), default=1)
     rows: list[dict[str, Any]] = []
     hidden = 0
@@ -222,7 +232,9 @@ def pool_quantiles(
         rows.append({c: row.get(c) for c in columns})
     reasons = [
         f"quantiles from {len(edges) + 1} histogram bins of width {width:.6g}; each lies in its "
-        "[lower, upper] bracket" if width is not None else "no site released a quantile to plan bins from",
+        "[lower, upper] bracket"
+        if width is not None
+        else "no site released a quantile to plan bins from",
         f"{hidden} group(s) hidden because a site suppressed them" if hidden else "no group suppressed",
-    ]  # fmt: skip
+    ]
     return PooledTable(columns, [{c: r.get(c) for c in columns} for r in rows], minimum, hidden, reasons)

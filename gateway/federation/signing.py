@@ -171,8 +171,9 @@ class PeerSigner:
         self._key = OKPKey.import_key(key)
         self._lifetime = lifetime_s
 
-    def assertion(self, audience: str, method: str, path: str, body: bytes, *, now: float | None = None,
-                  **extra: Any) -> str:  # fmt: skip
+    def assertion(
+        self, audience: str, method: str, path: str, body: bytes, *, now: float | None = None, **extra: Any
+    ) -> str:
         """A fresh assertion for one request (`extra` claims exist for tests of lying coordinators)."""
         issued = int(time.time() if now is None else now)
         claims = {
