@@ -24,7 +24,7 @@ import pytest
 import statsmodels.api as sm
 from conftest import bearer
 from federation_sites import Federation, build_federation, running_federation
-from gateway_site import TEST_AGREEMENTS
+from gateway_site import TEST_AGREEMENTS, free_port
 from lifelines import KaplanMeierFitter
 from lifelines.datasets import load_gbsg2
 from oidc_issuer import LoopbackTestIssuer
@@ -36,6 +36,7 @@ from gateway.client_federation import Federation as FederationClient
 from gateway.client_federation import GlmStopped
 from gateway.federation.glm_fit import FitStopped, GlmFit, HttpGlmSite, SiteStatistics, fit_federated_glm
 from gateway.federation.km import pool_kaplan_meier, site_frame
+from gateway.federation.signing import HEADER, PeerSigner, generate_peer_key
 from pseudonymize.ingest import ingest
 from pseudonymize.keys import SecretKey
 from pseudonymize.spec import load_spec
@@ -371,3 +372,40 @@ def test_the_federation_client_fits_and_reports_a_stopped_fit(
         bins = site.kaplan_meier("gbsg2", AGREEMENT, "DUO:0000006", "time", "cens", EDGES)
         assert list(bins.columns) == ["lower", "upper", "at_risk", "events", "censored"]
         assert int(bins["at_risk"].iloc[0]) == len(thirds(gbsg2())[1])
+
+
+def test_glm_session_calls_from_an_unknown_peer_are_rejected(
+    tmp_path: Path, urls: dict[str, str], idp: LoopbackTestIssuer
+) -> None:
+    """The sites' GLM endpoints sit behind the same peer check as every peer call."""
+    stranger = PeerSigner("site-x", generate_peer_key(tmp_path / "stranger.key"))
+    body = json.dumps(glm_body(BINOMIAL)).encode()
+    headers = {
+        **researcher(idp),
+        "Content-Type": "application/json",
+        HEADER: stranger.assertion("site-b", "POST", "/v1/glm/sessions", body),
+    }
+    response = httpx.post(f"{urls['site-b']}/v1/glm/sessions", content=body, headers=headers, timeout=30)
+    assert response.status_code == 401
+    assert "peer.rejected" in audit_events(urls["site-b"], idp)
+
+
+def test_an_unreachable_site_stops_the_fit_and_is_named(
+    urls: dict[str, str], idp: LoopbackTestIssuer
+) -> None:
+    body = glm_body(BINOMIAL)
+    authorization = researcher(idp)["Authorization"]
+
+    async def fit() -> None:
+        async with httpx.AsyncClient() as client:
+            sites = [
+                HttpGlmSite("site-a", urls["site-a"], authorization, body, client),
+                HttpGlmSite("site-down", f"http://127.0.0.1:{free_port()}", authorization, body, client),
+            ]
+            await fit_federated_glm(sites, "binomial")
+
+    with pytest.raises(FitStopped) as stopped:
+        asyncio.run(fit())
+    table = {row["site"]: row for row in stopped.value.sites}
+    assert table["site-down"]["status"] == "unreachable" and table["site-down"]["iteration"] == 0
+    assert table["site-a"]["status"] == "answered"
