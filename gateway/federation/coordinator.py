@@ -29,7 +29,6 @@ from gateway.federation.combine import (
 )
 from gateway.federation.peers import CoordinatedRuntime, PeerLink
 from gateway.federation.quantiles import SiteQuantiles, plan_edges, pool_quantiles
-from gateway.federation.signing import HEADER
 from gateway.pipeline import QueryPipeline, new_request_id, sha256_label
 from gateway.problems import ACCEPTED, OK, STATUS
 from gateway.query import (
@@ -303,11 +302,10 @@ class Coordinator:
 
     async def _ask_peer(self, site: str, token: str, body: bytes, timeout_s: float) -> SiteOutcome:
         peer = self.link.peers[site]
-        assert self.link.signer is not None
         headers = {
             "Authorization": f"Bearer {token}",
             "Content-Type": "application/json",
-            HEADER: self.link.signer.assertion(site, "POST", QUERIES_PATH, body),
+            **self.link.sign(site, "POST", QUERIES_PATH, body),
         }
         started = time.perf_counter()
         try:

@@ -28,6 +28,7 @@ from gateway.federation.replay import NonceLedger
 from gateway.federation.signing import (
     HEADER,
     PeerAuthError,
+    PeerKeyError,
     PeerSigner,
     ReplayedAssertion,
     load_peer_key,
@@ -62,6 +63,12 @@ class PeerLink:
         self.ledger = NonceLedger(settings.state_url)
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
 
+    def sign(self, peer: str, method: str, path: str, body: bytes) -> dict[str, str]:
+        """The peer-authentication header of one request to `peer` (PeerKeyError without a key)."""
+        if self.signer is None:
+            raise PeerKeyError(f"{self.settings.site_id}: no peer_key_file to sign requests to peers with")
+        return {HEADER: self.signer.assertion(peer, method, path, body)}
+
     async def aclose(self) -> None:
         """Close the client and the ledger."""
         await self.http.aclose()
@@ -92,9 +99,15 @@ class CoordinatedRuntime(SiteRuntime):
         return await super().record(event_type, payload, principal=principal, request_id=request_id)
 
 
+def verified_peer(request: Request) -> str | None:
+    """The peer whose assertion on this request verified, or None for a request without one."""
+    peer = request.scope.get("state", {}).get(_STATE_KEY)
+    return peer if isinstance(peer, str) else None
+
+
 def coordinated_pipeline(request: Request, runtime: RuntimeDep) -> QueryPipeline:
     """The query pipeline, tagged with the coordinator when the request came verified from a peer."""
-    peer = request.scope.get("state", {}).get(_STATE_KEY)
+    peer = verified_peer(request)
     return QueryPipeline(CoordinatedRuntime.of(runtime, peer) if peer else runtime)
 
 
