@@ -36,7 +36,7 @@ class _FakePeer(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", 0)))
         if self.behaviour == "slow":
-            time.sleep(3)
+            time.sleep(10)
         body = json.dumps(
             {
                 "kind": "count",
@@ -105,7 +105,7 @@ def test_every_site_gets_a_status_and_none_is_dropped(urls: dict[str, str], idp:
         headers=bearer(idp, "researcher"),
         timeout=30,
     )
-    assert time.monotonic() - started < 2.5  # the slow peer costs its timeout, not its 3 s
+    assert time.monotonic() - started < 6  # the slow peer costs its 1 s timeout, not its 10 s
     body = response.json()
     status = {s["site"]: s for s in body["sites"]}
     assert {k: v["status"] for k, v in status.items()} == {
