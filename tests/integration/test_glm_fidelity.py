@@ -44,6 +44,7 @@ from pseudonymize.store import Store
 
 SITES = ["site-a", "site-b", "site-c"]
 AGREEMENT = "DSA-TEST-GBSG2"
+APPROVAL = "DSA-TEST-GBSG2-APPROVAL"
 PURPOSE = {"duo": ["DUO:0000006"]}
 COLUMNS = [
     "horTh",
@@ -115,6 +116,11 @@ def add_gbsg2(fed: Federation, tmp: Path, parts: list[pd.DataFrame]) -> None:
             "datasets": {"gbsg2": {"columns": COLUMNS}},
             "query_kinds": ["count", "glm", "kaplan_meier"],
             "thresholds": {"min_cell_count": 10, "max_identical_queries": 20},
+        }
+        # Site B's steward wants to see every GLM under this second agreement.
+        agreements[APPROVAL] = {
+            **agreements[AGREEMENT],
+            "approval_kinds": ["glm"] if site_id == "site-b" else [],
         }
         agreements_file.write_text(json.dumps(agreements, indent=2))
         source = site.root / "gbsg2.parquet"
@@ -409,3 +415,37 @@ def test_an_unreachable_site_stops_the_fit_and_is_named(
     table = {row["site"]: row for row in stopped.value.sites}
     assert table["site-down"]["status"] == "unreachable" and table["site-down"]["iteration"] == 0
     assert table["site-a"]["status"] == "answered"
+
+
+def test_a_site_whose_policy_wants_approval_is_reported_pending(
+    urls: dict[str, str], idp: LoopbackTestIssuer
+) -> None:
+    body = glm_body(GAUSSIAN, agreement=APPROVAL, sites=["site-a", "site-b"])
+    response = httpx.post(
+        f"{urls['site-a']}/v1/federated-glm", json=body, headers=researcher(idp), timeout=60
+    )
+    assert response.status_code == 200, response.text
+    table = {row["site"]: row for row in response.json()["sites"]}
+    assert response.json()["status"] == "stopped"
+    assert table["site-b"]["status"] == "approval_pending"
+    assert "approval" in table["site-b"]["reasons"][0]
+    direct = httpx.post(f"{urls['site-b']}/v1/glm/sessions", json=glm_body(GAUSSIAN, agreement=APPROVAL),
+                        headers=researcher(idp), timeout=30)  # fmt: skip
+    assert direct.status_code == 202 and direct.json()["status"] == "pending_approval"
+
+
+def test_a_session_stops_at_its_iteration_cap(urls: dict[str, str], idp: LoopbackTestIssuer) -> None:
+    url = urls["site-a"]
+    opened = httpx.post(
+        f"{url}/v1/glm/sessions", json=glm_body(GAUSSIAN), headers=researcher(idp), timeout=30
+    )
+    assert opened.status_code == 200, opened.text
+    cap = opened.json()["max_iterations"]
+    path = f"{url}/v1/glm/sessions/{opened.json()['session']}/iterations"
+    step = {"agreement": AGREEMENT, "beta": [0.0] * len(opened.json()["parameters"])}
+    with httpx.Client(headers=researcher(idp), timeout=30) as client:
+        for _ in range(cap):
+            assert client.post(path, json=step).status_code == 200
+        over = client.post(path, json=step)
+        assert over.status_code == 429 and "iterations" in over.json()["reasons"][0]
+        assert client.post(path, json=step).status_code == 404  # the session ended
