@@ -53,6 +53,7 @@ from pseudonymize.store import CatalogEntry
 
 MAX_ITERATIONS = 50
 IDLE_SECONDS = 900.0
+MAX_OPEN_SESSIONS = 5  # per researcher: each session holds its rows in this process's memory
 MAX_PARAMETERS = 100
 INTERCEPT = "(Intercept)"
 _EPS = 1e-10
@@ -306,6 +307,7 @@ class GlmSession:
 
     id: str
     sub: str
+    """The owner (`owner_of(principal)`)."""
     request: GlmSessionRequest
     query_hash: str
     obligations: Obligations
@@ -317,13 +319,30 @@ class GlmSession:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+def owner_of(principal: Principal) -> str:
+    """Who a session belongs to: the subject as its issuer names it (two issuers may reuse a `sub`)."""
+    return f"{principal.issuer}\n{principal.sub}"
+
+
 class GlmSessions:
     """The sessions open in this gateway process (a fit's iterations must reach the same process)."""
 
-    def __init__(self, *, max_iterations: int = MAX_ITERATIONS, idle_seconds: float = IDLE_SECONDS) -> None:
+    def __init__(
+        self,
+        *,
+        max_iterations: int = MAX_ITERATIONS,
+        idle_seconds: float = IDLE_SECONDS,
+        max_open: int = MAX_OPEN_SESSIONS,
+    ) -> None:
         self.max_iterations = max_iterations
         self.idle_seconds = idle_seconds
+        self.max_open = max_open
         self._open: dict[str, GlmSession] = {}
+
+    def room_for(self, owner: str) -> bool:
+        """True while `owner` holds fewer than `max_open` sessions."""
+        self._expire()
+        return sum(1 for s in self._open.values() if s.sub == owner) < self.max_open
 
     def add(self, session: GlmSession) -> None:
         self._expire()
@@ -370,6 +389,13 @@ class GlmSiteService:
         """Decide, load the model's rows, check them; a session id, or `pending_approval` (nothing opened)."""
         query_hash = request.query_hash()
         try:
+            if not self.sessions.room_for(owner_of(principal)):
+                raise Refusal(
+                    "limit",
+                    "Too many open GLM sessions",
+                    [f"at most {self.sessions.max_open} open GLM sessions per researcher; close one first"],
+                    stage="limit",
+                )
             entry = self.rt.catalog.latest(request.dataset)
             if entry is None:
                 raise Refusal(
@@ -412,7 +438,7 @@ class GlmSiteService:
         self, principal: Principal, session_id: str, body: IterationRequest, request_id: str
     ) -> dict[str, Any]:
         """One iteration at β within an open session of this researcher and agreement."""
-        session = self.sessions.get(session_id, principal.sub, body.agreement)
+        session = self.sessions.get(session_id, owner_of(principal), body.agreement)
         if session is None:
             reasons = [
                 "no open GLM session with this id for you under this agreement; β is only accepted "
@@ -481,7 +507,7 @@ class GlmSiteService:
 
     async def close(self, principal: Principal, session_id: str, request_id: str) -> bool:
         """End the researcher's session; False when there is none."""
-        session = self.sessions.owned(session_id, principal.sub)
+        session = self.sessions.owned(session_id, owner_of(principal))
         if session is None:
             return False
         await self._close(principal, session, "closed", request_id)
@@ -536,7 +562,7 @@ class GlmSiteService:
         except GlmDisclosureError as exc:
             raise Refusal("forbidden", DISCLOSURE_TITLE, [exc.reason], stage="disclosure") from None
         return GlmSession(
-            uuid.uuid4().hex, principal.sub, request, query_hash, obligations, entry, data, withdrawn
+            uuid.uuid4().hex, owner_of(principal), request, query_hash, obligations, entry, data, withdrawn
         )
 
     def _load(

@@ -166,3 +166,12 @@ def test_idle_sessions_expire() -> None:
     sessions.add(fresh)
     assert sessions.get(stale.id, "r", "A") is None and sessions.get(fresh.id, "r", "A") is fresh
     assert len(sessions) == 1
+
+
+def test_a_researcher_holds_a_bounded_number_of_sessions() -> None:
+    sessions = GlmSessions(max_open=2)
+    for _ in range(2):
+        assert sessions.room_for("issuer\nr1")
+        sessions.add(_session("issuer\nr1", "A"))
+    assert not sessions.room_for("issuer\nr1")
+    assert sessions.room_for("issuer\nr2")
