@@ -95,11 +95,16 @@ def _table(
         flags.append(hidden)
         reasons.append(REASON_FOR[status[entry]])
         margin.append(label)
-    frame = pd.DataFrame({col: pd.Series(vals, dtype=object) for col, vals in data.items()})
-    frame["count"] = pd.array(counts, dtype="Int64")
-    frame["suppressed"] = np.array(flags, dtype=bool)
-    frame["suppression_reason"] = pd.Series(reasons, dtype=object)
-    frame["margin"] = pd.Series(margin, dtype=object)
+    # One constructor call: adding columns one by one costs more than the whole suppression on small tables.
+    frame = pd.DataFrame(
+        {
+            **{col: pd.Series(vals, dtype=object) for col, vals in data.items()},
+            "count": pd.array(counts, dtype="Int64"),
+            "suppressed": np.array(flags, dtype=bool),
+            "suppression_reason": pd.Series(reasons, dtype=object),
+            "margin": pd.Series(margin, dtype=object),
+        }
+    )
     shown_status = [status[entry] for entry, _, _ in shown]
     primary = shown_status.count(Status.PRIMARY)
     complementary = shown_status.count(Status.COMPLEMENTARY)

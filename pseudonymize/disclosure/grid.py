@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +27,8 @@ class Grid:
 
     def cell_labels(self) -> list[tuple[Any, ...]]:
         """The group values of every cell, in the arrays' flat order."""
-        if not self.levels:
-            return [()]
-        index = pd.MultiIndex.from_product([list(lv) for lv in self.levels])
-        return [tuple(t) if isinstance(t, tuple) else (t,) for t in index.tolist()]
+        # itertools.product walks the levels in C order, like the arrays, at a fraction of a MultiIndex's cost.
+        return list(itertools.product(*self.levels))
 
 
 def _is_null(value: Any) -> bool:
