@@ -27,7 +27,7 @@ class Grid:
 
     def cell_labels(self) -> list[tuple[Any, ...]]:
         """The group values of every cell, in the arrays' flat order."""
-        # itertools.product walks the levels in C order, like the arrays, at a fraction of a MultiIndex's cost.
+        # itertools.product walks the levels in C order, like the arrays, far cheaper than a MultiIndex.
         return list(itertools.product(*self.levels))
 
 
