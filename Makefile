@@ -30,6 +30,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/policy.py
 	$(BIN)/python bench/audit.py
+	$(BIN)/python bench/query.py
+	$(BIN)/python bench/federation.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
