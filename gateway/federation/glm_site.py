@@ -64,7 +64,7 @@ register(
         "glm.session_opened",
         "a researcher opened a federated GLM session at this site",
         required={"query_hash": DIGEST, "session": DIGEST, "parameters": COUNT},
-        optional={"rows": COUNT},
+        optional={"rows": COUNT, "coordinator": LABEL},
     )
 )
 register(
@@ -396,8 +396,17 @@ class GlmSiteService:
         self.sessions = sessions
         self.pipeline = QueryPipeline(runtime)
 
-    async def open(self, principal: Principal, request: GlmSessionRequest, request_id: str) -> dict[str, Any]:
-        """Decide, load the model's rows, check them; a session id, or `pending_approval` (nothing opened)."""
+    async def open(
+        self,
+        principal: Principal,
+        request: GlmSessionRequest,
+        request_id: str,
+        *,
+        coordinator: str | None = None,
+    ) -> dict[str, Any]:
+        """Decide, load the model's rows, check them; a session id, or `pending_approval` (nothing opened).
+
+        `coordinator` is the peer whose verified assertion came with the request, for the audit entry."""
         query_hash = request.query_hash()
         try:
             if not self.sessions.room_for(owner_of(principal)):
@@ -434,6 +443,7 @@ class GlmSiteService:
                 "session": session_digest(session.id),
                 "parameters": len(request.model.parameter_names()),
                 "rows": session.data.rows,
+                **({"coordinator": coordinator} if coordinator else {}),
             },
             principal=principal,
             request_id=request_id,

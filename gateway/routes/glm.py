@@ -11,6 +11,7 @@ Coordinator side (researcher role):
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -24,7 +25,6 @@ from gateway.federation.glm_fit import (
     GlmFitError,
     GlmSite,
     HttpGlmSite,
-    Signer,
     fit_federated_glm,
 )
 from gateway.federation.glm_site import (
@@ -35,8 +35,7 @@ from gateway.federation.glm_site import (
     IterationRequest,
     LocalGlmSite,
 )
-from gateway.federation.peers import PeerLink
-from gateway.federation.signing import HEADER, PeerSigner
+from gateway.federation.peers import PeerLink, verified_peer
 from gateway.pipeline import new_request_id
 from gateway.problems import ACCEPTED, OK
 from gateway.refusal import Refusal
@@ -73,7 +72,8 @@ async def open_session(
     body: GlmSessionRequest, principal: ResearcherDep, runtime: RuntimeDep, request: Request
 ) -> JSONResponse:
     """Decide under this site's policy, load the consented rows here, check them, and open a session."""
-    answer = await glm_service(request, runtime).open(principal, body, new_request_id())
+    service = glm_service(request, runtime)
+    answer = await service.open(principal, body, new_request_id(), coordinator=verified_peer(request))
     status = ACCEPTED if answer["status"] == "pending_approval" else OK
     return JSONResponse(answer, status_code=int(status))
 
@@ -142,7 +142,7 @@ async def federated_glm(
                 authorization,
                 session_request.model_dump(mode="json"),
                 link.http,
-                sign=_signer(link.signer, site),
+                sign=functools.partial(link.sign, site),
             )
         )
     try:
@@ -157,10 +157,3 @@ async def federated_glm(
     except GlmFitError as exc:
         raise Refusal("bad_request", "The federated fit failed", [str(exc)], stage="combine") from None
     return fit.to_dict()
-
-
-def _signer(signer: PeerSigner, audience: str) -> Signer:
-    def sign(method: str, path: str, body: bytes) -> dict[str, str]:
-        return {HEADER: signer.assertion(audience, method, path, body)}
-
-    return sign

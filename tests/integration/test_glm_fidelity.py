@@ -189,6 +189,8 @@ def test_federated_glm_equals_statsmodels_pooled_fit(
     np.testing.assert_allclose(fit.conf_int().to_numpy(), ref.conf_int(), rtol=1e-6)
     assert fit.deviance == pytest.approx(ref.deviance, rel=1e-9)
     assert "residual" not in response.text and "eta" not in body
+    opened = [e for e in audit_entries(urls["site-b"], idp) if e["type"] == "glm.session_opened"]
+    assert opened[-1]["payload"]["coordinator"] == "site-a"
 
 
 def test_kaplan_meier_equals_lifelines_at_released_bins(
@@ -279,8 +281,8 @@ def test_a_site_failing_disclosure_at_iteration_three_stops_the_fit(
     assert "glm.iteration" in audit_events(urls["site-c"], idp)
 
 
-def audit_events(url: str, idp: LoopbackTestIssuer) -> list[str]:
-    """Event types of a site's last 1000 audit entries, read through the auditor API."""
+def audit_entries(url: str, idp: LoopbackTestIssuer) -> list[dict[str, Any]]:
+    """A site's last 1000 audit entries, read through the auditor API."""
     headers = bearer(idp, "auditor")
     size = httpx.get(f"{url}/v1/audit/entries", params={"start": 0, "end": 0}, headers=headers).json()["size"]
     rows = httpx.get(
@@ -289,7 +291,12 @@ def audit_events(url: str, idp: LoopbackTestIssuer) -> list[str]:
         headers=headers,
         timeout=30,
     ).json()["entries"]
-    return [parse_entry(base64.b64decode(row["entry"]))["type"] for row in rows]
+    return [parse_entry(base64.b64decode(row["entry"])) for row in rows]
+
+
+def audit_events(url: str, idp: LoopbackTestIssuer) -> list[str]:
+    """Event types of a site's last 1000 audit entries."""
+    return [entry["type"] for entry in audit_entries(url, idp)]
 
 
 def test_beta_outside_a_session_is_refused_and_audited(urls: dict[str, str], idp: LoopbackTestIssuer) -> None:
