@@ -27,12 +27,14 @@ from gateway.federation.combine import (
     SiteTable,
     combine,
 )
+from gateway.federation.km import KaplanMeierPoolError, pool_released_answers
 from gateway.federation.peers import CoordinatedRuntime, PeerLink
 from gateway.federation.quantiles import SiteQuantiles, plan_edges, pool_quantiles
 from gateway.pipeline import QueryPipeline, new_request_id, sha256_label
 from gateway.problems import ACCEPTED, OK, STATUS
 from gateway.query import (
     HistogramQuery,
+    KaplanMeierQuery,
     QuantilesQuery,
     QuerySpec,
     QuerySpecError,
@@ -55,7 +57,7 @@ STATUSES: tuple[SiteStatus, ...] = (
     "invalid_answer",
 )
 DEFAULT_TIMEOUT_S = 10.0
-POOLED_KINDS = ("count", "crosstab", "summary", "histogram", "quantiles")
+POOLED_KINDS = ("count", "crosstab", "summary", "histogram", "quantiles", "kaplan_meier")
 QUERIES_PATH = "/v1/queries"
 # A peer's problem responses carry no stage; its disclosure refusals have this title (gateway.pipeline).
 DISCLOSURE_TITLE = "Refused by disclosure control"
@@ -211,6 +213,8 @@ class Coordinator:
         if isinstance(spec, QuantilesQuery):
             return await self._quantiles(principal, token, spec, targets, timeout_s)
         outcomes = await self._ask_all(principal, token, spec, targets, timeout_s)
+        if isinstance(spec, KaplanMeierQuery):
+            return outcomes, _pooled_survival(outcomes)
         tables = self._tables(outcomes, spec)
         kind = spec.kind
         if not tables or kind not in ("count", "crosstab", "summary", "histogram"):
@@ -367,3 +371,15 @@ def _answered(site: str, body: dict[str, Any], elapsed: float) -> SiteOutcome:
 
 def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000
+
+
+def _pooled_survival(outcomes: list[SiteOutcome]) -> PooledTable | None:
+    """The sites' released survival bins pooled on their common coarsening, with the cell rule re-checked."""
+    bodies = {o.site: o.body for o in outcomes if o.status == "answered" and o.body}
+    if not bodies:
+        return None
+    try:
+        km = pool_released_answers(bodies)
+    except KaplanMeierPoolError:
+        return None
+    return PooledTable(km.columns, km.rows, km.min_cell_count, 0, km.reasons)
