@@ -62,6 +62,9 @@ def create_app(settings: SiteSettings, *, tokens: TokenValidator | None = None) 
         return {"site": settings.site_id, "jurisdiction": settings.jurisdiction,
                 "policy_bundle": runtime.policy.bundle.digest}  # fmt: skip
 
+    # Build every route's schemas now, in one thread: pydantic completes models lazily, and several
+    # gateways started in one process (tests, the benchmark) could otherwise race to complete one model.
+    app.openapi()
     return app
 
 
