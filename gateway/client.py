@@ -11,9 +11,10 @@ A denial raises `QueryDenied` carrying the policy's reasons; a query that policy
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Self, TypeVar
 
 import httpx
 import pandas as pd
@@ -103,8 +104,13 @@ def result_frame(body: Mapping[str, Any]) -> pd.DataFrame:
     return frame.convert_dtypes()
 
 
-class Gateway:
-    """A client of one site's gateway for one researcher token."""
+R = TypeVar("R")
+
+
+class _KindClient(ABC, Generic[R]):
+    """What both clients share: the HTTP session, error mapping, and one method per analysis kind."""
+
+    unreachable = "Gateway unreachable"
 
     def __init__(
         self,
@@ -125,51 +131,70 @@ class Gateway:
         """Close the connection pool."""
         self._http.close()
 
-    def __enter__(self) -> Gateway:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @abstractmethod
+    def _kind(self, kind: str, dataset: str, agreement: str, purpose: Any, options: dict[str, Any]) -> R:
+        """Ask one kind of question; each client says how its answer comes back."""
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise GatewayUnavailable(0, {"title": self.unreachable, "detail": type(exc).__name__}) from None
+        if response.status_code >= 400:
+            try:
+                problem = response.json()
+            except ValueError:
+                problem = {"title": response.reason_phrase}
+            raise _ERRORS.get(response.status_code, GatewayError)(response.status_code, problem)
+        return response
+
     # -- one method per kind -------------------------------------------------------------------------------
 
-    def count(self, dataset: str, agreement: str, purpose: Any, **options: Any) -> pd.DataFrame:
+    def count(self, dataset: str, agreement: str, purpose: Any, **options: Any) -> R:
         """Counts (optionally grouped) of the rows matching `filters`."""
         return self._kind("count", dataset, agreement, purpose, options)
 
     def crosstab(
         self, dataset: str, agreement: str, purpose: Any, group_by: Sequence[str], **options: Any
-    ) -> pd.DataFrame:
+    ) -> R:
         """A cross-tabulation with margins."""
         return self._kind("crosstab", dataset, agreement, purpose, {**options, "group_by": list(group_by)})
 
-    def summary(
-        self, dataset: str, agreement: str, purpose: Any, column: str, **options: Any
-    ) -> pd.DataFrame:
-        """n, mean and variance of a column, per group."""
+    def summary(self, dataset: str, agreement: str, purpose: Any, column: str, **options: Any) -> R:
+        """n, mean and variance of a column per group (pooled exactly from n, Σx, Σx² when federated)."""
         return self._kind("summary", dataset, agreement, purpose, {**options, "params": {"column": column}})
 
     def histogram(
         self, dataset: str, agreement: str, purpose: Any, column: str, edges: Sequence[float], **options: Any
-    ) -> pd.DataFrame:
+    ) -> R:
         """Counts per fixed bin."""
         params = {"column": column, "edges": list(edges)}
         return self._kind("histogram", dataset, agreement, purpose, {**options, "params": params})
 
     def quantiles(
         self, dataset: str, agreement: str, purpose: Any, column: str, probs: Sequence[float], **options: Any
-    ) -> pd.DataFrame:
-        """Quantiles of a column per group that passes the cell rule."""
+    ) -> R:
+        """Quantiles of a column per group that passes the cell rule (federated: with proven brackets)."""
         params = {"column": column, "probs": list(probs)}
         return self._kind("quantiles", dataset, agreement, purpose, {**options, "params": params})
 
     def kaplan_meier(
         self, dataset: str, agreement: str, purpose: Any, time: str, event: str, edges: Sequence[float],
         **options: Any,
-    ) -> pd.DataFrame:  # fmt: skip
-        """Rows at risk, events and censorings per released (merged) time bin at this site."""
+    ) -> R:  # fmt: skip
+        """At risk, events and censorings per released time bin (federated: the pooled survival curve)."""
         params = {"time": time, "event": event, "edges": list(edges)}
         return self._kind("kaplan_meier", dataset, agreement, purpose, {**options, "params": params})
+
+
+class Gateway(_KindClient[pd.DataFrame]):
+    """A client of one site's gateway for one researcher token; each kind returns a DataFrame."""
 
     # -- the general calls ---------------------------------------------------------------------------------
 
@@ -216,21 +241,6 @@ class Gateway:
             **options,
         }
         return self.query(spec, wait=wait).frame
-
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise GatewayUnavailable(
-                0, {"title": "Gateway unreachable", "detail": type(exc).__name__}
-            ) from None
-        if response.status_code >= 400:
-            try:
-                problem = response.json()
-            except ValueError:
-                problem = {"title": response.reason_phrase}
-            raise _ERRORS.get(response.status_code, GatewayError)(response.status_code, problem)
-        return response
 
 
 def _purpose(purpose: Any) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from gateway.client import _ERRORS, GatewayError, GatewayUnavailable, _purpose, result_frame
+from gateway.client import _KindClient, _purpose, result_frame
 from gateway.federation.glm_fit import GlmFit
 
 SITE_COLUMNS = ["site", "status", "reasons", "request_id", "duration_ms"]
@@ -49,8 +49,10 @@ class FederatedResult:
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-class Federation:
-    """A client of a coordinating gateway for one researcher token."""
+class Federation(_KindClient[FederatedResult]):
+    """A client of a coordinating gateway for one researcher token; each kind returns a FederatedResult."""
+
+    unreachable = "Coordinator unreachable"
 
     def __init__(
         self,
@@ -62,62 +64,9 @@ class Federation:
         http_timeout: float = 120.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        super().__init__(coordinator_url, token, timeout=http_timeout, transport=transport)
         self.sites = list(sites) if sites is not None else None
         self.timeout_s = timeout_s
-        self._http = httpx.Client(
-            base_url=coordinator_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=http_timeout,
-            transport=transport,
-        )
-
-    def close(self) -> None:
-        """Close the connection pool."""
-        self._http.close()
-
-    def __enter__(self) -> Federation:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def count(self, dataset: str, agreement: str, purpose: Any, **options: Any) -> FederatedResult:
-        """Pooled counts (optionally grouped)."""
-        return self._kind("count", dataset, agreement, purpose, options)
-
-    def crosstab(
-        self, dataset: str, agreement: str, purpose: Any, group_by: Sequence[str], **options: Any
-    ) -> FederatedResult:
-        """A pooled cross-tabulation with margins."""
-        return self._kind("crosstab", dataset, agreement, purpose, {**options, "group_by": list(group_by)})
-
-    def summary(
-        self, dataset: str, agreement: str, purpose: Any, column: str, **options: Any
-    ) -> FederatedResult:
-        """n, mean and variance pooled exactly from every site's n, Σx and Σx²."""
-        return self._kind("summary", dataset, agreement, purpose, {**options, "params": {"column": column}})
-
-    def histogram(
-        self, dataset: str, agreement: str, purpose: Any, column: str, edges: Sequence[float], **options: Any
-    ) -> FederatedResult:
-        """Counts per bin summed over the sites."""
-        params = {"column": column, "edges": list(edges)}
-        return self._kind("histogram", dataset, agreement, purpose, {**options, "params": params})
-
-    def quantiles(
-        self, dataset: str, agreement: str, purpose: Any, column: str, probs: Sequence[float], **options: Any
-    ) -> FederatedResult:
-        """Pooled quantiles, each with the bracket `<q>_lower`..`<q>_upper` it provably lies in."""
-        params = {"column": column, "probs": list(probs)}
-        return self._kind("quantiles", dataset, agreement, purpose, {**options, "params": params})
-
-    def kaplan_meier(
-        self, dataset: str, agreement: str, purpose: Any, time: str, event: str, edges: Sequence[float],
-        **options: Any,
-    ) -> FederatedResult:  # fmt: skip
-        """The pooled survival curve at the bins every site released (gateway.federation.km)."""
-        params = {"time": time, "event": event, "edges": list(edges)}
-        return self._kind("kaplan_meier", dataset, agreement, purpose, {**options, "params": params})
 
     def glm(
         self,
@@ -149,7 +98,7 @@ class Federation:
             body["sites"] = self.sites
         if max_iterations is not None:
             body["max_iterations"] = max_iterations
-        data = self._send(body, "/v1/federated-glm")
+        data: dict[str, Any] = self._send("POST", "/v1/federated-glm", json=body).json()
         if data.get("status") == "stopped":
             raise GlmStopped(data)
         return GlmFit.from_dict(data)
@@ -161,7 +110,7 @@ class Federation:
             body.setdefault("sites", self.sites)
         if self.timeout_s is not None:
             body.setdefault("timeout_s", self.timeout_s)
-        data = self._send(body)
+        data: dict[str, Any] = self._send("POST", "/v1/federated-queries", json=body).json()
         sites = pd.DataFrame.from_records(list(data.get("sites") or []), columns=SITE_COLUMNS)
         return FederatedResult(
             frame=result_frame(data),
@@ -177,19 +126,3 @@ class Federation:
     ) -> FederatedResult:
         spec = {"dataset": dataset, "agreement": agreement, "purpose": _purpose(purpose), "kind": kind}
         return self.query({**spec, **options})
-
-    def _send(self, body: dict[str, Any], path: str = "/v1/federated-queries") -> dict[str, Any]:
-        try:
-            response = self._http.post(path, json=body)
-        except httpx.HTTPError as exc:
-            raise GatewayUnavailable(
-                0, {"title": "Coordinator unreachable", "detail": type(exc).__name__}
-            ) from None
-        if response.status_code >= 400:
-            try:
-                problem = response.json()
-            except ValueError:
-                problem = {"title": response.reason_phrase}
-            raise _ERRORS.get(response.status_code, GatewayError)(response.status_code, problem)
-        data: dict[str, Any] = response.json()
-        return data
