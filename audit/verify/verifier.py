@@ -141,13 +141,17 @@ def _verify(
 
 
 def _workers() -> int:
-    """Worker processes for the cores that are idle: on a busy machine, workers only add overhead."""
+    """Worker processes for the cores that are idle: on a busy machine, workers only add overhead.
+
+    The load average counts this process too (it is about to be the busiest one), so one unit of load is
+    ours, not another program's.
+    """
     cores = os.cpu_count() or 1
     try:
-        busy = os.getloadavg()[0]
+        others = max(0.0, os.getloadavg()[0] - 1.0)
     except OSError:  # no load average on this platform
-        busy = 0.0
-    return max(1, min(MAX_WORKERS, cores, round(cores - busy)))
+        others = 0.0
+    return max(1, min(MAX_WORKERS, cores, round(cores - others)))
 
 
 Checked = Iterator[tuple[int, int, list[bytes], bytes | None]]  # start, count, leaves, perfect root
