@@ -15,10 +15,12 @@ from gateway.auth import Principal, TokenValidator
 from gateway.catalog import CatalogView
 from gateway.decision import PolicyDecisionPoint
 from gateway.federation.witnessing import Witnessing
+from gateway.keyring import load_master_key
 from gateway.query import PopulationCache, store_engine
 from gateway.settings import SiteSettings
 from gateway.site_log import open_site_log
 from gateway.state import GatewayState
+from pseudonymize.errors import KeyMaterialError
 
 
 class StartupError(Exception):
@@ -46,6 +48,11 @@ class SiteRuntime:
             raise StartupError(
                 f"{settings.site_id}: no [oidc] identity provider is configured (and dev_mode is off)"
             )
+        try:
+            # Checked now, not at the first withdrawal: a site must not run with an unusable master key.
+            load_master_key(settings)
+        except KeyMaterialError as exc:
+            raise StartupError(f"{settings.site_id}: {exc}") from None
         if tokens is None:
             tokens = TokenValidator.for_site(settings)
         policy = PolicyDecisionPoint(settings)  # PolicyLoadError: the gateway never runs on a bad bundle

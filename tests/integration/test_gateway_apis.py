@@ -166,3 +166,18 @@ def test_no_token_or_identifier_reaches_the_logs(
     assert token not in logged and token[:40] not in logged
     for mrn in mrns:
         assert mrn not in logged
+
+
+@pytest.mark.parametrize("problem", ["missing", "short"])
+def test_gateway_refuses_to_start_without_a_usable_master_key(tmp_site: Site, problem: str) -> None:
+    from gateway.runtime import SiteRuntime, StartupError
+
+    key = tmp_site.settings.master_key_file
+    assert key is not None
+    if problem == "missing":
+        key.unlink()
+    else:
+        key.write_text(base64.b64encode(b"0" * 16).decode())
+    with pytest.raises(StartupError, match="master.key") as err:
+        SiteRuntime.start(tmp_site.settings)
+    assert "MDAw" not in str(err.value)
