@@ -178,6 +178,6 @@ def test_gateway_refuses_to_start_without_a_usable_master_key(tmp_site: Site, pr
         key.unlink()
     else:
         key.write_text(base64.b64encode(b"0" * 16).decode())
-    with pytest.raises(StartupError, match="master.key") as err:
+    with pytest.raises(StartupError, match=r"master\.key") as err:
         SiteRuntime.start(tmp_site.settings)
     assert "MDAw" not in str(err.value)
