@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audit.errors import (
     MalformedRequest,
@@ -101,6 +102,15 @@ def _validation_response(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _http_exception_handler(_request: Request, exc: Exception) -> JSONResponse:
+    # The framework's own refusals (a body that is not JSON at all, an unknown route, a wrong method)
+    # speak the same problem format as ours.
+    assert isinstance(exc, StarletteHTTPException)
+    status = HTTPStatus(exc.status_code)
+    detail = exc.detail if isinstance(exc.detail, str) and exc.detail != status.phrase else None
+    return problem(status, status.phrase, detail=detail)
+
+
 async def _refusal_handler(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, Refusal)
     return refusal_response(exc)
@@ -109,6 +119,7 @@ async def _refusal_handler(_request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     """Register the handlers on an app."""
     app.add_exception_handler(Refusal, _refusal_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
     app.add_exception_handler(RequestValidationError, _validation_response)
 
 
