@@ -22,8 +22,14 @@ JSON = st.recursive(
     ),
     max_leaves=12,
 )
-VALID = {"dataset": "cohort", "agreement": "DSA-TEST-OPEN", "purpose": {"duo": ["DUO:0000006"]},
-         "kind": "crosstab", "group_by": ["sex"], "filters": {"column": "bmi", "op": ">", "value": 25}}  # fmt: skip
+VALID = {
+    "dataset": "cohort",
+    "agreement": "DSA-TEST-OPEN",
+    "purpose": {"duo": ["DUO:0000006"]},
+    "kind": "crosstab",
+    "group_by": ["sex"],
+    "filters": {"column": "bmi", "op": ">", "value": 25},
+}
 FIELDS = ["dataset", "agreement", "purpose", "kind", "group_by", "filters", "params", "destination"]
 
 
