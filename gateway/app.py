@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
+from audit.errors import AuditError
 from gateway import problems
 from gateway.auth import TokenValidator
 from gateway.federation import peers
@@ -19,6 +21,7 @@ from gateway.runtime import SiteRuntime
 from gateway.settings import SiteSettings, load_settings
 
 CONFIG_ENV = "FEDGATE_CONFIG"
+log = logging.getLogger("fedgate.gateway")
 
 
 def create_app(settings: SiteSettings, *, tokens: TokenValidator | None = None) -> FastAPI:
@@ -47,7 +50,7 @@ def create_app(settings: SiteSettings, *, tokens: TokenValidator | None = None) 
         "RFC 9457 problem documents that name the field or cite the clause that decided.",
         lifespan=lifespan,
     )
-    problems.install(app)
+    problems.install(app, on_invalid=_audit_invalid)
     app.include_router(queries.router)
     app.include_router(steward.router)
     app.include_router(audit.router)
@@ -66,6 +69,21 @@ def create_app(settings: SiteSettings, *, tokens: TokenValidator | None = None) 
     # gateways started in one process (tests, the benchmark) could otherwise race to complete one model.
     app.openapi()
     return app
+
+
+async def _audit_invalid(request: Request, reasons: list[str]) -> None:
+    """Audit a body refused by validation: every refusal is recorded, with its actor when known."""
+    runtime: SiteRuntime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None:
+        return
+    principal = getattr(request.state, "principal", None)
+    try:
+        await runtime.record(
+            "query.refused", {"stage": "validate", "reasons": reasons[:20]}, principal=principal
+        )
+    except AuditError:
+        # A message the audit registry will not store must not turn a 422 into a 500.
+        log.warning("a validation refusal could not be audited on %s", request.url.path)
 
 
 def app_from_environment() -> FastAPI:

@@ -45,7 +45,9 @@ async def authenticate(request: Request, runtime: RuntimeDep) -> Principal:
     header = request.headers.get("authorization")
     try:
         token = bearer_token(header)
-        return await runtime.tokens.validate(token)
+        principal = await runtime.tokens.validate(token)
+        request.state.principal = principal  # so a later refusal of the body is audited with its actor
+        return principal
     except AuthError as exc:
         payload: dict[str, str] = {"reason": exc.code, "route": request.url.path}
         if header:

@@ -7,6 +7,7 @@ handlers here render those, authentication failures and request-validation error
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -85,13 +86,18 @@ def refusal_response(refusal: Refusal) -> JSONResponse:
     )
 
 
-def _validation_response(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    errors = []
+def _field_messages(exc: RequestValidationError) -> list[tuple[str, str]]:
+    out = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
         # Pydantic's message may quote the offending input; the field and the rule are enough.
-        errors.append({"field": ".".join(loc) or "body", "message": str(err.get("msg", "invalid"))})
+        out.append((".".join(loc) or "body", str(err.get("msg", "invalid"))))
+    return out
+
+
+def _validation_response(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"field": field, "message": message} for field, message in _field_messages(exc)]
     first = errors[0] if errors else {"field": "body", "message": "invalid"}
     return problem(
         HTTPStatus.UNPROCESSABLE_ENTITY,
@@ -116,11 +122,23 @@ async def _refusal_handler(_request: Request, exc: Exception) -> JSONResponse:
     return refusal_response(exc)
 
 
-def install(app: FastAPI) -> None:
-    """Register the handlers on an app."""
+InvalidRequestHook = Callable[[Request, list[str]], Awaitable[None]]
+
+
+def install(app: FastAPI, *, on_invalid: InvalidRequestHook | None = None) -> None:
+    """Register the handlers on an app; `on_invalid` hears of every body that failed validation (the app
+    audits those refusals)."""
+
+    async def validation(request: Request, exc: Exception) -> JSONResponse:
+        response = _validation_response(request, exc)
+        if on_invalid is not None:
+            assert isinstance(exc, RequestValidationError)
+            await on_invalid(request, [f"{field}: {message}" for field, message in _field_messages(exc)])
+        return response
+
     app.add_exception_handler(Refusal, _refusal_handler)
     app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
-    app.add_exception_handler(RequestValidationError, _validation_response)
+    app.add_exception_handler(RequestValidationError, validation)
 
 
 def not_found_response() -> JSONResponse:

@@ -181,3 +181,15 @@ def test_gateway_refuses_to_start_without_a_usable_master_key(tmp_site: Site, pr
     with pytest.raises(StartupError, match=r"master\.key") as err:
         SiteRuntime.start(tmp_site.settings)
     assert "MDAw" not in str(err.value)
+
+
+def test_a_body_refused_by_validation_is_audited_with_its_actor(
+    tmp_site: Site, idp: LoopbackTestIssuer
+) -> None:
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url) as http:
+        bad = {**COUNT, "kind": "scatterplot"}
+        response = http.post("/v1/queries", json=bad, headers=bearer(idp, "researcher", sub="validator"))
+        assert response.status_code == 422
+        export = http.get("/v1/audit/export", headers=bearer(idp, "auditor")).content
+    refused = [line for line in export.split(b"\n") if b'"query.refused"' in line and b'"validate"' in line]
+    assert refused and b'"validator"' in refused[-1] and b"kind" in refused[-1]
