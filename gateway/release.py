@@ -9,8 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
+
 from gateway.decision import Obligations
-from gateway.query import HistogramQuery, KaplanMeierQuery, QueryOutcome, QuerySpec
+from gateway.query import (
+    HistogramQuery,
+    KaplanMeierQuery,
+    QuantilesQuery,
+    QueryOutcome,
+    QuerySpec,
+    quantile_name,
+)
 from pseudonymize.disclosure import (
     DisclosureRules,
     ProtectedTable,
@@ -37,7 +46,7 @@ def protect(spec: QuerySpec, outcome: QueryOutcome, obligations: Obligations) ->
     rules = DisclosureRules.from_obligations(obligations)
     check_query_set(outcome.selected, outcome.population, rules)
     groups = list(spec.group_by)
-    frame = outcome.frame
+    frame = _recode_rare_levels(outcome.frame, groups, rules, merge=spec.kind != "quantiles")
     table: ProtectedTable
     if spec.kind == "count":
         table = protect_counts(frame, groups, rules, margins=bool(groups), count_col="n")
@@ -48,14 +57,49 @@ def protect(spec: QuerySpec, outcome: QueryOutcome, obligations: Obligations) ->
     elif isinstance(spec, KaplanMeierQuery):
         table = protect_survival(spec.params.edges, frame, rules)
     elif spec.kind == "quantiles":
-        quantile_cols = [c for c in frame.columns if c not in set(groups) and c != "n"]
-        table = protect_quantiles(frame, groups, rules, value_cols=quantile_cols)
+        assert isinstance(spec, QuantilesQuery)
+        quantile_cols = [quantile_name(p) for p in spec.params.probs]
+        table = protect_quantiles(
+            frame, groups, rules, value_cols=quantile_cols, probs=list(spec.params.probs)
+        )
     else:
         assert isinstance(spec, HistogramQuery)
         table = _histogram(spec, frame, groups, rules)
     body = {"columns": [str(c) for c in table.frame.columns], **table.to_dict()}
     report = table.report
     return Released(body, report.cells, report.suppressed)
+
+
+OTHER = "(other)"
+_ADDITIVE = ("n", "sum", "sum_sq")
+
+
+def _recode_rare_levels(
+    frame: pd.DataFrame, groups: list[str], rules: DisclosureRules, *, merge: bool
+) -> pd.DataFrame:
+    """Levels of a group column held by fewer than min_cell_count rows never appear in an answer.
+
+    A suppressed cell hides its count, but its label would still show that the value exists (a group-by
+    on a lab value would list every patient's result). Rare levels are merged into one "(other)" level
+    (additive statistics are summed), or, for quantiles, which do not add up, their groups are dropped.
+    """
+    if not groups or frame.empty:
+        return frame
+    rare_rows = pd.Series(False, index=frame.index)
+    recoded = frame.copy()
+    for column in groups:
+        totals = frame.groupby(column, dropna=False)["n"].transform("sum")
+        rare = (totals < rules.min_cell_count) & frame[column].notna()
+        if rare.any():
+            rare_rows |= rare
+            recoded[column] = recoded[column].astype(object).where(~rare, OTHER)
+    if not rare_rows.any():
+        return frame
+    if not merge:
+        return frame[~rare_rows].reset_index(drop=True)
+    additive = [c for c in recoded.columns if c in _ADDITIVE]
+    keys = [*groups, *(["bin"] if "bin" in recoded.columns else [])]
+    return recoded.groupby(keys, dropna=False, sort=False)[additive].sum().reset_index()
 
 
 def _histogram(spec: HistogramQuery, frame: Any, groups: list[str], rules: DisclosureRules) -> ProtectedTable:

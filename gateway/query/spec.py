@@ -38,6 +38,8 @@ MAX_LEAVES = 32
 MAX_IN_VALUES = 100
 MAX_GROUP_BY = 4
 MIN_PROB, MAX_PROB = 0.05, 0.95
+PROB_STEP = 0.05
+MAX_PROBS = 5
 # RFC 8785 numbers are IEEE doubles: larger integers would not hash the same everywhere.
 _SAFE_INT = 2**53
 _MAX_TEXT = 256
@@ -214,13 +216,17 @@ class QuantilesParams(_Spec):
     (closer to 0 or 1 a quantile is one patient's value)."""
 
     column: ColumnName
-    probs: list[Prob] = Field(min_length=1, max_length=19)
+    probs: list[Prob] = Field(min_length=1, max_length=MAX_PROBS)
 
     @field_validator("probs")
     @classmethod
     def _distinct(cls, probs: list[float]) -> list[float]:
         if len(set(probs)) != len(probs):
             raise ValueError("probs must be distinct")
+        # A coarse grid: two close probabilities interpolate between the same two patients' values and
+        # together solve for both.
+        if any(abs(p / PROB_STEP - round(p / PROB_STEP)) > 1e-9 for p in probs):
+            raise ValueError(f"probs must be multiples of {PROB_STEP}")
         return probs
 
 

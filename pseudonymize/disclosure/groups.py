@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -96,12 +97,18 @@ def protect_quantiles(
     *,
     value_cols: Sequence[str] | None = None,
     levels: Mapping[str, Sequence[Any]] | None = None,
+    probs: Sequence[float] | None = None,
 ) -> ProtectedTable:
     """Quantiles per group, released only for groups of at least min_cell_count rows (`n` column).
 
     `value_cols` names the quantile columns (default: every column that is neither a group column nor n).
-    Output: group columns, n, the quantile columns (NA when suppressed), suppressed, suppression_reason.
+    With `probs` (one per value column), a quantile is also withheld when fewer than min_cell_count rows
+    lie below or above it (n·p or n·(1−p) under the minimum): near the ends a quantile is in effect a few
+    patients' own values. Output: group columns, n, the quantile columns (NA when suppressed or
+    withheld), suppressed, suppression_reason.
     """
+    if probs is not None and len(probs) != len(value_cols or []):
+        raise InvalidAggregate("give one probability per quantile column")
     if value_cols is None:
         value_cols = [c for c in df.columns if c not in set(group_cols) and c != "n"]
     if "n" in value_cols or set(value_cols) & set(group_cols):
@@ -114,13 +121,28 @@ def protect_quantiles(
     frame["n"] = pd.array(
         [rules.round(int(v)) if ok else pd.NA for v, ok in zip(n, released, strict=True)], dtype="Int64"
     )
-    for col in value_cols:
+    withheld = 0
+    for i, col in enumerate(value_cols):
         values = quantiles[col]
+        tail = min(probs[i], 1 - probs[i]) if probs is not None else 1.0
+        near_end = np.asarray(n, dtype=float) * tail < rules.min_cell_count
+        withheld += int((released & near_end).sum())
         frame[col] = pd.array(
-            [v if ok and not np.isnan(v) else pd.NA for v, ok in zip(values, released, strict=True)],
+            [
+                v if ok and not end and not np.isnan(v) else pd.NA
+                for v, ok, end in zip(values, released, near_end, strict=True)
+            ],
             dtype="Float64",
         )
-    return _finish("quantiles", frame, status, rules, " whole (no quantiles)")
+    table = _finish("quantiles", frame, status, rules, " whole (no quantiles)")
+    if not withheld:
+        return table
+    note = (
+        f"{withheld} quantile value(s) withheld: fewer than {rules.min_cell_count} rows lie beyond them, "
+        "so they would describe a few patients' own values"
+    )
+    report = replace(table.report, reasons=(*table.report.reasons, note))
+    return ProtectedTable(table.frame, report)
 
 
 def _quantile_columns(df: pd.DataFrame, grid: Grid, value_cols: Sequence[str]) -> dict[str, np.ndarray]:

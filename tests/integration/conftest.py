@@ -28,12 +28,6 @@ def gateway_url(site: Site) -> Iterator[str]:
         yield url
 
 
-def bearer(idp: LoopbackTestIssuer, *roles: str, sub: str = "researcher-1", org: str = "org-aphp",
-           country: str = "FR") -> dict[str, str]:  # fmt: skip
-    """Authorization header of a fresh token from the test issuer."""
-    return {"Authorization": f"Bearer {idp.token(sub=sub, org=org, country=country, roles=list(roles))}"}
-
-
 @pytest.fixture
 def http(gateway_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=gateway_url, timeout=30) as client:

@@ -161,3 +161,10 @@ def running_gateway(settings: SiteSettings, **app_options: Any) -> Iterator[str]
     finally:
         server.should_exit = True
         thread.join(timeout=20)
+
+
+def bearer(
+    idp: Any, *roles: str, sub: str = "researcher-1", org: str = "org-aphp", country: str = "FR"
+) -> dict[str, str]:
+    """Authorization header of a fresh token from the test identity provider."""
+    return {"Authorization": f"Bearer {idp.token(sub=sub, org=org, country=country, roles=list(roles))}"}

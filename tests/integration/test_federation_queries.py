@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import bearer
 from federation_sites import Federation, build_federation, running_federation
+from gateway_site import bearer
 from oidc_issuer import LoopbackTestIssuer
 
 from gateway.client import FederatedResult

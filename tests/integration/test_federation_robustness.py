@@ -12,10 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import bearer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from federation_sites import Federation, build_federation, running_federation, set_agreement
-from gateway_site import free_port
+from gateway_site import bearer, free_port
 from oidc_issuer import LoopbackTestIssuer
 
 from gateway.federation.signing import HEADER, PeerSigner, load_peer_key

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import bearer
-from gateway_site import Site, build_site, running_gateway
+from gateway_site import Site, bearer, build_site, running_gateway
 from oidc_issuer import LoopbackTestIssuer
 
 from audit.merkle import leaf_hash, verify_consistency, verify_inclusion

@@ -10,8 +10,7 @@ from typing import Any
 import httpx
 import pyarrow.compute as pc
 import pytest
-from conftest import bearer
-from gateway_site import Site, running_gateway
+from gateway_site import Site, bearer, running_gateway
 from oidc_issuer import LoopbackTestIssuer
 
 PURPOSE = {"duo": ["DUO:0000006"]}
@@ -302,3 +301,32 @@ def test_openapi_is_served(http: httpx.Client) -> None:
     assert "/v1/queries" in doc["paths"] and "/v1/steward/approvals/{request_id}" in doc["paths"]
     assert base64
     assert json
+
+
+def test_group_by_a_lab_value_never_lists_rare_values(
+    http: httpx.Client, idp: LoopbackTestIssuer, site: Site
+) -> None:
+    body = ask(http, idp, spec("count", group_by=["hba1c"])).json()
+    levels = [r["hba1c"] for r in body["rows"] if r["margin"] is None]
+    values = site.source["hba1c"].to_pylist()
+    rare = {v for v in values if v is not None and values.count(v) < 10}
+    assert rare and not rare & set(levels)
+    assert "(other)" in levels
+
+
+def test_extreme_or_close_quantiles_are_withheld(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
+    close = ask(http, idp, spec("quantiles", params={"column": "bmi", "probs": [0.05, 0.06]}))
+    assert close.status_code == 422 and "multiples of 0.05" in close.json()["detail"]
+    by_group = ask(
+        http,
+        idp,
+        spec(
+            "quantiles",
+            group_by=["smoking", "sex", "age_band"],
+            params={"column": "bmi", "probs": [0.05, 0.5]},
+        ),
+    )
+    rows = by_group.json()["rows"]
+    assert rows and all(r["q0.05"] is None for r in rows if r["n"] is not None and r["n"] * 0.05 < 10)
+    assert any(r["q0.5"] is not None for r in rows)
+    assert any("withheld" in reason for reason in by_group.json()["disclosure"]["reasons"])

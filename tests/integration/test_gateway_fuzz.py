@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import httpx
-from conftest import bearer
+from gateway_site import bearer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oidc_issuer import LoopbackTestIssuer

@@ -22,9 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import statsmodels.api as sm
-from conftest import bearer
 from federation_sites import Federation, build_federation, running_federation
-from gateway_site import TEST_AGREEMENTS, free_port
+from gateway_site import TEST_AGREEMENTS, bearer, free_port
 from lifelines import KaplanMeierFitter
 from lifelines.datasets import load_gbsg2
 from oidc_issuer import LoopbackTestIssuer

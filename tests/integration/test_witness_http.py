@@ -13,10 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import bearer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from federation_sites import Federation, build_federation, running_federation
-from gateway_site import Site
+from gateway_site import Site, bearer
 from oidc_issuer import LoopbackTestIssuer
 from typer.testing import CliRunner
 
