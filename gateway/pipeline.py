@@ -36,6 +36,11 @@ from pseudonymize.disclosure import DisclosureError
 from pseudonymize.store import CatalogEntry
 
 
+def owner(principal: Principal) -> str:
+    """Whose request it is: the subject as its issuer names it (two issuers may reuse a `sub`)."""
+    return f"{principal.issuer}\n{principal.sub}"
+
+
 def sha256_label(hex_digest: str) -> str:
     """The audit log's digest form."""
     return f"sha256:{hex_digest}"
@@ -109,6 +114,14 @@ class QueryPipeline:
             await self._refused(refusal, principal, request_id, query_hash)
             await self._outcome(principal, spec, request_id, "refused", stage=refusal.stage)
             raise
+        except Exception as exc:  # noqa: BLE001 - any failure must end as an audited refusal, never an answer
+            # Fail closed and leave no gap in the trail: an unexpected failure is an audited refusal.
+            failure = Refusal(
+                "unavailable", "The gateway could not answer", [f"internal error ({type(exc).__name__})"],
+                stage="execute", request_id=request_id,
+            )  # fmt: skip
+            await self._refused(failure, principal, request_id, query_hash)
+            raise failure from None
 
     async def decide_approval(
         self, steward: Principal, request_id: str, *, approve: bool, reason: str
@@ -121,6 +134,19 @@ class QueryPipeline:
             raise Refusal(
                 "conflict", "Already decided", [f"the request is {stored.status}"], stage="approval"
             )
+        if stored.subject == owner(steward):
+            raise Refusal(
+                "forbidden", "Not your own query", ["a steward cannot approve or reject their own query"],
+                stage="approval", request_id=request_id,
+            )  # fmt: skip
+        # Claim the request before anything runs, so two stewards deciding at once cannot both release it.
+        claimed = await asyncio.to_thread(
+            self.rt.state.update_request, request_id, expect="pending_approval", status="deciding",
+            reasons=stored.reasons, result=None, decided_by=owner(steward),
+        )  # fmt: skip
+        if not claimed:
+            raise Refusal("conflict", "Already decided", ["another steward is deciding this request"],
+                          stage="approval")  # fmt: skip
         query_hash = stored.query_hash
         reasons = [reason] if reason else []
         await self.rt.record(
@@ -235,7 +261,9 @@ class QueryPipeline:
                 ],
                 stage="decide",
             )
-        asked = await asyncio.to_thread(self.rt.state.count_query, principal.sub, spec.agreement, query_hash)
+        asked = await asyncio.to_thread(
+            self.rt.state.count_query, owner(principal), spec.agreement, query_hash
+        )
         if asked > obligations.max_identical_queries:
             raise Refusal(
                 "limit",
@@ -366,11 +394,11 @@ class QueryPipeline:
         done = await asyncio.to_thread(
             self.rt.state.update_request,
             request_id,
-            expect="pending_approval",
+            expect="deciding",
             status=status,
             reasons=reasons,
             result=result,
-            decided_by=steward.sub,
+            decided_by=owner(steward),
         )
         if not done:
             raise Refusal("conflict", "Already decided", ["another steward decided this request first"],

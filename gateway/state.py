@@ -16,7 +16,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-RequestStatus = Literal["pending_approval", "released", "refused", "rejected"]
+RequestStatus = Literal["pending_approval", "deciding", "released", "refused", "rejected"]
 
 metadata = sa.MetaData()
 
@@ -271,7 +271,7 @@ def new_request(
     return StoredRequest(
         request_id=request_id,
         status="pending_approval",
-        subject=str(principal["sub"]),
+        subject=f"{principal['issuer']}\n{principal['sub']}",
         agreement=str(spec["agreement"]),
         dataset=str(spec["dataset"]),
         kind=str(spec["kind"]),

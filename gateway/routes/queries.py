@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from gateway.deps import PipelineDep, ResearcherDep, RuntimeDep
-from gateway.pipeline import new_request_id
+from gateway.pipeline import new_request_id, owner
 from gateway.problems import ACCEPTED, OK
 from gateway.query import QuerySpec
 from gateway.refusal import Refusal
@@ -42,7 +42,7 @@ async def submit(spec: QuerySpec, principal: ResearcherDep, pipeline: PipelineDe
 async def poll(request_id: str, principal: ResearcherDep, runtime: RuntimeDep) -> dict[str, Any]:
     """Only the researcher who asked sees the request."""
     stored = await asyncio.to_thread(runtime.state.get_request, request_id)
-    if stored is None or stored.subject != principal.sub:
+    if stored is None or stored.subject != owner(principal):
         raise Refusal("not_found", "No such request", [f"no request {request_id} of yours"])
     if stored.status == "released" and stored.result is not None:
         return stored.result

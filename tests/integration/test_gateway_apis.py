@@ -192,3 +192,16 @@ def test_a_body_refused_by_validation_is_audited_with_its_actor(
         export = http.get("/v1/audit/export", headers=bearer(idp, "auditor")).content
     refused = [line for line in export.split(b"\n") if b'"query.refused"' in line and b'"validate"' in line]
     assert refused and b'"validator"' in refused[-1] and b"kind" in refused[-1]
+
+
+def test_a_steward_cannot_approve_their_own_query(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
+    both = bearer(idp, "researcher", "steward", sub="dual-role")
+    body = {**COUNT, "agreement": "DSA-TEST-APPROVAL", "kind": "summary", "params": {"column": "bmi"}}
+    pending = http.post("/v1/queries", json=body, headers=both)
+    assert pending.status_code == 202
+    request_id = pending.json()["request_id"]
+    own = http.post(f"/v1/steward/approvals/{request_id}", json={"approve": True}, headers=both)
+    assert own.status_code == 403 and "their own query" in own.json()["detail"]
+    other = http.post(f"/v1/steward/approvals/{request_id}", json={"approve": False, "reason": "no"},
+                      headers=bearer(idp, "steward", sub="another-steward"))  # fmt: skip
+    assert other.status_code == 200 and other.json()["status"] == "rejected"
