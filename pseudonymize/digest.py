@@ -10,6 +10,7 @@ buffer layouts do not change it; any changed value, row or column does.
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 from collections.abc import Iterable
 
@@ -81,6 +82,16 @@ def _hash_array(h: _ColumnHash, arr: pa.Array) -> None:
     if pa.types.is_dictionary(t):
         _hash_array(h, arr.dictionary_decode())
         return
+    if pa.types.is_decimal(t):
+        # Decimals convert to Python objects in numpy; hash their fixed-width storage instead.
+        filled = pc.fill_null(arr, pa.scalar(decimal.Decimal(0), t))
+        width = t.byte_width
+        data = filled.buffers()[1]
+        assert data is not None
+        h.values.update(memoryview(data)[filled.offset * width : (filled.offset + len(filled)) * width])
+        return
+    if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_temporal(t)):
+        raise TypeError(f"the content digest has no canonical form for {t}")
     width = t.bit_width // 8
     storage = (
         arr.view(

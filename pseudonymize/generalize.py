@@ -31,12 +31,16 @@ def age(rule: AgeRule, birth: str, at: str) -> str:
     """
     years = f"date_sub('year', {birth}, {at})"
     if rule.band == 1:
-        return f"CASE WHEN {years} < 0 THEN NULL ELSE greatest(least({years}, {rule.top}), {rule.bottom}) END"
+        return (
+            f"CASE WHEN {years} IS NULL OR {years} < 0 THEN NULL "
+            f"ELSE greatest(least({years}, {rule.top}), {rule.bottom}) END"
+        )
     lo = f"greatest({years} // {rule.band} * {rule.band}, {rule.bottom})"
     hi = f"least(({years} // {rule.band} + 1) * {rule.band} - 1, {rule.top - 1})"
     below = f"WHEN {years} < {rule.bottom} THEN '<{rule.bottom}' " if rule.bottom > 0 else ""
     return (
-        f"CASE WHEN {years} < 0 THEN NULL {below}WHEN {years} >= {rule.top} THEN '{rule.top}+' "
+        f"CASE WHEN {years} IS NULL OR {years} < 0 THEN NULL {below}"
+        f"WHEN {years} >= {rule.top} THEN '{rule.top}+' "
         f"ELSE CAST({lo} AS VARCHAR) || '-' || CAST({hi} AS VARCHAR) END"
     )
 
@@ -45,7 +49,8 @@ def postcode(rule: PostcodeRule, column: str) -> str:
     """The first rule.keep characters of the postcode, upper-cased, spaces trimmed."""
     if rule.keep == 0:
         return f"CASE WHEN {column} IS NULL THEN NULL ELSE '{SUPPRESSED}' END"
-    return f"upper(left(trim(CAST({column} AS VARCHAR)), {rule.keep}))"
+    # Spaces inside a postcode vary by writer ('SW1A 1AA', 'SW1A1AA'); none of them count toward the prefix.
+    return f"upper(left(regexp_replace(CAST({column} AS VARCHAR), '\\s', '', 'g'), {rule.keep}))"
 
 
 def suppress_rare_prefixes_sql(table: str, column: str, min_count: int) -> str:

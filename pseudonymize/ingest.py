@@ -129,7 +129,10 @@ def ingest(
         for column, min_count in compiled.rare_prefix_rules:
             con.execute(suppress_rare_prefixes_sql(staging, column, min_count)).fetchall()
 
-        risk = k_anonymity(con, staging, spec.quasi_identifiers, spec.k_anonymity.k)
+        patient_column = spec.output_column(spec.patient_key) if spec.patient_key else None
+        risk = k_anonymity(
+            con, staging, spec.quasi_identifiers, spec.k_anonymity.k, patient_column=patient_column
+        )
         if not risk.passes and not override_k:
             raise RiskThresholdError(risk)
 
@@ -153,7 +156,7 @@ def ingest(
             risk_report=risk.to_dict(),
             source=connector.source,
             k_override=override_k and not risk.passes,
-            patient_column=spec.output_column(spec.patient_key) if spec.patient_key else None,
+            patient_column=patient_column,
         )
         if store.is_duckdb:
             published = store.publish_duckdb_table(staging, entry)

@@ -33,17 +33,27 @@ class RiskReport:
 
 
 def k_anonymity(
-    con: duckdb.DuckDBPyConnection, table: str, quasi_identifiers: list[str], k: int
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    quasi_identifiers: list[str],
+    k: int,
+    *,
+    patient_column: str | None = None,
 ) -> RiskReport:
-    """Group the table by its quasi-identifiers and measure the classes below k."""
+    """Group the table by its quasi-identifiers and measure the classes below k.
+
+    With `patient_column`, a class is as large as the distinct patients in it, not its rows: five
+    admissions of one patient are still one person.
+    """
     n = int(con.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchall()[0][0])
     if not quasi_identifiers or n == 0:
         below = n if 0 < n < k else 0
         return RiskReport(list(quasi_identifiers), k, n, 1 if n else 0, n, below, below / n if n else 0.0)
     cols = ", ".join(quote_ident(c) for c in quasi_identifiers)
+    size = f"count(DISTINCT {quote_ident(patient_column)})" if patient_column else "count(*)"
     row = con.execute(
         f"SELECT count(*), min(c), coalesce(sum(c) FILTER (WHERE c < ?), 0) "
-        f"FROM (SELECT count(*) AS c FROM {quote_ident(table)} GROUP BY {cols})",
+        f"FROM (SELECT {size} AS c FROM {quote_ident(table)} GROUP BY {cols})",
         [k],
     ).fetchall()[0]
     classes, smallest, below = int(row[0]), int(row[1]), int(row[2])

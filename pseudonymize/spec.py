@@ -25,6 +25,7 @@ quasi-identifiers of the k-anonymity report (under their output names).
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import tomllib
 from datetime import date
@@ -128,6 +129,8 @@ class NumericRule(_Rule):
             raise ValueError("give exactly one of width and edges")
         if self.edges is not None and (len(self.edges) < 2 or self.edges != sorted(set(self.edges))):
             raise ValueError("edges must be at least two strictly increasing numbers")
+        if not all(math.isfinite(x) for x in [*(self.edges or []), self.start, self.width or 0.0]):
+            raise ValueError("edges, start and width must be finite numbers")
         return self
 
 
@@ -233,6 +236,15 @@ class PseudonymizationSpec(BaseModel):
             raise ValueError("patient_key: required when a column is date_shift")
         if self.patient_key is not None and self.patient_key not in self.columns:
             raise ValueError(f"patient_key: {self.patient_key!r} is not a column of the spec")
+        if self.patient_key is not None and self.columns[self.patient_key].action not in (
+            "pseudonym",
+            "drop",
+        ):
+            # The patient key identifies a person whatever the spec calls it.
+            raise ValueError(
+                f"columns.{self.patient_key}: the patient key may only be pseudonymized or dropped, "
+                f"not {self.columns[self.patient_key].action}"
+            )
         return self
 
     @property
@@ -279,6 +291,21 @@ def _expand(rule: Any) -> Any:
     return _ACTIONS[action].model_validate(rule)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice: a later `name: keep` must not quietly win."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _yaml_line(text: str, loc: tuple[str, ...]) -> int | None:
     try:
         node: Any = yaml.compose(text)
@@ -317,7 +344,7 @@ def load_spec(path: Path | str) -> PseudonymizationSpec:
         raise SpecError(path, None, f"cannot read spec file: {exc}") from None
     is_toml = path.suffix.lower() == ".toml"
     try:
-        data = tomllib.loads(text) if is_toml else yaml.safe_load(text)
+        data = tomllib.loads(text) if is_toml else yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         raise SpecError(path, None, f"not valid {'TOML' if is_toml else 'YAML'}: {exc}") from None
     if not isinstance(data, dict):

@@ -227,6 +227,16 @@ class Store:
     ) -> CatalogEntry:
         """Publish a stream of pseudonymized batches into a SQLAlchemy store, atomically."""
         assert self._engine is not None, "DuckDB stores publish their staging table in place"
+        try:
+            return self._publish_batches(schema, batches, entry)
+        except sa.exc.SQLAlchemyError as exc:
+            # Nothing was published: the transaction rolled back. Driver messages may quote rows.
+            raise StoreError(f"publishing to {self.display_url} failed ({type(exc).__name__})") from None
+
+    def _publish_batches(
+        self, schema: pa.Schema, batches: Iterator[pa.RecordBatch], entry: CatalogEntry
+    ) -> CatalogEntry:
+        assert self._engine is not None
         with self._engine.begin() as conn:
             version = self._next_version_in(conn, entry.dataset)
             table_name = version_table(entry.dataset, version)
@@ -246,14 +256,10 @@ class Store:
                         f"VALUES ({', '.join(':' + c for c in _CATALOG_COLUMNS)})"),
                 final.row(),
             )  # fmt: skip
+            # Drop and create rather than replace: a new version may have different columns.
             view = quote_ident(dataset_view(entry.dataset))
-            if conn.dialect.name == "postgresql":
-                conn.execute(
-                    sa.text(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {quote_ident(table_name)}")
-                )
-            else:
-                conn.execute(sa.text(f"DROP VIEW IF EXISTS {view}"))
-                conn.execute(sa.text(f"CREATE VIEW {view} AS SELECT * FROM {quote_ident(table_name)}"))
+            conn.execute(sa.text(f"DROP VIEW IF EXISTS {view}"))
+            conn.execute(sa.text(f"CREATE VIEW {view} AS SELECT * FROM {quote_ident(table_name)}"))
         return final
 
     @staticmethod

@@ -80,6 +80,10 @@ def compile_transform(
         t = source_cols[name]
         try:
             if rule.action == "keep":
+                if pa.types.is_nested(t):
+                    raise ValueError(
+                        f"is of nested type {t}, which the store does not hold; drop or flatten it"
+                    )
                 expr = col
             elif rule.action == "pseudonym":
                 if name == spec.patient_key:

@@ -76,6 +76,10 @@ def ingest(
         except (ConnectorError, PseudonymizeError) as exc:
             log.append("ingest.refused", actor=actor, payload={"dataset": dataset, "reasons": [_reason(exc)]})
             raise
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the refusal is audited and nothing crashes
+            reason = f"ingest failed ({type(exc).__name__}); nothing was published"
+            log.append("ingest.refused", actor=actor, payload={"dataset": dataset, "reasons": [reason]})
+            fail(reason, EXIT_FAILED)
         entry = result.entry
         log.append(
             "ingest.published",

@@ -75,3 +75,14 @@ def test_numeric_bins() -> None:
     got = [run(g.numeric_bin(edges, str(v))) for v in (10, 18.5, 27, 30, 45)]
     assert got == ["< 18.5", "[18.5, 25)", "[25, 30)", ">= 30", ">= 30"]
     assert run(g.numeric_bin(edges, "NULL")) is None
+
+
+def test_missing_birth_date_stays_missing() -> None:
+    for band in (1, 10):
+        rule = age_rule(band=band, bottom=18, top=80)
+        assert run(g.age(rule, "CAST(NULL AS DATE)", "DATE '2020-06-15'")) is None
+
+
+def test_postcode_spaces_do_not_count() -> None:
+    rule = PostcodeRule(action="generalize", method="postcode", keep=4)
+    assert run(g.postcode(rule, "'SW1A 1AA'")) == run(g.postcode(rule, "'sw1a1aa'")) == "SW1A"

@@ -222,3 +222,42 @@ def _staging_tables(store: Store) -> list[str]:
         "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'staging_%'"
     ).fetchall()
     return [r[0] for r in rows]
+
+
+def test_k_anonymity_counts_patients_not_rows(tmp_path: Path, master: SecretKey) -> None:
+    import datetime as dt
+
+    import pyarrow.parquet as pq
+
+    rows = 40
+    pids = [f"MRN-{i // 5 if i < 5 else i}" for i in range(rows)]  # the first patient has five admissions
+    table = pa.table({
+        "pid": pids,
+        "sex": ["X"] * 5 + ["F"] * (rows - 5),  # ... and the only 'X'
+        "adm": [dt.date(2020, 1, 1)] * rows,
+    })  # fmt: skip
+    source = tmp_path / "multi.parquet"
+    pq.write_table(table, source)
+    spec_file = tmp_path / "multi.yaml"
+    spec_file.write_text(
+        "dataset: multi\nagreement: DSA-1\npatient_key: pid\nk_anonymity: {k: 5}\ncolumns:\n"
+        "  pid: {action: pseudonym, identifier: direct}\n  sex: {action: keep, identifier: quasi}\n"
+        "  adm: date_shift\n"
+    )
+    with Store(f"duckdb:///{tmp_path / 's.duckdb'}") as store, pytest.raises(RiskThresholdError) as err:
+        ingest(
+            ParquetConnector(source), load_spec(spec_file), str(spec_file), master, store, jurisdiction="DE"
+        )
+    assert err.value.report.smallest_class == 1
+
+
+def test_decimal_columns_digest_the_same_whatever_the_batches() -> None:
+    import decimal
+
+    from pseudonymize.digest import digest_batches
+
+    t = pa.table(
+        {"x": pa.array([decimal.Decimal("1.25"), None, decimal.Decimal("-3.50")], pa.decimal128(10, 2))}
+    )
+    assert digest_batches(t.schema, t.to_batches(max_chunksize=1)) == digest_batches(t.schema, t.to_batches())
+    assert digest_batches(t.schema, t.to_batches()) == digest_batches(t.schema, t.to_batches())

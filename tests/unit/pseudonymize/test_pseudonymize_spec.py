@@ -132,3 +132,27 @@ def test_actions_check_column_types(tmp_path: Path) -> None:
 def test_duplicate_output_names(tmp_path: Path) -> None:
     err = error(spec(tmp_path, HEAD + "  a: keep\n  b: {action: keep, as: a}\n"))
     assert "also written by 'a'" in str(err)
+
+
+def test_patient_key_can_never_be_kept(tmp_path: Path) -> None:
+    body = "dataset: cohort\nagreement: DSA-1\npatient_key: pid\ncolumns:\n  pid: keep\n"
+    err = error(spec(tmp_path, body))
+    assert err.field == "columns.pid" and "patient key may only be pseudonymized or dropped" in str(err)
+
+
+def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
+    body = HEAD + "  name: {action: drop, identifier: direct}\n  sex: keep\n  name: keep\n"
+    err = error(spec(tmp_path, body))
+    assert "'name' is given twice" in str(err) and err.path.name == "s.yaml"
+
+
+def test_numeric_bins_need_finite_numbers(tmp_path: Path) -> None:
+    err = error(spec(tmp_path, HEAD + "  bmi: {action: generalize, method: numeric, edges: [0, .inf]}\n"))
+    assert err.field == "columns.bmi" and "finite" in str(err)
+
+
+def test_nested_columns_cannot_be_kept(tmp_path: Path) -> None:
+    s = load_spec(spec(tmp_path, HEAD + "  codes: keep\n"))
+    schema = pa.schema([("pid", pa.string()), ("codes", pa.list_(pa.string()))])
+    with pytest.raises(SpecError, match=r"columns.codes: keep: the source column is of nested type"):
+        compile_transform(s, schema, bytes(32), "s.yaml")
