@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import base64
 import json
 import os
@@ -72,7 +73,8 @@ def build_site(work: Path, rows: int, issuer: str, port: int) -> Path:
         "commercial_use": False, "collaboration": True, "return_of_results": True,
         "datasets": {"big": {"columns": COLUMNS}, "small": {"columns": COLUMNS}},
         "query_kinds": ["count", "crosstab"], "approval_kinds": [], "not_before": "2026-01-01",
-        "not_after": "2030-12-31", "thresholds": {"min_cell_count": 10}, "dp": None,
+        "not_after": (datetime.date.today() + datetime.timedelta(days=730)).isoformat(),
+        "thresholds": {"min_cell_count": 10}, "dp": None,
         "standard_contractual_clauses": [], "export_licences": [],
     }  # fmt: skip
     (work / "policies/data/agreements.json").write_text(json.dumps(agreements))

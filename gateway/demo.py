@@ -10,6 +10,7 @@ checkpoints; an auditor verifies all three logs offline. Every process the demo 
 from __future__ import annotations
 
 import json
+from datetime import date, timedelta
 import os
 import shlex
 import shutil
@@ -88,7 +89,7 @@ def agreement(site_country: str) -> dict[str, Any]:
         "query_kinds": ["count", "crosstab", "summary", "histogram", "quantiles", "glm", "kaplan_meier"],
         "approval_kinds": [],
         "not_before": "2026-01-01",
-        "not_after": "2028-12-31",
+        "not_after": (date.today() + timedelta(days=730)).isoformat(),
         "thresholds": {"min_cell_count": 10},
         "dp": None,
         "standard_contractual_clauses": clauses,

@@ -12,6 +12,7 @@ steward), DSA-TEST-EXPIRED (ended 2026-06-30) and DSA-TEST-DP (requires differen
 from __future__ import annotations
 
 import base64
+import datetime
 import contextlib
 import json
 import os
@@ -44,6 +45,10 @@ COLUMNS = ["age_band", "sex", "postcode_area", "country", "icd10", "hba1c", "bmi
 KINDS = ["count", "crosstab", "summary", "histogram", "quantiles", "glm", "kaplan_meier"]
 
 
+# Test agreements stay in force two years from whenever the suite runs, so it never expires under itself.
+IN_FORCE_UNTIL = (datetime.date.today() + datetime.timedelta(days=730)).isoformat()
+
+
 def _agreement(**overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "title": "Test agreement",
@@ -56,7 +61,7 @@ def _agreement(**overrides: Any) -> dict[str, Any]:
         "query_kinds": KINDS,
         "approval_kinds": [],
         "not_before": "2026-01-01",
-        "not_after": "2027-12-31",
+        "not_after": IN_FORCE_UNTIL,
         "thresholds": {"min_cell_count": 10, "max_identical_queries": 3},
         "dp": None,
         "standard_contractual_clauses": [],
