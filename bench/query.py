@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import base64
+import datetime
 import json
 import os
 import shutil

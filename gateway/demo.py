@@ -10,7 +10,6 @@ checkpoints; an auditor verifies all three logs offline. Every process the demo 
 from __future__ import annotations
 
 import json
-from datetime import date, timedelta
 import os
 import shlex
 import shutil
@@ -20,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 

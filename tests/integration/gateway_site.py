@@ -12,8 +12,8 @@ steward), DSA-TEST-EXPIRED (ended 2026-06-30) and DSA-TEST-DP (requires differen
 from __future__ import annotations
 
 import base64
-import datetime
 import contextlib
+import datetime
 import json
 import os
 import shutil
