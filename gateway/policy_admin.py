@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,21 @@ def read_data(policy_dir: Path, name: str) -> Any:
     return json.loads((policy_dir / "data" / f"{name}.json").read_text(encoding="utf-8"))
 
 
+_REPLACING = threading.Lock()
+
+
 def replace_data(point: PolicyDecisionPoint, policy_dir: Path, name: str, document: Any) -> PolicyBundle:
-    """Validate `document` as the new `<name>.json` within the whole bundle, then install and reload it."""
+    """Validate `document` as the new `<name>.json` within the whole bundle, then install and reload it.
+
+    One replacement at a time: two documents validated each against the old other would otherwise be
+    installed together without ever being checked together."""
     if not _NAME.match(name) or name not in data_names(policy_dir):
         raise KeyError(name)
+    with _REPLACING:
+        return _replace(point, policy_dir, name, document)
+
+
+def _replace(point: PolicyDecisionPoint, policy_dir: Path, name: str, document: Any) -> PolicyBundle:
     text = json.dumps(document, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
     with tempfile.TemporaryDirectory(prefix="fedgate-policy-") as scratch:
         trial = Path(scratch) / "policies"

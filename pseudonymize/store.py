@@ -127,12 +127,23 @@ class Store:
                     Path(path).parent.mkdir(parents=True, exist_ok=True)
                 self._duck = duckdb.connect(path)
                 self._duck.execute(_CATALOG_DDL).fetchall()
+                self._sweep_staging()
             else:
                 self._engine = sa.create_engine(url)
                 with self._engine.begin() as conn:
                     conn.execute(sa.text(_CATALOG_DDL.replace("VARCHAR", "TEXT")))
         except (duckdb.Error, sa.exc.SQLAlchemyError) as exc:
             raise StoreError(f"cannot open the store at {self.display_url}: {type(exc).__name__}") from None
+
+    def _sweep_staging(self) -> None:
+        """Drop staging tables an ingest killed mid-way left behind; DuckDB's file lock means no ingest
+        is running while this connection holds the store."""
+        con = self.duckdb
+        rows = con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'staging\\_%' ESCAPE '\\'"
+        ).fetchall()
+        for (table,) in rows:
+            con.execute(f"DROP TABLE IF EXISTS {quote_ident(table)}").fetchall()
 
     @property
     def display_url(self) -> str:

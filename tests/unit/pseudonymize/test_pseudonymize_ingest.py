@@ -261,3 +261,16 @@ def test_decimal_columns_digest_the_same_whatever_the_batches() -> None:
     )
     assert digest_batches(t.schema, t.to_batches(max_chunksize=1)) == digest_batches(t.schema, t.to_batches())
     assert digest_batches(t.schema, t.to_batches()) == digest_batches(t.schema, t.to_batches())
+
+
+def test_opening_the_store_sweeps_staging_left_by_a_killed_ingest(tmp_path: Path) -> None:
+    path = tmp_path / "s.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE staging_cohort_0123456789ab AS SELECT 1 AS a")
+    con.execute("CREATE TABLE stagingfoo AS SELECT 1 AS a")
+    con.close()
+    with Store(f"duckdb:///{path}") as store:
+        tables = {
+            r[0] for r in store.duckdb.execute("SELECT table_name FROM information_schema.tables").fetchall()
+        }
+    assert "staging_cohort_0123456789ab" not in tables and "stagingfoo" in tables
