@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,13 +45,14 @@ def identifier_problem(value: str) -> str | None:
     return None
 
 
-class FieldKind:
+class FieldKind(ABC):
     """How one payload field is checked; `check` returns a problem or None."""
 
     name = "value"
 
+    @abstractmethod
     def check(self, value: Any) -> str | None:
-        raise NotImplementedError
+        """The problem with `value`, or None when it fits this kind."""
 
 
 class Digest(FieldKind):
