@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 
 import rfc8785
 
+from audit.errors import PayloadError
 from gateway.auth import Principal
 from gateway.decision import DatasetFacts, Decision, DecisionInput, Destination
 from gateway.decision.models import Purpose, QueryFacts
@@ -83,18 +84,7 @@ class QueryPipeline:
     async def submit(self, principal: Principal, spec: QuerySpec, request_id: str) -> Answer:
         """The researcher's path: decide, then release or queue for approval."""
         query_hash = spec.query_hash()
-        await self.rt.record(
-            "query.received",
-            {
-                "query_hash": sha256_label(query_hash),
-                "kind": spec.kind,
-                "dataset": spec.dataset,
-                "dsa": spec.agreement,
-                "purpose": list(spec.purpose.duo),
-            },
-            principal=principal,
-            request_id=request_id,
-        )
+        await self._received(principal, spec, request_id, query_hash)
         try:
             entry = self._dataset(spec)
             decision = await self._decide(principal, spec, entry, request_id, query_hash)
@@ -122,6 +112,28 @@ class QueryPipeline:
             )  # fmt: skip
             await self._refused(failure, principal, request_id, query_hash)
             raise failure from None
+
+    async def _received(
+        self, principal: Principal, spec: QuerySpec, request_id: str, query_hash: str
+    ) -> None:
+        try:
+            await self.rt.record(
+                "query.received",
+                {
+                    "query_hash": sha256_label(query_hash),
+                    "kind": spec.kind,
+                    "dataset": spec.dataset,
+                    "dsa": spec.agreement,
+                    "purpose": list(spec.purpose.duo),
+                },
+                principal=principal,
+                request_id=request_id,
+            )
+        except PayloadError:
+            # The spec validated but holds text the audit log will not record: refuse it unrecorded
+            # rather than answer a request that left no trace (the message could quote that text).
+            reason = "the query holds text the audit log does not record"
+            raise Refusal("bad_request", "Invalid query", [reason], request_id=request_id) from None
 
     async def decide_approval(
         self, steward: Principal, request_id: str, *, approve: bool, reason: str

@@ -48,7 +48,11 @@ Kind = Literal["count", "crosstab", "summary", "histogram", "quantiles", "kaplan
 Op = Literal["=", "!=", "<", "<=", ">", ">=", "in", "between", "is_null"]
 ColumnName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", description="a dataset column")]
 DatasetId = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$", description="a catalog dataset id")]
-AgreementId = Annotated[str, Field(min_length=1, max_length=256, description="the data-sharing agreement")]
+# Agreement ids are labels (DSA-2026-014): the audit log records them, and only such text.
+AgreementId = Annotated[
+    str,
+    Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$", description="the data-sharing agreement id"),
+]
 Scalar = (
     StrictBool
     | Annotated[int, Field(strict=True, ge=-_SAFE_INT, le=_SAFE_INT)]

@@ -64,3 +64,12 @@ def test_raw_bytes_and_steward_documents(http: httpx.Client, idp: LoopbackTestIs
         document = {"garbage": raw.hex()}
     steward = bearer(idp, "steward", sub="fuzz-steward")
     assert_problem(http.put("/v1/steward/policy-data/transfer", json=document, headers=steward))
+
+
+def test_agreement_ids_with_control_characters_are_a_422(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
+    for agreement in ("\x8d\\AQë\U000cad09", "DSA 2026", "", "x" * 200):
+        response = http.post(
+            "/v1/queries", json={**VALID, "agreement": agreement}, headers=bearer(idp, "researcher")
+        )
+        assert response.status_code == 422, (agreement, response.text)
+        assert response.json()["field"].endswith("agreement")
