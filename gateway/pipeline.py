@@ -161,16 +161,26 @@ class QueryPipeline:
                           stage="approval")  # fmt: skip
         query_hash = stored.query_hash
         reasons = [reason] if reason else []
-        await self.rt.record(
-            "approval.decided",
-            {
-                "query_hash": sha256_label(query_hash),
-                "decision": "approved" if approve else "rejected",
-                "reasons": reasons,
-            },
-            principal=steward,
-            request_id=request_id,
-        )
+        try:
+            await self.rt.record(
+                "approval.decided",
+                {
+                    "query_hash": sha256_label(query_hash),
+                    "decision": "approved" if approve else "rejected",
+                    "reasons": reasons,
+                },
+                principal=steward,
+                request_id=request_id,
+            )
+        except PayloadError:
+            await asyncio.to_thread(
+                self.rt.state.update_request, request_id, expect="deciding", status="pending_approval",
+                reasons=stored.reasons, result=None, decided_by=None,
+            )  # fmt: skip
+            reason_text = (
+                "the reason holds text the audit log does not record (an identifier, address or token)"
+            )
+            raise Refusal("bad_request", "Invalid reason", [reason_text], field="reason") from None
         if not approve:
             await self._finish(
                 stored.request_id, "rejected", [f"a steward rejected the query: {reason}"], None, steward

@@ -205,3 +205,18 @@ def test_a_steward_cannot_approve_their_own_query(http: httpx.Client, idp: Loopb
     other = http.post(f"/v1/steward/approvals/{request_id}", json={"approve": False, "reason": "no"},
                       headers=bearer(idp, "steward", sub="another-steward"))  # fmt: skip
     assert other.status_code == 200 and other.json()["status"] == "rejected"
+
+
+def test_an_unrecordable_approval_reason_is_a_422_and_the_request_stays_pending(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    researcher = bearer(idp, "researcher", sub="reason-researcher")
+    body = {**COUNT, "agreement": "DSA-TEST-APPROVAL", "kind": "summary", "params": {"column": "hba1c"}}
+    request_id = http.post("/v1/queries", json=body, headers=researcher).json()["request_id"]
+    steward = bearer(idp, "steward", sub="reason-steward")
+    bad = http.post(f"/v1/steward/approvals/{request_id}", headers=steward,
+                    json={"approve": True, "reason": "asked jane.doe@hospital.example"})  # fmt: skip
+    assert bad.status_code == 422 and bad.json()["field"] == "reason" and "jane.doe" not in bad.text
+    assert http.get(f"/v1/queries/{request_id}", headers=researcher).json()["status"] == "pending_approval"
+    good = http.post(f"/v1/steward/approvals/{request_id}", headers=steward, json={"approve": True})
+    assert good.status_code == 200 and good.json()["status"] == "released"
