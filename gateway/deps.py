@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
@@ -21,6 +22,13 @@ from gateway.refusal import Refusal
 from gateway.runtime import SiteRuntime
 
 Role = Literal["researcher", "steward", "auditor"]
+
+
+def _route_label(request: Request) -> str:
+    """The endpoint as the audit log records it: method and route name (`GET:poll`), never the path,
+    whose ids and parameters could read as identifiers."""
+    name = getattr(request.scope.get("route"), "name", None) or "unrouted"
+    return re.sub(r"[^A-Za-z0-9._:-]", "_", f"{request.method}:{name}")[:64]
 
 
 def get_runtime(request: Request) -> SiteRuntime:
@@ -49,7 +57,7 @@ async def authenticate(request: Request, runtime: RuntimeDep) -> Principal:
         request.state.principal = principal  # so a later refusal of the body is audited with its actor
         return principal
     except AuthError as exc:
-        payload: dict[str, str] = {"reason": exc.code, "route": request.url.path}
+        payload: dict[str, str] = {"reason": exc.code, "route": _route_label(request)}
         if header:
             payload["token_digest"] = token_digest(header.removeprefix("Bearer ").strip())
         await runtime.record("auth.failed", payload)
@@ -69,7 +77,7 @@ def requires(role: Role) -> Callable[..., Awaitable[Principal]]:
             require_role(principal, role)
         except Forbidden as exc:
             await runtime.record(
-                "auth.failed", {"reason": "Forbidden", "route": request.url.path, "role": role}
+                "auth.failed", {"reason": "Forbidden", "route": _route_label(request), "role": role}
             )
             raise Refusal("forbidden", "Role required", [exc.reason], stage="authorize") from None
         return principal

@@ -73,3 +73,11 @@ def test_agreement_ids_with_control_characters_are_a_422(http: httpx.Client, idp
         )
         assert response.status_code == 422, (agreement, response.text)
         assert response.json()["field"].endswith("agreement")
+
+
+def test_odd_paths_without_a_token_are_a_401_not_a_500(http: httpx.Client) -> None:
+    paths = ("/v1/steward/datasets/a b/withdrawals", "/v1/steward/datasets/cohort/withdrawals",
+             "/v1/queries/%00%ff", "/v1/queries/ü{x}", "/v1/queries/" + "0123456789abcdef" * 2)  # fmt: skip
+    for path in paths:
+        response = http.post(path, json={"patients": ["x"]}) if "withdrawals" in path else http.get(path)
+        assert response.status_code == 401, (path, response.text)
