@@ -41,17 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 AUDIENCE = "fedgate-bench"
 COLUMNS = ["age_band", "sex", "postcode_area", "country", "icd10", "hba1c", "bmi", "systolic_bp", "smoking",
            "outcome", "survival_days", "event"]  # fmt: skip
-GENERATE = """
-import sys, pyarrow.parquet as pq
-from gateway.synth import site_for_index
-from gateway.synth.cohort import site_batches
-rows, out = int(sys.argv[1]), sys.argv[2]
-writer = None
-for table, _ in site_batches(site_for_index(0), rows, 2026):
-    writer = writer or pq.ParquetWriter(out, table.schema)
-    writer.write_table(table, row_group_size=1_000_000)
-writer.close()
-"""
+GENERATE = (
+    "import sys; from gateway.synth import write_site_parquet; "
+    "write_site_parquet(sys.argv[2], int(sys.argv[1]), 2026)"
+)
 SMALL_ROWS = 2_000
 
 

@@ -41,18 +41,10 @@ columns:
 COLUMNS = ["patient_id", "name", "birth_date", "sex", "postcode", "admission_date", "discharge_date",
            "icd10", "bmi", "smoking"]  # fmt: skip
 
-GENERATE = """
-import sys, pyarrow.parquet as pq
-from gateway.synth import site_for_index
-from gateway.synth.cohort import site_batches
-rows, out, cols = int(sys.argv[1]), sys.argv[2], sys.argv[3].split(",")
-writer = None
-for table, _ in site_batches(site_for_index(0), rows, 2026):
-    table = table.select(cols)
-    writer = writer or pq.ParquetWriter(out, table.schema)
-    writer.write_table(table, row_group_size=1_000_000)
-writer.close()
-"""
+GENERATE = (
+    "import sys; from gateway.synth import write_site_parquet; "
+    "write_site_parquet(sys.argv[2], int(sys.argv[1]), 2026, columns=sys.argv[3].split(','))"
+)
 
 
 def main() -> None:

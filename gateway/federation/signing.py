@@ -13,9 +13,7 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 import secrets
-import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,15 +23,14 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
-    NoEncryption,
-    PrivateFormat,
     PublicFormat,
-    load_pem_private_key,
 )
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
 
+from audit.errors import LogKeyError
+from audit.keys import generate_log_key, load_log_key
 from gateway.auth.signature import registry_for
 
 HEADER = "Fedgate-Peer-Assertion"
@@ -125,40 +122,23 @@ def parse_public_key(text: str) -> Ed25519PublicKey:
 
 
 def generate_peer_key(path: Path) -> Ed25519PrivateKey:
-    """Create the peer signing key file (PKCS#8 PEM, mode 0600); never overwrites an existing file."""
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    """Create the peer signing key file (PKCS#8 PEM, mode 0600); never overwrites an existing file.
+
+    The file is the same kind as the audit log's key, so the audit package writes and reads both."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise PeerKeyError(f"{path}: a key file already exists; refusing to overwrite it") from None
-    except OSError as exc:
-        raise PeerKeyError(f"{path}: cannot create key file: {exc.strerror}") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
-    return key
+        return generate_log_key(path)
+    except LogKeyError as exc:
+        raise PeerKeyError(str(exc)) from None
 
 
 def load_peer_key(path: Path) -> Ed25519PrivateKey:
     """Read the peer signing key; it must be readable by its owner only."""
+    if not path.exists():
+        raise PeerKeyError(f"{path}: key file not found (create it with `fedgate peer keygen`)")
     try:
-        mode = path.stat().st_mode
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise PeerKeyError(f"{path}: key file not found (create it with `fedgate peer keygen`)") from None
-    except OSError as exc:
-        raise PeerKeyError(f"{path}: cannot read key file: {exc.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise PeerKeyError(f"{path}: key file is accessible by group or others; chmod 600 it")
-    try:
-        key = load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
-        raise PeerKeyError(f"{path}: not an unencrypted PKCS#8 PEM private key") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise PeerKeyError(f"{path}: key is not an Ed25519 key")
-    return key
+        return load_log_key(path)
+    except LogKeyError as exc:
+        raise PeerKeyError(str(exc)) from None
 
 
 class PeerSigner:

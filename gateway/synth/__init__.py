@@ -20,6 +20,7 @@ from gateway.synth.writer import (
     check_arguments,
     check_output,
     write_cohorts,
+    write_site_parquet,
 )
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "site_for_index",
     "split_rows",
     "write_cohorts",
+    "write_site_parquet",
 ]
 
 

@@ -8,7 +8,7 @@ run never leaves a truncated cohort under the final name.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, get_args
@@ -43,6 +43,22 @@ class SynthProgress(Protocol):
     """Told after every chunk: which site, how many of its rows are written so far, and its total."""
 
     def __call__(self, site: Site, written: int, site_rows: int) -> None: ...
+
+
+def write_site_parquet(
+    out: Path, rows: int, seed: int, *, site_index: int = 0, columns: Sequence[str] | None = None
+) -> None:
+    """One site's cohort as a single Parquet file, chunk by chunk (optionally only `columns`): the
+    source the benchmarks ingest."""
+    writer: pq.ParquetWriter | None = None
+    try:
+        for table, _ in site_batches(site_for_index(site_index), rows, seed):
+            table = table.select(list(columns)) if columns is not None else table
+            writer = writer or pq.ParquetWriter(out, table.schema)
+            writer.write_table(table, row_group_size=CHUNK_ROWS)
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def check_arguments(sites: int, rows: int, seed: int, fmt: str) -> list[int]:
