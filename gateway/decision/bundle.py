@@ -130,6 +130,8 @@ def load_bundle(
 POLICY_TABLES = {
     "agreement_limits": "data.fedgate.agreement.agreement_limits",
     "covering_permissions": "data.fedgate.lib.covering_permissions",
+    "transfer_site_bases": "data.fedgate.transfer.transfer_site_bases",
+    "transfer_agreement_sccs": "data.fedgate.transfer.transfer_agreement_sccs",
 }
 
 

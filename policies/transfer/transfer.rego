@@ -7,6 +7,7 @@ import rego.v1
 # Functions come through the alias; rules by full path (see decision.rego for why).
 import data.fedgate.lib
 import data.fedgate_data.agreements
+import data.fedgate_data.derived
 import data.fedgate_data.export_control as export
 import data.fedgate_data.site
 import data.fedgate_data.transfer as rules
@@ -19,10 +20,31 @@ else := c
 # Who receives the answer: the requester's country and the declared destination are both checked.
 _recipients := {"requester": input.requester.country, "destination": input.destination.country}
 
-_sccs(c) := [s.id | some s in object.get(agreements, [input.dsa, "standard_contractual_clauses"], []); c in s.countries]
+# The first legal basis that applies, in the order a steward would cite them: the bases that rest on the
+# site's data alone (its own jurisdiction, the EEA, an adequacy decision) come from a table of countries, then
+# the standard contractual clauses the agreement names for the country. Both tables depend on the data alone,
+# so the bundle loader computes them once (data.fedgate_data.derived); without them the rules compute them.
+basis(c) := b if b := _site_bases[c]
 
-# The first legal basis that applies, in the order a steward would cite them.
-basis(c) := "the site's own jurisdiction" if c == site.jurisdiction
+else := sprintf("standard contractual clauses %s in %s", [id, input.dsa]) if {
+	sccs := _agreement_sccs[input.dsa]
+	id := sccs[c]
+}
+
+_site_bases := derived.transfer_site_bases if derived.transfer_site_bases
+
+else := transfer_site_bases
+
+_agreement_sccs := derived.transfer_agreement_sccs if derived.transfer_agreement_sccs
+
+else := transfer_agreement_sccs
+
+# country → basis, for every country the site may send to without an agreement's clauses.
+transfer_site_bases := {c: b | some c in _site_countries; b := _site_basis(c)}
+
+_site_countries := ({site.jurisdiction} | {c | some c in rules.eea}) | {c | some c, _ in object.get(rules.adequacy, _regime(site.jurisdiction), {})}
+
+_site_basis(c) := "the site's own jurisdiction" if c == site.jurisdiction
 
 else := "the EEA, which also holds the site" if {
 	c in rules.eea
@@ -33,9 +55,14 @@ else := sprintf("an adequacy decision (%s)", [decision]) if {
 	decision := rules.adequacy[_regime(site.jurisdiction)][c]
 }
 
-else := sprintf("standard contractual clauses %s in %s", [ids[0], input.dsa]) if {
-	ids := _sccs(c)
-	count(ids) > 0
+# agreement → country → the first standard contractual clauses the agreement names for that country.
+transfer_agreement_sccs := {id: {c: ids[0] |
+	some s in clauses
+	some c in s.countries
+	ids := [t.id | some t in clauses; c in t.countries]
+} |
+	some id, dsa in agreements
+	clauses := object.get(dsa, "standard_contractual_clauses", [])
 }
 
 deny contains msg if {
@@ -44,10 +71,7 @@ deny contains msg if {
 	msg := sprintf("transfers to %s (the %s's country) are blocked by this site", [c, role])
 }
 
-# basis() once per distinct country: the requester and the destination are usually in the same one.
-_basis_of := {c: b | some c in {input.requester.country, input.destination.country}; b := basis(c)}
-
-_bases := {role: b | some role, c in _recipients; b := _basis_of[c]}
+_bases := {role: b | some role, c in _recipients; b := basis(c)}
 
 deny contains msg if {
 	some role, c in _recipients
