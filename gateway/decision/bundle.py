@@ -129,6 +129,7 @@ def load_bundle(
 # otherwise evaluate per request. The policies compute the same value themselves when the table is absent.
 POLICY_TABLES = {
     "agreement_limits": "data.fedgate.agreement.agreement_limits",
+    "agreement_purposes": "data.fedgate.agreement.agreement_purposes",
     "covering_permissions": "data.fedgate.lib.covering_permissions",
     "transfer_site_bases": "data.fedgate.transfer.transfer_site_bases",
     "transfer_agreement_sccs": "data.fedgate.transfer.transfer_agreement_sccs",

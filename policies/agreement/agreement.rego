@@ -43,22 +43,33 @@ deny contains msg if {
 
 # The agreement must permit every purpose code of the request.
 # The agreement's purposes are permission codes (the loader checks), so apart from disease-specific research
-# a table lookup answers; lib.permits decides the disease terms.
-_permits_purpose(p) if {
-	some q in _dsa.purposes
-	q in data.fedgate.lib.covering_permissions[p]
+# a table answers: for every agreement, the purpose codes one of its purposes covers (agreement_purposes,
+# which the bundle loader derives once); lib.permits decides the disease terms.
+deny contains msg if {
+	_dsa
+	permitted := _permitted_purposes[input.dsa]
+	some p in data.fedgate.lib.purpose_codes
+	not permitted[p]
+	not _permits_disease(p)
+	msg := sprintf("%s does not permit the purpose %s", [_id, lib.duo_label(p)])
 }
 
-_permits_purpose(p) if {
+_permits_disease(p) if {
 	"DUO:0000007" in _dsa.purposes
 	lib.permits("DUO:0000007", object.get(_dsa, "diseases", []), p, object.get(input, ["purpose", "disease"], null))
 }
 
-deny contains msg if {
-	_dsa
-	some p in data.fedgate.lib.purpose_codes
-	not _permits_purpose(p)
-	msg := sprintf("%s does not permit the purpose %s", [_id, lib.duo_label(p)])
+_permitted_purposes := derived.agreement_purposes if derived.agreement_purposes
+
+else := agreement_purposes
+
+# agreement → {purpose code: true} for every DUO term one of the agreement's purposes covers.
+agreement_purposes := {id: {p: true |
+	some p, covering in data.fedgate.lib.covering_permissions
+	some q in dsa.purposes
+	q in covering
+} |
+	some id, dsa in data.fedgate_data.agreements
 }
 
 deny contains msg if {
