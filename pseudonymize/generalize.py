@@ -7,6 +7,7 @@ NULL. The postcode minimum-count rule needs the whole dataset and runs after the
 
 from __future__ import annotations
 
+import decimal
 import itertools
 import math
 
@@ -22,6 +23,11 @@ def quote_ident(name: str) -> str:
 
 def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def _double(x: float) -> str:
+    """A DOUBLE literal (a bare 0.3 in DuckDB SQL is a DECIMAL)."""
+    return f"CAST('{float(x)!r}' AS DOUBLE)"
 
 
 def age(rule: AgeRule, birth: str, at: str) -> str:
@@ -69,26 +75,48 @@ def coarse_date(rule: DateRule, column: str) -> str:
     return f"CAST(year({column}) AS INTEGER)"
 
 
+def _decimal_places(x: float) -> int:
+    exponent = decimal.Decimal(repr(x)).as_tuple().exponent
+    assert isinstance(exponent, int), "finite numbers only"
+    return max(0, -exponent)
+
+
 def numeric_bin(rule: NumericRule, column: str) -> str:
-    """The label of the value's bin: '[lo, hi)' for inner bins, '< e0' and '>= en' outside explicit edges."""
+    """The label of the value's bin: '[lo, hi)' for inner bins, '< e0' and '>= en' outside explicit edges.
+
+    Edges are exact decimals, as the spec writes them: a value on an edge (0.3 with width 0.1, 25 with an
+    edge at 25) opens the bin above it. Fixed-width edges are `start + k * width` computed on integers
+    scaled by 10^places and divided once, so each edge is the double nearest its decimal value, the same
+    double a source value written as that decimal holds; the bin index floating-point division suggests is
+    then corrected against those edges. Exact while edges times 10^places stay below 2^53.
+    """
     x = f"CAST({column} AS DOUBLE)"
     if rule.edges is not None:
         edges = rule.edges
         parts = [
             f"WHEN {x} IS NULL OR isnan({x}) THEN NULL",
-            f"WHEN {x} < {edges[0]!r} THEN '< {_number(edges[0])}'",
+            f"WHEN {x} < {_double(edges[0])} THEN '< {_number(edges[0])}'",
         ]
         for lo, hi in itertools.pairwise(edges):
-            parts.append(f"WHEN {x} < {hi!r} THEN '[{_number(lo)}, {_number(hi)})'")
+            parts.append(f"WHEN {x} < {_double(hi)} THEN '[{_number(lo)}, {_number(hi)})'")
         parts.append(f"ELSE '>= {_number(edges[-1])}'")
         return "CASE " + " ".join(parts) + " END"
     assert rule.width is not None
     width, start = rule.width, rule.start
     if not (math.isfinite(width) and math.isfinite(start)):
         raise ValueError("numeric bins need finite width and start")
-    low = f"({start!r} + floor(({x} - {start!r}) / {width!r}) * {width!r})"
+    places = max(_decimal_places(width), _decimal_places(start))
+    scale = 10**places
+    w = int(decimal.Decimal(repr(width)) * scale)
+    a = int(decimal.Decimal(repr(start)) * scale)
+
+    def edge(k: str) -> str:
+        return f"(({a} + ({k}) * {w})::DOUBLE / {scale})"
+
+    guess = f"floor(({x} - {_double(start)}) / {_double(width)})"
+    k = f"({guess} - CAST({x} < {edge(guess)} AS INTEGER) + CAST({x} >= {edge(guess + ' + 1')} AS INTEGER))"
     label = "regexp_replace(CAST({v} AS VARCHAR), '\\.0$', '')"
     return (
         f"CASE WHEN {x} IS NULL OR isnan({x}) OR isinf({x}) THEN NULL ELSE "
-        f"'[' || {label.format(v=low)} || ', ' || {label.format(v=f'({low} + {width!r})')} || ')' END"
+        f"'[' || {label.format(v=edge(k))} || ', ' || {label.format(v=edge(k + ' + 1'))} || ')' END"
     )

@@ -53,6 +53,17 @@ def _date_expr(name: str, t: pa.DataType) -> str:
     raise ValueError(f"is of type {t}, not a date")
 
 
+def _decimal_value(col: str, t: pa.DataType) -> str:
+    """A number as the double nearest its decimal text, for binning against decimal edges.
+
+    A 32-bit float 0.7 widened to DOUBLE is 0.699999988…, below an edge at 0.7 its writer meant; its
+    shortest text '0.7' read as DOUBLE is not. Decimals go the same way, so no scale rounds twice.
+    """
+    if pa.types.is_float16(t) or pa.types.is_float32(t) or pa.types.is_decimal(t):
+        return f"CAST(CAST({col} AS VARCHAR) AS DOUBLE)"
+    return col
+
+
 def compile_transform(
     spec: PseudonymizationSpec, schema: pa.Schema, pseudonym_key: bytes, spec_path: str
 ) -> CompiledTransform:
@@ -110,7 +121,7 @@ def compile_transform(
             elif isinstance(rule, NumericRule):
                 if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
                     raise ValueError(f"is of type {t}, not a number")
-                expr = g.numeric_bin(rule, col)
+                expr = g.numeric_bin(rule, _decimal_value(col, t))
             else:  # pragma: no cover - the spec model admits no other rule
                 raise ValueError(f"unsupported rule {rule!r}")
         except ValueError as exc:

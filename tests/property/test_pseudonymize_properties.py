@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 from datetime import date, timedelta
+from decimal import Decimal
 
 import duckdb
 from hypothesis import given, settings
@@ -131,3 +133,47 @@ def test_numeric_bins_never_show_the_value(x: float, width: float) -> None:
     assert isinstance(out, str) and out.startswith("[") and repr(x) not in out
     lo, hi = (float(p) for p in out.strip("[)").split(", "))
     assert lo <= x < hi and abs(hi - lo - width) < 1e-6
+
+
+DECIMAL_WIDTHS = st.sampled_from(["0.1", "0.2", "0.25", "0.05", "0.3", "1", "2.5", "7", "10", "0.001"])
+DECIMAL_STARTS = st.sampled_from(["0", "0.05", "-1.5", "0.1", "3", "-0.7"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(width=DECIMAL_WIDTHS, start=DECIMAL_STARTS, k=st.integers(-100_000, 100_000))
+def test_a_value_exactly_on_a_decimal_edge_opens_that_bin(width: str, start: str, k: int) -> None:
+    edge = Decimal(start) + k * Decimal(width)
+    upper = edge + Decimal(width)
+    rule = NumericRule(action="generalize", method="numeric", width=float(width), start=float(start))
+    on_edge = float(edge)  # the double a source value written as this decimal holds
+    out = sql_one(g.numeric_bin(rule, "$x"), {"x": on_edge})
+    assert isinstance(out, str)
+    lo, hi = (Decimal(p) for p in out.strip("[)").split(", "))
+    assert (lo, hi) == (edge, upper)
+    below = sql_one(g.numeric_bin(rule, "$x"), {"x": math.nextafter(on_edge, -math.inf)})
+    assert isinstance(below, str)
+    assert Decimal(below.strip("[)").split(", ")[1]) == edge
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    edges=st.lists(
+        st.decimals(-1000, 1000, places=2, allow_nan=False, allow_infinity=False),
+        min_size=2,
+        max_size=6,
+        unique=True,
+    ).map(sorted),
+    pick=st.integers(0, 5),
+)
+def test_a_value_exactly_on_an_explicit_edge_opens_the_bin_above_it(edges: list[Decimal], pick: int) -> None:
+    floats = [float(e) for e in edges]
+    if len(set(floats)) != len(floats):
+        return
+    rule = NumericRule(action="generalize", method="numeric", edges=floats)
+    i = pick % len(edges)
+    out = sql_one(g.numeric_bin(rule, "$x"), {"x": floats[i]})
+    assert isinstance(out, str)
+    if i == len(edges) - 1:
+        assert out.startswith(">= ")
+    else:
+        assert out.startswith("[") and Decimal(out.strip("[)").split(", ")[0]) == edges[i]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import decimal
 from datetime import date
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from pseudonymize import generalize as g
-from pseudonymize.spec import AgeRule, DateRule, NumericRule, PostcodeRule
+from pseudonymize.spec import AgeRule, DateRule, NumericRule, PostcodeRule, PseudonymizationSpec
+from pseudonymize.transform import compile_transform
 
 
 def run(expr: str, **params: Any) -> Any:
@@ -86,3 +89,55 @@ def test_missing_birth_date_stays_missing() -> None:
 def test_postcode_spaces_do_not_count() -> None:
     rule = PostcodeRule(action="generalize", method="postcode", keep=4)
     assert run(g.postcode(rule, "'SW1A 1AA'")) == run(g.postcode(rule, "'sw1a1aa'")) == "SW1A"
+
+
+@pytest.mark.parametrize(
+    ("width", "start", "value", "expected"),
+    [
+        (0.1, 0.0, "0.3", "[0.3, 0.4)"),  # 0.3 / 0.1 is 2.9999999999999996 in floating point
+        (0.1, 0.0, "CAST(0.7 AS DOUBLE)", "[0.7, 0.8)"),
+        (0.1, 0.0, "CAST(1.1 AS DOUBLE)", "[1.1, 1.2)"),
+        (0.1, 0.0, "CAST(0.29999 AS DOUBLE)", "[0.2, 0.3)"),
+        (0.1, 0.05, "CAST(0.35 AS DOUBLE)", "[0.35, 0.45)"),
+        (2.5, 0.0, "25", "[25, 27.5)"),
+        (2.5, 0.0, "CAST(25.0 AS DOUBLE)", "[25, 27.5)"),
+        (0.1, 0.0, "CAST(-0.1 AS DOUBLE)", "[-0.1, 0)"),
+    ],
+)
+def test_a_value_on_a_fixed_width_edge_opens_the_bin_above(
+    width: float, start: float, value: str, expected: str
+) -> None:
+    rule = NumericRule(action="generalize", method="numeric", width=width, start=start)
+    assert run(g.numeric_bin(rule, value)) == expected
+
+
+def test_a_value_on_an_explicit_edge_opens_the_bin_above() -> None:
+    edges = NumericRule(action="generalize", method="numeric", edges=[0.1, 0.7, 25])
+    assert run(g.numeric_bin(edges, "CAST(0.7 AS DOUBLE)")) == "[0.7, 25)"
+    assert run(g.numeric_bin(edges, "CAST(0.7 AS DECIMAL(18, 3))")) == "[0.7, 25)"
+    assert run(g.numeric_bin(edges, "CAST(25.0 AS DOUBLE)")) == ">= 25"
+
+
+def test_float32_and_decimal_columns_bin_by_their_decimal_value() -> None:
+    """A 32-bit 0.7 widened to DOUBLE is 0.699999988…; the transform bins the 0.7 its writer meant."""
+    spec = PseudonymizationSpec.model_validate(
+        {
+            "dataset": "d",
+            "project": "p",
+            "columns": {
+                "f": {"action": "generalize", "method": "numeric", "edges": [0.1, 0.7, 25]},
+                "d": {"action": "generalize", "method": "numeric", "width": 0.1},
+            },
+        }
+    )
+    source = pa.table(
+        {
+            "f": pa.array([0.7, 25.0, 0.69], pa.float32()),
+            "d": pa.array([decimal.Decimal("0.30"), decimal.Decimal("0.70"), None], pa.decimal128(10, 2)),
+        }
+    )
+    compiled = compile_transform(spec, source.schema, bytes(32), "s.yaml")
+    con = duckdb.connect()
+    con.register("source", source)
+    rows = con.execute(compiled.select_sql).fetchall()  # no pseudonym column: no key parameters
+    assert rows == [("[0.7, 25)", "[0.3, 0.4)"), (">= 25", "[0.7, 0.8)"), ("[0.1, 0.7)", None)]
