@@ -6,10 +6,11 @@ import rego.v1
 
 # Functions come through the alias; rules by full path (see decision.rego for why).
 import data.fedgate.lib
-import data.fedgate_data.derived
-import data.fedgate_data.site.defaults
 
-_dsa := data.fedgate_data.agreements[input.dsa]
+# Policy data is read through this one rule: see lib.rego on what a reference into data costs.
+_data := data.fedgate_data
+
+_dsa := _data.agreements[input.dsa]
 
 _id := input.dsa
 
@@ -59,7 +60,7 @@ _permits_disease(p) if {
 	lib.permits("DUO:0000007", object.get(_dsa, "diseases", []), p, object.get(input, ["purpose", "disease"], null))
 }
 
-_permitted_purposes := derived.agreement_purposes if derived.agreement_purposes
+_permitted_purposes := _data.derived.agreement_purposes if _data.derived.agreement_purposes
 
 else := agreement_purposes
 
@@ -69,7 +70,7 @@ agreement_purposes := {id: {p: true |
 	some q in dsa.purposes
 	q in covering
 } |
-	some id, dsa in data.fedgate_data.agreements
+	some id, dsa in _data.agreements
 }
 
 deny contains msg if {
@@ -131,20 +132,20 @@ thresholds := object.union(_agreement_limits, {"allowed_columns": sort({c | some
 # agreement (agreement_limits, stored as data.fedgate_data.derived.agreement_limits) and a decision reads
 # one entry instead of evaluating a dozen built-ins. Data without that table, such as the test fixtures,
 # gets them computed here by the same function.
-_agreement_limits := derived.agreement_limits[input.dsa] if derived.agreement_limits
+_agreement_limits := _data.derived.agreement_limits[input.dsa] if _data.derived.agreement_limits
 
 else := limits(_dsa)
 
-agreement_limits := {id: limits(dsa) | some id, dsa in data.fedgate_data.agreements}
+agreement_limits := {id: limits(dsa) | some id, dsa in _data.agreements}
 
 limits(dsa) := {
-	"min_cell_count": max({defaults.min_cell_count, object.get(terms, "min_cell_count", 0)}),
-	"round_to": max({defaults.round_to, object.get(terms, "round_to", 1)}),
+	"min_cell_count": max({_data.site.defaults.min_cell_count, object.get(terms, "min_cell_count", 0)}),
+	"round_to": max({_data.site.defaults.round_to, object.get(terms, "round_to", 1)}),
 	"keep_zero_cells": object.get(terms, "keep_zero_cells", false),
-	"max_identical_queries": min({defaults.max_identical_queries, object.get(terms, "max_identical_queries", defaults.max_identical_queries)}),
-	"glm_min_rows": max({defaults.glm_min_rows, object.get(terms, "glm_min_rows", 0)}),
-	"glm_max_parameter_ratio": min({defaults.glm_max_parameter_ratio, object.get(terms, "glm_max_parameter_ratio", 1)}),
-	"dp": _dp(object.get(defaults, "dp", null), object.get(dsa, "dp", null)),
+	"max_identical_queries": min({_data.site.defaults.max_identical_queries, object.get(terms, "max_identical_queries", _data.site.defaults.max_identical_queries)}),
+	"glm_min_rows": max({_data.site.defaults.glm_min_rows, object.get(terms, "glm_min_rows", 0)}),
+	"glm_max_parameter_ratio": min({_data.site.defaults.glm_max_parameter_ratio, object.get(terms, "glm_max_parameter_ratio", 1)}),
+	"dp": _dp(object.get(_data.site.defaults, "dp", null), object.get(dsa, "dp", null)),
 } if {
 	terms := object.get(dsa, "thresholds", {})
 }

@@ -5,11 +5,10 @@ package fedgate.consent
 import rego.v1
 
 import data.fedgate.lib
-import data.fedgate_data.agreements
-import data.fedgate_data.duo
-import data.fedgate_data.organisations
-import data.fedgate_data.site
 import input.dataset
+
+# Policy data is read through this one rule: see lib.rego on what a reference into data costs.
+_data := data.fedgate_data
 
 # DUO modifiers checked against the request from this table, and what each demands. GS, MOR and TS have
 # their own rules (they carry an area or a date). Any other modifier denies (dataset) or excludes the
@@ -31,18 +30,18 @@ else := set()
 
 _geographic_area := {c | some c in dataset.geographic_area; is_string(c)} if is_array(dataset.geographic_area)
 
-else := {site.jurisdiction}
+else := {_data.site.jurisdiction}
 
 # Modifiers the request satisfies; the same set decides dataset consent and patient consent.
 satisfied := {code |
-	non_profit := object.get(organisations, [input.requester.org, "non_profit"], false) == true
-	non_commercial := object.get(agreements, [input.dsa, "commercial_use"], true) == false
+	non_profit := object.get(_data.organisations, [input.requester.org, "non_profit"], false) == true
+	non_commercial := object.get(_data.agreements, [input.dsa, "commercial_use"], true) == false
 	approval_id := object.get(input.purpose, "ethics_approval_id", null)
 	has_approval := {is_string(approval_id), approval_id != ""} == {true}
 	outside_area := {input.requester.country, input.destination.country} - _geographic_area
 	within_area := count(outside_area) == 0
-	collaboration := object.get(agreements, [input.dsa, "collaboration"], false) == true
-	return_of_results := object.get(agreements, [input.dsa, "return_of_results"], false) == true
+	collaboration := object.get(_data.agreements, [input.dsa, "collaboration"], false) == true
+	return_of_results := object.get(_data.agreements, [input.dsa, "return_of_results"], false) == true
 	ancestry := {p | some p in data.fedgate.lib.purpose_codes; "DUO:0000011" in data.fedgate.lib.covering_permissions[p]}
 	no_ancestry := count(ancestry) == 0
 	some code, met in {
@@ -64,7 +63,7 @@ deny contains "the purpose names no DUO research purpose code" if count(data.fed
 
 deny contains msg if {
 	some p in data.fedgate.lib.purpose_codes
-	not duo.terms[p].kind == "permission"
+	not _data.duo.terms[p].kind == "permission"
 	msg := sprintf("%s is not a DUO research purpose code", [p])
 }
 
@@ -94,7 +93,7 @@ _covered contains p if {
 	lib.permits("DUO:0000007", _dataset_diseases, p, object.get(input.purpose, "disease", null))
 }
 
-_uncovered := {p | some p in data.fedgate.lib.purpose_codes; duo.terms[p].kind == "permission"; not p in _covered}
+_uncovered := {p | some p in data.fedgate.lib.purpose_codes; _data.duo.terms[p].kind == "permission"; not p in _covered}
 
 deny contains msg if {
 	some p in _uncovered
@@ -103,13 +102,13 @@ deny contains msg if {
 
 deny contains msg if {
 	some c in dataset_codes
-	not duo.terms[c]
+	not _data.duo.terms[c]
 	msg := sprintf("dataset %s carries %s, which is not a DUO code this site knows", [dataset.id, c])
 }
 
 deny contains msg if {
 	some c in dataset_codes
-	duo.terms[c].kind == "modifier"
+	_data.duo.terms[c].kind == "modifier"
 	not _demands[c]
 	not c in {"DUO:0000022", "DUO:0000024", "DUO:0000025"}
 	msg := sprintf("dataset %s carries the DUO modifier %s, which this site's policy cannot check", [dataset.id, lib.duo_label(c)])
@@ -160,17 +159,17 @@ publication_moratorium_until := dataset.moratorium_until if {
 
 # --- patient consent -------------------------------------------------------------------------------------
 
-_permission_codes := {c | some c in data.fedgate_data.derived.permission_codes} if data.fedgate_data.derived.permission_codes
+_permission_codes := {c | some c in _data.derived.permission_codes} if _data.derived.permission_codes
 
-else := {c | some c, term in duo.terms; term.kind == "permission"}
+else := {c | some c, term in _data.duo.terms; term.kind == "permission"}
 
 # Per-patient disease terms are not stored, so a patient's disease-specific consent never matches a purpose:
 # a patient needs one of the purpose's covering permissions other than DUO:0000007 (lib.covering_permissions).
 # A patient stays in the query when not withdrawn, holding one code of every group in require_any_of, and
 # holding no code outside allowed_codes (unknown and unmet restrictions exclude).
 consent_filter := {
-	"withdrawn_column": object.get(site, ["patient_consent", "withdrawn_column"], "consent_withdrawn"),
-	"consent_column": object.get(site, ["patient_consent", "consent_column"], "consent_duo"),
+	"withdrawn_column": object.get(_data.site, ["patient_consent", "withdrawn_column"], "consent_withdrawn"),
+	"consent_column": object.get(_data.site, ["patient_consent", "consent_column"], "consent_duo"),
 	"separator": " ",
 	"require_any_of": [object.get(data.fedgate.lib.covering_permissions, p, []) | some p in sort(data.fedgate.lib.purpose_codes)],
 	"allowed_codes": sort(_permission_codes | satisfied),

@@ -4,7 +4,9 @@
 # evaluates, not the size of the data: about 2-5 µs for each complete rule, each rule body (a `deny`
 # clause that fails at its first line still costs ~3 µs) and each function call, about 1 µs for each
 # expression and built-in, less for a turn of a loop. So the policies:
-# - alias data and input with `import` (free) rather than with helper rules;
+# - read policy data through each package's `_data` rule, never as data.fedgate_data.x or through an
+#   `import` alias of it: the engine resolves each reference into the base data document by scanning every
+#   policy module (about 2 µs each time), while a reference to a rule it has evaluated is a lookup;
 # - read another package's rules by full path (data.fedgate.x.rule): a rule read through a package alias
 #   (`import data.fedgate.x` then `x.rule`) makes the engine evaluate the whole package;
 # - look up tables that depend on the data alone (DUO ancestors, covering permissions, each agreement's
@@ -15,8 +17,8 @@ package fedgate.lib
 
 import rego.v1
 
-import data.fedgate_data.derived
-import data.fedgate_data.duo
+# Policy data is read through this one rule (see above).
+_data := data.fedgate_data
 
 # Shape checks come before the built-ins: OPA turns a built-in error into "undefined", the embedded engine
 # raises, and the two engines must agree.
@@ -48,29 +50,29 @@ after_day(d) if {
 # Every DUO term and disease with its ancestors, itself included. The bundle loader derives these tables
 # once (data.fedgate_data.derived); walking the graphs here is only the fallback for hand-made data such as
 # the test fixtures. Rules read them by key, so a coverage question is a lookup, not a graph walk.
-duo_ancestors := derived.duo_ancestors if derived.duo_ancestors
+duo_ancestors := _data.derived.duo_ancestors if _data.derived.duo_ancestors
 
-else := {code: graph.reachable(_duo_parents, {code}) | some code, _ in duo.terms}
+else := {code: graph.reachable(_duo_parents, {code}) | some code, _ in _data.duo.terms}
 
-disease_ancestors := derived.disease_ancestors if derived.disease_ancestors
+disease_ancestors := _data.derived.disease_ancestors if _data.derived.disease_ancestors
 
-else := {code: graph.reachable(_disease_parents, {code}) | some code, _ in object.get(duo, "diseases", {})}
+else := {code: graph.reachable(_disease_parents, {code}) | some code, _ in object.get(_data.duo, "diseases", {})}
 
-_duo_parents := {code: object.get(term, "parents", []) | some code, term in duo.terms}
+_duo_parents := {code: object.get(term, "parents", []) | some code, term in _data.duo.terms}
 
-_disease_parents := {code: object.get(term, "parents", []) | some code, term in object.get(duo, "diseases", {})}
+_disease_parents := {code: object.get(term, "parents", []) | some code, term in object.get(_data.duo, "diseases", {})}
 
 # For every DUO term, the permission codes other than disease-specific research (DUO:0000007) that cover it:
 # the term itself and its ancestors, when they are permissions. Consent or an agreement holding one of them
 # permits the purpose outright, and a patient needs one of them (patient consent names no diseases). The
 # bundle loader evaluates this once into data.fedgate_data.derived; without it the rule computes the table.
-covering_permissions := derived.covering_permissions if derived.covering_permissions
+covering_permissions := _data.derived.covering_permissions if _data.derived.covering_permissions
 
-else := {p: sort({c | some c in duo_ancestors[p]; duo.terms[c].kind == "permission"; c != "DUO:0000007"}) | some p, _ in duo.terms}
+else := {p: sort({c | some c in duo_ancestors[p]; _data.duo.terms[c].kind == "permission"; c != "DUO:0000007"}) | some p, _ in _data.duo.terms}
 
-is_permission(code) if duo.terms[code].kind == "permission"
+is_permission(code) if _data.duo.terms[code].kind == "permission"
 
-duo_label(code) := sprintf("%s (%s)", [code, duo.terms[code].label]) if duo.terms[code]
+duo_label(code) := sprintf("%s (%s)", [code, _data.duo.terms[code].label]) if _data.duo.terms[code]
 
 else := code
 

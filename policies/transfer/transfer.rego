@@ -6,14 +6,11 @@ import rego.v1
 
 # Functions come through the alias; rules by full path (see decision.rego for why).
 import data.fedgate.lib
-import data.fedgate_data.agreements
-import data.fedgate_data.derived
-import data.fedgate_data.export_control as export
-import data.fedgate_data.site
-import data.fedgate_data.transfer as rules
 
-# Data is aliased with `import` rather than with helper rules: an alias costs the engine nothing per request.
-_regime(c) := "EEA" if c in rules.eea
+# Policy data is read through this one rule: see lib.rego on what a reference into data costs.
+_data := data.fedgate_data
+
+_regime(c) := "EEA" if c in _data.transfer.eea
 
 else := c
 
@@ -31,28 +28,28 @@ else := sprintf("standard contractual clauses %s in %s", [id, input.dsa]) if {
 	id := sccs[c]
 }
 
-_site_bases := derived.transfer_site_bases if derived.transfer_site_bases
+_site_bases := _data.derived.transfer_site_bases if _data.derived.transfer_site_bases
 
 else := transfer_site_bases
 
-_agreement_sccs := derived.transfer_agreement_sccs if derived.transfer_agreement_sccs
+_agreement_sccs := _data.derived.transfer_agreement_sccs if _data.derived.transfer_agreement_sccs
 
 else := transfer_agreement_sccs
 
 # country → basis, for every country the site may send to without an agreement's clauses.
 transfer_site_bases := {c: b | some c in _site_countries; b := _site_basis(c)}
 
-_site_countries := ({site.jurisdiction} | {c | some c in rules.eea}) | {c | some c, _ in object.get(rules.adequacy, _regime(site.jurisdiction), {})}
+_site_countries := ({_data.site.jurisdiction} | {c | some c in _data.transfer.eea}) | {c | some c, _ in object.get(_data.transfer.adequacy, _regime(_data.site.jurisdiction), {})}
 
-_site_basis(c) := "the site's own jurisdiction" if c == site.jurisdiction
+_site_basis(c) := "the site's own jurisdiction" if c == _data.site.jurisdiction
 
 else := "the EEA, which also holds the site" if {
-	c in rules.eea
-	site.jurisdiction in rules.eea
+	c in _data.transfer.eea
+	_data.site.jurisdiction in _data.transfer.eea
 }
 
 else := sprintf("an adequacy decision (%s)", [decision]) if {
-	decision := rules.adequacy[_regime(site.jurisdiction)][c]
+	decision := _data.transfer.adequacy[_regime(_data.site.jurisdiction)][c]
 }
 
 # agreement → country → the first standard contractual clauses the agreement names for that country.
@@ -61,13 +58,13 @@ transfer_agreement_sccs := {id: {c: ids[0] |
 	some c in s.countries
 	ids := [t.id | some t in clauses; c in t.countries]
 } |
-	some id, dsa in agreements
+	some id, dsa in _data.agreements
 	clauses := object.get(dsa, "standard_contractual_clauses", [])
 }
 
 deny contains msg if {
 	some role, c in _recipients
-	c in rules.blocked
+	c in _data.transfer.blocked
 	msg := sprintf("transfers to %s (the %s's country) are blocked by this site", [c, role])
 }
 
@@ -76,11 +73,11 @@ _bases := {role: b | some role, c in _recipients; b := basis(c)}
 deny contains msg if {
 	some role, c in _recipients
 	is_string(c)
-	not c in rules.blocked
+	not c in _data.transfer.blocked
 	not _bases[role]
 	msg := sprintf(
 		"no legal basis to transfer data from %s to %s (the %s's country): no adequacy decision, and %s names no standard contractual clauses for %s",
-		[site.jurisdiction, c, role, input.dsa, c],
+		[_data.site.jurisdiction, c, role, input.dsa, c],
 	)
 }
 
@@ -92,30 +89,30 @@ allow contains msg if {
 
 # --- export control --------------------------------------------------------------------------------------
 
-_class := export.classified_datasets[input.dataset.id]
+_class := _data.export_control.classified_datasets[input.dataset.id]
 
-_candidates := {l | some l in object.get(agreements, [input.dsa, "export_licences"], []); export.licences[l].class == _class}
+_candidates := {l | some l in object.get(_data.agreements, [input.dsa, "export_licences"], []); _data.export_control.licences[l].class == _class}
 
 _licence_problems(l) := ((_not_yet_valid(l) | _expired(l)) | _wrong_destinations(l)) | _re_export(l)
 
 _not_yet_valid(l) := {msg |
-	lib.before_day(export.licences[l].not_before)
-	msg := sprintf("export licence %s is not valid before %s", [l, export.licences[l].not_before])
+	lib.before_day(_data.export_control.licences[l].not_before)
+	msg := sprintf("export licence %s is not valid before %s", [l, _data.export_control.licences[l].not_before])
 }
 
 _expired(l) := {msg |
-	lib.after_day(export.licences[l].not_after)
-	msg := sprintf("export licence %s expired on %s", [l, export.licences[l].not_after])
+	lib.after_day(_data.export_control.licences[l].not_after)
+	msg := sprintf("export licence %s expired on %s", [l, _data.export_control.licences[l].not_after])
 }
 
 _wrong_destinations(l) := {msg |
 	some role, c in _recipients
-	not c in export.licences[l].destinations
+	not c in _data.export_control.licences[l].destinations
 	msg := sprintf("export licence %s does not permit %s (the %s's country) as a destination", [l, c, role])
 }
 
 _re_export(l) := {msg |
-	export.licences[l].re_export == false
+	_data.export_control.licences[l].re_export == false
 	input.destination.country != input.requester.country
 	msg := sprintf(
 		"export licence %s forbids re-export from %s to %s",
