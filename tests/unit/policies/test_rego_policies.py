@@ -36,11 +36,12 @@ def test_every_shipped_rego_test_passes() -> None:
 def test_a_broken_clause_fails_its_tests(tmp_path: Path) -> None:
     policies = tmp_path / "policies"
     shutil.copytree(ROOT / "policies", policies)
-    lib = policies / "lib" / "lib.rego"
+    agreement = policies / "agreement" / "agreement.rego"
     # An expiry check that can never fire: the kind of slip the test twins exist to catch.
-    source = lib.read_text()
-    assert "\ttoday > d\n" in source
-    lib.write_text(source.replace("\ttoday > d\n", '\ttoday > "9999-12-31"\n'))
+    source = agreement.read_text()
+    expiry = "\tdata.fedgate.lib.today > _dsa.not_after\n"
+    assert expiry in source
+    agreement.write_text(source.replace(expiry, '\tdata.fedgate.lib.today > "9999-12-31"\n'))
     run = _policy_test(str(policies), "--quiet")
     assert run.returncode == 1
     assert "data.fedgate.agreement_test.test_deny_when_dsa_expired: FAIL" in run.stdout
