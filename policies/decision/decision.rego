@@ -107,38 +107,42 @@ deny_reasons := input_problems if not _well_formed
 
 else := ((site_deny | data.fedgate.agreement.deny) | data.fedgate.consent.deny) | data.fedgate.transfer.deny
 
-approval_reasons := site_approval | data.fedgate.agreement.needs_approval
-
-allow_reasons := (data.fedgate.agreement.allow | data.fedgate.consent.allow) | data.fedgate.transfer.allow
-
+# One rule with an else-chain rather than a rule for each field of the answer: each rule costs the embedded
+# engine a few µs, and an allowed request never builds the deny or approval answer.
 # Written so that anything undefined ends in a deny: allow needs a defined, empty set of deny reasons.
-# (`not count(deny_reasons) == 0` holds when deny_reasons is undefined too.)
-decision := "deny" if not count(deny_reasons) == 0
+# (`not count(deny_reasons) == 0` holds when deny_reasons is undefined too; the deny answer is then
+# undefined, and the gateway turns an undefined answer into a failed, denied decision.)
+result := {
+	"decision": "deny",
+	"reasons": sort(deny_reasons),
+	"obligations": null,
+	"bundle_digest": object.get(_data, ["meta", "bundle_digest"], ""),
+} if {
+	not count(deny_reasons) == 0
+}
 
-else := "needs_approval" if count(approval_reasons) > 0
+else := {
+	"decision": "needs_approval",
+	"reasons": sort(approvals),
+	"obligations": _obligations,
+	"bundle_digest": object.get(_data, ["meta", "bundle_digest"], ""),
+} if {
+	approvals := site_approval | data.fedgate.agreement.needs_approval
+	count(approvals) > 0
+}
 
-else := "allow"
+else := {
+	"decision": "allow",
+	"reasons": sort((data.fedgate.agreement.allow | data.fedgate.consent.allow) | data.fedgate.transfer.allow),
+	"obligations": _obligations,
+	"bundle_digest": object.get(_data, ["meta", "bundle_digest"], ""),
+}
 
-reasons := sort(deny_reasons) if decision == "deny"
-
-else := sort(approval_reasons) if decision == "needs_approval"
-
-else := sort(allow_reasons)
-
-_moratorium := m if {
-	m := data.fedgate.consent.publication_moratorium_until
-} else := null
-
-obligations := null if decision == "deny"
-
-else := object.union(data.fedgate.agreement.thresholds, {
+_obligations := object.union(data.fedgate.agreement.thresholds, {
 	"consent_filter": data.fedgate.consent.consent_filter,
 	"publication_moratorium_until": _moratorium,
 })
 
-result := {
-	"decision": decision,
-	"reasons": reasons,
-	"obligations": obligations,
-	"bundle_digest": object.get(_data, ["meta", "bundle_digest"], ""),
-}
+_moratorium := m if {
+	m := data.fedgate.consent.publication_moratorium_until
+} else := null
