@@ -12,37 +12,35 @@ _data := data.fedgate_data
 
 _dsa := _data.agreements[input.dsa]
 
-_id := input.dsa
-
 _entry := _dsa.datasets[input.dataset.id]
 
 deny contains msg if {
 	not _dsa
-	msg := sprintf("this site has no data-sharing agreement named %v", [_id])
+	msg := sprintf("this site has no data-sharing agreement named %v", [input.dsa])
 }
 
 deny contains msg if {
 	_dsa.suspended == true
-	msg := sprintf("%s is suspended", [_id])
+	msg := sprintf("%s is suspended", [input.dsa])
 }
 
 # lib.before_day and lib.after_day written out: a function call costs the engine more than its two lines.
 deny contains msg if {
 	is_string(_dsa.not_before)
 	data.fedgate.lib.today < _dsa.not_before
-	msg := sprintf("%s is not in force before %s", [_id, _dsa.not_before])
+	msg := sprintf("%s is not in force before %s", [input.dsa, _dsa.not_before])
 }
 
 deny contains msg if {
 	is_string(_dsa.not_after)
 	data.fedgate.lib.today > _dsa.not_after
-	msg := sprintf("%s expired on %s", [_id, _dsa.not_after])
+	msg := sprintf("%s expired on %s", [input.dsa, _dsa.not_after])
 }
 
 deny contains msg if {
 	_dsa
 	not input.requester.org in _dsa.parties
-	msg := sprintf("organisation %v is not a party to %s", [input.requester.org, _id])
+	msg := sprintf("organisation %v is not a party to %s", [input.requester.org, input.dsa])
 }
 
 # The agreement must permit every purpose code of the request.
@@ -55,7 +53,7 @@ deny contains msg if {
 	some p in data.fedgate.lib.purpose_codes
 	not permitted[p]
 	not _permits_disease(p)
-	msg := sprintf("%s does not permit the purpose %s", [_id, lib.duo_label(p)])
+	msg := sprintf("%s does not permit the purpose %s", [input.dsa, lib.duo_label(p)])
 }
 
 _permits_disease(p) if {
@@ -79,28 +77,28 @@ agreement_purposes := {id: {p: true |
 deny contains msg if {
 	_dsa
 	not _entry
-	msg := sprintf("%s does not cover dataset %v", [_id, input.dataset.id])
+	msg := sprintf("%s does not cover dataset %v", [input.dsa, input.dataset.id])
 }
 
 # Every column the query touches: selected, grouped by, or named anywhere in the filter tree (the value of
-# any "column" key at any depth). One rule rather than a partial set of three bodies, and the filter walk
-# keeps only the nodes, not their paths: both cost the engine less.
-used_columns := ({c | some c in object.get(input, ["query", "columns"], [])} | {c | some c in object.get(input, ["query", "group_by"], [])}) | {c |
-	walk(object.get(input, ["query", "filters"], null), [_, node])
-	c := node.column
-}
-
-_forbidden_columns := used_columns - {c | some c in _entry.columns}
-
+# any "column" key at any depth) must be one the agreement allows for the dataset. Computed in the clause
+# rather than in rules of their own, and the filter walk keeps only the nodes, not their paths: both cost
+# the engine less.
 deny contains msg if {
-	count(_forbidden_columns) > 0
-	msg := sprintf("%s does not allow the columns %s of dataset %s", [_id, concat(", ", sort(_forbidden_columns)), input.dataset.id])
+	selected := {c | some c in object.get(input, ["query", "columns"], [])} | {c | some c in object.get(input, ["query", "group_by"], [])}
+	filtered := {c |
+		walk(object.get(input, ["query", "filters"], null), [_, node])
+		c := node.column
+	}
+	forbidden := (selected | filtered) - {c | some c in _entry.columns}
+	count(forbidden) > 0
+	msg := sprintf("%s does not allow the columns %s of dataset %s", [input.dsa, concat(", ", sort(forbidden)), input.dataset.id])
 }
 
 deny contains msg if {
 	_dsa
 	not input.query.kind in _dsa.query_kinds
-	msg := sprintf("%s does not allow %v queries", [_id, input.query.kind])
+	msg := sprintf("%s does not allow %v queries", [input.dsa, input.query.kind])
 }
 
 _has_visa(required) if {
@@ -112,17 +110,17 @@ _has_visa(required) if {
 deny contains msg if {
 	required := _dsa.visa
 	not _has_visa(required)
-	msg := sprintf("%s requires a %s visa for %s", [_id, required.type, required.value])
+	msg := sprintf("%s requires a %s visa for %s", [input.dsa, required.type, required.value])
 }
 
 needs_approval contains msg if {
 	input.query.kind in object.get(_dsa, "approval_kinds", [])
-	msg := sprintf("%s requires a steward's approval for %s queries", [_id, input.query.kind])
+	msg := sprintf("%s requires a steward's approval for %s queries", [input.dsa, input.query.kind])
 }
 
 allow contains msg if {
 	_entry
-	msg := sprintf("%s lets %s run %v queries on dataset %s", [_id, input.requester.org, input.query.kind, input.dataset.id])
+	msg := sprintf("%s lets %s run %v queries on dataset %s", [input.dsa, input.requester.org, input.query.kind, input.dataset.id])
 }
 
 # --- thresholds: the tighter of the site default and the agreement ---------------------------------------
