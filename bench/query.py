@@ -1,13 +1,20 @@
 """Query latency and throughput of one site gateway over real HTTP, with the audit log on.
 
-    python bench/query.py [--rows N] [--seconds S] [--clients C]
+    python bench/query.py [--rows N] [--seconds S] [--clients C] [--rate R] [--workers W]
 
 1. A filtered count grouped by two columns on an N-row pseudonymized dataset (default 10M): p50 of the
    gateway's end-to-end latency against raw DuckDB running the same aggregate in the same run.
-2. Small queries (a count by one column on a 20,000-row dataset) from C concurrent clients (default 64)
-   for S seconds: requests per second and p99 latency.
-The gateway runs as `fedgate serve` in its own process; the load comes from this one. Prints progress,
-then one JSON object as the last line: {"ratio_to_duckdb", "p50_ms", "duckdb_p50_ms", "rps", "p99_ms"}.
+2. Small queries (a count by one column on a 20,000-row dataset) from C concurrent clients (default 64):
+   - throughput: each client sends its next request as soon as the last one is answered, for S seconds;
+     `rps` is the requests answered per second;
+   - latency at a fixed rate: the C clients together send R requests/s (default 500) on a fixed schedule for
+     S seconds, each latency counted from the moment its request was due (so a stalled server cannot hide
+     its queue); `p99_ms` is their 99th percentile. With C clients waiting on each other, Little's law ties
+     closed-loop latency to C / throughput, so the closed-loop p99 is printed too but is not the target.
+The gateway runs as `fedgate serve` (W uvicorn workers, default 1) in its own process; the load comes from
+this one, through aiohttp (a lighter client than httpx, so less of the shared CPU goes to the load itself).
+Prints progress, then one JSON object as the last line:
+{"ratio_to_duckdb", "p50_ms", "duckdb_p50_ms", "rps", "p99_ms", "closed_loop_p99_ms", "offered_rps"}.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import duckdb
 import httpx
 
@@ -50,7 +58,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def build_site(work: Path, rows: int, issuer: str, port: int) -> Path:
+def build_site(work: Path, rows: int, issuer: str, port: int, workers: int = 1) -> Path:
     """A site folder with a bench agreement, keys, and two ingested datasets: `big` and `small`."""
     from audit.keys import generate_log_key
     from connectors import ParquetConnector
@@ -81,7 +89,7 @@ def build_site(work: Path, rows: int, issuer: str, port: int) -> Path:
         'site_id = "site-bench"\njurisdiction = "DE"\nstore_url = "duckdb:///var/store.duckdb"\n'
         'audit_url = "sqlite:///var/audit.db"\npolicy_dir = "policies"\nmaster_key_file = "keys/master.key"\n'
         f'log_key_file = "keys/log.key"\n[oidc]\nissuer = "{issuer}"\naudience = "{AUDIENCE}"\n'
-        f"[server]\nport = {port}\n"
+        f"[server]\nport = {port}\nworkers = {workers}\n"
     )
     spec_text = (ROOT / "examples/cohort.spec.yaml").read_text()
     (work / "var").mkdir()
@@ -150,25 +158,71 @@ def latency(url: str, token: str, store: Path, rounds: int) -> tuple[float, floa
     return statistics.median(gateway) * 1000, statistics.median(raw) * 1000
 
 
-async def load(url: str, tokens: list[str], seconds: float, clients: int) -> tuple[float, list[float]]:
+async def closed_loop(url: str, tokens: list[str], seconds: float, clients: int) -> tuple[float, list[float]]:
+    """Each client sends its next request when the last is answered: the most the gateway answers."""
     latencies: list[float] = []
     stop = time.perf_counter() + seconds
     counter = 0
 
-    async def client(i: int) -> None:
+    async def client(http: aiohttp.ClientSession, token: str) -> None:
+        nonlocal counter
+        headers = {"Authorization": f"Bearer {token}"}
+        while time.perf_counter() < stop:
+            counter += 1
+            start = time.perf_counter()
+            async with http.post(
+                f"{url}/v1/queries", json=body("small", 10 + counter / 1e6, ["sex"]), headers=headers
+            ) as response:
+                await response.read()
+                response.raise_for_status()
+            latencies.append(time.perf_counter() - start)
+
+    async with _session(clients) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http, tokens[i % len(tokens)]) for i in range(clients)))
+        return len(latencies) / (time.perf_counter() - started), latencies
+
+
+async def fixed_rate(url: str, tokens: list[str], seconds: float, clients: int, rate: float) -> list[float]:
+    """The clients together send `rate` requests/s on a schedule; latency counts from when each was due."""
+    latencies: list[float] = []
+    interval = clients / rate
+    begin = time.perf_counter() + 0.1
+    give_up = begin + 2 * seconds
+    counter = 0
+
+    async def client(http: aiohttp.ClientSession, i: int) -> None:
         nonlocal counter
         headers = {"Authorization": f"Bearer {tokens[i % len(tokens)]}"}
-        async with httpx.AsyncClient(base_url=url, timeout=60, headers=headers) as http:
-            while time.perf_counter() < stop:
-                counter += 1
-                start = time.perf_counter()
-                response = await http.post("/v1/queries", json=body("small", 10 + counter / 1e6, ["sex"]))
-                latencies.append(time.perf_counter() - start)
+        due = begin + i * interval / clients
+        while due < begin + seconds:
+            now = time.perf_counter()
+            if now > give_up:
+                # A gateway this far behind will not catch up: what is still due counts as waiting until now.
+                while due < begin + seconds:
+                    latencies.append(now - due)
+                    due += interval
+                return
+            if due > now:
+                await asyncio.sleep(due - now)
+            counter += 1
+            async with http.post(
+                f"{url}/v1/queries", json=body("small", 20 + counter / 1e6, ["sex"]), headers=headers
+            ) as response:
+                await response.read()
                 response.raise_for_status()
+            latencies.append(time.perf_counter() - due)
+            due += interval
 
-    started = time.perf_counter()
-    await asyncio.gather(*(client(i) for i in range(clients)))
-    return len(latencies) / (time.perf_counter() - started), latencies
+    async with _session(clients) as http:
+        await asyncio.gather(*(client(http, i) for i in range(clients)))
+    return latencies
+
+
+def _session(clients: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=clients), timeout=aiohttp.ClientTimeout(total=60)
+    )
 
 
 def main() -> None:
@@ -177,13 +231,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument(
+        "--rate", type=float, default=500.0, help="requests/s offered in the fixed-rate phase"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of the gateway")
     args = parser.parse_args()
     from gateway.auth.local_idp import UnsafeLocalIdentityProvider
 
     work = Path(tempfile.mkdtemp(prefix="fedgate-bench-query-"))
     port = free_port()
     with UnsafeLocalIdentityProvider(audience=AUDIENCE) as idp:
-        config = build_site(work, args.rows, idp.issuer_url, port)
+        config = build_site(work, args.rows, idp.issuer_url, port, args.workers)
         server = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         url = f"http://127.0.0.1:{port}"
@@ -207,10 +265,18 @@ def main() -> None:
                 f"filtered 2-way count on {args.rows:,} rows: gateway p50 {p50:.1f} ms, "
                 f"DuckDB p50 {raw_p50:.1f} ms"
             )
-            rps, lat = asyncio.run(load(url, tokens, args.seconds, args.clients))
-            p99 = percentile(lat, 99) * 1000
+            rps, closed = asyncio.run(closed_loop(url, tokens, args.seconds, args.clients))
+            closed_p99 = percentile(closed, 99) * 1000
             print(
-                f"{args.clients} clients, small queries: {rps:.0f} requests/s, p99 {p99:.1f} ms", flush=True
+                f"{args.clients} clients, closed loop: {rps:.0f} requests/s, p99 {closed_p99:.1f} ms",
+                flush=True,
+            )
+            fixed = asyncio.run(fixed_rate(url, tokens, args.seconds, args.clients, args.rate))
+            p99 = percentile(fixed, 99) * 1000
+            print(
+                f"{args.clients} clients at {args.rate:.0f} requests/s: "
+                f"p50 {percentile(fixed, 50) * 1000:.1f} ms, p99 {p99:.1f} ms",
+                flush=True,
             )
         finally:
             server.terminate()
@@ -222,6 +288,8 @@ def main() -> None:
         "duckdb_p50_ms": round(raw_p50, 2),
         "rps": round(rps, 1),
         "p99_ms": round(p99, 1),
+        "closed_loop_p99_ms": round(closed_p99, 1),
+        "offered_rps": args.rate,
     }
     print(json.dumps(figures))
 
