@@ -21,20 +21,24 @@ class PopulationCache:
 
     def __init__(self, max_entries: int = 1024) -> None:
         self.max_entries = max_entries
-        self._counts: OrderedDict[tuple[str, str, tuple[tuple[str, Any], ...]], int] = OrderedDict()
+        self._counts: OrderedDict[tuple[Any, ...], int] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
-    def key(engine: sa.Engine, statement: sa.Select[Any]) -> tuple[str, str, tuple[tuple[str, Any], ...]]:
-        """The store and the statement with its bound values (lists made hashable)."""
-        compiled = statement.compile(dialect=engine.dialect)
-        params = tuple(
-            (name, tuple(value) if isinstance(value, list) else value)
-            for name, value in sorted(compiled.params.items())
-        )
-        return engine.url.render_as_string(hide_password=True), str(compiled), params
+    def key(engine: sa.Engine, statement: sa.Select[Any]) -> tuple[Any, ...]:
+        """The store and the statement with its bound values (lists made hashable).
 
-    def get(self, key: tuple[str, str, tuple[tuple[str, Any], ...]]) -> int | None:
+        SQLAlchemy's structural cache key names the statement without compiling it to text (a compile per
+        query cost more than the rest of the lookup); bound values follow in traversal order."""
+        url = engine.url.render_as_string(hide_password=True)
+        cache_key = statement._generate_cache_key()
+        if cache_key is None:  # a construct SQLAlchemy cannot key: fall back to the compiled text
+            compiled = statement.compile(dialect=engine.dialect)
+            params = tuple((name, _hashable(value)) for name, value in sorted(compiled.params.items()))
+            return url, str(compiled), params
+        return url, cache_key.key, tuple(_hashable(b.effective_value) for b in cache_key.bindparams)
+
+    def get(self, key: tuple[Any, ...]) -> int | None:
         """The cached count, or None."""
         with self._lock:
             count = self._counts.get(key)
@@ -42,7 +46,7 @@ class PopulationCache:
                 self._counts.move_to_end(key)
             return count
 
-    def put(self, key: tuple[str, str, tuple[tuple[str, Any], ...]], count: int) -> None:
+    def put(self, key: tuple[Any, ...], count: int) -> None:
         """Remember a count, forgetting the least recently used beyond `max_entries`."""
         with self._lock:
             self._counts[key] = count
@@ -53,3 +57,7 @@ class PopulationCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._counts)
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(_hashable(v) for v in value) if isinstance(value, list | tuple) else value

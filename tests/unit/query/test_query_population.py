@@ -24,3 +24,23 @@ def test_key_holds_bound_values_and_lru_eviction() -> None:
     cache.put(three, 3)
     assert (cache.get(one), cache.get(two), cache.get(three), len(cache)) == (1, None, 3, 2)
     engine.dispose()
+
+
+def test_key_is_equal_for_equal_statements_and_differs_by_table_and_list_values() -> None:
+    engine = sa.create_engine("duckdb:///:memory:")
+
+    def population(table_name: str, codes: list[str]) -> sa.Select[tuple[int]]:
+        table = sa.table(table_name, sa.column("consent", sa.Text()))
+        allowed = sa.literal(codes, sa.ARRAY(sa.Text()))
+        return (
+            sa.select(sa.func.count())
+            .select_from(table)
+            .where(sa.func.list_has_all(allowed, table.c.consent))
+        )
+
+    built_twice = PopulationCache.key(engine, population("ds_x__v1", ["DUO:1", "DUO:2"]))
+    assert built_twice == PopulationCache.key(engine, population("ds_x__v1", ["DUO:1", "DUO:2"]))
+    assert built_twice != PopulationCache.key(engine, population("ds_x__v2", ["DUO:1", "DUO:2"]))
+    assert built_twice != PopulationCache.key(engine, population("ds_x__v1", ["DUO:1"]))
+    hash(built_twice)
+    engine.dispose()
