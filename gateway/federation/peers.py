@@ -23,7 +23,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from audit.log import AppendReceipt
 from gateway.auth import Principal
-from gateway.deps import RuntimeDep, get_pipeline
 from gateway.federation.replay import NonceLedger
 from gateway.federation.signing import (
     HEADER,
@@ -105,7 +104,7 @@ def verified_peer(request: Request) -> str | None:
     return peer if isinstance(peer, str) else None
 
 
-def coordinated_pipeline(request: Request, runtime: RuntimeDep) -> QueryPipeline:
+def coordinated_pipeline(request: Request, runtime: SiteRuntime) -> QueryPipeline:
     """The query pipeline, tagged with the coordinator when the request came verified from a peer."""
     peer = verified_peer(request)
     return QueryPipeline(CoordinatedRuntime.of(runtime, peer) if peer else runtime)
@@ -190,4 +189,4 @@ async def _read_body(receive: Receive) -> tuple[bytes, bool]:
 def install(app: FastAPI) -> None:
     """Check peer assertions on every request that carries one, and tag coordinated queries."""
     app.add_middleware(PeerAuthMiddleware)
-    app.dependency_overrides[get_pipeline] = coordinated_pipeline
+    app.state.pipeline_factory = coordinated_pipeline
