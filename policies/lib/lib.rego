@@ -1,9 +1,9 @@
 # Shared helpers: dates, and the DUO and disease hierarchies the consent and agreement rules ask about.
 #
 # A note on speed, for all packages. The embedded engine's cost per decision is the number of things it
-# evaluates, not the size of the data: about 2-5 µs for each complete rule, each rule body (a `deny`
-# clause that fails at its first line still costs ~3 µs) and each function call, about 1 µs for each
-# expression and built-in, less for a turn of a loop. So the policies:
+# evaluates, not the size of the data: about 2-3 µs for each complete rule and each function call, about
+# 1 µs for each rule body (a `deny` clause that fails at its first line too), expression and built-in, less
+# for a turn of a loop. So the policies keep rules few, and:
 # - read policy data through each package's `_data` rule, never as data.fedgate_data.x or through an
 #   `import` alias of it: the engine resolves each reference into the base data document by scanning every
 #   policy module (about 2 µs each time), while a reference to a rule it has evaluated is a lookup;
