@@ -13,6 +13,7 @@ from __future__ import annotations
 import decimal
 import hashlib
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -20,21 +21,53 @@ import pyarrow.compute as pc
 
 
 class ContentDigest:
-    """Accumulates record batches of one schema and yields the table digest."""
+    """Accumulates record batches of one schema and yields the table digest.
 
-    def __init__(self, schema: pa.Schema) -> None:
+    With `threads` > 1 the columns of a batch are hashed concurrently (hashlib and the Arrow kernels
+    release the GIL) while the caller fetches the next batch; each column's streams still take the
+    batches one after another, so the digest is the same.
+    """
+
+    def __init__(self, schema: pa.Schema, *, threads: int = 1) -> None:
         self._schema = schema
         self._columns = [_ColumnHash() for _ in schema]
         self.rows = 0
+        self._pool = ThreadPoolExecutor(threads, "fedgate-digest") if threads > 1 else None
+        self._pending: list[Future[None]] = []
 
     def update(self, batch: pa.RecordBatch) -> None:
         """Add the next batch of rows, in stored order."""
-        for h, column in zip(self._columns, batch.columns, strict=True):
-            _hash_array(h, column)
+        self._wait()
+        pairs = zip(self._columns, batch.columns, strict=True)
+        if self._pool is None:
+            for h, column in pairs:
+                _hash_array(h, column)
+        else:
+            self._pending = [self._pool.submit(_hash_array, h, column) for h, column in pairs]
         self.rows += batch.num_rows
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        """Finish the work in flight and release the threads."""
+        try:
+            self._wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+
+    def __enter__(self) -> ContentDigest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def hexdigest(self) -> str:
         """The table digest, as 64 hex digits."""
+        self._wait()
         top = hashlib.sha256()
         for f, h in zip(self._schema, self._columns, strict=True):
             top.update(f.name.encode() + b"\x00" + str(f.type).encode() + b"\x00" + h.digest())
@@ -113,7 +146,7 @@ def _hash_array(h: _ColumnHash, arr: pa.Array) -> None:
 
 def digest_batches(schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> str:
     """Digest of a whole stream of batches."""
-    d = ContentDigest(schema)
-    for b in batches:
-        d.update(b)
-    return d.hexdigest()
+    with ContentDigest(schema) as d:
+        for b in batches:
+            d.update(b)
+        return d.hexdigest()

@@ -8,10 +8,13 @@ published version.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import pyarrow as pa
 
 from connectors.base import Connector
 from connectors.errors import ConnectorError
+from pseudonymize.column_hmac import ColumnHmac, HashedColumn, offset_array, token_array
 from pseudonymize.digest import ContentDigest
 from pseudonymize.errors import IngestError, RiskThresholdError
 from pseudonymize.generalize import quote_ident, suppress_rare_prefixes_sql
@@ -27,9 +31,17 @@ from pseudonymize.keys import SecretKey
 from pseudonymize.risk import RiskReport, k_anonymity
 from pseudonymize.spec import PseudonymizationSpec
 from pseudonymize.store import CatalogEntry, Store, now_utc
-from pseudonymize.transform import VALUE_ERROR_MARK, compile_transform
+from pseudonymize.transform import VALUE_ERROR_MARK, HashedInput, compile_transform
 
 ProgressCallback = Callable[[int], None]
+#: rows per batch read back for the content digest: DuckDB exports large batches to Arrow twice as fast
+DIGEST_BATCH_ROWS = 1_000_000
+#: threads hashing the columns of one batch while DuckDB exports the next
+DIGEST_THREADS = 2
+#: processes computing pseudonyms (one per core; none on a single core), and the rows read before they
+#: start: below it, starting them costs more than they save
+HASH_WORKERS = min(os.cpu_count() or 1, 4)
+HASH_WORKERS_AFTER_ROWS = 500_000
 
 
 @dataclass(frozen=True)
@@ -47,23 +59,64 @@ class IngestResult:
 
 
 class _Stream:
-    """Wraps a connector's batches so progress is reported and a connector error survives DuckDB."""
+    """Wraps a connector's batches: adds the pseudonym columns hashed outside DuckDB, reports progress,
+    and keeps a connector's (or a worker's) error so it survives DuckDB."""
 
-    def __init__(self, connector: Connector, schema: pa.Schema, on_rows: ProgressCallback | None) -> None:
+    def __init__(
+        self,
+        connector: Connector,
+        schema: pa.Schema,
+        hashed: list[HashedInput],
+        hasher: ColumnHmac,
+        on_rows: ProgressCallback | None,
+    ) -> None:
         self.connector = connector
-        self.schema = schema
+        self.hashed = hashed
+        self.hasher = hasher
         self.on_rows = on_rows
-        self.error: ConnectorError | None = None
+        self.error: ConnectorError | IngestError | None = None
+        for h in hashed:
+            if h.token is not None:
+                schema = schema.append(pa.field(h.token, pa.string()))
+            if h.offset is not None:
+                schema = schema.append(pa.field(h.offset, pa.int32()))
+        self.schema = schema
 
     def batches(self) -> Iterator[pa.RecordBatch]:
+        pending: deque[tuple[pa.RecordBatch, list[Future[HashedColumn]]]] = deque()
+        seen = 0
         try:
             for batch in self.connector.batches():
-                yield batch
-                if self.on_rows is not None:
-                    self.on_rows(batch.num_rows)
+                if self.hashed and seen >= HASH_WORKERS_AFTER_ROWS:
+                    # Worker processes take a moment to start: small sources are hashed inline.
+                    self.hasher.start_workers(HASH_WORKERS)
+                seen += batch.num_rows
+                futures = [self.hasher.submit(batch.column(h.source), h.max_days) for h in self.hashed]
+                pending.append((batch, futures))
+                while len(pending) > 2 * self.hasher.workers:
+                    yield self._finish(*pending.popleft())
+            while pending:
+                yield self._finish(*pending.popleft())
         except ConnectorError as exc:
             self.error = exc
             raise
+
+    def _finish(self, batch: pa.RecordBatch, futures: list[Future[HashedColumn]]) -> pa.RecordBatch:
+        try:
+            results = [f.result() for f in futures]
+        except Exception as exc:  # noqa: BLE001 - whatever a worker raised, the ingest fails closed
+            # The worker's message could quote a value: keep only its kind.
+            self.error = IngestError(self.connector.source, f"pseudonymizing failed ({type(exc).__name__})")
+            raise self.error from None
+        for h, result in zip(self.hashed, results, strict=True):
+            source = batch.column(h.source)
+            if h.token is not None:
+                batch = batch.append_column(h.token, token_array(source, result))
+            if h.offset is not None:
+                batch = batch.append_column(h.offset, offset_array(source, result))
+        if self.on_rows is not None:
+            self.on_rows(batch.num_rows)
+        return batch
 
     def reader(self) -> pa.RecordBatchReader:
         return pa.RecordBatchReader.from_batches(self.schema, self.batches())
@@ -108,7 +161,8 @@ def ingest(
         # Other stores receive finished rows; the transform itself runs in a private DuckDB file.
         workdir = Path(tempfile.mkdtemp(prefix="fedgate-ingest-"))
         con = duckdb.connect(str(workdir / "work.duckdb"))
-    stream = _Stream(connector, schema, on_rows)
+    hasher = ColumnHmac(key)
+    stream = _Stream(connector, schema, compiled.hashed_inputs, hasher, on_rows)
     try:
         con.register("source", stream.reader())
         try:
@@ -126,6 +180,7 @@ def ingest(
             raise IngestError(connector.source, f"pseudonymizing failed ({type(exc).__name__})") from None
         finally:
             con.unregister("source")
+            hasher.close()
         for column, min_count in compiled.rare_prefix_rules:
             con.execute(suppress_rare_prefixes_sql(staging, column, min_count)).fetchall()
 
@@ -137,9 +192,10 @@ def ingest(
             raise RiskThresholdError(risk)
 
         out_schema = con.sql(f"SELECT * FROM {quote_ident(staging)} LIMIT 0").to_arrow_table().schema
-        digest = ContentDigest(out_schema)
-        for batch in con.sql(f"SELECT * FROM {quote_ident(staging)}").to_arrow_reader(256_000):
-            digest.update(batch)
+        with ContentDigest(out_schema, threads=DIGEST_THREADS) as digest:
+            for batch in con.sql(f"SELECT * FROM {quote_ident(staging)}").to_arrow_reader(DIGEST_BATCH_ROWS):
+                digest.update(batch)
+            content_digest = digest.hexdigest()
         entry = CatalogEntry(
             dataset=spec.dataset,
             version=0,
@@ -147,7 +203,7 @@ def ingest(
             published_at=now_utc(),
             row_count=digest.rows,
             columns=[{"name": f.name, "type": str(f.type)} for f in out_schema],
-            content_digest=digest.hexdigest(),
+            content_digest=content_digest,
             spec_digest=spec.digest,
             key_id=(linkage_key or master).key_id,
             key_context=spec.key_context,
@@ -168,5 +224,6 @@ def ingest(
         with contextlib.suppress(duckdb.Error):
             con.execute(f"DROP TABLE IF EXISTS {quote_ident(staging)}").fetchall()
         con.close()
+        hasher.close()
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -12,13 +12,29 @@ from datetime import date
 import pyarrow as pa
 
 from pseudonymize import generalize as g
+from pseudonymize.column_hmac import is_hashable
 from pseudonymize.errors import SpecError
 from pseudonymize.pseudonym import SqlHmac
 from pseudonymize.spec import AgeRule, DateRule, NumericRule, PostcodeRule, PseudonymizationSpec
 
 _HASH = "__fedgate_h"
+_PK_TOKEN = "__fedgate_pt"  # noqa: S105 - a column name, not a secret
+_PK_OFFSET = "__fedgate_po"
 #: prefix of the errors the SELECT raises itself; their text never holds a source value
 VALUE_ERROR_MARK = "fedgate-value-error:"
+
+
+@dataclass(frozen=True)
+class HashedInput:
+    """A source column the stream pseudonymizes before DuckDB sees the batch (see `column_hmac`).
+
+    The stream adds `token` (the pseudonym) and/or `offset` (the day shift) as columns of each batch.
+    """
+
+    source: str
+    token: str | None
+    offset: str | None
+    max_days: int | None
 
 
 @dataclass(frozen=True)
@@ -30,6 +46,8 @@ class CompiledTransform:
     #: (output column, min_count) pairs for the postcode rule, applied once the table is written
     rare_prefix_rules: list[tuple[str, int]]
     output_columns: list[str]
+    #: columns whose HMACs the stream adds to each batch; the SELECT reads them by name
+    hashed_inputs: list[HashedInput] = field(default_factory=list)
 
 
 def _is_date(t: pa.DataType) -> bool:
@@ -83,6 +101,16 @@ def compile_transform(
     select: list[str] = []
     outputs: list[str] = []
     extra_norm: list[str] = []
+    hashed: list[HashedInput] = []
+    # The patient key's HMAC, once per row, from the stream when its type allows, else in SQL.
+    pk = spec.patient_key
+    pk_in_stream = pk is not None and is_hashable(source_cols[pk])
+    if pk is not None and pk_in_stream:
+        shifts = any(r.action == "date_shift" for r in spec.columns.values())
+        token = _PK_TOKEN if spec.columns[pk].action == "pseudonym" else None
+        offset = _PK_OFFSET if shifts else None
+        if token or offset:
+            hashed.append(HashedInput(pk, token, offset, spec.date_shift.max_days if offset else None))
     for name, rule in spec.columns.items():
         if rule.action == "drop":
             continue
@@ -97,14 +125,17 @@ def compile_transform(
                     )
                 expr = col
             elif rule.action == "pseudonym":
-                if name == spec.patient_key:
-                    expr = hm.token(_HASH)
+                if name == pk:
+                    expr = _PK_TOKEN if pk_in_stream else hm.token(_HASH)
+                elif is_hashable(t):
+                    expr = f"__fedgate_t{len(hashed)}"
+                    hashed.append(HashedInput(name, expr, None, None))
                 else:
                     normalized = f"__fedgate_n{len(extra_norm)}"
                     extra_norm.append(f"{hm.normalized(col)} AS {normalized}")
                     expr = hm.token(hm.hex_digest(normalized, normalize_value=False))
             elif rule.action == "date_shift":
-                offset = hm.offset(_HASH, spec.date_shift.max_days)
+                offset = _PK_OFFSET if pk_in_stream else hm.offset(_HASH, spec.date_shift.max_days)
                 expr = f"CAST({_date_expr(name, t)} + {offset} AS DATE)"
             elif isinstance(rule, AgeRule):
                 birth = _date_expr(name, t)
@@ -131,11 +162,12 @@ def compile_transform(
 
     # Normalize in an inner query: DuckDB evaluates a normalization nested inside the hash expression
     # several times over, which halves throughput.
-    if spec.patient_key is not None:
-        extra_norm.append(f"{hm.normalized(g.quote_ident(spec.patient_key))} AS __fedgate_pk")
+    if pk is not None and not pk_in_stream:
+        extra_norm.append(f"{hm.normalized(g.quote_ident(pk))} AS __fedgate_pk")
     inner = f"SELECT *{''.join(', ' + e for e in extra_norm)} FROM source"
-    hashed = (
-        f", {hm.hex_digest('__fedgate_pk', normalize_value=False)} AS {_HASH}" if spec.patient_key else ""
-    )
-    sql = f"SELECT {', '.join(select)} FROM (SELECT *{hashed} FROM ({inner}))"
-    return CompiledTransform(sql, hm.parameters(), rare, outputs)
+    in_sql = pk is not None and not pk_in_stream
+    pk_hash = f", {hm.hex_digest('__fedgate_pk', normalize_value=False)} AS {_HASH}" if in_sql else ""
+    sql = f"SELECT {', '.join(select)} FROM (SELECT *{pk_hash} FROM ({inner}))"
+    # Bind the padded keys only when the SQL uses them: DuckDB refuses parameters a statement lacks.
+    parameters = hm.parameters() if in_sql or extra_norm else {}
+    return CompiledTransform(sql, parameters, rare, outputs, hashed)
