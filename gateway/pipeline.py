@@ -201,6 +201,27 @@ class QueryPipeline:
         await self._finish(request_id, "released", [], body, steward)
         return body
 
+    async def collect(self, principal: Principal, request_id: str) -> dict[str, Any]:
+        """A queued request's state, or its released answer for the researcher who asked.
+
+        The answer leaves only if policy still allows it to the researcher as they are now: the steward's
+        approval was decided on the identity recorded when the query was queued, and an organisation,
+        country or visa may have changed since. A deny is an audited refusal and the answer stays here."""
+        stored = await asyncio.to_thread(self.rt.state.get_request, request_id)
+        if stored is None or stored.subject != owner(principal):
+            raise Refusal("not_found", "No such request", [f"no request {request_id} of yours"])
+        if stored.status != "released" or stored.result is None:
+            return {"request_id": request_id, "status": stored.status, "reasons": stored.reasons}
+        spec = parse_query_spec(stored.spec)
+        try:
+            entry = self._dataset(spec)
+            await self._decide(principal, spec, entry, request_id, stored.query_hash, approved=True)
+        except Refusal as refusal:
+            refusal.request_id = request_id
+            await self._refused(refusal, principal, request_id, stored.query_hash)
+            raise
+        return stored.result
+
     async def decide_only(
         self, principal: Principal, subject: Decidable, entry: CatalogEntry, request_id: str, query_hash: str
     ) -> Decision:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from gateway.deps import PipelineDep, ResearcherDep, RuntimeDep
-from gateway.pipeline import new_request_id, owner
+from gateway.deps import PipelineDep, ResearcherDep
+from gateway.pipeline import new_request_id
 from gateway.problems import ACCEPTED, OK
 from gateway.query import QuerySpec
-from gateway.refusal import Refusal
 
 router = APIRouter(prefix="/v1/queries", tags=["queries"])
 
@@ -38,12 +36,14 @@ async def submit(spec: QuerySpec, principal: ResearcherDep, pipeline: PipelineDe
     return JSONResponse(answer.body, status_code=int(ACCEPTED if answer.status == "pending_approval" else OK))
 
 
-@router.get("/{request_id}", summary="The state or the answer of a query waiting for approval")
-async def poll(request_id: str, principal: ResearcherDep, runtime: RuntimeDep) -> dict[str, Any]:
-    """Only the researcher who asked sees the request."""
-    stored = await asyncio.to_thread(runtime.state.get_request, request_id)
-    if stored is None or stored.subject != owner(principal):
-        raise Refusal("not_found", "No such request", [f"no request {request_id} of yours"])
-    if stored.status == "released" and stored.result is not None:
-        return stored.result
-    return {"request_id": request_id, "status": stored.status, "reasons": stored.reasons}
+@router.get(
+    "/{request_id}",
+    summary="The state or the answer of a query waiting for approval",
+    responses={
+        403: {"description": "policy no longer allows the answer to this researcher", **_PROBLEM},
+        404: {"description": "no such request of yours", **_PROBLEM},
+    },
+)
+async def poll(request_id: str, principal: ResearcherDep, pipeline: PipelineDep) -> dict[str, Any]:
+    """Only the researcher who asked sees the request; an approved answer is released under policy again."""
+    return await pipeline.collect(principal, request_id)

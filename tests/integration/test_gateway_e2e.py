@@ -199,6 +199,24 @@ def test_approval_flow(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
     assert released.json()["status"] == "released" and released.json()["rows"][0]["n"] >= 10
 
 
+def test_an_approved_answer_is_released_only_if_policy_still_allows_the_researcher(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    body = spec("summary", agreement="DSA-TEST-APPROVAL", params={"column": "bmi"})
+    pending = ask(http, idp, body, sub="moving-researcher")
+    request_id = pending.json()["request_id"]
+    decided = http.post(f"/v1/steward/approvals/{request_id}", json={"approve": True, "reason": "ok"},
+                        headers=bearer(idp, "steward", sub="steward-1"))  # fmt: skip
+    assert decided.status_code == 200 and decided.json()["status"] == "released"
+    # The researcher has since moved to an organisation that is no party to the agreement.
+    moved = bearer(idp, "researcher", sub="moving-researcher", org="org-elsewhere", country="FR")
+    refused = http.get(f"/v1/queries/{request_id}", headers=moved)
+    assert refused.status_code == 403, refused.text
+    assert "rows" not in refused.json() and any("org-elsewhere" in r for r in refused.json()["reasons"])
+    still = http.get(f"/v1/queries/{request_id}", headers=bearer(idp, "researcher", sub="moving-researcher"))
+    assert still.status_code == 200 and still.json()["rows"]
+
+
 # -- consent withdrawal --------------------------------------------------------------------------------------
 
 
