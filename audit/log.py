@@ -69,12 +69,23 @@ class Event:
     request_id: str | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class _Pending:
     event: PreparedEvent
     receipt: AppendReceipt | None = None
     error: AuditError | None = None
     done: bool = False
+    after: tuple[_Pending, ...] = ()
+
+
+class Queued:
+    """An entry queued by `AuditLog.enqueue`: not acknowledged, and not durable, until a later append that
+    names it in `after` returns."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self, pending: _Pending) -> None:
+        self._pending = pending
 
 
 @dataclass
@@ -145,7 +156,12 @@ class AuditLog:
         return cls(engines, origin, signing_key, checkpoint_interval_s)
 
     def close(self) -> None:
-        """Stop the checkpoint thread and release the database connections."""
+        """Write what is still queued, stop the checkpoint thread and release the database connections."""
+        with self._queue.changed:
+            leftover, self._queue.items = self._queue.items, []
+        if leftover:
+            with self._commit_lock:
+                self._commit(leftover)
         self._stop.set()
         if self._checkpointer is not None:
             self._checkpointer.join()
@@ -161,6 +177,26 @@ class AuditLog:
 
     # -- appending -----------------------------------------------------------------------------------
 
+    def enqueue(
+        self,
+        event_type: str,
+        *,
+        actor: Actor | None = None,
+        request_id: str | None = None,
+        payload: Mapping[str, Any],
+    ) -> Queued:
+        """Validate one event and queue it without waiting for a commit (an invalid payload raises here).
+
+        The entry is written, in queue order, with the batch of the next `append` of this log. It is not
+        acknowledged: a step that must not happen unless the entry is on disk appends its own entry with
+        `after=[the queued ones]`, which returns only once they are all committed, and fails (writing
+        nothing) if any of them could not be. A request thereby shares one commit among its steps, and its
+        trail has no gap before anything it acknowledges."""
+        pending = _Pending(prepare_event(event_type, actor, request_id, payload))
+        with self._queue.changed:
+            self._queue.items.append(pending)
+        return Queued(pending)
+
     def append(
         self,
         event_type: str,
@@ -168,9 +204,13 @@ class AuditLog:
         actor: Actor | None = None,
         request_id: str | None = None,
         payload: Mapping[str, Any],
+        after: Iterable[Queued] = (),
     ) -> AppendReceipt:
-        """Validate and append one event; returns once it is committed to disk."""
-        pending = _Pending(prepare_event(event_type, actor, request_id, payload))
+        """Validate and append one event; returns once it, and every entry queued before it, is committed
+        to disk. With `after`, it is written only if those queued entries were (StorageError otherwise)."""
+        pending = _Pending(
+            prepare_event(event_type, actor, request_id, payload), after=tuple(q._pending for q in after)
+        )
         queue = self._queue
         with queue.changed:
             queue.items.append(pending)
@@ -216,6 +256,13 @@ class AuditLog:
         return [p.receipt for p in batch if p.receipt is not None]
 
     def _commit(self, batch: list[_Pending]) -> None:
+        # Queue order puts an entry after everything it depends on: a dependency in an earlier batch has
+        # its outcome already, and one in this batch shares its transaction.
+        for p in batch:
+            if any(d.error is not None for d in p.after):
+                p.error = StorageError("append refused: an earlier entry it depends on was not written")
+                p.done = True
+        batch = [p for p in batch if not p.done]
         if not batch:
             return
         receipts: list[AppendReceipt] = []

@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 import rfc8785
 
 from audit.errors import PayloadError
+from audit.log import Queued
 from gateway.auth import Principal
 from gateway.decision import DatasetFacts, Decision, DecisionInput, Destination
 from gateway.decision.models import Purpose, QueryFacts
@@ -85,9 +86,10 @@ class QueryPipeline:
         """The researcher's path: decide, then release or queue for approval."""
         query_hash = spec.query_hash()
         await self._received(principal, spec, request_id, query_hash)
+        trail: list[Queued] = []
         try:
             entry = self._dataset(spec)
-            decision = await self._decide(principal, spec, entry, request_id, query_hash)
+            decision = await self._decide(principal, spec, entry, request_id, query_hash, trail=trail)
             if decision.decision == "needs_approval":
                 stored = new_request(
                     request_id, _principal_json(principal), spec.model_dump(mode="json"), query_hash,
@@ -97,7 +99,7 @@ class QueryPipeline:
                 await self._outcome(principal, spec, request_id, "pending_approval")
                 return Answer("pending_approval", _pending_body(request_id, decision))
             assert decision.obligations is not None
-            body = await self._release(principal, spec, entry, decision, request_id, query_hash)
+            body = await self._release(principal, spec, entry, decision, request_id, query_hash, trail)
             return Answer("released", body)
         except Refusal as refusal:
             refusal.request_id = request_id
@@ -190,8 +192,11 @@ class QueryPipeline:
         spec = parse_query_spec(stored.spec)
         try:
             entry = self._dataset(spec)
-            decision = await self._decide(researcher, spec, entry, request_id, query_hash, approved=True)
-            body = await self._release(researcher, spec, entry, decision, request_id, query_hash)
+            trail: list[Queued] = []
+            decision = await self._decide(
+                researcher, spec, entry, request_id, query_hash, approved=True, trail=trail
+            )
+            body = await self._release(researcher, spec, entry, decision, request_id, query_hash, trail)
         except Refusal as refusal:
             refusal.request_id = request_id
             await self._refused(refusal, researcher, request_id, query_hash)
@@ -247,7 +252,10 @@ class QueryPipeline:
         query_hash: str,
         *,
         approved: bool = False,
+        trail: list[Queued] | None = None,
     ) -> Decision:
+        """Decide and audit the decision. With a `trail`, an allow is only queued there (the release that
+        follows waits for it); a deny or a request for approval is recorded before anything else happens."""
         request = DecisionInput(
             requester=principal.to_requester(),
             purpose=spec.purpose,
@@ -264,18 +272,17 @@ class QueryPipeline:
         )
         # The embedded engine answers in about a millisecond; a thread hop would cost as much.
         decision = self.rt.policy.decide(request)
-        await self.rt.record(
-            "query.decided",
-            {
-                "query_hash": sha256_label(query_hash),
-                "decision": decision.decision,
-                "reasons": list(decision.reasons),
-                "policy_bundle": sha256_label(decision.bundle_digest),
-                "engine": self.rt.settings.policy_engine,
-            },
-            principal=principal,
-            request_id=request_id,
-        )
+        decided = {
+            "query_hash": sha256_label(query_hash),
+            "decision": decision.decision,
+            "reasons": list(decision.reasons),
+            "policy_bundle": sha256_label(decision.bundle_digest),
+            "engine": self.rt.settings.policy_engine,
+        }
+        if trail is not None and decision.decision == "allow":
+            trail.append(self.rt.note("query.decided", decided, principal=principal, request_id=request_id))
+        else:
+            await self.rt.record("query.decided", decided, principal=principal, request_id=request_id)
         if decision.decision == "deny":
             raise Refusal("forbidden", "Denied by policy", list(decision.reasons), stage="decide")
         if decision.decision == "needs_approval" and approved:
@@ -290,6 +297,7 @@ class QueryPipeline:
         decision: Decision,
         request_id: str,
         query_hash: str,
+        trail: list[Queued],
     ) -> dict[str, Any]:
         obligations = decision.obligations
         assert obligations is not None
@@ -342,16 +350,12 @@ class QueryPipeline:
             )
         except ExecutionError as exc:
             raise Refusal("unavailable", "The store could not answer", [str(exc)], stage="execute") from None
-        await self.rt.record(
-            "query.executed",
-            {
-                "query_hash": sha256_label(query_hash),
-                "dataset_digest": sha256_label(entry.content_digest),
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-            },
-            principal=principal,
-            request_id=request_id,
-        )
+        executed = {
+            "query_hash": sha256_label(query_hash),
+            "dataset_digest": sha256_label(entry.content_digest),
+            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+        trail.append(self.rt.note("query.executed", executed, principal=principal, request_id=request_id))
         try:
             released = protect(spec, outcome, obligations)
         except DisclosureError as exc:
@@ -384,6 +388,7 @@ class QueryPipeline:
             },
             principal=principal,
             request_id=request_id,
+            after=trail,  # nothing is released unless the decision and the execution are on disk
         )
         await self._outcome(
             principal, spec, request_id, "released", cells=released.cells, suppressed=released.suppressed

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
 from audit import Actor
-from audit.log import AppendReceipt, AuditLog
+from audit.log import AppendReceipt, AuditLog, Queued
 from gateway.auth import Principal, TokenValidator
 from gateway.catalog import CatalogView
 from gateway.decision import PolicyDecisionPoint
@@ -73,6 +73,22 @@ class SiteRuntime:
         self.state.close()
         self.store.dispose()
 
+    def note(
+        self,
+        event_type: str,
+        payload: Mapping[str, Any],
+        *,
+        principal: Principal | None = None,
+        request_id: str | None = None,
+    ) -> Queued:
+        """Queue an audit entry without waiting for its commit (no thread hop, no disk).
+
+        It is not acknowledged until a later `record(..., after=[it])` returns; a refused payload raises."""
+        actor = Actor(sub=principal.sub, org=principal.org) if principal is not None else None
+        return self.audit.enqueue(
+            event_type, actor=actor, request_id=request_id, payload=self.annotate(event_type, payload)
+        )
+
     async def record(
         self,
         event_type: str,
@@ -80,9 +96,16 @@ class SiteRuntime:
         *,
         principal: Principal | None = None,
         request_id: str | None = None,
+        after: Sequence[Queued] = (),
     ) -> AppendReceipt:
-        """Append one audit entry without blocking the event loop (group commit makes it cheap)."""
+        """Append one audit entry without blocking the event loop (group commit makes it cheap); with
+        `after`, only if those queued entries were written too."""
         actor = Actor(sub=principal.sub, org=principal.org) if principal is not None else None
         return await asyncio.to_thread(
-            self.audit.append, event_type, actor=actor, request_id=request_id, payload=payload
-        )
+            self.audit.append, event_type, actor=actor, request_id=request_id,
+            payload=self.annotate(event_type, payload), after=after,
+        )  # fmt: skip
+
+    def annotate(self, event_type: str, payload: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The payload as this runtime records it (a coordinated request's runtime adds its coordinator)."""
+        return payload

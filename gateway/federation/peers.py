@@ -21,8 +21,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from audit.log import AppendReceipt
-from gateway.auth import Principal
 from gateway.federation.replay import NonceLedger
 from gateway.federation.signing import (
     HEADER,
@@ -85,17 +83,10 @@ class CoordinatedRuntime(SiteRuntime):
         parts = {f.name: getattr(runtime, f.name) for f in dataclasses.fields(SiteRuntime)}
         return cls(**parts, coordinator=coordinator)
 
-    async def record(
-        self,
-        event_type: str,
-        payload: Mapping[str, Any],
-        *,
-        principal: Principal | None = None,
-        request_id: str | None = None,
-    ) -> AppendReceipt:
+    def annotate(self, event_type: str, payload: Mapping[str, Any]) -> Mapping[str, Any]:
         if event_type == "query.received":
-            payload = {**payload, "federated": True, "coordinator": self.coordinator}
-        return await super().record(event_type, payload, principal=principal, request_id=request_id)
+            return {**payload, "federated": True, "coordinator": self.coordinator}
+        return payload
 
 
 def verified_peer(request: Request) -> str | None:

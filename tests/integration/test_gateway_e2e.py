@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pyarrow.compute as pc
 import pytest
+import sqlalchemy as sa
 from gateway_site import Site, bearer, running_gateway
 from oidc_issuer import LoopbackTestIssuer
 
@@ -265,6 +266,28 @@ def test_policy_engine_failure_is_an_audited_403(
         assert response.json()["reasons"][0].startswith("policy evaluation failed")
         export = http.get("/v1/audit/export", headers=bearer(idp, "auditor")).content
     assert b"policy evaluation failed" in export and b'"query.refused"' in export
+
+
+def test_nothing_is_released_when_the_decision_could_not_be_written(
+    tmp_site: Site, idp: LoopbackTestIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audit import storage
+
+    original = storage.write_batch
+
+    def losing_decisions(conn: Any, entries: list[tuple[int, bytes, bytes]], *rest: Any) -> None:
+        if any(b'"query.decided"' in data for _, _, data in entries):
+            raise sa.exc.OperationalError("INSERT", {}, Exception("disk I/O error"))
+        original(conn, entries, *rest)
+
+    monkeypatch.setattr(storage, "write_batch", losing_decisions)
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url) as http:
+        response = ask(http, idp, spec("count", group_by=["sex"]))
+        assert response.status_code == 503, response.text
+        assert "rows" not in response.json()
+        monkeypatch.setattr(storage, "write_batch", original)
+        export = http.get("/v1/audit/export", headers=bearer(idp, "auditor")).content
+    assert b'"query.refused"' in export and b'"query.released"' not in export
 
 
 # -- audit of a whole session --------------------------------------------------------------------------------
