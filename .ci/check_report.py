@@ -1,4 +1,4 @@
-"""Fail CI when the test run executed nothing or skipped the PostgreSQL tests."""
+"""Fail CI when the test run executed nothing, or skipped the PostgreSQL or the real-OPA tests."""
 
 import sys
 import xml.etree.ElementTree as ET  # noqa: S405 - parses our own pytest report, not untrusted input
@@ -12,18 +12,24 @@ def main(path: str) -> int:
     if tests - skipped <= 0:
         print(f"CI: the suite ran no test ({tests} collected, {skipped} skipped)", file=sys.stderr)
         return 1
-    pg_skips = []
+    required = {"PostgreSQL": "postgres", "real-OPA": "opa's engine is not installed"}
+    missed: dict[str, list[str]] = {label: [] for label in required}
     for case in root.iter("testcase"):
         for skip in case.findall("skipped"):
             text = f"{skip.get('message', '')} {skip.text or ''}".lower()
-            if "postgres" in text:
-                pg_skips.append(f"{case.get('classname')}::{case.get('name')}")
-    if pg_skips:
-        print("CI: PostgreSQL tests were skipped while CI=true:", file=sys.stderr)
-        for name in pg_skips:
-            print(f"  {name}", file=sys.stderr)
+            for label, marker in required.items():
+                if marker in text:
+                    missed[label].append(f"{case.get('classname')}::{case.get('name')}")
+    failed = False
+    for label, names in missed.items():
+        if names:
+            failed = True
+            print(f"CI: {label} tests were skipped while CI=true:", file=sys.stderr)
+            for name in names:
+                print(f"  {name}", file=sys.stderr)
+    if failed:
         return 1
-    print(f"CI: {tests - skipped} tests ran, {skipped} skipped, none of them PostgreSQL tests")
+    print(f"CI: {tests - skipped} tests ran, {skipped} skipped, none of them PostgreSQL or real-OPA tests")
     return 0
 
 

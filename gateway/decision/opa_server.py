@@ -51,9 +51,7 @@ class OpaServerEngine:
         """
         try:
             self._client.update_or_create_data(bundle.data_document(), DATA_ROOT)
-            for path, source in bundle.policies:
-                if not is_test_file(path):
-                    self._client.update_policy_from_string(source, f"fedgate/{path}", rego_compat=False)
+            self._upload_policies([(p, src) for p, src in bundle.policies if not is_test_file(p)])
         except requests.RequestException as exc:
             raise PolicyEngineUnavailable(
                 f"cannot publish policies to the OPA server at {self.url}: {exc}"
@@ -63,6 +61,27 @@ class OpaServerEngine:
             raise PolicyEngineUnavailable(
                 f"the OPA server at {self.url} rejected the bundle: {exc}"
             ) from None
+
+    def _upload_policies(self, modules: list[tuple[str, str]]) -> None:
+        """Upload every module, in rounds: OPA compiles all stored modules on each upload, so a module that
+        calls a package not yet uploaded is refused until a later round. A round that uploads nothing
+        raises the last refusal (a module OPA will never accept)."""
+        pending = modules
+        while pending:
+            refused: list[tuple[str, str]] = []
+            last: Exception | None = None
+            for path, source in pending:
+                try:
+                    self._client.update_policy_from_string(source, f"fedgate/{path}", rego_compat=False)
+                except requests.RequestException:
+                    raise
+                except Exception as exc:  # noqa: BLE001 — untyped client errors; retried, then raised
+                    refused.append((path, source))
+                    last = exc
+            if len(refused) == len(pending):
+                assert last is not None
+                raise last
+            pending = refused
 
     def replace_bundle(self, bundle: PolicyBundle) -> None:
         self.publish(bundle)

@@ -69,7 +69,9 @@ deny contains msg if {
 
 deny contains msg if {
 	"DUO:0000007" in data.fedgate.lib.purpose_codes
-	not is_string(input.purpose.disease)
+	# object.get, not input.purpose.disease: OPA makes a negation over a missing field undefined (no deny),
+	# where the embedded engine makes it true; a default gives both engines the same, closed answer.
+	not is_string(object.get(input, ["purpose", "disease"], null))
 	msg := "disease-specific research (DUO:0000007) needs a disease term in the purpose"
 }
 
@@ -129,13 +131,13 @@ deny contains msg if {
 
 deny contains msg if {
 	"DUO:0000024" in dataset_codes
-	not lib.valid_date(dataset.moratorium_until)
+	not lib.valid_date(object.get(input, ["dataset", "moratorium_until"], null))
 	msg := sprintf("dataset %s carries a publication moratorium (DUO:0000024) without a valid end date", [dataset.id])
 }
 
 deny contains msg if {
 	"DUO:0000025" in dataset_codes
-	not lib.valid_date(dataset.use_until)
+	not lib.valid_date(object.get(input, ["dataset", "use_until"], null))
 	msg := sprintf("dataset %s carries a time limit on use (DUO:0000025) without a valid end date", [dataset.id])
 }
 

@@ -1,12 +1,12 @@
 """The OPA-server engine over real HTTP: same answers as the embedded engine, and every failure denies.
 
-Runs against `OpaDataApiStandIn` (a stand-in, not OPA) always, and also against a real OPA when
-FEDGATE_TEST_OPA_URL is set (e.g. http://127.0.0.1:8181 from `opa run --server`).
+Runs against `OpaDataApiStandIn` (a stand-in, not OPA) and against a real OPA: FEDGATE_TEST_OPA_URL's server
+when set (e.g. http://127.0.0.1:8181 from `opa run --server`), else OPA's own Go engine behind a loopback
+front (`real_opa.OpaLibraryDataApi`).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 from collections.abc import Iterator
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from decision_corpus import corpus
 from opa_standin import OpaDataApiStandIn
+from real_opa import real_opa_url
 
 from gateway.decision import (
     Decision,
@@ -29,7 +30,6 @@ from gateway.decision.opa_server import OpaServerEngine
 from gateway.settings import SiteSettings
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
-REAL_OPA = os.environ.get("FEDGATE_TEST_OPA_URL")
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +46,8 @@ def standin() -> Iterator[OpaDataApiStandIn]:
 @pytest.fixture(params=["stand-in", "real OPA"])
 def opa_url(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.param == "real OPA":
-        if not REAL_OPA:
-            pytest.skip("set FEDGATE_TEST_OPA_URL to the URL of a running OPA server to run against it")
-        yield REAL_OPA
+        with real_opa_url() as url:
+            yield url
         return
     with OpaDataApiStandIn() as server:
         yield server.url

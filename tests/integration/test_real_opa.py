@@ -2,8 +2,7 @@
 embedded engine does, and every Rego test rule passes on OPA as `fedgate policy test` proves it on regorus.
 
 The OPA is FEDGATE_TEST_OPA_URL's server when set, else OPA's own Go evaluator behind a loopback front
-(`real_opa.OpaLibraryDataApi`). Where the two engines are known to disagree, the tests say so with strict
-xfails: they fail as soon as the disagreement is gone, so the exemption cannot outlive it.
+(`real_opa.OpaLibraryDataApi`).
 """
 
 from __future__ import annotations
@@ -29,27 +28,12 @@ POLICIES = Path(__file__).resolve().parents[2] / "policies"
 # tests use, and more.
 CORPUS_SIZE = 1000
 
-# On OPA, `not f(x)` is undefined (so the rule body fails) when x is undefined, where regorus makes it true.
-# consent.rego denies three requests that way; on OPA those denials do not happen.
-OPA_UNDEFINED_NEGATION = (
-    "consent.rego denies with `not is_string(input.purpose.disease)` / `not lib.valid_date(<missing date>)`; "
-    "OPA makes such a `not` over an undefined argument undefined, regorus makes it true"
-)
-# OPA compiles all its modules with each policy upload and refuses a module calling functions of one it does
-# not hold yet; publish() uploads in path order, and agreement/agreement.rego calls lib/lib.rego's functions.
-PUBLISH_ORDER = (
-    "OpaServerEngine.publish uploads policies one by one in path order; OPA compiles every module on each "
-    "upload and refuses agreement/agreement.rego before lib/lib.rego (undefined function data.fedgate.lib.*)"
-)
-TESTS_FAILING_ON_OPA = {
-    "test_deny_disease_specific_purpose_without_disease",
-    "test_deny_moratorium_without_date",
-    "test_deny_time_limited_dataset_without_date",
-}
+# On OPA, `not f(x)` is undefined (so the rule body fails) when x is undefined, where regorus makes it true;
+# the policies read optional fields through object.get defaults so that both engines deny such requests.
 
 
-def _diverges_on_opa(policy_input: dict[str, Any]) -> bool:
-    """A request that consent.rego must deny through a `not` over a missing field (OPA_UNDEFINED_NEGATION)."""
+def _missing_consent_field(policy_input: dict[str, Any]) -> bool:
+    """A request that consent.rego must deny because an optional field it needs is missing."""
     purpose, dataset = policy_input.get("purpose", {}), policy_input.get("dataset", {})
     duo = set(dataset.get("duo", []))
     return (
@@ -77,13 +61,7 @@ def _policy_ids(bundle: PolicyBundle, *, tests: bool) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def opa(opa_url: str, bundle: PolicyBundle) -> OpaServerEngine:
-    """The product's OPA-server engine, with the bundle published to the real OPA.
-
-    The policies go in first in an order OPA accepts (see PUBLISH_ORDER), so that publish() then replaces
-    modules OPA already holds.
-    """
-    with httpx.Client(base_url=opa_url, timeout=30) as client:
-        upload_policies(client, _policy_ids(bundle, tests=False))
+    """The product's OPA-server engine, with the bundle published to the real OPA by publish()."""
     return OpaServerEngine(opa_url, 10.0, bundle)
 
 
@@ -95,8 +73,7 @@ def answers(opa: OpaServerEngine, bundle: PolicyBundle) -> list[tuple[DecisionIn
 
 
 def test_real_opa_decides_like_the_embedded_engine_on_the_corpus(answers: list[Any]) -> None:
-    compared = [a for a in answers if not _diverges_on_opa(a[0].to_policy_input())]
-    assert len(compared) > 0.9 * CORPUS_SIZE
+    compared = answers
     mismatches = [request.model_dump_json() for request, local, remote in compared if remote != local]
     assert mismatches == []
     kinds = {local.decision for _, local, _ in compared}
@@ -107,18 +84,16 @@ def test_real_opa_decides_like_the_embedded_engine_on_the_corpus(answers: list[A
     assert failed == []
 
 
-@pytest.mark.xfail(strict=True, reason=OPA_UNDEFINED_NEGATION)
-def test_real_opa_decides_like_the_embedded_engine_when_a_consent_field_is_missing(
+def test_real_opa_denies_like_the_embedded_engine_when_a_consent_field_is_missing(
     answers: list[Any],
 ) -> None:
-    divergent = [a for a in answers if _diverges_on_opa(a[0].to_policy_input())]
-    assert divergent
-    for request, local, remote in divergent:
+    missing = [a for a in answers if _missing_consent_field(a[0].to_policy_input())]
+    assert missing
+    for request, local, remote in missing:
         assert local.decision == "deny", request.model_dump_json()
         assert remote == local, request.model_dump_json()
 
 
-@pytest.mark.xfail(strict=True, raises=PolicyEngineUnavailable, reason=PUBLISH_ORDER)
 def test_publishing_to_a_fresh_opa_succeeds(bundle: PolicyBundle) -> None:
     if opa_bindings is None:
         pytest.skip(MISSING)
@@ -142,7 +117,8 @@ def test_real_opa_refuses_a_bundle_that_does_not_compile(opa_url: str, bundle: P
 
 
 def test_the_engine_behind_the_url_is_opa_not_regorus(opa_url: str) -> None:
-    # The one behaviour of OPA_UNDEFINED_NEGATION, on its own: a stand-in running regorus answers true.
+    # OPA makes a negation over an undefined function argument undefined; a stand-in running regorus
+    # answers true.
     source = (
         "package fedgate_probe\n\nnegated if not is_string(input.missing)\n\nplain if not input.missing\n"
     )
@@ -163,11 +139,7 @@ def _rego_tests() -> list[RegoTest]:
 
 
 def _rego_test_params() -> list[Any]:
-    known = pytest.mark.xfail(strict=True, reason=OPA_UNDEFINED_NEGATION)
-    return [
-        pytest.param(t, id=f"{t.file}::{t.name}", marks=[known] if t.name in TESTS_FAILING_ON_OPA else [])
-        for t in _rego_tests()
-    ]
+    return [pytest.param(t, id=f"{t.file}::{t.name}") for t in _rego_tests()]
 
 
 def test_every_test_rule_written_is_discovered() -> None:
