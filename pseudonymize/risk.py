@@ -42,24 +42,22 @@ def k_anonymity(
 ) -> RiskReport:
     """Group the table by its quasi-identifiers and measure the classes below k.
 
-    With `patient_column`, a class is as large as the distinct patients in it, not its rows: five
-    admissions of one patient are still one person.
+    With `patient_column` (pseudonym tokens, as `pseudonym.pseudonym` writes them), a class is as large
+    as the distinct patients in it, not its rows: five admissions of one patient are still one person.
     """
     n = int(con.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchall()[0][0])
     if not quasi_identifiers or n == 0:
         below = n if 0 < n < k else 0
         return RiskReport(list(quasi_identifiers), k, n, 1 if n else 0, n, below, below / n if n else 0.0)
     cols = ", ".join(quote_ident(c) for c in quasi_identifiers)
-    rows, size = quote_ident(table), "count(*)"
+    size = "count(*)"
     if patient_column:
-        # One row per (class, patient), then count the patients (a missing one counts as none, as
-        # count(DISTINCT) did): DuckDB runs this DISTINCT as a parallel hash aggregate, twice as fast as
-        # count(DISTINCT patient) per class over ten million patients.
-        patient = quote_ident(patient_column)
-        rows, size = f"(SELECT DISTINCT {cols}, {patient} FROM {rows})", f"count({patient})"
+        # Tokens are 32 hex digits: as the 128-bit number they spell, the per-class sets of distinct
+        # patients take a third of the memory of the strings (the ingest's peak) at the same speed.
+        size = f"count(DISTINCT CAST('0x' || {quote_ident(patient_column)} AS UHUGEINT))"
     row = con.execute(
         f"SELECT count(*), min(c), coalesce(sum(c) FILTER (WHERE c < ?), 0) "
-        f"FROM (SELECT {size} AS c FROM {rows} GROUP BY {cols})",
+        f"FROM (SELECT {size} AS c FROM {quote_ident(table)} GROUP BY {cols})",
         [k],
     ).fetchall()[0]
     classes, smallest, below = int(row[0]), int(row[1]), int(row[2])
