@@ -215,8 +215,8 @@ class ColumnHmac:
         return len(self._workers)
 
     def start_workers(self, workers: int) -> None:
-        """Hash in `workers` processes from now on (no-op below 2 or when already started)."""
-        if self._workers or workers < 2:
+        """Hash in `workers` processes from now on (no-op below 1 or when already started)."""
+        if self._workers or workers < 1:
             return
         for _ in range(workers):
             worker = _Worker(self._key)
