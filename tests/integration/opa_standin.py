@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 
 import regorus
+from loopback_server import LoopbackServer
 
 Fault = Literal["http_500", "missing_result", "wrong_shape", "not_json", "slow"] | None
 
 
-class OpaDataApiStandIn:
+class OpaDataApiStandIn(LoopbackServer):
     """Serves on a free loopback port; `fault` makes every decision request fail one way."""
 
     def __init__(self, slow_s: float = 1.0) -> None:
@@ -31,28 +32,13 @@ class OpaDataApiStandIn:
         # regorus engines may be used and dropped only on the thread that made them, so the stand-in serves
         # one request at a time on a single thread, which also owns the engine.
         self._lock = threading.Lock()
-        self._server = HTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+        super().__init__(self._handler())
 
     def _serve(self) -> None:
         try:
-            self._server.serve_forever(poll_interval=0.05)
+            super()._serve()
         finally:
             self._engine = None
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def __enter__(self) -> OpaDataApiStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
 
     def _put_policy(self, policy_id: str, source: str) -> None:
         with self._lock:

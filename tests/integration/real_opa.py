@@ -17,11 +17,12 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
 import pytest
+from loopback_server import LoopbackServer
 
 try:
     import opa_bindings
@@ -35,7 +36,7 @@ MISSING = (
 )
 
 
-class OpaLibraryDataApi:
+class OpaLibraryDataApi(LoopbackServer):
     """OPA's Go engine served on a free loopback port; policies and data are replaced as OPA's API does."""
 
     def __init__(self) -> None:
@@ -48,22 +49,10 @@ class OpaLibraryDataApi:
         # One request at a time: the HTTP server has one thread, and the lock keeps the engine and its
         # inputs consistent for callers that use the Python methods directly.
         self._lock = threading.Lock()
-        self._server = HTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def __enter__(self) -> OpaLibraryDataApi:
-        self._thread.start()
-        return self
+        super().__init__(self._handler())
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        super().__exit__(*exc)
         with self._lock:
             self._close_engine()
 
