@@ -170,11 +170,7 @@ async def closed_loop(url: str, tokens: list[str], seconds: float, clients: int)
         while time.perf_counter() < stop:
             counter += 1
             start = time.perf_counter()
-            async with http.post(
-                f"{url}/v1/queries", json=body("small", 10 + counter / 1e6, ["sex"]), headers=headers
-            ) as response:
-                await response.read()
-                response.raise_for_status()
+            await _small_query(http, url, headers, 10 + counter / 1e6)
             latencies.append(time.perf_counter() - start)
 
     async with _session(clients) as http:
@@ -206,17 +202,23 @@ async def fixed_rate(url: str, tokens: list[str], seconds: float, clients: int, 
             if due > now:
                 await asyncio.sleep(due - now)
             counter += 1
-            async with http.post(
-                f"{url}/v1/queries", json=body("small", 20 + counter / 1e6, ["sex"]), headers=headers
-            ) as response:
-                await response.read()
-                response.raise_for_status()
+            await _small_query(http, url, headers, 20 + counter / 1e6)
             latencies.append(time.perf_counter() - due)
             due += interval
 
     async with _session(clients) as http:
         await asyncio.gather(*(client(http, i) for i in range(clients)))
     return latencies
+
+
+async def _small_query(
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str], threshold: float
+) -> None:
+    async with http.post(
+        f"{url}/v1/queries", json=body("small", threshold, ["sex"]), headers=headers
+    ) as response:
+        await response.read()
+        response.raise_for_status()
 
 
 def _session(clients: int) -> aiohttp.ClientSession:
