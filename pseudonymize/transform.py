@@ -48,6 +48,8 @@ class CompiledTransform:
     output_columns: list[str]
     #: columns whose HMACs the stream adds to each batch; the SELECT reads them by name
     hashed_inputs: list[HashedInput] = field(default_factory=list)
+    #: output columns holding pseudonym tokens
+    pseudonym_outputs: list[str] = field(default_factory=list)
 
 
 def _is_date(t: pa.DataType) -> bool:
@@ -102,6 +104,7 @@ def compile_transform(
     outputs: list[str] = []
     extra_norm: list[str] = []
     hashed: list[HashedInput] = []
+    tokens: list[str] = []
     # The patient key's HMAC, once per row, from the stream when its type allows, else in SQL.
     pk = spec.patient_key
     pk_in_stream = pk is not None and is_hashable(source_cols[pk])
@@ -125,6 +128,7 @@ def compile_transform(
                     )
                 expr = col
             elif rule.action == "pseudonym":
+                tokens.append(out)
                 if name == pk:
                     expr = _PK_TOKEN if pk_in_stream else hm.token(_HASH)
                 elif is_hashable(t):
@@ -170,4 +174,4 @@ def compile_transform(
     sql = f"SELECT {', '.join(select)} FROM (SELECT *{pk_hash} FROM ({inner}))"
     # Bind the padded keys only when the SQL uses them: DuckDB refuses parameters a statement lacks.
     parameters = hm.parameters() if in_sql or extra_norm else {}
-    return CompiledTransform(sql, parameters, rare, outputs, hashed)
+    return CompiledTransform(sql, parameters, rare, outputs, hashed, tokens)
