@@ -34,8 +34,9 @@ from pseudonymize.store import CatalogEntry, Store, now_utc
 from pseudonymize.transform import VALUE_ERROR_MARK, CompiledTransform, HashedInput, compile_transform
 
 ProgressCallback = Callable[[int], None]
-#: rows per batch read back for the content digest: DuckDB exports large batches to Arrow twice as fast
-DIGEST_BATCH_ROWS = 1_000_000
+#: rows per batch read back for the content digest: DuckDB exports larger batches to Arrow faster, and
+#: two in flight at this size stay below the k-anonymity's memory peak
+DIGEST_BATCH_ROWS = 500_000
 #: threads hashing the columns of one batch while DuckDB exports the next
 DIGEST_THREADS = 2
 #: processes computing pseudonyms (one per core but one, left to DuckDB; at least one), and the rows read
