@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
 
@@ -28,3 +28,11 @@ class Connector(ABC):
     @abstractmethod
     def batches(self, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         """Stream the table as record batches of at most `batch_rows` rows."""
+
+    def batches_of(
+        self, columns: Sequence[str], batch_rows: int = DEFAULT_BATCH_ROWS
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream only `columns` (names of `schema()`, in this order). Sources that can skip reading
+        the other columns override this; the others read everything and select."""
+        for batch in self.batches(batch_rows):
+            yield batch.select(list(columns))

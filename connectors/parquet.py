@@ -42,9 +42,21 @@ class ParquetConnector(Connector):
         return self._schema
 
     def batches(self, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        return self.batches_of(self.schema().names, batch_rows)
+
+    def batches_of(
+        self, columns: Sequence[str], batch_rows: int = DEFAULT_BATCH_ROWS
+    ) -> Iterator[pa.RecordBatch]:
+        """Read only `columns`: Parquet stores columns apart, so the others are never decoded."""
         if batch_rows < 1:
             raise InvalidOption(self.source, "batch_rows must be at least 1")
-        schema = self.schema()
+        full = self.schema()
+        for name in columns:
+            if full.get_field_index(name) < 0:
+                raise MissingColumn(self.source, "the file has no such column", column=name)
+        return self._read(pa.schema([full.field(name) for name in columns]), batch_rows)
+
+    def _read(self, schema: pa.Schema, batch_rows: int) -> Iterator[pa.RecordBatch]:
         file = self._open()
         strings = [i for i, field in enumerate(schema) if pa.types.is_string(field.type)]
         row = 0

@@ -76,6 +76,7 @@ class _Stream:
         self.hasher = hasher
         self.on_rows = on_rows
         self.error: ConnectorError | IngestError | None = None
+        self.columns = schema.names
         for h in hashed:
             if h.token is not None:
                 schema = schema.append(pa.field(h.token, pa.string()))
@@ -87,7 +88,7 @@ class _Stream:
         pending: deque[tuple[pa.RecordBatch, list[Future[HashedColumn]]]] = deque()
         seen = 0
         try:
-            for batch in self.connector.batches():
+            for batch in self.connector.batches_of(self.columns):
                 if self.hashed and seen >= HASH_WORKERS_AFTER_ROWS:
                     # Worker processes take a moment to start: small sources are hashed inline.
                     self.hasher.start_workers(HASH_WORKERS)
@@ -179,7 +180,9 @@ def ingest(
         workdir = Path(tempfile.mkdtemp(prefix="fedgate-ingest-"))
         con = duckdb.connect(str(workdir / "work.duckdb"))
     hasher = ColumnHmac(key)
-    stream = _Stream(connector, schema, compiled.hashed_inputs, hasher, on_rows)
+    # Columns the spec drops and nothing reads are not read at all (a Parquet source skips them).
+    read = pa.schema([f for f in schema if f.name in compiled.input_columns])
+    stream = _Stream(connector, read, compiled.hashed_inputs, hasher, on_rows)
     try:
         con.register("source", stream.reader())
         try:

@@ -50,6 +50,8 @@ class CompiledTransform:
     hashed_inputs: list[HashedInput] = field(default_factory=list)
     #: output columns holding pseudonym tokens
     pseudonym_outputs: list[str] = field(default_factory=list)
+    #: the source columns the SELECT and the stream read (every column but those dropped and unused)
+    input_columns: frozenset[str] = frozenset()
 
 
 def _is_date(t: pa.DataType) -> bool:
@@ -174,4 +176,8 @@ def compile_transform(
     sql = f"SELECT {', '.join(select)} FROM (SELECT *{pk_hash} FROM ({inner}))"
     # Bind the padded keys only when the SQL uses them: DuckDB refuses parameters a statement lacks.
     parameters = hm.parameters() if in_sql or extra_norm else {}
-    return CompiledTransform(sql, parameters, rare, outputs, hashed, tokens)
+    used = {n for n, r in spec.columns.items() if r.action != "drop"}
+    used |= {r.at for r in spec.columns.values() if isinstance(r, AgeRule) and r.at in source_cols}
+    if pk is not None:
+        used.add(pk)
+    return CompiledTransform(sql, parameters, rare, outputs, hashed, tokens, frozenset(used))

@@ -270,3 +270,11 @@ def test_missing_values_are_null_except_in_text(tmp_path: Path, drain: Drain) ->
         {"country": "NA", "age": None, "note": ""},
         {"country": "CH", "age": 34, "note": "seen"},
     ]
+
+
+def test_batches_of_selects_the_named_columns(tmp_path: Path) -> None:
+    path = tmp_path / "cohort.csv"
+    path.write_text("mrn,age,sex\nP1,40,F\nP2,50,M\n")
+    table = pa.Table.from_batches(list(CsvConnector(path).batches_of(["sex", "mrn"])))
+    assert table.column_names == ["sex", "mrn"]
+    assert table.to_pydict() == {"sex": ["F", "M"], "mrn": ["P1", "P2"]}

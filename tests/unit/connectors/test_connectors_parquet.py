@@ -109,3 +109,16 @@ def test_string_column_with_non_utf8_bytes(tmp_path: Path, assert_named: NamedCh
     with pytest.raises(EncodingError) as caught:
         list(ParquetConnector(path).batches(2))
     assert_named(caught.value, source=str(path), row=3, column="name")
+
+
+def test_batches_of_reads_only_the_named_columns_in_their_order(tmp_path: Path) -> None:
+    bad = COHORT.append_column("note", pa.array([b"\xff"] * 50, pa.binary()).cast(pa.string(), safe=False))
+    connector = ParquetConnector(write(tmp_path, bad))
+    # The column with invalid UTF-8 is never decoded, so it cannot stop a read that does not ask for it.
+    table = pa.Table.from_batches(list(connector.batches_of(["hba1c", "mrn"], 7)))
+    assert table.column_names == ["hba1c", "mrn"]
+    assert table.equals(COHORT.select(["hba1c", "mrn"]))
+    with pytest.raises(EncodingError):
+        list(connector.batches_of(["note"]))
+    with pytest.raises(MissingColumn):
+        list(connector.batches_of(["mrn", "ssn"]))
