@@ -104,6 +104,30 @@ def test_age_never_reveals_an_age_beyond_the_codes(birth: date, band: int, top: 
             assert bottom <= lo <= hi < top and hi - lo < band
 
 
+@given(
+    years=st.integers(-3, 130),
+    band=st.integers(2, 30),
+    top=st.integers(30, 120),
+    bottom=st.integers(0, 29),
+)
+def test_age_band_labels_are_the_band_of_decades_clipped_to_bottom_and_top(
+    years: int, band: int, top: int, bottom: int
+) -> None:
+    rule = AgeRule(action="generalize", method="age", at="2025-06-01", band=band, top=top, bottom=bottom)
+    at = date(2025, 6, 1)
+    birth = at.replace(year=at.year - years)
+    out = sql_one(g.age(rule, "$b", "DATE '2025-06-01'"), {"b": birth})
+    if years < 0:
+        expected = None
+    elif years < bottom:
+        expected = f"<{bottom}"
+    elif years >= top:
+        expected = f"{top}+"
+    else:
+        expected = f"{max(years // band * band, bottom)}-{min((years // band + 1) * band - 1, top - 1)}"
+    assert out == expected
+
+
 @given(code=st.text(min_size=1, max_size=12), keep=st.integers(0, 6))
 def test_postcode_never_longer_than_its_prefix(code: str, keep: int) -> None:
     rule = PostcodeRule(action="generalize", method="postcode", keep=keep)
