@@ -54,7 +54,11 @@ def postcode(rule: PostcodeRule, column: str) -> str:
     if rule.keep == 0:
         return f"CASE WHEN {column} IS NULL THEN NULL ELSE '{SUPPRESSED}' END"
     # Spaces inside a postcode vary by writer ('SW1A 1AA', 'SW1A1AA'); none of them count toward the prefix.
-    return f"upper(left(regexp_replace(CAST({column} AS VARCHAR), '\\s', '', 'g'), {rule.keep}))"
+    # When the first `keep` characters hold no space they are the prefix: only then skip the rewrite.
+    text = f"CAST({column} AS VARCHAR)"
+    head = f"left({text}, {rule.keep})"
+    squeezed = f"upper(left(regexp_replace({text}, '\\s', '', 'g'), {rule.keep}))"
+    return f"CASE WHEN regexp_matches({head}, '\\s') THEN {squeezed} ELSE upper({head}) END"
 
 
 def suppress_rare_prefixes_sql(table: str, column: str, min_count: int) -> str:

@@ -136,6 +136,15 @@ def test_postcode_never_longer_than_its_prefix(code: str, keep: int) -> None:
     assert out == "*" if keep == 0 else len(out) <= keep
 
 
+@given(code=st.text(alphabet=st.sampled_from("ab1 \t\n\r\f\v\u00a0ßé"), max_size=10), keep=st.integers(1, 6))
+def test_postcode_prefix_ignores_whitespace_wherever_it_is(code: str, keep: int) -> None:
+    rule = PostcodeRule(action="generalize", method="postcode", keep=keep)
+    reference = (
+        f"upper(left(regexp_replace($c, '\\s', '', 'g'), {keep}))"  # the rule's meaning, spelled plainly
+    )
+    assert sql_one(g.postcode(rule, "$c"), {"c": code}) == sql_one(reference, {"c": code})
+
+
 @given(d=st.dates(min_value=date(1900, 1, 1), max_value=date(2100, 1, 1)))
 def test_coarse_dates_drop_the_day(d: date) -> None:
     month = sql_one(g.coarse_date(DateRule(action="generalize", method="date", to="month"), "$d"), {"d": d})
