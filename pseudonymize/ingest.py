@@ -39,9 +39,9 @@ ProgressCallback = Callable[[int], None]
 DIGEST_BATCH_ROWS = 500_000
 #: threads hashing the columns of one batch while DuckDB exports the next
 DIGEST_THREADS = 2
-#: processes computing pseudonyms (one per core but one, left to DuckDB; at least one), and the rows read
-#: before they start: below it, starting them costs more than they save
-HASH_WORKERS = min(max((os.cpu_count() or 1) - 1, 1), 4)
+#: processes computing pseudonyms (one per core, at most four), and the rows read before they start:
+#: below it, starting them costs more than they save
+HASH_WORKERS = min(os.cpu_count() or 1, 4)
 HASH_WORKERS_AFTER_ROWS = 500_000
 
 
