@@ -157,11 +157,12 @@ class AuditLog:
 
     def close(self) -> None:
         """Write what is still queued, stop the checkpoint thread and release the database connections."""
-        with self._queue.changed:
-            leftover, self._queue.items = self._queue.items, []
-        if leftover:
-            with self._commit_lock:
-                self._commit(leftover)
+        queue = self._queue
+        with queue.changed:
+            while queue.leading:
+                queue.changed.wait()
+            queue.leading = True
+        self._lead()
         self._stop.set()
         if self._checkpointer is not None:
             self._checkpointer.join()
@@ -184,6 +185,7 @@ class AuditLog:
         actor: Actor | None = None,
         request_id: str | None = None,
         payload: Mapping[str, Any],
+        after: Iterable[Queued] = (),
     ) -> Queued:
         """Validate one event and queue it without waiting for a commit (an invalid payload raises here).
 
@@ -191,8 +193,11 @@ class AuditLog:
         acknowledged: a step that must not happen unless the entry is on disk appends its own entry with
         `after=[the queued ones]`, which returns only once they are all committed, and fails (writing
         nothing) if any of them could not be. A request thereby shares one commit among its steps, and its
-        trail has no gap before anything it acknowledges."""
-        pending = _Pending(prepare_event(event_type, actor, request_id, payload))
+        trail has no gap before anything it acknowledges. With `after`, this entry too is written only if
+        those were."""
+        pending = _Pending(
+            prepare_event(event_type, actor, request_id, payload), after=tuple(q._pending for q in after)
+        )
         with self._queue.changed:
             self._queue.items.append(pending)
         return Queued(pending)
@@ -224,26 +229,31 @@ class AuditLog:
         if lead:
             # Let appenders that are already running reach the queue, so that they share this commit.
             time.sleep(0)
-            with queue.changed:
-                batch, queue.items = queue.items, []
-            try:
-                with self._commit_lock:
-                    self._commit(batch)
-            except BaseException as exc:
-                # Whatever went wrong, no appender may be left waiting for a commit that will not come.
-                error = StorageError(f"append failed, nothing was written: {exc!r}")
-                for p in batch:
-                    if not p.done:
-                        p.error, p.done = error, True
-                raise
-            finally:
-                with queue.changed:
-                    queue.leading = False
-                    queue.changed.notify_all()
+            self._lead()
         if pending.error is not None:
             raise pending.error
         assert pending.receipt is not None
         return pending.receipt
+
+    def _lead(self) -> None:
+        """As the leader (`queue.leading` set by the caller): commit everything queued, then step down."""
+        queue = self._queue
+        with queue.changed:
+            batch, queue.items = queue.items, []
+        try:
+            with self._commit_lock:
+                self._commit(batch)
+        except BaseException as exc:
+            # Whatever went wrong, no appender may be left waiting for a commit that will not come.
+            error = StorageError(f"append failed, nothing was written: {exc!r}")
+            for p in batch:
+                if not p.done:
+                    p.error, p.done = error, True
+            raise
+        finally:
+            with queue.changed:
+                queue.leading = False
+                queue.changed.notify_all()
 
     def append_many(self, events: Iterable[Event]) -> list[AppendReceipt]:
         """Append a batch of events in one transaction (all or nothing)."""
@@ -258,10 +268,13 @@ class AuditLog:
     def _commit(self, batch: list[_Pending]) -> None:
         # Queue order puts an entry after everything it depends on: a dependency in an earlier batch has
         # its outcome already, and one in this batch shares its transaction.
+        # A dependency neither written nor in this batch (taken by another committer) counts as not written.
+        in_batch = {id(p) for p in batch}
         for p in batch:
-            if any(d.error is not None for d in p.after):
+            if any(d.error is not None or (not d.done and id(d) not in in_batch) for d in p.after):
                 p.error = StorageError("append refused: an earlier entry it depends on was not written")
                 p.done = True
+                in_batch.discard(id(p))  # what depends on this one is refused in turn
         batch = [p for p in batch if not p.done]
         if not batch:
             return
@@ -289,6 +302,10 @@ class AuditLog:
             error = StorageError(f"append failed, nothing was written: {type(exc).__name__}: {exc}")
             for p in batch:
                 p.error, p.done = error, True
+            # Queued entries have no caller waiting to hear it: say here that they are lost.
+            log.error(
+                "audit: a commit of %d entries failed (%s); none was written", len(batch), type(exc).__name__
+            )
             return
         self._known_size = max(self._known_size, cr.size)
         for p, receipt in zip(batch, receipts, strict=True):

@@ -108,10 +108,8 @@ class QueryPipeline:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure must end as an audited refusal, never an answer
             # Fail closed and leave no gap in the trail: an unexpected failure is an audited refusal.
-            failure = Refusal(
-                "unavailable", "The gateway could not answer", [f"internal error ({type(exc).__name__})"],
-                stage="execute", request_id=request_id,
-            )  # fmt: skip
+            failure = _internal_failure(exc)
+            failure.request_id = request_id
             await self._refused(failure, principal, request_id, query_hash)
             raise failure from None
 
@@ -197,7 +195,8 @@ class QueryPipeline:
                 researcher, spec, entry, request_id, query_hash, approved=True, trail=trail
             )
             body = await self._release(researcher, spec, entry, decision, request_id, query_hash, trail)
-        except Refusal as refusal:
+        except Exception as exc:  # noqa: BLE001 - any failure must end as an audited refusal, never an answer
+            refusal = exc if isinstance(exc, Refusal) else _internal_failure(exc)
             refusal.request_id = request_id
             await self._refused(refusal, researcher, request_id, query_hash)
             await self._outcome(researcher, spec, request_id, "refused", stage=refusal.stage)
@@ -209,23 +208,44 @@ class QueryPipeline:
     async def collect(self, principal: Principal, request_id: str) -> dict[str, Any]:
         """A queued request's state, or its released answer for the researcher who asked.
 
-        The answer leaves only if policy still allows it to the researcher as they are now: the steward's
-        approval was decided on the identity recorded when the query was queued, and an organisation,
-        country or visa may have changed since. A deny is an audited refusal and the answer stays here."""
+        The answer leaves only if policy still allows it to the researcher as they are now (the steward's
+        approval was decided on the identity recorded when the query was queued) and the site's policy is
+        the one it was produced under (thresholds or DP terms may have tightened since). A refusal is
+        audited and the answer stays here; an answer that leaves is audited as released again."""
         stored = await asyncio.to_thread(self.rt.state.get_request, request_id)
         if stored is None or stored.subject != owner(principal):
             raise Refusal("not_found", "No such request", [f"no request {request_id} of yours"])
         if stored.status != "released" or stored.result is None:
             return {"request_id": request_id, "status": stored.status, "reasons": stored.reasons}
-        spec = parse_query_spec(stored.spec)
+        result = stored.result
+        trail: list[Queued] = []
         try:
+            spec = parse_query_spec(stored.spec)
             entry = self._dataset(spec)
-            await self._decide(principal, spec, entry, request_id, stored.query_hash, approved=True)
+            decision = await self._decide(
+                principal, spec, entry, request_id, stored.query_hash, approved=True, trail=trail
+            )
+            if decision.bundle_digest != result.get("policy", {}).get("bundle_digest"):
+                raise Refusal(
+                    "forbidden", "Policy changed",
+                    ["the site's policy changed after this answer was approved; submit the query again"],
+                    stage="decide",
+                )  # fmt: skip
+            await self.rt.record(
+                "query.released",
+                {"query_hash": sha256_label(stored.query_hash), "result_hash": result["result_hash"]},
+                principal=principal, request_id=request_id, after=trail,
+            )  # fmt: skip
         except Refusal as refusal:
             refusal.request_id = request_id
             await self._refused(refusal, principal, request_id, stored.query_hash)
             raise
-        return stored.result
+        except Exception as exc:  # noqa: BLE001 - any failure must end as an audited refusal, never an answer
+            failure = _internal_failure(exc)
+            failure.request_id = request_id
+            await self._refused(failure, principal, request_id, stored.query_hash)
+            raise failure from None
+        return result
 
     async def decide_only(
         self, principal: Principal, subject: Decidable, entry: CatalogEntry, request_id: str, query_hash: str
@@ -355,7 +375,9 @@ class QueryPipeline:
             "dataset_digest": sha256_label(entry.content_digest),
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
         }
-        trail.append(self.rt.note("query.executed", executed, principal=principal, request_id=request_id))
+        trail.append(
+            self.rt.note("query.executed", executed, principal=principal, request_id=request_id, after=trail)
+        )
         try:
             released = protect(spec, outcome, obligations)
         except DisclosureError as exc:
@@ -451,6 +473,16 @@ class QueryPipeline:
         if not done:
             raise Refusal("conflict", "Already decided", ["another steward decided this request first"],
                           stage="approval")  # fmt: skip
+
+
+def _internal_failure(exc: BaseException) -> Refusal:
+    """An unexpected failure as its refusal (the class name only: messages can quote data)."""
+    return Refusal(
+        "unavailable",
+        "The gateway could not answer",
+        [f"internal error ({type(exc).__name__})"],
+        stage="execute",
+    )
 
 
 def _pending_body(request_id: str, decision: Decision) -> dict[str, Any]:

@@ -80,14 +80,16 @@ class SiteRuntime:
         *,
         principal: Principal | None = None,
         request_id: str | None = None,
+        after: Sequence[Queued] = (),
     ) -> Queued:
         """Queue an audit entry without waiting for its commit (no thread hop, no disk).
 
         It is not acknowledged until a later `record(..., after=[it])` returns; a refused payload raises."""
         actor = Actor(sub=principal.sub, org=principal.org) if principal is not None else None
         return self.audit.enqueue(
-            event_type, actor=actor, request_id=request_id, payload=self.annotate(event_type, payload)
-        )
+            event_type, actor=actor, request_id=request_id, payload=self.annotate(event_type, payload),
+            after=after,
+        )  # fmt: skip
 
     async def record(
         self,

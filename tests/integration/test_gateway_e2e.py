@@ -218,6 +218,32 @@ def test_an_approved_answer_is_released_only_if_policy_still_allows_the_research
     assert still.status_code == 200 and still.json()["rows"]
 
 
+def test_an_approved_answer_is_not_released_under_a_policy_changed_since(
+    tmp_site: Site, idp: LoopbackTestIssuer
+) -> None:
+    steward = bearer(idp, "steward", sub="steward-1")
+    researcher = bearer(idp, "researcher", sub="patient-researcher")
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url) as http:
+        body = spec("summary", agreement="DSA-TEST-APPROVAL", params={"column": "bmi"})
+        request_id = ask(http, idp, body, sub="patient-researcher").json()["request_id"]
+        approved = http.post(f"/v1/steward/approvals/{request_id}", json={"approve": True, "reason": "ok"},
+                             headers=steward)  # fmt: skip
+        assert approved.json()["status"] == "released"
+        # The agreement's threshold is tightened after the answer was computed under the old one.
+        agreements = http.get("/v1/steward/policy-data/agreements", headers=steward).json()
+        agreements["DSA-TEST-APPROVAL"]["thresholds"]["min_cell_count"] = 50
+        assert (
+            http.put("/v1/steward/policy-data/agreements", json=agreements, headers=steward).status_code
+            == 200
+        )
+        refused = http.get(f"/v1/queries/{request_id}", headers=researcher)
+        assert refused.status_code == 403 and "rows" not in refused.json()
+        assert any("policy changed" in r for r in refused.json()["reasons"])
+        export = http.get("/v1/audit/export", headers=bearer(idp, "auditor")).text
+    mine = [json.loads(line) for line in export.splitlines() if request_id in line]
+    assert [e["type"] for e in mine][-2:] == ["query.decided", "query.refused"]
+
+
 # -- consent withdrawal --------------------------------------------------------------------------------------
 
 

@@ -71,3 +71,39 @@ def test_closing_the_log_writes_what_is_still_queued(tmp_path: Path, log_key: Ed
         log.enqueue("query.received", actor=ALICE, request_id="req-1", payload=received(1))
     with AuditLog.open(url, ORIGIN, log_key, checkpoint_interval_s=None) as reopened:
         assert reopened.size == 1
+
+
+def test_what_follows_a_lost_entry_is_not_written_either(
+    log: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = storage.write_batch
+    calls = 0
+
+    def failing_once(*args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise sa.exc.OperationalError("INSERT", {}, Exception("database is locked"))
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "write_batch", failing_once)
+    decided = log.enqueue("query.received", actor=ALICE, request_id="req-1", payload=received(1))
+    with pytest.raises(StorageError):
+        log.append("auth.failed", payload={"reason": "expired"})  # another request's batch, lost
+    executed = log.enqueue(
+        "query.received", actor=ALICE, request_id="req-1", payload=received(2), after=[decided]
+    )
+    with pytest.raises(StorageError, match="depends on was not written"):
+        log.append("auth.failed", actor=ALICE, request_id="req-1", payload={"reason": "x"}, after=[executed])
+    assert log.size == 0, "no step of the request is written once one before it was lost"
+
+
+def test_an_entry_another_committer_holds_is_not_taken_as_written(log: AuditLog) -> None:
+    decided = log.enqueue("query.received", actor=ALICE, request_id="req-1", payload=received(1))
+    # Another committer (closing the log, say) has taken the queue but not written it yet.
+    with log._queue.changed:
+        taken, log._queue.items = log._queue.items, []
+    with pytest.raises(StorageError, match="depends on was not written"):
+        log.append("auth.failed", actor=ALICE, request_id="req-1", payload={"reason": "x"}, after=[decided])
+    log._commit(taken)
+    assert log.size == 1
