@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,6 +36,8 @@ class OpaServerEngine:
         self.timeout_s = timeout_s
         self._client = _client_for(url, timeout_s)
         self._bundle = bundle
+        # False while OPA may hold part of a bundle (a publish failed half-way); reload publishes again.
+        self.in_sync = True
         if publish:
             self.publish(bundle)
 
@@ -49,9 +51,12 @@ class OpaServerEngine:
         Data goes first because it carries the bundle digest: if a policy upload then fails, OPA answers
         with a digest the gateway does not expect, and every decision denies until a reload succeeds.
         """
+        self.in_sync = False
         try:
             self._client.update_or_create_data(bundle.data_document(), DATA_ROOT)
-            self._upload_policies([(p, src) for p, src in bundle.policies if not is_test_file(p)])
+            self._replace_policies(
+                [(f"fedgate/{p}", src) for p, src in bundle.policies if not is_test_file(p)]
+            )
         except requests.RequestException as exc:
             raise PolicyEngineUnavailable(
                 f"cannot publish policies to the OPA server at {self.url}: {exc}"
@@ -61,27 +66,19 @@ class OpaServerEngine:
             raise PolicyEngineUnavailable(
                 f"the OPA server at {self.url} rejected the bundle: {exc}"
             ) from None
+        self.in_sync = True
 
-    def _upload_policies(self, modules: list[tuple[str, str]]) -> None:
-        """Upload every module, in rounds: OPA compiles all stored modules on each upload, so a module that
-        calls a package not yet uploaded is refused until a later round. A round that uploads nothing
-        raises the last refusal (a module OPA will never accept)."""
-        pending = modules
-        while pending:
-            refused: list[tuple[str, str]] = []
-            last: Exception | None = None
-            for path, source in pending:
-                try:
-                    self._client.update_policy_from_string(source, f"fedgate/{path}", rego_compat=False)
-                except requests.RequestException:
-                    raise
-                except Exception as exc:  # noqa: BLE001 — untyped client errors; retried, then raised
-                    refused.append((path, source))
-                    last = exc
-            if len(refused) == len(pending):
-                assert last is not None
-                raise last
-            pending = refused
+    def _replace_policies(self, modules: list[tuple[str, str]]) -> None:
+        """Remove the modules OPA holds for fedgate, then upload the bundle's.
+
+        OPA compiles every stored module on each upload and delete, so both go in rounds: a module refused
+        now (it calls a package not yet uploaded, or one still deleted after it) is tried again in the next
+        round. Removing first means a new module never has to compile against an old one (a function renamed
+        in one file and its callers in another could otherwise never go in); decisions fail closed meanwhile.
+        """
+        stale = [pid for pid in self._client.get_policies_list() if pid.startswith("fedgate/")]
+        _in_rounds(stale, self._client.delete_policy)
+        _in_rounds(modules, lambda m: self._client.update_policy_from_string(m[1], m[0], rego_compat=False))
 
     def replace_bundle(self, bundle: PolicyBundle) -> None:
         self.publish(bundle)
@@ -108,3 +105,24 @@ class OpaServerEngine:
                 f"the OPA server has no data.{DECISION_PACKAGE}.{DECISION_RULE} for this input"
             )
         return answer["result"]
+
+
+def _in_rounds(items: list[Any], action: Callable[[Any], object]) -> None:
+    """Apply `action` to every item, retrying refused ones while a round gets any through; a round that
+    gets none through raises its last refusal. Connection failures are raised at once."""
+    pending = items
+    while pending:
+        refused: list[Any] = []
+        last: Exception | None = None
+        for item in pending:
+            try:
+                action(item)
+            except requests.RequestException:
+                raise
+            except Exception as exc:  # noqa: BLE001 — the client's errors are untyped; retried, then raised
+                refused.append(item)
+                last = exc
+        if len(refused) == len(pending):
+            assert last is not None
+            raise last
+        pending = refused

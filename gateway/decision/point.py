@@ -44,7 +44,8 @@ class PolicyDecisionPoint:
         """
         with self._lock:
             bundle = load_bundle(self._settings.policy_dir, self._settings.jurisdiction)
-            if bundle.digest != self._bundle.digest:
+            # An OPA server whose last publish failed holds part of a bundle: publish again, even the same.
+            if bundle.digest != self._bundle.digest or not getattr(self._engine, "in_sync", True):
                 self._engine.replace_bundle(bundle)
                 log.info("policy bundle %s replaced %s", bundle.short_digest, self._bundle.short_digest)
                 self._bundle = bundle

@@ -1,8 +1,9 @@
 """A stand-in for an OPA server in tests: speaks OPA's REST Data and Policy APIs, evaluates with regorus.
 
-It is NOT OPA. It implements just what the gateway uses (PUT /v1/policies/<id>, PUT /v1/data/<path>,
-POST /v1/data/<path> with {"input": …} → {"result": …}, GET /health) and can be told to misbehave the ways a
-real server or network does, so the OPA-server engine's fail-closed mapping is tested over real HTTP.
+It is NOT OPA. It implements just what the gateway uses (GET /v1/policies, PUT and DELETE /v1/policies/<id>,
+PUT /v1/data/<path>, POST /v1/data/<path> with {"input": …} → {"result": …}, GET /health) and can be told to
+misbehave the ways a real server or network does, so the OPA-server engine's fail-closed mapping is tested
+over real HTTP.
 """
 
 from __future__ import annotations
@@ -93,10 +94,25 @@ class OpaDataApiStandIn(LoopbackServer):
                 return [p for p in route[len(prefix) :].split("/") if p]
 
             def do_GET(self) -> None:
-                if self.path.split("?")[0] == "/health":
+                route = self.path.split("?")[0]
+                if route == "/health":
                     self._json(200, {})
+                elif route.rstrip("/") == "/v1/policies":
+                    with standin._lock:
+                        listed = [{"id": pid, "raw": src} for pid, src in sorted(standin._policies.items())]
+                    self._json(200, {"result": listed})
                 else:
                     self._json(404, {"code": "resource_not_found", "message": "not served by the stand-in"})
+
+            def do_DELETE(self) -> None:
+                policy = self._path("/v1/policies/")
+                with standin._lock:
+                    found = bool(policy) and standin._policies.pop("/".join(policy or []), None) is not None
+                    standin._engine = None
+                if found:
+                    self._json(200, {})
+                else:
+                    self._json(404, {"code": "resource_not_found", "message": "no such policy"})
 
             def do_PUT(self) -> None:
                 body = self._body()

@@ -3,9 +3,10 @@
 `OpaLibraryDataApi` evaluates with OPA's own engine — the Go package github.com/open-policy-agent/opa/v1/rego
 (OPA v1.20.2), loaded in-process from the opa-golib-python-bindings wheel — so its answers are OPA's answers,
 not regorus'. The HTTP front is ours, NOT `opa run --server`: it serves just the part of OPA's REST API the
-gateway uses (PUT and DELETE /v1/policies/<id>, PUT /v1/data/<path>, POST /v1/data/<path> with {"input": …} →
-{"result": …}, GET /health) and answers errors in OPA's shape ({"code", "message"}). Like OPA's server, a
-policy upload compiles every stored module together with the new one and is refused (400) when that fails.
+gateway uses (GET /v1/policies, PUT and DELETE /v1/policies/<id>, PUT /v1/data/<path>, POST /v1/data/<path>
+with {"input": …} → {"result": …}, GET /health) and answers errors in OPA's shape ({"code", "message"}). Like
+OPA's server, a policy upload or delete compiles every module that would remain and is refused (400) when that
+fails.
 One difference remains: the library runs with strict builtin errors, so a builtin error is an HTTP 500 here
 where a default OPA server makes the expression undefined.
 """
@@ -81,11 +82,24 @@ class OpaLibraryDataApi(LoopbackServer):
             self._close_engine()
 
     def delete_policy(self, policy_id: str) -> bool:
+        """Compile the modules left first, as OPA does, so a delete that breaks another module is refused."""
         with self._lock:
-            if self._policies.pop(policy_id, None) is None:
+            if policy_id not in self._policies:
                 return False
+            remaining = {k: v for k, v in self._policies.items() if k != policy_id}
+            if remaining:
+                engine = self._build(remaining)
+                try:
+                    engine.eval_query("true")
+                finally:
+                    engine.close()
+            self._policies = remaining
             self._close_engine()
             return True
+
+    def policy_ids(self) -> list[str]:
+        with self._lock:
+            return sorted(self._policies)
 
     def put_data(self, path: list[str], value: Any) -> None:
         with self._lock:
@@ -148,8 +162,11 @@ class OpaLibraryDataApi(LoopbackServer):
                 return [p for p in route[len(prefix) :].split("/") if p]
 
             def do_GET(self) -> None:
-                if self.path.split("?")[0] == "/health":
+                route = self.path.split("?")[0]
+                if route == "/health":
                     self._json(200, {})
+                elif route.rstrip("/") == "/v1/policies":
+                    self._json(200, {"result": [{"id": pid} for pid in api.policy_ids()]})
                 else:
                     self._error(404, "resource_not_found", "not served by this test front")
 
@@ -173,7 +190,12 @@ class OpaLibraryDataApi(LoopbackServer):
 
             def do_DELETE(self) -> None:
                 policy = self._path("/v1/policies/")
-                if policy and api.delete_policy("/".join(policy)):
+                try:
+                    deleted = bool(policy) and api.delete_policy("/".join(policy or []))
+                except opa_bindings.OpaError as exc:
+                    self._error(400, "invalid_parameter", exc.message)
+                    return
+                if deleted:
                     self._json(200, {})
                 else:
                     self._error(404, "resource_not_found", "no such policy")

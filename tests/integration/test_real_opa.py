@@ -167,3 +167,33 @@ def test_policy_test_passes_on_real_opa(opa_with_tests: httpx.Client, test: Rego
     answer = opa_with_tests.post(f"/v1/data/{test.package.replace('.', '/')}/{test.name}", json={})
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"result": True}, f"{test.file}:{test.line} {test.rule}"
+
+
+def test_a_function_renamed_across_modules_publishes_and_a_failed_publish_is_retried(
+    bundle: PolicyBundle,
+) -> None:
+    if opa_bindings is None:
+        pytest.skip(MISSING)
+    policies = tuple((p, s) for p, s in bundle.policies if not is_test_file(p))
+    assert any("valid_date(" in s for p, s in policies if p.startswith("lib/"))
+    assert any("lib.valid_date(" in s for p, s in policies if not p.startswith("lib/"))
+    # The library's function and its callers in other modules change together: neither the new library
+    # nor a new caller compiles against the old other half.
+    renamed = tuple((p, s.replace("valid_date(", "is_iso_date(")) for p, s in policies)
+    after = PolicyBundle(bundle.root, "DE", renamed, bundle.data, "renamed-digest")
+    broken = PolicyBundle(
+        bundle.root,
+        "DE",
+        (*renamed, ("zz.rego", "package fedgate.zz\n\nx := no_such(1)\n")),
+        bundle.data,
+        "x",
+    )
+    with OpaLibraryDataApi() as fresh:
+        engine = OpaServerEngine(fresh.url, 10.0, bundle)
+        engine.replace_bundle(after)
+        assert engine.in_sync and decide(engine, corpus(1)[0]) == decide(EmbeddedEngine(after), corpus(1)[0])
+        with pytest.raises(PolicyEngineUnavailable):
+            engine.replace_bundle(broken)
+        assert not engine.in_sync, "a failed publish leaves OPA out of step until the next one succeeds"
+        engine.replace_bundle(after)
+        assert engine.in_sync and fresh.policy_ids() == sorted(f"fedgate/{p}" for p, _ in renamed)
