@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import queue
 import struct
 import subprocess
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 import numpy as np
@@ -125,6 +127,7 @@ def _mask(source: pa.Array, derived: pa.Array) -> pa.Array:
 # offsets as int32. A plain subprocess rather than multiprocessing: spawn would re-run the caller's main
 # module in every worker, and forking a process whose DuckDB threads hold locks is unsafe.
 
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 _REQUEST = struct.Struct("<qi")
 _ROWS = struct.Struct("<q")
 _VALUES = pa.schema([("v", pa.string())])
@@ -155,8 +158,12 @@ def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
 
 class _Worker:
     def __init__(self, key: bytes) -> None:
+        # The worker imports this very package, wherever the parent found it.
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pseudonymize.column_hmac"],
+            env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             # A traceback could quote a value; the parent reports a failed worker by its kind only.
