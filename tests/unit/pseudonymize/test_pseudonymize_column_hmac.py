@@ -8,8 +8,10 @@ import pyarrow as pa
 import pytest
 
 from connectors import ParquetConnector
+from pseudonymize import column_hmac
 from pseudonymize import ingest as ingest_module
 from pseudonymize.column_hmac import ColumnHmac, is_hashable, offset_array, token_array
+from pseudonymize.errors import IngestError
 from pseudonymize.keys import SecretKey
 from pseudonymize.pseudonym import date_offset, pseudonym
 from pseudonymize.spec import load_spec
@@ -114,3 +116,24 @@ def test_tokens_are_stored_uncompressed_and_other_columns_keep_their_types(
     assert compression["patient_id"] == "Uncompressed"
     assert types["patient_id"] == "VARCHAR" and types["admission_date"] == "DATE" and types["bmi"] == "DOUBLE"
     assert types["systolic_bp"] == "INTEGER" and types["event"] == "BOOLEAN"
+
+
+def test_a_worker_that_cannot_run_fails_the_ingest_closed(
+    tmp_path: Path,
+    cohort_parquet: Path,
+    spec_path: Path,
+    master: SecretKey,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ingest_module, "HASH_WORKERS", 2)
+    monkeypatch.setattr(ingest_module, "HASH_WORKERS_AFTER_ROWS", 0)
+    monkeypatch.setattr(column_hmac.sys, "executable", "/bin/false")  # a worker that exits at once
+    with Store(f"duckdb:///{tmp_path / 's.duckdb'}") as store:
+        with pytest.raises(IngestError, match=r"pseudonymizing failed \((BrokenPipeError|EOFError)\)"):
+            ingest_module.ingest(
+                ParquetConnector(cohort_parquet), load_spec(spec_path), str(spec_path), master, store,
+                jurisdiction="DE",
+            )  # fmt: skip
+        assert store.catalog() == []
+        tables = store.duckdb.execute("SELECT table_name FROM information_schema.tables").fetchall()
+    assert [t for (t,) in tables if t.startswith("staging_")] == []
