@@ -31,7 +31,7 @@ from pseudonymize.keys import SecretKey
 from pseudonymize.risk import RiskReport, k_anonymity
 from pseudonymize.spec import PseudonymizationSpec
 from pseudonymize.store import CatalogEntry, Store, now_utc
-from pseudonymize.transform import VALUE_ERROR_MARK, CompiledTransform, HashedInput, compile_transform
+from pseudonymize.transform import VALUE_ERROR_MARK, HashedInput, compile_transform
 
 ProgressCallback = Callable[[int], None]
 #: rows per batch read back for the content digest: DuckDB exports larger batches to Arrow faster, and
@@ -124,22 +124,6 @@ class _Stream:
         return pa.RecordBatchReader.from_batches(self.schema, self.batches())
 
 
-def _create_staging(con: duckdb.DuckDBPyConnection, staging: str, compiled: CompiledTransform) -> None:
-    """The staging table, typed as the SELECT's output, pseudonym columns stored uncompressed.
-
-    Tokens are random hex digits: DuckDB's dictionary-FSST compression spent 2-3 of the ingest's CPU
-    seconds per ten million rows on them to store 17 instead of 32 bytes a token. Binding the SELECT
-    (DESCRIBE) reads no row of the stream.
-    """
-    described = con.execute(f"DESCRIBE {compiled.select_sql}", compiled.parameters).fetchall()
-    columns = [
-        f"{quote_ident(name)} {sql_type}"
-        + (" USING COMPRESSION uncompressed" if name in compiled.pseudonym_outputs else "")
-        for name, sql_type, *_ in described
-    ]
-    con.execute(f"CREATE TABLE {quote_ident(staging)} ({', '.join(columns)})").fetchall()
-
-
 def derive_pseudonym_key(key: SecretKey, key_context: str) -> bytes:
     """The HMAC key for one agreement or project, derived from the master (or a shared linkage) key."""
     return key.derive("pseudonym", key_context)
@@ -186,9 +170,8 @@ def ingest(
     try:
         con.register("source", stream.reader())
         try:
-            _create_staging(con, staging, compiled)
             con.execute(
-                f"INSERT INTO {quote_ident(staging)} {compiled.select_sql}", compiled.parameters
+                f"CREATE TABLE {quote_ident(staging)} AS {compiled.select_sql}", compiled.parameters
             ).fetchall()
         except duckdb.Error as exc:
             if stream.error is not None:

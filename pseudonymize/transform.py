@@ -48,8 +48,6 @@ class CompiledTransform:
     output_columns: list[str]
     #: columns whose HMACs the stream adds to each batch; the SELECT reads them by name
     hashed_inputs: list[HashedInput] = field(default_factory=list)
-    #: output columns holding pseudonym tokens
-    pseudonym_outputs: list[str] = field(default_factory=list)
     #: the source columns the SELECT and the stream read (every column but those dropped and unused)
     input_columns: frozenset[str] = frozenset()
 
@@ -106,7 +104,6 @@ def compile_transform(
     outputs: list[str] = []
     extra_norm: list[str] = []
     hashed: list[HashedInput] = []
-    tokens: list[str] = []
     # The patient key's HMAC, once per row, from the stream when its type allows, else in SQL.
     pk = spec.patient_key
     pk_in_stream = pk is not None and is_hashable(source_cols[pk])
@@ -130,7 +127,6 @@ def compile_transform(
                     )
                 expr = col
             elif rule.action == "pseudonym":
-                tokens.append(out)
                 if name == pk:
                     expr = _PK_TOKEN if pk_in_stream else hm.token(_HASH)
                 elif is_hashable(t):
@@ -180,4 +176,4 @@ def compile_transform(
     used |= {r.at for r in spec.columns.values() if isinstance(r, AgeRule) and r.at in source_cols}
     if pk is not None:
         used.add(pk)
-    return CompiledTransform(sql, parameters, rare, outputs, hashed, tokens, frozenset(used))
+    return CompiledTransform(sql, parameters, rare, outputs, hashed, frozenset(used))

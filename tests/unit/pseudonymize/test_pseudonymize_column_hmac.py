@@ -93,31 +93,6 @@ def test_ingest_in_worker_processes_stores_what_inline_ingest_stores(
     assert in_workers == inline
 
 
-def test_tokens_are_stored_uncompressed_and_other_columns_keep_their_types(
-    tmp_path: Path, cohort_parquet: Path, spec_path: Path, master: SecretKey
-) -> None:
-    with Store(f"duckdb:///{tmp_path / 's.duckdb'}") as store:
-        result = ingest_module.ingest(
-            ParquetConnector(cohort_parquet), load_spec(spec_path), str(spec_path), master, store,
-            jurisdiction="DE",
-        )  # fmt: skip
-        table = result.entry.table_name
-        store.duckdb.execute("CHECKPOINT").fetchall()
-        compression = dict(
-            store.duckdb.execute(
-                "SELECT column_name, any_value(compression) FROM pragma_storage_info(?) "
-                "WHERE segment_type = 'VARCHAR' GROUP BY ALL",
-                [table],
-            ).fetchall()
-        )
-        types = dict(
-            store.duckdb.execute(f'SELECT column_name, column_type FROM (DESCRIBE "{table}")').fetchall()
-        )
-    assert compression["patient_id"] == "Uncompressed"
-    assert types["patient_id"] == "VARCHAR" and types["admission_date"] == "DATE" and types["bmi"] == "DOUBLE"
-    assert types["systolic_bp"] == "INTEGER" and types["event"] == "BOOLEAN"
-
-
 def test_a_worker_that_cannot_run_fails_the_ingest_closed(
     tmp_path: Path,
     cohort_parquet: Path,
