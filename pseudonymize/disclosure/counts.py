@@ -98,12 +98,13 @@ def _table(
     # One constructor call: adding columns one by one costs more than the whole suppression on small tables.
     frame = pd.DataFrame(
         {
-            **{col: pd.Series(vals, dtype=object) for col, vals in data.items()},
+            **{col: _objects(vals) for col, vals in data.items()},
             "count": pd.array(counts, dtype="Int64"),
             "suppressed": np.array(flags, dtype=bool),
-            "suppression_reason": pd.Series(reasons, dtype=object),
-            "margin": pd.Series(margin, dtype=object),
-        }
+            "suppression_reason": _objects(reasons),
+            "margin": _objects(margin),
+        },
+        copy=False,
     )
     shown_status = [status[entry] for entry, _, _ in shown]
     primary = shown_status.count(Status.PRIMARY)
@@ -120,3 +121,11 @@ def _table(
         reasons=explain("cell", primary, complementary, rules, hidden_part="", rounded="released counts"),
     )
     return ProtectedTable(frame, report)
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    """An object column as a plain array (a pd.Series per column cost more than the whole suppression)."""
+    column = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):  # one by one: a slice assignment would unpack a tuple-valued label
+        column[i] = value
+    return column

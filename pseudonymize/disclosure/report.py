@@ -110,10 +110,9 @@ class ProtectedTable:
     def to_records(self) -> list[dict[str, Any]]:
         """Rows as JSON-ready dicts: Python scalars, None for every suppressed or undefined value."""
         columns = list(self.frame.columns)
-        return [
-            {col: _json_value(v) for col, v in zip(columns, row, strict=True)}
-            for row in self.frame.itertuples(index=False, name=None)
-        ]
+        # Column by column: tolist() converts a whole column at once, far cheaper than a tuple per row.
+        values = [[_json_value(v) for v in self.frame.iloc[:, i].tolist()] for i in range(len(columns))]
+        return [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)]
 
     def to_dict(self) -> dict[str, Any]:
         """The whole answer as JSON-ready data: its rows and what disclosure control did."""
