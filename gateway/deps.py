@@ -31,8 +31,11 @@ def _route_label(request: Request) -> str:
     return re.sub(r"[^A-Za-z0-9._:-]", "_", f"{request.method}:{name}")[:64]
 
 
-def get_runtime(request: Request) -> SiteRuntime:
-    """The site's runtime, built by the app's lifespan."""
+async def get_runtime(request: Request) -> SiteRuntime:
+    """The site's runtime, built by the app's lifespan.
+
+    Dependencies here are `async def` though they do not await: FastAPI runs a plain `def` dependency on a
+    worker thread, a hop that costs more than the function."""
     runtime: SiteRuntime = request.app.state.runtime
     return runtime
 
@@ -40,7 +43,7 @@ def get_runtime(request: Request) -> SiteRuntime:
 RuntimeDep = Annotated[SiteRuntime, Depends(get_runtime)]
 
 
-def get_pipeline(request: Request, runtime: RuntimeDep) -> QueryPipeline:
+async def get_pipeline(request: Request, runtime: RuntimeDep) -> QueryPipeline:
     """The query pipeline over the runtime, or the one `app.state.pipeline_factory` builds for the request.
 
     A factory on the app's state, not `dependency_overrides`: FastAPI re-inspects every overridden
