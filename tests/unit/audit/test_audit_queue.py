@@ -18,6 +18,22 @@ from audit.log import AuditLog
 ALICE = Actor("alice", "uni-a")
 
 
+@pytest.fixture
+def first_commit_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next transaction fails as a full disk or a locked database would; later ones succeed."""
+    original = storage.write_batch
+    calls = 0
+
+    def failing_once(*args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise sa.exc.OperationalError("INSERT", {}, Exception("disk I/O error"))
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "write_batch", failing_once)
+
+
 def received(i: int) -> dict[str, Any]:
     return {"query_hash": digest(f"q{i}"), "kind": "count", "dataset": "d1", "dsa": "dsa-1"}
 
@@ -39,20 +55,7 @@ def test_an_invalid_queued_payload_is_refused_at_once(log: AuditLog) -> None:
     assert log.size == 1
 
 
-def test_an_append_after_an_unwritten_entry_writes_nothing(
-    log: AuditLog, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    original = storage.write_batch
-    calls = 0
-
-    def failing_once(*args: Any, **kwargs: Any) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise sa.exc.OperationalError("INSERT", {}, Exception("disk I/O error"))
-        original(*args, **kwargs)
-
-    monkeypatch.setattr(storage, "write_batch", failing_once)
+def test_an_append_after_an_unwritten_entry_writes_nothing(log: AuditLog, first_commit_fails: None) -> None:
     lost = log.enqueue("query.received", actor=ALICE, request_id="req-1", payload=received(1))
     # Another request's append leads the batch that holds the queued entry, and that batch fails.
     with pytest.raises(StorageError):
@@ -73,20 +76,7 @@ def test_closing_the_log_writes_what_is_still_queued(tmp_path: Path, log_key: Ed
         assert reopened.size == 1
 
 
-def test_what_follows_a_lost_entry_is_not_written_either(
-    log: AuditLog, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    original = storage.write_batch
-    calls = 0
-
-    def failing_once(*args: Any, **kwargs: Any) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise sa.exc.OperationalError("INSERT", {}, Exception("database is locked"))
-        original(*args, **kwargs)
-
-    monkeypatch.setattr(storage, "write_batch", failing_once)
+def test_what_follows_a_lost_entry_is_not_written_either(log: AuditLog, first_commit_fails: None) -> None:
     decided = log.enqueue("query.received", actor=ALICE, request_id="req-1", payload=received(1))
     with pytest.raises(StorageError):
         log.append("auth.failed", payload={"reason": "expired"})  # another request's batch, lost
