@@ -33,7 +33,7 @@ from gateway.query import (
 from gateway.refusal import Refusal
 from gateway.release import protect
 from gateway.runtime import SiteRuntime
-from gateway.state import new_request
+from gateway.state import StoredRequest, new_request
 from pseudonymize.disclosure import DisclosureError
 from pseudonymize.store import CatalogEntry
 
@@ -225,12 +225,7 @@ class QueryPipeline:
             decision = await self._decide(
                 principal, spec, entry, request_id, stored.query_hash, approved=True, trail=trail
             )
-            if decision.bundle_digest != result.get("policy", {}).get("bundle_digest"):
-                raise Refusal(
-                    "forbidden", "Policy changed",
-                    ["the site's policy changed after this answer was approved; submit the query again"],
-                    stage="decide",
-                )  # fmt: skip
+            await self._still_current(stored, entry, decision)
             await self.rt.record(
                 "query.released",
                 {"query_hash": sha256_label(stored.query_hash), "result_hash": result["result_hash"]},
@@ -246,6 +241,24 @@ class QueryPipeline:
             await self._refused(failure, principal, request_id, stored.query_hash)
             raise failure from None
         return result
+
+    async def _still_current(self, stored: StoredRequest, entry: CatalogEntry, decision: Decision) -> None:
+        """Refuse an approved answer computed under a policy, a dataset version or a set of consents that
+        has changed since (a stricter threshold, DP terms or a withdrawal must not be bypassed by waiting)."""
+        assert stored.result is not None
+        changed: list[str] = []
+        if decision.bundle_digest != stored.result.get("policy", {}).get("bundle_digest"):
+            changed.append("the site's policy changed after this answer was approved")
+        if entry.version != stored.result.get("dataset_version"):
+            changed.append(f"dataset {entry.dataset} has a new version since this answer was computed")
+        if entry.patient_column is not None and await asyncio.to_thread(
+            self.rt.state.withdrawn_since, entry.dataset, entry.key_context, stored.created_at
+        ):
+            changed.append("patients of the dataset withdrew consent since the query was submitted")
+        if changed:
+            raise Refusal(
+                "forbidden", "Answer out of date", [*changed, "submit the query again"], stage="decide"
+            )
 
     async def decide_only(
         self, principal: Principal, subject: Decidable, entry: CatalogEntry, request_id: str, query_hash: str

@@ -215,6 +215,14 @@ class GatewayState:
             conn.execute(insert(withdrawals).values(rows).on_conflict_do_nothing())
             return self._withdrawn_count(conn, dataset, key_context) - before
 
+    def withdrawn_since(self, dataset: str, key_context: str, since: str) -> bool:
+        """Whether any patient of the dataset withdrew consent at or after `since` (timestamps are to the
+        second, so the same second counts: a needless refusal rather than a missed withdrawal)."""
+        w = withdrawals.c
+        query = sa.select(w.token).where(w.dataset == dataset, w.key_context == key_context, w.at >= since)
+        with self._engine.connect() as conn:
+            return conn.execute(query.limit(1)).first() is not None
+
     @staticmethod
     def _withdrawn_count(conn: sa.Connection, dataset: str, key_context: str) -> int:
         w = withdrawals.c

@@ -239,9 +239,29 @@ def test_an_approved_answer_is_not_released_under_a_policy_changed_since(
         refused = http.get(f"/v1/queries/{request_id}", headers=researcher)
         assert refused.status_code == 403 and "rows" not in refused.json()
         assert any("policy changed" in r for r in refused.json()["reasons"])
+        assert not any("withdrew" in r or "new version" in r for r in refused.json()["reasons"])
         export = http.get("/v1/audit/export", headers=bearer(idp, "auditor")).text
     mine = [json.loads(line) for line in export.splitlines() if request_id in line]
     assert [e["type"] for e in mine][-2:] == ["query.decided", "query.refused"]
+
+
+def test_an_approved_answer_is_not_released_after_a_consent_withdrawal(
+    tmp_site: Site, idp: LoopbackTestIssuer
+) -> None:
+    steward = bearer(idp, "steward", sub="steward-1")
+    researcher = bearer(idp, "researcher", sub="patient-researcher")
+    mrns = tmp_site.source["patient_id"].to_pylist()[:3]
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url) as http:
+        body = spec("summary", agreement="DSA-TEST-APPROVAL", params={"column": "bmi"})
+        request_id = ask(http, idp, body, sub="patient-researcher").json()["request_id"]
+        approved = http.post(f"/v1/steward/approvals/{request_id}", json={"approve": True, "reason": "ok"},
+                             headers=steward)  # fmt: skip
+        assert approved.json()["status"] == "released"
+        done = http.post("/v1/steward/datasets/cohort/withdrawals", json={"patients": mrns}, headers=steward)
+        assert done.status_code == 200
+        refused = http.get(f"/v1/queries/{request_id}", headers=researcher)
+    assert refused.status_code == 403 and "rows" not in refused.json()
+    assert any("withdrew consent" in r for r in refused.json()["reasons"])
 
 
 # -- consent withdrawal --------------------------------------------------------------------------------------
