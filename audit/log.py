@@ -195,12 +195,7 @@ class AuditLog:
         nothing) if any of them could not be. A request thereby shares one commit among its steps, and its
         trail has no gap before anything it acknowledges. With `after`, this entry too is written only if
         those were."""
-        pending = _Pending(
-            prepare_event(event_type, actor, request_id, payload), after=tuple(q._pending for q in after)
-        )
-        with self._queue.changed:
-            self._queue.items.append(pending)
-        return Queued(pending)
+        return Queued(self._queued(event_type, actor, request_id, payload, after))
 
     def append(
         self,
@@ -213,12 +208,9 @@ class AuditLog:
     ) -> AppendReceipt:
         """Validate and append one event; returns once it, and every entry queued before it, is committed
         to disk. With `after`, it is written only if those queued entries were (StorageError otherwise)."""
-        pending = _Pending(
-            prepare_event(event_type, actor, request_id, payload), after=tuple(q._pending for q in after)
-        )
+        pending = self._queued(event_type, actor, request_id, payload, after)
         queue = self._queue
         with queue.changed:
-            queue.items.append(pending)
             # Followers sleep on the condition, not on a lock, so a finished batch releases them all at
             # once; the first appender that finds no leader commits everything queued so far.
             while not pending.done and queue.leading:
@@ -234,6 +226,22 @@ class AuditLog:
             raise pending.error
         assert pending.receipt is not None
         return pending.receipt
+
+    def _queued(
+        self,
+        event_type: str,
+        actor: Actor | None,
+        request_id: str | None,
+        payload: Mapping[str, Any],
+        after: Iterable[Queued],
+    ) -> _Pending:
+        """Validate one event and put it at the end of the queue."""
+        pending = _Pending(
+            prepare_event(event_type, actor, request_id, payload), after=tuple(q._pending for q in after)
+        )
+        with self._queue.changed:
+            self._queue.items.append(pending)
+        return pending
 
     def _lead(self) -> None:
         """As the leader (`queue.leading` set by the caller): commit everything queued, then step down."""

@@ -85,10 +85,9 @@ class SiteRuntime:
         """Queue an audit entry without waiting for its commit (no thread hop, no disk).
 
         It is not acknowledged until a later `record(..., after=[it])` returns; a refused payload raises."""
-        actor = Actor(sub=principal.sub, org=principal.org) if principal is not None else None
         return self.audit.enqueue(
-            event_type, actor=actor, request_id=request_id, payload=self.annotate(event_type, payload),
-            after=after,
+            event_type, actor=_actor(principal), request_id=request_id,
+            payload=self.annotate(event_type, payload), after=after,
         )  # fmt: skip
 
     async def record(
@@ -102,12 +101,16 @@ class SiteRuntime:
     ) -> AppendReceipt:
         """Append one audit entry without blocking the event loop (group commit makes it cheap); with
         `after`, only if those queued entries were written too."""
-        actor = Actor(sub=principal.sub, org=principal.org) if principal is not None else None
         return await asyncio.to_thread(
-            self.audit.append, event_type, actor=actor, request_id=request_id,
+            self.audit.append, event_type, actor=_actor(principal), request_id=request_id,
             payload=self.annotate(event_type, payload), after=after,
         )  # fmt: skip
 
     def annotate(self, event_type: str, payload: Mapping[str, Any]) -> Mapping[str, Any]:
         """The payload as this runtime records it (a coordinated request's runtime adds its coordinator)."""
         return payload
+
+
+def _actor(principal: Principal | None) -> Actor | None:
+    """Who an audit entry names: subject and organisation, nothing else of the token."""
+    return Actor(sub=principal.sub, org=principal.org) if principal is not None else None

@@ -200,15 +200,20 @@ def test_approval_flow(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
     assert released.json()["status"] == "released" and released.json()["rows"][0]["n"] >= 10
 
 
-def test_an_approved_answer_is_released_only_if_policy_still_allows_the_researcher(
-    http: httpx.Client, idp: LoopbackTestIssuer
-) -> None:
+def approved_summary(http: httpx.Client, idp: LoopbackTestIssuer, researcher: str) -> str:
+    """The id of a summary that needed a steward, approved and answered, waiting for `researcher`."""
     body = spec("summary", agreement="DSA-TEST-APPROVAL", params={"column": "bmi"})
-    pending = ask(http, idp, body, sub="moving-researcher")
-    request_id = pending.json()["request_id"]
+    request_id: str = ask(http, idp, body, sub=researcher).json()["request_id"]
     decided = http.post(f"/v1/steward/approvals/{request_id}", json={"approve": True, "reason": "ok"},
                         headers=bearer(idp, "steward", sub="steward-1"))  # fmt: skip
     assert decided.status_code == 200 and decided.json()["status"] == "released"
+    return request_id
+
+
+def test_an_approved_answer_is_released_only_if_policy_still_allows_the_researcher(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    request_id = approved_summary(http, idp, "moving-researcher")
     # The researcher has since moved to an organisation that is no party to the agreement.
     moved = bearer(idp, "researcher", sub="moving-researcher", org="org-elsewhere", country="FR")
     refused = http.get(f"/v1/queries/{request_id}", headers=moved)
@@ -224,11 +229,7 @@ def test_an_approved_answer_is_not_released_under_a_policy_changed_since(
     steward = bearer(idp, "steward", sub="steward-1")
     researcher = bearer(idp, "researcher", sub="patient-researcher")
     with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url) as http:
-        body = spec("summary", agreement="DSA-TEST-APPROVAL", params={"column": "bmi"})
-        request_id = ask(http, idp, body, sub="patient-researcher").json()["request_id"]
-        approved = http.post(f"/v1/steward/approvals/{request_id}", json={"approve": True, "reason": "ok"},
-                             headers=steward)  # fmt: skip
-        assert approved.json()["status"] == "released"
+        request_id = approved_summary(http, idp, "patient-researcher")
         # The agreement's threshold is tightened after the answer was computed under the old one.
         agreements = http.get("/v1/steward/policy-data/agreements", headers=steward).json()
         agreements["DSA-TEST-APPROVAL"]["thresholds"]["min_cell_count"] = 50
@@ -252,11 +253,7 @@ def test_an_approved_answer_is_not_released_after_a_consent_withdrawal(
     researcher = bearer(idp, "researcher", sub="patient-researcher")
     mrns = tmp_site.source["patient_id"].to_pylist()[:3]
     with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url) as http:
-        body = spec("summary", agreement="DSA-TEST-APPROVAL", params={"column": "bmi"})
-        request_id = ask(http, idp, body, sub="patient-researcher").json()["request_id"]
-        approved = http.post(f"/v1/steward/approvals/{request_id}", json={"approve": True, "reason": "ok"},
-                             headers=steward)  # fmt: skip
-        assert approved.json()["status"] == "released"
+        request_id = approved_summary(http, idp, "patient-researcher")
         done = http.post("/v1/steward/datasets/cohort/withdrawals", json={"patients": mrns}, headers=steward)
         assert done.status_code == 200
         refused = http.get(f"/v1/queries/{request_id}", headers=researcher)
