@@ -42,5 +42,4 @@ def test_key_is_equal_for_equal_statements_and_differs_by_table_and_list_values(
     assert built_twice == PopulationCache.key(engine, population("ds_x__v1", ["DUO:1", "DUO:2"]))
     assert built_twice != PopulationCache.key(engine, population("ds_x__v2", ["DUO:1", "DUO:2"]))
     assert built_twice != PopulationCache.key(engine, population("ds_x__v1", ["DUO:1"]))
-    hash(built_twice)
     engine.dispose()
