@@ -171,8 +171,12 @@ class _Worker:
         )
         assert self.process.stdin is not None and self.process.stdout is not None
         self.stdin, self.stdout = self.process.stdin, self.process.stdout
-        self.stdin.write(bytes([len(key)]) + key)
-        self.stdin.flush()
+        try:
+            self.stdin.write(bytes([len(key)]) + key)
+            self.stdin.flush()
+        except BaseException:
+            self.close()  # a worker that died at start is still reaped, not left to the garbage collector
+            raise
 
     def hash(self, array: pa.Array, max_days: int | None) -> HashedColumn:
         payload = pa.record_batch([array], schema=_VALUES).serialize()

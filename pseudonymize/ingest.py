@@ -91,7 +91,7 @@ class _Stream:
             for batch in self.connector.batches_of(self.columns):
                 if self.hashed and seen >= HASH_WORKERS_AFTER_ROWS:
                     # Worker processes take a moment to start: small sources are hashed inline.
-                    self.hasher.start_workers(HASH_WORKERS)
+                    self._start_workers()
                 seen += batch.num_rows
                 futures = [self.hasher.submit(batch.column(h.source), h.max_days) for h in self.hashed]
                 pending.append((batch, futures))
@@ -103,13 +103,17 @@ class _Stream:
             self.error = exc
             raise
 
+    def _start_workers(self) -> None:
+        try:
+            self.hasher.start_workers(HASH_WORKERS)
+        except Exception as exc:  # noqa: BLE001 - a worker that cannot start fails the ingest closed
+            raise self._failed(exc) from None
+
     def _finish(self, batch: pa.RecordBatch, futures: list[Future[HashedColumn]]) -> pa.RecordBatch:
         try:
             results = [f.result() for f in futures]
         except Exception as exc:  # noqa: BLE001 - whatever a worker raised, the ingest fails closed
-            # The worker's message could quote a value: keep only its kind.
-            self.error = IngestError(self.connector.source, f"pseudonymizing failed ({type(exc).__name__})")
-            raise self.error from None
+            raise self._failed(exc) from None
         for h, result in zip(self.hashed, results, strict=True):
             source = batch.column(h.source)
             if h.token is not None:
@@ -119,6 +123,11 @@ class _Stream:
         if self.on_rows is not None:
             self.on_rows(batch.num_rows)
         return batch
+
+    def _failed(self, exc: Exception) -> IngestError:
+        # The worker's message could quote a value: keep only its kind.
+        self.error = IngestError(self.connector.source, f"pseudonymizing failed ({type(exc).__name__})")
+        return self.error
 
     def reader(self) -> pa.RecordBatchReader:
         return pa.RecordBatchReader.from_batches(self.schema, self.batches())

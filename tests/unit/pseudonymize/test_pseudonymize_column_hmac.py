@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -112,3 +115,23 @@ def test_a_worker_that_cannot_run_fails_the_ingest_closed(
         assert store.catalog() == []
         tables = store.duckdb.execute("SELECT table_name FROM information_schema.tables").fetchall()
     assert [t for (t,) in tables if t.startswith("staging_")] == []
+
+
+def test_a_worker_that_dies_before_taking_its_key_is_reaped_and_fails_the_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started = subprocess.Popen
+
+    class ExitedBeforeTheKey(started):  # type: ignore[type-arg,misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.wait()  # the worker is gone before the key is written to it
+
+    monkeypatch.setattr(column_hmac.subprocess, "Popen", ExitedBeforeTheKey)
+    monkeypatch.setattr(column_hmac.sys, "executable", "/bin/false")
+    hasher = ColumnHmac(b"k" * 32)
+    with pytest.raises(BrokenPipeError):
+        hasher.start_workers(2)
+    # An unreaped process would surface as an unraisable ResourceWarning, which the suite turns into an error.
+    gc.collect()
+    assert hasher.workers == 0
