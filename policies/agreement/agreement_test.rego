@@ -94,6 +94,27 @@ test_deny_filter_column_outside_dsa if {
 	"DSA-T-1 does not allow the columns zip of dataset ds-1" in _deny(req, fx.policy_data)
 }
 
+# Columns are found at any depth, only as "column" keys: not in values that look like one, nor in other keys.
+test_filter_columns_are_column_keys_at_any_depth if {
+	req := fx.request_with({"query": {"filters": {"op": "and", "args": [
+		{"op": "or", "args": [{"op": "not", "arg": {"op": "and", "args": [{"column": "zip", "op": "=", "value": "1"}]}}]},
+		{"column": "age", "op": "=", "value": "x\",\"column\":\"ssn"},
+		{"column": "we\"ird", "op": "=", "value": 1},
+		{"\"column": "hidden", "op": "=", "value": 1},
+	]}}})
+	"DSA-T-1 does not allow the columns we\"ird, zip of dataset ds-1" in _deny(req, fx.policy_data)
+}
+
+test_deny_filter_column_that_is_not_a_string if {
+	req := fx.request_with({"query": {"filters": {"op": "and", "args": [{"column": 7, "op": "=", "value": 1}]}}})
+	"the query's filters name a column by something other than a string" in _deny(req, fx.policy_data)
+}
+
+test_no_filters_touch_no_columns if {
+	req := json.remove(fx.request, ["query/filters"])
+	count(_deny(req, fx.policy_data)) == 0
+}
+
 test_deny_group_by_column_outside_dsa if {
 	req := fx.request_with({"query": {"group_by": ["sex", "birth_date"]}})
 	_denied(req, fx.policy_data, "does not allow the columns birth_date")

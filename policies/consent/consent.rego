@@ -118,6 +118,7 @@ deny contains msg if {
 
 deny contains msg if {
 	some c in dataset_codes
+	_demands[c] # a lookup is checked before it is assigned: see lib.rego
 	demand := _demands[c]
 	not c in satisfied
 	msg := sprintf("dataset %s %s", [dataset.id, demand])

@@ -136,6 +136,6 @@ _obligations := object.union(data.fedgate.agreement.thresholds, {
 	"publication_moratorium_until": _moratorium,
 })
 
-_moratorium := m if {
-	m := data.fedgate.consent.publication_moratorium_until
-} else := null
+_moratorium := data.fedgate.consent.publication_moratorium_until if data.fedgate.consent.publication_moratorium_until
+
+else := null

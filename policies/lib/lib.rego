@@ -1,9 +1,17 @@
 # Shared helpers: dates, and the DUO and disease hierarchies the consent and agreement rules ask about.
 #
-# A note on speed, for all packages. The embedded engine's cost per decision is the number of things it
-# evaluates, not the size of the data: about 2-3 µs for each complete rule and each function call, about
-# 1 µs for each rule body (a `deny` clause that fails at its first line too), expression and built-in, less
-# for a turn of a loop. So the policies keep rules few, and:
+# Two rules for all packages, because the gateway decides on regorus' compiled engine, the RVM (see
+# docs/policy.md, "Engines"), which differs from OPA and the tree-walking engine the tests run on:
+# - a lookup that may be missing is checked on a line of its own before it is assigned (`_dsa.visa` then
+#   `required := _dsa.visa`), and a rule or function whose value is such a lookup has it as its condition
+#   (`basis(c) := t[c] if t[c]`): the RVM binds `x := <missing>` to "undefined" and carries on, where the
+#   others fail the body (and move on to the `else`);
+# - no `walk`: the RVM cannot compile it, and the bundle loader refuses policies it cannot compile.
+#
+# A note on speed, for all packages, measured on the tree-walking engine (which decided before the RVM):
+# its cost per decision is the number of things it evaluates, not the size of the data: about 2-3 µs for
+# each complete rule and each function call, about 1 µs for each rule body (a `deny` clause that fails at
+# its first line too), expression and built-in, less for a turn of a loop. So rules are few, and:
 # - read policy data through each package's `_data` rule, never as data.fedgate_data.x or through an
 #   `import` alias of it: the engine resolves each reference into the base data document by scanning every
 #   policy module (about 2 µs each time), while a reference to a rule it has evaluated is a lookup;

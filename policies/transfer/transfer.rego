@@ -21,11 +21,11 @@ _recipients := {"requester": input.requester.country, "destination": input.desti
 # site's data alone (its own jurisdiction, the EEA, an adequacy decision) come from a table of countries, then
 # the standard contractual clauses the agreement names for the country. Both tables depend on the data alone,
 # so the bundle loader computes them once (data.fedgate_data.derived); without them the rules compute them.
-basis(c) := b if b := _site_bases[c]
+# (Each lookup is checked before its value is used: see lib.rego.)
+basis(c) := _site_bases[c] if _site_bases[c]
 
-else := sprintf("standard contractual clauses %s in %s", [id, input.dsa]) if {
-	sccs := _agreement_sccs[input.dsa]
-	id := sccs[c]
+else := sprintf("standard contractual clauses %s in %s", [_agreement_sccs[input.dsa][c], input.dsa]) if {
+	_agreement_sccs[input.dsa][c]
 }
 
 _site_bases := _data.derived.transfer_site_bases if _data.derived.transfer_site_bases
@@ -49,6 +49,7 @@ else := "the EEA, which also holds the site" if {
 }
 
 else := sprintf("an adequacy decision (%s)", [decision]) if {
+	_data.transfer.adequacy[_regime(_data.site.jurisdiction)][c]
 	decision := _data.transfer.adequacy[_regime(_data.site.jurisdiction)][c]
 }
 
@@ -68,7 +69,7 @@ deny contains msg if {
 	msg := sprintf("transfers to %s (the %s's country) are blocked by this site", [c, role])
 }
 
-_bases := {role: b | some role, c in _recipients; b := basis(c)}
+_bases := {role: b | some role, c in _recipients; basis(c); b := basis(c)}
 
 deny contains msg if {
 	some role, c in _recipients
