@@ -158,21 +158,35 @@ def _policy_tables(
 
 
 def _self_check(bundle: PolicyBundle) -> None:
-    # Imported here: the embedded engine module imports this one.
-    from gateway.decision.embedded import build_engine, evaluate_rule
+    """Both regorus engines must evaluate the policies and deny an empty request.
 
-    engine = build_engine(bundle)
-    try:
+    The gateway decides on the compiled RVM, which refuses some Rego the tree-walking engine (and so
+    `fedgate policy test`) accepts, such as `walk` or `with`: such policies are refused here, at load.
+    """
+    # Imported here: the embedded engine module imports this one.
+    from gateway.decision.embedded import build_engine, build_vm, evaluate_rule, evaluate_vm
+
+    def tree_walking() -> object:
+        engine = build_engine(bundle)
         engine.set_input({})
-        result = evaluate_rule(engine)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as exc:  # noqa: BLE001 — regorus panics are BaseException; all mean "unusable"
-        raise PolicySourceError(bundle.root, f"policies do not evaluate: {first_line(exc)}") from None
-    if not isinstance(result, dict) or result.get("decision") != "deny":
-        raise PolicySourceError(
-            bundle.root, f"data.{DECISION_PACKAGE}.{DECISION_RULE} must deny an empty request, got {result!r}"
-        )
+        return evaluate_rule(engine)
+
+    def rvm() -> object:
+        return evaluate_vm(build_vm(bundle), {})
+
+    for engine_name, evaluate in (("tree-walking", tree_walking), ("RVM", rvm)):
+        try:
+            result = evaluate()
+        except (KeyboardInterrupt, SystemExit, PolicySourceError):
+            raise
+        except BaseException as exc:  # noqa: BLE001 — regorus panics are BaseException; all mean "unusable"
+            raise PolicySourceError(bundle.root, f"policies do not evaluate: {first_line(exc)}") from None
+        if not isinstance(result, dict) or result.get("decision") != "deny":
+            raise PolicySourceError(
+                bundle.root,
+                f"data.{DECISION_PACKAGE}.{DECISION_RULE} must deny an empty request on the {engine_name}"
+                f" engine, got {result!r}",
+            )
 
 
 def first_line(exc: BaseException) -> str:

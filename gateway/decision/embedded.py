@@ -1,4 +1,10 @@
-"""The embedded engine: Rego evaluated in-process by regorus, one engine per thread, data loaded once."""
+"""The embedded engine: Rego evaluated in-process by regorus, a compiled program per thread, data loaded once.
+
+Decisions run on regorus' RVM: the policies are compiled once into a program (`regorus.Program`) that a
+virtual machine (`regorus.Rvm`) runs for each input, about twice as fast as the tree-walking
+`regorus.Engine`. The tree-walking engine still serves what the RVM cannot: the Rego tests (they use
+`with`), coverage, and the tables the bundle loader evaluates once (`bundle.POLICY_TABLES`).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +19,16 @@ from gateway.decision.bundle import DATA_ROOT, DECISION_PACKAGE, DECISION_RULE, 
 from gateway.decision.errors import MalformedDecision, PolicySourceError
 
 _RULE_PATH = f"data.{DECISION_PACKAGE}.{DECISION_RULE}"
-# What eval_rule_as_json answers for a rule without a value.
+# What eval_rule_as_json and the RVM answer for a rule without a value.
 _UNDEFINED = "<undefined>"
+# The RVM's suspendable mode. Its run-to-completion mode (0) loops until its instruction limit when a rule
+# body fails after a comprehension whose own body failed before iterating (docs/policy.md, "Engines");
+# the suspendable mode evaluates the same programs correctly, and the policies never suspend it.
+_RVM_SUSPENDABLE = 1
 
 
 def build_engine(bundle: PolicyBundle) -> regorus.Engine:
-    """A regorus engine with every policy of the bundle parsed and its data added."""
+    """A tree-walking regorus engine with every policy of the bundle parsed and its data added."""
     engine = regorus.Engine()
     for path, source in bundle.policies:
         try:
@@ -37,10 +47,70 @@ def evaluate_rule(engine: regorus.Engine, rule: str = _RULE_PATH) -> object:
     return value
 
 
+def build_vm(bundle: PolicyBundle) -> regorus.Rvm:
+    """An RVM running the bundle's policies compiled for the decision rule, with the bundle's data set.
+
+    regorus programs and VMs are bound to the thread that made them (using one from another thread
+    panics), so each thread builds its own.
+    """
+    data_json = json.dumps({DATA_ROOT: bundle.data_document()})
+    try:
+        program = regorus.Program.compile_from_modules(data_json, list(bundle.policies), [_RULE_PATH])
+    except RuntimeError as exc:
+        raise PolicySourceError(bundle.root, f"policies do not compile: {first_line(exc)}") from None
+    vm = regorus.Rvm()
+    vm.set_execution_mode(_RVM_SUSPENDABLE)
+    vm.load_program(program)
+    vm.set_data_json(data_json)
+    return vm
+
+
+def evaluate_vm(vm: regorus.Rvm, policy_input: Mapping[str, Any]) -> object:
+    """The decision rule's value for one input; MalformedDecision when undefined."""
+    vm.set_input_json(json.dumps(dict(policy_input)))
+    value = json.loads(vm.execute_entry_point(_RULE_PATH))
+    if value == _UNDEFINED:
+        raise MalformedDecision(f"{_RULE_PATH} is undefined for this input")
+    return value
+
+
 class EmbeddedEngine:
-    """Evaluates in this process. regorus engines are not thread-safe, so each thread builds its own."""
+    """Evaluates in this process. regorus VMs are bound to their thread, so each thread builds its own."""
 
     name = "embedded"
+
+    def __init__(self, bundle: PolicyBundle) -> None:
+        self._bundle = bundle
+        self._local = threading.local()
+
+    @property
+    def bundle_digest(self) -> str:
+        return self._bundle.digest
+
+    def replace_bundle(self, bundle: PolicyBundle) -> None:
+        """Switch to a new bundle; each thread rebuilds its VM on its next evaluation."""
+        self._bundle = bundle
+
+    def _vm(self) -> regorus.Rvm:
+        bundle = self._bundle
+        if getattr(self._local, "digest", None) != bundle.digest:
+            self._local.vm = build_vm(bundle)
+            self._local.digest = bundle.digest
+        vm: regorus.Rvm = self._local.vm
+        return vm
+
+    def evaluate(self, policy_input: Mapping[str, Any]) -> object:
+        return evaluate_vm(self._vm(), policy_input)
+
+
+class TreeWalkingEngine:
+    """The same policies on the tree-walking `regorus.Engine`, one per thread: about twice as slow as the RVM.
+
+    It has no instruction limit, so it can evaluate what the RVM would stop (docs/policy.md, "Engines"), and
+    it is the engine the Rego tests run on; the gateway decides with EmbeddedEngine.
+    """
+
+    name = "embedded-tree-walking"
 
     def __init__(self, bundle: PolicyBundle) -> None:
         self._bundle = bundle
@@ -65,9 +135,9 @@ class EmbeddedEngine:
     def evaluate(self, policy_input: Mapping[str, Any]) -> object:
         engine = self._engine()
         engine.set_input(dict(policy_input))
-        # eval_rule hands back Python values without a JSON round trip (about 10 µs less per decision);
-        # the decision object holds no sets, the one shape eval_rule cannot convert, and should a policy
-        # ever return one, the error it raises is a failed, hence denied, decision.
+        # eval_rule hands back Python values without a JSON round trip; the decision object holds no sets,
+        # the one shape eval_rule cannot convert, and should a policy ever return one, the error it raises
+        # is a failed, hence denied, decision.
         value = engine.eval_rule(_RULE_PATH)
         if value is None:
             raise MalformedDecision(f"{_RULE_PATH} is undefined for this input")

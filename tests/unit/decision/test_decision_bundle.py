@@ -211,3 +211,13 @@ def test_policies_that_fail_to_evaluate_are_refused(policy_copy: Path) -> None:
     )
     with pytest.raises(PolicySourceError, match="policies do not evaluate"):
         load_bundle(policy_copy, "DE")
+
+
+def test_policies_the_rvm_cannot_compile_are_refused(policy_copy: Path) -> None:
+    # The tree-walking engine (and `fedgate policy test`) accepts walk; the RVM that decides does not.
+    (policy_copy / "decision" / "walked.rego").write_text(
+        "package fedgate.decision\n\nimport rego.v1\n\n"
+        "input_problems contains n if { walk(input, [_, n]); n == 1 }\n"
+    )
+    with pytest.raises(PolicySourceError, match=r"policies do not compile: .*walk"):
+        load_bundle(policy_copy, "DE")

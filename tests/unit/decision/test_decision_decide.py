@@ -22,7 +22,7 @@ from gateway.decision import (
     decide,
     load_bundle,
 )
-from gateway.decision.embedded import EmbeddedEngine, build_engine, evaluate_rule
+from gateway.decision.embedded import EmbeddedEngine, build_engine, build_vm, evaluate_rule, evaluate_vm
 from gateway.settings import SiteSettings
 
 POLICIES = Path(__file__).resolve().parents[3] / "policies"
@@ -185,6 +185,33 @@ def test_real_engine_panic_denies(bundle: PolicyBundle) -> None:
     thread.start()
     thread.join()
     assert out[0].decision == "deny"
+    assert "unsendable" in out[0].reasons[0]
+
+
+class _VmSharedAcrossThreads:
+    """Misuses one RVM from another thread, which makes regorus panic (a BaseException)."""
+
+    name = "misused-vm"
+
+    def __init__(self, bundle: PolicyBundle) -> None:
+        self.bundle_digest = bundle.digest
+        self._vm = build_vm(bundle)
+
+    def evaluate(self, policy_input: Mapping[str, Any]) -> object:
+        return evaluate_vm(self._vm, policy_input)
+
+    def replace_bundle(self, bundle: PolicyBundle) -> None:
+        raise NotImplementedError
+
+
+def test_real_vm_panic_denies(bundle: PolicyBundle) -> None:
+    misused = _VmSharedAcrossThreads(bundle)
+    out: list[Decision] = []
+    thread = threading.Thread(target=lambda: out.append(decide(misused, _request())))
+    thread.start()
+    thread.join()
+    assert out[0].decision == "deny"
+    assert out[0].reasons[0].startswith("policy evaluation failed")
     assert "unsendable" in out[0].reasons[0]
 
 
