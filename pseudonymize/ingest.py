@@ -79,7 +79,7 @@ class _Stream:
         self.columns = schema.names
         for h in hashed:
             if h.token is not None:
-                schema = schema.append(pa.field(h.token, pa.string()))
+                schema = schema.append(pa.field(h.token, pa.uuid()))
             if h.offset is not None:
                 schema = schema.append(pa.field(h.offset, pa.int32()))
         self.schema = schema

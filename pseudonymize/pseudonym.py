@@ -12,9 +12,15 @@ import hashlib
 import hmac
 import string
 import unicodedata
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-TOKEN_HEX_CHARS = 32  # 128 bits: collision-free at any realistic cohort size, short enough to read
+#: 128 bits of the HMAC: collision-free at any realistic cohort size, and the width of DuckDB's UUID type,
+#: which stores a token as a fixed 16-byte value (no string compression, 16-byte hashing in GROUP BY and
+#: DISTINCT). The token's text is that type's: 32 lowercase hex digits grouped 8-4-4-4-12. The bits are
+#: HMAC output, not an RFC 9562 UUID: the version and variant fields are not set.
+TOKEN_BYTES = 16
 _BLOCK = 64
 _LOWER = string.ascii_lowercase
 _UPPER = string.ascii_uppercase
@@ -31,9 +37,31 @@ def hmac_digest(key: bytes, value: str) -> bytes:
     return hmac.new(key, normalize(value).encode("utf-8"), hashlib.sha256).digest()
 
 
+def token_text(digest: bytes) -> str:
+    """The token of an HMAC digest as text: its first 16 bytes in the UUID spelling DuckDB stores."""
+    return str(uuid.UUID(bytes=digest[:TOKEN_BYTES]))
+
+
 def pseudonym(key: bytes, value: str) -> str:
     """The fixed-length pseudonym token of an identifier under one derived key."""
-    return hmac_digest(key, value).hex()[:TOKEN_HEX_CHARS]
+    return token_text(hmac_digest(key, value))
+
+
+def token_spellings(tokens: Iterable[str]) -> list[str]:
+    """Every token in both spellings a store can hold: grouped (36 characters) and plain 32 hex digits.
+
+    Stores written before tokens became 16-byte UUID values hold the plain form as text; a withdrawal
+    recorded under one spelling must exclude the patient under either. Text that is no token stays as
+    it is: it can only match itself."""
+    out: list[str] = []
+    for token in tokens:
+        try:
+            parsed = uuid.UUID(hex=token)
+        except ValueError:
+            out.append(token)
+            continue
+        out += (str(parsed), parsed.hex)
+    return out
 
 
 def offset_from_digest(digest: bytes, max_days: int) -> int:
@@ -90,8 +118,8 @@ class SqlHmac:
 
     @staticmethod
     def token(hex_digest_expr: str) -> str:
-        """SQL for the pseudonym token of a hex digest expression."""
-        return f"substr({hex_digest_expr}, 1, {TOKEN_HEX_CHARS})"
+        """SQL for the pseudonym token (a UUID value) of a hex digest expression."""
+        return f"CAST(substr({hex_digest_expr}, 1, {2 * TOKEN_BYTES}) AS UUID)"
 
     @staticmethod
     def offset(hex_digest_expr: str, max_days: int) -> str:

@@ -52,9 +52,8 @@ def k_anonymity(
     cols = ", ".join(quote_ident(c) for c in quasi_identifiers)
     size = "count(*)"
     if patient_column:
-        # Tokens are 32 hex digits: as the 128-bit number they spell, the per-class sets of distinct
-        # patients take a third of the memory of the strings (the ingest's peak) at the same speed.
-        size = f"count(DISTINCT CAST('0x' || {quote_ident(patient_column)} AS UHUGEINT))"
+        # Tokens are 16-byte UUID values: the per-class sets of distinct patients hold fixed-width keys.
+        size = f"count(DISTINCT {quote_ident(patient_column)})"
     row = con.execute(
         f"SELECT count(*), min(c), coalesce(sum(c) FILTER (WHERE c < ?), 0) "
         f"FROM (SELECT {size} AS c FROM {quote_ident(table)} GROUP BY {cols})",

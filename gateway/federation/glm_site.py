@@ -49,6 +49,7 @@ from gateway.refusal import Refusal
 from gateway.runtime import SiteRuntime
 from pseudonymize.disclosure import DisclosureRules
 from pseudonymize.disclosure.glm_checks import GlmDisclosureError, check_glm_release
+from pseudonymize.pseudonym import token_spellings
 from pseudonymize.store import CatalogEntry
 
 MAX_ITERATIONS = 50
@@ -194,7 +195,7 @@ class GlmArrays:
         """The rows whose patient did not withdraw."""
         if self.patients is None or not withdrawn:
             return self
-        keep = ~np.isin(self.patients, list(withdrawn))
+        keep = ~np.isin(self.patients, token_spellings(withdrawn))
         return GlmArrays(
             self.x[keep], self.y[keep], self.offset[keep], self.weights[keep], self.patients[keep]
         )
@@ -308,7 +309,12 @@ def design(frame: pd.DataFrame, model: GlmModel, patient_column: str | None = No
         raise GlmDataError(f"poisson outcome {model.outcome!r} must not be negative", "model.outcome")
     offset = rows[model.offset].to_numpy(dtype=float) if model.offset else np.zeros(n)
     weights = rows[model.weights].to_numpy(dtype=float) if model.weights else np.ones(n)
-    patients = rows[patient_column].to_numpy(dtype=object) if patient_column else None
+    # As text: a DuckDB store returns its UUID tokens as uuid.UUID objects, which equal no string.
+    patients = (
+        np.array([None if pd.isna(p) else str(p) for p in rows[patient_column]], dtype=object)
+        if patient_column
+        else None
+    )
     return GlmArrays(x, y, offset, weights, patients)
 
 

@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql
 
 from gateway.decision.models import ConsentFilter
 from gateway.query.errors import UnsupportedStore
+from pseudonymize.pseudonym import token_spellings
 
 _TEXT_ARRAY = postgresql.ARRAY(sa.Text())
 DIALECTS = ("duckdb", "postgresql")
@@ -59,14 +60,17 @@ def not_withdrawn(
 ) -> sa.ColumnElement[bool]:
     """Rows whose patient pseudonym is not among `tokens` (withdrawals recorded after the data was ingested).
 
-    The tokens travel as one array parameter, so thousands of withdrawals cost one bind, not thousands."""
+    The tokens travel as one array parameter, so thousands of withdrawals cost one bind, not thousands.
+    Each is listed in both spellings (`token_spellings`), and the column is compared as text: DuckDB holds
+    tokens as UUID values, PostgreSQL and older DuckDB tables as text of either spelling."""
     if dialect_name not in DIALECTS:
         raise UnsupportedStore(f"the store's SQL dialect {dialect_name!r} cannot exclude withdrawn patients")
+    spellings = token_spellings(tokens)
     if dialect_name == "postgresql":
-        listed = patient == sa.any_(sa.literal(list(tokens), _TEXT_ARRAY))
+        listed = patient == sa.any_(sa.literal(spellings, _TEXT_ARRAY))
     else:
         listed = sa.func.list_contains(
-            sa.literal(list(tokens), sa.ARRAY(sa.Text())), patient, type_=sa.Boolean()
+            sa.literal(spellings, sa.ARRAY(sa.Text())), sa.cast(patient, sa.Text()), type_=sa.Boolean()
         )
     # A row without a pseudonym cannot be checked against the list: it is excluded (fail closed).
     return sa.and_(patient.is_not(None), sa.not_(listed))

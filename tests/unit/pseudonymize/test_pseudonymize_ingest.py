@@ -89,10 +89,12 @@ def test_python_pseudonym_finds_the_stored_patient(
 ) -> None:
     with Store(f"duckdb:///{tmp_path / 's.duckdb'}") as store:
         run(cohort_parquet, spec_path, master, store)
-        stored = store.duckdb.execute("SELECT patient_id FROM ds_cohort").fetchall()
+        stored = store.duckdb.execute("SELECT CAST(patient_id AS VARCHAR) FROM ds_cohort").fetchall()
+        (kind,) = store.duckdb.execute("SELECT DISTINCT typeof(patient_id) FROM ds_cohort").fetchall()
     key = pseudonym_key(master, load_spec(spec_path))
     mrn = cohort_table["patient_id"][42].as_py()
     assert (pseudonym(key, mrn),) == stored[42]
+    assert kind == ("UUID",)  # 16 bytes per token in the store, not 36 characters
 
 
 def test_date_shift_preserves_every_interval(

@@ -9,13 +9,14 @@ import duckdb
 import pytest
 
 from pseudonymize.pseudonym import (
-    TOKEN_HEX_CHARS,
+    TOKEN_BYTES,
     SqlHmac,
     date_offset,
     hmac_digest,
     normalize,
     offset_from_digest,
     pseudonym,
+    token_spellings,
 )
 
 KEY = bytes(range(32))
@@ -47,10 +48,29 @@ def test_normalization_merges_case_and_spacing_of_ascii_identifiers() -> None:
     assert normalize("ß") == "ß"  # only ASCII letters are upper-cased, in SQL and in Python alike
 
 
-def test_token_is_fixed_length_hex_and_key_dependent() -> None:
+def test_token_is_the_uuid_spelling_of_the_first_16_hmac_bytes_and_key_dependent() -> None:
     token = pseudonym(KEY, "MRN-1")
-    assert len(token) == TOKEN_HEX_CHARS and int(token, 16) >= 0
+    digest = hmac.new(KEY, b"MRN-1", hashlib.sha256).digest()
+    plain = digest[:TOKEN_BYTES].hex()
+    assert token == f"{plain[:8]}-{plain[8:12]}-{plain[12:16]}-{plain[16:20]}-{plain[20:]}"
     assert token != pseudonym(bytes(32), "MRN-1")
+
+
+def test_sql_token_is_the_same_uuid_value_as_the_python_token() -> None:
+    s = SqlHmac(KEY)
+    con = duckdb.connect()
+    for value in SAMPLES:
+        sql = f"SELECT typeof({s.token(s.hex_digest('$v'))}), CAST({s.token(s.hex_digest('$v'))} AS VARCHAR)"
+        kind, text = con.execute(sql, {**s.parameters(), "v": value}).fetchall()[0]
+        assert kind == "UUID" and text == pseudonym(KEY, value)
+
+
+def test_token_spellings_list_the_grouped_and_the_plain_form_of_either_spelling() -> None:
+    token = pseudonym(KEY, "MRN-1")
+    plain = token.replace("-", "")
+    assert token_spellings([token]) == [token, plain]
+    assert token_spellings([plain]) == [token, plain]
+    assert token_spellings(["not-a-token"]) == ["not-a-token"]
 
 
 def test_offset_stays_in_range_and_comes_from_bytes_the_token_does_not_show() -> None:
@@ -59,7 +79,7 @@ def test_offset_stays_in_range_and_comes_from_bytes_the_token_does_not_show() ->
     digest = hmac_digest(KEY, "MRN-1")
     # The offset depends only on the last four bytes, which the 16-byte token never includes.
     assert offset_from_digest(bytes(28) + digest[28:], 30) == offset_from_digest(digest, 30)
-    assert pseudonym(KEY, "MRN-1") == digest[:16].hex()
+    assert pseudonym(KEY, "MRN-1").replace("-", "") == digest[:16].hex()
 
 
 def test_sql_text_and_repr_never_hold_the_key() -> None:

@@ -23,6 +23,7 @@ from gateway.query import (
     quantile_name,
     store_engine,
 )
+from pseudonymize.pseudonym import pseudonym
 
 FILTERS: dict[str, dict[str, Any]] = {
     "=": {"column": "sex", "op": "=", "value": "F"},
@@ -329,3 +330,43 @@ def test_withdrawals_recorded_after_ingest_are_excluded(
     assert after.selected == base.selected - 3
     assert int(after.frame["n"].sum()) == int(base.frame["n"].sum()) - 3
     assert "unknown-7" not in str(compiled.main.compile())
+
+
+@pytest.mark.parametrize("stored", ["uuid", "grouped-text", "plain-hex-text"])
+def test_a_withdrawal_matches_the_token_in_every_spelling_a_store_holds(
+    stored: str, tmp_path: Any, mixed_table: pa.Table, mixed_columns: list[tuple[str, str]]
+) -> None:
+    # Ingest stores tokens as DuckDB UUID values; PostgreSQL stores hold their grouped text, and DuckDB
+    # tables written before then hold 32 plain hex digits. A withdrawal is recorded as `pseudonym` spells
+    # it, and must exclude the patient from all three.
+    tokens = [pseudonym(bytes(32), str(i)) for i in range(mixed_table.num_rows)]
+    column: pa.Array = pa.array(
+        tokens if stored != "plain-hex-text" else [t.replace("-", "") for t in tokens]
+    )
+    table = mixed_table.set_column(mixed_table.schema.get_field_index("patient_id"), "patient_id", column)
+    path = tmp_path / "tokens.duckdb"
+    con = duckdb.connect(str(path))
+    con.register("src", table)
+    replace = " REPLACE (CAST(patient_id AS UUID) AS patient_id)" if stored == "uuid" else ""
+    con.execute(f'CREATE TABLE "{TABLE}" AS SELECT *{replace} FROM src').fetchall()
+    con.close()
+    admitted_rows = [i for i, ok in enumerate(admitted(mixed_table.to_pandas())) if ok]
+    gone = [tokens[i] for i in admitted_rows[:2]]
+    allowed = tuple(name for name, _ in mixed_columns)
+    spec = spec_for("count", None)
+    engine = store_engine(f"duckdb:///{path}")
+    try:
+        base = execute(engine, compile_query(spec, TABLE, mixed_columns, obligations(allowed), "duckdb"))
+        compiled = compile_query(
+            spec,
+            TABLE,
+            mixed_columns,
+            obligations(allowed),
+            "duckdb",
+            patient_column="patient_id",
+            withdrawn=gone,
+        )
+        after = execute(engine, compiled)
+    finally:
+        engine.dispose()
+    assert after.population == base.population - 2
