@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import regorus
 from pydantic import ValidationError
 
 from gateway.decision import (
@@ -20,6 +21,7 @@ from gateway.decision import (
     PolicyDataError,
     PolicyDecisionPoint,
     decide,
+    embedded,
     load_bundle,
 )
 from gateway.decision.embedded import EmbeddedEngine, build_engine, build_vm, evaluate_rule, evaluate_vm
@@ -213,6 +215,41 @@ def test_real_vm_panic_denies(bundle: PolicyBundle) -> None:
     assert out[0].decision == "deny"
     assert out[0].reasons[0].startswith("policy evaluation failed")
     assert "unsendable" in out[0].reasons[0]
+
+
+def test_a_request_past_the_rvm_instruction_limit_is_decided_without_it(
+    bundle: PolicyBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No shipped request reaches the limit; a VM that reports it stands in for one that did (the message
+    # is regorus 0.13's).
+    expected = decide(EmbeddedEngine(bundle), _request())
+    assert expected.decision == "allow"
+
+    def over_the_limit(vm: object, policy_input: Mapping[str, Any]) -> object:
+        raise RuntimeError(
+            "Execution stopped: exceeded maximum instruction limit of 25000 after 25000 instructions"
+        )
+
+    monkeypatch.setattr(embedded, "evaluate_vm", over_the_limit)
+    assert decide(EmbeddedEngine(bundle), _request()) == expected
+
+    def broken(vm: object, policy_input: Mapping[str, Any]) -> object:
+        raise RuntimeError("type mismatch")
+
+    monkeypatch.setattr(embedded, "evaluate_vm", broken)
+    failed = decide(EmbeddedEngine(bundle), _request())
+    assert failed.decision == "deny" and failed.reasons[0].startswith("policy evaluation failed")
+
+
+def test_a_real_rvm_stops_at_its_instruction_limit_with_the_message_the_engine_expects() -> None:
+    source = "package t\nimport rego.v1\nr := count([x | some x in numbers.range(1, 50000); x > 0])\n"
+    program = regorus.Program.compile_from_modules("{}", [("t.rego", source)], ["data.t.r"])
+    vm = regorus.Rvm()
+    vm.load_program(program)
+    vm.set_data_json("{}")
+    vm.set_input_json("{}")
+    with pytest.raises(RuntimeError, match=embedded._INSTRUCTION_LIMIT):
+        vm.execute_entry_point("data.t.r")
 
 
 def test_engines_are_per_thread_and_agree(engine: EmbeddedEngine) -> None:
