@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pycountry
 
+# Read once: every decision input checks three codes, and a lookup in pycountry costs several µs.
+_ALPHA_2 = frozenset(str(country.alpha_2) for country in pycountry.countries)
+
 
 def is_country(code: str) -> bool:
     """True when `code` is an upper-case ISO 3166-1 alpha-2 code."""
-    return len(code) == 2 and code.isupper() and pycountry.countries.get(alpha_2=code) is not None
+    return code in _ALPHA_2
 
 
 def country_name(code: str) -> str:

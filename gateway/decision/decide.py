@@ -33,6 +33,11 @@ def decide(engine: PolicyEngine, request: DecisionInput) -> Decision:
     expected = ""
     try:
         expected = engine.bundle_digest
+        # An engine that reads JSON takes the model's own serialization: a fifth of the cost of building
+        # the document and encoding it again.
+        evaluate_json = getattr(engine, "evaluate_json", None)
+        if evaluate_json is not None:
+            return parse_decision(evaluate_json(request.policy_input_json()), expected)
         return parse_decision(engine.evaluate(request.to_policy_input()), expected)
     except (KeyboardInterrupt, SystemExit):
         raise

@@ -67,9 +67,10 @@ def build_vm(bundle: PolicyBundle) -> regorus.Rvm:
     return vm
 
 
-def evaluate_vm(vm: regorus.Rvm, policy_input: Mapping[str, Any]) -> object:
-    """The decision rule's value for one input; MalformedDecision when undefined."""
-    vm.set_input_json(json.dumps(dict(policy_input)))
+def evaluate_vm(vm: regorus.Rvm, policy_input: Mapping[str, Any] | str) -> object:
+    """The decision rule's value for one input (a document or its JSON text); MalformedDecision when
+    undefined."""
+    vm.set_input_json(policy_input if isinstance(policy_input, str) else json.dumps(dict(policy_input)))
     value = json.loads(vm.execute_entry_point(_RULE_PATH))
     if value == _UNDEFINED:
         raise MalformedDecision(f"{_RULE_PATH} is undefined for this input")
@@ -109,12 +110,16 @@ class EmbeddedEngine:
         return vm
 
     def evaluate(self, policy_input: Mapping[str, Any]) -> object:
+        return self.evaluate_json(json.dumps(dict(policy_input)))
+
+    def evaluate_json(self, policy_input: str) -> object:
+        """`evaluate` for an input already written as JSON (decide() hands the model's own JSON)."""
         try:
             return evaluate_vm(self._vm(), policy_input)
         except RuntimeError as exc:
             if _INSTRUCTION_LIMIT not in str(exc):
                 raise
-        return self._unlimited.evaluate(policy_input)
+        return self._unlimited.evaluate(json.loads(policy_input))
 
 
 class TreeWalkingEngine:

@@ -97,6 +97,10 @@ class DecisionInput(_Frozen):
         """The JSON document both engines receive as `input`."""
         return self.model_dump(mode="json", exclude_none=True)
 
+    def policy_input_json(self) -> str:
+        """`to_policy_input` as JSON text."""
+        return self.model_dump_json(exclude_none=True)
+
 
 class ConsentFilter(_Frozen):
     """Patient-level consent as a declarative row predicate (docs/policy.md, "consent_filter").

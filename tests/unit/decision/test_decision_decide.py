@@ -268,6 +268,26 @@ def test_engines_are_per_thread_and_agree(engine: EmbeddedEngine) -> None:
     assert all(r == expected * 5 for r in results.values())
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"now": "2026-07-01T00:00:00.250+02:00"},
+        {
+            "query": {
+                "kind": "summary",
+                "columns": ["bmi"],
+                "filters": {"column": "bmi", "op": ">", "value": 27.5e-3},
+            }
+        },
+        {"purpose": {"duo": ["DUO:0000007"], "disease": "MONDO:0005148", "ethics_approval_id": None}},
+    ],
+)
+def test_the_json_engines_read_is_the_document_the_others_read(changes: dict[str, Any]) -> None:
+    request = _request(**changes)
+    assert json.loads(request.policy_input_json()) == request.to_policy_input()
+
+
 def test_input_model_names_bad_fields() -> None:
     doc = json.loads(json.dumps(REQUEST))
     doc["destination"]["country"] = "Germany"
