@@ -47,6 +47,15 @@ def pseudonym(key: bytes, value: str) -> str:
     return token_text(hmac_digest(key, value))
 
 
+def is_token(text: str) -> bool:
+    """True when `text` spells a 128-bit token, grouped or as 32 plain hex digits."""
+    try:
+        uuid.UUID(hex=text)
+    except ValueError:
+        return False
+    return True
+
+
 def token_spellings(tokens: Iterable[str]) -> list[str]:
     """Every token in both spellings a store can hold: grouped (36 characters) and plain 32 hex digits.
 

@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql
 
 from gateway.decision.models import ConsentFilter
 from gateway.query.errors import UnsupportedStore
-from pseudonymize.pseudonym import token_spellings
+from pseudonymize.pseudonym import is_token, token_spellings
 
 _TEXT_ARRAY = postgresql.ARRAY(sa.Text())
 DIALECTS = ("duckdb", "postgresql")
@@ -61,16 +61,25 @@ def not_withdrawn(
     """Rows whose patient pseudonym is not among `tokens` (withdrawals recorded after the data was ingested).
 
     The tokens travel as one array parameter, so thousands of withdrawals cost one bind, not thousands.
-    Each is listed in both spellings (`token_spellings`), and the column is compared as text: DuckDB holds
-    tokens as UUID values, PostgreSQL and older DuckDB tables as text of either spelling."""
+    PostgreSQL holds tokens as text: each is listed in both spellings (`token_spellings`). DuckDB holds
+    them as UUID values, which the list is cast to, so the column is read as it is stored (older DuckDB
+    tables hold text of either spelling, which TRY_CAST reads as the same values); a withdrawn value that
+    is no token is compared as text."""
     if dialect_name not in DIALECTS:
         raise UnsupportedStore(f"the store's SQL dialect {dialect_name!r} cannot exclude withdrawn patients")
-    spellings = token_spellings(tokens)
     if dialect_name == "postgresql":
-        listed = patient == sa.any_(sa.literal(spellings, _TEXT_ARRAY))
+        listed = patient == sa.any_(sa.literal(token_spellings(tokens), _TEXT_ARRAY))
     else:
-        listed = sa.func.list_contains(
-            sa.literal(spellings, sa.ARRAY(sa.Text())), sa.cast(patient, sa.Text()), type_=sa.Boolean()
-        )
+        uuids = [t for t in tokens if is_token(t)]
+        other = [t for t in tokens if not is_token(t)]
+        parts: list[sa.ColumnElement[bool]] = []
+        if uuids:
+            as_uuids = sa.cast(sa.literal(uuids, sa.ARRAY(sa.Text())), sa.ARRAY(sa.Uuid()))
+            found = sa.func.list_contains(as_uuids, sa.try_cast(patient, sa.Uuid()), type_=sa.Boolean())
+            parts.append(sa.func.coalesce(found, sa.false(), type_=sa.Boolean()))
+        if other:
+            as_text = sa.literal(other, sa.ARRAY(sa.Text()))
+            parts.append(sa.func.list_contains(as_text, sa.cast(patient, sa.Text()), type_=sa.Boolean()))
+        listed = sa.or_(*parts)
     # A row without a pseudonym cannot be checked against the list: it is excluded (fail closed).
     return sa.and_(patient.is_not(None), sa.not_(listed))
