@@ -2,7 +2,8 @@
 
 For every column, in table order, three running SHA-256 streams take, batch after batch in stored row
 order: one validity byte per row; each value's length as int64 little-endian (strings and binaries only);
-the value bytes (strings and binaries) or the values' fixed-width little-endian bytes with nulls as zeros.
+the value bytes (strings and binaries) or the values' fixed-width little-endian bytes with nulls as zeros
+(fixed-size binaries, such as the 16-byte UUID tokens an extension type stores, likewise).
 A column's digest is SHA-256 over the three stream digests; the table digest is SHA-256 over
 `name ‖ 0x00 ‖ type ‖ 0x00 ‖ column digest` for every column. Batch sizes and
 buffer layouts do not change it; any changed value, row or column does.
@@ -85,9 +86,21 @@ class _ColumnHash:
 
 
 def _hash_array(h: _ColumnHash, arr: pa.Array) -> None:
+    if isinstance(arr, pa.ExtensionArray):  # UUID tokens: their 16-byte storage
+        arr = arr.storage
     valid = pc.is_valid(arr).to_numpy(zero_copy_only=False)
     h.valid.update(valid.astype(np.uint8).tobytes())
     t = arr.type
+    if pa.types.is_fixed_size_binary(t):
+        width = t.byte_width
+        data = arr.buffers()[1]
+        assert data is not None
+        rows = np.frombuffer(data, dtype=np.uint8, count=len(arr) * width, offset=arr.offset * width)
+        if arr.null_count:
+            rows = rows.reshape(-1, width).copy()
+            rows[~valid] = 0
+        h.values.update(rows.tobytes())
+        return
     if (
         pa.types.is_string(t)
         or pa.types.is_large_string(t)

@@ -201,6 +201,9 @@ def ingest(
         # The risk report and the digest read the finished table side by side: each alone leaves a core
         # idle part of the time (the report's final merge, the digest's hashing).
         risk_cursor = con.cursor()
+        # The digest reads tokens as Arrow UUID values (their 16 bytes), not as DuckDB's text for them.
+        digest_cursor = con.cursor()
+        digest_cursor.execute("SET SESSION arrow_lossless_conversion = true").fetchall()
         try:
             with ThreadPoolExecutor(1, "fedgate-risk") as side:
                 risk_future = side.submit(
@@ -212,14 +215,16 @@ def ingest(
                     patient_column=patient_column,
                 )
                 out_schema = con.sql(f"SELECT * FROM {quote_ident(staging)} LIMIT 0").to_arrow_table().schema
-                with ContentDigest(out_schema, threads=DIGEST_THREADS) as digest:
-                    table = con.sql(f"SELECT * FROM {quote_ident(staging)}")
+                stored = digest_cursor.sql(f"SELECT * FROM {quote_ident(staging)} LIMIT 0").to_arrow_table()
+                with ContentDigest(stored.schema, threads=DIGEST_THREADS) as digest:
+                    table = digest_cursor.sql(f"SELECT * FROM {quote_ident(staging)}")
                     for batch in table.to_arrow_reader(DIGEST_BATCH_ROWS):
                         digest.update(batch)
                     content_digest = digest.hexdigest()
                 risk = risk_future.result()
         finally:
             risk_cursor.close()
+            digest_cursor.close()
         if not risk.passes and not override_k:
             raise RiskThresholdError(risk)
         entry = CatalogEntry(

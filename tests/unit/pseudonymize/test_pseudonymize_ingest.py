@@ -265,6 +265,29 @@ def test_decimal_columns_digest_the_same_whatever_the_batches() -> None:
     assert digest_batches(t.schema, t.to_batches()) == digest_batches(t.schema, t.to_batches())
 
 
+def _uuids(raw: bytes, validity: list[bool]) -> pa.Array:
+    """Arrow UUID values over `raw`, with whatever bytes `raw` holds under the null slots."""
+    mask = pa.array(validity, pa.bool_()).buffers()[1]
+    storage = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(validity), [mask, pa.py_buffer(raw)])
+    return pa.ExtensionArray.from_storage(pa.uuid(), storage)
+
+
+def test_token_columns_digest_their_16_bytes_whatever_the_batches_and_null_slots() -> None:
+    from pseudonymize.digest import digest_batches
+
+    values = bytes(range(64))
+    valid = [True, False, True, True]
+    t = pa.table({"patient": _uuids(values, valid)})
+    whole = digest_batches(t.schema, t.to_batches())
+    assert digest_batches(t.schema, t.to_batches(max_chunksize=1)) == whole
+    assert digest_batches(t.schema, t.slice(1).to_batches()) != whole
+    # What lies under a null slot is no value: it cannot change the digest.
+    other_null = values[:16] + bytes(16) + values[32:]
+    assert digest_batches(t.schema, pa.table({"patient": _uuids(other_null, valid)}).to_batches()) == whole
+    changed = values[:63] + b"\xff"
+    assert digest_batches(t.schema, pa.table({"patient": _uuids(changed, valid)}).to_batches()) != whole
+
+
 def test_opening_the_store_sweeps_staging_left_by_a_killed_ingest(tmp_path: Path) -> None:
     path = tmp_path / "s.duckdb"
     con = duckdb.connect(str(path))
