@@ -110,9 +110,10 @@ class ProtectedTable:
     def to_records(self) -> list[dict[str, Any]]:
         """Rows as JSON-ready dicts: Python scalars, None for every suppressed or undefined value."""
         columns = list(self.frame.columns)
-        # Column by column: tolist() converts a whole column at once, far cheaper than a tuple per row.
-        values = [[_json_value(v) for v in self.frame.iloc[:, i].tolist()] for i in range(len(columns))]
-        return [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)]
+        # One conversion of the whole frame to Python objects: indexing it column by column costs pandas
+        # about 100 µs a column, more than the rest of a small answer's release.
+        rows = self.frame.to_numpy(dtype=object).tolist()
+        return [dict(zip(columns, map(_json_value, row), strict=True)) for row in rows]
 
     def to_dict(self) -> dict[str, Any]:
         """The whole answer as JSON-ready data: its rows and what disclosure control did."""
