@@ -2,8 +2,9 @@
 
 Payloads carry decisions, reasons, counts and digests — never patient data or raw identifiers. A field that
 should hold a digest accepts only `sha256:<64 hex>`; labels and free text reject values that look like
-e-mail addresses, bearer tokens, JWTs, long digit runs (record numbers, phone numbers) or long opaque
-strings (keys, tokens). Unknown fields are rejected. Add a type with one `register(EventType(...))`.
+e-mail addresses, bearer tokens, JWTs, long digit runs (record numbers, phone numbers), long opaque
+strings (keys, tokens) or pseudonym tokens. Unknown fields are rejected. Add a type with one
+`register(EventType(...))`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ _IDENTIFIER_LIKE = (
     (re.compile(r"\d{6,}"), "a long digit run (a record, phone or account number)"),
     (re.compile(r"\b\d{3}-\d{2}-\d{4}\b"), "a national identification number"),
     (re.compile(r"[A-Za-z0-9_+/=]{32,}"), "a long opaque string (a key, token or raw hash)"),
+    # How fedgate spells a pseudonym token (and any UUID): 32 hex digits in groups, no run long enough above.
+    (
+        re.compile(r"(?i)\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"),
+        "a pseudonym token",
+    ),
 )
 
 

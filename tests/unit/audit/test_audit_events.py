@@ -8,6 +8,7 @@ import pytest
 
 from audit.errors import PayloadError
 from audit.events import DIGEST, LABEL, REGISTRY, EventType, identifier_problem, register, validate_payload
+from pseudonymize.pseudonym import pseudonym
 
 D = "sha256:" + "ab" * 32
 VALID: dict[str, dict[str, Any]] = {
@@ -90,6 +91,16 @@ def test_identifier_like_or_ill_typed_values_are_rejected(field: str, value: obj
 def test_reasons_cannot_carry_identifiers(reason: str) -> None:
     with pytest.raises(PayloadError):
         validate_payload("ingest.refused", {"dataset": "d1", "reasons": [reason]})
+
+
+def test_pseudonym_tokens_are_rejected_in_labels_and_text_in_either_spelling() -> None:
+    token = pseudonym(bytes(32), "MRN-DE-00000001")
+    for value in (token, token.upper(), token.replace("-", "")):
+        with pytest.raises(PayloadError) as err:
+            validate_payload("query.received", {**VALID["query.received"], "dataset": value})
+        assert err.value.field == "dataset"
+        with pytest.raises(PayloadError):
+            validate_payload("ingest.refused", {"dataset": "d1", "reasons": [f"patient {value} excluded"]})
 
 
 def test_harmless_text_passes_the_identifier_check() -> None:
