@@ -19,6 +19,11 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from pseudonymize.pseudonym import canonical_token, token_spellings
+
+# Withdrawals are written in statements of this many rows: SQLite binds at most 32,766 parameters.
+_ROWS_PER_STATEMENT = 500
+
 RequestStatus = Literal["pending_approval", "deciding", "released", "refused", "rejected"]
 
 metadata = sa.MetaData()
@@ -203,16 +208,36 @@ class GatewayState:
         }
 
     def add_withdrawals(self, dataset: str, key_context: str, tokens: list[str]) -> int:
-        """Record patients (by pseudonym) who withdrew consent; returns how many were new."""
+        """Record patients (by pseudonym) who withdrew consent; returns how many were new.
+
+        Tokens are kept in the spelling `pseudonym` writes; a patient already recorded under the plain
+        32-hex spelling of earlier versions is not new."""
         if not tokens:
             return 0
         insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
-        rows = [
-            {"dataset": dataset, "key_context": key_context, "token": t, "at": _now()} for t in set(tokens)
-        ]
+        w = withdrawals.c
+        fresh = sorted({canonical_token(t) for t in tokens})
+        at = _now()
         with self._writing() as conn:
             before = self._withdrawn_count(conn, dataset, key_context)
-            conn.execute(insert(withdrawals).values(rows).on_conflict_do_nothing())
+            for start in range(0, len(fresh), _ROWS_PER_STATEMENT):
+                chunk = fresh[start : start + _ROWS_PER_STATEMENT]
+                known = set(
+                    conn.execute(
+                        sa.select(w.token).where(
+                            w.dataset == dataset,
+                            w.key_context == key_context,
+                            w.token.in_(token_spellings(chunk)),
+                        )
+                    ).scalars()
+                )
+                rows = [
+                    {"dataset": dataset, "key_context": key_context, "token": t, "at": at}
+                    for t in chunk
+                    if not known.intersection(token_spellings([t]))
+                ]
+                if rows:
+                    conn.execute(insert(withdrawals).values(rows).on_conflict_do_nothing())
             return self._withdrawn_count(conn, dataset, key_context) - before
 
     def withdrawn_since(self, dataset: str, key_context: str, since: str) -> bool:

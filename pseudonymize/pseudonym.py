@@ -47,6 +47,14 @@ def pseudonym(key: bytes, value: str) -> str:
     return token_text(hmac_digest(key, value))
 
 
+def canonical_token(text: str) -> str:
+    """A token in the spelling `pseudonym` writes (grouped, lower case); text that is no token as it is."""
+    try:
+        return str(uuid.UUID(hex=text))
+    except ValueError:
+        return text
+
+
 def is_token(text: str) -> bool:
     """True when `text` spells a 128-bit token, grouped or as 32 plain hex digits."""
     try:

@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql
 
 from gateway.decision.models import ConsentFilter
 from gateway.query.errors import UnsupportedStore
-from pseudonymize.pseudonym import is_token, token_spellings
+from pseudonymize.pseudonym import canonical_token, is_token, token_spellings
 
 _TEXT_ARRAY = postgresql.ARRAY(sa.Text())
 DIALECTS = ("duckdb", "postgresql")
@@ -70,7 +70,8 @@ def not_withdrawn(
     if dialect_name == "postgresql":
         listed = patient == sa.any_(sa.literal(token_spellings(tokens), _TEXT_ARRAY))
     else:
-        uuids = [t for t in tokens if is_token(t)]
+        # In the spelling DuckDB parses: Python's uuid also reads braces, `urn:uuid:` and more.
+        uuids = [canonical_token(t) for t in tokens if is_token(t)]
         other = [t for t in tokens if not is_token(t)]
         parts: list[sa.ColumnElement[bool]] = []
         if uuids:
