@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
 from gateway.countries import is_country
 from gateway.decision.errors import PolicyDataError
@@ -43,12 +43,15 @@ Count = Annotated[int, Field(ge=1, strict=True)]
 
 
 class _Strict(BaseModel):
+    # The engines read the files as written, not these models: a value pydantic would coerce ("true", 1,
+    # "0.5") reaches a policy as a string or number it compares unequal to the boolean or number meant,
+    # so booleans, counts and numbers must have their JSON types.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DpTerms(_Strict):
-    epsilon: float = Field(gt=0)
-    budget: float = Field(gt=0)
+    epsilon: float = Field(gt=0, strict=True)
+    budget: float = Field(gt=0, strict=True)
 
 
 class SiteDefaults(_Strict):
@@ -56,7 +59,7 @@ class SiteDefaults(_Strict):
     round_to: Count
     max_identical_queries: Count
     glm_min_rows: Count
-    glm_max_parameter_ratio: float = Field(gt=0, le=1)
+    glm_max_parameter_ratio: float = Field(gt=0, le=1, strict=True)
     dp: DpTerms | None = None
 
 
@@ -102,7 +105,7 @@ class Licence(_Strict):
     not_before: IsoDate
     not_after: IsoDate
     destinations: list[Country] = Field(min_length=1)
-    re_export: bool
+    re_export: StrictBool
 
 
 class ExportControl(_Strict):
@@ -113,7 +116,7 @@ class ExportControl(_Strict):
 class Organisation(_Strict):
     name: Text
     country: Country
-    non_profit: bool
+    non_profit: StrictBool
 
 
 class DatasetTerms(_Strict):
@@ -123,10 +126,10 @@ class DatasetTerms(_Strict):
 class Thresholds(_Strict):
     min_cell_count: Count | None = None
     round_to: Count | None = None
-    keep_zero_cells: bool | None = None
+    keep_zero_cells: StrictBool | None = None
     max_identical_queries: Count | None = None
     glm_min_rows: Count | None = None
-    glm_max_parameter_ratio: float | None = Field(default=None, gt=0, le=1)
+    glm_max_parameter_ratio: float | None = Field(default=None, gt=0, le=1, strict=True)
 
 
 class ContractualClauses(_Strict):
@@ -144,9 +147,9 @@ class Agreement(_Strict):
     parties: list[Text] = Field(min_length=1)
     purposes: list[Text] = Field(min_length=1)
     diseases: list[Text] = []
-    commercial_use: bool
-    collaboration: bool = False
-    return_of_results: bool = False
+    commercial_use: StrictBool
+    collaboration: StrictBool = False
+    return_of_results: StrictBool = False
     datasets: dict[Text, DatasetTerms] = Field(min_length=1)
     query_kinds: list[Text] = Field(min_length=1)
     approval_kinds: list[Text] = []
@@ -157,7 +160,7 @@ class Agreement(_Strict):
     standard_contractual_clauses: list[ContractualClauses] = []
     export_licences: list[Text] = []
     visa: RequiredVisa | None = None
-    suspended: bool = False
+    suspended: StrictBool = False
 
 
 _MODELS: dict[str, Any] = {

@@ -163,6 +163,31 @@ def _set_dsa(field: str, value: Any) -> Callable[[Any], None]:
             "defaults.min_cell_count",
             "",
         ),
+        # The engines read the file as written: a boolean or number in another JSON type would reach the
+        # policies as a value they compare unequal to the one meant (a "suspended" agreement that allows).
+        ("agreements", _set_dsa("suspended", "true"), "agreements.json", "DSA-2026-014.suspended", "bool"),
+        ("agreements", _set_dsa("suspended", 1), "agreements.json", "DSA-2026-014.suspended", "bool"),
+        (
+            "export_control",
+            lambda d: d["licences"]["EXL-2026-003"].update(re_export=0),
+            "export_control.json",
+            "licences.EXL-2026-003.re_export",
+            "bool",
+        ),
+        (
+            "organisations",
+            lambda d: d["org-aphp"].update(non_profit="yes"),
+            "organisations.json",
+            "org-aphp.non_profit",
+            "bool",
+        ),
+        (
+            "site",
+            lambda d: d["defaults"].update(glm_max_parameter_ratio="0.1"),
+            "site.json",
+            "defaults.glm_max_parameter_ratio",
+            "number",
+        ),
     ],
 )
 def test_invalid_policy_data_names_file_and_field(
