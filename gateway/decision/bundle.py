@@ -158,13 +158,15 @@ def _policy_tables(
 
 
 def _self_check(bundle: PolicyBundle) -> None:
-    """Both regorus engines must evaluate the policies and deny an empty request.
+    """The engines that will decide must evaluate the policies and deny an empty request.
 
-    The gateway decides on the compiled RVM, which refuses some Rego the tree-walking engine (and so
-    `fedgate policy test`) accepts, such as `walk` or `with`: such policies are refused here, at load.
+    The gateway decides on the compiled RVM when every module is one it was verified on (`rvm_verified`),
+    and the RVM refuses some Rego the tree-walking engine accepts, such as `walk` or `with`; other bundles
+    are decided by the tree-walking engine alone.
     """
     # Imported here: the embedded engine module imports this one.
     from gateway.decision.embedded import build_engine, build_vm, evaluate_rule, evaluate_vm
+    from gateway.decision.rvm_verified import rvm_verified
 
     def tree_walking() -> object:
         engine = build_engine(bundle)
@@ -174,7 +176,10 @@ def _self_check(bundle: PolicyBundle) -> None:
     def rvm() -> object:
         return evaluate_vm(build_vm(bundle), {})
 
-    for engine_name, evaluate in (("tree-walking", tree_walking), ("RVM", rvm)):
+    engines = [("tree-walking", tree_walking)]
+    if rvm_verified(bundle.policies):
+        engines.append(("RVM", rvm))
+    for engine_name, evaluate in engines:
         try:
             result = evaluate()
         except (KeyboardInterrupt, SystemExit, PolicySourceError):

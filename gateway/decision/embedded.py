@@ -17,6 +17,7 @@ import regorus
 
 from gateway.decision.bundle import DATA_ROOT, DECISION_PACKAGE, DECISION_RULE, PolicyBundle, first_line
 from gateway.decision.errors import MalformedDecision, PolicySourceError
+from gateway.decision.rvm_verified import rvm_verified
 
 _RULE_PATH = f"data.{DECISION_PACKAGE}.{DECISION_RULE}"
 # What eval_rule_as_json and the RVM answer for a rule without a value.
@@ -82,8 +83,14 @@ class EmbeddedEngine:
 
     An input so large that the RVM reaches its fixed instruction limit is decided by the tree-walking
     engine instead, which has none and gives the same answers: a legitimate request is never denied for
-    the engine's budget alone.
+    the engine's budget alone. A bundle with policy modules the RVM was not verified on (`rvm_verified`)
+    is decided by the tree-walking engine throughout.
     """
+
+    @property
+    def on_rvm(self) -> bool:
+        """Whether decisions run on the RVM (the bundle's modules are all verified on it)."""
+        return self._on_rvm
 
     name = "embedded"
 
@@ -91,6 +98,7 @@ class EmbeddedEngine:
         self._bundle = bundle
         self._local = threading.local()
         self._unlimited = TreeWalkingEngine(bundle)
+        self._on_rvm = rvm_verified(bundle.policies)
 
     @property
     def bundle_digest(self) -> str:
@@ -100,6 +108,7 @@ class EmbeddedEngine:
         """Switch to a new bundle; each thread rebuilds its VM on its next evaluation."""
         self._bundle = bundle
         self._unlimited.replace_bundle(bundle)
+        self._on_rvm = rvm_verified(bundle.policies)
 
     def _vm(self) -> regorus.Rvm:
         bundle = self._bundle
@@ -114,6 +123,8 @@ class EmbeddedEngine:
 
     def evaluate_json(self, policy_input: str) -> object:
         """`evaluate` for an input already written as JSON (decide() hands the model's own JSON)."""
+        if not self._on_rvm:
+            return self._unlimited.evaluate(json.loads(policy_input))
         try:
             return evaluate_vm(self._vm(), policy_input)
         except RuntimeError as exc:

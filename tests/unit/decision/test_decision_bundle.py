@@ -9,8 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_decision_decide import REQUEST
 
-from gateway.decision import PolicyDataError, PolicySourceError, load_bundle
+from gateway.decision import DecisionInput, PolicyDataError, PolicySourceError, decide, load_bundle
+from gateway.decision.bundle import read_policies
+from gateway.decision.embedded import EmbeddedEngine, TreeWalkingEngine, build_vm, evaluate_vm
+from gateway.decision.rvm_verified import VERIFIED_MODULES, module_digest, rvm_verified
 
 POLICIES = Path(__file__).resolve().parents[3] / "policies"
 
@@ -238,11 +242,42 @@ def test_policies_that_fail_to_evaluate_are_refused(policy_copy: Path) -> None:
         load_bundle(policy_copy, "DE")
 
 
-def test_policies_the_rvm_cannot_compile_are_refused(policy_copy: Path) -> None:
-    # The tree-walking engine (and `fedgate policy test`) accepts walk; the RVM that decides does not.
+def test_shipped_modules_are_the_ones_verified_on_the_rvm() -> None:
+    # Changing a shipped module takes it off the RVM until its digest is listed again (after the suite,
+    # which holds the RVM's answers to the tree-walking engine's and OPA's, passes).
+    shipped = read_policies(POLICIES, include_tests=False)
+    assert {module_digest(source) for _, source in shipped} == VERIFIED_MODULES
+    assert rvm_verified(shipped)
+
+
+def test_a_stewards_module_is_decided_by_the_tree_walking_engine(policy_copy: Path) -> None:
+    # On the RVM an assignment from a missing lookup does not fail its rule body: this clause would deny
+    # every request there, while Rego (the tree-walking engine, OPA) never fires it. The same divergence
+    # the other way round would allow what Rego denies.
+    (policy_copy / "agreement" / "steward.rego").write_text(
+        "package fedgate.agreement\n\nimport rego.v1\n\n"
+        'deny contains "steward clause" if {\n\tterms := data.fedgate_data.no_such_table[input.dsa]\n'
+        "\tnot terms.waived\n}\n"
+    )
+    bundle = load_bundle(policy_copy, "DE")
+    assert not rvm_verified(bundle.policies)
+    engine = EmbeddedEngine(bundle)
+    assert not engine.on_rvm
+    request = DecisionInput.model_validate(REQUEST)
+    assert decide(engine, request) == decide(TreeWalkingEngine(bundle), request)
+    assert decide(engine, request).decision == "allow"
+    on_rvm = evaluate_vm(build_vm(bundle), request.to_policy_input())
+    assert isinstance(on_rvm, dict) and "steward clause" in on_rvm["reasons"]
+
+
+def test_a_stewards_module_may_use_rego_the_rvm_cannot_compile(policy_copy: Path) -> None:
+    # The tree-walking engine (and `fedgate policy test`) accepts walk; the RVM does not, and decides only
+    # bundles of verified modules.
     (policy_copy / "decision" / "walked.rego").write_text(
         "package fedgate.decision\n\nimport rego.v1\n\n"
         "input_problems contains n if { walk(input, [_, n]); n == 1 }\n"
     )
+    bundle = load_bundle(policy_copy, "DE")
     with pytest.raises(PolicySourceError, match=r"policies do not compile: .*walk"):
-        load_bundle(policy_copy, "DE")
+        build_vm(bundle)
+    assert decide(EmbeddedEngine(bundle), DecisionInput.model_validate(REQUEST)).decision == "allow"

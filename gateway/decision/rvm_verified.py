@@ -1,0 +1,47 @@
+"""The policy modules the compiled engine (RVM) may run: the shipped ones, as verified against the
+tree-walking engine and OPA.
+
+regorus' RVM departs from Rego in ways that can allow what Rego denies: an assignment from an undefined
+lookup does not fail its rule body, and a built-in error makes an expression undefined instead of failing
+the evaluation (docs/policy.md, "Engines"). The shipped policies are written around both and their answers
+are held to the tree-walking engine's and OPA's by the test suite; a module a steward wrote or changed has
+had no such check, so a bundle with any other module is decided by the tree-walking engine, which follows
+Rego. After changing a shipped module and passing the suite, print the new set with
+`python -m gateway.decision.rvm_verified policies`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+#: SHA-256 of the source of each shipped policy module
+VERIFIED_MODULES = frozenset(
+    {
+        "4df66f462e51e59b6a575820bfd2892ca3e4f31b5bcadd3b4a63c5ceadc81520",  # agreement/agreement.rego
+        "be2a049ca1aa130047b99f8a4ac0c5c5cac2ab3b4cfa8d9fdb35aeb32956e6f7",  # consent/consent.rego
+        "165693f74c0e5ce43700f49b321a230c208b5e8b00eecc1877dcb6af1696d0df",  # decision/decision.rego
+        "4300554f643c38ec869456115b5900568645cafce7d6e461a651b324c7bfabee",  # lib/lib.rego
+        "a0d2b402f7c120c2e2d13c4d8a70e1862d82ad7dab318dfcd29a7da40bc2325d",  # transfer/transfer.rego
+    }
+)
+
+
+def module_digest(source: str) -> str:
+    """The SHA-256 of a module's source text, as VERIFIED_MODULES lists it."""
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()
+
+
+def rvm_verified(policies: tuple[tuple[str, str], ...]) -> bool:
+    """Whether every module of a bundle is one the RVM was verified on."""
+    return all(module_digest(source) in VERIFIED_MODULES for _, source in policies)
+
+
+if __name__ == "__main__":
+    from gateway.decision.bundle import read_policies
+
+    for path, source in read_policies(
+        Path(sys.argv[1] if len(sys.argv) > 1 else "policies"), include_tests=False
+    ):
+        print(f'        "{module_digest(source)}",  # {path}')
