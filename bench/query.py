@@ -16,7 +16,8 @@ The gateway runs as `fedgate serve` (W uvicorn workers, default one per core) in
 comes from this one, through aiohttp (a lighter client than httpx, so less of the shared CPU goes to the
 load itself). Prints progress, then one JSON object as the last line: {"ratio_to_duckdb", "p50_ms",
 "duckdb_p50_ms", "rps", "p99_ms", "closed_loop_p99_ms", "offered_rps", "half_capacity_rps",
-"half_capacity_p99_ms"}.
+"half_capacity_p99_ms", "failed_requests"}; a request the gateway did not answer (a dropped connection, an
+error status) counts in `failed_requests` and in no other figure.
 """
 
 from __future__ import annotations
@@ -172,8 +173,8 @@ async def closed_loop(url: str, tokens: list[str], seconds: float, clients: int)
         while time.perf_counter() < stop:
             counter += 1
             start = time.perf_counter()
-            await _small_query(http, url, headers, 10 + counter / 1e6)
-            latencies.append(time.perf_counter() - start)
+            if await _small_query(http, url, headers, 10 + counter / 1e6):
+                latencies.append(time.perf_counter() - start)
 
     async with _session(clients) as http:
         started = time.perf_counter()
@@ -204,8 +205,8 @@ async def fixed_rate(url: str, tokens: list[str], seconds: float, clients: int, 
             if due > now:
                 await asyncio.sleep(due - now)
             counter += 1
-            await _small_query(http, url, headers, 20 + counter / 1e6)
-            latencies.append(time.perf_counter() - due)
+            if await _small_query(http, url, headers, 20 + counter / 1e6):
+                latencies.append(time.perf_counter() - due)
             due += interval
 
     async with _session(clients) as http:
@@ -213,14 +214,26 @@ async def fixed_rate(url: str, tokens: list[str], seconds: float, clients: int, 
     return latencies
 
 
+FAILED: list[str] = []
+
+
 async def _small_query(
     http: aiohttp.ClientSession, url: str, headers: dict[str, str], threshold: float
-) -> None:
-    async with http.post(
-        f"{url}/v1/queries", json=body("small", threshold, ["sex"]), headers=headers
-    ) as response:
-        await response.read()
-        response.raise_for_status()
+) -> bool:
+    """Send one small query; False (and the failure kept in FAILED) when it got no answer.
+
+    A refused or dropped connection is the gateway's failure to answer, which the figures must show rather
+    than end the run: it counts in `failed_requests`, not in the latencies or the throughput."""
+    try:
+        async with http.post(
+            f"{url}/v1/queries", json=body("small", threshold, ["sex"]), headers=headers
+        ) as response:
+            await response.read()
+            response.raise_for_status()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        FAILED.append(type(exc).__name__)
+        return False
+    return True
 
 
 def _session(clients: int) -> aiohttp.ClientSession:
@@ -303,6 +316,7 @@ def main() -> None:
         "offered_rps": args.rate,
         "half_capacity_rps": round(half, 1),
         "half_capacity_p99_ms": round(half_p99, 1),
+        "failed_requests": len(FAILED),
     }
     print(json.dumps(figures))
 
