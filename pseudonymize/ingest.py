@@ -133,6 +133,33 @@ class _Stream:
         return pa.RecordBatchReader.from_batches(self.schema, self.batches())
 
 
+def _check_token_types(
+    con: duckdb.DuckDBPyConnection, table: str, spec: PseudonymizationSpec, source: str
+) -> None:
+    """Every pseudonym column must be stored as UUID values: withdrawals and the digest read them so.
+
+    A DuckDB that read the Arrow UUID tokens as anything else (releases before 1.4 may) fails the ingest
+    rather than publish tokens that later queries would compare wrongly."""
+    wanted = [
+        out
+        for name in spec.columns
+        if (out := spec.output_column(name)) and spec.columns[name].action == "pseudonym"
+    ]
+    if not wanted:
+        return
+    rows = con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ?", [table]
+    ).fetchall()
+    stored = {str(name): str(kind) for name, kind in rows}
+    wrong = sorted(c for c in wanted if stored.get(c) != "UUID")
+    if wrong:
+        raise IngestError(
+            source,
+            f"the pseudonym column(s) {', '.join(wrong)} were stored as {stored.get(wrong[0])}, not UUID; "
+            f"this DuckDB ({duckdb.__version__}) is older than fedgate needs (1.4 or later)",
+        )
+
+
 def derive_pseudonym_key(key: SecretKey, key_context: str) -> bytes:
     """The HMAC key for one agreement or project, derived from the master (or a shared linkage) key."""
     return key.derive("pseudonym", key_context)
@@ -196,6 +223,7 @@ def ingest(
             hasher.close()
         for column, min_count in compiled.rare_prefix_rules:
             con.execute(suppress_rare_prefixes_sql(staging, column, min_count)).fetchall()
+        _check_token_types(con, staging, spec, connector.source)
 
         patient_column = spec.output_column(spec.patient_key) if spec.patient_key else None
         # The risk report and the digest read the finished table side by side: each alone leaves a core

@@ -299,3 +299,17 @@ def test_opening_the_store_sweeps_staging_left_by_a_killed_ingest(tmp_path: Path
             r[0] for r in store.duckdb.execute("SELECT table_name FROM information_schema.tables").fetchall()
         }
     assert "staging_cohort_0123456789ab" not in tables and "stagingfoo" in tables
+
+
+def test_pseudonym_columns_a_store_does_not_hold_as_uuid_values_fail_the_ingest(spec_path: Path) -> None:
+    # A DuckDB that read the Arrow UUID tokens as text or bytes (releases before 1.4 may) would publish
+    # tokens that withdrawals compare wrongly: the check run before publishing refuses them.
+    from pseudonymize.ingest import _check_token_types
+
+    spec = load_spec(spec_path)
+    con = duckdb.connect()
+    con.execute("CREATE TABLE as_text (patient_id VARCHAR, sex VARCHAR)").fetchall()
+    con.execute("CREATE TABLE as_uuid (patient_id UUID, sex VARCHAR)").fetchall()
+    with pytest.raises(IngestError, match=r"patient_id were stored as VARCHAR, not UUID"):
+        _check_token_types(con, "as_text", spec, "cohort.parquet")
+    _check_token_types(con, "as_uuid", spec, "cohort.parquet")
