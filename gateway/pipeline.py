@@ -26,6 +26,7 @@ from gateway.query import (
     ExecutionError,
     QueryError,
     QuerySpec,
+    ValueMismatch,
     compile_query,
     execute,
     parse_query_spec,
@@ -381,6 +382,10 @@ class QueryPipeline:
             outcome = await asyncio.to_thread(
                 execute, self.rt.store, compiled, populations=self.rt.populations
             )
+        except ValueMismatch as exc:
+            raise Refusal(
+                "bad_request", "Invalid query", [str(exc)], stage="execute", field=exc.field
+            ) from None
         except ExecutionError as exc:
             raise Refusal("unavailable", "The store could not answer", [str(exc)], stage="execute") from None
         executed = {

@@ -15,6 +15,7 @@ from gateway.query.errors import (
     QuerySpecError,
     UnknownColumn,
     UnsupportedStore,
+    ValueMismatch,
 )
 from gateway.query.execute import QueryOutcome, execute, store_engine
 from gateway.query.population import PopulationCache
@@ -74,6 +75,7 @@ __all__ = [
     "SummaryQuery",
     "UnknownColumn",
     "UnsupportedStore",
+    "ValueMismatch",
     "catalog_columns",
     "compile_query",
     "execute",

@@ -6,6 +6,8 @@ QueryError                  base; `.field` is the path in the spec that is at fa
 ├── ColumnNotAllowed        a column the decision's `allowed_columns` does not grant
 ├── UnsupportedStore        the store's SQL dialect has no compiler here (only duckdb and postgresql do)
 └── ExecutionError          the store could not run the compiled query; the message holds no SQL values
+    └── ValueMismatch       a filter value the store cannot read as its column's type (a token column
+                            holds UUID values, so 'abc' is no value of it)
 
 Every message is safe to show to the requester: it names fields and columns, never a patient's value or
 a bound parameter.
@@ -64,3 +66,10 @@ class UnsupportedStore(QueryError):
 
 class ExecutionError(QueryError):
     """The store failed to run a compiled query (unreachable, locked, out of resources, timed out)."""
+
+
+class ValueMismatch(ExecutionError):
+    """The store could not read a filter value as its column's stored type: the request's fault."""
+
+    def __init__(self) -> None:
+        super().__init__("a filter value cannot be read as its column's type in the store", "filters")

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from pandas.api.types import pandas_dtype
 
 from gateway.query.compile import CompiledQuery
-from gateway.query.errors import ExecutionError
+from gateway.query.errors import ExecutionError, ValueMismatch
 from gateway.query.population import PopulationCache
 
 
@@ -78,6 +78,9 @@ def execute(
             else:
                 selected = int(conn.execute(compiled.selected).scalar_one())
     except (sa.exc.SQLAlchemyError, duckdb.Error) as exc:
+        cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
+        if isinstance(cause, duckdb.ConversionException) or isinstance(exc, sa.exc.DataError):
+            raise ValueMismatch() from None
         raise ExecutionError(_describe(exc)) from None
     return QueryOutcome(_frame(compiled, rows), selected, population)
 
