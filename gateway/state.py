@@ -222,19 +222,18 @@ class GatewayState:
             before = self._withdrawn_count(conn, dataset, key_context)
             for start in range(0, len(fresh), _ROWS_PER_STATEMENT):
                 chunk = fresh[start : start + _ROWS_PER_STATEMENT]
-                known = set(
-                    conn.execute(
-                        sa.select(w.token).where(
-                            w.dataset == dataset,
-                            w.key_context == key_context,
-                            w.token.in_(token_spellings(chunk)),
-                        )
-                    ).scalars()
-                )
+                stored = conn.execute(
+                    sa.select(w.token).where(
+                        w.dataset == dataset,
+                        w.key_context == key_context,
+                        w.token.in_(token_spellings(chunk)),
+                    )
+                ).scalars()
+                known = {canonical_token(t) for t in stored}
                 rows = [
                     {"dataset": dataset, "key_context": key_context, "token": t, "at": at}
                     for t in chunk
-                    if not known.intersection(token_spellings([t]))
+                    if t not in known
                 ]
                 if rows:
                     conn.execute(insert(withdrawals).values(rows).on_conflict_do_nothing())

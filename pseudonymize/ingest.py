@@ -140,11 +140,7 @@ def _check_token_types(
 
     A DuckDB that read the Arrow UUID tokens as anything else (releases before 1.4 may) fails the ingest
     rather than publish tokens that later queries would compare wrongly."""
-    wanted = [
-        out
-        for name in spec.columns
-        if (out := spec.output_column(name)) and spec.columns[name].action == "pseudonym"
-    ]
+    wanted = [rule.output or name for name, rule in spec.columns.items() if rule.action == "pseudonym"]
     if not wanted:
         return
     rows = con.execute(

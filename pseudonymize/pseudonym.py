@@ -47,21 +47,18 @@ def pseudonym(key: bytes, value: str) -> str:
     return token_text(hmac_digest(key, value))
 
 
+def parse_token(text: str) -> uuid.UUID | None:
+    """The 128-bit value a token spells, grouped or as 32 plain hex digits; None for text that is no token."""
+    try:
+        return uuid.UUID(hex=text)
+    except ValueError:
+        return None
+
+
 def canonical_token(text: str) -> str:
     """A token in the spelling `pseudonym` writes (grouped, lower case); text that is no token as it is."""
-    try:
-        return str(uuid.UUID(hex=text))
-    except ValueError:
-        return text
-
-
-def is_token(text: str) -> bool:
-    """True when `text` spells a 128-bit token, grouped or as 32 plain hex digits."""
-    try:
-        uuid.UUID(hex=text)
-    except ValueError:
-        return False
-    return True
+    parsed = parse_token(text)
+    return text if parsed is None else str(parsed)
 
 
 def token_spellings(tokens: Iterable[str]) -> list[str]:
@@ -72,12 +69,8 @@ def token_spellings(tokens: Iterable[str]) -> list[str]:
     it is: it can only match itself."""
     out: list[str] = []
     for token in tokens:
-        try:
-            parsed = uuid.UUID(hex=token)
-        except ValueError:
-            out.append(token)
-            continue
-        out += (str(parsed), parsed.hex)
+        parsed = parse_token(token)
+        out += [token] if parsed is None else [str(parsed), parsed.hex]
     return out
 
 

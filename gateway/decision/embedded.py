@@ -87,11 +87,6 @@ class EmbeddedEngine:
     is decided by the tree-walking engine throughout.
     """
 
-    @property
-    def on_rvm(self) -> bool:
-        """Whether decisions run on the RVM (the bundle's modules are all verified on it)."""
-        return self._on_rvm
-
     name = "embedded"
 
     def __init__(self, bundle: PolicyBundle) -> None:
@@ -103,6 +98,11 @@ class EmbeddedEngine:
     @property
     def bundle_digest(self) -> str:
         return self._bundle.digest
+
+    @property
+    def on_rvm(self) -> bool:
+        """Whether decisions run on the RVM (the bundle's modules are all verified on it)."""
+        return self._on_rvm
 
     def replace_bundle(self, bundle: PolicyBundle) -> None:
         """Switch to a new bundle; each thread rebuilds its VM on its next evaluation."""

@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql
 
 from gateway.decision.models import ConsentFilter
 from gateway.query.errors import UnsupportedStore
-from pseudonymize.pseudonym import canonical_token, is_token, token_spellings
+from pseudonymize.pseudonym import parse_token, token_spellings
 
 _TEXT_ARRAY = postgresql.ARRAY(sa.Text())
 DIALECTS = ("duckdb", "postgresql")
@@ -70,9 +70,10 @@ def not_withdrawn(
     if dialect_name == "postgresql":
         listed = patient == sa.any_(sa.literal(token_spellings(tokens), _TEXT_ARRAY))
     else:
+        parsed = [(t, parse_token(t)) for t in tokens]
         # In the spelling DuckDB parses: Python's uuid also reads braces, `urn:uuid:` and more.
-        uuids = [canonical_token(t) for t in tokens if is_token(t)]
-        other = [t for t in tokens if not is_token(t)]
+        uuids = [str(value) for _, value in parsed if value is not None]
+        other = [t for t, value in parsed if value is None]
         parts: list[sa.ColumnElement[bool]] = []
         if uuids:
             as_uuids = sa.cast(sa.literal(uuids, sa.ARRAY(sa.Text())), sa.ARRAY(sa.Uuid()))
