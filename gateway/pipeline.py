@@ -20,11 +20,12 @@ from audit.errors import PayloadError
 from audit.log import Queued
 from gateway.auth import Principal
 from gateway.decision import DatasetFacts, Decision, DecisionInput, Destination
-from gateway.decision.models import Purpose, QueryFacts
+from gateway.decision.models import Obligations, Purpose, QueryFacts
 from gateway.query import (
     ColumnNotAllowed,
     ExecutionError,
     QueryError,
+    QueryOutcome,
     QuerySpec,
     ValueMismatch,
     compile_query,
@@ -86,8 +87,7 @@ class QueryPipeline:
     async def submit(self, principal: Principal, spec: QuerySpec, request_id: str) -> Answer:
         """The researcher's path: decide, then release or queue for approval."""
         query_hash = spec.query_hash()
-        await self._received(principal, spec, request_id, query_hash)
-        trail: list[Queued] = []
+        trail = [self._received(principal, spec, request_id, query_hash)]
         try:
             entry = self._dataset(spec)
             decision = await self._decide(principal, spec, entry, request_id, query_hash, trail=trail)
@@ -114,11 +114,11 @@ class QueryPipeline:
             await self._refused(failure, principal, request_id, query_hash)
             raise failure from None
 
-    async def _received(
-        self, principal: Principal, spec: QuerySpec, request_id: str, query_hash: str
-    ) -> None:
+    def _received(self, principal: Principal, spec: QuerySpec, request_id: str, query_hash: str) -> Queued:
+        """Queue the `query.received` entry: it commits with the request's next entry, whichever ends it
+        (a refusal, a request for approval, or the release, which waits for its whole trail)."""
         try:
-            await self.rt.record(
+            return self.rt.note(
                 "query.received",
                 {
                     "query_hash": sha256_label(query_hash),
@@ -346,52 +346,14 @@ class QueryPipeline:
                 ],
                 stage="decide",
             )
-        asked = await asyncio.to_thread(
-            self.rt.state.count_query, owner(principal), spec.agreement, query_hash
+        # The limit count, the withdrawals, compiling and running the query: one hop off the event loop.
+        outcome, duration_ms = await asyncio.to_thread(
+            self._execute, principal, spec, entry, obligations, query_hash
         )
-        if asked > obligations.max_identical_queries:
-            raise Refusal(
-                "limit",
-                "Repeated query limit reached",
-                [f"{spec.agreement} allows this exact query {obligations.max_identical_queries} times; "
-                 f"this is time {asked}"],
-                stage="limit",
-            )  # fmt: skip
-        withdrawn: list[str] = []
-        if entry.patient_column is not None:
-            withdrawn = await asyncio.to_thread(self.rt.state.withdrawn, entry.dataset, entry.key_context)
-        try:
-            compiled = compile_query(
-                spec,
-                entry.table_name,
-                [(c["name"], c["type"]) for c in entry.columns],
-                obligations,
-                self.rt.store.dialect.name,
-                patient_column=entry.patient_column,
-                withdrawn=withdrawn,
-            )  # fmt: skip
-        except ColumnNotAllowed as exc:
-            raise Refusal(
-                "forbidden", "Column not allowed", [str(exc)], stage="plan", field=exc.field
-            ) from None
-        except QueryError as exc:
-            raise Refusal("bad_request", "Invalid query", [str(exc)], stage="plan",
-                          field=getattr(exc, "field", None)) from None  # fmt: skip
-        started = time.perf_counter()
-        try:
-            outcome = await asyncio.to_thread(
-                execute, self.rt.store, compiled, populations=self.rt.populations
-            )
-        except ValueMismatch as exc:
-            raise Refusal(
-                "bad_request", "Invalid query", [str(exc)], stage="execute", field=exc.field
-            ) from None
-        except ExecutionError as exc:
-            raise Refusal("unavailable", "The store could not answer", [str(exc)], stage="execute") from None
         executed = {
             "query_hash": sha256_label(query_hash),
             "dataset_digest": sha256_label(entry.content_digest),
-            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "duration_ms": duration_ms,
         }
         trail.append(
             self.rt.note("query.executed", executed, principal=principal, request_id=request_id, after=trail)
@@ -417,23 +379,80 @@ class QueryPipeline:
         }
         result_hash = hashlib.sha256(rfc8785.dumps(released.body)).hexdigest()
         body["result_hash"] = sha256_label(result_hash)
-        await self.rt.record(
-            "query.released",
-            {
-                "query_hash": sha256_label(query_hash),
-                "result_hash": sha256_label(result_hash),
-                "cells": released.cells,
-                "suppressed": released.suppressed,
-                "rounded_to": obligations.round_to,
-            },
-            principal=principal,
-            request_id=request_id,
-            after=trail,  # nothing is released unless the decision and the execution are on disk
-        )
-        await self._outcome(
-            principal, spec, request_id, "released", cells=released.cells, suppressed=released.suppressed
-        )
+        released_entry = {
+            "query_hash": sha256_label(query_hash),
+            "result_hash": sha256_label(result_hash),
+            "cells": released.cells,
+            "suppressed": released.suppressed,
+            "rounded_to": obligations.round_to,
+        }
+
+        def record_release() -> None:
+            # Nothing is released unless the decision and the execution are on disk too.
+            self.rt.append(
+                "query.released", released_entry, principal=principal, request_id=request_id, after=trail
+            )
+            self._record_outcome(
+                principal, spec, request_id, "released", cells=released.cells, suppressed=released.suppressed
+            )
+
+        await asyncio.to_thread(record_release)
         return body
+
+    def _execute(
+        self,
+        principal: Principal,
+        spec: QuerySpec,
+        entry: CatalogEntry,
+        obligations: Obligations,
+        query_hash: str,
+    ) -> tuple[QueryOutcome, float]:
+        """Count this asking against the agreement's limit, then compile and run the query with the
+        obligations and the recorded withdrawals applied; the outcome and its run time in ms (blocking)."""
+        asked = self.rt.state.count_query(owner(principal), spec.agreement, query_hash)
+        if asked > obligations.max_identical_queries:
+            raise Refusal(
+                "limit",
+                "Repeated query limit reached",
+                [f"{spec.agreement} allows this exact query {obligations.max_identical_queries} times; "
+                 f"this is time {asked}"],
+                stage="limit",
+            )  # fmt: skip
+        withdrawn: list[str] = []
+        if entry.patient_column is not None:
+            withdrawn = self.rt.state.withdrawn(entry.dataset, entry.key_context)
+        consent_column = obligations.consent_filter.consent_column
+        consent_values = None
+        if any(c["name"] == consent_column for c in entry.columns):
+            consent_values = self.rt.consent_values.get(self.rt.store, entry.table_name, consent_column)
+        try:
+            compiled = compile_query(
+                spec,
+                entry.table_name,
+                [(c["name"], c["type"]) for c in entry.columns],
+                obligations,
+                self.rt.store.dialect.name,
+                patient_column=entry.patient_column,
+                withdrawn=withdrawn,
+                consent_values=consent_values,
+            )  # fmt: skip
+        except ColumnNotAllowed as exc:
+            raise Refusal(
+                "forbidden", "Column not allowed", [str(exc)], stage="plan", field=exc.field
+            ) from None
+        except QueryError as exc:
+            raise Refusal("bad_request", "Invalid query", [str(exc)], stage="plan",
+                          field=getattr(exc, "field", None)) from None  # fmt: skip
+        started = time.perf_counter()
+        try:
+            outcome = execute(self.rt.store, compiled, populations=self.rt.populations)
+        except ValueMismatch as exc:
+            raise Refusal(
+                "bad_request", "Invalid query", [str(exc)], stage="execute", field=exc.field
+            ) from None
+        except ExecutionError as exc:
+            raise Refusal("unavailable", "The store could not answer", [str(exc)], stage="execute") from None
+        return outcome, round((time.perf_counter() - started) * 1000, 3)
 
     async def _outcome(
         self,
@@ -447,7 +466,22 @@ class QueryPipeline:
         suppressed: int | None = None,
     ) -> None:
         await asyncio.to_thread(
-            self.rt.state.record_outcome,
+            self._record_outcome, principal, spec, request_id, outcome, stage=stage, cells=cells,
+            suppressed=suppressed,
+        )  # fmt: skip
+
+    def _record_outcome(
+        self,
+        principal: Principal,
+        spec: QuerySpec,
+        request_id: str,
+        outcome: Literal["released", "refused", "pending_approval"],
+        *,
+        stage: str | None = None,
+        cells: int | None = None,
+        suppressed: int | None = None,
+    ) -> None:
+        self.rt.state.record_outcome(
             request_id,
             subject=principal.sub,
             org=principal.org,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,7 +16,7 @@ from gateway.catalog import CatalogView
 from gateway.decision import PolicyDecisionPoint
 from gateway.federation.witnessing import Witnessing
 from gateway.keyring import load_master_key
-from gateway.query import PopulationCache, store_engine
+from gateway.query import ConsentValueCache, PopulationCache, store_engine
 from gateway.settings import SiteSettings
 from gateway.site_log import open_site_log
 from gateway.state import GatewayState
@@ -40,6 +40,7 @@ class SiteRuntime:
     tokens: TokenValidator
     populations: PopulationCache
     witnessing: Witnessing
+    consent_values: ConsentValueCache = field(default_factory=ConsentValueCache)
 
     @classmethod
     def start(cls, settings: SiteSettings, *, tokens: TokenValidator | None = None) -> SiteRuntime:
@@ -102,7 +103,21 @@ class SiteRuntime:
         """Append one audit entry without blocking the event loop (group commit makes it cheap); with
         `after`, only if those queued entries were written too."""
         return await asyncio.to_thread(
-            self.audit.append, event_type, actor=_actor(principal), request_id=request_id,
+            self.append, event_type, payload, principal=principal, request_id=request_id, after=after
+        )
+
+    def append(
+        self,
+        event_type: str,
+        payload: Mapping[str, Any],
+        *,
+        principal: Principal | None = None,
+        request_id: str | None = None,
+        after: Sequence[Queued] = (),
+    ) -> AppendReceipt:
+        """`record` for a caller already off the event loop: blocks until the entry is committed."""
+        return self.audit.append(
+            event_type, actor=_actor(principal), request_id=request_id,
             payload=self.annotate(event_type, payload), after=after,
         )  # fmt: skip
 

@@ -18,7 +18,7 @@ from gateway.query.errors import (
     ValueMismatch,
 )
 from gateway.query.execute import QueryOutcome, execute, store_engine
-from gateway.query.population import PopulationCache
+from gateway.query.population import ConsentValueCache, PopulationCache
 from gateway.query.spec import (
     KINDS,
     OPS,
@@ -54,6 +54,7 @@ __all__ = [
     "ColumnParams",
     "CompiledQuery",
     "Condition",
+    "ConsentValueCache",
     "CountQuery",
     "CrosstabQuery",
     "ExecutionError",

@@ -67,12 +67,15 @@ def compile_query(
     *,
     patient_column: str | None = None,
     withdrawn: Sequence[str] = (),
+    consent_values: Sequence[str | None] | None = None,
 ) -> CompiledQuery:
     """Check `spec` against the dataset's catalog columns (name, Arrow type name) and the obligations,
     and build its selects for `dialect_name` ('duckdb' or 'postgresql').
 
     `withdrawn` are pseudonyms of patients who withdrew consent after ingest (in `patient_column`, the
-    catalog entry's `patient_column`); their rows are excluded like the consent filter excludes rows."""
+    catalog entry's `patient_column`); their rows are excluded like the consent filter excludes rows.
+    `consent_values`, when known, are all the distinct values of the consent column in the table (see
+    `consent_predicate`)."""
     catalog, table = _dataset_table(dataset_table, tuple((name, arrow) for name, arrow in columns))
     resolve = _Resolver(catalog, set(obligations.allowed_columns), table, dialect_name)
 
@@ -82,6 +85,7 @@ def compile_query(
         resolve.consent(rule.consent_column, "string", "obligations.consent_filter.consent_column"),
         resolve.consent(rule.withdrawn_column, "bool", "obligations.consent_filter.withdrawn_column"),
         dialect_name,
+        values=consent_values,
     )
     if withdrawn:
         if patient_column is None:

@@ -23,9 +23,18 @@ DIALECTS = ("duckdb", "postgresql")
 
 
 def consent_predicate(
-    rule: ConsentFilter, consent: sa.ColumnElement[Any], withdrawn: sa.ColumnElement[Any], dialect_name: str
+    rule: ConsentFilter,
+    consent: sa.ColumnElement[Any],
+    withdrawn: sa.ColumnElement[Any],
+    dialect_name: str,
+    *,
+    values: Sequence[str | None] | None = None,
 ) -> sa.ColumnElement[bool]:
-    """The predicate for the `duckdb` or `postgresql` dialect; UnsupportedStore for any other."""
+    """The predicate for the `duckdb` or `postgresql` dialect; UnsupportedStore for any other.
+
+    `values`, when given, must be every distinct value the consent column holds in the table queried (a
+    published version, which never changes): the rule is then decided once per value, with `admits`
+    itself, and the predicate lists the admitted values instead of splitting every row's codes."""
     if dialect_name not in DIALECTS:
         raise UnsupportedStore(
             f"the store's SQL dialect {dialect_name!r} has no consent filter; use duckdb or postgresql"
@@ -33,6 +42,11 @@ def consent_predicate(
     # The split always yields at least one piece, so an empty list admits no row; an empty group too.
     if not rule.allowed_codes or any(not group for group in rule.require_any_of):
         return sa.false()
+    if values is not None:
+        admitted = sorted(v for v in values if v is not None and rule.admits(v, False))
+        if not admitted:
+            return sa.false()
+        return sa.and_(withdrawn.is_(sa.false()), consent.in_(admitted))
     parts: list[sa.ColumnElement[bool]] = [
         withdrawn.is_(sa.false()),
         consent.is_not(None),
