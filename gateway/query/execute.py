@@ -21,6 +21,7 @@ import pandas as pd
 import sqlalchemy as sa
 from pandas.api.types import pandas_dtype
 
+from gateway.query import duckdb_dialect
 from gateway.query.compile import CompiledQuery
 from gateway.query.errors import ExecutionError, ValueMismatch
 from gateway.query.population import PopulationCache
@@ -44,7 +45,8 @@ def store_engine(store_url: str, *, hold_open: bool = True) -> sa.Engine:
         if store_url.startswith("duckdb:///"):
             path = store_url.removeprefix("duckdb:///")
             read_only = {"read_only": True} if path not in ("", ":memory:") else {}
-            return sa.create_engine(store_url, connect_args=read_only, **pool)
+            url = sa.make_url(store_url).set(drivername=duckdb_dialect.DRIVER_NAME)
+            return sa.create_engine(url, connect_args=read_only, **pool)
         engine = sa.create_engine(store_url, pool_pre_ping=hold_open, **pool)
     except (sa.exc.ArgumentError, ImportError) as exc:
         raise ExecutionError(f"cannot use the store URL: {type(exc).__name__}") from None
