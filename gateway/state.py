@@ -144,14 +144,7 @@ class GatewayState:
         stmt = insert(query_counts).values(**values)
         stmt = stmt.on_conflict_do_update(index_elements=keys, set_={"count": query_counts.c.count + 1})
         with self._writing() as conn:
-            conn.execute(stmt)
-            total = conn.execute(
-                sa.select(query_counts.c.count).where(
-                    query_counts.c.subject == subject,
-                    query_counts.c.agreement == agreement,
-                    query_counts.c.query_hash == query_hash,
-                )
-            ).scalar_one()
+            total = conn.execute(stmt.returning(query_counts.c.count)).scalar_one()
         return int(total)
 
     def record_outcome(

@@ -2,31 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 import sqlalchemy as sa
 
 from gateway.state import GatewayState, withdrawals
 from pseudonymize.pseudonym import pseudonym
 
 KEY = bytes(range(32))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state.db'}"
-    url: str = request.getfixturevalue("pg_url")
-    return url
-
-
-@pytest.fixture
-def state(state_url: str) -> Iterator[GatewayState]:
-    opened = GatewayState(state_url)
-    yield opened
-    opened.close()
 
 
 def test_a_patient_is_new_once_whichever_spelling_names_them(state: GatewayState) -> None:

@@ -1,0 +1,30 @@
+"""The persisted count of identical queries, per researcher, agreement and query."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from gateway.state import GatewayState
+
+
+def test_each_asking_counts_once_per_researcher_agreement_and_query(state: GatewayState) -> None:
+    assert [state.count_query("alice", "DSA-1", "h1") for _ in range(3)] == [1, 2, 3]
+    assert state.count_query("bob", "DSA-1", "h1") == 1
+    assert state.count_query("alice", "DSA-2", "h1") == 1
+    assert state.count_query("alice", "DSA-1", "h2") == 1
+    assert state.count_query("alice", "DSA-1", "h1") == 4
+
+
+def test_concurrent_askings_each_get_their_own_count(state: GatewayState) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        totals = list(pool.map(lambda _: state.count_query("alice", "DSA-1", "h"), range(40)))
+    assert sorted(totals) == list(range(1, 41))
+
+
+def test_the_count_survives_a_restart(state_url: str) -> None:
+    first = GatewayState(state_url)
+    first.count_query("alice", "DSA-1", "h")
+    first.close()
+    again = GatewayState(state_url)
+    assert again.count_query("alice", "DSA-1", "h") == 2
+    again.close()
