@@ -19,10 +19,10 @@ from pathlib import Path
 #: SHA-256 of the source of each shipped policy module
 VERIFIED_MODULES = frozenset(
     {
-        "4df66f462e51e59b6a575820bfd2892ca3e4f31b5bcadd3b4a63c5ceadc81520",  # agreement/agreement.rego
+        "4493fc70a30c03e741c214477f2d890a3ec6d92ca5646f7a5864bf17dee6e596",  # agreement/agreement.rego
         "be2a049ca1aa130047b99f8a4ac0c5c5cac2ab3b4cfa8d9fdb35aeb32956e6f7",  # consent/consent.rego
         "165693f74c0e5ce43700f49b321a230c208b5e8b00eecc1877dcb6af1696d0df",  # decision/decision.rego
-        "4300554f643c38ec869456115b5900568645cafce7d6e461a651b324c7bfabee",  # lib/lib.rego
+        "467b72d08f92e2426762610ca7094b5d5432efcd00222d70f55d75692e6d2a49",  # lib/lib.rego
         "a0d2b402f7c120c2e2d13c4d8a70e1862d82ad7dab318dfcd29a7da40bc2325d",  # transfer/transfer.rego
     }
 )

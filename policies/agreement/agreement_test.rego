@@ -105,6 +105,18 @@ test_filter_columns_are_column_keys_at_any_depth if {
 	"DSA-T-1 does not allow the columns we\"ird, zip of dataset ds-1" in _deny(req, fx.policy_data)
 }
 
+# Escaped backslashes and quotes in names and values, and text before them that is not ASCII, do not move
+# where a column's name starts or ends.
+test_filter_columns_with_escapes_keep_their_names if {
+	req := fx.request_with({"query": {"filters": {"op": "and", "args": [
+		{"column": "ä\\", "op": "=", "value": "\\\""},
+		{"column": "\\\"x\"", "op": "=", "value": "ß"},
+		{"column": "age", "op": "=", "value": "x\\\",\"column\":\"ssn"},
+		{"x\"column": "hidden", "op": "=", "value": 1},
+	]}}})
+	"DSA-T-1 does not allow the columns \\\"x\", ä\\ of dataset ds-1" in _deny(req, fx.policy_data)
+}
+
 test_deny_filter_column_that_is_not_a_string if {
 	req := fx.request_with({"query": {"filters": {"op": "and", "args": [{"column": 7, "op": "=", "value": 1}]}}})
 	"the query's filters name a column by something other than a string" in _deny(req, fx.policy_data)

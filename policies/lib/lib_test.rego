@@ -51,6 +51,41 @@ test_malformed_now_has_no_today if {
 	lib.today == "2026-04-30" with input.now as "2026-05-01T01:00:00+02:00"
 }
 
+# RFC 3339 as the gateway writes it: YYYY-MM-DDTHH:MM:SS, an optional fraction, then Z or +HH:MM / -HH:MM.
+test_today_accepts_fractions_and_offsets if {
+	lib.today == "2026-05-01" with input.now as "2026-05-01T10:00:00Z"
+	lib.today == "2026-05-01" with input.now as "2026-05-01T10:00:00.5Z"
+	lib.today == "2026-05-01" with input.now as "2026-05-01T10:00:00.123456789-00:00"
+	lib.today == "2026-05-02" with input.now as "2026-05-01T23:30:00-02:00"
+	lib.today == "2026-04-30" with input.now as "2026-05-01T00:30:00.0+01:00"
+}
+
+test_today_refuses_other_shapes if {
+	not lib.today with input.now as ""
+	not lib.today with input.now as "2026-05-01T10:00:00"
+	not lib.today with input.now as "2026-05-01T10:00:00z"
+	not lib.today with input.now as "2026-05-01t10:00:00Z"
+	not lib.today with input.now as "2026-05-01T10:00:00.Z"
+	not lib.today with input.now as "2026-05-01T10:00:000Z"
+	not lib.today with input.now as "2026-05-01T10:00:00..0Z"
+	not lib.today with input.now as "2026-05-01T10:00:00.0.0Z"
+	not lib.today with input.now as "2026-05-01T10:00:00+0000"
+	not lib.today with input.now as "2026-05-01T10:00:00+00:00Z"
+	not lib.today with input.now as "2026-05-01T10:00:00Z "
+	not lib.today with input.now as "2026-5-01T10:00:00Z"
+	not lib.today with input.now as "2026-05-01T10:00:0٣Z"
+	not lib.today with input.now as 20260501
+}
+
+test_valid_date_is_yyyy_mm_dd if {
+	lib.valid_date("2026-09-30")
+	not lib.valid_date("2026-9-30")
+	not lib.valid_date("2026-09-30T00:00:00Z")
+	not lib.valid_date("2026/09/30")
+	not lib.valid_date(" 2026-09-30")
+	not lib.valid_date(20260930)
+}
+
 test_before_first_day if {
 	lib.before_day("2026-01-01") with input.now as "2025-12-31T23:00:00+00:00"
 }
