@@ -9,6 +9,7 @@ strings (keys, tokens) or pseudonym tokens. Unknown fields are rejected. Add a t
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from abc import ABC, abstractmethod
@@ -42,8 +43,11 @@ _ONTOLOGY_TERM = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def identifier_problem(value: str) -> str | None:
-    """What identifier or secret `value` looks like, or None when it looks harmless."""
+    """What identifier or secret `value` looks like, or None when it looks harmless.
+
+    Remembered per string: a gateway records the same labels and policy reasons over and over."""
     value = _ONTOLOGY_TERM.sub(" ", value)
     for pattern, what in _IDENTIFIER_LIKE:
         if pattern.search(value):
