@@ -9,6 +9,7 @@ virtual machine (`regorus.Rvm`) runs for each input, about twice as fast as the 
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -22,12 +23,14 @@ from gateway.decision.rvm_verified import rvm_verified
 _RULE_PATH = f"data.{DECISION_PACKAGE}.{DECISION_RULE}"
 # What eval_rule_as_json and the RVM answer for a rule without a value.
 _UNDEFINED = "<undefined>"
-# The RVM's suspendable mode. Its run-to-completion mode (0) loops until its instruction limit when a rule
-# body fails after a comprehension whose own body failed before iterating (docs/policy.md, "Engines");
-# the suspendable mode evaluates the same programs correctly, and the policies never suspend it.
-_RVM_SUSPENDABLE = 1
+# The RVM's run-to-completion mode, which costs a fraction of its suspendable mode (1) per rule body and
+# function call. It mis-evaluates one construct (docs/policy.md, "Engines"), which build_vm refuses.
+_RVM_RUN_TO_COMPLETION = 0
 # How the RVM reports its fixed instruction limit (25,000 in regorus 0.13; the binding cannot raise it).
 _INSTRUCTION_LIMIT = "exceeded maximum instruction limit"
+# One instruction of Program.generate_listing(): its number, opcode (a block's end is `} CompEnd` or
+# `} continue`) and operands.
+_LISTING_LINE = re.compile(r"^(\d+):\s+(?:\}\s+)?(\w+)\s*(.*)$")
 
 
 def build_engine(bundle: PolicyBundle) -> regorus.Engine:
@@ -61,11 +64,48 @@ def build_vm(bundle: PolicyBundle) -> regorus.Rvm:
         program = regorus.Program.compile_from_modules(data_json, list(bundle.policies), [_RULE_PATH])
     except RuntimeError as exc:
         raise PolicySourceError(bundle.root, f"policies do not compile: {first_line(exc)}") from None
+    misread = comprehension_conditions(program)
+    if misread:
+        raise PolicySourceError(
+            bundle.root,
+            f"the RVM would misread the conditions at {', '.join(misread)}: a comprehension must test"
+            " its conditions inside its own `some` iteration",
+        )
     vm = regorus.Rvm()
-    vm.set_execution_mode(_RVM_SUSPENDABLE)
+    vm.set_execution_mode(_RVM_RUN_TO_COMPLETION)
     vm.load_program(program)
     vm.set_data_json(data_json)
     return vm
+
+
+def comprehension_conditions(program: regorus.Program) -> list[str]:
+    """The conditions a comprehension tests outside its own loops (`{m | cond; m := 1}`), as "<rule> pc <n>".
+
+    The RVM's run-to-completion mode (regorus 0.13) mis-evaluates them: when such a condition fails, the
+    comprehension skips the instruction that closes it, and a condition failing later in the same rule
+    resumes after that comprehension instead of failing its body, which loops until the instruction limit
+    or yields an answer from the wrong clause. A condition inside one of the comprehension's loops only
+    ends that turn of the loop, as it should.
+    """
+    rule = ""
+    blocks: list[str] = []  # the comprehensions and loops open at this point of the program
+    found = []
+    for line in program.generate_listing().splitlines():
+        # e.g. `030:     Assert   assert r25   ; …`, `037:   } CompEnd`, `002: RuleInit  data.x.r → r0 {`
+        step = _LISTING_LINE.match(line)
+        if step is None:
+            continue
+        pc, opcode, operands = step.groups()
+        if opcode == "RuleInit":
+            rule = operands.split(" ")[0]
+            blocks.clear()
+        elif opcode in ("CompBegin", "LoopStart"):
+            blocks.append(opcode)
+        elif opcode in ("CompEnd", "continue"):
+            blocks.pop()
+        elif opcode.startswith("Assert") and blocks[-1:] == ["CompBegin"]:
+            found.append(f"{rule} pc {int(pc)}")
+    return found
 
 
 def evaluate_vm(vm: regorus.Rvm, policy_input: Mapping[str, Any] | str) -> object:

@@ -21,9 +21,9 @@ VERIFIED_MODULES = frozenset(
     {
         "4493fc70a30c03e741c214477f2d890a3ec6d92ca5646f7a5864bf17dee6e596",  # agreement/agreement.rego
         "be2a049ca1aa130047b99f8a4ac0c5c5cac2ab3b4cfa8d9fdb35aeb32956e6f7",  # consent/consent.rego
-        "165693f74c0e5ce43700f49b321a230c208b5e8b00eecc1877dcb6af1696d0df",  # decision/decision.rego
-        "467b72d08f92e2426762610ca7094b5d5432efcd00222d70f55d75692e6d2a49",  # lib/lib.rego
-        "a0d2b402f7c120c2e2d13c4d8a70e1862d82ad7dab318dfcd29a7da40bc2325d",  # transfer/transfer.rego
+        "5d8bd81ae3763216393b898dd182b193b9f07dc5368f64d10aa048b996ff1320",  # decision/decision.rego
+        "fefc5a828f6a29e4c09e0bff5744f0efd457d76cd6ffd29a436c817cea41596e",  # lib/lib.rego
+        "0a1c329852bc2752bd8a740033fda683083d89d61c044c83f99a7983aec3b400",  # transfer/transfer.rego
     }
 )
 

@@ -86,16 +86,24 @@ _non_empty_string(v) if {
 # A malformed request is denied on its shape alone: clauses that read missing fields would only add noise.
 deny_reasons := input_problems if not _well_formed
 
-# The site-wide clauses sit in the composition as comprehensions: as rules of their own they cost more.
-else := (({msg |
+else := ((_site_deny | data.fedgate.agreement.deny) | data.fedgate.consent.deny) | data.fedgate.transfer.deny
+
+# The site's own clauses, beside the agreement's, consent's and transfer's.
+_site_deny contains "the requester does not hold the researcher role" if {
 	is_array(input.requester.roles)
 	not "researcher" in input.requester.roles
-	msg := "the requester does not hold the researcher role"
-} | {msg |
+}
+
+_site_deny contains msg if {
 	is_string(input.query.kind)
 	not input.query.kind in _data.site.query_kinds
 	msg := sprintf("this site does not offer %s queries", [input.query.kind])
-}) | (data.fedgate.agreement.deny | data.fedgate.consent.deny)) | data.fedgate.transfer.deny
+}
+
+_site_approvals contains msg if {
+	input.query.kind in object.get(_data.site, "approval_kinds", [])
+	msg := sprintf("this site requires a steward's approval for %s queries", [input.query.kind])
+}
 
 # One rule with an else-chain rather than a rule for each field of the answer: each rule costs the embedded
 # engine a few µs, and an allowed request never builds the deny or approval answer.
@@ -117,10 +125,7 @@ else := {
 	"obligations": _obligations,
 	"bundle_digest": object.get(_data, ["meta", "bundle_digest"], ""),
 } if {
-	approvals := {msg |
-		input.query.kind in object.get(_data.site, "approval_kinds", [])
-		msg := sprintf("this site requires a steward's approval for %s queries", [input.query.kind])
-	} | data.fedgate.agreement.needs_approval
+	approvals := _site_approvals | data.fedgate.agreement.needs_approval
 	count(approvals) > 0
 }
 

@@ -1,12 +1,15 @@
 # Shared helpers: dates, and the DUO and disease hierarchies the consent and agreement rules ask about.
 #
-# Two rules for all packages, because the gateway decides on regorus' compiled engine, the RVM (see
+# Three rules for all packages, because the gateway decides on regorus' compiled engine, the RVM (see
 # docs/policy.md, "Engines"), which differs from OPA and the tree-walking engine the tests run on:
 # - a lookup that may be missing is checked on a line of its own before it is assigned (`_dsa.visa` then
 #   `required := _dsa.visa`), and a rule or function whose value is such a lookup has it as its condition
 #   (`basis(c) := t[c] if t[c]`): the RVM binds `x := <missing>` to "undefined" and carries on, where the
 #   others fail the body (and move on to the `else`);
-# - no `walk`: the RVM cannot compile it, and the bundle loader refuses policies it cannot compile.
+# - no `walk`: the RVM cannot compile it, and the bundle loader refuses policies it cannot compile;
+# - a comprehension tests its conditions only inside its own `some` iteration (`{m | some x in xs; ...}`,
+#   never `{m | cond; m := ...}`; a conditional value is a rule of its own): the RVM, run to completion,
+#   mis-evaluates a condition that fails outside, and the gateway runs no policies that have one on it.
 #
 # A note on speed, for all packages, measured on the tree-walking engine (which decided before the RVM):
 # its cost per decision is the number of things it evaluates, not the size of the data: about 2-3 µs for

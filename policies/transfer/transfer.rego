@@ -94,25 +94,28 @@ _class := _data.export_control.classified_datasets[input.dataset.id]
 
 _candidates := {l | some l in object.get(_data.agreements, [input.dsa, "export_licences"], []); _data.export_control.licences[l].class == _class}
 
-_licence_problems(l) := ((_not_yet_valid(l) | _expired(l)) | _wrong_destinations(l)) | _re_export(l)
-
-_not_yet_valid(l) := {msg |
+# [licence, what keeps it from covering this request] for every candidate licence.
+_licence_problems contains [l, msg] if {
+	some l in _candidates
 	lib.before_day(_data.export_control.licences[l].not_before)
 	msg := sprintf("export licence %s is not valid before %s", [l, _data.export_control.licences[l].not_before])
 }
 
-_expired(l) := {msg |
+_licence_problems contains [l, msg] if {
+	some l in _candidates
 	lib.after_day(_data.export_control.licences[l].not_after)
 	msg := sprintf("export licence %s expired on %s", [l, _data.export_control.licences[l].not_after])
 }
 
-_wrong_destinations(l) := {msg |
+_licence_problems contains [l, msg] if {
+	some l in _candidates
 	some role, c in _recipients
 	not c in _data.export_control.licences[l].destinations
 	msg := sprintf("export licence %s does not permit %s (the %s's country) as a destination", [l, c, role])
 }
 
-_re_export(l) := {msg |
+_licence_problems contains [l, msg] if {
+	some l in _candidates
 	_data.export_control.licences[l].re_export == false
 	input.destination.country != input.requester.country
 	msg := sprintf(
@@ -123,7 +126,7 @@ _re_export(l) := {msg |
 
 _licensed if {
 	some l in _candidates
-	count(_licence_problems(l)) == 0
+	not l in {p[0] | some p in _licence_problems}
 }
 
 deny contains msg if {
@@ -135,8 +138,7 @@ deny contains msg if {
 deny contains msg if {
 	_class
 	not _licensed
-	some l in _candidates
-	some msg in _licence_problems(l)
+	some [_, msg] in _licence_problems
 }
 
 allow contains msg if {

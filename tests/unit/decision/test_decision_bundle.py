@@ -9,14 +9,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import regorus
 from test_decision_decide import REQUEST
 
 from gateway.decision import DecisionInput, PolicyDataError, PolicySourceError, decide, load_bundle
 from gateway.decision.bundle import read_policies
-from gateway.decision.embedded import EmbeddedEngine, TreeWalkingEngine, build_vm, evaluate_vm
+from gateway.decision.embedded import (
+    EmbeddedEngine,
+    TreeWalkingEngine,
+    build_vm,
+    comprehension_conditions,
+    evaluate_vm,
+)
 from gateway.decision.rvm_verified import VERIFIED_MODULES, module_digest, rvm_verified
 
 POLICIES = Path(__file__).resolve().parents[3] / "policies"
+_PROBLEMS = "data.fedgate.decision.input_problems"
 
 
 @pytest.fixture
@@ -279,5 +287,37 @@ def test_a_stewards_module_may_use_rego_the_rvm_cannot_compile(policy_copy: Path
     )
     bundle = load_bundle(policy_copy, "DE")
     with pytest.raises(PolicySourceError, match=r"policies do not compile: .*walk"):
+        build_vm(bundle)
+    assert decide(EmbeddedEngine(bundle), DecisionInput.model_validate(REQUEST)).decision == "allow"
+
+
+_LEAKING_COMPREHENSION = (
+    "package fedgate.decision\n\nimport rego.v1\n\n"
+    'input_problems contains "never" if {\n\tnever := {n | input.now == "never"; n := 1}\n'
+    "\tcount(never) > 0\n}\n"
+)
+
+
+def test_the_rvm_run_to_completion_misreads_a_comprehension_condition_outside_its_loops() -> None:
+    # Why build_vm refuses such conditions: in regorus 0.13 the comprehension's failed condition leaves it
+    # open, and the failing `count(never) > 0` then resumes after the comprehension, over and over.
+    program = regorus.Program.compile_from_modules("{}", [("d.rego", _LEAKING_COMPREHENSION)], [_PROBLEMS])
+    vm = regorus.Rvm()
+    vm.set_execution_mode(0)
+    vm.load_program(program)
+    vm.set_data_json("{}")
+    vm.set_input_json('{"now": "2026-05-01T10:00:00Z"}')
+    with pytest.raises(RuntimeError, match="exceeded maximum instruction limit"):
+        vm.execute_entry_point(_PROBLEMS)
+    assert comprehension_conditions(program) == [f"{_PROBLEMS} pc 8"]
+
+
+def test_a_stewards_comprehension_condition_outside_its_loops_is_decided_by_the_tree_walking_engine(
+    policy_copy: Path,
+) -> None:
+    (policy_copy / "decision" / "never.rego").write_text(_LEAKING_COMPREHENSION)
+    bundle = load_bundle(policy_copy, "DE")
+    misread = rf"the RVM would misread the conditions at {_PROBLEMS} pc \d+"
+    with pytest.raises(PolicySourceError, match=misread):
         build_vm(bundle)
     assert decide(EmbeddedEngine(bundle), DecisionInput.model_validate(REQUEST)).decision == "allow"
