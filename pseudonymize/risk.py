@@ -6,8 +6,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import duckdb
+import numpy as np
 
 from pseudonymize.generalize import quote_ident
+
+#: below this share of the rows, the estimated distinct patients say that patients repeat without a check
+_REPEATS_BELOW = 0.9
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ def k_anonymity(
         return RiskReport(list(quasi_identifiers), k, n, 1 if n else 0, n, below, below / n if n else 0.0)
     cols = ", ".join(quote_ident(c) for c in quasi_identifiers)
     size = "count(*)"
-    if patient_column:
+    if patient_column and not _one_row_per_patient(con, table, patient_column, n):
         # Tokens are 16-byte UUID values: the per-class sets of distinct patients hold fixed-width keys.
         size = f"count(DISTINCT {quote_ident(patient_column)})"
     row = con.execute(
@@ -61,3 +65,20 @@ def k_anonymity(
     ).fetchall()[0]
     classes, smallest, below = int(row[0]), int(row[1]), int(row[2])
     return RiskReport(list(quasi_identifiers), k, n, classes, smallest, below, below / n)
+
+
+def _one_row_per_patient(con: duckdb.DuckDBPyConnection, table: str, column: str, rows: int) -> bool:
+    """True when every row holds a patient token and no two the same: a class's patients are then its rows.
+
+    Counting rows per class spares DuckDB the per-class sets of distinct tokens, a hash table as large as
+    the table. The check sorts the tokens' 64-bit hashes: tokens sharing a hash (a repeated patient, or a
+    collision) answer False, and the caller counts distinct tokens. An estimate of the distinct tokens
+    well below the rows answers False without sorting.
+    """
+    t, c = quote_ident(table), quote_ident(column)
+    present, estimate = con.execute(f"SELECT count({c}), approx_count_distinct({c}) FROM {t}").fetchall()[0]
+    if int(present) < rows or int(estimate) < _REPEATS_BELOW * rows:
+        return False
+    hashes = np.asarray(con.execute(f"SELECT hash({c}) AS h FROM {t}").fetchnumpy()["h"])
+    hashes.sort()
+    return not bool(np.any(hashes[1:] == hashes[:-1]))
