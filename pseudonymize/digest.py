@@ -88,15 +88,20 @@ class _ColumnHash:
 def _hash_array(h: _ColumnHash, arr: pa.Array) -> None:
     if isinstance(arr, pa.ExtensionArray):  # UUID tokens: their 16-byte storage
         arr = arr.storage
-    valid = pc.is_valid(arr).to_numpy(zero_copy_only=False)
-    h.valid.update(valid.astype(np.uint8).tobytes())
+    if arr.null_count:
+        valid = pc.is_valid(arr).to_numpy(zero_copy_only=False)
+        h.valid.update(valid.astype(np.uint8).tobytes())
+    else:
+        # Most columns have no missing value; skip building a mask of ones through Arrow and numpy.
+        valid = None
+        h.valid.update(b"\x01" * len(arr))
     t = arr.type
     if pa.types.is_fixed_size_binary(t):
         width = t.byte_width
         data = arr.buffers()[1]
         assert data is not None
         rows = np.frombuffer(data, dtype=np.uint8, count=len(arr) * width, offset=arr.offset * width)
-        if arr.null_count:
+        if valid is not None:
             rows = rows.reshape(-1, width).copy()
             rows[~valid] = 0
         h.values.update(rows.tobytes())
