@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -137,11 +139,46 @@ def registry_for(alg: str) -> JWSRegistry:
     return _AllowListRegistry(algorithms=[alg], strict_check_header=False)
 
 
+class _VerifiedSignatures:
+    """Tokens whose signature a key verified, with that key: a bounded, thread-safe memo.
+
+    Whether a key verifies the exact bytes of a token never changes, and a researcher sends the same
+    token with every request until it expires; the public-key check and joserfc's parsing cost a tenth of
+    a small query. Only the signature is remembered: every claim (expiry included) is checked on each
+    use. The entry holds the key object itself, so it matches only while the key source still hands out
+    that same key (a key that rotated out of the JWKS never matches again)."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._keys: OrderedDict[str, Key] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def holds(self, token: str, key: Key) -> bool:
+        with self._lock:
+            known = self._keys.get(token)
+            if known is not key:
+                return False
+            self._keys.move_to_end(token)
+            return True
+
+    def add(self, token: str, key: Key) -> None:
+        with self._lock:
+            self._keys[token] = key
+            self._keys.move_to_end(token)
+            while len(self._keys) > self.max_entries:
+                self._keys.popitem(last=False)
+
+
+_VERIFIED = _VerifiedSignatures()
+
+
 def verify_signature(token: str, unverified: UnverifiedToken, key: Key) -> None:
     """BadSignature unless `key` verifies the token; UnsupportedAlgorithm if the key cannot sign `alg`."""
     alg = unverified.alg
     if not key_fits(alg, key):
         raise UnsupportedAlgorithm(f"token algorithm {alg} does not match the type of the key it names")
+    if _VERIFIED.holds(token, key):
+        return
     try:
         jws.deserialize_compact(token, key, registry=registry_for(alg))
     except BadSignatureError:
@@ -150,3 +187,4 @@ def verify_signature(token: str, unverified: UnverifiedToken, key: Key) -> None:
         raise MalformedToken("the token is not a well-formed JWS") from None
     except (ValueError, TypeError):
         raise BadSignature("the token signature does not verify") from None
+    _VERIFIED.add(token, key)
