@@ -455,20 +455,11 @@ class QueryPipeline:
         return outcome, round((time.perf_counter() - started) * 1000, 3)
 
     async def _outcome(
-        self,
-        principal: Principal,
-        spec: QuerySpec,
-        request_id: str,
-        outcome: Literal["released", "refused", "pending_approval"],
-        *,
-        stage: str | None = None,
-        cells: int | None = None,
-        suppressed: int | None = None,
-    ) -> None:
-        await asyncio.to_thread(
-            self._record_outcome, principal, spec, request_id, outcome, stage=stage, cells=cells,
-            suppressed=suppressed,
-        )  # fmt: skip
+        self, principal: Principal, spec: QuerySpec, request_id: str,
+        outcome: Literal["refused", "pending_approval"], stage: str | None = None,
+    ) -> None:  # fmt: skip
+        """`_record_outcome` of a request that released nothing, off the event loop."""
+        await asyncio.to_thread(self._record_outcome, principal, spec, request_id, outcome, stage=stage)
 
     def _record_outcome(
         self,
