@@ -34,6 +34,10 @@ from pseudonymize.store import CatalogEntry, Store, now_utc
 from pseudonymize.transform import VALUE_ERROR_MARK, HashedInput, compile_transform
 
 ProgressCallback = Callable[[int], None]
+#: rows per batch read from the source: whole DuckDB row groups (122,880 rows each), so the parallel insert
+#: writes each batch's row groups compressed as it goes; with partial ones left over, the next checkpoint
+#: compresses most of the table a second time
+SOURCE_BATCH_ROWS = 2 * 122_880
 #: rows per batch read back for the content digest: DuckDB exports larger batches to Arrow faster, and
 #: two in flight at this size stay below the k-anonymity's memory peak
 DIGEST_BATCH_ROWS = 500_000
@@ -42,7 +46,7 @@ DIGEST_THREADS = 2
 #: processes computing pseudonyms (one per core, at most four), and the rows read before they start:
 #: below it, starting them costs more than they save
 HASH_WORKERS = min(os.cpu_count() or 1, 4)
-HASH_WORKERS_AFTER_ROWS = 500_000
+HASH_WORKERS_AFTER_ROWS = 2 * SOURCE_BATCH_ROWS
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,7 @@ class _Stream:
         pending: deque[tuple[pa.RecordBatch, list[Future[HashedColumn]]]] = deque()
         seen = 0
         try:
-            for batch in self.connector.batches_of(self.columns):
+            for batch in self.connector.batches_of(self.columns, SOURCE_BATCH_ROWS):
                 if self.hashed and seen >= HASH_WORKERS_AFTER_ROWS:
                     # Worker processes take a moment to start: small sources are hashed inline.
                     self._start_workers()
