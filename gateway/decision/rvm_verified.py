@@ -19,7 +19,7 @@ from pathlib import Path
 #: SHA-256 of the source of each shipped policy module
 VERIFIED_MODULES = frozenset(
     {
-        "4493fc70a30c03e741c214477f2d890a3ec6d92ca5646f7a5864bf17dee6e596",  # agreement/agreement.rego
+        "aed1c51d83bc5dede329e142bc9fd6e1f9f7fa600c667e471f06c1f42a5cf5f1",  # agreement/agreement.rego
         "be2a049ca1aa130047b99f8a4ac0c5c5cac2ab3b4cfa8d9fdb35aeb32956e6f7",  # consent/consent.rego
         "5d8bd81ae3763216393b898dd182b193b9f07dc5368f64d10aa048b996ff1320",  # decision/decision.rego
         "fefc5a828f6a29e4c09e0bff5744f0efd457d76cd6ffd29a436c817cea41596e",  # lib/lib.rego

@@ -97,16 +97,23 @@ _filter_column_starts := [start | some i in indexof_n(_filters_masked, `"column"
 
 # Every column the query touches: selected, grouped by, or named anywhere in the filter tree (the value of
 # any "column" key at any depth) must be one the agreement allows for the dataset. Computed in the clause
-# rather than in rules of their own: that costs the engine less.
+# rather than in rules of their own, each column looked up in the agreement's list where it is found: that
+# costs the engine less than building the sets and subtracting one from the other.
 deny contains msg if {
-	selected := {c | some c in object.get(input, ["query", "columns"], [])} | {c | some c in object.get(input, ["query", "group_by"], [])}
-	filtered := {json.unmarshal(substring(_filters_json, start, indexof(substring(_filters_masked, start + 1, -1), `"`) + 2)) |
+	forbidden := ({c | some c in object.get(input, ["query", "columns"], []); not c in _allowed_columns} | {c | some c in object.get(input, ["query", "group_by"], []); not c in _allowed_columns}) | {c |
 		some start in _filter_column_starts
+		c := json.unmarshal(substring(_filters_json, start, indexof(substring(_filters_masked, start + 1, -1), `"`) + 2))
+		not c in _allowed_columns
 	}
-	forbidden := (selected | filtered) - {c | some c in _entry.columns}
 	count(forbidden) > 0
 	msg := sprintf("%s does not allow the columns %s of dataset %s", [input.dsa, concat(", ", sort(forbidden)), input.dataset.id])
 }
+
+# The columns the agreement allows for the dataset; none when it does not cover the dataset. (Never an
+# undefined operand under `not`: OPA fails such an expression where regorus makes it true.)
+_allowed_columns := _entry.columns if _entry.columns
+
+else := []
 
 # A column named by anything but a string cannot be checked against the agreement.
 deny contains "the query's filters name a column by something other than a string" if {

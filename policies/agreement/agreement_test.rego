@@ -81,6 +81,11 @@ test_deny_dataset_outside_dsa if {
 	"DSA-T-1 does not cover dataset ds-other" in _deny(fx.request_with({"dataset": {"id": "ds-other"}}), fx.policy_data)
 }
 
+# A dataset the agreement does not cover allows none of its columns.
+test_deny_every_column_of_a_dataset_outside_dsa if {
+	"DSA-T-1 does not allow the columns age, sex of dataset ds-other" in _deny(fx.request_with({"dataset": {"id": "ds-other"}}), fx.policy_data)
+}
+
 test_deny_selected_column_outside_dsa if {
 	req := fx.request_with({"query": {"columns": ["sex", "name_hash"]}})
 	"DSA-T-1 does not allow the columns name_hash of dataset ds-1" in _deny(req, fx.policy_data)
