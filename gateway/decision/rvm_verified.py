@@ -20,10 +20,10 @@ from pathlib import Path
 VERIFIED_MODULES = frozenset(
     {
         "aed1c51d83bc5dede329e142bc9fd6e1f9f7fa600c667e471f06c1f42a5cf5f1",  # agreement/agreement.rego
-        "be2a049ca1aa130047b99f8a4ac0c5c5cac2ab3b4cfa8d9fdb35aeb32956e6f7",  # consent/consent.rego
+        "7db604882cd4b018def6f7cf988d04c41de8c75e08df0e1af15c8e0a94602f67",  # consent/consent.rego
         "5d8bd81ae3763216393b898dd182b193b9f07dc5368f64d10aa048b996ff1320",  # decision/decision.rego
-        "fefc5a828f6a29e4c09e0bff5744f0efd457d76cd6ffd29a436c817cea41596e",  # lib/lib.rego
-        "0a1c329852bc2752bd8a740033fda683083d89d61c044c83f99a7983aec3b400",  # transfer/transfer.rego
+        "13dff08579a7cb34a3491f6e3a88189abb2c894fb68d4348fd26f98995dd3618",  # lib/lib.rego
+        "51004b419c9e81b9ca524f2a0a1a289b505e3124e84900fc9dc16f827edfda18",  # transfer/transfer.rego
     }
 )
 

@@ -32,30 +32,36 @@ _geographic_area := {c | some c in dataset.geographic_area; is_string(c)} if is_
 
 else := {_data.site.jurisdiction}
 
-# Modifiers the request satisfies; the same set decides dataset consent and patient consent.
-satisfied := {code |
-	non_profit := object.get(_data.organisations, [input.requester.org, "non_profit"], false) == true
-	non_commercial := object.get(_data.agreements, [input.dsa, "commercial_use"], true) == false
-	approval_id := object.get(input.purpose, "ethics_approval_id", null)
-	has_approval := {is_string(approval_id), approval_id != ""} == {true}
-	outside_area := {input.requester.country, input.destination.country} - _geographic_area
-	within_area := count(outside_area) == 0
-	collaboration := object.get(_data.agreements, [input.dsa, "collaboration"], false) == true
-	return_of_results := object.get(_data.agreements, [input.dsa, "return_of_results"], false) == true
-	ancestry := {p | some p in data.fedgate.lib.purpose_codes; "DUO:0000011" in data.fedgate.lib.covering_permissions[p]}
-	no_ancestry := count(ancestry) == 0
-	some code, met in {
-		"DUO:0000045": non_profit,
-		"DUO:0000046": non_commercial,
-		"DUO:0000018": {non_profit, non_commercial} == {true},
-		"DUO:0000021": has_approval,
-		"DUO:0000022": within_area,
-		"DUO:0000020": collaboration,
-		"DUO:0000029": return_of_results,
-		"DUO:0000044": no_ancestry,
-	}
-	met == true
+# Modifiers the request satisfies; the same set decides dataset consent and patient consent. One clause per
+# modifier: each tests only what its modifier needs.
+satisfied contains "DUO:0000045" if _non_profit
+
+satisfied contains "DUO:0000046" if _non_commercial
+
+satisfied contains "DUO:0000018" if {
+	_non_profit
+	_non_commercial
 }
+
+satisfied contains "DUO:0000021" if {
+	approval_id := object.get(input.purpose, "ethics_approval_id", null)
+	is_string(approval_id)
+	approval_id != ""
+}
+
+satisfied contains "DUO:0000022" if count({input.requester.country, input.destination.country} - _geographic_area) == 0
+
+satisfied contains "DUO:0000020" if object.get(_data.agreements, [input.dsa, "collaboration"], false) == true
+
+satisfied contains "DUO:0000029" if object.get(_data.agreements, [input.dsa, "return_of_results"], false) == true
+
+satisfied contains "DUO:0000044" if {
+	count({p | some p in data.fedgate.lib.purpose_codes; "DUO:0000011" in data.fedgate.lib.covering_permissions[p]}) == 0
+}
+
+_non_profit if object.get(_data.organisations, [input.requester.org, "non_profit"], false) == true
+
+_non_commercial if object.get(_data.agreements, [input.dsa, "commercial_use"], true) == false
 
 # --- the purpose -----------------------------------------------------------------------------------------
 
@@ -162,7 +168,7 @@ publication_moratorium_until := dataset.moratorium_until if {
 
 # --- patient consent -------------------------------------------------------------------------------------
 
-_permission_codes := {c | some c in _data.derived.permission_codes} if _data.derived.permission_codes
+_permission_codes := object.keys(_data.derived.permission_codes) if _data.derived.permission_codes
 
 else := {c | some c, term in _data.duo.terms; term.kind == "permission"}
 

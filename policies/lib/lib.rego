@@ -4,7 +4,7 @@
 # docs/policy.md, "Engines"), which differs from OPA and the tree-walking engine the tests run on:
 # - a lookup that may be missing is checked on a line of its own before it is assigned (`_dsa.visa` then
 #   `required := _dsa.visa`), and a rule or function whose value is such a lookup has it as its condition
-#   (`basis(c) := t[c] if t[c]`): the RVM binds `x := <missing>` to "undefined" and carries on, where the
+#   (`v := t[k] if t[k]`): the RVM binds `x := <missing>` to "undefined" and carries on, where the
 #   others fail the body (and move on to the `else`);
 # - no `walk`: the RVM cannot compile it, and the bundle loader refuses policies it cannot compile;
 # - a comprehension tests its conditions only inside its own `some` iteration (`{m | some x in xs; ...}`,

@@ -17,14 +17,19 @@ else := c
 # Who receives the answer: the requester's country and the declared destination are both checked.
 _recipients := {"requester": input.requester.country, "destination": input.destination.country}
 
-# The first legal basis that applies, in the order a steward would cite them: the bases that rest on the
-# site's data alone (its own jurisdiction, the EEA, an adequacy decision) come from a table of countries, then
-# the standard contractual clauses the agreement names for the country. Both tables depend on the data alone,
-# so the bundle loader computes them once (data.fedgate_data.derived); without them the rules compute them.
-# (Each lookup is checked before its value is used: see lib.rego.)
-basis(c) := _site_bases[c] if _site_bases[c]
+# The first legal basis that applies to each recipient, in the order a steward would cite them: the bases
+# that rest on the site's data alone (its own jurisdiction, the EEA, an adequacy decision) come from a table
+# of countries, then the standard contractual clauses the agreement names for the country. Both tables
+# depend on the data alone, so the bundle loader computes them once (data.fedgate_data.derived); without
+# them the rules compute them. (Each lookup is checked before its value is used: see lib.rego.)
+_bases[role] := _site_bases[c] if {
+	some role, c in _recipients
+	_site_bases[c]
+}
 
-else := sprintf("standard contractual clauses %s in %s", [_agreement_sccs[input.dsa][c], input.dsa]) if {
+_bases[role] := sprintf("standard contractual clauses %s in %s", [_agreement_sccs[input.dsa][c], input.dsa]) if {
+	some role, c in _recipients
+	not _site_bases[c]
 	_agreement_sccs[input.dsa][c]
 }
 
@@ -68,8 +73,6 @@ deny contains msg if {
 	c in _data.transfer.blocked
 	msg := sprintf("transfers to %s (the %s's country) are blocked by this site", [c, role])
 }
-
-_bases := {role: b | some role, c in _recipients; basis(c); b := basis(c)}
 
 deny contains msg if {
 	some role, c in _recipients
