@@ -175,7 +175,7 @@ def _self_check(bundle: PolicyBundle) -> None:
         return evaluate_rule(engine)
 
     def rvm() -> object:
-        return evaluate_vm(build_vm(bundle), {})
+        return json.loads(evaluate_vm(build_vm(bundle), "{}"))
 
     engines = [("tree-walking", tree_walking)]
     if rvm_verified(bundle.policies):

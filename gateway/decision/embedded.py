@@ -21,8 +21,8 @@ from gateway.decision.errors import MalformedDecision, PolicySourceError
 from gateway.decision.rvm_verified import rvm_verified
 
 _RULE_PATH = f"data.{DECISION_PACKAGE}.{DECISION_RULE}"
-# What eval_rule_as_json and the RVM answer for a rule without a value.
-_UNDEFINED = "<undefined>"
+# What eval_rule_as_json and the RVM answer for a rule without a value, as JSON text.
+_UNDEFINED = '"<undefined>"'
 # The RVM's run-to-completion mode, which costs a fraction of its suspendable mode (1) per rule body and
 # function call. It mis-evaluates one construct (docs/policy.md, "Engines"), which build_vm refuses.
 _RVM_RUN_TO_COMPLETION = 0
@@ -47,10 +47,10 @@ def build_engine(bundle: PolicyBundle) -> regorus.Engine:
 
 def evaluate_rule(engine: regorus.Engine, rule: str = _RULE_PATH) -> object:
     """Evaluate a rule as JSON (eval_rule fails on sets of arrays); MalformedDecision when undefined."""
-    value = json.loads(engine.eval_rule_as_json(rule))
+    value = engine.eval_rule_as_json(rule)
     if value == _UNDEFINED:
         raise MalformedDecision(f"{rule} is undefined for this input")
-    return value
+    return json.loads(value)
 
 
 def build_vm(bundle: PolicyBundle) -> regorus.Rvm:
@@ -108,11 +108,10 @@ def comprehension_conditions(program: regorus.Program) -> list[str]:
     return found
 
 
-def evaluate_vm(vm: regorus.Rvm, policy_input: Mapping[str, Any] | str) -> object:
-    """The decision rule's value for one input (a document or its JSON text); MalformedDecision when
-    undefined."""
-    vm.set_input_json(policy_input if isinstance(policy_input, str) else json.dumps(dict(policy_input)))
-    value = json.loads(vm.execute_entry_point(_RULE_PATH))
+def evaluate_vm(vm: regorus.Rvm, policy_input: str) -> str:
+    """The decision rule's value as JSON text, for an input as JSON text; MalformedDecision when undefined."""
+    vm.set_input_json(policy_input)
+    value: str = vm.execute_entry_point(_RULE_PATH)
     if value == _UNDEFINED:
         raise MalformedDecision(f"{_RULE_PATH} is undefined for this input")
     return value
@@ -159,18 +158,19 @@ class EmbeddedEngine:
         return vm
 
     def evaluate(self, policy_input: Mapping[str, Any]) -> object:
-        return self.evaluate_json(json.dumps(dict(policy_input)))
+        return json.loads(self.evaluate_json(json.dumps(dict(policy_input))))
 
-    def evaluate_json(self, policy_input: str) -> object:
-        """`evaluate` for an input already written as JSON (decide() hands the model's own JSON)."""
+    def evaluate_json(self, policy_input: str) -> str:
+        """`evaluate` with the input and the answer as JSON text: decide() hands the model's own JSON and
+        validates the answer from the text."""
         if not self._on_rvm:
-            return self._unlimited.evaluate(json.loads(policy_input))
+            return json.dumps(self._unlimited.evaluate(json.loads(policy_input)))
         try:
             return evaluate_vm(self._vm(), policy_input)
         except RuntimeError as exc:
             if _INSTRUCTION_LIMIT not in str(exc):
                 raise
-        return self._unlimited.evaluate(json.loads(policy_input))
+        return json.dumps(self._unlimited.evaluate(json.loads(policy_input)))
 
 
 class TreeWalkingEngine:

@@ -274,7 +274,7 @@ def test_a_stewards_module_is_decided_by_the_tree_walking_engine(policy_copy: Pa
     request = DecisionInput.model_validate(REQUEST)
     assert decide(engine, request) == decide(TreeWalkingEngine(bundle), request)
     assert decide(engine, request).decision == "allow"
-    on_rvm = evaluate_vm(build_vm(bundle), request.to_policy_input())
+    on_rvm = json.loads(evaluate_vm(build_vm(bundle), request.policy_input_json()))
     assert isinstance(on_rvm, dict) and "steward clause" in on_rvm["reasons"]
 
 

@@ -123,6 +123,13 @@ class _Raising:
         raise NotImplementedError
 
 
+class _RaisingJson(_Raising):
+    """The same answers as JSON text, which decide() validates from the text, as the embedded engine's."""
+
+    def evaluate_json(self, policy_input: str) -> str:
+        return json.dumps(self.evaluate(json.loads(policy_input)))
+
+
 class _Panic(BaseException):
     """Stands for pyo3_runtime.PanicException, which derives from BaseException."""
 
@@ -156,6 +163,7 @@ def test_every_failure_denies(engine_under_test: _Raising, fragment: str) -> Non
     assert decision.reasons[0].startswith("policy evaluation failed: ")
     assert fragment in decision.reasons[0]
     assert "Stack backtrace" not in decision.reasons[0]
+    assert decide(_RaisingJson(engine_under_test.error, engine_under_test.result), _request()) == decision
 
 
 def test_keyboard_interrupt_is_not_swallowed() -> None:
@@ -190,7 +198,7 @@ class _VmSharedAcrossThreads:
         self._vm = build_vm(bundle)
 
     def evaluate(self, policy_input: Mapping[str, Any]) -> object:
-        return evaluate_vm(self._vm, policy_input)
+        return json.loads(evaluate_vm(self._vm, json.dumps(dict(policy_input))))
 
     def replace_bundle(self, bundle: PolicyBundle) -> None:
         raise NotImplementedError
@@ -218,7 +226,7 @@ def test_a_request_past_the_rvm_instruction_limit_is_decided_without_it(
     expected = decide(EmbeddedEngine(bundle), _request())
     assert expected.decision == "allow"
 
-    def over_the_limit(vm: object, policy_input: Mapping[str, Any]) -> object:
+    def over_the_limit(vm: object, policy_input: str) -> str:
         raise RuntimeError(
             "Execution stopped: exceeded maximum instruction limit of 25000 after 25000 instructions"
         )
@@ -226,7 +234,7 @@ def test_a_request_past_the_rvm_instruction_limit_is_decided_without_it(
     monkeypatch.setattr(embedded, "evaluate_vm", over_the_limit)
     assert decide(EmbeddedEngine(bundle), _request()) == expected
 
-    def broken(vm: object, policy_input: Mapping[str, Any]) -> object:
+    def broken(vm: object, policy_input: str) -> str:
         raise RuntimeError("type mismatch")
 
     monkeypatch.setattr(embedded, "evaluate_vm", broken)
