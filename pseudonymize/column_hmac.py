@@ -244,18 +244,25 @@ class ColumnHmac:
 
     @property
     def workers(self) -> int:
-        """How many worker processes run (0 while hashing inline)."""
-        return len(self._workers)
+        """How many worker processes take the work (0 while hashing inline)."""
+        return len(self._workers) if self._threads is not None else 0
 
-    def start_workers(self, workers: int) -> None:
-        """Hash in `workers` processes from now on (no-op below 1 or when already started)."""
+    def spawn_workers(self, workers: int) -> None:
+        """Start `workers` processes that take no work yet: they load (a fifth of a second each) while
+        the caller still hashes inline (no-op below 1 or when already spawned)."""
         if self._workers or workers < 1:
             return
         for _ in range(workers):
             worker = _Worker(self._key)
             self._workers.append(worker)
             self._idle.put(worker)
-        self._threads = ThreadPoolExecutor(workers, "fedgate-hmac")
+
+    def start_workers(self, workers: int) -> None:
+        """Hash in `workers` processes from now on, spawning them unless `spawn_workers` did (no-op below
+        1 or when already started)."""
+        self.spawn_workers(workers)
+        if self._workers and self._threads is None:
+            self._threads = ThreadPoolExecutor(len(self._workers), "fedgate-hmac")
 
     def _on_worker(self, array: pa.Array, max_days: int | None) -> HashedColumn:
         worker = self._idle.get()

@@ -43,8 +43,9 @@ SOURCE_BATCH_ROWS = 2 * 122_880
 DIGEST_BATCH_ROWS = 500_000
 #: threads hashing the columns of one batch while DuckDB exports the next
 DIGEST_THREADS = 2
-#: processes computing pseudonyms (one per core, at most four), and the rows read before they start:
-#: below it, starting them costs more than they save
+#: processes computing pseudonyms (one per core, at most four), and the rows read before they take work:
+#: below it, starting them costs more than they save. They are spawned a batch earlier, so that they
+#: load while the first batches are hashed inline rather than stall the stream once they take over.
 HASH_WORKERS = min(os.cpu_count() or 1, 4)
 HASH_WORKERS_AFTER_ROWS = 2 * SOURCE_BATCH_ROWS
 
@@ -95,8 +96,10 @@ class _Stream:
             for batch in self.connector.batches_of(self.columns, SOURCE_BATCH_ROWS):
                 if self.hashed and seen >= HASH_WORKERS_AFTER_ROWS:
                     # Worker processes take a moment to start: small sources are hashed inline.
-                    self._start_workers()
+                    self._start_workers(self.hasher.start_workers)
                 seen += batch.num_rows
+                if self.hashed and seen >= HASH_WORKERS_AFTER_ROWS - SOURCE_BATCH_ROWS:
+                    self._start_workers(self.hasher.spawn_workers)
                 futures = [self.hasher.submit(batch.column(h.source), h.max_days) for h in self.hashed]
                 pending.append((batch, futures))
                 while len(pending) > 2 * self.hasher.workers:
@@ -107,9 +110,9 @@ class _Stream:
             self.error = exc
             raise
 
-    def _start_workers(self) -> None:
+    def _start_workers(self, start: Callable[[int], None]) -> None:
         try:
-            self.hasher.start_workers(HASH_WORKERS)
+            start(HASH_WORKERS)
         except Exception as exc:  # noqa: BLE001 - a worker that cannot start fails the ingest closed
             raise self._failed(exc) from None
 
