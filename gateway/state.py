@@ -123,6 +123,18 @@ class GatewayState:
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
             self._write_turn = threading.Lock()
         metadata.create_all(self._engine)
+        # The two writes of every query, built once: their values are bound at execution, so SQLAlchemy
+        # neither rebuilds nor re-keys a statement per request.
+        insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
+        counted = insert(query_counts).values(count=1)
+        self._count_query = counted.on_conflict_do_update(
+            index_elements=["subject", "agreement", "query_hash"], set_={"count": query_counts.c.count + 1}
+        ).returning(query_counts.c.count)
+        ended = insert(outcomes)
+        self._record_outcome = ended.on_conflict_do_update(
+            index_elements=["request_id"],
+            set_={c.name: ended.excluded[c.name] for c in outcomes.c if c.name != "request_id"},
+        )
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[sa.Connection]:
@@ -137,14 +149,9 @@ class GatewayState:
     def count_query(self, subject: str, agreement: str, query_hash: str) -> int:
         """Count one more asking of this exact query by this researcher under this agreement; return the
         total so far."""
-        values = {"subject": subject, "agreement": agreement, "query_hash": query_hash, "count": 1}
-        keys = ["subject", "agreement", "query_hash"]
-        dialect = self._engine.dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        stmt = insert(query_counts).values(**values)
-        stmt = stmt.on_conflict_do_update(index_elements=keys, set_={"count": query_counts.c.count + 1})
+        values = {"subject": subject, "agreement": agreement, "query_hash": query_hash}
         with self._writing() as conn:
-            total = conn.execute(stmt.returning(query_counts.c.count)).scalar_one()
+            total = conn.execute(self._count_query, values).scalar_one()
         return int(total)
 
     def record_outcome(
@@ -167,13 +174,8 @@ class GatewayState:
             "dataset": dataset, "kind": kind, "outcome": outcome, "stage": stage, "cells": cells,
             "suppressed": suppressed,
         }  # fmt: skip
-        insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
-        stmt = insert(outcomes).values(**row)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["request_id"], set_={k: v for k, v in row.items() if k != "request_id"}
-        )
         with self._writing() as conn:
-            conn.execute(stmt)
+            conn.execute(self._record_outcome, row)
 
     def activity(self, since: str) -> dict[str, Any]:
         """What was released and refused since a time: per agreement, dataset, kind and outcome, and the
