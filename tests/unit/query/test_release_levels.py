@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+from decimal import Decimal
+from typing import Any
 
 import pandas as pd
 import pytest
 
-from gateway.release import OTHER, _has_rare_level, _recode_rare_levels
+from gateway.release import OTHER, _has_rare_level, _missing, _recode_rare_levels
 from pseudonymize.disclosure import DisclosureRules
 
 
@@ -55,3 +57,19 @@ def test_the_fast_check_agrees_with_pandas_on_random_frames() -> None:
         })  # fmt: skip
         expected = any(bool((frame.groupby(col)["n"].sum() < 10).any()) for col in ("a", "b"))
         assert _has_rare_level(frame, ["a", "b"], 10) == expected
+
+
+@pytest.mark.parametrize(
+    ("dtype", "values"),
+    [
+        ("string", ["a", None]),
+        ("Int64", [1, None]),
+        ("float64", [1.5, float("nan")]),
+        ("boolean", [True, None]),
+        ("datetime64[s]", [pd.Timestamp("2020-01-01"), None]),
+        ("object", ["x", None, Decimal("NaN")]),
+    ],
+)
+def test_missing_values_are_those_pandas_calls_missing(dtype: str, values: list[Any]) -> None:
+    for value in pd.Series(values, dtype=dtype).tolist():
+        assert _missing(value) == bool(pd.isna(value)), (dtype, value)
