@@ -9,6 +9,7 @@ splice in index, prev and time under it. A test checks the result equals `rfc878
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -79,11 +80,23 @@ def prepare_event(
         raise EntryError("actor must be an Actor or None")
     return PreparedEvent(
         event_type=event_type,
-        type_json=canonical(event_type),
-        actor_json=canonical(actor.as_json() if actor else None),
+        type_json=_canonical_string(event_type),
+        actor_json=_canonical_actor(actor) if actor else b"null",
         request_id_json=canonical(request_id),
         payload_json=canonical(dict(payload)),
     )
+
+
+# The event type and the actor recur on entry after entry, and RFC 8785 in pure Python costs more than a
+# lookup: their canonical bytes are remembered.
+@functools.lru_cache(maxsize=256)
+def _canonical_string(value: str) -> bytes:
+    return canonical(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_actor(actor: Actor) -> bytes:
+    return canonical(actor.as_json())
 
 
 def format_time(ts: float) -> str:
