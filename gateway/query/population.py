@@ -10,6 +10,7 @@ are edited in place.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -61,37 +62,27 @@ class PopulationCache:
 
 
 class ConsentValueCache:
-    """A bounded, thread-safe map from (store, version table, consent column) to the column's distinct values.
+    """A bounded, thread-safe map from (store engine, version table, consent column) to the column's
+    distinct values.
 
     A consent column holds few distinct values (one per combination of codes patients chose). Knowing them
     all, the query compiler decides the consent rule once per value instead of splitting and matching codes
     on every row (`consent_predicate`'s `values`). A column with more than `max_values` distinct values,
-    or one that cannot be read, gets None: the compiler then uses the per-row predicate."""
+    or one that cannot be read, gets None: the compiler then uses the per-row predicate. A failed read is
+    not remembered (the query itself meets the store's problem)."""
 
     def __init__(self, max_values: int = 1000, max_entries: int = 256) -> None:
         self.max_values = max_values
-        self.max_entries = max_entries
-        self._values: OrderedDict[tuple[str, str, str], tuple[str | None, ...] | None] = OrderedDict()
-        self._lock = threading.Lock()
+        self._read = functools.lru_cache(maxsize=max_entries)(self._distinct)
 
     def get(self, engine: sa.Engine, table: str, column: str) -> tuple[str | None, ...] | None:
         """The distinct values of `column` in the version table `table`, read once per table."""
-        key = (engine.url.render_as_string(hide_password=True), table, column)
-        with self._lock:
-            if key in self._values:
-                self._values.move_to_end(key)
-                return self._values[key]
         try:
-            values = self._read(engine, table, column)
+            return self._read(engine, table, column)
         except sa.exc.SQLAlchemyError:
-            return None  # not remembered: the query itself will meet the store's problem
-        with self._lock:
-            self._values[key] = values
-            while len(self._values) > self.max_entries:
-                self._values.popitem(last=False)
-        return values
+            return None
 
-    def _read(self, engine: sa.Engine, table: str, column: str) -> tuple[str | None, ...] | None:
+    def _distinct(self, engine: sa.Engine, table: str, column: str) -> tuple[str | None, ...] | None:
         stmt = sa.select(sa.column(column, sa.Text)).select_from(sa.table(table)).distinct()
         with engine.connect() as conn:
             rows = conn.execute(stmt.limit(self.max_values + 1)).all()
@@ -100,8 +91,7 @@ class ConsentValueCache:
         return tuple(r[0] for r in rows)
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._values)
+        return self._read.cache_info().currsize
 
 
 def _hashable(value: Any) -> Any:
