@@ -6,6 +6,7 @@ saying why — or raises a `DisclosureError` (query set or its complement too sm
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from pseudonymize.disclosure import (
     DisclosureRules,
     ProtectedTable,
     check_query_set,
+    protect_count_columns,
     protect_counts,
     protect_histogram,
     protect_quantiles,
@@ -46,8 +48,14 @@ def protect(spec: QuerySpec, outcome: QueryOutcome, obligations: Obligations) ->
     rules = DisclosureRules.from_obligations(obligations)
     check_query_set(outcome.selected, outcome.population, rules)
     groups = list(spec.group_by)
-    frame = _recode_rare_levels(outcome.frame, groups, rules, merge=spec.kind != "quantiles")
     table: ProtectedTable
+    plain = outcome.plain if spec.kind in ("count", "crosstab") else None
+    if plain is not None and not (groups and _has_rare_level(plain, groups, rules.min_cell_count)):
+        # No level to merge: the executor's Python rows become the released table without pandas.
+        margins = spec.kind == "crosstab" or bool(groups)
+        table = protect_count_columns(plain, groups, rules, margins=margins, count_col="n")
+        return _released(table)
+    frame = _recode_rare_levels(outcome.frame, groups, rules, merge=spec.kind != "quantiles")
     if spec.kind == "count":
         table = protect_counts(frame, groups, rules, margins=bool(groups), count_col="n")
     elif spec.kind == "crosstab":
@@ -65,7 +73,11 @@ def protect(spec: QuerySpec, outcome: QueryOutcome, obligations: Obligations) ->
     else:
         assert isinstance(spec, HistogramQuery)
         table = _histogram(spec, frame, groups, rules)
-    body = {"columns": [str(c) for c in table.frame.columns], **table.to_dict()}
+    return _released(table)
+
+
+def _released(table: ProtectedTable) -> Released:
+    body = {"columns": [str(c) for c in table.column_names], **table.to_dict()}
     report = table.report
     return Released(body, report.cells, report.suppressed)
 
@@ -102,18 +114,24 @@ def _recode_rare_levels(
     return recoded.groupby(keys, dropna=False, sort=False)[additive].sum().reset_index()
 
 
-def _has_rare_level(frame: pd.DataFrame, groups: list[str], min_cell_count: int) -> bool:
+def _has_rare_level(
+    frame: pd.DataFrame | Mapping[str, Sequence[Any]], groups: list[str], min_cell_count: int
+) -> bool:
     """Whether any non-null level of a group column totals fewer than min_cell_count rows.
 
     The common answer is no; plain dictionaries decide it in microseconds where pandas' group-by costs a
-    millisecond on the small frames queries return.
+    millisecond on the small frames queries return. `frame` may be the executor's Python columns.
     """
-    counts = frame["n"].tolist()
+
+    def values(name: str) -> list[Any]:
+        return frame[name].tolist() if isinstance(frame, pd.DataFrame) else list(frame[name])
+
+    counts = values("n")
     if any(_missing(n) for n in counts):
         return True  # let the full path decide
     for column in groups:
         totals: dict[Any, int] = {}
-        for value, n in zip(frame[column].tolist(), counts, strict=True):
+        for value, n in zip(values(column), counts, strict=True):
             if _missing(value):  # the null level is never merged
                 continue
             totals[value] = totals.get(value, 0) + int(n)

@@ -12,9 +12,9 @@ ingest holding the file fails with ExecutionError ("store unavailable") and shou
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, Final
 
 import duckdb
 import pandas as pd
@@ -27,15 +27,39 @@ from gateway.query.errors import ExecutionError, ValueMismatch
 from gateway.query.population import PopulationCache
 
 
-@dataclass(frozen=True)
 class QueryOutcome:
-    """The main result (group columns first, then the kind's statistics) and the query-set sizes."""
+    """The main result (group columns first, then the kind's statistics) and the query-set sizes.
 
-    frame: pd.DataFrame
-    selected: int
-    """Rows the filters and the consent filter keep."""
-    population: int
-    """Rows the consent filter keeps: `population - selected` is the complement of the query set."""
+    `frame` is the typed DataFrame; it may be given as the function that builds it, run once when first
+    asked. `plain`, when set, holds the same table as Python values per column, in the frame's row order,
+    None for a missing value: a count answer small enough to release without pandas never builds `frame`.
+    """
+
+    __slots__ = ("_build", "_frame", "plain", "population", "selected")
+
+    def __init__(
+        self,
+        frame: pd.DataFrame | Callable[[], pd.DataFrame],
+        selected: int,
+        population: int,
+        *,
+        plain: dict[str, list[Any]] | None = None,
+    ) -> None:
+        self._frame = frame if isinstance(frame, pd.DataFrame) else None
+        self._build = None if isinstance(frame, pd.DataFrame) else frame
+        self.selected = selected
+        """Rows the filters and the consent filter keep."""
+        self.population = population
+        """Rows the consent filter keeps: `population - selected` is the complement of the query set."""
+        self.plain = plain
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The result as a typed DataFrame, sorted by the group columns (and bin), missing values last."""
+        if self._frame is None:
+            assert self._build is not None
+            self._frame, self._build = self._build(), None
+        return self._frame
 
 
 def store_engine(store_url: str, *, hold_open: bool = True) -> sa.Engine:
@@ -84,7 +108,7 @@ def execute(
         if isinstance(cause, duckdb.ConversionException) or isinstance(exc, sa.exc.DataError):
             raise ValueMismatch() from None
         raise ExecutionError(_describe(exc)) from None
-    return QueryOutcome(_frame(compiled, rows), selected, population)
+    return _outcome(compiled, rows, selected, population)
 
 
 def _describe(exc: BaseException) -> str:
@@ -97,6 +121,57 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, sa.exc.TimeoutError):
         return "store unavailable (connection pool exhausted)"
     return f"the store could not run the query ({type(cause).__name__})"
+
+
+# Result dtypes whose store values, checked one by one, are already what the typed frame holds: a
+# missing value is None. Ints stay within 2**53 because pandas may pass a column through float64.
+_PLAIN_DTYPES: Final = {"int64": int, "Int64": int, "boolean": bool, "string": str, "float64": float}
+_EXACT_INT: Final = 2**53
+
+
+def _outcome(compiled: CompiledQuery, rows: Sequence[Any], selected: int, population: int) -> QueryOutcome:
+    """Counts keep their rows as Python values and build the frame on demand; other kinds build it now."""
+    plain = _plain(compiled, rows) if compiled.kind in ("count", "crosstab") else None
+    if plain is None:
+        return QueryOutcome(_frame(compiled, rows), selected, population)
+    return QueryOutcome(functools.partial(_frame, compiled, rows), selected, population, plain=plain)
+
+
+def _plain(compiled: CompiledQuery, rows: Sequence[Any]) -> dict[str, list[Any]] | None:
+    """The rows column by column, sorted as `_frame` sorts them; None when any value or dtype is not one
+    whose typed frame value is itself (dates become Timestamps, a NaN group is missing...)."""
+    names = [name for name, _ in compiled.output]
+    if compiled.bins or len(set(names)) != len(names) or not set(compiled.group_by) <= set(names):
+        return None
+    kinds: list[type] = []
+    for _, dtype in compiled.output:
+        kind = _PLAIN_DTYPES.get(dtype)
+        if kind is None:
+            return None
+        kinds.append(kind)
+    nullable = [dtype != "int64" for _, dtype in compiled.output]
+    tuples = [tuple(r) for r in rows]
+    for row in tuples:
+        if len(row) != len(kinds) or not all(map(_is_plain, row, kinds, nullable)):
+            return None
+    order = [names.index(name) for name in compiled.group_by]
+    if order and len(tuples) > 1:
+        # sort_values(na_position="last", kind="stable"): missing after every value, ties keep their order.
+        tuples.sort(key=lambda row: tuple((row[i] is None, 0 if row[i] is None else row[i]) for i in order))
+    return {name: [row[i] for row in tuples] for i, name in enumerate(names)}
+
+
+def _is_plain(value: Any, kind: type, nullable: bool) -> bool:
+    """Whether the typed frame holds `value` itself (None for a missing one)."""
+    if value is None:
+        return nullable
+    if type(value) is not kind:  # exactly: a bool is an int, but not an Int64 value
+        return False
+    if kind is float:
+        return bool(value == value)  # a NaN group is missing in the frame, yet apart from None in the store
+    if kind is int:
+        return isinstance(value, int) and -_EXACT_INT <= value <= _EXACT_INT
+    return True
 
 
 def _frame(compiled: CompiledQuery, rows: Sequence[sa.Row[Any]]) -> pd.DataFrame:

@@ -4,7 +4,7 @@ Call `check_query_set` before running a filtered query's answer out, then one `p
 kind; thresholds come from the policy decision's obligations through `DisclosureRules.from_obligations`.
 """
 
-from pseudonymize.disclosure.counts import protect_counts, protect_histogram
+from pseudonymize.disclosure.counts import protect_count_columns, protect_counts, protect_histogram
 from pseudonymize.disclosure.errors import (
     ComplementTooSmall,
     DisclosureError,
@@ -46,6 +46,7 @@ __all__ = [
     "ThresholdObligations",
     "UnprotectableTable",
     "check_query_set",
+    "protect_count_columns",
     "protect_counts",
     "protect_histogram",
     "protect_quantiles",

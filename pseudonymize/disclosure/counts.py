@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pseudonymize.disclosure.grid import Grid, build_grid, integer_counts
+from pseudonymize.disclosure.grid import Grid, build_grid, build_grid_from_columns, integer_counts
 from pseudonymize.disclosure.report import REASON_FOR, DisclosureReport, ProtectedTable, explain
 from pseudonymize.disclosure.rules import DisclosureRules
 from pseudonymize.disclosure.suppression import LineSystem, Status, suppress
@@ -31,7 +31,24 @@ def protect_counts(
     columns (None where a margin sums over that column), `count` (NA when suppressed), `suppressed`,
     `suppression_reason` and `margin` (None for a cell, else "row", "column" or "total").
     """
-    grid = build_grid(df, group_cols, [count_col], levels)
+    return _protect_grid(build_grid(df, group_cols, [count_col], levels), rules, margins, count_col)
+
+
+def protect_count_columns(
+    columns: Mapping[str, Sequence[Any]],
+    group_cols: Sequence[str],
+    rules: DisclosureRules,
+    *,
+    margins: bool,
+    count_col: str = "count",
+) -> ProtectedTable:
+    """`protect_counts` over Python columns (group values or None, whole counts): no DataFrame is built
+    unless the table's `frame` is asked for."""
+    grid = build_grid_from_columns(columns, group_cols, [count_col])
+    return _protect_grid(grid, rules, margins, count_col)
+
+
+def _protect_grid(grid: Grid, rules: DisclosureRules, margins: bool, count_col: str) -> ProtectedTable:
     counts = integer_counts(grid.arrays[count_col], count_col)
     system = LineSystem.for_grid(counts)
     status = suppress(system, rules)
@@ -95,17 +112,15 @@ def _table(
         flags.append(hidden)
         reasons.append(REASON_FOR[status[entry]])
         margin.append(label)
-    # One constructor call: adding columns one by one costs more than the whole suppression on small tables.
-    frame = pd.DataFrame(
-        {
-            **{col: _objects(vals) for col, vals in data.items()},
-            "count": pd.array(counts, dtype="Int64"),
-            "suppressed": np.array(flags, dtype=bool),
-            "suppression_reason": _objects(reasons),
-            "margin": _objects(margin),
-        },
-        copy=False,
-    )
+    # Released as Python columns; the DataFrame is built only for a caller that asks for `frame`. A group
+    # column named like a result column gives way to it, as in a dict of columns.
+    columns: dict[str, list[Any]] = {
+        **data,
+        "count": counts,
+        "suppressed": flags,
+        "suppression_reason": reasons,
+        "margin": margin,
+    }
     shown_status = [status[entry] for entry, _, _ in shown]
     primary = shown_status.count(Status.PRIMARY)
     complementary = shown_status.count(Status.COMPLEMENTARY)
@@ -120,7 +135,20 @@ def _table(
         round_to=rules.round_to,
         reasons=explain("cell", primary, complementary, rules, hidden_part="", rounded="released counts"),
     )
-    return ProtectedTable(frame, report)
+    return ProtectedTable.from_columns(columns, report, _count_frame)
+
+
+def _count_frame(columns: Mapping[str, list[Any]]) -> pd.DataFrame:
+    # One constructor call: adding columns one by one costs more than the whole suppression on small tables.
+    return pd.DataFrame({name: _typed(name, values) for name, values in columns.items()}, copy=False)
+
+
+def _typed(name: str, values: list[Any]) -> Any:
+    if name == "count":
+        return pd.array(values, dtype="Int64")
+    if name == "suppressed":
+        return np.array(values, dtype=bool)
+    return _objects(values)
 
 
 def _objects(values: list[Any]) -> np.ndarray:

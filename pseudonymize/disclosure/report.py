@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from decimal import Decimal
 from typing import Any, Final
 
@@ -49,12 +50,16 @@ class DisclosureReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data, with its totals."""
+        # Field by field rather than dataclasses.asdict, whose deep copies cost more than the suppression.
         return {
-            **asdict(self),
+            **{name: getattr(self, name) for name in _REPORT_FIELDS},
             "reasons": list(self.reasons),
             "suppressed": self.suppressed,
             "rounded": self.rounded,
         }
+
+
+_REPORT_FIELDS: Final = tuple(f.name for f in fields(DisclosureReport))
 
 
 def explain(
@@ -85,8 +90,13 @@ def explain(
     return tuple(reasons)
 
 
+_AS_IS: Final = frozenset({str, int, bool, type(None)})
+
+
 def _json_value(value: Any) -> Any:
     """A cell as JSON sees it: None for any missing value, ISO text for dates, numbers for decimals."""
+    if type(value) in _AS_IS:  # most cells, so tested first
+        return value
     if value is None or value is pd.NA or value is pd.NaT:
         return None
     if isinstance(value, np.generic):
@@ -100,20 +110,58 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True)
 class ProtectedTable:
-    """The releasable table (hidden values are NA, never the number) and its disclosure report."""
+    """The releasable table (hidden values are NA, never the number) and its disclosure report.
 
-    frame: pd.DataFrame
-    report: DisclosureReport
+    A table made `from_columns` keeps Python columns and builds its DataFrame only when `frame` is first
+    asked for: a small answer goes to JSON without pandas, where a DataFrame would cost more than the
+    suppression itself.
+    """
+
+    __slots__ = ("_build", "_columns", "_frame", "report")
+
+    def __init__(self, frame: pd.DataFrame, report: DisclosureReport) -> None:
+        self._frame: pd.DataFrame | None = frame
+        self._columns: Mapping[str, list[Any]] | None = None
+        self._build: Callable[[Mapping[str, list[Any]]], pd.DataFrame] | None = None
+        self.report = report
+
+    @classmethod
+    def from_columns(
+        cls,
+        columns: Mapping[str, list[Any]],
+        report: DisclosureReport,
+        build: Callable[[Mapping[str, list[Any]]], pd.DataFrame],
+    ) -> ProtectedTable:
+        """A table of equally long columns by name; `build(columns)` makes its DataFrame when needed."""
+        table = cls.__new__(cls)
+        table._frame, table._columns, table._build, table.report = None, columns, build, report
+        return table
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The table as a DataFrame (group columns, then the kind's released columns)."""
+        if self._frame is None:
+            assert self._columns is not None and self._build is not None
+            self._frame = self._build(self._columns)
+        return self._frame
+
+    @property
+    def column_names(self) -> list[Any]:
+        """The column labels, in order, without building the DataFrame."""
+        return list(self._columns) if self._columns is not None else list(self.frame.columns)
 
     def to_records(self) -> list[dict[str, Any]]:
         """Rows as JSON-ready dicts: Python scalars, None for every suppressed or undefined value."""
+        if self._columns is not None:
+            names = list(self._columns)
+            rows = zip(*self._columns.values(), strict=True)
+            return [dict(zip(names, map(_json_value, row), strict=True)) for row in rows]
         columns = list(self.frame.columns)
         # One conversion of the whole frame to Python objects: indexing it column by column costs pandas
         # about 100 µs a column, more than the rest of a small answer's release.
-        rows = self.frame.to_numpy(dtype=object).tolist()
-        return [dict(zip(columns, map(_json_value, row), strict=True)) for row in rows]
+        values = self.frame.to_numpy(dtype=object).tolist()
+        return [dict(zip(columns, map(_json_value, row), strict=True)) for row in values]
 
     def to_dict(self) -> dict[str, Any]:
         """The whole answer as JSON-ready data: its rows and what disclosure control did."""
