@@ -161,11 +161,17 @@ def make_engines(url: str) -> Engines:
 def create_schema(
     engine: Engine, meta: sa.MetaData, initialize: Callable[[Connection], None] | None = None
 ) -> None:
-    """Create tables (and initial rows) once, even when several processes start together."""
+    """Create tables (and initial rows) once, even when several processes start together.
+
+    IF NOT EXISTS, not a look then a CREATE: on SQLite two processes can both look before either creates
+    (PostgreSQL also takes an advisory lock, as its IF NOT EXISTS can still race on the catalog)."""
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
-        meta.create_all(conn)
+        for table in meta.sorted_tables:
+            conn.execute(sa.schema.CreateTable(table, if_not_exists=True))
+            for index in sorted(table.indexes, key=lambda i: str(i.name)):
+                conn.execute(sa.schema.CreateIndex(index, if_not_exists=True))
         if initialize is not None:
             initialize(conn)
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from audit.storage import create_schema
 from pseudonymize.pseudonym import canonical_token, token_spellings
 
 # Withdrawals are written in statements of this many rows: SQLite binds at most 32,766 parameters.
@@ -122,7 +123,7 @@ class GatewayState:
         if self._engine.dialect.name == "sqlite":
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
             self._write_turn = threading.Lock()
-        metadata.create_all(self._engine)
+        create_schema(self._engine, metadata)  # several workers may start on a new file at once
         # The two writes of every query, built once: their values are bound at execution, so SQLAlchemy
         # neither rebuilds nor re-keys a statement per request.
         insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert

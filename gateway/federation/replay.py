@@ -13,6 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from audit.storage import create_schema
+
 PURGE_EVERY_S = 10
 metadata = sa.MetaData()
 
@@ -41,7 +43,7 @@ class NonceLedger:
         self._engine = sa.create_engine(state_url)
         if self._engine.dialect.name == "sqlite":
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self._engine)
+        create_schema(self._engine, metadata)  # several workers may start on a new file at once
         self._purged_at = 0
 
     def close(self) -> None:

@@ -1,0 +1,51 @@
+"""Several gateway workers start on one new state database at once: each must open it."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from gateway.federation.replay import NonceLedger
+from gateway.state import GatewayState
+
+WORKERS = 6
+
+
+def _open(url: str, ready: multiprocessing.synchronize.Barrier, results: multiprocessing.Queue[str]) -> None:
+    try:
+        ready.wait(timeout=30)
+        GatewayState(url).close()
+        NonceLedger(url).close()
+        results.put("ok")
+    except Exception as exc:  # noqa: BLE001 - the parent asserts on what each worker reports
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_workers_starting_together_all_open_a_new_state_file(tmp_path: Path) -> None:
+    # Before: two workers could both find no table and both CREATE; the second died with "already exists".
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(3):
+        url = f"sqlite:///{tmp_path / f'state-{attempt}.db'}"
+        ready = context.Barrier(WORKERS)
+        results: multiprocessing.Queue[str] = context.Queue()
+        workers = [context.Process(target=_open, args=(url, ready, results)) for _ in range(WORKERS)]
+        for w in workers:
+            w.start()
+        outcomes = [results.get(timeout=60) for _ in workers]
+        for w in workers:
+            w.join(timeout=30)
+        assert outcomes == ["ok"] * WORKERS
+        tables = set(sa.inspect(sa.create_engine(url)).get_table_names())
+        assert {"query_counts", "requests", "outcomes", "withdrawals"} <= tables
+
+
+def test_opening_again_keeps_what_is_stored(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    first = GatewayState(url)
+    assert first.count_query("alice", "DSA-1", "ab" * 32) == 1
+    first.close()
+    again = GatewayState(url)
+    assert again.count_query("alice", "DSA-1", "ab" * 32) == 2
+    again.close()
