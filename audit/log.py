@@ -5,6 +5,10 @@ that finds no commit in progress becomes the leader and writes everything queued
 transaction (one fsync), so concurrent appenders share a commit. Across processes, each transaction reads
 and writes the head row under the database's write lock (see `audit.storage`), which keeps one linear
 history. An append returns only after its commit.
+
+`append_soon` is the same append for a caller that must not hold a thread while the commit runs (an event
+loop): it returns a future at once, and the log's committer thread commits everything queued, batch after
+batch, while anyone waits on such a future.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -76,6 +81,7 @@ class _Pending:
     error: AuditError | None = None
     done: bool = False
     after: tuple[_Pending, ...] = ()
+    future: Future[AppendReceipt] | None = None
 
 
 class Queued:
@@ -90,11 +96,18 @@ class Queued:
 
 @dataclass
 class _Queue:
-    """Appends waiting for a commit; `leading` while one appender is committing a batch."""
+    """Appends waiting for a commit; `leading` while one appender is committing a batch; `awaited` counts
+    the queued entries whose future someone waits on (the committer thread wakes for them)."""
 
     items: list[_Pending] = field(default_factory=list)
-    changed: threading.Condition = field(default_factory=threading.Condition)
+    lock: threading.Lock = field(default_factory=threading.Lock)
     leading: bool = False
+    awaited: int = 0
+    closing: bool = False
+
+    def __post_init__(self) -> None:
+        self.changed = threading.Condition(self.lock)
+        self.wake = threading.Condition(self.lock)
 
 
 class AuditLog:
@@ -113,6 +126,7 @@ class AuditLog:
         self._key = signing_key
         self._queue = _Queue()
         self._commit_lock = threading.Lock()
+        self._committer: threading.Thread | None = None
         self._known_size = 0
         self._stop = threading.Event()
         self._checkpointer: threading.Thread | None = None
@@ -156,8 +170,14 @@ class AuditLog:
         return cls(engines, origin, signing_key, checkpoint_interval_s)
 
     def close(self) -> None:
-        """Write what is still queued, stop the checkpoint thread and release the database connections."""
+        """Write what is still queued, stop the checkpoint and committer threads and release the database
+        connections."""
         queue = self._queue
+        with queue.changed:
+            queue.closing = True
+            queue.wake.notify()
+        if self._committer is not None:
+            self._committer.join()
         with queue.changed:
             while queue.leading:
                 queue.changed.wait()
@@ -227,6 +247,22 @@ class AuditLog:
         assert pending.receipt is not None
         return pending.receipt
 
+    def append_soon(
+        self,
+        event_type: str,
+        *,
+        actor: Actor | None = None,
+        request_id: str | None = None,
+        payload: Mapping[str, Any],
+        after: Iterable[Queued] = (),
+    ) -> Future[AppendReceipt]:
+        """`append` without waiting: validate (an invalid payload raises here) and queue one event; the
+        future gives its receipt once it, and everything queued before it, is committed (StorageError if
+        it was not written). The committer thread commits it; no caller's thread waits for the disk."""
+        future: Future[AppendReceipt] = Future()
+        self._queued(event_type, actor, request_id, payload, after, future)
+        return future
+
     def _queued(
         self,
         event_type: str,
@@ -234,20 +270,52 @@ class AuditLog:
         request_id: str | None,
         payload: Mapping[str, Any],
         after: Iterable[Queued],
+        future: Future[AppendReceipt] | None = None,
     ) -> _Pending:
         """Validate one event and put it at the end of the queue."""
         pending = _Pending(
-            prepare_event(event_type, actor, request_id, payload), after=tuple(q._pending for q in after)
+            prepare_event(event_type, actor, request_id, payload),
+            after=tuple(q._pending for q in after),
+            future=future,
         )
-        with self._queue.changed:
-            self._queue.items.append(pending)
+        queue = self._queue
+        with queue.changed:
+            if future is not None and queue.closing:
+                raise StorageError("the audit log is closed")
+            queue.items.append(pending)
+            if future is not None:
+                queue.awaited += 1
+                if self._committer is None:
+                    self._committer = threading.Thread(
+                        target=self._commit_loop, daemon=True, name="audit-commit"
+                    )
+                    self._committer.start()
+                queue.wake.notify()
         return pending
+
+    def _commit_loop(self) -> None:
+        """The committer thread: lead a commit whenever an awaited entry is queued and no one else leads;
+        on close, once nothing awaited is left, stop."""
+        queue = self._queue
+        while True:
+            with queue.changed:
+                while queue.leading or not (queue.awaited or queue.closing):
+                    queue.wake.wait()
+                if not queue.awaited:
+                    return
+                queue.leading = True
+            try:
+                self._lead()
+            except Exception as exc:  # noqa: BLE001 - the batch's futures carry the error; the thread goes on
+                # The class name only: a driver's message can quote what was being written.
+                log.error("audit: the committer's commit failed (%s)", type(exc).__name__)
 
     def _lead(self) -> None:
         """As the leader (`queue.leading` set by the caller): commit everything queued, then step down."""
         queue = self._queue
         with queue.changed:
             batch, queue.items = queue.items, []
+            queue.awaited = 0
         try:
             with self._commit_lock:
                 self._commit(batch)
@@ -262,6 +330,9 @@ class AuditLog:
             with queue.changed:
                 queue.leading = False
                 queue.changed.notify_all()
+                if queue.awaited or queue.closing:
+                    queue.wake.notify()
+            _settle(batch)
 
     def append_many(self, events: Iterable[Event]) -> list[AppendReceipt]:
         """Append a batch of events in one transaction (all or nothing)."""
@@ -537,3 +608,16 @@ def _consistency(conn: Connection, old: int, new: int) -> list[bytes]:
     if old == 0 or old == new:
         return []
     return _proof(conn, consistency_ranges(old, new))
+
+
+def _settle(batch: list[_Pending]) -> None:
+    """Resolve the futures of a finished batch (`append_soon`'s callers), each with its receipt or error."""
+    for p in batch:
+        if p.future is None:
+            continue
+        if p.error is not None:
+            p.future.set_exception(p.error)
+        elif p.receipt is not None:
+            p.future.set_result(p.receipt)
+        else:
+            p.future.set_exception(StorageError("append failed, nothing was written"))

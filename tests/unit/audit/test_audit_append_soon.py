@@ -1,0 +1,121 @@
+"""`append_soon`: the committer thread writes an awaited entry and the trail queued before it; nobody's
+thread waits for the disk, and a failed commit reaches the future."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from audit_helpers import ORIGIN
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from test_audit_queue import ALICE, first_commit_fails, received
+
+from audit.errors import PayloadError, StorageError
+from audit.log import AppendReceipt, AuditLog
+
+__all__ = ["first_commit_fails"]  # the fixture, shared with the queue tests
+
+
+def test_the_future_resolves_once_the_entry_and_its_trail_are_written(log: AuditLog) -> None:
+    trail = [log.enqueue("query.received", actor=ALICE, request_id="req-1", payload=received(1))]
+    future = log.append_soon("auth.failed", payload={"reason": "done"}, after=trail)
+    receipt = future.result(timeout=10)
+    assert receipt.index == 1 and log.size == 2
+    stored = log.entries(0, 2)
+    assert b"query.received" in stored[0].data and b'"done"' in stored[1].data
+    assert receipt.leaf_hash == stored[1].leaf_hash
+
+
+def test_an_invalid_payload_raises_at_once_and_queues_nothing(log: AuditLog) -> None:
+    with pytest.raises(PayloadError):
+        log.append_soon("auth.failed", payload={"reason": "x", "password": "hunter2"})
+    assert log.append_soon("auth.failed", payload={"reason": "ok"}).result(timeout=10).index == 0
+    assert log.size == 1
+
+
+def test_many_threads_share_commits_and_keep_one_chain(log: AuditLog) -> None:
+    commits = 0
+
+    @sa.event.listens_for(log._engines.writer, "commit")
+    def count(_conn: Any) -> None:
+        nonlocal commits
+        commits += 1
+
+    futures: list[Future[AppendReceipt]] = []
+    lock = threading.Lock()
+
+    def worker(w: int) -> None:
+        for i in range(50):
+            f = log.append_soon("auth.failed", payload={"reason": f"w{w}-{i}"})
+            with lock:
+                futures.append(f)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    indexes = sorted(f.result(timeout=30).index for f in futures)
+    assert indexes == list(range(400))
+    assert commits < 400, "the committer should write queued entries in batches"
+    entries = log.entries(0, 400)
+    assert [json.loads(e.data)["index"] for e in entries] == list(range(400))
+
+
+def test_sync_and_soon_appends_mix(log: AuditLog) -> None:
+    soon = [log.append_soon("auth.failed", payload={"reason": f"s{i}"}) for i in range(20)]
+    now = [log.append("auth.failed", payload={"reason": f"n{i}"}) for i in range(20)]
+    got = sorted([f.result(timeout=10).index for f in soon] + [r.index for r in now])
+    assert got == list(range(40)) and log.size == 40
+
+
+def test_a_failed_commit_reaches_the_future_and_the_next_one_succeeds(
+    log: AuditLog, first_commit_fails: None
+) -> None:
+    trail = [log.enqueue("query.received", actor=ALICE, request_id="req-1", payload=received(1))]
+    lost = log.append_soon("auth.failed", payload={"reason": "lost"}, after=trail)
+    with pytest.raises(StorageError):
+        lost.result(timeout=10)
+    # What depended on the lost trail is refused though the storage works again ...
+    refused = log.append_soon(
+        "auth.failed", actor=ALICE, request_id="req-1", payload={"reason": "x"}, after=trail
+    )
+    with pytest.raises(StorageError, match="depends on was not written"):
+        refused.result(timeout=10)
+    # ... and an independent entry is written, first in the log.
+    assert log.append_soon("auth.failed", payload={"reason": "ok"}).result(timeout=10).index == 0
+    assert log.size == 1
+
+
+def test_an_event_loop_awaits_without_holding_a_thread(log: AuditLog) -> None:
+    async def many() -> list[AppendReceipt]:
+        return await asyncio.gather(
+            *(
+                asyncio.wrap_future(log.append_soon("auth.failed", payload={"reason": f"r{i}"}))
+                for i in range(100)
+            )
+        )
+
+    before = threading.active_count()
+    receipts = asyncio.run(many())
+    assert sorted(r.index for r in receipts) == list(range(100))
+    assert threading.active_count() <= before + 1, "one committer thread, no thread per waiting append"
+
+
+def test_closing_writes_what_is_awaited_and_refuses_more(tmp_path: Path, log_key: Ed25519PrivateKey) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    log = AuditLog.open(url, ORIGIN, log_key, checkpoint_interval_s=None)
+    futures = [log.append_soon("auth.failed", payload={"reason": f"r{i}"}) for i in range(30)]
+    log.close()
+    assert all(f.done() for f in futures)
+    assert sorted(f.result().index for f in futures) == list(range(30))
+    with pytest.raises(StorageError, match="closed"):
+        log.append_soon("auth.failed", payload={"reason": "late"})
+    with AuditLog.open(url, ORIGIN, log_key, checkpoint_interval_s=None) as reopened:
+        assert reopened.size == 30
