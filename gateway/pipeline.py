@@ -7,9 +7,11 @@ refusal (`Refusal`), never as an answer. Nothing here knows HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -17,7 +19,7 @@ from typing import Any, Literal, Protocol
 import rfc8785
 
 from audit.errors import PayloadError
-from audit.log import Queued
+from audit.log import AppendReceipt, Queued
 from gateway.auth import Principal
 from gateway.decision import DatasetFacts, Decision, DecisionInput, Destination
 from gateway.decision.models import Obligations, Purpose, QueryFacts
@@ -112,6 +114,8 @@ class QueryPipeline:
             failure = _internal_failure(exc)
             failure.request_id = request_id
             await self._refused(failure, principal, request_id, query_hash)
+            with contextlib.suppress(Exception):  # the refusal is audited; the summary row is best effort
+                await self._outcome(principal, spec, request_id, "refused", stage=failure.stage)
             raise failure from None
 
     def _received(self, principal: Principal, spec: QuerySpec, request_id: str, query_hash: str) -> Queued:
@@ -346,10 +350,36 @@ class QueryPipeline:
                 ],
                 stage="decide",
             )
-        # The limit count, the withdrawals, compiling and running the query: one hop off the event loop.
-        outcome, duration_ms = await asyncio.to_thread(
-            self._execute, principal, spec, entry, obligations, query_hash
+        # Counting, running and disclosure control: one hop off the event loop. The hop queues the release's
+        # entry; the answer leaves once the log's committer has written it, with no thread held meanwhile.
+        body, committed = await asyncio.to_thread(
+            self._run_and_release,
+            principal,
+            spec,
+            entry,
+            decision,
+            obligations,
+            request_id,
+            query_hash,
+            trail,
         )
+        await asyncio.wrap_future(committed)
+        return body
+
+    def _run_and_release(
+        self,
+        principal: Principal,
+        spec: QuerySpec,
+        entry: CatalogEntry,
+        decision: Decision,
+        obligations: Obligations,
+        request_id: str,
+        query_hash: str,
+        trail: list[Queued],
+    ) -> tuple[dict[str, Any], Future[AppendReceipt]]:
+        """Run the query and protect its answer (blocking); the body to send, once the returned future
+        says the `query.released` entry, and the trail before it, are on disk."""
+        outcome, duration_ms = self._execute(principal, spec, entry, obligations, query_hash)
         executed = {
             "query_hash": sha256_label(query_hash),
             "dataset_digest": sha256_label(entry.content_digest),
@@ -386,18 +416,15 @@ class QueryPipeline:
             "suppressed": released.suppressed,
             "rounded_to": obligations.round_to,
         }
-
-        def record_release() -> None:
-            # Nothing is released unless the decision and the execution are on disk too.
-            self.rt.append(
-                "query.released", released_entry, principal=principal, request_id=request_id, after=trail
-            )
-            self._record_outcome(
-                principal, spec, request_id, "released", cells=released.cells, suppressed=released.suppressed
-            )
-
-        await asyncio.to_thread(record_release)
-        return body
+        # Nothing is released unless the decision and the execution are on disk too.
+        committed = self.rt.append_soon(
+            "query.released", released_entry, principal=principal, request_id=request_id, after=trail
+        )
+        # Should the commit fail, the refusal that follows records its outcome over this one (by request id).
+        self._record_outcome(
+            principal, spec, request_id, "released", cells=released.cells, suppressed=released.suppressed
+        )
+        return body, committed
 
     def _execute(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,13 +101,14 @@ class SiteRuntime:
         request_id: str | None = None,
         after: Sequence[Queued] = (),
     ) -> AppendReceipt:
-        """Append one audit entry without blocking the event loop (group commit makes it cheap); with
-        `after`, only if those queued entries were written too."""
-        return await asyncio.to_thread(
-            self.append, event_type, payload, principal=principal, request_id=request_id, after=after
+        """Append one audit entry and wait for its commit without holding a thread: the log's committer
+        writes it with whatever else is queued. With `after`, only if those queued entries were written
+        too (StorageError otherwise); a refused payload raises before anything is queued."""
+        return await asyncio.wrap_future(
+            self.append_soon(event_type, payload, principal=principal, request_id=request_id, after=after)
         )
 
-    def append(
+    def append_soon(
         self,
         event_type: str,
         payload: Mapping[str, Any],
@@ -114,9 +116,9 @@ class SiteRuntime:
         principal: Principal | None = None,
         request_id: str | None = None,
         after: Sequence[Queued] = (),
-    ) -> AppendReceipt:
-        """`record` for a caller already off the event loop: blocks until the entry is committed."""
-        return self.audit.append(
+    ) -> Future[AppendReceipt]:
+        """Queue one audit entry for the committer, from any thread; the future resolves on its commit."""
+        return self.audit.append_soon(
             event_type, actor=_actor(principal), request_id=request_id,
             payload=self.annotate(event_type, payload), after=after,
         )  # fmt: skip

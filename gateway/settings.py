@@ -85,6 +85,13 @@ class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
+    threads: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="threads per worker for store reads, state and audit writes; a few per core keep the "
+        "cores busy, more only take turns on the interpreter lock",
+    )
     public_url: str | None = Field(default=None, description="the URL peers and clients use for this gateway")
 
     @property
