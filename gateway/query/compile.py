@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from gateway.decision.models import Obligations
+from gateway.decision.models import ConsentFilter, Obligations
 from gateway.query.columns import DatasetColumn, python_value
 from gateway.query.consent import consent_predicate, not_withdrawn
 from gateway.query.errors import ColumnNotAllowed, QueryError, QuerySpecError, UnknownColumn
@@ -76,24 +76,18 @@ def compile_query(
     catalog entry's `patient_column`); their rows are excluded like the consent filter excludes rows.
     `consent_values`, when known, are all the distinct values of the consent column in the table (see
     `consent_predicate`)."""
-    catalog, table = _dataset_table(dataset_table, tuple((name, arrow) for name, arrow in columns))
+    version_columns = tuple((name, arrow) for name, arrow in columns)
+    catalog, table = _dataset_table(dataset_table, version_columns)
     resolve = _Resolver(catalog, set(obligations.allowed_columns), table, dialect_name)
-
-    rule = obligations.consent_filter
-    consent = consent_predicate(
-        rule,
-        resolve.consent(rule.consent_column, "string", "obligations.consent_filter.consent_column"),
-        resolve.consent(rule.withdrawn_column, "bool", "obligations.consent_filter.withdrawn_column"),
+    consent, population = _consented(
+        dataset_table,
+        version_columns,
+        obligations.consent_filter,
         dialect_name,
-        values=consent_values,
+        tuple(consent_values) if consent_values is not None else None,
+        patient_column,
+        tuple(withdrawn),
     )
-    if withdrawn:
-        if patient_column is None:
-            raise QueryError(
-                "withdrawals cannot be applied: the dataset names no patient column", "patient_column"
-            )
-        patient = resolve.consent(patient_column, "string", "patient_column")
-        consent = sa.and_(consent, not_withdrawn(patient, withdrawn, dialect_name))
     keep = _filter(spec.filters, "filters", resolve, negated=False) if spec.filters is not None else None
     where = sa.and_(consent, keep) if keep is not None else consent
 
@@ -103,7 +97,6 @@ def compile_query(
 
     n_rows = sa.func.count().label("n")
     selected = sa.select(sa.func.count().label("selected")).select_from(table).where(where)
-    population = sa.select(sa.func.count().label("population")).select_from(table).where(consent)
     filtered_count = sa.func.count().filter(keep) if keep is not None else sa.func.count()
     sizes = sa.select(filtered_count.label("selected"), sa.func.count().label("population"))
     sizes = sizes.select_from(table).where(consent)
@@ -188,6 +181,39 @@ def _kaplan_meier(
         rows.c.bin, sa.func.count().label("n"), sa.func.sum(rows.c.happened).label("events")
     ).group_by(rows.c.bin)
     return main, (("bin", "int64"), ("n", "int64"), ("events", "int64"))
+
+
+@functools.lru_cache(maxsize=256)
+def _consented(
+    dataset_table: str,
+    columns: tuple[tuple[str, str], ...],
+    rule: ConsentFilter,
+    dialect_name: str,
+    consent_values: tuple[str | None, ...] | None,
+    patient_column: str | None,
+    withdrawn: tuple[str, ...],
+) -> tuple[sa.ColumnElement[bool], AnySelect]:
+    """The consent predicate (withdrawals included) and the population select of a version table, built
+    once per rule, consent values and withdrawals: no query changes them, and the reused select keeps its
+    SQLAlchemy cache key, which the population cache looks up on every query. Callers must not mutate."""
+    catalog, table = _dataset_table(dataset_table, columns)
+    resolve = _Resolver(catalog, set(), table, dialect_name)
+    consent = consent_predicate(
+        rule,
+        resolve.consent(rule.consent_column, "string", "obligations.consent_filter.consent_column"),
+        resolve.consent(rule.withdrawn_column, "bool", "obligations.consent_filter.withdrawn_column"),
+        dialect_name,
+        values=consent_values,
+    )
+    if withdrawn:
+        if patient_column is None:
+            raise QueryError(
+                "withdrawals cannot be applied: the dataset names no patient column", "patient_column"
+            )
+        patient = resolve.consent(patient_column, "string", "patient_column")
+        consent = sa.and_(consent, not_withdrawn(patient, withdrawn, dialect_name))
+    population = sa.select(sa.func.count().label("population")).select_from(table).where(consent)
+    return consent, population
 
 
 @functools.lru_cache(maxsize=256)

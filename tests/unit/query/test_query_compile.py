@@ -161,3 +161,26 @@ def test_withdrawals_need_a_known_patient_column() -> None:
             patient_column="patient_id",
             withdrawn=["t"],
         )
+
+
+def test_the_consent_part_is_reused_per_rule_values_and_withdrawals() -> None:
+    def population(withdrawn: list[str], values: tuple[str, ...] | None = ("DUO:0000042",)) -> Any:
+        return compile_query(
+            query(filters={"column": "bmi", "op": ">", "value": 20}), TABLE, COLUMNS, obligations(ALLOWED),
+            "duckdb", patient_column="patient_id", withdrawn=withdrawn, consent_values=values,
+        ).population  # fmt: skip
+
+    same = population(["tok-a"])
+    assert population(["tok-a"]) is same, "one select per rule, values and withdrawals"
+    # One more withdrawal, other consent values: a new predicate that binds them.
+    more = population(["tok-a", "tok-b"])
+    assert more is not same
+    assert "tok-b" in str(more.compile().params) and "tok-b" not in str(same.compile().params)
+    assert population(["tok-a"], ("DUO:0000042", "DUO:0000006")) is not same
+    # The main statement still takes the query's own filter value.
+    first = compile_query(query(filters={"column": "bmi", "op": ">", "value": 20}), TABLE, COLUMNS,
+                          obligations(ALLOWED), "duckdb")  # fmt: skip
+    second = compile_query(query(filters={"column": "bmi", "op": ">", "value": 21}), TABLE, COLUMNS,
+                           obligations(ALLOWED), "duckdb")  # fmt: skip
+    assert first.population is second.population
+    assert 20 in first.main.compile().params.values() and 21 in second.main.compile().params.values()
