@@ -10,8 +10,10 @@ import numpy as np
 
 from pseudonymize.generalize import quote_ident
 
-#: below this share of the rows, the estimated distinct patients say that patients repeat without a check
-_REPEATS_BELOW = 0.9
+#: below this share of the rows, the estimated distinct patients say that patients repeat without a check.
+#: DuckDB's estimate misses by more than a tenth on large tables (8.85M for 10M distinct tokens in 2.0):
+#: a tighter bound sends unique tokens to the per-class distinct count, 1.5 s more per 10M rows.
+_REPEATS_BELOW = 0.5
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,8 @@ def _one_row_per_patient(con: duckdb.DuckDBPyConnection, table: str, column: str
     Counting rows per class spares DuckDB the per-class sets of distinct tokens, a hash table as large as
     the table. The check sorts the tokens' 64-bit hashes: tokens sharing a hash (a repeated patient, or a
     collision) answer False, and the caller counts distinct tokens. An estimate of the distinct tokens
-    well below the rows answers False without sorting.
+    below half the rows answers False without sorting. Either answer gives the same report: False only
+    chooses the slower count.
     """
     t, c = quote_ident(table), quote_ident(column)
     present, estimate = con.execute(f"SELECT count({c}), approx_count_distinct({c}) FROM {t}").fetchall()[0]
