@@ -68,11 +68,20 @@ class ContentDigest:
 
     def hexdigest(self) -> str:
         """The table digest, as 64 hex digits."""
+        return table_digest(self._schema, self.column_digests())
+
+    def column_digests(self) -> dict[str, bytes]:
+        """Each column's digest, by name: columns hashed apart combine with `table_digest`."""
         self._wait()
-        top = hashlib.sha256()
-        for f, h in zip(self._schema, self._columns, strict=True):
-            top.update(f.name.encode() + b"\x00" + str(f.type).encode() + b"\x00" + h.digest())
-        return top.hexdigest()
+        return {f.name: h.digest() for f, h in zip(self._schema, self._columns, strict=True)}
+
+
+def table_digest(schema: pa.Schema, column_digests: dict[str, bytes]) -> str:
+    """The table digest from its stored schema and every column's digest, as 64 hex digits."""
+    top = hashlib.sha256()
+    for f in schema:
+        top.update(f.name.encode() + b"\x00" + str(f.type).encode() + b"\x00" + column_digests[f.name])
+    return top.hexdigest()
 
 
 class _ColumnHash:

@@ -24,7 +24,7 @@ import pyarrow as pa
 from connectors.base import Connector
 from connectors.errors import ConnectorError
 from pseudonymize.column_hmac import ColumnHmac, HashedColumn, offset_array, token_array
-from pseudonymize.digest import ContentDigest
+from pseudonymize.digest import ContentDigest, table_digest
 from pseudonymize.errors import IngestError, RiskThresholdError
 from pseudonymize.generalize import quote_ident, suppress_rare_prefixes_sql
 from pseudonymize.keys import SecretKey
@@ -48,6 +48,16 @@ DIGEST_THREADS = 2
 #: load while the first batches are hashed inline rather than stall the stream once they take over.
 HASH_WORKERS = min(os.cpu_count() or 1, 4)
 HASH_WORKERS_AFTER_ROWS = 2 * SOURCE_BATCH_ROWS
+#: source types a `keep` column stores unchanged, value for value, so the stream can digest it as it
+#: writes it; every other type is digested from the stored table
+_STORED_AS_GIVEN = (
+    pa.types.is_string,
+    pa.types.is_large_string,
+    pa.types.is_boolean,
+    pa.types.is_integer,
+    pa.types.is_float64,
+    pa.types.is_date32,
+)
 
 
 @dataclass(frozen=True)
@@ -65,8 +75,9 @@ class IngestResult:
 
 
 class _Stream:
-    """Wraps a connector's batches: adds the pseudonym columns hashed outside DuckDB, reports progress,
-    and keeps a connector's (or a worker's) error so it survives DuckDB."""
+    """Wraps a connector's batches: adds the pseudonym columns hashed outside DuckDB, digests the columns
+    DuckDB stores as given, reports progress, and keeps a connector's (or a worker's) error so it
+    survives DuckDB."""
 
     def __init__(
         self,
@@ -75,6 +86,7 @@ class _Stream:
         hashed: list[HashedInput],
         hasher: ColumnHmac,
         on_rows: ProgressCallback | None,
+        digested: dict[str, str],
     ) -> None:
         self.connector = connector
         self.hashed = hashed
@@ -88,6 +100,13 @@ class _Stream:
             if h.offset is not None:
                 schema = schema.append(pa.field(h.offset, pa.int32()))
         self.schema = schema
+        #: stored column -> stream column, for the columns the stream digests as DuckDB receives them
+        self.digested = digested
+        self.digest = (
+            ContentDigest(pa.schema([schema.field(c) for c in digested.values()]), threads=DIGEST_THREADS)
+            if digested
+            else None
+        )
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         pending: deque[tuple[pa.RecordBatch, list[Future[HashedColumn]]]] = deque()
@@ -127,6 +146,8 @@ class _Stream:
                 batch = batch.append_column(h.token, token_array(source, result))
             if h.offset is not None:
                 batch = batch.append_column(h.offset, offset_array(source, result))
+        if self.digest is not None:
+            self.digest.update(batch.select(list(self.digested.values())))
         if self.on_rows is not None:
             self.on_rows(batch.num_rows)
         return batch
@@ -135,6 +156,10 @@ class _Stream:
         # The worker's message could quote a value: keep only its kind.
         self.error = IngestError(self.connector.source, f"pseudonymizing failed ({type(exc).__name__})")
         return self.error
+
+    def close(self) -> None:
+        if self.digest is not None:
+            self.digest.close()
 
     def reader(self) -> pa.RecordBatchReader:
         return pa.RecordBatchReader.from_batches(self.schema, self.batches())
@@ -163,6 +188,28 @@ def _check_token_types(
         )
 
 
+def _digested_in_stream(
+    spec: PseudonymizationSpec, schema: pa.Schema, hashed: list[HashedInput]
+) -> dict[str, str]:
+    """Stored columns whose values are a stream column's as given: tokens, and kept columns of plain types."""
+    tokens = {h.source: h.token for h in hashed if h.token is not None}
+    digested: dict[str, str] = {}
+    for name, rule in spec.columns.items():
+        out = rule.output or name
+        if rule.action == "pseudonym" and name in tokens:
+            digested[out] = tokens[name]
+        elif rule.action == "keep" and any(is_type(schema.field(name).type) for is_type in _STORED_AS_GIVEN):
+            digested[out] = name
+    return digested
+
+
+def _stored_as_given(given: pa.DataType, stored: pa.DataType) -> bool:
+    """True when the stored column reads back as the values the stream digested (strings may widen)."""
+    if pa.types.is_string(given) or pa.types.is_large_string(given):
+        return bool(pa.types.is_string(stored) or pa.types.is_large_string(stored))
+    return bool(given == stored)
+
+
 def derive_pseudonym_key(key: SecretKey, key_context: str) -> bytes:
     """The HMAC key for one agreement or project, derived from the master (or a shared linkage) key."""
     return key.derive("pseudonym", key_context)
@@ -171,6 +218,28 @@ def derive_pseudonym_key(key: SecretKey, key_context: str) -> bytes:
 def pseudonym_key(master: SecretKey, spec: PseudonymizationSpec, linkage: SecretKey | None = None) -> bytes:
     """The HMAC key of a dataset: from the site master key, or a shared linkage key an agreement grants."""
     return derive_pseudonym_key(linkage or master, spec.key_context)
+
+
+def _digest_stored(
+    cursor: duckdb.DuckDBPyConnection, table: str, stored: pa.Schema, stream: _Stream
+) -> dict[str, bytes]:
+    """Every stored column's digest: from the stream where it hashed the stored values, else read back."""
+    given = stream.digest.column_digests() if stream.digest is not None else {}
+    digests = {
+        out: given[col]
+        for out, col in stream.digested.items()
+        if _stored_as_given(stream.schema.field(col).type, stored.field(out).type)
+    }
+    rest = [f for f in stored if f.name not in digests]
+    if rest:
+        cols = ", ".join(quote_ident(f.name) for f in rest)
+        with ContentDigest(pa.schema(rest), threads=DIGEST_THREADS) as digest:
+            for batch in cursor.sql(f"SELECT {cols} FROM {quote_ident(table)}").to_arrow_reader(
+                DIGEST_BATCH_ROWS
+            ):
+                digest.update(batch)
+            digests.update(digest.column_digests())
+    return digests
 
 
 def ingest(
@@ -205,7 +274,8 @@ def ingest(
     hasher = ColumnHmac(key)
     # Columns the spec drops and nothing reads are not read at all (a Parquet source skips them).
     read = pa.schema([f for f in schema if f.name in compiled.input_columns])
-    stream = _Stream(connector, read, compiled.hashed_inputs, hasher, on_rows)
+    digested = _digested_in_stream(spec, schema, compiled.hashed_inputs)
+    stream = _Stream(connector, read, compiled.hashed_inputs, hasher, on_rows, digested)
     try:
         con.register("source", stream.reader())
         try:
@@ -224,13 +294,14 @@ def ingest(
         finally:
             con.unregister("source")
             hasher.close()
+            stream.close()
         for column, min_count in compiled.rare_prefix_rules:
             con.execute(suppress_rare_prefixes_sql(staging, column, min_count)).fetchall()
         _check_token_types(con, staging, spec, connector.source)
 
         patient_column = spec.output_column(spec.patient_key) if spec.patient_key else None
-        # The risk report and the digest read the finished table side by side: each alone leaves a core
-        # idle part of the time (the report's final merge, the digest's hashing).
+        # The risk report and the digest of the columns the stream did not digest read the finished table
+        # side by side: each alone leaves a core idle part of the time (the report's sort, the hashing).
         risk_cursor = con.cursor()
         # The digest reads tokens as Arrow UUID values (their 16 bytes), not as DuckDB's text for them.
         digest_cursor = con.cursor()
@@ -247,12 +318,15 @@ def ingest(
                 )
                 out_schema = con.sql(f"SELECT * FROM {quote_ident(staging)} LIMIT 0").to_arrow_table().schema
                 stored = digest_cursor.sql(f"SELECT * FROM {quote_ident(staging)} LIMIT 0").to_arrow_table()
-                with ContentDigest(stored.schema, threads=DIGEST_THREADS) as digest:
-                    table = digest_cursor.sql(f"SELECT * FROM {quote_ident(staging)}")
-                    for batch in table.to_arrow_reader(DIGEST_BATCH_ROWS):
-                        digest.update(batch)
-                    content_digest = digest.hexdigest()
+                column_digests = _digest_stored(digest_cursor, staging, stored.schema, stream)
+                content_digest = table_digest(stored.schema, column_digests)
                 risk = risk_future.result()
+            streamed = stream.digest.rows if stream.digest is not None else risk.records
+            if streamed != risk.records:
+                # The digest would mix rows the table does not hold: publish nothing.
+                raise IngestError(
+                    connector.source, f"the table holds {risk.records} of {streamed} rows streamed"
+                )
         finally:
             risk_cursor.close()
             digest_cursor.close()
@@ -263,7 +337,7 @@ def ingest(
             version=0,
             table_name="",
             published_at=now_utc(),
-            row_count=digest.rows,
+            row_count=risk.records,
             columns=[{"name": f.name, "type": str(f.type)} for f in out_schema],
             content_digest=content_digest,
             spec_digest=spec.digest,
@@ -287,5 +361,6 @@ def ingest(
             con.execute(f"DROP TABLE IF EXISTS {quote_ident(staging)}").fetchall()
         con.close()
         hasher.close()
+        stream.close()
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
