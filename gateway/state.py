@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -366,11 +369,28 @@ def _request(m: Any) -> StoredRequest:
     )
 
 
+def sqlite_wal(cursor: Any) -> None:
+    """Put a SQLite file in WAL mode. Several workers starting on a new file can find each other's locks,
+    and SQLite fails that switch at once rather than wait where waiting could deadlock: it is retried for
+    up to about five seconds (once one worker has switched the file, the others find it in WAL)."""
+    for attempt in range(_WAL_ATTEMPTS):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == _WAL_ATTEMPTS - 1:
+                raise
+            time.sleep(0.01 * (1 + random.random()))  # noqa: S311 - jitter, not a secret
+
+
+_WAL_ATTEMPTS = 300
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    sqlite_wal(cursor)
     # NORMAL in WAL mode survives a crash of the gateway, not of the machine: the state is operational
     # (queues, counters); what happened is recorded durably in the audit log, which syncs every append.
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()

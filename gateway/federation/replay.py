@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from audit.storage import create_schema
+from gateway.state import sqlite_wal
 
 PURGE_EVERY_S = 10
 metadata = sa.MetaData()
@@ -29,8 +30,8 @@ peer_nonces = sa.Table(
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=10000")
+    sqlite_wal(cursor)
     cursor.close()
 
 

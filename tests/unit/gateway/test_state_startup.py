@@ -24,7 +24,8 @@ def _open(url: str, ready: multiprocessing.synchronize.Barrier, results: multipr
 
 
 def test_workers_starting_together_all_open_a_new_state_file(tmp_path: Path) -> None:
-    # Before: two workers could both find no table and both CREATE; the second died with "already exists".
+    # Before: two workers could both find no table and both CREATE (the second died with "already exists"),
+    # or one found the other's lock while switching the new file to WAL ("database is locked").
     context = multiprocessing.get_context("spawn")
     for attempt in range(3):
         url = f"sqlite:///{tmp_path / f'state-{attempt}.db'}"
