@@ -175,9 +175,8 @@ def _every_kept_type(rows: int) -> pa.Table:
     })  # fmt: skip
 
 
-@pytest.mark.usefixtures("small_batches")
-def test_every_kept_type_digests_as_the_stored_table(tmp_path: Path, master: SecretKey) -> None:
-    table = _every_kept_type(3000)
+def _types_spec(tmp_path: Path, table: pa.Table) -> Path:
+    """A spec pseudonymizing `pid` and `code` and keeping every other column of `table`."""
     spec_file = tmp_path / "types.yaml"
     kept = "".join(f"  {name}: keep\n" for name in table.column_names[2:])
     spec_file.write_text(
@@ -185,6 +184,13 @@ def test_every_kept_type_digests_as_the_stored_table(tmp_path: Path, master: Sec
         "  pid: {action: pseudonym, identifier: direct}\n  code: {action: pseudonym, identifier: quasi}\n"
         + kept
     )
+    return spec_file
+
+
+@pytest.mark.usefixtures("small_batches")
+def test_every_kept_type_digests_as_the_stored_table(tmp_path: Path, master: SecretKey) -> None:
+    table = _every_kept_type(3000)
+    spec_file = _types_spec(tmp_path, table)
     store, entry = _ingest(tmp_path, table, spec_file, master)
     with store:
         assert entry.content_digest == _read_back(store, entry)
@@ -215,13 +221,7 @@ def test_a_source_failing_part_way_publishes_nothing(
 
 def test_the_stream_digests_tokens_and_plain_kept_columns_only(tmp_path: Path, master: SecretKey) -> None:
     table = _every_kept_type(10)
-    spec_file = tmp_path / "types.yaml"
-    kept = "".join(f"  {name}: keep\n" for name in table.column_names[2:])
-    spec_file.write_text(
-        "dataset: types\nagreement: DSA-1\npatient_key: pid\nk_anonymity: {k: 2}\ncolumns:\n"
-        "  pid: {action: pseudonym, identifier: direct}\n  code: {action: pseudonym, identifier: quasi}\n"
-        + kept
-    )
+    spec_file = _types_spec(tmp_path, table)
     spec = load_spec(spec_file)
     compiled = compile_transform(spec, table.schema, b"k" * 32, str(spec_file))
     streamed = ingest_module._digested_in_stream(spec, table.schema, compiled.hashed_inputs)

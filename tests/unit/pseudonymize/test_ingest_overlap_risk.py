@@ -6,12 +6,12 @@ for 10M distinct tokens); these tests make it miss on small ones and check which
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from typing import Any, cast
 
 import duckdb
 import pytest
+from test_pseudonymize_risk import _by_distinct_patients, _table
 
 from pseudonymize.risk import k_anonymity
 
@@ -42,29 +42,8 @@ class _EstimateOff:
         return self._con.execute(sql, parameters)
 
 
-def _table(patients: Sequence[int | None]) -> duckdb.DuckDBPyConnection:
-    """One row per entry: the patient's token (or NULL), in six classes by sex and area as rows cycle."""
-    con = duckdb.connect()
-    con.execute("CREATE TABLE t (pid UUID, sex VARCHAR, area VARCHAR)")
-    rows = [
-        (None if p is None else uuid.uuid5(uuid.NAMESPACE_OID, str(p)), "FM"[i % 2], "ABC"[i % 3])
-        for i, p in enumerate(patients)
-    ]
-    con.executemany("INSERT INTO t VALUES (?, ?, ?)", rows)
-    return con
-
-
-def _by_distinct_patients(con: duckdb.DuckDBPyConnection, k: int) -> tuple[int, int, int]:
-    row = con.execute(
-        "SELECT count(*), min(c), coalesce(sum(c) FILTER (WHERE c < ?), 0) "
-        "FROM (SELECT count(DISTINCT pid) AS c FROM t GROUP BY sex, area)",
-        [k],
-    ).fetchall()[0]
-    return int(row[0]), int(row[1]), int(row[2])
-
-
 def _report(patients: Sequence[int | None], share: float, k: int = 11) -> tuple[list[str], bool]:
-    con = _table(patients)
+    con = _table([None if p is None else str(p) for p in patients])
     off = _EstimateOff(con, share)
     report = k_anonymity(cast(duckdb.DuckDBPyConnection, off), "t", QUASI, k, patient_column="pid")
     assert (report.classes, report.smallest_class, report.records_below_k) == _by_distinct_patients(con, k)
