@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import random
+import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -117,6 +120,23 @@ class Engines:
             self.process_lock.close()
 
 
+def sqlite_wal(cursor: Any) -> None:
+    """Put a SQLite file in WAL mode. Several workers starting on a new file can find each other's locks,
+    and SQLite fails that switch at once rather than wait where waiting could deadlock: it is retried for
+    up to about five seconds (once one worker has switched the file, the others find it in WAL)."""
+    for attempt in range(_WAL_ATTEMPTS):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == _WAL_ATTEMPTS - 1:
+                raise
+            time.sleep(0.01 * (1 + random.random()))  # noqa: S311 - jitter, not a secret
+
+
+_WAL_ATTEMPTS = 300
+
+
 def _sqlite_engine(url: sa.URL, begin: str | None) -> Engine:
     memory = url.database in (None, "", ":memory:")
     kwargs: dict[str, Any] = {"connect_args": {"timeout": 60, "check_same_thread": False}}
@@ -131,7 +151,7 @@ def _sqlite_engine(url: sa.URL, begin: str | None) -> Engine:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA busy_timeout = 60000")
         if not memory:
-            cur.execute("PRAGMA journal_mode = WAL")
+            sqlite_wal(cur)
         cur.execute("PRAGMA synchronous = FULL")
         cur.close()
 

@@ -29,9 +29,8 @@ def create_app(settings: SiteSettings, *, tokens: TokenValidator | None = None) 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Store reads, state writes and audit appends run in a few threads. The audit log still commits
-        # many requests' entries in one sync (each request queues its entries before it waits), and a pool
-        # as wide as the concurrency cost a sixth of the throughput: 64 threads taking turns on the GIL.
+        # Store reads and state writes run in a few threads; audit commits are awaited without one (the
+        # log's committer writes them). More threads than a few per core only take turns on the GIL.
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=settings.server.threads, thread_name_prefix="fedgate")
         )

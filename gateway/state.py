@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
-import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,7 +19,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from audit.storage import create_schema
+from audit.storage import create_schema, sqlite_wal
 from pseudonymize.pseudonym import canonical_token, token_spellings
 
 # Withdrawals are written in statements of this many rows: SQLite binds at most 32,766 parameters.
@@ -367,23 +364,6 @@ def _request(m: Any) -> StoredRequest:
         updated_at=m["updated_at"],
         decided_by=m["decided_by"],
     )
-
-
-def sqlite_wal(cursor: Any) -> None:
-    """Put a SQLite file in WAL mode. Several workers starting on a new file can find each other's locks,
-    and SQLite fails that switch at once rather than wait where waiting could deadlock: it is retried for
-    up to about five seconds (once one worker has switched the file, the others find it in WAL)."""
-    for attempt in range(_WAL_ATTEMPTS):
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or attempt == _WAL_ATTEMPTS - 1:
-                raise
-            time.sleep(0.01 * (1 + random.random()))  # noqa: S311 - jitter, not a secret
-
-
-_WAL_ATTEMPTS = 300
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

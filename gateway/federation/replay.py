@@ -13,8 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from audit.storage import create_schema
-from gateway.state import sqlite_wal
+from audit.storage import create_schema, sqlite_wal
 
 PURGE_EVERY_S = 10
 metadata = sa.MetaData()

@@ -1,4 +1,4 @@
-"""Several gateway workers start on one new state database at once: each must open it."""
+"""Several gateway workers start on one new state database and audit log at once: each must open them."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from audit.log import AuditLog
 from gateway.federation.replay import NonceLedger
 from gateway.state import GatewayState
 
 WORKERS = 6
+ORIGIN = "example.org/fedgate/startup-test"
 
 
 def _open(url: str, ready: multiprocessing.synchronize.Barrier, results: multiprocessing.Queue[str]) -> None:
@@ -18,6 +20,7 @@ def _open(url: str, ready: multiprocessing.synchronize.Barrier, results: multipr
         ready.wait(timeout=30)
         GatewayState(url).close()
         NonceLedger(url).close()
+        AuditLog.open(url.replace("state-", "audit-"), ORIGIN, None, checkpoint_interval_s=None).close()
         results.put("ok")
     except Exception as exc:  # noqa: BLE001 - the parent asserts on what each worker reports
         results.put(f"{type(exc).__name__}: {exc}")
