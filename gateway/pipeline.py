@@ -436,7 +436,13 @@ class QueryPipeline:
     ) -> tuple[QueryOutcome, float]:
         """Count this asking against the agreement's limit, then compile and run the query with the
         obligations and the recorded withdrawals applied; the outcome and its run time in ms (blocking)."""
-        asked = self.rt.state.count_query(owner(principal), spec.agreement, query_hash)
+        if entry.patient_column is not None:
+            start = self.rt.state.start_query(
+                owner(principal), spec.agreement, query_hash, entry.dataset, entry.key_context
+            )
+            asked, withdrawn = start.asked, start.withdrawn
+        else:
+            asked, withdrawn = self.rt.state.count_query(owner(principal), spec.agreement, query_hash), []
         if asked > obligations.max_identical_queries:
             raise Refusal(
                 "limit",
@@ -445,9 +451,6 @@ class QueryPipeline:
                  f"this is time {asked}"],
                 stage="limit",
             )  # fmt: skip
-        withdrawn: list[str] = []
-        if entry.patient_column is not None:
-            withdrawn = self.rt.state.withdrawn(entry.dataset, entry.key_context)
         consent_column = obligations.consent_filter.consent_column
         consent_values = None
         if any(c["name"] == consent_column for c in entry.columns):

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,12 +19,19 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from audit.storage import create_schema, sqlite_wal
 from pseudonymize.pseudonym import canonical_token, token_spellings
 
 # Withdrawals are written in statements of this many rows: SQLite binds at most 32,766 parameters.
 _ROWS_PER_STATEMENT = 500
+# How long a request's outcome may wait before the background writer stores it (the activity summary reads
+# whatever is waiting first), and how many may wait before older ones are dropped when the database fails.
+_OUTCOME_DELAY_S = 0.05
+_OUTCOMES_KEPT = 10_000
+
+log = logging.getLogger(__name__)
 
 RequestStatus = Literal["pending_approval", "deciding", "released", "refused", "rejected"]
 
@@ -90,6 +98,34 @@ def _now() -> str:
 
 
 @dataclass(frozen=True)
+class QueryStart:
+    """What a query needs from the state before it runs: how often it was asked, and who withdrew."""
+
+    asked: int
+    """This asking included: the total count of this exact query by this researcher under the agreement."""
+    withdrawn: list[str]
+    """Pseudonyms of the dataset's patients who withdrew consent."""
+
+
+class _DriverStatement:
+    """A statement compiled once for one engine's dialect and run on the driver's own cursor.
+
+    Every query writes its count and reads the withdrawals; through SQLAlchemy's connection, result and
+    transaction objects those two statements cost several times what the database spends on them."""
+
+    def __init__(self, statement: sa.ClauseElement, dialect: sa.Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        self._compiled = compiled
+        self.sql = compiled.string
+        self._order = compiled.positiontup  # None for a driver with named parameters
+
+    def params(self, values: Mapping[str, Any]) -> Any:
+        bound = self._compiled.construct_params(dict(values))
+        return bound if self._order is None else tuple(bound[name] for name in self._order)
+
+
+@dataclass(frozen=True)
 class StoredRequest:
     """A query the gateway keeps: waiting for a steward, or answered after approval."""
 
@@ -124,18 +160,39 @@ class GatewayState:
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
             self._write_turn = threading.Lock()
         create_schema(self._engine, metadata)  # several workers may start on a new file at once
-        # The two writes of every query, built once: their values are bound at execution, so SQLAlchemy
+        # The statements of every query, built once: their values are bound at execution, so SQLAlchemy
         # neither rebuilds nor re-keys a statement per request.
         insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
-        counted = insert(query_counts).values(count=1)
-        self._count_query = counted.on_conflict_do_update(
-            index_elements=["subject", "agreement", "query_hash"], set_={"count": query_counts.c.count + 1}
-        ).returning(query_counts.c.count)
         ended = insert(outcomes)
         self._record_outcome = ended.on_conflict_do_update(
             index_elements=["request_id"],
             set_={c.name: ended.excluded[c.name] for c in outcomes.c if c.name != "request_id"},
         )
+        dialect = self._engine.dialect
+        counted = insert(query_counts).values(
+            subject=sa.bindparam("subject"), agreement=sa.bindparam("agreement"),
+            query_hash=sa.bindparam("query_hash"), count=1,
+        )  # fmt: skip
+        self._count_sql = _DriverStatement(
+            counted.on_conflict_do_update(
+                index_elements=["subject", "agreement", "query_hash"],
+                set_={"count": query_counts.c.count + 1},
+            ).returning(query_counts.c.count),
+            dialect,
+        )
+        w = withdrawals.c
+        self._withdrawn_sql = _DriverStatement(
+            sa.select(w.token).where(
+                w.dataset == sa.bindparam("dataset"), w.key_context == sa.bindparam("key_context")
+            ),
+            dialect,
+        )
+        # Outcomes are written behind the requests, in batches, by one thread (started on first use).
+        self._pending: list[dict[str, Any]] = []
+        self._pending_changed = threading.Condition()
+        self._flushing = threading.Lock()
+        self._writer: threading.Thread | None = None
+        self._closed = False
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[sa.Connection]:
@@ -144,16 +201,57 @@ class GatewayState:
             yield conn
 
     def close(self) -> None:
-        """Release the connection pool."""
+        """Store the outcomes still waiting, stop their writer, and release the connection pool."""
+        with self._pending_changed:
+            self._closed = True
+            self._pending_changed.notify_all()
+        if self._writer is not None:
+            self._writer.join(timeout=10)
+        self.flush_outcomes()
         self._engine.dispose()
 
     def count_query(self, subject: str, agreement: str, query_hash: str) -> int:
         """Count one more asking of this exact query by this researcher under this agreement; return the
         total so far."""
-        values = {"subject": subject, "agreement": agreement, "query_hash": query_hash}
-        with self._writing() as conn:
-            total = conn.execute(self._count_query, values).scalar_one()
-        return int(total)
+        return self._start(subject, agreement, query_hash, None).asked
+
+    def start_query(
+        self, subject: str, agreement: str, query_hash: str, dataset: str, key_context: str
+    ) -> QueryStart:
+        """`count_query` and `withdrawn` in one transaction: what every query asks of the state."""
+        return self._start(subject, agreement, query_hash, (dataset, key_context))
+
+    def _start(
+        self, subject: str, agreement: str, query_hash: str, withdrawals_of: tuple[str, str] | None
+    ) -> QueryStart:
+        counted = self._count_sql.params(
+            {"subject": subject, "agreement": agreement, "query_hash": query_hash}
+        )
+        with self._write_turn:
+            raw = self._engine.raw_connection()
+            try:
+                cursor = raw.cursor()
+                try:
+                    cursor.execute(self._count_sql.sql, counted)
+                    counted_row = cursor.fetchone()
+                    assert counted_row is not None  # RETURNING gives the row it inserted or updated
+                    total = int(counted_row[0])
+                    tokens: list[str] = []
+                    if withdrawals_of is not None:
+                        dataset, key_context = withdrawals_of
+                        read = {"dataset": dataset, "key_context": key_context}
+                        cursor.execute(self._withdrawn_sql.sql, self._withdrawn_sql.params(read))
+                        tokens = [row[0] for row in cursor.fetchall()]
+                finally:
+                    cursor.close()
+                raw.commit()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    raw.rollback()
+                raise
+            finally:
+                raw.close()  # back to the pool
+        return QueryStart(total, tokens)
 
     def record_outcome(
         self,
@@ -169,18 +267,66 @@ class GatewayState:
         cells: int | None = None,
         suppressed: int | None = None,
     ) -> None:
-        """Remember how a request ended, for the steward's activity summary (upserts by request id)."""
+        """Remember how a request ended, for the steward's activity summary (upserts by request id; the
+        later of two outcomes of one request wins).
+
+        Written behind, within about 50 ms, in batches with other requests' outcomes by one thread of
+        this process: a query does not wait for this write. The summary is operational; what happened is
+        in the audit log. A crash loses at most the outcomes still waiting."""
         row = {
             "request_id": request_id, "at": _now(), "subject": subject, "org": org, "agreement": agreement,
             "dataset": dataset, "kind": kind, "outcome": outcome, "stage": stage, "cells": cells,
             "suppressed": suppressed,
         }  # fmt: skip
-        with self._writing() as conn:
-            conn.execute(self._record_outcome, row)
+        with self._pending_changed:
+            if self._closed:
+                raise RuntimeError("the gateway state is closed")
+            self._pending.append(row)
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_outcomes, name="state-outcomes", daemon=True
+                )
+                self._writer.start()
+            self._pending_changed.notify()
+
+    def flush_outcomes(self) -> None:
+        """Store every outcome waiting now (the activity summary calls this before it reads)."""
+        with self._flushing:
+            with self._pending_changed:
+                rows, self._pending = self._pending, []
+            if not rows:
+                return
+            try:
+                with self._writing() as conn:
+                    conn.execute(self._record_outcome, rows)
+            except Exception as exc:
+                # Keep them for the next attempt, the newest first should the database stay unavailable.
+                with self._pending_changed:
+                    self._pending[:0] = rows
+                    del self._pending[: max(0, len(self._pending) - _OUTCOMES_KEPT)]
+                raise exc from None
+
+    def _write_outcomes(self) -> None:
+        while True:
+            with self._pending_changed:
+                while not self._pending and not self._closed:
+                    self._pending_changed.wait()
+                if self._closed:
+                    return  # close() stores what is left
+            # Let the batch grow for a moment: one transaction for many requests.
+            with self._pending_changed:
+                self._pending_changed.wait_for(lambda: self._closed, timeout=_OUTCOME_DELAY_S)
+            try:
+                self.flush_outcomes()
+            except Exception as exc:  # noqa: BLE001 - the thread must go on; the rows wait for the next try
+                log.error("state: storing request outcomes failed (%s)", type(exc).__name__)
+                with self._pending_changed:
+                    self._pending_changed.wait_for(lambda: self._closed, timeout=1.0)
 
     def activity(self, since: str) -> dict[str, Any]:
         """What was released and refused since a time: per agreement, dataset, kind and outcome, and the
         researchers with the most refusals (a burst of refusals can be an attempt to isolate individuals)."""
+        self.flush_outcomes()
         o = outcomes.c
         with self._engine.connect() as conn:
             groups = conn.execute(

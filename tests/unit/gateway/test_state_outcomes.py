@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
+from pathlib import Path
 from typing import Any
 
-from gateway.state import GatewayState
+import pytest
+import sqlalchemy as sa
+
+from gateway.state import GatewayState, outcomes
 
 SINCE = "2000-01-01T00:00:00Z"
 
@@ -39,3 +45,58 @@ def test_researchers_with_refusals_are_listed_most_refused_first(state: GatewayS
 def test_the_summary_starts_at_the_time_asked(state: GatewayState) -> None:
     _ended(state, "r1", "alice", "released", cells=1, suppressed=0)
     assert state.activity("2999-01-01T00:00:00Z")["by_agreement"] == []
+
+
+def _stored(state_url: str) -> dict[str, str]:
+    """The outcomes on disk, read without the writer's process-local queue."""
+    engine = sa.create_engine(state_url)
+    try:
+        with engine.connect() as conn:
+            return dict(conn.execute(sa.select(outcomes.c.request_id, outcomes.c.outcome)).all())
+    finally:
+        engine.dispose()
+
+
+def test_outcomes_reach_the_database_without_anyone_asking_for_the_summary(state_url: str) -> None:
+    state = GatewayState(state_url)
+    try:
+        _ended(state, "r1", "alice", "released", cells=1, suppressed=0)
+        deadline = time.monotonic() + 5
+        while _stored(state_url) != {"r1": "released"}:
+            assert time.monotonic() < deadline, "the outcome was never written"
+            time.sleep(0.02)
+    finally:
+        state.close()
+
+
+def test_close_stores_every_outcome_still_waiting_the_later_of_one_request_winning(state_url: str) -> None:
+    state = GatewayState(state_url)
+    for i in range(300):
+        _ended(state, f"r{i}", "alice", "released", cells=1, suppressed=0)
+    _ended(state, "r7", "alice", "refused", stage="execute")  # a failed commit's refusal replaces its release
+    state.close()
+    stored = _stored(state_url)
+    assert len(stored) == 300
+    assert stored["r7"] == "refused" and stored["r8"] == "released"
+    with pytest.raises(RuntimeError, match="closed"):
+        _ended(state, "late", "alice", "released", cells=1, suppressed=0)
+
+
+def test_outcomes_wait_and_are_stored_later_while_the_database_refuses_writes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    state = GatewayState(url)
+    blocker = sqlite3.connect(tmp_path / "state.db", timeout=0, isolation_level=None)
+    blocker.execute("PRAGMA busy_timeout=0")
+    state._engine.dispose()  # new connections: a short busy timeout, so the blocked write fails quickly
+    sa.event.listen(state._engine, "connect", lambda c, _r: c.execute("PRAGMA busy_timeout=50"))
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        _ended(state, "r1", "alice", "released", cells=1, suppressed=0)
+        with pytest.raises(sa.exc.OperationalError):
+            state.flush_outcomes()
+        blocker.execute("ROLLBACK")
+        rows = {r["outcome"]: r["requests"] for r in state.activity(SINCE)["by_agreement"]}
+        assert rows == {"released": 1}
+    finally:
+        blocker.close()
+        state.close()
