@@ -119,6 +119,7 @@ class AuditLog:
         origin: str,
         signing_key: Ed25519PrivateKey | None,
         checkpoint_interval_s: float | None,
+        group_commit_s: float = 0.003,
     ) -> None:
         self._engines = engines
         self.origin = origin
@@ -127,6 +128,9 @@ class AuditLog:
         self._queue = _Queue()
         self._commit_lock = threading.Lock()
         self._committer: threading.Thread | None = None
+        self.group_commit_s = group_commit_s
+        """How long after one commit of the committer thread the next may start (group commit)."""
+        self._last_commit = 0.0
         self._known_size = 0
         self._stop = threading.Event()
         self._checkpointer: threading.Thread | None = None
@@ -144,9 +148,17 @@ class AuditLog:
         signing_key: Ed25519PrivateKey | None = None,
         *,
         checkpoint_interval_s: float | None = 0.5,
+        group_commit_s: float = 0.003,
     ) -> AuditLog:
         """Open (creating if needed) the log at `url`. With a signing key, a background thread signs a
-        checkpoint every `checkpoint_interval_s` seconds while the log grows (None: only on request)."""
+        checkpoint every `checkpoint_interval_s` seconds while the log grows (None: only on request).
+
+        `group_commit_s`: while entries awaited through `append_soon` keep coming, the committer thread
+        starts a commit no sooner than this long after its last one ended, so that one transaction and
+        one sync to disk carry several requests' entries (0: commit as soon as anything is awaited). An
+        idle log commits at once. `append` is not delayed: its caller commits."""
+        if not 0 <= group_commit_s <= 1:
+            raise StorageError(f"group_commit_s must be between 0 and 1 second, not {group_commit_s}")
         if not origin or any(c.isspace() or c == "+" for c in origin):
             raise StorageError(f"origin {origin!r} must be a non-empty log name without spaces or '+'")
         engines = storage.make_engines(url)
@@ -167,7 +179,7 @@ class AuditLog:
         except (StorageError, sa.exc.SQLAlchemyError):
             engines.dispose()
             raise
-        return cls(engines, origin, signing_key, checkpoint_interval_s)
+        return cls(engines, origin, signing_key, checkpoint_interval_s, group_commit_s)
 
     def close(self) -> None:
         """Write what is still queued, stop the checkpoint and committer threads and release the database
@@ -303,9 +315,17 @@ class AuditLog:
                     queue.wake.wait()
                 if not queue.awaited:
                     return
+                # Group commit: while commits follow each other closely (under load), the next one waits
+                # until `group_commit_s` after the last ended, so that it carries more requests' entries.
+                until = self._last_commit + self.group_commit_s
+                while not queue.closing and (left := until - time.monotonic()) > 0:
+                    queue.wake.wait(left)
+                if queue.leading or not queue.awaited:
+                    continue  # an `append` meanwhile committed them, or is committing
                 queue.leading = True
             try:
                 self._lead()
+                self._last_commit = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - the batch's futures carry the error; the thread goes on
                 # The class name only: a driver's message can quote what was being written.
                 log.error("audit: the committer's commit failed (%s)", type(exc).__name__)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -119,3 +120,57 @@ def test_closing_writes_what_is_awaited_and_refuses_more(tmp_path: Path, log_key
         log.append_soon("auth.failed", payload={"reason": "late"})
     with AuditLog.open(url, ORIGIN, log_key, checkpoint_interval_s=None) as reopened:
         assert reopened.size == 30
+
+
+def _commit_counter(log: AuditLog) -> list[int]:
+    commits = [0]
+
+    @sa.event.listens_for(log._engines.writer, "commit")
+    def count(_conn: Any) -> None:
+        commits[0] += 1
+
+    return commits
+
+
+def test_entries_awaited_soon_after_a_commit_share_the_next_one(tmp_path: Path) -> None:
+    log = AuditLog.open(f"sqlite:///{tmp_path / 'audit.db'}", ORIGIN, group_commit_s=0.5)
+    try:
+        log.append_soon("auth.failed", payload={"reason": "first"}).result(timeout=10)
+        commits = _commit_counter(log)
+        futures = []
+        for i in range(5):  # arriving one by one, each while the window after the last commit is open
+            futures.append(log.append_soon("auth.failed", payload={"reason": f"r{i}"}))
+            threading.Event().wait(0.02)
+        assert [f.result(timeout=10).index for f in futures] == [1, 2, 3, 4, 5]
+        assert commits[0] == 1
+    finally:
+        log.close()
+
+
+def test_without_a_window_each_awaited_entry_is_committed_as_it_comes(tmp_path: Path) -> None:
+    log = AuditLog.open(f"sqlite:///{tmp_path / 'audit.db'}", ORIGIN, group_commit_s=0)
+    try:
+        commits = _commit_counter(log)
+        for i in range(5):
+            log.append_soon("auth.failed", payload={"reason": f"r{i}"}).result(timeout=10)
+        assert commits[0] == 5
+    finally:
+        log.close()
+
+
+def test_an_idle_log_commits_at_once_and_close_does_not_wait_for_the_window(tmp_path: Path) -> None:
+    log = AuditLog.open(f"sqlite:///{tmp_path / 'audit.db'}", ORIGIN, group_commit_s=1.0)
+    started = time.monotonic()
+    assert log.append_soon("auth.failed", payload={"reason": "idle"}).result(timeout=10).index == 0
+    assert time.monotonic() - started < 0.5  # no commit before it: nothing to wait for
+    waiting = log.append_soon("auth.failed", payload={"reason": "in-window"})
+    started = time.monotonic()
+    log.close()
+    assert waiting.result(timeout=0).index == 1
+    assert time.monotonic() - started < 0.5
+
+
+def test_a_group_commit_window_outside_zero_to_one_second_is_refused(tmp_path: Path) -> None:
+    for bad in (-0.001, 1.5):
+        with pytest.raises(StorageError, match="group_commit_s"):
+            AuditLog.open(f"sqlite:///{tmp_path / 'audit.db'}", ORIGIN, group_commit_s=bad)
