@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from audit.storage import create_schema, sqlite_wal
+from audit.storage import ProcessLock, create_schema, sqlite_wal
 from pseudonymize.pseudonym import canonical_token, token_spellings
 
 # Withdrawals are written in statements of this many rows: SQLite binds at most 32,766 parameters.
@@ -153,12 +153,16 @@ class GatewayState:
             Path(url.removeprefix("sqlite:///").split("?")[0]).parent.mkdir(parents=True, exist_ok=True)
         self._engine = sa.create_engine(url)
         # SQLite takes one writer at a time, and a writer that finds the database locked sleeps in SQLite's
-        # busy handler (1, 2, 5, 10 … ms): threads of this process take turns on a lock instead, which costs
-        # microseconds. PostgreSQL locks rows and needs no such turn.
-        self._write_turn: threading.Lock | contextlib.nullcontext[None] = contextlib.nullcontext()
+        # busy handler (1, 2, 5, 10 … ms): writers take turns on locks instead, which cost microseconds (a
+        # thread lock in the process, then flock between processes). PostgreSQL locks rows and needs neither.
+        self._thread_turn: threading.Lock | None = None
+        self._process_turn: ProcessLock | None = None
         if self._engine.dialect.name == "sqlite":
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
-            self._write_turn = threading.Lock()
+            self._thread_turn = threading.Lock()
+            database = self._engine.url.database
+            if database not in (None, "", ":memory:"):
+                self._process_turn = ProcessLock(f"{database}-writer.lock")
         create_schema(self._engine, metadata)  # several workers may start on a new file at once
         # The statements of every query, built once: their values are bound at execution, so SQLAlchemy
         # neither rebuilds nor re-keys a statement per request.
@@ -195,9 +199,22 @@ class GatewayState:
         self._closed = False
 
     @contextlib.contextmanager
+    def _write_turn(self) -> Iterator[None]:
+        """This process's and this thread's turn to write (SQLite: one writer at a time)."""
+        if self._thread_turn is None:
+            yield
+            return
+        with self._thread_turn:
+            if self._process_turn is None:
+                yield
+            else:
+                with self._process_turn.hold():
+                    yield
+
+    @contextlib.contextmanager
     def _writing(self) -> Iterator[sa.Connection]:
         """One write transaction, committed on exit."""
-        with self._write_turn, self._engine.begin() as conn:
+        with self._write_turn(), self._engine.begin() as conn:
             yield conn
 
     def close(self) -> None:
@@ -209,6 +226,9 @@ class GatewayState:
             self._writer.join(timeout=10)
         self.flush_outcomes()
         self._engine.dispose()
+        if self._process_turn is not None:
+            self._process_turn.close()
+            self._process_turn = None
 
     def count_query(self, subject: str, agreement: str, query_hash: str) -> int:
         """Count one more asking of this exact query by this researcher under this agreement; return the
@@ -227,7 +247,7 @@ class GatewayState:
         counted = self._count_sql.params(
             {"subject": subject, "agreement": agreement, "query_hash": query_hash}
         )
-        with self._write_turn:
+        with self._write_turn():
             raw = self._engine.raw_connection()
             try:
                 cursor = raw.cursor()

@@ -1,8 +1,12 @@
-"""Several gateway workers start on one new state database and audit log at once: each must open them."""
+"""Several gateway workers on one state database and audit log: each opens them at start, and their
+writers take turns."""
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
+import os
+import threading
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -53,3 +57,24 @@ def test_opening_again_keeps_what_is_stored(tmp_path: Path) -> None:
     again = GatewayState(url)
     assert again.count_query("alice", "DSA-1", "ab" * 32) == 2
     again.close()
+
+
+def test_writers_of_one_file_take_turns_on_the_lock_beside_it(tmp_path: Path) -> None:
+    # Another worker holding the writers' lock (flock on its own open file) holds up this one's writes,
+    # which then go ahead the moment it lets go, instead of polling in SQLite's busy handler.
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    state = GatewayState(url)
+    other = os.open(tmp_path / "state.db-writer.lock", os.O_RDWR)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        counted: list[int] = []
+        writer = threading.Thread(target=lambda: counted.append(state.count_query("alice", "DSA-1", "h")))
+        writer.start()
+        writer.join(0.3)
+        assert writer.is_alive() and counted == []
+        fcntl.flock(other, fcntl.LOCK_UN)
+        writer.join(5)
+        assert counted == [1]
+    finally:
+        os.close(other)
+        state.close()
