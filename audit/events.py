@@ -22,6 +22,7 @@ from audit.errors import PayloadError
 _MAX_SAFE_INT = 2**53 - 1
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _LABEL = re.compile(r"^[A-Za-z0-9/][A-Za-z0-9._:/-]{0,127}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _IDENTIFIER_LIKE = (
     (re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+"), "an e-mail address"),
     (re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}"), "a JSON Web Token"),
@@ -98,7 +99,7 @@ class Text(FieldKind):
             return "must be a non-empty string"
         if len(value) > self.max_len:
             return f"must be at most {self.max_len} characters"
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        if _CONTROL.search(value):
             return "must not contain control characters"
         return identifier_problem(value)
 

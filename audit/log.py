@@ -104,6 +104,8 @@ class _Queue:
     leading: bool = False
     awaited: int = 0
     closing: bool = False
+    idle: bool = True
+    """The committer thread waits for work (rather than gathering a batch or committing one)."""
 
     def __post_init__(self) -> None:
         self.changed = threading.Condition(self.lock)
@@ -302,7 +304,10 @@ class AuditLog:
                         target=self._commit_loop, daemon=True, name="audit-commit"
                     )
                     self._committer.start()
-                queue.wake.notify()
+                if queue.idle:
+                    # A committer waiting out the group-commit window or committing finds this entry
+                    # when it gets there: waking it for every entry would cost a thread switch each.
+                    queue.wake.notify()
         return pending
 
     def _commit_loop(self) -> None:
@@ -311,8 +316,10 @@ class AuditLog:
         queue = self._queue
         while True:
             with queue.changed:
+                queue.idle = True
                 while queue.leading or not (queue.awaited or queue.closing):
                     queue.wake.wait()
+                queue.idle = False
                 if not queue.awaited:
                     return
                 # Group commit: while commits follow each other closely (under load), the next one waits

@@ -307,7 +307,10 @@ class GatewayState:
                     target=self._write_outcomes, name="state-outcomes", daemon=True
                 )
                 self._writer.start()
-            self._pending_changed.notify()
+            if len(self._pending) == 1:
+                # Only the first outcome of a batch wakes the writer: it then waits out the delay anyway,
+                # and waking a thread per request costs more than the row.
+                self._pending_changed.notify()
 
     def flush_outcomes(self) -> None:
         """Store every outcome waiting now (the activity summary calls this before it reads)."""

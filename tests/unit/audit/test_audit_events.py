@@ -7,7 +7,16 @@ from typing import Any
 import pytest
 
 from audit.errors import PayloadError
-from audit.events import DIGEST, LABEL, REGISTRY, EventType, identifier_problem, register, validate_payload
+from audit.events import (
+    DIGEST,
+    LABEL,
+    REGISTRY,
+    EventType,
+    Text,
+    identifier_problem,
+    register,
+    validate_payload,
+)
 from pseudonymize.pseudonym import pseudonym
 
 D = "sha256:" + "ab" * 32
@@ -125,3 +134,17 @@ def test_the_registry_is_extended_with_one_declaration() -> None:
             register(event)
     finally:
         del REGISTRY["test.extended"]
+
+
+@pytest.mark.parametrize("char", [*(chr(c) for c in range(0x20)), "\x7f"])
+def test_text_refuses_every_control_character(char: str) -> None:
+    with pytest.raises(PayloadError, match="control characters"):
+        validate_payload("ingest.refused", {"dataset": "d1", "reasons": [f"cell{char}below 10"]})
+
+
+@pytest.mark.parametrize(
+    "text", ["cell below 10", "über 10 Zellen", "\x80 and \u2028 are no C0 controls", "≥ 10"]
+)
+def test_text_takes_printable_characters_of_any_script_and_only_them(text: str) -> None:
+    assert Text().check(text) is None
+    assert Text().check(text + "\x1f") == "must not contain control characters"
