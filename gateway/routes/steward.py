@@ -146,6 +146,9 @@ async def decide(
 
 @router.get("/activity", summary="What was released and refused lately, and who was refused most")
 async def activity(_: StewardDep, runtime: RuntimeDep, hours: int = 24) -> dict[str, Any]:
+    """Requests by agreement, dataset, kind and outcome over the last `hours`. Each worker stores how its
+    requests ended within about 50 ms, so a request answered by another worker in that moment may not be
+    counted yet; the audit log holds every one."""
     if not 1 <= hours <= 24 * 366:
         raise Refusal("bad_request", "Invalid window", ["hours must be between 1 and 8784"], field="hours")
     since = (datetime.now(UTC) - timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
