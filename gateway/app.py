@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,10 +30,8 @@ def create_app(settings: SiteSettings, *, tokens: TokenValidator | None = None) 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Store reads and state writes run in a few threads; audit commits are awaited without one (the
         # log's committer writes them). More threads than a few per core only take turns on the GIL.
-        asyncio.get_running_loop().set_default_executor(
-            ThreadPoolExecutor(max_workers=settings.server.threads, thread_name_prefix="fedgate")
-        )
         runtime = SiteRuntime.start(settings, tokens=tokens)
+        asyncio.get_running_loop().set_default_executor(runtime.threads())
         app.state.runtime = runtime
         app.state.peers = peers.PeerLink(settings)
         try:

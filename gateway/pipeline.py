@@ -352,19 +352,24 @@ class QueryPipeline:
             )
         # Counting, running and disclosure control: one hop off the event loop. The hop queues the release's
         # entry; the answer leaves once the log's committer has written it, with no thread held meanwhile.
-        body, committed = await asyncio.to_thread(
-            self._run_and_release,
-            principal,
-            spec,
-            entry,
-            decision,
-            obligations,
-            request_id,
-            query_hash,
-            trail,
-        )
-        await asyncio.wrap_future(committed)
-        return body
+        # One event-loop future carries both: the thread settles it on failure, the committer on commit.
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[dict[str, Any]] = loop.create_future()
+
+        def run() -> None:
+            try:
+                body, committed = self._run_and_release(
+                    principal, spec, entry, decision, obligations, request_id, query_hash, trail
+                )
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request as it is
+                loop.call_soon_threadsafe(_settle, answer, None, exc)
+                return
+            committed.add_done_callback(
+                lambda done: loop.call_soon_threadsafe(_settle, answer, body, done.exception())
+            )
+
+        self.rt.threads().submit(run)
+        return await answer
 
     def _run_and_release(
         self,
@@ -546,6 +551,16 @@ class QueryPipeline:
         if not done:
             raise Refusal("conflict", "Already decided", ["another steward decided this request first"],
                           stage="approval")  # fmt: skip
+
+
+def _settle(answer: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+    """Resolve an event-loop future from another thread's outcome (unless its request was cancelled)."""
+    if answer.cancelled():
+        return
+    if exc is not None:
+        answer.set_exception(exc)
+    else:
+        answer.set_result(value)
 
 
 def _internal_failure(exc: BaseException) -> Refusal:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,9 @@ class SiteRuntime:
     populations: PopulationCache
     witnessing: Witnessing
     consent_values: ConsentValueCache = field(default_factory=ConsentValueCache)
+    executor: ThreadPoolExecutor | None = None
+    """The threads that run store reads and state writes (`[server] threads`); the app makes it its event
+    loop's default executor. Created on first use for a runtime without an app."""
 
     @classmethod
     def start(cls, settings: SiteSettings, *, tokens: TokenValidator | None = None) -> SiteRuntime:
@@ -67,6 +70,14 @@ class SiteRuntime:
             settings, policy, audit, state, store, CatalogView(store), tokens, PopulationCache(), witnessing
         )
 
+    def threads(self) -> ThreadPoolExecutor:
+        """`executor`, created on first use."""
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(
+                max_workers=self.settings.server.threads, thread_name_prefix="fedgate"
+            )
+        return self.executor
+
     async def aclose(self) -> None:
         """Close what start() opened."""
         await self.witnessing.aclose()
@@ -74,6 +85,8 @@ class SiteRuntime:
         self.audit.close()
         self.state.close()
         self.store.dispose()
+        if self.executor is not None:
+            self.executor.shutdown(wait=False)
 
     def note(
         self,
