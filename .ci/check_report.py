@@ -29,7 +29,7 @@ def main(path: str) -> int:
                 print(f"  {name}", file=sys.stderr)
     if failed:
         return 1
-    print(f"CI: {tests - skipped} tests ran, {skipped} skipped, none of them PostgreSQL or real-OPA tests")
+    print(f"CI: {tests - skipped} tests ran, {skipped} skipped; no PostgreSQL or real-OPA test was skipped")
     return 0
 
 
