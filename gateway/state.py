@@ -254,7 +254,8 @@ class GatewayState:
                 try:
                     cursor.execute(self._count_sql.sql, counted)
                     counted_row = cursor.fetchone()
-                    assert counted_row is not None  # RETURNING gives the row it inserted or updated
+                    if counted_row is None:  # RETURNING gives the row it inserted or updated
+                        raise RuntimeError("the query count upsert returned no row")
                     total = int(counted_row[0])
                     tokens: list[str] = []
                     if withdrawals_of is not None:
