@@ -94,6 +94,10 @@ class Queued:
         self._pending = pending
 
 
+GROUP_COMMIT_S = 0.003
+"""The committer's default group-commit window (see `AuditLog.open`)."""
+
+
 @dataclass
 class _Queue:
     """Appends waiting for a commit; `leading` while one appender is committing a batch; `awaited` counts
@@ -121,7 +125,7 @@ class AuditLog:
         origin: str,
         signing_key: Ed25519PrivateKey | None,
         checkpoint_interval_s: float | None,
-        group_commit_s: float = 0.003,
+        group_commit_s: float = GROUP_COMMIT_S,
     ) -> None:
         self._engines = engines
         self.origin = origin
@@ -150,7 +154,7 @@ class AuditLog:
         signing_key: Ed25519PrivateKey | None = None,
         *,
         checkpoint_interval_s: float | None = 0.5,
-        group_commit_s: float = 0.003,
+        group_commit_s: float = GROUP_COMMIT_S,
     ) -> AuditLog:
         """Open (creating if needed) the log at `url`. With a signing key, a background thread signs a
         checkpoint every `checkpoint_interval_s` seconds while the log grows (None: only on request).

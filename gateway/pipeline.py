@@ -441,13 +441,9 @@ class QueryPipeline:
     ) -> tuple[QueryOutcome, float]:
         """Count this asking against the agreement's limit, then compile and run the query with the
         obligations and the recorded withdrawals applied; the outcome and its run time in ms (blocking)."""
-        if entry.patient_column is not None:
-            start = self.rt.state.start_query(
-                owner(principal), spec.agreement, query_hash, entry.dataset, entry.key_context
-            )
-            asked, withdrawn = start.asked, start.withdrawn
-        else:
-            asked, withdrawn = self.rt.state.count_query(owner(principal), spec.agreement, query_hash), []
+        patients = (entry.dataset, entry.key_context) if entry.patient_column is not None else None
+        start = self.rt.state.start_query(owner(principal), spec.agreement, query_hash, patients)
+        asked, withdrawn = start.asked, start.withdrawn
         if asked > obligations.max_identical_queries:
             raise Refusal(
                 "limit",

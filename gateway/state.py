@@ -233,17 +233,13 @@ class GatewayState:
     def count_query(self, subject: str, agreement: str, query_hash: str) -> int:
         """Count one more asking of this exact query by this researcher under this agreement; return the
         total so far."""
-        return self._start(subject, agreement, query_hash, None).asked
+        return self.start_query(subject, agreement, query_hash).asked
 
     def start_query(
-        self, subject: str, agreement: str, query_hash: str, dataset: str, key_context: str
+        self, subject: str, agreement: str, query_hash: str, withdrawals_of: tuple[str, str] | None = None
     ) -> QueryStart:
-        """`count_query` and `withdrawn` in one transaction: what every query asks of the state."""
-        return self._start(subject, agreement, query_hash, (dataset, key_context))
-
-    def _start(
-        self, subject: str, agreement: str, query_hash: str, withdrawals_of: tuple[str, str] | None
-    ) -> QueryStart:
+        """What every query asks of the state, in one transaction: `count_query`, and `withdrawn` of the
+        (dataset, key context) in `withdrawals_of` (none read without it)."""
         counted = self._count_sql.params(
             {"subject": subject, "agreement": agreement, "query_hash": query_hash}
         )
@@ -421,10 +417,9 @@ class GatewayState:
 
     def withdrawn(self, dataset: str, key_context: str) -> list[str]:
         """Pseudonyms of the patients of a dataset who withdrew consent."""
-        w = withdrawals.c
+        read = self._withdrawn_sql.params({"dataset": dataset, "key_context": key_context})
         with self._engine.connect() as conn:
-            rows = conn.execute(sa.select(w.token).where(w.dataset == dataset, w.key_context == key_context))
-            return [r[0] for r in rows]
+            return [r[0] for r in conn.exec_driver_sql(self._withdrawn_sql.sql, read)]
 
     def save_request(self, request: StoredRequest) -> None:
         """Insert a new request."""

@@ -50,36 +50,26 @@ class CompiledQuery:
     group_by: tuple[str, ...]
     output: tuple[tuple[str, str], ...]
     """(name, pandas dtype) of each column of `main`, in order."""
-    bins: tuple[tuple[float | None, float | None], ...] = ()
-    """Histogram only: (lower, upper) of each bin index; None is an open end."""
-    table: sa.FromClause | None = None
-    consent: sa.ColumnElement[bool] | None = None
+    table: sa.FromClause
+    consent: sa.ColumnElement[bool]
     """The consent predicate (withdrawals included): the population's rows."""
     keep: sa.ColumnElement[bool] | None = None
     """The spec's filters, None without any."""
+    bins: tuple[tuple[float | None, float | None], ...] = ()
+    """Histogram only: (lower, upper) of each bin index; None is an open end."""
 
     @functools.cached_property
     def selected(self) -> AnySelect:
         """The count of rows the filters and the consent filter keep."""
-        where = self._where() if self.keep is None else sa.and_(self._where(), self.keep)
-        return sa.select(sa.func.count().label("selected")).select_from(self._table()).where(where)
+        where = self.consent if self.keep is None else sa.and_(self.consent, self.keep)
+        return sa.select(sa.func.count().label("selected")).select_from(self.table).where(where)
 
     @functools.cached_property
     def sizes(self) -> AnySelect:
         """`selected` and the population's size in one scan."""
         counted = sa.func.count().filter(self.keep) if self.keep is not None else sa.func.count()
         sizes = sa.select(counted.label("selected"), sa.func.count().label("population"))
-        return sizes.select_from(self._table()).where(self._where())
-
-    def _table(self) -> sa.FromClause:
-        if self.table is None:
-            raise QueryError("this compiled query has no table to count on")
-        return self.table
-
-    def _where(self) -> sa.ColumnElement[bool]:
-        if self.consent is None:
-            raise QueryError("this compiled query has no consent predicate to count with")
-        return self.consent
+        return sizes.select_from(self.table).where(self.consent)
 
 
 def quantile_name(prob: float) -> str:
@@ -129,9 +119,7 @@ def compile_query(
     def compiled(
         main: AnySelect, output: tuple[tuple[str, str], ...], bins: tuple[Any, ...] = ()
     ) -> CompiledQuery:
-        return CompiledQuery(
-            spec.kind, main, population, spec.group_by, output, bins, table=table, consent=consent, keep=keep
-        )
+        return CompiledQuery(spec.kind, main, population, spec.group_by, output, table, consent, keep, bins)
 
     if isinstance(spec, KaplanMeierQuery):
         return compiled(*_kaplan_meier(spec, table, resolve, where))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import sqlalchemy as sa
+
 from audit.entry import Actor
 from audit.log import AuditLog
 
@@ -35,3 +37,14 @@ def append_samples(log: AuditLog, n: int) -> None:
     actor = Actor("researcher-1", "uni-example")
     for i in range(n):
         log.append(sample_type(i), actor=actor, request_id=f"req-{i}", payload=sample(i))
+
+
+def commit_counter(log: AuditLog) -> list[int]:
+    """A one-item list that counts the transactions the log's writer commits from now on."""
+    commits = [0]
+
+    @sa.event.listens_for(log._engines.writer, "commit")
+    def count(_conn: Any) -> None:
+        commits[0] += 1
+
+    return commits

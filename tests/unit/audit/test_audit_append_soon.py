@@ -9,11 +9,9 @@ import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
 
 import pytest
-import sqlalchemy as sa
-from audit_helpers import ORIGIN
+from audit_helpers import ORIGIN, commit_counter
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_audit_queue import ALICE, first_commit_fails, received
 
@@ -41,12 +39,7 @@ def test_an_invalid_payload_raises_at_once_and_queues_nothing(log: AuditLog) -> 
 
 
 def test_many_threads_share_commits_and_keep_one_chain(log: AuditLog) -> None:
-    commits = 0
-
-    @sa.event.listens_for(log._engines.writer, "commit")
-    def count(_conn: Any) -> None:
-        nonlocal commits
-        commits += 1
+    commits = commit_counter(log)
 
     futures: list[Future[AppendReceipt]] = []
     lock = threading.Lock()
@@ -64,7 +57,7 @@ def test_many_threads_share_commits_and_keep_one_chain(log: AuditLog) -> None:
         t.join()
     indexes = sorted(f.result(timeout=30).index for f in futures)
     assert indexes == list(range(400))
-    assert commits < 400, "the committer should write queued entries in batches"
+    assert commits[0] < 400, "the committer should write queued entries in batches"
     entries = log.entries(0, 400)
     assert [json.loads(e.data)["index"] for e in entries] == list(range(400))
 
@@ -122,21 +115,11 @@ def test_closing_writes_what_is_awaited_and_refuses_more(tmp_path: Path, log_key
         assert reopened.size == 30
 
 
-def _commit_counter(log: AuditLog) -> list[int]:
-    commits = [0]
-
-    @sa.event.listens_for(log._engines.writer, "commit")
-    def count(_conn: Any) -> None:
-        commits[0] += 1
-
-    return commits
-
-
 def test_entries_awaited_soon_after_a_commit_share_the_next_one(tmp_path: Path) -> None:
     log = AuditLog.open(f"sqlite:///{tmp_path / 'audit.db'}", ORIGIN, group_commit_s=0.5)
     try:
         log.append_soon("auth.failed", payload={"reason": "first"}).result(timeout=10)
-        commits = _commit_counter(log)
+        commits = commit_counter(log)
         futures = []
         for i in range(5):  # arriving one by one, each while the window after the last commit is open
             futures.append(log.append_soon("auth.failed", payload={"reason": f"r{i}"}))
@@ -150,7 +133,7 @@ def test_entries_awaited_soon_after_a_commit_share_the_next_one(tmp_path: Path) 
 def test_without_a_window_each_awaited_entry_is_committed_as_it_comes(tmp_path: Path) -> None:
     log = AuditLog.open(f"sqlite:///{tmp_path / 'audit.db'}", ORIGIN, group_commit_s=0)
     try:
-        commits = _commit_counter(log)
+        commits = commit_counter(log)
         for i in range(5):
             log.append_soon("auth.failed", payload={"reason": f"r{i}"}).result(timeout=10)
         assert commits[0] == 5

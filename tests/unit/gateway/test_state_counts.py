@@ -33,15 +33,16 @@ def test_the_count_survives_a_restart(state_url: str) -> None:
 def test_starting_a_query_counts_it_and_reads_the_withdrawals_of_its_dataset(state: GatewayState) -> None:
     state.add_withdrawals("ds", "ctx", ["0f" * 16])
     state.add_withdrawals("other", "ctx", ["1e" * 16])
-    first = state.start_query("alice", "DSA-1", "h", "ds", "ctx")
+    first = state.start_query("alice", "DSA-1", "h", ("ds", "ctx"))
     assert first.asked == 1
     assert first.withdrawn == state.withdrawn("ds", "ctx") and len(first.withdrawn) == 1
-    assert state.start_query("alice", "DSA-1", "h", "ds", "ctx").asked == 2
+    assert state.start_query("alice", "DSA-1", "h", ("ds", "ctx")).asked == 2
     assert state.count_query("alice", "DSA-1", "h") == 3  # one count, whichever way it is asked
-    assert state.start_query("alice", "DSA-1", "h", "ds", "another-key").withdrawn == []
+    assert state.start_query("alice", "DSA-1", "h", ("ds", "another-key")).withdrawn == []
+    assert state.start_query("alice", "DSA-1", "h").withdrawn == []  # no dataset named, none read
 
 
 def test_concurrent_starts_each_get_their_own_count(state: GatewayState) -> None:
     with ThreadPoolExecutor(8) as pool:
-        started = list(pool.map(lambda _: state.start_query("alice", "DSA-1", "h", "ds", "ctx"), range(40)))
+        started = list(pool.map(lambda _: state.start_query("alice", "DSA-1", "h", ("ds", "ctx")), range(40)))
     assert sorted(s.asked for s in started) == list(range(1, 41))
