@@ -8,9 +8,10 @@ one scan. Column names come only from the catalog, values only as bound paramete
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 
@@ -295,6 +296,13 @@ def _filter(node: Filter, path: str, resolve: _Resolver, negated: bool) -> sa.Co
     return _condition(node, path, resolve, negated)
 
 
+# The comparison operators by spec op, applied to the one that is asked (each builds a SQL expression).
+_COMPARISONS: Final[dict[str, Callable[[Any, Any], sa.ColumnElement[bool]]]] = {
+    "=": operator.eq, "!=": operator.ne, "<": operator.lt,
+    "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+}  # fmt: skip
+
+
 def _condition(leaf: Condition, path: str, resolve: _Resolver, negated: bool) -> sa.ColumnElement[bool]:
     column = resolve.column(leaf.column, f"{path}.column")
     col: sa.ColumnElement[Any] = resolve.table.c[column.name]
@@ -332,15 +340,7 @@ def _condition(leaf: Condition, path: str, resolve: _Resolver, negated: bool) ->
             raise QuerySpecError("between needs low <= high", f"{path}.value")
         predicate = col.between(bound(low), bound(high))
     else:
-        value = bound(coerced(leaf.value, f"{path}.value"))
-        predicate = {
-            "=": col == value,
-            "!=": col != value,
-            "<": col < value,
-            "<=": col <= value,
-            ">": col > value,
-            ">=": col >= value,
-        }[leaf.op]
+        predicate = _COMPARISONS[leaf.op](col, bound(coerced(leaf.value, f"{path}.value")))
     # A comparison with a missing value is unknown; under a `not` unknown would stay unknown and drop the
     # row, so it is made false there: `not F` then selects exactly the rows `F` does not.
     return sa.and_(col.is_not(None), predicate) if negated else predicate
