@@ -94,21 +94,38 @@ def execute(
     population = populations.get(key) if populations is not None and key is not None else None
     try:
         with engine.connect() as conn:
-            rows = conn.execute(compiled.main).all()
+            run = _runner(conn)
+            rows = run(compiled.main)
             if population is None:
-                selected, population = (int(v) for v in conn.execute(compiled.sizes).one())
+                selected, population = (int(v) for v in _one(run(compiled.sizes)))
                 if populations is not None and key is not None:
                     populations.put(key, population)
             elif compiled.kind in ("count", "crosstab"):
                 selected = sum(int(r[-1]) for r in rows)
             else:
-                selected = int(conn.execute(compiled.selected).scalar_one())
+                (selected_value,) = _one(run(compiled.selected))
+                selected = int(selected_value)
     except (sa.exc.SQLAlchemyError, duckdb.Error) as exc:
         cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
         if isinstance(cause, duckdb.ConversionException) or isinstance(exc, sa.exc.DataError):
             raise ValueMismatch() from None
         raise ExecutionError(_describe(exc)) from None
     return _outcome(compiled, rows, selected, population)
+
+
+def _runner(conn: sa.Connection) -> Callable[[sa.Select[Any]], Sequence[Sequence[Any]]]:
+    """How `conn` runs a select: DuckDB's own connection for the query dialect (duckdb_dialect.run),
+    SQLAlchemy's execution for any other store."""
+    if isinstance(conn.dialect, duckdb_dialect.QueryDuckDBDialect):
+        return functools.partial(duckdb_dialect.run, conn)
+    return lambda statement: conn.execute(statement).all()
+
+
+def _one(rows: Sequence[Sequence[Any]]) -> Sequence[Any]:
+    """The single row of an aggregate without GROUP BY."""
+    if len(rows) != 1:
+        raise ExecutionError(f"the store returned {len(rows)} rows where one was expected")
+    return rows[0]
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,118 @@
+"""duckdb_dialect.run: a compiled select on DuckDB's own connection, its parse kept per connection, its
+values bound on every run, and the same rows SQLAlchemy's own execution returns."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from query_helpers import TABLE, obligations
+
+from gateway.query import compile_query, duckdb_dialect, parse_query_spec, store_engine
+
+
+@pytest.fixture()
+def engine(duck_url: str) -> Iterator[sa.Engine]:
+    eng = store_engine(duck_url)
+    yield eng
+    eng.dispose()
+
+
+def compiled_main(
+    engine: sa.Engine, columns: list[tuple[str, str]], kind: str, node: Any, **extra: Any
+) -> Any:
+    spec = parse_query_spec(
+        {"dataset": "mixed", "agreement": "DSA-2026-014", "purpose": {"duo": ["DUO:0000042"]}, "kind": kind,
+         "filters": node, **extra}
+    )  # fmt: skip
+    allowed = tuple(name for name, _ in columns)
+    return compile_query(spec, TABLE, columns, obligations(allowed), engine.dialect.name)
+
+
+def kept(conn: sa.Connection) -> dict[str, Any]:
+    parsed: dict[str, Any] = conn.connection.info.get(duckdb_dialect._PARSED, {})
+    return parsed
+
+
+SHAPES: list[tuple[str, Any, dict[str, Any]]] = [
+    ("count", {"column": "bmi", "op": ">", "value": 27.5}, {}),
+    ("crosstab", {"column": "icd10", "op": "in", "value": ["I10", "E11.9", "C18.9"]}, {"group_by": ["sex"]}),
+    ("summary", {"column": "survival_days", "op": "between", "value": [100, 2000]},
+     {"group_by": ["outcome"], "params": {"column": "bmi"}}),
+    ("histogram", {"not": {"column": "sex", "op": "=", "value": "M"}},
+     {"group_by": ["sex"], "params": {"column": "bmi", "edges": [20, 25, 30, 35]}}),
+    ("quantiles", {"column": "admission_date", "op": ">", "value": "2018-01-01"},
+     {"params": {"column": "systolic_bp", "probs": [0.25, 0.5, 0.9]}}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kind", "node", "extra"), SHAPES, ids=[s[0] for s in SHAPES])
+def test_rows_equal_sqlalchemy_execution(
+    engine: sa.Engine, mixed_columns: list[tuple[str, str]], kind: str, node: Any, extra: dict[str, Any]
+) -> None:
+    compiled = compiled_main(engine, mixed_columns, kind, node, **extra)
+    with engine.connect() as conn:
+        for statement in (compiled.main, compiled.sizes, compiled.selected):
+            expected = [tuple(row) for row in conn.execute(statement).all()]
+            assert expected, "a select of the mixed table returns rows"
+            assert duckdb_dialect.run(conn, statement) == expected
+            assert duckdb_dialect.run(conn, statement) == expected  # the kept parse, run again
+
+
+def test_a_parse_is_kept_per_text_and_each_run_binds_its_own_values(
+    engine: sa.Engine, mixed_columns: list[tuple[str, str]]
+) -> None:
+    low = compiled_main(engine, mixed_columns, "count", {"column": "bmi", "op": ">", "value": 20.0})
+    high = compiled_main(engine, mixed_columns, "count", {"column": "bmi", "op": ">", "value": 33.0})
+    with engine.connect() as conn:
+        ((n_low,),) = duckdb_dialect.run(conn, low.main)
+        ((n_high,),) = duckdb_dialect.run(conn, high.main)
+        assert len(kept(conn)) == 1  # one text, two values
+        assert n_low > n_high > 0
+        assert [(n_low,)] == [tuple(r) for r in conn.execute(low.main).all()]
+        assert [(n_high,)] == [tuple(r) for r in conn.execute(high.main).all()]
+
+
+def test_in_lists_of_each_length_get_their_own_text(
+    engine: sa.Engine, mixed_columns: list[tuple[str, str]]
+) -> None:
+    answers = []
+    with engine.connect() as conn:
+        for values in (["I10"], ["I10", "E11.9"], ["I10", "E11.9", "C18.9"]):
+            compiled = compiled_main(
+                engine, mixed_columns, "count", {"column": "icd10", "op": "in", "value": values}
+            )
+            rows = duckdb_dialect.run(conn, compiled.main)
+            assert rows == [tuple(r) for r in conn.execute(compiled.main).all()]
+            answers.append(rows[0][0])
+        assert len(kept(conn)) == 3
+    assert answers[0] < answers[1] < answers[2]
+
+
+def test_parses_kept_are_bounded_least_recently_used_first(
+    engine: sa.Engine, mixed_columns: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(duckdb_dialect, "PARSED_PER_CONNECTION", 2)
+    ops = ["<", ">", "="]
+    statements = {
+        op: compiled_main(engine, mixed_columns, "count", {"column": "bmi", "op": op, "value": 27.5}).main
+        for op in ops
+    }
+    with engine.connect() as conn:
+        duckdb_dialect.run(conn, statements["<"])
+        duckdb_dialect.run(conn, statements[">"])
+        duckdb_dialect.run(conn, statements["<"])  # "<" is now the most recently used
+        duckdb_dialect.run(conn, statements["="])
+        texts = list(kept(conn))
+    assert len(texts) == 2
+    assert not any(" > " in t for t in texts)  # the least recently used went
+    assert any(" < " in t for t in texts) and any(" = " in t for t in texts)
+
+
+def test_a_value_duckdb_cannot_convert_is_a_driver_error(engine: sa.Engine) -> None:
+    table = sa.table(TABLE, sa.column("bmi", sa.Double()))
+    statement = sa.select(sa.func.count()).select_from(table).where(sa.cast(sa.literal("x"), sa.Double()) > 1)
+    with engine.connect() as conn, pytest.raises(duckdb_dialect.duckdb.ConversionException):
+        duckdb_dialect.run(conn, statement)
