@@ -89,8 +89,8 @@ class ServerSettings(BaseModel):
         default=4,
         ge=1,
         le=256,
-        description="threads per worker for store reads, state and audit writes; a few per core keep the "
-        "cores busy, more only take turns on the interpreter lock",
+        description="threads per worker for store reads, disclosure control and state writes; a few per "
+        "core keep the cores busy, more only take turns on the interpreter lock",
     )
     public_url: str | None = Field(default=None, description="the URL peers and clients use for this gateway")
 

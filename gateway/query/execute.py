@@ -191,7 +191,7 @@ def _is_plain(value: Any, kind: type, nullable: bool) -> bool:
     return True
 
 
-def _frame(compiled: CompiledQuery, rows: Sequence[sa.Row[Any]]) -> pd.DataFrame:
+def _frame(compiled: CompiledQuery, rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
     names = [name for name, _ in compiled.output]
     frame = pd.DataFrame([tuple(r) for r in rows], columns=names)
     for name, dtype in compiled.output:
