@@ -333,8 +333,7 @@ class GatewayState:
                     self._pending_changed.wait()
                 if self._closed:
                     return  # close() stores what is left
-            # Let the batch grow for a moment: one transaction for many requests.
-            with self._pending_changed:
+                # Let the batch grow for a moment: one transaction for many requests.
                 self._pending_changed.wait_for(lambda: self._closed, timeout=_OUTCOME_DELAY_S)
             try:
                 self.flush_outcomes()
