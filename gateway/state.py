@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -125,6 +126,33 @@ class _DriverStatement:
         return bound if self._order is None else tuple(bound[name] for name in self._order)
 
 
+class _ThreadConnections:
+    """One SQLite connection per thread in autocommit mode, for statements that are whole transactions."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        assert engine.url.database
+        self._path = engine.url.database
+        self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=10)
+            conn.execute("PRAGMA synchronous=NORMAL")  # as the engine's connections (_sqlite_pragmas)
+            with self._lock:
+                self._opened.append(conn)
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            conn.close()
+
+
 @dataclass(frozen=True)
 class StoredRequest:
     """A query the gateway keeps: waiting for a steward, or answered after approval."""
@@ -164,6 +192,7 @@ class GatewayState:
             if database not in (None, "", ":memory:"):
                 self._process_turn = ProcessLock(f"{database}-writer.lock")
         create_schema(self._engine, metadata)  # several workers may start on a new file at once
+        self._counting = _ThreadConnections(self._engine) if self._process_turn is not None else None
         # The statements of every query, built once: their values are bound at execution, so SQLAlchemy
         # neither rebuilds nor re-keys a statement per request.
         insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
@@ -225,6 +254,8 @@ class GatewayState:
         if self._writer is not None:
             self._writer.join(timeout=10)
         self.flush_outcomes()
+        if self._counting is not None:
+            self._counting.close()
         self._engine.dispose()
         if self._process_turn is not None:
             self._process_turn.close()
@@ -238,11 +269,26 @@ class GatewayState:
     def start_query(
         self, subject: str, agreement: str, query_hash: str, withdrawals_of: tuple[str, str] | None = None
     ) -> QueryStart:
-        """What every query asks of the state, in one transaction: `count_query`, and `withdrawn` of the
-        (dataset, key context) in `withdrawals_of` (none read without it)."""
+        """What every query asks of the state: `count_query`, and then `withdrawn` of the (dataset, key
+        context) in `withdrawals_of` (none read without it)."""
         counted = self._count_sql.params(
             {"subject": subject, "agreement": agreement, "query_hash": query_hash}
         )
+        if self._counting is not None:
+            # SQLite file: the count is one statement, committed as it finishes (autocommit), so the
+            # writers' turn, which every worker shares, covers two calls into SQLite instead of five.
+            # Each call ends with this thread waiting to take the GIL back, the turn still held.
+            conn = self._counting.connection()
+            with self._write_turn():
+                rows = conn.execute(self._count_sql.sql, counted).fetchall()
+            if len(rows) != 1:  # RETURNING gives the row it inserted or updated
+                raise RuntimeError("the query count upsert returned no row")
+            tokens: list[str] = []
+            if withdrawals_of is not None:
+                dataset, key_context = withdrawals_of
+                read = self._withdrawn_sql.params({"dataset": dataset, "key_context": key_context})
+                tokens = [row[0] for row in conn.execute(self._withdrawn_sql.sql, read).fetchall()]
+            return QueryStart(int(rows[0][0]), tokens)
         with self._write_turn():
             raw = self._engine.raw_connection()
             try:
@@ -253,7 +299,7 @@ class GatewayState:
                     if counted_row is None:  # RETURNING gives the row it inserted or updated
                         raise RuntimeError("the query count upsert returned no row")
                     total = int(counted_row[0])
-                    tokens: list[str] = []
+                    tokens = []
                     if withdrawals_of is not None:
                         dataset, key_context = withdrawals_of
                         read = {"dataset": dataset, "key_context": key_context}

@@ -17,6 +17,7 @@ from gateway.state import GatewayState
 
 WORKERS = 6
 ORIGIN = "example.org/fedgate/startup-test"
+ASKS = 300
 
 
 def _open(url: str, ready: multiprocessing.synchronize.Barrier, results: multiprocessing.Queue[str]) -> None:
@@ -78,3 +79,29 @@ def test_writers_of_one_file_take_turns_on_the_lock_beside_it(tmp_path: Path) ->
     finally:
         os.close(other)
         state.close()
+
+
+def _ask(
+    url: str, ready: multiprocessing.synchronize.Barrier, results: multiprocessing.Queue[list[int]]
+) -> None:
+    state = GatewayState(url)
+    try:
+        ready.wait(timeout=30)
+        results.put([state.count_query("alice", "DSA-1", "h") for _ in range(ASKS)])
+    finally:
+        state.close()
+
+
+def test_workers_asking_the_same_query_at_once_each_get_their_own_count(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    GatewayState(url).close()
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(4)
+    results: multiprocessing.Queue[list[int]] = context.Queue()
+    workers = [context.Process(target=_ask, args=(url, ready, results)) for _ in range(4)]
+    for w in workers:
+        w.start()
+    counts = [n for _ in workers for n in results.get(timeout=60)]
+    for w in workers:
+        w.join(timeout=30)
+    assert sorted(counts) == list(range(1, 4 * ASKS + 1))
