@@ -12,10 +12,10 @@ import os
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -251,20 +251,30 @@ def lock_head(conn: Connection) -> HeadState:
     return HeadState(int(size), bytes(last_leaf), bytes(frontier))
 
 
+ROWS_PER_INSERT: Final = 300
+"""Rows per INSERT statement: 3 parameters each, within the 999 an older SQLite binds at most."""
+
+
+def _insert_rows(conn: Connection, insert: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    row = f"({_marks(conn, 3)})"
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        chunk = rows[start : start + ROWS_PER_INSERT]
+        conn.exec_driver_sql(insert + ", ".join([row] * len(chunk)), tuple(v for r in chunk for v in r))
+
+
 def write_batch(
     conn: Connection,
     entry_rows: list[tuple[int, bytes, bytes]],
     node_rows: list[tuple[int, int, bytes]],
     new_head: HeadState,
 ) -> None:
-    """Insert entries and inner nodes and move the head, as driver-level executemany calls."""
-    conn.exec_driver_sql(
-        f"INSERT INTO {entries.name} (idx, leaf, body) VALUES ({_marks(conn, 3)})", entry_rows
-    )
-    if node_rows:
-        conn.exec_driver_sql(
-            f"INSERT INTO {nodes.name} (level, idx, hash) VALUES ({_marks(conn, 3)})", node_rows
-        )
+    """Insert entries and inner nodes and move the head, in plain driver SQL.
+
+    Rows go in as multi-row INSERTs of up to `ROWS_PER_INSERT`: an executemany steps the statement once
+    per row, and each step gives up the GIL, which the committing thread must then wait to take back
+    while every worker's commits wait on the writers' lock it holds."""
+    _insert_rows(conn, f"INSERT INTO {entries.name} (idx, leaf, body) VALUES ", entry_rows)
+    _insert_rows(conn, f"INSERT INTO {nodes.name} (level, idx, hash) VALUES ", node_rows)
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     conn.exec_driver_sql(
         f"UPDATE {head.name} SET size = {mark}, last_leaf = {mark}, frontier = {mark} WHERE id = {mark}",

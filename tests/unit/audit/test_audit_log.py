@@ -54,6 +54,29 @@ def test_append_many_is_one_transaction(log: AuditLog) -> None:
     assert log.size == 100
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_batch_larger_than_one_insert_is_stored_whole_and_proves(
+    database: str, tmp_path: Path, log_key: Ed25519PrivateKey, request: pytest.FixtureRequest
+) -> None:
+    # Rows go in as multi-row INSERTs of at most ROWS_PER_INSERT: a batch spanning three of them.
+    url = f"sqlite:///{tmp_path / 'audit.db'}" if database == "sqlite" else request.getfixturevalue("pg_url")
+    with AuditLog.open(url, ORIGIN, log_key, checkpoint_interval_s=None) as log:
+        _stored_whole(log)
+
+
+def _stored_whole(log: AuditLog) -> None:
+    count = 2 * storage.ROWS_PER_INSERT + 7
+    receipts = log.append_many(Event(sample_type(i), sample(i)) for i in range(count))
+    assert log.size == count
+    stored = log.entries(0, count)
+    assert [e.leaf_hash for e in stored] == [r.leaf_hash for r in receipts]
+    root = log.root(count)
+    assert root == root_of([e.leaf_hash for e in stored])
+    for index in (0, storage.ROWS_PER_INSERT - 1, storage.ROWS_PER_INSERT, count - 1):
+        proof = log.inclusion_proof(index, count)
+        verify_inclusion(index, count, stored[index].leaf_hash, proof, root)  # raises if it does not hold
+
+
 def test_concurrent_appenders_share_commits(log: AuditLog) -> None:
     commits = commit_counter(log)
 
