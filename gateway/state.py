@@ -283,12 +283,7 @@ class GatewayState:
                 rows = conn.execute(self._count_sql.sql, counted).fetchall()
             if len(rows) != 1:  # RETURNING gives the row it inserted or updated
                 raise RuntimeError("the query count upsert returned no row")
-            tokens: list[str] = []
-            if withdrawals_of is not None:
-                dataset, key_context = withdrawals_of
-                read = self._withdrawn_sql.params({"dataset": dataset, "key_context": key_context})
-                tokens = [row[0] for row in conn.execute(self._withdrawn_sql.sql, read).fetchall()]
-            return QueryStart(int(rows[0][0]), tokens)
+            return QueryStart(int(rows[0][0]), self._withdrawn_tokens(conn.cursor(), withdrawals_of))
         with self._write_turn():
             raw = self._engine.raw_connection()
             try:
@@ -299,12 +294,7 @@ class GatewayState:
                     if counted_row is None:  # RETURNING gives the row it inserted or updated
                         raise RuntimeError("the query count upsert returned no row")
                     total = int(counted_row[0])
-                    tokens = []
-                    if withdrawals_of is not None:
-                        dataset, key_context = withdrawals_of
-                        read = {"dataset": dataset, "key_context": key_context}
-                        cursor.execute(self._withdrawn_sql.sql, self._withdrawn_sql.params(read))
-                        tokens = [row[0] for row in cursor.fetchall()]
+                    tokens = self._withdrawn_tokens(cursor, withdrawals_of)
                 finally:
                     cursor.close()
                 raw.commit()
@@ -315,6 +305,15 @@ class GatewayState:
             finally:
                 raw.close()  # back to the pool
         return QueryStart(total, tokens)
+
+    def _withdrawn_tokens(self, cursor: Any, withdrawals_of: tuple[str, str] | None) -> list[str]:
+        """The withdrawn pseudonyms of (dataset, key context), read on a driver cursor; none without it."""
+        if withdrawals_of is None:
+            return []
+        dataset, key_context = withdrawals_of
+        read = self._withdrawn_sql.params({"dataset": dataset, "key_context": key_context})
+        cursor.execute(self._withdrawn_sql.sql, read)
+        return [row[0] for row in cursor.fetchall()]
 
     def record_outcome(
         self,
