@@ -547,15 +547,32 @@ class AuditLog:
         return verifier_key_text(self.origin, self._key.public_key())
 
     def _checkpoint_loop(self, interval: float) -> None:
-        signed = -1
         while not self._stop.wait(interval):
             try:
-                if self.size != signed:
-                    note = self.checkpoint()
-                    signed = int(note.split("\n", 2)[1])
+                if self._checkpoint_due(interval):
+                    self.checkpoint()
             except (AuditError, sa.exc.SQLAlchemyError) as exc:
                 # The next tick retries; appends never depend on this thread.
                 log.warning("audit checkpoint failed: %s", exc)
+
+    def _checkpoint_due(self, interval: float) -> bool:
+        """Whether this tick should sign: the log has grown past its latest checkpoint, and no process
+        sharing the log (another worker) signed one within the last interval.
+
+        Signing holds every writer's lock while it computes the root and the consistency proof (about
+        10 ms on a busy worker), so the appends of every worker wait behind it; with several workers each
+        signing every interval, the waits came that many times as often for checkpoints that each covered
+        the others' entries too. Read without the writer's lock."""
+        t = storage.checkpoints
+        with self._engines.reader.connect() as conn:
+            size = int(storage.read_head(conn).size)
+            latest = conn.execute(
+                sa.select(t.c.size, t.c.signed_at).order_by(t.c.size.desc()).limit(1)
+            ).first()
+        if latest is None:
+            return True
+        # A tenth of the interval of slack: workers ticking in step must not both see the other's as recent.
+        return int(latest.size) < size and float(latest.signed_at) <= time.time() - 0.9 * interval
 
     # -- export --------------------------------------------------------------------------------------
 

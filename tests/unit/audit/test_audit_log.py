@@ -179,6 +179,30 @@ def test_background_checkpoints_follow_appends_within_a_second(
             time.sleep(0.02)
 
 
+def test_workers_sharing_a_log_take_turns_signing_its_checkpoints(
+    tmp_path: Path, log_key: Ed25519PrivateKey
+) -> None:
+    # Two writers on one store, as two uvicorn workers: each would sign every interval while the log
+    # grows, holding every writer's lock, though one checkpoint covers both writers' entries.
+    url, interval, seconds = f"sqlite:///{tmp_path / 'shared.db'}", 0.2, 2.4
+    with AuditLog.open(url, ORIGIN, log_key, checkpoint_interval_s=interval) as first:
+        time.sleep(interval / 2)  # workers start apart, so their checkpoint ticks are not in step
+        with AuditLog.open(url, ORIGIN, log_key, checkpoint_interval_s=interval) as second:
+            until = time.monotonic() + seconds
+            while time.monotonic() < until:
+                for writer in (first, second):
+                    writer.append("auth.failed", payload={"reason": "expired"})
+                time.sleep(0.005)
+    with AuditLog.open(url, ORIGIN, log_key, checkpoint_interval_s=None) as log:
+        with log._engines.reader.connect() as conn:
+            signed = conn.execute(sa.select(sa.func.count()).select_from(storage.checkpoints)).scalar_one()
+        note = log.latest_checkpoint()
+        assert note is not None
+        assert parse_checkpoint_body(parse_note(note).text).size >= log.size - 200  # it kept up
+    ticks = seconds / interval
+    assert ticks / 2 <= signed <= ticks * 1.4 + 1, f"{signed} checkpoints in {ticks:.0f} intervals"
+
+
 def test_cosignatures_are_verified_before_they_are_stored(log: AuditLog) -> None:
     append_samples(log, 4)
     note = log.checkpoint()
