@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from audit_helpers import ORIGIN, append_samples, commit_counter, digest, sample, sample_type
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from audit import log as audit_log
 from audit import storage
 from audit.checkpoint import cosign_checkpoint, open_checkpoint, parse_checkpoint_body
 from audit.entry import GENESIS_PREV, Actor
@@ -177,6 +178,43 @@ def test_background_checkpoints_follow_appends_within_a_second(
                 break
             assert time.monotonic() - acked < 1.0, "no checkpoint within a second of the append"
             time.sleep(0.02)
+
+
+def test_appends_commit_while_a_checkpoint_reads_and_checks_its_proof(
+    log: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    append_samples(log, 3)
+    log.checkpoint()
+    append_samples(log, 2)
+    reading, release = threading.Event(), threading.Event()
+    real_consistency = audit_log._consistency
+
+    def slow_consistency(conn: sa.Connection, old: int, new: int) -> list[bytes]:
+        reading.set()
+        assert release.wait(timeout=30)
+        return real_consistency(conn, old, new)
+
+    monkeypatch.setattr(audit_log, "_consistency", slow_consistency)
+    signer = threading.Thread(target=log.checkpoint)
+    signer.start()
+    try:
+        assert reading.wait(timeout=10)
+        appended = threading.Event()
+
+        def append_one() -> None:
+            log.append("auth.failed", payload={"reason": "expired"})
+            appended.set()
+
+        threading.Thread(target=append_one).start()
+        assert appended.wait(timeout=5), "an append waited for the checkpoint's proof"
+    finally:
+        release.set()
+        signer.join(timeout=30)
+    note = log.latest_checkpoint()
+    assert note is not None
+    assert parse_checkpoint_body(parse_note(note).text).size == 5  # what it had read and proven
+    assert log.size == 6
+    assert parse_checkpoint_body(parse_note(log.checkpoint()).text).size == 6
 
 
 def test_workers_sharing_a_log_take_turns_signing_its_checkpoints(
