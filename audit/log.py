@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Final
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -114,6 +114,10 @@ class _Queue:
     def __post_init__(self) -> None:
         self.changed = threading.Condition(self.lock)
         self.wake = threading.Condition(self.lock)
+
+
+_CHECKPOINT_ATTEMPTS: Final = 3
+"""Times `checkpoint` reads and proves without the writers' lock before it does so under the lock."""
 
 
 class AuditLog:
@@ -477,48 +481,47 @@ class AuditLog:
         """Sign a checkpoint of the current size (or return the latest if nothing was appended).
 
         Before signing, the new tree is proven consistent with the last signed checkpoint; a store that
-        fails that is refused (StorageError) rather than signed, so the log never signs a fork.
+        fails that is refused (StorageError) rather than signed, so the log never signs a fork. The note
+        returned covers every entry committed before the call.
 
         The proof is read and checked without the writers' lock, from committed rows: stored entries and
-        nodes never change, the latest checkpoint is read before the head (a checkpoint never covers more
-        than the head), and the lock is taken only to store the signed checkpoint, after confirming that
-        no other writer signed one meanwhile. Appends of every worker wait while the lock is held, and
-        reading and checking the proof under it held them for about 10 ms on a busy worker.
+        nodes never change, and the latest checkpoint is read before the head (a checkpoint never covers
+        more than the head). The lock is taken to store the signed checkpoint, after confirming that the
+        checkpoint it was proven against is still the latest; should another writer have signed meanwhile,
+        its note is returned if it covers as much, and the proof is read again against it otherwise.
+        Appends of every worker wait while the lock is held, and reading and checking the proof under it
+        held them for about 10 ms on a busy worker.
         """
         if self._key is None:
             raise StorageError("this log was opened without a signing key")
-        with self._engines.reader.connect() as conn:
-            last = _latest_checkpoint_row(conn)
-            row = storage.read_head(conn)
-            head = storage.HeadState(int(row.size), bytes(row.last_leaf), bytes(row.frontier))
-            size = head.size
-            root = _tree(head).root()
-            last_size: int | None = None
-            if last is not None:
-                last_size = int(last.size)
-                if last_size > size:
-                    raise StorageError(f"store has {size} entries but checkpoint {last_size} was signed")
-                try:
-                    proof = _consistency(conn, last_size, size)
-                    if last_size > 0:
-                        verify_consistency(last_size, size, proof, bytes(last.root), root)
-                except ProofError as exc:
-                    raise StorageError(
-                        f"refusing to sign: not consistent with checkpoint {last_size}: {exc}"
-                    ) from None
-                if last_size == size:
-                    return str(last.note)
-        note = sign_checkpoint(Checkpoint(self.origin, size, root), self._key)
+        for _ in range(_CHECKPOINT_ATTEMPTS):
+            with self._engines.reader.connect() as conn:
+                last = _latest_checkpoint_row(conn)
+                row = storage.read_head(conn)
+                head = storage.HeadState(int(row.size), bytes(row.last_leaf), bytes(row.frontier))
+                root = _proven_root(conn, last, head)
+            if last is not None and int(last.size) == head.size:
+                return str(last.note)
+            note = sign_checkpoint(Checkpoint(self.origin, head.size, root), self._key)
+            with self._commit_lock, self._engines.exclusive(), self._engines.writer.begin() as conn:
+                storage.lock_head(conn)  # signers take turns here (on PostgreSQL the row lock does it)
+                latest = _latest_checkpoint_row(conn)
+                if _same_checkpoint(latest, last):
+                    _store_checkpoint(conn, head.size, root, note)
+                    return note
+                if latest is None:
+                    raise StorageError("the signed checkpoints vanished from the store while signing")
+                if int(latest.size) >= head.size:
+                    return str(latest.note)
+        # Other writers signed between every read and its lock: prove and sign under the lock.
         with self._commit_lock, self._engines.exclusive(), self._engines.writer.begin() as conn:
-            latest = _latest_checkpoint_row(conn)
-            if latest is None and last_size is not None:
-                raise StorageError(f"checkpoint {last_size} vanished from the store while signing")
-            if latest is not None and int(latest.size) != last_size:
-                # Another writer signed meanwhile, from the same append-only store: its note stands.
-                return str(latest.note)
-            conn.execute(
-                storage.checkpoints.insert().values(size=size, root=root, note=note, signed_at=time.time())
-            )
+            head = storage.lock_head(conn)
+            last = _latest_checkpoint_row(conn)
+            root = _proven_root(conn, last, head)
+            if last is not None and int(last.size) == head.size:
+                return str(last.note)
+            note = sign_checkpoint(Checkpoint(self.origin, head.size, root), self._key)
+            _store_checkpoint(conn, head.size, root, note)
             return note
 
     def latest_checkpoint(self) -> str | None:
@@ -572,7 +575,7 @@ class AuditLog:
 
     def _checkpoint_due(self, interval: float) -> bool:
         """Whether this tick should sign: the log has grown past its latest checkpoint, and no process
-        sharing the log (another worker) signed one within the last interval.
+        sharing the log (another worker) signed one within the last 0.9 interval.
 
         Signing holds every writer's lock while it computes the root and the consistency proof (about
         10 ms on a busy worker), so the appends of every worker wait behind it; with several workers each
@@ -586,8 +589,10 @@ class AuditLog:
             ).first()
         if latest is None:
             return True
-        # A tenth of the interval of slack: workers ticking in step must not both see the other's as recent.
-        return int(latest.size) < size and float(latest.signed_at) <= time.time() - 0.9 * interval
+        # A tenth of the interval of slack: workers ticking in step must not both see the other's as
+        # recent. A signing time ahead of the clock (the clock was set back) does not hold signing off.
+        signed_at, now = float(latest.signed_at), time.time()
+        return int(latest.size) < size and (signed_at <= now - 0.9 * interval or signed_at > now)
 
     # -- export --------------------------------------------------------------------------------------
 
@@ -630,6 +635,33 @@ def _stream_bodies(conn: Connection, size: int) -> Iterator[list[bytes]]:
             raise StorageError(f"entries {start}..{end - 1} are incomplete in the store")
         yield [bytes(r.body) for r in rows]
         start = end
+
+
+def _proven_root(conn: Connection, last: Any, head: storage.HeadState) -> bytes:
+    """The root of the tree at `head`, proven consistent with the checkpoint `last` (None: none yet);
+    StorageError for a store that does not prove it, which must never be signed."""
+    size = head.size
+    root = _tree(head).root()
+    if last is None:
+        return root
+    last_size = int(last.size)
+    if last_size > size:
+        raise StorageError(f"store has {size} entries but checkpoint {last_size} was signed")
+    try:
+        proof = _consistency(conn, last_size, size)
+        if last_size > 0:
+            verify_consistency(last_size, size, proof, bytes(last.root), root)
+    except ProofError as exc:
+        raise StorageError(f"refusing to sign: not consistent with checkpoint {last_size}: {exc}") from None
+    return root
+
+
+def _same_checkpoint(a: Any, b: Any) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and int(a.size) == int(b.size))
+
+
+def _store_checkpoint(conn: Connection, size: int, root: bytes, note: str) -> None:
+    conn.execute(storage.checkpoints.insert().values(size=size, root=root, note=note, signed_at=time.time()))
 
 
 def _latest_checkpoint_row(conn: Connection) -> Any:

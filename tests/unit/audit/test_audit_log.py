@@ -6,6 +6,7 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -115,9 +116,11 @@ def test_proofs_from_stored_nodes_verify(log: AuditLog) -> None:
         log.inclusion_proof(5, 5)
 
 
+@pytest.mark.parametrize("unlocked_attempts", [3, 0], ids=["proof-read-unlocked", "proof-read-under-lock"])
 def test_checkpoints_are_signed_consistent_and_not_repeated(
-    log: AuditLog, log_key: Ed25519PrivateKey
+    log: AuditLog, log_key: Ed25519PrivateKey, unlocked_attempts: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(audit_log, "_CHECKPOINT_ATTEMPTS", unlocked_attempts)
     vkey = parse_verifier_key(log.verifier_key())
     assert vkey.name == ORIGIN
     empty = open_checkpoint(log.checkpoint(), [vkey], ORIGIN).checkpoint
@@ -133,7 +136,11 @@ def test_checkpoints_are_signed_consistent_and_not_repeated(
     assert log.latest_checkpoint() is not None and "\n13\n" in (log.latest_checkpoint() or "")
 
 
-def test_the_writer_refuses_to_sign_a_rewritten_history(log: AuditLog) -> None:
+@pytest.mark.parametrize("unlocked_attempts", [3, 0], ids=["proof-read-unlocked", "proof-read-under-lock"])
+def test_the_writer_refuses_to_sign_a_rewritten_history(
+    log: AuditLog, unlocked_attempts: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_log, "_CHECKPOINT_ATTEMPTS", unlocked_attempts)
     append_samples(log, 12)
     log.checkpoint()
     # Someone with database access rewrites entry 3's leaf hash and everything derived from it.
@@ -155,7 +162,11 @@ def test_the_writer_refuses_to_sign_a_rewritten_history(log: AuditLog) -> None:
         log.checkpoint()
 
 
-def test_the_writer_refuses_to_sign_after_a_rollback(log: AuditLog) -> None:
+@pytest.mark.parametrize("unlocked_attempts", [3, 0], ids=["proof-read-unlocked", "proof-read-under-lock"])
+def test_the_writer_refuses_to_sign_after_a_rollback(
+    log: AuditLog, unlocked_attempts: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_log, "_CHECKPOINT_ATTEMPTS", unlocked_attempts)
     append_samples(log, 5)
     log.checkpoint()
     with log._engines.writer.begin() as conn:
@@ -215,6 +226,110 @@ def test_appends_commit_while_a_checkpoint_reads_and_checks_its_proof(
     assert parse_checkpoint_body(parse_note(note).text).size == 5  # what it had read and proven
     assert log.size == 6
     assert parse_checkpoint_body(parse_note(log.checkpoint()).text).size == 6
+
+
+class HeldProof:
+    """`_consistency` held back by `hold` on its first call in each of the threads `a` and `b` (their
+    checkpoint's read without the lock); any other call goes straight through."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, hold: Callable[[str], object]) -> None:
+        self._real = audit_log._consistency
+        self._hold = hold
+        self._seen: set[str] = set()
+        monkeypatch.setattr(audit_log, "_consistency", self)
+
+    def __call__(self, conn: sa.Connection, old: int, new: int) -> list[bytes]:
+        name = threading.current_thread().name
+        if name in ("a", "b") and name not in self._seen:
+            self._seen.add(name)
+            self._hold(name)
+        return self._real(conn, old, new)
+
+
+def _two_logs(
+    database: str, tmp_path: Path, key: Ed25519PrivateKey, request: pytest.FixtureRequest
+) -> list[AuditLog]:
+    url = f"sqlite:///{tmp_path / 'audit.db'}" if database == "sqlite" else request.getfixturevalue("pg_url")
+    return [AuditLog.open(url, ORIGIN, key, checkpoint_interval_s=None) for _ in range(2)]
+
+
+def _signed_sizes(log: AuditLog) -> list[int]:
+    with log._engines.reader.connect() as conn:
+        return [int(r.size) for r in conn.execute(sa.select(storage.checkpoints.c.size).order_by("size"))]
+
+
+def _in_thread(name: str, call: Callable[[], str], out: dict[str, object]) -> threading.Thread:
+    def run() -> None:
+        try:
+            out[name] = call()
+        except Exception as exc:  # noqa: BLE001 - the test asserts on it
+            out[name] = exc
+
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_two_writers_signing_the_same_size_at_once_store_it_once(
+    database: str, tmp_path: Path, log_key: Ed25519PrivateKey, request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    first, second = _two_logs(database, tmp_path, log_key, request)
+    try:
+        append_samples(first, 3)
+        first.checkpoint()
+        append_samples(second, 2)
+        both_read = threading.Barrier(2)
+        HeldProof(monkeypatch, lambda _: both_read.wait(timeout=10))
+        out: dict[str, object] = {}
+        threads = [_in_thread("a", first.checkpoint, out), _in_thread("b", second.checkpoint, out)]
+        for thread in threads:
+            thread.join(timeout=30)
+        assert isinstance(out["a"], str) and out["a"] == out["b"], out
+        assert parse_checkpoint_body(parse_note(out["a"]).text).size == 5
+        assert _signed_sizes(first) == [3, 5]
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_checkpoint_covers_what_was_committed_before_it_though_a_smaller_one_was_signed_meanwhile(
+    database: str, tmp_path: Path, log_key: Ed25519PrivateKey, request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    first, second = _two_logs(database, tmp_path, log_key, request)
+    try:
+        append_samples(first, 3)
+        first.checkpoint()
+        append_samples(first, 2)
+        reached = {"a": threading.Event(), "b": threading.Event()}
+        go = {"a": threading.Event(), "b": threading.Event()}
+
+        def hold(name: str) -> None:
+            reached[name].set()
+            assert go[name].wait(timeout=10)
+
+        HeldProof(monkeypatch, hold)
+        out: dict[str, object] = {}
+        b = _in_thread("b", second.checkpoint, out)  # reads 5 entries, then waits
+        assert reached["b"].wait(timeout=10)
+        append_samples(first, 1)
+        a = _in_thread("a", first.checkpoint, out)  # reads 6 entries, then waits
+        assert reached["a"].wait(timeout=10)
+        go["b"].set()
+        b.join(timeout=30)
+        go["a"].set()
+        a.join(timeout=30)
+        sizes = {k: parse_checkpoint_body(parse_note(str(v)).text).size for k, v in out.items()}
+        assert sizes == {"a": 6, "b": 5}, out
+        assert _signed_sizes(first) == [3, 5, 6]
+        for old, new in ((3, 5), (5, 6)):  # each stored checkpoint proven against the one before it
+            verify_consistency(old, new, first.consistency_proof(old, new), first.root(old), first.root(new))
+    finally:
+        first.close()
+        second.close()
 
 
 def test_workers_sharing_a_log_take_turns_signing_its_checkpoints(
