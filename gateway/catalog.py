@@ -52,16 +52,14 @@ class CatalogView:
             age = time.monotonic() - self._loaded_at
             if age < self._ttl:
                 return list(self._entries)
-            if age < self._max_stale:
-                if not self._reading:
-                    self._reading = True
-                    threading.Thread(target=self._read_behind, name="catalog-read", daemon=True).start()
+            if age < self._max_stale and (self._reading or self._start_read_behind()):
                 return list(self._entries)
         return self.refresh()
 
-    def latest(self, dataset: str) -> CatalogEntry | None:
-        """The newest published version of a dataset, or None."""
-        found = [e for e in self.entries() if e.dataset == dataset]
+    def latest(self, dataset: str, *, fresh: bool = False) -> CatalogEntry | None:
+        """The newest published version of a dataset, or None; with `fresh`, from a read made now (for a
+        caller off the event loop that must not act on a version older than the newest)."""
+        found = [e for e in (self.refresh() if fresh else self.entries()) if e.dataset == dataset]
         return found[-1] if found else None
 
     def _read(self) -> list[CatalogEntry]:
@@ -72,6 +70,15 @@ class CatalogView:
                 result = conn.execute(sa.text(f"SELECT * FROM {CATALOG} ORDER BY dataset, version"))
                 rows = [dict(r._mapping) for r in result]
         return [CatalogEntry.from_row(r) for r in rows]
+
+    def _start_read_behind(self) -> bool:
+        """Start a read on the view's own thread (the lock held); False if no thread could be started."""
+        self._reading = True
+        try:
+            threading.Thread(target=self._read_behind, name="catalog-read", daemon=True).start()
+        except RuntimeError:
+            self._reading = False
+        return self._reading
 
     def _read_behind(self) -> None:
         """A read on the view's own thread; a failure keeps the held read (it is tried again on the next

@@ -41,7 +41,9 @@ class Withdrawal(BaseModel):
 async def withdraw_consent(
     dataset: str, body: Withdrawal, steward: StewardDep, runtime: RuntimeDep
 ) -> dict[str, Any]:
-    entry = await asyncio.to_thread(runtime.catalog.latest, dataset)
+    # Read now: the withdrawal is recorded under the pseudonym key of the newest version, which a catalog
+    # read from a moment ago might not show yet.
+    entry = await asyncio.to_thread(runtime.catalog.latest, dataset, fresh=True)
     if entry is None:
         raise Refusal(
             "not_found", "Unknown dataset", [f"this site has no dataset {dataset!r}"], field="dataset"

@@ -30,10 +30,12 @@ class GatedRead:
             self.gate.set()
         self.fails = fails
         self.started = 0
+        self.entered = threading.Event()
         self.finished = threading.Event()
 
     def __call__(self) -> list[CatalogEntry]:
         self.started += 1
+        self.entered.set()
         try:
             assert self.gate.wait(timeout=30), "the test never opened the gate"
             if self.fails:
@@ -70,6 +72,7 @@ def test_a_stale_lookup_answers_from_the_held_read_while_the_next_read_runs(
     answered, entry = _call_within(lambda: view.latest("cohort"), 5)
     assert answered, "the lookup waited for the store's catalog"
     assert isinstance(entry, CatalogEntry) and entry.version == version
+    assert read.entered.wait(timeout=10)
     for _ in range(5):
         assert view.latest("cohort").version == version  # type: ignore[union-attr]
     assert read.started == 1  # one read at a time, however many lookups find the view stale
@@ -94,12 +97,21 @@ def test_a_read_older_than_max_stale_is_waited_for(tmp_site: Site, monkeypatch: 
 def test_a_failed_read_keeps_the_held_one_and_its_error_surfaces_once_that_is_too_old(
     tmp_site: Site, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    view, version = _view(tmp_site, ttl_s=0.05, max_stale_s=1.0)
+    view, version = _view(tmp_site, ttl_s=0.05, max_stale_s=3.0)
     read = GatedRead(view._read, opened=True, fails=True)
     monkeypatch.setattr(view, "_read", read)
     time.sleep(0.1)
     assert view.latest("cohort").version == version  # type: ignore[union-attr]
     assert read.finished.wait(timeout=10)
-    time.sleep(1.0)
+    time.sleep(3.0)
     with pytest.raises(OSError, match="unreachable"):
         view.latest("cohort")
+
+
+def test_a_fresh_lookup_reads_now(tmp_site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    view, version = _view(tmp_site, ttl_s=60, max_stale_s=60)
+    read = GatedRead(view._read, opened=True)
+    monkeypatch.setattr(view, "_read", read)
+    assert view.latest("cohort").version == version  # type: ignore[union-attr]
+    assert view.latest("cohort", fresh=True).version == version + 1  # type: ignore[union-attr]
+    assert read.started == 1
