@@ -6,7 +6,7 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -246,11 +246,26 @@ class HeldProof:
         return self._real(conn, old, new)
 
 
-def _two_logs(
-    database: str, tmp_path: Path, key: Ed25519PrivateKey, request: pytest.FixtureRequest
-) -> list[AuditLog]:
-    url = f"sqlite:///{tmp_path / 'audit.db'}" if database == "sqlite" else request.getfixturevalue("pg_url")
-    return [AuditLog.open(url, ORIGIN, key, checkpoint_interval_s=None) for _ in range(2)]
+@pytest.fixture(params=["sqlite", "postgresql"])
+def two_logs(
+    request: pytest.FixtureRequest, tmp_path: Path, log_key: Ed25519PrivateKey
+) -> Iterator[tuple[AuditLog, AuditLog]]:
+    """Two writers on one store, as two workers: 5 entries, the first 3 under a signed checkpoint."""
+    url = (
+        f"sqlite:///{tmp_path / 'audit.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("pg_url")
+    )
+    first = AuditLog.open(url, ORIGIN, log_key, checkpoint_interval_s=None)
+    second = AuditLog.open(url, ORIGIN, log_key, checkpoint_interval_s=None)
+    try:
+        append_samples(first, 3)
+        first.checkpoint()
+        append_samples(second, 2)
+        yield first, second
+    finally:
+        first.close()
+        second.close()
 
 
 def _signed_sizes(log: AuditLog) -> list[int]:
@@ -270,66 +285,47 @@ def _in_thread(name: str, call: Callable[[], str], out: dict[str, object]) -> th
     return thread
 
 
-@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_two_writers_signing_the_same_size_at_once_store_it_once(
-    database: str, tmp_path: Path, log_key: Ed25519PrivateKey, request: pytest.FixtureRequest,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
-    first, second = _two_logs(database, tmp_path, log_key, request)
-    try:
-        append_samples(first, 3)
-        first.checkpoint()
-        append_samples(second, 2)
-        both_read = threading.Barrier(2)
-        HeldProof(monkeypatch, lambda _: both_read.wait(timeout=10))
-        out: dict[str, object] = {}
-        threads = [_in_thread("a", first.checkpoint, out), _in_thread("b", second.checkpoint, out)]
-        for thread in threads:
-            thread.join(timeout=30)
-        assert isinstance(out["a"], str) and out["a"] == out["b"], out
-        assert parse_checkpoint_body(parse_note(out["a"]).text).size == 5
-        assert _signed_sizes(first) == [3, 5]
-    finally:
-        first.close()
-        second.close()
+    two_logs: tuple[AuditLog, AuditLog], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = two_logs
+    both_read = threading.Barrier(2)
+    HeldProof(monkeypatch, lambda _: both_read.wait(timeout=10))
+    out: dict[str, object] = {}
+    for thread in [_in_thread("a", first.checkpoint, out), _in_thread("b", second.checkpoint, out)]:
+        thread.join(timeout=30)
+    assert isinstance(out["a"], str) and out["a"] == out["b"], out
+    assert parse_checkpoint_body(parse_note(out["a"]).text).size == 5
+    assert _signed_sizes(first) == [3, 5]
 
 
-@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_a_checkpoint_covers_what_was_committed_before_it_though_a_smaller_one_was_signed_meanwhile(
-    database: str, tmp_path: Path, log_key: Ed25519PrivateKey, request: pytest.FixtureRequest,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
-    first, second = _two_logs(database, tmp_path, log_key, request)
-    try:
-        append_samples(first, 3)
-        first.checkpoint()
-        append_samples(first, 2)
-        reached = {"a": threading.Event(), "b": threading.Event()}
-        go = {"a": threading.Event(), "b": threading.Event()}
+    two_logs: tuple[AuditLog, AuditLog], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = two_logs
+    reached = {"a": threading.Event(), "b": threading.Event()}
+    go = {"a": threading.Event(), "b": threading.Event()}
 
-        def hold(name: str) -> None:
-            reached[name].set()
-            assert go[name].wait(timeout=10)
+    def hold(name: str) -> None:
+        reached[name].set()
+        assert go[name].wait(timeout=10)
 
-        HeldProof(monkeypatch, hold)
-        out: dict[str, object] = {}
-        b = _in_thread("b", second.checkpoint, out)  # reads 5 entries, then waits
-        assert reached["b"].wait(timeout=10)
-        append_samples(first, 1)
-        a = _in_thread("a", first.checkpoint, out)  # reads 6 entries, then waits
-        assert reached["a"].wait(timeout=10)
-        go["b"].set()
-        b.join(timeout=30)
-        go["a"].set()
-        a.join(timeout=30)
-        sizes = {k: parse_checkpoint_body(parse_note(str(v)).text).size for k, v in out.items()}
-        assert sizes == {"a": 6, "b": 5}, out
-        assert _signed_sizes(first) == [3, 5, 6]
-        for old, new in ((3, 5), (5, 6)):  # each stored checkpoint proven against the one before it
-            verify_consistency(old, new, first.consistency_proof(old, new), first.root(old), first.root(new))
-    finally:
-        first.close()
-        second.close()
+    HeldProof(monkeypatch, hold)
+    out: dict[str, object] = {}
+    b = _in_thread("b", second.checkpoint, out)  # reads 5 entries, then waits
+    assert reached["b"].wait(timeout=10)
+    append_samples(first, 1)
+    a = _in_thread("a", first.checkpoint, out)  # reads 6 entries, then waits
+    assert reached["a"].wait(timeout=10)
+    go["b"].set()
+    b.join(timeout=30)
+    go["a"].set()
+    a.join(timeout=30)
+    sizes = {k: parse_checkpoint_body(parse_note(str(v)).text).size for k, v in out.items()}
+    assert sizes == {"a": 6, "b": 5}, out
+    assert _signed_sizes(first) == [3, 5, 6]
+    for old, new in ((3, 5), (5, 6)):  # each stored checkpoint proven against the one before it
+        verify_consistency(old, new, first.consistency_proof(old, new), first.root(old), first.root(new))
 
 
 def test_workers_sharing_a_log_take_turns_signing_its_checkpoints(
