@@ -577,16 +577,12 @@ class AuditLog:
         """Whether this tick should sign: the log has grown past its latest checkpoint, and no process
         sharing the log (another worker) signed one within the last 0.9 interval.
 
-        Signing holds every writer's lock while it computes the root and the consistency proof (about
-        10 ms on a busy worker), so the appends of every worker wait behind it; with several workers each
-        signing every interval, the waits came that many times as often for checkpoints that each covered
-        the others' entries too. Read without the writer's lock."""
-        t = storage.checkpoints
+        One checkpoint covers every worker's entries, and each signing reads the store, signs, and takes
+        every writer's lock to store the note: several workers each signing every interval did that many
+        times the work for nothing. Read without the writers' lock."""
         with self._engines.reader.connect() as conn:
+            latest = _latest_checkpoint_row(conn)
             size = int(storage.read_head(conn).size)
-            latest = conn.execute(
-                sa.select(t.c.size, t.c.signed_at).order_by(t.c.size.desc()).limit(1)
-            ).first()
         if latest is None:
             return True
         # A tenth of the interval of slack: workers ticking in step must not both see the other's as
@@ -666,7 +662,9 @@ def _store_checkpoint(conn: Connection, size: int, root: bytes, note: str) -> No
 
 def _latest_checkpoint_row(conn: Connection) -> Any:
     t = storage.checkpoints
-    return conn.execute(sa.select(t.c.size, t.c.root, t.c.note).order_by(t.c.size.desc()).limit(1)).first()
+    return conn.execute(
+        sa.select(t.c.size, t.c.root, t.c.note, t.c.signed_at).order_by(t.c.size.desc()).limit(1)
+    ).first()
 
 
 def _note_with_cosignatures(conn: Connection, size: int) -> str | None:
