@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import sqlalchemy as sa
 
 from gateway.decision.models import ConsentFilter, Obligations
+from gateway.query import duckdb_dialect
 from gateway.query.columns import DatasetColumn, python_value
 from gateway.query.consent import consent_predicate, not_withdrawn
 from gateway.query.errors import ColumnNotAllowed, QueryError, QuerySpecError, UnknownColumn
@@ -58,6 +59,12 @@ class CompiledQuery:
     """The spec's filters, None without any."""
     bins: tuple[tuple[float | None, float | None], ...] = ()
     """Histogram only: (lower, upper) of each bin index; None is an open end."""
+    shape: tuple[Any, ...] | None = None
+    """Everything the SQL text of these selects depends on: every input of `compile_query` but the
+    filters' values, of which only the types and the list lengths count. Two queries of one shape compile
+    to the same text, with the same bound values except `values` (see duckdb_dialect.run)."""
+    values: Mapping[str, Any] = field(default_factory=dict)
+    """The filters' values, by the name of the parameter each is bound as (`filter_value_0`...)."""
 
     @functools.cached_property
     def selected(self) -> AnySelect:
@@ -99,7 +106,7 @@ def compile_query(
     version_columns = tuple((name, arrow) for name, arrow in columns)
     catalog, table = _dataset_table(dataset_table, version_columns)
     resolve = _Resolver(catalog, set(obligations.allowed_columns), table, dialect_name)
-    consent, population = _consented(
+    consented = (
         dataset_table,
         version_columns,
         obligations.consent_filter,
@@ -107,6 +114,15 @@ def compile_query(
         tuple(consent_values) if consent_values is not None else None,
         patient_column,
         tuple(withdrawn),
+    )
+    consent, population = _consented(*consented)
+    shape = (
+        spec.kind,
+        tuple(spec.group_by),
+        _frozen(spec.params.model_dump()) if hasattr(spec, "params") else None,
+        _filter_shape(spec.filters) if spec.filters is not None else None,
+        obligations.allowed_columns,
+        consented,
     )
     keep = _filter(spec.filters, "filters", resolve, negated=False) if spec.filters is not None else None
     where = sa.and_(consent, keep) if keep is not None else consent
@@ -120,7 +136,10 @@ def compile_query(
     def compiled(
         main: AnySelect, output: tuple[tuple[str, str], ...], bins: tuple[Any, ...] = ()
     ) -> CompiledQuery:
-        return CompiledQuery(spec.kind, main, population, spec.group_by, output, table, consent, keep, bins)
+        return CompiledQuery(
+            spec.kind, main, population, spec.group_by, output, table, consent, keep, bins,
+            shape=shape, values=resolve.values,
+        )  # fmt: skip
 
     if isinstance(spec, KaplanMeierQuery):
         return compiled(*_kaplan_meier(spec, table, resolve, where))
@@ -252,6 +271,17 @@ class _Resolver:
         self.allowed = allowed
         self.table = table
         self.dialect = dialect
+        self.values: dict[str, Any] = {}
+        """The filters' values by the name each is bound as."""
+
+    def bind(self, value: Any, column: DatasetColumn) -> sa.BindParameter[Any]:
+        """A filter value as a parameter named by its place among the filters' values: `filter_value_0`...
+
+        Only filter values are bound this way, and they are the only values `CompiledQuery.shape` leaves
+        out: a select compiled for one query of a shape can be run with another's `values`."""
+        name = f"{duckdb_dialect.NAMED_PREFIX}{len(self.values)}"
+        self.values[name] = value
+        return sa.bindparam(name, value, type_=column.sa_type())
 
     def column(self, name: str, field: str) -> DatasetColumn:
         # Allowed first: whether a column the agreement does not grant exists is not the requester's business.
@@ -326,7 +356,7 @@ def _condition(leaf: Condition, path: str, resolve: _Resolver, negated: bool) ->
             raise QuerySpecError(str(exc), where) from None
 
     def bound(value: object) -> sa.BindParameter[Any]:
-        return sa.literal(value, column.sa_type())
+        return resolve.bind(value, column)
 
     predicate: sa.ColumnElement[bool]
     if leaf.op == "in":
@@ -344,3 +374,29 @@ def _condition(leaf: Condition, path: str, resolve: _Resolver, negated: bool) ->
     # A comparison with a missing value is unknown; under a `not` unknown would stay unknown and drop the
     # row, so it is made false there: `not F` then selects exactly the rows `F` does not.
     return sa.and_(col.is_not(None), predicate) if negated else predicate
+
+
+def _filter_shape(node: Filter) -> tuple[Any, ...]:
+    """The filter tree without its values: each leaf's column and op, and its value's type (per item for
+    a list). `is_null` keeps its value, which chooses IS NULL or IS NOT NULL."""
+    if isinstance(node, And):
+        return ("and", tuple(_filter_shape(c) for c in node.and_))
+    if isinstance(node, Or):
+        return ("or", tuple(_filter_shape(c) for c in node.or_))
+    if isinstance(node, Not):
+        return ("not", _filter_shape(node.not_))
+    value = node.value
+    if node.op == "is_null":
+        return ("leaf", node.column, node.op, value)
+    kind = tuple(type(v) for v in value) if isinstance(value, list) else type(value)
+    return ("leaf", node.column, node.op, kind)
+
+
+def _frozen(value: Any) -> Any:
+    """A JSON-like value as nested tuples, hashable; each scalar with its type (1, 1.0 and True are equal
+    in Python)."""
+    if isinstance(value, dict):
+        return tuple((k, _frozen(v)) for k, v in sorted(value.items()))
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(v) for v in value)
+    return (type(value), value)

@@ -1,0 +1,193 @@
+"""Compiled selects kept per shape (duckdb_dialect.TEMPLATES): a query of a shape already compiled runs that
+text with its own filter values, and gets the rows SQLAlchemy's own execution of its select returns.
+
+The shape must hold everything the text depends on. The corpus below varies each input of compile_query
+(kinds, ops, value types, list lengths, nesting, groups, kind parameters, withdrawals, consent values) and
+checks that queries of one shape compile, each on its own, to one text with the same values outside their
+filters."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from query_helpers import TABLE, obligations
+from test_duckdb_run import same_rows
+
+from gateway.query import compile_query, duckdb_dialect, parse_query_spec, store_engine
+from gateway.query.compile import CompiledQuery
+
+TOKENS = ["6f1c0a52-3d55-4a0e-9d7b-0e5f8f3b2a11", "0b7e8c2e-8a3f-4c55-b1f4-61d3b3e0c9a2"]
+CONSENT_VALUES = ["DUO:0000042", "DUO:0000006 DUO:0000046", None]
+
+# (kind, filter tree of values v[0], v[1]..., extra spec fields); each is compiled with every value set.
+ShapeMaker = Any
+SHAPES: list[tuple[str, ShapeMaker, dict[str, Any]]] = [
+    *(("count", lambda v, op=op: {"column": "bmi", "op": op, "value": v[0]}, {})
+      for op in ("=", "!=", "<", "<=", ">", ">=")),
+    ("count", lambda v: {"column": "sex", "op": "=", "value": "F" if v[0] > 25 else "M"}, {}),
+    ("count", lambda v: {"column": "admission_date", "op": ">", "value": f"20{10 + int(v[0]) % 9}-01-01"},
+     {}),
+    ("count", lambda v: {"column": "icd10", "op": "in", "value": ["I10", "E11.9"][: 1 + int(v[0]) % 2]}, {}),
+    ("count", lambda v: {"column": "icd10", "op": "in", "value": ["I10", "E11.9", "C18.9"]}, {}),
+    ("count", lambda v: {"column": "survival_days", "op": "between", "value": [v[0], v[0] + 500]}, {}),
+    ("count", lambda v: {"column": "bmi", "op": "is_null"}, {}),
+    ("count", lambda v: {"column": "bmi", "op": "is_null", "value": False}, {}),
+    ("count", lambda v: {"not": {"column": "bmi", "op": ">", "value": v[0]}}, {}),
+    ("count", lambda v: {"and": [{"column": "bmi", "op": ">", "value": v[0]},
+                                 {"column": "sex", "op": "=", "value": "F"}]}, {}),
+    ("count", lambda v: {"or": [{"column": "bmi", "op": ">", "value": v[0]},
+                                {"not": {"column": "icd10", "op": "in", "value": ["I10"]}}]}, {}),
+    ("count", lambda v: {"and": [{"or": [{"column": "bmi", "op": "<", "value": v[0]},
+                                         {"column": "bmi", "op": "is_null"}]},
+                                 {"column": "survival_days", "op": ">=", "value": int(v[1])}]}, {}),
+    ("crosstab", lambda v: {"column": "bmi", "op": ">", "value": v[0]}, {"group_by": ["sex"]}),
+    ("crosstab", lambda v: {"column": "bmi", "op": ">", "value": v[0]}, {"group_by": ["sex", "smoking"]}),
+    ("crosstab", lambda v: {"column": "bmi", "op": ">", "value": v[0]}, {"group_by": ["smoking", "sex"]}),
+    ("summary", lambda v: {"column": "bmi", "op": ">", "value": v[0]},
+     {"group_by": ["outcome"], "params": {"column": "systolic_bp"}}),
+    ("summary", lambda v: {"column": "bmi", "op": ">", "value": v[0]},
+     {"group_by": ["outcome"], "params": {"column": "bmi"}}),
+    ("histogram", lambda v: {"column": "sex", "op": "!=", "value": "M"},
+     {"group_by": ["sex"], "params": {"column": "bmi", "edges": [20, 25, 30, 35]}}),
+    ("histogram", lambda v: {"column": "sex", "op": "!=", "value": "M"},
+     {"group_by": ["sex"], "params": {"column": "bmi", "edges": [20, 25, 30, 40]}}),
+    ("histogram", lambda v: {"column": "sex", "op": "!=", "value": "M"},
+     {"group_by": ["sex"], "params": {"column": "bmi", "edges": [20, 25, 30]}}),
+    ("quantiles", lambda v: {"column": "bmi", "op": ">", "value": v[0]},
+     {"params": {"column": "systolic_bp", "probs": [0.25, 0.5, 0.9]}}),
+    ("quantiles", lambda v: {"column": "bmi", "op": ">", "value": v[0]},
+     {"params": {"column": "systolic_bp", "probs": [0.25, 0.5, 0.75]}}),
+    ("kaplan_meier", lambda v: {"column": "bmi", "op": ">", "value": v[0]},
+     {"params": {"time": "survival_days", "event": "event", "edges": [100, 500, 1000]}}),
+]  # fmt: skip
+# Floats, and ints where a float goes: a value's type is part of the shape, its value never.
+VALUE_SETS = [(27.5, 3.0), (31.25, 7.0), (18.0, 1.0), (22, 4.0)]
+# What the site adds: withdrawals recorded after ingest, and the consent column's distinct values.
+CONTEXTS: list[dict[str, Any]] = [
+    {},
+    {"patient_column": "patient_id", "withdrawn": TOKENS[:1]},
+    {"patient_column": "patient_id", "withdrawn": TOKENS},
+    {"consent_values": CONSENT_VALUES},
+    {"consent_values": CONSENT_VALUES[:2]},
+]
+
+
+@pytest.fixture()
+def engine(duck_url: str) -> Iterator[sa.Engine]:
+    duckdb_dialect.TEMPLATES.clear()
+    eng = store_engine(duck_url)
+    yield eng
+    eng.dispose()
+    duckdb_dialect.TEMPLATES.clear()
+
+
+def compiled(
+    columns: list[tuple[str, str]], kind: str, node: Any, extra: dict[str, Any], **context: Any
+) -> CompiledQuery:
+    spec = parse_query_spec(
+        {"dataset": "mixed", "agreement": "DSA-2026-014", "purpose": {"duo": ["DUO:0000042"]}, "kind": kind,
+         "filters": node, **extra}
+    )  # fmt: skip
+    allowed = tuple(name for name, _ in columns)
+    return compile_query(spec, TABLE, columns, obligations(allowed), "duckdb", **context)
+
+
+def parts(query: CompiledQuery) -> dict[str, sa.Select[Any]]:
+    return {"main": query.main, "sizes": query.sizes, "selected": query.selected}
+
+
+def test_queries_of_one_shape_compile_to_one_text_and_differ_only_in_their_filter_values(
+    engine: sa.Engine, mixed_columns: list[tuple[str, str]]
+) -> None:
+    texts: dict[Any, set[str]] = defaultdict(set)
+    fixed: dict[Any, set[tuple[Any, ...]]] = defaultdict(set)
+    shapes_per_text: dict[str, set[Any]] = defaultdict(set)
+    for kind, make, extra in SHAPES:
+        for context in CONTEXTS:
+            for values in VALUE_SETS:
+                query = compiled(mixed_columns, kind, make(values), extra, **context)
+                for part, statement in parts(query).items():
+                    template = duckdb_dialect._Template.of(statement, engine.dialect)
+                    assert template.named == query.values.keys()
+                    key = (query.shape, part)
+                    texts[key].add(template.text)
+                    others = tuple(
+                        (n, repr(template.fixed[n])) for n in template.names if n not in template.named
+                    )
+                    fixed[key].add(others)
+                    shapes_per_text[template.text].add(key)
+    assert all(len(found) == 1 for found in texts.values()), "one shape compiled to two texts"
+    assert all(len(found) == 1 for found in fixed.values()), "one shape bound two sets of other values"
+    # The corpus does reach distinct texts: the shape is not one key for everything.
+    assert len(shapes_per_text) > 3 * len(SHAPES)
+
+
+@pytest.mark.parametrize(("kind", "make", "extra"), SHAPES[::3], ids=[s[0] for s in SHAPES[::3]])
+def test_a_kept_text_runs_with_each_querys_own_values(
+    engine: sa.Engine,
+    mixed_columns: list[tuple[str, str]],
+    kind: str,
+    make: ShapeMaker,
+    extra: dict[str, Any],
+) -> None:
+    context = {"patient_column": "patient_id", "withdrawn": TOKENS}
+    first = compiled(mixed_columns, kind, make(VALUE_SETS[0]), extra, **context)
+    second = compiled(mixed_columns, kind, make(VALUE_SETS[1]), extra, **context)
+    assert first.shape == second.shape
+    with engine.connect() as conn:
+        for part, statement in parts(first).items():
+            duckdb_dialect.run(conn, statement, shape=(first.shape, part), values=first.values)
+        kept = len(duckdb_dialect.TEMPLATES)
+        for part, statement in parts(second).items():
+            expected = [tuple(row) for row in conn.execute(statement).all()]
+            got = duckdb_dialect.run(conn, statement, shape=(second.shape, part), values=second.values)
+            assert same_rows(got, expected)
+        assert len(duckdb_dialect.TEMPLATES) == kept  # nothing compiled anew for the second query
+
+
+def test_a_kept_text_is_run_without_compiling(
+    engine: sa.Engine, mixed_columns: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    low = compiled(mixed_columns, "count", {"column": "bmi", "op": ">", "value": 20.0}, {})
+    high = compiled(mixed_columns, "count", {"column": "bmi", "op": ">", "value": 33.0}, {})
+    with engine.connect() as conn:
+        ((n_low,),) = duckdb_dialect.run(conn, low.main, shape=(low.shape, "main"), values=low.values)
+
+        def no_compile(*args: Any) -> Any:
+            raise AssertionError("compiled although a text of this shape is kept")
+
+        monkeypatch.setattr(duckdb_dialect._Template, "of", no_compile)
+        ((n_high,),) = duckdb_dialect.run(conn, high.main, shape=(high.shape, "main"), values=high.values)
+        assert [(n_high,)] == [tuple(r) for r in conn.execute(high.main).all()]
+    assert n_low > n_high > 0
+
+
+def test_values_that_are_not_the_kept_texts_parameters_compile_anew(
+    engine: sa.Engine, mixed_columns: list[tuple[str, str]]
+) -> None:
+    one = compiled(mixed_columns, "count", {"column": "bmi", "op": ">", "value": 20.0}, {})
+    with engine.connect() as conn:
+        duckdb_dialect.run(conn, one.main, shape=(one.shape, "main"), values=one.values)
+        assert len(duckdb_dialect.TEMPLATES) == 1
+        # The same shape key handed with a parameter the kept text does not bind: never run on that text.
+        both = [{"column": "bmi", "op": ">", "value": 20.0}, {"column": "sex", "op": "=", "value": "F"}]
+        two = compiled(mixed_columns, "count", {"and": both}, {})
+        rows = duckdb_dialect.run(conn, two.main, shape=(one.shape, "main"), values=two.values)
+        assert rows == [tuple(r) for r in conn.execute(two.main).all()]
+        assert duckdb_dialect.TEMPLATES.get((one.shape, "main")) is not None
+
+
+def test_kept_texts_are_bounded(engine: sa.Engine, mixed_columns: list[tuple[str, str]]) -> None:
+    duckdb_dialect.TEMPLATES.max_entries = 2
+    try:
+        with engine.connect() as conn:
+            for op in ("<", ">", "="):
+                query = compiled(mixed_columns, "count", {"column": "bmi", "op": op, "value": 25.0}, {})
+                duckdb_dialect.run(conn, query.main, shape=(query.shape, "main"), values=query.values)
+        assert len(duckdb_dialect.TEMPLATES) == 2
+    finally:
+        duckdb_dialect.TEMPLATES.max_entries = 512
