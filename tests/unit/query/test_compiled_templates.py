@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from query_helpers import TABLE, obligations
+from query_helpers import CONSENT, TABLE, obligations
 from test_duckdb_run import same_rows
 
 from gateway.query import compile_query, duckdb_dialect, parse_query_spec, store_engine
@@ -66,9 +66,13 @@ SHAPES: list[tuple[str, ShapeMaker, dict[str, Any]]] = [
 ]  # fmt: skip
 # Floats, and ints where a float goes: a value's type is part of the shape, its value never.
 VALUE_SETS = [(27.5, 3.0), (31.25, 7.0), (18.0, 1.0), (22, 4.0)]
-# What the site adds: withdrawals recorded after ingest, and the consent column's distinct values.
+# What the decision and the site add: the consent rule, withdrawals recorded after ingest, and the consent
+# column's distinct values.
+OTHER_RULE = CONSENT.model_copy(update={"require_any_of": (("DUO:0000042",),)})
 CONTEXTS: list[dict[str, Any]] = [
     {},
+    {"rule": OTHER_RULE},
+    {"rule": OTHER_RULE, "consent_values": CONSENT_VALUES},
     {"patient_column": "patient_id", "withdrawn": TOKENS[:1]},
     {"patient_column": "patient_id", "withdrawn": TOKENS},
     {"consent_values": CONSENT_VALUES},
@@ -93,7 +97,8 @@ def compiled(
          "filters": node, **extra}
     )  # fmt: skip
     allowed = tuple(name for name, _ in columns)
-    return compile_query(spec, TABLE, columns, obligations(allowed), "duckdb", **context)
+    rule = context.pop("rule", CONSENT)
+    return compile_query(spec, TABLE, columns, obligations(allowed, rule), "duckdb", **context)
 
 
 def parts(query: CompiledQuery) -> dict[str, sa.Select[Any]]:
