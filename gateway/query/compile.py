@@ -203,7 +203,11 @@ def _kaplan_meier(
         )
     value: sa.ColumnElement[float] = sa.cast(table.c[time.name], sa.Double())
     happened: sa.ColumnElement[bool] = (
-        table.c[event.name].is_(sa.true()) if event.type_class == "bool" else table.c[event.name] != 0
+        # A literal, not a bare 0: SQLAlchemy would name that parameter after the column, and a column
+        # named like the filters' parameters (filter_value) would clash with them.
+        table.c[event.name].is_(sa.true())
+        if event.type_class == "bool"
+        else table.c[event.name] != sa.literal(0, table.c[event.name].type)
     )
     edges = spec.params.edges
     binned = sa.case(
@@ -251,7 +255,9 @@ def _consented(
         patient = resolve.consent(patient_column, "string", "patient_column")
         consent = sa.and_(consent, not_withdrawn(patient, withdrawn, dialect_name))
     population = sa.select(sa.func.count().label("population")).select_from(table).where(consent)
-    arguments = (dataset_table, columns, rule, dialect_name, consent_values, patient_column, withdrawn)
+    # Strings, None and tuples of them have an unambiguous repr; the rule is spelled as its JSON.
+    arguments = (dataset_table, columns, rule.model_dump_json(), dialect_name, consent_values, patient_column,
+                 withdrawn)  # fmt: skip
     return consent, population, hashlib.sha256(repr(arguments).encode()).digest()
 
 
@@ -397,10 +403,10 @@ def _filter_shape(node: Filter) -> tuple[Any, ...]:
 
 
 def _frozen(value: Any) -> Any:
-    """A JSON-like value as nested tuples, hashable; each scalar with its type (1, 1.0 and True are equal
-    in Python)."""
+    """A JSON-like value as nested tuples, hashable; each scalar as its type and repr (1, 1.0 and True are
+    equal in Python, and so are 0.0 and -0.0)."""
     if isinstance(value, dict):
         return tuple((k, _frozen(v)) for k, v in sorted(value.items()))
     if isinstance(value, list | tuple):
         return tuple(_frozen(v) for v in value)
-    return (type(value), value)
+    return (type(value), repr(value))

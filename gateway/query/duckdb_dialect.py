@@ -65,7 +65,8 @@ def run(
     With a `shape` (see gateway.query.compile.CompiledQuery.shape), the compiled text is kept per shape
     and run with this statement's `values` (its named parameters; every other bound value is fixed by
     the shape): compiling cost about a fifth of a small query. A statement whose named parameters are
-    not exactly those the kept compile binds is compiled anew."""
+    not exactly those the kept compile binds is compiled anew. On a kept shape `statement` itself is not
+    read: `shape` and `values` must be the ones compile_query made with it (as execute passes them)."""
     given = values or {}
     template = TEMPLATES.get(shape) if shape is not None else None
     if template is not None and template.named == given.keys():

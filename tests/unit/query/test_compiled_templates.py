@@ -57,6 +57,11 @@ SHAPES: list[tuple[str, ShapeMaker, dict[str, Any]]] = [
      {"group_by": ["sex"], "params": {"column": "bmi", "edges": [20, 25, 30, 40]}}),
     ("histogram", lambda v: {"column": "sex", "op": "!=", "value": "M"},
      {"group_by": ["sex"], "params": {"column": "bmi", "edges": [20, 25, 30]}}),
+    # Equal in Python, not the same bound value.
+    ("histogram", lambda v: {"column": "bmi", "op": ">", "value": v[0]},
+     {"params": {"column": "systolic_bp", "edges": [-0.0, 5.0]}}),
+    ("histogram", lambda v: {"column": "bmi", "op": ">", "value": v[0]},
+     {"params": {"column": "systolic_bp", "edges": [0.0, 5.0]}}),
     ("quantiles", lambda v: {"column": "bmi", "op": ">", "value": v[0]},
      {"params": {"column": "systolic_bp", "probs": [0.25, 0.5, 0.9]}}),
     ("quantiles", lambda v: {"column": "bmi", "op": ">", "value": v[0]},
@@ -196,3 +201,23 @@ def test_kept_texts_are_bounded(engine: sa.Engine, mixed_columns: list[tuple[str
         assert len(duckdb_dialect.TEMPLATES) == 2
     finally:
         duckdb_dialect.TEMPLATES.max_entries = 512
+
+
+def test_a_column_named_like_the_filters_parameters_does_not_clash_with_them(
+    engine: sa.Engine, mixed_columns: list[tuple[str, str]]
+) -> None:
+    # A Kaplan-Meier event column compared with a number: SQLAlchemy would name a bare value's parameter
+    # after the column (filter_value_1), the name the filters' second value is bound as.
+    columns = [*mixed_columns, ("filter_value", "int64")]
+    node = {"and": [{"column": "bmi", "op": ">", "value": 20.0}, {"column": "sex", "op": "=", "value": "F"}]}
+    extra = {"params": {"time": "survival_days", "event": "filter_value", "edges": [100, 500]}}
+    query = compiled(columns, "kaplan_meier", node, extra)
+    for statement in parts(query).values():
+        template = duckdb_dialect._Template.of(statement, engine.dialect)
+        assert template.named == query.values.keys() == {"filter_value_0", "filter_value_1"}
+        assert [
+            template.params({})[template.names.index(n)] for n in ("filter_value_0", "filter_value_1")
+        ] == [
+            20.0,
+            "F",
+        ]
