@@ -11,8 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import threading
-from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +23,7 @@ from joserfc.jws import JWSRegistry
 
 from gateway.auth.bearer import MAX_TOKEN_BYTES
 from gateway.auth.errors import BadSignature, MalformedToken, UnsupportedAlgorithm
+from gateway.lru import LruMap
 
 SUPPORTED_ALGORITHMS = frozenset({"RS256", "ES256", "EdDSA"})
 _MIN_RSA_BITS = 2048
@@ -149,24 +148,13 @@ class _VerifiedSignatures:
     that same key (a key that rotated out of the JWKS never matches again)."""
 
     def __init__(self, max_entries: int = 4096) -> None:
-        self.max_entries = max_entries
-        self._keys: OrderedDict[str, Key] = OrderedDict()
-        self._lock = threading.Lock()
+        self._keys = LruMap[str, Key](max_entries)
 
     def holds(self, token: str, key: Key) -> bool:
-        with self._lock:
-            known = self._keys.get(token)
-            if known is not key:
-                return False
-            self._keys.move_to_end(token)
-            return True
+        return self._keys.get(token) is key
 
     def add(self, token: str, key: Key) -> None:
-        with self._lock:
-            self._keys[token] = key
-            self._keys.move_to_end(token)
-            while len(self._keys) > self.max_entries:
-                self._keys.popitem(last=False)
+        self._keys.put(token, key)
 
 
 _VERIFIED = _VerifiedSignatures()

@@ -3,7 +3,6 @@ and `run`, which hands a compiled select to DuckDB's own connection with its par
 
 from __future__ import annotations
 
-import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
 from typing import Any, Final
@@ -11,6 +10,8 @@ from typing import Any, Final
 import duckdb
 import duckdb_engine
 import sqlalchemy as sa
+
+from gateway.lru import LruMap
 
 DRIVER_NAME = "duckdb+query"
 
@@ -134,35 +135,5 @@ NAMED_PREFIX: Final = "filter_value_"
 """The prefix of the parameters a template binds from each run's values (gateway.query.compile)."""
 
 
-class _Templates:
-    """Compiled selects by shape: a bounded, thread-safe map, least recently used forgotten first."""
-
-    def __init__(self, max_entries: int = 512) -> None:
-        self.max_entries = max_entries
-        self._kept: OrderedDict[Hashable, _Template] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, shape: Hashable) -> _Template | None:
-        with self._lock:
-            template = self._kept.get(shape)
-            if template is not None:
-                self._kept.move_to_end(shape)
-            return template
-
-    def put(self, shape: Hashable, template: _Template) -> None:
-        with self._lock:
-            self._kept[shape] = template
-            self._kept.move_to_end(shape)
-            while len(self._kept) > self.max_entries:
-                self._kept.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._kept.clear()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._kept)
-
-
-TEMPLATES: Final = _Templates()
+TEMPLATES: Final = LruMap[Hashable, _Template](512)
+"""Compiled selects by shape."""

@@ -11,20 +11,22 @@ are edited in place.
 from __future__ import annotations
 
 import functools
-import threading
-from collections import OrderedDict
 from typing import Any
 
 import sqlalchemy as sa
+
+from gateway.lru import LruMap
 
 
 class PopulationCache:
     """A bounded, thread-safe map from a population statement to its count."""
 
     def __init__(self, max_entries: int = 1024) -> None:
-        self.max_entries = max_entries
-        self._counts: OrderedDict[tuple[Any, ...], int] = OrderedDict()
-        self._lock = threading.Lock()
+        self._counts = LruMap[tuple[Any, ...], int](max_entries)
+
+    @property
+    def max_entries(self) -> int:
+        return self._counts.max_entries
 
     @staticmethod
     def key(engine: sa.Engine, statement: sa.Select[Any]) -> tuple[Any, ...]:
@@ -42,23 +44,14 @@ class PopulationCache:
 
     def get(self, key: tuple[Any, ...]) -> int | None:
         """The cached count, or None."""
-        with self._lock:
-            count = self._counts.get(key)
-            if count is not None:
-                self._counts.move_to_end(key)
-            return count
+        return self._counts.get(key)
 
     def put(self, key: tuple[Any, ...], count: int) -> None:
         """Remember a count, forgetting the least recently used beyond `max_entries`."""
-        with self._lock:
-            self._counts[key] = count
-            self._counts.move_to_end(key)
-            while len(self._counts) > self.max_entries:
-                self._counts.popitem(last=False)
+        self._counts.put(key, count)
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._counts)
+        return len(self._counts)
 
 
 class ConsentValueCache:

@@ -11,6 +11,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from gateway.decision.models import ConsentFilter, Obligations
+from gateway.query import CompiledQuery, compile_query, parse_query_spec
 
 EXAMPLE_SPEC = Path(__file__).resolve().parents[3] / "examples" / "cohort.spec.yaml"
 TABLE = "ds_mixed__v1"
@@ -37,6 +38,25 @@ def obligations(allowed: tuple[str, ...], consent: ConsentFilter = CONSENT) -> O
         glm_max_parameter_ratio=0.1,
         publication_moratorium_until=None,
     )
+
+
+def compile_spec(
+    columns: list[tuple[str, str]],
+    kind: str,
+    node: Any,
+    extra: dict[str, Any],
+    dialect: str = "duckdb",
+    rule: ConsentFilter = CONSENT,
+    **context: Any,
+) -> CompiledQuery:
+    """A spec of `kind` on the mixed table with filter tree `node` and further spec fields `extra`, compiled
+    with every column allowed; `context` is compile_query's keyword arguments."""
+    spec = parse_query_spec(
+        {"dataset": "mixed", "agreement": "DSA-2026-014", "purpose": {"duo": ["DUO:0000042"]}, "kind": kind,
+         "filters": node, **extra}
+    )  # fmt: skip
+    allowed = tuple(name for name, _ in columns)
+    return compile_query(spec, TABLE, columns, obligations(allowed, rule), dialect, **context)
 
 
 def write_postgres(url: str, table: pa.Table, name: str = TABLE) -> None:

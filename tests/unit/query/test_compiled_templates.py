@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from query_helpers import CONSENT, TABLE, obligations
+from query_helpers import CONSENT, compile_spec
 from test_duckdb_run import same_rows
 
-from gateway.query import compile_query, duckdb_dialect, parse_query_spec, store_engine
+from gateway.query import duckdb_dialect, store_engine
 from gateway.query.compile import CompiledQuery
 
 TOKENS = ["6f1c0a52-3d55-4a0e-9d7b-0e5f8f3b2a11", "0b7e8c2e-8a3f-4c55-b1f4-61d3b3e0c9a2"]
@@ -97,13 +97,7 @@ def engine(duck_url: str) -> Iterator[sa.Engine]:
 def compiled(
     columns: list[tuple[str, str]], kind: str, node: Any, extra: dict[str, Any], **context: Any
 ) -> CompiledQuery:
-    spec = parse_query_spec(
-        {"dataset": "mixed", "agreement": "DSA-2026-014", "purpose": {"duo": ["DUO:0000042"]}, "kind": kind,
-         "filters": node, **extra}
-    )  # fmt: skip
-    allowed = tuple(name for name, _ in columns)
-    rule = context.pop("rule", CONSENT)
-    return compile_query(spec, TABLE, columns, obligations(allowed, rule), "duckdb", **context)
+    return compile_spec(columns, kind, node, extra, **context)
 
 
 def parts(query: CompiledQuery) -> dict[str, sa.Select[Any]]:

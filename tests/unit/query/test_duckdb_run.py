@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from query_helpers import TABLE, obligations
+from query_helpers import TABLE, compile_spec
 
-from gateway.query import compile_query, duckdb_dialect, parse_query_spec, store_engine
+from gateway.query import duckdb_dialect, store_engine
 
 
 @pytest.fixture()
@@ -23,12 +23,7 @@ def engine(duck_url: str) -> Iterator[sa.Engine]:
 def compiled_main(
     engine: sa.Engine, columns: list[tuple[str, str]], kind: str, node: Any, **extra: Any
 ) -> Any:
-    spec = parse_query_spec(
-        {"dataset": "mixed", "agreement": "DSA-2026-014", "purpose": {"duo": ["DUO:0000042"]}, "kind": kind,
-         "filters": node, **extra}
-    )  # fmt: skip
-    allowed = tuple(name for name, _ in columns)
-    return compile_query(spec, TABLE, columns, obligations(allowed), engine.dialect.name)
+    return compile_spec(columns, kind, node, extra, engine.dialect.name)
 
 
 def kept(conn: sa.Connection) -> dict[str, Any]:
