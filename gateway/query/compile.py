@@ -17,7 +17,6 @@ from typing import Any, Final
 import sqlalchemy as sa
 
 from gateway.decision.models import ConsentFilter, Obligations
-from gateway.query import duckdb_dialect
 from gateway.query.columns import DatasetColumn, python_value
 from gateway.query.consent import consent_predicate, not_withdrawn
 from gateway.query.errors import ColumnNotAllowed, QueryError, QuerySpecError, UnknownColumn
@@ -289,7 +288,7 @@ class _Resolver:
 
         Only filter values are bound this way, and they are the only values `CompiledQuery.shape` leaves
         out: a select compiled for one query of a shape can be run with another's `values`."""
-        name = f"{duckdb_dialect.NAMED_PREFIX}{len(self.values)}"
+        name = f"filter_value_{len(self.values)}"
         self.values[name] = value
         return sa.bindparam(name, value, type_=column.sa_type())
 

@@ -4,7 +4,7 @@ and `run`, which hands a compiled select to DuckDB's own connection with its par
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping
+from collections.abc import Collection, Hashable, Mapping
 from typing import Any, Final
 
 import duckdb
@@ -73,7 +73,7 @@ def run(
     if template is not None and template.named == given.keys():
         params = template.params(given)
     else:
-        template = _Template.of(statement, conn.dialect)
+        template = _Template.of(statement, conn.dialect, given.keys())
         params = template.params({})  # the statement's own values, as compiled
         if shape is not None and template.reusable and template.named == given.keys():
             TEMPLATES.put(shape, template)
@@ -104,22 +104,23 @@ class _Template:
 
     __slots__ = ("fixed", "named", "names", "processors", "reusable", "text")
 
-    def __init__(self, compiled: sa.sql.compiler.SQLCompiler) -> None:
+    def __init__(self, compiled: sa.sql.compiler.SQLCompiler, named: Collection[str]) -> None:
         state = compiled.construct_expanded_state()
         self.text: str = state.statement
         self.names: tuple[str, ...] = tuple(state.positiontup or ())
         self.fixed: dict[str, Any] = dict(state.parameters)
         self.processors: Mapping[str, Any] = state.processors
-        self.named = frozenset(name for name in self.names if name.startswith(NAMED_PREFIX))
-        """The parameters a run binds from its own values: the filters' (`filter_value_0`...)."""
+        self.named = frozenset(name for name in self.names if name in named)
+        """The parameters a run binds from its own values (the filters', `CompiledQuery.values`)."""
         # An expanding or literal-rendered parameter's count or value is part of the text.
         self.reusable = not compiled.post_compile_params and not compiled.literal_execute_params
 
     @classmethod
-    def of(cls, statement: sa.Select[Any], dialect: sa.Dialect) -> _Template:
+    def of(cls, statement: sa.Select[Any], dialect: sa.Dialect, named: Collection[str] = ()) -> _Template:
+        """`statement` compiled; `named` are the parameters a run of the kept text binds itself."""
         compiled = statement.compile(dialect=dialect)
         assert isinstance(compiled, sa.sql.compiler.SQLCompiler)
-        return cls(compiled)
+        return cls(compiled, named)
 
     def params(self, values: Mapping[str, Any]) -> list[Any]:
         """The positional values, each named one taken from `values` when there, else as compiled."""
@@ -129,10 +130,6 @@ class _Template:
             value = values[name] if name in values else self.fixed[name]
             out.append(processors[name](value) if name in processors else value)
         return out
-
-
-NAMED_PREFIX: Final = "filter_value_"
-"""The prefix of the parameters a template binds from each run's values (gateway.query.compile)."""
 
 
 TEMPLATES: Final = LruMap[Hashable, _Template](512)

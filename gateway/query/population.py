@@ -24,10 +24,6 @@ class PopulationCache:
     def __init__(self, max_entries: int = 1024) -> None:
         self._counts = LruMap[tuple[Any, ...], int](max_entries)
 
-    @property
-    def max_entries(self) -> int:
-        return self._counts.max_entries
-
     @staticmethod
     def key(engine: sa.Engine, statement: sa.Select[Any]) -> tuple[Any, ...]:
         """The store and the statement with its bound values (lists made hashable).

@@ -115,8 +115,10 @@ def test_queries_of_one_shape_compile_to_one_text_and_differ_only_in_their_filte
             for values in VALUE_SETS:
                 query = compiled(mixed_columns, kind, make(values), extra, **context)
                 for part, statement in parts(query).items():
-                    template = duckdb_dialect._Template.of(statement, engine.dialect)
+                    template = duckdb_dialect._Template.of(statement, engine.dialect, query.values.keys())
+                    # Every filter value is a parameter of the text, bound as itself.
                     assert template.named == query.values.keys()
+                    assert all(template.fixed[name] == value for name, value in query.values.items())
                     key = (query.shape, part)
                     texts[key].add(template.text)
                     others = tuple(
@@ -207,7 +209,7 @@ def test_a_column_named_like_the_filters_parameters_does_not_clash_with_them(
     extra = {"params": {"time": "survival_days", "event": "filter_value", "edges": [100, 500]}}
     query = compiled(columns, "kaplan_meier", node, extra)
     for statement in parts(query).values():
-        template = duckdb_dialect._Template.of(statement, engine.dialect)
+        template = duckdb_dialect._Template.of(statement, engine.dialect, query.values.keys())
         assert template.named == query.values.keys() == {"filter_value_0", "filter_value_1"}
         assert [
             template.params({})[template.names.index(n)] for n in ("filter_value_0", "filter_value_1")
