@@ -4,7 +4,7 @@ and `run`, which hands a compiled select to DuckDB's own connection with its par
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Collection, Hashable, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from typing import Any, Final
 
 import duckdb
@@ -48,7 +48,7 @@ sa.dialects.registry.register("duckdb.query", __name__, QueryDuckDBDialect.__nam
 
 def run(
     conn: sa.Connection,
-    statement: sa.Select[Any],
+    statement: sa.Select[Any] | Callable[[], sa.Select[Any]],
     *,
     shape: Hashable | None = None,
     values: Mapping[str, Any] | None = None,
@@ -67,13 +67,15 @@ def run(
     and run with this statement's `values` (its named parameters; every other bound value is fixed by
     the shape): compiling cost about a fifth of a small query. A statement whose named parameters are
     not exactly those the kept compile binds is compiled anew. On a kept shape `statement` itself is not
-    read: `shape` and `values` must be the ones compile_query made with it (as execute passes them)."""
+    read: `shape` and `values` must be the ones compile_query made with it (as execute passes them).
+    `statement` may be given as the function that builds it, called only when the text is compiled."""
     given = values or {}
     template = TEMPLATES.get(shape) if shape is not None else None
     if template is not None and template.named == given.keys():
         params = template.params(given)
     else:
-        template = _Template.of(statement, conn.dialect, given.keys())
+        select = statement() if callable(statement) else statement
+        template = _Template.of(select, conn.dialect, given.keys())
         params = template.params({})  # the statement's own values, as compiled
         if shape is not None and template.reusable and template.named == given.keys():
             TEMPLATES.put(shape, template)

@@ -95,15 +95,15 @@ def execute(
     try:
         with engine.connect() as conn:
             run = _runner(conn, compiled)
-            rows = run(compiled.main, "main")
+            rows = run(lambda: compiled.main, "main")
             if population is None:
-                selected, population = (int(v) for v in _one(run(compiled.sizes, "sizes")))
+                selected, population = (int(v) for v in _one(run(lambda: compiled.sizes, "sizes")))
                 if populations is not None and key is not None:
                     populations.put(key, population)
             elif compiled.kind in ("count", "crosstab"):
                 selected = sum(int(r[-1]) for r in rows)
             else:
-                (selected_value,) = _one(run(compiled.selected, "selected"))
+                (selected_value,) = _one(run(lambda: compiled.selected, "selected"))
                 selected = int(selected_value)
     except (sa.exc.SQLAlchemyError, duckdb.Error) as exc:
         cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
@@ -115,18 +115,19 @@ def execute(
 
 def _runner(
     conn: sa.Connection, compiled: CompiledQuery
-) -> Callable[[sa.Select[Any], str], Sequence[Sequence[Any]]]:
-    """How `conn` runs one of `compiled`'s selects (named by its part: main, sizes or selected): DuckDB's
-    own connection for the query dialect, its text kept per shape and part (duckdb_dialect.run);
+) -> Callable[[Callable[[], sa.Select[Any]], str], Sequence[Sequence[Any]]]:
+    """How `conn` runs one of `compiled`'s selects (given as the function that builds it, and named by its
+    part: main, sizes or selected): DuckDB's own connection for the query dialect, its text kept per
+    shape and part, so a kept text runs without the select being built (duckdb_dialect.run);
     SQLAlchemy's execution for any other store."""
     if isinstance(conn.dialect, duckdb_dialect.QueryDuckDBDialect):
 
-        def run(statement: sa.Select[Any], part: str) -> Sequence[Sequence[Any]]:
+        def run(statement: Callable[[], sa.Select[Any]], part: str) -> Sequence[Sequence[Any]]:
             shape = (compiled.shape, part) if compiled.shape is not None else None
             return duckdb_dialect.run(conn, statement, shape=shape, values=compiled.values)
 
         return run
-    return lambda statement, part: conn.execute(statement).all()
+    return lambda statement, part: conn.execute(statement()).all()
 
 
 def _one(rows: Sequence[Sequence[Any]]) -> Sequence[Any]:

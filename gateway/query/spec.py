@@ -316,7 +316,7 @@ class BaseQuery(_Spec):
 
     def query_facts(self) -> QueryFacts:
         """The `query` part of the policy input."""
-        dumped = self.model_dump(mode="json", by_alias=True)
+        dumped = self.model_dump(mode="json", by_alias=True, include={"filters"})
         return QueryFacts(
             kind=self.kind,
             columns=self.columns_touched(),

@@ -8,6 +8,7 @@ filters."""
 
 from __future__ import annotations
 
+import importlib
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -17,8 +18,10 @@ import sqlalchemy as sa
 from query_helpers import CONSENT, compile_spec
 from test_duckdb_run import same_rows
 
-from gateway.query import duckdb_dialect, store_engine
+from gateway.query import QuerySpecError, duckdb_dialect, store_engine
 from gateway.query.compile import CompiledQuery
+
+compile_module = importlib.import_module("gateway.query.compile")
 
 TOKENS = ["6f1c0a52-3d55-4a0e-9d7b-0e5f8f3b2a11", "0b7e8c2e-8a3f-4c55-b1f4-61d3b3e0c9a2"]
 CONSENT_VALUES = ["DUO:0000042", "DUO:0000006 DUO:0000046", None]
@@ -217,3 +220,73 @@ def test_a_column_named_like_the_filters_parameters_does_not_clash_with_them(
             20.0,
             "F",
         ]
+
+
+# -- selects built only when a run needs them ------------------------------------------------------------
+
+
+def test_a_query_of_a_built_shape_runs_on_a_kept_text_without_building_its_selects(
+    engine: sa.Engine, mixed_columns: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    execute = importlib.import_module("gateway.query.execute").execute
+    by_sex = {"group_by": ["sex"]}
+    low = compiled(mixed_columns, "crosstab", {"column": "bmi", "op": ">", "value": 20.0}, by_sex)
+    low_selected = execute(engine, low).selected  # builds the shape's selects, keeps their texts
+    built: list[str] = []
+    selects = compile_module._selects
+    monkeypatch.setattr(compile_module, "_selects", lambda *a: built.append("built") or selects(*a))
+    high = compiled(mixed_columns, "crosstab", {"column": "bmi", "op": ">", "value": 33.0}, by_sex)
+    answer = execute(engine, high)
+    assert built == []  # neither compile_query nor the run built a select
+    with engine.connect() as conn:
+        expected = {tuple(r) for r in conn.execute(high.main).all()}  # built now, from high's own spec
+    assert built == ["built"]
+    assert answer.plain is not None
+    assert set(zip(answer.plain["sex"], answer.plain["n"], strict=True)) == expected
+    assert answer.selected == sum(n for _, n in expected) < low_selected
+
+
+@pytest.mark.parametrize(
+    ("node", "bad", "field"),
+    [
+        ({"column": "survival_days", "op": "between", "value": [10, 20]}, [30, 20], "filters.value"),
+        ({"column": "admission_date", "op": ">", "value": "2015-01-01"}, "2015-13-45", "filters.value"),
+        ({"column": "icd10", "op": "in", "value": ["I10", "C18.9"]}, ["I10", 7], "filters.value[1]"),
+    ],
+)
+def test_every_query_of_a_built_shape_has_its_own_values_checked(
+    mixed_columns: list[tuple[str, str]], node: dict[str, Any], bad: Any, field: str
+) -> None:
+    good = compiled(mixed_columns, "count", node, {})
+    with pytest.raises(QuerySpecError) as raised:
+        compiled(mixed_columns, "count", {**node, "value": bad}, {})
+    assert raised.value.field == field
+    assert good.values  # the good query of that shape compiled
+
+
+def test_a_select_built_later_binds_its_own_querys_values(mixed_columns: list[tuple[str, str]]) -> None:
+    node = {"column": "survival_days", "op": "between", "value": [100, 200]}
+    for dialect in ("duckdb", "postgresql"):
+        first = compile_spec(mixed_columns, "count", node, {}, dialect)
+        second = compile_spec(mixed_columns, "count", {**node, "value": [300, 400]}, {}, dialect)
+        assert first.shape == second.shape
+        for query, low, high in ((second, 300, 400), (first, 100, 200)):
+            params = query.main.compile().params
+            assert {params["filter_value_0"], params["filter_value_1"]} == {low, high}
+            assert dict(query.values) == {"filter_value_0": low, "filter_value_1": high}
+
+
+def test_filter_values_read_two_ways_refuse_the_query(
+    mixed_columns: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compile_module._CHECKED.clear()
+    read = compile_module._filter_values
+
+    def misread(node: Any, path: str, resolve: Any) -> None:
+        read(node, path, resolve)
+        resolve.values["filter_value_0"] = 99.0
+
+    monkeypatch.setattr(compile_module, "_filter_values", misread)
+    with pytest.raises(RuntimeError, match="read two ways"):
+        compiled(mixed_columns, "count", {"column": "bmi", "op": ">", "value": 20.0}, {})
+    assert len(compile_module._CHECKED) == 0

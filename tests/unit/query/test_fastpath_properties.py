@@ -43,7 +43,7 @@ NAMES = ("sex", "smoking", "outcome")
 def compiled_query(kind: str, groups: tuple[str, ...], dtypes: list[str]) -> CompiledQuery:
     select = sa.select(sa.literal(1))
     output = (*zip(groups, dtypes, strict=True), ("n", "int64"))
-    return CompiledQuery(kind, select, select, groups, output, sa.table("t"), sa.true())
+    return CompiledQuery(kind, lambda: (select, None), select, groups, output, sa.table("t"), sa.true())
 
 
 def rules_obligations(min_cell_count: int, round_to: int, keep_zero_cells: bool) -> Obligations:
