@@ -68,32 +68,49 @@ class CompiledQuery:
     values: Mapping[str, Any] = field(default_factory=dict)
     """The filters' values, by the name of the parameter each is bound as (`filter_value_0`...)."""
 
-    @functools.cached_property
-    def _built(self) -> tuple[AnySelect, sa.ColumnElement[bool] | None]:
-        return self.build()
+    # Built on first use and kept in the instance's dict, as functools.cached_property would, but without
+    # its lock: on Python 3.11 that lock is one per property for every instance, so the pool threads would
+    # build their queries' selects one at a time.
+    def _lazy(self, name: str, make: Callable[[], Any]) -> Any:
+        value = self.__dict__.get(name)
+        if value is None:
+            value = self.__dict__[name] = make()
+        return value
 
     @property
     def main(self) -> AnySelect:
         """The select that answers the question."""
-        return self._built[0]
+        main: AnySelect = self._lazy("_built", self.build)[0]
+        return main
 
     @property
     def keep(self) -> sa.ColumnElement[bool] | None:
         """The spec's filters, None without any."""
-        return self._built[1]
+        keep: sa.ColumnElement[bool] | None = self._lazy("_built", self.build)[1]
+        return keep
 
-    @functools.cached_property
+    @property
     def selected(self) -> AnySelect:
         """The count of rows the filters and the consent filter keep."""
-        where = self.consent if self.keep is None else sa.and_(self.consent, self.keep)
-        return sa.select(sa.func.count().label("selected")).select_from(self.table).where(where)
 
-    @functools.cached_property
+        def make() -> AnySelect:
+            where = self.consent if self.keep is None else sa.and_(self.consent, self.keep)
+            return sa.select(sa.func.count().label("selected")).select_from(self.table).where(where)
+
+        selected: AnySelect = self._lazy("_selected", make)
+        return selected
+
+    @property
     def sizes(self) -> AnySelect:
         """`selected` and the population's size in one scan."""
-        counted = sa.func.count().filter(self.keep) if self.keep is not None else sa.func.count()
-        sizes = sa.select(counted.label("selected"), sa.func.count().label("population"))
-        return sizes.select_from(self.table).where(self.consent)
+
+        def make() -> AnySelect:
+            counted = sa.func.count().filter(self.keep) if self.keep is not None else sa.func.count()
+            sizes = sa.select(counted.label("selected"), sa.func.count().label("population"))
+            return sizes.select_from(self.table).where(self.consent)
+
+        sizes: AnySelect = self._lazy("_sizes", make)
+        return sizes
 
 
 def quantile_name(prob: float) -> str:

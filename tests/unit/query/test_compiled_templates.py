@@ -8,7 +8,9 @@ filters."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib
+import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -290,3 +292,22 @@ def test_filter_values_read_two_ways_refuse_the_query(
     with pytest.raises(RuntimeError, match="read two ways"):
         compiled(mixed_columns, "count", {"column": "bmi", "op": ">", "value": 20.0}, {})
     assert len(compile_module._CHECKED) == 0
+
+
+def test_queries_on_two_threads_build_their_selects_at_the_same_time() -> None:
+    """No lock is shared between queries (functools.cached_property on Python 3.11 holds one per property
+    for every instance): each build here waits until the other has started."""
+    both_building = threading.Barrier(2, timeout=5)
+    select = sa.select(sa.literal(1))
+
+    def build() -> tuple[Any, None]:
+        both_building.wait()
+        return select, None
+
+    queries = [
+        CompiledQuery("count", build, select, (), (("n", "int64"),), sa.table("t"), sa.true()) for _ in "ab"
+    ]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        built = list(pool.map(lambda query: query.main, queries))
+    assert built == [select, select]
+    assert [query.main for query in queries] == [select, select]  # kept: no further build, no barrier
