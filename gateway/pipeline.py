@@ -516,6 +516,9 @@ class QueryPipeline:
             ) from None
         except ExecutionError as exc:
             raise Refusal("unavailable", "The store could not answer", [str(exc)], stage="execute") from None
+        except QueryError as exc:  # a select built only when the run needed it (CompiledQuery.build)
+            raise Refusal("bad_request", "Invalid query", [str(exc)], stage="plan",
+                          field=getattr(exc, "field", None)) from None  # fmt: skip
         return outcome, round((time.perf_counter() - started) * 1000, 3)
 
     async def _outcome(

@@ -311,6 +311,31 @@ def test_policy_engine_failure_is_an_audited_403(
     assert b"policy evaluation failed" in export and b'"query.refused"' in export
 
 
+def test_a_check_that_fails_when_a_known_shape_is_built_late_is_an_audited_refusal(
+    tmp_site: Site, idp: LoopbackTestIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query whose shape was built before has its selects built only if the run needs them; should that
+    build raise (every such check is settled by the shape today), the query is refused as invalid."""
+    import importlib
+
+    from gateway.query import QuerySpecError, duckdb_dialect
+
+    compile_module = importlib.import_module("gateway.query.compile")
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url) as http:
+        assert ask(http, idp, spec("count", group_by=["sex"])).status_code == 200
+
+        def failing(*args: Any) -> Any:
+            raise QuerySpecError("a check the shape did not settle", "group_by[0]")
+
+        monkeypatch.setattr(compile_module, "_build", failing)
+        duckdb_dialect.TEMPLATES.clear()  # so the run has to build the select
+        response = ask(http, idp, spec("count", group_by=["sex"]))
+        assert response.status_code == 422, response.text
+        assert response.json()["field"] == "group_by[0]" and "rows" not in response.json()
+        export = http.get("/v1/audit/export", headers=bearer(idp, "auditor")).content
+    assert b"a check the shape did not settle" in export and b'"query.refused"' in export
+
+
 def test_nothing_is_released_when_the_decision_could_not_be_written(
     tmp_site: Site, idp: LoopbackTestIssuer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
