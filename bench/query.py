@@ -13,7 +13,7 @@
      its queue); `p99_ms` is their 99th percentile. With C clients waiting on each other, Little's law ties
      closed-loop latency to C / throughput, so the closed-loop p99 is printed too but is not the target.
    - the same schedule at half the measured throughput, for the latency of a gateway with headroom.
-The gateway runs as `fedgate serve` (W uvicorn workers, default one per core) in its own processes; the load
+The gateway runs as `fedgate serve` (W workers, default one per core) in its own processes; the load
 comes from this one, through aiohttp on uvloop (lighter than httpx on asyncio's own loop, so less of the
 shared CPU goes to the load itself). Prints progress, then one JSON object as the last line:
 {"ratio_to_duckdb", "p50_ms", "duckdb_p50_ms", "rps", "p99_ms", "closed_loop_p99_ms", "offered_rps",

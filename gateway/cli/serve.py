@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ import uvicorn
 
 from gateway.app import CONFIG_ENV
 from gateway.cli.output import fail
+from gateway.cli.workers import Dispatcher
 from gateway.settings import ConfigError, load_settings
 
 
@@ -25,12 +27,23 @@ def serve(
     if settings.dev_mode and not settings.server.is_loopback:
         fail(f"dev_mode is on: refusing to listen on the non-loopback address {settings.server.host}")
     os.environ[CONFIG_ENV] = str(config.resolve())
-    uvicorn.run(
-        "gateway.app:app_from_environment",
-        factory=True,
-        host=settings.server.host,
-        port=settings.server.port,
-        workers=settings.server.workers,
-        log_level="info",
-        access_log=False,
-    )
+    server = settings.server
+    if server.workers > 1 and hasattr(socket, "send_fds"):
+        try:
+            dispatcher = Dispatcher(server.host, server.port, server.workers)
+        except OSError as exc:
+            fail(f"{config}: cannot listen on {server.host}:{server.port} ({exc.strerror})")
+        typer.echo(f"fedgate: serving on {server.host}:{server.port} with {server.workers} workers", err=True)
+        code = dispatcher.run()
+        if code:
+            raise typer.Exit(code)
+    else:
+        uvicorn.run(
+            "gateway.app:app_from_environment",
+            factory=True,
+            host=server.host,
+            port=server.port,
+            workers=server.workers,
+            log_level="info",
+            access_log=False,
+        )

@@ -1,0 +1,188 @@
+"""`fedgate serve` with several workers: connections dealt out in turn, a dead worker replaced, a clean stop.
+
+Each test runs the real command in its own process tree and reads the workers' open sockets from /proc.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import httpx
+import pytest
+from gateway_site import Site, bearer, free_port
+from oidc_issuer import LoopbackTestIssuer
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads worker processes and their sockets from /proc (Linux)"
+)
+
+QUERY = {"dataset": "cohort", "agreement": "DSA-TEST-OPEN", "purpose": {"duo": ["DUO:0000006"]},
+         "kind": "count", "group_by": ["sex"]}  # fmt: skip
+
+
+def _configure(site: Site, port: int, workers: int) -> Path:
+    site.config.write_text(site.config.read_text() + f"[server]\nport = {port}\nworkers = {workers}\n")
+    return site.config
+
+
+def _start(config: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def _workers(parent: int) -> list[int]:
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    workers = []
+    for pid in children:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if b"gateway.serve_worker" in command:
+            workers.append(int(pid))
+    return sorted(workers)
+
+
+def _sockets(pid: int) -> int:
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with suppress(FileNotFoundError):
+            count += str(fd.readlink()).startswith("socket:")
+    return count
+
+
+def _healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"fedgate serve exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("fedgate serve did not answer /healthz")
+
+
+@contextmanager
+def _served(site: Site, workers: int) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = free_port()
+    process = _start(_configure(site, port, workers))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _healthy(url, process)
+        # Every worker is up (each answered or is listening on its channel) before a test counts sockets.
+        deadline = time.monotonic() + 60
+        while len(_workers(process.pid)) < workers and time.monotonic() < deadline:
+            time.sleep(0.1)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        process.stderr.close()  # type: ignore[union-attr]
+
+
+def _answered(port: int, connections: list[http.client.HTTPConnection]) -> None:
+    for conn in connections:
+        conn.request("GET", "/healthz")
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200
+
+
+def test_connections_opened_in_one_burst_are_shared_evenly_by_the_workers(
+    tmp_site: Site, idp: LoopbackTestIssuer
+) -> None:
+    with _served(tmp_site, workers=2) as (process, url):
+        port = int(url.rsplit(":", 1)[1])
+        workers = _workers(process.pid)
+        assert len(workers) == 2
+        # Warm both workers so that their own sockets (store, state, identity provider) are open.
+        warm = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(8)]
+        _answered(port, warm)
+        for conn in warm:
+            conn.close()
+        time.sleep(0.5)
+        before = {pid: _sockets(pid) for pid in workers}
+        burst = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(16)]
+        for conn in burst:
+            conn.connect()
+        _answered(port, burst)  # each connection reached a worker, which holds it open
+        gained = {pid: _sockets(pid) - before[pid] for pid in workers}
+        assert sorted(gained.values()) == [8, 8], gained
+        # And a query answers through a dealt connection as through any other.
+        answer = httpx.post(f"{url}/v1/queries", json=QUERY, headers=bearer(idp, "researcher"), timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "released"
+        for conn in burst:
+            conn.close()
+
+
+def test_a_worker_that_dies_is_replaced_and_the_gateway_keeps_answering(tmp_site: Site) -> None:
+    with _served(tmp_site, workers=2) as (process, url):
+        victim, survivor = _workers(process.pid)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = _workers(process.pid)
+            if len(now) == 2 and victim not in now:
+                break
+            time.sleep(0.1)
+        now = _workers(process.pid)
+        assert survivor in now and victim not in now and len(now) == 2
+        for _ in range(6):  # new connections go to both workers in turn, the new one included
+            assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
+        assert process.poll() is None
+
+
+def test_sigterm_stops_the_parent_and_every_worker(tmp_site: Site) -> None:
+    with _served(tmp_site, workers=2) as (process, _):
+        workers = _workers(process.pid)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=40) == 0
+    for pid in workers:
+        status = Path(f"/proc/{pid}/status")
+        assert not status.exists() or b"zombie" in status.read_bytes().lower()
+
+
+def test_a_port_already_taken_is_refused_with_the_address(tmp_site: Site) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = _start(_configure(tmp_site, port, workers=2))
+        _, err = process.communicate(timeout=60)
+    assert process.returncode != 0
+    message = err.decode()
+    assert f"127.0.0.1:{port}" in message and "site.toml" in message
+
+
+def test_workers_that_cannot_start_make_the_server_give_up(tmp_site: Site) -> None:
+    # A policy that does not compile: every worker refuses to start, so the parent must not spin forever.
+    (tmp_site.root / "policies/broken.rego").write_text("package fedgate.broken\n\nallow if {\n")
+    process = _start(_configure(tmp_site, free_port(), workers=2))
+    try:
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 1
+    assert "workers keep failing as they start" in err.decode()
