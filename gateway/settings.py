@@ -86,11 +86,11 @@ class ServerSettings(BaseModel):
     port: int = Field(default=8080, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     threads: int = Field(
-        default=4,
+        default=2,
         ge=1,
         le=256,
-        description="threads per worker for store reads, disclosure control and state writes; a few per "
-        "core keep the cores busy, more only take turns on the interpreter lock",
+        description="threads per worker for store reads, disclosure control and state writes; two let one "
+        "run Python while the other waits on the store, more only take turns on the interpreter lock",
     )
     public_url: str | None = Field(default=None, description="the URL peers and clients use for this gateway")
 
