@@ -130,7 +130,7 @@ def test_peers_need_a_signing_key_and_unique_ids(tmp_path: Path) -> None:
 
 
 def test_server_threads_default_and_bounds(tmp_path: Path) -> None:
-    assert load_settings(write(tmp_path, GOOD)).server.threads == 4
+    assert load_settings(write(tmp_path, GOOD)).server.threads == 2
     assert load_settings(write(tmp_path, GOOD + "[server]\nthreads = 12\n")).server.threads == 12
     with pytest.raises(ConfigError, match=r"server\.threads"):
         load_settings(write(tmp_path, GOOD + "[server]\nthreads = 0\n"))
