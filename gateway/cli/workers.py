@@ -14,6 +14,7 @@ answering, as uvicorn does), and gives up, with exit code 1, if workers keep dyi
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import selectors
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import uvicorn
 
@@ -163,6 +164,7 @@ class HandoffServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, channel: socket.socket) -> None:
         super().__init__(config)
         self.channel = channel
+        self._handoffs: set[asyncio.Task[Any]] = set()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=[])
@@ -174,12 +176,12 @@ class HandoffServer(uvicorn.Server):
 
     def _receive(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
-            _, fds, _, _ = socket.recv_fds(self.channel, 64, 64)
+            data, fds, _, _ = socket.recv_fds(self.channel, 64, 64)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            fds = []
-        if not fds:  # the parent is gone: no more connections will come
+            data, fds = b"", []
+        if not data:  # the parent is gone: no more connections will come
             loop.remove_reader(self.channel.fileno())
             self.should_exit = True
             return
@@ -199,7 +201,14 @@ class HandoffServer(uvicorn.Server):
                     _loop=conn_loop,
                 )
 
-            loop.create_task(loop.connect_accepted_socket(protocol, conn))
+            task = loop.create_task(loop.connect_accepted_socket(protocol, conn))
+            self._handoffs.add(task)  # the loop keeps only a weak reference to a task
+            task.add_done_callback(functools.partial(self._handed_off, conn))
+
+    def _handed_off(self, conn: socket.socket, task: asyncio.Task[Any]) -> None:
+        self._handoffs.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            conn.close()  # the client went away before its connection was set up
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # No more connections: those the parent still hands over are closed unanswered by _receive.

@@ -157,9 +157,26 @@ def test_sigterm_stops_the_parent_and_every_worker(tmp_site: Site) -> None:
         workers = _workers(process.pid)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=40) == 0
-    for pid in workers:
-        status = Path(f"/proc/{pid}/status")
-        assert not status.exists() or b"zombie" in status.read_bytes().lower()
+    assert not any(_alive(pid) for pid in workers)
+
+
+def test_workers_stop_on_their_own_when_the_parent_is_killed(tmp_site: Site) -> None:
+    with _served(tmp_site, workers=2) as (process, _):
+        workers = _workers(process.pid)
+        process.kill()  # no chance to stop them: each must notice its channel closing
+        process.wait()
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return b"zombie" not in status.read_bytes().lower()
+    except FileNotFoundError:
+        return False
 
 
 def test_a_port_already_taken_is_refused_with_the_address(tmp_site: Site) -> None:
