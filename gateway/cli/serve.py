@@ -12,7 +12,7 @@ import uvicorn
 
 from gateway.app import CONFIG_ENV
 from gateway.cli.output import fail
-from gateway.cli.workers import Dispatcher
+from gateway.cli.workers import APP, APP_OPTIONS, Dispatcher
 from gateway.settings import ConfigError, load_settings
 
 
@@ -38,12 +38,4 @@ def serve(
         if code:
             raise typer.Exit(code)
     else:
-        uvicorn.run(
-            "gateway.app:app_from_environment",
-            factory=True,
-            host=server.host,
-            port=server.port,
-            workers=server.workers,
-            log_level="info",
-            access_log=False,
-        )
+        uvicorn.run(APP, host=server.host, port=server.port, workers=server.workers, **APP_OPTIONS)

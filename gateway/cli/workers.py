@@ -45,15 +45,9 @@ class _Worker:
     started: float = field(default_factory=time.monotonic)
 
 
-def _uvicorn_config(host: str, port: int) -> uvicorn.Config:
-    return uvicorn.Config(
-        "gateway.app:app_from_environment",
-        factory=True,
-        host=host,
-        port=port,
-        log_level="info",
-        access_log=False,
-    )
+APP: Final = "gateway.app:app_from_environment"
+APP_OPTIONS: Final[dict[str, Any]] = {"factory": True, "log_level": "info", "access_log": False}
+"""How uvicorn runs the gateway, in a worker of the parent here or by itself (`fedgate serve`)."""
 
 
 class Dispatcher:
@@ -77,7 +71,6 @@ class Dispatcher:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self.workers = [self._spawn() for _ in range(self.count)]
-            log.info("fedgate serving on %s:%d with %d workers", self.host, self.port, self.count)
             with selectors.DefaultSelector() as selector:
                 selector.register(self.listener, selectors.EVENT_READ)
                 while not self._stopping:
@@ -185,25 +178,21 @@ class HandoffServer(uvicorn.Server):
             loop.remove_reader(self.channel.fileno())
             self.should_exit = True
             return
-        config = self.config
         for fd in fds:
             conn = socket.socket(fileno=fd)
             if self.should_exit:
                 conn.close()
                 continue
             conn.setblocking(False)
-
-            def protocol(conn_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
-                return config.http_protocol_class(  # type: ignore[call-arg]
-                    config=config,
-                    server_state=self.server_state,
-                    app_state=self.lifespan.state,
-                    _loop=conn_loop,
-                )
-
-            task = loop.create_task(loop.connect_accepted_socket(protocol, conn))
+            task = loop.create_task(loop.connect_accepted_socket(self._protocol, conn))
             self._handoffs.add(task)  # the loop keeps only a weak reference to a task
             task.add_done_callback(functools.partial(self._handed_off, conn))
+
+    def _protocol(self, conn_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+        """uvicorn's HTTP protocol for one connection, as its own listening server would make it."""
+        return self.config.http_protocol_class(  # type: ignore[call-arg]
+            config=self.config, server_state=self.server_state, app_state=self.lifespan.state, _loop=conn_loop
+        )
 
     def _handed_off(self, conn: socket.socket, task: asyncio.Task[Any]) -> None:
         self._handoffs.discard(task)
@@ -221,4 +210,4 @@ def worker_main() -> None:
     environment."""
     host, port = sys.argv[1], int(sys.argv[2])
     channel = socket.socket(fileno=int(os.environ.pop(HANDOFF_ENV)))
-    HandoffServer(_uvicorn_config(host, port), channel).run()
+    HandoffServer(uvicorn.Config(APP, host=host, port=port, **APP_OPTIONS), channel).run()

@@ -99,7 +99,7 @@ def _served(site: Site, workers: int) -> Iterator[tuple[subprocess.Popen[bytes],
         process.stderr.close()  # type: ignore[union-attr]
 
 
-def _answered(port: int, connections: list[http.client.HTTPConnection]) -> None:
+def _answered(connections: list[http.client.HTTPConnection]) -> None:
     for conn in connections:
         conn.request("GET", "/healthz")
         response = conn.getresponse()
@@ -116,7 +116,7 @@ def test_connections_opened_in_one_burst_are_shared_evenly_by_the_workers(
         assert len(workers) == 2
         # Warm both workers so that their own sockets (store, state, identity provider) are open.
         warm = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(8)]
-        _answered(port, warm)
+        _answered(warm)
         for conn in warm:
             conn.close()
         time.sleep(0.5)
@@ -124,7 +124,7 @@ def test_connections_opened_in_one_burst_are_shared_evenly_by_the_workers(
         burst = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(16)]
         for conn in burst:
             conn.connect()
-        _answered(port, burst)  # each connection reached a worker, which holds it open
+        _answered(burst)  # each connection reached a worker, which holds it open
         gained = {pid: _sockets(pid) - before[pid] for pid in workers}
         assert sorted(gained.values()) == [8, 8], gained
         # And a query answers through a dealt connection as through any other.
@@ -177,6 +177,28 @@ def _alive(pid: int) -> bool:
         return b"zombie" not in status.read_bytes().lower()
     except FileNotFoundError:
         return False
+
+
+def test_one_worker_is_served_by_uvicorn_in_the_process_itself(
+    tmp_site: Site, idp: LoopbackTestIssuer
+) -> None:
+    port = free_port()
+    process = _start(_configure(tmp_site, port, workers=1))
+    try:
+        _healthy(f"http://127.0.0.1:{port}", process)
+        assert _workers(process.pid) == []  # no parent dealing connections: nothing to deal them to
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/queries", json=QUERY, headers=bearer(idp, "researcher"), timeout=30
+        )
+        assert answer.status_code == 200, answer.text
+        process.send_signal(signal.SIGTERM)
+        # uvicorn stops gracefully, then raises the signal it caught again (its exit status says SIGTERM).
+        assert process.wait(timeout=40) in (0, -signal.SIGTERM)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()  # type: ignore[union-attr]
 
 
 def test_a_port_already_taken_is_refused_with_the_address(tmp_site: Site) -> None:
