@@ -276,6 +276,14 @@ register(
 )
 register(
     EventType(
+        "request.refused",
+        "a request other than a query was refused (a steward, auditor or polling request, or no such route)",
+        required={"route": LABEL, "refusal": LABEL},
+        optional={"reasons": REASONS, "field": LABEL},
+    )
+)
+register(
+    EventType(
         "ingest.published",
         "a pseudonymized dataset was published to the store",
         required={"dataset": LABEL, "dataset_digest": DIGEST, "rows": COUNT, "columns": COUNT},

@@ -12,10 +12,12 @@ from typing import Any, Final
 
 from fastapi import FastAPI, Request
 
-from audit.errors import AuditError
+from audit.errors import AuditError, PayloadError
 from gateway import problems
 from gateway.auth import TokenValidator
+from gateway.deps import route_label
 from gateway.federation import peers
+from gateway.refusal import Refusal
 from gateway.routes import audit, federation, glm, queries, steward, witness
 from gateway.runtime import SiteRuntime
 from gateway.settings import SiteSettings, load_settings
@@ -59,7 +61,7 @@ def create_app(
         "RFC 9457 problem documents that name the field or cite the clause that decided.",
         lifespan=lifespan,
     )
-    problems.install(app, on_invalid=_audit_invalid)
+    problems.install(app, on_invalid=_audit_invalid, on_refusal=_audit_refusal)
     app.include_router(queries.router)
     app.include_router(steward.router)
     app.include_router(audit.router)
@@ -80,19 +82,52 @@ def create_app(
     return app
 
 
+UNRECORDED_REASONS: Final = "the reasons quote text the audit log does not record"
+
+
 async def _audit_invalid(request: Request, reasons: list[str]) -> None:
     """Audit a body refused by validation: every refusal is recorded, with its actor when known."""
+    await _audit(request, "query.refused", {"stage": "validate"}, reasons[:20])
+
+
+async def _audit_refusal(request: Request, refusal: Refusal) -> None:
+    """Audit a refusal that was not audited where it was raised (a steward's, an auditor's or a polling
+    request's, or the framework's own), naming the route, never the path."""
+    payload = {"route": route_label(request), "refusal": refusal.kind}
+    if refusal.field:
+        payload["field"] = refusal.field
+    await _audit(request, "request.refused", payload, refusal.reasons[:20], request_id=refusal.request_id)
+
+
+async def _audit(
+    request: Request,
+    event_type: str,
+    payload: dict[str, Any],
+    reasons: list[str],
+    *,
+    request_id: str | None = None,
+) -> None:
+    """Append a refusal with its actor when known. Reasons (or a field name) quoting what the audit log
+    will not store (an identifier, an address) are replaced by a fixed sentence, so the refusal is still
+    recorded; a log that cannot be written leaves a warning and the refusal stands."""
     runtime: SiteRuntime | None = getattr(request.app.state, "runtime", None)
     if runtime is None:
         return
     principal = getattr(request.state, "principal", None)
-    try:
-        await runtime.record(
-            "query.refused", {"stage": "validate", "reasons": reasons[:20]}, principal=principal
-        )
-    except AuditError:
-        # A message the audit registry will not store must not turn a 422 into a 500.
-        log.warning("a validation refusal could not be audited on %s", request.url.path)
+    attempts = [
+        {**payload, "reasons": reasons} if reasons else payload,
+        {k: v for k, v in payload.items() if k != "field"} | {"reasons": [UNRECORDED_REASONS]},
+    ]
+    for attempt in attempts:
+        try:
+            await runtime.record(event_type, attempt, principal=principal, request_id=request_id)
+            return
+        except PayloadError:
+            continue
+        except AuditError:
+            break
+    # Never turn a refusal into a 500; the log's own failure is the operator's to see.
+    log.warning("a refusal could not be audited on %s", route_label(request))
 
 
 def app_from_environment() -> FastAPI:

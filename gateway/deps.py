@@ -24,7 +24,7 @@ from gateway.runtime import SiteRuntime
 Role = Literal["researcher", "steward", "auditor"]
 
 
-def _route_label(request: Request) -> str:
+def route_label(request: Request) -> str:
     """The endpoint as the audit log records it: method and route name (`GET:poll`), never the path,
     whose ids and parameters could read as identifiers."""
     name = getattr(request.scope.get("route"), "name", None) or "unrouted"
@@ -75,15 +75,17 @@ async def authenticate(request: Request) -> Principal:
         request.state.principal = principal  # so a later refusal of the body is audited with its actor
         return principal
     except AuthError as exc:
-        payload: dict[str, str] = {"reason": exc.code, "route": _route_label(request)}
+        payload: dict[str, str] = {"reason": exc.code, "route": route_label(request)}
         if header:
             payload["token_digest"] = token_digest(header.removeprefix("Bearer ").strip())
         await runtime.record("auth.failed", payload)
         if isinstance(exc, IdentityProviderUnavailable):
             raise Refusal(
-                "unavailable", "Identity provider unavailable", [exc.reason], stage="authorize"
+                "unavailable", "Identity provider unavailable", [exc.reason], stage="authorize", audited=True
             ) from None
-        raise Refusal("unauthenticated", "Authentication failed", [exc.reason], stage="authorize") from None
+        raise Refusal(
+            "unauthenticated", "Authentication failed", [exc.reason], stage="authorize", audited=True
+        ) from None
 
 
 def requires(role: Role) -> Callable[..., Awaitable[Principal]]:
@@ -95,9 +97,11 @@ def requires(role: Role) -> Callable[..., Awaitable[Principal]]:
             require_role(principal, role)
         except Forbidden as exc:
             await _runtime(request).record(
-                "auth.failed", {"reason": "Forbidden", "route": _route_label(request), "role": role}
+                "auth.failed", {"reason": "Forbidden", "route": route_label(request), "role": role}
             )
-            raise Refusal("forbidden", "Role required", [exc.reason], stage="authorize") from None
+            raise Refusal(
+                "forbidden", "Role required", [exc.reason], stage="authorize", audited=True
+            ) from None
         return principal
 
     return check

@@ -555,6 +555,7 @@ class QueryPipeline:
     async def _refused(
         self, refusal: Refusal, principal: Principal, request_id: str, query_hash: str
     ) -> None:
+        refusal.audited = True
         await self.rt.record(
             "query.refused",
             {"stage": refusal.stage, "reasons": refusal.reasons or [refusal.title],

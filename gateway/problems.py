@@ -108,26 +108,23 @@ def _validation_response(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _http_exception_handler(_request: Request, exc: Exception) -> JSONResponse:
-    # The framework's own refusals (a body that is not JSON at all, an unknown route, a wrong method)
-    # speak the same problem format as ours.
-    assert isinstance(exc, StarletteHTTPException)
+def _framework_refusal(exc: StarletteHTTPException) -> Refusal:
+    """The framework's own refusal (an unknown route, a wrong method) as ours, for the audit log."""
     status = HTTPStatus(exc.status_code)
-    detail = exc.detail if isinstance(exc.detail, str) and exc.detail != status.phrase else None
-    return problem(status, status.phrase, detail=detail)
-
-
-async def _refusal_handler(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, Refusal)
-    return refusal_response(exc)
+    kind: RefusalKind = next((k for k, s in STATUS.items() if s == status), "bad_request")
+    return Refusal(kind, status.phrase, [status.phrase])
 
 
 InvalidRequestHook = Callable[[Request, list[str]], Awaitable[None]]
+RefusalHook = Callable[[Request, Refusal], Awaitable[None]]
 
 
-def install(app: FastAPI, *, on_invalid: InvalidRequestHook | None = None) -> None:
-    """Register the handlers on an app; `on_invalid` hears of every body that failed validation (the app
-    audits those refusals)."""
+def install(
+    app: FastAPI, *, on_invalid: InvalidRequestHook | None = None, on_refusal: RefusalHook | None = None
+) -> None:
+    """Register the handlers on an app. `on_invalid` hears of every body that failed validation, and
+    `on_refusal` of every other refusal not audited where it was raised (`Refusal.audited`) and of the
+    framework's own (an unknown route, a wrong method): the app audits both."""
 
     async def validation(request: Request, exc: Exception) -> JSONResponse:
         response = _validation_response(request, exc)
@@ -136,8 +133,24 @@ def install(app: FastAPI, *, on_invalid: InvalidRequestHook | None = None) -> No
             await on_invalid(request, [f"{field}: {message}" for field, message in _field_messages(exc)])
         return response
 
-    app.add_exception_handler(Refusal, _refusal_handler)
-    app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
+    async def refused(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, Refusal)
+        if on_refusal is not None and not exc.audited:
+            await on_refusal(request, exc)
+        return refusal_response(exc)
+
+    async def framework(request: Request, exc: Exception) -> JSONResponse:
+        # The framework's own refusals (an unknown route, a wrong method) speak the same problem format
+        # as ours.
+        assert isinstance(exc, StarletteHTTPException)
+        status = HTTPStatus(exc.status_code)
+        if on_refusal is not None:
+            await on_refusal(request, _framework_refusal(exc))
+        detail = exc.detail if isinstance(exc.detail, str) and exc.detail != status.phrase else None
+        return problem(status, status.phrase, detail=detail)
+
+    app.add_exception_handler(Refusal, refused)
+    app.add_exception_handler(StarletteHTTPException, framework)
     app.add_exception_handler(RequestValidationError, validation)
 
 

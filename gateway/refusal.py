@@ -1,4 +1,4 @@
-"""Why the gateway did not answer: one exception the pipeline raises after auditing the refusal.
+"""Why the gateway did not answer: one exception, audited once whoever raises it.
 
 The pipeline translates every package's errors into a `Refusal` with a kind; `gateway.problems` alone
 turns kinds into HTTP status codes. Reasons are written for the researcher and never hold a hidden value,
@@ -31,6 +31,9 @@ class Refusal(Exception):
     stage: str = "validate"
     field: str | None = None
     request_id: str | None = None
+    audited: bool = False
+    """Whoever raised it has already appended the refusal to the audit log; otherwise the app's problem
+    handler appends a `request.refused` entry before answering (gateway.app)."""
 
     def __str__(self) -> str:
         return f"{self.title}: {'; '.join(self.reasons)}" if self.reasons else self.title

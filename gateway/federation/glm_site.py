@@ -437,6 +437,7 @@ class GlmSiteService:
             session = await self._session(principal, request, entry, decision, query_hash)
         except Refusal as refusal:
             refusal.request_id = request_id
+            refusal.audited = True
             await self._refused(
                 principal, request_id, refusal.stage, refusal.reasons or [refusal.title], query_hash
             )
@@ -472,7 +473,7 @@ class GlmSiteService:
                 "within a session you opened"
             ]
             await self._refused(principal, request_id, "session", reasons, None)
-            raise Refusal("not_found", "No such GLM session", reasons, stage="session")
+            raise Refusal("not_found", "No such GLM session", reasons, stage="session", audited=True)
         async with session.lock:
             session.last_used = time.monotonic()
             number = session.iterations + 1
@@ -504,6 +505,7 @@ class GlmSiteService:
                 )
             except Refusal as refusal:
                 refusal.request_id = request_id
+                refusal.audited = True
                 await self._refused(
                     principal,
                     request_id,

@@ -1,0 +1,125 @@
+"""Every refusal ends in the audit log exactly once: a steward's, an auditor's, a researcher's poll, the
+framework's own (no such route, wrong method), and a query's, each with its actor and route but never the
+path, and never text the log must not hold."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import httpx
+import pytest
+from gateway_site import bearer
+from oidc_issuer import LoopbackTestIssuer
+
+from gateway.app import UNRECORDED_REASONS
+
+QUERY = {
+    "dataset": "cohort", "agreement": "DSA-TEST-OPEN", "purpose": {"duo": ["DUO:0000006"]}, "kind": "count",
+}  # fmt: skip
+
+
+def size(http: httpx.Client, idp: LoopbackTestIssuer) -> int:
+    page = http.get("/v1/audit/entries", params={"start": 0, "end": 0}, headers=bearer(idp, "auditor"))
+    return int(page.json()["size"])
+
+
+def entries_since(http: httpx.Client, idp: LoopbackTestIssuer, start: int) -> list[dict[str, Any]]:
+    """The entries appended since `start`, decoded, without the auditor's own reads (which append none)."""
+    page = http.get("/v1/audit/entries", params={"start": start}, headers=bearer(idp, "auditor")).json()
+    return [json.loads(base64.b64decode(e["entry"])) for e in page["entries"]]
+
+
+def refused_once(http: httpx.Client, idp: LoopbackTestIssuer, start: int, route: str) -> dict[str, Any]:
+    """The one `request.refused` entry for `route` since `start` (failing if there are none or several)."""
+    found = [
+        e for e in entries_since(http, idp, start)
+        if e["type"] == "request.refused" and e["payload"]["route"] == route
+    ]  # fmt: skip
+    assert len(found) == 1, f"{len(found)} request.refused entries for {route}"
+    return found[0]
+
+
+def test_steward_refusals_are_audited_with_the_steward_and_the_route(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    steward = bearer(idp, "steward", sub="steward-audited")
+    start = size(http, idp)
+    invalid = http.put("/v1/steward/policy-data/agreements", json={"DSA-X": {"title": 1}}, headers=steward)
+    assert invalid.status_code == 422
+    entry = refused_once(http, idp, start, "PUT:replace_policy_document")
+    assert entry["payload"]["refusal"] == "bad_request" and entry["payload"]["reasons"]
+    assert entry["actor"]["sub"] == "steward-audited"
+
+    start = size(http, idp)
+    assert http.get("/v1/steward/activity", params={"hours": 0}, headers=steward).status_code == 422
+    entry = refused_once(http, idp, start, "GET:activity")
+    assert entry["payload"]["field"] == "hours"
+
+    start = size(http, idp)
+    unknown = http.post(
+        "/v1/steward/approvals/req-unknown", json={"approve": True, "reason": "ok"}, headers=steward
+    )
+    assert unknown.status_code == 404
+    assert refused_once(http, idp, start, "POST:decide")["payload"]["refusal"] == "not_found"
+
+
+def test_auditor_refusals_are_audited(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
+    start = size(http, idp)
+    bad = http.get("/v1/audit/entries", params={"start": 5, "end": 2}, headers=bearer(idp, "auditor"))
+    assert bad.status_code == 422
+    entry = refused_once(http, idp, start, "GET:entries")
+    assert entry["payload"] == {
+        "route": "GET:entries", "refusal": "bad_request", "field": "start", "reasons": bad.json()["reasons"],
+    }  # fmt: skip
+
+
+def test_polling_another_researchers_request_is_audited(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
+    start = size(http, idp)
+    other = http.get("/v1/queries/req-not-yours", headers=bearer(idp, "researcher", sub="nosy-researcher"))
+    assert other.status_code == 404
+    entry = refused_once(http, idp, start, "GET:poll")
+    assert entry["payload"]["refusal"] == "not_found" and entry["actor"]["sub"] == "nosy-researcher"
+
+
+@pytest.mark.parametrize(("method", "path", "refusal"), [
+    ("GET", "/v1/patients/MRN-00417723", "not_found"),
+    ("DELETE", "/v1/queries", "bad_request"),
+])  # fmt: skip
+def test_the_frameworks_refusals_are_audited_without_the_path(
+    http: httpx.Client, idp: LoopbackTestIssuer, method: str, path: str, refusal: str
+) -> None:
+    start = size(http, idp)
+    response = http.request(method, path, headers=bearer(idp, "researcher"))
+    assert response.status_code in (404, 405)
+    assert response.headers["content-type"] == "application/problem+json"
+    found = [e for e in entries_since(http, idp, start) if e["type"] == "request.refused"]
+    assert len(found) == 1 and found[0]["payload"]["refusal"] == refusal
+    assert found[0]["payload"]["route"].startswith(f"{method}:")
+    assert "MRN" not in json.dumps(found)
+
+
+def test_a_reason_quoting_unrecordable_text_is_audited_with_a_fixed_sentence(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    start = size(http, idp)
+    response = http.get("/v1/steward/policy-data/jane.doe@hospital.example", headers=bearer(idp, "steward"))
+    assert response.status_code == 404
+    entry = refused_once(http, idp, start, "GET:policy_document")
+    assert entry["payload"]["reasons"] == [UNRECORDED_REASONS]
+    assert "jane.doe" not in json.dumps(entry)
+
+
+def test_refusals_audited_where_they_were_raised_are_not_audited_twice(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    start = size(http, idp)
+    assert http.post("/v1/queries", json=QUERY, headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert http.get("/v1/steward/approvals", headers=bearer(idp, "researcher")).status_code == 403
+    denied = http.post("/v1/queries", json={**QUERY, "agreement": "DSA-TEST-EXPIRED"},
+                       headers=bearer(idp, "researcher"))  # fmt: skip
+    assert denied.status_code == 403
+    types = [e["type"] for e in entries_since(http, idp, start)]
+    assert types.count("auth.failed") == 2 and types.count("query.refused") == 1
+    assert "request.refused" not in types
