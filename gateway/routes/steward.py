@@ -134,7 +134,9 @@ class ApprovalDecision(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     approve: bool
-    reason: str = Field(default="", max_length=500, description="why; recorded in the audit log")
+    reason: str = Field(
+        min_length=1, max_length=500, pattern=r"\S", description="why (required); recorded in the audit log"
+    )
 
 
 @router.post("/approvals/{request_id}", summary="Approve (the query runs and is released) or reject")

@@ -191,7 +191,7 @@ def test_approval_flow(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
     decided = http.post(f"/v1/steward/approvals/{request_id}", json={"approve": True, "reason": "ethics ok"},
                         headers=bearer(idp, "steward", sub="steward-1"))  # fmt: skip
     assert decided.status_code == 200 and decided.json()["status"] == "released"
-    again = http.post(f"/v1/steward/approvals/{request_id}", json={"approve": False},
+    again = http.post(f"/v1/steward/approvals/{request_id}", json={"approve": False, "reason": "late"},
                       headers=bearer(idp, "steward", sub="steward-1"))  # fmt: skip
     assert again.status_code == 409
     released = http.get(
