@@ -225,9 +225,10 @@ class Gateway(_KindClient[pd.DataFrame]):
                 return _result(body)
             if status in ("refused", "rejected"):
                 raise ApprovalRejected(request_id, str(status), list(body.get("reasons") or []))
-            if time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise ApprovalPending(request_id, list(body.get("reasons") or []))
-            time.sleep(poll_every)
+            time.sleep(min(poll_every, remaining))  # the last poll falls on the deadline, not after it
 
     def _kind(
         self, kind: str, dataset: str, agreement: str, purpose: Any, options: dict[str, Any]
