@@ -19,6 +19,8 @@ from typing import Any, Generic, Self, TypeVar
 import httpx
 import pandas as pd
 
+from gateway.problems import ACCEPTED, STATUS
+
 
 class GatewayError(Exception):
     """A gateway refused or failed; `status`, `reasons` and the RFC 9457 `problem` say why."""
@@ -77,12 +79,12 @@ class ApprovalRejected(Exception):
 
 
 _ERRORS: dict[int, type[GatewayError]] = {
-    401: AuthenticationFailed,
-    403: QueryDenied,
-    404: NotFound,
-    422: QueryInvalid,
-    429: RepeatLimitReached,
-    503: GatewayUnavailable,
+    int(STATUS["unauthenticated"]): AuthenticationFailed,
+    int(STATUS["forbidden"]): QueryDenied,
+    int(STATUS["not_found"]): NotFound,
+    int(STATUS["bad_request"]): QueryInvalid,
+    int(STATUS["limit"]): RepeatLimitReached,
+    int(STATUS["unavailable"]): GatewayUnavailable,
 }
 
 
@@ -146,7 +148,7 @@ class _KindClient(ABC, Generic[R]):
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise GatewayUnavailable(0, {"title": self.unreachable, "detail": type(exc).__name__}) from None
-        if response.status_code >= 400:
+        if response.is_error:
             try:
                 problem = response.json()
             except ValueError:
@@ -204,7 +206,7 @@ class Gateway(_KindClient[pd.DataFrame]):
         """Submit a spec; return the released result (polls up to `wait` seconds when a steward decides)."""
         response = self._send("POST", "/v1/queries", json=dict(spec))
         body = response.json()
-        if response.status_code == 202:
+        if response.status_code == ACCEPTED:
             if wait is None:
                 raise ApprovalPending(body["request_id"], list(body.get("reasons") or []))
             return self.wait(body["request_id"], timeout=wait, poll_every=poll_every)

@@ -143,7 +143,7 @@ def gateways(configs: dict[str, Path], ports: dict[str, int]) -> Iterator[dict[s
         for site_id, url in urls.items():
             while True:
                 try:
-                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    if httpx.get(f"{url}/healthz", timeout=2).is_success:
                         break
                 except httpx.HTTPError:
                     pass

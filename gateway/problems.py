@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audit.errors import (
@@ -40,6 +41,10 @@ STATUS: dict[RefusalKind, HTTPStatus] = {
 }
 OK = HTTPStatus.OK
 ACCEPTED = HTTPStatus.ACCEPTED
+PEER_UNREACHABLE = frozenset(
+    {HTTPStatus.BAD_GATEWAY, HTTPStatus.SERVICE_UNAVAILABLE, HTTPStatus.GATEWAY_TIMEOUT}
+)
+"""What a peer gateway answers, or a proxy in front of it, when it cannot be reached or is down."""
 
 # C2SP tlog-witness prescribes its own statuses and text/plain bodies (not problem+json): peers' witness
 # clients read the status, and a 409 carries the witness's size as `text/x.tlog.size`. The submitter in
@@ -53,6 +58,52 @@ WITNESS_STATUS: dict[type[WitnessError], HTTPStatus] = {
     ProofRejected: HTTPStatus.UNPROCESSABLE_ENTITY,
 }
 TLOG_SIZE = "text/x.tlog.size"
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document, as every refusal of the gateway's API is written (for the OpenAPI
+    page; `problem` builds the bodies)."""
+
+    type: str = Field("about:blank", description="always about:blank: `title` and `status` say it all")
+    title: str = Field(description="what kind of refusal, e.g. 'Denied by policy'")
+    status: int = Field(description="the HTTP status of the response")
+    detail: str | None = Field(None, description="the reasons joined, for a human reader")
+    reasons: list[str] | None = Field(None, description="each reason, e.g. the policy clause that decided")
+    field: str | None = Field(None, description="the body field or parameter at fault, dotted")
+    request_id: str | None = Field(None, description="the request's id in the audit log")
+    errors: list[dict[str, str]] | None = Field(
+        None, description="every field that failed validation: `field` and `message` of each"
+    )
+
+
+_PROBLEM_SCHEMA: dict[str, Any] = Problem.model_json_schema()
+_ANSWERS: dict[str, HTTPStatus] = {"ok": OK, "accepted": ACCEPTED}
+
+
+def documented(**described: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for a route: each keyword is an answer ('ok', 'accepted') or a refusal kind
+    (`RefusalKind`), with its description; refusals are documented as problem+json `Problem` bodies.
+    Routes name kinds, never status codes, so the codes stay in this module."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for name, description in described.items():
+        if name in _ANSWERS:
+            out[int(_ANSWERS[name])] = {"description": description}
+        elif name in STATUS:
+            status = STATUS[name]
+            schema = {"schema": _PROBLEM_SCHEMA}
+            out[int(status)] = {"description": description, "content": {PROBLEM_JSON: schema}}
+        else:
+            raise ValueError(f"{name!r} is neither an answer nor a refusal kind")
+    return out
+
+
+AUTHENTICATED: dict[int | str, dict[str, Any]] = documented(
+    bad_request="a parameter or the body is invalid; `field` names where",
+    unauthenticated="no valid bearer token",
+    forbidden="the token lacks this endpoint's role",
+    unavailable="the identity provider or a component the answer needs is unavailable",
+)
+"""The refusals of every endpoint behind a role, for its router's `responses`."""
 
 
 def problem(status: HTTPStatus, title: str, *, detail: str | None = None, **extensions: Any) -> JSONResponse:

@@ -227,7 +227,7 @@ class DiscoveredKeys:
             raise self._unavailable(f"fetching its {what} timed out") from None
         except httpx.HTTPError as exc:
             raise self._unavailable(f"fetching its {what} failed ({type(exc).__name__})") from None
-        if response.status_code != 200:
+        if not response.is_success:
             raise self._unavailable(f"its {what} answered HTTP {response.status_code}")
         if len(response.content) > _MAX_DOCUMENT_BYTES:
             raise self._unavailable(f"its {what} is larger than {_MAX_DOCUMENT_BYTES} bytes")

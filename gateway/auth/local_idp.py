@@ -40,6 +40,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, Key, KeyParameters, OKPKey, RSAKey
 
 from gateway.auth.signature import registry_for
+from gateway.problems import OK, STATUS
 
 ALGORITHMS = ("RS256", "ES256", "EdDSA")
 log = logging.getLogger("fedgate.auth")
@@ -268,12 +269,12 @@ class UnsafeLocalIdentityProvider:
         if path == f"{self._path}/.well-known/openid-configuration":
             with self._lock:
                 self._discovery_fetches += 1
-            return 200, self.discovery_document()
+            return int(OK), self.discovery_document()
         if path == f"{self._path}/jwks":
             with self._lock:
                 self._jwks_fetches += 1
-            return 200, self.jwks()
-        return 404, {"error": "not found"}
+            return int(OK), self.jwks()
+        return int(STATUS["not_found"]), {"error": "not found"}
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         owner = self

@@ -445,6 +445,8 @@ class HttpGlmSite:
     async def _call(self, method: str, path: str, iteration: int, payload: Any) -> dict[str, Any]:
         import httpx
 
+        from gateway.problems import PEER_UNREACHABLE, STATUS
+
         body = json.dumps(payload).encode()
         try:
             response = await self.client.request(
@@ -464,14 +466,14 @@ class HttpGlmSite:
             data = response.json()
         except ValueError:
             data = {}
-        if response.status_code >= 400:
+        if not response.is_success:
             reasons = [str(r) for r in data.get("reasons") or []] or [
                 str(data.get("title") or response.status_code)
             ]
             status: SiteState = "refused"
-            if response.status_code == 403:
+            if response.status_code == STATUS["forbidden"]:
                 status = "suppressed" if data.get("title") == DISCLOSURE_TITLE else "denied"
-            elif response.status_code in (502, 503, 504):
+            elif response.status_code in PEER_UNREACHABLE:
                 status = "unreachable"
             raise SiteStopped(self.site, status, reasons, iteration)
         if not isinstance(data, dict):

@@ -12,9 +12,10 @@ from fastapi.responses import PlainTextResponse, Response
 
 from audit.errors import StorageError
 from gateway.deps import AuditorDep, RuntimeDep
+from gateway.problems import AUTHENTICATED, documented
 from gateway.refusal import Refusal
 
-router = APIRouter(prefix="/v1/audit", tags=["audit"])
+router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=AUTHENTICATED)
 MAX_ENTRIES = 1000
 
 
@@ -31,7 +32,9 @@ async def checkpoint(_: AuditorDep, runtime: RuntimeDep) -> PlainTextResponse:
 
 
 @router.get(
-    "/entries", summary="Stored entries start ≤ index < end (at most 1000), base64 of the hashed bytes"
+    "/entries",
+    summary="Stored entries start ≤ index < end (at most 1000), base64 of the hashed bytes",
+    responses=documented(bad_request="the range is outside the log or longer than 1000 entries"),
 )
 async def entries(
     _: AuditorDep, runtime: RuntimeDep, start: int = 0, end: int | None = None
@@ -55,7 +58,11 @@ async def entries(
     }
 
 
-@router.get("/proofs/inclusion", summary="RFC 9162 inclusion proof of entry `index` in the tree of `size`")
+@router.get(
+    "/proofs/inclusion",
+    summary="RFC 9162 inclusion proof of entry `index` in the tree of `size`",
+    responses=documented(bad_request="no such entry or tree size"),
+)
 async def inclusion(_: AuditorDep, runtime: RuntimeDep, index: int, size: int) -> dict[str, Any]:
     try:
         proof = await asyncio.to_thread(runtime.audit.inclusion_proof, index, size)
@@ -65,7 +72,11 @@ async def inclusion(_: AuditorDep, runtime: RuntimeDep, index: int, size: int) -
     return {"index": index, "size": size, "root": base64.b64encode(root).decode(), "proof": _b64(proof)}
 
 
-@router.get("/proofs/consistency", summary="RFC 9162 consistency proof from size `old` to size `new`")
+@router.get(
+    "/proofs/consistency",
+    summary="RFC 9162 consistency proof from size `old` to size `new`",
+    responses=documented(bad_request="the sizes are not 0 < old ≤ new ≤ the log's size"),
+)
 async def consistency(_: AuditorDep, runtime: RuntimeDep, old: int, new: int) -> dict[str, Any]:
     try:
         proof = await asyncio.to_thread(runtime.audit.consistency_proof, old, new)

@@ -10,21 +10,18 @@ from gateway.auth import bearer_token
 from gateway.deps import ResearcherDep, RuntimeDep
 from gateway.federation.coordinator import Coordinator, parse_federated
 from gateway.federation.peers import PeerLink
+from gateway.problems import AUTHENTICATED, documented
 
-router = APIRouter(prefix="/v1/federated-queries", tags=["federation"])
-
-_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+router = APIRouter(prefix="/v1/federated-queries", tags=["federation"], responses=AUTHENTICATED)
 
 
 @router.post(
     "",
     summary="Submit a query to several sites and receive the pooled answer with every site's status",
-    responses={
-        200: {"description": "the pooled answer, the sites it covers and one status per target site"},
-        401: {"description": "no valid bearer token", **_PROBLEM},
-        403: {"description": "the token lacks the researcher role", **_PROBLEM},
-        422: {"description": "the spec, `sites` or `timeout_s` is invalid; `field` names where", **_PROBLEM},
-    },
+    responses=documented(
+        ok="the pooled answer, the sites it covers and one status per target site",
+        bad_request="the spec, `sites` or `timeout_s` is invalid; `field` names where",
+    ),
 )
 async def submit(
     request: Request,

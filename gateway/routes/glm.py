@@ -37,12 +37,11 @@ from gateway.federation.glm_site import (
 )
 from gateway.federation.peers import PeerLink, verified_peer
 from gateway.pipeline import new_request_id
-from gateway.problems import ACCEPTED, OK
+from gateway.problems import ACCEPTED, AUTHENTICATED, OK, documented
 from gateway.refusal import Refusal
 from gateway.runtime import SiteRuntime
 
-router = APIRouter(tags=["federated glm"])
-_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+router = APIRouter(tags=["federated glm"], responses=AUTHENTICATED)
 
 
 class FederatedGlmRequest(GlmSessionRequest):
@@ -63,10 +62,13 @@ def glm_service(request: Request, runtime: SiteRuntime) -> GlmSiteService:
 @router.post(
     "/v1/glm/sessions",
     summary="Open a GLM session at this site",
-    responses={
-        202: {"description": "policy wants a steward's approval; nothing was opened"},
-        403: {"description": "denied by policy or disclosure control", **_PROBLEM},
-    },
+    responses=documented(
+        ok="the session: its id, the model's parameters and the iteration cap",
+        accepted="policy wants a steward's approval; nothing was opened",
+        forbidden="denied by policy or disclosure control, or the token lacks the researcher role",
+        not_found="no such dataset at this site",
+        limit="this researcher has as many GLM sessions open as allowed",
+    ),
 )
 async def open_session(
     body: GlmSessionRequest, principal: ResearcherDep, runtime: RuntimeDep, request: Request
@@ -81,11 +83,13 @@ async def open_session(
 @router.post(
     "/v1/glm/sessions/{session_id}/iterations",
     summary="One Fisher-scoring iteration at β within an open session",
-    responses={
-        403: {"description": "a disclosure check failed; the session is closed", **_PROBLEM},
-        404: {"description": "no such session of yours under this agreement", **_PROBLEM},
-        429: {"description": "the session's iteration cap is reached", **_PROBLEM},
-    },
+    responses=documented(
+        ok="the sums at β: XᵀWX, XᵀWz, deviance, Pearson χ² and n",
+        bad_request="β has the wrong number of coefficients; `field` names it",
+        forbidden="a disclosure check failed; the session is closed",
+        not_found="no such session of yours under this agreement",
+        limit="the session's iteration cap is reached",
+    ),
 )
 async def iterate(
     session_id: str, body: IterationRequest, principal: ResearcherDep, runtime: RuntimeDep, request: Request
@@ -94,7 +98,11 @@ async def iterate(
     return await glm_service(request, runtime).iterate(principal, session_id, body, new_request_id())
 
 
-@router.delete("/v1/glm/sessions/{session_id}", summary="End a GLM session")
+@router.delete(
+    "/v1/glm/sessions/{session_id}",
+    summary="End a GLM session",
+    responses=documented(not_found="no open GLM session with this id for you"),
+)
 async def close_session(
     session_id: str, principal: ResearcherDep, runtime: RuntimeDep, request: Request
 ) -> dict[str, Any]:
@@ -103,7 +111,15 @@ async def close_session(
     return {"session": session_id, "status": "closed"}
 
 
-@router.post("/v1/federated-glm", summary="Fit a GLM over this site and its peers")
+@router.post(
+    "/v1/federated-glm",
+    summary="Fit a GLM over this site and its peers",
+    responses=documented(
+        ok="the fit (coefficients, standard errors, z, p, intervals), or `stopped` with each site's reason",
+        bad_request="an unknown site, an invalid model, or a fit that failed to combine",
+        unavailable="this gateway cannot sign requests to its peers",
+    ),
+)
 async def federated_glm(
     body: FederatedGlmRequest, principal: ResearcherDep, runtime: RuntimeDep, request: Request
 ) -> dict[str, Any]:

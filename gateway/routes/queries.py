@@ -9,26 +9,26 @@ from fastapi.responses import JSONResponse
 
 from gateway.deps import PipelineDep, ResearcherDep
 from gateway.pipeline import new_request_id
-from gateway.problems import ACCEPTED, OK
+from gateway.problems import ACCEPTED, AUTHENTICATED, OK, documented
 from gateway.query import QuerySpec
 
-router = APIRouter(prefix="/v1/queries", tags=["queries"])
-
-_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+router = APIRouter(prefix="/v1/queries", tags=["queries"], responses=AUTHENTICATED)
 
 
 @router.post(
     "",
     summary="Submit an aggregate query",
-    responses={
-        200: {"description": "the released, disclosure-controlled answer"},
-        202: {"description": "policy sends the query to a steward; poll the returned URL"},
-        401: {"description": "no valid bearer token", **_PROBLEM},
-        403: {"description": "denied by policy or disclosure control; `reasons` cite the clause", **_PROBLEM},
-        404: {"description": "no such dataset at this site", **_PROBLEM},
-        422: {"description": "the spec is invalid; `field` names where", **_PROBLEM},
-        429: {"description": "the agreement's limit on identical queries is reached", **_PROBLEM},
-    },
+    responses=documented(
+        ok="the released, disclosure-controlled answer",
+        accepted="policy sends the query to a steward; poll `GET /v1/queries/{request_id}`",
+        bad_request="the spec is invalid; `field` names where",
+        forbidden="denied by policy or disclosure control, or the token lacks the researcher role; "
+        "`reasons` cite the clause",
+        not_found="no such dataset at this site",
+        limit="the agreement's limit on identical queries is reached",
+        unavailable="the identity provider, the policy engine, the store or the audit log is unavailable; "
+        "nothing was released",
+    ),
 )
 async def submit(spec: QuerySpec, principal: ResearcherDep, pipeline: PipelineDep) -> JSONResponse:
     """Run the query under this site's policy and release only what disclosure control lets through."""
@@ -39,10 +39,11 @@ async def submit(spec: QuerySpec, principal: ResearcherDep, pipeline: PipelineDe
 @router.get(
     "/{request_id}",
     summary="The state or the answer of a query waiting for approval",
-    responses={
-        403: {"description": "policy no longer allows the answer to this researcher", **_PROBLEM},
-        404: {"description": "no such request of yours", **_PROBLEM},
-    },
+    responses=documented(
+        ok="the request's state, or its released answer",
+        forbidden="policy no longer allows the answer to this researcher, or the token lacks the role",
+        not_found="no such request of yours",
+    ),
 )
 async def poll(request_id: str, principal: ResearcherDep, pipeline: PipelineDep) -> dict[str, Any]:
     """Only the researcher who asked sees the request; an approved answer is released under policy again."""

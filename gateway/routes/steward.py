@@ -12,10 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.consent import WithdrawalUnsupported, withdraw
 from gateway.deps import PipelineDep, RuntimeDep, StewardDep
 from gateway.policy_admin import PolicyDataRejected, data_names, read_data, replace_data
+from gateway.problems import AUTHENTICATED, documented
 from gateway.refusal import Refusal
 from pseudonymize.errors import KeyMaterialError
 
-router = APIRouter(prefix="/v1/steward", tags=["steward"])
+router = APIRouter(prefix="/v1/steward", tags=["steward"], responses=AUTHENTICATED)
 
 
 @router.get("/datasets", summary="Published datasets: versions, digests, consent codes, risk reports")
@@ -37,6 +38,11 @@ class Withdrawal(BaseModel):
 @router.post(
     "/datasets/{dataset}/withdrawals",
     summary="Record consent withdrawals; the next query of the dataset excludes these patients",
+    responses=documented(
+        not_found="no such dataset at this site",
+        conflict="the dataset's pseudonyms cannot be recomputed here (no patient column, another key)",
+        unavailable="the site master key is not usable",
+    ),
 )
 async def withdraw_consent(
     dataset: str, body: Withdrawal, steward: StewardDep, runtime: RuntimeDep
@@ -71,7 +77,11 @@ async def policy_documents(_: StewardDep, runtime: RuntimeDep) -> dict[str, Any]
     }
 
 
-@router.get("/policy-data/{name}", summary="One policy data document (agreements, organisations, …)")
+@router.get(
+    "/policy-data/{name}",
+    summary="One policy data document (agreements, organisations, …)",
+    responses=documented(not_found="no policy data document of that name"),
+)
 async def policy_document(name: str, _: StewardDep, runtime: RuntimeDep) -> Any:
     try:
         return read_data(runtime.settings.policy_dir, name)
@@ -81,7 +91,14 @@ async def policy_document(name: str, _: StewardDep, runtime: RuntimeDep) -> Any:
         ) from None
 
 
-@router.put("/policy-data/{name}", summary="Replace one policy data document (validated, atomic, audited)")
+@router.put(
+    "/policy-data/{name}",
+    summary="Replace one policy data document (validated, atomic, audited)",
+    responses=documented(
+        bad_request="the document is invalid (the running policy is unchanged); `field` names where",
+        not_found="no policy data document of that name",
+    ),
+)
 async def replace_policy_document(
     name: str, steward: StewardDep, runtime: RuntimeDep, document: Annotated[Any, Body()]
 ) -> dict[str, Any]:
@@ -139,7 +156,17 @@ class ApprovalDecision(BaseModel):
     )
 
 
-@router.post("/approvals/{request_id}", summary="Approve (the query runs and is released) or reject")
+@router.post(
+    "/approvals/{request_id}",
+    summary="Approve (the query runs and is released) or reject",
+    responses=documented(
+        ok="the outcome: released (with the answer), rejected, or refused when the run failed",
+        bad_request="no reason, or a reason the audit log does not record; `field` names it",
+        forbidden="a steward cannot decide their own query, or the token lacks the steward role",
+        not_found="no such request",
+        conflict="the request was already decided, or another steward is deciding it",
+    ),
+)
 async def decide(
     request_id: str, decision: ApprovalDecision, steward: StewardDep, pipeline: PipelineDep
 ) -> dict[str, Any]:
@@ -148,7 +175,11 @@ async def decide(
     )
 
 
-@router.get("/activity", summary="What was released and refused lately, and who was refused most")
+@router.get(
+    "/activity",
+    summary="What was released and refused lately, and who was refused most",
+    responses=documented(bad_request="`hours` is outside 1 to 8784"),
+)
 async def activity(_: StewardDep, runtime: RuntimeDep, hours: int = 24) -> dict[str, Any]:
     """Requests by agreement, dataset, kind and outcome over the last `hours`. Each worker stores how its
     requests ended within about 50 ms, so a request answered by another worker in that moment may not be

@@ -74,6 +74,7 @@ async def add_checkpoint(request: Request, runtime: RuntimeDep) -> Response:
 @router.post(
     "/submissions",
     summary="Sign a checkpoint now and offer it to every peer witness; the per-peer outcome",
+    responses=problems.AUTHENTICATED,
 )
 async def submit(_: StewardDep, runtime: RuntimeDep) -> dict[str, Any]:
     outcomes = await runtime.witnessing.submit_now()
