@@ -76,6 +76,10 @@ TEST_AGREEMENTS = {
     "DSA-TEST-APPROVAL": _agreement(approval_kinds=["summary"]),
     "DSA-TEST-EXPIRED": _agreement(not_before="2025-01-01", not_after="2026-06-30"),
     "DSA-TEST-DP": _agreement(dp={"epsilon": 0.5, "budget": 5.0}),
+    # Like DSA-TEST-OPEN, but released counts (and summary n) are rounded half up to multiples of 5.
+    "DSA-TEST-ROUNDED": _agreement(
+        thresholds={"min_cell_count": 10, "max_identical_queries": 3, "round_to": 5}
+    ),
 }
 
 

@@ -1,0 +1,435 @@
+"""Disclosure rules end to end over real HTTP, each beside the attack it stops: the size of the filtered set,
+rounding, summaries of small groups, and histogram bins. True values come from the store itself (read
+with DuckDB, read-only, under the consent filter the policy sets), so every assertion compares what the
+gateway released with what it must not release."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+import httpx
+import pandas as pd
+import pytest
+from gateway_site import Site, bearer, running_gateway
+from oidc_issuer import LoopbackTestIssuer
+
+from gateway.decision import DatasetFacts, DecisionInput, Destination, PolicyDecisionPoint
+from gateway.decision.models import Requester
+from gateway.query import parse_query_spec
+from pseudonymize.store import Store
+
+PURPOSE = {"duo": ["DUO:0000006"]}
+OPEN = "DSA-TEST-OPEN"
+ROUNDED = "DSA-TEST-ROUNDED"  # min cell 10, counts rounded half up to multiples of 5
+MIN_CELL = 10
+ROUND_TO = 5
+TOO_SMALL = "the query selects fewer than 10 rows; an answer must rest on at least 10 rows (min_cell_count)"
+
+
+def spec(kind: str, agreement: str = OPEN, **extra: Any) -> dict[str, Any]:
+    return {"dataset": "cohort", "agreement": agreement, "purpose": PURPOSE, "kind": kind, **extra}
+
+
+def ask(http: httpx.Client, idp: LoopbackTestIssuer, body: dict[str, Any], sub: str) -> httpx.Response:
+    return http.post("/v1/queries", json=body, headers=bearer(idp, "researcher", sub=sub))
+
+
+def released(http: httpx.Client, idp: LoopbackTestIssuer, body: dict[str, Any], sub: str) -> dict[str, Any]:
+    response = ask(http, idp, body, sub)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def round_half_up(count: int, base: int = ROUND_TO) -> int:
+    return ((count + base // 2) // base) * base
+
+
+_NUMERAL = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])")
+_OPAQUE = {"request_id", "result_hash", "bundle_digest", "query_hash", "policy_bundle", "dataset_digest"}
+
+
+def numbers_in(body: Any) -> list[float]:
+    """Every number a response shows: JSON numbers, and numerals inside its texts (ids and hashes aside)."""
+    found: list[float] = []
+    stack: list[tuple[str | None, Any]] = [(None, body)]
+    while stack:
+        key, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.items())
+        elif isinstance(value, list):
+            stack.extend((key, v) for v in value)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            found.append(float(value))
+        elif isinstance(value, str) and key not in _OPAQUE:
+            found.extend(float(m) for m in _NUMERAL.findall(value))
+    return found
+
+
+def shows(body: Any, value: float) -> bool:
+    return any(abs(n - value) <= 1e-9 * max(1.0, abs(value)) for n in numbers_in(body))
+
+
+def audit_entries(http: httpx.Client, idp: LoopbackTestIssuer, request_id: str) -> list[dict[str, Any]]:
+    response = http.get("/v1/audit/entries", headers=bearer(idp, "auditor"))
+    assert response.status_code == 200
+    entries = [json.loads(base64.b64decode(e["entry"])) for e in response.json()["entries"]]
+    return [e for e in entries if e.get("request_id") == request_id]
+
+
+def between(frame: pd.DataFrame, low: float, high: float) -> pd.DataFrame:
+    """The rows a `between [low, high]` filter on bmi keeps (inclusive, as the gateway's SQL)."""
+    return frame[(frame["bmi"] >= low) & (frame["bmi"] <= high)]
+
+
+# -- fixtures ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def admitted(site: Site) -> pd.DataFrame:
+    """Every row the gateway's queries may see: the store's table under the policy's consent filter."""
+    with Store(site.settings.store_url) as store:
+        entry = store.latest("cohort")
+    assert entry is not None
+    query = parse_query_spec(spec("count"))
+    decision = PolicyDecisionPoint(site.settings).decide(
+        DecisionInput(
+            requester=Requester(sub="x", org="org-aphp", country="FR", roles=("researcher",), visas=()),
+            purpose=query.purpose,
+            dsa=query.agreement,
+            dataset=DatasetFacts(
+                id=entry.dataset,
+                jurisdiction=entry.jurisdiction,
+                duo=tuple(entry.duo),
+                columns=tuple(c["name"] for c in entry.columns),
+            ),
+            query=query.query_facts(),
+            destination=Destination(country="FR"),
+            now=datetime.now(UTC),
+        )
+    )
+    assert decision.obligations is not None
+    rule = decision.obligations.consent_filter
+    path = site.settings.store_url.removeprefix("duckdb:///")
+    with duckdb.connect(path, read_only=True) as con:
+        rows = con.execute(f'select * from "{entry.table_name}"').df()
+    keep = [
+        rule.admits(c, w) for c, w in zip(rows[rule.consent_column], rows[rule.withdrawn_column], strict=True)
+    ]
+    frame = rows[keep].reset_index(drop=True)
+    assert 1000 < len(frame) < len(rows) and frame["bmi"].notna().all()
+    return frame
+
+
+@pytest.fixture(scope="module")
+def gateway_url(site: Site, admitted: pd.DataFrame) -> Iterator[str]:
+    """The shared site's gateway, started only once `admitted` has read (and closed) the store."""
+    with running_gateway(site.settings) as url:
+        yield url
+
+
+# -- query-set size ------------------------------------------------------------------------------------------
+
+
+def test_filter_selecting_fewer_than_the_minimum_is_refused_without_its_size(
+    http: httpx.Client, idp: LoopbackTestIssuer, admitted: pd.DataFrame
+) -> None:
+    """A filter keeping 1..9 rows (its complement is the rest of the cohort) is a 403 saying the set is too
+    small, never how small, in the answer or in the audit log; widened to 10+ rows it is answered."""
+    values = admitted["bmi"].sort_values(ascending=False).tolist()
+    # The heaviest 5..9 patients (cut where two values differ), then the heaviest 30 or so.
+    low = next(v for i, v in enumerate(values) if i >= 4 and v != values[i + 1])
+    small = admitted[admitted["bmi"] >= low]
+    assert 5 <= len(small) < MIN_CELL
+    response = ask(http, idp, spec("count", filters={"column": "bmi", "op": ">=", "value": low}), "qs-small")
+    assert response.status_code == 403, response.text
+    problem = response.json()
+    assert problem["title"] == "Refused by disclosure control" and problem["reasons"] == [TOO_SMALL]
+    assert "rows" not in problem and not shows(problem, len(small))
+    (refused,) = [e for e in audit_entries(http, idp, problem["request_id"]) if e["type"] == "query.refused"]
+    assert refused["payload"]["stage"] == "disclosure" and refused["payload"]["reasons"] == [TOO_SMALL]
+    assert not shows(refused["payload"], len(small))
+
+    wide_low = values[29]
+    answer = released(
+        http, idp, spec("count", filters={"column": "bmi", "op": ">=", "value": wide_low}), "qs-small"
+    )
+    assert answer["rows"][0]["count"] == int((admitted["bmi"] >= wide_low).sum()) >= MIN_CELL
+
+
+def test_narrowing_a_filter_onto_one_patient_never_releases_a_small_count(
+    http: httpx.Client, idp: LoopbackTestIssuer, admitted: pd.DataFrame
+) -> None:
+    """Attack: shrink a `between` window around one patient's bmi, then AND three filters down to 1..3 rows.
+    Every answer of 10+ rows is exact; every smaller one is refused and shows no number equal to its size."""
+    counts = admitted["bmi"].value_counts()
+    median = float(admitted["bmi"].median())
+    target = min((float(v) for v in counts[counts == 1].index), key=lambda v: abs(v - median))
+    sizes: dict[float, int] = {}
+    for width in (2.0, 1.0, 0.5, 0.2, 0.1, 0.0):
+        low, high = target - width, target + width
+        true = len(between(admitted, low, high))
+        body = spec("count", filters={"column": "bmi", "op": "between", "value": [low, high]})
+        response = ask(http, idp, body, "qs-narrow")
+        sizes[width] = true
+        if true >= MIN_CELL:
+            assert response.status_code == 200, response.text
+            assert response.json()["rows"][0]["count"] == true
+        else:
+            assert response.status_code == 403, (width, response.text)
+            assert response.json()["reasons"] == [TOO_SMALL] and not shows(response.json(), true)
+    assert sizes[2.0] >= MIN_CELL and sizes[0.0] == 1  # the walk went from an answer to one patient
+
+    groups = admitted.groupby(["icd10", "sex", "age_band"]).size().rename("n").reset_index()
+    tiny = groups[groups["n"].between(1, 3)]
+    assert len(tiny) >= 3
+    for icd10, sex, age_band, true in tiny.head(3).itertuples(index=False, name=None):
+        conditions = [
+            {"column": "icd10", "op": "=", "value": icd10},
+            {"column": "sex", "op": "=", "value": sex},
+            {"column": "age_band", "op": "=", "value": age_band},
+        ]
+        response = ask(http, idp, spec("count", filters={"and": conditions}), "qs-narrow")
+        assert response.status_code == 403, response.text
+        assert response.json()["reasons"] == [TOO_SMALL] and not shows(response.json(), true)
+
+
+# -- rounding ------------------------------------------------------------------------------------------------
+
+
+def test_rounded_agreement_releases_only_multiples_of_its_base_and_says_so(
+    http: httpx.Client, idp: LoopbackTestIssuer, admitted: pd.DataFrame
+) -> None:
+    """Under round_to 5 every released count (cells and margins) is the true count rounded half up to a
+    multiple of 5; the answer's report and the audit's release entry say so; the open agreement is exact."""
+    body = spec("crosstab", ROUNDED, group_by=["sex", "age_band"])
+    answer = released(http, idp, body, "rounding")
+    truth = admitted.groupby(["sex", "age_band"]).size()
+    true_counts = []
+    for row in answer["rows"]:
+        if row["margin"] is None:
+            true = int(truth[(row["sex"], row["age_band"])])
+        elif row["margin"] == "row":
+            true = int(truth[row["sex"]].sum())
+        elif row["margin"] == "column":
+            true = int(truth.xs(row["age_band"], level="age_band").sum())
+        else:
+            true = len(admitted)
+        true_counts.append(true)
+        assert row["count"] % ROUND_TO == 0 and row["count"] == round_half_up(true), (row, true)
+    assert any(t % ROUND_TO for t in true_counts), "no count to round: the test would prove nothing"
+    report = answer["disclosure"]
+    assert report["round_to"] == ROUND_TO and report["rounded"] is True
+    assert "released counts rounded to the nearest multiple of 5" in report["reasons"]
+    (entry,) = [e for e in audit_entries(http, idp, answer["request_id"]) if e["type"] == "query.released"]
+    assert entry["payload"]["rounded_to"] == ROUND_TO
+
+    exact = released(http, idp, spec("crosstab", group_by=["sex", "age_band"]), "rounding")
+    assert [r["count"] for r in exact["rows"]] == true_counts
+    assert exact["disclosure"]["rounded"] is False and exact["disclosure"]["round_to"] == 1
+
+
+def test_one_patient_difference_is_blurred_by_rounding(
+    http: httpx.Client, idp: LoopbackTestIssuer, admitted: pd.DataFrame
+) -> None:
+    """Attack: count(bmi > x) and count(bmi >= x), x one patient's own bmi, differ by just that patient.
+    With true counts 5k+1/5k+2 (or 5k+3/5k+4) both answers are the same multiple of 5, neither the truth."""
+    bmi = admitted["bmi"]
+    counts = bmi.value_counts()
+    candidates = sorted(float(v) for v in counts[counts == 1].index)
+    x = next(
+        v
+        for v in candidates
+        if int((bmi > v).sum()) % ROUND_TO in (1, 3)
+        and MIN_CELL <= int((bmi > v).sum()) <= len(bmi) - 2 * MIN_CELL
+    )
+    above, at_or_above = int((bmi > x).sum()), int((bmi >= x).sum())
+    assert at_or_above == above + 1
+    strict = released(
+        http, idp, spec("count", ROUNDED, filters={"column": "bmi", "op": ">", "value": x}), "rnd-pair"
+    )
+    loose = released(
+        http, idp, spec("count", ROUNDED, filters={"column": "bmi", "op": ">=", "value": x}), "rnd-pair"
+    )
+    (a,), (b,) = ([r["count"] for r in strict["rows"]], [r["count"] for r in loose["rows"]])
+    assert a == b and a % ROUND_TO == 0
+    assert a != above and b != at_or_above
+    assert not shows(strict["rows"], above) and not shows(loose["rows"], at_or_above)
+
+
+def test_rounding_never_lifts_a_small_set_or_cell_over_the_minimum(
+    http: httpx.Client, idp: LoopbackTestIssuer, admitted: pd.DataFrame
+) -> None:
+    """Attack: a set or cell of 8 or 9 rows would round to 10. The rules judge true counts: the set is
+    refused and the cells are suppressed, never shown as 10."""
+    sizes = admitted["bmi"].value_counts().sort_index()
+    values, held = sizes.index.tolist(), sizes.tolist()
+    # The first run of consecutive distinct values held by 8 or 9 patients together.
+    window = next(
+        (values[i], values[j])
+        for i in range(len(values))
+        for j in range(i, len(values))
+        if sum(held[i : j + 1]) in (8, 9)
+    )
+    true = len(between(admitted, *window))
+    assert true in (8, 9) and round_half_up(true) == MIN_CELL
+    body = spec("count", ROUNDED, filters={"column": "bmi", "op": "between", "value": list(window)})
+    refused = ask(http, idp, body, "rnd-small")
+    assert refused.status_code == 403 and refused.json()["reasons"] == [TOO_SMALL]
+
+    answer = released(http, idp, spec("crosstab", ROUNDED, group_by=["sex", "icd10"]), "rnd-small")
+    truth = admitted.groupby(["sex", "icd10"]).size()
+    cells = [r for r in answer["rows"] if r["margin"] is None]
+    near = [r for r in cells if int(truth.get((r["sex"], r["icd10"]), 0)) in (8, 9)]
+    assert near, "no cell of 8 or 9 rows: the test would prove nothing"
+    for row in cells:
+        true_cell = int(truth.get((row["sex"], row["icd10"]), 0))
+        if true_cell < MIN_CELL:
+            assert row["count"] is None and row["suppression_reason"] == "below min_cell_count", row
+        elif row["count"] is not None:
+            assert row["count"] == round_half_up(true_cell)
+    assert answer["disclosure"]["suppressed_primary"] == sum(
+        1 for r in cells if int(truth.get((r["sex"], r["icd10"]), 0)) < MIN_CELL
+    )
+
+
+# -- summary statistics --------------------------------------------------------------------------------------
+
+
+def test_summary_groups_below_the_minimum_are_withheld_whole(
+    http: httpx.Client, idp: LoopbackTestIssuer, admitted: pd.DataFrame
+) -> None:
+    """A summary by sex and diagnosis: every group of fewer than 10 rows (empty ones too) shows no n, mean,
+    variance or sums, nor does its complement; every other group shows its true statistics."""
+    answer = released(
+        http, idp, spec("summary", group_by=["sex", "icd10"], params={"column": "bmi"}), "summary"
+    )
+    stats = admitted.groupby(["sex", "icd10"])["bmi"].agg(["size", "mean", "var", "sum"])
+    hidden = ("n", "mean", "variance", "sum", "sum_sq")
+    primary = complementary = shown = 0
+    for row in answer["rows"]:
+        key = (row["sex"], row["icd10"])
+        n = int(stats.loc[key, "size"]) if key in stats.index else 0
+        if n < MIN_CELL:
+            primary += 1
+            assert row["suppressed"] and row["suppression_reason"] == "below min_cell_count", row
+            assert all(row[c] is None for c in hidden), row
+        elif row["suppressed"]:
+            complementary += 1
+            assert row["suppression_reason"] == "complementary" and all(row[c] is None for c in hidden)
+        else:
+            shown += 1
+            assert row["n"] == n and row["mean"] == pytest.approx(stats.loc[key, "mean"])
+            assert row["variance"] == pytest.approx(stats.loc[key, "var"])
+            assert row["sum"] == pytest.approx(stats.loc[key, "sum"])
+    assert primary >= 3 and complementary >= 1 and shown > 40
+    report = answer["disclosure"]
+    assert report["suppressed_primary"] == primary and report["suppressed_complementary"] == complementary
+    withheld = f"{primary} groups below the minimum of 10 suppressed whole (no mean, variance or sums)"
+    assert withheld in report["reasons"]
+
+
+def test_summary_cannot_reveal_one_patients_value(
+    http: httpx.Client, idp: LoopbackTestIssuer, admitted: pd.DataFrame
+) -> None:
+    """Attack: a group of one patient — a cell of smoking x diagnosis, then the same patient's smoking level
+    inside a diagnosis filter. No released group has n below 10 (so no n=1, variance-0 or mean-is-the-value
+    row), the patient's bmi appears nowhere, and the diagnosis total minus the released groups is not it."""
+    cells = admitted.groupby(["smoking", "icd10"]).size()
+    smoking, icd10 = cells[cells == 1].index[0]
+    patient = admitted[(admitted["smoking"] == smoking) & (admitted["icd10"] == icd10)]
+    value = float(patient["bmi"].iloc[0])
+
+    table = released(
+        http, idp, spec("summary", group_by=["smoking", "icd10"], params={"column": "bmi"}), "sum-atk"
+    )
+    (row,) = [r for r in table["rows"] if (r["smoking"], r["icd10"]) == (smoking, icd10)]
+    assert row["suppressed"] and row["mean"] is None and row["variance"] is None and row["sum"] is None
+    assert all(r["n"] is None or r["n"] >= MIN_CELL for r in table["rows"])
+    assert not any(r["variance"] == 0 for r in table["rows"])
+    assert not shows(table["rows"], value) and not shows(table["rows"], value * value)
+    # The attacker's subtraction: the diagnosis's own total (released: it has 10+ rows) minus its released
+    # groups leaves at least two hidden groups together, never the one patient.
+    diagnosis = {"column": "icd10", "op": "=", "value": icd10}
+    body = spec("summary", params={"column": "bmi"}, filters=diagnosis)
+    (total,) = released(http, idp, body, "sum-atk")["rows"]
+    line = [r for r in table["rows"] if r["icd10"] == icd10]
+    assert sum(r["suppressed"] for r in line) >= 2
+    leftover = total["sum"] - sum(r["sum"] for r in line if not r["suppressed"])
+    assert leftover != pytest.approx(value)
+
+    body = spec("summary", group_by=["smoking"], params={"column": "bmi"}, filters=diagnosis)
+    within = released(http, idp, body, "sum-atk")
+    levels = [r["smoking"] for r in within["rows"]]
+    assert smoking not in levels, "a one-patient level must not even be named"
+    assert all(r["n"] is None or r["n"] >= MIN_CELL for r in within["rows"])
+    assert not shows(within["rows"], value) and not shows(within["rows"], value * value)
+
+
+# -- histograms ----------------------------------------------------------------------------------------------
+
+
+def _top_edge(admitted: pd.DataFrame) -> tuple[float, int]:
+    """An edge leaving 5..9 of the heaviest patients in the last bin, and how many it leaves."""
+    values = admitted["bmi"].sort_values(ascending=False).tolist()
+    k = next(k for k in range(5, MIN_CELL) if values[k - 1] != values[k])
+    return (values[k - 1] + values[k]) / 2, k
+
+
+def test_histogram_bins_below_the_minimum_are_suppressed_with_a_complement(
+    http: httpx.Client, idp: LoopbackTestIssuer, admitted: pd.DataFrame
+) -> None:
+    """The last bin holds 5..9 patients: it is suppressed, and so is the smallest other bin (the total is
+    known from a summary), since total minus the rest would give it back; every other bin is exact."""
+    edge, tail = _top_edge(admitted)
+    edges = [20.0, 25.0, 30.0, 35.0, edge]
+    answer = released(http, idp, spec("histogram", params={"column": "bmi", "edges": edges}), "histogram")
+    bounds = [float("-inf"), *edges, float("inf")]
+    true = [
+        int(((admitted["bmi"] >= lo) & (admitted["bmi"] < hi)).sum()) for lo, hi in itertools.pairwise(bounds)
+    ]
+    assert true[-1] == tail and min(true[:-1]) >= MIN_CELL
+    rows = answer["rows"]
+    assert [r["bin"] for r in rows] == list(range(len(edges) + 1))
+    assert rows[-1]["count"] is None and rows[-1]["suppression_reason"] == "below min_cell_count"
+    smallest = min(range(len(true) - 1), key=lambda b: true[b])
+    assert rows[smallest]["count"] is None and rows[smallest]["suppression_reason"] == "complementary"
+    for b, row in enumerate(rows):
+        if b not in (smallest, len(rows) - 1):
+            assert row["count"] == true[b] and not row["suppressed"]
+    report = answer["disclosure"]
+    assert (report["suppressed_primary"], report["suppressed_complementary"]) == (1, 1)
+    assert not shows(rows, tail)
+
+
+def test_suppressed_bin_cannot_be_recovered_from_the_total(
+    http: httpx.Client, idp: LoopbackTestIssuer, admitted: pd.DataFrame
+) -> None:
+    """Attack: total (the summary's n) minus every released bin. What is left is spread over two hidden
+    bins, and each hidden bin can still take several values under what the attacker knows (a primary bin
+    holds 0..9, a complement 10..the smallest released bin)."""
+    edge, tail = _top_edge(admitted)
+    edges = [20.0, 25.0, 30.0, 35.0, edge]
+    hist = released(http, idp, spec("histogram", params={"column": "bmi", "edges": edges}), "hist-atk")
+    (summary,) = released(http, idp, spec("summary", params={"column": "bmi"}), "hist-atk")["rows"]
+    total = summary["n"]
+    assert total == len(admitted)
+    shown = [r["count"] for r in hist["rows"] if r["count"] is not None]
+    hidden = [r for r in hist["rows"] if r["count"] is None]
+    leftover = total - sum(shown)
+    assert len(hidden) >= 2 and leftover != tail
+    ceiling = min(shown)
+    bounds = [(0, MIN_CELL - 1) if r["suppression_reason"] == "below min_cell_count" else (MIN_CELL, ceiling)
+              for r in hidden]  # fmt: skip
+    for i, (low, high) in enumerate(bounds):
+        others_low = sum(lo for j, (lo, _) in enumerate(bounds) if j != i)
+        others_high = sum(hi for j, (_, hi) in enumerate(bounds) if j != i)
+        feasible = range(max(low, leftover - others_high), min(high, leftover - others_low) + 1)
+        assert len(feasible) >= 2, f"hidden bin {hidden[i]['bin']} is determined: {list(feasible)}"
