@@ -6,11 +6,8 @@ saying why — or raises a `DisclosureError` (query set or its complement too sm
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import pandas as pd
 
 from gateway.decision import Obligations
 from gateway.query import (
@@ -32,6 +29,7 @@ from pseudonymize.disclosure import (
     protect_summary,
 )
 from pseudonymize.disclosure.km_bins import protect_survival
+from pseudonymize.disclosure.levels import has_rare_level, recode_rare_levels
 
 
 @dataclass(frozen=True)
@@ -50,12 +48,12 @@ def protect(spec: QuerySpec, outcome: QueryOutcome, obligations: Obligations) ->
     groups = list(spec.group_by)
     table: ProtectedTable
     plain = outcome.plain if spec.kind in ("count", "crosstab") else None
-    if plain is not None and not (groups and _has_rare_level(plain, groups, rules.min_cell_count)):
+    if plain is not None and not (groups and has_rare_level(plain, groups, rules.min_cell_count)):
         # No level to merge: the executor's Python rows become the released table without pandas.
         margins = spec.kind == "crosstab" or bool(groups)
         table = protect_count_columns(plain, groups, rules, margins=margins, count_col="n")
         return _released(table)
-    frame = _recode_rare_levels(outcome.frame, groups, rules, merge=spec.kind != "quantiles")
+    frame = recode_rare_levels(outcome.frame, groups, rules, merge=spec.kind != "quantiles")
     if spec.kind == "count":
         table = protect_counts(frame, groups, rules, margins=bool(groups), count_col="n")
     elif spec.kind == "crosstab":
@@ -80,69 +78,6 @@ def _released(table: ProtectedTable) -> Released:
     body = {"columns": [str(c) for c in table.column_names], **table.to_dict()}
     report = table.report
     return Released(body, report.cells, report.suppressed)
-
-
-OTHER = "(other)"
-_ADDITIVE = ("n", "sum", "sum_sq")
-
-
-def _recode_rare_levels(
-    frame: pd.DataFrame, groups: list[str], rules: DisclosureRules, *, merge: bool
-) -> pd.DataFrame:
-    """Levels of a group column held by fewer than min_cell_count rows never appear in an answer.
-
-    A suppressed cell hides its count, but its label would still show that the value exists (a group-by
-    on a lab value would list every patient's result). Rare levels are merged into one "(other)" level
-    (additive statistics are summed), or, for quantiles, which do not add up, their groups are dropped.
-    """
-    if not groups or frame.empty or not _has_rare_level(frame, groups, rules.min_cell_count):
-        return frame
-    rare_rows = pd.Series(False, index=frame.index)
-    recoded = frame.copy()
-    for column in groups:
-        totals = frame.groupby(column, dropna=False)["n"].transform("sum")
-        rare = (totals < rules.min_cell_count) & frame[column].notna()
-        if rare.any():
-            rare_rows |= rare
-            recoded[column] = recoded[column].astype(object).where(~rare, OTHER)
-    if not rare_rows.any():
-        return frame
-    if not merge:
-        return frame[~rare_rows].reset_index(drop=True)
-    additive = [c for c in recoded.columns if c in _ADDITIVE]
-    keys = [*groups, *(["bin"] if "bin" in recoded.columns else [])]
-    return recoded.groupby(keys, dropna=False, sort=False)[additive].sum().reset_index()
-
-
-def _has_rare_level(
-    frame: pd.DataFrame | Mapping[str, Sequence[Any]], groups: list[str], min_cell_count: int
-) -> bool:
-    """Whether any non-null level of a group column totals fewer than min_cell_count rows.
-
-    The common answer is no; plain dictionaries decide it in microseconds where pandas' group-by costs a
-    millisecond on the small frames queries return. `frame` may be the executor's Python columns.
-    """
-
-    def values(name: str) -> list[Any]:
-        return frame[name].tolist() if isinstance(frame, pd.DataFrame) else list(frame[name])
-
-    counts = values("n")
-    if any(_missing(n) for n in counts):
-        return True  # let the full path decide
-    for column in groups:
-        totals: dict[Any, int] = {}
-        for value, n in zip(values(column), counts, strict=True):
-            if _missing(value):  # the null level is never merged
-                continue
-            totals[value] = totals.get(value, 0) + int(n)
-        if any(total < min_cell_count for total in totals.values()):
-            return True
-    return False
-
-
-def _missing(value: Any) -> bool:
-    """pd.isna for one scalar of a frame's `tolist()`, without its dispatch (it ran once per group)."""
-    return value is None or value is pd.NA or value is pd.NaT or bool(value != value)
 
 
 def _histogram(spec: HistogramQuery, frame: Any, groups: list[str], rules: DisclosureRules) -> ProtectedTable:

@@ -18,7 +18,7 @@ from query_helpers import obligations
 from gateway.decision.models import Obligations
 from gateway.query import QueryOutcome, parse_query_spec
 from gateway.query.compile import CompiledQuery
-from gateway.release import _recode_rare_levels, protect
+from gateway.release import protect
 from pseudonymize.disclosure import (
     DisclosureError,
     DisclosureRules,
@@ -26,6 +26,7 @@ from pseudonymize.disclosure import (
     protect_count_columns,
     protect_counts,
 )
+from pseudonymize.disclosure.levels import recode_rare_levels
 from pseudonymize.disclosure.report import _json_value
 
 # `gateway.query.execute` is shadowed by the function of that name in the package.
@@ -95,7 +96,7 @@ def frame_body(spec: Any, outcome: QueryOutcome, obligations: Obligations) -> di
     rules = DisclosureRules.from_obligations(obligations)
     check_query_set(outcome.selected, outcome.population, rules)
     groups = list(spec.group_by)
-    frame = _recode_rare_levels(outcome.frame, groups, rules, merge=True)
+    frame = recode_rare_levels(outcome.frame, groups, rules, merge=True)
     margins = spec.kind == "crosstab" or bool(groups)
     table = protect_counts(frame, groups, rules, margins=margins, count_col="n")
     columns = list(table.frame.columns)

@@ -9,8 +9,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from gateway.release import OTHER, _has_rare_level, _missing, _recode_rare_levels
 from pseudonymize.disclosure import DisclosureRules
+from pseudonymize.disclosure.levels import OTHER, _missing, has_rare_level, recode_rare_levels
 
 
 def rules(min_cell_count: int = 10) -> DisclosureRules:
@@ -22,28 +22,28 @@ def test_frame_without_rare_levels_is_returned_unchanged() -> None:
         {"sex": ["F", "M", "F", "M"], "smoking": ["no", "no", "yes", "yes"], "n": [5, 6, 7, 8]}
     )
     # Each level totals at least 10 over the other column, though single cells are smaller.
-    assert not _has_rare_level(frame, ["sex", "smoking"], 10)
-    assert _recode_rare_levels(frame, ["sex", "smoking"], rules(), merge=True) is frame
+    assert not has_rare_level(frame, ["sex", "smoking"], 10)
+    assert recode_rare_levels(frame, ["sex", "smoking"], rules(), merge=True) is frame
 
 
 def test_a_level_below_the_threshold_is_merged_into_other() -> None:
     frame = pd.DataFrame({"icd10": ["E11", "I10", "C50"], "n": [40, 30, 3]})
-    assert _has_rare_level(frame, ["icd10"], 10)
-    recoded = _recode_rare_levels(frame, ["icd10"], rules(), merge=True)
+    assert has_rare_level(frame, ["icd10"], 10)
+    recoded = recode_rare_levels(frame, ["icd10"], rules(), merge=True)
     assert "C50" not in set(recoded["icd10"])
     assert dict(zip(recoded["icd10"], recoded["n"], strict=True)) == {"E11": 40, "I10": 30, OTHER: 3}
 
 
 def test_rare_levels_of_quantiles_are_dropped_not_merged() -> None:
     frame = pd.DataFrame({"icd10": ["E11", "C50"], "n": [40, 3], "q50": [7.1, 9.9]})
-    recoded = _recode_rare_levels(frame, ["icd10"], rules(), merge=False)
+    recoded = recode_rare_levels(frame, ["icd10"], rules(), merge=False)
     assert list(recoded["icd10"]) == ["E11"]
 
 
 @pytest.mark.parametrize("missing", [None, float("nan"), pd.NA])
 def test_the_null_level_is_never_merged(missing: object) -> None:
     frame = pd.DataFrame({"smoking": pd.Series(["no", missing], dtype=object), "n": [40, 2]})
-    assert not _has_rare_level(frame, ["smoking"], 10)
+    assert not has_rare_level(frame, ["smoking"], 10)
 
 
 def test_the_fast_check_agrees_with_pandas_on_random_frames() -> None:
@@ -56,7 +56,7 @@ def test_the_fast_check_agrees_with_pandas_on_random_frames() -> None:
             "n": [rng.randint(0, 19) for _ in range(size)],
         })  # fmt: skip
         expected = any(bool((frame.groupby(col)["n"].sum() < 10).any()) for col in ("a", "b"))
-        assert _has_rare_level(frame, ["a", "b"], 10) == expected
+        assert has_rare_level(frame, ["a", "b"], 10) == expected
 
 
 @pytest.mark.parametrize(
