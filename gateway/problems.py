@@ -80,14 +80,16 @@ _PROBLEM_SCHEMA: dict[str, Any] = Problem.model_json_schema()
 _ANSWERS: dict[str, HTTPStatus] = {"ok": OK, "accepted": ACCEPTED}
 
 
-def documented(**described: str) -> dict[int | str, dict[str, Any]]:
+def documented(**described: str | tuple[str, Any]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for a route: each keyword is an answer ('ok', 'accepted') or a refusal kind
-    (`RefusalKind`), with its description; refusals are documented as problem+json `Problem` bodies.
-    Routes name kinds, never status codes, so the codes stay in this module."""
+    (`RefusalKind`), with its description; an answer may come as (description, model of its body).
+    Refusals are documented as problem+json `Problem` bodies. Routes name kinds, never status codes, so
+    the codes stay in this module."""
     out: dict[int | str, dict[str, Any]] = {}
-    for name, description in described.items():
+    for name, given in described.items():
+        description, model = given if isinstance(given, tuple) else (given, None)
         if name in _ANSWERS:
-            out[int(_ANSWERS[name])] = {"description": description}
+            out[int(_ANSWERS[name])] = {"description": description, **({"model": model} if model else {})}
         elif name in STATUS:
             status = STATUS[name]
             schema = {"schema": _PROBLEM_SCHEMA}

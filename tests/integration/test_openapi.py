@@ -19,6 +19,12 @@ ROOT = Path(__file__).resolve().parents[2]
 # The C2SP witness endpoint answers the protocol's text/plain bodies and takes no bearer token.
 OWN_FORMAT = {("post", "/v1/witness/add-checkpoint")}
 ROLE_REFUSALS = {"401", "403", "422", "503"}
+QUERY = {
+    "dataset": "cohort",
+    "agreement": "DSA-TEST-OPEN",
+    "purpose": {"duo": ["DUO:0000006"]},
+    "kind": "count",
+}
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +109,83 @@ def test_http_status_codes_are_written_in_one_module() -> None:
     assert not found, "\n".join(found)
     problems_source = (ROOT / "gateway" / "problems.py").read_text()
     assert _CODES.search(problems_source)  # the pattern does find codes where they are written
+
+
+# Who may call what: every endpoint under /v1/ belongs to one role (the witness's add-checkpoint to none).
+ROLE_OF_PREFIX = {
+    "/v1/queries": "researcher",
+    "/v1/federated-queries": "researcher",
+    "/v1/glm/": "researcher",
+    "/v1/federated-glm": "researcher",
+    "/v1/steward/": "steward",
+    "/v1/witness/submissions": "steward",
+    "/v1/audit/": "auditor",
+}
+
+
+def role_of(path: str) -> str:
+    roles = [role for prefix, role in ROLE_OF_PREFIX.items() if path.startswith(prefix)]
+    assert len(roles) == 1, f"{path} has no single role in ROLE_OF_PREFIX"
+    return roles[0]
+
+
+def test_every_endpoint_refuses_every_other_role_and_no_token(
+    http: httpx.Client, idp: LoopbackTestIssuer, openapi: dict[str, Any]
+) -> None:
+    checked = 0
+    for method, path, _ in operations(openapi):
+        url = re.sub(r"\{[^}]+\}", "x1", path)
+        own = role_of(path)
+        assert http.request(method, url, json={}).status_code == 401, f"{method.upper()} {path}"
+        for role in {"researcher", "steward", "auditor"} - {own}:
+            response = http.request(method, url, json={}, headers=bearer(idp, role))
+            assert response.status_code == 403, f"{method.upper()} {path} as {role}: {response.status_code}"
+            assert response.json()["reasons"], f"{method.upper()} {path} as {role}"
+        checked += 1
+    assert checked >= 20
+
+
+def documented_schema(openapi: dict[str, Any], path: str, method: str, status: str) -> dict[str, Any]:
+    """The JSON schema of an answer, with its component references resolved one level down."""
+    schema: dict[str, Any] = openapi["paths"][path][method]["responses"][status]["content"][
+        "application/json"
+    ]["schema"]
+    if "$ref" in schema:
+        schema = openapi["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+def assert_fits(body: dict[str, Any], schema: dict[str, Any], components: dict[str, Any]) -> None:
+    assert set(schema["required"]) <= set(body), set(schema["required"]) - set(body)
+    if not schema.get("additionalProperties", False):
+        assert set(body) <= set(schema["properties"]), set(body) - set(schema["properties"])
+    for name, value in body.items():
+        prop = schema["properties"].get(name, {})
+        if "$ref" in prop and isinstance(value, dict):
+            assert_fits(value, components[prop["$ref"].rsplit("/", 1)[1]], components)
+
+
+def test_answers_match_their_documented_schemas(
+    http: httpx.Client, idp: LoopbackTestIssuer, openapi: dict[str, Any]
+) -> None:
+    components = openapi["components"]["schemas"]
+    researcher = bearer(idp, "researcher", sub="schema-researcher")
+    released = http.post("/v1/queries", json={**QUERY, "kind": "crosstab", "group_by": ["sex"]},
+                         headers=researcher)  # fmt: skip
+    assert released.status_code == 200
+    assert_fits(released.json(), documented_schema(openapi, "/v1/queries", "post", "200"), components)
+    assert released.json()["disclosure"]["min_cell_count"] == 10
+    pending = http.post(
+        "/v1/queries",
+        json={**QUERY, "agreement": "DSA-TEST-APPROVAL", "kind": "summary", "params": {"column": "bmi"}},
+        headers=researcher,
+    )
+    assert pending.status_code == 202
+    assert_fits(pending.json(), documented_schema(openapi, "/v1/queries", "post", "202"), components)
+    state = http.get(pending.json()["poll"], headers=researcher)
+    poll_schema = openapi["paths"]["/v1/queries/{request_id}"]["get"]["responses"]["200"]["content"][
+        "application/json"
+    ]["schema"]
+    choices = [components[ref["$ref"].rsplit("/", 1)[1]] for ref in poll_schema["anyOf"]]
+    assert [c["title"] for c in choices] == ["QueryAnswer", "RequestState"]
+    assert_fits(state.json(), choices[1], components)
