@@ -236,6 +236,7 @@ class Gateway(_KindClient[pd.DataFrame]):
         self, kind: str, dataset: str, agreement: str, purpose: Any, options: dict[str, Any]
     ) -> pd.DataFrame:
         wait = options.pop("wait", None)
+        poll_every = options.pop("poll_every", 1.0)
         spec = {
             "dataset": dataset,
             "agreement": agreement,
@@ -243,7 +244,7 @@ class Gateway(_KindClient[pd.DataFrame]):
             "kind": kind,
             **options,
         }
-        return self.query(spec, wait=wait).frame
+        return self.query(spec, wait=wait, poll_every=poll_every).frame
 
 
 def _purpose(purpose: Any) -> dict[str, Any]:

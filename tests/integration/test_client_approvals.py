@@ -184,7 +184,10 @@ def test_a_kind_method_with_wait_returns_the_approved_frame(
 ) -> None:
     site = client_for("approvals-kind-wait")
     approval = in_background(decide, steward, "approvals-kind-wait", approve=True, reason="ok")
-    frame = site.summary("cohort", APPROVAL, PURPOSE, column="bmi", group_by=["sex"], wait=10)
+    # poll_every is the client's, never part of the spec (which forbids unknown fields: a 422)
+    frame = site.summary(
+        "cohort", APPROVAL, PURPOSE, column="bmi", group_by=["sex"], wait=10, poll_every=POLL
+    )
     decided = approval.result(timeout=10)
     assert isinstance(frame, pd.DataFrame) and decided["status"] == "released"
     assert frame["n"].tolist() == [row["n"] for row in decided["rows"]]
