@@ -30,6 +30,7 @@ from pydantic import (
 
 from gateway.decision.models import CountryCode, Purpose, QueryFacts
 from gateway.query.errors import FieldProblem, QuerySpecError
+from pseudonymize.disclosure.rules import QUANTILE_MAX_PROB, QUANTILE_MIN_PROB, QUANTILE_PROB_STEP
 
 KINDS = ("count", "crosstab", "summary", "histogram", "quantiles", "kaplan_meier")
 OPS = ("=", "!=", "<", "<=", ">", ">=", "in", "between", "is_null")
@@ -37,8 +38,7 @@ MAX_DEPTH = 5
 MAX_LEAVES = 32
 MAX_IN_VALUES = 100
 MAX_GROUP_BY = 4
-MIN_PROB, MAX_PROB = 0.05, 0.95
-PROB_STEP = 0.05
+MIN_PROB, MAX_PROB, PROB_STEP = QUANTILE_MIN_PROB, QUANTILE_MAX_PROB, QUANTILE_PROB_STEP
 MAX_PROBS = 5
 # RFC 8785 numbers are IEEE doubles: larger integers would not hash the same everywhere.
 _SAFE_INT = 2**53
@@ -227,8 +227,7 @@ class QuantilesParams(_Spec):
     def _distinct(cls, probs: list[float]) -> list[float]:
         if len(set(probs)) != len(probs):
             raise ValueError("probs must be distinct")
-        # A coarse grid: two close probabilities interpolate between the same two patients' values and
-        # together solve for both.
+        # A coarse grid (pseudonymize.disclosure.rules says why).
         if any(abs(p / PROB_STEP - round(p / PROB_STEP)) > 1e-9 for p in probs):
             raise ValueError(f"probs must be multiples of {PROB_STEP}")
         return probs

@@ -13,6 +13,14 @@ DEFAULT_MIN_CELL_COUNT: Final = 10
 DEFAULT_ROUND_TO: Final = 1
 DEFAULT_KEEP_ZERO_CELLS: Final = False
 
+# The quantiles a query may ask for at all: interior ones on a coarse grid. Closer to 0 or 1 a quantile is
+# one patient's value, and two close probabilities interpolate between the same two patients' values and
+# together solve for both. The query spec refuses other probabilities as it validates (a 422 naming the
+# field); a quantile whose group is too small on either side is withheld at release (`protect_quantiles`).
+QUANTILE_MIN_PROB: Final = 0.05
+QUANTILE_MAX_PROB: Final = 0.95
+QUANTILE_PROB_STEP: Final = 0.05
+
 
 class ThresholdObligations(Protocol):
     """What a decision's obligations provide; duck-typed so `pseudonymize` never imports `gateway`."""
