@@ -279,7 +279,7 @@ register(
         "request.refused",
         "a request other than a query was refused (a steward, auditor or polling request, or no such route)",
         required={"route": LABEL, "refusal": LABEL},
-        optional={"reasons": REASONS, "field": LABEL},
+        optional={"title": TEXT, "field": LABEL},
     )
 )
 register(

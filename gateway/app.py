@@ -17,7 +17,7 @@ from gateway import problems
 from gateway.auth import TokenValidator
 from gateway.deps import route_label
 from gateway.federation import peers
-from gateway.refusal import Refusal
+from gateway.refusal import UNRECORDED_REASONS, Refusal
 from gateway.routes import audit, federation, glm, queries, steward, witness
 from gateway.runtime import SiteRuntime
 from gateway.settings import SiteSettings, load_settings
@@ -82,51 +82,55 @@ def create_app(
     return app
 
 
-UNRECORDED_REASONS: Final = "the reasons quote text the audit log does not record"
+# Requests whose validation failures are a query's refusal (`query.refused`, stage validate); any other
+# request's are a `request.refused` of its route.
+QUERY_ROUTES: Final = ("/v1/queries", "/v1/federated-queries", "/v1/glm/", "/v1/federated-glm")
 
 
-async def _audit_invalid(request: Request, reasons: list[str]) -> None:
-    """Audit a body refused by validation: every refusal is recorded, with its actor when known."""
-    await _audit(request, "query.refused", {"stage": "validate"}, reasons[:20])
+async def _audit_invalid(request: Request, fields: list[tuple[str, str]]) -> None:
+    """Audit a body or parameter refused by validation, with its actor when known: a query's with the
+    validator's messages (or, when the log will not store them, a fixed sentence), any other request's with
+    its route and the first field at fault."""
+    route = getattr(request.scope.get("route"), "path", "")
+    if isinstance(route, str) and route.startswith(QUERY_ROUTES):
+        reasons = [f"{field}: {message}" for field, message in fields][:20]
+        await _audit(request, "query.refused", [
+            {"stage": "validate", "reasons": reasons or ["invalid"]},
+            {"stage": "validate", "reasons": [UNRECORDED_REASONS]},
+        ])  # fmt: skip
+        return
+    payload = {"route": route_label(request), "refusal": "bad_request", "title": "Invalid request"}
+    attempts = [{**payload, "field": fields[0][0]}, payload] if fields else [payload]
+    await _audit(request, "request.refused", attempts)
 
 
 async def _audit_refusal(request: Request, refusal: Refusal) -> None:
     """Audit a refusal that was not audited where it was raised (a steward's, an auditor's or a polling
-    request's, or the framework's own), naming the route, never the path."""
-    payload = {"route": route_label(request), "refusal": refusal.kind}
-    if refusal.field:
-        payload["field"] = refusal.field
-    await _audit(request, "request.refused", payload, refusal.reasons[:20], request_id=refusal.request_id)
+    request's, or the framework's own): its route, never the path, and its title, which the code wrote,
+    never its reasons, which can quote what the caller sent (an id, a name)."""
+    payload = {"route": route_label(request), "refusal": refusal.kind, "title": refusal.title}
+    attempts = [{**payload, "field": refusal.field}, payload] if refusal.field else [payload]
+    await _audit(request, "request.refused", attempts, request_id=refusal.request_id)
 
 
 async def _audit(
-    request: Request,
-    event_type: str,
-    payload: dict[str, Any],
-    reasons: list[str],
-    *,
-    request_id: str | None = None,
+    request: Request, event_type: str, attempts: list[dict[str, Any]], *, request_id: str | None = None
 ) -> None:
-    """Append a refusal with its actor when known. Reasons (or a field name) quoting what the audit log
-    will not store (an identifier, an address) are replaced by a fixed sentence, so the refusal is still
-    recorded; a log that cannot be written leaves a warning and the refusal stands."""
+    """Append the first of `attempts` the audit log accepts (a later one leaves out what an earlier one
+    quoted), with the actor when known. A log that cannot be written leaves a warning and the refusal
+    stands: a refusal never turns into a 500."""
     runtime: SiteRuntime | None = getattr(request.app.state, "runtime", None)
     if runtime is None:
         return
     principal = getattr(request.state, "principal", None)
-    attempts = [
-        {**payload, "reasons": reasons} if reasons else payload,
-        {k: v for k, v in payload.items() if k != "field"} | {"reasons": [UNRECORDED_REASONS]},
-    ]
-    for attempt in attempts:
+    for payload in attempts:
         try:
-            await runtime.record(event_type, attempt, principal=principal, request_id=request_id)
+            await runtime.record(event_type, payload, principal=principal, request_id=request_id)
             return
         except PayloadError:
             continue
         except AuditError:
             break
-    # Never turn a refusal into a 500; the log's own failure is the operator's to see.
     log.warning("a refusal could not be audited on %s", route_label(request))
 
 

@@ -8,7 +8,10 @@ a token or a raw identifier.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
+
+UNRECORDED_REASONS: Final = "the reasons quote text the audit log does not record"
+"""What the audit log holds instead of reasons it refuses to store (an identifier, an address)."""
 
 RefusalKind = Literal[
     "bad_request",  # the spec or body is wrong; `field` names where

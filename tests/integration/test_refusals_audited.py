@@ -1,6 +1,6 @@
 """Every refusal ends in the audit log exactly once: a steward's, an auditor's, a researcher's poll, the
 framework's own (no such route, wrong method), and a query's, each with its actor and route but never the
-path, and never text the log must not hold."""
+path, and never what the caller sent (an id, a name) or text the log must not hold."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from gateway_site import bearer
 from oidc_issuer import LoopbackTestIssuer
 
-from gateway.app import UNRECORDED_REASONS
+from gateway.refusal import UNRECORDED_REASONS
 
 QUERY = {
     "dataset": "cohort", "agreement": "DSA-TEST-OPEN", "purpose": {"duo": ["DUO:0000006"]}, "kind": "count",
@@ -49,8 +49,8 @@ def test_steward_refusals_are_audited_with_the_steward_and_the_route(
     invalid = http.put("/v1/steward/policy-data/agreements", json={"DSA-X": {"title": 1}}, headers=steward)
     assert invalid.status_code == 422
     entry = refused_once(http, idp, start, "PUT:replace_policy_document")
-    assert entry["payload"]["refusal"] == "bad_request" and entry["payload"]["reasons"]
-    assert entry["actor"]["sub"] == "steward-audited"
+    assert entry["payload"]["refusal"] == "bad_request" and entry["payload"]["title"] == "Invalid policy data"
+    assert "reasons" not in entry["payload"] and entry["actor"]["sub"] == "steward-audited"
 
     start = size(http, idp)
     assert http.get("/v1/steward/activity", params={"hours": 0}, headers=steward).status_code == 422
@@ -71,16 +71,48 @@ def test_auditor_refusals_are_audited(http: httpx.Client, idp: LoopbackTestIssue
     assert bad.status_code == 422
     entry = refused_once(http, idp, start, "GET:entries")
     assert entry["payload"] == {
-        "route": "GET:entries", "refusal": "bad_request", "field": "start", "reasons": bad.json()["reasons"],
+        "route": "GET:entries", "refusal": "bad_request", "field": "start", "title": "Invalid range",
     }  # fmt: skip
 
 
-def test_polling_another_researchers_request_is_audited(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
+def test_polling_an_unknown_request_is_audited_without_the_id_asked_for(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
     start = size(http, idp)
-    other = http.get("/v1/queries/req-not-yours", headers=bearer(idp, "researcher", sub="nosy-researcher"))
-    assert other.status_code == 404
+    other = http.get("/v1/queries/John-Smith-1970", headers=bearer(idp, "researcher", sub="nosy-researcher"))
+    assert other.status_code == 404 and "John-Smith-1970" in other.json()["detail"]  # told to the caller
     entry = refused_once(http, idp, start, "GET:poll")
-    assert entry["payload"]["refusal"] == "not_found" and entry["actor"]["sub"] == "nosy-researcher"
+    assert entry["payload"] == {"route": "GET:poll", "refusal": "not_found", "title": "No such request"}
+    assert entry["actor"]["sub"] == "nosy-researcher" and "John" not in json.dumps(entry)
+
+
+def test_an_invalid_body_outside_queries_is_a_request_refused_naming_the_field(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    start = size(http, idp)
+    unexplained = http.post(
+        "/v1/steward/approvals/req-x", json={"approve": True}, headers=bearer(idp, "steward")
+    )
+    assert unexplained.status_code == 422
+    entry = refused_once(http, idp, start, "POST:decide")
+    assert entry["payload"]["field"] == "reason" and entry["payload"]["title"] == "Invalid request"
+    assert "query.refused" not in [e["type"] for e in entries_since(http, idp, start)]
+
+
+def test_policy_reasons_quoting_unrecordable_text_are_audited_as_a_fixed_sentence(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    start = size(http, idp)
+    response = http.post("/v1/queries", json={**QUERY, "kind": "crosstab", "group_by": ["x1234567"]},
+                         headers=bearer(idp, "researcher"))  # fmt: skip
+    assert response.status_code == 403 and "x1234567" in response.json()["detail"]  # the researcher's input
+    entries = entries_since(http, idp, start)
+    decided = [e for e in entries if e["type"] == "query.decided"]
+    refused = [e for e in entries if e["type"] == "query.refused"]
+    assert len(decided) == 1 and decided[0]["payload"]["decision"] == "deny"
+    assert decided[0]["payload"]["reasons"] == [UNRECORDED_REASONS]
+    assert len(refused) == 1 and refused[0]["payload"]["reasons"] == [UNRECORDED_REASONS]
+    assert "x1234567" not in json.dumps(entries)
 
 
 @pytest.mark.parametrize(("method", "path", "refusal"), [
@@ -100,15 +132,15 @@ def test_the_frameworks_refusals_are_audited_without_the_path(
     assert "MRN" not in json.dumps(found)
 
 
-def test_a_reason_quoting_unrecordable_text_is_audited_with_a_fixed_sentence(
+def test_a_name_the_caller_sent_stays_out_of_the_audit_log(
     http: httpx.Client, idp: LoopbackTestIssuer
 ) -> None:
     start = size(http, idp)
     response = http.get("/v1/steward/policy-data/jane.doe@hospital.example", headers=bearer(idp, "steward"))
     assert response.status_code == 404
     entry = refused_once(http, idp, start, "GET:policy_document")
-    assert entry["payload"]["reasons"] == [UNRECORDED_REASONS]
-    assert "jane.doe" not in json.dumps(entry)
+    assert entry["payload"]["title"] == "No such policy data"
+    assert "jane.doe" not in json.dumps(entries_since(http, idp, start))
 
 
 def test_refusals_audited_where_they_were_raised_are_not_audited_twice(
