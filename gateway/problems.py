@@ -7,7 +7,7 @@ handlers here render those, authentication failures and request-validation error
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -80,31 +80,42 @@ _PROBLEM_SCHEMA: dict[str, Any] = Problem.model_json_schema()
 _ANSWERS: dict[str, HTTPStatus] = {"ok": OK, "accepted": ACCEPTED}
 
 
+_AUTH_REFUSALS: dict[str, str] = {
+    "bad_request": "a parameter or the body is invalid; `field` names where",
+    "unauthenticated": "no valid bearer token",
+    "forbidden": "the token lacks this endpoint's role",
+    "unavailable": "the identity provider or a component the answer needs is unavailable",
+}
+
+
 def documented(**described: str | tuple[str, Any]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for a route: each keyword is an answer ('ok', 'accepted') or a refusal kind
-    (`RefusalKind`), with its description; an answer may come as (description, model of its body).
-    Refusals are documented as problem+json `Problem` bodies. Routes name kinds, never status codes, so
-    the codes stay in this module."""
+    """OpenAPI `responses` for a route behind a role: each keyword is an answer ('ok', 'accepted') or a
+    refusal kind (`RefusalKind`), with its description; an answer may come as (description, model of its
+    body). Refusals are documented as problem+json `Problem` bodies, and a refusal every endpoint behind a
+    role can give (`AUTHENTICATED`) keeps that cause beside the route's own. Routes name kinds, never
+    status codes, so the codes stay in this module."""
+    return _documented(described, also=_AUTH_REFUSALS)
+
+
+def _documented(
+    described: Mapping[str, str | tuple[str, Any]], *, also: Mapping[str, str]
+) -> dict[int | str, dict[str, Any]]:
     out: dict[int | str, dict[str, Any]] = {}
     for name, given in described.items():
         description, model = given if isinstance(given, tuple) else (given, None)
         if name in _ANSWERS:
             out[int(_ANSWERS[name])] = {"description": description, **({"model": model} if model else {})}
         elif name in STATUS:
-            status = STATUS[name]
+            if name in also and also[name] != description:
+                description = f"{description}; or {also[name]}"
             schema = {"schema": _PROBLEM_SCHEMA}
-            out[int(status)] = {"description": description, "content": {PROBLEM_JSON: schema}}
+            out[int(STATUS[name])] = {"description": description, "content": {PROBLEM_JSON: schema}}
         else:
             raise ValueError(f"{name!r} is neither an answer nor a refusal kind")
     return out
 
 
-AUTHENTICATED: dict[int | str, dict[str, Any]] = documented(
-    bad_request="a parameter or the body is invalid; `field` names where",
-    unauthenticated="no valid bearer token",
-    forbidden="the token lacks this endpoint's role",
-    unavailable="the identity provider or a component the answer needs is unavailable",
-)
+AUTHENTICATED: dict[int | str, dict[str, Any]] = _documented(_AUTH_REFUSALS, also={})
 """The refusals of every endpoint behind a role, for its router's `responses`."""
 
 
@@ -168,7 +179,7 @@ def _framework_refusal(exc: StarletteHTTPException) -> Refusal:
     return Refusal(kind, status.phrase, [status.phrase])
 
 
-InvalidRequestHook = Callable[[Request, list[str]], Awaitable[None]]
+InvalidRequestHook = Callable[[Request, list[tuple[str, str]]], Awaitable[None]]
 RefusalHook = Callable[[Request, Refusal], Awaitable[None]]
 
 
@@ -183,7 +194,7 @@ def install(
         response = _validation_response(request, exc)
         if on_invalid is not None:
             assert isinstance(exc, RequestValidationError)
-            await on_invalid(request, [f"{field}: {message}" for field, message in _field_messages(exc)])
+            await on_invalid(request, _field_messages(exc))
         return response
 
     async def refused(request: Request, exc: Exception) -> JSONResponse:

@@ -65,7 +65,7 @@ def glm_service(request: Request, runtime: SiteRuntime) -> GlmSiteService:
     responses=documented(
         ok="the session: its id, the model's parameters and the iteration cap",
         accepted="policy wants a steward's approval; nothing was opened",
-        forbidden="denied by policy or disclosure control, or the token lacks the researcher role",
+        forbidden="denied by policy or disclosure control",
         not_found="no such dataset at this site",
         limit="this researcher has as many GLM sessions open as allowed",
     ),

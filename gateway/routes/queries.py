@@ -82,12 +82,10 @@ class RequestState(BaseModel):
         ok=("the released, disclosure-controlled answer", QueryAnswer),
         accepted=("policy sends the query to a steward; poll `GET /v1/queries/{request_id}`", PendingAnswer),
         bad_request="the spec is invalid; `field` names where",
-        forbidden="denied by policy or disclosure control, or the token lacks the researcher role; "
-        "`reasons` cite the clause",
+        forbidden="denied by policy or disclosure control; `reasons` cite the clause",
         not_found="no such dataset at this site",
         limit="the agreement's limit on identical queries is reached",
-        unavailable="the identity provider, the policy engine, the store or the audit log is unavailable; "
-        "nothing was released",
+        unavailable="the policy engine, the store or the audit log is unavailable; nothing was released",
     ),
 )
 async def submit(spec: QuerySpec, principal: ResearcherDep, pipeline: PipelineDep) -> JSONResponse:
@@ -101,7 +99,7 @@ async def submit(spec: QuerySpec, principal: ResearcherDep, pipeline: PipelineDe
     summary="The state or the answer of a query waiting for approval",
     responses=documented(
         ok=("the request's state, or its released answer", QueryAnswer | RequestState),
-        forbidden="policy no longer allows the answer to this researcher, or the token lacks the role",
+        forbidden="policy no longer allows the answer to this researcher",
         not_found="no such request of yours",
     ),
 )

@@ -162,7 +162,7 @@ class ApprovalDecision(BaseModel):
     responses=documented(
         ok="the outcome: released (with the answer), rejected, or refused when the run failed",
         bad_request="no reason, or a reason the audit log does not record; `field` names it",
-        forbidden="a steward cannot decide their own query, or the token lacks the steward role",
+        forbidden="a steward cannot decide their own query",
         not_found="no such request",
         conflict="the request was already decided, or another steward is deciding it",
     ),

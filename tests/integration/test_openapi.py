@@ -48,6 +48,9 @@ def test_every_endpoint_behind_a_role_documents_its_refusals_as_problems(openapi
         responses = op["responses"]
         missing = ROLE_REFUSALS - set(responses)
         assert not missing, f"{method.upper()} {path} does not document {sorted(missing)}"
+        # A route's own cause of a 403 or 503 does not hide the one every endpoint behind a role has.
+        assert "role" in responses["403"]["description"], f"{method.upper()} {path}"
+        assert "identity provider" in responses["503"]["description"], f"{method.upper()} {path}"
         for status, response in responses.items():
             if status.startswith(("4", "5")):
                 content = response.get("content", {})
