@@ -183,3 +183,31 @@ def bearer(
 ) -> dict[str, str]:
     """Authorization header of a fresh token from the test identity provider."""
     return {"Authorization": f"Bearer {idp.token(sub=sub, org=org, country=country, roles=list(roles))}"}
+
+
+def consent_rule(settings: SiteSettings, entry: Any, spec: dict[str, Any]) -> Any:
+    """The consent filter the site's policy sets for `spec` on `entry` (a CatalogEntry), asked as the
+    pipeline asks it: what a test needs to compute the rows a query may see."""
+    from gateway.decision import DatasetFacts, DecisionInput, Destination, PolicyDecisionPoint
+    from gateway.decision.models import Requester
+    from gateway.query import parse_query_spec
+
+    query = parse_query_spec(spec)
+    decision = PolicyDecisionPoint(settings).decide(
+        DecisionInput(
+            requester=Requester(sub="x", org="org-aphp", country="FR", roles=("researcher",), visas=()),
+            purpose=query.purpose,
+            dsa=query.agreement,
+            dataset=DatasetFacts(
+                id=entry.dataset,
+                jurisdiction=entry.jurisdiction,
+                duo=tuple(entry.duo),
+                columns=tuple(c["name"] for c in entry.columns),
+            ),
+            query=query.query_facts(),
+            destination=Destination(country="FR"),
+            now=datetime.datetime.now(datetime.UTC),
+        )
+    )
+    assert decision.obligations is not None
+    return decision.obligations.consent_filter

@@ -10,19 +10,15 @@ import itertools
 import json
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
 import httpx
 import pandas as pd
 import pytest
-from gateway_site import Site, bearer, running_gateway
+from gateway_site import Site, bearer, consent_rule, running_gateway
 from oidc_issuer import LoopbackTestIssuer
 
-from gateway.decision import DatasetFacts, DecisionInput, Destination, PolicyDecisionPoint
-from gateway.decision.models import Requester
-from gateway.query import parse_query_spec
 from pseudonymize.store import Store
 
 PURPOSE = {"duo": ["DUO:0000006"]}
@@ -98,25 +94,7 @@ def admitted(site: Site) -> pd.DataFrame:
     with Store(site.settings.store_url) as store:
         entry = store.latest("cohort")
     assert entry is not None
-    query = parse_query_spec(spec("count"))
-    decision = PolicyDecisionPoint(site.settings).decide(
-        DecisionInput(
-            requester=Requester(sub="x", org="org-aphp", country="FR", roles=("researcher",), visas=()),
-            purpose=query.purpose,
-            dsa=query.agreement,
-            dataset=DatasetFacts(
-                id=entry.dataset,
-                jurisdiction=entry.jurisdiction,
-                duo=tuple(entry.duo),
-                columns=tuple(c["name"] for c in entry.columns),
-            ),
-            query=query.query_facts(),
-            destination=Destination(country="FR"),
-            now=datetime.now(UTC),
-        )
-    )
-    assert decision.obligations is not None
-    rule = decision.obligations.consent_filter
+    rule = consent_rule(site.settings, entry, spec("count"))
     path = site.settings.store_url.removeprefix("duckdb:///")
     with duckdb.connect(path, read_only=True) as con:
         rows = con.execute(f'select * from "{entry.table_name}"').df()

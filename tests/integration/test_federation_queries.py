@@ -6,7 +6,6 @@ import base64
 import json
 import math
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +13,12 @@ import httpx
 import numpy as np
 import pytest
 from federation_sites import Federation, build_federation, running_federation
-from gateway_site import bearer
+from gateway_site import bearer, consent_rule
 from oidc_issuer import LoopbackTestIssuer
 
 from gateway.client import FederatedResult
 from gateway.client import Federation as FederationClient
-from gateway.decision import DatasetFacts, DecisionInput, Destination, PolicyDecisionPoint
-from gateway.decision.models import ConsentFilter, Requester
-from gateway.query import parse_query_spec
+from gateway.decision.models import ConsentFilter
 from gateway.settings import SiteSettings
 from pseudonymize.store import CatalogEntry, Store
 
@@ -40,25 +37,9 @@ def fed(tmp_path_factory: pytest.TempPathFactory, idp: LoopbackTestIssuer) -> Fe
 
 def _consent_rule(settings: SiteSettings, entry: CatalogEntry) -> ConsentFilter:
     """The consent filter the site's policy sets for this module's queries (as the pipeline asks it)."""
-    spec = parse_query_spec({**BASE, "kind": "summary", "params": {"column": "bmi"}})
-    decision = PolicyDecisionPoint(settings).decide(
-        DecisionInput(
-            requester=Requester(sub="x", org="org-aphp", country="FR", roles=("researcher",), visas=()),
-            purpose=spec.purpose,
-            dsa=spec.agreement,
-            dataset=DatasetFacts(
-                id=entry.dataset,
-                jurisdiction=entry.jurisdiction,
-                duo=tuple(entry.duo),
-                columns=tuple(c["name"] for c in entry.columns),
-            ),
-            query=spec.query_facts(),
-            destination=Destination(country="FR"),
-            now=datetime.now(UTC),
-        )
-    )
-    assert decision.obligations is not None
-    return decision.obligations.consent_filter
+    summary = {**BASE, "kind": "summary", "params": {"column": "bmi"}}
+    rule: ConsentFilter = consent_rule(settings, entry, summary)
+    return rule
 
 
 @pytest.fixture(scope="module")
