@@ -16,9 +16,12 @@
 The gateway runs as `fedgate serve` (W workers, default one per core) in its own processes; the load
 comes from this one, through aiohttp on uvloop (lighter than httpx on asyncio's own loop, so less of the
 shared CPU goes to the load itself). Prints progress, then one JSON object as the last line:
-{"ratio_to_duckdb", "p50_ms", "duckdb_p50_ms", "rps", "p99_ms", "closed_loop_p99_ms", "offered_rps",
-"half_capacity_rps", "half_capacity_p99_ms", "failed_requests"}; a request the gateway did not answer (a
-dropped connection, an error status) counts in `failed_requests` and in no other figure.
+{"ratio_to_duckdb", "p50_ms", "duckdb_p50_ms", "rps", "p99_ms", "closed_loop_p99_ms",
+"gateway_cpu_ms_per_request", "offered_rps", "half_capacity_rps", "half_capacity_p99_ms",
+"failed_requests"}; a request the gateway did not answer (a dropped connection, an error status) counts in
+`failed_requests` and in no other figure. `gateway_cpu_ms_per_request` is the CPU time all the gateway's
+processes used during the closed loop, per request answered: with the load on the same cores, it says how
+far a machine is from the throughput target better than the throughput itself (null without /proc).
 """
 
 from __future__ import annotations
@@ -121,6 +124,34 @@ def build_site(work: Path, rows: int, issuer: str, port: int, workers: int = 1) 
             )
             source.unlink()
     return config
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by process `pid` and its descendants, read from /proc; None
+    where there is no /proc. A gateway's CPU per request compares machines of different speed better than
+    its throughput does."""
+    proc = Path("/proc")
+    if not (proc / str(pid) / "stat").is_file():
+        return None
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, grew = {pid}, True
+    while grew:
+        children = {child for child, parent in parents.items() if parent in tree} - tree
+        grew = bool(children)
+        tree |= children
+    return sum(times.get(p, 0.0) for p in tree)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -295,10 +326,18 @@ def main() -> None:
                 f"filtered 2-way count on {args.rows:,} rows: gateway p50 {p50:.1f} ms, "
                 f"DuckDB p50 {raw_p50:.1f} ms"
             )
+            cpu_before = tree_cpu_seconds(server.pid)
             rps, closed = run_load(closed_loop(url, tokens, args.seconds, args.clients))
+            cpu_after = tree_cpu_seconds(server.pid)
             closed_p99 = percentile(closed, 99) * 1000
+            cpu_ms = (
+                (cpu_after - cpu_before) / len(closed) * 1000
+                if cpu_before is not None and cpu_after is not None and closed
+                else None
+            )
             print(
-                f"{args.clients} clients, closed loop: {rps:.0f} requests/s, p99 {closed_p99:.1f} ms",
+                f"{args.clients} clients, closed loop: {rps:.0f} requests/s, p99 {closed_p99:.1f} ms"
+                + (f", gateway CPU {cpu_ms:.2f} ms per request" if cpu_ms is not None else ""),
                 flush=True,
             )
             fixed = run_load(fixed_rate(url, tokens, args.seconds, args.clients, args.rate))
@@ -324,6 +363,7 @@ def main() -> None:
         "rps": round(rps, 1),
         "p99_ms": round(p99, 1),
         "closed_loop_p99_ms": round(closed_p99, 1),
+        "gateway_cpu_ms_per_request": round(cpu_ms, 2) if cpu_ms is not None else None,
         "offered_rps": args.rate,
         "half_capacity_rps": round(half, 1),
         "half_capacity_p99_ms": round(half_p99, 1),
