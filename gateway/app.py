@@ -17,7 +17,7 @@ from gateway import problems
 from gateway.auth import TokenValidator
 from gateway.deps import route_label
 from gateway.federation import peers
-from gateway.refusal import UNRECORDED_REASONS, Refusal
+from gateway.refusal import Refusal
 from gateway.routes import audit, federation, glm, queries, steward, witness
 from gateway.runtime import SiteRuntime
 from gateway.settings import SiteSettings, load_settings
@@ -89,15 +89,11 @@ QUERY_ROUTES: Final = ("/v1/queries", "/v1/federated-queries", "/v1/glm/", "/v1/
 
 async def _audit_invalid(request: Request, fields: list[tuple[str, str]]) -> None:
     """Audit a body or parameter refused by validation, with its actor when known: a query's with the
-    validator's messages (or, when the log will not store them, a fixed sentence), any other request's with
-    its route and the first field at fault."""
+    validator's messages, any other request's with its route and the first field at fault."""
     route = getattr(request.scope.get("route"), "path", "")
     if isinstance(route, str) and route.startswith(QUERY_ROUTES):
-        reasons = [f"{field}: {message}" for field, message in fields][:20]
-        await _audit(request, "query.refused", [
-            {"stage": "validate", "reasons": reasons or ["invalid"]},
-            {"stage": "validate", "reasons": [UNRECORDED_REASONS]},
-        ])  # fmt: skip
+        reasons = [f"{field}: {message}" for field, message in fields][:20] or ["invalid"]
+        await _audit(request, "query.refused", [{"stage": "validate", "reasons": reasons}])
         return
     payload = {"route": route_label(request), "refusal": "bad_request", "title": "Invalid request"}
     attempts = [{**payload, "field": fields[0][0]}, payload] if fields else [payload]
@@ -116,16 +112,18 @@ async def _audit_refusal(request: Request, refusal: Refusal) -> None:
 async def _audit(
     request: Request, event_type: str, attempts: list[dict[str, Any]], *, request_id: str | None = None
 ) -> None:
-    """Append the first of `attempts` the audit log accepts (a later one leaves out what an earlier one
-    quoted), with the actor when known. A log that cannot be written leaves a warning and the refusal
-    stands: a refusal never turns into a 500."""
+    """Append the first of `attempts` the audit log accepts (a later one leaves out a field an earlier one
+    named; reasons it will not store are covered, see SiteRuntime.record), with the actor when known. A
+    log that cannot be written leaves a warning and the refusal stands: a refusal never turns into a 500."""
     runtime: SiteRuntime | None = getattr(request.app.state, "runtime", None)
     if runtime is None:
         return
     principal = getattr(request.state, "principal", None)
     for payload in attempts:
         try:
-            await runtime.record(event_type, payload, principal=principal, request_id=request_id)
+            await runtime.record(
+                event_type, payload, principal=principal, request_id=request_id, cover_reasons=True
+            )
             return
         except PayloadError:
             continue

@@ -36,7 +36,7 @@ from gateway.query import (
     execute,
     parse_query_spec,
 )
-from gateway.refusal import UNRECORDED_REASONS, Refusal
+from gateway.refusal import Refusal
 from gateway.release import protect
 from gateway.runtime import SiteRuntime
 from gateway.state import StoredRequest, new_request
@@ -168,8 +168,8 @@ class QueryPipeline:
                 request_id=request_id,
             )
         except PayloadError:
-            # The spec validated but holds text the audit log will not record: refuse it unrecorded
-            # rather than answer a request that left no trace (the message could quote that text).
+            # The spec validated but holds text the audit log will not record: refuse it rather than answer
+            # a request that left no trace; the problem handler records the refusal by its title alone.
             reason = "the query holds text the audit log does not record"
             raise Refusal("bad_request", "Invalid query", [reason], request_id=request_id) from None
 
@@ -350,20 +350,15 @@ class QueryPipeline:
             "policy_bundle": sha256_label(decision.bundle_digest),
             "engine": self.rt.settings.policy_engine,
         }
-        for attempt in (decided, {**decided, "reasons": [UNRECORDED_REASONS]}):
-            try:
-                if trail is not None and decision.decision == "allow":
-                    trail.append(
-                        self.rt.note("query.decided", attempt, principal=principal, request_id=request_id)
-                    )
-                else:
-                    await self.rt.record("query.decided", attempt, principal=principal, request_id=request_id)
-                break
-            except PayloadError:
-                # A policy reason quoting what the log will not store (a column name the researcher sent):
-                # the decision is recorded with a fixed sentence; the answer still gives the reasons.
-                if attempt is not decided:
-                    raise
+        # A policy reason may quote a column name the researcher sent (cover_reasons, SiteRuntime._written).
+        if trail is not None and decision.decision == "allow":
+            trail.append(self.rt.note(
+                "query.decided", decided, principal=principal, request_id=request_id, cover_reasons=True
+            ))  # fmt: skip
+        else:
+            await self.rt.record(
+                "query.decided", decided, principal=principal, request_id=request_id, cover_reasons=True
+            )
         if decision.decision == "deny":
             raise Refusal("forbidden", "Denied by policy", list(decision.reasons), stage="decide")
         if decision.decision == "needs_approval" and approved:
@@ -566,15 +561,14 @@ class QueryPipeline:
         self, refusal: Refusal, principal: Principal, request_id: str, query_hash: str
     ) -> None:
         refusal.audited = True
-        payload = {"stage": refusal.stage, "reasons": refusal.reasons or [refusal.title],
-                   "query_hash": sha256_label(query_hash)}  # fmt: skip
-        try:
-            await self.rt.record("query.refused", payload, principal=principal, request_id=request_id)
-        except PayloadError:
-            # A reason quoting what the log will not store (a name the researcher sent): the refusal is
-            # still recorded, and the researcher still reads the reasons in the answer.
-            payload["reasons"] = [UNRECORDED_REASONS]
-            await self.rt.record("query.refused", payload, principal=principal, request_id=request_id)
+        await self.rt.record(
+            "query.refused",
+            {"stage": refusal.stage, "reasons": refusal.reasons or [refusal.title],
+             "query_hash": sha256_label(query_hash)},
+            principal=principal,
+            request_id=request_id,
+            cover_reasons=True,
+        )  # fmt: skip
 
     async def _finish(
         self,

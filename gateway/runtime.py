@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
 from audit import Actor
+from audit.errors import PayloadError
 from audit.log import AppendReceipt, AuditLog, Queued
 from gateway.auth import Principal, TokenValidator
 from gateway.catalog import CatalogView
@@ -19,10 +20,13 @@ from gateway.decision import PolicyDecisionPoint
 from gateway.federation.witnessing import Witnessing
 from gateway.keyring import load_master_key
 from gateway.query import ConsentValueCache, PopulationCache, store_engine
+from gateway.refusal import UNRECORDED_REASONS
 from gateway.settings import SiteSettings
 from gateway.site_log import open_site_log
 from gateway.state import GatewayState
 from pseudonymize.errors import KeyMaterialError
+
+T = TypeVar("T")
 
 
 class StartupError(Exception):
@@ -97,13 +101,19 @@ class SiteRuntime:
         principal: Principal | None = None,
         request_id: str | None = None,
         after: Sequence[Queued] = (),
+        cover_reasons: bool = False,
     ) -> Queued:
         """Queue an audit entry without waiting for its commit (no thread hop, no disk).
 
-        It is not acknowledged until a later `record(..., after=[it])` returns; a refused payload raises."""
-        return self.audit.enqueue(
-            event_type, actor=_actor(principal), request_id=request_id,
-            payload=self.annotate(event_type, payload), after=after,
+        It is not acknowledged until a later `record(..., after=[it])` returns; a refused payload raises,
+        unless `cover_reasons` lets its reasons be replaced (see `_written`)."""
+        return _written(
+            lambda written: self.audit.enqueue(
+                event_type, actor=_actor(principal), request_id=request_id,
+                payload=self.annotate(event_type, written), after=after,
+            ),
+            payload,
+            cover_reasons,
         )  # fmt: skip
 
     async def record(
@@ -114,13 +124,18 @@ class SiteRuntime:
         principal: Principal | None = None,
         request_id: str | None = None,
         after: Sequence[Queued] = (),
+        cover_reasons: bool = False,
     ) -> AppendReceipt:
         """Append one audit entry and wait for its commit without holding a thread: the log's committer
         writes it with whatever else is queued. With `after`, only if those queued entries were written
-        too (StorageError otherwise); a refused payload raises before anything is queued."""
+        too (StorageError otherwise); a refused payload raises before anything is queued, unless
+        `cover_reasons` lets its reasons be replaced (see `_written`)."""
         return await asyncio.wrap_future(
-            self.append_soon(event_type, payload, principal=principal, request_id=request_id, after=after)
-        )
+            self.append_soon(
+                event_type, payload, principal=principal, request_id=request_id, after=after,
+                cover_reasons=cover_reasons,
+            )
+        )  # fmt: skip
 
     def append_soon(
         self,
@@ -130,16 +145,35 @@ class SiteRuntime:
         principal: Principal | None = None,
         request_id: str | None = None,
         after: Sequence[Queued] = (),
+        cover_reasons: bool = False,
     ) -> Future[AppendReceipt]:
         """Queue one audit entry for the committer, from any thread; the future resolves on its commit."""
-        return self.audit.append_soon(
-            event_type, actor=_actor(principal), request_id=request_id,
-            payload=self.annotate(event_type, payload), after=after,
+        return _written(
+            lambda written: self.audit.append_soon(
+                event_type, actor=_actor(principal), request_id=request_id,
+                payload=self.annotate(event_type, written), after=after,
+            ),
+            payload,
+            cover_reasons,
         )  # fmt: skip
 
     def annotate(self, event_type: str, payload: Mapping[str, Any]) -> Mapping[str, Any]:
         """The payload as this runtime records it (a coordinated request's runtime adds its coordinator)."""
         return payload
+
+
+def _written(write: Callable[[Mapping[str, Any]], T], payload: Mapping[str, Any], cover_reasons: bool) -> T:
+    """`write(payload)`. With `cover_reasons`, a payload whose reasons the audit log will not store (a
+    refusal's or a decision's reasons quoting a name the caller sent that reads as an identifier) is written
+    with UNRECORDED_REASONS in their place: the event is still recorded, and the caller still reads the
+    reasons in the answer. Without it, such a payload raises PayloadError (a steward's own reason is
+    refused instead, so they can word it again)."""
+    try:
+        return write(payload)
+    except PayloadError:
+        if not cover_reasons or "reasons" not in payload:
+            raise
+        return write({**payload, "reasons": [UNRECORDED_REASONS]})
 
 
 def _actor(principal: Principal | None) -> Actor | None:

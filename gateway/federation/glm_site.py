@@ -36,7 +36,6 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from audit import EventType, register
-from audit.errors import PayloadError
 from audit.events import COUNT, DIGEST, LABEL, REASONS
 from gateway.auth import Principal
 from gateway.decision import Decision, Obligations
@@ -46,7 +45,7 @@ from gateway.pipeline import QueryPipeline, sha256_label
 from gateway.query.columns import DatasetColumn, python_value
 from gateway.query.consent import consent_predicate, not_withdrawn
 from gateway.query.spec import AgreementId, ColumnName, DatasetId
-from gateway.refusal import UNRECORDED_REASONS, Refusal
+from gateway.refusal import Refusal
 from gateway.runtime import SiteRuntime
 from pseudonymize.disclosure import DisclosureRules
 from pseudonymize.disclosure.glm_checks import GlmDisclosureError, check_glm_release
@@ -712,11 +711,9 @@ class GlmSiteService:
             payload["session"] = session_digest(session)
         if iteration is not None:
             payload["iteration"] = iteration
-        try:
-            await self.rt.record("glm.refused", payload, principal=principal, request_id=request_id)
-        except PayloadError:  # a reason quoting what the log will not store: record the refusal without it
-            payload["reasons"] = [UNRECORDED_REASONS]
-            await self.rt.record("glm.refused", payload, principal=principal, request_id=request_id)
+        await self.rt.record(
+            "glm.refused", payload, principal=principal, request_id=request_id, cover_reasons=True
+        )
 
 
 class InMemoryGlmSite:

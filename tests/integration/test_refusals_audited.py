@@ -155,3 +155,16 @@ def test_refusals_audited_where_they_were_raised_are_not_audited_twice(
     types = [e["type"] for e in entries_since(http, idp, start)]
     assert types.count("auth.failed") == 2 and types.count("query.refused") == 1
     assert "request.refused" not in types
+
+
+def test_a_spec_naming_unrecordable_text_is_refused_and_audited_by_its_title(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    start = size(http, idp)
+    response = http.post(
+        "/v1/queries", json={**QUERY, "dataset": "mrn0012345678"}, headers=bearer(idp, "researcher")
+    )
+    assert response.status_code == 422 and "does not record" in response.json()["detail"]
+    entry = refused_once(http, idp, start, "POST:submit")
+    assert entry["payload"] == {"route": "POST:submit", "refusal": "bad_request", "title": "Invalid query"}
+    assert "0012345678" not in json.dumps(entries_since(http, idp, start))
