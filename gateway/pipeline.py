@@ -327,20 +327,7 @@ class QueryPipeline:
     ) -> Decision:
         """Decide and audit the decision. With a `trail`, an allow is only queued there (the release that
         follows waits for it); a deny or a request for approval is recorded before anything else happens."""
-        request = DecisionInput(
-            requester=principal.to_requester(),
-            purpose=spec.purpose,
-            dsa=spec.agreement,
-            dataset=DatasetFacts(
-                id=entry.dataset,
-                jurisdiction=entry.jurisdiction,
-                duo=tuple(entry.duo),
-                columns=tuple(c["name"] for c in entry.columns),
-            ),
-            query=spec.query_facts(),
-            destination=Destination(country=spec.destination or principal.country),
-            now=datetime.now(UTC),
-        )
+        request = decision_input(principal, spec, entry)
         # The embedded engine answers in about a millisecond; a thread hop would cost as much.
         decision = self.rt.policy.decide(request)
         decided = {
@@ -609,6 +596,24 @@ def _internal_failure(exc: BaseException) -> Refusal:
         "The gateway could not answer",
         [f"internal error ({type(exc).__name__})"],
         stage="execute",
+    )
+
+
+def decision_input(principal: Principal, spec: Decidable, entry: CatalogEntry) -> DecisionInput:
+    """The question the policy is asked for `spec` on `entry` by `principal`, now."""
+    return DecisionInput(
+        requester=principal.to_requester(),
+        purpose=spec.purpose,
+        dsa=spec.agreement,
+        dataset=DatasetFacts(
+            id=entry.dataset,
+            jurisdiction=entry.jurisdiction,
+            duo=tuple(entry.duo),
+            columns=tuple(c["name"] for c in entry.columns),
+        ),
+        query=spec.query_facts(),
+        destination=Destination(country=spec.destination or principal.country),
+        now=datetime.now(UTC),
     )
 
 

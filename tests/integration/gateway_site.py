@@ -188,26 +188,14 @@ def bearer(
 def consent_rule(settings: SiteSettings, entry: Any, spec: dict[str, Any]) -> Any:
     """The consent filter the site's policy sets for `spec` on `entry` (a CatalogEntry), asked as the
     pipeline asks it: what a test needs to compute the rows a query may see."""
-    from gateway.decision import DatasetFacts, DecisionInput, Destination, PolicyDecisionPoint
-    from gateway.decision.models import Requester
+    from gateway.auth import Principal
+    from gateway.decision import PolicyDecisionPoint
+    from gateway.pipeline import decision_input
     from gateway.query import parse_query_spec
 
-    query = parse_query_spec(spec)
-    decision = PolicyDecisionPoint(settings).decide(
-        DecisionInput(
-            requester=Requester(sub="x", org="org-aphp", country="FR", roles=("researcher",), visas=()),
-            purpose=query.purpose,
-            dsa=query.agreement,
-            dataset=DatasetFacts(
-                id=entry.dataset,
-                jurisdiction=entry.jurisdiction,
-                duo=tuple(entry.duo),
-                columns=tuple(c["name"] for c in entry.columns),
-            ),
-            query=query.query_facts(),
-            destination=Destination(country="FR"),
-            now=datetime.datetime.now(datetime.UTC),
-        )
+    researcher = Principal(
+        sub="x", org="org-aphp", country="FR", roles=frozenset({"researcher"}), visas=(), issuer="test"
     )
+    decision = PolicyDecisionPoint(settings).decide(decision_input(researcher, parse_query_spec(spec), entry))
     assert decision.obligations is not None
     return decision.obligations.consent_filter
