@@ -501,7 +501,7 @@ class QueryPipeline:
                           field=getattr(exc, "field", None)) from None  # fmt: skip
         started = time.perf_counter()
         try:
-            outcome = execute(self.rt.store, compiled, populations=self.rt.populations)
+            outcome = execute(self.rt.engine_for(entry), compiled, populations=self.rt.populations)
         except ValueMismatch as exc:
             raise Refusal(
                 "bad_request", "Invalid query", [str(exc)], stage="execute", field=exc.field

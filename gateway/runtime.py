@@ -19,12 +19,14 @@ from gateway.catalog import CatalogView
 from gateway.decision import PolicyDecisionPoint
 from gateway.federation.witnessing import Witnessing
 from gateway.keyring import load_master_key
-from gateway.query import ConsentValueCache, PopulationCache, store_engine
+from gateway.query import ConsentValueCache, PopulationCache, single_thread_engine, store_engine
+from gateway.query.execute import ONE_ROW_GROUP
 from gateway.refusal import UNRECORDED_REASONS
 from gateway.settings import SiteSettings
 from gateway.site_log import open_site_log
 from gateway.state import GatewayState
 from pseudonymize.errors import KeyMaterialError
+from pseudonymize.store import CatalogEntry
 
 T = TypeVar("T")
 
@@ -50,6 +52,9 @@ class SiteRuntime:
     executor: ThreadPoolExecutor | None = None
     """The threads that run store reads and state writes (`[server] threads`); the app makes it its event
     loop's default executor. Created on first use for a runtime without an app."""
+    small_tables: sa.Engine | None = None
+    """For a DuckDB store: the engine that queries tables of one row group on one thread
+    (`single_thread_engine`); None where `store` queries every table."""
 
     @classmethod
     def start(cls, settings: SiteSettings, *, tokens: TokenValidator | None = None) -> SiteRuntime:
@@ -72,8 +77,15 @@ class SiteRuntime:
         witnessing = Witnessing(settings, audit)  # WitnessKeyError: a configured witness key must load
         witnessing.start()
         return cls(
-            settings, policy, audit, state, store, CatalogView(store), tokens, PopulationCache(), witnessing
-        )
+            settings, policy, audit, state, store, CatalogView(store), tokens, PopulationCache(), witnessing,
+            small_tables=single_thread_engine(settings.store_url),
+        )  # fmt: skip
+
+    def engine_for(self, entry: CatalogEntry) -> sa.Engine:
+        """The engine that runs queries on a dataset version: `small_tables` for one of a row group."""
+        if self.small_tables is not None and entry.row_count <= ONE_ROW_GROUP:
+            return self.small_tables
+        return self.store
 
     def threads(self) -> ThreadPoolExecutor:
         """`executor`, created on first use."""
@@ -90,6 +102,8 @@ class SiteRuntime:
         self.audit.close()
         self.state.close()
         self.store.dispose()
+        if self.small_tables is not None:
+            self.small_tables.dispose()
         if self.executor is not None:
             self.executor.shutdown(wait=False)
 

@@ -17,7 +17,7 @@ from gateway.query.errors import (
     UnsupportedStore,
     ValueMismatch,
 )
-from gateway.query.execute import QueryOutcome, execute, store_engine
+from gateway.query.execute import QueryOutcome, execute, single_thread_engine, store_engine
 from gateway.query.population import ConsentValueCache, PopulationCache
 from gateway.query.spec import (
     KINDS,
@@ -83,5 +83,6 @@ __all__ = [
     "latest_entry",
     "parse_query_spec",
     "quantile_name",
+    "single_thread_engine",
     "store_engine",
 ]

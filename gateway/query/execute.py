@@ -80,6 +80,37 @@ def store_engine(store_url: str, *, hold_open: bool = True) -> sa.Engine:
     return engine
 
 
+ONE_ROW_GROUP: Final = 122_880
+"""DuckDB's row group size, which the store is written with: DuckDB splits a scan into tasks by row group,
+so a table of no more rows is scanned by one thread whatever its `threads` setting."""
+
+
+def single_thread_engine(store_url: str) -> sa.Engine | None:
+    """For a DuckDB store file, an engine for tables of one row group (`ONE_ROW_GROUP` rows or fewer):
+    each connection is an in-memory DuckDB on one thread that attaches the store read-only. None for any
+    other store.
+
+    Such a table gains nothing from DuckDB's other threads, yet on the store's own instance every query
+    still hands its tasks to them and wakes them: a small query cost about 0.2 ms more CPU in the calling
+    thread and 0.3-0.4 ms in DuckDB's thread than on one thread. `threads` is a setting of a whole
+    DuckDB instance, and one process cannot open a file twice with different settings, hence the attach."""
+    if not store_url.startswith("duckdb:///"):
+        return None
+    path = store_url.removeprefix("duckdb:///")
+    if path in ("", ":memory:"):
+        return None
+    url = sa.make_url("duckdb:///:memory:").set(drivername=duckdb_dialect.DRIVER_NAME)
+    engine = sa.create_engine(url, connect_args={"config": {"threads": 1}})
+    attach = "ATTACH '{}' AS store (READ_ONLY)".format(path.replace("'", "''"))
+
+    @sa.event.listens_for(engine, "connect")
+    def _attach(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute(attach)
+        dbapi_conn.execute("USE store")
+
+    return engine
+
+
 def execute(
     engine: sa.Engine, compiled: CompiledQuery, *, populations: PopulationCache | None = None
 ) -> QueryOutcome:

@@ -3,14 +3,17 @@ values bound on every run, and the same rows SQLAlchemy's own execution returns.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from query_helpers import TABLE, compile_spec
 
-from gateway.query import duckdb_dialect, store_engine
+from gateway.query import duckdb_dialect, single_thread_engine, store_engine
+from gateway.query.execute import ONE_ROW_GROUP
 
 
 @pytest.fixture()
@@ -124,3 +127,61 @@ def test_a_value_duckdb_cannot_convert_is_a_driver_error(engine: sa.Engine) -> N
     statement = sa.select(sa.func.count()).select_from(table).where(sa.cast(sa.literal("x"), sa.Double()) > 1)
     with engine.connect() as conn, pytest.raises(duckdb_dialect.duckdb.ConversionException):
         duckdb_dialect.run(conn, statement)
+
+
+@pytest.mark.parametrize(("kind", "node", "extra"), SHAPES, ids=[s[0] for s in SHAPES])
+def test_the_single_thread_engine_answers_as_the_store_does(
+    engine: sa.Engine, duck_url: str, mixed_columns: list[tuple[str, str]], kind: str, node: Any,
+    extra: dict[str, Any],
+) -> None:  # fmt: skip
+    single = single_thread_engine(duck_url)
+    assert single is not None
+    compiled = compiled_main(engine, mixed_columns, kind, node, **extra)
+    try:
+        with engine.connect() as conn, single.connect() as one:
+            for statement in (compiled.main, compiled.sizes, compiled.selected):
+                expected = [tuple(row) for row in conn.execute(statement).all()]
+                assert expected
+                assert same_rows(duckdb_dialect.run(one, statement), expected)
+    finally:
+        single.dispose()
+
+
+def test_the_single_thread_engine_runs_on_one_thread_beside_the_store(
+    engine: sa.Engine, duck_url: str
+) -> None:
+    single = single_thread_engine(duck_url)
+    assert single is not None
+    try:
+        with engine.connect() as conn, single.connect() as one:
+            # Both open the same file in one process, each with its own setting.
+            if (os.cpu_count() or 1) > 1:
+                assert conn.exec_driver_sql("SELECT current_setting('threads')").scalar() > 1
+            assert one.exec_driver_sql("SELECT current_setting('threads')").scalar() == 1
+            count = f'SELECT count(*) FROM "{TABLE}"'
+            assert one.exec_driver_sql(count).scalar() == conn.exec_driver_sql(count).scalar() > 0
+            with pytest.raises(sa.exc.DBAPIError, match="read-only"):
+                one.exec_driver_sql(f'DELETE FROM "{TABLE}"')
+    finally:
+        single.dispose()
+
+
+@pytest.mark.parametrize(
+    "url", ["duckdb:///:memory:", "duckdb:///", "sqlite:///x.db", "postgresql+psycopg://u@h/db"]
+)
+def test_only_a_duckdb_file_gets_a_single_thread_engine(url: str) -> None:
+    assert single_thread_engine(url) is None
+
+
+def test_one_row_group_is_the_most_rows_duckdb_writes_in_one(tmp_path: Path) -> None:
+    with duckdb_dialect.duckdb.connect(str(tmp_path / "groups.duckdb")) as con:
+        for rows in (ONE_ROW_GROUP, ONE_ROW_GROUP + 1):
+            con.execute(f"CREATE TABLE t{rows} AS SELECT range AS v FROM range({rows})")
+        con.execute("CHECKPOINT")
+        groups = {
+            rows: con.execute(
+                f"SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('t{rows}')"
+            ).fetchone()
+            for rows in (ONE_ROW_GROUP, ONE_ROW_GROUP + 1)
+        }
+    assert groups == {ONE_ROW_GROUP: (1,), ONE_ROW_GROUP + 1: (2,)}
