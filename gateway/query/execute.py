@@ -96,8 +96,8 @@ def single_thread_engine(store_url: str) -> sa.Engine | None:
     DuckDB instance, and one process cannot open a file twice with different settings, hence the attach."""
     if not store_url.startswith("duckdb:///"):
         return None
-    path = store_url.removeprefix("duckdb:///")
-    if path in ("", ":memory:"):
+    path = sa.make_url(store_url).database
+    if path in (None, "", ":memory:"):
         return None
     url = sa.make_url("duckdb:///:memory:").set(drivername=duckdb_dialect.DRIVER_NAME)
     engine = sa.create_engine(url, connect_args={"config": {"threads": 1}})

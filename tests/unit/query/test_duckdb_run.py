@@ -147,10 +147,11 @@ def test_the_single_thread_engine_answers_as_the_store_does(
         single.dispose()
 
 
+@pytest.mark.parametrize("options", ["", "?access_mode=read_only"])
 def test_the_single_thread_engine_runs_on_one_thread_beside_the_store(
-    engine: sa.Engine, duck_url: str
+    engine: sa.Engine, duck_url: str, options: str
 ) -> None:
-    single = single_thread_engine(duck_url)
+    single = single_thread_engine(duck_url + options)
     assert single is not None
     try:
         with engine.connect() as conn, single.connect() as one:
