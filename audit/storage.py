@@ -159,7 +159,7 @@ def _sqlite_engine(url: sa.URL, begin: str | None) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql(begin)
+            _on_cursor(conn, begin, ())
 
     return engine
 
@@ -242,12 +242,33 @@ class HeadState:
     frontier: bytes
 
 
+def _on_cursor(conn: Connection, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    """Run one statement on a cursor of `conn`'s DBAPI connection, in its transaction; its rows, if any.
+
+    For the writer's statements, which are plain driver SQL already: SQLAlchemy's execution around each
+    (an execution context, a result, event dispatch) cost more than SQLite's own work, about 150 µs of a
+    600 µs commit of four entries. A driver error is raised as SQLAlchemy would raise it."""
+    dbapi_conn = conn.connection.dbapi_connection
+    assert dbapi_conn is not None
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall()) if cursor.description is not None else []
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise sa.exc.DBAPIError.instance(sql, params, exc, conn.dialect.loaded_dbapi.Error) from exc
+    finally:
+        cursor.close()
+
+
 def lock_head(conn: Connection) -> HeadState:
     """Read the head row under the writers' lock (SQLite already holds it since BEGIN IMMEDIATE)."""
     lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE"
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     sql = f"SELECT size, last_leaf, frontier FROM {head.name} WHERE id = {mark}{lock}"
-    size, last_leaf, frontier = conn.exec_driver_sql(sql, (HEAD_ID,)).one()
+    rows = _on_cursor(conn, sql, (HEAD_ID,))
+    if not rows:
+        raise sa.exc.NoResultFound("the log has no head row")
+    size, last_leaf, frontier = rows[0]  # id is the primary key: one row at most
     return HeadState(int(size), bytes(last_leaf), bytes(frontier))
 
 
@@ -259,7 +280,7 @@ def _insert_rows(conn: Connection, insert: str, rows: Sequence[tuple[Any, ...]])
     row = f"({_marks(conn, 3)})"
     for start in range(0, len(rows), ROWS_PER_INSERT):
         chunk = rows[start : start + ROWS_PER_INSERT]
-        conn.exec_driver_sql(insert + ", ".join([row] * len(chunk)), tuple(v for r in chunk for v in r))
+        _on_cursor(conn, insert + ", ".join([row] * len(chunk)), tuple(v for r in chunk for v in r))
 
 
 def write_batch(
@@ -276,7 +297,8 @@ def write_batch(
     _insert_rows(conn, f"INSERT INTO {entries.name} (idx, leaf, body) VALUES ", entry_rows)
     _insert_rows(conn, f"INSERT INTO {nodes.name} (level, idx, hash) VALUES ", node_rows)
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    conn.exec_driver_sql(
+    _on_cursor(
+        conn,
         f"UPDATE {head.name} SET size = {mark}, last_leaf = {mark}, frontier = {mark} WHERE id = {mark}",
         (new_head.size, new_head.last_leaf, new_head.frontier, HEAD_ID),
     )

@@ -395,3 +395,26 @@ def test_sqlite_is_durable_wal(log: AuditLog) -> None:
     with log._engines.writer.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+def test_a_statement_the_database_refuses_fails_the_commit_whole(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    with AuditLog.open(url, ORIGIN, checkpoint_interval_s=None) as log:
+        log.append("auth.failed", payload={"reason": "expired"})
+        admin = sa.create_engine(url)
+        with admin.begin() as conn:  # the node insert fails after the entry insert went through
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse BEFORE INSERT ON audit_node "
+                "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+            )
+        with pytest.raises(StorageError, match="disk full"):
+            log.append("auth.failed", payload={"reason": "revoked"})
+        with pytest.raises(StorageError, match="disk full"):
+            log.append_many([Event("auth.failed", {"reason": "a"}), Event("auth.failed", {"reason": "b"})])
+        assert log.size == 1 and len(log.entries(0, 10)) == 1
+        with admin.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER refuse")
+        admin.dispose()
+        receipt = log.append("auth.failed", payload={"reason": "revoked"})
+        assert receipt.index == 1 and log.size == 2
+        assert log.inclusion_proof(1, 2) and log.root(2) == root_of([e.leaf_hash for e in log.entries(0, 2)])
