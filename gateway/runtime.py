@@ -121,14 +121,9 @@ class SiteRuntime:
 
         It is not acknowledged until a later `record(..., after=[it])` returns; a refused payload raises,
         unless `cover_reasons` lets its reasons be replaced (see `_written`)."""
-        return _written(
-            lambda written: self.audit.enqueue(
-                event_type, actor=_actor(principal), request_id=request_id,
-                payload=self.annotate(event_type, written), after=after,
-            ),
-            payload,
-            cover_reasons,
-        )  # fmt: skip
+        return self._written(
+            self.audit.enqueue, event_type, payload, principal, request_id, after, cover_reasons
+        )
 
     async def record(
         self,
@@ -162,32 +157,43 @@ class SiteRuntime:
         cover_reasons: bool = False,
     ) -> Future[AppendReceipt]:
         """Queue one audit entry for the committer, from any thread; the future resolves on its commit."""
-        return _written(
-            lambda written: self.audit.append_soon(
+        return self._written(
+            self.audit.append_soon, event_type, payload, principal, request_id, after, cover_reasons
+        )
+
+    def _written(
+        self,
+        queue: Callable[..., T],
+        event_type: str,
+        payload: Mapping[str, Any],
+        principal: Principal | None,
+        request_id: str | None,
+        after: Sequence[Queued],
+        cover_reasons: bool,
+    ) -> T:
+        """Queue the entry with `queue` (the log's `enqueue` or `append_soon`). With `cover_reasons`, a
+        payload whose reasons the audit log will not store (a refusal's or a decision's reasons quoting a
+        name the caller sent that reads as an identifier) is written with UNRECORDED_REASONS in their place:
+        the event is still recorded, and the caller still reads the reasons in the answer. Without it, such
+        a payload raises PayloadError (a steward's own reason is refused instead, so they can word it
+        again)."""
+
+        def write(written: Mapping[str, Any]) -> T:
+            return queue(
                 event_type, actor=_actor(principal), request_id=request_id,
                 payload=self.annotate(event_type, written), after=after,
-            ),
-            payload,
-            cover_reasons,
-        )  # fmt: skip
+            )  # fmt: skip
+
+        try:
+            return write(payload)
+        except PayloadError:
+            if not cover_reasons or "reasons" not in payload:
+                raise
+            return write({**payload, "reasons": [UNRECORDED_REASONS]})
 
     def annotate(self, event_type: str, payload: Mapping[str, Any]) -> Mapping[str, Any]:
         """The payload as this runtime records it (a coordinated request's runtime adds its coordinator)."""
         return payload
-
-
-def _written(write: Callable[[Mapping[str, Any]], T], payload: Mapping[str, Any], cover_reasons: bool) -> T:
-    """`write(payload)`. With `cover_reasons`, a payload whose reasons the audit log will not store (a
-    refusal's or a decision's reasons quoting a name the caller sent that reads as an identifier) is written
-    with UNRECORDED_REASONS in their place: the event is still recorded, and the caller still reads the
-    reasons in the answer. Without it, such a payload raises PayloadError (a steward's own reason is
-    refused instead, so they can word it again)."""
-    try:
-        return write(payload)
-    except PayloadError:
-        if not cover_reasons or "reasons" not in payload:
-            raise
-        return write({**payload, "reasons": [UNRECORDED_REASONS]})
 
 
 def _actor(principal: Principal | None) -> Actor | None:
