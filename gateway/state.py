@@ -103,7 +103,11 @@ class QueryStart:
     """What a query needs from the state before it runs: how often it was asked, and who withdrew."""
 
     asked: int
-    """This asking included: the total count of this exact query by this researcher under the agreement."""
+    """This asking included: the total count of this exact query by this researcher under the agreement.
+
+    On a SQLite file it is read just after this asking is counted, so it may include an identical query
+    counted at the same moment: never less than this asking's own place, so a limit can refuse too early
+    when more identical queries than it allows arrive at once, never too late."""
     withdrawn: list[str]
     """Pseudonyms of the dataset's patients who withdrew consent."""
 
@@ -206,11 +210,18 @@ class GatewayState:
             subject=sa.bindparam("subject"), agreement=sa.bindparam("agreement"),
             query_hash=sa.bindparam("query_hash"), count=1,
         )  # fmt: skip
-        self._count_sql = _DriverStatement(
-            counted.on_conflict_do_update(
-                index_elements=["subject", "agreement", "query_hash"],
-                set_={"count": query_counts.c.count + 1},
-            ).returning(query_counts.c.count),
+        bump = counted.on_conflict_do_update(
+            index_elements=["subject", "agreement", "query_hash"], set_={"count": query_counts.c.count + 1}
+        )
+        self._count_sql = _DriverStatement(bump.returning(query_counts.c.count), dialect)
+        self._bump_sql = _DriverStatement(bump, dialect)
+        q = query_counts.c
+        self._read_count_sql = _DriverStatement(
+            sa.select(q.count).where(
+                q.subject == sa.bindparam("subject"),
+                q.agreement == sa.bindparam("agreement"),
+                q.query_hash == sa.bindparam("query_hash"),
+            ),
             dialect,
         )
         w = withdrawals.c
@@ -271,19 +282,23 @@ class GatewayState:
     ) -> QueryStart:
         """What every query asks of the state: `count_query`, and then `withdrawn` of the (dataset, key
         context) in `withdrawals_of` (none read without it)."""
-        counted = self._count_sql.params(
-            {"subject": subject, "agreement": agreement, "query_hash": query_hash}
-        )
+        names = {"subject": subject, "agreement": agreement, "query_hash": query_hash}
         if self._counting is not None:
-            # SQLite file: the count is one statement, committed as it finishes (autocommit), so the
-            # writers' turn, which every worker shares, covers two calls into SQLite instead of five.
-            # Each call ends with this thread waiting to take the GIL back, the turn still held.
+            # SQLite file: the count is an upsert without RETURNING, which SQLite runs and commits
+            # (autocommit) inside the one call that steps it, GIL released throughout; the total is read
+            # after it, which needs no lock in WAL mode. SQLite's write lock is so held only while SQLite
+            # itself works. With RETURNING the row comes back before the statement ends, so the lock
+            # stayed held while this thread waited to take the GIL back from the worker's other threads,
+            # and so did the writers' turn around it, every worker's queries queuing behind (measured in
+            # docs/queries.md). Writers meeting here wait in SQLite's busy handler, which a statement this
+            # short rarely makes them do.
             conn = self._counting.connection()
-            with self._write_turn():
-                rows = conn.execute(self._count_sql.sql, counted).fetchall()
-            if len(rows) != 1:  # RETURNING gives the row it inserted or updated
-                raise RuntimeError("the query count upsert returned no row")
+            conn.execute(self._bump_sql.sql, self._bump_sql.params(names))
+            rows = conn.execute(self._read_count_sql.sql, self._read_count_sql.params(names)).fetchall()
+            if len(rows) != 1:  # the upsert left the row; a read of its key gives it
+                raise RuntimeError("the query count upsert left no row")
             return QueryStart(int(rows[0][0]), self._withdrawn_tokens(conn.cursor(), withdrawals_of))
+        counted = self._count_sql.params(names)
         with self._write_turn():
             raw = self._engine.raw_connection()
             try:

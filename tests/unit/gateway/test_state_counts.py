@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+from count_checks import assert_counted_once_each
+
 from gateway.state import GatewayState
 
 
@@ -15,10 +17,11 @@ def test_each_asking_counts_once_per_researcher_agreement_and_query(state: Gatew
     assert state.count_query("alice", "DSA-1", "h1") == 4
 
 
-def test_concurrent_askings_each_get_their_own_count(state: GatewayState) -> None:
+def test_concurrent_askings_are_each_counted_once(state: GatewayState) -> None:
     with ThreadPoolExecutor(8) as pool:
         totals = list(pool.map(lambda _: state.count_query("alice", "DSA-1", "h"), range(40)))
-    assert sorted(totals) == list(range(1, 41))
+    assert_counted_once_each(totals)
+    assert state.count_query("alice", "DSA-1", "h") == 41
 
 
 def test_the_count_survives_a_restart(state_url: str) -> None:
@@ -42,7 +45,19 @@ def test_starting_a_query_counts_it_and_reads_the_withdrawals_of_its_dataset(sta
     assert state.start_query("alice", "DSA-1", "h").withdrawn == []  # no dataset named, none read
 
 
-def test_concurrent_starts_each_get_their_own_count(state: GatewayState) -> None:
+def test_concurrent_starts_are_each_counted_once(state: GatewayState) -> None:
     with ThreadPoolExecutor(8) as pool:
         started = list(pool.map(lambda _: state.start_query("alice", "DSA-1", "h", ("ds", "ctx")), range(40)))
-    assert sorted(s.asked for s in started) == list(range(1, 41))
+    assert_counted_once_each([s.asked for s in started])
+    assert state.count_query("alice", "DSA-1", "h") == 41
+
+
+def test_a_check_to_the_helper_fails_on_an_undercount() -> None:
+    # The property above must be able to fail: two askings that both saw 1 would let a limit of 1 answer
+    # twice; a total past the number of askings would be a count of something that was not asked.
+    for totals in ([1, 1], [1, 3], [2, 1, 1]):
+        try:
+            assert_counted_once_each(totals)
+        except AssertionError:
+            continue
+        raise AssertionError(f"{totals} passed")

@@ -4,12 +4,14 @@ writers take turns."""
 from __future__ import annotations
 
 import fcntl
+import itertools
 import multiprocessing
 import os
 import threading
 from pathlib import Path
 
 import sqlalchemy as sa
+from count_checks import assert_counted_once_each
 
 from audit.log import AuditLog
 from gateway.federation.replay import NonceLedger
@@ -61,22 +63,45 @@ def test_opening_again_keeps_what_is_stored(tmp_path: Path) -> None:
 
 
 def test_writers_of_one_file_take_turns_on_the_lock_beside_it(tmp_path: Path) -> None:
-    # Another worker holding the writers' lock (flock on its own open file) holds up this one's writes,
-    # which then go ahead the moment it lets go, instead of polling in SQLite's busy handler.
+    # Another worker holding the writers' lock (flock on its own open file) holds up this one's
+    # transactions, which then go ahead the moment it lets go, instead of polling in SQLite's busy handler.
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    state = GatewayState(url)
+    other = os.open(tmp_path / "state.db-writer.lock", os.O_RDWR)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        added: list[int] = []
+        writer = threading.Thread(
+            target=lambda: added.append(state.add_withdrawals("ds", "ctx", ["0f" * 16]))
+        )
+        writer.start()
+        writer.join(0.3)
+        assert writer.is_alive() and added == []
+        fcntl.flock(other, fcntl.LOCK_UN)
+        writer.join(5)
+        assert added == [1]
+    finally:
+        os.close(other)
+        state.close()
+
+
+def test_counting_a_query_does_not_wait_for_another_workers_turn(tmp_path: Path) -> None:
+    # The count is one statement that SQLite commits within a single call: it needs SQLite's write lock
+    # only while SQLite works, so a worker holding the writers' turn (here, for ever) does not hold it up.
     url = f"sqlite:///{tmp_path / 'state.db'}"
     state = GatewayState(url)
     other = os.open(tmp_path / "state.db-writer.lock", os.O_RDWR)
     try:
         fcntl.flock(other, fcntl.LOCK_EX)
         counted: list[int] = []
-        writer = threading.Thread(target=lambda: counted.append(state.count_query("alice", "DSA-1", "h")))
-        writer.start()
-        writer.join(0.3)
-        assert writer.is_alive() and counted == []
-        fcntl.flock(other, fcntl.LOCK_UN)
-        writer.join(5)
-        assert counted == [1]
+        asker = threading.Thread(
+            target=lambda: counted.extend(state.count_query("alice", "DSA-1", "h") for _ in range(3))
+        )
+        asker.start()
+        asker.join(5)
+        assert counted == [1, 2, 3]
     finally:
+        fcntl.flock(other, fcntl.LOCK_UN)
         os.close(other)
         state.close()
 
@@ -92,7 +117,7 @@ def _ask(
         state.close()
 
 
-def test_workers_asking_the_same_query_at_once_each_get_their_own_count(tmp_path: Path) -> None:
+def test_workers_asking_the_same_query_at_once_are_each_counted_once(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'state.db'}"
     GatewayState(url).close()
     context = multiprocessing.get_context("spawn")
@@ -101,7 +126,12 @@ def test_workers_asking_the_same_query_at_once_each_get_their_own_count(tmp_path
     workers = [context.Process(target=_ask, args=(url, ready, results)) for _ in range(4)]
     for w in workers:
         w.start()
-    counts = [n for _ in workers for n in results.get(timeout=60)]
+    seen = [results.get(timeout=60) for _ in workers]
     for w in workers:
         w.join(timeout=30)
-    assert sorted(counts) == list(range(1, 4 * ASKS + 1))
+    # One worker's askings follow each other: each sees more than the one before.
+    assert all(a < b for asked in seen for a, b in itertools.pairwise(asked))
+    assert_counted_once_each([n for asked in seen for n in asked])
+    state = GatewayState(url)
+    assert state.count_query("alice", "DSA-1", "h") == 4 * ASKS + 1
+    state.close()
