@@ -31,6 +31,8 @@ _ROWS_PER_STATEMENT = 500
 # whatever is waiting first), and how many may wait before older ones are dropped when the database fails.
 _OUTCOME_DELAY_S = 0.05
 _OUTCOMES_KEPT = 10_000
+# Outcomes per statement on a SQLite file: 11 values each, within the 999 an older SQLite binds at most.
+_OUTCOMES_PER_STATEMENT = 90
 
 log = logging.getLogger(__name__)
 
@@ -377,14 +379,36 @@ class GatewayState:
             if not rows:
                 return
             try:
-                with self._writing() as conn:
-                    conn.execute(self._record_outcome, rows)
+                if self._counting is not None:
+                    self._store_outcomes(self._counting.connection(), rows)
+                else:
+                    with self._writing() as conn:
+                        conn.execute(self._record_outcome, rows)
             except Exception as exc:
                 # Keep them for the next attempt, the newest first should the database stay unavailable.
                 with self._pending_changed:
                     self._pending[:0] = rows
                     del self._pending[: max(0, len(self._pending) - _OUTCOMES_KEPT)]
                 raise exc from None
+
+    @staticmethod
+    def _store_outcomes(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
+        """Upsert outcomes into a SQLite file as statements of many rows, each committed by the one call
+        that runs it (autocommit): SQLite's write lock is held only while SQLite works, never while this
+        thread waits for the GIL, so every worker's query counts (`start_query`) meet it only for that
+        long. A transaction of one statement per row held it across a wait for the GIL after each row."""
+        latest = {row["request_id"]: row for row in rows}  # the later of two outcomes of one request wins
+        names = [c.name for c in outcomes.c]
+        update = ", ".join(f"{n} = excluded.{n}" for n in names if n != "request_id")
+        ordered = list(latest.values())
+        for start in range(0, len(ordered), _OUTCOMES_PER_STATEMENT):
+            chunk = ordered[start : start + _OUTCOMES_PER_STATEMENT]
+            values = ", ".join(["(" + ", ".join("?" * len(names)) + ")"] * len(chunk))
+            sql = (
+                f"INSERT INTO {outcomes.name} ({', '.join(names)}) VALUES {values} "
+                f"ON CONFLICT (request_id) DO UPDATE SET {update}"
+            )
+            conn.execute(sql, [row[n] for row in chunk for n in names])
 
     def _write_outcomes(self) -> None:
         while True:

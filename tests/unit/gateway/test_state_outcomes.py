@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -82,6 +85,40 @@ def test_close_stores_every_outcome_still_waiting_the_later_of_one_request_winni
         _ended(state, "late", "alice", "released", cells=1, suppressed=0)
 
 
+def test_outcomes_are_stored_in_statements_of_many_rows_without_the_writers_turn(tmp_path: Path) -> None:
+    # On a SQLite file, a batch goes in as statements of up to 90 rows, each committed on its own: another
+    # worker holding the writers' turn (the flock beside the file) does not hold them up.
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    state = GatewayState(url)
+    other = os.open(tmp_path / "state.db-writer.lock", os.O_RDWR)
+    statements: list[str] = []
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        counting = state._counting
+        assert counting is not None
+        for i in range(200):
+            _ended(state, f"r{i}", "alice", "released", cells=i, suppressed=0)
+        _ended(state, "r3", "alice", "refused", stage="execute")
+
+        def flush() -> None:
+            counting.connection().set_trace_callback(statements.append)
+            state.flush_outcomes()
+
+        flushing = threading.Thread(target=flush)
+        flushing.start()
+        flushing.join(5)
+        assert not flushing.is_alive()
+        assert [s.split(" (")[0] for s in statements] == [
+            "INSERT INTO outcomes"
+        ] * 3  # 200 rows: 90 + 90 + 20
+        stored = _stored(url)
+        assert len(stored) == 200 and stored["r3"] == "refused" and stored["r4"] == "released"
+    finally:
+        fcntl.flock(other, fcntl.LOCK_UN)
+        os.close(other)
+        state.close()
+
+
 def test_outcomes_wait_and_are_stored_later_while_the_database_refuses_writes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'state.db'}"
     state = GatewayState(url)
@@ -89,10 +126,12 @@ def test_outcomes_wait_and_are_stored_later_while_the_database_refuses_writes(tm
     blocker.execute("PRAGMA busy_timeout=0")
     state._engine.dispose()  # new connections: a short busy timeout, so the blocked write fails quickly
     sa.event.listen(state._engine, "connect", lambda c, _r: c.execute("PRAGMA busy_timeout=50"))
+    assert state._counting is not None  # and so for this thread's own connection, which writes outcomes
+    state._counting.connection().execute("PRAGMA busy_timeout=50")
     try:
         blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
         _ended(state, "r1", "alice", "released", cells=1, suppressed=0)
-        with pytest.raises(sa.exc.OperationalError):
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
             state.flush_outcomes()
         blocker.execute("ROLLBACK")
         rows = {r["outcome"]: r["requests"] for r in state.activity(SINCE)["by_agreement"]}
