@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from count_checks import assert_counted_once_each
+from state_checks import assert_counted_once_each
 
 from gateway.state import GatewayState
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sqlite3
 import threading
 import time
@@ -12,6 +10,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from state_checks import another_worker_holding_the_turn
 
 from gateway.state import GatewayState, outcomes
 
@@ -88,12 +87,8 @@ def test_close_stores_every_outcome_still_waiting_the_later_of_one_request_winni
 def test_outcomes_are_stored_in_statements_of_many_rows_without_the_writers_turn(tmp_path: Path) -> None:
     # On a SQLite file, a batch goes in as statements of up to 90 rows, each committed on its own: another
     # worker holding the writers' turn (the flock beside the file) does not hold them up.
-    url = f"sqlite:///{tmp_path / 'state.db'}"
-    state = GatewayState(url)
-    other = os.open(tmp_path / "state.db-writer.lock", os.O_RDWR)
     statements: list[str] = []
-    try:
-        fcntl.flock(other, fcntl.LOCK_EX)
+    with another_worker_holding_the_turn(tmp_path) as (state, _):
         counting = state._counting
         assert counting is not None
         for i in range(200):
@@ -108,15 +103,10 @@ def test_outcomes_are_stored_in_statements_of_many_rows_without_the_writers_turn
         flushing.start()
         flushing.join(5)
         assert not flushing.is_alive()
-        assert [s.split(" (")[0] for s in statements] == [
-            "INSERT INTO outcomes"
-        ] * 3  # 200 rows: 90 + 90 + 20
-        stored = _stored(url)
+        # 200 outcomes: statements of 90, 90 and 20
+        assert [s.split(" (")[0] for s in statements] == ["INSERT INTO outcomes"] * 3
+        stored = _stored(f"sqlite:///{tmp_path / 'state.db'}")
         assert len(stored) == 200 and stored["r3"] == "refused" and stored["r4"] == "released"
-    finally:
-        fcntl.flock(other, fcntl.LOCK_UN)
-        os.close(other)
-        state.close()
 
 
 def test_outcomes_wait_and_are_stored_later_while_the_database_refuses_writes(tmp_path: Path) -> None:

@@ -3,15 +3,13 @@ writers take turns."""
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import multiprocessing
-import os
 import threading
 from pathlib import Path
 
 import sqlalchemy as sa
-from count_checks import assert_counted_once_each
+from state_checks import another_worker_holding_the_turn, assert_counted_once_each
 
 from audit.log import AuditLog
 from gateway.federation.replay import NonceLedger
@@ -63,13 +61,9 @@ def test_opening_again_keeps_what_is_stored(tmp_path: Path) -> None:
 
 
 def test_writers_of_one_file_take_turns_on_the_lock_beside_it(tmp_path: Path) -> None:
-    # Another worker holding the writers' lock (flock on its own open file) holds up this one's
-    # transactions, which then go ahead the moment it lets go, instead of polling in SQLite's busy handler.
-    url = f"sqlite:///{tmp_path / 'state.db'}"
-    state = GatewayState(url)
-    other = os.open(tmp_path / "state.db-writer.lock", os.O_RDWR)
-    try:
-        fcntl.flock(other, fcntl.LOCK_EX)
+    # Another worker holding the writers' lock holds up this one's transactions, which then go ahead the
+    # moment it lets go, instead of polling in SQLite's busy handler.
+    with another_worker_holding_the_turn(tmp_path) as (state, let_go):
         added: list[int] = []
         writer = threading.Thread(
             target=lambda: added.append(state.add_withdrawals("ds", "ctx", ["0f" * 16]))
@@ -77,22 +71,15 @@ def test_writers_of_one_file_take_turns_on_the_lock_beside_it(tmp_path: Path) ->
         writer.start()
         writer.join(0.3)
         assert writer.is_alive() and added == []
-        fcntl.flock(other, fcntl.LOCK_UN)
+        let_go()
         writer.join(5)
         assert added == [1]
-    finally:
-        os.close(other)
-        state.close()
 
 
 def test_counting_a_query_does_not_wait_for_another_workers_turn(tmp_path: Path) -> None:
     # The count is one statement that SQLite commits within a single call: it needs SQLite's write lock
     # only while SQLite works, so a worker holding the writers' turn (here, for ever) does not hold it up.
-    url = f"sqlite:///{tmp_path / 'state.db'}"
-    state = GatewayState(url)
-    other = os.open(tmp_path / "state.db-writer.lock", os.O_RDWR)
-    try:
-        fcntl.flock(other, fcntl.LOCK_EX)
+    with another_worker_holding_the_turn(tmp_path) as (state, _):
         counted: list[int] = []
         asker = threading.Thread(
             target=lambda: counted.extend(state.count_query("alice", "DSA-1", "h") for _ in range(3))
@@ -100,10 +87,6 @@ def test_counting_a_query_does_not_wait_for_another_workers_turn(tmp_path: Path)
         asker.start()
         asker.join(5)
         assert counted == [1, 2, 3]
-    finally:
-        fcntl.flock(other, fcntl.LOCK_UN)
-        os.close(other)
-        state.close()
 
 
 def _ask(
