@@ -19,8 +19,13 @@ from gateway.catalog import CatalogView
 from gateway.decision import PolicyDecisionPoint
 from gateway.federation.witnessing import Witnessing
 from gateway.keyring import load_master_key
-from gateway.query import ConsentValueCache, PopulationCache, single_thread_engine, store_engine
-from gateway.query.execute import ONE_ROW_GROUP
+from gateway.query import (
+    ONE_ROW_GROUP,
+    ConsentValueCache,
+    PopulationCache,
+    single_thread_engine,
+    store_engine,
+)
 from gateway.refusal import UNRECORDED_REASONS
 from gateway.settings import SiteSettings
 from gateway.site_log import open_site_log

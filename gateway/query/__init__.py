@@ -17,7 +17,7 @@ from gateway.query.errors import (
     UnsupportedStore,
     ValueMismatch,
 )
-from gateway.query.execute import QueryOutcome, execute, single_thread_engine, store_engine
+from gateway.query.execute import ONE_ROW_GROUP, QueryOutcome, execute, single_thread_engine, store_engine
 from gateway.query.population import ConsentValueCache, PopulationCache
 from gateway.query.spec import (
     KINDS,
@@ -45,6 +45,7 @@ from gateway.query.spec import (
 
 __all__ = [
     "KINDS",
+    "ONE_ROW_GROUP",
     "OPS",
     "QUERY_SPEC",
     "RESERVED_NAMES",
