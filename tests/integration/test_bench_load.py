@@ -74,19 +74,24 @@ def no_failures_yet() -> Iterator[None]:
     bench.FAILED.clear()
 
 
-def test_an_answered_query_counts_and_sends_the_small_query_with_the_clients_token(
-    recorder: tuple[Recorder, str],
-) -> None:
-    app, url = recorder
+def _ask(url: str, *thresholds: float) -> list[bool]:
+    """Send small queries one after another from one load client; whether each was answered."""
 
     async def run() -> list[bool]:
         client = bench.LoadClient(url, "token-1")
         try:
-            return [await client.small_query(1.5), await client.small_query(2.5)]
+            return [await client.small_query(t) for t in thresholds]
         finally:
             client.close()
 
-    assert asyncio.run(run()) == [True, True]
+    return asyncio.run(run())
+
+
+def test_an_answered_query_counts_and_sends_the_small_query_with_the_clients_token(
+    recorder: tuple[Recorder, str],
+) -> None:
+    app, url = recorder
+    assert _ask(url, 1.5, 2.5) == [True, True]
     assert bench.FAILED == []
     assert [r["body"] for r in app.requests] == [
         bench.body("small", 1.5, ["sex"]),
@@ -98,15 +103,7 @@ def test_an_answered_query_counts_and_sends_the_small_query_with_the_clients_tok
 
 def test_an_error_status_is_a_failure_and_the_connection_goes_on(recorder: tuple[Recorder, str]) -> None:
     app, url = recorder
-
-    async def run() -> list[bool]:
-        client = bench.LoadClient(url, "token-1")
-        try:
-            return [await client.small_query(150), await client.small_query(1)]
-        finally:
-            client.close()
-
-    assert asyncio.run(run()) == [False, True]
+    assert _ask(url, 150, 1) == [False, True]
     assert bench.FAILED == ["HTTP 500"]
     assert len(app.requests) == 2
 
@@ -115,31 +112,14 @@ def test_a_connection_the_server_closes_is_opened_again_for_the_next_query(
     recorder: tuple[Recorder, str],
 ) -> None:
     app, url = recorder
-
-    async def run() -> list[bool]:
-        client = bench.LoadClient(url, "token-1")
-        try:
-            return [await client.small_query(75), await client.small_query(1), await client.small_query(75)]
-        finally:
-            client.close()
-
-    assert asyncio.run(run()) == [True, True, True]
+    assert _ask(url, 75, 1, 75) == [True, True, True]
     assert bench.FAILED == []
     assert len(app.requests) == 3
 
 
 def test_a_refused_connection_is_a_failure_not_an_answer() -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-
-    async def run() -> bool:
-        client = bench.LoadClient(url, "token-1")
-        try:
-            answered: bool = await client.small_query(1)
-            return answered
-        finally:
-            client.close()
-
-    assert asyncio.run(run()) is False
+    assert _ask(url, 1) == [False]
     assert bench.FAILED == ["ConnectionRefusedError"]
 
 
@@ -157,13 +137,5 @@ def test_a_query_unanswered_within_the_timeout_is_a_failure(
 ) -> None:
     _, url = recorder
     monkeypatch.setattr(bench, "TIMEOUT_S", 0.2)
-
-    async def run() -> list[bool]:
-        client = bench.LoadClient(url, "token-1")
-        try:
-            return [await client.small_query(42), await client.small_query(1)]
-        finally:
-            client.close()
-
-    assert asyncio.run(run()) == [False, True]
+    assert _ask(url, 42, 1) == [False, True]
     assert bench.FAILED == ["TimeoutError"]
