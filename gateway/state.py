@@ -86,6 +86,12 @@ outcomes = sa.Table(
 
 # Outcomes per statement on a SQLite file: a value per column each, within the 999 an older SQLite binds.
 _OUTCOMES_PER_STATEMENT = 999 // len(outcomes.c)
+_OUTCOME_COLUMNS = [c.name for c in outcomes.c]
+_OUTCOME_ROW = "(" + ", ".join("?" * len(_OUTCOME_COLUMNS)) + ")"
+_OUTCOME_UPSERT = (
+    f"INSERT INTO {outcomes.name} ({', '.join(_OUTCOME_COLUMNS)}) VALUES {{rows}} ON CONFLICT (request_id) "
+    "DO UPDATE SET " + ", ".join(f"{n} = excluded.{n}" for n in _OUTCOME_COLUMNS if n != "request_id")
+)
 
 withdrawals = sa.Table(
     "withdrawals",
@@ -405,17 +411,11 @@ class GatewayState:
         of a multi-row upsert took 1.8 ms for twelve rows, a few per cent of a worker's core at 20 batches
         a second."""
         latest = {row["request_id"]: row for row in rows}  # the later of two outcomes of one request wins
-        names = [c.name for c in outcomes.c]
-        update = ", ".join(f"{n} = excluded.{n}" for n in names if n != "request_id")
         ordered = list(latest.values())
         for start in range(0, len(ordered), _OUTCOMES_PER_STATEMENT):
             chunk = ordered[start : start + _OUTCOMES_PER_STATEMENT]
-            values = ", ".join(["(" + ", ".join("?" * len(names)) + ")"] * len(chunk))
-            sql = (
-                f"INSERT INTO {outcomes.name} ({', '.join(names)}) VALUES {values} "
-                f"ON CONFLICT (request_id) DO UPDATE SET {update}"
-            )
-            conn.execute(sql, [row[n] for row in chunk for n in names])
+            sql = _OUTCOME_UPSERT.format(rows=", ".join([_OUTCOME_ROW] * len(chunk)))
+            conn.execute(sql, [row[n] for row in chunk for n in _OUTCOME_COLUMNS])
 
     def _write_outcomes(self) -> None:
         while True:

@@ -29,12 +29,13 @@ def another_worker_holding_the_turn(tmp_path: Path) -> Iterator[tuple[GatewaySta
     state = GatewayState(f"sqlite:///{tmp_path / 'state.db'}")
     other = os.open(tmp_path / "state.db-writer.lock", os.O_RDWR)
     fcntl.flock(other, fcntl.LOCK_EX)
-    held = [True]
+    held = True
 
     def let_go() -> None:
-        if held.pop():
+        nonlocal held
+        if held:
             fcntl.flock(other, fcntl.LOCK_UN)
-        held.append(False)
+            held = False
 
     try:
         yield state, let_go

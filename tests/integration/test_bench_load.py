@@ -31,7 +31,8 @@ bench = _bench_query()
 
 class Recorder:
     """An ASGI app that answers by the request's threshold: above 100 a 500, above 50 a 200 that closes the
-    connection, 42 a 200 after a second, else a 200 at once; it keeps what it was sent."""
+    connection, 42 a 200 after a second, 7 a 202 (left for a steward), else a 200 at once; it keeps what
+    it was sent."""
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
@@ -54,7 +55,7 @@ class Recorder:
         threshold = payload["filters"]["value"]
         if threshold == 42:
             await asyncio.sleep(1)
-        status = 500 if threshold > 100 else 200
+        status = 500 if threshold > 100 else 202 if threshold == 7 else 200
         extra = [(b"connection", b"close")] if 50 < threshold <= 100 else []
         await send({"type": "http.response.start", "status": status, "headers": extra})
         await send({"type": "http.response.body", "body": b'{"ok": true}'})
@@ -106,6 +107,12 @@ def test_an_error_status_is_a_failure_and_the_connection_goes_on(recorder: tuple
     assert _ask(url, 150, 1) == [False, True]
     assert bench.FAILED == ["HTTP 500"]
     assert len(app.requests) == 2
+
+
+def test_an_answer_without_a_result_is_a_failure(recorder: tuple[Recorder, str]) -> None:
+    _, url = recorder
+    assert _ask(url, 7, 1) == [False, True]
+    assert bench.FAILED == ["HTTP 202"]
 
 
 def test_a_connection_the_server_closes_is_opened_again_for_the_next_query(
