@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/policy.py
 	$(BIN)/python bench/audit.py
 	$(BIN)/python bench/query.py
+	$(BIN)/python bench/query_steps.py
 	$(BIN)/python bench/federation.py
 
 constraints: $(STAMP)
