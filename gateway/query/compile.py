@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import sqlalchemy as sa
+from sqlalchemy.sql.visitors import ExternallyTraversible, replacement_traverse
 
 from gateway.decision.models import ConsentFilter, Obligations
 from gateway.lru import LruMap
@@ -111,6 +112,53 @@ class CompiledQuery:
 
         sizes: AnySelect = self._lazy("_sizes", make)
         return sizes
+
+
+TOGETHER_KINDS: Final = frozenset({"count", "crosstab"})
+"""The kinds whose queries of one shape can run as one statement (`counted_together`)."""
+
+
+def counted_together(queries: Sequence[CompiledQuery]) -> AnySelect:
+    """Counts or cross-tabulations of one shape, each with filters, as one select over the consent
+    predicate's rows: the groups, then for the i-th query a count `n<i>` of the rows its filters keep,
+    with its filter values bound as `<name>_q<i>` (`together_values`). The i-th query's rows are the
+    groups whose `n<i>` is above zero, which is what its own `main` gives: a GROUP BY yields a group only
+    for rows it kept, and a filter that is NULL for a row keeps it in neither. Without groups, both give
+    one row, whatever the count.
+
+    DuckDB binds, plans and optimizes one statement instead of one per query, which is most of a small
+    query's time (docs/queries.md, "Performance")."""
+    first = queries[0]
+    if first.kind not in TOGETHER_KINDS or first.keep is None:
+        raise ValueError("only counts and cross-tabulations with filters run together")
+    if any(q.shape != first.shape or q.shape is None for q in queries):
+        raise ValueError("queries run together must share one shape")
+    table = first.table
+    group_cols = [table.c[name].label(f"g{i}") for i, (name, _) in enumerate(first.output[:-1])]
+    counts = [
+        sa.func.count().filter(_bound_apart(first.keep, query.values, i)).label(f"n{i}")
+        for i, query in enumerate(queries)
+    ]
+    return sa.select(*group_cols, *counts).select_from(table).where(first.consent).group_by(*group_cols)
+
+
+def together_values(queries: Sequence[CompiledQuery]) -> dict[str, Any]:
+    """The filter values of `counted_together(queries)`, by parameter name."""
+    return {f"{name}_q{i}": value for i, query in enumerate(queries) for name, value in query.values.items()}
+
+
+def _bound_apart(keep: sa.ColumnElement[bool], values: Mapping[str, Any], i: int) -> sa.ColumnElement[bool]:
+    """`keep` (built from one query of the shape) with each filter parameter renamed for the i-th query
+    and bound to that query's own value."""
+
+    def rebind(element: ExternallyTraversible, **_: Any) -> ExternallyTraversible | None:
+        if isinstance(element, sa.BindParameter) and element.key in values:
+            return sa.bindparam(
+                f"{element.key}_q{i}", values[element.key], type_=element.type, expanding=element.expanding
+            )
+        return None
+
+    return replacement_traverse(keep, {}, rebind)
 
 
 def quantile_name(prob: float) -> str:

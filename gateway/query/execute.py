@@ -13,7 +13,8 @@ ingest holding the file fails with ExecutionError ("store unavailable") and shou
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Final
 
 import duckdb
@@ -22,9 +23,11 @@ import sqlalchemy as sa
 from pandas.api.types import pandas_dtype
 
 from gateway.query import duckdb_dialect
-from gateway.query.compile import CompiledQuery
+from gateway.query.compile import TOGETHER_KINDS, CompiledQuery, counted_together, together_values
 from gateway.query.errors import ExecutionError, ValueMismatch
 from gateway.query.population import PopulationCache
+
+log = logging.getLogger(__name__)
 
 
 class QueryOutcome:
@@ -142,6 +145,65 @@ def execute(
             raise ValueMismatch() from None
         raise ExecutionError(_describe(exc)) from None
     return _outcome(compiled, rows, selected, population)
+
+
+def together_key(engine: sa.Engine, compiled: CompiledQuery) -> Hashable | None:
+    """Queries with one key can run as one statement (`execute_together`); None for a query that runs
+    alone: a kind other than count and crosstab, a query without filter values (queries of its shape are
+    all the same query), or a store other than DuckDB."""
+    if (
+        compiled.kind not in TOGETHER_KINDS
+        or compiled.shape is None
+        or not compiled.values
+        or not isinstance(engine.dialect, duckdb_dialect.QueryDuckDBDialect)
+    ):
+        return None
+    return (id(engine), compiled.shape)
+
+
+def execute_together(
+    engine: sa.Engine, queries: Sequence[CompiledQuery], *, populations: PopulationCache
+) -> list[QueryOutcome | Exception]:
+    """Run queries of one `together_key`: the outcome of each, or what it failed with (a QueryError as
+    `execute` raises it), in order.
+
+    Two or more whose population the cache knows run as one statement (`counted_together`), so DuckDB
+    binds, plans and optimizes once for all of them. Should that statement fail, each query runs alone,
+    so that a failure is reported for the query that caused it and for no other."""
+    if len(queries) > 1:
+        population = populations.get(PopulationCache.key(engine, queries[0].population))
+        if population is not None:
+            try:
+                return _counted_together(engine, queries, population)
+            except Exception as exc:  # noqa: BLE001 - each query alone below finds and reports its own failure
+                log.info("%d queries of one shape ran one by one: %s", len(queries), type(exc).__name__)
+    outcomes: list[QueryOutcome | Exception] = []
+    for compiled in queries:
+        try:
+            outcomes.append(execute(engine, compiled, populations=populations))
+        except Exception as exc:  # noqa: BLE001 - each query's own failure, for its own refusal
+            outcomes.append(exc)
+    return outcomes
+
+
+def _counted_together(
+    engine: sa.Engine, queries: Sequence[CompiledQuery], population: int
+) -> list[QueryOutcome | Exception]:
+    first = queries[0]
+    with engine.connect() as conn:
+        rows = duckdb_dialect.run(
+            conn,
+            lambda: counted_together(queries),
+            shape=(first.shape, "together", len(queries)),
+            values=together_values(queries),
+        )
+    groups = len(first.output) - 1
+    outcomes: list[QueryOutcome | Exception] = []
+    for i, compiled in enumerate(queries):
+        # A group appears only where the query kept rows; an aggregate without groups is one row, zero or not.
+        own = [(*row[:groups], row[groups + i]) for row in rows if row[groups + i] or not groups]
+        outcomes.append(_outcome(compiled, own, sum(int(r[-1]) for r in own), population))
+    return outcomes
 
 
 def _runner(

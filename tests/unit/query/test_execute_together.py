@@ -1,0 +1,181 @@
+"""Counts and cross-tabulations of one shape run as one statement (execute_together): each query gets
+exactly the answer it gets alone, a failure stays with the query that caused it, and what cannot share a
+statement runs alone.
+
+An answer handed to the wrong query would release one researcher's figures to another, so every query of
+every batch is checked against its own run."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+from query_helpers import TABLE, compile_spec
+from test_compiled_templates import CONTEXTS, SHAPES, TOKENS
+
+from gateway.query import (
+    CompiledQuery,
+    PopulationCache,
+    QueryOutcome,
+    ValueMismatch,
+    duckdb_dialect,
+    execute,
+    store_engine,
+)
+from gateway.query.compile import counted_together
+from gateway.query.execute import execute_together, together_key
+from pseudonymize.pseudonym import pseudonym
+
+COUNT_SHAPES = [s for s in SHAPES if s[0] in ("count", "crosstab")]
+# Values that keep many rows, few, none, and everything: a group with no rows for one query of a batch
+# must not appear in its answer.
+VALUES = [(27.5, 3.0), (31.25, 7.0), (18.0, 1.0), (22.0, 4.0), (99.0, 9000.0), (-5.0, 0.0)]
+
+
+@pytest.fixture()
+def engine(duck_url: str) -> Iterator[sa.Engine]:
+    duckdb_dialect.TEMPLATES.clear()
+    eng = store_engine(duck_url)
+    yield eng
+    eng.dispose()
+    duckdb_dialect.TEMPLATES.clear()
+
+
+def answer(outcome: QueryOutcome | Exception) -> tuple[Any, ...]:
+    """What a released answer is made of: the rows, in the frame's order, and the query-set sizes."""
+    assert isinstance(outcome, QueryOutcome), outcome
+    rows = [tuple(row) for row in outcome.frame.astype(object).itertuples(index=False)]
+    return rows, outcome.selected, outcome.population
+
+
+def alone(engine: sa.Engine, queries: list[CompiledQuery]) -> list[tuple[Any, ...]]:
+    return [answer(execute(engine, query)) for query in queries]
+
+
+def test_each_query_of_a_batch_gets_the_answer_it_gets_alone(
+    engine: sa.Engine, mixed_columns: list[tuple[str, str]]
+) -> None:
+    populations = PopulationCache()
+    shared = 0
+    for (kind, make, extra), context in itertools.product(COUNT_SHAPES, CONTEXTS[::2]):
+        queries = [compile_spec(mixed_columns, kind, make(v), extra, **context) for v in VALUES]
+        expected = alone(engine, queries)
+        # The first run alone tells the cache the population, which a shared statement needs.
+        execute(engine, queries[0], populations=populations)
+        for size in (2, 3, len(queries)):
+            batch = queries[:size]
+            got = [answer(o) for o in execute_together(engine, batch, populations=populations)]
+            assert got == expected[:size], (kind, extra, context)
+            # Reversed, so that a query's place in the batch cannot be what gives it its answer.
+            got = [answer(o) for o in execute_together(engine, batch[::-1], populations=populations)]
+            assert got == expected[:size][::-1], (kind, extra, context)
+        if together_key(engine, queries[0]) is not None:
+            shared += duckdb_dialect.TEMPLATES.get((queries[0].shape, "together", len(queries))) is not None
+    # Every shape with filter values shared one statement, in each context, but where the values made
+    # two shapes (an `in` list's length is part of the shape); those ran alone, and still matched.
+    with_values = [s for s in COUNT_SHAPES if "is_null" not in repr(s[1](VALUES[0]))]
+    assert shared >= 4 * (len(with_values) - 2)
+
+
+def test_queries_of_two_shapes_handed_together_run_alone(
+    engine: sa.Engine, mixed_columns: list[tuple[str, str]]
+) -> None:
+    # An int where a float goes is another shape: the batch is refused as one statement, each runs alone.
+    node = lambda v: {"column": "bmi", "op": ">", "value": v}  # noqa: E731
+    queries = [compile_spec(mixed_columns, "count", node(v), {}) for v in (22.0, 25, 30.0)]
+    assert queries[0].shape != queries[1].shape
+    populations = PopulationCache()
+    execute(engine, queries[0], populations=populations)
+    outcomes = execute_together(engine, queries, populations=populations)
+    assert [answer(o) for o in outcomes] == alone(engine, queries)
+
+
+def test_a_batch_runs_one_statement(engine: sa.Engine, mixed_columns: list[tuple[str, str]]) -> None:
+    populations = PopulationCache()
+    node = lambda v: {"column": "bmi", "op": ">", "value": v}  # noqa: E731
+    queries = [compile_spec(mixed_columns, "crosstab", node(v), {"group_by": ["sex", "smoking"]})
+               for v in (20.0, 25.0, 30.0, 35.0)]  # fmt: skip
+    execute(engine, queries[0], populations=populations)
+    statements: list[str] = []
+    original = duckdb_dialect.run
+
+    def counting(conn: sa.Connection, statement: Any, **kwargs: Any) -> Any:
+        statements.append(kwargs["shape"][1])
+        return original(conn, statement, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(duckdb_dialect, "run", counting)
+        outcomes = execute_together(engine, queries, populations=populations)
+    assert statements == ["together"]
+    assert [answer(o) for o in outcomes] == alone(engine, queries)
+    # Higher thresholds keep fewer rows: the answers are not one answer handed to all.
+    selected = [o.selected for o in outcomes if isinstance(o, QueryOutcome)]
+    assert selected == sorted(selected, reverse=True) and len(set(selected)) == 4
+
+
+def test_without_a_known_population_each_query_runs_alone(
+    engine: sa.Engine, mixed_columns: list[tuple[str, str]]
+) -> None:
+    node = lambda v: {"column": "bmi", "op": ">", "value": v}  # noqa: E731
+    queries = [compile_spec(mixed_columns, "count", node(v), {}) for v in (20.0, 30.0)]
+    outcomes = execute_together(engine, queries, populations=PopulationCache())
+    assert [answer(o) for o in outcomes] == alone(engine, queries)
+    assert duckdb_dialect.TEMPLATES.get((queries[0].shape, "together", 2)) is None
+
+
+def test_only_counts_with_filter_values_on_duckdb_share_a_statement(
+    engine: sa.Engine, mixed_columns: list[tuple[str, str]]
+) -> None:
+    with_value = compile_spec(mixed_columns, "count", {"column": "bmi", "op": ">", "value": 20.0}, {})
+    no_value = compile_spec(mixed_columns, "count", {"column": "bmi", "op": "is_null"}, {})
+    summary = compile_spec(mixed_columns, "summary", {"column": "bmi", "op": ">", "value": 20.0},
+                           {"params": {"column": "systolic_bp"}})  # fmt: skip
+    assert together_key(engine, with_value) is not None
+    assert together_key(engine, no_value) is None  # every query of its shape is the same query
+    assert together_key(engine, summary) is None
+    other_table = compile_spec(
+        mixed_columns, "count", {"column": "bmi", "op": ">", "value": 20.0}, {},
+        patient_column="patient_id", withdrawn=TOKENS,
+    )  # fmt: skip
+    # Another consent predicate (here: withdrawals) is another shape, so never the same batch.
+    assert together_key(engine, other_table) != together_key(engine, with_value)
+    postgres = sa.create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    assert together_key(postgres, with_value) is None
+    with pytest.raises(ValueError, match="one shape"):
+        counted_together([with_value, other_table])
+    with pytest.raises(ValueError, match="with filters"):
+        counted_together([summary, summary])
+
+
+def test_a_value_the_store_cannot_read_fails_only_its_own_query(
+    tmp_path: Any, mixed_table: pa.Table, mixed_columns: list[tuple[str, str]]
+) -> None:
+    tokens = [pseudonym(bytes(32), str(i)) for i in range(mixed_table.num_rows)]
+    table = mixed_table.set_column(
+        mixed_table.schema.get_field_index("patient_id"), "patient_id", pa.array(tokens)
+    )
+    path = tmp_path / "tokens.duckdb"
+    con = duckdb.connect(str(path))
+    con.register("src", table)
+    con.execute(
+        f'CREATE TABLE "{TABLE}" AS SELECT * REPLACE (CAST(patient_id AS UUID) AS patient_id) FROM src'
+    )
+    con.close()
+    engine = store_engine(f"duckdb:///{path}")
+    try:
+        node = lambda v: {"column": "patient_id", "op": "!=", "value": v}  # noqa: E731
+        queries = [
+            compile_spec(mixed_columns, "count", node(v), {}) for v in (str(tokens[0]), "abc", str(tokens[1]))
+        ]
+        populations = PopulationCache()
+        execute(engine, queries[0], populations=populations)
+        first, bad, third = execute_together(engine, queries, populations=populations)
+        assert isinstance(bad, ValueMismatch) and "abc" not in str(bad)
+        assert [answer(first), answer(third)] == alone(engine, [queries[0], queries[2]])
+    finally:
+        engine.dispose()
