@@ -10,7 +10,7 @@ are timed by wrapping the functions the pipeline calls, per request:
 - `framework`: FastAPI and Starlette with the token check, the body's validation and the response: the
   event loop's CPU for a request whose pipeline answers at once;
 - `event_loop`, `pool_thread`: the CPU of a real request in the event loop and in the pool thread that
-  runs, protects and queues its answer (`QueryPipeline._run_and_release`);
+  counts, runs, protects and queues its answer (`gateway.pipeline._release_together`);
 - `decision` (the policy decision point), `store_run` (DuckDB's run with the connection's checkout and
   the rows made an outcome), `disclosure` (`protect`), `query_count` (the identical-query count and the
   withdrawals), `compile`, `audit_entries` (the request's audit entries prepared and queued) and
@@ -124,7 +124,7 @@ async def _measure(
 ) -> list[dict[str, float]]:
     from gateway import pipeline as pipeline_module
     from gateway.decision.point import PolicyDecisionPoint
-    from gateway.pipeline import Answer, QueryPipeline
+    from gateway.pipeline import Answer
     from gateway.runtime import SiteRuntime
     from gateway.state import GatewayState
 
@@ -151,9 +151,9 @@ async def _measure(
 
     timer = StepTimer()
     steps = [
-        (QueryPipeline, "_run_and_release", "pool_thread"),
+        (pipeline_module, "_release_together", "pool_thread"),
         (PolicyDecisionPoint, "decide", "decision"),
-        (pipeline_module, "execute", "store_run"),
+        (pipeline_module, "execute_together", "store_run"),
         (pipeline_module, "protect", "disclosure"),
         (GatewayState, "start_query", "query_count"),
         (pipeline_module, "compile_query", "compile"),

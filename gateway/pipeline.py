@@ -2,23 +2,30 @@
 
 Every step appends to the audit log before the next begins; every failure on the way ends as an audited
 refusal (`Refusal`), never as an answer. Nothing here knows HTTP.
+
+A decided query waits for a pool thread with the others (gateway.releases); a thread takes those waiting in
+one pass (`_release_together`), where counts and cross-tabulations of one shape share one DuckDB statement
+and each request still ends with its own answer or its own refusal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import threading
 import time
 import uuid
+from collections.abc import Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, Protocol
 
 import rfc8785
+import sqlalchemy as sa
 
 from audit.errors import PayloadError
 from audit.log import AppendReceipt, Queued
@@ -27,15 +34,16 @@ from gateway.decision import DatasetFacts, Decision, DecisionInput, Destination
 from gateway.decision.models import Obligations, Purpose, QueryFacts
 from gateway.query import (
     ColumnNotAllowed,
+    CompiledQuery,
     ExecutionError,
     QueryError,
     QueryOutcome,
     QuerySpec,
     ValueMismatch,
     compile_query,
-    execute,
     parse_query_spec,
 )
+from gateway.query.execute import execute_together, together_key
 from gateway.refusal import Refusal
 from gateway.release import protect
 from gateway.runtime import SiteRuntime
@@ -375,99 +383,23 @@ class QueryPipeline:
                 ],
                 stage="decide",
             )
-        # Counting, running and disclosure control: one hop off the event loop. The hop queues the release's
-        # entry; the answer leaves once the log's committer has written it, with no thread held meanwhile.
-        # One event-loop future carries both: the thread settles it on failure, the committer on commit.
+        # Counting, running and disclosure control: one hop off the event loop, where the release waits
+        # with the others queued (gateway.releases). The hop queues the release's entry; the answer leaves
+        # once the log's committer has written it, with no thread held meanwhile. One event-loop future
+        # carries both: the pool thread settles it on failure, the committer's callback on commit.
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[dict[str, Any]] = loop.create_future()
-
-        def run() -> None:
-            try:
-                body, committed = self._run_and_release(
-                    principal, spec, entry, decision, obligations, request_id, query_hash, trail
-                )
-            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request as it is
-                loop.call_soon_threadsafe(_settle, answer, None, exc)
-                return
-            committed.add_done_callback(
-                lambda done: loop.call_soon_threadsafe(_settle, answer, body, done.exception())
-            )
-
-        self.rt.threads().submit(run)
+        job = _Release(self, principal, spec, entry, decision, obligations, request_id, query_hash, trail,
+                       loop, answer)  # fmt: skip
+        self.rt.releases.submit(job, _release_together, self.rt.threads(), self.rt.settings.server.threads)
         return await answer
 
-    def _run_and_release(
-        self,
-        principal: Principal,
-        spec: QuerySpec,
-        entry: CatalogEntry,
-        decision: Decision,
-        obligations: Obligations,
-        request_id: str,
-        query_hash: str,
-        trail: list[Queued],
-    ) -> tuple[dict[str, Any], Future[AppendReceipt]]:
-        """Run the query and protect its answer (blocking); the body to send, once the returned future
-        says the `query.released` entry, and the trail before it, are on disk."""
-        outcome, duration_ms = self._execute(principal, spec, entry, obligations, query_hash)
-        executed = {
-            "query_hash": sha256_label(query_hash),
-            "dataset_digest": sha256_label(entry.content_digest),
-            "duration_ms": duration_ms,
-        }
-        trail.append(
-            self.rt.note("query.executed", executed, principal=principal, request_id=request_id, after=trail)
-        )
-        try:
-            released = protect(spec, outcome, obligations)
-        except DisclosureError as exc:
-            raise Refusal(
-                "forbidden", "Refused by disclosure control", [str(exc)], stage="disclosure"
-            ) from None
-        body = {
-            "request_id": request_id,
-            "status": "released",
-            "dataset": entry.dataset,
-            "dataset_version": entry.version,
-            "kind": spec.kind,
-            **released.body,
-            "policy": {
-                "decision": "allow",
-                "reasons": list(decision.reasons),
-                "bundle_digest": decision.bundle_digest,
-            },
-        }
-        result_hash = hashlib.sha256(rfc8785.dumps(released.body)).hexdigest()
-        body["result_hash"] = sha256_label(result_hash)
-        released_entry = {
-            "query_hash": sha256_label(query_hash),
-            "result_hash": sha256_label(result_hash),
-            "cells": released.cells,
-            "suppressed": released.suppressed,
-            "rounded_to": obligations.round_to,
-        }
-        # Nothing is released unless the decision and the execution are on disk too.
-        committed = self.rt.append_soon(
-            "query.released", released_entry, principal=principal, request_id=request_id, after=trail
-        )
-        # Should the commit fail, the refusal that follows records its outcome over this one (by request id).
-        self._record_outcome(
-            principal, spec, request_id, "released", cells=released.cells, suppressed=released.suppressed
-        )
-        return body, committed
-
-    def _execute(
-        self,
-        principal: Principal,
-        spec: QuerySpec,
-        entry: CatalogEntry,
-        obligations: Obligations,
-        query_hash: str,
-    ) -> tuple[QueryOutcome, float]:
-        """Count this asking against the agreement's limit, then compile and run the query with the
-        obligations and the recorded withdrawals applied; the outcome and its run time in ms (blocking)."""
+    def _prepare(self, job: _Release) -> tuple[sa.Engine, CompiledQuery]:
+        """Count this asking against the agreement's limit and compile the query with the obligations and
+        the recorded withdrawals applied: the engine it runs on and the compiled query (blocking)."""
+        principal, spec, entry, obligations = job.principal, job.spec, job.entry, job.obligations
         patients = (entry.dataset, entry.key_context) if entry.patient_column is not None else None
-        start = self.rt.state.start_query(owner(principal), spec.agreement, query_hash, patients)
+        start = self.rt.state.start_query(owner(principal), spec.agreement, job.query_hash, patients)
         asked, withdrawn = start.asked, start.withdrawn
         if asked > obligations.max_identical_queries:
             raise Refusal(
@@ -499,19 +431,64 @@ class QueryPipeline:
         except QueryError as exc:
             raise Refusal("bad_request", "Invalid query", [str(exc)], stage="plan",
                           field=getattr(exc, "field", None)) from None  # fmt: skip
-        started = time.perf_counter()
+        return self.rt.engine_for(entry), compiled
+
+    def _protect_and_queue(
+        self, job: _Release, outcome: QueryOutcome | Exception, duration_ms: float
+    ) -> tuple[dict[str, Any], Future[AppendReceipt]]:
+        """Audit the run, protect its answer and queue `query.released` (blocking): the body to send, once
+        the returned future says that entry, and the trail before it, are on disk."""
+        if isinstance(outcome, QueryError):
+            raise _execution_refusal(outcome)
+        if isinstance(outcome, Exception):
+            raise outcome
+        principal, spec, entry, request_id, trail = (job.principal, job.spec, job.entry, job.request_id,
+                                                     job.trail)  # fmt: skip
+        executed = {
+            "query_hash": sha256_label(job.query_hash),
+            "dataset_digest": sha256_label(entry.content_digest),
+            "duration_ms": duration_ms,
+        }
+        trail.append(
+            self.rt.note("query.executed", executed, principal=principal, request_id=request_id, after=trail)
+        )
         try:
-            outcome = execute(self.rt.engine_for(entry), compiled, populations=self.rt.populations)
-        except ValueMismatch as exc:
+            released = protect(spec, outcome, job.obligations)
+        except DisclosureError as exc:
             raise Refusal(
-                "bad_request", "Invalid query", [str(exc)], stage="execute", field=exc.field
+                "forbidden", "Refused by disclosure control", [str(exc)], stage="disclosure"
             ) from None
-        except ExecutionError as exc:
-            raise Refusal("unavailable", "The store could not answer", [str(exc)], stage="execute") from None
-        except QueryError as exc:  # a select built only when the run needed it (CompiledQuery.build)
-            raise Refusal("bad_request", "Invalid query", [str(exc)], stage="plan",
-                          field=getattr(exc, "field", None)) from None  # fmt: skip
-        return outcome, round((time.perf_counter() - started) * 1000, 3)
+        body = {
+            "request_id": request_id,
+            "status": "released",
+            "dataset": entry.dataset,
+            "dataset_version": entry.version,
+            "kind": spec.kind,
+            **released.body,
+            "policy": {
+                "decision": "allow",
+                "reasons": list(job.decision.reasons),
+                "bundle_digest": job.decision.bundle_digest,
+            },
+        }
+        result_hash = hashlib.sha256(rfc8785.dumps(released.body)).hexdigest()
+        body["result_hash"] = sha256_label(result_hash)
+        released_entry = {
+            "query_hash": sha256_label(job.query_hash),
+            "result_hash": sha256_label(result_hash),
+            "cells": released.cells,
+            "suppressed": released.suppressed,
+            "rounded_to": job.obligations.round_to,
+        }
+        # Nothing is released unless the decision and the execution are on disk too.
+        committed = self.rt.append_soon(
+            "query.released", released_entry, principal=principal, request_id=request_id, after=trail
+        )
+        # Should the commit fail, the refusal that follows records its outcome over this one (by request id).
+        self._record_outcome(
+            principal, spec, request_id, "released", cells=released.cells, suppressed=released.suppressed
+        )
+        return body, committed
 
     async def _outcome(
         self, principal: Principal, spec: QuerySpec, request_id: str,
@@ -579,9 +556,83 @@ class QueryPipeline:
                           stage="approval")  # fmt: skip
 
 
+@dataclass(eq=False)
+class _Release:
+    """One request's release waiting for a pool thread (gateway.releases), and how to end it."""
+
+    pipeline: QueryPipeline
+    principal: Principal
+    spec: QuerySpec
+    entry: CatalogEntry
+    decision: Decision
+    obligations: Obligations
+    request_id: str
+    query_hash: str
+    trail: list[Queued]
+    loop: asyncio.AbstractEventLoop
+    answer: asyncio.Future[dict[str, Any]]
+
+    def end(self, body: dict[str, Any] | None, exc: BaseException | None) -> None:
+        """Hand the request its answer or its failure, on its event loop (from any thread)."""
+        self.loop.call_soon_threadsafe(_settle, self.answer, body, exc)
+
+    def fail(self, exc: BaseException) -> None:
+        self.end(None, exc)
+
+
+def _release_together(jobs: Sequence[_Release]) -> None:
+    """Release queued requests in a pool thread: each one counted and compiled, those that share a
+    `together_key` run as one statement, then each one audited, protected and queued for the audit log.
+    Every request ends exactly once, with its own answer or its own failure."""
+    groups: dict[Hashable, list[tuple[_Release, sa.Engine, CompiledQuery]]] = {}
+    for n, job in enumerate(jobs):
+        try:
+            engine, compiled = job.pipeline._prepare(job)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request as it is
+            job.fail(exc)
+            continue
+        key = together_key(engine, compiled)
+        groups.setdefault(key if key is not None else ("alone", n), []).append((job, engine, compiled))
+    for group in groups.values():
+        job, engine, _ = group[0]
+        started = time.perf_counter()
+        try:
+            outcomes = execute_together(
+                engine, [compiled for _, _, compiled in group], populations=job.pipeline.rt.populations
+            )
+        except BaseException as exc:  # noqa: BLE001 - handed to every request of the group
+            for member, _, _ in group:
+                member.fail(exc)
+            continue
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        for (member, _, _), outcome in zip(group, outcomes, strict=True):
+            try:
+                body, committed = member.pipeline._protect_and_queue(member, outcome, duration_ms)
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request as it is
+                member.fail(exc)
+                continue
+            committed.add_done_callback(functools.partial(_committed, member, body))
+
+
+def _committed(job: _Release, body: dict[str, Any], done: Future[AppendReceipt]) -> None:
+    """The audit log's committer ended `query.released`: the answer leaves, or its failure does."""
+    job.end(body, done.exception())
+
+
+def _execution_refusal(exc: QueryError) -> Refusal:
+    """The refusal of a query the store could not run (its message names no value)."""
+    if isinstance(exc, ValueMismatch):
+        return Refusal("bad_request", "Invalid query", [str(exc)], stage="execute", field=exc.field)
+    if isinstance(exc, ExecutionError):
+        return Refusal("unavailable", "The store could not answer", [str(exc)], stage="execute")
+    # a select built only when the run needed it (CompiledQuery.build)
+    field = getattr(exc, "field", None)
+    return Refusal("bad_request", "Invalid query", [str(exc)], stage="plan", field=field)
+
+
 def _settle(answer: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
     """Resolve an event-loop future from another thread's outcome (unless its request was cancelled)."""
-    if answer.cancelled():
+    if answer.done():  # cancelled with its request, or already ended
         return
     if exc is not None:
         answer.set_exception(exc)

@@ -40,13 +40,13 @@ def test_small_and_large_tables_run_on_their_engines_and_answer_alike(
     tmp_site: Site, idp: LoopbackTestIssuer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     used: list[sa.Engine] = []
-    execute = gateway.pipeline.execute
+    execute_together = gateway.pipeline.execute_together
 
     def spy(engine: sa.Engine, *args: Any, **kwargs: Any) -> Any:
         used.append(engine)
-        return execute(engine, *args, **kwargs)
+        return execute_together(engine, *args, **kwargs)
 
-    monkeypatch.setattr(gateway.pipeline, "execute", spy)
+    monkeypatch.setattr(gateway.pipeline, "execute_together", spy)
     with running_gateway(tmp_site.settings) as url:
         small = _answers(url, idp, "small-tables")
         single = {e.url.database for e in used}

@@ -1,0 +1,133 @@
+"""gateway.releases: releases that wait for the pool are taken together, no more passes run than the pool
+has threads, and every release ends, even when the handler fails or the pool is gone."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from gateway.releases import MAX_TAKEN, ReleaseQueue
+
+
+class Job:
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.failed: list[BaseException] = []
+
+    def fail(self, exc: BaseException) -> None:
+        self.failed.append(exc)
+
+
+class Recorder:
+    """A handler that records each pass's jobs and how many passes ran at once; it can be held."""
+
+    def __init__(self) -> None:
+        self.passes: list[list[int]] = []
+        self.running = 0
+        self.most_at_once = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self._lock = threading.Lock()
+
+    def __call__(self, jobs: Sequence[Job]) -> None:
+        with self._lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        self.gate.wait(10)
+        time.sleep(0.005)
+        with self._lock:
+            self.passes.append([job.n for job in jobs])
+            self.running -= 1
+
+
+def wait_until(condition: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+
+def test_releases_that_wait_are_taken_together_in_order() -> None:
+    queue: ReleaseQueue[Job] = ReleaseQueue()
+    handle = Recorder()
+    handle.gate.clear()
+    with ThreadPoolExecutor(2) as pool:
+        jobs = [Job(n) for n in range(2 + 2 * MAX_TAKEN + 3)]
+        # The first two are taken alone at once; the rest wait while both passes are held.
+        for n in (0, 1):
+            queue.submit(jobs[n], handle, pool, 2)
+            wait_until(lambda n=n: handle.running == n + 1)
+        for job in jobs[2:]:
+            queue.submit(job, handle, pool, 2)
+        assert queue.waiting() == len(jobs) - 2
+        handle.gate.set()
+        wait_until(lambda: sum(map(len, handle.passes)) == len(jobs))
+    taken = [n for one_pass in handle.passes for n in one_pass]
+    assert sorted(taken) == list(range(len(jobs)))
+    assert max(map(len, handle.passes)) == MAX_TAKEN  # never more than MAX_TAKEN in a pass
+    assert handle.most_at_once == 2  # never more passes than threads
+    assert all(one_pass == sorted(one_pass) for one_pass in handle.passes)  # in the order they came
+    assert not any(job.failed for job in jobs)
+
+
+def test_a_release_alone_is_taken_at_once() -> None:
+    queue: ReleaseQueue[Job] = ReleaseQueue()
+    handle = Recorder()
+    with ThreadPoolExecutor(2) as pool:
+        for n in range(3):
+            queue.submit(Job(n), handle, pool, 2)
+            wait_until(lambda n=n: len(handle.passes) == n + 1)
+    assert handle.passes == [[0], [1], [2]]
+    assert queue.waiting() == 0
+
+
+def test_a_failing_handler_ends_every_release_it_took() -> None:
+    queue: ReleaseQueue[Job] = ReleaseQueue()
+    boom = RuntimeError("handler failed")
+
+    def failing(jobs: Sequence[Job]) -> None:
+        raise boom
+
+    jobs = [Job(n) for n in range(3)]
+    with ThreadPoolExecutor(1) as pool:
+        for job in jobs:
+            queue.submit(job, failing, pool, 1)
+        wait_until(lambda: all(job.failed for job in jobs))
+    assert all(job.failed == [boom] for job in jobs)
+
+
+def test_releases_waiting_when_the_pool_is_gone_end_with_its_error() -> None:
+    queue: ReleaseQueue[Job] = ReleaseQueue()
+    pool = ThreadPoolExecutor(1)
+    pool.shutdown()
+    job = Job(0)
+    queue.submit(job, Recorder(), pool, 1)
+    assert len(job.failed) == 1 and isinstance(job.failed[0], RuntimeError)
+    assert queue.waiting() == 0
+    # The queue is usable again with a live pool.
+    handle = Recorder()
+    with ThreadPoolExecutor(1) as live:
+        queue.submit(Job(1), handle, live, 1)
+        wait_until(lambda: handle.passes == [[1]])
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_no_more_passes_than_threads(threads: int) -> None:
+    queue: ReleaseQueue[Job] = ReleaseQueue()
+    handle = Recorder()
+    handle.gate.clear()
+    with ThreadPoolExecutor(threads + 2) as pool:  # a pool with threads to spare does not change it
+        for n in range(threads):
+            queue.submit(Job(n), handle, pool, threads)
+            wait_until(lambda n=n: handle.running == n + 1)
+        for n in range(threads, threads * 4):
+            queue.submit(Job(n), handle, pool, threads)
+        time.sleep(0.05)
+        assert handle.running == threads
+        handle.gate.set()
+        wait_until(lambda: sum(map(len, handle.passes)) == threads * 4)
+    assert handle.most_at_once == threads
