@@ -43,6 +43,7 @@ from gateway.query import (
     compile_query,
     parse_query_spec,
 )
+from gateway.query.compile import together_hint
 from gateway.query.execute import execute_together, together_key
 from gateway.refusal import Refusal
 from gateway.release import protect
@@ -390,7 +391,7 @@ class QueryPipeline:
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[dict[str, Any]] = loop.create_future()
         job = _Release(self, principal, spec, entry, decision, obligations, request_id, query_hash, trail,
-                       loop, answer)  # fmt: skip
+                       loop, answer, together_hint(spec, entry.table_name))  # fmt: skip
         self.rt.releases.submit(job, _release_together, self.rt.threads(), self.rt.settings.server.threads)
         return await answer
 
@@ -571,10 +572,13 @@ class _Release:
     trail: list[Queued]
     loop: asyncio.AbstractEventLoop
     answer: asyncio.Future[dict[str, Any]]
+    together: Hashable | None
+    """Releases with one hint may share a statement (gateway.query.compile.together_hint)."""
 
     def end(self, body: dict[str, Any] | None, exc: BaseException | None) -> None:
         """Hand the request its answer or its failure, on its event loop (from any thread)."""
-        self.loop.call_soon_threadsafe(_settle, self.answer, body, exc)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: no one waits for the answer
+            self.loop.call_soon_threadsafe(_settle, self.answer, body, exc)
 
     def fail(self, exc: BaseException) -> None:
         self.end(None, exc)

@@ -142,6 +142,16 @@ def counted_together(queries: Sequence[CompiledQuery]) -> AnySelect:
     return sa.select(*group_cols, *counts).select_from(table).where(first.consent).group_by(*group_cols)
 
 
+def together_hint(spec: QuerySpec, dataset_table: str) -> tuple[Any, ...] | None:
+    """Before compiling: equal for queries that may share a statement (`counted_together`), from what the
+    spec alone decides (the version table, kind, groups and filter tree without its values); None for one
+    that never does. Queries with one hint can still differ in what their decisions add (columns, consent
+    rule); those then run alone."""
+    if spec.kind not in TOGETHER_KINDS or spec.filters is None:
+        return None
+    return (dataset_table, spec.kind, tuple(spec.group_by), _filter_shape(spec.filters))
+
+
 def together_values(queries: Sequence[CompiledQuery]) -> dict[str, Any]:
     """The filter values of `counted_together(queries)`, by parameter name."""
     return {f"{name}_q{i}": value for i, query in enumerate(queries) for name, value in query.values.items()}

@@ -26,6 +26,7 @@ from audit.keys import load_log_key
 from audit.notes import verifier_key_text
 from gateway.app import create_app
 from gateway.cli import app as cli
+from gateway.releases import MAX_TAKEN
 
 PURPOSE = {"duo": ["DUO:0000006"]}
 
@@ -104,10 +105,10 @@ def test_queries_released_together_get_the_answers_they_get_alone(
         warm = http.post("/v1/queries", json=crosstab(26.0), headers=bearer(idp, "researcher", sub="warm"))
         assert warm.status_code == 200
     together = [released(r) for r in asked_together(url, app, requests)]
-    assert batches == [len(thresholds)]  # all of them in one statement
+    assert batches == [MAX_TAKEN] * (len(thresholds) // MAX_TAKEN)  # as many in one statement as a pass takes
     with httpx.Client(base_url=url, timeout=60) as http:
         alone = [released(http.post("/v1/queries", json=body, headers=headers)) for body, headers in requests]
-    assert batches == [len(thresholds)]  # asked one at a time, each ran alone
+    assert len(batches) == len(thresholds) // MAX_TAKEN  # asked one at a time, each ran alone
     assert together == alone
     # And they are eight different answers, not one handed to all.
     assert len({json.dumps(answer["rows"]) for answer in together}) == len(thresholds)

@@ -1,5 +1,6 @@
-"""gateway.releases: releases that wait for the pool are taken together, no more passes run than the pool
-has threads, and every release ends, even when the handler fails or the pool is gone."""
+"""gateway.releases: releases that wait for the pool are taken together with those of their hint, others
+go to the next free thread, no more passes run than the pool has threads, and every release ends, even
+when the handler fails or the pool is gone."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from gateway.releases import MAX_TAKEN, ReleaseQueue
 
 
 class Job:
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, together: str | None = "shape") -> None:
         self.n = n
+        self.together = together
         self.failed: list[BaseException] = []
 
     def fail(self, exc: BaseException) -> None:
@@ -131,3 +133,22 @@ def test_no_more_passes_than_threads(threads: int) -> None:
         handle.gate.set()
         wait_until(lambda: sum(map(len, handle.passes)) == threads * 4)
     assert handle.most_at_once == threads
+
+
+def test_a_pass_takes_only_releases_of_its_hint_and_leaves_the_rest_to_the_next() -> None:
+    queue: ReleaseQueue[Job] = ReleaseQueue()
+    handle = Recorder()
+    handle.gate.clear()
+    with ThreadPoolExecutor(2) as pool:
+        for n, hint in enumerate(["a", "z"]):
+            queue.submit(Job(n, hint), handle, pool, 2)
+            wait_until(lambda n=n: handle.running == n + 1)
+        # Both passes are held while these queue. Each pass after them takes the first release waiting
+        # and the others of its hint, never one of another hint or of none.
+        hints = ["b", "c", "b", None, "c", "b", None]
+        for n, hint in enumerate(hints, start=2):
+            queue.submit(Job(n, hint), handle, pool, 2)
+        handle.gate.set()
+        wait_until(lambda: sum(map(len, handle.passes)) == len(hints) + 2)
+    assert sorted(map(sorted, handle.passes)) == [[0], [1], [2, 4, 7], [3, 6], [5], [8]]
+    assert handle.most_at_once == 2
