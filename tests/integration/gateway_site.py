@@ -199,3 +199,19 @@ def consent_rule(settings: SiteSettings, entry: Any, spec: dict[str, Any]) -> An
     decision = PolicyDecisionPoint(settings).decide(decision_input(researcher, parse_query_spec(spec), entry))
     assert decision.obligations is not None
     return decision.obligations.consent_filter
+
+
+def verify_exported_log(export: bytes, settings: SiteSettings, folder: Path) -> None:
+    """Run `fedgate audit verify` on the site's audit log export, as an auditor would; assert it passes."""
+    from typer.testing import CliRunner
+
+    from audit.keys import load_log_key
+    from audit.notes import verifier_key_text
+    from gateway.cli import app
+
+    path = folder / "site.audit"
+    path.write_bytes(export)
+    key = load_log_key(settings.log_key_file)
+    vkey = verifier_key_text(settings.audit_origin, key.public_key())
+    result = CliRunner().invoke(app, ["audit", "verify", str(path), "--key", vkey])
+    assert result.exit_code == 0, result.output

@@ -11,7 +11,7 @@ import httpx
 import pyarrow.compute as pc
 import pytest
 import sqlalchemy as sa
-from gateway_site import Site, bearer, running_gateway
+from gateway_site import Site, bearer, running_gateway, verify_exported_log
 from oidc_issuer import LoopbackTestIssuer
 
 PURPOSE = {"duo": ["DUO:0000006"]}
@@ -364,12 +364,6 @@ def test_nothing_is_released_when_the_decision_could_not_be_written(
 def test_session_audit_log_verifies_and_holds_no_identifier_or_token(
     tmp_site: Site, idp: LoopbackTestIssuer, tmp_path: Any
 ) -> None:
-    from typer.testing import CliRunner
-
-    from audit.keys import load_log_key
-    from audit.notes import verifier_key_text
-    from gateway.cli import app
-
     tokens = []
     with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url) as http:
         for body in (
@@ -383,12 +377,7 @@ def test_session_audit_log_verifies_and_holds_no_identifier_or_token(
         http.post("/v1/queries", json=spec("count"), headers={"Authorization": "Bearer forged.token.value"})
         export = http.get("/v1/audit/export", headers=bearer(idp, "auditor"))
     assert export.status_code == 200
-    path = tmp_path / "site.audit"
-    path.write_bytes(export.content)
-    key = load_log_key(tmp_site.settings.log_key_file)
-    vkey = verifier_key_text(tmp_site.settings.audit_origin, key.public_key())
-    result = CliRunner().invoke(app, ["audit", "verify", str(path), "--key", vkey])
-    assert result.exit_code == 0, result.output
+    verify_exported_log(export.content, tmp_site.settings, tmp_path)
     text = export.content.decode("utf-8", "replace")
     for token in [*tokens, "forged.token.value"]:
         assert token not in text

@@ -17,15 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_site import Site, bearer, serving
+from gateway_site import Site, bearer, serving, verify_exported_log
 from oidc_issuer import LoopbackTestIssuer
-from typer.testing import CliRunner
 
 import gateway.query.execute  # noqa: F401 - patched through sys.modules
-from audit.keys import load_log_key
-from audit.notes import verifier_key_text
 from gateway.app import create_app
-from gateway.cli import app as cli
 from gateway.releases import MAX_TAKEN
 
 PURPOSE = {"duo": ["DUO:0000006"]}
@@ -144,12 +140,7 @@ def test_a_refusal_inside_a_batch_stays_with_its_own_request(
     assert [released(first), released(last)] == [released(r) for r in again]
     # Every request's trail is in the log, which verifies.
     assert export.status_code == 200
-    path = tmp_path / "site.audit"
-    path.write_bytes(export.content)
-    key = load_log_key(tmp_site.settings.log_key_file)
-    vkey = verifier_key_text(tmp_site.settings.audit_origin, key.public_key())
-    result = CliRunner().invoke(cli, ["audit", "verify", str(path), "--key", vkey])
-    assert result.exit_code == 0, result.output
+    verify_exported_log(export.content, tmp_site.settings, tmp_path)
     text = export.content.decode()
     for refused in (fourth_time, too_few):
         request_id = refused.json()["request_id"]

@@ -7,6 +7,7 @@ import base64
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -20,9 +21,11 @@ import sqlalchemy as sa
 from query_helpers import EXAMPLE_SPEC, TABLE, write_postgres
 
 from connectors import ParquetConnector
+from gateway.query import duckdb_dialect, store_engine
 from gateway.synth import generate_site
 from pseudonymize.ingest import ingest
 from pseudonymize.keys import SecretKey
+from pseudonymize.pseudonym import pseudonym
 from pseudonymize.spec import load_spec
 from pseudonymize.store import Store
 
@@ -106,3 +109,34 @@ def pg_mixed_url(pg_server_url: str, mixed_table: pa.Table) -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(sa.text(f'drop schema "{schema}" cascade'))
         admin.dispose()
+
+
+@pytest.fixture()
+def engine(duck_url: str) -> Iterator[sa.Engine]:
+    """An engine on the DuckDB copy of the mixed table, with no compiled text kept (duckdb_dialect.TEMPLATES)
+    before or after the test."""
+    duckdb_dialect.TEMPLATES.clear()
+    eng = store_engine(duck_url)
+    yield eng
+    eng.dispose()
+    duckdb_dialect.TEMPLATES.clear()
+
+
+@pytest.fixture()
+def token_store(tmp_path: Path, mixed_table: pa.Table) -> Iterator[tuple[sa.Engine, list[str]]]:
+    """The mixed table with patient_id holding ingest's tokens as DuckDB UUID values, as a store ingests
+    them (the catalog still calls the column text): an engine on it and the tokens."""
+    tokens = [pseudonym(bytes(32), str(i)) for i in range(mixed_table.num_rows)]
+    table = mixed_table.set_column(
+        mixed_table.schema.get_field_index("patient_id"), "patient_id", pa.array(tokens)
+    )
+    path = tmp_path / "tokens.duckdb"
+    con = duckdb.connect(str(path))
+    con.register("src", table)
+    con.execute(
+        f'CREATE TABLE "{TABLE}" AS SELECT * REPLACE (CAST(patient_id AS UUID) AS patient_id) FROM src'
+    )
+    con.close()
+    eng = store_engine(f"duckdb:///{path}")
+    yield eng, [str(t) for t in tokens]
+    eng.dispose()

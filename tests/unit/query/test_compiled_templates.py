@@ -12,7 +12,6 @@ import concurrent.futures
 import importlib
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,7 +20,7 @@ from pydantic import TypeAdapter
 from query_helpers import CONSENT, compile_spec
 from test_duckdb_run import same_rows
 
-from gateway.query import QuerySpecError, duckdb_dialect, store_engine
+from gateway.query import QuerySpecError, duckdb_dialect
 from gateway.query.compile import CompiledQuery
 from gateway.query.spec import Filter
 
@@ -91,15 +90,6 @@ CONTEXTS: list[dict[str, Any]] = [
     {"consent_values": CONSENT_VALUES},
     {"consent_values": CONSENT_VALUES[:2]},
 ]
-
-
-@pytest.fixture()
-def engine(duck_url: str) -> Iterator[sa.Engine]:
-    duckdb_dialect.TEMPLATES.clear()
-    eng = store_engine(duck_url)
-    yield eng
-    eng.dispose()
-    duckdb_dialect.TEMPLATES.clear()
 
 
 def compiled(

@@ -4,7 +4,6 @@ values bound on every run, and the same rows SQLAlchemy's own execution returns.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +11,8 @@ import pytest
 import sqlalchemy as sa
 from query_helpers import TABLE, compile_spec
 
-from gateway.query import duckdb_dialect, single_thread_engine, store_engine
+from gateway.query import duckdb_dialect, single_thread_engine
 from gateway.query.execute import ONE_ROW_GROUP
-
-
-@pytest.fixture()
-def engine(duck_url: str) -> Iterator[sa.Engine]:
-    eng = store_engine(duck_url)
-    yield eng
-    eng.dispose()
 
 
 def compiled_main(

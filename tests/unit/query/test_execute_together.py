@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections.abc import Iterator
 from typing import Any
 
-import duckdb
-import pyarrow as pa
 import pytest
 import sqlalchemy as sa
-from query_helpers import TABLE, compile_spec
+from query_helpers import compile_spec
 from test_compiled_templates import CONTEXTS, SHAPES, TOKENS
 
 from gateway.query import (
@@ -26,11 +23,9 @@ from gateway.query import (
     ValueMismatch,
     duckdb_dialect,
     execute,
-    store_engine,
 )
 from gateway.query.compile import counted_together
 from gateway.query.execute import execute_together, together_key
-from pseudonymize.pseudonym import pseudonym
 
 COUNT_SHAPES = [s for s in SHAPES if s[0] in ("count", "crosstab")]
 # Values that keep many rows, few, none, and everything: a group with no rows for one query of a batch
@@ -52,15 +47,6 @@ def shared(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(execute_module, "_counted_together", spy)
     return sizes
-
-
-@pytest.fixture()
-def engine(duck_url: str) -> Iterator[sa.Engine]:
-    duckdb_dialect.TEMPLATES.clear()
-    eng = store_engine(duck_url)
-    yield eng
-    eng.dispose()
-    duckdb_dialect.TEMPLATES.clear()
 
 
 def answer(outcome: QueryOutcome | Exception) -> tuple[Any, ...]:
@@ -174,29 +160,13 @@ def test_only_counts_with_filter_values_on_duckdb_share_a_statement(
 
 
 def test_a_value_the_store_cannot_read_fails_only_its_own_query(
-    tmp_path: Any, mixed_table: pa.Table, mixed_columns: list[tuple[str, str]]
+    token_store: tuple[sa.Engine, list[str]], mixed_columns: list[tuple[str, str]]
 ) -> None:
-    tokens = [pseudonym(bytes(32), str(i)) for i in range(mixed_table.num_rows)]
-    table = mixed_table.set_column(
-        mixed_table.schema.get_field_index("patient_id"), "patient_id", pa.array(tokens)
-    )
-    path = tmp_path / "tokens.duckdb"
-    con = duckdb.connect(str(path))
-    con.register("src", table)
-    con.execute(
-        f'CREATE TABLE "{TABLE}" AS SELECT * REPLACE (CAST(patient_id AS UUID) AS patient_id) FROM src'
-    )
-    con.close()
-    engine = store_engine(f"duckdb:///{path}")
-    try:
-        node = lambda v: {"column": "patient_id", "op": "!=", "value": v}  # noqa: E731
-        queries = [
-            compile_spec(mixed_columns, "count", node(v), {}) for v in (str(tokens[0]), "abc", str(tokens[1]))
-        ]
-        populations = PopulationCache()
-        execute(engine, queries[0], populations=populations)
-        first, bad, third = execute_together(engine, queries, populations=populations)
-        assert isinstance(bad, ValueMismatch) and "abc" not in str(bad)
-        assert [answer(first), answer(third)] == alone(engine, [queries[0], queries[2]])
-    finally:
-        engine.dispose()
+    engine, tokens = token_store
+    node = lambda v: {"column": "patient_id", "op": "!=", "value": v}  # noqa: E731
+    queries = [compile_spec(mixed_columns, "count", node(v), {}) for v in (tokens[0], "abc", tokens[1])]
+    populations = PopulationCache()
+    execute(engine, queries[0], populations=populations)
+    first, bad, third = execute_together(engine, queries, populations=populations)
+    assert isinstance(bad, ValueMismatch) and "abc" not in str(bad)
+    assert [answer(first), answer(third)] == alone(engine, [queries[0], queries[2]])

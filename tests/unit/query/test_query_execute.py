@@ -375,28 +375,16 @@ def test_a_withdrawal_matches_the_token_in_every_spelling_a_store_holds(
 
 
 def test_a_filter_value_a_uuid_column_cannot_hold_is_the_request_s_fault(
-    tmp_path: Any, mixed_table: pa.Table, mixed_columns: list[tuple[str, str]]
+    token_store: tuple[sa.Engine, list[str]], mixed_columns: list[tuple[str, str]]
 ) -> None:
     # Token columns hold UUID values; the catalog calls them text, so 'abc' passes compilation and only
     # the store finds it is no value of the column. That is a bad request, not an unavailable store.
-    tokens = pa.array([pseudonym(bytes(32), str(i)) for i in range(mixed_table.num_rows)])
-    table = mixed_table.set_column(mixed_table.schema.get_field_index("patient_id"), "patient_id", tokens)
-    path = tmp_path / "tokens.duckdb"
-    con = duckdb.connect(str(path))
-    con.register("src", table)
-    con.execute(
-        f'CREATE TABLE "{TABLE}" AS SELECT * REPLACE (CAST(patient_id AS UUID) AS patient_id) FROM src'
-    )
-    con.close()
+    engine, tokens = token_store
     allowed = tuple(name for name, _ in mixed_columns)
-    engine = store_engine(f"duckdb:///{path}")
-    try:
-        spec = spec_for("count", {"column": "patient_id", "op": "=", "value": "abc"})
-        with pytest.raises(ValueMismatch) as caught:
-            execute(engine, compile_query(spec, TABLE, mixed_columns, obligations(allowed), "duckdb"))
-        assert caught.value.field == "filters" and "abc" not in str(caught.value)
-        spec = spec_for("count", {"column": "patient_id", "op": "=", "value": str(tokens[0])})
-        found = execute(engine, compile_query(spec, TABLE, mixed_columns, obligations(allowed), "duckdb"))
-        assert found.selected <= 1
-    finally:
-        engine.dispose()
+    spec = spec_for("count", {"column": "patient_id", "op": "=", "value": "abc"})
+    with pytest.raises(ValueMismatch) as caught:
+        execute(engine, compile_query(spec, TABLE, mixed_columns, obligations(allowed), "duckdb"))
+    assert caught.value.field == "filters" and "abc" not in str(caught.value)
+    spec = spec_for("count", {"column": "patient_id", "op": "=", "value": tokens[0]})
+    found = execute(engine, compile_query(spec, TABLE, mixed_columns, obligations(allowed), "duckdb"))
+    assert found.selected <= 1
