@@ -635,7 +635,8 @@ def _execution_refusal(exc: QueryError) -> Refusal:
 
 
 def _settle(answer: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
-    """Resolve an event-loop future from another thread's outcome (unless its request was cancelled)."""
+    """Resolve an event-loop future from another thread's outcome, unless it has ended (its request was
+    cancelled)."""
     if answer.done():  # cancelled with its request, or already ended
         return
     if exc is not None:

@@ -407,9 +407,9 @@ class GatewayState:
         thread waits for the GIL, so every worker's query counts (`start_query`) meet it only for that
         long. A transaction of one statement per row held it across a wait for the GIL after each row.
 
-        The text is spelled here from the table's columns, as `_record_outcome` says it: SQLAlchemy's compile
-        of a multi-row upsert took 1.8 ms for twelve rows, a few per cent of a worker's core at 20 batches
-        a second."""
+        The text is the upsert `_record_outcome` runs on other databases, spelled here once from the table's
+        columns: SQLAlchemy's compile of a multi-row upsert took 1.8 ms for twelve rows, a few per cent of a
+        worker's core at 20 batches a second."""
         latest = {row["request_id"]: row for row in rows}  # the later of two outcomes of one request wins
         ordered = list(latest.values())
         for start in range(0, len(ordered), _OUTCOMES_PER_STATEMENT):

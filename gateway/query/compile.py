@@ -154,7 +154,14 @@ def together_hint(spec: QuerySpec, dataset_table: str) -> tuple[Any, ...] | None
 
 def together_values(queries: Sequence[CompiledQuery]) -> dict[str, Any]:
     """The filter values of `counted_together(queries)`, by parameter name."""
-    return {f"{name}_q{i}": value for i, query in enumerate(queries) for name, value in query.values.items()}
+    return {
+        _own_name(name, i): value for i, query in enumerate(queries) for name, value in query.values.items()
+    }
+
+
+def _own_name(name: str, i: int) -> str:
+    """The i-th query's name for its filter parameter `name` in a statement run together."""
+    return f"{name}_q{i}"
 
 
 def _bound_apart(keep: sa.ColumnElement[bool], values: Mapping[str, Any], i: int) -> sa.ColumnElement[bool]:
@@ -164,7 +171,10 @@ def _bound_apart(keep: sa.ColumnElement[bool], values: Mapping[str, Any], i: int
     def rebind(element: ExternallyTraversible, **_: Any) -> ExternallyTraversible | None:
         if isinstance(element, sa.BindParameter) and element.key in values:
             return sa.bindparam(
-                f"{element.key}_q{i}", values[element.key], type_=element.type, expanding=element.expanding
+                _own_name(element.key, i),
+                values[element.key],
+                type_=element.type,
+                expanding=element.expanding,
             )
         return None
 

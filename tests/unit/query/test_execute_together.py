@@ -145,16 +145,16 @@ def test_only_counts_with_filter_values_on_duckdb_share_a_statement(
     assert together_key(engine, with_value) is not None
     assert together_key(engine, no_value) is None  # every query of its shape is the same query
     assert together_key(engine, summary) is None
-    other_table = compile_spec(
+    with_withdrawals = compile_spec(
         mixed_columns, "count", {"column": "bmi", "op": ">", "value": 20.0}, {},
         patient_column="patient_id", withdrawn=TOKENS,
     )  # fmt: skip
     # Another consent predicate (here: withdrawals) is another shape, so never the same batch.
-    assert together_key(engine, other_table) != together_key(engine, with_value)
+    assert together_key(engine, with_withdrawals) != together_key(engine, with_value)
     postgres = sa.create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
     assert together_key(postgres, with_value) is None
     with pytest.raises(ValueError, match="one shape"):
-        counted_together([with_value, other_table])
+        counted_together([with_value, with_withdrawals])
     with pytest.raises(ValueError, match="with filters"):
         counted_together([summary, summary])
 
