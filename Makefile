@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/audit.py
 	$(BIN)/python bench/query.py
 	$(BIN)/python bench/query_steps.py
+	$(BIN)/python bench/query_waits.py
 	$(BIN)/python bench/federation.py
 
 constraints: $(STAMP)
