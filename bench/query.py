@@ -129,6 +129,34 @@ def build_site(work: Path, rows: int, issuer: str, port: int, workers: int = 1) 
     return config
 
 
+def serve(config: Path, port: int, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `fedgate serve --config config` (in `env`) and wait until it answers on `port`: the server's
+    process, its stderr piped, and its URL. SystemExit with its last words if it does not start."""
+    server = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            _, errors = server.communicate()
+            raise SystemExit(f"the gateway did not start: {errors.decode(errors='replace')[-2000:]}")
+        time.sleep(0.2)
+
+
+def researcher_tokens(idp: Any, clients: int) -> list[str]:
+    """One researcher token per client, from the benchmark's identity provider."""
+    return [
+        idp.token(sub=f"bench-{i}", org="org-aphp", country="FR", roles=["researcher"], ttl_s=3600)
+        for i in range(clients)
+    ]
+
+
 def tree_cpu_seconds(pid: int) -> float | None:
     """CPU seconds (user + system) used so far by process `pid` and its descendants, read from /proc; None
     where there is no /proc. A gateway's CPU per request compares machines of different speed better than
@@ -385,24 +413,9 @@ def main() -> None:
     port = free_port()
     with UnsafeLocalIdentityProvider(audience=AUDIENCE) as idp:
         config = build_site(work, args.rows, idp.issuer_url, port, args.workers)
-        server = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
+        server, url = serve(config, port)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the gateway did not start: {server.stderr.read().decode()[-2000:]}")
-                time.sleep(0.2)
-            tokens = [
-                idp.token(sub=f"bench-{i}", org="org-aphp", country="FR", roles=["researcher"], ttl_s=3600)
-                for i in range(args.clients)
-            ]
+            tokens = researcher_tokens(idp, args.clients)
             p50, raw_p50 = latency(url, tokens[0], work / "var/store.duckdb", args.rounds)
             print(
                 f"filtered 2-way count on {args.rows:,} rows: gateway p50 {p50:.1f} ms, "

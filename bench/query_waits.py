@@ -37,14 +37,11 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 # bench/audit.py would shadow the `audit` package for a script run from this folder.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -117,24 +114,9 @@ def main() -> None:
     }
     with UnsafeLocalIdentityProvider(audience=bench.AUDIENCE) as idp:
         config = bench.build_site(work, args.rows, idp.issuer_url, port, args.workers)
-        server = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
+        server, url = bench.serve(config, port, env)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the gateway did not start: {server.stderr.read().decode()[-2000:]}")
-                time.sleep(0.2)
-            tokens = [
-                idp.token(sub=f"bench-{i}", org="org-aphp", country="FR", roles=["researcher"], ttl_s=3600)
-                for i in range(args.clients)
-            ]
+            tokens = bench.researcher_tokens(idp, args.clients)
             # Warm up at the same rate: every token checked by each worker, every statement parsed, the
             # caches filled, and the store's connection pools grown (a new connection attaches the store
             # and reads the table anew: its first query took 100-130 ms here).
