@@ -136,17 +136,32 @@ def serve(config: Path, port: int, env: dict[str, str] | None = None) -> tuple[s
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return server, url
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            _, errors = server.communicate()
-            raise SystemExit(f"the gateway did not start: {errors.decode(errors='replace')[-2000:]}")
-        time.sleep(0.2)
+    try:
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    return server, url
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    except BaseException:  # interrupted while waiting: no gateway is left running
+        stop(server)
+        raise
+    errors = stop(server)
+    raise SystemExit(f"the gateway did not start: {errors.decode(errors='replace')[-2000:]}")
+
+
+def stop(server: subprocess.Popen[bytes]) -> bytes:
+    """Stop `fedgate serve` (its workers finish what they serve) and return what it wrote to stderr; killed
+    if it has not stopped within 60 s."""
+    server.terminate()
+    try:
+        return server.communicate(timeout=60)[1] or b""
+    except subprocess.TimeoutExpired:
+        server.kill()
+        return server.communicate()[1] or b""
 
 
 def researcher_tokens(idp: Any, clients: int) -> list[str]:
@@ -448,8 +463,7 @@ def main() -> None:
             half_p99 = percentile(relaxed, 99) * 1000
             print(f"{args.clients} clients at {half:.0f} requests/s (half capacity): p99 {half_p99:.1f} ms")
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            stop(server)
     shutil.rmtree(work, ignore_errors=True)
     figures = {
         "ratio_to_duckdb": round(p50 / raw_p50, 2),

@@ -1,16 +1,27 @@
-"""Timing hooks for bench/query_waits.py, loaded into the gateway's worker processes and nowhere else.
+"""Timing hooks for bench/query_waits.py, installed in the gateway's worker processes.
 
 bench/query_waits.py starts `fedgate serve` with this folder first on PYTHONPATH and FEDGATE_BENCH_WAITS
-naming a folder: Python imports `sitecustomize` at start-up, and in a worker (the process that imports
-`gateway.cli.workers` for `worker_main`) this module wraps the functions a query passes through to note
-when it reached each one. Each answered query appends one JSON line to `<folder>/<pid>.jsonl` (one write
-system call each, a few microseconds):
+naming a folder. Python imports `sitecustomize` at start-up in every process started so (this module then
+takes the place of any other `sitecustomize`); without FEDGATE_BENCH_WAITS it does nothing. With it, it
+watches imports until the process imports `gateway.cli.workers` for `worker_main`, which only a worker of a
+multi-worker `fedgate serve` does, and there wraps the functions a query passes through to note when it
+reached each one. A worker writes one JSON line per record to `<folder>/<pid>.jsonl`, each with one write
+system call (a few microseconds), as it is made: uvicorn ends a worker stopped by a signal with that signal
+again once it has shut down, so no exit handler would write what a buffer held. Times are perf_counter
+seconds, the machine's one monotonic clock; the second item of every record is when it began:
 
     ["q", t_received, t_decided, t_pass_start, t_queued, t_committed, t_on_loop, t_answered, run_ms, taken]
-
-(perf_counter seconds; `taken` is how many releases the pass took; a query refused, or one a hook missed,
-["partial", t_received, [the steps not seen]]), and each hold of the audit log's
-writers' lock one line ["lock", waited_s, held_s]. Without FEDGATE_BENCH_WAITS it does nothing.
+        an answered query (`taken`: how many releases its pool pass took);
+    ["partial", t_received, [steps not seen]]
+        a query refused, or one a hook missed;
+    ["commit", t_started, waited_s, took_s, entries, lock_waited_s, lock_held_s]
+        a commit of the audit log: how long the oldest entry awaited in it had been queued when it started,
+        how long it took (the writers' lock and the transaction), how many entries it wrote, and its wait
+        for the writers' lock and its hold of it;
+    ["count", t_started, took_s]
+        a query's count against its agreement's limit in the state database;
+    ["gc", t_started, took_s, generation]
+        a garbage collection.
 """
 
 from __future__ import annotations
@@ -22,10 +33,11 @@ from typing import Any
 _FOLDER = os.environ.get("FEDGATE_BENCH_WAITS")
 
 
-def _install() -> None:
+def _install(folder: str) -> None:
     import contextlib
     import gc
     import json
+    import threading
     import time
     from collections.abc import Iterator
     from pathlib import Path
@@ -36,10 +48,7 @@ def _install() -> None:
     import gateway.state as state
 
     clock = time.perf_counter
-    # One write per record, unbuffered: uvicorn ends a worker stopped by a signal with that signal again
-    # once it has shut down, so no exit handler would write what a buffer held.
-    out = os.open(Path(str(_FOLDER)) / f"{os.getpid()}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    marks: dict[str, dict[str, float]] = {}
+    out = os.open(Path(folder) / f"{os.getpid()}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def keep(record: list[Any]) -> None:
         os.write(out, (json.dumps(record) + "\n").encode())
@@ -52,54 +61,62 @@ def _install() -> None:
     settle = pipeline._settle
     exclusive = storage.Engines.exclusive
     start_query = state.GatewayState.start_query
-    lead = audit_log.AuditLog._lead
     queued = audit_log.AuditLog._queued
+    commit = audit_log.AuditLog._commit
+
+    # Each query's marks, by request id. The event loop adds and removes a query's entry; other threads
+    # only write into an entry they find (a cancelled request may already have removed it).
+    marks: dict[str, dict[str, float]] = {}
+    steps = ("received", "decided", "pass", "queued", "committed", "on_loop", "answered")
+
+    def mark(request_id: str, **at: float) -> None:
+        found = marks.get(request_id)
+        if found is not None:
+            found.update(at)
 
     async def timed_submit(self: Any, principal: Any, spec: Any, request_id: str) -> Any:
-        mark = marks[request_id] = {"received": clock()}
+        own = marks[request_id] = {"received": clock()}
         try:
             return await submit(self, principal, spec, request_id)
         finally:
-            mark["answered"] = clock()
-            del marks[request_id]
-            steps = ("received", "decided", "pass", "queued", "committed", "on_loop", "answered")
-            if all(step in mark for step in steps):
-                keep(["q", *(mark[step] for step in steps), mark["run_ms"], int(mark["taken"])])
-            else:  # refused, or a step the hooks did not see
-                keep(["partial", mark["received"], [step for step in steps if step not in mark]])
+            own["answered"] = clock()
+            marks.pop(request_id, None)
+            if all(step in own for step in steps):
+                keep(["q", *(own[step] for step in steps), own["run_ms"], int(own["taken"])])
+            else:
+                keep(["partial", own["received"], [step for step in steps if step not in own]])
 
     async def timed_decide(
-        self: Any, principal: Any, spec: Any, entry: Any, request_id: str, *a: Any, **k: Any
+        self: Any, principal: Any, spec: Any, entry: Any, request_id: str, *args: Any, **kwargs: Any
     ) -> Any:
         try:
-            return await decide(self, principal, spec, entry, request_id, *a, **k)
+            return await decide(self, principal, spec, entry, request_id, *args, **kwargs)
         finally:
-            if request_id in marks:
-                marks[request_id]["decided"] = clock()
+            mark(request_id, decided=clock())
 
     def timed_release_together(jobs: Any) -> None:
         now = clock()
         for job in jobs:
-            if job.request_id in marks:
-                marks[job.request_id].update({"pass": now, "taken": len(jobs)})
+            mark(job.request_id, taken=len(jobs), **{"pass": now})
         release_together(jobs)
 
     def timed_protect_and_queue(self: Any, job: Any, outcome: Any, duration_ms: float) -> Any:
         try:
             return protect_and_queue(self, job, outcome, duration_ms)
         finally:
-            if job.request_id in marks:
-                marks[job.request_id].update({"queued": clock(), "run_ms": duration_ms})
+            mark(job.request_id, queued=clock(), run_ms=duration_ms)
 
     def timed_committed(job: Any, body: Any, done: Any) -> None:
-        if job.request_id in marks:
-            marks[job.request_id]["committed"] = clock()
+        mark(job.request_id, committed=clock())
         committed(job, body, done)
 
     def timed_settle(answer: Any, value: Any, exc: BaseException | None) -> None:
-        if isinstance(value, dict) and value.get("request_id") in marks:
-            marks[value["request_id"]]["on_loop"] = clock()
+        if isinstance(value, dict) and isinstance(value.get("request_id"), str):
+            mark(value["request_id"], on_loop=clock())
         settle(answer, value, exc)
+
+    # The writers' lock as a commit takes it (checkpoints take it too, and are not timed).
+    in_commit = threading.local()
 
     @contextlib.contextmanager
     def timed_exclusive(self: Any) -> Iterator[None]:
@@ -109,7 +126,29 @@ def _install() -> None:
             try:
                 yield
             finally:
-                keep(["lock", asked, got - asked, clock() - got])
+                if getattr(in_commit, "lock", None) is not None:
+                    in_commit.lock = (got - asked, clock() - got)
+
+    awaited: dict[int, float] = {}  # when each entry someone waits on was queued, by id of its _Pending
+
+    def timed_queued(self: Any, *args: Any, **kwargs: Any) -> Any:
+        queued_at = clock()
+        pending = queued(self, *args, **kwargs)
+        if pending.future is not None:
+            awaited[id(pending)] = queued_at
+        return pending
+
+    def timed_commit(self: Any, batch: Any) -> None:
+        started = clock()
+        stamps = [awaited.pop(id(p)) for p in batch if id(p) in awaited]
+        in_commit.lock = (0.0, 0.0)
+        try:
+            commit(self, batch)
+        finally:
+            lock_waited, lock_held = in_commit.lock
+            in_commit.lock = None
+            since = min(stamps, default=started)
+            keep(["commit", started, started - since, clock() - started, len(batch), lock_waited, lock_held])
 
     def timed_start_query(self: Any, *args: Any, **kwargs: Any) -> Any:
         started = clock()
@@ -128,23 +167,6 @@ def _install() -> None:
             keep(["gc", started, clock() - started, info["generation"]])
 
     gc.callbacks.append(timed_collection)
-    awaited: dict[int, float] = {}  # per log: when the oldest entry someone waits on was queued
-
-    def timed_queued(self: Any, *args: Any, **kwargs: Any) -> Any:
-        pending = queued(self, *args, **kwargs)
-        if pending.future is not None:
-            awaited.setdefault(id(self), clock())
-        return pending
-
-    def timed_lead(self: Any) -> None:
-        started = clock()
-        since = awaited.pop(id(self), started)
-        entries = len(self._queue.items)
-        try:
-            lead(self)
-        finally:
-            keep(["commit", started, started - since, clock() - started, entries])
-
     pipeline.QueryPipeline.submit = timed_submit  # type: ignore[method-assign]
     pipeline.QueryPipeline._decide = timed_decide  # type: ignore[method-assign]
     pipeline._release_together = timed_release_together
@@ -154,7 +176,7 @@ def _install() -> None:
     storage.Engines.exclusive = timed_exclusive  # type: ignore[method-assign]
     state.GatewayState.start_query = timed_start_query  # type: ignore[method-assign]
     audit_log.AuditLog._queued = timed_queued  # type: ignore[method-assign]
-    audit_log.AuditLog._lead = timed_lead  # type: ignore[method-assign]
+    audit_log.AuditLog._commit = timed_commit  # type: ignore[method-assign]
 
 
 if _FOLDER:
@@ -165,7 +187,7 @@ if _FOLDER:
         fromlist = args[2] if len(args) > 2 else kwargs.get("fromlist")
         if name == "gateway.cli.workers" and fromlist and "worker_main" in fromlist:
             builtins.__import__ = _import  # once, in a worker, with the gateway's modules importable
-            _install()
+            _install(str(_FOLDER))
         return module
 
     builtins.__import__ = _watch
