@@ -65,7 +65,7 @@ def _bench_query() -> Any:
 
 
 def steps_of(record: list[Any]) -> dict[str, float]:
-    """One query's record from the hooks as its steps, in ms."""
+    """One query's record from the hooks as its steps, in seconds."""
     received, decided, started, queued, committed, on_loop, answered, run_ms, _taken = record[1:]
     return {
         "decide": decided - received,
