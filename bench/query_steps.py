@@ -216,7 +216,7 @@ def main() -> None:
             figures = bench.run_load(_serve_and_measure(config, tokens, args, bench.body))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    # `settle_heap` froze the app's start-up objects out of the collector: collect them now, so that
+    # `tune_process` froze the app's start-up objects out of the collector: collect them now, so that
     # DuckDB's bindings do not report its objects as leaked when the interpreter exits.
     gc.unfreeze()
     gc.collect()
@@ -232,7 +232,7 @@ async def _serve_and_measure(
     from gateway.app import create_app
     from gateway.settings import load_settings
 
-    app = create_app(load_settings(config), settle_heap=True)
+    app = create_app(load_settings(config), tune_process=True)
     async with app.router.lifespan_context(app):
         return await _measure(app, tokens, args.requests, args.rounds, args.warmup, body)
 

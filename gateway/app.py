@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -20,7 +21,7 @@ from gateway.federation import peers
 from gateway.refusal import Refusal
 from gateway.routes import audit, federation, glm, queries, steward, witness
 from gateway.runtime import SiteRuntime
-from gateway.settings import SiteSettings, load_settings
+from gateway.settings import ServerSettings, SiteSettings, load_settings
 
 CONFIG_ENV = "FEDGATE_CONFIG"
 log = logging.getLogger("fedgate.gateway")
@@ -31,12 +32,12 @@ YOUNG_COLLECTION_THRESHOLD: Final = 5_000
 
 
 def create_app(
-    settings: SiteSettings, *, tokens: TokenValidator | None = None, settle_heap: bool = False
+    settings: SiteSettings, *, tokens: TokenValidator | None = None, tune_process: bool = False
 ) -> FastAPI:
     """An app for one site. The runtime starts in the lifespan, so a bad policy or key stops start-up.
 
-    `settle_heap` is for a process that serves this one app (`fedgate serve`): once the runtime is up,
-    `_settle_heap` tunes the process's garbage collector for serving."""
+    `tune_process` is for a process that serves this one app (`fedgate serve`): once the runtime is up,
+    `_tune_process` tunes the process's garbage collector and interpreter for serving."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -46,8 +47,8 @@ def create_app(
         asyncio.get_running_loop().set_default_executor(runtime.threads())
         app.state.runtime = runtime
         app.state.peers = peers.PeerLink(settings)
-        if settle_heap:
-            _settle_heap()
+        if tune_process:
+            _tune_process(settings.server)
         try:
             yield
         finally:
@@ -134,19 +135,27 @@ async def _audit(
 
 def app_from_environment() -> FastAPI:
     """Factory for `uvicorn --factory` and multi-worker serving: the config path is in $FEDGATE_CONFIG.
-    Each worker process serves this one app, so its heap is settled once the app has started."""
-    return create_app(load_settings(os.environ[CONFIG_ENV]), settle_heap=True)
+    Each worker process serves this one app, so the process is tuned for it once the app has started."""
+    return create_app(load_settings(os.environ[CONFIG_ENV]), tune_process=True)
 
 
-def _settle_heap() -> None:
-    """Tune the garbage collector of a process that serves one app, once it has started.
+def _tune_process(server: ServerSettings) -> None:
+    """Tune a process that serves one app, once it has started: its garbage collector and its interpreter's
+    switch interval.
 
     What start-up built (modules, routes, schemas, the runtime and its caches) lives as long as the process:
     `gc.freeze` moves it out of the generations the collector scans, so a full collection no longer walks
     it; and the youngest generation is collected less often (`YOUNG_COLLECTION_THRESHOLD`). Measured with
     two gateways under the same load at the same time: 5-10 % less CPU per small query. Cycles made while
-    serving are still collected; only objects alive at start-up are exempt."""
+    serving are still collected; only objects alive at start-up are exempt.
+
+    A thread that wants the GIL waits one switch interval before it asks the holder to let go. A worker's
+    event loop, pool threads and audit committer hand the GIL to each other several times per query, and
+    each call into DuckDB or SQLite gives it up; the default of 10 ms (`[server] switch_interval_ms`)
+    forces fewer hand-offs than Python's 5 ms, which gave a lower p50 and p99 under load (docs/queries.md,
+    "Running a site for throughput")."""
     gc.collect()
     gc.freeze()
     _, middle, oldest = gc.get_threshold()
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, oldest)
+    sys.setswitchinterval(server.switch_interval_ms / 1000)

@@ -92,6 +92,14 @@ class ServerSettings(BaseModel):
         description="threads per worker for store reads, disclosure control and state writes; two let one "
         "run Python while the other waits on the store, more only take turns on the interpreter lock",
     )
+    switch_interval_ms: float = Field(
+        default=10.0,
+        ge=1.0,
+        le=100.0,
+        description="how long, in ms, a worker thread that wants the interpreter lock waits before it asks "
+        "the thread holding it to let go (Python's default is 5); longer means fewer forced hand-offs "
+        "between a worker's event loop and its threads",
+    )
     public_url: str | None = Field(default=None, description="the URL peers and clients use for this gateway")
 
     @property

@@ -129,6 +129,15 @@ def test_peers_need_a_signing_key_and_unique_ids(tmp_path: Path) -> None:
         load_settings(write(tmp_path, remote))
 
 
+def test_server_switch_interval_default_and_bounds(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, GOOD)).server.switch_interval_ms == 10.0
+    configured = load_settings(write(tmp_path, GOOD + "[server]\nswitch_interval_ms = 2.5\n"))
+    assert configured.server.switch_interval_ms == 2.5
+    for bad in ("0.5", "101", '"fast"'):
+        with pytest.raises(ConfigError, match=r"server\.switch_interval_ms"):
+            load_settings(write(tmp_path, GOOD + f"[server]\nswitch_interval_ms = {bad}\n"))
+
+
 def test_server_threads_default_and_bounds(tmp_path: Path) -> None:
     assert load_settings(write(tmp_path, GOOD)).server.threads == 2
     assert load_settings(write(tmp_path, GOOD + "[server]\nthreads = 12\n")).server.threads == 12
