@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/query.py
 	$(BIN)/python bench/query_steps.py
 	$(BIN)/python bench/query_waits.py
+	$(BIN)/python bench/query_ab.py --a "switch_interval_ms = 5" --b "switch_interval_ms = 10"
 	$(BIN)/python bench/federation.py
 
 constraints: $(STAMP)

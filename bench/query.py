@@ -73,8 +73,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def build_site(work: Path, rows: int, issuer: str, port: int, workers: int = 1) -> Path:
-    """A site folder with a bench agreement, keys, and two ingested datasets: `big` and `small`."""
+def build_site(
+    work: Path, rows: int, issuer: str, port: int, workers: int = 1, server: tuple[str, ...] = ()
+) -> Path:
+    """A site folder with a bench agreement, keys, and two ingested datasets: `big` and `small`. `server`:
+    more lines of the config's `[server]` table (`key = value`)."""
     from audit.keys import generate_log_key
     from connectors import ParquetConnector
     from pseudonymize.ingest import ingest
@@ -104,7 +107,7 @@ def build_site(work: Path, rows: int, issuer: str, port: int, workers: int = 1) 
         'site_id = "site-bench"\njurisdiction = "DE"\nstore_url = "duckdb:///var/store.duckdb"\n'
         'audit_url = "sqlite:///var/audit.db"\npolicy_dir = "policies"\nmaster_key_file = "keys/master.key"\n'
         f'log_key_file = "keys/log.key"\n[oidc]\nissuer = "{issuer}"\naudience = "{AUDIENCE}"\n'
-        f"[server]\nport = {port}\nworkers = {workers}\n"
+        f"[server]\nport = {port}\nworkers = {workers}\n" + "".join(f"{line}\n" for line in server)
     )
     spec_text = (ROOT / "examples/cohort.spec.yaml").read_text()
     (work / "var").mkdir()
@@ -273,8 +276,11 @@ async def closed_loop(url: str, tokens: list[str], seconds: float, clients: int)
             http.close()
 
 
-async def fixed_rate(url: str, tokens: list[str], seconds: float, clients: int, rate: float) -> list[float]:
-    """The clients together send `rate` requests/s on a schedule; latency counts from when each was due."""
+async def fixed_rate(
+    url: str, tokens: list[str], seconds: float, clients: int, rate: float, settle_s: float = 0.0
+) -> list[float]:
+    """The clients together send `rate` requests/s on a schedule; latency counts from when each was due.
+    Requests due in the first `settle_s` seconds are sent but not counted."""
     latencies: list[float] = []
     interval = clients / rate
     begin = time.perf_counter() + 0.1
@@ -289,13 +295,14 @@ async def fixed_rate(url: str, tokens: list[str], seconds: float, clients: int, 
             if now > give_up:
                 # A gateway this far behind will not catch up: what is still due counts as waiting until now.
                 while due < begin + seconds:
-                    latencies.append(now - due)
+                    if due >= begin + settle_s:
+                        latencies.append(now - due)
                     due += interval
                 return
             if due > now:
                 await asyncio.sleep(due - now)
             counter += 1
-            if await http.small_query(20 + counter / 1e6):
+            if await http.small_query(20 + counter / 1e6) and due >= begin + settle_s:
                 latencies.append(time.perf_counter() - due)
             due += interval
 
