@@ -7,30 +7,13 @@ would make it compare a configuration with itself."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from bench_script import run_bench
 
 
 def _run(*args: str) -> tuple[int, str, str]:
-    """Run the script in a session of its own, so that a timeout stops the gateways it started too."""
-    script = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench/query_ab.py"), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        out, err = script.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(script.pid, signal.SIGKILL)
-        out, err = script.communicate()
-        pytest.fail(f"bench/query_ab.py did not finish: {err[-2000:]}")
-    return script.returncode, out, err
+    return run_bench("query_ab.py", *args)
 
 
 @pytest.mark.slow

@@ -7,15 +7,10 @@ untimed, and the breakdown would silently lose it."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from bench_script import run_bench
 
-ROOT = Path(__file__).resolve().parents[2]
 FIGURES = (
     "decide", "wait_pool", "pass", "run", "count", "wait_commit", "to_loop", "resume", "total",
     "commit_start", "commit", "lock_wait", "lock_hold", "client",
@@ -23,18 +18,7 @@ FIGURES = (
 
 
 def _run(*args: str) -> tuple[int, str, str]:
-    """Run the script in a session of its own, so that a timeout stops the gateway it started too."""
-    script = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench/query_waits.py"), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        out, err = script.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(script.pid, signal.SIGKILL)
-        out, err = script.communicate()
-        pytest.fail(f"bench/query_waits.py did not finish: {err[-2000:]}")
-    return script.returncode, out, err
+    return run_bench("query_waits.py", *args)
 
 
 @pytest.mark.slow
