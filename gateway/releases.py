@@ -12,6 +12,11 @@ pool's threads. With nothing waiting a release is taken at once, alone, as befor
 At most as many passes run at once as the pool has threads, and a pass that leaves releases waiting hands
 them to a new task at the back of the pool's queue, so other work on the pool (state reads, steward
 requests) is not held up by a steady stream of queries.
+
+`ReleaseLanes` keeps two queues: releases on small tables (one DuckDB row group), which take a few
+milliseconds, run one pass at a time, and the others share the rest of the pool's threads. Short queries
+alone then wait less than with two passes taking turns on the worker's GIL (docs/queries.md, "Running a
+site for throughput"), and a long query never holds them up.
 """
 
 from __future__ import annotations
@@ -109,3 +114,25 @@ class ReleaseQueue(Generic[J]):
                     self._passes -= 1
             if more:
                 self._schedule(handle, pool)
+
+
+class ReleaseLanes(Generic[J]):
+    """Releases on small tables run one pass at a time; the others use the pool's other threads (all of
+    them with a pool of one thread, where the two lanes take turns)."""
+
+    def __init__(self) -> None:
+        self.short: ReleaseQueue[J] = ReleaseQueue()
+        self.long: ReleaseQueue[J] = ReleaseQueue()
+
+    def submit(
+        self, job: J, handle: Callable[[Sequence[J]], None], pool: Executor, threads: int, *, short: bool
+    ) -> None:
+        """Queue `job` in its lane (`short`: a release on a small table)."""
+        if short:
+            self.short.submit(job, handle, pool, 1)
+        else:
+            self.long.submit(job, handle, pool, max(1, threads - 1))
+
+    def waiting(self) -> int:
+        """Releases queued in either lane and not yet taken."""
+        return self.short.waiting() + self.long.waiting()

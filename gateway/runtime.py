@@ -27,7 +27,7 @@ from gateway.query import (
     store_engine,
 )
 from gateway.refusal import UNRECORDED_REASONS
-from gateway.releases import ReleaseQueue
+from gateway.releases import ReleaseLanes
 from gateway.settings import SiteSettings
 from gateway.site_log import open_site_log
 from gateway.state import GatewayState
@@ -61,8 +61,8 @@ class SiteRuntime:
     small_tables: sa.Engine | None = None
     """For a DuckDB store: the engine that queries tables of one row group on one thread
     (`single_thread_engine`); None where `store` queries every table."""
-    releases: ReleaseQueue[Any] = field(default_factory=ReleaseQueue)
-    """Released queries waiting for a pool thread (gateway.releases)."""
+    releases: ReleaseLanes[Any] = field(default_factory=ReleaseLanes)
+    """Released queries waiting for a pool thread, in two lanes (gateway.releases)."""
 
     @classmethod
     def start(cls, settings: SiteSettings, *, tokens: TokenValidator | None = None) -> SiteRuntime:

@@ -89,8 +89,9 @@ class ServerSettings(BaseModel):
         default=2,
         ge=1,
         le=256,
-        description="threads per worker for store reads, disclosure control and state writes; two let one "
-        "run Python while the other waits on the store, more only take turns on the interpreter lock",
+        description="threads per worker for store reads, disclosure control and state writes; queries on "
+        "small tables run one pass at a time and the others use the remaining threads, so with two a long "
+        "query does not hold up the short ones; more only take turns on the interpreter lock",
     )
     switch_interval_ms: float = Field(
         default=10.0,

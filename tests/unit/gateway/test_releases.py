@@ -1,6 +1,7 @@
 """gateway.releases: releases that wait for the pool are taken together with those of their hint, others
 go to the next free thread, no more passes run than the pool has threads, and every release ends, even
-when the handler fails or the pool is gone."""
+when the handler fails or the pool is gone. Releases on small tables run one pass at a time, and a long
+release never holds them up."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from gateway.releases import MAX_TAKEN, ReleaseQueue
+from gateway.releases import MAX_TAKEN, ReleaseLanes, ReleaseQueue
 
 
 class Job:
@@ -152,3 +153,52 @@ def test_a_pass_takes_only_releases_of_its_hint_and_leaves_the_rest_to_the_next(
         wait_until(lambda: sum(map(len, handle.passes)) == len(hints) + 2)
     assert sorted(map(sorted, handle.passes)) == [[0], [1], [2, 4, 7], [3, 6], [5], [8]]
     assert handle.most_at_once == 2
+
+
+def test_short_releases_run_one_pass_at_a_time_however_many_threads() -> None:
+    lanes: ReleaseLanes[Job] = ReleaseLanes()
+    handle = Recorder()
+    handle.gate.clear()
+    jobs = [Job(n, together=None) for n in range(6)]  # each taken alone
+    with ThreadPoolExecutor(4) as pool:
+        for job in jobs:
+            lanes.submit(job, handle, pool, 4, short=True)
+        wait_until(lambda: handle.running == 1)
+        time.sleep(0.05)  # a second pass, were one started, would be running by now
+        assert handle.running == 1 and lanes.waiting() == len(jobs) - 1
+        handle.gate.set()
+        wait_until(lambda: len(handle.passes) == len(jobs))
+    assert handle.most_at_once == 1
+    assert [n for one_pass in handle.passes for n in one_pass] == list(range(len(jobs)))
+    assert not any(job.failed for job in jobs)
+
+
+def test_long_releases_leave_a_thread_to_the_short_ones() -> None:
+    lanes: ReleaseLanes[Job] = ReleaseLanes()
+    long_handle, short_handle = Recorder(), Recorder()
+    long_handle.gate.clear()
+    with ThreadPoolExecutor(4) as pool:
+        for n in range(5):
+            lanes.submit(Job(n, together=None), long_handle, pool, 4, short=False)
+        wait_until(lambda: long_handle.running == 3)  # every thread but one
+        time.sleep(0.05)
+        assert long_handle.running == 3 and lanes.waiting() == 2
+        # Three long passes hold their threads: a short release is still taken at once.
+        lanes.submit(Job(10), short_handle, pool, 4, short=True)
+        wait_until(lambda: short_handle.passes == [[10]])
+        assert long_handle.running == 3
+        long_handle.gate.set()
+        wait_until(lambda: len(long_handle.passes) == 5)
+    assert long_handle.most_at_once == 3
+
+
+def test_with_one_thread_both_lanes_take_turns_and_every_release_ends() -> None:
+    lanes: ReleaseLanes[Job] = ReleaseLanes()
+    handle = Recorder()
+    jobs = [Job(n, together=None) for n in range(6)]
+    with ThreadPoolExecutor(1) as pool:
+        for job in jobs:
+            lanes.submit(job, handle, pool, 1, short=job.n % 2 == 0)
+        wait_until(lambda: len(handle.passes) == len(jobs))
+    assert sorted(n for one_pass in handle.passes for n in one_pass) == list(range(len(jobs)))
+    assert handle.most_at_once == 1 and lanes.waiting() == 0
