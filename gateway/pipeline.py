@@ -44,7 +44,7 @@ from gateway.query import (
     parse_query_spec,
 )
 from gateway.query.compile import together_hint
-from gateway.query.execute import ONE_ROW_GROUP, execute_together, together_key
+from gateway.query.execute import execute_together, together_key
 from gateway.refusal import Refusal
 from gateway.release import protect
 from gateway.runtime import SiteRuntime
@@ -393,7 +393,7 @@ class QueryPipeline:
         job = _Release(self, principal, spec, entry, decision, obligations, request_id, query_hash, trail,
                        loop, answer, together_hint(spec, entry.table_name))  # fmt: skip
         self.rt.releases.submit(job, _release_together, self.rt.threads(), self.rt.settings.server.threads,
-                                short=entry.row_count <= ONE_ROW_GROUP)  # fmt: skip
+                                short=self.rt.is_small(entry))  # fmt: skip
         return await answer
 
     def _prepare(self, job: _Release) -> tuple[sa.Engine, CompiledQuery]:

@@ -89,9 +89,15 @@ class SiteRuntime:
             small_tables=single_thread_engine(settings.store_url),
         )  # fmt: skip
 
+    @staticmethod
+    def is_small(entry: CatalogEntry) -> bool:
+        """A dataset version of one DuckDB row group: queried on one thread where the store allows it,
+        released in the short lane (gateway.releases.ReleaseLanes)."""
+        return entry.row_count <= ONE_ROW_GROUP
+
     def engine_for(self, entry: CatalogEntry) -> sa.Engine:
-        """The engine that runs queries on a dataset version: `small_tables` for one of a row group."""
-        if self.small_tables is not None and entry.row_count <= ONE_ROW_GROUP:
+        """The engine that runs queries on a dataset version: `small_tables` for a small one."""
+        if self.small_tables is not None and self.is_small(entry):
             return self.small_tables
         return self.store
 

@@ -74,6 +74,8 @@ def asked_together(
         while runtime.releases.waiting() < len(requests) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert runtime.releases.waiting() == len(requests), "the requests did not all wait for the pool"
+        # The cohort is one row group: its releases wait in the short lane, which runs one pass at a time.
+        assert runtime.releases.short.waiting() == len(requests)
         held.set()
         responses = [f.result() for f in sent]
     for holder in holders:

@@ -9,10 +9,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from gateway.query import ONE_ROW_GROUP
 from gateway.releases import MAX_TAKEN, ReleaseLanes, ReleaseQueue
+from gateway.runtime import SiteRuntime
 
 
 class Job:
@@ -202,3 +206,11 @@ def test_with_one_thread_both_lanes_take_turns_and_every_release_ends() -> None:
         wait_until(lambda: len(handle.passes) == len(jobs))
     assert sorted(n for one_pass in handle.passes for n in one_pass) == list(range(len(jobs)))
     assert handle.most_at_once == 1 and lanes.waiting() == 0
+
+
+def test_a_dataset_version_is_short_up_to_one_row_group() -> None:
+    def version(rows: int) -> Any:
+        return SimpleNamespace(row_count=rows)
+
+    assert SiteRuntime.is_small(version(1)) and SiteRuntime.is_small(version(ONE_ROW_GROUP))
+    assert not SiteRuntime.is_small(version(ONE_ROW_GROUP + 1))
