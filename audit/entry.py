@@ -24,9 +24,10 @@ from audit.events import validate_payload
 from audit.notes import b64
 
 GENESIS_PREV = bytes(32)
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _TOKEN_LIKE = re.compile(r"(?i)eyJ[A-Za-z0-9_-]{4,}\.|\bbearer\b|[A-Za-z0-9_+/=]{48,}")
-_ACTOR_FIELD = re.compile(r"^[^\s\x00-\x1f\x7f]{1,256}$")
+# Printable, no whitespace but single spaces between words ("Example University"), at most 256 characters.
+_ACTOR_FIELD = re.compile(r"(?=.{1,256}\Z)[^\s\x00-\x1f\x7f]+(?: [^\s\x00-\x1f\x7f]+)*")
 
 
 def canonical(value: Any) -> bytes:
@@ -47,8 +48,10 @@ class Actor:
     def __post_init__(self) -> None:
         for name in ("sub", "org"):
             value = getattr(self, name)
-            if not isinstance(value, str) or not _ACTOR_FIELD.match(value):
-                raise EntryError(f"actor.{name} must be 1-256 printable characters without spaces")
+            if not isinstance(value, str) or not _ACTOR_FIELD.fullmatch(value):
+                raise EntryError(
+                    f"actor.{name} must be 1-256 printable characters, words apart by single spaces"
+                )
             if _TOKEN_LIKE.search(value):
                 raise EntryError(f"actor.{name} looks like a token; record the subject, never a credential")
 
@@ -73,7 +76,9 @@ def prepare_event(
     """Validate an event against the registry and canonicalize its parts."""
     validate_payload(event_type, payload)
     if request_id is not None and (
-        not isinstance(request_id, str) or not _REQUEST_ID.match(request_id) or _TOKEN_LIKE.search(request_id)
+        not isinstance(request_id, str)
+        or not _REQUEST_ID.fullmatch(request_id)
+        or _TOKEN_LIKE.search(request_id)
     ):
         raise EntryError("request_id must be 1-64 letters, digits and . _ : - (and not a token)")
     if actor is not None and not isinstance(actor, Actor):

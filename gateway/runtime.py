@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from audit import Actor
-from audit.errors import PayloadError
+from audit.errors import EntryError, PayloadError
 from audit.log import AppendReceipt, AuditLog, Queued
 from gateway.auth import Principal, TokenValidator
 from gateway.catalog import CatalogView
@@ -216,7 +217,22 @@ def _actor(principal: Principal | None) -> Actor | None:
 
 
 # A request notes four entries or more under one principal, and Actor checks both names with patterns on
-# construction: the checked Actor is remembered per (sub, org). A name it refuses raises every time.
+# construction: the checked Actor is remembered per (sub, org).
 @functools.lru_cache(maxsize=4096)
 def _actor_of(sub: str, org: str) -> Actor:
-    return Actor(sub=sub, org=org)
+    return Actor(sub=recordable_name(sub), org=recordable_name(org))
+
+
+def recordable_name(name: str) -> str:
+    """A token's subject or organisation as the audit log records it: as it is when the log takes it,
+    otherwise `sha256:` and the first 32 hex digits of its SHA-256.
+
+    An issuer may name a subject with what the log refuses so that no credential ever lands in it (a long
+    opaque string, a line break, a lone surrogate, more than 256 characters). Such a caller is still served
+    and still named in every entry, consistently; an auditor who knows the name finds it by its digest."""
+    try:
+        name.encode("utf-8")  # a lone surrogate from a JSON escape is no text the log can hold
+        Actor(sub=name, org="-")
+    except (UnicodeEncodeError, EntryError):
+        return "sha256:" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return name

@@ -65,8 +65,12 @@ def test_nan_in_a_payload_is_refused_before_writing() -> None:
         "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln",
         "Bearer-abc",
         "a" * 60,
-        "with space",
         "",
+        " leading",
+        "trailing ",
+        "two  spaces",
+        "line\nbreak",
+        "end\n",
         "x" * 300,
         "tab\there",
     ],
@@ -79,9 +83,10 @@ def test_actor_never_holds_a_token(sub: str) -> None:
 def test_actor_accepts_ordinary_subjects() -> None:
     Actor("f47ac10b-58cc-4372-a567-0e02b2c3d479", "uni-heidelberg")
     Actor("researcher@uni.example", "uni.example")
+    assert Actor("researcher-1", "Example University").as_json()["org"] == "Example University"
 
 
-@pytest.mark.parametrize("rid", ["", " x", "a" * 65, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIi", "req id"])
+@pytest.mark.parametrize("rid", ["", " x", "a" * 65, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIi", "req id", "req-1\n"])
 def test_bad_request_ids(rid: str) -> None:
     with pytest.raises(EntryError):
         prepare_event("auth.failed", None, rid, {"reason": "expired"})
