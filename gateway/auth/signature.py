@@ -68,6 +68,10 @@ def _segment_json(segment: str, what: str) -> dict[str, Any]:
         raise MalformedToken(
             f"the token's {what} is not base64url-encoded JSON without duplicate members"
         ) from None
+    except RecursionError:
+        # The decoder recurses once per level of nesting, so a segment of a few kilobytes of brackets
+        # reaches the interpreter's recursion limit; no token an identity provider issues nests so deep.
+        raise MalformedToken(f"the token's {what} nests JSON too deeply") from None
     if not isinstance(value, dict):
         raise MalformedToken(f"the token's {what} is not a JSON object")
     return value

@@ -181,6 +181,9 @@ def _unverified_claims(token: str) -> dict[str, Any]:
         claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
     except (binascii.Error, ValueError):
         raise MalformedAssertion("the peer assertion is not base64url JSON") from None
+    except RecursionError:
+        # The decoder recurses once per level of nesting: 4 KiB of brackets reach the recursion limit.
+        raise MalformedAssertion("the peer assertion nests JSON too deeply") from None
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise MalformedAssertion("the peer assertion's header or claims are not JSON objects")
     if header.get("alg") != _ALG or header.get("typ") != ASSERTION_TYPE or "crit" in header:
