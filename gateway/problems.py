@@ -7,9 +7,10 @@ handlers here render those, authentication failures and request-validation error
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,6 +27,7 @@ from audit.errors import (
     UntrustedCheckpoint,
     WitnessError,
 )
+from gateway.query.spec import field_path
 from gateway.refusal import Refusal, RefusalKind
 
 PROBLEM_JSON = "application/problem+json"
@@ -150,22 +152,108 @@ def refusal_response(refusal: Refusal) -> JSONResponse:
     )
 
 
-def _field_messages(exc: RequestValidationError) -> list[tuple[str, str]]:
+# The routes whose body is a query spec (`gateway.query.QuerySpec`). Pydantic's locations there carry the
+# spec's union tags ("count.filters.condition.value"), which `field_path` removes to give the path into the
+# spec that docs/queries.md promises ("filters.value"). Other bodies keep pydantic's dotted location: the
+# audit log's `field` label admits no brackets ("patients.1", not "patients[1]").
+_QUERY_SPEC_BODIES: Final = frozenset({("POST", "/v1/queries")})
+_QUERY_SPEC_TITLE: Final = "The request body is not a valid query"
+_TITLES: Final = {
+    "body": "The request body is not valid",
+    "query": "A query parameter is not valid",
+    "path": "A path parameter is not valid",
+    "header": "A header is not valid",
+    "cookie": "A cookie is not valid",
+}
+_MIXED_TITLE: Final = "The request is not valid"
+# When a value matches no member of a union, pydantic reports one error per member, each located at the
+# value plus the member's name: a scalar type last ("levels.1.bool", "levels.1.str"), a container type in
+# brackets before its own items ("value.list[union[bool,str]].0.str"). A field can have such a name too (a
+# Kaplan-Meier spec's `params.time`), so a name counts as a member's only where errors give two different
+# such names at one place.
+_SCALAR_TYPES: Final = frozenset({"bool", "int", "float", "str", "bytes", "date", "time", "datetime",
+                                  "timedelta", "decimal", "uuid", "url"})  # fmt: skip
+# Errors whose last location item is a key the model declares or the client sent, whatever its name.
+_NAMED_KEY_ERRORS: Final = frozenset({"missing", "extra_forbidden"})
+_TAG_ERRORS: Final = frozenset({"union_tag_invalid", "union_tag_not_found"})
+_Location = tuple[int | str, ...]
+
+
+def _member_like(error: Mapping[str, Any]) -> list[int]:
+    """The positions in the error's location whose item could name a union member."""
+    loc = error.get("loc", ())
+    end = len(loc) - 1 if error.get("type") in _NAMED_KEY_ERRORS else len(loc)
+    return [
+        k
+        for k in range(1, end)
+        if isinstance(loc[k], str)
+        and ("[" in loc[k] or loc[k] in _SCALAR_TYPES or loc[k].startswith("constrained-"))
+    ]
+
+
+def _union_places(errors: Sequence[Mapping[str, Any]]) -> set[_Location]:
+    """The locations at which the errors name two or more union members."""
+    named: dict[_Location, set[str]] = defaultdict(set)
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        for k in _member_like(error):
+            named[loc[:k]].add(str(loc[k]))
+    return {place for place, names in named.items() if len(names) > 1}
+
+
+def _field(error: Mapping[str, Any], spec_body: bool, unions: set[_Location]) -> tuple[str, str]:
+    """Where a validation error is (`body`, `query`, `path`, `header` or `cookie`) and the field at fault
+    as the client wrote it: a parameter by its name (`hours`), a body field by its path, `body` for the
+    body as a whole."""
+    loc: _Location = tuple(error.get("loc") or ("body",))
+    where = str(loc[0])
+    kind = error.get("type")
+    if kind == "json_invalid":
+        return where, where  # the location is an offset into the text, not a field
+    members = {k for k in _member_like(error) if loc[:k] in unions}
+    items = [item for k, item in enumerate(loc) if k > 0 and k not in members]
+    if kind in _TAG_ERRORS:
+        # The discriminator is missing or unknown: pydantic locates the error at the object, and names
+        # the discriminator's field (quoted) only in the context.
+        discriminator = str((error.get("ctx") or {}).get("discriminator", ""))
+        if len(discriminator) > 2 and discriminator[0] == discriminator[-1] == "'":
+            items.append(discriminator[1:-1])
+    path = field_path(tuple(items)) if where == "body" and spec_body else ".".join(map(str, items))
+    return where, path or where
+
+
+def _is_query_spec_body(request: Request) -> bool:
+    return (request.method, getattr(request.scope.get("route"), "path", None)) in _QUERY_SPEC_BODIES
+
+
+def _faults(exc: RequestValidationError, spec_body: bool) -> list[tuple[str, str, str]]:
+    """(where, field, message) of each error of a request."""
+    errors = exc.errors()
+    unions = _union_places(errors)
     out = []
-    for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    for err in errors:
+        where, field = _field(err, spec_body, unions)
         # Pydantic's message may quote the offending input; the field and the rule are enough.
-        out.append((".".join(loc) or "body", str(err.get("msg", "invalid"))))
+        out.append((where, field, str(err.get("msg", "invalid"))))
     return out
 
 
-def _validation_response(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    errors = [{"field": field, "message": message} for field, message in _field_messages(exc)]
+def _validation_title(wheres: set[str], spec_body: bool) -> str:
+    """Names the part of the request that is invalid, when the errors are all in one part."""
+    if len(wheres) != 1:
+        return _MIXED_TITLE
+    (where,) = wheres
+    if where == "body" and spec_body:
+        return _QUERY_SPEC_TITLE
+    return _TITLES.get(where, _MIXED_TITLE)
+
+
+def _validation_response(faults: list[tuple[str, str, str]], spec_body: bool) -> JSONResponse:
+    errors = [{"field": field, "message": message} for _where, field, message in faults]
     first = errors[0] if errors else {"field": "body", "message": "invalid"}
     return problem(
         HTTPStatus.UNPROCESSABLE_ENTITY,
-        "The request body is not a valid query",
+        _validation_title({where for where, _field, _message in faults}, spec_body),
         detail=f"{first['field']}: {first['message']}",
         errors=errors,
         field=first["field"],
@@ -186,16 +274,18 @@ RefusalHook = Callable[[Request, Refusal], Awaitable[None]]
 def install(
     app: FastAPI, *, on_invalid: InvalidRequestHook | None = None, on_refusal: RefusalHook | None = None
 ) -> None:
-    """Register the handlers on an app. `on_invalid` hears of every body that failed validation, and
+    """Register the handlers on an app. `on_invalid` hears of every body or parameter that failed
+    validation (the field, named as the problem names it, and the message of each error), and
     `on_refusal` of every other refusal not audited where it was raised (`Refusal.audited`) and of the
     framework's own (an unknown route, a wrong method): the app audits both."""
 
     async def validation(request: Request, exc: Exception) -> JSONResponse:
-        response = _validation_response(request, exc)
+        assert isinstance(exc, RequestValidationError)
+        spec_body = _is_query_spec_body(request)
+        faults = _faults(exc, spec_body)
         if on_invalid is not None:
-            assert isinstance(exc, RequestValidationError)
-            await on_invalid(request, _field_messages(exc))
-        return response
+            await on_invalid(request, [(field, message) for _where, field, message in faults])
+        return _validation_response(faults, spec_body)
 
     async def refused(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, Refusal)

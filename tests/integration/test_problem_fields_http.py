@@ -1,0 +1,122 @@
+"""Validation problems over HTTP name the field as the client wrote it and say which part of the request is
+invalid: a query spec's field by its path into the spec (docs/queries.md), another body's field by its
+dotted location, a query parameter by its name, and the audit log records the same name."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import httpx
+from gateway_site import bearer
+from oidc_issuer import LoopbackTestIssuer
+
+QUERY = {
+    "dataset": "cohort", "agreement": "DSA-TEST-OPEN", "purpose": {"duo": ["DUO:0000006"]}, "kind": "count",
+}  # fmt: skip
+LEAF = {"column": "bmi", "op": ">", "value": 30}
+
+
+def _problem(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _fields(problem: dict[str, Any]) -> list[str]:
+    return [e["field"] for e in problem["errors"]]
+
+
+def _size(http: httpx.Client, idp: LoopbackTestIssuer) -> int:
+    page = http.get("/v1/audit/entries", params={"start": 0, "end": 0}, headers=bearer(idp, "auditor"))
+    return int(page.json()["size"])
+
+
+def _entries_since(http: httpx.Client, idp: LoopbackTestIssuer, start: int) -> list[dict[str, Any]]:
+    page = http.get("/v1/audit/entries", params={"start": start}, headers=bearer(idp, "auditor"))
+    return [json.loads(base64.b64decode(e["entry"])) for e in page.json()["entries"]]
+
+
+def test_a_filter_value_is_named_by_its_path_in_the_spec(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
+    body = {**QUERY, "filters": {**LEAF, "value": "x" * 300}}
+    start = _size(http, idp)
+    problem = _problem(http.post("/v1/queries", json=body, headers=bearer(idp, "researcher")))
+    assert problem["title"] == "The request body is not a valid query"
+    assert problem["field"] == "filters.value" and _fields(problem) == ["filters.value"]
+    assert problem["detail"].startswith("filters.value: ")
+    (refused,) = [e for e in _entries_since(http, idp, start) if e["type"] == "query.refused"]
+    assert refused["payload"]["reasons"][0].startswith("filters.value: ")
+
+
+def test_a_field_in_a_nested_filter_is_named_with_its_indexes(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    bad = {**LEAF, "op": "~"}
+    body = {**QUERY, "filters": {"and": [LEAF, {"or": [LEAF, {"not": bad}]}]}}
+    problem = _problem(http.post("/v1/queries", json=body, headers=bearer(idp, "researcher")))
+    assert problem["field"] == "filters.and[1].or[1].not.op"
+
+
+def test_other_spec_fields_are_named_as_the_spec_names_them(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    def field_of(body: dict[str, Any]) -> str:
+        problem = _problem(http.post("/v1/queries", json=body, headers=bearer(idp, "researcher")))
+        assert problem["title"] == "The request body is not a valid query"
+        return str(problem["field"])
+
+    assert field_of({**QUERY, "limit": 5}) == "limit"
+    histogram = {"column": "bmi", "edges": [20, "thirty"]}
+    assert field_of({**QUERY, "kind": "histogram", "params": histogram}) == "params.edges[1]"
+    # `time` is a field here, though pydantic also names a union's time member so.
+    survival = {"time": "1 day", "event": "event", "edges": [30]}
+    assert field_of({**QUERY, "kind": "kaplan_meier", "params": survival}) == "params.time"
+    assert field_of({k: v for k, v in QUERY.items() if k != "kind"}) == "kind"
+    assert field_of({**QUERY, "kind": "median"}) == "kind"
+
+
+def test_a_body_that_is_not_json_is_named_body(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
+    headers = {**bearer(idp, "researcher"), "content-type": "application/json"}
+    problem = _problem(http.post("/v1/queries", content=b'{"kind": "count",', headers=headers))
+    assert problem["field"] == "body"  # not the offset in the text where decoding stopped
+
+
+def test_a_query_parameter_is_named_by_its_name_in_the_problem_and_the_audit_log(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    start = _size(http, idp)
+    response = http.get("/v1/steward/activity", params={"hours": "abc"}, headers=bearer(idp, "steward"))
+    problem = _problem(response)
+    assert problem["title"] == "A query parameter is not valid"
+    assert problem["field"] == "hours" and problem["detail"].startswith("hours: ")
+    (refused,) = [e for e in _entries_since(http, idp, start) if e["type"] == "request.refused"]
+    assert refused["payload"]["route"] == "GET:activity" and refused["payload"]["field"] == "hours"
+
+
+def test_a_steward_body_field_is_named_by_its_location(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
+    steward = bearer(idp, "steward")
+    decision = http.post(
+        "/v1/steward/approvals/req-x", json={"approve": "maybe", "reason": "ok"}, headers=steward
+    )
+    problem = _problem(decision)
+    assert problem["title"] == "The request body is not valid"
+    assert _fields(problem) == ["approve"]
+    withdrawal = {"patients": ["MRN-1", 7]}
+    start = _size(http, idp)
+    problem = _problem(http.post("/v1/steward/datasets/cohort/withdrawals", json=withdrawal, headers=steward))
+    assert problem["title"] == "The request body is not valid" and problem["field"] == "patients.1"
+    (refused,) = [e for e in _entries_since(http, idp, start) if e["type"] == "request.refused"]
+    assert refused["payload"]["field"] == "patients.1"
+
+
+def test_a_value_matching_no_member_of_a_union_is_named_without_the_members(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    # A GLM level is a boolean, an integer or a string: pydantic reports one error per member.
+    model = {"outcome": "bmi", "family": "gaussian", "categorical": [{"column": "sex", "levels": ["F", []]}]}
+    body = {k: v for k, v in QUERY.items() if k != "kind"} | {"model": model}
+    problem = _problem(http.post("/v1/glm/sessions", json=body, headers=bearer(idp, "researcher")))
+    assert problem["title"] == "The request body is not valid"
+    assert set(_fields(problem)) == {"model.categorical.0.levels.1"}
