@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 
 from audit.errors import AuditError, PayloadError
 from gateway import problems
@@ -63,6 +63,7 @@ def create_app(
         lifespan=lifespan,
     )
     problems.install(app, on_invalid=_audit_invalid, on_refusal=_audit_refusal)
+    app.add_exception_handler(AuditError, _audit_failed)
     app.include_router(queries.router)
     app.include_router(steward.router)
     app.include_router(audit.router)
@@ -99,6 +100,16 @@ async def _audit_invalid(request: Request, fields: list[tuple[str, str]]) -> Non
     payload = {"route": route_label(request), "refusal": "bad_request", "title": "Invalid request"}
     attempts = [{**payload, "field": fields[0][0]}, payload] if fields else [payload]
     await _audit(request, "request.refused", attempts)
+
+
+async def _audit_failed(request: Request, exc: Exception) -> Response:
+    """A request whose audit entry could not be written ends here, refused: no answer leaves that is not
+    on record, and a policy change is undone (`policy_admin.replace_data`). The log just failed, so this
+    refusal is logged here rather than audited."""
+    # The class name only: a driver's message can quote what was being written.
+    log.error("audit: %s ended unrecorded (%s); refused", route_label(request), type(exc).__name__)
+    reason = "the audit log could not record this request; try again later"
+    return problems.refusal_response(Refusal("unavailable", "The audit log is unavailable", [reason]))
 
 
 async def _audit_refusal(request: Request, refusal: Refusal) -> None:

@@ -219,23 +219,35 @@ class QueryPipeline:
                 principal=steward,
                 request_id=request_id,
             )
-        except PayloadError:
+        except Exception as exc:
+            # Nothing was decided: the request waits for a steward again, whatever kept the entry out.
             await asyncio.to_thread(
                 self.rt.state.update_request, request_id, expect="deciding", status="pending_approval",
                 reasons=stored.reasons, result=None, decided_by=None,
             )  # fmt: skip
+            if not isinstance(exc, PayloadError):
+                raise
             reason_text = (
                 "the reason holds text the audit log does not record (an identifier, address or token)"
             )
             raise Refusal("bad_request", "Invalid reason", [reason_text], field="reason") from None
-        if not approve:
-            await self._finish(
-                stored.request_id, "rejected", [f"a steward rejected the query: {reason}"], None, steward
-            )
-            return {"request_id": request_id, "status": "rejected", "reasons": reasons}
         researcher = _principal_from_json(stored.principal)
-        spec = parse_query_spec(stored.spec)
+        if not approve:
+            # The query ends here: its trail and the site's summary say so, as for any other refusal. The
+            # steward's decision is on record already, so it stands whatever happens to those two.
+            rejected = [f"a steward rejected the query: {reason}"]
+            refusal = Refusal("forbidden", "Rejected by a steward", rejected, stage="approval",
+                              request_id=request_id)  # fmt: skip
+            try:
+                await self._refused(refusal, researcher, request_id, query_hash)
+                asked = parse_query_spec(stored.spec)
+                await self._outcome(researcher, asked, request_id, "refused", stage="approval")
+            finally:
+                await self._finish(stored.request_id, "rejected", rejected, None, steward)
+            return {"request_id": request_id, "status": "rejected", "reasons": reasons}
+        spec: QuerySpec | None = None
         try:
+            spec = parse_query_spec(stored.spec)
             entry = self._dataset(spec)
             trail: list[Queued] = []
             decision = await self._decide(
@@ -245,9 +257,12 @@ class QueryPipeline:
         except Exception as exc:  # noqa: BLE001 - any failure must end as an audited refusal, never an answer
             refusal = exc if isinstance(exc, Refusal) else _internal_failure(exc)
             refusal.request_id = request_id
-            await self._refused(refusal, researcher, request_id, query_hash)
-            await self._outcome(researcher, spec, request_id, "refused", stage=refusal.stage)
-            await self._finish(request_id, "refused", refusal.reasons, None, steward)
+            try:
+                await self._refused(refusal, researcher, request_id, query_hash)
+                if spec is not None:  # a stored spec this version no longer reads has no summary row
+                    await self._outcome(researcher, spec, request_id, "refused", stage=refusal.stage)
+            finally:  # nothing was released: the request ends refused, never left `deciding`
+                await self._finish(request_id, "refused", refusal.reasons, None, steward)
             return {"request_id": request_id, "status": "refused", "reasons": refusal.reasons}
         await self._finish(request_id, "released", [], body, steward)
         return body
@@ -266,6 +281,7 @@ class QueryPipeline:
             return {"request_id": request_id, "status": stored.status, "reasons": stored.reasons}
         result = stored.result
         trail: list[Queued] = []
+        spec: QuerySpec | None = None
         try:
             spec = parse_query_spec(stored.spec)
             entry = self._dataset(spec)

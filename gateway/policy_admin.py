@@ -13,6 +13,7 @@ import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,20 +47,45 @@ def read_data(policy_dir: Path, name: str) -> Any:
 
 _REPLACING = threading.Lock()
 
+Audit = Callable[[str, PolicyBundle], object]
+"""Records a replacement (the previous bundle's digest, the new bundle) and returns once it is on record."""
 
-def replace_data(point: PolicyDecisionPoint, policy_dir: Path, name: str, document: Any) -> PolicyBundle:
-    """Validate `document` as the new `<name>.json` within the whole bundle, then install and reload it.
+
+def replace_data(
+    point: PolicyDecisionPoint, policy_dir: Path, name: str, document: Any, *, audit: Audit | None = None
+) -> tuple[str, PolicyBundle]:
+    """Validate `document` as the new `<name>.json` within the whole bundle, then install and reload it;
+    the previous bundle's digest and the new bundle.
 
     One replacement at a time: two documents validated each against the old other would otherwise be
-    installed together without ever being checked together."""
+    installed together without ever being checked together. With `audit`, the replacement counts only once
+    recorded: should `audit` fail, the previous document is put back and reloaded, and its error raised."""
     if not _NAME.match(name) or name not in data_names(policy_dir):
         raise KeyError(name)
     with _REPLACING:
-        return _replace(point, policy_dir, name, document)
+        target = policy_dir / "data" / f"{name}.json"
+        before, previous = point.bundle.digest, target.read_text(encoding="utf-8")
+        text = _validated(point, policy_dir, name, document)
+        _write(target, text)
+        bundle = point.reload()
+        if audit is not None:
+            try:
+                audit(before, bundle)
+            except BaseException:
+                # A change the audit log does not hold must not stay in force: the last good state returns.
+                _write(target, previous)
+                point.reload()
+                raise
+        return before, bundle
 
 
-def _replace(point: PolicyDecisionPoint, policy_dir: Path, name: str, document: Any) -> PolicyBundle:
-    text = json.dumps(document, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+def _validated(point: PolicyDecisionPoint, policy_dir: Path, name: str, document: Any) -> str:
+    """The new document's text, once the whole bundle with it loads (PolicyDataRejected otherwise)."""
+    try:
+        text = json.dumps(document, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+        text.encode("utf-8")
+    except (TypeError, ValueError) as exc:  # bytes, a lone surrogate, a circular structure
+        raise PolicyDataRejected(name, None, f"the document is not JSON text: {exc}") from None
     with tempfile.TemporaryDirectory(prefix="fedgate-policy-") as scratch:
         trial = Path(scratch) / "policies"
         shutil.copytree(policy_dir, trial)
@@ -72,8 +98,12 @@ def _replace(point: PolicyDecisionPoint, policy_dir: Path, name: str, document: 
             raise PolicyDataRejected(name, None, exc.message) from None
         except PolicyLoadError as exc:
             raise PolicyDataRejected(name, None, str(exc).replace(str(trial), "policies")) from None
-    target = policy_dir / "data" / f"{name}.json"
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".json", dir=target.parent)
+    return text
+
+
+def _write(target: Path, text: str) -> None:
+    """Put `text` in place of `target` atomically (a temporary file synced, then renamed over it)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".json", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -83,4 +113,3 @@ def _replace(point: PolicyDecisionPoint, policy_dir: Path, name: str, document: 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return point.reload()

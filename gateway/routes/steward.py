@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from gateway.consent import WithdrawalUnsupported, withdraw
+from gateway.decision import PolicyBundle
 from gateway.deps import PipelineDep, RuntimeDep, StewardDep
 from gateway.policy_admin import PolicyDataRejected, data_names, read_data, replace_data
 from gateway.problems import AUTHENTICATED, documented
@@ -28,11 +29,20 @@ async def datasets(_: StewardDep, runtime: RuntimeDep) -> list[dict[str, Any]]:
     ]
 
 
+def _text(value: str) -> str:
+    # JSON's \ud800 escape decodes to a lone surrogate: no identifier of a source file, and no UTF-8 to key.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not UTF-8 text (a lone surrogate)") from None
+    return value
+
+
 class Withdrawal(BaseModel):
     """Patients, by their source identifier (e.g. MRN), who withdrew consent for research use."""
 
     model_config = ConfigDict(extra="forbid")
-    patients: list[str] = Field(min_length=1, max_length=10_000)
+    patients: list[Annotated[str, AfterValidator(_text)]] = Field(min_length=1, max_length=10_000)
 
 
 @router.post(
@@ -60,6 +70,8 @@ async def withdraw_consent(
         raise Refusal("conflict", "Cannot record the withdrawal here", [str(exc)]) from None
     except KeyMaterialError as exc:
         raise Refusal("unavailable", "The site master key is not usable", [str(exc)]) from None
+    # Should the log fail here, the withdrawal stays in force (it only ever excludes patients) and the
+    # steward gets a 503; sent again, it is recorded, with no patient new.
     await runtime.record(
         "consent.withdrawn",
         {"dataset": dataset, "patients": len(body.patients), "new": new},
@@ -102,10 +114,28 @@ async def policy_document(name: str, _: StewardDep, runtime: RuntimeDep) -> Any:
 async def replace_policy_document(
     name: str, steward: StewardDep, runtime: RuntimeDep, document: Annotated[Any, Body()]
 ) -> dict[str, Any]:
-    previous = runtime.policy.bundle.digest
+    if isinstance(document, bytes | bytearray):  # FastAPI hands over the raw body unless it was sent as JSON
+        raise Refusal(
+            "bad_request", "Invalid policy data",
+            ["send the document as JSON (Content-Type: application/json)"], field="body", stage="validate",
+        )  # fmt: skip
+
+    def audit(previous: str, bundle: PolicyBundle) -> None:
+        # In the replacing thread, under the replacement lock: a change the log does not take is undone.
+        runtime.append_soon(
+            "policy.changed",
+            {
+                "bundle_digest": f"sha256:{bundle.digest}",
+                "previous_digest": f"sha256:{previous}",
+                "change": "dsa" if name == "agreements" else "data",
+                "name": name,
+            },
+            principal=steward,
+        ).result()
+
     try:
-        bundle = await asyncio.to_thread(
-            replace_data, runtime.policy, runtime.settings.policy_dir, name, document
+        previous, bundle = await asyncio.to_thread(
+            replace_data, runtime.policy, runtime.settings.policy_dir, name, document, audit=audit
         )
     except KeyError:
         raise Refusal(
@@ -115,16 +145,6 @@ async def replace_policy_document(
         raise Refusal(
             "bad_request", "Invalid policy data", [str(exc)], field=exc.field, stage="validate"
         ) from None
-    await runtime.record(
-        "policy.changed",
-        {
-            "bundle_digest": f"sha256:{bundle.digest}",
-            "previous_digest": f"sha256:{previous}",
-            "change": "dsa" if name == "agreements" else "data",
-            "name": name,
-        },
-        principal=steward,
-    )
     return {"name": name, "bundle_digest": bundle.digest, "previous_digest": previous}
 
 
