@@ -31,7 +31,7 @@ from audit.errors import PayloadError
 from audit.log import AppendReceipt, Queued
 from gateway.auth import Principal
 from gateway.decision import DatasetFacts, Decision, DecisionInput, Destination
-from gateway.decision.models import Obligations, Purpose, QueryFacts
+from gateway.decision.models import ConsentFilter, Obligations, Purpose, QueryFacts
 from gateway.query import (
     ColumnNotAllowed,
     CompiledQuery,
@@ -56,6 +56,17 @@ from pseudonymize.store import CatalogEntry
 def owner(principal: Principal) -> str:
     """Whose request it is: the subject as its issuer names it (two issuers may reuse a `sub`)."""
     return f"{principal.issuer}\n{principal.sub}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _consent_bytes(consent: ConsentFilter) -> bytes:
+    """RFC 8785 bytes of a consent filter, its code lists in order: one rule, one spelling. Few filters
+    recur, request after request, so each is canonicalized once."""
+    rule = consent.model_dump(mode="json")
+    rule["allowed_codes"] = sorted(set(rule["allowed_codes"]))
+    groups = {tuple(sorted(set(group))) for group in rule["require_any_of"]}
+    rule["require_any_of"] = [list(group) for group in sorted(groups)]
+    return bytes(rfc8785.dumps(rule))
 
 
 def sha256_label(hex_digest: str) -> str:
@@ -417,7 +428,8 @@ class QueryPipeline:
         the recorded withdrawals applied: the engine it runs on and the compiled query (blocking)."""
         principal, spec, entry, obligations = job.principal, job.spec, job.entry, job.obligations
         patients = (entry.dataset, entry.key_context) if entry.patient_column is not None else None
-        start = self.rt.state.start_query(owner(principal), spec.agreement, job.query_hash, patients)
+        repeat_key = spec.repeat_key(_consent_bytes(obligations.consent_filter))
+        start = self.rt.state.start_query(owner(principal), spec.agreement, repeat_key, patients)
         asked, withdrawn = start.asked, start.withdrawn
         if asked > obligations.max_identical_queries:
             raise Refusal(

@@ -332,6 +332,19 @@ class BaseQuery(_Spec):
         """SHA-256 hex of `canonical_json()`: equal for the same question however it was written."""
         return hashlib.sha256(self.canonical_json()).hexdigest()
 
+    def repeat_key(self, consent: bytes) -> str:
+        """SHA-256 hex of what decides this query's answer: the spec without its purpose and destination,
+        and `consent`, the canonical bytes of the consent filter its purpose was given (the rows the query
+        may see). Askings of one key get the same answer however they are labelled (another ethics
+        approval id, destination or spelling of the purpose), so they count as the same query against
+        an agreement's limit of identical queries."""
+        dumped = self.model_dump(
+            mode="json", by_alias=True, exclude_defaults=True, exclude={"purpose", "destination"}
+        )
+        digest = hashlib.sha256(rfc8785.dumps(_normalize(dumped)))
+        digest.update(b"\n" + consent)
+        return digest.hexdigest()
+
 
 def _normalize(value: Any) -> Any:
     if isinstance(value, dict):

@@ -161,6 +161,29 @@ def test_identical_query_limit(http: httpx.Client, idp: LoopbackTestIssuer) -> N
     assert ask(http, idp, body, sub="someone-else").status_code == 200
 
 
+def test_relabelling_a_query_does_not_reset_its_limit(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
+    # Labels that do not change the answer (which ethics approval, the destination) would otherwise make
+    # each asking a new query, and the limit a formality.
+    base = spec("count", group_by=["sex"], filters={"column": "bmi", "op": ">", "value": 21.5})
+
+    def approved(ethics: str, **extra: Any) -> dict[str, Any]:
+        return {**base, "purpose": {**PURPOSE, "ethics_approval_id": ethics}, **extra}
+
+    answers = [
+        ask(http, idp, body, sub="relabeller")
+        for body in (approved("EC-1"), approved("EC-2", destination="FR"), approved("EC-3"))
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert len({json.dumps(a.json()["rows"], sort_keys=True) for a in answers}) == 1
+    fourth = ask(http, idp, approved("EC-4"), sub="relabeller")
+    assert fourth.status_code == 429 and "allows this exact query 3 times; this is time 4" in fourth.text
+    # Without an ethics approval the consent filter admits other patients: another answer, another query.
+    unapproved = ask(http, idp, base, sub="relabeller")
+    assert unapproved.status_code == 200 and unapproved.json()["rows"] != answers[0].json()["rows"]
+    other = approved("EC-5", filters={"column": "bmi", "op": ">", "value": 21.6})
+    assert ask(http, idp, other, sub="relabeller").status_code == 200
+
+
 # -- agreement terms, differential privacy, approval ---------------------------------------------------------
 
 
