@@ -1,8 +1,9 @@
 """Compile a checked query spec to SQLAlchemy Core selects over one dataset table, obligations applied.
 
 `main` answers the question; `selected` counts the rows the filters and the consent filter keep and
-`population` the rows the consent filter keeps (both for the query-set-size rule); `sizes` gives both in
-one scan. Column names come only from the catalog, values only as bound parameters.
+`population` the rows the consent filter keeps (both for the query-set-size rule; for a statistic, only
+rows with its analysed columns present); `sizes` gives both in one scan. Column names come only from the
+catalog, values only as bound parameters.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class CompiledQuery:
     """(name, pandas dtype) of each column of `main`, in order."""
     table: sa.FromClause
     consent: sa.ColumnElement[bool]
-    """The consent predicate (withdrawals included): the population's rows."""
+    """The consent predicate (withdrawals included): the rows the query may see."""
     bins: tuple[tuple[float | None, float | None], ...] = ()
     """Histogram only: (lower, upper) of each bin index; None is an open end."""
     shape: tuple[Any, ...] | None = None
@@ -68,6 +69,9 @@ class CompiledQuery:
     to the same text, with the same bound values except `values` (see duckdb_dialect.run)."""
     values: Mapping[str, Any] = field(default_factory=dict)
     """The filters' values, by the name of the parameter each is bound as (`filter_value_0`...)."""
+    counted: sa.ColumnElement[bool] | None = None
+    """The rows the query-set-size rule counts when they are fewer than `consent`'s (`selected`, `sizes`,
+    and `population` likewise): a statistic's rows with its analysed columns present."""
 
     # Built on first use and kept in the instance's dict, as functools.cached_property would, but without
     # its lock: on Python 3.11 that lock is one per property for every instance, so the pool threads would
@@ -95,7 +99,8 @@ class CompiledQuery:
         """The count of rows the filters and the consent filter keep."""
 
         def make() -> AnySelect:
-            where = self.consent if self.keep is None else sa.and_(self.consent, self.keep)
+            rows = self.consent if self.counted is None else self.counted
+            where = rows if self.keep is None else sa.and_(rows, self.keep)
             return sa.select(sa.func.count().label("selected")).select_from(self.table).where(where)
 
         selected: AnySelect = self._lazy("_selected", make)
@@ -108,7 +113,7 @@ class CompiledQuery:
         def make() -> AnySelect:
             counted = sa.func.count().filter(self.keep) if self.keep is not None else sa.func.count()
             sizes = sa.select(counted.label("selected"), sa.func.count().label("population"))
-            return sizes.select_from(self.table).where(self.consent)
+            return sizes.select_from(self.table).where(self.consent if self.counted is None else self.counted)
 
         sizes: AnySelect = self._lazy("_sizes", make)
         return sizes
@@ -242,10 +247,36 @@ def compile_query(
             raise RuntimeError("the filters' values were read two ways")
         _CHECKED.put(shape, (output, bins))
         build = functools.partial(_given, main, keep)
+    counted = None
+    analysed = _analysed_columns(spec)
+    if analysed:
+        # A statistic rests on the rows where its columns are present: the query-set-size rule counts
+        # those, or a filter leaving out one patient would pass on the strength of rows missing the value.
+        counted, population = _present(table, consent, analysed)
     return CompiledQuery(
         spec.kind, build, population, spec.group_by, output, table, consent, bins,
-        shape=shape, values=reader.values,
+        shape=shape, values=reader.values, counted=counted,
     )  # fmt: skip
+
+
+def _analysed_columns(spec: QuerySpec) -> tuple[str, ...]:
+    """The columns whose missing values leave a row out of the statistic `spec` asks for."""
+    if isinstance(spec, KaplanMeierQuery):
+        return (spec.params.time, spec.params.event)
+    if isinstance(spec, SummaryQuery | HistogramQuery | QuantilesQuery):
+        return (spec.params.column,)
+    return ()
+
+
+@functools.lru_cache(maxsize=256)
+def _present(
+    table: sa.TableClause, consent: sa.ColumnElement[bool], names: tuple[str, ...]
+) -> tuple[sa.ColumnElement[bool], AnySelect]:
+    """The consented rows with `names` present, and the select counting them. `table` and `consent` come
+    from `_consented`'s cache, so a query of a known version, rule and columns gets the same objects, and
+    the population cache finds its key without building it anew."""
+    present = sa.and_(consent, *(table.c[name].is_not(None) for name in names))
+    return present, sa.select(sa.func.count().label("population")).select_from(table).where(present)
 
 
 # Shapes whose selects were built without error, with the output columns and bins they gave. Every check

@@ -104,7 +104,8 @@ def _key(values: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def reference(frame: pd.DataFrame, kind: str, node: dict[str, Any] | None) -> tuple[dict[Any, Any], int, int]:
-    """Expected cells keyed by group values (and bin), plus selected and population, from pandas."""
+    """Expected cells keyed by group values (and bin), plus selected and population, from pandas (for a
+    statistic, of the rows with its column present)."""
     consented = frame[admitted(frame)]
     chosen = consented[reference_mask(consented, node)] if node is not None else consented
     groups = KINDS[kind]["group_by"]
@@ -132,6 +133,10 @@ def reference(frame: pd.DataFrame, kind: str, node: dict[str, Any] | None) -> tu
             cells[key] = (len(part),)
     if not groups:
         cells.setdefault((), (0,))
+    if "column" in params:
+        # A statistic's query set and population are the rows with its column present.
+        present = consented[params["column"]].notna()
+        return cells, len(rows), int(present.sum())
     return cells, len(chosen), len(consented)
 
 
