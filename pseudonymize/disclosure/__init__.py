@@ -12,6 +12,7 @@ from pseudonymize.disclosure.errors import (
     InvalidRules,
     QuerySetTooSmall,
     UnprotectableTable,
+    WideTableWithHiddenCell,
 )
 from pseudonymize.disclosure.groups import protect_quantiles, protect_summary
 from pseudonymize.disclosure.query_set import check_query_set
@@ -45,6 +46,7 @@ __all__ = [
     "QuerySetTooSmall",
     "ThresholdObligations",
     "UnprotectableTable",
+    "WideTableWithHiddenCell",
     "check_query_set",
     "protect_count_columns",
     "protect_counts",

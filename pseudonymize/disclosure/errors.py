@@ -5,6 +5,7 @@ PseudonymizeError                   (pseudonymize.errors)
     ├── QuerySetTooSmall            the filtered set has fewer rows than min_cell_count
     ├── ComplementTooSmall          the filter leaves out between 1 and min_cell_count - 1 rows (a tracker)
     ├── UnprotectableTable          every cell that could be hidden is, and a small cell is still determined
+    ├── WideTableWithHiddenCell     a table of three or more dimensions would need a cell hidden
     ├── InvalidRules                thresholds that cannot be applied (min_cell_count or round_to below 1)
     └── InvalidAggregate            the executor's table lacks the shape disclosure control needs
 """
@@ -58,6 +59,22 @@ class UnprotectableTable(DisclosureError):
             f"this table cannot be released: its rows are spread so thinly that the totals would reveal a "
             f"cell below the minimum of {min_cell_count} whatever else were hidden; group by fewer "
             f"columns or coarser levels"
+        )
+
+
+class WideTableWithHiddenCell(DisclosureError):
+    """A table of three or more dimensions (group columns, and a histogram's bins) with a cell to hide.
+
+    Its two-dimensional sub-tables are what coarser queries release, and each of their cells is a sum of a
+    line of this table: hidden cells here would come back from those answers. Such a table is released
+    only whole, when no cell needs hiding."""
+
+    def __init__(self, min_cell_count: int) -> None:
+        self.min_cell_count = min_cell_count
+        super().__init__(
+            f"a table of three or more dimensions is released only when none of its cells falls below "
+            f"the minimum of {min_cell_count}: its two-column sub-tables, queried on their own, would give a "
+            f"hidden cell back; group by fewer columns or coarser levels"
         )
 
 

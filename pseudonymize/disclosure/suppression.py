@@ -28,7 +28,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from pseudonymize.disclosure.errors import QuerySetTooSmall, UnprotectableTable
+from pseudonymize.disclosure.errors import QuerySetTooSmall, UnprotectableTable, WideTableWithHiddenCell
 from pseudonymize.disclosure.rules import DisclosureRules
 
 _FREE = -1  # the open end of an entry that sits on one line only: no constraint there
@@ -51,6 +51,8 @@ class LineSystem:
         self.values = [int(v) for v in values]
         self.lines = [list(line) for line in lines]
         self.grand_total = grand_total
+        self.whole_only = False
+        """Released only with nothing hidden: its sub-tables are lines this system does not hold."""
         self.memberships: list[list[tuple[int, int]]] = [[] for _ in self.values]
         for index, line in enumerate(self.lines):
             for entry, coef in line:
@@ -72,14 +74,18 @@ class LineSystem:
     def for_grid(cls, counts: np.ndarray) -> LineSystem:
         """The lines a grouped count releases or implies: none, one total, or full 2-D margins.
 
-        Tables of three or more group columns get their grand total only (their sub-margins are left to
-        the coarser queries that would release them, which are protected on their own).
+        A table of three or more dimensions gets its grand total and is released only whole
+        (`whole_only`): each cell of its two-dimensional sub-tables, which coarser queries release, sums
+        a line of it, and suppression over all those lines at once is no longer the network problem the
+        audit below solves exactly. With nothing hidden there is nothing to give back.
         """
         if counts.ndim == 0:
             return cls.single(int(counts))
         if counts.ndim == 2:
             return cls.two_way(counts)
-        return cls.one_line([int(v) for v in counts.reshape(-1)])
+        system = cls.one_line([int(v) for v in counts.reshape(-1)])
+        system.whole_only = counts.ndim >= 3
+        return system
 
     @classmethod
     def two_way(cls, grid: np.ndarray) -> LineSystem:
@@ -113,6 +119,8 @@ def suppress(system: LineSystem, rules: DisclosureRules) -> list[Status]:
     if grand is not None and system.values[grand] < rules.min_cell_count:
         raise QuerySetTooSmall(rules.min_cell_count)
     status = [Status.PRIMARY if rules.is_small(v) else Status.RELEASED for v in system.values]
+    if system.whole_only and Status.PRIMARY in status:
+        raise WideTableWithHiddenCell(rules.min_cell_count)
     while True:
         if _second_suppressions(system, status) or _small_hidden_unions(system, status, rules):
             continue

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pseudonymize.disclosure import DisclosureRules, QuerySetTooSmall, UnprotectableTable
+from pseudonymize.disclosure import (
+    DisclosureRules,
+    QuerySetTooSmall,
+    UnprotectableTable,
+    WideTableWithHiddenCell,
+)
 from pseudonymize.disclosure.suppression import LineSystem, Status, pinned_entries, suppress
 
 RULES = DisclosureRules(min_cell_count=10)
@@ -108,3 +113,28 @@ def test_a_label_that_fixes_the_value_by_itself_is_not_chased() -> None:
     rules = DisclosureRules(min_cell_count=1)
     status = suppress(LineSystem.one_line([0, 5, 7]), rules)
     assert status == [Status.PRIMARY, Status.COMPLEMENTARY, Status.COMPLEMENTARY, Status.RELEASED]
+
+
+def test_a_table_of_three_or_more_dimensions_is_released_whole_or_not_at_all() -> None:
+    # Each cell of a two-column sub-table (a coarser query's answer) sums a line of the wider table, so a
+    # hidden cell there would come back; none is hidden: the table is refused instead.
+    dense = np.full((2, 3, 4), 12)
+    system = LineSystem.for_grid(dense)
+    assert system.whole_only and suppress(system, RULES) == [Status.RELEASED] * (dense.size + 1)
+    for shape, small in [((2, 3, 4), (1, 2, 3)), ((2, 2, 2, 2), (0, 1, 0, 1))]:
+        grid = np.full(shape, 40)
+        grid[small] = 3
+        with pytest.raises(WideTableWithHiddenCell) as info:
+            suppress(LineSystem.for_grid(grid), RULES)
+        assert "three or more dimensions" in info.value.reason and "3" not in info.value.reason
+    zero = np.full((2, 2, 2), 40)
+    zero[0, 0, 0] = 0  # an empty combination is hidden unless the agreement lets zeros show
+    with pytest.raises(WideTableWithHiddenCell):
+        suppress(LineSystem.for_grid(zero), RULES)
+    shown = suppress(LineSystem.for_grid(zero), DisclosureRules(min_cell_count=10, keep_zero_cells=True))
+    assert Status.PRIMARY not in shown
+    # Two dimensions keep their full margins and complementary suppression.
+    flat = np.full((3, 3), 40)
+    flat[0, 0] = 3
+    assert not LineSystem.for_grid(flat).whole_only
+    assert Status.COMPLEMENTARY in suppress(LineSystem.for_grid(flat), RULES)
