@@ -142,6 +142,59 @@ def test_filter_selecting_fewer_than_the_minimum_is_refused_without_its_size(
     assert answer["rows"][0]["count"] == int((admitted["bmi"] >= wide_low).sum()) >= MIN_CELL
 
 
+def test_a_statistic_counts_its_query_set_on_the_rows_holding_its_value(
+    http: httpx.Client, idp: LoopbackTestIssuer, admitted: pd.DataFrame
+) -> None:
+    """Attack: a summary of hba1c over everyone, then over everyone with hba1c but one patient. The rows
+    missing hba1c are left out of both statistics, but counted as left out by the filter they would carry
+    the second past the complement rule, and the two sums would differ by that patient's value."""
+    present = admitted[admitted["hba1c"].notna()]
+    assert int(admitted["hba1c"].isna().sum()) >= MIN_CELL  # enough missing rows to hide behind
+    counts = admitted["bmi"].value_counts()
+    bmi = next(float(v) for v in counts[counts == 1].index if (present["bmi"] == v).any())
+    hba1c = {"column": "hba1c", "op": "is_null", "value": False}
+    everyone = released(http, idp, spec("summary", params={"column": "hba1c"}), "missing-atk")
+    assert everyone["rows"][0]["n"] == len(present)
+    but_one = {"and": [hba1c, {"not": {"column": "bmi", "op": "=", "value": bmi}}]}
+    refused = ask(http, idp, spec("summary", params={"column": "hba1c"}, filters=but_one), "missing-atk")
+    assert refused.status_code == 403, refused.text
+    assert "leaves out fewer than 10 rows" in refused.json()["detail"]
+    # The same filter left without the value's rows counted: still refused, by the same rule.
+    without = {"not": {"column": "bmi", "op": "=", "value": bmi}}
+    again = ask(http, idp, spec("summary", params={"column": "hba1c"}, filters=without), "missing-atk")
+    assert again.status_code == 403 and "leaves out fewer than 10 rows" in again.json()["detail"]
+
+
+def test_a_table_of_three_dimensions_is_released_only_whole(
+    http: httpx.Client, idp: LoopbackTestIssuer, admitted: pd.DataFrame
+) -> None:
+    """Attack: hide a cell of a three-column table, then take it back from the two-column table the gateway
+    releases on its own (each of its cells sums a line of the first). A table of three or more dimensions
+    with any cell to hide is refused whole; one that needs nothing hidden is released as it is."""
+    sparse = ["age_band", "smoking", "event"]
+    assert admitted.groupby(sparse).size().min() < MIN_CELL
+    refused = ask(http, idp, spec("count", group_by=sparse), "wide-atk")
+    assert refused.status_code == 403, refused.text
+    assert "three or more dimensions" in refused.json()["detail"]
+    body = spec("summary", group_by=["age_band", "smoking", "outcome"], params={"column": "bmi"})
+    assert ask(http, idp, body, "wide-atk").status_code == 403
+    # A histogram's bins are a dimension: two group columns and the bins make three.
+    edges = [20, 25, 30, 35]
+    body = spec("histogram", group_by=["age_band", "smoking"], params={"column": "bmi", "edges": edges})
+    assert ask(http, idp, body, "wide-atk").status_code == 403
+    # The two-column table is protected on its own, as before.
+    assert ask(http, idp, spec("crosstab", group_by=["age_band", "smoking"]), "wide-atk").status_code == 200
+
+    dense = ["postcode_area", "smoking", "event"]
+    truth = admitted.groupby(dense).size()
+    assert truth.min() >= MIN_CELL
+    table = released(http, idp, spec("count", group_by=dense), "wide-atk")
+    cells = [r for r in table["rows"] if r["margin"] is None]
+    assert not any(r["suppressed"] for r in table["rows"]) and len(cells) == len(truth)
+    for row in cells:
+        assert row["count"] == truth[(row["postcode_area"], row["smoking"], row["event"])]
+
+
 def test_narrowing_a_filter_onto_one_patient_never_releases_a_small_count(
     http: httpx.Client, idp: LoopbackTestIssuer, admitted: pd.DataFrame
 ) -> None:
