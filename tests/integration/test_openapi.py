@@ -192,3 +192,13 @@ def test_answers_match_their_documented_schemas(
     choices = [components[ref["$ref"].rsplit("/", 1)[1]] for ref in poll_schema["anyOf"]]
     assert [c["title"] for c in choices] == ["QueryAnswer", "RequestState"]
     assert_fits(state.json(), choices[1], components)
+
+
+@pytest.mark.parametrize("path", ["/v1/audit/checkpoint", "/v1/audit/export", "/v1/audit/entries"])
+def test_an_answer_is_documented_in_the_media_type_it_is_sent_in(
+    http: httpx.Client, idp: LoopbackTestIssuer, openapi: dict[str, Any], path: str
+) -> None:
+    answer = http.get(path, headers=bearer(idp, "auditor"))
+    assert answer.is_success
+    documented = list(openapi["paths"][path]["get"]["responses"]["200"]["content"])
+    assert documented == [answer.headers["content-type"].split(";")[0]]
