@@ -86,7 +86,7 @@ _AUTH_REFUSALS: dict[str, str] = {
     "bad_request": "a parameter or the body is invalid; `field` names where",
     "unauthenticated": "no valid bearer token",
     "forbidden": "the token lacks this endpoint's role",
-    "unavailable": "the identity provider or a component the answer needs is unavailable",
+    "unavailable": "the identity provider, the audit log or a component the answer needs is unavailable",
 }
 
 
