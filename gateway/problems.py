@@ -233,8 +233,9 @@ def _faults(exc: RequestValidationError, spec_body: bool) -> list[tuple[str, str
     out = []
     for err in errors:
         where, field = _field(err, spec_body, unions)
-        # Pydantic's message may quote the offending input; the field and the rule are enough.
-        out.append((where, field, str(err.get("msg", "invalid"))))
+        # Pydantic's message may quote the offending input; the field and the rule are enough. A rule of
+        # ours comes prefixed with pydantic's "Value error, ", which says nothing to the client.
+        out.append((where, field, str(err.get("msg", "invalid")).removeprefix("Value error, ")))
     return out
 
 

@@ -120,3 +120,11 @@ def test_a_value_matching_no_member_of_a_union_is_named_without_the_members(
     problem = _problem(http.post("/v1/glm/sessions", json=body, headers=bearer(idp, "researcher")))
     assert problem["title"] == "The request body is not valid"
     assert set(_fields(problem)) == {"model.categorical.0.levels.1"}
+
+
+def test_a_rule_of_the_spec_is_stated_as_written(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
+    histogram = {"column": "bmi", "edges": [30, 20]}
+    body = {**QUERY, "kind": "histogram", "params": histogram}
+    problem = _problem(http.post("/v1/queries", json=body, headers=bearer(idp, "researcher")))
+    assert problem["field"] == "params.edges"
+    assert problem["detail"] == "params.edges: edges must increase strictly: edges[1] is not above edges[0]"
