@@ -98,13 +98,21 @@ class SiteStatistics:
             xtwx = np.asarray(data["xtwx"], dtype=float)
             xtwz = np.asarray(data["xtwz"], dtype=float)
             deviance, pearson, n = float(data["deviance"]), float(data["pearson_chi2"]), int(data["n"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError):  # not an object, n = 1e999
             raise GlmFitError("a site's iteration answer is malformed") from None
         if xtwx.shape != (parameters, parameters) or xtwz.shape != (parameters,):
             raise GlmFitError("a site's iteration answer has the wrong number of parameters")
-        if not (np.isfinite(xtwx).all() and np.isfinite(xtwz).all() and math.isfinite(deviance)):
+        statistics = cls(xtwx, xtwz, deviance, pearson, n)
+        if not statistics.finite() or n < 0:
             raise GlmFitError("a site's iteration answer holds a non-finite number")
-        return cls(xtwx, xtwz, deviance, pearson, n)
+        return statistics
+
+    def finite(self) -> bool:
+        """Every number is finite (a far β can overflow a site's sums)."""
+        return bool(
+            np.isfinite(self.xtwx).all() and np.isfinite(self.xtwz).all()
+            and math.isfinite(self.deviance) and math.isfinite(self.pearson_chi2)
+        )  # fmt: skip
 
 
 class GlmSite(Protocol):

@@ -48,7 +48,7 @@ from gateway.query.spec import AgreementId, ColumnName, DatasetId
 from gateway.refusal import Refusal
 from gateway.runtime import SiteRuntime
 from pseudonymize.disclosure import DisclosureRules
-from pseudonymize.disclosure.glm_checks import GlmDisclosureError, check_glm_release
+from pseudonymize.disclosure.glm_checks import GlmDisclosureError, check_glm_release, check_weight_dominance
 from pseudonymize.pseudonym import token_spellings
 from pseudonymize.store import CatalogEntry
 
@@ -201,11 +201,15 @@ class GlmArrays:
         )
 
 
-def iteration_statistics(data: GlmArrays, beta: np.ndarray, family: Family) -> SiteStatistics:
-    """One IRLS step's sums at β (glm.fit's formulas; see gateway.federation.glm_fit)."""
+def iteration_statistics(
+    data: GlmArrays, beta: np.ndarray, family: Family, rules: DisclosureRules | None = None
+) -> SiteStatistics:
+    """One IRLS step's sums at β (glm.fit's formulas; see gateway.federation.glm_fit). With `rules`,
+    GlmDisclosureError when one row would carry more than 1/min_cell_count of the working weight
+    (`check_weight_dominance`)."""
     p = data.x.shape[1]
     xtwx, xtwz = np.zeros((p, p)), np.zeros(p)
-    deviance = pearson = 0.0
+    deviance = pearson = weight = largest = 0.0
     # Blocks small enough that each one's temporaries stay in cache: 2–3× faster than whole columns.
     for start in range(0, data.rows, _BLOCK_ROWS):
         rows = slice(start, start + _BLOCK_ROWS)
@@ -214,12 +218,23 @@ def iteration_statistics(data: GlmArrays, beta: np.ndarray, family: Family) -> S
         xtwz += block[1]
         deviance += block[2]
         pearson += block[3]
+        weight += block[4]
+        largest = max(largest, block[5])
+    if rules is not None:
+        check_weight_dominance(weight, largest, rules)
     return SiteStatistics(xtwx=xtwx, xtwz=xtwz, deviance=deviance, pearson_chi2=pearson, n=data.rows)
 
 
 def _block_sums(
     x: np.ndarray, y: np.ndarray, offset: np.ndarray, w: np.ndarray, beta: np.ndarray, family: Family
-) -> tuple[np.ndarray, np.ndarray, float, float]:
+) -> tuple[np.ndarray, np.ndarray, float, float, float, float]:
+    with np.errstate(over="ignore", under="ignore"):  # a far β saturates μ; the clip below bounds it
+        return _sums_at(x, y, offset, w, beta, family)
+
+
+def _sums_at(
+    x: np.ndarray, y: np.ndarray, offset: np.ndarray, w: np.ndarray, beta: np.ndarray, family: Family
+) -> tuple[np.ndarray, np.ndarray, float, float, float, float]:
     eta = x @ beta + offset
     if family == "gaussian":
         mu, dmu, var = eta, np.ones_like(eta), np.ones_like(eta)
@@ -237,7 +252,11 @@ def _block_sums(
     working_weights = w * dmu * dmu / var
     z = (eta - offset) + (y - mu) / dmu
     weighted = x * working_weights[:, None]
-    return weighted.T @ x, weighted.T @ z, deviance, float(np.sum(w * (y - mu) ** 2 / var))
+    largest = float(working_weights.max()) if working_weights.size else 0.0
+    return (
+        weighted.T @ x, weighted.T @ z, deviance, float(np.sum(w * (y - mu) ** 2 / var)),
+        float(working_weights.sum()), largest,
+    )  # fmt: skip
 
 
 def binary_cells(data: GlmArrays, model: GlmModel) -> dict[str, int]:
@@ -500,9 +519,19 @@ class GlmSiteService:
                 except GlmDisclosureError as exc:
                     raise Refusal("forbidden", DISCLOSURE_TITLE, [exc.reason], stage="disclosure") from None
                 beta = np.asarray(body.beta, dtype=float)
-                stats = await asyncio.to_thread(
-                    iteration_statistics, session.data, beta, session.request.model.family
-                )
+                rules = DisclosureRules.from_obligations(session.obligations)
+                try:
+                    stats = await asyncio.to_thread(
+                        iteration_statistics, session.data, beta, session.request.model.family, rules
+                    )
+                except GlmDisclosureError as exc:
+                    raise Refusal("forbidden", DISCLOSURE_TITLE, [exc.reason], stage="disclosure") from None
+                if not stats.finite():
+                    raise Refusal(
+                        "bad_request", "Coefficients out of range",
+                        ["at these coefficients the sums overflow; send β of a fit that converges"],
+                        stage="validate", field="beta",
+                    )  # fmt: skip
             except Refusal as refusal:
                 refusal.request_id = request_id
                 refusal.audited = True

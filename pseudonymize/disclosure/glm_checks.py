@@ -45,3 +45,19 @@ def check_glm_release(
             f"{', '.join(small)}: fewer than {rules.min_cell_count} rows at this site in that category "
             f"(min_cell_count); merge levels or drop the covariate"
         )
+
+
+def check_weight_dominance(total: float, largest: float, rules: DisclosureRules) -> None:
+    """Raise GlmDisclosureError when one row carries more than 1/min_cell_count of an iteration's working
+    weight (a dominance rule, as for magnitude tables).
+
+    The working weights follow β, which the researcher chooses: a β under which one patient's linear
+    predictor sits where the weight peaks and everyone else's far from it makes XᵀWX and XᵀWz that
+    patient's own covariates and outcome. With no row above 1/k of the total, the sums rest on at least k
+    rows' worth of weight, as a released cell rests on k rows."""
+    k = rules.min_cell_count
+    if not (total > 0 and largest * k <= total):
+        raise GlmDisclosureError(
+            f"at these coefficients a few rows carry the iteration's weight (one row more than 1/{k} of it, "
+            f"min_cell_count); the sums would describe those rows, so this iteration is refused"
+        )

@@ -332,6 +332,31 @@ def test_beta_outside_a_session_is_refused_and_audited(urls: dict[str, str], idp
     assert events.count("glm.refused") >= 3 and "glm.session_closed" in events
 
 
+def test_coefficients_that_single_out_one_patient_are_refused(
+    urls: dict[str, str], idp: LoopbackTestIssuer
+) -> None:
+    """Attack: β = 10⁶·(tsize − t₀) puts one patient's linear predictor where a binomial weight peaks and
+    everyone else's far away, so XᵀWX and XᵀWz would be that patient's covariates and outcome. No row may
+    carry more than 1/min_cell_count of an iteration's weight: the iteration is refused, nothing released."""
+    part = thirds(gbsg2())[SITES.index("site-b")]
+    counts = part["tsize"].value_counts()
+    t0 = float(counts[counts == 1].index[0])
+    url = urls["site-b"]
+    body = glm_body(BINOMIAL)
+    opened = httpx.post(f"{url}/v1/glm/sessions", json=body, headers=researcher(idp), timeout=30)
+    assert opened.status_code == 200, opened.text
+    path = f"{url}/v1/glm/sessions/{opened.json()['session']}/iterations"
+    singled_out = [-1e6 * t0, 0.0, 1e6, 0.0, 0.0, 0.0, 0.0]  # (Intercept), age, tsize, pnodes, dummies
+    refused = httpx.post(
+        path, json={"agreement": AGREEMENT, "beta": singled_out}, headers=researcher(idp), timeout=30
+    )
+    assert refused.status_code == 403, refused.text
+    assert "1/10" in refused.json()["detail"] and "xtwx" not in refused.json()
+    # The session ends with the refusal: the next β gets nothing either.
+    again = httpx.post(path, json={"agreement": AGREEMENT, "beta": [0.0] * 7}, headers=researcher(idp))
+    assert again.status_code == 404
+
+
 def test_a_model_over_a_column_the_agreement_does_not_grant_is_denied(
     urls: dict[str, str], idp: LoopbackTestIssuer
 ) -> None:
