@@ -10,6 +10,7 @@ is hidden too. A site answer that breaks its own declared rules is refused as in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -17,6 +18,10 @@ from typing import Any, Literal
 PoolKind = Literal["count", "crosstab", "summary", "histogram"]
 REASON_AT_SITE = "suppressed at a site"
 REASON_POOLED_MIN = "below the federation's min_cell_count"
+# Bounds of what a site may send: counts JSON carries exactly, sums whose pooling cannot overflow a float.
+_MAX_EXACT = 2**53
+_MAX_MAGNITUDE = 1e300
+
 _VALUE_COLS: dict[str, tuple[str, ...]] = {
     "count": ("count",),
     "crosstab": ("count",),
@@ -72,12 +77,15 @@ class SiteTable:
                         raise InvalidSiteAnswer(site, "a suppressed row carries a value")
                     continue
                 if col in _INTEGER_COLS:
-                    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                        raise InvalidSiteAnswer(site, f"{col} is not a non-negative integer")
+                    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_EXACT:
+                        raise InvalidSiteAnswer(site, f"{col} is not a non-negative integer below 2^53")
                     if 0 < value < minimum:
                         raise InvalidSiteAnswer(site, f"{col} below the site's own min_cell_count")
-                elif isinstance(value, bool) or not isinstance(value, int | float):
-                    raise InvalidSiteAnswer(site, f"{col} is not a number")
+                elif (
+                    isinstance(value, bool) or not isinstance(value, int | float)
+                    or not math.isfinite(value) or abs(value) > _MAX_MAGNITUDE
+                ):  # fmt: skip
+                    raise InvalidSiteAnswer(site, f"{col} is not a finite number")
         return cls(site, [str(c) for c in columns], rows, minimum, round_to)
 
 

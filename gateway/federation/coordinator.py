@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -18,7 +19,7 @@ from typing import Any, Literal
 import httpx
 import rfc8785
 
-from audit.events import COUNT, DIGEST, LABEL, REGISTRY, EventType, register
+from audit.events import COUNT, DIGEST, LABEL, REASONS, REGISTRY, EventType, register
 from gateway.auth import Principal
 from gateway.federation.combine import (
     CombineError,
@@ -58,7 +59,10 @@ STATUSES: tuple[SiteStatus, ...] = (
 )
 DEFAULT_TIMEOUT_S = 10.0
 POOLED_KINDS = ("count", "crosstab", "summary", "histogram", "quantiles", "kaplan_meier")
+log = logging.getLogger("fedgate.federation")
 QUERIES_PATH = "/v1/queries"
+MAX_ANSWER_BYTES = 16 * 2**20
+"""The most of a peer's answer this site reads: a released table of four group columns is far smaller."""
 # A peer's problem responses carry no stage; its disclosure refusals have this title (gateway.pipeline).
 DISCLOSURE_TITLE = "Refused by disclosure control"
 _REFUSAL_KIND = {int(status): kind for kind, status in STATUS.items()}
@@ -74,6 +78,11 @@ for _event in (
         "the coordinator pooled and released a federated answer; per-site statuses as counts",
         required={"query_hash": DIGEST, "result_hash": DIGEST, "covered": COUNT},
         optional=dict.fromkeys(STATUSES, COUNT),
+    ),
+    EventType(
+        "federation.refused",
+        "the coordinator could not pool the sites' answers and released nothing",
+        required={"query_hash": DIGEST, "reasons": REASONS},
     ),
 ):
     if _event.name not in REGISTRY:
@@ -178,7 +187,19 @@ class Coordinator:
             principal=principal,
             request_id=request_id,
         )
-        outcomes, pooled = await self._gather(principal, token, spec, targets, timeout_s)
+        try:
+            outcomes, pooled = await self._gather(principal, token, spec, targets, timeout_s)
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, nothing leaves unpooled or unaudited
+            log.error("federation: pooling failed (%s); nothing released", type(exc).__name__)
+            reasons = ["the sites' answers could not be pooled; nothing was released"]
+            await self.rt.record(
+                "federation.refused", {"query_hash": sha256_label(query_hash), "reasons": reasons},
+                principal=principal, request_id=request_id,
+            )  # fmt: skip
+            raise Refusal(
+                "unavailable", "Federated answer not pooled", reasons, stage="federate",
+                request_id=request_id, audited=True,
+            ) from None  # fmt: skip
         covered = [o.site for o in outcomes if o.status == "answered"]
         result: dict[str, Any] = {"columns": [], "rows": [], "disclosure": {"reasons": ["no site answered"]}}
         if pooled is not None:
@@ -313,14 +334,16 @@ class Coordinator:
         }
         started = time.perf_counter()
         try:
-            response = await self.link.http.post(
-                f"{peer.url}{QUERIES_PATH}", content=body, headers=headers, timeout=timeout_s
+            # The timeout bounds the whole exchange: httpx's own applies to each read, which a peer sending
+            # a byte at a time would never exceed.
+            http_status, content = await asyncio.wait_for(
+                self._post_capped(f"{peer.url}{QUERIES_PATH}", body, headers, timeout_s), timeout_s
             )
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, TimeoutError):
             return SiteOutcome(
                 site, "timed_out", [f"no answer within {timeout_s} s"], duration_ms=_ms(started)
             )
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:  # the connection, the protocol or the body's encoding failed
             return SiteOutcome(
                 site,
                 "unreachable",
@@ -328,13 +351,16 @@ class Coordinator:
                 duration_ms=_ms(started),
             )
         elapsed = _ms(started)
+        if content is None:
+            reason = f"the answer is larger than {MAX_ANSWER_BYTES // 2**20} MiB"
+            return SiteOutcome(site, "invalid_answer", [reason], duration_ms=elapsed)
         try:
-            data = response.json()
-        except ValueError:
+            data = json.loads(content)
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             return SiteOutcome(
                 site,
                 "invalid_answer",
-                [f"HTTP {response.status_code} without a JSON body"],
+                [f"HTTP {http_status} without a JSON body"],
                 duration_ms=elapsed,
             )
         if not isinstance(data, dict):
@@ -342,18 +368,37 @@ class Coordinator:
                 site, "invalid_answer", ["the answer is not a JSON object"], duration_ms=elapsed
             )
         request_id = data.get("request_id") if isinstance(data.get("request_id"), str) else None
-        reasons = [str(r) for r in data.get("reasons") or [data.get("title", "refused")]][:20]
-        if response.status_code == OK:
+        given = data.get("reasons")  # a peer's text: a list of short strings, or its title, or nothing
+        listed = given if isinstance(given, list) and given else [data.get("title") or "refused"]
+        reasons = [str(r)[:2000] for r in listed][:20]
+        if http_status == OK:
             return _answered(site, data, elapsed)
-        if response.status_code == ACCEPTED:
+        if http_status == ACCEPTED:
             return SiteOutcome(site, "approval_pending", reasons, request_id, elapsed)
-        if response.status_code in _REFUSAL_KIND:
+        if http_status in _REFUSAL_KIND:
             # Every refusal a site renders (policy, role, token, limits, a component down) is its "no".
             status: SiteStatus = "suppressed" if data.get("title") == DISCLOSURE_TITLE else "denied"
             return SiteOutcome(site, status, reasons, request_id, elapsed)
-        return SiteOutcome(
-            site, "invalid_answer", [f"unexpected HTTP {response.status_code}"], request_id, elapsed
-        )
+        return SiteOutcome(site, "invalid_answer", [f"unexpected HTTP {http_status}"], request_id, elapsed)
+
+    async def _post_capped(
+        self, url: str, body: bytes, headers: dict[str, str], timeout_s: float
+    ) -> tuple[int, bytes | None]:
+        """POST and read the answer: its status and body, or None for a body past `MAX_ANSWER_BYTES`
+        (read no further: a peer cannot make this site hold an answer of any size)."""
+        request = self.link.http.build_request("POST", url, content=body, headers=headers, timeout=timeout_s)
+        response = await self.link.http.send(request, stream=True)
+        try:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    return response.status_code, None
+                chunks.append(chunk)
+            return response.status_code, b"".join(chunks)
+        finally:
+            await response.aclose()
 
 
 def _answered(site: str, body: dict[str, Any], elapsed: float) -> SiteOutcome:

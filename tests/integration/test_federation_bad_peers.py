@@ -1,0 +1,136 @@
+"""A coordinator meets peers whose answers are not what a gateway sends: each such site ends with a status
+and a reason, the others are pooled, and the request is answered and audited, never a 500."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from federation_sites import Federation, build_federation, running_federation
+from gateway_site import bearer, free_port
+from oidc_issuer import LoopbackTestIssuer
+
+QUERY = {
+    "dataset": "cohort",
+    "agreement": "DSA-TEST-OPEN",
+    "purpose": {"duo": ["DUO:0000006"]},
+    "kind": "count",
+}
+SITES = ["site-de", "site-fr"]
+TIMEOUT_S = 2
+BAD_PEERS = {
+    # A byte every 0.3 s: each read is quick, the whole answer never ends within the timeout.
+    "site-trickle": "timed_out",
+    # An answer of 40 MiB: read no further than the cap.
+    "site-huge": "invalid_answer",
+    # A refusal whose reasons are not a list.
+    "site-oddrefusal": "denied",
+    # A count JSON can write but no float can hold.
+    "site-overflow": "invalid_answer",
+    # JSON nested past the parser's depth.
+    "site-nested": "invalid_answer",
+}
+
+
+class _BadPeer(BaseHTTPRequestHandler):
+    behaviour = ""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        status, body = 200, b""
+        if self.behaviour == "site-trickle":
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", "1000")
+            self.end_headers()
+            for _ in range(40):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.3)
+            return
+        if self.behaviour == "site-huge":
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(40 * 2**20))
+            self.end_headers()
+            chunk = b" " * 2**20
+            for _ in range(40):
+                self.wfile.write(chunk)
+            return
+        if self.behaviour == "site-oddrefusal":
+            status, body = 403, json.dumps({"title": "Denied", "reasons": 5}).encode()
+        elif self.behaviour == "site-overflow":
+            rows = [{"count": 10**400, "suppressed": False}]
+            answer = {"kind": "count", "request_id": "x", "columns": ["count", "suppressed"], "rows": rows,
+                      "disclosure": {"min_cell_count": 10, "round_to": 1}}  # fmt: skip
+            body = json.dumps(answer).encode()
+        elif self.behaviour == "site-nested":
+            body = b"[" * 200_000 + b"]" * 200_000
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory, idp: LoopbackTestIssuer) -> Federation:
+    extra = {site: free_port() for site in BAD_PEERS}
+    return build_federation(
+        tmp_path_factory.mktemp("bad"), idp.issuer_url, SITES, rows=300, extra_peers=extra
+    )
+
+
+@pytest.fixture(scope="module")
+def urls(fed: Federation) -> Iterator[dict[str, str]]:
+    servers = []
+    for peer in fed.sites["site-de"].settings.peers:
+        if peer.id in BAD_PEERS:
+            handler = type("BadPeer", (_BadPeer,), {"behaviour": peer.id})
+            server = ThreadingHTTPServer(("127.0.0.1", int(peer.url.rsplit(":", 1)[1])), handler)
+            server.daemon_threads = True
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            servers.append(server)
+    try:
+        with running_federation(fed) as running:
+            yield running
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+def test_every_bad_peer_ends_with_a_status_and_the_good_ones_are_pooled(
+    urls: dict[str, str], idp: LoopbackTestIssuer
+) -> None:
+    started = time.monotonic()
+    response = httpx.post(
+        f"{urls['site-de']}/v1/federated-queries",
+        json={**QUERY, "timeout_s": TIMEOUT_S},
+        headers=bearer(idp, "researcher"),
+        timeout=60,
+    )
+    assert time.monotonic() - started < TIMEOUT_S + 4  # the trickling peer costs its timeout, no more
+    assert response.status_code == 200, response.text
+    body = response.json()
+    status = {s["site"]: s for s in body["sites"]}
+    assert {site: status[site]["status"] for site in BAD_PEERS} == BAD_PEERS
+    assert "larger than 16 MiB" in status["site-huge"]["reasons"][0]
+    assert status["site-oddrefusal"]["reasons"] == ["Denied"]
+    assert body["covered"] == SITES
+    own = [
+        httpx.post(f"{urls[s]}/v1/queries", json=QUERY, headers=bearer(idp, "researcher"), timeout=30).json()[
+            "rows"
+        ][0]["count"]
+        for s in SITES
+    ]
+    assert body["rows"][0]["count"] == sum(own)
