@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from pathlib import Path
@@ -13,7 +14,9 @@ import uvicorn
 from gateway.app import CONFIG_ENV
 from gateway.cli.output import fail
 from gateway.cli.workers import APP, APP_OPTIONS, Dispatcher
-from gateway.settings import ConfigError, load_settings
+from gateway.decision.errors import PolicyLoadError
+from gateway.runtime import SiteRuntime, StartupError
+from gateway.settings import ConfigError, SiteSettings, load_settings
 
 
 def serve(
@@ -26,6 +29,7 @@ def serve(
         fail(str(exc))
     if settings.dev_mode and not settings.server.is_loopback:
         fail(f"dev_mode is on: refusing to listen on the non-loopback address {settings.server.host}")
+    _check_startup(config, settings)
     os.environ[CONFIG_ENV] = str(config.resolve())
     server = settings.server
     if server.workers > 1 and hasattr(socket, "send_fds"):
@@ -39,3 +43,21 @@ def serve(
             raise typer.Exit(code)
     else:
         uvicorn.run(APP, host=server.host, port=server.port, workers=server.workers, **APP_OPTIONS)
+
+
+def _check_startup(config: Path, settings: SiteSettings) -> None:
+    """Open and close what every worker opens (keys, policies, the audit log, the state and the store), so
+    that a site which cannot start says why in one line here, before any worker is spawned, instead of in
+    a traceback from each."""
+    try:
+        runtime = SiteRuntime.start(settings)
+    except Exception as exc:  # noqa: BLE001 - whatever stops a worker's start stops the server, said plainly
+        fail(f"{config}: the gateway cannot start: {_reason(exc)}")
+    asyncio.run(runtime.aclose())
+
+
+def _reason(exc: Exception) -> str:
+    # The messages of these errors name the setting or file at fault (and never key material); any other
+    # is named by its class as well, since its text may be a library's.
+    text = " ".join(str(exc).split()) or "no detail"
+    return text if isinstance(exc, StartupError | PolicyLoadError) else f"{type(exc).__name__}: {text}"

@@ -35,7 +35,11 @@ HANDOFF_ENV: Final = "FEDGATE_HANDOFF_FD"
 _STOP_TIMEOUT_S: Final = 30.0
 _QUICK_DEATH_S: Final = 5.0
 _QUICK_DEATHS: Final = 5
-"""Workers dying within `_QUICK_DEATH_S` of their start this many times in a row: the parent gives up."""
+"""Workers dying within `_QUICK_DEATH_S` of their start, or failing their start-up, this many times in a
+row: the parent gives up."""
+STARTUP_FAILED: Final = 3
+"""A worker's exit code when its app refused to start (uvicorn's): counted however long the start took, as
+a loaded machine can take longer than `_QUICK_DEATH_S` to find a bad key or policy."""
 
 
 @dataclass
@@ -127,7 +131,7 @@ class Dispatcher:
             code = worker.process.poll()
             if code is None or self._stopping:
                 continue
-            quick = time.monotonic() - worker.started < _QUICK_DEATH_S
+            quick = code == STARTUP_FAILED or time.monotonic() - worker.started < _QUICK_DEATH_S
             self._quick_deaths = self._quick_deaths + 1 if quick else 0
             log.error("fedgate serve: worker %d exited with code %s", worker.process.pid, code)
             worker.channel.close()

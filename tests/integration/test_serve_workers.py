@@ -213,8 +213,9 @@ def test_a_port_already_taken_is_refused_with_the_address(tmp_site: Site) -> Non
     assert f"127.0.0.1:{port}" in message and "site.toml" in message
 
 
-def test_workers_that_cannot_start_make_the_server_give_up(tmp_site: Site) -> None:
-    # A policy that does not compile: every worker refuses to start, so the parent must not spin forever.
+def test_a_site_that_cannot_start_says_why_before_any_worker_starts(tmp_site: Site) -> None:
+    # A policy that does not compile: the server checks what every worker would open, and stops with one
+    # line naming the file, rather than spawning workers that each fail with a traceback.
     (tmp_site.root / "policies/broken.rego").write_text("package fedgate.broken\n\nallow if {\n")
     process = _start(_configure(tmp_site, free_port(), workers=2))
     try:
@@ -223,5 +224,45 @@ def test_workers_that_cannot_start_make_the_server_give_up(tmp_site: Site) -> No
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == 1
-    assert "workers keep failing as they start" in err.decode()
+    text = err.decode()
+    assert process.returncode == 2, text
+    assert "the gateway cannot start" in text and "broken.rego" in text
+    assert "Traceback" not in text and "worker" not in text
+
+
+def test_workers_failing_their_start_make_the_server_give_up_however_slowly_they_fail(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.cli import workers
+
+    class Failed:
+        """A worker process that has exited with `code`."""
+
+        pid = 0
+
+        def __init__(self, code: int) -> None:
+            self.code = code
+
+        def poll(self) -> int:
+            return self.code
+
+    dispatcher = workers.Dispatcher("127.0.0.1", free_port(), 1)
+    try:
+        # On a loaded machine a start can take longer than the quick-death window, yet still fail.
+        slow_start = time.monotonic() - 60
+        spawned = [
+            workers._Worker(Failed(workers.STARTUP_FAILED), socket.socket(), slow_start)  # type: ignore[arg-type]
+            for _ in range(10)
+        ]
+        monkeypatch.setattr(dispatcher, "_spawn", lambda: spawned.pop())
+        dispatcher.workers = [dispatcher._spawn()]
+        answers = [dispatcher._keep_workers() for _ in range(workers._QUICK_DEATHS)]
+        assert answers == [True] * (workers._QUICK_DEATHS - 1) + [False]
+        # A worker that served a while and then died is replaced, and the count starts again.
+        dispatcher._quick_deaths = workers._QUICK_DEATHS - 1
+        dispatcher.workers = [workers._Worker(Failed(1), socket.socket(), slow_start)]  # type: ignore[arg-type]
+        assert dispatcher._keep_workers() and dispatcher._quick_deaths == 0
+    finally:
+        dispatcher.listener.close()
+        for left in [*spawned, *dispatcher.workers]:
+            left.channel.close()
