@@ -87,7 +87,11 @@ def signed_by_other_issuer(idp: LoopbackTestIssuer) -> str:
         return other.sign(claims(idp), kid=idp.kid("RS256"))
 
 
-now = int(time.time())
+def at(offset_s: int) -> int:
+    """A time this far from when the token is made (not from when the module was imported: a long suite
+    reaches these cases many minutes after collecting them)."""
+    return int(time.time()) + offset_s
+
 
 Case = tuple[str, Callable[[LoopbackTestIssuer], str], type[AuthError], dict[str, Any]]
 CASES: list[Case] = [
@@ -110,10 +114,10 @@ CASES: list[Case] = [
     ("aud list without us", lambda i: i.token(sub=SUB, aud=["a", "b"]), WrongAudience, {}),
     ("no aud", lambda i: i.token(sub=SUB, omit=["aud"]), MissingClaim, {}),
     ("aud not a string", lambda i: i.token(sub=SUB, aud=7), BadClaim, {}),
-    ("expired", lambda i: i.token(sub=SUB, iat=now - 900, exp=now - 600), TokenExpired, {}),
-    ("nbf in the future", lambda i: i.token(sub=SUB, nbf=now + 600), TokenNotYetValid, {}),
-    ("iat in the future", lambda i: i.token(sub=SUB, iat=now + 600, exp=now + 900), IssuedInFuture, {}),
-    ("iat too old", lambda i: i.token(sub=SUB, iat=now - 3600), TokenTooOld, {"max_token_age_s": 600}),
+    ("expired", lambda i: i.token(sub=SUB, iat=at(-900), exp=at(-600)), TokenExpired, {}),
+    ("nbf in the future", lambda i: i.token(sub=SUB, nbf=at(600)), TokenNotYetValid, {}),
+    ("iat in the future", lambda i: i.token(sub=SUB, iat=at(600), exp=at(900)), IssuedInFuture, {}),
+    ("iat too old", lambda i: i.token(sub=SUB, iat=at(-3600)), TokenTooOld, {"max_token_age_s": 600}),
     ("no exp", lambda i: i.token(sub=SUB, omit=["exp"]), MissingClaim, {}),
     ("no iat", lambda i: i.token(sub=SUB, omit=["iat"]), MissingClaim, {}),
     ("exp not a number", lambda i: i.token(sub=SUB, exp="tomorrow"), BadClaim, {}),
