@@ -40,8 +40,9 @@ Signer = Callable[[str, str, bytes], Mapping[str, str]]
 DEFAULT_MAX_ITERATIONS = 25
 # The federation's per-site states (gateway.federation.coordinator), "refused" for any other refusal.
 SiteState = Literal[
-    "answered", "denied", "suppressed", "approval_pending", "unreachable", "timed_out", "refused"
-]
+    "answered", "denied", "suppressed", "approval_pending", "unreachable", "timed_out", "refused",
+    "invalid_answer",
+]  # fmt: skip
 
 
 class GlmFitError(Exception):
@@ -417,9 +418,17 @@ class HttpGlmSite:
     async def open(self) -> list[str]:
         data = await self._call("POST", "/v1/glm/sessions", 0, self.body)
         if data.get("status") == "pending_approval":
-            raise SiteStopped(self.site, "approval_pending", list(data.get("reasons") or []), 0)
-        self.session = str(data["session"])
-        return [str(n) for n in data["parameters"]]
+            raise SiteStopped(self.site, "approval_pending", _reasons(data, "pending approval"), 0)
+        session, names = data.get("session"), data.get("parameters")
+        if (
+            not isinstance(session, str)
+            or not isinstance(names, list)
+            or not all(isinstance(n, str) for n in names)
+        ):
+            lacking = ["the session's answer lacks its id or parameters"]
+            raise SiteStopped(self.site, "invalid_answer", lacking, 0)
+        self.session = session
+        return list(names)
 
     async def iterate(self, beta: Sequence[float], iteration: int) -> SiteStatistics:
         body = {"agreement": self.body["agreement"], "beta": list(beta)}
@@ -428,7 +437,10 @@ class HttpGlmSite:
         except SiteStopped:
             self.session = None  # a refusing site has closed the session itself
             raise
-        return SiteStatistics.from_dict(data, len(beta))
+        try:
+            return SiteStatistics.from_dict(data, len(beta))
+        except GlmFitError as exc:
+            raise SiteStopped(self.site, "invalid_answer", [str(exc)], iteration) from None
 
     async def close(self) -> None:
         if self.session is None:
@@ -457,14 +469,18 @@ class HttpGlmSite:
 
         body = json.dumps(payload).encode()
         try:
-            response = await self.client.request(
-                method,
-                f"{self.base_url}{path}",
-                content=body,
-                headers=self._headers(method, path, body),
-                timeout=self.timeout,
+            # The timeout bounds the whole exchange, not each read (a peer could trickle its answer).
+            response = await asyncio.wait_for(
+                self.client.request(
+                    method,
+                    f"{self.base_url}{path}",
+                    content=body,
+                    headers=self._headers(method, path, body),
+                    timeout=self.timeout,
+                ),
+                self.timeout,
             )
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, TimeoutError):
             raise SiteStopped(
                 self.site, "timed_out", [f"no answer within {self.timeout:g} s"], iteration
             ) from None
@@ -472,12 +488,11 @@ class HttpGlmSite:
             raise SiteStopped(self.site, "unreachable", [type(exc).__name__], iteration) from None
         try:
             data = response.json()
-        except ValueError:
-            data = {}
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
+            data = None
         if not response.is_success:
-            reasons = [str(r) for r in data.get("reasons") or []] or [
-                str(data.get("title") or response.status_code)
-            ]
+            reasons = _reasons(data, str(response.status_code))
+            data = data if isinstance(data, dict) else {}
             status: SiteState = "refused"
             if response.status_code == STATUS["forbidden"]:
                 status = "suppressed" if data.get("title") == DISCLOSURE_TITLE else "denied"
@@ -485,5 +500,14 @@ class HttpGlmSite:
                 status = "unreachable"
             raise SiteStopped(self.site, status, reasons, iteration)
         if not isinstance(data, dict):
-            raise GlmFitError(f"{self.site} answered with a malformed body")
+            raise SiteStopped(self.site, "invalid_answer", ["the answer is not a JSON object"], iteration)
         return data
+
+
+def _reasons(data: Any, otherwise: str) -> list[str]:
+    """A peer's reasons as text: its list of reasons, or its title, or `otherwise`."""
+    given = data.get("reasons") if isinstance(data, dict) else None
+    if isinstance(given, list) and given:
+        return [str(r)[:2000] for r in given][:20]
+    title = data.get("title") if isinstance(data, dict) else None
+    return [str(title)[:2000] if title else otherwise]

@@ -3,6 +3,7 @@ and a reason, the others are pooled, and the request is answered and audited, ne
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -11,10 +12,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from federation_sites import Federation, build_federation, running_federation
 from gateway_site import bearer, free_port
 from oidc_issuer import LoopbackTestIssuer
+
+from gateway.federation.glm_fit import FitStopped, HttpGlmSite, fit_federated_glm
+from gateway.federation.glm_site import GlmArrays, InMemoryGlmSite
 
 QUERY = {
     "dataset": "cohort",
@@ -134,3 +139,31 @@ def test_every_bad_peer_ends_with_a_status_and_the_good_ones_are_pooled(
         for s in SITES
     ]
     assert body["rows"][0]["count"] == sum(own)
+
+
+GLM_STATUS = BAD_PEERS  # the same answers to a session's opening end the same way
+
+
+@pytest.mark.parametrize("peer", sorted(BAD_PEERS))
+def test_a_federated_fit_stops_naming_the_site_whose_answer_is_bad(
+    urls: dict[str, str], fed: Federation, idp: LoopbackTestIssuer, peer: str
+) -> None:
+    url = next(p.url for p in fed.sites["site-de"].settings.peers if p.id == peer)
+    authorization = bearer(idp, "researcher")["Authorization"]
+    x = np.column_stack([np.ones(40), np.arange(40.0)])
+    arrays = GlmArrays(x, x[:, 1], np.zeros(40), np.ones(40))
+    good = InMemoryGlmSite("site-good", ["(Intercept)", "bmi"], arrays, "gaussian")
+    session = {"agreement": "DSA-TEST-OPEN", "dataset": "cohort", "model": {}}
+
+    async def fit() -> None:
+        async with httpx.AsyncClient() as client:
+            bad = HttpGlmSite(peer, url, authorization, session, client, timeout=TIMEOUT_S)
+            await fit_federated_glm([good, bad], "gaussian")
+
+    started = time.monotonic()
+    with pytest.raises(FitStopped) as stopped:
+        asyncio.run(fit())
+    assert time.monotonic() - started < TIMEOUT_S + 4
+    table = {row["site"]: row for row in stopped.value.sites}
+    assert table[peer]["status"] == GLM_STATUS[peer] and table[peer]["reasons"]
+    assert table["site-good"]["status"] == "answered"

@@ -187,3 +187,33 @@ def test_malformed_site_answers_are_refused() -> None:
         )
     with pytest.raises(GlmFitError, match="malformed"):
         SiteStatistics.from_dict({"xtwx": [[1.0]]}, 1)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        [1, 2],  # not an object
+        {"xtwx": [[1.0]], "xtwz": [1.0], "deviance": 1.0, "pearson_chi2": 1.0, "n": 1e999},
+        {"xtwx": [[1.0]], "xtwz": [1.0], "deviance": 1.0, "pearson_chi2": float("nan"), "n": 5},
+        {"xtwx": [[1.0]], "xtwz": [1.0], "deviance": 1.0, "pearson_chi2": 1.0, "n": -1},
+        {"xtwx": [[1.0]], "xtwz": [1.0], "deviance": 1.0, "pearson_chi2": 1.0},
+    ],
+)
+def test_a_malformed_iteration_answer_is_refused_as_such(answer: object) -> None:
+    with pytest.raises(GlmFitError):
+        SiteStatistics.from_dict(answer, 1)  # type: ignore[arg-type]
+
+
+def test_far_coefficients_are_refused_when_one_row_carries_the_weight() -> None:
+    from gateway.federation.glm_site import GlmArrays
+    from pseudonymize.disclosure import DisclosureRules
+    from pseudonymize.disclosure.glm_checks import GlmDisclosureError
+
+    x = np.column_stack([np.ones(50), np.arange(50.0)])
+    data = GlmArrays(x, np.arange(50) % 2.0, np.zeros(50), np.ones(50))
+    rules = DisclosureRules(min_cell_count=10)
+    iteration_statistics(data, np.zeros(2), "binomial", rules)  # at β = 0 every row weighs the same
+    with pytest.raises(GlmDisclosureError, match="1/10"):
+        iteration_statistics(data, np.array([-1e6 * 7, 1e6]), "binomial", rules)  # row 7 alone
+    with pytest.raises(GlmDisclosureError):
+        iteration_statistics(data, np.array([0.0, 2.0]), "poisson", rules)  # the last rows dominate
