@@ -28,7 +28,7 @@ from gateway.federation.combine import (
     SiteTable,
     combine,
 )
-from gateway.federation.km import KaplanMeierPoolError, pool_released_answers
+from gateway.federation.km import KaplanMeierPoolError, check_site_answer, pool_released_answers
 from gateway.federation.peers import CoordinatedRuntime, PeerLink
 from gateway.federation.quantiles import SiteQuantiles, plan_edges, pool_quantiles
 from gateway.pipeline import QueryPipeline, new_request_id, sha256_label
@@ -419,12 +419,22 @@ def _ms(started: float) -> float:
 
 
 def _pooled_survival(outcomes: list[SiteOutcome]) -> PooledTable | None:
-    """The sites' released survival bins pooled on their common coarsening, with the cell rule re-checked."""
-    bodies = {o.site: o.body for o in outcomes if o.status == "answered" and o.body}
+    """The sites' released survival bins pooled on their common coarsening, with the cell rule re-checked.
+    A site whose table does not hold together is set aside as `invalid_answer`; the others are pooled."""
+    bodies: dict[str, dict[str, Any]] = {}
+    for o in outcomes:
+        if o.status != "answered" or not o.body:
+            continue
+        try:
+            check_site_answer(o.site, o.body)
+        except KaplanMeierPoolError as exc:
+            o.status, o.reasons = "invalid_answer", [str(exc)]
+            continue
+        bodies[o.site] = o.body
     if not bodies:
         return None
     try:
         km = pool_released_answers(bodies)
-    except KaplanMeierPoolError:
-        return None
+    except KaplanMeierPoolError as exc:
+        return PooledTable([], [], 1, 0, [f"the sites' curves could not be pooled: {exc}"])
     return PooledTable(km.columns, km.rows, km.min_cell_count, 0, km.reasons)

@@ -47,6 +47,12 @@ def site_frame(body: Mapping[str, Any]) -> pd.DataFrame:
     return frame
 
 
+def check_site_answer(site: str, body: Mapping[str, Any]) -> None:
+    """KaplanMeierPoolError naming what is wrong with one site's answer, checked on its own, so that one
+    malformed answer is set aside and the others are still pooled."""
+    _checked(site, site_frame(body))
+
+
 @dataclass(frozen=True)
 class _Bin:
     lower: float | None

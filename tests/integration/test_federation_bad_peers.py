@@ -40,6 +40,8 @@ BAD_PEERS = {
     "site-overflow": "invalid_answer",
     # JSON nested past the parser's depth.
     "site-nested": "invalid_answer",
+    # A survival table whose bin has more events than rows at risk (to a count: the wrong kind).
+    "site-badkm": "invalid_answer",
 }
 
 
@@ -73,6 +75,12 @@ class _BadPeer(BaseHTTPRequestHandler):
         elif self.behaviour == "site-overflow":
             rows = [{"count": 10**400, "suppressed": False}]
             answer = {"kind": "count", "request_id": "x", "columns": ["count", "suppressed"], "rows": rows,
+                      "disclosure": {"min_cell_count": 10, "round_to": 1}}  # fmt: skip
+            body = json.dumps(answer).encode()
+        elif self.behaviour == "site-badkm":
+            bins = [{"lower": None, "upper": 730.0, "at_risk": 50, "events": 60, "censored": 0},
+                    {"lower": 730.0, "upper": None, "at_risk": 0, "events": 0, "censored": 0}]  # fmt: skip
+            answer = {"kind": "kaplan_meier", "request_id": "x", "columns": list(bins[0]), "rows": bins,
                       "disclosure": {"min_cell_count": 10, "round_to": 1}}  # fmt: skip
             body = json.dumps(answer).encode()
         elif self.behaviour == "site-nested":
@@ -167,3 +175,20 @@ def test_a_federated_fit_stops_naming_the_site_whose_answer_is_bad(
     table = {row["site"]: row for row in stopped.value.sites}
     assert table[peer]["status"] == GLM_STATUS[peer] and table[peer]["reasons"]
     assert table["site-good"]["status"] == "answered"
+
+
+def test_one_bad_survival_table_is_set_aside_and_the_others_pooled(
+    urls: dict[str, str], idp: LoopbackTestIssuer
+) -> None:
+    params = {"time": "survival_days", "event": "event", "edges": [730]}
+    body = {**QUERY, "kind": "kaplan_meier", "params": params, "sites": [*SITES, "site-badkm"],
+            "timeout_s": TIMEOUT_S}  # fmt: skip
+    response = httpx.post(
+        f"{urls['site-de']}/v1/federated-queries", json=body, headers=bearer(idp, "researcher"), timeout=60
+    )
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    status = {s["site"]: s for s in answer["sites"]}
+    assert status["site-badkm"]["status"] == "invalid_answer"
+    assert "more events and censorings than rows at risk" in status["site-badkm"]["reasons"][0]
+    assert answer["covered"] == SITES and answer["rows"]
