@@ -7,6 +7,7 @@ and, where the key is present, its line.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from functools import lru_cache
@@ -251,6 +252,39 @@ def _line_of(text: str, key: str) -> int | None:
     return text.count("\n", 0, m.start()) + 1 if m else None
 
 
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\s-]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
+
+
+def _line_at(text: str, loc: tuple[str, ...]) -> int | None:
+    """The line that sets the key at `loc` (e.g. ("peers", "1", "url"): the url of the second [[peers]]),
+    following the file's table headers; None when the file does not set it there."""
+    table: tuple[str, ...] = ()
+    arrays: dict[tuple[str, ...], int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        header = _HEADER.match(line)
+        if header:
+            path = tuple(part.strip() for part in header[2].split("."))
+            if header[1] == "[[":
+                arrays[path] = arrays.get(path, -1) + 1
+                path = (*path, str(arrays[path]))
+            table = path
+            continue
+        key = _KEY.match(line)
+        if key and (*table, key[1]) == loc[: len(table) + 1] and len(table) + 1 <= len(loc):
+            return number
+    return None
+
+
+def _from_environment(loc: tuple[str, ...]) -> str | None:
+    """The environment variable that set the key at `loc`, if one did (it overrides the file)."""
+    for end in range(len(loc), 0, -1):
+        name = ENV_PREFIX + "__".join(loc[:end]).upper()
+        if name in os.environ:
+            return name
+    return None
+
+
 def load_settings(path: Path | str) -> SiteSettings:
     """Read a site config file (plus environment overrides) into validated settings."""
     path = Path(path)
@@ -277,8 +311,14 @@ def load_settings(path: Path | str) -> SiteSettings:
             message = first["msg"]
         line = None
         if key:
+            loc = tuple(str(p) for p in first["loc"])
+            variable = _from_environment(loc)
+            if variable is not None:
+                raise ConfigError(
+                    path, key, f"{message} (set by the environment variable {variable})"
+                ) from None
             parts = key.split(".")
-            line = _line_of(text, parts[-1]) or _line_of(text, parts[0])
+            line = _line_at(text, loc) or _line_of(text, parts[-1]) or _line_of(text, parts[0])
         raise ConfigError(path, key, message, line) from None
 
 

@@ -143,3 +143,22 @@ def test_server_threads_default_and_bounds(tmp_path: Path) -> None:
     assert load_settings(write(tmp_path, GOOD + "[server]\nthreads = 12\n")).server.threads == 12
     with pytest.raises(ConfigError, match=r"server\.threads"):
         load_settings(write(tmp_path, GOOD + "[server]\nthreads = 0\n"))
+
+
+def test_an_error_in_a_later_table_entry_names_its_own_line(tmp_path: Path) -> None:
+    second = PEER.replace("site-fr", "site-nl").replace("http://127.0.0.1:8102", "ftp://example")
+    path = write(tmp_path, GOOD + "\n[server]\nport = 8100\n\n" + PEER + "\n" + second)
+    with pytest.raises(ConfigError, match=r"peers\.1\.url") as err:
+        load_settings(path)
+    lines = path.read_text().splitlines()
+    assert err.value.line is not None and lines[err.value.line - 1] == 'url = "ftp://example"'
+
+
+def test_a_bad_value_from_the_environment_is_blamed_on_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEDGATE_SERVER__PORT", "abc")
+    path = write(tmp_path, GOOD + "\n[server]\nport = 8100\n")
+    with pytest.raises(ConfigError, match="environment variable FEDGATE_SERVER__PORT") as err:
+        load_settings(path)
+    assert err.value.line is None and err.value.key == "server.port"
