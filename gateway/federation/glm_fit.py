@@ -278,6 +278,8 @@ async def fit_federated_glm(
             if iteration == max_iterations:
                 break
             beta = _solve(pooled.xtwx, pooled.xtwz)
+            if iteration == 1 and family == "poisson" and names[0][0] == "(Intercept)":
+                beta = _null_start(pooled, p)
         assert pooled is not None
         for row in table.values():
             row["iteration"] = iteration
@@ -301,6 +303,21 @@ async def _gather(
     if stopped:
         raise FitStopped(iteration, list(table.values()))
     return list(results)
+
+
+def _null_start(at_zero: SiteStatistics, parameters: int) -> np.ndarray:
+    """The intercept-only Poisson fit, from the sums at β = 0, as the second iterate.
+
+    At β = 0 the working weights are w·e^offset and XᵀWz's intercept entry is Σw·y − Σw·e^offset, so
+    log(Σw·y / Σw·e^offset) is the null model's intercept, where glm.fit's own start (μ = y + 0.1) also
+    leads. A plain step from β = 0 overshoots: its working weights pile onto the few largest rows, which a
+    site then refuses to sum (`check_weight_spread`)."""
+    exposure = float(at_zero.xtwx[0, 0])
+    events = float(at_zero.xtwz[0]) + exposure
+    beta = np.zeros(parameters)
+    if exposure > 0 and events > 0:
+        beta[0] = math.log(events / exposure)
+    return beta
 
 
 def _pool(stats: Sequence[SiteStatistics]) -> SiteStatistics:

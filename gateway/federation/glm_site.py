@@ -48,7 +48,12 @@ from gateway.query.spec import AgreementId, ColumnName, DatasetId
 from gateway.refusal import Refusal
 from gateway.runtime import SiteRuntime
 from pseudonymize.disclosure import DisclosureRules
-from pseudonymize.disclosure.glm_checks import GlmDisclosureError, check_glm_release, check_weight_dominance
+from pseudonymize.disclosure.glm_checks import (
+    GlmDisclosureError,
+    check_glm_release,
+    check_linear_predictor,
+    check_weight_spread,
+)
 from pseudonymize.pseudonym import token_spellings
 from pseudonymize.store import CatalogEntry
 
@@ -205,11 +210,11 @@ def iteration_statistics(
     data: GlmArrays, beta: np.ndarray, family: Family, rules: DisclosureRules | None = None
 ) -> SiteStatistics:
     """One IRLS step's sums at β (glm.fit's formulas; see gateway.federation.glm_fit). With `rules`,
-    GlmDisclosureError when one row would carry more than 1/min_cell_count of the working weight
-    (`check_weight_dominance`)."""
+    GlmDisclosureError when the working weight rests on fewer than min_cell_count rows' worth
+    (`check_weight_spread`) or a row's linear predictor saturates the model (`check_linear_predictor`)."""
     p = data.x.shape[1]
     xtwx, xtwz = np.zeros((p, p)), np.zeros(p)
-    deviance = pearson = weight = largest = 0.0
+    deviance = pearson = weight = weight_sq = largest = 0.0
     # Blocks small enough that each one's temporaries stay in cache: 2–3× faster than whole columns.
     for start in range(0, data.rows, _BLOCK_ROWS):
         rows = slice(start, start + _BLOCK_ROWS)
@@ -219,22 +224,25 @@ def iteration_statistics(
         deviance += block[2]
         pearson += block[3]
         weight += block[4]
-        largest = max(largest, block[5])
+        weight_sq += block[5]
+        largest = max(largest, block[6])
     if rules is not None:
-        check_weight_dominance(weight, largest, rules)
+        if family != "gaussian":  # a Gaussian step weighs every row as its prior weight, whatever β
+            check_linear_predictor(largest)
+        check_weight_spread(weight, weight_sq, rules)
     return SiteStatistics(xtwx=xtwx, xtwz=xtwz, deviance=deviance, pearson_chi2=pearson, n=data.rows)
 
 
 def _block_sums(
     x: np.ndarray, y: np.ndarray, offset: np.ndarray, w: np.ndarray, beta: np.ndarray, family: Family
-) -> tuple[np.ndarray, np.ndarray, float, float, float, float]:
+) -> tuple[np.ndarray, np.ndarray, float, float, float, float, float]:
     with np.errstate(over="ignore", under="ignore"):  # a far β saturates μ; the clip below bounds it
         return _sums_at(x, y, offset, w, beta, family)
 
 
 def _sums_at(
     x: np.ndarray, y: np.ndarray, offset: np.ndarray, w: np.ndarray, beta: np.ndarray, family: Family
-) -> tuple[np.ndarray, np.ndarray, float, float, float, float]:
+) -> tuple[np.ndarray, np.ndarray, float, float, float, float, float]:
     eta = x @ beta + offset
     if family == "gaussian":
         mu, dmu, var = eta, np.ones_like(eta), np.ones_like(eta)
@@ -252,10 +260,13 @@ def _sums_at(
     working_weights = w * dmu * dmu / var
     z = (eta - offset) + (y - mu) / dmu
     weighted = x * working_weights[:, None]
-    largest = float(working_weights.max()) if working_weights.size else 0.0
+    # How far β takes the linear predictor towards where the model saturates (both tails for the
+    # binomial), the offset left out: the site's own data sets that.
+    reach = eta - offset
+    largest = float(np.max(np.abs(reach) if family == "binomial" else reach)) if reach.size else 0.0
     return (
         weighted.T @ x, weighted.T @ z, deviance, float(np.sum(w * (y - mu) ** 2 / var)),
-        float(working_weights.sum()), largest,
+        float(working_weights.sum()), float(np.sum(working_weights * working_weights)), largest,
     )  # fmt: skip
 
 

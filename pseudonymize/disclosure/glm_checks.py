@@ -47,17 +47,33 @@ def check_glm_release(
         )
 
 
-def check_weight_dominance(total: float, largest: float, rules: DisclosureRules) -> None:
-    """Raise GlmDisclosureError when one row carries more than 1/min_cell_count of an iteration's working
-    weight (a dominance rule, as for magnitude tables).
+def check_weight_spread(total: float, total_sq: float, rules: DisclosureRules) -> None:
+    """Raise GlmDisclosureError when an iteration's working weight rests on fewer than min_cell_count
+    rows' worth: its effective sample size (Σw)² / Σw² is below the minimum.
 
     The working weights follow β, which the researcher chooses: a β under which one patient's linear
     predictor sits where the weight peaks and everyone else's far from it makes XᵀWX and XᵀWz that
-    patient's own covariates and outcome. With no row above 1/k of the total, the sums rest on at least k
-    rows' worth of weight, as a released cell rests on k rows."""
+    patient's own covariates and outcome. A fit's own steps spread the weight over many rows (a Poisson
+    step that overshoots weighs the largest rows most, yet its effective size stays a fair share of n), so
+    the rule refuses what only a chosen β does."""
     k = rules.min_cell_count
-    if not (total > 0 and largest * k <= total):
+    if not (total > 0 and total * total >= k * total_sq):
         raise GlmDisclosureError(
-            f"at these coefficients a few rows carry the iteration's weight (one row more than 1/{k} of it, "
-            f"min_cell_count); the sums would describe those rows, so this iteration is refused"
+            f"at these coefficients the iteration's weight rests on fewer than {k} rows' worth "
+            f"(min_cell_count); the sums would describe those rows, so this iteration is refused"
+        )
+
+
+ETA_LIMIT = 20.0
+"""The largest linear predictor a site computes sums at (binomial: |η|; Poisson: η). Beyond it a fitted
+probability is within 2·10⁻⁹ of 0 or 1, where a fit is diverging rather than converging, and where two
+chosen β that differ in one patient's side of a threshold would tell that patient's outcome apart."""
+
+
+def check_linear_predictor(largest: float) -> None:
+    """Raise GlmDisclosureError when some row's linear predictor is past `ETA_LIMIT`."""
+    if not largest <= ETA_LIMIT:
+        raise GlmDisclosureError(
+            f"at these coefficients some rows' fitted values saturate (linear predictor beyond "
+            f"{ETA_LIMIT:g}); a fit that converges does not go there, so this iteration is refused"
         )

@@ -351,7 +351,7 @@ def test_coefficients_that_single_out_one_patient_are_refused(
         path, json={"agreement": AGREEMENT, "beta": singled_out}, headers=researcher(idp), timeout=30
     )
     assert refused.status_code == 403, refused.text
-    assert "1/10" in refused.json()["detail"] and "xtwx" not in refused.json()
+    assert "saturate" in refused.json()["detail"] and "xtwx" not in refused.json()
     # The session ends with the refusal: the next β gets nothing either.
     again = httpx.post(path, json={"agreement": AGREEMENT, "beta": [0.0] * 7}, headers=researcher(idp))
     assert again.status_code == 404
