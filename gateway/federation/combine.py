@@ -81,12 +81,20 @@ class SiteTable:
                         raise InvalidSiteAnswer(site, f"{col} is not a non-negative integer below 2^53")
                     if 0 < value < minimum:
                         raise InvalidSiteAnswer(site, f"{col} below the site's own min_cell_count")
-                elif (
-                    isinstance(value, bool) or not isinstance(value, int | float)
-                    or not math.isfinite(value) or abs(value) > _MAX_MAGNITUDE
-                ):  # fmt: skip
+                elif not _finite(value):
                     raise InvalidSiteAnswer(site, f"{col} is not a finite number")
+            if any(not isinstance(row[g], str | int | float | bool | None) for g in group_by):
+                raise InvalidSiteAnswer(site, "a group value is not a single value")
         return cls(site, [str(c) for c in columns], rows, minimum, round_to)
+
+
+def _finite(value: Any) -> bool:
+    """A JSON number within what pooling can sum (an integer is compared as such: 10**400 has no float)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if isinstance(value, int):
+        return abs(value) <= _MAX_MAGNITUDE
+    return math.isfinite(value) and abs(value) <= _MAX_MAGNITUDE
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ def _checked(site: str, frame: pd.DataFrame) -> list[_Bin]:
     try:
         for lower, upper, n, d, c in frame[list(SITE_COLUMNS)].itertuples(index=False, name=None):
             bins.append(_Bin(None if pd.isna(lower) else float(lower), float(upper), int(n), int(d), int(c)))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a missing value, a string, 1e999
         raise KaplanMeierPoolError(f"{site}: a survival count or edge is missing") from None
     if bins[0].lower is not None:
         raise KaplanMeierPoolError(f"{site}: the first bin must start at the beginning (lower null)")

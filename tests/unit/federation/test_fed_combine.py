@@ -197,3 +197,19 @@ def test_an_answer_breaking_its_own_rules_is_invalid(body: Any, message: str) ->
 def test_nothing_to_pool() -> None:
     with pytest.raises(CombineError):
         combine("count", [], [])
+
+
+def test_values_no_pooling_can_sum_are_invalid_not_errors() -> None:
+    summary = {
+        "kind": "summary", "columns": ["sex", "n", "sum", "sum_sq", "suppressed"],
+        "disclosure": {"min_cell_count": 10, "round_to": 1},
+    }  # fmt: skip
+    huge = {**summary, "rows": [{"sex": "F", "n": 20, "sum": 10**400, "sum_sq": 1.0, "suppressed": False}]}
+    with pytest.raises(InvalidSiteAnswer, match="not a finite number"):
+        SiteTable.from_body("S", huge, "summary", ["sex"])
+    listed = {**summary, "rows": [{"sex": ["F"], "n": 20, "sum": 1.0, "sum_sq": 1.0, "suppressed": False}]}
+    with pytest.raises(InvalidSiteAnswer, match="not a single value"):
+        SiteTable.from_body("S", listed, "summary", ["sex"])
+    too_many = _body([{"count": 2**60, "suppressed": False, "margin": "total"}])
+    with pytest.raises(InvalidSiteAnswer, match="below 2\\^53"):
+        SiteTable.from_body("S", too_many, "count", [])

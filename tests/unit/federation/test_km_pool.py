@@ -176,3 +176,11 @@ def test_pooled_answers_are_json_rows_that_pass_the_cell_rule() -> None:
     assert all(row["events"] >= 10 for row in pooled.rows)
     expected = pool_kaplan_meier(sites)
     assert [row["survival"] for row in pooled.rows] == expected["survival"].tolist()
+
+
+def test_a_count_no_integer_holds_is_a_pool_error_naming_the_site() -> None:
+    from gateway.federation.km import check_site_answer
+
+    rows = [{"lower": None, "upper": 90.0, "at_risk": 1e999, "events": 10, "censored": 0}]
+    with pytest.raises(KaplanMeierPoolError, match="S: a survival count or edge is missing"):
+        check_site_answer("S", {"rows": rows})
