@@ -47,15 +47,16 @@ from gateway.query.compile import together_hint
 from gateway.query.execute import execute_together, together_key
 from gateway.refusal import Refusal
 from gateway.release import protect
-from gateway.runtime import SiteRuntime
+from gateway.runtime import SiteRuntime, recordable_name
 from gateway.state import StoredRequest, new_request
 from pseudonymize.disclosure import DisclosureError
 from pseudonymize.store import CatalogEntry
 
 
 def owner(principal: Principal) -> str:
-    """Whose request it is: the subject as its issuer names it (two issuers may reuse a `sub`)."""
-    return f"{principal.issuer}\n{principal.sub}"
+    """Whose request it is: the subject as its issuer names it (two issuers may reuse a `sub`), spelled
+    as the audit log names it (`recordable_name`): what the state stores is text, and never a credential."""
+    return f"{principal.issuer}\n{recordable_name(principal.sub)}"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -251,8 +252,9 @@ class QueryPipeline:
                               request_id=request_id)  # fmt: skip
             try:
                 await self._refused(refusal, researcher, request_id, query_hash)
-                asked = parse_query_spec(stored.spec)
-                await self._outcome(researcher, asked, request_id, "refused", stage="approval")
+                with contextlib.suppress(Exception):  # the refusal is audited; the summary row is best effort
+                    asked = parse_query_spec(stored.spec)
+                    await self._outcome(researcher, asked, request_id, "refused", stage="approval")
             finally:
                 await self._finish(stored.request_id, "rejected", rejected, None, steward)
             return {"request_id": request_id, "status": "rejected", "reasons": reasons}
@@ -270,8 +272,9 @@ class QueryPipeline:
             refusal.request_id = request_id
             try:
                 await self._refused(refusal, researcher, request_id, query_hash)
-                if spec is not None:  # a stored spec this version no longer reads has no summary row
-                    await self._outcome(researcher, spec, request_id, "refused", stage=refusal.stage)
+                with contextlib.suppress(Exception):  # the refusal is audited; the summary row is best effort
+                    if spec is not None:  # a stored spec this version no longer reads has no summary row
+                        await self._outcome(researcher, spec, request_id, "refused", stage=refusal.stage)
             finally:  # nothing was released: the request ends refused, never left `deciding`
                 await self._finish(request_id, "refused", refusal.reasons, None, steward)
             return {"request_id": request_id, "status": "refused", "reasons": refusal.reasons}
@@ -540,8 +543,8 @@ class QueryPipeline:
     ) -> None:
         self.rt.state.record_outcome(
             request_id,
-            subject=principal.sub,
-            org=principal.org,
+            subject=recordable_name(principal.sub),
+            org=recordable_name(principal.org),
             agreement=spec.agreement,
             dataset=spec.dataset,
             kind=spec.kind,

@@ -4,6 +4,7 @@ recorded by its digest."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +54,20 @@ def test_a_name_the_log_refuses_is_recorded_by_its_digest(sub: str) -> None:
 
 def test_no_principal_names_no_actor() -> None:
     assert _actor(None) is None
+
+
+def test_a_subject_that_is_no_text_is_kept_by_the_state_as_the_log_names_it(tmp_path: Path) -> None:
+    # JSON's \ud800 escape makes a lone surrogate, which no database stores as text.
+    from gateway.pipeline import owner
+    from gateway.state import GatewayState
+
+    odd = _principal("researcher-\ud800")
+    whose = owner(odd)
+    assert whose == f"https://idp\n{recordable_name(odd.sub)}" and whose.encode("utf-8")
+    state = GatewayState(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        assert [state.count_query(whose, "DSA-1", "h") for _ in range(2)] == [1, 2]
+    finally:
+        state.close()
+    # An ordinary subject is kept as it is.
+    assert owner(_principal("researcher-1")) == "https://idp\nresearcher-1"
