@@ -47,8 +47,8 @@ def read_data(policy_dir: Path, name: str) -> Any:
 
 _REPLACING = threading.Lock()
 
-Audit = Callable[[str, PolicyBundle], object]
-"""Records a replacement (the previous bundle's digest, the new bundle) and returns once it is on record."""
+Audit = Callable[[str, str], object]
+"""Records a change of bundle (the digest before, the digest after) and returns once it is on record."""
 
 
 def replace_data(
@@ -58,29 +58,35 @@ def replace_data(
     the previous bundle's digest and the new bundle.
 
     One replacement at a time: two documents validated each against the old other would otherwise be
-    installed together without ever being checked together. With `audit`, the replacement counts only once
-    recorded: should `audit` fail, the previous document is put back and reloaded, and its error raised."""
+    installed together without ever being checked together. With `audit`, the change is recorded before
+    it takes effect, with the digest the validated bundle has (a bundle's digest does not depend on its
+    folder): should `audit` fail, nothing has changed; should installing fail after it, the previous
+    document is put back and the way back is recorded too."""
     if not _NAME.match(name) or name not in data_names(policy_dir):
         raise KeyError(name)
     with _REPLACING:
         target = policy_dir / "data" / f"{name}.json"
         before, previous = point.bundle.digest, target.read_text(encoding="utf-8")
-        text = _validated(point, policy_dir, name, document)
-        _write(target, text)
-        bundle = point.reload()
+        text, trial = _validated(point, policy_dir, name, document)
         if audit is not None:
-            try:
-                audit(before, bundle)
-            except BaseException:
-                # A change the audit log does not hold must not stay in force: the last good state returns.
-                _write(target, previous)
-                point.reload()
-                raise
+            audit(before, trial.digest)
+        try:
+            _write(target, text)
+            bundle = point.reload()
+        except BaseException:
+            # Back to the last good state, and the log told so: it holds the change announced above.
+            _write(target, previous)
+            point.reload()
+            if audit is not None:
+                audit(trial.digest, before)
+            raise
         return before, bundle
 
 
-def _validated(point: PolicyDecisionPoint, policy_dir: Path, name: str, document: Any) -> str:
-    """The new document's text, once the whole bundle with it loads (PolicyDataRejected otherwise)."""
+def _validated(
+    point: PolicyDecisionPoint, policy_dir: Path, name: str, document: Any
+) -> tuple[str, PolicyBundle]:
+    """The new document's text and the bundle it makes, once that loads (PolicyDataRejected otherwise)."""
     try:
         text = json.dumps(document, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
         text.encode("utf-8")
@@ -91,14 +97,14 @@ def _validated(point: PolicyDecisionPoint, policy_dir: Path, name: str, document
         shutil.copytree(policy_dir, trial)
         (trial / "data" / f"{name}.json").write_text(text, encoding="utf-8")
         try:
-            load_bundle(trial, point.bundle.site_jurisdiction)
+            bundle = load_bundle(trial, point.bundle.site_jurisdiction)
         except PolicyDataError as exc:
             raise PolicyDataRejected(exc.path.stem, exc.field, exc.message) from None
         except PolicySourceError as exc:
             raise PolicyDataRejected(name, None, exc.message) from None
         except PolicyLoadError as exc:
             raise PolicyDataRejected(name, None, str(exc).replace(str(trial), "policies")) from None
-    return text
+    return text, bundle
 
 
 def _write(target: Path, text: str) -> None:

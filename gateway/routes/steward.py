@@ -9,8 +9,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from audit.errors import StorageError
 from gateway.consent import WithdrawalUnsupported, withdraw
-from gateway.decision import PolicyBundle
 from gateway.deps import PipelineDep, RuntimeDep, StewardDep
 from gateway.policy_admin import PolicyDataRejected, data_names, read_data, replace_data
 from gateway.problems import AUTHENTICATED, documented
@@ -27,6 +27,10 @@ async def datasets(_: StewardDep, runtime: RuntimeDep) -> list[dict[str, Any]]:
         {**e.row(), "columns": e.columns, "duo": e.duo, "risk_report": e.risk_report, "key_id": e.key_id}
         for e in entries
     ]
+
+
+AUDIT_WAIT_S = 60.0
+"""How long a policy change waits for its audit entry's commit before it is given up (and not made)."""
 
 
 def _text(value: str) -> str:
@@ -120,18 +124,22 @@ async def replace_policy_document(
             ["send the document as JSON (Content-Type: application/json)"], field="body", stage="validate",
         )  # fmt: skip
 
-    def audit(previous: str, bundle: PolicyBundle) -> None:
-        # In the replacing thread, under the replacement lock: a change the log does not take is undone.
-        runtime.append_soon(
+    def audit(previous: str, new: str) -> None:
+        # In the replacing thread, under the replacement lock, before the change takes effect.
+        written = runtime.append_soon(
             "policy.changed",
             {
-                "bundle_digest": f"sha256:{bundle.digest}",
+                "bundle_digest": f"sha256:{new}",
                 "previous_digest": f"sha256:{previous}",
                 "change": "dsa" if name == "agreements" else "data",
                 "name": name,
             },
             principal=steward,
-        ).result()
+        )
+        try:
+            written.result(timeout=AUDIT_WAIT_S)
+        except TimeoutError:
+            raise StorageError("the audit log did not commit the change in time") from None
 
     try:
         previous, bundle = await asyncio.to_thread(

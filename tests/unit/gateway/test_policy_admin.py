@@ -1,0 +1,94 @@
+"""Replacing policy data: validated in a scratch copy, recorded before it takes effect, undone and recorded
+back should installing fail, refused with nothing changed should the record fail."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.decision import PolicyDecisionPoint
+from gateway.policy_admin import PolicyDataRejected, replace_data
+from gateway.settings import SiteSettings
+
+POLICIES = Path(__file__).resolve().parents[3] / "policies"
+
+
+@pytest.fixture
+def point(tmp_path: Path) -> PolicyDecisionPoint:
+    folder = tmp_path / "policies"
+    shutil.copytree(POLICIES, folder)
+    return PolicyDecisionPoint(
+        SiteSettings(
+            site_id="site-de",
+            jurisdiction="DE",
+            store_url="duckdb:///:memory:",
+            audit_url="sqlite:///:memory:",
+            policy_dir=folder,
+            master_key_env="FEDGATE_TEST_UNUSED_KEY",
+            log_key_file=tmp_path / "log.key",
+        )
+    )
+
+
+def _retitled(folder: Path) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((folder / "data/agreements.json").read_text())
+    first = next(iter(document))
+    document[first]["title"] = "retitled"
+    return document
+
+
+def test_the_change_is_recorded_with_the_digest_it_takes_effect_with(point: PolicyDecisionPoint) -> None:
+    folder = point.bundle.root
+    recorded: list[tuple[str, str]] = []
+    before = point.bundle.digest
+    previous, bundle = replace_data(
+        point, folder, "agreements", _retitled(folder), audit=lambda a, b: recorded.append((a, b))
+    )
+    assert previous == before and point.bundle.digest == bundle.digest != before
+    assert recorded == [(before, bundle.digest)]
+
+
+def test_a_change_the_log_does_not_take_is_not_made(point: PolicyDecisionPoint) -> None:
+    folder = point.bundle.root
+    on_disk, before = (folder / "data/agreements.json").read_bytes(), point.bundle.digest
+
+    def unwritable(_: str, __: str) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        replace_data(point, folder, "agreements", _retitled(folder), audit=unwritable)
+    assert point.bundle.digest == before and (folder / "data/agreements.json").read_bytes() == on_disk
+
+
+def test_a_change_that_cannot_be_installed_is_undone_and_the_way_back_recorded(
+    point: PolicyDecisionPoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = point.bundle.root
+    on_disk, before = (folder / "data/agreements.json").read_bytes(), point.bundle.digest
+    recorded: list[tuple[str, str]] = []
+    reload = point.reload
+    calls = []
+
+    def failing_once() -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("the policy engine is unavailable")
+        return reload()
+
+    monkeypatch.setattr(point, "reload", failing_once)
+    with pytest.raises(RuntimeError, match="unavailable"):
+        replace_data(
+            point, folder, "agreements", _retitled(folder), audit=lambda a, b: recorded.append((a, b))
+        )
+    assert point.bundle.digest == before and (folder / "data/agreements.json").read_bytes() == on_disk
+    (announced, undone) = recorded
+    assert announced[0] == before and undone == (announced[1], before)
+
+
+def test_a_document_that_is_no_json_text_is_rejected_naming_it(point: PolicyDecisionPoint) -> None:
+    with pytest.raises(PolicyDataRejected, match="not JSON text"):
+        replace_data(point, point.bundle.root, "agreements", {"x": "\ud800"})
