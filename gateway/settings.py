@@ -278,9 +278,10 @@ def _line_at(text: str, loc: tuple[str, ...]) -> int | None:
 
 def _from_environment(loc: tuple[str, ...]) -> str | None:
     """The environment variable that set the key at `loc`, if one did (it overrides the file)."""
+    names = {name.upper(): name for name in os.environ}  # read without regard to case, as the settings are
     for end in range(len(loc), 0, -1):
-        name = ENV_PREFIX + "__".join(loc[:end]).upper()
-        if name in os.environ:
+        name = names.get(ENV_PREFIX + "__".join(loc[:end]).upper())
+        if name is not None:
             return name
     return None
 

@@ -46,9 +46,9 @@ def serve(
 
 
 def _check_startup(config: Path, settings: SiteSettings) -> None:
-    """Open and close what every worker opens (keys, policies, the audit log, the state and the store), so
-    that a site which cannot start says why in one line here, before any worker is spawned, instead of in
-    a traceback from each."""
+    """Start and close what every worker starts (keys, policies, the audit log, the state, the store's
+    engine), so that a site which cannot start says why in one line here, before any worker is spawned,
+    instead of in a traceback from each. The store itself is opened by the first query, as in a worker."""
     try:
         runtime = SiteRuntime.start(settings)
     except Exception as exc:  # noqa: BLE001 - whatever stops a worker's start stops the server, said plainly

@@ -162,3 +162,11 @@ def test_a_bad_value_from_the_environment_is_blamed_on_the_environment(
     with pytest.raises(ConfigError, match="environment variable FEDGATE_SERVER__PORT") as err:
         load_settings(path)
     assert err.value.line is None and err.value.key == "server.port"
+
+
+def test_an_environment_variable_in_lower_case_is_named_as_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("fedgate_server__port", "abc")
+    with pytest.raises(ConfigError, match="environment variable fedgate_server__port"):
+        load_settings(write(tmp_path, GOOD))
