@@ -223,6 +223,7 @@ def _actor_of(sub: str, org: str) -> Actor:
     return Actor(sub=recordable_name(sub), org=recordable_name(org))
 
 
+@functools.lru_cache(maxsize=4096)  # a caller's names recur on every request, and their check is patterns
 def recordable_name(name: str) -> str:
     """A token's subject or organisation as the audit log records it: as it is when the log takes it,
     otherwise `sha256:` and the first 32 hex digits of its SHA-256.
