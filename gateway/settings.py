@@ -271,7 +271,7 @@ def _line_at(text: str, loc: tuple[str, ...]) -> int | None:
             table = path
             continue
         key = _KEY.match(line)
-        if key and (*table, key[1]) == loc[: len(table) + 1] and len(table) + 1 <= len(loc):
+        if key and (*table, key[1]) == loc[: len(table) + 1]:
             return number
     return None
 

@@ -28,6 +28,7 @@ from gateway.federation.combine import (
     SiteTable,
     combine,
 )
+from gateway.federation.glm_fit import peer_reasons
 from gateway.federation.km import KaplanMeierPoolError, check_site_answer, pool_released_answers
 from gateway.federation.peers import CoordinatedRuntime, PeerLink
 from gateway.federation.quantiles import SiteQuantiles, plan_edges, pool_quantiles
@@ -368,9 +369,7 @@ class Coordinator:
                 site, "invalid_answer", ["the answer is not a JSON object"], duration_ms=elapsed
             )
         request_id = data.get("request_id") if isinstance(data.get("request_id"), str) else None
-        given = data.get("reasons")  # a peer's text: a list of short strings, or its title, or nothing
-        listed = given if isinstance(given, list) and given else [data.get("title") or "refused"]
-        reasons = [str(r)[:2000] for r in listed][:20]
+        reasons = peer_reasons(data, "refused")
         if http_status == OK:
             return _answered(site, data, elapsed)
         if http_status == ACCEPTED:

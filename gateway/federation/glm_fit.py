@@ -35,6 +35,7 @@ Family = Literal["gaussian", "binomial", "poisson"]
 FAMILIES: tuple[Family, ...] = ("gaussian", "binomial", "poisson")
 TOLERANCE = 1e-8
 DISCLOSURE_TITLE = "Refused by disclosure control"
+INTERCEPT = "(Intercept)"
 Signer = Callable[[str, str, bytes], Mapping[str, str]]
 """(method, path, body) → the peer-authentication headers of one request."""
 DEFAULT_MAX_ITERATIONS = 25
@@ -278,7 +279,7 @@ async def fit_federated_glm(
             if iteration == max_iterations:
                 break
             beta = _solve(pooled.xtwx, pooled.xtwz)
-            if iteration == 1 and family == "poisson" and names[0][0] == "(Intercept)":
+            if iteration == 1 and family == "poisson" and names[0][:1] == [INTERCEPT]:
                 beta = _null_start(pooled, p)
         assert pooled is not None
         for row in table.values():
@@ -435,7 +436,7 @@ class HttpGlmSite:
     async def open(self) -> list[str]:
         data = await self._call("POST", "/v1/glm/sessions", 0, self.body)
         if data.get("status") == "pending_approval":
-            raise SiteStopped(self.site, "approval_pending", _reasons(data, "pending approval"), 0)
+            raise SiteStopped(self.site, "approval_pending", peer_reasons(data, "pending approval"), 0)
         session, names = data.get("session"), data.get("parameters")
         if (
             not isinstance(session, str)
@@ -508,7 +509,7 @@ class HttpGlmSite:
         except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             data = None
         if not response.is_success:
-            reasons = _reasons(data, str(response.status_code))
+            reasons = peer_reasons(data, str(response.status_code))
             data = data if isinstance(data, dict) else {}
             status: SiteState = "refused"
             if response.status_code == STATUS["forbidden"]:
@@ -521,8 +522,9 @@ class HttpGlmSite:
         return data
 
 
-def _reasons(data: Any, otherwise: str) -> list[str]:
-    """A peer's reasons as text: its list of reasons, or its title, or `otherwise`."""
+def peer_reasons(data: Any, otherwise: str) -> list[str]:
+    """A peer's reasons as text, whatever it sent: its list of reasons, or its title, or `otherwise`
+    (at most 20, each cut at 2,000 characters)."""
     given = data.get("reasons") if isinstance(data, dict) else None
     if isinstance(given, list) and given:
         return [str(r)[:2000] for r in given][:20]

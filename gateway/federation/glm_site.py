@@ -40,7 +40,7 @@ from audit.events import COUNT, DIGEST, LABEL, REASONS
 from gateway.auth import Principal
 from gateway.decision import Decision, Obligations
 from gateway.decision.models import CountryCode, Purpose, QueryFacts
-from gateway.federation.glm_fit import DISCLOSURE_TITLE, Family, SiteStatistics, SiteStopped
+from gateway.federation.glm_fit import DISCLOSURE_TITLE, INTERCEPT, Family, SiteStatistics, SiteStopped
 from gateway.pipeline import QueryPipeline, sha256_label
 from gateway.query.columns import DatasetColumn, python_value
 from gateway.query.consent import consent_predicate, not_withdrawn
@@ -61,7 +61,6 @@ MAX_ITERATIONS = 50
 IDLE_SECONDS = 900.0
 MAX_OPEN_SESSIONS = 5  # per researcher: each session holds its rows in this process's memory
 MAX_PARAMETERS = 100
-INTERCEPT = "(Intercept)"
 _EPS = 1e-10
 _BLOCK_ROWS = 8192
 
@@ -525,13 +524,11 @@ class GlmSiteService:
                         field="beta",
                     )
                 await self._apply_withdrawals(session)
-                try:
-                    check_release(session.data, session.request.model, session.obligations)
-                except GlmDisclosureError as exc:
-                    raise Refusal("forbidden", DISCLOSURE_TITLE, [exc.reason], stage="disclosure") from None
                 beta = np.asarray(body.beta, dtype=float)
                 rules = DisclosureRules.from_obligations(session.obligations)
                 try:
+                    # The session's rows, then the weights β gives them.
+                    check_release(session.data, session.request.model, session.obligations)
                     stats = await asyncio.to_thread(
                         iteration_statistics, session.data, beta, session.request.model.family, rules
                     )

@@ -95,12 +95,15 @@ class CompiledQuery:
         return keep
 
     @property
+    def _counted(self) -> sa.ColumnElement[bool]:
+        return self.consent if self.counted is None else self.counted
+
+    @property
     def selected(self) -> AnySelect:
         """The count of rows the filters and the consent filter keep."""
 
         def make() -> AnySelect:
-            rows = self.consent if self.counted is None else self.counted
-            where = rows if self.keep is None else sa.and_(rows, self.keep)
+            where = self._counted if self.keep is None else sa.and_(self._counted, self.keep)
             return sa.select(sa.func.count().label("selected")).select_from(self.table).where(where)
 
         selected: AnySelect = self._lazy("_selected", make)
@@ -113,7 +116,7 @@ class CompiledQuery:
         def make() -> AnySelect:
             counted = sa.func.count().filter(self.keep) if self.keep is not None else sa.func.count()
             sizes = sa.select(counted.label("selected"), sa.func.count().label("population"))
-            return sizes.select_from(self.table).where(self.consent if self.counted is None else self.counted)
+            return sizes.select_from(self.table).where(self._counted)
 
         sizes: AnySelect = self._lazy("_sizes", make)
         return sizes

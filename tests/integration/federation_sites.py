@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +153,30 @@ def running_federation(fed: Federation, *, skip: Iterable[str] = ()) -> Iterator
             if sid not in skipped
         }
         yield urls
+
+
+class FakePeer(BaseHTTPRequestHandler):
+    """A stand-in for a peer gateway that answers as a test tells it (`behaviour`), not as a gateway would."""
+
+    behaviour = ""
+
+    def answer(self, status: int, body: bytes) -> None:
+        """Send `body` as a whole JSON answer."""
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def serve_fake_peer(handler: type[FakePeer], behaviour: str, port: int) -> ThreadingHTTPServer:
+    """Serve `handler` with `behaviour` on a loopback port, in a thread of its own; shut it down after."""
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", port), type(f"{handler.__name__}_{port}", (handler,), {"behaviour": behaviour})
+    )
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

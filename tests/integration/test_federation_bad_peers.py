@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from federation_sites import Federation, build_federation, running_federation
+from federation_sites import FakePeer, Federation, build_federation, running_federation, serve_fake_peer
 from gateway_site import bearer, free_port
 from oidc_issuer import LoopbackTestIssuer
 
@@ -45,10 +42,8 @@ BAD_PEERS = {
 }
 
 
-class _BadPeer(BaseHTTPRequestHandler):
-    behaviour = ""
-
-    def do_POST(self) -> None:
+class _BadPeer(FakePeer):
+    def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
         self.rfile.read(int(self.headers.get("content-length", 0)))
         status, body = 200, b""
         if self.behaviour == "site-trickle":
@@ -85,14 +80,7 @@ class _BadPeer(BaseHTTPRequestHandler):
             body = json.dumps(answer).encode()
         elif self.behaviour == "site-nested":
             body = b"[" * 200_000 + b"]" * 200_000
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.answer(status, body)
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +96,7 @@ def urls(fed: Federation) -> Iterator[dict[str, str]]:
     servers = []
     for peer in fed.sites["site-de"].settings.peers:
         if peer.id in BAD_PEERS:
-            handler = type("BadPeer", (_BadPeer,), {"behaviour": peer.id})
-            server = ThreadingHTTPServer(("127.0.0.1", int(peer.url.rsplit(":", 1)[1])), handler)
-            server.daemon_threads = True
-            threading.Thread(target=server.serve_forever, daemon=True).start()
-            servers.append(server)
+            servers.append(serve_fake_peer(_BadPeer, peer.id, int(peer.url.rsplit(":", 1)[1])))
     try:
         with running_federation(fed) as running:
             yield running

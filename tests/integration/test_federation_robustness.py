@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from federation_sites import Federation, build_federation, running_federation, set_agreement
+from federation_sites import (
+    FakePeer,
+    Federation,
+    build_federation,
+    running_federation,
+    serve_fake_peer,
+    set_agreement,
+)
 from gateway_site import bearer, free_port
 from oidc_issuer import LoopbackTestIssuer
 
@@ -27,12 +32,10 @@ BASE: dict[str, Any] = {
 SITES = ["site-de", "site-fr", "site-nl"]
 
 
-class _FakePeer(BaseHTTPRequestHandler):
+class _FakePeer(FakePeer):
     """`slow` never answers in time; `liar` answers a count below its own declared minimum."""
 
-    behaviour = "slow"
-
-    def do_POST(self) -> None:
+    def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
         self.rfile.read(int(self.headers.get("content-length", 0)))
         if self.behaviour == "slow":
             time.sleep(10)
@@ -45,22 +48,7 @@ class _FakePeer(BaseHTTPRequestHandler):
                 "disclosure": {"min_cell_count": 10, "round_to": 1},
             }
         ).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def _fake_peer(behaviour: str, port: int) -> ThreadingHTTPServer:
-    handler = type(f"{behaviour.title()}Peer", (_FakePeer,), {"behaviour": behaviour})
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+        self.answer(200, body)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +64,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory, idp: LoopbackTestIssuer) -> Fe
 
 @pytest.fixture(scope="module")
 def urls(fed: Federation) -> Iterator[dict[str, str]]:
-    fakes = [_fake_peer("slow", fed_port(fed, "site-slow")), _fake_peer("liar", fed_port(fed, "site-liar"))]
+    fakes = [serve_fake_peer(_FakePeer, name, fed_port(fed, f"site-{name}")) for name in ("slow", "liar")]
     try:
         with running_federation(fed) as running:
             yield running
