@@ -28,7 +28,7 @@ from gateway.federation.combine import (
     SiteTable,
     combine,
 )
-from gateway.federation.glm_fit import peer_reasons
+from gateway.federation.glm_fit import TOO_LARGE, peer_reasons, read_capped
 from gateway.federation.km import KaplanMeierPoolError, check_site_answer, pool_released_answers
 from gateway.federation.peers import CoordinatedRuntime, PeerLink
 from gateway.federation.quantiles import SiteQuantiles, plan_edges, pool_quantiles
@@ -62,8 +62,6 @@ DEFAULT_TIMEOUT_S = 10.0
 POOLED_KINDS = ("count", "crosstab", "summary", "histogram", "quantiles", "kaplan_meier")
 log = logging.getLogger("fedgate.federation")
 QUERIES_PATH = "/v1/queries"
-MAX_ANSWER_BYTES = 16 * 2**20
-"""The most of a peer's answer this site reads: a released table of four group columns is far smaller."""
 # A peer's problem responses carry no stage; its disclosure refusals have this title (gateway.pipeline).
 DISCLOSURE_TITLE = "Refused by disclosure control"
 _REFUSAL_KIND = {int(status): kind for kind, status in STATUS.items()}
@@ -338,7 +336,15 @@ class Coordinator:
             # The timeout bounds the whole exchange: httpx's own applies to each read, which a peer sending
             # a byte at a time would never exceed.
             http_status, content = await asyncio.wait_for(
-                self._post_capped(f"{peer.url}{QUERIES_PATH}", body, headers, timeout_s), timeout_s
+                read_capped(
+                    self.link.http,
+                    "POST",
+                    f"{peer.url}{QUERIES_PATH}",
+                    content=body,
+                    headers=headers,
+                    timeout=timeout_s,
+                ),
+                timeout_s,
             )
         except (httpx.TimeoutException, TimeoutError):
             return SiteOutcome(
@@ -353,8 +359,7 @@ class Coordinator:
             )
         elapsed = _ms(started)
         if content is None:
-            reason = f"the answer is larger than {MAX_ANSWER_BYTES // 2**20} MiB"
-            return SiteOutcome(site, "invalid_answer", [reason], duration_ms=elapsed)
+            return SiteOutcome(site, "invalid_answer", [TOO_LARGE], duration_ms=elapsed)
         try:
             data = json.loads(content)
         except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
@@ -379,25 +384,6 @@ class Coordinator:
             status: SiteStatus = "suppressed" if data.get("title") == DISCLOSURE_TITLE else "denied"
             return SiteOutcome(site, status, reasons, request_id, elapsed)
         return SiteOutcome(site, "invalid_answer", [f"unexpected HTTP {http_status}"], request_id, elapsed)
-
-    async def _post_capped(
-        self, url: str, body: bytes, headers: dict[str, str], timeout_s: float
-    ) -> tuple[int, bytes | None]:
-        """POST and read the answer: its status and body, or None for a body past `MAX_ANSWER_BYTES`
-        (read no further: a peer cannot make this site hold an answer of any size)."""
-        request = self.link.http.build_request("POST", url, content=body, headers=headers, timeout=timeout_s)
-        response = await self.link.http.send(request, stream=True)
-        try:
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > MAX_ANSWER_BYTES:
-                    return response.status_code, None
-                chunks.append(chunk)
-            return response.status_code, b"".join(chunks)
-        finally:
-            await response.aclose()
 
 
 def _answered(site: str, body: dict[str, Any], elapsed: float) -> SiteOutcome:

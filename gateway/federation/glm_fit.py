@@ -488,8 +488,9 @@ class HttpGlmSite:
         body = json.dumps(payload).encode()
         try:
             # The timeout bounds the whole exchange, not each read (a peer could trickle its answer).
-            response = await asyncio.wait_for(
-                self.client.request(
+            status_code, content = await asyncio.wait_for(
+                read_capped(
+                    self.client,
                     method,
                     f"{self.base_url}{path}",
                     content=body,
@@ -504,22 +505,51 @@ class HttpGlmSite:
             ) from None
         except httpx.HTTPError as exc:
             raise SiteStopped(self.site, "unreachable", [type(exc).__name__], iteration) from None
+        if content is None:
+            raise SiteStopped(self.site, "invalid_answer", [TOO_LARGE], iteration)
         try:
-            data = response.json()
+            data = json.loads(content)
         except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             data = None
-        if not response.is_success:
-            reasons = peer_reasons(data, str(response.status_code))
+        if not 200 <= status_code < 300:
+            reasons = peer_reasons(data, str(status_code))
             data = data if isinstance(data, dict) else {}
             status: SiteState = "refused"
-            if response.status_code == STATUS["forbidden"]:
+            if status_code == STATUS["forbidden"]:
                 status = "suppressed" if data.get("title") == DISCLOSURE_TITLE else "denied"
-            elif response.status_code in PEER_UNREACHABLE:
+            elif status_code in PEER_UNREACHABLE:
                 status = "unreachable"
             raise SiteStopped(self.site, status, reasons, iteration)
         if not isinstance(data, dict):
             raise SiteStopped(self.site, "invalid_answer", ["the answer is not a JSON object"], iteration)
         return data
+
+
+MAX_ANSWER_BYTES = 16 * 2**20
+"""The most of a peer's answer a site reads: a released table of four group columns, or a GLM iteration's
+matrices, is far smaller."""
+TOO_LARGE = f"the answer is larger than {MAX_ANSWER_BYTES // 2**20} MiB"
+
+
+async def read_capped(
+    client: Any, method: str, url: str, *, content: bytes, headers: Mapping[str, str], timeout: float
+) -> tuple[int, bytes | None]:
+    """Send a request on `client` (an httpx.AsyncClient) and read the answer: its status and body, or None
+    for a body past `MAX_ANSWER_BYTES`, read no further (a peer cannot make a site hold an answer of any
+    size). The caller bounds the whole exchange in time."""
+    request = client.build_request(method, url, content=content, headers=headers, timeout=timeout)
+    response = await client.send(request, stream=True)
+    try:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                return response.status_code, None
+            chunks.append(chunk)
+        return response.status_code, b"".join(chunks)
+    finally:
+        await response.aclose()
 
 
 def peer_reasons(data: Any, otherwise: str) -> list[str]:

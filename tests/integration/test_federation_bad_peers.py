@@ -158,6 +158,8 @@ def test_a_federated_fit_stops_naming_the_site_whose_answer_is_bad(
     assert time.monotonic() - started < TIMEOUT_S + 4
     table = {row["site"]: row for row in stopped.value.sites}
     assert table[peer]["status"] == GLM_STATUS[peer] and table[peer]["reasons"]
+    if peer == "site-huge":  # read no further than the cap, as a query's answer
+        assert "larger than 16 MiB" in table[peer]["reasons"][0]
     assert table["site-good"]["status"] == "answered"
 
 
