@@ -23,7 +23,11 @@ MAX_NAME = 256  # the policy input's Name bound (gateway.decision.models)
 
 
 def claim_at(claims: Mapping[str, Any], path: str) -> Any:
-    """The value at a dotted path (`realm_access.roles`), or None when any step is missing."""
+    """The claim named `path` itself when the token has one (a namespaced claim such as
+    `https://idp.example/roles` holds dots), else the value at `path` read as a dotted path
+    (`realm_access.roles`); None when any step is missing."""
+    if path in claims:
+        return claims[path]
     node: Any = claims
     for part in path.split("."):
         if not isinstance(node, Mapping) or part not in node:
@@ -38,10 +42,20 @@ def _time(claims: Mapping[str, Any], name: str, required: bool) -> float | None:
         if required:
             raise MissingClaim(name)
         return None
-    # Python's JSON parser reads NaN and Infinity; an `exp` of Infinity would never expire.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    # Python's JSON parser reads NaN and Infinity; an `exp` of Infinity would never expire. An integer too
+    # large for a float (10**400) is no date either.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or abs(value) > MAX_TIME
+        or not math.isfinite(value)
+    ):
         raise BadClaim(name, "a NumericDate (seconds since the epoch)")
     return float(value)
+
+
+MAX_TIME = 253_402_300_799
+"""9999-12-31T23:59:59Z: the last NumericDate any clock or date library here can hold."""
 
 
 def check_issuer(claims: Mapping[str, Any], expected: str) -> None:
@@ -85,9 +99,19 @@ def name_claim(claims: Mapping[str, Any], path: str) -> str:
     value = claim_at(claims, path)
     if value is None:
         raise MissingClaim(path)
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME or not is_text(value):
         raise BadClaim(path, f"a non-empty string of at most {MAX_NAME} characters")
     return value
+
+
+def is_text(value: str) -> bool:
+    """Whether `value` is text UTF-8 can hold: JSON's escapes can make a lone surrogate (`\\ud800`), which
+    no policy input, audit entry or state row can carry."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def country_claim(claims: Mapping[str, Any], path: str) -> str:
@@ -105,7 +129,7 @@ def roles_claim(claims: Mapping[str, Any], path: str) -> frozenset[str]:
     if value is None:
         return frozenset()
     if not isinstance(value, list) or not all(
-        isinstance(r, str) and r.strip() and len(r) <= MAX_NAME for r in value
+        isinstance(r, str) and r.strip() and len(r) <= MAX_NAME and is_text(r) for r in value
     ):
         raise BadClaim(path, "a list of role names")
     return frozenset(value)

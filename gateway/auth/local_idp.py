@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from joserfc import jwt
+from joserfc import jws
 from joserfc.jwk import ECKey, Key, KeyParameters, OKPKey, RSAKey
 
 from gateway.auth.signature import registry_for
@@ -181,8 +181,11 @@ class UnsafeLocalIdentityProvider:
         adds entries (an entry set to None is removed: header={"kid": None} signs without a kid)."""
         key = self._signing[alg]
         protected = {"alg": alg, "kid": kid or key.kid, **(header or {})}
-        protected = {name: value for name, value in protected.items() if value is not None}
-        return jwt.encode(protected, dict(claims), key, registry=registry_for(alg))
+        protected = {"typ": "JWT", **{name: value for name, value in protected.items() if value is not None}}
+        # ASCII JSON (the escapes decode to the same claims): a test can sign what a provider's JSON may
+        # hold and UTF-8 cannot, such as a lone surrogate's `\\ud800`.
+        payload = json.dumps(dict(claims), separators=(",", ":")).encode()
+        return jws.serialize_compact(protected, payload, key, registry=registry_for(alg))
 
     def token(
         self,

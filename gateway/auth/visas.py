@@ -9,19 +9,23 @@ AAI specification forbids ignoring) is dropped — the token stays valid, the vi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from gateway.auth.claims import MAX_NAME, check_issuer, check_times
+from gateway.auth.claims import MAX_NAME, MAX_TIME, check_issuer, check_times, is_text
 from gateway.auth.errors import AuthError
 from gateway.auth.jwks import KeySource, normalize_issuer
 from gateway.auth.signature import check_algorithm, parse_token, verify_signature
 from gateway.decision.models import Visa
 
 ACCEPTED_VISA_TYPES = frozenset({"ControlledAccessGrants", "AffiliationAndRole", "ResearcherStatus"})
+ASSERTED_BY = frozenset({"self", "peer", "system", "so", "dac"})
+"""The values of a visa's `by` in the GA4GH Passport specification: who asserted it."""
 VISA_CLAIM = "ga4gh_visa_v1"
 MAX_VISAS = 64
 
@@ -44,7 +48,7 @@ def _short_text(body: Mapping[str, Any], field: str, required: bool) -> str | No
     value = body.get(field)
     if value is None and not required:
         return None
-    if not isinstance(value, str) or not value or len(value) > MAX_NAME:
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME or not is_text(value):
         raise _Dropped(f"its {field} is not a string of 1 to {MAX_NAME} characters")
     return value
 
@@ -59,17 +63,23 @@ def _visa_body(claims: Mapping[str, Any], now: float, leeway_s: float) -> Visa:
     if body.get("conditions") is not None:
         raise _Dropped("it carries conditions, which this gateway does not evaluate")
     asserted = body.get("asserted")
-    if isinstance(asserted, bool) or not isinstance(asserted, int | float):
-        raise _Dropped("its asserted time is missing or not a number")
+    if (
+        isinstance(asserted, bool)
+        or not isinstance(asserted, int | float)
+        or abs(asserted) > MAX_TIME
+        or not math.isfinite(asserted)
+    ):
+        raise _Dropped("its asserted time is missing or not a number of seconds since the epoch")
     if asserted > now + leeway_s:
         raise _Dropped("its asserted time is in the future")
+    source = _short_text(body, "source", required=True)
+    if source is None or not _is_url(source):
+        raise _Dropped("its source is not a URL")
+    by = _short_text(body, "by", required=False)
+    if by is not None and by not in ASSERTED_BY:
+        raise _Dropped(f"its by is not one of {', '.join(sorted(ASSERTED_BY))}")
     try:
-        return Visa(
-            type=visa_type,
-            value=_short_text(body, "value", required=True),
-            source=_short_text(body, "source", required=True),
-            by=_short_text(body, "by", required=False),
-        )
+        return Visa(type=visa_type, value=_short_text(body, "value", required=True), source=source, by=by)
     except ValidationError:
         raise _Dropped("its fields do not form a visa") from None
 
@@ -92,6 +102,8 @@ async def verify_visas(
             visas.append(await _verify_one(item, sources, algorithms, now, leeway_s))
         except _Dropped as dropped:
             notes.append(f"visa {i} dropped: {dropped.why}")
+        except Exception as exc:  # noqa: BLE001 - a visa that cannot be checked is dropped, never passed on
+            notes.append(f"visa {i} dropped: it could not be checked ({type(exc).__name__})")
     return VisaOutcome(visas=tuple(visas), dropped=len(notes), notes=tuple(notes))
 
 
@@ -123,3 +135,13 @@ async def _verify_one(
     except AuthError as exc:
         raise _Dropped(f"{exc.reason} (issuer {source.issuer if source else 'unknown'})") from None
     return _visa_body(unverified.claims, now, leeway_s)
+
+
+def _is_url(value: str) -> bool:
+    """Whether a visa's `source` is an absolute URL, as the specification has it (the organisation that
+    asserted the visa)."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return bool(parts.scheme) and bool(parts.netloc) and not any(c.isspace() for c in value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from auth_helpers import oidc_for, run
 from oidc_issuer import LoopbackTestIssuer
@@ -50,6 +52,19 @@ def test_roles_come_from_a_nested_claim() -> None:
         # Read at the default top-level `roles`, the same token holds no roles at all.
         top = run(_validate(oidc_for(idp), token))
         assert top.roles == frozenset()
+
+
+def test_a_namespaced_claim_is_read_by_its_whole_name(idp: LoopbackTestIssuer) -> None:
+    # Providers such as Auth0 require claims named by a URL, which holds dots.
+    name = "https://fedgate.example/roles"
+    token = idp.sign({**_claims(idp), name: ["steward"], "https://fedgate": {"example/roles": ["auditor"]}})
+    assert run(_validate(oidc_for(idp, roles_claim=name), token)).roles == frozenset({"steward"})
+
+
+def _claims(idp: LoopbackTestIssuer) -> dict[str, object]:
+    now = int(time.time())
+    return {"iss": idp.issuer_url, "aud": idp.audience, "sub": "alice", "org": "o", "country": "DE",
+            "iat": now, "exp": now + 300}  # fmt: skip
 
 
 def test_org_and_country_claims_are_configurable(idp: LoopbackTestIssuer) -> None:
