@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request, Response
 from audit.errors import AuditError, PayloadError
 from gateway import problems
 from gateway.auth import TokenValidator
-from gateway.deps import route_label
+from gateway.deps import authorize_unvalidated, route_label
 from gateway.federation import peers
 from gateway.refusal import Refusal
 from gateway.routes import audit, federation, glm, queries, steward, witness
@@ -62,7 +62,9 @@ def create_app(
         "RFC 9457 problem documents that name the field or cite the clause that decided.",
         lifespan=lifespan,
     )
-    problems.install(app, on_invalid=_audit_invalid, on_refusal=_audit_refusal)
+    problems.install(
+        app, on_invalid=_audit_invalid, on_refusal=_audit_refusal, authorize=authorize_unvalidated
+    )
     app.add_exception_handler(AuditError, _audit_failed)
     app.include_router(queries.router)
     app.include_router(steward.router)

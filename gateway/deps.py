@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
@@ -12,6 +14,7 @@ from gateway.auth import (
     AuthError,
     Forbidden,
     IdentityProviderUnavailable,
+    NotAuthenticated,
     Principal,
     bearer_token,
     require_role,
@@ -22,6 +25,7 @@ from gateway.refusal import Refusal
 from gateway.runtime import SiteRuntime
 
 Role = Literal["researcher", "steward", "auditor"]
+log = logging.getLogger(__name__)
 
 
 def route_label(request: Request) -> str:
@@ -72,20 +76,49 @@ async def authenticate(request: Request) -> Principal:
     try:
         token = bearer_token(header)
         principal = await runtime.tokens.validate(token)
+        if principal.dev and not _on_loopback(request):
+            # The site's config binds a dev-mode gateway to loopback, but the app can be served by other
+            # means (`uvicorn --factory --host ...`): a request that came over another address is refused.
+            raise NotAuthenticated("a dev token is accepted only on a loopback address")
         request.state.principal = principal  # so a later refusal of the body is audited with its actor
         return principal
     except AuthError as exc:
-        payload: dict[str, str] = {"reason": exc.code, "route": route_label(request)}
-        if header:
-            payload["token_digest"] = token_digest(header.removeprefix("Bearer ").strip())
-        await runtime.record("auth.failed", payload)
-        if isinstance(exc, IdentityProviderUnavailable):
-            raise Refusal(
-                "unavailable", "Identity provider unavailable", [exc.reason], stage="authorize", audited=True
-            ) from None
+        error = exc
+    except Exception as exc:  # noqa: BLE001 - a check that fails in any way authenticates no one
+        log.error("authentication failed on an unexpected %s", type(exc).__name__)
+        error = NotAuthenticated("the token could not be checked")
+    payload: dict[str, str] = {"reason": error.code, "route": route_label(request)}
+    if header:
+        payload["token_digest"] = token_digest(_credentials(header))
+    await runtime.record("auth.failed", payload)
+    if isinstance(error, IdentityProviderUnavailable):
         raise Refusal(
-            "unauthenticated", "Authentication failed", [exc.reason], stage="authorize", audited=True
+            "unavailable", "Identity provider unavailable", [error.reason], stage="authorize", audited=True
         ) from None
+    raise Refusal(
+        "unauthenticated",
+        "Authentication failed",
+        [error.reason],
+        stage="authorize",
+        audited=True,
+        bearer_error=error.bearer_error,
+    ) from None
+
+
+def _on_loopback(request: Request) -> bool:
+    """Whether the request arrived on a loopback address of this host (the socket's own address)."""
+    server = request.scope.get("server")
+    try:
+        return server is not None and ipaddress.ip_address(server[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _credentials(header: str) -> str:
+    """What the token digest is taken of: the credentials whatever the scheme's case (`bearer` and
+    `Bearer` send the same token), else the whole header."""
+    scheme, _, credentials = header.strip().partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else header.strip()
 
 
 def requires(role: Role) -> Callable[..., Awaitable[Principal]]:
@@ -97,14 +130,39 @@ def requires(role: Role) -> Callable[..., Awaitable[Principal]]:
             require_role(principal, role)
         except Forbidden as exc:
             await _runtime(request).record(
-                "auth.failed", {"reason": "Forbidden", "route": route_label(request), "role": role}
+                "auth.failed",
+                {"reason": "Forbidden", "route": route_label(request), "role": role},
+                principal=principal,
             )
             raise Refusal(
-                "forbidden", "Role required", [exc.reason], stage="authorize", audited=True
+                "forbidden",
+                "Role required",
+                [exc.reason],
+                stage="authorize",
+                audited=True,
+                bearer_error=exc.bearer_error,
             ) from None
         return principal
 
+    ROLE_CHECKS[check] = role
     return check
+
+
+ROLE_CHECKS: dict[Callable[..., Awaitable[Principal]], Role] = {}
+"""Every role check `requires` made, and its role."""
+
+
+async def authorize_unvalidated(request: Request) -> None:
+    """Run the role check of the request's route, if it has one that has not run: FastAPI reads a JSON body
+    before it solves any dependency, so a body that is not JSON is refused before the token is looked
+    at. A Refusal (audited) when the caller is not authenticated or lacks the role."""
+    if getattr(request.state, "principal", None) is not None:
+        return  # authenticated already; a role refusal would have ended the request before validation
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    for dependency in getattr(dependant, "dependencies", ()):
+        if dependency.call in ROLE_CHECKS:
+            await dependency.call(request)
+            return
 
 
 ResearcherDep = Annotated[Principal, Depends(requires("researcher"))]

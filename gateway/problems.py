@@ -121,13 +121,24 @@ AUTHENTICATED: dict[int | str, dict[str, Any]] = _documented(_AUTH_REFUSALS, als
 """The refusals of every endpoint behind a role, for its router's `responses`."""
 
 
-def problem(status: HTTPStatus, title: str, *, detail: str | None = None, **extensions: Any) -> JSONResponse:
-    """A problem+json response."""
+def problem(
+    status: HTTPStatus,
+    title: str,
+    *,
+    detail: str | None = None,
+    bearer_error: str | None = None,
+    **extensions: Any,
+) -> JSONResponse:
+    """A problem+json response. A 401, and a 403 with a `bearer_error`, carry the Bearer challenge of RFC
+    6750 §3, with that error code (`invalid_token`, `insufficient_scope`) when one is given."""
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": int(status)}
     if detail:
         body["detail"] = detail
     body.update({k: v for k, v in extensions.items() if v is not None})
-    headers = {"WWW-Authenticate": 'Bearer realm="fedgate"'} if status == HTTPStatus.UNAUTHORIZED else None
+    headers = None
+    if status == HTTPStatus.UNAUTHORIZED or bearer_error is not None:
+        challenge = 'Bearer realm="fedgate"' + (f', error="{bearer_error}"' if bearer_error else "")
+        headers = {"WWW-Authenticate": challenge}
     return JSONResponse(body, status_code=int(status), media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -149,6 +160,7 @@ def refusal_response(refusal: Refusal) -> JSONResponse:
         reasons=refusal.reasons or None,
         field=refusal.field,
         request_id=refusal.request_id,
+        bearer_error=refusal.bearer_error,
     )
 
 
@@ -270,18 +282,30 @@ def _framework_refusal(exc: StarletteHTTPException) -> Refusal:
 
 InvalidRequestHook = Callable[[Request, list[tuple[str, str]]], Awaitable[None]]
 RefusalHook = Callable[[Request, Refusal], Awaitable[None]]
+AuthorizeHook = Callable[[Request], Awaitable[None]]
 
 
 def install(
-    app: FastAPI, *, on_invalid: InvalidRequestHook | None = None, on_refusal: RefusalHook | None = None
+    app: FastAPI,
+    *,
+    on_invalid: InvalidRequestHook | None = None,
+    on_refusal: RefusalHook | None = None,
+    authorize: AuthorizeHook | None = None,
 ) -> None:
     """Register the handlers on an app. `on_invalid` hears of every body or parameter that failed
     validation (the field, named as the problem names it, and the message of each error), and
     `on_refusal` of every other refusal not audited where it was raised (`Refusal.audited`) and of the
-    framework's own (an unknown route, a wrong method): the app audits both."""
+    framework's own (an unknown route, a wrong method): the app audits both. `authorize` runs before a
+    validation failure is answered, so that a request whose body was refused before the route's role
+    check ran (a body that is not JSON) is refused as unauthenticated when it is, not told about its body."""
 
     async def validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        if authorize is not None:
+            try:
+                await authorize(request)
+            except Refusal as refusal:
+                return await refused(request, refusal)
         spec_body = _is_query_spec_body(request)
         faults = _faults(exc, spec_body)
         if on_invalid is not None:

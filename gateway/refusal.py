@@ -37,6 +37,9 @@ class Refusal(Exception):
     audited: bool = False
     """Whoever raised it has already appended the refusal to the audit log; otherwise the app's problem
     handler appends a `request.refused` entry before answering (gateway.app)."""
+    bearer_error: str | None = None
+    """For a refusal of the bearer token or its role: RFC 6750's error code for the `WWW-Authenticate`
+    challenge (`invalid_token`, `insufficient_scope`)."""
 
     def __str__(self) -> str:
         return f"{self.title}: {'; '.join(self.reasons)}" if self.reasons else self.title

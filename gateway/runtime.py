@@ -8,7 +8,7 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
 
@@ -212,8 +212,15 @@ class SiteRuntime:
 
 
 def _actor(principal: Principal | None) -> Actor | None:
-    """Who an audit entry names: subject and organisation, nothing else of the token."""
-    return _actor_of(principal.sub, principal.org) if principal is not None else None
+    """Who an audit entry names: subject and organisation, nothing else of the token. An identity a dev
+    token asserts (`fedgate dev-token`, which anyone running it may mint) has its organisation recorded
+    after `DEV_ACTOR_PREFIX`, so that it never reads as the identity provider's user of the same names."""
+    if principal is None:
+        return None
+    return _actor_of(principal.sub, DEV_ACTOR_PREFIX + principal.org if principal.dev else principal.org)
+
+
+DEV_ACTOR_PREFIX: Final = "dev-token:"
 
 
 # A request notes four entries or more under one principal, and Actor checks both names with patterns on

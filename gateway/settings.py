@@ -66,7 +66,12 @@ class OidcSettings(BaseModel):
     algorithms: tuple[JwtAlgorithm, ...] = Field(default=("RS256", "ES256", "EdDSA"), min_length=1)
     leeway_s: int = Field(default=60, ge=0, le=600, description="clock skew allowed on exp/nbf/iat")
     max_token_age_s: int = Field(default=86_400, ge=60, description="reject tokens issued longer ago")
-    jwks_min_refresh_s: float = Field(default=30.0, ge=0, description="at most one JWKS refetch per interval")
+    jwks_min_refresh_s: float = Field(
+        default=30.0,
+        ge=1,
+        description="at most one JWKS refetch per interval; at least 1 s, or unknown kids could make the "
+        "gateway fetch the provider's keys on every request",
+    )
     http_timeout_s: float = Field(default=5.0, gt=0, le=60)
 
     @field_validator("issuer")

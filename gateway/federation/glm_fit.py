@@ -511,7 +511,7 @@ class HttpGlmSite:
             data = json.loads(content)
         except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             data = None
-        if not 200 <= status_code < 300:
+        if not httpx.codes.is_success(status_code):
             reasons = peer_reasons(data, str(status_code))
             data = data if isinstance(data, dict) else {}
             status: SiteState = "refused"

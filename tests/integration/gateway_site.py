@@ -201,6 +201,19 @@ def consent_rule(settings: SiteSettings, entry: Any, spec: dict[str, Any]) -> An
     return decision.obligations.consent_filter
 
 
+def logged_entries(settings: SiteSettings) -> list[dict[str, Any]]:
+    """Every entry of the site's SQLite audit log, in order, read from its file as an auditor's copy would
+    be (for a site no auditor token can reach, such as one that takes dev tokens only)."""
+    import sqlite3
+
+    from audit.storage import entries
+
+    path = settings.audit_url.removeprefix("sqlite:///").split("?")[0]
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        rows = conn.execute(f"SELECT body FROM {entries.name} ORDER BY idx").fetchall()
+    return [json.loads(body) for (body,) in rows]
+
+
 def verify_exported_log(export: bytes, settings: SiteSettings, folder: Path) -> None:
     """Run `fedgate audit verify` on the site's audit log export, as an auditor would; assert it passes."""
     from typer.testing import CliRunner

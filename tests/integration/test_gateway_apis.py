@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_site import Site, bearer, build_site, running_gateway
+from gateway_site import Site, bearer, build_site, logged_entries, running_gateway
 from oidc_issuer import LoopbackTestIssuer
 
 from audit.merkle import leaf_hash, verify_consistency, verify_inclusion
@@ -143,6 +143,43 @@ def test_dev_tokens_work_only_in_dev_mode_on_loopback(tmp_site: Site, idp: Loopb
     with running_gateway(load_settings(config)) as url:
         response = httpx.post(f"{url}/v1/queries", json=COUNT, headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200, response.text
+    # The audit log tells a dev token's identity from the identity provider's user of the same names.
+    actors = {json.dumps(e.get("actor")) for e in logged_entries(load_settings(config))}
+    assert json.dumps({"org": "dev-token:org-aphp", "sub": "dev"}) in actors
+    assert json.dumps({"org": "org-aphp", "sub": "dev"}) not in actors
+
+
+def test_a_dev_token_is_refused_on_a_request_that_came_over_another_address(tmp_site: Site) -> None:
+    import asyncio
+
+    from typer.testing import CliRunner
+
+    from gateway.app import create_app
+    from gateway.cli import app
+    from gateway.settings import load_settings
+
+    config = tmp_site.config
+    config.write_text("dev_mode = true\n" + config.read_text())
+    token = CliRunner().invoke(app, ["dev-token", "--config", str(config), *DEV_TOKEN]).stdout.split()[-1]
+    gateway = create_app(load_settings(config))
+
+    async def ask(address: str) -> httpx.Response:
+        # Served by other means than `fedgate serve` (an ASGI server told to bind elsewhere): the address
+        # the request came over is the socket's, which the ASGI scope gives as `server`.
+        transport = httpx.ASGITransport(app=gateway)
+        async with httpx.AsyncClient(transport=transport, base_url=f"http://{address}:8080") as http:
+            return await http.post("/v1/queries", json=COUNT, headers={"Authorization": f"Bearer {token}"})
+
+    async def both() -> tuple[httpx.Response, httpx.Response]:
+        async with gateway.router.lifespan_context(gateway):
+            return await ask("203.0.113.7"), await ask("127.0.0.1")
+
+    outside, loopback = asyncio.run(both())
+    assert outside.status_code == 401
+    assert outside.json()["reasons"] == ["a dev token is accepted only on a loopback address"]
+    assert loopback.status_code == 200, loopback.text
+    refused = [e for e in logged_entries(load_settings(config)) if e["type"] == "auth.failed"]
+    assert [e["payload"]["reason"] for e in refused] == ["auth.failed"]
 
 
 def test_no_token_or_identifier_reaches_the_logs(
