@@ -134,6 +134,23 @@ class Answer:
     body: dict[str, Any]
 
 
+class HasQueryHash(Protocol):
+    def query_hash(self) -> str: ...
+
+
+def hashed(request: HasQueryHash) -> str:
+    """A request's query hash, which every entry of its trail carries; should a valid request still have no
+    canonical JSON form, a Refusal (which the app audits) rather than a failure before anything is audited."""
+    try:
+        return request.query_hash()
+    except Exception as exc:  # noqa: BLE001 - RFC 8785's errors, or any other: the request is refused
+        raise Refusal(
+            "bad_request",
+            "The query has no canonical form",
+            [f"a value of the query cannot be written as canonical JSON ({type(exc).__name__})"],
+        ) from None
+
+
 class QueryPipeline:
     """Runs queries for one site under its policy."""
 
@@ -142,7 +159,7 @@ class QueryPipeline:
 
     async def submit(self, principal: Principal, spec: QuerySpec, request_id: str) -> Answer:
         """The researcher's path: decide, then release or queue for approval."""
-        query_hash = spec.query_hash()
+        query_hash = hashed(spec)
         trail = [self._received(principal, spec, request_id, query_hash)]
         try:
             entry = self._dataset(spec)

@@ -8,6 +8,7 @@ error the files and the running bundle stay as they were.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ from typing import Any
 
 from gateway.decision import PolicyBundle, PolicyDecisionPoint, load_bundle
 from gateway.decision.errors import PolicyDataError, PolicyLoadError, PolicySourceError
+from gateway.query.spec import SAFE_INT
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
@@ -33,15 +35,19 @@ class PolicyDataRejected(Exception):
         super().__init__(f"{name}.json: {field}: {message}" if field else f"{name}.json: {message}")
 
 
+class NoSuchDocument(KeyError):
+    """There is no policy data document of that name."""
+
+
 def data_names(policy_dir: Path) -> list[str]:
     """The policy data documents a steward may read and replace."""
     return sorted(p.stem for p in (policy_dir / "data").glob("*.json"))
 
 
 def read_data(policy_dir: Path, name: str) -> Any:
-    """One policy data document, or KeyError when there is no such document."""
+    """One policy data document, or NoSuchDocument when there is no such document."""
     if not _NAME.match(name) or name not in data_names(policy_dir):
-        raise KeyError(name)
+        raise NoSuchDocument(name)
     return json.loads((policy_dir / "data" / f"{name}.json").read_text(encoding="utf-8"))
 
 
@@ -63,7 +69,7 @@ def replace_data(
     folder): should `audit` fail, nothing has changed; should installing fail after it, the previous
     document is put back and the way back is recorded too."""
     if not _NAME.match(name) or name not in data_names(policy_dir):
-        raise KeyError(name)
+        raise NoSuchDocument(name)
     with _REPLACING:
         target = policy_dir / "data" / f"{name}.json"
         before, previous = point.bundle.digest, target.read_text(encoding="utf-8")
@@ -90,8 +96,16 @@ def _validated(
     try:
         text = json.dumps(document, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
         text.encode("utf-8")
-    except (TypeError, ValueError) as exc:  # bytes, a lone surrogate, a circular structure
+    except (TypeError, ValueError, RecursionError) as exc:  # bytes, a lone surrogate, a circular structure
         raise PolicyDataRejected(name, None, f"the document is not JSON text: {exc}") from None
+    try:
+        where = _unhashable(document)
+    except RecursionError:
+        raise PolicyDataRejected(name, None, "the document nests too deeply") from None
+    if where is not None:
+        # The bundle's digest is of its documents' canonical JSON (RFC 8785), which holds neither.
+        message = "a number must be finite, and an integer at most 2**53 - 1 in magnitude"
+        raise PolicyDataRejected(name, where or None, message)
     with tempfile.TemporaryDirectory(prefix="fedgate-policy-") as scratch:
         trial = Path(scratch) / "policies"
         shutil.copytree(policy_dir, trial)
@@ -104,7 +118,30 @@ def _validated(
             raise PolicyDataRejected(name, None, exc.message) from None
         except PolicyLoadError as exc:
             raise PolicyDataRejected(name, None, str(exc).replace(str(trial), "policies")) from None
+        except Exception as exc:  # noqa: BLE001 - whatever keeps the bundle from loading refuses the document
+            message = f"the policy bundle cannot be built with it ({type(exc).__name__})"
+            raise PolicyDataRejected(name, None, message) from None
     return text, bundle
+
+
+def _unhashable(value: Any, path: str = "") -> str | None:
+    """The dotted place of the first number canonical JSON cannot hold (NaN, an infinity, an integer
+    beyond 2**53 - 1), "" for the document itself; None when there is none."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _unhashable(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _unhashable(item, f"{path}.{i}" if path else str(i))
+            if found is not None:
+                return found
+    elif isinstance(value, float):
+        return None if math.isfinite(value) else path
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return None if abs(value) <= SAFE_INT else path
+    return None
 
 
 def _write(target: Path, text: str) -> None:

@@ -280,6 +280,13 @@ def _framework_refusal(exc: StarletteHTTPException) -> Refusal:
     return Refusal(kind, status.phrase, [status.phrase])
 
 
+_UNPARSED_BODY: Final = {
+    "type": "json_invalid",
+    "loc": ("body",),
+    "msg": "the body cannot be read as JSON (its encoding, a number's size or its nesting)",
+    "input": None,
+}
+
 InvalidRequestHook = Callable[[Request, list[tuple[str, str]]], Awaitable[None]]
 RefusalHook = Callable[[Request, Refusal], Awaitable[None]]
 AuthorizeHook = Callable[[Request], Awaitable[None]]
@@ -322,6 +329,11 @@ def install(
         # The framework's own refusals (an unknown route, a wrong method) speak the same problem format
         # as ours.
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == HTTPStatus.BAD_REQUEST:
+            # FastAPI's answer to a body it read but could not parse as JSON for a reason other than its
+            # syntax (bytes that are no UTF-8, an integer of more digits than Python converts, nesting past
+            # the recursion limit): the body is invalid, as a body of bad syntax is.
+            return await validation(request, RequestValidationError([_UNPARSED_BODY]))
         status = HTTPStatus(exc.status_code)
         if on_refusal is not None:
             await on_refusal(request, _framework_refusal(exc))

@@ -32,7 +32,7 @@ from gateway.federation.glm_fit import TOO_LARGE, peer_reasons, read_capped
 from gateway.federation.km import KaplanMeierPoolError, check_site_answer, pool_released_answers
 from gateway.federation.peers import CoordinatedRuntime, PeerLink
 from gateway.federation.quantiles import SiteQuantiles, plan_edges, pool_quantiles
-from gateway.pipeline import QueryPipeline, new_request_id, sha256_label
+from gateway.pipeline import QueryPipeline, hashed, new_request_id, sha256_label
 from gateway.problems import ACCEPTED, OK, STATUS
 from gateway.query import (
     HistogramQuery,
@@ -173,7 +173,7 @@ class Coordinator:
                 ["this site has no peer_key_file to sign requests to its peers with"],
                 stage="federate",
             )
-        query_hash = spec.query_hash()
+        query_hash = hashed(spec)
         await self.rt.record(
             "federation.received",
             {

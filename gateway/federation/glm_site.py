@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
@@ -38,13 +38,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, 
 from audit import EventType, register
 from audit.events import COUNT, DIGEST, LABEL, REASONS
 from gateway.auth import Principal
+from gateway.auth.claims import is_text
 from gateway.decision import Decision, Obligations
 from gateway.decision.models import CountryCode, Purpose, QueryFacts
 from gateway.federation.glm_fit import DISCLOSURE_TITLE, INTERCEPT, Family, SiteStatistics, SiteStopped
-from gateway.pipeline import QueryPipeline, sha256_label
+from gateway.pipeline import QueryPipeline, hashed, sha256_label
 from gateway.query.columns import DatasetColumn, python_value
 from gateway.query.consent import consent_predicate, not_withdrawn
-from gateway.query.spec import AgreementId, ColumnName, DatasetId
+from gateway.query.spec import AgreementId, ColumnName, DatasetId, SafeInt
 from gateway.refusal import Refusal
 from gateway.runtime import SiteRuntime
 from pseudonymize.disclosure import DisclosureRules
@@ -88,7 +89,8 @@ register(
     )
 )
 
-Level = StrictBool | int | str
+Level = StrictBool | SafeInt | Annotated[str, Field(min_length=1, max_length=256)]
+"""A categorical level: a value of the column, which the request's canonical JSON (its hash) must hold."""
 
 
 def session_digest(session_id: str) -> str:
@@ -111,6 +113,8 @@ class CategoricalCovariate(_Model):
     def _distinct(cls, levels: list[Level]) -> list[Level]:
         if len({(type(v), v) for v in levels}) != len(levels):
             raise ValueError("levels must be distinct")
+        if not all(is_text(v) for v in levels if isinstance(v, str)):
+            raise ValueError("a level is not text (a lone surrogate)")
         return levels
 
 
@@ -370,6 +374,11 @@ def owner_of(principal: Principal) -> str:
     return f"{principal.issuer}\n{principal.sub}"
 
 
+# compare_digest takes ASCII text only: owners are compared as bytes ("surrogatepass": a subject is any text
+# a token's JSON can hold).
+_OWNER = "utf-8", "surrogatepass"
+
+
 class GlmSessions:
     """The sessions open in this gateway process (a fit's iterations must reach the same process)."""
 
@@ -400,7 +409,7 @@ class GlmSessions:
         session = self._open.get(session_id)
         if (
             session is None
-            or not secrets.compare_digest(session.sub, sub)
+            or not secrets.compare_digest(session.sub.encode(*_OWNER), sub.encode(*_OWNER))
             or session.request.agreement != agreement
         ):
             return None
@@ -409,7 +418,9 @@ class GlmSessions:
     def owned(self, session_id: str, sub: str) -> GlmSession | None:
         """The session if it is open and belongs to `sub` (any agreement)."""
         session = self._open.get(session_id)
-        return session if session is not None and secrets.compare_digest(session.sub, sub) else None
+        if session is None or not secrets.compare_digest(session.sub.encode(*_OWNER), sub.encode(*_OWNER)):
+            return None
+        return session
 
     def remove(self, session_id: str) -> None:
         self._open.pop(session_id, None)
@@ -442,7 +453,7 @@ class GlmSiteService:
         """Decide, load the model's rows, check them; a session id, or `pending_approval` (nothing opened).
 
         `coordinator` is the peer whose verified assertion came with the request, for the audit entry."""
-        query_hash = request.query_hash()
+        query_hash = hashed(request)
         try:
             if not self.sessions.room_for(owner_of(principal)):
                 raise Refusal(

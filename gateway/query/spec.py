@@ -40,8 +40,9 @@ MAX_IN_VALUES = 100
 MAX_GROUP_BY = 4
 MIN_PROB, MAX_PROB, PROB_STEP = QUANTILE_MIN_PROB, QUANTILE_MAX_PROB, QUANTILE_PROB_STEP
 MAX_PROBS = 5
-# RFC 8785 numbers are IEEE doubles: larger integers would not hash the same everywhere.
-_SAFE_INT = 2**53
+# RFC 8785 numbers are IEEE doubles: it takes integers up to 2**53 - 1 in magnitude (ECMAScript's safe
+# integers), and larger ones would not hash the same everywhere.
+SAFE_INT = 2**53 - 1
 _MAX_TEXT = 256
 
 Kind = Literal["count", "crosstab", "summary", "histogram", "quantiles", "kaplan_meier"]
@@ -53,9 +54,11 @@ AgreementId = Annotated[
     str,
     Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$", description="the data-sharing agreement id"),
 ]
+SafeInt = Annotated[int, Field(strict=True, ge=-SAFE_INT, le=SAFE_INT)]
+"""An integer canonical JSON (RFC 8785) takes: at most 2**53 - 1 in magnitude."""
 Scalar = (
     StrictBool
-    | Annotated[int, Field(strict=True, ge=-_SAFE_INT, le=_SAFE_INT)]
+    | SafeInt
     | Annotated[float, Field(strict=True, allow_inf_nan=False)]
     | Annotated[str, Field(max_length=_MAX_TEXT)]
 )
@@ -85,8 +88,8 @@ class Condition(_Spec):
             if isinstance(item, bool) or (item is None and not isinstance(value, list)):
                 continue
             if isinstance(item, int):
-                if abs(item) > _SAFE_INT:
-                    raise ValueError(f"{where} is an integer beyond 2**53")
+                if abs(item) > SAFE_INT:
+                    raise ValueError(f"{where} is an integer beyond 2**53 - 1")
             elif isinstance(item, float):
                 if not math.isfinite(item):
                     raise ValueError(f"{where} is not a finite number")

@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from audit.errors import StorageError
 from gateway.consent import WithdrawalUnsupported, withdraw
 from gateway.deps import PipelineDep, RuntimeDep, StewardDep
-from gateway.policy_admin import PolicyDataRejected, data_names, read_data, replace_data
+from gateway.policy_admin import NoSuchDocument, PolicyDataRejected, data_names, read_data, replace_data
 from gateway.problems import AUTHENTICATED, documented
 from gateway.refusal import Refusal
 from pseudonymize.errors import KeyMaterialError
@@ -101,7 +101,7 @@ async def policy_documents(_: StewardDep, runtime: RuntimeDep) -> dict[str, Any]
 async def policy_document(name: str, _: StewardDep, runtime: RuntimeDep) -> Any:
     try:
         return read_data(runtime.settings.policy_dir, name)
-    except KeyError:
+    except NoSuchDocument:
         raise Refusal(
             "not_found", "No such policy data", [f"there is no policy data document {name!r}"]
         ) from None
@@ -145,7 +145,7 @@ async def replace_policy_document(
         previous, bundle = await asyncio.to_thread(
             replace_data, runtime.policy, runtime.settings.policy_dir, name, document, audit=audit
         )
-    except KeyError:
+    except NoSuchDocument:
         raise Refusal(
             "not_found", "No such policy data", [f"there is no policy data document {name!r}"]
         ) from None

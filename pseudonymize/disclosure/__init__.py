@@ -11,9 +11,11 @@ from pseudonymize.disclosure.errors import (
     InvalidAggregate,
     InvalidRules,
     QuerySetTooSmall,
+    TableTooLarge,
     UnprotectableTable,
     WideTableWithHiddenCell,
 )
+from pseudonymize.disclosure.grid import MAX_GRID_CELLS
 from pseudonymize.disclosure.groups import protect_quantiles, protect_summary
 from pseudonymize.disclosure.query_set import check_query_set
 from pseudonymize.disclosure.report import (
@@ -34,6 +36,7 @@ __all__ = [
     "DEFAULT_KEEP_ZERO_CELLS",
     "DEFAULT_MIN_CELL_COUNT",
     "DEFAULT_ROUND_TO",
+    "MAX_GRID_CELLS",
     "REASON_BELOW_MIN",
     "REASON_COMPLEMENTARY",
     "ComplementTooSmall",
@@ -44,6 +47,7 @@ __all__ = [
     "InvalidRules",
     "ProtectedTable",
     "QuerySetTooSmall",
+    "TableTooLarge",
     "ThresholdObligations",
     "UnprotectableTable",
     "WideTableWithHiddenCell",

@@ -78,6 +78,18 @@ class WideTableWithHiddenCell(DisclosureError):
         )
 
 
+class TableTooLarge(DisclosureError):
+    """More cells (group levels times bins) than disclosure control protects in bounded time."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(
+            f"the table would have more than {limit:,} cells (the levels of its group columns times its "
+            f"bins), more than disclosure control protects in bounded time; group by fewer columns or "
+            f"coarser levels, or ask for fewer bins"
+        )
+
+
 class InvalidRules(DisclosureError):
     """Thresholds that cannot be applied; the gateway must refuse rather than release unprotected."""
 

@@ -195,6 +195,23 @@ def test_a_table_of_three_dimensions_is_released_only_whole(
         assert row["count"] == truth[(row["postcode_area"], row["smoking"], row["event"])]
 
 
+def test_a_table_too_large_to_protect_in_bounded_time_is_refused_at_once(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    """Attack on the gateway's threads: a histogram of 100 bins grouped by a continuous column has thousands
+    of cells, whose complementary suppression would hold a pool thread for minutes (and every other query
+    behind it). It is refused before suppression starts."""
+    import time
+
+    edges = [4 + i * 0.1 for i in range(101)]
+    body = spec("histogram", group_by=["bmi"], params={"column": "hba1c", "edges": edges})
+    started = time.monotonic()
+    refused = ask(http, idp, body, "dos-atk")
+    assert time.monotonic() - started < 10
+    assert refused.status_code == 403, refused.text
+    assert "more than 2,000 cells" in refused.json()["detail"]
+
+
 def test_narrowing_a_filter_onto_one_patient_never_releases_a_small_count(
     http: httpx.Client, idp: LoopbackTestIssuer, admitted: pd.DataFrame
 ) -> None:

@@ -128,3 +128,41 @@ def test_a_rule_of_the_spec_is_stated_as_written(http: httpx.Client, idp: Loopba
     problem = _problem(http.post("/v1/queries", json=body, headers=bearer(idp, "researcher")))
     assert problem["field"] == "params.edges"
     assert problem["detail"] == "params.edges: edges must increase strictly: edges[1] is not above edges[0]"
+
+
+def test_a_body_json_cannot_be_read_into_is_a_422_naming_the_body(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    headers = {"Content-Type": "application/json", **bearer(idp, "researcher")}
+    bodies = [
+        b'{"dataset": "\xff\xfe"}',  # no UTF-8
+        b'{"dataset": "cohort", "limit": ' + b"9" * 5000 + b"}",  # more digits than Python converts
+        json.dumps(QUERY).encode().replace(b"{", b"\x1f\x8b{", 1),  # as if compressed
+    ]
+    for body in bodies:
+        start = _size(http, idp)
+        problem = _problem(http.post("/v1/queries", content=body, headers=headers))
+        assert problem["field"] == "body" and problem["title"] == "The request body is not a valid query"
+        (refused,) = [e for e in _entries_since(http, idp, start) if e["type"] == "query.refused"]
+        assert refused["payload"]["reasons"][0].startswith("body: ")
+
+
+def test_an_integer_beyond_what_the_query_hash_holds_is_a_422(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    for value in (2**53, -(2**53), [1, 2**53]):
+        leaf = {"column": "survival_days", "op": "in" if isinstance(value, list) else ">", "value": value}
+        problem = _problem(
+            http.post("/v1/queries", json={**QUERY, "filters": leaf}, headers=bearer(idp, "researcher"))
+        )
+        assert problem["field"] == "filters.value"
+
+
+def test_policy_data_with_an_integer_beyond_2_53_is_a_422_naming_it(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    steward = bearer(idp, "steward")
+    document = http.get("/v1/steward/policy-data/agreements", headers=steward).json()
+    document["DSA-TEST-OPEN"]["thresholds"]["min_cell_count"] = 2**64
+    problem = _problem(http.put("/v1/steward/policy-data/agreements", json=document, headers=steward))
+    assert problem["field"] == "DSA-TEST-OPEN.thresholds.min_cell_count"

@@ -126,6 +126,11 @@ def test_model_spec_rejects_duplicates_and_reference_only_levels() -> None:
         CategoricalCovariate(column="g", levels=["a"])
     with pytest.raises(ValueError, match="distinct"):
         CategoricalCovariate(column="g", levels=["a", "a"])
+    # Levels are part of the request's hash, so only what canonical JSON (RFC 8785) holds.
+    for level in (2**53, -(10**30), "\ud800", "", "x" * 257):
+        with pytest.raises(ValueError):
+            CategoricalCovariate(column="g", levels=["a", level])
+    assert CategoricalCovariate(column="g", levels=[True, 2**53 - 1, "b"]).levels == [True, 2**53 - 1, "b"]
     names = GlmModel(
         outcome="y",
         family="poisson",
@@ -156,6 +161,15 @@ def test_sessions_belong_to_one_researcher_and_agreement() -> None:
     assert sessions.owned(session.id, "researcher-2") is None
     sessions.remove(session.id)
     assert sessions.get(session.id, "researcher-1", "DSA-1") is None
+
+
+@pytest.mark.parametrize("sub", ["josé", "研究者", "r\ud800"])
+def test_sessions_of_a_subject_beyond_ascii_are_found_by_their_owner_only(sub: str) -> None:
+    sessions = GlmSessions()
+    session = _session(sub, "DSA-1")
+    sessions.add(session)
+    assert sessions.get(session.id, sub, "DSA-1") is session and sessions.owned(session.id, sub) is session
+    assert sessions.get(session.id, "jose", "DSA-1") is None and sessions.owned(session.id, sub + "x") is None
 
 
 def test_idle_sessions_expire() -> None:

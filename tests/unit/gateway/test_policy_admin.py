@@ -92,3 +92,33 @@ def test_a_change_that_cannot_be_installed_is_undone_and_the_way_back_recorded(
 def test_a_document_that_is_no_json_text_is_rejected_naming_it(point: PolicyDecisionPoint) -> None:
     with pytest.raises(PolicyDataRejected, match="not JSON text"):
         replace_data(point, point.bundle.root, "agreements", {"x": "\ud800"})
+
+
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [(2**64, "thresholds.min_cell_count"), (-(10**30), "thresholds.min_cell_count"), (float("nan"), "title")],
+)
+def test_a_number_canonical_json_cannot_hold_is_rejected_naming_its_place(
+    point: PolicyDecisionPoint, value: Any, field: str
+) -> None:
+    folder = point.bundle.root
+    before, digest = (folder / "data/agreements.json").read_text(), point.bundle.digest
+    document = _retitled(folder)
+    first = next(iter(document))
+    place, _, leaf = field.rpartition(".")
+    node = document[first]
+    for step in filter(None, place.split(".")):
+        node = node[step]
+    node[leaf] = value
+    with pytest.raises(PolicyDataRejected) as rejected:
+        replace_data(point, folder, "agreements", document)
+    assert rejected.value.field == f"{first}.{field}"
+    assert "2**53 - 1" in rejected.value.message
+    assert (folder / "data/agreements.json").read_text() == before and point.bundle.digest == digest
+
+
+def test_an_unknown_document_is_no_such_document(point: PolicyDecisionPoint) -> None:
+    from gateway.policy_admin import NoSuchDocument
+
+    with pytest.raises(NoSuchDocument):
+        replace_data(point, point.bundle.root, "no_such_table", {})

@@ -71,3 +71,20 @@ def test_a_forked_child_does_not_repeat_its_parents_next_ids() -> None:
     parent_ids = {ids.next() for _ in range(8)}
     assert len(child_ids) == 8
     assert not child_ids & parent_ids
+
+
+def test_a_request_without_a_canonical_form_is_refused_not_failed() -> None:
+    from gateway.pipeline import hashed
+    from gateway.refusal import Refusal
+
+    class Unhashable:
+        def query_hash(self) -> str:
+            import rfc8785
+
+            return rfc8785.dumps(2**53).hex()
+
+    with pytest.raises(Refusal) as refused:
+        hashed(Unhashable())
+    assert refused.value.kind == "bad_request" and not refused.value.audited  # the app audits it
+    (reason,) = refused.value.reasons
+    assert reason == "a value of the query cannot be written as canonical JSON (IntegerDomainError)"

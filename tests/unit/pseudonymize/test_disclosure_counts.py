@@ -387,3 +387,22 @@ def test_attack_margins_not_printed_are_still_assumed_known() -> None:
     df = frame([("F", "<40", 3), ("F", "40+", 25), ("M", "<40", 40), ("M", "40+", 30)], ["sex", "age"])
     table = protect_counts(df, ["sex", "age"], RULES, margins=False)
     assert sum(r["suppressed"] for r in table.to_records()) == 4  # a 2x2 with one small cell hides all four
+
+
+def test_a_table_of_more_cells_than_protected_in_bounded_time_is_refused() -> None:
+    from pseudonymize.disclosure import MAX_GRID_CELLS, TableTooLarge, protect_histogram
+
+    # The grid is every combination of observed levels: 40 values x 50 bins, though only 40 rows exist.
+    rows = [(v, v % 50, 1) for v in range(40)]
+    bins = {"bin": list(range(51))}
+    with pytest.raises(TableTooLarge) as refused:
+        protect_histogram(
+            pd.DataFrame(rows, columns=["bmi", "bin", "count"]), ["bmi", "bin"], RULES, levels=bins
+        )
+    assert f"more than {MAX_GRID_CELLS:,} cells" in refused.value.reason
+    # Up to the limit, the table is protected as before.
+    fits = [(v, v % 50, 1) for v in range(MAX_GRID_CELLS // 51)]
+    table = protect_histogram(
+        pd.DataFrame(fits, columns=["bmi", "bin", "count"]), ["bmi", "bin"], RULES, levels=bins
+    )
+    assert all(r["suppressed"] for r in table.to_records() if r.get("margin") is None)

@@ -56,6 +56,8 @@ def field_of(data: Any) -> str:
         (spec(filters={"column": "bmi", "op": "in", "value": list(range(101))}), "filters.value"),
         (spec(filters={"column": "bmi", "op": "in", "value": [1, None]}), "filters.value"),
         (spec(filters={"column": "bmi", "op": "=", "value": 2**60}), "filters.value"),
+        (spec(filters={"column": "bmi", "op": "=", "value": 2**53}), "filters.value"),
+        (spec(filters={"column": "bmi", "op": "in", "value": [1, -(2**53)]}), "filters.value"),
         (spec(filters={"column": "bmi", "op": "is_null", "value": "yes"}), "filters.value"),
         (spec(filters={"column": "bad name", "op": "=", "value": 1}), "filters.column"),
         (spec(filters={"xor": [LEAF]}), "filters.column"),
@@ -108,6 +110,10 @@ def test_limits_are_inclusive() -> None:
     parse_query_spec(spec(filters={"or": [LEAF] * 32}))
     parse_query_spec(spec(filters={"column": "bmi", "op": "in", "value": list(range(100))}))
     parse_query_spec(spec(group_by=["a", "b", "c", "d"]))
+    # The largest integers canonical JSON takes, which the query hash is made of.
+    parse_query_spec(
+        spec(filters={"column": "bmi", "op": "in", "value": [2**53 - 1, -(2**53 - 1)]})
+    ).query_hash()
     parse_query_spec(spec(kind="quantiles", params={"column": "bmi", "probs": [0.05, 0.95]}))
     parse_query_spec(spec(kind="histogram", params={"column": "bmi", "edges": list(range(101))}))
 
