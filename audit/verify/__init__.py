@@ -11,11 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from audit.errors import AuditIntegrityError, ForkEvidence
+    from audit.verify.releases import ReleaseSummary, check_releases
     from audit.verify.verifier import VerificationSummary, find_fork, verify_export
 
 _LAZY = {
     "AuditIntegrityError": "audit.errors",
     "ForkEvidence": "audit.errors",
+    "ReleaseSummary": "audit.verify.releases",
+    "check_releases": "audit.verify.releases",
     "VerificationSummary": "audit.verify.verifier",
     "find_fork": "audit.verify.verifier",
     "verify_export": "audit.verify.verifier",
@@ -29,4 +32,5 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-__all__ = ["AuditIntegrityError", "ForkEvidence", "VerificationSummary", "find_fork", "verify_export"]
+__all__ = ["AuditIntegrityError", "ForkEvidence", "ReleaseSummary", "VerificationSummary",
+           "check_releases", "find_fork", "verify_export"]  # fmt: skip

@@ -34,7 +34,7 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     try:
         text = line.decode("utf-8")
         obj, end = _scan(text, 0)
-    except (UnicodeDecodeError, ValueError, StopIteration):
+    except (UnicodeDecodeError, ValueError, StopIteration, RecursionError):
         return None
     if end != len(text) or type(obj) is not dict:
         return None
@@ -74,7 +74,7 @@ def _first_bad(text: str, start: int, origin: str, prevs: list[str]) -> int:
         nl = find("\n", pos)
         try:
             obj, end = scan(text, pos)
-        except (ValueError, StopIteration):
+        except (ValueError, StopIteration, RecursionError):  # nested past the parser's depth
             return j
         if end != nl or type(obj) is not dict:
             return j

@@ -106,7 +106,7 @@ def scan_chunk(path: str, chunk: Chunk, origin: str, want_leaves: bool) -> Chunk
         nl = find("\n", pos)
         try:
             obj, end = _scan(text, pos)
-        except (ValueError, StopIteration):
+        except (ValueError, StopIteration, RecursionError):  # nested past the parser's depth
             return result(False, None)
         if end != nl or type(obj) is not dict:
             return result(False, None)

@@ -18,7 +18,7 @@ from audit.errors import AuditError, AuditIntegrityError, LogKeyError, NoteError
 from audit.keys import generate_log_key, load_log_key
 from audit.log import AuditLog
 from audit.notes import parse_verifier_key, verifier_key_text
-from audit.verify import verify_export
+from audit.verify import check_releases, verify_export
 from gateway.settings import ConfigError, SiteSettings, load_settings
 
 app = typer.Typer(help="Export and verify the tamper-evident audit log.", no_args_is_help=True)
@@ -28,6 +28,7 @@ EXIT_NOT_INTACT = 1
 EXIT_USAGE = 2
 EXIT_TOO_FEW_WITNESSES = 3
 EXIT_UNREADABLE = 4
+EXIT_RELEASE_NOT_ALLOWED = 5
 # Below this many entries verification is quick enough that a progress bar is only noise.
 PROGRESS_MIN_ENTRIES = 100_000
 
@@ -117,6 +118,13 @@ def verify(
         int,
         typer.Option("--workers", min=0, help="processes hashing entries (0: the idle cores, on large logs)"),
     ] = 0,
+    releases: Annotated[
+        bool,
+        typer.Option(
+            "--releases/--no-releases",
+            help="also check that every release was allowed and every entry is canonical (a second pass)",
+        ),
+    ] = True,
 ) -> None:
     """Verify an export offline; exit 0 only when every check holds."""
     log_key = _key_text(key, "--key")
@@ -146,11 +154,12 @@ def verify(
         summary = verify_export(
             file, log_key, witness_keys, min_witnesses, kept, progress=tick, workers=workers
         )
+        checked = check_releases(file) if releases else None
     except AuditIntegrityError as exc:
         progress.stop()
         _report_failure(exc)
-        code = EXIT_TOO_FEW_WITNESSES if exc.reason == "witnesses" else EXIT_NOT_INTACT
-        raise typer.Exit(code) from None
+        code = {"witnesses": EXIT_TOO_FEW_WITNESSES, "release_not_allowed": EXIT_RELEASE_NOT_ALLOWED}
+        raise typer.Exit(code.get(exc.reason, EXIT_NOT_INTACT)) from None
     except OSError as exc:
         progress.stop()
         _err.print(f"error: cannot read {file}: {exc.strerror}")
@@ -162,6 +171,12 @@ def verify(
         _out.print(f"   cosigned by {len(summary.witnesses)} witness(es): {', '.join(summary.witnesses)}")
     if summary.since_size is not None:
         _out.print(f"   consistent with the kept checkpoint of size {summary.since_size} (the log only grew)")
+    if checked is not None:
+        _out.print(
+            f"   every entry canonical; {checked.releases} release(s) and {checked.glm_sessions} GLM "
+            f"session(s), each allowed by its decision; {checked.glm_iterations} GLM iteration(s) of opened "
+            f"sessions"
+        )
 
 
 def _report_failure(exc: AuditIntegrityError) -> None:

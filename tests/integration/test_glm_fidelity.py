@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -480,3 +481,17 @@ def test_a_session_stops_at_its_iteration_cap(urls: dict[str, str], idp: Loopbac
         over = client.post(path, json=step)
         assert over.status_code == 429 and "iterations" in over.json()["reasons"][0]
         assert client.post(path, json=step).status_code == 404  # the session ended
+
+
+def test_every_sites_log_shows_each_glm_session_and_iteration_allowed(
+    urls: dict[str, str], idp: LoopbackTestIssuer
+) -> None:
+    """Run last in this module, over everything the fits above released: an auditor's release check finds
+    each session opened under an allowing decision, and each iteration inside an opened session."""
+    from audit.verify import check_releases
+
+    for site, url in urls.items():
+        export = httpx.get(f"{url}/v1/audit/export", headers=bearer(idp, "auditor"), timeout=60)
+        assert export.status_code == 200, site
+        checked = check_releases(io.BytesIO(export.content))
+        assert checked.glm_sessions >= 1 and checked.glm_iterations >= checked.glm_sessions, (site, checked)

@@ -19,13 +19,19 @@ def digest(text: str) -> str:
 
 
 def sample(i: int) -> dict[str, Any]:
-    """A varied, valid payload for entry number i."""
+    """A varied, valid payload for entry number i: every three entries are one query's decision (allow),
+    run and release, as a gateway writes them (`sample_request` names the request)."""
+    query = digest(f"q{i // 3}")
     if i % 3 == 0:
-        return {"query_hash": digest(f"q{i}"), "decision": "allow", "reasons": [f"dsa clause {i % 7} allows"],
+        return {"query_hash": query, "decision": "allow", "reasons": [f"dsa clause {i % 7} allows"],
                 "policy_bundle": digest("bundle")}  # fmt: skip
     if i % 3 == 1:
-        return {"query_hash": digest(f"q{i}"), "dataset_digest": digest("ds"), "rows": i}
-    return {"query_hash": digest(f"q{i}"), "result_hash": digest(f"r{i}"), "cells": i % 50}
+        return {"query_hash": query, "dataset_digest": digest("ds"), "rows": i}
+    return {"query_hash": query, "result_hash": digest(f"r{i}"), "cells": i % 50}
+
+
+def sample_request(i: int) -> str:
+    return f"req-{i // 3}"
 
 
 def sample_type(i: int) -> str:
@@ -33,10 +39,10 @@ def sample_type(i: int) -> str:
 
 
 def append_samples(log: AuditLog, n: int) -> None:
-    """Append n varied events."""
+    """Append n varied events, numbered on from the log's size."""
     actor = Actor("researcher-1", "uni-example")
-    for i in range(n):
-        log.append(sample_type(i), actor=actor, request_id=f"req-{i}", payload=sample(i))
+    for i in range(log.size, log.size + n):
+        log.append(sample_type(i), actor=actor, request_id=sample_request(i), payload=sample(i))
 
 
 def commit_counter(log: AuditLog) -> list[int]:

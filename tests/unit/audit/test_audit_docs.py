@@ -17,9 +17,10 @@ def test_exit_codes_are_documented() -> None:
     rows = dict(re.findall(r"^\| (\d) \| (.+) \|$", DOC, re.MULTILINE))
     assert set(rows) == {
         str(c) for c in (cli.EXIT_OK, cli.EXIT_NOT_INTACT, cli.EXIT_USAGE, cli.EXIT_TOO_FEW_WITNESSES,
-                         cli.EXIT_UNREADABLE)
+                         cli.EXIT_UNREADABLE, cli.EXIT_RELEASE_NOT_ALLOWED)
     }  # fmt: skip
     assert "witnesses" in rows[str(cli.EXIT_TOO_FEW_WITNESSES)]
+    assert "release" in rows[str(cli.EXIT_RELEASE_NOT_ALLOWED)]
 
 
 def test_every_failure_reason_is_documented() -> None:

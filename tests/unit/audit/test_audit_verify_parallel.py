@@ -65,6 +65,8 @@ def test_chunked_verification(exported: tuple[list[bytes], str, str], tmp_path: 
     cases.append((swapped, "reordered", 15))
     cases.append(([*entries[:8], entries[7], *entries[8:]], "duplicate", 8))
     cases.append((entries[:30], "truncated", 30))
+    # A line of JSON nested past the parser's depth (1,000 bytes do it) is a malformed entry, no traceback.
+    cases.append(([*entries[:9], b"[" * 5000 + b"]" * 5000, *entries[10:]], "malformed_entry", 9))
     for i, (bad, reason, index) in enumerate(cases):
         with pytest.raises(AuditIntegrityError) as err:
             verify_export(write(tmp_path / f"bad{i}", bad, note), vkey, workers=workers)

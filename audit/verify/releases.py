@@ -1,0 +1,178 @@
+"""`check_releases`: every release an export records was allowed, and every entry reads one way only.
+
+Run on an export that `verify_export` found intact; it reads the entries' meaning, which the chain checks
+do not:
+
+- each entry is the canonical JSON (RFC 8785) the log writes: no duplicate member (which readers resolve
+  differently, so one entry could read as a release to one tool and a refusal to another), no other
+  spelling of a key or value, no whitespace;
+- each `query.released` follows, under its request id, a `query.decided` of the same query hash that
+  allowed it, or that sent it to a steward and an `approval.decided` that approved that query hash; no
+  request is released twice, and none is released after it was refused;
+- each `glm.session_opened` follows an allowing decision in the same way, and each `glm.iteration` (the
+  sums a GLM site releases) belongs to a query hash whose session was opened.
+
+The first entry that breaks a rule raises AuditIntegrityError, naming the entry and the rule.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import rfc8785
+
+from audit.errors import AuditIntegrityError
+from audit.verify.reader import ExportReader
+
+_SAFE_INT = 2**53 - 1
+
+
+@dataclass(frozen=True)
+class ReleaseSummary:
+    """What was checked: entries read, query answers released, GLM sessions and iterations."""
+
+    entries: int
+    releases: int
+    glm_sessions: int
+    glm_iterations: int
+
+
+@dataclass
+class _Requests:
+    decided: dict[str, tuple[str, str]] = field(default_factory=dict)  # request id -> (query hash, decision)
+    approved: dict[str, str] = field(default_factory=dict)  # request id -> the query hash a steward approved
+    refused: set[str] = field(default_factory=set)
+    released: set[str] = field(default_factory=set)
+    glm_opened: set[str] = field(default_factory=set)  # query hashes of opened sessions
+
+
+def check_releases(source: Path | str | IO[bytes]) -> ReleaseSummary:
+    """Check every entry of an export (a path or a binary stream) against the rules above."""
+    if isinstance(source, str | Path):
+        with Path(source).open("rb") as stream:
+            return _check(ExportReader(stream))
+    return _check(ExportReader(source))
+
+
+def _check(reader: ExportReader) -> ReleaseSummary:
+    state = _Requests()
+    index = releases = iterations = 0
+    for chunk in reader.entry_chunks():
+        for line in chunk:
+            entry = _entry(line, index)
+            kind = _release_rule(entry, index, state)
+            releases += kind == "query.released"
+            iterations += kind == "glm.iteration"
+            index += 1
+    if index != reader.size:
+        raise AuditIntegrityError("truncated", f"the export holds {index} of its {reader.size} entries")
+    return ReleaseSummary(index, releases, len(state.glm_opened), iterations)
+
+
+def _entry(line: bytes, index: int) -> dict[str, Any]:
+    try:
+        entry = json.loads(line)
+    except (ValueError, RecursionError):
+        raise AuditIntegrityError("malformed_entry", f"entry {index} is not JSON", index=index) from None
+    if type(entry) is not dict or not _canonical(entry, line):
+        raise AuditIntegrityError(
+            "non_canonical",
+            f"entry {index} is not the canonical JSON (RFC 8785) the log writes: a member twice, another "
+            f"spelling or whitespace, which another reader could read otherwise",
+            index=index,
+        )
+    return entry
+
+
+def _canonical(entry: dict[str, Any], line: bytes) -> bool:
+    """Whether `line` is `entry`'s RFC 8785 form. Without floats, integers past 2**53 - 1 or keys beyond
+    ASCII, Python's own serializer (sorted keys, no spaces, raw UTF-8) writes the same bytes, at a fraction
+    of the cost; anything else is compared with RFC 8785 itself."""
+    if _plain(entry):
+        try:
+            plain = json.dumps(entry, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+            return plain.encode() == line
+        except UnicodeEncodeError:  # a lone surrogate, which canonical JSON escapes and UTF-8 cannot hold
+            return False
+    try:
+        return bytes(rfc8785.dumps(_wide_as_floats(entry))) == line
+    except (rfc8785.CanonicalizationError, OverflowError):
+        return False
+
+
+def _wide_as_floats(value: Any) -> Any:
+    """`value` with integers past 2**53 - 1 read back as the floats they were: canonical JSON spells an
+    integral float without a fraction (1e16 as 10000000000000000), which JSON readers return as an int."""
+    if isinstance(value, dict):
+        return {k: _wide_as_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_wide_as_floats(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not -_SAFE_INT <= value <= _SAFE_INT:
+        return float(value)
+    return value
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(k.isascii() and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    if isinstance(value, float):
+        return False
+    if isinstance(value, int) and not isinstance(value, bool):
+        return -_SAFE_INT <= value <= _SAFE_INT
+    return True
+
+
+def _release_rule(entry: dict[str, Any], index: int, state: _Requests) -> str:
+    """Apply the rules to one entry; its type."""
+    kind = entry.get("type")
+    payload = entry.get("payload")
+    if not isinstance(kind, str) or not isinstance(payload, dict):
+        raise AuditIntegrityError("malformed_entry", f"entry {index} has no type or payload", index=index)
+    request = entry.get("request_id")
+    query_hash = payload.get("query_hash")
+    if kind == "query.decided" and isinstance(request, str):
+        state.decided[request] = (str(query_hash), str(payload.get("decision")))
+    elif kind == "approval.decided" and isinstance(request, str) and payload.get("decision") == "approved":
+        state.approved[request] = str(query_hash)
+    elif kind == "query.refused" and isinstance(request, str):
+        state.refused.add(request)
+    elif kind == "query.released":
+        _allowed(kind, request, query_hash, index, state)
+        assert isinstance(request, str)
+        if request in state.released:
+            raise _not_allowed(index, f"request {request} is released a second time")
+        if request in state.refused:
+            raise _not_allowed(index, f"request {request} is released after it was refused")
+        state.released.add(request)
+    elif kind == "glm.session_opened":
+        _allowed(kind, request, query_hash, index, state)
+        state.glm_opened.add(str(query_hash))
+    elif kind == "glm.iteration" and query_hash not in state.glm_opened:
+        raise _not_allowed(index, "a GLM iteration ran for a query hash no session was opened for")
+    return kind
+
+
+def _allowed(kind: str, request: Any, query_hash: Any, index: int, state: _Requests) -> None:
+    """Raise unless `request` was decided allow for `query_hash`, or sent to a steward who approved it."""
+    if not isinstance(request, str) or not isinstance(query_hash, str):
+        raise _not_allowed(index, f"a {kind} entry without its request id or query hash")
+    decided = state.decided.get(request)
+    if decided is None:
+        raise _not_allowed(index, f"request {request} has a {kind} entry but no query.decided before it")
+    decided_hash, decision = decided
+    if decided_hash != query_hash:
+        raise _not_allowed(index, f"request {request} was decided for another query hash than it released")
+    if decision == "allow":
+        return
+    if decision == "needs_approval" and state.approved.get(request) == query_hash:
+        return
+    raise _not_allowed(index, f"request {request} was decided {decision!r}, and no steward approved it")
+
+
+def _not_allowed(index: int, message: str) -> AuditIntegrityError:
+    return AuditIntegrityError("release_not_allowed", f"entry {index}: {message}", index=index)
