@@ -536,8 +536,11 @@ class AuditLog:
             return _note_with_cosignatures(conn, size)
 
     def add_cosignature(self, size: int, line: str, witness_key: str | VerifierKey) -> None:
-        """Store a witness's cosignature line for the checkpoint of `size` after verifying it."""
+        """Store a witness's cosignature line for the checkpoint of `size` after verifying it (one line:
+        the line that verifies is the line stored)."""
         key = parse_verifier_key(witness_key) if isinstance(witness_key, str) else witness_key
+        if line.rstrip("\n").count("\n"):
+            raise NoteError("a cosignature is one line; add each witness's line on its own")
         with self._engines.writer.begin() as conn:
             row = conn.execute(
                 sa.select(storage.checkpoints.c.note).where(storage.checkpoints.c.size == size)

@@ -8,6 +8,7 @@ witness back. The HTTP endpoint (`POST <prefix>/add-checkpoint`) lives in the ga
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -75,6 +76,9 @@ def format_add_checkpoint_body(old_size: int, proof: Sequence[bytes], checkpoint
     return "".join(lines).encode()
 
 
+_SIZE = re.compile(r"0|[1-9][0-9]{0,18}")
+
+
 def parse_add_checkpoint_body(body: bytes) -> AddCheckpointRequest:
     """Parse `old <size>`, up to 63 base64 proof lines, an empty line, then the signed checkpoint."""
     try:
@@ -86,7 +90,8 @@ def parse_add_checkpoint_body(body: bytes) -> AddCheckpointRequest:
         raise MalformedRequest("body has no empty line before the checkpoint")
     lines = head.split("\n")
     first = lines[0].split(" ")
-    if len(first) != 2 or first[0] != "old" or not first[1].isdigit() or first[1] != str(int(first[1])):
+    # ASCII digits only: str.isdigit also takes "²" or "٣", which int() then refuses or reads otherwise.
+    if len(first) != 2 or first[0] != "old" or _SIZE.fullmatch(first[1]) is None:
         raise MalformedRequest("first line must be 'old <size>'")
     if len(lines) - 1 > MAX_PROOF_LINES:
         raise MalformedRequest(f"more than {MAX_PROOF_LINES} proof lines")

@@ -43,14 +43,15 @@ async def checkpoint(_: AuditorDep, runtime: RuntimeDep) -> PlainTextResponse:
 
 @router.get(
     "/entries",
-    summary="Stored entries start ≤ index < end (at most 1000), base64 of the hashed bytes",
+    summary="Stored entries start ≤ index < end (at most 1000; end defaults to the next 1000 or the log's "
+    "size), base64 of the hashed bytes",
     responses=documented(bad_request="the range is outside the log or longer than 1000 entries"),
 )
 async def entries(
     _: AuditorDep, runtime: RuntimeDep, start: int = 0, end: int | None = None
 ) -> dict[str, Any]:
     size = await asyncio.to_thread(lambda: runtime.audit.size)
-    end = size if end is None else end
+    end = min(size, max(start, 0) + MAX_ENTRIES) if end is None else end  # a page, however large the log
     if not 0 <= start <= end <= size or end - start > MAX_ENTRIES:
         raise Refusal(
             "bad_request",
@@ -84,8 +85,9 @@ async def inclusion(_: AuditorDep, runtime: RuntimeDep, index: int, size: int) -
 
 @router.get(
     "/proofs/consistency",
-    summary="RFC 9162 consistency proof from size `old` to size `new`",
-    responses=documented(bad_request="the sizes are not 0 < old ≤ new ≤ the log's size"),
+    summary="RFC 9162 consistency proof from size `old` to size `new` (empty from size 0, which every tree "
+    "extends, and between equal sizes)",
+    responses=documented(bad_request="the sizes are not 0 ≤ old ≤ new ≤ the log's size"),
 )
 async def consistency(_: AuditorDep, runtime: RuntimeDep, old: int, new: int) -> dict[str, Any]:
     try:

@@ -89,6 +89,19 @@ def test_auditor_gets_entries_and_proofs_that_verify(http: httpx.Client, idp: Lo
     assert note.startswith("fedgate.example/site-de\n")
 
 
+def test_entries_without_an_end_are_a_page_however_long_the_log(
+    http: httpx.Client, idp: LoopbackTestIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.routes.audit.MAX_ENTRIES", 3)  # a log longer than a page, in a few entries
+    http.post("/v1/queries", headers=bearer(idp, "researcher"), json=COUNT)
+    auditor = bearer(idp, "auditor")
+    first = http.get("/v1/audit/entries", headers=auditor)
+    assert first.status_code == 200, first.text
+    assert first.json()["size"] > 3 and [e["index"] for e in first.json()["entries"]] == [0, 1, 2]
+    later = http.get("/v1/audit/entries", params={"start": 2}, headers=auditor).json()
+    assert [e["index"] for e in later["entries"]] == [2, 3, 4]
+
+
 def test_python_client(gateway_url: str, idp: LoopbackTestIssuer) -> None:
     token = idp.token(sub="client-user", org="org-aphp", country="FR", roles=["researcher"])
     with Gateway(gateway_url, token) as site:

@@ -366,6 +366,11 @@ def test_cosignatures_are_verified_before_they_are_stored(log: AuditLog) -> None
         log.add_cosignature(4, cosign_checkpoint(cp, "witness.example/w", other, 1), wkey)
     with pytest.raises(StorageError):
         log.add_cosignature(99, cosign_checkpoint(cp, "witness.example/w", w, 1), wkey)
+    # A good line with another after it: what verifies must be what is stored, so two lines are refused.
+    stranger = cosign_checkpoint(cp, "witness.example/x", other, 1)
+    with pytest.raises(NoteError, match="one line"):
+        log.add_cosignature(4, cosign_checkpoint(cp, "witness.example/w", w, 2) + "\n" + stranger, wkey)
+    assert log.checkpoint_note(4) == stored
 
 
 def test_export_round_trip(log: AuditLog, tmp_path: Path) -> None:

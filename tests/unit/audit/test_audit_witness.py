@@ -144,6 +144,7 @@ def test_request_body_round_trip_and_malformed_bodies(site: AuditLog, witness: W
     text = note.encode()
     too_long = b"".join([b"A" * 43 + b"=\n"] * 64)
     bads = [b"old x\n\n" + text, b"old 3\n" + text, b"new 3\n\n" + text, b"old 03\n\n" + text,
+            "old ²\n\n".encode() + text, "old ٣\n\n".encode() + text,
             b"old 3\nnot base64!\n\n" + text, b"old 3\nAAAA\n\n" + text, b"old 3\n" + too_long + b"\n" + text,
             b"\xff"]  # fmt: skip
     for bad in bads:
