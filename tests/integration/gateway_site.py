@@ -201,6 +201,19 @@ def consent_rule(settings: SiteSettings, entry: Any, spec: dict[str, Any]) -> An
     return decision.obligations.consent_filter
 
 
+def audit_size(http: Any, idp: Any) -> int:
+    """The size of the site's audit log, read through the auditor API (`http` an httpx.Client on the site)."""
+    page = http.get("/v1/audit/entries", params={"start": 0, "end": 0}, headers=bearer(idp, "auditor"))
+    return int(page.json()["size"])
+
+
+def entries_since(http: Any, idp: Any, start: int) -> list[dict[str, Any]]:
+    """The site's audit entries from `start` on (one page), parsed, read through the auditor API."""
+    page = http.get("/v1/audit/entries", params={"start": start}, headers=bearer(idp, "auditor"))
+    assert page.status_code == 200, page.text
+    return [json.loads(base64.b64decode(e["entry"])) for e in page.json()["entries"]]
+
+
 def logged_entries(settings: SiteSettings) -> list[dict[str, Any]]:
     """Every entry of the site's SQLite audit log, in order, read from its file as an auditor's copy would
     be (for a site no auditor token can reach, such as one that takes dev tokens only)."""

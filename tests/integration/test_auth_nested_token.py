@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 import httpx
-from gateway_site import bearer
+from gateway_site import audit_size, bearer, entries_since
 from oidc_issuer import LoopbackTestIssuer
 
 from gateway.auth import token_digest
@@ -30,22 +30,11 @@ def _nested_token(depth: int, **claims: Any) -> str:
     return f"{_segment(header)}.{_segment(json.dumps(claims))}.c2ln"
 
 
-def _size(http: httpx.Client, idp: LoopbackTestIssuer) -> int:
-    page = http.get("/v1/audit/entries", params={"start": 0, "end": 0}, headers=bearer(idp, "auditor"))
-    return int(page.json()["size"])
-
-
-def _entries_since(http: httpx.Client, idp: LoopbackTestIssuer, start: int) -> list[dict[str, Any]]:
-    page = http.get("/v1/audit/entries", params={"start": start}, headers=bearer(idp, "auditor"))
-    assert page.status_code == 200
-    return [json.loads(base64.b64decode(e["entry"])) for e in page.json()["entries"]]
-
-
 def test_a_deeply_nested_bearer_token_is_a_401_audited_without_the_token(
     http: httpx.Client, idp: LoopbackTestIssuer
 ) -> None:
     token = _nested_token(sys.getrecursionlimit() + 2000, iss=idp.issuer_url, sub="researcher-1")
-    start = _size(http, idp)
+    start = audit_size(http, idp)
     response = http.post("/v1/queries", json=QUERY, headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
     assert response.headers["content-type"] == "application/problem+json"
@@ -53,7 +42,7 @@ def test_a_deeply_nested_bearer_token_is_a_401_audited_without_the_token(
     assert problem["title"] == "Authentication failed"
     assert problem["reasons"] == ["the token's header nests JSON too deeply"]
     assert token not in response.text
-    entries = _entries_since(http, idp, start)
+    entries = entries_since(http, idp, start)
     assert [e["payload"] for e in entries if e["type"] == "auth.failed"] == [
         {"reason": "auth.malformed_token", "route": "POST:submit", "token_digest": token_digest(token)}
     ]
@@ -75,9 +64,9 @@ def test_a_deeply_nested_peer_assertion_is_a_401_audited_as_malformed(
     # The deepest nesting that fits the assertion's 4096 characters is past the recursion limit.
     header = '{"alg":"EdDSA","typ":"fedgate-peer+jwt","x":' + "[" * 1500 + "]" * 1500 + "}"
     assertion = f"{_segment(header)}.{_segment('{}')}.c2ln"
-    start = _size(http, idp)
+    start = audit_size(http, idp)
     response = http.post("/v1/queries", json=QUERY, headers={**bearer(idp, "researcher"), HEADER: assertion})
     assert response.status_code == 401
     assert response.json()["title"] == "Peer authentication failed"
-    rejected = [e["payload"] for e in _entries_since(http, idp, start) if e["type"] == "peer.rejected"]
+    rejected = [e["payload"] for e in entries_since(http, idp, start) if e["type"] == "peer.rejected"]
     assert [p["reason"] for p in rejected] == ["malformed: the peer assertion nests JSON too deeply"]

@@ -4,13 +4,11 @@ a body that is not JSON does not let an unauthenticated caller past the token ch
 
 from __future__ import annotations
 
-import base64
 import json
-from typing import Any
 
 import httpx
 import pytest
-from gateway_site import bearer
+from gateway_site import audit_size, bearer, entries_since
 from oidc_issuer import LoopbackTestIssuer
 
 from gateway.auth import token_digest
@@ -20,29 +18,17 @@ QUERY = {
 }  # fmt: skip
 
 
-def _size(http: httpx.Client, idp: LoopbackTestIssuer) -> int:
-    page = http.get("/v1/audit/entries", params={"start": 0, "end": 0}, headers=bearer(idp, "auditor"))
-    return int(page.json()["size"])
-
-
-def _entries_since(http: httpx.Client, idp: LoopbackTestIssuer, start: int) -> list[dict[str, Any]]:
-    page = http.get("/v1/audit/entries", params={"start": start}, headers=bearer(idp, "auditor"))
-    assert page.status_code == 200
-    entries = [json.loads(base64.b64decode(e["entry"])) for e in page.json()["entries"]]
-    return [e for e in entries if not (e["type"] == "auth.failed" and e["payload"]["route"] == "GET:entries")]
-
-
 @pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
 def test_a_time_no_float_holds_is_a_401_audited_without_the_token(
     http: httpx.Client, idp: LoopbackTestIssuer, claim: str
 ) -> None:
     token = idp.token(roles=["researcher"], **{claim: 10**400})
-    start = _size(http, idp)
+    start = audit_size(http, idp)
     response = http.post("/v1/queries", json=QUERY, headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == 'Bearer realm="fedgate", error="invalid_token"'
     assert claim in response.json()["reasons"][0]
-    entries = _entries_since(http, idp, start)
+    entries = entries_since(http, idp, start)
     assert [e["payload"] for e in entries] == [
         {"reason": "auth.bad_claim", "route": "POST:submit", "token_digest": token_digest(token)}
     ]
@@ -56,24 +42,24 @@ def test_a_check_that_fails_unexpectedly_authenticates_no_one(
         raise ArithmeticError("a defect in a claim check")
 
     token = idp.token(roles=["researcher"])
-    start = _size(http, idp)
+    start = audit_size(http, idp)
     monkeypatch.setattr("gateway.auth.validator.check_times", broken)
     response = http.post("/v1/queries", json=QUERY, headers={"Authorization": f"Bearer {token}"})
     monkeypatch.undo()
     assert response.status_code == 401
     assert response.json()["reasons"] == ["the token could not be checked"]
-    assert [e["payload"]["reason"] for e in _entries_since(http, idp, start)] == ["auth.failed"]
+    assert [e["payload"]["reason"] for e in entries_since(http, idp, start)] == ["auth.failed"]
 
 
 def test_the_token_digest_does_not_depend_on_the_schemes_case(
     http: httpx.Client, idp: LoopbackTestIssuer
 ) -> None:
     token = idp.token(roles=["researcher"], exp=1)
-    start = _size(http, idp)
+    start = audit_size(http, idp)
     for scheme in ("Bearer", "bearer", "BEARER"):
         response = http.post("/v1/queries", json=QUERY, headers={"Authorization": f"{scheme} {token}"})
         assert response.status_code == 401
-    digests = {e["payload"]["token_digest"] for e in _entries_since(http, idp, start)}
+    digests = {e["payload"]["token_digest"] for e in entries_since(http, idp, start)}
     assert digests == {token_digest(token)}
 
 
@@ -84,11 +70,11 @@ def test_a_request_without_a_token_gets_a_challenge_without_an_error(http: httpx
 
 
 def test_a_missing_role_is_a_403_audited_with_who_asked(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
-    start = _size(http, idp)
+    start = audit_size(http, idp)
     response = http.get("/v1/steward/datasets", headers=bearer(idp, "researcher", sub="mallory-7"))
     assert response.status_code == 403
     assert response.headers["www-authenticate"] == 'Bearer realm="fedgate", error="insufficient_scope"'
-    (entry,) = _entries_since(http, idp, start)
+    (entry,) = entries_since(http, idp, start)
     assert entry["type"] == "auth.failed"
     assert entry["payload"] == {"reason": "Forbidden", "route": "GET:datasets", "role": "steward"}
     assert entry["actor"]["sub"] == "mallory-7"
@@ -102,13 +88,13 @@ def test_a_body_that_is_not_json_is_refused_at_the_token_first(
     http: httpx.Client, idp: LoopbackTestIssuer, method: str, path: str
 ) -> None:
     headers = {"Content-Type": "application/json"}
-    start = _size(http, idp)
+    start = audit_size(http, idp)
     anonymous = http.request(method, path, content=b"{not json", headers=headers)
     assert anonymous.status_code == 401
     auditor = {**headers, **bearer(idp, "auditor")}
     wrong_role = http.request(method, path, content=b"{not json", headers=auditor)
     assert wrong_role.status_code == 403
-    entries = _entries_since(http, idp, start)
+    entries = entries_since(http, idp, start)
     assert [e["type"] for e in entries] == ["auth.failed", "auth.failed"]
     # With the role, the body's own fault is what the caller hears.
     role = "steward" if "steward" in path else "researcher"

@@ -4,12 +4,11 @@ dotted location, a query parameter by its name, and the audit log records the sa
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any
 
 import httpx
-from gateway_site import bearer
+from gateway_site import audit_size, bearer, entries_since
 from oidc_issuer import LoopbackTestIssuer
 
 QUERY = {
@@ -29,24 +28,14 @@ def _fields(problem: dict[str, Any]) -> list[str]:
     return [e["field"] for e in problem["errors"]]
 
 
-def _size(http: httpx.Client, idp: LoopbackTestIssuer) -> int:
-    page = http.get("/v1/audit/entries", params={"start": 0, "end": 0}, headers=bearer(idp, "auditor"))
-    return int(page.json()["size"])
-
-
-def _entries_since(http: httpx.Client, idp: LoopbackTestIssuer, start: int) -> list[dict[str, Any]]:
-    page = http.get("/v1/audit/entries", params={"start": start}, headers=bearer(idp, "auditor"))
-    return [json.loads(base64.b64decode(e["entry"])) for e in page.json()["entries"]]
-
-
 def test_a_filter_value_is_named_by_its_path_in_the_spec(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
     body = {**QUERY, "filters": {**LEAF, "value": "x" * 300}}
-    start = _size(http, idp)
+    start = audit_size(http, idp)
     problem = _problem(http.post("/v1/queries", json=body, headers=bearer(idp, "researcher")))
     assert problem["title"] == "The request body is not a valid query"
     assert problem["field"] == "filters.value" and _fields(problem) == ["filters.value"]
     assert problem["detail"].startswith("filters.value: ")
-    (refused,) = [e for e in _entries_since(http, idp, start) if e["type"] == "query.refused"]
+    (refused,) = [e for e in entries_since(http, idp, start) if e["type"] == "query.refused"]
     assert refused["payload"]["reasons"][0].startswith("filters.value: ")
 
 
@@ -86,12 +75,12 @@ def test_a_body_that_is_not_json_is_named_body(http: httpx.Client, idp: Loopback
 def test_a_query_parameter_is_named_by_its_name_in_the_problem_and_the_audit_log(
     http: httpx.Client, idp: LoopbackTestIssuer
 ) -> None:
-    start = _size(http, idp)
+    start = audit_size(http, idp)
     response = http.get("/v1/steward/activity", params={"hours": "abc"}, headers=bearer(idp, "steward"))
     problem = _problem(response)
     assert problem["title"] == "A query parameter is not valid"
     assert problem["field"] == "hours" and problem["detail"].startswith("hours: ")
-    (refused,) = [e for e in _entries_since(http, idp, start) if e["type"] == "request.refused"]
+    (refused,) = [e for e in entries_since(http, idp, start) if e["type"] == "request.refused"]
     assert refused["payload"]["route"] == "GET:activity" and refused["payload"]["field"] == "hours"
 
 
@@ -104,10 +93,10 @@ def test_a_steward_body_field_is_named_by_its_location(http: httpx.Client, idp: 
     assert problem["title"] == "The request body is not valid"
     assert _fields(problem) == ["approve"]
     withdrawal = {"patients": ["MRN-1", 7]}
-    start = _size(http, idp)
+    start = audit_size(http, idp)
     problem = _problem(http.post("/v1/steward/datasets/cohort/withdrawals", json=withdrawal, headers=steward))
     assert problem["title"] == "The request body is not valid" and problem["field"] == "patients.1"
-    (refused,) = [e for e in _entries_since(http, idp, start) if e["type"] == "request.refused"]
+    (refused,) = [e for e in entries_since(http, idp, start) if e["type"] == "request.refused"]
     assert refused["payload"]["field"] == "patients.1"
 
 
@@ -140,10 +129,10 @@ def test_a_body_json_cannot_be_read_into_is_a_422_naming_the_body(
         json.dumps(QUERY).encode().replace(b"{", b"\x1f\x8b{", 1),  # as if compressed
     ]
     for body in bodies:
-        start = _size(http, idp)
+        start = audit_size(http, idp)
         problem = _problem(http.post("/v1/queries", content=body, headers=headers))
         assert problem["field"] == "body" and problem["title"] == "The request body is not a valid query"
-        (refused,) = [e for e in _entries_since(http, idp, start) if e["type"] == "query.refused"]
+        (refused,) = [e for e in entries_since(http, idp, start) if e["type"] == "query.refused"]
         assert refused["payload"]["reasons"][0].startswith("body: ")
 
 
