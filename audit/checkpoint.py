@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit.errors import NoteError
+from audit.export_format import parse_tree_size
 from audit.merkle import HASH_SIZE
 from audit.notes import (
     ALG_COSIGNATURE_V1,
@@ -23,8 +23,6 @@ from audit.notes import (
     sign_note,
     verify_note,
 )
-
-_SIZE = re.compile(r"^(0|[1-9][0-9]*)$")
 
 
 @dataclass(frozen=True)
@@ -62,12 +60,15 @@ def parse_checkpoint_body(text: str) -> Checkpoint:
     origin, size_text, root_text = lines
     if not origin:
         raise NoteError("checkpoint origin is empty")
-    if not _SIZE.match(size_text) or len(size_text) > 20:
-        raise NoteError(f"checkpoint size {size_text!r} is not a decimal without leading zeroes")
+    size = parse_tree_size(size_text)
+    if size is None:
+        raise NoteError(
+            f"checkpoint size {size_text[:40]!r} is not a decimal without leading zeroes of at most 2**53 - 1"
+        )
     root = b64decode_strict(root_text, "checkpoint root")
     if len(root) != HASH_SIZE:
         raise NoteError(f"checkpoint root has {len(root)} bytes, not {HASH_SIZE}")
-    return Checkpoint(origin, int(size_text), root)
+    return Checkpoint(origin, size, root)
 
 
 def sign_checkpoint(checkpoint: Checkpoint, key: Ed25519PrivateKey) -> str:

@@ -30,5 +30,18 @@ def parse_size(line: bytes) -> int | None:
     """The entry count from a `size <n>` line (without its newline), or None when malformed."""
     if not line.startswith(SIZE_PREFIX):
         return None
-    digits = line[len(SIZE_PREFIX) :]
-    return int(digits) if _SIZE.match(digits) else None
+    return parse_tree_size(line[len(SIZE_PREFIX) :])
+
+
+MAX_TREE_SIZE = 2**53 - 1
+"""The largest tree size anything here reads: an entry's index is a JSON number of canonical JSON."""
+
+
+def parse_tree_size(digits: bytes | str) -> int | None:
+    """A tree size in ASCII decimal digits without leading zeroes, at most `MAX_TREE_SIZE`; None otherwise
+    (str.isdigit would take digits such as "²", which int() refuses or reads otherwise)."""
+    raw = digits.encode("utf-8", "surrogatepass") if isinstance(digits, str) else digits
+    if not _SIZE.match(raw):
+        return None
+    size = int(raw)
+    return size if size <= MAX_TREE_SIZE else None

@@ -8,7 +8,6 @@ witness back. The HTTP endpoint (`POST <prefix>/add-checkpoint`) lives in the ga
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from audit.errors import (
     SignatureError,
     UnknownOrigin,
 )
+from audit.export_format import parse_tree_size
 from audit.merkle import EMPTY_ROOT, HASH_SIZE, verify_consistency
 from audit.notes import (
     ALG_COSIGNATURE_V1,
@@ -76,9 +76,6 @@ def format_add_checkpoint_body(old_size: int, proof: Sequence[bytes], checkpoint
     return "".join(lines).encode()
 
 
-_SIZE = re.compile(r"0|[1-9][0-9]{0,18}")
-
-
 def parse_add_checkpoint_body(body: bytes) -> AddCheckpointRequest:
     """Parse `old <size>`, up to 63 base64 proof lines, an empty line, then the signed checkpoint."""
     try:
@@ -90,8 +87,8 @@ def parse_add_checkpoint_body(body: bytes) -> AddCheckpointRequest:
         raise MalformedRequest("body has no empty line before the checkpoint")
     lines = head.split("\n")
     first = lines[0].split(" ")
-    # ASCII digits only: str.isdigit also takes "²" or "٣", which int() then refuses or reads otherwise.
-    if len(first) != 2 or first[0] != "old" or _SIZE.fullmatch(first[1]) is None:
+    old = parse_tree_size(first[1]) if len(first) == 2 and first[0] == "old" else None
+    if old is None:
         raise MalformedRequest("first line must be 'old <size>'")
     if len(lines) - 1 > MAX_PROOF_LINES:
         raise MalformedRequest(f"more than {MAX_PROOF_LINES} proof lines")
@@ -104,7 +101,7 @@ def parse_add_checkpoint_body(body: bytes) -> AddCheckpointRequest:
         if len(h) != HASH_SIZE:
             raise MalformedRequest("proof line is not a 32-byte hash")
         proof.append(h)
-    return AddCheckpointRequest(int(first[1]), tuple(proof), checkpoint)
+    return AddCheckpointRequest(old, tuple(proof), checkpoint)
 
 
 class Witness:

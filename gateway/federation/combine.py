@@ -15,12 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gateway.auth.claims import is_text
+
 PoolKind = Literal["count", "crosstab", "summary", "histogram"]
 REASON_AT_SITE = "suppressed at a site"
 REASON_POOLED_MIN = "below the federation's min_cell_count"
 # Bounds of what a site may send: counts JSON carries exactly, sums whose pooling cannot overflow a float.
 _MAX_EXACT = 2**53
 _MAX_MAGNITUDE = 1e300
+_MAX_TEXT = 256
 
 _VALUE_COLS: dict[str, tuple[str, ...]] = {
     "count": ("count",),
@@ -83,9 +86,23 @@ class SiteTable:
                         raise InvalidSiteAnswer(site, f"{col} below the site's own min_cell_count")
                 elif not _finite(value):
                     raise InvalidSiteAnswer(site, f"{col} is not a finite number")
-            if any(not isinstance(row[g], str | int | float | bool | None) for g in group_by):
-                raise InvalidSiteAnswer(site, "a group value is not a single value")
+            if not all(map(is_label, row.values())):
+                # Group values, margins, bins and any other column are pooled and hashed as they came.
+                raise InvalidSiteAnswer(site, "a value is not a single text, number or flag JSON can carry")
         return cls(site, [str(c) for c in columns], rows, minimum, round_to)
+
+
+def is_label(value: Any) -> bool:
+    """Whether a value of a site's row is one a pooled answer can carry and its result hash (RFC 8785) can
+    hold: None, a flag, text of at most 256 characters that UTF-8 can hold, an integer within 2**53 - 1,
+    or a finite number."""
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, str):
+        return len(value) <= _MAX_TEXT and is_text(value)
+    if isinstance(value, int):
+        return abs(value) <= _MAX_EXACT - 1
+    return isinstance(value, float) and math.isfinite(value) and abs(value) <= _MAX_MAGNITUDE
 
 
 def _finite(value: Any) -> bool:

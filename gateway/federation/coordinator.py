@@ -188,6 +188,12 @@ class Coordinator:
         )
         try:
             outcomes, pooled = await self._gather(principal, token, spec, targets, timeout_s)
+            covered = [o.site for o in outcomes if o.status == "answered"]
+            none_answered = {"reasons": ["no site answered"]}
+            result: dict[str, Any] = {"columns": [], "rows": [], "disclosure": none_answered}
+            if pooled is not None:
+                result = {"columns": pooled.columns, "rows": pooled.rows, "disclosure": pooled.disclosure()}
+            result_hash = hashlib.sha256(rfc8785.dumps({**result, "covered": covered})).hexdigest()
         except Exception as exc:  # noqa: BLE001 - whatever went wrong, nothing leaves unpooled or unaudited
             log.error("federation: pooling failed (%s); nothing released", type(exc).__name__)
             reasons = ["the sites' answers could not be pooled; nothing was released"]
@@ -199,11 +205,6 @@ class Coordinator:
                 "unavailable", "Federated answer not pooled", reasons, stage="federate",
                 request_id=request_id, audited=True,
             ) from None  # fmt: skip
-        covered = [o.site for o in outcomes if o.status == "answered"]
-        result: dict[str, Any] = {"columns": [], "rows": [], "disclosure": {"reasons": ["no site answered"]}}
-        if pooled is not None:
-            result = {"columns": pooled.columns, "rows": pooled.rows, "disclosure": pooled.disclosure()}
-        result_hash = hashlib.sha256(rfc8785.dumps({**result, "covered": covered})).hexdigest()
         counts = {s: sum(1 for o in outcomes if o.status == s) for s in STATUSES}
         await self.rt.record(
             "federation.released",
@@ -273,7 +274,13 @@ class Coordinator:
             return first, None
         dumped = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
         dumped.update(kind="histogram", params={"column": spec.params.column, "edges": edges})
-        histogram = parse_query_spec(dumped)
+        try:
+            histogram = parse_query_spec(dumped)
+        except QuerySpecError:  # the sites' quantiles give no edges a histogram can take: nothing to pool
+            for o in first:
+                if o.status == "answered":
+                    o.status, o.reasons = "invalid_answer", ["the sites' quantiles give no histogram edges"]
+            return first, None
         assert isinstance(histogram, HistogramQuery)
         second = await self._ask_all(principal, token, histogram, [s.site for s in round1], timeout_s)
         by_site = {o.site: o for o in second}

@@ -532,19 +532,27 @@ TOO_LARGE = f"the answer is larger than {MAX_ANSWER_BYTES // 2**20} MiB"
 
 
 async def read_capped(
-    client: Any, method: str, url: str, *, content: bytes, headers: Mapping[str, str], timeout: float
+    client: Any,
+    method: str,
+    url: str,
+    *,
+    content: bytes,
+    headers: Mapping[str, str],
+    timeout: float | None = None,
+    limit: int = MAX_ANSWER_BYTES,
 ) -> tuple[int, bytes | None]:
     """Send a request on `client` (an httpx.AsyncClient) and read the answer: its status and body, or None
-    for a body past `MAX_ANSWER_BYTES`, read no further (a peer cannot make a site hold an answer of any
-    size). The caller bounds the whole exchange in time."""
-    request = client.build_request(method, url, content=content, headers=headers, timeout=timeout)
+    for a body past `limit` bytes, read no further (a peer cannot make a site hold an answer of any size).
+    `timeout` is each read's (the client's own without it); the caller bounds the whole exchange."""
+    extra = {} if timeout is None else {"timeout": timeout}
+    request = client.build_request(method, url, content=content, headers=headers, **extra)
     response = await client.send(request, stream=True)
     try:
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.aiter_bytes():
             size += len(chunk)
-            if size > MAX_ANSWER_BYTES:
+            if size > limit:
                 return response.status_code, None
             chunks.append(chunk)
         return response.status_code, b"".join(chunks)

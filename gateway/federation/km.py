@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gateway.federation.combine import is_label
+
 SITE_COLUMNS = ("lower", "upper", "at_risk", "events", "censored")
 POOLED_COLUMNS = (*SITE_COLUMNS, "survival", "std_err", "ci_lower", "ci_upper")
 
@@ -50,6 +52,15 @@ def site_frame(body: Mapping[str, Any]) -> pd.DataFrame:
 def check_site_answer(site: str, body: Mapping[str, Any]) -> None:
     """KaplanMeierPoolError naming what is wrong with one site's answer, checked on its own, so that one
     malformed answer is set aside and the others are still pooled."""
+    report = body.get("disclosure")
+    minimum = report.get("min_cell_count") if isinstance(report, Mapping) else None
+    if isinstance(minimum, bool) or not isinstance(minimum, int) or not 1 <= minimum <= 2**31:
+        raise KaplanMeierPoolError(f"{site}: the disclosure report has no valid min_cell_count")
+    rows = body.get("rows")
+    if not isinstance(rows, list) or not all(
+        isinstance(r, Mapping) and all(map(is_label, r.values())) for r in rows
+    ):
+        raise KaplanMeierPoolError(f"{site}: a value is not a single text, number or flag JSON can carry")
     _checked(site, site_frame(body))
 
 

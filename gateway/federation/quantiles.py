@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.federation.combine import REASON_AT_SITE, InvalidSiteAnswer, PooledTable, SiteTable
+from gateway.federation.combine import REASON_AT_SITE, InvalidSiteAnswer, PooledTable, SiteTable, is_label
 from pseudonymize.disclosure import REASON_BELOW_MIN
 
 BINS = 100
@@ -56,6 +56,8 @@ class SiteQuantiles:
         for row in body["rows"]:
             if not isinstance(row, dict) or not {*group_by, "n", *names} <= set(row):
                 raise InvalidSiteAnswer(site, "a quantiles row lacks a column")
+            if not all(map(is_label, row.values())):
+                raise InvalidSiteAnswer(site, "a value is not a single text, number or flag JSON can carry")
             key = tuple(row[g] for g in group_by)
             size = row["n"]
             if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
@@ -78,8 +80,9 @@ def plan_edges(sites: Sequence[SiteQuantiles], low_name: str, high_name: str) ->
     if not lows or not highs:
         return []
     low, high = min(lows), max(highs)
-    if not high > low:
-        high = low + 1.0
+    # A span so narrow that the bins' edges would not increase (every value equal, or far beyond 2**53,
+    # where 1.0 is below a float's step) is widened to one that parts them.
+    high = max(high, low + max(1.0, abs(low) * 1e-9))
     start = low - PAD * (high - low)
     width = (high - low) * (1 + 2 * PAD) / BINS
     return [start + i * width for i in range(BINS + 1)]

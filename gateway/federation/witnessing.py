@@ -48,6 +48,7 @@ from audit.errors import (
     UnknownOrigin,
 )
 from audit.events import COUNT, DIGEST, LABEL, Enum, EventType, register
+from audit.export_format import parse_tree_size
 from audit.keys import generate_log_key, load_log_key
 from audit.log import AuditLog
 from audit.notes import (
@@ -60,6 +61,7 @@ from audit.notes import (
 )
 from audit.witness import Witness, format_add_checkpoint_body, parse_add_checkpoint_body
 from gateway import problems
+from gateway.federation.glm_fit import read_capped
 from gateway.settings import PeerSettings, SiteSettings
 
 log = logging.getLogger(__name__)
@@ -281,7 +283,8 @@ class Witnessing:
                 return SubmissionOutcome(peer_id, size, True)
             try:
                 await self._submit(self.peers[peer_id], state, note, size)
-            except SubmissionError as exc:
+            except Exception as failure:  # noqa: BLE001 - no peer's answer may end the submitter for all
+                exc = failure if isinstance(failure, SubmissionError) else _unusable(failure)
                 state.failures += 1
                 delay = min(self.max_backoff_s, self.backoff_s * 2 ** (state.failures - 1))
                 # Jitter keeps the sites of a federation from retrying a recovered peer in lockstep.
@@ -310,17 +313,25 @@ class Witnessing:
                 raise SubmissionError(f"no consistency proof from the peer's size {old}: {exc}") from None
             body = format_add_checkpoint_body(old, proof, note)
             try:
-                response = await self._http().post(
-                    f"{peer.url}{ADD_CHECKPOINT_PATH}", content=body, headers={"Content-Type": "text/plain"}
+                status, content = await read_capped(
+                    self._http(),
+                    "POST",
+                    f"{peer.url}{ADD_CHECKPOINT_PATH}",
+                    content=body,
+                    headers={"Content-Type": "text/plain"},
+                    limit=MAX_WITNESS_ANSWER_BYTES,
                 )
             except httpx.HTTPError as exc:
                 raise SubmissionError(f"unreachable: {type(exc).__name__}") from None
-            if response.status_code == problems.WITNESS_STATUS[OldSizeMismatch] and attempt == 0:
-                old = _parse_size_body(response)
+            if content is None:
+                raise SubmissionError(f"the answer is longer than {MAX_WITNESS_ANSWER_BYTES} bytes")
+            text = content.decode("utf-8", "replace")
+            if status == problems.WITNESS_STATUS[OldSizeMismatch] and attempt == 0:
+                old = _parse_size_body(text)
                 continue
-            if response.status_code != problems.OK:
-                raise SubmissionError(f"refused with {response.status_code}: {response.text.strip()[:200]}")
-            self._store(peer, size, response.text)
+            if status != problems.OK:
+                raise SubmissionError(f"refused with {status}: {text.strip()[:200]}")
+            self._store(peer, size, text)
             state.cosigned_size = size
             return
         raise SubmissionError("the peer's size changed again after a 409")
@@ -410,8 +421,17 @@ def _size_of(note: str) -> int:
     return parse_checkpoint_body(parse_note(note).text).size
 
 
-def _parse_size_body(response: httpx.Response) -> int:
-    text = response.text
-    if not text.endswith("\n") or not text[:-1].isdigit():
+def _unusable(exc: Exception) -> SubmissionError:
+    return SubmissionError(f"its answer could not be used ({type(exc).__name__})")
+
+
+def _parse_size_body(text: str) -> int:
+    """The size a 409 names: ASCII digits and a newline (str.isdigit would take digits int() refuses)."""
+    size = parse_tree_size(text[:-1]) if text.endswith("\n") else None
+    if size is None:
         raise SubmissionError("409 without a size body")
-    return int(text[:-1])
+    return size
+
+
+MAX_WITNESS_ANSWER_BYTES = 64 * 1024
+"""The most of a witness's answer read: its cosignature lines are a few hundred bytes."""

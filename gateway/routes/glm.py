@@ -12,8 +12,10 @@ Coordinator side (researcher role):
 from __future__ import annotations
 
 import functools
+import hashlib
 from typing import Any
 
+import rfc8785
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field
@@ -36,7 +38,7 @@ from gateway.federation.glm_site import (
     LocalGlmSite,
 )
 from gateway.federation.peers import PeerLink, verified_peer
-from gateway.pipeline import new_request_id
+from gateway.pipeline import hashed, new_request_id, sha256_label
 from gateway.problems import ACCEPTED, AUTHENTICATED, OK, documented
 from gateway.refusal import Refusal
 from gateway.runtime import SiteRuntime
@@ -161,9 +163,28 @@ async def federated_glm(
                 sign=functools.partial(link.sign, site),
             )
         )
+    # The coordinator's own record of the fit, as of a federated query (each site audits its own part).
+    query_hash = sha256_label(hashed(session_request))
+
+    async def record(event: str, payload: dict[str, Any]) -> None:
+        payload = {"query_hash": query_hash, **payload}
+        await runtime.record(event, payload, principal=principal, request_id=request_id, cover_reasons=True)
+
+    await record(
+        "federation.received",
+        {
+            "kind": "glm",
+            "dataset": session_request.dataset,
+            "dsa": session_request.agreement,
+            "sites": len(sites),
+        },
+    )
     try:
         fit = await fit_federated_glm(sites, body.model.family, max_iterations=body.max_iterations)
+        answer = fit.to_dict()
+        result_hash = sha256_label(hashlib.sha256(rfc8785.dumps(answer)).hexdigest())
     except FitStopped as stopped:
+        await record("federation.refused", {"reasons": [str(stopped)]})
         return {
             "status": "stopped",
             "iteration": stopped.iteration,
@@ -171,5 +192,17 @@ async def federated_glm(
             "sites": stopped.sites,
         }
     except GlmFitError as exc:
-        raise Refusal("bad_request", "The federated fit failed", [str(exc)], stage="combine") from None
-    return fit.to_dict()
+        await record("federation.refused", {"reasons": [str(exc)]})
+        raise Refusal(
+            "bad_request", "The federated fit failed", [str(exc)], stage="combine", audited=True
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - whatever went wrong, nothing leaves unaudited
+        reasons = [f"the fit could not be completed ({type(exc).__name__}); nothing was released"]
+        await record("federation.refused", {"reasons": reasons})
+        raise Refusal(
+            "unavailable", "The federated fit failed", reasons, stage="combine", audited=True
+        ) from None
+    await record(
+        "federation.released", {"result_hash": result_hash, "covered": len(sites), "answered": len(sites)}
+    )
+    return answer

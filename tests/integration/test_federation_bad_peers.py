@@ -39,6 +39,11 @@ BAD_PEERS = {
     "site-nested": "invalid_answer",
     # A survival table whose bin has more events than rows at risk (to a count: the wrong kind).
     "site-badkm": "invalid_answer",
+    # A value no canonical JSON holds (2**53, 1e400 read as infinity), which the pooled answer's hash needs.
+    "site-bigvalue": "invalid_answer",
+    "site-infvalue": "invalid_answer",
+    # A margin that is no single value.
+    "site-listmargin": "invalid_answer",
 }
 
 
@@ -78,6 +83,15 @@ class _BadPeer(FakePeer):
             answer = {"kind": "kaplan_meier", "request_id": "x", "columns": list(bins[0]), "rows": bins,
                       "disclosure": {"min_cell_count": 10, "round_to": 1}}  # fmt: skip
             body = json.dumps(answer).encode()
+        elif self.behaviour in ("site-bigvalue", "site-infvalue", "site-listmargin"):
+            odd = {"site-bigvalue": "9007199254740992", "site-infvalue": "1e400", "site-listmargin": "[1]"}
+            body = (
+                b'{"kind": "count", "request_id": "x", "columns": ["count", "suppressed", "margin"], '
+                b'"rows": [{"count": 12, "suppressed": false, "margin": '
+                + odd[self.behaviour].encode()
+                + b"}], "
+                b'"disclosure": {"min_cell_count": 10, "round_to": 1}}'
+            )
         elif self.behaviour == "site-nested":
             body = b"[" * 200_000 + b"]" * 200_000
         self.answer(status, body)

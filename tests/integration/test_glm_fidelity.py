@@ -378,6 +378,7 @@ def test_the_federation_client_fits_and_reports_a_stopped_fit(
     urls: dict[str, str], idp: LoopbackTestIssuer
 ) -> None:
     token = researcher(idp)["Authorization"].removeprefix("Bearer ")
+    seen = len(audit_entries(urls["site-b"], idp))
     # Sites A and B only: the withdrawal test changes site C.
     with FederationClient(urls["site-b"], token, sites=["site-a", "site-b"]) as client:
         fit = client.glm(
@@ -406,6 +407,13 @@ def test_the_federation_client_fits_and_reports_a_stopped_fit(
             )
         assert set(stopped.value.sites["status"]) == {"suppressed"}
         assert "tgrade=IV" in stopped.value.reasons[0]
+    # The coordinator (site B) records each fit as a federated query: received, then released or refused.
+    fits = [e for e in audit_entries(urls["site-b"], idp)[seen:] if e["type"].startswith("federation.")]
+    assert [e["type"] for e in fits] == [
+        "federation.received", "federation.released", "federation.received", "federation.refused",
+    ]  # fmt: skip
+    assert fits[0]["payload"]["kind"] == "glm" and fits[1]["payload"]["covered"] == 2
+    assert fits[0]["request_id"] == fits[1]["request_id"] != fits[2]["request_id"]
     with Gateway(urls["site-b"], token) as site:
         bins = site.kaplan_meier("gbsg2", AGREEMENT, "DUO:0000006", "time", "cens", EDGES)
         assert list(bins.columns) == ["lower", "upper", "at_risk", "events", "censored"]

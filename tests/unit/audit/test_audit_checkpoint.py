@@ -37,6 +37,10 @@ def test_body_is_three_lines() -> None:
         f"{ORIGIN}\n12\n",
         "\n12\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n",
         f"{ORIGIN}\n12\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        # Sizes no entry index (a canonical JSON number) reaches, nor a database integer.
+        f"{ORIGIN}\n{2**53}\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n",
+        f"{ORIGIN}\n{2**63 + 5}\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n",
+        f"{ORIGIN}\n1²\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n",
     ],
 )
 def test_malformed_bodies_are_rejected(body: str) -> None:

@@ -182,5 +182,10 @@ def test_a_count_no_integer_holds_is_a_pool_error_naming_the_site() -> None:
     from gateway.federation.km import check_site_answer
 
     rows = [{"lower": None, "upper": 90.0, "at_risk": 1e999, "events": 10, "censored": 0}]
-    with pytest.raises(KaplanMeierPoolError, match="S: a survival count or edge is missing"):
-        check_site_answer("S", {"rows": rows})
+    with pytest.raises(KaplanMeierPoolError, match="S: a value is not a single text, number or flag"):
+        check_site_answer("S", {"rows": rows, "disclosure": {"min_cell_count": 5}})
+    for report in (None, [], {"min_cell_count": "10"}, {"min_cell_count": True}, {"min_cell_count": 0}):
+        with pytest.raises(
+            KaplanMeierPoolError, match="S: the disclosure report has no valid min_cell_count"
+        ):
+            check_site_answer("S", {"rows": rows, "disclosure": report})

@@ -292,6 +292,35 @@ def test_a_peer_claiming_a_size_beyond_the_log_is_a_failure(tmp_path: Path) -> N
     _run(tmp_path, body)
 
 
+@pytest.mark.parametrize(
+    ("status", "content", "why"),
+    [
+        (409, b"9" * 5000 + b"\n", "409 without a size body"),  # more digits than int() converts
+        (409, "²\n".encode(), "409 without a size body"),  # a digit to str.isdigit, not to int()
+        (409, str(2**63).encode() + b"\n", "409 without a size body"),  # no tree is that large
+        (200, b"\xe2\x80\x94 " * 40_000, "longer than 65536 bytes"),  # read no further than the cap
+    ],
+)
+def test_a_peers_odd_answer_is_a_failure_not_the_end_of_the_submitter(
+    tmp_path: Path, status: int, content: bytes, why: str
+) -> None:
+    async def odd(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, content=content, headers={"Content-Type": problems.TLOG_SIZE})
+
+    async def body(p: Pair) -> None:
+        p.handler = odd
+        p.grow(2)
+        [outcome] = await p.a.submit_now()
+        assert not outcome.cosigned and outcome.error is not None and why in outcome.error
+        # The peer recovers: the next offer (after the back-off) is cosigned.
+        p.handler = p.witness_handler
+        p.a.progress["site-b"].next_attempt = 0.0
+        [again] = await p.a.submit_now()
+        assert again.cosigned, again.error
+
+    _run(tmp_path, body)
+
+
 def test_even_the_empty_log_is_offered(tmp_path: Path) -> None:
     async def body(p: Pair) -> None:
         [outcome] = await p.a.submit_now()
