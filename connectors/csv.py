@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import pyarrow as pa
@@ -59,8 +59,16 @@ class CsvConnector(Connector):
         self.delimiter = delimiter
         self._declared = {name: parse_type(self.source, name, spec) for name, spec in (columns or {}).items()}
         self._schema: pa.Schema | None = None
+        self._text: set[str] = set()
         self._header: list[str] = []
         self._bytes_per_row = 100.0
+
+    def declare_text(self, names: Iterable[str]) -> None:
+        """Read these columns as text unless their type was declared: identifiers and codes whose leading
+        zeros matter (`00123` inferred as the number 123 would merge patients). Names the header lacks are
+        left to the caller's own check."""
+        self._text.update(names)
+        self._schema = None
 
     def schema(self) -> pa.Schema:
         if self._schema is None:
@@ -117,8 +125,9 @@ class CsvConnector(Connector):
                     line=line,
                     column=name,
                 )
+        types = {**{n: pa.string() for n in self._text if n in seen}, **self._declared}
         with Utf8CheckedFile(self.path, self.source) as stream:
-            reader = self._open(stream, _INFERENCE_BLOCK_BYTES, self._declared, 0)
+            reader = self._open(stream, _INFERENCE_BLOCK_BYTES, types, 0)
             try:
                 first = reader.read_next_batch()
             except StopIteration:

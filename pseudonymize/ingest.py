@@ -22,10 +22,11 @@ import duckdb
 import pyarrow as pa
 
 from connectors.base import Connector
+from connectors.csv import CsvConnector
 from connectors.errors import ConnectorError
 from pseudonymize.column_hmac import ColumnHmac, HashedColumn, offset_array, token_array
 from pseudonymize.digest import ContentDigest, table_digest
-from pseudonymize.errors import IngestError, RiskThresholdError
+from pseudonymize.errors import IngestError, RiskThresholdError, SpecError
 from pseudonymize.generalize import quote_ident, suppress_rare_prefixes_sql
 from pseudonymize.keys import SecretKey
 from pseudonymize.risk import RiskReport, k_anonymity
@@ -253,14 +254,36 @@ def ingest(
     override_k: bool = False,
     linkage_key: SecretKey | None = None,
     on_rows: ProgressCallback | None = None,
+    rekey: bool = False,
 ) -> IngestResult:
-    """Pseudonymize a source and publish it as the dataset's next version.
+    """Pseudonymize a source and publish it as the dataset's next version. A dataset keeps its key: an
+    ingest under another master key or agreement than its latest version is refused unless `rekey`.
 
     Raises SpecError (spec vs source), ConnectorError (source), RiskThresholdError (k below threshold
     without override) or IngestError; in every case nothing is published.
     """
     key = pseudonym_key(master, spec, linkage_key)
+    latest = store.latest(spec.dataset)
+    key_id = (linkage_key or master).key_id
+    if latest is not None and (latest.key_id, latest.key_context) != (key_id, spec.key_context) and not rekey:
+        # Another key makes other tokens: every withdrawal recorded against the dataset's tokens would
+        # match nothing in the new version, and its patients could no longer be followed across versions.
+        raise IngestError(
+            connector.source,
+            f"v{latest.version} of {spec.dataset} was pseudonymized with key {latest.key_id} for "
+            f"{latest.key_context!r}, this ingest would use key {key_id} for {spec.key_context!r}: its "
+            f"tokens would differ, and consent withdrawals recorded against the old ones would no longer "
+            f"match. Use the same master key and agreement, or re-key on purpose (--rekey)",
+        )
+    if isinstance(connector, CsvConnector):
+        connector.declare_text(spec.text_columns)
     schema = connector.schema()
+    for name in spec.text_columns:
+        kind = schema.field(name).type if name in schema.names else None
+        if kind is not None and not _identifier_type(kind):
+            raise SpecError(
+                spec_path, f"columns.{name}", f"an identifier is text or a whole number, not {kind}"
+            )
     compiled = compile_transform(spec, schema, key, spec_path)
     staging = f"staging_{spec.dataset}_{uuid.uuid4().hex[:12]}"
 
@@ -271,6 +294,8 @@ def ingest(
         # Other stores receive finished rows; the transform itself runs in a private DuckDB file.
         workdir = Path(tempfile.mkdtemp(prefix="fedgate-ingest-"))
         con = duckdb.connect(str(workdir / "work.duckdb"))
+    # Dates are taken from timestamps in UTC, whatever the machine's zone: a shift must not depend on it.
+    con.execute("SET TimeZone = 'UTC'").fetchall()
     hasher = ColumnHmac(key)
     # Columns the spec drops and nothing reads are not read at all (a Parquet source skips them).
     read = pa.schema([f for f in schema if f.name in compiled.input_columns])
@@ -364,3 +389,11 @@ def ingest(
         stream.close()
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _identifier_type(kind: pa.DataType) -> bool:
+    """Whether a column of this type can hold identifiers the pseudonym function reads (a list would be
+    hashed as its printed form)."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind))

@@ -258,6 +258,16 @@ class PseudonymizationSpec(BaseModel):
         return None if rule.action == "drop" else (rule.output or name)
 
     @property
+    def text_columns(self) -> list[str]:
+        """Source columns whose values are identifiers or codes, to be read as text whatever they look like:
+        pseudonymized columns, the patient key and postcodes (`00123` is not the number 123)."""
+        return [
+            name
+            for name, rule in self.columns.items()
+            if rule.action == "pseudonym" or name == self.patient_key or isinstance(rule, PostcodeRule)
+        ]
+
+    @property
     def quasi_identifiers(self) -> list[str]:
         """Output names of the columns marked as quasi-identifiers."""
         out = [self.output_column(n) for n, r in self.columns.items() if r.identifier == "quasi"]

@@ -89,10 +89,15 @@ def compile_transform(
 ) -> CompiledTransform:
     """Check the spec against the source's columns and build the SELECT."""
     source_cols = {f.name: f.type for f in schema}
-    for name in source_cols:
+    for position, name in enumerate(source_cols, start=1):
         if name not in spec.columns:
+            # Named by its place, not its header: in a file without a header line, the "header" is the
+            # first patient's values, which no message may repeat.
             raise SpecError(
-                spec_path, f"columns.{name}", "this source column has no rule; declare an action for it"
+                spec_path,
+                "columns",
+                f"source column {position} of {len(source_cols)} has no rule; declare an action for every "
+                f"column of the source's header (a file without a header line reads its first row as one)",
             )
     for name in spec.columns:
         if name not in source_cols:

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from audit.errors import AuditError
+from audit.events import LABEL
 from connectors import ConnectorError, open_source
 from gateway.cli.output import EXIT_FAILED, EXIT_RISK, console, fail
 from gateway.keyring import create_master_key, load_master_key
@@ -58,6 +59,14 @@ def ingest(
     linkage_key: Annotated[
         Path | None, typer.Option(help="shared linkage key file, when an agreement grants cross-site linkage")
     ] = None,
+    rekey: Annotated[
+        bool,
+        typer.Option(
+            "--rekey",
+            help="publish under another master key or agreement than the dataset's latest version "
+            "(refused while consent withdrawals are recorded against its tokens)",
+        ),
+    ] = False,
 ) -> None:
     """Pseudonymize a source into the site's store and publish it as the dataset's next version.
 
@@ -69,16 +78,35 @@ def ingest(
         log = open_site_log(settings)
     except AuditError as exc:
         fail(f"the audit log cannot record this ingest: {exc}", EXIT_FAILED)
+    except Exception as exc:  # noqa: BLE001 - a database that cannot be opened: one line, not a traceback
+        reason = f"the audit log cannot record this ingest: it cannot be opened ({type(exc).__name__})"
+        fail(reason, EXIT_FAILED)
     actor = local_steward(settings)
+
+    def refused(reason: str, exc: Exception) -> None:
+        # The reason as one line; should the log refuse its text (it takes no identifier-like strings), the
+        # kind of failure alone. The steward still hears the whole error, with its own exit code.
+        reasons = [" ".join(reason.split())[:2000], f"{type(exc).__name__} (its text is not recorded)"]
+        for text in reasons:
+            try:
+                payload = {"dataset": _label(dataset), "reasons": [text]}
+                log.append("ingest.refused", actor=actor, payload=payload)
+                return
+            except AuditError:
+                continue
+        console.print("[yellow]warning:[/] the audit log did not record this refusal", highlight=False)
+
     try:
         try:
-            result = _ingest(settings, dataset, spec, source, table, resource_type, override_k, linkage_key)
+            result = _ingest(
+                settings, dataset, spec, source, table, resource_type, override_k, linkage_key, rekey
+            )
         except (ConnectorError, PseudonymizeError) as exc:
-            log.append("ingest.refused", actor=actor, payload={"dataset": dataset, "reasons": [_reason(exc)]})
+            refused(_reason(exc), exc)
             raise
         except Exception as exc:  # noqa: BLE001 - whatever broke, the refusal is audited and nothing crashes
             reason = f"ingest failed ({type(exc).__name__}); nothing was published"
-            log.append("ingest.refused", actor=actor, payload={"dataset": dataset, "reasons": [reason]})
+            refused(reason, exc)
             fail(reason, EXIT_FAILED)
         entry = result.entry
         log.append(
@@ -134,10 +162,13 @@ def _ingest(
     resource_type: str | None,
     override_k: bool,
     linkage_key: Path | None,
+    rekey: bool,
 ) -> IngestResult:
     parsed = load_spec(spec)
     if parsed.dataset != dataset:
         raise SpecError(spec, "dataset", f"the spec is for {parsed.dataset!r}, not --dataset {dataset!r}")
+    if rekey:
+        _check_no_withdrawals(settings, dataset, spec)
     master = load_master_key(settings)
     linkage = SecretKey.from_file(linkage_key) if linkage_key is not None else None
     options = {k: v for k, v in (("table", table), ("resource_type", resource_type)) if v is not None}
@@ -154,7 +185,37 @@ def _ingest(
             override_k=override_k,
             linkage_key=linkage,
             on_rows=lambda n: progress.advance(task, n),
+            rekey=rekey,
         )
+
+
+def _check_no_withdrawals(settings: SiteSettings, dataset: str, spec: Path) -> None:
+    """Refuse a re-key while the dataset's latest version has withdrawals: they are tokens of its key, and
+    would match nothing under another."""
+    from gateway.state import GatewayState
+
+    with Store(settings.store_url) as store:
+        latest = store.latest(dataset)
+    if latest is None:
+        return
+    state = GatewayState(settings.state_url)
+    try:
+        withdrawn = len(state.withdrawn(dataset, latest.key_context))
+    finally:
+        state.close()
+    if withdrawn:
+        raise SpecError(
+            spec,
+            None,
+            f"{withdrawn} consent withdrawal(s) are recorded against {dataset}'s tokens; under another key "
+            f"they would match nothing and the withdrawn patients would be queryable again. Re-keying is "
+            f"refused",
+        )
+
+
+def _label(dataset: str) -> str:
+    """The dataset id as the audit log's label takes it (a --dataset that is no label is recorded as such)."""
+    return dataset if LABEL.check(dataset) is None else "invalid-dataset-id"
 
 
 def catalog(

@@ -73,7 +73,7 @@ def test_bad_spec_is_exit_2_and_audited_as_refused(site: Path, tmp_path: Path) -
     )
     result = ingest(site, spec=str(spec))
     assert result.exit_code == 2
-    assert "columns.nme: the source has no such column" in result.output or "columns.name" in result.output
+    assert "columns.nme: the source has no such column" in result.output or "has no rule" in result.output
     (event,) = audit_events(site)
     assert event["type"] == "ingest.refused"
 
@@ -109,3 +109,65 @@ def test_missing_log_key_refuses_the_ingest(site: Path) -> None:
     (site.parent / "keys/log.key").unlink()
     result = ingest(site)
     assert result.exit_code == 1 and "audit log cannot record this ingest" in result.output
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        "dataset: cohort\ncolumns:\n  a: keep\n\tb: keep\n",  # a tab: the parser's message spans lines
+        "dataset: cohort\ncolumns:\n  name: drop\n  name: keep\n",  # a column given twice
+    ],
+)
+def test_a_spec_the_parser_refuses_is_shown_whole_and_audited(
+    site: Path, tmp_path: Path, broken: str
+) -> None:
+    spec = tmp_path / "broken.yaml"
+    spec.write_text(broken)
+    result = ingest(site, spec=str(spec))
+    assert result.exit_code == 2, result.output
+    assert "broken.yaml" in result.output and "audit log refused" not in result.output
+    (event,) = audit_events(site)
+    assert event["type"] == "ingest.refused" and "\n" not in event["payload"]["reasons"][0]
+
+
+def test_a_reason_the_audit_log_will_not_hold_is_recorded_by_its_kind(
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reason holding what reads to the log as an opaque identifier (a long column name, line 100001):
+    # the log refuses that text, so the refusal is recorded by its kind; the steward still hears it all.
+    opaque = "the column " + "a" * 60 + " is wrong"
+    monkeypatch.setattr("gateway.cli.site._reason", lambda exc: opaque)
+    result = ingest(site, source=str(site.parent / "absent.parquet"))
+    assert result.exit_code == 2 and "absent.parquet" in result.output, result.output
+    (event,) = audit_events(site)
+    assert event["type"] == "ingest.refused"
+    assert event["payload"]["reasons"] == ["SourceNotFound (its text is not recorded)"]
+
+
+def test_another_key_needs_rekey_and_no_withdrawals(site: Path, tmp_path: Path) -> None:
+    from gateway.state import GatewayState
+
+    assert ingest(site).exit_code == 0
+    other = tmp_path / "other.yaml"
+    other.write_text(
+        (site.parents[1] / "cohort.spec.yaml").read_text().replace("DSA-2026-014", "DSA-2026-099")
+    )
+    refused = ingest(site, spec=str(other))
+    assert refused.exit_code == 2 and "re-key on purpose (--rekey)" in refused.output
+    settings = load_settings(site)
+    state = GatewayState(settings.state_url)
+    state.add_withdrawals("cohort", "DSA-2026-014", ["00000000-0000-0000-0000-000000000001"])
+    state.close()
+    blocked = ingest(site, "--rekey", spec=str(other))
+    assert blocked.exit_code == 2 and "1 consent withdrawal(s)" in blocked.output
+    assert [e["type"] for e in audit_events(site)] == ["ingest.published", "ingest.refused", "ingest.refused"]
+
+
+def test_an_audit_log_that_cannot_be_opened_is_one_line_not_a_traceback(site: Path) -> None:
+    settings = load_settings(site)
+    audit_file = Path(settings.audit_url.removeprefix("sqlite:///"))
+    audit_file.parent.mkdir(parents=True, exist_ok=True)
+    audit_file.write_bytes(b"this is not a database" * 100)
+    result = ingest(site)
+    assert result.exit_code == 1, result.output
+    assert "audit log cannot record this ingest" in result.output and "Traceback" not in result.output

@@ -73,7 +73,14 @@ def test_pseudonyms_are_stable_and_unlinkable_across_agreements(
     with Store(f"duckdb:///{tmp_path / 's.duckdb'}") as store:
         first = run(cohort_parquet, spec_path, master, store).entry
         second = run(cohort_parquet, spec_path, master, store).entry
-        third = run(cohort_parquet, other, master, store).entry
+        # Another agreement is another key: refused unless the dataset is re-keyed on purpose, since the
+        # withdrawals recorded against its tokens would match nothing in the new version.
+        with pytest.raises(IngestError, match="re-key on purpose"):
+            run(cohort_parquet, other, master, store)
+        with pytest.raises(IngestError, match="re-key on purpose"):
+            run(cohort_parquet, spec_path, SecretKey(bytes(range(32))), store)
+        assert store.latest("cohort").version == 2  # type: ignore[union-attr]
+        third = run(cohort_parquet, other, master, store, rekey=True).entry
         tokens = {
             e.version: store.duckdb.execute(f'SELECT patient_id FROM "{e.table_name}"').fetchall()
             for e in (first, second, third)

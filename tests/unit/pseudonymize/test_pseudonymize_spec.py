@@ -106,8 +106,13 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
 def test_every_source_column_needs_a_rule(tmp_path: Path) -> None:
     s = load_spec(spec(tmp_path, HEAD + "  sex: keep\n"))
     schema = pa.schema([("pid", pa.string()), ("sex", pa.string()), ("ssn", pa.string())])
-    with pytest.raises(SpecError, match=r"columns.ssn: this source column has no rule"):
+    with pytest.raises(SpecError, match=r"columns: source column 3 of 3 has no rule") as refused:
         compile_transform(s, schema, bytes(32), "s.yaml")
+    # The header is not repeated: in a file without a header line it is the first patient's values.
+    headerless = pa.schema([("pid", pa.string()), ("sex", pa.string()), ("Q7781X", pa.string())])
+    with pytest.raises(SpecError) as leaked:
+        compile_transform(s, headerless, bytes(32), "s.yaml")
+    assert "ssn" not in str(refused.value) and "Q7781X" not in str(leaked.value)
 
 
 def test_rule_for_a_column_the_source_lacks(tmp_path: Path) -> None:
