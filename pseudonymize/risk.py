@@ -60,9 +60,10 @@ def k_anonymity(
     if patient_column and not _one_row_per_patient(con, table, patient_column, n):
         # Tokens are 16-byte UUID values: the per-class sets of distinct patients hold fixed-width keys.
         size = f"count(DISTINCT {quote_ident(patient_column)})"
+    # A class is small by its patients (c); the records below k are its rows (r), as `records` are.
     row = con.execute(
-        f"SELECT count(*), min(c), coalesce(sum(c) FILTER (WHERE c < ?), 0) "
-        f"FROM (SELECT {size} AS c FROM {quote_ident(table)} GROUP BY {cols})",
+        f"SELECT count(*), min(c), coalesce(sum(r) FILTER (WHERE c < ?), 0) "
+        f"FROM (SELECT {size} AS c, count(*) AS r FROM {quote_ident(table)} GROUP BY {cols})",
         [k],
     ).fetchall()[0]
     classes, smallest, below = int(row[0]), int(row[1]), int(row[2])

@@ -75,8 +75,8 @@ def _classes_by_distinct_patients(
     cols = ", ".join(quote_ident(c) for c in spec.quasi_identifiers)
     size = f"count(DISTINCT {quote_ident(entry.patient_column)})" if entry.patient_column else "count(*)"
     row = store.duckdb.execute(
-        f"SELECT count(*), min(c), coalesce(sum(c) FILTER (WHERE c < ?), 0) "
-        f"FROM (SELECT {size} AS c FROM {quote_ident(entry.table_name)} GROUP BY {cols})",
+        f"SELECT count(*), min(c), coalesce(sum(r) FILTER (WHERE c < ?), 0) "
+        f"FROM (SELECT {size} AS c, count(*) AS r FROM {quote_ident(entry.table_name)} GROUP BY {cols})",
         [spec.k_anonymity.k],
     ).fetchall()[0]
     return tuple(int(v) for v in row)

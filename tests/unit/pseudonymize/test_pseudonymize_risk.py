@@ -29,8 +29,8 @@ def _table(patients: Sequence[str | None]) -> duckdb.DuckDBPyConnection:
 
 def _by_distinct_patients(con: duckdb.DuckDBPyConnection, k: int) -> tuple[int, int, int]:
     row = con.execute(
-        "SELECT count(*), min(c), coalesce(sum(c) FILTER (WHERE c < ?), 0) "
-        "FROM (SELECT count(DISTINCT pid) AS c FROM t GROUP BY sex, area)",
+        "SELECT count(*), min(c), coalesce(sum(r) FILTER (WHERE c < ?), 0) "
+        "FROM (SELECT count(DISTINCT pid) AS c, count(*) AS r FROM t GROUP BY sex, area)",
         [k],
     ).fetchall()[0]
     return int(row[0]), int(row[1]), int(row[2])
@@ -56,4 +56,6 @@ def test_a_repeated_patient_shrinks_the_class_below_k() -> None:
     unique = k_anonymity(_table([f"p{i}" for i in range(60)]), "t", QUASI, 10, patient_column="pid")
     repeated = k_anonymity(_table(_twice), "t", QUASI, 10, patient_column="pid")
     assert unique.passes and unique.smallest_class == 10
-    assert not repeated.passes and repeated.smallest_class == 9 and repeated.records_below_k == 9
+    assert not repeated.passes and repeated.smallest_class == 9
+    # Small by its 9 patients, the class holds 10 records: records and their share count rows alike.
+    assert repeated.records_below_k == 10 and repeated.share_below_k == 10 / 60
