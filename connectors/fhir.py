@@ -22,6 +22,7 @@ from connectors.errors import (
     WrongResourceType,
 )
 from connectors.fhir_resources import RESOURCES, FieldError, ResourceTable
+from connectors.utf8 import is_text
 
 # Only a name shaped like a FHIR resource type is repeated in an error; anything else could be data.
 _TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{1,63}")
@@ -97,6 +98,8 @@ class FhirNdjsonConnector(Connector):
             raise MalformedRecord(
                 source, f"not valid JSON ({exc.msg} at character {exc.colno})", line=line
             ) from None
+        except RecursionError:
+            raise MalformedRecord(source, "the JSON nests too deeply", line=line) from None
         if not isinstance(resource, dict):
             raise MalformedRecord(source, "the line is not a JSON object", line=line)
         found = resource.get("resourceType")
@@ -108,7 +111,21 @@ class FhirNdjsonConnector(Connector):
         resource_id = resource.get("id")
         if not isinstance(resource_id, str) or not resource_id:
             raise MalformedRecord(source, "the resource has no id", line=line, column="id")
+        if not is_text(resource_id):
+            raise EncodingError(
+                source, "the resource id is not text (a lone surrogate)", line=line, column="id"
+            )
         try:
-            return {"id": resource_id, **self._table.flatten(resource)}
+            row = {"id": resource_id, **self._table.flatten(resource)}
         except FieldError as exc:
             raise TypeParseError(source, f"expected {exc.expected}", line=line, column=exc.column) from None
+        except (OverflowError, ValueError, RecursionError) as exc:  # a date past year 9999, odd nesting
+            raise MalformedRecord(
+                source, f"a value cannot be read ({type(exc).__name__})", line=line
+            ) from None
+        for column, value in row.items():
+            if isinstance(value, str) and not is_text(value):
+                raise EncodingError(
+                    source, "a value is not text (a lone surrogate)", line=line, column=column
+                )
+        return row

@@ -61,3 +61,13 @@ class Utf8CheckedFile:
         self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.close()
+
+
+def is_text(value: str) -> bool:
+    """Whether UTF-8 can hold `value`: JSON's escapes can write a lone surrogate (`\\ud800`), which no
+    store, policy input or audit entry can carry."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -31,7 +31,7 @@ from pseudonymize.generalize import quote_ident, suppress_rare_prefixes_sql
 from pseudonymize.keys import SecretKey
 from pseudonymize.risk import RiskReport, k_anonymity
 from pseudonymize.spec import PseudonymizationSpec
-from pseudonymize.store import CatalogEntry, Store, now_utc
+from pseudonymize.store import BeforeCommit, CatalogEntry, Store, now_utc
 from pseudonymize.transform import VALUE_ERROR_MARK, HashedInput, compile_transform
 
 ProgressCallback = Callable[[int], None]
@@ -255,9 +255,12 @@ def ingest(
     linkage_key: SecretKey | None = None,
     on_rows: ProgressCallback | None = None,
     rekey: bool = False,
+    before_publish: BeforeCommit | None = None,
 ) -> IngestResult:
     """Pseudonymize a source and publish it as the dataset's next version. A dataset keeps its key: an
     ingest under another master key or agreement than its latest version is refused unless `rekey`.
+    `before_publish` hears the version as it will be published, inside the store's transaction (to record
+    it first): should it raise, nothing is published.
 
     Raises SpecError (spec vs source), ConnectorError (source), RiskThresholdError (k below threshold
     without override) or IngestError; in every case nothing is published.
@@ -376,10 +379,10 @@ def ingest(
             patient_column=patient_column,
         )
         if store.is_duckdb:
-            published = store.publish_duckdb_table(staging, entry)
+            published = store.publish_duckdb_table(staging, entry, before_publish)
         else:
             reader = con.sql(f"SELECT * FROM {quote_ident(staging)}").to_arrow_reader(100_000)
-            published = store.publish_batches(out_schema, iter(reader), entry)
+            published = store.publish_batches(out_schema, iter(reader), entry, before_publish)
         return IngestResult(published)
     finally:
         with contextlib.suppress(duckdb.Error):

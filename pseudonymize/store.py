@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +33,10 @@ _CATALOG_COLUMNS = (
     "patient_column",
 )  # fmt: skip
 _JSON_FIELDS = ("columns", "duo", "risk_report")
+
+
+BeforeCommit = Callable[["CatalogEntry"], None]
+"""Called with the version about to be published, inside its transaction (`Store.publish_duckdb_table`)."""
 
 
 @dataclass(frozen=True)
@@ -208,8 +212,12 @@ class Store:
 
     # -- publishing ----------------------------------------------------------------------------------------
 
-    def publish_duckdb_table(self, staging: str, entry: CatalogEntry) -> CatalogEntry:
-        """Publish a staging table of this DuckDB store as the dataset's next version, atomically."""
+    def publish_duckdb_table(
+        self, staging: str, entry: CatalogEntry, before_commit: BeforeCommit | None = None
+    ) -> CatalogEntry:
+        """Publish a staging table of this DuckDB store as the dataset's next version, atomically.
+        `before_commit` hears the version as it will be published, last before the commit: should it
+        raise, nothing is published."""
         con = self.duckdb
         con.execute("BEGIN TRANSACTION").fetchall()
         try:
@@ -220,6 +228,8 @@ class Store:
             self._insert_catalog_duck(final)
             view = quote_ident(dataset_view(entry.dataset))
             con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {quote_ident(table)}").fetchall()
+            if before_commit is not None:
+                before_commit(final)
             con.execute("COMMIT").fetchall()
         except BaseException:
             con.execute("ROLLBACK").fetchall()
@@ -234,18 +244,27 @@ class Store:
         ).fetchall()
 
     def publish_batches(
-        self, schema: pa.Schema, batches: Iterator[pa.RecordBatch], entry: CatalogEntry
+        self,
+        schema: pa.Schema,
+        batches: Iterator[pa.RecordBatch],
+        entry: CatalogEntry,
+        before_commit: BeforeCommit | None = None,
     ) -> CatalogEntry:
-        """Publish a stream of pseudonymized batches into a SQLAlchemy store, atomically."""
+        """Publish a stream of pseudonymized batches into a SQLAlchemy store, atomically (`before_commit`
+        as for `publish_duckdb_table`)."""
         assert self._engine is not None, "DuckDB stores publish their staging table in place"
         try:
-            return self._publish_batches(schema, batches, entry)
+            return self._publish_batches(schema, batches, entry, before_commit)
         except sa.exc.SQLAlchemyError as exc:
             # Nothing was published: the transaction rolled back. Driver messages may quote rows.
             raise StoreError(f"publishing to {self.display_url} failed ({type(exc).__name__})") from None
 
     def _publish_batches(
-        self, schema: pa.Schema, batches: Iterator[pa.RecordBatch], entry: CatalogEntry
+        self,
+        schema: pa.Schema,
+        batches: Iterator[pa.RecordBatch],
+        entry: CatalogEntry,
+        before_commit: BeforeCommit | None,
     ) -> CatalogEntry:
         assert self._engine is not None
         with self._engine.begin() as conn:
@@ -271,6 +290,8 @@ class Store:
             view = quote_ident(dataset_view(entry.dataset))
             conn.execute(sa.text(f"DROP VIEW IF EXISTS {view}"))
             conn.execute(sa.text(f"CREATE VIEW {view} AS SELECT * FROM {quote_ident(table_name)}"))
+            if before_commit is not None:
+                before_commit(final)
         return final
 
     @staticmethod

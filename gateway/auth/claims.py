@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from connectors.utf8 import is_text
 from gateway.auth.errors import (
     BadClaim,
     IssuedInFuture,
@@ -102,16 +103,6 @@ def name_claim(claims: Mapping[str, Any], path: str) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME or not is_text(value):
         raise BadClaim(path, f"a non-empty string of at most {MAX_NAME} characters")
     return value
-
-
-def is_text(value: str) -> bool:
-    """Whether `value` is text UTF-8 can hold: JSON's escapes can make a lone surrogate (`\\ud800`), which
-    no policy input, audit entry or state row can carry."""
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def country_claim(claims: Mapping[str, Any], path: str) -> str:

@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from gateway.auth.claims import MAX_NAME, MAX_TIME, check_issuer, check_times, is_text
+from connectors.utf8 import is_text
+from gateway.auth.claims import MAX_NAME, MAX_TIME, check_issuer, check_times
 from gateway.auth.errors import AuthError
 from gateway.auth.jwks import KeySource, normalize_issuer
 from gateway.auth.signature import check_algorithm, parse_token, verify_signature

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -96,19 +97,10 @@ def ingest(
                 continue
         console.print("[yellow]warning:[/] the audit log did not record this refusal", highlight=False)
 
-    try:
-        try:
-            result = _ingest(
-                settings, dataset, spec, source, table, resource_type, override_k, linkage_key, rekey
-            )
-        except (ConnectorError, PseudonymizeError) as exc:
-            refused(_reason(exc), exc)
-            raise
-        except Exception as exc:  # noqa: BLE001 - whatever broke, the refusal is audited and nothing crashes
-            reason = f"ingest failed ({type(exc).__name__}); nothing was published"
-            refused(reason, exc)
-            fail(reason, EXIT_FAILED)
-        entry = result.entry
+    recorded: list[CatalogEntry] = []
+
+    def record_published(entry: CatalogEntry) -> None:
+        # Inside the store's publishing transaction: a version the log did not take is never published.
         log.append(
             "ingest.published",
             actor=actor,
@@ -120,6 +112,23 @@ def ingest(
                 "min_k": int(entry.risk_report.get("smallest_class", 0)),
             },
         )
+        recorded.append(entry)
+
+    try:
+        try:
+            result = _ingest(
+                settings, dataset, spec, source, table, resource_type, override_k, linkage_key, rekey,
+                record_published,
+            )  # fmt: skip
+        except AuditError:
+            raise  # the publication record failed: the store rolled the version back
+        except (ConnectorError, PseudonymizeError) as exc:
+            refused(_after(recorded, _reason(exc)), exc)
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the refusal is audited and nothing crashes
+            reason = _after(recorded, f"ingest failed ({type(exc).__name__}); nothing was published")
+            refused(reason, exc)
+            fail(reason, EXIT_FAILED)
     except RiskThresholdError as exc:
         _print_risk(exc.report.to_dict())
         fail(str(exc), EXIT_RISK)
@@ -163,6 +172,7 @@ def _ingest(
     override_k: bool,
     linkage_key: Path | None,
     rekey: bool,
+    before_publish: Callable[[CatalogEntry], None],
 ) -> IngestResult:
     parsed = load_spec(spec)
     if parsed.dataset != dataset:
@@ -186,7 +196,16 @@ def _ingest(
             linkage_key=linkage,
             on_rows=lambda n: progress.advance(task, n),
             rekey=rekey,
+            before_publish=before_publish,
         )
+
+
+def _after(recorded: list[CatalogEntry], reason: str) -> str:
+    """A refusal's reason, saying so when the publication had been recorded before the store gave up."""
+    if not recorded:
+        return reason
+    entry = recorded[-1]
+    return f"{reason} (v{entry.version} was recorded as published, but the store did not publish it)"
 
 
 def _check_no_withdrawals(settings: SiteSettings, dataset: str, spec: Path) -> None:

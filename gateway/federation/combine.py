@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gateway.auth.claims import is_text
+from connectors.utf8 import is_text
 
 PoolKind = Literal["count", "crosstab", "summary", "histogram"]
 REASON_AT_SITE = "suppressed at a site"

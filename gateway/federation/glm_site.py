@@ -37,8 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, 
 
 from audit import EventType, register
 from audit.events import COUNT, DIGEST, LABEL, REASONS
+from connectors.utf8 import is_text
 from gateway.auth import Principal
-from gateway.auth.claims import is_text
 from gateway.decision import Decision, Obligations
 from gateway.decision.models import CountryCode, Purpose, QueryFacts
 from gateway.federation.glm_fit import DISCLOSURE_TITLE, INTERCEPT, Family, SiteStatistics, SiteStopped

@@ -290,3 +290,25 @@ def test_folder_without_files_of_the_type(tmp_path: Path, assert_named: NamedChe
 def test_unsupported_resource_type(tmp_path: Path) -> None:
     with pytest.raises(InvalidOption):
         FhirNdjsonConnector(tmp_path, "MedicationRequest")
+
+
+@pytest.mark.parametrize(
+    ("line", "error", "why"),
+    [
+        # A time at the edge of the calendar, whose offset takes it past year 9999.
+        (b'{"resourceType": "Patient", "id": "p", "deceasedDateTime": "9999-12-31T23:30:00-01:00"}\n',
+         MalformedRecord, "cannot be read"),
+        (b'{"resourceType": "Patient", "id": "p", "extension": ' + b"[" * 5000 + b"]" * 5000 + b"}\n",
+         MalformedRecord, "nests too deeply"),
+        (b'{"resourceType": "Patient", "id": "p", "name": [{"family": "Smith\\ud800son"}]}\n',
+         EncodingError, "lone surrogate"),
+        (b'{"resourceType": "Patient", "id": "p\\udfff"}\n', EncodingError, "lone surrogate"),
+    ],
+)  # fmt: skip
+def test_values_no_column_can_hold_name_their_line(
+    tmp_path: Path, line: bytes, error: type[Exception], why: str
+) -> None:
+    path = write(tmp_path / "Patient.ndjson", patient(1), line)
+    with pytest.raises(error) as caught:
+        list(FhirNdjsonConnector(path, "Patient").batches())
+    assert getattr(caught.value, "line", None) == 2 and why in str(caught.value)

@@ -171,3 +171,27 @@ def test_an_audit_log_that_cannot_be_opened_is_one_line_not_a_traceback(site: Pa
     result = ingest(site)
     assert result.exit_code == 1, result.output
     assert "audit log cannot record this ingest" in result.output and "Traceback" not in result.output
+
+
+def test_a_version_the_audit_log_does_not_record_is_not_published(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audit.errors import StorageError
+
+    original = AuditLog.append
+
+    def append(self: AuditLog, event_type: str, *args: object, **kwargs: object) -> object:
+        if event_type == "ingest.published":
+            raise StorageError("the disk is full")
+        return original(self, event_type, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AuditLog, "append", append)
+    result = ingest(site)
+    assert result.exit_code == 1 and "the audit log refused the ingest record" in result.output
+    listing = invoke("catalog", "--config", str(site), "--json")
+    assert json.loads(listing.output) == []  # the version was rolled back with its record
+    monkeypatch.undo()
+    assert ingest(site).exit_code == 0  # and the next ingest publishes v1
+    assert [(e["type"], e["payload"]["dataset"]) for e in audit_events(site)] == [
+        ("ingest.published", "cohort/v1")
+    ]
