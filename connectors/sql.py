@@ -144,7 +144,20 @@ class SqlConnector(Connector):
         # stream_results asks for a server-side cursor (PostgreSQL); yield_per bounds what each fetch holds.
         result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(query)
         delivered = 0
-        for rows in result.partitions(batch_rows):
+        partitions = result.partitions(batch_rows)
+        while True:
+            try:
+                rows = next(partitions)
+            except StopIteration:
+                return
+            except (TypeError, ValueError, OverflowError) as exc:
+                # The driver's conversion to its declared type (a DATE column holding no date) failed; its
+                # message quotes the value, so only where it is is said.
+                raise TypeParseError(
+                    self.source,
+                    f"a value does not read as its column's declared type ({type(exc).__name__}) in rows "
+                    f"{delivered + 1} to {delivered + batch_rows}",
+                ) from None
             columns = list(zip(*rows, strict=True))
             arrays = [
                 self._array(values, m, delivered) for values, m in zip(columns, self._mappings, strict=True)

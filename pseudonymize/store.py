@@ -22,6 +22,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import sqlalchemy as sa
+from psycopg import Error as DriverError  # what COPY raises itself, outside SQLAlchemy
 
 from pseudonymize.errors import StoreError
 from pseudonymize.generalize import quote_ident
@@ -255,6 +256,12 @@ class Store:
         assert self._engine is not None, "DuckDB stores publish their staging table in place"
         try:
             return self._publish_batches(schema, batches, entry, before_commit)
+        except DriverError as exc:
+            # Raised by the driver itself during COPY (a NUL byte PostgreSQL text cannot hold, say).
+            raise StoreError(
+                f"publishing to {self.display_url} failed: the database refused a value "
+                f"({type(exc).__name__}); nothing was published"
+            ) from None
         except sa.exc.SQLAlchemyError as exc:
             # Nothing was published: the transaction rolled back. Driver messages may quote rows.
             raise StoreError(f"publishing to {self.display_url} failed ({type(exc).__name__})") from None

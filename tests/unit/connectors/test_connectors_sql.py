@@ -123,6 +123,24 @@ def test_value_that_does_not_convert(tmp_path: Path, assert_named: NamedCheck) -
     assert "int64" in str(caught.value)
 
 
+def test_a_value_the_driver_cannot_read_as_its_declared_type(
+    tmp_path: Path, assert_named: NamedCheck
+) -> None:
+    # SQLite stores any text in a DATE column; reading it as a date fails in the driver, whose message
+    # quotes the value.
+    url = f"sqlite:///{tmp_path / 'site.db'}"
+    execute(
+        url,
+        "create table visits (id integer primary key, seen date)",
+        "insert into visits values (1, '2024-01-02'), (2, '2024-01-03'), (3, 'MRN-SECRET-4711')",
+    )
+    connector = SqlConnector(url, "visits")
+    with pytest.raises(TypeParseError) as caught:
+        list(connector.batches(2))
+    assert_named(caught.value, source=connector.source, secret=SECRET)
+    assert "rows 3 to 4" in str(caught.value)
+
+
 def test_table_that_does_not_exist(sqlite_url: str, assert_named: NamedCheck) -> None:
     connector = SqlConnector(sqlite_url, "patient")
     with pytest.raises(SourceNotFound) as caught:

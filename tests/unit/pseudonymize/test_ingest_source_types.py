@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from connectors import CsvConnector, ParquetConnector
-from pseudonymize.errors import SpecError
+from pseudonymize.errors import SpecError, StoreError
 from pseudonymize.ingest import IngestResult, ingest, pseudonym_key
 from pseudonymize.keys import SecretKey
 from pseudonymize.pseudonym import pseudonym
@@ -80,3 +80,18 @@ def test_a_date_shift_does_not_depend_on_the_stores_time_zone(tmp_path: Path) ->
             entry = _ingest(ParquetConnector(source), spec_path, store).entry
             shifted.append(store.duckdb.execute(f'SELECT onset FROM "{entry.table_name}"').fetchall())
     assert shifted[0] == shifted[1]
+
+
+@pytest.mark.postgres
+def test_a_value_postgresql_cannot_store_is_a_store_error_naming_no_value(
+    tmp_path: Path, pg_url: str
+) -> None:
+    source = tmp_path / "visits.parquet"
+    note = "seen by MRN-SECRET-4711\x00"  # PostgreSQL text holds no NUL byte
+    pq.write_table(pa.table({"mrn": ["A1", "B2"], "postcode": ["01067"] * 2, "note": ["ok", note]}), source)
+    spec_path = _spec(tmp_path, "  note: keep\n")
+    with Store(pg_url) as store, pytest.raises(StoreError) as refused:
+        _ingest(ParquetConnector(source), spec_path, store)
+    assert "refused a value" in str(refused.value) and "MRN-SECRET" not in str(refused.value)
+    with Store(pg_url) as store:
+        assert store.catalog("visits") == []
