@@ -284,9 +284,7 @@ def ingest(
     for name in spec.text_columns:
         kind = schema.field(name).type if name in schema.names else None
         if kind is not None and not _identifier_type(kind):
-            raise SpecError(
-                spec_path, f"columns.{name}", f"an identifier is text or a whole number, not {kind}"
-            )
+            raise SpecError(spec_path, f"columns.{name}", f"an identifier is a single value, not a {kind}")
     compiled = compile_transform(spec, schema, key, spec_path)
     staging = f"staging_{spec.dataset}_{uuid.uuid4().hex[:12]}"
 
@@ -395,8 +393,8 @@ def ingest(
 
 
 def _identifier_type(kind: pa.DataType) -> bool:
-    """Whether a column of this type can hold identifiers the pseudonym function reads (a list would be
-    hashed as its printed form)."""
+    """Whether a column of this type holds single values the pseudonym function reads: not a list, a
+    struct or a map, which would be hashed as their printed form."""
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
-    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind))
+    return not pa.types.is_nested(kind)

@@ -7,8 +7,9 @@ do not:
   differently, so one entry could read as a release to one tool and a refusal to another), no other
   spelling of a key or value, no whitespace;
 - each `query.released` follows, under its request id, a `query.decided` of the same query hash that
-  allowed it, or that sent it to a steward and an `approval.decided` that approved that query hash; no
-  request is released twice, and none is released after it was refused;
+  allowed it, or that sent it to a steward and an `approval.decided` that approved that query hash, with
+  no release or refusal between: every release has a decision of its own (an approved answer collected
+  again is decided again);
 - each `glm.session_opened` follows an allowing decision in the same way, and each `glm.iteration` (the
   sums a GLM site releases) belongs to a query hash whose session was opened.
 
@@ -42,10 +43,9 @@ class ReleaseSummary:
 
 @dataclass
 class _Requests:
-    decided: dict[str, tuple[str, str]] = field(default_factory=dict)  # request id -> (query hash, decision)
+    # request id -> (query hash, decision) of its latest decision not yet followed by a release or refusal
+    open: dict[str, tuple[str, str]] = field(default_factory=dict)
     approved: dict[str, str] = field(default_factory=dict)  # request id -> the query hash a steward approved
-    refused: set[str] = field(default_factory=set)
-    released: set[str] = field(default_factory=set)
     glm_opened: set[str] = field(default_factory=set)  # query hashes of opened sessions
 
 
@@ -136,22 +136,17 @@ def _release_rule(entry: dict[str, Any], index: int, state: _Requests) -> str:
     request = entry.get("request_id")
     query_hash = payload.get("query_hash")
     if kind == "query.decided" and isinstance(request, str):
-        state.decided[request] = (str(query_hash), str(payload.get("decision")))
+        state.open[request] = (str(query_hash), str(payload.get("decision")))
     elif kind == "approval.decided" and isinstance(request, str) and payload.get("decision") == "approved":
         state.approved[request] = str(query_hash)
     elif kind == "query.refused" and isinstance(request, str):
-        state.refused.add(request)
-    elif kind == "query.released":
+        state.open.pop(request, None)  # a refusal ends the decision it followed
+    elif kind in ("query.released", "glm.session_opened"):
+        # Each release needs a decision of its own: an approved answer collected again is decided again
+        # (gateway.pipeline.QueryPipeline.collect), so no earlier decision can cover a later release.
         _allowed(kind, request, query_hash, index, state)
-        assert isinstance(request, str)
-        if request in state.released:
-            raise _not_allowed(index, f"request {request} is released a second time")
-        if request in state.refused:
-            raise _not_allowed(index, f"request {request} is released after it was refused")
-        state.released.add(request)
-    elif kind == "glm.session_opened":
-        _allowed(kind, request, query_hash, index, state)
-        state.glm_opened.add(str(query_hash))
+        if kind == "glm.session_opened":
+            state.glm_opened.add(str(query_hash))
     elif kind == "glm.iteration" and query_hash not in state.glm_opened:
         raise _not_allowed(index, "a GLM iteration ran for a query hash no session was opened for")
     return kind
@@ -161,9 +156,13 @@ def _allowed(kind: str, request: Any, query_hash: Any, index: int, state: _Reque
     """Raise unless `request` was decided allow for `query_hash`, or sent to a steward who approved it."""
     if not isinstance(request, str) or not isinstance(query_hash, str):
         raise _not_allowed(index, f"a {kind} entry without its request id or query hash")
-    decided = state.decided.get(request)
+    decided = state.open.pop(request, None)
     if decided is None:
-        raise _not_allowed(index, f"request {request} has a {kind} entry but no query.decided before it")
+        raise _not_allowed(
+            index,
+            f"request {request} has a {kind} entry but no query.decided before it that no release or refusal "
+            f"has followed",
+        )
     decided_hash, decision = decided
     if decided_hash != query_hash:
         raise _not_allowed(index, f"request {request} was decided for another query hash than it released")

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from audit.errors import AuditError
-from audit.events import LABEL
+from audit.events import LABEL, TEXT
 from connectors import ConnectorError, open_source
 from gateway.cli.output import EXIT_FAILED, EXIT_RISK, console, fail
 from gateway.keyring import create_master_key, load_master_key
@@ -87,7 +87,9 @@ def ingest(
     def refused(reason: str, exc: Exception) -> None:
         # The reason as one line; should the log refuse its text (it takes no identifier-like strings), the
         # kind of failure alone. The steward still hears the whole error, with its own exit code.
-        reasons = [" ".join(reason.split())[:2000], f"{type(exc).__name__} (its text is not recorded)"]
+        line = " ".join(reason.split())
+        line = line if len(line) <= TEXT.max_len else line[: TEXT.max_len - 1] + "…"
+        reasons = [line, f"{type(exc).__name__} (its text is not recorded)"]
         for text in reasons:
             try:
                 payload = {"dataset": _label(dataset), "reasons": [text]}

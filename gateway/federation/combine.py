@@ -23,7 +23,6 @@ REASON_POOLED_MIN = "below the federation's min_cell_count"
 # Bounds of what a site may send: counts JSON carries exactly, sums whose pooling cannot overflow a float.
 _MAX_EXACT = 2**53
 _MAX_MAGNITUDE = 1e300
-_MAX_TEXT = 256
 
 _VALUE_COLS: dict[str, tuple[str, ...]] = {
     "count": ("count",),
@@ -94,15 +93,14 @@ class SiteTable:
 
 def is_label(value: Any) -> bool:
     """Whether a value of a site's row is one a pooled answer can carry and its result hash (RFC 8785) can
-    hold: None, a flag, text of at most 256 characters that UTF-8 can hold, an integer within 2**53 - 1,
-    or a finite number."""
+    hold: None, a flag, text UTF-8 can hold, an integer within 2**53 - 1, or a finite number."""
     if value is None or isinstance(value, bool):
         return True
     if isinstance(value, str):
-        return len(value) <= _MAX_TEXT and is_text(value)
+        return is_text(value)
     if isinstance(value, int):
         return abs(value) <= _MAX_EXACT - 1
-    return isinstance(value, float) and math.isfinite(value) and abs(value) <= _MAX_MAGNITUDE
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def _finite(value: Any) -> bool:

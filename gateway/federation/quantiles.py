@@ -64,13 +64,17 @@ class SiteQuantiles:
                 raise InvalidSiteAnswer(site, "n is not a non-negative integer")
             for name in names:
                 v = row[name]
+                # Within what the round-2 edges can span without overflowing a float (1.7e308 - -1.7e308).
                 if v is not None and (
-                    isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+                    isinstance(v, bool) or not isinstance(v, int | float) or not abs(v) <= _MAX_QUANTILE
                 ):
-                    raise InvalidSiteAnswer(site, f"{name} is not a finite number")
+                    raise InvalidSiteAnswer(site, f"{name} is not a finite number within 1e300")
             n[key] = size
             values[key] = {name: (float(row[name]) if row[name] is not None else None) for name in names}
         return cls(site, n, values, round_to)
+
+
+_MAX_QUANTILE = 1e300
 
 
 def plan_edges(sites: Sequence[SiteQuantiles], low_name: str, high_name: str) -> list[float]:
@@ -80,9 +84,11 @@ def plan_edges(sites: Sequence[SiteQuantiles], low_name: str, high_name: str) ->
     if not lows or not highs:
         return []
     low, high = min(lows), max(highs)
-    # A span so narrow that the bins' edges would not increase (every value equal, or far beyond 2**53,
-    # where 1.0 is below a float's step) is widened to one that parts them.
-    high = max(high, low + max(1.0, abs(low) * 1e-9))
+    if not high > low:
+        high = low + max(1.0, abs(low) * 1e-9)
+    elif (high - low) / BINS <= 4 * math.ulp(max(abs(low), abs(high))):
+        # A span so narrow for its magnitude that the bins' edges would not increase: parted just enough.
+        high = low + max(abs(low), abs(high)) * 1e-9
     start = low - PAD * (high - low)
     width = (high - low) * (1 + 2 * PAD) / BINS
     return [start + i * width for i in range(BINS + 1)]

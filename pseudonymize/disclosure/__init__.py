@@ -31,12 +31,14 @@ from pseudonymize.disclosure.rules import (
     DisclosureRules,
     ThresholdObligations,
 )
+from pseudonymize.disclosure.suppression import MAX_SUPPRESSED_ENTRIES
 
 __all__ = [
     "DEFAULT_KEEP_ZERO_CELLS",
     "DEFAULT_MIN_CELL_COUNT",
     "DEFAULT_ROUND_TO",
     "MAX_GRID_CELLS",
+    "MAX_SUPPRESSED_ENTRIES",
     "REASON_BELOW_MIN",
     "REASON_COMPLEMENTARY",
     "ComplementTooSmall",

@@ -79,14 +79,18 @@ class WideTableWithHiddenCell(DisclosureError):
 
 
 class TableTooLarge(DisclosureError):
-    """More cells (group levels times bins) than disclosure control protects in bounded time."""
+    """A table too large to lay out, or, with a cell to hide, to protect in bounded time."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, to_hide: bool = True) -> None:
         self.limit = limit
+        why = (
+            "and a cell to hide, more than disclosure control protects in bounded time"
+            if to_hide
+            else "more than disclosure control lays out"
+        )
         super().__init__(
-            f"the table would have more than {limit:,} cells (the levels of its group columns times its "
-            f"bins), more than disclosure control protects in bounded time; group by fewer columns or "
-            f"coarser levels, or ask for fewer bins"
+            f"the table has more than {limit:,} entries (the levels of its group columns times its bins, "
+            f"with their margins) {why}; group by fewer columns or coarser levels, or ask for fewer bins"
         )
 
 

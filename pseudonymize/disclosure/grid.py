@@ -13,10 +13,9 @@ import pandas as pd
 
 from pseudonymize.disclosure.errors import InvalidAggregate, TableTooLarge
 
-MAX_GRID_CELLS = 2_000
-"""The most cells (the levels of the group columns times the bins) a table may have. Complementary
-suppression's time grows faster than the cells: on a table of small counts, alone on one core, about 0.5 s
-at 1,000 cells, 2 s at 2,000, 13 s at 5,000 and 54 s at 10,000, and a query holds a pool thread that long."""
+MAX_GRID_CELLS = 100_000
+"""The most cells (the levels of the group columns times the bins) a table may have at all: the grid is
+laid out whole in memory, and four group columns of a few hundred values each would make billions."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +155,7 @@ def _cells(
             raise InvalidAggregate(f"group column {col!r} holds values that cannot label a group") from exc
         cells *= len(lv)
         if cells > MAX_GRID_CELLS:
-            raise TableTooLarge(MAX_GRID_CELLS)
+            raise TableTooLarge(MAX_GRID_CELLS, to_hide=False)
         levels.append(lv)
     if group_cols:
         if len(set(flat)) != len(flat):

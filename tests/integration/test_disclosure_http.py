@@ -209,7 +209,7 @@ def test_a_table_too_large_to_protect_in_bounded_time_is_refused_at_once(
     refused = ask(http, idp, body, "dos-atk")
     assert time.monotonic() - started < 10
     assert refused.status_code == 403, refused.text
-    assert "more than 2,000 cells" in refused.json()["detail"]
+    assert "more than 2,000 entries" in refused.json()["detail"]
 
 
 def test_narrowing_a_filter_onto_one_patient_never_releases_a_small_count(

@@ -403,6 +403,13 @@ def test_session_audit_log_verifies_and_holds_no_identifier_or_token(
             tokens.append(header["Authorization"].split()[1])
             http.post("/v1/queries", json=body, headers=header)
         http.post("/v1/queries", json=spec("count"), headers={"Authorization": "Bearer forged.token.value"})
+        # An approved answer collected, refused once (its researcher moved), then collected again: each
+        # release has a decision of its own, which the auditor's release check below requires.
+        request_id = approved_summary(http, idp, "collector")
+        moved = bearer(idp, "researcher", sub="collector", org="org-elsewhere", country="FR")
+        for header, status in ((bearer(idp, "researcher", sub="collector"), 200), (moved, 403),
+                               (bearer(idp, "researcher", sub="collector"), 200)):  # fmt: skip
+            assert http.get(f"/v1/queries/{request_id}", headers=header).status_code == status
         export = http.get("/v1/audit/export", headers=bearer(idp, "auditor"))
     assert export.status_code == 200
     verify_exported_log(export.content, tmp_site.settings, tmp_path)

@@ -68,6 +68,19 @@ ALLOWED = [
     [decided("r1", H1, "needs_approval"), approval("r1", H1, "approved"), released("r1", H1)],
     [decided("r1", H1, "allow"), opened("r1", H1), iteration("r2", H1), iteration("r3", H1)],
     [decided("r1", H1, "deny"), refused("r1"), decided("r2", H2, "allow"), released("r2", H2)],
+    # An approved answer collected twice: each collect is decided again before it is released again, and a
+    # collect refused (a withdrawal since) does not keep a later one from being released.
+    [
+        decided("r1", H1, "needs_approval"),
+        approval("r1", H1, "approved"),
+        released("r1", H1),
+        decided("r1", H1, "needs_approval"),
+        released("r1", H1),
+        decided("r1", H1, "needs_approval"),
+        refused("r1"),
+        decided("r1", H1, "needs_approval"),
+        released("r1", H1),
+    ],
 ]
 NOT_ALLOWED = [
     ([released("r1", H1)], "no query.decided before it"),
@@ -76,8 +89,8 @@ NOT_ALLOWED = [
     ([decided("r1", H1, "needs_approval"), released("r1", H1)], "no steward approved it"),
     ([decided("r1", H1, "needs_approval"), approval("r1", H1, "rejected"), released("r1", H1)], "no steward"),
     ([decided("r1", H1, "needs_approval"), approval("r1", H2, "approved"), released("r1", H1)], "no steward"),
-    ([decided("r1", H1, "allow"), released("r1", H1), released("r1", H1)], "a second time"),
-    ([decided("r1", H1, "allow"), refused("r1"), released("r1", H1)], "after it was refused"),
+    ([decided("r1", H1, "allow"), released("r1", H1), released("r1", H1)], "no release or refusal"),
+    ([decided("r1", H1, "allow"), refused("r1"), released("r1", H1)], "no release or refusal"),
     ([decided("r2", H1, "allow"), released("r1", H1)], "no query.decided before it"),
     ([decided("r1", H1, "deny"), opened("r1", H1)], "decided 'deny'"),
     ([decided("r1", H1, "allow"), opened("r1", H1), iteration("r2", H2)], "no session was opened"),

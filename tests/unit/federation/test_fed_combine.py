@@ -211,7 +211,17 @@ def test_values_no_pooling_can_sum_are_invalid_not_errors() -> None:
     with pytest.raises(InvalidSiteAnswer, match="not a single text, number or flag"):
         SiteTable.from_body("S", listed, "summary", ["sex"])
     # Values the pooled answer's hash (RFC 8785) cannot hold, in a group, a margin or a column of its own.
-    for odd in ({"sex": 2**53}, {"sex": float("inf")}, {"sex": "\ud800"}, {"margin": [1]}, {"extra": 1e301}):
+    long_label = {"sex": "F" * 310, "n": 20, "sum": 1.0, "sum_sq": 1.0, "suppressed": False}
+    assert SiteTable.from_body("S", {**summary, "rows": [long_label]}, "summary", ["sex"]).rows == [
+        long_label
+    ]
+    for odd in (
+        {"sex": 2**53},
+        {"sex": float("inf")},
+        {"sex": "\ud800"},
+        {"margin": [1]},
+        {"extra": [1e301]},
+    ):
         row = {"sex": "F", "n": 20, "sum": 1.0, "sum_sq": 1.0, "suppressed": False, **odd}
         with pytest.raises(InvalidSiteAnswer, match="not a single text, number or flag"):
             SiteTable.from_body("S", {**summary, "rows": [row]}, "summary", ["sex"])

@@ -136,3 +136,22 @@ def test_malformed_round_one_answers_are_refused(body: Any) -> None:
 
     with pytest.raises(InvalidSiteAnswer):
         SiteQuantiles.from_body("S", body, [], NAMES)
+
+
+def test_edges_span_the_sites_values_at_any_scale() -> None:
+    import itertools
+
+    from gateway.federation.quantiles import BINS, SiteQuantiles, plan_edges
+
+    def site(low: float, high: float) -> SiteQuantiles:
+        return SiteQuantiles("S", {(): 100}, {(): {"q0.05": low, "q0.95": high}}, 1)
+
+    # Values below 1 fill the bins as any others; equal values, or a span below a float's resolution at
+    # their magnitude, get edges that still increase.
+    for low, high, filled in ((0.012, 0.049, True), (-5e-9, 5e-9, True), (3.0, 3.0, False),
+                              (1e15, 1e15 + 2, False)):  # fmt: skip
+        edges = plan_edges([site(low, high)], "q0.05", "q0.95")
+        assert len(edges) == BINS + 1 and all(a < b for a, b in itertools.pairwise(edges))
+        assert edges[0] <= low and edges[-1] >= high
+        inside = sum(1 for a, b in itertools.pairwise(edges) if b > low and a < high)
+        assert inside >= BINS // 2 if filled else inside >= 1, (low, high, inside)

@@ -195,3 +195,14 @@ def test_a_version_the_audit_log_does_not_record_is_not_published(
     assert [(e["type"], e["payload"]["dataset"]) for e in audit_events(site)] == [
         ("ingest.published", "cohort/v1")
     ]
+
+
+def test_a_long_reason_is_recorded_cut_to_what_the_log_takes(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    long_reason = "the spec says " + "one thing and then another " * 30
+    monkeypatch.setattr("gateway.cli.site._reason", lambda exc: long_reason)
+    assert ingest(site, source=str(site.parent / "absent.parquet")).exit_code == 2
+    (event,) = audit_events(site)
+    (recorded,) = event["payload"]["reasons"]
+    assert len(recorded) == 500 and recorded.endswith("…") and long_reason.startswith(recorded[:-1])

@@ -389,20 +389,27 @@ def test_attack_margins_not_printed_are_still_assumed_known() -> None:
     assert sum(r["suppressed"] for r in table.to_records()) == 4  # a 2x2 with one small cell hides all four
 
 
-def test_a_table_of_more_cells_than_protected_in_bounded_time_is_refused() -> None:
-    from pseudonymize.disclosure import MAX_GRID_CELLS, TableTooLarge, protect_histogram
-
-    # The grid is every combination of observed levels: 40 values x 50 bins, though only 40 rows exist.
-    rows = [(v, v % 50, 1) for v in range(40)]
-    bins = {"bin": list(range(51))}
-    with pytest.raises(TableTooLarge) as refused:
-        protect_histogram(
-            pd.DataFrame(rows, columns=["bmi", "bin", "count"]), ["bmi", "bin"], RULES, levels=bins
-        )
-    assert f"more than {MAX_GRID_CELLS:,} cells" in refused.value.reason
-    # Up to the limit, the table is protected as before.
-    fits = [(v, v % 50, 1) for v in range(MAX_GRID_CELLS // 51)]
-    table = protect_histogram(
-        pd.DataFrame(fits, columns=["bmi", "bin", "count"]), ["bmi", "bin"], RULES, levels=bins
+def test_a_large_table_is_refused_only_when_a_cell_must_be_hidden() -> None:
+    from pseudonymize.disclosure import (
+        MAX_GRID_CELLS,
+        MAX_SUPPRESSED_ENTRIES,
+        TableTooLarge,
+        protect_histogram,
     )
-    assert all(r["suppressed"] for r in table.to_records() if r.get("margin") is None)
+
+    bins = {"bin": list(range(51))}
+    # 60 groups x 51 bins: more entries than suppression handles in bounded time, one cell below 10.
+    rows = [(g, b, 3 if (g, b) == (0, 0) else 12) for g in range(60) for b in range(51)]
+    frame = pd.DataFrame(rows, columns=["bmi", "bin", "count"])
+    with pytest.raises(TableTooLarge) as refused:
+        protect_histogram(frame, ["bmi", "bin"], RULES, levels=bins)
+    assert f"more than {MAX_SUPPRESSED_ENTRIES:,} entries" in refused.value.reason
+    # The same table with nothing to hide is released whole, at once.
+    frame.loc[0, "count"] = 12
+    table = protect_histogram(frame, ["bmi", "bin"], RULES, levels=bins)
+    assert not any(r["suppressed"] for r in table.to_records())
+    # A grid too large to lay out is refused before any is: observed levels multiply.
+    huge = pd.DataFrame([(v, v, v % 51, 12) for v in range(2_000)], columns=["a", "b", "bin", "count"])
+    with pytest.raises(TableTooLarge) as too_many:
+        protect_histogram(huge, ["a", "b", "bin"], RULES, levels=bins)
+    assert f"more than {MAX_GRID_CELLS:,} entries" in too_many.value.reason

@@ -63,7 +63,7 @@ def test_an_identifier_column_of_another_kind_is_refused(tmp_path: Path) -> None
         ingest(
             ParquetConnector(source), load_spec(spec_path), str(spec_path), MASTER, store, jurisdiction="DE"
         )
-    assert refused.value.field == "columns.mrn" and "text or a whole number" in str(refused.value)
+    assert refused.value.field == "columns.mrn" and "a single value" in str(refused.value)
 
 
 def test_a_date_shift_does_not_depend_on_the_stores_time_zone(tmp_path: Path) -> None:
@@ -95,3 +95,16 @@ def test_a_value_postgresql_cannot_store_is_a_store_error_naming_no_value(
     assert "refused a value" in str(refused.value) and "MRN-SECRET" not in str(refused.value)
     with Store(pg_url) as store:
         assert store.catalog("visits") == []
+
+
+def test_whole_number_identifiers_of_any_numeric_type_are_pseudonymized(tmp_path: Path) -> None:
+    from decimal import Decimal
+
+    source = tmp_path / "visits.parquet"
+    mrns = pa.array([Decimal(1001), Decimal(1002), Decimal(1001)], pa.decimal128(10, 0))  # NUMERIC(10,0)
+    pq.write_table(pa.table({"mrn": mrns, "postcode": ["01067"] * 3}), source)
+    spec_path = _spec(tmp_path)
+    with Store(f"duckdb:///{tmp_path / 's.duckdb'}") as store:
+        entry = _ingest(ParquetConnector(source), spec_path, store).entry
+        tokens = store.duckdb.execute(f'SELECT mrn FROM "{entry.table_name}"').fetchall()
+    assert entry.row_count == 3 and tokens[0] == tokens[2] != tokens[1]
