@@ -48,15 +48,28 @@ from gateway.query.execute import execute_together, together_key
 from gateway.refusal import Refusal
 from gateway.release import protect
 from gateway.runtime import SiteRuntime, recordable_name
-from gateway.state import StoredRequest, new_request
+from gateway.state import StoredRequest, new_request, utc_now_text
 from pseudonymize.disclosure import DisclosureError
 from pseudonymize.store import CatalogEntry
 
 
 def owner(principal: Principal) -> str:
     """Whose request it is: the subject as its issuer names it (two issuers may reuse a `sub`), spelled
-    as the audit log names it (`recordable_name`): what the state stores is text, and never a credential."""
-    return f"{principal.issuer}\n{recordable_name(principal.sub)}"
+    as the audit log names it (`recordable_name`): what the state stores is text, and never a credential.
+    Longer than the state's 256 characters (a long issuer URL and subject), it is their digest."""
+    return _owner(principal.issuer, principal.sub)
+
+
+@functools.lru_cache(maxsize=4096)
+def _owner(issuer: str, sub: str) -> str:
+    text = f"{issuer}\n{recordable_name(sub)}"
+    if len(text) <= OWNER_CHARS:
+        return text
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+OWNER_CHARS: Final = 256
+"""The state's owner columns (gateway.state: subject, decided_by) are this long."""
 
 
 @functools.lru_cache(maxsize=1024)
@@ -166,8 +179,8 @@ class QueryPipeline:
             decision = await self._decide(principal, spec, entry, request_id, query_hash, trail=trail)
             if decision.decision == "needs_approval":
                 stored = new_request(
-                    request_id, _principal_json(principal), spec.model_dump(mode="json"), query_hash,
-                    list(decision.reasons),
+                    request_id, owner(principal), _principal_json(principal), spec.model_dump(mode="json"),
+                    query_hash, list(decision.reasons),
                 )  # fmt: skip
                 await asyncio.to_thread(self.rt.state.save_request, stored)
                 await self._outcome(principal, spec, request_id, "pending_approval")
@@ -283,7 +296,11 @@ class QueryPipeline:
             decision = await self._decide(
                 researcher, spec, entry, request_id, query_hash, approved=True, trail=trail
             )
+            # Withdrawals from this moment on are not in the answer (the run reads them after it): a later
+            # collect refuses an answer any of them would change (`_still_current`).
+            computed_at = utc_now_text()
             body = await self._release(researcher, spec, entry, decision, request_id, query_hash, trail)
+            body = {**body, "computed_at": computed_at}
         except Exception as exc:  # noqa: BLE001 - any failure must end as an audited refusal, never an answer
             refusal = exc if isinstance(exc, Refusal) else _internal_failure(exc)
             refusal.request_id = request_id
@@ -345,10 +362,12 @@ class QueryPipeline:
             changed.append("the site's policy changed after this answer was approved")
         if entry.version != stored.result.get("dataset_version"):
             changed.append(f"dataset {entry.dataset} has a new version since this answer was computed")
+        # Withdrawals recorded before the answer was computed are in it already; those since are not.
+        since = stored.result.get("computed_at") or stored.created_at
         if entry.patient_column is not None and await asyncio.to_thread(
-            self.rt.state.withdrawn_since, entry.dataset, entry.key_context, stored.created_at
+            self.rt.state.withdrawn_since, entry.dataset, entry.key_context, since
         ):
-            changed.append("patients of the dataset withdrew consent since the query was submitted")
+            changed.append("patients of the dataset withdrew consent since this answer was computed")
         if changed:
             raise Refusal(
                 "forbidden", "Answer out of date", [*changed, "submit the query again"], stage="decide"

@@ -80,12 +80,16 @@ def replace_data(
             _write(target, text)
             bundle = point.reload()
         except BaseException:
-            # Back to the last good state, and the log told so: it holds the change announced above.
+            # Back to the last good state, and the log told so: it holds the change announced above. The
+            # way back is recorded whatever happens to the reload (an OPA server that is down).
             _write(target, previous)
-            point.reload()
-            if audit is not None:
-                audit(trial.digest, before)
+            try:
+                point.reload()
+            finally:
+                if audit is not None:
+                    audit(trial.digest, before)
             raise
+        point.changed()  # the site's other workers load the new bundle before their next decision
         return before, bundle
 
 

@@ -103,8 +103,12 @@ withdrawals = sa.Table(
 )
 
 
-def _now() -> str:
+def utc_now_text() -> str:
+    """Now, to the second, as the state's rows record times (and compare them, as text)."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_now = utc_now_text
 
 
 @dataclass(frozen=True)
@@ -558,17 +562,19 @@ class GatewayState:
 
 def new_request(
     request_id: str,
+    subject: str,
     principal: dict[str, Any],
     spec: dict[str, Any],
     query_hash: str,
     reasons: list[str],
 ) -> StoredRequest:
-    """A request entering the approval queue."""
+    """A request entering the approval queue; `subject` is whose it is (gateway.pipeline.owner), as every
+    later look-up and the steward's self-approval check spell it."""
     now = _now()
     return StoredRequest(
         request_id=request_id,
         status="pending_approval",
-        subject=f"{principal['issuer']}\n{principal['sub']}",
+        subject=subject,
         agreement=str(spec["agreement"]),
         dataset=str(spec["dataset"]),
         kind=str(spec["kind"]),

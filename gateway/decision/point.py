@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
+from pathlib import Path
 
 from gateway.decision.bundle import PolicyBundle, load_bundle
 from gateway.decision.decide import decide
@@ -20,6 +23,8 @@ class PolicyDecisionPoint:
     def __init__(self, settings: SiteSettings, engine: PolicyEngine | None = None) -> None:
         self._settings = settings
         self._lock = threading.Lock()
+        self._marker = generation_marker(settings.policy_dir)
+        self._seen = _stamp(self._marker)
         self._bundle = load_bundle(settings.policy_dir, settings.jurisdiction)
         self._engine = engine if engine is not None else make_engine(settings, self._bundle)
 
@@ -32,7 +37,15 @@ class PolicyDecisionPoint:
         return self._engine
 
     def decide(self, request: DecisionInput) -> Decision:
-        """Fail-closed decision with the current bundle."""
+        """Fail-closed decision with the current bundle: the folder's, should another process of the site
+        (a worker of `fedgate serve`) have replaced its policy data since this one loaded it."""
+        if _stamp(self._marker) != self._seen:
+            try:
+                self.reload()
+            except Exception as exc:  # noqa: BLE001 - a change this process cannot load denies, never ignored
+                log.error("the site's policy changed and could not be loaded here (%s)", type(exc).__name__)
+                reason = "the site's policy changed and could not be loaded"
+                return Decision.failed(reason, self._bundle.digest)
         return decide(self._engine, request)
 
     def reload(self) -> PolicyBundle:
@@ -43,10 +56,38 @@ class PolicyDecisionPoint:
         half-updated answers with a digest this point does not expect, so its decisions deny).
         """
         with self._lock:
+            seen = _stamp(self._marker)
             bundle = load_bundle(self._settings.policy_dir, self._settings.jurisdiction)
             # An OPA server whose last publish failed holds part of a bundle: publish again, even the same.
             if bundle.digest != self._bundle.digest or not getattr(self._engine, "in_sync", True):
                 self._engine.replace_bundle(bundle)
                 log.info("policy bundle %s replaced %s", bundle.short_digest, self._bundle.short_digest)
                 self._bundle = bundle
+            self._seen = seen
             return bundle
+
+    def changed(self) -> None:
+        """Tell the site's other processes that the policy folder changed (after a replacement)."""
+        mark_generation(self._marker)
+        self._seen = _stamp(self._marker)
+
+
+def generation_marker(policy_dir: Path) -> Path:
+    """The file whose change tells every process of a site to load its policy folder again."""
+    return policy_dir / "data" / ".generation"
+
+
+def mark_generation(marker: Path) -> None:
+    """Write a new generation (atomically: a temporary file renamed over the marker)."""
+    tmp = marker.with_name(f".generation.{os.getpid()}.{threading.get_ident()}")
+    tmp.write_text(f"{time.time_ns()} {os.getpid()}\n", encoding="utf-8")
+    tmp.replace(marker)
+
+
+def _stamp(marker: Path) -> tuple[int, int] | None:
+    """What identifies a generation: the marker's inode and modification time (None before any change)."""
+    try:
+        st = marker.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns

@@ -11,6 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from audit.errors import StorageError
 from gateway.consent import WithdrawalUnsupported, withdraw
+from gateway.decision.errors import PolicyEngineUnavailable
 from gateway.deps import PipelineDep, RuntimeDep, StewardDep
 from gateway.policy_admin import NoSuchDocument, PolicyDataRejected, data_names, read_data, replace_data
 from gateway.problems import AUTHENTICATED, documented
@@ -152,6 +153,14 @@ async def replace_policy_document(
     except PolicyDataRejected as exc:
         raise Refusal(
             "bad_request", "Invalid policy data", [str(exc)], field=exc.field, stage="validate"
+        ) from None
+    except PolicyEngineUnavailable:
+        # The change was recorded, then undone and the way back recorded (policy_admin.replace_data).
+        raise Refusal(
+            "unavailable",
+            "Policy engine unavailable",
+            ["the policy engine did not take the new bundle; the previous policy stays in force"],
+            audited=False,
         ) from None
     return {"name": name, "bundle_digest": bundle.digest, "previous_digest": previous}
 

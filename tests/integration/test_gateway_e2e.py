@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from typing import Any
 
 import httpx
@@ -228,6 +229,21 @@ def test_approval_flow(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
     assert released.json()["status"] == "released" and released.json()["rows"][0]["n"] >= 10
 
 
+def test_a_subject_the_log_records_by_digest_still_owns_its_queued_query(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    opaque = "x" * 64  # an issuer's opaque subject: the audit log and the state name it by its digest
+    body = spec("summary", agreement="DSA-TEST-APPROVAL", params={"column": "hba1c"})
+    pending = ask(http, idp, body, sub=opaque)
+    assert pending.status_code == 202, pending.text
+    request_id = pending.json()["request_id"]
+    poll = http.get(f"/v1/queries/{request_id}", headers=bearer(idp, "researcher", sub=opaque))
+    assert poll.status_code == 200 and poll.json()["status"] == "pending_approval"
+    own = http.post(f"/v1/steward/approvals/{request_id}", json={"approve": True, "reason": "mine"},
+                    headers=bearer(idp, "steward", "researcher", sub=opaque))  # fmt: skip
+    assert own.status_code == 403, own.text  # no approving one's own query, however one is named
+
+
 def approved_summary(http: httpx.Client, idp: LoopbackTestIssuer, researcher: str) -> str:
     """The id of a summary that needed a steward, approved and answered, waiting for `researcher`."""
     body = spec("summary", agreement="DSA-TEST-APPROVAL", params={"column": "bmi"})
@@ -272,6 +288,26 @@ def test_an_approved_answer_is_not_released_under_a_policy_changed_since(
         export = http.get("/v1/audit/export", headers=bearer(idp, "auditor")).text
     mine = [json.loads(line) for line in export.splitlines() if request_id in line]
     assert [e["type"] for e in mine][-2:] == ["query.decided", "query.refused"]
+
+
+def test_a_withdrawal_while_the_query_waits_is_applied_by_the_approved_run(
+    tmp_site: Site, idp: LoopbackTestIssuer
+) -> None:
+    steward = bearer(idp, "steward", sub="steward-1")
+    researcher = bearer(idp, "researcher", sub="patient-researcher")
+    mrns = tmp_site.source["patient_id"].to_pylist()[:3]
+    body = spec("summary", agreement="DSA-TEST-APPROVAL", params={"column": "bmi"})
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url) as http:
+        request_id = ask(http, idp, body, sub="patient-researcher").json()["request_id"]
+        done = http.post("/v1/steward/datasets/cohort/withdrawals", json={"patients": mrns}, headers=steward)
+        assert done.status_code == 200
+        time.sleep(1.1)  # withdrawal times are to the second: the approval runs in a later one
+        decided = http.post(f"/v1/steward/approvals/{request_id}", json={"approve": True, "reason": "ok"},
+                            headers=steward)  # fmt: skip
+        assert decided.status_code == 200 and decided.json()["status"] == "released"
+        collected = http.get(f"/v1/queries/{request_id}", headers=researcher)
+    assert collected.status_code == 200, collected.text
+    assert collected.json()["rows"] and collected.json()["computed_at"] == decided.json()["computed_at"]
 
 
 def test_an_approved_answer_is_not_released_after_a_consent_withdrawal(

@@ -89,6 +89,28 @@ def test_a_change_that_cannot_be_installed_is_undone_and_the_way_back_recorded(
     assert announced[0] == before and undone == (announced[1], before)
 
 
+def test_the_way_back_is_recorded_even_when_the_engine_stays_down(
+    point: PolicyDecisionPoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.decision.errors import PolicyEngineUnavailable
+
+    folder = point.bundle.root
+    on_disk, before = (folder / "data/agreements.json").read_bytes(), point.bundle.digest
+    recorded: list[tuple[str, str]] = []
+
+    def down() -> Any:
+        raise PolicyEngineUnavailable("OPA at http://127.0.0.1:1 did not answer")
+
+    monkeypatch.setattr(point, "reload", down)
+    with pytest.raises(PolicyEngineUnavailable):
+        replace_data(
+            point, folder, "agreements", _retitled(folder), audit=lambda a, b: recorded.append((a, b))
+        )
+    assert (folder / "data/agreements.json").read_bytes() == on_disk and point.bundle.digest == before
+    (announced, undone) = recorded
+    assert undone == (announced[1], before)
+
+
 def test_a_document_that_is_no_json_text_is_rejected_naming_it(point: PolicyDecisionPoint) -> None:
     with pytest.raises(PolicyDataRejected, match="not JSON text"):
         replace_data(point, point.bundle.root, "agreements", {"x": "\ud800"})
@@ -122,3 +144,28 @@ def test_an_unknown_document_is_no_such_document(point: PolicyDecisionPoint) -> 
 
     with pytest.raises(NoSuchDocument):
         replace_data(point, point.bundle.root, "no_such_table", {})
+
+
+def test_every_process_of_the_site_decides_with_the_replaced_policy(point: PolicyDecisionPoint) -> None:
+    """Two workers of `fedgate serve` hold a decision point each on one policy folder: a replacement made
+    through one is what the other decides with next, and an agreement ended is ended in both."""
+    import json
+
+    from gateway.decision import DecisionInput
+
+    folder = point.bundle.root
+    other = PolicyDecisionPoint(point._settings)  # the second worker's
+    request = DecisionInput.model_validate(
+        {"requester": {"sub": "r-1", "org": "org-aphp", "country": "FR", "roles": ["researcher"]},
+         "purpose": {"duo": ["DUO:0000006"], "ethics_approval_id": "EC-2026-077"}, "dsa": "DSA-2026-014",
+         "dataset": {"id": "ds-diabetes-de", "jurisdiction": "DE", "duo": ["DUO:0000042"],
+                     "columns": ["age_band", "sex", "bmi", "hba1c", "outcome"]},
+         "query": {"kind": "count", "columns": ["sex"], "group_by": ["age_band"]},
+         "destination": {"country": "FR"}, "now": "2026-05-01T10:00:00Z"}
+    )  # fmt: skip
+    assert other.decide(request).decision == "allow"
+    agreements = json.loads((folder / "data/agreements.json").read_text())
+    agreements["DSA-2026-014"]["not_after"] = "2026-04-30"  # the agreement ended before `now`
+    _, bundle = replace_data(point, folder, "agreements", agreements)
+    decided = other.decide(request)
+    assert other.bundle.digest == bundle.digest and decided.decision == "deny"

@@ -71,3 +71,24 @@ def test_a_subject_that_is_no_text_is_kept_by_the_state_as_the_log_names_it(tmp_
         state.close()
     # An ordinary subject is kept as it is.
     assert owner(_principal("researcher-1")) == "https://idp\nresearcher-1"
+
+
+def test_an_owner_fits_the_states_columns_however_long_its_issuer_and_subject() -> None:
+    from gateway.auth import Principal
+    from gateway.pipeline import OWNER_CHARS, owner
+
+    def principal(issuer: str, sub: str) -> Principal:
+        return Principal(
+            sub=sub, org="o", country="DE", roles=frozenset({"researcher"}), issuer=issuer, visas=()
+        )
+
+    short = owner(principal("https://idp.example", "alice"))
+    assert short == "https://idp.example\nalice"
+    long_issuer = "https://login.example.org/realms/" + "r" * 60
+    words = " ".join(["dr", "ada"] * 60)  # 359 characters of words, which the log records as they are
+    assert len(words[:250]) == 250
+    long_one = owner(principal(long_issuer, words[:250]))
+    assert len(long_one) <= OWNER_CHARS and long_one.startswith("sha256:")
+    assert (
+        long_one == owner(principal(long_issuer, words[:250])) != owner(principal(long_issuer, words[:248]))
+    )
