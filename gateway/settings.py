@@ -17,7 +17,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from gateway.countries import is_country
 
@@ -306,6 +306,12 @@ def load_settings(path: Path | str) -> SiteSettings:
         raise ConfigError(path, None, f"not valid TOML: {exc}") from None
     try:
         return SiteSettings(**_resolve(path.resolve().parent, raw))
+    except SettingsError as exc:
+        # An environment variable whose value is not the JSON its structured key needs (FEDGATE_PEERS).
+        found = re.search(r'field "([A-Za-z0-9_]+)"', str(exc))
+        variable = _from_environment((found[1],)) if found else None
+        named = f"the environment variable {variable}" if variable else "an environment variable"
+        raise ConfigError(path, None, f"{named} is not valid JSON for its key") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"]) or None

@@ -61,6 +61,8 @@ def _read_input(path: Path) -> DecisionInput:
         raise _fail(f"{path}: cannot read: {exc}") from None
     except json.JSONDecodeError as exc:
         raise _fail(f"{path}: not valid JSON (line {exc.lineno}): {exc.msg}") from None
+    except RecursionError:
+        raise _fail(f"{path}: the JSON nests too deeply") from None
     try:
         return DecisionInput.model_validate(raw)
     except ValidationError as exc:

@@ -15,6 +15,7 @@ from gateway.app import CONFIG_ENV
 from gateway.cli.output import fail
 from gateway.cli.workers import APP, APP_OPTIONS, Dispatcher
 from gateway.decision.errors import PolicyLoadError
+from gateway.federation.peers import PeerLink
 from gateway.runtime import SiteRuntime, StartupError
 from gateway.settings import ConfigError, SiteSettings, load_settings
 
@@ -53,7 +54,13 @@ def _check_startup(config: Path, settings: SiteSettings) -> None:
         runtime = SiteRuntime.start(settings)
     except Exception as exc:  # noqa: BLE001 - whatever stops a worker's start stops the server, said plainly
         fail(f"{config}: the gateway cannot start: {_reason(exc)}")
-    asyncio.run(runtime.aclose())
+    try:
+        # The federation link reads every peer's request key, which a worker's start checks too.
+        asyncio.run(PeerLink(settings).aclose())
+    except Exception as exc:  # noqa: BLE001 - a peer the gateway cannot use stops it here, said plainly
+        fail(f"{config}: the gateway cannot start: {' '.join(str(exc).split())}")
+    finally:
+        asyncio.run(runtime.aclose())
 
 
 def _reason(exc: Exception) -> str:

@@ -39,14 +39,22 @@ class PolicyDecisionPoint:
     def decide(self, request: DecisionInput) -> Decision:
         """Fail-closed decision with the current bundle: the folder's, should another process of the site
         (a worker of `fedgate serve`) have replaced its policy data since this one loaded it."""
-        if _stamp(self._marker) != self._seen:
-            try:
-                self.reload()
-            except Exception as exc:  # noqa: BLE001 - a change this process cannot load denies, never ignored
-                log.error("the site's policy changed and could not be loaded here (%s)", type(exc).__name__)
-                reason = "the site's policy changed and could not be loaded"
-                return Decision.failed(reason, self._bundle.digest)
+        if not self.current():
+            reason = "the site's policy changed and could not be loaded"
+            return Decision.failed(reason, self._bundle.digest)
         return decide(self._engine, request)
+
+    def current(self) -> bool:
+        """Load the policy folder again if another process of the site changed it since; False when that
+        change cannot be loaded here (the caller must then not act on the bundle it holds)."""
+        if _stamp(self._marker) == self._seen:
+            return True
+        try:
+            self.reload()
+        except Exception as exc:  # noqa: BLE001 - a change this process cannot load denies, never ignored
+            log.error("the site's policy changed and could not be loaded here (%s)", type(exc).__name__)
+            return False
+        return True
 
     def reload(self) -> PolicyBundle:
         """Load the policy folder again and switch to it; return the bundle now in use.

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
+from audit.events import LABEL
 from gateway.countries import is_country
 from gateway.decision.errors import PolicyDataError
 
@@ -204,6 +205,8 @@ def read_data_files(data_dir: Path) -> dict[str, Any]:
             raise PolicyDataError(path, None, f"cannot read: {exc}") from None
         except json.JSONDecodeError as exc:
             raise PolicyDataError(path, None, f"not valid JSON (line {exc.lineno}): {exc.msg}") from None
+        except RecursionError:
+            raise PolicyDataError(path, None, "the JSON nests too deeply") from None
     return raw
 
 
@@ -255,6 +258,10 @@ def _check_export(path: Path, export: ExportControl) -> None:
             )
 
 
+_AGREEMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
+"""The query spec's AgreementId (gateway.query.spec)."""
+
+
 def _check_agreement(path: Path, dsa_id: str, dsa: Agreement, parsed: Mapping[str, Any]) -> None:
     site: SiteData = parsed["site"]
     duo: DuoData = parsed["duo"]
@@ -264,6 +271,14 @@ def _check_agreement(path: Path, dsa_id: str, dsa: Agreement, parsed: Mapping[st
     def fail(field: str, message: str) -> PolicyDataError:
         return PolicyDataError(path, f"{dsa_id}.{field}", message)
 
+    # An agreement is named in every query and in the audit log: an id either refuses could never be used.
+    if not _AGREEMENT_ID.fullmatch(dsa_id) or LABEL.check(dsa_id) is not None:
+        raise PolicyDataError(
+            path,
+            dsa_id[:128],
+            "an agreement id must be letters, digits and . _ : / - (at most 128, starting with a letter or "
+            "digit) that do not read as a personal identifier (a long digit run, an opaque string)",
+        )
     if dsa.not_after < dsa.not_before:
         raise fail("not_after", f"{dsa.not_after} is before not_before {dsa.not_before}")
     for i, party in enumerate(dsa.parties):

@@ -364,6 +364,8 @@ class GlmSession:
     entry: CatalogEntry
     data: GlmArrays
     withdrawn: set[str]
+    bundle_digest: str = ""
+    """The policy bundle the session was decided under: iterations stop once the site's policy changes."""
     iterations: int = 0
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -534,6 +536,15 @@ class GlmSiteService:
                         stage="validate",
                         field="beta",
                     )
+                if not self.rt.policy.current() or self.rt.policy.bundle.digest != session.bundle_digest:
+                    # The session's terms were decided under a policy the site no longer runs (an agreement
+                    # suspended, a threshold tightened): its rows leave no more sums under them.
+                    raise Refusal(
+                        "forbidden",
+                        "The site's policy changed",
+                        ["the site's policy changed since this session was opened; open a new session"],
+                        stage="decide",
+                    )
                 await self._apply_withdrawals(session)
                 beta = np.asarray(body.beta, dtype=float)
                 rules = DisclosureRules.from_obligations(session.obligations)
@@ -639,8 +650,9 @@ class GlmSiteService:
         except GlmDisclosureError as exc:
             raise Refusal("forbidden", DISCLOSURE_TITLE, [exc.reason], stage="disclosure") from None
         return GlmSession(
-            uuid.uuid4().hex, owner_of(principal), request, query_hash, obligations, entry, data, withdrawn
-        )
+            uuid.uuid4().hex, owner_of(principal), request, query_hash, obligations, entry, data, withdrawn,
+            bundle_digest=decision.bundle_digest,
+        )  # fmt: skip
 
     def _load(
         self,

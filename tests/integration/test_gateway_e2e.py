@@ -499,3 +499,32 @@ def test_extreme_or_close_quantiles_are_withheld(http: httpx.Client, idp: Loopba
     assert rows and all(r["q0.05"] is None for r in rows if r["n"] is not None and r["n"] * 0.05 < 10)
     assert any(r["q0.5"] is not None for r in rows)
     assert any("withheld" in reason for reason in by_group.json()["disclosure"]["reasons"])
+
+
+def test_an_open_glm_session_stops_when_the_sites_policy_changes(
+    tmp_site: Site, idp: LoopbackTestIssuer
+) -> None:
+    researcher, steward = bearer(idp, "researcher"), bearer(idp, "steward", sub="steward-1")
+    model = {"outcome": "bmi", "family": "gaussian", "numeric": ["hba1c"]}
+    body = {
+        "dataset": "cohort",
+        "agreement": "DSA-TEST-OPEN",
+        "purpose": {"duo": ["DUO:0000006"]},
+        "model": model,
+    }
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url) as http:
+        opened = http.post("/v1/glm/sessions", json=body, headers=researcher)
+        assert opened.status_code == 200, opened.text
+        path = f"/v1/glm/sessions/{opened.json()['session']}/iterations"
+        step = {"agreement": "DSA-TEST-OPEN", "beta": [0.0, 0.0]}
+        assert http.post(path, json=step, headers=researcher).status_code == 200
+        agreements = http.get("/v1/steward/policy-data/agreements", headers=steward).json()
+        agreements["DSA-TEST-OPEN"]["thresholds"]["min_cell_count"] += 1
+        assert (
+            http.put("/v1/steward/policy-data/agreements", json=agreements, headers=steward).status_code
+            == 200
+        )
+        stopped = http.post(path, json=step, headers=researcher)
+        assert stopped.status_code == 403 and "policy changed" in stopped.json()["reasons"][0]
+        # The refusal closed the session: β is accepted in no session any more.
+        assert http.post(path, json=step, headers=researcher).status_code == 404

@@ -230,6 +230,27 @@ def test_a_site_that_cannot_start_says_why_before_any_worker_starts(tmp_site: Si
     assert "Traceback" not in text and "worker" not in text
 
 
+def test_a_peer_key_no_worker_could_read_stops_the_server_in_one_line(tmp_site: Site) -> None:
+    from gateway.federation.signing import generate_peer_key
+
+    config = _configure(tmp_site, free_port(), workers=2)
+    key = tmp_site.root / "peer.key"
+    generate_peer_key(key)
+    peer = '[[peers]]\nid = "site-fr"\nurl = "https://fr.example"\nrequest_key = "AAAA"\nlog_key = "x+1+A"\n'
+    config.write_text(f'peer_key_file = "{key}"\n' + config.read_text() + "\n" + peer)
+    process = _start(config)
+    try:
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    message = err.decode()
+    assert process.returncode == 2, message
+    assert "the gateway cannot start" in message and "peers.site-fr.request_key" in message
+    assert "Traceback" not in message
+
+
 def test_workers_failing_their_start_make_the_server_give_up_however_slowly_they_fail(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -219,6 +219,12 @@ def test_malformed_json_names_the_line(policy_copy: Path) -> None:
         load_bundle(policy_copy, "DE")
 
 
+def test_json_nested_past_the_parsers_depth_names_the_file(policy_copy: Path) -> None:
+    (policy_copy / "data" / "site.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(PolicyDataError, match=r"site.json: the JSON nests too deeply"):
+        load_bundle(policy_copy, "DE")
+
+
 def test_missing_and_unknown_data_files_are_refused(policy_copy: Path) -> None:
     (policy_copy / "data" / "extra.json").write_text("{}")
     with pytest.raises(PolicyDataError, match="unknown policy data file"):

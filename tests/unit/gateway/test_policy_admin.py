@@ -169,3 +169,14 @@ def test_every_process_of_the_site_decides_with_the_replaced_policy(point: Polic
     _, bundle = replace_data(point, folder, "agreements", agreements)
     decided = other.decide(request)
     assert other.bundle.digest == bundle.digest and decided.decision == "deny"
+
+
+@pytest.mark.parametrize("dsa_id", ["DSA-2026-000123", "dsa with spaces", "-DSA", "A" * 129])
+def test_an_agreement_id_no_query_could_name_is_rejected(point: PolicyDecisionPoint, dsa_id: str) -> None:
+    # A digit run of six or more reads to the audit log as a personal identifier: no query could name it.
+    folder = point.bundle.root
+    document = _retitled(folder)
+    document[dsa_id] = document[next(iter(document))]
+    with pytest.raises(PolicyDataRejected) as rejected:
+        replace_data(point, folder, "agreements", document)
+    assert "agreement id" in rejected.value.message

@@ -170,3 +170,13 @@ def test_an_environment_variable_in_lower_case_is_named_as_set(
     monkeypatch.setenv("fedgate_server__port", "abc")
     with pytest.raises(ConfigError, match="environment variable fedgate_server__port"):
         load_settings(write(tmp_path, GOOD))
+
+
+@pytest.mark.parametrize(("variable", "value"), [("FEDGATE_PEERS", "[{"), ("FEDGATE_SERVER", "{bad")])
+def test_an_environment_variable_that_is_not_its_keys_json_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, GOOD))
+    assert variable in str(caught.value) and "not valid JSON" in str(caught.value)
