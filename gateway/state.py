@@ -14,7 +14,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -109,6 +109,8 @@ def utc_now_text() -> str:
 
 
 _now = utc_now_text
+STALE_CLAIM_S = 600.0
+"""How long a steward's approval may run before its claim on the request is taken as lost."""
 
 
 @dataclass(frozen=True)
@@ -551,13 +553,27 @@ class GatewayState:
             row = conn.execute(sa.select(requests).where(requests.c.request_id == request_id)).first()
         return _request(row._mapping) if row is not None else None
 
-    def list_requests(self, status: RequestStatus | None = None, limit: int = 500) -> list[StoredRequest]:
-        """Requests, newest first (of one status when given)."""
-        query = sa.select(requests).order_by(requests.c.created_at.desc()).limit(limit)
+    def list_requests(
+        self, status: RequestStatus | None = None, limit: int = 500, offset: int = 0
+    ) -> list[StoredRequest]:
+        """Requests, oldest first (of one status when given): a page of `limit` from `offset`."""
+        query = sa.select(requests).order_by(requests.c.created_at, requests.c.request_id)
         if status is not None:
             query = query.where(requests.c.status == status)
         with self._engine.connect() as conn:
-            return [_request(r._mapping) for r in conn.execute(query)]
+            return [_request(r._mapping) for r in conn.execute(query.limit(limit).offset(offset))]
+
+    def release_stale_claims(self, older_than_s: float = STALE_CLAIM_S) -> int:
+        """Put back in the queue requests a steward's approval left `deciding` longer than `older_than_s`
+        (the gateway stopped during the run): a steward decides them again. How many were put back."""
+        cutoff = (datetime.now(UTC) - timedelta(seconds=older_than_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        with self._writing() as conn:
+            done = conn.execute(
+                requests.update()
+                .where(requests.c.status == "deciding", requests.c.updated_at < cutoff)
+                .values(status="pending_approval", decided_by=None, updated_at=_now())
+            )
+        return int(done.rowcount or 0)
 
 
 def new_request(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from audit.errors import StorageError
@@ -18,6 +19,7 @@ from gateway.problems import AUTHENTICATED, documented
 from gateway.refusal import Refusal
 from pseudonymize.errors import KeyMaterialError
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/steward", tags=["steward"], responses=AUTHENTICATED)
 
 
@@ -165,9 +167,23 @@ async def replace_policy_document(
     return {"name": name, "bundle_digest": bundle.digest, "previous_digest": previous}
 
 
-@router.get("/approvals", summary="Queries that policy sent to a human, oldest decisions last")
-async def approvals(_: StewardDep, runtime: RuntimeDep) -> list[dict[str, Any]]:
-    pending = await asyncio.to_thread(runtime.state.list_requests, "pending_approval")
+@router.get(
+    "/approvals",
+    summary="Queries that policy sent to a human, oldest first: `limit` of them (at most 500) from `offset`",
+)
+async def approvals(
+    _: StewardDep,
+    runtime: RuntimeDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 500,
+    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
+) -> list[dict[str, Any]]:
+    def page() -> list[Any]:
+        # An approval the gateway stopped during is back in the queue (it was never released).
+        if released := runtime.state.release_stale_claims():
+            log.warning("%d request(s) left deciding by a stopped approval are back in the queue", released)
+        return runtime.state.list_requests("pending_approval", limit, offset)
+
+    pending = await asyncio.to_thread(page)
     return [
         {
             "request_id": r.request_id,

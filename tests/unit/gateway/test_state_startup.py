@@ -118,3 +118,22 @@ def test_workers_asking_the_same_query_at_once_are_each_counted_once(tmp_path: P
     state = GatewayState(url)
     assert state.count_query("alice", "DSA-1", "h") == 4 * ASKS + 1
     state.close()
+
+
+def test_a_claim_left_by_a_stopped_approval_goes_back_to_the_queue(tmp_path: Path) -> None:
+    from gateway.state import GatewayState, new_request
+
+    state = GatewayState(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        principal = {"issuer": "https://idp.example", "sub": "r", "org": "o", "country": "DE", "roles": []}
+        spec = {"agreement": "DSA-1", "dataset": "cohort", "kind": "count"}
+        for rid in ("r1", "r2"):  # queued within one second: the id orders them
+            state.save_request(new_request(rid, "https://idp.example\nr", principal, spec, "0" * 64, []))
+            assert state.update_request(rid, expect="pending_approval", status="deciding", reasons=[],
+                                        result=None, decided_by="steward")  # fmt: skip
+        assert state.release_stale_claims(older_than_s=3600) == 0  # both claims are fresh
+        assert state.release_stale_claims(older_than_s=-5) == 2  # as if both had been left an hour ago
+        assert [r.request_id for r in state.list_requests("pending_approval")] == ["r1", "r2"]
+        assert [r.request_id for r in state.list_requests("pending_approval", limit=1, offset=1)] == ["r2"]
+    finally:
+        state.close()
