@@ -17,6 +17,8 @@ from pseudonymize.errors import SpecError
 from pseudonymize.pseudonym import SqlHmac
 from pseudonymize.spec import AgeRule, DateRule, NumericRule, PostcodeRule, PseudonymizationSpec
 
+_RESERVED = "__fedgate"
+"""The prefix of the columns the transform adds to the source's; no source column may start with it."""
 _HASH = "__fedgate_h"
 _PK_TOKEN = "__fedgate_pt"  # noqa: S105 - a column name, not a secret
 _PK_OFFSET = "__fedgate_po"
@@ -90,6 +92,13 @@ def compile_transform(
     """Check the spec against the source's columns and build the SELECT."""
     source_cols = {f.name: f.type for f in schema}
     for position, name in enumerate(source_cols, start=1):
+        if name.startswith(_RESERVED):
+            raise SpecError(
+                spec_path,
+                "columns",
+                f"source column {position} of {len(source_cols)} has a name starting with {_RESERVED!r}, "
+                f"which the ingest keeps for its own columns; rename it in the source",
+            )
         if name not in spec.columns:
             # Named by its place, not its header: in a file without a header line, the "header" is the
             # first patient's values, which no message may repeat.

@@ -153,8 +153,9 @@ async def replace_policy_document(
             "not_found", "No such policy data", [f"there is no policy data document {name!r}"]
         ) from None
     except PolicyDataRejected as exc:
+        # Without a place inside the document, the document itself (the body) is what is wrong.
         raise Refusal(
-            "bad_request", "Invalid policy data", [str(exc)], field=exc.field, stage="validate"
+            "bad_request", "Invalid policy data", [str(exc)], field=exc.field or "body", stage="validate"
         ) from None
     except PolicyEngineUnavailable:
         # The change was recorded, then undone and the way back recorded (policy_admin.replace_data).

@@ -155,3 +155,11 @@ def test_policy_data_with_an_integer_beyond_2_53_is_a_422_naming_it(
     document["DSA-TEST-OPEN"]["thresholds"]["min_cell_count"] = 2**64
     problem = _problem(http.put("/v1/steward/policy-data/agreements", json=document, headers=steward))
     assert problem["field"] == "DSA-TEST-OPEN.thresholds.min_cell_count"
+
+
+def test_policy_data_that_is_not_an_object_names_the_body(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    steward = bearer(idp, "steward")
+    problem = _problem(http.put("/v1/steward/policy-data/agreements", json=[1, 2], headers=steward))
+    assert problem["field"] == "body"

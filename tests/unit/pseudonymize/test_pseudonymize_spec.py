@@ -161,3 +161,10 @@ def test_nested_columns_cannot_be_kept(tmp_path: Path) -> None:
     schema = pa.schema([("pid", pa.string()), ("codes", pa.list_(pa.string()))])
     with pytest.raises(SpecError, match=r"columns.codes: keep: the source column is of nested type"):
         compile_transform(s, schema, bytes(32), "s.yaml")
+
+
+def test_a_source_column_named_like_the_ingests_own_is_refused(tmp_path: Path) -> None:
+    s = load_spec(spec(tmp_path, HEAD + "  __fedgate_po: keep\n"))
+    schema = pa.schema([("pid", pa.string()), ("__fedgate_po", pa.int32())])
+    with pytest.raises(SpecError, match="source column 2 of 2 has a name starting with '__fedgate'"):
+        compile_transform(s, schema, bytes(32), "s.yaml")
