@@ -41,6 +41,18 @@ def _start(config: Path) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
+def _refused_start(config: Path) -> tuple[int | None, str]:
+    """Start `fedgate serve` on a config it should refuse: its exit code and what it wrote to stderr."""
+    process = _start(config)
+    try:
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, err.decode()
+
+
 def _workers(parent: int) -> list[int]:
     children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
     workers = []
@@ -217,15 +229,8 @@ def test_a_site_that_cannot_start_says_why_before_any_worker_starts(tmp_site: Si
     # A policy that does not compile: the server checks what every worker would open, and stops with one
     # line naming the file, rather than spawning workers that each fail with a traceback.
     (tmp_site.root / "policies/broken.rego").write_text("package fedgate.broken\n\nallow if {\n")
-    process = _start(_configure(tmp_site, free_port(), workers=2))
-    try:
-        _, err = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    text = err.decode()
-    assert process.returncode == 2, text
+    code, text = _refused_start(_configure(tmp_site, free_port(), workers=2))
+    assert code == 2, text
     assert "the gateway cannot start" in text and "broken.rego" in text
     assert "Traceback" not in text and "worker" not in text
 
@@ -238,15 +243,8 @@ def test_a_peer_key_no_worker_could_read_stops_the_server_in_one_line(tmp_site: 
     generate_peer_key(key)
     peer = '[[peers]]\nid = "site-fr"\nurl = "https://fr.example"\nrequest_key = "AAAA"\nlog_key = "x+1+A"\n'
     config.write_text(f'peer_key_file = "{key}"\n' + config.read_text() + "\n" + peer)
-    process = _start(config)
-    try:
-        _, err = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    message = err.decode()
-    assert process.returncode == 2, message
+    code, message = _refused_start(config)
+    assert code == 2, message
     assert "the gateway cannot start" in message and "peers.site-fr.request_key" in message
     assert "Traceback" not in message
 
