@@ -619,6 +619,7 @@ class QueryPipeline:
             reasons=reasons,
             result=result,
             decided_by=owner(steward),
+            claimed_by=owner(steward),
         )
         if not done:
             raise Refusal("conflict", "Already decided", ["another steward decided this request first"],

@@ -7,6 +7,7 @@ error the files and the running bundle stay as they were.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -14,7 +15,8 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,8 @@ class NoSuchDocument(KeyError):
 
 def data_names(policy_dir: Path) -> list[str]:
     """The policy data documents a steward may read and replace."""
-    return sorted(p.stem for p in (policy_dir / "data").glob("*.json"))
+    # A name starting with a dot is a replacement being written (`_write`), not a document.
+    return sorted(p.stem for p in (policy_dir / "data").glob("*.json") if not p.name.startswith("."))
 
 
 def read_data(policy_dir: Path, name: str) -> Any:
@@ -70,27 +73,44 @@ def replace_data(
     document is put back and the way back is recorded too."""
     if not _NAME.match(name) or name not in data_names(policy_dir):
         raise NoSuchDocument(name)
-    with _REPLACING:
+    with _REPLACING, _folder_lock(policy_dir):
         target = policy_dir / "data" / f"{name}.json"
         before, previous = point.bundle.digest, target.read_text(encoding="utf-8")
         text, trial = _validated(point, policy_dir, name, document)
         if audit is not None:
             audit(before, trial.digest)
+        written = False
         try:
             _write(target, text)
+            written = True
+            # The site's other workers load the folder again before their next decision; this one now.
+            point.changed()
             bundle = point.reload()
         except BaseException:
             # Back to the last good state, and the log told so: it holds the change announced above. The
-            # way back is recorded whatever happens to the reload (an OPA server that is down).
-            _write(target, previous)
+            # way back is recorded whatever happens to the rollback (a full disk, an OPA server down).
             try:
-                point.reload()
+                if written:
+                    _write(target, previous)
+                    point.changed()
+                    point.reload()
             finally:
                 if audit is not None:
                     audit(trial.digest, before)
             raise
-        point.changed()  # the site's other workers load the new bundle before their next decision
         return before, bundle
+
+
+@contextmanager
+def _folder_lock(policy_dir: Path) -> Iterator[None]:
+    """Hold the policy folder against replacements by the site's other processes (workers of `fedgate
+    serve`): two replacements validated each against the other's old document would otherwise both land."""
+    fd = os.open(policy_dir / "data" / ".replace.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 def _validated(

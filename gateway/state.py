@@ -531,12 +531,18 @@ class GatewayState:
         reasons: list[str],
         result: dict[str, Any] | None,
         decided_by: str | None,
+        claimed_by: str | None = None,
     ) -> bool:
-        """Move a request from `expect` to `status`; False when another steward got there first."""
+        """Move a request from `expect` to `status`; False when another steward got there first. With
+        `claimed_by`, only if that steward's claim still holds it (not one put back in the queue and taken
+        by another since)."""
+        where = [requests.c.request_id == request_id, requests.c.status == expect]
+        if claimed_by is not None:
+            where.append(requests.c.decided_by == claimed_by)
         with self._writing() as conn:
             done = conn.execute(
                 requests.update()
-                .where(requests.c.request_id == request_id, requests.c.status == expect)
+                .where(*where)
                 .values(
                     status=status,
                     reasons=json.dumps(reasons),

@@ -75,9 +75,9 @@ class PolicyDecisionPoint:
             return bundle
 
     def changed(self) -> None:
-        """Tell the site's other processes that the policy folder changed (after a replacement)."""
+        """Tell the site's processes, this one included, that the policy folder changed: each loads it
+        again before its next decision (call it after writing the folder, before reloading here)."""
         mark_generation(self._marker)
-        self._seen = _stamp(self._marker)
 
 
 def generation_marker(policy_dir: Path) -> Path:

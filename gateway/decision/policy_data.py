@@ -188,7 +188,8 @@ def read_data_files(data_dir: Path) -> dict[str, Any]:
     """Read every policy data file as JSON; unknown and missing files are errors."""
     if not data_dir.is_dir():
         raise PolicyDataError(data_dir, None, "policy data folder not found")
-    found = {p.stem: p for p in sorted(data_dir.glob("*.json"))}
+    # A name starting with a dot is a replacement being written (gateway.policy_admin), not a document.
+    found = {p.stem: p for p in sorted(data_dir.glob("*.json")) if not p.name.startswith(".")}
     for stem, path in found.items():
         if stem not in DATA_FILES:
             raise PolicyDataError(

@@ -56,6 +56,11 @@ class QueryAnswer(BaseModel):
     disclosure: DisclosureReport
     policy: PolicySummary
     result_hash: str = Field(description="sha256 of the released part, as the audit log's `query.released`")
+    computed_at: str | None = Field(
+        default=None,
+        description="an approved answer only: when it was computed (UTC); a consent withdrawal since then "
+        "makes collecting it refused",
+    )
 
 
 class PendingAnswer(BaseModel):

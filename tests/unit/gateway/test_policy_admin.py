@@ -111,6 +111,26 @@ def test_the_way_back_is_recorded_even_when_the_engine_stays_down(
     assert undone == (announced[1], before)
 
 
+def test_the_way_back_is_recorded_even_when_the_document_cannot_be_written(
+    point: PolicyDecisionPoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = point.bundle.root
+    on_disk, before = (folder / "data/agreements.json").read_bytes(), point.bundle.digest
+    recorded: list[tuple[str, str]] = []
+
+    def full(target: Path, text: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("gateway.policy_admin._write", full)
+    with pytest.raises(OSError):
+        replace_data(
+            point, folder, "agreements", _retitled(folder), audit=lambda a, b: recorded.append((a, b))
+        )
+    assert (folder / "data/agreements.json").read_bytes() == on_disk and point.bundle.digest == before
+    (announced, undone) = recorded
+    assert undone == (announced[1], before)
+
+
 def test_a_document_that_is_no_json_text_is_rejected_naming_it(point: PolicyDecisionPoint) -> None:
     with pytest.raises(PolicyDataRejected, match="not JSON text"):
         replace_data(point, point.bundle.root, "agreements", {"x": "\ud800"})

@@ -137,3 +137,34 @@ def test_a_claim_left_by_a_stopped_approval_goes_back_to_the_queue(tmp_path: Pat
         assert [r.request_id for r in state.list_requests("pending_approval", limit=1, offset=1)] == ["r2"]
     finally:
         state.close()
+
+
+def test_a_claim_taken_over_after_it_was_put_back_cannot_be_finished_by_its_first_holder(
+    tmp_path: Path,
+) -> None:
+    from gateway.state import GatewayState, new_request
+
+    state = GatewayState(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        principal = {"issuer": "https://idp.example", "sub": "r", "org": "o", "country": "DE", "roles": []}
+        spec = {"agreement": "DSA-1", "dataset": "cohort", "kind": "count"}
+        state.save_request(new_request("r1", "https://idp.example\nr", principal, spec, "0" * 64, []))
+        claim = {"reasons": [], "result": None}
+        assert state.update_request(
+            "r1", expect="pending_approval", status="deciding", decided_by="a", **claim
+        )
+        assert state.release_stale_claims(older_than_s=-5) == 1  # steward a's run outlived its claim
+        assert state.update_request(
+            "r1", expect="pending_approval", status="deciding", decided_by="b", **claim
+        )
+        late = state.update_request(
+            "r1", expect="deciding", status="released", decided_by="a", claimed_by="a", **claim
+        )
+        rejected = state.update_request(
+            "r1", expect="deciding", status="rejected", decided_by="b", claimed_by="b", **claim
+        )
+        assert (late, rejected) == (False, True)
+        stored = state.get_request("r1")
+        assert stored is not None and (stored.status, stored.decided_by) == ("rejected", "b")
+    finally:
+        state.close()
