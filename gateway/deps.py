@@ -17,8 +17,8 @@ from gateway.auth import (
     NotAuthenticated,
     Principal,
     bearer_token,
+    header_digest,
     require_role,
-    token_digest,
 )
 from gateway.pipeline import QueryPipeline
 from gateway.refusal import Refusal
@@ -89,7 +89,7 @@ async def authenticate(request: Request) -> Principal:
         error = NotAuthenticated("the token could not be checked")
     payload: dict[str, str] = {"reason": error.code, "route": route_label(request)}
     if header:
-        payload["token_digest"] = token_digest(_credentials(header))
+        payload["token_digest"] = header_digest(header)
     await runtime.record("auth.failed", payload)
     if isinstance(error, IdentityProviderUnavailable):
         raise Refusal(
@@ -112,13 +112,6 @@ def _on_loopback(request: Request) -> bool:
         return server is not None and ipaddress.ip_address(server[0]).is_loopback
     except ValueError:
         return False
-
-
-def _credentials(header: str) -> str:
-    """What the token digest is taken of: the credentials whatever the scheme's case (`bearer` and
-    `Bearer` send the same token), else the whole header."""
-    scheme, _, credentials = header.strip().partition(" ")
-    return credentials.strip() if scheme.lower() == "bearer" else header.strip()
 
 
 def requires(role: Role) -> Callable[..., Awaitable[Principal]]:

@@ -103,12 +103,12 @@ withdrawals = sa.Table(
 )
 
 
-def utc_now_text() -> str:
-    """Now, to the second, as the state's rows record times (and compare them, as text)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def utc_now_text(ago_s: float = 0.0) -> str:
+    """Now (or `ago_s` seconds ago), to the second, as the state's rows record times and compare them, as
+    text."""
+    return (datetime.now(UTC) - timedelta(seconds=ago_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-_now = utc_now_text
 STALE_CLAIM_S = 600.0
 """How long a steward's approval may run before its claim on the request is taken as lost."""
 
@@ -368,9 +368,9 @@ class GatewayState:
         this process: a query does not wait for this write. The summary is operational; what happened is
         in the audit log. A crash loses at most the outcomes still waiting."""
         row = {
-            "request_id": request_id, "at": _now(), "subject": subject, "org": org, "agreement": agreement,
-            "dataset": dataset, "kind": kind, "outcome": outcome, "stage": stage, "cells": cells,
-            "suppressed": suppressed,
+            "request_id": request_id, "at": utc_now_text(), "subject": subject, "org": org,
+            "agreement": agreement, "dataset": dataset, "kind": kind, "outcome": outcome, "stage": stage,
+            "cells": cells, "suppressed": suppressed,
         }  # fmt: skip
         with self._pending_changed:
             if self._closed:
@@ -475,7 +475,7 @@ class GatewayState:
         insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
         w = withdrawals.c
         fresh = sorted({canonical_token(t) for t in tokens})
-        at = _now()
+        at = utc_now_text()
         with self._writing() as conn:
             before = self._withdrawn_count(conn, dataset, key_context)
             for start in range(0, len(fresh), _ROWS_PER_STATEMENT):
@@ -548,7 +548,7 @@ class GatewayState:
                     reasons=json.dumps(reasons),
                     result=json.dumps(result) if result is not None else None,
                     decided_by=decided_by,
-                    updated_at=_now(),
+                    updated_at=utc_now_text(),
                 )
             )
         return bool(done.rowcount)
@@ -572,12 +572,12 @@ class GatewayState:
     def release_stale_claims(self, older_than_s: float = STALE_CLAIM_S) -> int:
         """Put back in the queue requests a steward's approval left `deciding` longer than `older_than_s`
         (the gateway stopped during the run): a steward decides them again. How many were put back."""
-        cutoff = (datetime.now(UTC) - timedelta(seconds=older_than_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        cutoff = utc_now_text(ago_s=older_than_s)
         with self._writing() as conn:
             done = conn.execute(
                 requests.update()
                 .where(requests.c.status == "deciding", requests.c.updated_at < cutoff)
-                .values(status="pending_approval", decided_by=None, updated_at=_now())
+                .values(status="pending_approval", decided_by=None, updated_at=utc_now_text())
             )
         return int(done.rowcount or 0)
 
@@ -592,7 +592,7 @@ def new_request(
 ) -> StoredRequest:
     """A request entering the approval queue; `subject` is whose it is (gateway.pipeline.owner), as every
     later look-up and the steward's self-approval check spell it."""
-    now = _now()
+    now = utc_now_text()
     return StoredRequest(
         request_id=request_id,
         status="pending_approval",

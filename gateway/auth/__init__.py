@@ -14,7 +14,7 @@ Public API (import from `gateway.auth`):
 
 from __future__ import annotations
 
-from gateway.auth.bearer import bearer_token, token_digest
+from gateway.auth.bearer import bearer_token, header_digest, token_digest
 from gateway.auth.errors import (
     AuthError,
     BadClaim,
@@ -68,6 +68,7 @@ __all__ = [
     "WrongAudience",
     "WrongIssuer",
     "bearer_token",
+    "header_digest",
     "require_role",
     "token_digest",
 ]

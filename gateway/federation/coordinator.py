@@ -28,8 +28,8 @@ from gateway.federation.combine import (
     SiteTable,
     combine,
 )
-from gateway.federation.glm_fit import TOO_LARGE, peer_reasons, read_capped
 from gateway.federation.km import KaplanMeierPoolError, check_site_answer, pool_released_answers
+from gateway.federation.peer_answers import TOO_LARGE, peer_reasons, read_capped
 from gateway.federation.peers import CoordinatedRuntime, PeerLink
 from gateway.federation.quantiles import SiteQuantiles, plan_edges, pool_quantiles
 from gateway.pipeline import QueryPipeline, hashed, new_request_id, sha256_label

@@ -42,7 +42,7 @@ from gateway.auth import Principal
 from gateway.decision import Decision, Obligations
 from gateway.decision.models import CountryCode, Purpose, QueryFacts
 from gateway.federation.glm_fit import DISCLOSURE_TITLE, INTERCEPT, Family, SiteStatistics, SiteStopped
-from gateway.pipeline import QueryPipeline, hashed, sha256_label
+from gateway.pipeline import QueryPipeline, hashed, owner, sha256_label
 from gateway.query.columns import DatasetColumn, python_value
 from gateway.query.consent import consent_predicate, not_withdrawn
 from gateway.query.spec import AgreementId, ColumnName, DatasetId, SafeInt
@@ -357,7 +357,7 @@ class GlmSession:
 
     id: str
     sub: str
-    """The owner (`owner_of(principal)`)."""
+    """The owner (`gateway.pipeline.owner`, as a queued query's)."""
     request: GlmSessionRequest
     query_hash: str
     obligations: Obligations
@@ -369,11 +369,6 @@ class GlmSession:
     iterations: int = 0
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-def owner_of(principal: Principal) -> str:
-    """Who a session belongs to: the subject as its issuer names it (two issuers may reuse a `sub`)."""
-    return f"{principal.issuer}\n{principal.sub}"
 
 
 # compare_digest takes ASCII text only: owners are compared as bytes ("surrogatepass": a subject is any text
@@ -457,7 +452,7 @@ class GlmSiteService:
         `coordinator` is the peer whose verified assertion came with the request, for the audit entry."""
         query_hash = hashed(request)
         try:
-            if not self.sessions.room_for(owner_of(principal)):
+            if not self.sessions.room_for(owner(principal)):
                 raise Refusal(
                     "limit",
                     "Too many open GLM sessions",
@@ -508,7 +503,7 @@ class GlmSiteService:
         self, principal: Principal, session_id: str, body: IterationRequest, request_id: str
     ) -> dict[str, Any]:
         """One iteration at β within an open session of this researcher and agreement."""
-        session = self.sessions.get(session_id, owner_of(principal), body.agreement)
+        session = self.sessions.get(session_id, owner(principal), body.agreement)
         if session is None:
             reasons = [
                 "no open GLM session with this id for you under this agreement; β is only accepted "
@@ -595,7 +590,7 @@ class GlmSiteService:
 
     async def close(self, principal: Principal, session_id: str, request_id: str) -> bool:
         """End the researcher's session; False when there is none."""
-        session = self.sessions.owned(session_id, owner_of(principal))
+        session = self.sessions.owned(session_id, owner(principal))
         if session is None:
             return False
         await self._close(principal, session, "closed", request_id)
@@ -650,7 +645,7 @@ class GlmSiteService:
         except GlmDisclosureError as exc:
             raise Refusal("forbidden", DISCLOSURE_TITLE, [exc.reason], stage="disclosure") from None
         return GlmSession(
-            uuid.uuid4().hex, owner_of(principal), request, query_hash, obligations, entry, data, withdrawn,
+            uuid.uuid4().hex, owner(principal), request, query_hash, obligations, entry, data, withdrawn,
             bundle_digest=decision.bundle_digest,
         )  # fmt: skip
 

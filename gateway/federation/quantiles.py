@@ -24,6 +24,8 @@ from gateway.federation.combine import REASON_AT_SITE, InvalidSiteAnswer, Pooled
 from pseudonymize.disclosure import REASON_BELOW_MIN
 
 BINS = 100
+_MAX_QUANTILE = 1e300
+"""The largest quantile magnitude a site may send: the round-2 edges spanning ±1e300 stay finite."""
 # Interpolated site quantiles of small samples can sit a little inside the pooled one; the padding keeps
 # the pooled quantile between two edges (an end without such an edge is reported as None: unbounded).
 PAD = 0.05
@@ -72,9 +74,6 @@ class SiteQuantiles:
             n[key] = size
             values[key] = {name: (float(row[name]) if row[name] is not None else None) for name in names}
         return cls(site, n, values, round_to)
-
-
-_MAX_QUANTILE = 1e300
 
 
 def plan_edges(sites: Sequence[SiteQuantiles], low_name: str, high_name: str) -> list[float]:

@@ -61,7 +61,7 @@ from audit.notes import (
 )
 from audit.witness import Witness, format_add_checkpoint_body, parse_add_checkpoint_body
 from gateway import problems
-from gateway.federation.glm_fit import read_capped
+from gateway.federation.peer_answers import read_capped
 from gateway.settings import PeerSettings, SiteSettings
 
 log = logging.getLogger(__name__)
