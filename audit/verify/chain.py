@@ -30,7 +30,8 @@ class ChainState:
     prev_line: bytes | None = None
 
 
-def _parse(line: bytes) -> dict[str, Any] | None:
+def parse_entry(line: bytes) -> dict[str, Any] | None:
+    """An entry line (without its newline) as a JSON object, or None when it is not one."""
     try:
         text = line.decode("utf-8")
         obj, end = _scan(text, 0)
@@ -93,12 +94,17 @@ def _explain(
     origin = state.origin
     for j in range(bad, len(lines)):
         line, i = lines[j], state.index + j
-        obj = _parse(line)
+        obj = parse_entry(line)
         if obj is None:
             if line == origin.encode():
                 # The checkpoint note (it starts with the origin) sits where entry i should be.
                 raise _fail(
                     "truncated", f"the entries end before entry {i}", i, f"entry {i}", "the checkpoint"
+                )
+            if j == len(lines) - 1 and peek() is None:
+                # The file's last line, with no checkpoint after it: a copy that stopped part-way.
+                raise AuditIntegrityError(
+                    "truncated", f"the export ends inside entry {i}, and no checkpoint follows", index=i
                 )
             raise AuditIntegrityError(
                 "malformed_entry", f"entry {i} is not a JSON object on one line", index=i
@@ -127,7 +133,7 @@ def _diagnose(
     origin: str,
     next_line: bytes | None,
 ) -> None:
-    nxt = _parse(next_line.rstrip(b"\n")) if next_line is not None else None
+    nxt = parse_entry(next_line.rstrip(b"\n")) if next_line is not None else None
     next_index = nxt.get("index") if nxt is not None else None
     next_links_here = nxt is not None and nxt.get("prev") == _b64_leaf(line)
     found = obj.get("index")

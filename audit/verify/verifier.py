@@ -14,7 +14,7 @@ from audit.errors import AuditIntegrityError, ForkEvidence, NoteError, Signature
 from audit.merkle import CompactRange
 from audit.notes import VerifierKey, b64, parse_note, parse_verifier_key
 from audit.verify import reader as export_reader
-from audit.verify.chain import ChainState, check_chunk
+from audit.verify.chain import ChainState, check_chunk, parse_entry
 from audit.verify.parallel import Chunk, chunk_table, read_lines, scan_in_workers
 from audit.verify.reader import ExportReader
 
@@ -128,6 +128,7 @@ def _verify(
             index=state.index, expected=str(size), found=str(state.index),
         )  # fmt: skip
     note = reader.rest()
+    _check_no_more_entries(note, size)
     current = _open(note, lkey, "checkpoint")
     cp = current.checkpoint
     _check_checkpoint(cp, reader.origin, size, tree.root())
@@ -205,6 +206,21 @@ def _checked_in_workers(
         yield chunk.start, len(lines), leaves, None
     source.seek(end)
     reader.skip_to_rest()
+
+
+def _check_no_more_entries(note: bytes, size: int) -> None:
+    """A note begins with the log's origin; an entry line where it should begin means the export holds
+    more entries than its header announces."""
+    first = note.split(b"\n", 1)[0]
+    if first.startswith(b"{") and parse_entry(first) is not None:
+        raise AuditIntegrityError(
+            "size_mismatch",
+            f"the export announces {size} entries, but entry {size} follows them where the checkpoint "
+            "should begin",
+            index=size,
+            expected="the checkpoint",
+            found=f"entry {size}",
+        )
 
 
 def _check_checkpoint(cp: Checkpoint, origin: str, size: int, root: bytes) -> None:

@@ -292,3 +292,23 @@ def test_the_verifier_never_reserializes(export: Export, tmp_path: Path) -> None
     assert json.loads(entries[5]) == json.loads(export.entries[5])
     assert hashlib.sha256(entries[5]).digest() != hashlib.sha256(export.entries[5]).digest()
     assert failure(export.write(tmp_path / "x", entries), export).index == 5
+
+
+def test_an_extra_entry_where_the_checkpoint_begins(export: Export, tmp_path: Path) -> None:
+    # The header still says N, and an (N+1)th entry line sits where the checkpoint should start.
+    extra = json.loads(export.entries[-1])
+    extra["index"], extra["prev"] = N, b64(leaf_hash(export.entries[-1]))
+    entries = [*export.entries, json.dumps(extra, separators=(",", ":"), sort_keys=True).encode()]
+    err = failure(export.write(tmp_path / "x", entries, size=N), export)
+    assert (err.reason, err.index) == ("size_mismatch", N)
+    assert (err.expected, err.found) == ("the checkpoint", f"entry {N}")
+
+
+def test_an_export_cut_inside_an_entry(export: Export, tmp_path: Path) -> None:
+    # A copy that stopped part-way through a line: no newline, no checkpoint after it.
+    body = export.write(tmp_path / "whole").read_bytes()
+    cut = body.index(export.entries[25]) + len(export.entries[25]) // 2
+    (tmp_path / "x").write_bytes(body[:cut])
+    err = failure(tmp_path / "x", export)
+    assert (err.reason, err.index) == ("truncated", 25)
+    assert "ends inside entry 25" in str(err)

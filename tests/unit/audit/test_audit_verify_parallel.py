@@ -10,9 +10,11 @@ from audit_helpers import ORIGIN, append_samples
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit import export_format
+from audit.entry import canonical
 from audit.errors import AuditIntegrityError
 from audit.log import AuditLog
 from audit.merkle import leaf_hash, root_of
+from audit.notes import b64
 from audit.verify import reader as export_reader
 from audit.verify import verify_export
 
@@ -71,6 +73,21 @@ def test_chunked_verification(exported: tuple[list[bytes], str, str], tmp_path: 
         with pytest.raises(AuditIntegrityError) as err:
             verify_export(write(tmp_path / f"bad{i}", bad, note), vkey, workers=workers)
         assert (err.value.reason, err.value.index) == (reason, index)
+    # A copy cut inside entry 13, before a chunk boundary: the file ends there, with no checkpoint.
+    cut = write(tmp_path / "cut", entries, note)
+    body = cut.read_bytes()
+    cut.write_bytes(body[: body.index(entries[13]) + 20])
+    with pytest.raises(AuditIntegrityError) as err:
+        verify_export(cut, vkey, workers=workers)
+    assert (err.value.reason, err.value.index) == ("truncated", 13)
+    # One entry more than the header announces, where the checkpoint should begin.
+    extra = json.loads(entries[-1])
+    extra["index"], extra["prev"] = N, b64(leaf_hash(entries[-1]))
+    longer = write(tmp_path / "longer", [*entries, canonical(extra)], note)
+    longer.write_bytes(longer.read_bytes().replace(f"size {N + 1}\n".encode(), f"size {N}\n".encode(), 1))
+    with pytest.raises(AuditIntegrityError) as err:
+        verify_export(longer, vkey, workers=workers)
+    assert (err.value.reason, err.value.index) == ("size_mismatch", N)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
