@@ -51,6 +51,25 @@ def _is_loopback(host: str | None) -> bool:
 JwtAlgorithm = Literal["RS256", "ES256", "EdDSA"]
 
 
+class _KeyProblem(ValueError):
+    """A check across keys, blamed on one key (`loc`). When that key is not in the file (it is missing),
+    `near` is the key whose line the message points at instead."""
+
+    def __init__(self, loc: tuple[str, ...], message: str, near: tuple[str, ...] | None = None) -> None:
+        super().__init__(message)
+        self.loc, self.message, self.near = loc, message, near
+
+
+def _web_url(value: str) -> str:
+    """An https:// URL, or plain http on a loopback address; without its trailing '/'."""
+    parts = urlsplit(value)
+    if parts.hostname and (
+        parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname))
+    ):
+        return value.rstrip("/")
+    raise ValueError("must be an https:// URL (plain http only on a loopback address)")
+
+
 class OidcSettings(BaseModel):
     """The identity provider whose bearer tokens the gateway accepts (table `[oidc]`)."""
 
@@ -77,10 +96,7 @@ class OidcSettings(BaseModel):
     @field_validator("issuer")
     @classmethod
     def _https_unless_loopback(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname)):
-            return value.rstrip("/")
-        raise ValueError("must be an https:// URL (plain http only on a loopback address)")
+        return _web_url(value)
 
 
 class ServerSettings(BaseModel):
@@ -108,6 +124,11 @@ class ServerSettings(BaseModel):
         "between a worker's event loop and its threads",
     )
     public_url: str | None = Field(default=None, description="the URL peers and clients use for this gateway")
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        return None if value is None else _web_url(value)
 
     @property
     def is_loopback(self) -> bool:
@@ -138,10 +159,7 @@ class PeerSettings(BaseModel):
     @field_validator("url")
     @classmethod
     def _peer_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname)):
-            return value.rstrip("/")
-        raise ValueError("must be an https:// URL (plain http only on a loopback address)")
+        return _web_url(value)
 
 
 class SiteSettings(BaseSettings):
@@ -202,19 +220,25 @@ class SiteSettings(BaseSettings):
     @model_validator(mode="after")
     def _one_key_source(self) -> SiteSettings:
         if (self.master_key_file is None) == (self.master_key_env is None):
-            raise ValueError("set exactly one of master_key_file and master_key_env")
+            where = "master_key_env" if self.master_key_file is None else "master_key_file"
+            raise _KeyProblem((where,), "set exactly one of master_key_file and master_key_env")
         if self.policy_engine == "opa" and not self.opa_url:
-            raise ValueError("policy_engine = 'opa' needs opa_url")
+            raise _KeyProblem(("opa_url",), "required when policy_engine = 'opa'", ("policy_engine",))
         if not self.audit_origin:
             object.__setattr__(self, "audit_origin", f"fedgate.example/{self.site_id}")
-        ids = [p.id for p in self.peers]
-        if len(set(ids)) != len(ids) or self.site_id in ids:
-            raise ValueError("peers: every peer id must be unique and differ from site_id")
+        seen = {self.site_id}
+        for i, peer in enumerate(self.peers):
+            if peer.id in seen:
+                raise _KeyProblem(
+                    ("peers", str(i), "id"), "every peer id must be unique and differ from site_id"
+                )
+            seen.add(peer.id)
         if self.peers and self.peer_key_file is None:
-            raise ValueError("peer_key_file: required when peers are configured")
+            raise _KeyProblem(("peer_key_file",), "required when peers are configured", ("peers", "0", "id"))
         if not self.state_url:
             if not self.audit_url.startswith("sqlite:///"):
-                raise ValueError("state_url: required when the audit log is not a SQLite file")
+                raise _KeyProblem(("state_url",), "required when the audit log is not a SQLite file",
+                                  ("audit_url",))  # fmt: skip
             audit_file = Path(self.audit_url.removeprefix("sqlite:///").split("?")[0])
             object.__setattr__(self, "state_url", f"sqlite:///{audit_file.parent / 'state.db'}")
         return self
@@ -314,16 +338,20 @@ def load_settings(path: Path | str) -> SiteSettings:
         raise ConfigError(path, None, f"{named} is not valid JSON for its key") from None
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or None
-        if first["type"] == "extra_forbidden":
+        loc = tuple(str(p) for p in first["loc"])
+        problem = (first.get("ctx") or {}).get("error")
+        near: tuple[str, ...] | None = None
+        if isinstance(problem, _KeyProblem):  # a check across keys, blamed on one of them
+            loc, message, near = problem.loc, problem.message, problem.near
+        elif first["type"] == "extra_forbidden":
             message = "unknown key"
         elif first["type"] == "missing":
             message = "required key is missing"
         else:
             message = first["msg"]
+        key = ".".join(loc) or None
         line = None
         if key:
-            loc = tuple(str(p) for p in first["loc"])
             variable = _from_environment(loc)
             if variable is not None:
                 raise ConfigError(
@@ -331,6 +359,8 @@ def load_settings(path: Path | str) -> SiteSettings:
                 ) from None
             parts = key.split(".")
             line = _line_at(text, loc) or _line_of(text, parts[-1]) or _line_of(text, parts[0])
+            if near is not None and _line_at(text, loc) is None:
+                line = _line_at(text, near) or line
         raise ConfigError(path, key, message, line) from None
 
 

@@ -180,3 +180,32 @@ def test_an_environment_variable_that_is_not_its_keys_json_is_named(
     with pytest.raises(ConfigError) as caught:
         load_settings(write(tmp_path, GOOD))
     assert variable in str(caught.value) and "not valid JSON" in str(caught.value)
+
+
+def test_checks_across_keys_name_the_key_and_its_line(tmp_path: Path) -> None:
+    both = GOOD + 'master_key_env = "FEDGATE_TEST_KEY"\n'
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, both))
+    assert (err.value.key, err.value.line) == ("master_key_file", 6)
+    assert "set exactly one of master_key_file and master_key_env" in str(err.value)
+    opa = GOOD + 'policy_engine = "opa"\n'
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, opa))
+    assert (err.value.key, err.value.line) == ("opa_url", 8)  # the line that asks for OPA
+    twice = GOOD + 'peer_key_file = "k"\n' + PEER + PEER
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, twice))
+    assert (err.value.key, err.value.line) == ("peers.1.id", 15)  # the second [[peers]] table's id
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, GOOD + PEER))
+    assert (err.value.key, err.value.line) == ("peer_key_file", 9)  # no such line: the first peer's
+
+
+def test_public_url_must_be_a_web_url(tmp_path: Path) -> None:
+    ok = load_settings(write(tmp_path, GOOD + '[server]\npublic_url = "https://gw.site-de.example/"\n'))
+    assert ok.server.public_url == "https://gw.site-de.example"
+    for bad in ("gw.site-de.example", "http://gw.site-de.example", "ftp://gw", "https://"):
+        with pytest.raises(ConfigError) as err:
+            load_settings(write(tmp_path, GOOD + f'[server]\npublic_url = "{bad}"\n'))
+        assert (err.value.key, err.value.line) == ("server.public_url", 9)
+        assert "https://" in str(err.value)
