@@ -13,7 +13,7 @@ import uvicorn
 
 from gateway.app import CONFIG_ENV
 from gateway.cli.output import fail
-from gateway.cli.workers import APP, APP_OPTIONS, Dispatcher
+from gateway.cli.workers import APP, APP_OPTIONS, Dispatcher, listening_socket
 from gateway.decision.errors import PolicyLoadError
 from gateway.federation.peers import PeerLink
 from gateway.runtime import SiteRuntime, StartupError
@@ -33,17 +33,22 @@ def serve(
     _check_startup(config, settings)
     os.environ[CONFIG_ENV] = str(config.resolve())
     server = settings.server
+    try:
+        listener = listening_socket(server.host, server.port)
+    except OSError as exc:
+        fail(f"{config}: cannot listen on {server.host}:{server.port} ({exc.strerror or exc})")
     if server.workers > 1 and hasattr(socket, "send_fds"):
-        try:
-            dispatcher = Dispatcher(server.host, server.port, server.workers)
-        except OSError as exc:
-            fail(f"{config}: cannot listen on {server.host}:{server.port} ({exc.strerror})")
+        dispatcher = Dispatcher(listener, server.workers)
         typer.echo(f"fedgate: serving on {server.host}:{server.port} with {server.workers} workers", err=True)
         code = dispatcher.run()
         if code:
             raise typer.Exit(code)
-    else:
+    elif server.workers > 1:  # no descriptor passing here: uvicorn's own workers, which bind themselves
+        listener.close()
         uvicorn.run(APP, host=server.host, port=server.port, workers=server.workers, **APP_OPTIONS)
+    else:
+        config_ = uvicorn.Config(APP, host=server.host, port=server.port, **APP_OPTIONS)
+        uvicorn.Server(config_).run(sockets=[listener])
 
 
 def _check_startup(config: Path, settings: SiteSettings) -> None:

@@ -54,16 +54,27 @@ APP_OPTIONS: Final[dict[str, Any]] = {"factory": True, "log_level": "info", "acc
 """How uvicorn runs the gateway, in a worker of the parent here or by itself (`fedgate serve`)."""
 
 
-class Dispatcher:
-    """The parent: binds `host:port`, runs `count` workers and deals them the accepted connections."""
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to `host:port` and listening (OSError when the address is taken or not this host's)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(2048)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
 
-    def __init__(self, host: str, port: int, count: int) -> None:
-        self.host, self.port, self.count = host, port, count
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.listener = socket.socket(family, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind((host, port))
-        self.listener.listen(2048)
+
+class Dispatcher:
+    """The parent: runs `count` workers and deals them the connections accepted on `listener`."""
+
+    def __init__(self, listener: socket.socket, count: int) -> None:
+        self.host, self.port = listener.getsockname()[:2]
+        self.count = count
+        self.listener = listener
         self.listener.setblocking(False)
         self.workers: list[_Worker] = []
         self._turn = 0
