@@ -33,7 +33,9 @@ class ParquetConnector(Connector):
         if self._schema is None:
             file = self._open()
             try:
-                schema = file.schema_arrow if self.columns is None else self._select(file.schema_arrow)
+                schema = file.schema_arrow
+                if self.columns is not None:
+                    schema = pa.schema([self._field(schema, name) for name in self.columns])
                 if file.metadata.num_rows == 0:
                     raise EmptySource(self.source, "the file holds no rows")
             finally:
@@ -51,14 +53,11 @@ class ParquetConnector(Connector):
         if batch_rows < 1:
             raise InvalidOption(self.source, "batch_rows must be at least 1")
         full = self.schema()
-        for name in columns:
-            if full.get_field_index(name) < 0:
-                raise MissingColumn(self.source, "the file has no such column", column=name)
-        return self._read(pa.schema([full.field(name) for name in columns]), batch_rows)
+        return self._read(pa.schema([self._field(full, name) for name in columns]), batch_rows)
 
     def _read(self, schema: pa.Schema, batch_rows: int) -> Iterator[pa.RecordBatch]:
         file = self._open()
-        strings = [i for i, field in enumerate(schema) if pa.types.is_string(field.type)]
+        strings = [i for i, field in enumerate(schema) if _is_text(field.type)]
         row = 0
         try:
             for batch in file.iter_batches(batch_size=batch_rows, columns=schema.names, use_threads=True):
@@ -86,23 +85,33 @@ class ParquetConnector(Connector):
         except (OSError, pa.ArrowException):
             raise FormatError(self.source, "not a Parquet file (no valid footer)") from None
 
-    def _select(self, schema: pa.Schema) -> pa.Schema:
-        assert self.columns is not None
-        for name in self.columns:
-            if schema.get_field_index(name) < 0:
-                raise MissingColumn(self.source, "the file has no such column", column=name)
-        return pa.schema([schema.field(name) for name in self.columns])
+    def _field(self, schema: pa.Schema, name: str) -> pa.Field:
+        """The one column of `schema` named `name` (a file can hold none, or several)."""
+        found = schema.get_all_field_indices(name)
+        if not found:
+            raise MissingColumn(self.source, "the file has no such column", column=name)
+        if len(found) > 1:
+            raise FormatError(
+                self.source, f"{len(found)} columns are named so; rename all but one", column=name
+            )
+        return schema.field(found[0])
 
     def _check_utf8(self, array: pa.Array, column: str, row: int) -> None:
         try:
             array.validate(full=True)
         except pa.ArrowInvalid:
-            for offset, value in enumerate(array.cast(pa.binary()).to_pylist()):
+            binary = pa.large_binary() if pa.types.is_large_string(array.type) else pa.binary()
+            for offset, value in enumerate(array.cast(binary).to_pylist()):
                 if value is not None and not _is_utf8(value):
                     raise EncodingError(
                         self.source, "bytes are not valid UTF-8", row=row + offset + 1, column=column
                     ) from None
             raise
+
+
+def _is_text(t: pa.DataType) -> bool:
+    """The string columns a Parquet reader gives, whose bytes it hands on without checking them."""
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
 
 
 def _is_utf8(value: bytes) -> bool:

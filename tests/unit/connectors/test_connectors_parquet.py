@@ -122,3 +122,30 @@ def test_batches_of_reads_only_the_named_columns_in_their_order(tmp_path: Path) 
         list(connector.batches_of(["note"]))
     with pytest.raises(MissingColumn):
         list(connector.batches_of(["mrn", "ssn"]))
+
+
+def test_large_string_column_with_non_utf8_bytes(tmp_path: Path, assert_named: NamedCheck) -> None:
+    raw = pa.array([b"P1", b"P2", b"M\xfcller"], pa.large_binary())
+    broken = pa.Array.from_buffers(pa.large_string(), len(raw), raw.buffers())
+    path = write(tmp_path, pa.table({"name": broken, "age": [1, 2, 3]}))
+    assert ParquetConnector(path).schema().field("name").type == pa.large_string()
+    with pytest.raises(EncodingError) as caught:
+        list(ParquetConnector(path).batches(2))
+    assert_named(caught.value, source=str(path), row=3, column="name")
+
+
+def test_two_columns_of_one_name(tmp_path: Path, assert_named: NamedCheck) -> None:
+    twice = pa.Table.from_arrays([pa.array(["P1", "P2"]), pa.array([1, 2]), pa.array([3, 4])],
+                                 names=["mrn", "age", "age"])  # fmt: skip
+    path = write(tmp_path, twice)
+    for read in (lambda: ParquetConnector(path, columns=["mrn", "age"]).schema(),
+                 lambda: list(ParquetConnector(path).batches()),
+                 lambda: list(ParquetConnector(path).batches_of(["age"]))):  # fmt: skip
+        with pytest.raises(FormatError) as caught:
+            read()
+        assert_named(caught.value, source=str(path), column="age")
+        assert "2 columns" in str(caught.value)
+    # A column the caller does not ask for may be ambiguous without stopping the read.
+    table = pa.Table.from_batches(list(ParquetConnector(path, columns=["mrn"]).batches()))
+    assert table.column("mrn").to_pylist() == ["P1", "P2"]
+    assert ParquetConnector(path).batches_of(["mrn"]).__next__().column(0).to_pylist() == ["P1", "P2"]
