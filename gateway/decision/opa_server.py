@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,7 +39,7 @@ class OpaServerEngine:
         self._bundle = bundle
         # False while OPA may hold part of a bundle (a publish failed half-way); reload publishes again.
         self.in_sync = True
-        if publish:
+        if publish and not self.holds(bundle):
             self.publish(bundle)
 
     @property
@@ -80,9 +81,31 @@ class OpaServerEngine:
         _in_rounds(stale, self._client.delete_policy)
         _in_rounds(modules, lambda m: self._client.update_policy_from_string(m[1], m[0], rego_compat=False))
 
+    def holds(self, bundle: PolicyBundle) -> bool:
+        """Whether OPA decides with exactly `bundle` already: its data document, and the bundle's decision
+        modules and no other of fedgate's. Another process of the site (a worker of `fedgate serve`) that
+        published a change leaves it so, and publishing it again would make every worker's decisions fail
+        while its modules are deleted and uploaded. Any doubt (an error, anything different) is no."""
+        wanted = {f"fedgate/{p}": src for p, src in bundle.policies if not is_test_file(p)}
+        try:
+            held = sorted(pid for pid in self._client.get_policies_list() if pid.startswith("fedgate/"))
+            if held != sorted(wanted):
+                return False
+            if self._client.get_data(DATA_ROOT).get("result") != json.loads(
+                json.dumps(bundle.data_document())
+            ):
+                return False
+            return all(
+                self._client.get_policy(pid).get("result", {}).get("raw") == wanted[pid] for pid in held
+            )
+        except Exception:  # noqa: BLE001 - the client's errors are untyped; not knowing means publish
+            return False
+
     def replace_bundle(self, bundle: PolicyBundle) -> None:
-        self.publish(bundle)
+        if not self.holds(bundle):
+            self.publish(bundle)
         self._bundle = bundle
+        self.in_sync = True
 
     def evaluate(self, policy_input: Mapping[str, Any]) -> object:
         try:

@@ -27,6 +27,7 @@ class OpaDataApiStandIn(LoopbackServer):
         self.fault: Fault = None
         self.slow_s = slow_s
         self.requests = 0
+        self.writes = 0  # uploads and deletes of policies and data
         self._policies: dict[str, str] = {}
         self._data: dict[str, Any] = {}
         self._engine: regorus.Engine | None = None
@@ -101,11 +102,26 @@ class OpaDataApiStandIn(LoopbackServer):
                     with standin._lock:
                         listed = [{"id": pid, "raw": src} for pid, src in sorted(standin._policies.items())]
                     self._json(200, {"result": listed})
+                elif (policy := self._path("/v1/policies/")) is not None:
+                    with standin._lock:
+                        source = standin._policies.get("/".join(policy))
+                    if source is None:
+                        self._json(404, {"code": "resource_not_found", "message": "no such policy"})
+                    else:
+                        self._json(200, {"result": {"id": "/".join(policy), "raw": source}})
+                elif (path := self._path("/v1/data/")) is not None and path:
+                    # Stored data only (the gateway reads back what it uploaded), not rules' values.
+                    with standin._lock:
+                        node: Any = standin._data
+                        for key in path:
+                            node = node.get(key) if isinstance(node, dict) else None
+                    self._json(200, {} if node is None else {"result": node})
                 else:
                     self._json(404, {"code": "resource_not_found", "message": "not served by the stand-in"})
 
             def do_DELETE(self) -> None:
                 policy = self._path("/v1/policies/")
+                standin.writes += 1
                 with standin._lock:
                     found = bool(policy) and standin._policies.pop("/".join(policy or []), None) is not None
                     standin._engine = None
@@ -116,6 +132,7 @@ class OpaDataApiStandIn(LoopbackServer):
 
             def do_PUT(self) -> None:
                 body = self._body()
+                standin.writes += 1
                 if (policy := self._path("/v1/policies/")) is not None:
                     try:
                         # Parse first, as OPA does on upload, so a broken policy is refused and not kept.

@@ -3,8 +3,9 @@
 `OpaLibraryDataApi` evaluates with OPA's own engine — the Go package github.com/open-policy-agent/opa/v1/rego
 (OPA v1.20.2), loaded in-process from the opa-golib-python-bindings wheel — so its answers are OPA's answers,
 not regorus'. The HTTP front is ours, NOT `opa run --server`: it serves just the part of OPA's REST API the
-gateway uses (GET /v1/policies, PUT and DELETE /v1/policies/<id>, PUT /v1/data/<path>, POST /v1/data/<path>
-with {"input": …} → {"result": …}, GET /health) and answers errors in OPA's shape ({"code", "message"}). Like
+gateway uses (GET /v1/policies, GET, PUT and DELETE /v1/policies/<id>, GET and PUT /v1/data/<path>, POST
+/v1/data/<path> with {"input": …} → {"result": …}, GET /health) and answers errors in OPA's shape ({"code",
+"message"}). Like
 OPA's server, a policy upload or delete compiles every module that would remain and is refused (400) when that
 fails.
 One difference remains: the library runs with strict builtin errors, so a builtin error is an HTTP 500 here
@@ -101,6 +102,10 @@ class OpaLibraryDataApi(LoopbackServer):
         with self._lock:
             return sorted(self._policies)
 
+    def policy_source(self, policy_id: str) -> str | None:
+        with self._lock:
+            return self._policies.get(policy_id)
+
     def put_data(self, path: list[str], value: Any) -> None:
         with self._lock:
             if not path:
@@ -167,6 +172,19 @@ class OpaLibraryDataApi(LoopbackServer):
                     self._json(200, {})
                 elif route.rstrip("/") == "/v1/policies":
                     self._json(200, {"result": [{"id": pid} for pid in api.policy_ids()]})
+                elif policy := self._path("/v1/policies/"):
+                    source = api.policy_source("/".join(policy))
+                    if source is None:
+                        self._error(404, "resource_not_found", "no such policy")
+                    else:
+                        self._json(200, {"result": {"id": "/".join(policy), "raw": source}})
+                elif data := self._path("/v1/data/"):
+                    try:
+                        defined, value = api.evaluate(data)
+                    except opa_bindings.OpaError as exc:
+                        self._error(500, "internal_error", exc.message)
+                        return
+                    self._json(200, {"result": value} if defined else {})
                 else:
                     self._error(404, "resource_not_found", "not served by this test front")
 

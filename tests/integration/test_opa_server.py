@@ -12,6 +12,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from decision_corpus import corpus
 from opa_standin import OpaDataApiStandIn
@@ -169,3 +170,47 @@ def test_reload_the_server_cannot_take_keeps_the_last_good_bundle(tmp_path: Path
     failed = point.decide(request)
     assert failed.decision == "deny"
     assert failed.reasons[0].startswith("policy evaluation failed: ")
+
+
+def test_a_bundle_opa_already_holds_is_not_published_again(
+    standin: OpaDataApiStandIn, bundle: PolicyBundle
+) -> None:
+    # Two workers of one site share an OPA server: the one that changed the policy publishes it, and the
+    # other, reloading, finds it there. Publishing it again would delete and upload every module while the
+    # first worker decides, and those decisions would fail.
+    first = OpaServerEngine(standin.url, 2.0, bundle)
+    published = standin.writes
+    assert published > 0
+    second = OpaServerEngine(standin.url, 2.0, bundle)  # a worker starting beside it
+    assert standin.writes == published
+    changed = load_bundle(POLICIES, "FR")
+    first.replace_bundle(changed)
+    published = standin.writes
+    second.replace_bundle(changed)
+    assert standin.writes == published
+    request = corpus(1)[0]
+    assert decide(second, request) == decide(first, request) == decide(EmbeddedEngine(changed), request)
+    assert decide(second, request).bundle_digest == changed.digest
+
+
+def test_a_bundle_opa_holds_only_in_part_is_published(opa_url: str, bundle: PolicyBundle) -> None:
+    engine = OpaServerEngine(opa_url, 5.0, bundle)
+    assert engine.holds(bundle)
+    module = next(p for p, _ in bundle.policies if not p.endswith("_test.rego"))
+    with httpx.Client(base_url=opa_url) as opa:
+        source = opa.get(f"/v1/policies/fedgate/{module}").json()["result"]["raw"]
+        # The same module with one more comment line: OPA no longer holds exactly the bundle.
+        assert opa.put(f"/v1/policies/fedgate/{module}", content=f"{source}\n# edited\n").status_code == 200
+        assert not engine.holds(bundle)
+        engine.replace_bundle(bundle)
+        assert engine.holds(bundle)
+        # Data of another bundle under the same modules: not held either.
+        other = load_bundle(POLICIES, "FR")
+        assert not engine.holds(other)
+        assert opa.put(
+            "/v1/policies/fedgate/zz_extra.rego", content="package fedgate.zz\n\nx := 1\n"
+        ).is_success
+        assert not engine.holds(bundle), "a module the bundle does not have"
+    request = corpus(1)[0]
+    engine.replace_bundle(bundle)
+    assert decide(engine, request) == decide(EmbeddedEngine(bundle), request)
