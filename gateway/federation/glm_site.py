@@ -52,6 +52,7 @@ from pseudonymize.disclosure import DisclosureRules
 from pseudonymize.disclosure.glm_checks import (
     GlmDisclosureError,
     check_glm_release,
+    check_glm_rows,
     check_linear_predictor,
     check_weight_spread,
 )
@@ -142,8 +143,17 @@ class GlmModel(_Model):
 
     def columns(self) -> list[str]:
         """Every column the model reads."""
-        extra = [c for c in (self.offset, self.weights) if c is not None]
-        return [self.outcome, *self.numeric, *(c.column for c in self.categorical), *extra]
+        return [column for column, _ in self.column_fields()]
+
+    def column_fields(self) -> list[tuple[str, str]]:
+        """Every column the model reads, with where the request names it (`model.numeric[1]`)."""
+        fields = [(self.outcome, "model.outcome")]
+        fields += [(c, f"model.numeric[{i}]") for i, c in enumerate(self.numeric)]
+        fields += [(c.column, f"model.categorical[{i}].column") for i, c in enumerate(self.categorical)]
+        fields += [
+            (c, f"model.{name}") for name, c in (("offset", self.offset), ("weights", self.weights)) if c
+        ]
+        return fields
 
     def parameter_names(self) -> list[str]:
         """(Intercept), numeric columns, then `column[level]` per non-reference level."""
@@ -318,16 +328,45 @@ class GlmDataError(ValueError):
         super().__init__(message)
 
 
+def _restrictions(frame: pd.DataFrame, model: GlmModel) -> dict[str, np.ndarray]:
+    """What each restriction of the model keeps of `frame`'s rows with the outcome present: every other
+    column present, a categorical column at its levels, the weights above zero."""
+    restrictions: dict[str, np.ndarray] = {}
+    for column in model.columns():
+        if column != model.outcome:
+            restrictions[f"column {column}"] = frame[column].notna().to_numpy(dtype=bool)
+    for cov in model.categorical:
+        restrictions[f"levels of {cov.column}"] = frame[cov.column].isin(cov.levels).to_numpy(dtype=bool)
+    if model.weights is not None:
+        positive = pd.to_numeric(frame[model.weights], errors="coerce").fillna(0) > 0
+        restrictions[f"weights {model.weights} above zero"] = positive.to_numpy(dtype=bool)
+    return restrictions
+
+
+def check_rows(frame: pd.DataFrame, model: GlmModel, rules: DisclosureRules) -> None:
+    """The query-set rule for a model (`check_glm_rows`): the rows with its outcome, those it keeps, and
+    those each of its restrictions alone leaves out (GlmDisclosureError)."""
+    population = frame[model.outcome].notna().to_numpy(dtype=bool)
+    restrictions = _restrictions(frame, model)
+    kept = population.copy()
+    for mask in restrictions.values():
+        kept &= mask
+    left_out_by = {}
+    for name, mask in restrictions.items():
+        others = population.copy()
+        for other, other_mask in restrictions.items():
+            if other != name:
+                others &= other_mask
+        left_out_by[name] = int(np.count_nonzero(others & ~mask))
+    check_glm_rows(int(np.count_nonzero(population)), int(np.count_nonzero(kept)), left_out_by, rules)
+
+
 def design(frame: pd.DataFrame, model: GlmModel, patient_column: str | None = None) -> GlmArrays:
     """The design matrix of the model's complete rows of `frame` (columns already typed by the store)."""
-    keep = pd.Series(True, index=frame.index)
-    for column in model.columns():
-        keep &= frame[column].notna()
-    for cov in model.categorical:
-        keep &= frame[cov.column].isin(cov.levels)
-    if model.weights is not None:
-        keep &= pd.to_numeric(frame[model.weights], errors="coerce").fillna(0) > 0
-    rows = frame[keep.to_numpy(dtype=bool)]
+    keep = frame[model.outcome].notna().to_numpy(dtype=bool)
+    for mask in _restrictions(frame, model).values():
+        keep &= mask
+    rows = frame[keep]
     n = len(rows)
     parts: list[np.ndarray] = [np.ones(n)] if model.intercept else []
     parts += [rows[c].to_numpy(dtype=float) for c in model.numeric]
@@ -335,7 +374,12 @@ def design(frame: pd.DataFrame, model: GlmModel, patient_column: str | None = No
         values = rows[cov.column].to_numpy(dtype=object)
         parts += [(values == level).astype(float) for level in cov.levels[1:]]
     x = np.column_stack(parts) if n else np.zeros((0, len(model.parameter_names())))
-    y = rows[model.outcome].to_numpy(dtype=float)
+    try:
+        y = rows[model.outcome].to_numpy(dtype=float)
+    except (TypeError, ValueError):  # a text or date column as a binomial outcome
+        raise GlmDataError(
+            f"outcome {model.outcome!r} must be numbers (binomial: 0/1 or boolean)", "model.outcome"
+        ) from None
     if model.family == "binomial" and not np.isin(y, (0.0, 1.0)).all():
         raise GlmDataError(f"binomial outcome {model.outcome!r} must be 0/1 or boolean", "model.outcome")
     if model.family == "poisson" and (y < 0).any():
@@ -472,13 +516,18 @@ class GlmSiteService:
                 await self._refused(principal, request_id, "approval", list(decision.reasons), query_hash)
                 return {"status": "pending_approval", "reasons": list(decision.reasons)}
             session = await self._session(principal, request, entry, decision, query_hash)
-        except Refusal as refusal:
+        except Exception as exc:  # whatever stops a session ends as an audited refusal, never a 500
+            refusal = exc if isinstance(exc, Refusal) else Refusal(
+                "unavailable", "The session could not be opened", [type(exc).__name__], stage="execute"
+            )  # fmt: skip
             refusal.request_id = request_id
             refusal.audited = True
             await self._refused(
                 principal, request_id, refusal.stage, refusal.reasons or [refusal.title], query_hash
             )
-            raise
+            if refusal is exc:
+                raise
+            raise refusal from None
         self.sessions.add(session)
         await self.rt.record(
             "glm.session_opened",
@@ -619,14 +668,14 @@ class GlmSiteService:
                 stage="decide",
             )
         allowed = set(obligations.allowed_columns)
-        for i, column in enumerate(request.model.columns()):
+        for column, place in request.model.column_fields():
             if column not in allowed:
                 raise Refusal(
                     "forbidden",
                     "Column not allowed",
                     [f"the agreement does not grant column {column!r}"],
                     stage="plan",
-                    field=f"model.columns[{i}]",
+                    field=place,
                 )
         withdrawn = set()
         if entry.patient_column is not None:
@@ -641,6 +690,7 @@ class GlmSiteService:
                 "bad_request", "The data do not fit the model", [str(exc)], stage="plan", field=exc.field
             ) from None
         try:
+            check_rows(frame, request.model, DisclosureRules.from_obligations(obligations))
             check_release(data, request.model, obligations)
         except GlmDisclosureError as exc:
             raise Refusal("forbidden", DISCLOSURE_TITLE, [exc.reason], stage="disclosure") from None
@@ -658,14 +708,14 @@ class GlmSiteService:
     ) -> pd.DataFrame:
         catalog = {c["name"]: DatasetColumn(c["name"], c["type"]) for c in entry.columns}
         model = request.model
-        for i, column in enumerate(model.columns()):
+        for column, place in model.column_fields():
             if column not in catalog:
                 raise Refusal(
                     "bad_request",
                     "Unknown column",
                     [f"the dataset has no column {column!r}"],
                     stage="plan",
-                    field=f"model.columns[{i}]",
+                    field=place,
                 )
             numeric_role = column != model.outcome or model.family != "binomial"
             is_categorical = any(c.column == column for c in model.categorical)
@@ -679,7 +729,7 @@ class GlmSiteService:
                     "Column is not numeric",
                     [f"column {column!r} is {catalog[column].arrow_type}, not numeric"],
                     stage="plan",
-                    field=f"model.columns[{i}]",
+                    field=place,
                 )
         for i, cov in enumerate(model.categorical):
             for level in cov.levels:

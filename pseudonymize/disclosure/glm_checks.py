@@ -47,6 +47,35 @@ def check_glm_release(
         )
 
 
+def check_glm_rows(
+    population: int, kept: int, left_out_by: Mapping[str, int], rules: DisclosureRules
+) -> None:
+    """Raise GlmDisclosureError unless the rows a model keeps may be described.
+
+    `population` is every row the researcher may query with the model's outcome present; `kept` the rows
+    the model keeps of them (every column present, categorical columns at their levels, weights above
+    zero); `left_out_by` maps each of the model's restrictions ("column bmi", "levels of country") to the
+    rows it alone leaves out of those the rest of the model keeps. Each is a filter the researcher chose:
+    two models one restriction apart would otherwise give sums that differ by a few patients' values, the
+    differencing the query-set rule (`check_query_set`) stops for the other kinds."""
+    k = rules.min_cell_count
+    if kept < k:
+        raise GlmDisclosureError(
+            f"the model keeps fewer than {k} rows with its outcome at this site (min_cell_count)"
+        )
+    if 0 < population - kept < k:
+        raise GlmDisclosureError(
+            f"the model leaves out fewer than {k} of the rows with its outcome (min_cell_count); comparing "
+            f"it with a model that keeps them would describe those rows"
+        )
+    small = sorted(name for name, count in left_out_by.items() if 0 < count < k)
+    if small:
+        raise GlmDisclosureError(
+            f"{', '.join(small)}: leaves out fewer than {k} of the rows the rest of the model keeps "
+            f"(min_cell_count); comparing with the model without it would describe those rows"
+        )
+
+
 def check_weight_spread(total: float, total_sq: float, rules: DisclosureRules) -> None:
     """Raise GlmDisclosureError when an iteration's working weight rests on fewer than min_cell_count
     rows' worth: its effective sample size (Σw)² / Σw² is below the minimum.

@@ -163,3 +163,31 @@ def test_policy_data_that_is_not_an_object_names_the_body(
     steward = bearer(idp, "steward")
     problem = _problem(http.put("/v1/steward/policy-data/agreements", json=[1, 2], headers=steward))
     assert problem["field"] == "body"
+
+
+def test_a_glm_outcome_that_is_not_numbers_is_a_422_naming_it_and_audited(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    base = {k: v for k, v in QUERY.items() if k not in ("kind", "group_by")}
+    for outcome in ("outcome", "admission_date", "icd10"):  # text, a date, text holding codes
+        model = {"outcome": outcome, "family": "binomial", "numeric": ["bmi"]}
+        start = audit_size(http, idp)
+        answer = http.post(
+            "/v1/glm/sessions", json=base | {"model": model}, headers=bearer(idp, "researcher")
+        )
+        problem = _problem(answer)
+        assert answer.status_code == 422 and problem["field"] == "model.outcome", problem
+        assert "E11" not in answer.text and "recovered" not in answer.text
+        types = [e["type"] for e in entries_since(http, idp, start)]
+        assert types[-1] == "glm.refused", types
+
+
+def test_a_glm_column_is_named_where_the_request_names_it(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    base = {k: v for k, v in QUERY.items() if k not in ("kind", "group_by")}
+    model = {"outcome": "bmi", "family": "gaussian", "numeric": ["hba1c", "smoking"]}
+    problem = _problem(
+        http.post("/v1/glm/sessions", json=base | {"model": model}, headers=bearer(idp, "researcher"))
+    )
+    assert problem["field"] == "model.numeric[1]" and problem["title"] == "Column is not numeric"

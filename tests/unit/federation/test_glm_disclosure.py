@@ -18,6 +18,7 @@ from gateway.federation.glm_site import (
     GlmSessionRequest,
     GlmSessions,
     binary_cells,
+    check_rows,
     design,
     iteration_statistics,
 )
@@ -189,3 +190,82 @@ def test_a_researcher_holds_a_bounded_number_of_sessions() -> None:
         sessions.add(_session("issuer\nr1", "A"))
     assert not sessions.room_for("issuer\nr1")
     assert sessions.room_for("issuer\nr2")
+
+
+def _cohort(n: int = 40) -> pd.DataFrame:
+    rng = np.random.default_rng(5)
+    return pd.DataFrame(
+        {
+            "bmi": rng.normal(27, 4, n),
+            "sbp": rng.normal(130, 15, n),
+            "country": ["DE"] * (n - 12) + ["FR"] * 11 + ["LU"],
+            "w": np.ones(n),
+        }
+    )
+
+
+def test_a_model_one_restriction_apart_from_another_is_refused() -> None:
+    # The attack: sum(bmi) over every row with bmi, minus sum(bmi) over the rows that also have sbp, is
+    # the bmi of the one patient without sbp. Each restriction the researcher adds is a filter.
+    frame = _cohort()
+    check_rows(frame, GlmModel(outcome="bmi", family="gaussian"), RULES)
+    check_rows(frame, GlmModel(outcome="bmi", family="gaussian", numeric=["sbp"]), RULES)
+    one_missing = frame.assign(sbp=[None, *frame["sbp"][1:]])
+    with pytest.raises(GlmDisclosureError, match="leaves out fewer than 10 of the rows with its outcome"):
+        check_rows(one_missing, GlmModel(outcome="bmi", family="gaussian", numeric=["sbp"]), RULES)
+    # Categorical levels are an `in` filter: leaving out the one patient from LU is refused.
+    levels = GlmModel(
+        outcome="bmi",
+        family="gaussian",
+        categorical=[CategoricalCovariate(column="country", levels=["DE", "FR"])],
+    )
+    with pytest.raises(GlmDisclosureError, match="leaves out fewer than 10"):
+        check_rows(frame, levels, RULES)
+    every = CategoricalCovariate(column="country", levels=["DE", "FR", "LU"])
+    with_lu = GlmModel(outcome="bmi", family="gaussian", categorical=[every])
+    check_rows(frame, with_lu, RULES)
+    # Weights at zero leave rows out too.
+    with pytest.raises(GlmDisclosureError, match="leaves out fewer than 10"):
+        check_rows(
+            frame.assign(w=[0.0] + [1.0] * 39), GlmModel(outcome="bmi", family="gaussian", weights="w"), RULES
+        )
+
+
+def test_a_restriction_that_alone_leaves_out_a_few_rows_is_named() -> None:
+    # Twelve rows lack sbp, so the model leaves out enough in all; but of the rows sbp keeps, the levels
+    # leave out only the one from LU: comparing with the model without the levels would describe it.
+    frame = _cohort().assign(sbp=[None] * 12 + list(_cohort()["sbp"][12:]))
+    frame.loc[0, "country"] = "LU"  # now two from LU, one of them without sbp
+    levels = CategoricalCovariate(column="country", levels=["DE", "FR"])
+    model = GlmModel(outcome="bmi", family="gaussian", numeric=["sbp"], categorical=[levels])
+    with pytest.raises(GlmDisclosureError, match="levels of country: leaves out fewer than 10") as err:
+        check_rows(frame, model, RULES)
+    assert not any(ch.isdigit() for ch in str(err.value).replace("10", ""))  # no count, no value
+
+
+def test_a_model_keeping_too_few_rows_is_refused() -> None:
+    frame = _cohort(40).assign(sbp=[1.0] * 9 + [None] * 31)
+    with pytest.raises(GlmDisclosureError, match="keeps fewer than 10 rows"):
+        check_rows(frame, GlmModel(outcome="bmi", family="gaussian", numeric=["sbp"]), RULES)
+
+
+def test_a_text_or_date_outcome_is_a_data_error_not_a_crash() -> None:
+    frame = pd.DataFrame({"y": ["recovered", "died", "recovered"], "x": [1.0, 2.0, 3.0]})
+    with pytest.raises(GlmDataError) as err:
+        design(frame, GlmModel(outcome="y", family="binomial", numeric=["x"]))
+    assert err.value.field == "model.outcome" and "recovered" not in str(err.value)
+    dates = frame.assign(y=pd.to_datetime(["2020-01-01", "2020-01-02", "2020-01-03"]).date)
+    with pytest.raises(GlmDataError):
+        design(dates, GlmModel(outcome="y", family="binomial", numeric=["x"]))
+
+
+def test_column_fields_name_the_request_paths() -> None:
+    g = CategoricalCovariate(column="g", levels=["x", "z"])
+    model = GlmModel(outcome="y", family="gaussian", numeric=["a", "b"], categorical=[g], weights="w")
+    assert model.column_fields() == [
+        ("y", "model.outcome"),
+        ("a", "model.numeric[0]"),
+        ("b", "model.numeric[1]"),
+        ("g", "model.categorical[0].column"),
+        ("w", "model.weights"),
+    ]
