@@ -142,7 +142,7 @@ def _sqlite_engine(url: sa.URL, begin: str | None) -> Engine:
     kwargs: dict[str, Any] = {"connect_args": {"timeout": 60, "check_same_thread": False}}
     if memory:
         kwargs["poolclass"] = StaticPool
-    engine = sa.create_engine(url, **kwargs)
+    engine = sa.create_engine(url, hide_parameters=True, **kwargs)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -174,7 +174,7 @@ def make_engines(url: str) -> Engines:
         # Readers run each statement on its own (autocommit): every row they read is immutable once
         # written, so they need no snapshot and never hold up a writer.
         return Engines(writer, _sqlite_engine(parsed, None), ProcessLock(f"{parsed.database}-writer.lock"))
-    engine = sa.create_engine(parsed, pool_pre_ping=True)
+    engine = sa.create_engine(parsed, pool_pre_ping=True, hide_parameters=True)
     return Engines(engine, engine)
 
 

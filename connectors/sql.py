@@ -92,7 +92,7 @@ class SqlConnector(Connector):
         if on_disk and not Path(database).is_file():
             raise SourceNotFound(self.source, "the database file does not exist")
         try:
-            return sa.create_engine(self.url)
+            return sa.create_engine(self.url, hide_parameters=True)
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
             raise InvalidOption(self.source, f"no usable SQLAlchemy dialect ({type(exc).__name__})") from None
 

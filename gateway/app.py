@@ -73,6 +73,7 @@ def create_app(
     app.include_router(glm.router)
     peers.install(app)
     app.include_router(witness.router)
+    app.add_middleware(problems.UnexpectedErrors, on_error=_audit_unexpected)  # outermost of ours
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the site id and the running policy bundle")
     async def healthz() -> dict[str, Any]:
@@ -112,6 +113,11 @@ async def _audit_failed(request: Request, exc: Exception) -> Response:
     log.error("audit: %s ended unrecorded (%s); refused", route_label(request), type(exc).__name__)
     reason = "the audit log could not record this request; try again later"
     return problems.refusal_response(Refusal("unavailable", "The audit log is unavailable", [reason]))
+
+
+async def _audit_unexpected(request: Request, exc: Exception) -> None:
+    """Audit a request that failed in a way nothing handled (`problems.UnexpectedErrors`)."""
+    await _audit_refusal(request, Refusal("unavailable", "Internal error"))
 
 
 async def _audit_refusal(request: Request, refusal: Refusal) -> None:

@@ -7,6 +7,7 @@ handlers here render those, authentication failures and request-validation error
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
@@ -17,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from audit.errors import (
     MalformedRequest,
@@ -31,6 +33,7 @@ from gateway.query.spec import field_path
 from gateway.refusal import Refusal, RefusalKind
 
 PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger(__name__)
 
 STATUS: dict[RefusalKind, HTTPStatus] = {
     "bad_request": HTTPStatus.UNPROCESSABLE_ENTITY,
@@ -343,6 +346,55 @@ def install(
     app.add_exception_handler(Refusal, refused)
     app.add_exception_handler(StarletteHTTPException, framework)
     app.add_exception_handler(RequestValidationError, validation)
+
+
+UnexpectedHook = Callable[[Request, Exception], Awaitable[None]]
+
+
+class UnexpectedErrors:
+    """The last guard of an app (pure ASGI, outside its routes and handlers): an exception nothing else
+    took ends as a 500 problem, is logged by its class alone (its message can quote what was being
+    processed: a stored value, a statement's parameters) and is reported to `on_error`, which audits it.
+    Nothing reaches the server's own error log, which would print the message and its traceback."""
+
+    def __init__(self, app: ASGIApp, on_error: UnexpectedHook | None = None) -> None:
+        self.app = app
+        self.on_error = on_error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:  # noqa: BLE001 - the guard of last resort, by design
+            log.error(
+                "%s %s failed unexpectedly (%s)", scope.get("method"), _route(scope), type(exc).__name__
+            )
+            if self.on_error is not None:
+                try:
+                    await self.on_error(Request(scope), exc)
+                except Exception as failed:  # noqa: BLE001 - the answer below must still go out
+                    log.error("the unexpected failure could not be audited (%s)", type(failed).__name__)
+            if not started:
+                reason = "the gateway failed unexpectedly; nothing was released"
+                await problem(HTTPStatus.INTERNAL_SERVER_ERROR, "Internal error", detail=reason)(
+                    scope, receive, send
+                )
+
+
+def _route(scope: Scope) -> str:
+    """The matched route's template (`/v1/queries/{request_id}`), never the path with its values."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "(no route)"
 
 
 def not_found_response() -> JSONResponse:

@@ -198,7 +198,7 @@ class GatewayState:
     def __init__(self, url: str) -> None:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///").split("?")[0]).parent.mkdir(parents=True, exist_ok=True)
-        self._engine = sa.create_engine(url)
+        self._engine = sa.create_engine(url, hide_parameters=True)
         # SQLite takes one writer at a time, and a writer that finds the database locked sleeps in SQLite's
         # busy handler (1, 2, 5, 10 … ms): transactions of several statements take turns on locks instead,
         # which cost microseconds (a thread lock in the process, then flock between processes). A write that

@@ -134,7 +134,7 @@ class Store:
                 self._duck.execute(_CATALOG_DDL).fetchall()
                 self._sweep_staging()
             else:
-                self._engine = sa.create_engine(url)
+                self._engine = sa.create_engine(url, hide_parameters=True)
                 with self._engine.begin() as conn:
                     conn.execute(sa.text(_CATALOG_DDL.replace("VARCHAR", "TEXT")))
         except (duckdb.Error, sa.exc.SQLAlchemyError) as exc:

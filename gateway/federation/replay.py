@@ -40,7 +40,7 @@ class NonceLedger:
     def __init__(self, state_url: str) -> None:
         if state_url.startswith("sqlite:///"):
             Path(state_url.removeprefix("sqlite:///").split("?")[0]).parent.mkdir(parents=True, exist_ok=True)
-        self._engine = sa.create_engine(state_url)
+        self._engine = sa.create_engine(state_url, hide_parameters=True)
         if self._engine.dialect.name == "sqlite":
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
         create_schema(self._engine, metadata)  # several workers may start on a new file at once

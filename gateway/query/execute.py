@@ -73,8 +73,8 @@ def store_engine(store_url: str, *, hold_open: bool = True) -> sa.Engine:
             path = store_url.removeprefix("duckdb:///")
             read_only = {"read_only": True} if path not in ("", ":memory:") else {}
             url = sa.make_url(store_url).set(drivername=duckdb_dialect.DRIVER_NAME)
-            return sa.create_engine(url, connect_args=read_only, **pool)
-        engine = sa.create_engine(store_url, pool_pre_ping=hold_open, **pool)
+            return sa.create_engine(url, connect_args=read_only, hide_parameters=True, **pool)
+        engine = sa.create_engine(store_url, pool_pre_ping=hold_open, hide_parameters=True, **pool)
     except (sa.exc.ArgumentError, ImportError) as exc:
         raise ExecutionError(f"cannot use the store URL: {type(exc).__name__}") from None
     if engine.dialect.name == "postgresql":
@@ -103,7 +103,7 @@ def single_thread_engine(store_url: str) -> sa.Engine | None:
     if path in (None, "", ":memory:"):
         return None
     url = sa.make_url("duckdb:///:memory:").set(drivername=duckdb_dialect.DRIVER_NAME)
-    engine = sa.create_engine(url, connect_args={"config": {"threads": 1}})
+    engine = sa.create_engine(url, connect_args={"config": {"threads": 1}}, hide_parameters=True)
     attach = "ATTACH '{}' AS store (READ_ONLY)".format(path.replace("'", "''"))
 
     @sa.event.listens_for(engine, "connect")

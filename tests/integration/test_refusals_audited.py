@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_site import bearer
+from gateway_site import bearer, running_gateway
 from oidc_issuer import LoopbackTestIssuer
 
 from gateway.refusal import UNRECORDED_REASONS
@@ -168,3 +168,55 @@ def test_a_spec_naming_unrecordable_text_is_refused_and_audited_by_its_title(
     entry = refused_once(http, idp, start, "POST:submit")
     assert entry["payload"] == {"route": "POST:submit", "refusal": "bad_request", "title": "Invalid query"}
     assert "0012345678" not in json.dumps(entries_since(http, idp, start))
+
+
+def test_a_failure_nothing_handled_is_a_500_problem_audited_and_logged_by_its_class_only(
+    tmp_site: Any, idp: LoopbackTestIssuer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A state database that fails mid-withdrawal: the driver's message quotes the statement's parameters,
+    # here the pseudonyms of the patients being withdrawn.
+    from gateway.routes import steward
+
+    secret = "c1d2a8fb-ba29-7377-811c-65f54b5dbe1a"
+
+    def failing(*_: Any) -> int:
+        raise RuntimeError(f"database is locked [parameters: ('cohort', '{secret}')]")
+
+    monkeypatch.setattr(steward, "withdraw", failing)
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url) as http:
+        start = size(http, idp)
+        body = {"patients": ["MRN-DE-12390526"]}
+        with caplog.at_level("DEBUG"):
+            answer = http.post(
+                "/v1/steward/datasets/cohort/withdrawals", json=body, headers=bearer(idp, "steward")
+            )
+        assert answer.status_code == 500
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.json()["title"] == "Internal error"
+        refused = refused_once(http, idp, start, "POST:withdraw_consent")
+        assert refused["payload"]["title"] == "Internal error"
+        assert refused["actor"] is not None
+    logged = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
+    assert "RuntimeError" in logged
+    assert secret not in logged and secret not in answer.text and "MRN-DE" not in logged
+
+
+def test_no_engine_writes_statement_parameters_into_its_errors(tmp_path: Any) -> None:
+    # SQLAlchemy quotes a failed statement's parameters in its message unless told not to; they are
+    # pseudonyms, withdrawn patients, audit entries.
+    import sqlalchemy as sa
+
+    from audit.storage import make_engines
+    from gateway.state import GatewayState
+    from pseudonymize.store import Store
+
+    state = GatewayState(f"sqlite:///{tmp_path / 'state.db'}")
+    engines = make_engines(f"sqlite:///{tmp_path / 'audit.db'}")
+    with Store(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        used = [state._engine, engines.writer, engines.reader, store._engine]
+        for engine in used:
+            assert engine.hide_parameters, engine.url
+            with pytest.raises(sa.exc.DBAPIError) as err, engine.connect() as conn:
+                conn.execute(sa.text("SELECT no_such_function(:v)"), {"v": "secret-value-7"})
+            assert "secret-value-7" not in str(err.value)
+    engines.dispose()
