@@ -313,7 +313,9 @@ class QueryPipeline:
                 await self._finish(request_id, "refused", refusal.reasons, None, steward)
             return {"request_id": request_id, "status": "refused", "reasons": refusal.reasons}
         await self._finish(request_id, "released", [], body, steward)
-        return body
+        # The answer stays at the site for the researcher, who collects it under the policy then in force
+        # (`collect`); the steward who approved learns only that it was released.
+        return {"request_id": request_id, "status": "released", "reasons": []}
 
     async def collect(self, principal: Principal, request_id: str) -> dict[str, Any]:
         """A queued request's state, or its released answer for the researcher who asked.

@@ -214,7 +214,8 @@ class ApprovalDecision(BaseModel):
     "/approvals/{request_id}",
     summary="Approve (the query runs and is released) or reject",
     responses=documented(
-        ok="the outcome: released (with the answer), rejected, or refused when the run failed",
+        ok="the outcome: released (the researcher collects the answer; the steward does not see it), "
+        "rejected, or refused when the run failed",
         bad_request="no reason, or a reason the audit log does not record; `field` names it",
         forbidden="a steward cannot decide their own query",
         not_found="no such request",

@@ -126,7 +126,7 @@ def test_wait_returns_the_released_summary_once_a_steward_approves(
     decided = approval.result(timeout=10)
     assert decided["status"] == "released" and waited >= 0.25  # it polled until the steward decided
     assert isinstance(result, QueryResult) and result.request_id == request_id
-    assert result.result_hash == decided["result_hash"] and result.raw["rows"] == decided["rows"]
+    assert result.result_hash.startswith("sha256:") and "rows" not in decided  # the steward gets no answer
     frame = result.frame
     assert list(frame.columns[:2]) == ["sex", "n"] and {"sum", "sum_sq"} <= set(frame.columns)
     assert set(frame["sex"]) == {"F", "M"} and (frame["n"] >= MIN_CELL).all()
@@ -176,7 +176,7 @@ def test_query_with_wait_submits_and_returns_the_approved_answer(
     decided = approval.result(timeout=10)
     assert decided["status"] == "released" and result.request_id == decided["request_id"]
     assert set(result.frame["sex"]) == {"F", "M"} and (result.frame["n"] >= MIN_CELL).all()
-    assert result.raw["rows"] == decided["rows"]
+    assert result.raw["rows"] and "rows" not in decided
 
 
 def test_a_kind_method_with_wait_returns_the_approved_frame(
@@ -190,7 +190,7 @@ def test_a_kind_method_with_wait_returns_the_approved_frame(
     )
     decided = approval.result(timeout=10)
     assert isinstance(frame, pd.DataFrame) and decided["status"] == "released"
-    assert frame["n"].tolist() == [row["n"] for row in decided["rows"]]
+    assert len(frame) == 2 and "rows" not in decided
     assert set(frame["sex"]) == {"F", "M"} and (frame["n"] >= MIN_CELL).all()
 
 
