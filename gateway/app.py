@@ -73,7 +73,7 @@ def create_app(
     app.include_router(glm.router)
     peers.install(app)
     app.include_router(witness.router)
-    app.add_middleware(problems.UnexpectedErrors, on_error=_audit_unexpected)  # outermost of ours
+    app.add_middleware(problems.Guard, on_error=_audit_unexpected, on_refusal=_audit_refusal)  # outermost
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the site id and the running policy bundle")
     async def healthz() -> dict[str, Any]:

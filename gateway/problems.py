@@ -33,6 +33,10 @@ from gateway.query.spec import field_path
 from gateway.refusal import Refusal, RefusalKind
 
 PROBLEM_JSON = "application/problem+json"
+MAX_BODY_BYTES: Final = 4 * 1024 * 1024
+"""The largest request body the gateway reads; a larger one is a 413. No legitimate body comes near it (a
+withdrawal of 10,000 patients is under 1 MiB): a larger one is refused as it arrives, before it is held,
+parsed or its token looked at."""
 log = logging.getLogger(__name__)
 
 STATUS: dict[RefusalKind, HTTPStatus] = {
@@ -351,21 +355,49 @@ def install(
 UnexpectedHook = Callable[[Request, Exception], Awaitable[None]]
 
 
-class UnexpectedErrors:
-    """The last guard of an app (pure ASGI, outside its routes and handlers): an exception nothing else
-    took ends as a 500 problem, is logged by its class alone (its message can quote what was being
-    processed: a stored value, a statement's parameters) and is reported to `on_error`, which audits it.
-    Nothing reaches the server's own error log, which would print the message and its traceback."""
+class Guard:
+    """The outer guard of an app (pure ASGI, outside its routes and handlers).
 
-    def __init__(self, app: ASGIApp, on_error: UnexpectedHook | None = None) -> None:
+    - A body declared larger than `MAX_BODY_BYTES` is refused (413) before any of it is read, and
+      reported to `on_refusal`; a larger body sent in chunks is refused once that many bytes have
+      arrived (FastAPI passes the HTTPException raised while it reads the body to the handlers).
+    - An exception nothing else took ends as a 500 problem, is logged by its class alone (its message can
+      quote what was being processed: a stored value, a statement's parameters) and is reported to
+      `on_error`, which audits it. Nothing reaches the server's own error log, which would print the
+      message and its traceback."""
+
+    def __init__(
+        self, app: ASGIApp, on_error: UnexpectedHook | None = None, on_refusal: RefusalHook | None = None
+    ) -> None:
         self.app = app
         self.on_error = on_error
+        self.on_refusal = on_refusal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            refusal = Refusal("bad_request", "Request body too large", stage="validate")
+            if self.on_refusal is not None:
+                await self.on_refusal(Request(scope), refusal)
+            detail = f"a request body may hold at most {MAX_BODY_BYTES} bytes"
+            await problem(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, refusal.title, detail=detail)(
+                scope, receive, send
+            )
+            return
         started = False
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY_BYTES:
+                    raise StarletteHTTPException(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+            return message
 
         async def watched(message: Message) -> None:
             nonlocal started
@@ -373,7 +405,7 @@ class UnexpectedErrors:
             await send(message)
 
         try:
-            await self.app(scope, receive, watched)
+            await self.app(scope, limited, watched)
         except Exception as exc:  # noqa: BLE001 - the guard of last resort, by design
             log.error(
                 "%s %s failed unexpectedly (%s)", scope.get("method"), _route(scope), type(exc).__name__

@@ -191,3 +191,29 @@ def test_a_glm_column_is_named_where_the_request_names_it(
         http.post("/v1/glm/sessions", json=base | {"model": model}, headers=bearer(idp, "researcher"))
     )
     assert problem["field"] == "model.numeric[1]" and problem["title"] == "Column is not numeric"
+
+
+def test_a_body_over_the_limit_is_a_413_before_it_is_read(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    from gateway.problems import MAX_BODY_BYTES
+
+    big = b'{"dataset": [' + b"1," * (MAX_BODY_BYTES // 2) + b"1]}"
+    start = audit_size(http, idp)
+    for headers in ({}, bearer(idp, "researcher")):  # refused before its token is looked at
+        answer = http.post(
+            "/v1/queries", content=big, headers={"content-type": "application/json", **headers}
+        )
+        assert answer.status_code == 413 and answer.headers["content-type"] == "application/problem+json"
+        assert answer.json()["title"] == "Request body too large"
+    refused = [e for e in entries_since(http, idp, start) if e["type"] == "request.refused"]
+    assert [e["payload"]["title"] for e in refused] == ["Request body too large"] * 2
+
+    def chunks() -> Any:  # no Content-Length: counted as it arrives
+        for _ in range(MAX_BODY_BYTES // 65536 + 2):
+            yield b" " * 65536
+
+    answer = http.post("/v1/queries", content=chunks(), headers={"content-type": "application/json"})
+    assert answer.status_code == 413 and answer.headers["content-type"] == "application/problem+json"
+    # A body under the limit is read as before.
+    assert http.post("/v1/queries", json=QUERY, headers=bearer(idp, "researcher")).status_code == 200
