@@ -164,6 +164,10 @@ def hashed(request: HasQueryHash) -> str:
         ) from None
 
 
+# The spec field each member of `query.received` records, to name it in a refusal.
+_SPEC_FIELD: Final = {"kind": "kind", "dataset": "dataset", "dsa": "agreement", "purpose": "purpose.duo"}
+
+
 class QueryPipeline:
     """Runs queries for one site under its policy."""
 
@@ -218,11 +222,14 @@ class QueryPipeline:
                 principal=principal,
                 request_id=request_id,
             )
-        except PayloadError:
+        except PayloadError as exc:
             # The spec validated but holds text the audit log will not record: refuse it rather than answer
             # a request that left no trace; the problem handler records the refusal by its title alone.
             reason = "the query holds text the audit log does not record"
-            raise Refusal("bad_request", "Invalid query", [reason], request_id=request_id) from None
+            field = _SPEC_FIELD.get((exc.field or "").split(".")[0].split("[")[0])
+            raise Refusal(
+                "bad_request", "Invalid query", [reason], request_id=request_id, field=field
+            ) from None
 
     async def decide_approval(
         self, steward: Principal, request_id: str, *, approve: bool, reason: str

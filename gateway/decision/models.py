@@ -49,7 +49,7 @@ class Requester(_Frozen):
 class Purpose(_Frozen):
     """Why: DUO research-purpose codes, a disease term for disease-specific research, the ethics approval."""
 
-    duo: tuple[DuoCode, ...] = Field(min_length=1)
+    duo: tuple[DuoCode, ...] = Field(min_length=1, max_length=64)  # as many as the audit log records
     disease: Name | None = None
     ethics_approval_id: Name | None = None
 

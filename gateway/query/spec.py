@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import rfc8785
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -28,6 +29,7 @@ from pydantic import (
     field_validator,
 )
 
+from audit.events import identifier_problem
 from gateway.decision.models import CountryCode, Purpose, QueryFacts
 from gateway.query.errors import FieldProblem, QuerySpecError
 from pseudonymize.disclosure.rules import QUANTILE_MAX_PROB, QUANTILE_MIN_PROB, QUANTILE_PROB_STEP
@@ -49,10 +51,22 @@ Kind = Literal["count", "crosstab", "summary", "histogram", "quantiles", "kaplan
 Op = Literal["=", "!=", "<", "<=", ">", ">=", "in", "between", "is_null"]
 ColumnName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", description="a dataset column")]
 DatasetId = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$", description="a catalog dataset id")]
+def _recordable_agreement(value: str) -> str:
+    problem = identifier_problem(value)
+    if problem is not None:
+        raise ValueError(f"an agreement id is recorded in the audit log as a label, and this one {problem}")
+    return value
+
+
 # Agreement ids are labels (DSA-2026-014): the audit log records them, and only such text.
 AgreementId = Annotated[
     str,
-    Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$", description="the data-sharing agreement id"),
+    Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$",
+        description="the data-sharing agreement id: a label, not a number of six digits or more, nor an "
+        "opaque string of 32 characters or more",
+    ),
+    AfterValidator(_recordable_agreement),
 ]
 SafeInt = Annotated[int, Field(strict=True, ge=-SAFE_INT, le=SAFE_INT)]
 """An integer canonical JSON (RFC 8785) takes: at most 2**53 - 1 in magnitude."""

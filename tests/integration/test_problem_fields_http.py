@@ -217,3 +217,40 @@ def test_a_body_over_the_limit_is_a_413_before_it_is_read(
     assert answer.status_code == 413 and answer.headers["content-type"] == "application/problem+json"
     # A body under the limit is read as before.
     assert http.post("/v1/queries", json=QUERY, headers=bearer(idp, "researcher")).status_code == 200
+
+
+def test_an_agreement_id_the_audit_log_would_not_record_is_a_422_naming_it(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    researcher = bearer(idp, "researcher")
+    glm = {"outcome": "bmi", "family": "gaussian", "numeric": ["hba1c"]}
+    base = {k: v for k, v in QUERY.items() if k != "kind"}
+    for agreement in ("DSA:1234567890123", "a" * 128, "4111111111111111"):
+        for path, body in (
+            ("/v1/queries", QUERY | {"agreement": agreement}),
+            ("/v1/federated-queries", QUERY | {"agreement": agreement}),
+            ("/v1/glm/sessions", base | {"agreement": agreement, "model": glm}),
+            ("/v1/federated-glm", base | {"agreement": agreement, "model": glm}),
+        ):
+            problem = _problem(http.post(path, json=body, headers=researcher))
+            assert problem["field"] == "agreement", (path, problem)
+            assert agreement not in json.dumps(problem)
+
+
+def test_more_duo_codes_than_the_audit_log_records_is_a_422_naming_them(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    codes = [f"DUO:{i:07d}" for i in range(1, 66)]
+    problem = _problem(
+        http.post("/v1/queries", json=QUERY | {"purpose": {"duo": codes}}, headers=bearer(idp, "researcher"))
+    )
+    assert problem["field"] == "purpose.duo"
+
+
+def test_a_dataset_id_the_audit_log_would_not_record_is_named(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    answer = http.post(
+        "/v1/queries", json=QUERY | {"dataset": "cohort1234567"}, headers=bearer(idp, "researcher")
+    )
+    assert answer.status_code == 422 and answer.json()["field"] == "dataset"
