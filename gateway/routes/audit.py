@@ -57,7 +57,7 @@ async def entries(
             "bad_request",
             "Invalid range",
             [f"need 0 ≤ start ≤ end ≤ {size} and at most {MAX_ENTRIES} entries"],
-            field="start",
+            field="start" if not 0 <= start <= size else "end",
         )  # fmt: skip
     rows = await asyncio.to_thread(runtime.audit.entries, start, end)
     return {
@@ -79,7 +79,9 @@ async def inclusion(_: AuditorDep, runtime: RuntimeDep, index: int, size: int) -
         proof = await asyncio.to_thread(runtime.audit.inclusion_proof, index, size)
         root = await asyncio.to_thread(runtime.audit.root, size)
     except StorageError as exc:
-        raise Refusal("bad_request", "No such proof", [str(exc)], field="index") from None
+        logged = await asyncio.to_thread(lambda: runtime.audit.size)
+        field = "size" if not 0 <= size <= logged else "index"
+        raise Refusal("bad_request", "No such proof", [str(exc)], field=field) from None
     return {"index": index, "size": size, "root": base64.b64encode(root).decode(), "proof": _b64(proof)}
 
 
@@ -93,7 +95,9 @@ async def consistency(_: AuditorDep, runtime: RuntimeDep, old: int, new: int) ->
     try:
         proof = await asyncio.to_thread(runtime.audit.consistency_proof, old, new)
     except StorageError as exc:
-        raise Refusal("bad_request", "No such proof", [str(exc)], field="old") from None
+        logged = await asyncio.to_thread(lambda: runtime.audit.size)
+        field = "new" if not 0 <= new <= logged else "old"
+        raise Refusal("bad_request", "No such proof", [str(exc)], field=field) from None
     return {"old": old, "new": new, "proof": _b64(proof)}
 
 

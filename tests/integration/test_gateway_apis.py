@@ -79,12 +79,18 @@ def test_auditor_gets_entries_and_proofs_that_verify(http: httpx.Client, idp: Lo
         2, size, [base64.b64decode(p) for p in cons["proof"]], base64.b64decode(old["root"]), root
     )
     bad = http.get("/v1/audit/proofs/inclusion", params={"index": size + 5, "size": size}, headers=auditor)
-    assert bad.status_code == 422
-    # Each refusal is audited, so the log has grown by one entry per bad request since `size` was read.
-    assert (
-        http.get("/v1/audit/entries", params={"start": 0, "end": size + 100}, headers=auditor).status_code
-        == 422
-    )
+    assert bad.status_code == 422 and bad.json()["field"] == "index"
+    # Each refusal names the parameter at fault, and is audited (the log grows by one entry each).
+    refusals = [
+        ("/v1/audit/entries", {"start": 0, "end": size + 10**6}, "end"),
+        ("/v1/audit/entries", {"start": -1}, "start"),
+        ("/v1/audit/proofs/inclusion", {"index": 0, "size": 10**9}, "size"),
+        ("/v1/audit/proofs/consistency", {"old": 0, "new": 10**9}, "new"),
+        ("/v1/audit/proofs/consistency", {"old": 3, "new": 2}, "old"),
+    ]
+    for path, params, field in refusals:
+        refused = http.get(path, params=params, headers=auditor)
+        assert refused.status_code == 422 and refused.json()["field"] == field, (path, params, refused.text)
     note = http.get("/v1/audit/checkpoint", headers=auditor).text
     assert note.startswith("fedgate.example/site-de\n")
 
@@ -110,12 +116,30 @@ def test_python_client(gateway_url: str, idp: LoopbackTestIssuer) -> None:
         assert table["count"].notna().all() and not table["suppressed"].any()
         summary = site.summary("cohort", "DSA-TEST-OPEN", PURPOSE, column="bmi", group_by=["sex"])
         assert set(summary["sex"]) == {"F", "M"} and (summary["mean"] > 15).all()
+        # One dtype per result column, whatever the values (docs/queries.md); group columns keep theirs.
+        by_sex = site.crosstab("cohort", "DSA-TEST-OPEN", PURPOSE, group_by="sex")
+        assert by_sex.dtypes.astype(str).to_dict() == {
+            "sex": "object", "count": "Int64", "suppressed": "boolean", "suppression_reason": "string",
+            "margin": "string",
+        }  # fmt: skip
+        assert summary.dtypes.astype(str).to_dict() == {
+            "sex": "object", "n": "Int64", "mean": "Float64", "variance": "Float64", "sum": "Float64",
+            "sum_sq": "Float64", "suppressed": "boolean", "suppression_reason": "string",
+        }  # fmt: skip
+        histogram = site.histogram("cohort", "DSA-TEST-OPEN", PURPOSE, column="bmi", edges=[20, 30])
+        assert histogram.dtypes.astype(str).to_dict() == {
+            "bin": "Int64", "lower": "Float64", "upper": "Float64", "count": "Int64", "suppressed": "boolean",
+            "suppression_reason": "string", "margin": "string",
+        }  # fmt: skip
         with pytest.raises(QueryDenied) as denied:
             site.count("cohort", "DSA-TEST-EXPIRED", PURPOSE)
         assert "DSA-TEST-EXPIRED expired on 2026-06-30" in denied.value.reasons
         with pytest.raises(QueryInvalid) as invalid:
             site.histogram("cohort", "DSA-TEST-OPEN", PURPOSE, column="bmi", edges=[30, 20])
         assert "edges" in (invalid.value.field or "")
+        # A validation problem lists its faults in `errors`, not `reasons`: the client makes them reasons.
+        assert len(invalid.value.reasons) == len(invalid.value.problem["errors"]) > 0
+        assert invalid.value.reasons[0].startswith("params.edges: edges must increase")
         with pytest.raises(ApprovalPending) as pending:
             site.summary("cohort", "DSA-TEST-APPROVAL", PURPOSE, column="hba1c")
         assert site.result(pending.value.request_id)["status"] == "pending_approval"
