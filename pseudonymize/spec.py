@@ -310,7 +310,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"{key!r} is given twice", key_node.start_mark
+                    None, None, "a key is given twice in one mapping", key_node.start_mark
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
@@ -355,8 +355,16 @@ def load_spec(path: Path | str) -> PseudonymizationSpec:
     is_toml = path.suffix.lower() == ".toml"
     try:
         data = tomllib.loads(text) if is_toml else yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise SpecError(path, None, f"not valid {'TOML' if is_toml else 'YAML'}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:  # "Invalid value (at line 2, column 19)": no text of the file
+        raise SpecError(path, None, f"not valid TOML: {exc}") from None
+    except yaml.YAMLError as exc:
+        # PyYAML's own message quotes the file around the error: a data file given as the spec would
+        # put a patient's record into the error and the audit log. Its problem and place only.
+        problem = getattr(exc, "problem", None) or "the file cannot be read as YAML"
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        column = f", column {mark.column + 1}" if mark is not None else ""
+        raise SpecError(path, None, f"not valid YAML: {problem}{column}", line) from None
     if not isinstance(data, dict):
         raise SpecError(path, None, "the spec must be a mapping of keys to values")
     try:

@@ -97,6 +97,11 @@ def test_toml_errors_carry_lines(tmp_path: Path) -> None:
 def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     assert "spec file not found" in str(error(tmp_path / "nope.yaml"))
     assert "not valid YAML" in str(error(spec(tmp_path, "columns: [unclosed\n")))
+    # A data file given as the spec: the error names the place, never the text around it.
+    record = 'patient_id,note,name\nMRN-4711,"Allergie: Penicillin",Anna Müller,1950-04-03\n'
+    err = error(spec(tmp_path, record))
+    assert "not valid YAML" in str(err) and err.line == 2
+    assert "MRN-4711" not in str(err) and "Müller" not in str(err) and "Penicillin" not in err.audit_reason
     assert "must be a mapping" in str(error(spec(tmp_path, "- a\n- b\n")))
     bad = tmp_path / "latin1.yaml"
     bad.write_bytes(b"dataset: caf\xe9\n")
@@ -148,7 +153,7 @@ def test_patient_key_can_never_be_kept(tmp_path: Path) -> None:
 def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
     body = HEAD + "  name: {action: drop, identifier: direct}\n  sex: keep\n  name: keep\n"
     err = error(spec(tmp_path, body))
-    assert "'name' is given twice" in str(err) and err.path.name == "s.yaml"
+    assert "a key is given twice" in str(err) and err.path.name == "s.yaml" and err.line == 8
 
 
 def test_numeric_bins_need_finite_numbers(tmp_path: Path) -> None:
