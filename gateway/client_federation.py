@@ -8,7 +8,9 @@
     result.covered    # the sites whose answers the pooled table covers
 
 Sites that denied, timed out or could not be reached are in `sites` with their reasons; the call raises only
-when the coordinator itself refuses (the same `GatewayError` family as `Gateway`).
+when the coordinator itself refuses (the same `GatewayError` family as `Gateway`). A federated query does not
+wait for stewards: a site whose steward must decide is in `sites` as `approval_pending` with its request id,
+and `wait=` or `poll_every=` raise a TypeError.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from gateway.client import _KindClient, _purpose, result_frame
 from gateway.federation.glm_fit import GlmFit
 
 SITE_COLUMNS = ["site", "status", "reasons", "request_id", "duration_ms"]
+WAITING_ARGUMENTS = ("wait", "poll_every")
+"""`Gateway`'s arguments for a steward's decision, which a federated query does not take."""
 
 
 class GlmStopped(Exception):
@@ -98,7 +102,7 @@ class Federation(_KindClient[FederatedResult]):
             body["sites"] = self.sites
         if max_iterations is not None:
             body["max_iterations"] = max_iterations
-        data: dict[str, Any] = self._send("POST", "/v1/federated-glm", json=body).json()
+        _, data = self._send("POST", "/v1/federated-glm", json=body)
         if data.get("status") == "stopped":
             raise GlmStopped(data)
         return GlmFit.from_dict(data)
@@ -110,7 +114,7 @@ class Federation(_KindClient[FederatedResult]):
             body.setdefault("sites", self.sites)
         if self.timeout_s is not None:
             body.setdefault("timeout_s", self.timeout_s)
-        data: dict[str, Any] = self._send("POST", "/v1/federated-queries", json=body).json()
+        _, data = self._send("POST", "/v1/federated-queries", json=body)
         sites = pd.DataFrame.from_records(list(data.get("sites") or []), columns=SITE_COLUMNS)
         return FederatedResult(
             frame=result_frame(data),
@@ -124,5 +128,13 @@ class Federation(_KindClient[FederatedResult]):
     def _kind(
         self, kind: str, dataset: str, agreement: str, purpose: Any, options: dict[str, Any]
     ) -> FederatedResult:
+        for name in WAITING_ARGUMENTS:
+            if name in options:
+                # The spec refuses unknown fields (a 422 "Extra inputs are not permitted"); say why here.
+                raise TypeError(
+                    f"Federation.{kind}() got an unexpected keyword argument {name!r}: a federated query "
+                    "does not wait for stewards; a site that needs one is a row of `sites` with status "
+                    "approval_pending and its request_id, to collect with Gateway(site_url).wait"
+                )
         spec = {"dataset": dataset, "agreement": agreement, "purpose": _purpose(purpose), "kind": kind}
         return self.query({**spec, **options})

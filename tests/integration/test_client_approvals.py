@@ -201,9 +201,31 @@ def test_result_of_someone_elses_or_an_unknown_request_is_not_found(
     request_id = pending_id(owner, "bmi")
     assert owner.result(request_id)["status"] == "pending_approval"
     other = client_for("approvals-someone-else")
-    for unknown in (request_id, "no-such-request"):
+    # An id is one path segment, sent whole: "x?y=1" is not the request "x" with a query string.
+    for unknown in (request_id, "no-such-request", "x?y=1", "a b#c"):
         with pytest.raises(NotFound) as missing:
             other.result(unknown)
         assert missing.value.status == 404 and any(unknown in r for r in missing.value.reasons)
     with pytest.raises(NotFound):
         other.wait(request_id, timeout=1, poll_every=POLL)
+
+
+def test_no_request_id_is_refused_before_asking(client_for: Callable[[str], Gateway]) -> None:
+    site = client_for("approvals-no-id")
+    for malformed in ("", " ", "a/b", ".."):
+        with pytest.raises(ValueError, match="request id"):
+            site.result(malformed)
+        with pytest.raises(ValueError, match="request id"):
+            site.wait(malformed, timeout=1, poll_every=POLL)
+
+
+def test_wait_and_poll_every_are_checked_before_the_query_is_submitted(
+    client_for: Callable[[str], Gateway], steward: httpx.Client
+) -> None:
+    site = client_for("approvals-bad-wait")
+    with pytest.raises(ValueError, match="poll_every"):
+        site.query(summary_spec("bmi"), wait=1, poll_every=-1)
+    with pytest.raises(ValueError, match="wait"):
+        site.summary("cohort", APPROVAL, PURPOSE, column="bmi", wait=-1)
+    queue = steward.get("/v1/steward/approvals").json()
+    assert not [q for q in queue if q["requester"]["sub"] == "approvals-bad-wait"]  # nothing was submitted
