@@ -51,6 +51,8 @@ Kind = Literal["count", "crosstab", "summary", "histogram", "quantiles", "kaplan
 Op = Literal["=", "!=", "<", "<=", ">", ">=", "in", "between", "is_null"]
 ColumnName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", description="a dataset column")]
 DatasetId = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$", description="a catalog dataset id")]
+
+
 def _recordable_agreement(value: str) -> str:
     problem = identifier_problem(value)
     if problem is not None:
