@@ -29,7 +29,7 @@ from pseudonymize.disclosure import (
     protect_summary,
 )
 from pseudonymize.disclosure.km_bins import protect_survival
-from pseudonymize.disclosure.levels import has_rare_level, recode_rare_levels
+from pseudonymize.disclosure.levels import has_rare_level, recode_rare_levels, withhold_merged_quantiles
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,13 @@ def protect(spec: QuerySpec, outcome: QueryOutcome, obligations: Obligations) ->
         table = protect_survival(spec.params.edges, frame, rules)
     elif spec.kind == "quantiles":
         assert isinstance(spec, QuantilesQuery)
+        # Rare levels are in "(other)" (sizes summed, quantiles NaN): n is protected on the grid a count of
+        # the same query has, and no "(other)" group shows a quantile.
         quantile_cols = [quantile_name(p) for p in spec.params.probs]
         table = protect_quantiles(
             frame, groups, rules, value_cols=quantile_cols, probs=list(spec.params.probs)
         )
+        table = withhold_merged_quantiles(table, groups, quantile_cols, rules)
     else:
         assert isinstance(spec, HistogramQuery)
         table = _histogram(spec, frame, groups, rules)

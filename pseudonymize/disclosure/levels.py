@@ -4,10 +4,13 @@ answer. A suppressed cell hides its count, but its label would still show that t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from pseudonymize.disclosure.report import ProtectedTable
 from pseudonymize.disclosure.rules import DisclosureRules
 
 OTHER = "(other)"
@@ -20,8 +23,11 @@ def recode_rare_levels(
     """Levels of a group column held by fewer than min_cell_count rows never appear in an answer.
 
     A suppressed cell hides its count, but its label would still show that the value exists (a group-by
-    on a lab value would list every patient's result). Rare levels are merged into one "(other)" level
-    (additive statistics are summed), or, for quantiles, which do not add up, their groups are dropped.
+    on a lab value would list every patient's result). Rare levels are merged into one "(other)" level, so
+    the groups lie on the grid a count of the same query has and their sizes are protected alike. With
+    `merge`, the additive statistics are summed (n, sum, sum_sq). Without (quantiles, which do not add
+    up), only `n` is summed, and every other statistic of a group labelled "(other)" is NaN: withheld.
+    Dropping the rare groups instead would let the ungrouped answer's n minus the groups' give them back.
     """
     if not groups or frame.empty or not has_rare_level(frame, groups, rules.min_cell_count):
         return frame
@@ -35,11 +41,55 @@ def recode_rare_levels(
             recoded[column] = recoded[column].astype(object).where(~rare, OTHER)
     if not rare_rows.any():
         return frame
-    if not merge:
-        return frame[~rare_rows].reset_index(drop=True)
-    additive = [c for c in recoded.columns if c in _ADDITIVE]
     keys = [*groups, *(["bin"] if "bin" in recoded.columns else [])]
-    return recoded.groupby(keys, dropna=False, sort=False)[additive].sum().reset_index()
+    if merge:
+        additive = [c for c in recoded.columns if c in _ADDITIVE]
+        return recoded.groupby(keys, dropna=False, sort=False)[additive].sum().reset_index()
+    # Every row labelled "(other)" loses its statistics, a level that is itself named so included: it is
+    # merged with the rare ones. A group of any other label is one executor row and keeps its own.
+    merged = _labelled_other(recoded, groups)
+    statistics = [c for c in recoded.columns if c not in keys and c != "n"]
+    for column in statistics:
+        recoded[column] = recoded[column].where(~merged)
+    grouped = recoded.groupby(keys, dropna=False, sort=False)
+    out = grouped["n"].sum(min_count=1).to_frame()
+    for column in statistics:
+        out[column] = grouped[column].first()
+    return out.reset_index()
+
+
+def withhold_merged_quantiles(
+    table: ProtectedTable, groups: Sequence[str], value_cols: Sequence[str], rules: DisclosureRules
+) -> ProtectedTable:
+    """No group labelled "(other)" shows a quantile; the report says so for such a group whose n is shown.
+
+    The merged rows' quantiles do not combine from the levels' own, and a level's quantile would describe
+    a group too small to name. `recode_rare_levels(merge=False)` leaves them NaN already; this makes sure of
+    it on the protected table and tells the researcher why a released group has no quantile.
+    """
+    frame = table.frame
+    merged = _labelled_other(frame, groups)
+    if not merged.any():
+        return table
+    shown = merged & ~frame["suppressed"].to_numpy(dtype=bool)
+    withheld = frame.copy()
+    for column in value_cols:
+        withheld[column] = withheld[column].astype("Float64").mask(merged)
+    if not shown.any():
+        return ProtectedTable(withheld, table.report)
+    note = (
+        f"quantiles of {int(shown.sum())} {OTHER} group(s) withheld: they merge levels held by fewer than "
+        f"{rules.min_cell_count} rows each, whose quantiles do not combine"
+    )
+    return ProtectedTable(withheld, replace(table.report, reasons=(*table.report.reasons, note)))
+
+
+def _labelled_other(frame: pd.DataFrame, groups: Sequence[str]) -> np.ndarray:
+    """Rows whose label in any group column is "(other)"."""
+    merged = np.zeros(len(frame), dtype=bool)
+    for column in groups:
+        merged |= frame[column].astype(object).eq(OTHER).to_numpy(dtype=bool)
+    return merged
 
 
 def has_rare_level(

@@ -1,7 +1,7 @@
 """Disclosure rules end to end over real HTTP, each beside the attack it stops: the size of the filtered set,
-rounding, summaries of small groups, and histogram bins. True values come from the store itself (read
-with DuckDB, read-only, under the consent filter the policy sets), so every assertion compares what the
-gateway released with what it must not release."""
+rounding, summaries of small groups, histogram bins, and quantiles beside a rare group. True values come
+from the store itself (read with DuckDB, read-only, under the consent filter the policy sets), so every
+assertion compares what the gateway released with what it must not release."""
 
 from __future__ import annotations
 
@@ -13,12 +13,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import duckdb
+import gateway_site
 import httpx
 import pandas as pd
+import pyarrow as pa
 import pytest
-from gateway_site import Site, bearer, consent_rule, running_gateway
+from gateway_site import Site, bearer, build_site, consent_rule, running_gateway
 from oidc_issuer import LoopbackTestIssuer
 
+from gateway.synth import generate_site
 from pseudonymize.store import Store
 
 PURPOSE = {"duo": ["DUO:0000006"]}
@@ -91,6 +94,11 @@ def between(frame: pd.DataFrame, low: float, high: float) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def admitted(site: Site) -> pd.DataFrame:
     """Every row the gateway's queries may see: the store's table under the policy's consent filter."""
+    return admitted_rows(site)
+
+
+def admitted_rows(site: Site) -> pd.DataFrame:
+    """The store's latest cohort under the consent filter the policy sets (read-only, store closed after)."""
     with Store(site.settings.store_url) as store:
         entry = store.latest("cohort")
     assert entry is not None
@@ -481,3 +489,129 @@ def test_suppressed_bin_cannot_be_recovered_from_the_total(
         others_high = sum(hi for j, (_, hi) in enumerate(bounds) if j != i)
         feasible = range(max(low, leftover - others_high), min(high, leftover - others_low) + 1)
         assert len(feasible) >= 2, f"hidden bin {hidden[i]['bin']} is determined: {list(feasible)}"
+
+
+# -- quantiles -----------------------------------------------------------------------------------------------
+
+LONE = "LU"  # the country of one patient only, in the cohort of `lone_site`
+OTHER = "(other)"
+MEDIAN = {"column": "bmi", "probs": [0.5]}
+
+
+def one_patient_from_lu(index: int, rows: int, seed: int) -> pa.Table:
+    """The synthetic cohort with one admitted German patient who recovered moved to LU, where no one else
+    is from (what the reviewer did by hand)."""
+    table = generate_site(index, rows, seed)
+    countries = table.column("country").to_pylist()
+    columns = zip(
+        countries,
+        table.column("consent_duo").to_pylist(),
+        table.column("consent_withdrawn").to_pylist(),
+        table.column("outcome").to_pylist(),
+        strict=True,
+    )
+    patient = next(
+        i
+        for i, (country, duo, withdrawn, outcome) in enumerate(columns)
+        if country == "DE" and duo == "DUO:0000042" and not withdrawn and outcome == "recovered"
+    )
+    assert LONE not in countries
+    countries[patient] = LONE
+    position = table.schema.get_field_index("country")
+    return table.set_column(position, table.schema.field(position), pa.array(countries, pa.string()))
+
+
+@pytest.fixture(scope="module")
+def lone_site(tmp_path_factory: pytest.TempPathFactory, idp: LoopbackTestIssuer) -> Site:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gateway_site, "generate_site", one_patient_from_lu)
+        return build_site(tmp_path_factory.mktemp("lone"), idp.issuer_url)
+
+
+@pytest.fixture(scope="module")
+def lone_admitted(lone_site: Site) -> pd.DataFrame:
+    frame = admitted_rows(lone_site)
+    assert int((frame["country"] == LONE).sum()) == 1
+    return frame
+
+
+@pytest.fixture(scope="module")
+def lone_http(lone_site: Site, lone_admitted: pd.DataFrame) -> Iterator[httpx.Client]:
+    """A client of `lone_site`'s gateway, started once `lone_admitted` has read (and closed) the store."""
+    with running_gateway(lone_site.settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        yield client
+
+
+def _same_protection(group: dict[str, Any], cell: dict[str, Any], label: Any) -> None:
+    """A quantiles group shows its size exactly when the count's cell does, hidden for the same reason,
+    and shows quantiles only when it is a released group of real levels."""
+    assert group["suppressed"] == cell["suppressed"], (label, group, cell)
+    assert group["suppression_reason"] == cell["suppression_reason"], (label, group, cell)
+    assert group["n"] == cell["count"], (label, group, cell)
+    if group["suppressed"] or OTHER in (label if isinstance(label, tuple) else (label,)):
+        assert group["q0.5"] is None, (label, group)
+
+
+def test_quantiles_release_no_group_size_that_a_count_hides(
+    lone_http: httpx.Client, idp: LoopbackTestIssuer, lone_admitted: pd.DataFrame
+) -> None:
+    """Attack (as a reviewer ran it): one patient is the only one from LU. A count by country hides the
+    merged rare level and, as its complement, BE. Quantiles by country used to drop the rare group and
+    protect n against what was left, releasing every other group's n: the ungrouped n (2720) minus their
+    sum (2719) gave the rare group's single patient, and BE's hidden count came back with it. Quantiles now
+    merge rare levels into "(other)" as counts do and hide exactly the sizes the count hides; "(other)" and
+    hidden groups show no quantile."""
+    sizes = lone_admitted.groupby("country").size()
+    median_of = lone_admitted.groupby("country")["bmi"].median()
+    sub = "quantile-lone"
+    count = released(lone_http, idp, spec("count", group_by=["country"]), sub)
+    grouped = released(lone_http, idp, spec("quantiles", group_by=["country"], params=MEDIAN), sub)
+    (everyone,) = released(lone_http, idp, spec("quantiles", params=MEDIAN), sub)["rows"]
+    assert everyone["n"] == len(lone_admitted)
+
+    cells = {r["country"]: r for r in count["rows"] if r["margin"] is None}
+    groups = {r["country"]: r for r in grouped["rows"]}
+    assert OTHER in cells and LONE not in cells  # what the count shows: the rare level merged, unnamed
+    assert groups.keys() == cells.keys()
+    for country, group in groups.items():
+        _same_protection(group, cells[country], country)
+        if not group["suppressed"] and country != OTHER and group["n"] * 0.5 >= MIN_CELL:
+            assert group["q0.5"] == pytest.approx(median_of[country])
+    assert groups["DE"]["q0.5"] is not None
+    assert groups[OTHER]["suppression_reason"] == "below min_cell_count"
+    hidden = [c for c, g in groups.items() if g["suppressed"]]
+    assert len(hidden) >= 2
+    # The attacker's subtraction gives the hidden groups together, never one of them.
+    leftover = everyone["n"] - sum(g["n"] for g in groups.values() if not g["suppressed"])
+    hidden_sizes = {c: int(sizes[c]) if c != OTHER else int(sizes[LONE]) for c in hidden}
+    assert leftover == sum(hidden_sizes.values())
+    assert all(leftover != size for size in hidden_sizes.values())
+
+
+def test_quantiles_by_two_columns_cannot_be_differenced_with_a_coarser_grouping(
+    lone_http: httpx.Client, idp: LoopbackTestIssuer, lone_admitted: pd.DataFrame
+) -> None:
+    """Attack: among patients from DE or LU, quantiles by country and outcome used to drop the LU patient's
+    group and release every German group (died 455, readmitted 294, recovered 1885), which the crosstab
+    hides; quantiles by outcome alone (recovered 1886) then told that the LU patient recovered. Now the
+    two-column quantiles hide what the crosstab hides, so every outcome line with a hidden group has two."""
+    within = {"column": "country", "op": "in", "value": ["DE", LONE]}
+    keys = ["country", "outcome"]
+    sub = "quantile-lone-2d"
+    crosstab = released(lone_http, idp, spec("crosstab", group_by=keys, filters=within), sub)
+    finer = released(lone_http, idp, spec("quantiles", group_by=keys, params=MEDIAN, filters=within), sub)
+    body = spec("quantiles", group_by=["outcome"], params=MEDIAN, filters=within)
+    coarser = {r["outcome"]: r for r in released(lone_http, idp, body, sub)["rows"]}
+
+    cells = {(r["country"], r["outcome"]): r for r in crosstab["rows"] if r["margin"] is None}
+    groups = {(r["country"], r["outcome"]): r for r in finer["rows"]}
+    assert groups.keys() == cells.keys() and not any(country == LONE for country, _ in groups)
+    for key, group in groups.items():
+        _same_protection(group, cells[key], key)
+    assert any(cells[key]["suppressed"] for key in cells if key[0] == "DE")  # the test proves something
+    for outcome, total in coarser.items():
+        line = [g for (_, o), g in groups.items() if o == outcome]
+        hidden = [g for g in line if g["suppressed"]]
+        assert len(hidden) != 1, outcome
+        released_part = sum(g["n"] for g in line if not g["suppressed"])
+        assert hidden or released_part == total["n"]

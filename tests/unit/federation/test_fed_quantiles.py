@@ -3,6 +3,7 @@ released, and suppressed or rounded bins widen it without ever falsifying it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,8 @@ from hypothesis import strategies as st
 
 from gateway.federation.combine import SiteTable
 from gateway.federation.quantiles import BINS, SiteQuantiles, bracket, plan_edges, pool_quantiles
-from pseudonymize.disclosure import DisclosureRules, protect_histogram
+from pseudonymize.disclosure import DisclosureRules, protect_histogram, protect_quantiles
+from pseudonymize.disclosure.levels import OTHER, recode_rare_levels, withhold_merged_quantiles
 
 PROBS = [0.05, 0.25, 0.5, 0.75, 0.95]
 NAMES = [f"q{p:g}" for p in PROBS]
@@ -155,3 +157,75 @@ def test_edges_span_the_sites_values_at_any_scale() -> None:
         assert edges[0] <= low and edges[-1] >= high
         inside = sum(1 for a, b in itertools.pairwise(edges) if b > low and a < high)
         assert inside >= BINS // 2 if filled else inside >= 1, (low, high, inside)
+
+
+def _site_answers(
+    site: str, groups: dict[str, np.ndarray], rules: DisclosureRules
+) -> tuple[SiteQuantiles, Callable[[list[float]], SiteTable]]:
+    """A site's round-1 quantiles by country as its gateway releases them (rare countries merged into
+    "(other)", whose quantiles are withheld), and its round-2 histogram over given edges."""
+    executed = pd.DataFrame({
+        "country": list(groups),
+        "n": [len(v) for v in groups.values()],
+        **{name: [float(np.quantile(v, p)) for v in groups.values()]
+           for name, p in zip(NAMES, PROBS, strict=True)},
+    })  # fmt: skip
+    merged = recode_rare_levels(executed, ["country"], rules, merge=False)
+    table = protect_quantiles(merged, ["country"], rules, value_cols=NAMES, probs=PROBS)
+    table = withhold_merged_quantiles(table, ["country"], NAMES, rules)
+    round1 = SiteQuantiles.from_body(site, {"kind": "quantiles", **table.to_dict()}, ["country"], NAMES)
+
+    def histogram(edges: list[float]) -> SiteTable:
+        bins = {c: np.bincount(np.searchsorted(edges, v, side="right"), minlength=len(edges) + 1)
+                for c, v in groups.items()}  # fmt: skip
+        rows = [(c, b, int(n)) for c, counts in bins.items() for b, n in enumerate(counts)]
+        frame = recode_rare_levels(
+            pd.DataFrame(rows, columns=["country", "bin", "n"]), ["country"], rules, merge=True
+        )
+        levels = {"bin": list(range(len(edges) + 1))}
+        hist = protect_histogram(frame, ["country", "bin"], rules, count_col="n", levels=levels)
+        body = {"kind": "histogram", "columns": list(hist.frame.columns), **hist.to_dict()}
+        return SiteTable.from_body(site, body, "histogram", ["country"])
+
+    return round1, histogram
+
+
+def test_an_other_group_whose_quantiles_a_site_withheld_is_pooled_from_its_bins() -> None:
+    """A site's "(other)" group shows its n but no quantile (the merged levels' values do not combine): the
+    edges are planned from the quantiles shown, and "(other)" is pooled from the bins like any group."""
+    rng = np.random.default_rng(5)
+    rules = DisclosureRules(10)
+    data = {
+        "A": {"DE": rng.normal(50, 8, 3000), "LU": rng.normal(58, 4, 6), "BE": rng.normal(57, 4, 8)},
+        "B": {"DE": rng.normal(52, 6, 2500), "LU": rng.normal(56, 4, 7), "NL": rng.normal(55, 5, 40)},
+    }
+    answers = {site: _site_answers(site, groups, rules) for site, groups in data.items()}
+    round1 = [first for first, _ in answers.values()]
+    assert round1[0].n[(OTHER,)] == 14 and round1[0].values[(OTHER,)] == dict.fromkeys(NAMES)
+    assert round1[1].n[(OTHER,)] is None  # B's "(other)" (7 rows) is hidden below the minimum
+    edges = plan_edges(round1, NAMES[0], NAMES[-1])
+    assert len(edges) == BINS + 1
+    histograms = {site: histogram(edges) for site, (_, histogram) in answers.items()}
+    pooled = {
+        row["country"]: row
+        for row in pool_quantiles(round1, histograms, ["country"], PROBS, NAMES, edges).rows
+    }
+    assert pooled.keys() == {"DE", "NL", OTHER}
+    assert pooled[OTHER]["suppressed"] and pooled[OTHER]["n"] is None  # a site hid it: hidden in the pool
+    assert not pooled["DE"]["suppressed"] and pooled["DE"]["n"] == 5500
+    # Small groups' bins, hidden with their complements in the other groups' bins, widen DE's brackets.
+    _check(pooled["DE"], [data["A"]["DE"], data["B"]["DE"]], bounded=False)
+
+    # Where every site shows its "(other)", the pooled one comes from their bins, bracketed as any group's.
+    data["B"]["CH"] = rng.normal(54, 4, 5)
+    answers = {site: _site_answers(site, groups, rules) for site, groups in data.items()}
+    round1 = [first for first, _ in answers.values()]
+    edges = plan_edges(round1, NAMES[0], NAMES[-1])
+    histograms = {site: histogram(edges) for site, (_, histogram) in answers.items()}
+    pooled = {
+        row["country"]: row
+        for row in pool_quantiles(round1, histograms, ["country"], PROBS, NAMES, edges).rows
+    }
+    assert [first.n[(OTHER,)] for first in round1] == [14, 12]
+    assert not pooled[OTHER]["suppressed"] and pooled[OTHER]["n"] == 26
+    _check(pooled[OTHER], [data["A"]["LU"], data["A"]["BE"], data["B"]["LU"], data["B"]["CH"]], bounded=False)
