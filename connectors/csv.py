@@ -60,6 +60,7 @@ class CsvConnector(Connector):
         self._declared = {name: parse_type(self.source, name, spec) for name, spec in (columns or {}).items()}
         self._schema: pa.Schema | None = None
         self._text: set[str] = set()
+        self._named: set[str] = set(self._declared)
         self._header: list[str] = []
         self._bytes_per_row = 100.0
 
@@ -69,6 +70,11 @@ class CsvConnector(Connector):
         left to the caller's own check."""
         self._text.update(names)
         self._schema = None
+
+    def declare_names(self, names: Iterable[str]) -> None:
+        """Header names an error may quote: those the caller's spec gives. Any other column is named by its
+        place, since a file without a header line has a patient's values where its names should be."""
+        self._named.update(names)
 
     def schema(self) -> pa.Schema:
         if self._schema is None:
@@ -110,13 +116,14 @@ class CsvConnector(Connector):
         if names is None:
             raise MalformedRecord(self.source, "a quoted header name is not closed on its line", line=line)
         self._header = names
-        seen: set[str] = set()
-        for name in names:
+        seen: dict[str, int] = {}
+        for place, name in enumerate(names, 1):
             if name in seen:
+                # By place, not by name: a file without a header line has a patient's values there.
                 raise MalformedRecord(
-                    self.source, "the header names this column twice", line=line, column=name
+                    self.source, f"header columns {seen[name]} and {place} have the same name", line=line
                 )
-            seen.add(name)
+            seen[name] = place
         for name, arrow_type in self._declared.items():
             if name not in seen:
                 raise MissingColumn(
@@ -179,11 +186,14 @@ class CsvConnector(Connector):
         )
 
     def _unparsable(self, index: int, delivered: int) -> TypeParseError:
-        column = self._header[index] if index < len(self._header) else f"#{index}"
-        if column in self._declared:
-            arrow_type, how = self._declared[column], ""
-        elif self._schema is not None and self._schema.get_field_index(column) >= 0:
-            arrow_type = self._schema.field(column).type
+        name = self._header[index] if index < len(self._header) else f"#{index + 1}"
+        # A name the spec does not give may be a patient's value (a file without a header line): such a
+        # column is named by its place.
+        column = name if name in self._named else f"#{index + 1}"
+        if name in self._declared:
+            arrow_type, how = self._declared[name], ""
+        elif self._schema is not None and self._schema.get_field_index(name) >= 0:
+            arrow_type = self._schema.field(name).type
             how = " (inferred from the first rows; declare the column's type to change it)"
         else:
             return TypeParseError(self.source, "a value does not parse as its column's type", column=column)

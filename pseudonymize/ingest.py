@@ -280,6 +280,7 @@ def ingest(
         )
     if isinstance(connector, CsvConnector):
         connector.declare_text(spec.text_columns)
+        connector.declare_names(spec.columns)
     schema = connector.schema()
     for name in spec.text_columns:
         kind = schema.field(name).type if name in schema.names else None

@@ -140,11 +140,16 @@ def test_inferred_type_broken_past_the_first_rows(tmp_path: Path, assert_named: 
     # the first block (1 MiB) shows only integers, so `age` is inferred as int64
     path = write(tmp_path, HEADER + rows(60_000) + b"P9,unknown,2000-01-01\n")
     connector = CsvConnector(path)
+    connector.declare_names(["age"])  # a name the spec gives, which errors may quote
     assert connector.schema().field("age").type == pa.int64()
     with pytest.raises(TypeParseError) as caught:
         list(connector.batches(10_000))
     assert_named(caught.value, source=str(path), line=60_002, row=60_001, column="age", secret="unknown")
     assert "declare" in str(caught.value)
+    # A header name no spec gives is named by its place: it may be a patient's value.
+    with pytest.raises(TypeParseError) as caught:
+        list(CsvConnector(path).batches(10_000))
+    assert_named(caught.value, source=str(path), line=60_002, row=60_001, column="#2", secret="unknown")
 
 
 def test_missing_declared_column(tmp_path: Path, assert_named: NamedCheck) -> None:
@@ -215,7 +220,13 @@ def test_duplicate_header_names(tmp_path: Path, assert_named: NamedCheck) -> Non
     path = write(tmp_path, b"mrn,age,age\nP1,1,2\n")
     with pytest.raises(MalformedRecord) as caught:
         CsvConnector(path).schema()
-    assert_named(caught.value, source=str(path), line=1, column="age")
+    assert_named(caught.value, source=str(path), line=1)
+    assert "header columns 2 and 3 have the same name" in str(caught.value)
+    # A file without a header line: its first patient's values are not quoted.
+    headless = write(tmp_path, b"MRN-4711,M\xc3\xbcller,M\xc3\xbcller,1950-04-03\nMRN-4712,A,B,1960-01-01\n")
+    with pytest.raises(MalformedRecord) as caught:
+        CsvConnector(headless).schema()
+    assert "Müller" not in str(caught.value) and "MRN-4711" not in str(caught.value)
 
 
 @pytest.mark.parametrize(
