@@ -237,7 +237,7 @@ class QueryPipeline:
         """A steward's decision on a queued query; an approved query is decided again, run and released."""
         stored = await asyncio.to_thread(self.rt.state.get_request, request_id)
         if stored is None:
-            raise Refusal("not_found", "No such request", [f"no request {request_id}"], stage="approval")
+            raise Refusal("not_found", "No such request", ["no request of that id"], stage="approval")
         if stored.status != "pending_approval":
             raise Refusal(
                 "conflict", "Already decided", [f"the request is {stored.status}"], stage="approval"
@@ -333,7 +333,7 @@ class QueryPipeline:
         audited and the answer stays here; an answer that leaves is audited as released again."""
         stored = await asyncio.to_thread(self.rt.state.get_request, request_id)
         if stored is None or stored.subject != owner(principal):
-            raise Refusal("not_found", "No such request", [f"no request {request_id} of yours"])
+            raise Refusal("not_found", "No such request", ["no request of that id is yours"])
         if stored.status != "released" or stored.result is None:
             return {"request_id": request_id, "status": stored.status, "reasons": stored.reasons}
         result = stored.result

@@ -8,6 +8,7 @@ handlers here render those, authentication failures and request-validation error
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
@@ -231,6 +232,10 @@ def _field(error: Mapping[str, Any], spec_body: bool, unions: set[_Location]) ->
         return where, where  # the location is an offset into the text, not a field
     members = {k for k in _member_like(error) if loc[:k] in unions}
     items = [item for k, item in enumerate(loc) if k > 0 and k not in members]
+    if kind == "extra_forbidden" and items and not _FIELD_NAME.match(str(items[-1])):
+        # A key no model has, and not even shaped as a field name: it may be what a caller pasted (a name,
+        # a record number), which the problem and the audit log would otherwise repeat.
+        items[-1] = "(unknown field)"
     if kind in _TAG_ERRORS:
         # The discriminator is missing or unknown: pydantic locates the error at the object, and names
         # the discriminator's field (quoted) only in the context.
@@ -245,6 +250,9 @@ def _is_query_spec_body(request: Request) -> bool:
     return (request.method, getattr(request.scope.get("route"), "path", None)) in _QUERY_SPEC_BODIES
 
 
+_FIELD_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
 def _faults(exc: RequestValidationError, spec_body: bool) -> list[tuple[str, str, str]]:
     """(where, field, message) of each error of a request."""
     errors = exc.errors()
@@ -254,7 +262,12 @@ def _faults(exc: RequestValidationError, spec_body: bool) -> list[tuple[str, str
         where, field = _field(err, spec_body, unions)
         # Pydantic's message may quote the offending input; the field and the rule are enough. A rule of
         # ours comes prefixed with pydantic's "Value error, ", which says nothing to the client.
-        out.append((where, field, str(err.get("msg", "invalid")).removeprefix("Value error, ")))
+        if err.get("type") == "union_tag_invalid":  # "Input tag 'Hans Mueller' found using 'kind' …"
+            expected = str((err.get("ctx") or {}).get("expected_tags", "")).replace("'", "")
+            message = f"unknown {field.rsplit('.', 1)[-1]}; expected one of {expected}"
+        else:
+            message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        out.append((where, field, message))
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Iterator
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -465,17 +466,29 @@ def parse_query_spec(data: Any) -> QuerySpec:
         return QUERY_SPEC.validate_python(data)
     except ValidationError as exc:
         problems = [
-            FieldProblem("kind" if e["type"] in _TAG_ERRORS else field_path(e["loc"]), _message(e))
+            FieldProblem("kind" if e["type"] in _TAG_ERRORS else field_path(_named_loc(e)), _message(e))
             for e in exc.errors(include_url=False)
         ]
         first = problems[0]
         raise QuerySpecError(first.message, first.field, problems) from None
 
 
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def _named_loc(error: Any) -> tuple[int | str, ...]:
+    """The error's location; an unknown key not even shaped as a field name is not repeated (it may be what
+    a caller pasted: a name, a record number)."""
+    loc = tuple(error["loc"])
+    if error["type"] == "extra_forbidden" and loc and not _FIELD_NAME.match(str(loc[-1])):
+        return (*loc[:-1], "(unknown field)")
+    return loc
+
+
 def _message(error: Any) -> str:
     if error["type"] == "union_tag_not_found":
         return f"kind is required: one of {', '.join(KINDS)}"
     if error["type"] == "union_tag_invalid":
-        return f"unknown kind {error['ctx']['tag']!r}: expected one of {', '.join(KINDS)}"
+        return f"unknown kind: expected one of {', '.join(KINDS)}"  # never the tag sent: it may be anything
     message: str = error["msg"]
     return message.removeprefix("Value error, ")
