@@ -16,7 +16,7 @@ from connectors.errors import InvalidOption, SourceNotFound
 from connectors.fhir import FhirNdjsonConnector
 from connectors.fhir_resources import RESOURCES
 from connectors.parquet import ParquetConnector
-from connectors.sql import SqlConnector
+from connectors.sql import SqlConnector, shown_url
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 _KINDS = "a .csv, .tsv, .parquet or .ndjson file, a folder of FHIR NDJSON, or a database URL"
@@ -52,7 +52,7 @@ def open_source(source: str, **options: Any) -> Connector:
 
 def _sql(source: str, options: dict[str, Any]) -> Connector:
     try:
-        shown = sa.engine.make_url(source).render_as_string(hide_password=True)
+        shown = shown_url(source)
     except sa.exc.ArgumentError:
         raise InvalidOption("<database URL>", "not a valid SQLAlchemy database URL") from None
     return _build(SqlConnector, source, options, required=("table",), shown=shown)

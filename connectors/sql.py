@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,17 @@ from sqlalchemy.engine import URL, Connection, Engine
 from connectors.base import DEFAULT_BATCH_ROWS, Connector
 from connectors.errors import EmptySource, InvalidOption, MissingColumn, SourceNotFound, TypeParseError
 from connectors.sql_types import ColumnMapping, column_array, first_unconvertible, map_column
+
+_SECRET_QUERY_KEY = re.compile(r"(?i)pass|pwd|secret|token|key|credential|auth")
+
+
+def shown_url(url: URL | str) -> str:
+    """A database URL for messages and records: its password hidden, and the value of any query parameter
+    that may carry a secret (`?password=`, `?sslkey=`, `?token=`) too."""
+    parsed = sa.make_url(url) if isinstance(url, str) else url
+    query = {k: ("***" if _SECRET_QUERY_KEY.search(k) else v) for k, v in parsed.query.items()}
+    return parsed.set(query=query).render_as_string(hide_password=True)
+
 
 # File databases that create a missing file on connect: reading must never leave an empty database behind.
 _FILE_DIALECTS = frozenset({"sqlite", "duckdb"})
@@ -43,7 +55,7 @@ class SqlConnector(Connector):
         self.db_schema = schema
         self.columns = list(columns) if columns is not None else None
         qualified = f"{schema}.{table}" if schema else table
-        self.source = f"{self.url.render_as_string(hide_password=True)} table {qualified}"
+        self.source = f"{shown_url(self.url)} table {qualified}"
         self._schema: pa.Schema | None = None
         self._mappings: list[ColumnMapping] = []
         self._order_by: list[str] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import secrets
 import stat
 from pathlib import Path
@@ -38,6 +39,9 @@ def _decode(text: str, where: str) -> bytes:
     if len(raw) < MIN_KEY_BYTES:
         raise KeyMaterialError(f"{where}: the key is too short ({len(raw)} bytes; at least {MIN_KEY_BYTES})")
     return raw
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
 class SecretKey:
@@ -71,9 +75,14 @@ class SecretKey:
     def from_env(cls, variable: str) -> SecretKey:
         """Read a key from an environment variable."""
         value = os.environ.get(variable)
+        # The variable's name is said only when it is shaped as one: a key pasted where its name belongs
+        # (master_key_env = "<the key>") must not be printed back.
+        named = (
+            f"environment variable {variable}" if _ENV_NAME.match(variable) else "the environment variable"
+        )
         if value is None:
-            raise KeyMaterialError(f"environment variable {variable} is not set")
-        return cls(_decode(value, f"environment variable {variable}"))
+            raise KeyMaterialError(f"{named} is not set")
+        return cls(_decode(value, named))
 
     def derive(self, purpose: str, context: str = "", length: int = 32) -> bytes:
         """HKDF-SHA256 subkey for one purpose (e.g. 'pseudonym') and context (e.g. an agreement id)."""

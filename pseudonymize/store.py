@@ -24,6 +24,7 @@ import pyarrow.csv as pacsv
 import sqlalchemy as sa
 from psycopg import Error as DriverError  # what COPY raises itself, outside SQLAlchemy
 
+from connectors.sql import shown_url
 from pseudonymize.errors import StoreError
 from pseudonymize.generalize import quote_ident
 
@@ -155,7 +156,7 @@ class Store:
         """The URL without any password, for messages."""
         if self._duck is not None or self.url.startswith("duckdb:"):
             return self.url
-        return sa.make_url(self.url).render_as_string(hide_password=True)
+        return shown_url(self.url)
 
     @property
     def is_duckdb(self) -> bool:

@@ -54,7 +54,10 @@ def _key_text(value: str, what: str) -> str:
         try:
             text = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            _err.print(f"error: cannot read {what} {value}: {exc.strerror}")
+            # Not the value: a secret key pasted where a verifier key or its file belongs must not be echoed.
+            _err.print(
+                f"error: cannot read {what}: {exc.strerror} (give a verifier key name+hash+key, or its file)"
+            )
             raise typer.Exit(EXIT_USAGE) from None
     try:
         parse_verifier_key(text)

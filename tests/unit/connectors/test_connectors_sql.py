@@ -342,3 +342,13 @@ def test_table_without_rows(tmp_path: Path, kind: str, assert_named: NamedCheck)
     with pytest.raises(EmptySource) as caught:
         list(connector.batches())
     assert_named(caught.value, source=connector.source)
+
+
+def test_secrets_in_a_database_url_are_never_shown(tmp_path: Path) -> None:
+    from connectors.sql import shown_url
+
+    url = f"sqlite:///{tmp_path / 'src.db'}?password=S3cretDbPass&sslkey=k3y-file&mode=ro"
+    shown = shown_url(url)
+    assert "S3cretDbPass" not in shown and "k3y-file" not in shown and "mode=ro" in shown
+    assert "hunter2" not in shown_url("postgresql://user:hunter2@db.example/site")
+    assert "S3cretDbPass" not in SqlConnector(url, table="pts").source

@@ -81,3 +81,10 @@ def test_write_new_key_is_private_and_never_overwrites(tmp_path: Path) -> None:
     with pytest.raises(KeyMaterialError, match="refusing to overwrite"):
         write_new_key(path)
     assert SecretKey.from_file(path).key_id == key.key_id
+
+
+def test_a_key_pasted_where_its_variable_name_belongs_is_not_printed() -> None:
+    pasted = base64.b64encode(os.urandom(32)).decode()  # master_key_env = "<the key>"
+    with pytest.raises(KeyMaterialError) as caught:
+        SecretKey.from_env(pasted)
+    assert pasted not in str(caught.value) and "is not set" in str(caught.value)
