@@ -61,6 +61,8 @@ def create_app(
         description="Aggregate queries under this site's policy; steward and auditor APIs. Errors are "
         "RFC 9457 problem documents that name the field or cite the clause that decided.",
         lifespan=lifespan,
+        # /v1/queries/ is no route: a 404 problem, not a 307 with an empty body a client must follow.
+        redirect_slashes=False,
     )
     problems.install(
         app, on_invalid=_audit_invalid, on_refusal=_audit_refusal, authorize=authorize_unvalidated

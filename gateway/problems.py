@@ -300,6 +300,12 @@ def _framework_refusal(exc: StarletteHTTPException) -> Refusal:
     return Refusal(kind, status.phrase, [status.phrase])
 
 
+_FRAMEWORK_DETAIL: Final = {
+    HTTPStatus.NOT_FOUND: "no such route; the API is described at /docs and /openapi.json",
+    HTTPStatus.METHOD_NOT_ALLOWED: "this route does not take that method; the Allow header lists its methods",
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: f"a request body may hold at most {MAX_BODY_BYTES} bytes",
+}
+
 _UNPARSED_BODY: Final = {
     "type": "json_invalid",
     "loc": ("body",),
@@ -358,7 +364,10 @@ def install(
         if on_refusal is not None:
             await on_refusal(request, _framework_refusal(exc))
         detail = exc.detail if isinstance(exc.detail, str) and exc.detail != status.phrase else None
-        return problem(status, status.phrase, detail=detail)
+        response = problem(status, status.phrase, detail=detail or _FRAMEWORK_DETAIL.get(status))
+        for name, value in (exc.headers or {}).items():  # a 405's Allow
+            response.headers[name] = value
+        return response
 
     app.add_exception_handler(Refusal, refused)
     app.add_exception_handler(StarletteHTTPException, framework)

@@ -254,3 +254,13 @@ def test_a_dataset_id_the_audit_log_would_not_record_is_named(
         "/v1/queries", json=QUERY | {"dataset": "cohort1234567"}, headers=bearer(idp, "researcher")
     )
     assert answer.status_code == 422 and answer.json()["field"] == "dataset"
+
+
+def test_the_frameworks_refusals_say_what_to_do(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
+    researcher = bearer(idp, "researcher")
+    missing = http.get("/v1/no-such-route", headers=researcher)
+    assert missing.status_code == 404 and missing.json()["detail"]
+    slash = http.post("/v1/queries/", json=QUERY, headers=researcher)
+    assert slash.status_code == 404 and slash.headers["content-type"] == "application/problem+json"
+    wrong = http.delete("/v1/queries", headers=researcher)
+    assert wrong.status_code == 405 and wrong.json()["detail"] and "POST" in wrong.headers["allow"]
