@@ -236,8 +236,8 @@ class HistogramParams(_Spec):
 
 
 class QuantilesParams(_Spec):
-    """Parameters of `quantiles`: a numeric column and 1..19 distinct probabilities in [0.05, 0.95]
-    (closer to 0 or 1 a quantile is one patient's value)."""
+    """Parameters of `quantiles`: a numeric column and 1 to 5 distinct probabilities, multiples of 0.05 in
+    [0.05, 0.95] (closer to 0 or 1 a quantile is one patient's value)."""
 
     column: ColumnName
     probs: list[Prob] = Field(min_length=1, max_length=MAX_PROBS)

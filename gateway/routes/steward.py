@@ -235,7 +235,9 @@ async def decide(
     summary="What was released and refused lately, and who was refused most",
     responses=documented(bad_request="`hours` is outside 1 to 8784"),
 )
-async def activity(_: StewardDep, runtime: RuntimeDep, hours: int = 24) -> dict[str, Any]:
+async def activity(
+    _: StewardDep, runtime: RuntimeDep, hours: Annotated[int, Query(ge=1, le=24 * 366)] = 24
+) -> dict[str, Any]:
     """Requests by agreement, dataset, kind and outcome over the last `hours`. Each worker stores how its
     requests ended within about 50 ms, so a request answered by another worker in that moment may not be
     counted yet; the audit log holds every one."""

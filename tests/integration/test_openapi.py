@@ -202,3 +202,11 @@ def test_an_answer_is_documented_in_the_media_type_it_is_sent_in(
     assert answer.is_success
     documented = list(openapi["paths"][path]["get"]["responses"]["200"]["content"])
     assert documented == [answer.headers["content-type"].split(";")[0]]
+
+
+def test_bounds_enforced_are_bounds_documented(openapi: dict[str, Any]) -> None:
+    params = openapi["paths"]["/v1/steward/activity"]["get"]["parameters"]
+    (hours,) = [p for p in params if p["name"] == "hours"]
+    assert (hours["schema"]["minimum"], hours["schema"]["maximum"]) == (1, 8784)
+    quantiles = openapi["components"]["schemas"]["QuantilesParams"]
+    assert "1 to 5" in quantiles["description"] and quantiles["properties"]["probs"]["maxItems"] == 5
