@@ -18,7 +18,7 @@ from typing import Any
 import rfc8785
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from gateway.deps import ResearcherDep, RuntimeDep
 from gateway.federation.glm_fit import (
@@ -53,6 +53,13 @@ class FederatedGlmRequest(GlmSessionRequest):
     max_iterations: int = Field(default=DEFAULT_MAX_ITERATIONS, ge=1, le=MAX_ITERATIONS)
 
 
+class GlmPending(BaseModel):
+    """A session policy sends to a steward: nothing was opened (sessions have no steward queue yet)."""
+
+    status: str = Field(description="`pending_approval`")
+    reasons: list[str] = Field(description="why policy wants a steward's approval")
+
+
 def glm_service(request: Request, runtime: SiteRuntime) -> GlmSiteService:
     """The site's GLM service; sessions live in this process for the app's lifetime."""
     state = request.app.state
@@ -66,7 +73,7 @@ def glm_service(request: Request, runtime: SiteRuntime) -> GlmSiteService:
     summary="Open a GLM session at this site",
     responses=documented(
         ok="the session: its id, the model's parameters and the iteration cap",
-        accepted="policy wants a steward's approval; nothing was opened",
+        accepted=("policy wants a steward's approval; nothing was opened", GlmPending),
         forbidden="denied by policy or disclosure control",
         not_found="no such dataset at this site",
         limit="this researcher has as many GLM sessions open as allowed",

@@ -210,3 +210,10 @@ def test_bounds_enforced_are_bounds_documented(openapi: dict[str, Any]) -> None:
     assert (hours["schema"]["minimum"], hours["schema"]["maximum"]) == (1, 8784)
     quantiles = openapi["components"]["schemas"]["QuantilesParams"]
     assert "1 to 5" in quantiles["description"] and quantiles["properties"]["probs"]["maxItems"] == 5
+
+
+def test_a_glm_session_sent_to_a_steward_is_documented_with_its_body(openapi: dict[str, Any]) -> None:
+    accepted = openapi["paths"]["/v1/glm/sessions"]["post"]["responses"]["202"]
+    schema = accepted["content"]["application/json"]["schema"]
+    assert schema["$ref"].endswith("/GlmPending")
+    assert set(openapi["components"]["schemas"]["GlmPending"]["properties"]) == {"status", "reasons"}
