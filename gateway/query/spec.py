@@ -367,15 +367,34 @@ class BaseQuery(_Spec):
 
 
 def _normalize(value: Any) -> Any:
-    if isinstance(value, dict):
-        out = {k: _normalize(v) for k, v in value.items()}
-        if out.get("op") == "in" and isinstance(out.get("value"), list):
-            unique = {bytes(rfc8785.dumps(v)): v for v in out["value"]}
-            out["value"] = [unique[k] for k in sorted(unique)]
-        return out
+    """One spelling of what a spec asks, for the identical-query count: `in` lists sorted and unique, `in`
+    of one value and `between` of one value as `=`, `and`/`or` flattened, sorted and unique (one child: the
+    child), and `not` of `not` undone. A respelled query is the same query against the agreement's limit."""
     if isinstance(value, list):
         return [_normalize(v) for v in value]
-    return value
+    if not isinstance(value, dict):
+        return value
+    out = {k: _normalize(v) for k, v in value.items()}
+    if out.get("op") == "in" and isinstance(out.get("value"), list):
+        unique = {bytes(rfc8785.dumps(v)): v for v in out["value"]}
+        out["value"] = [unique[k] for k in sorted(unique)]
+        if len(out["value"]) == 1:
+            out = {**out, "op": "=", "value": out["value"][0]}
+    if out.get("op") == "between" and isinstance(out.get("value"), list) and len(out["value"]) == 2:
+        low, high = out["value"]
+        if rfc8785.dumps(low) == rfc8785.dumps(high):
+            out = {**out, "op": "=", "value": low}
+    for junction in ("and", "or"):
+        if set(out) == {junction} and isinstance(out[junction], list):
+            children: dict[bytes, Any] = {}
+            for child in out[junction]:
+                flat = child[junction] if isinstance(child, dict) and set(child) == {junction} else [child]
+                children.update((bytes(rfc8785.dumps(c)), c) for c in flat)
+            kept = [children[k] for k in sorted(children)]
+            return kept[0] if len(kept) == 1 else {junction: kept}
+    if set(out) == {"not"} and isinstance(out["not"], dict) and set(out["not"]) == {"not"}:
+        return out["not"]["not"]
+    return out
 
 
 class CountQuery(BaseQuery):

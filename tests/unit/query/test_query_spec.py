@@ -191,3 +191,30 @@ def test_hash_is_stable_and_tells_questions_apart() -> None:
     implicit = parse_query_spec(spec(filters={"column": "x", "op": "is_null"}))
     explicit = parse_query_spec(spec(filters={"column": "x", "op": "is_null", "value": True}, group_by=[]))
     assert implicit.query_hash() == explicit.query_hash()
+
+
+def _key(filters: Any) -> str:
+    return parse_query_spec(spec(filters=filters)).repeat_key(b"consent")
+
+
+def test_a_respelled_filter_is_the_same_query_against_the_identical_query_limit() -> None:
+    # Each of these asks what {"sex" = "F"} asks; counted apart, they would multiply the agreement's limit.
+    female = {"column": "sex", "op": "=", "value": "F"}
+    respelled = [
+        {"and": [female]},
+        {"or": [female]},
+        {"not": {"not": female}},
+        {"column": "sex", "op": "in", "value": ["F"]},
+        {"column": "sex", "op": "in", "value": ["F", "F"]},
+        {"column": "sex", "op": "between", "value": ["F", "F"]},
+        {"and": [female, female]},
+        {"and": [{"and": [female]}, female]},
+    ]
+    assert {_key(f) for f in respelled} == {_key(female)}
+    both = [female, {"column": "bmi", "op": ">", "value": 30}]
+    assert _key({"and": both}) == _key({"and": both[::-1]}) == _key({"and": [{"and": both[:1]}, both[1]]})
+    # Queries that ask something else stay apart.
+    assert len({_key(female), _key({"or": both}), _key({"and": both}), _key({"not": female})}) == 4
+    assert _key({"column": "bmi", "op": "between", "value": [20, 30]}) != _key(
+        {"column": "bmi", "op": "=", "value": 20}
+    )
