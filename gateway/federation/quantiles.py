@@ -5,8 +5,9 @@ lies (nearly always) between the smallest and the largest site quantile at p, si
 distribution is a mixture of the sites'. So [min over sites of q(p_min), max over sites of q(p_max)],
 padded by 5% each side, is cut into `BINS` equal bins, and round 2 asks every site for a histogram over
 those agreed edges. For the rank k = p(N−1) that `percentile_cont` interpolates at, the released bins bound
-the pooled count below every edge, and the pooled quantile provably lies in [lower, upper]: the highest
-edge with at most ⌊k⌋ values below it, and the lowest edge with more than ⌈k⌉ values below it (None when no
+the pooled count at or below every edge (bins are (a, b], as histograms' are), and the pooled quantile
+provably lies in [lower, upper]: the highest edge with at most ⌊k⌋ values at or below it, and the lowest
+edge with more than ⌈k⌉ values at or below it (None when no
 edge qualifies: unbounded on that side, and no estimate). Where every site released the bins around the
 quantile, upper − lower is one bin width (two when ranks ⌊k⌋ and ⌈k⌉ sit in adjacent bins); bins a site
 suppressed or rounded widen the bracket, never falsify it. The estimate interpolates linearly inside the
@@ -119,9 +120,9 @@ def bracket(
     n_hi: int,
     prob: float,
 ) -> Bracket:
-    """The bracket of one quantile from bounds on the pooled count below each edge.
+    """The bracket of one quantile from bounds on the pooled count at or below each edge.
 
-    `exact[j]` is the pooled count of bin j ([e(j-1), e(j)), bin 0 open below) when every site released
+    `exact[j]` is the pooled count of bin j ((e(j-1), e(j)], bin 0 open below) when every site released
     it, else None.
     """
     if n_lo < 1:
@@ -150,7 +151,7 @@ def bracket(
 def _site_bounds(
     table: SiteTable, key: tuple[Any, ...], group_by: Sequence[str], n_range: tuple[int, int], n_bins: int
 ) -> tuple[list[float], list[float], list[int | None]]:
-    """Bounds on this site's count below each edge, and its exact bin counts (None where unknown)."""
+    """Bounds on this site's count at or below each edge, and its exact bin counts (None where unknown)."""
     known: list[tuple[int, int] | None] = [None] * n_bins
     exact: list[int | None] = [None] * n_bins
     for row in table.rows:
@@ -168,7 +169,7 @@ def _site_bounds(
     n_lo, n_hi = n_range
     cum_lo: list[float] = []
     cum_hi: list[float] = []
-    for j in range(n_bins - 1):  # the count below edge j covers bins 0..j
+    for j in range(n_bins - 1):  # the count at or below edge j covers bins 0..j
         inside, outside = known[: j + 1], known[j + 1 :]
         lo = max(
             float(sum(k[0] for k in inside if k is not None)),

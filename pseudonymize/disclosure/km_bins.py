@@ -2,6 +2,8 @@
 
 A site counts, for bins (−∞, e₁], (e₁, e₂], …, (eₖ₋₁, eₖ], the events and censorings whose time falls in
 the bin; the number at risk at the start of a bin is everyone whose time lies beyond the previous edge.
+The bins close on the right as a histogram's do (gateway.query.compile): a time equal to an edge is in the
+bin that edge ends in both kinds, so the same edges never split the rows two ways.
 Released per merged bin: `at_risk` (at its start), `events` and `censored` (in it). Every one of these,
 and the rows left beyond the last released edge (`at_risk − events − censored` of the last bin, which a
 reader can compute), must pass the cell rule. Merging works left to right: a bin joins the next until

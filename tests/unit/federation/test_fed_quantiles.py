@@ -29,7 +29,7 @@ def _round1(site: str, values: np.ndarray, round_to: int = 1) -> SiteQuantiles:
 
 
 def _histogram(site: str, values: np.ndarray, edges: list[float], rules: DisclosureRules) -> SiteTable:
-    bins = np.searchsorted(edges, values, side="right")  # bin i is [e(i-1), e(i))
+    bins = np.searchsorted(edges, values, side="left")  # bin i is (e(i-1), e(i)], as a site bins
     counts = np.bincount(bins, minlength=len(edges) + 1)
     frame = pd.DataFrame({"bin": range(len(edges) + 1), "n": counts})
     table = protect_histogram(
@@ -176,7 +176,7 @@ def _site_answers(
     round1 = SiteQuantiles.from_body(site, {"kind": "quantiles", **table.to_dict()}, ["country"], NAMES)
 
     def histogram(edges: list[float]) -> SiteTable:
-        bins = {c: np.bincount(np.searchsorted(edges, v, side="right"), minlength=len(edges) + 1)
+        bins = {c: np.bincount(np.searchsorted(edges, v, side="left"), minlength=len(edges) + 1)
                 for c, v in groups.items()}  # fmt: skip
         rows = [(c, b, int(n)) for c, counts in bins.items() for b, n in enumerate(counts)]
         frame = recode_rare_levels(

@@ -114,9 +114,8 @@ def reference(frame: pd.DataFrame, kind: str, node: dict[str, Any] | None) -> tu
     if "column" in params:
         rows = chosen[chosen[params["column"]].notna()].copy()
     if kind == "histogram":
-        rows["bin"] = np.searchsorted(
-            np.asarray(params["edges"], float), rows["bmi"].to_numpy(float), "right"
-        )
+        # Bins close on the right, (e(i-1), e(i)]: a value on an edge is in the bin that edge ends.
+        rows["bin"] = np.searchsorted(np.asarray(params["edges"], float), rows["bmi"].to_numpy(float), "left")
         groups = [*groups, "bin"]
     cells: dict[Any, Any] = {}
     parts = rows.groupby(groups, dropna=False) if groups else [((), rows)]
