@@ -487,10 +487,15 @@ class QueryPipeline:
                  f"this is time {asked}"],
                 stage="limit",
             )  # fmt: skip
-        consent_column = obligations.consent_filter.consent_column
-        consent_values = None
-        if any(c["name"] == consent_column for c in entry.columns):
-            consent_values = self.rt.consent_values.get(self.rt.store, entry.table_name, consent_column)
+        # The consent classes with their sizes, read once per version table: the compiler leaves out those
+        # below min_cell_count (without them, the per-row predicate finds them itself).
+        rule = obligations.consent_filter
+        consent_classes = None
+        names = [c["name"] for c in entry.columns]
+        if rule.consent_column in names and rule.withdrawn_column in names:
+            consent_classes = self.rt.consent_values.get(
+                self.rt.store, entry.table_name, rule.consent_column, rule.withdrawn_column
+            )
         try:
             compiled = compile_query(
                 spec,
@@ -500,7 +505,7 @@ class QueryPipeline:
                 self.rt.store.dialect.name,
                 patient_column=entry.patient_column,
                 withdrawn=withdrawn,
-                consent_values=consent_values,
+                consent_classes=consent_classes,
             )  # fmt: skip
         except ColumnNotAllowed as exc:
             raise Refusal(

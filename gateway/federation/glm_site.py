@@ -754,7 +754,18 @@ class GlmSiteService:
                     [f"the dataset lacks consent column {name!r}"],
                     stage="plan",
                 )
-        where = consent_predicate(rule, table.c[rule.consent_column], table.c[rule.withdrawn_column], dialect)
+        # As a query's: consent classes below min_cell_count are left out, whatever the rule admits.
+        classes = self.rt.consent_values.get(
+            self.rt.store, entry.table_name, rule.consent_column, rule.withdrawn_column
+        )
+        where = consent_predicate(
+            rule,
+            table.c[rule.consent_column],
+            table.c[rule.withdrawn_column],
+            dialect,
+            min_cell_count=obligations.min_cell_count,
+            classes=classes,
+        )
         if withdrawn and entry.patient_column is not None:
             where = sa.and_(where, not_withdrawn(table.c[entry.patient_column], withdrawn, dialect))
         wanted = list(

@@ -21,7 +21,7 @@ from sqlalchemy.sql.visitors import ExternallyTraversible, replacement_traverse
 from gateway.decision.models import ConsentFilter, Obligations
 from gateway.lru import LruMap
 from gateway.query.columns import DatasetColumn, python_value
-from gateway.query.consent import consent_predicate, not_withdrawn
+from gateway.query.consent import ConsentClasses, consent_predicate, not_withdrawn
 from gateway.query.errors import ColumnNotAllowed, QueryError, QuerySpecError, UnknownColumn
 from gateway.query.spec import (
     And,
@@ -203,15 +203,16 @@ def compile_query(
     *,
     patient_column: str | None = None,
     withdrawn: Sequence[str] = (),
-    consent_values: Sequence[str | None] | None = None,
+    consent_classes: ConsentClasses | None = None,
 ) -> CompiledQuery:
     """Check `spec` against the dataset's catalog columns (name, Arrow type name) and the obligations,
     and build its selects for `dialect_name` ('duckdb' or 'postgresql').
 
     `withdrawn` are pseudonyms of patients who withdrew consent after ingest (in `patient_column`, the
     catalog entry's `patient_column`); their rows are excluded like the consent filter excludes rows.
-    `consent_values`, when known, are all the distinct values of the consent column in the table (see
-    `consent_predicate`)."""
+    `consent_classes`, when known, are all the distinct values of the consent column in the table with
+    their counts (see `consent_predicate`); a class below the obligations' min_cell_count is left out either
+    way."""
     version_columns = tuple((name, arrow) for name, arrow in columns)
     catalog, table = _dataset_table(dataset_table, version_columns)
     allowed = set(obligations.allowed_columns)
@@ -219,8 +220,9 @@ def compile_query(
         dataset_table,
         version_columns,
         obligations.consent_filter,
+        obligations.min_cell_count,
         dialect_name,
-        tuple(consent_values) if consent_values is not None else None,
+        consent_classes,
         patient_column,
         tuple(withdrawn),
     )
@@ -362,10 +364,12 @@ def _selects(
         return main, keep, output, ()
 
     edges = spec.params.edges
-    # Bin 0 is (-inf, e0), bin i is [e(i-1), e(i)), the last bin [e(k-1), +inf): every present value
-    # falls in exactly one bin, so the bins add up to the summary's n and hide no tail.
+    # Bin 0 is (-inf, e0], bin i is (e(i-1), e(i)], the last bin (e(k-1), +inf): every present value
+    # falls in exactly one bin, so the bins add up to the summary's n and hide no tail. Closed on the
+    # right as Kaplan-Meier's bins are (`_kaplan_meier`), so one edge splits the same rows in both kinds:
+    # closed on different sides, their difference at an edge would count the rows on it.
     binned = sa.case(
-        *((value < sa.literal(e, sa.Double()), i) for i, e in enumerate(edges)), else_=len(edges)
+        *((value <= sa.literal(e, sa.Double()), i) for i, e in enumerate(edges)), else_=len(edges)
     ).label("bin")
     rows = sa.select(*group_cols, binned).select_from(table).where(present).subquery("binned")
     outer_groups = [rows.c[f"g{i}"] for i in range(len(groups))]
@@ -380,7 +384,8 @@ def _kaplan_meier(
     spec: KaplanMeierQuery, table: sa.TableClause, resolve: _Resolver, where: sa.ColumnElement[bool]
 ) -> tuple[AnySelect, tuple[tuple[str, str], ...]]:
     """Rows and events per time bin: bin j < k holds times in (e(j-1), e(j)], bin 0 from −∞, bin k beyond
-    the last edge. Rows with a missing time or event are left out."""
+    the last edge; closed on the right like a histogram's bins, so an event or censoring at an edge is in
+    the bin a histogram of the times puts it in. Rows with a missing time or event are left out."""
     time = resolve.analysed(spec.params.time, "params.time")
     event = resolve.column(spec.params.event, "params.event")
     if event.type_class not in ("bool", "int", "float"):
@@ -413,14 +418,16 @@ def _consented(
     dataset_table: str,
     columns: tuple[tuple[str, str], ...],
     rule: ConsentFilter,
+    min_cell_count: int,
     dialect_name: str,
-    consent_values: tuple[str | None, ...] | None,
+    consent_classes: ConsentClasses | None,
     patient_column: str | None,
     withdrawn: tuple[str, ...],
 ) -> tuple[sa.ColumnElement[bool], AnySelect, bytes]:
-    """The consent predicate (withdrawals included) and the population select of a version table, built
-    once per rule, consent values and withdrawals: no query changes them, and the reused select keeps its
-    SQLAlchemy cache key, which the population cache looks up on every query. Callers must not mutate.
+    """The consent predicate (withdrawals included, consent classes below `min_cell_count` left out) and
+    the population select of a version table, built once per rule, min_cell_count, consent classes and
+    withdrawals: no query changes them, and the reused select keeps its SQLAlchemy cache key, which the
+    population cache looks up on every query. Callers must not mutate.
 
     Third, a SHA-256 digest of all the arguments, which stands for them in `CompiledQuery.shape`: a kept
     shape then holds 32 bytes instead of its own copy of every withdrawn pseudonym."""
@@ -431,7 +438,8 @@ def _consented(
         resolve.consent(rule.consent_column, "string", "obligations.consent_filter.consent_column"),
         resolve.consent(rule.withdrawn_column, "bool", "obligations.consent_filter.withdrawn_column"),
         dialect_name,
-        values=consent_values,
+        min_cell_count=min_cell_count,
+        classes=consent_classes,
     )
     if withdrawn:
         if patient_column is None:
@@ -442,8 +450,8 @@ def _consented(
         consent = sa.and_(consent, not_withdrawn(patient, withdrawn, dialect_name))
     population = sa.select(sa.func.count().label("population")).select_from(table).where(consent)
     # Strings, None and tuples of them have an unambiguous repr; the rule is spelled as its JSON.
-    arguments = (dataset_table, columns, rule.model_dump_json(), dialect_name, consent_values, patient_column,
-                 withdrawn)  # fmt: skip
+    arguments = (dataset_table, columns, rule.model_dump_json(), min_cell_count, dialect_name,
+                 consent_classes, patient_column, withdrawn)  # fmt: skip
     return consent, population, hashlib.sha256(repr(arguments).encode()).digest()
 
 
@@ -491,7 +499,7 @@ class _Resolver:
             raise UnknownColumn(name, field)
         return self.catalog[name]
 
-    def consent(self, name: str, type_class: str, field: str) -> sa.ColumnElement[Any]:
+    def consent(self, name: str, type_class: str, field: str) -> sa.ColumnClause[Any]:
         if name not in self.catalog:
             raise UnknownColumn(name, field)
         column = self.catalog[name]

@@ -1,14 +1,23 @@
-"""The consent_filter obligation as a SQL row predicate, with exactly `ConsentFilter.admits` semantics.
+"""The consent_filter obligation as a SQL row predicate, with exactly `ConsentFilter.admits` semantics, and
+without consent classes too small to be told apart.
 
 A row stays when the withdrawn column IS FALSE (NULL is withdrawn), the consent value is present and not
 empty, every code of the value split on the separator is an allowed code, and every `require_any_of`
 group shares a code with it. An empty piece from a doubled or stray separator is a code no list holds,
 so such a row is excluded, as in the reference. Codes are bound parameters, never SQL text.
+
+A consent class is one distinct value of the consent column in the table queried. The researcher moves
+the rule (an ethics approval id, a destination, the agreement's modifiers), and two rules admit sets of
+rows that differ by whole classes; two unfiltered queries under neighbouring rules pass the query-set
+rule whatever they differ by. So a class held by fewer than `min_cell_count` rows not marked withdrawn
+is never admitted, whatever the rule: two rules' populations then differ by nothing or by at least
+`min_cell_count` rows, as a filter's set must (docs/disclosure.md, "Consent classes").
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,28 +31,59 @@ _TEXT_ARRAY = postgresql.ARRAY(sa.Text())
 DIALECTS = ("duckdb", "postgresql")
 
 
+@dataclass(frozen=True)
+class ConsentClasses:
+    """Every distinct value of a version table's consent column with the number of its rows not marked
+    withdrawn (in the table's own withdrawn column), as read once per table (`ConsentValueCache`).
+
+    Hashed once: the query compiler's caches look it up on every query, and the same object comes back
+    from the cache each time (a tuple of a thousand pairs costs tens of µs to hash again)."""
+
+    counts: tuple[tuple[str | None, int], ...]
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash(self.counts))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def large(self, min_cell_count: int) -> list[str]:
+        """The values held by at least `min_cell_count` rows not marked withdrawn (None is no value)."""
+        return [value for value, rows in self.counts if value is not None and rows >= min_cell_count]
+
+
 def consent_predicate(
     rule: ConsentFilter,
-    consent: sa.ColumnElement[Any],
-    withdrawn: sa.ColumnElement[Any],
+    consent: sa.ColumnClause[Any],
+    withdrawn: sa.ColumnClause[Any],
     dialect_name: str,
     *,
-    values: Sequence[str | None] | None = None,
+    min_cell_count: int,
+    classes: ConsentClasses | None = None,
 ) -> sa.ColumnElement[bool]:
     """The predicate for the `duckdb` or `postgresql` dialect; UnsupportedStore for any other.
 
-    `values`, when given, must be every distinct value the consent column holds in the table queried (a
-    published version, which never changes): the rule is then decided once per value, with `admits`
-    itself, and the predicate lists the admitted values instead of splitting every row's codes."""
+    `consent` and `withdrawn` are columns of the table queried. A consent class (a distinct value of
+    `consent`) held by fewer than `min_cell_count` rows whose `withdrawn` is false is left out whatever
+    `rule` says; `min_cell_count` is the decision's obligation.
+
+    `classes`, when given, must hold every distinct value of `consent` in the table queried (a published
+    version, which never changes) with its count: the rule is then decided once per value, with `admits`
+    itself, and the predicate lists the admitted values of large classes instead of splitting every row's
+    codes. Without it, the per-row predicate keeps only values that a subquery over the same table finds
+    in `min_cell_count` rows or more."""
     if dialect_name not in DIALECTS:
         raise UnsupportedStore(
             f"the store's SQL dialect {dialect_name!r} has no consent filter; use duckdb or postgresql"
         )
+    if min_cell_count < 1:
+        raise ValueError(f"min_cell_count must be at least 1, not {min_cell_count}")
     # The split always yields at least one piece, so an empty list admits no row; an empty group too.
     if not rule.allowed_codes or any(not group for group in rule.require_any_of):
         return sa.false()
-    if values is not None:
-        admitted = sorted(v for v in values if v is not None and rule.admits(v, False))
+    if classes is not None:
+        admitted = sorted(v for v in classes.large(min_cell_count) if rule.admits(v, False))
         if not admitted:
             return sa.false()
         if dialect_name == "postgresql":
@@ -74,7 +114,26 @@ def consent_predicate(
             sa.func.list_has_any(codes, sa.literal(list(group), sa.ARRAY(sa.Text())), type_=sa.Boolean())
             for group in rule.require_any_of
         ]
+    parts.append(consent.in_(large_classes(consent, withdrawn, min_cell_count)))
     return sa.and_(*parts)
+
+
+def large_classes(
+    consent: sa.ColumnClause[Any], withdrawn: sa.ColumnClause[Any], min_cell_count: int
+) -> sa.Select[tuple[Any]]:
+    """The values of `consent` held by at least `min_cell_count` rows whose `withdrawn` is false, read from
+    an alias of their own table (so the subquery is not correlated with the query around it)."""
+    table = consent.table
+    if table is None or withdrawn.table is not table:
+        raise ValueError("the consent and withdrawn columns must belong to the table queried")
+    counted = table.alias("consent_classes")
+    value = counted.c[consent.name]
+    return (
+        sa.select(value)
+        .where(counted.c[withdrawn.name].is_(sa.false()), value.is_not(None))
+        .group_by(value)
+        .having(sa.func.count() >= sa.literal(min_cell_count, sa.Integer()))
+    )
 
 
 def not_withdrawn(

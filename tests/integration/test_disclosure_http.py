@@ -449,7 +449,7 @@ def test_histogram_bins_below_the_minimum_are_suppressed_with_a_complement(
     answer = released(http, idp, spec("histogram", params={"column": "bmi", "edges": edges}), "histogram")
     bounds = [float("-inf"), *edges, float("inf")]
     true = [
-        int(((admitted["bmi"] >= lo) & (admitted["bmi"] < hi)).sum()) for lo, hi in itertools.pairwise(bounds)
+        int(((admitted["bmi"] > lo) & (admitted["bmi"] <= hi)).sum()) for lo, hi in itertools.pairwise(bounds)
     ]
     assert true[-1] == tail and min(true[:-1]) >= MIN_CELL
     rows = answer["rows"]
@@ -489,6 +489,53 @@ def test_suppressed_bin_cannot_be_recovered_from_the_total(
         others_high = sum(hi for j, (_, hi) in enumerate(bounds) if j != i)
         feasible = range(max(low, leftover - others_high), min(high, leftover - others_low) + 1)
         assert len(feasible) >= 2, f"hidden bin {hidden[i]['bin']} is determined: {list(feasible)}"
+
+
+def _lone_survival_time(admitted: pd.DataFrame) -> tuple[int, float]:
+    """A survival time held by one patient only, with enough events and censorings on both sides of it for
+    every bin below to pass; and an upper histogram edge (between two whole days) above it."""
+    times, events = admitted["survival_days"], admitted["event"].astype(bool)
+    counts = times.value_counts()
+    for e in sorted(int(v) for v in counts[counts == 1].index):
+        upto = times <= e
+        later = times[~upto & events]
+        if min(int((upto & events).sum()), int((upto & ~events).sum()), int((~upto).sum())) < MIN_CELL:
+            continue
+        if len(later) >= 4 * MIN_CELL:
+            hi = float(later.median()) + 0.5
+            if min(int((times > hi).sum()), int((later > hi).sum()), int((later < hi).sum())) >= MIN_CELL:
+                return e, hi
+    raise AssertionError("the cohort holds no lone survival time to test with")
+
+
+def test_an_edge_splits_the_same_rows_in_a_histogram_and_kaplan_meier(
+    http: httpx.Client, idp: LoopbackTestIssuer, admitted: pd.DataFrame
+) -> None:
+    """Attack (as a reviewer ran it): e is a survival time held by one patient. Kaplan–Meier with edges [e]
+    gives the events and censorings at or below e; a histogram of survival_days with edges [e, hi] gave the
+    rows below e, and the same histogram of the rows with an event the events below e. The first two
+    differed by that one patient, and the events not at all, so the patient was censored at e. Both kinds
+    close their bins on the same side, (a, b]: the same edge splits the same rows in each."""
+    present = admitted[admitted["survival_days"].notna() & admitted["event"].notna()]
+    e, hi = _lone_survival_time(present)
+    times, events = present["survival_days"], present["event"].astype(bool)
+    km_params = {"time": "survival_days", "event": "event", "edges": [e]}
+    (km,) = released(http, idp, spec("kaplan_meier", params=km_params), "edge-atk")["rows"]
+    assert (km["lower"], km["upper"], km["at_risk"]) == (None, e, len(present))
+    assert km["events"] == int(((times <= e) & events).sum())
+    assert km["events"] + km["censored"] == int((times <= e).sum())
+
+    hist_params = {"column": "survival_days", "edges": [e, hi]}
+    hist = released(http, idp, spec("histogram", params=hist_params), "edge-atk")["rows"]
+    happened = {"column": "event", "op": "=", "value": True}
+    with_event = spec("histogram", params=hist_params, filters=happened)
+    hist_events = released(http, idp, with_event, "edge-atk")["rows"]
+    assert [r["bin"] for r in hist] == [r["bin"] for r in hist_events] == [0, 1, 2]
+    assert not any(r["suppressed"] for r in [*hist, *hist_events])
+    # The bin up to e holds the rows Kaplan–Meier's first bin holds, and those with an event its events.
+    assert hist[0]["count"] == km["events"] + km["censored"]
+    assert hist_events[0]["count"] == km["events"]
+    assert hist[1]["count"] + hist[2]["count"] == km["at_risk"] - km["events"] - km["censored"]
 
 
 # -- quantiles -----------------------------------------------------------------------------------------------
@@ -615,3 +662,200 @@ def test_quantiles_by_two_columns_cannot_be_differenced_with_a_coarser_grouping(
         assert len(hidden) != 1, outcome
         released_part = sum(g["n"] for g in line if not g["suppressed"])
         assert hidden or released_part == total["n"]
+
+
+# -- consent classes -----------------------------------------------------------------------------------------
+
+ETHICS = "DUO:0000021"  # ethics approval required: admitted when the purpose carries an approval id
+AREA = "DUO:0000022"  # geographic restriction: admitted when requester and destination are in the site's area
+APPROVED = {**PURPOSE, "ethics_approval_id": "EC-2026-117"}
+BMI = {"column": "bmi"}
+IN_DE = {"org": "org-charite", "country": "DE"}  # a requester whose organisation is in the site's area
+
+
+def one_patient_per_modifier(index: int, rows: int, seed: int) -> pa.Table:
+    """The synthetic cohort as the reviewer edited it: no patient holds DUO:0000021 but one, whose consent
+    is "DUO:0000042 DUO:0000021", and one other patient's is "DUO:0000042 DUO:0000022", which no one else
+    holds: two consent classes of one patient each, admitted or not by the request's purpose modifiers."""
+    table = generate_site(index, rows, seed)
+    consent = [
+        " ".join(code for code in value.split(" ") if code != ETHICS)
+        for value in table.column("consent_duo").to_pylist()
+    ]
+    withdrawn = table.column("consent_withdrawn").to_pylist()
+    first, second = [i for i, (c, w) in enumerate(zip(consent, withdrawn, strict=True)) if c == "DUO:0000042"
+                     and not w][:2]  # fmt: skip
+    assert not any(AREA in c for c in consent)
+    consent[first], consent[second] = f"DUO:0000042 {ETHICS}", f"DUO:0000042 {AREA}"
+    position = table.schema.get_field_index("consent_duo")
+    return table.set_column(position, table.schema.field(position), pa.array(consent, pa.string()))
+
+
+@pytest.fixture(scope="module")
+def classes_site(tmp_path_factory: pytest.TempPathFactory, idp: LoopbackTestIssuer) -> Site:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gateway_site, "generate_site", one_patient_per_modifier)
+        return build_site(tmp_path_factory.mktemp("classes"), idp.issuer_url)
+
+
+@pytest.fixture(scope="module")
+def classes_entry(classes_site: Site) -> Any:
+    """The catalog entry of `classes_site`'s cohort (read before its gateway holds the store)."""
+    with Store(classes_site.settings.store_url) as store:
+        entry = store.latest("cohort")
+    assert entry is not None
+    return entry
+
+
+@pytest.fixture(scope="module")
+def classes_rows(classes_site: Site, classes_entry: Any) -> pd.DataFrame:
+    """Every row of `classes_site`'s cohort as stored (read-only, store closed after)."""
+    path = classes_site.settings.store_url.removeprefix("duckdb:///")
+    with duckdb.connect(path, read_only=True) as con:
+        frame: pd.DataFrame = con.execute(f'select * from "{classes_entry.table_name}"').df()
+    return frame
+
+
+@pytest.fixture(scope="module")
+def classes_http(classes_site: Site, classes_rows: pd.DataFrame) -> Iterator[httpx.Client]:
+    with running_gateway(classes_site.settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        yield client
+
+
+def rule_rows(
+    site: Site, entry: Any, rows: pd.DataFrame, body: dict[str, Any], org: str, country: str
+) -> pd.DataFrame:
+    """The rows the consent rule the policy sets for `body` on `entry`, asked by a researcher of `org` in
+    `country`, admits, before any rule on the size of consent classes."""
+    from gateway.auth import Principal
+    from gateway.decision import PolicyDecisionPoint
+    from gateway.pipeline import decision_input
+    from gateway.query import parse_query_spec
+
+    researcher = Principal(
+        sub="x", org=org, country=country, roles=frozenset({"researcher"}), visas=(), issuer="test"
+    )
+    decision = PolicyDecisionPoint(site.settings).decide(
+        decision_input(researcher, parse_query_spec(body), entry)
+    )
+    assert decision.obligations is not None
+    rule = decision.obligations.consent_filter
+    keep = [rule.admits(c, w) for c, w in zip(rows["consent_duo"], rows["consent_withdrawn"], strict=True)]
+    return rows[keep]
+
+
+def large_classes(rows: pd.DataFrame, admitted: pd.DataFrame) -> pd.DataFrame:
+    """`admitted` without the consent classes (values of the consent column) that fewer than MIN_CELL rows
+    not marked withdrawn hold in `rows`."""
+    sizes = rows[~rows["consent_withdrawn"]].groupby("consent_duo").size()
+    return admitted[admitted["consent_duo"].map(sizes).fillna(0) >= MIN_CELL]
+
+
+def _unfiltered_pair(
+    http: httpx.Client,
+    idp: LoopbackTestIssuer,
+    first: dict[str, Any],
+    second: dict[str, Any],
+    sub: str,
+    **who: str,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The summaries of bmi and the crosstabs by sex and smoking under two requests differing only in
+    what their purpose or destination admits."""
+    answers = []
+    for extra in (first, second):
+        for kind, fields in (("summary", {"params": BMI}), ("crosstab", {"group_by": ["sex", "smoking"]})):
+            response = http.post(
+                "/v1/queries", json={**spec(kind), **fields, **extra},
+                headers=bearer(idp, "researcher", sub=sub, **who),
+            )  # fmt: skip
+            assert response.status_code == 200, response.text
+            answers.append(response.json())
+    return answers[0], answers[2], answers[1], answers[3]
+
+
+def test_an_ethics_approval_id_cannot_single_out_a_consent_class_of_one(
+    classes_http: httpx.Client,
+    idp: LoopbackTestIssuer,
+    classes_site: Site,
+    classes_entry: Any,
+    classes_rows: pd.DataFrame,
+) -> None:
+    """Attack (as a reviewer ran it): the same unfiltered summary without and with an ethics approval id.
+    The rule with the id admits the one patient whose consent requires ethics approval (a class of one)
+    as well; the query-set rule lets both through, and the sums differed by that patient's bmi (the
+    crosstabs by their other values). A consent class of fewer than min_cell_count rows is now never
+    admitted, so both answers rest on the same rows."""
+    without = rule_rows(classes_site, classes_entry, classes_rows, spec("count"), "org-aphp", "FR")
+    approved = rule_rows(
+        classes_site, classes_entry, classes_rows, spec("count", purpose=APPROVED), "org-aphp", "FR"
+    )
+    patient = approved[~approved.index.isin(without.index)]
+    assert len(patient) == 1 and patient["consent_duo"].iloc[0] == f"DUO:0000042 {ETHICS}"  # the attack
+    summary, approved_summary, crosstab, approved_crosstab = _unfiltered_pair(
+        classes_http, idp, {}, {"purpose": APPROVED}, "ethics-atk"
+    )
+    (row,), (approved_row,) = summary["rows"], approved_summary["rows"]
+    assert approved_row["n"] - row["n"] != 1
+    assert approved_row["sum"] - row["sum"] != pytest.approx(float(patient["bmi"].iloc[0]))
+    expected = large_classes(classes_rows, approved)
+    assert len(expected) == len(without) == len(approved) - 1
+    assert row == approved_row
+    assert row["n"] == len(expected) and row["sum"] == pytest.approx(float(expected["bmi"].sum()))
+    assert crosstab["rows"] == approved_crosstab["rows"]
+
+
+def test_a_destination_cannot_single_out_a_consent_class_of_one(
+    classes_http: httpx.Client,
+    idp: LoopbackTestIssuer,
+    classes_site: Site,
+    classes_entry: Any,
+    classes_rows: pd.DataFrame,
+) -> None:
+    """Attack (as a reviewer ran it): a researcher of an organisation in DE asks the same unfiltered
+    summary for the destination DE, then FR. DE satisfies the geographic restriction (DUO:0000022) that one
+    patient alone holds, FR does not: the two populations differed by exactly that patient. That class of
+    one is now admitted under neither."""
+    here = rule_rows(classes_site, classes_entry, classes_rows, spec("count", destination="DE"), **IN_DE)
+    abroad = rule_rows(classes_site, classes_entry, classes_rows, spec("count", destination="FR"), **IN_DE)
+    patient = here[~here.index.isin(abroad.index)]
+    assert len(patient) == 1 and patient["consent_duo"].iloc[0] == f"DUO:0000042 {AREA}"  # the attack
+    summary_de, summary_fr, crosstab_de, crosstab_fr = _unfiltered_pair(
+        classes_http, idp, {"destination": "DE"}, {"destination": "FR"}, "area-atk", **IN_DE
+    )
+    (row_de,), (row_fr,) = summary_de["rows"], summary_fr["rows"]
+    assert row_de["sum"] - row_fr["sum"] != pytest.approx(float(patient["bmi"].iloc[0]))
+    expected = large_classes(classes_rows, here)
+    assert len(expected) == len(abroad) == len(here) - 1
+    assert row_de == row_fr and row_de["n"] == len(expected)
+    assert crosstab_de["rows"] == crosstab_fr["rows"]
+
+
+def test_a_glm_session_leaves_out_the_same_consent_classes(
+    classes_http: httpx.Client,
+    idp: LoopbackTestIssuer,
+    classes_site: Site,
+    classes_entry: Any,
+    classes_rows: pd.DataFrame,
+) -> None:
+    """The ethics attack on a GLM session: its loader builds its own consent predicate, and each
+    iteration's n (and sums) would differ by the class of one between the two purposes. It leaves out
+    the same small classes a query does."""
+    approved = rule_rows(
+        classes_site, classes_entry, classes_rows, spec("count", purpose=APPROVED), "org-aphp", "FR"
+    )
+    model = {"outcome": "bmi", "family": "gaussian", "numeric": ["systolic_bp"]}
+    answers = []
+    for purpose in (PURPOSE, APPROVED):
+        headers = bearer(idp, "researcher", sub="glm-ethics-atk")
+        body = {"dataset": "cohort", "agreement": OPEN, "purpose": purpose, "model": model}
+        opened = classes_http.post("/v1/glm/sessions", json=body, headers=headers)
+        assert opened.status_code == 200, opened.text
+        path = f"/v1/glm/sessions/{opened.json()['session']}/iterations"
+        step = classes_http.post(path, json={"agreement": OPEN, "beta": [25.0, 0.0]}, headers=headers)
+        assert step.status_code == 200, step.text
+        answers.append(step.json())
+        classes_http.delete(f"/v1/glm/sessions/{opened.json()['session']}", headers=headers)
+    without, with_id = answers
+    assert without["n"] == with_id["n"] == len(large_classes(classes_rows, approved))
+    assert without["deviance"] == pytest.approx(with_id["deviance"], rel=1e-12)
+    assert without["xtwz"] == pytest.approx(with_id["xtwz"], rel=1e-12)

@@ -25,9 +25,11 @@ CONSENT = ConsentFilter(
 )
 
 
-def obligations(allowed: tuple[str, ...], consent: ConsentFilter = CONSENT) -> Obligations:
+def obligations(
+    allowed: tuple[str, ...], consent: ConsentFilter = CONSENT, min_cell_count: int = 10
+) -> Obligations:
     return Obligations(
-        min_cell_count=10,
+        min_cell_count=min_cell_count,
         round_to=1,
         keep_zero_cells=False,
         allowed_columns=allowed,

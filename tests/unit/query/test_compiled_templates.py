@@ -2,7 +2,7 @@
 text with its own filter values, and gets the rows SQLAlchemy's own execution of its select returns.
 
 The shape must hold everything the text depends on. The corpus below varies each input of compile_query
-(kinds, ops, value types, list lengths, nesting, groups, kind parameters, withdrawals, consent values) and
+(kinds, ops, value types, list lengths, nesting, groups, kind parameters, withdrawals, consent classes) and
 checks that queries of one shape compile, each on its own, to one text with the same values outside their
 filters."""
 
@@ -22,13 +22,16 @@ from test_duckdb_run import same_rows
 
 from gateway.query import QuerySpecError, duckdb_dialect
 from gateway.query.compile import CompiledQuery
+from gateway.query.consent import ConsentClasses
 from gateway.query.spec import Filter
 
 compile_module = importlib.import_module("gateway.query.compile")
 parse_filter = TypeAdapter(Filter).validate_python
 
 TOKENS = ["6f1c0a52-3d55-4a0e-9d7b-0e5f8f3b2a11", "0b7e8c2e-8a3f-4c55-b1f4-61d3b3e0c9a2"]
-CONSENT_VALUES = ["DUO:0000042", "DUO:0000006 DUO:0000046", None]
+CONSENT_CLASSES = ConsentClasses((("DUO:0000006 DUO:0000046", 40), ("DUO:0000042", 700), (None, 3)))
+# The same values, one class below min_cell_count (10): another list of admitted values.
+SMALL_CLASS = ConsentClasses((("DUO:0000006 DUO:0000046", 9), ("DUO:0000042", 700), (None, 3)))
 
 # (kind, filter tree of values v[0], v[1]..., extra spec fields); each is compiled with every value set.
 ShapeMaker = Any
@@ -79,16 +82,17 @@ SHAPES: list[tuple[str, ShapeMaker, dict[str, Any]]] = [
 # Floats, and ints where a float goes: a value's type is part of the shape, its value never.
 VALUE_SETS = [(27.5, 3.0), (31.25, 7.0), (18.0, 1.0), (22, 4.0)]
 # What the decision and the site add: the consent rule, withdrawals recorded after ingest, and the consent
-# column's distinct values.
+# column's distinct values with their counts.
 OTHER_RULE = CONSENT.model_copy(update={"require_any_of": (("DUO:0000042",),)})
 CONTEXTS: list[dict[str, Any]] = [
     {},
     {"rule": OTHER_RULE},
-    {"rule": OTHER_RULE, "consent_values": CONSENT_VALUES},
+    {"rule": OTHER_RULE, "consent_classes": CONSENT_CLASSES},
     {"patient_column": "patient_id", "withdrawn": TOKENS[:1]},
     {"patient_column": "patient_id", "withdrawn": TOKENS},
-    {"consent_values": CONSENT_VALUES},
-    {"consent_values": CONSENT_VALUES[:2]},
+    {"consent_classes": CONSENT_CLASSES},
+    {"consent_classes": ConsentClasses(CONSENT_CLASSES.counts[:2])},
+    {"consent_classes": SMALL_CLASS},
 ]
 
 

@@ -17,6 +17,7 @@ from gateway.query import (
     compile_query,
     parse_query_spec,
 )
+from gateway.query.consent import ConsentClasses
 
 COLUMNS = [
     ("patient_id", "string"),
@@ -32,6 +33,10 @@ COLUMNS = [
     ("consent_withdrawn", "bool"),
 ]
 ALLOWED = ("sex", "bmi", "systolic_bp", "admission_date", "seen_at", "event", "blob", "n", "ghost")
+# A consent column's classes (value, rows not marked withdrawn), as ConsentValueCache reads them.
+CLASSES = ConsentClasses(
+    (("DUO:0000006 DUO:0000007", 4), ("DUO:0000042", 700), ("DUO:0000042 DUO:0000046", 15), (None, 30))
+)
 
 
 def query(**changes: Any) -> Any:
@@ -163,20 +168,20 @@ def test_withdrawals_need_a_known_patient_column() -> None:
         )
 
 
-def test_the_consent_part_is_reused_per_rule_values_and_withdrawals() -> None:
-    def population(withdrawn: list[str], values: tuple[str, ...] | None = ("DUO:0000042",)) -> Any:
+def test_the_consent_part_is_reused_per_rule_classes_and_withdrawals() -> None:
+    def population(withdrawn: list[str], classes: ConsentClasses | None = CLASSES) -> Any:
         return compile_query(
             query(filters={"column": "bmi", "op": ">", "value": 20}), TABLE, COLUMNS, obligations(ALLOWED),
-            "duckdb", patient_column="patient_id", withdrawn=withdrawn, consent_values=values,
+            "duckdb", patient_column="patient_id", withdrawn=withdrawn, consent_classes=classes,
         ).population  # fmt: skip
 
     same = population(["tok-a"])
-    assert population(["tok-a"]) is same, "one select per rule, values and withdrawals"
-    # One more withdrawal, other consent values: a new predicate that binds them.
+    assert population(["tok-a"]) is same, "one select per rule, classes and withdrawals"
+    # One more withdrawal, other consent classes: a new predicate that binds them.
     more = population(["tok-a", "tok-b"])
     assert more is not same
     assert "tok-b" in str(more.compile().params) and "tok-b" not in str(same.compile().params)
-    assert population(["tok-a"], ("DUO:0000042", "DUO:0000006")) is not same
+    assert population(["tok-a"], ConsentClasses((*CLASSES.counts, ("DUO:0000006", 12)))) is not same
     # The main statement still takes the query's own filter value.
     first = compile_query(query(filters={"column": "bmi", "op": ">", "value": 20}), TABLE, COLUMNS,
                           obligations(ALLOWED), "duckdb")  # fmt: skip
@@ -184,3 +189,34 @@ def test_the_consent_part_is_reused_per_rule_values_and_withdrawals() -> None:
                            obligations(ALLOWED), "duckdb")  # fmt: skip
     assert first.population is second.population
     assert 20 in first.main.compile().params.values() and 21 in second.main.compile().params.values()
+
+
+def _bound(select: Any) -> list[Any]:
+    """A select's bound values, in order: what the population cache keys on besides the statement."""
+    key = select._generate_cache_key()
+    return [b.effective_value for b in key.bindparams]
+
+
+@pytest.mark.parametrize("classes", [CLASSES, None], ids=["listed", "per-row"])
+def test_min_cell_count_is_part_of_the_consent_part_and_of_its_population_key(
+    classes: ConsentClasses | None,
+) -> None:
+    """Another min_cell_count can admit other consent classes: it is another shape, and the population
+    select binds what it changes (the admitted values, or the threshold of the per-row subquery)."""
+
+    def compiled(min_cell_count: int) -> Any:
+        return compile_query(
+            query(), TABLE, COLUMNS, obligations(ALLOWED, min_cell_count=min_cell_count), "duckdb",
+            consent_classes=classes,
+        )  # fmt: skip
+
+    ten, twenty = compiled(10), compiled(20)
+    assert ten.shape != twenty.shape and ten.population is not twenty.population
+    assert _bound(ten.population) != _bound(twenty.population)
+    assert compiled(10).population is ten.population
+    if classes is None:
+        assert 10 in _bound(ten.population) and 20 in _bound(twenty.population)
+    else:
+        # DUO:0000042 (700 rows) is admitted under both; "DUO:0000042 DUO:0000046" (15) under 10 only.
+        assert ["DUO:0000042", "DUO:0000042 DUO:0000046"] in _bound(ten.population)
+        assert ["DUO:0000042"] in _bound(twenty.population)

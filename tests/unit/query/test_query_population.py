@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from gateway.decision.models import ConsentFilter
 from gateway.query import PopulationCache
+from gateway.query.consent import ConsentClasses, consent_predicate
 
 
 def test_key_holds_bound_values_and_lru_eviction() -> None:
@@ -42,4 +44,30 @@ def test_key_is_equal_for_equal_statements_and_differs_by_table_and_list_values(
     assert built_twice == PopulationCache.key(engine, population("ds_x__v1", ["DUO:1", "DUO:2"]))
     assert built_twice != PopulationCache.key(engine, population("ds_x__v2", ["DUO:1", "DUO:2"]))
     assert built_twice != PopulationCache.key(engine, population("ds_x__v1", ["DUO:1"]))
+    engine.dispose()
+
+
+def test_key_differs_by_the_min_cell_count_that_decides_the_admitted_consent_classes() -> None:
+    """A consent class below min_cell_count is left out: the population under one rule depends on the
+    threshold too. Listed, the admitted values it leaves are bound; per row, the threshold itself is."""
+    engine = sa.create_engine("duckdb:///:memory:")
+    table = sa.table(
+        "ds_x__v1", sa.column("consent_duo", sa.Text()), sa.column("consent_withdrawn", sa.Boolean())
+    )
+    rule = ConsentFilter(
+        withdrawn_column="consent_withdrawn", consent_column="consent_duo", separator=" ",
+        require_any_of=(("DUO:0000042",),), allowed_codes=("DUO:0000042", "DUO:0000046"),
+    )  # fmt: skip
+    classes = ConsentClasses((("DUO:0000042", 500), ("DUO:0000042 DUO:0000046", 15)))
+
+    def key(min_cell_count: int, listed: ConsentClasses | None) -> tuple[object, ...]:
+        where = consent_predicate(
+            rule, table.c.consent_duo, table.c.consent_withdrawn, "duckdb",
+            min_cell_count=min_cell_count, classes=listed,
+        )  # fmt: skip
+        return PopulationCache.key(engine, sa.select(sa.func.count()).select_from(table).where(where))
+
+    assert key(10, None) != key(20, None) and key(10, None) == key(10, None)
+    assert key(10, classes) != key(20, classes)  # 15 rows: admitted under 10, not under 20
+    assert key(10, classes) == key(15, classes)  # the same classes admitted: the same population
     engine.dispose()
