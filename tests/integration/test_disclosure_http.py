@@ -9,7 +9,8 @@ import base64
 import itertools
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -545,6 +546,19 @@ OTHER = "(other)"
 MEDIAN = {"column": "bmi", "probs": [0.5]}
 
 
+def with_text_column(table: pa.Table, name: str, values: list[Any]) -> pa.Table:
+    """`table` with the text column `name` replaced by `values` (a cohort edited to hold a small group)."""
+    position = table.schema.get_field_index(name)
+    return table.set_column(position, table.schema.field(position), pa.array(values, pa.string()))
+
+
+def site_of(folder: Path, idp: LoopbackTestIssuer, generate: Callable[..., pa.Table]) -> Site:
+    """A site built as `build_site` builds one, from the cohort `generate` makes instead of the usual one."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gateway_site, "generate_site", generate)
+        return build_site(folder, idp.issuer_url)
+
+
 def one_patient_from_lu(index: int, rows: int, seed: int) -> pa.Table:
     """The synthetic cohort with one admitted German patient who recovered moved to LU, where no one else
     is from (what the reviewer did by hand)."""
@@ -564,15 +578,12 @@ def one_patient_from_lu(index: int, rows: int, seed: int) -> pa.Table:
     )
     assert LONE not in countries
     countries[patient] = LONE
-    position = table.schema.get_field_index("country")
-    return table.set_column(position, table.schema.field(position), pa.array(countries, pa.string()))
+    return with_text_column(table, "country", countries)
 
 
 @pytest.fixture(scope="module")
 def lone_site(tmp_path_factory: pytest.TempPathFactory, idp: LoopbackTestIssuer) -> Site:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gateway_site, "generate_site", one_patient_from_lu)
-        return build_site(tmp_path_factory.mktemp("lone"), idp.issuer_url)
+    return site_of(tmp_path_factory.mktemp("lone"), idp, one_patient_from_lu)
 
 
 @pytest.fixture(scope="module")
@@ -687,15 +698,12 @@ def one_patient_per_modifier(index: int, rows: int, seed: int) -> pa.Table:
                      and not w][:2]  # fmt: skip
     assert not any(AREA in c for c in consent)
     consent[first], consent[second] = f"DUO:0000042 {ETHICS}", f"DUO:0000042 {AREA}"
-    position = table.schema.get_field_index("consent_duo")
-    return table.set_column(position, table.schema.field(position), pa.array(consent, pa.string()))
+    return with_text_column(table, "consent_duo", consent)
 
 
 @pytest.fixture(scope="module")
 def classes_site(tmp_path_factory: pytest.TempPathFactory, idp: LoopbackTestIssuer) -> Site:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gateway_site, "generate_site", one_patient_per_modifier)
-        return build_site(tmp_path_factory.mktemp("classes"), idp.issuer_url)
+    return site_of(tmp_path_factory.mktemp("classes"), idp, one_patient_per_modifier)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
-from query_helpers import EXAMPLE_SPEC, TABLE, write_postgres
+from query_helpers import EXAMPLE_SPEC, TABLE, duckdb_holding, postgres_schema_holding
 
 from connectors import ParquetConnector
 from gateway.query import duckdb_dialect, store_engine
@@ -83,32 +82,14 @@ def mixed_frame(mixed_table: pa.Table) -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def duck_url(tmp_path_factory: pytest.TempPathFactory, mixed_table: pa.Table) -> str:
-    path = tmp_path_factory.mktemp("duck") / "mixed.duckdb"
-    con = duckdb.connect(str(path))
-    try:
-        con.register("src", mixed_table)
-        con.execute(f'CREATE TABLE "{TABLE}" AS SELECT * FROM src').fetchall()
-    finally:
-        con.close()
-    return f"duckdb:///{path}"
+    return duckdb_holding(tmp_path_factory.mktemp("duck") / "mixed.duckdb", mixed_table)
 
 
 @pytest.fixture(scope="session")
 def pg_mixed_url(pg_server_url: str, mixed_table: pa.Table) -> Iterator[str]:
     """A schema of its own holding the mixed table, for the whole session (writing it once is enough)."""
-    schema = f"q_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(pg_server_url)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'create schema "{schema}"'))
-    sep = "&" if "?" in pg_server_url else "?"
-    url = f"{pg_server_url}{sep}options=-csearch_path%3D{schema}"
-    try:
-        write_postgres(url, mixed_table)
+    with postgres_schema_holding(pg_server_url, mixed_table) as url:
         yield url
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'drop schema "{schema}" cascade'))
-        admin.dispose()
 
 
 @pytest.fixture()

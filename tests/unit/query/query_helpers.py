@@ -3,9 +3,13 @@ independent pandas reference of the filter and consent semantics."""
 
 from __future__ import annotations
 
+import contextlib
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
@@ -137,3 +141,32 @@ def reference_mask(frame: pd.DataFrame, node: dict[str, Any]) -> pd.Series:
         }[op]
         hit = values.map(lambda x: x is not None and bool(compare(x)))
     return hit.astype(bool) & present
+
+
+def duckdb_holding(path: Path, table: pa.Table) -> str:
+    """The URL of a new DuckDB file at `path` whose `TABLE` holds `table`."""
+    con = duckdb.connect(str(path))
+    try:
+        con.register("src", table)
+        con.execute(f'CREATE TABLE "{TABLE}" AS SELECT * FROM src').fetchall()
+    finally:
+        con.close()
+    return f"duckdb:///{path}"
+
+
+@contextlib.contextmanager
+def postgres_schema_holding(server_url: str, table: pa.Table, prefix: str = "q") -> Iterator[str]:
+    """The URL of a schema of its own on the server whose `TABLE` holds `table`; dropped on exit."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server_url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'create schema "{schema}"'))
+    sep = "&" if "?" in server_url else "?"
+    url = f"{server_url}{sep}options=-csearch_path%3D{schema}"
+    try:
+        write_postgres(url, table)
+        yield url
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'drop schema "{schema}" cascade'))
+        admin.dispose()

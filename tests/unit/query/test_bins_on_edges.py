@@ -3,16 +3,13 @@ the bin that edge ends, in both kinds, so the same edges split the same rows whi
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pytest
-import sqlalchemy as sa
-from query_helpers import TABLE, obligations, write_postgres
+from query_helpers import TABLE, duckdb_holding, obligations, postgres_schema_holding
 
 from gateway.query import compile_query, execute, parse_query_spec, store_engine
 
@@ -42,31 +39,13 @@ def cohort() -> pa.Table:
 
 @pytest.fixture()
 def duck_edges_url(tmp_path: Path) -> str:
-    path = tmp_path / "edges.duckdb"
-    con = duckdb.connect(str(path))
-    try:
-        con.register("src", cohort())
-        con.execute(f'CREATE TABLE "{TABLE}" AS SELECT * FROM src').fetchall()
-    finally:
-        con.close()
-    return f"duckdb:///{path}"
+    return duckdb_holding(tmp_path / "edges.duckdb", cohort())
 
 
 @pytest.fixture()
 def pg_edges_url(pg_server_url: str) -> Iterator[str]:
-    schema = f"edges_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(pg_server_url)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'create schema "{schema}"'))
-    sep = "&" if "?" in pg_server_url else "?"
-    url = f"{pg_server_url}{sep}options=-csearch_path%3D{schema}"
-    try:
-        write_postgres(url, cohort())
+    with postgres_schema_holding(pg_server_url, cohort(), "edges") as url:
         yield url
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'drop schema "{schema}" cascade'))
-        admin.dispose()
 
 
 def per_bin(url: str, kind: str, params: dict[str, Any], node: Any = None) -> dict[int, tuple[int, ...]]:
