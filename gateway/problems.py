@@ -293,13 +293,21 @@ def _validation_response(faults: list[tuple[str, str, str]], spec_body: bool) ->
     )
 
 
+def _framework_title(status: HTTPStatus) -> str:
+    return _FRAMEWORK_TITLE.get(status, status.phrase)
+
+
 def _framework_refusal(exc: StarletteHTTPException) -> Refusal:
     """The framework's own refusal (an unknown route, a wrong method) as ours, for the audit log."""
     status = HTTPStatus(exc.status_code)
     kind: RefusalKind = next((k for k, s in STATUS.items() if s == status), "bad_request")
-    return Refusal(kind, status.phrase, [status.phrase])
+    return Refusal(kind, _framework_title(status), [_framework_title(status)])
 
 
+_BODY_TOO_LARGE: Final = "Request body too large"
+# One title for a refusal whichever way it came (a 413 of a declared length from `Guard`, of a chunked body
+# through the framework's handler), so that the audit log names it one way.
+_FRAMEWORK_TITLE: Final = {HTTPStatus.REQUEST_ENTITY_TOO_LARGE: _BODY_TOO_LARGE}
 _FRAMEWORK_DETAIL: Final = {
     HTTPStatus.NOT_FOUND: "no such route; the API is described at /docs and /openapi.json",
     HTTPStatus.METHOD_NOT_ALLOWED: "this route does not take that method; the Allow header lists its methods",
@@ -364,7 +372,7 @@ def install(
         if on_refusal is not None:
             await on_refusal(request, _framework_refusal(exc))
         detail = exc.detail if isinstance(exc.detail, str) and exc.detail != status.phrase else None
-        response = problem(status, status.phrase, detail=detail or _FRAMEWORK_DETAIL.get(status))
+        response = problem(status, _framework_title(status), detail=detail or _FRAMEWORK_DETAIL.get(status))
         for name, value in (exc.headers or {}).items():  # a 405's Allow
             response.headers[name] = value
         return response
@@ -401,7 +409,7 @@ class Guard:
             return
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
         if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            refusal = Refusal("bad_request", "Request body too large", stage="validate")
+            refusal = Refusal("bad_request", _BODY_TOO_LARGE, stage="validate")
             if self.on_refusal is not None:
                 await self.on_refusal(Request(scope), refusal)
             detail = f"a request body may hold at most {MAX_BODY_BYTES} bytes"
@@ -427,7 +435,8 @@ class Guard:
             await send(message)
 
         try:
-            await self.app(scope, limited, watched)
+            # A declared length is held to by the server itself; only a chunked body is counted here.
+            await self.app(scope, receive if declared else limited, watched)
         except Exception as exc:  # noqa: BLE001 - the guard of last resort, by design
             log.error(
                 "%s %s failed unexpectedly (%s)", scope.get("method"), _route(scope), type(exc).__name__

@@ -213,8 +213,12 @@ def test_a_body_over_the_limit_is_a_413_before_it_is_read(
         for _ in range(MAX_BODY_BYTES // 65536 + 2):
             yield b" " * 65536
 
+    start = audit_size(http, idp)
     answer = http.post("/v1/queries", content=chunks(), headers={"content-type": "application/json"})
     assert answer.status_code == 413 and answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["title"] == "Request body too large"  # one title, however the body came
+    refused = [e for e in entries_since(http, idp, start) if e["type"] == "request.refused"]
+    assert [e["payload"]["title"] for e in refused] == ["Request body too large"]
     # A body under the limit is read as before.
     assert http.post("/v1/queries", json=QUERY, headers=bearer(idp, "researcher")).status_code == 200
 
