@@ -366,6 +366,43 @@ class BaseQuery(_Spec):
         return digest.hexdigest()
 
 
+def _leaf(node: Any, ops: tuple[str, ...]) -> bool:
+    return isinstance(node, dict) and set(node) == {"column", "op", "value"} and node["op"] in ops
+
+
+def _merge_or(children: list[Any]) -> list[Any]:
+    """`=` and `in` conditions of one column, joined by `or`, as one `in` (already normalized children)."""
+    values: dict[str, dict[bytes, Any]] = {}
+    rest = []
+    for child in children:
+        if _leaf(child, ("=", "in")):
+            listed = child["value"] if child["op"] == "in" else [child["value"]]
+            values.setdefault(child["column"], {}).update((bytes(rfc8785.dumps(v)), v) for v in listed)
+        else:
+            rest.append(child)
+    merged = [_normalize({"column": c, "op": "in", "value": list(vs.values())}) for c, vs in values.items()]
+    return merged + rest
+
+
+def _merge_and(children: list[Any]) -> list[Any]:
+    """`>= a` and `<= b` of one column, joined by `and`, as `between [a, b]` (each bound given once)."""
+    bounds: dict[str, dict[str, list[Any]]] = {}
+    for child in children:
+        if _leaf(child, (">=", "<=")):
+            bounds.setdefault(child["column"], {}).setdefault(child["op"], []).append(child)
+    out = []
+    for child in children:
+        if _leaf(child, (">=", "<=")):
+            ops = bounds[child["column"]]
+            if len(ops.get(">=", [])) == 1 and len(ops.get("<=", [])) == 1:
+                if child["op"] == ">=":
+                    low, high = ops[">="][0]["value"], ops["<="][0]["value"]
+                    out.append(_normalize({"column": child["column"], "op": "between", "value": [low, high]}))
+                continue
+        out.append(child)
+    return out
+
+
 def _normalize(value: Any) -> Any:
     """One spelling of what a spec asks, for the identical-query count: `in` lists sorted and unique, `in`
     of one value and `between` of one value as `=`, `and`/`or` flattened, sorted and unique (one child: the
@@ -386,10 +423,11 @@ def _normalize(value: Any) -> Any:
             out = {**out, "op": "=", "value": low}
     for junction in ("and", "or"):
         if set(out) == {junction} and isinstance(out[junction], list):
-            children: dict[bytes, Any] = {}
+            flat: list[Any] = []
             for child in out[junction]:
-                flat = child[junction] if isinstance(child, dict) and set(child) == {junction} else [child]
-                children.update((bytes(rfc8785.dumps(c)), c) for c in flat)
+                flat += child[junction] if isinstance(child, dict) and set(child) == {junction} else [child]
+            flat = _merge_or(flat) if junction == "or" else _merge_and(flat)
+            children = {bytes(rfc8785.dumps(c)): c for c in flat}
             kept = [children[k] for k in sorted(children)]
             return kept[0] if len(kept) == 1 else {junction: kept}
     if set(out) == {"not"} and isinstance(out["not"], dict) and set(out["not"]) == {"not"}:

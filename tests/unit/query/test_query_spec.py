@@ -218,3 +218,16 @@ def test_a_respelled_filter_is_the_same_query_against_the_identical_query_limit(
     assert _key({"column": "bmi", "op": "between", "value": [20, 30]}) != _key(
         {"column": "bmi", "op": "=", "value": 20}
     )
+
+
+def test_an_or_of_values_is_its_in_and_two_bounds_are_their_between() -> None:
+    female, male = ({"column": "sex", "op": "=", "value": v} for v in ("F", "M"))
+    either = {"column": "sex", "op": "in", "value": ["M", "F"]}
+    assert _key({"or": [female, male]}) == _key(either) == _key({"or": [male, {"or": [female]}, female]})
+    low, high = {"column": "bmi", "op": ">=", "value": 20}, {"column": "bmi", "op": "<=", "value": 30}
+    between = {"column": "bmi", "op": "between", "value": [20, 30]}
+    assert _key({"and": [low, high]}) == _key(between)
+    assert _key({"and": [low, high, female]}) == _key({"and": [female, between]})
+    # Conditions on other columns, or a strict bound, are other questions.
+    assert _key({"or": [female, {"column": "bmi", "op": "=", "value": 20}]}) != _key(either)
+    assert _key({"and": [{**low, "op": ">"}, high]}) != _key(between)
