@@ -118,7 +118,7 @@ async def _audit_failed(request: Request, exc: Exception) -> Response:
 
 
 async def _audit_unexpected(request: Request, exc: Exception) -> None:
-    """Audit a request that failed in a way nothing handled (`problems.UnexpectedErrors`)."""
+    """Audit a request that failed in a way nothing handled (`problems.Guard`)."""
     await _audit_refusal(request, Refusal("unavailable", "Internal error"))
 
 

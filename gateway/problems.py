@@ -7,6 +7,7 @@ handlers here render those, authentication failures and request-validation error
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections import defaultdict
@@ -417,7 +418,6 @@ class Guard:
                 scope, receive, send
             )
             return
-        started = False
         received = 0
 
         async def limited() -> Message:
@@ -429,14 +429,9 @@ class Guard:
                     raise StarletteHTTPException(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
             return message
 
-        async def watched(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
             # A declared length is held to by the server itself; only a chunked body is counted here.
-            await self.app(scope, receive if declared else limited, watched)
+            await self.app(scope, receive if declared else limited, send)
         except Exception as exc:  # noqa: BLE001 - the guard of last resort, by design
             log.error(
                 "%s %s failed unexpectedly (%s)", scope.get("method"), _route(scope), type(exc).__name__
@@ -446,8 +441,10 @@ class Guard:
                     await self.on_error(Request(scope), exc)
                 except Exception as failed:  # noqa: BLE001 - the answer below must still go out
                     log.error("the unexpected failure could not be audited (%s)", type(failed).__name__)
-            if not started:
-                reason = "the gateway failed unexpectedly; nothing was released"
+            reason = "the gateway failed unexpectedly; nothing was released"
+            # The send is not watched (a wrapper on every request's path): a response already begun
+            # refuses a second start, and then the connection is left to close.
+            with contextlib.suppress(Exception):
                 await problem(HTTPStatus.INTERNAL_SERVER_ERROR, "Internal error", detail=reason)(
                     scope, receive, send
                 )
