@@ -413,10 +413,8 @@ class Guard:
             refusal = Refusal("bad_request", _BODY_TOO_LARGE, stage="validate")
             if self.on_refusal is not None:
                 await self.on_refusal(Request(scope), refusal)
-            detail = f"a request body may hold at most {MAX_BODY_BYTES} bytes"
-            await problem(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, refusal.title, detail=detail)(
-                scope, receive, send
-            )
+            too_large = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+            await problem(too_large, refusal.title, detail=_FRAMEWORK_DETAIL[too_large])(scope, receive, send)
             return
         received = 0
 
