@@ -152,7 +152,7 @@ async def _measure(
     timer = StepTimer()
     steps = [
         (pipeline_module, "_release_together", "pool_thread"),
-        (PolicyDecisionPoint, "decide", "decision"),
+        (PolicyDecisionPoint, "evaluate", "decision"),
         (pipeline_module, "execute_together", "store_run"),
         (pipeline_module, "protect", "disclosure"),
         (GatewayState, "start_query", "query_count"),

@@ -412,8 +412,7 @@ class QueryPipeline:
         """Decide and audit the decision. With a `trail`, an allow is only queued there (the release that
         follows waits for it); a deny or a request for approval is recorded before anything else happens."""
         request = decision_input(principal, spec, entry)
-        # The embedded engine answers in about a millisecond; a thread hop would cost as much.
-        decision = self.rt.policy.decide(request)
+        decision = await self.rt.policy.decide_soon(request)
         decided = {
             "query_hash": sha256_label(query_hash),
             "decision": decision.decision,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,6 +37,9 @@ class OpaServerEngine:
         self.url = url
         self.timeout_s = timeout_s
         self._client = _client_for(url, timeout_s)
+        # Decisions are asked from the event loop's helper threads: each thread keeps a client of its own,
+        # since a requests session is not documented as safe to share between threads.
+        self._asking = threading.local()
         self._bundle = bundle
         # False while OPA may hold part of a bundle (a publish failed half-way); reload publishes again.
         self.in_sync = True
@@ -108,8 +112,11 @@ class OpaServerEngine:
         self.in_sync = True
 
     def evaluate(self, policy_input: Mapping[str, Any]) -> object:
+        client: OpaClient | None = getattr(self._asking, "client", None)
+        if client is None:
+            client = self._asking.client = _client_for(self.url, self.timeout_s)
         try:
-            answer = self._client.query_rule(dict(policy_input), DECISION_PACKAGE, DECISION_RULE)
+            answer = client.query_rule(dict(policy_input), DECISION_PACKAGE, DECISION_RULE)
         except requests.Timeout:
             raise PolicyEngineUnavailable(
                 f"the OPA server did not answer within {self.timeout_s} s"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -10,11 +11,16 @@ from pathlib import Path
 
 from gateway.decision.bundle import PolicyBundle, load_bundle
 from gateway.decision.decide import decide
+from gateway.decision.embedded import EmbeddedEngine, TreeWalkingEngine
 from gateway.decision.engine import PolicyEngine, make_engine
 from gateway.decision.models import Decision, DecisionInput
 from gateway.settings import SiteSettings
 
 log = logging.getLogger(__name__)
+
+RETRY_FAILED_RELOAD_S = 1.0
+"""How soon a change that could not be loaded is tried again when nothing has changed since (an OPA server
+that refused the upload may take it later); a new change is tried at once."""
 
 
 class PolicyDecisionPoint:
@@ -25,6 +31,8 @@ class PolicyDecisionPoint:
         self._lock = threading.Lock()
         self._marker = generation_marker(settings.policy_dir)
         self._seen = _stamp(self._marker)
+        self._failed: tuple[tuple[int, int] | None, float] | None = None
+        self._reloading: asyncio.Future[bool] | None = None
         self._bundle = load_bundle(settings.policy_dir, settings.jurisdiction)
         self._engine = engine if engine is not None else make_engine(settings, self._bundle)
 
@@ -40,21 +48,57 @@ class PolicyDecisionPoint:
         """Fail-closed decision with the current bundle: the folder's, should another process of the site
         (a worker of `fedgate serve`) have replaced its policy data since this one loaded it."""
         if not self.current():
-            reason = "the site's policy changed and could not be loaded"
-            return Decision.failed(reason, self._bundle.digest)
+            return self._not_loaded()
+        return self.evaluate(request)
+
+    def evaluate(self, request: DecisionInput) -> Decision:
+        """The engine's fail-closed decision with the bundle this point holds, whatever the folder says."""
         return decide(self._engine, request)
+
+    def _not_loaded(self) -> Decision:
+        return Decision.failed("the site's policy changed and could not be loaded", self._bundle.digest)
+
+    async def decide_soon(self, request: DecisionInput) -> Decision:
+        """`decide` for a caller on the event loop, which keeps serving meanwhile: a reload of the policy
+        folder runs on a thread, and so does a decision that waits on the network (an OPA server, up to its
+        timeout). The embedded engine decides in line: it answers in about a millisecond, as long as the
+        hop to a thread and back would take."""
+        if not await self.current_soon():
+            return self._not_loaded()
+        if isinstance(self._engine, EmbeddedEngine | TreeWalkingEngine):
+            return self.evaluate(request)
+        return await asyncio.to_thread(self.evaluate, request)
 
     def current(self) -> bool:
         """Load the policy folder again if another process of the site changed it since; False when that
         change cannot be loaded here (the caller must then not act on the bundle it holds)."""
-        if _stamp(self._marker) == self._seen:
+        stamp = _stamp(self._marker)
+        if stamp == self._seen:
             return True
+        failed = self._failed
+        if failed is not None and failed[0] == stamp and time.monotonic() - failed[1] < RETRY_FAILED_RELOAD_S:
+            return False  # the same change failed a moment ago: not loaded again for every request
         try:
             self.reload()
         except Exception as exc:  # noqa: BLE001 - a change this process cannot load denies, never ignored
+            self._failed = (stamp, time.monotonic())
             log.error("the site's policy changed and could not be loaded here (%s)", type(exc).__name__)
             return False
+        self._failed = None
         return True
+
+    async def current_soon(self) -> bool:
+        """`current` for a caller on the event loop: a reload (reading and compiling the bundle, publishing
+        it to an OPA server) runs on a thread, and the requests that arrive meanwhile wait for that one
+        reload instead of each starting their own."""
+        if _stamp(self._marker) == self._seen:
+            return True
+        loop = asyncio.get_running_loop()
+        reloading = self._reloading
+        if reloading is None or reloading.done() or reloading.get_loop() is not loop:
+            reloading = self._reloading = asyncio.ensure_future(asyncio.to_thread(self.current))
+        # A caller that is cancelled (its client left) does not cancel the reload the others wait for.
+        return await asyncio.shield(reloading)
 
     def reload(self) -> PolicyBundle:
         """Load the policy folder again and switch to it; return the bundle now in use.

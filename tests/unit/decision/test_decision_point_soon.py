@@ -1,0 +1,228 @@
+"""The decision point on the event loop: reloads and decisions that wait on the network run on a thread, so
+the loop keeps serving; concurrent requests share one reload; a change that cannot be loaded denies without
+being loaded again for every request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.decision import DecisionInput, PolicyBundle, PolicyDecisionPoint, point
+from gateway.decision.embedded import EmbeddedEngine
+from gateway.settings import SiteSettings
+
+POLICIES = Path(__file__).resolve().parents[3] / "policies"
+SLOW_S = 0.3
+
+REQUEST: dict[str, Any] = {
+    "requester": {"sub": "r-1", "org": "org-aphp", "country": "FR", "roles": ["researcher"]},
+    "purpose": {"duo": ["DUO:0000006"], "ethics_approval_id": "EC-2026-077"},
+    "dsa": "DSA-2026-014",
+    "dataset": {
+        "id": "ds-diabetes-de",
+        "jurisdiction": "DE",
+        "duo": ["DUO:0000042"],
+        "columns": ["age_band", "sex", "bmi", "hba1c", "outcome"],
+    },
+    "query": {"kind": "count", "columns": ["sex"], "group_by": ["age_band"]},
+    "destination": {"country": "FR"},
+    "now": "2026-05-01T10:00:00Z",
+}
+
+
+def _settings(policy_dir: Path, tmp_path: Path) -> SiteSettings:
+    return SiteSettings(
+        site_id="site-de",
+        jurisdiction="DE",
+        store_url="duckdb:///:memory:",
+        audit_url="sqlite:///:memory:",
+        policy_dir=policy_dir,
+        master_key_env="FEDGATE_TEST_UNUSED_KEY",
+        log_key_file=tmp_path / "log.key",
+    )
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    shutil.copytree(POLICIES, tmp_path / "policies")
+    return tmp_path / "policies"
+
+
+def _expire_agreement(folder: Path, not_after: str) -> None:
+    """Another process of the site replaces the policy data and announces it, as policy_admin does."""
+    agreements = folder / "data" / "agreements.json"
+    doc = json.loads(agreements.read_text())
+    doc["DSA-2026-014"]["not_after"] = not_after
+    agreements.write_text(json.dumps(doc))
+    point.mark_generation(point.generation_marker(folder))
+
+
+class _Loads:
+    """load_bundle, slowed down, recording the threads it ran on."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.threads: list[int] = []
+        real = point.load_bundle
+
+        def slow(*args: Any, **kwargs: Any) -> PolicyBundle:
+            self.threads.append(threading.get_ident())
+            time.sleep(SLOW_S)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(point, "load_bundle", slow)
+
+
+async def _ticks_while(work: Any) -> tuple[Any, int]:
+    """Run `work` and count how often the loop could run a 10 ms ticker meanwhile."""
+    ticks = 0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    try:
+        result = await work
+    finally:
+        done = True
+        await task
+    return result, ticks
+
+
+def test_a_change_is_loaded_on_a_thread_while_the_loop_serves(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pdp = PolicyDecisionPoint(_settings(folder, tmp_path))
+    assert pdp.decide(DecisionInput.model_validate(REQUEST)).decision == "allow"
+    loads = _Loads(monkeypatch)
+    _expire_agreement(folder, "2026-04-30")
+
+    async def scenario() -> tuple[Any, int, int]:
+        loop_thread = threading.get_ident()
+        decision, ticks = await _ticks_while(pdp.decide_soon(DecisionInput.model_validate(REQUEST)))
+        return decision, ticks, loop_thread
+
+    decision, ticks, loop_thread = asyncio.run(scenario())
+    assert decision.decision == "deny"
+    assert decision.reasons == ("DSA-2026-014 expired on 2026-04-30",)
+    assert len(loads.threads) == 1 and loads.threads[0] != loop_thread
+    # The loop ran its ticker through the reload: about SLOW_S / 10 ms times, were it never held up.
+    assert ticks >= 10
+
+
+def test_requests_arriving_during_a_reload_share_it(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pdp = PolicyDecisionPoint(_settings(folder, tmp_path))
+    loads = _Loads(monkeypatch)
+    _expire_agreement(folder, "2026-04-30")
+
+    async def scenario() -> list[Any]:
+        return list(
+            await asyncio.gather(*(pdp.decide_soon(DecisionInput.model_validate(REQUEST)) for _ in range(8)))
+        )
+
+    decisions = asyncio.run(scenario())
+    assert len(loads.threads) == 1
+    # None of them was decided with the bundle the change replaced.
+    assert {d.reasons for d in decisions} == {("DSA-2026-014 expired on 2026-04-30",)}
+
+
+def test_a_change_that_cannot_be_loaded_denies_without_loading_it_for_every_request(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pdp = PolicyDecisionPoint(_settings(folder, tmp_path))
+    loads = _Loads(monkeypatch)
+    _expire_agreement(folder, "2026-13-01")
+
+    async def three() -> list[Any]:
+        return [await pdp.decide_soon(DecisionInput.model_validate(REQUEST)) for _ in range(3)]
+
+    decisions = asyncio.run(three())
+    assert [d.decision for d in decisions] == ["deny"] * 3
+    assert all("could not be loaded" in d.reasons[0] for d in decisions)
+    assert len(loads.threads) == 1
+    # A new change (the steward's fix) is loaded at once.
+    _expire_agreement(folder, "2026-12-31")
+    fixed = asyncio.run(pdp.decide_soon(DecisionInput.model_validate(REQUEST)))
+    assert fixed.decision == "allow"
+    assert len(loads.threads) == 2
+
+
+def test_the_same_failed_change_is_tried_again_after_a_while(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pdp = PolicyDecisionPoint(_settings(folder, tmp_path))
+    loads = _Loads(monkeypatch)
+    monkeypatch.setattr(point, "RETRY_FAILED_RELOAD_S", 0.0)
+    _expire_agreement(folder, "2026-13-01")
+    assert not pdp.current()
+    assert not pdp.current()
+    assert len(loads.threads) == 2
+
+
+class SlowNetworkEngine:
+    """Test double of an engine that waits on the network (the OPA server's path): the real embedded engine's
+    answers, each after a wait, recording the thread that asked."""
+
+    name = "opa"
+
+    def __init__(self, inner: EmbeddedEngine) -> None:
+        self.inner = inner
+        self.threads: list[int] = []
+
+    @property
+    def bundle_digest(self) -> str:
+        return self.inner.bundle_digest
+
+    def evaluate(self, policy_input: Mapping[str, Any]) -> object:
+        self.threads.append(threading.get_ident())
+        time.sleep(SLOW_S)
+        return self.inner.evaluate(policy_input)
+
+    def replace_bundle(self, bundle: PolicyBundle) -> None:
+        self.inner.replace_bundle(bundle)
+
+
+def test_a_decision_that_waits_on_the_network_leaves_the_loop_free(folder: Path, tmp_path: Path) -> None:
+    settings = _settings(folder, tmp_path)
+    engine = SlowNetworkEngine(EmbeddedEngine(point.load_bundle(folder, "DE")))
+    pdp = PolicyDecisionPoint(settings, engine=engine)
+
+    async def scenario() -> tuple[Any, int, int]:
+        decision, ticks = await _ticks_while(pdp.decide_soon(DecisionInput.model_validate(REQUEST)))
+        return decision, ticks, threading.get_ident()
+
+    decision, ticks, loop_thread = asyncio.run(scenario())
+    assert decision.decision == "allow"
+    assert engine.threads and engine.threads[0] != loop_thread
+    assert ticks >= 10
+
+
+def test_the_embedded_engine_decides_on_the_loop_itself(folder: Path, tmp_path: Path) -> None:
+    pdp = PolicyDecisionPoint(_settings(folder, tmp_path))
+    seen: list[int] = []
+    evaluate = pdp.evaluate
+
+    def recording(request: DecisionInput) -> Any:
+        seen.append(threading.get_ident())
+        return evaluate(request)
+
+    pdp.evaluate = recording  # type: ignore[method-assign]
+
+    async def scenario() -> int:
+        await pdp.decide_soon(DecisionInput.model_validate(REQUEST))
+        return threading.get_ident()
+
+    assert seen == [] and [asyncio.run(scenario())] == seen
