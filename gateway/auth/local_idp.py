@@ -11,6 +11,7 @@ GA4GH visas with its own keys, generated at start (nothing is committed):
         token = idp.token(sub="alice", org="Uni Example", country="DE", roles=["researcher"])
         visa = idp.visa("ControlledAccessGrants", "https://dac.example.org/datasets/cohort")
         token_with_visa = idp.token(visas=[visa])
+        link = idp.linked_identities(("alice-at-dac", "https://dac.example.org"), sub="alice")
         expired = idp.token(exp=int(time.time()) - 3600)      # any claim can be overridden ...
         no_org = idp.token(omit=["org"])                        # ... or left out
         idp.rotate("RS256")                                     # new RS256 key and kid, old one withdrawn
@@ -35,6 +36,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import quote
 
 from joserfc import jws
 from joserfc.jwk import ECKey, Key, KeyParameters, OKPKey, RSAKey
@@ -263,6 +265,13 @@ class UnsafeLocalIdentityProvider:
         for name in omit:
             claims.pop(name, None)
         return self.sign(claims, alg=alg, kid=kid)
+
+    def linked_identities(self, *identities: tuple[str, str], sub: str = "researcher-1", **visa: Any) -> str:
+        """A signed LinkedIdentities visa saying that `sub` at this issuer is the same person as each
+        (sub, iss) of `identities`; its value is written as the GA4GH Passport specification has it,
+        `;`-separated `sub,iss` pairs with each part URI-encoded. `visa` passes on to `visa()`."""
+        value = ";".join(f"{quote(s, safe='')},{quote(i, safe='')}" for s, i in identities)
+        return self.visa("LinkedIdentities", value, sub=sub, **visa)
 
     # -- HTTP --------------------------------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ class Principal:
     """A requester proven by a verified token: the claims policy reads, and where they came from.
 
     `dropped_visas` counts passport visas that were not passed on (untrusted or unverifiable issuer,
-    bad signature, expired, unsupported type, conditions); `visa_notes` says why for each, in log-safe
+    bad signature, expired, unsupported type, conditions, issued to an identity neither the token's nor
+    linked to it); `visa_notes` says why for each, in log-safe
     words (visa position and issuer name only).
     """
 

@@ -23,7 +23,7 @@ from gateway.auth.errors import BadClaim, WrongIssuer
 from gateway.auth.jwks import DiscoveredKeys, KeySource, StaticKeys, is_fetchable, normalize_issuer
 from gateway.auth.principal import Principal
 from gateway.auth.signature import SUPPORTED_ALGORITHMS, check_algorithm, parse_token, verify_signature
-from gateway.auth.visas import VisaOutcome, verify_visas
+from gateway.auth.visas import VisaIdentity, VisaOutcome, verify_visas
 from gateway.settings import OidcSettings
 
 if TYPE_CHECKING:
@@ -130,7 +130,8 @@ class TokenValidator:
         org = name_claim(claims, self._rules.org_claim)
         country = country_claim(claims, self._rules.country_claim)
         roles = roles_claim(claims, self._rules.roles_claim)
-        outcome = await self._visas(claim_at(claims, self._rules.visas_claim), now)
+        holder = VisaIdentity(sub=sub, iss=source.issuer)
+        outcome = await self._visas(claim_at(claims, self._rules.visas_claim), holder, now)
         if outcome.dropped:
             log.info("dropped %d passport visa(s): %s", outcome.dropped, "; ".join(outcome.notes))
         return Principal(
@@ -145,13 +146,14 @@ class TokenValidator:
             visa_notes=outcome.notes,
         )
 
-    async def _visas(self, raw: object, now: float) -> VisaOutcome:
+    async def _visas(self, raw: object, holder: VisaIdentity, now: float) -> VisaOutcome:
         if raw is None:
             return VisaOutcome()
         if not isinstance(raw, list):
             raise BadClaim(self._rules.visas_claim, "a list of visa JWTs")
         return await verify_visas(
             raw,
+            holder=holder,
             sources=self._visa_sources.get,
             algorithms=self._algorithms,
             now=now,

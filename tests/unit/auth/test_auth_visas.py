@@ -1,5 +1,8 @@
 """GA4GH passport visas: verified against their own issuer's keys, kept when trusted and valid, dropped
-(never fatal) otherwise, with a count and a note that holds no visa value."""
+(never fatal) otherwise, with a count and a note that holds no visa value.
+
+The DAC's visas name the holder at the DAC's issuer, not the token's, so they reach policy only through
+the DAC's LinkedIdentities visa (`_link`); tests/unit/auth/test_visa_binding.py tests that binding."""
 
 from __future__ import annotations
 
@@ -23,6 +26,11 @@ def dac() -> Iterator[LoopbackTestIssuer]:
         yield issuer
 
 
+def _link(idp: LoopbackTestIssuer, dac: LoopbackTestIssuer) -> str:
+    """The DAC's word that its researcher-1 is the identity provider's researcher-1."""
+    return dac.linked_identities(("researcher-1", idp.issuer_url))
+
+
 def validate(idp: LoopbackTestIssuer, token: str, trusted: tuple[str, ...]) -> Principal:
     async def go() -> Principal:
         async with TokenValidator(oidc_for(idp, trusted_visa_issuers=trusted)) as validator:
@@ -40,6 +48,7 @@ def test_trusted_visas_of_each_accepted_type_are_passed_on(
             "AffiliationAndRole", "faculty@uni.example", source="https://uni.example", by="so", alg="ES256"
         ),
         idp.visa("ResearcherStatus", "https://doi.org/10.1038/s41431-018-0219-y", by="peer", alg="EdDSA"),
+        _link(idp, dac),
     ]
     principal = validate(idp, idp.token(visas=visas), trusted=(dac.issuer_url, idp.issuer_url))
     assert principal.dropped_visas == 0 and principal.visa_notes == ()
@@ -54,7 +63,7 @@ def test_trusted_visas_of_each_accepted_type_are_passed_on(
 
 def _dropped(idp: LoopbackTestIssuer, dac: LoopbackTestIssuer, visa: object, trusted: tuple[str, ...]) -> str:
     good = dac.visa("ControlledAccessGrants", "https://dac.example.org/datasets/kept")
-    principal = validate(idp, idp.sign(_passport(idp, [good, visa])), trusted)
+    principal = validate(idp, idp.sign(_passport(idp, [good, visa, _link(idp, dac)])), trusted)
     assert [v.value for v in principal.visas] == ["https://dac.example.org/datasets/kept"]
     assert principal.dropped_visas == 1
     (note,) = principal.visa_notes
@@ -105,8 +114,8 @@ def test_visa_with_conditions_is_dropped(idp: LoopbackTestIssuer, dac: LoopbackT
 
 
 def test_visa_of_another_type_is_dropped(idp: LoopbackTestIssuer, dac: LoopbackTestIssuer) -> None:
-    linked = dac.visa("LinkedIdentities", "10001,https%3A%2F%2Fidp.example")
-    assert "type" in _dropped(idp, dac, linked, (dac.issuer_url,))
+    terms = dac.visa("AcceptedTermsAndPolicies", "https://doi.org/10.1038/s41431-018-0219-y", by="self")
+    assert "type is not one policy reads" in _dropped(idp, dac, terms, (dac.issuer_url,))
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.auth import MalformedToken
 from gateway.auth.signature import parse_token
-from gateway.auth.visas import verify_visas
+from gateway.auth.visas import VisaIdentity, verify_visas
 from gateway.federation.signing import MalformedAssertion, verify_assertion
 
 # Deeper than the interpreter lets the JSON decoder recurse, wherever on the stack it is called from.
@@ -56,7 +56,12 @@ def test_a_visa_nested_too_deeply_is_dropped_and_the_passport_read_on() -> None:
     nested_visa = _token(f'{{"alg":"RS256","x":{_nested()}}}', '{"iss":"https://dac.example.org"}')
     outcome = asyncio.run(
         verify_visas(
-            [nested_visa, "not-a-jwt"], sources=lambda _iss: None, algorithms={"RS256"}, now=0.0, leeway_s=0.0
+            [nested_visa, "not-a-jwt"],
+            holder=VisaIdentity(sub="a", iss="https://idp.example.org"),
+            sources=lambda _iss: None,
+            algorithms={"RS256"},
+            now=0.0,
+            leeway_s=0.0,
         )
     )
     assert outcome.visas == () and outcome.dropped == 2
