@@ -327,6 +327,12 @@ def ingest(
         _check_token_types(con, staging, spec, connector.source)
 
         patient_column = spec.output_column(spec.patient_key) if spec.patient_key else None
+        # A dropped patient key leaves the report its tokens in a staging column of their own, which
+        # nothing but the report reads: the digest and the catalog see the published columns only.
+        risk_patients = patient_column or compiled.risk_patient_column
+        published_columns = "*"
+        if compiled.risk_patient_column is not None:
+            published_columns = f"* EXCLUDE ({quote_ident(compiled.risk_patient_column)})"
         # The risk report and the digest of the columns the stream did not digest read the finished table
         # side by side: each alone leaves a core idle part of the time (the report's sort, the hashing).
         risk_cursor = con.cursor()
@@ -341,10 +347,16 @@ def ingest(
                     staging,
                     spec.quasi_identifiers,
                     spec.k_anonymity.k,
-                    patient_column=patient_column,
+                    patient_column=risk_patients,
                 )
-                out_schema = con.sql(f"SELECT * FROM {quote_ident(staging)} LIMIT 0").to_arrow_table().schema
-                stored = digest_cursor.sql(f"SELECT * FROM {quote_ident(staging)} LIMIT 0").to_arrow_table()
+                out_schema = (
+                    con.sql(f"SELECT {published_columns} FROM {quote_ident(staging)} LIMIT 0")
+                    .to_arrow_table()
+                    .schema
+                )
+                stored = digest_cursor.sql(
+                    f"SELECT {published_columns} FROM {quote_ident(staging)} LIMIT 0"
+                ).to_arrow_table()
                 column_digests = _digest_stored(digest_cursor, staging, stored.schema, stream)
                 content_digest = table_digest(stored.schema, column_digests)
                 risk = risk_future.result()
@@ -357,6 +369,11 @@ def ingest(
         finally:
             risk_cursor.close()
             digest_cursor.close()
+        if compiled.risk_patient_column is not None:
+            # The spec publishes no patient column: the tokens leave the table before it is published.
+            con.execute(
+                f"ALTER TABLE {quote_ident(staging)} DROP COLUMN {quote_ident(compiled.risk_patient_column)}"
+            ).fetchall()
         if not risk.passes and not override_k:
             raise RiskThresholdError(risk)
         entry = CatalogEntry(

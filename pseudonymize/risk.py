@@ -50,6 +50,8 @@ def k_anonymity(
 
     With `patient_column` (pseudonym tokens, as `pseudonym.pseudonym` writes them), a class is as large
     as the distinct patients in it, not its rows: five admissions of one patient are still one person.
+    The ingest passes it whenever the spec names a patient key: the published pseudonym column, or, when
+    the spec drops the key, a staging column of the key's tokens that is dropped before publication.
     """
     n = int(con.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchall()[0][0])
     if not quasi_identifiers or n == 0:

@@ -22,6 +22,10 @@ _RESERVED = "__fedgate"
 _HASH = "__fedgate_h"
 _PK_TOKEN = "__fedgate_pt"  # noqa: S105 - a column name, not a secret
 _PK_OFFSET = "__fedgate_po"
+#: the staging column of the patients' tokens when the spec drops the patient key: the risk report counts
+#: patients by it, the digest leaves it out, and the ingest drops it before publishing. A spec's column
+#: names are letters, digits and '_': none can be this one.
+RISK_PATIENT_COLUMN = "__fedgate:patient"
 #: prefix of the errors the SELECT raises itself; their text never holds a source value
 VALUE_ERROR_MARK = "fedgate-value-error:"
 
@@ -52,6 +56,9 @@ class CompiledTransform:
     hashed_inputs: list[HashedInput] = field(default_factory=list)
     #: the source columns the SELECT and the stream read (every column but those dropped and unused)
     input_columns: frozenset[str] = frozenset()
+    #: RISK_PATIENT_COLUMN when the SELECT adds it (the spec drops its patient key), else None; it is
+    #: not one of `output_columns`
+    risk_patient_column: str | None = None
 
 
 def _is_date(t: pa.DataType) -> bool:
@@ -123,10 +130,9 @@ def compile_transform(
     pk_in_stream = pk is not None and is_hashable(source_cols[pk])
     if pk is not None and pk_in_stream:
         shifts = any(r.action == "date_shift" for r in spec.columns.values())
-        token = _PK_TOKEN if spec.columns[pk].action == "pseudonym" else None
+        # A dropped key still gets its token: the risk report counts the patients by it.
         offset = _PK_OFFSET if shifts else None
-        if token or offset:
-            hashed.append(HashedInput(pk, token, offset, spec.date_shift.max_days if offset else None))
+        hashed.append(HashedInput(pk, _PK_TOKEN, offset, spec.date_shift.max_days if offset else None))
     for name, rule in spec.columns.items():
         if rule.action == "drop":
             continue
@@ -175,6 +181,13 @@ def compile_transform(
             raise SpecError(spec_path, f"columns.{name}", f"{rule.action}: the source column {exc}") from None
         select.append(f"{expr} AS {g.quote_ident(out)}")
         outputs.append(out)
+    risk_column = None
+    if pk is not None and spec.columns[pk].action == "drop":
+        # Without it the report would count a class's rows: five admissions of one patient would pass
+        # k=5. The token is the pseudonym's, so the report equals the one of the key kept as pseudonym.
+        risk_column = RISK_PATIENT_COLUMN
+        token_expr = _PK_TOKEN if pk_in_stream else hm.token(_HASH)
+        select.append(f"{token_expr} AS {g.quote_ident(risk_column)}")
 
     # Normalize in an inner query: DuckDB evaluates a normalization nested inside the hash expression
     # several times over, which halves throughput.
@@ -190,4 +203,4 @@ def compile_transform(
     used |= {r.at for r in spec.columns.values() if isinstance(r, AgeRule) and r.at in source_cols}
     if pk is not None:
         used.add(pk)
-    return CompiledTransform(sql, parameters, rare, outputs, hashed, frozenset(used))
+    return CompiledTransform(sql, parameters, rare, outputs, hashed, frozenset(used), risk_column)

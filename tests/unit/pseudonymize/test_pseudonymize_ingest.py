@@ -9,14 +9,15 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
 from connectors import CsvConnector, MalformedRecord, ParquetConnector
-from pseudonymize.errors import IngestError, RiskThresholdError
+from pseudonymize.errors import IngestError, RiskThresholdError, SpecError
 from pseudonymize.ingest import ingest, pseudonym_key
 from pseudonymize.keys import SecretKey
-from pseudonymize.pseudonym import pseudonym
+from pseudonymize.pseudonym import date_offset, pseudonym
 from pseudonymize.spec import load_spec
 from pseudonymize.store import Store
 
@@ -320,3 +321,138 @@ def test_pseudonym_columns_a_store_does_not_hold_as_uuid_values_fail_the_ingest(
     with pytest.raises(IngestError, match=r"patient_id were stored as VARCHAR, not UUID"):
         _check_token_types(con, "as_text", spec, "cohort.parquet")
     _check_token_types(con, "as_uuid", spec, "cohort.parquet")
+
+
+def _admissions(tmp_path: Path, key_type: pa.DataType | None = None) -> Path:
+    """40 admissions: the first patient's five are the only ones of sex 'X', every other patient has one."""
+    import datetime as dt
+    import decimal
+
+    key_type = key_type or pa.string()
+    rows = 40
+    patients = [i // 5 if i < 5 else i for i in range(rows)]
+    if pa.types.is_decimal(key_type):
+        pids = pa.array([decimal.Decimal(100 + p) for p in patients], key_type)
+    else:
+        pids = pa.array([f"MRN-{p}" for p in patients], key_type)
+    table = pa.table({
+        "pid": pids,
+        "sex": ["X"] * 5 + ["F"] * (rows - 5),
+        "adm": [dt.date(2020, 1 + i % 12, 1 + i % 28) for i in range(rows)],
+    })  # fmt: skip
+    source = tmp_path / f"admissions_{key_type}.parquet"
+    pq.write_table(table, source)
+    return source
+
+
+def _admissions_spec(
+    tmp_path: Path, key_action: str, adm: str = "{action: generalize, method: date, to: year}"
+) -> Path:
+    spec_file = tmp_path / f"admissions_{key_action}.yaml"
+    spec_file.write_text(
+        "dataset: admissions\nagreement: DSA-1\npatient_key: pid\nk_anonymity: {k: 5}\ncolumns:\n"
+        f"  pid: {{action: {key_action}, identifier: direct}}\n  sex: {{action: keep, identifier: quasi}}\n"
+        f"  adm: {adm}\n"
+    )
+    return spec_file
+
+
+#: the content digest of the admissions published with the patient key dropped (sex and the admission
+#: year, neither keyed): computed by the ingest before the risk report counted a dropped key's patients,
+#: which the token column the report now reads must leave unchanged
+_ADMISSIONS_DIGEST = "1000c534d34c6a232c6026039170801cd2b0c3a315ade2f82aa901042f66b0a0"
+
+
+@pytest.mark.parametrize("key_type", [pa.string(), pa.decimal128(12, 0)], ids=["streamed", "in-sql"])
+def test_k_anonymity_counts_patients_when_the_spec_drops_the_key(
+    tmp_path: Path, master: SecretKey, key_type: pa.DataType
+) -> None:
+    source = _admissions(tmp_path, key_type)
+    reports = {}
+    with Store(f"duckdb:///{tmp_path / 's.duckdb'}") as store:
+        for action in ("drop", "pseudonym"):
+            with pytest.raises(RiskThresholdError) as err:
+                run(source, _admissions_spec(tmp_path, action), master, store)
+            reports[action] = err.value.report
+        assert store.catalog() == [] and _staging_tables(store) == []
+    # Five admissions of one patient are one patient, whether the spec keeps the key or drops it.
+    assert reports["drop"].smallest_class == 1 and reports["drop"].records_below_k == 5
+    assert reports["drop"] == reports["pseudonym"]
+
+
+@pytest.mark.parametrize("url", ["duckdb", "sqlite"])
+def test_a_dropped_patient_key_leaves_no_trace_in_what_is_published(
+    tmp_path: Path, master: SecretKey, url: str
+) -> None:
+    source = _admissions(tmp_path)
+    spec_file = _admissions_spec(tmp_path, "drop")
+    store_url = f"duckdb:///{tmp_path / 's.duckdb'}" if url == "duckdb" else f"sqlite:///{tmp_path / 's.db'}"
+    with Store(store_url) as store:
+        entry = run(source, spec_file, master, store, override_k=True).entry
+        assert store.catalog("admissions") == [entry]
+        if store.is_duckdb:
+            cells = all_cells(store.duckdb)
+            published = store.duckdb.sql(f'SELECT * FROM "{entry.table_name}"').to_arrow_table()
+            assert _staging_tables(store) == []
+    if url == "sqlite":
+        engine = sa.create_engine(store_url)
+        with engine.connect() as conn:
+            tables = sa.inspect(conn).get_table_names()
+            cells = {}
+            for table in tables:
+                result = conn.execute(sa.text(f'SELECT * FROM "{table}"'))
+                rows = result.fetchall()
+                for i, name in enumerate(result.keys()):
+                    cells[(table, name)] = [r[i] for r in rows]
+            published = pa.Table.from_pylist(
+                [dict(r._mapping) for r in conn.execute(sa.text(f'SELECT * FROM "{entry.table_name}"'))]
+            )
+        engine.dispose()
+    assert [c["name"] for c in entry.columns] == ["sex", "adm"] == published.column_names
+    assert entry.content_digest == _ADMISSIONS_DIGEST
+    assert entry.patient_column is None and entry.risk_report["smallest_class"] == 1 and entry.k_override
+    key = pseudonym_key(master, load_spec(spec_file))
+    tokens = {pseudonym(key, f"MRN-{p}") for p in range(40)}
+    for (table, column), values in cells.items():
+        assert "__fedgate" not in column, f"{table}.{column}"
+        assert not tokens & {str(v) for v in values}, f"a patient's token in {table}.{column}"
+
+
+def test_a_dropped_patient_key_still_shifts_dates_and_digests_the_published_columns(
+    tmp_path: Path, master: SecretKey
+) -> None:
+    from pseudonymize.digest import digest_batches
+
+    source = _admissions(tmp_path)
+    spec_file = _admissions_spec(tmp_path, "drop", adm="date_shift")
+    with Store(f"duckdb:///{tmp_path / 's.duckdb'}") as store:
+        entry = run(source, spec_file, master, store, override_k=True).entry
+        published = store.duckdb.sql(f'SELECT * FROM "{entry.table_name}"').to_arrow_table()
+    assert published.column_names == ["sex", "adm"]
+    assert entry.content_digest == digest_batches(published.schema, published.to_batches())
+    key = pseudonym_key(master, load_spec(spec_file))
+    shifted = published["adm"].to_pylist()
+    raw = pq.read_table(source)["adm"].to_pylist()
+    offsets = {(s - r).days for s, r in zip(shifted[:5], raw[:5], strict=True)}
+    assert offsets == {date_offset(key, "MRN-0", 180)}
+
+
+def test_the_risk_report_token_column_is_no_output_and_absent_when_the_key_is_kept(
+    tmp_path: Path, spec_path: Path, cohort_table: pa.Table
+) -> None:
+    from pseudonymize.transform import RISK_PATIENT_COLUMN, compile_transform
+
+    kept = compile_transform(load_spec(spec_path), cohort_table.schema, bytes(32), str(spec_path))
+    assert kept.risk_patient_column is None and RISK_PATIENT_COLUMN not in kept.select_sql
+    dropped_spec = _admissions_spec(tmp_path, "drop")
+    schema = pq.read_schema(_admissions(tmp_path))
+    dropped = compile_transform(load_spec(dropped_spec), schema, bytes(32), str(dropped_spec))
+    assert dropped.risk_patient_column == RISK_PATIENT_COLUMN
+    assert dropped.output_columns == ["sex", "adm"]
+    # No spec column can be named so, under its own name or as an output.
+    renamed = tmp_path / "renamed.yaml"
+    renamed.write_text(
+        dropped_spec.read_text().replace("keep, identifier", f"keep, as: '{RISK_PATIENT_COLUMN}', identifier")
+    )
+    with pytest.raises(SpecError, match="not a valid column name"):
+        load_spec(renamed)
