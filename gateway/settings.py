@@ -2,18 +2,22 @@
 
 Relative paths in the file are resolved against the file's own folder, so a site folder can be moved whole.
 Unknown keys, missing required keys and malformed values are `ConfigError`s that name the file, the key
-and, where the key is present, its line.
+and, where the key is present, its line; or, where an environment variable set it, that variable. A
+FEDGATE_* variable that names no key is an error too: a misspelt override would otherwise leave the file's
+value in force while the operator believes it was replaced.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
+import types
 from functools import lru_cache
 from ipaddress import ip_address
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -22,6 +26,18 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from gateway.countries import is_country
 
 ENV_PREFIX = "FEDGATE_"
+# FEDGATE_* variables that fedgate's own processes, benchmarks and tests read and that are not settings keys:
+# they override nothing, so they are not errors. A new such variable goes here, or loading a site's settings
+# with it set fails. (The variable `master_key_env` names is allowed too, whatever its name.)
+PROCESS_VARIABLES: Final = frozenset(
+    {
+        "FEDGATE_CONFIG",  # gateway/app.py: the config file of a worker started by `uvicorn --factory`
+        "FEDGATE_HANDOFF_FD",  # gateway/cli/workers.py: the socket a worker is handed its connections on
+        "FEDGATE_BENCH_WAITS",  # bench/waits/sitecustomize.py: the folder the wait recorder writes to
+        "FEDGATE_TEST_PG_URL",  # tests/conftest.py: the PostgreSQL server of the `postgres` tests
+        "FEDGATE_TEST_OPA_URL",  # tests/integration/real_opa.py: a real OPA server for the policy tests
+    }
+)
 _SITE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
@@ -53,11 +69,19 @@ JwtAlgorithm = Literal["RS256", "ES256", "EdDSA"]
 
 class _KeyProblem(ValueError):
     """A check across keys, blamed on one key (`loc`). When that key is not in the file (it is missing),
-    `near` is the key whose line the message points at instead."""
+    `near` is the key whose line the message points at instead. `involved` are the other keys the check
+    read (with `near`), so that the error can name the environment variables that set any of them."""
 
-    def __init__(self, loc: tuple[str, ...], message: str, near: tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self,
+        loc: tuple[str, ...],
+        message: str,
+        near: tuple[str, ...] | None = None,
+        involved: tuple[tuple[str, ...], ...] = (),
+    ) -> None:
         super().__init__(message)
         self.loc, self.message, self.near = loc, message, near
+        self.involved = involved if near is None or near in involved else (near, *involved)
 
 
 def _web_url(value: str) -> str:
@@ -221,18 +245,24 @@ class SiteSettings(BaseSettings):
     def _one_key_source(self) -> SiteSettings:
         if (self.master_key_file is None) == (self.master_key_env is None):
             where = "master_key_env" if self.master_key_file is None else "master_key_file"
-            raise _KeyProblem((where,), "set exactly one of master_key_file and master_key_env")
+            raise _KeyProblem(
+                (where,),
+                "set exactly one of master_key_file and master_key_env",
+                involved=(("master_key_file",), ("master_key_env",)),
+            )
         if self.policy_engine == "opa" and not self.opa_url:
             raise _KeyProblem(("opa_url",), "required when policy_engine = 'opa'", ("policy_engine",))
         if not self.audit_origin:
             object.__setattr__(self, "audit_origin", f"fedgate.example/{self.site_id}")
-        seen = {self.site_id}
+        seen: dict[str, tuple[str, ...]] = {self.site_id: ("site_id",)}
         for i, peer in enumerate(self.peers):
             if peer.id in seen:
                 raise _KeyProblem(
-                    ("peers", str(i), "id"), "every peer id must be unique and differ from site_id"
+                    ("peers", str(i), "id"),
+                    "every peer id must be unique and differ from site_id",
+                    involved=(seen[peer.id],),
                 )
-            seen.add(peer.id)
+            seen[peer.id] = ("peers", str(i), "id")
         if self.peers and self.peer_key_file is None:
             raise _KeyProblem(("peer_key_file",), "required when peers are configured", ("peers", "0", "id"))
         if not self.state_url:
@@ -315,6 +345,68 @@ def _from_environment(loc: tuple[str, ...]) -> str | None:
     return None
 
 
+def _table_of(annotation: Any) -> type[BaseModel] | None:
+    """The table a key holds (`OidcSettings` for `oidc: OidcSettings | None`), whose keys the environment
+    can set one by one (FEDGATE_OIDC__ISSUER); None for a plain value or a list such as `peers`."""
+    options = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    tables = [o for o in options if isinstance(o, type) and issubclass(o, BaseModel)]
+    return tables[0] if tables else None
+
+
+def _setting_variables(model: type[BaseModel] = SiteSettings, prefix: str = ENV_PREFIX) -> list[str]:
+    """Every variable that sets a key: FEDGATE_<KEY>, and FEDGATE_<TABLE>__<KEY> for a table's keys."""
+    names = []
+    for key, field in model.model_fields.items():
+        names.append(prefix + key.upper())
+        table = _table_of(field.annotation)
+        if table is not None:
+            names += _setting_variables(table, f"{prefix}{key.upper()}__")
+    return names
+
+
+def _unknown_variables(path: Path, raw: dict[str, Any]) -> None:
+    """Refuse FEDGATE_* variables that set no key and that no fedgate process reads (only their names are
+    printed: a value may be a secret)."""
+    allowed = {name.upper() for name in _setting_variables()} | PROCESS_VARIABLES
+    key_variable = _from_environment(("master_key_env",))
+    master_key_env = os.environ[key_variable] if key_variable else raw.get("master_key_env")
+    if isinstance(master_key_env, str):  # the process reads the master key from it
+        allowed = allowed | {master_key_env.upper()}
+    suffixes = {name.removeprefix(ENV_PREFIX): name for name in sorted(allowed)}
+    unknown: list[tuple[str, str | None]] = []
+    for name in sorted(os.environ):
+        # Read without regard to case, as the settings are: fedgate_site_id sets site_id.
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in allowed:
+            near = difflib.get_close_matches(name.upper().removeprefix(ENV_PREFIX), suffixes, n=1, cutoff=0.8)
+            unknown.append((name, suffixes[near[0]] if near else None))
+    if not unknown:
+        return
+    shape = "(FEDGATE_<KEY> sets a key, FEDGATE_<TABLE>__<KEY> a key of a table)"
+    if len(unknown) == 1:
+        name, near_name = unknown[0]
+        hint = f"; did you mean {near_name}?" if near_name else f" {shape}"
+        raise ConfigError(path, None, f"the environment variable {name} names no setting{hint}")
+    names = ", ".join(
+        f"{name} (did you mean {near_name}?)" if near_name else name for name, near_name in unknown
+    )
+    raise ConfigError(path, None, f"the environment variables {names} name no setting {shape}")
+
+
+def _environment_sources(loc: tuple[str, ...], involved: tuple[tuple[str, ...], ...]) -> str:
+    """' (set by the environment variable X; k set by the environment variable Y)' for the blamed key and
+    the other keys of a check that the environment set; '' when the file set them all."""
+    variable = _from_environment(loc)
+    named = {variable} if variable else set()
+    sources = [f"set by the environment variable {variable}"] if variable else []
+    for other in involved:
+        other_variable = _from_environment(other)
+        if other_variable is not None and other_variable not in named:
+            named.add(other_variable)
+            key = other_variable[len(ENV_PREFIX) :].lower().replace("__", ".")  # the key it sets: peers
+            sources.append(f"{key} set by the environment variable {other_variable}")
+    return f" ({'; '.join(sources)})" if sources else ""
+
+
 def load_settings(path: Path | str) -> SiteSettings:
     """Read a site config file (plus environment overrides) into validated settings."""
     path = Path(path)
@@ -328,6 +420,7 @@ def load_settings(path: Path | str) -> SiteSettings:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"not valid TOML: {exc}") from None
+    _unknown_variables(path, raw)
     try:
         return SiteSettings(**_resolve(path.resolve().parent, raw))
     except SettingsError as exc:
@@ -341,8 +434,9 @@ def load_settings(path: Path | str) -> SiteSettings:
         loc = tuple(str(p) for p in first["loc"])
         problem = (first.get("ctx") or {}).get("error")
         near: tuple[str, ...] | None = None
+        involved: tuple[tuple[str, ...], ...] = ()
         if isinstance(problem, _KeyProblem):  # a check across keys, blamed on one of them
-            loc, message, near = problem.loc, problem.message, problem.near
+            loc, message, near, involved = problem.loc, problem.message, problem.near, problem.involved
         elif first["type"] == "extra_forbidden":
             message = "unknown key"
         elif first["type"] == "missing":
@@ -352,15 +446,15 @@ def load_settings(path: Path | str) -> SiteSettings:
         key = ".".join(loc) or None
         line = None
         if key:
-            variable = _from_environment(loc)
-            if variable is not None:
-                raise ConfigError(
-                    path, key, f"{message} (set by the environment variable {variable})"
-                ) from None
+            message += _environment_sources(loc, involved)
+            if _from_environment(loc) is not None:  # the file's line for the key, if any, is not in force
+                raise ConfigError(path, key, message) from None
             parts = key.split(".")
             line = _line_at(text, loc) or _line_of(text, parts[-1]) or _line_of(text, parts[0])
             if near is not None and _line_at(text, loc) is None:
-                line = _line_at(text, near) or line
+                # Not a line whose value the environment replaced: that line did not ask for the key.
+                near_line = None if _from_environment(near) else _line_at(text, near)
+                line = near_line or line
         raise ConfigError(path, key, message, line) from None
 
 

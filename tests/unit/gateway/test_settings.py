@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import ConfigError, load_settings
+from gateway.settings import PROCESS_VARIABLES, ConfigError, load_settings
 
 GOOD = """\
 site_id = "site-de"
@@ -209,3 +209,118 @@ def test_public_url_must_be_a_web_url(tmp_path: Path) -> None:
             load_settings(write(tmp_path, GOOD + f'[server]\npublic_url = "{bad}"\n'))
         assert (err.value.key, err.value.line) == ("server.public_url", 9)
         assert "https://" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "suggestion"),
+    [
+        ("FEDGATE_STORE_ULR", "FEDGATE_STORE_URL"),
+        ("FEDGATE_OIDC__ISSUR", "FEDGATE_OIDC__ISSUER"),
+        ("FEDGATE_OIDC_ISSUER", "FEDGATE_OIDC__ISSUER"),
+        ("fedgate_jurisdiktion", "FEDGATE_JURISDICTION"),
+        ("FEDGATE_SERVER__PORT__NUMBER", None),
+        ("FEDGATE_PEERS__0__ID", None),  # peers are a list: set whole, as JSON, by FEDGATE_PEERS
+        ("FEDGATE_NOTHING_LIKE_A_KEY", None),
+    ],
+)
+def test_an_environment_variable_that_names_no_setting_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, suggestion: str | None
+) -> None:
+    monkeypatch.setenv(variable, "s3cret-value")
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, GOOD))
+    message = str(err.value)
+    assert f"the environment variable {variable} names no setting" in message
+    assert "s3cret-value" not in message  # a value may be a secret: only the name is printed
+    if suggestion:
+        assert message.endswith(f"did you mean {suggestion}?")
+    else:
+        assert "did you mean" not in message and "FEDGATE_<TABLE>__<KEY>" in message
+
+
+def test_every_environment_variable_that_names_no_setting_is_named_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEDGATE_STORE_ULR", "x")
+    monkeypatch.setenv("FEDGATE_ZZZ", "y")
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, GOOD))
+    assert (
+        "variables FEDGATE_STORE_ULR (did you mean FEDGATE_STORE_URL?), FEDGATE_ZZZ name no setting"
+        in str(err.value)
+    )
+
+
+def test_variables_the_processes_read_are_not_mistaken_for_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.app import CONFIG_ENV
+    from gateway.cli.workers import HANDOFF_ENV
+
+    assert {CONFIG_ENV, HANDOFF_ENV} <= PROCESS_VARIABLES
+    for variable in PROCESS_VARIABLES:
+        monkeypatch.setenv(variable, "1")
+    # The master key's own variable is read by the gateway, under whatever name the config gives it.
+    without_file = GOOD.replace('master_key_file = "keys/master.key"\n', "")
+    monkeypatch.setenv("FEDGATE_SITE_MASTER", "key material")
+    s = load_settings(write(tmp_path, without_file + 'master_key_env = "FEDGATE_SITE_MASTER"\n'))
+    assert s.master_key_env == "FEDGATE_SITE_MASTER"
+    monkeypatch.setenv("FEDGATE_MASTER_KEY_ENV", "FEDGATE_OTHER_MASTER")
+    monkeypatch.setenv("FEDGATE_OTHER_MASTER", "key material")
+    monkeypatch.delenv("FEDGATE_SITE_MASTER")
+    assert load_settings(write(tmp_path, without_file)).master_key_env == "FEDGATE_OTHER_MASTER"
+
+
+PEERS_JSON = '[{"id": "site-fr", "url": "http://127.0.0.1:8102", "request_key": "AAAA", "log_key": "x+1+A"}]'
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "text", "key", "line", "named"),
+    [
+        # The file sets master_key_file on line 6; the environment the other source.
+        ("FEDGATE_MASTER_KEY_ENV", "FEDGATE_TEST_KEY", GOOD, "master_key_file", 6, "master_key_env"),
+        # The file's line 8 asks for the embedded engine: the environment asked for OPA.
+        (
+            "FEDGATE_POLICY_ENGINE",
+            "opa",
+            GOOD + 'policy_engine = "embedded"\n',
+            "opa_url",
+            None,
+            "policy_engine",
+        ),
+        # The file's peer is fine; the environment renamed the site to the peer's id.
+        ("FEDGATE_SITE_ID", "site-fr", GOOD + 'peer_key_file = "k"\n' + PEER, "peers.0.id", 10, "site_id"),
+        ("FEDGATE_PEERS", PEERS_JSON, GOOD, "peer_key_file", None, "peers"),
+        # The file's audit log (line 4) is SQLite; the environment's is not.
+        ("FEDGATE_AUDIT_URL", "postgresql://db/audit", GOOD, "state_url", None, "audit_url"),
+    ],
+)
+def test_checks_across_keys_name_the_environment_variables_that_set_them(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    text: str,
+    key: str,
+    line: int | None,
+    named: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, text))
+    assert (err.value.key, err.value.line) == (key, line)
+    assert f"({named} set by the environment variable {variable})" in str(err.value)
+
+
+def test_a_check_blamed_on_a_key_the_environment_set_names_each_variable_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEDGATE_SITE_ID", "site-fr")
+    monkeypatch.setenv("FEDGATE_PEERS", PEERS_JSON)
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, GOOD + 'peer_key_file = "k"\n' + PEER))
+    assert (err.value.key, err.value.line) == ("peers.0.id", None)
+    assert str(err.value).endswith(
+        "(set by the environment variable FEDGATE_PEERS; site_id set by the environment variable "
+        "FEDGATE_SITE_ID)"
+    )
