@@ -14,6 +14,7 @@ from audit.errors import StorageError
 from gateway.deps import AuditorDep, RuntimeDep
 from gateway.problems import AUTHENTICATED, documented
 from gateway.refusal import Refusal
+from gateway.routes.bodies import AuditEntries, ConsistencyProof, InclusionProof
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=AUTHENTICATED)
 MAX_ENTRIES = 1000
@@ -45,7 +46,10 @@ async def checkpoint(_: AuditorDep, runtime: RuntimeDep) -> PlainTextResponse:
     "/entries",
     summary="Stored entries start ≤ index < end (at most 1000; end defaults to the next 1000 or the log's "
     "size), base64 of the hashed bytes",
-    responses=documented(bad_request="the range is outside the log or longer than 1000 entries"),
+    responses=documented(
+        ok=("the log's size and the entries of the range", AuditEntries),
+        bad_request="the range is outside the log or longer than 1000 entries",
+    ),
 )
 async def entries(
     _: AuditorDep, runtime: RuntimeDep, start: int = 0, end: int | None = None
@@ -72,7 +76,10 @@ async def entries(
 @router.get(
     "/proofs/inclusion",
     summary="RFC 9162 inclusion proof of entry `index` in the tree of `size`",
-    responses=documented(bad_request="no such entry or tree size"),
+    responses=documented(
+        ok=("the proof and the root it leads to", InclusionProof),
+        bad_request="no such entry or tree size",
+    ),
 )
 async def inclusion(_: AuditorDep, runtime: RuntimeDep, index: int, size: int) -> dict[str, Any]:
     try:
@@ -89,7 +96,10 @@ async def inclusion(_: AuditorDep, runtime: RuntimeDep, index: int, size: int) -
     "/proofs/consistency",
     summary="RFC 9162 consistency proof from size `old` to size `new` (empty from size 0, which every tree "
     "extends, and between equal sizes)",
-    responses=documented(bad_request="the sizes are not 0 ≤ old ≤ new ≤ the log's size"),
+    responses=documented(
+        ok=("the proof between the two sizes", ConsistencyProof),
+        bad_request="the sizes are not 0 ≤ old ≤ new ≤ the log's size",
+    ),
 )
 async def consistency(_: AuditorDep, runtime: RuntimeDep, old: int, new: int) -> dict[str, Any]:
     try:

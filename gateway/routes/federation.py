@@ -11,6 +11,7 @@ from gateway.deps import ResearcherDep, RuntimeDep
 from gateway.federation.coordinator import Coordinator, parse_federated
 from gateway.federation.peers import PeerLink
 from gateway.problems import AUTHENTICATED, documented
+from gateway.routes.bodies import FederatedAnswer
 
 router = APIRouter(prefix="/v1/federated-queries", tags=["federation"], responses=AUTHENTICATED)
 
@@ -19,7 +20,11 @@ router = APIRouter(prefix="/v1/federated-queries", tags=["federation"], response
     "",
     summary="Submit a query to several sites and receive the pooled answer with every site's status",
     responses=documented(
-        ok="the pooled answer, the sites it covers and one status per target site",
+        ok=(
+            "the pooled answer, the sites it covers and one status per target site; `columns` and the "
+            "rows' keys vary with the query's kind",
+            FederatedAnswer,
+        ),
         bad_request="the spec, `sites` or `timeout_s` is invalid; `field` names where",
     ),
 )

@@ -41,6 +41,13 @@ from gateway.federation.peers import PeerLink, verified_peer
 from gateway.pipeline import hashed, new_request_id, sha256_label
 from gateway.problems import ACCEPTED, AUTHENTICATED, OK, documented
 from gateway.refusal import Refusal
+from gateway.routes.bodies import (
+    FederatedGlmFit,
+    FederatedGlmStopped,
+    GlmIteration,
+    GlmSession,
+    GlmSessionClosed,
+)
 from gateway.runtime import SiteRuntime
 
 router = APIRouter(tags=["federated glm"], responses=AUTHENTICATED)
@@ -72,7 +79,7 @@ def glm_service(request: Request, runtime: SiteRuntime) -> GlmSiteService:
     "/v1/glm/sessions",
     summary="Open a GLM session at this site",
     responses=documented(
-        ok="the session: its id, the model's parameters and the iteration cap",
+        ok=("the session: its id, the model's parameters and the iteration cap", GlmSession),
         accepted=("policy wants a steward's approval; nothing was opened", GlmPending),
         forbidden="denied by policy or disclosure control",
         not_found="no such dataset at this site",
@@ -93,7 +100,7 @@ async def open_session(
     "/v1/glm/sessions/{session_id}/iterations",
     summary="One Fisher-scoring iteration at β within an open session",
     responses=documented(
-        ok="the sums at β: XᵀWX, XᵀWz, deviance, Pearson χ² and n",
+        ok=("the sums at β: XᵀWX, XᵀWz, deviance, Pearson χ² and n", GlmIteration),
         bad_request="β has the wrong number of coefficients; `field` names it",
         forbidden="a disclosure check failed; the session is closed",
         not_found="no such session of yours under this agreement",
@@ -110,7 +117,10 @@ async def iterate(
 @router.delete(
     "/v1/glm/sessions/{session_id}",
     summary="End a GLM session",
-    responses=documented(not_found="no open GLM session with this id for you"),
+    responses=documented(
+        ok=("the session is closed", GlmSessionClosed),
+        not_found="no open GLM session with this id for you",
+    ),
 )
 async def close_session(
     session_id: str, principal: ResearcherDep, runtime: RuntimeDep, request: Request
@@ -124,7 +134,10 @@ async def close_session(
     "/v1/federated-glm",
     summary="Fit a GLM over this site and its peers",
     responses=documented(
-        ok="the fit (coefficients, standard errors, z, p, intervals), or `stopped` with each site's reason",
+        ok=(
+            "the fit (coefficients, standard errors, z, p, intervals), or `stopped` with each site's reason",
+            FederatedGlmFit | FederatedGlmStopped,
+        ),
         bad_request="an unknown site, an invalid model, or a fit that failed to combine",
         unavailable="this gateway cannot sign requests to its peers",
     ),

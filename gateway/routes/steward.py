@@ -17,13 +17,27 @@ from gateway.deps import PipelineDep, RuntimeDep, StewardDep
 from gateway.policy_admin import NoSuchDocument, PolicyDataRejected, data_names, read_data, replace_data
 from gateway.problems import AUTHENTICATED, documented
 from gateway.refusal import Refusal
+from gateway.routes.bodies import (
+    Activity,
+    ApprovalOutcome,
+    PolicyDataListing,
+    PolicyDataReplaced,
+    PolicyDocument,
+    PublishedDataset,
+    QueuedQuery,
+    WithdrawalRecorded,
+)
 from pseudonymize.errors import KeyMaterialError
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/steward", tags=["steward"], responses=AUTHENTICATED)
 
 
-@router.get("/datasets", summary="Published datasets: versions, digests, consent codes, risk reports")
+@router.get(
+    "/datasets",
+    summary="Published datasets: versions, digests, consent codes, risk reports",
+    responses=documented(ok=("every published version, by dataset then version", list[PublishedDataset])),
+)
 async def datasets(_: StewardDep, runtime: RuntimeDep) -> list[dict[str, Any]]:
     entries = await asyncio.to_thread(runtime.catalog.refresh)
     return [
@@ -56,6 +70,10 @@ class Withdrawal(BaseModel):
     "/datasets/{dataset}/withdrawals",
     summary="Record consent withdrawals; the next query of the dataset excludes these patients",
     responses=documented(
+        ok=(
+            "the withdrawal is recorded: how many patients it named and how many are new",
+            WithdrawalRecorded,
+        ),
         not_found="no such dataset at this site",
         conflict="the dataset's pseudonyms cannot be recomputed here (no patient column, another key)",
         unavailable="the site master key is not usable",
@@ -88,7 +106,11 @@ async def withdraw_consent(
     return {"dataset": dataset, "patients": len(body.patients), "new": new}
 
 
-@router.get("/policy-data", summary="The policy data documents and the running bundle's digest")
+@router.get(
+    "/policy-data",
+    summary="The policy data documents and the running bundle's digest",
+    responses=documented(ok=("the documents' names and the running bundle's digest", PolicyDataListing)),
+)
 async def policy_documents(_: StewardDep, runtime: RuntimeDep) -> dict[str, Any]:
     return {
         "documents": data_names(runtime.settings.policy_dir),
@@ -99,7 +121,14 @@ async def policy_documents(_: StewardDep, runtime: RuntimeDep) -> dict[str, Any]
 @router.get(
     "/policy-data/{name}",
     summary="One policy data document (agreements, organisations, …)",
-    responses=documented(not_found="no policy data document of that name"),
+    responses=documented(
+        ok=(
+            "the document as stored; its shape is the named one's: agreements and organisations are "
+            "objects keyed by id, duo, export_control, site and transfer have shapes of their own",
+            PolicyDocument,
+        ),
+        not_found="no policy data document of that name",
+    ),
 )
 async def policy_document(name: str, _: StewardDep, runtime: RuntimeDep) -> Any:
     try:
@@ -114,6 +143,7 @@ async def policy_document(name: str, _: StewardDep, runtime: RuntimeDep) -> Any:
     "/policy-data/{name}",
     summary="Replace one policy data document (validated, atomic, audited)",
     responses=documented(
+        ok=("the document is in force: the new bundle's digest and the one it replaced", PolicyDataReplaced),
         bad_request="the document is invalid (the running policy is unchanged); `field` names where",
         not_found="no policy data document of that name",
     ),
@@ -171,6 +201,7 @@ async def replace_policy_document(
 @router.get(
     "/approvals",
     summary="Queries that policy sent to a human, oldest first: `limit` of them (at most 500) from `offset`",
+    responses=documented(ok=("the queries waiting for a steward, oldest first", list[QueuedQuery])),
 )
 async def approvals(
     _: StewardDep,
@@ -214,8 +245,11 @@ class ApprovalDecision(BaseModel):
     "/approvals/{request_id}",
     summary="Approve (the query runs and is released) or reject",
     responses=documented(
-        ok="the outcome: released (the researcher collects the answer; the steward does not see it), "
-        "rejected, or refused when the run failed",
+        ok=(
+            "the outcome: released (the researcher collects the answer; the steward does not see it), "
+            "rejected, or refused when the run failed",
+            ApprovalOutcome,
+        ),
         bad_request="no reason, or a reason the audit log does not record; `field` names it",
         forbidden="a steward cannot decide their own query",
         not_found="no such request",
@@ -233,7 +267,10 @@ async def decide(
 @router.get(
     "/activity",
     summary="What was released and refused lately, and who was refused most",
-    responses=documented(bad_request="`hours` is outside 1 to 8784"),
+    responses=documented(
+        ok=("requests by agreement, dataset, kind and outcome, and the researchers refused most", Activity),
+        bad_request="`hours` is outside 1 to 8784",
+    ),
 )
 async def activity(
     _: StewardDep, runtime: RuntimeDep, hours: Annotated[int, Query(ge=1, le=24 * 366)] = 24

@@ -17,6 +17,7 @@ from audit.errors import MalformedRequest, OldSizeMismatch, WitnessError
 from gateway import problems
 from gateway.deps import RuntimeDep, StewardDep
 from gateway.federation.witnessing import MAX_BODY_BYTES
+from gateway.routes.bodies import WitnessSubmissions
 
 router = APIRouter(prefix="/v1/witness", tags=["witness"])
 
@@ -74,7 +75,10 @@ async def add_checkpoint(request: Request, runtime: RuntimeDep) -> Response:
 @router.post(
     "/submissions",
     summary="Sign a checkpoint now and offer it to every peer witness; the per-peer outcome",
-    responses=problems.AUTHENTICATED,
+    responses={
+        **problems.AUTHENTICATED,
+        **problems.documented(ok=("the outcome of each offer, and each peer's progress", WitnessSubmissions)),
+    },
 )
 async def submit(_: StewardDep, runtime: RuntimeDep) -> dict[str, Any]:
     outcomes = await runtime.witnessing.submit_now()

@@ -10,7 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_site import bearer
+from gateway_site import Site, bearer
+from jsonschema import Draft202012Validator
 from oidc_issuer import LoopbackTestIssuer
 
 from gateway.problems import PROBLEM_JSON, Problem
@@ -149,23 +150,23 @@ def test_every_endpoint_refuses_every_other_role_and_no_token(
 
 
 def documented_schema(openapi: dict[str, Any], path: str, method: str, status: str) -> dict[str, Any]:
-    """The JSON schema of an answer, with its component references resolved one level down."""
+    """The JSON schema the served page gives for an answer."""
     schema: dict[str, Any] = openapi["paths"][path][method]["responses"][status]["content"][
         "application/json"
     ]["schema"]
-    if "$ref" in schema:
-        schema = openapi["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
     return schema
 
 
-def assert_fits(body: dict[str, Any], schema: dict[str, Any], components: dict[str, Any]) -> None:
-    assert set(schema["required"]) <= set(body), set(schema["required"]) - set(body)
-    if not schema.get("additionalProperties", False):
-        assert set(body) <= set(schema["properties"]), set(body) - set(schema["properties"])
-    for name, value in body.items():
-        prop = schema["properties"].get(name, {})
-        if "$ref" in prop and isinstance(value, dict):
-            assert_fits(value, components[prop["$ref"].rsplit("/", 1)[1]], components)
+def violations(value: Any, schema: dict[str, Any], components: dict[str, Any], at: str = "body") -> list[str]:
+    """Where a JSON value breaks a schema of the served page (JSON Schema 2020-12, which OpenAPI 3.1 uses),
+    each as `where: what`; none when it fits. A `$ref` applies beside its siblings: FastAPI writes a route's
+    own `{"type": "object", "additionalProperties": true}` next to the documented model's reference."""
+    validator = Draft202012Validator({**schema, "components": {"schemas": components}})
+    errors = sorted(validator.iter_errors(value), key=lambda e: [str(p) for p in e.absolute_path])
+    return [
+        at + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path) + f": {e.message}"
+        for e in errors
+    ]
 
 
 def test_answers_match_their_documented_schemas(
@@ -176,7 +177,8 @@ def test_answers_match_their_documented_schemas(
     released = http.post("/v1/queries", json={**QUERY, "kind": "crosstab", "group_by": ["sex"]},
                          headers=researcher)  # fmt: skip
     assert released.status_code == 200
-    assert_fits(released.json(), documented_schema(openapi, "/v1/queries", "post", "200"), components)
+    released_schema = documented_schema(openapi, "/v1/queries", "post", "200")
+    assert violations(released.json(), released_schema, components) == []
     assert released.json()["disclosure"]["min_cell_count"] == 10
     pending = http.post(
         "/v1/queries",
@@ -184,14 +186,154 @@ def test_answers_match_their_documented_schemas(
         headers=researcher,
     )
     assert pending.status_code == 202
-    assert_fits(pending.json(), documented_schema(openapi, "/v1/queries", "post", "202"), components)
+    pending_schema = documented_schema(openapi, "/v1/queries", "post", "202")
+    assert violations(pending.json(), pending_schema, components) == []
     state = http.get(pending.json()["poll"], headers=researcher)
-    poll_schema = openapi["paths"]["/v1/queries/{request_id}"]["get"]["responses"]["200"]["content"][
-        "application/json"
-    ]["schema"]
+    poll_schema = documented_schema(openapi, "/v1/queries/{request_id}", "get", "200")
     choices = [components[ref["$ref"].rsplit("/", 1)[1]] for ref in poll_schema["anyOf"]]
     assert [c["title"] for c in choices] == ["QueryAnswer", "RequestState"]
-    assert_fits(state.json(), choices[1], components)
+    assert violations(state.json(), choices[1], components) == []
+    assert violations(state.json(), poll_schema, components) == []
+
+
+def documents_fields(schema: dict[str, Any], components: dict[str, Any]) -> bool:
+    """Whether a body's schema names its fields: an object with properties, a list or map of such, or a
+    choice of them. A `$ref`'s siblings are FastAPI's own and add nothing."""
+    if "$ref" in schema:
+        return documents_fields(components[schema["$ref"].rsplit("/", 1)[1]], components)
+    if "anyOf" in schema:
+        return all(documents_fields(choice, components) for choice in schema["anyOf"])
+    if schema.get("type") == "array":
+        return documents_fields(schema.get("items", {}), components)
+    if schema.get("properties"):
+        return True
+    values = schema.get("additionalProperties")
+    return isinstance(values, dict) and documents_fields(values, components)
+
+
+def json_answers(openapi: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Every JSON success body of the API by (method, path, status), with its documented response."""
+    return {
+        (method, path, status): response
+        for method, path, op in operations(openapi)
+        for status, response in op["responses"].items() if status.startswith("2")
+        and "application/json" in response.get("content", {})
+    }  # fmt: skip
+
+
+def test_every_success_body_is_documented_with_its_fields(openapi: dict[str, Any]) -> None:
+    components = openapi["components"]["schemas"]
+    answers = json_answers(openapi)
+    assert len(answers) >= 20
+    for (method, path, status), response in answers.items():
+        schema = response["content"]["application/json"]["schema"]
+        assert documents_fields(schema, components), f"{method.upper()} {path} {status}: {schema}"
+        assert response["description"] != "Successful Response", f"{method.upper()} {path} {status}"
+
+
+def misnamed(body: Any) -> Any:
+    """The body with its first field renamed (in its first item, for a list)."""
+    if isinstance(body, list):
+        return [misnamed(body[0]), *body[1:]]
+    assert isinstance(body, dict) and body, body
+    first = next(iter(body))
+    return {("renamed_" + k if k == first else k): v for k, v in body.items()}
+
+
+def misnamed_inside(body: dict[str, Any]) -> dict[str, Any]:
+    """An object keyed by ids (agreements, organisations) with a field of its first entry renamed: a new
+    key there is a new entry, not a misnamed field."""
+    first = next(iter(body))
+    return {**body, first: misnamed(body[first])}
+
+
+# Answers the test above checks, and the one no test agreement gives: a GLM session sent to a steward.
+CHECKED_ABOVE = {
+    ("post", "/v1/queries", "200"),
+    ("post", "/v1/queries", "202"),
+    ("get", "/v1/queries/{request_id}", "200"),
+    ("post", "/v1/glm/sessions", "202"),
+}
+GLM_MODEL = {"outcome": "bmi", "family": "gaussian", "numeric": ["hba1c"]}
+
+
+def test_every_answer_fits_its_documented_schema_and_a_misnamed_field_does_not(
+    http: httpx.Client, idp: LoopbackTestIssuer, openapi: dict[str, Any], site: Site
+) -> None:
+    """One real answer of each endpoint, checked against the page the gateway serves."""
+    researcher = bearer(idp, "researcher", sub="schema-bodies")
+    steward = bearer(idp, "steward", sub="schema-steward")
+    auditor = bearer(idp, "auditor")
+    answers: list[tuple[str, str, str, httpx.Response]] = []
+
+    def answer(method: str, template: str, url: str, headers: dict[str, str], **kwargs: Any) -> Any:
+        response = http.request(method, url, headers=headers, timeout=60, **kwargs)
+        answers.append((method.lower(), template, url, response))
+        assert response.is_success, f"{method} {template}: {response.status_code} {response.text}"
+        return response.json()
+
+    answer("GET", "/v1/steward/datasets", "/v1/steward/datasets", steward)
+    listing = answer("GET", "/v1/steward/policy-data", "/v1/steward/policy-data", steward)
+    assert len(listing["documents"]) == 6
+    for name in listing["documents"]:
+        answer("GET", "/v1/steward/policy-data/{name}", f"/v1/steward/policy-data/{name}", steward)
+    agreements = http.get("/v1/steward/policy-data/agreements", headers=steward).json()
+    # The same document again: the running policy does not change.
+    replaced = "/v1/steward/policy-data/agreements"
+    answer("PUT", "/v1/steward/policy-data/{name}", replaced, steward, json=agreements)
+
+    summary = {**QUERY, "agreement": "DSA-TEST-APPROVAL", "kind": "summary"}
+    for column in ("bmi", "hba1c"):
+        queued = http.post("/v1/queries", json={**summary, "params": {"column": column}}, headers=researcher)
+        assert queued.status_code == 202, queued.text
+    queue = answer("GET", "/v1/steward/approvals", "/v1/steward/approvals", steward)
+    mine = [q["request_id"] for q in queue if q["requester"]["sub"] == "schema-bodies"]
+    for request_id, approve in zip(mine, (True, False), strict=True):
+        answer("POST", "/v1/steward/approvals/{request_id}", f"/v1/steward/approvals/{request_id}", steward,
+               json={"approve": approve, "reason": "schema check"})  # fmt: skip
+    answer("GET", "/v1/steward/activity", "/v1/steward/activity", steward)
+
+    page = answer("GET", "/v1/audit/entries", "/v1/audit/entries", auditor, params={"start": 0, "end": 3})
+    size = page["size"]
+    answer("GET", "/v1/audit/proofs/inclusion", "/v1/audit/proofs/inclusion", auditor,
+           params={"index": 1, "size": size})  # fmt: skip
+    answer("GET", "/v1/audit/proofs/consistency", "/v1/audit/proofs/consistency", auditor,
+           params={"old": 2, "new": size})  # fmt: skip
+
+    own = [site.settings.site_id]
+    pooled = answer("POST", "/v1/federated-queries", "/v1/federated-queries", researcher,
+                    json={**QUERY, "kind": "crosstab", "group_by": ["sex"], "sites": own})  # fmt: skip
+    assert pooled["status"] == "released" and pooled["rows"]
+    expired = {**QUERY, "agreement": "DSA-TEST-EXPIRED", "sites": own}
+    nothing = answer("POST", "/v1/federated-queries", "/v1/federated-queries", researcher, json=expired)
+    assert nothing["status"] == "no_site_answered" and set(nothing["disclosure"]) == {"reasons"}
+
+    glm = {key: QUERY[key] for key in ("dataset", "agreement", "purpose")} | {"model": GLM_MODEL}
+    session = answer("POST", "/v1/glm/sessions", "/v1/glm/sessions", researcher, json=glm)["session"]
+    answer("POST", "/v1/glm/sessions/{session_id}/iterations", f"/v1/glm/sessions/{session}/iterations",
+           researcher, json={"agreement": QUERY["agreement"], "beta": [0.0, 0.0]})  # fmt: skip
+    answer("DELETE", "/v1/glm/sessions/{session_id}", f"/v1/glm/sessions/{session}", researcher)
+    fit = answer("POST", "/v1/federated-glm", "/v1/federated-glm", researcher, json={**glm, "sites": own})
+    stopped = answer("POST", "/v1/federated-glm", "/v1/federated-glm", researcher,
+                     json={**glm, "agreement": "DSA-TEST-EXPIRED", "sites": own})  # fmt: skip
+    assert fit["converged"] and stopped["status"] == "stopped"
+
+    answer("POST", "/v1/witness/submissions", "/v1/witness/submissions", steward)
+    # Last: a withdrawal (of no patient of the cohort) would refuse collecting an answer approved before it.
+    answer("POST", "/v1/steward/datasets/{dataset}/withdrawals", "/v1/steward/datasets/cohort/withdrawals",
+           steward, json={"patients": ["schema-check-not-a-patient"]})  # fmt: skip
+
+    components = openapi["components"]["schemas"]
+    keyed_by_id = {"/v1/steward/policy-data/agreements", "/v1/steward/policy-data/organisations"}
+    for method, template, url, response in answers:
+        status = str(response.status_code)
+        schema = documented_schema(openapi, template, method, status)
+        body = response.json()
+        assert violations(body, schema, components) == [], f"{method.upper()} {template} {status}"
+        wrong = misnamed_inside(body) if method == "get" and url in keyed_by_id else misnamed(body)
+        assert violations(wrong, schema, components), f"{method.upper()} {template}: a misnamed field passes"
+    checked = {(method, template, str(response.status_code)) for method, template, _, response in answers}
+    assert set(json_answers(openapi)) - CHECKED_ABOVE == checked
 
 
 @pytest.mark.parametrize("path", ["/v1/audit/checkpoint", "/v1/audit/export", "/v1/audit/entries"])
