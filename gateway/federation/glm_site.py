@@ -667,6 +667,18 @@ class GlmSiteService:
                 ],
                 stage="decide",
             )
+        if obligations.round_to > 1:
+            # XᵀWX's intercept entry is the exact row count, and a binomial score the exact case count:
+            # sums a session releases cannot be rounded without breaking the fit, so there is no session.
+            raise Refusal(
+                "forbidden",
+                "Rounded counts required",
+                [
+                    f"{request.agreement} requires counts rounded to multiples of {obligations.round_to}, "
+                    "which a GLM's exact sums (its row and case counts) cannot honour, so the GLM is refused"
+                ],
+                stage="decide",
+            )
         allowed = set(obligations.allowed_columns)
         for column, place in request.model.column_fields():
             if column not in allowed:

@@ -12,7 +12,15 @@ import httpx
 import pyarrow.compute as pc
 import pytest
 import sqlalchemy as sa
-from gateway_site import Site, bearer, running_gateway, verify_exported_log
+from gateway_site import (
+    TEST_AGREEMENTS,
+    Site,
+    audit_size,
+    bearer,
+    entries_since,
+    running_gateway,
+    verify_exported_log,
+)
 from oidc_issuer import LoopbackTestIssuer
 
 PURPOSE = {"duo": ["DUO:0000006"]}
@@ -204,6 +212,51 @@ def test_expired_agreement_and_dp_requirement_are_refused_with_reasons(
     assert dp.status_code == 403 and "differential privacy" in dp.json()["detail"]
     not_allowed = ask(http, idp, spec("count", group_by=["postcode_area", "patient_id"]))
     assert not_allowed.status_code == 403
+
+
+def test_a_glm_session_is_refused_where_the_agreement_requires_rounded_counts(
+    tmp_site: Site, idp: LoopbackTestIssuer
+) -> None:
+    """A session releases exact sums (XᵀWX's intercept entry is the row count, a binomial score the case
+    count), which no rounding can protect: an agreement that requires counts rounded gets no session, as
+    one that requires differential privacy does, and the refusal is audited the same way. Rounding to 1,
+    or not at all, is exact and opens a session."""
+    agreements_file = tmp_site.root / "policies/data/agreements.json"
+    agreements = json.loads(agreements_file.read_text())
+    terms = TEST_AGREEMENTS["DSA-TEST-OPEN"]
+    agreements["DSA-TEST-ROUND-TO-1"] = {**terms, "thresholds": {**terms["thresholds"], "round_to": 1}}
+    agreements_file.write_text(json.dumps(agreements, indent=2))
+    researcher = bearer(idp, "researcher", sub="glm-rounding")
+    model = {"outcome": "bmi", "family": "gaussian", "numeric": ["hba1c"]}
+
+    def session(http: httpx.Client, agreement: str) -> httpx.Response:
+        body = {"dataset": "cohort", "agreement": agreement, "purpose": PURPOSE, "model": model}
+        return http.post("/v1/glm/sessions", json=body, headers=researcher)
+
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url) as http:
+        start = audit_size(http, idp)
+        rounded, dp = session(http, "DSA-TEST-ROUNDED"), session(http, "DSA-TEST-DP")
+        assert rounded.status_code == 403 and dp.status_code == 403, (rounded.text, dp.text)
+        reason = (
+            "DSA-TEST-ROUNDED requires counts rounded to multiples of 5, which a GLM's exact sums (its row "
+            "and case counts) cannot honour, so the GLM is refused"
+        )
+        assert rounded.json()["title"] == "Rounded counts required"
+        assert rounded.json()["reasons"] == [reason]
+        audited = {
+            e["request_id"]: e["payload"]
+            for e in entries_since(http, idp, start)
+            if e["type"] == "glm.refused"
+        }
+        refusal, dp_refusal = audited[rounded.json()["request_id"]], audited[dp.json()["request_id"]]
+        assert refusal["stage"] == dp_refusal["stage"] == "decide"
+        assert refusal["reasons"] == [reason] and set(refusal) == set(dp_refusal)
+        assert "glm.session_opened" not in [e["type"] for e in entries_since(http, idp, start)]
+        for agreement in ("DSA-TEST-ROUND-TO-1", "DSA-TEST-OPEN"):  # round_to 1, and no round_to at all
+            opened = session(http, agreement)
+            assert opened.status_code == 200, opened.text
+            closed = http.delete(f"/v1/glm/sessions/{opened.json()['session']}", headers=researcher)
+            assert closed.status_code == 200
 
 
 def test_approval_flow(http: httpx.Client, idp: LoopbackTestIssuer) -> None:
