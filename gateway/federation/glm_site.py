@@ -44,7 +44,7 @@ from gateway.decision.models import CountryCode, Purpose, QueryFacts
 from gateway.federation.glm_fit import DISCLOSURE_TITLE, INTERCEPT, Family, SiteStatistics, SiteStopped
 from gateway.pipeline import QueryPipeline, hashed, owner, sha256_label
 from gateway.query.columns import DatasetColumn, python_value
-from gateway.query.consent import consent_predicate, not_withdrawn
+from gateway.query.consent import consent_predicate
 from gateway.query.spec import AgreementId, ColumnName, DatasetId, SafeInt
 from gateway.refusal import Refusal
 from gateway.runtime import SiteRuntime
@@ -766,10 +766,14 @@ class GlmSiteService:
                     [f"the dataset lacks consent column {name!r}"],
                     stage="plan",
                 )
-        # As a query's: consent classes below min_cell_count are left out, whatever the rule admits.
+        # As a query's: consent classes below min_cell_count are left out, whatever the rule admits, and
+        # counted without the recorded withdrawals (read only for a dataset with a patient column).
+        patient = entry.patient_column if withdrawn else None
+        tokens = withdrawn if patient is not None else ()
         classes = self.rt.consent_values.get(
-            self.rt.store, entry.table_name, rule.consent_column, rule.withdrawn_column
-        )
+            self.rt.store, entry.table_name, rule.consent_column, rule.withdrawn_column,
+            patient_column=patient, withdrawals=tokens,
+        )  # fmt: skip
         where = consent_predicate(
             rule,
             table.c[rule.consent_column],
@@ -777,9 +781,9 @@ class GlmSiteService:
             dialect,
             min_cell_count=obligations.min_cell_count,
             classes=classes,
+            patient=table.c[patient] if patient is not None else None,
+            withdrawals=tokens,
         )
-        if withdrawn and entry.patient_column is not None:
-            where = sa.and_(where, not_withdrawn(table.c[entry.patient_column], withdrawn, dialect))
         wanted = list(
             dict.fromkeys([*model.columns(), *([entry.patient_column] if entry.patient_column else [])])
         )

@@ -21,7 +21,7 @@ from sqlalchemy.sql.visitors import ExternallyTraversible, replacement_traverse
 from gateway.decision.models import ConsentFilter, Obligations
 from gateway.lru import LruMap
 from gateway.query.columns import DatasetColumn, python_value
-from gateway.query.consent import ConsentClasses, consent_predicate, not_withdrawn
+from gateway.query.consent import ConsentClasses, consent_predicate
 from gateway.query.errors import ColumnNotAllowed, QueryError, QuerySpecError, UnknownColumn
 from gateway.query.spec import (
     And,
@@ -211,21 +211,24 @@ def compile_query(
     `withdrawn` are pseudonyms of patients who withdrew consent after ingest (in `patient_column`, the
     catalog entry's `patient_column`); their rows are excluded like the consent filter excludes rows.
     `consent_classes`, when known, are all the distinct values of the consent column in the table with
-    their counts (see `consent_predicate`); a class below the obligations' min_cell_count is left out either
-    way."""
+    their counts on the rows not marked withdrawn (see `consent_predicate`). Either way, a class held by
+    fewer than the obligations' min_cell_count rows once the rows of `withdrawn` are left out is not
+    admitted: classes read by `ConsentValueCache` are counted again without them, once per set of
+    withdrawals (one read of the store, by the first query after a withdrawal); other classes give way to
+    the per-row predicate when there are withdrawals."""
     version_columns = tuple((name, arrow) for name, arrow in columns)
     catalog, table = _dataset_table(dataset_table, version_columns)
     allowed = set(obligations.allowed_columns)
-    consent, population, consented = _consented(
-        dataset_table,
-        version_columns,
-        obligations.consent_filter,
-        obligations.min_cell_count,
+    consented_by = functools.partial(
+        _consented, dataset_table, version_columns, obligations.consent_filter, obligations.min_cell_count,
         dialect_name,
-        consent_classes,
-        patient_column,
-        tuple(withdrawn),
-    )
+    )  # fmt: skip
+    try:
+        consent, population, consented = consented_by(consent_classes, patient_column, tuple(withdrawn))
+    except sa.exc.SQLAlchemyError:
+        # The classes could not be counted again without new withdrawals: this query takes the per-row
+        # predicate, and the next one tries the count again (an exception is not cached).
+        consent, population, consented = consented_by(None, patient_column, tuple(withdrawn))
     shape = (
         spec.kind,
         tuple(spec.group_by),
@@ -429,27 +432,42 @@ def _consented(
     withdrawals: no query changes them, and the reused select keeps its SQLAlchemy cache key, which the
     population cache looks up on every query. Callers must not mutate.
 
+    With withdrawals, the classes are first counted without the withdrawn patients' rows
+    (`ConsentClasses.without_withdrawals`, which reads the store once per set of withdrawals and raises
+    SQLAlchemyError when it cannot): a class that withdrawals took below `min_cell_count` is left out.
+
     Third, a SHA-256 digest of all the arguments, which stands for them in `CompiledQuery.shape`: a kept
     shape then holds 32 bytes instead of its own copy of every withdrawn pseudonym."""
     catalog, table = _dataset_table(dataset_table, columns)
     resolve = _Resolver(catalog, set(), table, dialect_name)
-    consent = consent_predicate(
-        rule,
-        resolve.consent(rule.consent_column, "string", "obligations.consent_filter.consent_column"),
-        resolve.consent(rule.withdrawn_column, "bool", "obligations.consent_filter.withdrawn_column"),
-        dialect_name,
-        min_cell_count=min_cell_count,
-        classes=consent_classes,
+    consent_column = resolve.consent(
+        rule.consent_column, "string", "obligations.consent_filter.consent_column"
     )
+    withdrawn_column = resolve.consent(
+        rule.withdrawn_column, "bool", "obligations.consent_filter.withdrawn_column"
+    )
+    patient = None
     if withdrawn:
         if patient_column is None:
             raise QueryError(
                 "withdrawals cannot be applied: the dataset names no patient column", "patient_column"
             )
         patient = resolve.consent(patient_column, "string", "patient_column")
-        consent = sa.and_(consent, not_withdrawn(patient, withdrawn, dialect_name))
+        if consent_classes is not None:
+            consent_classes = consent_classes.without_withdrawals(patient_column, withdrawn)
+    consent = consent_predicate(
+        rule,
+        consent_column,
+        withdrawn_column,
+        dialect_name,
+        min_cell_count=min_cell_count,
+        classes=consent_classes,
+        patient=patient,
+        withdrawals=withdrawn,
+    )
     population = sa.select(sa.func.count().label("population")).select_from(table).where(consent)
-    # Strings, None and tuples of them have an unambiguous repr; the rule is spelled as its JSON.
+    # Strings, None and tuples of them have an unambiguous repr; the rule is spelled as its JSON. The
+    # classes are those the predicate lists, counted without the withdrawals: they decide its values.
     arguments = (dataset_table, columns, rule.model_dump_json(), min_cell_count, dialect_name,
                  consent_classes, patient_column, withdrawn)  # fmt: skip
     return consent, population, hashlib.sha256(repr(arguments).encode()).digest()

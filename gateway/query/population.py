@@ -13,12 +13,14 @@ whose tables are edited in place.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
 from gateway.lru import LruMap
-from gateway.query.consent import ConsentClasses
+from gateway.query.consent import ConsentClasses, not_withdrawn, withdrawals_digest
 
 
 class PopulationCache:
@@ -55,49 +57,124 @@ class PopulationCache:
 
 class ConsentValueCache:
     """A bounded, thread-safe map from (store engine, version table, consent column, withdrawn column) to
-    the consent column's distinct values, each with the number of its rows not marked withdrawn.
+    the consent column's distinct values, each with the number of its rows not marked withdrawn; and from
+    those and a set of withdrawals recorded after ingest to the same counts without the withdrawn
+    patients' rows.
 
     A consent column holds few distinct values (one per combination of codes patients chose). Knowing them
     all, the query compiler decides the consent rule once per value instead of splitting and matching codes
     on every row, and leaves out the values held by fewer than min_cell_count rows (`consent_predicate`'s
     `classes`). A column with more than `max_values` distinct values, or one that cannot be read, gets
     None: the compiler then uses the per-row predicate, which finds the small classes itself. A failed read
-    is not remembered (the query itself meets the store's problem)."""
+    is not remembered (the query itself meets the store's problem).
+
+    Withdrawals are rare and queries many: the classes a version table gives carry a `recount` bound to
+    it, and each set of withdrawals is counted once, in one scan, when first asked
+    (`ConsentClasses.without_withdrawals`), then kept under its digest (a new withdrawal is a new
+    digest, so a new count; the same set asked again is not)."""
 
     def __init__(self, max_values: int = 1000, max_entries: int = 256) -> None:
         self.max_values = max_values
         self._read = functools.lru_cache(maxsize=max_entries)(self._classes)
+        self._recounted = LruMap[tuple[Any, ...], ConsentClasses](max_entries)
 
-    def get(self, engine: sa.Engine, table: str, column: str, withdrawn: str) -> ConsentClasses | None:
+    def get(
+        self,
+        engine: sa.Engine,
+        table: str,
+        column: str,
+        withdrawn: str,
+        *,
+        patient_column: str | None = None,
+        withdrawals: Sequence[str] = (),
+    ) -> ConsentClasses | None:
         """The distinct values of `column` in the version table `table` and, for each, how many of its rows
-        have `withdrawn` false; read once per table."""
+        have `withdrawn` false and, given `withdrawals`, a `patient_column` not among them; the table is
+        read once, and once more per set of withdrawals."""
+        if withdrawals and patient_column is None:
+            raise ValueError("withdrawals cannot be counted out without the patient column")
         try:
-            return self._read(engine, table, column, withdrawn)
+            classes = self._read(engine, table, column, withdrawn)
+            if classes is not None and patient_column is not None:
+                classes = classes.without_withdrawals(patient_column, withdrawals)
+            return classes
         except sa.exc.SQLAlchemyError:
             return None
 
     def _classes(self, engine: sa.Engine, table: str, column: str, withdrawn: str) -> ConsentClasses | None:
         with engine.connect() as conn:
-            return read_consent_classes(conn, table, column, withdrawn, self.max_values)
+            classes = read_consent_classes(conn, table, column, withdrawn, self.max_values)
+        if classes is None:
+            return None
+        return ConsentClasses(classes.counts, recount=_TableRecount(self, engine, table, column, withdrawn))
+
+    def _recount(
+        self, source: _TableRecount, patient_column: str, tokens: Sequence[str], digest: str
+    ) -> ConsentClasses | None:
+        key = (source, patient_column, digest)
+        found = self._recounted.get(key)
+        if found is not None:
+            return found
+        with source.engine.connect() as conn:
+            counted = read_consent_classes(
+                conn, source.table, source.column, source.withdrawn, self.max_values,
+                patient_column=patient_column, withdrawals=tokens,
+            )  # fmt: skip
+        if counted is None:  # only when the table changed, which a published version never does
+            return None
+        found = ConsentClasses(counted.counts, withdrawals=digest, recount=source)
+        self._recounted.put(key, found)
+        return found
 
     def __len__(self) -> int:
         return self._read.cache_info().currsize
 
 
+@dataclass(frozen=True)
+class _TableRecount:
+    """The `ConsentClasses.recount` of one version table read by one cache: equal only to itself (the
+    cache and the engine compare by identity), so the classes of two tables, or of two stores with equal
+    counts, never share a count taken after withdrawals, nor the compiler's predicate built on one."""
+
+    cache: ConsentValueCache
+    engine: sa.Engine
+    table: str
+    column: str
+    withdrawn: str
+
+    def __call__(self, patient_column: str, tokens: Sequence[str], digest: str) -> ConsentClasses | None:
+        return self.cache._recount(self, patient_column, tokens, digest)
+
+
 def read_consent_classes(
-    conn: sa.Connection, table: str, column: str, withdrawn: str, max_values: int
+    conn: sa.Connection,
+    table: str,
+    column: str,
+    withdrawn: str,
+    max_values: int,
+    *,
+    patient_column: str | None = None,
+    withdrawals: Sequence[str] = (),
 ) -> ConsentClasses | None:
     """The distinct values of `column` in `table`, each with the number of its rows whose `withdrawn` is
-    false (NULL is withdrawn), in one scan; None when there are more than `max_values` of them."""
+    false (NULL is withdrawn) and, given `withdrawals`, whose `patient_column` is not among them (as
+    `not_withdrawn` leaves them out of every query), in one scan; None when there are more than
+    `max_values` of them. A value whose every row is left out is still listed, with 0."""
     value = sa.column(column, sa.Text)
-    rows = sa.func.count().filter(sa.column(withdrawn, sa.Boolean).is_(sa.false()))
+    kept: sa.ColumnElement[bool] = sa.column(withdrawn, sa.Boolean).is_(sa.false())
+    if withdrawals:
+        if patient_column is None:
+            raise ValueError("withdrawals cannot be counted out without the patient column")
+        patient = sa.column(patient_column, sa.Text)
+        kept = sa.and_(kept, not_withdrawn(patient, withdrawals, conn.dialect.name))
+    rows = sa.func.count().filter(kept)
     stmt = sa.select(value, rows).select_from(sa.table(table)).group_by(value).limit(max_values + 1)
     found = conn.execute(stmt).all()
     if len(found) > max_values:
         return None
     # In one order whatever the store's: the same classes are the same key of the compiler's caches.
     counts = sorted(((v, int(n)) for v, n in found), key=lambda c: (c[0] is None, c[0] or ""))
-    return ConsentClasses(tuple(counts))
+    return ConsentClasses(tuple(counts), withdrawals=withdrawals_digest(withdrawals))
 
 
 def _hashable(value: Any) -> Any:

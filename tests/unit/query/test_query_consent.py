@@ -1,17 +1,22 @@
 """The compiled consent predicate keeps exactly the rows `ConsentFilter.admits` keeps of the consent classes
-held by at least min_cell_count rows not marked withdrawn, on both databases, listed or per row."""
+held by at least min_cell_count rows not marked withdrawn (and, once withdrawals are recorded after ingest,
+of no withdrawn patient), on both databases, listed or per row."""
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from query_helpers import obligations
 
 from gateway.decision.models import ConsentFilter
+from gateway.query import compile_query, parse_query_spec
 from gateway.query.consent import ConsentClasses, consent_predicate
 from gateway.query.population import ConsentValueCache, read_consent_classes
 
@@ -238,7 +243,7 @@ def test_consent_value_cache_reads_each_table_once_and_gives_up_on_many_values()
     cache = ConsentValueCache(max_values=3)
     read = cache.get(engine, "consent_rows", "consent_duo", "consent_withdrawn")
     # Each of the 3 values on 10 rows, of which 2 are marked withdrawn (ids divisible by 5).
-    assert read == ConsentClasses((("DUO:0", 8), ("DUO:1", 8), ("DUO:2", 8)))
+    assert read is not None and read.counts == (("DUO:0", 8), ("DUO:1", 8), ("DUO:2", 8))
     with engine.begin() as conn:  # a published version never changes: the values are not read again
         conn.execute(TABLE.insert(), [{"id": 99, "consent_duo": "DUO:9", "consent_withdrawn": False}])
     assert cache.get(engine, "consent_rows", "consent_duo", "consent_withdrawn") is read
@@ -263,6 +268,186 @@ def test_consent_value_cache_does_not_remember_a_failed_read() -> None:
                 {"id": 2, "consent_duo": None, "consent_withdrawn": False},
             ],
         )
-    assert cache.get(engine, "consent_rows", "consent_duo", "consent_withdrawn") == ConsentClasses(
-        (("DUO:0000042", 1), (None, 1))
+    read = cache.get(engine, "consent_rows", "consent_duo", "consent_withdrawn")
+    assert read is not None and read.counts == (("DUO:0000042", 1), (None, 1))
+
+
+# -- consent classes after withdrawals recorded after ingest ---------------------------------------------
+
+PATIENTS = sa.Table(
+    "consent_patients",
+    sa.MetaData(),
+    sa.Column("patient_id", sa.Text),
+    sa.Column("consent_duo", sa.Text),
+    sa.Column("consent_withdrawn", sa.Boolean),
+    sa.Column("bmi", sa.Float),
+)
+PATIENT_COLUMNS = [
+    ("patient_id", "string"), ("consent_duo", "string"), ("consent_withdrawn", "bool"), ("bmi", "double")
+]  # fmt: skip
+
+
+def token(i: int) -> str:
+    return str(uuid.UUID(int=i + 1))
+
+
+# Exactly min_cell_count (10) patients hold "DUO:0000006"; "DUO:0000042" has 12 and one row marked
+# withdrawn in the table; one "DUO:0000042" row has no pseudonym at all.
+PATIENT_ROWS: list[tuple[str | None, str, bool]] = [
+    *[(token(i), "DUO:0000006", False) for i in range(10)],
+    *[(token(i), "DUO:0000042", False) for i in range(10, 22)],
+    (token(22), "DUO:0000042", True),
+    (None, "DUO:0000042", False),
+]
+
+
+def fill_patients(conn: sa.Connection) -> None:
+    conn.execute(PATIENTS.delete())
+    conn.execute(
+        PATIENTS.insert(),
+        [{"patient_id": p, "consent_duo": c, "consent_withdrawn": w, "bmi": 20.0 + i}
+         for i, (p, c, w) in enumerate(PATIENT_ROWS)],
+    )  # fmt: skip
+
+
+def kept_patients(conn: sa.Connection, withdrawals: list[str], *, listed: bool) -> set[str | None]:
+    """The pseudonyms the compiled predicate keeps under CLASS_RULE with min_cell_count 10, the classes
+    counted without `withdrawals` (`listed`) or found by the per-row subquery."""
+    classes = None
+    if listed:
+        classes = read_consent_classes(
+            conn, PATIENTS.name, "consent_duo", "consent_withdrawn", 1000,
+            patient_column="patient_id", withdrawals=withdrawals,
+        )  # fmt: skip
+        assert classes is not None
+    where = consent_predicate(
+        CLASS_RULE, PATIENTS.c.consent_duo, PATIENTS.c.consent_withdrawn, conn.dialect.name,
+        min_cell_count=10, classes=classes, patient=PATIENTS.c.patient_id, withdrawals=withdrawals,
+    )  # fmt: skip
+    return {r[0] for r in conn.execute(sa.select(PATIENTS.c.patient_id).where(where))}
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["listed", "per-row"])
+@pytest.mark.parametrize("dialect", ["duckdb", "postgresql"])
+def test_a_class_that_withdrawals_take_below_min_cell_count_is_no_longer_admitted(
+    dialect: str, listed: bool, request: pytest.FixtureRequest
+) -> None:
+    """Attack: a class of exactly min_cell_count patients is admitted; one of them withdraws after ingest.
+    Counted as published, the class still held 10 rows and was admitted, so two rules (one admitting it,
+    one not) differed by the 9 patients left: now it holds 9 and neither rule admits any of it. The class
+    of 12 (one row marked withdrawn aside) keeps 10 after two withdrawals (one spelled as plain hex) and
+    stays admitted; once withdrawals are listed, a row without a pseudonym counts for nothing."""
+    conn = request.getfixturevalue("duck_conn" if dialect == "duckdb" else "pg_conn")
+    PATIENTS.create(conn)
+    fill_patients(conn)
+    ethics, general = {token(i) for i in range(10)}, {token(i) for i in range(10, 22)}
+    assert kept_patients(conn, [], listed=listed) == ethics | general | {None}
+    got = kept_patients(conn, [token(3)], listed=listed)
+    assert got == general, "the class of 10 less one withdrawal is left out whole"
+    after = kept_patients(conn, [token(3), token(10), uuid.UUID(token(11)).hex], listed=listed)
+    assert after == general - {token(10), token(11)}
+    assert kept_patients(conn, [token(3), token(10), token(11), token(12)], listed=listed) == set()
+
+
+def test_classes_counted_with_other_withdrawals_are_refused() -> None:
+    """Listing classes counted before a withdrawal would admit a class on patients no query sees."""
+    as_published = ConsentClasses((("DUO:0000006", 10),))
+    with pytest.raises(ValueError, match="other withdrawals"):
+        consent_predicate(
+            CLASS_RULE, PATIENTS.c.consent_duo, PATIENTS.c.consent_withdrawn, "duckdb", min_cell_count=10,
+            classes=as_published, patient=PATIENTS.c.patient_id, withdrawals=[token(3)],
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="patient column"):
+        consent_predicate(
+            CLASS_RULE, PATIENTS.c.consent_duo, PATIENTS.c.consent_withdrawn, "duckdb", min_cell_count=10,
+            withdrawals=[token(3)],
+        )  # fmt: skip
+
+
+@pytest.fixture
+def patients_engine() -> Iterator[sa.Engine]:
+    engine = sa.create_engine("duckdb:///:memory:", poolclass=sa.pool.StaticPool)
+    with engine.begin() as conn:
+        PATIENTS.create(conn)
+        fill_patients(conn)
+    yield engine
+    engine.dispose()
+
+
+def class_reads(engine: sa.Engine) -> list[str]:
+    """The statements that read the consent classes on `engine`, as they run from now on."""
+    reads: list[str] = []
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FILTER (WHERE" in statement and "GROUP BY" in statement:
+            reads.append(statement)
+
+    return reads
+
+
+def test_the_classes_are_counted_again_once_per_withdrawal_and_not_per_query(
+    patients_engine: sa.Engine,
+) -> None:
+    """Queries after a withdrawal list the classes counted without it: the store is read once, by the
+    first query after the withdrawal, whatever the number of queries, rules or spellings of the same
+    withdrawals; one more withdrawal is one more read."""
+    cache = ConsentValueCache()
+    reads = class_reads(patients_engine)
+    classes = cache.get(patients_engine, PATIENTS.name, "consent_duo", "consent_withdrawn")
+    assert classes is not None and len(reads) == 1
+
+    def population(withdrawn: list[str], value: float = 20.0, rule: ConsentFilter = CLASS_RULE) -> int:
+        spec = parse_query_spec(
+            {"dataset": "p", "agreement": "DSA-1", "purpose": {"duo": ["DUO:0000042"]}, "kind": "count",
+             "filters": {"column": "bmi", "op": ">", "value": value}}
+        )  # fmt: skip
+        compiled = compile_query(
+            spec, PATIENTS.name, PATIENT_COLUMNS, obligations(("bmi",), rule), "duckdb",
+            patient_column="patient_id", withdrawn=list(withdrawn), consent_classes=classes,
+        )  # fmt: skip
+        assert "consent_classes" not in str(compiled.population), "the classes are listed, not per row"
+        with patients_engine.connect() as conn:
+            return int(conn.execute(compiled.population).scalar_one())
+
+    assert population([]) == 10 + 12 + 1 and len(reads) == 1
+    for i in range(20):  # the pipeline reads the withdrawals anew for every query: a new list each time
+        assert population([token(3)], value=20.0 + i) == 12
+    assert len(reads) == 2, "one count without the withdrawal, not one per query"
+    wider = CLASS_RULE.model_copy(update={"require_any_of": ()})
+    assert population([uuid.UUID(token(3)).hex], rule=wider) == 12 and len(reads) == 2
+    for i in range(20):
+        assert population([token(3), token(10)], value=20.0 + i) == 11
+    assert len(reads) == 3, "a new withdrawal is counted once"
+    assert population([token(3)]) == 12 and len(reads) == 3
+
+
+def test_a_failed_count_after_a_withdrawal_falls_back_to_the_per_row_predicate_and_is_tried_again() -> None:
+    """A store that cannot be read when the classes are counted again does not admit the classes as
+    published: that query's predicate finds the large classes per row (withdrawals left out in its
+    subquery), and the next query counts again."""
+    calls: list[str] = []
+
+    def recount(patient_column: str, tokens: Sequence[str], digest: str) -> ConsentClasses | None:
+        calls.append(digest)
+        if len(calls) == 1:
+            raise sa.exc.OperationalError("select", {}, Exception("store unavailable"))
+        return ConsentClasses((("DUO:0000006", 9), ("DUO:0000042", 12)), withdrawals=digest, recount=recount)
+
+    classes = ConsentClasses((("DUO:0000006", 10), ("DUO:0000042", 12)), recount=recount)
+    spec = parse_query_spec(
+        {"dataset": "p", "agreement": "DSA-1", "purpose": {"duo": ["DUO:0000042"]}, "kind": "count"}
     )
+
+    def compiled() -> Any:
+        return compile_query(
+            spec, PATIENTS.name, PATIENT_COLUMNS, obligations(("bmi",), CLASS_RULE), "duckdb",
+            patient_column="patient_id", withdrawn=[token(3)], consent_classes=classes,
+        ).population  # fmt: skip
+
+    first = compiled()
+    text = str(first)
+    assert "AS consent_classes" in text and text.count("list_contains") == 2  # withdrawals in the subquery
+    second = compiled()
+    assert len(calls) == 2 and "consent_classes" not in str(second)
+    assert ["DUO:0000042"] in [b.effective_value for b in second._generate_cache_key().bindparams]
