@@ -580,7 +580,10 @@ class GlmSiteService:
                         stage="validate",
                         field="beta",
                     )
-                if not self.rt.policy.current() or self.rt.policy.bundle.digest != session.bundle_digest:
+                if (
+                    not await self.rt.policy.current_soon()
+                    or self.rt.policy.bundle.digest != session.bundle_digest
+                ):
                     # The session's terms were decided under a policy the site no longer runs (an agreement
                     # suspended, a threshold tightened): its rows leave no more sums under them.
                     raise Refusal(
