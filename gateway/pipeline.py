@@ -22,7 +22,7 @@ from collections.abc import Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, NoReturn, Protocol
 
 import rfc8785
 import sqlalchemy as sa
@@ -319,7 +319,12 @@ class QueryPipeline:
             finally:  # nothing was released: the request ends refused, never left `deciding`
                 await self._finish(request_id, "refused", refusal.reasons, None, steward)
             return {"request_id": request_id, "status": "refused", "reasons": refusal.reasons}
-        await self._finish(request_id, "released", [], body, steward)
+        try:
+            await self._finish(request_id, "released", [], body, steward)
+        except Refusal:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the log must not keep a release nobody can collect
+            await self._not_stored(exc, researcher, stored.request_id, query_hash, stored.reasons)
         # The answer stays at the site for the researcher, who collects it under the policy then in force
         # (`collect`); the steward who approved learns only that it was released.
         return {"request_id": request_id, "status": "released", "reasons": []}
@@ -615,6 +620,35 @@ class QueryPipeline:
             request_id=request_id,
             cover_reasons=True,
         )  # fmt: skip
+
+    async def _not_stored(
+        self,
+        exc: Exception,
+        researcher: Principal,
+        request_id: str,
+        query_hash: str,
+        queued_reasons: list[str],
+    ) -> NoReturn:
+        """An approved answer left disclosure control and its release is in the log, but the site's state
+        database did not take it (locked past its busy timeout, a full disk): nobody can collect it. The log
+        says so with a refusal after the release, the request goes back to the stewards when the database
+        lets it (else a stale claim returns it later), and the steward is told to approve again."""
+        reasons = [
+            f"the approved answer could not be stored for collection ({type(exc).__name__}), so it never "
+            "reached the researcher; a steward may approve the query again"
+        ]
+        refusal = Refusal(
+            "unavailable", "Answer not stored", reasons, stage="approval", request_id=request_id
+        )
+        try:
+            await self._refused(refusal, researcher, request_id, query_hash)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(
+                    self.rt.state.update_request, request_id, expect="deciding", status="pending_approval",
+                    reasons=queued_reasons, result=None, decided_by=None,
+                )  # fmt: skip
+        raise refusal
 
     async def _finish(
         self,

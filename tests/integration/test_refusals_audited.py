@@ -240,3 +240,55 @@ def test_what_the_caller_typed_into_a_kind_or_a_key_is_not_repeated(
     assert unknown["field"] == "kind" and "expected one of" in unknown["detail"]
     # A key shaped as a field name is named, so the caller sees which.
     assert http.post("/v1/queries", json=QUERY | {"limit": 1}, headers=researcher).json()["field"] == "limit"
+
+
+def test_an_approved_answer_the_state_database_does_not_take_is_refused_after_its_release(
+    tmp_site: Any, idp: LoopbackTestIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The state database fails as the approved answer is stored (locked past its busy timeout): the log
+    # already holds the release, so it must also say that the answer never reached the researcher, and the
+    # query goes back to the stewards instead of staying claimed with its answer lost.
+    import sqlalchemy as sa
+
+    from gateway.state import GatewayState
+
+    store = GatewayState.update_request
+    failing = {"armed": False}
+
+    def update_request(self: GatewayState, request_id: str, **values: Any) -> bool:
+        if failing["armed"] and values.get("status") == "released":
+            failing["armed"] = False
+            raise sa.exc.OperationalError("UPDATE requests", {}, Exception("database is locked"))
+        return store(self, request_id, **values)
+
+    monkeypatch.setattr(GatewayState, "update_request", update_request)
+    researcher = bearer(idp, "researcher", sub="approval-researcher")
+    steward = bearer(idp, "steward", sub="approval-steward")
+    spec = {**QUERY, "agreement": "DSA-TEST-APPROVAL", "kind": "summary", "params": {"column": "bmi"}}
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url) as http:
+        queued = http.post("/v1/queries", json=spec, headers=researcher)
+        assert queued.status_code == 202
+        request_id = queued.json()["request_id"]
+        start = size(http, idp)
+        failing["armed"] = True
+        approve = {"approve": True, "reason": "within the protocol"}
+        answer = http.post(f"/v1/steward/approvals/{request_id}", json=approve, headers=steward)
+        assert answer.status_code == 503
+        assert answer.json()["title"] == "Answer not stored"
+        assert "never reached the researcher" in answer.json()["detail"]
+        trail = [
+            (e["type"], e["payload"].get("stage"))
+            for e in entries_since(http, idp, start)
+            if e.get("request_id") == request_id
+        ]
+        assert [t for t, _ in trail] == [
+            "approval.decided", "query.decided", "query.executed", "query.released", "query.refused",
+        ]  # fmt: skip
+        assert trail[-1] == ("query.refused", "approval")
+        # Back in the queue, and approved again it is released and collected.
+        polled = http.get(f"/v1/queries/{request_id}", headers=researcher).json()
+        assert polled["status"] == "pending_approval"
+        again = http.post(f"/v1/steward/approvals/{request_id}", json=approve, headers=steward)
+        assert again.status_code == 200 and again.json()["status"] == "released"
+        collected = http.get(f"/v1/queries/{request_id}", headers=researcher)
+        assert collected.status_code == 200 and collected.json()["kind"] == "summary"
