@@ -112,9 +112,23 @@ class OpaServerEngine:
         self.in_sync = True
 
     def evaluate(self, policy_input: Mapping[str, Any]) -> object:
+        """OPA's result for the input. Any failure (no answer, an error status, no decision, another bundle's
+        decision) also marks the engine out of step: an OPA server that restarted has lost the bundle the
+        gateway uploaded, and the decision point publishes it again (`PolicyDecisionPoint.current`)."""
         client: OpaClient | None = getattr(self._asking, "client", None)
         if client is None:
             client = self._asking.client = _client_for(self.url, self.timeout_s)
+        try:
+            result = self._result(client, policy_input)
+        except Exception:
+            self.in_sync = False
+            raise
+        if not isinstance(result, dict) or result.get("bundle_digest") != self._bundle.digest:
+            self.in_sync = False  # decide() refuses the answer; the bundle is published again
+        return result
+
+    def _result(self, client: OpaClient, policy_input: Mapping[str, Any]) -> object:
+        # The server's address stays out of these messages: they reach the researcher and the audit log.
         try:
             answer = client.query_rule(dict(policy_input), DECISION_PACKAGE, DECISION_RULE)
         except requests.Timeout:
@@ -122,7 +136,7 @@ class OpaServerEngine:
                 f"the OPA server did not answer within {self.timeout_s} s"
             ) from None
         except requests.ConnectionError:
-            raise PolicyEngineUnavailable(f"the OPA server at {self.url} is unreachable") from None
+            raise PolicyEngineUnavailable("the OPA server is unreachable") from None
         except requests.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else "?"
             raise PolicyEngineUnavailable(f"the OPA server answered HTTP {status}") from None

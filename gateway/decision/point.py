@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 RETRY_FAILED_RELOAD_S = 1.0
 """How soon a change that could not be loaded is tried again when nothing has changed since (an OPA server
-that refused the upload may take it later); a new change is tried at once."""
+that refused the upload may take it later), and how often an engine out of step with the bundle (an OPA
+server that restarted empty) is given it again; a new change is tried at once."""
 
 
 class PolicyDecisionPoint:
@@ -32,6 +33,7 @@ class PolicyDecisionPoint:
         self._marker = generation_marker(settings.policy_dir)
         self._seen = _stamp(self._marker)
         self._failed: tuple[tuple[int, int] | None, float] | None = None
+        self._resynced = 0.0
         self._reloading: asyncio.Future[bool] | None = None
         self._bundle = load_bundle(settings.policy_dir, settings.jurisdiction)
         self._engine = engine if engine is not None else make_engine(settings, self._bundle)
@@ -74,6 +76,14 @@ class PolicyDecisionPoint:
         change cannot be loaded here (the caller must then not act on the bundle it holds)."""
         stamp = _stamp(self._marker)
         if stamp == self._seen:
+            if self._in_step():
+                return True
+            # The engine lost the bundle (an OPA server restarted empty, a publish failed half-way): give
+            # it the bundle again. Until that works, its own answers deny, saying what failed.
+            try:
+                self.reload()
+            except Exception as exc:  # noqa: BLE001 - the engine's own answers say what failed
+                log.warning("the policy engine could not be given the bundle again (%s)", type(exc).__name__)
             return True
         failed = self._failed
         if failed is not None and failed[0] == stamp and time.monotonic() - failed[1] < RETRY_FAILED_RELOAD_S:
@@ -91,7 +101,7 @@ class PolicyDecisionPoint:
         """`current` for a caller on the event loop: a reload (reading and compiling the bundle, publishing
         it to an OPA server) runs on a thread, and the requests that arrive meanwhile wait for that one
         reload instead of each starting their own."""
-        if _stamp(self._marker) == self._seen:
+        if _stamp(self._marker) == self._seen and self._in_step():
             return True
         loop = asyncio.get_running_loop()
         reloading = self._reloading
@@ -99,6 +109,13 @@ class PolicyDecisionPoint:
             reloading = self._reloading = asyncio.ensure_future(asyncio.to_thread(self.current))
         # A caller that is cancelled (its client left) does not cancel the reload the others wait for.
         return await asyncio.shield(reloading)
+
+    def _in_step(self) -> bool:
+        """Whether the engine decides with this point's bundle, as far as it knows; an engine out of step
+        counts as in step again until RETRY_FAILED_RELOAD_S after the last attempt to give it the bundle."""
+        if getattr(self._engine, "in_sync", True):
+            return True
+        return time.monotonic() - self._resynced < RETRY_FAILED_RELOAD_S
 
     def reload(self) -> PolicyBundle:
         """Load the policy folder again and switch to it; return the bundle now in use.
@@ -108,12 +125,16 @@ class PolicyDecisionPoint:
         half-updated answers with a digest this point does not expect, so its decisions deny).
         """
         with self._lock:
+            self._resynced = time.monotonic()
             seen = _stamp(self._marker)
             bundle = load_bundle(self._settings.policy_dir, self._settings.jurisdiction)
             # An OPA server whose last publish failed holds part of a bundle: publish again, even the same.
             if bundle.digest != self._bundle.digest or not getattr(self._engine, "in_sync", True):
                 self._engine.replace_bundle(bundle)
-                log.info("policy bundle %s replaced %s", bundle.short_digest, self._bundle.short_digest)
+                if bundle.digest == self._bundle.digest:
+                    log.info("policy bundle %s given to the engine again", bundle.short_digest)
+                else:
+                    log.info("policy bundle %s replaced %s", bundle.short_digest, self._bundle.short_digest)
                 self._bundle = bundle
             self._seen = seen
             return bundle

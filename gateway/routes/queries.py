@@ -87,10 +87,13 @@ class RequestState(BaseModel):
         ok=("the released, disclosure-controlled answer", QueryAnswer),
         accepted=("policy sends the query to a steward; poll `GET /v1/queries/{request_id}`", PendingAnswer),
         bad_request="the spec is invalid; `field` names where",
-        forbidden="denied by policy or disclosure control; `reasons` cite the clause",
+        forbidden=(
+            "denied by policy or disclosure control; `reasons` cite the clause (a policy that could not be "
+            "evaluated, its engine failing or unreachable, denies: `policy evaluation failed: …`)"
+        ),
         not_found="no such dataset at this site",
         limit="the agreement's limit on identical queries is reached",
-        unavailable="the policy engine, the store or the audit log is unavailable; nothing was released",
+        unavailable="the store or the audit log is unavailable; nothing was released",
     ),
 )
 async def submit(spec: QuerySpec, principal: ResearcherDep, pipeline: PipelineDep) -> JSONResponse:

@@ -31,6 +31,7 @@ class OpaDataApiStandIn(LoopbackServer):
         self._policies: dict[str, str] = {}
         self._data: dict[str, Any] = {}
         self._engine: regorus.Engine | None = None
+        self._forget = False
         # regorus engines may be used and dropped only on the thread that made them, so the stand-in serves
         # one request at a time on a single thread, which also owns the engine.
         self._lock = threading.Lock()
@@ -41,6 +42,19 @@ class OpaDataApiStandIn(LoopbackServer):
             super()._serve()
         finally:
             self._engine = None
+
+    def forget_everything(self) -> None:
+        """Drop every policy and all data before the next request, as an OPA server that restarted holds
+        none of what was uploaded (on the serving thread, which alone may drop the engine)."""
+        self._forget = True
+
+    def _forget_if_asked(self) -> None:
+        with self._lock:
+            if self._forget:
+                self._policies.clear()
+                self._data.clear()
+                self._engine = None
+                self._forget = False
 
     def _put_policy(self, policy_id: str, source: str) -> None:
         with self._lock:
@@ -95,6 +109,7 @@ class OpaDataApiStandIn(LoopbackServer):
                 return [p for p in route[len(prefix) :].split("/") if p]
 
             def do_GET(self) -> None:
+                standin._forget_if_asked()
                 route = self.path.split("?")[0]
                 if route == "/health":
                     self._json(200, {})
@@ -120,6 +135,7 @@ class OpaDataApiStandIn(LoopbackServer):
                     self._json(404, {"code": "resource_not_found", "message": "not served by the stand-in"})
 
             def do_DELETE(self) -> None:
+                standin._forget_if_asked()
                 policy = self._path("/v1/policies/")
                 standin.writes += 1
                 with standin._lock:
@@ -131,6 +147,7 @@ class OpaDataApiStandIn(LoopbackServer):
                     self._json(404, {"code": "resource_not_found", "message": "no such policy"})
 
             def do_PUT(self) -> None:
+                standin._forget_if_asked()
                 body = self._body()
                 standin.writes += 1
                 if (policy := self._path("/v1/policies/")) is not None:
@@ -149,6 +166,7 @@ class OpaDataApiStandIn(LoopbackServer):
                     self._json(404, {"code": "resource_not_found", "message": "not served by the stand-in"})
 
             def do_POST(self) -> None:
+                standin._forget_if_asked()
                 path = self._path("/v1/data/")
                 body = self._body()
                 if path is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from gateway.decision import (
     decide,
     load_bundle,
 )
+from gateway.decision import point as point_module
 from gateway.decision.embedded import EmbeddedEngine
 from gateway.decision.opa_server import OpaServerEngine
 from gateway.settings import SiteSettings
@@ -88,8 +90,12 @@ def _assert_failed_closed(decision: Decision, fragment: str) -> None:
 
 
 def test_connection_refused_denies(bundle: PolicyBundle) -> None:
-    engine = OpaServerEngine(f"http://127.0.0.1:{_free_port()}", 1.0, bundle, publish=False)
-    _assert_failed_closed(decide(engine, corpus(1)[0]), "is unreachable")
+    port = _free_port()
+    engine = OpaServerEngine(f"http://127.0.0.1:{port}", 1.0, bundle, publish=False)
+    failed = decide(engine, corpus(1)[0])
+    _assert_failed_closed(failed, "is unreachable")
+    # The reason reaches the researcher and the audit log: the server's address stays out of it.
+    assert str(port) not in failed.reasons[0] and "127.0.0.1" not in failed.reasons[0]
 
 
 def test_publishing_to_an_unreachable_server_raises(bundle: PolicyBundle) -> None:
@@ -214,3 +220,47 @@ def test_a_bundle_opa_holds_only_in_part_is_published(opa_url: str, bundle: Poli
     request = corpus(1)[0]
     engine.replace_bundle(bundle)
     assert decide(engine, request) == decide(EmbeddedEngine(bundle), request)
+
+
+def test_an_opa_server_that_restarted_empty_is_given_the_bundle_again(
+    standin: OpaDataApiStandIn, tmp_path: Path
+) -> None:
+    point = PolicyDecisionPoint(_opa_settings(standin.url, tmp_path))
+    request = corpus(1)[0]
+    before = point.decide(request)
+    assert not before.reasons or not before.reasons[0].startswith("policy evaluation failed")
+    # OPA restarts: the bundle the gateway uploaded over its REST API is gone.
+    standin.forget_everything()
+    lost = point.decide(request)
+    assert lost.decision == "deny" and lost.reasons[0].startswith("policy evaluation failed: ")
+    published = standin.writes
+    # The next decision gives OPA the bundle again first; nobody had to change the policy or restart.
+    assert point.decide(request) == before
+    assert standin.writes > published
+
+
+def test_an_engine_out_of_step_is_given_the_bundle_at_most_once_a_second(
+    standin: OpaDataApiStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    point = PolicyDecisionPoint(_opa_settings(standin.url, tmp_path))
+    reloads = []
+    reload = point.reload
+
+    def counted() -> PolicyBundle:
+        reloads.append(time.monotonic())
+        return reload()
+
+    monkeypatch.setattr(point, "reload", counted)
+    request = corpus(1)[0]
+    standin.fault = "http_500"  # every decision fails, though OPA holds the bundle
+    published = standin.writes
+    decisions = [point.decide(request) for _ in range(10)]
+    reason = "policy evaluation failed: the OPA server answered HTTP 500"
+    assert all(d.reasons[0] == reason for d in decisions)
+    # The first failure marks the engine out of step and the next decision checks what OPA holds; the
+    # failures after that wait a second before another check. OPA held the bundle: nothing was published.
+    assert len(reloads) == 1
+    assert standin.writes == published
+    time.sleep(point_module.RETRY_FAILED_RELOAD_S)
+    point.decide(request)
+    assert len(reloads) == 2
