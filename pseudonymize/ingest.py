@@ -28,6 +28,7 @@ from pseudonymize.column_hmac import ColumnHmac, HashedColumn, offset_array, tok
 from pseudonymize.digest import ContentDigest, table_digest
 from pseudonymize.errors import IngestError, RiskThresholdError, SpecError
 from pseudonymize.generalize import quote_ident, suppress_rare_prefixes_sql
+from pseudonymize.identifiers import sample_text_columns
 from pseudonymize.keys import SecretKey
 from pseudonymize.risk import RiskReport, k_anonymity
 from pseudonymize.spec import PseudonymizationSpec
@@ -166,6 +167,14 @@ class _Stream:
         return pa.RecordBatchReader.from_batches(self.schema, self.batches())
 
 
+def _stored_types(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
+    """Each stored column's DuckDB type name (UUID, VARCHAR, …)."""
+    rows = con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ?", [table]
+    ).fetchall()
+    return {str(name): str(kind) for name, kind in rows}
+
+
 def _check_token_types(
     con: duckdb.DuckDBPyConnection, table: str, spec: PseudonymizationSpec, source: str
 ) -> None:
@@ -176,10 +185,7 @@ def _check_token_types(
     wanted = [rule.output or name for name, rule in spec.columns.items() if rule.action == "pseudonym"]
     if not wanted:
         return
-    rows = con.execute(
-        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ?", [table]
-    ).fetchall()
-    stored = {str(name): str(kind) for name, kind in rows}
+    stored = _stored_types(con, table)
     wrong = sorted(c for c in wanted if stored.get(c) != "UUID")
     if wrong:
         raise IngestError(
@@ -187,6 +193,32 @@ def _check_token_types(
             f"the pseudonym column(s) {', '.join(wrong)} were stored as {stored.get(wrong[0])}, not UUID; "
             f"this DuckDB ({duckdb.__version__}) is older than fedgate needs (1.4 or later)",
         )
+
+
+def _check_unmarked_columns(
+    con: duckdb.DuckDBPyConnection, table: str, spec: PseudonymizationSpec, source: str
+) -> None:
+    """Refuse text columns the spec keeps without an `identifier` mark whose values look like direct
+    identifiers (`pseudonymize.identifiers`): a forgotten mark must not publish e-mail addresses or record
+    numbers verbatim. Columns marked `none` were reviewed and are not scanned; the refusal names the column
+    and the signal, never a value."""
+    stored = _stored_types(con, table)
+    unmarked = {
+        rule.output or name: name
+        for name, rule in spec.columns.items()
+        if rule.action == "keep" and rule.identifier is None
+    }
+    text = [out for out in unmarked if stored.get(out) == "VARCHAR"]
+    found = [(unmarked[s.column], s.signal) for s in sample_text_columns(con, table, text) if s.signal]
+    if not found:
+        return
+    named = "; ".join(f"columns.{name} ({signal})" for name, signal in found)
+    raise IngestError(
+        source,
+        f"kept without an identifier mark, but looking like a direct identifier: {named}. A direct "
+        f'identifier is never published as it is: mark such a column identifier = "direct" and '
+        f'pseudonymize or drop it, or, once reviewed as no identifier, identifier = "none"',
+    )
 
 
 def _digested_in_stream(
@@ -325,6 +357,7 @@ def ingest(
         for column, min_count in compiled.rare_prefix_rules:
             con.execute(suppress_rare_prefixes_sql(staging, column, min_count)).fetchall()
         _check_token_types(con, staging, spec, connector.source)
+        _check_unmarked_columns(con, staging, spec, connector.source)
 
         patient_column = spec.output_column(spec.patient_key) if spec.patient_key else None
         # A dropped patient key leaves the report its tokens in a staging column of their own, which

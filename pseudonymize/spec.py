@@ -19,7 +19,9 @@ A spec is a YAML or TOML file:
     admission_date = "date_shift"
 
 Columns marked `identifier = "direct"` may only be pseudonymized or dropped; columns marked `quasi` are the
-quasi-identifiers of the k-anonymity report (under their output names).
+quasi-identifiers of the k-anonymity report (under their output names); `none` says a steward reviewed the
+column and found no identifier in it. A text column kept unmarked is sampled at ingest, and refused when its
+values look like direct identifiers (see `pseudonymize.identifiers`); `none` publishes it as it is.
 """
 
 from __future__ import annotations
@@ -40,12 +42,14 @@ from pseudonymize.errors import SpecError
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _DATASET = re.compile(r"^[a-z][a-z0-9_-]{0,47}$")
 _DUO = re.compile(r"^DUO:\d{7}$")
+#: direct: identifies a person (pseudonymize or drop it); quasi: feeds the k-anonymity report; none: reviewed,
+#: not an identifier. A column left unmarked (None) has not been reviewed: the ingest scans it if it is kept.
 Identifier = Literal["direct", "quasi", "none"]
 
 
 class _Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-    identifier: Identifier = "none"
+    identifier: Identifier | None = None
     output: str | None = Field(default=None, alias="as")
 
     @field_validator("output")
