@@ -18,7 +18,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Hashable, Sequence
+from collections.abc import Coroutine, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -175,36 +175,81 @@ class QueryPipeline:
         self.rt = runtime
 
     async def submit(self, principal: Principal, spec: QuerySpec, request_id: str) -> Answer:
-        """The researcher's path: decide, then release or queue for approval."""
+        """The researcher's path: decide, then release or queue for approval.
+
+        The request's last step (its release, its queueing for a steward, its refusal) runs to its end even
+        when the caller stops waiting: cancelled (a coordinator's timeout, a server shutting down), the
+        request still ends on record before the cancellation goes on. A release already with the pool
+        cannot be recalled and ends as the pool ends it; a request cancelled before that is refused."""
         query_hash = hashed(spec)
         trail = [self._received(principal, spec, request_id, query_hash)]
+        # The step in flight that ends the request on its own, once there is one.
+        ending: asyncio.Future[Any] | None = None
         try:
             entry = self._dataset(spec)
             decision = await self._decide(principal, spec, entry, request_id, query_hash, trail=trail)
             if decision.decision == "needs_approval":
-                stored = new_request(
-                    request_id, owner(principal), _principal_json(principal), spec.model_dump(mode="json"),
-                    query_hash, list(decision.reasons),
-                )  # fmt: skip
-                await asyncio.to_thread(self.rt.state.save_request, stored)
-                await self._outcome(principal, spec, request_id, "pending_approval")
+                ending = _kept(self._queue_for_approval(principal, spec, request_id, query_hash, decision))
+                await asyncio.shield(ending)
                 return Answer("pending_approval", _pending_body(request_id, decision))
             assert decision.obligations is not None
-            body = await self._release(principal, spec, entry, decision, request_id, query_hash, trail)
+            ending = self._hand_off(principal, spec, entry, decision, request_id, query_hash, trail)
+            body: dict[str, Any] = await asyncio.shield(ending)
             return Answer("released", body)
+        except asyncio.CancelledError:
+            await _to_the_end(self._end_cancelled(ending, principal, spec, request_id, query_hash))
+            raise
         except Refusal as refusal:
-            refusal.request_id = request_id
-            await self._refused(refusal, principal, request_id, query_hash)
-            await self._outcome(principal, spec, request_id, "refused", stage=refusal.stage)
+            await _to_the_end(self._end_refused(refusal, principal, spec, request_id, query_hash))
             raise
         except Exception as exc:  # noqa: BLE001 - any failure must end as an audited refusal, never an answer
             # Fail closed and leave no gap in the trail: an unexpected failure is an audited refusal.
             failure = _internal_failure(exc)
-            failure.request_id = request_id
-            await self._refused(failure, principal, request_id, query_hash)
-            with contextlib.suppress(Exception):  # the refusal is audited; the summary row is best effort
-                await self._outcome(principal, spec, request_id, "refused", stage=failure.stage)
+            await _to_the_end(self._end_refused(failure, principal, spec, request_id, query_hash))
             raise failure from None
+
+    async def _queue_for_approval(
+        self, principal: Principal, spec: QuerySpec, request_id: str, query_hash: str, decision: Decision
+    ) -> None:
+        """Store the request for a steward (its `query.decided` entry is on record already)."""
+        stored = new_request(
+            request_id, owner(principal), _principal_json(principal), spec.model_dump(mode="json"),
+            query_hash, list(decision.reasons),
+        )  # fmt: skip
+        await asyncio.to_thread(self.rt.state.save_request, stored)
+        await self._outcome(principal, spec, request_id, "pending_approval")
+
+    async def _end_refused(
+        self, refusal: Refusal, principal: Principal, spec: QuerySpec, request_id: str, query_hash: str
+    ) -> None:
+        """Record a submitted request's refusal, then its summary row."""
+        refusal.request_id = request_id
+        await self._refused(refusal, principal, request_id, query_hash)
+        with contextlib.suppress(Exception):  # the refusal is audited; the summary row is best effort
+            await self._outcome(principal, spec, request_id, "refused", stage=refusal.stage)
+
+    async def _end_cancelled(
+        self,
+        ending: asyncio.Future[Any] | None,
+        principal: Principal,
+        spec: QuerySpec,
+        request_id: str,
+        query_hash: str,
+    ) -> None:
+        """End the trail of a request whose caller stopped waiting. Without an `ending` in flight it was
+        cancelled while being decided, and is refused. With one, the request ends as that step ends it:
+        released (the answer reaches no one) or queued for a steward, both on record already, or refused."""
+        if ending is None:
+            refusal = Refusal("unavailable", "Request cancelled", [CANCELLED], stage="decide")
+        else:
+            try:
+                await ending
+                return
+            except Refusal as refused:
+                refusal = refused
+            except Exception as exc:  # noqa: BLE001 - as in `submit`: a failure ends as an audited refusal
+                refusal = _internal_failure(exc)
+        await self._end_refused(refusal, principal, spec, request_id, query_hash)
 
     def _received(self, principal: Principal, spec: QuerySpec, request_id: str, query_hash: str) -> Queued:
         """Queue the `query.received` entry: it commits with the request's next entry, whichever ends it
@@ -450,6 +495,19 @@ class QueryPipeline:
         query_hash: str,
         trail: list[Queued],
     ) -> dict[str, Any]:
+        return await self._hand_off(principal, spec, entry, decision, request_id, query_hash, trail)
+
+    def _hand_off(
+        self,
+        principal: Principal,
+        spec: QuerySpec,
+        entry: CatalogEntry,
+        decision: Decision,
+        request_id: str,
+        query_hash: str,
+        trail: list[Queued],
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Queue the release for a pool thread: the future of its answer (or of its failure)."""
         obligations = decision.obligations
         assert obligations is not None
         if obligations.dp is not None:
@@ -473,7 +531,7 @@ class QueryPipeline:
                        loop, answer, together_hint(spec, entry.table_name))  # fmt: skip
         self.rt.releases.submit(job, _release_together, self.rt.threads(), self.rt.settings.server.threads,
                                 short=self.rt.is_small(entry))  # fmt: skip
-        return await answer
+        return answer
 
     def _prepare(self, job: _Release) -> tuple[sa.Engine, CompiledQuery]:
         """Count this asking against the agreement's limit and compile the query with the obligations and
@@ -759,6 +817,33 @@ def _settle(answer: asyncio.Future[Any], value: Any, exc: BaseException | None) 
         answer.set_exception(exc)
     else:
         answer.set_result(value)
+
+
+CANCELLED: Final = "the request was cancelled before it ended"
+"""The reason recorded for a request whose caller stopped waiting before it was decided."""
+
+_ENDING: Final[set[asyncio.Future[Any]]] = set()
+"""The requests' last steps under way; held here so that none is garbage-collected while nobody awaits it."""
+
+
+def _kept(step: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    """Run `step` as a task of its own that outlives whoever awaits it (until it ends)."""
+    task = asyncio.ensure_future(step)
+    _ENDING.add(task)
+    task.add_done_callback(_let_go)
+    return task
+
+
+def _let_go(task: asyncio.Future[Any]) -> None:
+    _ENDING.discard(task)
+    if not task.cancelled():
+        task.exception()  # whoever stopped waiting for it has had it handed on, or is not there to hear it
+
+
+async def _to_the_end(step: Coroutine[Any, Any, None]) -> None:
+    """Await a request's last step without letting a cancellation stop it half-way: a caller cancelled
+    meanwhile stops waiting, and the step still ends (its entry on record, its summary row written)."""
+    await asyncio.shield(_kept(step))
 
 
 def _internal_failure(exc: BaseException) -> Refusal:

@@ -12,14 +12,15 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import time
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, Literal
 
 import httpx
 import rfc8785
 
-from audit.events import COUNT, DIGEST, LABEL, REASONS, REGISTRY, EventType, register
+from audit.events import COUNT, DIGEST, LABEL, REASONS, REGISTRY, EventType, FieldKind, register
 from gateway.auth import Principal
 from gateway.federation.combine import (
     CombineError,
@@ -66,6 +67,50 @@ QUERIES_PATH = "/v1/queries"
 DISCLOSURE_TITLE = "Refused by disclosure control"
 _REFUSAL_KIND = {int(status): kind for kind, status in STATUS.items()}
 
+# A request id as the audit log takes one for an entry's own (audit.entry): the coordinator's own, or what a
+# peer's answer names (its text is the peer's; one the log would not take is recorded as null).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+_TOKEN_LIKE = re.compile(r"(?i)eyJ[A-Za-z0-9_-]{4,}\.|\bbearer\b|[A-Za-z0-9_+/=]{48,}")
+
+
+def recordable_request_id(value: str | None) -> str | None:
+    """A site's request id as the coordinator's audit entry names it: as it is, or None when the log would
+    not take it as a request id (no id, or text of a peer's that reads as a token)."""
+    if value is None or not _REQUEST_ID.fullmatch(value) or _TOKEN_LIKE.search(value):
+        return None
+    return value
+
+
+class Legs(FieldKind):
+    """Every request the coordinator made of a site: `{"site", "round", "status", "request_id"}` each, the
+    request id being the site's own (null when the site named none the log takes)."""
+
+    name = "legs"
+    _KEYS: Final = frozenset({"site", "round", "status", "request_id"})
+
+    def check(self, value: Any) -> str | None:
+        if not isinstance(value, list):
+            return "must be a list of legs"
+        for i, leg in enumerate(value):
+            if not isinstance(leg, dict) or set(leg) != self._KEYS:
+                return f"item {i} must be an object with exactly {sorted(self._KEYS)}"
+            problem = LABEL.check(leg["site"]) or COUNT.check(leg["round"])
+            if problem is None and leg["status"] not in STATUSES:
+                problem = f"status must be one of {list(STATUSES)}"
+            rid = leg["request_id"]
+            if (
+                problem is None
+                and rid is not None
+                and (not isinstance(rid, str) or recordable_request_id(rid) != rid)
+            ):
+                problem = "request_id must be null or 1-64 letters, digits and . _ : - (and not a token)"
+            if problem:
+                return f"item {i}: {problem}"
+        return None
+
+
+LEGS = Legs()
+
 for _event in (
     EventType(
         "federation.received",
@@ -74,18 +119,25 @@ for _event in (
     ),
     EventType(
         "federation.released",
-        "the coordinator pooled and released a federated answer; per-site statuses as counts",
+        "the coordinator pooled and released a federated answer; per-site statuses as counts, and every "
+        "request it made of a site (`legs`)",
         required={"query_hash": DIGEST, "result_hash": DIGEST, "covered": COUNT},
-        optional=dict.fromkeys(STATUSES, COUNT),
+        optional={**dict.fromkeys(STATUSES, COUNT), "legs": LEGS},
     ),
     EventType(
         "federation.refused",
-        "the coordinator could not pool the sites' answers and released nothing",
+        "the coordinator could not pool the sites' answers and released nothing; the requests it made of "
+        "sites (`legs`)",
         required={"query_hash": DIGEST, "reasons": REASONS},
+        optional={"legs": LEGS},
     ),
 ):
     if _event.name not in REGISTRY:
         register(_event)
+
+_OWN_LEGS: Final[set[asyncio.Task[Any]]] = set()
+"""This site's own parts still running after the coordinator stopped waiting for them: held here until they
+end, so that none is garbage-collected half-way."""
 
 
 @dataclass
@@ -143,6 +195,8 @@ class Coordinator:
     def __init__(self, runtime: SiteRuntime, link: PeerLink) -> None:
         self.rt = runtime
         self.link = link
+        self.legs: list[tuple[int, SiteOutcome]] = []
+        """Every request made of a site, with its round (quantiles ask twice), as it ended."""
 
     def targets(self, spec: QuerySpec, sites: list[str] | None) -> list[str]:
         """The sites to ask: as named, or every peer plus this site when it holds the dataset."""
@@ -198,7 +252,8 @@ class Coordinator:
             log.error("federation: pooling failed (%s); nothing released", type(exc).__name__)
             reasons = ["the sites' answers could not be pooled; nothing was released"]
             await self.rt.record(
-                "federation.refused", {"query_hash": sha256_label(query_hash), "reasons": reasons},
+                "federation.refused",
+                {"query_hash": sha256_label(query_hash), "reasons": reasons, "legs": self._legs()},
                 principal=principal, request_id=request_id,
             )  # fmt: skip
             raise Refusal(
@@ -213,6 +268,7 @@ class Coordinator:
                 "result_hash": sha256_label(result_hash),
                 "covered": len(covered),
                 **{k: v for k, v in counts.items() if v},
+                "legs": self._legs(),
             },
             principal=principal,
             request_id=request_id,
@@ -227,6 +283,19 @@ class Coordinator:
             "sites": [o.to_json() for o in outcomes],
             "result_hash": sha256_label(result_hash),
         }
+
+    def _legs(self) -> list[dict[str, Any]]:
+        """The legs as the coordinator's audit entry lists them: an auditor finds each one, by its request id,
+        in that site's log (a leg `timed_out` here may still have ended released there: it was not pooled)."""
+        return [
+            {
+                "site": o.site,
+                "round": n,
+                "status": o.status,
+                "request_id": recordable_request_id(o.request_id),
+            }
+            for n, o in self.legs
+        ]
 
     async def _gather(
         self, principal: Principal, token: str, spec: QuerySpec, targets: list[str], timeout_s: float
@@ -282,24 +351,35 @@ class Coordinator:
                     o.status, o.reasons = "invalid_answer", ["the sites' quantiles give no histogram edges"]
             return first, None
         assert isinstance(histogram, HistogramQuery)
-        second = await self._ask_all(principal, token, histogram, [s.site for s in round1], timeout_s)
+        second = await self._ask_all(
+            principal, token, histogram, [s.site for s in round1], timeout_s, round_=2
+        )
         by_site = {o.site: o for o in second}
-        for o in first:
+        # One row per site for the researcher: its first request, ending as its second when that did not
+        # answer. The legs keep each request as it ended (the audit entry lists both rounds).
+        sites = [replace(o) for o in first]
+        for o in sites:
             if o.site in by_site:
                 later = by_site[o.site]
                 if later.status != "answered":
                     o.status, o.reasons = later.status, later.reasons
                 o.duration_ms += later.duration_ms
         tables = {t.site: t for t in self._tables([by_site[s.site] for s in round1], histogram)}
-        for o in first:
+        for o in sites:
             if o.site in by_site and by_site[o.site].status == "invalid_answer":
                 o.status, o.reasons = "invalid_answer", by_site[o.site].reasons
         if not tables:
-            return first, None
-        return first, pool_quantiles(round1, tables, spec.group_by, probs, names, edges)
+            return sites, None
+        return sites, pool_quantiles(round1, tables, spec.group_by, probs, names, edges)
 
     async def _ask_all(
-        self, principal: Principal, token: str, spec: QuerySpec, targets: list[str], timeout_s: float
+        self,
+        principal: Principal,
+        token: str,
+        spec: QuerySpec,
+        targets: list[str],
+        timeout_s: float,
+        round_: int = 1,
     ) -> list[SiteOutcome]:
         body = json.dumps(spec.model_dump(mode="json", by_alias=True, exclude_none=True)).encode()
         own = self.rt.settings.site_id
@@ -309,15 +389,22 @@ class Coordinator:
             else self._ask_peer(site, token, body, timeout_s)
             for site in targets
         ]
-        return list(await asyncio.gather(*jobs))
+        outcomes = list(await asyncio.gather(*jobs))
+        self.legs.extend((round_, o) for o in outcomes)
+        return outcomes
 
     async def _ask_self(self, principal: Principal, spec: QuerySpec, timeout_s: float) -> SiteOutcome:
         site = self.rt.settings.site_id
         started = time.perf_counter()
         pipeline = QueryPipeline(CoordinatedRuntime.of(self.rt, site))
         request_id = new_request_id()
+        # The site's own request runs to its end, released or refused on record, whenever the coordinator
+        # stops waiting for it (after timeout_s, or cancelled itself): it is never cancelled half-way.
+        own = asyncio.ensure_future(pipeline.submit(principal, spec, request_id))
+        _OWN_LEGS.add(own)
+        own.add_done_callback(_own_leg_ended)
         try:
-            answer = await asyncio.wait_for(pipeline.submit(principal, spec, request_id), timeout_s)
+            answer = await asyncio.wait_for(asyncio.shield(own), timeout_s)
         except TimeoutError:
             return SiteOutcome(
                 site, "timed_out", [f"no answer within {timeout_s} s"], request_id, _ms(started)
@@ -404,6 +491,12 @@ def _answered(site: str, body: dict[str, Any], elapsed: float) -> SiteOutcome:
         hidden = ["every entry of this site's answer was suppressed"]
         return SiteOutcome(site, "suppressed", hidden, request_id, elapsed, body)
     return SiteOutcome(site, "answered", [], request_id, elapsed, body)
+
+
+def _own_leg_ended(task: asyncio.Task[Any]) -> None:
+    _OWN_LEGS.discard(task)
+    if not task.cancelled():
+        task.exception()  # a refusal is on the site's record already; nobody may be waiting to hear it
 
 
 def _ms(started: float) -> float:

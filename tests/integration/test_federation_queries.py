@@ -204,6 +204,52 @@ def test_coordinator_and_peers_audit_their_parts(urls: dict[str, str], idp: Loop
         assert received[-1]["actor"]["sub"] == "audited-researcher"
 
 
+def all_entries(url: str, idp: LoopbackTestIssuer) -> list[dict[str, Any]]:
+    """Every entry of a site's log, page after page."""
+    out: list[dict[str, Any]] = []
+    while True:
+        response = httpx.get(
+            f"{url}/v1/audit/entries", params={"start": len(out)}, headers=bearer(idp, "auditor"), timeout=30
+        )
+        page = response.json()
+        out += [json.loads(base64.b64decode(e["entry"])) for e in page["entries"]]
+        if not page["entries"] or len(out) >= page["size"]:
+            return out
+
+
+def test_the_coordinators_entry_names_every_leg_of_both_quantile_rounds(
+    urls: dict[str, str], idp: LoopbackTestIssuer
+) -> None:
+    """Federated quantiles ask each site twice; the coordinator's entry lists all six requests, and each
+    request id leads an auditor to that request's whole trail in its site's log."""
+    spec = {**BASE, "kind": "quantiles", "params": {"column": "bmi", "probs": [0.5]}}
+    body = ask(urls["site-de"], idp, spec, sub="leg-auditor").json()
+    assert body["covered"] == SITES
+    (released,) = [
+        e
+        for e in all_entries(urls["site-de"], idp)
+        if e["type"] == "federation.released" and e["request_id"] == body["request_id"]
+    ]
+    legs = released["payload"]["legs"]
+    assert [(leg["site"], leg["round"], leg["status"]) for leg in legs] == [
+        *((sid, 1, "answered") for sid in SITES),
+        *((sid, 2, "answered") for sid in SITES),
+    ]
+    assert [leg["request_id"] for leg in legs[:3]] == [s["request_id"] for s in body["sites"]]
+    assert len({leg["request_id"] for leg in legs}) == 6
+    for leg in legs:
+        trail = [e for e in all_entries(urls[leg["site"]], idp) if e.get("request_id") == leg["request_id"]]
+        assert [e["type"] for e in trail] == [
+            "query.received",
+            "query.decided",
+            "query.executed",
+            "query.released",
+        ]
+        assert trail[0]["payload"]["kind"] == ("quantiles" if leg["round"] == 1 else "histogram")
+        assert trail[0]["payload"]["coordinator"] == "site-de"
+        assert {e["actor"]["sub"] for e in trail} == {"leg-auditor"}
+
+
 def test_named_sites_and_unknown_sites(urls: dict[str, str], idp: LoopbackTestIssuer) -> None:
     spec = {**BASE, "kind": "count", "sites": ["site-fr", "site-nl"]}
     body = ask(urls["site-de"], idp, spec).json()

@@ -1,9 +1,12 @@
-"""A federation under stress over real HTTP: peers down, slow, denying or lying; forged coordinators."""
+"""A federation under stress over real HTTP: peers down, slow, denying or lying; forged coordinators; a
+coordinator's own part that outlasts its timeout, and queries whose caller stops waiting."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,10 +22,15 @@ from federation_sites import (
     serve_fake_peer,
     set_agreement,
 )
-from gateway_site import bearer, free_port
+from gateway_site import Site, bearer, free_port, logged_entries
 from oidc_issuer import LoopbackTestIssuer
 
+from gateway.auth import Principal
 from gateway.federation.signing import HEADER, PeerSigner, load_peer_key
+from gateway.pipeline import CANCELLED, QueryPipeline, new_request_id
+from gateway.query import parse_query_spec
+from gateway.refusal import Refusal
+from gateway.runtime import SiteRuntime
 
 BASE: dict[str, Any] = {
     "dataset": "cohort",
@@ -275,3 +283,153 @@ def test_a_coordinator_that_forwards_no_valid_token_gets_nothing(
         },
     )
     assert response.status_code == 401
+
+
+# -- the coordinator's own part, and requests whose caller stops waiting ------------------------------------
+
+
+def all_entries(url: str, idp: LoopbackTestIssuer) -> list[dict[str, Any]]:
+    """Every entry of a site's log, page after page."""
+    out: list[dict[str, Any]] = []
+    while True:
+        response = httpx.get(
+            f"{url}/v1/audit/entries", params={"start": len(out)}, headers=bearer(idp, "auditor"), timeout=30
+        )
+        page = response.json()
+        out += [json.loads(base64.b64decode(e["entry"])) for e in page["entries"]]
+        if not page["entries"] or len(out) >= page["size"]:
+            return out
+
+
+ENDS = {"query.released", "query.refused"}
+
+
+def ended_trail(url: str, idp: LoopbackTestIssuer, request_id: str) -> list[dict[str, Any]]:
+    """A request's trail at a site once it has ended (released or refused); fails after 20 s without."""
+    deadline = time.monotonic() + 20
+    while True:
+        trail = [e for e in all_entries(url, idp) if e.get("request_id") == request_id]
+        if ENDS & {e["type"] for e in trail}:
+            return trail
+        assert time.monotonic() < deadline, f"the trail never ended: {[e['type'] for e in trail]}"
+        time.sleep(0.1)
+
+
+def test_a_timed_out_own_part_ends_on_record_and_the_coordinator_names_it(
+    urls: dict[str, str], idp: LoopbackTestIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Federated quantiles whose second round (the histogram) is held at the coordinator's own site past
+    `timeout_s`: the coordinator reports the site timed out, the site's request runs on to its release on
+    record (nothing of it pooled), and the coordinator's entry names both legs by the sites' request ids."""
+    gate = threading.Event()
+    decide = QueryPipeline._decide
+
+    async def held(self: QueryPipeline, principal: Principal, subject: Any, *args: Any, **kwargs: Any) -> Any:
+        if principal.sub == "held-own-part" and getattr(subject, "kind", None) == "histogram":
+            await asyncio.to_thread(gate.wait, 30)
+        return await decide(self, principal, subject, *args, **kwargs)
+
+    monkeypatch.setattr(QueryPipeline, "_decide", held)
+    spec = {
+        **BASE,
+        "kind": "quantiles",
+        "params": {"column": "bmi", "probs": [0.25, 0.5, 0.75]},
+        "sites": ["site-de"],
+        "timeout_s": 2,
+    }
+    try:
+        body = httpx.post(
+            f"{urls['site-de']}/v1/federated-queries",
+            json=spec,
+            headers=bearer(idp, "researcher", sub="held-own-part"),
+            timeout=30,
+        ).json()
+    finally:
+        gate.set()
+    (site,) = body["sites"]
+    assert site["status"] == "timed_out" and body["covered"] == []
+    (released,) = [
+        e
+        for e in all_entries(urls["site-de"], idp)
+        if e["type"] == "federation.released" and e["request_id"] == body["request_id"]
+    ]
+    legs = released["payload"]["legs"]
+    assert [(leg["site"], leg["round"], leg["status"]) for leg in legs] == [
+        ("site-de", 1, "answered"),
+        ("site-de", 2, "timed_out"),
+    ]
+    assert legs[0]["request_id"] == site["request_id"]
+    first = ended_trail(urls["site-de"], idp, legs[0]["request_id"])
+    assert first[0]["payload"]["kind"] == "quantiles" and first[-1]["type"] == "query.released"
+    late = ended_trail(urls["site-de"], idp, legs[1]["request_id"])
+    assert [e["type"] for e in late] == [
+        "query.received",
+        "query.decided",
+        "query.executed",
+        "query.released",
+    ]
+    assert late[0]["payload"]["kind"] == "histogram" and late[0]["payload"]["coordinator"] == "site-de"
+
+
+RESEARCHER = Principal(
+    sub="cancelled-researcher",
+    org="org-aphp",
+    country="FR",
+    roles=frozenset({"researcher"}),
+    visas=(),
+    issuer="test",
+)
+
+
+@pytest.mark.parametrize("where", ["decide", "execute"])
+def test_a_cancelled_query_still_ends_refused_on_record(
+    tmp_site: Site, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A caller that stops waiting cancels `submit` (a coordinator's timeout did, before its own part ran
+    as a task of its own; a server shutting down does). Cancelled while it is decided, the request is
+    refused as cancelled; cancelled while the store runs it, it ends as the run ends (here refused by the
+    agreement's limit). Either way its trail ends with a refusal, never half-way."""
+    reached, gate = threading.Event(), threading.Event()
+    if where == "decide":
+        decide = QueryPipeline._decide
+
+        async def held(self: QueryPipeline, *args: Any, **kwargs: Any) -> Any:
+            reached.set()
+            await asyncio.to_thread(gate.wait, 30)
+            return await decide(self, *args, **kwargs)
+
+        monkeypatch.setattr(QueryPipeline, "_decide", held)
+    else:
+
+        def over_the_limit(self: QueryPipeline, job: Any) -> Any:
+            reached.set()
+            gate.wait(30)
+            raise Refusal("limit", "Repeated query limit reached", ["held over its limit"], stage="limit")
+
+        monkeypatch.setattr(QueryPipeline, "_prepare", over_the_limit)
+    request_id = new_request_id()
+
+    async def cancelled() -> None:
+        runtime = SiteRuntime.start(tmp_site.settings)
+        try:
+            spec = parse_query_spec({**BASE, "kind": "count"})
+            task = asyncio.ensure_future(QueryPipeline(runtime).submit(RESEARCHER, spec, request_id))
+            assert await asyncio.to_thread(reached.wait, 30)
+            task.cancel()
+            gate.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            gate.set()
+            await runtime.aclose()
+
+    asyncio.run(cancelled())
+    trail = [e for e in logged_entries(tmp_site.settings) if e.get("request_id") == request_id]
+    if where == "decide":
+        assert [e["type"] for e in trail] == ["query.received", "query.refused"]
+        assert trail[-1]["payload"]["stage"] == "decide"
+        assert trail[-1]["payload"]["reasons"] == [CANCELLED]
+    else:
+        assert [e["type"] for e in trail] == ["query.received", "query.decided", "query.refused"]
+        assert trail[-1]["payload"]["stage"] == "limit"
+        assert trail[-1]["payload"]["reasons"] == ["held over its limit"]
