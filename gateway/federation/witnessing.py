@@ -8,7 +8,11 @@ last cosigned, and stores the cosignatures it gets back (verified) with `AuditLo
 
 Neither half writes to the site's own audit log on success: every entry makes a new checkpoint, which
 would be submitted to the peers, whose cosigning would make entries of their own — a ping-pong that never
-ends. Only a refused checkpoint that was validly signed by the peer's log key (fork evidence) is audited.
+ends. A refusal is audited in one of two ways. A checkpoint the peer's log key signed for the size this
+site cosigned, with another root, is evidence against the peer on its own (`witness.refused`, once per
+checkpoint). Every other refusal proves nothing about the peer: anyone may replay a peer's genuine
+checkpoint with a bogus proof, or send a malformed body. Those are `witness.request_refused`, at most one
+entry per origin and reason a minute (`RefusalLimiter`), which counts the refusals it left out.
 
 Exception tree::
 
@@ -25,27 +29,33 @@ import contextlib
 import hashlib
 import logging
 import random
+import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from audit.checkpoint import parse_checkpoint_body
+from audit.checkpoint import Checkpoint, parse_checkpoint_body
 from audit.errors import (
     AuditError,
     BadConsistencyProof,
+    BadLogSignature,
     LogKeyError,
     MalformedRequest,
+    MissingLogSignature,
     NonEmptyProofFromZero,
     NoteError,
     OldSizeMismatch,
-    ProofRejected,
+    OldSizeTooLarge,
     RootMismatchAtEqualSize,
     UnknownOrigin,
+    WitnessError,
 )
 from audit.events import COUNT, DIGEST, LABEL, Enum, EventType, register
 from audit.export_format import parse_tree_size
@@ -54,12 +64,18 @@ from audit.log import AuditLog
 from audit.notes import (
     ALG_COSIGNATURE_V1,
     ALG_ED25519,
+    Note,
     VerifierKey,
     parse_note,
     parse_verifier_key,
     verifier_key_text,
 )
-from audit.witness import Witness, format_add_checkpoint_body, parse_add_checkpoint_body
+from audit.witness import (
+    AddCheckpointRequest,
+    Witness,
+    format_add_checkpoint_body,
+    parse_add_checkpoint_body,
+)
 from gateway import problems
 from gateway.federation.peer_answers import read_capped
 from gateway.settings import PeerSettings, SiteSettings
@@ -71,21 +87,80 @@ WITNESS_DB = "witness.db"
 # A checkpoint note is a few hundred bytes; 63 proof lines add under 3 KiB. Anything far larger is abuse.
 MAX_BODY_BYTES = 64 * 1024
 
+# Why an add-checkpoint request that is no evidence was refused, by the rule that refused it (`audit.errors`);
+# `_OTHER_REFUSAL` for any rule not named here.
+_REQUEST_REFUSAL_REASONS: Final[dict[type[WitnessError], str]] = {
+    UnknownOrigin: "unknown_origin",
+    MissingLogSignature: "missing_log_signature",
+    BadLogSignature: "bad_log_signature",
+    MalformedRequest: "malformed_request",
+    OldSizeTooLarge: "old_size_too_large",
+    OldSizeMismatch: "old_size_mismatch",
+    NonEmptyProofFromZero: "non_empty_proof_from_zero",
+    BadConsistencyProof: "bad_consistency_proof",
+}
+_OTHER_REFUSAL: Final = "refused"
+
 WITNESS_REFUSED = register(
     EventType(
         "witness.refused",
-        "a peer's validly signed checkpoint was refused: it does not extend what this site cosigned",
+        "fork evidence: the peer's log key signed a checkpoint of the size this site cosigned, with another "
+        "root",
         required={
             "origin": LABEL,
-            "reason": Enum(
-                "root_mismatch_at_equal_size", "bad_consistency_proof", "non_empty_proof_from_zero"
-            ),
+            "reason": Enum("root_mismatch_at_equal_size"),
             "old_size": COUNT,
             "size": COUNT,
         },
         optional={"checkpoint_digest": DIGEST, "cosigned_size": COUNT},
     )
 )
+WITNESS_REQUEST_REFUSED = register(
+    EventType(
+        "witness.request_refused",
+        "add-checkpoint requests refused that prove nothing about the peer (a proof that does not verify, a "
+        "malformed body): one entry per origin and reason a minute at most, with how many it leaves out",
+        required={
+            "reason": Enum(*_REQUEST_REFUSAL_REASONS.values(), _OTHER_REFUSAL),
+            "suppressed": COUNT,
+        },
+        optional={"origin": LABEL},
+    )
+)
+
+REFUSAL_AUDIT_INTERVAL_S: Final = 60.0
+"""A refused request that is no evidence is audited at most once per origin and reason in this window."""
+MAX_EVIDENCE_REMEMBERED: Final = 1024
+"""Forked checkpoints remembered as audited already, so that replaying one does not audit it again."""
+
+
+class RefusalLimiter:
+    """Lets one refusal per (origin, reason) and window through to the audit log, and counts the others.
+
+    In-process: each worker of a gateway has its own. Its state stays small, since origins are those of
+    registered peers (any other counts as None) and reasons a fixed set."""
+
+    def __init__(
+        self, window_s: float = REFUSAL_AUDIT_INTERVAL_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.window_s = window_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str | None, str], float] = {}
+        self._suppressed: dict[tuple[str | None, str], int] = {}
+
+    def admit(self, origin: str | None, reason: str) -> int | None:
+        """None when this refusal is only counted; when it is to be audited, how many refusals of the same
+        origin and reason were counted and not audited since the last one that was."""
+        key = (origin, reason)
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.window_s:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return None
+            self._last[key] = now
+            return self._suppressed.pop(key, 0)
 
 
 class WitnessingError(Exception):
@@ -209,6 +284,13 @@ class Witnessing:
         self.progress = {peer_id: PeerProgress(peer_id) for peer_id in self.peers}
         self._client = http
         self._task: asyncio.Task[None] | None = None
+        # The origins a refusal may be audited under; open_witness checked these keys already.
+        self._peer_origins = frozenset(
+            _peer_key(peer, "log_key", ALG_ED25519).name for peer in settings.peers if self.witness
+        )
+        self.refusals = RefusalLimiter()
+        self._evidence: OrderedDict[str, None] = OrderedDict()  # checkpoint texts audited as evidence
+        self._evidence_lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -358,45 +440,89 @@ class Witnessing:
         """Handle a tlog-witness add-checkpoint body: this site's cosignature line(s).
 
         Raises the `audit.errors.WitnessError` subclass of the rule that failed (the route maps it to
-        its status). A refusal of a checkpoint that the peer's log key signed is audited: it is
-        evidence that the peer showed this site a history that does not extend the one it cosigned.
+        its status). Every refusal is audited (`_record_refusal`): as evidence against the peer when it
+        is some, otherwise as a refused request, at most once per origin and reason a minute.
         """
-        if self.witness is None:
-            raise UnknownOrigin("this gateway is not a witness (witness_key_file is not set)")
-        if len(body) > MAX_BODY_BYTES:
-            raise MalformedRequest(f"body is larger than {MAX_BODY_BYTES} bytes")
-        witness = self.witness
         try:
-            return await asyncio.to_thread(witness.add_checkpoint_request, body)
-        except ProofRejected as exc:
-            await asyncio.to_thread(self._record_refusal, witness, body, exc)
+            if self.witness is None:
+                raise UnknownOrigin("this gateway is not a witness (witness_key_file is not set)")
+            if len(body) > MAX_BODY_BYTES:
+                raise MalformedRequest(f"body is larger than {MAX_BODY_BYTES} bytes")
+            return await asyncio.to_thread(self.witness.add_checkpoint_request, body)
+        except WitnessError as exc:
+            await asyncio.to_thread(self._record_refusal, body, exc)
             raise
 
-    def _record_refusal(self, witness: Witness, body: bytes, exc: ProofRejected) -> None:
-        request = parse_add_checkpoint_body(body)
-        note = parse_note(request.checkpoint)
-        cp = parse_checkpoint_body(note.text)
-        cosigned_size, _ = witness.cosigned(cp.origin)
+    def _record_refusal(self, body: bytes, exc: WitnessError) -> None:
+        """Audit a refused add-checkpoint request.
+
+        Only a checkpoint of the size this site cosigned with another root, signed by the peer's log key
+        (the witness checks the signature first), shows on its own that the peer signed two histories:
+        the witness holds the other one. A proof that does not verify shows nothing about the peer, since
+        anyone may send a peer's genuine checkpoint with a bogus proof; nor does a malformed body."""
+        parsed = _parsed(body)
+        if isinstance(exc, RootMismatchAtEqualSize) and parsed is not None and self.witness is not None:
+            self._record_evidence(self.witness, *parsed)
+            return
+        cp = parsed[2] if parsed is not None else None
+        origin = cp.origin if cp is not None and cp.origin in self._peer_origins else None
+        reason = next(
+            (_REQUEST_REFUSAL_REASONS[c] for c in type(exc).__mro__ if c in _REQUEST_REFUSAL_REASONS),
+            _OTHER_REFUSAL,
+        )
+        suppressed = self.refusals.admit(origin, reason)
+        if suppressed is None:
+            return
+        payload: dict[str, Any] = {"reason": reason, "suppressed": suppressed}
+        if origin is not None:
+            payload["origin"] = origin
+        self._audit(WITNESS_REQUEST_REFUSED.name, payload, origin)
+
+    def _record_evidence(
+        self, witness: Witness, request: AddCheckpointRequest, note: Note, cp: Checkpoint
+    ) -> None:
+        """Audit a forked checkpoint once: replayed (with other signature lines, even), it is no news."""
+        with self._evidence_lock:
+            if note.text in self._evidence:
+                return
+            self._evidence[note.text] = None
+            while len(self._evidence) > MAX_EVIDENCE_REMEMBERED:
+                self._evidence.popitem(last=False)
+        try:
+            cosigned_size, _ = witness.cosigned(cp.origin)
+        except (AuditError, sa.exc.SQLAlchemyError):
+            cosigned_size = cp.size  # equal sizes were compared, whatever the store says now
         payload = {
             "origin": cp.origin,
-            "reason": _REFUSAL_REASONS.get(type(exc), "bad_consistency_proof"),
+            "reason": "root_mismatch_at_equal_size",
             "old_size": request.old_size,
             "size": cp.size,
             "cosigned_size": cosigned_size,
             # The note's digest cites the evidence; its root is a long opaque string the log refuses.
             "checkpoint_digest": "sha256:" + hashlib.sha256(note.render().encode()).hexdigest(),
         }
+        if not self._audit(WITNESS_REFUSED.name, payload, cp.origin):
+            with self._evidence_lock:  # not on record: a replay may still put it there
+                self._evidence.pop(note.text, None)
+
+    def _audit(self, event_type: str, payload: dict[str, Any], origin: str | None) -> bool:
         try:
-            self.audit.append(WITNESS_REFUSED.name, payload=payload)
-        except (AuditError, sa.exc.SQLAlchemyError) as audit_exc:
-            log.error("witnessing: cannot audit a refused checkpoint of %s: %s", cp.origin, audit_exc)
+            self.audit.append(event_type, payload=payload)
+        except (AuditError, sa.exc.SQLAlchemyError) as exc:
+            whose = origin or "an unregistered origin"
+            log.error("witnessing: cannot audit a refused checkpoint of %s: %s", whose, exc)
+            return False
+        return True
 
 
-_REFUSAL_REASONS: dict[type[ProofRejected], str] = {
-    RootMismatchAtEqualSize: "root_mismatch_at_equal_size",
-    BadConsistencyProof: "bad_consistency_proof",
-    NonEmptyProofFromZero: "non_empty_proof_from_zero",
-}
+def _parsed(body: bytes) -> tuple[AddCheckpointRequest, Note, Checkpoint] | None:
+    """The request, its note and checkpoint, or None when the body does not parse that far."""
+    try:
+        request = parse_add_checkpoint_body(body)
+        note = parse_note(request.checkpoint)
+        return request, note, parse_checkpoint_body(note.text)
+    except (WitnessError, NoteError):
+        return None
 
 
 def _peer_key(peer: PeerSettings, field: str, alg: int) -> VerifierKey:

@@ -188,3 +188,41 @@ def test_unknown_untrusted_and_malformed_submissions(
     assert httpx.post(f"{de.url}{ADD}", content=too_large).status_code == 400
     assert httpx.post(f"{de.url}{ADD}", content=b"old x\n\n" + signed.encode()).status_code == 400
     assert httpx.post(f"{de.url}{ADD}", content=b"old 0\n" * 20_000).status_code == 400
+
+
+def test_a_replayed_checkpoint_with_a_bogus_proof_is_refused_but_no_evidence(
+    federation: list[Member], idp: LoopbackTestIssuer
+) -> None:
+    # Anyone can send a peer's genuine checkpoint with a proof that does not verify: the witness refuses it
+    # as ever, but that says nothing about the peer, and a flood of it is one entry in the witness's log.
+    de, nl = federation[0], federation[2]
+    evidence_before = [e for e in _events(de, idp) if e["type"] == "witness.refused"]
+    refused = 0
+    for _ in range(40):
+        learned = httpx.post(
+            f"{de.url}{ADD}", content=format_add_checkpoint_body(0, [bytes(32)], _note(nl.url, idp))
+        )
+        if learned.status_code != 409:  # de has cosigned nothing of nl's yet
+            assert learned.status_code == 422
+            refused += 1
+            continue
+        cosigned = int(learned.text)
+        genuine = _note(nl.url, idp)  # nl signed it after de cosigned size `cosigned`: it is as large
+        answer = httpx.post(
+            f"{de.url}{ADD}", content=format_add_checkpoint_body(cosigned, [bytes(32)], genuine)
+        )
+        if answer.status_code == 409:  # de cosigned a later checkpoint of nl's meanwhile
+            continue
+        assert answer.status_code == 422 and answer.headers["content-type"].startswith("text/plain")
+        refused += 1
+        if refused >= 6:
+            break
+    assert refused >= 6
+    events = _events(de, idp)
+    assert [e for e in events if e["type"] == "witness.refused"] == evidence_before
+    logged = [
+        e["payload"] for e in events
+        if e["type"] == "witness.request_refused" and e["payload"].get("origin") == nl.settings.audit_origin
+        and e["payload"]["reason"] in ("bad_consistency_proof", "non_empty_proof_from_zero")
+    ]  # fmt: skip
+    assert 1 <= len(logged) <= 2 and all(p["suppressed"] == 0 for p in logged)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from audit.events import event_type
+from audit.events import Enum, event_type
 from gateway import problems
 from gateway.cli import app as cli
-from gateway.federation.witnessing import WITNESS_REFUSED
+from gateway.federation.witnessing import WITNESS_REFUSED, WITNESS_REQUEST_REFUSED
 
 DOC = (Path(__file__).resolve().parents[3] / "docs/witnessing.md").read_text(encoding="utf-8")
 
@@ -36,6 +36,12 @@ def test_documented_commands_exist_with_their_options() -> None:
 
 
 def test_documented_refusal_reasons_are_the_audited_ones() -> None:
-    reasons = event_type(WITNESS_REFUSED.name).required["reason"]
-    for reason in ("root_mismatch_at_equal_size", "bad_consistency_proof", "non_empty_proof_from_zero"):
-        assert f"`{reason}`" in DOC.replace("\n", " ") and reasons.check(reason) is None
+    doc = DOC.replace("\n", " ")
+    evidence = event_type(WITNESS_REFUSED.name).required["reason"]
+    assert isinstance(evidence, Enum) and evidence.values == {"root_mismatch_at_equal_size"}
+    requests = event_type(WITNESS_REQUEST_REFUSED.name).required["reason"]
+    assert isinstance(requests, Enum)
+    for reason in evidence.values | requests.values:
+        assert f"`{reason}`" in doc, reason
+    for name in (WITNESS_REFUSED.name, WITNESS_REQUEST_REFUSED.name):
+        assert f"`{name}`" in doc

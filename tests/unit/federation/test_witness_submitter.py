@@ -4,14 +4,16 @@ checks against a real witness behind an in-memory transport, and the witness's a
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
-from audit.checkpoint import Checkpoint, parse_checkpoint_body, sign_checkpoint
+from audit.checkpoint import Checkpoint, cosign_checkpoint, parse_checkpoint_body, sign_checkpoint
 from audit.errors import (
     BadConsistencyProof,
     MalformedRequest,
@@ -22,12 +24,14 @@ from audit.errors import (
     UnknownOrigin,
     WitnessError,
 )
-from audit.keys import generate_log_key
+from audit.keys import generate_log_key, load_log_key
 from audit.log import AuditLog
 from audit.notes import parse_note, verifier_key_text
 from audit.witness import format_add_checkpoint_body
 from gateway import problems
 from gateway.federation.witnessing import (
+    REFUSAL_AUDIT_INTERVAL_S,
+    RefusalLimiter,
     SubmissionError,
     Witnessing,
     WitnessingError,
@@ -244,14 +248,117 @@ def test_witness_rules_and_their_statuses(tmp_path: Path) -> None:
             await p.b.add_checkpoint(format_add_checkpoint_body(4, [], fork))
         with pytest.raises(MalformedRequest):
             await p.b.add_checkpoint(b"old 0\n" * 20_000)
-        # Three refusals of checkpoints a's key signed: each is evidence in b's own log.
-        assert p.b.audit.size == 3
+        # Each refusal is audited; only the fork is evidence against a.
+        kinds = [e["type"] for e in _entries(p.b.audit)]
+        assert kinds == ["witness.request_refused"] * 2 + ["witness.refused", "witness.request_refused"]
         statuses = {404: UnknownOrigin("x"), 409: OldSizeMismatch(7, 0), 400: OldSizeTooLarge("x"),
                     422: RootMismatchAtEqualSize("x")}  # fmt: skip
         for status, exc in statuses.items():
             assert problems.witness_response(exc).status_code == status
         conflict = problems.witness_response(OldSizeMismatch(7, 0))
         assert conflict.body == b"7\n" and conflict.headers["content-type"] == "text/x.tlog.size"
+
+    _run(tmp_path, body)
+
+
+def _entries(log: AuditLog) -> list[dict[str, Any]]:
+    return [json.loads(e.data) for e in log.entries(0, log.size)]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_only_a_forked_checkpoint_is_evidence_and_other_refusals_are_audited_once_a_minute(
+    tmp_path: Path,
+) -> None:
+    async def body(p: Pair) -> None:
+        clock = _Clock()
+        p.b.refusals = RefusalLimiter(clock=clock)
+        origin = p.a_settings.audit_origin
+        p.grow(4)
+        genuine = p.log.checkpoint()
+
+        async def refused(request: bytes, error: type[Exception], times: int = 1) -> None:
+            for _ in range(times):
+                with pytest.raises(error):
+                    await p.b.add_checkpoint(request)
+
+        # Anyone may replay a's genuine checkpoint with a bogus proof, or send a malformed body: refused with
+        # the same statuses as ever, but one entry per origin and reason covers a flood of them.
+        await refused(format_add_checkpoint_body(0, [bytes(32)], genuine), NonEmptyProofFromZero, 5)
+        await p.b.add_checkpoint(format_add_checkpoint_body(0, [], genuine))
+        await refused(format_add_checkpoint_body(4, [bytes(32)], genuine), BadConsistencyProof, 20)
+        await refused(b"old x\n\n" + genuine.encode(), MalformedRequest, 5)
+        await refused(b"old 0\n\n", MalformedRequest, 5)  # no origin to name: the same entry's kind
+        assert [e["payload"] for e in _entries(p.b.audit)] == [
+            {"origin": origin, "reason": "non_empty_proof_from_zero", "suppressed": 0},
+            {"origin": origin, "reason": "bad_consistency_proof", "suppressed": 0},
+            {"reason": "malformed_request", "suppressed": 0},
+        ]
+        # A minute on, the next one is audited with the count of those left out.
+        clock.now += REFUSAL_AUDIT_INTERVAL_S
+        await refused(format_add_checkpoint_body(4, [bytes(32)], genuine), BadConsistencyProof)
+        last = _entries(p.b.audit)[-1]
+        assert last["type"] == "witness.request_refused"
+        assert last["payload"] == {"origin": origin, "reason": "bad_consistency_proof", "suppressed": 19}
+        assert not [e for e in _entries(p.b.audit) if e["type"] == "witness.refused"]
+
+        # a's key signing another root for the size b cosigned is evidence on its own, audited once however
+        # often it is replayed.
+        size = p.b.audit.size
+        fork = sign_checkpoint(Checkpoint(origin, 4, bytes(32)), p.a_key)
+        await refused(format_add_checkpoint_body(4, [], fork), RootMismatchAtEqualSize, 3)
+        evidence = _entries(p.b.audit)[size:]
+        assert [e["type"] for e in evidence] == ["witness.refused"]
+        assert evidence[0]["payload"]["reason"] == "root_mismatch_at_equal_size"
+        assert evidence[0]["payload"]["origin"] == origin and evidence[0]["payload"]["size"] == 4
+        assert p.b.witness is not None and p.b.witness.cosigned(origin)[0] == 4
+
+    _run(tmp_path, body)
+
+
+def test_a_refusal_limiter_counts_per_origin_and_reason() -> None:
+    clock = _Clock()
+    limiter = RefusalLimiter(window_s=60.0, clock=clock)
+    assert limiter.admit("o", "a") == 0
+    assert limiter.admit("o", "b") == 0 and limiter.admit(None, "a") == 0
+    assert [limiter.admit("o", "a") for _ in range(3)] == [None, None, None]
+    clock.now += 59.9
+    assert limiter.admit("o", "a") is None
+    clock.now += 0.1
+    assert limiter.admit("o", "a") == 4 and limiter.admit("o", "a") is None
+
+
+def test_a_cosignature_dated_in_the_future_is_not_stored(tmp_path: Path) -> None:
+    async def far_ahead(request: httpx.Request) -> httpx.Response:
+        real = await Pair.witness_handler(p_ref[0], request)
+        assert real.status_code == 200
+        key = load_log_key(tmp_path / "site-b" / "witness.key")
+        size = int(request.content.split(b"\n\n", 1)[1].split(b"\n")[1])
+        cp = parse_checkpoint_body(parse_note(p_ref[0].log.checkpoint_note(size) or "").text)
+        return httpx.Response(
+            200, text=cosign_checkpoint(cp, "fedgate.example/site-b/witness", key, 2**63 - 1)
+        )
+
+    p_ref: list[Pair] = []
+
+    async def body(p: Pair) -> None:
+        p_ref.append(p)
+        p.handler = far_ahead
+        p.grow(2)
+        [outcome] = await p.a.submit_now()
+        assert (
+            not outcome.cosigned
+            and outcome.error is not None
+            and "ahead of this log's clock" in outcome.error
+        )
+        note = p.log.checkpoint_note(2)
+        assert note is not None and "witness" not in note
 
     _run(tmp_path, body)
 
