@@ -13,11 +13,12 @@ batch, while anyone waits on such a future.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -45,6 +46,8 @@ from audit.notes import VerifierKey, parse_note, parse_verifier_key, verifier_ke
 
 log = logging.getLogger(__name__)
 _EXPORT_BATCH = 10_000
+MAX_COSIGNATURE_SKEW_S: Final = 300
+"""How far a witness's cosignature may be dated ahead of this log's clock (their clocks differ a little)."""
 
 
 @dataclass(frozen=True)
@@ -537,7 +540,8 @@ class AuditLog:
 
     def add_cosignature(self, size: int, line: str, witness_key: str | VerifierKey) -> None:
         """Store a witness's cosignature line for the checkpoint of `size` after verifying it (one line:
-        the line that verifies is the line stored)."""
+        the line that verifies is the line stored). A line dated more than `MAX_COSIGNATURE_SKEW_S` ahead
+        of this log's clock is refused (NoteError)."""
         key = parse_verifier_key(witness_key) if isinstance(witness_key, str) else witness_key
         if line.rstrip("\n").count("\n"):
             raise NoteError("a cosignature is one line; add each witness's line on its own")
@@ -550,6 +554,15 @@ class AuditLog:
             note = parse_note(str(row.note) + (line if line.endswith("\n") else line + "\n"))
             if not verify_cosignatures(note, [key]):
                 raise NoteError(f"the line is not a cosignature by {key.name}")
+            # A date far ahead vouches for nothing yet, and no auditor's verifier counts it; refused here
+            # rather than exported beside the checkpoint.
+            stamp = int.from_bytes(note.signatures[-1].signature[:8], "big")
+            ahead = stamp - time.time()
+            if ahead > MAX_COSIGNATURE_SKEW_S:
+                raise NoteError(
+                    f"the cosignature by {key.name} is dated {stamp}, more than {MAX_COSIGNATURE_SKEW_S} s "
+                    f"ahead of this log's clock"
+                )
             conn.execute(
                 sa.delete(storage.cosignatures).where(
                     storage.cosignatures.c.size == size, storage.cosignatures.c.witness == key.name
@@ -707,13 +720,16 @@ def _consistency(conn: Connection, old: int, new: int) -> list[bytes]:
 
 
 def _settle(batch: list[_Pending]) -> None:
-    """Resolve the futures of a finished batch (`append_soon`'s callers), each with its receipt or error."""
+    """Resolve the futures of a finished batch (`append_soon`'s callers), each with its receipt or error. A
+    future its caller cancelled (it stopped waiting) is passed over: the entry is committed all the same,
+    and the other callers of the batch must still hear of theirs."""
     for p in batch:
         if p.future is None:
             continue
-        if p.error is not None:
-            p.future.set_exception(p.error)
-        elif p.receipt is not None:
-            p.future.set_result(p.receipt)
-        else:
-            p.future.set_exception(StorageError("append failed, nothing was written"))
+        with contextlib.suppress(InvalidStateError):
+            if p.error is not None:
+                p.future.set_exception(p.error)
+            elif p.receipt is not None:
+                p.future.set_result(p.receipt)
+            else:
+                p.future.set_exception(StorageError("append failed, nothing was written"))

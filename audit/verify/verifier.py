@@ -12,7 +12,7 @@ from typing import IO
 from audit.checkpoint import Checkpoint, OpenedCheckpoint, open_checkpoint, verify_cosignatures
 from audit.errors import AuditIntegrityError, ForkEvidence, NoteError, SignatureError
 from audit.merkle import CompactRange
-from audit.notes import VerifierKey, b64, parse_note, parse_verifier_key
+from audit.notes import VerifierKey, b64, parse_note, parse_verifier_key, public_key_bytes
 from audit.verify import reader as export_reader
 from audit.verify.chain import ChainState, check_chunk, parse_entry
 from audit.verify.parallel import Chunk, chunk_table, read_lines, scan_in_workers
@@ -21,15 +21,20 @@ from audit.verify.reader import ExportReader
 # Below this many entries, starting worker processes costs more than it saves.
 PARALLEL_MIN_ENTRIES = 200_000
 MAX_WORKERS = 4
-# Cosignature timestamps further ahead than this are rejected (C2SP lets verifiers reject future ones).
+# Cosignatures dated further ahead than this are not counted (C2SP lets verifiers reject future ones).
 MAX_CLOCK_SKEW_S = 600
+# The name of a site's own witness key (`fedgate witness keygen`): its log origin and this suffix.
+OWN_WITNESS_SUFFIX = "/witness"
 
 Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
 class VerificationSummary:
-    """What held: log, size, root, log key, the witnesses that cosigned, and the kept checkpoint."""
+    """What held: log, size, root, log key, the witnesses that cosigned, and the kept checkpoint.
+
+    `skipped` names each verified cosignature that was not counted, and why (the log's own witness, a
+    date in the future)."""
 
     origin: str
     size: int
@@ -38,6 +43,7 @@ class VerificationSummary:
     witnesses: tuple[str, ...]
     since_size: int | None
     checkpoint: str
+    skipped: tuple[str, ...] = ()
 
 
 def _key(key: str | VerifierKey) -> VerifierKey:
@@ -134,10 +140,10 @@ def _verify(
     _check_checkpoint(cp, reader.origin, size, tree.root())
     if kept is not None:
         _check_grew(kept, current, snapshot)
-    witnesses = _check_witnesses(note, wkeys, min_witnesses, now)
+    witnesses, skipped = _check_witnesses(note, wkeys, min_witnesses, now, cp.origin, lkey)
     return VerificationSummary(
         origin=cp.origin, size=cp.size, root=cp.root, log_key=lkey.text(), witnesses=witnesses,
-        since_size=kept.checkpoint.size if kept else None, checkpoint=current.text,
+        since_size=kept.checkpoint.size if kept else None, checkpoint=current.text, skipped=skipped,
     )  # fmt: skip
 
 
@@ -270,33 +276,52 @@ def _check_grew(kept: OpenedCheckpoint, current: OpenedCheckpoint, snapshot: byt
 
 
 def _check_witnesses(
-    note: bytes, keys: list[VerifierKey], min_witnesses: int, now: float | None
-) -> tuple[str, ...]:
+    note: bytes,
+    keys: list[VerifierKey],
+    min_witnesses: int,
+    now: float | None,
+    origin: str,
+    log_key: VerifierKey,
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The names of the witnesses counted, and why each other verified cosignature was not.
+
+    A site's own witness never counts for its own log: an operator who rewrote history could cosign the
+    forged checkpoint with it. A cosignature dated in the future is not counted either; it does not make
+    the log less intact (a witness's clock is its own), but it vouches for nothing yet."""
     if not keys and min_witnesses <= 0:
-        return ()
+        return (), ()
     parsed = parse_note(note)
     try:
         verified = verify_cosignatures(parsed, keys)
     except SignatureError as exc:
         raise AuditIntegrityError("cosignature", f"witness cosignature check failed: {exc}") from None
     limit = (time.time() if now is None else now) + MAX_CLOCK_SKEW_S
+    log_public = public_key_bytes(log_key.public_key)
+    counted: set[str] = set()
+    skipped: list[str] = []
     for key in verified:
-        for sig in parsed.signatures:
-            if (sig.name, sig.key_id) == (key.name, key.key_id):
-                stamp = int.from_bytes(sig.signature[:8], "big")
-                if stamp > limit:
-                    raise AuditIntegrityError(
-                        "cosignature", f"cosignature by {key.name} is dated in the future ({stamp})"
-                    )
-    names = tuple(sorted({k.name for k in verified}))
+        if key.name == origin + OWN_WITNESS_SUFFIX or public_key_bytes(key.public_key) == log_public:
+            skipped.append(f"{key.name}: the log's own witness (a site never witnesses its own log)")
+            continue
+        stamps = [
+            int.from_bytes(sig.signature[:8], "big")
+            for sig in parsed.signatures
+            if (sig.name, sig.key_id) == (key.name, key.key_id)
+        ]
+        if any(stamp > limit for stamp in stamps):
+            skipped.append(f"{key.name}: dated {max(stamps)}, more than {MAX_CLOCK_SKEW_S} s in the future")
+            continue
+        counted.add(key.name)
+    names = tuple(sorted(counted))
     if len(names) < min_witnesses:
+        not_counted = f"; not counted: {'; '.join(skipped)}" if skipped else ""
         raise AuditIntegrityError(
             "witnesses",
-            f"{len(names)} known witness(es) cosigned, {min_witnesses} required",
+            f"{len(names)} known witness(es) cosigned, {min_witnesses} required{not_counted}",
             expected=str(min_witnesses),
             found=str(len(names)),
         )
-    return names
+    return names, tuple(skipped)
 
 
 def find_fork(first: str | bytes, second: str | bytes, log_key: str | VerifierKey) -> ForkEvidence | None:

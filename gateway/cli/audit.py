@@ -172,6 +172,8 @@ def verify(
     _out.print(f"   checkpoint signed by {summary.log_key.split('+')[0]}")
     if summary.witnesses:
         _out.print(f"   cosigned by {len(summary.witnesses)} witness(es): {', '.join(summary.witnesses)}")
+    for skipped in summary.skipped:
+        _out.print(f"   not counted: {skipped}")
     if summary.since_size is not None:
         _out.print(f"   consistent with the kept checkpoint of size {summary.since_size} (the log only grew)")
     if checked is not None:

@@ -157,3 +157,22 @@ def test_a_group_commit_window_outside_zero_to_one_second_is_refused(tmp_path: P
     for bad in (-0.001, 1.5):
         with pytest.raises(StorageError, match="group_commit_s"):
             AuditLog.open(f"sqlite:///{tmp_path / 'audit.db'}", ORIGIN, group_commit_s=bad)
+
+
+def test_a_caller_that_stops_waiting_does_not_leave_the_others_of_its_batch_waiting(log: AuditLog) -> None:
+    # A caller on the event loop cancels its wait (a coordinator's timeout, a shutdown): its entry is
+    # committed all the same, and every other future of the same commit is still settled.
+    hold = threading.Event()
+    commit = log._commit
+
+    def held(batch: list) -> None:  # type: ignore[type-arg]
+        hold.wait(10)
+        commit(batch)
+
+    log._commit = held  # type: ignore[method-assign]
+    futures = [log.append_soon("auth.failed", payload={"reason": f"r{i}"}) for i in range(3)]
+    assert futures[0].cancel()
+    hold.set()
+    receipts = [f.result(timeout=10) for f in futures[1:]]
+    assert [r.index for r in receipts] == [1, 2]
+    assert log.size == 3

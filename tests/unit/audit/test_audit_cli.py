@@ -143,3 +143,24 @@ def test_verify_with_a_witness_cosignature(config: Path, tmp_path: Path) -> None
     )
     assert result.exit_code == 0, result.output
     assert "cosigned by 1 witness(es): witness.example/w" in result.stdout
+
+
+def test_verify_names_the_sites_own_witness_as_not_counted(config: Path, tmp_path: Path) -> None:
+    vkey = keygen(config)
+    populate(config, 4)
+    s = load_settings(config)
+    with AuditLog.open(
+        s.audit_url, s.audit_origin, load_log_key(s.log_key_file), checkpoint_interval_s=None
+    ) as log:
+        note = log.checkpoint()
+        own = f"{s.audit_origin}/witness"
+        with Witness(f"sqlite:///{tmp_path / 'w.db'}", own, Ed25519PrivateKey.generate(),
+                     {s.audit_origin: vkey}) as witness:  # fmt: skip
+            log.add_cosignature(4, witness.add_checkpoint(0, [], note), witness.verifier_key)
+            wkey = witness.verifier_key
+    out = tmp_path / "log.export"
+    assert runner.invoke(app, ["audit", "export", "--config", str(config), "--out", str(out)]).exit_code == 0
+    result = runner.invoke(app, ["audit", "verify", str(out), "--key", vkey, "--witness", wkey])
+    assert result.exit_code == 0, result.output
+    assert f"not counted: {own}: the log's own witness" in result.stdout
+    assert "cosigned by" not in result.stdout

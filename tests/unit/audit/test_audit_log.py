@@ -19,7 +19,7 @@ from audit import storage
 from audit.checkpoint import cosign_checkpoint, open_checkpoint, parse_checkpoint_body
 from audit.entry import GENESIS_PREV, Actor
 from audit.errors import EntryError, NoteError, PayloadError, StorageError
-from audit.log import AuditLog, Event
+from audit.log import MAX_COSIGNATURE_SKEW_S, AuditLog, Event
 from audit.merkle import leaf_hash, root_of, verify_consistency, verify_inclusion
 from audit.notes import ALG_COSIGNATURE_V1, b64, parse_note, parse_verifier_key, verifier_key_text
 from audit.verify import verify_export
@@ -371,6 +371,22 @@ def test_cosignatures_are_verified_before_they_are_stored(log: AuditLog) -> None
     with pytest.raises(NoteError, match="one line"):
         log.add_cosignature(4, cosign_checkpoint(cp, "witness.example/w", w, 2) + "\n" + stranger, wkey)
     assert log.checkpoint_note(4) == stored
+
+
+@pytest.mark.parametrize("ahead", [MAX_COSIGNATURE_SKEW_S + 60, 2**63 - 1 - int(time.time())])
+def test_a_cosignature_dated_in_the_future_is_not_stored(log: AuditLog, ahead: int) -> None:
+    # Stored, it would be exported beside every later checkpoint of that size; no verifier counts it.
+    append_samples(log, 4)
+    note = log.checkpoint()
+    cp = parse_checkpoint_body(parse_note(note).text)
+    w = Ed25519PrivateKey.generate()
+    wkey = verifier_key_text("witness.example/w", w.public_key(), ALG_COSIGNATURE_V1)
+    with pytest.raises(NoteError, match="ahead of this log's clock"):
+        log.add_cosignature(4, cosign_checkpoint(cp, "witness.example/w", w, int(time.time()) + ahead), wkey)
+    assert log.checkpoint_note(4) == note
+    # A witness's clock a little ahead of this log's is fine.
+    log.add_cosignature(4, cosign_checkpoint(cp, "witness.example/w", w, int(time.time()) + 60), wkey)
+    assert (log.checkpoint_note(4) or "").count("\u2014") == 2
 
 
 def test_export_round_trip(log: AuditLog, tmp_path: Path) -> None:

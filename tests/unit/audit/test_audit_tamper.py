@@ -261,13 +261,52 @@ def test_witness_quorum_and_bad_cosignatures(export: Export, tmp_path: Path) -> 
     assert err.reason == "cosignature"
 
 
-def test_cosignatures_dated_in_the_future_are_rejected(export: Export, tmp_path: Path) -> None:
+@pytest.mark.parametrize("ahead", [86_400, 2**63 - 1 - int(time.time())])
+def test_cosignatures_dated_in_the_future_are_not_counted(export: Export, tmp_path: Path, ahead: int) -> None:
     w = Ed25519PrivateKey.generate()
     wkey = verifier_key_text("w2.example", w.public_key(), ALG_COSIGNATURE_V1)
     cp = parse_checkpoint_body(parse_note(export.note).text)
-    note = export.note + cosign_checkpoint(cp, "w2.example", w, int(time.time()) + 86_400)
-    err = failure(export.write(tmp_path / "x", note=note), export, witness_keys=[wkey], min_witnesses=1)
-    assert err.reason == "cosignature" and "future" in err.message
+    note = export.note + cosign_checkpoint(cp, "w2.example", w, int(time.time()) + ahead)
+    path = export.write(tmp_path / "x", note=note)
+    err = failure(path, export, witness_keys=[wkey], min_witnesses=1)
+    assert (err.reason, err.found) == ("witnesses", "0")
+    assert "w2.example: dated" in err.message and "in the future" in err.message
+    # The log is intact all the same: it verifies without a quorum, and the other witness still counts.
+    for keys, needed in (([wkey], 0), ([wkey, export.witness_key], 1)):
+        summary = verify_export(path, export.log_key, keys, needed)
+        assert summary.witnesses == ((WITNESS,) if needed else ())
+        assert len(summary.skipped) == 1 and summary.skipped[0].startswith("w2.example: dated")
+    # Within the allowed clock skew, it counts.
+    near = export.note + cosign_checkpoint(cp, "w2.example", w, int(time.time()) + 60)
+    summary = verify_export(export.write(tmp_path / "y", note=near), export.log_key, [wkey], 1)
+    assert summary.witnesses == ("w2.example",) and summary.skipped == ()
+
+
+@pytest.mark.parametrize("same_key", [False, True])
+def test_the_logs_own_witness_never_counts_for_it(export: Export, tmp_path: Path, same_key: bool) -> None:
+    # An operator who rewrote history cosigns the forged checkpoint with the site's own witness key
+    # (named `<origin>/witness` by `fedgate witness keygen`), or with any name over the log key itself.
+    own = Ed25519PrivateKey.generate()
+    name = ORIGIN + "/witness" if not same_key else "witness.example/friend"
+    if same_key:
+        log_key = Ed25519PrivateKey.generate()
+        cp = parse_checkpoint_body(parse_note(export.note).text)
+        note = sign_checkpoint(cp, log_key)
+        own, log_text = log_key, verifier_key_text(ORIGIN, log_key.public_key())
+    else:
+        note, log_text = export.note, export.log_key
+        cp = parse_checkpoint_body(parse_note(note).text)
+    own_key = verifier_key_text(name, own.public_key(), ALG_COSIGNATURE_V1)
+    note += cosign_checkpoint(cp, name, own, int(time.time()))
+    path = export.write(tmp_path / "x", note=note)
+    with pytest.raises(AuditIntegrityError) as err:
+        verify_export(path, log_text, [own_key], 1)
+    assert (err.value.reason, err.value.found) == ("witnesses", "0")
+    assert f"{name}: the log's own witness" in err.value.message
+    summary = verify_export(path, log_text, [own_key], 0)
+    assert summary.witnesses == () and summary.skipped == (
+        f"{name}: the log's own witness (a site never witnesses its own log)",
+    )
 
 
 @pytest.mark.parametrize(
