@@ -20,12 +20,19 @@ from typing import Any
 import rfc8785
 
 from audit.errors import EntryError
-from audit.events import validate_payload
+from audit.events import identifier_problem, validate_payload
 from audit.notes import b64
 
 GENESIS_PREV = bytes(32)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+# A request id is the gateway's 32 hex digits (or a peer's id for its request): only a run far longer than
+# that reads as a credential there.
 _TOKEN_LIKE = re.compile(r"(?i)eyJ[A-Za-z0-9_-]{4,}\.|\bbearer\b|[A-Za-z0-9_+/=]{48,}")
+# What reads as a credential in a name beyond the payload filter's identifier patterns (`identifier_problem`):
+# a JWT's first segment alone, and the word "bearer" however it is joined.
+_CREDENTIAL_WORDS = re.compile(r"(?i)eyJ[A-Za-z0-9_-]{4,}\.|\bbearer\b")
+# How the gateway names a caller whose own name the log refuses (gateway.runtime.recordable_name).
+_NAME_DIGEST = re.compile(r"sha256:[0-9a-f]{32}")
 # Printable, no whitespace but single spaces between words ("Example University"), at most 256 characters.
 _ACTOR_FIELD = re.compile(r"(?=.{1,256}\Z)[^\s\x00-\x1f\x7f]+(?: [^\s\x00-\x1f\x7f]+)*")
 
@@ -40,7 +47,12 @@ def canonical(value: Any) -> bytes:
 
 @dataclass(frozen=True)
 class Actor:
-    """Who caused the event: the authenticated subject and their organisation — never a token."""
+    """Who caused the event: the authenticated subject and their organisation — never a token.
+
+    A name is refused when it reads as a credential or as an identifier the payload filter refuses
+    (`audit.events.identifier_problem`); the gateway then records it as `sha256:` and 32 hex digits of its
+    SHA-256, a form taken as it is.
+    """
 
     sub: str
     org: str
@@ -52,8 +64,15 @@ class Actor:
                 raise EntryError(
                     f"actor.{name} must be 1-256 printable characters, words apart by single spaces"
                 )
-            if _TOKEN_LIKE.search(value):
+            if _NAME_DIGEST.fullmatch(value):
+                continue
+            if _CREDENTIAL_WORDS.search(value):
                 raise EntryError(f"actor.{name} looks like a token; record the subject, never a credential")
+            # The payload filter's patterns and thresholds, so that no entry holds in its actor what it
+            # would refuse in its payload (an e-mail address, a national id, a card number, a 32+ run).
+            problem = identifier_problem(value)
+            if problem is not None:
+                raise EntryError(f"actor.{name} {problem}; record it by its digest")
 
     def as_json(self) -> dict[str, str]:
         return {"org": self.org, "sub": self.sub}

@@ -235,9 +235,11 @@ def recordable_name(name: str) -> str:
     """A token's subject or organisation as the audit log records it: as it is when the log takes it,
     otherwise `sha256:` and the first 32 hex digits of its SHA-256.
 
-    An issuer may name a subject with what the log refuses so that no credential ever lands in it (a long
-    opaque string, a line break, a lone surrogate, more than 256 characters). Such a caller is still served
-    and still named in every entry, consistently; an auditor who knows the name finds it by its digest."""
+    An issuer may name a subject with what the log refuses so that no credential or personal identifier
+    ever lands in it: what the payload filter refuses (an e-mail address, a national id, a long digit run
+    such as a card number, an opaque run of 32 characters or more, a UUID), a line break, a lone surrogate,
+    more than 256 characters (`audit.entry.Actor`). Such a caller is still served and still named in every
+    entry, consistently; an auditor who knows the name finds it by its digest."""
     try:
         name.encode("utf-8")  # a lone surrogate from a JSON escape is no text the log can hold
         Actor(sub=name, org="-")

@@ -10,6 +10,14 @@ do not:
   allowed it, or that sent it to a steward and an `approval.decided` that approved that query hash, with
   no release or refusal between: every release has a decision of its own (an approved answer collected
   again is decided again);
+- an approval counts only if it follows, under its request id, a `needs_approval` decision of the same
+  query hash that no release or refusal has ended yet, and names another subject than that decision's
+  actor (a steward never approves their own query; the gateway tells callers apart by subject, whatever
+  organisation their token names); a later `approval.decided` that does not approve (a rejection)
+  cancels it;
+- a release is written under the actor of the decision it follows: the gateway decides and releases
+  under one principal (the researcher's own, also when a steward's approval runs the query), so a
+  release by anyone else was not the decided request's;
 - each `glm.session_opened` follows an allowing decision in the same way, and each `glm.iteration` (the
   sums a GLM site releases) belongs to a query hash whose session was opened.
 
@@ -41,11 +49,21 @@ class ReleaseSummary:
     glm_iterations: int
 
 
+@dataclass(frozen=True)
+class _Decided:
+    """A request's latest decision that no release or refusal has followed yet."""
+
+    query_hash: str
+    decision: str
+    actor: Any  # the entry's actor object (or None), compared as the JSON it was
+
+
 @dataclass
 class _Requests:
-    # request id -> (query hash, decision) of its latest decision not yet followed by a release or refusal
-    open: dict[str, tuple[str, str]] = field(default_factory=dict)
+    open: dict[str, _Decided] = field(default_factory=dict)  # request id -> its open decision
     approved: dict[str, str] = field(default_factory=dict)  # request id -> the query hash a steward approved
+    # request id -> why its latest approval did not count, for the message of the release it did not allow
+    unapproved: dict[str, str] = field(default_factory=dict)
     glm_opened: set[str] = field(default_factory=set)  # query hashes of opened sessions
 
 
@@ -135,16 +153,17 @@ def _release_rule(entry: dict[str, Any], index: int, state: _Requests) -> str:
         raise AuditIntegrityError("malformed_entry", f"entry {index} has no type or payload", index=index)
     request = entry.get("request_id")
     query_hash = payload.get("query_hash")
+    actor = entry.get("actor")
     if kind == "query.decided" and isinstance(request, str):
-        state.open[request] = (str(query_hash), str(payload.get("decision")))
-    elif kind == "approval.decided" and isinstance(request, str) and payload.get("decision") == "approved":
-        state.approved[request] = str(query_hash)
+        state.open[request] = _Decided(str(query_hash), str(payload.get("decision")), actor)
+    elif kind == "approval.decided" and isinstance(request, str):
+        _approval(request, query_hash, payload.get("decision"), actor, state)
     elif kind == "query.refused" and isinstance(request, str):
         state.open.pop(request, None)  # a refusal ends the decision it followed
     elif kind in ("query.released", "glm.session_opened"):
         # Each release needs a decision of its own: an approved answer collected again is decided again
         # (gateway.pipeline.QueryPipeline.collect), so no earlier decision can cover a later release.
-        _allowed(kind, request, query_hash, index, state)
+        _allowed(kind, request, query_hash, actor, index, state)
         if kind == "glm.session_opened":
             state.glm_opened.add(str(query_hash))
     elif kind == "glm.iteration" and query_hash not in state.glm_opened:
@@ -152,8 +171,41 @@ def _release_rule(entry: dict[str, Any], index: int, state: _Requests) -> str:
     return kind
 
 
-def _allowed(kind: str, request: Any, query_hash: Any, index: int, state: _Requests) -> None:
-    """Raise unless `request` was decided allow for `query_hash`, or sent to a steward who approved it."""
+def _approval(request: str, query_hash: Any, verdict: Any, actor: Any, state: _Requests) -> None:
+    """Note a steward's decision on `request`: an approval that counts, or why it does not.
+
+    Whatever its verdict, a new decision replaces the one before: an approval rejected later no longer
+    approves anything."""
+    state.approved.pop(request, None)
+    state.unapproved.pop(request, None)
+    if verdict != "approved":
+        state.unapproved[request] = "a steward's later decision on it did not approve it"
+        return
+    pending = state.open.get(request)
+    if pending is None or pending.decision != "needs_approval" or pending.query_hash != query_hash:
+        state.unapproved[request] = (
+            "its approval followed no open needs_approval decision of the query hash it approved"
+        )
+        return
+    if _subject(actor) is None:
+        state.unapproved[request] = "its approval names no steward"
+        return
+    if _subject(actor) == _subject(pending.actor):
+        state.unapproved[request] = "it was approved by the subject who asked for it"
+        return
+    state.approved[request] = str(query_hash)
+
+
+def _subject(actor: Any) -> str | None:
+    """Whom an entry's actor names, as the gateway tells callers apart: by subject (their organisation
+    may differ from one token to the next)."""
+    sub = actor.get("sub") if isinstance(actor, dict) else None
+    return sub if isinstance(sub, str) else None
+
+
+def _allowed(kind: str, request: Any, query_hash: Any, actor: Any, index: int, state: _Requests) -> None:
+    """Raise unless `request` was decided allow for `query_hash`, or sent to a steward who approved it,
+    and `actor` is whom it was decided for."""
     if not isinstance(request, str) or not isinstance(query_hash, str):
         raise _not_allowed(index, f"a {kind} entry without its request id or query hash")
     decided = state.open.pop(request, None)
@@ -163,14 +215,22 @@ def _allowed(kind: str, request: Any, query_hash: Any, index: int, state: _Reque
             f"request {request} has a {kind} entry but no query.decided before it that no release or refusal "
             f"has followed",
         )
-    decided_hash, decision = decided
-    if decided_hash != query_hash:
+    if decided.query_hash != query_hash:
         raise _not_allowed(index, f"request {request} was decided for another query hash than it released")
-    if decision == "allow":
+    if actor != decided.actor:
+        raise _not_allowed(
+            index, f"request {request} has a {kind} entry by another actor than the one it was decided for"
+        )
+    if decided.decision == "allow":
         return
-    if decision == "needs_approval" and state.approved.get(request) == query_hash:
+    if decided.decision == "needs_approval" and state.approved.get(request) == query_hash:
         return
-    raise _not_allowed(index, f"request {request} was decided {decision!r}, and no steward approved it")
+    why = state.unapproved.get(request)
+    raise _not_allowed(
+        index,
+        f"request {request} was decided {decided.decision!r}, and no steward approved it"
+        + (f" ({why})" if why and decided.decision == "needs_approval" else ""),
+    )
 
 
 def _not_allowed(index: int, message: str) -> AuditIntegrityError:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import rfc8785
 
 from audit.entry import Actor, canonical, entry_bytes, format_time, prepare_event
 from audit.errors import EntryError, PayloadError
+from audit.events import identifier_problem
 from audit.merkle import leaf_hash
 from audit.notes import b64
 
@@ -73,17 +75,67 @@ def test_nan_in_a_payload_is_refused_before_writing() -> None:
         "end\n",
         "x" * 300,
         "tab\there",
+        # What the payload filter refuses is refused in an actor too, with the same 32-character threshold.
+        "alice@example.org",
+        "123-45-6789",
+        "4111111111111111",
+        "ghp_" + "Q7w" * 12,
+        "a" * 32,
+        "f47ac10b-58cc-4372-a567-0e02b2c3d479",
     ],
 )
 def test_actor_never_holds_a_token(sub: str) -> None:
     with pytest.raises(EntryError):
         Actor(sub, "uni-example")
+    with pytest.raises(EntryError):
+        Actor("researcher-1", sub)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "alice@example.org",
+        "123-45-6789",
+        "4111111111111111",
+        "ghp_" + "Q7w" * 12,
+        "x" * 33,
+        "eyJhbGciOi.eyJz",
+    ],
+)
+def test_an_actor_refuses_what_a_payload_label_refuses(value: str) -> None:
+    assert identifier_problem(value) is not None
+    with pytest.raises(EntryError) as caught:
+        Actor(value, "uni-example")
+    assert value not in str(caught.value)
 
 
 def test_actor_accepts_ordinary_subjects() -> None:
-    Actor("f47ac10b-58cc-4372-a567-0e02b2c3d479", "uni-heidelberg")
-    Actor("researcher@uni.example", "uni.example")
+    for sub in ("researcher-1", "schema-researcher", "steward-1", "local:alice", "dac-0001", "a" * 31):
+        assert Actor(sub, "org-aphp").sub == sub
     assert Actor("researcher-1", "Example University").as_json()["org"] == "Example University"
+    assert Actor("researcher-1", "dev-token:org-aphp").org == "dev-token:org-aphp"
+    # The gateway's digest of a refused name is taken as it is, though its hex digits are an opaque run.
+    assert Actor("sha256:" + "0123456789" * 3 + "ab", "org-aphp").sub.startswith("sha256:")
+
+
+@pytest.mark.parametrize(
+    "sub",
+    ["alice@example.org", "123-45-6789", "4111111111111111", "ghp_" + "Q7w" * 12,
+     "f47ac10b-58cc-4372-a567-0e02b2c3d479"],
+)  # fmt: skip
+def test_the_gateway_records_an_identifier_like_subject_by_its_digest(sub: str) -> None:
+    from gateway.runtime import recordable_name
+
+    recorded = recordable_name(sub)
+    assert re.fullmatch(r"sha256:[0-9a-f]{32}", recorded)
+    assert Actor(recorded, recordable_name("alice@uni.example")).sub == recorded
+
+
+def test_the_gateway_records_ordinary_subjects_as_they_are() -> None:
+    from gateway.runtime import recordable_name
+
+    for name in ("researcher-1", "schema-researcher", "steward-1", "Example University", "org-aphp"):
+        assert recordable_name(name) == name
 
 
 @pytest.mark.parametrize("rid", ["", " x", "a" * 65, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIi", "req id", "req-1\n"])

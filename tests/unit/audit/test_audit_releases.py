@@ -23,46 +23,53 @@ from audit.verify import check_releases
 from gateway.cli import app
 
 ACTOR = Actor("researcher-1", "uni-example")
+STEWARD = Actor("steward-1", "uni-example")
 H1, H2 = digest("query one"), digest("query two")
 
+Event = tuple[str, str, dict[str, Any], Actor | None]
 
-def decided(request: str, query_hash: str, decision: str) -> tuple[str, str, dict[str, Any]]:
+
+def decided(request: str, query_hash: str, decision: str, actor: Actor | None = ACTOR) -> Event:
     payload = {"query_hash": query_hash, "decision": decision, "reasons": ["clause 4"],
                "policy_bundle": digest("bundle")}  # fmt: skip
-    return "query.decided", request, payload
+    return "query.decided", request, payload, actor
 
 
-def released(request: str, query_hash: str) -> tuple[str, str, dict[str, Any]]:
-    return "query.released", request, {"query_hash": query_hash, "result_hash": digest(request)}
+def released(request: str, query_hash: str, actor: Actor | None = ACTOR) -> Event:
+    return "query.released", request, {"query_hash": query_hash, "result_hash": digest(request)}, actor
 
 
-def approval(request: str, query_hash: str, verdict: str) -> tuple[str, str, dict[str, Any]]:
-    return "approval.decided", request, {"query_hash": query_hash, "decision": verdict}
+def approval(request: str, query_hash: str, verdict: str, actor: Actor | None = STEWARD) -> Event:
+    return "approval.decided", request, {"query_hash": query_hash, "decision": verdict}, actor
 
 
-def refused(request: str) -> tuple[str, str, dict[str, Any]]:
-    return "query.refused", request, {"stage": "disclosure", "reasons": ["too small"]}
+def refused(request: str) -> Event:
+    return "query.refused", request, {"stage": "disclosure", "reasons": ["too small"]}, ACTOR
 
 
-def opened(request: str, query_hash: str) -> tuple[str, str, dict[str, Any]]:
-    return "glm.session_opened", request, {"query_hash": query_hash, "session": digest("s"), "parameters": 2}
+def opened(request: str, query_hash: str, actor: Actor | None = ACTOR) -> Event:
+    payload = {"query_hash": query_hash, "session": digest("s"), "parameters": 2}
+    return "glm.session_opened", request, payload, actor
 
 
-def iteration(request: str, query_hash: str) -> tuple[str, str, dict[str, Any]]:
-    return "glm.iteration", request, {"query_hash": query_hash, "iteration": 1, "family": "gaussian"}
+def iteration(request: str, query_hash: str) -> Event:
+    return "glm.iteration", request, {"query_hash": query_hash, "iteration": 1, "family": "gaussian"}, ACTOR
 
 
-def exported(tmp_path: Path, events: list[tuple[str, str, dict[str, Any]]]) -> tuple[Path, str]:
+def exported(tmp_path: Path, events: list[Event]) -> tuple[Path, str]:
     """A real log holding `events`, exported and signed: the chain is intact whatever the events say."""
     key = Ed25519PrivateKey.generate()
     with AuditLog.open(f"sqlite:///{tmp_path / 'log.db'}", ORIGIN, key, checkpoint_interval_s=None) as log:
-        for kind, request, payload in events:
-            log.append(kind, actor=ACTOR, request_id=request, payload=payload)
+        for kind, request, payload, actor in events:
+            log.append(kind, actor=actor, request_id=request, payload=payload)
         log.checkpoint()
         log.export(tmp_path / "log.export")
     return tmp_path / "log.export", verifier_key_text(ORIGIN, key.public_key())
 
 
+# The same researcher collecting with a token of another organisation: the gateway tells callers apart by
+# subject, and decides and releases each collect under the principal who collects.
+ELSEWHERE = Actor("researcher-1", "uni-elsewhere")
 ALLOWED = [
     [decided("r1", H1, "allow"), released("r1", H1)],
     [decided("r1", H1, "needs_approval"), approval("r1", H1, "approved"), released("r1", H1)],
@@ -73,12 +80,22 @@ ALLOWED = [
     [
         decided("r1", H1, "needs_approval"),
         approval("r1", H1, "approved"),
+        decided("r1", H1, "needs_approval"),
         released("r1", H1),
         decided("r1", H1, "needs_approval"),
         released("r1", H1),
         decided("r1", H1, "needs_approval"),
         refused("r1"),
+        decided("r1", H1, "needs_approval", ELSEWHERE),
+        released("r1", H1, ELSEWHERE),
+    ],
+    # Two requests of one researcher and one steward, interleaved.
+    [
         decided("r1", H1, "needs_approval"),
+        decided("r2", H2, "needs_approval", STEWARD),
+        approval("r1", H1, "approved"),
+        approval("r2", H2, "approved", ACTOR),
+        released("r2", H2, STEWARD),
         released("r1", H1),
     ],
 ]
@@ -94,6 +111,54 @@ NOT_ALLOWED = [
     ([decided("r2", H1, "allow"), released("r1", H1)], "no query.decided before it"),
     ([decided("r1", H1, "deny"), opened("r1", H1)], "decided 'deny'"),
     ([decided("r1", H1, "allow"), opened("r1", H1), iteration("r2", H2)], "no session was opened"),
+    # A rejection cancels the approval before it, even when the request is decided again.
+    (
+        [
+            decided("r1", H1, "needs_approval"),
+            approval("r1", H1, "approved"),
+            approval("r1", H1, "rejected"),
+            decided("r1", H1, "needs_approval"),
+            released("r1", H1),
+        ],
+        "did not approve it",
+    ),
+    # An approval approves the needs_approval decision it follows, never one written after it.
+    (
+        [approval("r1", H1, "approved"), decided("r1", H1, "needs_approval"), released("r1", H1)],
+        "followed no open needs_approval decision",
+    ),
+    (
+        [
+            decided("r1", H1, "allow"),
+            approval("r1", H1, "approved"),
+            released("r1", H1),
+            decided("r1", H1, "needs_approval"),
+            released("r1", H1),
+        ],
+        "followed no open needs_approval decision",
+    ),
+    # Nobody approves their own query, whatever organisation their token names.
+    (
+        [decided("r1", H1, "needs_approval"), approval("r1", H1, "approved", ACTOR), released("r1", H1)],
+        "approved by the subject who asked",
+    ),
+    (
+        [decided("r1", H1, "needs_approval"), approval("r1", H1, "approved", ELSEWHERE), released("r1", H1)],
+        "approved by the subject who asked",
+    ),
+    (
+        [decided("r1", H1, "needs_approval"), approval("r1", H1, "approved", None), released("r1", H1)],
+        "names no steward",
+    ),
+    # A release is the decided request's: by the actor it was decided for.
+    ([decided("r1", H1, "allow"), released("r1", H1, Actor("mallory", "evil"))], "another actor"),
+    ([decided("r1", H1, "allow"), released("r1", H1, ELSEWHERE)], "another actor"),
+    ([decided("r1", H1, "allow"), released("r1", H1, None)], "another actor"),
+    ([decided("r1", H1, "allow"), opened("r1", H1, STEWARD)], "another actor"),
+    (
+        [decided("r1", H1, "needs_approval"), approval("r1", H1, "approved"), released("r1", H1, STEWARD)],
+        "another actor",
+    ),
 ]
 
 
@@ -102,7 +167,7 @@ def test_releases_a_gateway_could_write_pass(tmp_path: Path, events: list[Any]) 
     path, key = exported(tmp_path, events)
     summary = check_releases(path)
     assert summary.entries == len(events)
-    assert summary.releases == sum(kind == "query.released" for kind, _, _ in events)
+    assert summary.releases == sum(event[0] == "query.released" for event in events)
     result = CliRunner().invoke(app, ["audit", "verify", str(path), "--key", key])
     assert result.exit_code == 0, result.output
     assert "each allowed by its decision" in result.stdout
@@ -161,7 +226,7 @@ def _entry(index: int, kind: str, request: str, payload: dict[str, Any]) -> dict
 def test_an_entry_that_is_not_canonical_json_fails(spell: Any) -> None:
     first = _entry(0, "query.decided", "r1", decided("r1", H1, "allow")[2])
     second = _entry(1, "query.released", "r1", {**released("r1", H1)[2], "cells": 4})
-    second["actor"] = {"org": "Universität", "sub": "r"}
+    first["actor"] = second["actor"] = {"org": "Universität", "sub": "r"}
     lines = [rfc8785.dumps(first), rfc8785.dumps(second)]
     assert check_releases(_export_of(lines)).releases == 1
     with pytest.raises(AuditIntegrityError) as caught:
