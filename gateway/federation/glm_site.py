@@ -50,9 +50,12 @@ from gateway.refusal import Refusal
 from gateway.runtime import SiteRuntime
 from pseudonymize.disclosure import DisclosureRules
 from pseudonymize.disclosure.glm_checks import (
+    CategoryColumn,
     GlmDisclosureError,
+    check_glm_joint_cells,
     check_glm_release,
     check_glm_rows,
+    check_glm_value_counts,
     check_linear_predictor,
     check_weight_spread,
 )
@@ -283,24 +286,28 @@ def _sums_at(
     )  # fmt: skip
 
 
+def _first_dummy(model: GlmModel) -> int:
+    """Where the dummies start: they are the design's last columns, categorical by categorical."""
+    return len(model.parameter_names()) - sum(len(cov.levels) - 1 for cov in model.categorical)
+
+
 def binary_cells(data: GlmArrays, model: GlmModel) -> dict[str, int]:
     """Rows per category of every binary column of the design and of a binomial outcome."""
     cells: dict[str, int] = {}
     names = model.parameter_names()
     n = data.rows
+    dummy_rows = data.x[:, _first_dummy(model) :].sum(axis=0)  # one pass over the rows for every dummy
     for cov in model.categorical:
-        dummies = [names.index(f"{cov.column}[{level}]") for level in cov.levels[1:]]
-        in_levels = data.x[:, dummies].sum(axis=0) if n else np.zeros(len(dummies))
+        in_levels, dummy_rows = np.split(dummy_rows, [len(cov.levels) - 1])
         for level, count in zip(cov.levels[1:], in_levels, strict=True):
             cells[f"{cov.column}={level}"] = int(count)
             cells[f"{cov.column}!={level}"] = n - int(count)
         cells[f"{cov.column}={cov.levels[0]} (reference)"] = n - int(in_levels.sum())
     for column in model.numeric:
-        values = data.x[:, names.index(column)]
-        distinct = np.unique(values)
-        if len(distinct) == 2:
-            for v in distinct:
-                cells[f"{column}={v:g}"] = int(np.sum(values == v))
+        few = few_values(data.x[:, names.index(column)], 2)
+        if few is not None and len(few[0]) == 2:
+            for v, count in zip(*few, strict=True):
+                cells[f"{column}={v:g}"] = count
     if model.family == "binomial":
         events = int(np.sum(data.y == 1))
         cells[f"{model.outcome}=1"] = events
@@ -308,16 +315,92 @@ def binary_cells(data: GlmArrays, model: GlmModel) -> dict[str, int]:
     return cells
 
 
+def few_values(values: np.ndarray, limit: int) -> tuple[list[float], list[int]] | None:
+    """The distinct values of `values` in ascending order and the rows at each, or None when there are
+    more than `limit`. A handful of passes rather than a sort: most model columns are continuous, which the
+    first rows already show."""
+    head = values[:4096]
+    if len(np.unique(head)) > limit:
+        return None
+    found: dict[float, int] = {}
+    rest = values
+    while rest.size:
+        if len(found) == limit:
+            return None
+        value = rest[0]
+        left = rest[rest != value]
+        found[float(value)] = rest.size - left.size
+        rest = left
+    ordered = sorted(found)
+    return ordered, [found[v] for v in ordered]
+
+
+_OUTCOME = "model.outcome"
+
+
+def category_columns(data: GlmArrays, model: GlmModel) -> list[CategoryColumn]:
+    """The columns whose joint tables the sums give (`check_glm_joint_cells`): each categorical covariate
+    with all its levels, each numeric column with two values among the rows, and the outcome when it is
+    binary (always for a binomial model). Numeric values are named "lower" and "higher", never shown."""
+    names = model.parameter_names()
+    columns: list[CategoryColumn] = []
+    first = _first_dummy(model)
+    for i, cov in enumerate(model.categorical):
+        last = first + len(cov.levels) - 1
+        # A row's level: 0 for the reference, else the one dummy at 1 (each exactly 0.0 or 1.0).
+        codes = data.x[:, first:last] @ np.arange(1.0, len(cov.levels))
+        labels = tuple(f"model.categorical[{i}]={level}" for level in cov.levels)
+        columns.append(CategoryColumn(labels, codes.astype(np.intp)))
+        first = last
+    for i, column in enumerate(model.numeric):
+        two = _two_valued(data.x[:, names.index(column)], f"model.numeric[{i}]")
+        if two is not None:
+            columns.append(two)
+    if model.family == "binomial":
+        columns.append(CategoryColumn((f"{_OUTCOME}=0", f"{_OUTCOME}=1"), (data.y == 1).astype(np.intp)))
+    else:
+        outcome = _two_valued(data.y, _OUTCOME)
+        if outcome is not None:
+            columns.append(outcome)
+    return columns
+
+
+def _two_valued(values: np.ndarray, name: str) -> CategoryColumn | None:
+    few = few_values(values, 2)
+    if few is None or len(few[0]) != 2:
+        return None
+    higher = (values == few[0][1]).astype(np.intp)
+    return CategoryColumn((f"{name} (lower value)", f"{name} (higher value)"), higher)
+
+
+def value_counts(data: GlmArrays, model: GlmModel) -> dict[str, list[int]]:
+    """Rows at each value of every numeric covariate and outcome with at most three values among the rows
+    (`check_glm_value_counts`), by the column's name in the request."""
+    names = model.parameter_names()
+    columns = {f"model.numeric[{i}]": data.x[:, names.index(c)] for i, c in enumerate(model.numeric)}
+    columns[_OUTCOME] = data.y
+    counts = {}
+    for name, values in columns.items():
+        few = few_values(values, 3)
+        if few is not None:
+            counts[name] = few[1]
+    return counts
+
+
 def check_release(data: GlmArrays, model: GlmModel, obligations: Obligations) -> None:
-    """The per-iteration disclosure checks; GlmDisclosureError names the failing rule."""
+    """The disclosure checks on a session's rows, when it opens and before every iteration (withdrawals
+    change the rows); GlmDisclosureError names the failing rule."""
+    rules = DisclosureRules.from_obligations(obligations)
     check_glm_release(
         data.rows,
         len(model.parameter_names()),
         binary_cells(data, model),
-        DisclosureRules.from_obligations(obligations),
+        rules,
         min_rows=obligations.glm_min_rows,
         max_parameter_ratio=obligations.glm_max_parameter_ratio,
     )
+    check_glm_joint_cells(category_columns(data, model), rules)
+    check_glm_value_counts(value_counts(data, model), rules)
 
 
 class GlmDataError(ValueError):

@@ -68,13 +68,14 @@ k_anonymity: {k: 2}
 columns:
   patient_id: {action: pseudonym, identifier: direct}
 """ + "".join(f"  {c}: keep\n" for c in [*COLUMNS, "consent_duo", "consent_withdrawn"])
+# Not tgrade: grade I holds fewer than 10 events at every site, a cell of tgrade × cens that XᵀWz gives.
 BINOMIAL = {
     "outcome": "cens",
     "family": "binomial",
-    "numeric": ["age", "tsize", "pnodes"],
+    "numeric": ["age", "tsize", "pnodes", "progrec"],
     "categorical": [
-        {"column": "tgrade", "levels": ["I", "II", "III"]},
         {"column": "horTh", "levels": ["no", "yes"]},
+        {"column": "menostat", "levels": ["Pre", "Post"]},
     ],
 }
 GAUSSIAN = {
@@ -193,6 +194,47 @@ def test_federated_glm_equals_statsmodels_pooled_fit(
     assert opened[-1]["payload"]["coordinator"] == "site-a"
 
 
+def test_a_model_whose_sums_hold_a_small_joint_cell_opens_no_session(
+    urls: dict[str, str], idp: LoopbackTestIssuer
+) -> None:
+    """The attack: at site B fewer than 10 patients on hormonal therapy have a grade I tumour, the cell a
+    crosstab of horTh × tgrade suppresses. Each dummy passes alone, but XᵀX's entry for the two (XᵀWX / ¼
+    of a binomial model at β = 0) is that cell's count, and the scale times the inverse covariance of the
+    fitted model gives it back. No session opens, at the site or through the coordinator."""
+    model = {
+        "outcome": "log_time",
+        "family": "gaussian",
+        "numeric": ["age"],
+        "categorical": [
+            {"column": "horTh", "levels": ["no", "yes"]},
+            {"column": "tgrade", "levels": ["II", "I", "III"]},
+        ],
+    }
+    part = thirds(gbsg2())[SITES.index("site-b")]
+    hormonal, grade_one = part["horTh"] == "yes", part["tgrade"] == "I"
+    assert hormonal.sum() >= 10 and grade_one.sum() >= 10 and 0 < (hormonal & grade_one).sum() < 10
+    url = urls["site-b"]
+    response = httpx.post(f"{url}/v1/glm/sessions", json=glm_body(model), headers=researcher(idp), timeout=30)
+    assert response.status_code == 403, response.text
+    problem = response.json()
+    (reason,) = problem["reasons"]
+    assert "model.categorical[0]=yes with model.categorical[1]=I" in reason and "min_cell_count" in reason
+    assert str(int((hormonal & grade_one).sum())) not in reason.replace("[0]", "").replace("[1]", "")
+    logged = [e for e in audit_entries(url, idp) if e["request_id"] == problem["request_id"]]
+    assert [e["type"] for e in logged if e["type"].startswith("glm.")] == ["glm.refused"]
+    assert logged[-1]["payload"]["stage"] == "disclosure"
+    fit = httpx.post(
+        f"{urls['site-a']}/v1/federated-glm",
+        json=glm_body(model, sites=["site-a", "site-b"]),
+        headers=researcher(idp),
+        timeout=60,
+    )
+    assert fit.status_code == 200 and fit.json()["status"] == "stopped"
+    table = {row["site"]: row for row in fit.json()["sites"]}
+    assert table["site-b"]["status"] == "suppressed" and table["site-b"]["iteration"] == 0
+    assert "xtwx" not in fit.text and "covariance" not in fit.json()
+
+
 def test_kaplan_meier_equals_lifelines_at_released_bins(
     urls: dict[str, str], idp: LoopbackTestIssuer
 ) -> None:
@@ -243,10 +285,10 @@ def test_a_site_failing_disclosure_at_iteration_three_stops_the_fit(
     fed: Federation, urls: dict[str, str], idp: LoopbackTestIssuer
 ) -> None:
     part_c = thirds(gbsg2())[2]
-    grade_one = part_c.loc[part_c["tgrade"] == "I", "patient_id"].tolist()
-    assert len(grade_one) >= 10
-    # Leave 9 patients of grade I at site C: the dummy's cell falls below min_cell_count.
-    to_withdraw = grade_one[: len(grade_one) - 9]
+    hormonal = part_c.loc[part_c["horTh"] == "yes", "patient_id"].tolist()
+    assert len(hormonal) >= 10
+    # Leave 9 patients on hormonal therapy at site C: the dummy's cell falls below min_cell_count.
+    to_withdraw = hormonal[: len(hormonal) - 9]
 
     def withdraw() -> None:
         response = httpx.post(
@@ -276,7 +318,7 @@ def test_a_site_failing_disclosure_at_iteration_three_stops_the_fit(
     table = {row["site"]: row for row in stopped.value.sites}
     assert table["site-a"]["status"] == table["site-b"]["status"] == "answered"
     assert table["site-c"]["status"] == "suppressed" and table["site-c"]["iteration"] == 3
-    assert "tgrade=I" in table["site-c"]["reasons"][0] and "min_cell_count" in table["site-c"]["reasons"][0]
+    assert "horTh=yes" in table["site-c"]["reasons"][0] and "min_cell_count" in table["site-c"]["reasons"][0]
     assert "glm.refused" in audit_events(urls["site-c"], idp)
     assert "glm.iteration" in audit_events(urls["site-c"], idp)
 
@@ -347,7 +389,7 @@ def test_coefficients_that_single_out_one_patient_are_refused(
     opened = httpx.post(f"{url}/v1/glm/sessions", json=body, headers=researcher(idp), timeout=30)
     assert opened.status_code == 200, opened.text
     path = f"{url}/v1/glm/sessions/{opened.json()['session']}/iterations"
-    singled_out = [-1e6 * t0, 0.0, 1e6, 0.0, 0.0, 0.0, 0.0]  # (Intercept), age, tsize, pnodes, dummies
+    singled_out = [-1e6 * t0, 0.0, 1e6, 0.0, 0.0, 0.0, 0.0]  # (Intercept), age, tsize, the rest
     refused = httpx.post(
         path, json={"agreement": AGREEMENT, "beta": singled_out}, headers=researcher(idp), timeout=30
     )
