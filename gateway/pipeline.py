@@ -366,10 +366,8 @@ class QueryPipeline:
             return {"request_id": request_id, "status": "refused", "reasons": refusal.reasons}
         try:
             await self._finish(request_id, "released", [], body, steward)
-        except Refusal:
-            raise
         except Exception as exc:  # noqa: BLE001 - the log must not keep a release nobody can collect
-            await self._not_stored(exc, researcher, stored.request_id, query_hash, stored.reasons)
+            await self._not_stored(exc, researcher, steward, stored.request_id, query_hash, stored.reasons)
         # The answer stays at the site for the researcher, who collects it under the policy then in force
         # (`collect`); the steward who approved learns only that it was released.
         return {"request_id": request_id, "status": "released", "reasons": []}
@@ -683,18 +681,23 @@ class QueryPipeline:
         self,
         exc: Exception,
         researcher: Principal,
+        steward: Principal,
         request_id: str,
         query_hash: str,
         queued_reasons: list[str],
     ) -> NoReturn:
-        """An approved answer left disclosure control and its release is in the log, but the site's state
-        database did not take it (locked past its busy timeout, a full disk): nobody can collect it. The log
-        says so with a refusal after the release, the request goes back to the stewards when the database
-        lets it (else a stale claim returns it later), and the steward is told to approve again."""
-        reasons = [
-            f"the approved answer could not be stored for collection ({type(exc).__name__}), so it never "
-            "reached the researcher; a steward may approve the query again"
-        ]
+        """An approved answer left disclosure control and its release is in the log, but the site did not
+        store it: its state database failed (locked past its busy timeout, a full disk), or this steward's
+        claim on the request lapsed meanwhile and another steward took it (a Refusal from `_finish`). Nobody
+        can collect this answer, so the log says so with a refusal after the release. A request still
+        claimed by this steward goes back to the stewards' queue (else a stale claim returns it later) and
+        the steward is told to approve again; one another steward took is theirs to end."""
+        if isinstance(exc, Refusal):
+            why, then = "another steward took the request meanwhile", ""
+        else:
+            why = f"it could not be stored for collection ({type(exc).__name__})"
+            then = "; a steward may approve the query again"
+        reasons = [f"the approved answer was not kept: {why}, so it never reached the researcher{then}"]
         refusal = Refusal(
             "unavailable", "Answer not stored", reasons, stage="approval", request_id=request_id
         )
@@ -704,8 +707,10 @@ class QueryPipeline:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(
                     self.rt.state.update_request, request_id, expect="deciding", status="pending_approval",
-                    reasons=queued_reasons, result=None, decided_by=None,
+                    reasons=queued_reasons, result=None, decided_by=None, claimed_by=owner(steward),
                 )  # fmt: skip
+        if isinstance(exc, Refusal):
+            raise exc
         raise refusal
 
     async def _finish(

@@ -61,6 +61,10 @@ class _Decided:
 @dataclass
 class _Requests:
     open: dict[str, _Decided] = field(default_factory=dict)  # request id -> its open decision
+    # request id -> its latest needs_approval decision, until a steward rejects it: a query whose approved
+    # answer the site could not store goes back to the stewards after its release and refusal
+    # (gateway.pipeline.QueryPipeline._not_stored), and its next approval follows that decision
+    queued: dict[str, _Decided] = field(default_factory=dict)
     approved: dict[str, str] = field(default_factory=dict)  # request id -> the query hash a steward approved
     # request id -> why its latest approval did not count, for the message of the release it did not allow
     unapproved: dict[str, str] = field(default_factory=dict)
@@ -156,6 +160,8 @@ def _release_rule(entry: dict[str, Any], index: int, state: _Requests) -> str:
     actor = entry.get("actor")
     if kind == "query.decided" and isinstance(request, str):
         state.open[request] = _Decided(str(query_hash), str(payload.get("decision")), actor)
+        if payload.get("decision") == "needs_approval":
+            state.queued[request] = state.open[request]
     elif kind == "approval.decided" and isinstance(request, str):
         _approval(request, query_hash, payload.get("decision"), actor, state)
     elif kind == "query.refused" and isinstance(request, str):
@@ -179,9 +185,12 @@ def _approval(request: str, query_hash: Any, verdict: Any, actor: Any, state: _R
     state.approved.pop(request, None)
     state.unapproved.pop(request, None)
     if verdict != "approved":
+        state.queued.pop(request, None)  # rejected: nothing waits for a steward any more
         state.unapproved[request] = "a steward's later decision on it did not approve it"
         return
     pending = state.open.get(request)
+    if pending is None or pending.decision != "needs_approval":
+        pending = state.queued.get(request)
     if pending is None or pending.decision != "needs_approval" or pending.query_hash != query_hash:
         state.unapproved[request] = (
             "its approval followed no open needs_approval decision of the query hash it approved"

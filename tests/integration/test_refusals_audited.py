@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from gateway_site import bearer, running_gateway
+from gateway_site import bearer, running_gateway, verify_exported_log
 from oidc_issuer import LoopbackTestIssuer
 
 from gateway.refusal import UNRECORDED_REASONS
@@ -243,7 +244,7 @@ def test_what_the_caller_typed_into_a_kind_or_a_key_is_not_repeated(
 
 
 def test_an_approved_answer_the_state_database_does_not_take_is_refused_after_its_release(
-    tmp_site: Any, idp: LoopbackTestIssuer, monkeypatch: pytest.MonkeyPatch
+    tmp_site: Any, idp: LoopbackTestIssuer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # The state database fails as the approved answer is stored (locked past its busy timeout): the log
     # already holds the release, so it must also say that the answer never reached the researcher, and the
@@ -292,3 +293,40 @@ def test_an_approved_answer_the_state_database_does_not_take_is_refused_after_it
         assert again.status_code == 200 and again.json()["status"] == "released"
         collected = http.get(f"/v1/queries/{request_id}", headers=researcher)
         assert collected.status_code == 200 and collected.json()["kind"] == "summary"
+        # An auditor finds every release of that trail allowed: the second approval's included.
+        export = http.get("/v1/audit/export", headers=bearer(idp, "auditor")).content
+    verify_exported_log(export, tmp_site.settings, tmp_path)
+
+
+def test_an_approved_answer_whose_claim_lapsed_is_refused_after_its_release(
+    tmp_site: Any, idp: LoopbackTestIssuer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The approving steward's claim lapsed during a long run and another steward took the request: the
+    # answer of the first run is not kept, and its release in the log is followed by a refusal saying so.
+    from gateway.state import GatewayState
+
+    store = GatewayState.update_request
+    lapsed = {"armed": False}
+
+    def update_request(self: GatewayState, request_id: str, **values: Any) -> bool:
+        if lapsed["armed"] and values.get("status") == "released":
+            lapsed["armed"] = False
+            return False
+        return store(self, request_id, **values)
+
+    monkeypatch.setattr(GatewayState, "update_request", update_request)
+    researcher = bearer(idp, "researcher", sub="lapsed-researcher")
+    steward = bearer(idp, "steward", sub="lapsed-steward")
+    spec = {**QUERY, "agreement": "DSA-TEST-APPROVAL", "kind": "summary", "params": {"column": "bmi"}}
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url) as http:
+        request_id = http.post("/v1/queries", json=spec, headers=researcher).json()["request_id"]
+        start = size(http, idp)
+        lapsed["armed"] = True
+        approve = {"approve": True, "reason": "within the protocol"}
+        answer = http.post(f"/v1/steward/approvals/{request_id}", json=approve, headers=steward)
+        assert answer.status_code == 409
+        trail = [e for e in entries_since(http, idp, start) if e.get("request_id") == request_id]
+        assert [e["type"] for e in trail][-2:] == ["query.released", "query.refused"]
+        assert "another steward took the request" in trail[-1]["payload"]["reasons"][0]
+        export = http.get("/v1/audit/export", headers=bearer(idp, "auditor")).content
+    verify_exported_log(export, tmp_site.settings, tmp_path)

@@ -89,6 +89,18 @@ ALLOWED = [
         decided("r1", H1, "needs_approval", ELSEWHERE),
         released("r1", H1, ELSEWHERE),
     ],
+    # An approved answer the site could not store: released, refused after it, back with the stewards, and
+    # approved again (gateway.pipeline.QueryPipeline._not_stored).
+    [
+        decided("r1", H1, "needs_approval"),
+        approval("r1", H1, "approved"),
+        decided("r1", H1, "needs_approval"),
+        released("r1", H1),
+        refused("r1"),
+        approval("r1", H1, "approved"),
+        decided("r1", H1, "needs_approval"),
+        released("r1", H1),
+    ],
     # Two requests of one researcher and one steward, interleaved.
     [
         decided("r1", H1, "needs_approval"),
@@ -132,6 +144,18 @@ NOT_ALLOWED = [
             decided("r1", H1, "allow"),
             approval("r1", H1, "approved"),
             released("r1", H1),
+            decided("r1", H1, "needs_approval"),
+            released("r1", H1),
+        ],
+        "followed no open needs_approval decision",
+    ),
+    # A rejected query approved later has no needs_approval decision left for the approval to follow.
+    (
+        [
+            decided("r1", H1, "needs_approval"),
+            approval("r1", H1, "rejected"),
+            refused("r1"),
+            approval("r1", H1, "approved"),
             decided("r1", H1, "needs_approval"),
             released("r1", H1),
         ],
