@@ -129,28 +129,32 @@ class EmbeddedEngine:
     name = "embedded"
 
     def __init__(self, bundle: PolicyBundle) -> None:
-        self._bundle = bundle
+        # The bundle and whether the RVM may run it, read and replaced as one: a reload on another thread
+        # never pairs one bundle with the other's verdict.
+        self._current = (bundle, rvm_verified(bundle.policies))
         self._local = threading.local()
         self._unlimited = TreeWalkingEngine(bundle)
-        self._on_rvm = rvm_verified(bundle.policies)
+
+    @property
+    def _bundle(self) -> PolicyBundle:
+        return self._current[0]
 
     @property
     def bundle_digest(self) -> str:
-        return self._bundle.digest
+        return self._current[0].digest
 
     @property
     def on_rvm(self) -> bool:
         """Whether decisions run on the RVM (the bundle's modules are all verified on it)."""
-        return self._on_rvm
+        return self._current[1]
 
     def replace_bundle(self, bundle: PolicyBundle) -> None:
         """Switch to a new bundle; each thread rebuilds its VM on its next evaluation."""
-        self._bundle = bundle
+        on_rvm = rvm_verified(bundle.policies)
         self._unlimited.replace_bundle(bundle)
-        self._on_rvm = rvm_verified(bundle.policies)
+        self._current = (bundle, on_rvm)
 
-    def _vm(self) -> regorus.Rvm:
-        bundle = self._bundle
+    def _vm(self, bundle: PolicyBundle) -> regorus.Rvm:
         if getattr(self._local, "digest", None) != bundle.digest:
             self._local.vm = build_vm(bundle)
             self._local.digest = bundle.digest
@@ -163,10 +167,11 @@ class EmbeddedEngine:
     def evaluate_json(self, policy_input: str) -> str:
         """`evaluate` with the input and the answer as JSON text: decide() hands the model's own JSON and
         validates the answer from the text."""
-        if not self._on_rvm:
+        bundle, on_rvm = self._current
+        if not on_rvm:
             return json.dumps(self._unlimited.evaluate(json.loads(policy_input)))
         try:
-            return evaluate_vm(self._vm(), policy_input)
+            return evaluate_vm(self._vm(bundle), policy_input)
         except RuntimeError as exc:
             if _INSTRUCTION_LIMIT not in str(exc):
                 raise

@@ -101,14 +101,17 @@ class PolicyDecisionPoint:
         """`current` for a caller on the event loop: a reload (reading and compiling the bundle, publishing
         it to an OPA server) runs on a thread, and the requests that arrive meanwhile wait for that one
         reload instead of each starting their own."""
-        if _stamp(self._marker) == self._seen and self._in_step():
-            return True
         loop = asyncio.get_running_loop()
-        reloading = self._reloading
-        if reloading is None or reloading.done() or reloading.get_loop() is not loop:
-            reloading = self._reloading = asyncio.ensure_future(asyncio.to_thread(self.current))
-        # A caller that is cancelled (its client left) does not cancel the reload the others wait for.
-        return await asyncio.shield(reloading)
+        while not (_stamp(self._marker) == self._seen and self._in_step()):
+            reloading = self._reloading
+            if reloading is None or reloading.done() or reloading.get_loop() is not loop:
+                reloading = self._reloading = asyncio.ensure_future(asyncio.to_thread(self.current))
+            # A caller that is cancelled (its client left) does not cancel the reload the others wait for.
+            if not await asyncio.shield(reloading):
+                return False
+            # A change announced after that reload read the folder is loaded too before this caller
+            # decides: it may have asked after the change, which no earlier bundle covers.
+        return True
 
     def _in_step(self) -> bool:
         """Whether the engine decides with this point's bundle, as far as it knows; an engine out of step
