@@ -90,6 +90,10 @@ class OpaServerEngine:
         modules and no other of fedgate's. Another process of the site (a worker of `fedgate serve`) that
         published a change leaves it so, and publishing it again would make every worker's decisions fail
         while its modules are deleted and uploaded. Any doubt (an error, anything different) is no."""
+        return self._held(bundle) is True
+
+    def _held(self, bundle: PolicyBundle) -> bool | None:
+        """`holds`, with None when OPA could not be asked (unreachable, slow, an error status)."""
         wanted = {f"fedgate/{p}": src for p, src in bundle.policies if not is_test_file(p)}
         try:
             held = sorted(pid for pid in self._client.get_policies_list() if pid.startswith("fedgate/"))
@@ -102,11 +106,19 @@ class OpaServerEngine:
             return all(
                 self._client.get_policy(pid).get("result", {}).get("raw") == wanted[pid] for pid in held
             )
+        except requests.RequestException:
+            return None
         except Exception:  # noqa: BLE001 - the client's errors are untyped; not knowing means publish
             return False
 
     def replace_bundle(self, bundle: PolicyBundle) -> None:
-        if not self.holds(bundle):
+        held = self._held(bundle)
+        if held is None and bundle.digest == self._bundle.digest:
+            # Giving the same bundle again after a failed decision, to a server that cannot even say what
+            # it holds (slow, down): publishing would delete every module of a server that may still hold
+            # them all, and every worker's decisions would deny meanwhile. The point tries again later.
+            raise PolicyEngineUnavailable("the OPA server could not be asked which bundle it holds")
+        if not held:
             self.publish(bundle)
         self._bundle = bundle
         self.in_sync = True

@@ -266,3 +266,29 @@ def test_an_engine_out_of_step_is_given_the_bundle_at_most_once_a_second(
     monkeypatch.setattr(point_module, "RETRY_FAILED_RELOAD_S", 0.0)  # the wait is over
     point.decide(request)
     assert len(reloads) == 2
+
+
+def test_a_server_that_cannot_say_what_it_holds_is_not_published_to_again(
+    standin: OpaDataApiStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One decision failed (the engine is out of step), and OPA is too slow to list its modules when the
+    # point checks: publishing the same bundle again would delete every module of a server that may hold
+    # them all, and every worker would deny meanwhile. Nothing is published; decisions go on.
+    import requests
+
+    point = PolicyDecisionPoint(_opa_settings(standin.url, tmp_path))
+    request = corpus(1)[0]
+    before = point.decide(request)
+    standin.fault = "http_500"
+    assert point.decide(request).reasons[0].startswith("policy evaluation failed")
+    standin.fault = None
+
+    def slow() -> list[str]:
+        raise requests.ReadTimeout("the OPA server did not answer in time")
+
+    engine = point.engine
+    assert isinstance(engine, OpaServerEngine)
+    monkeypatch.setattr(engine._client, "get_policies_list", slow)
+    published = standin.writes
+    assert point.decide(request) == before
+    assert standin.writes == published
