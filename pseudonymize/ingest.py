@@ -28,7 +28,7 @@ from pseudonymize.column_hmac import ColumnHmac, HashedColumn, offset_array, tok
 from pseudonymize.digest import ContentDigest, table_digest
 from pseudonymize.errors import IngestError, RiskThresholdError, SpecError
 from pseudonymize.generalize import quote_ident, suppress_rare_prefixes_sql
-from pseudonymize.identifiers import sample_text_columns
+from pseudonymize.identifiers import is_integer_type, sample_kept_columns
 from pseudonymize.keys import SecretKey
 from pseudonymize.risk import RiskReport, k_anonymity
 from pseudonymize.spec import PseudonymizationSpec
@@ -198,10 +198,10 @@ def _check_token_types(
 def _check_unmarked_columns(
     con: duckdb.DuckDBPyConnection, table: str, spec: PseudonymizationSpec, source: str
 ) -> None:
-    """Refuse text columns the spec keeps without an `identifier` mark whose values look like direct
-    identifiers (`pseudonymize.identifiers`): a forgotten mark must not publish e-mail addresses or record
-    numbers verbatim. Columns marked `none` were reviewed and are not scanned; the refusal names the column
-    and the signal, never a value."""
+    """Refuse text and integer columns the spec keeps without an `identifier` mark whose values look like
+    direct identifiers (`pseudonymize.identifiers`): a forgotten mark must not publish e-mail addresses or
+    record numbers verbatim. Columns marked `none` were reviewed and are not scanned; the refusal names the
+    column and the signal, never a value."""
     stored = _stored_types(con, table)
     unmarked = {
         rule.output or name: name
@@ -209,7 +209,9 @@ def _check_unmarked_columns(
         if rule.action == "keep" and rule.identifier is None
     }
     text = [out for out in unmarked if stored.get(out) == "VARCHAR"]
-    found = [(unmarked[s.column], s.signal) for s in sample_text_columns(con, table, text) if s.signal]
+    integers = [out for out in unmarked if is_integer_type(stored.get(out, ""))]
+    signals = {s.column: s.signal for s in sample_kept_columns(con, table, text, integers) if s.signal}
+    found = [(name, signals[out]) for out, name in unmarked.items() if out in signals]  # in the spec's order
     if not found:
         return
     named = "; ".join(f"columns.{name} ({signal})" for name, signal in found)

@@ -1,9 +1,10 @@
-"""The ingest's scan of text columns kept without an identifier mark: direct identifiers a steward forgot to
-mark are refused before publication, by column and signal, without quoting a value."""
+"""The ingest's scan of text and integer columns kept without an identifier mark: direct identifiers a
+steward forgot to mark are refused before publication, by column and signal, without quoting a value."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -13,13 +14,17 @@ import pytest
 
 from audit.events import identifier_problem
 from connectors import ParquetConnector
+from gateway.synth import generate_site
 from pseudonymize.errors import IngestError, SpecError
 from pseudonymize.identifiers import (
+    INTEGER_SHARE_MIN_VALUES,
     NEARLY_UNIQUE,
     PATTERNS,
     SAMPLE_ROWS,
     UNIQUE_MIN_VALUES,
-    sample_text_columns,
+    ColumnSample,
+    is_integer_type,
+    sample_kept_columns,
 )
 from pseudonymize.ingest import IngestResult, ingest
 from pseudonymize.keys import SecretKey
@@ -46,7 +51,7 @@ KINDS: dict[str, tuple[str, Callable[[int], str]]] = {
 }
 
 
-def _source(tmp_path: Path, columns: dict[str, pa.Array | list[object]], rows: int = ROWS) -> Path:
+def _source(tmp_path: Path, columns: Mapping[str, pa.Array | Sequence[object]], rows: int = ROWS) -> Path:
     table = pa.table({
         "pid": [f"MRN-{i:06d}" for i in range(rows)],
         "ward": [WARDS[i % len(WARDS)] for i in range(rows)],
@@ -67,7 +72,9 @@ def _ingest(source: Path, spec: Path, store: Store) -> IngestResult:
     return ingest(ParquetConnector(source), load_spec(spec), str(spec), MASTER, store, jurisdiction="DE")
 
 
-def _refusal(tmp_path: Path, columns: dict[str, list[object]], rules: str, rows: int = ROWS) -> str:
+def _refusal(
+    tmp_path: Path, columns: Mapping[str, pa.Array | Sequence[object]], rules: str, rows: int = ROWS
+) -> str:
     """The refusal's message; the store must hold nothing afterwards."""
     source = _source(tmp_path, columns, rows)
     with Store(f"duckdb:///{tmp_path / 's.duckdb'}") as store:
@@ -79,7 +86,8 @@ def _refusal(tmp_path: Path, columns: dict[str, list[object]], rules: str, rows:
     message = str(err.value)
     assert message.startswith(str(source))
     for values in columns.values():
-        assert not [v for v in values if v and str(v).strip() in message], "a value was quoted"
+        quoted = [v for v in values if v is not None and str(v).strip() and str(v).strip() in message]
+        assert not quoted, "a value was quoted"
     # The reason the CLI records in the audit log is one the log takes: no identifier-like text in it.
     assert identifier_problem(err.value.audit_reason) is None
     return message
@@ -162,14 +170,18 @@ def test_a_pseudonymized_direct_identifier_is_not_scanned(tmp_path: Path) -> Non
     assert kind == ("UUID",)
 
 
-def test_numeric_and_quasi_columns_are_not_scanned(tmp_path: Path) -> None:
-    # A unique number per row and a kept quasi-identifier of unique text: neither is an unmarked text
-    # column (the quasi-identifier is the k-anonymity report's to judge).
+def test_measurement_and_quasi_columns_are_not_scanned(tmp_path: Path) -> None:
+    # A unique floating-point measurement per row and a kept quasi-identifier of unique text: neither is an
+    # unmarked text or integer column (the quasi-identifier is the k-anonymity report's to judge).
     source = _source(
         tmp_path,
-        {"lab_value": [1000 + i for i in range(ROWS)], "room": [f"R{i:04d}" for i in range(ROWS)]},
+        {
+            "lab_value": [1000.5 + i for i in range(ROWS)],
+            "weight": pa.array([Decimal(i) / 100 + 50 for i in range(ROWS)], pa.decimal128(6, 2)),
+            "room": [f"R{i:04d}" for i in range(ROWS)],
+        },
     )
-    spec = _spec(tmp_path, "  lab_value: keep\n  room: {action: keep, identifier: quasi}\n")
+    spec = _spec(tmp_path, "  lab_value: keep\n  weight: keep\n  room: {action: keep, identifier: quasi}\n")
     with Store(f"duckdb:///{tmp_path / 's.duckdb'}") as store:
         entry = ingest(
             ParquetConnector(source),
@@ -207,21 +219,157 @@ def test_blank_values_do_not_hide_identifiers(tmp_path: Path) -> None:
     assert "columns.email2 (values look like e-mail addresses)" in message
 
 
+#: whitespace at either end of a value: DuckDB's trim() strips spaces (Unicode's too, in 2.0) but not the
+#: tab, the line break or the byte-order mark
+EDGES = {
+    "tab": "\t",
+    "line feed": "\n",
+    "carriage return": "\r\n",
+    "no-break space": "\u00a0",
+    "em space": "\u2003",
+    "byte-order mark": "\ufeff",
+}
+
+
+@pytest.mark.parametrize("edge", list(EDGES))
+def test_whitespace_around_a_value_does_not_hide_a_pattern(tmp_path: Path, edge: str) -> None:
+    # Three ward phone numbers (too few values to be unique), each with a tab, a line break or a Unicode
+    # space before or after it: the phone numbers a CSV export with stray whitespace would hold.
+    space = EDGES[edge]
+    phones = [
+        f"{space}+49 30 {4_000_000 + i % 3}" if i % 2 else f"+49 30 {4_000_000 + i % 3}{space}"
+        for i in range(ROWS)
+    ]
+    message = _refusal(tmp_path, {"ward_phone": phones}, "  ward_phone: keep\n")
+    assert "columns.ward_phone (values look like phone numbers)" in message
+
+
+def test_values_of_whitespace_alone_count_as_blank(tmp_path: Path) -> None:
+    # Three rows in four hold only a tab, a line break or a no-break space, the fourth one of five IP
+    # addresses: the share is taken over the addresses, not diluted by the whitespace.
+    blanks = ["\t", "\r\n", "\u00a0 "]
+    values = [f"10.0.0.{i % 5 + 1}" if i % 4 == 0 else blanks[i % 3] for i in range(ROWS)]
+    message = _refusal(tmp_path, {"host": values}, "  host: keep\n")
+    assert "columns.host (values look like IP addresses)" in message
+
+
+def test_an_address_inside_text_is_refused(tmp_path: Path) -> None:
+    # Three desks written as a name and an address: too few values to be unique, so only the e-mail
+    # pattern, searched inside the value, can tell.
+    contacts = [f"Ward desk {i % 3} <desk{i % 3}@example-clinic.org>" for i in range(ROWS)]
+    message = _refusal(tmp_path, {"contact": contacts}, "  contact: keep\n")
+    assert "columns.contact (values look like e-mail addresses)" in message
+
+
+@pytest.mark.parametrize(
+    "kind", [pa.int32(), pa.int64(), pa.uint32(), pa.decimal128(12, 0)], ids=lambda k: str(k)
+)
+def test_an_integer_record_number_kept_unmarked_is_refused(tmp_path: Path, kind: pa.DataType) -> None:
+    # The hospital's record number, one row per patient, stored as a number rather than text.
+    numbers = pa.array([Decimal(40_000_000 + (i * 7919) % 100_003) for i in range(ROWS)]).cast(kind)
+    message = _refusal(tmp_path, {"mrn": numbers}, "  mrn: keep\n")
+    assert f"columns.mrn ({NEARLY_UNIQUE})" in message
+
+
+def test_an_integer_record_number_repeating_now_and_then_is_refused_on_a_large_sample(tmp_path: Path) -> None:
+    # A record number with a few patients admitted twice: 95 % distinct over enough rows.
+    rows = INTEGER_SHARE_MIN_VALUES
+    numbers = [40_000_000 + i for i in range(rows - rows // 20)] + [40_000_000] * (rows // 20)
+    message = _refusal(tmp_path, {"mrn": numbers}, "  mrn: keep\n", rows)
+    assert f"columns.mrn ({NEARLY_UNIQUE})" in message
+
+
+@pytest.mark.parametrize(
+    ("values", "distinct", "integer", "signal"),
+    [
+        (400, 400, True, NEARLY_UNIQUE),  # one row per patient
+        (400, 380, True, None),  # a measurement over a few thousand values repeats rarely in 400 rows
+        (400, 380, False, NEARLY_UNIQUE),  # text is held to the unique share at any sample size
+        (UNIQUE_MIN_VALUES - 1, UNIQUE_MIN_VALUES - 1, True, None),
+        (INTEGER_SHARE_MIN_VALUES, INTEGER_SHARE_MIN_VALUES * 95 // 100, True, NEARLY_UNIQUE),
+        (INTEGER_SHARE_MIN_VALUES, INTEGER_SHARE_MIN_VALUES * 89 // 100, True, None),
+        (SAMPLE_ROWS, SAMPLE_ROWS, True, NEARLY_UNIQUE),
+    ],
+)
+def test_an_integer_column_is_held_to_the_unique_share_only_on_a_large_sample(
+    values: int, distinct: int, integer: bool, signal: str | None
+) -> None:
+    assert ColumnSample("n", values, distinct, (), integer).signal == signal
+
+
+@pytest.mark.parametrize("rows", [300, SAMPLE_ROWS])
+def test_the_synthetic_cohorts_integer_measurements_are_no_identifiers(rows: int) -> None:
+    # Survival in days and systolic pressure: nearly every row differs in a few hundred rows, and the
+    # sample of 20,000 shows them for the measurements they are (survival_days: about 19 % distinct).
+    con = duckdb.connect()
+    con.register("cohort", generate_site(0, rows, 3))
+    con.execute("CREATE TABLE t AS SELECT survival_days, systolic_bp FROM cohort").fetchall()
+    survival, pressure = sample_kept_columns(con, "t", [], ["survival_days", "systolic_bp"])
+    assert survival.values == rows and survival.signal is None and pressure.signal is None
+    if rows == SAMPLE_ROWS:
+        assert survival.distinct < 0.25 * rows
+    else:
+        assert 0.9 * rows <= survival.distinct < rows  # the share alone would refuse it
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_the_example_spec_publishes_a_small_synthetic_cohort(
+    tmp_path: Path, spec_path: Path, master: SecretKey, seed: int
+) -> None:
+    # The shipped spec keeps survival_days and systolic_bp unmarked; the gateway tests ingest 300 rows.
+    source = tmp_path / "patients.parquet"
+    pq.write_table(generate_site(0, 300, seed), source)
+    with Store(f"duckdb:///{tmp_path / 's.duckdb'}") as store:
+        entry = ingest(
+            ParquetConnector(source),
+            load_spec(spec_path),
+            str(spec_path),
+            master,
+            store,
+            jurisdiction="DE",
+            override_k=True,
+        ).entry
+    assert entry.row_count == 300
+
+
+@pytest.mark.parametrize(
+    ("stored", "integer"),
+    [
+        ("INTEGER", True),
+        ("UBIGINT", True),
+        ("HUGEINT", True),
+        ("DECIMAL(18,0)", True),
+        ("DECIMAL(6,2)", False),
+        ("DOUBLE", False),
+        ("FLOAT", False),
+        ("BOOLEAN", False),
+        ("DATE", False),
+        ("VARCHAR", False),
+    ],
+)
+def test_integer_types_are_told_from_measurements(stored: str, integer: bool) -> None:
+    assert is_integer_type(stored) is integer
+
+
 def test_the_sample_is_bounded_and_repeats() -> None:
     con = duckdb.connect()
     rows = 3 * SAMPLE_ROWS
     con.execute(
         f"CREATE TABLE t AS SELECT 'v' || CAST(i % 25000 AS VARCHAR) AS a, "
-        f"CASE WHEN i % 2 = 0 THEN 'x' || CAST(i AS VARCHAR) END AS b "
+        f"CASE WHEN i % 2 = 0 THEN 'x' || CAST(i AS VARCHAR) END AS b, "
+        f"CAST(i % 25000 AS INTEGER) AS c, 7000000 + i AS d "
         f"FROM range({rows}) r(i)"
     ).fetchall()
-    first = sample_text_columns(con, "t", ["a", "b"])
-    assert first == sample_text_columns(con, "t", ["a", "b"])
-    a, b = first
+    first = sample_kept_columns(con, "t", ["a", "b"], ["c", "d"])
+    assert first == sample_kept_columns(con, "t", ["a", "b"], ["c", "d"])
+    a, b, c, d = first
     assert a.values == SAMPLE_ROWS and 0.5 * SAMPLE_ROWS < b.values < SAMPLE_ROWS
     assert b.distinct == b.values and b.signal == NEARLY_UNIQUE
     # 25,000 values over 60,000 rows: a sample of 20,000 shows repeats, well below the unique share.
     assert a.distinct < 0.9 * a.values and a.signal is None
+    # The integer columns are counted from the same sample (one query), and never matched to a pattern.
+    assert (c.values, c.distinct, c.matches, c.signal) == (SAMPLE_ROWS, a.distinct, (), None)
+    assert (d.values, d.distinct, d.matches, d.signal) == (SAMPLE_ROWS, SAMPLE_ROWS, (), NEARLY_UNIQUE)
 
 
 @pytest.mark.parametrize(
@@ -250,6 +398,25 @@ def test_the_sample_is_bounded_and_repeats() -> None:
         ("1.2.3", None),
         ("256.1.1.1", None),
         ("not an e-mail@here", None),
+        # An address inside text is still an address.
+        ("Anna Meier <anna.meier@example.org>", "e-mail addresses"),
+        ("mailto:anna.meier@example.org", "e-mail addresses"),
+        ("write to anna.meier@example.org for the results", "e-mail addresses"),
+        # IBANs in either case, whole or in groups of four.
+        ("gb82west12345698765432", "IBANs (bank account numbers)"),
+        ("de89 3704 0044 0532 0130 00", "IBANs (bank account numbers)"),
+        ("De89 3704 0044 0532 0130 00", "IBANs (bank account numbers)"),
+        ("NO93 8601 1117 947", "IBANs (bank account numbers)"),
+        ("pt42 will need more care", None),
+        # A phone number must be the whole value: dates, codes, postcodes and decimals in notes stay clean.
+        ("seen 01-02-2024, discharged 05-02-2024", None),
+        ("admitted 2024-01-15 10:30", None),
+        ("E11.9 since 01/02/2019", None),
+        ("D-10115 Berlin", None),
+        ("75001", None),
+        ("0.01234567", None),
+        ("ratio 0.0123456789", None),
+        ("dose 5 mg @ 8h", None),
     ],
 )
 def test_patterns_recognize_identifiers_and_leave_dates_and_codes(value: str, kind: str | None) -> None:
