@@ -351,7 +351,7 @@ class QueryPipeline:
             # Withdrawals from this moment on are not in the answer (the run reads them after it): a later
             # collect refuses an answer any of them would change (`_still_current`).
             computed_at = utc_now_text()
-            body = await self._release(researcher, spec, entry, decision, request_id, query_hash, trail)
+            body = await self._hand_off(researcher, spec, entry, decision, request_id, query_hash, trail)
             body = {**body, "computed_at": computed_at}
         except Exception as exc:  # noqa: BLE001 - any failure must end as an audited refusal, never an answer
             refusal = exc if isinstance(exc, Refusal) else _internal_failure(exc)
@@ -482,18 +482,6 @@ class QueryPipeline:
         if decision.decision == "needs_approval" and approved:
             decision = decision.model_copy(update={"decision": "allow"})
         return decision
-
-    async def _release(
-        self,
-        principal: Principal,
-        spec: QuerySpec,
-        entry: CatalogEntry,
-        decision: Decision,
-        request_id: str,
-        query_hash: str,
-        trail: list[Queued],
-    ) -> dict[str, Any]:
-        return await self._hand_off(principal, spec, entry, decision, request_id, query_hash, trail)
 
     def _hand_off(
         self,

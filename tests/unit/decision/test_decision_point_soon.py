@@ -14,40 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_decision_decide import POLICIES, REQUEST, _settings
 
 from gateway.decision import DecisionInput, PolicyBundle, PolicyDecisionPoint, point
 from gateway.decision.embedded import EmbeddedEngine
-from gateway.settings import SiteSettings
 
-POLICIES = Path(__file__).resolve().parents[3] / "policies"
 SLOW_S = 0.3
-
-REQUEST: dict[str, Any] = {
-    "requester": {"sub": "r-1", "org": "org-aphp", "country": "FR", "roles": ["researcher"]},
-    "purpose": {"duo": ["DUO:0000006"], "ethics_approval_id": "EC-2026-077"},
-    "dsa": "DSA-2026-014",
-    "dataset": {
-        "id": "ds-diabetes-de",
-        "jurisdiction": "DE",
-        "duo": ["DUO:0000042"],
-        "columns": ["age_band", "sex", "bmi", "hba1c", "outcome"],
-    },
-    "query": {"kind": "count", "columns": ["sex"], "group_by": ["age_band"]},
-    "destination": {"country": "FR"},
-    "now": "2026-05-01T10:00:00Z",
-}
-
-
-def _settings(policy_dir: Path, tmp_path: Path) -> SiteSettings:
-    return SiteSettings(
-        site_id="site-de",
-        jurisdiction="DE",
-        store_url="duckdb:///:memory:",
-        audit_url="sqlite:///:memory:",
-        policy_dir=policy_dir,
-        master_key_env="FEDGATE_TEST_UNUSED_KEY",
-        log_key_file=tmp_path / "log.key",
-    )
 
 
 @pytest.fixture
