@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from obligation_helpers import ONE_CODE_CONSENT, obligations
 
-from gateway.decision.models import ConsentFilter, Obligations
 from gateway.federation.glm_site import (
     CategoricalCovariate,
     GlmArrays,
@@ -33,24 +33,7 @@ from pseudonymize.disclosure.glm_checks import (
 )
 
 RULES = DisclosureRules(10)
-OBLIGATIONS = Obligations(
-    min_cell_count=10,
-    round_to=1,
-    keep_zero_cells=False,
-    allowed_columns=("event", "bmi", "icd10", "smoking"),
-    consent_filter=ConsentFilter(
-        withdrawn_column="consent_withdrawn",
-        consent_column="consent_duo",
-        separator=" ",
-        require_any_of=(("DUO:0000006",),),
-        allowed_codes=("DUO:0000006",),
-    ),
-    dp=None,
-    max_identical_queries=10,
-    glm_min_rows=10,
-    glm_max_parameter_ratio=0.1,
-    publication_moratorium_until=None,
-)
+OBLIGATIONS = obligations(("event", "bmi", "icd10", "smoking"), ONE_CODE_CONSENT)
 ICD10 = CategoricalCovariate(column="icd10", levels=["I10", "G30.9"])
 SMOKING = CategoricalCovariate(column="smoking", levels=["never", "former", "current"])
 ATTACKED = GlmModel(outcome="event", family="binomial", numeric=["bmi"], categorical=[ICD10, SMOKING])

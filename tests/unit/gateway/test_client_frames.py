@@ -12,9 +12,9 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from obligation_helpers import ONE_CODE_CONSENT, obligations
 
 from gateway.client import result_frame
-from gateway.decision.models import ConsentFilter, Obligations
 from gateway.federation.combine import SiteTable, combine
 from gateway.federation.km import pool_released_answers
 from gateway.federation.quantiles import SiteQuantiles, pool_quantiles
@@ -22,23 +22,8 @@ from gateway.query import QueryOutcome, parse_query_spec
 from gateway.release import protect
 
 MIN_CELL = 10
-OBLIGATIONS = Obligations(
-    min_cell_count=MIN_CELL,
-    round_to=1,
-    keep_zero_cells=False,
-    allowed_columns=("sex", "age_band", "admitted", "bmi", "survival_days", "event"),
-    consent_filter=ConsentFilter(
-        withdrawn_column="consent_withdrawn",
-        consent_column="consent_duo",
-        separator=" ",
-        require_any_of=(("DUO:0000006",),),
-        allowed_codes=("DUO:0000006",),
-    ),
-    dp=None,
-    max_identical_queries=10,
-    glm_min_rows=10,
-    glm_max_parameter_ratio=0.1,
-    publication_moratorium_until=None,
+OBLIGATIONS = obligations(
+    ("sex", "age_band", "admitted", "bmi", "survival_days", "event"), ONE_CODE_CONSENT, MIN_CELL
 )
 
 INT, FLOAT, FLAG, TEXT = pd.Int64Dtype(), pd.Float64Dtype(), pd.BooleanDtype(), pd.StringDtype()

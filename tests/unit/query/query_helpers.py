@@ -13,6 +13,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
+from obligation_helpers import obligations as site_obligations
 
 from gateway.decision.models import ConsentFilter, Obligations
 from gateway.query import CompiledQuery, compile_query, parse_query_spec
@@ -32,18 +33,8 @@ CONSENT = ConsentFilter(
 def obligations(
     allowed: tuple[str, ...], consent: ConsentFilter = CONSENT, min_cell_count: int = 10
 ) -> Obligations:
-    return Obligations(
-        min_cell_count=min_cell_count,
-        round_to=1,
-        keep_zero_cells=False,
-        allowed_columns=allowed,
-        consent_filter=consent,
-        dp=None,
-        max_identical_queries=10,
-        glm_min_rows=10,
-        glm_max_parameter_ratio=0.1,
-        publication_moratorium_until=None,
-    )
+    """The site defaults with `allowed` columns, under the query tests' consent rule unless told otherwise."""
+    return site_obligations(allowed, consent, min_cell_count)
 
 
 def compile_spec(
