@@ -10,6 +10,7 @@ started after. `running_federation(fed, skip={"site-nl"})` leaves a site down wh
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import threading
@@ -20,9 +21,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from gateway_site import Site, build_site, free_port
+from gateway_site import Site, bearer, build_site, free_port
+from oidc_issuer import LoopbackTestIssuer
 
 from audit.keys import load_log_key
 from audit.notes import verifier_key_text
@@ -180,3 +183,17 @@ def serve_fake_peer(handler: type[FakePeer], behaviour: str, port: int) -> Threa
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+def audit_entries(url: str, idp: LoopbackTestIssuer) -> list[dict[str, Any]]:
+    """Every entry of a site's log, read as an auditor, page after page."""
+    out: list[dict[str, Any]] = []
+    while True:
+        response = httpx.get(
+            f"{url}/v1/audit/entries", params={"start": len(out)}, headers=bearer(idp, "auditor"), timeout=30
+        )
+        assert response.status_code == 200
+        page = response.json()
+        out += [json.loads(base64.b64decode(e["entry"])) for e in page["entries"]]
+        if not page["entries"] or len(out) >= page["size"]:
+            return out

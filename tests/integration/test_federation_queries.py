@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +10,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from federation_sites import Federation, build_federation, running_federation
+from federation_sites import Federation, audit_entries, build_federation, running_federation
 from gateway_site import bearer, consent_rule
 from oidc_issuer import LoopbackTestIssuer
 
@@ -82,12 +80,6 @@ def direct(url: str, idp: LoopbackTestIssuer, body: dict[str, Any]) -> dict[str,
     assert response.status_code == 200, response.text
     data: dict[str, Any] = response.json()
     return data
-
-
-def audit_entries(url: str, idp: LoopbackTestIssuer) -> list[dict[str, Any]]:
-    response = httpx.get(f"{url}/v1/audit/entries", headers=bearer(idp, "auditor"), timeout=30)
-    assert response.status_code == 200
-    return [json.loads(base64.b64decode(e["entry"])) for e in response.json()["entries"]]
 
 
 def _key(row: dict[str, Any], cols: list[str]) -> tuple[Any, ...]:
@@ -204,19 +196,6 @@ def test_coordinator_and_peers_audit_their_parts(urls: dict[str, str], idp: Loop
         assert received[-1]["actor"]["sub"] == "audited-researcher"
 
 
-def all_entries(url: str, idp: LoopbackTestIssuer) -> list[dict[str, Any]]:
-    """Every entry of a site's log, page after page."""
-    out: list[dict[str, Any]] = []
-    while True:
-        response = httpx.get(
-            f"{url}/v1/audit/entries", params={"start": len(out)}, headers=bearer(idp, "auditor"), timeout=30
-        )
-        page = response.json()
-        out += [json.loads(base64.b64decode(e["entry"])) for e in page["entries"]]
-        if not page["entries"] or len(out) >= page["size"]:
-            return out
-
-
 def test_the_coordinators_entry_names_every_leg_of_both_quantile_rounds(
     urls: dict[str, str], idp: LoopbackTestIssuer
 ) -> None:
@@ -227,7 +206,7 @@ def test_the_coordinators_entry_names_every_leg_of_both_quantile_rounds(
     assert body["covered"] == SITES
     (released,) = [
         e
-        for e in all_entries(urls["site-de"], idp)
+        for e in audit_entries(urls["site-de"], idp)
         if e["type"] == "federation.released" and e["request_id"] == body["request_id"]
     ]
     legs = released["payload"]["legs"]
@@ -238,7 +217,7 @@ def test_the_coordinators_entry_names_every_leg_of_both_quantile_rounds(
     assert [leg["request_id"] for leg in legs[:3]] == [s["request_id"] for s in body["sites"]]
     assert len({leg["request_id"] for leg in legs}) == 6
     for leg in legs:
-        trail = [e for e in all_entries(urls[leg["site"]], idp) if e.get("request_id") == leg["request_id"]]
+        trail = [e for e in audit_entries(urls[leg["site"]], idp) if e.get("request_id") == leg["request_id"]]
         assert [e["type"] for e in trail] == [
             "query.received",
             "query.decided",

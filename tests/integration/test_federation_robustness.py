@@ -4,7 +4,6 @@ coordinator's own part that outlasts its timeout, and queries whose caller stops
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import threading
 import time
@@ -17,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from federation_sites import (
     FakePeer,
     Federation,
+    audit_entries,
     build_federation,
     running_federation,
     serve_fake_peer,
@@ -85,11 +85,6 @@ def urls(fed: Federation) -> Iterator[dict[str, str]]:
 def fed_port(fed: Federation, peer: str) -> int:
     url = next(p.url for p in fed.sites["site-de"].settings.peers if p.id == peer)
     return int(url.rsplit(":", 1)[1])
-
-
-def audit_entries(url: str, idp: LoopbackTestIssuer) -> list[dict[str, Any]]:
-    response = httpx.get(f"{url}/v1/audit/entries", headers=bearer(idp, "auditor"), timeout=30)
-    return [json.loads(base64.b64decode(e["entry"])) for e in response.json()["entries"]]
 
 
 def test_every_site_gets_a_status_and_none_is_dropped(urls: dict[str, str], idp: LoopbackTestIssuer) -> None:
@@ -288,19 +283,6 @@ def test_a_coordinator_that_forwards_no_valid_token_gets_nothing(
 # -- the coordinator's own part, and requests whose caller stops waiting ------------------------------------
 
 
-def all_entries(url: str, idp: LoopbackTestIssuer) -> list[dict[str, Any]]:
-    """Every entry of a site's log, page after page."""
-    out: list[dict[str, Any]] = []
-    while True:
-        response = httpx.get(
-            f"{url}/v1/audit/entries", params={"start": len(out)}, headers=bearer(idp, "auditor"), timeout=30
-        )
-        page = response.json()
-        out += [json.loads(base64.b64decode(e["entry"])) for e in page["entries"]]
-        if not page["entries"] or len(out) >= page["size"]:
-            return out
-
-
 ENDS = {"query.released", "query.refused"}
 
 
@@ -308,7 +290,7 @@ def ended_trail(url: str, idp: LoopbackTestIssuer, request_id: str) -> list[dict
     """A request's trail at a site once it has ended (released or refused); fails after 20 s without."""
     deadline = time.monotonic() + 20
     while True:
-        trail = [e for e in all_entries(url, idp) if e.get("request_id") == request_id]
+        trail = [e for e in audit_entries(url, idp) if e.get("request_id") == request_id]
         if ENDS & {e["type"] for e in trail}:
             return trail
         assert time.monotonic() < deadline, f"the trail never ended: {[e['type'] for e in trail]}"
@@ -350,7 +332,7 @@ def test_a_timed_out_own_part_ends_on_record_and_the_coordinator_names_it(
     assert site["status"] == "timed_out" and body["covered"] == []
     (released,) = [
         e
-        for e in all_entries(urls["site-de"], idp)
+        for e in audit_entries(urls["site-de"], idp)
         if e["type"] == "federation.released" and e["request_id"] == body["request_id"]
     ]
     legs = released["payload"]["legs"]

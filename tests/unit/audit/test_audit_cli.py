@@ -124,7 +124,9 @@ def test_usage_and_unreadable_files(config: Path, tmp_path: Path) -> None:
     assert runner.invoke(app, ["audit", "verify", str(not_export), "--key", vkey]).exit_code == 1
 
 
-def test_verify_with_a_witness_cosignature(config: Path, tmp_path: Path) -> None:
+def cosigned_export(config: Path, tmp_path: Path, witness_name: str) -> tuple[Path, str, str]:
+    """Four entries, a checkpoint cosigned by a witness named `witness_name`, exported: the export, the
+    log's verifier key and the witness's."""
     vkey = keygen(config)
     populate(config, 4)
     s = load_settings(config)
@@ -132,12 +134,17 @@ def test_verify_with_a_witness_cosignature(config: Path, tmp_path: Path) -> None
         s.audit_url, s.audit_origin, load_log_key(s.log_key_file), checkpoint_interval_s=None
     ) as log:
         note = log.checkpoint()
-        with Witness(f"sqlite:///{tmp_path / 'w.db'}", "witness.example/w", Ed25519PrivateKey.generate(),
+        with Witness(f"sqlite:///{tmp_path / 'w.db'}", witness_name, Ed25519PrivateKey.generate(),
                      {s.audit_origin: vkey}) as witness:  # fmt: skip
             log.add_cosignature(4, witness.add_checkpoint(0, [], note), witness.verifier_key)
             wkey = witness.verifier_key
     out = tmp_path / "log.export"
     assert runner.invoke(app, ["audit", "export", "--config", str(config), "--out", str(out)]).exit_code == 0
+    return out, vkey, wkey
+
+
+def test_verify_with_a_witness_cosignature(config: Path, tmp_path: Path) -> None:
+    out, vkey, wkey = cosigned_export(config, tmp_path, "witness.example/w")
     result = runner.invoke(
         app, ["audit", "verify", str(out), "--key", vkey, "--witness", wkey, "--min-witnesses", "1"]
     )
@@ -146,20 +153,8 @@ def test_verify_with_a_witness_cosignature(config: Path, tmp_path: Path) -> None
 
 
 def test_verify_names_the_sites_own_witness_as_not_counted(config: Path, tmp_path: Path) -> None:
-    vkey = keygen(config)
-    populate(config, 4)
-    s = load_settings(config)
-    with AuditLog.open(
-        s.audit_url, s.audit_origin, load_log_key(s.log_key_file), checkpoint_interval_s=None
-    ) as log:
-        note = log.checkpoint()
-        own = f"{s.audit_origin}/witness"
-        with Witness(f"sqlite:///{tmp_path / 'w.db'}", own, Ed25519PrivateKey.generate(),
-                     {s.audit_origin: vkey}) as witness:  # fmt: skip
-            log.add_cosignature(4, witness.add_checkpoint(0, [], note), witness.verifier_key)
-            wkey = witness.verifier_key
-    out = tmp_path / "log.export"
-    assert runner.invoke(app, ["audit", "export", "--config", str(config), "--out", str(out)]).exit_code == 0
+    own = f"{load_settings(config).audit_origin}/witness"
+    out, vkey, wkey = cosigned_export(config, tmp_path, own)
     result = runner.invoke(app, ["audit", "verify", str(out), "--key", vkey, "--witness", wkey])
     assert result.exit_code == 0, result.output
     assert f"not counted: {own}: the log's own witness" in result.stdout
