@@ -89,17 +89,21 @@ class PreparedEvent:
     payload_json: bytes
 
 
+REQUEST_ID_RULE = "request_id must be 1-64 letters, digits and . _ : - (and not a token)"
+
+
+def is_request_id(value: object) -> bool:
+    """Whether the log takes `value` as an entry's request id (`REQUEST_ID_RULE`)."""
+    return isinstance(value, str) and bool(_REQUEST_ID.fullmatch(value)) and not _TOKEN_LIKE.search(value)
+
+
 def prepare_event(
     event_type: str, actor: Actor | None, request_id: str | None, payload: Mapping[str, Any]
 ) -> PreparedEvent:
     """Validate an event against the registry and canonicalize its parts."""
     validate_payload(event_type, payload)
-    if request_id is not None and (
-        not isinstance(request_id, str)
-        or not _REQUEST_ID.fullmatch(request_id)
-        or _TOKEN_LIKE.search(request_id)
-    ):
-        raise EntryError("request_id must be 1-64 letters, digits and . _ : - (and not a token)")
+    if request_id is not None and not is_request_id(request_id):
+        raise EntryError(REQUEST_ID_RULE)
     if actor is not None and not isinstance(actor, Actor):
         raise EntryError("actor must be an Actor or None")
     return PreparedEvent(

@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
@@ -20,6 +19,7 @@ from typing import Any, Final, Literal
 import httpx
 import rfc8785
 
+from audit.entry import REQUEST_ID_RULE, is_request_id
 from audit.events import COUNT, DIGEST, LABEL, REASONS, REGISTRY, EventType, FieldKind, register
 from gateway.auth import Principal
 from gateway.federation.combine import (
@@ -67,18 +67,11 @@ QUERIES_PATH = "/v1/queries"
 DISCLOSURE_TITLE = "Refused by disclosure control"
 _REFUSAL_KIND = {int(status): kind for kind, status in STATUS.items()}
 
-# A request id as the audit log takes one for an entry's own (audit.entry): the coordinator's own, or what a
-# peer's answer names (its text is the peer's; one the log would not take is recorded as null).
-_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
-_TOKEN_LIKE = re.compile(r"(?i)eyJ[A-Za-z0-9_-]{4,}\.|\bbearer\b|[A-Za-z0-9_+/=]{48,}")
-
 
 def recordable_request_id(value: str | None) -> str | None:
     """A site's request id as the coordinator's audit entry names it: as it is, or None when the log would
-    not take it as a request id (no id, or text of a peer's that reads as a token)."""
-    if value is None or not _REQUEST_ID.fullmatch(value) or _TOKEN_LIKE.search(value):
-        return None
-    return value
+    not take it as an entry's request id (no id, or a peer's text that reads as a token)."""
+    return value if is_request_id(value) else None
 
 
 class Legs(FieldKind):
@@ -98,12 +91,8 @@ class Legs(FieldKind):
             if problem is None and leg["status"] not in STATUSES:
                 problem = f"status must be one of {list(STATUSES)}"
             rid = leg["request_id"]
-            if (
-                problem is None
-                and rid is not None
-                and (not isinstance(rid, str) or recordable_request_id(rid) != rid)
-            ):
-                problem = "request_id must be null or 1-64 letters, digits and . _ : - (and not a token)"
+            if problem is None and rid is not None and not is_request_id(rid):
+                problem = f"{REQUEST_ID_RULE}, or null"
             if problem:
                 return f"item {i}: {problem}"
         return None
