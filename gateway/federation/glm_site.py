@@ -306,8 +306,9 @@ def binary_cells(data: GlmArrays, model: GlmModel) -> dict[str, int]:
     for column in model.numeric:
         few = few_values(data.x[:, names.index(column)], 2)
         if few is not None and len(few[0]) == 2:
-            for v, count in zip(*few, strict=True):
-                cells[f"{column}={v:g}"] = count
+            # Named by rank, never by value: the values are the data's, not the request's.
+            for rank, count in zip(("lower", "higher"), few[1], strict=True):
+                cells[f"{column} ({rank} value)"] = count
     if model.family == "binomial":
         events = int(np.sum(data.y == 1))
         cells[f"{model.outcome}=1"] = events

@@ -82,7 +82,17 @@ def test_binary_cells_cover_two_valued_numeric_columns_and_the_binomial_outcome(
     frame = pd.DataFrame({"y": [0, 1] * 20, "smoker": [0.0] * 35 + [1.0] * 5, "age": np.arange(40.0)})
     model = GlmModel(outcome="y", family="binomial", numeric=["smoker", "age"])
     cells = binary_cells(design(frame, model), model)
-    assert cells == {"smoker=0": 35, "smoker=1": 5, "y=1": 20, "y=0": 20}
+    assert cells == {"smoker (lower value)": 35, "smoker (higher value)": 5, "y=1": 20, "y=0": 20}
+
+
+def test_a_two_valued_columns_refusal_names_no_value_of_it() -> None:
+    """The values of a numeric column are the data's: a refusal names them by rank only."""
+    frame = pd.DataFrame({"y": np.arange(40.0), "dose": [2.5] * 35 + [7.5] * 5})
+    model = GlmModel(outcome="y", family="gaussian", numeric=["dose"])
+    with pytest.raises(GlmDisclosureError) as refused:
+        check(40, 2, binary_cells(design(frame, model), model))
+    assert "dose (higher value)" in str(refused.value)
+    assert "7.5" not in str(refused.value) and "2.5" not in str(refused.value)
 
 
 def test_design_leaves_out_incomplete_rows_other_levels_and_non_positive_weights() -> None:
