@@ -60,6 +60,8 @@ STATUSES: tuple[SiteStatus, ...] = (
     "invalid_answer",
 )
 DEFAULT_TIMEOUT_S = 10.0
+MIN_TIMEOUT_S = 0.1
+MAX_TIMEOUT_S = 60
 POOLED_KINDS = ("count", "crosstab", "summary", "histogram", "quantiles", "kaplan_meier")
 log = logging.getLogger("fedgate.federation")
 QUERIES_PATH = "/v1/queries"
@@ -165,8 +167,9 @@ def parse_federated(body: Any) -> tuple[QuerySpec, list[str] | None, float]:
     if sites is not None and (not sites or not distinct_ids):
         reason = "sites must be a non-empty list of distinct site ids"
         raise Refusal("bad_request", "Invalid federated query", [reason], field="sites")
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0.1 <= timeout <= 60:
-        reason = "timeout_s must be a number of seconds between 0.1 and 60"
+    in_range = isinstance(timeout, int | float) and MIN_TIMEOUT_S <= timeout <= MAX_TIMEOUT_S
+    if isinstance(timeout, bool) or not in_range:
+        reason = f"timeout_s must be a number of seconds between {MIN_TIMEOUT_S} and {MAX_TIMEOUT_S}"
         raise Refusal("bad_request", "Invalid federated query", [reason], field="timeout_s")
     try:
         spec = parse_query_spec(rest)

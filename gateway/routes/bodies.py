@@ -5,12 +5,12 @@ again. These models only describe them, attached as `documented(ok=(description,
 tests/integration/test_openapi.py checks real answers against the schemas the gateway serves. A body whose
 keys are fixed forbids any other, so a field renamed on one side and not the other fails that test. (The
 query bodies are described beside their routes, in gateway/routes/queries.py, as `GlmPending` is in
-gateway/routes/glm.py.)
+gateway/routes/glm.py.) `FederatedQuery` describes a body the gateway takes, as the coordinator validates it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,8 +22,21 @@ from gateway.decision.policy_data import (
     SiteData,
     TransferData,
 )
-from gateway.federation.coordinator import SiteStatus
+from gateway.federation.coordinator import (
+    DEFAULT_TIMEOUT_S,
+    MAX_TIMEOUT_S,
+    MIN_TIMEOUT_S,
+    SiteStatus,
+)
 from gateway.federation.glm_fit import Family, SiteState
+from gateway.query import (
+    CountQuery,
+    CrosstabQuery,
+    HistogramQuery,
+    KaplanMeierQuery,
+    QuantilesQuery,
+    SummaryQuery,
+)
 
 
 class _Body(BaseModel):
@@ -193,6 +206,60 @@ class ConsistencyProof(_Body):
 
 
 # -- /v1/federated-queries ---------------------------------------------------------------------------------
+
+
+class FederatedOptions(_Body):
+    """What a federated query adds to a query spec of `POST /v1/queries`."""
+
+    sites: Annotated[list[str], Field(min_length=1, json_schema_extra={"uniqueItems": True})] | None = Field(
+        default=None,
+        description="the site ids to ask, each once; default (absent or null): every peer, and this site "
+        "when it holds the dataset",
+    )
+    timeout_s: float = Field(
+        default=DEFAULT_TIMEOUT_S,
+        ge=MIN_TIMEOUT_S,
+        le=MAX_TIMEOUT_S,
+        description="how long to wait for each site's answer, in seconds",
+    )
+
+
+class FederatedCountQuery(FederatedOptions, CountQuery):
+    """A `count` spec (`CountQuery`) asked of several sites."""
+
+
+class FederatedCrosstabQuery(FederatedOptions, CrosstabQuery):
+    """A `crosstab` spec (`CrosstabQuery`) asked of several sites."""
+
+
+class FederatedSummaryQuery(FederatedOptions, SummaryQuery):
+    """A `summary` spec (`SummaryQuery`) asked of several sites."""
+
+
+class FederatedHistogramQuery(FederatedOptions, HistogramQuery):
+    """A `histogram` spec (`HistogramQuery`) asked of several sites."""
+
+
+class FederatedQuantilesQuery(FederatedOptions, QuantilesQuery):
+    """A `quantiles` spec (`QuantilesQuery`) asked of several sites."""
+
+
+class FederatedKaplanMeierQuery(FederatedOptions, KaplanMeierQuery):
+    """A `kaplan_meier` spec (`KaplanMeierQuery`) asked of several sites."""
+
+
+FederatedQuery = Annotated[
+    FederatedCountQuery
+    | FederatedCrosstabQuery
+    | FederatedSummaryQuery
+    | FederatedHistogramQuery
+    | FederatedQuantilesQuery
+    | FederatedKaplanMeierQuery,
+    Field(discriminator="kind"),
+]
+"""The body of `POST /v1/federated-queries`: a spec of one of the kinds the coordinator pools
+(`coordinator.POOLED_KINDS`) with `sites` and `timeout_s` beside its fields. It documents the body only:
+`coordinator.parse_federated` validates it, and its refusals name the field at fault."""
 
 
 class SiteAnswerStatus(_Body):

@@ -14,7 +14,15 @@ from gateway_site import Site, bearer
 from jsonschema import Draft202012Validator
 from oidc_issuer import LoopbackTestIssuer
 
+from gateway.federation.coordinator import (
+    DEFAULT_TIMEOUT_S,
+    MAX_TIMEOUT_S,
+    MIN_TIMEOUT_S,
+    POOLED_KINDS,
+    parse_federated,
+)
 from gateway.problems import PROBLEM_JSON, Problem
+from gateway.refusal import Refusal
 
 ROOT = Path(__file__).resolve().parents[2]
 # The C2SP witness endpoint answers the protocol's text/plain bodies and takes no bearer token.
@@ -359,3 +367,145 @@ def test_a_glm_session_sent_to_a_steward_is_documented_with_its_body(openapi: di
     schema = accepted["content"]["application/json"]["schema"]
     assert schema["$ref"].endswith("/GlmPending")
     assert set(openapi["components"]["schemas"]["GlmPending"]["properties"]) == {"status", "reasons"}
+
+
+def references(node: Any, at: str = "#") -> list[tuple[str, str]]:
+    """Every reference in a part of the page, as (where, reference): each `$ref` and each schema a
+    discriminator's mapping names."""
+    found: list[tuple[str, str]] = []
+    if isinstance(node, dict):
+        if isinstance(node.get("$ref"), str):
+            found.append((at, node["$ref"]))
+        discriminator = node.get("discriminator")
+        if isinstance(discriminator, dict) and "propertyName" in discriminator:
+            mapping = discriminator.get("mapping", {})
+            found += [(f"{at}/discriminator/mapping/{key}", ref) for key, ref in mapping.items()]
+        for key, value in node.items():
+            found += references(value, f"{at}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += references(value, f"{at}/{i}")
+    return found
+
+
+def resolves(doc: dict[str, Any], ref: str) -> bool:
+    """Whether a reference within the page (a JSON pointer after `#`) names a part of it."""
+    if not ref.startswith("#/"):
+        return False
+    node: Any = doc
+    for token in ref[2:].split("/"):
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and token in node:
+            node = node[token]
+        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        else:
+            return False
+    return True
+
+
+def test_every_reference_in_the_page_resolves(openapi: dict[str, Any]) -> None:
+    found = references(openapi)
+    assert len(found) >= 100
+    dangling = [f"{at}: {ref}" for at, ref in found if not resolves(openapi, ref)]
+    assert not dangling, "\n".join(dangling)
+
+
+FEDERATED_PATH = "/v1/federated-queries"
+# One spec of each kind the coordinator pools, as a researcher sends it.
+POOLED_SPECS: dict[str, dict[str, Any]] = {
+    "count": QUERY,
+    "crosstab": {**QUERY, "kind": "crosstab", "group_by": ["sex"]},
+    "summary": {**QUERY, "kind": "summary", "params": {"column": "bmi"}},
+    "histogram": {**QUERY, "kind": "histogram", "params": {"column": "bmi", "edges": [20.0, 30.0]}},
+    "quantiles": {**QUERY, "kind": "quantiles", "params": {"column": "bmi", "probs": [0.25, 0.5]}},
+    "kaplan_meier": {
+        **QUERY,
+        "kind": "kaplan_meier",
+        "params": {"time": "survival_days", "event": "event", "edges": [30.0, 365.0]},
+    },
+}
+FEDERATION_OPTIONS: list[dict[str, Any]] = [
+    {},
+    {"sites": ["site-de"]},
+    {"timeout_s": MIN_TIMEOUT_S},
+    {"sites": ["site-de", "site-fr"], "timeout_s": 30},
+    {"sites": None, "timeout_s": MAX_TIMEOUT_S},
+]
+
+
+def federated_body_schema(openapi: dict[str, Any]) -> dict[str, Any]:
+    request = openapi["paths"][FEDERATED_PATH]["post"]["requestBody"]
+    assert request["required"] is True
+    assert list(request["content"]) == ["application/json"]
+    schema: dict[str, Any] = request["content"]["application/json"]["schema"]
+    return schema
+
+
+def test_the_pooled_kinds_are_the_kinds_of_federated_bodies_checked() -> None:
+    assert set(POOLED_SPECS) == set(POOLED_KINDS)
+
+
+@pytest.mark.parametrize("kind", POOLED_KINDS)
+def test_a_federated_body_the_coordinator_takes_fits_the_documented_schema(
+    openapi: dict[str, Any], kind: str
+) -> None:
+    schema = federated_body_schema(openapi)
+    components = openapi["components"]["schemas"]
+    for options in FEDERATION_OPTIONS:
+        body = {**POOLED_SPECS[kind], **options}
+        spec, _, _ = parse_federated(body)
+        assert spec.kind == kind
+        assert violations(body, schema, components) == [], options
+
+
+REFUSED_BODIES: dict[str, tuple[dict[str, Any], str]] = {
+    "no kind": ({key: value for key, value in QUERY.items() if key != "kind"}, "kind"),
+    "timeout_s as text": ({**QUERY, "timeout_s": "5"}, "timeout_s"),
+    "timeout_s as a boolean": ({**QUERY, "timeout_s": True}, "timeout_s"),
+    "timeout_s too long": ({**QUERY, "timeout_s": MAX_TIMEOUT_S + 1}, "timeout_s"),
+    "no site": ({**QUERY, "sites": []}, "sites"),
+    "a site twice": ({**QUERY, "sites": ["site-de", "site-de"]}, "sites"),
+    "a site not named by text": ({**QUERY, "sites": [1]}, "sites"),
+    "an unknown field": ({**QUERY, "site": ["site-de"]}, "site"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_BODIES)
+def test_a_federated_body_the_coordinator_refuses_breaks_the_documented_schema(
+    openapi: dict[str, Any], case: str
+) -> None:
+    body, field = REFUSED_BODIES[case]
+    with pytest.raises(Refusal) as refused:
+        parse_federated(body)
+    assert refused.value.field == field
+    assert violations(body, federated_body_schema(openapi), openapi["components"]["schemas"])
+
+
+def test_the_federated_body_documents_the_spec_of_each_pooled_kind_with_its_sites_and_timeout(
+    openapi: dict[str, Any],
+) -> None:
+    components = openapi["components"]["schemas"]
+    schema = federated_body_schema(openapi)
+    assert schema["discriminator"]["propertyName"] == "kind"
+    federated = schema["discriminator"]["mapping"]
+    assert list(federated) == list(POOLED_KINDS)
+    assert [choice["$ref"] for choice in schema["oneOf"]] == list(federated.values())
+    single_site = openapi["paths"]["/v1/queries"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]["discriminator"]["mapping"]  # fmt: skip
+    for kind, ref in federated.items():
+        body = components[ref.rsplit("/", 1)[1]]
+        spec = components[single_site[kind].rsplit("/", 1)[1]]
+        properties = dict(body["properties"])
+        sites, timeout = properties.pop("sites"), properties.pop("timeout_s")
+        # The spec's own fields, as POST /v1/queries takes them, and no other.
+        assert properties == spec["properties"], kind
+        assert body["required"] == spec["required"] and body["additionalProperties"] is False, kind
+        (listed,) = [choice for choice in sites["anyOf"] if choice["type"] == "array"]
+        assert listed["items"] == {"type": "string"}
+        assert (listed["minItems"], listed["uniqueItems"]) == (1, True)
+        assert "site ids" in sites["description"] and "default" in sites["description"]
+        assert timeout["type"] == "number"
+        assert (timeout["minimum"], timeout["maximum"]) == (MIN_TIMEOUT_S, MAX_TIMEOUT_S)
+        assert timeout["default"] == DEFAULT_TIMEOUT_S and "seconds" in timeout["description"]
