@@ -37,8 +37,16 @@ from gateway.query.spec import (
 )
 
 AnySelect = sa.Select[*tuple[Any, ...]]
-# Result columns the kinds add after the group columns; a group column may not take one of these names.
-RESERVED_NAMES = ("n", "sum", "sum_sq", "bin", "lower", "upper", "events")
+# The columns an answer has besides its groups, in any kind: the executor's, the released table's
+# (gateway.release) and a federation's pooled table's (gateway.federation). Rows are keyed by column name,
+# so a group column of one of these names would lose its values to the statistic; it is refused in every
+# kind, as a federated quantiles query asks its sites for histograms of its groups. A quantile's own
+# columns (`q0.25`, `q0.25_lower`) hold a dot, which no column name does.
+RESERVED_NAMES = (
+    "n", "sum", "sum_sq", "bin", "lower", "upper", "events",
+    "count", "suppressed", "suppression_reason", "margin", "mean", "variance", "at_risk", "censored",
+    "bin_width", "survival", "std_err", "ci_lower", "ci_upper",
+)  # fmt: skip
 _ORDERED_OPS = ("<", "<=", ">", ">=", "between")
 
 
@@ -528,7 +536,9 @@ class _Resolver:
     def grouping(self, name: str, field: str) -> DatasetColumn:
         column = self.column(name, field)
         if name in RESERVED_NAMES:
-            raise QuerySpecError(f"cannot group by {name!r}: the result uses that name", field)
+            raise QuerySpecError(
+                f"cannot group by {name!r}: answers use that name for a column of their own", field
+            )
         if column.type_class == "other":
             raise QuerySpecError(
                 f"column {name!r} has type {column.arrow_type}, which cannot be grouped", field

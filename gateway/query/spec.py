@@ -250,6 +250,14 @@ class QuantilesParams(_Spec):
         # A coarse grid (pseudonymize.disclosure.rules says why).
         if any(abs(p / PROB_STEP - round(p / PROB_STEP)) > 1e-9 for p in probs):
             raise ValueError(f"probs must be multiples of {PROB_STEP}")
+        # Each answer column is named after its point of the grid (`q0.15`), which a value within the
+        # tolerance above is taken for: two values on one point would ask one quantile twice, under one name.
+        first: dict[int, int] = {}
+        for i, p in enumerate(probs):
+            j = first.setdefault(round(p / PROB_STEP), i)
+            if j != i:
+                point = round(round(p / PROB_STEP) * PROB_STEP, 10)
+                raise ValueError(f"probs must be distinct: probs[{j}] and probs[{i}] are both {point:g}")
         return probs
 
 

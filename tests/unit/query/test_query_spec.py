@@ -73,6 +73,8 @@ def field_of(data: Any) -> str:
         (spec(kind="quantiles", params={"column": "bmi", "probs": [0]}), "params.probs[0]"),
         (spec(kind="quantiles", params={"column": "bmi", "probs": [0.5, 1]}), "params.probs[1]"),
         (spec(kind="quantiles", params={"column": "bmi", "probs": [0.5, 0.5]}), "params.probs"),
+        (spec(kind="quantiles", params={"column": "bmi", "probs": [0.15, 0.15 + 4e-11]}), "params.probs"),
+        (spec(kind="quantiles", params={"column": "bmi", "probs": [0.3, 0.1 + 0.2]}), "params.probs"),
         (spec(kind="histogram", params={"column": "bmi", "edges": [1, 3, 2]}), "params.edges"),
         (spec(kind="histogram", params={"column": "bmi", "edges": [1]}), "params.edges"),
         (spec(kind="histogram", params={"column": "bmi", "edges": list(range(102))}), "params.edges"),
