@@ -1,4 +1,4 @@
-"""Pool what sites released: counts, cross-tabs and histograms summed, summaries from (n, Σx, Σx²).
+"""Pool what sites released: counts, cross-tabs and histograms summed, summaries from (n, mean, variance).
 
 Conservative semantics (the pooled table is a function of the site answers, so it tells nothing they
 did not): a pooled entry — cell, margin, bin or group — is released only when *every* covered site
@@ -31,6 +31,9 @@ _VALUE_COLS: dict[str, tuple[str, ...]] = {
     "summary": ("n", "sum", "sum_sq"),
 }
 _INTEGER_COLS = frozenset({"count", "n"})
+# A summary row's moments: pooled by Chan's combination when a site sends them (every version of
+# protect_summary does), from Σx and Σx² when it does not.
+_MOMENT_COLS = ("mean", "variance")
 
 
 class CombineError(Exception):
@@ -85,6 +88,8 @@ class SiteTable:
                         raise InvalidSiteAnswer(site, f"{col} below the site's own min_cell_count")
                 elif not _finite(value):
                     raise InvalidSiteAnswer(site, f"{col} is not a finite number")
+            if kind == "summary":
+                _check_moments(site, row)
             if not all(map(is_label, row.values())):
                 # Group values, margins, bins and any other column are pooled and hashed as they came.
                 raise InvalidSiteAnswer(site, "a value is not a single text, number or flag JSON can carry")
@@ -154,6 +159,7 @@ def combine(kind: PoolKind, group_by: Sequence[str], tables: Sequence[SiteTable]
     for key, template in order.items():
         row = {c: template.get(c) for c in columns}
         sums = dict.fromkeys(values, 0.0)
+        parts: list[tuple[float, float, float]] = []
         hidden = False
         for index in indexed:
             part = index.get(key)
@@ -164,6 +170,8 @@ def combine(kind: PoolKind, group_by: Sequence[str], tables: Sequence[SiteTable]
                 break
             for col in values:
                 sums[col] += part[col]
+            if kind == "summary":
+                parts.append(_site_moments(part))
         size_col = values[0]
         small = not hidden and 0 < sums[size_col] < minimum
         if hidden or small:
@@ -175,7 +183,7 @@ def combine(kind: PoolKind, group_by: Sequence[str], tables: Sequence[SiteTable]
         else:
             row.update({c: int(v) if c in _INTEGER_COLS else v for c, v in sums.items()})
             if kind == "summary":
-                row.update(_moments(int(sums["n"]), sums["sum"], sums["sum_sq"]))
+                row.update(_moments(int(sums["n"]), sums["sum"], parts))
             row["suppressed"] = False
             row["suppression_reason"] = None
         rows.append(row)
@@ -188,11 +196,54 @@ def combine(kind: PoolKind, group_by: Sequence[str], tables: Sequence[SiteTable]
     )
 
 
-def _moments(n: int, total: float, total_sq: float) -> dict[str, float | None]:
-    mean = total / n if n else None
-    # Clamped at 0 as at a site: Σx² − (Σx)²/n can dip below zero by rounding for near-constant groups.
-    spread = max(total_sq - total * total / n, 0.0) if n else 0.0
-    return {"mean": mean, "variance": spread / (n - 1) if n > 1 else None}
+def _check_moments(site: str, row: dict[str, Any]) -> None:
+    """A summary row's `mean` and `variance`, when it has them: null on a suppressed row, else null or a
+    finite number (the variance not negative), or the site answer is invalid."""
+    for col in _MOMENT_COLS:
+        value = row.get(col)
+        if value is None:
+            continue
+        if row["suppressed"]:
+            raise InvalidSiteAnswer(site, "a suppressed row carries a value")
+        if not _finite(value):
+            raise InvalidSiteAnswer(site, f"{col} is not a finite number")
+        if col == "variance" and value < 0:
+            raise InvalidSiteAnswer(site, "a variance is negative")
+
+
+def _site_moments(part: dict[str, Any]) -> tuple[float, float, float]:
+    """One site's (n, mean, M2) for a group: M2 = variance·(n − 1), the sum of squared deviations.
+
+    The site's own mean and variance are used when it sent them: it computed the variance from its rows
+    (the store's var_samp), while Σx² − (Σx)²/n cancels catastrophically when the mean is large beside the
+    spread. A null variance means the site's group had fewer than two rows (its n may be rounded up):
+    M2 = 0. A row without the moment columns falls back to its sums.
+    """
+    n = float(part["n"])
+    if n == 0:
+        return 0.0, 0.0, 0.0
+    mean = part.get("mean")
+    if mean is None:
+        mean = part["sum"] / n
+    if "variance" in part:
+        variance = part["variance"]
+        return n, float(mean), float(variance) * (n - 1) if variance is not None and n > 1 else 0.0
+    # Clamped at 0: Σx² − (Σx)²/n can dip below zero by rounding for near-constant groups.
+    return n, float(mean), max(part["sum_sq"] - part["sum"] * part["sum"] / n, 0.0)
+
+
+def _moments(n: int, total: float, parts: Sequence[tuple[float, float, float]]) -> dict[str, float | None]:
+    """The pooled mean, Σsum / Σn, and the sample variance by Chan's combination of the sites' parts:
+    M2 = Σ M2ᵢ + Σ nᵢ·(meanᵢ − m)², m the n-weighted mean of the site means. Every term is a centred
+    square, so pooling adds no cancellation to what the sites computed."""
+    if not n:
+        return {"mean": None, "variance": None}
+    size = sum(p[0] for p in parts)
+    centre = math.fsum(p[0] * p[1] for p in parts) / size if size else 0.0
+    spread = math.fsum(p[2] + p[0] * (p[1] - centre) ** 2 for p in parts)
+    if not math.isfinite(spread):  # sites' values beyond ~1e150, whose squares no double holds
+        raise CombineError("a pooled variance is beyond what a number can hold")
+    return {"mean": total / n, "variance": spread / (n - 1) if n > 1 else None}
 
 
 def _reasons(kind: str, at_site: int, small: int, minimum: int, tables: Sequence[SiteTable]) -> list[str]:

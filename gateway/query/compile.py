@@ -352,14 +352,20 @@ def _selects(
     present = sa.and_(where, table.c[target.name].is_not(None))
 
     if isinstance(spec, SummaryQuery):
+        # The variance is the store's own var_samp (DuckDB and PostgreSQL update centred sums row by row):
+        # sum_sq - sum**2/n cancels catastrophically when the mean is large beside the spread (epoch
+        # seconds, counts per litre). NULL for a group of one row, as the released variance is.
         main = sa.select(
             *group_cols,
             n_rows,
             sa.func.sum(value).label("sum"),
             sa.func.sum(value * value).label("sum_sq"),
+            sa.func.var_samp(value, type_=sa.Double()).label("variance"),
         )
         main = main.select_from(table).where(present).group_by(*group_cols)
-        output = (*group_out, ("n", "int64"), ("sum", "float64"), ("sum_sq", "float64"))
+        output = (
+            *group_out, ("n", "int64"), ("sum", "float64"), ("sum_sq", "float64"), ("variance", "float64"),
+        )  # fmt: skip
         return main, keep, output, ()
 
     if isinstance(spec, QuantilesQuery):

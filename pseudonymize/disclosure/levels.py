@@ -25,9 +25,11 @@ def recode_rare_levels(
     A suppressed cell hides its count, but its label would still show that the value exists (a group-by
     on a lab value would list every patient's result). Rare levels are merged into one "(other)" level, so
     the groups lie on the grid a count of the same query has and their sizes are protected alike. With
-    `merge`, the additive statistics are summed (n, sum, sum_sq). Without (quantiles, which do not add
-    up), only `n` is summed, and every other statistic of a group labelled "(other)" is NaN: withheld.
-    Dropping the rare groups instead would let the ungrouped answer's n minus the groups' give them back.
+    `merge`, the additive statistics are summed (n, sum, sum_sq) and a `variance` beside them is pooled
+    from the merged groups' sizes, means and variances (`_pooled_variance`). Without (quantiles, which do
+    not add up), only `n` is summed, and every other statistic of a group labelled "(other)" is NaN:
+    withheld. Dropping the rare groups instead would let the ungrouped answer's n minus the groups' give
+    them back.
     """
     if not groups or frame.empty or not has_rare_level(frame, groups, rules.min_cell_count):
         return frame
@@ -44,7 +46,10 @@ def recode_rare_levels(
     keys = [*groups, *(["bin"] if "bin" in recoded.columns else [])]
     if merge:
         additive = [c for c in recoded.columns if c in _ADDITIVE]
-        return recoded.groupby(keys, dropna=False, sort=False)[additive].sum().reset_index()
+        merged_frame = recoded.groupby(keys, dropna=False, sort=False)[additive].sum().reset_index()
+        if "variance" in recoded.columns and {"n", "sum"} <= set(additive):
+            merged_frame["variance"] = _pooled_variance(recoded, keys)
+        return merged_frame
     # Every row labelled "(other)" loses its statistics, a level that is itself named so included: it is
     # merged with the rare ones. A group of any other label is one executor row and keeps its own.
     merged = _labelled_other(recoded, groups)
@@ -56,6 +61,27 @@ def recode_rare_levels(
     for column in statistics:
         out[column] = grouped[column].first()
     return out.reset_index()
+
+
+def _pooled_variance(frame: pd.DataFrame, keys: list[str]) -> np.ndarray:
+    """Sample variance of each merged group, in the order `groupby(keys, sort=False)` gives the groups.
+
+    Chan's combination of the parts: M2 = Σ M2ᵢ + Σ nᵢ·(meanᵢ − mean)², with M2ᵢ = varianceᵢ·(nᵢ − 1) and
+    meanᵢ = sumᵢ/nᵢ. Every term is a centred square, so nothing cancels as Σsum_sq − (Σsum)²/Σn would
+    when the mean is large beside the spread. A part of one row has no variance (NULL): its M2ᵢ is 0.
+    A part of more rows without one leaves its merged group's variance NaN (protect_summary then uses
+    the sums).
+    """
+    ids = frame.groupby(keys, dropna=False, sort=False).ngroup().to_numpy()
+    groups = int(ids.max()) + 1
+    n = frame["n"].to_numpy(dtype=np.float64)
+    means = frame["sum"].to_numpy(dtype=np.float64) / np.maximum(n, 1.0)
+    spread = pd.to_numeric(frame["variance"]).astype("float64").to_numpy(dtype=np.float64, na_value=np.nan)
+    m2 = np.where(n > 1, spread * (n - 1), 0.0)
+    size = np.bincount(ids, weights=n, minlength=groups)
+    centre = np.bincount(ids, weights=n * means, minlength=groups) / np.maximum(size, 1.0)
+    total = np.bincount(ids, weights=m2 + n * (means - centre[ids]) ** 2, minlength=groups)
+    return np.where(size > 1, total / np.maximum(size - 1, 1.0), np.nan)
 
 
 def withhold_merged_quantiles(
