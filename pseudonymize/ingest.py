@@ -15,11 +15,12 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from connectors.base import Connector
 from connectors.csv import CsvConnector
@@ -64,9 +65,11 @@ _STORED_AS_GIVEN = (
 
 @dataclass(frozen=True)
 class IngestResult:
-    """What an ingest published: the catalog entry (with its risk report)."""
+    """What an ingest published: the catalog entry (with its risk report), and for every kept float
+    column (by its stored name) how many of its values were NaN in the source and are stored as missing."""
 
     entry: CatalogEntry
+    nan_as_missing: dict[str, int] = field(default_factory=dict)
 
     @property
     def risk(self) -> RiskReport:
@@ -76,10 +79,35 @@ class IngestResult:
         return RiskReport(**r)
 
 
+def _kept_floats(spec: PseudonymizationSpec, schema: pa.Schema) -> dict[str, str]:
+    """Source column -> stored column, for the `keep` columns of floats (dictionary-encoded or not)."""
+    floats: dict[str, str] = {}
+    for name, rule in spec.columns.items():
+        if rule.action != "keep":
+            continue
+        kind = schema.field(name).type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        if pa.types.is_float32(kind) or pa.types.is_float64(kind):
+            floats[name] = rule.output or name
+    return floats
+
+
+def _nan_as_null(column: pa.Array) -> tuple[pa.Array, int]:
+    """The column with every NaN made missing, and how many were. Other values keep their bits (-0.0)."""
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    nan = pc.is_nan(column)
+    count = pc.sum(nan).as_py() or 0
+    if not count:
+        return column, 0
+    return pc.if_else(nan, pa.scalar(None, column.type), column), int(count)
+
+
 class _Stream:
-    """Wraps a connector's batches: adds the pseudonym columns hashed outside DuckDB, digests the columns
-    DuckDB stores as given, reports progress, and keeps a connector's (or a worker's) error so it
-    survives DuckDB."""
+    """Wraps a connector's batches: stores the NaN of kept float columns as missing, adds the pseudonym
+    columns hashed outside DuckDB, digests the columns DuckDB stores as given, reports progress, and keeps
+    a connector's (or a worker's) error so it survives DuckDB."""
 
     def __init__(
         self,
@@ -89,6 +117,7 @@ class _Stream:
         hasher: ColumnHmac,
         on_rows: ProgressCallback | None,
         digested: dict[str, str],
+        floats: dict[str, str],
     ) -> None:
         self.connector = connector
         self.hashed = hashed
@@ -96,6 +125,16 @@ class _Stream:
         self.on_rows = on_rows
         self.error: ConnectorError | IngestError | None = None
         self.columns = schema.names
+        #: source column -> stored column, for the kept floats whose NaN become missing values
+        self.floats = floats
+        #: stored column -> how many NaN the stream has made missing so far
+        self.nan_counts = dict.fromkeys(floats.values(), 0)
+        for name in floats:
+            # Decoded, and nullable whatever the source declared: a NaN arrives as a missing value.
+            kind = schema.field(name).type
+            kind = kind.value_type if pa.types.is_dictionary(kind) else kind
+            at = schema.get_field_index(name)
+            schema = schema.set(at, schema.field(name).with_type(kind).with_nullable(True))
         for h in hashed:
             if h.token is not None:
                 schema = schema.append(pa.field(h.token, pa.uuid()))
@@ -114,7 +153,8 @@ class _Stream:
         pending: deque[tuple[pa.RecordBatch, list[Future[HashedColumn]]]] = deque()
         seen = 0
         try:
-            for batch in self.connector.batches_of(self.columns, SOURCE_BATCH_ROWS):
+            for given in self.connector.batches_of(self.columns, SOURCE_BATCH_ROWS):
+                batch = self._nan_as_missing(given)
                 if self.hashed and seen >= HASH_WORKERS_AFTER_ROWS:
                     # Worker processes take a moment to start: small sources are hashed inline.
                     self._start_workers(self.hasher.start_workers)
@@ -130,6 +170,16 @@ class _Stream:
         except ConnectorError as exc:
             self.error = exc
             raise
+
+    def _nan_as_missing(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The batch with the NaN of kept floats as missing values, before anything reads it: DuckDB
+        and PostgreSQL order NaN above every number, so a query would count "not measured" as a value."""
+        for name, stored in self.floats.items():
+            at = batch.schema.get_field_index(name)
+            column, count = _nan_as_null(batch.column(at))
+            self.nan_counts[stored] += count
+            batch = batch.set_column(at, self.schema.field(name), column)
+        return batch
 
     def _start_workers(self, start: Callable[[int], None]) -> None:
         try:
@@ -336,7 +386,8 @@ def ingest(
     # Columns the spec drops and nothing reads are not read at all (a Parquet source skips them).
     read = pa.schema([f for f in schema if f.name in compiled.input_columns])
     digested = _digested_in_stream(spec, schema, compiled.hashed_inputs)
-    stream = _Stream(connector, read, compiled.hashed_inputs, hasher, on_rows, digested)
+    floats = _kept_floats(spec, schema)
+    stream = _Stream(connector, read, compiled.hashed_inputs, hasher, on_rows, digested, floats)
     try:
         con.register("source", stream.reader())
         try:
@@ -434,7 +485,7 @@ def ingest(
         else:
             reader = con.sql(f"SELECT * FROM {quote_ident(staging)}").to_arrow_reader(100_000)
             published = store.publish_batches(out_schema, iter(reader), entry, before_publish)
-        return IngestResult(published)
+        return IngestResult(published, dict(stream.nan_counts))
     finally:
         with contextlib.suppress(duckdb.Error):
             con.execute(f"DROP TABLE IF EXISTS {quote_ident(staging)}").fetchall()

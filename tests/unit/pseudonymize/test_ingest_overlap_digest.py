@@ -191,10 +191,30 @@ def _types_spec(tmp_path: Path, table: pa.Table) -> Path:
 def test_every_kept_type_digests_as_the_stored_table(tmp_path: Path, master: SecretKey) -> None:
     table = _every_kept_type(3000)
     spec_file = _types_spec(tmp_path, table)
-    store, entry = _ingest(tmp_path, table, spec_file, master)
+    store = Store(f"duckdb:///{tmp_path / 's.duckdb'}")
+    result = ingest(
+        _Table(table), load_spec(spec_file), str(spec_file), master, store, jurisdiction="DE", override_k=True
+    )
+    entry = result.entry
     with store:
         assert entry.content_digest == _read_back(store, entry)
         assert entry.row_count == len(table)
+        # The floats' NaN are stored as missing values, -0.0 as it is.
+        stored = {
+            name: store.duckdb.execute(
+                f"SELECT count(*) FILTER (isnan({name})), count(*) FILTER ({name} IS NULL), "
+                f"count(*) FILTER ({name} = 0 AND signbit({name})) FROM {quote_ident(entry.table_name)}"
+            ).fetchall()[0]
+            for name in ("f32", "f64")
+        }
+    nan = {name: pc.sum(pc.is_nan(table[name])).as_py() for name in ("f32", "f64")}
+    given = {}
+    for name in ("f32", "f64"):
+        values = table[name].to_numpy()
+        negative_zero = int(np.sum((values == 0) & np.signbit(values)))
+        given[name] = (0, nan[name] + table[name].null_count, negative_zero)
+    assert stored == given and nan["f64"] > 0
+    assert result.nan_as_missing == nan
 
 
 @pytest.mark.usefixtures("small_batches")
@@ -233,7 +253,8 @@ def test_the_stream_digests_tokens_and_plain_kept_columns_only(tmp_path: Path, m
 def test_duckdb_stores_compressed_what_it_was_given_for_every_streamed_type(tmp_path: Path) -> None:
     """The premise of digesting in the stream: of these types, DuckDB's compressed row groups (written
     as the insert goes and again at a checkpoint) read back bit for bit what it was given: -0.0, NaN
-    payloads, empty and NUL-holding strings, extreme integers and NULLs."""
+    payloads made missing as the stream makes them (a NULL over a NaN's bits), empty and NUL-holding
+    strings, extreme integers and NULLs."""
     plain = ["s", "ls", "b", "i8", "i16", "i32", "i64", "u8", "u16", "u32", "u64", "f64", "d"]
     table = _every_kept_type(300_000).select(plain)
     bits = np.asarray(table["f64"].combine_chunks().to_numpy(zero_copy_only=False)).view(np.uint64).copy()
@@ -243,6 +264,8 @@ def test_duckdb_stores_compressed_what_it_was_given_for_every_streamed_type(tmp_
     f64 = pa.Array.from_buffers(
         pa.float64(), len(bits), [table["f64"].combine_chunks().buffers()[0], pa.py_buffer(bits)]
     )
+    f64, made_missing = ingest_module._nan_as_null(f64)
+    assert made_missing > 0 and pc.sum(pc.is_nan(f64)).as_py() == 0
     table = table.set_column(plain.index("f64"), "f64", f64)
     path = tmp_path / "t.duckdb"
     con = duckdb.connect(str(path))
