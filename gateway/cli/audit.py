@@ -32,8 +32,8 @@ EXIT_RELEASE_NOT_ALLOWED = 5
 # Below this many entries verification is quick enough that a progress bar is only noise.
 PROGRESS_MIN_ENTRIES = 100_000
 
-_err = Console(stderr=True, highlight=False, soft_wrap=True)
-_out = Console(highlight=False, soft_wrap=True)
+_err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)  # messages quote paths and sources
+_out = Console(highlight=False, soft_wrap=True, markup=False)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", help="the site's TOML config file")]
 

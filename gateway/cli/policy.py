@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.text import Text
 
 from gateway.countries import is_country
 from gateway.decision.errors import PolicyError
@@ -19,8 +20,8 @@ from gateway.settings import ConfigError, load_settings
 
 app = typer.Typer(help="Test policies and explain decisions.", no_args_is_help=True)
 
-_out = Console(highlight=False, soft_wrap=True)
-_err = Console(stderr=True, highlight=False, soft_wrap=True)
+_out = Console(highlight=False, soft_wrap=True, markup=False)  # messages quote paths and sources
+_err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -73,7 +74,7 @@ def _read_input(path: Path) -> DecisionInput:
 
 def _print_decision(decision: Decision) -> None:
     colour = {"allow": "green", "deny": "red", "needs_approval": "yellow"}[decision.decision]
-    _out.print(f"decision: [bold {colour}]{decision.decision}[/]")
+    _out.print(Text.assemble("decision: ", (decision.decision, f"bold {colour}")))
     _out.print(f"bundle:   {decision.bundle_digest}", markup=False)
     _out.print("reasons:")
     for reason in decision.reasons:
