@@ -53,7 +53,7 @@ def open_source(source: str, **options: Any) -> Connector:
 def _sql(source: str, options: dict[str, Any]) -> Connector:
     try:
         shown = shown_url(source)
-    except sa.exc.ArgumentError:
+    except (sa.exc.ArgumentError, ValueError):  # ValueError: a port that is no number, a bracket unclosed
         raise InvalidOption("<database URL>", "not a valid SQLAlchemy database URL") from None
     return _build(SqlConnector, source, options, required=("table",), shown=shown)
 

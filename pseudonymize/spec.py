@@ -369,6 +369,12 @@ def load_spec(path: Path | str) -> PseudonymizationSpec:
         line = mark.line + 1 if mark is not None else None
         column = f", column {mark.column + 1}" if mark is not None else ""
         raise SpecError(path, None, f"not valid YAML: {problem}{column}", line) from None
+    except ValueError as exc:  # a date that is no date (`2020-02-30`): PyYAML's constructor raises it bare
+        raise SpecError(
+            path, None, f"not valid YAML: a value that reads as a date is not one ({exc})"
+        ) from None
+    except RecursionError:
+        raise SpecError(path, None, "not valid YAML: the document nests too deeply") from None
     if not isinstance(data, dict):
         raise SpecError(path, None, "the spec must be a mapping of keys to values")
     try:

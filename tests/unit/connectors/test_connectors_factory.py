@@ -69,6 +69,16 @@ def test_database_url_needs_a_table(tmp_path: Path) -> None:
     assert "s3cret-pw" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "url", ["postgresql://u:s3cret-pw@[::1/clinic", "postgresql://u:s3cret-pw@db:port/clinic"]
+)
+def test_a_malformed_database_url_is_named_without_its_password(url: str) -> None:
+    with pytest.raises(InvalidOption) as caught:
+        open_source(url, table="patients")
+    assert "not a valid SQLAlchemy database URL" in str(caught.value)
+    assert "s3cret-pw" not in str(caught.value)
+
+
 def test_unknown_option_is_named(tmp_path: Path) -> None:
     (tmp_path / "a.csv").write_text("x\n1\n")
     with pytest.raises(InvalidOption) as caught:

@@ -103,6 +103,9 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     assert "not valid YAML" in str(err) and err.line == 2
     assert "MRN-4711" not in str(err) and "Müller" not in str(err) and "Penicillin" not in err.audit_reason
     assert "must be a mapping" in str(error(spec(tmp_path, "- a\n- b\n")))
+    # PyYAML raises a bare ValueError for a date that is none, and deep nesting exhausts the stack.
+    assert "a value that reads as a date is not one" in str(error(spec(tmp_path, "at: 2020-02-30\n")))
+    assert "nests too deeply" in str(error(spec(tmp_path, "a: " + "[" * 20_000 + "]" * 20_000 + "\n")))
     bad = tmp_path / "latin1.yaml"
     bad.write_bytes(b"dataset: caf\xe9\n")
     assert "cannot read spec file" in str(error(bad))
