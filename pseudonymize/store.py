@@ -106,16 +106,24 @@ _CATALOG_DDL = f"""CREATE TABLE IF NOT EXISTS {CATALOG} (
 
 
 def _sa_type(t: pa.DataType) -> sa.types.TypeEngine[Any]:
+    """The column type a SQLAlchemy store gives an Arrow type: the values a DuckDB store would hold.
+
+    A float32 column stays single precision (REAL), so filters and statistics read the values DuckDB's
+    FLOAT holds, not the double its shortest decimal text parses to; a timestamp with a time zone stays
+    one (TIMESTAMPTZ), so the instant is kept whatever offset the CSV text carries and compared as an
+    instant whatever the session's time zone."""
     if pa.types.is_boolean(t):
         return sa.Boolean()
     if pa.types.is_integer(t):
         return sa.BigInteger() if t.bit_width > 32 else sa.Integer()
+    if pa.types.is_floating(t) and t.bit_width <= 32:
+        return sa.REAL()
     if pa.types.is_floating(t) or pa.types.is_decimal(t):
         return sa.Float(precision=53)
     if pa.types.is_date(t):
         return sa.Date()
     if pa.types.is_timestamp(t):
-        return sa.DateTime()
+        return sa.DateTime(timezone=t.tz is not None)
     return sa.Text()
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
+import struct
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -14,6 +16,9 @@ TypeClass = Literal["bool", "int", "float", "string", "date", "timestamp", "othe
 _INT = re.compile(r"^u?int(8|16|32|64)$")
 _FLOAT = {"halffloat", "float", "double", "float16", "float32", "float64"}
 _STRING = {"string", "large_string", "utf8", "large_utf8", "string_view"}
+# Floating types narrower than double, by the struct format that rounds a Python float to their precision.
+_NARROW_FLOAT = {"halffloat": "e", "float16": "e", "float": "f", "float32": "f"}
+_INT64_REACH = 2**63
 
 
 def type_class(arrow_type: str) -> TypeClass:
@@ -59,7 +64,7 @@ class DatasetColumn:
         """The SQLAlchemy type bound values of this column take."""
         types: dict[str, sa.types.TypeEngine[Any]] = {
             "bool": sa.Boolean(),
-            "int": sa.BigInteger(),
+            "int": _WholeNumber(),
             "float": sa.Double(),
             "string": sa.Text(),
             "date": sa.Date(),
@@ -79,6 +84,24 @@ class DatasetColumn:
         }.get(self.type_class, "object")
 
 
+class _WholeNumber(sa.types.TypeDecorator[Any]):
+    """An integer column, and the values compared with it.
+
+    On PostgreSQL a value goes without a cast, as its own type (psycopg sends an int as smallint, integer
+    or bigint, a float as double precision), as DuckDB binds it: a cast to BIGINT would round `age = 1.5`
+    to `age = 2` and refuse 1e300. A whole value comes as an int (`python_value`) and compares as integers;
+    a fractional one compares in double precision, exactly too: an integer rounded to double stays on its
+    side of any fractional double, which is below 2**52 in magnitude."""
+
+    impl = sa.BigInteger
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(sa.types.NullType())
+        return dialect.type_descriptor(sa.BigInteger())
+
+
 def python_value(column: DatasetColumn, value: object) -> object:
     """A spec value coerced to this column's type; ValueError says what was expected."""
     kind = column.type_class
@@ -88,7 +111,7 @@ def python_value(column: DatasetColumn, value: object) -> object:
         raise ValueError(f"must be true or false for boolean column {column.name!r}")
     if kind in ("int", "float"):
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value) if kind == "float" else value
+            return _number(column, value)
         raise ValueError(f"must be a number for numeric column {column.name!r}")
     if kind == "string":
         if isinstance(value, str):
@@ -112,3 +135,26 @@ def python_value(column: DatasetColumn, value: object) -> object:
         zone = "with" if column.has_timezone else "without"
         raise ValueError(f"must be an ISO 8601 timestamp {zone} a UTC offset for column {column.name!r}")
     raise ValueError(f"column {column.name!r} has type {column.arrow_type}, which queries cannot compare")
+
+
+def _number(column: DatasetColumn, value: int | float) -> int | float:
+    """A number as it compares with `column`'s values.
+
+    An integer column takes a whole float as the int it is (`age = 2.0` compares as integers, exactly, and
+    DuckDB keeps its integer plan); a fractional one stays a float, which no integer equals. A float32
+    (or float16) column takes the value rounded to its own precision, so `x = 0.6` matches the values
+    stored as the float32 nearest 0.6, as a researcher reading them as 0.6 expects; a value beyond the
+    type's range stays as it is and compares in double precision."""
+    if column.type_class == "int":
+        if isinstance(value, float) and value.is_integer() and abs(value) <= _INT64_REACH:
+            return int(value)
+        return value
+    number = float(value)
+    narrow = _NARROW_FLOAT.get(column.arrow_type)
+    if narrow is None:
+        return number
+    try:
+        (rounded,) = struct.unpack(narrow, struct.pack(narrow, number))
+    except OverflowError:  # float16 refuses what it cannot hold; float32 turns it infinite
+        return number
+    return number if math.isinf(rounded) else float(rounded)

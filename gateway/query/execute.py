@@ -78,9 +78,26 @@ def store_engine(store_url: str, *, hold_open: bool = True) -> sa.Engine:
     except (sa.exc.ArgumentError, ImportError) as exc:
         raise ExecutionError(f"cannot use the store URL: {type(exc).__name__}") from None
     if engine.dialect.name == "postgresql":
+        sa.event.listen(engine, "connect", _utc_session)
         # Queries only read; a read-only transaction makes that the database's rule too.
         return engine.execution_options(postgresql_readonly=True)
     return engine
+
+
+def _utc_session(dbapi_conn: Any, _record: Any) -> None:
+    """Set a new PostgreSQL connection's TimeZone to UTC, whatever the server's or the URL's.
+
+    PostgreSQL reads a `timestamp without time zone` compared with a zoned value in the session's zone,
+    and a table may hold a zoned column so, as its UTC wall time (the store writes `timestamptz` for one,
+    but a table laid out otherwise can be queried too): in UTC that comparison is the instants'. The
+    answer must not depend on a setting of the server."""
+    autocommit = dbapi_conn.autocommit
+    dbapi_conn.autocommit = True
+    try:
+        with dbapi_conn.cursor() as cursor:
+            cursor.execute("SET TIME ZONE 'UTC'")
+    finally:
+        dbapi_conn.autocommit = autocommit
 
 
 ONE_ROW_GROUP: Final = 122_880
@@ -298,8 +315,13 @@ def _frame(compiled: CompiledQuery, rows: Sequence[Sequence[Any]]) -> pd.DataFra
     frame = pd.DataFrame([tuple(r) for r in rows], columns=names)
     for name, dtype in compiled.output:
         if dtype.startswith("datetime"):
-            frame[name] = pd.to_datetime(frame[name], utc="UTC" in dtype)
-        frame[name] = frame[name].astype(pandas_dtype(dtype))
+            # Straight from the store's values to the column's own unit: pd.to_datetime would pass through
+            # nanoseconds, which end in 2262 (and start in 1677), so a group of 9999-12-31 would fail.
+            # pandas itself reads a naive value of a UTC column as UTC, and converts an aware one.
+            values = frame[name].to_numpy(dtype=object)
+            frame[name] = pd.Series(values, dtype=pandas_dtype(dtype), index=frame.index)
+        else:
+            frame[name] = frame[name].astype(pandas_dtype(dtype))
     if compiled.bins:
         lower = {i: lo for i, (lo, _) in enumerate(compiled.bins)}
         upper = {i: hi for i, (_, hi) in enumerate(compiled.bins)}
