@@ -66,10 +66,11 @@ _STORED_AS_GIVEN = (
 @dataclass(frozen=True)
 class IngestResult:
     """What an ingest published: the catalog entry (with its risk report), and for every kept float
-    column (by its stored name) how many of its values were NaN in the source and are stored as missing."""
+    column (by its stored name) how many of its values were NaN or infinite in the source and are stored
+    as missing."""
 
     entry: CatalogEntry
-    nan_as_missing: dict[str, int] = field(default_factory=dict)
+    not_finite_as_missing: dict[str, int] = field(default_factory=dict)
 
     @property
     def risk(self) -> RiskReport:
@@ -93,21 +94,22 @@ def _kept_floats(spec: PseudonymizationSpec, schema: pa.Schema) -> dict[str, str
     return floats
 
 
-def _nan_as_null(column: pa.Array) -> tuple[pa.Array, int]:
-    """The column with every NaN made missing, and how many were. Other values keep their bits (-0.0)."""
+def _not_finite_as_null(column: pa.Array) -> tuple[pa.Array, int]:
+    """The column with every NaN and ±infinity made missing, and how many were. Other values keep their
+    bits (-0.0)."""
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
-    nan = pc.is_nan(column)
-    count = pc.sum(nan).as_py() or 0
+    not_finite = pc.invert(pc.is_finite(column))  # null where the value is missing already
+    count = pc.sum(not_finite).as_py() or 0
     if not count:
         return column, 0
-    return pc.if_else(nan, pa.scalar(None, column.type), column), int(count)
+    return pc.if_else(not_finite, pa.scalar(None, column.type), column), int(count)
 
 
 class _Stream:
-    """Wraps a connector's batches: stores the NaN of kept float columns as missing, adds the pseudonym
-    columns hashed outside DuckDB, digests the columns DuckDB stores as given, reports progress, and keeps
-    a connector's (or a worker's) error so it survives DuckDB."""
+    """Wraps a connector's batches: stores the NaN and infinities of kept float columns as missing, adds
+    the pseudonym columns hashed outside DuckDB, digests the columns DuckDB stores as given, reports
+    progress, and keeps a connector's (or a worker's) error so it survives DuckDB."""
 
     def __init__(
         self,
@@ -125,10 +127,10 @@ class _Stream:
         self.on_rows = on_rows
         self.error: ConnectorError | IngestError | None = None
         self.columns = schema.names
-        #: source column -> stored column, for the kept floats whose NaN become missing values
+        #: source column -> stored column, for the kept floats whose NaN and infinities become missing
         self.floats = floats
-        #: stored column -> how many NaN the stream has made missing so far
-        self.nan_counts = dict.fromkeys(floats.values(), 0)
+        #: stored column -> how many NaN and infinities the stream has made missing so far
+        self.not_finite_counts = dict.fromkeys(floats.values(), 0)
         for name in floats:
             # Decoded, and nullable whatever the source declared: a NaN arrives as a missing value.
             kind = schema.field(name).type
@@ -154,7 +156,7 @@ class _Stream:
         seen = 0
         try:
             for given in self.connector.batches_of(self.columns, SOURCE_BATCH_ROWS):
-                batch = self._nan_as_missing(given)
+                batch = self._not_finite_as_missing(given)
                 if self.hashed and seen >= HASH_WORKERS_AFTER_ROWS:
                     # Worker processes take a moment to start: small sources are hashed inline.
                     self._start_workers(self.hasher.start_workers)
@@ -171,13 +173,14 @@ class _Stream:
             self.error = exc
             raise
 
-    def _nan_as_missing(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """The batch with the NaN of kept floats as missing values, before anything reads it: DuckDB
-        and PostgreSQL order NaN above every number, so a query would count "not measured" as a value."""
+    def _not_finite_as_missing(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The batch with the NaN and infinities of kept floats as missing values, before anything reads
+        it: DuckDB and PostgreSQL order NaN above every number, so a query would count "not measured" as a
+        value, and an infinity is no measurement either (a summary or a quantile over it has no value)."""
         for name, stored in self.floats.items():
             at = batch.schema.get_field_index(name)
-            column, count = _nan_as_null(batch.column(at))
-            self.nan_counts[stored] += count
+            column, count = _not_finite_as_null(batch.column(at))
+            self.not_finite_counts[stored] += count
             batch = batch.set_column(at, self.schema.field(name), column)
         return batch
 
@@ -485,7 +488,7 @@ def ingest(
         else:
             reader = con.sql(f"SELECT * FROM {quote_ident(staging)}").to_arrow_reader(100_000)
             published = store.publish_batches(out_schema, iter(reader), entry, before_publish)
-        return IngestResult(published, dict(stream.nan_counts))
+        return IngestResult(published, dict(stream.not_finite_counts))
     finally:
         with contextlib.suppress(duckdb.Error):
             con.execute(f"DROP TABLE IF EXISTS {quote_ident(staging)}").fetchall()

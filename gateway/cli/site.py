@@ -147,11 +147,11 @@ def ingest(
         f"[green]published[/] {entry.dataset} v{entry.version}: {entry.row_count:,} rows, "
         f"{len(entry.columns)} columns, digest {entry.content_digest[:16]}…, key {entry.key_id}"
     )
-    nan = {column: n for column, n in result.nan_as_missing.items() if n}
-    if nan:
+    not_finite = {column: n for column, n in result.not_finite_as_missing.items() if n}
+    if not_finite:
         # Counts per column only: which rows held them is the data's, not the console's.
-        counts = ", ".join(f"{column} {n:,}" for column, n in nan.items())
-        console.print(f"NaN stored as missing values: {counts}", highlight=False)
+        counts = ", ".join(f"{column} {n:,}" for column, n in not_finite.items())
+        console.print(f"NaN or infinite values stored as missing: {counts}", highlight=False, markup=False)
     _print_risk(entry.risk_report)
     if entry.k_override:
         console.print("[yellow]published with --override-k: k-anonymity is below the spec's threshold[/]")

@@ -1,5 +1,5 @@
-"""A NaN in a kept float column is a value not measured: the ingest stores it as missing (NULL), counts it,
-and keeps the content digest equal to the stored table's.
+"""A NaN in a kept float column is a value not measured, and an infinity no measurement either: the ingest
+stores both as missing (NULL), counts them, and keeps the content digest equal to the stored table's.
 
 DuckDB and PostgreSQL order NaN above every number, so a stored NaN would be counted by `x > 7.5`.
 """
@@ -50,7 +50,8 @@ class _Table(Connector):
 
 def _measurements() -> pa.Table:
     """`x` (float64): 5.0 + i % 4 but NaN in three rows (payload bits included), -0.0 in row 5, NULL in
-    row 6; `y` (float32) NaN in one row; `z` a dictionary of floats with a NaN entry."""
+    row 6; `y` (float32) NaN in one row and +infinity in another; `z` a dictionary of floats with a NaN
+    entry."""
     x = np.array([5.0 + i % 4 for i in range(ROWS)])
     bits = x.view(np.uint64)
     for row, nan in zip((0, 13, 27), NAN_BITS, strict=True):
@@ -60,6 +61,7 @@ def _measurements() -> pa.Table:
     mask[6] = True
     y = np.array([1.5] * ROWS, dtype=np.float32)
     y[9] = np.nan
+    y[11] = np.inf
     z = pa.array([float(i % 3) if i % 10 else float("nan") for i in range(ROWS)]).dictionary_encode()
     return pa.table({
         "pid": [f"MRN-{i}" for i in range(ROWS)],
@@ -118,15 +120,16 @@ def test_duckdb_stores_nan_as_missing_and_counts_them(tmp_path: Path, master: Se
             f"SELECT count(*) FILTER (WHERE value = 0 AND signbit(value)) FROM {table}"
         ).fetchall()[0][0]
         others = store.duckdb.execute(
-            f"SELECT count(*) FILTER (WHERE isnan(y) OR isnan(z)), count(*) FILTER (WHERE y IS NULL), "
+            "SELECT count(*) FILTER (WHERE NOT isfinite(y) OR NOT isfinite(z)), "
+            f"count(*) FILTER (WHERE y IS NULL), "
             f"count(*) FILTER (WHERE z IS NULL) FROM {table}"
         ).fetchall()[0]
         read_back = _read_back_digest(store, result.entry.table_name)
     # The NULL row stays missing, the three NaN join it; `value > 7.5` counts only the numbers above it.
     assert (nan, missing, over) == (0, 4, _expected_over_7_5())
     assert negative_zero == 1
-    assert others == (0, 1, 4)
-    assert result.nan_as_missing == {"value": 3, "y": 1, "z": 4}
+    assert others == (0, 2, 4)
+    assert result.not_finite_as_missing == {"value": 3, "y": 2, "z": 4}
     assert result.entry.content_digest == read_back
 
 
@@ -149,7 +152,7 @@ def test_a_parquet_source_declaring_floats_not_null_stores_nan_as_missing(
         nan, missing, over = store.duckdb.execute(COUNTS_SQL.format(table=table_name)).fetchall()[0]
         read_back = _read_back_digest(store, result.entry.table_name)
     assert (nan, missing, over) == (0, 3, _expected_over_7_5())
-    assert result.nan_as_missing == {"value": 3, "y": 1}
+    assert result.not_finite_as_missing == {"value": 3, "y": 2}
     assert result.entry.content_digest == read_back
 
 
@@ -165,12 +168,14 @@ def test_postgresql_stores_nan_as_missing(pg_url: str, tmp_path: Path, master: S
             negative_zero = conn.execute(
                 sa.text(f"SELECT count(*) FROM {table} WHERE value = 0 AND text(value) = '-0'")
             ).scalar()
-            y_nan = conn.execute(sa.text(f"SELECT count(*) FROM {table} WHERE y = 'NaN'::real")).scalar()
+            y_nan = conn.execute(
+                sa.text(f"SELECT count(*) FROM {table} WHERE y IN ('NaN'::real, 'Infinity'::real)")
+            ).scalar()
     finally:
         engine.dispose()
     assert (nan, missing, over) == (0, 4, _expected_over_7_5())
     assert (negative_zero, y_nan) == (1, 0)
-    assert result.nan_as_missing == {"value": 3, "y": 1, "z": 4}
+    assert result.not_finite_as_missing == {"value": 3, "y": 2, "z": 4}
     # The same source and key published in DuckDB: the same table, so the same digest.
     with Store(f"duckdb:///{tmp_path / 's.duckdb'}") as duck:
         assert _ingest(duck, tmp_path, master).entry.content_digest == result.entry.content_digest
@@ -182,6 +187,7 @@ def test_the_cli_reports_how_many_nan_were_stored_as_missing(tmp_path: Path) -> 
     bmi = cohort["bmi"].combine_chunks().to_numpy().copy()
     secret = 987.654321
     bmi[::100] = np.nan
+    bmi[7] = -np.inf
     bmi[1] = secret  # a value the output must not show
     at = cohort.schema.get_field_index("bmi")
     cohort = cohort.set_column(at, pa.field("bmi", pa.float64()), pa.array(bmi))
@@ -196,7 +202,7 @@ def test_the_cli_reports_how_many_nan_were_stored_as_missing(tmp_path: Path) -> 
         "--spec", str(tmp_path / "examples/cohort.spec.yaml"), "--source", str(source),
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "NaN stored as missing values: bmi 30" in result.output
+    assert "NaN or infinite values stored as missing: bmi 31" in result.output
     assert "987.65" not in result.output
     listing = json.loads(runner.invoke(app, ["catalog", "--config", str(config), "--json"]).output)
     assert listing[0]["row_count"] == 3000

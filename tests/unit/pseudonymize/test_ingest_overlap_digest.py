@@ -199,22 +199,22 @@ def test_every_kept_type_digests_as_the_stored_table(tmp_path: Path, master: Sec
     with store:
         assert entry.content_digest == _read_back(store, entry)
         assert entry.row_count == len(table)
-        # The floats' NaN are stored as missing values, -0.0 as it is.
+        # The floats' NaN and infinities are stored as missing values, -0.0 as it is.
         stored = {
             name: store.duckdb.execute(
-                f"SELECT count(*) FILTER (isnan({name})), count(*) FILTER ({name} IS NULL), "
+                f"SELECT count(*) FILTER (NOT isfinite({name})), count(*) FILTER ({name} IS NULL), "
                 f"count(*) FILTER ({name} = 0 AND signbit({name})) FROM {quote_ident(entry.table_name)}"
             ).fetchall()[0]
             for name in ("f32", "f64")
         }
-    nan = {name: pc.sum(pc.is_nan(table[name])).as_py() for name in ("f32", "f64")}
+    nan = {name: pc.sum(pc.invert(pc.is_finite(table[name]))).as_py() for name in ("f32", "f64")}
     given = {}
     for name in ("f32", "f64"):
         values = table[name].to_numpy()
         negative_zero = int(np.sum((values == 0) & np.signbit(values)))
         given[name] = (0, nan[name] + table[name].null_count, negative_zero)
     assert stored == given and nan["f64"] > 0
-    assert result.nan_as_missing == nan
+    assert result.not_finite_as_missing == nan
 
 
 @pytest.mark.usefixtures("small_batches")
@@ -264,7 +264,7 @@ def test_duckdb_stores_compressed_what_it_was_given_for_every_streamed_type(tmp_
     f64 = pa.Array.from_buffers(
         pa.float64(), len(bits), [table["f64"].combine_chunks().buffers()[0], pa.py_buffer(bits)]
     )
-    f64, made_missing = ingest_module._nan_as_null(f64)
+    f64, made_missing = ingest_module._not_finite_as_null(f64)
     assert made_missing > 0 and pc.sum(pc.is_nan(f64)).as_py() == 0
     table = table.set_column(plain.index("f64"), "f64", f64)
     path = tmp_path / "t.duckdb"
