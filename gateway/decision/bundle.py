@@ -12,7 +12,7 @@ from typing import Any
 import rfc8785
 
 from gateway.decision.errors import PolicySourceError
-from gateway.decision.policy_data import read_data_files, validate_policy_data
+from gateway.decision.policy_data import ancestor_sets, read_data_files, validate_policy_data
 
 DATA_ROOT = "fedgate_data"
 DECISION_PACKAGE = "fedgate.decision"
@@ -59,18 +59,13 @@ def derive(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _ancestors(parents: Mapping[str, list[str]]) -> dict[str, list[str]]:
-    """Every node with the nodes reachable from it over `parents` (itself included), each sorted."""
-    out = {}
-    for node in parents:
-        seen = {node}
-        todo = [node]
-        while todo:
-            for parent in parents.get(todo.pop(), []):
-                if parent not in seen:
-                    seen.add(parent)
-                    todo.append(parent)
-        out[node] = sorted(seen)
-    return out
+    """Every node with the nodes reachable from it over `parents` (itself included), each sorted.
+
+    The data is validated first, so the hierarchy has no cycle and stays within the limits that bound this
+    table (policy_data.MAX_DEPTH, MAX_ANCESTRY).
+    """
+    table = ancestor_sets(parents)
+    return {node: sorted(table[node]) for node in parents}
 
 
 def bundle_digest(policies: tuple[tuple[str, str], ...], data: Mapping[str, Any]) -> str:

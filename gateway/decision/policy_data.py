@@ -5,17 +5,38 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
 
 from audit.events import LABEL
 from gateway.countries import is_country
 from gateway.decision.errors import PolicyDataError
+from gateway.query.spec import SAFE_INT, ColumnName
 
 DATA_FILES = ("agreements", "duo", "export_control", "organisations", "site", "transfer")
+
+MAX_TERMS = 20_000
+"""The most DUO terms, and the most disease terms, duo.json may hold: DUO has some fifty, and a site's disease
+list is a slice of an ontology (all of MONDO's diseases would not fit, nor be needed)."""
+MAX_DEPTH = 64
+"""The most parent steps from a term up to a root of its hierarchy: DUO is 4 deep, MONDO under 30."""
+MAX_ANCESTRY = 250_000
+"""The most entries the derived ancestor table of the terms, or of the diseases, may hold (each term lists
+itself and every ancestor): the bundle stores that table and the policies evaluate tables over it at load,
+so it bounds what one document costs to load, whatever the shape of its hierarchy."""
 
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
@@ -40,7 +61,28 @@ def _iso_date(value: str) -> str:
 Country = Annotated[str, AfterValidator(_country)]
 IsoDate = Annotated[str, AfterValidator(_iso_date)]
 Text = Annotated[str, Field(min_length=1)]
-Count = Annotated[int, Field(ge=1, strict=True)]
+# RFC 8785, which the bundle digest is computed with, takes integers up to 2**53 - 1, and no infinity or NaN
+# (which Python's JSON reader accepts as `Infinity` and `NaN`).
+Count = Annotated[int, Field(ge=1, le=SAFE_INT, strict=True)]
+Positive = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
+Ratio = Annotated[float, Field(gt=0, le=1, strict=True, allow_inf_nan=False)]
+
+
+def _not_null(instead: str) -> BeforeValidator:
+    """Refuse an explicit null where the policies read the key with a default (`object.get(t, k, default)`):
+    there a null is not the default but a value, which breaks or changes every decision it reaches."""
+
+    def check(value: object) -> object:
+        if value is None:
+            raise PydanticCustomError(
+                "null_not_allowed", "null is not allowed: {instead}", {"instead": instead}
+            )
+        return value
+
+    return BeforeValidator(check)
+
+
+_THRESHOLD_NOT_NULL = _not_null("omit the key to use the site default")
 
 
 class _Strict(BaseModel):
@@ -51,8 +93,8 @@ class _Strict(BaseModel):
 
 
 class DpTerms(_Strict):
-    epsilon: float = Field(gt=0, strict=True)
-    budget: float = Field(gt=0, strict=True)
+    epsilon: Positive
+    budget: Positive
 
 
 class SiteDefaults(_Strict):
@@ -60,13 +102,14 @@ class SiteDefaults(_Strict):
     round_to: Count
     max_identical_queries: Count
     glm_min_rows: Count
-    glm_max_parameter_ratio: float = Field(gt=0, le=1, strict=True)
-    dp: DpTerms | None = None
+    glm_max_parameter_ratio: Ratio
+    dp: DpTerms | None = None  # null and absent alike: the policies read it with object.get(..., null)
 
 
 class PatientConsentColumns(_Strict):
-    consent_column: Text = "consent_duo"
-    withdrawn_column: Text = "consent_withdrawn"
+    # The decision names them in its consent_filter obligation, which must be a column a query can name.
+    consent_column: ColumnName = "consent_duo"
+    withdrawn_column: ColumnName = "consent_withdrawn"
 
 
 class SiteData(_Strict):
@@ -125,12 +168,13 @@ class DatasetTerms(_Strict):
 
 
 class Thresholds(_Strict):
-    min_cell_count: Count | None = None
-    round_to: Count | None = None
-    keep_zero_cells: StrictBool | None = None
-    max_identical_queries: Count | None = None
-    glm_min_rows: Count | None = None
-    glm_max_parameter_ratio: float | None = Field(default=None, gt=0, le=1, strict=True)
+    # Absent means the site default; a null would reach the policies as a value (min({20, null}) is null).
+    min_cell_count: Annotated[Count | None, _THRESHOLD_NOT_NULL] = None
+    round_to: Annotated[Count | None, _THRESHOLD_NOT_NULL] = None
+    keep_zero_cells: Annotated[StrictBool | None, _THRESHOLD_NOT_NULL] = None
+    max_identical_queries: Annotated[Count | None, _THRESHOLD_NOT_NULL] = None
+    glm_min_rows: Annotated[Count | None, _THRESHOLD_NOT_NULL] = None
+    glm_max_parameter_ratio: Annotated[Ratio | None, _THRESHOLD_NOT_NULL] = None
 
 
 class ContractualClauses(_Strict):
@@ -157,10 +201,11 @@ class Agreement(_Strict):
     not_before: IsoDate
     not_after: IsoDate
     thresholds: Thresholds = Thresholds()
-    dp: DpTerms | None = None
+    dp: DpTerms | None = None  # null and absent alike: the policies read it with object.get(..., null)
     standard_contractual_clauses: list[ContractualClauses] = []
     export_licences: list[Text] = []
-    visa: RequiredVisa | None = None
+    # The policies test `_dsa.visa` itself, so a null would ask for a visa no requester can hold.
+    visa: Annotated[RequiredVisa | None, _not_null("omit the key when no visa is required")] = None
     suspended: StrictBool = False
 
 
@@ -224,20 +269,87 @@ def validate_policy_data(data_dir: Path, raw: Mapping[str, Any], site_jurisdicti
         _check_agreement(data_dir / "agreements.json", dsa_id, agreement, parsed)
 
 
+class HierarchyError(ValueError):
+    """A term whose parents form a cycle, or make the hierarchy deeper or larger than the limits allow."""
+
+    def __init__(self, term: str | None, message: str) -> None:
+        super().__init__(f"{term}: {message}" if term else message)
+        self.term = term
+        self.message = message
+
+
+def ancestor_sets(parents: Mapping[str, Sequence[str]]) -> dict[str, frozenset[str]]:
+    """Every term with the terms reachable from it over `parents` (itself included).
+
+    Each term's set is the union of its parents' sets, computed once, so the cost is that of the table
+    itself rather than of walking the graph again from every term; the table is bounded (MAX_DEPTH,
+    MAX_ANCESTRY) and a cycle refused, each raising HierarchyError as soon as it is found. A parent that
+    is not a key counts as a root (the validation refuses such a parent first).
+    """
+    table: dict[str, frozenset[str]] = {}
+    depth: dict[str, int] = {}
+    total = 0
+    for start in parents:
+        if start in table:
+            continue
+        # Depth first, without recursion: `path` is the chain being followed, each with its parents to go.
+        path = [(start, iter(parents.get(start, ())))]
+        on_path = {start}
+        while path:
+            term, todo = path[-1]
+            for parent in todo:
+                if parent in table:
+                    continue
+                if parent in on_path:
+                    raise HierarchyError(term, f"the parents form a cycle ({parent} is its own ancestor)")
+                if len(path) > MAX_DEPTH:
+                    raise HierarchyError(start, f"more than {MAX_DEPTH} parent steps below a root")
+                path.append((parent, iter(parents.get(parent, ()))))
+                on_path.add(parent)
+                break
+            else:
+                path.pop()
+                on_path.discard(term)
+                above = [p for p in parents.get(term, ()) if p in table]
+                depth[term] = 1 + max((depth[p] for p in above), default=-1)
+                if depth[term] > MAX_DEPTH:
+                    raise HierarchyError(term, f"more than {MAX_DEPTH} parent steps below a root")
+                table[term] = frozenset((term,)).union(*(table[p] for p in above))
+                total += len(table[term])
+                if total > MAX_ANCESTRY:
+                    raise HierarchyError(
+                        None, f"the terms and their ancestors add up to more than {MAX_ANCESTRY:,} entries"
+                    )
+    return table
+
+
 def _check_duo(path: Path, duo: DuoData) -> None:
-    for code, term in duo.terms.items():
-        for parent in term.parents:
-            if parent not in duo.terms:
-                raise PolicyDataError(path, f"terms.{code}.parents", f"{parent} is not a term of this file")
-    for code, disease in duo.diseases.items():
-        for parent in disease.parents:
-            if parent not in duo.diseases:
-                raise PolicyDataError(
-                    path, f"diseases.{code}.parents", f"{parent} is not a disease of this file"
-                )
+    hierarchies: dict[str, tuple[str, Mapping[str, DuoTerm | DiseaseTerm]]] = {
+        "terms": ("term", duo.terms),
+        "diseases": ("disease", duo.diseases),
+    }
+    for table, (noun, terms) in hierarchies.items():
+        if len(terms) > MAX_TERMS:
+            raise PolicyDataError(path, table, f"{len(terms):,} {noun}s; at most {MAX_TERMS:,} are allowed")
+        for code, term in terms.items():
+            for parent in term.parents:
+                if parent not in terms:
+                    raise PolicyDataError(
+                        path, f"{table}.{code}.parents", f"{parent} is not a {noun} of this file"
+                    )
+        try:
+            ancestor_sets({code: term.parents for code, term in terms.items()})
+        except HierarchyError as exc:
+            field = f"{table}.{exc.term}.parents" if exc.term else table
+            raise PolicyDataError(path, field, exc.message) from None
 
 
 def _check_site(path: Path, site: SiteData) -> None:
+    columns = site.patient_consent
+    if columns.withdrawn_column == columns.consent_column:
+        raise PolicyDataError(
+            path, "patient_consent.withdrawn_column", "must be another column than consent_column"
+        )
     for i, kind in enumerate(site.approval_kinds):
         if kind not in site.query_kinds:
             raise PolicyDataError(path, f"approval_kinds.{i}", f"{kind!r} is not one of query_kinds")
