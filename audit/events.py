@@ -301,8 +301,8 @@ register(
 register(
     EventType(
         "policy.changed",
-        "a policy, DSA or policy data changed",
-        required={"bundle_digest": DIGEST, "change": Enum("policy", "dsa", "data")},
+        "a policy, DSA or policy data changed, or was found at start-up not to be the last one recorded",
+        required={"bundle_digest": DIGEST, "change": Enum("policy", "dsa", "data", "found_at_startup")},
         optional={"previous_digest": DIGEST, "name": LABEL},
     )
 )

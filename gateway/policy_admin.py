@@ -1,8 +1,11 @@
 """Stewards replace policy data (agreements, country lists, …) through the API: validated, atomic, audited.
 
 A new document is checked as part of a whole bundle in a scratch copy of the policy folder first; only a
-bundle that loads is written (to a temporary file, then renamed over the old one) and reloaded. On any
-error the files and the running bundle stay as they were.
+bundle that loads is written (to a temporary file, then renamed over the old one), recorded in the audit
+log, and reloaded. Should the record fail, the old file is put back and the change refused; should the
+process die between the write and the record, the gateway's next start finds the bundle in force differs
+from the last one recorded and records it (`reconcile`). Either way the log never claims a change that
+was not made, and holds every one that was.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from audit.events import Label
 from gateway.decision import PolicyBundle, PolicyDecisionPoint, load_bundle
 from gateway.decision.errors import PolicyDataError, PolicyLoadError, PolicySourceError
 from gateway.query.spec import SAFE_INT
@@ -41,6 +45,33 @@ class NoSuchDocument(KeyError):
     """There is no policy data document of that name."""
 
 
+class BrokenOnDisk(Exception):
+    """A policy data file in the folder does not load as it is (edited by hand, say): the running bundle
+    stays the last good one, and no document is replaced until the file is repaired. `name` is the
+    document's name, never its path."""
+
+    def __init__(self, name: str, message: str) -> None:
+        self.name = name
+        self.message = message
+        super().__init__(f"{name}.json on disk: {message}")
+
+
+class StaleVersion(Exception):
+    """The bundle a replacement was based on (`If-Match`) is no longer the folder's: `current` is."""
+
+    def __init__(self, current: str) -> None:
+        self.current = current
+        super().__init__(f"the policy data changed since it was read; the bundle is now {current}")
+
+
+class NotWritten(Exception):
+    """The new document could not be written to disk (a full disk, say); nothing changed."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"{name}.json could not be written; the previous document stays in force")
+
+
 def data_names(policy_dir: Path) -> list[str]:
     """The policy data documents a steward may read and replace."""
     # A name starting with a dot is a replacement being written (`_write`), not a document.
@@ -48,10 +79,46 @@ def data_names(policy_dir: Path) -> list[str]:
 
 
 def read_data(policy_dir: Path, name: str) -> Any:
-    """One policy data document, or NoSuchDocument when there is no such document."""
+    """One policy data document, or NoSuchDocument when there is no such document (BrokenOnDisk when its
+    file is no JSON text)."""
     if not _NAME.match(name) or name not in data_names(policy_dir):
         raise NoSuchDocument(name)
-    return json.loads((policy_dir / "data" / f"{name}.json").read_text(encoding="utf-8"))
+    try:
+        return json.loads((policy_dir / "data" / f"{name}.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise BrokenOnDisk(name, f"the file is not valid JSON ({_where(exc)})") from None
+
+
+def read_versioned(point: PolicyDecisionPoint, policy_dir: Path, name: str) -> tuple[Any, str | None]:
+    """One policy data document and the digest of the bundle the folder holds with it, read together under
+    the folder lock (None when another file keeps the folder from loading): the version a replacement
+    names in `expected`."""
+    with _folder_lock(policy_dir):
+        document = read_data(policy_dir, name)
+        try:
+            digest: str | None = load_bundle(policy_dir, point.bundle.site_jurisdiction).digest
+        except Exception:  # noqa: BLE001 - the document is still readable; the folder has no version
+            digest = None
+        return document, digest
+
+
+def folder_digest(point: PolicyDecisionPoint, policy_dir: Path) -> str:
+    """The digest of the bundle the folder holds now, whichever process of the site wrote it (BrokenOnDisk
+    when a file of it does not load). Call it under `_folder_lock`."""
+    try:
+        return load_bundle(policy_dir, point.bundle.site_jurisdiction).digest
+    except PolicyDataError as exc:
+        raise BrokenOnDisk(exc.path.stem, _on_disk(exc.message)) from None
+    except PolicyLoadError as exc:
+        raise BrokenOnDisk("policies", "the policy folder does not load as it is") from exc
+
+
+def _on_disk(message: str) -> str:
+    return f"the file in the policy folder is invalid: {message}"
+
+
+def _where(exc: BaseException) -> str:
+    return f"line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
 
 
 _REPLACING = threading.Lock()
@@ -61,44 +128,84 @@ Audit = Callable[[str, str], object]
 
 
 def replace_data(
-    point: PolicyDecisionPoint, policy_dir: Path, name: str, document: Any, *, audit: Audit | None = None
+    point: PolicyDecisionPoint,
+    policy_dir: Path,
+    name: str,
+    document: Any,
+    *,
+    audit: Audit | None = None,
+    expected: frozenset[str] | None = None,
 ) -> tuple[str, PolicyBundle]:
     """Validate `document` as the new `<name>.json` within the whole bundle, then install and reload it;
     the previous bundle's digest and the new bundle.
 
-    One replacement at a time: two documents validated each against the old other would otherwise be
-    installed together without ever being checked together. With `audit`, the change is recorded before
-    it takes effect, with the digest the validated bundle has (a bundle's digest does not depend on its
-    folder): should `audit` fail, nothing has changed; should installing fail after it, the previous
-    document is put back and the way back is recorded too."""
+    One replacement at a time, across the site's processes: two documents validated each against the old
+    other would otherwise be installed together without ever being checked together. The previous bundle
+    is the folder's as it is under the lock, whichever process wrote it last; with `expected` (the digests
+    the caller accepts), a folder that holds another bundle is refused (StaleVersion), nothing changed.
+
+    The new file is written first, then the change recorded with `audit` (a bundle's digest does not
+    depend on its folder): should `audit` fail, the old file is put back and nothing has changed; should
+    reloading fail after it, the old file is put back and the way back is recorded too. A crash between
+    the write and the record is caught by the next start (`reconcile`)."""
     if not _NAME.match(name) or name not in data_names(policy_dir):
         raise NoSuchDocument(name)
     with _REPLACING, _folder_lock(policy_dir):
         target = policy_dir / "data" / f"{name}.json"
-        before, previous = point.bundle.digest, target.read_text(encoding="utf-8")
+        before = folder_digest(point, policy_dir)
+        if expected is not None and before not in expected:
+            raise StaleVersion(before)
+        previous = target.read_text(encoding="utf-8")
         text, trial = _validated(point, policy_dir, name, document)
-        if audit is not None:
-            audit(before, trial.digest)
-        written = False
         try:
             _write(target, text)
-            written = True
+        except OSError:
+            raise NotWritten(name) from None
+        if audit is not None:
+            try:
+                audit(before, trial.digest)
+            except BaseException:
+                # Nothing on record, so nothing in force: the old file goes back before any process loads
+                # the new one (none is told to: the generation marker has not moved).
+                _write(target, previous)
+                raise
+        try:
             # The site's other workers load the folder again before their next decision; this one now.
             point.changed()
             bundle = point.reload()
         except BaseException:
-            # Back to the last good state, and the log told so: it holds the change announced above. The
+            # Back to the last good state, and the log told so: it holds the change recorded above. The
             # way back is recorded whatever happens to the rollback (a full disk, an OPA server down).
             try:
-                if written:
-                    _write(target, previous)
-                    point.changed()
-                    point.reload()
+                _write(target, previous)
+                point.changed()
+                point.reload()
             finally:
                 if audit is not None:
                     audit(trial.digest, before)
             raise
         return before, bundle
+
+
+Recorded = Callable[[], str | None]
+"""The digest (hex) of the bundle the newest policy change in the audit log put in force; None if none."""
+
+
+def reconcile(point: PolicyDecisionPoint, policy_dir: Path, recorded: Recorded, audit: Audit) -> str | None:
+    """At start-up: when the bundle the folder holds is not the one the audit log last recorded (the
+    process died between writing a replacement and recording it, or the files were changed by hand),
+    record the bundle actually in force with `audit(logged, in_force)`; the digest recorded so, or None
+    when the log already agreed (or holds no policy change yet). Under the folder lock, so that the site's
+    workers, starting together, record it once."""
+    with _folder_lock(policy_dir):
+        logged = recorded()
+        if logged is None:
+            return None
+        in_force = folder_digest(point, policy_dir)
+        if in_force == logged:
+            return None
+        audit(logged, in_force)
+        return in_force
 
 
 @contextmanager
@@ -129,7 +236,7 @@ def _validated(
     if where is not None:
         # The bundle's digest is of its documents' canonical JSON (RFC 8785), which holds neither.
         message = "a number must be finite, and an integer at most 2**53 - 1 in magnitude"
-        raise PolicyDataRejected(name, where or None, message)
+        raise PolicyDataRejected(name, _shown_field(policy_dir, name, where, sent=document) or None, message)
     with tempfile.TemporaryDirectory(prefix="fedgate-policy-") as scratch:
         trial = Path(scratch) / "policies"
         shutil.copytree(policy_dir, trial)
@@ -137,15 +244,79 @@ def _validated(
         try:
             bundle = load_bundle(trial, point.bundle.site_jurisdiction)
         except PolicyDataError as exc:
-            raise PolicyDataRejected(exc.path.stem, exc.field, exc.message) from None
+            unknown = exc.message == "unknown field"
+            sent = _loaded(trial / "data" / f"{exc.path.stem}.json")
+            field = _shown_field(policy_dir, exc.path.stem, exc.field, sent=sent, unknown=unknown)
+            raise PolicyDataRejected(exc.path.stem, field, _shown_message(exc.message)) from None
         except PolicySourceError as exc:
-            raise PolicyDataRejected(name, None, exc.message) from None
+            raise PolicyDataRejected(name, None, _shown_message(exc.message)) from None
         except PolicyLoadError as exc:
-            raise PolicyDataRejected(name, None, str(exc).replace(str(trial), "policies")) from None
+            message = _shown_message(str(exc).replace(str(trial), "policies"))
+            raise PolicyDataRejected(name, None, message) from None
         except Exception as exc:  # noqa: BLE001 - whatever keeps the bundle from loading refuses the document
             message = f"the policy bundle cannot be built with it ({type(exc).__name__})"
             raise PolicyDataRejected(name, None, message) from None
     return text, bundle
+
+
+# What a refusal may name of a document a steward sent: a key the folder's document already has at that
+# place, a list index, or a field-shaped name the audit log would record; never a new key or a value that
+# may be an identifier pasted by mistake (a record number, an e-mail address), which the answer and the
+# refusal's audit entry would otherwise repeat. The place up to such a key is still named.
+_FIELD_SHAPED = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_QUOTED = re.compile(r"'([^']*)'")
+HIDDEN_KEY = "(unknown key)"
+HIDDEN_VALUE = "(a value)"
+
+
+def _shown_field(
+    policy_dir: Path, name: str, field: str | None, *, sent: Any, unknown: bool = False
+) -> str | None:
+    """The dotted place `field` in document `name` as `sent`, each key named only when it may be shown;
+    with `unknown`, its last key is one the document's schema does not have."""
+    if not field:
+        return field
+    on_disk = _loaded(policy_dir / "data" / f"{name}.json")
+    parts, shown = field.split("."), []
+    while parts:
+        # A key may hold dots itself (an e-mail address): the longest one the document has is the key.
+        width = next(
+            (n for n in range(len(parts), 1, -1) if isinstance(sent, dict) and ".".join(parts[:n]) in sent), 1
+        )
+        part, parts = ".".join(parts[:width]), parts[width:]
+        known = isinstance(on_disk, dict) and part in on_disk
+        new_leaf = unknown and not parts
+        if part.isdigit() or known or (not new_leaf and _harmless(part) and _FIELD_SHAPED.match(part)):
+            shown.append(part)
+        else:
+            shown.append(HIDDEN_KEY)
+            break  # what lies below a key not shown is named by that key's value, which is not shown
+        on_disk, sent = _child(on_disk, part), _child(sent, part)
+    return ".".join(shown)
+
+
+def _loaded(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def _child(value: Any, part: str) -> Any:
+    if isinstance(value, dict):
+        return value.get(part)
+    if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+        return value[int(part)]
+    return None
+
+
+def _shown_message(message: str) -> str:
+    """`message` with every quoted value that is not label-shaped, or may be an identifier, left out."""
+    return _QUOTED.sub(lambda m: m.group(0) if _harmless(m.group(1)) else HIDDEN_VALUE, message)
+
+
+def _harmless(text: str) -> bool:
+    return Label().check(text) is None
 
 
 def _unhashable(value: Any, path: str = "") -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from gateway.catalog import CatalogView
 from gateway.decision import PolicyDecisionPoint
 from gateway.federation.witnessing import Witnessing
 from gateway.keyring import load_master_key
+from gateway.policy_admin import reconcile
 from gateway.query import (
     ONE_ROW_GROUP,
     ConsentValueCache,
@@ -81,6 +83,7 @@ class SiteRuntime:
             tokens = TokenValidator.for_site(settings)
         policy = PolicyDecisionPoint(settings)  # PolicyLoadError: the gateway never runs on a bad bundle
         audit = open_site_log(settings, checkpoint_interval_s=1.0)
+        _record_bundle_in_force(policy, settings, audit)
         state = GatewayState(settings.state_url)
         store = store_engine(settings.store_url)
         witnessing = Witnessing(settings, audit)  # WitnessKeyError: a configured witness key must load
@@ -209,6 +212,39 @@ class SiteRuntime:
     def annotate(self, event_type: str, payload: Mapping[str, Any]) -> Mapping[str, Any]:
         """The payload as this runtime records it (a coordinated request's runtime adds its coordinator)."""
         return payload
+
+
+_SCAN_PAGE: Final = 2048
+
+
+def _record_bundle_in_force(policy: PolicyDecisionPoint, settings: SiteSettings, audit: AuditLog) -> None:
+    """Record the bundle the policy folder holds when it is not the one the audit log last recorded: a
+    gateway that died between writing a steward's replacement and recording it (`policy_admin`), or files
+    changed by hand. The entry is a `policy.changed` of change `found_at_startup`, from the last recorded
+    bundle to the one in force; a log with no policy change yet is left as it is."""
+
+    def recorded() -> str | None:
+        end = audit.size
+        while end > 0:
+            start = max(0, end - _SCAN_PAGE)
+            for stored in reversed(audit.entries(start, end)):
+                if b"policy.changed" not in stored.data:
+                    continue
+                entry = json.loads(stored.data)
+                if entry.get("type") == "policy.changed":
+                    return str(entry["payload"]["bundle_digest"]).removeprefix("sha256:")
+            end = start
+        return None
+
+    def record(logged: str, in_force: str) -> None:
+        payload = {
+            "bundle_digest": f"sha256:{in_force}",
+            "previous_digest": f"sha256:{logged}",
+            "change": "found_at_startup",
+        }
+        audit.append("policy.changed", payload=payload)
+
+    reconcile(policy, settings.policy_dir, recorded, record)
 
 
 def _actor(principal: Principal | None) -> Actor | None:

@@ -7,14 +7,23 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Header, Query, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from audit.errors import StorageError
 from gateway.consent import WithdrawalUnsupported, withdraw
 from gateway.decision.errors import PolicyEngineUnavailable
 from gateway.deps import PipelineDep, RuntimeDep, StewardDep
-from gateway.policy_admin import NoSuchDocument, PolicyDataRejected, data_names, read_data, replace_data
+from gateway.policy_admin import (
+    BrokenOnDisk,
+    NoSuchDocument,
+    NotWritten,
+    PolicyDataRejected,
+    StaleVersion,
+    data_names,
+    read_versioned,
+    replace_data,
+)
 from gateway.problems import AUTHENTICATED, documented
 from gateway.refusal import Refusal
 from gateway.routes.bodies import (
@@ -112,6 +121,9 @@ async def withdraw_consent(
     responses=documented(ok=("the documents' names and the running bundle's digest", PolicyDataListing)),
 )
 async def policy_documents(_: StewardDep, runtime: RuntimeDep) -> dict[str, Any]:
+    # The folder's bundle, should another worker of the site have replaced a document since this one
+    # loaded it (as a decision would be made with).
+    await runtime.policy.current_soon()
     return {
         "documents": data_names(runtime.settings.policy_dir),
         "bundle_digest": runtime.policy.bundle.digest,
@@ -120,7 +132,12 @@ async def policy_documents(_: StewardDep, runtime: RuntimeDep) -> dict[str, Any]
 
 @router.get(
     "/policy-data/{name}",
-    summary="One policy data document (agreements, organisations, …)",
+    summary="One policy data document (agreements, organisations, …), its version in the ETag header",
+    description=(
+        "The document as the policy folder holds it now. The `ETag` header carries the digest of the "
+        "folder's bundle read with it: send it back as `If-Match` with the replacement so that a change "
+        "another steward made meanwhile is not overwritten."
+    ),
     responses=documented(
         ok=(
             "the document as stored; its shape is the named one's: agreements and organisations are "
@@ -128,28 +145,71 @@ async def policy_documents(_: StewardDep, runtime: RuntimeDep) -> dict[str, Any]
             PolicyDocument,
         ),
         not_found="no policy data document of that name",
+        unavailable="the document's file in the site's policy folder is not valid JSON",
     ),
 )
-async def policy_document(name: str, _: StewardDep, runtime: RuntimeDep) -> Any:
+async def policy_document(name: str, _: StewardDep, runtime: RuntimeDep, response: Response) -> Any:
     try:
-        return read_data(runtime.settings.policy_dir, name)
+        document, digest = await asyncio.to_thread(
+            read_versioned, runtime.policy, runtime.settings.policy_dir, name
+        )
     except NoSuchDocument:
         raise Refusal(
             "not_found", "No such policy data", [f"there is no policy data document {name!r}"]
         ) from None
+    except BrokenOnDisk as exc:
+        raise _broken(exc) from None
+    if digest is not None:  # None: another file keeps the folder from loading, so it has no version
+        response.headers["ETag"] = f'"{digest}"'
+    return document
+
+
+def _broken(exc: BrokenOnDisk) -> Refusal:
+    return Refusal(
+        "unavailable",
+        "Policy data broken on disk",
+        [
+            f"the file {exc.name}.json in the site's policy folder is broken: {exc.message}; the running "
+            "policy stays in force, and no policy data can be replaced until that file is repaired"
+        ],
+    )
+
+
+def _tags(if_match: str | None) -> frozenset[str] | None:
+    """The bundle digests an `If-Match` header accepts (None: any, when absent or `*`). A weak tag never
+    matches (RFC 9110 §13.1.1 compares strongly)."""
+    if if_match is None or if_match.strip() == "*":
+        return None
+    tags = (t.strip() for t in if_match.split(","))
+    return frozenset(t.strip('"') for t in tags if t and not t.startswith("W/"))
 
 
 @router.put(
     "/policy-data/{name}",
     summary="Replace one policy data document (validated, atomic, audited)",
+    description=(
+        "With `If-Match` (the `ETag` of the GET the document was read with), the replacement is made only "
+        "if the folder still holds that version; otherwise it is refused with 412 and nothing changes. "
+        "Without `If-Match`, the document replaces whatever the folder holds (last writer wins). The "
+        "answer's `ETag` is the new version."
+    ),
     responses=documented(
         ok=("the document is in force: the new bundle's digest and the one it replaced", PolicyDataReplaced),
         bad_request="the document is invalid (the running policy is unchanged); `field` names where",
         not_found="no policy data document of that name",
+        precondition_failed="`If-Match` names a version the folder no longer holds: read the document again",
+        unavailable="a file in the site's policy folder is broken, or the new file could not be written",
     ),
 )
 async def replace_policy_document(
-    name: str, steward: StewardDep, runtime: RuntimeDep, document: Annotated[Any, Body()]
+    name: str,
+    steward: StewardDep,
+    runtime: RuntimeDep,
+    document: Annotated[Any, Body()],
+    response: Response,
+    if_match: Annotated[
+        str | None, Header(alias="If-Match", description="the `ETag` the document was read with")
+    ] = None,
 ) -> dict[str, Any]:
     if isinstance(document, bytes | bytearray):  # FastAPI hands over the raw body unless it was sent as JSON
         raise Refusal(
@@ -158,7 +218,8 @@ async def replace_policy_document(
         )  # fmt: skip
 
     def audit(previous: str, new: str) -> None:
-        # In the replacing thread, under the replacement lock, before the change takes effect.
+        # In the replacing thread, under the replacement lock, once the new file is written and before any
+        # process of the site is told to load it.
         written = runtime.append_soon(
             "policy.changed",
             {
@@ -176,8 +237,9 @@ async def replace_policy_document(
 
     try:
         previous, bundle = await asyncio.to_thread(
-            replace_data, runtime.policy, runtime.settings.policy_dir, name, document, audit=audit
-        )
+            replace_data, runtime.policy, runtime.settings.policy_dir, name, document,
+            audit=audit, expected=_tags(if_match),
+        )  # fmt: skip
     except NoSuchDocument:
         raise Refusal(
             "not_found", "No such policy data", [f"there is no policy data document {name!r}"]
@@ -187,6 +249,24 @@ async def replace_policy_document(
         raise Refusal(
             "bad_request", "Invalid policy data", [str(exc)], field=exc.field or "body", stage="validate"
         ) from None
+    except StaleVersion as exc:
+        raise Refusal(
+            "conflict",
+            "Policy data changed since it was read",
+            [
+                f"the policy data changed since it was read (the bundle is now {exc.current}); read the "
+                "document again and make the change to it"
+            ],
+            field="If-Match",
+        ) from None
+    except BrokenOnDisk as exc:
+        raise _broken(exc) from None
+    except NotWritten as exc:
+        raise Refusal(
+            "unavailable",
+            "Policy data not written",
+            [f"{exc.name}.json could not be written (a full disk?); the previous document stays in force"],
+        ) from None
     except PolicyEngineUnavailable:
         # The change was recorded, then undone and the way back recorded (policy_admin.replace_data).
         raise Refusal(
@@ -195,6 +275,7 @@ async def replace_policy_document(
             ["the policy engine did not take the new bundle; the previous policy stays in force"],
             audited=False,
         ) from None
+    response.headers["ETag"] = f'"{bundle.digest}"'
     return {"name": name, "bundle_digest": bundle.digest, "previous_digest": previous}
 
 

@@ -111,9 +111,11 @@ def test_the_way_back_is_recorded_even_when_the_engine_stays_down(
     assert undone == (announced[1], before)
 
 
-def test_the_way_back_is_recorded_even_when_the_document_cannot_be_written(
+def test_a_document_that_cannot_be_written_is_refused_unrecorded(
     point: PolicyDecisionPoint, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from gateway.policy_admin import NotWritten
+
     folder = point.bundle.root
     on_disk, before = (folder / "data/agreements.json").read_bytes(), point.bundle.digest
     recorded: list[tuple[str, str]] = []
@@ -122,13 +124,110 @@ def test_the_way_back_is_recorded_even_when_the_document_cannot_be_written(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("gateway.policy_admin._write", full)
-    with pytest.raises(OSError):
+    with pytest.raises(NotWritten) as refused:
         replace_data(
             point, folder, "agreements", _retitled(folder), audit=lambda a, b: recorded.append((a, b))
         )
+    assert refused.value.name == "agreements" and str(folder) not in str(refused.value)
     assert (folder / "data/agreements.json").read_bytes() == on_disk and point.bundle.digest == before
-    (announced, undone) = recorded
-    assert undone == (announced[1], before)
+    assert recorded == []  # nothing changed, so nothing is on record
+
+
+def test_the_change_is_on_disk_before_it_is_recorded(point: PolicyDecisionPoint) -> None:
+    """Recorded only once written: a process that dies in between leaves a change its next start records
+    (`reconcile`), never a record of a change that was not made."""
+    folder = point.bundle.root
+    seen: list[bool] = []
+    document = _retitled(folder)
+    replace_data(
+        point, folder, "agreements", document,
+        audit=lambda a, b: seen.append("retitled" in (folder / "data/agreements.json").read_text()),
+    )  # fmt: skip
+    assert seen == [True]
+
+
+def test_the_previous_bundle_is_the_folders_whichever_worker_wrote_it(point: PolicyDecisionPoint) -> None:
+    folder = point.bundle.root
+    other = PolicyDecisionPoint(point._settings)  # a second worker, which has decided nothing since
+    recorded: list[tuple[str, str]] = []
+    _, first = replace_data(
+        point, folder, "agreements", _retitled(folder), audit=lambda a, b: recorded.append((a, b))
+    )
+    organisations = json.loads((folder / "data/organisations.json").read_text())
+    next(iter(organisations.values()))["name"] = "renamed"
+    previous, _ = replace_data(
+        other, folder, "organisations", organisations, audit=lambda a, b: recorded.append((a, b))
+    )
+    assert previous == first.digest
+    assert [r[0] for r in recorded] == [recorded[0][0], first.digest]  # an unbroken chain of changes
+
+
+def test_a_replacement_based_on_an_old_version_is_refused(point: PolicyDecisionPoint) -> None:
+    from gateway.policy_admin import StaleVersion
+
+    folder = point.bundle.root
+    read = point.bundle.digest
+    replace_data(point, folder, "agreements", _retitled(folder), expected=frozenset({read}))
+    on_disk, now = (folder / "data/agreements.json").read_bytes(), point.bundle.digest
+    other = _retitled(folder)
+    other[next(iter(other))]["title"] = "retitled again"
+    with pytest.raises(StaleVersion) as stale:
+        replace_data(point, folder, "agreements", other, expected=frozenset({read}))
+    assert stale.value.current == now
+    assert (folder / "data/agreements.json").read_bytes() == on_disk and point.bundle.digest == now
+
+
+def test_a_bundle_in_force_but_not_on_record_is_recorded_once(point: PolicyDecisionPoint) -> None:
+    from gateway.policy_admin import reconcile
+
+    folder = point.bundle.root
+    logged = point.bundle.digest
+    # A process died after writing a replacement and before recording it.
+    (folder / "data/agreements.json").write_text(json.dumps(_retitled(folder)))
+    recorded: list[tuple[str, str]] = []
+
+    def newest() -> str | None:
+        return recorded[-1][1] if recorded else logged
+
+    assert reconcile(point, folder, newest, lambda a, b: recorded.append((a, b))) is not None
+    assert reconcile(point, folder, newest, lambda a, b: recorded.append((a, b))) is None
+    (entry,) = recorded
+    assert entry[0] == logged and entry[1] not in (logged, "")
+    assert reconcile(point, folder, lambda: None, lambda a, b: recorded.append((a, b))) is None
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "value", "shown"),
+    [
+        ("DSA-2026-014", "MRN 4711-0815-2231", 1, "DSA-2026-014.(unknown key)"),
+        ("DSA-2026-014", "parties", ["jane.doe@charite.de"], "DSA-2026-014.parties.0"),
+        (None, "jane.doe@charite.de", {"title": "x"}, "(unknown key)"),
+    ],
+)
+def test_a_refusal_names_no_key_or_value_it_does_not_know(
+    point: PolicyDecisionPoint, where: str | None, key: str, value: Any, shown: str
+) -> None:
+    folder = point.bundle.root
+    document = json.loads((folder / "data/agreements.json").read_text())
+    (document[where] if where else document)[key] = value
+    with pytest.raises(PolicyDataRejected) as rejected:
+        replace_data(point, folder, "agreements", document)
+    assert rejected.value.field == shown
+    for pasted in ("4711-0815-2231", "jane.doe", "charite"):
+        assert pasted not in str(rejected.value)
+
+
+def test_a_file_broken_on_disk_is_named_as_such(point: PolicyDecisionPoint) -> None:
+    from gateway.policy_admin import BrokenOnDisk, read_data
+
+    folder = point.bundle.root
+    (folder / "data/site.json").write_text('{"defaults": {,}')
+    with pytest.raises(BrokenOnDisk) as broken:
+        read_data(folder, "site")
+    assert broken.value.name == "site"
+    with pytest.raises(BrokenOnDisk) as broken:
+        replace_data(point, folder, "agreements", _retitled(folder))
+    assert broken.value.name == "site" and str(folder) not in str(broken.value)
 
 
 def test_a_document_that_is_no_json_text_is_rejected_naming_it(point: PolicyDecisionPoint) -> None:

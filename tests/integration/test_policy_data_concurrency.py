@@ -1,0 +1,111 @@
+"""Policy data replaced through the API while the site's workers and stewards act at once: each change names
+the bundle it replaced, a replacement based on an old read is refused (If-Match), a change the log missed
+is recorded at the next start, and a file broken on disk is named as such."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+from gateway_site import Site, bearer, logged_entries, running_gateway
+from oidc_issuer import LoopbackTestIssuer
+from test_serve_workers import _served
+
+
+def _changes(site: Site) -> list[dict[str, str]]:
+    return [e["payload"] for e in logged_entries(site.settings) if e["type"] == "policy.changed"]
+
+
+def test_a_replacement_based_on_an_old_read_is_refused_with_412(
+    tmp_site: Site, idp: LoopbackTestIssuer
+) -> None:
+    first, second = bearer(idp, "steward", sub="steward-1"), bearer(idp, "steward", sub="steward-2")
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url, timeout=60) as http:
+        read = http.get("/v1/steward/policy-data/agreements", headers=first)
+        tag = read.headers["ETag"]
+        listed = http.get("/v1/steward/policy-data", headers=first).json()["bundle_digest"]
+        assert tag == f'"{listed}"'
+        suspended, retitled = read.json(), read.json()
+        suspended["DSA-TEST-OPEN"]["suspended"] = True
+        done = http.put(
+            "/v1/steward/policy-data/agreements", json=suspended, headers={**first, "If-Match": tag}
+        )
+        assert done.status_code == 200, done.text
+        assert done.headers["ETag"] == f'"{done.json()["bundle_digest"]}"'
+        retitled["DSA-TEST-DP"]["title"] = "retitled"
+        late = http.put(
+            "/v1/steward/policy-data/agreements", json=retitled, headers={**second, "If-Match": tag}
+        )
+        assert late.status_code == 412, late.text
+        assert late.headers["content-type"].startswith("application/problem+json")
+        assert late.json()["field"] == "If-Match"
+        now = http.get("/v1/steward/policy-data/agreements", headers=first)
+        assert now.json()["DSA-TEST-OPEN"]["suspended"] is True and now.headers["ETag"] != tag
+        # Without If-Match the last writer wins, as before.
+        unconditional = http.put("/v1/steward/policy-data/agreements", json=now.json(), headers=second)
+        assert unconditional.status_code == 200
+        documented = http.get("/openapi.json").json()["paths"]["/v1/steward/policy-data/{name}"]["put"]
+    assert "412" in documented["responses"] and "If-Match" in documented["description"]
+
+
+def test_two_workers_chain_their_changes_and_answer_with_the_folders_bundle(
+    tmp_site: Site, idp: LoopbackTestIssuer
+) -> None:
+    steward = bearer(idp, "steward", sub="steward-1")
+    with _served(tmp_site, workers=2) as (_, url):
+
+        def call(method: str, path: str, **kwargs: object) -> httpx.Response:
+            with httpx.Client(base_url=url, timeout=60) as http:  # a new connection, dealt in turn
+                return http.request(method, path, headers=steward, **kwargs)  # type: ignore[arg-type]
+
+        agreements = call("GET", "/v1/steward/policy-data/agreements").json()
+        organisations = call("GET", "/v1/steward/policy-data/organisations").json()
+        agreements["DSA-TEST-OPEN"]["title"] = "changed first"
+        one = call("PUT", "/v1/steward/policy-data/agreements", json=agreements).json()
+        next(iter(organisations.values()))["name"] = "changed second"
+        two = call("PUT", "/v1/steward/policy-data/organisations", json=organisations).json()
+        listed = {call("GET", "/v1/steward/policy-data").json()["bundle_digest"] for _ in range(4)}
+    assert two["previous_digest"] == one["bundle_digest"]
+    assert listed == {two["bundle_digest"]}
+    chain = _changes(tmp_site)
+    assert [c["previous_digest"] for c in chain[1:]] == [c["bundle_digest"] for c in chain[:-1]]
+
+
+def test_a_change_made_but_not_recorded_is_recorded_at_the_next_start(
+    tmp_site: Site, idp: LoopbackTestIssuer
+) -> None:
+    steward = bearer(idp, "steward", sub="steward-1")
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url, timeout=60) as http:
+        agreements = http.get("/v1/steward/policy-data/agreements", headers=steward).json()
+        agreements["DSA-TEST-OPEN"]["title"] = "on record"
+        assert http.put("/v1/steward/policy-data/agreements", json=agreements, headers=steward).is_success
+    # The gateway died after writing the next replacement and before recording it.
+    agreements["DSA-TEST-OPEN"]["suspended"] = True
+    (tmp_site.settings.policy_dir / "data/agreements.json").write_text(json.dumps(agreements))
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url, timeout=60) as http:
+        running = http.get("/healthz").json()["policy_bundle"]
+    with running_gateway(tmp_site.settings):
+        pass  # a further start finds the log in step: nothing more is recorded
+    *_, before, found = _changes(tmp_site)
+    assert found == {
+        "bundle_digest": f"sha256:{running}", "previous_digest": before["bundle_digest"],
+        "change": "found_at_startup",
+    }  # fmt: skip
+    assert _changes(tmp_site)[-1] == found and len([c for c in _changes(tmp_site) if c == found]) == 1
+
+
+def test_a_file_broken_on_disk_is_named_and_blamed_on_the_disk(
+    tmp_site: Site, idp: LoopbackTestIssuer
+) -> None:
+    steward = bearer(idp, "steward", sub="steward-1")
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url, timeout=60) as http:
+        agreements = http.get("/v1/steward/policy-data/agreements", headers=steward).json()
+        site_file = tmp_site.settings.policy_dir / "data/site.json"
+        site_file.write_text(site_file.read_text().replace('"defaults": {', '"defaults": {,', 1))
+        read = http.get("/v1/steward/policy-data/site", headers=steward)
+        put = http.put("/v1/steward/policy-data/agreements", json=agreements, headers=steward)
+    for answer in (read, put):
+        assert answer.status_code == 503, answer.text
+        problem = answer.json()
+        assert "site.json" in problem["detail"] and "policy folder" in problem["detail"]
+        assert str(tmp_site.settings.policy_dir) not in answer.text and problem.get("field") != "body"
