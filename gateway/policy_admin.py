@@ -190,17 +190,20 @@ def replace_data(
 Recorded = Callable[[], str | None]
 """The digest (hex) of the bundle the newest policy change in the audit log put in force; None if none."""
 
+Found = Callable[[str | None, str], object]
+"""Records the bundle found in force at start-up (the digest last recorded, None for a log that recorded
+none; the digest in force) and returns once it is on record."""
 
-def reconcile(point: PolicyDecisionPoint, policy_dir: Path, recorded: Recorded, audit: Audit) -> str | None:
+
+def reconcile(point: PolicyDecisionPoint, policy_dir: Path, recorded: Recorded, audit: Found) -> str | None:
     """At start-up: when the bundle the folder holds is not the one the audit log last recorded (the
-    process died between writing a replacement and recording it, or the files were changed by hand),
-    record the bundle actually in force with `audit(logged, in_force)`; the digest recorded so, or None
-    when the log already agreed (or holds no policy change yet). Under the folder lock, so that the site's
-    workers, starting together, record it once."""
+    process died between writing a replacement and recording it, or the files were changed by hand), or
+    the log holds no policy change yet, record the bundle actually in force with `audit(logged,
+    in_force)`: every log so says which bundle its site started under. The digest recorded so, or None
+    when the log already agreed. Under the folder lock, so that the site's workers, starting together,
+    record it once (each looking up the last one recorded after the other)."""
     with _folder_lock(policy_dir):
         logged = recorded()
-        if logged is None:
-            return None
         in_force = folder_digest(point, policy_dir)
         if in_force == logged:
             return None

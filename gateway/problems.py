@@ -47,13 +47,10 @@ STATUS: dict[RefusalKind, HTTPStatus] = {
     "forbidden": HTTPStatus.FORBIDDEN,
     "not_found": HTTPStatus.NOT_FOUND,
     "conflict": HTTPStatus.CONFLICT,
+    "precondition_failed": HTTPStatus.PRECONDITION_FAILED,
     "limit": HTTPStatus.TOO_MANY_REQUESTS,
     "unavailable": HTTPStatus.SERVICE_UNAVAILABLE,
 }
-PRECONDITION_FAILED: Final = HTTPStatus.PRECONDITION_FAILED
-PRECONDITION_HEADERS: Final = frozenset({"If-Match"})
-"""A `conflict` whose `field` is one of these headers is a precondition the client set that the resource
-no longer meets (RFC 9110 §13.1.1): answered 412 rather than 409, the problem naming the header."""
 OK = HTTPStatus.OK
 ACCEPTED = HTTPStatus.ACCEPTED
 PEER_UNREACHABLE = frozenset(
@@ -105,8 +102,7 @@ _AUTH_REFUSALS: dict[str, str] = {
 
 def documented(**described: str | tuple[str, Any]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for a route behind a role: each keyword is an answer ('ok', 'accepted') or a
-    refusal kind (`RefusalKind`) or `precondition_failed` (a `conflict` naming a precondition header, see
-    PRECONDITION_HEADERS), with its description; an answer may come as (description, model of its
+    refusal kind (`RefusalKind`), with its description; an answer may come as (description, model of its
     body). Refusals are documented as problem+json `Problem` bodies, and a refusal every endpoint behind a
     role can give (`AUTHENTICATED`) keeps that cause beside the route's own. Routes name kinds, never
     status codes, so the codes stay in this module."""
@@ -121,9 +117,6 @@ def _documented(
         description, model = given if isinstance(given, tuple) else (given, None)
         if name in _ANSWERS:
             out[int(_ANSWERS[name])] = {"description": description, **({"model": model} if model else {})}
-        elif name == "precondition_failed":
-            schema = {"schema": _PROBLEM_SCHEMA}
-            out[int(PRECONDITION_FAILED)] = {"description": description, "content": {PROBLEM_JSON: schema}}
         elif name in STATUS:
             if name in also and also[name] != description:
                 description = f"{description}; or {also[name]}"
@@ -170,9 +163,8 @@ def witness_response(exc: WitnessError) -> Response:
 
 def refusal_response(refusal: Refusal) -> JSONResponse:
     """Render a refusal."""
-    precondition = refusal.kind == "conflict" and refusal.field in PRECONDITION_HEADERS
     return problem(
-        PRECONDITION_FAILED if precondition else STATUS[refusal.kind],
+        STATUS[refusal.kind],
         refusal.title,
         detail="; ".join(refusal.reasons) or None,
         reasons=refusal.reasons or None,

@@ -19,6 +19,7 @@ RefusalKind = Literal[
     "forbidden",  # the token lacks the role, or the policy denied
     "not_found",  # no such dataset, request or entry
     "conflict",  # the state changed under the request (e.g. an approval already decided)
+    "precondition_failed",  # a precondition the client set (`If-Match`) no longer holds; `field` names it
     "limit",  # the agreement's limit on identical queries is reached
     "unavailable",  # a component the answer needs is down; nothing was released
 ]

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any, Final, TypeVar
 import sqlalchemy as sa
 
 from audit import Actor
-from audit.errors import EntryError, PayloadError
+from audit.errors import EntryError, PayloadError, StorageError
 from audit.log import AppendReceipt, AuditLog, Queued
 from gateway.auth import Principal, TokenValidator
 from gateway.catalog import CatalogView
@@ -33,11 +34,12 @@ from gateway.refusal import UNRECORDED_REASONS
 from gateway.releases import ReleaseLanes
 from gateway.settings import SiteSettings
 from gateway.site_log import open_site_log
-from gateway.state import GatewayState
+from gateway.state import GatewayState, PolicyRecord
 from pseudonymize.errors import KeyMaterialError
 from pseudonymize.store import CatalogEntry
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class StartupError(Exception):
@@ -83,8 +85,13 @@ class SiteRuntime:
             tokens = TokenValidator.for_site(settings)
         policy = PolicyDecisionPoint(settings)  # PolicyLoadError: the gateway never runs on a bad bundle
         audit = open_site_log(settings, checkpoint_interval_s=1.0)
-        _record_bundle_in_force(policy, settings, audit)
         state = GatewayState(settings.state_url)
+        try:
+            _record_bundle_in_force(policy, settings, audit, state)
+        except BaseException:
+            state.close()
+            audit.close()
+            raise
         store = store_engine(settings.store_url)
         witnessing = Witnessing(settings, audit)  # WitnessKeyError: a configured witness key must load
         witnessing.start()
@@ -209,6 +216,21 @@ class SiteRuntime:
                 raise
             return write({**payload, "reasons": [UNRECORDED_REASONS]})
 
+    def record_policy_change(
+        self, payload: Mapping[str, Any], *, principal: Principal | None, wait_s: float
+    ) -> AppendReceipt:
+        """Append a `policy.changed` entry and wait up to `wait_s` for its commit (StorageError after
+        that), from a thread under the policy folder's lock; the state notes where it landed, so that the
+        next start finds it without reading the log back to it (`_record_bundle_in_force`)."""
+        self.state.policy_change_pending(self.audit.size)  # nothing is appended should this fail
+        written = self.append_soon("policy.changed", payload, principal=principal)
+        try:
+            receipt = written.result(timeout=wait_s)
+        except TimeoutError:
+            raise StorageError("the audit log did not commit the change in time") from None
+        _note_change(self.state, receipt.index, str(payload["bundle_digest"]))
+        return receipt
+
     def annotate(self, event_type: str, payload: Mapping[str, Any]) -> Mapping[str, Any]:
         """The payload as this runtime records it (a coordinated request's runtime adds its coordinator)."""
         return payload
@@ -217,34 +239,77 @@ class SiteRuntime:
 _SCAN_PAGE: Final = 2048
 
 
-def _record_bundle_in_force(policy: PolicyDecisionPoint, settings: SiteSettings, audit: AuditLog) -> None:
+def _record_bundle_in_force(
+    policy: PolicyDecisionPoint, settings: SiteSettings, audit: AuditLog, state: GatewayState
+) -> None:
     """Record the bundle the policy folder holds when it is not the one the audit log last recorded: a
     gateway that died between writing a steward's replacement and recording it (`policy_admin`), or files
     changed by hand. The entry is a `policy.changed` of change `found_at_startup`, from the last recorded
-    bundle to the one in force; a log with no policy change yet is left as it is."""
+    bundle to the one in force; in a log with no policy change yet, of the bundle in force alone, so that
+    every log says which bundle its site started under.
+
+    The last one recorded is found where the state noted it (`GatewayState.policy_record`), checked
+    against that one entry of the log; the log is read back from its end only when the note is missing or
+    does not match (a new state database, another log), once: a log of millions of entries since its last
+    policy change is not read at every start."""
 
     def recorded() -> str | None:
-        end = audit.size
-        while end > 0:
-            start = max(0, end - _SCAN_PAGE)
-            for stored in reversed(audit.entries(start, end)):
-                if b"policy.changed" not in stored.data:
-                    continue
-                entry = json.loads(stored.data)
-                if entry.get("type") == "policy.changed":
-                    return str(entry["payload"]["bundle_digest"]).removeprefix("sha256:")
-            end = start
-        return None
+        newest, scanned = _newest_policy_change(audit, state.policy_record())
+        if scanned and newest is not None:
+            state.policy_change_noted(*newest, settled=True)
+        return newest[1] if newest is not None else None
 
-    def record(logged: str, in_force: str) -> None:
+    def record(logged: str | None, in_force: str) -> None:
         payload = {
             "bundle_digest": f"sha256:{in_force}",
-            "previous_digest": f"sha256:{logged}",
+            **({"previous_digest": f"sha256:{logged}"} if logged is not None else {}),
             "change": "found_at_startup",
         }
-        audit.append("policy.changed", payload=payload)
+        state.policy_change_pending(audit.size)
+        receipt = audit.append("policy.changed", payload=payload)
+        state.policy_change_noted(receipt.index, in_force, settled=True)  # the log was read to its end
 
     reconcile(policy, settings.policy_dir, recorded, record)
+
+
+def _newest_policy_change(audit: AuditLog, noted: PolicyRecord | None) -> tuple[tuple[int, str] | None, bool]:
+    """The index and bundle digest (hex) of the log's newest `policy.changed` entry, None if it has none;
+    and whether the log was read beyond the one entry `noted` names. A note the log's entry at its index
+    does not bear out is not trusted: the log is then read back from its end."""
+    known = None
+    if noted is not None and noted.log_index is not None and noted.bundle_digest is not None:
+        known = (noted.log_index, noted.bundle_digest)
+    if known is not None and _policy_change_in(audit, known[0], known[0] + 1) == known:
+        assert noted is not None
+        if noted.pending_from is None:
+            return known, False
+        # An append not yet noted may have landed after the one noted: only those entries are read.
+        later = _policy_change_in(audit, max(noted.pending_from, known[0] + 1), audit.size)
+        return later or known, True
+    return _policy_change_in(audit, 0, audit.size), True
+
+
+def _policy_change_in(audit: AuditLog, start: int, end: int) -> tuple[int, str] | None:
+    """The newest `policy.changed` entry with start ≤ index < end, read back from `end` page by page."""
+    while end > start:
+        first = max(start, end - _SCAN_PAGE)
+        for stored in reversed(audit.entries(first, end)):
+            if b"policy.changed" not in stored.data:
+                continue
+            entry = json.loads(stored.data)
+            if entry.get("type") == "policy.changed":
+                return stored.index, str(entry["payload"]["bundle_digest"]).removeprefix("sha256:")
+        end = first
+    return None
+
+
+def _note_change(state: GatewayState, index: int, bundle_digest: str) -> None:
+    """Note in the state where a `policy.changed` landed. It is on record already: should the state not
+    take the note, the change stands, and the next start reads the log from where it was announced."""
+    try:
+        state.policy_change_noted(index, bundle_digest.removeprefix("sha256:"))
+    except Exception as exc:  # noqa: BLE001 - the entry is in the log; the note only saves a start reading
+        log.error("state: noting the policy change at audit entry %d failed (%s)", index, type(exc).__name__)
 
 
 def _actor(principal: Principal | None) -> Actor | None:

@@ -102,6 +102,32 @@ withdrawals = sa.Table(
     sa.Column("at", sa.String(32), nullable=False),
 )
 
+policy_record = sa.Table(
+    "policy_record",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),  # one row: POLICY_RECORD_ID
+    sa.Column("log_index", sa.BigInteger, nullable=True),
+    sa.Column("bundle_digest", sa.String(64), nullable=True),
+    sa.Column("pending_from", sa.BigInteger, nullable=True),
+    sa.Column("pending", sa.Integer, nullable=False, server_default="0"),
+)
+POLICY_RECORD_ID = 1
+
+
+@dataclass(frozen=True)
+class PolicyRecord:
+    """Where the newest `policy.changed` this site appended to its audit log landed, so that a start need
+    not read the log back to it (gateway.runtime). The log is the truth: the entry is read at `log_index`
+    and this record trusted only if it is a `policy.changed` of `bundle_digest`."""
+
+    log_index: int | None
+    bundle_digest: str | None
+    """The bundle that entry put in force (hex, no `sha256:`)."""
+    pending_from: int | None
+    """Set while a `policy.changed` may have been appended that this record does not name yet (a process
+    stopped between the append and its note here, or an append that failed and may still land): the log
+    size before the first such append, from where a start reads the log for a newer one."""
+
 
 def utc_now_text(ago_s: float = 0.0) -> str:
     """Now (or `ago_s` seconds ago), to the second, as the state's rows record times and compare them, as
@@ -516,6 +542,57 @@ class GatewayState:
         read = self._withdrawn_sql.params({"dataset": dataset, "key_context": key_context})
         with self._engine.connect() as conn:
             return [r[0] for r in conn.exec_driver_sql(self._withdrawn_sql.sql, read)]
+
+    def policy_record(self) -> PolicyRecord | None:
+        """The site's note of its newest `policy.changed` entry; None when none was noted (a new state
+        database, or one from a version that kept none)."""
+        p = policy_record.c
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(p.log_index, p.bundle_digest, p.pending_from).where(p.id == POLICY_RECORD_ID)
+            ).first()
+        if row is None:
+            return None
+        return PolicyRecord(row.log_index, row.bundle_digest, row.pending_from)
+
+    def policy_change_pending(self, log_size: int) -> None:
+        """A `policy.changed` is about to be appended to a log of `log_size` entries: until
+        `policy_change_noted` says where it landed, a start reads the log from there. The earliest such
+        size is kept while an earlier append is still unaccounted for (one that failed, and may yet land).
+        Call it under the policy folder's lock, as every writer of this record does."""
+        p = policy_record.c
+        with self._writing() as conn:
+            row = conn.execute(sa.select(p.pending_from, p.pending).where(p.id == POLICY_RECORD_ID)).first()
+            if row is None:
+                conn.execute(
+                    policy_record.insert().values(id=POLICY_RECORD_ID, pending_from=log_size, pending=1)
+                )
+                return
+            start = log_size if row.pending_from is None else min(row.pending_from, log_size)
+            conn.execute(
+                policy_record.update()
+                .where(p.id == POLICY_RECORD_ID)
+                .values(pending_from=start, pending=row.pending + 1)
+            )
+
+    def policy_change_noted(self, log_index: int, bundle_digest: str, *, settled: bool = False) -> None:
+        """The `policy.changed` announced by `policy_change_pending` landed at `log_index` and put
+        `bundle_digest` in force. The log is read from `pending_from` no more once every announced append
+        is accounted for; with `settled` (a start that read the log up to its end), at once."""
+        p = policy_record.c
+        with self._writing() as conn:
+            row = conn.execute(sa.select(p.pending).where(p.id == POLICY_RECORD_ID)).first()
+            left = 0 if settled or row is None else max(0, row.pending - 1)
+            noted = {
+                "log_index": log_index,
+                "bundle_digest": bundle_digest,
+                "pending": left,
+                **({"pending_from": None} if left == 0 else {}),
+            }
+            if row is None:
+                conn.execute(policy_record.insert().values(id=POLICY_RECORD_ID, **noted))
+            else:
+                conn.execute(policy_record.update().where(p.id == POLICY_RECORD_ID).values(**noted))
 
     def save_request(self, request: StoredRequest) -> None:
         """Insert a new request."""

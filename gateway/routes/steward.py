@@ -10,7 +10,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Query, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from audit.errors import StorageError
 from gateway.consent import WithdrawalUnsupported, withdraw
 from gateway.decision.errors import PolicyEngineUnavailable
 from gateway.deps import PipelineDep, RuntimeDep, StewardDep
@@ -220,8 +219,7 @@ async def replace_policy_document(
     def audit(previous: str, new: str) -> None:
         # In the replacing thread, under the replacement lock, once the new file is written and before any
         # process of the site is told to load it.
-        written = runtime.append_soon(
-            "policy.changed",
+        runtime.record_policy_change(
             {
                 "bundle_digest": f"sha256:{new}",
                 "previous_digest": f"sha256:{previous}",
@@ -229,11 +227,8 @@ async def replace_policy_document(
                 "name": name,
             },
             principal=steward,
+            wait_s=AUDIT_WAIT_S,
         )
-        try:
-            written.result(timeout=AUDIT_WAIT_S)
-        except TimeoutError:
-            raise StorageError("the audit log did not commit the change in time") from None
 
     try:
         previous, bundle = await asyncio.to_thread(
@@ -251,7 +246,7 @@ async def replace_policy_document(
         ) from None
     except StaleVersion as exc:
         raise Refusal(
-            "conflict",
+            "precondition_failed",
             "Policy data changed since it was read",
             [
                 f"the policy data changed since it was read (the bundle is now {exc.current}); read the "

@@ -5,9 +5,10 @@ is recorded at the next start, and a file broken on disk is named as such."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
-from gateway_site import Site, bearer, logged_entries, running_gateway
+from gateway_site import Site, bearer, logged_entries, running_gateway, verify_exported_log
 from oidc_issuer import LoopbackTestIssuer
 from test_serve_workers import _served
 
@@ -39,6 +40,10 @@ def test_a_replacement_based_on_an_old_read_is_refused_with_412(
         assert late.status_code == 412, late.text
         assert late.headers["content-type"].startswith("application/problem+json")
         assert late.json()["field"] == "If-Match"
+        # Audited as what it is: a precondition the steward set, not a conflict of the site's state.
+        (refused,) = [e for e in logged_entries(tmp_site.settings) if e["type"] == "request.refused"]
+        assert refused["payload"]["refusal"] == "precondition_failed"
+        assert refused["payload"]["field"] == "If-Match"
         now = http.get("/v1/steward/policy-data/agreements", headers=first)
         assert now.json()["DSA-TEST-OPEN"]["suspended"] is True and now.headers["ETag"] != tag
         # Without If-Match the last writer wins, as before.
@@ -92,6 +97,32 @@ def test_a_change_made_but_not_recorded_is_recorded_at_the_next_start(
         "change": "found_at_startup",
     }  # fmt: skip
     assert _changes(tmp_site)[-1] == found and len([c for c in _changes(tmp_site) if c == found]) == 1
+
+
+def test_workers_starting_together_record_the_bundle_in_force_once(
+    tmp_site: Site, idp: LoopbackTestIssuer, tmp_path: Path
+) -> None:
+    config = tmp_site.config.read_text()
+    # A new site's log holds no policy change: the first start records the bundle it starts under.
+    with _served(tmp_site, workers=2) as (_, url):
+        running = httpx.get(f"{url}/healthz", timeout=60).json()["policy_bundle"]
+    assert _changes(tmp_site) == [{"bundle_digest": f"sha256:{running}", "change": "found_at_startup"}]
+    # A change by hand is recorded once, whichever worker looks first.
+    agreements_file = tmp_site.settings.policy_dir / "data/agreements.json"
+    agreements = json.loads(agreements_file.read_text())
+    agreements["DSA-TEST-OPEN"]["title"] = "changed by hand"
+    agreements_file.write_text(json.dumps(agreements))
+    tmp_site.config.write_text(config)  # without the [server] table the first serve added
+    with _served(tmp_site, workers=2) as (_, url), httpx.Client(base_url=url, timeout=60) as http:
+        now = http.get("/healthz").json()["policy_bundle"]
+        export = http.get("/v1/audit/export", headers=bearer(idp, "auditor"))
+    first, found = _changes(tmp_site)
+    assert found == {
+        "bundle_digest": f"sha256:{now}", "previous_digest": first["bundle_digest"],
+        "change": "found_at_startup",
+    }  # fmt: skip
+    assert export.status_code == 200
+    verify_exported_log(export.content, tmp_site.settings, tmp_path)
 
 
 def test_a_file_broken_on_disk_is_named_and_blamed_on_the_disk(

@@ -184,7 +184,7 @@ def test_a_bundle_in_force_but_not_on_record_is_recorded_once(point: PolicyDecis
     logged = point.bundle.digest
     # A process died after writing a replacement and before recording it.
     (folder / "data/agreements.json").write_text(json.dumps(_retitled(folder)))
-    recorded: list[tuple[str, str]] = []
+    recorded: list[tuple[str | None, str]] = []
 
     def newest() -> str | None:
         return recorded[-1][1] if recorded else logged
@@ -193,7 +193,14 @@ def test_a_bundle_in_force_but_not_on_record_is_recorded_once(point: PolicyDecis
     assert reconcile(point, folder, newest, lambda a, b: recorded.append((a, b))) is None
     (entry,) = recorded
     assert entry[0] == logged and entry[1] not in (logged, "")
-    assert reconcile(point, folder, lambda: None, lambda a, b: recorded.append((a, b))) is None
+
+
+def test_a_log_with_no_policy_change_records_the_bundle_it_starts_under(point: PolicyDecisionPoint) -> None:
+    from gateway.policy_admin import reconcile
+
+    recorded: list[tuple[str | None, str]] = []
+    assert reconcile(point, point.bundle.root, lambda: None, lambda a, b: recorded.append((a, b))) is not None
+    assert recorded == [(None, point.bundle.digest)]
 
 
 @pytest.mark.parametrize(
