@@ -17,13 +17,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
+from ingest_helpers import read_back_digest
 from typer.testing import CliRunner
 
 from connectors.base import Connector
 from connectors.parquet import ParquetConnector
 from gateway.cli import app
 from gateway.synth import generate_site
-from pseudonymize.digest import digest_batches
 from pseudonymize.generalize import quote_ident
 from pseudonymize.ingest import IngestResult, ingest
 from pseudonymize.keys import SecretKey
@@ -90,16 +90,6 @@ def _ingest(
     return ingest(source, load_spec(spec), str(spec), master, store, jurisdiction="DE")
 
 
-def _read_back_digest(store: Store, table: str) -> str:
-    cursor = store.duckdb.cursor()
-    try:
-        cursor.execute("SET SESSION arrow_lossless_conversion = true").fetchall()
-        stored = cursor.sql(f"SELECT * FROM {quote_ident(table)}").to_arrow_table()
-    finally:
-        cursor.close()
-    return digest_batches(stored.schema, stored.to_batches(max_chunksize=11))
-
-
 #: (NaN left, missing values, rows counted by `value > 7.5`) of column `value` (source `x`), on either store
 COUNTS_SQL = (
     "SELECT count(*) FILTER (WHERE value = 'NaN'::double precision), count(*) FILTER (WHERE value IS NULL), "
@@ -124,7 +114,7 @@ def test_duckdb_stores_nan_as_missing_and_counts_them(tmp_path: Path, master: Se
             f"count(*) FILTER (WHERE y IS NULL), "
             f"count(*) FILTER (WHERE z IS NULL) FROM {table}"
         ).fetchall()[0]
-        read_back = _read_back_digest(store, result.entry.table_name)
+        read_back = read_back_digest(store, result.entry.table_name, chunk_rows=11)
     # The NULL row stays missing, the three NaN join it; `value > 7.5` counts only the numbers above it.
     assert (nan, missing, over) == (0, 4, _expected_over_7_5())
     assert negative_zero == 1
@@ -150,7 +140,7 @@ def test_a_parquet_source_declaring_floats_not_null_stores_nan_as_missing(
         result = ingest(ParquetConnector(path), load_spec(spec), str(spec), master, store, jurisdiction="DE")
         table_name = quote_ident(result.entry.table_name)
         nan, missing, over = store.duckdb.execute(COUNTS_SQL.format(table=table_name)).fetchall()[0]
-        read_back = _read_back_digest(store, result.entry.table_name)
+        read_back = read_back_digest(store, result.entry.table_name, chunk_rows=11)
     assert (nan, missing, over) == (0, 3, _expected_over_7_5())
     assert result.not_finite_as_missing == {"value": 3, "y": 2}
     assert result.entry.content_digest == read_back

@@ -17,11 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from ingest_helpers import read_back_digest
 
 import pseudonymize.ingest as ingest_module
 from connectors.base import Connector
 from connectors.errors import ConnectorError
-from pseudonymize.digest import ContentDigest, digest_batches
+from pseudonymize.digest import ContentDigest
 from pseudonymize.generalize import quote_ident
 from pseudonymize.ingest import ingest
 from pseudonymize.keys import SecretKey
@@ -56,17 +57,6 @@ def _with_nulls(table: pa.Table) -> pa.Table:
         column = table[name].combine_chunks()
         table = table.set_column(i, name, pc.if_else(mask, pa.scalar(None, column.type), column))
     return table
-
-
-def _read_back(store: Store, entry: CatalogEntry) -> str:
-    """The digest of the published table as the store reads it back, tokens as 16-byte UUID values."""
-    cursor = store.duckdb.cursor()
-    try:
-        cursor.execute("SET SESSION arrow_lossless_conversion = true").fetchall()
-        table = cursor.sql(f"SELECT * FROM {quote_ident(entry.table_name)}").to_arrow_table()
-    finally:
-        cursor.close()
-    return digest_batches(table.schema, table.to_batches(max_chunksize=777))
 
 
 def _classes_by_distinct_patients(
@@ -127,7 +117,7 @@ def test_example_spec_digest_and_risk_equal_the_stored_table(
     assert "patient_id" not in read_back and "sex" not in read_back
     with store:
         spec = load_spec(spec_path)
-        assert entry.content_digest == _read_back(store, entry)
+        assert entry.content_digest == read_back_digest(store, entry.table_name)
         assert entry.row_count == len(table)
         risk = entry.risk_report
         assert (risk["classes"], risk["smallest_class"], risk["records_below_k"]) == (
@@ -197,7 +187,7 @@ def test_every_kept_type_digests_as_the_stored_table(tmp_path: Path, master: Sec
     )
     entry = result.entry
     with store:
-        assert entry.content_digest == _read_back(store, entry)
+        assert entry.content_digest == read_back_digest(store, entry.table_name)
         assert entry.row_count == len(table)
         # The floats' NaN and infinities are stored as missing values, -0.0 as it is.
         stored = {
