@@ -72,6 +72,20 @@ class DatasetColumn:
         }
         return types.get(self.type_class, sa.Text())
 
+    def compared(self, column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
+        """`column`, this dataset column in a select for `dialect`, as its values compare with a value
+        (`python_value`), a histogram's edges (`edge_value`) and each other, and as statistics read them.
+
+        On PostgreSQL a float32 (or float16) column is read as `CAST(column AS REAL)`: a no-op on the REAL
+        column a store publishes it as, while a table published before the store kept float32 as REAL holds
+        each value as the double its decimal text parses to (0.6, not the float32 0.6000000238…), which
+        the cast rounds back to the float32 ingested. Either way the column holds the float32 values a
+        DuckDB store's FLOAT does. The value compared stays a double: PostgreSQL widens a REAL compared
+        with a double exactly, and a value beyond float32's range compares instead of overflowing."""
+        if dialect == "postgresql" and self.arrow_type in _NARROW_FLOAT:
+            return sa.cast(column, sa.REAL())
+        return column
+
     def pandas_dtype(self) -> str:
         """The dtype of this column in a result frame (nullable: a group may be missing)."""
         return {
@@ -135,6 +149,15 @@ def python_value(column: DatasetColumn, value: object) -> object:
         zone = "with" if column.has_timezone else "without"
         raise ValueError(f"must be an ISO 8601 timestamp {zone} a UTC offset for column {column.name!r}")
     raise ValueError(f"column {column.name!r} has type {column.arrow_type}, which queries cannot compare")
+
+
+def edge_value(column: DatasetColumn, edge: float) -> float:
+    """A histogram's or Kaplan–Meier's bin edge as it compares with `column`'s values: rounded as a filter
+    value is (`_number`), so the bin (−∞, e] holds the rows `column <= e` selects. Only the comparison
+    takes the rounded edge; an answer gives the edge as written."""
+    if column.arrow_type not in _NARROW_FLOAT:
+        return edge
+    return float(_number(column, edge))
 
 
 def _number(column: DatasetColumn, value: int | float) -> int | float:

@@ -20,7 +20,7 @@ from sqlalchemy.sql.visitors import ExternallyTraversible, replacement_traverse
 
 from gateway.decision.models import ConsentFilter, Obligations
 from gateway.lru import LruMap
-from gateway.query.columns import DatasetColumn, python_value
+from gateway.query.columns import DatasetColumn, edge_value, python_value
 from gateway.query.consent import ConsentClasses, consent_predicate
 from gateway.query.errors import ColumnNotAllowed, QueryError, QuerySpecError, UnknownColumn
 from gateway.query.spec import (
@@ -348,7 +348,9 @@ def _selects(
         return main, keep, (*group_out, ("n", "int64")), ()
 
     target = resolve.analysed(spec.params.column)
-    value: sa.ColumnElement[float] = sa.cast(table.c[target.name], sa.Double())
+    value: sa.ColumnElement[float] = sa.cast(
+        target.compared(table.c[target.name], resolve.dialect), sa.Double()
+    )
     present = sa.and_(where, table.c[target.name].is_not(None))
 
     if isinstance(spec, SummaryQuery):
@@ -385,9 +387,7 @@ def _selects(
     # falls in exactly one bin, so the bins add up to the summary's n and hide no tail. Closed on the
     # right as Kaplan-Meier's bins are (`_kaplan_meier`), so one edge splits the same rows in both kinds:
     # closed on different sides, their difference at an edge would count the rows on it.
-    binned = sa.case(
-        *((value <= sa.literal(e, sa.Double()), i) for i, e in enumerate(edges)), else_=len(edges)
-    ).label("bin")
+    binned = _binned(value, target, edges)
     rows = sa.select(*group_cols, binned).select_from(table).where(present).subquery("binned")
     outer_groups = [rows.c[f"g{i}"] for i in range(len(groups))]
     main = sa.select(*outer_groups, rows.c.bin, n_rows).group_by(*outer_groups, rows.c.bin)
@@ -409,7 +409,7 @@ def _kaplan_meier(
         raise QuerySpecError(
             f"column {event.name!r} is {event.arrow_type}, not boolean or numeric", "params.event"
         )
-    value: sa.ColumnElement[float] = sa.cast(table.c[time.name], sa.Double())
+    value: sa.ColumnElement[float] = sa.cast(time.compared(table.c[time.name], resolve.dialect), sa.Double())
     happened: sa.ColumnElement[bool] = (
         # A literal, not a bare 0: SQLAlchemy would name that parameter after the column, and a column
         # named like the filters' parameters (filter_value) would clash with them.
@@ -417,10 +417,7 @@ def _kaplan_meier(
         if event.type_class == "bool"
         else table.c[event.name] != sa.literal(0, table.c[event.name].type)
     )
-    edges = spec.params.edges
-    binned = sa.case(
-        *((value <= sa.literal(e, sa.Double()), i) for i, e in enumerate(edges)), else_=len(edges)
-    ).label("bin")
+    binned = _binned(value, time, spec.params.edges)
     flag = sa.case((happened, 1), else_=0).label("happened")
     present = sa.and_(where, table.c[time.name].is_not(None), table.c[event.name].is_not(None))
     rows = sa.select(binned, flag).select_from(table).where(present).subquery("binned")
@@ -428,6 +425,17 @@ def _kaplan_meier(
         rows.c.bin, sa.func.count().label("n"), sa.func.sum(rows.c.happened).label("events")
     ).group_by(rows.c.bin)
     return main, (("bin", "int64"), ("n", "int64"), ("events", "int64"))
+
+
+def _binned(value: sa.ColumnElement[float], column: DatasetColumn, edges: Sequence[float]) -> sa.Label[int]:
+    """The bin index of `value` (`column` read as a double): bin i up to and including edge i, the last
+    beyond every edge. Each edge compares as a filter value on `column` does (`edge_value`), so a bin
+    (−∞, e] counts the rows the filter `column <= e` selects; edges that round to one value leave the
+    bins between them empty."""
+    return sa.case(
+        *((value <= sa.literal(edge_value(column, e), sa.Double()), i) for i, e in enumerate(edges)),
+        else_=len(edges),
+    ).label("bin")
 
 
 @functools.lru_cache(maxsize=256)
@@ -626,6 +634,7 @@ def _condition(leaf: Condition, path: str, resolve: _Resolver, negated: bool) ->
     col: sa.ColumnElement[Any] = resolve.table.c[column.name]
     if leaf.op == "is_null":
         return col.is_(None) if leaf.value is None else col.is_not(None)
+    col = column.compared(col, resolve.dialect)
     if column.type_class == "string" and leaf.op in _ORDERED_OPS:
         # Byte order everywhere: PostgreSQL's locale collation would order text differently from DuckDB.
         col = col.collate("C") if resolve.dialect == "postgresql" else col

@@ -1,11 +1,12 @@
 """A filter value and a group value mean the same on DuckDB and PostgreSQL, as each store is published:
 timestamps with a time zone whatever the session's zone, integer columns against fractional and huge
-numbers, float32 columns against the decimal a researcher writes, and dates beyond pandas' nanosecond
-range."""
+numbers, float32 columns against the decimal a researcher writes (also in a histogram's edges, and in a
+PostgreSQL table that holds them as double precision), and dates beyond pandas' nanosecond range."""
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
-from query_helpers import TABLE, compile_spec, duckdb_holding, reference_mask
+from query_helpers import TABLE, compile_spec, duckdb_holding, reference_mask, write_postgres
 
 from gateway.query import QueryOutcome, execute, store_engine
 from pseudonymize.store import CatalogEntry, Store, now_utc
@@ -176,10 +177,32 @@ def test_a_whole_float_on_an_integer_column_is_bound_as_an_integer() -> None:
 # -- float32 columns against decimals ---------------------------------------------------------------------
 
 
-def test_float32_columns_compare_with_the_float32_nearest_the_value(publish: Any) -> None:
-    table = _consented({"x": pa.array([0.1, 0.6, 1.3] * 10, pa.float32())})
-    engine = publish(table)
-    columns = _columns(table)
+X32 = [0.1, 0.6, 1.3] * 10
+X32_COLUMNS = [("consent_duo", "string"), ("consent_withdrawn", "bool"), ("x", "float"), ("event", "bool")]
+
+
+@pytest.fixture(params=["duckdb", "postgresql", "postgresql, as double precision"])
+def float32_x(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[sa.Engine]:
+    """An engine on a table whose float32 column `x` holds X32 (with an `event` column, all true): on
+    DuckDB, on PostgreSQL as the store publishes it, and on PostgreSQL as a store published it before it
+    kept float32 columns as REAL: as double precision, each value the double its CSV text (0.6) parses to,
+    not the float32 ingested (0.6000000238…). All three must answer alike."""
+    events = pa.array([True] * len(X32))
+    if request.param == "duckdb":
+        table = _consented({"x": pa.array(X32, pa.float32()), "event": events})
+        engine = store_engine(duckdb_holding(tmp_path / "x.duckdb", table))
+    else:
+        url = request.getfixturevalue("pg_url")
+        if request.param == "postgresql":
+            _publish_postgres(url, _consented({"x": pa.array(X32, pa.float32()), "event": events}))
+        else:
+            write_postgres(url, _consented({"x": pa.array(X32, pa.float64()), "event": events}))
+        engine = store_engine(url)
+    yield engine
+    engine.dispose()
+
+
+def test_float32_columns_compare_with_the_float32_nearest_the_value(float32_x: sa.Engine) -> None:
     for op, value, expected in [
         ("=", 0.6, 10),
         ("!=", 0.6, 20),
@@ -194,7 +217,58 @@ def test_float32_columns_compare_with_the_float32_nearest_the_value(publish: Any
         (">", -1e300, 30),
         ("=", 1e300, 0),
     ]:
-        assert _count(engine, columns, {"column": "x", "op": op, "value": value}) == expected, (op, value)
+        node = {"column": "x", "op": op, "value": value}
+        assert _count(float32_x, X32_COLUMNS, node) == expected, (op, value)
+        assert _count(float32_x, X32_COLUMNS, {"not": node}) == 30 - expected, ("not", op, value)
+
+
+@pytest.mark.parametrize(
+    "edges",
+    [[0.1, 0.6, 1.3], [0.6, 1.3], [0.5, 0.6, 0.7], [0.6000001, 1.3], [0.6, 1e300], [0.1, 0.6000000238418579]],
+)
+def test_float32_histogram_and_kaplan_meier_bins_hold_the_rows_their_filters_select(
+    float32_x: sa.Engine, edges: list[float]
+) -> None:
+    """A bin (lower, upper] on a float32 column counts the rows `x > lower and x <= upper` selects, edges
+    compared as filter values are; the answer gives the edges as written."""
+    dialect = float32_x.dialect.name
+    bounds: list[float | None] = [None, *edges, None]
+    expected = []
+    for lower, upper in itertools.pairwise(bounds):
+        leaves = [
+            {"column": "x", "op": op, "value": v} for op, v in ((">", lower), ("<=", upper)) if v is not None
+        ]
+        expected.append(_count(float32_x, X32_COLUMNS, {"and": leaves}))
+    histogram = compile_spec(
+        X32_COLUMNS, "histogram", None, {"params": {"column": "x", "edges": edges}}, dialect
+    )
+    assert histogram.bins == tuple(itertools.pairwise(bounds))
+    assert _by_bin(execute(float32_x, histogram), len(edges)) == expected
+    params = {"time": "x", "event": "event", "edges": edges}
+    survival = execute(
+        float32_x, compile_spec(X32_COLUMNS, "kaplan_meier", None, {"params": params}, dialect)
+    )
+    assert _by_bin(survival, len(edges)) == expected
+
+
+def test_float32_statistics_read_the_float32_values(float32_x: sa.Engine) -> None:
+    """A summary of a float32 column sums the float32 values, also where a table holds their decimals as
+    double precision."""
+    dialect = float32_x.dialect.name
+    summary = execute(
+        float32_x, compile_spec(X32_COLUMNS, "summary", None, {"params": {"column": "x"}}, dialect)
+    )
+    widened = [float(v) for v in pa.array(X32, pa.float32()).cast(pa.float64()).to_pylist()]
+    assert float(summary.frame["sum"].iloc[0]) == pytest.approx(sum(widened), rel=1e-13, abs=0)
+    assert float(summary.frame["sum_sq"].iloc[0]) == pytest.approx(
+        sum(v * v for v in widened), rel=1e-13, abs=0
+    )
+
+
+def _by_bin(outcome: QueryOutcome, edges: int) -> list[int]:
+    """The rows of each bin of a histogram or Kaplan–Meier answer, 0 for a bin no row fell in."""
+    counts = dict(zip(outcome.frame["bin"], outcome.frame["n"], strict=True))
+    return [int(counts.get(i, 0)) for i in range(edges + 1)]
 
 
 # -- dates beyond pandas' nanosecond range -----------------------------------------------------------------
