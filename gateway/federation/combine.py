@@ -6,6 +6,12 @@ released it (a level a site does not have is a known zero there); an entry any s
 the pool. Disclosure control is then applied again with the strictest `min_cell_count` of the answering
 sites: a pooled count below it (possible only when sites with laxer rules released small numbers or zeros)
 is hidden too. A site answer that breaks its own declared rules is refused as invalid, never pooled.
+
+A site merges the levels of a group column held by fewer than its `min_cell_count` rows into one level
+"(other)" (pseudonymize.disclosure.levels), so a level missing from such a site's answer may be inside its
+"(other)" rather than a zero. A pooled level is therefore only ever the sum of that level's own rows: a
+level that any site with an "(other)" in that column does not show is folded into the pooled "(other)"
+at every site, and "(other)" holds everything that is not a level shown in the pool.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from connectors.utf8 import is_text
+from pseudonymize.disclosure.levels import OTHER
 
 PoolKind = Literal["count", "crosstab", "summary", "histogram"]
 REASON_AT_SITE = "suppressed at a site"
@@ -142,36 +149,45 @@ def key_columns(kind: str, group_by: Sequence[str]) -> list[str]:
 
 
 def combine(kind: PoolKind, group_by: Sequence[str], tables: Sequence[SiteTable]) -> PooledTable:
-    """Pool released tables of one kind under the conservative semantics above."""
+    """Pool released tables of one kind under the conservative semantics above.
+
+    CombineError when a pooled number is beyond what the answer can carry (sites' values near the 1e300
+    bound, whose sums or centred squares no double holds): the sites' numbers are sound, their pool is not.
+    """
     if not tables:
         raise CombineError("no site answered; there is nothing to pool")
     keys = key_columns(kind, group_by)
     values = _VALUE_COLS[kind]
     minimum = max(t.min_cell_count for t in tables)
-    indexed = [{tuple(r.get(k) for k in keys): r for r in t.rows} for t in tables]
+    folded = merged_levels(group_by, tables)
+    # Each site's rows by pooled key: a site may have several once levels are folded into "(other)".
+    indexed: list[dict[tuple[Any, ...], list[dict[str, Any]]]] = []
     order: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for index in indexed:
-        for key, row in index.items():
-            order.setdefault(key, row)
+    for table in tables:
+        index: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        for original in table.rows:
+            part = _fold(original, folded)
+            key = tuple(part.get(k) for k in keys)
+            index.setdefault(key, []).append(part)
+            order.setdefault(key, part)
+        indexed.append(index)
     columns = tables[0].columns
     rows: list[dict[str, Any]] = []
     hidden_at_site = hidden_small = 0
     for key, template in order.items():
         row = {c: template.get(c) for c in columns}
-        sums = dict.fromkeys(values, 0.0)
-        parts: list[tuple[float, float, float]] = []
-        hidden = False
-        for index in indexed:
-            part = index.get(key)
-            if part is None:
-                continue  # a level this site does not have: a known zero there
-            if part["suppressed"]:
-                hidden = True
-                break
-            for col in values:
-                sums[col] += part[col]
-            if kind == "summary":
-                parts.append(_site_moments(part))
+        sums: dict[str, int | float] = {c: 0 if c in _INTEGER_COLS else 0.0 for c in values}
+        moments: list[tuple[float, float, float]] = []
+        # A key a site lacks is a level it does not have: a known zero there. One part any site hid hides
+        # the pooled entry.
+        parts = [part for index in indexed for part in index.get(key, ())]
+        hidden = any(part["suppressed"] for part in parts)
+        if not hidden:
+            for part in parts:
+                for col in values:
+                    sums[col] += int(part[col]) if col in _INTEGER_COLS else float(part[col])
+                if kind == "summary":
+                    moments.append(_site_moments(part))
         size_col = values[0]
         small = not hidden and 0 < sums[size_col] < minimum
         if hidden or small:
@@ -181,9 +197,11 @@ def combine(kind: PoolKind, group_by: Sequence[str], tables: Sequence[SiteTable]
             row["suppressed"] = True
             row["suppression_reason"] = REASON_AT_SITE if hidden else REASON_POOLED_MIN
         else:
-            row.update({c: int(v) if c in _INTEGER_COLS else v for c, v in sums.items()})
+            row.update(sums)
             if kind == "summary":
-                row.update(_moments(int(sums["n"]), sums["sum"], parts))
+                row.update(_moments(int(sums["n"]), float(sums["sum"]), moments))
+            if not all(is_label(row[c]) for c in (*values, *_MOMENT_COLS) if c in row):
+                raise CombineError("a pooled value is beyond what a number can hold")
             row["suppressed"] = False
             row["suppression_reason"] = None
         rows.append(row)
@@ -192,8 +210,33 @@ def combine(kind: PoolKind, group_by: Sequence[str], tables: Sequence[SiteTable]
         rows,
         minimum,
         hidden_at_site + hidden_small,
-        _reasons(kind, hidden_at_site, hidden_small, minimum, tables),
+        _reasons(kind, hidden_at_site, hidden_small, minimum, tables, folded),
     )
+
+
+def merged_levels(group_by: Sequence[str], tables: Sequence[SiteTable]) -> dict[str, frozenset[Any]]:
+    """Per group column, the levels pooled as "(other)": those a site with an "(other)" in that column does
+    not show, which may lie inside its "(other)".
+
+    A site merges a rare level whole (every row of it, by the level's total), and its tables lay every
+    level it kept on the full grid, a suppressed entry keeping its label: a level it shows anywhere in a
+    column is one it did not merge. A site without "(other)" in a column merged nothing there, and a level
+    it lacks is a known zero. The null level is never merged.
+    """
+    folded: dict[str, frozenset[Any]] = {}
+    for col in group_by:
+        shown = [{row.get(col) for row in t.rows} for t in tables]
+        pooled = set().union(*shown) - {None, OTHER}
+        hidden = {level for levels in shown if OTHER in levels for level in pooled - levels}
+        if hidden:
+            folded[col] = frozenset(hidden)
+    return folded
+
+
+def _fold(row: dict[str, Any], folded: dict[str, frozenset[Any]]) -> dict[str, Any]:
+    """A site's row with every group value the pool merges relabelled "(other)"."""
+    relabelled = {col: OTHER for col, levels in folded.items() if row.get(col) in levels}
+    return {**row, **relabelled} if relabelled else row
 
 
 def _check_moments(site: str, row: dict[str, Any]) -> None:
@@ -217,36 +260,56 @@ def _site_moments(part: dict[str, Any]) -> tuple[float, float, float]:
     The site's own mean and variance are used when it sent them: it computed the variance from its rows
     (the store's var_samp), while Σx² − (Σx)²/n cancels catastrophically when the mean is large beside the
     spread. A null variance means the site's group had fewer than two rows (its n may be rounded up):
-    M2 = 0. A row without the moment columns falls back to its sums.
+    M2 = 0. A row without the moment columns falls back to its sums. Floats throughout: an integer sum
+    near 1e300 squared has no float, and a product beyond a double is infinite, refused by the caller.
     """
     n = float(part["n"])
     if n == 0:
         return 0.0, 0.0, 0.0
+    total = float(part["sum"])
     mean = part.get("mean")
-    if mean is None:
-        mean = part["sum"] / n
+    mean = total / n if mean is None else float(mean)
     if "variance" in part:
         variance = part["variance"]
-        return n, float(mean), float(variance) * (n - 1) if variance is not None and n > 1 else 0.0
-    # Clamped at 0: Σx² − (Σx)²/n can dip below zero by rounding for near-constant groups.
-    return n, float(mean), max(part["sum_sq"] - part["sum"] * part["sum"] / n, 0.0)
+        m2 = float(variance) * (n - 1) if variance is not None and n > 1 else 0.0
+    else:
+        share = total * total / n
+        # Clamped at 0: Σx² − (Σx)²/n can dip below zero by rounding for near-constant groups.
+        m2 = max(float(part["sum_sq"]) - share, 0.0) if math.isfinite(share) else math.inf
+    if not math.isfinite(m2):
+        raise CombineError("a site's spread is beyond what a number can hold")
+    return n, mean, m2
 
 
 def _moments(n: int, total: float, parts: Sequence[tuple[float, float, float]]) -> dict[str, float | None]:
     """The pooled mean, Σsum / Σn, and the sample variance by Chan's combination of the sites' parts:
     M2 = Σ M2ᵢ + Σ nᵢ·(meanᵢ − m)², m the n-weighted mean of the site means. Every term is a centred
-    square, so pooling adds no cancellation to what the sites computed."""
+    square, so pooling adds no cancellation to what the sites computed.
+
+    Sites' values beyond ~1e150 have squares no double holds: fsum then overflows (OverflowError) or meets
+    infinities of both signs (ValueError), and the pool is refused (CombineError), never an error of
+    arithmetic escaping to the caller."""
     if not n:
         return {"mean": None, "variance": None}
-    size = sum(p[0] for p in parts)
-    centre = math.fsum(p[0] * p[1] for p in parts) / size if size else 0.0
-    spread = math.fsum(p[2] + p[0] * (p[1] - centre) ** 2 for p in parts)
-    if not math.isfinite(spread):  # sites' values beyond ~1e150, whose squares no double holds
+    try:
+        size = math.fsum(p[0] for p in parts)
+        centre = math.fsum(p[0] * p[1] for p in parts) / size if size else 0.0
+        spread = math.fsum(p[2] + p[0] * ((p[1] - centre) * (p[1] - centre)) for p in parts)
+    except (OverflowError, ValueError):
+        spread = math.inf
+    if not math.isfinite(spread):
         raise CombineError("a pooled variance is beyond what a number can hold")
     return {"mean": total / n, "variance": spread / (n - 1) if n > 1 else None}
 
 
-def _reasons(kind: str, at_site: int, small: int, minimum: int, tables: Sequence[SiteTable]) -> list[str]:
+def _reasons(
+    kind: str,
+    at_site: int,
+    small: int,
+    minimum: int,
+    tables: Sequence[SiteTable],
+    folded: dict[str, frozenset[Any]],
+) -> list[str]:
     unit = "group" if kind == "summary" else "entry"
     reasons = [
         f"{at_site} pooled {unit}(s) hidden because a site suppressed them"
@@ -256,6 +319,12 @@ def _reasons(kind: str, at_site: int, small: int, minimum: int, tables: Sequence
         if small
         else f"every released pooled count passes the federation's minimum of {minimum}",
     ]
+    if folded:
+        merged = sum(len(levels) for levels in folded.values())
+        reasons.append(
+            f"{merged} level(s) pooled into {OTHER}: a site merged its rare levels there, and a pooled level "
+            "sums only that level's own rows"
+        )
     rounded = sorted({t.round_to for t in tables if t.round_to > 1})
     if rounded:
         reasons.append(f"pooled from counts that sites rounded to multiples of {rounded}")

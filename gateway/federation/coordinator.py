@@ -303,8 +303,16 @@ class Coordinator:
             return outcomes, None
         try:
             return outcomes, combine(kind, spec.group_by, tables)
-        except CombineError:
-            return outcomes, None
+        except (CombineError, ArithmeticError, ValueError) as exc:
+            # Each site's answer passed its checks; only their pool is beyond what a double can compute or
+            # hold. Every site keeps its status, and the answer says why it has no rows. Any other failure
+            # leaves run() refusing on record.
+            why = str(exc)
+            if not isinstance(exc, CombineError):
+                log.error("federation: pooling a %s failed (%s)", kind, type(exc).__name__)
+                why = "a pooled number is beyond what a number can hold"
+            reasons = [f"the sites' answers could not be pooled: {why}"]
+            return outcomes, PooledTable([], [], max(t.min_cell_count for t in tables), 0, reasons)
 
     def _tables(self, outcomes: list[SiteOutcome], spec: QuerySpec) -> list[SiteTable]:
         tables = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -9,6 +11,7 @@ import pandas as pd
 import pytest
 from scipy.optimize import linprog
 
+from gateway.federation import coordinator as coordinator_module
 from gateway.federation.combine import (
     REASON_AT_SITE,
     REASON_POOLED_MIN,
@@ -17,6 +20,9 @@ from gateway.federation.combine import (
     SiteTable,
     combine,
 )
+from gateway.federation.coordinator import Coordinator, SiteOutcome
+from gateway.query import parse_query_spec
+from gateway.refusal import Refusal
 from pseudonymize.disclosure import DisclosureRules, protect_counts, protect_summary
 
 RULES = DisclosureRules(min_cell_count=10)
@@ -228,3 +234,104 @@ def test_values_no_pooling_can_sum_are_invalid_not_errors() -> None:
     too_many = _body([{"count": 2**60, "suppressed": False, "margin": "total"}])
     with pytest.raises(InvalidSiteAnswer, match="below 2\\^53"):
         SiteTable.from_body("S", too_many, "count", [])
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    columns = ["n", "mean", "variance", "sum", "sum_sq", "suppressed", "suppression_reason"]
+    full = [{"suppressed": False, "suppression_reason": None, **r} for r in rows]
+    return {"kind": "summary", "columns": columns, "rows": full,
+            "disclosure": {"min_cell_count": 5, "round_to": 1}}  # fmt: skip
+
+
+# Site answers within every bound a site's answer must keep (numbers up to 1e300), whose pool is not.
+BEYOND_A_DOUBLE = {
+    # Centred squares (±1e200)² beyond a double.
+    "opposite means": [
+        {"n": 10, "mean": 1e200, "variance": 1.0, "sum": 1e201, "sum_sq": 1.0},
+        {"n": 10, "mean": -1e200, "variance": 1.0, "sum": -1e201, "sum_sq": 1.0},
+    ],
+    # n·mean beyond a double at both signs: the weighted sum meets +inf and -inf.
+    "huge weighted means": [
+        {"n": 2**52, "mean": 1e300, "variance": 1.0, "sum": 1e300, "sum_sq": 1.0},
+        {"n": 2**52, "mean": -1e300, "variance": 1.0, "sum": -1e300, "sum_sq": 1.0},
+    ],
+    # A row without moments, centred from its sums: (1e300)² is no double (not a spread of 0).
+    "sum squared": [{"n": 20, "sum": 1e300, "sum_sq": 1.0}],
+}
+
+
+@pytest.mark.parametrize("rows", BEYOND_A_DOUBLE.values(), ids=BEYOND_A_DOUBLE.keys())
+def test_a_pool_beyond_a_double_is_refused_as_such_never_an_arithmetic_error(
+    rows: list[dict[str, Any]],
+) -> None:
+    tables = []
+    for i, row in enumerate(rows):
+        body = _summary([row])
+        if "mean" not in row:
+            body["columns"] = [c for c in body["columns"] if c not in ("mean", "variance")]
+        tables.append(SiteTable.from_body(f"S{i}", body, "summary", []))
+    with pytest.raises(CombineError, match="beyond what a number can hold"):
+        combine("summary", [], tables)
+
+
+class _Runtime:
+    """What Coordinator.run asks of its site: an id and an audit log to append to."""
+
+    def __init__(self) -> None:
+        self.settings = SimpleNamespace(site_id="hub")
+        self.records: list[tuple[str, dict[str, Any]]] = []
+
+    async def record(self, event: str, fields: dict[str, Any], **_: Any) -> None:
+        self.records.append((event, fields))
+
+
+SPEC = parse_query_spec(
+    {"dataset": "cohort", "agreement": "DSA-TEST-OPEN", "purpose": {"duo": ["DUO:0000006"]},
+     "kind": "summary", "params": {"column": "bmi"}}
+)  # fmt: skip
+
+
+def _coordinate(
+    answers: dict[str, dict[str, Any]], runtime: _Runtime | None = None
+) -> tuple[dict[str, Any], _Runtime]:
+    """Run a federated summary whose peers answered `answers`: the researcher's body and the audit log."""
+    runtime = runtime or _Runtime()
+    link = SimpleNamespace(peers=dict.fromkeys(answers), signer=object())
+    coordinator = Coordinator(runtime, link)  # type: ignore[arg-type]
+
+    async def ask_all(*_: Any, **__: Any) -> list[SiteOutcome]:
+        outcomes = [SiteOutcome(site, "answered", body=body) for site, body in answers.items()]
+        coordinator.legs.extend((1, o) for o in outcomes)
+        return outcomes
+
+    coordinator._ask_all = ask_all  # type: ignore[method-assign]
+    body = asyncio.run(coordinator.run(None, "token", SPEC, list(answers), 5.0))  # type: ignore[arg-type]
+    return body, runtime
+
+
+def test_a_coordinator_whose_sites_answers_pool_beyond_a_double_answers_with_every_status() -> None:
+    rows = BEYOND_A_DOUBLE["opposite means"]
+    body, runtime = _coordinate({"site-a": _summary([rows[0]]), "site-b": _summary([rows[1]])})
+    assert [(s["site"], s["status"]) for s in body["sites"]] == [
+        ("site-a", "answered"),
+        ("site-b", "answered"),
+    ]
+    assert body["rows"] == []
+    assert any("could not be pooled" in r and "beyond" in r for r in body["disclosure"]["reasons"])
+    assert [event for event, _ in runtime.records] == ["federation.received", "federation.released"]
+
+
+def test_any_other_failure_while_pooling_is_an_audited_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: Any) -> None:
+        raise RuntimeError("no pooling today")
+
+    monkeypatch.setattr(coordinator_module, "combine", broken)
+    runtime = _Runtime()
+    answer = _summary([{"n": 10, "mean": 1.0, "variance": 1.0, "sum": 10.0, "sum_sq": 1.0}])
+    with pytest.raises(Refusal) as refused:
+        _coordinate({"site-a": answer}, runtime)
+    assert refused.value.audited and refused.value.stage == "federate"
+    assert refused.value.kind == "unavailable"
+    event, fields = runtime.records[-1]
+    assert event == "federation.refused"
+    assert fields["legs"] == [{"site": "site-a", "round": 1, "status": "answered", "request_id": None}]
