@@ -109,8 +109,8 @@ async def _audit_invalid(request: Request, fields: list[tuple[str, str]]) -> Non
 
 async def _audit_failed(request: Request, exc: Exception) -> Response:
     """A request whose audit entry could not be written ends here, refused: no answer leaves that is not
-    on record, and a policy change is not made (`policy_admin.replace_data` records it first). The log
-    just failed, so this refusal is logged here rather than audited."""
+    on record, and a policy change is not made (`policy_admin.replace_data` records it before putting it
+    where any process loads it). The log just failed, so this refusal is logged here rather than audited."""
     # The class name only: a driver's message can quote what was being written.
     log.error("audit: %s ended unrecorded (%s); refused", route_label(request), type(exc).__name__)
     reason = "the audit log could not record this request; try again later"

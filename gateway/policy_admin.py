@@ -1,11 +1,13 @@
 """Stewards replace policy data (agreements, country lists, …) through the API: validated, atomic, audited.
 
 A new document is checked as part of a whole bundle in a scratch copy of the policy folder first; only a
-bundle that loads is written (to a temporary file, then renamed over the old one), recorded in the audit
-log, and reloaded. Should the record fail, the old file is put back and the change refused; should the
-process die between the write and the record, the gateway's next start finds the bundle in force differs
-from the last one recorded and records it (`reconcile`). Either way the log never claims a change that
-was not made, and holds every one that was.
+bundle that loads is written, to a temporary file beside the old one that no process loads (its name starts
+with a dot). The change is recorded in the audit log, and only then is that file renamed over the old one
+and every process of the site told to load the folder again. Should the record fail, the temporary file is
+removed and the change refused: no process has seen it, so no process decides with it. Should the process
+die between the record and the rename, the gateway's next start finds the bundle in force is not the one
+last recorded and records it (`reconcile`). Either way no bundle decides a request before it is on record,
+and the log holds every change made.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -144,10 +146,12 @@ def replace_data(
     is the folder's as it is under the lock, whichever process wrote it last; with `expected` (the digests
     the caller accepts), a folder that holds another bundle is refused (StaleVersion), nothing changed.
 
-    The new file is written first, then the change recorded with `audit` (a bundle's digest does not
-    depend on its folder): should `audit` fail, the old file is put back and nothing has changed; should
-    reloading fail after it, the old file is put back and the way back is recorded too. A crash between
-    the write and the record is caught by the next start (`reconcile`)."""
+    The new file is written under a temporary name no process loads, then the change recorded with
+    `audit` (a bundle's digest does not depend on its folder), then the file renamed into place and the
+    change announced: no process decides with a bundle that is not on record. Should `audit` fail, the
+    temporary file is removed and nothing has changed; should installing or reloading fail after it, the
+    old file is put back, announced, and the way back recorded too. A crash between the record and the
+    rename is caught by the next start (`reconcile`)."""
     if not _NAME.match(name) or name not in data_names(policy_dir):
         raise NoSuchDocument(name)
     with _REPLACING, _folder_lock(policy_dir):
@@ -158,32 +162,37 @@ def replace_data(
         previous = target.read_text(encoding="utf-8")
         text, trial = _validated(point, policy_dir, name, document)
         try:
-            _write(target, text)
+            staged = _staged(target, text)
         except OSError:
             raise NotWritten(name) from None
-        if audit is not None:
-            try:
-                audit(before, trial.digest)
-            except BaseException:
-                # Nothing on record, so nothing in force: the old file goes back before any process loads
-                # the new one (none is told to: the generation marker has not moved).
-                _write(target, previous)
-                raise
         try:
-            # The site's other workers load the folder again before their next decision; this one now.
-            point.changed()
-            bundle = point.reload()
-        except BaseException:
-            # Back to the last good state, and the log told so: it holds the change recorded above. The
-            # way back is recorded whatever happens to the rollback (a full disk, an OPA server down).
+            if audit is not None:
+                # Nothing on record, so nothing in force: until the record is made, the new document is
+                # only in a file no process loads (a reload for any reason finds the old one in place).
+                audit(before, trial.digest)
+            installed = False
             try:
-                _write(target, previous)
+                staged.replace(target)
+                installed = True
+                # The site's other workers load the folder again before their next decision; this one now.
                 point.changed()
-                point.reload()
-            finally:
-                if audit is not None:
-                    audit(trial.digest, before)
-            raise
+                bundle = point.reload()
+            except BaseException as exc:
+                # Back to the last good state, announced to every process, and the log told so: it holds
+                # the change recorded above. The way back is recorded whatever happens to the rollback (a
+                # full disk, an OPA server down).
+                try:
+                    _write(target, previous)
+                    point.changed()
+                    point.reload()
+                finally:
+                    if audit is not None:
+                        audit(trial.digest, before)
+                if not installed and isinstance(exc, OSError):
+                    raise NotWritten(name) from None  # the old file never left: it stays in force
+                raise
+        finally:
+            staged.unlink(missing_ok=True)
         return before, bundle
 
 
@@ -197,12 +206,17 @@ none; the digest in force) and returns once it is on record."""
 
 def reconcile(point: PolicyDecisionPoint, policy_dir: Path, recorded: Recorded, audit: Found) -> str | None:
     """At start-up: when the bundle the folder holds is not the one the audit log last recorded (the
-    process died between writing a replacement and recording it, or the files were changed by hand), or
-    the log holds no policy change yet, record the bundle actually in force with `audit(logged,
-    in_force)`: every log so says which bundle its site started under. The digest recorded so, or None
-    when the log already agreed. Under the folder lock, so that the site's workers, starting together,
-    record it once (each looking up the last one recorded after the other)."""
+    process died between recording a replacement and putting it in place, or the files were changed by
+    hand), or the log holds no policy change yet, record the bundle actually in force with
+    `audit(logged, in_force)`: every log so says which bundle its site started under. The digest recorded
+    so, or None when the log already agreed. Under the folder lock, so that the site's workers, starting
+    together, record it once (each looking up the last one recorded after the other). A replacement's
+    temporary file left by a process that died is removed (under the lock, no replacement is being
+    written); one that cannot be is harmless, as no process loads it."""
     with _folder_lock(policy_dir):
+        for leftover in (policy_dir / "data").glob(".*.json"):
+            with suppress(OSError):
+                leftover.unlink()
         logged = recorded()
         in_force = folder_digest(point, policy_dir)
         if in_force == logged:
@@ -267,7 +281,9 @@ def _validated(
 # may be an identifier pasted by mistake (a record number, an e-mail address), which the answer and the
 # refusal's audit entry would otherwise repeat. The place up to such a key is still named.
 _FIELD_SHAPED = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-_QUOTED = re.compile(r"'([^']*)'")
+# A value quoted as Python quotes it (`repr`): in single quotes, or in double quotes when it holds a single
+# one, a backslash escaping a quote of the kind that encloses it.
+_QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'" r'|"((?:[^"\\]|\\.)*)"')
 HIDDEN_KEY = "(unknown key)"
 HIDDEN_VALUE = "(a value)"
 
@@ -315,7 +331,11 @@ def _child(value: Any, part: str) -> Any:
 
 def _shown_message(message: str) -> str:
     """`message` with every quoted value that is not label-shaped, or may be an identifier, left out."""
-    return _QUOTED.sub(lambda m: m.group(0) if _harmless(m.group(1)) else HIDDEN_VALUE, message)
+    return _QUOTED.sub(lambda m: m.group(0) if _harmless(_inner(m)) else HIDDEN_VALUE, message)
+
+
+def _inner(quoted: re.Match[str]) -> str:
+    return quoted.group(1) if quoted.group(1) is not None else quoted.group(2)
 
 
 def _harmless(text: str) -> bool:
@@ -342,15 +362,26 @@ def _unhashable(value: Any, path: str = "") -> str | None:
     return None
 
 
-def _write(target: Path, text: str) -> None:
-    """Put `text` in place of `target` atomically (a temporary file synced, then renamed over it)."""
+def _staged(target: Path, text: str) -> Path:
+    """`text` in a temporary file beside `target`, synced: renamed over `target`, it replaces it atomically.
+    No process loads it before (its name starts with a dot, `data_names`)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".json", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        Path(tmp).replace(target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def _write(target: Path, text: str) -> None:
+    """Put `text` in place of `target` atomically (a temporary file synced, then renamed over it)."""
+    staged = _staged(target, text)
+    try:
+        staged.replace(target)
+    except BaseException:
+        staged.unlink(missing_ok=True)
         raise

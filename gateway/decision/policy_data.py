@@ -301,7 +301,7 @@ def ancestor_sets(parents: Mapping[str, Sequence[str]]) -> dict[str, frozenset[s
                 if parent in table:
                     continue
                 if parent in on_path:
-                    raise HierarchyError(term, f"the parents form a cycle ({parent} is its own ancestor)")
+                    raise HierarchyError(term, f"the parents form a cycle ({parent!r} is its own ancestor)")
                 if len(path) > MAX_DEPTH:
                     raise HierarchyError(start, f"more than {MAX_DEPTH} parent steps below a root")
                 path.append((parent, iter(parents.get(parent, ()))))
@@ -335,7 +335,7 @@ def _check_duo(path: Path, duo: DuoData) -> None:
             for parent in term.parents:
                 if parent not in terms:
                     raise PolicyDataError(
-                        path, f"{table}.{code}.parents", f"{parent} is not a {noun} of this file"
+                        path, f"{table}.{code}.parents", f"{parent!r} is not a {noun} of this file"
                     )
         try:
             ancestor_sets({code: term.parents for code, term in terms.items()})
@@ -367,7 +367,7 @@ def _check_export(path: Path, export: ExportControl) -> None:
             raise PolicyDataError(
                 path,
                 f"licences.{licence_id}.not_after",
-                f"{licence.not_after} is before not_before {licence.not_before}",
+                f"'{licence.not_after}' is before not_before '{licence.not_before}'",
             )
 
 
@@ -393,7 +393,7 @@ def _check_agreement(path: Path, dsa_id: str, dsa: Agreement, parsed: Mapping[st
             "digit) that do not read as a personal identifier (a long digit run, an opaque string)",
         )
     if dsa.not_after < dsa.not_before:
-        raise fail("not_after", f"{dsa.not_after} is before not_before {dsa.not_before}")
+        raise fail("not_after", f"'{dsa.not_after}' is before not_before '{dsa.not_before}'")
     for i, party in enumerate(dsa.parties):
         if party not in organisations:
             raise fail(f"parties.{i}", f"{party!r} is not in organisations.json")
@@ -402,7 +402,7 @@ def _check_agreement(path: Path, dsa_id: str, dsa: Agreement, parsed: Mapping[st
         if term is None:
             raise fail(f"purposes.{i}", f"{code!r} is not a DUO code in duo.json")
         if term.kind != "permission":
-            raise fail(f"purposes.{i}", f"{code} ({term.label}) is a modifier, not a research purpose")
+            raise fail(f"purposes.{i}", f"{code!r} is a modifier, not a research purpose: {term.label!r}")
     for i, disease in enumerate(dsa.diseases):
         if disease not in duo.diseases:
             raise fail(f"diseases.{i}", f"{disease!r} is not a disease term in duo.json")
@@ -428,18 +428,18 @@ def _check_tightens(dsa: Agreement, defaults: SiteDefaults, fail: Any) -> None:
     }
     for name, (value, floor) in at_least.items():
         if value is not None and value < floor:
-            raise fail(f"thresholds.{name}", f"{value} is looser than the site default {floor}")
+            raise fail(f"thresholds.{name}", f"'{value}' is looser than the site default {floor}")
     at_most: dict[str, tuple[float | None, float]] = {
         "max_identical_queries": (t.max_identical_queries, defaults.max_identical_queries),
         "glm_max_parameter_ratio": (t.glm_max_parameter_ratio, defaults.glm_max_parameter_ratio),
     }
     for name, (value, ceiling) in at_most.items():
         if value is not None and value > ceiling:
-            raise fail(f"thresholds.{name}", f"{value} is looser than the site default {ceiling}")
+            raise fail(f"thresholds.{name}", f"'{value}' is looser than the site default {ceiling}")
     if dsa.dp is not None and defaults.dp is not None:
         if dsa.dp.epsilon > defaults.dp.epsilon:
             raise fail(
-                "dp.epsilon", f"{dsa.dp.epsilon} is looser than the site default {defaults.dp.epsilon}"
+                "dp.epsilon", f"'{dsa.dp.epsilon}' is looser than the site default {defaults.dp.epsilon}"
             )
         if dsa.dp.budget > defaults.dp.budget:
-            raise fail("dp.budget", f"{dsa.dp.budget} is looser than the site default {defaults.dp.budget}")
+            raise fail("dp.budget", f"'{dsa.dp.budget}' is looser than the site default {defaults.dp.budget}")

@@ -217,8 +217,8 @@ async def replace_policy_document(
         )  # fmt: skip
 
     def audit(previous: str, new: str) -> None:
-        # In the replacing thread, under the replacement lock, once the new file is written and before any
-        # process of the site is told to load it.
+        # In the replacing thread, under the replacement lock, once the new file is written under a name no
+        # process loads and before it is renamed into place.
         runtime.record_policy_change(
             {
                 "bundle_digest": f"sha256:{new}",

@@ -5,12 +5,16 @@ is recorded at the next start, and a file broken on disk is named as such."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import httpx
-from gateway_site import Site, bearer, logged_entries, running_gateway, verify_exported_log
+from gateway_site import Site, bearer, logged_entries, running_gateway, serving, verify_exported_log
 from oidc_issuer import LoopbackTestIssuer
 from test_serve_workers import _served
+
+from gateway.app import create_app
+from gateway.decision import load_bundle
 
 
 def _changes(site: Site) -> list[dict[str, str]]:
@@ -84,7 +88,7 @@ def test_a_change_made_but_not_recorded_is_recorded_at_the_next_start(
         agreements = http.get("/v1/steward/policy-data/agreements", headers=steward).json()
         agreements["DSA-TEST-OPEN"]["title"] = "on record"
         assert http.put("/v1/steward/policy-data/agreements", json=agreements, headers=steward).is_success
-    # The gateway died after writing the next replacement and before recording it.
+    # The files were changed by hand while the gateway was down.
     agreements["DSA-TEST-OPEN"]["suspended"] = True
     (tmp_site.settings.policy_dir / "data/agreements.json").write_text(json.dumps(agreements))
     with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url, timeout=60) as http:
@@ -97,6 +101,38 @@ def test_a_change_made_but_not_recorded_is_recorded_at_the_next_start(
         "change": "found_at_startup",
     }  # fmt: skip
     assert _changes(tmp_site)[-1] == found and len([c for c in _changes(tmp_site) if c == found]) == 1
+
+
+def test_a_change_recorded_but_never_put_in_place_is_recorded_back_at_the_next_start(
+    tmp_site: Site, tmp_path: Path
+) -> None:
+    folder = tmp_site.settings.policy_dir
+    agreements = json.loads((folder / "data/agreements.json").read_text())
+    agreements["DSA-TEST-OPEN"]["suspended"] = True
+    scratch = tmp_path / "policies"
+    shutil.copytree(folder, scratch)
+    (scratch / "data/agreements.json").write_text(json.dumps(agreements))
+    never_installed = load_bundle(scratch, tmp_site.settings.jurisdiction).digest
+    app = create_app(tmp_site.settings)
+    with serving(app) as url:
+        in_force = httpx.get(f"{url}/healthz", timeout=60).json()["policy_bundle"]
+        # The gateway died after recording a replacement and before renaming its file into place: what it
+        # recorded never decided anything, and its temporary file is left beside the documents.
+        (folder / "data/.agreements.k2j4h1.json").write_text(json.dumps(agreements))
+        payload = {
+            "bundle_digest": f"sha256:{never_installed}", "previous_digest": f"sha256:{in_force}",
+            "change": "dsa", "name": "agreements",
+        }  # fmt: skip
+        app.state.runtime.record_policy_change(payload, principal=None, wait_s=30)
+    with running_gateway(tmp_site.settings) as url:
+        running = httpx.get(f"{url}/healthz", timeout=60).json()["policy_bundle"]
+    *_, recorded, found = _changes(tmp_site)
+    assert running == in_force and recorded == payload
+    assert found == {
+        "bundle_digest": f"sha256:{in_force}", "previous_digest": f"sha256:{never_installed}",
+        "change": "found_at_startup",
+    }  # fmt: skip
+    assert not list((folder / "data").glob(".*.json"))
 
 
 def test_workers_starting_together_record_the_bundle_in_force_once(

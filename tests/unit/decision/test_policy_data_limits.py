@@ -300,3 +300,90 @@ def test_the_shipped_ancestor_tables_are_unchanged() -> None:
     assert derived["duo_ancestors"] == _walked(terms)
     assert derived["disease_ancestors"] == _walked(diseases)
     assert list(derived["duo_ancestors"]) == list(terms)
+
+
+# --- what a refusal repeats of the document ---------------------------------------------------------
+
+
+def _first_licence(doc: dict[str, Any]) -> dict[str, Any]:
+    licence: dict[str, Any] = next(iter(doc["licences"].values()))
+    return licence
+
+
+@pytest.mark.parametrize(
+    ("edits", "message"),
+    [
+        (
+            [("duo", lambda d: d["terms"]["DUO:0000042"]["parents"].append("MRN 4711-0815"))],
+            "'MRN 4711-0815' is not a term of this file",
+        ),
+        (
+            [("duo", lambda d: next(iter(d["diseases"].values())).update(parents=["jane.doe@example.org"]))],
+            "'jane.doe@example.org' is not a disease of this file",
+        ),
+        (
+            [("duo", lambda d: d["terms"]["DUO:0000042"].update(parents=["DUO:0000042"]))],
+            "the parents form a cycle ('DUO:0000042' is its own ancestor)",
+        ),
+        (
+            [("agreements", lambda d: d[DSA]["thresholds"].update(max_identical_queries=4711081))],
+            "'4711081' is looser than the site default 20",
+        ),
+        (
+            [("agreements", lambda d: d[DSA].update(not_after="2025-12-31"))],
+            "'2025-12-31' is before not_before '2026-01-01'",
+        ),
+        (
+            [("export_control", lambda d: _first_licence(d).update(not_after="1999-01-01"))],
+            "is before not_before '",
+        ),
+        (
+            [("agreements", lambda d: d[DSA].update(purposes=["DUO:0000018"]))],
+            "'DUO:0000018' is a modifier, not a research purpose: '",
+        ),
+        (
+            [
+                ("site", lambda d: d["defaults"].update(dp={"epsilon": 1.0, "budget": 10.0})),
+                ("agreements", lambda d: d[DSA].update(dp={"epsilon": 2.0, "budget": 5.0})),
+            ],
+            "'2.0' is looser than the site default 1.0",
+        ),
+        (
+            [
+                ("site", lambda d: d["defaults"].update(dp={"epsilon": 1.0, "budget": 10.0})),
+                ("agreements", lambda d: d[DSA].update(dp={"epsilon": 0.5, "budget": 4711081.0})),
+            ],
+            "'4711081.0' is looser than the site default 10.0",
+        ),
+    ],
+)
+def test_a_value_of_the_document_is_quoted_where_a_refusal_names_it(
+    policy_copy: Path, edits: list[tuple[str, Callable[[Any], object]]], message: str
+) -> None:
+    # A steward's refusal leaves out every quoted value that may be an identifier (gateway.policy_admin):
+    # one not quoted would be repeated back, and into the refusal's audit entry.
+    for name, change in edits:
+        _edit(policy_copy, name, change)
+    assert message in _refused(policy_copy).message
+
+
+def test_a_pasted_value_in_a_refused_replacement_is_not_repeated(policy_copy: Path, tmp_path: Path) -> None:
+    from gateway.policy_admin import PolicyDataRejected, replace_data
+
+    point = PolicyDecisionPoint(
+        SiteSettings(
+            site_id="site-de",
+            jurisdiction="DE",
+            store_url="duckdb:///:memory:",
+            audit_url="sqlite:///:memory:",
+            policy_dir=policy_copy,
+            master_key_env="FEDGATE_TEST_UNUSED_KEY",
+            log_key_file=tmp_path / "log.key",
+        )
+    )
+    document = json.loads((policy_copy / "data" / "agreements.json").read_text())
+    document[DSA]["thresholds"]["max_identical_queries"] = 4711081509
+    with pytest.raises(PolicyDataRejected) as rejected:
+        replace_data(point, policy_copy, "agreements", document)
+    assert rejected.value.field == f"{DSA}.thresholds.max_identical_queries"
+    assert "4711081509" not in str(rejected.value) and "looser" in rejected.value.message

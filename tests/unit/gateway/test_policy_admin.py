@@ -123,7 +123,7 @@ def test_a_document_that_cannot_be_written_is_refused_unrecorded(
     def full(target: Path, text: str) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("gateway.policy_admin._write", full)
+    monkeypatch.setattr("gateway.policy_admin._staged", full)
     with pytest.raises(NotWritten) as refused:
         replace_data(
             point, folder, "agreements", _retitled(folder), audit=lambda a, b: recorded.append((a, b))
@@ -133,17 +133,83 @@ def test_a_document_that_cannot_be_written_is_refused_unrecorded(
     assert recorded == []  # nothing changed, so nothing is on record
 
 
-def test_the_change_is_on_disk_before_it_is_recorded(point: PolicyDecisionPoint) -> None:
-    """Recorded only once written: a process that dies in between leaves a change its next start records
-    (`reconcile`), never a record of a change that was not made."""
+def test_the_change_is_not_in_place_until_it_is_recorded(point: PolicyDecisionPoint) -> None:
+    """Until the record is made, the new document is in a file no process loads: a worker that loads the
+    folder meanwhile (a stale generation, an engine given the bundle again, a new worker) finds the old
+    bundle, and a process that dies after the record leaves a change its next start records
+    (`reconcile`)."""
     folder = point.bundle.root
-    seen: list[bool] = []
+    before = point.bundle.digest
+    seen: list[tuple[bool, str]] = []
+
+    def record(_: str, __: str) -> None:
+        in_place = "retitled" in (folder / "data/agreements.json").read_text()
+        seen.append((in_place, PolicyDecisionPoint(point._settings).bundle.digest))
+
+    replace_data(point, folder, "agreements", _retitled(folder), audit=record)
+    assert seen == [(False, before)] and point.bundle.digest != before
+    assert not list((folder / "data").glob(".*.json"))  # the temporary file became the document
+
+
+def test_a_refused_change_is_held_by_no_worker(point: PolicyDecisionPoint) -> None:
+    """A worker that loads the folder while a change is being recorded, and the record then fails, decides
+    with the bundle the folder and the log agree on, never with the refused one."""
+    folder = point.bundle.root
+    other = PolicyDecisionPoint(point._settings)  # a second worker, which has decided nothing since
+    recorded: list[tuple[str, str]] = []
+    replace_data(point, folder, "agreements", _retitled(folder), audit=lambda a, b: recorded.append((a, b)))
+    in_force = recorded[-1][1]
+
+    def failing(_: str, __: str) -> None:
+        assert other.current()  # its generation is stale: it loads the folder in the middle of the change
+        raise OSError("audit log unavailable")
+
     document = _retitled(folder)
-    replace_data(
-        point, folder, "agreements", document,
-        audit=lambda a, b: seen.append("retitled" in (folder / "data/agreements.json").read_text()),
-    )  # fmt: skip
-    assert seen == [True]
+    document[next(iter(document))]["title"] = "refused"
+    with pytest.raises(OSError, match="unavailable"):
+        replace_data(point, folder, "agreements", document, audit=failing)
+    assert other.current() and other.bundle.digest == in_force == point.bundle.digest
+    assert "refused" not in (folder / "data/agreements.json").read_text()
+    assert not list((folder / "data").glob(".*.json"))  # nothing left beside the documents
+
+
+def test_a_recorded_change_that_cannot_be_put_in_place_is_recorded_back(
+    point: PolicyDecisionPoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.policy_admin import NotWritten
+
+    folder = point.bundle.root
+    on_disk, before = (folder / "data/agreements.json").read_bytes(), point.bundle.digest
+    recorded: list[tuple[str, str]] = []
+    rename, renames = Path.replace, []
+
+    def refused_once(self: Path, target: Path) -> Path:
+        if self.name.startswith(".agreements."):
+            renames.append(recorded[:])
+            if len(renames) == 1:
+                raise OSError(5, "Input/output error")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "replace", refused_once)
+    with pytest.raises(NotWritten):
+        replace_data(
+            point, folder, "agreements", _retitled(folder), audit=lambda a, b: recorded.append((a, b))
+        )
+    assert (folder / "data/agreements.json").read_bytes() == on_disk and point.bundle.digest == before
+    (announced, undone) = recorded
+    assert undone == (announced[1], before) and renames[0] == [announced]  # renamed only once on record
+    assert not list((folder / "data").glob(".*.json"))
+
+
+def test_a_replacement_left_half_written_is_removed_at_start(point: PolicyDecisionPoint) -> None:
+    from gateway.policy_admin import reconcile
+
+    folder = point.bundle.root
+    leftover = folder / "data/.agreements.k2j4h1.json"  # a process died before renaming it into place
+    leftover.write_text(json.dumps(_retitled(folder)))
+    digest = point.bundle.digest
+    assert reconcile(point, folder, lambda: digest, lambda a, b: None) is None
+    assert not leftover.exists()
 
 
 def test_the_previous_bundle_is_the_folders_whichever_worker_wrote_it(point: PolicyDecisionPoint) -> None:
@@ -222,6 +288,22 @@ def test_a_refusal_names_no_key_or_value_it_does_not_know(
     assert rejected.value.field == shown
     for pasted in ("4711-0815-2231", "jane.doe", "charite"):
         assert pasted not in str(rejected.value)
+
+
+@pytest.mark.parametrize(
+    "pasted", ["jane.doe@example.org MRN 4711-0815", "O'Brien MRN 4711-0815", "MRN 4711-0815 \\'\""]
+)
+def test_a_refusal_does_not_repeat_a_value_it_quotes(point: PolicyDecisionPoint, pasted: str) -> None:
+    folder = point.bundle.root
+    duo = json.loads((folder / "data/duo.json").read_text())
+    first = next(iter(duo["terms"]))
+    duo["terms"][first]["parents"] = [*duo["terms"][first]["parents"], pasted]
+    with pytest.raises(PolicyDataRejected) as rejected:
+        replace_data(point, folder, "duo", duo)
+    assert rejected.value.field == f"terms.{first}.parents"
+    assert rejected.value.message == "(a value) is not a term of this file"
+    for part in ("jane", "Brien", "4711"):
+        assert part not in str(rejected.value)
 
 
 def test_a_file_broken_on_disk_is_named_as_such(point: PolicyDecisionPoint) -> None:
