@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import regorus
+from policy_files import edit_data
 from test_decision_decide import REQUEST
 
 from gateway.decision import DecisionInput, PolicyDataError, PolicySourceError, decide, load_bundle
@@ -27,20 +27,6 @@ POLICIES = Path(__file__).resolve().parents[3] / "policies"
 _PROBLEMS = "data.fedgate.decision.input_problems"
 
 
-@pytest.fixture
-def policy_copy(tmp_path: Path) -> Path:
-    target = tmp_path / "policies"
-    shutil.copytree(POLICIES, target)
-    return target
-
-
-def _edit(folder: Path, name: str, change: Callable[[Any], None]) -> None:
-    path = folder / "data" / f"{name}.json"
-    doc = json.loads(path.read_text())
-    change(doc)
-    path.write_text(json.dumps(doc))
-
-
 def test_bundle_excludes_tests_and_carries_site_jurisdiction() -> None:
     bundle = load_bundle(POLICIES, "DE")
     assert bundle.policies and not any(p.endswith("_test.rego") for p, _ in bundle.policies)
@@ -53,7 +39,7 @@ def test_digest_is_stable_and_tracks_policy_data_and_jurisdiction(policy_copy: P
     first = load_bundle(policy_copy, "DE").digest
     assert load_bundle(policy_copy, "DE").digest == first
     assert load_bundle(policy_copy, "FR").digest != first
-    _edit(policy_copy, "site", lambda d: d["defaults"].update(min_cell_count=11))
+    edit_data(policy_copy, "site", lambda d: d["defaults"].update(min_cell_count=11))
     changed_data = load_bundle(policy_copy, "DE").digest
     assert changed_data != first
     rego = policy_copy / "agreement" / "agreement.rego"
@@ -205,7 +191,7 @@ def _set_dsa(field: str, value: Any) -> Callable[[Any], None]:
 def test_invalid_policy_data_names_file_and_field(
     policy_copy: Path, name: str, change: Callable[[Any], None], file: str, field: str, message: str
 ) -> None:
-    _edit(policy_copy, name, change)
+    edit_data(policy_copy, name, change)
     with pytest.raises(PolicyDataError) as caught:
         load_bundle(policy_copy, "DE")
     assert caught.value.path.name == file

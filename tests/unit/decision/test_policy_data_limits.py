@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from policy_files import edit_data
 from test_decision_decide import REQUEST
 
 from gateway.decision import DecisionInput, PolicyDataError, PolicyDecisionPoint, decide, load_bundle
@@ -21,20 +21,6 @@ from gateway.settings import SiteSettings
 
 POLICIES = Path(__file__).resolve().parents[3] / "policies"
 DSA = REQUEST["dsa"]
-
-
-@pytest.fixture
-def policy_copy(tmp_path: Path) -> Path:
-    target = tmp_path / "policies"
-    shutil.copytree(POLICIES, target)
-    return target
-
-
-def _edit(folder: Path, name: str, change: Callable[[Any], object]) -> None:
-    path = folder / "data" / f"{name}.json"
-    doc = json.loads(path.read_text())
-    change(doc)
-    path.write_text(json.dumps(doc))
 
 
 def _refused(folder: Path) -> PolicyDataError:
@@ -64,7 +50,7 @@ def _decision(folder: Path) -> str:
 def test_a_null_threshold_is_refused_naming_it(policy_copy: Path, field: str) -> None:
     # The policies read a threshold with object.get(terms, key, default): a null is a value there, and
     # min({20, null}) is null, which made every decision under the agreement fail.
-    _edit(policy_copy, "agreements", lambda d: d[DSA].setdefault("thresholds", {}).update({field: None}))
+    edit_data(policy_copy, "agreements", lambda d: d[DSA].setdefault("thresholds", {}).update({field: None}))
     refused = _refused(policy_copy)
     assert refused.path.name == "agreements.json"
     assert refused.field == f"{DSA}.thresholds.{field}"
@@ -73,7 +59,7 @@ def test_a_null_threshold_is_refused_naming_it(policy_copy: Path, field: str) ->
 
 def test_a_null_visa_is_refused(policy_copy: Path) -> None:
     # `_dsa.visa` holds for a null, so the policies would ask every requester for a visa of no type.
-    _edit(policy_copy, "agreements", lambda d: d[DSA].update(visa=None))
+    edit_data(policy_copy, "agreements", lambda d: d[DSA].update(visa=None))
     refused = _refused(policy_copy)
     assert refused.field == f"{DSA}.visa"
     assert "null is not allowed" in refused.message
@@ -81,8 +67,8 @@ def test_a_null_visa_is_refused(policy_copy: Path) -> None:
 
 def test_a_null_dp_still_means_none(policy_copy: Path) -> None:
     # Read with object.get(..., null): null and absent are the same, and the shipped site.json writes null.
-    _edit(policy_copy, "agreements", lambda d: d[DSA].update(dp=None))
-    _edit(policy_copy, "site", lambda d: d["defaults"].update(dp=None))
+    edit_data(policy_copy, "agreements", lambda d: d[DSA].update(dp=None))
+    edit_data(policy_copy, "site", lambda d: d["defaults"].update(dp=None))
     assert _decision(policy_copy) == "allow"
 
 
@@ -98,14 +84,14 @@ def test_a_null_dp_still_means_none(policy_copy: Path) -> None:
 def test_a_consent_column_no_query_could_name_is_refused(policy_copy: Path, key: str, value: str) -> None:
     # The decision's consent_filter obligation carries the column; one the query spec refuses as a column
     # name (gateway.query.spec.ColumnName) made every decision malformed.
-    _edit(policy_copy, "site", lambda d: d["patient_consent"].update({key: value}))
+    edit_data(policy_copy, "site", lambda d: d["patient_consent"].update({key: value}))
     refused = _refused(policy_copy)
     assert refused.path.name == "site.json"
     assert refused.field == f"patient_consent.{key}"
 
 
 def test_one_column_cannot_hold_both_consent_and_withdrawal(policy_copy: Path) -> None:
-    _edit(policy_copy, "site", lambda d: d["patient_consent"].update(withdrawn_column="consent_duo"))
+    edit_data(policy_copy, "site", lambda d: d["patient_consent"].update(withdrawn_column="consent_duo"))
     assert _refused(policy_copy).field == "patient_consent.withdrawn_column"
 
 
@@ -138,7 +124,7 @@ def test_one_column_cannot_hold_both_consent_and_withdrawal(policy_copy: Path) -
 def test_a_number_the_bundle_digest_cannot_hold_is_refused_as_data(
     policy_copy: Path, name: str, change: Callable[[Any], None], field: str
 ) -> None:
-    _edit(policy_copy, name, change)
+    edit_data(policy_copy, name, change)
     assert _refused(policy_copy).field == field
 
 
@@ -193,13 +179,13 @@ def test_a_parent_chain_as_deep_as_allowed_loads(policy_copy: Path) -> None:
         lowest.append(_chain(doc, MAX_DEPTH - _depth_of(doc, top), top))
         assert _depth_of(doc, lowest[0]) == MAX_DEPTH
 
-    _edit(policy_copy, "duo", add)
+    edit_data(policy_copy, "duo", add)
     assert lowest[0] in load_bundle(policy_copy, "DE").data["derived"]["duo_ancestors"]
 
 
 def test_a_long_parent_chain_is_refused_quickly(policy_copy: Path) -> None:
     # 4,000 terms in one chain took minutes and gigabytes to derive every term's ancestors.
-    _edit(policy_copy, "duo", lambda d: _chain(d, 4_000))
+    edit_data(policy_copy, "duo", lambda d: _chain(d, 4_000))
     started = time.monotonic()
     refused = _refused(policy_copy)
     assert time.monotonic() - started < 10
@@ -213,7 +199,7 @@ def test_a_long_parent_chain_is_refused_quickly(policy_copy: Path) -> None:
 
 
 def test_a_chain_one_step_too_deep_is_refused(policy_copy: Path) -> None:
-    _edit(policy_copy, "duo", lambda d: _chain(d, MAX_DEPTH + 1 - _depth_of(d, "DUO:0000004")))
+    edit_data(policy_copy, "duo", lambda d: _chain(d, MAX_DEPTH + 1 - _depth_of(d, "DUO:0000004")))
     assert f"more than {MAX_DEPTH} parent steps" in _refused(policy_copy).message
 
 
@@ -228,14 +214,14 @@ def test_a_cycle_is_refused(policy_copy: Path, table: str) -> None:
             doc["diseases"][first]["parents"] = [second]
             doc["diseases"][second]["parents"] = [first]
 
-    _edit(policy_copy, "duo", cycle)
+    edit_data(policy_copy, "duo", cycle)
     refused = _refused(policy_copy)
     assert refused.field is not None and refused.field.startswith(f"{table}.")
     assert "cycle" in refused.message
 
 
 def test_a_term_that_is_its_own_parent_is_refused(policy_copy: Path) -> None:
-    _edit(policy_copy, "duo", lambda d: d["terms"]["DUO:0000042"].update(parents=["DUO:0000042"]))
+    edit_data(policy_copy, "duo", lambda d: d["terms"]["DUO:0000042"].update(parents=["DUO:0000042"]))
     refused = _refused(policy_copy)
     assert refused.field == "terms.DUO:0000042.parents" and "cycle" in refused.message
 
@@ -244,7 +230,7 @@ def test_too_many_disease_terms_are_refused(policy_copy: Path) -> None:
     def many(doc: dict[str, Any]) -> None:
         doc["diseases"].update({f"X:{i}": {"label": "x"} for i in range(MAX_TERMS + 1)})
 
-    _edit(policy_copy, "duo", many)
+    edit_data(policy_copy, "duo", many)
     refused = _refused(policy_copy)
     assert refused.field == "diseases" and f"at most {MAX_TERMS:,}" in refused.message
 
@@ -258,7 +244,7 @@ def test_a_hierarchy_whose_ancestor_table_is_too_large_is_refused(policy_copy: P
         doc["diseases"].update({top: {"label": "r"} for top in tops})
         doc["diseases"].update({f"C:{i}": {"label": "c", "parents": tops} for i in range(children)})
 
-    _edit(policy_copy, "duo", wide)
+    edit_data(policy_copy, "duo", wide)
     refused = _refused(policy_copy)
     assert refused.field == "diseases" and f"{MAX_ANCESTRY:,}" in refused.message
 
@@ -363,7 +349,7 @@ def test_a_value_of_the_document_is_quoted_where_a_refusal_names_it(
     # A steward's refusal leaves out every quoted value that may be an identifier (gateway.policy_admin):
     # one not quoted would be repeated back, and into the refusal's audit entry.
     for name, change in edits:
-        _edit(policy_copy, name, change)
+        edit_data(policy_copy, name, change)
     assert message in _refused(policy_copy).message
 
 
