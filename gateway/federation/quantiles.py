@@ -12,6 +12,11 @@ edge qualifies: unbounded on that side, and no estimate). Where every site relea
 quantile, upper − lower is one bin width (two when ranks ⌊k⌋ and ⌈k⌉ sit in adjacent bins); bins a site
 suppressed or rounded widen the bracket, never falsify it. The estimate interpolates linearly inside the
 bin and is clamped to the bracket, so |estimate − true| ≤ upper − lower, always.
+
+Groups follow combine's rule for rare levels (`merged_levels`): a level that any site with an "(other)" in
+that group column does not show, in either round, may be inside that site's "(other)", so it is pooled into
+"(other)" at every site. A pooled level's quantiles then come from that level's own values only, and
+"(other)" from everything else; a site's n and bins of the groups folded together are summed.
 """
 
 from __future__ import annotations
@@ -21,8 +26,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.federation.combine import REASON_AT_SITE, InvalidSiteAnswer, PooledTable, SiteTable, is_label
+from gateway.federation.combine import (
+    REASON_AT_SITE,
+    InvalidSiteAnswer,
+    PooledTable,
+    SiteTable,
+    is_label,
+    merged_levels,
+)
 from pseudonymize.disclosure import REASON_BELOW_MIN
+from pseudonymize.disclosure.levels import OTHER
 
 BINS = 100
 _MAX_QUANTILE = 1e300
@@ -148,24 +161,55 @@ def bracket(
     return Bracket(min(max(estimate, lower), upper), lower, upper)
 
 
-def _site_bounds(
-    table: SiteTable, key: tuple[Any, ...], group_by: Sequence[str], n_range: tuple[int, int], n_bins: int
-) -> tuple[list[float], list[float], list[int | None]]:
-    """Bounds on this site's count at or below each edge, and its exact bin counts (None where unknown)."""
-    known: list[tuple[int, int] | None] = [None] * n_bins
-    exact: list[int | None] = [None] * n_bins
+_Key = tuple[Any, ...]
+_Bins = tuple[list[tuple[int, int] | None], list[int | None]]
+
+
+def _fold_key(key: _Key, group_by: Sequence[str], folded: Mapping[str, frozenset[Any]]) -> _Key:
+    """A group's key with every level the pool merges relabelled "(other)"."""
+    return tuple(OTHER if v in folded.get(g, ()) else v for g, v in zip(group_by, key, strict=True))
+
+
+def _site_bins(
+    table: SiteTable, group_by: Sequence[str], folded: Mapping[str, frozenset[Any]], n_bins: int
+) -> dict[_Key, _Bins]:
+    """Per pooled group, this site's bin counts as ranges (None where unknown) and exact (None where not).
+
+    The site's own groups folded into one pooled group add up bin by bin; a bin unknown in any of them is
+    unknown in their sum.
+    """
+    parts: dict[_Key, dict[_Key, _Bins]] = {}
     for row in table.rows:
-        if tuple(row.get(g) for g in group_by) != key:
-            continue
         b = row.get("bin")
         if not isinstance(b, int) or not 0 <= b < n_bins:
             continue
+        key = tuple(row.get(g) for g in group_by)
+        pooled = parts.setdefault(_fold_key(key, group_by, folded), {})
+        known, exact = pooled.setdefault(key, ([None] * n_bins, [None] * n_bins))
         if not row["suppressed"]:
             known[b] = _count_range(int(row["count"]), table.round_to)
             exact[b] = int(row["count"]) if table.round_to == 1 else None
         elif row.get("suppression_reason") == REASON_BELOW_MIN:
             # The label says what it says: a bin hidden for being small holds fewer than the minimum.
             known[b] = (0, table.min_cell_count - 1)
+    summed: dict[_Key, _Bins] = {}
+    for key, groups in parts.items():
+        known_sum: list[tuple[int, int] | None] = [(0, 0)] * n_bins
+        exact_sum: list[int | None] = [0] * n_bins
+        for known, exact in groups.values():
+            for b in range(n_bins):
+                k, s, kb, eb = known_sum[b], exact_sum[b], known[b], exact[b]
+                known_sum[b] = None if k is None or kb is None else (k[0] + kb[0], k[1] + kb[1])
+                exact_sum[b] = None if s is None or eb is None else s + eb
+        summed[key] = (known_sum, exact_sum)
+    return summed
+
+
+def _site_bounds(
+    bins: _Bins | None, n_range: tuple[int, int], n_bins: int
+) -> tuple[list[float], list[float]]:
+    """Bounds on a site's count at or below each edge, from its bins of one group and its n's range."""
+    known = bins[0] if bins is not None else [None] * n_bins
     n_lo, n_hi = n_range
     cum_lo: list[float] = []
     cum_hi: list[float] = []
@@ -181,7 +225,13 @@ def _site_bounds(
         )
         cum_lo.append(lo)
         cum_hi.append(hi)
-    return cum_lo, cum_hi, exact
+    return cum_lo, cum_hi
+
+
+def _round1_table(s: SiteQuantiles, group_by: Sequence[str]) -> SiteTable:
+    """A site's round-1 groups as the rows `merged_levels` reads the levels a site shows from."""
+    rows = [dict(zip(group_by, key, strict=True)) for key in s.n]
+    return SiteTable(s.site, list(group_by), rows, 1, s.round_to)
 
 
 def pool_quantiles(
@@ -192,12 +242,27 @@ def pool_quantiles(
     names: Sequence[str],
     edges: Sequence[float],
 ) -> PooledTable:
-    """Pooled quantiles per group with their brackets; a group any covered site hid stays hidden."""
+    """Pooled quantiles per group with their brackets; a group any covered site hid stays hidden.
+
+    Levels are folded into "(other)" as `merged_levels` says, from both rounds' answers of the covered
+    sites: a level a site merged in one round and showed in the other (its data changed between the rounds)
+    is pooled into "(other)", where both its round-1 n and its round-2 bins lie.
+    """
     sites = [s for s in round1 if s.site in histograms]
-    keys: dict[tuple[Any, ...], None] = {}
-    for s in sites:
-        keys.update(dict.fromkeys(s.n))
     n_bins = len(edges) + 1
+    answers = [*(histograms[s.site] for s in sites), *(_round1_table(s, group_by) for s in sites)]
+    folded = merged_levels(group_by, answers)
+    # Per site, its released n of every original group in each pooled group.
+    sizes_by_site: list[dict[_Key, list[int | None]]] = []
+    keys: dict[_Key, None] = {}
+    for s in sites:
+        sizes: dict[_Key, list[int | None]] = {}
+        for key, size in s.n.items():
+            pooled_key = _fold_key(key, group_by, folded)
+            sizes.setdefault(pooled_key, []).append(size)
+            keys.setdefault(pooled_key)
+        sizes_by_site.append(sizes)
+    bins_by_site = [_site_bins(histograms[s.site], group_by, folded, n_bins) for s in sites]
     columns = [
         *group_by,
         "n",
@@ -214,8 +279,8 @@ def pool_quantiles(
     width = edges[1] - edges[0] if len(edges) > 1 else None
     for key in keys:
         row: dict[str, Any] = dict(zip(group_by, key, strict=True))
-        sizes = [s.n.get(key, 0) for s in sites]
-        if any(size is None for size in sizes):
+        parts = [sizes.get(key, []) for sizes in sizes_by_site]
+        if any(size is None for part in parts for size in part):
             hidden += 1
             row.update({c: None for c in columns if c not in row})
             row.update(suppressed=True, suppression_reason=REASON_AT_SITE)
@@ -225,11 +290,13 @@ def pool_quantiles(
         cum_hi = [0.0] * (n_bins - 1)
         exact: list[int | None] = [0] * n_bins
         n_lo = n_hi = 0
-        for s, size in zip(sites, sizes, strict=True):
-            assert size is not None
-            n_range = _count_range(size, s.round_to)
+        for s, part, bins in zip(sites, parts, bins_by_site, strict=True):
+            ranges = [_count_range(size, s.round_to) for size in part if size is not None]
+            n_range = (sum(r[0] for r in ranges), sum(r[1] for r in ranges))
             n_lo, n_hi = n_lo + n_range[0], n_hi + n_range[1]
-            lo, hi, ex = _site_bounds(histograms[s.site], key, group_by, n_range, n_bins)
+            site_bins = bins.get(key)
+            lo, hi = _site_bounds(site_bins, n_range, n_bins)
+            ex = site_bins[1] if site_bins is not None else [None] * n_bins
             cum_lo = [a + b for a, b in zip(cum_lo, lo, strict=True)]
             cum_hi = [a + b for a, b in zip(cum_hi, hi, strict=True)]
             exact = [None if a is None or b is None else a + b for a, b in zip(exact, ex, strict=True)]
@@ -246,4 +313,10 @@ def pool_quantiles(
         else "no site released a quantile to plan bins from",
         f"{hidden} group(s) hidden because a site suppressed them" if hidden else "no group suppressed",
     ]
+    if folded:
+        merged = sum(len(levels) for levels in folded.values())
+        reasons.append(
+            f"{merged} level(s) pooled into {OTHER}: a site merged its rare levels there, and a pooled "
+            "level's quantiles come only from that level's own values"
+        )
     return PooledTable(columns, [{c: r.get(c) for c in columns} for r in rows], minimum, hidden, reasons)
