@@ -28,6 +28,7 @@ from typing import Any
 
 from gateway.federation.combine import (
     REASON_AT_SITE,
+    REASON_POOLED_MIN,
     InvalidSiteAnswer,
     PooledTable,
     SiteTable,
@@ -275,15 +276,20 @@ def pool_quantiles(
     ]
     minimum = max((histograms[s.site].min_cell_count for s in sites), default=1)
     rows: list[dict[str, Any]] = []
-    hidden = 0
+    hidden = small = 0
     width = edges[1] - edges[0] if len(edges) > 1 else None
     for key in keys:
         row: dict[str, Any] = dict(zip(group_by, key, strict=True))
         parts = [sizes.get(key, []) for sizes in sizes_by_site]
-        if any(size is None for part in parts for size in part):
-            hidden += 1
+        at_site = any(size is None for part in parts for size in part)
+        # As for pooled counts: a group whose released sizes add up to fewer than the strictest site's
+        # min_cell_count is hidden, though each site released its part under its own rule.
+        too_small = not at_site and 0 < sum(size or 0 for part in parts for size in part) < minimum
+        if at_site or too_small:
+            hidden += at_site
+            small += too_small
             row.update({c: None for c in columns if c not in row})
-            row.update(suppressed=True, suppression_reason=REASON_AT_SITE)
+            row.update(suppressed=True, suppression_reason=REASON_AT_SITE if at_site else REASON_POOLED_MIN)
             rows.append(row)
             continue
         cum_lo = [0.0] * (n_bins - 1)
@@ -313,10 +319,14 @@ def pool_quantiles(
         else "no site released a quantile to plan bins from",
         f"{hidden} group(s) hidden because a site suppressed them" if hidden else "no group suppressed",
     ]
+    if small:
+        reasons.append(f"{small} group(s) hidden: fewer than {minimum} rows pooled (min_cell_count)")
     if folded:
         merged = sum(len(levels) for levels in folded.values())
         reasons.append(
             f"{merged} level(s) pooled into {OTHER}: a site merged its rare levels there, and a pooled "
             "level's quantiles come only from that level's own values"
         )
-    return PooledTable(columns, [{c: r.get(c) for c in columns} for r in rows], minimum, hidden, reasons)
+    return PooledTable(
+        columns, [{c: r.get(c) for c in columns} for r in rows], minimum, hidden + small, reasons
+    )

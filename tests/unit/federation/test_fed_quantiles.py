@@ -231,3 +231,32 @@ def test_an_other_group_whose_quantiles_a_site_withheld_is_pooled_from_its_bins(
     assert not pooled[OTHER]["suppressed"] and pooled[OTHER]["n"] == 14 + 12 + 40
     merged = [data["A"]["LU"], data["A"]["BE"], data["B"]["LU"], data["B"]["CH"], data["B"]["NL"]]
     _check(pooled[OTHER], merged, bounded=False)
+
+
+def _grouped_histogram(site: str, groups: dict[str, list[int]], minimum: int) -> SiteTable:
+    columns = ["g", "bin", "count", "suppressed", "suppression_reason"]
+    rows = [
+        {"g": g, "bin": b, "count": c, "suppressed": False, "suppression_reason": None}
+        for g, bins in groups.items()
+        for b, c in enumerate(bins)
+    ]
+    return SiteTable(site, columns, rows, minimum, 1)
+
+
+def test_a_pooled_group_below_the_strictest_minimum_is_hidden_as_a_pooled_count_is() -> None:
+    """Site A (min 5) released 6 rows of `x`, site B (min 10) none: pooled, `x` rests on 6 rows, fewer
+    than B's minimum, so it is hidden like the pooled count of the same group; `y` (12 rows) is shown."""
+    edges = [float(i) for i in range(11)]
+    six, twelve, none = [0] * (len(edges) + 1), [0] * (len(edges) + 1), [0] * (len(edges) + 1)
+    six[3], twelve[5] = 6, 12
+    round1 = [SiteQuantiles("A", {("x",): 6, ("y",): 12}, {}, 1), SiteQuantiles("B", {("x",): 0}, {}, 1)]
+    histograms = {
+        "A": _grouped_histogram("A", {"x": six, "y": twelve}, 5),
+        "B": _grouped_histogram("B", {"x": none}, 10),
+    }
+    pooled = pool_quantiles(round1, histograms, ["g"], [0.5], ["q0.5"], edges)
+    rows = {row["g"]: row for row in pooled.rows}
+    assert rows["x"]["suppressed"] and rows["x"]["n"] is None and rows["x"]["q0.5"] is None
+    assert rows["x"]["suppression_reason"] == "below the federation's min_cell_count"
+    assert not rows["y"]["suppressed"] and rows["y"]["n"] == 12 and rows["y"]["q0.5"] is not None
+    assert pooled.suppressed == 1 and pooled.min_cell_count == 10
