@@ -64,7 +64,7 @@ Text = Annotated[str, Field(min_length=1)]
 # RFC 8785, which the bundle digest is computed with, takes integers up to 2**53 - 1, and no infinity or NaN
 # (which Python's JSON reader accepts as `Infinity` and `NaN`).
 Count = Annotated[int, Field(ge=1, le=SAFE_INT, strict=True)]
-Positive = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0, le=SAFE_INT, strict=True, allow_inf_nan=False)]
 Ratio = Annotated[float, Field(gt=0, le=1, strict=True, allow_inf_nan=False)]
 
 

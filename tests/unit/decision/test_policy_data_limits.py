@@ -119,6 +119,9 @@ def test_one_column_cannot_hold_both_consent_and_withdrawal(policy_copy: Path) -
             lambda d: d[DSA].update(thresholds={"min_cell_count": 2**60}),
             f"{DSA}.thresholds.min_cell_count",
         ),
+        # An integer in a decimal field: canonical JSON holds no integer beyond 2**53 - 1 either.
+        ("agreements", lambda d: d[DSA].update(dp={"epsilon": 2**60, "budget": 1.0}), f"{DSA}.dp.epsilon"),
+        ("site", lambda d: d["defaults"].update(dp={"epsilon": 0.5, "budget": 2**53}), "defaults.dp.budget"),
     ],
 )
 def test_a_number_the_bundle_digest_cannot_hold_is_refused_as_data(
