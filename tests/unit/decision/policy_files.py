@@ -9,6 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gateway.decision import PolicyDecisionPoint
+from gateway.settings import SiteSettings
+
 POLICIES = Path(__file__).resolve().parents[3] / "policies"
 
 
@@ -25,3 +28,18 @@ def edit_data(folder: Path, name: str, change: Callable[[Any], object]) -> None:
     doc = json.loads(path.read_text())
     change(doc)
     path.write_text(json.dumps(doc))
+
+
+def decision_point(folder: Path, tmp_path: Path) -> PolicyDecisionPoint:
+    """A decision point of a site whose policy folder is `folder` (its other settings unused)."""
+    return PolicyDecisionPoint(
+        SiteSettings(
+            site_id="site-de",
+            jurisdiction="DE",
+            store_url="duckdb:///:memory:",
+            audit_url="sqlite:///:memory:",
+            policy_dir=folder,
+            master_key_env="FEDGATE_TEST_UNUSED_KEY",
+            log_key_file=tmp_path / "log.key",
+        )
+    )

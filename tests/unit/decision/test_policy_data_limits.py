@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from policy_files import edit_data
+from policy_files import decision_point, edit_data
 from test_decision_decide import REQUEST
 
-from gateway.decision import DecisionInput, PolicyDataError, PolicyDecisionPoint, decide, load_bundle
+from gateway.decision import DecisionInput, PolicyDataError, decide, load_bundle
 from gateway.decision.bundle import derive
 from gateway.decision.embedded import EmbeddedEngine
 from gateway.decision.policy_data import MAX_ANCESTRY, MAX_DEPTH, MAX_TERMS, HierarchyError, ancestor_sets
-from gateway.settings import SiteSettings
 
 POLICIES = Path(__file__).resolve().parents[3] / "policies"
 DSA = REQUEST["dsa"]
@@ -134,17 +133,7 @@ def test_a_number_the_bundle_digest_cannot_hold_is_refused_as_data(
 def test_a_steward_replacement_is_refused_the_same_way(policy_copy: Path, tmp_path: Path) -> None:
     from gateway.policy_admin import PolicyDataRejected, replace_data
 
-    point = PolicyDecisionPoint(
-        SiteSettings(
-            site_id="site-de",
-            jurisdiction="DE",
-            store_url="duckdb:///:memory:",
-            audit_url="sqlite:///:memory:",
-            policy_dir=policy_copy,
-            master_key_env="FEDGATE_TEST_UNUSED_KEY",
-            log_key_file=tmp_path / "log.key",
-        )
-    )
+    point = decision_point(policy_copy, tmp_path)
     path = policy_copy / "data" / "agreements.json"
     before, digest = path.read_text(), point.bundle.digest
     document = json.loads(before)
@@ -359,17 +348,7 @@ def test_a_value_of_the_document_is_quoted_where_a_refusal_names_it(
 def test_a_pasted_value_in_a_refused_replacement_is_not_repeated(policy_copy: Path, tmp_path: Path) -> None:
     from gateway.policy_admin import PolicyDataRejected, replace_data
 
-    point = PolicyDecisionPoint(
-        SiteSettings(
-            site_id="site-de",
-            jurisdiction="DE",
-            store_url="duckdb:///:memory:",
-            audit_url="sqlite:///:memory:",
-            policy_dir=policy_copy,
-            master_key_env="FEDGATE_TEST_UNUSED_KEY",
-            log_key_file=tmp_path / "log.key",
-        )
-    )
+    point = decision_point(policy_copy, tmp_path)
     document = json.loads((policy_copy / "data" / "agreements.json").read_text())
     document[DSA]["thresholds"]["max_identical_queries"] = 4711081509
     with pytest.raises(PolicyDataRejected) as rejected:
