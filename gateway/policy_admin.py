@@ -49,8 +49,8 @@ class NoSuchDocument(KeyError):
 
 class BrokenOnDisk(Exception):
     """A policy data file in the folder does not load as it is (edited by hand, say): the running bundle
-    stays the last good one, and no document is replaced until the file is repaired. `name` is the
-    document's name, never its path."""
+    stays the last good one, and no other document is replaced until the file is repaired (a replacement
+    of that document itself repairs it, `replace_data`). `name` is the document's name, never its path."""
 
     def __init__(self, name: str, message: str) -> None:
         self.name = name
@@ -59,11 +59,13 @@ class BrokenOnDisk(Exception):
 
 
 class StaleVersion(Exception):
-    """The bundle a replacement was based on (`If-Match`) is no longer the folder's: `current` is."""
+    """The bundle a replacement was based on (`If-Match`) is no longer the folder's: `current` is (None
+    when a file of the folder does not load, so that it holds no bundle at all)."""
 
-    def __init__(self, current: str) -> None:
+    def __init__(self, current: str | None) -> None:
         self.current = current
-        super().__init__(f"the policy data changed since it was read; the bundle is now {current}")
+        now = f"the bundle is now {current}" if current is not None else "the folder no longer loads"
+        super().__init__(f"the policy data changed since it was read; {now}")
 
 
 class NotWritten(Exception):
@@ -151,15 +153,28 @@ def replace_data(
     change announced: no process decides with a bundle that is not on record. Should `audit` fail, the
     temporary file is removed and nothing has changed; should installing or reloading fail after it, the
     old file is put back, announced, and the way back recorded too. A crash between the record and the
-    rename is caught by the next start (`reconcile`)."""
+    rename is caught by the next start (`reconcile`).
+
+    When `<name>.json` is the file that keeps the folder from loading (BrokenOnDisk otherwise: another
+    file is), the replacement repairs it, provided the folder loads with it: the folder holds no bundle,
+    so no `expected` matches (StaleVersion), and the change is recorded, and returned, from the bundle in
+    force in this process, the last good one the site's workers decide with. Should installing fail, the
+    broken file is put back and the way back recorded to that bundle, still in force."""
     if not _NAME.match(name) or name not in data_names(policy_dir):
         raise NoSuchDocument(name)
     with _REPLACING, _folder_lock(policy_dir):
         target = policy_dir / "data" / f"{name}.json"
-        before = folder_digest(point, policy_dir)
-        if expected is not None and before not in expected:
-            raise StaleVersion(before)
-        previous = target.read_text(encoding="utf-8")
+        try:
+            on_disk: str | None = folder_digest(point, policy_dir)
+        except BrokenOnDisk as exc:
+            if exc.name != name:
+                raise
+            on_disk = None  # the document to replace is the broken one: replacing it repairs the folder
+        if expected is not None and on_disk not in expected:
+            raise StaleVersion(on_disk)
+        before = on_disk if on_disk is not None else point.bundle.digest
+        # As bytes: a file broken by hand need not even be UTF-8, and a rollback puts back what it was.
+        previous = target.read_bytes()
         text, trial = _validated(point, policy_dir, name, document)
         try:
             staged = _staged(target, text)
@@ -184,7 +199,8 @@ def replace_data(
                 try:
                     _write(target, previous)
                     point.changed()
-                    point.reload()
+                    if on_disk is not None:  # a broken folder does not load: `before` stays in force
+                        point.reload()
                 finally:
                     if audit is not None:
                         audit(trial.digest, before)
@@ -362,13 +378,13 @@ def _unhashable(value: Any, path: str = "") -> str | None:
     return None
 
 
-def _staged(target: Path, text: str) -> Path:
+def _staged(target: Path, text: str | bytes) -> Path:
     """`text` in a temporary file beside `target`, synced: renamed over `target`, it replaces it atomically.
     No process loads it before (its name starts with a dot, `data_names`)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".json", dir=target.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode("utf-8") if isinstance(text, str) else text)
             fh.flush()
             os.fsync(fh.fileno())
     except BaseException:
@@ -377,7 +393,7 @@ def _staged(target: Path, text: str) -> Path:
     return Path(tmp)
 
 
-def _write(target: Path, text: str) -> None:
+def _write(target: Path, text: str | bytes) -> None:
     """Put `text` in place of `target` atomically (a temporary file synced, then renamed over it)."""
     staged = _staged(target, text)
     try:

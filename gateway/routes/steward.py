@@ -169,7 +169,8 @@ def _broken(exc: BrokenOnDisk) -> Refusal:
         "Policy data broken on disk",
         [
             f"the file {exc.name}.json in the site's policy folder is broken: {exc.message}; the running "
-            "policy stays in force, and no policy data can be replaced until that file is repaired"
+            "policy stays in force, and no other policy data can be replaced until that file is repaired "
+            "(a valid replacement of that document repairs it)"
         ],
     )
 
@@ -190,14 +191,15 @@ def _tags(if_match: str | None) -> frozenset[str] | None:
         "With `If-Match` (the `ETag` of the GET the document was read with), the replacement is made only "
         "if the folder still holds that version; otherwise it is refused with 412 and nothing changes. "
         "Without `If-Match`, the document replaces whatever the folder holds (last writer wins). The "
-        "answer's `ETag` is the new version."
+        "answer's `ETag` is the new version. A document whose file on disk is broken is repaired so "
+        "(without `If-Match`: a broken folder has no version), provided the folder then loads."
     ),
     responses=documented(
         ok=("the document is in force: the new bundle's digest and the one it replaced", PolicyDataReplaced),
         bad_request="the document is invalid (the running policy is unchanged); `field` names where",
         not_found="no policy data document of that name",
         precondition_failed="`If-Match` names a version the folder no longer holds: read the document again",
-        unavailable="a file in the site's policy folder is broken, or the new file could not be written",
+        unavailable="another file of the site's policy folder is broken, or the new file was not written",
     ),
 )
 async def replace_policy_document(
@@ -245,12 +247,13 @@ async def replace_policy_document(
             "bad_request", "Invalid policy data", [str(exc)], field=exc.field or "body", stage="validate"
         ) from None
     except StaleVersion as exc:
+        now = f"the bundle is now {exc.current}" if exc.current else f"{name}.json on disk no longer loads"
         raise Refusal(
             "precondition_failed",
             "Policy data changed since it was read",
             [
-                f"the policy data changed since it was read (the bundle is now {exc.current}); read the "
-                "document again and make the change to it"
+                f"the policy data changed since it was read ({now}); read the document again and make "
+                "the change to it"
             ],
             field="If-Match",
         ) from None

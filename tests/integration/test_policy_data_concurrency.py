@@ -176,3 +176,35 @@ def test_a_file_broken_on_disk_is_named_and_blamed_on_the_disk(
         problem = answer.json()
         assert "site.json" in problem["detail"] and "policy folder" in problem["detail"]
         assert str(tmp_site.settings.policy_dir) not in answer.text and problem.get("field") != "body"
+
+
+def test_a_replacement_of_the_file_broken_on_disk_repairs_it(tmp_site: Site, idp: LoopbackTestIssuer) -> None:
+    steward = bearer(idp, "steward", sub="steward-1")
+    agreements_file = tmp_site.settings.policy_dir / "data/agreements.json"
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url, timeout=60) as http:
+        agreements = http.get("/v1/steward/policy-data/agreements", headers=steward).json()
+        organisations = http.get("/v1/steward/policy-data/organisations", headers=steward).json()
+        in_force = http.get("/v1/steward/policy-data", headers=steward).json()["bundle_digest"]
+        agreements_file.write_text(agreements_file.read_text().replace("{", "{,", 1))  # a hand edit
+        other = http.put("/v1/steward/policy-data/organisations", json=organisations, headers=steward)
+        agreements["DSA-TEST-OPEN"]["suspended"] = True
+        # The folder holds no version a tag could name, not even the bundle still in force.
+        tagged = http.put(
+            "/v1/steward/policy-data/agreements", json=agreements,
+            headers={**steward, "If-Match": f'"{in_force}"'},
+        )  # fmt: skip
+        repaired = http.put("/v1/steward/policy-data/agreements", json=agreements, headers=steward)
+        query = {"dataset": "cohort", "agreement": "DSA-TEST-OPEN", "purpose": {"duo": ["DUO:0000006"]}}
+        denied = http.post("/v1/queries", json={**query, "kind": "count"}, headers=bearer(idp, "researcher"))
+        read = http.get("/v1/steward/policy-data/agreements", headers=steward)
+    assert other.status_code == 503 and "agreements.json" in other.json()["detail"]
+    assert tagged.status_code == 412 and tagged.json()["field"] == "If-Match", tagged.text
+    assert repaired.status_code == 200, repaired.text
+    new = repaired.json()["bundle_digest"]
+    assert repaired.json()["previous_digest"] == in_force and read.headers["ETag"] == f'"{new}"'
+    assert json.loads(agreements_file.read_text()) == agreements == read.json()
+    assert denied.status_code == 403 and "suspended" in denied.json()["detail"]
+    assert _changes(tmp_site)[-1] == {
+        "bundle_digest": f"sha256:{new}", "previous_digest": f"sha256:{in_force}",
+        "change": "dsa", "name": "agreements",
+    }  # fmt: skip

@@ -319,6 +319,67 @@ def test_a_file_broken_on_disk_is_named_as_such(point: PolicyDecisionPoint) -> N
     assert broken.value.name == "site" and str(folder) not in str(broken.value)
 
 
+def test_a_replacement_of_the_broken_document_repairs_it(point: PolicyDecisionPoint) -> None:
+    folder = point.bundle.root
+    document, in_force = _retitled(folder), point.bundle.digest
+    (folder / "data/agreements.json").write_text('{"DSA-TEST-OPEN": {,}')  # a hand edit
+    recorded: list[tuple[str, str]] = []
+    previous, bundle = replace_data(
+        point, folder, "agreements", document, audit=lambda a, b: recorded.append((a, b))
+    )
+    # No bundle was on disk: the change is from the one still in force, the last good one.
+    assert previous == in_force and recorded == [(in_force, bundle.digest)]
+    assert point.bundle.digest == bundle.digest != in_force
+    assert json.loads((folder / "data/agreements.json").read_text()) == document
+
+
+def test_a_broken_document_is_not_repaired_when_another_file_stays_broken(point: PolicyDecisionPoint) -> None:
+    from gateway.policy_admin import BrokenOnDisk
+
+    folder = point.bundle.root
+    document, in_force = _retitled(folder), point.bundle.digest
+    (folder / "data/agreements.json").write_bytes(b'{"DSA-TEST-OPEN": \xff')
+    (folder / "data/site.json").write_text('{"defaults": {,}')
+    recorded: list[tuple[str, str]] = []
+    with pytest.raises((BrokenOnDisk, PolicyDataRejected)) as refused:
+        replace_data(point, folder, "agreements", document, audit=lambda a, b: recorded.append((a, b)))
+    assert "site.json" in str(refused.value) and not recorded and point.bundle.digest == in_force
+    assert (folder / "data/agreements.json").read_bytes() == b'{"DSA-TEST-OPEN": \xff'
+
+
+def test_a_repair_based_on_a_version_is_refused(point: PolicyDecisionPoint) -> None:
+    from gateway.policy_admin import StaleVersion
+
+    folder = point.bundle.root
+    document, in_force = _retitled(folder), point.bundle.digest
+    (folder / "data/agreements.json").write_text("{")
+    with pytest.raises(StaleVersion) as stale:
+        replace_data(point, folder, "agreements", document, expected=frozenset({in_force}))
+    assert stale.value.current is None and (folder / "data/agreements.json").read_text() == "{"
+
+
+def test_a_repair_that_cannot_be_installed_puts_the_broken_file_back(
+    point: PolicyDecisionPoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.decision.errors import PolicyEngineUnavailable
+
+    folder = point.bundle.root
+    document, in_force = _retitled(folder), point.bundle.digest
+    broken = b'{"DSA-TEST-OPEN": \xff'  # not even UTF-8: put back as it was
+    (folder / "data/agreements.json").write_bytes(broken)
+    recorded: list[tuple[str, str]] = []
+
+    def down() -> Any:
+        raise PolicyEngineUnavailable("OPA at http://127.0.0.1:1 did not answer")
+
+    monkeypatch.setattr(point, "reload", down)
+    with pytest.raises(PolicyEngineUnavailable):
+        replace_data(point, folder, "agreements", document, audit=lambda a, b: recorded.append((a, b)))
+    assert (folder / "data/agreements.json").read_bytes() == broken and point.bundle.digest == in_force
+    (announced, undone) = recorded
+    assert announced[0] == in_force and undone == (announced[1], in_force)
+
+
 def test_a_document_that_is_no_json_text_is_rejected_naming_it(point: PolicyDecisionPoint) -> None:
     with pytest.raises(PolicyDataRejected, match="not JSON text"):
         replace_data(point, point.bundle.root, "agreements", {"x": "\ud800"})
