@@ -17,6 +17,7 @@ import httpx
 import pytest
 from decision_corpus import corpus
 from opa_standin import OpaDataApiStandIn
+from policy_helpers import policy_settings
 from real_opa import real_opa_url
 
 from gateway.decision import (
@@ -135,18 +136,7 @@ def test_server_running_another_bundle_denies(standin: OpaDataApiStandIn, bundle
 
 
 def _opa_settings(url: str, tmp_path: Path, policy_dir: Path = POLICIES) -> SiteSettings:
-    return SiteSettings(
-        site_id="site-de",
-        jurisdiction="DE",
-        store_url="duckdb:///:memory:",
-        audit_url="sqlite:///:memory:",
-        policy_dir=policy_dir,
-        master_key_env="FEDGATE_TEST_UNUSED_KEY",
-        log_key_file=tmp_path / "log.key",
-        policy_engine="opa",
-        opa_url=url,
-        opa_timeout_s=2.0,
-    )
+    return policy_settings(policy_dir, tmp_path, policy_engine="opa", opa_url=url, opa_timeout_s=2.0)
 
 
 def test_decision_point_uses_the_opa_server_from_settings(standin: OpaDataApiStandIn, tmp_path: Path) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from policy_files import copy_policies
+from policy_helpers import copy_policies
 
 
 @pytest.fixture

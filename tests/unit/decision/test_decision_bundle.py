@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import regorus
-from policy_files import edit_data
+from policy_helpers import edit_data
 from test_decision_decide import REQUEST
 
 from gateway.decision import DecisionInput, PolicyDataError, PolicySourceError, decide, load_bundle

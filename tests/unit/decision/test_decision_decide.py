@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import regorus
+from policy_helpers import policy_settings
 from pydantic import ValidationError
 
 from gateway.decision import (
@@ -25,7 +26,6 @@ from gateway.decision import (
     load_bundle,
 )
 from gateway.decision.embedded import EmbeddedEngine, build_engine, build_vm, evaluate_rule, evaluate_vm
-from gateway.settings import SiteSettings
 
 POLICIES = Path(__file__).resolve().parents[3] / "policies"
 
@@ -327,22 +327,10 @@ def test_consent_filter_reference_semantics(
     assert f.admits(codes, withdrawn) is admitted
 
 
-def _settings(policy_dir: Path, tmp_path: Path) -> SiteSettings:
-    return SiteSettings(
-        site_id="site-de",
-        jurisdiction="DE",
-        store_url="duckdb:///:memory:",
-        audit_url="sqlite:///:memory:",
-        policy_dir=policy_dir,
-        master_key_env="FEDGATE_TEST_UNUSED_KEY",
-        log_key_file=tmp_path / "log.key",
-    )
-
-
 def test_reload_keeps_the_last_good_bundle(tmp_path: Path) -> None:
     folder = tmp_path / "policies"
     shutil.copytree(POLICIES, folder)
-    point = PolicyDecisionPoint(_settings(folder, tmp_path))
+    point = PolicyDecisionPoint(policy_settings(folder, tmp_path))
     good = point.bundle.digest
     agreements = folder / "data" / "agreements.json"
     doc = json.loads(agreements.read_text())
@@ -366,4 +354,4 @@ def test_gateway_refuses_to_start_on_invalid_policies(tmp_path: Path) -> None:
     shutil.copytree(POLICIES, folder)
     (folder / "data" / "organisations.json").write_text('{"org-x": {"name": "X", "country": "XX"}}')
     with pytest.raises(PolicyDataError, match=r"organisations\.json"):
-        PolicyDecisionPoint(_settings(folder, tmp_path))
+        PolicyDecisionPoint(policy_settings(folder, tmp_path))

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_decision_decide import POLICIES, REQUEST, _settings
+from policy_helpers import policy_settings
+from test_decision_decide import POLICIES, REQUEST
 
 from gateway.decision import DecisionInput, PolicyBundle, PolicyDecisionPoint, point
 from gateway.decision.embedded import EmbeddedEngine
@@ -75,7 +76,7 @@ async def _ticks_while(work: Any) -> tuple[Any, int]:
 def test_a_change_is_loaded_on_a_thread_while_the_loop_serves(
     folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pdp = PolicyDecisionPoint(_settings(folder, tmp_path))
+    pdp = PolicyDecisionPoint(policy_settings(folder, tmp_path))
     assert pdp.decide(DecisionInput.model_validate(REQUEST)).decision == "allow"
     loads = _Loads(monkeypatch)
     _expire_agreement(folder, "2026-04-30")
@@ -97,7 +98,7 @@ def test_a_change_is_loaded_on_a_thread_while_the_loop_serves(
 def test_requests_arriving_during_a_reload_share_it(
     folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pdp = PolicyDecisionPoint(_settings(folder, tmp_path))
+    pdp = PolicyDecisionPoint(policy_settings(folder, tmp_path))
     loads = _Loads(monkeypatch)
     _expire_agreement(folder, "2026-04-30")
 
@@ -115,7 +116,7 @@ def test_requests_arriving_during_a_reload_share_it(
 def test_a_change_that_cannot_be_loaded_denies_without_loading_it_for_every_request(
     folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pdp = PolicyDecisionPoint(_settings(folder, tmp_path))
+    pdp = PolicyDecisionPoint(policy_settings(folder, tmp_path))
     loads = _Loads(monkeypatch)
     _expire_agreement(folder, "2026-13-01")
 
@@ -136,7 +137,7 @@ def test_a_change_that_cannot_be_loaded_denies_without_loading_it_for_every_requ
 def test_the_same_failed_change_is_tried_again_after_a_while(
     folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pdp = PolicyDecisionPoint(_settings(folder, tmp_path))
+    pdp = PolicyDecisionPoint(policy_settings(folder, tmp_path))
     loads = _Loads(monkeypatch)
     monkeypatch.setattr(point, "RETRY_FAILED_RELOAD_S", 0.0)
     _expire_agreement(folder, "2026-13-01")
@@ -169,7 +170,7 @@ class SlowNetworkEngine:
 
 
 def test_a_decision_that_waits_on_the_network_leaves_the_loop_free(folder: Path, tmp_path: Path) -> None:
-    settings = _settings(folder, tmp_path)
+    settings = policy_settings(folder, tmp_path)
     engine = SlowNetworkEngine(EmbeddedEngine(point.load_bundle(folder, "DE")))
     pdp = PolicyDecisionPoint(settings, engine=engine)
 
@@ -184,7 +185,7 @@ def test_a_decision_that_waits_on_the_network_leaves_the_loop_free(folder: Path,
 
 
 def test_the_embedded_engine_decides_on_the_loop_itself(folder: Path, tmp_path: Path) -> None:
-    pdp = PolicyDecisionPoint(_settings(folder, tmp_path))
+    pdp = PolicyDecisionPoint(policy_settings(folder, tmp_path))
     seen: list[int] = []
     evaluate = pdp.evaluate
 
@@ -204,7 +205,7 @@ def test_the_embedded_engine_decides_on_the_loop_itself(folder: Path, tmp_path: 
 def test_a_change_announced_during_a_reload_is_loaded_before_a_later_request_decides(
     folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pdp = PolicyDecisionPoint(_settings(folder, tmp_path))
+    pdp = PolicyDecisionPoint(policy_settings(folder, tmp_path))
     real = point.load_bundle
     read = threading.Event()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from policy_files import decision_point, edit_data
+from policy_helpers import decision_point, edit_data
 from test_decision_decide import REQUEST
 
 from gateway.decision import DecisionInput, PolicyDataError, decide, load_bundle

@@ -4,34 +4,19 @@ back should installing fail, refused with nothing changed should the record fail
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+from policy_helpers import copy_policies, decision_point
 
 from gateway.decision import PolicyDecisionPoint
 from gateway.policy_admin import PolicyDataRejected, replace_data
-from gateway.settings import SiteSettings
-
-POLICIES = Path(__file__).resolve().parents[3] / "policies"
 
 
 @pytest.fixture
 def point(tmp_path: Path) -> PolicyDecisionPoint:
-    folder = tmp_path / "policies"
-    shutil.copytree(POLICIES, folder)
-    return PolicyDecisionPoint(
-        SiteSettings(
-            site_id="site-de",
-            jurisdiction="DE",
-            store_url="duckdb:///:memory:",
-            audit_url="sqlite:///:memory:",
-            policy_dir=folder,
-            master_key_env="FEDGATE_TEST_UNUSED_KEY",
-            log_key_file=tmp_path / "log.key",
-        )
-    )
+    return decision_point(copy_policies(tmp_path), tmp_path)
 
 
 def _retitled(folder: Path) -> dict[str, Any]:
