@@ -100,8 +100,8 @@ def read_versioned(point: PolicyDecisionPoint, policy_dir: Path, name: str) -> t
     with _folder_lock(policy_dir):
         document = read_data(policy_dir, name)
         try:
-            digest: str | None = load_bundle(policy_dir, point.bundle.site_jurisdiction).digest
-        except Exception:  # noqa: BLE001 - the document is still readable; the folder has no version
+            digest: str | None = folder_digest(point, policy_dir)
+        except BrokenOnDisk:  # the document is still readable; the folder has no version
             digest = None
         return document, digest
 
