@@ -1,5 +1,7 @@
 """Decision latency on the embedded engine with 1,000 datasets and 200 agreements loaded.
 
+    python bench/policy.py [--iterations N]
+
 Each timed call builds the DecisionInput from a request-shaped dict (as the gateway does) and runs the
 fail-closed decide(), which runs the policies on regorus' compiled engine (the RVM). Last line:
 {"p50_us": …, "p99_us": …}. Targets: p50 ≤ 250 µs, p99 ≤ 1 ms.
@@ -7,6 +9,7 @@ fail-closed decide(), which runs the policies on regorus' compiled engine (the R
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import shutil
@@ -18,8 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.decision import DecisionInput, decide, load_bundle
-from gateway.decision.embedded import EmbeddedEngine, TreeWalkingEngine
+# bench/audit.py would shadow the `audit` package, which the gateway's modules import, for a script run
+# from this folder.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from gateway.decision import DecisionInput, decide, load_bundle  # noqa: E402
+from gateway.decision.embedded import EmbeddedEngine, TreeWalkingEngine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 N_AGREEMENTS = 200
@@ -123,6 +130,9 @@ def _write_data(folder: Path, rng: random.Random) -> list[dict[str, Any]]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=ITERATIONS, help="timed decisions (at least 100)")
+    iterations = max(100, parser.parse_args().iterations)
     rng = random.Random(7)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "policies"
@@ -143,7 +153,7 @@ def main() -> None:
         sys.exit(f"benchmark input does not evaluate: {decision.reasons}")
 
     wall, cpu = [], []
-    for _ in range(ITERATIONS):
+    for _ in range(iterations):
         raw = requests[rng.randrange(len(requests))]
         start, start_cpu = time.perf_counter_ns(), time.thread_time_ns()
         decide(engine, DecisionInput.model_validate(raw))
@@ -157,25 +167,25 @@ def main() -> None:
         ("RVM", engine.evaluate_json, [m.policy_input_json() for m in models]),
         ("tree-walking", TreeWalkingEngine(bundle).evaluate, [m.to_policy_input() for m in models]),
     ):
-        eng_p50, eng_p99 = _engine_only(evaluate, inputs, rng)
-        print(f"{ITERATIONS // 5} {name} engine-only evaluations, thread CPU p50 {eng_p50:.0f} µs,", end=" ")
+        eng_p50, eng_p99 = _engine_only(evaluate, inputs, rng, iterations // 5)
+        print(f"{iterations // 5} {name} engine-only evaluations, thread CPU p50 {eng_p50:.0f} µs,", end=" ")
         print(f"p99 {eng_p99:.0f} µs")
     # CPU time of this thread shows the engine's own cost when other processes share the cores.
     cpu_p50, cpu_p99 = _percentiles(cpu)
-    print(f"{ITERATIONS} decisions, thread CPU time: p50 {cpu_p50:.0f} µs, p99 {cpu_p99:.0f} µs")
+    print(f"{iterations} decisions, thread CPU time: p50 {cpu_p50:.0f} µs, p99 {cpu_p99:.0f} µs")
     p50, p99 = _percentiles(wall)
-    print(f"{ITERATIONS} decisions, wall clock: p50 {p50:.0f} µs, p99 {p99:.0f} µs, max {max(wall):.0f} µs")
+    print(f"{iterations} decisions, wall clock: p50 {p50:.0f} µs, p99 {p99:.0f} µs, max {max(wall):.0f} µs")
     print(json.dumps({"p50_us": round(p50, 1), "p99_us": round(p99, 1)}))
 
 
 def _engine_only(
-    evaluate: Callable[[Any], object], inputs: list[Any], rng: random.Random
+    evaluate: Callable[[Any], object], inputs: list[Any], rng: random.Random, iterations: int
 ) -> tuple[float, float]:
     """Thread CPU percentiles of an engine's evaluation alone on already-built policy inputs."""
     for policy_input in inputs[:WARMUP]:
         evaluate(policy_input)
     cpu = []
-    for _ in range(ITERATIONS // 5):
+    for _ in range(iterations):
         policy_input = inputs[rng.randrange(len(inputs))]
         start_cpu = time.thread_time_ns()
         evaluate(policy_input)
