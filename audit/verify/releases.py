@@ -14,7 +14,10 @@ do not:
   query hash that no release or refusal has ended yet, and names another subject than that decision's
   actor (a steward never approves their own query; the gateway tells callers apart by subject, whatever
   organisation their token names); a later `approval.decided` that does not approve (a rejection)
-  cancels it;
+  cancels it, and so does a refusal of the request before anything was released after the approval (the
+  approved run was refused, and only another approval may run it again) or a refusal at stage `approval`
+  (the approved answer was not stored, and the request went back to the stewards); a refusal after the
+  approval's first release leaves it counting, for the researcher's later collects of that answer;
 - a release is written under the actor of the decision it follows: the gateway decides and releases
   under one principal (the researcher's own, also when a steward's approval runs the query), so a
   release by anyone else was not the decided request's;
@@ -66,6 +69,8 @@ class _Requests:
     # (gateway.pipeline.QueryPipeline._not_stored), and its next approval follows that decision
     queued: dict[str, _Decided] = field(default_factory=dict)
     approved: dict[str, str] = field(default_factory=dict)  # request id -> the query hash a steward approved
+    # request ids released since their latest approval: a refusal after that ends a collect, not the approval
+    released_since_approval: set[str] = field(default_factory=set)
     # request id -> why its latest approval did not count, for the message of the release it did not allow
     unapproved: dict[str, str] = field(default_factory=dict)
     glm_opened: set[str] = field(default_factory=set)  # query hashes of opened sessions
@@ -166,10 +171,13 @@ def _release_rule(entry: dict[str, Any], index: int, state: _Requests) -> str:
         _approval(request, query_hash, payload.get("decision"), actor, state)
     elif kind == "query.refused" and isinstance(request, str):
         state.open.pop(request, None)  # a refusal ends the decision it followed
+        _refusal(request, payload.get("stage"), state)
     elif kind in ("query.released", "glm.session_opened"):
         # Each release needs a decision of its own: an approved answer collected again is decided again
         # (gateway.pipeline.QueryPipeline.collect), so no earlier decision can cover a later release.
         _allowed(kind, request, query_hash, actor, index, state)
+        if request in state.approved:  # only approved requests need it: the set stays as small as they are
+            state.released_since_approval.add(str(request))
         if kind == "glm.session_opened":
             state.glm_opened.add(str(query_hash))
     elif kind == "glm.iteration" and query_hash not in state.glm_opened:
@@ -184,6 +192,7 @@ def _approval(request: str, query_hash: Any, verdict: Any, actor: Any, state: _R
     approves anything."""
     state.approved.pop(request, None)
     state.unapproved.pop(request, None)
+    state.released_since_approval.discard(request)
     if verdict != "approved":
         state.queued.pop(request, None)  # rejected: nothing waits for a steward any more
         state.unapproved[request] = "a steward's later decision on it did not approve it"
@@ -203,6 +212,25 @@ def _approval(request: str, query_hash: Any, verdict: Any, actor: Any, state: _R
         state.unapproved[request] = "it was approved by the subject who asked for it"
         return
     state.approved[request] = str(query_hash)
+
+
+def _refusal(request: str, stage: Any, state: _Requests) -> None:
+    """End the approval of a refused request, unless the refusal only ended a collect of its answer.
+
+    The approved run is the approval's first release: a refusal before it (a deny when the query was
+    decided again, disclosure control) ends the request, and a refusal at stage `approval` sends it back to
+    the stewards (gateway.pipeline.QueryPipeline._not_stored). After that first release the researcher
+    collects the answer, each collect decided again and refused or released on its own."""
+    if request not in state.approved:
+        return
+    if stage == "approval":
+        why = "a refusal at stage approval ended its approval (the approved answer was not kept)"
+    elif request not in state.released_since_approval:
+        why = "a refusal ended its approval before anything it approved was released"
+    else:
+        return
+    del state.approved[request]
+    state.unapproved[request] = why
 
 
 def _subject(actor: Any) -> str | None:

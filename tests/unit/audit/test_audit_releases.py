@@ -43,8 +43,8 @@ def approval(request: str, query_hash: str, verdict: str, actor: Actor | None = 
     return "approval.decided", request, {"query_hash": query_hash, "decision": verdict}, actor
 
 
-def refused(request: str) -> Event:
-    return "query.refused", request, {"stage": "disclosure", "reasons": ["too small"]}, ACTOR
+def refused(request: str, stage: str = "disclosure") -> Event:
+    return "query.refused", request, {"stage": stage, "reasons": ["too small"]}, ACTOR
 
 
 def opened(request: str, query_hash: str, actor: Actor | None = ACTOR) -> Event:
@@ -96,8 +96,21 @@ ALLOWED = [
         approval("r1", H1, "approved"),
         decided("r1", H1, "needs_approval"),
         released("r1", H1),
-        refused("r1"),
+        refused("r1", "approval"),
         approval("r1", H1, "approved"),
+        decided("r1", H1, "needs_approval"),
+        released("r1", H1),
+    ],
+    # The approved run released (the policy allowing it by then), then a collect refused as out of date
+    # (`_still_current`) and a later one released: the approval's first release had happened, so the
+    # refusal ended only that collect.
+    [
+        decided("r1", H1, "needs_approval"),
+        approval("r1", H1, "approved"),
+        decided("r1", H1, "allow"),
+        released("r1", H1),
+        decided("r1", H1, "needs_approval"),
+        refused("r1", "decide"),
         decided("r1", H1, "needs_approval"),
         released("r1", H1),
     ],
@@ -133,6 +146,44 @@ NOT_ALLOWED = [
             released("r1", H1),
         ],
         "did not approve it",
+    ),
+    # An approved run refused before it released anything ends the approval: the request is decided again
+    # with no steward approving it again.
+    (
+        [
+            decided("r1", H1, "needs_approval"),
+            approval("r1", H1, "approved"),
+            decided("r1", H1, "deny"),
+            refused("r1", "decide"),
+            decided("r1", H1, "needs_approval"),
+            released("r1", H1),
+        ],
+        "a refusal ended its approval before anything it approved was released",
+    ),
+    (
+        [
+            decided("r1", H1, "needs_approval"),
+            approval("r1", H1, "approved"),
+            decided("r1", H1, "needs_approval"),
+            refused("r1", "disclosure"),
+            decided("r1", H1, "needs_approval"),
+            released("r1", H1),
+        ],
+        "a refusal ended its approval before anything it approved was released",
+    ),
+    # An approved answer not stored goes back to the stewards: it needs a second approval, even though the
+    # first one's run was released.
+    (
+        [
+            decided("r1", H1, "needs_approval"),
+            approval("r1", H1, "approved"),
+            decided("r1", H1, "needs_approval"),
+            released("r1", H1),
+            refused("r1", "approval"),
+            decided("r1", H1, "needs_approval"),
+            released("r1", H1),
+        ],
+        "a refusal at stage approval ended its approval",
     ),
     # An approval approves the needs_approval decision it follows, never one written after it.
     (
