@@ -19,6 +19,14 @@ _STRING = {"string", "large_string", "utf8", "large_utf8", "string_view"}
 # Floating types narrower than double, by the struct format that rounds a Python float to their precision.
 _NARROW_FLOAT = {"halffloat": "e", "float16": "e", "float": "f", "float32": "f"}
 _INT64_REACH = 2**63
+# The value formats docs/queries.md documents, and no others. Python's `fromisoformat` reads more
+# (`20180101`, `2018-W01-1`, `2018-01-01 00:00`, `+0100`, a comma before the fraction, …), and each such
+# spelling of one value would be another query to the identical-query limit. ASCII digits only.
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_TIMESTAMP = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?"
+    r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?"
+)
 
 
 def type_class(arrow_type: str) -> TypeClass:
@@ -132,23 +140,56 @@ def python_value(column: DatasetColumn, value: object) -> object:
             return value
         raise ValueError(f"must be a string for text column {column.name!r}")
     if kind == "date":
-        if isinstance(value, str):
-            try:
-                return dt.date.fromisoformat(value)
-            except ValueError:
-                pass
+        day = iso_date(value) if isinstance(value, str) else None
+        if day is not None:
+            return day
         raise ValueError(f"must be a date 'YYYY-MM-DD' for date column {column.name!r}")
     if kind == "timestamp":
-        if isinstance(value, str):
-            try:
-                stamp = dt.datetime.fromisoformat(value)
-            except ValueError:
-                stamp = None
-            if stamp is not None and (stamp.tzinfo is not None) == column.has_timezone:
-                return stamp
-        zone = "with" if column.has_timezone else "without"
-        raise ValueError(f"must be an ISO 8601 timestamp {zone} a UTC offset for column {column.name!r}")
+        stamp = iso_timestamp(value) if isinstance(value, str) else None
+        if stamp is not None and (stamp.tzinfo is not None) == column.has_timezone:
+            return stamp
+        offset = "with a UTC offset 'Z' or '±HH:MM'" if column.has_timezone else "without a UTC offset"
+        raise ValueError(
+            f"must be a timestamp 'YYYY-MM-DDTHH:MM:SS[.ffffff]' {offset} for column {column.name!r}"
+        )
     raise ValueError(f"column {column.name!r} has type {column.arrow_type}, which queries cannot compare")
+
+
+def iso_date(text: str) -> dt.date | None:
+    """`text` as a date if it is written 'YYYY-MM-DD' and is a day of the calendar, else None."""
+    if not _DATE.fullmatch(text):
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def iso_timestamp(text: str) -> dt.datetime | None:
+    """`text` as a timestamp if it is written 'YYYY-MM-DDTHH:MM:SS', optionally with a fraction of a second
+    of 1 to 6 digits and an offset 'Z' or '±HH:MM' (which makes it an aware datetime), and names a moment
+    whose UTC instant lies in the years 1 to 9999; else None."""
+    if not _TIMESTAMP.fullmatch(text):
+        return None
+    try:
+        stamp = dt.datetime.fromisoformat(text)
+        if stamp.tzinfo is not None:
+            stamp.astimezone(dt.UTC)  # an instant beyond year 1 or 9999 in UTC has no UTC spelling
+    except (ValueError, OverflowError):
+        return None
+    return stamp
+
+
+def timestamp_spelling(text: str) -> str:
+    """The one spelling of a timestamp value that the query hash and the identical-query key take: the
+    instant in UTC for a value with an offset (`2018-01-01T01:00:00+01:00` and `…T00:00:00Z` are
+    `2018-01-01T00:00:00+00:00`, as a zoned column compares them), a fraction of a second as 6 digits or
+    none when it is zero (`isoformat`, as answers write timestamps). `text` itself when it is not such a
+    value or already spelled so, so the hash of a value already written this way does not change."""
+    stamp = iso_timestamp(text)
+    if stamp is None:
+        return text
+    return (stamp.astimezone(dt.UTC) if stamp.tzinfo is not None else stamp).isoformat()
 
 
 def edge_value(column: DatasetColumn, edge: float) -> float:

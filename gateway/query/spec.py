@@ -32,6 +32,7 @@ from pydantic import (
 
 from audit.events import identifier_problem
 from gateway.decision.models import CountryCode, Purpose, QueryFacts
+from gateway.query.columns import timestamp_spelling
 from gateway.query.errors import FieldProblem, QuerySpecError
 from pseudonymize.disclosure.rules import QUANTILE_MAX_PROB, QUANTILE_MIN_PROB, QUANTILE_PROB_STEP
 
@@ -411,15 +412,33 @@ def _merge_and(children: list[Any]) -> list[Any]:
     return out
 
 
+def _one_spelling(value: Any) -> Any:
+    """A filter leaf's value (or list of values) with each timestamp in the spelling the compiler reads the
+    same (`columns.timestamp_spelling`): an instant in UTC, so `+01:00`, `Z` and `+00:00` spellings of one
+    instant count as one query, as a zoned column compares them. Dates need nothing: the compiler takes
+    only 'YYYY-MM-DD', one spelling per day.
+
+    The spec does not know its columns' types, so a text value written exactly as a timestamp is reduced
+    too: two such texts naming one instant then count as one query. That errs on the side the limit is
+    for (more askings counted as identical, never fewer). A value already in this spelling is left as
+    written, so the query hash and the count of a query that uses it are what they were."""
+    if isinstance(value, list):
+        return [timestamp_spelling(v) if isinstance(v, str) else v for v in value]
+    return timestamp_spelling(value) if isinstance(value, str) else value
+
+
 def _normalize(value: Any) -> Any:
-    """One spelling of what a spec asks, for the identical-query count: `in` lists sorted and unique, `in`
-    of one value and `between` of one value as `=`, `and`/`or` flattened, sorted and unique (one child: the
-    child), and `not` of `not` undone. A respelled query is the same query against the agreement's limit."""
+    """One spelling of what a spec asks, for the identical-query count: a filter's timestamp values in one
+    spelling (`_one_spelling`), `in` lists sorted and unique, `in` of one value and `between` of one value
+    as `=`, `and`/`or` flattened, sorted and unique (one child: the child), and `not` of `not` undone. A
+    respelled query is the same query against the agreement's limit."""
     if isinstance(value, list):
         return [_normalize(v) for v in value]
     if not isinstance(value, dict):
         return value
     out = {k: _normalize(v) for k, v in value.items()}
+    if "column" in out and "op" in out and "value" in out:
+        out["value"] = _one_spelling(out["value"])
     if out.get("op") == "in" and isinstance(out.get("value"), list):
         unique = {bytes(rfc8785.dumps(v)): v for v in out["value"]}
         out["value"] = [unique[k] for k in sorted(unique)]

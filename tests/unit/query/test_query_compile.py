@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from gateway.query import (
     compile_query,
     parse_query_spec,
 )
+from gateway.query.columns import DatasetColumn, python_value
 from gateway.query.consent import ConsentClasses
 
 COLUMNS = [
@@ -115,6 +117,45 @@ def test_valid_values_of_every_type_compile() -> None:
     }
     for dialect in ("duckdb", "postgresql"):
         compile_(query(filters=node, group_by=["sex", "event", "admission_date"]), dialect)
+
+
+# Each is a form `date.fromisoformat` or `datetime.fromisoformat` reads; docs/queries.md allows one form per
+# type, so that a value has no second spelling to count apart against the identical-query limit.
+_DATE_RESPELLINGS = ["20180101", "2018-W01-1", "2018W011", "2018-001", "2018-01-01T00:00:00", "2018-01-01\n"]
+_TIMESTAMP_RESPELLINGS = [
+    "20180101T000000Z", "2018-01-01 00:00:00Z", "2018-01-01t00:00:00Z", "2018-W01-1T00:00:00Z",
+    "2018-01-01T00:00Z", "2018-01-01T00Z", "2018-01-01T00:00:00,5Z", "2018-01-01T00:00:00.1234567Z",
+    "2018-01-01T00:00:00+0100", "2018-01-01T00:00:00+01", "2018-01-01T00:00:00+01:00:30",
+    "2018-01-01T00:00:00+05:75", "2018-01-01", "0001-01-01T00:00:00+01:00",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("column", "good", "bad"),
+    [("admission_date", "2018-01-02", v) for v in _DATE_RESPELLINGS]
+    + [("seen_at", "2018-01-02T00:00:00Z", v) for v in _TIMESTAMP_RESPELLINGS],
+)
+def test_a_date_or_timestamp_in_an_undocumented_form_is_refused_naming_its_field(
+    column: str, good: str, bad: str
+) -> None:
+    with pytest.raises(QuerySpecError) as caught:
+        compile_(query(filters={"and": [leaf("sex", "=", "F"), leaf(column, "in", [good, bad])]}))
+    assert caught.value.field == "filters.and[1].value[1]"
+    assert ("YYYY-MM-DD" if column == "admission_date" else "YYYY-MM-DDTHH:MM:SS") in str(caught.value)
+
+
+def test_the_documented_date_and_timestamp_forms_are_read() -> None:
+    zoned = DatasetColumn("seen_at", "timestamp[us, tz=UTC]")
+    utc = dt.UTC
+    assert python_value(DatasetColumn("day", "date32[day]"), "2018-01-01") == dt.date(2018, 1, 1)
+    assert python_value(zoned, "2018-01-01T00:00:00Z") == dt.datetime(2018, 1, 1, tzinfo=utc)
+    assert python_value(zoned, "2018-01-01T01:00:00.5+01:00") == dt.datetime(2018, 1, 1, 0, 0, 0, 500000, utc)
+    assert python_value(zoned, "9999-12-31T23:59:59.999999-00:00") == dt.datetime.max.replace(tzinfo=utc)
+    naive = DatasetColumn("visit_at", "timestamp[us]")
+    assert python_value(naive, "2018-01-01T08:00:00.123456") == dt.datetime(2018, 1, 1, 8, 0, 0, 123456)
+    for bad in ("2018-01-01T08:00:00Z", "2018-01-01 08:00:00", "20180101T080000"):
+        with pytest.raises(ValueError, match="without a UTC offset"):
+            python_value(naive, bad)
 
 
 SECRET_VALUES = ["Zq-SECRET-1", 987654.321, "1999-12-31", 4242, "DUO:0000045", "DUO:0000046"]

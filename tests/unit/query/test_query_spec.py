@@ -233,3 +233,56 @@ def test_an_or_of_values_is_its_in_and_two_bounds_are_their_between() -> None:
     # Conditions on other columns, or a strict bound, are other questions.
     assert _key({"or": [female, {"column": "bmi", "op": "=", "value": 20}]}) != _key(either)
     assert _key({"and": [{**low, "op": ">"}, high]}) != _key(between)
+
+
+def test_one_instant_spelled_with_any_offset_or_fraction_is_one_query() -> None:
+    # A zoned column compares instants, so each of these selects the rows `seen_at >= 2018-01-01T00:00Z` does.
+    instant = {"column": "seen_at", "op": ">=", "value": "2018-01-01T00:00:00+00:00"}
+    respelled = [
+        "2018-01-01T00:00:00Z", "2018-01-01T00:00:00-00:00", "2018-01-01T01:00:00+01:00",
+        "2017-12-31T19:00:00-05:00", "2018-01-01T00:00:00.0Z", "2018-01-01T05:30:00.000000+05:30",
+    ]  # fmt: skip
+    assert {_key({**instant, "value": v}) for v in respelled} == {_key(instant)}
+    hashes = {parse_query_spec(spec(filters={**instant, "value": v})).query_hash() for v in respelled}
+    assert hashes == {parse_query_spec(spec(filters=instant)).query_hash()}
+    # One instant twice in an `in` is one value; a `between` of one instant is its `=`.
+    twice = {"column": "seen_at", "op": "in", "value": ["2018-01-01T00:00:00Z", "2018-01-01T01:00:00+01:00"]}
+    one = {
+        "column": "seen_at",
+        "op": "between",
+        "value": ["2018-01-01T00:00:00Z", "2018-01-01T01:00:00+01:00"],
+    }
+    assert _key(twice) == _key(one) == _key({**instant, "op": "="})
+    # A timestamp without a zone: only its fraction of a second has other spellings.
+    naive = {"column": "visit_at", "op": "<", "value": "2020-01-01T08:00:00.500000"}
+    assert _key({**naive, "value": "2020-01-01T08:00:00.5"}) == _key(naive)
+    assert _key({**naive, "value": "2020-01-01T08:00:00.000"}) == _key(
+        {**naive, "value": "2020-01-01T08:00:00"}
+    )
+    # Other instants, and a wall time against an instant, stay apart.
+    assert len({_key(instant), _key({**instant, "value": "2018-01-01T00:00:00+01:00"}),
+                _key({**instant, "value": "2018-01-01T00:00:00"})}) == 3  # fmt: skip
+
+
+def test_a_hash_of_values_already_in_their_one_spelling_is_unchanged() -> None:
+    # Pinned from the hash before timestamps were reduced: the audit log and the identical-query counters
+    # hold such hashes, and a change would reset every stored count.
+    canonical = spec(
+        group_by=["sex"],
+        filters={
+            "and": [
+                {"column": "admission_date", "op": "between", "value": ["2018-01-01", "2019-12-31"]},
+                {"column": "seen_at", "op": "<", "value": "2021-01-01T00:00:00+00:00"},
+                {"column": "seen_at", "op": ">", "value": "2019-06-01T12:30:00.250000+00:00"},
+                {
+                    "column": "visit_at",
+                    "op": "in",
+                    "value": ["2020-01-01T08:00:00", "2020-01-02T08:00:00.500000"],
+                },
+                {"column": "sex", "op": "=", "value": "F"},
+            ]
+        },
+    )
+    parsed = parse_query_spec(canonical)
+    assert parsed.query_hash() == "ab442bc78ca5461eca3887f142cb5e9a97148f89bb561ea9090def3a43b0ab3f"
+    assert parsed.repeat_key(b"consent") == "24728b1d9808574fcc41bd5695331642a7875c2273794186ba166e04d27dc545"
