@@ -48,7 +48,7 @@ from gateway.query.execute import execute_together, together_key
 from gateway.refusal import Refusal
 from gateway.release import protect
 from gateway.runtime import SiteRuntime, recordable_name
-from gateway.state import StoredRequest, new_request, utc_now_text
+from gateway.state import Outcome, StoredRequest, new_request, utc_now_text
 from pseudonymize.disclosure import DisclosureError
 from pseudonymize.store import CatalogEntry
 
@@ -86,6 +86,18 @@ def _consent_bytes(consent: ConsentFilter) -> bytes:
 def sha256_label(hex_digest: str) -> str:
     """The audit log's digest form."""
     return f"sha256:{hex_digest}"
+
+
+COMPUTED_UNDER: Final = "obligations_digest"
+"""The member of a stored approved answer naming the obligations it was computed under
+(`obligations_digest`); kept at the site, never part of the answer that leaves."""
+
+
+def obligations_digest(obligations: Obligations) -> str:
+    """The digest of the RFC 8785 JSON of a decision's obligations: the consent filter (which depends on who
+    asks: their organisation, their country), the allowed columns, the thresholds and the DP terms that an
+    answer is computed under. Two decisions with other terms have other digests."""
+    return sha256_label(hashlib.sha256(rfc8785.dumps(obligations.model_dump(mode="json"))).hexdigest())
 
 
 class _RandomIds:
@@ -349,10 +361,15 @@ class QueryPipeline:
                 researcher, spec, entry, request_id, query_hash, approved=True, trail=trail
             )
             # Withdrawals from this moment on are not in the answer (the run reads them after it): a later
-            # collect refuses an answer any of them would change (`_still_current`).
+            # collect refuses an answer any of them would change (`_still_current`), as it refuses one whose
+            # obligations (the consent filter for who asks, thresholds, columns, DP) are not its own.
+            assert decision.obligations is not None
             computed_at = utc_now_text()
-            body = await self._hand_off(researcher, spec, entry, decision, request_id, query_hash, trail)
-            body = {**body, "computed_at": computed_at}
+            computed_under = obligations_digest(decision.obligations)
+            body = await self._hand_off(
+                researcher, spec, entry, decision, request_id, query_hash, trail, leaves=False
+            )
+            body = {**body, "computed_at": computed_at, COMPUTED_UNDER: computed_under}
         except Exception as exc:  # noqa: BLE001 - any failure must end as an audited refusal, never an answer
             refusal = exc if isinstance(exc, Refusal) else _internal_failure(exc)
             refusal.request_id = request_id
@@ -369,22 +386,28 @@ class QueryPipeline:
         except Exception as exc:  # noqa: BLE001 - the log must not keep a release nobody can collect
             await self._not_stored(exc, researcher, steward, stored.request_id, query_hash, stored.reasons)
         # The answer stays at the site for the researcher, who collects it under the policy then in force
-        # (`collect`); the steward who approved learns only that it was released.
+        # (`collect`); the steward who approved learns only that it was released. The summary counts it as
+        # released only when a collect lets it leave.
+        with contextlib.suppress(Exception):  # the approval is audited; the summary row is best effort
+            await self._outcome(researcher, spec, request_id, "approved", **_disclosed(body))
         return {"request_id": request_id, "status": "released", "reasons": []}
 
     async def collect(self, principal: Principal, request_id: str) -> dict[str, Any]:
         """A queued request's state, or its released answer for the researcher who asked.
 
         The answer leaves only if policy still allows it to the researcher as they are now (the steward's
-        approval was decided on the identity recorded when the query was queued) and the site's policy is
-        the one it was produced under (thresholds or DP terms may have tightened since). A refusal is
-        audited and the answer stays here; an answer that leaves is audited as released again."""
+        approval was decided on the identity recorded when the query was queued), the site's policy is the
+        one it was produced under (thresholds or DP terms may have tightened since), and so are the
+        obligations policy sets for the researcher now (`_still_current`). A refusal is audited and the
+        answer stays here; an answer that leaves is audited as released again. The steward's summary counts
+        the request as released when an answer leaves, refused when a collect is refused and none left
+        before."""
         stored = await asyncio.to_thread(self.rt.state.get_request, request_id)
         if stored is None or stored.subject != owner(principal):
             raise Refusal("not_found", "No such request", ["no request of that id is yours"])
         if stored.status != "released" or stored.result is None:
             return {"request_id": request_id, "status": stored.status, "reasons": stored.reasons}
-        result = stored.result
+        result = {k: v for k, v in stored.result.items() if k != COMPUTED_UNDER}
         trail: list[Queued] = []
         spec: QuerySpec | None = None
         try:
@@ -399,24 +422,34 @@ class QueryPipeline:
                 {"query_hash": sha256_label(stored.query_hash), "result_hash": result["result_hash"]},
                 principal=principal, request_id=request_id, after=trail,
             )  # fmt: skip
-        except Refusal as refusal:
+        except Exception as exc:  # any failure must end as an audited refusal, never an answer
+            refusal = exc if isinstance(exc, Refusal) else _internal_failure(exc)
             refusal.request_id = request_id
             await self._refused(refusal, principal, request_id, stored.query_hash)
-            raise
-        except Exception as exc:  # noqa: BLE001 - any failure must end as an audited refusal, never an answer
-            failure = _internal_failure(exc)
-            failure.request_id = request_id
-            await self._refused(failure, principal, request_id, stored.query_hash)
-            raise failure from None
+            with contextlib.suppress(Exception):  # the refusal is audited; the summary row is best effort
+                if spec is not None:  # a stored spec this version no longer reads has no summary row
+                    await self._outcome(
+                        principal, spec, request_id, "refused", stage=refusal.stage, replace_release=False
+                    )
+            if refusal is exc:
+                raise
+            raise refusal from None
+        with contextlib.suppress(Exception):  # the release is audited; the summary row is best effort
+            await self._outcome(principal, spec, request_id, "released", **_disclosed(result))
         return result
 
     async def _still_current(self, stored: StoredRequest, entry: CatalogEntry, decision: Decision) -> None:
         """Refuse an approved answer computed under a policy, a dataset version or a set of consents that
-        has changed since (a stricter threshold, DP terms or a withdrawal must not be bypassed by waiting)."""
-        assert stored.result is not None
+        has changed since (a stricter threshold, DP terms or a withdrawal must not be bypassed by waiting),
+        or under obligations other than those the policy now sets for who collects it: the consent filter
+        depends on the researcher's organisation and country, which may not be those they asked under. An
+        answer stored without its obligations' digest (kept since an earlier version) is refused too."""
+        assert stored.result is not None and decision.obligations is not None
         changed: list[str] = []
         if decision.bundle_digest != stored.result.get("policy", {}).get("bundle_digest"):
             changed.append("the site's policy changed after this answer was approved")
+        if stored.result.get(COMPUTED_UNDER) != obligations_digest(decision.obligations):
+            changed.append(TERMS_CHANGED)
         if entry.version != stored.result.get("dataset_version"):
             changed.append(f"dataset {entry.dataset} has a new version since this answer was computed")
         # Withdrawals recorded before the answer was computed are in it already; those since are not.
@@ -492,8 +525,12 @@ class QueryPipeline:
         request_id: str,
         query_hash: str,
         trail: list[Queued],
+        *,
+        leaves: bool = True,
     ) -> asyncio.Future[dict[str, Any]]:
-        """Queue the release for a pool thread: the future of its answer (or of its failure)."""
+        """Queue the release for a pool thread: the future of its answer (or of its failure). Without
+        `leaves`, the answer is kept at the site for a collect (an approved run) and the summary does not
+        count it as released here."""
         obligations = decision.obligations
         assert obligations is not None
         if obligations.dp is not None:
@@ -514,7 +551,7 @@ class QueryPipeline:
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[dict[str, Any]] = loop.create_future()
         job = _Release(self, principal, spec, entry, decision, obligations, request_id, query_hash, trail,
-                       loop, answer, together_hint(spec, entry.table_name))  # fmt: skip
+                       loop, answer, together_hint(spec, entry.table_name), leaves)  # fmt: skip
         self.rt.releases.submit(job, _release_together, self.rt.threads(), self.rt.settings.server.threads,
                                 short=self.rt.is_small(entry))  # fmt: skip
         return answer
@@ -616,28 +653,31 @@ class QueryPipeline:
             "query.released", released_entry, principal=principal, request_id=request_id, after=trail
         )
         # Should the commit fail, the refusal that follows records its outcome over this one (by request id).
-        self._record_outcome(
-            principal, spec, request_id, "released", cells=released.cells, suppressed=released.suppressed
-        )
+        if job.leaves:
+            self._record_outcome(
+                principal, spec, request_id, "released", cells=released.cells, suppressed=released.suppressed
+            )
         return body, committed
 
     async def _outcome(
-        self, principal: Principal, spec: QuerySpec, request_id: str,
-        outcome: Literal["refused", "pending_approval"], stage: str | None = None,
-    ) -> None:  # fmt: skip
-        """`_record_outcome` of a request that released nothing, off the event loop."""
-        await asyncio.to_thread(self._record_outcome, principal, spec, request_id, outcome, stage=stage)
+        self, principal: Principal, spec: QuerySpec, request_id: str, outcome: Outcome, **details: Any
+    ) -> None:
+        """`_record_outcome` off the event loop."""
+        await asyncio.to_thread(
+            functools.partial(self._record_outcome, principal, spec, request_id, outcome, **details)
+        )
 
     def _record_outcome(
         self,
         principal: Principal,
         spec: QuerySpec,
         request_id: str,
-        outcome: Literal["released", "refused", "pending_approval"],
+        outcome: Outcome,
         *,
         stage: str | None = None,
         cells: int | None = None,
         suppressed: int | None = None,
+        replace_release: bool = True,
     ) -> None:
         self.rt.state.record_outcome(
             request_id,
@@ -650,6 +690,7 @@ class QueryPipeline:
             stage=stage,
             cells=cells,
             suppressed=suppressed,
+            replace_release=replace_release,
         )
 
     async def _refused(
@@ -741,6 +782,8 @@ class _Release:
     answer: asyncio.Future[dict[str, Any]]
     together: Hashable | None
     """Releases with one hint may share a statement (gateway.query.compile.together_hint)."""
+    leaves: bool
+    """The answer goes to the caller (a submit), not kept at the site for a collect (an approved run)."""
 
     def end(self, body: dict[str, Any] | None, exc: BaseException | None) -> None:
         """Hand the request its answer or its failure, on its event loop (from any thread)."""
@@ -812,6 +855,13 @@ def _settle(answer: asyncio.Future[Any], value: Any, exc: BaseException | None) 
         answer.set_result(value)
 
 
+TERMS_CHANGED: Final = (
+    "the policy's terms for you now (consent scope, columns, thresholds or privacy) are not those this "
+    "answer was computed under"
+)
+"""Why a collect is refused whose answer was computed under other obligations (`_still_current`); it names
+no value, since the terms hold who may be counted."""
+
 CANCELLED: Final = "the request was cancelled before it ended"
 """The reason recorded for a request whose caller stopped waiting before it was decided."""
 
@@ -865,6 +915,12 @@ def decision_input(principal: Principal, spec: Decidable, entry: CatalogEntry) -
         destination=Destination(country=spec.destination or principal.country),
         now=datetime.now(UTC),
     )
+
+
+def _disclosed(answer: dict[str, Any]) -> dict[str, int | None]:
+    """What disclosure control reported for a kept answer, as its summary row records it."""
+    report = answer.get("disclosure") or {}
+    return {"cells": report.get("cells"), "suppressed": report.get("suppressed")}
 
 
 def _pending_body(request_id: str, decision: Decision) -> dict[str, Any]:

@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 
 RequestStatus = Literal["pending_approval", "deciding", "released", "refused", "rejected"]
 
+Outcome = Literal["released", "refused", "pending_approval", "approved"]
+"""How a request stands in the steward's activity summary: its answer `released` (it left the site),
+`refused` (at some stage), `pending_approval` (waiting for a steward), or `approved` (a steward approved it
+and its answer waits at the site for the researcher to collect it)."""
+
 metadata = sa.MetaData()
 
 query_counts = sa.Table(
@@ -92,6 +97,8 @@ _OUTCOME_UPSERT = (
     f"INSERT INTO {outcomes.name} ({', '.join(_OUTCOME_COLUMNS)}) VALUES {{rows}} ON CONFLICT (request_id) "
     "DO UPDATE SET " + ", ".join(f"{n} = excluded.{n}" for n in _OUTCOME_COLUMNS if n != "request_id")
 )
+# The same upsert where a release already stored stands (`record_outcome`'s `replace_release`).
+_OUTCOME_UPSERT_UNLESS_RELEASED = _OUTCOME_UPSERT + f" WHERE {outcomes.name}.outcome <> 'released'"
 
 withdrawals = sa.Table(
     "withdrawals",
@@ -244,9 +251,10 @@ class GatewayState:
         # neither rebuilds nor re-keys a statement per request.
         insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
         ended = insert(outcomes)
-        self._record_outcome = ended.on_conflict_do_update(
-            index_elements=["request_id"],
-            set_={c.name: ended.excluded[c.name] for c in outcomes.c if c.name != "request_id"},
+        replaced = {c.name: ended.excluded[c.name] for c in outcomes.c if c.name != "request_id"}
+        self._record_outcome = ended.on_conflict_do_update(index_elements=["request_id"], set_=replaced)
+        self._record_outcome_unless_released = ended.on_conflict_do_update(
+            index_elements=["request_id"], set_=replaced, where=outcomes.c.outcome != "released"
         )
         dialect = self._engine.dialect
         counted = insert(query_counts).values(
@@ -275,7 +283,7 @@ class GatewayState:
             dialect,
         )
         # Outcomes are written behind the requests, in batches, by one thread (started on first use).
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[_PendingOutcome] = []
         self._pending_changed = threading.Condition()
         self._flushing = threading.Lock()
         self._writer: threading.Thread | None = None
@@ -382,13 +390,16 @@ class GatewayState:
         agreement: str,
         dataset: str,
         kind: str,
-        outcome: Literal["released", "refused", "pending_approval"],
+        outcome: Outcome,
         stage: str | None = None,
         cells: int | None = None,
         suppressed: int | None = None,
+        replace_release: bool = True,
     ) -> None:
         """Remember how a request ended, for the steward's activity summary (upserts by request id; the
-        later of two outcomes of one request wins).
+        later of two outcomes of one request wins). Without `replace_release`, a release of the request
+        already recorded stands: an approved answer that left the site once stays released whatever a
+        later collect of it meets.
 
         Written behind, within about 50 ms, in batches with other requests' outcomes by one thread of
         this process: a query does not wait for this write. The summary is operational; what happened is
@@ -401,7 +412,7 @@ class GatewayState:
         with self._pending_changed:
             if self._closed:
                 raise RuntimeError("the gateway state is closed")
-            self._pending.append(row)
+            self._pending.append(_PendingOutcome(row, replace_release))
             if self._writer is None:
                 self._writer = threading.Thread(
                     target=self._write_outcomes, name="state-outcomes", daemon=True
@@ -419,12 +430,18 @@ class GatewayState:
                 rows, self._pending = self._pending, []
             if not rows:
                 return
+            plain, unless_released = _latest_outcomes(rows)
             try:
                 if self._counting is not None:
-                    self._store_outcomes(self._counting.connection(), rows)
+                    file = self._counting.connection()
+                    self._store_outcomes(file, plain, _OUTCOME_UPSERT)
+                    self._store_outcomes(file, unless_released, _OUTCOME_UPSERT_UNLESS_RELEASED)
                 else:
                     with self._writing() as conn:
-                        conn.execute(self._record_outcome, rows)
+                        if plain:
+                            conn.execute(self._record_outcome, plain)
+                        if unless_released:
+                            conn.execute(self._record_outcome_unless_released, unless_released)
             except Exception as exc:
                 # Keep them for the next attempt, the newest first should the database stay unavailable.
                 with self._pending_changed:
@@ -433,7 +450,7 @@ class GatewayState:
                 raise exc from None
 
     @staticmethod
-    def _store_outcomes(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
+    def _store_outcomes(conn: sqlite3.Connection, rows: list[dict[str, Any]], upsert: str) -> None:
         """Upsert outcomes into a SQLite file as statements of many rows, each committed by the one call
         that runs it (autocommit): SQLite's write lock is held only while SQLite works, never while this
         thread waits for the GIL, so every worker's query counts (`start_query`) meet it only for that
@@ -441,12 +458,10 @@ class GatewayState:
 
         The text is the upsert `_record_outcome` runs on other databases, spelled here once from the table's
         columns: SQLAlchemy's compile of a multi-row upsert took 1.8 ms for twelve rows, a few per cent of a
-        worker's core at 20 batches a second."""
-        latest = {row["request_id"]: row for row in rows}  # the later of two outcomes of one request wins
-        ordered = list(latest.values())
-        for start in range(0, len(ordered), _OUTCOMES_PER_STATEMENT):
-            chunk = ordered[start : start + _OUTCOMES_PER_STATEMENT]
-            sql = _OUTCOME_UPSERT.format(rows=", ".join([_OUTCOME_ROW] * len(chunk)))
+        worker's core at 20 batches a second. `rows` hold one outcome per request (`_latest_outcomes`)."""
+        for start in range(0, len(rows), _OUTCOMES_PER_STATEMENT):
+            chunk = rows[start : start + _OUTCOMES_PER_STATEMENT]
+            sql = upsert.format(rows=", ".join([_OUTCOME_ROW] * len(chunk)))
             conn.execute(sql, [row[n] for row in chunk for n in _OUTCOME_COLUMNS])
 
     def _write_outcomes(self) -> None:
@@ -657,6 +672,30 @@ class GatewayState:
                 .values(status="pending_approval", decided_by=None, updated_at=utc_now_text())
             )
         return int(done.rowcount or 0)
+
+
+@dataclass(frozen=True)
+class _PendingOutcome:
+    """An outcome waiting for the background writer (`GatewayState.record_outcome`)."""
+
+    row: dict[str, Any]
+    replace_release: bool
+
+
+def _latest_outcomes(
+    pending: list[_PendingOutcome],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows to store of a batch, one per request, the later of two outcomes winning unless it leaves a
+    release standing: those that replace whatever is stored, and those that replace all but a release."""
+    latest: dict[str, _PendingOutcome] = {}
+    for outcome in pending:
+        held = latest.get(outcome.row["request_id"])
+        if held is not None and held.row["outcome"] == "released" and not outcome.replace_release:
+            continue
+        latest[outcome.row["request_id"]] = outcome
+    plain = [o.row for o in latest.values() if o.replace_release]
+    unless_released = [o.row for o in latest.values() if not o.replace_release]
+    return plain, unless_released
 
 
 def new_request(

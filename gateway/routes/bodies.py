@@ -156,7 +156,10 @@ class ActivityGroup(_Body):
     agreement: str
     dataset: str
     kind: str
-    outcome: str = Field(description="`released`, `refused` or `pending_approval`")
+    outcome: str = Field(
+        description="`released` (the answer left the site), `refused`, `pending_approval` (waiting for a "
+        "steward) or `approved` (a steward approved it; its answer waits at the site for the researcher)"
+    )
     requests: int
     suppressed_cells: int
 
