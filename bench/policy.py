@@ -73,6 +73,7 @@ def _write_data(folder: Path, rng: random.Random) -> list[dict[str, Any]]:
             "datasets": datasets,
             "query_kinds": ["count", "crosstab", "summary", "histogram", "glm", "kaplan_meier"],
             "approval_kinds": ["glm"],
+            "ethics_approvals": ["EC-2026-077"],
             "not_before": "2026-01-01",
             "not_after": "2027-12-31",
             "thresholds": {

@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -38,6 +39,10 @@ MAX_ANCESTRY = 250_000
 itself and every ancestor): the bundle stores that table and the policies evaluate tables over it at load,
 so it bounds what one document costs to load, whatever the shape of its hierarchy."""
 
+MAX_ETHICS_APPROVALS = 1_000
+"""The most ethics approval ids one agreement may list: the approvals of its projects, each verified by a
+steward; the policies test a purpose's id against the list on every request that needs one."""
+
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 
@@ -58,9 +63,22 @@ def _iso_date(value: str) -> str:
     return value
 
 
+def _absolute_url(value: str) -> str:
+    # What the gateway requires of a visa's source (gateway.auth.visas), so that a visa can match it.
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        parts = None
+    if parts is None or not parts.scheme or not parts.netloc or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not an absolute URL")
+    return value
+
+
 Country = Annotated[str, AfterValidator(_country)]
 IsoDate = Annotated[str, AfterValidator(_iso_date)]
 Text = Annotated[str, Field(min_length=1)]
+# As long as the policy input's names (gateway.decision.models.Name): a longer one could never match.
+InputName = Annotated[str, Field(min_length=1, max_length=256)]
 # RFC 8785, which the bundle digest is computed with, takes integers up to 2**53 - 1, and no infinity or NaN
 # (which Python's JSON reader accepts as `Infinity` and `NaN`).
 Count = Annotated[int, Field(ge=1, le=SAFE_INT, strict=True)]
@@ -182,9 +200,17 @@ class ContractualClauses(_Strict):
     countries: list[Country] = Field(min_length=1)
 
 
+AssertedBy = Literal["self", "peer", "system", "so", "dac"]
+"""Who asserted a visa, as the GA4GH Passport specification spells its `by`."""
+
+
 class RequiredVisa(_Strict):
-    type: Text
-    value: Text
+    type: InputName
+    value: InputName
+    # The policies read `by` with the default ["dac"]; a null would accept no visa at all.
+    by: list[AssertedBy] = Field(default=["dac"], min_length=1)
+    # null and absent alike: any source (the policies read it with object.get(..., null)).
+    source: Annotated[InputName, AfterValidator(_absolute_url)] | None = None
 
 
 class Agreement(_Strict):
@@ -206,6 +232,8 @@ class Agreement(_Strict):
     export_licences: list[Text] = []
     # The policies test `_dsa.visa` itself, so a null would ask for a visa no requester can hold.
     visa: Annotated[RequiredVisa | None, _not_null("omit the key when no visa is required")] = None
+    # The ethics approvals a steward verified for the agreement's projects: only these satisfy DUO:0000021.
+    ethics_approvals: list[InputName] = Field(default=[], max_length=MAX_ETHICS_APPROVALS)
     suspended: StrictBool = False
 
 
@@ -371,6 +399,8 @@ def _check_export(path: Path, export: ExportControl) -> None:
             )
 
 
+DISEASE_SPECIFIC = "DUO:0000007"
+
 _AGREEMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 """The query spec's AgreementId (gateway.query.spec)."""
 
@@ -406,6 +436,17 @@ def _check_agreement(path: Path, dsa_id: str, dsa: Agreement, parsed: Mapping[st
     for i, disease in enumerate(dsa.diseases):
         if disease not in duo.diseases:
             raise fail(f"diseases.{i}", f"{disease!r} is not a disease term in duo.json")
+    if DISEASE_SPECIFIC in dsa.purposes and not dsa.diseases:
+        raise fail(
+            "diseases",
+            f"disease-specific research ({DISEASE_SPECIFIC}) is one of the purposes, so the agreement must "
+            "list the diseases it covers",
+        )
+    if dsa.visa is not None and dsa.visa.type == "ControlledAccessGrants" and "self" in dsa.visa.by:
+        raise fail(
+            f"visa.by.{dsa.visa.by.index('self')}",
+            "'self' is never accepted for ControlledAccessGrants: researchers cannot grant themselves access",
+        )
     for i, kind in enumerate(dsa.query_kinds):
         if kind not in site.query_kinds:
             raise fail(f"query_kinds.{i}", f"{kind!r} is not an analysis kind this site offers")

@@ -19,11 +19,11 @@ from pathlib import Path
 #: SHA-256 of the source of each shipped policy module
 VERIFIED_MODULES = frozenset(
     {
-        "aed1c51d83bc5dede329e142bc9fd6e1f9f7fa600c667e471f06c1f42a5cf5f1",  # agreement/agreement.rego
-        "7db604882cd4b018def6f7cf988d04c41de8c75e08df0e1af15c8e0a94602f67",  # consent/consent.rego
-        "5d8bd81ae3763216393b898dd182b193b9f07dc5368f64d10aa048b996ff1320",  # decision/decision.rego
-        "13dff08579a7cb34a3491f6e3a88189abb2c894fb68d4348fd26f98995dd3618",  # lib/lib.rego
-        "51004b419c9e81b9ca524f2a0a1a289b505e3124e84900fc9dc16f827edfda18",  # transfer/transfer.rego
+        "150614c2c929fa237ed50794b6e6b48e890d0a7c5d0938b41d5a0a5c9acb03ca",  # agreement/agreement.rego
+        "ce258209534d6d936bec173469912cb7681fa8c0b6c4c75e797a5bdcc32d1bda",  # consent/consent.rego
+        "884c5481ca11476fd8701aa1ca1a66805f48b48bced463642cf523f00a10832a",  # decision/decision.rego
+        "d8db04103765e7b35b35999182d18005277c6b360593ccb3fc0c2e55f206a516",  # lib/lib.rego
+        "1431dcd2b14471c1da7f82209ff15bdf53f02d4b77f7e33cac5be586acd15d46",  # transfer/transfer.rego
     }
 )
 

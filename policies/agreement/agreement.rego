@@ -46,21 +46,49 @@ deny contains msg if {
 # The agreement must permit every purpose code of the request.
 # The agreement's purposes are permission codes (the loader checks), so apart from disease-specific research
 # a table answers: for every agreement, the purpose codes one of its purposes covers (agreement_purposes,
-# which the bundle loader derives once); lib.permits decides the disease terms.
+# which the bundle loader derives once). Which diseases, the clause after this one decides.
 deny contains msg if {
 	_dsa
 	_permitted_purposes[input.dsa] # a lookup is checked before it is assigned: see lib.rego
 	permitted := _permitted_purposes[input.dsa]
 	some p in data.fedgate.lib.purpose_codes
 	not permitted[p]
-	not _permits_disease(p)
+	not _permits_disease_specific(p)
 	msg := sprintf("%s does not permit the purpose %s", [input.dsa, lib.duo_label(p)])
 }
 
-_permits_disease(p) if {
+_permits_disease_specific(p) if {
 	"DUO:0000007" in _dsa.purposes
-	lib.permits("DUO:0000007", object.get(_dsa, "diseases", []), p, object.get(input, ["purpose", "disease"], null))
+	"DUO:0000007" in data.fedgate.lib.duo_ancestors[p]
 }
+
+# An agreement that lists diseases limits every purpose to them, whatever its purposes: the purpose must name
+# a disease at or below one of them. One for disease-specific research must list some (the loader checks);
+# without them it permits no disease. The purpose's disease is the researcher's text: no reason repeats it.
+deny contains msg if {
+	_disease_limited
+	not _disease_listed
+	msg := sprintf(
+		"%s limits research to the diseases it lists (%s), and the purpose names none of them nor a disease below one",
+		[input.dsa, _listed_diseases],
+	)
+}
+
+_disease_limited if count(object.get(_dsa, "diseases", [])) > 0
+
+_disease_limited if "DUO:0000007" in _dsa.purposes
+
+_disease_listed if {
+	disease := object.get(input, ["purpose", "disease"], null)
+	is_string(disease)
+	data.fedgate.lib.disease_ancestors[disease] # a lookup is checked before it is assigned: see lib.rego
+	some d in _dsa.diseases
+	d in data.fedgate.lib.disease_ancestors[disease]
+}
+
+_listed_diseases := concat(", ", sort(_dsa.diseases)) if count(object.get(_dsa, "diseases", [])) > 0
+
+else := "none"
 
 _permitted_purposes := _data.derived.agreement_purposes if _data.derived.agreement_purposes
 
@@ -126,17 +154,51 @@ deny contains msg if {
 	msg := sprintf("%s does not allow %v queries", [input.dsa, input.query.kind])
 }
 
+# A required visa is held when one of the requester's visas has its type and value, was asserted by one of
+# the parties the agreement accepts (`by`; a data access committee unless it names others, and never the
+# researcher for a ControlledAccessGrants visa) and, when the agreement names a `source`, by the
+# organisation at that URL (without a trailing slash, as issuers compare). The gateway passes only visas
+# it verified, with the `source` and `by` of their ga4gh_visa_v1 object (gateway.auth.visas).
 _has_visa(required) if {
 	some visa in input.requester.visas
 	visa.type == required.type
 	visa.value == required.value
+	by := object.get(visa, "by", null)
+	by in _accepted_by(required)
+	not _self_granted(visa.type, by)
+	_from_source(required, visa)
 }
+
+_accepted_by(required) := object.get(required, "by", ["dac"])
+
+_self_granted(type, by) if {
+	type == "ControlledAccessGrants"
+	by == "self"
+}
+
+_from_source(required, _) if object.get(required, "source", null) == null
+
+_from_source(required, visa) if {
+	wanted := object.get(required, "source", null)
+	is_string(wanted)
+	source := object.get(visa, "source", null)
+	is_string(source)
+	trim_right(source, "/") == trim_right(wanted, "/")
+}
+
+_visa_source(required) := sprintf(" at %s", [source]) if {
+	source := object.get(required, "source", null)
+	is_string(source)
+} else := ""
 
 deny contains msg if {
 	_dsa.visa
 	required := _dsa.visa
 	not _has_visa(required)
-	msg := sprintf("%s requires a %s visa for %s", [input.dsa, required.type, required.value])
+	msg := sprintf(
+		"%s requires a %s visa for %s asserted by %s%s",
+		[input.dsa, required.type, required.value, concat(" or ", _accepted_by(required)), _visa_source(required)],
+	)
 }
 
 needs_approval contains msg if {

@@ -65,10 +65,43 @@ test_allow_narrower_purpose_than_dsa_permits if {
 	count(_deny(req, fx.policy_data)) == 0
 }
 
+_limited_to_breast_cancer := "DSA-T-1 limits research to the diseases it lists (MONDO:0007254), and the purpose names none of them nor a disease below one"
+
 test_deny_disease_outside_disease_specific_dsa if {
 	d := fx.dsa_with({"purposes": ["DUO:0000007"], "diseases": ["MONDO:0007254"]})
 	req := fx.request_with({"purpose": {"duo": ["DUO:0000007"], "disease": "MONDO:0005148"}})
-	_denied(req, d, "does not permit the purpose DUO:0000007")
+	_deny(req, d) == {_limited_to_breast_cancer}
+}
+
+# The agreement's diseases limit the purpose's disease whatever the agreement's purposes.
+test_deny_disease_outside_the_diseases_of_a_health_research_dsa if {
+	d := fx.dsa_with({"diseases": ["MONDO:0007254"]})
+	req := fx.request_with({"purpose": {"duo": ["DUO:0000007"], "disease": "MONDO:0005148"}})
+	_deny(req, d) == {_limited_to_breast_cancer}
+}
+
+test_deny_purpose_naming_no_disease_under_a_dsa_that_lists_diseases if {
+	d := fx.dsa_with({"diseases": ["MONDO:0007254"]})
+	_deny(fx.request, d) == {_limited_to_breast_cancer}
+}
+
+test_allow_disease_below_the_diseases_of_a_health_research_dsa if {
+	d := fx.dsa_with({"diseases": ["MONDO:0005015"]})
+	req := fx.request_with({"purpose": {"duo": ["DUO:0000006"], "disease": "MONDO:0005148"}})
+	count(_deny(req, d)) == 0
+}
+
+test_deny_disease_term_the_site_does_not_know_under_a_dsa_that_lists_diseases if {
+	d := fx.dsa_with({"diseases": ["MONDO:0007254"]})
+	req := fx.request_with({"purpose": {"duo": ["DUO:0000007"], "disease": "breast cancer, roughly"}})
+	_deny(req, d) == {_limited_to_breast_cancer}
+}
+
+# The loader refuses such an agreement; should one reach the policies, it permits no disease.
+test_deny_disease_specific_dsa_that_lists_no_diseases if {
+	d := fx.dsa_with({"purposes": ["DUO:0000007"], "diseases": []})
+	req := fx.request_with({"purpose": {"duo": ["DUO:0000007"], "disease": "MONDO:0005148"}})
+	"DSA-T-1 limits research to the diseases it lists (none), and the purpose names none of them nor a disease below one" in _deny(req, d)
 }
 
 test_allow_disease_inside_disease_specific_dsa if {
@@ -151,15 +184,62 @@ test_no_approval_for_other_kinds if {
 	count(_approval(fx.request_with({"query": {"kind": "summary"}}), fx.policy_data)) == 0
 }
 
+_grant_required := fx.dsa_with({"visa": {"type": "ControlledAccessGrants", "value": "https://ega.example/DSA-T-1"}})
+
+_grant_from_dac := fx.dsa_with({"visa": {
+	"type": "ControlledAccessGrants", "value": "https://ega.example/DSA-T-1",
+	"by": ["dac"], "source": "https://dac.ega.example",
+}})
+
+_grant(fields) := object.union({"type": "ControlledAccessGrants", "value": "https://ega.example/DSA-T-1", "source": "https://dac.ega.example/", "by": "dac"}, fields)
+
+_with_visas(visas) := fx.request_with({"requester": {"visas": visas}})
+
 test_deny_without_required_visa if {
-	d := fx.dsa_with({"visa": {"type": "ControlledAccessGrants", "value": "https://ega.example/DSA-T-1"}})
-	"DSA-T-1 requires a ControlledAccessGrants visa for https://ega.example/DSA-T-1" in _deny(fx.request, d)
+	"DSA-T-1 requires a ControlledAccessGrants visa for https://ega.example/DSA-T-1 asserted by dac" in _deny(fx.request, _grant_required)
 }
 
 test_allow_with_required_visa if {
-	d := fx.dsa_with({"visa": {"type": "ControlledAccessGrants", "value": "https://ega.example/DSA-T-1"}})
-	req := fx.request_with({"requester": {"visas": [{"type": "ControlledAccessGrants", "value": "https://ega.example/DSA-T-1"}]}})
+	count(_deny(_with_visas([_grant({})]), _grant_required)) == 0
+}
+
+# A researcher cannot grant themselves access: by "self" never counts for ControlledAccessGrants.
+test_deny_self_asserted_controlled_access_grant if {
+	_denied(_with_visas([_grant({"by": "self"})]), _grant_required, "requires a ControlledAccessGrants visa")
+}
+
+test_deny_self_asserted_controlled_access_grant_even_when_the_agreement_accepts_self if {
+	d := fx.dsa_with({"visa": {"type": "ControlledAccessGrants", "value": "https://ega.example/DSA-T-1", "by": ["self", "dac"]}})
+	_denied(_with_visas([_grant({"by": "self"})]), d, "requires a ControlledAccessGrants visa")
+}
+
+test_deny_visa_that_names_no_asserter if {
+	visa := json.remove(_grant({}), ["by"])
+	_denied(_with_visas([visa]), _grant_required, "requires a ControlledAccessGrants visa")
+}
+
+test_deny_visa_asserted_by_a_party_the_agreement_does_not_accept if {
+	_denied(_with_visas([_grant({"by": "peer"})]), _grant_required, "requires a ControlledAccessGrants visa")
+}
+
+test_allow_visa_asserted_by_a_party_the_agreement_names if {
+	d := fx.dsa_with({"visa": {"type": "AffiliationAndRole", "value": "faculty@uni.example", "by": ["so", "system"]}})
+	req := _with_visas([_grant({"type": "AffiliationAndRole", "value": "faculty@uni.example", "by": "so"})])
 	count(_deny(req, d)) == 0
+}
+
+test_allow_visa_from_the_named_source if {
+	count(_deny(_with_visas([_grant({})]), _grant_from_dac)) == 0
+}
+
+test_deny_visa_from_another_source if {
+	req := _with_visas([_grant({"source": "https://other-dac.example"})])
+	"DSA-T-1 requires a ControlledAccessGrants visa for https://ega.example/DSA-T-1 asserted by dac at https://dac.ega.example" in _deny(req, _grant_from_dac)
+}
+
+test_deny_visa_without_source_when_the_agreement_names_one if {
+	visa := json.remove(_grant({}), ["source"])
+	_denied(_with_visas([visa]), _grant_from_dac, "requires a ControlledAccessGrants visa")
 }
 
 # --- thresholds ------------------------------------------------------------------------------------------

@@ -10,14 +10,14 @@ import input.dataset
 # Policy data is read through this one rule: see lib.rego on what a reference into data costs.
 _data := data.fedgate_data
 
-# DUO modifiers checked against the request from this table, and what each demands. GS, MOR and TS have
-# their own rules (they carry an area or a date). Any other modifier denies (dataset) or excludes the
-# patient (patient consent): a restriction the policy cannot check must not be ignored.
+# DUO modifiers checked against the request from this table, and what each demands. IRB, GS, MOR and TS
+# have their own rules (a steward may verify an approval; the others carry an area or a date). Any other
+# modifier denies (dataset) or excludes the patient (patient consent): a restriction the policy cannot check
+# must not be ignored.
 _demands := {
 	"DUO:0000045": "is for not-for-profit organisations only (DUO:0000045) and the requester's organisation is not registered as one",
 	"DUO:0000046": "is for non-commercial use only (DUO:0000046) and the agreement does not exclude commercial use",
 	"DUO:0000018": "is for not-for-profit, non-commercial use only (DUO:0000018)",
-	"DUO:0000021": "requires ethics approval (DUO:0000021) and the purpose carries no approval id",
 	"DUO:0000020": "requires collaboration with the data holder (DUO:0000020) and the agreement names none",
 	"DUO:0000029": "requires return of results (DUO:0000029) and the agreement does not provide for it",
 	"DUO:0000044": "prohibits population origins or ancestry research (DUO:0000044)",
@@ -43,13 +43,18 @@ satisfied contains "DUO:0000018" if {
 	_non_commercial
 }
 
+# Ethics approval counts only when the agreement lists the purpose's approval id: the researcher types the
+# id, the steward records the approvals verified for the agreement (`ethics_approvals`).
 satisfied contains "DUO:0000021" if {
-	approval_id := object.get(input.purpose, "ethics_approval_id", null)
-	is_string(approval_id)
-	approval_id != ""
+	_ethics_approval_id
+	_ethics_approval_id in object.get(_data.agreements, [input.dsa, "ethics_approvals"], [])
 }
 
-satisfied contains "DUO:0000022" if count({input.requester.country, input.destination.country} - _geographic_area) == 0
+# The geographic area must hold every country the answer reaches, the organisation's registered one too.
+satisfied contains "DUO:0000022" if {
+	data.fedgate.lib.organisation_country # undefined for an unknown organisation: then nothing satisfies
+	count({input.requester.country, input.destination.country, data.fedgate.lib.organisation_country} - _geographic_area) == 0
+}
 
 satisfied contains "DUO:0000020" if object.get(_data.agreements, [input.dsa, "collaboration"], false) == true
 
@@ -57,6 +62,12 @@ satisfied contains "DUO:0000029" if object.get(_data.agreements, [input.dsa, "re
 
 satisfied contains "DUO:0000044" if {
 	count({p | some p in data.fedgate.lib.purpose_codes; "DUO:0000011" in data.fedgate.lib.covering_permissions[p]}) == 0
+}
+
+_ethics_approval_id := approval_id if {
+	approval_id := object.get(input, ["purpose", "ethics_approval_id"], null)
+	is_string(approval_id)
+	approval_id != ""
 }
 
 _non_profit if object.get(_data.organisations, [input.requester.org, "non_profit"], false) == true
@@ -118,7 +129,7 @@ deny contains msg if {
 	some c in dataset_codes
 	_data.duo.terms[c].kind == "modifier"
 	not _demands[c]
-	not c in {"DUO:0000022", "DUO:0000024", "DUO:0000025"}
+	not c in {"DUO:0000021", "DUO:0000022", "DUO:0000024", "DUO:0000025"}
 	msg := sprintf("dataset %s carries the DUO modifier %s, which this site's policy cannot check", [dataset.id, lib.duo_label(c)])
 }
 
@@ -128,6 +139,29 @@ deny contains msg if {
 	demand := _demands[c]
 	not c in satisfied
 	msg := sprintf("dataset %s %s", [dataset.id, demand])
+}
+
+# Ethics approval (DUO:0000021): no approval id denies; an id the agreement does not list (or an agreement
+# that lists none) waits for a steward, who sees the id in the queued request and verifies it. The id is the
+# researcher's text, so no reason repeats it.
+deny contains msg if {
+	"DUO:0000021" in dataset_codes
+	not _ethics_approval_id
+	msg := sprintf("dataset %s requires ethics approval (DUO:0000021) and the purpose carries no approval id", [dataset.id])
+}
+
+needs_approval contains msg if {
+	"DUO:0000021" in dataset_codes
+	_ethics_approval_unverified
+	msg := sprintf(
+		"dataset %s requires ethics approval (DUO:0000021) and %s does not list the purpose's approval id: a steward must verify it",
+		[dataset.id, input.dsa],
+	)
+}
+
+_ethics_approval_unverified if {
+	_ethics_approval_id
+	not "DUO:0000021" in satisfied
 }
 
 deny contains msg if {
@@ -175,11 +209,20 @@ else := {c | some c, term in _data.duo.terms; term.kind == "permission"}
 # Per-patient disease terms are not stored, so a patient's disease-specific consent never matches a purpose:
 # a patient needs one of the purpose's covering permissions other than DUO:0000007 (lib.covering_permissions).
 # A patient stays in the query when not withdrawn, holding one code of every group in require_any_of, and
-# holding no code outside allowed_codes (unknown and unmet restrictions exclude).
+# holding no code outside allowed_codes (unknown and unmet restrictions exclude). Patients who require ethics
+# approval take part under an approval id a steward verifies only when the dataset requires it too, which
+# makes the decision needs_approval: the filter takes effect once the steward has approved.
 consent_filter := {
 	"withdrawn_column": object.get(_data.site, ["patient_consent", "withdrawn_column"], "consent_withdrawn"),
 	"consent_column": object.get(_data.site, ["patient_consent", "consent_column"], "consent_duo"),
 	"separator": " ",
 	"require_any_of": [object.get(data.fedgate.lib.covering_permissions, p, []) | some p in sort(data.fedgate.lib.purpose_codes)],
-	"allowed_codes": sort(_permission_codes | satisfied),
+	"allowed_codes": sort((_permission_codes | satisfied) | _pending_codes),
 }
+
+_pending_codes := {"DUO:0000021"} if {
+	"DUO:0000021" in dataset_codes
+	_ethics_approval_unverified
+}
+
+else := set()

@@ -20,6 +20,14 @@ _filter(req, d) := f if {
 	f := consent.consent_filter with input as req with data.fedgate_data as d
 }
 
+_approval(req, d) := reasons if {
+	reasons := consent.needs_approval with input as req with data.fedgate_data as d
+}
+
+_ethics_dataset_with_id(id) := object.union(_dataset(["DUO:0000042", "DUO:0000021"]), {"purpose": {"ethics_approval_id": id}})
+
+_unlisted_ethics_approval := "dataset ds-1 requires ethics approval (DUO:0000021) and DSA-T-1 does not list the purpose's approval id: a steward must verify it"
+
 # --- dataset consent against the purpose -----------------------------------------------------------------
 
 test_allow_when_general_research_consent_covers_medical_purpose if {
@@ -103,8 +111,37 @@ test_allow_npuncu_dataset_for_non_profit_non_commercial_use if {
 	count(_deny(_dataset(["DUO:0000042", "DUO:0000018"]), fx.policy_data)) == 0
 }
 
-test_allow_ethics_dataset_with_approval_id if {
+test_allow_ethics_dataset_with_approval_id_the_agreement_lists if {
 	count(_deny(_dataset(["DUO:0000042", "DUO:0000021"]), fx.policy_data)) == 0
+	count(_approval(_dataset(["DUO:0000042", "DUO:0000021"]), fx.policy_data)) == 0
+}
+
+# The researcher types the id: only an approval the agreement lists counts; any other waits for a steward.
+test_ethics_approval_id_the_agreement_does_not_list_needs_approval if {
+	req := _ethics_dataset_with_id("EC-2026-999")
+	count(_deny(req, fx.policy_data)) == 0
+	_approval(req, fx.policy_data) == {_unlisted_ethics_approval}
+	not "DUO:0000021" in consent.satisfied with input as req with data.fedgate_data as fx.policy_data
+}
+
+test_ethics_approval_id_under_agreement_listing_none_needs_approval if {
+	req := _ethics_dataset_with_id("EC-2026-1")
+	d := json.patch(fx.policy_data, [{"op": "remove", "path": "/agreements/DSA-T-1/ethics_approvals"}])
+	_approval(req, d) == {_unlisted_ethics_approval}
+	_approval(req, fx.dsa_with({"ethics_approvals": []})) == {_unlisted_ethics_approval}
+}
+
+test_ethics_approval_listed_under_another_agreement_does_not_count if {
+	other := object.union(fx.policy_data.agreements["DSA-T-1"], {"ethics_approvals": ["EC-2026-7"]})
+	d := fx.data_with({"agreements": {"DSA-T-2": other}})
+	_approval(_ethics_dataset_with_id("EC-2026-7"), d) == {_unlisted_ethics_approval}
+}
+
+test_ethics_approval_reasons_never_repeat_the_id if {
+	req := _ethics_dataset_with_id("EC-SECRET-42")
+	every reason in _approval(req, fx.policy_data) {
+		not contains(reason, "EC-SECRET-42")
+	}
 }
 
 test_deny_ethics_dataset_without_approval_id if {
@@ -113,8 +150,19 @@ test_deny_ethics_dataset_without_approval_id if {
 }
 
 test_allow_geographic_restriction_within_site_jurisdiction if {
-	req := object.union(_dataset(["DUO:0000042", "DUO:0000022"]), {"requester": {"country": "DE"}, "destination": {"country": "DE"}})
+	req := object.union(_dataset(["DUO:0000042", "DUO:0000022"]), {"requester": {"org": "org-a", "country": "DE"}, "destination": {"country": "DE"}})
 	count(_deny(req, fx.policy_data)) == 0
+}
+
+# The answer reaches the organisation where it is registered, whatever country the token claims.
+test_deny_geographic_restriction_outside_organisations_country if {
+	req := object.union(_dataset(["DUO:0000042", "DUO:0000022"]), {"requester": {"org": "org-b", "country": "DE"}, "destination": {"country": "DE"}})
+	"dataset ds-1 may be used only in DE (DUO:0000022)" in _deny(req, fx.policy_data)
+}
+
+test_deny_geographic_restriction_for_unknown_organisation if {
+	req := object.union(_dataset(["DUO:0000042", "DUO:0000022"]), {"requester": {"org": "org-x", "country": "DE"}, "destination": {"country": "DE"}})
+	"dataset ds-1 may be used only in DE (DUO:0000022)" in _deny(req, fx.policy_data)
 }
 
 test_deny_geographic_restriction_outside_site_jurisdiction if {
@@ -201,6 +249,19 @@ test_patient_filter_admits_met_modifiers_only if {
 test_patient_filter_excludes_ethics_patients_without_approval if {
 	f := _filter(fx.request_with({"purpose": {"ethics_approval_id": ""}}), fx.policy_data)
 	not "DUO:0000021" in f.allowed_codes
+}
+
+# A dataset that does not require ethics approval is allowed at once: its patients who do need an approval
+# the agreement lists.
+test_patient_filter_excludes_ethics_patients_under_unlisted_approval if {
+	f := _filter(fx.request_with({"purpose": {"ethics_approval_id": "EC-2026-999"}}), fx.policy_data)
+	not "DUO:0000021" in f.allowed_codes
+}
+
+# A dataset that requires it waits for a steward: once approved, its patients take part.
+test_patient_filter_admits_ethics_patients_pending_a_stewards_approval if {
+	f := _filter(_ethics_dataset_with_id("EC-2026-999"), fx.policy_data)
+	"DUO:0000021" in f.allowed_codes
 }
 
 test_patient_filter_excludes_not_for_profit_patients_for_company if {

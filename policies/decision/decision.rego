@@ -125,7 +125,7 @@ else := {
 	"obligations": _obligations,
 	"bundle_digest": object.get(_data, ["meta", "bundle_digest"], ""),
 } if {
-	approvals := _site_approvals | data.fedgate.agreement.needs_approval
+	approvals := (_site_approvals | data.fedgate.agreement.needs_approval) | data.fedgate.consent.needs_approval
 	count(approvals) > 0
 }
 

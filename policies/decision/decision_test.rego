@@ -23,7 +23,11 @@ test_deny_carries_every_clause_and_no_obligations if {
 	req := fx.request_with({"now": "2026-07-02T00:00:00Z", "requester": {"org": "org-x"}})
 	r := _result(req, fx.policy_data)
 	r.decision == "deny"
-	r.reasons == ["DSA-T-1 expired on 2026-06-30", "organisation org-x is not a party to DSA-T-1"]
+	r.reasons == [
+		"DSA-T-1 expired on 2026-06-30",
+		"organisation org-x is not a party to DSA-T-1",
+		"organisation org-x is not registered with this site, so the country the answer would reach cannot be checked",
+	]
 	r.obligations == null
 }
 
@@ -38,6 +42,24 @@ test_deny_wins_over_needs_approval if {
 	r := _result(fx.request_with({"query": {"kind": "glm"}, "destination": {"country": "KP"}}), fx.policy_data)
 	r.decision == "deny"
 	r.reasons == ["transfers to KP (the destination's country) are blocked by this site"]
+}
+
+# An ethics approval id the agreement does not list waits for a steward, who sees it in the queued request;
+# the reasons do not repeat it, and the consent filter admits the patients who need it once approved.
+test_unlisted_ethics_approval_needs_a_stewards_approval if {
+	req := fx.request_with({"dataset": {"duo": ["DUO:0000042", "DUO:0000021"]}, "purpose": {"ethics_approval_id": "EC-2026-999"}})
+	r := _result(req, fx.policy_data)
+	r.decision == "needs_approval"
+	r.reasons == ["dataset ds-1 requires ethics approval (DUO:0000021) and DSA-T-1 does not list the purpose's approval id: a steward must verify it"]
+	"DUO:0000021" in r.obligations.consent_filter.allowed_codes
+}
+
+test_deny_wins_over_an_unlisted_ethics_approval if {
+	req := fx.request_with({
+		"dataset": {"duo": ["DUO:0000042", "DUO:0000021"]}, "purpose": {"ethics_approval_id": "EC-2026-999"},
+		"destination": {"country": "KP"},
+	})
+	_result(req, fx.policy_data).reasons == ["transfers to KP (the destination's country) are blocked by this site"]
 }
 
 test_site_approval_kinds_need_approval if {

@@ -109,6 +109,14 @@ is_non_empty_string(v) := true if {
 	v != ""
 } else := false
 
+# The country the requester's organisation is registered in (organisations.json): the answer reaches it
+# whatever country the token claims for the requester. Undefined for an organisation this site does not
+# know, which the transfer rules deny.
+organisation_country := c if {
+	_data.organisations[input.requester.org].country # a lookup is checked before it is assigned (see above)
+	c := _data.organisations[input.requester.org].country
+}
+
 # Written out rather than through strings_of: a function call costs more than the comprehension.
 purpose_codes := {x | some x in input.purpose.duo; is_string(x)} if is_array(input.purpose.duo)
 

@@ -14,8 +14,27 @@ _regime(c) := "EEA" if c in _data.transfer.eea
 
 else := c
 
-# Who receives the answer: the requester's country and the declared destination are both checked.
-_recipients := {"requester": input.requester.country, "destination": input.destination.country}
+# Who receives the answer: the requester's country (the token's claim), the declared destination and the
+# country the requester's organisation is registered in are all checked. The organisation's country is
+# named only when it is neither of the other two, whose clauses already cover it.
+_recipients := {
+	"requester": input.requester.country,
+	"destination": input.destination.country,
+	"requester's organisation": c,
+} if {
+	data.fedgate.lib.organisation_country # a lookup is checked before it is assigned: see lib.rego
+	c := data.fedgate.lib.organisation_country
+	c != input.requester.country
+	c != input.destination.country
+}
+
+else := {"requester": input.requester.country, "destination": input.destination.country}
+
+# An organisation this site does not know has no registered country to check a transfer against.
+deny contains msg if {
+	not data.fedgate.lib.organisation_country
+	msg := sprintf("organisation %v is not registered with this site, so the country the answer would reach cannot be checked", [input.requester.org])
+}
 
 # The first legal basis that applies to each recipient, in the order a steward would cite them: the bases
 # that rest on the site's data alone (its own jurisdiction, the EEA, an adequacy decision) come from a table
@@ -124,6 +143,18 @@ _licence_problems contains [l, msg] if {
 	msg := sprintf(
 		"export licence %s forbids re-export from %s to %s",
 		[l, input.requester.country, input.destination.country],
+	)
+}
+
+# Without re-export, the answer must stay in one country: the requester's organisation's too.
+_licence_problems contains [l, msg] if {
+	some l in _candidates
+	_data.export_control.licences[l].re_export == false
+	_recipients["requester's organisation"] # a lookup is checked before it is assigned: see lib.rego
+	c := _recipients["requester's organisation"]
+	msg := sprintf(
+		"export licence %s forbids re-export from %s to %s (the requester's organisation's country)",
+		[l, input.requester.country, c],
 	)
 }
 

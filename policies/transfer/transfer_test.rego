@@ -25,6 +25,11 @@ _to(requester, destination) := fx.request_with({
 
 _genomes(requester, destination) := object.union(_to(requester, destination), {"dataset": {"id": "ds-genomes"}})
 
+# The fixture data with one more organisation, registered in `country`, and a request from it.
+_registered_in(country) := fx.data_with({"organisations": {"org-r": {"name": "Hospital R", "country": country, "non_profit": true}}})
+
+_from_org_r(requester, destination) := object.union(_to(requester, destination), {"requester": {"org": "org-r"}})
+
 test_allow_same_jurisdiction if {
 	req := _to("DE", "DE")
 	count(_deny(req, fx.policy_data)) == 0
@@ -63,6 +68,38 @@ test_deny_when_dsa_names_no_clauses_for_country if {
 test_deny_destination_checked_separately_from_requester if {
 	_denied(_to("FR", "BR"), fx.policy_data, "BR (the destination's country)")
 	not _denied(_to("FR", "BR"), fx.policy_data, "FR (the requester's country)")
+}
+
+# --- where the requester's organisation is registered ------------------------------------------------------
+
+# A token's country claim does not move the organisation: the answer reaches it where it is registered.
+test_deny_when_organisations_country_has_no_legal_basis if {
+	reasons := _deny(_from_org_r("FR", "FR"), _registered_in("BR"))
+	reasons == {"no legal basis to transfer data from DE to BR (the requester's organisation's country): no adequacy decision, and DSA-T-1 names no standard contractual clauses for BR"}
+}
+
+test_deny_when_organisations_country_is_blocked if {
+	"transfers to KP (the requester's organisation's country) are blocked by this site" in _deny(_from_org_r("FR", "FR"), _registered_in("KP"))
+}
+
+test_allow_names_the_organisations_country_and_its_basis if {
+	req := _from_org_r("FR", "FR")
+	d := _registered_in("US")
+	count(_deny(req, d)) == 0
+	"transfer to US (the requester's organisation's country) rests on standard contractual clauses SCC-US-1 in DSA-T-1" in _allow(req, d)
+}
+
+# The organisation's country is named only when it is another one than the requester's and destination's.
+test_organisation_in_the_requesters_country_adds_no_clause if {
+	_allow(_to("FR", "FR"), fx.policy_data) == {
+		"transfer to FR (the destination's country) rests on the EEA, which also holds the site",
+		"transfer to FR (the requester's country) rests on the EEA, which also holds the site",
+	}
+}
+
+test_deny_organisation_this_site_does_not_know if {
+	req := fx.request_with({"requester": {"org": "org-x"}})
+	_deny(req, fx.policy_data) == {"organisation org-x is not registered with this site, so the country the answer would reach cannot be checked"}
 }
 
 test_deny_blocked_destination if {
@@ -109,6 +146,17 @@ test_deny_export_licence_destination_not_permitted if {
 
 test_deny_re_export_under_restricted_licence if {
 	"export licence EXL-1 forbids re-export from FR to JP" in _deny(_genomes("FR", "JP"), fx.policy_data)
+}
+
+test_deny_export_licence_that_does_not_permit_the_organisations_country if {
+	d := object.union(_registered_in("US"), {"export_control": {"licences": {"EXL-1": {"re_export": true}}}})
+	req := object.union(_from_org_r("FR", "FR"), {"dataset": {"id": "ds-genomes"}})
+	_deny(req, d) == {"export licence EXL-1 does not permit US (the requester's organisation's country) as a destination"}
+}
+
+test_deny_re_export_to_the_organisations_country if {
+	req := object.union(_from_org_r("FR", "FR"), {"dataset": {"id": "ds-genomes"}})
+	_deny(req, _registered_in("JP")) == {"export licence EXL-1 forbids re-export from FR to JP (the requester's organisation's country)"}
 }
 
 test_allow_re_export_when_licence_permits_it if {

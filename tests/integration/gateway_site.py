@@ -66,6 +66,8 @@ def _agreement(**overrides: Any) -> dict[str, Any]:
         "dp": None,
         "standard_contractual_clauses": [],
         "export_licences": [],
+        # The ethics approvals the tests' purposes name: only a listed id satisfies DUO:0000021.
+        "ethics_approvals": ["EC-1", "EC-2", "EC-3", "EC-4", "EC-5", "EC-2026-117"],
     }
     base.update(overrides)
     return base

@@ -46,12 +46,24 @@ def corpus_requests() -> list[DecisionInput]:
     return requests
 
 
+BENCH_ETHICS_APPROVAL = "EC-2026-077"
+"""The ethics approval id of every benchmark request, whose datasets require one (DUO:0000021)."""
+
+
 def bench_bundle_and_requests() -> tuple[PolicyBundle, list[dict[str, Any]]]:
-    """The benchmark's 200 agreements and 1,000 requests, plus 600 variations that reach the deny paths."""
+    """The benchmark's 200 agreements and 1,000 requests, plus 600 variations that reach the deny paths.
+
+    Every agreement lists the requests' ethics approval, as a steward would record it: only an approval the
+    agreement lists satisfies DUO:0000021, and the requests are meant to reach the allow path."""
     bench = _bench_module()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "policies"
         requests: list[dict[str, Any]] = bench._write_data(folder, random.Random(7))
+        agreements_file = folder / "data" / "agreements.json"
+        agreements = json.loads(agreements_file.read_text())
+        for terms in agreements.values():
+            terms.setdefault("ethics_approvals", [BENCH_ETHICS_APPROVAL])
+        agreements_file.write_text(json.dumps(agreements))
         bundle = load_bundle(folder, "DE")
     return bundle, requests + _variations(requests, bundle, random.Random(11), 600)
 

@@ -125,6 +125,86 @@ def _set_dsa(field: str, value: Any) -> Callable[[Any], None]:
             "sql",
         ),
         ("agreements", _set_dsa("colour", "blue"), "agreements.json", "DSA-2026-014.colour", "unknown field"),
+        # Disease-specific research under an agreement is limited to the diseases it lists: it must list some.
+        (
+            "agreements",
+            _set_dsa("purposes", ["DUO:0000006", "DUO:0000007"]),
+            "agreements.json",
+            "DSA-2026-014.diseases",
+            "disease-specific research (DUO:0000007) is one of the purposes",
+        ),
+        # Only the ethics approvals an agreement lists satisfy DUO:0000021: ids, as long as an input's.
+        (
+            "agreements",
+            _set_dsa("ethics_approvals", [77]),
+            "agreements.json",
+            "DSA-2026-014.ethics_approvals.0",
+            "valid string",
+        ),
+        (
+            "agreements",
+            _set_dsa("ethics_approvals", [""]),
+            "agreements.json",
+            "DSA-2026-014.ethics_approvals.0",
+            "at least 1",
+        ),
+        (
+            "agreements",
+            _set_dsa("ethics_approvals", ["EC-1", "x" * 257]),
+            "agreements.json",
+            "DSA-2026-014.ethics_approvals.1",
+            "at most 256",
+        ),
+        (
+            "agreements",
+            _set_dsa("ethics_approvals", [f"EC-{n}" for n in range(1001)]),
+            "agreements.json",
+            "DSA-2026-014.ethics_approvals",
+            "at most 1000",
+        ),
+        (
+            "agreements",
+            _set_dsa("ethics_approvals", None),
+            "agreements.json",
+            "DSA-2026-014.ethics_approvals",
+            "list",
+        ),
+        # A required visa names who may have asserted it, never the researcher for an access grant.
+        (
+            "agreements",
+            _set_dsa(
+                "visa",
+                {"type": "ControlledAccessGrants", "value": "https://ega.example/x", "by": ["dac", "self"]},
+            ),
+            "agreements.json",
+            "DSA-2026-014.visa.by.1",
+            "'self' is never accepted for ControlledAccessGrants",
+        ),
+        (
+            "agreements",
+            _set_dsa(
+                "visa", {"type": "ControlledAccessGrants", "value": "https://ega.example/x", "by": ["anyone"]}
+            ),
+            "agreements.json",
+            "DSA-2026-014.visa.by.0",
+            "",
+        ),
+        (
+            "agreements",
+            _set_dsa("visa", {"type": "ControlledAccessGrants", "value": "https://ega.example/x", "by": []}),
+            "agreements.json",
+            "DSA-2026-014.visa.by",
+            "at least 1",
+        ),
+        (
+            "agreements",
+            _set_dsa(
+                "visa", {"type": "ControlledAccessGrants", "value": "https://ega.example/x", "source": "dac"}
+            ),
+            "agreements.json",
+            "DSA-2026-014.visa.source",
+            "not an absolute URL",
+        ),
         (
             "agreements",
             _set_dsa("export_licences", ["EXL-X"]),
