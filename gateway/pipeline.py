@@ -92,6 +92,11 @@ COMPUTED_UNDER: Final = "obligations_digest"
 """The member of a stored approved answer naming the obligations it was computed under
 (`obligations_digest`); kept at the site, never part of the answer that leaves."""
 
+WITHDRAWALS_APPLIED: Final = "withdrawals_applied"
+"""The member of a stored approved answer saying how many withdrawals of its dataset were recorded when its
+run read them to leave those patients out (`GatewayState.withdrawn_count` then); kept at the site, never part
+of the answer that leaves."""
+
 
 def obligations_digest(obligations: Obligations) -> str:
     """The digest of the RFC 8785 JSON of a decision's obligations: the consent filter (which depends on who
@@ -360,9 +365,10 @@ class QueryPipeline:
             decision = await self._decide(
                 researcher, spec, entry, request_id, query_hash, approved=True, trail=trail
             )
-            # Withdrawals from this moment on are not in the answer (the run reads them after it): a later
-            # collect refuses an answer any of them would change (`_still_current`), as it refuses one whose
-            # obligations (the consent filter for who asks, thresholds, columns, DP) are not its own.
+            # The run keeps with the answer how many withdrawals it applied (WITHDRAWALS_APPLIED, read with
+            # them): a later collect refuses an answer once more are recorded (`_still_current`), as it
+            # refuses one whose obligations (the consent filter for who asks, thresholds, columns, DP) are
+            # not its own.
             assert decision.obligations is not None
             computed_at = utc_now_text()
             computed_under = obligations_digest(decision.obligations)
@@ -407,7 +413,7 @@ class QueryPipeline:
             raise Refusal("not_found", "No such request", ["no request of that id is yours"])
         if stored.status != "released" or stored.result is None:
             return {"request_id": request_id, "status": stored.status, "reasons": stored.reasons}
-        result = {k: v for k, v in stored.result.items() if k != COMPUTED_UNDER}
+        result = {k: v for k, v in stored.result.items() if k not in (COMPUTED_UNDER, WITHDRAWALS_APPLIED)}
         trail: list[Queued] = []
         spec: QuerySpec | None = None
         try:
@@ -452,16 +458,25 @@ class QueryPipeline:
             changed.append(TERMS_CHANGED)
         if entry.version != stored.result.get("dataset_version"):
             changed.append(f"dataset {entry.dataset} has a new version since this answer was computed")
-        # Withdrawals recorded before the answer was computed are in it already; those since are not.
-        since = stored.result.get("computed_at") or stored.created_at
-        if entry.patient_column is not None and await asyncio.to_thread(
-            self.rt.state.withdrawn_since, entry.dataset, entry.key_context, since
-        ):
+        if entry.patient_column is not None and await asyncio.to_thread(self._withdrawn_since, stored, entry):
             changed.append("patients of the dataset withdrew consent since this answer was computed")
         if changed:
             raise Refusal(
                 "forbidden", "Answer out of date", [*changed, "submit the query again"], stage="decide"
             )
+
+    def _withdrawn_since(self, stored: StoredRequest, entry: CatalogEntry) -> bool:
+        """Whether withdrawals were recorded that the approved run did not apply (blocking). The answer
+        keeps how many it applied, read with them; withdrawals are never removed, so any other count now
+        means one it misses. An answer kept by an earlier version has only the time it was computed, to
+        the second, to compare with the withdrawals' own."""
+        assert stored.result is not None
+        applied = stored.result.get(WITHDRAWALS_APPLIED)
+        state = self.rt.state
+        if applied is not None:
+            return bool(state.withdrawn_count(entry.dataset, entry.key_context) != applied)
+        since = stored.result.get("computed_at") or stored.created_at
+        return state.withdrawn_since(entry.dataset, entry.key_context, since)
 
     async def decide_only(
         self, principal: Principal, subject: Decidable, entry: CatalogEntry, request_id: str, query_hash: str
@@ -564,6 +579,7 @@ class QueryPipeline:
         repeat_key = spec.repeat_key(_consent_bytes(obligations.consent_filter))
         start = self.rt.state.start_query(owner(principal), spec.agreement, repeat_key, patients)
         asked, withdrawn = start.asked, start.withdrawn
+        job.withdrawals_applied = len(withdrawn) if patients is not None else None
         if asked > obligations.max_identical_queries:
             raise Refusal(
                 "limit",
@@ -641,6 +657,8 @@ class QueryPipeline:
         }
         result_hash = hashlib.sha256(rfc8785.dumps(released.body)).hexdigest()
         body["result_hash"] = sha256_label(result_hash)
+        if not job.leaves and job.withdrawals_applied is not None:
+            body[WITHDRAWALS_APPLIED] = job.withdrawals_applied  # kept at the site (collect)
         released_entry = {
             "query_hash": sha256_label(job.query_hash),
             "result_hash": sha256_label(result_hash),
@@ -784,6 +802,8 @@ class _Release:
     """Releases with one hint may share a statement (gateway.query.compile.together_hint)."""
     leaves: bool
     """The answer goes to the caller (a submit), not kept at the site for a collect (an approved run)."""
+    withdrawals_applied: int | None = None
+    """How many recorded withdrawals `_prepare` applied (read with them); None without a patient column."""
 
     def end(self, body: dict[str, Any] | None, exc: BaseException | None) -> None:
         """Hand the request its answer or its failure, on its event loop (from any thread)."""

@@ -157,7 +157,8 @@ class QueryStart:
     counted at the same moment: never less than this asking's own place, so a limit can refuse too early
     when more identical queries than it allows arrive at once, never too late."""
     withdrawn: list[str]
-    """Pseudonyms of the dataset's patients who withdrew consent."""
+    """Pseudonyms of the dataset's patients who withdrew consent, read in one statement: its length is
+    what `GatewayState.withdrawn_count` said at that moment."""
 
 
 class _DriverStatement:
@@ -516,8 +517,10 @@ class GatewayState:
         insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
         w = withdrawals.c
         fresh = sorted({canonical_token(t) for t in tokens})
-        at = utc_now_text()
         with self._writing() as conn:
+            # Stamped once the writers' turn is held, not before waiting for it. Collects no longer rely on
+            # this time (`withdrawn_count`) but for answers kept by earlier versions (`withdrawn_since`).
+            at = utc_now_text()
             before = self._withdrawn_count(conn, dataset, key_context)
             for start in range(0, len(fresh), _ROWS_PER_STATEMENT):
                 chunk = fresh[start : start + _ROWS_PER_STATEMENT]
@@ -538,9 +541,19 @@ class GatewayState:
                     conn.execute(insert(withdrawals).values(rows).on_conflict_do_nothing())
             return self._withdrawn_count(conn, dataset, key_context) - before
 
+    def withdrawn_count(self, dataset: str, key_context: str) -> int:
+        """How many patients of the dataset withdrew consent. Withdrawals are never removed, so the count
+        only grows: an answer whose run applied `n` of them (`QueryStart.withdrawn`) misses none while the
+        count is `n`, whatever the clocks of the processes that recorded them said."""
+        with self._engine.connect() as conn:
+            return self._withdrawn_count(conn, dataset, key_context)
+
     def withdrawn_since(self, dataset: str, key_context: str, since: str) -> bool:
         """Whether any patient of the dataset withdrew consent at or after `since` (timestamps are to the
-        second, so the same second counts: a needless refusal rather than a missed withdrawal)."""
+        second, so the same second counts: a needless refusal rather than a missed withdrawal).
+
+        Only for an answer kept by an earlier version, which knows when it was computed but not how many
+        withdrawals it applied (`withdrawn_count`): times taken by several processes order them loosely."""
         w = withdrawals.c
         query = sa.select(w.token).where(w.dataset == dataset, w.key_context == key_context, w.at >= since)
         with self._engine.connect() as conn:

@@ -58,8 +58,8 @@ class QueryAnswer(BaseModel):
     result_hash: str = Field(description="sha256 of the released part, as the audit log's `query.released`")
     computed_at: str | None = Field(
         default=None,
-        description="an approved answer only: when it was computed (UTC); a consent withdrawal since then "
-        "makes collecting it refused",
+        description="an approved answer only: when it was computed (UTC); a consent withdrawal the run did "
+        "not apply makes collecting it refused",
     )
 
 
