@@ -279,7 +279,7 @@ register(
         "request.refused",
         "a request other than a query was refused (a steward, auditor or polling request, or no such route)",
         required={"route": LABEL, "refusal": LABEL},
-        optional={"title": TEXT, "field": LABEL},
+        optional={"title": TEXT, "field": LABEL, "suppressed": COUNT},
     )
 )
 register(
@@ -330,7 +330,7 @@ register(
         "auth.failed",
         "authentication or authorization failed",
         required={"reason": LABEL},
-        optional={"token_digest": DIGEST, "route": LABEL, "role": LABEL},
+        optional={"token_digest": DIGEST, "route": LABEL, "role": LABEL, "suppressed": COUNT},
     )
 )
 register(

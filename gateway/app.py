@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import os
 import sys
@@ -16,7 +17,8 @@ from fastapi import FastAPI, Request, Response
 from audit.errors import AuditError, PayloadError
 from gateway import problems
 from gateway.auth import TokenValidator
-from gateway.deps import authorize_unvalidated, route_label
+from gateway.deps import authorize_unvalidated, failure_audit, route_label
+from gateway.failure_audit import FailureAudit
 from gateway.federation import peers
 from gateway.refusal import Refusal
 from gateway.routes import audit, federation, glm, queries, steward, witness
@@ -46,6 +48,7 @@ def create_app(
         runtime = SiteRuntime.start(settings, tokens=tokens)
         asyncio.get_running_loop().set_default_executor(runtime.threads())
         app.state.runtime = runtime
+        app.state.failure_audit = FailureAudit()
         app.state.peers = peers.PeerLink(settings)
         if tune_process:
             _tune_process(settings.server)
@@ -53,6 +56,7 @@ def create_app(
             yield
         finally:
             await app.state.peers.aclose()
+            await app.state.failure_audit.aclose()
             await runtime.aclose()
 
     app = FastAPI(
@@ -141,17 +145,27 @@ async def _audit(
     if runtime is None:
         return
     principal = getattr(request.state, "principal", None)
-    for payload in attempts:
-        try:
-            await runtime.record(
-                event_type, payload, principal=principal, request_id=request_id, cover_reasons=True
-            )
-            return
-        except PayloadError:
-            continue
-        except AuditError:
-            break
-    log.warning("a refusal could not be audited on %s", route_label(request))
+
+    async def write(suppressed: int) -> None:
+        for payload in attempts:
+            try:
+                await runtime.record(
+                    event_type, {**payload, **({"suppressed": suppressed} if suppressed else {})},
+                    principal=principal, request_id=request_id, cover_reasons=True,
+                )  # fmt: skip
+                return
+            except PayloadError:
+                continue
+            except AuditError:
+                break
+        log.warning("a refusal could not be audited on %s", route_label(request))
+
+    if principal is None:
+        # Anyone can send these: a flood of them is on record as counts (gateway.failure_audit).
+        kind = (event_type, json.dumps(attempts[0], sort_keys=True, default=str))
+        await failure_audit(request).record(kind, write, write)
+    else:
+        await write(0)
 
 
 def app_from_environment() -> FastAPI:

@@ -20,6 +20,7 @@ from gateway.auth import (
     header_digest,
     require_role,
 )
+from gateway.failure_audit import FailureAudit
 from gateway.pipeline import QueryPipeline
 from gateway.refusal import Refusal
 from gateway.runtime import SiteRuntime
@@ -87,10 +88,16 @@ async def authenticate(request: Request) -> Principal:
     except Exception as exc:  # noqa: BLE001 - a check that fails in any way authenticates no one
         log.error("authentication failed on an unexpected %s", type(exc).__name__)
         error = NotAuthenticated("the token could not be checked")
-    payload: dict[str, str] = {"reason": error.code, "route": route_label(request)}
-    if header:
-        payload["token_digest"] = header_digest(header)
-    await runtime.record("auth.failed", payload)
+    payload: dict[str, str | int] = {"reason": error.code, "route": route_label(request)}
+    digest = {"token_digest": header_digest(header)} if header else {}
+
+    async def write(suppressed: int) -> None:
+        await runtime.record("auth.failed", {**payload, **digest, **_suppressed(suppressed)})
+
+    async def write_held(suppressed: int) -> None:  # stands for failures of many tokens: no digest
+        await runtime.record("auth.failed", {**payload, **_suppressed(suppressed)})
+
+    await failure_audit(request).record(("auth.failed", error.code, payload["route"]), write, write_held)
     if isinstance(error, IdentityProviderUnavailable):
         raise Refusal(
             "unavailable", "Identity provider unavailable", [error.reason], stage="authorize", audited=True
@@ -103,6 +110,18 @@ async def authenticate(request: Request) -> Principal:
         audited=True,
         bearer_error=error.bearer_error,
     ) from None
+
+
+def failure_audit(request: Request) -> FailureAudit:
+    """The app's bounded writer of entries of failures by callers nobody authenticated."""
+    audit: FailureAudit | None = getattr(request.app.state, "failure_audit", None)
+    if audit is None:  # an app served without its lifespan's set-up
+        audit = request.app.state.failure_audit = FailureAudit()
+    return audit
+
+
+def _suppressed(count: int) -> dict[str, int]:
+    return {"suppressed": count} if count else {}
 
 
 def _on_loopback(request: Request) -> bool:
