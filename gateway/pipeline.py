@@ -47,7 +47,7 @@ from gateway.query.compile import together_hint
 from gateway.query.execute import execute_together, together_key
 from gateway.refusal import Refusal
 from gateway.release import protect
-from gateway.runtime import SiteRuntime, recordable_name
+from gateway.runtime import SiteRuntime, recordable_name, unavailable_if_failing
 from gateway.state import Outcome, StoredRequest, new_request, utc_now_text
 from pseudonymize.disclosure import DisclosureError
 from pseudonymize.store import CatalogEntry
@@ -296,8 +296,12 @@ class QueryPipeline:
     async def decide_approval(
         self, steward: Principal, request_id: str, *, approve: bool, reason: str
     ) -> dict[str, Any]:
-        """A steward's decision on a queued query; an approved query is decided again, run and released."""
-        stored = await asyncio.to_thread(self.rt.state.get_request, request_id)
+        """A steward's decision on a queued query; an approved query is decided again, run and released.
+        A state database that fails under it (locked, a full disk) refuses the decision as unavailable,
+        saying what became of it."""
+        undecided = "nothing was decided; try again later"
+        with unavailable_if_failing("state database", undecided, stage="approval"):
+            stored = await asyncio.to_thread(self.rt.state.get_request, request_id)
         if stored is None:
             raise Refusal("not_found", "No such request", ["no request of that id"], stage="approval")
         if stored.status != "pending_approval":
@@ -310,10 +314,11 @@ class QueryPipeline:
                 stage="approval", request_id=request_id,
             )  # fmt: skip
         # Claim the request before anything runs, so two stewards deciding at once cannot both release it.
-        claimed = await asyncio.to_thread(
-            self.rt.state.update_request, request_id, expect="pending_approval", status="deciding",
-            reasons=stored.reasons, result=None, decided_by=owner(steward),
-        )  # fmt: skip
+        with unavailable_if_failing("state database", undecided, stage="approval", request_id=request_id):
+            claimed = await asyncio.to_thread(
+                self.rt.state.update_request, request_id, expect="pending_approval", status="deciding",
+                reasons=stored.reasons, result=None, decided_by=owner(steward),
+            )  # fmt: skip
         if not claimed:
             raise Refusal("conflict", "Already decided", ["another steward is deciding this request"],
                           stage="approval")  # fmt: skip
@@ -332,10 +337,12 @@ class QueryPipeline:
             )
         except Exception as exc:
             # Nothing was decided: the request waits for a steward again, whatever kept the entry out.
-            await asyncio.to_thread(
-                self.rt.state.update_request, request_id, expect="deciding", status="pending_approval",
-                reasons=stored.reasons, result=None, decided_by=None,
-            )  # fmt: skip
+            with unavailable_if_failing("state database", f"nothing was decided; {_REQUEUED}",
+                                        stage="approval", request_id=request_id):  # fmt: skip
+                await asyncio.to_thread(
+                    self.rt.state.update_request, request_id, expect="deciding", status="pending_approval",
+                    reasons=stored.reasons, result=None, decided_by=None,
+                )  # fmt: skip
             if not isinstance(exc, PayloadError):
                 raise
             reason_text = (
@@ -355,7 +362,9 @@ class QueryPipeline:
                     asked = parse_query_spec(stored.spec)
                     await self._outcome(researcher, asked, request_id, "refused", stage="approval")
             finally:
-                await self._finish(stored.request_id, "rejected", rejected, None, steward)
+                with unavailable_if_failing("state database", f"the rejection is on record; {_REQUEUED}",
+                                            stage="approval", request_id=request_id):  # fmt: skip
+                    await self._finish(stored.request_id, "rejected", rejected, None, steward)
             return {"request_id": request_id, "status": "rejected", "reasons": reasons}
         spec: QuerySpec | None = None
         try:
@@ -385,7 +394,10 @@ class QueryPipeline:
                     if spec is not None:  # a stored spec this version no longer reads has no summary row
                         await self._outcome(researcher, spec, request_id, "refused", stage=refusal.stage)
             finally:  # nothing was released: the request ends refused, never left `deciding`
-                await self._finish(request_id, "refused", refusal.reasons, None, steward)
+                unreleased = f"nothing was released; {_REQUEUED}"
+                with unavailable_if_failing("state database", unreleased, stage="approval",
+                                            request_id=request_id):  # fmt: skip
+                    await self._finish(request_id, "refused", refusal.reasons, None, steward)
             return {"request_id": request_id, "status": "refused", "reasons": refusal.reasons}
         try:
             await self._finish(request_id, "released", [], body, steward)
@@ -881,6 +893,10 @@ TERMS_CHANGED: Final = (
 )
 """Why a collect is refused whose answer was computed under other obligations (`_still_current`); it names
 no value, since the terms hold who may be counted."""
+
+_REQUEUED: Final = "the request returns to the approval queue once this claim on it lapses"
+"""What becomes of a request whose decision the state database did not store (`decide_approval`): it stays
+claimed, and a listing of the queue puts it back once the claim is stale (`release_stale_claims`)."""
 
 CANCELLED: Final = "the request was cancelled before it ended"
 """The reason recorded for a request whose caller stopped waiting before it was decided."""

@@ -44,3 +44,25 @@ class Refusal(Exception):
 
     def __str__(self) -> str:
         return f"{self.title}: {'; '.join(self.reasons)}" if self.reasons else self.title
+
+
+def unavailable(
+    component: str,
+    failure: BaseException,
+    consequence: str,
+    *,
+    stage: str = "validate",
+    request_id: str | None = None,
+) -> Refusal:
+    """The refusal of a request that `component` (the state database, the store) failed under: locked past
+    its busy timeout, a full disk, a missing file, a server down. The failure is named by its class alone,
+    the driver's own under SQLAlchemy's wrapper: its message can quote a path, a URL or a statement's
+    values. `consequence` tells the caller what became of the request ("nothing was decided")."""
+    cause = getattr(failure, "orig", None) or failure
+    return Refusal(
+        "unavailable",
+        f"{component[:1].upper()}{component[1:]} unavailable",
+        [f"the site's {component} failed ({type(cause).__name__}); {consequence}"],
+        stage=stage,
+        request_id=request_id,
+    )

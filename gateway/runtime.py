@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
+import duckdb
 import sqlalchemy as sa
 
 from audit import Actor
@@ -30,7 +33,7 @@ from gateway.query import (
     single_thread_engine,
     store_engine,
 )
-from gateway.refusal import UNRECORDED_REASONS
+from gateway.refusal import UNRECORDED_REASONS, unavailable
 from gateway.releases import ReleaseLanes
 from gateway.settings import SiteSettings
 from gateway.site_log import open_site_log
@@ -44,6 +47,30 @@ log = logging.getLogger(__name__)
 
 class StartupError(Exception):
     """The gateway refuses to start; the message says which setting or file is wrong."""
+
+
+STATE_FAILURES: Final = (sa.exc.SQLAlchemyError, sqlite3.Error, OSError)
+"""What the state database raises when it cannot do its work: locked past its busy timeout, a full disk,
+a server down or unreachable."""
+STORE_FAILURES: Final = (sa.exc.SQLAlchemyError, duckdb.Error, OSError)
+"""What the store raises when it cannot be read: its file missing or unreadable, a server down."""
+
+
+@contextlib.contextmanager
+def unavailable_if_failing(
+    component: Literal["state database", "store"],
+    consequence: str,
+    *,
+    stage: str = "validate",
+    request_id: str | None = None,
+) -> Iterator[None]:
+    """Turn a failure of `component` in the block (`STATE_FAILURES`, `STORE_FAILURES`) into an
+    `unavailable` refusal, which the app audits and answers as a 503 naming the component."""
+    failures = STATE_FAILURES if component == "state database" else STORE_FAILURES
+    try:
+        yield
+    except failures as exc:
+        raise unavailable(component, exc, consequence, stage=stage, request_id=request_id) from None
 
 
 @dataclass
@@ -222,7 +249,8 @@ class SiteRuntime:
         """Append a `policy.changed` entry and wait up to `wait_s` for its commit (StorageError after
         that), from a thread under the policy folder's lock; the state notes where it landed, so that the
         next start finds it without reading the log back to it (`_record_bundle_in_force`)."""
-        self.state.policy_change_pending(self.audit.size)  # nothing is appended should this fail
+        with unavailable_if_failing("state database", "the policy data was not replaced"):
+            self.state.policy_change_pending(self.audit.size)  # nothing is appended should this fail
         written = self.append_soon("policy.changed", payload, principal=principal)
         try:
             receipt = written.result(timeout=wait_s)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Body, Header, Query, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -35,6 +35,7 @@ from gateway.routes.bodies import (
     QueuedQuery,
     WithdrawalRecorded,
 )
+from gateway.runtime import STATE_FAILURES, unavailable_if_failing
 from pseudonymize.errors import KeyMaterialError
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,14 @@ router = APIRouter(prefix="/v1/steward", tags=["steward"], responses=AUTHENTICAT
 @router.get(
     "/datasets",
     summary="Published datasets: versions, digests, consent codes, risk reports",
-    responses=documented(ok=("every published version, by dataset then version", list[PublishedDataset])),
+    responses=documented(
+        ok=("every published version, by dataset then version", list[PublishedDataset]),
+        unavailable="the store cannot be read (its file missing, its server down)",
+    ),
 )
 async def datasets(_: StewardDep, runtime: RuntimeDep) -> list[dict[str, Any]]:
-    entries = await asyncio.to_thread(runtime.catalog.refresh)
+    with unavailable_if_failing("store", "its catalog cannot be read now; try again later"):
+        entries = await asyncio.to_thread(runtime.catalog.refresh)
     return [
         {**e.row(), "columns": e.columns, "duo": e.duo, "risk_report": e.risk_report, "key_id": e.key_id}
         for e in entries
@@ -74,6 +79,9 @@ class Withdrawal(BaseModel):
     patients: list[Annotated[str, AfterValidator(_text)]] = Field(min_length=1, max_length=10_000)
 
 
+_NOT_WITHDRAWN: Final = "no withdrawal was recorded; send it again later"
+
+
 @router.post(
     "/datasets/{dataset}/withdrawals",
     summary="Record consent withdrawals; the next query of the dataset excludes these patients",
@@ -84,7 +92,7 @@ class Withdrawal(BaseModel):
         ),
         not_found="no such dataset at this site",
         conflict="the dataset's pseudonyms cannot be recomputed here (no patient column, another key)",
-        unavailable="the site master key is not usable",
+        unavailable="the site master key is not usable, or the store or the state database failed",
     ),
 )
 async def withdraw_consent(
@@ -92,13 +100,15 @@ async def withdraw_consent(
 ) -> dict[str, Any]:
     # Read now: the withdrawal is recorded under the pseudonym key of the newest version, which a catalog
     # read from a moment ago might not show yet.
-    entry = await asyncio.to_thread(runtime.catalog.latest, dataset, fresh=True)
+    with unavailable_if_failing("store", _NOT_WITHDRAWN):
+        entry = await asyncio.to_thread(runtime.catalog.latest, dataset, fresh=True)
     if entry is None:
         raise Refusal(
             "not_found", "Unknown dataset", [f"this site has no dataset {dataset!r}"], field="dataset"
         )
     try:
-        new = await asyncio.to_thread(withdraw, runtime.settings, runtime.state, entry, body.patients)
+        with unavailable_if_failing("state database", _NOT_WITHDRAWN):  # one transaction: all or none
+            new = await asyncio.to_thread(withdraw, runtime.settings, runtime.state, entry, body.patients)
     except WithdrawalUnsupported as exc:
         raise Refusal("conflict", "Cannot record the withdrawal here", [str(exc)]) from None
     except KeyMaterialError as exc:
@@ -199,7 +209,10 @@ def _tags(if_match: str | None) -> frozenset[str] | None:
         bad_request="the document is invalid (the running policy is unchanged); `field` names where",
         not_found="no policy data document of that name",
         precondition_failed="`If-Match` names a version the folder no longer holds: read the document again",
-        unavailable="another file of the site's policy folder is broken, or the new file was not written",
+        unavailable=(
+            "another file of the site's policy folder is broken, the new file was not written, or the state "
+            "database failed"
+        ),
     ),
 )
 async def replace_policy_document(
@@ -280,7 +293,10 @@ async def replace_policy_document(
 @router.get(
     "/approvals",
     summary="Queries that policy sent to a human, oldest first: `limit` of them (at most 500) from `offset`",
-    responses=documented(ok=("the queries waiting for a steward, oldest first", list[QueuedQuery])),
+    responses=documented(
+        ok=("the queries waiting for a steward, oldest first", list[QueuedQuery]),
+        unavailable="the state database cannot be read",
+    ),
 )
 async def approvals(
     _: StewardDep,
@@ -289,12 +305,20 @@ async def approvals(
     offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
 ) -> list[dict[str, Any]]:
     def page() -> list[Any]:
-        # An approval the gateway stopped during is back in the queue (it was never released).
-        if released := runtime.state.release_stale_claims():
+        # An approval the gateway stopped during is back in the queue (it was never released). A state
+        # database that takes no write now (locked, a full disk) still lists the queue; a later listing
+        # puts those requests back.
+        try:
+            released = runtime.state.release_stale_claims()
+        except STATE_FAILURES as exc:
+            released = 0
+            log.warning("stale approval claims stay for now (%s)", type(exc).__name__)
+        if released:
             log.warning("%d request(s) left deciding by a stopped approval are back in the queue", released)
         return runtime.state.list_requests("pending_approval", limit, offset)
 
-    pending = await asyncio.to_thread(page)
+    with unavailable_if_failing("state database", "the queue cannot be listed now; try again later"):
+        pending = await asyncio.to_thread(page)
     return [
         {
             "request_id": r.request_id,
@@ -333,6 +357,7 @@ class ApprovalDecision(BaseModel):
         forbidden="a steward cannot decide their own query",
         not_found="no such request",
         conflict="the request was already decided, or another steward is deciding it",
+        unavailable="the state database failed; the problem says what became of the decision",
     ),
 )
 async def decide(
@@ -349,6 +374,7 @@ async def decide(
     responses=documented(
         ok=("requests by agreement, dataset, kind and outcome, and the researchers refused most", Activity),
         bad_request="`hours` is outside 1 to 8784",
+        unavailable="the state database cannot be read",
     ),
 )
 async def activity(
@@ -360,4 +386,5 @@ async def activity(
     if not 1 <= hours <= 24 * 366:
         raise Refusal("bad_request", "Invalid window", ["hours must be between 1 and 8784"], field="hours")
     since = (datetime.now(UTC) - timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return await asyncio.to_thread(runtime.state.activity, since)
+    with unavailable_if_failing("state database", "the activity cannot be summarised now; try again later"):
+        return await asyncio.to_thread(runtime.state.activity, since)
