@@ -39,6 +39,9 @@ MAX_BODY_BYTES: Final = 4 * 1024 * 1024
 """The largest request body the gateway reads; a larger one is a 413. No legitimate body comes near it (a
 withdrawal of 10,000 patients is under 1 MiB): a larger one is refused as it arrives, before it is held,
 parsed or its token looked at."""
+MAX_LISTED_ERRORS: Final = 20
+"""The most errors a 422 lists, the first ones found; `errors_omitted` counts the rest. A body can hold
+hundreds of thousands of faults, and listing each would make an answer larger than the body."""
 log = logging.getLogger(__name__)
 
 STATUS: dict[RefusalKind, HTTPStatus] = {
@@ -84,7 +87,12 @@ class Problem(BaseModel):
     field: str | None = Field(None, description="the body field or parameter at fault, dotted")
     request_id: str | None = Field(None, description="the request's id in the audit log")
     errors: list[dict[str, str]] | None = Field(
-        None, description="every field that failed validation: `field` and `message` of each"
+        None,
+        description=f"the fields that failed validation, the first {MAX_LISTED_ERRORS} found: `field` and "
+        "`message` of each",
+    )
+    errors_omitted: int | None = Field(
+        None, description="how many more fields failed validation than `errors` lists, when it lists fewer"
     )
 
 
@@ -255,12 +263,15 @@ def _is_query_spec_body(request: Request) -> bool:
 _FIELD_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
-def _faults(exc: RequestValidationError, spec_body: bool) -> list[tuple[str, str, str]]:
-    """(where, field, message) of each error of a request."""
+def _faults(exc: RequestValidationError, spec_body: bool) -> tuple[list[tuple[str, str, str]], int]:
+    """(where, field, message) of each of the first `MAX_LISTED_ERRORS` errors of a request, and how many
+    errors there were."""
     errors = exc.errors()
-    unions = _union_places(errors)
+    # A union's members are reported one after another, far fewer of them than MAX_LISTED_ERRORS: errors
+    # as many again past the listed ones show every member named at a listed error's place.
+    unions = _union_places(errors[: 2 * MAX_LISTED_ERRORS])
     out = []
-    for err in errors:
+    for err in errors[:MAX_LISTED_ERRORS]:
         where, field = _field(err, spec_body, unions)
         # Pydantic's message may quote the offending input; the field and the rule are enough. A rule of
         # ours comes prefixed with pydantic's "Value error, ", which says nothing to the client.
@@ -270,7 +281,7 @@ def _faults(exc: RequestValidationError, spec_body: bool) -> list[tuple[str, str
         else:
             message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         out.append((where, field, message))
-    return out
+    return out, len(errors)
 
 
 def _validation_title(wheres: set[str], spec_body: bool) -> str:
@@ -283,14 +294,18 @@ def _validation_title(wheres: set[str], spec_body: bool) -> str:
     return _TITLES.get(where, _MIXED_TITLE)
 
 
-def _validation_response(faults: list[tuple[str, str, str]], spec_body: bool) -> JSONResponse:
+def _validation_response(faults: list[tuple[str, str, str]], found: int, spec_body: bool) -> JSONResponse:
+    """The 422 of the listed `faults` of the `found` errors."""
     errors = [{"field": field, "message": message} for _where, field, message in faults]
     first = errors[0] if errors else {"field": "body", "message": "invalid"}
+    omitted = max(found - len(errors), 0)
+    more = f" (and {omitted} more error{'s' if omitted > 1 else ''})" if omitted else ""
     return problem(
         HTTPStatus.UNPROCESSABLE_ENTITY,
         _validation_title({where for where, _field, _message in faults}, spec_body),
-        detail=f"{first['field']}: {first['message']}",
+        detail=f"{first['field']}: {first['message']}{more}",
         errors=errors,
+        errors_omitted=omitted or None,
         field=first["field"],
     )
 
@@ -336,11 +351,12 @@ def install(
     authorize: AuthorizeHook | None = None,
 ) -> None:
     """Register the handlers on an app. `on_invalid` hears of every body or parameter that failed
-    validation (the field, named as the problem names it, and the message of each error), and
-    `on_refusal` of every other refusal not audited where it was raised (`Refusal.audited`) and of the
-    framework's own (an unknown route, a wrong method): the app audits both. `authorize` runs before a
-    validation failure is answered, so that a request whose body was refused before the route's role
-    check ran (a body that is not JSON) is refused as unauthenticated when it is, not told about its body."""
+    validation (the field, named as the problem names it, and the message of each error the problem
+    lists), and `on_refusal` of every other refusal not audited where it was raised (`Refusal.audited`)
+    and of the framework's own (an unknown route, a wrong method): the app audits both. `authorize` runs
+    before a validation failure is answered, so that a request whose body was refused before the route's
+    role check ran (a body that is not JSON) is refused as unauthenticated when it is, not told about its
+    body."""
 
     async def validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -350,10 +366,10 @@ def install(
             except Refusal as refusal:
                 return await refused(request, refusal)
         spec_body = _is_query_spec_body(request)
-        faults = _faults(exc, spec_body)
+        faults, found = _faults(exc, spec_body)
         if on_invalid is not None:
             await on_invalid(request, [(field, message) for _where, field, message in faults])
-        return _validation_response(faults, spec_body)
+        return _validation_response(faults, found, spec_body)
 
     async def refused(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, Refusal)

@@ -146,13 +146,13 @@ class Condition(_Spec):
 class And(_Spec):
     """Every child holds."""
 
-    and_: list[Filter] = Field(alias="and", min_length=1)
+    and_: list[Filter] = Field(alias="and", min_length=1, max_length=MAX_LEAVES)
 
 
 class Or(_Spec):
     """At least one child holds."""
 
-    or_: list[Filter] = Field(alias="or", min_length=1)
+    or_: list[Filter] = Field(alias="or", min_length=1, max_length=MAX_LEAVES)
 
 
 class Not(_Spec):
@@ -194,25 +194,52 @@ def iter_conditions(node: Filter, path: str = "filters") -> Iterator[tuple[str, 
         yield from iter_conditions(node.not_, f"{path}.not")
 
 
-def _depth(node: Filter) -> int:
-    if isinstance(node, Condition):
-        return 1
+def _children(node: Any) -> list[Any] | None:
+    """A filter node's children as sent (parsed JSON, or models built in Python), told apart as
+    `_filter_tag` tells them; `None` for a node that has none: a condition, or anything the validation
+    will refuse (an empty `and`, a value that is no object)."""
+    if isinstance(node, dict):
+        if "and" in node:
+            children = node["and"]
+        elif "or" in node:
+            children = node["or"]
+        elif "not" in node:
+            return [node["not"]]
+        else:
+            return None
+        return children if isinstance(children, list) and children else None
+    if isinstance(node, And):
+        return node.and_
+    if isinstance(node, Or):
+        return node.or_
     if isinstance(node, Not):
-        return 1 + _depth(node.not_)
-    children = node.and_ if isinstance(node, And) else node.or_
-    return 1 + max(_depth(c) for c in children)
+        return [node.not_]
+    return None
 
 
-def _raw_depth(value: Any) -> int:
-    """Container nesting of raw JSON, iteratively, so absurd nesting is refused before recursion."""
-    deepest, stack = 0, [(value, 1)]
+def _beyond_limits(value: Any) -> str | None:
+    """Why a filter tree is beyond its limits, or `None`; walked before any of it is validated, since
+    validating a body of 100,000 conditions and reporting each one's faults would hold a worker for
+    seconds. The walk stops at the first node past `MAX_DEPTH` or the first condition past `MAX_LEAVES`
+    (a node listing more children is refused at once), so it visits a few hundred nodes at most. A
+    childless node that is no condition counts as one: it is refused either way."""
+    too_many = f"filters have more than {MAX_LEAVES} conditions; at most {MAX_LEAVES} are allowed"
+    leaves = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict | list | tuple):
-            deepest = max(deepest, level)
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((c, level + 1) for c in children)
-    return deepest
+        node, level = stack.pop()
+        if level > MAX_DEPTH:
+            return f"filters nest deeper than {MAX_DEPTH} levels"
+        children = _children(node)
+        if children is None:
+            leaves += 1
+            if leaves > MAX_LEAVES:
+                return too_many
+        elif len(children) > MAX_LEAVES:
+            return too_many
+        else:
+            stack.extend((child, level + 1) for child in children)
+    return None
 
 
 class ColumnParams(_Spec):
@@ -298,22 +325,19 @@ class BaseQuery(_Spec):
 
     @field_validator("filters", mode="before")
     @classmethod
-    def _not_absurdly_nested(cls, value: Any) -> Any:
-        # Each filter level is at most two JSON containers (a node object and its list).
-        if _raw_depth(value) > 2 * MAX_DEPTH + 1:
-            raise ValueError(f"filters nest deeper than {MAX_DEPTH} levels")
+    def _within_limits(cls, value: Any) -> Any:
+        problem = _beyond_limits(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
-    @field_validator("filters")
+    @field_validator("group_by", mode="before")
     @classmethod
-    def _within_limits(cls, value: Filter | None) -> Filter | None:
-        if value is None:
-            return None
-        if _depth(value) > MAX_DEPTH:
-            raise ValueError(f"filters nest deeper than {MAX_DEPTH} levels")
-        leaves = sum(1 for _ in iter_conditions(value))
-        if leaves > MAX_LEAVES:
-            raise ValueError(f"filters have {leaves} conditions; at most {MAX_LEAVES} are allowed")
+    def _few_group_by(cls, value: Any) -> Any:
+        # A tuple's items are validated before its length is checked: a list of 100,000 bad names would be
+        # validated whole, and each reported.
+        if isinstance(value, list | tuple) and len(value) > cls.max_group_by:
+            raise ValueError(f"needs {cls.min_group_by} to {cls.max_group_by} group_by columns")
         return value
 
     @field_validator("group_by")

@@ -5,6 +5,7 @@ dotted location, a query parameter by its name, and the audit log records the sa
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ QUERY = {
     "dataset": "cohort", "agreement": "DSA-TEST-OPEN", "purpose": {"duo": ["DUO:0000006"]}, "kind": "count",
 }  # fmt: skip
 LEAF = {"column": "bmi", "op": ">", "value": 30}
+BAD_LEAF = {"column": "1x", "op": "~", "value": {}}  # three faults: column, op and value
 
 
 def _problem(response: httpx.Response) -> dict[str, Any]:
@@ -64,6 +66,57 @@ def test_other_spec_fields_are_named_as_the_spec_names_them(
     assert field_of({**QUERY, "kind": "kaplan_meier", "params": survival}) == "params.time"
     assert field_of({k: v for k, v in QUERY.items() if k != "kind"}) == "kind"
     assert field_of({**QUERY, "kind": "median"}) == "kind"
+
+
+def test_a_filter_tree_beyond_the_limits_is_refused_at_once_as_one_problem(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    from gateway.problems import MAX_BODY_BYTES
+
+    headers = {"content-type": "application/json", **bearer(idp, "researcher")}
+    wide = {"and": [{**LEAF, "op": "~"}] * 10_000}
+    huge = {"or": [BAD_LEAF] * 110_000}  # as many faults as the largest body the gateway reads holds
+    for path in ("/v1/queries", "/v1/federated-queries"):
+        for filters in (wide, huge):
+            body = json.dumps({**QUERY, "filters": filters}, separators=(",", ":")).encode()
+            assert len(body) < MAX_BODY_BYTES
+            start = time.perf_counter()
+            answer = http.post(path, content=body, headers=headers)
+            assert time.perf_counter() - start < 1.0, path  # it held a worker for seconds
+            assert len(answer.content) < 2000, (path, len(answer.content))
+            problem = _problem(answer)
+            assert problem["field"] == "filters", (path, problem)
+            assert "at most 32" in problem["detail"]
+            if path == "/v1/queries":  # a federated query's refusal lists no errors
+                assert _fields(problem) == ["filters"]
+
+
+def test_a_422_lists_the_first_errors_found_and_counts_the_rest(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    from gateway.problems import MAX_LISTED_ERRORS, Problem
+
+    start = audit_size(http, idp)
+    body = {**QUERY, "filters": {"and": [BAD_LEAF] * 30}}  # within the limits, 90 faults
+    problem = _problem(http.post("/v1/queries", json=body, headers=bearer(idp, "researcher")))
+    assert MAX_LISTED_ERRORS == 20 and len(problem["errors"]) == 20 and problem["errors_omitted"] == 70
+    assert _fields(problem)[:3] == ["filters.and[0].column", "filters.and[0].op", "filters.and[0].value"]
+    assert problem["detail"].endswith(" (and 70 more errors)")
+    assert set(problem) <= set(Problem.model_fields)  # documented on the OpenAPI page
+    (refused,) = [e for e in entries_since(http, idp, start) if e["type"] == "query.refused"]
+    assert len(refused["payload"]["reasons"]) == 20
+    # Any body's errors are listed so: unknown fields of a spec, a steward's withdrawal.
+    unknown: dict[str, Any] = {**QUERY, **{f"extra_{i}": 0 for i in range(100_000)}}
+    answer = http.post("/v1/queries", json=unknown, headers=bearer(idp, "researcher"))
+    assert len(answer.content) < 4000 and _problem(answer)["errors_omitted"] == 100_000 - 20
+    withdrawal = {"patients": [7] * 25}
+    steward = bearer(idp, "steward")
+    problem = _problem(http.post("/v1/steward/datasets/cohort/withdrawals", json=withdrawal, headers=steward))
+    assert _fields(problem) == [f"patients.{i}" for i in range(20)] and problem["errors_omitted"] == 5
+    # Errors up to the limit are all listed, and nothing says more are missing.
+    answer = http.post("/v1/queries", json={**QUERY, "filters": BAD_LEAF}, headers=bearer(idp, "researcher"))
+    problem = _problem(answer)
+    assert len(problem["errors"]) == 3 and "errors_omitted" not in problem
 
 
 def test_a_body_that_is_not_json_is_named_body(http: httpx.Client, idp: LoopbackTestIssuer) -> None:

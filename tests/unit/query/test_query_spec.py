@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -105,6 +106,57 @@ def test_absurd_nesting_is_refused_before_recursion() -> None:
     for _ in range(5000):
         node = {"not": node}
     assert field_of(spec(filters=node)) == "filters"
+
+
+BAD_LEAF = {"column": "1x", "op": "~", "value": {}}  # three faults: column, op and value
+
+
+def _refused_fast(data: Any) -> QuerySpecError:
+    start = time.perf_counter()
+    with pytest.raises(QuerySpecError) as caught:
+        parse_query_spec(data)
+    assert time.perf_counter() - start < 1.0  # validating such a tree whole took seconds
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"and": [{**LEAF, "op": "~"}] * 10_000},
+        {"not": {"or": [BAD_LEAF] * 110_000}},  # about 4 MB, as large a body as the gateway reads
+        {"and": [{"or": [BAD_LEAF] * 32}] * 32},  # no list too long
+        {"and": [{"and": []}] * 100_000},  # nodes without a condition
+    ],
+    ids=["wide-and", "huge-body", "wide-tree", "empty-nodes"],
+)
+def test_a_tree_beyond_the_limits_is_one_problem_found_before_its_leaves_are_validated(
+    filters: dict[str, Any],
+) -> None:
+    refused = _refused_fast(spec(dataset="", filters=filters))
+    assert [p.field for p in refused.problems] == ["dataset", "filters"]  # the other fields are checked
+    assert refused.problems[1].message == "filters have more than 32 conditions; at most 32 are allowed"
+
+
+def test_a_tree_built_of_models_is_held_to_the_same_limits() -> None:
+    parsed = parse_query_spec(spec(filters=nested(5)))
+    assert parsed.filters is not None
+    assert parse_query_spec(spec(filters=parsed.filters)).filters == parsed.filters
+    assert field_of(spec(filters={"and": [parsed.filters]})) == "filters"  # six levels
+    wide = parse_query_spec(spec(filters={"or": [LEAF] * 32})).filters
+    assert field_of(spec(filters={"and": [wide, LEAF]})) == "filters"  # 33 conditions
+
+
+def test_an_and_or_an_or_lists_at_most_32_children_in_the_schema() -> None:
+    defs = QUERY_SPEC.json_schema(by_alias=True)["$defs"]
+    assert defs["And"]["properties"]["and"]["maxItems"] == 32
+    assert defs["Or"]["properties"]["or"]["maxItems"] == 32
+
+
+def test_a_long_group_by_of_bad_names_is_one_problem() -> None:
+    for kind, params in (("count", None), ("kaplan_meier", {"time": "t", "event": "e", "edges": [30]})):
+        data = spec(kind=kind, group_by=["1 x"] * 300_000, **({"params": params} if params else {}))
+        (problem,) = _refused_fast(data).problems
+        assert problem.field == "group_by" and "group_by columns" in problem.message
 
 
 def test_limits_are_inclusive() -> None:
