@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from typing import Any
@@ -157,6 +158,15 @@ def test_a_long_group_by_of_bad_names_is_one_problem() -> None:
         data = spec(kind=kind, group_by=["1 x"] * 300_000, **({"params": params} if params else {}))
         (problem,) = _refused_fast(data).problems
         assert problem.field == "group_by" and "group_by columns" in problem.message
+
+
+@pytest.mark.parametrize("where", ["top", "purpose", "filters", "params"])
+def test_an_object_of_very_many_members_is_one_problem(where: str) -> None:
+    data = copy.deepcopy(spec(kind="summary", params={"column": "bmi"}, filters=dict(LEAF)))
+    target = {"top": data, "purpose": data["purpose"], "filters": data["filters"], "params": data["params"]}
+    target[where].update({f"k{i}": 1 for i in range(300_000)})  # each was validated and reported in turn
+    (problem,) = _refused_fast(data).problems
+    assert problem.message.endswith("members; at most 32 are read")
 
 
 def test_limits_are_inclusive() -> None:
