@@ -33,7 +33,7 @@ from pseudonymize.identifiers import is_integer_type, sample_kept_columns
 from pseudonymize.keys import SecretKey
 from pseudonymize.risk import RiskReport, k_anonymity
 from pseudonymize.spec import PseudonymizationSpec
-from pseudonymize.store import BeforeCommit, CatalogEntry, Store, now_utc
+from pseudonymize.store import BeforeCommit, CatalogEntry, ConsentTerms, Store, now_utc
 from pseudonymize.transform import VALUE_ERROR_MARK, HashedInput, compile_transform
 
 ProgressCallback = Callable[[int], None]
@@ -482,6 +482,12 @@ def ingest(
             source=connector.source,
             k_override=override_k and not risk.passes,
             patient_column=patient_column,
+            consent_terms=ConsentTerms(
+                diseases=tuple(spec.diseases),
+                geographic_area=None if spec.geographic_area is None else tuple(spec.geographic_area),
+                moratorium_until=spec.moratorium_until,
+                use_until=spec.use_until,
+            ),
         )
         if store.is_duckdb:
             published = store.publish_duckdb_table(staging, entry, before_publish)

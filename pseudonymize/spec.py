@@ -6,6 +6,11 @@ A spec is a YAML or TOML file:
     agreement = "DSA-2026-014"          # or: project = "…"; the context of the pseudonym key
     patient_key = "patient_id"          # the column whose HMAC drives date shifts
     duo = ["DUO:0000042"]               # the dataset's consent codes, recorded in the catalog
+    # The parameters some codes need, recorded beside them (each only with its code):
+    # diseases = ["MONDO:0005015"]      # DUO:0000007 (disease-specific research): required
+    # moratorium_until = 2026-09-30     # DUO:0000024 (publication moratorium): required
+    # use_until = 2027-12-31            # DUO:0000025 (time limit on use): required
+    # geographic_area = ["DE", "AT"]    # DUO:0000022 (geographic restriction): the site's country if absent
     [date_shift]
     max_days = 180
     [k_anonymity]
@@ -30,10 +35,11 @@ import hashlib
 import math
 import re
 import tomllib
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import pycountry
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -42,6 +48,22 @@ from pseudonymize.errors import SpecError
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _DATASET = re.compile(r"^[a-z][a-z0-9_-]{0,47}$")
 _DUO = re.compile(r"^DUO:\d{7}$")
+#: A disease term as the policy's duo.json keys it: an ontology CURIE such as MONDO:0005148.
+_DISEASE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*:[A-Za-z0-9_.-]+$")
+_DISEASE_MAX = 256  # the longest name a decision input takes
+_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_COUNTRIES = frozenset(str(country.alpha_2) for country in pycountry.countries)
+#: Each dataset-level consent parameter and the DUO code that reads it (docs/policy.md, "What the policies
+#: decide"). A parameter without its code would be recorded and never read.
+CONSENT_PARAMETERS = {
+    "diseases": "DUO:0000007",
+    "geographic_area": "DUO:0000022",
+    "moratorium_until": "DUO:0000024",
+    "use_until": "DUO:0000025",
+}
+#: The parameters without which the policy cannot apply their code (it denies what the code would allow):
+#: an absent geographic area is the site's own country.
+_NEEDS_PARAMETER = ("diseases", "moratorium_until", "use_until")
 #: direct: identifies a person (pseudonymize or drop it); quasi: feeds the k-anonymity report; none: reviewed,
 #: not an identifier. A column left unmarked (None) has not been reviewed: the ingest scans it if it is kept.
 Identifier = Literal["direct", "quasi", "none"]
@@ -174,6 +196,10 @@ class PseudonymizationSpec(BaseModel):
     project: str | None = None
     patient_key: str | None = None
     duo: list[str] = Field(default_factory=list)
+    diseases: list[str] = Field(default_factory=list)
+    moratorium_until: date | None = None
+    use_until: date | None = None
+    geographic_area: list[str] | None = None
     description: str = ""
     date_shift: DateShiftOptions = DateShiftOptions()
     k_anonymity: KAnonymityOptions = KAnonymityOptions()
@@ -194,6 +220,40 @@ class PseudonymizationSpec(BaseModel):
         for code in value:
             if not _DUO.match(code):
                 raise ValueError(f"{code!r} is not a DUO CURIE like 'DUO:0000042'")
+        return value
+
+    @field_validator("diseases")
+    @classmethod
+    def _disease_terms(cls, value: list[str]) -> list[str]:
+        for term in value:
+            if not _DISEASE.match(term) or len(term) > _DISEASE_MAX:
+                raise ValueError(f"{term!r} is not a disease term like 'MONDO:0005148'")
+        if len(set(value)) < len(value):
+            raise ValueError("a disease term is listed twice")
+        return value
+
+    @field_validator("moratorium_until", "use_until", mode="before")
+    @classmethod
+    def _day(cls, value: Any) -> Any:
+        # YAML and TOML read an unquoted 2026-09-30 as a date; a timestamp is not a day.
+        if isinstance(value, date) and not isinstance(value, datetime):
+            return value
+        if isinstance(value, str) and _DATE.match(value) and _is_date(value):
+            return date.fromisoformat(value)
+        raise ValueError("must be a date YYYY-MM-DD")
+
+    @field_validator("geographic_area")
+    @classmethod
+    def _countries(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("lists no country: give the area's ISO 3166-1 alpha-2 codes, or leave it out")
+        for code in value:
+            if code not in _COUNTRIES:
+                raise ValueError(f"{code!r} is not an ISO 3166-1 alpha-2 country code (e.g. 'DE')")
+        if len(set(value)) < len(value):
+            raise ValueError("a country is listed twice")
         return value
 
     @field_validator("columns", mode="before")
@@ -236,6 +296,14 @@ class PseudonymizationSpec(BaseModel):
             outputs[out] = name
             if isinstance(rule, AgeRule) and not _is_date(rule.at) and rule.at not in self.columns:
                 raise ValueError(f"columns.{name}.at: {rule.at!r} is neither a column nor a date YYYY-MM-DD")
+        for name, code in CONSENT_PARAMETERS.items():
+            given = getattr(self, name) not in (None, [])
+            if given and code not in self.duo:
+                raise ValueError(f"{name}: given, but duo does not include {code}, the code that reads it")
+            if not given and code in self.duo and name in _NEEDS_PARAMETER:
+                raise ValueError(
+                    f"{name}: required when duo includes {code}, which the policy cannot apply without it"
+                )
         if any(r.action == "date_shift" for r in self.columns.values()) and self.patient_key is None:
             raise ValueError("patient_key: required when a column is date_shift")
         if self.patient_key is not None and self.patient_key not in self.columns:

@@ -3,9 +3,13 @@
 A DuckDB file is the default; any SQLAlchemy URL works too (PostgreSQL is tested). Each published version
 is a table `ds_<dataset>__v<n>`; the view `ds_<dataset>` points at the newest one; the table
 `fedgate_catalog` records per version its row count, columns and types, content digest, spec digest,
-key id (never a key), consent codes, jurisdiction and re-identification risk report. Publishing renames
-or creates the version table, inserts the catalog row and repoints the view in one transaction, so a
-failed ingest leaves the previous version exactly as it was.
+key id (never a key), consent codes and the parameters some of them need, jurisdiction and
+re-identification risk report. Publishing renames or creates the version table, inserts the catalog row and
+repoints the view in one transaction, so a failed ingest leaves the previous version exactly as it was.
+
+A catalog written before a column was added gets it when a Store opens it (NULL for the rows it holds); a
+reader that only reads it (the gateway, read-only) finds the column absent, and both read an absent or
+NULL value as the column's default.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import io
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +36,73 @@ CATALOG = "fedgate_catalog"
 _CATALOG_COLUMNS = (
     "dataset", "version", "table_name", "published_at", "row_count", "columns", "content_digest",
     "spec_digest", "key_id", "key_context", "duo", "jurisdiction", "risk_report", "source", "k_override",
-    "patient_column",
+    "patient_column", "consent_terms",
 )  # fmt: skip
 _JSON_FIELDS = ("columns", "duo", "risk_report")
+_ADDED_COLUMNS = ("consent_terms",)
+"""Catalog columns (text, nullable) added after stores were published; NULL reads as the field's default."""
 
 
 BeforeCommit = Callable[["CatalogEntry"], None]
 """Called with the version about to be published, inside its transaction (`Store.publish_duckdb_table`)."""
+
+
+@dataclass(frozen=True)
+class ConsentTerms:
+    """The parameters of a dataset's DUO codes that the policy reads (docs/policy.md, "Input"): the disease
+    terms of disease-specific consent (DUO:0000007), the countries of a geographic restriction
+    (DUO:0000022; None: the site's own country), the last day of a publication moratorium (DUO:0000024)
+    and of a time limit on use (DUO:0000025). The defaults say none is recorded, as for a version
+    published before the catalog kept them."""
+
+    diseases: tuple[str, ...] = ()
+    geographic_area: tuple[str, ...] | None = None
+    moratorium_until: date | None = None
+    use_until: date | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The terms as JSON values: lists of strings, days as `YYYY-MM-DD`, None where none is recorded."""
+        return {
+            "diseases": list(self.diseases),
+            "geographic_area": None if self.geographic_area is None else list(self.geographic_area),
+            "moratorium_until": _iso(self.moratorium_until),
+            "use_until": _iso(self.use_until),
+        }
+
+    def to_json(self) -> str:
+        """The terms as the catalog's `consent_terms` holds them."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> ConsentTerms:
+        """Terms from the catalog's `consent_terms`; NULL (a version published before it) records none."""
+        if text is None:
+            return cls()
+        try:
+            data = json.loads(text)
+            diseases, area = data.get("diseases", []), data.get("geographic_area")
+            if not _strings(diseases) or not (area is None or _strings(area)):
+                raise TypeError("not a list of strings")
+            return cls(
+                diseases=tuple(diseases),
+                geographic_area=None if area is None else tuple(area),
+                moratorium_until=_day(data.get("moratorium_until")),
+                use_until=_day(data.get("use_until")),
+            )
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise StoreError(f"the catalog holds malformed consent_terms ({type(exc).__name__})") from None
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _iso(day: date | None) -> str | None:
+    return None if day is None else day.isoformat()
+
+
+def _day(text: Any) -> date | None:
+    return None if text is None else date.fromisoformat(text)
 
 
 @dataclass(frozen=True)
@@ -62,13 +126,21 @@ class CatalogEntry:
     k_override: bool = False
     #: the stored column holding the patient pseudonym (for consent withdrawals), when the spec names one
     patient_column: str | None = None
+    #: the parameters of the dataset's DUO codes (none recorded for versions published before they were)
+    consent_terms: ConsentTerms = field(default_factory=ConsentTerms)
 
     def row(self) -> dict[str, Any]:
-        """The entry as a catalog row, JSON fields serialized."""
-        out: dict[str, Any] = {c: getattr(self, c) for c in _CATALOG_COLUMNS}
+        """The entry as a catalog row, JSON fields serialized, without `consent_terms`: the fields the
+        steward's listings show (`GET /v1/steward/datasets`, whose documented body holds no consent terms,
+        and `fedgate catalog`). The catalog stores `stored_row()`."""
+        out: dict[str, Any] = {c: getattr(self, c) for c in _CATALOG_COLUMNS if c != "consent_terms"}
         for f in _JSON_FIELDS:
             out[f] = json.dumps(out[f], sort_keys=True)
         return out
+
+    def stored_row(self) -> dict[str, Any]:
+        """The row the catalog stores: `row()` and the consent terms as JSON text."""
+        return {**self.row(), "consent_terms": self.consent_terms.to_json()}
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> CatalogEntry:
@@ -78,6 +150,8 @@ class CatalogEntry:
             data[f] = json.loads(data[f])
         data["published_at"] = str(data["published_at"])
         data["k_override"] = bool(data["k_override"])
+        # Absent from a catalog no Store has opened since the column was added; NULL in its older rows.
+        data["consent_terms"] = ConsentTerms.from_json(data.get("consent_terms"))
         return cls(**data)
 
 
@@ -102,7 +176,7 @@ _CATALOG_DDL = f"""CREATE TABLE IF NOT EXISTS {CATALOG} (
     content_digest VARCHAR NOT NULL, spec_digest VARCHAR NOT NULL, key_id VARCHAR NOT NULL,
     key_context VARCHAR NOT NULL, duo VARCHAR NOT NULL, jurisdiction VARCHAR NOT NULL,
     risk_report VARCHAR NOT NULL, source VARCHAR NOT NULL, k_override BOOLEAN NOT NULL,
-    patient_column VARCHAR, PRIMARY KEY (dataset, version))"""
+    patient_column VARCHAR, consent_terms VARCHAR, PRIMARY KEY (dataset, version))"""
 
 
 def _sa_type(t: pa.DataType) -> sa.types.TypeEngine[Any]:
@@ -141,11 +215,16 @@ class Store:
                     Path(path).parent.mkdir(parents=True, exist_ok=True)
                 self._duck = duckdb.connect(path)
                 self._duck.execute(_CATALOG_DDL).fetchall()
+                for name in _ADDED_COLUMNS:
+                    self._duck.execute(
+                        f"ALTER TABLE {CATALOG} ADD COLUMN IF NOT EXISTS {name} VARCHAR"
+                    ).fetchall()
                 self._sweep_staging()
             else:
                 self._engine = sa.create_engine(url, hide_parameters=True)
                 with self._engine.begin() as conn:
                     conn.execute(sa.text(_CATALOG_DDL.replace("VARCHAR", "TEXT")))
+                    _add_columns(conn)
         except (duckdb.Error, sa.exc.SQLAlchemyError) as exc:
             raise StoreError(f"cannot open the store at {self.display_url}: {type(exc).__name__}") from None
 
@@ -247,7 +326,7 @@ class Store:
         return final
 
     def _insert_catalog_duck(self, entry: CatalogEntry) -> None:
-        row = entry.row()
+        row = entry.stored_row()
         marks = ", ".join(f"${c}" for c in _CATALOG_COLUMNS)
         self.duckdb.execute(
             f"INSERT INTO {CATALOG} ({', '.join(_CATALOG_COLUMNS)}) VALUES ({marks})", row
@@ -300,7 +379,7 @@ class Store:
             conn.execute(
                 sa.text(f"INSERT INTO {CATALOG} ({', '.join(_CATALOG_COLUMNS)}) "
                         f"VALUES ({', '.join(':' + c for c in _CATALOG_COLUMNS)})"),
-                final.row(),
+                final.stored_row(),
             )  # fmt: skip
             # Drop and create rather than replace: a new version may have different columns.
             view = quote_ident(dataset_view(entry.dataset))
@@ -333,6 +412,16 @@ class Store:
             result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(sa.text(sql))
             for part in result.mappings().partitions():
                 yield pa.RecordBatch.from_pylist([dict(r) for r in part])
+
+
+def _add_columns(conn: sa.Connection) -> None:
+    """Give a catalog published before a column was added that column (NULL for its rows)."""
+    held = {c["name"] for c in sa.inspect(conn).get_columns(CATALOG)}
+    # Two ingests may open one old PostgreSQL store at once: the second must not fail on the first's column.
+    guard = "IF NOT EXISTS " if conn.dialect.name == "postgresql" else ""
+    for name in _ADDED_COLUMNS:
+        if name not in held:
+            conn.execute(sa.text(f"ALTER TABLE {CATALOG} ADD COLUMN {guard}{name} TEXT"))
 
 
 def _with(entry: CatalogEntry, **changes: Any) -> CatalogEntry:

@@ -277,7 +277,12 @@ def catalog(
 
 
 def _decoded(entry: CatalogEntry) -> dict[str, object]:
-    return {"columns": entry.columns, "duo": entry.duo, "risk_report": entry.risk_report}
+    return {
+        "columns": entry.columns,
+        "duo": entry.duo,
+        "risk_report": entry.risk_report,
+        "consent_terms": entry.consent_terms.to_dict(),
+    }
 
 
 def _print_risk(report: dict[str, object]) -> None:

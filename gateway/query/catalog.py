@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import duckdb
 import sqlalchemy as sa
 
 from gateway.query.errors import ExecutionError
 from pseudonymize.store import CATALOG, CatalogEntry
 
-_FIELDS = ", ".join(f.name for f in fields(CatalogEntry))
-
 
 def latest_entry(engine: sa.Engine, dataset: str) -> CatalogEntry | None:
     """The newest published version of `dataset`, or None when the catalog has none."""
     # DuckDB refuses a read-write Store and a read-only engine on one file in one process, so the
     # pipeline reads the catalog here rather than through pseudonymize.store.Store.
-    sql = sa.text(f"SELECT {_FIELDS} FROM {CATALOG} WHERE dataset = :d ORDER BY version DESC LIMIT 1")
+    # Every column there is: a catalog no Store has opened since `consent_terms` was added lacks it, and the
+    # entry reads its absence as none recorded (pseudonymize.store).
+    sql = sa.text(f"SELECT * FROM {CATALOG} WHERE dataset = :d ORDER BY version DESC LIMIT 1")
     try:
         with engine.connect() as conn:
             row = conn.execute(sql, {"d": dataset}).mappings().first()

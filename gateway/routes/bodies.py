@@ -53,6 +53,18 @@ class DatasetColumn(_Body):
     type: str = Field(description="the stored column's Arrow type, e.g. `int64`, `string`")
 
 
+class DatasetConsentTerms(_Body):
+    """The parameters of the dataset's DUO codes, as its pseudonymization spec gave them (none recorded for
+    versions published before the catalog kept them)."""
+
+    diseases: list[str] = Field(description="disease terms of disease-specific consent (DUO:0000007)")
+    geographic_area: list[str] | None = Field(
+        description="countries of a geographic restriction (DUO:0000022); null: the site's own country"
+    )
+    moratorium_until: str | None = Field(description="end of a publication moratorium (DUO:0000024)")
+    use_until: str | None = Field(description="last day of a time limit on use (DUO:0000025)")
+
+
 class KAnonymityReport(_Body):
     """Re-identification risk measured at ingest over the spec's quasi-identifiers."""
 
@@ -80,6 +92,7 @@ class PublishedDataset(_Body):
     key_id: str = Field(description="fingerprint of the key the pseudonyms were derived from, never the key")
     key_context: str
     duo: list[str] = Field(description="the dataset's DUO consent codes")
+    consent_terms: DatasetConsentTerms
     jurisdiction: str
     risk_report: KAnonymityReport
     source: str

@@ -54,7 +54,14 @@ async def datasets(_: StewardDep, runtime: RuntimeDep) -> list[dict[str, Any]]:
     with unavailable_if_failing("store", "its catalog cannot be read now; try again later"):
         entries = await asyncio.to_thread(runtime.catalog.refresh)
     return [
-        {**e.row(), "columns": e.columns, "duo": e.duo, "risk_report": e.risk_report, "key_id": e.key_id}
+        {
+            **e.row(),
+            "columns": e.columns,
+            "duo": e.duo,
+            "risk_report": e.risk_report,
+            "key_id": e.key_id,
+            "consent_terms": e.consent_terms.to_dict(),
+        }
         for e in entries
     ]
 

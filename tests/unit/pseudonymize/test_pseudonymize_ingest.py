@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
+import re
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -12,14 +15,17 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
+from ingest_helpers import read_back_digest
 
 from connectors import CsvConnector, MalformedRecord, ParquetConnector
-from pseudonymize.errors import IngestError, RiskThresholdError, SpecError
+from gateway.catalog import CatalogView
+from gateway.query.execute import store_engine
+from pseudonymize.errors import IngestError, RiskThresholdError, SpecError, StoreError
 from pseudonymize.ingest import ingest, pseudonym_key
 from pseudonymize.keys import SecretKey
 from pseudonymize.pseudonym import date_offset, pseudonym
 from pseudonymize.spec import load_spec
-from pseudonymize.store import Store
+from pseudonymize.store import ConsentTerms, Store
 
 
 def run(source: Path, spec_path: Path, master: SecretKey, store: Store, **kw: object):  # type: ignore[no-untyped-def]
@@ -456,3 +462,96 @@ def test_the_risk_report_token_column_is_no_output_and_absent_when_the_key_is_ke
     )
     with pytest.raises(SpecError, match="not a valid column name"):
         load_spec(renamed)
+
+
+RECORDED = ConsentTerms(
+    diseases=("MONDO:0005015",), geographic_area=("DE", "AT"), moratorium_until=date(2026, 9, 30)
+)
+
+
+def _spec_with_terms(spec_path: Path) -> Path:
+    """The example spec with disease-specific consent, a geographic restriction and a moratorium."""
+    changed = spec_path.with_name("terms.spec.yaml")
+    changed.write_text(
+        re.sub(
+            r"^duo: .*$",
+            "duo: [DUO:0000007, DUO:0000022, DUO:0000024]\ndiseases: [MONDO:0005015]\n"
+            "geographic_area: [DE, AT]\nmoratorium_until: 2026-09-30",
+            spec_path.read_text(),
+            count=1,
+            flags=re.MULTILINE,
+        )
+    )
+    return changed
+
+
+def test_catalog_records_the_consent_terms(
+    tmp_path: Path, cohort_parquet: Path, spec_path: Path, master: SecretKey
+) -> None:
+    url = f"duckdb:///{tmp_path / 's.duckdb'}"
+    with Store(url) as store:
+        entry = run(cohort_parquet, _spec_with_terms(spec_path), master, store).entry
+        assert store.catalog("cohort") == [entry]
+        (text,) = store.duckdb.execute("SELECT consent_terms FROM fedgate_catalog").fetchone() or ()
+    assert entry.consent_terms == RECORDED and entry.duo == ["DUO:0000007", "DUO:0000022", "DUO:0000024"]
+    assert json.loads(text) == {
+        "diseases": ["MONDO:0005015"], "geographic_area": ["DE", "AT"],
+        "moratorium_until": "2026-09-30", "use_until": None,
+    }  # fmt: skip
+    engine = store_engine(url)  # the gateway's read-only view
+    try:
+        assert CatalogView(engine).latest("cohort") == entry
+    finally:
+        engine.dispose()
+
+
+def _forget_consent_terms(url: str) -> None:
+    """Make a store's catalog what stores published before it recorded consent terms had."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE fedgate_catalog DROP COLUMN consent_terms"))
+    engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_store_published_before_consent_terms_still_opens_and_reads(
+    request: pytest.FixtureRequest,
+    kind: str,
+    tmp_path: Path,
+    cohort_parquet: Path,
+    spec_path: Path,
+    master: SecretKey,
+) -> None:
+    url = f"duckdb:///{tmp_path / 's.duckdb'}" if kind == "duckdb" else request.getfixturevalue("pg_url")
+    with Store(url) as store:
+        old = run(cohort_parquet, spec_path, master, store).entry
+    _forget_consent_terms(url)
+    # The gateway reads the old catalog read-only, as it is: none recorded.
+    engine = store_engine(url)
+    try:
+        assert CatalogView(engine).latest("cohort") == old and old.consent_terms == ConsentTerms()
+    finally:
+        engine.dispose()
+    # A Store adds the column; the old version reads as it did, and a new one records its terms.
+    with Store(url) as store:
+        assert store.catalog("cohort") == [old]
+        if store.is_duckdb:
+            assert read_back_digest(store, old.table_name) == old.content_digest
+        new = run(cohort_parquet, _spec_with_terms(spec_path), master, store).entry
+        assert store.catalog("cohort") == [old, new]
+    assert new.version == 2 and new.consent_terms == RECORDED
+    with Store(url) as store:  # opening a store that has the column changes nothing
+        assert store.catalog("cohort") == [old, new]
+    engine = store_engine(url)
+    try:
+        assert [e.consent_terms for e in CatalogView(engine).entries()] == [ConsentTerms(), RECORDED]
+    finally:
+        engine.dispose()
+
+
+def test_malformed_consent_terms_in_the_catalog_are_a_store_error() -> None:
+    assert ConsentTerms.from_json(None) == ConsentTerms()
+    assert ConsentTerms.from_json(RECORDED.to_json()) == RECORDED
+    for text in ('{"diseases": "MONDO:0005015"}', '{"use_until": "soon"}', "[]", "{"):
+        with pytest.raises(StoreError, match="malformed consent_terms"):
+            ConsentTerms.from_json(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
@@ -176,3 +177,83 @@ def test_a_source_column_named_like_the_ingests_own_is_refused(tmp_path: Path) -
     schema = pa.schema([("pid", pa.string()), ("__fedgate_po", pa.int32())])
     with pytest.raises(SpecError, match="source column 2 of 2 has a name starting with '__fedgate'"):
         compile_transform(s, schema, bytes(32), "s.yaml")
+
+
+CODES = "duo: [DUO:0000007, DUO:0000022, DUO:0000024, DUO:0000025]\n"
+TERMS = {
+    "diseases": "[MONDO:0005015, MONDO:0007254]",
+    "geographic_area": "[DE, FR]",
+    "moratorium_until": "2026-09-30",
+    "use_until": "'2027-12-31'",
+}
+
+
+def terms(**changed: str | None) -> str:
+    """The four dataset-level consent parameters as YAML lines, some changed or (None) left out."""
+    given = {**TERMS, **changed}
+    return "".join(f"{k}: {v}\n" for k, v in given.items() if v is not None)
+
+
+def test_dataset_consent_parameters_load_beside_their_codes(tmp_path: Path) -> None:
+    s = load_spec(spec(tmp_path, HEAD + CODES + terms()))
+    assert s.diseases == ["MONDO:0005015", "MONDO:0007254"] and s.geographic_area == ["DE", "FR"]
+    assert s.moratorium_until == date(2026, 9, 30) and s.use_until == date(2027, 12, 31)
+    toml = (
+        'dataset = "cohort"\nagreement = "DSA-1"\nduo = ["DUO:0000024", "DUO:0000025"]\n'
+        'moratorium_until = 2026-09-30\nuse_until = "2027-12-31"\n[columns]\nsex = "keep"\n'
+    )
+    s = load_spec(spec(tmp_path, toml, "s.toml"))
+    assert (s.moratorium_until, s.use_until) == (date(2026, 9, 30), date(2027, 12, 31))
+    # None recorded: a spec without the codes, and an area left to the site's own country.
+    plain = load_spec(spec(tmp_path, HEAD + "duo: [DUO:0000042, DUO:0000022]\n"))
+    assert (plain.diseases, plain.geographic_area, plain.moratorium_until, plain.use_until) == (
+        [], None, None, None,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("changed", "field", "message"),
+    [
+        ({"diseases": "[type 2 diabetes]"}, "diseases", "'type 2 diabetes' is not a disease term like"),
+        ({"diseases": "[MONDO:0005015, MONDO:0005015]"}, "diseases", "a disease term is listed twice"),
+        ({"diseases": "[42]"}, "diseases.0", "valid string"),
+        ({"moratorium_until": "'2026-02-30'"}, "moratorium_until", "must be a date YYYY-MM-DD"),
+        ({"moratorium_until": "30.09.2026"}, "moratorium_until", "must be a date YYYY-MM-DD"),
+        ({"use_until": "2027-12-31 10:00:00"}, "use_until", "must be a date YYYY-MM-DD"),
+        ({"use_until": "20271231"}, "use_until", "must be a date YYYY-MM-DD"),
+        ({"geographic_area": "[UK]"}, "geographic_area", "'UK' is not an ISO 3166-1 alpha-2 country code"),
+        ({"geographic_area": "[de]"}, "geographic_area", "'de' is not an ISO 3166-1 alpha-2 country code"),
+        ({"geographic_area": "[]"}, "geographic_area", "lists no country"),
+        ({"diseases": None}, "diseases", "required when duo includes DUO:0000007"),
+        ({"moratorium_until": None}, "moratorium_until", "required when duo includes DUO:0000024"),
+        ({"use_until": None}, "use_until", "required when duo includes DUO:0000025"),
+    ],
+)
+def test_bad_consent_parameters_name_the_file_and_field(
+    tmp_path: Path, changed: dict[str, str | None], field: str, message: str
+) -> None:
+    path = spec(tmp_path, HEAD + CODES + terms(**changed))
+    err = error(path)
+    assert err.field == field and message in err.message, str(err)
+    assert str(err).startswith(f"{path}:")
+
+
+def test_a_consent_parameter_without_its_code_is_refused(tmp_path: Path) -> None:
+    for name, code in (
+        ("diseases", "DUO:0000007"),
+        ("geographic_area", "DUO:0000022"),
+        ("moratorium_until", "DUO:0000024"),
+        ("use_until", "DUO:0000025"),
+    ):
+        others = CODES.replace(f"{code}, ", "").replace(f", {code}", "")
+        err = error(spec(tmp_path, HEAD + others + terms()))
+        assert err.field == name and f"duo does not include {code}" in err.message, str(err)
+        assert err.line == 6 + 1 + list(TERMS).index(name)  # the parameter's own line
+
+
+def test_the_documented_consent_parameters_load(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "pseudonymization.md").read_text()
+    block = doc.split("## Dataset-level consent", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    s = load_spec(spec(tmp_path, HEAD + block))
+    assert s.duo == ["DUO:0000007", "DUO:0000024"] and s.diseases == ["MONDO:0005015"]
+    assert s.moratorium_until == date(2026, 9, 30)
