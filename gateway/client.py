@@ -151,14 +151,19 @@ def result_frame(body: Mapping[str, Any]) -> pd.DataFrame:
     boolean; `suppression_reason` and `margin` are string. A suppressed or undefined value is NA. Group
     columns keep the values JSON gave them (object): numbers, text, ISO dates, the merged level "(other)",
     and None where a margin sums over the column. Columns are told apart by the body's `kind`; a body
-    without one has the columns any kind releases typed by name.
+    without one has the columns any kind releases typed by name. A publication moratorium the answer is
+    under is the frame's `attrs["publication_moratorium_until"]` (YYYY-MM-DD).
     """
     rows = [row for row in body.get("rows") or [] if isinstance(row, Mapping)]
     columns = [str(c) for c in body.get("columns") or []] or list(dict.fromkeys(k for r in rows for k in r))
     dtypes = _result_dtypes(body.get("kind"), columns)
     index = pd.RangeIndex(len(rows))
     data = {name: _column(name, [row.get(name) for row in rows], dtypes.get(name), index) for name in columns}
-    return pd.DataFrame(data, index=index, columns=columns)
+    frame = pd.DataFrame(data, index=index, columns=columns)
+    policy = body.get("policy")
+    if isinstance(policy, Mapping) and policy.get("publication_moratorium_until"):
+        frame.attrs["publication_moratorium_until"] = str(policy["publication_moratorium_until"])
+    return frame
 
 
 def _result_dtypes(kind: Any, columns: list[str]) -> dict[str, ExtensionDtype]:

@@ -665,6 +665,7 @@ class QueryPipeline:
                 "decision": "allow",
                 "reasons": list(job.decision.reasons),
                 "bundle_digest": job.decision.bundle_digest,
+                **_moratorium(job.obligations),
             },
         }
         result_hash = hashlib.sha256(rfc8785.dumps(released.body)).hexdigest()
@@ -955,6 +956,12 @@ def decision_input(principal: Principal, spec: Decidable, entry: CatalogEntry) -
         destination=Destination(country=spec.destination or principal.country),
         now=datetime.now(UTC),
     )
+
+
+def _moratorium(obligations: Obligations) -> dict[str, str]:
+    """The publication moratorium an answer is under (DUO:0000024), for the researcher to honour."""
+    until = obligations.publication_moratorium_until
+    return {"publication_moratorium_until": until.isoformat()} if until is not None else {}
 
 
 def _disclosed(answer: dict[str, Any]) -> dict[str, int | None]:

@@ -40,6 +40,11 @@ class PolicySummary(BaseModel):
     decision: str = Field(description="always `allow` on a released answer")
     reasons: list[str] = Field(description="the clauses that allowed it")
     bundle_digest: str = Field(description="the policy bundle (policies and data) that decided")
+    publication_moratorium_until: str | None = Field(
+        default=None,
+        description="present when the dataset's consent sets a publication moratorium (DUO:0000024): "
+        "results may not be published before this day (YYYY-MM-DD)",
+    )
 
 
 class QueryAnswer(BaseModel):

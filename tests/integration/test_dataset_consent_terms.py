@@ -16,6 +16,7 @@ from oidc_issuer import LoopbackTestIssuer
 
 from connectors import ParquetConnector
 from gateway.auth import Principal
+from gateway.client import result_frame
 from gateway.decision import PolicyDecisionPoint
 from gateway.pipeline import decision_input
 from gateway.query import parse_query_spec
@@ -61,6 +62,34 @@ def test_disease_specific_consent_answers_its_diseases_only(tmp_site: Site, idp:
 
 TODAY = dt.datetime.now(dt.UTC).date()
 LATER, EARLIER = TODAY + dt.timedelta(days=30), TODAY - dt.timedelta(days=30)
+
+
+def _publish(site: Site, name: str, consent: str) -> Any:
+    """The site's cohort again, as a new version with the spec's `duo` line replaced by `consent`."""
+    example = (ROOT / "examples/cohort.spec.yaml").read_text()
+    spec_path = site.root / f"{name}.spec.yaml"
+    spec_path.write_text(re.sub(r"^duo: .*$", consent, example, count=1, flags=re.M))
+    assert site.settings.master_key_file is not None
+    with Store(site.settings.store_url) as store:
+        return ingest(
+            ParquetConnector(site.root / "patients.parquet"), load_spec(spec_path), str(spec_path),
+            SecretKey.from_file(site.settings.master_key_file), store, jurisdiction="DE", override_k=True,
+        ).entry  # fmt: skip
+
+
+def test_an_answer_under_a_publication_moratorium_says_until_when(
+    tmp_site: Site, idp: LoopbackTestIssuer
+) -> None:
+    published = _publish(
+        tmp_site, "moratorium", f"duo: [DUO:0000042, DUO:0000024]\nmoratorium_until: {LATER}"
+    )
+    assert published.consent_terms == ConsentTerms(moratorium_until=LATER)
+    query = {**_count(TYPE_2_DIABETES), "purpose": {"duo": ["DUO:0000006"]}}
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url, timeout=60) as http:
+        answer = http.post("/v1/queries", json=query, headers=bearer(idp, "researcher"))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["policy"]["publication_moratorium_until"] == LATER.isoformat()
+    assert result_frame(answer.json()).attrs == {"publication_moratorium_until": LATER.isoformat()}
 
 
 @pytest.mark.parametrize(
