@@ -13,7 +13,7 @@ import re
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -137,6 +137,20 @@ def _documented(
 
 AUTHENTICATED: dict[int | str, dict[str, Any]] = _documented(_AUTH_REFUSALS, also={})
 """The refusals of every endpoint behind a role, for its router's `responses`."""
+
+
+def raw_refusal(refusal: Literal["header_too_large", "request_timeout"], detail: str) -> tuple[int, bytes]:
+    """A refusal a connection's protocol writes before any app runs (gateway.cli.http_limits): its status,
+    and its header fields, blank line and problem body, to follow the status line and the server's own
+    headers. `header_too_large`: 431, the request line and headers are over the limit; `request_timeout`:
+    408, the request did not arrive in time. The connection closes after it."""
+    status, title = {
+        "header_too_large": (HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Request header fields too large"),
+        "request_timeout": (HTTPStatus.REQUEST_TIMEOUT, "Request timeout"),
+    }[refusal]
+    response = problem(status, title, detail=detail)
+    fields = b"".join(name + b": " + value + b"\r\n" for name, value in response.raw_headers)
+    return int(status), fields + b"connection: close\r\n\r\n" + response.body
 
 
 def problem(

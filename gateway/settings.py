@@ -148,6 +148,29 @@ class ServerSettings(BaseModel):
         "between a worker's event loop and its threads",
     )
     public_url: str | None = Field(default=None, description="the URL peers and clients use for this gateway")
+    max_header_bytes: int = Field(
+        default=128 * 1024,
+        ge=80 * 1024,
+        le=1024 * 1024,
+        description="the most bytes a request's line and headers may hold; a longer head is refused (431) "
+        "before the server holds or parses more of it. At least 80 KiB: room for the longest bearer token "
+        "the gateway accepts (64 KiB, gateway/auth/bearer.py) and the other headers",
+    )
+    request_timeout_s: float = Field(
+        default=30.0,
+        ge=1.0,
+        le=3600.0,
+        description="how long a request, its headers and its body, may take to arrive from its first byte; "
+        "a connection past it is answered 408 and closed. Time the server itself makes a client wait (a "
+        "body it has not yet asked for) does not count",
+    )
+    max_connections: int = Field(
+        default=128,
+        ge=1,
+        le=100_000,
+        description="connections each worker serves at once; a request on one more is answered 503 and its "
+        "connection closed. It bounds what requests on their way in can hold in a worker's memory",
+    )
 
     @field_validator("public_url")
     @classmethod

@@ -28,6 +28,8 @@ from typing import Any, Final
 
 import uvicorn
 
+from gateway.cli.http_limits import BoundedHttpToolsProtocol
+
 log = logging.getLogger("fedgate.serve")
 
 HANDOFF_ENV: Final = "FEDGATE_HANDOFF_FD"
@@ -50,7 +52,13 @@ class _Worker:
 
 
 APP: Final = "gateway.app:app_from_environment"
-APP_OPTIONS: Final[dict[str, Any]] = {"factory": True, "log_level": "info", "access_log": False}
+APP_OPTIONS: Final[dict[str, Any]] = {
+    "factory": True,
+    "log_level": "info",
+    "access_log": False,
+    # httptools, as uvicorn would choose, within the bounds of the site's [server] table.
+    "http": BoundedHttpToolsProtocol,
+}
 """How uvicorn runs the gateway, in a worker of the parent here or by itself (`fedgate serve`)."""
 
 
