@@ -52,6 +52,7 @@ def run(
     *,
     shape: Hashable | None = None,
     values: Mapping[str, Any] | None = None,
+    at_most: int | None = None,
 ) -> list[tuple[Any, ...]]:
     """The rows of `statement`, run on the DuckDB connection under `conn` (a `duckdb+query` connection).
 
@@ -68,7 +69,11 @@ def run(
     the shape): compiling cost about a fifth of a small query. A statement whose named parameters are
     not exactly those the kept compile binds is compiled anew. On a kept shape `statement` itself is not
     read: `shape` and `values` must be the ones compile_query made with it (as execute passes them).
-    `statement` may be given as the function that builds it, called only when the text is compiled."""
+    `statement` may be given as the function that builds it, called only when the text is compiled.
+
+    With `at_most`, no more rows than that are fetched, and the rest are dropped: DuckDB holds a result,
+    and what it took to compute (an aggregate's groups), until the connection runs its next statement,
+    which for a pooled connection may be long after."""
     given = values or {}
     template = TEMPLATES.get(shape) if shape is not None else None
     if template is not None and template.named == given.keys():
@@ -96,8 +101,18 @@ def run(
             parsed.popitem(last=False)
     else:
         parsed.move_to_end(text)
-    rows: list[tuple[Any, ...]] = driver.execute(kept, params).fetchall()
+    result = driver.execute(kept, params)
+    if at_most is None:
+        rows: list[tuple[Any, ...]] = result.fetchall()
+        return rows
+    rows = result.fetchmany(at_most)
+    if len(rows) == at_most:
+        driver.execute(_DROP_RESULT).fetchall()
     return rows
+
+
+_DROP_RESULT: Final = "SELECT NULL WHERE FALSE"
+"""Any statement: running it ends the connection's result before it."""
 
 
 class _Template:

@@ -23,9 +23,16 @@ import sqlalchemy as sa
 from pandas.api.types import pandas_dtype
 
 from gateway.query import duckdb_dialect
-from gateway.query.compile import TOGETHER_KINDS, CompiledQuery, counted_together, together_values
+from gateway.query.compile import (
+    MAX_GROUPS,
+    TOGETHER_KINDS,
+    CompiledQuery,
+    counted_together,
+    together_values,
+)
 from gateway.query.errors import ExecutionError, ValueMismatch
 from gateway.query.population import PopulationCache
+from pseudonymize.disclosure import MAX_GRID_CELLS, TableTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,9 @@ class QueryOutcome:
     `frame` is the typed DataFrame; it may be given as the function that builds it, run once when first
     asked. `plain`, when set, holds the same table as Python values per column, in the frame's row order,
     None for a missing value: a count answer small enough to release without pandas never builds `frame`.
+    A query with more groups than MAX_GROUPS has neither: asking for its `frame` raises TableTooLarge, the
+    refusal disclosure control gives any table of more than MAX_GRID_CELLS cells, once it has checked the
+    query-set sizes (which such an outcome holds as any other does).
     """
 
     __slots__ = ("_build", "_frame", "plain", "population", "selected")
@@ -147,11 +157,13 @@ def execute(
         with engine.connect() as conn:
             run = _runner(conn, compiled)
             rows = run(lambda: compiled.main, "main")
+            # The store gave at most one group more than MAX_GROUPS (`_runner`).
+            too_many = len(rows) > MAX_GROUPS
             if population is None:
                 selected, population = (int(v) for v in _one(run(lambda: compiled.sizes, "sizes")))
                 if populations is not None and key is not None:
                     populations.put(key, population)
-            elif compiled.kind in ("count", "crosstab"):
+            elif compiled.kind in ("count", "crosstab") and not too_many:
                 selected = sum(int(r[-1]) for r in rows)
             else:
                 (selected_value,) = _one(run(lambda: compiled.selected, "selected"))
@@ -161,7 +173,15 @@ def execute(
         if isinstance(cause, duckdb.ConversionException) or isinstance(exc, sa.exc.DataError):
             raise ValueMismatch() from None
         raise ExecutionError(_describe(exc)) from None
+    if too_many:
+        return QueryOutcome(_too_many_groups, selected, population)
     return _outcome(compiled, rows, selected, population)
+
+
+def _too_many_groups() -> pd.DataFrame:
+    """The frame of a query with more groups than MAX_GROUPS: refused as disclosure control refuses a grid
+    of more than MAX_GRID_CELLS cells (grid.build_grid), which its groups alone would make."""
+    raise TableTooLarge(MAX_GRID_CELLS, to_hide=False)
 
 
 def together_key(engine: sa.Engine, compiled: CompiledQuery) -> Hashable | None:
@@ -185,15 +205,20 @@ def execute_together(
     `execute` raises it), in order.
 
     Two or more whose population the cache knows run as one statement (`counted_together`), so DuckDB
-    binds, plans and optimizes once for all of them. Should that statement fail, each query runs alone,
-    so that a failure is reported for the query that caused it and for no other."""
+    binds, plans and optimizes once for all of them. Should that statement fail, or give more groups than
+    MAX_GROUPS (which one of its queries alone may not have), each query runs alone, so that a failure or
+    a refusal is reported for the query that caused it and for no other."""
     if len(queries) > 1:
         population = populations.get(PopulationCache.key(engine, queries[0].population))
         if population is not None:
             try:
-                return _counted_together(engine, queries, population)
+                shared = _counted_together(engine, queries, population)
             except Exception as exc:  # noqa: BLE001 - each query alone below finds and reports its own failure
                 log.info("%d queries of one shape ran one by one: %s", len(queries), type(exc).__name__)
+            else:
+                if shared is not None:
+                    return shared
+                log.info("%d queries of one shape ran one by one: too many groups", len(queries))
     outcomes: list[QueryOutcome | Exception] = []
     for compiled in queries:
         try:
@@ -205,7 +230,9 @@ def execute_together(
 
 def _counted_together(
     engine: sa.Engine, queries: Sequence[CompiledQuery], population: int
-) -> list[QueryOutcome | Exception]:
+) -> list[QueryOutcome | Exception] | None:
+    """The outcome of each query from one statement; None when it has more groups than MAX_GROUPS (it has
+    every group of the consented rows, with or without a query's rows), since it then holds only some."""
     first = queries[0]
     with engine.connect() as conn:
         rows = duckdb_dialect.run(
@@ -213,7 +240,10 @@ def _counted_together(
             lambda: counted_together(queries),
             shape=(first.shape, "together", len(queries)),
             values=together_values(queries),
+            at_most=MAX_GROUPS + 1,
         )
+    if len(rows) > MAX_GROUPS:
+        return None
     groups = len(first.output) - 1
     outcomes: list[QueryOutcome | Exception] = []
     for i, compiled in enumerate(queries):
@@ -228,13 +258,15 @@ def _runner(
 ) -> Callable[[Callable[[], sa.Select[Any]], str], Sequence[Sequence[Any]]]:
     """How `conn` runs one of `compiled`'s selects (given as the function that builds it, and named by its
     part: main, sizes or selected): DuckDB's own connection for the query dialect, its text kept per
-    shape and part, so a kept text runs without the select being built (duckdb_dialect.run);
-    SQLAlchemy's execution for any other store."""
+    shape and part, so a kept text runs without the select being built (duckdb_dialect.run), and `main`
+    fetching no more than MAX_GROUPS + 1 rows; SQLAlchemy's execution for any other store, where a grouped
+    `main` has that LIMIT (compile.MAX_GROUPS)."""
     if isinstance(conn.dialect, duckdb_dialect.QueryDuckDBDialect):
 
         def run(statement: Callable[[], sa.Select[Any]], part: str) -> Sequence[Sequence[Any]]:
             shape = (compiled.shape, part) if compiled.shape is not None else None
-            return duckdb_dialect.run(conn, statement, shape=shape, values=compiled.values)
+            at_most = MAX_GROUPS + 1 if part == "main" else None
+            return duckdb_dialect.run(conn, statement, shape=shape, values=compiled.values, at_most=at_most)
 
         return run
     return lambda statement, part: conn.execute(statement()).all()

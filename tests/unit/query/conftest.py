@@ -17,7 +17,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
-from query_helpers import EXAMPLE_SPEC, TABLE, duckdb_holding, postgres_schema_holding
+from query_helpers import (
+    EXAMPLE_SPEC,
+    TABLE,
+    duckdb_holding,
+    many_groups_table,
+    postgres_schema,
+    postgres_schema_holding,
+)
 
 from connectors import ParquetConnector
 from gateway.query import duckdb_dialect, store_engine
@@ -89,6 +96,32 @@ def duck_url(tmp_path_factory: pytest.TempPathFactory, mixed_table: pa.Table) ->
 def pg_mixed_url(pg_server_url: str, mixed_table: pa.Table) -> Iterator[str]:
     """A schema of its own holding the mixed table, for the whole session (writing it once is enough)."""
     with postgres_schema_holding(pg_server_url, mixed_table) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def many_groups_duck_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A DuckDB file whose `TABLE` is `many_groups_table`."""
+    path = tmp_path_factory.mktemp("many") / "many.duckdb"
+    con = duckdb.connect(str(path))
+    try:
+        con.execute(many_groups_table("duckdb")).fetchall()
+    finally:
+        con.close()
+    return f"duckdb:///{path}"
+
+
+@pytest.fixture(scope="session")
+def many_groups_pg_url(pg_server_url: str) -> Iterator[str]:
+    """A PostgreSQL schema of its own whose `TABLE` is `many_groups_table`, for the whole session."""
+    with postgres_schema(pg_server_url, "many") as url:
+        engine = sa.create_engine(url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(many_groups_table("postgresql")))
+                conn.execute(sa.text(f'ANALYZE "{TABLE}"'))
+        finally:
+            engine.dispose()
         yield url
 
 

@@ -1,5 +1,6 @@
-"""Helpers for the query tests: the obligations a decision would carry, a PostgreSQL table writer, and an
-independent pandas reference of the filter and consent semantics."""
+"""Helpers for the query tests: the obligations a decision would carry, a PostgreSQL table writer, an
+independent pandas reference of the filter and consent semantics, and a table of many groups with a count
+of the rows each statement fetched."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from typing import Any
 import duckdb
 import pandas as pd
 import pyarrow as pa
+import pytest
 import sqlalchemy as sa
 from obligation_helpers import obligations as site_obligations
 
 from gateway.decision.models import ConsentFilter, Obligations
-from gateway.query import CompiledQuery, compile_query, parse_query_spec
+from gateway.query import CompiledQuery, compile_query, duckdb_dialect, parse_query_spec
+from pseudonymize.disclosure import MAX_GRID_CELLS
 
 EXAMPLE_SPEC = Path(__file__).resolve().parents[3] / "examples" / "cohort.spec.yaml"
 TABLE = "ds_mixed__v1"
@@ -148,16 +151,76 @@ def duckdb_holding(path: Path, table: pa.Table) -> str:
 @contextlib.contextmanager
 def postgres_schema_holding(server_url: str, table: pa.Table, prefix: str = "q") -> Iterator[str]:
     """The URL of a schema of its own on the server whose `TABLE` holds `table`; dropped on exit."""
+    with postgres_schema(server_url, prefix) as url:
+        write_postgres(url, table)
+        yield url
+
+
+@contextlib.contextmanager
+def postgres_schema(server_url: str, prefix: str = "q") -> Iterator[str]:
+    """The URL of a new, empty schema of its own on the server; dropped on exit."""
     schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(server_url)
     with admin.begin() as conn:
         conn.execute(sa.text(f'create schema "{schema}"'))
     sep = "&" if "?" in server_url else "?"
-    url = f"{server_url}{sep}options=-csearch_path%3D{schema}"
     try:
-        write_postgres(url, table)
-        yield url
+        yield f"{server_url}{sep}options=-csearch_path%3D{schema}"
     finally:
         with admin.begin() as conn:
             conn.execute(sa.text(f'drop schema "{schema}" cascade'))
         admin.dispose()
+
+
+# -- a table of many groups: 400 x 400 rows, each pair (a, b) once --------------------------------------
+
+MANY_GROUPS_SIDE = 400
+MANY_GROUPS_COLUMNS = [
+    ("a", "int64"), ("b", "int64"), ("c", "int64"), ("v", "double"), ("consent_duo", "string"),
+    ("consent_withdrawn", "bool"),
+]  # fmt: skip
+
+
+def many_groups_table(dialect: str) -> str:
+    """The statement creating `TABLE` with 400 x 400 consented rows: row i has a = i // 400, b = i % 400,
+    c = i % MAX_GRID_CELLS and v = i % 3. Grouping by a and b gives 400 groups per level of a, and each
+    level of either column has 400 rows (none is rare); grouping by c gives exactly MAX_GRID_CELLS groups."""
+    side = MANY_GROUPS_SIDE
+    rows, a = (
+        (f"range({side * side}) AS t(i)", f"i // {side}")
+        if dialect == "duckdb"
+        else (f"generate_series(0::bigint, {side * side - 1}) AS t(i)", f"i / {side}")
+    )
+    return (
+        f'CREATE TABLE "{TABLE}" AS SELECT {a} AS a, i % {side} AS b, i % {MAX_GRID_CELLS} AS c, '
+        "CAST(i % 3 AS DOUBLE PRECISION) AS v, CAST('DUO:0000042' AS TEXT) AS consent_duo, "
+        f"FALSE AS consent_withdrawn FROM {rows}"
+    )
+
+
+@contextlib.contextmanager
+def rows_fetched(engine: sa.Engine) -> Iterator[list[int]]:
+    """The number of rows each statement run on `engine` gave the gateway, in order: DuckDB's statements
+    run through duckdb_dialect.run, any other store's through a cursor."""
+    fetched: list[int] = []
+    if isinstance(engine.dialect, duckdb_dialect.QueryDuckDBDialect):
+        original = duckdb_dialect.run
+
+        def counting(conn: sa.Connection, statement: Any, **kwargs: Any) -> Any:
+            rows = original(conn, statement, **kwargs)
+            fetched.append(len(rows))
+            return rows
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(duckdb_dialect, "run", counting)
+            yield fetched
+        return
+
+    def after(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        fetched.append(cursor.rowcount)
+
+    sa.event.listen(engine, "after_cursor_execute", after)
+    try:
+        yield fetched
+    finally:
+        sa.event.remove(engine, "after_cursor_execute", after)

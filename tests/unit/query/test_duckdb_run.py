@@ -114,6 +114,22 @@ def test_parses_kept_are_bounded_least_recently_used_first(
     assert any(" < " in t for t in texts) and any(" = " in t for t in texts)
 
 
+def test_at_most_fetches_no_more_rows_and_drops_the_rest(
+    engine: sa.Engine, mixed_columns: list[tuple[str, str]]
+) -> None:
+    by_patient = compiled_main(engine, mixed_columns, "count", None, group_by=["patient_id"])
+    with engine.connect() as conn:
+        every = duckdb_dialect.run(conn, by_patient.main)
+        assert len(every) > 10
+        first = duckdb_dialect.run(conn, by_patient.main, at_most=10)
+        assert len(first) == 10 and set(first) <= set(every)
+        # The rest are gone: the connection holds no result of the statement cut short (nor what
+        # computing it took).
+        driver = conn.connection.driver_connection
+        assert driver is not None and driver.fetchall() == []
+        assert same_rows(duckdb_dialect.run(conn, by_patient.main, at_most=len(every) + 1), every)
+
+
 def test_a_value_duckdb_cannot_convert_is_a_driver_error(engine: sa.Engine) -> None:
     table = sa.table(TABLE, sa.column("bmi", sa.Double()))
     statement = sa.select(sa.func.count()).select_from(table).where(sa.cast(sa.literal("x"), sa.Double()) > 1)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from query_helpers import compile_spec
+from query_helpers import MANY_GROUPS_COLUMNS, MANY_GROUPS_SIDE, compile_spec, rows_fetched
 from test_compiled_templates import CONTEXTS, SHAPES, TOKENS
 
 from gateway.query import (
@@ -23,9 +23,11 @@ from gateway.query import (
     ValueMismatch,
     duckdb_dialect,
     execute,
+    store_engine,
 )
 from gateway.query.compile import counted_together
 from gateway.query.execute import execute_together, together_key
+from pseudonymize.disclosure import MAX_GRID_CELLS, TableTooLarge
 
 COUNT_SHAPES = [s for s in SHAPES if s[0] in ("count", "crosstab")]
 # Values that keep many rows, few, none, and everything: a group with no rows for one query of a batch
@@ -170,3 +172,41 @@ def test_a_value_the_store_cannot_read_fails_only_its_own_query(
     first, bad, third = execute_together(engine, queries, populations=populations)
     assert isinstance(bad, ValueMismatch) and "abc" not in str(bad)
     assert [answer(first), answer(third)] == alone(engine, [queries[0], queries[2]])
+
+
+def test_a_batch_of_more_groups_than_a_table_may_have_runs_each_query_under_its_own_limit(
+    many_groups_duck_url: str,
+) -> None:
+    # The statement shared by a batch has every group of the consented rows, the queries' own among
+    # them: more than a table may have does not mean that any one query has them.
+    def counts(group_by: list[str], levels_of_a: tuple[int, ...]) -> list[CompiledQuery]:
+        return [
+            compile_spec(MANY_GROUPS_COLUMNS, "count", {"column": "a", "op": "<", "value": levels},
+                         {"group_by": group_by})
+            for levels in levels_of_a
+        ]  # fmt: skip
+
+    engine = store_engine(many_groups_duck_url)
+    try:
+        populations = PopulationCache()
+        # By c, exactly as many groups as a table may have: one statement answers every query.
+        within = counts(["c"], (100, 200))
+        execute(engine, within[0], populations=populations)
+        expected = alone(engine, within)
+        with rows_fetched(engine) as fetched:
+            outcomes = execute_together(engine, within, populations=populations)
+        assert fetched == [MAX_GRID_CELLS]
+        assert [answer(o) for o in outcomes] == expected
+        # By a and b, 160,000 groups, of which the queries have 80,000, 100,000 and 120,000.
+        beyond = counts(["a", "b"], (200, MAX_GRID_CELLS // MANY_GROUPS_SIDE, 300))
+        expected = alone(engine, beyond[:2])
+        with rows_fetched(engine) as fetched:
+            *fitting, over = execute_together(engine, beyond, populations=populations)
+        # The shared statement stops one group past the limit; each query then runs under its own.
+        assert fetched[0] == MAX_GRID_CELLS + 1 and max(fetched) == MAX_GRID_CELLS + 1
+        assert [answer(o) for o in fitting] == expected
+        assert isinstance(over, QueryOutcome) and over.selected == 300 * MANY_GROUPS_SIDE
+        with pytest.raises(TableTooLarge, match="more than disclosure control lays out"):
+            over.frame  # noqa: B018 - the refusal is in building it
+    finally:
+        engine.dispose()

@@ -1,4 +1,5 @@
-"""Every kind under every filter op, on DuckDB and PostgreSQL, against pandas on the same rows."""
+"""Every kind under every filter op, on DuckDB and PostgreSQL, against pandas on the same rows; and a
+query of more groups than disclosure control lays out, refused without the store sending them all."""
 
 from __future__ import annotations
 
@@ -11,8 +12,18 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
-from query_helpers import TABLE, admitted, obligations, reference_mask, write_postgres
+from query_helpers import (
+    MANY_GROUPS_COLUMNS,
+    MANY_GROUPS_SIDE,
+    TABLE,
+    admitted,
+    obligations,
+    reference_mask,
+    rows_fetched,
+    write_postgres,
+)
 
+from gateway.decision.models import Obligations
 from gateway.query import (
     ExecutionError,
     PopulationCache,
@@ -24,6 +35,8 @@ from gateway.query import (
     quantile_name,
     store_engine,
 )
+from gateway.release import protect
+from pseudonymize.disclosure import MAX_GRID_CELLS, TableTooLarge
 from pseudonymize.pseudonym import pseudonym
 
 FILTERS: dict[str, dict[str, Any]] = {
@@ -392,3 +405,94 @@ def test_a_filter_value_a_uuid_column_cannot_hold_is_the_request_s_fault(
     spec = spec_for("count", {"column": "patient_id", "op": "=", "value": tokens[0]})
     found = execute(engine, compile_query(spec, TABLE, mixed_columns, obligations(allowed), "duckdb"))
     assert found.selected <= 1
+
+
+# -- more groups than a table may have ---------------------------------------------------------------------
+
+GROUPED: dict[str, dict[str, Any]] = {
+    "count": {"group_by": ["a", "b"]},
+    "crosstab": {"group_by": ["a", "b"]},
+    "summary": {"group_by": ["a", "b"], "params": {"column": "v"}},
+    # Each (a, b) is one row, in one bin: as many rows from the store as groups.
+    "histogram": {"group_by": ["a", "b"], "params": {"column": "v", "edges": [0.5, 1.5]}},
+    "quantiles": {"group_by": ["a", "b"], "params": {"column": "v", "probs": [0.5]}},
+}
+MANY_STORES = ["many_groups_duck_url", pytest.param("many_groups_pg_url", marks=pytest.mark.postgres)]
+GRID_REFUSAL = str(TableTooLarge(MAX_GRID_CELLS, to_hide=False))
+"""Disclosure control's refusal of a grid of more than MAX_GRID_CELLS cells."""
+
+
+def many_groups_query(
+    url: str,
+    kind: str,
+    levels_of_a: int,
+    *,
+    min_cell_count: int = 10,
+    populations: PopulationCache | None = None,
+) -> tuple[Any, Obligations, QueryOutcome, list[int]]:
+    """`kind` grouped by a and b on the rows whose a is below `levels_of_a` (400 groups per level): its spec,
+    its obligations, its outcome and the number of rows each statement fetched."""
+    spec = parse_query_spec(
+        {"dataset": "many", "agreement": "DSA-2026-014", "purpose": {"duo": ["DUO:0000042"]}, "kind": kind,
+         "filters": {"column": "a", "op": "<", "value": levels_of_a}, **GROUPED[kind]}
+    )  # fmt: skip
+    duties = obligations(tuple(name for name, _ in MANY_GROUPS_COLUMNS), min_cell_count=min_cell_count)
+    engine = store_engine(url)
+    try:
+        compiled = compile_query(spec, TABLE, MANY_GROUPS_COLUMNS, duties, engine.dialect.name)
+        with rows_fetched(engine) as fetched:
+            outcome = execute(engine, compiled, populations=populations)
+    finally:
+        engine.dispose()
+    return spec, duties, outcome, fetched
+
+
+@pytest.mark.parametrize("store", MANY_STORES)
+@pytest.mark.parametrize("kind", GROUPED)
+def test_more_groups_than_a_table_may_have_are_refused_without_fetching_them(
+    store: str, kind: str, request: pytest.FixtureRequest
+) -> None:
+    # Grouped by continuous columns, a query has about as many groups as rows: the store sends one more
+    # than the grid may hold, and disclosure control refuses the query as it refused the whole table.
+    url = request.getfixturevalue(store)
+    everything = MANY_GROUPS_SIDE**2
+    populations = PopulationCache()
+    # Without a population cache; with one that learns it; with one that knows it (a count then takes
+    # its query set from its own cells, which the store did not all send).
+    caches = (None, populations, populations) if kind in ("count", "crosstab") else (None,)
+    for cache in caches:
+        spec, duties, outcome, fetched = many_groups_query(url, kind, MANY_GROUPS_SIDE, populations=cache)
+        assert max(fetched) == MAX_GRID_CELLS + 1
+        assert outcome.plain is None
+        assert (outcome.selected, outcome.population) == (everything, everything)
+        with pytest.raises(TableTooLarge) as refused:
+            protect(spec, outcome, duties)
+        assert str(refused.value) == GRID_REFUSAL
+
+
+@pytest.mark.parametrize("store", MANY_STORES)
+# One limit for every kind (compile._selects): the Python rows of a count, a frame, a histogram's bins.
+@pytest.mark.parametrize("kind", ["count", "summary", "histogram"])
+def test_exactly_as_many_groups_as_a_table_may_have_answer_whole(
+    store: str, kind: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue(store)
+    at_limit = MAX_GRID_CELLS // MANY_GROUPS_SIDE
+    # A threshold of 1 leaves nothing to hide, so the whole grid is released.
+    spec, duties, outcome, fetched = many_groups_query(url, kind, at_limit, min_cell_count=1)
+    assert max(fetched) == MAX_GRID_CELLS
+    assert len(outcome.frame) == MAX_GRID_CELLS and outcome.selected == MAX_GRID_CELLS
+    assert sorted(set(outcome.frame["a"])) == list(range(at_limit))
+    if kind == "histogram":
+        # Its grid is the groups times the bins, refused as it always was.
+        with pytest.raises(TableTooLarge, match="more than disclosure control lays out"):
+            protect(spec, outcome, duties)
+    else:
+        released = protect(spec, outcome, duties)
+        assert released.suppressed == 0 and released.cells >= MAX_GRID_CELLS
+    # One more level of a is 400 groups more.
+    spec, duties, outcome, fetched = many_groups_query(url, kind, at_limit + 1, min_cell_count=1)
+    assert max(fetched) == MAX_GRID_CELLS + 1
+    with pytest.raises(TableTooLarge) as refused:
+        protect(spec, outcome, duties)
+    assert str(refused.value) == GRID_REFUSAL
