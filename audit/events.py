@@ -22,6 +22,7 @@ from audit.errors import PayloadError
 _MAX_SAFE_INT = 2**53 - 1
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _LABEL = re.compile(r"^[A-Za-z0-9/][A-Za-z0-9._:/-]{0,127}$")
+_KEY_ID = re.compile(r"^fp:[0-9a-f]{16}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _IDENTIFIER_LIKE = (
     (re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+"), "an e-mail address"),
@@ -84,6 +85,18 @@ class Label(FieldKind):
         if not isinstance(value, str) or not _LABEL.match(value):
             return "must be a label of letters, digits and . _ : / - (at most 128)"
         return identifier_problem(value)
+
+
+class KeyId(FieldKind):
+    """A key's public fingerprint as the store's catalog records it: `fp:` and 16 hex digits derived from
+    the key, from which the key cannot be recovered. Not a label: its hex digits often run six long."""
+
+    name = "key id"
+
+    def check(self, value: Any) -> str | None:
+        if isinstance(value, str) and _KEY_ID.match(value):
+            return None
+        return "must be a key id 'fp:<16 lower-case hex>'"
 
 
 class Text(FieldKind):
@@ -167,6 +180,7 @@ class ListOf(FieldKind):
 
 DIGEST = Digest()
 LABEL = Label()
+KEY_ID = KeyId()
 TEXT = Text()
 COUNT = Count()
 NUMBER = Number()
@@ -287,7 +301,15 @@ register(
         "ingest.published",
         "a pseudonymized dataset was published to the store",
         required={"dataset": LABEL, "dataset_digest": DIGEST, "rows": COUNT, "columns": COUNT},
-        optional={"source_kind": LABEL, "min_k": COUNT, "suppressed_columns": COUNT},
+        optional={
+            "source_kind": LABEL,
+            "min_k": COUNT,
+            "suppressed_columns": COUNT,
+            "k_threshold": COUNT,
+            "k_override": FLAG,
+            "spec_digest": DIGEST,
+            "key_id": KEY_ID,
+        },
     )
 )
 register(

@@ -41,7 +41,15 @@ from typing import Annotated, Any, Literal
 
 import pycountry
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pseudonymize.errors import SpecError
 
@@ -53,6 +61,8 @@ _DISEASE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*:[A-Za-z0-9_.-]+$")
 _DISEASE_MAX = 256  # the longest name a decision input takes
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _COUNTRIES = frozenset(str(country.alpha_2) for country in pycountry.countries)
+#: What a project's id is derived behind, so that `project: X` and `agreement: X` derive different keys.
+PROJECT_CONTEXT = "project:"
 #: Each dataset-level consent parameter and the DUO code that reads it (docs/policy.md, "What the policies
 #: decide"). A parameter without its code would be recorded and never read.
 CONSENT_PARAMETERS = {
@@ -205,6 +215,8 @@ class PseudonymizationSpec(BaseModel):
     k_anonymity: KAnonymityOptions = KAnonymityOptions()
     columns: dict[str, ColumnRule]
     digest: str = Field(default="", description="SHA-256 of the spec file's bytes, set by load_spec")
+    # A project's dataset first published before project contexts carried PROJECT_CONTEXT keeps its bare id.
+    _bare_project_context: bool = PrivateAttr(default=False)
 
     @field_validator("dataset")
     @classmethod
@@ -212,6 +224,15 @@ class PseudonymizationSpec(BaseModel):
         # "__" separates a dataset from its version in table names (ds_<dataset>__v<n>).
         if not _DATASET.match(value) or "__" in value:
             raise ValueError("must be lower-case letters, digits, '-' and single '_', starting with a letter")
+        return value
+
+    @field_validator("agreement")
+    @classmethod
+    def _agreement_id(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith(PROJECT_CONTEXT):
+            raise ValueError(
+                f"must not start with {PROJECT_CONTEXT!r}: that is how a project's key context is written"
+            )
         return value
 
     @field_validator("duo")
@@ -321,8 +342,27 @@ class PseudonymizationSpec(BaseModel):
 
     @property
     def key_context(self) -> str:
-        """The agreement or project id the pseudonym key is derived for."""
-        return self.agreement or self.project or ""
+        """What the pseudonym key is derived for: the agreement's id as it is, or the project's behind
+        `project:` (an agreement and a project of the same id must not share pseudonyms); see
+        `continuing`."""
+        if self.agreement is not None:
+            return self.agreement
+        if self.project is None:
+            return ""
+        return self.project if self._bare_project_context else PROJECT_CONTEXT + self.project
+
+    def continuing(self, published_context: str | None) -> PseudonymizationSpec:
+        """This spec for the next version of a dataset whose latest was published under `published_context`.
+
+        Project contexts were once the project's bare id, as agreements' still are. A project's dataset
+        published so keeps that context, and with it its tokens, its date shifts and the consent
+        withdrawals recorded against them (a new context would need `--rekey`, which those withdrawals
+        refuse). Every other spec, and a dataset not yet published, gets `key_context` as it is."""
+        if self.project is None or published_context != self.project:
+            return self
+        bare = self.model_copy()
+        bare._bare_project_context = True
+        return bare
 
     def output_column(self, name: str) -> str | None:
         """The stored name of a source column, or None when it is dropped."""

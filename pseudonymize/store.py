@@ -5,7 +5,8 @@ is a table `ds_<dataset>__v<n>`; the view `ds_<dataset>` points at the newest on
 `fedgate_catalog` records per version its row count, columns and types, content digest, spec digest,
 key id (never a key), consent codes and the parameters some of them need, jurisdiction and
 re-identification risk report. Publishing renames or creates the version table, inserts the catalog row and
-repoints the view in one transaction, so a failed ingest leaves the previous version exactly as it was.
+repoints the view in one transaction, so a failed ingest leaves the previous version exactly as it was
+and nothing of its own (a SQLite store runs its DDL inside that transaction too, see `_transactional_ddl`).
 
 A catalog written before a column was added gets it when a Store opens it (NULL for the rows it holds); a
 reader that only reads it (the gateway, read-only) finds the column absent, and both read an absent or
@@ -222,6 +223,8 @@ class Store:
                 self._sweep_staging()
             else:
                 self._engine = sa.create_engine(url, hide_parameters=True)
+                if self._engine.dialect.name == "sqlite":
+                    _transactional_ddl(self._engine)
                 with self._engine.begin() as conn:
                     conn.execute(sa.text(_CATALOG_DDL.replace("VARCHAR", "TEXT")))
                     _add_columns(conn)
@@ -369,13 +372,18 @@ class Store:
             table = sa.Table(
                 table_name, sa.MetaData(), *(sa.Column(f.name, _sa_type(f.type)) for f in schema)
             )
+            if sa.inspect(conn).has_table(table_name):
+                # No catalog row names this version (it is the next one): the table is what a failed
+                # publish left in a SQLite store before its DDL ran inside the transaction. It was never
+                # published; keeping it would refuse every later ingest of the dataset.
+                table.drop(conn)
             table.create(conn)
             if conn.dialect.name == "postgresql":
                 _copy_postgres(conn, table_name, schema, batches)
             else:
                 for batch in batches:
                     if batch.num_rows:
-                        conn.execute(table.insert(), batch.to_pylist())
+                        conn.execute(table.insert(), self._python_rows(batch))
             conn.execute(
                 sa.text(f"INSERT INTO {CATALOG} ({', '.join(_CATALOG_COLUMNS)}) "
                         f"VALUES ({', '.join(':' + c for c in _CATALOG_COLUMNS)})"),
@@ -388,6 +396,26 @@ class Store:
             if before_commit is not None:
                 before_commit(final)
         return final
+
+    def _python_rows(self, batch: pa.RecordBatch) -> list[dict[str, Any]]:
+        """A batch's rows as the Python values a driver without Arrow or COPY takes (SQLite).
+
+        Python's dates and times end at year 9999, DuckDB's and PostgreSQL's do not: a date shifted past
+        it (a 9999-12-31 placeholder) has no Python value, and the store cannot hold it."""
+        try:
+            rows: list[dict[str, Any]] = batch.to_pylist()
+        except OverflowError:
+            for name, column in zip(batch.schema.names, batch.columns, strict=True):
+                try:
+                    column.to_pylist()
+                except OverflowError:
+                    raise StoreError(
+                        f"publishing to {self.display_url} failed: column {name!r} ({column.type}) holds a "
+                        f"date outside the years 1 to 9999, which this store cannot hold; nothing was "
+                        f"published"
+                    ) from None
+            raise
+        return rows
 
     @staticmethod
     def _next_version_in(conn: sa.Connection, dataset: str) -> int:
@@ -412,6 +440,25 @@ class Store:
             result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(sa.text(sql))
             for part in result.mappings().partitions():
                 yield pa.RecordBatch.from_pylist([dict(r) for r in part])
+
+
+def _transactional_ddl(engine: sa.Engine) -> None:
+    """Run a SQLite store's DDL inside its transactions (SQLAlchemy's recipe for the pysqlite driver,
+    "Serializable isolation / Savepoints / Transactional DDL").
+
+    The driver itself begins a transaction only before an INSERT, UPDATE or DELETE, so a version table's
+    CREATE TABLE, the first write of a publish, would be committed at once: a publish that failed after it
+    (the audit log refusing its record, a value the store cannot hold) would leave the table behind with no
+    catalog row, and the dataset's next ingest would fail on it. Here the driver begins nothing and every
+    transaction starts with an explicit BEGIN, which SQLite's DDL honours."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
 
 
 def _add_columns(conn: sa.Connection) -> None:

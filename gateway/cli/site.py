@@ -112,6 +112,12 @@ def ingest(
                 "rows": entry.row_count,
                 "columns": len(entry.columns),
                 "min_k": int(entry.risk_report.get("smallest_class", 0)),
+                # Whether the steward published below the spec's k, and under which spec and key (its
+                # fingerprint): what an auditor needs to find an overridden or re-keyed version.
+                "k_threshold": int(entry.risk_report.get("k_threshold", 0)),
+                "k_override": entry.k_override,
+                "spec_digest": f"sha256:{entry.spec_digest}",
+                "key_id": entry.key_id,
             },
         )
         recorded.append(entry)
@@ -191,6 +197,9 @@ def _ingest(
     options = {k: v for k, v in (("table", table), ("resource_type", resource_type)) if v is not None}
     connector = open_source(source, **options)
     with Store(settings.store_url) as store, _progress() as progress:
+        if not rekey:
+            latest = store.latest(dataset)
+            parsed = parsed.continuing(latest.key_context if latest is not None else None)
         task = progress.add_task(f"ingest {dataset}", total=None)
         return run_ingest(
             connector,

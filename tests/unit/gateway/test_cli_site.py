@@ -99,6 +99,34 @@ def test_risk_refusal_is_exit_3_and_override_publishes(site: Path, tmp_path: Pat
     assert [e["type"] for e in audit_events(site)] == ["ingest.refused", "ingest.published"]
 
 
+def test_the_published_entry_records_the_threshold_the_override_the_spec_and_the_key_id(
+    site: Path, tmp_path: Path
+) -> None:
+    strict = tmp_path / "strict.yaml"
+    strict.write_text((site.parents[1] / "cohort.spec.yaml").read_text().replace("k: 5", "k: 500"))
+    assert ingest(site, "--override-k").exit_code == 0  # given, but not needed
+    assert ingest(site, "--override-k", spec=str(strict)).exit_code == 0
+    entries = json.loads(invoke("catalog", "--config", str(site), "--json").output)
+    payloads = [e["payload"] for e in audit_events(site)]
+    assert [(p["k_threshold"], p["k_override"]) for p in payloads] == [(5, False), (500, True)]
+    assert [p["k_override"] for p in payloads] == [e["k_override"] for e in entries]
+    assert [p["spec_digest"] for p in payloads] == [f"sha256:{e['spec_digest']}" for e in entries]
+    assert [p["key_id"] for p in payloads] == [e["key_id"] for e in entries]
+    assert payloads[0]["spec_digest"] != payloads[1]["spec_digest"]
+    assert all(p["key_id"].startswith("fp:") for p in payloads)
+
+
+def test_a_key_id_whose_hex_runs_six_digits_is_recorded_and_a_key_is_not() -> None:
+    from audit.errors import PayloadError
+    from audit.events import validate_payload
+
+    published = {"dataset": "cohort/v1", "dataset_digest": f"sha256:{'0' * 64}", "rows": 1, "columns": 1}
+    validate_payload("ingest.published", published | {"key_id": "fp:01fa261054600077"})
+    for not_an_id in ("fp:01FA261054600077", "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq8M=", "fp:01fa"):
+        with pytest.raises(PayloadError):
+            validate_payload("ingest.published", published | {"key_id": not_an_id})
+
+
 def test_missing_master_key_is_refused_before_reading(site: Path) -> None:
     (site.parent / "keys/master.key").unlink()
     result = ingest(site)
@@ -161,6 +189,24 @@ def test_another_key_needs_rekey_and_no_withdrawals(site: Path, tmp_path: Path) 
     blocked = ingest(site, "--rekey", spec=str(other))
     assert blocked.exit_code == 2 and "1 consent withdrawal(s)" in blocked.output
     assert [e["type"] for e in audit_events(site)] == ["ingest.published", "ingest.refused", "ingest.refused"]
+
+
+def test_a_project_dataset_keeps_the_context_it_was_published_under_until_rekeyed(
+    site: Path, tmp_path: Path
+) -> None:
+    # `agreement: X` derives what `project: X` derived before project contexts carried `project:`.
+    assert ingest(site).exit_code == 0
+    project = tmp_path / "project.yaml"
+    text = (site.parents[1] / "cohort.spec.yaml").read_text()
+    project.write_text(text.replace("agreement: DSA-2026-014", "project: DSA-2026-014"))
+    continued = ingest(site, spec=str(project))
+    assert continued.exit_code == 0, continued.output
+    assert ingest(site, "--rekey", spec=str(project)).exit_code == 0
+    entries = json.loads(invoke("catalog", "--config", str(site), "--json").output)
+    contexts = [e["key_context"] for e in entries]
+    assert contexts == ["DSA-2026-014", "DSA-2026-014", "project:DSA-2026-014"]
+    digests = [e["content_digest"] for e in entries]
+    assert digests[0] == digests[1] != digests[2]  # the same tokens and shifts until re-keyed
 
 
 def test_an_audit_log_that_cannot_be_opened_is_one_line_not_a_traceback(site: Path) -> None:

@@ -9,6 +9,8 @@ import pyarrow as pa
 import pytest
 
 from pseudonymize.errors import SpecError
+from pseudonymize.ingest import pseudonym_key
+from pseudonymize.keys import SecretKey
 from pseudonymize.spec import AgeRule, Keep, Pseudonym, load_spec
 from pseudonymize.transform import compile_transform
 
@@ -70,6 +72,27 @@ def test_exactly_one_key_context(tmp_path: Path) -> None:
     assert "exactly one of agreement and project" in str(error(spec(tmp_path, neither)))
     both = HEAD.replace("agreement: DSA-1\n", "agreement: DSA-1\nproject: P\n")
     assert "exactly one of agreement and project" in str(error(spec(tmp_path, both)))
+
+
+def test_an_agreement_and_a_project_of_one_id_derive_different_keys(tmp_path: Path) -> None:
+    master = SecretKey(bytes(range(32)))
+    agreement = load_spec(spec(tmp_path, HEAD, "a.yaml"))
+    project = load_spec(spec(tmp_path, HEAD.replace("agreement: DSA-1", "project: DSA-1"), "p.yaml"))
+    assert agreement.key_context == "DSA-1"  # as agreements' datasets were published: their tokens stay
+    assert project.key_context == "project:DSA-1"
+    assert pseudonym_key(master, agreement) != pseudonym_key(master, project)
+    err = error(spec(tmp_path, HEAD.replace("DSA-1", "project:DSA-1")))
+    assert err.field == "agreement" and "must not start with 'project:'" in str(err)
+
+
+def test_a_project_dataset_published_under_its_bare_id_continues_under_it(tmp_path: Path) -> None:
+    project = load_spec(spec(tmp_path, HEAD.replace("agreement: DSA-1", "project: P-7")))
+    assert project.continuing("P-7").key_context == "P-7"
+    assert project.continuing("P-7").digest == project.digest
+    for published in (None, "project:P-7", "P-8"):
+        assert project.continuing(published).key_context == "project:P-7"
+    agreement = load_spec(spec(tmp_path, HEAD, "a.yaml"))
+    assert agreement.continuing("project:DSA-1") is agreement and agreement.key_context == "DSA-1"
 
 
 def test_bad_values(tmp_path: Path) -> None:
