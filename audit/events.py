@@ -360,7 +360,7 @@ register(
         "peer.rejected",
         "a request from a peer gateway was rejected",
         required={"peer": LABEL, "reason": TEXT},
-        optional={"request_digest": DIGEST},
+        optional={"request_digest": DIGEST, "suppressed": COUNT},
     )
 )
 register(

@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request, Response
 from audit.errors import AuditError, PayloadError
 from gateway import problems
 from gateway.auth import TokenValidator
-from gateway.deps import authorize_unvalidated, failure_audit, route_label
+from gateway.deps import authorize_unvalidated, failure_audit, failure_kind, route_label
 from gateway.failure_audit import FailureAudit
 from gateway.federation import peers
 from gateway.refusal import Refusal
@@ -162,7 +162,8 @@ async def _audit(
 
     if principal is None:
         # Anyone can send these: a flood of them is on record as counts (gateway.failure_audit).
-        kind = (event_type, json.dumps(attempts[0], sort_keys=True, default=str))
+        first = {**attempts[0], "route": failure_kind(request)}
+        kind = (event_type, json.dumps(first, sort_keys=True, default=str))
         await failure_audit(request).record(kind, write, write)
     else:
         await write(0)

@@ -20,7 +20,7 @@ from gateway.auth import (
     header_digest,
     require_role,
 )
-from gateway.failure_audit import FailureAudit
+from gateway.failure_audit import FailureAudit, app_failures, suppressed_field
 from gateway.pipeline import QueryPipeline
 from gateway.refusal import Refusal
 from gateway.runtime import SiteRuntime
@@ -92,12 +92,12 @@ async def authenticate(request: Request) -> Principal:
     digest = {"token_digest": header_digest(header)} if header else {}
 
     async def write(suppressed: int) -> None:
-        await runtime.record("auth.failed", {**payload, **digest, **_suppressed(suppressed)})
+        await runtime.record("auth.failed", {**payload, **digest, **suppressed_field(suppressed)})
 
     async def write_held(suppressed: int) -> None:  # stands for failures of many tokens: no digest
-        await runtime.record("auth.failed", {**payload, **_suppressed(suppressed)})
+        await runtime.record("auth.failed", {**payload, **suppressed_field(suppressed)})
 
-    await failure_audit(request).record(("auth.failed", error.code, payload["route"]), write, write_held)
+    await failure_audit(request).record(("auth.failed", error.code, failure_kind(request)), write, write_held)
     if isinstance(error, IdentityProviderUnavailable):
         raise Refusal(
             "unavailable", "Identity provider unavailable", [error.reason], stage="authorize", audited=True
@@ -114,14 +114,13 @@ async def authenticate(request: Request) -> Principal:
 
 def failure_audit(request: Request) -> FailureAudit:
     """The app's bounded writer of entries of failures by callers nobody authenticated."""
-    audit: FailureAudit | None = getattr(request.app.state, "failure_audit", None)
-    if audit is None:  # an app served without its lifespan's set-up
-        audit = request.app.state.failure_audit = FailureAudit()
-    return audit
+    return app_failures(request.app.state)
 
 
-def _suppressed(count: int) -> dict[str, int]:
-    return {"suppressed": count} if count else {}
+def failure_kind(request: Request) -> str:
+    """The route of a failure as its kind names it: the route's name without the method, which the caller
+    chooses (a flood of methods would otherwise be as many kinds)."""
+    return str(getattr(request.scope.get("route"), "name", None) or "unrouted")
 
 
 def _on_loopback(request: Request) -> bool:

@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,9 @@ RATE_PER_S: Final = 2.0
 BURST: Final = 20
 """Entries of one kind of failure written one by one before the rate applies."""
 MAX_KINDS: Final = 256
-"""Kinds of failure tracked apart; any further kind shares one bucket (a route label holds the request's
-method, which a caller chooses)."""
-OTHER: Final = ("other kinds",)
+"""Kinds of failure tracked apart; any further kind shares one bucket with the others of its event type (a
+kind holds what the caller's request chose: a route, a reason)."""
+OTHER: Final = "other kinds"
 
 Write = Callable[[int], Awaitable[None]]
 """Writes one entry that stands for its failure and `suppressed` (the argument) held back before it."""
@@ -59,13 +59,14 @@ class FailureAudit:
         self._rate = rate_per_s
         self._burst = burst
         self._clock = clock
-        self._buckets: dict[Hashable, _Bucket] = {}
+        self._buckets: dict[tuple[str, ...], _Bucket] = {}
         self._writing: set[asyncio.Task[None]] = set()
 
-    async def record(self, kind: Hashable, write: Write, write_held: Write) -> None:
+    async def record(self, kind: tuple[str, ...], write: Write, write_held: Write) -> None:
         """Write this failure's entry with `write` when its kind's bucket allows, carrying how many of its
         kind were held back; otherwise hold it back, to be written by a later entry or by `write_held`
-        (the entry of a held-back failure: no token digest) once the bucket allows."""
+        (the entry of a held-back failure: no token digest) once the bucket allows. A kind starts with its
+        event type."""
         bucket = self._bucket(kind)
         if self._take(bucket):
             suppressed, bucket.held, bucket.write_held = bucket.held, 0, None
@@ -90,11 +91,11 @@ class FailureAudit:
         if self._writing:
             await asyncio.gather(*self._writing, return_exceptions=True)
 
-    def _bucket(self, kind: Hashable) -> _Bucket:
+    def _bucket(self, kind: tuple[str, ...]) -> _Bucket:
         bucket = self._buckets.get(kind)
         if bucket is None:
             if len(self._buckets) >= MAX_KINDS:
-                kind = OTHER
+                kind = (kind[0], OTHER)
                 bucket = self._buckets.get(kind)
             if bucket is None:
                 bucket = self._buckets[kind] = _Bucket(tokens=float(self._burst), at=self._clock())
@@ -129,6 +130,19 @@ class FailureAudit:
         bucket.held, bucket.write_held = 0, None
         self._writing.add(task)
         task.add_done_callback(self._writing.discard)
+
+
+def app_failures(state: Any) -> FailureAudit:
+    """The bounded writer kept on an app's `state` (made there by the app's lifespan, or on first use)."""
+    audit: FailureAudit | None = getattr(state, "failure_audit", None)
+    if audit is None:
+        audit = state.failure_audit = FailureAudit()
+    return audit
+
+
+def suppressed_field(count: int) -> dict[str, int]:
+    """The `suppressed` member of an entry standing for `count` failures besides its own (none for 0)."""
+    return {"suppressed": count} if count else {}
 
 
 async def _logged(entry: Awaitable[None]) -> None:

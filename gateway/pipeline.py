@@ -101,8 +101,11 @@ of the answer that leaves."""
 def obligations_digest(obligations: Obligations) -> str:
     """The digest of the RFC 8785 JSON of a decision's obligations: the consent filter (which depends on who
     asks: their organisation, their country), the allowed columns, the thresholds and the DP terms that an
-    answer is computed under. Two decisions with other terms have other digests."""
-    return sha256_label(hashlib.sha256(rfc8785.dumps(obligations.model_dump(mode="json"))).hexdigest())
+    answer is computed under. Two decisions with other terms have other digests. A publication moratorium
+    is left out: it says what the researcher may do with the answer, not what the answer holds, and it
+    lapses on its day, which must not make an answer kept before then out of date."""
+    terms = obligations.model_dump(mode="json", exclude={"publication_moratorium_until"})
+    return sha256_label(hashlib.sha256(rfc8785.dumps(terms)).hexdigest())
 
 
 class _RandomIds:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.failure_audit import app_failures, suppressed_field
 from gateway.federation.replay import NonceLedger
 from gateway.federation.signing import (
     HEADER,
@@ -137,14 +138,17 @@ class PeerAuthMiddleware:
             if not fresh:
                 raise ReplayedAssertion("the peer assertion was already used", verified.peer)
         except PeerAuthError as exc:
-            await runtime.record(
-                "peer.rejected",
-                {
-                    "peer": exc.peer,
-                    "reason": f"{exc.reason}: {exc}",
-                    "request_digest": f"sha256:{hashlib.sha256(body).hexdigest()}",
-                },
-            )
+            rejected = {"peer": exc.peer, "reason": f"{exc.reason}: {exc}"}
+            digest = {"request_digest": f"sha256:{hashlib.sha256(body).hexdigest()}"}
+
+            async def write(suppressed: int) -> None:
+                await runtime.record("peer.rejected", {**rejected, **digest, **suppressed_field(suppressed)})
+
+            async def write_held(suppressed: int) -> None:  # stands for many requests: no digest
+                await runtime.record("peer.rejected", {**rejected, **suppressed_field(suppressed)})
+
+            # Anyone can send an assertion: a flood of rejections is on record as counts (failure_audit).
+            await app_failures(app.state).record(("peer.rejected", exc.reason), write, write_held)
             refusal = Refusal("unauthenticated", "Peer authentication failed", [str(exc)], stage="authorize")
             await refusal_response(refusal)(scope, receive, send)
             return

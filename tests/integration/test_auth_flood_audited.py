@@ -68,3 +68,28 @@ def test_unknown_routes_flooded_are_refused_each_and_audited_as_counts(
     assert sum(1 + e["payload"].get("suppressed", 0) for e in entries) == FLOOD
     assert len(entries) < FLOOD // 2
     assert {e["payload"]["refusal"] for e in entries} == {"not_found"}
+
+
+def test_peer_assertions_flooded_are_refused_each_and_audited_as_counts(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    start = audit_size(http, idp)
+    for i in range(FLOOD):
+        response = http.post("/v1/queries", json=QUERY, headers={"Fedgate-Peer-Assertion": f"bogus.{i}.x"})
+        assert response.status_code == 401
+    entries = _settled(http, idp, start, "peer.rejected", FLOOD)
+    assert sum(1 + e["payload"].get("suppressed", 0) for e in entries) == FLOOD
+    assert len(entries) < FLOOD // 2
+
+
+def test_failures_on_methods_a_caller_makes_up_stay_one_kind(
+    http: httpx.Client, idp: LoopbackTestIssuer
+) -> None:
+    start = audit_size(http, idp)
+    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "PROPFIND", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK",
+               "SEARCH", "REPORT", "PURGE", "MKCALENDAR"]  # fmt: skip
+    for i in range(FLOOD):
+        assert http.request(methods[i % len(methods)], "/v1/no-such-route").status_code in (404, 405)
+    entries = _settled(http, idp, start, "request.refused", FLOOD)
+    assert sum(1 + e["payload"].get("suppressed", 0) for e in entries) == FLOOD
+    assert len(entries) < FLOOD // 2

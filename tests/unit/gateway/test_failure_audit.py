@@ -42,10 +42,10 @@ def test_a_burst_is_written_then_the_rest_is_counted_in_the_next_entry() -> None
         clock, entries = Clock(), Entries()
         audit = FailureAudit(rate_per_s=2.0, burst=3, clock=clock)
         for _ in range(10):
-            await audit.record("bad-token", *entries.writers("bad-token"))
+            await audit.record(("bad-token",), *entries.writers("bad-token"))
         assert entries.written == [("bad-token", False, 0)] * 3
         clock.now += 0.5  # one token back
-        await audit.record("bad-token", *entries.writers("bad-token"))
+        await audit.record(("bad-token",), *entries.writers("bad-token"))
         assert entries.written[-1] == ("bad-token", False, 7)
         assert entries.failures("bad-token") == 11
         await audit.aclose()
@@ -58,7 +58,7 @@ def test_held_back_failures_are_written_once_the_rate_allows_without_another_fai
         entries = Entries()
         audit = FailureAudit(rate_per_s=20.0, burst=2)
         for _ in range(7):
-            await audit.record("unknown-route", *entries.writers("unknown-route"))
+            await audit.record(("unknown-route",), *entries.writers("unknown-route"))
         assert len(entries.written) == 2
         await asyncio.sleep(0.2)  # a token comes back after 0.05 s
         assert entries.written[-1] == ("unknown-route", True, 4)  # stands for one of the five, counts four
@@ -74,8 +74,8 @@ def test_close_writes_what_is_held_back() -> None:
         clock, entries = Clock(), Entries()
         audit = FailureAudit(rate_per_s=0.001, burst=1, clock=clock)
         for _ in range(5):
-            await audit.record("a", *entries.writers("a"))
-        await audit.record("b", *entries.writers("b"))
+            await audit.record(("a",), *entries.writers("a"))
+        await audit.record(("b",), *entries.writers("b"))
         await audit.aclose()
         assert entries.failures("a") == 5 and entries.failures("b") == 1
         assert entries.written[-1] == ("a", True, 3)
@@ -88,12 +88,15 @@ def test_kinds_are_bounded_by_kind_not_by_failure() -> None:
         clock, entries = Clock(), Entries()
         audit = FailureAudit(rate_per_s=0.001, burst=1, clock=clock)
         for i in range(MAX_KINDS + 50):
-            await audit.record(("route", i), *entries.writers("many"))
+            await audit.record(("route", str(i)), *entries.writers("many"))
         # Each of the first MAX_KINDS kinds wrote its one entry; the rest share one bucket, which wrote one.
         assert len(entries.written) == MAX_KINDS + 1
-        assert OTHER in audit._buckets and len(audit._buckets) == MAX_KINDS + 1
+        assert ("route", OTHER) in audit._buckets and len(audit._buckets) == MAX_KINDS + 1
         await audit.aclose()
         assert entries.failures("many") == MAX_KINDS + 50
+        # Another event type's kinds beyond the bound do not share that bucket.
+        await audit.record(("other event", "x"), *entries.writers("other"))
+        assert entries.written[-1] == ("other", False, 0)
 
     asyncio.run(main())
 
@@ -105,8 +108,8 @@ def test_a_failed_write_of_held_back_failures_is_logged_not_raised(caplog: pytes
 
         audit = FailureAudit(rate_per_s=0.001, burst=1)
         entries = Entries()
-        await audit.record("k", *entries.writers("k"))
-        await audit.record("k", broken, broken)
+        await audit.record(("k",), *entries.writers("k"))
+        await audit.record(("k",), broken, broken)
         await audit.aclose()
 
     asyncio.run(main())
