@@ -50,23 +50,54 @@ def age(rule: AgeRule, birth: str, at: str) -> str:
 
 
 def postcode(rule: PostcodeRule, column: str) -> str:
-    """The first rule.keep characters of the postcode, upper-cased, spaces trimmed."""
+    """The first rule.keep characters of the postcode, upper-cased, spaces trimmed.
+
+    A postcode column must hold text: as a number, 01067 (Dresden) is 1067, whose prefix '10' is Berlin's.
+    A column of another type stops the ingest, naming it; DuckDB knows a column's type when it plans the
+    statement, so the test costs nothing per row."""
+    # Lazily: transform imports this module, and the mark is its.
+    from pseudonymize.transform import VALUE_ERROR_MARK
+
+    message = (
+        f"{VALUE_ERROR_MARK} column {_unquoted(column)!r} holds postcodes that are not text: as numbers "
+        f"they have lost their leading zeros (01067 would be read as 1067, in another area); convert the "
+        f"column to text at the source, with its zeros"
+    )
+    not_text = f"typeof({column}) <> 'VARCHAR' AND NOT starts_with(typeof({column}), 'ENUM(')"
+    refused = f"WHEN {not_text} THEN CAST(error({_text_literal(message)}) AS VARCHAR)"
     if rule.keep == 0:
-        return f"CASE WHEN {column} IS NULL THEN NULL ELSE '{SUPPRESSED}' END"
+        return f"CASE {refused} WHEN {column} IS NULL THEN NULL ELSE '{SUPPRESSED}' END"
     # Spaces inside a postcode vary by writer ('SW1A 1AA', 'SW1A1AA'); none of them count toward the prefix.
     # When the first `keep` characters hold no space they are the prefix: only then skip the rewrite.
     text = f"CAST({column} AS VARCHAR)"
     head = f"left({text}, {rule.keep})"
     squeezed = f"upper(left(regexp_replace({text}, '\\s', '', 'g'), {rule.keep}))"
-    return f"CASE WHEN regexp_matches({head}, '\\s') THEN {squeezed} ELSE upper({head}) END"
+    return f"CASE {refused} WHEN regexp_matches({head}, '\\s') THEN {squeezed} ELSE upper({head}) END"
 
 
-def suppress_rare_prefixes_sql(table: str, column: str, min_count: int) -> str:
-    """SQL that replaces every prefix held by fewer than min_count rows with '*'."""
+def _unquoted(column: str) -> str:
+    """A column's name from its SQL: a double-quoted identifier unquoted, anything else as it is."""
+    if len(column) >= 2 and column[0] == column[-1] == '"':
+        return column[1:-1].replace('""', '"')
+    return column
+
+
+def _text_literal(text: str) -> str:
+    """A DuckDB string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def suppress_rare_prefixes_sql(
+    table: str, column: str, min_count: int, *, patient_column: str | None = None
+) -> str:
+    """SQL that replaces every prefix held by fewer than min_count rows with '*'; with `patient_column`
+    (patient tokens), by fewer than min_count distinct patients: a patient's 300 lab results in a prefix
+    of their own would otherwise keep it, as their own."""
     t, c = quote_ident(table), quote_ident(column)
+    size = "count(*)" if patient_column is None else f"count(DISTINCT {quote_ident(patient_column)})"
     return (
         f"UPDATE {t} SET {c} = '{SUPPRESSED}' WHERE {c} IN "
-        f"(SELECT {c} FROM {t} WHERE {c} IS NOT NULL GROUP BY {c} HAVING count(*) < {int(min_count)})"
+        f"(SELECT {c} FROM {t} WHERE {c} IS NOT NULL GROUP BY {c} HAVING {size} < {int(min_count)})"
     )
 
 

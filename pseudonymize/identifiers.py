@@ -3,26 +3,48 @@
 A spec publishes a `keep` column verbatim. A steward who forgets to mark a column of e-mail addresses or
 record numbers `identifier = "direct"` would publish them raw, so the ingest samples every text and integer
 column the spec keeps unmarked and refuses one whose values look like direct identifiers: most of its text
-values match a pattern below, or nearly every row holds a different value (a name, a record number, one row
-per patient). The scan reads a fixed-seed sample of the staging table in one query for all such columns
-together, and reports counts only: no sampled value ever leaves DuckDB.
+values that are not placeholders ("n/a", "unknown") match the patterns below, or nearly every row holds a
+different value (a name, a record number, one row per patient). Quasi-identifiers are held to the patterns
+alone (how rare their values are is the k-anonymity report's to judge), binary columns are read as the
+UTF-8 text they hold, and any kept column that repeats the patient key value for value is refused. The scan
+reads a fixed-seed sample of the staging table in one query for all such columns together, and reports
+counts only: no sampled value ever leaves DuckDB.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import duckdb
 
 from pseudonymize.generalize import quote_ident
+from pseudonymize.pseudonym import SqlHmac
 
 #: rows sampled from the staging table (reservoir sampling: every row when the table has fewer)
 SAMPLE_ROWS = 20_000
 #: the sample's seed: the same table gives the same verdict at every ingest
 SAMPLE_SEED = 20_260_114
-#: share of a column's sampled non-empty values that must match one pattern for the column to be refused
+#: share of a column's sampled values, blanks and placeholders left out, that must match an identifier
+#: pattern (any of them: a contact column of e-mail addresses and phone numbers is one of identifiers) for
+#: the column to be refused
 PATTERN_SHARE = 0.5
+#: What a column holds where it has no value, compared case-blind with the stripped value: no identifier,
+#: and no evidence against one either. A column of e-mail addresses with "n/a" in most rows is still a
+#: column of e-mail addresses.
+PLACEHOLDERS = (
+    "-", "--", "---", ".", "?", "na", "n/a", "n.a.", "n. a.", "nan", "none", "null", "nil", "unknown",
+    "unk", "missing", "not available", "not applicable", "not known", "not recorded", "not given",
+    "k.a.", "k. a.", "keine", "keine angabe", "unbekannt",
+)  # fmt: skip
+#: rows compared with the patient key: a copy of the key shows in every one of them
+KEY_SAMPLE_ROWS = 1_000
+#: share of the compared values that must be the row's own patient key for a column to be its copy; a
+#: few equal by chance (a visit number 3 in the row of patient 3) are no copy
+KEY_COPY_SHARE = 0.5
+#: the signal a copy of the patient key fires, as the refusal names it
+PATIENT_KEY_COPY = "values repeat the patient key"
 #: a column whose distinct values are at least this share of its sampled non-empty values is refused ...
 UNIQUE_SHARE = 0.9
 #: ... when at least this many were sampled: ten distinct values in ten rows say nothing yet
@@ -43,6 +65,8 @@ _INTEGER_TYPES = frozenset({
 })  # fmt: skip
 #: a DECIMAL without decimal places is an integer too: SQL sources declare record numbers NUMERIC(10)
 _WHOLE_DECIMAL = re.compile(r"DECIMAL\(\d+,0\)")
+#: DuckDB's types of dates and instants (a kept one can give a patient's date shift away)
+_DATE_TYPES = re.compile(r"DATE|TIMESTAMP(?:_S|_MS|_NS| WITH TIME ZONE)?")
 #: Stripped from both ends of a text value before it is matched or judged blank: ASCII whitespace (tab,
 #: line feed, carriage return, vertical tab, form feed), Unicode spaces (the no-break space among them),
 #: NEL, the zero-width space and the byte-order mark. DuckDB's trim() strips spaces but leaves a tab, a line
@@ -117,6 +141,17 @@ def is_integer_type(stored: str) -> bool:
     return stored in _INTEGER_TYPES or _WHOLE_DECIMAL.fullmatch(stored) is not None
 
 
+def is_text_type(stored: str) -> bool:
+    """Whether a stored column of this DuckDB type holds text the patterns read: VARCHAR, an ENUM of
+    text, or a BLOB (read as the UTF-8 text it holds; a Parquet writer may store strings so)."""
+    return stored in ("VARCHAR", "BLOB") or stored.startswith("ENUM(")
+
+
+def is_date_type(stored: str) -> bool:
+    """Whether a stored column of this DuckDB type holds dates or instants."""
+    return _DATE_TYPES.fullmatch(stored) is not None
+
+
 @dataclass(frozen=True)
 class ColumnSample:
     """What the sample shows of one column: counts only, never a value."""
@@ -125,21 +160,31 @@ class ColumnSample:
     #: non-null, non-blank values sampled
     values: int
     distinct: int
-    #: (pattern, sampled values matching it), in the order of PATTERNS; none for an integer column
+    #: (pattern, sampled values matching it and no pattern before it), in the order of PATTERNS; none for
+    #: an integer column
     matches: tuple[tuple[IdentifierPattern, int], ...]
     #: an integer column: judged by its distinct values alone, held to INTEGER_SHARE_MIN_VALUES
     integer: bool = False
+    #: sampled values that are PLACEHOLDERS: the pattern share is taken over the others
+    placeholders: int = 0
+    #: a quasi-identifier: judged by the patterns alone (the k-anonymity report judges how rare its values
+    #: are)
+    patterns_only: bool = False
 
     @property
     def signal(self) -> str | None:
         """Why the column looks like a direct identifier ("values look like …", NEARLY_UNIQUE), or None.
 
-        A pattern is the more precise reason, so it is named first when both fire."""
+        A pattern is the more precise reason, so it is named first when both fire. The values matching
+        any pattern count together, and the kinds they match are named most frequent first."""
         if self.values == 0:
             return None
-        pattern, matched = max(self.matches, key=lambda m: m[1], default=(None, 0))
-        if pattern is not None and matched >= PATTERN_SHARE * self.values:
-            return f"values look like {pattern.what}"
+        matched = sum(n for _, n in self.matches)
+        if matched and matched >= PATTERN_SHARE * (self.values - self.placeholders):
+            kinds = [p.what for p, n in sorted(self.matches, key=lambda m: -m[1]) if n]
+            return f"values look like {' and '.join(kinds)}"
+        if self.patterns_only:
+            return None
         if self.values < UNIQUE_MIN_VALUES or self.distinct < UNIQUE_SHARE * self.values:
             return None
         if self.integer and self.values < INTEGER_SHARE_MIN_VALUES and self.distinct < self.values:
@@ -153,26 +198,39 @@ def sample_kept_columns(
     text: list[str],
     integers: list[str] | None = None,
     *,
+    binary: Collection[str] = (),
+    patterns_only: Collection[str] = (),
     rows: int = SAMPLE_ROWS,
     seed: int = SAMPLE_SEED,
 ) -> list[ColumnSample]:
     """Count, over one fixed-seed sample of `table`, each column's non-empty values and its distinct
-    values, and for the `text` columns the values matching each identifier pattern: one query for all the
-    columns. The samples come in the order of `text`, then `integers`."""
+    values, and for the `text` columns the placeholders and the values matching each identifier pattern:
+    one query for all the columns. The `binary` ones among `text` are read as UTF-8 text (a value that is
+    none counts as missing); the `patterns_only` ones are judged by the patterns alone. The samples come
+    in the order of `text`, then `integers`."""
     columns = [(c, False) for c in text] + [(c, True) for c in integers or []]
     if not columns:
         return []
     selected: list[str] = []
     counts: list[str] = []
+    placeholders = ", ".join(_literal(p) for p in PLACEHOLDERS)
     for i, (column, integer) in enumerate(columns):
         if integer:
             selected.append(f"{quote_ident(column)} AS c{i}")
-        else:
-            stripped = f"regexp_replace(CAST({quote_ident(column)} AS VARCHAR), {_literal(_EDGES)}, '', 'g')"
-            selected.append(f"NULLIF({stripped}, '') AS c{i}")
-        counts += [f"count(c{i})", f"count(DISTINCT c{i})"]
-        if not integer:
-            counts += [f"count(*) FILTER (WHERE {p.sql(f'c{i}')})" for p in PATTERNS]
+            counts += [f"count(c{i})", f"count(DISTINCT c{i})"]
+            continue
+        value = f"try(decode({quote_ident(column)}))" if column in binary else quote_ident(column)
+        stripped = f"regexp_replace(CAST({value} AS VARCHAR), {_literal(_EDGES)}, '', 'g')"
+        selected.append(f"NULLIF({stripped}, '') AS c{i}")
+        # Each value is matched until a pattern takes it: counted once, by the first pattern it matches.
+        first = " ".join(f"WHEN {p.sql(f'c{i}')} THEN {n}" for n, p in enumerate(PATTERNS))
+        selected.append(f"CASE {first} END AS m{i}")
+        counts += [
+            f"count(c{i})",
+            f"count(DISTINCT c{i})",
+            f"count(*) FILTER (WHERE lower(c{i}) IN ({placeholders}))",
+        ]
+        counts += [f"count(*) FILTER (WHERE m{i} = {n})" for n in range(len(PATTERNS))]
     row = iter(
         con.execute(
             f"SELECT {', '.join(counts)} FROM (SELECT {', '.join(selected)} FROM {quote_ident(table)} "
@@ -182,9 +240,57 @@ def sample_kept_columns(
     samples = []
     for column, integer in columns:
         values, distinct = int(next(row)), int(next(row))
-        matched = () if integer else tuple((p, int(next(row))) for p in PATTERNS)
-        samples.append(ColumnSample(column, values, distinct, matched, integer))
+        if integer:
+            samples.append(ColumnSample(column, values, distinct, (), integer=True))
+            continue
+        placeholder = int(next(row))
+        matched = tuple((p, int(next(row))) for p in PATTERNS)
+        samples.append(
+            ColumnSample(column, values, distinct, matched, False, placeholder, column in patterns_only)
+        )
     return samples
+
+
+def patient_key_copies(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    columns: list[str],
+    patient_column: str,
+    key: bytes,
+    *,
+    binary: Collection[str] = (),
+    rows: int = KEY_SAMPLE_ROWS,
+    seed: int = SAMPLE_SEED,
+) -> list[str]:
+    """The `columns` of `table` that repeat the patient key: in a fixed-seed sample, at least
+    KEY_COPY_SHARE of their values are the row's own patient key, found by their keyed pseudonym equalling
+    the row's token in `patient_column` (the key itself is not in the table).
+
+    A record number kept beside the pseudonymized patient key (an admissions table's MRN column) repeats
+    as often as the patient comes back: neither pattern nor uniqueness catches it, its tokens do. The
+    `binary` ones are compared as the UTF-8 text they hold."""
+    if not columns:
+        return []
+    hmac = SqlHmac(key)
+    selected: list[str] = []
+    counts: list[str] = []
+    for i, column in enumerate(columns):
+        value = f"try(decode({quote_ident(column)}))" if column in binary else quote_ident(column)
+        selected.append(f"{value} AS c{i}")
+        token = hmac.token(hmac.hex_digest(f"c{i}"))
+        counts += [f"count(c{i})", f"count(*) FILTER (WHERE {token} = p)"]
+    row = con.execute(
+        f"SELECT {', '.join(counts)} FROM (SELECT {', '.join(selected)}, {quote_ident(patient_column)} AS p "
+        f"FROM {quote_ident(table)} USING SAMPLE reservoir({int(rows)} ROWS) REPEATABLE ({int(seed)})) "
+        f"WHERE p IS NOT NULL",
+        hmac.parameters(),
+    ).fetchall()[0]
+    found = []
+    for i, column in enumerate(columns):
+        values, equal = int(row[2 * i]), int(row[2 * i + 1])
+        if values and equal >= KEY_COPY_SHARE * values:
+            found.append(column)
+    return found
 
 
 def _literal(text: str) -> str:

@@ -29,7 +29,14 @@ from pseudonymize.column_hmac import ColumnHmac, HashedColumn, offset_array, tok
 from pseudonymize.digest import ContentDigest, table_digest
 from pseudonymize.errors import IngestError, RiskThresholdError, SpecError
 from pseudonymize.generalize import quote_ident, suppress_rare_prefixes_sql
-from pseudonymize.identifiers import is_integer_type, sample_kept_columns
+from pseudonymize.identifiers import (
+    PATIENT_KEY_COPY,
+    is_date_type,
+    is_integer_type,
+    is_text_type,
+    patient_key_copies,
+    sample_kept_columns,
+)
 from pseudonymize.keys import SecretKey
 from pseudonymize.risk import RiskReport, k_anonymity
 from pseudonymize.spec import PseudonymizationSpec
@@ -75,9 +82,7 @@ class IngestResult:
     @property
     def risk(self) -> RiskReport:
         """The k-anonymity report stored with the dataset."""
-        r = dict(self.entry.risk_report)
-        r.pop("passes", None)
-        return RiskReport(**r)
+        return RiskReport.from_dict(self.entry.risk_report)
 
 
 def _kept_floats(spec: PseudonymizationSpec, schema: pa.Schema) -> dict[str, str]:
@@ -120,8 +125,11 @@ class _Stream:
         on_rows: ProgressCallback | None,
         digested: dict[str, str],
         floats: dict[str, str],
+        patient_key: str | None = None,
     ) -> None:
         self.connector = connector
+        #: the source column whose every row must name a patient
+        self.patient_key = patient_key
         self.hashed = hashed
         self.hasher = hasher
         self.on_rows = on_rows
@@ -157,6 +165,7 @@ class _Stream:
         try:
             for given in self.connector.batches_of(self.columns, SOURCE_BATCH_ROWS):
                 batch = self._not_finite_as_missing(given)
+                self._check_patient_keys(batch, seen)
                 if self.hashed and seen >= HASH_WORKERS_AFTER_ROWS:
                     # Worker processes take a moment to start: small sources are hashed inline.
                     self._start_workers(self.hasher.start_workers)
@@ -183,6 +192,24 @@ class _Stream:
             self.not_finite_counts[stored] += count
             batch = batch.set_column(at, self.schema.field(name), column)
         return batch
+
+    def _check_patient_keys(self, batch: pa.RecordBatch, rows_before: int) -> None:
+        """Refuse a row without a patient: blank keys would all get the one token (and date shift) of the
+        empty text, merging unrelated rows into one patient, and a missing one would leave its dates
+        unshifted as missing. The refusal names the column and the row, never a value."""
+        if self.patient_key is None:
+            return
+        missing = _missing_keys(batch.column(self.patient_key))
+        if missing is None:
+            return
+        row = rows_before + missing + 1
+        self.error = IngestError(
+            self.connector.source,
+            f"the patient key column {self.patient_key!r} is empty in row {row} of the source (counted "
+            f"from 1, a header line not counted); every row must name its patient: remove or complete "
+            f"such rows",
+        )
+        raise self.error
 
     def _start_workers(self, start: Callable[[int], None]) -> None:
         try:
@@ -248,31 +275,83 @@ def _check_token_types(
         )
 
 
-def _check_unmarked_columns(
-    con: duckdb.DuckDBPyConnection, table: str, spec: PseudonymizationSpec, source: str
+def _check_kept_columns(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    spec: PseudonymizationSpec,
+    source: str,
+    key: bytes,
+    patient_column: str | None,
 ) -> None:
-    """Refuse text and integer columns the spec keeps without an `identifier` mark whose values look like
-    direct identifiers (`pseudonymize.identifiers`): a forgotten mark must not publish e-mail addresses or
-    record numbers verbatim. Columns marked `none` were reviewed and are not scanned; the refusal names the
-    column and the signal, never a value."""
+    """Refuse kept columns whose values look like direct identifiers (`pseudonymize.identifiers`): a
+    forgotten mark must not publish e-mail addresses or record numbers verbatim. Text and integer columns
+    kept without an `identifier` mark are held to the patterns and to their distinct values, text columns
+    marked `quasi` to the patterns (the k-anonymity report judges how rare their values are), and every
+    kept text or integer column, whatever its mark, to the patient key in `patient_column`: a copy of the
+    key is the key. Columns marked `none` were reviewed and are not scanned otherwise; the refusal names
+    the column and the signal, never a value."""
     stored = _stored_types(con, table)
-    unmarked = {
-        rule.output or name: name
+    kept = {
+        rule.output or name: (name, rule.identifier)
         for name, rule in spec.columns.items()
-        if rule.action == "keep" and rule.identifier is None
+        if rule.action == "keep"
     }
-    text = [out for out in unmarked if stored.get(out) == "VARCHAR"]
-    integers = [out for out in unmarked if is_integer_type(stored.get(out, ""))]
-    signals = {s.column: s.signal for s in sample_kept_columns(con, table, text, integers) if s.signal}
-    found = [(name, signals[out]) for out, name in unmarked.items() if out in signals]  # in the spec's order
+    binary = [out for out in kept if stored.get(out) == "BLOB"]
+    text = [out for out, (_, mark) in kept.items() if mark != "none" and is_text_type(stored.get(out, ""))]
+    integers = [
+        out for out, (_, mark) in kept.items() if mark is None and is_integer_type(stored.get(out, ""))
+    ]
+    quasi = [out for out, (_, mark) in kept.items() if mark == "quasi"]
+    samples = sample_kept_columns(con, table, text, integers, binary=binary, patterns_only=quasi)
+    signals = {s.column: s.signal for s in samples if s.signal}
+    if patient_column is not None:
+        comparable = [out for out in kept if is_text_type(stored[out]) or is_integer_type(stored[out])]
+        for out in patient_key_copies(con, table, comparable, patient_column, key, binary=binary):
+            signals[out] = PATIENT_KEY_COPY
+    found = [(name, signals[out]) for out, (name, _) in kept.items() if out in signals]  # the spec's order
     if not found:
         return
     named = "; ".join(f"columns.{name} ({signal})" for name, signal in found)
     raise IngestError(
         source,
-        f"kept without an identifier mark, but looking like a direct identifier: {named}. A direct "
-        f'identifier is never published as it is: mark such a column identifier = "direct" and '
-        f'pseudonymize or drop it, or, once reviewed as no identifier, identifier = "none"',
+        f"kept as they are, but looking like a direct identifier: {named}. A direct identifier is never "
+        f'published as it is: mark such a column identifier = "direct" and pseudonymize or drop it, or, '
+        f'once reviewed as no identifier, identifier = "none"',
+    )
+
+
+def _check_kept_dates(
+    con: duckdb.DuckDBPyConnection, table: str, spec: PseudonymizationSpec, source: str
+) -> None:
+    """Refuse a date or instant the spec keeps as it is, unless it is marked as no patient's date
+    (`identifier: none`). Beside shifted dates it gives every patient's shift back (an admission kept, the
+    discharge shifted: their difference is the shift, give or take the stay); alone it is a patient's date
+    that no scan reads. A spec that shifts no date may mark it `quasi` instead, for the k-anonymity report
+    to measure."""
+    stored = _stored_types(con, table)
+    shifts = [name for name, rule in spec.columns.items() if rule.action == "date_shift"]
+    allowed = ("none",) if shifts else ("none", "quasi")
+    refused = [
+        name
+        for name, rule in spec.columns.items()
+        if rule.action == "keep"
+        and rule.identifier not in allowed
+        and is_date_type(stored.get(rule.output or name, ""))
+    ]
+    if not refused:
+        return
+    named = ", ".join(f"columns.{name}" for name in refused)
+    if shifts:
+        shifted = ", ".join(f"columns.{name}" for name in shifts)
+        why = f"kept as they are beside the dates the spec shifts ({shifted}), they give the shifts back"
+        quasi = ""
+    else:
+        why = "kept as they are, they are patients' dates that neither the scan nor the risk report reads"
+        quasi = ', or mark one the k-anonymity report is to measure identifier = "quasi"'
+    raise IngestError(
+        source,
+        f"dates {named}: {why}. Shift them (date_shift) or generalize them; mark a date that is no "
+        f'patient\'s (a reference or extraction date) identifier = "none"{quasi}',
     )
 
 
@@ -390,7 +469,9 @@ def ingest(
     read = pa.schema([f for f in schema if f.name in compiled.input_columns])
     digested = _digested_in_stream(spec, schema, compiled.hashed_inputs)
     floats = _kept_floats(spec, schema)
-    stream = _Stream(connector, read, compiled.hashed_inputs, hasher, on_rows, digested, floats)
+    stream = _Stream(
+        connector, read, compiled.hashed_inputs, hasher, on_rows, digested, floats, spec.patient_key
+    )
     try:
         con.register("source", stream.reader())
         try:
@@ -410,15 +491,19 @@ def ingest(
             con.unregister("source")
             hasher.close()
             stream.close()
-        for column, min_count in compiled.rare_prefix_rules:
-            con.execute(suppress_rare_prefixes_sql(staging, column, min_count)).fetchall()
-        _check_token_types(con, staging, spec, connector.source)
-        _check_unmarked_columns(con, staging, spec, connector.source)
-
         patient_column = spec.output_column(spec.patient_key) if spec.patient_key else None
         # A dropped patient key leaves the report its tokens in a staging column of their own, which
-        # nothing but the report reads: the digest and the catalog see the published columns only.
+        # nothing but the report (and the steps before it) reads: the digest and the catalog see the
+        # published columns only.
         risk_patients = patient_column or compiled.risk_patient_column
+        for column, min_count in compiled.rare_prefix_rules:
+            # A prefix is rare by its patients: one patient's 300 lab results are still one person.
+            sql = suppress_rare_prefixes_sql(staging, column, min_count, patient_column=risk_patients)
+            con.execute(sql).fetchall()
+        _check_token_types(con, staging, spec, connector.source)
+        _check_kept_dates(con, staging, spec, connector.source)
+        _check_kept_columns(con, staging, spec, connector.source, key, risk_patients)
+
         published_columns = "*"
         if compiled.risk_patient_column is not None:
             published_columns = f"* EXCLUDE ({quote_ident(compiled.risk_patient_column)})"
@@ -463,6 +548,14 @@ def ingest(
             con.execute(
                 f"ALTER TABLE {quote_ident(staging)} DROP COLUMN {quote_ident(compiled.risk_patient_column)}"
             ).fetchall()
+        if not risk.measured and not override_k:
+            # No class was measured: "every record in a class of k" would hold of a table of unique rows.
+            raise IngestError(
+                connector.source,
+                f'no column of {spec.dataset} is marked identifier = "quasi", so its k-anonymity was not '
+                f"measured. Mark the quasi-identifiers the spec keeps (ages, sex, postcodes, dates), or "
+                f"publish without a measured risk on purpose with the override (--override-k)",
+            )
         if not risk.passes and not override_k:
             raise RiskThresholdError(risk)
         entry = CatalogEntry(
@@ -503,6 +596,22 @@ def ingest(
         stream.close()
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _missing_keys(column: pa.Array) -> int | None:
+    """The index of the first patient key that names no one (missing, NaN, empty or only whitespace),
+    or None when every row names a patient."""
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    kind = column.type
+    missing = pc.is_null(column, nan_is_null=True)
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        missing = pc.or_kleene(missing, pc.equal(pc.binary_length(column), 0))
+    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        blank = pc.or_(pc.equal(pc.binary_length(column), 0), pc.utf8_is_space(column))
+        missing = pc.or_kleene(missing, blank)
+    first = pc.index(missing, True).as_py()
+    return None if first < 0 else int(first)
 
 
 def _identifier_type(kind: pa.DataType) -> bool:

@@ -16,9 +16,17 @@ from pseudonymize.generalize import quote_ident
 _REPEATS_BELOW = 0.5
 
 
+#: the verdicts a report gives (`RiskReport.verdict`)
+PASSES, BELOW_THRESHOLD, NOT_MEASURED = "passes", "below threshold", "not measured"
+
+
 @dataclass(frozen=True)
 class RiskReport:
-    """The equivalence classes over the quasi-identifiers: the smallest, and how many records fall below k."""
+    """The equivalence classes over the quasi-identifiers: the smallest, and how many records fall below k.
+
+    Without quasi-identifiers nothing is measured: the report has no classes, counts every record as not
+    shown to sit in a class of k, and neither passes nor fails ("not measured"). One class of every row
+    would pass a table whose rows are all unique."""
 
     quasi_identifiers: list[str]
     k_threshold: int
@@ -29,13 +37,30 @@ class RiskReport:
     share_below_k: float
 
     @property
+    def measured(self) -> bool:
+        """True when the spec names quasi-identifiers to measure the classes over."""
+        return bool(self.quasi_identifiers)
+
+    @property
     def passes(self) -> bool:
-        """True when every record sits in a class of at least k records."""
-        return self.records_below_k == 0
+        """True when the classes were measured and every record sits in a class of at least k patients."""
+        return self.measured and self.records_below_k == 0
+
+    @property
+    def verdict(self) -> str:
+        """PASSES, BELOW_THRESHOLD or NOT_MEASURED."""
+        if not self.measured:
+            return NOT_MEASURED
+        return PASSES if self.passes else BELOW_THRESHOLD
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data, with its verdict."""
-        return {**asdict(self), "passes": self.passes}
+        return {**asdict(self), "passes": self.passes, "verdict": self.verdict}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RiskReport:
+        """The report `to_dict` gave (or an older one, without the verdict): the verdict is derived again."""
+        return cls(**{k: v for k, v in data.items() if k not in ("passes", "verdict")})
 
 
 def k_anonymity(
@@ -54,9 +79,10 @@ def k_anonymity(
     the spec drops the key, a staging column of the key's tokens that is dropped before publication.
     """
     n = int(con.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchall()[0][0])
-    if not quasi_identifiers or n == 0:
-        below = n if 0 < n < k else 0
-        return RiskReport(list(quasi_identifiers), k, n, 1 if n else 0, n, below, below / n if n else 0.0)
+    if not quasi_identifiers:
+        return RiskReport([], k, n, 0, 0, n, 1.0 if n else 0.0)
+    if n == 0:
+        return RiskReport(list(quasi_identifiers), k, 0, 0, 0, 0, 0.0)
     cols = ", ".join(quote_ident(c) for c in quasi_identifiers)
     size = "count(*)"
     if patient_column and not _one_row_per_patient(con, table, patient_column, n):

@@ -131,9 +131,9 @@ class CatalogEntry:
     consent_terms: ConsentTerms = field(default_factory=ConsentTerms)
 
     def row(self) -> dict[str, Any]:
-        """The entry as a catalog row, JSON fields serialized, without `consent_terms`: the fields the
-        steward's listings show (`GET /v1/steward/datasets`, whose documented body holds no consent terms,
-        and `fedgate catalog`). The catalog stores `stored_row()`."""
+        """The entry as a catalog row, JSON fields serialized, without `consent_terms` (the steward's
+        listings add it as an object, `GET /v1/steward/datasets` and `fedgate catalog`). The catalog stores
+        `stored_row()`."""
         out: dict[str, Any] = {c: getattr(self, c) for c in _CATALOG_COLUMNS if c != "consent_terms"}
         for f in _JSON_FIELDS:
             out[f] = json.dumps(out[f], sort_keys=True)

@@ -7,7 +7,7 @@ column, and each action a column of a type it can work on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 
 import pyarrow as pa
 
@@ -28,6 +28,8 @@ _PK_OFFSET = "__fedgate_po"
 RISK_PATIENT_COLUMN = "__fedgate:patient"
 #: prefix of the errors the SELECT raises itself; their text never holds a source value
 VALUE_ERROR_MARK = "fedgate-value-error:"
+#: the first and last day a date column of every store (and Python) holds
+_FIRST_DAY, _LAST_DAY = date.min, date.max
 
 
 @dataclass(frozen=True)
@@ -73,13 +75,84 @@ def _date_expr(name: str, t: pa.DataType) -> str:
         return f"CAST({col} AS DATE)"
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         # A value that is not a date stops the ingest with the column's name, never the value.
-        message = f"{VALUE_ERROR_MARK} column {name!r} holds a value that is not a date (YYYY-MM-DD)"
-        quoted = message.replace("'", "''")
-        return (
-            f"CASE WHEN {col} IS NOT NULL AND TRY_CAST({col} AS DATE) IS NULL "
-            f"THEN CAST(error('{quoted}') AS DATE) ELSE TRY_CAST({col} AS DATE) END"
-        )
+        refused = _value_error(f"column {name!r} holds a value that is not a date (YYYY-MM-DD)", "DATE")
+        # A timestamp written with a zone counts by its UTC day, as a typed one does (the ingest runs
+        # DuckDB in UTC): a CSV column mixing dates and zoned timestamps is read as text, and its written
+        # day would put one instant on two days. Text a timestamp does not parse keeps its day as a date;
+        # so does a plain date (ten characters at most), sparing it the zone-aware parse.
+        zoned = f"COALESCE(CAST(TRY_CAST({col} AS TIMESTAMPTZ) AS DATE), TRY_CAST({col} AS DATE))"
+        day = f"CASE WHEN strlen({col}) <= 10 THEN TRY_CAST({col} AS DATE) ELSE {zoned} END"
+        return f"COALESCE({day}, CASE WHEN {col} IS NOT NULL THEN {refused} END)"
     raise ValueError(f"is of type {t}, not a date")
+
+
+def _value_error(message: str, sql_type: str) -> str:
+    """SQL that stops the ingest with `message`, which must name no source value, typed as `sql_type`."""
+    quoted = f"{VALUE_ERROR_MARK} {message}".replace("'", "''")
+    return f"CAST(error('{quoted}') AS {sql_type})"
+
+
+def _shifted_date(name: str, day: str, offset: str, max_days: int) -> str:
+    """SQL for a date moved by the patient's offset, refusing a date too near either end of the calendar.
+
+    A shifted 9999-12-31 (a placeholder for "open") would leave the years a date can hold, or land just
+    inside them: either way the published value gives away the patient's offset. The limit depends on
+    `max_days` alone, never on the offset, so a refusal tells nothing about a patient's shift either.
+    """
+    low, high = _FIRST_DAY + timedelta(days=max_days), _LAST_DAY - timedelta(days=max_days)
+    refused = _value_error(
+        f"column {name!r} holds a date before {low.isoformat()} or after {high.isoformat()}, within "
+        f"max_days ({max_days}) of the first or last day a date can hold: a placeholder such as "
+        f"9999-12-31 shifted would give the patient's offset away; store such dates as missing",
+        "DATE",
+    )
+    return (
+        f"CASE WHEN {day} IS NULL THEN NULL "
+        f"WHEN {day} BETWEEN DATE '{low.isoformat()}' AND DATE '{high.isoformat()}' "
+        f"THEN CAST({day} + {offset} AS DATE) ELSE {refused} END"
+    )
+
+
+def _text_column(name: str, t: pa.DataType, prepared: list[str]) -> str:
+    """The column to hash for identifier `name`: itself, or for a float or decimal one a new column of
+    its integer text, whose SQL is added to `prepared`."""
+    text = _identifier_text(name, t)
+    if text is None:
+        return g.quote_ident(name)
+    column = f"__fedgate_i{len(prepared)}"
+    prepared.append(f"{text} AS {column}")
+    return column
+
+
+def _identifier_text(name: str, t: pa.DataType) -> str | None:
+    """SQL for the text of a float or decimal identifier, the text its integer has; None for other types.
+
+    A Parquet file pandas wrote from a column of ids with one missing holds them as floats, a database
+    may hold them as NUMERIC: 1001.0 and 1001.00 are the patient 1001 of a CSV or an integer column, and
+    get that patient's token and date shift (and match a withdrawal of "1001"). NaN is a missing value,
+    as in pandas. A fraction or an infinity is no id, nor is a float beyond the integers it holds
+    exactly: they stop the ingest.
+    """
+    kind = t.value_type if pa.types.is_dictionary(t) else t
+    if not (pa.types.is_floating(kind) or pa.types.is_decimal(kind)):
+        return None
+    col = g.quote_ident(name)
+    fraction = _value_error(
+        f"column {name!r} holds a value that is not a whole number: no identifier", "VARCHAR"
+    )
+    whole = f"CAST(CAST({col} AS HUGEINT) AS VARCHAR)"
+    if pa.types.is_decimal(kind):
+        return f"CASE WHEN {col} <> trunc({col}) THEN {fraction} ELSE {whole} END"
+    exact = 2 ** {16: 11, 32: 24}.get(kind.bit_width, 53)
+    inexact = _value_error(
+        f"column {name!r} holds a whole number above {exact:,}, which a {kind} cannot hold exactly: "
+        f"neighbouring identifiers would get one token; read the column as integers or text",
+        "VARCHAR",
+    )
+    return (
+        f"CASE WHEN {col} IS NULL OR isnan({col}) THEN NULL WHEN isinf({col}) OR {col} <> trunc({col}) "
+        f"THEN {fraction} WHEN abs({col}) > {exact} THEN {inexact} ELSE {whole} END"
+    )
 
 
 def _decimal_value(col: str, t: pa.DataType) -> str:
@@ -124,6 +197,9 @@ def compile_transform(
     select: list[str] = []
     outputs: list[str] = []
     extra_norm: list[str] = []
+    # Columns computed over the source before anything reads them, each once per row: the integer text
+    # of float and decimal identifiers, and the days that date shifts move when read from text.
+    prepared: list[str] = []
     hashed: list[HashedInput] = []
     # The patient key's HMAC, once per row, from the stream when its type allows, else in SQL.
     pk = spec.patient_key
@@ -154,11 +230,16 @@ def compile_transform(
                     hashed.append(HashedInput(name, expr, None, None))
                 else:
                     normalized = f"__fedgate_n{len(extra_norm)}"
-                    extra_norm.append(f"{hm.normalized(col)} AS {normalized}")
+                    extra_norm.append(f"{hm.normalized(_text_column(name, t, prepared))} AS {normalized}")
                     expr = hm.token(hm.hex_digest(normalized, normalize_value=False))
             elif rule.action == "date_shift":
                 offset = _PK_OFFSET if pk_in_stream else hm.offset(_HASH, spec.date_shift.max_days)
-                expr = f"CAST({_date_expr(name, t)} + {offset} AS DATE)"
+                day = _date_expr(name, t)
+                if pa.types.is_string(t) or pa.types.is_large_string(t):
+                    # Parsed once in the first query, not at each of the shift's three reads of the day.
+                    prepared.append(f"{day} AS __fedgate_d{len(prepared)}")
+                    day = f"__fedgate_d{len(prepared) - 1}"
+                expr = _shifted_date(name, day, offset, spec.date_shift.max_days)
             elif isinstance(rule, AgeRule):
                 birth = _date_expr(name, t)
                 if rule.at in source_cols:
@@ -192,8 +273,9 @@ def compile_transform(
     # Normalize in an inner query: DuckDB evaluates a normalization nested inside the hash expression
     # several times over, which halves throughput.
     if pk is not None and not pk_in_stream:
-        extra_norm.append(f"{hm.normalized(g.quote_ident(pk))} AS __fedgate_pk")
-    inner = f"SELECT *{''.join(', ' + e for e in extra_norm)} FROM source"
+        extra_norm.append(f"{hm.normalized(_text_column(pk, source_cols[pk], prepared))} AS __fedgate_pk")
+    first = f"(SELECT *{''.join(', ' + e for e in prepared)} FROM source)" if prepared else "source"
+    inner = f"SELECT *{''.join(', ' + e for e in extra_norm)} FROM {first}"
     in_sql = pk is not None and not pk_in_stream
     pk_hash = f", {hm.hex_digest('__fedgate_pk', normalize_value=False)} AS {_HASH}" if in_sql else ""
     sql = f"SELECT {', '.join(select)} FROM (SELECT *{pk_hash} FROM ({inner}))"

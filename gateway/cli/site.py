@@ -310,9 +310,16 @@ def _print_risk(report: dict[str, object]) -> None:
         str(report.get("smallest_class")),
         str(report.get("classes")),
         f"{report.get('records_below_k')} ({share:.2%})",
-        "[green]passes[/]" if report.get("passes") else "[red]below threshold[/]",
+        _verdict(report),
     )
     console.print(table)
+
+
+def _verdict(report: dict[str, object]) -> str:
+    """The report's verdict in colour (a report recorded before verdicts were: from `passes`)."""
+    verdict = report.get("verdict") or ("passes" if report.get("passes") else "below threshold")
+    colour = {"passes": "green", "not measured": "yellow"}.get(str(verdict), "red")
+    return f"[{colour}]{verdict}[/]"
 
 
 def _progress() -> Progress:

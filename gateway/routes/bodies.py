@@ -76,6 +76,11 @@ class KAnonymityReport(_Body):
     records_below_k: int
     share_below_k: float
     passes: bool = Field(description="every record sits in a class of at least `k_threshold` records")
+    verdict: str | None = Field(
+        default=None,
+        description="`passes`, `below threshold` or `not measured` (the spec marks no quasi-identifiers); "
+        "absent for versions published before the catalog recorded it",
+    )
 
 
 class PublishedDataset(_Body):

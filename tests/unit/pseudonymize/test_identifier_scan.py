@@ -35,7 +35,7 @@ MASTER = SecretKey(bytes(range(1, 33)))
 ROWS = 400
 HEAD = (
     "dataset: contacts\nagreement: DSA-1\npatient_key: pid\nk_anonymity: {k: 2}\ncolumns:\n"
-    "  pid: {action: pseudonym, identifier: direct}\n  ward: keep\n"
+    "  pid: {action: pseudonym, identifier: direct}\n  ward: {action: keep, identifier: quasi}\n"
 )
 WARDS = ["cardiology", "oncology", "surgery", "neurology"]
 
@@ -158,7 +158,7 @@ def test_a_column_reviewed_as_no_identifier_is_published(tmp_path: Path) -> None
         entry = _ingest(source, spec, store).entry
         stored = store.duckdb.execute(f'SELECT comment, desk FROM "{entry.table_name}"').fetchall()
     assert stored == list(zip(comments, desks, strict=True))
-    assert entry.risk_report["quasi_identifiers"] == []  # `none` is no quasi-identifier
+    assert entry.risk_report["quasi_identifiers"] == ["ward"]  # `none` is no quasi-identifier
 
 
 def test_a_pseudonymized_direct_identifier_is_not_scanned(tmp_path: Path) -> None:
@@ -428,12 +428,14 @@ def test_patterns_recognize_identifiers_and_leave_dates_and_codes(value: str, ki
 def test_the_spec_tells_a_reviewed_column_from_an_unmarked_one(tmp_path: Path) -> None:
     spec = load_spec(
         _spec(
-            tmp_path, "  note: {action: keep, identifier: none}\n  sex: {action: keep, identifier: quasi}\n"
+            tmp_path,
+            "  note: {action: keep, identifier: none}\n  sex: {action: keep, identifier: quasi}\n"
+            "  room: keep\n",
         )
     )
     assert spec.columns["note"].identifier == "none"
-    assert spec.columns["ward"].identifier is None  # unmarked: scanned at ingest
-    assert spec.quasi_identifiers == ["sex"]
+    assert spec.columns["room"].identifier is None  # unmarked: scanned at ingest
+    assert spec.quasi_identifiers == ["ward", "sex"]
     path = tmp_path / "bad.spec.yaml"
     path.write_text(HEAD + "  note: {action: keep, identifier: reviewed}\n")
     with pytest.raises(SpecError) as err:

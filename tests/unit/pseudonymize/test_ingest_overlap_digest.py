@@ -49,10 +49,13 @@ class _Table(Connector):
             yield batch
 
 
-def _with_nulls(table: pa.Table) -> pa.Table:
-    """Every column gets NULLs, each at its own stride, so rows differ in which values are missing."""
+def _with_nulls(table: pa.Table, patient_key: str = "patient_id") -> pa.Table:
+    """Every column but the patient key (a row without one is refused) gets NULLs, each at its own
+    stride, so rows differ in which values are missing."""
     index = pa.array(range(len(table)))
     for i, name in enumerate(table.column_names):
+        if name == patient_key:
+            continue
         mask = pc.equal(pc.remainder(index, 5 + i), 0)
         column = table[name].combine_chunks()
         table = table.set_column(i, name, pc.if_else(mask, pa.scalar(None, column.type), column))
@@ -140,7 +143,7 @@ def _every_kept_type(rows: int) -> pa.Table:
         return [values[i % len(values)] for i in range(rows)]
 
     return pa.table({
-        "pid": pa.array([f"MRN-{i}" if i % 11 else None for i in range(rows)]),
+        "pid": pa.array([f"MRN-{i}" for i in range(rows)]),  # a row without a patient is refused
         "code": pa.array([i % 13 if i % 17 else None for i in range(rows)], pa.int64()),
         "s": pa.array(cycle(strings), pa.string()),
         "ls": pa.array(cycle(strings), pa.large_string()),
@@ -168,7 +171,12 @@ def _every_kept_type(rows: int) -> pa.Table:
 def _types_spec(tmp_path: Path, table: pa.Table) -> Path:
     """A spec pseudonymizing `pid` and `code` and keeping every other column of `table`."""
     spec_file = tmp_path / "types.yaml"
-    kept = "".join(f"  {name}: keep\n" for name in table.column_names[2:])
+    # The dates are marked as no patient's: a patient's date is shifted or generalized, never kept.
+    dates = ("d", "ts", "tsz")
+    kept = "".join(
+        f"  {name}: {{action: keep, identifier: none}}\n" if name in dates else f"  {name}: keep\n"
+        for name in table.column_names[2:]
+    )
     spec_file.write_text(
         "dataset: types\nagreement: DSA-1\npatient_key: pid\nk_anonymity: {k: 2}\ncolumns:\n"
         "  pid: {action: pseudonym, identifier: direct}\n  code: {action: pseudonym, identifier: quasi}\n"

@@ -23,7 +23,7 @@ MASTER = SecretKey(bytes(range(1, 33)))
 SPEC = (
     "dataset: visits\nagreement: DSA-1\npatient_key: mrn\nk_anonymity: {k: 2}\ncolumns:\n"
     "  mrn: {action: pseudonym, identifier: direct}\n"
-    "  postcode: {action: generalize, method: postcode, keep: 3, min_count: 1}\n"
+    "  postcode: {action: generalize, method: postcode, keep: 3, min_count: 1, identifier: quasi}\n"
 )
 
 
