@@ -45,7 +45,7 @@ from gateway.federation.glm_fit import DISCLOSURE_TITLE, INTERCEPT, Family, Site
 from gateway.pipeline import QueryPipeline, hashed, owner, sha256_label
 from gateway.query.columns import DatasetColumn, python_value
 from gateway.query.consent import consent_predicate
-from gateway.query.spec import AgreementId, ColumnName, DatasetId, SafeInt
+from gateway.query.spec import AgreementId, ColumnName, DatasetId, SafeInt, bounded_purpose, few_members
 from gateway.refusal import Refusal
 from gateway.runtime import SiteRuntime
 from pseudonymize.disclosure import DisclosureRules
@@ -104,6 +104,11 @@ def session_digest(session_id: str) -> str:
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_too_many_members(cls, value: Any) -> Any:
+        return few_members(value, "the object")
 
 
 class CategoricalCovariate(_Model):
@@ -174,6 +179,11 @@ class GlmSessionRequest(_Model):
     purpose: Purpose
     destination: CountryCode | None = None
     model: GlmModel
+
+    @field_validator("purpose", mode="before")
+    @classmethod
+    def _bounded_purpose(cls, value: Any) -> Any:
+        return bounded_purpose(value)
 
     def query_facts(self) -> QueryFacts:
         """The `query` part of the policy input: kind glm and the model's columns."""

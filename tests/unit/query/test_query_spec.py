@@ -169,6 +169,29 @@ def test_an_object_of_very_many_members_is_one_problem(where: str) -> None:
     assert problem.message.endswith("members; at most 32 are read")
 
 
+def test_a_purpose_of_very_many_codes_is_one_problem() -> None:
+    data = spec(purpose={"duo": ["not a code"] * 1_000_000})  # each was validated and reported in turn
+    (problem,) = _refused_fast(data).problems
+    assert problem.field == "purpose" and "at most 64 are read" in problem.message
+
+
+def test_a_glm_session_body_of_very_many_members_is_refused_at_once() -> None:
+    from pydantic import ValidationError
+
+    from gateway.federation.glm_site import GlmSessionRequest
+
+    for body in (
+        {"dataset": "d", "agreement": "A", "purpose": {"duo": ["x"] * 1_000_000}, "model": {}},
+        {"dataset": "d", "agreement": "A", "purpose": {"duo": ["DUO:0000006"]}, "model": {},
+         **{f"k{i}": 0 for i in range(300_000)}},
+    ):  # fmt: skip
+        start = time.perf_counter()
+        with pytest.raises(ValidationError) as caught:
+            GlmSessionRequest.model_validate(body)
+        assert time.perf_counter() - start < 1.0
+        assert caught.value.error_count() <= 3
+
+
 def test_limits_are_inclusive() -> None:
     parse_query_spec(spec(filters=nested(5)))
     parse_query_spec(spec(filters={"or": [LEAF] * 32}))
