@@ -161,8 +161,10 @@ def result_frame(body: Mapping[str, Any]) -> pd.DataFrame:
     data = {name: _column(name, [row.get(name) for row in rows], dtypes.get(name), index) for name in columns}
     frame = pd.DataFrame(data, index=index, columns=columns)
     policy = body.get("policy")
-    if isinstance(policy, Mapping) and policy.get("publication_moratorium_until"):
-        frame.attrs["publication_moratorium_until"] = str(policy["publication_moratorium_until"])
+    # A site's answer carries it in its policy block, a federated answer beside its rows.
+    until = (policy if isinstance(policy, Mapping) else body).get("publication_moratorium_until")
+    if until:
+        frame.attrs["publication_moratorium_until"] = str(until)
     return frame
 
 

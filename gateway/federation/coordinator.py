@@ -44,6 +44,7 @@ from gateway.query import (
     parse_query_spec,
     quantile_name,
 )
+from gateway.query.columns import iso_date
 from gateway.refusal import Refusal
 from gateway.runtime import SiteRuntime
 
@@ -143,13 +144,21 @@ class SiteOutcome:
     body: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
+        until = self.moratorium()
         return {
             "site": self.site,
             "status": self.status,
             "reasons": self.reasons,
             "request_id": self.request_id,
             "duration_ms": round(self.duration_ms, 3),
+            **({"publication_moratorium_until": until} if until is not None else {}),
         }
+
+    def moratorium(self) -> str | None:
+        """The publication moratorium (DUO:0000024) the site's answer is under, as its policy block says."""
+        policy = (self.body or {}).get("policy") if self.status == "answered" else None
+        until = policy.get("publication_moratorium_until") if isinstance(policy, dict) else None
+        return until if isinstance(until, str) and iso_date(until) is not None else None
 
 
 def parse_federated(body: Any) -> tuple[QuerySpec, list[str] | None, float]:
@@ -265,6 +274,8 @@ class Coordinator:
             principal=principal,
             request_id=request_id,
         )
+        # The pooled answer is under the latest moratorium of any site it counts (ISO dates sort as days).
+        moratoria = [until for o in outcomes if o.site in covered and (until := o.moratorium()) is not None]
         return {
             "request_id": request_id,
             "status": "released" if covered else "no_site_answered",
@@ -272,6 +283,7 @@ class Coordinator:
             "dataset": spec.dataset,
             "covered": covered,
             **result,
+            **({"publication_moratorium_until": max(moratoria)} if moratoria else {}),
             "sites": [o.to_json() for o in outcomes],
             "result_hash": sha256_label(result_hash),
         }
