@@ -61,6 +61,21 @@ def _approved(http: httpx.Client, idp: LoopbackTestIssuer, researcher: dict[str,
     return request_id
 
 
+def kept_without(state_url: str, request_id: str, member: str) -> None:
+    """Keep a released request's answer as an earlier version stored it: without `member`."""
+    state = GatewayState(state_url)
+    try:
+        stored = state.get_request(request_id)
+        assert stored is not None and stored.result is not None and member in stored.result
+        earlier = {k: v for k, v in stored.result.items() if k != member}
+        assert state.update_request(
+            request_id, expect="released", status="released", reasons=[], result=earlier,
+            decided_by=stored.decided_by,
+        )  # fmt: skip
+    finally:
+        state.close()
+
+
 def _n(answer: httpx.Response) -> Any:
     assert answer.status_code == 200, answer.text
     return answer.json()["rows"][0]["n"]
@@ -109,17 +124,7 @@ def test_an_answer_stored_without_its_obligations_is_refused_as_out_of_date(
     with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url, timeout=60) as http:
         request_id = _approved(http, idp, researcher)
         # As an earlier version stored it: the answer without the digest of what it was computed under.
-        state = GatewayState(tmp_site.settings.state_url)
-        try:
-            stored = state.get_request(request_id)
-            assert stored is not None and stored.result is not None and COMPUTED_UNDER in stored.result
-            earlier = {k: v for k, v in stored.result.items() if k != COMPUTED_UNDER}
-            assert state.update_request(
-                request_id, expect="released", status="released", reasons=[], result=earlier,
-                decided_by=stored.decided_by,
-            )  # fmt: skip
-        finally:
-            state.close()
+        kept_without(tmp_site.settings.state_url, request_id, COMPUTED_UNDER)
         reasons = _refused_as_out_of_date(http.get(f"/v1/queries/{request_id}", headers=researcher))
         assert reasons == [TERMS_CHANGED, "submit the query again"]
         # Asked again, the query is answered (approved once more) under the terms now in force.

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from gateway_site import Site, bearer, running_gateway
 from oidc_issuer import LoopbackTestIssuer
-from test_approval_collect_scope import _approved, _n
+from test_approval_collect_scope import _approved, _n, kept_without
 
 from gateway.pipeline import COMPUTED_UNDER, WITHDRAWALS_APPLIED
 from gateway.settings import SiteSettings
@@ -105,17 +105,7 @@ def test_an_answer_kept_without_its_withdrawal_count_is_held_back_by_one_since_i
     with running_gateway(settings) as url, httpx.Client(base_url=url, timeout=60) as http:
         request_id = _approved(http, idp, researcher)
         # As an earlier version kept it: the time it was computed, not how many withdrawals it applied.
-        state = GatewayState(settings.state_url)
-        try:
-            stored = state.get_request(request_id)
-            assert stored is not None and stored.result is not None
-            earlier = {k: v for k, v in stored.result.items() if k != WITHDRAWALS_APPLIED}
-            assert state.update_request(
-                request_id, expect="released", status="released", reasons=[], result=earlier,
-                decided_by=stored.decided_by,
-            )  # fmt: skip
-        finally:
-            state.close()
+        kept_without(settings.state_url, request_id, WITHDRAWALS_APPLIED)
         assert _n(http.get(f"/v1/queries/{request_id}", headers=researcher)) > 0
         _withdraw_a_counted_patient(http, idp, tmp_site)
         _refused_as_withdrawn(http.get(f"/v1/queries/{request_id}", headers=researcher))
