@@ -483,15 +483,11 @@ class QueryPipeline:
     def _withdrawn_since(self, stored: StoredRequest, entry: CatalogEntry) -> bool:
         """Whether withdrawals were recorded that the approved run did not apply (blocking). The answer
         keeps how many it applied, read with them; withdrawals are never removed, so any other count now
-        means one it misses. An answer kept by an earlier version has only the time it was computed, to
-        the second, to compare with the withdrawals' own."""
+        means one it misses. An answer kept without that count (an earlier version's) counts as missing
+        one: it holds no obligations' digest either, and is refused for that too."""
         assert stored.result is not None
         applied = stored.result.get(WITHDRAWALS_APPLIED)
-        state = self.rt.state
-        if applied is not None:
-            return bool(state.withdrawn_count(entry.dataset, entry.key_context) != applied)
-        since = stored.result.get("computed_at") or stored.created_at
-        return state.withdrawn_since(entry.dataset, entry.key_context, since)
+        return applied is None or self.rt.state.withdrawn_count(entry.dataset, entry.key_context) != applied
 
     async def decide_only(
         self, principal: Principal, subject: Decidable, entry: CatalogEntry, request_id: str, query_hash: str

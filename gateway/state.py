@@ -518,8 +518,8 @@ class GatewayState:
         w = withdrawals.c
         fresh = sorted({canonical_token(t) for t in tokens})
         with self._writing() as conn:
-            # Stamped once the writers' turn is held, not before waiting for it. Collects no longer rely on
-            # this time (`withdrawn_count`) but for answers kept by earlier versions (`withdrawn_since`).
+            # Stamped once the writers' turn is held, not before waiting for it. Collects compare counts
+            # (`withdrawn_count`), not these times.
             at = utc_now_text()
             before = self._withdrawn_count(conn, dataset, key_context)
             for start in range(0, len(fresh), _ROWS_PER_STATEMENT):
@@ -547,17 +547,6 @@ class GatewayState:
         count is `n`, whatever the clocks of the processes that recorded them said."""
         with self._engine.connect() as conn:
             return self._withdrawn_count(conn, dataset, key_context)
-
-    def withdrawn_since(self, dataset: str, key_context: str, since: str) -> bool:
-        """Whether any patient of the dataset withdrew consent at or after `since` (timestamps are to the
-        second, so the same second counts: a needless refusal rather than a missed withdrawal).
-
-        Only for an answer kept by an earlier version, which knows when it was computed but not how many
-        withdrawals it applied (`withdrawn_count`): times taken by several processes order them loosely."""
-        w = withdrawals.c
-        query = sa.select(w.token).where(w.dataset == dataset, w.key_context == key_context, w.at >= since)
-        with self._engine.connect() as conn:
-            return conn.execute(query.limit(1)).first() is not None
 
     @staticmethod
     def _withdrawn_count(conn: sa.Connection, dataset: str, key_context: str) -> int:

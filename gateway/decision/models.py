@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
@@ -46,10 +46,14 @@ class Requester(_Frozen):
     visas: tuple[Visa, ...] = ()
 
 
+MAX_DUO_CODES: Final = 64
+"""The most DUO codes a purpose may list: as many as the audit log records."""
+
+
 class Purpose(_Frozen):
     """Why: DUO research-purpose codes, a disease term for disease-specific research, the ethics approval."""
 
-    duo: tuple[DuoCode, ...] = Field(min_length=1, max_length=64)  # as many as the audit log records
+    duo: tuple[DuoCode, ...] = Field(min_length=1, max_length=MAX_DUO_CODES)
     disease: Name | None = None
     ethics_approval_id: Name | None = None
 

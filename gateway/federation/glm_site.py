@@ -108,7 +108,7 @@ class _Model(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _not_too_many_members(cls, value: Any) -> Any:
-        return few_members(value, "the object")
+        return few_members(value)
 
 
 class CategoricalCovariate(_Model):

@@ -32,7 +32,7 @@ from pydantic import (
 )
 
 from audit.events import identifier_problem
-from gateway.decision.models import CountryCode, Purpose, QueryFacts
+from gateway.decision.models import MAX_DUO_CODES, CountryCode, Purpose, QueryFacts
 from gateway.query.columns import timestamp_spelling
 from gateway.query.errors import FieldProblem, QuerySpecError
 from pseudonymize.disclosure.rules import QUANTILE_MAX_PROB, QUANTILE_MIN_PROB, QUANTILE_PROB_STEP
@@ -85,24 +85,22 @@ Number = Annotated[float, Field(allow_inf_nan=False)]
 Prob = Annotated[float, Field(ge=MIN_PROB, le=MAX_PROB, allow_inf_nan=False)]
 
 
-MAX_DUO_CODES: Final = 64
-"""The most DUO codes a purpose may list (`Purpose.duo`: as many as the audit log records)."""
 MAX_MEMBERS: Final = 32
 """The most members an object of a spec may have: more than any of its objects has fields."""
 
 
-def few_members(value: Any, where: str) -> Any:
+def few_members(value: Any) -> Any:
     """Refuse an object of more than MAX_MEMBERS members at once: each unknown member would be validated
     and reported in turn (300,000 took 4-5 s of a worker, whatever the error list shows)."""
     if isinstance(value, dict) and len(value) > MAX_MEMBERS:
-        raise ValueError(f"{where} has {len(value)} members; at most {MAX_MEMBERS} are read")
+        raise ValueError(f"the object has {len(value)} members; at most {MAX_MEMBERS} are read")
     return value
 
 
 def bounded_purpose(value: Any) -> Any:
     """A purpose's object and its `duo` list refused at once when far too large: a list's items are validated
     before its length is checked, and each bad one reported (a million codes took 7-12 s of a worker)."""
-    few_members(value, "the object")
+    few_members(value)
     duo = value.get("duo") if isinstance(value, dict) else None
     if isinstance(duo, list) and len(duo) > 16 * MAX_DUO_CODES:  # a few more are each named by validation
         raise ValueError(f"purpose.duo lists {len(duo)} codes; at most {MAX_DUO_CODES} are read")
@@ -115,7 +113,7 @@ class _Spec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _not_too_many_members(cls, value: Any) -> Any:
-        return few_members(value, "the object")
+        return few_members(value)
 
 
 class Condition(_Spec):
