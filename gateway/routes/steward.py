@@ -119,7 +119,10 @@ async def withdraw_consent(
     except WithdrawalUnsupported as exc:
         raise Refusal("conflict", "Cannot record the withdrawal here", [str(exc)]) from None
     except KeyMaterialError as exc:
-        raise Refusal("unavailable", "The site master key is not usable", [str(exc)]) from None
+        # The detail names the key's file or variable: for the site's operators, in its log only.
+        log.error("consent withdrawal: the site master key is not usable: %s", exc)
+        reason = "the site master key is not usable; the gateway's log says why; nothing was recorded"
+        raise Refusal("unavailable", "The site master key is not usable", [reason]) from None
     # Should the log fail here, the withdrawal stays in force (it only ever excludes patients) and the
     # steward gets a 503; sent again, it is recorded, with no patient new.
     await runtime.record(

@@ -121,3 +121,25 @@ def test_the_catalog_and_withdrawals_without_the_store_file_are_503_and_audited(
     for answer in (listed, withdrawn):
         assert_unavailable(answer, title, tmp_site)
     assert routes == ["GET:datasets", "POST:withdraw_consent"]
+
+
+def test_a_withdrawal_when_the_master_key_became_unusable_is_503_without_naming_the_key_file(
+    tmp_site: Site, idp: LoopbackTestIssuer
+) -> None:
+    key = tmp_site.root / "keys" / "master.key"
+    steward = bearer(idp, "steward", sub="keyless-steward")
+    title = "The site master key is not usable"
+    with running_gateway(tmp_site.settings) as url, httpx.Client(base_url=url, timeout=30) as http:
+        start = audit_size(http, idp)
+        key.chmod(0o644)  # readable by others since the gateway started: no longer a key to use
+        try:
+            refused = http.post(WITHDRAWALS, json=WITHDRAWAL, headers=steward)
+        finally:
+            key.chmod(0o600)
+        routes = refused_routes(http, idp, start, title)
+        withdrawn = http.post(WITHDRAWALS, json=WITHDRAWAL, headers=steward)
+    assert_unavailable(refused, title, tmp_site)
+    assert "master.key" not in refused.text and "chmod" not in refused.text
+    assert routes == ["POST:withdraw_consent"]
+    # Nothing was recorded by the refused request: the patient is new to the one that went through.
+    assert withdrawn.status_code == 200 and withdrawn.json()["new"] == 1
