@@ -119,12 +119,13 @@ class SiteRuntime:
             state.close()
             audit.close()
             raise
-        store = store_engine(settings.store_url)
+        budget = settings.server.store_timeout_s
+        store = store_engine(settings.store_url, timeout_s=budget)
         witnessing = Witnessing(settings, audit)  # WitnessKeyError: a configured witness key must load
         witnessing.start()
         return cls(
             settings, policy, audit, state, store, CatalogView(store), tokens, PopulationCache(), witnessing,
-            small_tables=single_thread_engine(settings.store_url),
+            small_tables=single_thread_engine(settings.store_url, timeout_s=budget),
         )  # fmt: skip
 
     @staticmethod

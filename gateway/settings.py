@@ -148,6 +148,14 @@ class ServerSettings(BaseModel):
         "between a worker's event loop and its threads",
     )
     public_url: str | None = Field(default=None, description="the URL peers and clients use for this gateway")
+    store_timeout_s: float = Field(
+        default=120.0,
+        ge=0.1,
+        le=86_400.0,
+        description="how long, in seconds, one query may keep the store at work (a DuckDB store: from taking "
+        "a connection to giving it back; PostgreSQL: each statement); a query past it is stopped and "
+        "refused (503), and its thread serves the next",
+    )
     max_header_bytes: int = Field(
         default=128 * 1024,
         ge=80 * 1024,

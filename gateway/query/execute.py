@@ -30,6 +30,7 @@ from gateway.query.compile import (
     counted_together,
     together_values,
 )
+from gateway.query.deadline import bound_duckdb, timed_out
 from gateway.query.errors import ExecutionError, ValueMismatch
 from gateway.query.population import PopulationCache
 from pseudonymize.disclosure import MAX_GRID_CELLS, TableTooLarge
@@ -75,27 +76,34 @@ class QueryOutcome:
         return self._frame
 
 
-def store_engine(store_url: str, *, hold_open: bool = True) -> sa.Engine:
-    """An engine for querying the store at `store_url` (`duckdb:///path` or any SQLAlchemy URL)."""
+def store_engine(store_url: str, *, hold_open: bool = True, timeout_s: float | None = None) -> sa.Engine:
+    """An engine for querying the store at `store_url` (`duckdb:///path` or any SQLAlchemy URL).
+
+    With `timeout_s`, a DuckDB connection held longer is interrupted (gateway.query.deadline) and a
+    PostgreSQL statement that runs longer is cancelled by the server (`statement_timeout`)."""
     pool: dict[str, Any] = {} if hold_open else {"poolclass": sa.pool.NullPool}
     try:
         if store_url.startswith("duckdb:///"):
             path = store_url.removeprefix("duckdb:///")
             read_only = {"read_only": True} if path not in ("", ":memory:") else {}
             url = sa.make_url(store_url).set(drivername=duckdb_dialect.DRIVER_NAME)
-            return sa.create_engine(url, connect_args=read_only, hide_parameters=True, **pool)
+            duck = sa.create_engine(url, connect_args=read_only, hide_parameters=True, **pool)
+            if timeout_s is not None:
+                bound_duckdb(duck, timeout_s)
+            return duck
         engine = sa.create_engine(store_url, pool_pre_ping=hold_open, hide_parameters=True, **pool)
     except (sa.exc.ArgumentError, ImportError) as exc:
         raise ExecutionError(f"cannot use the store URL: {type(exc).__name__}") from None
     if engine.dialect.name == "postgresql":
-        sa.event.listen(engine, "connect", _utc_session)
+        sa.event.listen(engine, "connect", functools.partial(_postgres_session, timeout_s=timeout_s))
         # Queries only read; a read-only transaction makes that the database's rule too.
         return engine.execution_options(postgresql_readonly=True)
     return engine
 
 
-def _utc_session(dbapi_conn: Any, _record: Any) -> None:
-    """Set a new PostgreSQL connection's TimeZone to UTC, whatever the server's or the URL's.
+def _postgres_session(dbapi_conn: Any, _record: Any, *, timeout_s: float | None) -> None:
+    """Set a new PostgreSQL connection's TimeZone to UTC, whatever the server's or the URL's, and its
+    `statement_timeout` to the site's budget.
 
     PostgreSQL reads a `timestamp without time zone` compared with a zoned value in the session's zone,
     and a table may hold a zoned column so, as its UTC wall time (the store writes `timestamptz` for one,
@@ -106,6 +114,8 @@ def _utc_session(dbapi_conn: Any, _record: Any) -> None:
     try:
         with dbapi_conn.cursor() as cursor:
             cursor.execute("SET TIME ZONE 'UTC'")
+            if timeout_s is not None:
+                cursor.execute(f"SET statement_timeout = {max(1, round(timeout_s * 1000))}")
     finally:
         dbapi_conn.autocommit = autocommit
 
@@ -115,7 +125,7 @@ ONE_ROW_GROUP: Final = 122_880
 so a table of no more rows is scanned by one thread whatever its `threads` setting."""
 
 
-def single_thread_engine(store_url: str) -> sa.Engine | None:
+def single_thread_engine(store_url: str, *, timeout_s: float | None = None) -> sa.Engine | None:
     """For a DuckDB store file, an engine for tables of one row group (`ONE_ROW_GROUP` rows or fewer):
     each connection is an in-memory DuckDB on one thread that attaches the store read-only. None for any
     other store.
@@ -138,6 +148,8 @@ def single_thread_engine(store_url: str) -> sa.Engine | None:
         dbapi_conn.execute(attach)
         dbapi_conn.execute("USE store")
 
+    if timeout_s is not None:
+        bound_duckdb(engine, timeout_s)
     return engine
 
 
@@ -282,6 +294,8 @@ def _one(rows: Sequence[Sequence[Any]]) -> Sequence[Any]:
 def _describe(exc: BaseException) -> str:
     # Driver messages can quote bound values and file paths: only class names leave this function.
     cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
+    if timed_out(exc):
+        return "the query ran past this site's time limit for a query's work in the store; narrow it"
     if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or isinstance(
         cause, duckdb.IOException | duckdb.ConnectionException
     ):
