@@ -91,7 +91,10 @@ class Federation(_KindClient[FederatedResult]):
 
         `categorical` maps a column to its levels, the first being the reference. Returns a `GlmFit`
         (`params`, `bse`, `conf_int()`, `summary()`, `sites`); raises `GlmStopped` with the per-site
-        table when a site refused."""
+        table when a site refused. A fit over rows under a publication moratorium (DUO:0000024) has
+        `publication_moratorium_until`, the latest such day of its sites (YYYY-MM-DD; None when no site is
+        under one), as each such site's entry of `sites` has its own: the fit may not be published
+        before it."""
         model: dict[str, Any] = {"outcome": outcome, "family": family, "numeric": list(numeric),
                                  "categorical": [{"column": c, "levels": list(levels)}
                                                  for c, levels in (categorical or {}).items()],

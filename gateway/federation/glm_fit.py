@@ -14,7 +14,9 @@ two-sided normal p-values and normal confidence intervals (statsmodels' GLM defa
 Residuals and linear predictors never leave a site: only the sums above do.
 
 A site that refuses (policy, disclosure at any iteration, the iteration cap) stops the whole fit:
-`FitStopped` carries the per-site status table. `time_federated_glm` is the benchmark's entry point.
+`FitStopped` carries the per-site status table. A site whose dataset's consent sets a publication
+moratorium (DUO:0000024) says until when as it opens its session; its row of the table carries that day,
+and the fit carries the latest day of its sites. `time_federated_glm` is the benchmark's entry point.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from gateway.federation.peer_answers import TOO_LARGE, peer_reasons, read_capped
+from gateway.query.columns import iso_date
 
 Family = Literal["gaussian", "binomial", "poisson"]
 FAMILIES: tuple[Family, ...] = ("gaussian", "binomial", "poisson")
@@ -41,11 +44,19 @@ INTERCEPT = "(Intercept)"
 Signer = Callable[[str, str, bytes], Mapping[str, str]]
 """(method, path, body) → the peer-authentication headers of one request."""
 DEFAULT_MAX_ITERATIONS = 25
+MORATORIUM = "publication_moratorium_until"
+"""The key of a publication moratorium's last day (DUO:0000024), as every answer names it."""
 # The federation's per-site states (gateway.federation.coordinator), "refused" for any other refusal.
 SiteState = Literal[
     "answered", "denied", "suppressed", "approval_pending", "unreachable", "timed_out", "refused",
     "invalid_answer",
 ]  # fmt: skip
+
+
+def moratorium_day(value: Any) -> str | None:
+    """`value` when it is a day written YYYY-MM-DD, else None (a site's answer is read as the federation
+    reads a query's policy block: anything else is no moratorium)."""
+    return value if isinstance(value, str) and iso_date(value) is not None else None
 
 
 class GlmFitError(Exception):
@@ -123,6 +134,8 @@ class GlmSite(Protocol):
     """One site of a federated fit, as the coordinator drives it (over HTTP or in-process)."""
 
     site: str
+    publication_moratorium_until: str | None
+    """Set by `open`: the last day of the publication moratorium the site's rows are under, if any."""
 
     async def open(self) -> list[str]:
         """Open the site's session; return its parameter names. SiteStopped on refusal."""
@@ -152,6 +165,9 @@ class GlmFit:
     iterations: int
     converged: bool
     sites: list[dict[str, Any]] = field(default_factory=list)
+    publication_moratorium_until: str | None = None
+    """The last day of a publication moratorium (DUO:0000024) any site's rows are under, YYYY-MM-DD: the
+    fit may not be published before it. None when no site is under one."""
 
     @property
     def params(self) -> pd.Series:
@@ -219,6 +235,7 @@ class GlmFit:
             "iterations": self.iterations,
             "converged": self.converged,
             "sites": self.sites,
+            **({MORATORIUM: self.publication_moratorium_until} if self.publication_moratorium_until else {}),
         }
 
     @classmethod
@@ -236,6 +253,7 @@ class GlmFit:
             iterations=int(body["iterations"]),
             converged=bool(body["converged"]),
             sites=list(body.get("sites") or []),
+            publication_moratorium_until=moratorium_day(body.get(MORATORIUM)),
         )
 
 
@@ -259,7 +277,7 @@ async def fit_federated_glm(
         raise GlmFitError("no site to fit on")
     table = {s.site: {"site": s.site, "status": "answered", "reasons": [], "iteration": 0} for s in sites}
     try:
-        names = await _gather(sites, table, 0, [s.open() for s in sites])
+        names = await _gather(sites, table, 0, [_open(s, table[s.site]) for s in sites])
         if any(n != names[0] for n in names):
             raise GlmFitError("the sites built different parameter lists; check the model's levels")
         p = len(names[0])
@@ -287,9 +305,23 @@ async def fit_federated_glm(
         for row in table.values():
             row["iteration"] = iteration
             row["rows"] = next(st.n for s, st in zip(sites, stats, strict=True) if s.site == row["site"])
-        return _result(names[0], family, beta, pooled, iteration, converged, list(table.values()))
+        fit = _result(names[0], family, beta, pooled, iteration, converged, list(table.values()))
+        # Every site contributed: the fit is under the latest moratorium of any (ISO dates sort as days).
+        moratoria = [str(row[MORATORIUM]) for row in table.values() if MORATORIUM in row]
+        fit.publication_moratorium_until = max(moratoria) if moratoria else None
+        return fit
     finally:
         await asyncio.gather(*(s.close() for s in sites), return_exceptions=True)
+
+
+async def _open(site: GlmSite, row: dict[str, Any]) -> list[str]:
+    """Open one site's session; its row of the table notes the moratorium it is under, even should
+    another site stop the fit."""
+    names = await site.open()
+    until = moratorium_day(site.publication_moratorium_until)
+    if until is not None:
+        row[MORATORIUM] = until
+    return names
 
 
 async def _gather(
@@ -434,6 +466,7 @@ class HttpGlmSite:
         self.sign = sign
         self.timeout = timeout
         self.session: str | None = None
+        self.publication_moratorium_until: str | None = None
 
     async def open(self) -> list[str]:
         data = await self._call("POST", "/v1/glm/sessions", 0, self.body)
@@ -448,6 +481,7 @@ class HttpGlmSite:
             lacking = ["the session's answer lacks its id or parameters"]
             raise SiteStopped(self.site, "invalid_answer", lacking, 0)
         self.session = session
+        self.publication_moratorium_until = moratorium_day(data.get(MORATORIUM))
         return list(names)
 
     async def iterate(self, beta: Sequence[float], iteration: int) -> SiteStatistics:

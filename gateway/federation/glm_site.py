@@ -14,7 +14,8 @@ XᵀWX, XᵀWz, the deviance, the Pearson χ² and n (see gateway.federation.glm
 iteration cap, after `IDLE_SECONDS` without use, on DELETE, or at the first failed check.
 
 Policy `needs_approval` for a GLM is answered "approval pending" and opens nothing: a fit is a dialogue
-of many releases, and this gateway has no steward queue for sessions yet.
+of many releases, and this gateway has no steward queue for sessions yet. A session whose decision sets a
+publication moratorium (DUO:0000024) says until when as it opens, as a query's answer does.
 """
 
 from __future__ import annotations
@@ -41,7 +42,15 @@ from connectors.utf8 import is_text
 from gateway.auth import Principal
 from gateway.decision import Decision, Obligations
 from gateway.decision.models import CountryCode, Purpose, QueryFacts
-from gateway.federation.glm_fit import DISCLOSURE_TITLE, INTERCEPT, Family, SiteStatistics, SiteStopped
+from gateway.federation.glm_fit import (
+    DISCLOSURE_TITLE,
+    INTERCEPT,
+    MORATORIUM,
+    Family,
+    SiteStatistics,
+    SiteStopped,
+    moratorium_day,
+)
 from gateway.pipeline import QueryPipeline, hashed, owner, sha256_label
 from gateway.query.columns import DatasetColumn, python_value
 from gateway.query.consent import consent_predicate
@@ -508,6 +517,13 @@ class GlmSession:
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    @property
+    def publication_moratorium_until(self) -> str | None:
+        """The last day of the publication moratorium (DUO:0000024) the session's rows are under, as the
+        decision's obligations set it (YYYY-MM-DD), or None."""
+        until = self.obligations.publication_moratorium_until
+        return until.isoformat() if until is not None else None
+
 
 # compare_digest takes ASCII text only: owners are compared as bytes ("surrogatepass": a subject is any text
 # a token's JSON can hold).
@@ -640,6 +656,7 @@ class GlmSiteService:
             "session": session.id,
             "parameters": request.model.parameter_names(),
             "max_iterations": self.sessions.max_iterations,
+            **({MORATORIUM: until} if (until := session.publication_moratorium_until) is not None else {}),
         }
 
     async def iterate(
@@ -953,6 +970,7 @@ class InMemoryGlmSite:
         self.names = names
         self.data = data
         self.family: Family = family
+        self.publication_moratorium_until: str | None = None
 
     async def open(self) -> list[str]:
         return list(self.names)
@@ -978,6 +996,7 @@ class LocalGlmSite:
         self.request = request
         self.request_id = request_id
         self.session: str | None = None
+        self.publication_moratorium_until: str | None = None
 
     async def open(self) -> list[str]:
         try:
@@ -987,6 +1006,7 @@ class LocalGlmSite:
         if body["status"] == "pending_approval":
             raise SiteStopped(self.site, "approval_pending", body["reasons"], 0)
         self.session = str(body["session"])
+        self.publication_moratorium_until = moratorium_day(body.get(MORATORIUM))
         return list(body["parameters"])
 
     async def iterate(self, beta: Sequence[float], iteration: int) -> SiteStatistics:

@@ -7,6 +7,8 @@ Site side (the coordinator calls these with the researcher's own token):
 Coordinator side (researcher role):
     POST   /v1/federated-glm                    fit over this site and its peers: coefficients, standard
                                                 errors, z, p, intervals, or "stopped" with each site's reason
+A session, a site's row of a fit and the fit itself carry `publication_moratorium_until` when the data are
+under a publication moratorium (DUO:0000024), as a query's answer does.
 """
 
 from __future__ import annotations
@@ -44,9 +46,11 @@ from gateway.refusal import Refusal
 from gateway.routes.bodies import (
     FederatedGlmFit,
     FederatedGlmStopped,
+    GlmFitSite,
     GlmIteration,
     GlmSession,
     GlmSessionClosed,
+    GlmStoppedSite,
 )
 from gateway.runtime import SiteRuntime
 
@@ -58,6 +62,48 @@ class FederatedGlmRequest(GlmSessionRequest):
 
     sites: list[str] | None = Field(default=None, min_length=1, max_length=50)
     max_iterations: int = Field(default=DEFAULT_MAX_ITERATIONS, ge=1, le=MAX_ITERATIONS)
+
+
+def _moratorium(description: str) -> Any:
+    return Field(default=None, description=f"{description}: not to be published before this day (YYYY-MM-DD)")
+
+
+class OpenGlmSession(GlmSession):
+    """An open session at this site."""
+
+    publication_moratorium_until: str | None = _moratorium(
+        "present when the dataset's consent puts the session's rows under a publication moratorium "
+        "(DUO:0000024): what they give is"
+    )
+
+
+class FittedGlmSite(GlmFitSite):
+    publication_moratorium_until: str | None = _moratorium(
+        "present when the site's rows are under a publication moratorium (DUO:0000024): their part of the "
+        "fit is"
+    )
+
+
+class FederatedGlmAnswer(FederatedGlmFit):
+    """A fitted GLM, as statsmodels would summarize it."""
+
+    sites: list[FittedGlmSite]  # type: ignore[assignment]
+    publication_moratorium_until: str | None = _moratorium(
+        "present when any site's rows are under a publication moratorium (DUO:0000024), the latest day of "
+        "those sites: the fit is"
+    )
+
+
+class StoppedGlmSite(GlmStoppedSite):
+    publication_moratorium_until: str | None = _moratorium(
+        "present when the site opened its session under a publication moratorium (DUO:0000024): its rows are"
+    )
+
+
+class FederatedGlmHalted(FederatedGlmStopped):
+    """A site refused; nothing was fitted."""
+
+    sites: list[StoppedGlmSite]  # type: ignore[assignment]
 
 
 class GlmPending(BaseModel):
@@ -79,7 +125,7 @@ def glm_service(request: Request, runtime: SiteRuntime) -> GlmSiteService:
     "/v1/glm/sessions",
     summary="Open a GLM session at this site",
     responses=documented(
-        ok=("the session: its id, the model's parameters and the iteration cap", GlmSession),
+        ok=("the session: its id, the model's parameters and the iteration cap", OpenGlmSession),
         accepted=("policy wants a steward's approval; nothing was opened", GlmPending),
         forbidden="denied by policy or disclosure control",
         not_found="no such dataset at this site",
@@ -136,7 +182,7 @@ async def close_session(
     responses=documented(
         ok=(
             "the fit (coefficients, standard errors, z, p, intervals), or `stopped` with each site's reason",
-            FederatedGlmFit | FederatedGlmStopped,
+            FederatedGlmAnswer | FederatedGlmHalted,
         ),
         bad_request="an unknown site, an invalid model, or a fit that failed to combine",
         unavailable="this gateway cannot sign requests to its peers",

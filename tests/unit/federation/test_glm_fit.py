@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -249,3 +252,121 @@ def test_a_poisson_fit_of_a_few_dozen_rows_is_not_refused_on_its_way() -> None:
             fit_federated_glm([Checked("site", ["(Intercept)", "x"], data, "poisson")], "poisson")
         )
         assert fit.converged
+
+
+UNTIL = "2031-03-31"
+NOT_DAYS = ["2031-02-30", "31.03.2031", "2031-3-31", "2031-03-31T00:00:00", 20310331, ["2031-03-31"], ""]
+
+
+class _UnderMoratorium(InMemoryGlmSite):
+    """A site whose session says its rows are under a publication moratorium until `until`."""
+
+    def __init__(self, until: object, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.until = until
+
+    async def open(self) -> list[str]:
+        self.publication_moratorium_until = self.until  # type: ignore[assignment]
+        return await super().open()
+
+
+class _RefusingUnderMoratorium(_UnderMoratorium, _Refusing):
+    pass
+
+
+def _halves(refusing: str | None = None, **until: object) -> list[InMemoryGlmSite]:
+    """Sites a and b over halves of GBSG2: `until` gives a site's moratorium, `refusing` names a site that
+    stops the fit at iteration 3."""
+    frame, model = gbsg2(), MODELS[0]
+    names = model.parameter_names()
+    sites: list[InMemoryGlmSite] = []
+    for site, rows in (("a", slice(0, 300)), ("b", slice(300, None))):
+        cls = _RefusingUnderMoratorium if site == refusing else _UnderMoratorium
+        sites.append(cls(until.get(site), site, names, design(frame.iloc[rows], model), "binomial"))
+    return sites
+
+
+def test_a_fit_is_under_the_latest_moratorium_of_its_sites_and_round_trips_it() -> None:
+    sites = _halves(a="2031-01-15", b=UNTIL)
+    fit = asyncio.run(fit_federated_glm(sites, "binomial"))
+    assert fit.publication_moratorium_until == UNTIL
+    assert {row["site"]: row["publication_moratorium_until"] for row in fit.sites} == {
+        "a": "2031-01-15", "b": UNTIL,
+    }  # fmt: skip
+    body = fit.to_dict()
+    assert body["publication_moratorium_until"] == UNTIL
+    again = GlmFit.from_dict(body)
+    assert again.publication_moratorium_until == UNTIL and again.sites == fit.sites
+    pd.testing.assert_series_equal(again.params, fit.params)
+
+
+def test_a_fit_under_no_moratorium_says_none() -> None:
+    fit = asyncio.run(fit_federated_glm(_halves(), "binomial"))
+    assert fit.publication_moratorium_until is None
+    assert "publication_moratorium_until" not in fit.to_dict()
+    assert all("publication_moratorium_until" not in row for row in fit.sites)
+    assert GlmFit.from_dict(fit.to_dict()).publication_moratorium_until is None
+
+
+@pytest.mark.parametrize("day", NOT_DAYS, ids=repr)
+def test_a_moratorium_that_is_not_a_day_is_ignored(day: object) -> None:
+    fit = asyncio.run(fit_federated_glm(_halves(a=day, b=UNTIL), "binomial"))
+    assert fit.publication_moratorium_until == UNTIL
+    assert "publication_moratorium_until" not in fit.sites[0]
+    only_invalid = asyncio.run(fit_federated_glm(_halves(a=day), "binomial"))
+    assert only_invalid.publication_moratorium_until is None
+    sent = {**fit.to_dict(), "publication_moratorium_until": day}
+    assert GlmFit.from_dict(sent).publication_moratorium_until is None
+
+
+def test_a_stopped_fit_keeps_each_sites_moratorium() -> None:
+    sites = _halves(refusing="b", a=UNTIL)
+    with pytest.raises(FitStopped) as stopped:
+        asyncio.run(fit_federated_glm(sites, "binomial"))
+    table = {row["site"]: row for row in stopped.value.sites}
+    assert table["a"]["publication_moratorium_until"] == UNTIL
+    assert "publication_moratorium_until" not in table["b"]
+
+
+OPENED = {"status": "open", "session": "s1", "parameters": ["(Intercept)"], "max_iterations": 50}
+
+
+def _peer(opened: dict[str, object]) -> object:
+    """An HTTP site whose peer opens a session with `opened` as the rest of its answer."""
+    from gateway.federation.glm_fit import HttpGlmSite
+
+    answer = {**OPENED, **opened}
+    client = httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, json=answer))
+    )
+    return HttpGlmSite("peer", "http://peer.test", "Bearer t", {"agreement": "DSA"}, client)
+
+
+class _Service:
+    """What LocalGlmSite needs of GlmSiteService: the site's id and `open`."""
+
+    def __init__(self, opened: dict[str, object]) -> None:
+        self.rt = SimpleNamespace(settings=SimpleNamespace(site_id="local"))
+        self.opened = opened
+
+    async def open(self, *args: object) -> dict[str, object]:
+        return {**OPENED, **self.opened}
+
+
+def _local(opened: dict[str, object]) -> object:
+    from gateway.federation.glm_site import LocalGlmSite
+
+    return LocalGlmSite(_Service(opened), None, None, "r1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("site", [_peer, _local], ids=["http", "local"])
+def test_a_sites_session_answer_gives_its_moratorium_when_it_is_a_day(site: Any) -> None:
+    async def opened(answer: dict[str, object]) -> object:
+        handle = site(answer)
+        assert await handle.open() == ["(Intercept)"]
+        return handle.publication_moratorium_until
+
+    assert asyncio.run(opened({"publication_moratorium_until": UNTIL})) == UNTIL
+    assert asyncio.run(opened({})) is None
+    for day in NOT_DAYS:
+        assert asyncio.run(opened({"publication_moratorium_until": day})) is None, day
