@@ -54,6 +54,7 @@ from gateway.federation.glm_fit import (
 from gateway.pipeline import QueryPipeline, hashed, owner, sha256_label
 from gateway.query.columns import DatasetColumn, python_value
 from gateway.query.consent import consent_predicate
+from gateway.query.execute import store_failure
 from gateway.query.spec import AgreementId, ColumnName, DatasetId, SafeInt, bounded_purpose, few_members
 from gateway.refusal import Refusal
 from gateway.runtime import SiteRuntime
@@ -907,7 +908,7 @@ class GlmSiteService:
                 rows = conn.execute(query).all()
         except sa.exc.SQLAlchemyError as exc:
             raise Refusal(
-                "unavailable", "The store could not answer", [type(exc).__name__], stage="execute"
+                "unavailable", "The store could not answer", [store_failure(exc)], stage="execute"
             ) from None
         frame = pd.DataFrame([tuple(r) for r in rows], columns=wanted)
         for cov in model.categorical:

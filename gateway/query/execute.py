@@ -184,7 +184,7 @@ def execute(
         cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
         if isinstance(cause, duckdb.ConversionException) or isinstance(exc, sa.exc.DataError):
             raise ValueMismatch() from None
-        raise ExecutionError(_describe(exc)) from None
+        raise ExecutionError(store_failure(exc)) from None
     if too_many:
         return QueryOutcome(_too_many_groups, selected, population)
     return _outcome(compiled, rows, selected, population)
@@ -291,8 +291,10 @@ def _one(rows: Sequence[Sequence[Any]]) -> Sequence[Any]:
     return rows[0]
 
 
-def _describe(exc: BaseException) -> str:
-    # Driver messages can quote bound values and file paths: only class names leave this function.
+def store_failure(exc: BaseException) -> str:
+    """Why the store failed to run a statement, for a refusal's reasons.
+
+    Driver messages can quote bound values and file paths: only class names leave this function."""
     cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
     if timed_out(exc):
         return "the query ran past this site's time limit for a query's work in the store; narrow it"

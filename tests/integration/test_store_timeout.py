@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from gateway_site import Site, audit_size, bearer, entries_since, running_gateway
 from oidc_issuer import LoopbackTestIssuer
 
@@ -66,3 +67,42 @@ def test_a_query_past_the_store_budget_is_stopped_refused_and_audited(
     # The interrupt ended that statement only: the same connection answers the next query.
     assert answered.status_code == 200, answered.text
     assert answered.json()["status"] == "released"
+
+
+GLM_SESSION = {
+    "dataset": "cohort", "agreement": "DSA-TEST-OPEN", "purpose": {"duo": ["DUO:0000006"]},
+    "model": {"outcome": "bmi", "family": "gaussian", "numeric": ["hba1c"]},
+}  # fmt: skip
+
+
+def test_a_glm_session_whose_rows_take_past_the_budget_is_refused_naming_the_limit(
+    tmp_site: Site, idp: LoopbackTestIssuer
+) -> None:
+    server = tmp_site.settings.server.model_copy(update={"store_timeout_s": 0.5})
+    settings = tmp_site.settings.model_copy(update={"server": server})
+    outcomes: list[str] = []
+
+    def endless_first(_conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        """Before the session's rows are read (through SQLAlchemy's execution), the connection is kept at
+        work by a statement of its own, once."""
+        if not outcomes and "hba1c" in statement:
+            try:
+                cursor.execute(ENDLESS)
+                cursor.fetchall()
+            except Exception as exc:
+                outcomes.append(type(exc).__name__)
+                raise
+            outcomes.append("finished")
+
+    researcher = bearer(idp, "researcher", sub="glm-researcher")
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", endless_first)
+    try:
+        with running_gateway(settings) as url, httpx.Client(base_url=url, timeout=60) as http:
+            stopped = http.post("/v1/glm/sessions", json=GLM_SESSION, headers=researcher)
+            opened = http.post("/v1/glm/sessions", json=GLM_SESSION, headers=researcher)
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", endless_first)
+    assert outcomes == ["InterruptException"]
+    assert stopped.status_code == 503, stopped.text
+    assert any("time limit" in reason for reason in stopped.json()["reasons"])
+    assert opened.status_code == 200, opened.text

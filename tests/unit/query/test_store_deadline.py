@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from gateway.query.deadline import WATCHDOG, Watchdog, timed_out
-from gateway.query.execute import _describe, single_thread_engine, store_engine
+from gateway.query.execute import single_thread_engine, store_engine, store_failure
 
 ENDLESS = "SELECT count(*) FROM range(3000000000) a WHERE a % 7 = 3"
 """A statement DuckDB takes 20 s or more over here: far past the budget the tests set."""
@@ -61,7 +61,7 @@ def test_a_duckdb_connection_held_past_the_budget_is_interrupted_and_serves_the_
         conn.execute(sa.text(ENDLESS)).all()
     assert time.monotonic() - started < 10
     assert timed_out(stopped.value)
-    reason = _describe(stopped.value)
+    reason = store_failure(stopped.value)
     assert "time limit" in reason and "range" not in reason
     # Interrupted once: the pool's connection (the same one) runs the next query to its end.
     with engine.connect() as conn:
@@ -107,7 +107,7 @@ def test_postgresql_cancels_a_statement_past_the_budget(pg_url: str) -> None:
     with pytest.raises(sa.exc.DBAPIError) as stopped, engine.connect() as conn:
         conn.execute(sa.text("SELECT pg_sleep(30)")).all()
     assert time.monotonic() - started < 10
-    assert timed_out(stopped.value) and "time limit" in _describe(stopped.value)
+    assert timed_out(stopped.value) and "time limit" in store_failure(stopped.value)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT 1")).scalar() == 1
         assert conn.execute(sa.text("SHOW statement_timeout")).scalar() == "300ms"
