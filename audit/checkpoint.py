@@ -101,11 +101,23 @@ def verify_cosignatures(
 ) -> tuple[VerifierKey, ...]:
     """The witness keys whose cosignatures verify on the note; a failing known witness rejects the note.
 
-    Returns an empty tuple when no known witness cosigned (the quorum check is the caller's).
+    Returns an empty tuple when no known witness cosigned (the quorum check is the caller's). A key that is
+    not a cosignature/v1 key (a log's Ed25519 key, say) could never verify a cosignature: NoteError.
     """
     note = message if isinstance(message, Note) else parse_note(message)
-    keys = [k for k in witness_keys if k.alg == ALG_COSIGNATURE_V1]
+    keys = require_witness_keys(witness_keys)
     names = {(k.name, k.key_id) for k in keys}
     if not any((s.name, s.key_id) in names for s in note.signatures):
         return ()
     return verify_note(note, keys).verified
+
+
+def require_witness_keys(keys: Sequence[VerifierKey]) -> list[VerifierKey]:
+    """The keys, when each is a witness's cosignature/v1 (0x04) key; else NoteError naming the first not."""
+    for key in keys:
+        if key.alg != ALG_COSIGNATURE_V1:
+            raise NoteError(
+                f"{key.name}+{key.key_id.hex()} is a log's Ed25519 (type 0x{key.alg:02x}) verifier key, "
+                f"not a witness's cosignature/v1 (type 0x{ALG_COSIGNATURE_V1:02x}) verifier key"
+            )
+    return list(keys)

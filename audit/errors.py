@@ -22,6 +22,7 @@ Exception tree::
         └── ProofRejected               the new checkpoint does not extend the old one         (HTTP 422)
             ├── NonEmptyProofFromZero       old size 0 came with a non-empty proof
             ├── RootMismatchAtEqualSize     equal sizes, different roots
+            │   └── ForkRefused             both signed by the log's key: kept as evidence
             └── BadConsistencyProof         the consistency proof fails
 
 The HTTP statuses are what C2SP tlog-witness prescribes; the gateway maps these classes to them.

@@ -33,11 +33,18 @@ def b64(data: bytes) -> str:
 
 
 def b64decode_strict(text: str, what: str) -> bytes:
-    """Decode standard padded base64, rejecting anything else (whitespace, URL alphabet, bad padding)."""
+    """Decode standard padded base64, rejecting anything else (whitespace, URL alphabet, bad padding).
+
+    Only the canonical encoding is accepted: one whose unused bits before the padding are zero, so that
+    the text re-encodes to itself. Other encodings of the same bytes would let two different texts carry
+    one value, and a signature over the one would not verify on the other."""
     try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
+        data = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
         raise NoteError(f"{what} is not valid base64") from None
+    if b64(data) != text:
+        raise NoteError(f"{what} is not canonical base64 (non-zero bits before its padding)")
+    return data
 
 
 def is_valid_key_name(name: str) -> bool:

@@ -4,20 +4,27 @@ The check and the update of the stored checkpoint happen in one transaction unde
 BEGIN IMMEDIATE), so two concurrent submissions cannot both pass against the same old state and roll the
 witness back. The HTTP endpoint (`POST <prefix>/add-checkpoint`) lives in the gateway; it feeds the body to
 `Witness.add_checkpoint_request` and maps the typed errors of `audit.errors` to the statuses listed there.
+
+A checkpoint the log's key signed for the size this witness cosigned, with another root, shows that the log
+signed two histories. The witness keeps that evidence: the refused note and the cosigned note it conflicts
+with, both as they were signed, in `witness_evidence` (the first `MAX_EVIDENCE_PER_ORIGIN` forks of each
+log), written in the transaction that refused the checkpoint. `read_fork_evidence` reads them back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.engine import Connection
 
 from audit import storage
-from audit.checkpoint import Checkpoint, cosign_checkpoint, parse_checkpoint_body
+from audit.checkpoint import Checkpoint, parse_checkpoint_body
 from audit.errors import (
     BadConsistencyProof,
     BadLogSignature,
@@ -41,6 +48,7 @@ from audit.notes import (
     VerifierKey,
     b64,
     b64decode_strict,
+    cosign_note,
     parse_note,
     parse_verifier_key,
     verifier_key_text,
@@ -48,6 +56,8 @@ from audit.notes import (
 )
 
 MAX_PROOF_LINES = 63
+MAX_EVIDENCE_PER_ORIGIN = 32
+"""Forks kept per log: the first ones. One proves the log signed two histories; more only cost space."""
 
 witness_metadata = sa.MetaData()
 witness_state = sa.Table(
@@ -59,6 +69,81 @@ witness_state = sa.Table(
     sa.Column("note", sa.Text, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
+witness_evidence = sa.Table(
+    "witness_evidence",
+    witness_metadata,
+    sa.Column("digest", sa.String(71), primary_key=True),  # sha256:<hex> of the refused note
+    sa.Column("origin", sa.String(255), nullable=False, index=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("root", sa.LargeBinary(32), nullable=False),
+    sa.Column("note", sa.Text, nullable=False),  # the refused signed note, as received
+    sa.Column("cosigned_size", sa.BigInteger, nullable=False),
+    sa.Column("cosigned_root", sa.LargeBinary(32), nullable=False),
+    sa.Column("cosigned_note", sa.Text, nullable=False),  # empty when nothing was cosigned yet
+    sa.Column("recorded_at", sa.Float, nullable=False),
+)
+
+
+class ForkRefused(RootMismatchAtEqualSize):
+    """A checkpoint signed by the log's key for the size this witness cosigned, with another root.
+
+    `evidence_digest` names the `witness_evidence` row that keeps both notes (`sha256:<hex>` of the refused
+    note as kept), or is None when the log's evidence rows are full."""
+
+    def __init__(self, message: str, evidence_digest: str | None) -> None:
+        self.evidence_digest = evidence_digest
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class KeptFork:
+    """Two checkpoints of one log, both signed by its key, that no consistency proof can join: `note` was
+    refused, `cosigned_note` had been cosigned (empty when the witness had cosigned nothing; a size-0
+    checkpoint whose root is not the empty tree's is then evidence on its own)."""
+
+    digest: str
+    origin: str
+    size: int
+    root: str  # hex
+    note: str
+    cosigned_size: int
+    cosigned_root: str  # hex
+    cosigned_note: str
+    recorded_at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def note_digest(note: str) -> str:
+    """`sha256:<hex>` of a signed note's text: how an audit entry cites a kept note."""
+    return "sha256:" + hashlib.sha256(note.encode()).hexdigest()
+
+
+def read_fork_evidence(store_url: str, origin: str | None = None) -> list[KeptFork]:
+    """The forks a witness kept in its store, oldest first (all logs, or `origin`'s); none when the store
+    has no evidence table yet."""
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table(witness_evidence.name):
+                return []
+            t = witness_evidence
+            query = sa.select(t).order_by(t.c.recorded_at, t.c.digest)
+            if origin is not None:
+                query = query.where(t.c.origin == origin)
+            return [_kept(row) for row in conn.execute(query)]
+    finally:
+        engine.dispose()
+
+
+def _kept(row: Any) -> KeptFork:
+    return KeptFork(
+        digest=str(row.digest), origin=str(row.origin), size=int(row.size), root=bytes(row.root).hex(),
+        note=str(row.note), cosigned_size=int(row.cosigned_size),
+        cosigned_root=bytes(row.cosigned_root).hex(), cosigned_note=str(row.cosigned_note),
+        recorded_at=float(row.recorded_at),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -163,7 +248,10 @@ class Witness:
         return self.add_checkpoint(req.old_size, req.proof, req.checkpoint)
 
     def add_checkpoint(self, old_size: int, proof: Sequence[bytes], checkpoint: str | bytes) -> str:
-        """Apply every tlog-witness rule, persist the checkpoint, return this witness's cosignature line."""
+        """Apply every tlog-witness rule, persist the checkpoint, return this witness's cosignature line.
+
+        The cosignature is over the note text exactly as received. A checkpoint of the cosigned size with
+        another root is refused with `ForkRefused`, after both notes are kept as evidence."""
         try:
             note = parse_note(checkpoint)
             cp = parse_checkpoint_body(note.text)
@@ -175,22 +263,63 @@ class Witness:
         self._check_signature(note, keys)
         if old_size > cp.size:
             raise OldSizeTooLarge(f"old size {old_size} is larger than the checkpoint size {cp.size}")
+        received = note.render()  # the note as sent: its base64 is canonical, so it renders to itself
+        fork: ForkRefused | None = None
         with self._engines.exclusive(), self._engines.writer.begin() as conn:
             row = conn.execute(
-                sa.select(witness_state.c.size, witness_state.c.root)
+                sa.select(witness_state.c.size, witness_state.c.root, witness_state.c.note)
                 .where(witness_state.c.origin == cp.origin)
                 .with_for_update()
             ).one()
             size, root = int(row.size), bytes(row.root)
             if old_size != size:
                 raise OldSizeMismatch(size, old_size)
-            _check_extends(size, root, cp, proof)
-            conn.execute(
-                witness_state.update()
-                .where(witness_state.c.origin == cp.origin)
-                .values(size=cp.size, root=cp.root, note=note.render(), updated_at=self._clock())
-            )
-        return cosign_checkpoint(cp, self.name, self._key, int(self._clock()))
+            try:
+                _check_extends(size, root, cp, proof)
+            except RootMismatchAtEqualSize as exc:
+                # Kept in this transaction, which then commits: the refusal changes nothing else.
+                digest = self._keep_evidence(conn, cp, received, size, root, str(row.note))
+                fork = ForkRefused(str(exc), digest)
+            else:
+                conn.execute(
+                    witness_state.update()
+                    .where(witness_state.c.origin == cp.origin)
+                    .values(size=cp.size, root=cp.root, note=received, updated_at=self._clock())
+                )
+        if fork is not None:
+            raise fork
+        return cosign_note(note.text, self.name, self._key, int(self._clock())).line()
+
+    def _keep_evidence(
+        self, conn: Connection, cp: Checkpoint, note: str, size: int, root: bytes, cosigned: str
+    ) -> str | None:
+        """Store a fork once (the same two roots again, under other signature lines even, is no news) and
+        at most `MAX_EVIDENCE_PER_ORIGIN` per log; the digest of the row that holds it, or None."""
+        t = witness_evidence
+        digest = note_digest(note)
+        same_fork = sa.and_(
+            t.c.origin == cp.origin, t.c.size == cp.size, t.c.root == cp.root, t.c.cosigned_root == root
+        )
+        same = conn.execute(sa.select(t.c.digest).where(sa.or_(t.c.digest == digest, same_fork))).first()
+        if same is not None:
+            return str(same.digest)
+        kept = conn.execute(sa.select(sa.func.count()).select_from(t).where(t.c.origin == cp.origin)).scalar()
+        if int(kept or 0) >= MAX_EVIDENCE_PER_ORIGIN:
+            return None
+        row = {"digest": digest, "origin": cp.origin, "size": cp.size, "root": cp.root, "note": note,
+               "cosigned_size": size, "cosigned_root": root, "cosigned_note": cosigned,
+               "recorded_at": self._clock()}  # fmt: skip
+        conn.execute(t.insert().values(**row))
+        return digest
+
+    def fork_evidence(self, origin: str | None = None) -> list[KeptFork]:
+        """The forks this witness kept, oldest first (see `read_fork_evidence`)."""
+        t = witness_evidence
+        query = sa.select(t).order_by(t.c.recorded_at, t.c.digest)
+        if origin is not None:
+            query = query.where(t.c.origin == origin)
+        with self._engines.reader.connect() as conn:
+            return [_kept(row) for row in conn.execute(query)]
 
     @staticmethod
     def _check_signature(note: Note, keys: list[VerifierKey]) -> None:
@@ -204,14 +333,18 @@ class Witness:
 
 
 def _check_extends(size: int, root: bytes, cp: Checkpoint, proof: Sequence[bytes]) -> None:
-    if size == 0:
-        if proof:
-            raise NonEmptyProofFromZero("a consistency proof from size 0 must be empty")
-        return
+    if cp.size == 0 and cp.root != EMPTY_ROOT:
+        raise RootMismatchAtEqualSize(
+            f"checkpoint of size 0 has root {cp.root.hex()}, not the empty tree's {EMPTY_ROOT.hex()}"
+        )
     if size == cp.size and root != cp.root:
         raise RootMismatchAtEqualSize(
             f"checkpoint of size {size} has root {cp.root.hex()}, but {root.hex()} was cosigned"
         )
+    if size == 0:
+        if proof:
+            raise NonEmptyProofFromZero("a consistency proof from size 0 must be empty")
+        return
     try:
         verify_consistency(size, cp.size, proof, root, cp.root)
     except ProofError as exc:

@@ -9,7 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from audit.checkpoint import Checkpoint, OpenedCheckpoint, open_checkpoint, verify_cosignatures
+from audit.checkpoint import (
+    Checkpoint,
+    OpenedCheckpoint,
+    open_checkpoint,
+    require_witness_keys,
+    verify_cosignatures,
+)
 from audit.errors import AuditIntegrityError, ForkEvidence, NoteError, SignatureError
 from audit.merkle import CompactRange
 from audit.notes import VerifierKey, b64, parse_note, parse_verifier_key, public_key_bytes
@@ -97,7 +103,7 @@ def _verify(
     workers: int,
 ) -> VerificationSummary:
     lkey = _key(log_key)
-    wkeys = [_key(k) for k in witness_keys]
+    wkeys = require_witness_keys([_key(k) for k in witness_keys])  # a wrong kind fails before any hashing
     kept = _open(since, lkey, "since_checkpoint") if since is not None else None
     reader = ExportReader(source)
     if kept is not None and kept.checkpoint.origin != reader.origin:
@@ -287,7 +293,9 @@ def _check_witnesses(
 
     A site's own witness never counts for its own log: an operator who rewrote history could cosign the
     forged checkpoint with it. A cosignature dated in the future is not counted either; it does not make
-    the log less intact (a witness's clock is its own), but it vouches for nothing yet."""
+    the log less intact (a witness's clock is its own), but it vouches for nothing yet. Witnesses are
+    counted by public key: one key trusted under two names is one witness (cosignature/v1 does not commit
+    to the name, so either name's line can be made from the other's)."""
     if not keys and min_witnesses <= 0:
         return (), ()
     parsed = parse_note(note)
@@ -296,11 +304,13 @@ def _check_witnesses(
     except SignatureError as exc:
         raise AuditIntegrityError("cosignature", f"witness cosignature check failed: {exc}") from None
     limit = (time.time() if now is None else now) + MAX_CLOCK_SKEW_S
-    log_public = public_key_bytes(log_key.public_key)
-    counted: set[str] = set()
+    own = {public_key_bytes(log_key.public_key)}
+    own.update(public_key_bytes(k.public_key) for k in keys if k.name == origin + OWN_WITNESS_SUFFIX)
+    counted: dict[bytes, str] = {}  # by public key: cosignature/v1 does not commit to the witness's name
     skipped: list[str] = []
     for key in verified:
-        if key.name == origin + OWN_WITNESS_SUFFIX or public_key_bytes(key.public_key) == log_public:
+        public = public_key_bytes(key.public_key)
+        if key.name == origin + OWN_WITNESS_SUFFIX or public in own:
             skipped.append(f"{key.name}: the log's own witness (a site never witnesses its own log)")
             continue
         stamps = [
@@ -311,8 +321,11 @@ def _check_witnesses(
         if any(stamp > limit for stamp in stamps):
             skipped.append(f"{key.name}: dated {max(stamps)}, more than {MAX_CLOCK_SKEW_S} s in the future")
             continue
-        counted.add(key.name)
-    names = tuple(sorted(counted))
+        if public in counted:
+            skipped.append(f"{key.name}: the same key as {counted[public]} (one witness counts once)")
+            continue
+        counted[public] = key.name
+    names = tuple(sorted(counted.values()))
     if len(names) < min_witnesses:
         not_counted = f"; not counted: {'; '.join(skipped)}" if skipped else ""
         raise AuditIntegrityError(

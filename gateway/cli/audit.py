@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from audit.errors import AuditError, AuditIntegrityError, LogKeyError, NoteError
 from audit.keys import generate_log_key, load_log_key
 from audit.log import AuditLog
-from audit.notes import parse_verifier_key, verifier_key_text
+from audit.notes import ALG_COSIGNATURE_V1, ALG_ED25519, parse_verifier_key, verifier_key_text
 from audit.verify import check_releases, verify_export
 from gateway.settings import ConfigError, SiteSettings, load_settings
 
@@ -46,8 +46,16 @@ def _settings(config: Path) -> SiteSettings:
         raise typer.Exit(EXIT_USAGE) from None
 
 
-def _key_text(value: str, what: str) -> str:
-    """A verifier key given inline or as the path of a file holding it."""
+_KEY_KINDS = {
+    ALG_ED25519: "a log's Ed25519 verifier key (type 0x01, printed by `fedgate audit keygen`)",
+    ALG_COSIGNATURE_V1: (
+        "a witness's cosignature/v1 verifier key (type 0x04, printed by `fedgate witness keygen`)"
+    ),
+}
+
+
+def _key_text(value: str, what: str, alg: int) -> str:
+    """A verifier key of type `alg` given inline or as the path of a file holding it."""
     path = Path(value)
     text = value
     if "+" not in value or path.is_file():
@@ -60,10 +68,17 @@ def _key_text(value: str, what: str) -> str:
             )
             raise typer.Exit(EXIT_USAGE) from None
     try:
-        parse_verifier_key(text)
+        parsed = parse_verifier_key(text)
     except NoteError as exc:
         _err.print(f"error: {what} is not a valid verifier key: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
+    if parsed.alg != alg:
+        # Else a log key given as a witness would verify no cosignature and be passed over in silence.
+        _err.print(
+            f"error: {what} {parsed.name}+{parsed.key_id.hex()} is {_KEY_KINDS[parsed.alg]}; {what} takes "
+            f"{_KEY_KINDS[alg]}"
+        )
+        raise typer.Exit(EXIT_USAGE)
     return text
 
 
@@ -130,8 +145,8 @@ def verify(
     ] = True,
 ) -> None:
     """Verify an export offline; exit 0 only when every check holds."""
-    log_key = _key_text(key, "--key")
-    witness_keys = [_key_text(w, "--witness") for w in witness or []]
+    log_key = _key_text(key, "--key", ALG_ED25519)
+    witness_keys = [_key_text(w, "--witness", ALG_COSIGNATURE_V1) for w in witness or []]
     kept: str | None = None
     if since is not None:
         try:

@@ -1,17 +1,20 @@
-"""`fedgate witness …`: create the key this gateway cosigns its peers' checkpoints with."""
+"""`fedgate witness …`: create the key this gateway cosigns its peers' checkpoints with, and read the fork
+evidence its witness kept."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Annotated
 
+import sqlalchemy as sa
 import typer
 
 from audit.errors import AuditError
 from audit.notes import parse_verifier_key, public_key_bytes
 from gateway.cli.output import EXIT_FAILED, errors, fail
-from gateway.federation.witnessing import WitnessKeyError, create_witness_key
+from gateway.federation.witnessing import WitnessKeyError, create_witness_key, kept_fork_evidence
 from gateway.settings import ConfigError, load_settings
 from gateway.site_log import local_steward, open_site_log
 
@@ -58,3 +61,25 @@ def keygen(
     # The key alone goes to stdout so that scripts can capture it; the note goes to stderr.
     errors.print(f"created {settings.witness_key_file}; peers put this line in [[peers]] witness_key:")
     typer.echo(vkey)
+
+
+@app.command("evidence")
+def evidence(
+    config: Annotated[Path, typer.Option("--config", "-c", help="the site's TOML config file")],
+    origin: Annotated[str | None, typer.Option("--origin", help="only the forks of this peer's log")] = None,
+) -> None:
+    """Print, as JSON, each fork the witness refused: the refused signed checkpoint and the cosigned one.
+
+    Each item holds both notes as the peer's log key signed them (`note`, `cosigned_note`) with their sizes
+    and roots, and `digest`, the `checkpoint_digest` of the `witness.refused` audit entry that cites it.
+    An empty list when the witness refused no fork.
+    """
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        fail(str(exc))
+    try:
+        forks = kept_fork_evidence(settings, origin)
+    except sa.exc.SQLAlchemyError as exc:
+        fail(f"the witness store cannot be read: {type(exc).__name__}", EXIT_FAILED)
+    typer.echo(json.dumps([f.as_dict() for f in forks], indent=2, ensure_ascii=False))

@@ -10,7 +10,8 @@ Neither half writes to the site's own audit log on success: every entry makes a 
 would be submitted to the peers, whose cosigning would make entries of their own — a ping-pong that never
 ends. A refusal is audited in one of two ways. A checkpoint the peer's log key signed for the size this
 site cosigned, with another root, is evidence against the peer on its own (`witness.refused`, once per
-checkpoint). Every other refusal proves nothing about the peer: anyone may replay a peer's genuine
+checkpoint); the witness keeps both signed notes (`Witness.fork_evidence`, `fedgate witness evidence`).
+Every other refusal proves nothing about the peer: anyone may replay a peer's genuine
 checkpoint with a bogus proof, or send a malformed body. Those are `witness.request_refused`, at most one
 entry per origin and reason a minute (`RefusalLimiter`), which counts the refusals it left out.
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import random
 import threading
@@ -72,9 +72,13 @@ from audit.notes import (
 )
 from audit.witness import (
     AddCheckpointRequest,
+    ForkRefused,
+    KeptFork,
     Witness,
     format_add_checkpoint_body,
+    note_digest,
     parse_add_checkpoint_body,
+    read_fork_evidence,
 )
 from gateway import problems
 from gateway.federation.peer_answers import read_capped
@@ -227,6 +231,16 @@ def open_witness(settings: SiteSettings) -> Witness | None:
     return Witness(url, witness_name(settings), key, known)
 
 
+def kept_fork_evidence(settings: SiteSettings, origin: str | None = None) -> list[KeptFork]:
+    """The forks the site's witness store kept, read without the witness key (none without a store)."""
+    url = witness_store_url(settings)
+    parsed = sa.make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() == "sqlite" and (not database or not Path(database).is_file()):
+        return []
+    return read_fork_evidence(url, origin)
+
+
 @dataclass
 class PeerProgress:
     """What this site knows about one peer's witnessing of its log."""
@@ -364,7 +378,7 @@ class Witnessing:
             if state.cosigned_size == size:
                 return SubmissionOutcome(peer_id, size, True)
             try:
-                await self._submit(self.peers[peer_id], state, note, size)
+                cosigned = await self._submit(self.peers[peer_id], state, note, size)
             except Exception as failure:  # noqa: BLE001 - no peer's answer may end the submitter for all
                 exc = failure if isinstance(failure, SubmissionError) else _unusable(failure)
                 state.failures += 1
@@ -377,18 +391,22 @@ class Witnessing:
             state.failures = 0
             state.next_attempt = 0.0
             state.last_error = None
-            return SubmissionOutcome(peer_id, size, True)
+            return SubmissionOutcome(peer_id, cosigned, True)
 
-    async def _submit(self, peer: PeerSettings, state: PeerProgress, note: str, size: int) -> None:
-        """Send add-checkpoint from the peer's last cosigned size; on 409 learn its size and retry once."""
+    async def _submit(self, peer: PeerSettings, state: PeerProgress, note: str, size: int) -> int:
+        """Send add-checkpoint from the peer's last cosigned size; on 409 learn its size and retry once.
+
+        Returns the size now cosigned, with the peer's cosignature stored: `size`, or a later size the peer
+        had cosigned already (another worker, or anyone, may send it this log's checkpoints)."""
         old = state.cosigned_size or 0
         for attempt in range(2):
             if old > size:
-                if old > await asyncio.to_thread(lambda: self.audit.size):
-                    raise SubmissionError(f"the peer claims to have cosigned size {old}, beyond this log")
-                # The peer cosigned a later checkpoint than this one (another worker got there first).
-                state.cosigned_size = old
-                return
+                later = await asyncio.to_thread(self._later_checkpoint, peer, old)
+                if later is None:
+                    state.cosigned_size = old
+                    return old
+                # Ask for the cosignature of the checkpoint the peer holds (equal sizes, empty proof).
+                note, size = later, old
             try:
                 proof = await asyncio.to_thread(self.audit.consistency_proof, old, size)
             except (AuditError, sa.exc.SQLAlchemyError) as exc:
@@ -415,8 +433,25 @@ class Witnessing:
                 raise SubmissionError(f"refused with {status}: {text.strip()[:200]}")
             self._store(peer, size, text)
             state.cosigned_size = size
-            return
+            return size
         raise SubmissionError("the peer's size changed again after a 409")
+
+    def _later_checkpoint(self, peer: PeerSettings, size: int) -> str | None:
+        """The peer says it cosigned this log's checkpoint of `size`, later than the one offered: None when
+        its cosignature of that checkpoint is stored, else that checkpoint (log signature only) to offer."""
+        if size > self.audit.size:
+            raise SubmissionError(f"the peer claims to have cosigned size {size}, beyond this log")
+        stored = self.audit.checkpoint_note(size)
+        if stored is None:
+            raise SubmissionError(
+                f"the peer claims to have cosigned size {size}, a size this log never signed"
+            )
+        note = parse_note(stored)
+        key = self._witness_keys[peer.id]
+        if any((sig.name, sig.key_id) == (key.name, key.key_id) for sig in note.signatures):
+            return None
+        origin = parse_checkpoint_body(note.text).origin
+        return Note(note.text, tuple(sig for sig in note.signatures if sig.name == origin)).render()
 
     def _store(self, peer: PeerSettings, size: int, lines: str) -> None:
         key = self._witness_keys[peer.id]
@@ -435,6 +470,10 @@ class Witnessing:
         return [st.as_dict() for st in self.progress.values()]
 
     # -- witnessing ----------------------------------------------------------------------------------
+
+    def fork_evidence(self, origin: str | None = None) -> list[KeptFork]:
+        """The forked checkpoints this site's witness kept, with the cosigned ones they conflict with."""
+        return [] if self.witness is None else self.witness.fork_evidence(origin)
 
     async def add_checkpoint(self, body: bytes) -> str:
         """Handle a tlog-witness add-checkpoint body: this site's cosignature line(s).
@@ -462,7 +501,8 @@ class Witnessing:
         anyone may send a peer's genuine checkpoint with a bogus proof; nor does a malformed body."""
         parsed = _parsed(body)
         if isinstance(exc, RootMismatchAtEqualSize) and parsed is not None and self.witness is not None:
-            self._record_evidence(self.witness, *parsed)
+            kept = exc.evidence_digest if isinstance(exc, ForkRefused) else None
+            self._record_evidence(self.witness, *parsed, kept)
             return
         cp = parsed[2] if parsed is not None else None
         origin = cp.origin if cp is not None and cp.origin in self._peer_origins else None
@@ -479,9 +519,12 @@ class Witnessing:
         self._audit(WITNESS_REQUEST_REFUSED.name, payload, origin)
 
     def _record_evidence(
-        self, witness: Witness, request: AddCheckpointRequest, note: Note, cp: Checkpoint
+        self, witness: Witness, request: AddCheckpointRequest, note: Note, cp: Checkpoint, kept: str | None
     ) -> None:
-        """Audit a forked checkpoint once: replayed (with other signature lines, even), it is no news."""
+        """Audit a forked checkpoint once: replayed (with other signature lines, even), it is no news.
+
+        The witness keeps both signed notes (`Witness.fork_evidence`); the entry cites the kept row by
+        `kept`, its digest, or (when the log's evidence rows are full) by the refused note's digest."""
         with self._evidence_lock:
             if note.text in self._evidence:
                 return
@@ -498,8 +541,8 @@ class Witnessing:
             "old_size": request.old_size,
             "size": cp.size,
             "cosigned_size": cosigned_size,
-            # The note's digest cites the evidence; its root is a long opaque string the log refuses.
-            "checkpoint_digest": "sha256:" + hashlib.sha256(note.render().encode()).hexdigest(),
+            # The digest cites the evidence the witness kept; a root is a long opaque string the log refuses.
+            "checkpoint_digest": kept or note_digest(note.render()),
         }
         if not self._audit(WITNESS_REFUSED.name, payload, cp.origin):
             with self._evidence_lock:  # not on record: a replay may still put it there

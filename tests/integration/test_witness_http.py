@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from audit.checkpoint import Checkpoint, parse_checkpoint_body, sign_checkpoint
 from audit.keys import load_log_key
 from audit.notes import ALG_COSIGNATURE_V1, parse_note, parse_verifier_key, verifier_key_text
+from audit.verify import find_fork
 from audit.witness import format_add_checkpoint_body
 from gateway.cli import app as cli
 from gateway.settings import SiteSettings, load_settings
@@ -168,6 +169,19 @@ def test_a_fork_is_refused_with_422_audited_and_leaves_the_witness_unchanged(
     refusals = [e for e in _events(de, idp) if e["type"] == "witness.refused"]
     assert refusals and refusals[-1]["payload"]["reason"] == "root_mismatch_at_equal_size"
     assert refusals[-1]["payload"]["origin"] == cp.origin and refusals[-1]["payload"]["size"] == cp.size
+    # fr's log grows and de cosigns on; de's witness still holds both notes fr's key signed for that size.
+    httpx.post(f"{fr.url}/v1/queries", json=COUNT, headers=bearer(idp, "researcher"), timeout=30)
+    _submit(fr, idp)
+    result = runner.invoke(
+        cli, ["witness", "evidence", "--config", str(de.site.config), "--origin", cp.origin]
+    )
+    assert result.exit_code == 0, result.output
+    kept = [
+        k for k in json.loads(result.stdout) if k["digest"] == refusals[-1]["payload"]["checkpoint_digest"]
+    ]
+    assert len(kept) == 1 and kept[0]["note"] == forked and kept[0]["size"] == cp.size
+    assert parse_note(kept[0]["cosigned_note"]).text == parse_note(genuine).text
+    assert find_fork(kept[0]["cosigned_note"], kept[0]["note"], fr.log_key) is not None
 
 
 def test_unknown_untrusted_and_malformed_submissions(

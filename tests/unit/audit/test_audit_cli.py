@@ -159,3 +159,14 @@ def test_verify_names_the_sites_own_witness_as_not_counted(config: Path, tmp_pat
     assert result.exit_code == 0, result.output
     assert f"not counted: {own}: the log's own witness" in result.stdout
     assert "cosigned by" not in result.stdout
+
+
+def test_verify_refuses_a_key_of_the_wrong_kind(config: Path, tmp_path: Path) -> None:
+    out, vkey, wkey = cosigned_export(config, tmp_path, "witness.example/w")
+    log_name = "+".join(vkey.split("+")[:2])  # name+key id (the key's base64 may hold "+" too)
+    result = runner.invoke(app, ["audit", "verify", str(out), "--key", vkey, "--witness", vkey])
+    assert result.exit_code == 2, result.output
+    assert f"--witness {log_name} is a log's Ed25519 verifier key (type 0x01" in result.stderr
+    assert "--witness takes a witness's cosignature/v1 verifier key (type 0x04" in result.stderr
+    result = runner.invoke(app, ["audit", "verify", str(out), "--key", wkey, "--witness", wkey])
+    assert result.exit_code == 2 and "--key takes a log's Ed25519 verifier key" in result.stderr

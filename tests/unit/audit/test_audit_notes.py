@@ -11,6 +11,7 @@ from audit.notes import (
     MAX_SIGNATURES,
     Note,
     VerifierKey,
+    b64decode_strict,
     cosign_note,
     parse_note,
     parse_verifier_key,
@@ -105,6 +106,18 @@ def test_malformed_notes() -> None:
             parse_note(message)
     with pytest.raises(NoteError, match="UTF-8"):
         parse_note(b"\xff\xfe\n\n")
+
+
+def test_only_canonical_base64_is_accepted() -> None:
+    # "AAE=" is bytes 00 01; "AAF=" decodes to the same bytes with a spare bit set before the padding.
+    assert b64decode_strict("AAE=", "x") == b"\x00\x01"
+    for text in ("AAF=", "AB==", "AAE", "AA E="):
+        with pytest.raises(NoteError):
+            b64decode_strict(text, "x")
+    sig = EXAMPLE_NOTE.rstrip("\n").rsplit(" ", 1)[1]
+    assert sig.endswith("aQM=")
+    with pytest.raises(NoteError, match="canonical"):
+        parse_note(EXAMPLE_NOTE.replace(sig, sig[:-2] + "N="))  # 'M' (001100) and 'N' differ in a spare bit
 
 
 def test_more_than_sixteen_signatures_are_accepted_but_the_total_is_bounded() -> None:

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit import export_format
 from audit.checkpoint import Checkpoint, cosign_checkpoint, parse_checkpoint_body, sign_checkpoint
-from audit.errors import AuditIntegrityError
+from audit.errors import AuditIntegrityError, NoteError
 from audit.log import AuditLog
 from audit.merkle import leaf_hash, root_of
 from audit.notes import ALG_COSIGNATURE_V1, b64, parse_note, verifier_key_text
@@ -351,3 +351,25 @@ def test_an_export_cut_inside_an_entry(export: Export, tmp_path: Path) -> None:
     err = failure(tmp_path / "x", export)
     assert (err.reason, err.index) == ("truncated", 25)
     assert "ends inside entry 25" in str(err)
+
+
+def test_one_key_trusted_under_two_names_counts_as_one_witness(export: Export, tmp_path: Path) -> None:
+    # cosignature/v1 does not commit to the witness's name: one cosignature, relabelled, would pass as two.
+    w = Ed25519PrivateKey.generate()
+    names = ("witness.example/a", "witness.example/b")
+    keys = [verifier_key_text(n, w.public_key(), ALG_COSIGNATURE_V1) for n in names]
+    cp = parse_checkpoint_body(parse_note(export.note).text)
+    now = int(time.time())
+    note = export.note + "".join(cosign_checkpoint(cp, n, w, now) for n in names)
+    path = export.write(tmp_path / "x", note=note)
+    with pytest.raises(AuditIntegrityError) as err:
+        verify_export(path, export.log_key, keys, 2)
+    assert (err.value.reason, err.value.found) == ("witnesses", "1")
+    assert "witness.example/b: the same key as witness.example/a" in err.value.message
+    summary = verify_export(path, export.log_key, [*keys, export.witness_key], 2)
+    assert summary.witnesses == ("witness.example/a", WITNESS)
+
+
+def test_a_log_key_given_as_a_witness_key_is_refused(export: Export, tmp_path: Path) -> None:
+    with pytest.raises(NoteError, match="not a witness's cosignature/v1"):
+        verify_export(export.write(tmp_path / "x"), export.log_key, [export.log_key], 0)

@@ -26,8 +26,17 @@ from audit.errors import (
 )
 from audit.log import AuditLog
 from audit.merkle import EMPTY_ROOT
-from audit.notes import ALG_COSIGNATURE_V1, Note, parse_note, parse_verifier_key, verify_note
-from audit.witness import Witness, format_add_checkpoint_body, parse_add_checkpoint_body
+from audit.notes import ALG_COSIGNATURE_V1, Note, b64, parse_note, parse_verifier_key, sign_note, verify_note
+from audit.verify import find_fork
+from audit.witness import (
+    MAX_EVIDENCE_PER_ORIGIN,
+    ForkRefused,
+    Witness,
+    format_add_checkpoint_body,
+    note_digest,
+    parse_add_checkpoint_body,
+    read_fork_evidence,
+)
 
 WITNESS = "witness.example/w1"
 
@@ -195,3 +204,88 @@ def test_concurrent_submissions_cannot_roll_the_witness_back(
         assert old == sizes[-1], f"step {old}->{new} did not start at the cosigned size {sizes[-1]}"
         sizes.append(new)
     assert witness.cosigned(ORIGIN)[0] == sizes[-1] == 12
+
+
+def _non_canonical(text: str) -> str:
+    """The same bytes in base64 with a non-zero bit before the padding."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    head, pad = text.rstrip("="), "=" * (len(text) - len(text.rstrip("=")))
+    assert pad, "only a padded encoding has spare bits"
+    return head[:-1] + alphabet[alphabet.index(head[-1]) ^ 1] + pad
+
+
+def test_a_fork_is_kept_with_the_cosigned_checkpoint_it_conflicts_with(
+    tmp_path: Path, site: AuditLog, witness: Witness, log_key: Ed25519PrivateKey
+) -> None:
+    genuine = grow(site, 3)
+    witness.add_checkpoint(0, [], genuine)
+    fork = sign_checkpoint(Checkpoint(ORIGIN, 3, b"\x02" * 32), log_key)
+    with pytest.raises(ForkRefused) as err:
+        witness.add_checkpoint(3, [], fork)
+    assert isinstance(err.value, RootMismatchAtEqualSize) and err.value.evidence_digest == note_digest(fork)
+    # Replayed, even with another signature line, it is the same fork: kept once.
+    extra = sign_checkpoint(Checkpoint(ORIGIN, 3, b"\x02" * 32), Ed25519PrivateKey.generate())
+    with pytest.raises(ForkRefused) as again:
+        witness.add_checkpoint(3, [], fork + extra.split("\n\n", 1)[1])
+    assert again.value.evidence_digest == note_digest(fork)
+    # The witness moves on; the evidence still holds both notes as the log's key signed them.
+    later = grow(site, 2)
+    witness.add_checkpoint(3, site.consistency_proof(3, 5), later)
+    [kept] = witness.fork_evidence(ORIGIN)
+    assert kept.note == fork and kept.cosigned_note == genuine and kept.digest == note_digest(fork)
+    assert (kept.size, kept.cosigned_size, kept.root) == (3, 3, (b"\x02" * 32).hex())
+    evidence = find_fork(kept.cosigned_note, kept.note, site.verifier_key())
+    assert evidence is not None and evidence.second == fork
+    assert read_fork_evidence(f"sqlite:///{tmp_path / 'witness.db'}") == [kept]
+    assert read_fork_evidence(f"sqlite:///{tmp_path / 'witness.db'}", "fedgate.example/other") == []
+
+
+def test_fork_evidence_is_bounded_per_log(
+    site: AuditLog, witness: Witness, log_key: Ed25519PrivateKey
+) -> None:
+    witness.add_checkpoint(0, [], grow(site, 2))
+    for i in range(MAX_EVIDENCE_PER_ORIGIN + 3):
+        fork = sign_checkpoint(Checkpoint(ORIGIN, 2, bytes([i + 1]) * 32), log_key)
+        with pytest.raises(ForkRefused) as err:
+            witness.add_checkpoint(2, [], fork)
+        assert (err.value.evidence_digest is None) == (i >= MAX_EVIDENCE_PER_ORIGIN)
+    kept = witness.fork_evidence()
+    assert [k.root for k in kept] == [(bytes([i + 1]) * 32).hex() for i in range(MAX_EVIDENCE_PER_ORIGIN)]
+    assert witness.cosigned(ORIGIN)[0] == 2
+
+
+def test_size_zero_checkpoints_must_carry_the_empty_tree_root(
+    site: AuditLog, witness: Witness, log_key: Ed25519PrivateKey
+) -> None:
+    bogus = sign_checkpoint(Checkpoint(ORIGIN, 0, b"\x01" * 32), log_key)
+    with pytest.raises(RootMismatchAtEqualSize):
+        witness.add_checkpoint(0, [], bogus)
+    assert witness.cosigned(ORIGIN) == (0, EMPTY_ROOT)
+    witness.add_checkpoint(0, [], sign_checkpoint(Checkpoint(ORIGIN, 0, EMPTY_ROOT), log_key))
+    with pytest.raises(RootMismatchAtEqualSize):
+        witness.add_checkpoint(0, [], sign_checkpoint(Checkpoint(ORIGIN, 0, b"\x02" * 32), log_key))
+    [first, second] = witness.fork_evidence(ORIGIN)
+    assert first.cosigned_note == "" and second.cosigned_note.startswith(f"{ORIGIN}\n0\n")
+
+
+def test_non_canonical_base64_is_refused_and_the_note_cosigned_is_the_one_received(
+    site: AuditLog, witness: Witness, log_key: Ed25519PrivateKey
+) -> None:
+    note = grow(site, 4)
+    cp = parse_checkpoint_body(parse_note(note).text)
+    root = b64(cp.root)
+    body = f"{ORIGIN}\n4\n{_non_canonical(root)}\n"
+    bent = Note(body, (sign_note(body, ORIGIN, log_key),)).render()
+    with pytest.raises(MalformedRequest, match="canonical"):
+        witness.add_checkpoint(0, [], bent)
+    sig = note.rstrip("\n").rsplit(" ", 1)[1]
+    with pytest.raises(MalformedRequest, match="canonical"):
+        witness.add_checkpoint(0, [], note.replace(sig, _non_canonical(sig)))
+    witness.add_checkpoint(0, [], note)
+    later = grow(site, 3)
+    proof = [b64(h) for h in site.consistency_proof(4, 7)]
+    raw = format_add_checkpoint_body(4, site.consistency_proof(4, 7), later).decode()
+    with pytest.raises(MalformedRequest, match="canonical"):
+        witness.add_checkpoint_request(raw.replace(proof[0], _non_canonical(proof[0]), 1).encode())
+    line = witness.add_checkpoint_request(raw.encode())
+    assert verify_note(later + line, [parse_verifier_key(witness.verifier_key)]).timestamps

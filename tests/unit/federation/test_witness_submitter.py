@@ -27,7 +27,7 @@ from audit.errors import (
 from audit.keys import generate_log_key, load_log_key
 from audit.log import AuditLog
 from audit.notes import parse_note, verifier_key_text
-from audit.witness import format_add_checkpoint_body
+from audit.witness import format_add_checkpoint_body, note_digest
 from gateway import problems
 from gateway.federation.witnessing import (
     REFUSAL_AUDIT_INTERVAL_S,
@@ -37,6 +37,7 @@ from gateway.federation.witnessing import (
     WitnessingError,
     WitnessKeyError,
     create_witness_key,
+    kept_fork_evidence,
     witness_store_url,
 )
 from gateway.settings import PeerSettings, SiteSettings
@@ -152,6 +153,42 @@ def test_a_409_teaches_the_peers_size_and_is_retried_once(tmp_path: Path) -> Non
         [outcome] = await p.a.submit_now()
         assert outcome.cosigned and outcome.size == 4
         assert [r.split(b"\n", 1)[0] for r in p.requests[-2:]] == [b"old 0", b"old 2"]
+
+    _run(tmp_path, body)
+
+
+def test_a_409_naming_a_later_size_gets_that_checkpoint_cosigned_and_stored(tmp_path: Path) -> None:
+    async def body(p: Pair) -> None:
+        p.grow(2)
+        early = p.log.checkpoint()
+        p.grow(2)
+        later = p.log.checkpoint()
+        # Anyone may send a's later checkpoint to b, which cosigns it; a holds no cosignature of it yet.
+        await p.b.add_checkpoint(format_add_checkpoint_body(0, [], later))
+        outcome = await p.a._offer("site-b", early)  # as a worker that read the latest checkpoint earlier
+        assert outcome.cosigned and outcome.size == 4, outcome
+        stored = p.log.checkpoint_note(4)
+        assert stored is not None and "site-b/witness" in stored
+        assert [r.split(b"\n", 1)[0] for r in p.requests] == [b"old 0", b"old 4"]
+        # Offered again, the stored cosignature answers without asking the peer.
+        again = await p.a._offer("site-b", early)
+        assert again.cosigned and again.size == 4 and len(p.requests) == 2
+
+    _run(tmp_path, body)
+
+
+def test_a_409_naming_a_size_this_log_never_signed_is_a_failure(tmp_path: Path) -> None:
+    async def unsigned(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(409, content=b"3\n", headers={"Content-Type": problems.TLOG_SIZE})
+
+    async def body(p: Pair) -> None:
+        p.grow(2)
+        early = p.log.checkpoint()
+        p.grow(2)
+        p.handler = unsigned
+        outcome = await p.a._offer("site-b", early)
+        assert not outcome.cosigned and outcome.error is not None and "never signed" in outcome.error
+        assert p.a.progress["site-b"].cosigned_size is None
 
     _run(tmp_path, body)
 
@@ -318,6 +355,13 @@ def test_only_a_forked_checkpoint_is_evidence_and_other_refusals_are_audited_onc
         assert evidence[0]["payload"]["reason"] == "root_mismatch_at_equal_size"
         assert evidence[0]["payload"]["origin"] == origin and evidence[0]["payload"]["size"] == 4
         assert p.b.witness is not None and p.b.witness.cosigned(origin)[0] == 4
+        # The witness keeps both signed notes, under the digest the entry cites, after it moves on too.
+        p.grow(2)
+        assert (await p.a.submit_now())[0].cosigned and p.b.witness.cosigned(origin)[0] == 6
+        [kept] = kept_fork_evidence(p.b.settings)
+        assert kept.digest == evidence[0]["payload"]["checkpoint_digest"] == note_digest(fork)
+        assert (kept.note, kept.cosigned_note) == (fork, genuine)
+        assert p.b.fork_evidence(origin) == [kept] and p.b.fork_evidence("fedgate.example/other") == []
 
     _run(tmp_path, body)
 
