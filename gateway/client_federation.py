@@ -4,33 +4,46 @@
     fed = Federation("https://fedgate.site-de.example", token=my_oidc_access_token)
     result = fed.crosstab("cohort", "DSA-2026-014", purpose="DUO:0000006", group_by=["sex", "smoking"])
     result.frame      # the pooled table (suppressed entries are NA with a `suppressed` flag)
-    result.sites      # one row per target site: status, reasons, request id, duration
+    result.sites      # one row per target site: status, reasons, request id, duration, moratorium
     result.covered    # the sites whose answers the pooled table covers
 
 Sites that denied, timed out or could not be reached are in `sites` with their reasons; the call raises only
-when the coordinator itself refuses (the same `GatewayError` family as `Gateway`). A federated query does not
-wait for stewards: a site whose steward must decide is in `sites` as `approval_pending` with its request id,
-and `wait=` or `poll_every=` raise a TypeError.
+when the coordinator itself refuses (the same `GatewayError` family as `Gateway`). When no site answered,
+the result's `status` is `no_site_answered`, its frame is empty and `sites` says why. A federated query does
+not wait for stewards: a site whose steward must decide is in `sites` as `approval_pending` with its request
+id, and `wait=` or `poll_every=` raise a TypeError. A GLM fit that did not converge warns with
+`ConvergenceWarning`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import numpy as np
 import pandas as pd
 
-from gateway.client import _KindClient, _purpose, result_frame
+from gateway.client import (
+    ClientException,
+    ConvergenceWarning,
+    Values,
+    _check_answer,
+    _frame,
+    _KindClient,
+    _purpose,
+)
 from gateway.federation.glm_fit import GlmFit
 
-SITE_COLUMNS = ["site", "status", "reasons", "request_id", "duration_ms"]
+SITE_COLUMNS = ["site", "status", "reasons", "request_id", "duration_ms", "publication_moratorium_until"]
+"""The columns `FederatedResult.sites` always has, first; any other a site's entry carries follows them."""
 WAITING_ARGUMENTS = ("wait", "poll_every")
 """`Gateway`'s arguments for a steward's decision, which a federated query does not take."""
 
 
-class GlmStopped(Exception):
+class GlmStopped(ClientException):
     """A site refused during a federated GLM; `sites` is the per-site table (status, reasons, iteration)."""
 
     def __init__(self, body: Mapping[str, Any]) -> None:
@@ -51,6 +64,8 @@ class FederatedResult:
     disclosure: dict[str, Any] = field(default_factory=dict)
     request_id: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    status: str = "released"
+    """`released`, or `no_site_answered` (the frame is empty; `sites` says why each site did not answer)."""
 
 
 class Federation(_KindClient[FederatedResult]):
@@ -63,12 +78,21 @@ class Federation(_KindClient[FederatedResult]):
         coordinator_url: str,
         token: str,
         *,
-        sites: Sequence[str] | None = None,
+        sites: Values | None = None,
         timeout_s: float | None = None,
         http_timeout: float = 120.0,
         transport: httpx.BaseTransport | None = None,
+        allow_insecure_http: bool = False,
     ) -> None:
-        super().__init__(coordinator_url, token, timeout=http_timeout, transport=transport)
+        """`coordinator_url` is https://, or plain http:// only on a loopback address unless
+        `allow_insecure_http=True` (see `Gateway`)."""
+        super().__init__(
+            coordinator_url,
+            token,
+            timeout=http_timeout,
+            transport=transport,
+            allow_insecure_http=allow_insecure_http,
+        )
         self.sites = list(sites) if sites is not None else None
         self.timeout_s = timeout_s
 
@@ -80,12 +104,12 @@ class Federation(_KindClient[FederatedResult]):
         outcome: str,
         family: str,
         *,
-        numeric: Sequence[str] = (),
-        categorical: Mapping[str, Sequence[Any]] | None = None,
+        numeric: Values = (),
+        categorical: Mapping[str, Values] | None = None,
         offset: str | None = None,
         weights: str | None = None,
         intercept: bool = True,
-        max_iterations: int | None = None,
+        max_iterations: int | np.integer[Any] | None = None,
     ) -> GlmFit:
         """A federated GLM (gaussian, binomial, poisson) over the coordinator and its peers.
 
@@ -94,7 +118,8 @@ class Federation(_KindClient[FederatedResult]):
         table when a site refused. A fit over rows under a publication moratorium (DUO:0000024) has
         `publication_moratorium_until`, the latest such day of its sites (YYYY-MM-DD; None when no site is
         under one), as each such site's entry of `sites` has its own: the fit may not be published
-        before it."""
+        before it. A fit that stopped at its iteration limit before converging (`converged` False) warns
+        with `ConvergenceWarning`, and its `summary()` says so in `attrs`."""
         model: dict[str, Any] = {"outcome": outcome, "family": family, "numeric": list(numeric),
                                  "categorical": [{"column": c, "levels": list(levels)}
                                                  for c, levels in (categorical or {}).items()],
@@ -105,10 +130,20 @@ class Federation(_KindClient[FederatedResult]):
             body["sites"] = self.sites
         if max_iterations is not None:
             body["max_iterations"] = max_iterations
-        _, data = self._send("POST", "/v1/federated-glm", json=body)
+        status, data = self._send("POST", "/v1/federated-glm", json=body)
         if data.get("status") == "stopped":
-            raise GlmStopped(data)
-        return GlmFit.from_dict(data)
+            raise GlmStopped(_check_answer(status, data, "glm_stopped"))
+        fit = GlmFit.from_dict(_check_answer(status, data, "glm"))
+        if not fit.converged:
+            warnings.warn(
+                ConvergenceWarning(
+                    f"the federated {fit.family} GLM did not converge in {fit.iterations} iterations: "
+                    "its estimates and standard errors are not the maximum-likelihood ones (raise "
+                    "max_iterations, or simplify the model)"
+                ),
+                stacklevel=2,
+            )
+        return fit
 
     def query(self, spec: Mapping[str, Any]) -> FederatedResult:
         """Submit a spec (plus optional `sites` and `timeout_s`) to the coordinator."""
@@ -117,15 +152,16 @@ class Federation(_KindClient[FederatedResult]):
             body.setdefault("sites", self.sites)
         if self.timeout_s is not None:
             body.setdefault("timeout_s", self.timeout_s)
-        _, data = self._send("POST", "/v1/federated-queries", json=body)
-        sites = pd.DataFrame.from_records(list(data.get("sites") or []), columns=SITE_COLUMNS)
+        status, data = self._send("POST", "/v1/federated-queries", json=body)
+        _check_answer(status, data, "released", "federated")
         return FederatedResult(
-            frame=result_frame(data),
-            sites=sites,
-            covered=[str(s) for s in data.get("covered") or []],
+            frame=_frame(status, data),
+            sites=_sites_frame(data["sites"]),
+            covered=list(data.get("covered") or []),
             disclosure=dict(data.get("disclosure") or {}),
             request_id=str(data.get("request_id")),
             raw=data,
+            status=str(data.get("status") or "released"),
         )
 
     def _kind(
@@ -141,3 +177,10 @@ class Federation(_KindClient[FederatedResult]):
                 )
         spec = {"dataset": dataset, "agreement": agreement, "purpose": _purpose(purpose), "kind": kind}
         return self.query({**spec, **options})
+
+
+def _sites_frame(sites: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per site: SITE_COLUMNS first (None where a site's entry has no such member), then any other
+    member an entry has, in the order they first appear."""
+    columns = list(dict.fromkeys([*SITE_COLUMNS, *(name for site in sites for name in site)]))
+    return pd.DataFrame([[site.get(c) for c in columns] for site in sites], columns=columns)

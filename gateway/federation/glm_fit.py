@@ -201,9 +201,10 @@ class GlmFit:
         return pd.DataFrame({0: self.params - q * self.bse, 1: self.params + q * self.bse})
 
     def summary(self, alpha: float = 0.05) -> pd.DataFrame:
-        """One row per parameter: coef, std_err, z, p, ci_lower, ci_upper."""
+        """One row per parameter: coef, std_err, z, p, ci_lower, ci_upper. `attrs["converged"]` is the fit's
+        `converged`; a fit that did not converge also has `attrs["note"]` saying so."""
         ci = self.conf_int(alpha)
-        return pd.DataFrame(
+        table = pd.DataFrame(
             {
                 "coef": self.params,
                 "std_err": self.bse,
@@ -213,6 +214,13 @@ class GlmFit:
                 "ci_upper": ci[1],
             }
         )
+        table.attrs["converged"] = self.converged
+        if not self.converged:
+            table.attrs["note"] = (
+                f"not converged: the fit stopped after {self.iterations} iterations; the estimates and "
+                "standard errors are not the maximum-likelihood ones"
+            )
+        return table
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON body the coordinator returns."""

@@ -45,13 +45,13 @@ def recorder() -> Recorder:
 
 @pytest.fixture
 def site(recorder: Recorder) -> Iterator[Gateway]:
-    with Gateway("http://gateway.test", "token", transport=recorder.transport) as client:
+    with Gateway("https://gateway.test", "token", transport=recorder.transport) as client:
         yield client
 
 
 @pytest.fixture
 def federation(recorder: Recorder) -> Iterator[Federation]:
-    with Federation("http://gateway.test", "token", transport=recorder.transport) as client:
+    with Federation("https://gateway.test", "token", transport=recorder.transport) as client:
         yield client
 
 
