@@ -21,7 +21,7 @@ from gateway.deps import authorize_unvalidated, failure_audit, failure_kind, rou
 from gateway.failure_audit import FailureAudit
 from gateway.federation import peers
 from gateway.refusal import Refusal
-from gateway.routes import audit, federation, glm, queries, steward, witness
+from gateway.routes import audit, docs, federation, glm, queries, steward, witness
 from gateway.runtime import SiteRuntime
 from gateway.settings import ServerSettings, SiteSettings, load_settings
 
@@ -67,6 +67,10 @@ def create_app(
         lifespan=lifespan,
         # /v1/queries/ is no route: a 404 problem, not a 307 with an empty body a client must follow.
         redirect_slashes=False,
+        # The Swagger UI page is the gateway's own (gateway/routes/docs.py): pinned, held to its hashes and
+        # to a Content-Security-Policy. No ReDoc page.
+        docs_url=None,
+        redoc_url=None,
     )
     problems.install(
         app, on_invalid=_audit_invalid, on_refusal=_audit_refusal, authorize=authorize_unvalidated
@@ -79,6 +83,7 @@ def create_app(
     app.include_router(glm.router)
     peers.install(app)
     app.include_router(witness.router)
+    app.include_router(docs.router)
     app.add_middleware(problems.Guard, on_error=_audit_unexpected, on_refusal=_audit_refusal)  # outermost
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the site id and the running policy bundle")

@@ -100,11 +100,15 @@ _PROBLEM_SCHEMA: dict[str, Any] = Problem.model_json_schema()
 _ANSWERS: dict[str, HTTPStatus] = {"ok": OK, "accepted": ACCEPTED}
 
 
+_WORKER_FULL: Final = (
+    "the worker serves as many connections as `[server] max_connections` allows; try again shortly"
+)
 _AUTH_REFUSALS: dict[str, str] = {
     "bad_request": "a parameter or the body is invalid; `field` names where",
     "unauthenticated": "no valid bearer token",
     "forbidden": "the token lacks this endpoint's role",
-    "unavailable": "the identity provider, the audit log or a component the answer needs is unavailable",
+    "unavailable": "the identity provider, the audit log or a component the answer needs is unavailable, "
+    f"or {_WORKER_FULL}",
 }
 
 
@@ -137,6 +141,61 @@ def _documented(
 
 AUTHENTICATED: dict[int | str, dict[str, Any]] = _documented(_AUTH_REFUSALS, also={})
 """The refusals of every endpoint behind a role, for its router's `responses`."""
+
+
+def _problem_answer(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {PROBLEM_JSON: {"schema": _PROBLEM_SCHEMA}}}
+
+
+# What any request can be answered before a route sees it (`Guard`, gateway/cli/http_limits.py), and so
+# what every operation documents beside its own answers; a 413 only where the operation takes a body.
+_ANY_REQUEST: Final = {
+    HTTPStatus.REQUEST_TIMEOUT: "the request was not complete `[server] request_timeout_s` after its first "
+    "byte; the connection is closed",
+    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE: "the request line and headers hold more than `[server] "
+    "max_header_bytes`; the connection is closed",
+    HTTPStatus.SERVICE_UNAVAILABLE: _WORKER_FULL,
+}
+_BODY_REFUSAL: Final = (
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    f"the request body holds more than {MAX_BODY_BYTES} bytes",
+)
+
+
+def _document_refusals_before_routes(app: FastAPI) -> None:
+    """Have the app's OpenAPI page document, on every operation, the refusals a request can get before its
+    route runs (`_ANY_REQUEST`; a route's own 503 keeps its description, which names this cause too), and
+    on every operation that takes a body the 413 of one too large."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = build()
+        for item in doc.get("paths", {}).values():
+            for operation in item.values():
+                responses = operation.setdefault("responses", {})
+                refusals = dict(_ANY_REQUEST)
+                if "requestBody" in operation:
+                    refusals[_BODY_REFUSAL[0]] = _BODY_REFUSAL[1]
+                for status, description in refusals.items():
+                    responses.setdefault(str(int(status)), _problem_answer(description))
+                operation["responses"] = dict(sorted(responses.items()))
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def worker_full(max_connections: int) -> Response:
+    """The 503 a worker answers to a request on a connection past its `max_connections`
+    (gateway.cli.http_limits), before any app runs: a problem, and the connection closes after it."""
+    response = problem(
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        "Service unavailable",
+        detail=f"this worker serves at most {max_connections} connections at once; try again shortly",
+    )
+    response.headers["connection"] = "close"
+    return response
 
 
 def raw_refusal(refusal: Literal["header_too_large", "request_timeout"], detail: str) -> tuple[int, bytes]:
@@ -370,7 +429,8 @@ def install(
     and of the framework's own (an unknown route, a wrong method): the app audits both. `authorize` runs
     before a validation failure is answered, so that a request whose body was refused before the route's
     role check ran (a body that is not JSON) is refused as unauthenticated when it is, not told about its
-    body."""
+    body. The app's OpenAPI page documents the refusals a request can get before any route runs
+    (`_document_refusals_before_routes`)."""
 
     async def validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -412,6 +472,7 @@ def install(
     app.add_exception_handler(Refusal, refused)
     app.add_exception_handler(StarletteHTTPException, framework)
     app.add_exception_handler(RequestValidationError, validation)
+    _document_refusals_before_routes(app)
 
 
 UnexpectedHook = Callable[[Request, Exception], Awaitable[None]]

@@ -10,8 +10,9 @@ connection of a worker:
 - answers a request that is not complete `[server] request_timeout_s` after its first byte with a 408 and
   closes (time the server makes the client wait does not count: reading paused until the app takes what
   came, a `100 Continue` not yet sent);
-- is one of at most `[server] max_connections` that the worker serves: uvicorn's `limit_concurrency`
-  answers a request on one more with a 503.
+- is one of at most `[server] max_connections` that the worker serves: a request on one more is answered
+  with a 503 problem (as uvicorn's `limit_concurrency` counts, in place of its text/plain answer), and the
+  connection closes.
 
 A connection on which no request is under way, new or between two requests, is closed by uvicorn's own
 keep-alive timeout (`timeout_keep_alive`). A refusal is sent, the connection's sending side is shut and what
@@ -30,14 +31,16 @@ import functools
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
+from starlette.responses import Response
+from uvicorn._types import ASGI3Application
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from gateway.app import CONFIG_ENV
-from gateway.problems import raw_refusal
+from gateway.problems import raw_refusal, worker_full
 from gateway.settings import ServerSettings, get_settings
 
 log = logging.getLogger("fedgate.serve")
@@ -58,6 +61,9 @@ class RequestBounds:
     line and body) of a request whose head is over the limit (`problems.raw_refusal`)."""
     request_timeout: tuple[int, bytes]
     """The same of a request that did not arrive in time."""
+    worker_full: Response
+    """The answer (an ASGI app, run in place of the gateway's) to a request on a connection past
+    `max_connections` (`problems.worker_full`)."""
 
     @classmethod
     def of(cls, server: ServerSettings) -> RequestBounds:
@@ -73,6 +79,7 @@ class RequestBounds:
                 "request_timeout",
                 f"the request was not complete {server.request_timeout_s:g} s after its first byte",
             ),
+            worker_full(server.max_connections),
         )
 
 
@@ -97,8 +104,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.bounds = served_bounds()
-        # uvicorn answers 503 once the worker holds `limit_concurrency` connections, this one included.
-        self.limit_concurrency = self.bounds.max_connections + 1
+        # A request is refused once the worker holds this many connections (this one included) or requests
+        # under way, as uvicorn counts for `limit_concurrency`; uvicorn's own check, which answers in plain
+        # text, is off (`on_headers_complete` checks instead).
+        self.limit_concurrency = None
+        self._most_connections = self.bounds.max_connections + 1
         self._head_bytes = 0
         """Bytes received of the head under way; -1 while its body arrives."""
         self._started: float | None = None
@@ -156,7 +166,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # one read takes in (256 KiB), and until that read uvicorn's keep-alive timeout closes the connection.
     def on_headers_complete(self) -> None:
         self._head_bytes = -1
-        super().on_headers_complete()
+        most = self._most_connections
+        if len(self.connections) < most and len(self.tasks) < most:
+            super().on_headers_complete()
+            return
+        log.warning("refused a request past the worker's %d connections (503)", self.bounds.max_connections)
+        # uvicorn starts the request's cycle with `self.app` (or queues it behind a pipelined one): this
+        # request's is the refusal.
+        app, self.app = self.app, cast("ASGI3Application", self.bounds.worker_full)
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
 
     def on_message_complete(self) -> None:
         self._started = None

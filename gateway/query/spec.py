@@ -116,9 +116,37 @@ class _Spec(BaseModel):
         return few_members(value)
 
 
+SCALAR_OPS: Final = ("=", "!=", "<", "<=", ">", ">=")
+"""The ops that compare with one string, number or boolean."""
+
+
+def _when_op(ops: tuple[str, ...], value: dict[str, Any], *, required: bool) -> dict[str, Any]:
+    """A JSON Schema rule: a condition whose op is one of `ops` has a `value` of the schema `value`."""
+    then: dict[str, Any] = {"properties": {"value": value}}
+    if required:
+        then["required"] = ["value"]
+    return {"if": {"properties": {"op": {"enum": list(ops)}}, "required": ["op"]}, "then": then}
+
+
+def _condition_schema(schema: dict[str, Any]) -> None:
+    """The value each op takes (`Condition._shape_for_op`), stated in the schema by `if`/`then` rules on
+    the op; the schema accepts what the validation accepts."""
+    for choice in schema["properties"]["value"]["anyOf"]:
+        if choice.get("type") == "array":
+            choice.update(minItems=1, maxItems=MAX_IN_VALUES)
+    schema["allOf"] = [
+        _when_op(("in",), {"type": "array", "minItems": 1, "maxItems": MAX_IN_VALUES}, required=True),
+        _when_op(("between",), {"type": "array", "minItems": 2, "maxItems": 2}, required=True),
+        _when_op(("is_null",), {"type": ["boolean", "null"]}, required=False),
+        _when_op(SCALAR_OPS, {"type": ["boolean", "number", "string"]}, required=True),
+    ]
+
+
 class Condition(_Spec):
     """A leaf: `column op value`. `in` takes 1..100 values, `between` [low, high] (inclusive), `is_null`
     true (missing) or false (present); the others one scalar. A condition on a missing value is false."""
+
+    model_config = ConfigDict(json_schema_extra=_condition_schema)
 
     column: ColumnName
     op: Op
@@ -323,7 +351,10 @@ class KaplanMeierParams(_Spec):
 
     time: ColumnName
     event: ColumnName
-    edges: list[Number] = Field(min_length=1, max_length=100)
+    # Above 0 as the schema states it: the first edge, and so every edge, as they increase.
+    edges: list[Number] = Field(
+        min_length=1, max_length=100, json_schema_extra={"items": {"type": "number", "exclusiveMinimum": 0}}
+    )
 
     @field_validator("edges")
     @classmethod
@@ -336,15 +367,39 @@ class KaplanMeierParams(_Spec):
         return edges
 
 
+def _group_by_schema(schema: dict[str, Any], model: type[Any]) -> None:
+    """A kind's bounds on `group_by` (`min_group_by`, `max_group_by`, each column once), stated in its
+    schema as its validation holds them; a kind that needs a group_by column requires the field."""
+    low, high = model.min_group_by, model.max_group_by
+    group_by = schema["properties"]["group_by"]
+    group_by.update(maxItems=high, uniqueItems=True)
+    group_by["description"] = (
+        f"the columns to group by, each named once: {low} to {high}"
+        if high
+        else "none: this kind has no groups"
+    )
+    if low:
+        group_by["minItems"] = low
+        group_by.pop("default", None)
+        schema["required"] = [*schema.get("required", []), "group_by"]
+
+
 class BaseQuery(_Spec):
     """What every kind shares. `destination` is the ISO 3166-1 alpha-2 country the answer goes to; the
     pipeline takes the requester's country when it is absent."""
+
+    model_config = ConfigDict(json_schema_extra=_group_by_schema)
 
     dataset: DatasetId
     agreement: AgreementId
     purpose: Purpose
     destination: CountryCode | None = None
-    filters: Filter | None = None
+    filters: Filter | None = Field(
+        default=None,
+        description="a condition, or an `and`, `or` or `not` node of conditions and nodes: at most "
+        f"{MAX_DEPTH} levels deep and {MAX_LEAVES} conditions in all, each `and` and `or` of 1 to "
+        f"{MAX_LEAVES} children, each object of at most {MAX_MEMBERS} members",
+    )
     group_by: tuple[ColumnName, ...] = Field(default=(), max_length=MAX_GROUP_BY, validate_default=True)
 
     kind: Kind

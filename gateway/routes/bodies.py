@@ -45,6 +45,11 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _moratorium(description: str) -> Any:
+    """An answer's optional `publication_moratorium_until`, absent when no moratorium applies."""
+    return Field(default=None, description=f"{description}: not to be published before this day (YYYY-MM-DD)")
+
+
 # -- /v1/steward -------------------------------------------------------------------------------------------
 
 
@@ -291,6 +296,9 @@ class SiteAnswerStatus(_Body):
     reasons: list[str]
     request_id: str | None = Field(description="the request's id in that site's audit log, when it had one")
     duration_ms: float
+    publication_moratorium_until: str | None = _moratorium(
+        "present when the site answered under a publication moratorium (DUO:0000024): its answer is"
+    )
 
 
 class PooledDisclosure(_Body):
@@ -322,6 +330,10 @@ class FederatedAnswer(_Body):
         description="one object per row, keyed by `columns`; values vary by kind"
     )
     disclosure: PooledDisclosure | NothingPooled
+    publication_moratorium_until: str | None = _moratorium(
+        "present when any site whose answer is pooled answered under a publication moratorium (DUO:0000024), "
+        "the latest day of those sites: the pooled answer is"
+    )
     sites: list[SiteAnswerStatus]
     result_hash: str = Field(
         description="sha256 of the released part, as the audit log's `federation.released`"
@@ -332,10 +344,16 @@ class FederatedAnswer(_Body):
 
 
 class GlmSession(_Body):
+    """An open session at this site."""
+
     status: Literal["open"]
     session: str = Field(description="the session's id, for its iterations and its end")
     parameters: list[str] = Field(description="the model's parameters, in the order β takes them")
     max_iterations: int
+    publication_moratorium_until: str | None = _moratorium(
+        "present when the dataset's consent puts the session's rows under a publication moratorium "
+        "(DUO:0000024): what they give is"
+    )
 
 
 class GlmIteration(_Body):
@@ -371,6 +389,10 @@ class GlmFitSite(_Body):
     reasons: list[str]
     iteration: int = Field(description="the last iteration the site answered")
     rows: int = Field(description="the rows the site's sums covered")
+    publication_moratorium_until: str | None = _moratorium(
+        "present when the site's rows are under a publication moratorium (DUO:0000024): their part of the "
+        "fit is"
+    )
 
 
 class FederatedGlmFit(_Body):
@@ -390,6 +412,10 @@ class FederatedGlmFit(_Body):
     iterations: int
     converged: bool
     sites: list[GlmFitSite]
+    publication_moratorium_until: str | None = _moratorium(
+        "present when any site's rows are under a publication moratorium (DUO:0000024), the latest day of "
+        "those sites: the fit is"
+    )
 
 
 class GlmStoppedSite(_Body):
@@ -397,6 +423,9 @@ class GlmStoppedSite(_Body):
     status: SiteState
     reasons: list[str]
     iteration: int = Field(description="the iteration at which the site stopped, or last answered")
+    publication_moratorium_until: str | None = _moratorium(
+        "present when the site opened its session under a publication moratorium (DUO:0000024): its rows are"
+    )
 
 
 class FederatedGlmStopped(_Body):

@@ -20,7 +20,7 @@ from typing import Any
 import rfc8785
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from gateway.deps import ResearcherDep, RuntimeDep
 from gateway.federation.glm_fit import (
@@ -46,11 +46,9 @@ from gateway.refusal import Refusal
 from gateway.routes.bodies import (
     FederatedGlmFit,
     FederatedGlmStopped,
-    GlmFitSite,
     GlmIteration,
     GlmSession,
     GlmSessionClosed,
-    GlmStoppedSite,
 )
 from gateway.runtime import SiteRuntime
 
@@ -63,47 +61,14 @@ class FederatedGlmRequest(GlmSessionRequest):
     sites: list[str] | None = Field(default=None, min_length=1, max_length=50)
     max_iterations: int = Field(default=DEFAULT_MAX_ITERATIONS, ge=1, le=MAX_ITERATIONS)
 
-
-def _moratorium(description: str) -> Any:
-    return Field(default=None, description=f"{description}: not to be published before this day (YYYY-MM-DD)")
-
-
-class OpenGlmSession(GlmSession):
-    """An open session at this site."""
-
-    publication_moratorium_until: str | None = _moratorium(
-        "present when the dataset's consent puts the session's rows under a publication moratorium "
-        "(DUO:0000024): what they give is"
-    )
-
-
-class FittedGlmSite(GlmFitSite):
-    publication_moratorium_until: str | None = _moratorium(
-        "present when the site's rows are under a publication moratorium (DUO:0000024): their part of the "
-        "fit is"
-    )
-
-
-class FederatedGlmAnswer(FederatedGlmFit):
-    """A fitted GLM, as statsmodels would summarize it."""
-
-    sites: list[FittedGlmSite]  # type: ignore[assignment]
-    publication_moratorium_until: str | None = _moratorium(
-        "present when any site's rows are under a publication moratorium (DUO:0000024), the latest day of "
-        "those sites: the fit is"
-    )
-
-
-class StoppedGlmSite(GlmStoppedSite):
-    publication_moratorium_until: str | None = _moratorium(
-        "present when the site opened its session under a publication moratorium (DUO:0000024): its rows are"
-    )
-
-
-class FederatedGlmHalted(FederatedGlmStopped):
-    """A site refused; nothing was fitted."""
-
-    sites: list[StoppedGlmSite]  # type: ignore[assignment]
+    @field_validator("max_iterations", mode="before")
+    @classmethod
+    def _a_json_integer(cls, value: Any) -> Any:
+        # As the schema types it: a JSON number of no fraction, never text ("3") nor a boolean, which
+        # pydantic would otherwise turn into one.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("max_iterations must be an integer")
+        return value
 
 
 class GlmPending(BaseModel):
@@ -125,7 +90,7 @@ def glm_service(request: Request, runtime: SiteRuntime) -> GlmSiteService:
     "/v1/glm/sessions",
     summary="Open a GLM session at this site",
     responses=documented(
-        ok=("the session: its id, the model's parameters and the iteration cap", OpenGlmSession),
+        ok=("the session: its id, the model's parameters and the iteration cap", GlmSession),
         accepted=("policy wants a steward's approval; nothing was opened", GlmPending),
         forbidden="denied by policy or disclosure control",
         not_found="no such dataset at this site",
@@ -182,7 +147,7 @@ async def close_session(
     responses=documented(
         ok=(
             "the fit (coefficients, standard errors, z, p, intervals), or `stopped` with each site's reason",
-            FederatedGlmAnswer | FederatedGlmHalted,
+            FederatedGlmFit | FederatedGlmStopped,
         ),
         bad_request="an unknown site, an invalid model, or a fit that failed to combine",
         unavailable="this gateway cannot sign requests to its peers",

@@ -1,5 +1,6 @@
 """A federated answer is under the latest publication moratorium (DUO:0000024) of the sites it counts, and
-says so beside its rows and per site, as a site's own answer says so in its policy block."""
+says so beside its rows and per site, as a site's own answer says so in its policy block, and as the
+OpenAPI page documents."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import httpx
 from federation_sites import build_federation, running_federation
 from gateway_site import ROOT, bearer
 from oidc_issuer import LoopbackTestIssuer
+from test_openapi import documented_schema, violations
 
 from connectors import ParquetConnector
 from gateway.client import result_frame
@@ -52,7 +54,11 @@ def test_a_federated_answer_is_under_the_latest_moratorium_of_its_sites(
             headers=bearer(idp, "researcher"),
             timeout=60,
         )
+        openapi = httpx.get(f"{urls['site-de']}/openapi.json").json()
     assert answer.status_code == 200, answer.text
+    # The answer fits the schema the gateway serves for it, moratoria included.
+    schema = documented_schema(openapi, "/v1/federated-queries", "post", "200")
+    assert violations(answer.json(), schema, openapi["components"]["schemas"]) == []
     body = answer.json()
     assert body["covered"] == ["site-de", "site-fr"]
     assert body["publication_moratorium_until"] == UNTIL["site-fr"].isoformat()

@@ -157,28 +157,41 @@ def _query_twice(url: str, headers: dict[str, str], statuses: list[int]) -> None
 
 def test_a_worker_answers_503_past_its_connections(gateway: tuple[str, int]) -> None:
     _, port = gateway
-    probe = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n"
+    probe = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n"  # keep-alive: the refusal closes
 
     def probe_each_worker() -> list[bytes]:
         # The parent deals connections to the two workers in turn: one probe reaches each.
         time.sleep(0.3)  # the held connections have reached their workers
-        statuses = []
+        answers = []
         for _ in range(2):
             with _connect(port) as conn:
-                conn.sendall(probe)
-                statuses.append(_read_to_close(conn)[:12])
-        return statuses
+                conn.sendall(probe.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+                answers.append(_read_to_close(conn))
+        return answers
 
     held = [_connect(port) for _ in range(2 * (MAX_CONNECTIONS - 1))]
     try:
-        assert probe_each_worker() == [b"HTTP/1.1 200"] * 2  # its MAX_CONNECTIONS-th connection
+        assert [a[:12] for a in probe_each_worker()] == [b"HTTP/1.1 200"] * 2  # its MAX_CONNECTIONS-th
         held += [_connect(port) for _ in range(2)]
-        assert probe_each_worker() == [b"HTTP/1.1 503"] * 2  # one past them
+        refused = probe_each_worker()  # one past them
+        assert [a[:12] for a in refused] == [b"HTTP/1.1 503"] * 2
+        with _connect(port) as conn:  # a client that would keep the connection is told it closes
+            conn.sendall(probe)
+            refused.append(_read_to_close(conn))
     finally:
         for conn in held:
             conn.close()
+    for answer in refused:
+        # A problem, as the OpenAPI page documents every 503.
+        head, body = answer.split(b"\r\n\r\n", 1)
+        fields = dict(line.split(b": ", 1) for line in head.lower().split(b"\r\n")[1:])
+        assert fields[b"content-type"] == b"application/problem+json"
+        assert fields[b"connection"] == b"close"
+        problem = json.loads(body)
+        assert problem["status"] == 503 and problem["title"] == "Service unavailable"
+        assert f"at most {MAX_CONNECTIONS} connections" in problem["detail"]
     time.sleep(0.3)
-    assert probe_each_worker() == [b"HTTP/1.1 200"] * 2
+    assert [a[:12] for a in probe_each_worker()] == [b"HTTP/1.1 200"] * 2
 
 
 @pytest.mark.parametrize(

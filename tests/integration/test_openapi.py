@@ -4,7 +4,10 @@ the documented schema. HTTP status codes are written in gateway/problems.py only
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -509,3 +512,133 @@ def test_the_federated_body_documents_the_spec_of_each_pooled_kind_with_its_site
         assert timeout["type"] == "number"
         assert (timeout["minimum"], timeout["maximum"]) == (MIN_TIMEOUT_S, MAX_TIMEOUT_S)
         assert timeout["default"] == DEFAULT_TIMEOUT_S and "seconds" in timeout["description"]
+
+
+# -- What a request can be refused before its route runs ----------------------------------------------------
+
+# A slow request, a long head, a full worker (gateway/cli/http_limits.py).
+BEFORE_ANY_ROUTE = {"408", "431", "503"}
+
+
+def test_every_operation_documents_the_refusals_before_its_route(openapi: dict[str, Any]) -> None:
+    taking_a_body = 0
+    for path, item in openapi["paths"].items():
+        for method, op in item.items():
+            responses = op["responses"]
+            expected = BEFORE_ANY_ROUTE | ({"413"} if "requestBody" in op else set())
+            taking_a_body += "requestBody" in op
+            missing = expected - set(responses)
+            assert not missing, f"{method.upper()} {path} does not document {sorted(missing)}"
+            for status in expected:
+                content = responses[status]["content"]
+                assert list(content) == [PROBLEM_JSON], f"{method.upper()} {path} {status}"
+            assert "max_connections" in responses["503"]["description"], f"{method.upper()} {path}"
+    assert taking_a_body >= 9
+
+
+def test_a_body_too_large_is_refused_as_documented(
+    http: httpx.Client, idp: LoopbackTestIssuer, openapi: dict[str, Any]
+) -> None:
+    too_large = b"[" + b"1," * 2_200_000 + b"1]"
+    response = http.post("/v1/queries", content=too_large, headers={**bearer(idp, "researcher"),
+                         "content-type": "application/json"})  # fmt: skip
+    assert response.status_code == 413
+    documented = openapi["paths"]["/v1/queries"]["post"]["responses"]["413"]["content"]
+    assert violations(response.json(), documented[PROBLEM_JSON]["schema"], {}) == []
+
+
+# -- /v1/federated-glm takes what its schema says -----------------------------------------------------------
+
+GLM_BODY = {key: QUERY[key] for key in ("dataset", "agreement", "purpose")} | {"model": GLM_MODEL}
+
+
+@pytest.mark.parametrize("iterations", ["3", True, 2.5, 0, "x"])
+def test_a_glm_cap_the_schema_refuses_is_refused_naming_it(
+    http: httpx.Client, idp: LoopbackTestIssuer, openapi: dict[str, Any], iterations: Any
+) -> None:
+    body = {**GLM_BODY, "max_iterations": iterations}
+    schema = openapi["paths"]["/v1/federated-glm"]["post"]["requestBody"]["content"]["application/json"]
+    assert violations(body, schema["schema"], openapi["components"]["schemas"])
+    response = http.post("/v1/federated-glm", json=body, headers=bearer(idp, "researcher"))
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "max_iterations"
+
+
+def test_a_glm_cap_the_schema_takes_is_taken() -> None:
+    from gateway.routes.glm import FederatedGlmRequest
+
+    for iterations in (3, 3.0):  # a JSON integer may be written with a zero fraction
+        body = {**GLM_BODY, "max_iterations": iterations}
+        assert FederatedGlmRequest.model_validate(body).max_iterations == 3
+
+
+# -- /docs -------------------------------------------------------------------------------------------------
+
+_PINNED_ASSET = re.compile(r"^https://cdn\.jsdelivr\.net/npm/swagger-ui-dist@\d+\.\d+\.\d+/[\w.-]+$")
+
+
+class _Page(HTMLParser):
+    """The tags of a page that load something, and its inline scripts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads: list[tuple[str, dict[str, str | None]]] = []
+        self.inline: list[str] = []
+        self._in_inline_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        named = dict(attrs)
+        if tag in ("script", "link", "img", "iframe") and (named.get("src") or named.get("href")):
+            self.loads.append((tag, named))
+        self._in_inline_script = tag == "script" and not named.get("src")
+        if self._in_inline_script:
+            self.inline.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._in_inline_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_inline_script:
+            self.inline[-1] += data
+
+
+def test_the_docs_page_runs_only_pinned_assets_held_to_their_hashes(http: httpx.Client) -> None:
+    response = http.get("/docs")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    page = _Page()
+    page.feed(response.text)
+    remote = [(tag, attrs) for tag, attrs in page.loads if (attrs.get("src") or attrs.get("href") or "")
+              .startswith(("http:", "https:", "//"))]  # fmt: skip
+    assert {tag for tag, _ in remote} == {"script", "link"}
+    for tag, attrs in remote:
+        url = attrs.get("src") or attrs.get("href") or ""
+        assert _PINNED_ASSET.match(url), url
+        assert re.fullmatch(r"sha384-[A-Za-z0-9+/]{64}", attrs.get("integrity") or ""), (tag, url)
+        assert attrs.get("crossorigin") == "anonymous", (tag, url)
+    # Nothing else is fetched from elsewhere: not a favicon, a font or a validator badge.
+    icons = [attrs for tag, attrs in page.loads if tag == "link" and "icon" in (attrs.get("rel") or "")]
+    assert [icon.get("href") for icon in icons] == ["data:,"]
+    assert len(re.findall(r"https?://", response.text)) == len(remote)
+
+    policy = {
+        directive.split()[0]: directive.split()[1:]
+        for directive in response.headers["content-security-policy"].split(";")
+    }
+    release = {(attrs.get("src") or attrs.get("href") or "").rsplit("/", 1)[0] + "/" for _, attrs in remote}
+    assert len(release) == 1  # one release of swagger-ui-dist
+    digests = [base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() for script in page.inline]
+    inline = {f"'sha256-{digest}'" for digest in digests}
+    assert policy["default-src"] == ["'none'"]
+    assert set(policy["script-src"]) == release | inline and len(page.inline) == 1
+    assert policy["style-src"] == list(release)
+    assert policy["connect-src"] == ["'self'"]
+    assert policy["frame-ancestors"] == ["'none'"]
+    assert "unsafe" not in response.headers["content-security-policy"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["referrer-policy"] == "no-referrer"
+
+
+@pytest.mark.parametrize("path", ["/redoc", "/docs/oauth2-redirect"])
+def test_no_other_page_loads_scripts(http: httpx.Client, path: str) -> None:
+    assert http.get(path).status_code == 404

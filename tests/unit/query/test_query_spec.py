@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
 
 from gateway.query import (
     CountQuery,
@@ -190,6 +191,66 @@ def test_a_glm_session_body_of_very_many_members_is_refused_at_once() -> None:
             GlmSessionRequest.model_validate(body)
         assert time.perf_counter() - start < 1.0
         assert caught.value.error_count() <= 3
+
+
+def _condition(op: str, *value: Any) -> dict[str, Any]:
+    """A condition on bmi; with no value given, none is written."""
+    return {"column": "bmi", "op": op, **({"value": value[0]} if value else {})}
+
+
+_KM_PARAMS = {"time": "survival_days", "event": "event", "edges": [30.0]}
+# Bodies at and past each bound the schema states, each with whether the gateway takes it.
+_AT_THE_BOUNDS: dict[str, tuple[dict[str, Any], bool]] = {
+    "crosstab of 1 column": (spec(kind="crosstab", group_by=["a"]), True),
+    "crosstab of 3 columns": (spec(kind="crosstab", group_by=["a", "b", "c"]), True),
+    "crosstab of 4 columns": (spec(kind="crosstab", group_by=["a", "b", "c", "d"]), False),
+    "crosstab of none": (spec(kind="crosstab", group_by=[]), False),
+    "crosstab without group_by": (spec(kind="crosstab"), False),
+    "count of 4 columns": (spec(group_by=["a", "b", "c", "d"]), True),
+    "count of 5 columns": (spec(group_by=["a", "b", "c", "d", "e"]), False),
+    "a column twice": (spec(group_by=["a", "a"]), False),
+    "kaplan_meier by a column": (spec(kind="kaplan_meier", params=_KM_PARAMS, group_by=["a"]), False),
+    "kaplan_meier from 0": (spec(kind="kaplan_meier", params={**_KM_PARAMS, "edges": [0.0, 30.0]}), False),
+    "in of 1": (spec(filters=_condition("in", [1])), True),
+    "in of 100": (spec(filters=_condition("in", list(range(100)))), True),
+    "in of 101": (spec(filters=_condition("in", list(range(101)))), False),
+    "in of none": (spec(filters=_condition("in", [])), False),
+    "in of one value unlisted": (spec(filters=_condition("in", 1)), False),
+    "in without a value": (spec(filters=_condition("in")), False),
+    "between of 2": (spec(filters=_condition("between", [1, 2])), True),
+    "between of 1": (spec(filters=_condition("between", [1])), False),
+    "between of 3": (spec(filters=_condition("between", [1, 2, 3])), False),
+    "= of a list": (spec(filters=_condition("=", [1])), False),
+    "= of null": (spec(filters=_condition("=", None)), False),
+    "= without a value": (spec(filters=_condition("=")), False),
+    "= of text": (spec(filters=_condition("=", "a")), True),
+    "< of a boolean": (spec(filters=_condition("<", True)), True),
+    "is_null alone": (spec(filters=_condition("is_null")), True),
+    "is_null false": (spec(filters=_condition("is_null", False)), True),
+    "is_null of a number": (spec(filters=_condition("is_null", 1)), False),
+    "is_null of a list": (spec(filters=_condition("is_null", [True])), False),
+    "and of 32": (spec(filters={"and": [LEAF] * 32}), True),
+    "or of 33": (spec(filters={"or": [LEAF] * 33}), False),
+}
+
+
+@pytest.mark.parametrize("case", _AT_THE_BOUNDS)
+def test_the_schema_states_the_bounds_the_gateway_holds_to(case: str) -> None:
+    data, taken = _AT_THE_BOUNDS[case]
+    if taken:
+        parse_query_spec(data)
+    else:
+        field_of(data)
+    assert Draft202012Validator(QUERY_SPEC.json_schema(by_alias=True)).is_valid(data) is taken
+
+
+def test_the_schema_describes_the_limits_of_a_filter_tree() -> None:
+    """Its depth and its conditions in all are beyond what JSON Schema states: the description says them."""
+    for kind, model in QUERY_SPEC.json_schema(by_alias=True)["$defs"].items():
+        if kind.endswith("Query"):
+            described = model["properties"]["filters"]["description"]
+            assert "5 levels deep" in described and "32 conditions" in described, kind
+            assert "of 1 to 32 children" in described and "at most 32 members" in described, kind
 
 
 def test_limits_are_inclusive() -> None:
