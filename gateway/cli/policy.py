@@ -1,4 +1,10 @@
-"""`fedgate policy …`: run the policy tests and explain a decision."""
+"""`fedgate policy …`: run the policy tests, explain a decision, list what ends soon.
+
+Exit codes: 0 when all is well, 1 when the check found something (a policy test failed, a term has ended),
+2 (`gateway.cli.output.EXIT_BAD_INPUT`) when it could not be made: a bad config, argument or input, a
+policy folder that does not load, a store that cannot be read. A monitor tells "something ended" from "could
+not look" by the code alone.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +15,24 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
+from gateway.catalog import CatalogView
 from gateway.countries import is_country
+from gateway.decision.bundle import load_bundle
 from gateway.decision.errors import PolicyError
 from gateway.decision.models import Decision, DecisionInput
 from gateway.decision.point import PolicyDecisionPoint
 from gateway.decision.rego_tests import format_report, run_policy_tests
+from gateway.expiry import DEFAULT_WITHIN_DAYS, MAX_WITHIN_DAYS, Ending, expiring, utc_today
+from gateway.query.errors import ExecutionError
+from gateway.query.execute import store_engine
+from gateway.runtime import STORE_FAILURES
 from gateway.settings import ConfigError, load_settings
+from pseudonymize.errors import StoreError
 
-app = typer.Typer(help="Test policies and explain decisions.", no_args_is_help=True)
+app = typer.Typer(help="Test policies, explain decisions, list what ends soon.", no_args_is_help=True)
 
 _out = Console(highlight=False, soft_wrap=True, markup=False)  # messages quote paths and sources
 _err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
@@ -109,3 +123,65 @@ def explain(
         _out.print(decision.model_dump_json(indent=2), markup=False)
     else:
         _print_decision(decision)
+
+
+@app.command("expiring")
+def expiring_terms(
+    config: Annotated[Path, typer.Option("--config", help="the site's TOML config")],
+    within_days: Annotated[
+        int,
+        typer.Option(
+            "--within-days", min=0, max=MAX_WITHIN_DAYS, help="how many days ahead to look (0: ending today)"
+        ),
+    ] = DEFAULT_WITHIN_DAYS,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print JSON, as GET /v1/steward/expiring answers")
+    ] = False,
+) -> None:
+    """List the agreements, export licences and datasets' time limits on use that have ended or end within
+    --within-days days (UTC), from the site's policy folder and store. Exit 1 when one has ended or has no
+    readable end (the policy denies on either), 0 otherwise; 2 when the config, folder or store is unusable.
+    """
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        bundle = load_bundle(settings.policy_dir, settings.jurisdiction)
+    except PolicyError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        # Read-only, as the gateway reads it: a DuckDB store a running gateway holds can be read so.
+        entries = CatalogView(store_engine(settings.store_url, hold_open=False)).refresh()
+    except (*STORE_FAILURES, StoreError, ExecutionError) as exc:
+        cause = getattr(exc, "orig", None) or exc  # its message may quote the store's URL or path
+        raise _fail(f"the site's store cannot be read ({type(cause).__name__})") from None
+    today = utc_today()
+    items = expiring(bundle.data, entries, today=today, within_days=within_days)
+    if as_json:
+        answer = {
+            "today": today.isoformat(),
+            "within_days": within_days,
+            "items": [i.to_dict() for i in items],
+        }
+        _out.print(json.dumps(answer, indent=2), markup=False)
+    else:
+        _print_expiring(items, today.isoformat(), within_days)
+    if any(i.status != "ending" for i in items):
+        raise typer.Exit(code=1)
+
+
+def _print_expiring(items: list[Ending], today: str, within_days: int) -> None:
+    if not items:
+        _out.print(f"nothing has ended or ends within {within_days} days of {today} (UTC)", markup=False)
+        return
+    table = Table(title=f"ended or ending within {within_days} days of {today} (UTC)")
+    for column in ("ends", "days left", "status", "kind", "id", "affects"):
+        table.add_column(column)
+    invalid = [i for i in items if i.reason is not None]
+    for i in items:
+        cells = (i.ends or "-", "-" if i.days_left is None else str(i.days_left), i.status, i.kind, i.id)
+        table.add_row(*(Text(c) for c in cells), Text(", ".join(i.affects)))
+    _out.print(table)
+    for i in invalid:
+        _out.print(f"invalid: {i.reason}", markup=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from gateway.consent import WithdrawalUnsupported, withdraw
 from gateway.decision.errors import PolicyEngineUnavailable
 from gateway.deps import PipelineDep, RuntimeDep, StewardDep
+from gateway.expiry import DEFAULT_WITHIN_DAYS, MAX_WITHIN_DAYS, expiring, utc_today
 from gateway.policy_admin import (
     BrokenOnDisk,
     NoSuchDocument,
@@ -24,7 +25,7 @@ from gateway.policy_admin import (
     replace_data,
 )
 from gateway.problems import AUTHENTICATED, documented
-from gateway.refusal import Refusal
+from gateway.refusal import Refusal, unavailable
 from gateway.routes.bodies import (
     Activity,
     ApprovalOutcome,
@@ -36,7 +37,7 @@ from gateway.routes.bodies import (
     WithdrawalRecorded,
 )
 from gateway.runtime import STATE_FAILURES, unavailable_if_failing
-from pseudonymize.errors import KeyMaterialError
+from pseudonymize.errors import KeyMaterialError, StoreError
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/steward", tags=["steward"], responses=AUTHENTICATED)
@@ -398,3 +399,79 @@ async def activity(
     since = (datetime.now(UTC) - timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
     with unavailable_if_failing("state database", "the activity cannot be summarised now; try again later"):
         return await asyncio.to_thread(runtime.state.activity, since)
+
+
+class ExpiringTerm(BaseModel):
+    """An agreement, export licence or dataset time limit on use that has ended or ends soon."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["agreement", "dataset_use", "export_licence"] = Field(
+        description="`agreement` (its `not_after`), `export_licence` (export_control.json's `not_after`) or "
+        "`dataset_use` (the newest version's `consent_terms.use_until`, DUO:0000025)"
+    )
+    id: str = Field(description="the agreement's, licence's or dataset's id")
+    ends: str | None = Field(
+        description="the last day in force, YYYY-MM-DD (a whole UTC day); null when `status` is `invalid`"
+    )
+    days_left: int | None = Field(
+        description="days from `today` to `ends`: 0 on the last day, negative once ended; null when invalid"
+    )
+    status: Literal["ended", "ending", "invalid"] = Field(
+        description="`ended` (the policy denies on it now), `ending` (within the window), or `invalid` (the "
+        "end cannot be read: `reason` says where)"
+    )
+    affects: list[str] = Field(
+        description="for a licence the agreements naming it, for an agreement its datasets, for a dataset "
+        "the agreements naming it"
+    )
+    reason: str | None = Field(description="for an `invalid` entry: the document, the field, what is wrong")
+
+
+class Expiring(BaseModel):
+    """What ends soon, as the running policy data and the catalog's newest versions say."""
+
+    model_config = ConfigDict(extra="forbid")
+    today: str = Field(description="the UTC day the window starts from, YYYY-MM-DD")
+    within_days: int
+    items: list[ExpiringTerm] = Field(
+        description="every term ended or ending within `within_days` days, and every invalid one; sorted by "
+        "`ends` (invalid ones first), then `kind`, then `id`"
+    )
+
+
+_NOT_LISTED: Final = "what ends soon cannot be listed now; try again later"
+
+
+@router.get(
+    "/expiring",
+    summary="Agreements, export licences and datasets' time limits on use that ended or end soon",
+    description=(
+        "Every agreement (`not_after`), export licence (`not_after`) and dataset whose consent limits use "
+        "in time (the newest version's `consent_terms.use_until`, DUO:0000025) that has ended, or ends "
+        "within `within_days` days of today (UTC). A term is in force through its last day, as the policy "
+        "reads it. An end that cannot be read is listed as `invalid`."
+    ),
+    responses=documented(
+        ok=("the terms ended or ending, and any whose end cannot be read", Expiring),
+        bad_request=f"`within_days` is not a whole number from 0 to {MAX_WITHIN_DAYS}",
+        unavailable="the store's catalog cannot be read",
+    ),
+)
+async def expiring_terms(
+    _: StewardDep,
+    runtime: RuntimeDep,
+    within_days: Annotated[
+        int, Query(ge=0, le=MAX_WITHIN_DAYS, description="how many days ahead to look (0: ending today)")
+    ] = DEFAULT_WITHIN_DAYS,
+) -> dict[str, Any]:
+    # The policy data decisions are made with: the folder's, should another worker have replaced it.
+    await runtime.policy.current_soon()
+    data = runtime.policy.bundle.data
+    try:
+        with unavailable_if_failing("store", _NOT_LISTED):
+            entries = await asyncio.to_thread(runtime.catalog.refresh)
+    except StoreError as exc:  # a row the catalog holds cannot be read (malformed consent terms)
+        raise unavailable("store", exc, _NOT_LISTED) from None
+    today = utc_today()
+    items = expiring(data, entries, today=today, within_days=within_days)
+    return {"today": today.isoformat(), "within_days": within_days, "items": [i.to_dict() for i in items]}

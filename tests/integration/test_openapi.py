@@ -303,6 +303,7 @@ def test_every_answer_fits_its_documented_schema_and_a_misnamed_field_does_not(
         answer("POST", "/v1/steward/approvals/{request_id}", f"/v1/steward/approvals/{request_id}", steward,
                json={"approve": approve, "reason": "schema check"})  # fmt: skip
     answer("GET", "/v1/steward/activity", "/v1/steward/activity", steward)
+    answer("GET", "/v1/steward/expiring", "/v1/steward/expiring", steward)
 
     page = answer("GET", "/v1/audit/entries", "/v1/audit/entries", auditor, params={"start": 0, "end": 3})
     size = page["size"]
