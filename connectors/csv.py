@@ -11,7 +11,13 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from connectors.base import DEFAULT_BATCH_ROWS, Connector
-from connectors.csv_scan import find_malformed, find_unparsable, read_header
+from connectors.csv_scan import (
+    ends_in_open_quote,
+    find_malformed,
+    find_unparsable,
+    position_of_row,
+    read_header,
+)
 from connectors.errors import (
     ConnectorError,
     EmptySource,
@@ -22,9 +28,10 @@ from connectors.errors import (
     MissingColumn,
     SourceNotFound,
     TypeParseError,
+    mask_credentials,
 )
 from connectors.types import parse_type
-from connectors.utf8 import Utf8CheckedFile
+from connectors.utf8 import Utf8CheckedFile, first_holding
 
 # Types of undeclared columns are inferred from the first block, as pyarrow does; 1 MiB is its default.
 _INFERENCE_BLOCK_BYTES = 1 << 20
@@ -51,7 +58,7 @@ class CsvConnector(Connector):
         delimiter: str = ",",
     ) -> None:
         self.path = Path(path)
-        self.source = str(self.path)
+        self.source = mask_credentials(str(self.path))
         if len(delimiter) != 1 or delimiter in '\r\n"':
             raise InvalidOption(
                 self.source, "the delimiter must be one character other than a quote or newline"
@@ -98,6 +105,7 @@ class CsvConnector(Connector):
                     break
                 except (pa.ArrowException, EncodingError) as exc:
                     raise self._translate(exc, stream, delivered) from None
+                self._check_text(batch, delivered)
                 for start in range(0, batch.num_rows, batch_rows):
                     yield batch.slice(start, batch_rows)
                 delivered += batch.num_rows
@@ -118,6 +126,10 @@ class CsvConnector(Connector):
         self._header = names
         seen: dict[str, int] = {}
         for place, name in enumerate(names, 1):
+            if "\x00" in name:
+                raise EncodingError(
+                    self.source, "the name holds a NUL character", line=line, column=f"#{place}"
+                )
             if name in seen:
                 # By place, not by name: a file without a header line has a patient's values there.
                 raise MalformedRecord(
@@ -132,6 +144,12 @@ class CsvConnector(Connector):
                     line=line,
                     column=name,
                 )
+        if ends_in_open_quote(self.path, self.delimiter):
+            found = find_malformed(self.path, self.source, self.delimiter, len(names), 0)
+            if found is None:
+                raise MalformedRecord(self.source, "the last line ends inside a quoted value")
+            position, problem = found
+            raise MalformedRecord(self.source, problem, line=position.line, row=position.row)
         types = {**{n: pa.string() for n in self._text if n in seen}, **self._declared}
         with Utf8CheckedFile(self.path, self.source) as stream:
             reader = self._open(stream, _INFERENCE_BLOCK_BYTES, types, 0)
@@ -161,6 +179,35 @@ class CsvConnector(Connector):
         except (pa.ArrowException, EncodingError) as exc:
             raise self._translate(exc, stream, delivered) from None
 
+    def _check_text(self, batch: pa.RecordBatch, delivered: int) -> None:
+        """Refuse a text value holding a NUL character (no store, policy input or audit entry carries one)
+        or a line break: values hold none, so one is a quote left open that took in the lines after it."""
+        for index, field in enumerate(batch.schema):
+            found = first_holding(batch.column(index), "\x00\r\n")
+            if found is None:
+                continue
+            row = delivered + found + 1
+            if "\x00" in batch.column(index)[found].as_py():
+                position = position_of_row(self.path, self.source, self.delimiter, row)
+                place = self._header.index(field.name) if field.name in self._header else index
+                raise EncodingError(
+                    self.source,
+                    "a text value holds a NUL character",
+                    line=None if position is None else position.line,
+                    row=row,
+                    column=self._shown_column(field.name, place),
+                )
+            malformed = find_malformed(self.path, self.source, self.delimiter, len(self._header), row - 1)
+            if malformed is None:
+                raise MalformedRecord(self.source, "a quoted value is not closed on its line", row=row)
+            position, problem = malformed
+            raise MalformedRecord(self.source, problem, line=position.line, row=position.row)
+
+    def _shown_column(self, name: str, index: int) -> str:
+        """A column as an error may name it: by its name when the caller's spec gives it, else by its place,
+        since a file without a header line has a patient's values where its names should be."""
+        return name if name in self._named else f"#{index + 1}"
+
     def _translate(self, exc: Exception, stream: Utf8CheckedFile, delivered: int) -> ConnectorError:
         """A typed error for pyarrow's. Its message quotes the row, so it is never passed on."""
         if stream.error is not None:
@@ -187,9 +234,7 @@ class CsvConnector(Connector):
 
     def _unparsable(self, index: int, delivered: int) -> TypeParseError:
         name = self._header[index] if index < len(self._header) else f"#{index + 1}"
-        # A name the spec does not give may be a patient's value (a file without a header line): such a
-        # column is named by its place.
-        column = name if name in self._named else f"#{index + 1}"
+        column = self._shown_column(name, index)
         if name in self._declared:
             arrow_type, how = self._declared[name], ""
         elif self._schema is not None and self._schema.get_field_index(name) >= 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,10 @@ def records(path: Path, source: str, delimiter: str) -> Iterator[tuple[int, list
 
 def _fields(text: str, delimiter: str) -> list[str] | None:
     """The fields of one line, or None when a quoted value runs past its end (pyarrow rejects it too)."""
+    if len(text) > csv.field_size_limit():
+        # No field is longer than its line; pyarrow reads fields of any length, and so must the re-scan
+        # (the module's limit, 128 KiB by default, only ever grows here).
+        csv.field_size_limit(len(text))
     try:
         return next(csv.reader([text], delimiter=delimiter, strict=True))
     except csv.Error as exc:
@@ -75,6 +80,37 @@ def _fields(text: str, delimiter: str) -> list[str] | None:
             return None
     # Strict mode also rejects text after a closing quote, which pyarrow (and lenient mode) accept.
     return next(csv.reader([text], delimiter=delimiter))
+
+
+def ends_in_open_quote(path: Path, delimiter: str) -> bool:
+    """Whether the file's last line has no line end and opens a quoted value it does not close: pyarrow
+    reads such a value to the end of the file without a word, where a line end would have made it fail."""
+    with path.open("rb") as file:
+        end = file.seek(0, os.SEEK_END)
+        if end == 0:
+            return False
+        file.seek(end - 1)
+        if file.read(1) in (b"\n", b"\r"):
+            return False
+        tail = b""
+        while end > 0:  # back to the last line break, a block at a time
+            start = max(0, end - (1 << 16))
+            file.seek(start)
+            tail = file.read(end - start) + tail
+            end = start
+            cut = max(tail.rfind(b"\n"), tail.rfind(b"\r"))
+            if cut >= 0:
+                tail = tail[cut + 1 :]
+                break
+    # Bytes that are no UTF-8 are reported while the file streams, with their line.
+    return _fields(tail.decode("utf-8", errors="replace"), delimiter) is None
+
+
+def position_of_row(path: Path, source: str, delimiter: str, row: int) -> Position | None:
+    """Where data row `row` (1-based) sits, or None past the last one."""
+    for position, _ in _data_rows(path, source, delimiter, row - 1):
+        return position
+    return None
 
 
 def read_header(path: Path, source: str, delimiter: str) -> tuple[int, list[str] | None] | None:

@@ -17,6 +17,24 @@ and what was expected (the type).
 
 from __future__ import annotations
 
+import re
+
+# `user:password@` in text that may be a database URL, typed wrong or not: from the first colon after the
+# scheme (if any) up to the last `@` of the text, since a password may itself hold `:`, `/`, `@` or spaces.
+_LOGIN = re.compile(r"(?P<head>^\s*(?>(?:[A-Za-z][\w+.\-]*:/+)?)[^:]*:).*@", re.DOTALL)
+_SECRET_QUERY = re.compile(
+    r"(?i)(?P<key>[?&;][^=&;]*(?:pass|pwd|secret|token|key|credential|auth)[^=&;]*=)[^&;]*"
+)
+
+
+def mask_credentials(text: str) -> str:
+    """`text` with a `user:password@` login and the values of secret-looking query parameters (`?password=`,
+    `?sslkey=`) shown as `***`: a source given on the command line may be a mistyped database URL, and
+    nothing that repeats it may show its password. Every connector's `source` is made so."""
+    if "@" in text:
+        text = _LOGIN.sub(r"\g<head>***@", text, count=1)
+    return _SECRET_QUERY.sub(r"\g<key>***", text)
+
 
 class ConnectorError(Exception):
     """A source could not be read. Carries `source`, and `line`/`row`/`column` where they are known."""

@@ -20,12 +20,10 @@ from connectors.errors import (
     SourceNotFound,
     TypeParseError,
     WrongResourceType,
+    mask_credentials,
 )
-from connectors.fhir_resources import RESOURCES, FieldError, ResourceTable
+from connectors.fhir_resources import FHIR_R4_RESOURCE_TYPES, RESOURCES, FieldError, ResourceTable
 from connectors.utf8 import is_text
-
-# Only a name shaped like a FHIR resource type is repeated in an error; anything else could be data.
-_TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{1,63}")
 
 
 class FhirNdjsonConnector(Connector):
@@ -36,7 +34,7 @@ class FhirNdjsonConnector(Connector):
 
     def __init__(self, path_or_dir: str | os.PathLike[str], resource_type: str) -> None:
         self.path = Path(path_or_dir)
-        self.source = str(self.path)
+        self.source = mask_credentials(str(self.path))
         if resource_type not in RESOURCES:
             supported = ", ".join(sorted(RESOURCES))
             raise InvalidOption(self.source, f"unsupported FHIR resource type; supported: {supported}")
@@ -75,7 +73,7 @@ class FhirNdjsonConnector(Connector):
             yield pa.RecordBatch.from_pylist(rows, schema=schema)
 
     def _rows(self, file: Path) -> Iterator[dict[str, Any]]:
-        source = str(file)
+        source = mask_credentials(str(file))
         empty = True
         with file.open("rb") as lines:
             for number, raw in enumerate(lines, start=1):
@@ -91,20 +89,31 @@ class FhirNdjsonConnector(Connector):
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise EncodingError(source, "bytes are not valid UTF-8", line=line) from None
+        text = text.rstrip("\r\n")
         try:
             resource = json.loads(text)
         except json.JSONDecodeError as exc:
             # The decoder's message names the expectation and the position, never the text.
-            raise MalformedRecord(
-                source, f"not valid JSON ({exc.msg} at character {exc.colno})", line=line
-            ) from None
+            where = "at the end of the line" if exc.pos >= len(text) else f"at character {exc.pos + 1}"
+            raise MalformedRecord(source, f"not valid JSON ({exc.msg} {where})", line=line) from None
         except RecursionError:
             raise MalformedRecord(source, "the JSON nests too deeply", line=line) from None
+        except ValueError:
+            # Python refuses integers of more than 4300 digits; its message names no value.
+            raise MalformedRecord(
+                source, "not valid JSON (a number with too many digits)", line=line
+            ) from None
         if not isinstance(resource, dict):
             raise MalformedRecord(source, "the line is not a JSON object", line=line)
         found = resource.get("resourceType")
         if found != self.resource_type:
-            shown = repr(found) if isinstance(found, str) and _TYPE_NAME.fullmatch(found) else "another type"
+            # Only a FHIR resource type's name is repeated: anything else there could be a patient's data.
+            if found is None:
+                shown = "no resourceType"
+            elif isinstance(found, str) and found in FHIR_R4_RESOURCE_TYPES:
+                shown = repr(found)
+            else:
+                shown = "an unexpected resourceType"
             raise WrongResourceType(
                 source, f"holds {shown}, expected {self.resource_type!r}", line=line, column="resourceType"
             )
@@ -128,4 +137,6 @@ class FhirNdjsonConnector(Connector):
                 raise EncodingError(
                     source, "a value is not text (a lone surrogate)", line=line, column=column
                 )
+            if isinstance(value, str) and "\x00" in value:
+                raise EncodingError(source, "a text value holds a NUL character", line=line, column=column)
         return row

@@ -17,6 +17,12 @@ import pyarrow as pa
 _UTC = dt.UTC
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 _DATE = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+# A literal reference to a Patient: relative (`Patient/<id>`) or absolute (`https://host/fhir/Patient/<id>`),
+# perhaps of one version (`/_history/<version>`); `urn:uuid:<uuid>` is read by its own rule.
+_PATIENT_REFERENCE = re.compile(
+    r"(?:[A-Za-z][A-Za-z0-9+.\-]*://[^/\s]+(?:/[^\s]*)?/)?Patient/(?P<id>[^/\s]+)(?:/_history/[^/\s]+)?"
+)
+_URN_UUID = re.compile(r"urn:uuid:(?P<id>[^/\s]+)")
 _DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})?")
 
 ICD10_SYSTEMS = (
@@ -27,6 +33,37 @@ ICD10_SYSTEMS = (
 )
 SNOMED_SYSTEM = "http://snomed.info/sct"
 LOINC_SYSTEM = "http://loinc.org"
+
+#: The resource types of FHIR R4 (4.0.1): the only `resourceType` values an error may repeat, since
+#: anything else a line holds there may be a patient's data.
+_R4_NAMES = """
+    Account ActivityDefinition AdverseEvent AllergyIntolerance Appointment AppointmentResponse
+    AuditEvent Basic Binary BiologicallyDerivedProduct BodyStructure Bundle CapabilityStatement CarePlan
+    CareTeam CatalogEntry ChargeItem ChargeItemDefinition Claim ClaimResponse ClinicalImpression
+    CodeSystem Communication CommunicationRequest CompartmentDefinition Composition ConceptMap Condition
+    Consent Contract Coverage CoverageEligibilityRequest CoverageEligibilityResponse DetectedIssue
+    Device DeviceDefinition DeviceMetric DeviceRequest DeviceUseStatement DiagnosticReport
+    DocumentManifest DocumentReference EffectEvidenceSynthesis Encounter Endpoint EnrollmentRequest
+    EnrollmentResponse EpisodeOfCare EventDefinition Evidence EvidenceVariable ExampleScenario
+    ExplanationOfBenefit FamilyMemberHistory Flag Goal GraphDefinition Group GuidanceResponse
+    HealthcareService ImagingStudy Immunization ImmunizationEvaluation ImmunizationRecommendation
+    ImplementationGuide InsurancePlan Invoice Library Linkage List Location Measure MeasureReport Media
+    Medication MedicationAdministration MedicationDispense MedicationKnowledge MedicationRequest
+    MedicationStatement MedicinalProduct MedicinalProductAuthorization MedicinalProductContraindication
+    MedicinalProductIndication MedicinalProductIngredient MedicinalProductInteraction
+    MedicinalProductManufactured MedicinalProductPackaged MedicinalProductPharmaceutical
+    MedicinalProductUndesirableEffect MessageDefinition MessageHeader MolecularSequence NamingSystem
+    NutritionOrder Observation ObservationDefinition OperationDefinition OperationOutcome Organization
+    OrganizationAffiliation Parameters Patient PaymentNotice PaymentReconciliation Person PlanDefinition
+    Practitioner PractitionerRole Procedure Provenance Questionnaire QuestionnaireResponse RelatedPerson
+    RequestGroup ResearchDefinition ResearchElementDefinition ResearchStudy ResearchSubject
+    RiskAssessment RiskEvidenceSynthesis Schedule SearchParameter ServiceRequest Slot Specimen
+    SpecimenDefinition StructureDefinition StructureMap Subscription Substance SubstanceNucleicAcid
+    SubstancePolymer SubstanceProtein SubstanceReferenceInformation SubstanceSourceMaterial
+    SubstanceSpecification SupplyDelivery SupplyRequest Task TerminologyCapabilities TestReport
+    TestScript ValueSet VerificationResult VisionPrescription
+"""
+FHIR_R4_RESOURCE_TYPES: frozenset[str] = frozenset(_R4_NAMES.split())
 
 
 class FieldError(Exception):
@@ -114,19 +151,17 @@ def _boolean(value: Any, column: str) -> bool | None:
     raise FieldError(column, "true or false")
 
 
-def _reference_id(value: Any, column: str) -> str | None:
-    """The id a reference points at: `Patient/1`, `https://x/fhir/Patient/1/_history/2` or `urn:uuid:…`."""
+def _patient_id(value: Any, column: str) -> str | None:
+    """The id of the Patient a reference points at: `Patient/1`, `https://x/fhir/Patient/1/_history/2` or
+    `urn:uuid:…`. A reference to anything else (`Group/7`, a contained `#p1`, an empty `Patient/`) is no
+    patient's id and is refused, never read as one."""
     reference = _text(_object(value, column).get("reference"), column)
     if reference is None:
         return None
-    if reference.startswith("urn:uuid:"):
-        return reference.removeprefix("urn:uuid:")
-    parts = [part for part in reference.split("/") if part]
-    if "_history" in parts:
-        parts = parts[: parts.index("_history")]
-    if not parts:
-        raise FieldError(column, "a reference such as Patient/<id>")
-    return parts[-1]
+    match = _URN_UUID.fullmatch(reference) or _PATIENT_REFERENCE.fullmatch(reference)
+    if match is None:
+        raise FieldError(column, "a reference to a Patient: Patient/<id>, its absolute URL or urn:uuid:<id>")
+    return match["id"]
 
 
 def _coding(value: Any, column: str, preferred: tuple[str, ...]) -> tuple[str | None, str | None, str | None]:
@@ -174,7 +209,7 @@ def _condition(resource: Mapping[str, Any]) -> dict[str, Any]:
     if onset is None:
         onset = _object(resource.get("onsetPeriod"), "onset_date_time").get("start")
     return {
-        "patient_id": _reference_id(resource.get("subject"), "patient_id"),
+        "patient_id": _patient_id(resource.get("subject"), "patient_id"),
         "code_system": system,
         "code": code,
         "code_display": display,
@@ -192,7 +227,7 @@ def _observation(resource: Mapping[str, Any]) -> dict[str, Any]:
     quantity = _object(resource.get("valueQuantity"), "value")
     unit = quantity.get("unit") if quantity.get("unit") is not None else quantity.get("code")
     return {
-        "patient_id": _reference_id(resource.get("subject"), "patient_id"),
+        "patient_id": _patient_id(resource.get("subject"), "patient_id"),
         "code_system": system,
         "code": code,
         "code_display": display,

@@ -17,7 +17,9 @@ from connectors.errors import (
     InvalidOption,
     MissingColumn,
     SourceNotFound,
+    mask_credentials,
 )
+from connectors.utf8 import first_holding
 
 
 class ParquetConnector(Connector):
@@ -25,7 +27,7 @@ class ParquetConnector(Connector):
 
     def __init__(self, path: str | os.PathLike[str], columns: Sequence[str] | None = None) -> None:
         self.path = Path(path)
-        self.source = str(self.path)
+        self.source = mask_credentials(str(self.path))
         self.columns = list(columns) if columns is not None else None
         self._schema: pa.Schema | None = None
 
@@ -65,6 +67,14 @@ class ParquetConnector(Connector):
                 # receive bytes that later break a query.
                 for index in strings:
                     self._check_utf8(batch.column(index), schema.field(index).name, row)
+                    if (found := first_holding(batch.column(index), "\x00")) is not None:
+                        # No store, policy input or audit entry carries a NUL character.
+                        raise EncodingError(
+                            self.source,
+                            "a text value holds a NUL character",
+                            row=row + found + 1,
+                            column=schema.field(index).name,
+                        )
                 row += batch.num_rows
                 yield batch
         except (OSError, pa.ArrowException) as exc:

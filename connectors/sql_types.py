@@ -42,7 +42,8 @@ def map_column(column: sa.Column[Any]) -> ColumnMapping:
     kind = column.type
     name = column.name
     if isinstance(kind, sa.Boolean):
-        return ColumnMapping(name, kind, pa.bool_())
+        # Fetched untyped: SQLAlchemy's SQLite processor takes any value for true, the text 'false' too.
+        return ColumnMapping(name, sa.types.NullType(), pa.bool_(), _boolean)
     if isinstance(kind, sa.SmallInteger):
         return ColumnMapping(name, kind, pa.int16())
     if isinstance(kind, sa.Integer):
@@ -94,8 +95,28 @@ def _numeric(name: str, kind: sa.Numeric[Any]) -> ColumnMapping:
     return ColumnMapping(name, sa.Numeric(asdecimal=False), pa.float64())
 
 
+def _boolean(value: Any) -> bool:
+    """A database's boolean: True or False, or (SQLite, MySQL) the integer 1 or 0; anything else is no
+    boolean, whatever its text says."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return value == 1
+    raise ValueError("not a boolean")
+
+
 def _decimal(value: Any) -> Decimal:
-    return value if isinstance(value, Decimal) else Decimal(str(value))
+    """A decimal from a driver's Decimal, int or float, or SQLite's text; `ValueError` for text that is no
+    number (Decimal's own error is no `ValueError`) and for NaN and infinities, which no decimal holds."""
+    if isinstance(value, bool):
+        raise ValueError("not a number")
+    try:
+        number = value if isinstance(value, Decimal) else Decimal(str(value))
+    except ArithmeticError:
+        raise ValueError("not a number") from None
+    if not number.is_finite():
+        raise ValueError("not a finite number")
+    return number
 
 
 def _json_text(value: Any) -> str:
@@ -110,11 +131,15 @@ def column_array(values: tuple[Any, ...], mapping: ColumnMapping) -> pa.Array:
     return pa.array(values, type=mapping.arrow_type)
 
 
+#: what `column_array` raises for a value that does not convert
+CONVERSION_ERRORS = (pa.ArrowException, TypeError, ValueError, ArithmeticError)
+
+
 def first_unconvertible(values: tuple[Any, ...], mapping: ColumnMapping) -> int | None:
     """Index of the first value that does not convert (the slow path after `column_array` failed)."""
     for index, value in enumerate(values):
         try:
             column_array((value,), mapping)
-        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        except CONVERSION_ERRORS:
             return index
     return None

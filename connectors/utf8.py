@@ -6,6 +6,9 @@ import codecs
 from pathlib import Path
 from types import TracebackType
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from connectors.csv_scan import line_at_offset
 from connectors.errors import EncodingError
 
@@ -71,3 +74,30 @@ def is_text(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def first_holding(array: pa.Array, chars: str) -> int | None:
+    """Index of the first value of a text column that holds any of `chars` (ASCII characters such as NUL),
+    None when none does or the column is no text. The values' bytes are searched first, at memchr speed;
+    only a hit is looked for value by value."""
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        if first_holding(array.dictionary, chars) is None:
+            return None
+        return first_holding(array.dictionary_decode(), chars)
+    if pa.types.is_string_view(kind):
+        array, kind = array.cast(pa.large_string()), pa.large_string()
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)) or len(array) == 0:
+        return None
+    _, offsets, data = array.buffers()
+    if offsets is None or data is None:
+        return None
+    offset_type = pa.int64() if pa.types.is_large_string(kind) else pa.int32()
+    bounds = pa.Array.from_buffers(offset_type, len(array) + 1, [None, offsets], offset=array.offset)
+    start, end = bounds[0].as_py(), bounds[-1].as_py()
+    window = data.slice(start, end - start).to_pybytes()
+    if not any(char.encode() in window for char in chars):
+        return None
+    pattern = "[" + "".join(f"\\x{ord(char):02x}" for char in chars) + "]"
+    index: int = pc.index(pc.match_substring_regex(array, pattern), True).as_py()
+    return None if index < 0 else index

@@ -289,3 +289,73 @@ def test_batches_of_selects_the_named_columns(tmp_path: Path) -> None:
     table = pa.Table.from_batches(list(CsvConnector(path).batches_of(["sex", "mrn"])))
     assert table.column_names == ["sex", "mrn"]
     assert table.to_pydict() == {"sex": ["F", "M"], "mrn": ["P1", "P2"]}
+
+
+@pytest.mark.parametrize(
+    ("data", "line", "row"),
+    [
+        # the last field's quote takes in the lines after it, which would be lost as rows
+        (b'mrn,note\nP1,ok\nP2,"' + SECRET.encode() + b"\nP3,ok\nP4,ok\n", 3, 2),
+        # the last line, ended by a line break or by the end of the file
+        (b'mrn,note\nP1,ok\nP2,"' + SECRET.encode() + b"\n", 3, 2),
+        (b'mrn,note\nP1,ok\nP2,"' + SECRET.encode(), 3, 2),
+    ],
+    ids=["middle", "last-line", "end-of-file"],
+)
+def test_quote_left_open_in_the_last_field(
+    tmp_path: Path, data: bytes, line: int, row: int, assert_named: NamedCheck
+) -> None:
+    path = write(tmp_path, data)
+    with pytest.raises(MalformedRecord) as caught:
+        list(CsvConnector(path).batches())
+    assert_named(caught.value, source=str(path), line=line, row=row, secret=SECRET)
+    assert "not closed" in str(caught.value)
+
+
+def test_nul_character_in_a_value(tmp_path: Path, assert_named: NamedCheck) -> None:
+    far = HEADER + rows(60_000) + b"P-NUL\x00" + SECRET.encode() + b",30,1950-01-01\n" + rows(60_010, 60_000)
+    path = write(tmp_path, far)
+    connector = CsvConnector(path, columns=TYPES)
+    connector.declare_names(["mrn"])
+    with pytest.raises(EncodingError) as caught:
+        list(connector.batches(10_000))
+    assert_named(caught.value, source=str(path), line=60_002, row=60_001, column="mrn", secret=SECRET)
+    assert "NUL" in str(caught.value)
+    # A column the caller's spec does not name is named by its place.
+    with pytest.raises(EncodingError) as caught:
+        list(CsvConnector(path, columns=TYPES).batches(10_000))
+    assert caught.value.column == "#1"
+
+
+def test_nul_character_in_a_header_name(tmp_path: Path, assert_named: NamedCheck) -> None:
+    path = write(tmp_path, b"mrn,a\x00b\nP1,x\n")
+    with pytest.raises(EncodingError) as caught:
+        CsvConnector(path).schema()
+    assert_named(caught.value, source=str(path), line=1, column="#2")
+
+
+def test_rescan_reads_fields_longer_than_pythons_csv_limit(tmp_path: Path, assert_named: NamedCheck) -> None:
+    # The bad record comes after a 300 KiB value, past the first block, so only the slow re-scan places it.
+    long = b"P1," + b"x" * 300_000 + b",1950-01-01\n"
+    path = write(tmp_path, HEADER + long + rows(30_000, 2) + b"P9,40,1950-01-01,extra\n")
+    with pytest.raises(MalformedRecord) as caught:
+        list(CsvConnector(path, columns={"mrn": "string", "age": "string"}).batches(1_000))
+    assert_named(caught.value, source=str(path), line=30_001, row=30_000)
+    assert "expected 3 fields, found 4" in str(caught.value)
+
+
+@pytest.mark.parametrize("spec", ["decimal128(50, 2)", "decimal(5, 10)", "timestamp[us, tz=Mars/Olympus]"])
+def test_impossible_type_declarations_are_invalid_options(tmp_path: Path, spec: str) -> None:
+    with pytest.raises(InvalidOption) as caught:
+        CsvConnector(write(tmp_path, HEADER), columns={"age": spec})
+    assert caught.value.column == "age"
+    assert spec in str(caught.value)
+
+
+def test_a_source_text_holding_a_password_is_shown_without_it(tmp_path: Path) -> None:
+    # A database URL typed wrong reads as a file name; no message may show its password.
+    typed = tmp_path / "postgresql+psycopg:" / "postgres:S3cretPa55@127.0.0.1:5432" / "test.csv"
+    with pytest.raises(SourceNotFound) as caught:
+        CsvConnector(typed).schema()
+    assert "S3cretPa55" not in str(caught.value) and "S3cretPa55" not in caught.value.source
+    assert ":***@127.0.0.1:5432/test.csv" in str(caught.value)

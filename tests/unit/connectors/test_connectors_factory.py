@@ -92,3 +92,31 @@ def test_unknown_kind_of_source(tmp_path: Path) -> None:
         open_source(str(tmp_path / "a.xlsx"))
     with pytest.raises(SourceNotFound):
         open_source(str(tmp_path / "absent"))
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        " postgresql+psycopg:/postgres:S3cretPa55@127.0.0.1:5432/test",
+        "postgresql_psycopg://postgres:S3cretPa55@127.0.0.1:5432/test",
+        "postgres:S3cretPa55@127.0.0.1:5432/test",
+        "postgresql+psycopg:/postgres:S3cretPa55@127.0.0.1:5432/test.csv",
+    ],
+)
+def test_a_database_url_typed_wrong_is_shown_without_its_password(source: str) -> None:
+    # Typed wrong, a URL reads as a file name; whatever the message, the password is not in it.
+    with pytest.raises((SourceNotFound, InvalidOption)) as caught:
+        open_source(source, table="patients").schema()
+    assert "S3cretPa55" not in str(caught.value)
+    assert ":***@127.0.0.1:5432" in str(caught.value)
+
+
+def test_a_password_with_an_at_sign_is_refused_without_showing_it() -> None:
+    for options in ({"table": "patients"}, {}):
+        with pytest.raises(InvalidOption) as caught:
+            open_source("postgresql+psycopg://postgres:S3cr@tPa55@127.0.0.1:5432/test", **options)
+        assert "S3cr" not in str(caught.value) and "tPa55" not in str(caught.value)
+        assert "%40" in str(caught.value)
+    # Written %40, it is read and never shown.
+    connector = open_source("postgresql+psycopg://postgres:S3cr%40tPa55@127.0.0.1:1/test", table="patients")
+    assert "S3cr" not in connector.source and "tPa55" not in connector.source

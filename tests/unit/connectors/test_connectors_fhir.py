@@ -312,3 +312,86 @@ def test_values_no_column_can_hold_name_their_line(
     with pytest.raises(error) as caught:
         list(FhirNdjsonConnector(path, "Patient").batches())
     assert getattr(caught.value, "line", None) == 2 and why in str(caught.value)
+
+
+@pytest.mark.parametrize("found", ["Schneider", "Mueller", "patient", 4711])
+def test_a_resource_type_no_fhir_type_has_is_not_repeated(
+    tmp_path: Path, found: object, assert_named: NamedCheck
+) -> None:
+    # A capitalised word there may be a family name: only FHIR R4's own type names are quoted.
+    path = write(tmp_path / "Patient.ndjson", patient(1), {"resourceType": found, "id": SECRET})
+    with pytest.raises(WrongResourceType) as caught:
+        list(FhirNdjsonConnector(path, "Patient").batches())
+    assert_named(caught.value, source=str(path), line=2, column="resourceType", secret=f"{found}'")
+    assert "an unexpected resourceType" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "Patient/",
+        "Patient",
+        "Group/77",
+        "#contained1",
+        "urn:uuid:",
+        "https://x.org/fhir/Group/7",
+        "Patient/1/x",
+    ],
+)
+def test_a_reference_to_no_patient_is_refused(
+    tmp_path: Path, reference: str, assert_named: NamedCheck
+) -> None:
+    path = write(tmp_path / "Condition.ndjson", CONDITION, {**CONDITION, "subject": {"reference": reference}})
+    with pytest.raises(TypeParseError) as caught:
+        list(FhirNdjsonConnector(path, "Condition").batches())
+    assert_named(caught.value, source=str(path), line=2, column="patient_id")
+    assert "Patient/<id>" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("reference", "expected"),
+    [
+        ("Patient/p-1", "p-1"),
+        ("Patient/p-1/_history/2", "p-1"),
+        ("https://fhir.example.org/r4/Patient/p-1", "p-1"),
+        ("urn:uuid:0b1c2d3e-0000-4000-8000-000000000001", "0b1c2d3e-0000-4000-8000-000000000001"),
+    ],
+)
+def test_references_to_a_patient(tmp_path: Path, reference: str, expected: str, drain: Drain) -> None:
+    path = write(tmp_path / "Condition.ndjson", {**CONDITION, "subject": {"reference": reference}})
+    assert drain(FhirNdjsonConnector(path, "Condition"), 10).column("patient_id").to_pylist() == [expected]
+
+
+def test_nul_character_in_a_value(tmp_path: Path, assert_named: NamedCheck) -> None:
+    broken = patient(2, gender="ma\u0000le")
+    path = write(tmp_path / "Patient.ndjson", patient(1), broken)
+    with pytest.raises(EncodingError) as caught:
+        list(FhirNdjsonConnector(path, "Patient").batches())
+    assert_named(caught.value, source=str(path), line=2, column="gender")
+    assert "NUL" in str(caught.value)
+
+
+def test_an_integer_of_too_many_digits(tmp_path: Path, assert_named: NamedCheck) -> None:
+    line = b'{"resourceType": "Patient", "id": "p", "extension": ' + b"7" * 5000 + b"}\n"
+    path = write(tmp_path / "Patient.ndjson", patient(1), line)
+    with pytest.raises(MalformedRecord) as caught:
+        list(FhirNdjsonConnector(path, "Patient").batches())
+    assert_named(caught.value, source=str(path), line=2)
+    assert "too many digits" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("line", "where"),
+    [
+        (b'{"resourceType": "Patient", "id": "p", "name": [{"family": "x"}\n', "at the end of the line"),
+        (b'{"resourceType": "Patient", "id": "p",, "gender": "male"}\n', "at character 39"),
+    ],
+)
+def test_invalid_json_names_where_on_its_line(
+    tmp_path: Path, line: bytes, where: str, assert_named: NamedCheck
+) -> None:
+    path = write(tmp_path / "Patient.ndjson", patient(1), line)
+    with pytest.raises(MalformedRecord) as caught:
+        list(FhirNdjsonConnector(path, "Patient").batches())
+    assert_named(caught.value, source=str(path), line=2)
+    assert where in str(caught.value)

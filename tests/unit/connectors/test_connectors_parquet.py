@@ -149,3 +149,11 @@ def test_two_columns_of_one_name(tmp_path: Path, assert_named: NamedCheck) -> No
     table = pa.Table.from_batches(list(ParquetConnector(path, columns=["mrn"]).batches()))
     assert table.column("mrn").to_pylist() == ["P1", "P2"]
     assert ParquetConnector(path).batches_of(["mrn"]).__next__().column(0).to_pylist() == ["P1", "P2"]
+
+
+def test_nul_character_in_a_text_value(tmp_path: Path, assert_named: NamedCheck) -> None:
+    path = write(tmp_path, pa.table({"mrn": ["P1", "P2", "MRN-\x00SECRET-4711"], "age": [1, 2, 3]}))
+    with pytest.raises(EncodingError) as caught:
+        list(ParquetConnector(path).batches(2))
+    assert_named(caught.value, source=str(path), row=3, column="mrn", secret="SECRET-4711")
+    assert "NUL" in str(caught.value)

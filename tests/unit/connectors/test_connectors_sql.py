@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from collections.abc import Callable, Generator
 from decimal import Decimal
@@ -16,6 +17,7 @@ import sqlalchemy as sa
 from connectors import (
     Connector,
     EmptySource,
+    EncodingError,
     InvalidOption,
     MissingColumn,
     SourceNotFound,
@@ -137,8 +139,9 @@ def test_a_value_the_driver_cannot_read_as_its_declared_type(
     connector = SqlConnector(url, "visits")
     with pytest.raises(TypeParseError) as caught:
         list(connector.batches(2))
-    assert_named(caught.value, source=connector.source, secret=SECRET)
-    assert "rows 3 to 4" in str(caught.value)
+    # The failed batch is read again to find the column and the row.
+    assert_named(caught.value, source=connector.source, row=3, column="seen", secret=SECRET)
+    assert "date32" in str(caught.value)
 
 
 def test_table_that_does_not_exist(sqlite_url: str, assert_named: NamedCheck) -> None:
@@ -352,3 +355,97 @@ def test_secrets_in_a_database_url_are_never_shown(tmp_path: Path) -> None:
     assert "S3cretDbPass" not in shown and "k3y-file" not in shown and "mode=ro" in shown
     assert "hunter2" not in shown_url("postgresql://user:hunter2@db.example/site")
     assert "S3cretDbPass" not in SqlConnector(url, table="pts").source
+
+
+@pytest.mark.parametrize("stored", ["'false'", "'no'", "7"])
+def test_sqlite_boolean_holding_no_boolean(tmp_path: Path, stored: str, assert_named: NamedCheck) -> None:
+    # SQLite keeps any value in a BOOLEAN column; only 0 and 1 are booleans (the text 'false' is no False).
+    url = f"sqlite:///{tmp_path / 'site.db'}"
+    execute(
+        url,
+        "create table patients (id integer primary key, smoker boolean)",
+        f"insert into patients values (1, 1), (2, 0), (3, null), (4, {stored})",
+    )
+    connector = SqlConnector(url, "patients")
+    with pytest.raises(TypeParseError) as caught:
+        list(connector.batches(10))
+    assert_named(caught.value, source=connector.source, row=4, column="smoker")
+
+
+def test_text_in_a_numeric_column(tmp_path: Path, assert_named: NamedCheck) -> None:
+    url = f"sqlite:///{tmp_path / 'site.db'}"
+    execute(
+        url,
+        "create table labs (id integer primary key, hba1c numeric(4, 1))",
+        "insert into labs values (1, 6.4), (2, 5), (3, 'MRN-SECRET-4711')",
+    )
+    connector = SqlConnector(url, "labs")
+    with pytest.raises(TypeParseError) as caught:
+        list(connector.batches(10))
+    assert_named(caught.value, source=connector.source, row=3, column="hba1c", secret=SECRET)
+
+
+def test_a_file_that_is_no_database(tmp_path: Path, assert_named: NamedCheck) -> None:
+    path = tmp_path / "site.db"
+    path.write_bytes(b"mrn,age\nP1,34\nP2,71\n")
+    connector = SqlConnector(f"sqlite:///{path}", "patients")
+    with pytest.raises(SourceNotFound) as caught:
+        connector.schema()
+    assert_named(caught.value, source=connector.source)
+    assert "not a database" in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "duckdb"])
+def test_nul_character_in_a_text_value(tmp_path: Path, kind: str, assert_named: NamedCheck) -> None:
+    path = tmp_path / f"site.{kind}"
+    rows = "(1, 'P1'), (2, 'P2'), (3, 'MRN-' || chr(0) || 'SECRET-4711')"
+    if kind == "duckdb":
+        with duckdb.connect(str(path)) as conn:
+            conn.execute(f"create table patients as select * from (values {rows}) t(id, mrn)")
+    else:
+        execute(f"sqlite:///{path}", "create table patients (id integer primary key, mrn text)")
+        execute(f"sqlite:///{path}", f"insert into patients values {rows.replace('chr(0)', 'char(0)')}")
+    connector = SqlConnector(f"{kind}:///{path}", "patients")
+    with pytest.raises(EncodingError) as caught:
+        list(connector.batches(2))
+    assert_named(caught.value, source=connector.source, row=3, column="mrn", secret=SECRET)
+
+
+def test_duckdb_reader_stopped_early_closes_quietly(
+    duckdb_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    batches = SqlConnector(duckdb_url, "patients").batches(100)
+    assert next(batches).num_rows == 100
+    with caplog.at_level(logging.ERROR):
+        batches.close()
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+    # The file is free again: a reader that left its result open would hold it.
+    assert SqlConnector(duckdb_url, "patients").schema().names == ["id", "mrn", "born", "score"]
+
+
+def test_a_password_holding_an_at_sign_is_refused_unshown() -> None:
+    with pytest.raises(InvalidOption) as caught:
+        SqlConnector("postgresql+psycopg://steward:S3cr@tPa55@127.0.0.1:1/clinic", "patients")
+    assert "%40" in str(caught.value)
+    assert "tPa55" not in str(caught.value) and "S3cr" not in str(caught.value)
+
+
+def test_a_driver_message_never_shows_the_password(tmp_path: Path) -> None:
+    connector = SqlConnector("postgresql+psycopg://steward:s3cret-pw@127.0.0.1:1/clinic", "patients")
+    # A driver line that would quote the connection string, password and all.
+    line = connector._driver_message(ValueError("invalid dsn: password=s3cret-pw host=127.0.0.1"))
+    assert "s3cret-pw" not in line and "password=***" in line
+
+
+@pytest.mark.postgres
+def test_postgres_date_no_python_date_holds(pg_url: str, assert_named: NamedCheck) -> None:
+    execute(
+        pg_url,
+        "create table visits (id integer primary key, seen date, note text)",
+        "insert into visits select i, date '2020-01-01' + i, 'n' from generate_series(1, 2500) i",
+        "update visits set seen = 'infinity' where id = 2222",
+    )
+    connector = SqlConnector(pg_url, "visits")
+    with pytest.raises(TypeParseError) as caught:
+        list(connector.batches(1_000))
+    assert_named(caught.value, source=connector.source, row=2222, column="seen")

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectors import CsvConnector, ParquetConnector
+from connectors import CsvConnector, EncodingError, ParquetConnector
 from pseudonymize.errors import SpecError, StoreError
 from pseudonymize.ingest import IngestResult, ingest, pseudonym_key
 from pseudonymize.keys import SecretKey
@@ -87,14 +87,26 @@ def test_a_value_postgresql_cannot_store_is_a_store_error_naming_no_value(
     tmp_path: Path, pg_url: str
 ) -> None:
     source = tmp_path / "visits.parquet"
-    note = "seen by MRN-SECRET-4711\x00"  # PostgreSQL text holds no NUL byte
-    pq.write_table(pa.table({"mrn": ["A1", "B2"], "postcode": ["01067"] * 2, "note": ["ok", note]}), source)
-    spec_path = _spec(tmp_path, "  note: keep\n")
+    count = pa.array([1, 18_446_744_073_709_551_615], pa.uint64())  # more than PostgreSQL's BIGINT holds
+    pq.write_table(pa.table({"mrn": ["A1", "B2"], "postcode": ["01067"] * 2, "count": count}), source)
+    spec_path = _spec(tmp_path, "  count: keep\n")
     with Store(pg_url) as store, pytest.raises(StoreError) as refused:
         _ingest(ParquetConnector(source), spec_path, store)
-    assert "refused a value" in str(refused.value) and "MRN-SECRET" not in str(refused.value)
+    assert "refused a value" in str(refused.value) and "18446744073709551615" not in str(refused.value)
     with Store(pg_url) as store:
         assert store.catalog("visits") == []
+
+
+def test_a_text_value_holding_a_nul_character_is_refused_before_the_store(tmp_path: Path) -> None:
+    source = tmp_path / "visits.parquet"
+    note = "seen by MRN-SECRET-4711\x00"  # no store, policy input or audit entry carries a NUL character
+    pq.write_table(pa.table({"mrn": ["A1", "B2"], "postcode": ["01067"] * 2, "note": ["ok", note]}), source)
+    spec_path = _spec(tmp_path, "  note: keep\n")
+    with Store(f"duckdb:///{tmp_path / 's.duckdb'}") as store:
+        with pytest.raises(EncodingError) as refused:
+            _ingest(ParquetConnector(source), spec_path, store)
+        assert store.catalog("visits") == []
+    assert (refused.value.row, refused.value.column) == (2, "note") and "MRN-SECRET" not in str(refused.value)
 
 
 def test_whole_number_identifiers_of_any_numeric_type_are_pseudonymized(tmp_path: Path) -> None:
