@@ -13,11 +13,12 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 from fastapi import FastAPI, Request, Response
+from fastapi.routing import APIRoute, APIRouter
 
 from audit.errors import AuditError, PayloadError
 from gateway import problems
 from gateway.auth import TokenValidator
-from gateway.deps import authorize_unvalidated, failure_audit, failure_kind, route_label
+from gateway.deps import ROLE_CHECKS, authorize_unvalidated, failure_audit, failure_kind, route_label
 from gateway.failure_audit import FailureAudit
 from gateway.federation import peers
 from gateway.refusal import Refusal
@@ -92,10 +93,53 @@ def create_app(
         return {"site": settings.site_id, "jurisdiction": settings.jurisdiction,
                 "policy_bundle": runtime.policy.bundle.digest}  # fmt: skip
 
+    _document_bearer_tokens(app, [r.router for r in (queries, steward, audit, federation, glm, witness)])
     # Build every route's schemas now, in one thread: pydantic completes models lazily, and several
     # gateways started in one process (tests, the benchmark) could otherwise race to complete one model.
     app.openapi()
     return app
+
+
+BEARER_SCHEME: Final = "oidcBearer"
+
+
+def _document_bearer_tokens(app: FastAPI, routers: list[APIRouter]) -> None:
+    """Say in the OpenAPI document which operations take an OIDC bearer token, and which role it must hold.
+
+    The role checks read the `Authorization` header themselves (gateway.deps.requires), so FastAPI knows of
+    no security scheme: without this, the document would not say that a token is needed, and the docs
+    page would offer no way to give one."""
+    roles: dict[tuple[str, str], str] = {}
+    for route in (route for router in routers for route in router.routes):
+        if isinstance(route, APIRoute):
+            for dependency in route.dependant.dependencies:
+                role = next((r for check, r in ROLE_CHECKS.items() if check is dependency.call), None)
+                if role is not None:
+                    roles.update({(route.path_format, m.lower()): role for m in route.methods or ()})
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})[BEARER_SCHEME] = {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "an access token of the site's OIDC identity provider; its roles claim must hold "
+            "the role each operation names",
+        }
+        for (path, method), role in roles.items():
+            operation = schema["paths"].get(path, {}).get(method)
+            if operation is not None:
+                operation["security"] = [{BEARER_SCHEME: []}]
+                operation["x-fedgate-role"] = role
+                said = operation.get("description")
+                operation["description"] = f"{said}\n\n" if said else ""
+                operation["description"] += f"Needs a bearer token with the `{role}` role."
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 # Requests whose validation failures are a query's refusal (`query.refused`, stage validate); any other

@@ -160,6 +160,20 @@ def test_every_endpoint_refuses_every_other_role_and_no_token(
     assert checked >= 20
 
 
+def test_every_operation_behind_a_role_says_it_takes_a_bearer_token_with_that_role(
+    openapi: dict[str, Any],
+) -> None:
+    scheme = openapi["components"]["securitySchemes"]["oidcBearer"]
+    assert scheme == {**scheme, "type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    for method, path, op in operations(openapi):
+        assert op.get("security") == [{"oidcBearer": []}], f"{method.upper()} {path}"
+        assert op["x-fedgate-role"] == role_of(path), f"{method.upper()} {path}"
+        assert op["description"].endswith(f"Needs a bearer token with the `{role_of(path)}` role.")
+    # What peers, load balancers and browsers call takes no researcher's token.
+    for method, path in [*OWN_FORMAT, ("get", "/healthz")]:
+        assert "security" not in openapi["paths"][path][method], f"{method.upper()} {path}"
+
+
 def documented_schema(openapi: dict[str, Any], path: str, method: str, status: str) -> dict[str, Any]:
     """The JSON schema the served page gives for an answer."""
     schema: dict[str, Any] = openapi["paths"][path][method]["responses"][status]["content"][
