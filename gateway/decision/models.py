@@ -18,7 +18,14 @@ def _country(value: str) -> str:
     return value
 
 
-CountryCode = Annotated[str, AfterValidator(_country)]
+CountryCode = Annotated[
+    str,
+    AfterValidator(_country),
+    # For the schema only: `_country` checks the code against ISO 3166-1 and says so in its message.
+    Field(
+        json_schema_extra={"pattern": "^[A-Z]{2}$"}, description="ISO 3166-1 alpha-2, upper case (e.g. DE)"
+    ),
+]
 DuoCode = Annotated[str, Field(pattern=DUO_PATTERN)]
 Name = Annotated[str, Field(min_length=1, max_length=256)]
 

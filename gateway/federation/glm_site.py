@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import rfc8785
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, field_validator, model_validator
 
 from audit import EventType, register
 from audit.events import COUNT, DIGEST, LABEL, REASONS
@@ -125,7 +125,7 @@ class CategoricalCovariate(_Model):
     """A categorical column and its levels; the first is the reference, the others get one dummy each."""
 
     column: ColumnName
-    levels: list[Level] = Field(min_length=2, max_length=50)
+    levels: list[Level] = Field(min_length=2, max_length=50, json_schema_extra={"uniqueItems": True})
 
     @field_validator("levels")
     @classmethod
@@ -208,7 +208,8 @@ class IterationRequest(_Model):
     """One iteration: the agreement the session was opened under and β (one number per parameter)."""
 
     agreement: AgreementId
-    beta: list[float] = Field(min_length=1, max_length=MAX_PARAMETERS)
+    # Strict: numbers only, as the schema says (lax validation would take "1.5" and true).
+    beta: list[StrictFloat] = Field(min_length=1, max_length=MAX_PARAMETERS)
 
     @field_validator("beta")
     @classmethod
