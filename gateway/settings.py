@@ -272,6 +272,28 @@ class SiteSettings(BaseSettings):
             raise ValueError(f"{value!r} is not an ISO 3166-1 alpha-2 country code (e.g. 'DE')")
         return value
 
+    @field_validator("opa_url")
+    @classmethod
+    def _opa_url_shape(cls, value: str | None) -> str | None:
+        # The messages never repeat the value: a login written into it would be printed with it.
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be http(s)://host[:port]")
+        if "@" in parts.netloc:
+            raise ValueError(
+                "must not carry a user name or password (user:password@): the gateway sends OPA no "
+                "credentials, so reach OPA on an address only the gateway can (loopback, a private network)"
+            )
+        try:
+            parts.port  # noqa: B018 - reading it checks it
+        except ValueError:
+            raise ValueError("must be http(s)://host[:port] with a port from 0 to 65535") from None
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("must not carry a path, query or fragment (the client adds /v1/…)")
+        return value
+
     @model_validator(mode="after")
     def _one_key_source(self) -> SiteSettings:
         if (self.master_key_file is None) == (self.master_key_env is None):

@@ -104,18 +104,26 @@ def _print_decision(decision: Decision) -> None:
 
 @app.command("explain")
 def explain(
-    config: Annotated[Path, typer.Option("--config", help="the site's TOML config")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="the site's TOML config")],
     input_file: Annotated[Path, typer.Option("--input", help="a decision input as JSON")],
     as_json: Annotated[bool, typer.Option("--json", help="print the decision as JSON")] = False,
 ) -> None:
-    """Decide one request with the site's policies; print the decision, every reason and the obligations."""
+    """Decide one request with the policies in the site's policy folder; print the decision, every reason
+    and the obligations. The folder is evaluated on the embedded engine, also at a site whose gateway asks
+    an OPA server (policy_engine = "opa"): explain never contacts that server, so a draft policy folder is
+    explained without replacing what the running gateway's OPA decides with.
+    """
     try:
         settings = load_settings(config)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     request = _read_input(input_file)
+    if settings.policy_engine != "embedded":
+        _err.print("note: decided on the embedded engine; the site's OPA server was not asked", markup=False)
     try:
-        point = PolicyDecisionPoint(settings)
+        # Both engines give the same answers on the same bundle; publishing the folder to the site's OPA
+        # server would replace the policies the running gateway decides with.
+        point = PolicyDecisionPoint(settings.model_copy(update={"policy_engine": "embedded"}))
     except PolicyError as exc:
         raise _fail(str(exc)) from None
     decision = point.decide(request)
@@ -127,7 +135,7 @@ def explain(
 
 @app.command("expiring")
 def expiring_terms(
-    config: Annotated[Path, typer.Option("--config", help="the site's TOML config")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="the site's TOML config")],
     within_days: Annotated[
         int,
         typer.Option(

@@ -6,7 +6,7 @@ import json
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from opa_client import OpaClient
@@ -15,12 +15,23 @@ from gateway.decision.bundle import DATA_ROOT, DECISION_PACKAGE, DECISION_RULE, 
 from gateway.decision.errors import MalformedDecision, PolicyEngineUnavailable, PolicyError
 
 
+def shown_url(url: str) -> str:
+    """The OPA server's address for messages: scheme, host and port, never a login, path or query."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], "", "", ""))
+
+
 def _client_for(url: str, timeout_s: float) -> OpaClient:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise PolicyError(f"opa_url must be http(s)://host[:port], got {url!r}")
-    if parts.path not in ("", "/") or parts.query:
-        raise PolicyError(f"opa_url must not carry a path or query (the client adds /v1/…), got {url!r}")
+        raise PolicyError(f"opa_url must be http(s)://host[:port], got {shown_url(url)!r}")
+    if "@" in parts.netloc:
+        # The client is given the host and port alone: a login in the URL would never reach OPA.
+        raise PolicyError("opa_url must not carry a user name or password (user:password@)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise PolicyError(
+            f"opa_url must not carry a path or query (the client adds /v1/…), got {shown_url(url)!r}"
+        )
     port = parts.port or (443 if parts.scheme == "https" else 80)
     # No retries: the timeout is the whole budget for a decision, and a failure denies anyway.
     return OpaClient(
@@ -64,12 +75,12 @@ class OpaServerEngine:
             )
         except requests.RequestException as exc:
             raise PolicyEngineUnavailable(
-                f"cannot publish policies to the OPA server at {self.url}: {exc}"
+                f"cannot publish policies to the OPA server at {shown_url(self.url)}: {exc}"
             ) from None
         except Exception as exc:  # noqa: BLE001 — the client raises untyped errors; all mean "rejected"
             # opa-python-client raises its own untyped errors (RegoParseError, TypeException, …).
             raise PolicyEngineUnavailable(
-                f"the OPA server at {self.url} rejected the bundle: {exc}"
+                f"the OPA server at {shown_url(self.url)} rejected the bundle: {exc}"
             ) from None
         self.in_sync = True
 

@@ -324,3 +324,38 @@ def test_a_check_blamed_on_a_key_the_environment_set_names_each_variable_once(
         "(set by the environment variable FEDGATE_PEERS; site_id set by the environment variable "
         "FEDGATE_SITE_ID)"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://admin:S3cretPW@127.0.0.1:8181", "must not carry a user name or password"),
+        ("http://S3cretPW@opa.internal:8181", "must not carry a user name or password"),
+        ("https://opa.internal:8181/v1/data", "must not carry a path"),
+        ("http://opa.internal:8181?token=S3cretPW", "must not carry a path"),
+        ("http://opa.internal:99999", "port from 0 to 65535"),
+        ("opa.internal:8181", "must be http(s)://host[:port]"),
+        ("ftp://opa.internal", "must be http(s)://host[:port]"),
+    ],
+)
+def test_a_malformed_opa_url_is_refused_without_repeating_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, says: str
+) -> None:
+    text = GOOD + f'policy_engine = "opa"\nopa_url = "{url}"\n'
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, text))
+    assert (err.value.key, err.value.line) == ("opa_url", 9)
+    assert says in str(err.value)
+    assert "S3cretPW" not in str(err.value)
+    # Set from the environment, the message names the variable and keeps the value out too.
+    monkeypatch.setenv("FEDGATE_OPA_URL", url)
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, GOOD + 'policy_engine = "opa"\n'))
+    assert err.value.key == "opa_url" and "FEDGATE_OPA_URL" in str(err.value)
+    assert "S3cretPW" not in str(err.value)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8181", "https://opa.internal", "http://opa:8181/"])
+def test_an_opa_server_address_loads(tmp_path: Path, url: str) -> None:
+    settings = load_settings(write(tmp_path, GOOD + f'policy_engine = "opa"\nopa_url = "{url}"\n'))
+    assert settings.opa_url == url
