@@ -14,7 +14,10 @@ batch, while anyone waits on such a future.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -608,11 +611,52 @@ class AuditLog:
 
     # -- export --------------------------------------------------------------------------------------
 
-    def export(self, out: Path | str | IO[bytes]) -> Checkpoint:
-        """Write every entry up to the latest signed checkpoint, that checkpoint and its cosignatures."""
+    def export(self, out: Path | str | IO[bytes], *, replace: bool = True) -> Checkpoint:
+        """Write every entry up to the latest signed checkpoint, that checkpoint and its cosignatures.
+
+        A path is written whole or not at all: into a new file beside it, synced to disk and then renamed
+        onto it, so a failed or killed export leaves whatever the path held before (a link is followed, and
+        its target replaced). With `replace=False` an existing file is not replaced: FileExistsError."""
         if isinstance(out, Path | str):
-            with Path(out).open("wb") as f:
-                return self.export(f)
+            target = Path(out).resolve()
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+            temp = Path(name)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    # The mode of the file it replaces, or the one open() would give (mkstemp's is 0600).
+                    try:
+                        mode = target.stat().st_mode & 0o666
+                    except FileNotFoundError:
+                        mode = 0o644
+                        with contextlib.suppress(OSError, ValueError, StopIteration):
+                            status = Path("/proc/self/status").read_text().splitlines()
+                            umask = next(line for line in status if line.startswith("Umask:")).split()[1]
+                            mode = 0o666 & ~int(umask, 8)
+                    os.fchmod(f.fileno(), mode)
+                    checkpoint = self.export(f)
+                    os.fsync(f.fileno())
+                if not replace:
+                    try:
+                        os.link(temp, target)  # fails on an existing file, however recently it appeared
+                    except FileExistsError:
+                        raise
+                    except OSError:  # a file system without hard links
+                        if target.exists():
+                            raise FileExistsError(errno.EEXIST, "File exists", str(target)) from None
+                    else:
+                        temp.unlink()
+                if temp.exists():
+                    temp.replace(target)
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
+            with contextlib.suppress(OSError):  # the rename is durable once the folder is synced
+                folder = os.open(target.parent, os.O_RDONLY)
+                try:
+                    os.fsync(folder)
+                finally:
+                    os.close(folder)
+            return checkpoint
         with self._engines.reader.connect() as conn:
             row = _latest_checkpoint_row(conn)
             if row is None:

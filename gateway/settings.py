@@ -1,6 +1,8 @@
 """Site settings: one TOML file per site, with FEDGATE_* environment variables overriding its keys.
 
-Relative paths in the file are resolved against the file's own folder, so a site folder can be moved whole.
+Relative paths in the file (and relative `sqlite:///`/`duckdb:///` URLs) are resolved against the file's
+own folder, so a site folder can be moved whole. A relative path set by an environment variable is left
+as it is, so it resolves against the current directory, as a path typed in a shell does.
 Unknown keys, missing required keys and malformed values are `ConfigError`s that name the file, the key
 and, where the key is present, its line; or, where an environment variable set it, that variable. A
 FEDGATE_* variable that names no key is an error too: a misspelt override would otherwise leave the file's

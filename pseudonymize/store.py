@@ -29,6 +29,7 @@ import pyarrow.csv as pacsv
 import sqlalchemy as sa
 from psycopg import Error as DriverError  # what COPY raises itself, outside SQLAlchemy
 
+from connectors.errors import mask_credentials
 from connectors.sql import shown_url
 from pseudonymize.errors import StoreError
 from pseudonymize.generalize import quote_ident
@@ -228,7 +229,7 @@ class Store:
                 with self._engine.begin() as conn:
                     conn.execute(sa.text(_CATALOG_DDL.replace("VARCHAR", "TEXT")))
                     _add_columns(conn)
-        except (duckdb.Error, sa.exc.SQLAlchemyError) as exc:
+        except (duckdb.Error, sa.exc.SQLAlchemyError, ImportError) as exc:  # ImportError: a driver missing
             raise StoreError(f"cannot open the store at {self.display_url}: {type(exc).__name__}") from None
 
     def _sweep_staging(self) -> None:
@@ -243,10 +244,13 @@ class Store:
 
     @property
     def display_url(self) -> str:
-        """The URL without any password, for messages."""
+        """The URL without any password, for messages (`<unparsable URL>` for text that is no URL)."""
         if self._duck is not None or self.url.startswith("duckdb:"):
             return self.url
-        return shown_url(self.url)
+        try:
+            return mask_credentials(shown_url(self.url))
+        except (sa.exc.ArgumentError, ValueError):
+            return "<unparsable URL>"
 
     @property
     def is_duckdb(self) -> bool:

@@ -1,15 +1,26 @@
 """`fedgate audit …`: create the log key, export a site's log and verify an export offline.
 
-Exit codes of `fedgate audit verify` (also in docs/audit.md): 0 every check holds; 1 the log is not
-intact (the message names the first bad entry or signature); 2 bad usage or an unusable key or config;
-3 the log is intact but fewer known witnesses cosigned than --min-witnesses; 4 a file cannot be read.
+Exit codes of `fedgate audit verify` (also in docs/audit.md and its --help): 0 every check holds; 1 the log
+is not intact (the message names the first bad entry or signature); 2 bad usage or an unusable key or
+config; 3 the log is intact but fewer known witnesses cosigned than --min-witnesses; 4 a file cannot be
+read; 5 the log is intact but a release was not allowed by its decision (--releases).
+
+`fedgate audit export` exits 0 when the export is written; 1 when the audit log cannot be opened or read;
+2 for bad usage or config (an --out that exists without --force, or that is one of the site's own files;
+an audit log that does not exist); 4 when --out cannot be written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
+import sqlalchemy as sa
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
@@ -19,12 +30,16 @@ from audit.keys import generate_log_key, load_log_key
 from audit.log import AuditLog
 from audit.notes import ALG_COSIGNATURE_V1, ALG_ED25519, parse_verifier_key, verifier_key_text
 from audit.verify import check_releases, verify_export
+from gateway.auth.dev import dev_key_path
+from gateway.cli.output import database_file, shown, url_problem
+from gateway.federation.witnessing import witness_store_url
 from gateway.settings import ConfigError, SiteSettings, load_settings
 
 app = typer.Typer(help="Export and verify the tamper-evident audit log.", no_args_is_help=True)
 
 EXIT_OK = 0
 EXIT_NOT_INTACT = 1
+EXIT_FAILED = 1  # export: the audit log cannot be opened or read
 EXIT_USAGE = 2
 EXIT_TOO_FEW_WITNESSES = 3
 EXIT_UNREADABLE = 4
@@ -35,7 +50,7 @@ PROGRESS_MIN_ENTRIES = 100_000
 _err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)  # messages quote paths and sources
 _out = Console(highlight=False, soft_wrap=True, markup=False)
 
-ConfigOpt = Annotated[Path, typer.Option("--config", help="the site's TOML config file")]
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="the site's TOML config file")]
 
 
 def _settings(config: Path) -> SiteSettings:
@@ -84,8 +99,13 @@ def _key_text(value: str, what: str, alg: int) -> str:
 
 @app.command("keygen")
 def keygen(config: ConfigOpt) -> None:
-    """Create the site's Ed25519 log key at log_key_file (0600) and print its verifier key."""
+    """Create the site's Ed25519 log key at log_key_file (0600; its folder too) and print its verifier key."""
     settings = _settings(config)
+    try:
+        settings.log_key_file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _err.print(f"error: {settings.log_key_file.parent}: cannot create the key folder: {exc.strerror}")
+        raise typer.Exit(EXIT_USAGE) from None
     try:
         key = generate_log_key(settings.log_key_file)
     except LogKeyError as exc:
@@ -102,22 +122,121 @@ def export(
     checkpoint: Annotated[
         bool, typer.Option("--checkpoint/--no-checkpoint", help="sign a checkpoint of the whole log first")
     ] = True,
+    force: Annotated[
+        bool, typer.Option("--force", help="replace --out if it exists (never one of the site's own files)")
+    ] = False,
 ) -> None:
-    """Write every entry, the latest signed checkpoint and its cosignatures to --out."""
+    """Write every entry, the latest signed checkpoint and its cosignatures to --out.
+
+    The export is written beside --out and renamed onto it only once whole:
+    a failed or stopped export leaves --out as it was.
+    An existing --out is replaced only with --force, and never the site's config,
+    key files, or the files of its audit log, state or store.
+
+    Exit codes:
+    0 written;
+    1 the audit log cannot be opened or read;
+    2 bad usage or config, or an audit log that does not exist;
+    4 --out cannot be written.
+    """
     settings = _settings(config)
+    own = _site_file(config, settings, out)
+    if own is not None:
+        _err.print(f"error: refusing to write the export to {out}: it is {own}")
+        raise typer.Exit(EXIT_USAGE)
+    if not force and (out.exists() or out.is_symlink()):
+        _err.print(f"error: {out} exists; give --force to replace it")
+        raise typer.Exit(EXIT_USAGE)
+    problem = url_problem(settings.audit_url)
+    if problem is not None:
+        _err.print(f"error: audit_url {shown(settings.audit_url)} {problem}")
+        raise typer.Exit(EXIT_USAGE)
+    database = database_file(settings.audit_url)
+    if database is not None and not database.is_file():
+        # Opening it would create an empty log, and export that as if the site had recorded nothing.
+        _err.print(f"error: the audit log {database} does not exist (audit_url); nothing to export")
+        raise typer.Exit(EXIT_USAGE)
     try:
         key = load_log_key(settings.log_key_file)
-        with AuditLog.open(settings.audit_url, settings.audit_origin, key, checkpoint_interval_s=None) as log:
+        with (
+            _terminated_as_exit(),
+            AuditLog.open(settings.audit_url, settings.audit_origin, key, checkpoint_interval_s=None) as log,
+        ):
             if checkpoint:
                 log.checkpoint()
-            cp = log.export(out)
+            cp = log.export(out, replace=force)
+    except FileExistsError:
+        _err.print(f"error: {out} exists; give --force to replace it")
+        raise typer.Exit(EXIT_USAGE) from None
     except OSError as exc:
         _err.print(f"error: cannot write {out}: {exc.strerror}")
         raise typer.Exit(EXIT_UNREADABLE) from None
     except AuditError as exc:
         _err.print(f"error: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
+    except Exception as exc:  # noqa: BLE001 - a database that cannot be opened or read: one line
+        where = shown(settings.audit_url)
+        _err.print(f"error: the audit log at {where} cannot be opened or read ({type(exc).__name__})")
+        raise typer.Exit(EXIT_FAILED) from None
     _out.print(f"exported {cp.size} entries of {cp.origin} (root {cp.root.hex()}) to {out}")
+
+
+def _site_file(config: Path, settings: SiteSettings, out: Path) -> str | None:
+    """What `out` is when it is one of the site's own files (links followed), else None: an export written
+    there would destroy a key, the audit log it exports, or the state and store the gateway runs on."""
+    files: list[tuple[Path, str]] = [(config, "the site's config file")]
+    keys = (
+        ("master_key_file", settings.master_key_file), ("log_key_file", settings.log_key_file),
+        ("peer_key_file", settings.peer_key_file), ("witness_key_file", settings.witness_key_file),
+    )  # fmt: skip
+    files += [(path, f"the {name}") for name, path in keys if path is not None]
+    files.append((dev_key_path(settings), "the dev token issuer's key"))
+    databases = [("audit_url", settings.audit_url), ("state_url", settings.state_url),
+                 ("store_url", settings.store_url)]  # fmt: skip
+    with contextlib.suppress(sa.exc.ArgumentError, ValueError):  # no witness store beside a state_url no URL
+        databases.append(("the witness store", witness_store_url(settings)))
+    for name, url in databases:
+        database = database_file(url)
+        if database is None:
+            continue
+        what = f"the database of {name}" if name.endswith("_url") else name
+        # SQLite's and DuckDB's journals, and the log writers' lock, belong to the database too.
+        for suffix in ("", "-wal", "-shm", "-journal", "-writer.lock", ".wal"):
+            files.append((database.with_name(database.name + suffix), what))
+    target = out.resolve()
+    try:
+        found = out.stat()
+    except OSError:
+        found = None
+    for path, what in files:
+        if path.resolve() == target:
+            return what
+        if found is not None:  # a hard link to it
+            try:
+                if os.path.samestat(found, path.stat()):
+                    return what
+            except OSError:
+                continue
+    return None
+
+
+@contextmanager
+def _terminated_as_exit() -> Iterator[None]:
+    """While the block runs, SIGTERM ends the process as SystemExit(143), so that cleanups run: an export
+    stopped so leaves no half-written file behind."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command("verify")
@@ -144,7 +263,16 @@ def verify(
         ),
     ] = True,
 ) -> None:
-    """Verify an export offline; exit 0 only when every check holds."""
+    """Verify an export offline; exit 0 only when every check holds.
+
+    Exit codes:
+    0 every check holds;
+    1 the log is not intact (the message names the first bad entry or signature);
+    2 bad usage, or an unusable key;
+    3 the log is intact but fewer known witnesses cosigned than --min-witnesses;
+    4 a file cannot be read;
+    5 the log is intact but a release was not allowed by its decision (with --releases).
+    """
     log_key = _key_text(key, "--key", ALG_ED25519)
     witness_keys = [_key_text(w, "--witness", ALG_COSIGNATURE_V1) for w in witness or []]
     kept: str | None = None
@@ -174,15 +302,15 @@ def verify(
         )
         checked = check_releases(file) if releases else None
     except AuditIntegrityError as exc:
-        progress.stop()
+        _stop(progress, task)
         _report_failure(exc)
         code = {"witnesses": EXIT_TOO_FEW_WITNESSES, "release_not_allowed": EXIT_RELEASE_NOT_ALLOWED}
         raise typer.Exit(code.get(exc.reason, EXIT_NOT_INTACT)) from None
     except OSError as exc:
-        progress.stop()
+        _stop(progress, task)
         _err.print(f"error: cannot read {file}: {exc.strerror}")
         raise typer.Exit(EXIT_UNREADABLE) from None
-    progress.stop()
+    _stop(progress, task)
     _out.print(f"OK {summary.origin}: {summary.size} entries, root {summary.root.hex()}")
     _out.print(f"   checkpoint signed by {summary.log_key.split('+')[0]}")
     if summary.witnesses:
@@ -197,6 +325,12 @@ def verify(
             f"session(s), each allowed by its decision; {checked.glm_iterations} GLM iteration(s) of opened "
             f"sessions"
         )
+
+
+def _stop(progress: Progress, task: list[TaskID]) -> None:
+    """Take the progress bar away; one never started is left alone (stopping it prints an empty line)."""
+    if task:
+        progress.stop()
 
 
 def _report_failure(exc: AuditIntegrityError) -> None:

@@ -3,21 +3,36 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from audit.errors import AuditError
 from audit.events import LABEL, TEXT
 from connectors import ConnectorError, open_source
-from gateway.cli.output import EXIT_FAILED, EXIT_RISK, console, fail
+from gateway.cli.output import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_RISK,
+    console,
+    create_audited_key,
+    database_file,
+    fail,
+    open_log,
+    sha256_fingerprint,
+    shown,
+    url_problem,
+)
 from gateway.keyring import create_master_key, load_master_key
 from gateway.settings import ConfigError, SiteSettings, load_settings
-from gateway.site_log import local_steward, open_site_log
+from gateway.site_log import local_steward
 from pseudonymize.errors import KeyMaterialError, PseudonymizeError, RiskThresholdError, SpecError, StoreError
 from pseudonymize.ingest import IngestResult
 from pseudonymize.ingest import ingest as run_ingest
@@ -36,13 +51,23 @@ def _settings(config: Path) -> SiteSettings:
 
 
 def keygen(config: ConfigOption) -> None:
-    """Create the site master key file named by the config (mode 0600; never overwrites)."""
+    """Create the site master key file named by the config (mode 0600; never overwrites).
+
+    The new key is recorded in the site's audit log (`key.changed`, with the
+    SHA-256 of its key id, never the key), which must therefore be usable first;
+    the log key is not needed.
+    """
     settings = _settings(config)
-    try:
-        key = create_master_key(settings)
-    except KeyMaterialError as exc:
-        fail(str(exc))
-    console.print(f"master key written to {settings.master_key_file} (key id {key.key_id})")
+    path = settings.master_key_file
+    if path is None:
+        fail(f"the master key comes from ${settings.master_key_env}; generate one with a secrets manager")
+    key = create_audited_key(
+        settings, "master", path, lambda: create_master_key(settings),
+        lambda k: sha256_fingerprint(k.key_id.encode()), (KeyMaterialError,),
+    )  # fmt: skip
+    console.print(
+        f"master key written to {escape(str(path))} (key id {key.key_id})", highlight=False, soft_wrap=True
+    )
 
 
 def ingest(
@@ -75,16 +100,11 @@ def ingest(
     reason. The audit log must be usable before any data is read.
     """
     settings = _settings(config)
-    try:
-        log = open_site_log(settings)
-    except AuditError as exc:
-        fail(f"the audit log cannot record this ingest: {exc}", EXIT_FAILED)
-    except Exception as exc:  # noqa: BLE001 - a database that cannot be opened: one line, not a traceback
-        reason = f"the audit log cannot record this ingest: it cannot be opened ({type(exc).__name__})"
-        fail(reason, EXIT_FAILED)
+    _check_store_url(settings)
+    log = open_log(settings, "the audit log cannot record this ingest")
     actor = local_steward(settings)
 
-    def refused(reason: str, exc: Exception) -> None:
+    def refused(reason: str, exc: BaseException) -> None:
         # The reason as one line; should the log refuse its text (it takes no identifier-like strings), the
         # kind of failure alone. The steward still hears the whole error, with its own exit code.
         line = " ".join(reason.split())
@@ -122,18 +142,28 @@ def ingest(
         )
         recorded.append(entry)
 
+    interrupted: list[bool] = []
     try:
         try:
-            result = _ingest(
-                settings, dataset, spec, source, table, resource_type, override_k, linkage_key, rekey,
-                record_published,
-            )  # fmt: skip
+            with _noting_interrupts(interrupted):
+                result = _ingest(
+                    settings, dataset, spec, source, table, resource_type, override_k, linkage_key, rekey,
+                    record_published,
+                )  # fmt: skip
         except AuditError:
+            if interrupted:
+                _interrupted(refused, recorded)
             raise  # the publication record failed: the store rolled the version back
         except (ConnectorError, PseudonymizeError) as exc:
+            if interrupted:
+                _interrupted(refused, recorded)
             refused(_after(recorded, _reason(exc)), exc)
             raise
-        except Exception as exc:  # noqa: BLE001 - whatever broke, the refusal is audited and nothing crashes
+        except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - whatever broke, the refusal is audited
+            # Ctrl-C may reach here as KeyboardInterrupt or as what a library made of it (DuckDB: a
+            # RuntimeError); the flag the handler set tells which.
+            if interrupted or isinstance(exc, KeyboardInterrupt):
+                _interrupted(refused, recorded)
             reason = _after(recorded, f"ingest failed ({type(exc).__name__}); nothing was published")
             refused(reason, exc)
             fail(reason, EXIT_FAILED)
@@ -150,7 +180,7 @@ def ingest(
         log.close()
     entry = result.entry
     console.print(
-        f"[green]published[/] {entry.dataset} v{entry.version}: {entry.row_count:,} rows, "
+        f"[green]published[/] {escape(entry.dataset)} v{entry.version}: {entry.row_count:,} rows, "
         f"{len(entry.columns)} columns, digest {entry.content_digest[:16]}…, key {entry.key_id}"
     )
     not_finite = {column: n for column, n in result.not_finite_as_missing.items() if n}
@@ -161,6 +191,39 @@ def ingest(
     _print_risk(entry.risk_report)
     if entry.k_override:
         console.print("[yellow]published with --override-k: k-anonymity is below the spec's threshold[/]")
+
+
+@contextmanager
+def _noting_interrupts(interrupted: list[bool]) -> Iterator[None]:
+    """Note in `interrupted` a Ctrl-C (SIGINT) while the block runs, then raise KeyboardInterrupt as Python
+    does: a library that turns it into an error of its own still leaves the note."""
+
+    def note(signum: int, frame: object) -> None:
+        interrupted.append(True)
+        signal.default_int_handler(signum, frame)  # type: ignore[arg-type]
+
+    try:
+        previous = signal.signal(signal.SIGINT, note)
+    except ValueError:  # not the main thread: Python's own handling stays
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted(refused: Callable[[str, BaseException], None], recorded: list[CatalogEntry]) -> None:
+    """Audit an ingest stopped by Ctrl-C as refused ("interrupted") and exit 130, as a shell reports it."""
+    refused(_after(recorded, "interrupted"), KeyboardInterrupt())
+    fail(_after(recorded, "interrupted; nothing was published"), EXIT_INTERRUPTED)
+
+
+def _check_store_url(settings: SiteSettings) -> None:
+    """Exit 2 with one line when store_url cannot name a database (never repeating its password)."""
+    problem = url_problem(settings.store_url)
+    if problem is not None:
+        fail(f"store_url {shown(settings.store_url)} {problem}")
 
 
 def _reason(exc: ConnectorError | PseudonymizeError) -> str:
@@ -260,6 +323,11 @@ def catalog(
 ) -> None:
     """List the published dataset versions with their digests and risk reports."""
     settings = _settings(config)
+    _check_store_url(settings)
+    path = database_file(settings.store_url)
+    if path is not None and not path.is_file():
+        # Opening it would create an empty store, and list nothing as if the store were empty.
+        fail(f"the store {path} does not exist (store_url); check the path, or publish with `fedgate ingest`")
     try:
         with Store(settings.store_url) as store:
             entries = store.catalog(dataset)
@@ -268,19 +336,19 @@ def catalog(
     if as_json:
         console.print_json(json.dumps([e.row() | _decoded(e) for e in entries]))
         return
-    table = Table(title=f"catalog of {settings.site_id}")
+    table = Table(title=f"catalog of {escape(settings.site_id)}")
     for col in ("dataset", "version", "rows", "columns", "k (min class)", "DUO", "digest", "published"):
         table.add_column(col)
     for e in entries:
         table.add_row(
-            e.dataset,
+            escape(e.dataset),
             str(e.version),
             f"{e.row_count:,}",
             str(len(e.columns)),
-            f"{e.risk_report.get('smallest_class')} (k≥{e.risk_report.get('k_threshold')})",
-            " ".join(e.duo),
+            escape(f"{e.risk_report.get('smallest_class')} (k≥{e.risk_report.get('k_threshold')})"),
+            escape(" ".join(e.duo)),
             e.content_digest[:16] + "…",
-            e.published_at,
+            escape(str(e.published_at)),
         )
     console.print(table)
 
@@ -305,11 +373,11 @@ def _print_risk(report: dict[str, object]) -> None:
     qi = report.get("quasi_identifiers") or []
     share = float(report.get("share_below_k", 0.0))  # type: ignore[arg-type]
     table.add_row(
-        ", ".join(str(q) for q in qi) if isinstance(qi, list) else str(qi),
-        str(report.get("k_threshold")),
-        str(report.get("smallest_class")),
-        str(report.get("classes")),
-        f"{report.get('records_below_k')} ({share:.2%})",
+        escape(", ".join(str(q) for q in qi) if isinstance(qi, list) else str(qi)),  # column names
+        escape(str(report.get("k_threshold"))),
+        escape(str(report.get("smallest_class"))),
+        escape(str(report.get("classes"))),
+        escape(f"{report.get('records_below_k')} ({share:.2%})"),
         _verdict(report),
     )
     console.print(table)
@@ -319,7 +387,7 @@ def _verdict(report: dict[str, object]) -> str:
     """The report's verdict in colour (a report recorded before verdicts were: from `passes`)."""
     verdict = report.get("verdict") or ("passes" if report.get("passes") else "below threshold")
     colour = {"passes": "green", "not measured": "yellow"}.get(str(verdict), "red")
-    return f"[{colour}]{verdict}[/]"
+    return f"[{colour}]{escape(str(verdict))}[/]"
 
 
 def _progress() -> Progress:

@@ -3,20 +3,23 @@ evidence its witness kept."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Annotated
 
 import sqlalchemy as sa
 import typer
+from rich.markup import escape
 
-from audit.errors import AuditError
 from audit.notes import parse_verifier_key, public_key_bytes
-from gateway.cli.output import EXIT_FAILED, errors, fail
-from gateway.federation.witnessing import WitnessKeyError, create_witness_key, kept_fork_evidence
+from gateway.cli.output import EXIT_FAILED, create_audited_key, errors, fail, sha256_fingerprint
+from gateway.federation.witnessing import (
+    WitnessKeyError,
+    create_witness_key,
+    kept_fork_evidence,
+    witness_name,
+)
 from gateway.settings import ConfigError, load_settings
-from gateway.site_log import local_steward, open_site_log
 
 app = typer.Typer(help="Witness peers' audit logs (C2SP tlog-witness).", no_args_is_help=True)
 
@@ -27,39 +30,27 @@ def keygen(
 ) -> None:
     """Create the witness key at witness_key_file (0600, never overwritten) and print its verifier key.
 
-    Peers put the printed line in their `[[peers]] witness_key` for this site. The new key is recorded in
-    the site's audit log (`key.changed`), which must therefore be usable first.
+    Peers put the printed line in their `[\\[peers]] witness_key` for this site.
+    The new key is recorded in the site's audit log (`key.changed`, with the
+    SHA-256 of its public key), which must therefore be usable first.
     """
     try:
         settings = load_settings(config)
     except ConfigError as exc:
         fail(str(exc))
-    try:
-        log = open_site_log(settings)
-    except AuditError as exc:
-        fail(f"the audit log cannot record the new key: {exc}", EXIT_FAILED)
-    try:
-        vkey = create_witness_key(settings)
-        key = parse_verifier_key(vkey)
-        fingerprint = hashlib.sha256(public_key_bytes(key.public_key)).hexdigest()
-        log.append(
-            "key.changed",
-            actor=local_steward(settings),
-            payload={
-                "key": "witness",
-                "action": "created",
-                "fingerprint": f"sha256:{fingerprint}",
-                "name": key.name,
-            },
-        )
-    except WitnessKeyError as exc:
-        fail(str(exc))
-    except AuditError as exc:
-        fail(f"the key was created but its creation could not be audited: {exc}", EXIT_FAILED)
-    finally:
-        log.close()
+    path = settings.witness_key_file
+    if path is None:
+        fail("witness_key_file is not set in the site config")
+    vkey = create_audited_key(
+        settings, "witness", path, lambda: create_witness_key(settings),
+        lambda text: sha256_fingerprint(public_key_bytes(parse_verifier_key(text).public_key)),
+        (WitnessKeyError,), name=witness_name(settings),
+    )  # fmt: skip
     # The key alone goes to stdout so that scripts can capture it; the note goes to stderr.
-    errors.print(f"created {settings.witness_key_file}; peers put this line in [[peers]] witness_key:")
+    errors.print(
+        f"created {escape(str(path))}; peers put this line in {escape('[[peers]]')} witness_key:",
+        highlight=False, soft_wrap=True,
+    )  # fmt: skip
     typer.echo(vkey)
 
 

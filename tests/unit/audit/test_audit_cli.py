@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import stat
 from pathlib import Path
 
@@ -170,3 +171,142 @@ def test_verify_refuses_a_key_of_the_wrong_kind(config: Path, tmp_path: Path) ->
     assert "--witness takes a witness's cosignature/v1 verifier key (type 0x04" in result.stderr
     result = runner.invoke(app, ["audit", "verify", str(out), "--key", wkey, "--witness", wkey])
     assert result.exit_code == 2 and "--key takes a log's Ed25519 verifier key" in result.stderr
+
+
+def export(config: Path, out: Path, *extra: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, ["audit", "export", "-c", str(config), "--out", str(out), *extra], env=env)
+
+
+def test_export_replaces_an_existing_file_only_with_force(config: Path, tmp_path: Path) -> None:
+    keygen(config)
+    populate(config, 3)
+    out = tmp_path / "log.export"
+    out.write_text("an earlier export\n")
+    refused = export(config, out)
+    assert refused.exit_code == 2 and "exists; give --force to replace it" in refused.stderr
+    assert out.read_text() == "an earlier export\n"
+    forced = export(config, out, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert out.read_bytes().startswith(b"fedgate-audit-export/v1\n")
+    assert [p.name for p in tmp_path.iterdir() if ".partial" in p.name] == []
+
+
+def test_a_failed_export_leaves_the_earlier_one_whole(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keygen(config)
+    populate(config, 3)
+    out = tmp_path / "log.export"
+    assert export(config, out).exit_code == 0
+    good = out.read_bytes()
+
+    def broken(*args: object) -> object:
+        yield [b'{"half":']
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("audit.log._stream_bodies", broken)
+    failed = export(config, out, "--force")
+    assert failed.exit_code == 4 and "No space left on device" in failed.stderr
+    assert out.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+    def terminated(*args: object) -> object:
+        yield [b'{"half":']
+        signal.raise_signal(signal.SIGTERM)  # as `kill` or a service manager stops it
+        raise AssertionError("SIGTERM did not stop the export")
+
+    def not_handled(signum: int, frame: object) -> None:
+        raise AssertionError("the export left SIGTERM to kill it mid-write")
+
+    monkeypatch.setattr("audit.log._stream_bodies", terminated)
+    previous = signal.signal(signal.SIGTERM, not_handled)
+    try:
+        stopped = export(config, out, "--force")
+    finally:
+        assert signal.getsignal(signal.SIGTERM) is not_handled  # put back once the export ended
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped.exit_code == 143, stopped.output
+    assert out.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_export_never_writes_over_the_sites_own_files(config: Path, tmp_path: Path) -> None:
+    keygen(config)
+    populate(config, 3)
+    key = tmp_path / "keys/log.pem"
+    audit_db = tmp_path / "audit.db"
+    link = tmp_path / "innocent.export"
+    link.symlink_to(key)
+    hard = tmp_path / "hard.export"
+    hard.hardlink_to(key)
+    before = {path: path.read_bytes() for path in (key, audit_db, config)}
+    for out, what in [
+        (key, "the log_key_file"),
+        (audit_db, "the database of audit_url"),
+        (tmp_path / "audit.db-wal", "the database of audit_url"),
+        (tmp_path / "state.db", "the database of state_url"),
+        (tmp_path / "store.duckdb", "the database of store_url"),
+        (config, "the site's config file"),
+        (link, "the log_key_file"),
+        (hard, "the log_key_file"),
+    ]:
+        result = export(config, out, "--force")
+        assert result.exit_code == 2, (out, result.output)
+        assert f"refusing to write the export to {out}: it is {what}" in result.stderr
+    assert {path: path.read_bytes() for path in before} == before
+    assert not (tmp_path / "state.db").exists() and not (tmp_path / "store.duckdb").exists()
+
+
+def test_export_of_a_log_that_does_not_exist_creates_none(config: Path, tmp_path: Path) -> None:
+    keygen(config)
+    result = export(config, tmp_path / "log.export")
+    assert result.exit_code == 2
+    assert f"the audit log {tmp_path}/audit.db does not exist (audit_url)" in result.stderr
+    assert not (tmp_path / "audit.db").exists() and not (tmp_path / "log.export").exists()
+
+
+def test_export_from_an_unreachable_audit_log_is_one_line(config: Path, tmp_path: Path) -> None:
+    keygen(config)
+    env = {
+        "FEDGATE_AUDIT_URL": "postgresql+psycopg://fedgate:S3cretPW@127.0.0.1:1/audit",  # nothing on port 1
+        "FEDGATE_STATE_URL": f"sqlite:///{tmp_path}/state.db",
+    }
+    result = export(config, tmp_path / "log.export", env=env)
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+    assert result.stderr == (
+        "error: the audit log at postgresql+psycopg://fedgate:***@127.0.0.1:1/audit cannot be opened or read "
+        "(OperationalError)\n"
+    )
+    env["FEDGATE_AUDIT_URL"] = "notaurl"
+    result = export(config, tmp_path / "log.export", env=env)
+    assert result.exit_code == 2
+    assert result.stderr == "error: audit_url <unparsable URL> is not a database URL\n"
+
+
+def test_keygen_creates_the_key_folder(tmp_path: Path) -> None:
+    (tmp_path / "site.toml").write_text(
+        'site_id = "site-de"\njurisdiction = "DE"\nstore_url = "duckdb:///store.duckdb"\n'
+        'audit_url = "sqlite:///audit.db"\npolicy_dir = "policies"\nmaster_key_env = "FEDGATE_TEST_MASTER"\n'
+        'log_key_file = "new/keys/log.pem"\n'
+    )
+    result = runner.invoke(app, ["audit", "keygen", "-c", str(tmp_path / "site.toml")])
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE((tmp_path / "new/keys/log.pem").stat().st_mode) == 0o600
+
+
+def test_verify_prints_no_empty_line_before_its_error(config: Path, tmp_path: Path) -> None:
+    vkey = keygen(config)
+    junk = tmp_path / "junk"
+    junk.write_text("hello\n")
+    result = runner.invoke(app, ["audit", "verify", str(junk), "--key", vkey])
+    assert result.exit_code == 1 and result.stderr.startswith("FAILED (")
+    result = runner.invoke(app, ["audit", "verify", str(tmp_path / "missing"), "--key", vkey])
+    assert result.exit_code == 4 and result.stderr.startswith("error: cannot read")
+
+
+def test_verify_help_lists_every_exit_code() -> None:
+    result = runner.invoke(app, ["audit", "verify", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    for code in range(6):
+        assert f"\n {code} " in result.stdout or f"\n{code} " in result.stdout, code

@@ -401,6 +401,37 @@ def test_export_round_trip(log: AuditLog, tmp_path: Path) -> None:
     assert (summary.size, summary.root) == (20, log.root(20))
 
 
+def test_an_export_is_written_whole_or_not_at_all(
+    tmp_path: Path, log_key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with AuditLog.open(f"sqlite:///{tmp_path / 'a.db'}", ORIGIN, log_key, checkpoint_interval_s=None) as log:
+        append_samples(log, 5)
+        log.checkpoint()
+        out = tmp_path / "exports" / "log.export"
+        out.parent.mkdir()
+        out.write_bytes(b"an earlier export\n")
+        with pytest.raises(FileExistsError):
+            log.export(out, replace=False)
+        assert out.read_bytes() == b"an earlier export\n"
+
+        def full_disk(*args: object) -> Iterator[list[bytes]]:
+            yield [b'{"half":']
+            raise OSError(28, "No space left on device")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(audit_log, "_stream_bodies", full_disk)
+            with pytest.raises(OSError, match="No space left"):
+                log.export(out)
+        assert out.read_bytes() == b"an earlier export\n"
+        assert [p.name for p in out.parent.iterdir()] == ["log.export"]  # no half-written file left
+        log.export(out)
+        assert verify_export(out, log.verifier_key()).size == 5
+        fresh = out.parent / "fresh.export"
+        log.export(fresh, replace=False)
+        assert fresh.read_bytes() == out.read_bytes()
+        assert sorted(p.name for p in out.parent.iterdir()) == ["fresh.export", "log.export"]
+
+
 def test_one_store_holds_one_log(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'a.db'}"
     AuditLog.open(url, ORIGIN, checkpoint_interval_s=None).close()

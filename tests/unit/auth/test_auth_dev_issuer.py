@@ -256,3 +256,18 @@ def test_cli_without_a_log_key_issues_nothing(site: Path) -> None:
 def test_cli_bad_config_file(tmp_path: Path) -> None:
     result = dev_token(tmp_path / "missing.toml", "--role", "researcher")
     assert result.exit_code == 2 and "file not found" in result.stderr
+
+
+def test_cli_with_an_unreachable_audit_log_issues_nothing_and_says_so_in_one_line(
+    site: Path, tmp_path: Path
+) -> None:
+    env = {
+        "FEDGATE_AUDIT_URL": "postgresql+psycopg://fedgate:S3cretPW@127.0.0.1:1/audit",  # nothing on port 1
+        "FEDGATE_STATE_URL": f"sqlite:///{tmp_path}/var/state.db",
+    }
+    result = CliRunner().invoke(cli, ["dev-token", "--config", str(site), "--sub", "alice", "--org", "Uni",
+                                      "--country", "DE", "--role", "researcher"], env=env)  # fmt: skip
+    assert result.exit_code == 1 and result.stdout == ""
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "so none is issued" in line and "OperationalError" in line and "S3cretPW" not in result.stderr

@@ -41,10 +41,12 @@ def ingest(config: Path, *extra: str, source: str | None = None, spec: str | Non
     )  # fmt: skip
 
 
-def audit_events(config: Path) -> list[dict[str, object]]:
+def audit_events(config: Path, *, keys: bool = False) -> list[dict[str, object]]:
+    """The site's audit entries; without `keys`, not the `key.changed` of the master key the fixture made."""
     settings = load_settings(config)
     with AuditLog.open(settings.audit_url, settings.audit_origin, None, checkpoint_interval_s=None) as log:
-        return [json.loads(e.data) for e in log.entries(0, log.size)]
+        events = [json.loads(e.data) for e in log.entries(0, log.size)]
+    return events if keys else [e for e in events if e["type"] != "key.changed"]
 
 
 def test_ingest_publishes_and_audits(site: Path) -> None:
@@ -252,3 +254,135 @@ def test_a_long_reason_is_recorded_cut_to_what_the_log_takes(
     (event,) = audit_events(site)
     (recorded,) = event["payload"]["reasons"]
     assert len(recorded) == 500 and recorded.endswith("…") and long_reason.startswith(recorded[:-1])
+
+
+UNREACHABLE_LOG = "postgresql+psycopg://fedgate:S3cretPW@127.0.0.1:1/audit"  # nothing listens on port 1
+
+
+def minimal_config(folder: Path, *extra: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "site.toml"
+    lines = [
+        'site_id = "site-de"', 'jurisdiction = "DE"', 'store_url = "duckdb:///var/store.duckdb"',
+        'audit_url = "sqlite:///var/audit.db"', 'policy_dir = "policies"', 'log_key_file = "keys/log.key"',
+        *extra,
+    ]  # fmt: skip
+    if not any(line.startswith("master_key") for line in extra):
+        lines.append('master_key_file = "keys/master.key"')
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def one_line_error(result: object) -> str:
+    """The stderr of a command that failed as a command should: one line, and no exception escaped."""
+    assert isinstance(result.exception, SystemExit), result.exception  # type: ignore[attr-defined]
+    stderr = result.stderr  # type: ignore[attr-defined]
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    return str(stderr)
+
+
+def test_keygen_records_the_master_key_by_the_digest_of_its_key_id(site: Path) -> None:
+    import hashlib
+
+    from pseudonymize.keys import SecretKey
+
+    key_id = SecretKey.from_file(site.parent / "keys/master.key").key_id
+    (event,) = audit_events(site, keys=True)
+    assert event["type"] == "key.changed"
+    fingerprint = "sha256:" + hashlib.sha256(key_id.encode()).hexdigest()
+    assert event["payload"] == {"key": "master", "action": "created", "fingerprint": fingerprint}
+    assert (site.parent / "keys/master.key").read_text().strip() not in json.dumps(event)
+
+
+def test_keygen_creates_no_key_the_audit_log_cannot_record(tmp_path: Path) -> None:
+    config = minimal_config(tmp_path)
+    env = {"FEDGATE_AUDIT_URL": UNREACHABLE_LOG, "FEDGATE_STATE_URL": f"sqlite:///{tmp_path}/state.db"}
+    result = CliRunner().invoke(app, ["keygen", "-c", str(config)], env=env)
+    assert result.exit_code == 1
+    line = one_line_error(result)
+    assert "audit log" in line and "S3cretPW" not in line and "OperationalError" in line
+    assert not (tmp_path / "keys/master.key").exists()
+
+
+def test_keygen_prints_a_path_that_looks_like_markup_as_it_is(tmp_path: Path) -> None:
+    config = minimal_config(tmp_path, 'master_key_file = "mk/[bold]site[/bold].key"')
+    result = invoke("keygen", "-c", str(config))
+    assert result.exit_code == 0, result.output
+    assert f"written to {tmp_path}/mk/[bold]site[/bold].key" in " ".join(result.output.split())
+    assert (tmp_path / "mk/[bold]site[/bold].key").is_file()
+
+
+def test_catalog_of_a_store_that_does_not_exist_is_refused_and_not_created(tmp_path: Path) -> None:
+    config = minimal_config(tmp_path)
+    result = CliRunner().invoke(app, ["catalog", "-c", str(config)])
+    assert result.exit_code == 2
+    assert f"the store {tmp_path}/var/store.duckdb does not exist" in one_line_error(result)
+    assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize(
+    ("store_url", "expected"),
+    [
+        ("notaurl", "store_url <unparsable URL> is not a database URL"),
+        ("mysql://fedgate:S3cretPW@127.0.0.1:1/db", "needs a database driver that is not installed"),
+        ("nosuchdb://fedgate:S3cretPW@127.0.0.1:1/db", "names a kind of database SQLAlchemy does not know"),
+    ],
+)
+def test_catalog_with_an_unusable_store_url_is_one_line_and_exit_2(
+    tmp_path: Path, store_url: str, expected: str
+) -> None:
+    config = minimal_config(tmp_path)
+    result = CliRunner().invoke(app, ["catalog", "-c", str(config)], env={"FEDGATE_STORE_URL": store_url})
+    assert result.exit_code == 2
+    line = one_line_error(result)
+    assert expected in line and "S3cretPW" not in line
+
+
+def test_catalog_of_an_unreachable_store_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    config = minimal_config(tmp_path)
+    url = "postgresql+psycopg://fedgate:S3cretPW@127.0.0.1:1/store"
+    result = CliRunner().invoke(app, ["catalog", "-c", str(config)], env={"FEDGATE_STORE_URL": url})
+    assert result.exit_code == 1
+    line = one_line_error(result)
+    assert "cannot open the store at postgresql+psycopg://fedgate:***@127.0.0.1:1/store" in line
+
+
+def test_a_store_url_that_is_no_url_is_named_without_repeating_it() -> None:
+    from pseudonymize.errors import StoreError
+    from pseudonymize.store import Store
+
+    with pytest.raises(StoreError, match="cannot open the store at <unparsable URL>: ArgumentError"):
+        Store("S3cretPW")
+
+
+def _interrupt_during_ingest(monkeypatch: pytest.MonkeyPatch, *, as_runtime_error: bool) -> None:
+    import signal
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        try:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C, delivered to this (the main) thread
+        except KeyboardInterrupt:
+            if as_runtime_error:  # as DuckDB reports a query that Ctrl-C stopped
+                raise RuntimeError("Query interrupted") from None
+            raise
+        raise AssertionError("SIGINT did not interrupt")
+
+    monkeypatch.setattr("gateway.cli.site.run_ingest", interrupted)
+
+
+@pytest.mark.parametrize("as_runtime_error", [False, True])
+def test_ctrl_c_during_ingest_is_reported_audited_and_exits_130(
+    site: Path, monkeypatch: pytest.MonkeyPatch, as_runtime_error: bool
+) -> None:
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    _interrupt_during_ingest(monkeypatch, as_runtime_error=as_runtime_error)
+    result = ingest(site)
+    assert result.exit_code == 130, result.output
+    assert "interrupted; nothing was published" in result.output
+    assert "RuntimeError" not in result.output
+    (event,) = audit_events(site)
+    assert event["type"] == "ingest.refused" and event["payload"]["reasons"] == ["interrupted"]
+    assert signal.getsignal(signal.SIGINT) is before
+    assert json.loads(invoke("catalog", "--config", str(site), "--json").output) == []
