@@ -51,9 +51,8 @@ def test_readme_walkthrough_runs(tmp_path: Path) -> None:
     assert "published cohort v1: 20,000 rows" in outputs["ingest --config"]
     assert "passes" in outputs["ingest --config"]
     assert "cohort" in outputs["catalog --config"]
-    assert (
-        "decision: deny" in outputs["policy explain"] and "expired on 2026-06-30" in outputs["policy explain"]
-    )
+    explained = outputs["policy explain"]
+    assert "decision: allow" in explained and "DSA-2026-014 lets org-aphp run crosstab queries" in explained
     assert outputs["audit verify"].startswith("OK fedgate.example/site-de")
     # The steward's files: keys private, no raw identifier in the store.
     assert (tmp_path / "examples/site-de/keys/master.key").stat().st_mode & 0o777 == 0o600
