@@ -8,9 +8,9 @@ thread interrupts the DuckDB connection of a query that has held it for longer t
 per statement, through its `statement_timeout` (gateway.query.execute.store_engine).
 
 The watchdog looks at the connections held now a few times per budget (never more than 20 times a
-second) instead of keeping a timer per query: a query takes and gives back its connection in a few
-microseconds of bookkeeping, and a gateway answering hundreds of queries a second wakes the watchdog no
-more often than an idle one."""
+second, twice a second for the default budget) instead of keeping a timer per query: a query takes and
+gives back its connection in a few microseconds of bookkeeping and never wakes the watchdog, so a gateway
+answering hundreds of queries a second wakes it no more often than an idle one."""
 
 from __future__ import annotations
 
@@ -55,10 +55,8 @@ class Watchdog:
                     target=self._watch, name="fedgate-store-deadline", daemon=True
                 )
                 self._thread.start()
-            if tick < self._tick:
+            if tick < self._tick:  # a shorter budget than any before: look sooner from now on
                 self._tick = tick
-                self._lock.notify()
-            elif len(self._armed) == 1:
                 self._lock.notify()
         return number
 
@@ -75,8 +73,9 @@ class Watchdog:
     def _watch(self) -> None:
         while True:
             with self._lock:
-                while not self._armed:
-                    self._lock.wait()
+                # Woken by the clock only: a query taking a connection never wakes this thread (under load
+                # that would be a hand-off of the interpreter lock per query), so an idle gateway's watchdog
+                # looks a few times a second at nothing.
                 self._lock.wait(self._tick)
                 now = time.monotonic()
                 for number in [n for n, (deadline, _) in self._armed.items() if deadline <= now]:
