@@ -13,10 +13,12 @@ an audit log that does not exist); 4 when --out cannot be written.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import date
 from pathlib import Path
 from typing import Annotated
 
@@ -24,11 +26,14 @@ import sqlalchemy as sa
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
 
 from audit.errors import AuditError, AuditIntegrityError, LogKeyError, NoteError
 from audit.keys import generate_log_key, load_log_key
 from audit.log import AuditLog
 from audit.notes import ALG_COSIGNATURE_V1, ALG_ED25519, parse_verifier_key, verifier_key_text
+from audit.report import PERIODS, TransparencyReport, transparency_report
 from audit.verify import check_releases, verify_export
 from gateway.auth.dev import dev_key_path
 from gateway.cli.output import database_file, shown, url_problem
@@ -344,3 +349,166 @@ def _report_failure(exc: AuditIntegrityError) -> None:
         _err.print("   fork evidence — two signed checkpoints no consistency proof can join:")
         _err.print(exc.fork.first, markup=False)
         _err.print(exc.fork.second, markup=False)
+
+
+@app.command("report")
+def report(
+    file: Annotated[Path, typer.Argument(help="an export written by `fedgate audit export`")],
+    key: Annotated[str, typer.Option("--key", help="the log's verifier key (text or a file)")],
+    witness: Annotated[
+        list[str] | None,
+        typer.Option("--witness", help="a witness's verifier key (text or file); repeatable"),
+    ] = None,
+    min_witnesses: Annotated[int, typer.Option("--min-witnesses", min=0, help="cosignatures required")] = 0,
+    period: Annotated[
+        str, typer.Option("--period", help="what each part of the report covers: month, quarter or year")
+    ] = "quarter",
+    since: Annotated[
+        str | None, typer.Option("--since", help="count from this UTC day on (YYYY-MM-DD, inclusive)")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="count up to this UTC day (YYYY-MM-DD, inclusive)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON document")] = False,
+) -> None:
+    """Verify an export as `verify` does, then print a public transparency report of it.
+
+    Per month, quarter or year: the queries received, released and refused (by policy, by disclosure
+    control, by a steward, or at another stage) by kind and by agreement, federated queries, GLM
+    sessions, authentication failures, consent withdrawals, policy changes, datasets published, and how
+    many organisations and researchers asked. Never a name: see docs/audit.md.
+
+    Exit codes as `verify`'s: a report is printed only from an export that verifies.
+    0 verified and reported;
+    1 the log is not intact;
+    2 bad usage, or an unusable key;
+    3 the log is intact but fewer known witnesses cosigned than --min-witnesses;
+    4 the export cannot be read;
+    5 the log is intact but a release was not allowed by its decision.
+    """
+    log_key = _key_text(key, "--key", ALG_ED25519)
+    witness_keys = [_key_text(w, "--witness", ALG_COSIGNATURE_V1) for w in witness or []]
+    chosen = next((p for p in PERIODS if p == period), None)
+    if chosen is None:
+        _err.print(f"error: --period must be one of {', '.join(PERIODS)}, not {period!r}")
+        raise typer.Exit(EXIT_USAGE)
+    first, last = _report_day(since, "--since"), _report_day(until, "--until")
+    if first is not None and last is not None and first > last:
+        _err.print(f"error: --since {first} is after --until {last}")
+        raise typer.Exit(EXIT_USAGE)
+    progress = Progress(
+        TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=_err, transient=True,
+    )  # fmt: skip
+    task: list[TaskID] = []
+
+    def tick(done: int, total: int) -> None:
+        if total < PROGRESS_MIN_ENTRIES:
+            return
+        if not task:
+            progress.start()
+            task.append(progress.add_task("verify", total=total))
+        progress.update(task[0], completed=done)
+
+    try:
+        made = transparency_report(
+            file, log_key, witness_keys, min_witnesses, period=chosen, since=first, until=last,
+            progress=tick,
+        )  # fmt: skip
+    except AuditIntegrityError as exc:
+        _stop(progress, task)
+        _report_failure(exc)
+        code = {"witnesses": EXIT_TOO_FEW_WITNESSES, "release_not_allowed": EXIT_RELEASE_NOT_ALLOWED}
+        raise typer.Exit(code.get(exc.reason, EXIT_NOT_INTACT)) from None
+    except OSError as exc:
+        _stop(progress, task)
+        _err.print(f"error: cannot read {file}: {exc.strerror}")
+        raise typer.Exit(EXIT_UNREADABLE) from None
+    _stop(progress, task)
+    if as_json:
+        typer.echo(json.dumps(made.as_json(), indent=2))
+        return
+    _print_report(made)
+
+
+def _report_day(value: str | None, option: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        if len(value) != 10:
+            raise ValueError(value)
+        return date.fromisoformat(value)
+    except ValueError:
+        _err.print(f"error: {option} must be a day YYYY-MM-DD, not {value!r}")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+_REPORT_COLUMNS = (
+    ("received", "received"), ("released", "released"), ("denied_by_policy", "denied by policy"),
+    ("refused_by_disclosure_control", "refused by disclosure control"), ("rejected", "rejected by a steward"),
+    ("", "refused at another stage"), ("pending", "pending"), ("sent_to_steward", "sent to a steward"),
+    ("approved", "approved"),
+)  # fmt: skip
+
+
+def _print_report(made: TransparencyReport) -> None:
+    """The report as tables, one per period (every cell plain text: labels are never read as markup)."""
+    since = made.since.isoformat() if made.since else "the first entry"
+    until = made.until.isoformat() if made.until else "the last entry"
+    _out.print(
+        f"Transparency report of {made.origin}: {made.checkpoint_size} entries, root {made.root.hex()}, "
+        f"verified; by {made.period}, from {since} to {until}"
+    )
+    if made.witnesses:
+        _out.print(f"   cosigned by {len(made.witnesses)} witness(es): {', '.join(made.witnesses)}")
+    if not made.periods:
+        _out.print("   no entries in that time")
+    for part in made.periods:
+        table = Table(title=Text(f"{part['period']} ({part['from']} to {part['to']})"), title_justify="left")
+        table.add_column(Text("queries"))
+        for _, heading in _REPORT_COLUMNS:
+            table.add_column(Text(heading), justify="right")
+        groups = (("queries", "kind {}"), ("peer_queries", "kind {} (via a peer)"), ("agreements", "{}"))
+        for group, name in groups:
+            if group == "agreements":
+                table.add_section()
+            for label, counts in part[group].items():
+                table.add_row(Text(name.format(label)), *(Text(c) for c in _report_cells(counts)))
+        if not part["queries"] and not part["peer_queries"]:
+            table.add_row(Text("none"), *(Text("0") for _ in _REPORT_COLUMNS))
+        _out.print(table)
+        other = Table(show_header=False, box=None, padding=(0, 1))
+        other.add_column(Text(""))
+        other.add_column(Text(""), justify="right")
+        glm, consent, changes = part["glm"], part["consent_withdrawals"], part["policy_changes"]
+        changed = ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in changes.items() if n)
+        rows = [
+            (f"federated queries of kind {label} coordinated here",
+             f"{fed['received']} received: {fed['released']} released, {fed['refused']} refused, "
+             f"{fed['pending']} pending")
+            for label, fed in part["federated_queries"].items()
+        ]  # fmt: skip
+        rows += [
+            ("invalid queries (refused before they were read)", f"{part['invalid_queries']}"),
+            ("GLM sessions opened / refused", f"{glm['sessions_opened']} / {glm['sessions_refused']}"),
+            ("GLM iterations run / refused", f"{glm['iterations']} / {glm['iterations_refused']}"),
+            ("authentication failures", f"{part['auth_failures']}"),
+            ("consent withdrawals recorded",
+             f"{consent['events']} ({consent['patients']} patients named, {consent['new']} new)"),
+            ("policy changes", f"{sum(changes.values())}" + (f" ({changed})" if changed else "")),
+            ("datasets published", f"{part['datasets_published']}"),
+            ("organisations that asked", f"{part['organisations']}"),
+            ("researchers who asked", f"{part['researchers']}"),
+        ]  # fmt: skip
+        for what, value in rows:
+            other.add_row(Text(what), Text(value))
+        _out.print(other)
+
+
+def _report_cells(counts: dict[str, int]) -> list[str]:
+    other = [
+        f"{name.removeprefix('refused_at_')} {n}"
+        for name, n in counts.items()
+        if name.startswith("refused_at_") and n
+    ]
+    return [", ".join(other) or "0" if not key else str(counts[key]) for key, _ in _REPORT_COLUMNS]
