@@ -287,35 +287,23 @@ def verify(
         except (OSError, UnicodeDecodeError) as exc:
             _err.print(f"error: cannot read --since {since}: {exc}")
             raise typer.Exit(EXIT_UNREADABLE) from None
-    progress = Progress(
-        TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=_err, transient=True,
-    )  # fmt: skip
-    task: list[TaskID] = []
-
-    def tick(done: int, total: int) -> None:
-        if total < PROGRESS_MIN_ENTRIES:
-            return
-        if not task:
-            progress.start()
-            task.append(progress.add_task("verify", total=total))
-        progress.update(task[0], completed=done)
+    bar = _VerifyProgress()
 
     try:
         summary = verify_export(
-            file, log_key, witness_keys, min_witnesses, kept, progress=tick, workers=workers
+            file, log_key, witness_keys, min_witnesses, kept, progress=bar.tick, workers=workers
         )
         checked = check_releases(file) if releases else None
     except AuditIntegrityError as exc:
-        _stop(progress, task)
+        bar.stop()
         _report_failure(exc)
         code = {"witnesses": EXIT_TOO_FEW_WITNESSES, "release_not_allowed": EXIT_RELEASE_NOT_ALLOWED}
         raise typer.Exit(code.get(exc.reason, EXIT_NOT_INTACT)) from None
     except OSError as exc:
-        _stop(progress, task)
+        bar.stop()
         _err.print(f"error: cannot read {file}: {exc.strerror}")
         raise typer.Exit(EXIT_UNREADABLE) from None
-    _stop(progress, task)
+    bar.stop()
     _out.print(f"OK {summary.origin}: {summary.size} entries, root {summary.root.hex()}")
     _out.print(f"   checkpoint signed by {summary.log_key.split('+')[0]}")
     if summary.witnesses:
@@ -332,10 +320,28 @@ def verify(
         )
 
 
-def _stop(progress: Progress, task: list[TaskID]) -> None:
-    """Take the progress bar away; one never started is left alone (stopping it prints an empty line)."""
-    if task:
-        progress.stop()
+class _VerifyProgress:
+    """The bar of a verification, shown once an export holds `PROGRESS_MIN_ENTRIES` entries or more."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=_err, transient=True,
+        )  # fmt: skip
+        self.task: TaskID | None = None
+
+    def tick(self, done: int, total: int) -> None:
+        if total < PROGRESS_MIN_ENTRIES:
+            return
+        if self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task("verify", total=total)
+        self.progress.update(self.task, completed=done)
+
+    def stop(self) -> None:
+        """Take the bar away; one never started is left alone (stopping it prints an empty line)."""
+        if self.task is not None:
+            self.progress.stop()
 
 
 def _report_failure(exc: AuditIntegrityError) -> None:
@@ -396,35 +402,23 @@ def report(
     if first is not None and last is not None and first > last:
         _err.print(f"error: --since {first} is after --until {last}")
         raise typer.Exit(EXIT_USAGE)
-    progress = Progress(
-        TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=_err, transient=True,
-    )  # fmt: skip
-    task: list[TaskID] = []
-
-    def tick(done: int, total: int) -> None:
-        if total < PROGRESS_MIN_ENTRIES:
-            return
-        if not task:
-            progress.start()
-            task.append(progress.add_task("verify", total=total))
-        progress.update(task[0], completed=done)
+    bar = _VerifyProgress()
 
     try:
         made = transparency_report(
             file, log_key, witness_keys, min_witnesses, period=chosen, since=first, until=last,
-            progress=tick,
+            progress=bar.tick,
         )  # fmt: skip
     except AuditIntegrityError as exc:
-        _stop(progress, task)
+        bar.stop()
         _report_failure(exc)
         code = {"witnesses": EXIT_TOO_FEW_WITNESSES, "release_not_allowed": EXIT_RELEASE_NOT_ALLOWED}
         raise typer.Exit(code.get(exc.reason, EXIT_NOT_INTACT)) from None
     except OSError as exc:
-        _stop(progress, task)
+        bar.stop()
         _err.print(f"error: cannot read {file}: {exc.strerror}")
         raise typer.Exit(EXIT_UNREADABLE) from None
-    _stop(progress, task)
+    bar.stop()
     if as_json:
         typer.echo(json.dumps(made.as_json(), indent=2))
         return
