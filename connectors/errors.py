@@ -25,15 +25,23 @@ _LOGIN = re.compile(r"(?P<head>^\s*(?>(?:[A-Za-z][\w+.\-]*:/+)?)[^:]*:).*@", re.
 _SECRET_QUERY = re.compile(
     r"(?i)(?P<key>[?&;][^=&;]*(?:pass|pwd|secret|token|key|credential|auth)[^=&;]*=)[^&;]*"
 )
+# `key=value` settings apart by spaces or semicolons, as in a libpq connection string
+# (`host=db password=…`) or an ODBC one (`DRIVER=…;UID=u;PWD=…`), given as a source or inside a URL's query.
+_SECRET_SETTING = re.compile(
+    r"(?i)(?P<key>(?:^|[\s;])[^=;\s]*(?:pass|pwd|secret|token|key|credential|auth)[^=;\s]*\s*=\s*)"
+    r"(?:'[^']*'|[^;\s]*)"
+)
 
 
 def mask_credentials(text: str) -> str:
-    """`text` with a `user:password@` login and the values of secret-looking query parameters (`?password=`,
-    `?sslkey=`) shown as `***`: a source given on the command line may be a mistyped database URL, and
-    nothing that repeats it may show its password. Every connector's `source` is made so."""
+    """`text` with a `user:password@` login, the values of secret-looking query parameters (`?password=`,
+    `?sslkey=`) and of secret-looking `key=value` settings (`password=…` of a libpq connection string,
+    `PWD=…` of an ODBC one) shown as `***`: a source given on the command line may be a mistyped database
+    URL or a connection string, and nothing that repeats it may show its password. Every connector's
+    `source` is made so."""
     if "@" in text:
         text = _LOGIN.sub(r"\g<head>***@", text, count=1)
-    return _SECRET_QUERY.sub(r"\g<key>***", text)
+    return _SECRET_SETTING.sub(r"\g<key>***", _SECRET_QUERY.sub(r"\g<key>***", text))
 
 
 class ConnectorError(Exception):

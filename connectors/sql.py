@@ -55,11 +55,20 @@ def parse_url(text: str | URL) -> URL:
     return url
 
 
+def _masked_values(value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+    if isinstance(value, str):
+        return mask_credentials(value)
+    return tuple(mask_credentials(v) for v in value)
+
+
 def shown_url(url: URL | str) -> str:
     """A database URL for messages and records: its password hidden, and the value of any query parameter
     that may carry a secret (`?password=`, `?sslkey=`, `?token=`) too."""
     parsed = sa.make_url(url) if isinstance(url, str) else url
-    query = {k: ("***" if _SECRET_QUERY_KEY.search(k) else v) for k, v in parsed.query.items()}
+    # A value that is itself a connection string (`?odbc_connect=DRIVER=…;PWD=…`) has its secrets masked.
+    query = {
+        k: "***" if _SECRET_QUERY_KEY.search(k) else _masked_values(v) for k, v in parsed.query.items()
+    }
     return parsed.set(query=query).render_as_string(hide_password=True)
 
 

@@ -18,6 +18,7 @@ from connectors import (
     SqlConnector,
     open_source,
 )
+from connectors.sql import shown_url
 
 
 def test_csv_and_tsv(tmp_path: Path) -> None:
@@ -120,3 +121,26 @@ def test_a_password_with_an_at_sign_is_refused_without_showing_it() -> None:
     # Written %40, it is read and never shown.
     connector = open_source("postgresql+psycopg://postgres:S3cr%40tPa55@127.0.0.1:1/test", table="patients")
     assert "S3cr" not in connector.source and "tPa55" not in connector.source
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "host=db.example user=steward password=hunter2 dbname=registry",
+        "host=db.example password='hunter2' dbname=registry",
+        "DRIVER={ODBC Driver 18};SERVER=db.example;UID=steward;PWD=hunter2",
+    ],
+)
+def test_a_connection_string_given_as_a_source_is_shown_without_its_password(source: str) -> None:
+    # Not a URL: read as a file name that does not exist, and named without the password.
+    with pytest.raises((SourceNotFound, InvalidOption)) as caught:
+        open_source(source, table="patients").schema()
+    assert "hunter2" not in str(caught.value) and "***" in str(caught.value)
+
+
+def test_a_connection_string_inside_a_url_is_shown_without_its_password() -> None:
+    odbc = "DRIVER={ODBC Driver 18};SERVER=db.example;UID=steward;PWD=hunter2"
+    url = sa.URL.create("mssql+pyodbc", query={"odbc_connect": odbc})
+    shown = shown_url(url)
+    assert "hunter2" not in shown and "steward" in shown
+    assert "hunter2" not in shown_url(url.render_as_string(hide_password=False))
