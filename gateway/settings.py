@@ -289,9 +289,11 @@ class SiteSettings(BaseSettings):
                 "credentials, so reach OPA on an address only the gateway can (loopback, a private network)"
             )
         try:
-            parts.port  # noqa: B018 - reading it checks it
+            port = parts.port
         except ValueError:
-            raise ValueError("must be http(s)://host[:port] with a port from 0 to 65535") from None
+            port = 0
+        if port == 0:  # `:0` would be read as no port at all
+            raise ValueError("must be http(s)://host[:port] with a port from 1 to 65535") from None
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError("must not carry a path, query or fragment (the client adds /v1/…)")
         return value

@@ -32,11 +32,11 @@ def _client_for(url: str, timeout_s: float) -> OpaClient:
         raise PolicyError(
             f"opa_url must not carry a path or query (the client adds /v1/…), got {shown_url(url)!r}"
         )
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    port = parts.port if parts.port else (443 if parts.scheme == "https" else 80)
+    # The client writes `http://{host}:{port}`: an IPv6 address keeps its brackets.
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     # No retries: the timeout is the whole budget for a decision, and a failure denies anyway.
-    return OpaClient(
-        host=parts.hostname, port=port, ssl=parts.scheme == "https", timeout=timeout_s, retries=0
-    )
+    return OpaClient(host=host, port=port, ssl=parts.scheme == "https", timeout=timeout_s, retries=0)
 
 
 class OpaServerEngine:

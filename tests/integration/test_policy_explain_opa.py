@@ -3,9 +3,12 @@ and no OPA login ever reaches a message."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +150,23 @@ def test_a_publish_failure_names_the_server_by_host_and_port() -> None:
     with pytest.raises(PolicyError) as err:
         OpaServerEngine("http://127.0.0.1:1/", 0.5, bundle)
     assert "the OPA server at http://127.0.0.1:1:" in str(err.value)
+
+
+def test_an_opa_server_on_an_ipv6_address_is_reached(opa: RecordingOpa) -> None:
+    class Ipv6Server(HTTPServer):
+        address_family = socket.AF_INET6
+
+    try:
+        v6 = Ipv6Server(("::1", 0), opa._server.RequestHandlerClass)
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here ({exc.strerror})")
+    threading.Thread(target=v6.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        bundle = load_bundle(POLICIES, "DE")
+        # The recording server is no real OPA; what matters is that the requests reached it.
+        with contextlib.suppress(PolicyError):
+            OpaServerEngine(f"http://[::1]:{v6.server_address[1]}", 2.0, bundle)
+    finally:
+        v6.shutdown()
+        v6.server_close()
+    assert opa.seen and opa.seen[0].startswith("GET /v1/")
