@@ -116,7 +116,7 @@ WITNESS_REFUSED = register(
             "old_size": COUNT,
             "size": COUNT,
         },
-        optional={"checkpoint_digest": DIGEST, "cosigned_size": COUNT},
+        optional={"checkpoint_digest": DIGEST, "cosigned_size": COUNT, "suppressed": COUNT},
     )
 )
 WITNESS_REQUEST_REFUSED = register(
@@ -531,11 +531,20 @@ class Witnessing:
             self._evidence[note.text] = None
             while len(self._evidence) > MAX_EVIDENCE_REMEMBERED:
                 self._evidence.popitem(last=False)
+        payload: dict[str, Any] = {}
+        if kept is None:
+            # The log's evidence rows are full: this fork proves nothing the kept ones do not, and a peer
+            # signing fork after fork must not grow the log by an entry each (RefusalLimiter's window).
+            suppressed = self.refusals.admit(cp.origin, "fork_not_kept")
+            if suppressed is None:
+                return
+            payload["suppressed"] = suppressed
         try:
             cosigned_size, _ = witness.cosigned(cp.origin)
         except (AuditError, sa.exc.SQLAlchemyError):
             cosigned_size = cp.size  # equal sizes were compared, whatever the store says now
         payload = {
+            **payload,
             "origin": cp.origin,
             "reason": "root_mismatch_at_equal_size",
             "old_size": request.old_size,

@@ -27,7 +27,7 @@ from audit.errors import (
 from audit.keys import generate_log_key, load_log_key
 from audit.log import AuditLog
 from audit.notes import parse_note, verifier_key_text
-from audit.witness import format_add_checkpoint_body, note_digest
+from audit.witness import MAX_EVIDENCE_PER_ORIGIN, format_add_checkpoint_body, note_digest
 from gateway import problems
 from gateway.federation.witnessing import (
     REFUSAL_AUDIT_INTERVAL_S,
@@ -511,3 +511,26 @@ def test_a_wrong_peer_key_in_the_config_stops_start_up(tmp_path: Path) -> None:
     with pytest.raises(WitnessingError, match=r"peers.site-x.log_key"):
         Witnessing(settings, log)
     log.close()
+
+
+def test_forks_past_the_kept_ones_are_audited_once_a_minute_with_a_count(tmp_path: Path) -> None:
+    """A peer whose key signs fork after fork: the first MAX_EVIDENCE_PER_ORIGIN are kept and audited one
+    by one, the rest in one entry per minute that says how many it leaves out."""
+
+    async def body(p: Pair) -> None:
+        origin = p.a_settings.audit_origin
+        p.grow(4)
+        await p.b.add_checkpoint(format_add_checkpoint_body(0, [], p.log.checkpoint()))
+        before = p.b.audit.size
+        forks = MAX_EVIDENCE_PER_ORIGIN + 40
+        for i in range(forks):
+            fork = sign_checkpoint(Checkpoint(origin, 4, (i + 1).to_bytes(32, "big")), p.a_key)
+            with pytest.raises(RootMismatchAtEqualSize):
+                await p.b.add_checkpoint(format_add_checkpoint_body(4, [], fork))
+        refused = [e["payload"] for e in _entries(p.b.audit)[before:] if e["type"] == "witness.refused"]
+        assert len(kept_fork_evidence(p.b.settings)) == MAX_EVIDENCE_PER_ORIGIN
+        kept, beyond = refused[:MAX_EVIDENCE_PER_ORIGIN], refused[MAX_EVIDENCE_PER_ORIGIN:]
+        assert all("suppressed" not in e for e in kept)
+        assert beyond == [{**beyond[0], "suppressed": 0}]  # the first past the kept ones; the rest counted
+
+    _run(tmp_path, body)
