@@ -602,6 +602,13 @@ def _base_url(base_url: Any, *, allow_insecure_http: bool) -> str:
         raise ValueError(
             "the gateway's URL must start with https:// and name a host, e.g. https://fedgate.site-de.example"
         )
+    if "@" in parts.netloc:
+        # httpx would send the login as Basic credentials in place of the bearer token (the message does
+        # not repeat it).
+        raise ValueError(
+            "the gateway's URL must not hold a user name or password (user:password@): the client "
+            "authenticates with the token alone"
+        )
     if parts.scheme.lower() == "http" and not _is_loopback(host) and not allow_insecure_http:
         raise ValueError(
             f"refusing plain http to {host}: the token would cross the network unencrypted. Use https:// "

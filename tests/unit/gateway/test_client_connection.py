@@ -96,6 +96,15 @@ def test_a_url_without_scheme_or_host_is_refused(url: str) -> None:
         Gateway(url, TOKEN, transport=Recorder().transport)
 
 
+@pytest.mark.parametrize("client", [Gateway, Federation])
+@pytest.mark.parametrize("url", ["https://user:S3cret@fedgate.example", "http://user:S3cret@127.0.0.1:8000"])
+def test_a_url_holding_a_login_is_refused_so_it_never_replaces_the_token(client: Client, url: str) -> None:
+    recorder = Recorder()
+    with pytest.raises(ValueError, match="user name or password") as refused:
+        client(url, TOKEN, transport=recorder.transport)
+    assert "S3cret" not in str(refused.value) and recorder.requests == []
+
+
 # -- the token --------------------------------------------------------------------------------------------
 
 
