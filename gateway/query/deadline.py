@@ -18,7 +18,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import duckdb
@@ -34,7 +34,7 @@ _HELD: Final = "fedgate_deadline"
 
 
 class Watchdog:
-    """Calls each armed action once its deadline has passed, unless it was disarmed first."""
+    """Calls each armed action at every look once its deadline has passed, until it is disarmed."""
 
     def __init__(self) -> None:
         self._lock = threading.Condition(threading.Lock())
@@ -61,7 +61,8 @@ class Watchdog:
         return number
 
     def disarm(self, number: int) -> None:
-        """The action of `number` will not be called (it may have been already, if its time had come)."""
+        """The action of `number` will not be called again (it is called at every look of the watchdog
+        from its deadline on, until disarmed)."""
         with self._lock:
             self._armed.pop(number, None)
 
@@ -77,19 +78,22 @@ class Watchdog:
                 # that would be a hand-off of the interpreter lock per query), so an idle gateway's watchdog
                 # looks a few times a second at nothing.
                 self._lock.wait(self._tick)
-                now = time.monotonic()
-                for number in [n for n, (deadline, _) in self._armed.items() if deadline <= now]:
-                    # Under the lock: a query that gives its connection back waits in `disarm` until the
-                    # interrupt is done, so the interrupt never lands on the connection's next user.
-                    _fire(self._armed.pop(number)[1])
+                # Again at every look until disarmed: an interrupt that came between two statements of one
+                # query found nothing running, and the next one must not run unbounded. Under the lock: a
+                # query that gives its connection back waits in `disarm` until the interrupt is done, so
+                # none lands on the connection's next user.
+                _fire_due(self._armed.values(), time.monotonic())
 
 
-def _fire(action: Callable[[], Any]) -> None:
-    """Call `action`; a function of its own, so that the watchdog's frame keeps no connection alive."""
-    try:
-        action()
-    except Exception as exc:  # noqa: BLE001 - the watchdog outlives any one action
-        log.warning("store deadline: the interrupt failed (%s)", type(exc).__name__)
+def _fire_due(armed: Iterable[tuple[float, Callable[[], Any]]], now: float) -> None:
+    """Call every action whose deadline has passed; a function of its own, so that the watchdog's frame
+    keeps no connection alive between looks."""
+    for deadline, action in armed:
+        if deadline <= now:
+            try:
+                action()
+            except Exception as exc:  # noqa: BLE001 - the watchdog outlives any one action
+                log.warning("store deadline: the interrupt failed (%s)", type(exc).__name__)
 
 
 WATCHDOG: Final = Watchdog()

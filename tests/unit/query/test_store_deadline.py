@@ -19,27 +19,32 @@ ENDLESS = "SELECT count(*) FROM range(3000000000) a WHERE a % 7 = 3"
 """A statement DuckDB takes 20 s or more over here: far past the budget the tests set."""
 
 
-def test_the_watchdog_calls_an_action_once_due_and_never_a_disarmed_one() -> None:
+def test_the_watchdog_calls_a_due_action_until_disarmed_and_never_a_disarmed_one() -> None:
     watchdog = Watchdog()
     fired: list[str] = []
     done = threading.Event()
-    watchdog.arm(0.2, lambda: (fired.append("due"), done.set()))
+    due = watchdog.arm(0.2, lambda: (fired.append("due"), done.set()))
     kept = watchdog.arm(0.2, lambda: fired.append("disarmed"))
     watchdog.arm(60, lambda: fired.append("later"))
     watchdog.disarm(kept)
     started = time.monotonic()
     assert done.wait(5)
     assert time.monotonic() - started >= 0.2 - 0.01
-    time.sleep(0.3)  # a few more ticks: the disarmed action's deadline has passed too
-    assert fired == ["due"]
+    time.sleep(0.3)  # a few more looks: the due action is called again, the disarmed one never
+    watchdog.disarm(due)
+    calls = len(fired)
+    time.sleep(0.2)
+    assert set(fired) == {"due"} and calls >= 2 and len(fired) == calls
 
 
 def test_a_failing_action_does_not_stop_the_watchdog() -> None:
     watchdog = Watchdog()
     done = threading.Event()
-    watchdog.arm(0.05, lambda: 1 / 0)
-    watchdog.arm(0.1, done.set)
+    failing = watchdog.arm(0.05, lambda: 1 / 0)
+    later = watchdog.arm(0.1, done.set)
     assert done.wait(5)
+    watchdog.disarm(failing)
+    watchdog.disarm(later)
 
 
 @pytest.fixture
@@ -66,6 +71,20 @@ def test_a_duckdb_connection_held_past_the_budget_is_interrupted_and_serves_the_
     # Interrupted once: the pool's connection (the same one) runs the next query to its end.
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM t")).scalar() == 1000
+    engine.dispose()
+
+
+def test_a_deadline_that_passes_between_two_statements_stops_the_next_one(store: str) -> None:
+    """The interrupt at the deadline finds nothing running (DuckDB then ignores it): the query's next
+    statement is interrupted all the same."""
+    engine = store_engine(store, timeout_s=0.3)
+    started = time.monotonic()
+    with pytest.raises(sa.exc.DBAPIError) as stopped, engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM t")).scalar() == 1000
+        time.sleep(1.0)  # the query's own work between statements, past its deadline
+        conn.execute(sa.text(ENDLESS)).all()
+    assert time.monotonic() - started < 10
+    assert timed_out(stopped.value)
     engine.dispose()
 
 
