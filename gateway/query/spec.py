@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    Strict,
     StrictBool,
     Tag,
     TypeAdapter,
@@ -81,8 +82,9 @@ Scalar = (
     | Annotated[float, Field(strict=True, allow_inf_nan=False)]
     | Annotated[str, Field(max_length=_MAX_TEXT)]
 )
-Number = Annotated[float, Field(allow_inf_nan=False)]
-Prob = Annotated[float, Field(ge=MIN_PROB, le=MAX_PROB, allow_inf_nan=False)]
+# Strict: a number, as the schema says (lax validation would take "1.5" and true).
+Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Prob = Annotated[float, Strict(), Field(ge=MIN_PROB, le=MAX_PROB, allow_inf_nan=False)]
 
 
 MAX_MEMBERS: Final = 32

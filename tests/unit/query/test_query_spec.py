@@ -432,3 +432,22 @@ def test_a_hash_of_values_already_in_their_one_spelling_is_unchanged() -> None:
     parsed = parse_query_spec(canonical)
     assert parsed.query_hash() == "ab442bc78ca5461eca3887f142cb5e9a97148f89bb561ea9090def3a43b0ab3f"
     assert parsed.repeat_key(b"consent") == "24728b1d9808574fcc41bd5695331642a7875c2273794186ba166e04d27dc545"
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "field"),
+    [
+        ("histogram", {"column": "bmi", "edges": ["1", "2"]}, "params.edges[0]"),
+        ("histogram", {"column": "bmi", "edges": [True, 2]}, "params.edges[0]"),
+        ("kaplan_meier", {**_KM_PARAMS, "edges": ["30"]}, "params.edges[0]"),
+        ("quantiles", {"column": "bmi", "probs": ["0.5"]}, "params.probs[0]"),
+    ],
+)
+def test_numbers_written_as_text_or_booleans_are_refused_as_the_schema_refuses_them(
+    kind: str, params: dict[str, Any], field: str
+) -> None:
+    data = spec(kind=kind, params=params)
+    with pytest.raises(QuerySpecError) as refused:
+        parse_query_spec(data)
+    assert refused.value.field == field
+    assert not Draft202012Validator(QUERY_SPEC.json_schema(by_alias=True)).is_valid(data)
