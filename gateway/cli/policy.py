@@ -184,8 +184,10 @@ def _print_expiring(items: list[Ending], today: str, within_days: int) -> None:
         _out.print(f"nothing has ended or ends within {within_days} days of {today} (UTC)", markup=False)
         return
     table = Table(title=f"ended or ending within {within_days} days of {today} (UTC)")
+    # Ids are what a steward acts on: folded onto more lines in a narrow terminal (or none, under cron),
+    # never cut short.
     for column in ("ends", "days left", "status", "kind", "id", "affects"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     invalid = [i for i in items if i.reason is not None]
     for i in items:
         cells = (i.ends or "-", "-" if i.days_left is None else str(i.days_left), i.status, i.kind, i.id)

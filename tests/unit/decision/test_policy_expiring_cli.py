@@ -131,3 +131,11 @@ def test_a_bad_config_or_policy_folder_exits_2(site: Path, tmp_path: Path) -> No
     code, _, err = expiring(site)
     assert code == 2
     assert "agreements.json: DSA-2026-021.not_after" in err and "not a day of the calendar" in err
+
+
+def test_a_narrow_terminal_folds_the_ids_and_never_cuts_them_short(site: Path) -> None:
+    set_end(site.parent, "DSA-2025-007", _day(-1))
+    result = CliRunner().invoke(app, ["policy", "expiring", "--config", str(site)], env={"COLUMNS": "60"})
+    assert result.exit_code == 1, result.stdout
+    # Folded onto more lines, every character of each id is there; cut short, one would end in "…".
+    assert "…" not in result.stdout and "DSA-202" in result.stdout
