@@ -1,5 +1,6 @@
 """A public transparency report from a verified export: how many requests of each kind a site answered or
-refused, per month, quarter or year, without naming anyone.
+refused, per month, quarter or year, without naming anyone, and without a count small enough to single
+anyone out.
 
 `transparency_report` first verifies the export exactly as `fedgate audit verify` does (`verify_export`
 with the log's key and the witnesses' keys, then `check_releases`), raising the same AuditIntegrityError;
@@ -8,7 +9,7 @@ counts re-hashes every entry it counts into the Merkle tree and compares the roo
 just verified: the counts are those of the signed entries, never of a file changed meanwhile (reason
 `changed_while_read`). Like the verifier, it imports nothing from the log writer.
 
-Rules (each count is exact; they count requests and events, never patients, except the consent line):
+Rules (they count requests and events, never patients, except the consent line):
 
 - **Periods.** Every count belongs to the UTC calendar month (`2026-07`), quarter (`2026-Q3`) or year
   (`2026`) of one entry's `time`: for a query, its `query.received` entry (its decision, approval,
@@ -18,31 +19,38 @@ Rules (each count is exact; they count requests and events, never patients, exce
   the last day the export's entries cover (narrowed by `since` and `until`), every period between them
   included, with zeros when nothing happened; each period's `from` and `to` are the days it covers, so a
   period cut by the export's first or last entry, or by `since` or `until`, says so.
-- **Queries** (`queries`, by the `kind` of `query.received`). A request is one request id with a
-  `query.received` entry; every later entry under that id belongs to it. Each request counts once in
-  `received` and in exactly one outcome, so the outcomes add up to `received`:
+- **Queries** (`queries`, by the `dsa` and then the `kind` of `query.received`). A request is one request
+  id with a `query.received` entry; every later entry under that id belongs to it. Each request counts in
+  exactly one outcome:
   - `released`: an answer left the site at least once. A release answers the researcher, except the
     first `query.released` after a steward's approval, which stores the approved answer at the site
     until the researcher collects it (a collect is released, or refused, again);
   - `rejected`: the latest `approval.decided` of the request rejected it;
-  - otherwise the request's latest end: `denied_by_policy` for a `query.decided` of decision `deny` or a
-    `query.refused` at stage `decide` (also the agreement's terms the gateway cannot meet, such as
-    differential privacy, an approved answer out of date when collected, or a request cancelled while
-    being decided); `refused_by_disclosure_control` for a refusal at stage `disclosure`;
-    `refused_at_<stage>` for a refusal at stage validate, authorize, plan, execute, budget or limit,
-    `refused_at_other` for any other stage; `pending` for a request with no end yet: waiting for a
-    steward, approved but not yet collected, or sent back to the stewards because its approved answer
-    could not be stored (a refusal at stage `approval` that no rejection preceded).
-  Besides, `sent_to_steward` counts the requests with a `needs_approval` decision, `approved` those whose
-  latest `approval.decided` approved them.
+  - otherwise the request's latest end: `cancelled` for a refusal at stage `decide` whose reasons are
+    only the one the gateway records for a request whose caller stopped waiting before it was decided;
+    `denied_by_policy` for a `query.decided` of decision `deny` or another refusal at stage `decide`
+    (also the agreement's terms the gateway cannot meet, such as differential privacy, or an approved
+    answer out of date when collected); `refused_by_disclosure_control` for a refusal at stage
+    `disclosure`; `refused_at_<stage>` for a refusal at stage validate, authorize, plan, execute, budget
+    or limit, `refused_at_other` for any other stage; `pending` for a request with no end yet: waiting
+    for a steward, approved but not yet collected, or sent back to the stewards because its approved
+    answer could not be stored (a refusal at stage `approval` that no rejection preceded).
 - **Peer queries** (`peer_queries`): the same, for the requests whose `query.received` says `federated`
   (this site's part of a federated query coordinated by a verified peer). `queries` holds the others.
-- **Agreements** (`agreements`, by the `dsa` of `query.received`): the same outcomes over both.
-- **Invalid queries** (`invalid_queries`): `query.refused` entries of no request (refused before a
-  query was read: stage `validate`), each 1 plus its `suppressed`.
-- **Federated queries** (`federated_queries`, by `kind`, as a coordinator): `received` per
-  `federation.received`, then `released` or `refused` by the request's latest `federation.released` or
-  `federation.refused`, else `pending`.
+- **Invalid queries** (`invalid_queries`), each entry 1 plus its `suppressed`: `query.refused` entries of
+  no request (refused before a query was read: stage `validate`), and `request.refused` entries of no
+  request whose `route` is a query endpoint's (`QUERY_ROUTES`: `POST:submit`, `GET:poll`,
+  `POST:open_session`, `POST:iterate`, `DELETE:close_session`; the log names a route by method and name,
+  never by path). Those the federated coordinator wrote count in `invalid_federated_queries` instead:
+  route `POST:federated_glm`, or `POST:submit` with one of the coordinator's titles
+  (`COORDINATOR_TITLES`: a bad `sites` or `timeout_s`, an unknown site, a kind the federation does not
+  pool, no peer key). A body the framework's validation refused is a `query.refused`, which names no
+  route: it counts in `invalid_queries` whichever endpoint it was sent to. The witness's
+  `POST /v1/witness/submissions` shares the route name `submit`: its unforeseen failure (a steward's,
+  title `Internal error`) counts as an invalid query too.
+- **Federated queries** (`federated_queries`, by `kind`, as a coordinator): per `federation.received`,
+  `released` or `refused` by the request's latest `federation.released` or `federation.refused`, else
+  `pending`.
 - **GLM** (`glm`): `sessions_opened` (`glm.session_opened`), `sessions_refused` (`glm.refused` of an
   opening: no session or iteration named, stage not `session`; also one that needs a steward's
   approval), `iterations` (`glm.iteration`) and `iterations_refused` (the other `glm.refused`).
@@ -54,10 +62,31 @@ Rules (each count is exact; they count requests and events, never patients, exce
 - **Datasets published** (`datasets_published`): `ingest.published` entries.
 - **Who asked** (`organisations`, `researchers`): how many distinct `actor.org` and `actor.sub` values the
   period's requests name (`query.received`, `federation.received`, `glm.session_opened`, `glm.refused`
-  and the invalid queries' `query.refused`). Only the counts leave this module: no name, no digest of a
-  name, and nothing from which one could be recovered.
+  and the invalid queries' refusals). Only the counts leave this module: no name, no digest of a name,
+  and nothing from which one could be recovered.
 - **Labels** shown are the site's own: query kinds and agreement (`dsa`) names, which the log takes
   only as labels that look like no identifier (`audit.events.Label`).
+
+Small counts are hidden (`min_count`, k: 5 unless chosen, never below 2, since the report is public; the
+exact counts are the export's, for whoever holds it and `fedgate audit verify`):
+
+- every count from 1 to k-1 is hidden: `None` in the report (JSON `null`, with `hidden_below` saying k);
+  0 and counts of k or more are shown as they are;
+- the agreements fewer than k distinct researchers (`actor.sub`) asked under in the period, in queries
+  and peer queries together, are counted together under `MERGED_AGREEMENTS`, so that an agreement one
+  researcher uses is not named beside their requests; its counts are hidden by the same rule.
+
+A hidden count must not follow from the counts shown. Rather than print totals and hide more counts to
+cover them, the report prints none: every query counts in exactly one cell (its agreement, its kind,
+whether a peer's, its outcome) and in no other number, so no shown count is the sum of others (there is
+no `received`, no count by kind over the agreements nor by agreement over the kinds, no count of the
+requests sent to a steward or approved beside their outcomes, and no federated `received`: each of these
+is a sum of cells, or bounds some, and would give a hidden one back by subtraction). A reader adds up the
+cells shown, and knows the total is larger by as many hidden cells as there are, each 1 to k-1. Counts
+of different things still bound one another (a period's researchers asked at least one request each),
+which narrows a hidden count and, in a period where nearly everything is hidden, can pin one: the
+threshold stops subtraction, not every inference. Reports of overlapping times (a quarter and its months,
+or `since`/`until` shifted by a day) can be subtracted from each other: a site publishes one series.
 
 An entry that is not an object with a `type`, a `payload` and a UTC `time` (`YYYY-MM-DDTHH:MM:SS…Z`)
 raises AuditIntegrityError (`malformed_entry`): a verified export holds none, as the log writes none.
@@ -88,13 +117,35 @@ OTHER_STAGES = ("validate", "authorize", "plan", "execute", "budget", "limit", "
 """The stages a refusal is counted under by name (`refused_at_<stage>`), beyond decide and disclosure."""
 OUTCOMES = (
     "released", "denied_by_policy", "refused_by_disclosure_control", "rejected",
-    *(f"refused_at_{stage}" for stage in OTHER_STAGES), "pending",
+    *(f"refused_at_{stage}" for stage in OTHER_STAGES), "cancelled", "pending",
 )  # fmt: skip
-"""Each request's one outcome; they add up to `received`."""
-QUERY_COUNTS = ("received", *OUTCOMES, "sent_to_steward", "approved")
-FEDERATED_COUNTS = ("received", "released", "refused", "pending")
+"""Each request's one outcome: the counts of one kind of query under one agreement."""
+FEDERATED_COUNTS = ("released", "refused", "pending")
 GLM_COUNTS = ("sessions_opened", "sessions_refused", "iterations", "iterations_refused")
 POLICY_CHANGES = ("policy", "dsa", "data", "found_at_startup", "other")
+DEFAULT_MIN_COUNT = 5
+"""The smallest count shown as it is, unless another is chosen; counts from 1 up to it are hidden."""
+QUERY_ROUTE_LABELS = frozenset(
+    {"POST:submit", "GET:poll", "POST:open_session", "POST:iterate", "DELETE:close_session",
+     "POST:federated_glm"}
+)  # fmt: skip
+"""The `route` of a `request.refused` on a query endpoint (gateway.deps.route_label: method and route name)
+of /v1/queries, /v1/federated-queries, /v1/glm/ and /v1/federated-glm (gateway.app.QUERY_ROUTES)."""
+COORDINATOR_TITLES = frozenset(
+    {"Invalid federated query", "Not a federated kind", "Unknown site", "No peer signing key"}
+)
+"""The titles of the refusals the federated coordinator writes on `POST:submit` before it asks any site
+(gateway.federation.coordinator): /v1/queries shares the route name."""
+CANCELLED_REASON = "the request was cancelled before it ended"
+"""The reason a gateway records, at stage decide, for a request whose caller stopped waiting before it was
+decided (gateway.pipeline.CANCELLED)."""
+
+
+def merged_agreements(min_count: int) -> str:
+    """The label of the agreements fewer than `min_count` researchers asked under, counted together (no
+    agreement label can be it: labels start with a letter, a digit or a slash)."""
+    return f"(agreements with fewer than {min_count} researchers)"
+
 
 _TIME = re.compile(r"(\d{4}-\d{2}-\d{2})T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?Z")
 _STAGE_OUTCOME = {"decide": "denied_by_policy", "disclosure": "refused_by_disclosure_control"}
@@ -112,10 +163,12 @@ class TransparencyReport:
     period: Period
     since: date | None
     until: date | None
+    min_count: int
+    """Counts from 1 to `min_count` - 1 are hidden: None in `periods`."""
     periods: tuple[dict[str, Any], ...]
 
     def as_json(self) -> dict[str, Any]:
-        """The stable JSON document (`--json`; its shape is in docs/audit.md)."""
+        """The stable JSON document (`--json`; its shape is in docs/audit.md); a hidden count is null."""
         return {
             "origin": self.origin,
             "checkpoint_size": self.checkpoint_size,
@@ -124,6 +177,7 @@ class TransparencyReport:
             "period": self.period,
             "since": self.since.isoformat() if self.since else None,
             "until": self.until.isoformat() if self.until else None,
+            "hidden_below": self.min_count,
             "periods": list(self.periods),
         }
 
@@ -137,14 +191,18 @@ def transparency_report(
     period: Period = "quarter",
     since: date | None = None,
     until: date | None = None,
+    min_count: int = DEFAULT_MIN_COUNT,
     progress: Callable[[int, int], None] | None = None,
 ) -> TransparencyReport:
-    """Verify the export at `source` as `fedgate audit verify` does, then count it by the rules above.
+    """Verify the export at `source` as `fedgate audit verify` does, then count it by the rules above,
+    hiding the counts from 1 to `min_count` - 1.
 
     Raises AuditIntegrityError when it does not verify (or changed while it was read), OSError when it
-    cannot be read, ValueError for an unknown period or `since` after `until`."""
+    cannot be read, ValueError for an unknown period, `since` after `until` or a `min_count` below 2."""
     if period not in PERIODS:
         raise ValueError(f"period must be one of {', '.join(PERIODS)}")
+    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 2:
+        raise ValueError("min_count must be an integer of at least 2: the report is public")
     if since is not None and until is not None and since > until:
         raise ValueError("since is after until")
     with Path(source).open("rb") as stream:
@@ -162,7 +220,8 @@ def transparency_report(
         period=period,
         since=since,
         until=until,
-        periods=tuple(tally.periods(period, since, until)),
+        min_count=min_count,
+        periods=tuple(tally.periods(period, since, until, min_count)),
     )
 
 
@@ -200,9 +259,9 @@ class _Request:
     kind: str
     dsa: str
     peer: bool
+    sub: str | None  # who asked: only to count the researchers of each agreement
     end: str = "pending"
     left: bool = False  # an answer left the site
-    sent: bool = False  # a needs_approval decision
     verdict: str | None = None  # the latest approval.decided
     storing: bool = False  # approved: the next release stores the answer for a collect
 
@@ -219,6 +278,11 @@ class _Federated:
     day: date
     kind: str
     end: str = "pending"
+
+
+Row = dict[str, int]
+Rows = dict[str, dict[str, Row]]
+"""Queries counted by agreement, then kind: each request in one row, in one outcome."""
 
 
 @dataclass
@@ -275,7 +339,11 @@ class _Tally:
 
     # -- summing up ----------------------------------------------------------------------------------------
 
-    def periods(self, period: Period, since: date | None, until: date | None) -> list[dict[str, Any]]:
+    def periods(
+        self, period: Period, since: date | None, until: date | None, min_count: int
+    ) -> list[dict[str, Any]]:
+        """The periods' counts, agreements with fewer researchers than `min_count` merged and counts below
+        it hidden (1 shows them all exactly: for tests, never for a report)."""
         if self.first is None or self.last is None:
             return []
         start = max(self.first, since) if since else self.first
@@ -296,19 +364,19 @@ class _Tally:
         def target(day: date) -> dict[str, Any] | None:
             return by_label.get(_label(day, period)) if start <= day <= end else None
 
+        asking: dict[str, dict[str, set[str]]] = {label: {} for label in by_label}  # researchers by dsa
         for request in [*self.ended, *self.requests.values()]:
             if (into := target(request.day)) is None:
                 continue
-            group = "peer_queries" if request.peer else "queries"
-            for counts in (_counts(into[group], request.kind), _counts(into["agreements"], request.dsa)):
-                counts["received"] += 1
-                counts[request.outcome()] += 1
-                counts["sent_to_steward"] += request.sent
-                counts["approved"] += request.verdict == "approved"
+            rows: Rows = into["peer_queries" if request.peer else "queries"]
+            row = rows.setdefault(request.dsa, {}).setdefault(request.kind, dict.fromkeys(OUTCOMES, 0))
+            row[request.outcome()] += 1
+            subs = asking[into["period"]].setdefault(request.dsa, set())
+            if request.sub is not None:
+                subs.add(request.sub)
         for fed in [*self.federated_ended, *self.federated.values()]:
             if (into := target(fed.day)) is not None:
                 counts = into["federated_queries"].setdefault(fed.kind, dict.fromkeys(FEDERATED_COUNTS, 0))
-                counts["received"] += 1
                 counts[fed.end] += 1
         seen: dict[str, tuple[set[str], set[str]]] = {}
         for day, bucket in self.days.items():
@@ -326,16 +394,34 @@ class _Tally:
         for shown in out:
             orgs, subs = seen.get(shown["period"], (set(), set()))
             shown["organisations"], shown["researchers"] = len(orgs), len(subs)
-            for group in ("queries", "peer_queries", "agreements", "federated_queries"):
-                shown[group] = dict(sorted(shown[group].items()))
-        return out
+            few = {dsa for dsa, who in asking[shown["period"]].items() if len(who) < min_count}
+            for group in ("queries", "peer_queries"):
+                shown[group] = _merged(shown[group], few, merged_agreements(min_count))
+            shown["federated_queries"] = dict(sorted(shown["federated_queries"].items()))
+        return [_hidden(shown, min_count) for shown in out]
 
 
-def _counts(group: dict[str, dict[str, int]], name: str) -> dict[str, int]:
-    found = group.get(name)
-    if found is None:
-        found = group[name] = dict.fromkeys(QUERY_COUNTS, 0)
-    return found
+def _merged(rows: Rows, few: set[str], label: str) -> Rows:
+    """The rows sorted by agreement and kind, those of the agreements in `few` summed into one, last."""
+    named: Rows = {dsa: dict(sorted(kinds.items())) for dsa, kinds in sorted(rows.items()) if dsa not in few}
+    together: dict[str, Row] = {}
+    for dsa in few & rows.keys():
+        for kind, row in rows[dsa].items():
+            into = together.setdefault(kind, dict.fromkeys(OUTCOMES, 0))
+            for outcome, n in row.items():
+                into[outcome] += n
+    if together:
+        named[label] = dict(sorted(together.items()))
+    return named
+
+
+def _hidden(value: Any, min_count: int) -> Any:
+    """`value` with every count from 1 to `min_count` - 1 in it replaced by None."""
+    if isinstance(value, dict):
+        return {key: _hidden(item, min_count) for key, item in value.items()}
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < min_count:
+        return None
+    return value
 
 
 def _empty_period(label: str, start: date, end: date) -> dict[str, Any]:
@@ -345,9 +431,9 @@ def _empty_period(label: str, start: date, end: date) -> dict[str, Any]:
         "to": end.isoformat(),
         "queries": {},
         "peer_queries": {},
-        "agreements": {},
         "invalid_queries": 0,
         "federated_queries": {},
+        "invalid_federated_queries": 0,
         "glm": dict.fromkeys(GLM_COUNTS, 0),
         "auth_failures": 0,
         "consent_withdrawals": {"events": 0, "patients": 0, "new": 0},
@@ -370,16 +456,19 @@ def _received(t: _Tally, entry: dict[str, Any], p: dict[str, Any], day: date, ri
         return
     if old is not None:
         t.ended.append(old)
-    t.requests[rid] = _Request(day, _text(p.get("kind")), _text(p.get("dsa")), p.get("federated") is True)
+    actor = entry.get("actor")
+    sub = actor.get("sub") if isinstance(actor, dict) else None
+    t.requests[rid] = _Request(
+        day, _text(p.get("kind")), _text(p.get("dsa")), p.get("federated") is True,
+        sub if isinstance(sub, str) else None,
+    )  # fmt: skip
 
 
 def _decided(t: _Tally, entry: dict[str, Any], p: dict[str, Any], day: date, rid: str | None,
              r: _Request | None) -> None:  # fmt: skip
     if r is None:  # a GLM session's decision: its glm.* entries count it
         return
-    if p.get("decision") == "needs_approval":
-        r.sent = True
-    elif p.get("decision") == "deny":
+    if p.get("decision") == "deny":
         r.end = "denied_by_policy"
 
 
@@ -416,8 +505,23 @@ def _refused(t: _Tally, entry: dict[str, Any], p: dict[str, Any], day: date, rid
         # After a rejection, the refusal that ends the request (`rejected` wins); otherwise the approved
         # answer was not stored and the request went back to the stewards.
         r.end = "pending"
+    elif stage == "decide" and p.get("reasons") == [CANCELLED_REASON]:
+        r.end = "cancelled"
     else:
         r.end = _STAGE_OUTCOME.get(str(stage), "refused_at_other")
+
+
+def _request_refused(t: _Tally, entry: dict[str, Any], p: dict[str, Any], day: date, rid: str | None,
+                     r: _Request | None) -> None:  # fmt: skip
+    route = p.get("route")
+    if r is not None or route not in QUERY_ROUTE_LABELS:  # another endpoint's, or a counted request's
+        return
+    coordinator = route == "POST:federated_glm" or (
+        route == "POST:submit" and p.get("title") in COORDINATOR_TITLES
+    )
+    name = "invalid_federated_queries" if coordinator else "invalid_queries"
+    t.bucket(day).events[name] += 1 + _count_of(p.get("suppressed"))
+    t.asked(entry, day)
 
 
 def _federation_received(t: _Tally, entry: dict[str, Any], p: dict[str, Any], day: date, rid: str | None,
@@ -481,6 +585,7 @@ _HANDLERS: dict[str, Handler] = {
     "approval.decided": _approval,
     "query.released": _released,
     "query.refused": _refused,
+    "request.refused": _request_refused,
     "federation.received": _federation_received,
     "federation.released": _federation_end("released"),
     "federation.refused": _federation_end("refused"),

@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -33,7 +33,7 @@ from audit.errors import AuditError, AuditIntegrityError, LogKeyError, NoteError
 from audit.keys import generate_log_key, load_log_key
 from audit.log import AuditLog
 from audit.notes import ALG_COSIGNATURE_V1, ALG_ED25519, parse_verifier_key, verifier_key_text
-from audit.report import PERIODS, TransparencyReport, transparency_report
+from audit.report import DEFAULT_MIN_COUNT, PERIODS, TransparencyReport, transparency_report
 from audit.verify import check_releases, verify_export
 from gateway.auth.dev import dev_key_path
 from gateway.cli.output import database_file, shown, url_problem
@@ -375,14 +375,25 @@ def report(
     until: Annotated[
         str | None, typer.Option("--until", help="count up to this UTC day (YYYY-MM-DD, inclusive)")
     ] = None,
+    min_count: Annotated[
+        int,
+        typer.Option(
+            "--min-count",
+            min=2,
+            help="hide every count below this (at least 2), and count together the agreements fewer "
+            "researchers asked under",
+        ),
+    ] = DEFAULT_MIN_COUNT,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON document")] = False,
 ) -> None:
     """Verify an export as `verify` does, then print a public transparency report of it.
 
-    Per month, quarter or year: the queries received, released and refused (by policy, by disclosure
-    control, by a steward, or at another stage) by kind and by agreement, federated queries, GLM
-    sessions, authentication failures, consent withdrawals, policy changes, datasets published, and how
-    many organisations and researchers asked. Never a name: see docs/audit.md.
+    Per month, quarter or year: the queries released, denied by policy, refused by disclosure control,
+    rejected by a steward, refused at another stage, cancelled or pending, by agreement and kind; invalid
+    and federated queries, GLM sessions, authentication failures, consent withdrawals, policy changes,
+    datasets published, and how many organisations and researchers asked. Never a name, and no count
+    from 1 to --min-count - 1 (shown as <5; null in --json): exact counts are the export's, for `verify`
+    and whoever holds it. See docs/audit.md.
 
     Exit codes as `verify`'s: a report is printed only from an export that verifies.
     0 verified and reported;
@@ -407,7 +418,7 @@ def report(
     try:
         made = transparency_report(
             file, log_key, witness_keys, min_witnesses, period=chosen, since=first, until=last,
-            progress=bar.tick,
+            min_count=min_count, progress=bar.tick,
         )  # fmt: skip
     except AuditIntegrityError as exc:
         bar.stop()
@@ -438,10 +449,9 @@ def _report_day(value: str | None, option: str) -> date | None:
 
 
 _REPORT_COLUMNS = (
-    ("received", "received"), ("released", "released"), ("denied_by_policy", "denied by policy"),
+    ("released", "released"), ("denied_by_policy", "denied by policy"),
     ("refused_by_disclosure_control", "refused by disclosure control"), ("rejected", "rejected by a steward"),
-    ("", "refused at another stage"), ("pending", "pending"), ("sent_to_steward", "sent to a steward"),
-    ("approved", "approved"),
+    ("", "refused at another stage"), ("cancelled", "cancelled"), ("pending", "pending"),
 )  # fmt: skip
 
 
@@ -449,25 +459,33 @@ def _print_report(made: TransparencyReport) -> None:
     """The report as tables, one per period (every cell plain text: labels are never read as markup)."""
     since = made.since.isoformat() if made.since else "the first entry"
     until = made.until.isoformat() if made.until else "the last entry"
+    hidden = f"<{made.min_count}"
     _out.print(
         f"Transparency report of {made.origin}: {made.checkpoint_size} entries, root {made.root.hex()}, "
         f"verified; by {made.period}, from {since} to {until}"
     )
     if made.witnesses:
         _out.print(f"   cosigned by {len(made.witnesses)} witness(es): {', '.join(made.witnesses)}")
+    _out.print(
+        f"   counts from 1 to {made.min_count - 1} are shown as {hidden}, and the agreements fewer than "
+        f"{made.min_count} researchers asked under are counted together; no totals are printed"
+    )
     if not made.periods:
         _out.print("   no entries in that time")
+
+    def cell(n: int | None) -> str:
+        return hidden if n is None else str(n)
+
     for part in made.periods:
         table = Table(title=Text(f"{part['period']} ({part['from']} to {part['to']})"), title_justify="left")
-        table.add_column(Text("queries"))
+        table.add_column(Text("queries: agreement, kind"))
         for _, heading in _REPORT_COLUMNS:
             table.add_column(Text(heading), justify="right")
-        groups = (("queries", "kind {}"), ("peer_queries", "kind {} (via a peer)"), ("agreements", "{}"))
-        for group, name in groups:
-            if group == "agreements":
-                table.add_section()
-            for label, counts in part[group].items():
-                table.add_row(Text(name.format(label)), *(Text(c) for c in _report_cells(counts)))
+        for group, suffix in (("queries", ""), ("peer_queries", " (via a peer)")):
+            for dsa, kinds in part[group].items():
+                for kind, counts in kinds.items():
+                    cells = _report_cells(counts, cell)
+                    table.add_row(Text(f"{dsa}, kind {kind}{suffix}"), *(Text(c) for c in cells))
         if not part["queries"] and not part["peer_queries"]:
             table.add_row(Text("none"), *(Text("0") for _ in _REPORT_COLUMNS))
         _out.print(table)
@@ -475,34 +493,38 @@ def _print_report(made: TransparencyReport) -> None:
         other.add_column(Text(""))
         other.add_column(Text(""), justify="right")
         glm, consent, changes = part["glm"], part["consent_withdrawals"], part["policy_changes"]
-        changed = ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in changes.items() if n)
+        changed = ", ".join(f"{k.replace('_', ' ')} {cell(n)}" for k, n in changes.items() if n != 0)
         rows = [
             (f"federated queries of kind {label} coordinated here",
-             f"{fed['received']} received: {fed['released']} released, {fed['refused']} refused, "
-             f"{fed['pending']} pending")
+             ", ".join(f"{cell(fed[end])} {end}" for end in ("released", "refused", "pending")))
             for label, fed in part["federated_queries"].items()
         ]  # fmt: skip
         rows += [
-            ("invalid queries (refused before they were read)", f"{part['invalid_queries']}"),
-            ("GLM sessions opened / refused", f"{glm['sessions_opened']} / {glm['sessions_refused']}"),
-            ("GLM iterations run / refused", f"{glm['iterations']} / {glm['iterations_refused']}"),
-            ("authentication failures", f"{part['auth_failures']}"),
-            ("consent withdrawals recorded",
-             f"{consent['events']} ({consent['patients']} patients named, {consent['new']} new)"),
-            ("policy changes", f"{sum(changes.values())}" + (f" ({changed})" if changed else "")),
-            ("datasets published", f"{part['datasets_published']}"),
-            ("organisations that asked", f"{part['organisations']}"),
-            ("researchers who asked", f"{part['researchers']}"),
+            ("invalid queries (refused before they were read)", cell(part["invalid_queries"])),
+            ("invalid federated queries (refused before any site was asked)",
+             cell(part["invalid_federated_queries"])),
+            ("GLM sessions opened / refused",
+             f"{cell(glm['sessions_opened'])} / {cell(glm['sessions_refused'])}"),
+            ("GLM iterations run / refused",
+             f"{cell(glm['iterations'])} / {cell(glm['iterations_refused'])}"),
+            ("authentication failures", cell(part["auth_failures"])),
+            ("consent withdrawals recorded", f"{cell(consent['events'])} ({cell(consent['patients'])} "
+             f"patients named, {cell(consent['new'])} new)"),
+            ("policy changes", changed or "0"),
+            ("datasets published", cell(part["datasets_published"])),
+            ("organisations that asked", cell(part["organisations"])),
+            ("researchers who asked", cell(part["researchers"])),
         ]  # fmt: skip
         for what, value in rows:
             other.add_row(Text(what), Text(value))
         _out.print(other)
 
 
-def _report_cells(counts: dict[str, int]) -> list[str]:
+def _report_cells(counts: dict[str, int | None], cell: Callable[[int | None], str]) -> list[str]:
+    """One row's cells; the refusals at other stages share one, each stage named (`plan 2, limit <5`)."""
     other = [
-        f"{name.removeprefix('refused_at_')} {n}"
+        f"{name.removeprefix('refused_at_')} {cell(n)}"
         for name, n in counts.items()
-        if name.startswith("refused_at_") and n
+        if name.startswith("refused_at_") and n != 0
     ]
-    return [", ".join(other) or "0" if not key else str(counts[key]) for key, _ in _REPORT_COLUMNS]
+    return [", ".join(other) or "0" if not key else cell(counts[key]) for key, _ in _REPORT_COLUMNS]

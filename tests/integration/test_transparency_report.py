@@ -1,5 +1,6 @@
 """`fedgate audit report` over a real gateway's export: a session with a release, a policy denial, a
-disclosure refusal, an approval collected and a rejection, counted as such, and no one named."""
+disclosure refusal, an approval collected, a rejection and requests refused before they were read (at the
+coordinator too), counted as such; no one named, and no count small enough to single anyone out."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typer.testing import CliRunner
 
 from audit.keys import load_log_key
 from audit.notes import verifier_key_text
+from audit.report import OUTCOMES, _count, _Tally, merged_agreements, transparency_report
+from audit.verify.reader import ExportReader
 from gateway.cli import app
 
 PURPOSE = {"duo": ["DUO:0000006"]}
@@ -24,6 +27,15 @@ STEWARD = {"sub": "dana-report-steward"}
 
 def spec(kind: str, agreement: str, **extra: Any) -> dict[str, Any]:
     return {"dataset": "cohort", "agreement": agreement, "purpose": PURPOSE, "kind": kind, **extra}
+
+
+def exact_periods(path: Path, vkey: str) -> list[dict[str, Any]]:
+    """Every count of the export as it is (a `min_count` of 1, which no report takes)."""
+    made = transparency_report(path, vkey)
+    tally = _Tally()
+    with path.open("rb") as stream:
+        _count(ExportReader(stream), tally, made.checkpoint_size, made.root)
+    return tally.periods("quarter", None, None, 1)
 
 
 def test_a_session_is_reported_by_outcome_and_names_no_one(
@@ -53,6 +65,15 @@ def test_a_session_is_reported_by_outcome_and_names_no_one(
         rejected = http.post(f"/v1/steward/approvals/{waiting[1]}", headers=steward,
                              json={"approve": False, "reason": "no ethics approval"})  # fmt: skip
         assert rejected.status_code == 200 and rejected.json()["status"] == "rejected", rejected.text
+        # Refused before they were read: by the federated coordinator, by validation, by the poll endpoint
+        too_slow = {**spec("count", "DSA-TEST-OPEN"), "timeout_s": 100000}
+        slow = http.post("/v1/federated-queries", json=too_slow, headers=alice)
+        assert slow.status_code == 422 and slow.json()["title"] == "Invalid federated query", slow.text
+        nowhere = spec("count", "DSA-TEST-OPEN", sites=["nowhere"])
+        assert http.post("/v1/federated-queries", json=nowhere, headers=bob).json()["title"] == "Unknown site"
+        malformed = {**spec("count", "DSA-TEST-OPEN"), "kind": 3}
+        assert http.post("/v1/queries", json=malformed, headers=alice).status_code == 422
+        assert http.get("/v1/queries/req-0000000000000000", headers=bob).status_code == 404
         export = http.get("/v1/audit/export", headers=bearer(idp, "auditor")).content
     path = tmp_path / "site.audit"
     path.write_bytes(export)
@@ -64,18 +85,35 @@ def test_a_session_is_reported_by_outcome_and_names_no_one(
     human = runner.invoke(app, ["audit", "report", str(path), "--key", vkey], env={"COLUMNS": "250"})
     assert as_json.exit_code == 0 and human.exit_code == 0, as_json.output + human.output
 
-    [part] = json.loads(as_json.stdout)["periods"]
-    nonzero = {kind: {k: n for k, n in c.items() if n} for kind, c in part["queries"].items()}
-    assert nonzero == {
-        "count": {"received": 3, "released": 1, "denied_by_policy": 1, "refused_by_disclosure_control": 1},
-        "summary": {"received": 2, "released": 1, "rejected": 1, "sent_to_steward": 2, "approved": 1},
+    [counted] = exact_periods(path, vkey)
+    nonzero = {
+        dsa: {kind: {k: n for k, n in c.items() if n} for kind, c in kinds.items()}
+        for dsa, kinds in counted["queries"].items()
     }
-    assert part["agreements"]["DSA-TEST-OPEN"]["received"] == 2
-    assert part["agreements"]["DSA-TEST-EXPIRED"]["denied_by_policy"] == 1
-    assert part["agreements"]["DSA-TEST-APPROVAL"]["received"] == 2
-    assert (part["organisations"], part["researchers"]) == (2, 2)
-    assert "kind summary" in human.stdout
-    for output in (as_json.stdout, human.stdout):
+    assert nonzero == {
+        "DSA-TEST-APPROVAL": {"summary": {"released": 1, "rejected": 1}},
+        "DSA-TEST-EXPIRED": {"count": {"denied_by_policy": 1}},
+        "DSA-TEST-OPEN": {"count": {"released": 1, "refused_by_disclosure_control": 1}},
+    }
+    assert (counted["invalid_queries"], counted["invalid_federated_queries"]) == (2, 2)
+    assert (counted["organisations"], counted["researchers"]) == (2, 2)
+
+    # Published: each agreement had one researcher, so none is named, and every count is below 5
+    [part] = json.loads(as_json.stdout)["periods"]
+    merged = merged_agreements(5)
+    assert list(part["queries"]) == [merged]
+    assert part["queries"][merged] == {
+        "count": {**dict.fromkeys(OUTCOMES, 0), "released": None, "denied_by_policy": None,
+                  "refused_by_disclosure_control": None},
+        "summary": {**dict.fromkeys(OUTCOMES, 0), "released": None, "rejected": None},
+    }  # fmt: skip
+    assert (part["invalid_queries"], part["invalid_federated_queries"]) == (None, None)
+    assert (part["organisations"], part["researchers"]) == (None, None)
+    assert "kind summary" in human.stdout and "<5" in human.stdout
+    lower = runner.invoke(app, ["audit", "report", str(path), "--key", vkey, "--json", "--min-count", "2"])
+    [part] = json.loads(lower.stdout)["periods"]
+    assert (part["invalid_queries"], part["invalid_federated_queries"], part["researchers"]) == (2, 2, 2)
+    for output in (as_json.stdout, human.stdout, lower.stdout):
         for name in (*ALICE.values(), *BOB.values(), *STEWARD.values()):
             assert name not in output
-        assert "sha256:" not in output
+        assert "sha256:" not in output and "DSA-TEST" not in output

@@ -1,5 +1,6 @@
 """`fedgate audit report` and `audit.report.transparency_report`: public counts of what a site answered and
-refused, per period, from an export that verifies, and never a name."""
+refused, per period, from an export that verifies, never a name, and no count small enough to single anyone
+out."""
 
 from __future__ import annotations
 
@@ -26,9 +27,18 @@ from audit.errors import AuditIntegrityError
 from audit.log import AuditLog
 from audit.merkle import CompactRange, leaf_hash
 from audit.notes import verifier_key_text
-from audit.report import OUTCOMES, QUERY_COUNTS, _count, _Tally, transparency_report
+from audit.report import (
+    CANCELLED_REASON,
+    OUTCOMES,
+    Period,
+    _count,
+    _Tally,
+    merged_agreements,
+    transparency_report,
+)
 from audit.verify.reader import ExportReader
 from gateway.cli import app
+from gateway.pipeline import CANCELLED
 
 runner = CliRunner()
 
@@ -62,9 +72,16 @@ def released(rid: str, actor: Actor = ALICE) -> Event:
     return "query.released", rid, {"query_hash": digest(rid), "result_hash": digest("r" + rid)}, actor
 
 
-def refused(rid: str | None, stage: str, actor: Actor | None = ALICE) -> Event:
-    payload = {"stage": stage, "reasons": ["refused"]}
+def refused(
+    rid: str | None, stage: str, actor: Actor | None = ALICE, reasons: tuple[str, ...] = ("refused",)
+) -> Event:
+    payload = {"stage": stage, "reasons": list(reasons)}
     return "query.refused", rid, {**payload, "query_hash": digest(rid)} if rid else payload, actor
+
+
+def request_refused(route: str, title: str, actor: Actor | None = ALICE, **extra: Any) -> Event:
+    """A refusal the gateway's problem handler audited: its route (method and name) and title only."""
+    return "request.refused", None, {"route": route, "refusal": "bad_request", "title": title, **extra}, actor
 
 
 def approval(rid: str, verdict: str) -> Event:
@@ -123,8 +140,20 @@ def session() -> list[Event]:
         decided("r9", "allow", BOB),
         executed("r9", BOB),
         released("r9", BOB),
-        # refused before it was read
+        # cancelled while it was being decided
+        received("r10", "summary", "DSA-B", BOB),
+        refused("r10", "decide", BOB, reasons=(CANCELLED,)),
+        # refused before it was read: by validation, or by the endpoint (a poll of no such request)
         refused(None, "validate", BOB),
+        request_refused("POST:submit", "Invalid query", BOB, field="params"),
+        request_refused("GET:poll", "No such request", ALICE, suppressed=2),
+        # refused by the federated coordinator before any site was asked
+        request_refused("POST:submit", "Invalid federated query", ALICE, field="timeout_s"),
+        request_refused("POST:submit", "Unknown site", BOB, field="sites"),
+        request_refused("POST:federated_glm", "Unknown site", ALICE, field="sites", suppressed=1),
+        # refusals on other endpoints are not queries
+        request_refused("GET:approvals", "Role required", STEWARD),
+        request_refused("PUT:replace_policy_document", "Invalid request", STEWARD),
         # a GLM session opened, one iteration run and one refused; another session refused
         decided("g1", "allow"),
         other(
@@ -206,31 +235,41 @@ def day_export(tmp_path: Path, clock: list[str]) -> Iterator[tuple[Path, str]]:
     yield write_log(tmp_path, clock, [("2026-07-15T09:00:00.000000Z", session())])
 
 
-def test_every_outcome_is_counted_once_by_kind_and_by_agreement(day_export: tuple[Path, str]) -> None:
-    export, vkey = day_export
-    report = transparency_report(export, vkey)
-    assert report.origin == ORIGIN and report.period == "quarter"
-    [part] = report.as_json()["periods"]
+def exact(
+    export: Path, vkey: str, period: Period = "quarter", since: date | None = None, until: date | None = None
+) -> list[dict[str, Any]]:
+    """The periods of a verified export with every count exact (a `min_count` of 1: never a report's)."""
+    made = transparency_report(export, vkey)
+    tally = _Tally()
+    with export.open("rb") as stream:
+        _count(ExportReader(stream), tally, made.checkpoint_size, made.root)
+    return tally.periods(period, since, until, 1)
+
+
+def nonzero(rows: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    return {dsa: {kind: {k: n for k, n in c.items() if n != 0} for kind, c in kinds.items()}
+            for dsa, kinds in rows.items()}  # fmt: skip
+
+
+def test_every_outcome_is_counted_once_by_agreement_and_kind(day_export: tuple[Path, str]) -> None:
+    [part] = exact(*day_export)
     assert (part["period"], part["from"], part["to"]) == ("2026-Q3", "2026-07-15", "2026-07-15")
-    count, summary = part["queries"]["count"], part["queries"]["summary"]
-    assert {k: v for k, v in count.items() if v} == {
-        "received": 4, "released": 1, "denied_by_policy": 1, "refused_at_limit": 1,
-        "refused_by_disclosure_control": 1,
-    }  # fmt: skip
-    assert {k: v for k, v in summary.items() if v} == {
-        "received": 4, "released": 1, "rejected": 1, "pending": 2, "sent_to_steward": 4, "approved": 2,
-    }  # fmt: skip
-    assert {k: v for k, v in part["peer_queries"]["count"].items() if v} == {"received": 1, "released": 1}
-    dsa_a, dsa_b = part["agreements"]["DSA-A"], part["agreements"]["DSA-B"]
-    assert (dsa_a["received"], dsa_a["released"], dsa_a["denied_by_policy"]) == (4, 2, 1)
-    assert (dsa_b["received"], dsa_b["refused_by_disclosure_control"], dsa_b["rejected"]) == (5, 1, 1)
-    for group in ("queries", "peer_queries", "agreements"):
-        for counts in part[group].values():
-            assert sum(counts[o] for o in OUTCOMES) == counts["received"]
-    assert part["invalid_queries"] == 1
+    assert nonzero(part["queries"]) == {
+        "DSA-A": {"count": {"released": 1, "denied_by_policy": 1, "refused_at_limit": 1}},
+        "DSA-B": {
+            "count": {"refused_by_disclosure_control": 1},
+            "summary": {"released": 1, "rejected": 1, "pending": 2, "cancelled": 1},
+        },
+    }
+    assert nonzero(part["peer_queries"]) == {"DSA-A": {"count": {"released": 1}}}
+    for group in ("queries", "peer_queries"):
+        for kinds in part[group].values():
+            assert all(list(counts) == list(OUTCOMES) for counts in kinds.values())
+    assert part["invalid_queries"] == 1 + 1 + 3  # validation; an invalid query; a poll, 1 + 2 suppressed
+    assert part["invalid_federated_queries"] == 1 + 1 + 2  # timeout_s, an unknown site, a GLM fit's: 1 + 1
     assert part["federated_queries"] == {
-        "count": {"received": 1, "released": 0, "refused": 0, "pending": 1},
-        "crosstab": {"received": 2, "released": 1, "refused": 1, "pending": 0},
+        "count": {"released": 0, "refused": 0, "pending": 1},
+        "crosstab": {"released": 1, "refused": 1, "pending": 0},
     }
     assert part["glm"] == {
         "sessions_opened": 1,
@@ -245,31 +284,164 @@ def test_every_outcome_is_counted_once_by_kind_and_by_agreement(day_export: tupl
     assert (part["organisations"], part["researchers"]) == (3, 3)  # Alice, Bob and the digested name
 
 
+def test_a_cancelled_request_is_told_from_a_policy_denial(tmp_path: Path, clock: list[str]) -> None:
+    """The gateway records a request its caller stopped waiting for as a refusal at stage decide, with a
+    reason of its own: the report counts it as cancelled, not as denied by policy."""
+    assert CANCELLED_REASON == CANCELLED
+    crowd = [Actor(f"researcher-{n}-c", f"org-{n}-lab") for n in range(5)]
+    events: list[Event] = []
+    for n, actor in enumerate(crowd):
+        events += [
+            received(f"c{n}", "summary", "DSA-C", actor),
+            refused(f"c{n}", "decide", actor, (CANCELLED,)),
+        ]
+        events += [received(f"d{n}", "summary", "DSA-C", actor), decided(f"d{n}", "deny", actor),
+                   refused(f"d{n}", "decide", actor)]  # fmt: skip
+    export, vkey = write_log(tmp_path, clock, [("2026-07-15T09:00:00.000000Z", events)])
+    [part] = transparency_report(export, vkey).as_json()["periods"]
+    summary = part["queries"]["DSA-C"]["summary"]
+    assert (summary["cancelled"], summary["denied_by_policy"]) == (5, 5)
+
+
+def test_small_counts_are_hidden_and_rare_agreements_merged(day_export: tuple[Path, str]) -> None:
+    export, vkey = day_export
+    report = transparency_report(export, vkey).as_json()
+    assert report["hidden_below"] == 5 and list(report)[-2:] == ["hidden_below", "periods"]
+    [part] = report["periods"]
+    merged = merged_agreements(5)
+    # DSA-A and DSA-B were each asked under by fewer than 5 researchers: neither is named
+    assert list(part["queries"]) == [merged] and list(part["peer_queries"]) == [merged]
+    count = part["queries"][merged]["count"]
+    assert {k: n for k, n in count.items() if n != 0} == {
+        "released": None, "denied_by_policy": None, "refused_by_disclosure_control": None,
+        "refused_at_limit": None,
+    }  # fmt: skip
+    assert count["pending"] == 0  # a zero stays a zero
+    assert part["invalid_queries"] == 5  # five or more are shown
+    assert part["invalid_federated_queries"] is None and part["auth_failures"] == 5
+    assert part["consent_withdrawals"] == {"events": None, "patients": 5, "new": None}
+    assert part["federated_queries"]["crosstab"] == {"released": None, "refused": None, "pending": 0}
+    assert (part["organisations"], part["researchers"], part["datasets_published"]) == (None, None, None)
+    assert part["glm"] == dict.fromkeys(part["glm"], None)
+    assert part["policy_changes"]["dsa"] is None and part["policy_changes"]["policy"] == 0
+    for name in ("DSA-A", "DSA-B"):
+        assert name not in json.dumps(report)
+
+
+def test_one_researchers_requests_are_not_shown(tmp_path: Path, clock: list[str]) -> None:
+    """A day, or a quiet month, of one researcher's probes under an agreement nobody else uses: the report
+    shows neither the agreement, nor their counts, nor that one researcher asked."""
+    crowd = [Actor(f"researcher-{n}-q", f"org-{n}-lab") for n in range(5)]
+    events: list[Event] = []
+    for n, actor in enumerate(crowd):  # five researchers under DSA-BIG, each with one query released
+        events += [received(f"b{n}", "count", "DSA-BIG", actor), decided(f"b{n}", "allow", actor),
+                   executed(f"b{n}", actor), released(f"b{n}", actor)]  # fmt: skip
+    probes = [
+        received("a1", "count", "DSA-RARE"), decided("a1", "deny"), refused("a1", "decide"),
+        received("a2", "count", "DSA-RARE"), decided("a2", "allow"), executed("a2"),
+        refused("a2", "disclosure"),
+        other("consent.withdrawn", {"dataset": "cohort", "patients": 1, "new": 1}, actor=STEWARD),
+    ]  # fmt: skip
+    export, vkey = write_log(
+        tmp_path, clock, [("2026-07-15T09:00:00.000000Z", events), ("2026-08-03T09:00:00.000000Z", probes)]
+    )
+    args = ["audit", "report", str(export), "--key", vkey, "--period", "month"]
+    as_json = runner.invoke(app, [*args, "--json"])
+    human = runner.invoke(app, args, env={"COLUMNS": "250"})
+    assert as_json.exit_code == 0 and human.exit_code == 0, as_json.output + human.output
+    july, august = json.loads(as_json.stdout)["periods"]
+    merged = merged_agreements(5)
+    assert july["queries"] == {"DSA-BIG": {"count": {**dict.fromkeys(OUTCOMES, 0), "released": 5}}}
+    assert july["researchers"] == 5 and july["organisations"] == 5
+    assert august["queries"] == {merged: {"count": {**dict.fromkeys(OUTCOMES, 0), "denied_by_policy": None,
+                                                     "refused_by_disclosure_control": None}}}  # fmt: skip
+    assert (august["researchers"], august["organisations"]) == (None, None)
+    assert august["consent_withdrawals"] == {"events": None, "patients": None, "new": None}
+    for output in (as_json.stdout, human.stdout):
+        assert "DSA-RARE" not in output and "DSA-BIG" in output
+    assert "researchers who asked" in human.stdout
+    assert re.search(r"researchers who asked\s+<5\s*\n", human.stdout)
+    assert re.search(r"consent withdrawals recorded\s+<5 \(<5 patients named, <5 new\)", human.stdout)
+    row = next(line for line in human.stdout.splitlines() if line.startswith("│ (agreements with fewer"))
+    cells = [cell.strip() for cell in row.split("│")]
+    # released, denied, disclosure, rejected, other stages, cancelled, pending
+    assert cells[1:9] == [f"{merged}, kind count", "0", "<5", "<5", "0", "0", "0", "0"]
+    # --since/--until narrowed to the one day show no more
+    day = runner.invoke(app, [*args, "--json", "--since", "2026-08-03", "--until", "2026-08-03"])
+    [only] = json.loads(day.stdout)["periods"]
+    assert only["queries"] == august["queries"] and only["researchers"] is None
+
+
+def test_no_count_shown_is_a_sum_of_others(day_export: tuple[Path, str]) -> None:
+    """Each query counts in one cell only: no total (received, by kind, by agreement, sent to a steward)
+    from which a hidden cell would follow by subtraction."""
+    export, vkey = day_export
+    [part] = transparency_report(export, vkey, min_count=2).as_json()["periods"]
+    assert "agreements" not in part
+    for group in ("queries", "peer_queries"):
+        for kinds in part[group].values():
+            assert all(list(counts) == list(OUTCOMES) for counts in kinds.values())
+    assert all(list(c) == ["released", "refused", "pending"] for c in part["federated_queries"].values())
+    human = runner.invoke(app, ["audit", "report", str(export), "--key", vkey], env={"COLUMNS": "250"})
+    assert "received" not in human.stdout and "sent to a steward" not in human.stdout
+    assert re.search(r"policy changes\s+dsa <5\s*\n", human.stdout)
+
+
+def test_the_threshold_can_be_raised_never_lowered_below_2(day_export: tuple[Path, str]) -> None:
+    export, vkey = day_export
+    [part] = transparency_report(export, vkey, min_count=2).as_json()["periods"]
+    # DSA-A: Alice and Bob; DSA-B: Alice, Bob and the digested name. Counts of 1 are hidden.
+    assert list(part["queries"]) == ["DSA-A", "DSA-B"]
+    assert part["queries"]["DSA-B"]["summary"]["pending"] == 2
+    assert part["queries"]["DSA-B"]["summary"]["released"] is None
+    three = runner.invoke(app, ["audit", "report", str(export), "--key", vkey, "--json", "--min-count", "3"])
+    assert three.exit_code == 0, three.output
+    document = json.loads(three.stdout)
+    assert document["hidden_below"] == 3
+    assert list(document["periods"][0]["queries"]) == ["DSA-B", merged_agreements(3)]
+    for low in ("1", "0"):
+        result = runner.invoke(app, ["audit", "report", str(export), "--key", vkey, "--min-count", low])
+        assert result.exit_code == 2 and "--min-count" in result.output and result.stdout == ""
+    for bad in (1, 0, -5):
+        with pytest.raises(ValueError, match="min_count"):
+            transparency_report(export, vkey, min_count=bad)
+
+
 def test_the_report_names_no_one(day_export: tuple[Path, str]) -> None:
     export, vkey = day_export
     human = runner.invoke(app, ["audit", "report", str(export), "--key", vkey], env={"COLUMNS": "250"})
     as_json = runner.invoke(app, ["audit", "report", str(export), "--key", vkey, "--json"])
     assert human.exit_code == 0 and as_json.exit_code == 0, human.output + as_json.output
-    assert (
-        "kind summary" in human.stdout and "DSA-B" in human.stdout and "researchers who asked" in human.stdout
-    )
+    assert "kind summary" in human.stdout and "researchers who asked" in human.stdout
     for output in (human.stdout, as_json.stdout):
         for name in NAMES:
             assert name not in output
             assert hashlib.sha256(name.encode()).hexdigest()[:16] not in output
         assert "sha256:" not in output and "carol" not in output
-    assert json.loads(as_json.stdout)["periods"][0]["queries"]["count"]["released"] == 1
+    assert json.loads(as_json.stdout)["periods"][0]["invalid_queries"] == 5
 
 
 def test_human_output_shows_the_counts(day_export: tuple[Path, str]) -> None:
     export, vkey = day_export
-    result = runner.invoke(app, ["audit", "report", str(export), "--key", vkey], env={"COLUMNS": "250"})
+    args = ["audit", "report", str(export), "--key", vkey, "--min-count", "2"]
+    result = runner.invoke(app, args, env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"Transparency report of {ORIGIN}: ")
-    row = next(line for line in result.stdout.splitlines() if "kind count " in line)
-    # received, released, denied, disclosure, rejected, other stages, pending, to a steward, approved
+    assert "counts from 1 to 1 are shown as <2" in result.stdout
+    row = next(line for line in result.stdout.splitlines() if "DSA-B, kind summary " in line)
+    # released, denied, disclosure, rejected, other stages, cancelled, pending
     cells = [cell.strip() for cell in row.split("│")]
-    assert cells[2:11] == ["4", "1", "1", "1", "0", "limit 1", "0", "0", "0"]
+    assert cells[2:9] == ["<2", "0", "0", "<2", "0", "<2", "2"]
+    row = next(line for line in result.stdout.splitlines() if "DSA-A, kind count " in line)
+    assert [cell.strip() for cell in row.split("│")][6] == "limit <2"
+    assert "DSA-A, kind count (via a peer)" in result.stdout
+    assert re.search(r"invalid queries \(refused before they were read\)\s+5\s*\n", result.stdout)
+    assert re.search(
+        r"invalid federated queries \(refused before any site was asked\)\s+4\s*\n", result.stdout
+    )
+    assert re.search(
+        r"federated queries of kind count coordinated here\s+0 released, 0 refused, <2 pending", result.stdout
+    )
     assert "2026-Q3 (2026-07-15 to 2026-07-15)" in result.stdout
 
 
@@ -301,17 +473,24 @@ def boundary_log(tmp_path: Path, clock: list[str]) -> tuple[Path, str]:
     )
 
 
-def received_by_period(report: dict[str, Any]) -> dict[str, dict[str, int]]:
-    return {p["period"]: {kind: c["received"] for kind, c in p["queries"].items()} for p in report["periods"]}
+def received_by_period(periods: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """How many queries of each kind each period received, summed over agreements and outcomes."""
+    by_period: dict[str, dict[str, int]] = {}
+    for p in periods:
+        kinds = by_period[p["period"]] = {}
+        for rows in p["queries"].values():
+            for kind, counts in rows.items():
+                kinds[kind] = kinds.get(kind, 0) + sum(counts.values())
+    return by_period
 
 
 def test_periods_split_at_month_and_quarter_boundaries(tmp_path: Path, clock: list[str]) -> None:
     export, vkey = boundary_log(tmp_path, clock)
-    quarters = transparency_report(export, vkey, period="quarter").as_json()
+    quarters = exact(export, vkey, period="quarter")
     assert received_by_period(quarters) == {
         "2026-Q1": {"count": 2}, "2026-Q2": {"count": 1, "summary": 1}, "2026-Q3": {},
     }  # fmt: skip
-    q1, q2, q3 = quarters["periods"]
+    q1, q2, q3 = quarters
     assert (q1["from"], q1["to"], q2["from"], q2["to"]) == (
         "2026-01-20",
         "2026-03-31",
@@ -319,32 +498,40 @@ def test_periods_split_at_month_and_quarter_boundaries(tmp_path: Path, clock: li
         "2026-06-30",
     )
     assert (q3["from"], q3["to"]) == ("2026-07-01", "2026-07-01")  # cut by the export's last entry
-    assert q1["queries"]["count"]["denied_by_policy"] == 1 and q2["queries"]["summary"]["released"] == 1
+    assert q1["queries"]["DSA-A"]["count"]["denied_by_policy"] == 1
+    assert q2["queries"]["DSA-A"]["summary"]["released"] == 1
     assert q3["auth_failures"] == 1
-    months = transparency_report(export, vkey, period="month").as_json()
+    months = exact(export, vkey, period="month")
     assert received_by_period(months) == {
         "2026-01": {"count": 1}, "2026-02": {}, "2026-03": {"count": 1}, "2026-04": {"count": 1},
         "2026-05": {}, "2026-06": {"summary": 1}, "2026-07": {},
     }  # fmt: skip
-    assert months["periods"][1]["from"] == "2026-02-01" and months["periods"][1]["to"] == "2026-02-28"
-    years = transparency_report(export, vkey, period="year").as_json()
-    assert received_by_period(years) == {"2026": {"count": 3, "summary": 1}}
+    assert months[1]["from"] == "2026-02-01" and months[1]["to"] == "2026-02-28"
+    assert received_by_period(exact(export, vkey, period="year")) == {"2026": {"count": 3, "summary": 1}}
+    published = transparency_report(export, vkey, period="year").as_json()["periods"]
+    assert [p["period"] for p in published] == ["2026"]
+    assert published[0]["queries"][merged_agreements(5)]["count"]["released"] is None
 
 
 def test_since_and_until_keep_only_their_days(tmp_path: Path, clock: list[str]) -> None:
     export, vkey = boundary_log(tmp_path, clock)
-    spring = transparency_report(export, vkey, since=date(2026, 3, 31), until=date(2026, 6, 29)).as_json()
-    assert (spring["since"], spring["until"]) == ("2026-03-31", "2026-06-29")
+    spring = exact(export, vkey, since=date(2026, 3, 31), until=date(2026, 6, 29))
     assert received_by_period(spring) == {"2026-Q1": {"count": 1}, "2026-Q2": {"count": 1}}
-    assert [(p["from"], p["to"]) for p in spring["periods"]] == [
+    assert [(p["from"], p["to"]) for p in spring] == [
         ("2026-03-31", "2026-03-31"), ("2026-04-01", "2026-06-29"),
     ]  # fmt: skip
+    made = transparency_report(export, vkey, since=date(2026, 3, 31), until=date(2026, 6, 29)).as_json()
+    assert (made["since"], made["until"]) == ("2026-03-31", "2026-06-29")
+    assert [p["period"] for p in made["periods"]] == ["2026-Q1", "2026-Q2"]
     args = ["audit", "report", str(export), "--key", vkey, "--json", "--period", "month"]
     result = runner.invoke(app, [*args, "--since", "2026-04-01", "--until", "2026-04-30"])
     assert result.exit_code == 0, result.output
-    assert received_by_period(json.loads(result.stdout)) == {"2026-04": {"count": 1}}
-    later = transparency_report(export, vkey, since=date(2027, 1, 1)).as_json()
-    assert later["periods"] == []
+    [april] = json.loads(result.stdout)["periods"]
+    assert (april["period"], april["from"], april["to"]) == ("2026-04", "2026-04-01", "2026-04-30")
+    assert april["queries"] == {
+        merged_agreements(5): {"count": {**dict.fromkeys(OUTCOMES, 0), "released": None}}
+    }
+    assert transparency_report(export, vkey, since=date(2027, 1, 1)).as_json()["periods"] == []
 
 
 @pytest.mark.parametrize(
@@ -428,6 +615,6 @@ def test_docs_show_the_json_shape(day_export: tuple[Path, str]) -> None:
     made = transparency_report(export, vkey).as_json()
     assert list(shown) == list(made)
     assert list(shown["periods"][0]) == list(made["periods"][0])
-    assert list(shown["periods"][0]["queries"]["<kind>"]) == list(QUERY_COUNTS)
-    for key in made["periods"][0]:
+    assert list(shown["periods"][0]["queries"]["<agreement>"]["<kind>"]) == list(OUTCOMES)
+    for key in [*made["periods"][0], "hidden_below"]:
         assert f"`{key}`" in section or key in ("period", "from", "to")
