@@ -78,3 +78,17 @@ class ExportReader:
         head = b"".join(reversed(self._pushback))
         self._pushback.clear()
         return head + self._stream.read()
+
+
+def export_checkpoint(stream: IO[bytes]) -> bytes:
+    """The signed checkpoint note that ends an export, its entries skipped unread (an earlier export given
+    as the checkpoint to prove growth from: its own entries are not verified here). Raises
+    AuditIntegrityError when the stream is no export, or ends before its last entry."""
+    reader = ExportReader(stream)
+    for _ in reader.entry_chunks():
+        pass
+    if reader.consumed < reader.size:
+        raise AuditIntegrityError(
+            "truncated", f"the export announces {reader.size} entries but holds {reader.consumed}"
+        )
+    return reader.rest()

@@ -13,6 +13,7 @@ an audit log that does not exist); 4 when --out cannot be written.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import IO, Annotated, NoReturn
 
 import sqlalchemy as sa
 import typer
@@ -29,12 +30,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 from rich.text import Text
 
+from audit import export_format
+from audit.checkpoint import parse_checkpoint_body
 from audit.errors import AuditError, AuditIntegrityError, LogKeyError, NoteError
 from audit.keys import generate_log_key, load_log_key
 from audit.log import AuditLog
-from audit.notes import ALG_COSIGNATURE_V1, ALG_ED25519, parse_verifier_key, verifier_key_text
+from audit.notes import ALG_COSIGNATURE_V1, ALG_ED25519, parse_note, parse_verifier_key, verifier_key_text
 from audit.report import DEFAULT_MIN_COUNT, PERIODS, TransparencyReport, transparency_report
 from audit.verify import check_releases, verify_export
+from audit.verify.reader import export_checkpoint
 from gateway.auth.dev import dev_key_path
 from gateway.cli.output import database_file, shown, url_problem
 from gateway.federation.witnessing import witness_store_url
@@ -254,7 +258,11 @@ def verify(
     ] = None,
     min_witnesses: Annotated[int, typer.Option("--min-witnesses", min=0, help="cosignatures required")] = 0,
     since: Annotated[
-        Path | None, typer.Option("--since", help="a signed checkpoint kept earlier: prove the log only grew")
+        Path | None,
+        typer.Option(
+            "--since",
+            help="a signed checkpoint kept earlier, or the earlier export itself: prove the log only grew",
+        ),
     ] = None,
     workers: Annotated[
         int,
@@ -273,20 +281,14 @@ def verify(
     Exit codes:
     0 every check holds;
     1 the log is not intact (the message names the first bad entry or signature);
-    2 bad usage, or an unusable key;
+    2 bad usage, an unusable key, or a --since file that is neither a checkpoint nor an export;
     3 the log is intact but fewer known witnesses cosigned than --min-witnesses;
     4 a file cannot be read;
     5 the log is intact but a release was not allowed by its decision (with --releases).
     """
     log_key = _key_text(key, "--key", ALG_ED25519)
     witness_keys = [_key_text(w, "--witness", ALG_COSIGNATURE_V1) for w in witness or []]
-    kept: str | None = None
-    if since is not None:
-        try:
-            kept = since.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            _err.print(f"error: cannot read --since {since}: {exc}")
-            raise typer.Exit(EXIT_UNREADABLE) from None
+    kept = _kept_checkpoint(since) if since is not None else None
     bar = _VerifyProgress()
 
     try:
@@ -318,6 +320,38 @@ def verify(
             f"session(s), each allowed by its decision; {checked.glm_iterations} GLM iteration(s) of opened "
             f"sessions"
         )
+
+
+def _kept_checkpoint(since: Path) -> bytes:
+    """The signed checkpoint `--since` names: a checkpoint note as kept, or the one ending an earlier export
+    (the file `fedgate audit export` wrote, given as it is). Exits 2 when the file is neither and 4 when it
+    cannot be read. Whether the note is the log's (its signature, its origin) is for `verify_export`: a
+    kept checkpoint that fails there is a log not intact."""
+    try:
+        with since.open("rb") as f:
+            stream: IO[bytes] = f if f.seekable() else io.BytesIO(f.read())  # a pipe: read once
+            is_export = stream.read(len(export_format.MAGIC)) == export_format.MAGIC
+            stream.seek(0)
+            note = export_checkpoint(stream) if is_export else stream.read()
+    except OSError as exc:
+        _err.print(f"error: cannot read --since {since}: {exc.strerror or exc}")
+        raise typer.Exit(EXIT_UNREADABLE) from None
+    except AuditIntegrityError as exc:
+        _not_a_checkpoint(since, f"an audit export whose checkpoint cannot be read: {exc.message}")
+    try:
+        parse_checkpoint_body(parse_note(note).text)
+    except NoteError as exc:
+        if is_export:
+            _not_a_checkpoint(since, f"an audit export whose checkpoint cannot be read: {exc}")
+        _not_a_checkpoint(since, f"neither a signed checkpoint nor an audit export ({exc})")
+    return note
+
+
+def _not_a_checkpoint(since: Path, what: str) -> NoReturn:
+    _err.print(
+        f"error: --since {since} is {what}; give the checkpoint kept from an earlier export, or that export"
+    )
+    raise typer.Exit(EXIT_USAGE) from None
 
 
 class _VerifyProgress:

@@ -117,7 +117,13 @@ class WithdrawalRecorded(_Body):
 
     dataset: str
     patients: int = Field(description="identifiers in the request")
-    new: int = Field(description="patients not withdrawn before")
+    new: int = Field(description="patients not withdrawn before (0 when the same withdrawal is sent again)")
+    matched: int | None = Field(
+        description="distinct named patients with rows in the dataset's newest version; the others are "
+        "recorded all the same (a later version may hold them). Fewer than `patients` when an identifier "
+        "matched no row (mistyped, or not ingested yet) or was named twice. Null when the store could not "
+        "be read then"
+    )
 
 
 class PolicyDataListing(_Body):

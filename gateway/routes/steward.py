@@ -10,7 +10,7 @@ from typing import Annotated, Any, Final, Literal
 from fastapi import APIRouter, Body, Header, Query, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from gateway.consent import WithdrawalUnsupported, withdraw
+from gateway.consent import WithdrawalUnsupported, matched, pseudonyms, withdraw
 from gateway.decision.errors import PolicyEngineUnavailable
 from gateway.deps import PipelineDep, RuntimeDep, StewardDep
 from gateway.expiry import DEFAULT_WITHIN_DAYS, MAX_WITHIN_DAYS, expiring, utc_today
@@ -25,6 +25,7 @@ from gateway.policy_admin import (
     replace_data,
 )
 from gateway.problems import AUTHENTICATED, documented
+from gateway.query.errors import UnsupportedStore
 from gateway.refusal import Refusal, unavailable
 from gateway.routes.bodies import (
     Activity,
@@ -36,7 +37,7 @@ from gateway.routes.bodies import (
     QueuedQuery,
     WithdrawalRecorded,
 )
-from gateway.runtime import STATE_FAILURES, unavailable_if_failing
+from gateway.runtime import STATE_FAILURES, STORE_FAILURES, unavailable_if_failing
 from pseudonymize.errors import KeyMaterialError, StoreError
 
 log = logging.getLogger(__name__)
@@ -93,9 +94,17 @@ _NOT_WITHDRAWN: Final = "no withdrawal was recorded; send it again later"
 @router.post(
     "/datasets/{dataset}/withdrawals",
     summary="Record consent withdrawals; the next query of the dataset excludes these patients",
+    description=(
+        "The body names 1 to 10,000 patients by their source identifier (e.g. MRN), as ingest read it: "
+        "`patients`, a list of strings. The site turns each into the dataset's pseudonym and records only "
+        "that. Every named patient is recorded, whether or not the newest version holds their rows (a "
+        "later version may); `matched` says how many it holds, so an identifier that matches nothing (a "
+        "typo) shows. Sending the same withdrawal again records nothing new (`new` 0). The answer holds "
+        "counts only, never an identifier."
+    ),
     responses=documented(
         ok=(
-            "the withdrawal is recorded: how many patients it named and how many are new",
+            "the withdrawal is recorded: how many patients it named, how many are new, how many have rows",
             WithdrawalRecorded,
         ),
         not_found="no such dataset at this site",
@@ -115,8 +124,7 @@ async def withdraw_consent(
             "not_found", "Unknown dataset", [f"this site has no dataset {dataset!r}"], field="dataset"
         )
     try:
-        with unavailable_if_failing("state database", _NOT_WITHDRAWN):  # one transaction: all or none
-            new = await asyncio.to_thread(withdraw, runtime.settings, runtime.state, entry, body.patients)
+        tokens = await asyncio.to_thread(pseudonyms, runtime.settings, entry, body.patients)
     except WithdrawalUnsupported as exc:
         raise Refusal("conflict", "Cannot record the withdrawal here", [str(exc)]) from None
     except KeyMaterialError as exc:
@@ -124,15 +132,25 @@ async def withdraw_consent(
         log.error("consent withdrawal: the site master key is not usable: %s", exc)
         reason = "the site master key is not usable; the gateway's log says why; nothing was recorded"
         raise Refusal("unavailable", "The site master key is not usable", [reason]) from None
+    with unavailable_if_failing("state database", _NOT_WITHDRAWN):  # one transaction: all or none
+        new = await asyncio.to_thread(withdraw, runtime.state, entry, tokens)
+    # Counted once recorded: a store that cannot be read now delays no withdrawal, it leaves `matched` out.
+    found: int | None
+    try:
+        found = await asyncio.to_thread(matched, runtime.engine_for(entry), entry, tokens)
+    except (*STORE_FAILURES, UnsupportedStore) as exc:
+        log.warning("consent withdrawal recorded; its patients' rows not counted (%s)", type(exc).__name__)
+        found = None
+    counts = {"patients": len(body.patients), "new": new}
     # Should the log fail here, the withdrawal stays in force (it only ever excludes patients) and the
     # steward gets a 503; sent again, it is recorded, with no patient new.
     await runtime.record(
         "consent.withdrawn",
-        {"dataset": dataset, "patients": len(body.patients), "new": new},
+        {"dataset": dataset, **counts, **({"matched": found} if found is not None else {})},
         principal=steward,
     )
     # Identifiers are not echoed back: the response holds counts only.
-    return {"dataset": dataset, "patients": len(body.patients), "new": new}
+    return {"dataset": dataset, **counts, "matched": found}
 
 
 @router.get(

@@ -105,6 +105,42 @@ def test_verify_since_a_kept_checkpoint(config: Path, tmp_path: Path) -> None:
     assert rolled.exit_code == 1 and "rollback" in rolled.stderr
 
 
+def test_verify_since_the_earlier_export_itself(config: Path, tmp_path: Path) -> None:
+    vkey = keygen(config)
+    populate(config, 5)
+    first = tmp_path / "first.export"
+    runner.invoke(app, ["audit", "export", "--config", str(config), "--out", str(first)])
+    populate(config, 5)
+    second = tmp_path / "second.export"
+    runner.invoke(app, ["audit", "export", "--config", str(config), "--out", str(second)])
+    ok = runner.invoke(app, ["audit", "verify", str(second), "--key", vkey, "--since", str(first)])
+    assert ok.exit_code == 0, ok.output
+    assert "consistent with the kept checkpoint of size 5" in ok.stdout
+    # The export's checkpoint is checked as a kept one is: a newer export given for an older is a rollback.
+    rolled = runner.invoke(app, ["audit", "verify", str(first), "--key", vkey, "--since", str(second)])
+    assert rolled.exit_code == 1 and "rollback" in rolled.stderr
+
+
+def test_verify_since_a_file_that_is_no_checkpoint_is_bad_usage(config: Path, tmp_path: Path) -> None:
+    vkey = keygen(config)
+    populate(config, 5)
+    export = tmp_path / "log.export"
+    runner.invoke(app, ["audit", "export", "--config", str(config), "--out", str(export)])
+    junk = tmp_path / "notes.txt"
+    junk.write_text("the checkpoint is in the export\n")
+    binary = tmp_path / "notes.bin"
+    binary.write_bytes(b"\xff\xfe\x00")
+    cut = tmp_path / "cut.export"
+    cut.write_bytes(b"\n".join(export.read_bytes().split(b"\n")[:5]) + b"\n")  # 2 of its 5 entries
+    for given, said in ((junk, "neither a signed checkpoint nor an audit export"),
+                        (binary, "neither a signed checkpoint nor an audit export"),
+                        (cut, "an audit export whose checkpoint cannot be read")):  # fmt: skip
+        result = runner.invoke(app, ["audit", "verify", str(export), "--key", vkey, "--since", str(given)])
+        assert result.exit_code == 2, result.output
+        assert f"--since {given} is {said}" in result.stderr
+        assert "FAILED" not in result.stderr
+
+
 def test_too_few_witnesses_exits_3(config: Path, tmp_path: Path) -> None:
     vkey = keygen(config)
     populate(config, 3)

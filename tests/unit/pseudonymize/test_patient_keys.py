@@ -95,7 +95,7 @@ def test_a_float_or_decimal_id_is_the_patient_of_its_integer(tmp_path: Path, ids
     from_numbers = _published(_parquet(tmp_path, "numbers", ids), tmp_path)
     assert from_numbers == from_text  # the same tokens and the same date shifts
     assert from_numbers[0] == PINNED["1001"]
-    # A steward's withdrawal of "1001" records this token (gateway.consent.withdraw): it matches.
+    # A steward's withdrawal of "1001" records this token (gateway.consent.pseudonyms): it matches.
     withdrawn = pseudonym(derive_pseudonym_key(MASTER, "DSA-1"), "1001")
     assert [token for token, _ in from_numbers].count(withdrawn) == 2
 
