@@ -323,8 +323,12 @@ register(
 register(
     EventType(
         "policy.changed",
-        "a policy, DSA or policy data changed, or was found at start-up not to be the last one recorded",
-        required={"bundle_digest": DIGEST, "change": Enum("policy", "dsa", "data", "found_at_startup")},
+        "a policy, DSA or policy data changed, was found at start-up not to be the last one recorded, or "
+        "was put in force as the policy folder holds it by `fedgate policy reload`",
+        required={
+            "bundle_digest": DIGEST,
+            "change": Enum("policy", "dsa", "data", "found_at_startup", "cli_reload"),
+        },
         optional={"previous_digest": DIGEST, "name": LABEL},
     )
 )

@@ -8,6 +8,10 @@ removed and the change refused: no process has seen it, so no process decides wi
 die between the record and the rename, the gateway's next start finds the bundle in force is not the one
 last recorded and records it (`reconcile`). Either way no bundle decides a request before it is on record,
 and the log holds every change made.
+
+No process watches the folder: files edited by hand are put in force by `fedgate policy reload`
+(`reload_folder`: validated, recorded, then announced the same way), a replacement of any document, or the
+next start.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from audit.events import Label
 from gateway.decision import PolicyBundle, PolicyDecisionPoint, load_bundle
 from gateway.decision.errors import PolicyDataError, PolicyLoadError, PolicySourceError
+from gateway.decision.point import generation_marker, mark_generation
 from gateway.query.spec import SAFE_INT
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -216,8 +222,8 @@ Recorded = Callable[[], str | None]
 """The digest (hex) of the bundle the newest policy change in the audit log put in force; None if none."""
 
 Found = Callable[[str | None, str], object]
-"""Records the bundle found in force at start-up (the digest last recorded, None for a log that recorded
-none; the digest in force) and returns once it is on record."""
+"""Records the bundle found in force at start-up, or put in force by `reload_folder` (the digest last
+recorded, None for a log that recorded none; the digest in force) and returns once it is on record."""
 
 
 def reconcile(point: PolicyDecisionPoint, policy_dir: Path, recorded: Recorded, audit: Found) -> str | None:
@@ -239,6 +245,48 @@ def reconcile(point: PolicyDecisionPoint, policy_dir: Path, recorded: Recorded, 
             return None
         audit(logged, in_force)
         return in_force
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    """What `reload_folder` did: the bundle on record before (hex, None for a log that recorded none), the
+    folder's bundle, and whether a change was recorded (False: the folder's bundle was already on record)."""
+
+    previous: str | None
+    bundle: PolicyBundle
+    recorded: bool
+
+
+class NotAnnounced(Exception):
+    """`reload_folder` could not announce the bundle (the generation marker could not be written): what it
+    did up to there is in `done`, and the site's processes decide with the bundles they held. Running it
+    again announces it."""
+
+    def __init__(self, done: Reloaded, cause: OSError) -> None:
+        self.done = done
+        super().__init__(f"the policy folder's change could not be announced ({cause.strerror or cause})")
+
+
+def reload_folder(policy_dir: Path, jurisdiction: str, recorded: Recorded, audit: Found) -> Reloaded:
+    """Put the policy folder as it is (edited by hand) in force at every process of the site: `fedgate
+    policy reload`. Under the lock a replacement holds (`replace_data`), the folder's bundle is loaded and
+    validated (PolicyLoadError, a PolicyDataError naming the file and field: nothing recorded, nothing
+    announced, every process keeps the bundle it decides with); when it is not the one the audit log last
+    recorded (`recorded`), the change is recorded with `audit(logged, in_force)`, and only then announced,
+    so that no process decides with it before it is on record. A folder already on record is announced all
+    the same: every process loads the bundle it already decides with again, which changes nothing, and a
+    reload whose announcement failed can simply be run again."""
+    with _REPLACING, _folder_lock(policy_dir):
+        bundle = load_bundle(policy_dir, jurisdiction)
+        logged = recorded()
+        changed = logged != bundle.digest
+        if changed:
+            audit(logged, bundle.digest)
+        try:
+            mark_generation(generation_marker(policy_dir))
+        except OSError as exc:
+            raise NotAnnounced(Reloaded(logged, bundle, changed), exc) from exc
+        return Reloaded(logged, bundle, changed)
 
 
 @contextmanager

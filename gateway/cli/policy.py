@@ -1,9 +1,9 @@
-"""`fedgate policy …`: run the policy tests, explain a decision, list what ends soon.
+"""`fedgate policy …`: run the policy tests, explain a decision, list what ends soon, reload the folder.
 
 Exit codes: 0 when all is well, 1 when the check found something (a policy test failed, a term has ended),
 2 (`gateway.cli.output.EXIT_BAD_INPUT`) when it could not be made: a bad config, argument or input, a
-policy folder that does not load, a store that cannot be read. A monitor tells "something ended" from "could
-not look" by the code alone.
+policy folder that does not load, a store that cannot be read, an audit log or state database that cannot
+record a reload. A monitor tells "something ended" from "could not look" by the code alone.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from audit.errors import AuditError
+from audit.log import AuditLog
 from gateway.catalog import CatalogView
 from gateway.countries import is_country
 from gateway.decision.bundle import load_bundle
@@ -26,10 +28,13 @@ from gateway.decision.models import Decision, DecisionInput
 from gateway.decision.point import PolicyDecisionPoint
 from gateway.decision.rego_tests import format_report, run_policy_tests
 from gateway.expiry import DEFAULT_WITHIN_DAYS, MAX_WITHIN_DAYS, Ending, expiring, utc_today
+from gateway.policy_admin import NotAnnounced, Reloaded, reload_folder
 from gateway.query.errors import ExecutionError
 from gateway.query.execute import store_engine
-from gateway.runtime import STORE_FAILURES
-from gateway.settings import ConfigError, load_settings
+from gateway.runtime import STATE_FAILURES, STORE_FAILURES, _newest_policy_change
+from gateway.settings import ConfigError, SiteSettings, load_settings
+from gateway.site_log import local_steward
+from gateway.state import GatewayState
 from pseudonymize.errors import StoreError
 
 app = typer.Typer(help="Test policies, explain decisions, list what ends soon.", no_args_is_help=True)
@@ -195,3 +200,93 @@ def _print_expiring(items: list[Ending], today: str, within_days: int) -> None:
     _out.print(table)
     for i in invalid:
         _out.print(f"invalid: {i.reason}", markup=False)
+
+
+CLI_RELOAD = "cli_reload"
+"""The `change` of the `policy.changed` entry `fedgate policy reload` records."""
+
+
+@app.command("reload")
+def reload(
+    config: Annotated[Path, typer.Option("--config", "-c", help="the site's TOML config")],
+) -> None:
+    """Put the site's policy folder as it is now (edited by hand) in force at the running gateway, which
+    does not watch the folder. Under the lock a PUT of policy data holds, the folder's bundle is validated
+    (an invalid one is named by file and field, exit 2: nothing recorded, the gateway keeps its last good
+    bundle), recorded as a `policy.changed` of change `cli_reload` from the bundle last on record, and only
+    then announced: every worker loads it before its next decision. A bundle already on record is not
+    recorded again, only announced (which changes nothing), so a reload can always be run again.
+    """
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    cannot = "the policy change cannot be recorded, so nothing was reloaded"
+    try:
+        log = AuditLog.open(settings.audit_url, settings.audit_origin, None, checkpoint_interval_s=None)
+    except Exception as exc:  # noqa: BLE001 - a log that cannot be opened: one line, not a traceback
+        raise _fail(f"{cannot}: the audit log cannot be opened ({type(exc).__name__})") from None
+    try:
+        try:
+            state = GatewayState(settings.state_url)
+        except STATE_FAILURES as exc:
+            raise _fail(f"{cannot}: the state database cannot be opened ({type(exc).__name__})") from None
+        try:
+            done = _reload(settings, log, state, cannot)
+        finally:
+            state.close()
+    finally:
+        log.close()
+    digest = done.bundle.digest
+    if done.recorded:
+        was = f"sha256:{done.previous}" if done.previous is not None else "none on record"
+        _out.print(f"recorded policy.changed (cli_reload): sha256:{digest} (was {was})", markup=False)
+    else:
+        _out.print(f"sha256:{digest} is already on record: nothing recorded", markup=False)
+    _out.print("announced: every worker of the running gateway loads it before its next decision")
+
+
+class _NotRecorded(Exception):
+    """The audit log or the state database did not take the change: nothing is on record or announced."""
+
+
+def _reload(settings: SiteSettings, log: AuditLog, state: GatewayState, cannot: str) -> Reloaded:
+    def recorded() -> str | None:
+        # As a gateway's start reads it (gateway.runtime): the newest `policy.changed` of the log.
+        try:
+            newest, scanned = _newest_policy_change(log, state.policy_record())
+            if scanned and newest is not None:
+                state.policy_change_noted(*newest, settled=True)
+        except (AuditError, *STATE_FAILURES) as exc:
+            raise _NotRecorded(f"the last change on record cannot be read ({type(exc).__name__})") from None
+        return newest[1] if newest is not None else None
+
+    def record(logged: str | None, in_force: str) -> None:
+        payload = {
+            "bundle_digest": f"sha256:{in_force}",
+            **({"previous_digest": f"sha256:{logged}"} if logged is not None else {}),
+            "change": CLI_RELOAD,
+        }
+        try:
+            state.policy_change_pending(log.size)  # nothing is appended should this fail
+            receipt = log.append("policy.changed", actor=local_steward(settings), payload=payload)
+        except (AuditError, *STATE_FAILURES) as exc:
+            raise _NotRecorded(f"the audit log did not record it ({type(exc).__name__})") from None
+        try:
+            state.policy_change_noted(receipt.index, in_force)
+        except STATE_FAILURES as exc:  # on record: the next start reads the log from the pending size
+            _err.print(f"warning: the state database did not note the change ({type(exc).__name__})")
+
+    try:
+        return reload_folder(settings.policy_dir, settings.jurisdiction, recorded, record)
+    except PolicyError as exc:
+        raise _fail(f"{exc}; nothing was recorded, the running gateway keeps its bundle") from None
+    except _NotRecorded as exc:
+        raise _fail(f"{cannot}: {exc}; the running gateway keeps its bundle") from None
+    except NotAnnounced as exc:
+        on_record = "recorded, but " if exc.done.recorded else ""
+        raise _fail(
+            f"sha256:{exc.done.bundle.digest} was {on_record}not announced: {exc}; run it again"
+        ) from None
+    except OSError as exc:
+        raise _fail(f"{settings.policy_dir}: cannot lock the policy folder ({exc.strerror or exc})") from None
