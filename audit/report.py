@@ -58,14 +58,17 @@ Rules (they count requests and events, never patients, except the consent line):
 - **Consent withdrawals** (`consent_withdrawals`): `events`, and the totals of their `patients` (named
   in the withdrawals) and `new` (not withdrawn before).
 - **Policy changes** (`policy_changes`): `policy.changed` entries by `change` (`policy`, `dsa`, `data`,
-  `found_at_startup`; `other` for anything else).
+  `found_at_startup`, `cli_reload`; `other` for anything else).
 - **Datasets published** (`datasets_published`): `ingest.published` entries.
 - **Who asked** (`organisations`, `researchers`): how many distinct `actor.org` and `actor.sub` values the
   period's requests name (`query.received`, `federation.received`, `glm.session_opened`, `glm.refused`
   and the invalid queries' refusals). Only the counts leave this module: no name, no digest of a name,
   and nothing from which one could be recovered.
 - **Labels** shown are the site's own: query kinds and agreement (`dsa`) names, which the log takes
-  only as labels that look like no identifier (`audit.events.Label`).
+  only as labels that look like no identifier (`audit.events.Label`). An agreement is named only if a
+  decision in the export allowed a query under it or sent one to a steward: a name a researcher typed
+  that no agreement of the site bears is no label of the site's, and the queries under such names are
+  counted together under `UNKNOWN_AGREEMENTS`.
 
 Small counts are hidden (`min_count`, k: 5 unless chosen, never below 2, since the report is public; the
 exact counts are the export's, for whoever holds it and `fedgate audit verify`):
@@ -122,7 +125,7 @@ OUTCOMES = (
 """Each request's one outcome: the counts of one kind of query under one agreement."""
 FEDERATED_COUNTS = ("released", "refused", "pending")
 GLM_COUNTS = ("sessions_opened", "sessions_refused", "iterations", "iterations_refused")
-POLICY_CHANGES = ("policy", "dsa", "data", "found_at_startup", "other")
+POLICY_CHANGES = ("policy", "dsa", "data", "found_at_startup", "cli_reload", "other")
 DEFAULT_MIN_COUNT = 5
 """The smallest count shown as it is, unless another is chosen; counts from 1 up to it are hidden."""
 QUERY_ROUTE_LABELS = frozenset(
@@ -139,6 +142,11 @@ COORDINATOR_TITLES = frozenset(
 CANCELLED_REASON = "the request was cancelled before it ended"
 """The reason a gateway records, at stage decide, for a request whose caller stopped waiting before it was
 decided (gateway.pipeline.CANCELLED)."""
+
+
+UNKNOWN_AGREEMENTS = "(agreements no decision allowed)"
+"""The label of the names no decision in the export allowed a query under (typed wrong, or no agreement of
+the site): never printed as they were written."""
 
 
 def merged_agreements(min_count: int) -> str:
@@ -299,6 +307,9 @@ class _Tally:
 
     def __init__(self) -> None:
         self.requests: dict[str, _Request] = {}
+        self.known_agreements: set[str] = (
+            set()
+        )  # those a decision allowed a query under, or sent to a steward
         self.ended: list[_Request] = []  # requests whose id a later query.received took again
         self.federated: dict[str, _Federated] = {}
         self.federated_ended: list[_Federated] = []
@@ -394,24 +405,35 @@ class _Tally:
         for shown in out:
             orgs, subs = seen.get(shown["period"], (set(), set()))
             shown["organisations"], shown["researchers"] = len(orgs), len(subs)
-            few = {dsa for dsa, who in asking[shown["period"]].items() if len(who) < min_count}
+            merged = {
+                dsa: UNKNOWN_AGREEMENTS for dsa in asking[shown["period"]] if dsa not in self.known_agreements
+            }
+            few = merged_agreements(min_count)
+            merged |= {
+                dsa: few
+                for dsa, who in asking[shown["period"]].items()
+                if dsa not in merged and len(who) < min_count
+            }
             for group in ("queries", "peer_queries"):
-                shown[group] = _merged(shown[group], few, merged_agreements(min_count))
+                shown[group] = _merged(shown[group], merged)
             shown["federated_queries"] = dict(sorted(shown["federated_queries"].items()))
         return [_hidden(shown, min_count) for shown in out]
 
 
-def _merged(rows: Rows, few: set[str], label: str) -> Rows:
-    """The rows sorted by agreement and kind, those of the agreements in `few` summed into one, last."""
-    named: Rows = {dsa: dict(sorted(kinds.items())) for dsa, kinds in sorted(rows.items()) if dsa not in few}
-    together: dict[str, Row] = {}
-    for dsa in few & rows.keys():
+def _merged(rows: Rows, merged: dict[str, str]) -> Rows:
+    """The rows sorted by agreement and kind; those of the agreements `merged` maps to a label summed into
+    one row per label, after the named ones (labels in sorted order)."""
+    named: Rows = {
+        dsa: dict(sorted(kinds.items())) for dsa, kinds in sorted(rows.items()) if dsa not in merged
+    }
+    together: dict[str, dict[str, Row]] = {}
+    for dsa in merged.keys() & rows.keys():
         for kind, row in rows[dsa].items():
-            into = together.setdefault(kind, dict.fromkeys(OUTCOMES, 0))
+            into = together.setdefault(merged[dsa], {}).setdefault(kind, dict.fromkeys(OUTCOMES, 0))
             for outcome, n in row.items():
                 into[outcome] += n
-    if together:
-        named[label] = dict(sorted(together.items()))
+    for label in sorted(together):
+        named[label] = dict(sorted(together[label].items()))
     return named
 
 
@@ -470,6 +492,8 @@ def _decided(t: _Tally, entry: dict[str, Any], p: dict[str, Any], day: date, rid
         return
     if p.get("decision") == "deny":
         r.end = "denied_by_policy"
+    elif p.get("decision") in ("allow", "needs_approval"):
+        t.known_agreements.add(r.dsa)
 
 
 def _approval(t: _Tally, entry: dict[str, Any], p: dict[str, Any], day: date, rid: str | None,

@@ -15,7 +15,14 @@ from typer.testing import CliRunner
 
 from audit.keys import load_log_key
 from audit.notes import verifier_key_text
-from audit.report import OUTCOMES, _count, _Tally, merged_agreements, transparency_report
+from audit.report import (
+    OUTCOMES,
+    UNKNOWN_AGREEMENTS,
+    _count,
+    _Tally,
+    merged_agreements,
+    transparency_report,
+)
 from audit.verify.reader import ExportReader
 from gateway.cli import app
 
@@ -92,7 +99,8 @@ def test_a_session_is_reported_by_outcome_and_names_no_one(
     }
     assert nonzero == {
         "DSA-TEST-APPROVAL": {"summary": {"released": 1, "rejected": 1}},
-        "DSA-TEST-EXPIRED": {"count": {"denied_by_policy": 1}},
+        # Only denied, an agreement no decision allowed is not named (a researcher may type any name).
+        UNKNOWN_AGREEMENTS: {"count": {"denied_by_policy": 1}},
         "DSA-TEST-OPEN": {"count": {"released": 1, "refused_by_disclosure_control": 1}},
     }
     assert (counted["invalid_queries"], counted["invalid_federated_queries"]) == (2, 2)
@@ -101,12 +109,14 @@ def test_a_session_is_reported_by_outcome_and_names_no_one(
     # Published: each agreement had one researcher, so none is named, and every count is below 5
     [part] = json.loads(as_json.stdout)["periods"]
     merged = merged_agreements(5)
-    assert list(part["queries"]) == [merged]
+    assert list(part["queries"]) == [UNKNOWN_AGREEMENTS, merged]
     assert part["queries"][merged] == {
-        "count": {**dict.fromkeys(OUTCOMES, 0), "released": None, "denied_by_policy": None,
-                  "refused_by_disclosure_control": None},
+        "count": {**dict.fromkeys(OUTCOMES, 0), "released": None, "refused_by_disclosure_control": None},
         "summary": {**dict.fromkeys(OUTCOMES, 0), "released": None, "rejected": None},
     }  # fmt: skip
+    assert part["queries"][UNKNOWN_AGREEMENTS] == {
+        "count": {**dict.fromkeys(OUTCOMES, 0), "denied_by_policy": None}
+    }
     assert (part["invalid_queries"], part["invalid_federated_queries"]) == (None, None)
     assert (part["organisations"], part["researchers"]) == (None, None)
     assert "kind summary" in human.stdout and "<5" in human.stdout

@@ -30,6 +30,7 @@ from audit.notes import verifier_key_text
 from audit.report import (
     CANCELLED_REASON,
     OUTCOMES,
+    UNKNOWN_AGREEMENTS,
     Period,
     _count,
     _Tally,
@@ -297,10 +298,28 @@ def test_a_cancelled_request_is_told_from_a_policy_denial(tmp_path: Path, clock:
         ]
         events += [received(f"d{n}", "summary", "DSA-C", actor), decided(f"d{n}", "deny", actor),
                    refused(f"d{n}", "decide", actor)]  # fmt: skip
+    # One query the policy allowed: DSA-C is an agreement of the site, named in the report.
+    events += [received("a0", "summary", "DSA-C", crowd[0]), decided("a0", "allow", crowd[0])]
     export, vkey = write_log(tmp_path, clock, [("2026-07-15T09:00:00.000000Z", events)])
     [part] = transparency_report(export, vkey).as_json()["periods"]
     summary = part["queries"]["DSA-C"]["summary"]
     assert (summary["cancelled"], summary["denied_by_policy"]) == (5, 5)
+
+
+def test_a_name_no_decision_allowed_is_never_printed(tmp_path: Path, clock: list[str]) -> None:
+    """Researchers may type anything as an agreement; only names some decision allowed a query under are
+    the site's labels. The others are counted together, however many researchers typed them."""
+    crowd = [Actor(f"researcher-{n}-t", f"org-{n}-lab") for n in range(6)]
+    events: list[Event] = []
+    for n, actor in enumerate(crowd):
+        events += [received(f"t{n}", "count", "John.Smith-Ward7", actor), decided(f"t{n}", "deny", actor),
+                   refused(f"t{n}", "decide", actor)]  # fmt: skip
+    export, vkey = write_log(tmp_path, clock, [("2026-07-15T09:00:00.000000Z", events)])
+    made = transparency_report(export, vkey)
+    [part] = made.as_json()["periods"]
+    assert list(part["queries"]) == [UNKNOWN_AGREEMENTS]
+    assert part["queries"][UNKNOWN_AGREEMENTS]["count"]["denied_by_policy"] == 6
+    assert "John.Smith" not in json.dumps(made.as_json())
 
 
 def test_small_counts_are_hidden_and_rare_agreements_merged(day_export: tuple[Path, str]) -> None:
