@@ -248,15 +248,20 @@ def _terminated_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+ExportArg = Annotated[Path, typer.Argument(help="an export written by `fedgate audit export`")]
+LogKeyOpt = Annotated[str, typer.Option("--key", help="the log's verifier key (text or a file)")]
+WitnessOpt = Annotated[
+    list[str] | None, typer.Option("--witness", help="a witness's verifier key (text or file); repeatable")
+]
+MinWitnessesOpt = Annotated[int, typer.Option("--min-witnesses", min=0, help="cosignatures required")]
+
+
 @app.command("verify")
 def verify(
-    file: Annotated[Path, typer.Argument(help="an export written by `fedgate audit export`")],
-    key: Annotated[str, typer.Option("--key", help="the log's verifier key (text or a file)")],
-    witness: Annotated[
-        list[str] | None,
-        typer.Option("--witness", help="a witness's verifier key (text or file); repeatable"),
-    ] = None,
-    min_witnesses: Annotated[int, typer.Option("--min-witnesses", min=0, help="cosignatures required")] = 0,
+    file: ExportArg,
+    key: LogKeyOpt,
+    witness: WitnessOpt = None,
+    min_witnesses: MinWitnessesOpt = 0,
     since: Annotated[
         Path | None,
         typer.Option(
@@ -393,13 +398,10 @@ def _report_failure(exc: AuditIntegrityError) -> None:
 
 @app.command("report")
 def report(
-    file: Annotated[Path, typer.Argument(help="an export written by `fedgate audit export`")],
-    key: Annotated[str, typer.Option("--key", help="the log's verifier key (text or a file)")],
-    witness: Annotated[
-        list[str] | None,
-        typer.Option("--witness", help="a witness's verifier key (text or file); repeatable"),
-    ] = None,
-    min_witnesses: Annotated[int, typer.Option("--min-witnesses", min=0, help="cosignatures required")] = 0,
+    file: ExportArg,
+    key: LogKeyOpt,
+    witness: WitnessOpt = None,
+    min_witnesses: MinWitnessesOpt = 0,
     period: Annotated[
         str, typer.Option("--period", help="what each part of the report covers: month, quarter or year")
     ] = "quarter",
