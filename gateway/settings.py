@@ -496,6 +496,9 @@ def load_settings(path: Path | str) -> SiteSettings:
             loc, message, near, involved = problem.loc, problem.message, problem.near, problem.involved
         elif first["type"] == "extra_forbidden":
             message = "unknown key"
+            if len(loc) > 1 and loc[-1] in SiteSettings.model_fields:
+                # A line of the file's top level written after a table header: TOML puts it in the table.
+                message += " (a top-level setting: put it before the first [table])"
         elif first["type"] == "missing":
             message = "required key is missing"
         else:

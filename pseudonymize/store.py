@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -229,6 +230,8 @@ class Store:
                 with self._engine.begin() as conn:
                     conn.execute(sa.text(_CATALOG_DDL.replace("VARCHAR", "TEXT")))
                     _add_columns(conn)
+        except duckdb.IOException as exc:
+            raise StoreError(f"cannot open the store at {self.display_url}: {_io_problem(exc)}") from None
         except (duckdb.Error, sa.exc.SQLAlchemyError, ImportError) as exc:  # ImportError: a driver missing
             raise StoreError(f"cannot open the store at {self.display_url}: {type(exc).__name__}") from None
 
@@ -444,6 +447,33 @@ class Store:
             result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(sa.text(sql))
             for part in result.mappings().partitions():
                 yield pa.RecordBatch.from_pylist([dict(r) for r in part])
+
+
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in .*?\(PID (\d+)\)", re.DOTALL)
+
+
+def lock_holder(exc: BaseException) -> str | None:
+    """When DuckDB refused to open a file because another process holds its lock, that process's id
+    ("" when DuckDB did not name it); None for any other failure. Only the id leaves this function: the
+    message also quotes the file's path and the other program's."""
+    text = str(exc)
+    if "Conflicting lock" not in text:
+        return None
+    found = _LOCK_HOLDER.search(text)
+    return found[1] if found else ""
+
+
+def _io_problem(exc: duckdb.IOException) -> str:
+    """Why a DuckDB store file cannot be opened for writing, for a message that names what to do."""
+    pid = lock_holder(exc)
+    if pid is None:
+        return type(exc).__name__
+    holder = f" PID {pid}" if pid else ""
+    return (
+        f"the store file is open in another process (a running `fedgate serve`?{holder}): "
+        "a DuckDB store is written by one process at a time; stop the gateway to publish, or use a "
+        "PostgreSQL store"
+    )
 
 
 def _transactional_ddl(engine: sa.Engine) -> None:

@@ -37,9 +37,9 @@ def serve(
         listener = listening_socket(server.host, server.port)
     except OSError as exc:
         fail(f"{config}: cannot listen on {server.host}:{server.port} ({exc.strerror or exc})")
+    typer.echo(serving_line(settings), err=True)
     if server.workers > 1 and hasattr(socket, "send_fds"):
         dispatcher = Dispatcher(listener, server.workers)
-        typer.echo(f"fedgate: serving on {server.host}:{server.port} with {server.workers} workers", err=True)
         code = dispatcher.run()
         if code:
             raise typer.Exit(code)
@@ -49,6 +49,14 @@ def serve(
     else:
         config_ = uvicorn.Config(APP, host=server.host, port=server.port, **APP_OPTIONS)
         uvicorn.Server(config_).run(sockets=[listener])
+
+
+def serving_line(settings: SiteSettings) -> str:
+    """The line `fedgate serve` prints as it starts, whatever the number of workers: where to reach it."""
+    server = settings.server
+    host = f"[{server.host}]" if ":" in server.host else server.host
+    workers = "1 worker" if server.workers == 1 else f"{server.workers} workers"
+    return f"fedgate {settings.site_id} serving on http://{host}:{server.port} ({workers})"
 
 
 def _check_startup(config: Path, settings: SiteSettings) -> None:

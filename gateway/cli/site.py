@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
+import sqlalchemy as sa
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -17,6 +18,7 @@ from rich.table import Table
 from audit.errors import AuditError
 from audit.events import LABEL, TEXT
 from connectors import ConnectorError, open_source
+from gateway.catalog import CatalogView
 from gateway.cli.output import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -31,6 +33,9 @@ from gateway.cli.output import (
     url_problem,
 )
 from gateway.keyring import create_master_key, load_master_key
+from gateway.query.errors import ExecutionError
+from gateway.query.execute import store_engine
+from gateway.runtime import STORE_FAILURES
 from gateway.settings import ConfigError, SiteSettings, load_settings
 from gateway.site_log import local_steward
 from pseudonymize.errors import KeyMaterialError, PseudonymizeError, RiskThresholdError, SpecError, StoreError
@@ -38,7 +43,7 @@ from pseudonymize.ingest import IngestResult
 from pseudonymize.ingest import ingest as run_ingest
 from pseudonymize.keys import SecretKey
 from pseudonymize.spec import load_spec
-from pseudonymize.store import CatalogEntry, Store
+from pseudonymize.store import CatalogEntry, Store, lock_holder
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="the site's TOML config file")]
 
@@ -321,18 +326,17 @@ def catalog(
     dataset: Annotated[str | None, typer.Option(help="only this dataset")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
-    """List the published dataset versions with their digests and risk reports."""
+    """List the published dataset versions with their digests and risk reports.
+
+    The store is only read (a DuckDB file read-only, as the gateway reads it), so this works while a
+    gateway serves the site."""
     settings = _settings(config)
     _check_store_url(settings)
     path = database_file(settings.store_url)
     if path is not None and not path.is_file():
         # Opening it would create an empty store, and list nothing as if the store were empty.
         fail(f"the store {path} does not exist (store_url); check the path, or publish with `fedgate ingest`")
-    try:
-        with Store(settings.store_url) as store:
-            entries = store.catalog(dataset)
-    except StoreError as exc:
-        fail(str(exc), EXIT_FAILED)
+    entries = [e for e in _read_catalog(settings.store_url) if dataset is None or e.dataset == dataset]
     if as_json:
         console.print_json(json.dumps([e.row() | _decoded(e) for e in entries]))
         return
@@ -351,6 +355,29 @@ def catalog(
             escape(str(e.published_at)),
         )
     console.print(table)
+
+
+def _read_catalog(store_url: str) -> list[CatalogEntry]:
+    """Every published version, oldest first, read as the gateway reads them: a DuckDB file read-only
+    (which any number of processes may hold), and nothing created or altered in the store."""
+    engine = None
+    try:
+        engine = store_engine(store_url, hold_open=False)
+        return CatalogView(engine).refresh()
+    except (*STORE_FAILURES, StoreError, ExecutionError) as exc:
+        cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
+        pid = lock_holder(cause)
+        if pid is not None:  # an ingest in another process holds the DuckDB file to write it
+            holder = f" PID {pid}" if pid else ""
+            fail(
+                f"cannot open the store at {shown(store_url)}: the store file is being written by another "
+                f"process (a running `fedgate ingest`?{holder}); try again when it is done",
+                EXIT_FAILED,
+            )
+        fail(f"cannot open the store at {shown(store_url)}: {type(cause).__name__}", EXIT_FAILED)
+    finally:
+        if engine is not None:
+            engine.dispose()
 
 
 def _decoded(entry: CatalogEntry) -> dict[str, object]:

@@ -40,7 +40,10 @@ def keygen(
         fail(str(exc))
     path = settings.witness_key_file
     if path is None:
-        fail("witness_key_file is not set in the site config")
+        fail(
+            f'{config}: witness_key_file is not set; add e.g. witness_key_file = "keys/witness.key" '
+            "(a top-level setting: before the first [table])"
+        )
     vkey = create_audited_key(
         settings, "witness", path, lambda: create_witness_key(settings),
         lambda text: sha256_fingerprint(public_key_bytes(parse_verifier_key(text).public_key)),

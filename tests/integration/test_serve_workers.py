@@ -213,6 +213,25 @@ def test_one_worker_is_served_by_uvicorn_in_the_process_itself(
         process.stderr.close()  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize(("workers", "said"), [(1, "1 worker"), (2, "2 workers")])
+def test_the_server_says_where_it_listens_whatever_its_workers(
+    tmp_site: Site, workers: int, said: str
+) -> None:
+    port = free_port()
+    process = _start(_configure(tmp_site, port, workers=workers))
+    try:
+        _healthy(f"http://127.0.0.1:{port}", process)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=40)
+        text = process.stderr.read().decode()  # type: ignore[union-attr]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()  # type: ignore[union-attr]
+    assert f"fedgate site-de serving on http://127.0.0.1:{port} ({said})\n" in text
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_port_already_taken_is_refused_with_the_address(tmp_site: Site, workers: int) -> None:
     with socket.socket() as taken:

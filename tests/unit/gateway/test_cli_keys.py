@@ -97,3 +97,23 @@ def test_help_shows_the_peers_table_name() -> None:
     assert "[[peers]] request_key" in " ".join(invoke("peer", "--help").stdout.split())
     assert "[[peers]]" in invoke("--help").stdout
     assert "[[peers]] witness_key" in " ".join(invoke("witness", "keygen", "--help").stdout.split())
+
+
+@pytest.mark.parametrize(
+    ("command", "line"),
+    [
+        (["peer", "keygen"], 'peer_key_file = "keys/peer.key"'),
+        (["witness", "keygen"], 'witness_key_file = "keys/witness.key"'),
+    ],
+)
+def test_keygen_without_its_key_file_gives_the_line_to_add(
+    config: Path, command: list[str], line: str
+) -> None:
+    key = line.split(" = ")[0]
+    config.write_text(
+        "".join(f"{row}\n" for row in config.read_text().splitlines() if not row.startswith(key))
+    )
+    result = invoke(*command, "-c", str(config))
+    assert result.exit_code == 2
+    assert f"{config}: {key} is not set; add e.g. {line}" in " ".join(result.stderr.split())
+    assert not (config.parent / "keys").exists()

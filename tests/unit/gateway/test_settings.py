@@ -50,6 +50,20 @@ def test_unknown_key_names_key_file_and_line(tmp_path: Path) -> None:
     assert str(path) in str(err.value) and "unknown key" in str(err.value)
 
 
+def test_a_top_level_key_written_inside_a_table_says_where_it_belongs(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + '[server]\nport = 8080\nwitness_key_file = "keys/witness.key"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert str(err.value) == (
+        f"{path}:10: server.witness_key_file: unknown key (a top-level setting: put it before the first "
+        "[table])"
+    )
+    # A key that is no setting at all, in a table, gets no such hint.
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, GOOD + "[server]\nprot = 8080\n"))
+    assert str(err.value).endswith("server.prot: unknown key")
+
+
 def test_missing_required_key_is_named(tmp_path: Path) -> None:
     text = "\n".join(line for line in GOOD.splitlines() if not line.startswith("audit_url"))
     with pytest.raises(ConfigError, match="audit_url: required key is missing") as err:
