@@ -66,9 +66,7 @@ def shown_url(url: URL | str) -> str:
     that may carry a secret (`?password=`, `?sslkey=`, `?token=`) too."""
     parsed = sa.make_url(url) if isinstance(url, str) else url
     # A value that is itself a connection string (`?odbc_connect=DRIVER=…;PWD=…`) has its secrets masked.
-    query = {
-        k: "***" if _SECRET_QUERY_KEY.search(k) else _masked_values(v) for k, v in parsed.query.items()
-    }
+    query = {k: "***" if _SECRET_QUERY_KEY.search(k) else _masked_values(v) for k, v in parsed.query.items()}
     return parsed.set(query=query).render_as_string(hide_password=True)
 
 
