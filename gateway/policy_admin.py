@@ -16,12 +16,14 @@ next start.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -431,6 +433,10 @@ def _staged(target: Path, text: str | bytes) -> Path:
     No process loads it before (its name starts with a dot, `data_names`)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".json", dir=target.parent)
     try:
+        # The document keeps the mode the site gave it (mkstemp makes it 0600): who may read the policy
+        # data is the site's choice, not a side effect of a steward's replacement.
+        with contextlib.suppress(FileNotFoundError):
+            os.fchmod(fd, stat.S_IMODE(target.stat().st_mode))
         with os.fdopen(fd, "wb") as fh:
             fh.write(text.encode("utf-8") if isinstance(text, str) else text)
             fh.flush()

@@ -434,3 +434,14 @@ def test_an_agreement_id_no_query_could_name_is_rejected(point: PolicyDecisionPo
     with pytest.raises(PolicyDataRejected) as rejected:
         replace_data(point, folder, "agreements", document)
     assert "agreement id" in rejected.value.message
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640])
+def test_a_replaced_document_keeps_the_mode_the_site_gave_it(point: PolicyDecisionPoint, mode: int) -> None:
+    folder = point.bundle.root
+    path = folder / "data/agreements.json"
+    path.chmod(mode)
+    before = path.read_bytes()
+    replace_data(point, folder, "agreements", _retitled(folder), audit=lambda a, b: None)
+    assert path.read_bytes() != before and b"retitled" in path.read_bytes()
+    assert path.stat().st_mode & 0o777 == mode
