@@ -294,23 +294,11 @@ def verify(
     log_key = _key_text(key, "--key", ALG_ED25519)
     witness_keys = [_key_text(w, "--witness", ALG_COSIGNATURE_V1) for w in witness or []]
     kept = _kept_checkpoint(since) if since is not None else None
-    bar = _VerifyProgress()
-
-    try:
+    with _verifying(file) as bar:
         summary = verify_export(
             file, log_key, witness_keys, min_witnesses, kept, progress=bar.tick, workers=workers
         )
         checked = check_releases(file) if releases else None
-    except AuditIntegrityError as exc:
-        bar.stop()
-        _report_failure(exc)
-        code = {"witnesses": EXIT_TOO_FEW_WITNESSES, "release_not_allowed": EXIT_RELEASE_NOT_ALLOWED}
-        raise typer.Exit(code.get(exc.reason, EXIT_NOT_INTACT)) from None
-    except OSError as exc:
-        bar.stop()
-        _err.print(f"error: cannot read {file}: {exc.strerror}")
-        raise typer.Exit(EXIT_UNREADABLE) from None
-    bar.stop()
     _out.print(f"OK {summary.origin}: {summary.size} entries, root {summary.root.hex()}")
     _out.print(f"   checkpoint signed by {summary.log_key.split('+')[0]}")
     if summary.witnesses:
@@ -357,6 +345,25 @@ def _not_a_checkpoint(since: Path, what: str) -> NoReturn:
         f"error: --since {since} is {what}; give the checkpoint kept from an earlier export, or that export"
     )
     raise typer.Exit(EXIT_USAGE) from None
+
+
+@contextmanager
+def _verifying(file: Path) -> Iterator[_VerifyProgress]:
+    """The progress bar of a verification of `file`, taken away at its end; a failed verification exits
+    with its code (1 not intact, 3 too few witnesses, 4 unreadable, 5 a release not allowed)."""
+    bar = _VerifyProgress()
+    try:
+        yield bar
+    except AuditIntegrityError as exc:
+        bar.stop()
+        _report_failure(exc)
+        code = {"witnesses": EXIT_TOO_FEW_WITNESSES, "release_not_allowed": EXIT_RELEASE_NOT_ALLOWED}
+        raise typer.Exit(code.get(exc.reason, EXIT_NOT_INTACT)) from None
+    except OSError as exc:
+        bar.stop()
+        _err.print(f"error: cannot read {file}: {exc.strerror}")
+        raise typer.Exit(EXIT_UNREADABLE) from None
+    bar.stop()
 
 
 class _VerifyProgress:
@@ -449,23 +456,11 @@ def report(
     if first is not None and last is not None and first > last:
         _err.print(f"error: --since {first} is after --until {last}")
         raise typer.Exit(EXIT_USAGE)
-    bar = _VerifyProgress()
-
-    try:
+    with _verifying(file) as bar:
         made = transparency_report(
             file, log_key, witness_keys, min_witnesses, period=chosen, since=first, until=last,
             min_count=min_count, progress=bar.tick,
         )  # fmt: skip
-    except AuditIntegrityError as exc:
-        bar.stop()
-        _report_failure(exc)
-        code = {"witnesses": EXIT_TOO_FEW_WITNESSES, "release_not_allowed": EXIT_RELEASE_NOT_ALLOWED}
-        raise typer.Exit(code.get(exc.reason, EXIT_NOT_INTACT)) from None
-    except OSError as exc:
-        bar.stop()
-        _err.print(f"error: cannot read {file}: {exc.strerror}")
-        raise typer.Exit(EXIT_UNREADABLE) from None
-    bar.stop()
     if as_json:
         typer.echo(json.dumps(made.as_json(), indent=2))
         return
