@@ -154,6 +154,11 @@ def expiring(
     return sorted((e for e in found if _within(e, within_days)), key=Ending.sort_key)
 
 
+def listing(items: list[Ending], today: dt.date, within_days: int) -> dict[str, Any]:
+    """What `GET /v1/steward/expiring` answers and `fedgate policy expiring --json` prints."""
+    return {"today": today.isoformat(), "within_days": within_days, "items": [i.to_dict() for i in items]}
+
+
 def _within(entry: Ending, within_days: int) -> bool:
     return entry.days_left is None or entry.days_left <= within_days
 

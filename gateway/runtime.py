@@ -282,12 +282,6 @@ def _record_bundle_in_force(
     does not match (a new state database, another log), once: a log of millions of entries since its last
     policy change is not read at every start."""
 
-    def recorded() -> str | None:
-        newest, scanned = _newest_policy_change(audit, state.policy_record())
-        if scanned and newest is not None:
-            state.policy_change_noted(*newest, settled=True)
-        return newest[1] if newest is not None else None
-
     def record(logged: str | None, in_force: str) -> None:
         payload = {
             "bundle_digest": f"sha256:{in_force}",
@@ -298,7 +292,16 @@ def _record_bundle_in_force(
         receipt = audit.append("policy.changed", payload=payload)
         state.policy_change_noted(receipt.index, in_force, settled=True)  # the log was read to its end
 
-    reconcile(policy, settings.policy_dir, recorded, record)
+    reconcile(policy, settings.policy_dir, lambda: recorded_bundle(audit, state), record)
+
+
+def recorded_bundle(audit: AuditLog, state: GatewayState) -> str | None:
+    """The bundle digest (hex) of the log's newest `policy.changed` entry, None if it has none; noted in the
+    state when the log had to be read back for it (`_newest_policy_change`)."""
+    newest, scanned = _newest_policy_change(audit, state.policy_record())
+    if scanned and newest is not None:
+        state.policy_change_noted(*newest, settled=True)
+    return newest[1] if newest is not None else None
 
 
 def _newest_policy_change(audit: AuditLog, noted: PolicyRecord | None) -> tuple[tuple[int, str] | None, bool]:

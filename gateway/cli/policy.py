@@ -27,11 +27,11 @@ from gateway.decision.errors import PolicyError
 from gateway.decision.models import Decision, DecisionInput
 from gateway.decision.point import PolicyDecisionPoint
 from gateway.decision.rego_tests import format_report, run_policy_tests
-from gateway.expiry import DEFAULT_WITHIN_DAYS, MAX_WITHIN_DAYS, Ending, expiring, utc_today
+from gateway.expiry import DEFAULT_WITHIN_DAYS, MAX_WITHIN_DAYS, Ending, expiring, listing, utc_today
 from gateway.policy_admin import NotAnnounced, Reloaded, reload_folder
 from gateway.query.errors import ExecutionError
 from gateway.query.execute import store_engine
-from gateway.runtime import STATE_FAILURES, STORE_FAILURES, _newest_policy_change
+from gateway.runtime import STATE_FAILURES, STORE_FAILURES, recorded_bundle
 from gateway.settings import ConfigError, SiteSettings, load_settings
 from gateway.site_log import local_steward
 from gateway.state import GatewayState
@@ -172,12 +172,7 @@ def expiring_terms(
     today = utc_today()
     items = expiring(bundle.data, entries, today=today, within_days=within_days)
     if as_json:
-        answer = {
-            "today": today.isoformat(),
-            "within_days": within_days,
-            "items": [i.to_dict() for i in items],
-        }
-        _out.print(json.dumps(answer, indent=2), markup=False)
+        _out.print(json.dumps(listing(items, today, within_days), indent=2), markup=False)
     else:
         _print_expiring(items, today.isoformat(), within_days)
     if any(i.status != "ending" for i in items):
@@ -252,14 +247,11 @@ class _NotRecorded(Exception):
 
 def _reload(settings: SiteSettings, log: AuditLog, state: GatewayState, cannot: str) -> Reloaded:
     def recorded() -> str | None:
-        # As a gateway's start reads it (gateway.runtime): the newest `policy.changed` of the log.
+        # As a gateway's start reads it: the newest `policy.changed` of the log.
         try:
-            newest, scanned = _newest_policy_change(log, state.policy_record())
-            if scanned and newest is not None:
-                state.policy_change_noted(*newest, settled=True)
+            return recorded_bundle(log, state)
         except (AuditError, *STATE_FAILURES) as exc:
             raise _NotRecorded(f"the last change on record cannot be read ({type(exc).__name__})") from None
-        return newest[1] if newest is not None else None
 
     def record(logged: str | None, in_force: str) -> None:
         payload = {

@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from gateway.consent import WithdrawalUnsupported, matched, pseudonyms, withdraw
 from gateway.decision.errors import PolicyEngineUnavailable
 from gateway.deps import PipelineDep, RuntimeDep, StewardDep
-from gateway.expiry import DEFAULT_WITHIN_DAYS, MAX_WITHIN_DAYS, expiring, utc_today
+from gateway.expiry import DEFAULT_WITHIN_DAYS, MAX_WITHIN_DAYS, expiring, listing, utc_today
 from gateway.policy_admin import (
     BrokenOnDisk,
     NoSuchDocument,
@@ -492,4 +492,4 @@ async def expiring_terms(
         raise unavailable("store", exc, _NOT_LISTED) from None
     today = utc_today()
     items = expiring(data, entries, today=today, within_days=within_days)
-    return {"today": today.isoformat(), "within_days": within_days, "items": [i.to_dict() for i in items]}
+    return listing(items, today, within_days)
